@@ -1,0 +1,432 @@
+//! Busy or free, claim and release, and the waiting loop.
+//!
+//! The check and the claim happen in one state transaction, so two runs can
+//! never both see a machine free. A running `mama run` also holds an
+//! exclusive lock on the machine's own lock file for the job's whole life:
+//! waiters sleep on that lock, so they wake the instant the job ends or its
+//! `mama` dies, and re-judge the state file at least every poll interval
+//! for claims that no lock stands behind (other tools, other hosts).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::lab::{Field, JobRecord, Lab, Machine};
+use crate::lock::FileLock;
+use crate::os::{self, Processes};
+use crate::render;
+use crate::stale::{Judge, StaleReason, Verdict};
+use crate::store::Store;
+
+/// Who asks: the busy rules depend on it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub pid: u32,
+    /// This process and its ancestors: a job held by one of them is ours.
+    pub lineage: Vec<u32>,
+    pub user: String,
+    pub host: String,
+}
+
+impl Caller {
+    pub fn current(processes: &Processes) -> Caller {
+        Caller {
+            pid: std::process::id(),
+            lineage: os::lineage(processes),
+            user: os::user_name(),
+            host: os::host_name(),
+        }
+    }
+}
+
+/// Why a machine is busy for a caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Busy {
+    /// A live job, on `machine` (this one, or one sharing a resource).
+    Job {
+        machine: String,
+        job: JobRecord,
+        verdict: Verdict,
+    },
+    Reserved {
+        machine: String,
+        by: String,
+    },
+    Started {
+        machine: String,
+    },
+    /// A job is being claimed or released this very moment.
+    Locked,
+}
+
+impl Busy {
+    /// The machine whose job lock a waiter may sleep on.
+    fn lock_holder(&self, target: &str) -> Option<String> {
+        match self {
+            Busy::Job {
+                machine,
+                verdict: Verdict::Live,
+                ..
+            } => Some(machine.clone()),
+            Busy::Locked => Some(target.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Busy::Job {
+                machine,
+                job,
+                verdict,
+            } => {
+                write!(f, "{machine} runs job '{}'", job.label)?;
+                if let Some(pid) = job.pid {
+                    write!(f, " (PID {pid}")?;
+                    if let Verdict::Remote(host) = verdict {
+                        write!(f, " on host {host}")?;
+                    }
+                    write!(f, ")")?;
+                }
+                if let Some(ts) = job.timestamp {
+                    write!(f, " since {}", render::time_and_age(ts, os::now()))?;
+                }
+                Ok(())
+            }
+            Busy::Reserved { machine, by } => write!(f, "{machine} is reserved by {by}"),
+            Busy::Started { machine } => {
+                write!(f, "{machine} was started by hand (is_started is set)")
+            }
+            Busy::Locked => write!(f, "a job is being claimed or released"),
+        }
+    }
+}
+
+/// What `list` and `info` show in the State column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Free,
+    Busy,
+    Stale,
+    Reserved,
+    Started,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Free => "free",
+            Status::Busy => "busy",
+            Status::Stale => "stale",
+            Status::Reserved => "reserved",
+            Status::Started => "started",
+        }
+    }
+}
+
+/// A machine's status, from its own fields (a job first, then a hand
+/// start, then a reservation).
+pub fn status(machine: &Machine<'_>, verdict: Option<&Verdict>) -> Status {
+    match verdict {
+        Some(Verdict::Stale(_)) => Status::Stale,
+        Some(_) => Status::Busy,
+        None if machine.is_started() => Status::Started,
+        None if machine.reservation().is_some() => Status::Reserved,
+        None => Status::Free,
+    }
+}
+
+/// Whether `machine` is busy for `caller` by its own fields (SPEC rules 1-3).
+fn busy_by_own_fields(
+    machine: &Machine<'_>,
+    caller: &Caller,
+    judge: &Judge<'_, Processes>,
+) -> Option<Busy> {
+    let name = machine.name().into_owned();
+    if let Some(job) = machine.job() {
+        let verdict = judge.judge(&job);
+        let ours = matches!(verdict, Verdict::Live)
+            && job.pid.is_some_and(|pid| caller.lineage.contains(&pid));
+        if !matches!(verdict, Verdict::Stale(_)) && !ours {
+            return Some(Busy::Job {
+                machine: name,
+                job,
+                verdict,
+            });
+        }
+    }
+    if let Some(by) = machine.reservation().filter(|by| *by != caller.user) {
+        return Some(Busy::Reserved { machine: name, by });
+    }
+    if machine.is_started() {
+        return Some(Busy::Started { machine: name });
+    }
+    None
+}
+
+/// The machines whose state decides whether `target` is free: itself, then
+/// every machine sharing one of its resources.
+fn deciding_machines(lab: &Lab, target: &str) -> Result<Vec<String>> {
+    let resources: HashSet<String> = lab.get(target)?.resources().into_iter().collect();
+    let mut names = vec![target.to_string()];
+    for machine in lab.machines() {
+        let name = machine.name();
+        if name != target && machine.resources().iter().any(|r| resources.contains(r)) {
+            names.push(name.into_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Whether `target` is busy for `caller` (all four SPEC rules).
+fn busy(
+    lab: &Lab,
+    target: &str,
+    caller: &Caller,
+    judge: &Judge<'_, Processes>,
+) -> Result<Option<Busy>> {
+    for name in deciding_machines(lab, target)? {
+        if let Some(busy) = busy_by_own_fields(&lab.get(&name)?, caller, judge) {
+            return Ok(Some(busy));
+        }
+    }
+    Ok(None)
+}
+
+/// Clears the stale jobs that stand between the caller and `target`, and
+/// stamps jobs that have neither PID nor timestamp so they can age. Each
+/// clear is reported on stderr.
+fn sweep(lab: &mut Lab, target: &str, judge: &Judge<'_, Processes>) -> Result<()> {
+    for name in deciding_machines(lab, target)? {
+        let mut machine = lab.get_mut(&name)?;
+        let Some(job) = machine.view().job() else {
+            continue;
+        };
+        match judge.judge(&job) {
+            Verdict::Stale(reason) => {
+                machine.clear_job()?;
+                report_cleared(&name, &job, &reason);
+            }
+            Verdict::Unstamped => machine.set(Field::JobTimestamp, &judge.now.to_string())?,
+            Verdict::Live | Verdict::Remote(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn report_cleared(machine: &str, job: &JobRecord, reason: &StaleReason) {
+    let pid = job.pid.map(|p| format!(", PID {p}")).unwrap_or_default();
+    eprintln!(
+        "mama: cleared stale job '{}' on {machine}{pid}: {reason}",
+        job.label
+    );
+}
+
+/// What the caller wants of the machine.
+#[derive(Debug, Clone)]
+pub enum Intent {
+    /// Claim it for a job with this label.
+    Run { label: String },
+    /// Only wait until it is free.
+    Wait,
+}
+
+/// How to wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// Give up at once if busy.
+    pub no_wait: bool,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+    /// The longest sleep between two looks at the state file.
+    pub poll: Duration,
+}
+
+/// A machine claimed for a job; release it with [`Claim::release`].
+#[derive(Debug)]
+pub struct Claim {
+    pub machine: String,
+    pub job: JobRecord,
+    pub mac: String,
+    pub ip: String,
+    /// The claim this one nests in (held by an ancestor), restored on release.
+    outer: Option<JobRecord>,
+    /// The machine's job lock; `None` when nested (the outer run holds it).
+    _lock: Option<FileLock>,
+}
+
+enum Attempt {
+    Claimed(Claim),
+    Free,
+    Busy(Busy),
+}
+
+/// The claim loop: judge, clear stale jobs, claim when free, else wait and
+/// look again. Returns `None` for [`Intent::Wait`] once the machine is free.
+pub fn acquire(
+    store: &Store,
+    target: &str,
+    caller: &Caller,
+    processes: &Processes,
+    stale_after: u64,
+    intent: &Intent,
+    patience: Patience,
+) -> Result<Option<Claim>> {
+    let started = Instant::now();
+    let deadline = patience.timeout.map(|t| started + t);
+    let mut told = false;
+    let mut backoff = Duration::from_millis(10);
+    let live_line = std::io::stderr().is_terminal();
+    loop {
+        let judge = Judge {
+            now: os::now(),
+            stale_after,
+            host: &caller.host,
+            processes,
+        };
+        let attempt = store.update(|lab| attempt(lab, store, target, caller, &judge, intent))?;
+        let busy = match attempt {
+            Attempt::Claimed(claim) => {
+                finish_live_line(live_line && told);
+                return Ok(Some(claim));
+            }
+            Attempt::Free => {
+                finish_live_line(live_line && told);
+                return Ok(None);
+            }
+            Attempt::Busy(busy) => busy,
+        };
+        let now = Instant::now();
+        if patience.no_wait || deadline.is_some_and(|d| now >= d) {
+            finish_live_line(live_line && told);
+            let waited = match patience.timeout {
+                Some(t) if !patience.no_wait => format!(" (waited {})", render::seconds(t)),
+                _ => String::new(),
+            };
+            return Err(Error::Busy(format!("{target} is busy{waited}: {busy}")));
+        }
+        if !told {
+            let what = match intent {
+                Intent::Run { .. } => "waiting to claim it",
+                Intent::Wait => "waiting until it is free",
+            };
+            eprintln!("mama: {target} is busy: {busy}; {what}");
+            told = true;
+        } else if live_line {
+            eprint!(
+                "\rmama: waited {} for {target}",
+                render::seconds(now - started)
+            );
+            let _ = std::io::stderr().flush();
+        }
+        let nap = deadline.map_or(patience.poll, |d| patience.poll.min(d - now));
+        match busy.lock_holder(target) {
+            Some(holder) => {
+                let (path, like) = store.machine_lock(&holder)?;
+                if FileLock::try_exclusive(&path, like.as_ref())?.is_some() {
+                    // A live job that no lock stands behind: a run between
+                    // its last steps, a nested run, or another tool's claim.
+                    std::thread::sleep(backoff.min(nap));
+                    backoff = (backoff * 2).min(patience.poll);
+                } else {
+                    backoff = Duration::from_millis(10);
+                    drop(FileLock::exclusive_within(&path, like.as_ref(), nap)?);
+                }
+            }
+            None => std::thread::sleep(nap),
+        }
+    }
+}
+
+fn finish_live_line(on: bool) {
+    if on {
+        eprintln!();
+    }
+}
+
+/// One locked look at the lab: sweep, judge, and claim if free.
+fn attempt(
+    lab: &mut Lab,
+    store: &Store,
+    target: &str,
+    caller: &Caller,
+    judge: &Judge<'_, Processes>,
+    intent: &Intent,
+) -> Result<Attempt> {
+    lab.get(target)?;
+    sweep(lab, target, judge)?;
+    if let Some(busy) = busy(lab, target, caller, judge)? {
+        return Ok(Attempt::Busy(busy));
+    }
+    let machine = lab.get(target)?;
+    // Free, or held by one of our ancestors: then we nest in its claim.
+    let outer = machine.job();
+    let lock = match outer {
+        Some(_) => None,
+        None => {
+            let (path, like) = store.machine_lock(target)?;
+            match FileLock::try_exclusive(&path, like.as_ref())? {
+                Some(lock) => Some(lock),
+                None => return Ok(Attempt::Busy(Busy::Locked)),
+            }
+        }
+    };
+    let Intent::Run { label } = intent else {
+        return Ok(Attempt::Free);
+    };
+    let job = JobRecord {
+        label: label.clone(),
+        pid: Some(caller.pid),
+        timestamp: Some(judge.now),
+        host: Some(caller.host.clone()),
+    };
+    let mac = machine.get(Field::Mac).into_owned();
+    let ip = machine.get(Field::Ip).into_owned();
+    lab.get_mut(target)?.set_job(&job)?;
+    Ok(Attempt::Claimed(Claim {
+        machine: target.to_string(),
+        job,
+        mac,
+        ip,
+        outer,
+        _lock: lock,
+    }))
+}
+
+impl Claim {
+    /// Gives the machine back: clears the job, or restores the claim this
+    /// one nested in. A claim that is no longer ours (cleared by hand,
+    /// taken over) is left alone, with a word on stderr.
+    pub fn release(self, store: &Store) -> Result<()> {
+        store.update(|lab| {
+            let Ok(mut machine) = lab.get_mut(&self.machine) else {
+                eprintln!(
+                    "mama: {} was deleted while the job ran; nothing to release",
+                    self.machine
+                );
+                return Ok(());
+            };
+            let current = machine.view().job();
+            let ours = current
+                .as_ref()
+                .is_some_and(|j| j.pid == self.job.pid && j.timestamp == self.job.timestamp);
+            if !ours {
+                eprintln!(
+                    "mama: the claim on {} was cleared or taken over while the job ran; \
+                     leaving the record alone",
+                    self.machine
+                );
+                return Ok(());
+            }
+            match &self.outer {
+                Some(outer) => machine.set_job(outer),
+                None => machine.clear_job(),
+            }
+        })
+        // The job lock is dropped with `self`, after the state says free.
+    }
+}

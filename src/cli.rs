@@ -1,0 +1,211 @@
+//! The command line: the single source of the help text.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::lab::Field;
+
+/// Share lab machines safely: wait for a machine, claim it, run a job,
+/// release it however the job ends.
+#[derive(Debug, Parser)]
+#[command(name = "mama", version, about, max_term_width = 100)]
+#[command(
+    after_help = "The state file is --state, else $MAMA_STATE, else $MAMA_PATH/mama.xml, \
+else /var/lib/mama/mama.xml."
+)]
+pub struct Cli {
+    /// The state file (default: $MAMA_STATE, else $MAMA_PATH/mama.xml, else /var/lib/mama/mama.xml)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every machine and its job; a stale job ends in [STALE]
+    List {
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show all fields of a machine, and its job
+    Info {
+        machine: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a machine
+    Add {
+        /// Its name (no white space; not "all")
+        name: String,
+        /// Its MAC address, six hex octets (stored lower-case, ':'-separated)
+        #[arg(long)]
+        mac: String,
+        /// Its IP address
+        #[arg(long)]
+        ip: Option<String>,
+        /// Only virtual machines run on it
+        #[arg(long)]
+        vm: bool,
+        /// Resources it shares with other machines, space-separated
+        #[arg(long, value_name = "\"A B\"")]
+        resources: Option<String>,
+    },
+    /// Remove a machine that has no live job
+    Delete { machine: String },
+    /// Set a field of a machine (an empty value clears it)
+    Set {
+        machine: String,
+        attr: SetAttr,
+        value: String,
+    },
+    /// Print a field of a machine
+    Get { machine: String, attr: GetAttr },
+    /// Forget the job, is_started and ip of a machine, or of all machines
+    Clear {
+        /// A machine, or "all"
+        machine: String,
+    },
+    /// Reserve a machine for yourself
+    Reserve { machine: String },
+    /// Release your reservation
+    Release { machine: String },
+    /// Release a reservation, whoever holds it
+    ReleaseForced { machine: String },
+    /// Wait until a machine is free (exit 0), or the timeout passes (exit 75)
+    Wait {
+        machine: String,
+        /// Give up after this many seconds (fractions allowed)
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        timeout: Option<Duration>,
+    },
+    /// Wait for a machine, claim it, run CMD, release it; exit as CMD did
+    #[command(arg_required_else_help = true)]
+    Run {
+        machine: String,
+        /// The job's label (default: "run <CMD basename>")
+        #[arg(long, value_name = "LABEL")]
+        job: Option<String>,
+        /// Exit 75 at once if the machine is busy
+        #[arg(long, conflicts_with = "wait_timeout")]
+        no_wait: bool,
+        /// Exit 75 if the machine is still busy after this many seconds
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        wait_timeout: Option<Duration>,
+        /// Stop the job after this many seconds: TERM, then KILL 5 s later; exit 124
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        timeout: Option<Duration>,
+        /// The command and its arguments, run directly (no shell)
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+}
+
+/// Fields `set` may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SetAttr {
+    Ip,
+    Mac,
+    Os,
+    Kernel,
+    /// boot_params
+    Params,
+    /// vm_params
+    Vmparams,
+    Resources,
+    Startcmd,
+    Stopcmd,
+    StartTimeout,
+}
+
+/// Fields `get` may print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GetAttr {
+    Ip,
+    Mac,
+    Os,
+    Kernel,
+    /// boot_params
+    Params,
+    /// vm_params
+    Vmparams,
+    Resources,
+    Startcmd,
+    Stopcmd,
+    StartTimeout,
+    Reservation,
+    Job,
+}
+
+impl SetAttr {
+    pub fn field(self) -> Field {
+        match self {
+            SetAttr::Ip => Field::Ip,
+            SetAttr::Mac => Field::Mac,
+            SetAttr::Os => Field::Os,
+            SetAttr::Kernel => Field::Kernel,
+            SetAttr::Params => Field::BootParams,
+            SetAttr::Vmparams => Field::VmParams,
+            SetAttr::Resources => Field::Resources,
+            SetAttr::Startcmd => Field::StartCmd,
+            SetAttr::Stopcmd => Field::StopCmd,
+            SetAttr::StartTimeout => Field::StartTimeout,
+        }
+    }
+}
+
+impl GetAttr {
+    pub fn field(self) -> Field {
+        match self {
+            GetAttr::Ip => Field::Ip,
+            GetAttr::Mac => Field::Mac,
+            GetAttr::Os => Field::Os,
+            GetAttr::Kernel => Field::Kernel,
+            GetAttr::Params => Field::BootParams,
+            GetAttr::Vmparams => Field::VmParams,
+            GetAttr::Resources => Field::Resources,
+            GetAttr::Startcmd => Field::StartCmd,
+            GetAttr::Stopcmd => Field::StopCmd,
+            GetAttr::StartTimeout => Field::StartTimeout,
+            GetAttr::Reservation => Field::Reservation,
+            GetAttr::Job => Field::Job,
+        }
+    }
+}
+
+/// Seconds as a duration: a non-negative number, fractions allowed.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("'{text}' is not a non-negative number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds_parse_with_fractions_and_refuse_nonsense() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("nan").is_err());
+        assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! mama's error type. Callers branch on the kind (the exit status depends on
+//! it); the message is what the user reads, once, on stderr.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::exit::ExitCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The state file exists but is not a mama state file we can read.
+    #[error("{}{}: {message}\n  (mama will not write to it until it is fixed by hand)",
+        path.display(), location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    Corrupt {
+        path: PathBuf,
+        /// 1-based line and column, where known.
+        location: Option<(usize, usize)>,
+        message: String,
+    },
+    #[error("unknown machine '{0}' (see `mama list`)")]
+    UnknownMachine(String),
+    /// A request the lab refuses: bad input, or a rule (reserved, running).
+    #[error("{0}")]
+    Invalid(String),
+    /// The machine stayed busy (`run --no-wait`, a wait that timed out).
+    #[error("{0}")]
+    Busy(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// An I/O error with what was being done and to which file.
+    pub fn io(action: &str, path: &Path, source: io::Error) -> Error {
+        Error::Io {
+            context: format!("cannot {action} {}", path.display()),
+            source,
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Busy(_) => ExitCode::Busy,
+            _ => ExitCode::Error,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,103 @@
+//! mama: share lab machines safely.
+//!
+//! `run` dispatches a parsed command line; the modules each own one idea:
+//! [`store`] (lock file, transactions, atomic writes), [`lab`] (the machines
+//! in the upstream XML format, over [`xml`]), [`stale`] (is a job stale),
+//! [`claim`] (busy rules, claim, release, waiting), [`supervise`] (the
+//! job's process), [`render`] (tables and JSON), [`exit`] (exit codes).
+
+pub mod claim;
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod exit;
+pub mod lab;
+pub mod lock;
+pub mod os;
+pub mod render;
+pub mod stale;
+pub mod store;
+pub mod supervise;
+pub mod xml;
+
+use cli::{Cli, Command};
+use error::Error;
+use exit::ExitCode;
+use lab::NewMachine;
+use store::Store;
+
+/// Runs a parsed command line; returns the process exit status. Errors are
+/// printed here, once.
+pub fn run(cli: Cli) -> i32 {
+    let store = Store::locate(cli.state);
+    let is_run = matches!(cli.command, Command::Run { .. });
+    let result = dispatch(&store, cli.command);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mama: {e}");
+            match e {
+                Error::Busy(_) => ExitCode::Busy.code(),
+                _ if is_run => ExitCode::RunFailed.code(),
+                _ => e.exit_code().code(),
+            }
+        }
+    }
+}
+
+fn dispatch(store: &Store, command: Command) -> error::Result<i32> {
+    use commands as c;
+    match command {
+        Command::List { json } => c::list(store, json)?,
+        Command::Info { machine, json } => c::info(store, &machine, json)?,
+        Command::Add {
+            name,
+            mac,
+            ip,
+            vm,
+            resources,
+        } => c::add(
+            store,
+            NewMachine {
+                name,
+                mac,
+                ip: ip.unwrap_or_default(),
+                only_vm: vm,
+                resources: resources.unwrap_or_default(),
+            },
+        )?,
+        Command::Delete { machine } => c::delete(store, &machine)?,
+        Command::Set {
+            machine,
+            attr,
+            value,
+        } => c::set(store, &machine, attr, &value)?,
+        Command::Get { machine, attr } => c::get(store, &machine, attr)?,
+        Command::Clear { machine } => c::clear(store, &machine)?,
+        Command::Reserve { machine } => c::reserve(store, &machine)?,
+        Command::Release { machine } => c::release(store, &machine)?,
+        Command::ReleaseForced { machine } => c::release_forced(store, &machine)?,
+        Command::Wait { machine, timeout } => c::wait(store, &machine, timeout)?,
+        Command::Run {
+            machine,
+            job,
+            no_wait,
+            wait_timeout,
+            timeout,
+            command,
+        } => {
+            return c::run(
+                store,
+                &machine,
+                c::RunRequest {
+                    label: job,
+                    no_wait,
+                    wait_timeout,
+                    timeout,
+                    command,
+                },
+            );
+        }
+    }
+    Ok(ExitCode::Ok.code())
+}

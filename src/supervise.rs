@@ -1,0 +1,198 @@
+//! Runs the job: spawn, process group, forwarded signals, timeout, status.
+//!
+//! As coreutils `timeout` does: the signals mama handles are blocked before
+//! the fork (the child unblocks them before exec), the job runs in its own
+//! process group, signals go to that group, and the group is never signalled
+//! once the job has been reaped. The job gets `PR_SET_PDEATHSIG`, so it is
+//! killed if mama dies, even by SIGKILL.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::exit::ExitCode;
+
+/// After `--timeout` sends TERM, KILL follows this much later.
+pub const KILL_AFTER: Duration = Duration::from_secs(5);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub timeout: Option<Duration>,
+}
+
+/// How the job ended.
+#[derive(Debug)]
+pub enum Ending {
+    Exited(i32),
+    Signalled(i32),
+    /// `--timeout` ended it.
+    TimedOut,
+    /// It could not be started.
+    NotStarted(io::Error),
+}
+
+impl Ending {
+    /// The status `mama run` exits with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Ending::Exited(code) => *code,
+            Ending::Signalled(signal) => ExitCode::signalled(*signal),
+            Ending::TimedOut => ExitCode::TimedOut.code(),
+            Ending::NotStarted(e) if e.kind() == io::ErrorKind::NotFound => {
+                ExitCode::NotFound.code()
+            }
+            Ending::NotStarted(_) => ExitCode::CannotExecute.code(),
+        }
+    }
+}
+
+const HANDLED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGCHLD];
+
+/// Blocks the signals mama handles while a job runs, from before the job is
+/// claimed until mama exits: a SIGINT can then never cut a release short.
+/// Returns the mask to give the job.
+pub fn block_signals() -> Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in HANDLED {
+            libc::sigaddset(&mut set, signal);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
+            return Err(Error::Io {
+                context: "cannot block signals".into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(old)
+    }
+}
+
+/// Runs `job` to its end. The signals must already be blocked
+/// ([`block_signals`]); `job_mask` is the mask the job starts with.
+pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
+    let parent = std::process::id() as libc::pid_t;
+    let mut command = Command::new(&job.program);
+    command
+        .args(&job.args)
+        .envs(job.env.iter().cloned())
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // mama died before prctl took effect: do not run unsupervised.
+            if libc::getppid() != parent {
+                libc::_exit(ExitCode::RunFailed.code());
+            }
+            if libc::pthread_sigmask(libc::SIG_SETMASK, &job_mask, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return Ok(Ending::NotStarted(e)),
+    };
+    supervise(child, job.timeout)
+}
+
+/// Waits for the job, forwarding INT, TERM and HUP to its group and
+/// enforcing the timeout.
+fn supervise(mut child: Child, timeout: Option<Duration>) -> Result<Ending> {
+    let group = child.id() as libc::pid_t;
+    let started = Instant::now();
+    let mut term_at = timeout.map(|t| started + t);
+    let mut kill_at: Option<Instant> = None;
+    let mut timed_out = false;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| Error::Io {
+            context: "cannot wait for the job".into(),
+            source: e,
+        })? {
+            return Ok(if timed_out {
+                Ending::TimedOut
+            } else {
+                ending(status)
+            });
+        }
+        let wake_at = [term_at, kill_at].into_iter().flatten().min();
+        match wait_signal(wake_at.map(|t| t.saturating_duration_since(Instant::now()))) {
+            Some(libc::SIGCHLD) => {}
+            Some(signal) => signal_group(group, signal),
+            None => {
+                let now = Instant::now();
+                if term_at.is_some_and(|t| now >= t) {
+                    timed_out = true;
+                    term_at = None;
+                    kill_at = Some(now + KILL_AFTER);
+                    signal_group(group, libc::SIGTERM);
+                    // A stopped job must wake to die of TERM.
+                    signal_group(group, libc::SIGCONT);
+                } else if kill_at.is_some_and(|t| now >= t) {
+                    kill_at = None;
+                    signal_group(group, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn ending(status: ExitStatus) -> Ending {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Ending::Exited(code),
+        (None, Some(signal)) => Ending::Signalled(signal),
+        (None, None) => Ending::Exited(ExitCode::RunFailed.code()),
+    }
+}
+
+fn signal_group(group: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: the group leader is our unreaped child, so the group id
+    // cannot have been reused.
+    unsafe {
+        libc::kill(-group, signal);
+    }
+}
+
+/// Waits for one of the handled (blocked) signals, at most `timeout`
+/// (forever with `None`). `None` when the time ran out.
+fn wait_signal(timeout: Option<Duration>) -> Option<libc::c_int> {
+    // SAFETY: plain data initialised before use; sigtimedwait only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in HANDLED {
+            libc::sigaddset(&mut set, signal);
+        }
+        let result = match timeout {
+            None => libc::sigwaitinfo(&set, std::ptr::null_mut()),
+            Some(t) => {
+                let ts = libc::timespec {
+                    tv_sec: t.as_secs() as libc::time_t,
+                    tv_nsec: t.subsec_nanos() as libc::c_long,
+                };
+                libc::sigtimedwait(&set, std::ptr::null_mut(), &ts)
+            }
+        };
+        if result > 0 {
+            return Some(result);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            // EINTR: another signal (none is caught now); look again.
+            Some(libc::EINTR) => Some(libc::SIGCHLD),
+            _ => None,
+        }
+    }
+}

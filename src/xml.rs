@@ -1,0 +1,657 @@
+//! An ordered XML tree that keeps everything it reads.
+//!
+//! The state file is the users' data, written by other tools too (PHP mama,
+//! editors, scripts). This tree keeps every element, attribute, comment and
+//! whitespace run in its place and writes an unchanged document back byte for
+//! byte, so a write only ever changes what mama meant to change. Attributes
+//! and markup that mama never edits (comments, processing instructions, a
+//! doctype) are kept as their raw source text.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use quick_xml::events::Event;
+use quick_xml::reader::Reader;
+
+/// A node of the tree, in document order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Element(Element),
+    /// Character data: `raw` as written in the file, `value` as read
+    /// (references resolved, line ends normalised).
+    Text {
+        raw: String,
+        value: String,
+    },
+    /// A CDATA section's content.
+    CData(String),
+    /// A comment, processing instruction or doctype, written back verbatim.
+    Markup(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Element {
+    pub name: String,
+    /// The raw attribute text after the name, leading white space included.
+    attributes: String,
+    pub children: Vec<Node>,
+    /// `<x/>` rather than `<x></x>` when the element has no children.
+    self_closing: bool,
+}
+
+/// A whole document: what stands before the root, the root, what follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    bom: bool,
+    prolog: Vec<Node>,
+    pub root: Element,
+    epilog: Vec<Node>,
+}
+
+/// Why a document could not be read, and where (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line {}, column {}: {}",
+            self.line, self.column, self.message
+        )
+    }
+}
+
+impl Element {
+    /// A new element; `<name/>` until it gets children.
+    pub fn new(name: &str) -> Element {
+        Element {
+            name: name.to_string(),
+            attributes: String::new(),
+            children: Vec::new(),
+            self_closing: true,
+        }
+    }
+
+    /// A new element holding `value` as its text.
+    pub fn with_text(name: &str, value: &str) -> Element {
+        let mut element = Element::new(name);
+        element.set_text(value);
+        element
+    }
+
+    /// The element's text: its character data and CDATA, concatenated.
+    pub fn text(&self) -> Cow<'_, str> {
+        let mut parts = self.children.iter().filter_map(|node| match node {
+            Node::Text { value, .. } => Some(value.as_str()),
+            Node::CData(content) => Some(content.as_str()),
+            _ => None,
+        });
+        let Some(first) = parts.next() else {
+            return Cow::Borrowed("");
+        };
+        match parts.next() {
+            None => Cow::Borrowed(first),
+            Some(second) => {
+                let mut all = String::from(first);
+                all.push_str(second);
+                parts.for_each(|part| all.push_str(part));
+                Cow::Owned(all)
+            }
+        }
+    }
+
+    /// Whether the element holds child elements (then it is not a plain field).
+    pub fn has_child_elements(&self) -> bool {
+        self.children.iter().any(|n| matches!(n, Node::Element(_)))
+    }
+
+    /// Replaces the element's content with `value`, escaped. An empty value
+    /// makes the element `<name/>`, as upstream writes empty fields.
+    pub fn set_text(&mut self, value: &str) {
+        self.children.clear();
+        if value.is_empty() {
+            self.self_closing = true;
+        } else {
+            self.children.push(Node::Text {
+                raw: escape_text(value).into_owned(),
+                value: value.to_string(),
+            });
+        }
+    }
+
+    /// The child elements, in order.
+    pub fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    pub fn elements_mut(&mut self) -> impl Iterator<Item = &mut Element> {
+        self.children.iter_mut().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The first child element called `name`.
+    pub fn child(&self, name: &str) -> Option<&Element> {
+        self.elements().find(|e| e.name == name)
+    }
+
+    pub fn child_mut(&mut self, name: &str) -> Option<&mut Element> {
+        self.elements_mut().find(|e| e.name == name)
+    }
+
+    /// The index in `children` of the first child element called `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.children
+            .iter()
+            .position(|n| matches!(n, Node::Element(e) if e.name == name))
+    }
+
+    /// Inserts `element` as a child: right after the child at index `after`,
+    /// or, with `None`, before the first child element (at the end when there
+    /// is none). The new element gets its own line, indented like its
+    /// siblings (`indent` when it has none).
+    pub fn insert_element(&mut self, after: Option<usize>, element: Element, indent: &str) {
+        let indent = self
+            .sibling_indent()
+            .unwrap_or_else(|| format!("\n{indent}"));
+        let at = match after {
+            Some(i) => i + 1,
+            None => self
+                .children
+                .iter()
+                .position(|n| matches!(n, Node::Element(_)))
+                .unwrap_or_else(|| self.trailing_space_start()),
+        };
+        let was_empty = self.children.is_empty();
+        self.children.insert(at, Node::Element(element));
+        self.children.insert(at, whitespace(&indent));
+        if was_empty {
+            // Close the parent on a line of its own, one level out.
+            let outer = indent.rsplit_once("  ").map_or("\n", |(outer, _)| outer);
+            self.children.push(whitespace(outer));
+        }
+        self.self_closing = false;
+    }
+
+    /// Appends `element` after the last child element, on its own line.
+    pub fn push_element(&mut self, element: Element, indent: &str) {
+        let last = self
+            .children
+            .iter()
+            .rposition(|n| matches!(n, Node::Element(_)));
+        self.insert_element(last, element, indent);
+    }
+
+    /// Removes the child node at `index` and the white space that leads up
+    /// to it, so no empty line is left behind.
+    pub fn remove_child(&mut self, index: usize) {
+        self.children.remove(index);
+        if index > 0 && is_whitespace(&self.children[index - 1]) {
+            self.children.remove(index - 1);
+        }
+    }
+
+    /// The white space before the last child element, e.g. "\n    ".
+    fn sibling_indent(&self) -> Option<String> {
+        let last = self
+            .children
+            .iter()
+            .rposition(|n| matches!(n, Node::Element(_)))?;
+        match last.checked_sub(1).map(|i| &self.children[i]) {
+            Some(Node::Text { raw, .. }) if raw.trim().is_empty() => Some(raw.clone()),
+            _ => None,
+        }
+    }
+
+    /// The index where the white space before the closing tag starts.
+    fn trailing_space_start(&self) -> usize {
+        let mut at = self.children.len();
+        while at > 0 && is_whitespace(&self.children[at - 1]) {
+            at -= 1;
+        }
+        at
+    }
+
+    fn write(&self, out: &mut String) {
+        out.push('<');
+        out.push_str(&self.name);
+        out.push_str(&self.attributes);
+        if self.children.is_empty() && self.self_closing {
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        for child in &self.children {
+            child.write(out);
+        }
+        out.push_str("</");
+        out.push_str(&self.name);
+        out.push('>');
+    }
+}
+
+fn whitespace(s: &str) -> Node {
+    Node::Text {
+        raw: s.to_string(),
+        value: s.to_string(),
+    }
+}
+
+fn is_whitespace(node: &Node) -> bool {
+    matches!(node, Node::Text { raw, .. } if raw.trim().is_empty())
+}
+
+impl Node {
+    fn write(&self, out: &mut String) {
+        match self {
+            Node::Element(e) => e.write(out),
+            Node::Text { raw, .. } => out.push_str(raw),
+            Node::CData(content) => {
+                out.push_str("<![CDATA[");
+                out.push_str(content);
+                out.push_str("]]>");
+            }
+            Node::Markup(raw) => out.push_str(raw),
+        }
+    }
+}
+
+impl Document {
+    /// A new document: the XML declaration upstream writes, and `root`.
+    pub fn new(root: Element) -> Document {
+        Document {
+            bom: false,
+            prolog: vec![
+                Node::Markup("<?xml version=\"1.0\"?>".to_string()),
+                whitespace("\n"),
+            ],
+            root,
+            epilog: vec![whitespace("\n")],
+        }
+    }
+
+    /// Reads a document. Anything that is not well-formed XML with exactly
+    /// one root element is refused, with the line and column.
+    pub fn parse(text: &str) -> Result<Document, ParseError> {
+        Parser::new(text).parse()
+    }
+
+    /// The document as text; for a parsed, unchanged document, the very
+    /// bytes it was read from.
+    pub fn write(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if self.bom {
+            out.push('\u{feff}');
+        }
+        for node in &self.prolog {
+            node.write(&mut out);
+        }
+        self.root.write(&mut out);
+        for node in &self.epilog {
+            node.write(&mut out);
+        }
+        out
+    }
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    /// Where `text` starts in the file (after a byte-order mark).
+    offset: usize,
+    bom: bool,
+}
+
+impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Parser<'a> {
+        match text.strip_prefix('\u{feff}') {
+            Some(rest) => Parser {
+                text: rest,
+                offset: 3,
+                bom: true,
+            },
+            None => Parser {
+                text,
+                offset: 0,
+                bom: false,
+            },
+        }
+    }
+
+    fn error_at(&self, position: u64, message: impl Into<String>) -> ParseError {
+        let position = (position as usize).min(self.text.len());
+        let before = &self.text.as_bytes()[..position];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
+        let column = if line == 1 {
+            column + usize::from(self.offset > 0)
+        } else {
+            column
+        };
+        ParseError {
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn parse(self) -> Result<Document, ParseError> {
+        if self.text.trim().is_empty() {
+            return Err(self.error_at(0, "the file is empty"));
+        }
+        let mut reader = Reader::from_str(self.text);
+        let config = reader.config_mut();
+        config.check_end_names = true;
+        config.check_comments = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+
+        let mut prolog = Vec::new();
+        let mut epilog = Vec::new();
+        let mut root: Option<Element> = None;
+        // Open elements, innermost last.
+        let mut stack: Vec<Element> = Vec::new();
+
+        loop {
+            let start = reader.buffer_position();
+            let event = match reader.read_event() {
+                Ok(event) => event,
+                Err(e) => return Err(self.error_at(reader.error_position(), e.to_string())),
+            };
+            let node = match event {
+                Event::Eof => break,
+                Event::Start(tag) | Event::Empty(tag) if root.is_some() => {
+                    let _ = tag;
+                    return Err(self.error_at(
+                        start,
+                        "content after the end of the root element (only one root is allowed)",
+                    ));
+                }
+                Event::Start(tag) => {
+                    check_attributes(&tag).map_err(|m| self.error_at(start, m))?;
+                    let name = tag.name();
+                    let name = name.as_ref().to_string();
+                    stack.push(Element {
+                        name,
+                        attributes: tag.attributes_raw().to_string(),
+                        children: Vec::new(),
+                        self_closing: false,
+                    });
+                    continue;
+                }
+                Event::Empty(tag) => {
+                    check_attributes(&tag).map_err(|m| self.error_at(start, m))?;
+                    let name = tag.name();
+                    let name = name.as_ref().to_string();
+                    Node::Element(Element {
+                        name,
+                        attributes: tag.attributes_raw().to_string(),
+                        children: Vec::new(),
+                        self_closing: true,
+                    })
+                }
+                Event::End(_) => match stack.pop() {
+                    Some(element) => Node::Element(element),
+                    None => return Err(self.error_at(start, "closing tag without an opening tag")),
+                },
+                Event::Text(text) => {
+                    if stack.is_empty() && !text.trim().is_empty() {
+                        let what = if root.is_some() {
+                            "text after the end of the root element"
+                        } else {
+                            "text before the root element"
+                        };
+                        return Err(self.error_at(start, what));
+                    }
+                    Node::Text {
+                        raw: text.to_string(),
+                        value: text.xml10_content().into_owned(),
+                    }
+                }
+                Event::GeneralRef(reference) => {
+                    if stack.is_empty() {
+                        return Err(self.error_at(start, "a reference outside the root element"));
+                    }
+                    let value =
+                        resolve_reference(&reference).map_err(|m| self.error_at(start, m))?;
+                    Node::Text {
+                        raw: format!("&{};", &*reference),
+                        value: value.to_string(),
+                    }
+                }
+                Event::CData(content) => {
+                    if stack.is_empty() {
+                        return Err(self.error_at(start, "CDATA outside the root element"));
+                    }
+                    Node::CData(content.to_string())
+                }
+                Event::Comment(comment) => Node::Markup(format!("<!--{}-->", &*comment)),
+                Event::PI(pi) => Node::Markup(format!("<?{}?>", &*pi)),
+                Event::Decl(decl) => {
+                    check_declaration(&decl).map_err(|m| self.error_at(start, m))?;
+                    Node::Markup(format!("<?{}?>", &*decl))
+                }
+                Event::DocType(doctype) => {
+                    if doctype.contains('[') {
+                        return Err(self.error_at(
+                            start,
+                            "a doctype with an internal subset (entity declarations) is not supported",
+                        ));
+                    }
+                    Node::Markup(format!("<!DOCTYPE {}>", doctype.trim()))
+                }
+            };
+            match stack.last_mut() {
+                Some(parent) => push_merged(&mut parent.children, node),
+                None => match node {
+                    Node::Element(element) => root = Some(element),
+                    other if root.is_none() => prolog.push(other),
+                    other => epilog.push(other),
+                },
+            }
+        }
+        if let Some(open) = stack.last() {
+            return Err(self.error_at(
+                self.text.len() as u64,
+                format!("the file ends inside <{}> (truncated?)", open.name),
+            ));
+        }
+        let Some(root) = root else {
+            return Err(self.error_at(self.text.len() as u64, "no root element"));
+        };
+        Ok(Document {
+            bom: self.bom,
+            prolog,
+            root,
+            epilog,
+        })
+    }
+}
+
+/// Text split by references arrives in pieces; keep one text node per run.
+fn push_merged(children: &mut Vec<Node>, node: Node) {
+    if let (Some(Node::Text { raw, value }), Node::Text { raw: r, value: v }) =
+        (children.last_mut(), &node)
+    {
+        raw.push_str(r);
+        value.push_str(v);
+        return;
+    }
+    children.push(node);
+}
+
+fn resolve_reference(reference: &quick_xml::events::BytesRef<'_>) -> Result<char, String> {
+    let name: &str = reference;
+    match reference.resolve_char_ref() {
+        Ok(Some(c)) if is_xml_char(c) => return Ok(c),
+        Ok(Some(c)) => {
+            return Err(format!(
+                "&{name}; is the character U+{:04X}, which XML 1.0 does not allow",
+                c as u32
+            ));
+        }
+        Ok(None) => {}
+        Err(e) => return Err(format!("bad character reference &{name};: {e}")),
+    }
+    match name {
+        "lt" => Ok('<'),
+        "gt" => Ok('>'),
+        "amp" => Ok('&'),
+        "apos" => Ok('\''),
+        "quot" => Ok('"'),
+        _ => Err(format!("unknown entity &{name};")),
+    }
+}
+
+fn check_attributes(tag: &quick_xml::events::BytesStart<'_>) -> Result<(), String> {
+    for attribute in tag.attributes().with_checks(true) {
+        let attribute = attribute.map_err(|e| format!("bad attribute: {e}"))?;
+        attribute
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map_err(|e| format!("bad attribute value: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_declaration(decl: &quick_xml::events::BytesDecl<'_>) -> Result<(), String> {
+    if let Some(encoding) = decl.encoding() {
+        let encoding = encoding.map_err(|e| format!("bad XML declaration: {e}"))?;
+        if !encoding.eq_ignore_ascii_case("utf-8") {
+            return Err(format!(
+                "the file declares encoding {encoding}; only UTF-8 is supported"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether XML 1.0 can hold `c` (in text, escaped or not).
+pub fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Escapes text content so that it reads back exactly: markup characters,
+/// and carriage returns, which a parser would otherwise turn into newlines.
+pub fn escape_text(value: &str) -> Cow<'_, str> {
+    if !value.contains(['&', '<', '>', '\r']) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 16);
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(text: &str) {
+        let doc = Document::parse(text).expect("parses");
+        assert_eq!(doc.write(), text);
+    }
+
+    #[test]
+    fn unchanged_documents_are_written_byte_for_byte() {
+        roundtrip(
+            "<?xml version=\"1.0\"?>\n<settings>\n  <machine>\n    <name>a</name>\n    <ip/>\n    <os></os>\n  </machine>\n</settings>\n",
+        );
+        roundtrip(
+            "<settings a='1' b=\"&amp;\"><!-- c --><x>&lt;&#233;&amp;</x><?pi x?><![CDATA[<raw>]]></settings>",
+        );
+        roundtrip("\u{feff}<settings>\r\n</settings>");
+        roundtrip("<!DOCTYPE settings>\n<settings/>\n<!-- after -->\n");
+    }
+
+    #[test]
+    fn text_values_are_decoded() {
+        let doc =
+            Document::parse("<s><a>x &amp; y&#10;&#x41;<![CDATA[<&>]]></a><b>l1\r\nl2</b></s>")
+                .unwrap();
+        assert_eq!(doc.root.child("a").unwrap().text(), "x & y\nA<&>");
+        assert_eq!(doc.root.child("b").unwrap().text(), "l1\nl2");
+    }
+
+    #[test]
+    fn set_text_round_trips_every_character_xml_allows() {
+        let nasty = "a & b < c > d \" e ' f ]]> g\r\nh\ti é ✓ 𝄞";
+        let mut doc = Document::parse("<s><a/></s>").unwrap();
+        doc.root.child_mut("a").unwrap().set_text(nasty);
+        let again = Document::parse(&doc.write()).unwrap();
+        assert_eq!(again.root.child("a").unwrap().text(), nasty);
+    }
+
+    #[test]
+    fn broken_documents_are_refused_with_a_position() {
+        let cases = [
+            ("", "empty"),
+            ("   \n", "empty"),
+            ("<s><a></s>", "a"),
+            ("<s><a>", "ends inside <a>"),
+            ("<s/>junk", "text after"),
+            ("<s/><t/>", "only one root"),
+            ("junk<s/>", "text before"),
+            ("<s>&nope;</s>", "unknown entity"),
+            ("<s>&#1;</s>", "U+0001"),
+            ("<s a=1/>", "attribute"),
+            (
+                "<?xml version=\"1.0\" encoding=\"latin1\"?><s/>",
+                "encoding",
+            ),
+            (
+                "<!DOCTYPE s [<!ENTITY e \"x\">]><s>&e;</s>",
+                "internal subset",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Document::parse(text).expect_err(text);
+            assert!(
+                err.message.contains(expected),
+                "{text:?}: {err} should mention {expected:?}"
+            );
+        }
+        let err = Document::parse("<s>\n  <a>\n</s>").unwrap_err();
+        assert_eq!((err.line, err.column), (3, 1), "{err}");
+    }
+
+    #[test]
+    fn inserted_elements_take_the_siblings_indent() {
+        let mut doc = Document::parse("<s>\n  <m>\n    <a/>\n    <c/>\n  </m>\n</s>").unwrap();
+        let m = doc.root.child_mut("m").unwrap();
+        let after = m.position("a");
+        m.insert_element(after, Element::with_text("b", "x"), "    ");
+        assert_eq!(
+            doc.write(),
+            "<s>\n  <m>\n    <a/>\n    <b>x</b>\n    <c/>\n  </m>\n</s>"
+        );
+
+        let mut doc = Document::parse("<s/>").unwrap();
+        doc.root.insert_element(None, Element::new("m"), "  ");
+        assert_eq!(doc.write(), "<s>\n  <m/>\n</s>");
+        let m = doc.root.position("m").unwrap();
+        doc.root.remove_child(m);
+        assert_eq!(doc.write(), "<s>\n</s>");
+    }
+}
