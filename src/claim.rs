@@ -13,6 +13,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::history::{Event, Kind};
 use crate::lab::{Field, JobRecord, Lab, Machine};
 use crate::lock::FileLock;
 use crate::os::{self, Processes};
@@ -210,6 +211,11 @@ fn sweep(lab: &mut Lab, target: &str, judge: &Judge<'_, Processes>) -> Result<()
             Verdict::Stale(reason) => {
                 machine.clear_job()?;
                 report_cleared(&name, &job, &reason);
+                lab.record(
+                    Event::new(Kind::StaleCleared, &name)
+                        .job(&job)
+                        .detail(reason.to_string()),
+                );
             }
             Verdict::Unstamped => machine.set(Field::JobTimestamp, &judge.now.to_string())?,
             Verdict::Live | Verdict::Remote(_) => {}
@@ -220,7 +226,7 @@ fn sweep(lab: &mut Lab, target: &str, judge: &Judge<'_, Processes>) -> Result<()
 
 fn report_cleared(machine: &str, job: &JobRecord, reason: &StaleReason) {
     let pid = job.pid.map(|p| format!(", PID {p}")).unwrap_or_default();
-    eprintln!(
+    say!(
         "mama: cleared stale job '{}' on {machine}{pid}: {reason}",
         job.label
     );
@@ -282,6 +288,7 @@ pub fn acquire(
     let mut backoff = Duration::from_millis(10);
     let live_line = std::io::stderr().is_terminal();
     loop {
+        processes.forget();
         let judge = Judge {
             now: os::now(),
             stale_after,
@@ -314,14 +321,16 @@ pub fn acquire(
                 Intent::Run { .. } => "waiting to claim it",
                 Intent::Wait => "waiting until it is free",
             };
-            eprintln!("mama: {target} is busy: {busy}; {what}");
+            say!("mama: {target} is busy: {busy}; {what}");
             told = true;
         } else if live_line {
-            eprint!(
+            let mut stderr = std::io::stderr();
+            let _ = write!(
+                stderr,
                 "\rmama: waited {} for {target}",
                 render::seconds(now - started)
             );
-            let _ = std::io::stderr().flush();
+            let _ = stderr.flush();
         }
         let nap = deadline.map_or(patience.poll, |d| patience.poll.min(d - now));
         match busy.lock_holder(target) {
@@ -344,7 +353,7 @@ pub fn acquire(
 
 fn finish_live_line(on: bool) {
     if on {
-        eprintln!();
+        say!("");
     }
 }
 
@@ -365,6 +374,15 @@ fn attempt(
     let machine = lab.get(target)?;
     // Free, or held by one of our ancestors: then we nest in its claim.
     let outer = machine.job();
+    // Any other job left here had its process die between the sweep and
+    // the busy check, which probed it apart: never nest in it, look again
+    // (the next sweep clears it).
+    if outer
+        .as_ref()
+        .is_some_and(|job| !job.pid.is_some_and(|pid| caller.lineage.contains(&pid)))
+    {
+        return Ok(Attempt::Busy(Busy::Locked));
+    }
     let lock = match outer {
         Some(_) => None,
         None => {
@@ -387,6 +405,11 @@ fn attempt(
     let mac = machine.get(Field::Mac).into_owned();
     let ip = machine.get(Field::Ip).into_owned();
     lab.get_mut(target)?.set_job(&job)?;
+    let mut event = Event::new(Kind::Claimed, target).job(&job);
+    if let Some(outer) = &outer {
+        event = event.detail(format!("nested in '{}'", outer.label));
+    }
+    lab.record(event);
     Ok(Attempt::Claimed(Claim {
         machine: target.to_string(),
         job,
@@ -400,11 +423,12 @@ fn attempt(
 impl Claim {
     /// Gives the machine back: clears the job, or restores the claim this
     /// one nested in. A claim that is no longer ours (cleared by hand,
-    /// taken over) is left alone, with a word on stderr.
-    pub fn release(self, store: &Store) -> Result<()> {
+    /// taken over) is left alone, with a word on stderr. `outcome` (how the
+    /// job ended) goes into the history.
+    pub fn release(self, store: &Store, outcome: &str) -> Result<()> {
         store.update(|lab| {
             let Ok(mut machine) = lab.get_mut(&self.machine) else {
-                eprintln!(
+                say!(
                     "mama: {} was deleted while the job ran; nothing to release",
                     self.machine
                 );
@@ -415,7 +439,7 @@ impl Claim {
                 .as_ref()
                 .is_some_and(|j| j.pid == self.job.pid && j.timestamp == self.job.timestamp);
             if !ours {
-                eprintln!(
+                say!(
                     "mama: the claim on {} was cleared or taken over while the job ran; \
                      leaving the record alone",
                     self.machine
@@ -423,9 +447,20 @@ impl Claim {
                 return Ok(());
             }
             match &self.outer {
-                Some(outer) => machine.set_job(outer),
-                None => machine.clear_job(),
+                Some(outer) => machine.set_job(outer)?,
+                None => machine.clear_job()?,
             }
+            let held = os::now() - self.job.timestamp.unwrap_or_else(os::now);
+            let detail = format!(
+                "{outcome} after {}",
+                render::seconds(Duration::from_secs(held.max(0) as u64))
+            );
+            lab.record(
+                Event::new(Kind::Released, &self.machine)
+                    .job(&self.job)
+                    .detail(detail),
+            );
+            Ok(())
         })
         // The job lock is dropped with `self`, after the state says free.
     }

@@ -32,9 +32,13 @@ pub enum Command {
         /// Print a JSON array instead of a table
         #[arg(long)]
         json: bool,
+        /// Print only the names, one a line (for shell completion)
+        #[arg(long, hide = true, conflicts_with = "json")]
+        names: bool,
     },
     /// Show all fields of a machine, and its job
     Info {
+        /// The machine's name
         machine: String,
         /// Print one JSON object
         #[arg(long)]
@@ -58,39 +62,76 @@ pub enum Command {
         resources: Option<String>,
     },
     /// Remove a machine that has no live job
-    Delete { machine: String },
+    Delete {
+        /// The machine's name
+        machine: String,
+    },
     /// Set a field of a machine (an empty value clears it)
     Set {
+        /// The machine's name
         machine: String,
+        /// The field to set
         attr: SetAttr,
+        /// Its new value ("" clears it; may start with '-', as VM and boot parameters do)
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
     /// Print a field of a machine
-    Get { machine: String, attr: GetAttr },
+    Get {
+        /// The machine's name
+        machine: String,
+        /// The field to print
+        attr: GetAttr,
+    },
     /// Forget the job, is_started and ip of a machine, or of all machines
     Clear {
         /// A machine, or "all"
         machine: String,
     },
     /// Reserve a machine for yourself
-    Reserve { machine: String },
+    Reserve {
+        /// The machine's name
+        machine: String,
+    },
     /// Release your reservation
-    Release { machine: String },
+    Release {
+        /// The machine's name
+        machine: String,
+    },
     /// Release a reservation, whoever holds it
-    ReleaseForced { machine: String },
+    ReleaseForced {
+        /// The machine's name
+        machine: String,
+    },
     /// Wait until a machine is free (exit 0), or the timeout passes (exit 75)
     Wait {
+        /// The machine's name
         machine: String,
         /// Give up after this many seconds (fractions allowed)
         #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
         timeout: Option<Duration>,
     },
+    /// Show the history: claims, releases, stale clears and every other change
+    Log {
+        /// Only this machine's events
+        machine: Option<String>,
+        /// Only events newer than this: 90s, 15m, 2h, 3d, 1h30m (plain numbers are seconds)
+        #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+        since: Option<Duration>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new events as they happen
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Wait for a machine, claim it, run CMD, release it; exit as CMD did
     #[command(arg_required_else_help = true)]
     Run {
+        /// The machine's name
         machine: String,
         /// The job's label (default: "run <CMD basename>")
-        #[arg(long, value_name = "LABEL")]
+        #[arg(long, value_name = "LABEL", allow_hyphen_values = true)]
         job: Option<String>,
         /// Exit 75 at once if the machine is busy
         #[arg(long, conflicts_with = "wait_timeout")]
@@ -104,6 +145,11 @@ pub enum Command {
         /// The command and its arguments, run directly (no shell)
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
+    },
+    /// Print a completion script for a shell (machine names complete from the state file)
+    Completions {
+        /// The shell
+        shell: crate::completions::Shell,
     },
 }
 
@@ -189,6 +235,42 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("'{text}' is not a non-negative number of seconds"))
 }
 
+/// An age such as `90s`, `15m`, `2h`, `3d` or `1h30m`; a plain number is
+/// seconds.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let bad = || format!("'{text}' is not a duration (like 90s, 15m, 2h, 3d or 1h30m)");
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +279,17 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ages_parse_like_people_write_them() {
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_age("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_age("3d"), Ok(Duration::from_secs(259_200)));
+        for bad in ["", "h", "2x", "1h30", "-5m", "1.5h"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -8,11 +8,13 @@ use crate::claim::{self, Caller, Intent, Patience};
 use crate::cli::{GetAttr, SetAttr};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
+use crate::history::{Event, Kind};
 use crate::lab::{self, Field, Lab, NewMachine};
 use crate::os::{self, Processes};
 use crate::render::{self, MachineView};
 use crate::stale::{self, Judge, Verdict};
 use crate::store::{Snapshot, Store};
+use crate::style::{self, Stream};
 use crate::supervise::{self, Ending};
 
 /// The default longest sleep between two looks at the state file.
@@ -21,14 +23,18 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 /// Reads the lab for a read-only command, saying where it looked when there
 /// is no state file.
 fn read(store: &Store) -> Result<Lab> {
-    let Snapshot { lab, existed } = store.read()?;
-    if !existed {
-        eprintln!(
+    let snapshot = store.read()?;
+    note_missing(store, &snapshot);
+    Ok(snapshot.lab)
+}
+
+fn note_missing(store: &Store, snapshot: &Snapshot) {
+    if !snapshot.existed {
+        say!(
             "mama: no state file at {}; the lab is empty",
             store.path().display()
         );
     }
-    Ok(lab)
 }
 
 /// What judging jobs needs from this host, gathered once per command.
@@ -57,11 +63,23 @@ impl World {
     }
 }
 
+/// Writes to stdout; a failed write is an error, not a panic.
+fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Error::Io {
+            context: "cannot write to standard output".into(),
+            source: e,
+        })
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::Invalid(format!("cannot write JSON: {e}")))?;
-    println!("{text}");
-    Ok(())
+    out(&format!("{text}\n"))
 }
 
 pub fn list(store: &Store, json: bool) -> Result<()> {
@@ -75,22 +93,117 @@ pub fn list(store: &Store, json: bool) -> Result<()> {
     if json {
         print_json(&views)
     } else {
-        println!("{}", render::table(&views));
-        Ok(())
+        out(&format!(
+            "{}\n",
+            render::table(&views, style::enabled(Stream::Stdout))
+        ))
     }
 }
 
+/// `list --names`: the machine names, one a line, for shell completion.
+pub fn names(store: &Store) -> Result<()> {
+    let names: String = store
+        .read()?
+        .lab
+        .machines()
+        .map(|m| format!("{}\n", m.name()))
+        .collect();
+    out(&names)
+}
+
+/// How many of a machine's last events `info` shows.
+const INFO_EVENTS: usize = 5;
+
 pub fn info(store: &Store, machine: &str, json: bool) -> Result<()> {
-    let lab = read(store)?;
+    let (snapshot, events) = store.read_events(None)?;
+    note_missing(store, &snapshot);
     let world = World::new()?;
     let judge = world.judge();
-    let view = MachineView::new(&lab.get(machine)?, &judge);
+    let view = MachineView::new(&snapshot.lab.get(machine)?, &judge);
+    let mut recent: Vec<Event> = events
+        .into_iter()
+        .rev()
+        .filter(|e| e.machine == machine)
+        .take(INFO_EVENTS)
+        .collect();
+    recent.reverse();
     if json {
-        print_json(&view)
+        print_json(&render::InfoView {
+            machine: view,
+            recent_events: recent,
+        })
     } else {
-        print!("{}", render::info(&view, judge.now));
-        Ok(())
+        let mut text = render::info(&view, judge.now, style::enabled(Stream::Stdout));
+        if !recent.is_empty() {
+            text.push_str("Recent events:\n");
+            text.push_str(&render::events(&recent, "  "));
+        }
+        out(&text)
     }
+}
+
+/// `mama log`: the history, filtered; with `follow`, then every new event
+/// as it is committed.
+pub fn log(
+    store: &Store,
+    machine: Option<&str>,
+    since: Option<Duration>,
+    json: bool,
+    follow: bool,
+) -> Result<()> {
+    let (snapshot, events) = store.read_events(None)?;
+    note_missing(store, &snapshot);
+    if let Some(name) = machine
+        && snapshot.lab.machine(name).is_none()
+        && !events.iter().any(|e| e.machine == name)
+    {
+        return Err(Error::UnknownMachine(name.to_string()));
+    }
+    let cutoff = since.map(|age| os::now() - age.as_secs() as i64);
+    let wanted =
+        |e: &Event| machine.is_none_or(|m| e.machine == m) && cutoff.is_none_or(|t| e.time >= t);
+    let mut last = events
+        .last()
+        .map(|e| e.seq)
+        .or(snapshot.lab.event_seq())
+        .unwrap_or(0);
+    let shown: Vec<Event> = events.into_iter().filter(|e| wanted(e)).collect();
+    print_events(&shown, json, true)?;
+    if !follow {
+        return Ok(());
+    }
+    let poll = poll_interval()?;
+    loop {
+        std::thread::sleep(poll);
+        let (_, new) = store.read_events(Some(last))?;
+        if let Some(e) = new.last() {
+            last = e.seq;
+        }
+        let shown: Vec<Event> = new.into_iter().filter(|e| wanted(e)).collect();
+        print_events(&shown, json, false)?;
+    }
+}
+
+/// Prints events as JSON lines or as rows under a header (`header`: the
+/// first batch; later batches of `--follow` print rows only).
+fn print_events(events: &[Event], json: bool, header: bool) -> Result<()> {
+    let mut text = String::new();
+    if json {
+        for event in events {
+            let line = serde_json::to_string(event)
+                .map_err(|e| Error::Invalid(format!("cannot write JSON: {e}")))?;
+            text.push_str(&line);
+            text.push('\n');
+        }
+    } else if header {
+        text = render::events(events, "");
+    } else if !events.is_empty() {
+        let table = render::events(events, "");
+        text = table
+            .split_once('\n')
+            .map_or(String::new(), |(_, rows)| rows.to_string());
+    }
+    out(&text)
 }
 
 pub fn add(store: &Store, new: NewMachine) -> Result<()> {
@@ -101,8 +214,12 @@ pub fn add(store: &Store, new: NewMachine) -> Result<()> {
         resources: lab::normalize(Field::Resources, &new.resources)?,
         ..new
     };
-    store.update(|lab| lab.add(&new))?;
-    eprintln!("mama: added {} ({})", new.name, new.mac);
+    store.update(|lab| {
+        lab.add(&new)?;
+        lab.record(Event::new(Kind::Added, &new.name).detail(format!("mac {}", new.mac)));
+        Ok(())
+    })?;
+    say!("mama: added {} ({})", new.name, new.mac);
     Ok(())
 }
 
@@ -119,9 +236,11 @@ pub fn delete(store: &Store, machine: &str) -> Result<()> {
                 job.label
             )));
         }
-        lab.remove(machine)
+        lab.remove(machine)?;
+        lab.record(Event::new(Kind::Deleted, machine));
+        Ok(())
     })?;
-    eprintln!("mama: deleted {machine}");
+    say!("mama: deleted {machine}");
     Ok(())
 }
 
@@ -139,34 +258,55 @@ pub fn set(store: &Store, machine: &str, attr: SetAttr, value: &str) -> Result<(
                 other.name()
             )));
         }
-        lab.get_mut(machine)?.set(field, &value)
+        let mut m = lab.get_mut(machine)?;
+        if m.view().get(field) == value {
+            return Ok(());
+        }
+        m.set(field, &value)?;
+        lab.record(Event::new(Kind::Set, machine).detail(format!("{}={value}", field.tag())));
+        Ok(())
     })
 }
 
 pub fn get(store: &Store, machine: &str, attr: GetAttr) -> Result<()> {
     let lab = read(store)?;
-    println!("{}", lab.get(machine)?.get(attr.field()));
-    Ok(())
+    out(&format!("{}\n", lab.get(machine)?.get(attr.field())))
 }
 
 /// Forgets job, PID, timestamp, `is_started` and `ip`, as upstream's
 /// "clear stale data" does.
 pub fn clear(store: &Store, target: &str) -> Result<()> {
-    let clear_one = |m: &mut lab::MachineMut<'_>| -> Result<()> {
-        m.clear_job()?;
-        m.set(Field::IsStarted, "")?;
-        m.set(Field::Ip, "")
-    };
     let cleared = store.update(|lab| {
-        if target == "all" {
-            lab.for_each_mut(clear_one)?;
-            Ok(lab.machines().count())
+        let names: Vec<String> = if target == "all" {
+            lab.machines().map(|m| m.name().into_owned()).collect()
         } else {
-            clear_one(&mut lab.get_mut(target)?)?;
-            Ok(1)
+            vec![lab.get(target)?.name().into_owned()]
+        };
+        for name in &names {
+            let mut m = lab.get_mut(name)?;
+            let job = m.view().job();
+            let had = [Field::IsStarted, Field::Ip]
+                .into_iter()
+                .filter(|&f| !m.view().get(f).is_empty())
+                .map(Field::tag)
+                .collect::<Vec<_>>();
+            m.clear_job()?;
+            m.set(Field::IsStarted, "")?;
+            m.set(Field::Ip, "")?;
+            if job.is_some() || !had.is_empty() {
+                let mut event = Event::new(Kind::Cleared, name);
+                if let Some(job) = &job {
+                    event = event.job(job);
+                }
+                if !had.is_empty() {
+                    event = event.detail(format!("also {}", had.join(", ")));
+                }
+                lab.record(event);
+            }
         }
+        Ok(names.len())
     })?;
-    eprintln!(
+    say!(
         "mama: cleared {target} ({cleared} machine{})",
         plural(cleared)
     );
@@ -185,10 +325,15 @@ pub fn reserve(store: &Store, machine: &str) -> Result<()> {
             Some(holder) if holder != user => Err(Error::Invalid(format!(
                 "{machine} is reserved by {holder} already"
             ))),
-            _ => m.set(Field::Reservation, &user),
+            Some(_) => Ok(()),
+            None => {
+                m.set(Field::Reservation, &user)?;
+                lab.record(Event::new(Kind::Reserved, machine));
+                Ok(())
+            }
         }
     })?;
-    eprintln!("mama: {machine} is reserved for {user}");
+    say!("mama: {machine} is reserved for {user}");
     Ok(())
 }
 
@@ -202,10 +347,14 @@ pub fn release(store: &Store, machine: &str) -> Result<()> {
                 "{machine} is reserved by {holder}, not by you ({user}); \
                  `mama release-forced {machine}` releases it anyway"
             ))),
-            Some(_) => m.set(Field::Reservation, ""),
+            Some(_) => {
+                m.set(Field::Reservation, "")?;
+                lab.record(Event::new(Kind::Unreserved, machine));
+                Ok(())
+            }
         }
     })?;
-    eprintln!("mama: released {machine}");
+    say!("mama: released {machine}");
     Ok(())
 }
 
@@ -214,11 +363,17 @@ pub fn release_forced(store: &Store, machine: &str) -> Result<()> {
         let mut m = lab.get_mut(machine)?;
         let holder = m.view().reservation();
         m.set(Field::Reservation, "")?;
+        if let Some(holder) = &holder {
+            lab.record(
+                Event::new(Kind::ForceReleased, machine)
+                    .detail(format!("was reserved by {holder}")),
+            );
+        }
         Ok(holder)
     })?;
     match holder {
-        Some(holder) => eprintln!("mama: released {machine} (reserved by {holder})"),
-        None => eprintln!("mama: {machine} was not reserved"),
+        Some(holder) => say!("mama: released {machine} (reserved by {holder})"),
+        None => say!("mama: {machine} was not reserved"),
     }
     Ok(())
 }
@@ -312,7 +467,7 @@ pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
     let job_mask = match supervise::block_signals() {
         Ok(mask) => mask,
         Err(e) => {
-            claim.release(store)?;
+            claim.release(store, "not started (mama could not block signals)")?;
             return Err(e);
         }
     };
@@ -328,18 +483,22 @@ pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
         timeout: request.timeout,
     };
     let ending = supervise::run(&job, job_mask);
-    let released = claim.release(store);
+    let outcome = match &ending {
+        Ok(ending) => ending.to_string(),
+        Err(e) => format!("supervision failed: {e}"),
+    };
+    let released = claim.release(store, &outcome);
     let ending = ending?;
     match &ending {
-        Ending::NotStarted(e) => eprintln!("mama: cannot run '{}': {e}", program.to_string_lossy()),
-        Ending::TimedOut => eprintln!(
+        Ending::NotStarted(e) => say!("mama: cannot run '{}': {e}", program.to_string_lossy()),
+        Ending::TimedOut => say!(
             "mama: the job on {machine} ran out of time ({}) and was stopped",
             render::seconds(request.timeout.unwrap_or_default())
         ),
         Ending::Exited(_) | Ending::Signalled(_) => {}
     }
     if let Err(e) = released {
-        eprintln!("mama: could not release {machine}: {e}");
+        say!("mama: could not release {machine}: {e}");
         if ending.exit_code() == 0 {
             return Ok(ExitCode::Error.code());
         }

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use crate::error::Error;
+use crate::history::Event;
 use crate::xml::{self, Document, Element, ParseError};
 
 /// A field of a machine: one child element of `<machine>`.
@@ -164,7 +165,13 @@ impl<'a> Machine<'a> {
 
     /// The job on this machine: a label or a PID makes one.
     pub fn job(&self) -> Option<JobRecord> {
-        let label = self.get(Field::Job).trim().to_string();
+        // The label is kept exactly as written; only a blank one is none.
+        let label = self.get(Field::Job);
+        let label = if label.trim().is_empty() {
+            String::new()
+        } else {
+            label.into_owned()
+        };
         let pid_text = self.get(Field::JobPid);
         if label.is_empty() && pid_text.trim().is_empty() {
             return None;
@@ -304,10 +311,14 @@ pub struct NewMachine {
 pub struct Lab {
     doc: Document,
     changed: bool,
+    /// Events of this transaction, committed with it.
+    events: Vec<Event>,
 }
 
 const MACHINE: &str = "machine";
 const ROOT: &str = "settings";
+/// mama's own top-level element: the last event the state committed.
+const EVENT_SEQ: &str = "event_seq";
 
 impl Lab {
     /// An empty lab, as a missing state file reads.
@@ -315,6 +326,7 @@ impl Lab {
         Lab {
             doc: Document::new(Element::new(ROOT)),
             changed: false,
+            events: Vec::new(),
         }
     }
 
@@ -335,6 +347,7 @@ impl Lab {
         let lab = Lab {
             doc,
             changed: false,
+            events: Vec::new(),
         };
         let mut seen = HashSet::new();
         for machine in lab.machines() {
@@ -358,6 +371,34 @@ impl Lab {
     /// Whether anything was changed since the lab was read.
     pub fn is_changed(&self) -> bool {
         self.changed
+    }
+
+    /// Records an event, to be committed with this transaction's changes.
+    pub fn record(&mut self, event: Event) {
+        self.events.push(event);
+        self.changed = true;
+    }
+
+    /// The events recorded since the lab was read.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The number of the last event this state committed, if any.
+    pub fn event_seq(&self) -> Option<u64> {
+        self.doc.root.child(EVENT_SEQ)?.text().trim().parse().ok()
+    }
+
+    pub fn set_event_seq(&mut self, seq: u64) {
+        let value = seq.to_string();
+        match self.doc.root.child_mut(EVENT_SEQ) {
+            Some(element) => element.set_text(&value),
+            None => self
+                .doc
+                .root
+                .push_element(Element::with_text(EVENT_SEQ, &value), "  "),
+        }
+        self.changed = true;
     }
 
     pub fn machines(&self) -> impl Iterator<Item = Machine<'_>> {

@@ -6,17 +6,30 @@
 //! [`claim`] (busy rules, claim, release, waiting), [`supervise`] (the
 //! job's process), [`render`] (tables and JSON), [`exit`] (exit codes).
 
+/// Writes a line to stderr. Unlike `eprintln!` it never panics: a closed
+/// stderr must not stop a `run` from releasing its machine.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod claim;
 pub mod cli;
 pub mod commands;
+pub mod completions;
 pub mod error;
 pub mod exit;
+pub mod history;
 pub mod lab;
 pub mod lock;
+pub mod manpage;
 pub mod os;
 pub mod render;
 pub mod stale;
 pub mod store;
+pub mod style;
 pub mod supervise;
 pub mod xml;
 
@@ -31,11 +44,20 @@ use store::Store;
 pub fn run(cli: Cli) -> i32 {
     let store = Store::locate(cli.state);
     let is_run = matches!(cli.command, Command::Run { .. });
+    if !matches!(cli.command, Command::Run { .. } | Command::Wait { .. }) {
+        // `mama list | head` ends quietly, as other Unix tools do. `run`
+        // and `wait` keep SIGPIPE ignored: they must outlive a closed pipe
+        // to release their claim.
+        // SAFETY: restores the default action of one signal.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = dispatch(&store, cli.command);
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mama: {e}");
+            say!("{} {e}", style::error_prefix());
             match e {
                 Error::Busy(_) => ExitCode::Busy.code(),
                 _ if is_run => ExitCode::RunFailed.code(),
@@ -48,7 +70,8 @@ pub fn run(cli: Cli) -> i32 {
 fn dispatch(store: &Store, command: Command) -> error::Result<i32> {
     use commands as c;
     match command {
-        Command::List { json } => c::list(store, json)?,
+        Command::List { names: true, .. } => c::names(store)?,
+        Command::List { json, .. } => c::list(store, json)?,
         Command::Info { machine, json } => c::info(store, &machine, json)?,
         Command::Add {
             name,
@@ -78,6 +101,13 @@ fn dispatch(store: &Store, command: Command) -> error::Result<i32> {
         Command::Release { machine } => c::release(store, &machine)?,
         Command::ReleaseForced { machine } => c::release_forced(store, &machine)?,
         Command::Wait { machine, timeout } => c::wait(store, &machine, timeout)?,
+        Command::Log {
+            machine,
+            since,
+            json,
+            follow,
+        } => c::log(store, machine.as_deref(), since, json, follow)?,
+        Command::Completions { shell } => completions::print(shell)?,
         Command::Run {
             machine,
             job,

@@ -22,15 +22,22 @@ pub trait ProcessTable {
     fn parent(&self, pid: u32) -> Option<u32>;
 }
 
-/// The live process table of this host, read on demand.
+/// The live process table of this host, read on demand; each PID is probed
+/// once per command (a lab often names one PID many times).
 #[derive(Default)]
 pub struct Processes {
     system: RefCell<Option<System>>,
+    probed: RefCell<std::collections::HashMap<u32, Probe>>,
 }
 
 impl Processes {
     pub fn new() -> Processes {
         Processes::default()
+    }
+
+    /// Forgets what was probed: a loop that looks again must see changes.
+    pub fn forget(&self) {
+        self.probed.borrow_mut().clear();
     }
 
     /// Reads one process from /proc through sysinfo.
@@ -52,6 +59,22 @@ impl Processes {
 
 impl ProcessTable for Processes {
     fn probe(&self, pid: u32) -> Probe {
+        if let Some(&known) = self.probed.borrow().get(&pid) {
+            return known;
+        }
+        let probe = self.probe_now(pid);
+        self.probed.borrow_mut().insert(pid, probe);
+        probe
+    }
+
+    fn parent(&self, pid: u32) -> Option<u32> {
+        self.with_process(pid, |p| p.parent().map(|p| p.as_u32()))
+            .flatten()
+    }
+}
+
+impl Processes {
+    fn probe_now(&self, pid: u32) -> Probe {
         // kill(pid, 0) first: it sees every process, even where /proc hides
         // other users' ones. EPERM means it exists.
         let Ok(raw) = libc::pid_t::try_from(pid) else {
@@ -74,11 +97,6 @@ impl ProcessTable for Processes {
             None => Probe::Alive { started: None },
         }
     }
-
-    fn parent(&self, pid: u32) -> Option<u32> {
-        self.with_process(pid, |p| p.parent().map(|p| p.as_u32()))
-            .flatten()
-    }
 }
 
 /// This process and its ancestors, nearest first.
@@ -95,8 +113,13 @@ pub fn lineage(processes: &impl ProcessTable) -> Vec<u32> {
     chain
 }
 
-/// This host's name.
+/// This host's name (read once).
 pub fn host_name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(read_host_name).clone()
+}
+
+fn read_host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; the name is NUL-terminated
     // when it fits, and the last byte stays 0 in any case.
@@ -115,8 +138,14 @@ pub fn host_name() -> String {
     }
 }
 
-/// The name of the user running mama (the real user id, as `id -un`).
+/// The name of the user running mama (the real user id, as `id -un`; read
+/// once).
 pub fn user_name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(read_user_name).clone()
+}
+
+fn read_user_name() -> String {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     let mut buf = vec![0u8; 4096];

@@ -3,13 +3,15 @@
 use std::time::Duration;
 
 use chrono::{Local, TimeZone};
-use comfy_table::{ContentArrangement, Table, presets};
+use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
 use crate::claim;
+use crate::history::Event;
 use crate::lab::{Field, Machine};
 use crate::os::ProcessTable;
 use crate::stale::{Judge, Verdict};
+use crate::style::{self, Tone};
 
 /// One machine as `list --json` and `info --json` print it; empty fields
 /// are `null`.
@@ -45,10 +47,16 @@ pub struct MachineView {
 
 impl MachineView {
     pub fn new<P: ProcessTable>(machine: &Machine<'_>, judge: &Judge<'_, P>) -> MachineView {
+        // Structured fields (MAC, IP, numbers) are trimmed; free text is
+        // shown exactly as stored, so scripts read back what they set.
         let field = |f: Field| {
             let value = machine.get(f);
             let value = value.trim();
             (!value.is_empty()).then(|| value.to_string())
+        };
+        let text = |f: Field| {
+            let value = machine.get(f);
+            (!value.trim().is_empty()).then(|| value.into_owned())
         };
         let job = machine.job();
         let verdict = job.as_ref().map(|j| judge.judge(j));
@@ -66,17 +74,17 @@ impl MachineView {
             resources: (!resources.is_empty()).then_some(resources),
             is_started: machine.is_started(),
             only_vm: machine.only_vm(),
-            arch: field(Field::Arch),
-            os: field(Field::Os),
-            kernel: field(Field::Kernel),
-            boot_params: field(Field::BootParams),
-            vm_params: field(Field::VmParams),
-            startcmd: field(Field::StartCmd),
-            stopcmd: field(Field::StopCmd),
+            arch: text(Field::Arch),
+            os: text(Field::Os),
+            kernel: text(Field::Kernel),
+            boot_params: text(Field::BootParams),
+            vm_params: text(Field::VmParams),
+            startcmd: text(Field::StartCmd),
+            stopcmd: text(Field::StopCmd),
             start_timeout: field(Field::StartTimeout),
-            pwr_dev: field(Field::PwrDev),
+            pwr_dev: text(Field::PwrDev),
             pwr_slot: field(Field::PwrSlot),
-            rly_dev: field(Field::RlyDev),
+            rly_dev: text(Field::RlyDev),
             rly_slot: field(Field::RlySlot),
             job: job
                 .as_ref()
@@ -103,29 +111,96 @@ impl MachineView {
     }
 }
 
-/// The `list` table.
-pub fn table(views: &[MachineView]) -> String {
+/// `info --json`: the machine and its last events.
+#[derive(Debug, Serialize)]
+pub struct InfoView {
+    #[serde(flatten)]
+    pub machine: MachineView,
+    pub recent_events: Vec<Event>,
+}
+
+/// Events as aligned columns under a header: time, machine, event, job,
+/// who, detail.
+pub fn events(events: &[Event], indent: &str) -> String {
+    let rows: Vec<[String; 6]> = events
+        .iter()
+        .map(|e| {
+            let job = match (&e.job, e.pid) {
+                (Some(job), Some(pid)) => format!("{job} (PID {pid})"),
+                (Some(job), None) => job.clone(),
+                (None, Some(pid)) => format!("(PID {pid})"),
+                (None, None) => "-".into(),
+            };
+            [
+                local_time(e.time),
+                e.machine.clone(),
+                e.event.as_str().to_string(),
+                job,
+                format!("{}@{}", e.user, e.host),
+                e.detail.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["TIME", "MACHINE", "EVENT", "JOB", "WHO", "DETAIL"].map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::from(indent);
+        for (cell, width) in row.iter().zip(widths) {
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn local_time(timestamp: i64) -> String {
+    match Local.timestamp_opt(timestamp, 0).single() {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        None => format!("@{timestamp}"),
+    }
+}
+
+/// The `list` table; with `colour`, the state and a stale job stand out.
+pub fn table(views: &[MachineView], colour: bool) -> String {
     let mut table = Table::new();
     table
         .load_style(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(["No", "Name", "IP", "MAC", "State", "Reserved", "Job"]);
+    // Whether to colour is decided by the caller (see `style::enabled`),
+    // not by comfy-table's own look at stdout.
+    table.force_no_tty();
+    if colour {
+        table.enforce_styling();
+    }
     for (no, view) in views.iter().enumerate() {
+        let tone = |text: String, tone: Option<Tone>| match tone {
+            Some(tone) => tone.cell(Cell::new(text)),
+            None => Cell::new(text),
+        };
         table.add_row([
-            (no + 1).to_string(),
-            view.name.clone(),
-            view.ip.clone().unwrap_or_default(),
-            view.mac.clone().unwrap_or_default(),
-            view.state.to_string(),
-            view.reservation.clone().unwrap_or_default(),
-            view.job_cell(),
+            Cell::new(no + 1),
+            Cell::new(&view.name),
+            Cell::new(view.ip.clone().unwrap_or_default()),
+            Cell::new(view.mac.clone().unwrap_or_default()),
+            tone(view.state.to_string(), Tone::of_state(view.state)),
+            Cell::new(view.reservation.clone().unwrap_or_default()),
+            tone(view.job_cell(), view.stale.then_some(Tone::Stale)),
         ]);
     }
     table.to_string()
 }
 
-/// The `info` text: every field that is set, then the job.
-pub fn info(view: &MachineView, now: i64) -> String {
+/// The `info` text: every field that is set, then the job; with `colour`,
+/// the state and a stale job stand out.
+pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
     let mut lines: Vec<(&str, String)> = vec![("Name:", view.name.clone())];
     let mut add = |label, value: &Option<String>| {
         if let Some(value) = value {
@@ -134,7 +209,10 @@ pub fn info(view: &MachineView, now: i64) -> String {
     };
     add("MAC:", &view.mac);
     add("IP:", &view.ip);
-    add("State:", &Some(view.state.to_string()));
+    add(
+        "State:",
+        &Some(style::paint(view.state, Tone::of_state(view.state), colour)),
+    );
     add("Reserved by:", &view.reservation);
     add("Resources:", &view.resources.as_ref().map(|r| r.join(" ")));
     add(
@@ -163,7 +241,7 @@ pub fn info(view: &MachineView, now: i64) -> String {
             &view.job_timestamp.map(|t| time_and_age(t, now)),
         );
         let status = match &view.stale_reason {
-            Some(reason) => format!("STALE ({reason})"),
+            Some(reason) => style::paint(&format!("STALE ({reason})"), Some(Tone::Stale), colour),
             None => "running".to_string(),
         };
         add("Job status:", &Some(status));
@@ -177,10 +255,7 @@ pub fn info(view: &MachineView, now: i64) -> String {
 
 /// A Unix time as local time, with its age: `2026-11-23 09:14:02 (3m 12s ago)`.
 pub fn time_and_age(timestamp: i64, now: i64) -> String {
-    let when = match Local.timestamp_opt(timestamp, 0).single() {
-        Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
-        None => format!("@{timestamp}"),
-    };
+    let when = local_time(timestamp);
     let age = now - timestamp;
     if age >= 0 {
         format!("{when} ({} ago)", seconds(Duration::from_secs(age as u64)))

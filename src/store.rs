@@ -13,6 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::history::{Event, History};
 use crate::lab::Lab;
 use crate::lock::{self, FileLock, Mode};
 
@@ -116,12 +117,50 @@ impl Store {
             )));
         }
         let _lock = FileLock::acquire(&self.lock_path(), Mode::Exclusive, like.as_ref())?;
-        let mut snapshot = self.load()?;
-        let value = change(&mut snapshot.lab)?;
-        if snapshot.lab.is_changed() {
-            self.write(&snapshot.lab)?;
+        let mut lab = self.load()?.lab;
+        let value = change(&mut lab)?;
+        if lab.is_changed() {
+            let mut events = lab.take_events();
+            if !events.is_empty() {
+                // The log first: until the state's rename commits the new
+                // number, readers ignore these events.
+                let seq = self
+                    .history()
+                    .append(lab.event_seq(), &mut events, like.as_ref())?;
+                lab.set_event_seq(seq);
+            }
+            self.write(&lab)?;
         }
         Ok(value)
+    }
+
+    /// The event log beside the state file.
+    pub fn history(&self) -> History {
+        History::new(self.dir().join(format!("{}.log", self.file_name())))
+    }
+
+    /// The committed events (all of them, or those numbered after `after`),
+    /// read under the shared lock with the state that commits them.
+    pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
+        let like = self.metadata()?;
+        if like.is_none() {
+            return Ok((
+                Snapshot {
+                    lab: Lab::empty(),
+                    existed: false,
+                },
+                Vec::new(),
+            ));
+        }
+        let _lock = FileLock::acquire(&self.lock_path(), Mode::Shared, like.as_ref()).ok();
+        let snapshot = self.load()?;
+        let committed = snapshot.lab.event_seq();
+        let history = self.history();
+        let events = match after {
+            Some(after) => history.read_after(after, committed)?,
+            None => history.read_all(committed)?,
+        };
+        Ok((snapshot, events))
     }
 
     fn load(&self) -> Result<Snapshot> {

@@ -53,6 +53,17 @@ impl Ending {
     }
 }
 
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::Exited(code) => write!(f, "exit {code}"),
+            Ending::Signalled(signal) => write!(f, "killed by signal {signal}"),
+            Ending::TimedOut => write!(f, "timed out"),
+            Ending::NotStarted(e) => write!(f, "not started ({e})"),
+        }
+    }
+}
+
 const HANDLED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGCHLD];
 
 /// Blocks the signals mama handles while a job runs, from before the job is
@@ -131,7 +142,12 @@ fn supervise(mut child: Child, timeout: Option<Duration>) -> Result<Ending> {
         let wake_at = [term_at, kill_at].into_iter().flatten().min();
         match wait_signal(wake_at.map(|t| t.saturating_duration_since(Instant::now()))) {
             Some(libc::SIGCHLD) => {}
-            Some(signal) => signal_group(group, signal),
+            Some(signal) => {
+                signal_group(group, signal);
+                // A job stopped (say, by reading the terminal from its
+                // background group) must wake to receive it.
+                signal_group(group, libc::SIGCONT);
+            }
             None => {
                 let now = Instant::now();
                 if term_at.is_some_and(|t| now >= t) {

@@ -9,31 +9,110 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Deref;
+use std::rc::Rc;
 
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
+
+/// A piece of text: a span of the document it was read from (no copy), or a
+/// string of its own for what mama wrote. Reading a lab of a thousand
+/// machines then costs a few allocations a machine instead of a hundred.
+#[derive(Clone)]
+pub struct Str(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Span {
+        source: Rc<str>,
+        start: usize,
+        end: usize,
+    },
+    Owned(Box<str>),
+}
+
+impl Str {
+    pub fn new(text: &str) -> Str {
+        Str(Repr::Owned(text.into()))
+    }
+
+    /// `piece` as a span of `source` when it lies inside it, else a copy.
+    fn within(source: &Rc<str>, piece: &str) -> Str {
+        let base = source.as_ptr() as usize;
+        let at = piece.as_ptr() as usize;
+        if at >= base && at + piece.len() <= base + source.len() {
+            Str(Repr::Span {
+                source: Rc::clone(source),
+                start: at - base,
+                end: at - base + piece.len(),
+            })
+        } else {
+            Str::new(piece)
+        }
+    }
+}
+
+impl Deref for Str {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match &self.0 {
+            Repr::Span { source, start, end } => &source[*start..*end],
+            Repr::Owned(text) => text,
+        }
+    }
+}
+
+impl PartialEq for Str {
+    fn eq(&self, other: &Str) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<str> for Str {
+    fn eq(&self, other: &str) -> bool {
+        &**self == other
+    }
+}
+
+impl PartialEq<&str> for Str {
+    fn eq(&self, other: &&str) -> bool {
+        &**self == *other
+    }
+}
+
+impl fmt::Debug for Str {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl fmt::Display for Str {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
 
 /// A node of the tree, in document order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
     Element(Element),
-    /// Character data: `raw` as written in the file, `value` as read
-    /// (references resolved, line ends normalised).
+    /// Character data: `raw` as written in the file, and `value` as read
+    /// (references resolved, line ends normalised) where that differs.
     Text {
-        raw: String,
-        value: String,
+        raw: Str,
+        value: Option<Str>,
     },
     /// A CDATA section's content.
-    CData(String),
+    CData(Str),
     /// A comment, processing instruction or doctype, written back verbatim.
-    Markup(String),
+    Markup(Str),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Element {
-    pub name: String,
+    pub name: Str,
     /// The raw attribute text after the name, leading white space included.
-    attributes: String,
+    attributes: Str,
     pub children: Vec<Node>,
     /// `<x/>` rather than `<x></x>` when the element has no children.
     self_closing: bool,
@@ -70,8 +149,8 @@ impl Element {
     /// A new element; `<name/>` until it gets children.
     pub fn new(name: &str) -> Element {
         Element {
-            name: name.to_string(),
-            attributes: String::new(),
+            name: Str::new(name),
+            attributes: Str::new(""),
             children: Vec::new(),
             self_closing: true,
         }
@@ -87,8 +166,8 @@ impl Element {
     /// The element's text: its character data and CDATA, concatenated.
     pub fn text(&self) -> Cow<'_, str> {
         let mut parts = self.children.iter().filter_map(|node| match node {
-            Node::Text { value, .. } => Some(value.as_str()),
-            Node::CData(content) => Some(content.as_str()),
+            Node::Text { raw, value } => Some(value.as_deref().unwrap_or(raw)),
+            Node::CData(content) => Some(&**content),
             _ => None,
         });
         let Some(first) = parts.next() else {
@@ -118,8 +197,8 @@ impl Element {
             self.self_closing = true;
         } else {
             self.children.push(Node::Text {
-                raw: escape_text(value).into_owned(),
-                value: value.to_string(),
+                raw: Str::new(&escape_text(value)),
+                value: (value.contains(['&', '<', '>', '\r'])).then(|| Str::new(value)),
             });
         }
     }
@@ -207,7 +286,7 @@ impl Element {
             .iter()
             .rposition(|n| matches!(n, Node::Element(_)))?;
         match last.checked_sub(1).map(|i| &self.children[i]) {
-            Some(Node::Text { raw, .. }) if raw.trim().is_empty() => Some(raw.clone()),
+            Some(Node::Text { raw, .. }) if raw.trim().is_empty() => Some(raw.to_string()),
             _ => None,
         }
     }
@@ -241,8 +320,8 @@ impl Element {
 
 fn whitespace(s: &str) -> Node {
     Node::Text {
-        raw: s.to_string(),
-        value: s.to_string(),
+        raw: Str::new(s),
+        value: None,
     }
 }
 
@@ -271,7 +350,7 @@ impl Document {
         Document {
             bom: false,
             prolog: vec![
-                Node::Markup("<?xml version=\"1.0\"?>".to_string()),
+                Node::Markup(Str::new("<?xml version=\"1.0\"?>")),
                 whitespace("\n"),
             ],
             root,
@@ -354,7 +433,9 @@ impl<'a> Parser<'a> {
         if self.text.trim().is_empty() {
             return Err(self.error_at(0, "the file is empty"));
         }
-        let mut reader = Reader::from_str(self.text);
+        let source: Rc<str> = Rc::from(self.text);
+        let span = |from: u64, to: u64| Str::within(&source, &source[from as usize..to as usize]);
+        let mut reader = Reader::from_str(&source);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.check_comments = true;
@@ -373,6 +454,7 @@ impl<'a> Parser<'a> {
                 Ok(event) => event,
                 Err(e) => return Err(self.error_at(reader.error_position(), e.to_string())),
             };
+            let end = reader.buffer_position();
             let node = match event {
                 Event::Eof => break,
                 Event::Start(tag) | Event::Empty(tag) if root.is_some() => {
@@ -384,11 +466,9 @@ impl<'a> Parser<'a> {
                 }
                 Event::Start(tag) => {
                     check_attributes(&tag).map_err(|m| self.error_at(start, m))?;
-                    let name = tag.name();
-                    let name = name.as_ref().to_string();
                     stack.push(Element {
-                        name,
-                        attributes: tag.attributes_raw().to_string(),
+                        name: Str::within(&source, tag.name().as_ref()),
+                        attributes: Str::within(&source, tag.attributes_raw()),
                         children: Vec::new(),
                         self_closing: false,
                     });
@@ -396,11 +476,9 @@ impl<'a> Parser<'a> {
                 }
                 Event::Empty(tag) => {
                     check_attributes(&tag).map_err(|m| self.error_at(start, m))?;
-                    let name = tag.name();
-                    let name = name.as_ref().to_string();
                     Node::Element(Element {
-                        name,
-                        attributes: tag.attributes_raw().to_string(),
+                        name: Str::within(&source, tag.name().as_ref()),
+                        attributes: Str::within(&source, tag.attributes_raw()),
                         children: Vec::new(),
                         self_closing: true,
                     })
@@ -416,11 +494,17 @@ impl<'a> Parser<'a> {
                         } else {
                             "text before the root element"
                         };
-                        return Err(self.error_at(start, what));
+                        // Point at the stray text, not at the line break before it.
+                        let blank = text.len() - text.trim_start().len();
+                        return Err(self.error_at(start + blank as u64, what));
                     }
+                    let value = match text.xml10_content() {
+                        Cow::Borrowed(_) => None,
+                        Cow::Owned(value) => Some(Str::new(&value)),
+                    };
                     Node::Text {
-                        raw: text.to_string(),
-                        value: text.xml10_content().into_owned(),
+                        raw: span(start, end),
+                        value,
                     }
                 }
                 Event::GeneralRef(reference) => {
@@ -430,21 +514,20 @@ impl<'a> Parser<'a> {
                     let value =
                         resolve_reference(&reference).map_err(|m| self.error_at(start, m))?;
                     Node::Text {
-                        raw: format!("&{};", &*reference),
-                        value: value.to_string(),
+                        raw: span(start, end),
+                        value: Some(Str::new(value.encode_utf8(&mut [0; 4]))),
                     }
                 }
                 Event::CData(content) => {
                     if stack.is_empty() {
                         return Err(self.error_at(start, "CDATA outside the root element"));
                     }
-                    Node::CData(content.to_string())
+                    Node::CData(Str::within(&source, &content))
                 }
-                Event::Comment(comment) => Node::Markup(format!("<!--{}-->", &*comment)),
-                Event::PI(pi) => Node::Markup(format!("<?{}?>", &*pi)),
+                Event::Comment(_) | Event::PI(_) => Node::Markup(span(start, end)),
                 Event::Decl(decl) => {
                     check_declaration(&decl).map_err(|m| self.error_at(start, m))?;
-                    Node::Markup(format!("<?{}?>", &*decl))
+                    Node::Markup(span(start, end))
                 }
                 Event::DocType(doctype) => {
                     if doctype.contains('[') {
@@ -453,7 +536,7 @@ impl<'a> Parser<'a> {
                             "a doctype with an internal subset (entity declarations) is not supported",
                         ));
                     }
-                    Node::Markup(format!("<!DOCTYPE {}>", doctype.trim()))
+                    Node::Markup(span(start, end))
                 }
             };
             match stack.last_mut() {
@@ -488,8 +571,24 @@ fn push_merged(children: &mut Vec<Node>, node: Node) {
     if let (Some(Node::Text { raw, value }), Node::Text { raw: r, value: v }) =
         (children.last_mut(), &node)
     {
-        raw.push_str(r);
-        value.push_str(v);
+        let mut joined = value.as_deref().unwrap_or(raw).to_string();
+        joined.push_str(v.as_deref().unwrap_or(r));
+        *raw = match (&raw.0, &r.0) {
+            (
+                Repr::Span { source, start, end },
+                Repr::Span {
+                    source: next,
+                    start: next_start,
+                    end: next_end,
+                },
+            ) if Rc::ptr_eq(source, next) && end == next_start => Str(Repr::Span {
+                source: Rc::clone(source),
+                start: *start,
+                end: *next_end,
+            }),
+            _ => Str::new(&format!("{raw}{r}")),
+        };
+        *value = (joined != **raw).then(|| Str::new(&joined));
         return;
     }
     children.push(node);

@@ -1,0 +1,445 @@
+//! The manual page, `man/mama.1`, generated from the command line
+//! definition in [`crate::cli`]: clap_mangen writes the title, NAME and
+//! OPTIONS; the COMMANDS section is built here from every subcommand, its
+//! arguments and options; the other sections are written here as roff text.
+//!
+//! `tests/docs.rs` (`man_page_is_up_to_date`) checks that the checked-in
+//! page is what [`render`] returns, and rewrites it when run with
+//! `MAMA_UPDATE_MAN=1`.
+
+use clap::{Arg, ArgAction, CommandFactory};
+use clap_mangen::Man;
+use clap_mangen::roff::{Inline, Roff, bold, italic, roman};
+
+use crate::cli::Cli;
+use crate::store::DEFAULT_STATE;
+
+/// The whole page, as roff source.
+pub fn render() -> String {
+    let cmd = Cli::command();
+    let man = Man::new(cmd.clone()).title("MAMA").manual("User Commands");
+    let mut page = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = man.render_title(&mut page);
+    let _ = man.render_name_section(&mut page);
+    let _ = synopsis_and_description().to_writer(&mut page);
+    let _ = man.render_options_section(&mut page);
+    let _ = commands(&cmd).to_writer(&mut page);
+    let _ = sections().to_writer(&mut page);
+    let page = String::from_utf8_lossy(&page).into_owned();
+    // Each piece starts with the same preamble (how to print an
+    // apostrophe); keep the first one only.
+    let preamble = Roff::new().render();
+    match page.strip_prefix(&preamble) {
+        Some(rest) if !preamble.is_empty() => preamble.clone() + &rest.replace(&preamble, ""),
+        _ => page,
+    }
+}
+
+/// SYNOPSIS and DESCRIPTION.
+fn synopsis_and_description() -> Roff {
+    let mut roff = Roff::new();
+    roff.control("SH", ["SYNOPSIS"]);
+    roff.text([
+        bold("mama"),
+        roman(" ["),
+        bold("--state"),
+        roman(" "),
+        italic("PATH"),
+        roman("] "),
+        italic("command"),
+        roman(" ["),
+        italic("arguments"),
+        roman("]"),
+    ]);
+    roff.control("br", []);
+    roff.text([
+        bold("mama"),
+        roman(" "),
+        bold("--help"),
+        roman(" | "),
+        bold("--version"),
+    ]);
+    roff.control("SH", ["DESCRIPTION"]);
+    roff.text([roman(
+        "mama lets a team share lab machines (test boards, servers, virtual machines) \
+         without stepping on each other. Every machine has one record in a shared XML state file, in the format the \
+         original PHP mama writes; elements mama does not know survive every write. \
+         A test run is wrapped by ",
+    )]);
+    roff.text([bold("mama run"), roman(", which waits until the machine is free, claims it (job label, PID, timestamp), runs the command, and releases the machine however the command ends. A claim left behind by a process that died is stale: "), bold("list"), roman(" and "), bold("info"), roman(" mark it, and the next waiter clears it.")]);
+    roff.control("PP", []);
+    roff.text([roman(
+        "Every change is a transaction: mama takes a lock, reads the file, changes it \
+         and replaces it atomically, so a process killed at any instant leaves either \
+         the old or the new file. Two live jobs never hold one machine.",
+    )]);
+    roff.control("PP", []);
+    roff.text([
+        roman("The commands are described under "),
+        bold("COMMANDS"),
+        roman(" below; "),
+        bold("mama help"),
+        roman(" "),
+        italic("command"),
+        roman(" prints a short form. The option "),
+        bold("--state"),
+        roman(" may come before or after the command."),
+    ]);
+    roff
+}
+
+/// COMMANDS: every subcommand, with its synopsis, arguments and options.
+fn commands(cmd: &clap::Command) -> Roff {
+    let mut roff = Roff::new();
+    roff.control("SH", ["COMMANDS"]);
+    let name = cmd.get_name();
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // Arguments of a control line are not escaped: a dash must be
+        // `\-` to print as the one users type.
+        roff.control("SS", [sub.get_name().replace('-', "\\-").as_str()]);
+        roff.text(synopsis(name, sub));
+        roff.control("PP", []);
+        if let Some(about) = sub.get_long_about().or_else(|| sub.get_about()) {
+            roff.text([roman(about.to_string())]);
+        }
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            roff.control("TP", []);
+            roff.text(arg_header(arg));
+            if let Some(help) = arg.get_long_help().or_else(|| arg.get_help()) {
+                roff.text([roman(help.to_string())]);
+            }
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| match v.get_help() {
+                    Some(help) => format!("{} ({help})", v.get_name()),
+                    None => v.get_name().to_string(),
+                })
+                .collect();
+            if !values.is_empty() && arg.get_action().takes_values() {
+                roff.control("br", []);
+                roff.text([roman(format!("One of: {}.", values.join(", ")))]);
+            }
+        }
+    }
+    roff
+}
+
+/// `mama run [--job LABEL] ... machine -- CMD...`
+fn synopsis(name: &str, sub: &clap::Command) -> Vec<Inline> {
+    let mut line = vec![bold(format!("{name} {}", sub.get_name()))];
+    for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+        line.push(roman(" "));
+        let optional = !arg.is_required_set();
+        if optional {
+            line.push(roman("["));
+        }
+        line.extend(arg_header(arg));
+        if optional {
+            line.push(roman("]"));
+        }
+    }
+    line
+}
+
+/// How an argument is written: `--timeout SECS`, `machine`, `-- CMD...`.
+fn arg_header(arg: &Arg) -> Vec<Inline> {
+    let value = arg
+        .get_value_names()
+        .and_then(|names| names.first())
+        .map(|name| name.to_string())
+        .unwrap_or_else(|| arg.get_id().as_str().to_string());
+    let many = matches!(arg.get_action(), ArgAction::Append)
+        || arg.get_num_args().is_some_and(|n| n.max_values() > 1);
+    let value = if many { format!("{value}...") } else { value };
+    if arg.is_positional() {
+        if arg.is_last_set() {
+            vec![bold("-- "), italic(value)]
+        } else {
+            vec![italic(value)]
+        }
+    } else {
+        let flag = match (arg.get_long(), arg.get_short()) {
+            (Some(long), _) => format!("--{long}"),
+            (None, Some(short)) => format!("-{short}"),
+            (None, None) => arg.get_id().as_str().to_string(),
+        };
+        if arg.get_action().takes_values() {
+            vec![bold(flag), roman(" "), italic(value)]
+        } else {
+            vec![bold(flag)]
+        }
+    }
+}
+
+/// A tagged paragraph: `tag` in bold, then `text`.
+fn item(roff: &mut Roff, tag: Vec<Inline>, text: &[Inline]) {
+    roff.control("TP", []);
+    roff.text(tag);
+    roff.text(text.to_vec());
+}
+
+/// An example: what it does, then the command line.
+fn example(roff: &mut Roff, what: &str, command: &str) {
+    roff.control("PP", []);
+    roff.text([roman(what)]);
+    roff.control("RS", []);
+    roff.control("nf", []);
+    roff.text([bold(command)]);
+    roff.control("fi", []);
+    roff.control("RE", []);
+}
+
+/// ENVIRONMENT, FILES, EXIT STATUS, STALE JOBS, EXAMPLES, SEE ALSO.
+fn sections() -> Roff {
+    let mut r = Roff::new();
+
+    r.control("SH", ["ENVIRONMENT"]);
+    item(
+        &mut r,
+        vec![bold("MAMA_STATE")],
+        &[
+            roman("The state file, when "),
+            bold("--state"),
+            roman(" is not given."),
+        ],
+    );
+    item(
+        &mut r,
+        vec![bold("MAMA_PATH")],
+        &[
+            roman("A folder: the state file is "),
+            italic("$MAMA_PATH/mama.xml"),
+            roman(" when neither "),
+            bold("--state"),
+            roman(" nor "),
+            bold("MAMA_STATE"),
+            roman(" is given."),
+        ],
+    );
+    item(
+        &mut r,
+        vec![bold("MAMA_POLL_INTERVAL")],
+        &[roman(
+            "The longest time, in seconds (fractions allowed), that a waiter (run, wait) \
+             sleeps between two looks at the state file; default 1. A release wakes \
+             waiters at once, whatever this is.",
+        )],
+    );
+    item(
+        &mut r,
+        vec![bold("MAMA_STALE_AFTER")],
+        &[roman(
+            "The age, in whole seconds, after which a job that has no PID recorded is \
+             stale; default 300.",
+        )],
+    );
+    item(
+        &mut r,
+        vec![bold("NO_COLOR")],
+        &[roman(
+            "When set to a non-empty value, mama prints no colour. Without it, colour is \
+             used only when the output goes to a terminal: in list and info the state \
+             (stale in red, busy in yellow, free in green) and a stale job, and on stderr \
+             the \"mama:\" prefix of an error.",
+        )],
+    );
+    item(
+        &mut r,
+        vec![
+            bold("MAMA_MACHINE"),
+            roman(", "),
+            bold("MAMA_JOB"),
+            roman(", "),
+            bold("MAMA_MAC"),
+            roman(", "),
+            bold("MAMA_IP"),
+        ],
+        &[
+            roman("Set by "),
+            bold("mama run"),
+            roman(" for the job: the machine's name, the job label, its MAC and IP address."),
+        ],
+    );
+
+    r.control("SH", ["FILES"]);
+    item(
+        &mut r,
+        vec![italic("state")],
+        &[
+            roman("The state file: "),
+            bold("--state"),
+            roman(" "),
+            italic("PATH"),
+            roman(", else "),
+            bold("$MAMA_STATE"),
+            roman(", else "),
+            italic("$MAMA_PATH/mama.xml"),
+            roman(", else "),
+            italic(DEFAULT_STATE),
+            roman(
+                ". A symbolic link is followed, so the files below sit beside the real \
+                 file. If it is missing, read commands show an empty lab and commands that \
+                 change the lab create it (its folder must exist).",
+            ),
+        ],
+    );
+    item(
+        &mut r,
+        vec![italic("state"), roman(".lock")],
+        &[roman(
+            "The lock file: an advisory flock on it guards every transaction (never on the \
+             state file itself, which each write replaces). It is created with the state \
+             file's mode and group.",
+        )],
+    );
+    item(
+        &mut r,
+        vec![
+            italic("state"),
+            roman(".locks/"),
+            italic("machine"),
+            roman(".lock"),
+        ],
+        &[roman(
+            "One job lock a machine, held by the mama run that has claimed it; waiters \
+             sleep on it, so they notice a release at once.",
+        )],
+    );
+    item(
+        &mut r,
+        vec![roman("."), italic("name"), roman(".tmp")],
+        &[
+            roman("The temporary file of an atomic write, in the state file's folder ("),
+            italic("name"),
+            roman(
+                " is the state file's name). There is at most one; a process killed while \
+                 writing may leave it, and the next write replaces it.",
+            ),
+        ],
+    );
+    item(
+        &mut r,
+        vec![italic("state"), roman(".log")],
+        &[roman(
+            "The event log: one JSON object a line for every claim, release and other \
+             change, written in the same transaction as the change. The oldest events are \
+             dropped when it grows large.",
+        )],
+    );
+
+    r.control("SH", ["EXIT STATUS"]);
+    let status = |r: &mut Roff, code: &str, text: &str| item(r, vec![bold(code)], &[roman(text)]);
+    status(&mut r, "0", "Success.");
+    status(
+        &mut r,
+        "1",
+        "An error: unknown machine, refused change, unreadable state file, ...",
+    );
+    status(
+        &mut r,
+        "2",
+        "A wrong command line (for every command but run).",
+    );
+    r.control("PP", []);
+    r.text([
+        bold("mama run"),
+        roman(" exits with the job's own status, or:"),
+    ]);
+    status(&mut r, "128+N", "The job died of signal N.");
+    status(
+        &mut r,
+        "75",
+        "The machine stayed busy: --no-wait, or --wait-timeout passed.",
+    );
+    status(
+        &mut r,
+        "124",
+        "--timeout passed: the job got TERM, and KILL 5 s later.",
+    );
+    status(
+        &mut r,
+        "125",
+        "mama failed before the job started, including a wrong run command line.",
+    );
+    status(
+        &mut r,
+        "126",
+        "The command was found but could not be executed.",
+    );
+    status(&mut r, "127", "The command was not found.");
+    r.control("PP", []);
+    r.text([
+        bold("mama wait"),
+        roman(" exits 0 when the machine is free, and 75 when its --timeout passed first."),
+    ]);
+
+    r.control("SH", ["STALE JOBS"]);
+    r.text([roman("A job is stale when:")]);
+    let rule = |r: &mut Roff, text: &str| {
+        r.control("IP", ["\\(bu", "2"]);
+        r.text([roman(text)]);
+    };
+    rule(&mut r, "a PID is recorded and no process has that PID; or");
+    rule(
+        &mut r,
+        "a PID is recorded but that process started more than 2 s after the claim's \
+         timestamp (the PID was reused: the claimer must predate its claim); or",
+    );
+    rule(
+        &mut r,
+        "no PID is recorded and the claim is older than the stale age (MAMA_STALE_AFTER, \
+         default 300 s). With no timestamp either, the first waiter that sees the record \
+         stamps it, so it goes stale after the same age instead of blocking forever.",
+    );
+    r.control("PP", []);
+    r.text([
+        roman("A job claimed on another host is never judged by a local PID. "),
+        bold("list"),
+        roman(" and "),
+        bold("info"),
+        roman(" only show staleness; a waiter ("),
+        bold("run"),
+        roman(", "),
+        bold("wait"),
+        roman(") clears a stale job in the same locked transaction in which it judged it, and says on stderr what it cleared."),
+    ]);
+
+    r.control("SH", ["EXAMPLES"]);
+    example(
+        &mut r,
+        "Add a machine and look at the lab:",
+        "mama add rig1 --mac aa:bb:cc:dd:ee:01 --ip 10.0.0.11\nmama list",
+    );
+    example(
+        &mut r,
+        "Run a test on rig1 as soon as it is free, for at most an hour:",
+        "mama run rig1 --job \"smoke x86_64\" --timeout 3600 -- ./smoke.sh --fast",
+    );
+    example(
+        &mut r,
+        "Run only if rig1 is free now:",
+        "mama run rig1 --no-wait -- make test; [ $? -eq 75 ] && echo \"rig1 is busy\"",
+    );
+    example(
+        &mut r,
+        "Keep a machine for yourself, then give it back:",
+        "mama reserve rig1\nmama release rig1",
+    );
+    example(
+        &mut r,
+        "Wait at most ten minutes for rig1, using another state file:",
+        "MAMA_STATE=/srv/lab/mama.xml mama wait rig1 --timeout 600",
+    );
+    example(
+        &mut r,
+        "Install bash completion (machine names complete from the state file):",
+        "mama completions bash > ~/.local/share/bash-completion/completions/mama",
+    );
+
+    r.control("SH", ["SEE ALSO"]);
+    r.text([bold("flock"), roman("(1), "), bold("timeout"), roman("(1)")]);
+    r
+}
