@@ -157,3 +157,225 @@ pub fn alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A process started in the background: its stderr is read line by line as
+/// it comes, its stdout collected; it is killed and reaped when dropped.
+pub struct Bg {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stdout: std::sync::mpsc::Receiver<String>,
+    /// The stderr lines read so far.
+    pub seen: Vec<String>,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl TestEnv {
+    /// Starts `mama ARGS` in the background (see [`Bg`]).
+    pub fn start<I, S>(&self, args: I) -> Bg
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Bg::start(self.cmd(args))
+    }
+}
+
+impl Bg {
+    pub fn start(mut cmd: Command) -> Bg {
+        use std::io::{BufRead, Read};
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("process starts");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let err = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (tx, stdout) = std::sync::mpsc::channel();
+        let mut out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = out.read_to_end(&mut bytes);
+            let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+        });
+        Bg {
+            child,
+            lines,
+            stdout,
+            seen: Vec::new(),
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the process (never after it was reaped).
+    pub fn signal(&self, signal: libc::c_int) {
+        assert!(self.status.is_none(), "signal to a reaped process");
+        // SAFETY: plain system call; the PID is our unreaped child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// Whether it still runs (reaps it if it ended).
+    pub fn running(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status.is_none()
+    }
+
+    /// Waits for a stderr line containing `pattern`; returns it.
+    #[track_caller]
+    pub fn expect_stderr(&mut self, pattern: &str, limit: Duration) -> String {
+        use std::sync::mpsc::RecvTimeoutError;
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(pattern) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no stderr line with {pattern:?} within {limit:?}; seen: {:#?}",
+                    self.seen
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "stderr closed without a line with {pattern:?}; seen: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for the process to end, then for its stderr
+    /// and stdout to close: every process that inherited them must be gone.
+    #[track_caller]
+    pub fn finish(&mut self, limit: Duration) -> Run {
+        use std::sync::mpsc::RecvTimeoutError;
+        let start = Instant::now();
+        while self.running() {
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.status = Some(std::process::ExitStatus::default());
+                panic!(
+                    "process {} still ran after {limit:?}; stderr: {:#?}",
+                    self.child.id(),
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "stderr still open 10 s after the process ended: a process that \
+                     inherited it lives on; stderr: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+        let stdout = self
+            .stdout
+            .recv_timeout(Duration::from_secs(10))
+            .expect("stdout closes after the process ended");
+        let mut stderr = self.seen.join("\n");
+        stderr.push('\n');
+        Run {
+            code: self.status.and_then(|s| s.code()),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The signal that ended it, once it ended.
+    pub fn killed_by(&self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.status.and_then(|s| s.signal())
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// This host's name, as the kernel has it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("read the host name")
+        .trim()
+        .to_string()
+}
+
+/// State, parent and process group of a process, from /proc.
+pub fn proc_stat(pid: u32) -> Option<(char, u32, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+/// Live processes (zombies do not count) whose parent is `ppid`, or whose
+/// process group is `pgrp`.
+fn live_where(matches: impl Fn(u32, u32) -> bool) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|(state, ppid, pgrp)| state != 'Z' && matches(ppid, pgrp))
+        })
+        .collect()
+}
+
+pub fn children_of(ppid: u32) -> Vec<u32> {
+    live_where(|parent, _| parent == ppid)
+}
+
+pub fn group_members(pgrp: u32) -> Vec<u32> {
+    live_where(|_, group| group == pgrp)
+}
+
+/// Waits until a file holds a whole line (a shell's `echo ... > file` may be
+/// seen half done) and returns its first line.
+#[track_caller]
+pub fn read_line_of(path: &Path, limit: Duration) -> String {
+    let mut text = String::new();
+    wait_until(&format!("a line in {}", path.display()), limit, || {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        text.contains('\n')
+    });
+    text.lines().next().unwrap_or_default().to_string()
+}

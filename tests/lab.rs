@@ -1,0 +1,1185 @@
+//! The lab commands: add, delete, set/get, clear, reserve/release, list and
+//! info (table, text and JSON), and how they show stale jobs.
+
+mod common;
+use common::*;
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{Local, TimeZone};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The fields upstream writes in every machine, in its order.
+const UPSTREAM: [&str; 22] = [
+    "name",
+    "mac",
+    "ip",
+    "is_started",
+    "only_vm",
+    "arch",
+    "os",
+    "kernel",
+    "pwr_dev",
+    "pwr_slot",
+    "rly_dev",
+    "rly_slot",
+    "reservation",
+    "resources",
+    "boot_params",
+    "vm_params",
+    "job",
+    "job_pid",
+    "job_timestamp",
+    "startcmd",
+    "stopcmd",
+    "start_timeout",
+];
+
+/// A `<machine>` in the upstream layout; `fields` override the defaults, and
+/// fields upstream does not know go after `job_timestamp` (`job_host`) or at
+/// the end.
+fn machine(name: &str, n: u8, fields: &[(&str, &str)]) -> String {
+    let given = |tag: &str| fields.iter().find(|(t, _)| *t == tag).map(|(_, v)| *v);
+    let mut out = String::from("  <machine>\n");
+    let mut push = |tag: &str, value: &str| {
+        if value.is_empty() {
+            out.push_str(&format!("    <{tag}/>\n"));
+        } else {
+            out.push_str(&format!("    <{tag}>{value}</{tag}>\n"));
+        }
+    };
+    let mac = format!("aa:bb:cc:dd:ee:{n:02x}");
+    for tag in UPSTREAM {
+        let default = match tag {
+            "name" => name,
+            "mac" => &mac,
+            "only_vm" | "pwr_slot" | "rly_slot" => "0",
+            _ => "",
+        };
+        push(tag, given(tag).unwrap_or(default));
+        if tag == "job_timestamp"
+            && let Some(host) = given("job_host")
+        {
+            push("job_host", host);
+        }
+    }
+    for (tag, value) in fields {
+        if !UPSTREAM.contains(tag) && *tag != "job_host" {
+            push(tag, value);
+        }
+    }
+    out.push_str("  </machine>\n");
+    out
+}
+
+fn lab(machines: &[String]) -> String {
+    format!(
+        "<?xml version=\"1.0\"?>\n<settings>\n{}</settings>\n",
+        machines.concat()
+    )
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+fn user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf-8 user name")
+        .trim()
+        .to_string()
+}
+
+fn host() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("host name")
+        .trim()
+        .to_string()
+}
+
+/// A child process, killed and reaped however the test ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Guard {
+    /// A process that sleeps until it is killed.
+    fn sleeper() -> Guard {
+        Guard(
+            Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("sleep starts"),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits (bounded) for the process to end; returns its status and stderr.
+    fn finish(&mut self) -> (ExitStatus, String) {
+        let mut status = None;
+        wait_until("the process to end", LIMIT, || {
+            status = self.0.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.0.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).expect("read stderr");
+        }
+        (status.expect("status"), stderr)
+    }
+}
+
+/// The PID of a process that has ended and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("true starts");
+    let pid = child.id();
+    child.wait().expect("reaped");
+    assert!(!alive(pid));
+    pid
+}
+
+/// A job that creates `started`, then waits for `go` to appear (at most a
+/// minute) and exits 0 if it did.
+fn waiting_job(started: &Path, go: &Path) -> Vec<OsString> {
+    let script = r#": > "$1" || exit 9
+i=0
+while [ ! -e "$2" ] && [ "$i" -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+[ -e "$2" ]"#;
+    ["sh", "-c", script, "job"]
+        .iter()
+        .map(OsString::from)
+        .chain([started.as_os_str().to_owned(), go.as_os_str().to_owned()])
+        .collect()
+}
+
+/// The value of the `label` line of `info` text, e.g. `Job status:`.
+fn info_line<'a>(text: &'a str, label: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .map(str::trim)
+}
+
+/// The rows of the `list` table, as trimmed cells (header first).
+fn table_rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .filter(|l| l.contains('┆'))
+        .map(|l| {
+            l.trim()
+                .trim_matches('│')
+                .split('┆')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// What `stat` says changes on a write: the bytes, the inode (a write
+/// renames a new file in) and the modification time.
+fn fingerprint(env: &TestEnv) -> (Vec<u8>, u64, i64, i64) {
+    let meta = fs::metadata(&env.state).expect("state exists");
+    (
+        fs::read(&env.state).expect("read"),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
+}
+
+/// The state's bytes, for "nothing changed" checks.
+fn bytes(env: &TestEnv) -> Vec<u8> {
+    fs::read(&env.state).expect("read state")
+}
+
+// ---------------------------------------------------------------- add
+
+#[test]
+fn add_validates_and_normalises_the_mac_and_stores_every_field() {
+    let env = TestEnv::new();
+    let run = env.run([
+        "add",
+        "rig1",
+        "--mac",
+        "AA-BB-CC-DD-EE-0F",
+        "--ip",
+        " 10.0.0.1 ",
+        "--vm",
+        "--resources",
+        " pdu1   usb ",
+    ]);
+    run.ok();
+    assert!(run.stderr.contains("rig1"), "{run:#?}");
+    env.run(["add", "rig2", "--mac", "aA:Bb:cC:dD:Ee:10"]).ok();
+    env.run(["add", "rig3", "--mac", "aa:bb:cc:dd:ee:11", "--ip", "::1"])
+        .ok();
+
+    let list = env.run(["list", "--json"]).json();
+    let rig1 = &list[0];
+    assert_eq!(rig1["name"], "rig1");
+    assert_eq!(rig1["mac"], "aa:bb:cc:dd:ee:0f");
+    assert_eq!(rig1["ip"], "10.0.0.1");
+    assert_eq!(rig1["only_vm"], true);
+    assert_eq!(rig1["resources"], serde_json::json!(["pdu1", "usb"]));
+    let rig2 = &list[1];
+    assert_eq!(rig2["mac"], "aa:bb:cc:dd:ee:10");
+    assert_eq!(rig2["ip"], Value::Null);
+    assert_eq!(rig2["only_vm"], false);
+    assert_eq!(rig2["resources"], Value::Null);
+    assert_eq!(list[2]["ip"], "::1");
+    for m in list.as_array().expect("array") {
+        assert_eq!(m["state"], "free");
+        assert_eq!(m["is_started"], false);
+        for key in [
+            "reservation",
+            "job",
+            "job_pid",
+            "job_timestamp",
+            "stale_reason",
+        ] {
+            assert_eq!(m[key], Value::Null, "{key}");
+        }
+        assert_eq!(m["stale"], false);
+    }
+
+    // Every upstream field, once per machine, in upstream order.
+    let text = env.read_state();
+    for block in text.split("<machine>").skip(1) {
+        let mut at = 0;
+        for tag in UPSTREAM {
+            let open = [format!("<{tag}>"), format!("<{tag}/>")];
+            let found = open
+                .iter()
+                .filter_map(|o| block.find(o.as_str()))
+                .min()
+                .unwrap_or_else(|| panic!("<{tag}> in {block}"));
+            assert!(found >= at, "<{tag}> in upstream order in {block}");
+            at = found;
+            assert_eq!(
+                open.iter()
+                    .map(|o| block.matches(o.as_str()).count())
+                    .sum::<usize>(),
+                1,
+                "one <{tag}> in {block}"
+            );
+        }
+    }
+    assert!(text.contains("<only_vm>1</only_vm>"), "{text}");
+    assert!(text.contains("<resources>pdu1 usb</resources>"), "{text}");
+}
+
+#[test]
+fn add_refuses_duplicates_bad_addresses_and_bad_names() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let before = bytes(&env);
+    let refused = |args: &[&str], says: &[&str]| {
+        let run = env.run(args);
+        let stderr = run.fails(1);
+        for word in says {
+            assert!(
+                stderr.contains(word),
+                "{args:?} should say {word:?}: {run:#?}"
+            );
+        }
+        assert!(!stderr.contains("panicked"), "{run:#?}");
+        assert_eq!(bytes(&env), before, "{args:?} changed the file");
+    };
+    refused(
+        &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:02"],
+        &["'rig1'", "exists"],
+    );
+    for same_mac in [
+        "aa:bb:cc:dd:ee:01",
+        "AA:BB:CC:DD:EE:01",
+        "aa-bb-cc-dd-ee-01",
+    ] {
+        refused(
+            &["add", "rig2", "--mac", same_mac],
+            &["'rig1'", "aa:bb:cc:dd:ee:01"],
+        );
+    }
+    for bad in [
+        "",
+        "aa:bb:cc:dd:ee",
+        "aa:bb:cc:dd:ee:gg",
+        "aabbccddeeff",
+        "aa:bb:cc:dd:ee:f",
+        "aa:bb:cc:dd:ee:01:02",
+        "aa:bb:cc:dd:ee:001",
+        "aa.bb.cc.dd.ee.ff",
+        "aa:bb:cc:dd:ee:0é",
+    ] {
+        refused(&["add", "rig2", "--mac", bad], &["not a MAC address"]);
+    }
+    for bad in ["10.0.0.300", "rig2.example", "1.2.3", "10.0.0.1/24"] {
+        refused(
+            &["add", "rig2", "--mac", "aa:bb:cc:dd:ee:02", "--ip", bad],
+            &[bad, "not an IP address"],
+        );
+    }
+    refused(&["add", "all", "--mac", "aa:bb:cc:dd:ee:02"], &["'all'"]);
+    refused(
+        &["add", "rig 2", "--mac", "aa:bb:cc:dd:ee:02"],
+        &["white space"],
+    );
+    refused(&["add", "", "--mac", "aa:bb:cc:dd:ee:02"], &["empty"]);
+    assert_eq!(
+        env.run(["list", "--json"]).json().as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+// ---------------------------------------------------------------- delete
+
+#[test]
+fn delete_refuses_a_live_job_and_allows_a_stale_one() {
+    let env = TestEnv::new();
+    let holder = Guard::sleeper();
+    let ts = now().to_string();
+    let live_pid = holder.pid().to_string();
+    let dead = dead_pid().to_string();
+    env.write_state(&lab(&[
+        machine(
+            "rig1",
+            1,
+            &[
+                ("job", "live one"),
+                ("job_pid", &live_pid),
+                ("job_timestamp", &ts),
+            ],
+        ),
+        machine(
+            "rig2",
+            2,
+            &[
+                ("job", "dead one"),
+                ("job_pid", &dead),
+                ("job_timestamp", &ts),
+            ],
+        ),
+        machine("rig3", 3, &[]),
+    ]));
+    let before = bytes(&env);
+    let run = env.run(["delete", "rig1"]);
+    let stderr = run.fails(1);
+    assert!(
+        stderr.contains("live job") && stderr.contains("live one"),
+        "{run:#?}"
+    );
+    assert_eq!(bytes(&env), before);
+
+    env.run(["delete", "rig2"]).ok();
+    env.run(["delete", "rig3"]).ok();
+    let names: Vec<Value> = env
+        .run(["list", "--json"])
+        .json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["name"].clone())
+        .collect();
+    assert_eq!(names, ["rig1"]);
+    let run = env.run(["delete", "rig3"]);
+    assert!(run.fails(1).contains("rig3"), "{run:#?}");
+}
+
+#[test]
+fn delete_refuses_a_machine_while_mama_runs_a_job_on_it() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let started = env.path().join("started");
+    let go = env.path().join("go");
+    let mut args: Vec<OsString> = vec!["run".into(), "rig1".into(), "--".into()];
+    args.extend(waiting_job(&started, &go));
+    let mut mama = Guard(env.spawn(&args));
+    wait_until("the job to start", LIMIT, || started.exists());
+
+    let run = env.run(["delete", "rig1"]);
+    assert!(run.fails(1).contains("live job"), "{run:#?}");
+    assert_eq!(env.info("rig1")["job_pid"], mama.pid());
+
+    fs::write(&go, "").expect("go");
+    let (status, stderr) = mama.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    env.run(["delete", "rig1"]).ok();
+    assert_eq!(env.run(["list", "--json"]).json(), serde_json::json!([]));
+}
+
+// ---------------------------------------------------------------- set / get
+
+#[test]
+fn set_and_get_every_attribute() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.add("rig2", 2);
+    // (attr, element, what is set, what is stored)
+    let cases = [
+        ("ip", "ip", " 10.1.2.3 ", "10.1.2.3"),
+        ("ip", "ip", "fe80::1", "fe80::1"),
+        ("mac", "mac", "AA-BB-CC-DD-EE-77", "aa:bb:cc:dd:ee:77"),
+        ("os", "os", "fedora-41", "fedora-41"),
+        ("kernel", "kernel", "6.11.0-rc1", "6.11.0-rc1"),
+        (
+            "params",
+            "boot_params",
+            "console=ttyS0 quiet",
+            "console=ttyS0 quiet",
+        ),
+        ("vmparams", "vm_params", "-m 1G -smp 2", "-m 1G -smp 2"),
+        ("resources", "resources", "  pdu1   usb ", "pdu1 usb"),
+        (
+            "startcmd",
+            "startcmd",
+            "ipmitool power on",
+            "ipmitool power on",
+        ),
+        (
+            "stopcmd",
+            "stopcmd",
+            "ipmitool power off",
+            "ipmitool power off",
+        ),
+        ("start-timeout", "start_timeout", " 120 ", "120"),
+    ];
+    for (attr, tag, value, stored) in cases {
+        env.run(["set", "rig1", attr, "--", value]).ok();
+        assert_eq!(
+            env.run(["get", "rig1", attr]).ok(),
+            format!("{stored}\n"),
+            "get {attr}"
+        );
+        let text = env.read_state();
+        let rig1 = &text[..text.find("<name>rig2</name>").expect("rig2")];
+        assert!(
+            rig1.contains(&format!("<{tag}>{stored}</{tag}>")),
+            "<{tag}> holds {stored:?}:\n{text}"
+        );
+    }
+    let info = env.info("rig1");
+    assert_eq!(info["ip"], "fe80::1");
+    assert_eq!(info["mac"], "aa:bb:cc:dd:ee:77");
+    assert_eq!(info["resources"], serde_json::json!(["pdu1", "usb"]));
+    assert_eq!(info["boot_params"], "console=ttyS0 quiet");
+    assert_eq!(info["start_timeout"], "120");
+    let rig2 = env.info("rig2");
+    assert_eq!(rig2["os"], Value::Null, "rig2 untouched");
+    assert_eq!(rig2["mac"], "aa:bb:cc:dd:ee:02");
+
+    // get also reads the reservation and the job.
+    assert_eq!(env.run(["get", "rig1", "reservation"]).ok(), "\n");
+    assert_eq!(env.run(["get", "rig1", "job"]).ok(), "\n");
+    env.run(["reserve", "rig1"]).ok();
+    assert_eq!(
+        env.run(["get", "rig1", "reservation"]).ok(),
+        format!("{}\n", user())
+    );
+
+    // An empty value clears a field (not the MAC: a machine needs one).
+    for (attr, tag, _, _) in cases.iter().filter(|c| c.0 != "mac") {
+        env.run(["set", "rig1", attr, ""]).ok();
+        assert_eq!(env.run(["get", "rig1", attr]).ok(), "\n", "{attr} cleared");
+        let text = env.read_state();
+        let rig1 = &text[..text.find("<name>rig2</name>").expect("rig2")];
+        assert!(rig1.contains(&format!("<{tag}/>")), "<{tag}/>:\n{text}");
+    }
+    let run = env.run(["set", "rig1", "mac", ""]);
+    assert!(run.fails(1).contains("not a MAC address"), "{run:#?}");
+}
+
+#[test]
+fn set_refuses_bad_values_and_leaves_the_file_alone() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.add("rig2", 2);
+    let before = bytes(&env);
+    for (attr, value, says) in [
+        ("ip", "10.0.0.256", "not an IP address"),
+        ("ip", "somewhere", "not an IP address"),
+        ("mac", "aa:bb:cc:dd:ee", "not a MAC address"),
+        ("mac", "AA:BB:CC:DD:EE:02", "'rig2'"),
+        ("mac", "aa-bb-cc-dd-ee-02", "'rig2'"),
+        ("start-timeout", "soon", "whole number"),
+        ("start-timeout", "1.5", "whole number"),
+        ("start-timeout", "-3", "whole number"),
+    ] {
+        let run = env.run(["set", "rig1", attr, "--", value]);
+        let stderr = run.fails(1);
+        assert!(stderr.contains(says), "set {attr} {value:?}: {run:#?}");
+        assert_eq!(bytes(&env), before, "set {attr} {value:?} changed the file");
+    }
+    // Its own MAC, in another spelling, is fine.
+    env.run(["set", "rig1", "mac", "AA-BB-CC-DD-EE-01"]).ok();
+    assert_eq!(bytes(&env), before, "same MAC: nothing to write");
+}
+
+#[test]
+fn unknown_attributes_are_usage_errors() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let before = bytes(&env);
+    for args in [
+        vec!["set", "rig1", "colour", "red"],
+        vec!["set", "rig1", "job", "mine"],
+        vec!["set", "rig1", "reservation", "bob"],
+        vec!["set", "rig1", "boot_params", "x"],
+        vec!["get", "rig1", "colour"],
+        vec!["get", "rig1", "job_pid"],
+    ] {
+        let run = env.run(&args);
+        let stderr = run.fails(2);
+        assert!(stderr.contains("possible values"), "{args:?}: {run:#?}");
+        assert_eq!(bytes(&env), before);
+    }
+}
+
+#[test]
+fn unknown_machines_are_named() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let before = bytes(&env);
+    let commands: [&[&str]; 11] = [
+        &["info", "ghost"],
+        &["info", "ghost", "--json"],
+        &["get", "ghost", "os"],
+        &["set", "ghost", "os", "x"],
+        &["delete", "ghost"],
+        &["clear", "ghost"],
+        &["reserve", "ghost"],
+        &["release", "ghost"],
+        &["release-forced", "ghost"],
+        &["wait", "ghost", "--timeout", "0"],
+        &["wait", "ghost"],
+    ];
+    for args in commands {
+        let run = env.run(args);
+        let stderr = run.fails(1);
+        assert!(stderr.contains("'ghost'"), "{args:?}: {run:#?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+        assert_eq!(bytes(&env), before, "{args:?}");
+    }
+    let run = env.run(["run", "ghost", "--", "true"]);
+    assert!(run.fails(125).contains("'ghost'"), "{run:#?}");
+    assert_eq!(bytes(&env), before);
+}
+
+// ---------------------------------------------------------------- clear
+
+#[test]
+fn clear_forgets_the_job_the_hand_start_and_the_ip() {
+    let env = TestEnv::new();
+    let ts = (now() - 50).to_string();
+    let dead = dead_pid().to_string();
+    let holder = Guard::sleeper();
+    let live = holder.pid().to_string();
+    env.write_state(&lab(&[
+        machine(
+            "rig1",
+            1,
+            &[
+                ("ip", "10.0.0.1"),
+                ("is_started", "1"),
+                ("os", "fedora"),
+                ("reservation", "bob"),
+                ("resources", "pdu1"),
+                ("job", "nightly"),
+                ("job_pid", &dead),
+                ("job_timestamp", &ts),
+                ("job_host", &host()),
+                ("startcmd", "power on"),
+            ],
+        ),
+        machine(
+            "rig2",
+            2,
+            &[
+                ("ip", "10.0.0.2"),
+                ("job", "smoke"),
+                ("job_pid", &live),
+                ("job_timestamp", &ts),
+            ],
+        ),
+        machine("rig3", 3, &[("is_started", "1")]),
+    ]));
+    let run = env.run(["clear", "rig1"]);
+    run.ok();
+    assert!(run.stderr.contains("rig1"), "{run:#?}");
+    let rig1 = env.info("rig1");
+    for key in ["job", "job_pid", "job_timestamp", "job_host", "ip"] {
+        assert_eq!(rig1[key], Value::Null, "{key} forgotten");
+    }
+    assert_eq!(rig1["is_started"], false);
+    assert_eq!(rig1["state"], "reserved");
+    assert_eq!(rig1["os"], "fedora");
+    assert_eq!(rig1["reservation"], "bob");
+    assert_eq!(rig1["resources"], serde_json::json!(["pdu1"]));
+    assert_eq!(rig1["startcmd"], "power on");
+    assert_eq!(rig1["mac"], "aa:bb:cc:dd:ee:01");
+    let text = env.read_state();
+    assert!(!text.contains("job_host"), "{text}");
+    let rig2 = env.info("rig2");
+    assert_eq!(rig2["job"], "smoke", "clear rig1 leaves rig2 alone");
+    assert_eq!(rig2["ip"], "10.0.0.2");
+    assert_eq!(env.info("rig3")["is_started"], true);
+
+    env.run(["clear", "all"]).ok();
+    for m in env
+        .run(["list", "--json"])
+        .json()
+        .as_array()
+        .expect("array")
+    {
+        for key in ["job", "job_pid", "job_timestamp", "ip"] {
+            assert_eq!(m[key], Value::Null, "{key} of {}", m["name"]);
+        }
+        assert_eq!(m["is_started"], false);
+    }
+    assert_eq!(env.info("rig1")["reservation"], "bob");
+    let run = env.run(["clear", "ghost"]);
+    assert!(run.fails(1).contains("ghost"), "{run:#?}");
+}
+
+// ---------------------------------------------------------------- reservations
+
+#[test]
+fn reserve_and_release_by_the_holder() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let me = user();
+    env.run(["reserve", "rig1"]).ok();
+    assert_eq!(
+        env.run(["get", "rig1", "reservation"]).ok(),
+        format!("{me}\n")
+    );
+    let info = env.info("rig1");
+    assert_eq!(info["reservation"], me.as_str());
+    assert_eq!(info["state"], "reserved");
+    let rows = table_rows(env.run(["list"]).ok());
+    assert_eq!(rows[1][4], "reserved");
+    assert_eq!(rows[1][5], me);
+
+    let before = bytes(&env);
+    env.run(["reserve", "rig1"]).ok();
+    assert_eq!(bytes(&env), before, "reserving again changes nothing");
+
+    env.run(["release", "rig1"]).ok();
+    assert_eq!(env.run(["get", "rig1", "reservation"]).ok(), "\n");
+    assert_eq!(env.info("rig1")["state"], "free");
+    let run = env.run(["release", "rig1"]);
+    assert!(run.fails(1).contains("not reserved"), "{run:#?}");
+}
+
+#[test]
+fn only_the_holder_releases_but_anyone_may_force() {
+    let env = TestEnv::new();
+    let other = "someone-else-7f3a";
+    assert_ne!(user(), other);
+    env.write_state(&lab(&[
+        machine("rig1", 1, &[("reservation", other)]),
+        machine("rig2", 2, &[]),
+    ]));
+    let before = bytes(&env);
+    for args in [["reserve", "rig1"], ["release", "rig1"]] {
+        let run = env.run(args);
+        assert!(run.fails(1).contains(other), "{args:?}: {run:#?}");
+        assert_eq!(bytes(&env), before, "{args:?}");
+    }
+    let run = env.run(["release-forced", "rig1"]);
+    run.ok();
+    assert!(run.stderr.contains(other), "says whose it was: {run:#?}");
+    assert_eq!(env.run(["get", "rig1", "reservation"]).ok(), "\n");
+    assert_eq!(env.info("rig1")["state"], "free");
+    // Forcing an unreserved machine is harmless.
+    let run = env.run(["release-forced", "rig2"]);
+    run.ok();
+    assert!(run.stderr.contains("not reserved"), "{run:#?}");
+    env.run(["reserve", "rig1"]).ok();
+}
+
+// ---------------------------------------------------------------- usage
+
+#[test]
+fn usage_errors_exit_2_and_touch_nothing() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let before = bytes(&env);
+    let usage: [&[&str]; 14] = [
+        &[],
+        &["frobnicate"],
+        &["add", "rig9"],
+        &["add", "--mac", "aa:bb:cc:dd:ee:09"],
+        &["add", "-x", "--mac", "aa:bb:cc:dd:ee:09"],
+        &["set", "rig1", "os"],
+        &["set", "rig1", "os", "a", "b"],
+        &["get", "rig1"],
+        &["info"],
+        &["list", "--bogus"],
+        &["clear"],
+        &["delete"],
+        &["reserve"],
+        &["wait", "rig1", "--timeout", "soon"],
+    ];
+    for args in usage {
+        let run = env.run(args);
+        let stderr = run.fails(2);
+        assert!(!stderr.is_empty(), "{args:?}: {run:#?}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {run:#?}");
+        assert_eq!(bytes(&env), before, "{args:?}");
+    }
+    // `run` reports a wrong command line as its own failure, 125.
+    for args in [
+        &["run", "rig1", "--bogus", "--", "true"][..],
+        &[
+            "run",
+            "rig1",
+            "--no-wait",
+            "--wait-timeout",
+            "1",
+            "--",
+            "true",
+        ],
+        &["run", "rig1", "--timeout", "-1", "--", "true"],
+    ] {
+        let run = env.run(args);
+        run.fails(125);
+        assert_eq!(bytes(&env), before, "{args:?}");
+    }
+}
+
+// ---------------------------------------------------------------- list
+
+#[test]
+fn list_shows_a_table_and_marks_stale_jobs() {
+    let env = TestEnv::new();
+    let holder = Guard::sleeper();
+    let ts = now().to_string();
+    let live = holder.pid().to_string();
+    let dead = dead_pid().to_string();
+    env.write_state(&lab(&[
+        machine("rig1", 1, &[("ip", "10.0.0.1")]),
+        machine(
+            "rig2",
+            2,
+            &[
+                ("job", "nightly"),
+                ("job_pid", &dead),
+                ("job_timestamp", &ts),
+            ],
+        ),
+        machine(
+            "rig3",
+            3,
+            &[("job", "smoke"), ("job_pid", &live), ("job_timestamp", &ts)],
+        ),
+        machine("rig4", 4, &[("reservation", "bob")]),
+        machine("rig5", 5, &[("is_started", "1")]),
+        // Neither PID nor timestamp: list must not stamp it.
+        machine("rig6", 6, &[("job", "by hand")]),
+        machine("rig7", 7, &[("job_pid", &dead), ("job_timestamp", &ts)]),
+    ]));
+    let before = fingerprint(&env);
+
+    let list = env.run(["list"]);
+    let rows = table_rows(list.ok());
+    assert_eq!(
+        rows[0],
+        ["No", "Name", "IP", "MAC", "State", "Reserved", "Job"]
+    );
+    let expected = [
+        ["1", "rig1", "10.0.0.1", "aa:bb:cc:dd:ee:01", "free", "", ""],
+        [
+            "2",
+            "rig2",
+            "",
+            "aa:bb:cc:dd:ee:02",
+            "stale",
+            "",
+            "nightly [STALE]",
+        ],
+        ["3", "rig3", "", "aa:bb:cc:dd:ee:03", "busy", "", "smoke"],
+        ["4", "rig4", "", "aa:bb:cc:dd:ee:04", "reserved", "bob", ""],
+        ["5", "rig5", "", "aa:bb:cc:dd:ee:05", "started", "", ""],
+        ["6", "rig6", "", "aa:bb:cc:dd:ee:06", "busy", "", "by hand"],
+    ];
+    for (row, want) in rows[1..].iter().zip(&expected) {
+        assert_eq!(row, want, "{}", list.stdout);
+    }
+    assert_eq!(rows.len(), 8, "{}", list.stdout);
+    // A job without a label still shows, by its PID.
+    assert_eq!(rows[7][4], "stale");
+    assert!(
+        rows[7][6].contains(&dead) && rows[7][6].ends_with(" [STALE]"),
+        "{:?}",
+        rows[7]
+    );
+
+    // Reading never writes: not list, not info, not get.
+    env.run(["list", "--json"]).ok();
+    for name in ["rig1", "rig2", "rig3", "rig6", "rig7"] {
+        env.run(["info", name]).ok();
+        env.run(["info", name, "--json"]).ok();
+        env.run(["get", name, "job"]).ok();
+    }
+    assert_eq!(fingerprint(&env), before, "the state file was written");
+    assert!(
+        env.files().iter().all(|f| !f.contains("tmp")),
+        "{:?}",
+        env.files()
+    );
+}
+
+/// A test of a JSON value's type.
+type Check = fn(&Value) -> bool;
+
+#[test]
+fn json_output_has_the_documented_shape() {
+    let env = TestEnv::new();
+    let ts = now().to_string();
+    let dead = dead_pid().to_string();
+    env.write_state(&lab(&[
+        machine("rig1", 1, &[]),
+        machine(
+            "rig2",
+            2,
+            &[
+                ("ip", "10.0.0.2"),
+                ("reservation", "bob"),
+                ("resources", "pdu1 usb"),
+                ("is_started", "1"),
+                ("job", "nightly"),
+                ("job_pid", &dead),
+                ("job_timestamp", &ts),
+            ],
+        ),
+    ]));
+    let list = env.run(["list", "--json"]).json();
+    let machines = list.as_array().expect("list --json is an array");
+    assert_eq!(machines.len(), 2);
+    for m in machines {
+        let object = m.as_object().expect("each machine is an object");
+        let kinds: [(&str, Check); 11] = [
+            ("name", Value::is_string),
+            ("mac", Value::is_string),
+            ("ip", |v| v.is_null() || v.is_string()),
+            ("reservation", |v| v.is_null() || v.is_string()),
+            ("resources", |v| {
+                v.is_null()
+                    || v.as_array()
+                        .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string))
+            }),
+            ("is_started", Value::is_boolean),
+            ("job", |v| v.is_null() || v.is_string()),
+            ("job_pid", |v| v.is_null() || v.is_u64()),
+            ("job_timestamp", |v| v.is_null() || v.is_i64()),
+            ("stale", Value::is_boolean),
+            ("stale_reason", |v| v.is_null() || v.is_string()),
+        ];
+        for (key, ok) in kinds {
+            let value = object.get(key).unwrap_or_else(|| panic!("{key} in {m}"));
+            assert!(ok(value), "{key} has the wrong type in {m}");
+        }
+        for (key, value) in object {
+            assert_ne!(value, "", "{key}: empty fields are null, not \"\"");
+        }
+        // info --json says the same (and may say more).
+        let info = env.info(m["name"].as_str().expect("name"));
+        for (key, value) in object {
+            assert_eq!(
+                &info[key], value,
+                "{key}: info --json and list --json agree"
+            );
+        }
+    }
+    let rig1 = &machines[0];
+    for key in [
+        "ip",
+        "reservation",
+        "resources",
+        "job",
+        "job_pid",
+        "job_timestamp",
+        "stale_reason",
+    ] {
+        assert_eq!(rig1[key], Value::Null, "{key} of an empty machine");
+    }
+    let rig2 = &machines[1];
+    assert_eq!(rig2["ip"], "10.0.0.2");
+    assert_eq!(rig2["reservation"], "bob");
+    assert_eq!(rig2["resources"], serde_json::json!(["pdu1", "usb"]));
+    assert_eq!(rig2["is_started"], true);
+    assert_eq!(rig2["job"], "nightly");
+    assert_eq!(rig2["job_pid"].as_u64(), dead.parse().ok());
+    assert_eq!(rig2["job_timestamp"].as_i64(), ts.parse().ok());
+    assert_eq!(rig2["stale"], true);
+}
+
+// ---------------------------------------------------------------- staleness
+
+/// A lab of one machine `rig1` with `fields`; returns its `list --json`
+/// entry and its `info` text, both read with `envs` set. Checks that the
+/// JSON of `list` and of `info` agree, and that reading wrote nothing.
+fn judged(env: &TestEnv, fields: &[(&str, &str)], envs: &[(&str, &str)]) -> (Value, String) {
+    env.write_state(&lab(&[machine("rig1", 1, fields)]));
+    let before = fingerprint(env);
+    let read = |args: &[&str]| -> Run {
+        let mut cmd = env.cmd(args);
+        cmd.envs(envs.iter().copied());
+        cmd.output().expect("mama runs").into()
+    };
+    let list = read(&["list", "--json"]);
+    list.ok();
+    let entry = list.json()[0].clone();
+    let info_json = read(&["info", "rig1", "--json"]);
+    info_json.ok();
+    let info_json = info_json.json();
+    for key in ["job", "job_pid", "job_timestamp", "stale", "state"] {
+        assert_eq!(info_json[key], entry[key], "{key}: info and list agree");
+    }
+    let info = read(&["info", "rig1"]);
+    let text = info.ok().to_string();
+    assert_eq!(fingerprint(env), before, "judging wrote the state file");
+    (entry, text)
+}
+
+/// Checks the job lines of `info` text for a job with `label`, `pid` and
+/// timestamp `ts`; returns the `Job status:` value.
+fn job_lines(text: &str, label: &str, pid: Option<&str>, ts: i64) -> String {
+    assert_eq!(info_line(text, "Running job:"), Some(label), "{text}");
+    assert_eq!(info_line(text, "Job PID:"), pid, "{text}");
+    let when = Local
+        .timestamp_opt(ts, 0)
+        .single()
+        .expect("local time")
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let started = info_line(text, "Job started:").unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        started.starts_with(&format!("{when} (")) && started.ends_with(" ago)"),
+        "Job started: {started:?}, want {when} and an age"
+    );
+    info_line(text, "Job status:")
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_string()
+}
+
+/// `text` with its ages (`12 s ago`) blanked: two reads a second apart
+/// differ there.
+fn without_age(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(" s ago") {
+        let digits = rest[..at].trim_end_matches(|c: char| c.is_ascii_digit());
+        assert!(digits.len() < at, "an age before 's ago' in {text:?}");
+        out.push_str(digits);
+        out.push_str("AGE s ago");
+        rest = &rest[at + " s ago".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn a_dead_pid_is_stale() {
+    let env = TestEnv::new();
+    let pid = dead_pid().to_string();
+    let ts = now();
+    let (json, text) = judged(
+        &env,
+        &[
+            ("job", "nightly"),
+            ("job_pid", &pid),
+            ("job_timestamp", &ts.to_string()),
+        ],
+        &[],
+    );
+    assert_eq!(json["stale"], true, "{json}");
+    assert_eq!(json["state"], "stale");
+    let reason = json["stale_reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains(&format!("PID {pid} is not running")),
+        "{reason}"
+    );
+    let status = job_lines(&text, "nightly", Some(&pid), ts);
+    assert_eq!(status, format!("STALE ({reason})"));
+}
+
+#[test]
+fn a_live_pid_that_predates_its_claim_is_running() {
+    let env = TestEnv::new();
+    let holder = Guard::sleeper();
+    let pid = holder.pid().to_string();
+    // The claim is stamped after the process started.
+    let ts = now();
+    let (json, text) = judged(
+        &env,
+        &[
+            ("job", "smoke"),
+            ("job_pid", &pid),
+            ("job_timestamp", &ts.to_string()),
+        ],
+        &[],
+    );
+    assert_eq!(json["stale"], false, "{json}");
+    assert_eq!(json["stale_reason"], Value::Null);
+    assert_eq!(json["state"], "busy");
+    assert_eq!(job_lines(&text, "smoke", Some(&pid), ts), "running");
+    assert!(alive(holder.pid()));
+}
+
+#[test]
+fn a_reused_pid_is_stale() {
+    let env = TestEnv::new();
+    // A live process that started long after the claim: not the claimer.
+    let holder = Guard::sleeper();
+    let pid = holder.pid().to_string();
+    let ts = now() - 100;
+    let (json, text) = judged(
+        &env,
+        &[
+            ("job", "old"),
+            ("job_pid", &pid),
+            ("job_timestamp", &ts.to_string()),
+        ],
+        &[],
+    );
+    assert_eq!(json["stale"], true, "{json}");
+    assert_eq!(json["state"], "stale");
+    let reason = json["stale_reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains(&format!("PID {pid} was reused")),
+        "{reason}"
+    );
+    assert_eq!(
+        job_lines(&text, "old", Some(&pid), ts),
+        format!("STALE ({reason})")
+    );
+}
+
+#[test]
+fn no_pid_and_an_old_timestamp_is_stale() {
+    let env = TestEnv::new();
+    let ts = now() - 400;
+    let (json, text) = judged(
+        &env,
+        &[("job", "by hand"), ("job_timestamp", &ts.to_string())],
+        &[],
+    );
+    assert_eq!(json["stale"], true, "{json}");
+    assert_eq!(json["job_pid"], Value::Null);
+    let reason = json["stale_reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("no PID") && reason.contains("stale after 300 s"),
+        "{reason}"
+    );
+    assert_eq!(
+        without_age(&job_lines(&text, "by hand", None, ts)),
+        without_age(&format!("STALE ({reason})"))
+    );
+}
+
+#[test]
+fn no_pid_and_a_recent_timestamp_is_running() {
+    let env = TestEnv::new();
+    let ts = now() - 10;
+    let (json, text) = judged(
+        &env,
+        &[("job", "by hand"), ("job_timestamp", &ts.to_string())],
+        &[],
+    );
+    assert_eq!(json["stale"], false, "{json}");
+    assert_eq!(json["state"], "busy");
+    assert_eq!(job_lines(&text, "by hand", None, ts), "running");
+}
+
+#[test]
+fn no_job_is_free_and_shows_no_job_lines() {
+    let env = TestEnv::new();
+    let (json, text) = judged(&env, &[("os", "fedora")], &[]);
+    assert_eq!(json["state"], "free");
+    assert_eq!(json["stale"], false);
+    for key in ["job", "job_pid", "job_timestamp", "stale_reason"] {
+        assert_eq!(json[key], Value::Null, "{key}");
+    }
+    for label in ["Running job:", "Job PID:", "Job started:", "Job status:"] {
+        assert_eq!(info_line(&text, label), None, "{text}");
+    }
+    assert_eq!(info_line(&text, "OS:"), Some("fedora"), "{text}");
+}
+
+#[test]
+fn mama_stale_after_sets_the_age_of_a_job_without_pid() {
+    let env = TestEnv::new();
+    let ts = now() - 20;
+    let fields = [("job", "by hand"), ("job_timestamp", &ts.to_string()[..])];
+    let (json, _) = judged(&env, &fields, &[]);
+    assert_eq!(json["stale"], false, "20 s is young by default: {json}");
+    let (json, _) = judged(&env, &fields, &[("MAMA_STALE_AFTER", "60")]);
+    assert_eq!(json["stale"], false, "{json}");
+    let (json, text) = judged(&env, &fields, &[("MAMA_STALE_AFTER", "10")]);
+    assert_eq!(json["stale"], true, "{json}");
+    let reason = json["stale_reason"].as_str().expect("a reason");
+    assert!(reason.contains("stale after 10 s"), "{reason}");
+    assert_eq!(
+        without_age(&job_lines(&text, "by hand", None, ts)),
+        without_age(&format!("STALE ({reason})"))
+    );
+    let run = env
+        .cmd(["list"])
+        .env("MAMA_STALE_AFTER", "soon")
+        .output()
+        .expect("mama runs");
+    let run: Run = run.into();
+    assert!(run.fails(1).contains("MAMA_STALE_AFTER"), "{run:#?}");
+}
+
+#[test]
+fn another_hosts_job_is_not_judged_by_a_local_pid() {
+    let env = TestEnv::new();
+    let other = "build-host-7.invalid";
+    assert_ne!(host(), other);
+    let pid = dead_pid().to_string();
+    let ts = now() - 1000;
+    let fields = [
+        ("job", "remote job"),
+        ("job_pid", &pid[..]),
+        ("job_timestamp", &ts.to_string()[..]),
+        ("job_host", other),
+    ];
+    let (json, text) = judged(&env, &fields, &[]);
+    assert_eq!(json["stale"], false, "{json}");
+    assert_eq!(json["state"], "busy");
+    assert_eq!(json["job_host"], other);
+    assert_eq!(job_lines(&text, "remote job", Some(&pid), ts), "running");
+    assert_eq!(info_line(&text, "Job host:"), Some(other), "{text}");
+
+    // The same record claimed on this host is stale.
+    let here = host();
+    let fields = [
+        ("job", "remote job"),
+        ("job_pid", &pid[..]),
+        ("job_timestamp", &ts.to_string()[..]),
+        ("job_host", &here[..]),
+    ];
+    let (json, _) = judged(&env, &fields, &[]);
+    assert_eq!(json["stale"], true, "{json}");
+}

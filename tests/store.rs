@@ -1,0 +1,1066 @@
+//! The state store's guarantees, checked against the real binary: no lost
+//! update between concurrent writers, old-or-new file whatever instant a
+//! writer is killed, one lock that writers and readers respect, mode, group
+//! and owner kept, symbolic links kept, and readers that never write.
+
+mod common;
+use common::*;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+/// How long anything that must happen eventually may take.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Children that are killed and reaped however the test ends.
+struct Kids(Vec<Child>);
+
+impl Kids {
+    fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (bounded) for a child to end and collects what it printed.
+#[track_caller]
+fn finish(child: &mut Child, what: &str) -> Run {
+    let mut status = None;
+    wait_until(what, LIMIT, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(out) = child.stdout.as_mut() {
+        out.read_to_string(&mut stdout).expect("read stdout");
+    }
+    if let Some(err) = child.stderr.as_mut() {
+        err.read_to_string(&mut stderr).expect("read stderr");
+    }
+    Run {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+    }
+}
+
+/// One line of `/proc/locks`.
+#[derive(Debug)]
+struct LockLine {
+    waiting: bool,
+    write: bool,
+    pid: u32,
+    inode: u64,
+}
+
+fn proc_locks() -> Vec<LockLine> {
+    let text = fs::read_to_string("/proc/locks").expect("read /proc/locks");
+    text.lines()
+        .filter_map(|line| {
+            // "7: FLOCK  ADVISORY  WRITE 123 fe:00:456 0 EOF", and a waiter
+            // "7: -> FLOCK ..." (deeper waiters repeat the arrow).
+            let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let waiting = words.contains(&"->");
+            let words: Vec<&str> = words.into_iter().filter(|w| *w != "->").collect();
+            if words.first() != Some(&"FLOCK") {
+                return None;
+            }
+            Some(LockLine {
+                waiting,
+                write: *words.get(2)? == "WRITE",
+                pid: words.get(3)?.parse().ok()?,
+                inode: words.get(4)?.rsplit(':').next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Waits until every process in `pids` is blocked on the lock file `lock`
+/// (asking for a write lock when `write`, a read lock otherwise).
+#[track_caller]
+fn wait_blocked(lock: &Path, pids: &[u32], write: bool) {
+    let inode = fs::metadata(lock).expect("lock file").ino();
+    wait_until("the processes to block on the lock", LIMIT, || {
+        let locks = proc_locks();
+        pids.iter().all(|&pid| {
+            locks
+                .iter()
+                .any(|l| l.pid == pid && l.inode == inode && l.waiting && l.write == write)
+        })
+    });
+}
+
+/// A lock taken by this test process with `flock(2)`; released on drop.
+struct Held(File);
+
+impl Held {
+    fn take(path: &Path, op: libc::c_int) -> Held {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .expect("open lock file");
+        // SAFETY: flock on a descriptor this File owns.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        assert_eq!(rc, 0, "flock {}", path.display());
+        Held(file)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn lock_path(state: &Path) -> PathBuf {
+    let mut name = state.file_name().expect("file name").to_os_string();
+    name.push(".lock");
+    state.with_file_name(name)
+}
+
+fn temp_path(state: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(state.file_name().expect("file name"));
+    name.push(".tmp");
+    state.with_file_name(name)
+}
+
+/// `list --json` as a map from machine name to its object, without the
+/// fields that follow from the clock and the process table.
+#[track_caller]
+fn machines(env: &TestEnv) -> BTreeMap<String, Map<String, Value>> {
+    let run = env.run(["list", "--json"]);
+    run.ok();
+    let Value::Array(list) = run.json() else {
+        panic!("list --json is not an array: {run:#?}");
+    };
+    let mut out = BTreeMap::new();
+    for item in list {
+        let Value::Object(mut m) = item else {
+            panic!("not an object: {item}");
+        };
+        for key in ["state", "stale", "stale_reason"] {
+            m.remove(key);
+        }
+        let name = m["name"].as_str().expect("name").to_string();
+        assert!(out.insert(name.clone(), m).is_none(), "{name} twice");
+    }
+    out
+}
+
+/// The committed events, `log --json`, oldest first; their numbers follow
+/// one another.
+#[track_caller]
+fn events(env: &TestEnv) -> Vec<Value> {
+    let run = env.run(["log", "--json"]);
+    let events: Vec<Value> = run
+        .ok()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let first = events
+        .first()
+        .map_or(0, |e| e["seq"].as_u64().expect("seq"));
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(
+            event["seq"],
+            first + i as u64,
+            "events out of order: {run:#?}"
+        );
+    }
+    events
+}
+
+fn has_event(events: &[Value], machine: &str, kind: &str, detail: Option<&str>) -> bool {
+    events.iter().any(|e| {
+        e["machine"] == machine && e["event"] == kind && detail.is_none_or(|d| e["detail"] == d)
+    })
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).expect("metadata").mode() & 0o7777
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid C string; the result is read at once.
+    let group = unsafe { libc::getgrnam(name.as_ptr()) };
+    // SAFETY: non-null results point to a valid struct group.
+    (!group.is_null()).then(|| unsafe { (*group).gr_gid })
+}
+
+fn user_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: as in group_id.
+    let user = unsafe { libc::getpwnam(name.as_ptr()) };
+    // SAFETY: non-null results point to a valid struct passwd.
+    (!user.is_null()).then(|| unsafe { (*user).pw_uid })
+}
+
+/// A group other than root's to share files with: `users`, else `nogroup`.
+fn other_group() -> (String, u32) {
+    ["users", "nogroup", "nobody"]
+        .iter()
+        .find_map(|name| group_id(name).map(|gid| (name.to_string(), gid)))
+        .expect("a group named users, nogroup or nobody")
+}
+
+/// The group the `nobody` user may take: `nogroup`, else `nobody`.
+fn nobody_group() -> String {
+    ["nogroup", "nobody"]
+        .iter()
+        .find(|name| group_id(name).is_some())
+        .expect("a group nogroup or nobody")
+        .to_string()
+}
+
+fn has_setpriv() -> bool {
+    Command::new("setpriv")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `mama ARGS` run by `bin` as the user `nobody` in `group`, with no other
+/// groups, and this world's environment.
+fn as_nobody(env: &TestEnv, bin: &Path, group: &str, args: &[&str]) -> Command {
+    let plain = env.cmd(args);
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        "nobody",
+        "--regid",
+        group,
+        "--clear-groups",
+        "--",
+    ])
+    .arg(bin)
+    .args(args)
+    .current_dir(env.path())
+    .stdin(Stdio::null());
+    for (key, value) in plain.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd
+}
+
+/// A binary that `nobody` may run: the built one, or a copy when the build
+/// folder is private (the copy's folder lives as long as the guard).
+fn binary_for_nobody(env: &TestEnv, group: &str) -> (PathBuf, Option<tempfile::TempDir>) {
+    let runs = |bin: &Path| {
+        as_nobody(env, bin, group, &["--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if runs(Path::new(MAMA)) {
+        return (PathBuf::from(MAMA), None);
+    }
+    let dir = tempfile::tempdir().expect("temporary folder");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = dir.path().join("mama");
+    fs::copy(MAMA, &bin).expect("copy the binary");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert!(runs(&bin), "nobody cannot run {}", bin.display());
+    (bin, Some(dir))
+}
+
+// ---------------------------------------------------------------------------
+// 1. Concurrency: no lost update
+
+#[test]
+fn concurrent_writers_lose_no_update() {
+    const N: usize = 24;
+    let env = TestEnv::new();
+
+    // 24 adds at once on a lab that does not exist yet: they also race to
+    // create the lock file and the state file.
+    let mut adds = Kids(Vec::new());
+    for i in 0..N {
+        adds.0.push(env.spawn([
+            "add",
+            &format!("m{i:02}"),
+            "--mac",
+            &format!("02:00:00:00:00:{i:02x}"),
+        ]));
+    }
+    for (i, child) in adds.0.iter_mut().enumerate() {
+        finish(child, &format!("add m{i:02}")).ok();
+    }
+    let lab = machines(&env);
+    let expected: BTreeSet<String> = (0..N).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(lab.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    for i in 0..N {
+        assert_eq!(
+            lab[&format!("m{i:02}")]["mac"],
+            format!("02:00:00:00:00:{i:02x}")
+        );
+    }
+
+    // 24 sets, one per machine, held at the lock until all are waiting.
+    let lock = lock_path(&env.state);
+    let held = Held::take(&lock, libc::LOCK_EX);
+    let mut sets = Kids(Vec::new());
+    for i in 0..N {
+        sets.0
+            .push(env.spawn(["set", &format!("m{i:02}"), "os", &format!("os-{i}")]));
+    }
+    wait_blocked(&lock, &sets.pids(), true);
+    drop(held);
+    for (i, child) in sets.0.iter_mut().enumerate() {
+        finish(child, &format!("set m{i:02}")).ok();
+    }
+    let lab = machines(&env);
+    for i in 0..N {
+        assert_eq!(
+            lab[&format!("m{i:02}")]["os"],
+            format!("os-{i}"),
+            "lost update on m{i:02}"
+        );
+    }
+
+    // 24 sets on ONE machine, spread over every attribute: each attribute
+    // must end with one of the values written to it, none may be lost.
+    let attrs = [
+        "os",
+        "kernel",
+        "params",
+        "vmparams",
+        "startcmd",
+        "stopcmd",
+        "resources",
+        "start-timeout",
+        "ip",
+        "mac",
+    ];
+    let value = |attr: &str, i: usize| match attr {
+        "ip" => format!("10.9.0.{i}"),
+        "mac" => format!("02:00:00:00:01:{i:02x}"),
+        "start-timeout" => format!("{}", 100 + i),
+        _ => format!("{attr}-{i}"),
+    };
+    let held = Held::take(&lock, libc::LOCK_EX);
+    let mut written: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut one = Kids(Vec::new());
+    for i in 0..N {
+        let attr = attrs[i % attrs.len()];
+        let v = value(attr, i);
+        one.0.push(env.spawn(["set", "m00", attr, &v]));
+        written.entry(attr).or_default().push(v);
+    }
+    wait_blocked(&lock, &one.pids(), true);
+    drop(held);
+    for child in &mut one.0 {
+        finish(child, "set on m00").ok();
+    }
+    for (attr, values) in &written {
+        let got = env.run(["get", "m00", attr]);
+        let got = got.ok().trim_end_matches('\n');
+        assert!(
+            values.iter().any(|v| v == got),
+            "m00 {attr} is '{got}', not one of the values written {values:?}"
+        );
+    }
+    // The other machines kept what the previous round wrote.
+    let lab = machines(&env);
+    for i in 1..N {
+        assert_eq!(lab[&format!("m{i:02}")]["os"], format!("os-{i}"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Kill storm: old or new file, never a mix, never a pile of temp files
+
+/// A small deterministic PRNG (xorshift64*), so every run kills at the same
+/// offsets.
+struct Prng(u64);
+
+impl Prng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// A lab of `n` machines in the format the original tool writes, each with
+/// an IP so that `clear` has something to forget.
+fn big_lab(n: usize) -> String {
+    let mut xml = String::from("<?xml version=\"1.0\"?>\n<settings>\n");
+    for i in 0..n {
+        xml.push_str(&format!(
+            "  <machine>\n    <name>m{i:02}</name>\n    <mac>aa:bb:cc:dd:ee:{i:02x}</mac>\n    \
+             <ip>10.1.0.{i}</ip>\n    <is_started/>\n    <only_vm>0</only_vm>\n    <arch>x86_64</arch>\n    \
+             <os>fedora</os>\n    <kernel>6.{i}</kernel>\n    <pwr_dev/>\n    <pwr_slot>0</pwr_slot>\n    \
+             <rly_dev/>\n    <rly_slot>0</rly_slot>\n    <reservation/>\n    <resources/>\n    \
+             <boot_params>console=ttyS0,115200 quiet</boot_params>\n    <vm_params/>\n    <job/>\n    \
+             <job_pid/>\n    <job_timestamp/>\n    <startcmd>ipmitool power on</startcmd>\n    \
+             <stopcmd>ipmitool power off</stopcmd>\n    <start_timeout>300</start_timeout>\n  </machine>\n"
+        ));
+    }
+    xml.push_str("</settings>\n");
+    xml
+}
+
+/// What a storm writer does, and to which machine.
+enum Op {
+    Add(String, String),
+    SetOs(String, String),
+    SetKernel(String, String),
+    Clear(String),
+    Reserve(String),
+    Run(String),
+}
+
+impl Op {
+    fn args(&self) -> Vec<String> {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect();
+        match self {
+            Op::Add(name, mac) => v(&["add", name, "--mac", mac]),
+            Op::SetOs(m, value) => v(&["set", m, "os", value]),
+            Op::SetKernel(m, value) => v(&["set", m, "kernel", value]),
+            Op::Clear(m) => v(&["clear", m]),
+            Op::Reserve(m) => v(&["reserve", m]),
+            Op::Run(m) => v(&["run", m, "--no-wait", "--", "true"]),
+        }
+    }
+
+    /// The fields it may change.
+    fn fields(&self) -> &'static [&'static str] {
+        match self {
+            Op::Add(..) => &[],
+            Op::SetOs(..) => &["os"],
+            Op::SetKernel(..) => &["kernel"],
+            Op::Clear(_) => &[
+                "ip",
+                "is_started",
+                "job",
+                "job_pid",
+                "job_timestamp",
+                "job_host",
+            ],
+            Op::Reserve(_) => &["reservation"],
+            Op::Run(_) => &["job", "job_pid", "job_timestamp", "job_host"],
+        }
+    }
+
+    fn machine(&self) -> &str {
+        match self {
+            Op::Add(m, _)
+            | Op::SetOs(m, _)
+            | Op::SetKernel(m, _)
+            | Op::Clear(m)
+            | Op::Reserve(m)
+            | Op::Run(m) => m,
+        }
+    }
+}
+
+fn pick(m: &Map<String, Value>, fields: &[&str]) -> Vec<Value> {
+    fields
+        .iter()
+        .map(|f| m.get(*f).cloned().unwrap_or(Value::Null))
+        .collect()
+}
+
+fn without(m: &Map<String, Value>, fields: &[&str]) -> Map<String, Value> {
+    let mut m = m.clone();
+    for f in fields {
+        m.remove(*f);
+    }
+    m
+}
+
+#[test]
+fn killed_writers_leave_the_old_or_the_new_file() {
+    const MACHINES: usize = 50;
+    const ROUNDS: usize = 40;
+    let env = TestEnv::new();
+    env.write_state(&big_lab(MACHINES));
+    let temp = temp_path(&env.state);
+    let allowed = [
+        "mama.xml",
+        "mama.xml.lock",
+        "mama.xml.locks",
+        "mama.xml.log",
+        ".mama.xml.tmp",
+    ];
+    let user = {
+        let out = Command::new("id").arg("-un").output().expect("id -un");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    };
+
+    // Kill at offsets from 0 to three times the time one write takes here.
+    let start = Instant::now();
+    for i in 0..3 {
+        env.run(["set", "m49", "vmparams", &format!("mem={i}G")])
+            .ok();
+    }
+    let write_time = start.elapsed() / 3;
+    let span_us = (write_time.as_micros() as u64 * 3).clamp(4_000, 100_000);
+
+    let mut prng = Prng(0x9e37_79b9_7f4a_7c15);
+    let mut model = machines(&env);
+    assert_eq!(model.len(), MACHINES);
+    let (mut completed, mut killed, mut temp_left) = (0, 0, 0);
+    for round in 0..ROUNDS {
+        let m = |k: usize| format!("m{:02}", (round * 7 + k) % MACHINES);
+        let ops = [
+            Op::Add(
+                format!("n{round:02}"),
+                format!("02:00:00:00:02:{round:02x}"),
+            ),
+            Op::SetOs(m(0), format!("os-{round}")),
+            Op::Clear(m(1)),
+            Op::Reserve(m(2)),
+            Op::Run(m(3)),
+            Op::SetKernel(m(4), format!("kernel-{round}")),
+        ];
+        let delay = Duration::from_micros(prng.next() % span_us);
+
+        let mut kids = Kids(Vec::new());
+        for op in &ops {
+            let child = env
+                .cmd(op.args())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("mama starts");
+            kids.0.push(child);
+        }
+        // The kill instant is the point of this test: nothing to await.
+        std::thread::sleep(delay);
+        let mut outcome = Vec::new();
+        for child in &mut kids.0 {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            let mut stderr = String::new();
+            if let Some(err) = child.stderr.as_mut() {
+                err.read_to_string(&mut stderr).expect("stderr");
+            }
+            outcome.push((status, stderr));
+        }
+
+        // Only the known files, so at most one temporary file.
+        let files = env.files();
+        for f in &files {
+            assert!(
+                allowed.contains(&f.as_str()),
+                "round {round}: stray {f}: {files:?}"
+            );
+        }
+        assert!(
+            files.iter().any(|f| f == "mama.xml"),
+            "round {round}: {files:?}"
+        );
+        if temp.exists() {
+            temp_left += 1;
+        }
+
+        // The file parses, and it is the old or the new version for every
+        // writer, whatever the others did.
+        let lab = machines(&env);
+        for (op, (status, stderr)) in ops.iter().zip(&outcome) {
+            let ok = status.success();
+            if ok {
+                completed += 1;
+            } else {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(
+                    status.signal(),
+                    Some(libc::SIGKILL),
+                    "round {round}: {:?} failed: {status:?} {stderr}",
+                    op.args()
+                );
+                killed += 1;
+            }
+            let name = op.machine();
+            if let Op::Add(_, mac) = op {
+                match lab.get(name) {
+                    Some(new) => assert_eq!(new["mac"], mac.as_str(), "round {round}"),
+                    None => assert!(!ok, "round {round}: {name} was added, then lost"),
+                }
+                continue;
+            }
+            let (old, now) = (&model[name], &lab[name]);
+            let fields = op.fields();
+            assert_eq!(
+                without(old, fields),
+                without(now, fields),
+                "round {round}: {:?} changed more than it may",
+                op.args()
+            );
+            let (before, after) = (pick(old, fields), pick(now, fields));
+            let wanted: Vec<Value> = match op {
+                Op::SetOs(_, v) | Op::SetKernel(_, v) => vec![v.as_str().into()],
+                Op::Clear(_) => vec![
+                    Value::Null,
+                    false.into(),
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                ],
+                Op::Reserve(_) => vec![user.as_str().into()],
+                // A finished run leaves the machine as it found it.
+                Op::Run(_) => before.clone(),
+                Op::Add(..) => unreachable!(),
+            };
+            if ok {
+                assert_eq!(after, wanted, "round {round}: {:?} lost", op.args());
+            } else if after != before && after != wanted {
+                // Killed in the middle of a run: its claim, whole.
+                assert!(
+                    matches!(op, Op::Run(_))
+                        && now["job"] == "run true"
+                        && now["job_pid"].is_u64()
+                        && now["job_timestamp"].is_i64(),
+                    "round {round}: {:?} left a mix: {before:?} -> {after:?}",
+                    op.args()
+                );
+            }
+        }
+        // Every change has its event and every event its change.
+        let log = events(&env);
+        for op in &ops {
+            let (name, changed, kind, detail) = match op {
+                Op::Add(name, _) => (name, lab.contains_key(name), "added", None),
+                Op::SetOs(name, v) => (
+                    name,
+                    lab[name]["os"] == v.as_str(),
+                    "set",
+                    Some(format!("os={v}")),
+                ),
+                _ => continue,
+            };
+            assert_eq!(
+                has_event(&log, name, kind, detail.as_deref()),
+                changed,
+                "round {round}: {:?}: change and event disagree",
+                op.args()
+            );
+        }
+        // Machines nobody touched are as they were; nothing is lost.
+        for (name, old) in &model {
+            if ops.iter().all(|op| op.machine() != name) {
+                assert_eq!(Some(old), lab.get(name), "round {round}: {name} changed");
+            }
+        }
+        assert!(lab.len() <= model.len() + 1, "round {round}");
+        model = lab;
+    }
+
+    // The next writer cleans up whatever temporary file a killed one left.
+    env.run(["set", "m00", "os", "final"]).ok();
+    assert!(
+        !temp.exists(),
+        "a temporary file is left: {:?}",
+        env.files()
+    );
+    let lab = machines(&env);
+    assert_eq!(lab["m00"]["os"], "final");
+    assert!(lab.len() >= MACHINES);
+    assert!(killed > 0, "no writer was killed");
+    eprintln!(
+        "kill storm: {ROUNDS} rounds, kills within {span_us} us, {completed} writers finished, \
+         {killed} killed, a temporary file left after {temp_left} rounds"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. The lock
+
+#[test]
+fn a_writer_waits_for_a_lock_held_by_flock_1() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let lock = lock_path(&env.state);
+    let mut holder = Kids(vec![
+        Command::new("flock")
+            .arg(&lock)
+            .args(["-c", "echo locked; read x"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("flock(1) starts"),
+    ]);
+    let mut line = String::new();
+    BufReader::new(holder.0[0].stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read flock(1)");
+    assert_eq!(line, "locked\n");
+    let before = fs::read(&env.state).expect("state");
+
+    let mut set = Kids(vec![env.spawn(["set", "rig1", "os", "while-locked"])]);
+    wait_blocked(&lock, &set.pids(), true);
+    assert!(set.0[0].try_wait().expect("try_wait").is_none());
+    assert_eq!(fs::read(&env.state).expect("state"), before);
+
+    holder.0[0]
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"\n")
+        .expect("release flock(1)");
+    finish(&mut set.0[0], "set after the release").ok();
+    assert_eq!(env.info("rig1")["os"], "while-locked");
+}
+
+#[test]
+fn readers_wait_for_an_exclusive_lock_but_share_a_shared_one() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let lock = lock_path(&env.state);
+
+    // A writer's exclusive lock holds readers back.
+    let held = Held::take(&lock, libc::LOCK_EX);
+    let mut list = Kids(vec![env.spawn(["list", "--json"])]);
+    let mut get = Kids(vec![env.spawn(["get", "rig1", "mac"])]);
+    wait_blocked(&lock, &[list.pids(), get.pids()].concat(), false);
+    assert!(list.0[0].try_wait().expect("try_wait").is_none());
+    assert!(get.0[0].try_wait().expect("try_wait").is_none());
+    drop(held);
+    let listed = finish(&mut list.0[0], "list after the release");
+    assert_eq!(listed.json()[0]["name"], "rig1");
+    let got = finish(&mut get.0[0], "get after the release");
+    assert_eq!(got.ok(), "aa:bb:cc:dd:ee:01\n");
+
+    // Under another reader's shared lock, readers go on and writers wait.
+    let held = Held::take(&lock, libc::LOCK_SH);
+    let mut list = Kids(vec![env.spawn(["list", "--json"])]);
+    let listed = finish(&mut list.0[0], "list beside a shared lock");
+    assert_eq!(listed.json()[0]["name"], "rig1");
+    let mut set = Kids(vec![env.spawn(["set", "rig1", "kernel", "6.12"])]);
+    wait_blocked(&lock, &set.pids(), true);
+    assert!(set.0[0].try_wait().expect("try_wait").is_none());
+    assert!(!env.read_state().contains("6.12"));
+    drop(held);
+    finish(&mut set.0[0], "set after the release").ok();
+    assert_eq!(env.info("rig1")["kernel"], "6.12");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Mode, group and owner
+
+#[test]
+fn writes_keep_mode_group_and_owner() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let (_, gid) = if is_root() {
+        other_group()
+    } else {
+        // SAFETY: getegid cannot fail.
+        (String::new(), unsafe { libc::getegid() })
+    };
+    std::os::unix::fs::chown(&env.state, None, Some(gid)).expect("chgrp");
+    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o640)).expect("chmod");
+    let owner = fs::metadata(&env.state).expect("state").uid();
+
+    env.run(["set", "rig1", "os", "debian"]).ok();
+    let meta = fs::metadata(&env.state).expect("state");
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert_eq!(meta.gid(), gid);
+    assert_eq!(meta.uid(), owner);
+    assert_eq!(env.info("rig1")["os"], "debian");
+
+    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o600)).expect("chmod");
+    env.run(["set", "rig1", "os", "arch"]).ok();
+    assert_eq!(mode(&env.state), 0o600);
+    env.run(["reserve", "rig1"]).ok();
+    assert_eq!(mode(&env.state), 0o600);
+    assert_eq!(env.info("rig1")["os"], "arch");
+
+    // root keeps another user's file theirs.
+    if is_root() {
+        let nobody = user_id("nobody").expect("user nobody");
+        std::os::unix::fs::chown(&env.state, Some(nobody), Some(gid)).expect("chown");
+        fs::set_permissions(&env.state, fs::Permissions::from_mode(0o660)).expect("chmod");
+        env.run(["set", "rig1", "kernel", "6.1"]).ok();
+        let meta = fs::metadata(&env.state).expect("state");
+        assert_eq!((meta.uid(), meta.gid()), (nobody, gid));
+        assert_eq!(meta.mode() & 0o7777, 0o660);
+        assert_eq!(env.info("rig1")["kernel"], "6.1");
+    }
+}
+
+/// Runs the checks that need a second user, or says why not.
+fn second_user() -> bool {
+    if !is_root() || !has_setpriv() {
+        eprintln!("note: skipped: needs root and setpriv(1) to act as a second user");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn another_user_writes_a_world_writable_state_through_a_read_only_lock_file() {
+    if !second_user() {
+        return;
+    }
+    let env = TestEnv::new();
+    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    // root creates the lab with umask 022: state and lock file 0644.
+    let mut add = env.cmd(["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]);
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut add, || {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    assert!(add.status().expect("add").success());
+    let lock = lock_path(&env.state);
+    assert_eq!(mode(&lock), 0o644);
+    assert_eq!(fs::metadata(&lock).expect("lock").uid(), 0);
+    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o666)).expect("chmod");
+
+    let group = nobody_group();
+    let (bin, _bin_dir) = binary_for_nobody(&env, &group);
+    let run: Run = as_nobody(&env, &bin, &group, &["set", "rig1", "os", "by-nobody"])
+        .output()
+        .expect("setpriv runs")
+        .into();
+    run.ok();
+
+    assert_eq!(env.info("rig1")["os"], "by-nobody");
+    assert!(has_event(
+        &events(&env),
+        "rig1",
+        "set",
+        Some("os=by-nobody")
+    ));
+    assert_eq!(mode(&env.state), 0o666);
+    // The lock file stays root's; the temporary file is gone.
+    assert_eq!(mode(&lock), 0o644);
+    assert_eq!(fs::metadata(&lock).expect("lock").uid(), 0);
+    assert!(!temp_path(&env.state).exists(), "{:?}", env.files());
+
+    // And root may still write it; the mode stays.
+    env.run(["set", "rig1", "kernel", "by-root"]).ok();
+    assert_eq!(mode(&env.state), 0o666);
+    assert_eq!(env.info("rig1")["os"], "by-nobody");
+}
+
+#[test]
+fn a_group_member_writes_a_group_shared_state_and_new_lock_files_follow_it() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let (group, gid) = if is_root() {
+        other_group()
+    } else {
+        // SAFETY: getegid cannot fail.
+        (String::new(), unsafe { libc::getegid() })
+    };
+    std::os::unix::fs::chown(env.path(), None, Some(gid)).expect("chgrp folder");
+    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o770)).expect("chmod folder");
+    std::os::unix::fs::chown(&env.state, None, Some(gid)).expect("chgrp");
+    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o660)).expect("chmod");
+    let lock = lock_path(&env.state);
+    fs::remove_file(&lock).expect("remove the lock file");
+
+    // The lock file mama creates takes the state file's mode and group,
+    // whatever the umask.
+    let mut set = env.cmd(["set", "rig1", "os", "by-owner"]);
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut set, || {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    assert!(set.status().expect("set").success());
+    let meta = fs::metadata(&lock).expect("lock file");
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o660, gid));
+    let meta = fs::metadata(&env.state).expect("state");
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o660, gid));
+
+    // So do the machine locks a job takes.
+    env.run(["run", "rig1", "--", "true"]).ok();
+    let locks = env.path().join("mama.xml.locks");
+    let meta = fs::metadata(&locks).expect("machine locks folder");
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o770, gid));
+    let rig_lock = locks.join("rig1.lock");
+    let meta = fs::metadata(&rig_lock).expect("machine lock");
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o660, gid));
+
+    // A member of the group (not the owner) may write through that lock.
+    if !second_user() {
+        return;
+    }
+    let (bin, _bin_dir) = binary_for_nobody(&env, &group);
+    let run: Run = as_nobody(&env, &bin, &group, &["set", "rig1", "os", "by-member"])
+        .output()
+        .expect("setpriv runs")
+        .into();
+    run.ok();
+    assert_eq!(env.info("rig1")["os"], "by-member");
+    assert!(has_event(
+        &events(&env),
+        "rig1",
+        "set",
+        Some("os=by-member")
+    ));
+    let meta = fs::metadata(&env.state).expect("state");
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o660, gid));
+    assert!(!temp_path(&env.state).exists(), "{:?}", env.files());
+}
+
+// ---------------------------------------------------------------------------
+// 5. A symbolic link to the state file
+
+#[test]
+fn a_symlinked_state_file_stays_a_link() {
+    let env = TestEnv::new();
+    let real_dir = env.path().join("real");
+    let link_dir = env.path().join("links");
+    fs::create_dir(&real_dir).expect("mkdir");
+    fs::create_dir(&link_dir).expect("mkdir");
+    let real = real_dir.join("lab.xml");
+    let link = link_dir.join("mama.xml");
+    fs::write(&real, big_lab(2)).expect("write state");
+    std::os::unix::fs::symlink("../real/lab.xml", &link).expect("symlink");
+    // A temporary file a killed writer left beside the real file.
+    fs::write(real_dir.join(".lab.xml.tmp"), "<settings><mach").expect("leftover");
+
+    let mama = |args: &[&str]| -> Run {
+        env.cmd(args)
+            .env("MAMA_STATE", &link)
+            .output()
+            .expect("mama runs")
+            .into()
+    };
+    mama(&["set", "m01", "os", "through-the-link"]).ok();
+
+    assert!(
+        fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_link(&link).expect("link"),
+        Path::new("../real/lab.xml")
+    );
+    assert!(
+        fs::read_to_string(&real)
+            .expect("real")
+            .contains("<os>through-the-link</os>")
+    );
+    let mut beside: Vec<String> = fs::read_dir(&real_dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    beside.sort();
+    assert_eq!(beside, ["lab.xml", "lab.xml.lock", "lab.xml.log"]);
+    let links: Vec<_> = fs::read_dir(&link_dir).expect("read dir").collect();
+    assert_eq!(links.len(), 1, "only the link in its folder");
+
+    let info = mama(&["info", "m01", "--json"]).json();
+    assert_eq!(info["os"], "through-the-link");
+}
+
+// ---------------------------------------------------------------------------
+// 6. Readers never write
+
+#[test]
+fn read_only_commands_never_write() {
+    let env = TestEnv::new();
+    let mut xml = big_lab(3);
+    // A stale claim (dead PID) and a claim with neither PID nor timestamp:
+    // readers show them and leave them be.
+    let dead = {
+        let mut child = Command::new("true").spawn().expect("true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        pid
+    };
+    xml = xml.replacen(
+        "<job/>\n    <job_pid/>\n    <job_timestamp/>",
+        &format!(
+            "<job>old</job>\n    <job_pid>{dead}</job_pid>\n    <job_timestamp>1000</job_timestamp>"
+        ),
+        1,
+    );
+    xml = xml.replacen("<job/>", "<job>manual</job>", 1);
+    xml = xml.replace("</settings>", "  <unknown keep=\"yes\"/>\n</settings>");
+    // m02 has no job and no IP, so clearing it changes nothing.
+    xml = xml.replace("<ip>10.1.0.2</ip>", "<ip/>");
+    env.write_state(&xml);
+    // An old time stamp shows any rewrite, however fast.
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    File::options()
+        .write(true)
+        .open(&env.state)
+        .expect("open")
+        .set_modified(old)
+        .expect("set mtime");
+    let inode = fs::metadata(&env.state).expect("state").ino();
+
+    let commands: [&[&str]; 12] = [
+        &["list"],
+        &["list", "--json"],
+        &["info", "m00"],
+        &["info", "m00", "--json"],
+        &["info", "m01", "--json"],
+        &["get", "m00", "job"],
+        &["get", "m01", "os"],
+        &["get", "m02", "reservation"],
+        // Refused changes and changes to the same value write nothing either.
+        &["set", "nosuch", "os", "x"],
+        &["add", "m00", "--mac", "02:00:00:00:00:99"],
+        &["set", "m02", "os", "fedora"],
+        &["clear", "m02"],
+    ];
+    for args in commands {
+        let run = env.run(args);
+        let meta = fs::metadata(&env.state).expect("state");
+        assert_eq!(
+            meta.modified().expect("mtime"),
+            old,
+            "{args:?} wrote: {run:#?}"
+        );
+        assert_eq!(meta.ino(), inode, "{args:?} replaced the file");
+        assert_eq!(env.read_state(), xml, "{args:?}");
+        assert!(!temp_path(&env.state).exists(), "{args:?}");
+    }
+    let list = env.run(["list", "--json"]).json();
+    assert_eq!(list[0]["stale"], true);
+    assert_eq!(list[1]["job"], "manual");
+    assert_eq!(list[1]["job_timestamp"], Value::Null);
+}
