@@ -260,6 +260,18 @@ impl History {
         fs::rename(&temp, &self.path)
     }
 
+    /// The number of the newest whole event in the log, if any.
+    pub fn last_seq(&self) -> Result<Option<u64>> {
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read the event log", &self.path, e)),
+        };
+        let lines = scan_back(&mut file, |_| true)
+            .map_err(|e| Error::io("read the event log", &self.path, e))?;
+        Ok(lines.iter().find_map(|l| l.event.as_ref().map(|e| e.seq)))
+    }
+
     /// Every committed event, oldest first.
     pub fn read_all(&self, committed: Option<u64>) -> Result<Vec<Event>> {
         let text = match fs::read_to_string(&self.path) {

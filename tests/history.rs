@@ -1,0 +1,1154 @@
+//! The history, checked against the real binary: an event for every kind of
+//! change with who, where and how, a log that agrees with the state whatever
+//! instant a writer is killed, trimming, and `log`'s filters, `--json` and
+//! `--follow`.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mama::history::{KEEP, TRIM_AT};
+use serde_json::{Value, json};
+
+/// How long anything that must happen eventually may take.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The fields of an event, in the order `log --json` writes them.
+const FIELDS: [&str; 9] = [
+    "seq", "time", "machine", "event", "job", "pid", "user", "host", "detail",
+];
+
+/// Children that are killed and reaped however the test ends.
+struct Kids(Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (bounded) for a child to end and collects what it printed.
+#[track_caller]
+fn finish(child: &mut Child, what: &str) -> Run {
+    let mut status = None;
+    wait_until(what, LIMIT, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(out) = child.stdout.as_mut() {
+        out.read_to_string(&mut stdout).expect("read stdout");
+    }
+    if let Some(err) = child.stderr.as_mut() {
+        err.read_to_string(&mut stderr).expect("read stderr");
+    }
+    Run {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// The user mama records (`id -un`).
+fn user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+/// This host's name, as gethostname(2) says.
+fn host() -> String {
+    let name = fs::read_to_string("/proc/sys/kernel/hostname").expect("read the host name");
+    name.trim().to_string()
+}
+
+fn log_path(env: &TestEnv) -> PathBuf {
+    env.path().join("mama.xml.log")
+}
+
+/// The committed events, as `log --json` prints them.
+fn events(env: &TestEnv) -> Vec<Value> {
+    parse_lines(env.run(["log", "--json"]).ok())
+}
+
+#[track_caller]
+fn parse_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+fn seq(e: &Value) -> u64 {
+    e["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {e}"))
+}
+
+fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(seq).collect()
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().expect("event kind"))
+        .collect()
+}
+
+/// The state's `<event_seq>`.
+fn event_seq(env: &TestEnv) -> Option<u64> {
+    let state = env.read_state();
+    let (_, rest) = state.split_once("<event_seq>")?;
+    let (number, _) = rest.split_once("</event_seq>")?;
+    Some(number.trim().parse().expect("a number in <event_seq>"))
+}
+
+/// Replaces the state's `<event_seq>`.
+fn set_event_seq(env: &TestEnv, n: u64) {
+    let state = env.read_state();
+    let old = event_seq(env).expect("the state has an <event_seq>");
+    let text = state.replace(
+        &format!("<event_seq>{old}</event_seq>"),
+        &format!("<event_seq>{n}</event_seq>"),
+    );
+    env.write_state(&text);
+    assert_eq!(event_seq(env), Some(n));
+}
+
+/// Writes a job record into the one machine of the state whose `<job/>`
+/// still is empty and comes first (`pid`: `None` leaves `<job_pid/>`).
+fn write_job(env: &TestEnv, machine: &str, label: &str, pid: Option<u32>, timestamp: i64) {
+    let state = env.read_state();
+    let start = state
+        .find(&format!("<name>{machine}</name>"))
+        .unwrap_or_else(|| panic!("{machine} in {state}"));
+    let empty = "<job/>\n    <job_pid/>\n    <job_timestamp/>";
+    let at = start + state[start..].find(empty).expect("an empty job record");
+    let pid = pid.map_or("<job_pid/>".to_string(), |p| {
+        format!("<job_pid>{p}</job_pid>")
+    });
+    let record =
+        format!("<job>{label}</job>\n    {pid}\n    <job_timestamp>{timestamp}</job_timestamp>");
+    let text = format!("{}{record}{}", &state[..at], &state[at + empty.len()..]);
+    env.write_state(&text);
+}
+
+/// An event line as mama writes it.
+fn line(seq: u64, time: i64, machine: &str, event: &str, detail: &str) -> String {
+    let mut text = json!({
+        "seq": seq, "time": time, "machine": machine, "event": event, "job": null,
+        "pid": null, "user": "alice", "host": "bench", "detail": detail,
+    })
+    .to_string();
+    text.push('\n');
+    text
+}
+
+/// Checks the fields every event has: all nine, by this user on this host,
+/// at a time within `[from, to]`.
+#[track_caller]
+fn check_who_and_when(events: &[Value], from: i64, to: i64) {
+    let (user, host) = (user(), host());
+    for e in events {
+        let keys: Vec<&str> = e
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = FIELDS.to_vec();
+        want.sort_unstable();
+        let mut got = keys.clone();
+        got.sort_unstable();
+        assert_eq!(got, want, "{e}");
+        assert_eq!(e["user"], user.as_str(), "{e}");
+        assert_eq!(e["host"], host.as_str(), "{e}");
+        let time = e["time"].as_i64().expect("time");
+        assert!(from <= time && time <= to, "{e}: not within {from}..{to}");
+    }
+}
+
+/// Asserts the event's kind, machine, job, PID and detail.
+#[track_caller]
+fn check(e: &Value, kind: &str, machine: &str, job: Value, pid: Value, detail: Value) {
+    assert_eq!(
+        (
+            &e["event"],
+            &e["machine"],
+            &e["job"],
+            &e["pid"],
+            &e["detail"]
+        ),
+        (&json!(kind), &json!(machine), &job, &pid, &detail),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 1. An event for every kind of change
+
+#[test]
+fn every_change_records_one_event_with_who_and_where() {
+    let env = TestEnv::new();
+    let from = now();
+    env.add("rig1", 1);
+    // A no-op set and the same value twice record nothing more.
+    env.run(["set", "rig1", "os", "fedora"]).ok();
+    env.run(["set", "rig1", "os", "fedora"]).ok();
+    env.run(["set", "rig1", "ip", "10.0.0.7"]).ok();
+    env.run(["reserve", "rig1"]).ok();
+    env.run(["reserve", "rig1"]).ok();
+    env.run(["release", "rig1"]).ok();
+    env.run(["release", "rig1"]).fails(1);
+    env.run(["release-forced", "rig1"]).ok();
+    // Another user's reservation, written by hand, released by force.
+    env.run(["reserve", "rig1"]).ok();
+    let me = format!("<reservation>{}</reservation>", user());
+    let state = env.read_state();
+    assert!(state.contains(&me), "{state}");
+    env.write_state(&state.replace(&me, "<reservation>zoe</reservation>"));
+    env.run(["release", "rig1"]).fails(1);
+    env.run(["release-forced", "rig1"]).ok();
+    // A job another tool left, forgotten by clear with the ip.
+    write_job(&env, "rig1", "flash fw", Some(4242), now());
+    env.run(["clear", "rig1"]).ok();
+    env.run(["clear", "rig1"]).ok();
+    env.run(["delete", "rig1"]).ok();
+    let to = now();
+
+    let log = events(&env);
+    check_who_and_when(&log, from, to);
+    assert_eq!(seqs(&log), (1..=9).collect::<Vec<_>>(), "{log:#?}");
+    assert_eq!(event_seq(&env), Some(9));
+    let none = Value::Null;
+    check(
+        &log[0],
+        "added",
+        "rig1",
+        none.clone(),
+        none.clone(),
+        json!("mac aa:bb:cc:dd:ee:01"),
+    );
+    check(
+        &log[1],
+        "set",
+        "rig1",
+        none.clone(),
+        none.clone(),
+        json!("os=fedora"),
+    );
+    check(
+        &log[2],
+        "set",
+        "rig1",
+        none.clone(),
+        none.clone(),
+        json!("ip=10.0.0.7"),
+    );
+    check(
+        &log[3],
+        "reserved",
+        "rig1",
+        none.clone(),
+        none.clone(),
+        none.clone(),
+    );
+    check(
+        &log[4],
+        "unreserved",
+        "rig1",
+        none.clone(),
+        none.clone(),
+        none.clone(),
+    );
+    check(
+        &log[5],
+        "reserved",
+        "rig1",
+        none.clone(),
+        none.clone(),
+        none.clone(),
+    );
+    check(
+        &log[6],
+        "force_released",
+        "rig1",
+        none.clone(),
+        none.clone(),
+        json!("was reserved by zoe"),
+    );
+    check(
+        &log[7],
+        "cleared",
+        "rig1",
+        json!("flash fw"),
+        json!(4242),
+        json!("also ip"),
+    );
+    check(&log[8], "deleted", "rig1", none.clone(), none, Value::Null);
+    // The machine is gone, its history is not.
+    assert!(
+        env.run(["list", "--json"])
+            .json()
+            .as_array()
+            .expect("array")
+            .is_empty()
+    );
+    assert_eq!(parse_lines(env.run(["log", "rig1", "--json"]).ok()), log);
+}
+
+/// Runs `mama ARGS` (a `run`) to its end; returns its PID and result.
+fn run_job(env: &TestEnv, args: &[&str]) -> (u32, Run) {
+    let mut kids = Kids(vec![env.spawn(args)]);
+    let pid = kids.0[0].id();
+    let run = finish(&mut kids.0[0], "the run to end");
+    (pid, run)
+}
+
+#[test]
+fn runs_record_the_claim_and_how_the_job_ended() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let from = now();
+    let cases: [(&[&str], i32, &str, &str); 5] = [
+        (
+            &["run", "rig1", "--", "true"],
+            0,
+            "run true",
+            "exit 0 after ",
+        ),
+        (
+            &["run", "rig1", "--job", "smoke", "--", "sh", "-c", "exit 3"],
+            3,
+            "smoke",
+            "exit 3 after ",
+        ),
+        (
+            &["run", "rig1", "--", "sh", "-c", "kill -TERM $$"],
+            128 + 15,
+            "run sh",
+            "killed by signal 15 after ",
+        ),
+        (
+            &["run", "rig1", "--timeout", "0.3", "--", "sleep", "30"],
+            124,
+            "run sleep",
+            "timed out after ",
+        ),
+        (
+            &["run", "rig1", "--", "/no/such/command"],
+            127,
+            "run command",
+            "not started (",
+        ),
+    ];
+    let mut pids = Vec::new();
+    for (args, code, _, _) in &cases {
+        let (pid, run) = run_job(&env, args);
+        run.fails(*code);
+        pids.push(pid);
+    }
+    let to = now();
+
+    let log = events(&env);
+    assert_eq!(log.len(), 1 + 2 * cases.len(), "{log:#?}");
+    let runs = &log[1..];
+    check_who_and_when(runs, from, to);
+    for (i, ((_, _, label, ending), pid)) in cases.iter().zip(&pids).enumerate() {
+        let (claimed, released) = (&runs[2 * i], &runs[2 * i + 1]);
+        check(
+            claimed,
+            "claimed",
+            "rig1",
+            json!(label),
+            json!(pid),
+            Value::Null,
+        );
+        let detail = released["detail"].as_str().expect("a detail");
+        check(
+            released,
+            "released",
+            "rig1",
+            json!(label),
+            json!(pid),
+            json!(detail),
+        );
+        assert!(detail.starts_with(ending), "{released}");
+        assert!(detail.ends_with('s'), "{released}: no time held");
+    }
+    let not_started = runs[9]["detail"].as_str().expect("detail");
+    assert!(not_started.contains(") after "), "{not_started}");
+    // Every claim was released: the machine is free.
+    assert_eq!(env.info("rig1")["job"], Value::Null);
+}
+
+#[test]
+fn waiters_record_the_stale_jobs_they_clear_and_why() {
+    let env = TestEnv::new();
+    env.add("dead", 1);
+    env.add("reused", 2);
+    env.add("expired", 3);
+    let claimed = now() - 1000;
+
+    // A PID that no process has any more.
+    let mut gone = Command::new("true").spawn().expect("true starts");
+    let dead_pid = gone.id();
+    gone.wait().expect("wait");
+    write_job(&env, "dead", "old job", Some(dead_pid), claimed);
+    // A PID whose process started long after the claim.
+    let kids = Kids(vec![
+        Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep starts"),
+    ]);
+    let reused_pid = kids.0[0].id();
+    write_job(&env, "reused", "older job", Some(reused_pid), claimed);
+    // No PID, claimed long ago.
+    write_job(&env, "expired", "by hand", None, claimed);
+    let before = events(&env).len();
+
+    let from = now();
+    env.run(["run", "dead", "--", "true"]).ok();
+    env.run(["run", "reused", "--", "true"]).ok();
+    env.run(["wait", "expired"]).ok();
+    let to = now();
+    assert!(
+        alive(reused_pid),
+        "the process of a reused PID is left alone"
+    );
+    drop(kids);
+
+    let log = events(&env);
+    let new = &log[before..];
+    check_who_and_when(new, from, to);
+    assert_eq!(
+        kinds(new),
+        [
+            "stale_cleared",
+            "claimed",
+            "released",
+            "stale_cleared",
+            "claimed",
+            "released",
+            "stale_cleared"
+        ],
+        "{new:#?}"
+    );
+    check(
+        &new[0],
+        "stale_cleared",
+        "dead",
+        json!("old job"),
+        json!(dead_pid),
+        json!(format!("PID {dead_pid} is not running")),
+    );
+
+    let reused = new[3]["detail"].as_str().expect("detail");
+    check(
+        &new[3],
+        "stale_cleared",
+        "reused",
+        json!("older job"),
+        json!(reused_pid),
+        json!(reused),
+    );
+    let prefix = format!("PID {reused_pid} was reused: its process started ");
+    let late: i64 = reused
+        .strip_prefix(&prefix)
+        .and_then(|r| r.strip_suffix(" s after the claim"))
+        .unwrap_or_else(|| panic!("{reused}"))
+        .parse()
+        .expect("a number of seconds");
+    assert!((995..=now() - claimed + 1).contains(&late), "{reused}");
+
+    let expired = new[6]["detail"].as_str().expect("detail");
+    check(
+        &new[6],
+        "stale_cleared",
+        "expired",
+        json!("by hand"),
+        Value::Null,
+        json!(expired),
+    );
+    let age: i64 = expired
+        .strip_prefix("no PID recorded and claimed ")
+        .and_then(|r| r.strip_suffix(" s ago (stale after 300 s)"))
+        .unwrap_or_else(|| panic!("{expired}"))
+        .parse()
+        .expect("a number of seconds");
+    assert!((1000..=now() - claimed).contains(&age), "{expired}");
+}
+
+// ---------------------------------------------------------------------------
+// 2. Kill storm: the log agrees with the state, whatever instant a writer dies
+
+/// A small deterministic PRNG (xorshift64*), so every run kills at the same
+/// offsets.
+struct Prng(u64);
+
+impl Prng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A machine as the events tell it.
+#[derive(Debug, Default, PartialEq)]
+struct Told {
+    os: Option<String>,
+    kernel: Option<String>,
+    reservation: Option<String>,
+    /// Label and PID.
+    job: Option<(Value, Value)>,
+}
+
+/// Replays the committed events into machines, asserting that each one
+/// follows from those before it.
+fn replay(events: &[Value], round: usize) -> BTreeMap<String, Told> {
+    let mut lab: BTreeMap<String, Told> = BTreeMap::new();
+    for e in events {
+        let name = e["machine"].as_str().expect("machine").to_string();
+        let kind = e["event"].as_str().expect("event");
+        let job = (e["job"].clone(), e["pid"].clone());
+        if kind == "added" {
+            assert!(!lab.contains_key(&name), "round {round}: added twice: {e}");
+            lab.insert(name, Told::default());
+            continue;
+        }
+        let m = lab
+            .get_mut(&name)
+            .unwrap_or_else(|| panic!("round {round}: an event for no machine: {e}"));
+        match kind {
+            "deleted" => {
+                lab.remove(&name);
+            }
+            "set" => {
+                let detail = e["detail"].as_str().expect("detail");
+                let (field, value) = detail
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("round {round}: {e}"));
+                let value = Some(value.to_string()).filter(|v| !v.is_empty());
+                match field {
+                    "os" => m.os = value,
+                    "kernel" => m.kernel = value,
+                    _ => panic!("round {round}: {e}"),
+                }
+            }
+            "reserved" => {
+                assert_eq!(m.reservation, None, "round {round}: {e}");
+                m.reservation = Some(e["user"].as_str().expect("user").to_string());
+            }
+            "unreserved" => {
+                assert_eq!(
+                    m.reservation.as_deref(),
+                    e["user"].as_str(),
+                    "round {round}: {e}"
+                );
+                m.reservation = None;
+            }
+            "force_released" => {
+                let holder = m.reservation.take();
+                let detail = holder.map(|h| format!("was reserved by {h}"));
+                assert_eq!(
+                    e["detail"].as_str(),
+                    detail.as_deref(),
+                    "round {round}: {e}"
+                );
+            }
+            "claimed" => {
+                assert_eq!(m.job, None, "round {round}: claimed a held machine: {e}");
+                m.job = Some(job);
+            }
+            "released" | "stale_cleared" => {
+                assert_eq!(m.job.as_ref(), Some(&job), "round {round}: {e}");
+                m.job = None;
+            }
+            "cleared" => {
+                if e["job"].is_null() {
+                    assert_eq!(m.job, None, "round {round}: {e}");
+                } else {
+                    assert_eq!(m.job.as_ref(), Some(&job), "round {round}: {e}");
+                }
+                m.job = None;
+            }
+            other => panic!("round {round}: unexpected event {other}: {e}"),
+        }
+    }
+    lab
+}
+
+/// The machines as the state file has them.
+fn told_by_state(env: &TestEnv) -> BTreeMap<String, Told> {
+    let list = env.run(["list", "--json"]).json();
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().expect("name").to_string();
+            let job = (!m["job"].is_null()).then(|| (m["job"].clone(), m["job_pid"].clone()));
+            (
+                name,
+                Told {
+                    os: text(&m["os"]),
+                    kernel: text(&m["kernel"]),
+                    reservation: text(&m["reservation"]),
+                    job,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The raw log file: every line, parsed (`None` for a line that does not
+/// parse), and whether the file ends with a newline.
+fn raw_log(env: &TestEnv) -> (Vec<Option<Value>>, bool) {
+    let text = fs::read_to_string(log_path(env)).expect("read the log");
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    (lines, text.is_empty() || text.ends_with('\n'))
+}
+
+/// What a storm writer does.
+enum Op {
+    Add(String, String),
+    Delete(String),
+    SetOs(String, String),
+    Reserve(String),
+    Release(String),
+    ReleaseForced(String),
+    Clear(String),
+    Run(String),
+}
+
+impl Op {
+    fn args(&self) -> Vec<String> {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect();
+        match self {
+            Op::Add(name, mac) => v(&["add", name, "--mac", mac]),
+            Op::Delete(m) => v(&["delete", m]),
+            Op::SetOs(m, value) => v(&["set", m, "os", value]),
+            Op::Reserve(m) => v(&["reserve", m]),
+            Op::Release(m) => v(&["release", m]),
+            Op::ReleaseForced(m) => v(&["release-forced", m]),
+            Op::Clear(m) => v(&["clear", m]),
+            Op::Run(m) => v(&["run", m, "--no-wait", "--", "true"]),
+        }
+    }
+}
+
+#[test]
+fn killed_writers_never_part_the_log_from_the_state() {
+    const MACHINES: usize = 6;
+    const ROUNDS: usize = 40;
+    let env = TestEnv::new();
+    for i in 0..MACHINES {
+        env.add(&format!("m{i}"), i as u8);
+    }
+    // Kill at offsets from 0 to twice the time one write takes here.
+    let start = Instant::now();
+    for i in 0..3 {
+        env.run(["set", "m0", "kernel", &format!("k{i}")]).ok();
+    }
+    let span_us = (start.elapsed().as_micros() as u64 / 3 * 2).clamp(4_000, 100_000);
+
+    let mut prng = Prng(0x2545_f491_4f6c_dd1d);
+    let (mut finished, mut killed) = (0, 0);
+    let mut promised: Vec<(usize, Op)> = Vec::new();
+    for round in 0..ROUNDS {
+        let mut m = || format!("m{}", prng.below(MACHINES));
+        let ops = [
+            Op::Add(format!("n{round}"), format!("02:00:00:00:03:{round:02x}")),
+            Op::Delete(format!("n{}", round.saturating_sub(1))),
+            Op::SetOs(m(), format!("os-{round}")),
+            Op::Reserve(m()),
+            Op::Release(m()),
+            Op::Clear(m()),
+            Op::Run(m()),
+            if round % 2 == 0 {
+                Op::Run(m())
+            } else {
+                Op::ReleaseForced(m())
+            },
+        ];
+        let delay = Duration::from_micros(prng.next() % span_us);
+        let mut kids = Kids(Vec::new());
+        for op in &ops {
+            let child = env
+                .cmd(op.args())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mama starts");
+            kids.0.push(child);
+        }
+        // The kill instant is the point of this test: nothing to await.
+        std::thread::sleep(delay);
+        let mut statuses: Vec<(ExitStatus, u32)> = Vec::new();
+        for child in &mut kids.0 {
+            let _ = child.kill();
+            statuses.push((child.wait().expect("wait"), child.id()));
+        }
+        for (op, (status, pid)) in ops.into_iter().zip(statuses) {
+            use std::os::unix::process::ExitStatusExt;
+            match status.signal() {
+                Some(libc::SIGKILL) => killed += 1,
+                Some(other) => panic!("round {round}: {:?} died of signal {other}", op.args()),
+                None => {
+                    finished += 1;
+                    if status.success() {
+                        promised.push((pid as usize, op));
+                    }
+                }
+            }
+        }
+
+        // The committed events: numbered 1, 2, 3... up to the state's number.
+        let log = events(&env);
+        let committed = event_seq(&env).expect("<event_seq>");
+        assert_eq!(
+            seqs(&log),
+            (1..=committed).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        // They tell the state as it is.
+        let told = replay(&log, round);
+        let state = told_by_state(&env);
+        assert_eq!(told, state, "round {round}: the log and the state disagree");
+        // Every writer that said it succeeded has its event committed.
+        for (pid, op) in &promised {
+            let has = |kind: &str, machine: &str, detail: Option<&str>| {
+                log.iter().any(|e| {
+                    e["event"] == kind
+                        && e["machine"] == machine
+                        && detail.is_none_or(|d| e["detail"] == d)
+                })
+            };
+            let ok = match op {
+                Op::Add(name, mac) => has("added", name, Some(&format!("mac {mac}"))),
+                Op::Delete(name) => has("deleted", name, None),
+                Op::SetOs(name, value) => has("set", name, Some(&format!("os={value}"))),
+                // Claimed and released, unless a `clear` forgot the job
+                // while it ran (the run then leaves the record alone).
+                Op::Run(name) => {
+                    let by = |kind: &str| {
+                        log.iter().any(|e| {
+                            e["event"] == kind && e["machine"] == name.as_str() && e["pid"] == *pid
+                        })
+                    };
+                    by("claimed") && (by("released") || by("cleared"))
+                }
+                // These may have had nothing to do.
+                Op::Reserve(_) | Op::Release(_) | Op::ReleaseForced(_) | Op::Clear(_) => true,
+            };
+            assert!(
+                ok,
+                "round {round}: {:?} (PID {pid}) succeeded, its event is missing: {:#?}",
+                op.args(),
+                log.iter().rev().take(12).collect::<Vec<_>>()
+            );
+        }
+        promised.clear();
+
+        // The raw file: committed lines are numbered without a gap or a
+        // duplicate; beyond them only a killed writer's tail.
+        let (raw, _) = raw_log(&env);
+        let numbers: Vec<u64> = raw.iter().flatten().map(seq).collect();
+        let (old, tail): (Vec<u64>, Vec<u64>) = numbers.iter().partition(|&&n| n <= committed);
+        assert_eq!(old, (1..=committed).collect::<Vec<_>>(), "round {round}");
+        assert!(
+            tail.iter()
+                .zip(tail.iter().skip(1))
+                .all(|(a, b)| b == &(a + 1))
+                && tail.first().is_none_or(|&f| f == committed + 1),
+            "round {round}: an uncommitted tail out of order: {tail:?}"
+        );
+
+        // After one more write the file is whole again: every line an event,
+        // numbered on from the last one committed.
+        env.run(["set", "m0", "kernel", &format!("after-{round}")])
+            .ok();
+        let (raw, ends_whole) = raw_log(&env);
+        assert!(ends_whole, "round {round}: a cut last line after a write");
+        let numbers: Vec<u64> = raw
+            .iter()
+            .map(|l| {
+                seq(l
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("round {round}: a bad line")))
+            })
+            .collect();
+        let committed = event_seq(&env).expect("<event_seq>");
+        assert_eq!(
+            numbers,
+            (1..=committed).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        assert_eq!(
+            raw.last()
+                .and_then(|l| l.as_ref())
+                .map(|e| e["detail"].clone()),
+            Some(json!(format!("kernel=after-{round}")))
+        );
+    }
+    assert!(killed > 0, "no writer was killed");
+    assert!(finished > 0, "no writer finished");
+    let total = events(&env).len();
+    assert!(total > ROUNDS * 2, "only {total} events committed");
+    eprintln!(
+        "kill storm: {ROUNDS} rounds, kills within {span_us} us, {finished} writers finished, \
+         {killed} killed, {total} events"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Trimming
+
+/// Writes a log of events `1..=n` (with `pad` bytes of detail) and commits
+/// them in the state; returns each line's length.
+fn seed_log(env: &TestEnv, n: u64, time: i64, pad: usize) -> Vec<usize> {
+    let mut text = String::new();
+    let mut lengths = Vec::new();
+    let padding = "p".repeat(pad);
+    for seq in 1..=n {
+        let l = line(seq, time, "rig1", "set", &format!("os={seq}{padding}"));
+        lengths.push(l.len());
+        text.push_str(&l);
+    }
+    fs::write(log_path(env), text).expect("write the log");
+    set_event_seq(env, n);
+    lengths
+}
+
+#[test]
+fn a_log_past_its_limit_keeps_its_newest_events() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    // About 25,000 events, a little over the limit.
+    let n = 25_000;
+    let lengths = seed_log(&env, n, now() - 60, 70);
+    let seeded: usize = lengths.iter().sum();
+    assert!(seeded as u64 > TRIM_AT, "{seeded} bytes seeded");
+
+    env.run(["set", "rig1", "os", "trimmed"]).ok();
+    let text = fs::read_to_string(log_path(&env)).expect("read the log");
+    let last_line = text.lines().last().expect("a line").len() + 1;
+    assert!(
+        text.len() as u64 <= KEEP + last_line as u64,
+        "{} bytes left",
+        text.len()
+    );
+    let lines = parse_lines(&text);
+    let numbers = seqs(&lines);
+    let first = numbers[0];
+    assert!(first > 1, "nothing was trimmed");
+    assert_eq!(numbers, (first..=n + 1).collect::<Vec<_>>());
+    assert_eq!(lines[0]["detail"], format!("os={first}{}", "p".repeat(70)));
+    assert_eq!(lines.last().expect("last")["detail"], "os=trimmed");
+    // The newest that fit, at most one line short.
+    let kept: usize = lengths[first as usize - 1..].iter().sum();
+    assert_eq!(kept + last_line, text.len());
+    let two_more: usize = lengths[(first as usize).saturating_sub(3)..].iter().sum();
+    assert!(two_more as u64 > KEEP, "only {kept} bytes of {KEEP} kept");
+    // Readers see them all, and the next writer goes on.
+    assert_eq!(seqs(&events(&env)), (first..=n + 1).collect::<Vec<_>>());
+    env.run(["set", "rig1", "os", "after"]).ok();
+    assert_eq!(seqs(&events(&env)), (first..=n + 2).collect::<Vec<_>>());
+    assert!(
+        !env.files().iter().any(|f| f.contains("tmp")),
+        "{:?}",
+        env.files()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. log: --since, --json, a machine
+
+#[test]
+fn log_filters_by_age_and_machine_and_prints_json_lines() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.add("rig2", 2);
+    // Four events two hours old, then two new ones.
+    let old = now() - 7200;
+    let mut text = line(1, old, "rig1", "added", "mac aa:bb:cc:dd:ee:01");
+    text.push_str(&line(2, old, "rig2", "added", "mac aa:bb:cc:dd:ee:02"));
+    text.push_str(&line(3, old, "rig1", "set", "os=old1"));
+    text.push_str(&line(4, old, "rig2", "set", "os=old2"));
+    fs::write(log_path(&env), text).expect("write the log");
+    set_event_seq(&env, 4);
+    env.run(["set", "rig1", "os", "new1"]).ok();
+    env.run(["set", "rig2", "os", "new2"]).ok();
+
+    let json = |args: &[&str]| seqs(&parse_lines(env.run(args).ok()));
+    assert_eq!(json(&["log", "--json"]), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(json(&["log", "--json", "--since", "1h"]), [5, 6]);
+    assert_eq!(json(&["log", "--json", "--since", "90m"]), [5, 6]);
+    assert_eq!(
+        json(&["log", "--json", "--since", "3h"]),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(
+        json(&["log", "--json", "--since", "2h30m"]),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(json(&["log", "rig1", "--json"]), [1, 3, 5]);
+    assert_eq!(json(&["log", "rig2", "--json", "--since", "1h"]), [6]);
+
+    // The table shows the same.
+    let table = env.run(["log", "--since", "1h"]).ok().to_string();
+    assert!(table.starts_with("TIME"), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(
+        table.contains("os=new1") && table.contains("os=new2"),
+        "{table}"
+    );
+    assert!(!table.contains("os=old"), "{table}");
+
+    // One object a line, with every field.
+    let out = env.run(["log", "--json"]);
+    for (l, e) in out.ok().lines().zip(parse_lines(out.ok())) {
+        let keys: Vec<&str> = e
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut got = keys.clone();
+        got.sort_unstable();
+        let mut want = FIELDS.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want, "{l}");
+        assert!(!l.contains('\n'));
+    }
+    let newest = &parse_lines(out.ok())[5];
+    check(
+        newest,
+        "set",
+        "rig2",
+        Value::Null,
+        Value::Null,
+        json!("os=new2"),
+    );
+    check_who_and_when(std::slice::from_ref(newest), now() - 60, now());
+
+    // Bad durations are usage errors that say what is wrong.
+    for bad in ["5x", "soon", "1.5h", "-1h", ""] {
+        let err = env
+            .run(["log".to_string(), format!("--since={bad}")])
+            .fails(2)
+            .to_string();
+        assert!(err.contains("is not a duration"), "{bad}: {err}");
+    }
+    // An unknown machine is an error naming it; a deleted one has a past.
+    let err = env.run(["log", "nosuch"]).fails(1).to_string();
+    assert!(err.contains("nosuch"), "{err}");
+    env.run(["delete", "rig2"]).ok();
+    let rig2 = parse_lines(env.run(["log", "rig2", "--json"]).ok());
+    assert_eq!(seqs(&rig2), [2, 4, 6, 7]);
+    assert_eq!(rig2[3]["event"], "deleted");
+}
+
+// ---------------------------------------------------------------------------
+// 5. --follow
+
+#[test]
+fn log_follow_prints_new_events_as_they_are_committed() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.run(["set", "rig1", "os", "first"]).ok();
+    let mut follower = env.cmd(["log", "--follow", "--json"]);
+    follower
+        .env("MAMA_POLL_INTERVAL", "0.1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut kids = Kids(vec![follower.spawn().expect("mama log starts")]);
+    let stdout = kids.0[0].stdout.take().expect("stdout");
+    let (send, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + LIMIT;
+    let next = |what: &str| -> Value {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no line for {what}: {e}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+
+    // What was there, then what happens.
+    assert_eq!(seq(&next("the first event")), 1);
+    assert_eq!(next("the second event")["detail"], "os=first");
+    env.run(["set", "rig1", "os", "second"]).ok();
+    env.run(["run", "rig1", "--", "true"]).ok();
+    let set = next("the set");
+    let claimed = next("the claim");
+    let released = next("the release");
+    assert_eq!(
+        seqs(&[set.clone(), claimed.clone(), released.clone()]),
+        [3, 4, 5]
+    );
+    assert_eq!(set["detail"], "os=second");
+    assert_eq!(kinds(&[claimed, released]), ["claimed", "released"]);
+    // Nothing twice: the next line is the next event.
+    env.run(["set", "rig1", "os", "third"]).ok();
+    let third = next("the last set");
+    assert_eq!((seq(&third), &third["detail"]), (6, &json!("os=third")));
+
+    drop(kids);
+    reader.join().expect("the reader ends with the follower");
+}
+
+// ---------------------------------------------------------------------------
+// 6. info
+
+#[test]
+fn info_shows_a_machines_last_events() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.add("rig2", 2);
+    for i in 1..=6 {
+        env.run(["set", "rig1", "os", &format!("v{i}")]).ok();
+        env.run(["set", "rig2", "kernel", &format!("k{i}")]).ok();
+    }
+    env.run(["run", "rig1", "--", "true"]).ok();
+
+    let all = parse_lines(env.run(["log", "rig1", "--json"]).ok());
+    assert_eq!(all.len(), 9);
+    let recent = env.info("rig1")["recent_events"].clone();
+    let recent = recent.as_array().expect("recent_events");
+    assert_eq!(recent.as_slice(), &all[4..], "the last 5, oldest first");
+    assert_eq!(kinds(recent), ["set", "set", "set", "claimed", "released"]);
+
+    let text = env.run(["info", "rig1"]).ok().to_string();
+    let (_, shown) = text
+        .split_once("Recent events:\n")
+        .unwrap_or_else(|| panic!("{text}"));
+    let rows: Vec<&str> = shown.lines().collect();
+    assert_eq!(rows.len(), 6, "a header and five events: {text}");
+    assert!(rows[0].trim_start().starts_with("TIME"), "{text}");
+    for (row, want) in rows[1..]
+        .iter()
+        .zip(["os=v4", "os=v5", "os=v6", "claimed", "released"])
+    {
+        assert!(
+            row.contains("rig1") && row.contains(want),
+            "{row:?} lacks {want}"
+        );
+        assert!(!row.contains("rig2"), "{row:?}");
+    }
+
+    // A machine that no event tells of.
+    let state = env.read_state();
+    let hand = state.replace(
+        "<name>rig2</name>\n    <mac>aa:bb:cc:dd:ee:02</mac>",
+        "<name>quiet</name>\n    <mac>aa:bb:cc:dd:ee:09</mac>",
+    );
+    assert_ne!(hand, state);
+    env.write_state(&hand);
+    assert_eq!(env.info("quiet")["recent_events"], json!([]));
+    let text = env.run(["info", "quiet"]).ok().to_string();
+    assert!(!text.contains("Recent events"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// 7. A big log costs a claim nothing
+
+/// `rchar` (bytes read so far) from a `/proc/PID/io` text.
+fn rchar(io: &str) -> Option<u64> {
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_claim_reads_only_the_end_of_a_big_log() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let n = 10_000;
+    let lengths = seed_log(&env, n, now() - 60, 250);
+    let size: usize = lengths.iter().sum();
+    assert!(
+        size > 3 << 20 && (size as u64) < TRIM_AT,
+        "{size} bytes seeded"
+    );
+
+    // The job reads what its mama has read so far: the claim included.
+    let out = env
+        .run([
+            "run",
+            "rig1",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/$PPID/io 2>/dev/null || echo unreadable",
+        ])
+        .ok()
+        .to_string();
+    match rchar(&out) {
+        Some(read) => assert!(
+            read < (size / 4) as u64,
+            "the claim read {read} bytes of a {size}-byte log"
+        ),
+        None => {
+            assert!(out.contains("unreadable"), "{out}");
+            assert!(
+                fs::read_to_string("/proc/self/io").is_err(),
+                "/proc/PID/io is readable here, yet the job could not read it"
+            );
+            eprintln!("/proc/PID/io is not readable here; the read size is not checked");
+        }
+    }
+
+    // The events went on from the seeded ones, appended: nothing rewritten.
+    let log = events(&env);
+    assert_eq!(seqs(&log), (1..=n + 2).collect::<Vec<_>>());
+    assert_eq!(kinds(&log[n as usize..]), ["claimed", "released"]);
+    let text = fs::read_to_string(log_path(&env)).expect("read the log");
+    let first: Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("an event");
+    assert_eq!(seq(&first), 1);
+    assert_eq!(
+        text.len(),
+        size + text
+            .lines()
+            .skip(n as usize)
+            .map(|l| l.len() + 1)
+            .sum::<usize>()
+    );
+    assert_eq!(event_seq(&env), Some(n + 2));
+}
