@@ -82,6 +82,9 @@ pub enum Command {
         machine: String,
         /// The field to print
         attr: GetAttr,
+        /// Print the value as JSON (a string, or null when empty)
+        #[arg(long)]
+        json: bool,
     },
     /// Forget the job, is_started and ip of a machine, or of all machines
     Clear {

@@ -268,9 +268,14 @@ pub fn set(store: &Store, machine: &str, attr: SetAttr, value: &str) -> Result<(
     })
 }
 
-pub fn get(store: &Store, machine: &str, attr: GetAttr) -> Result<()> {
+pub fn get(store: &Store, machine: &str, attr: GetAttr, json: bool) -> Result<()> {
     let lab = read(store)?;
-    out(&format!("{}\n", lab.get(machine)?.get(attr.field())))
+    let value = lab.get(machine)?.get(attr.field());
+    if json {
+        print_json(&(!value.is_empty()).then_some(value))
+    } else {
+        out(&format!("{value}\n"))
+    }
 }
 
 /// Forgets job, PID, timestamp, `is_started` and `ip`, as upstream's

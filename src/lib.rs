@@ -95,7 +95,11 @@ fn dispatch(store: &Store, command: Command) -> error::Result<i32> {
             attr,
             value,
         } => c::set(store, &machine, attr, &value)?,
-        Command::Get { machine, attr } => c::get(store, &machine, attr)?,
+        Command::Get {
+            machine,
+            attr,
+            json,
+        } => c::get(store, &machine, attr, json)?,
         Command::Clear { machine } => c::clear(store, &machine)?,
         Command::Reserve { machine } => c::reserve(store, &machine)?,
         Command::Release { machine } => c::release(store, &machine)?,

@@ -268,6 +268,7 @@ pub fn time_and_age(timestamp: i64, now: i64) -> String {
 pub fn seconds(d: Duration) -> String {
     let s = d.as_secs();
     match s {
+        0..10 if d.subsec_millis() != 0 => format!("{:.1}s", d.as_secs_f64()),
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m {}s", s / 60, s % 60),
         3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
@@ -282,6 +283,8 @@ mod tests {
     #[test]
     fn durations_read_naturally() {
         assert_eq!(seconds(Duration::from_secs(45)), "45s");
+        assert_eq!(seconds(Duration::from_millis(300)), "0.3s");
+        assert_eq!(seconds(Duration::from_millis(2000)), "2s");
         assert_eq!(seconds(Duration::from_secs(192)), "3m 12s");
         assert_eq!(seconds(Duration::from_secs(7500)), "2h 5m");
         assert_eq!(seconds(Duration::from_secs(273600)), "3d 4h");

@@ -122,16 +122,31 @@ impl Store {
         if lab.is_changed() {
             let mut events = lab.take_events();
             if !events.is_empty() {
+                let history = self.history();
+                let committed = match lab.event_seq() {
+                    Some(seq) => seq,
+                    None => self.commit_log_as_it_stands(&history)?,
+                };
                 // The log first: until the state's rename commits the new
                 // number, readers ignore these events.
-                let seq = self
-                    .history()
-                    .append(lab.event_seq(), &mut events, like.as_ref())?;
+                let seq = history.append(Some(committed), &mut events, like.as_ref())?;
                 lab.set_event_seq(seq);
             }
             self.write(&lab)?;
         }
         Ok(value)
+    }
+
+    /// A state without `<event_seq>` (a new lab, or a file rewritten by a
+    /// tool that drops it) first commits the log as it stands, in a write of
+    /// its own: otherwise a writer killed between appending its events and
+    /// writing the state would leave events that look committed.
+    fn commit_log_as_it_stands(&self, history: &History) -> Result<u64> {
+        let base = history.last_seq()?.unwrap_or(0);
+        let mut current = self.load()?.lab;
+        current.set_event_seq(base);
+        self.write(&current)?;
+        Ok(base)
     }
 
     /// The event log beside the state file.

@@ -1183,3 +1183,19 @@ fn another_hosts_job_is_not_judged_by_a_local_pid() {
     let (json, _) = judged(&env, &fields, &[]);
     assert_eq!(json["stale"], true, "{json}");
 }
+
+#[test]
+fn get_json_prints_a_string_or_null() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.run(["set", "rig1", "params", "console=ttyS0 \"quoted\""])
+        .ok();
+    let value: serde_json::Value =
+        serde_json::from_str(env.run(["get", "rig1", "params", "--json"]).ok()).expect("JSON");
+    assert_eq!(value, serde_json::json!("console=ttyS0 \"quoted\""));
+    let empty: serde_json::Value =
+        serde_json::from_str(env.run(["get", "rig1", "kernel", "--json"]).ok()).expect("JSON");
+    assert_eq!(empty, serde_json::Value::Null);
+    let err = env.run(["get", "nosuch", "kernel", "--json"]);
+    assert!(err.fails(1).contains("nosuch"), "{err:?}");
+}
