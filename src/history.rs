@@ -27,6 +27,11 @@ use crate::lab::JobRecord;
 use crate::lock;
 use crate::os;
 
+/// The newest events, up to this many, are kept in the state file itself
+/// and move to the log together: most transactions then sync one file, as
+/// they would without a history.
+pub const FLUSH_AT: usize = 32;
+
 /// The log is trimmed when it grows past this many bytes (about 20,000
 /// events)...
 pub const TRIM_AT: u64 = 4 << 20;
@@ -124,6 +129,25 @@ pub struct History {
     path: PathBuf,
 }
 
+/// Events as JSON lines.
+pub fn encode(events: &[Event]) -> Result<String> {
+    let mut text = String::new();
+    for event in events {
+        let line = serde_json::to_string(event)
+            .map_err(|e| Error::Invalid(format!("cannot encode an event: {e}")))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// Events from JSON lines; a line that is not an event is skipped.
+pub fn decode(text: &str) -> Vec<Event> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
 /// A line of the log and where it starts.
 struct Line {
     offset: u64,
@@ -149,6 +173,26 @@ impl History {
         events: &mut [Event],
         like: Option<&Metadata>,
     ) -> Result<u64> {
+        let (file, mut next) = self.prepare(committed, like)?;
+        for event in events.iter_mut() {
+            next += 1;
+            event.seq = next;
+        }
+        self.write_synced(file, events)?;
+        Ok(next)
+    }
+
+    /// Appends events numbered by the caller after the log's last committed
+    /// number `flushed` (see [`FLUSH_AT`]). Call with the state lock held.
+    pub fn flush(&self, flushed: u64, events: &[Event], like: Option<&Metadata>) -> Result<()> {
+        let (file, _) = self.prepare(Some(flushed), like)?;
+        self.write_synced(file, events)
+    }
+
+    /// Opens the log for appending after `committed`: drops any later tail
+    /// and trims the log if it is too long. Returns the file and the last
+    /// number in it.
+    fn prepare(&self, committed: Option<u64>, like: Option<&Metadata>) -> Result<(File, u64)> {
         let mut file = self.open_for_append(like)?;
         let io = |e| Error::io("write the event log", &self.path, e);
         // Drop what a killed writer appended but never committed (and any
@@ -167,25 +211,21 @@ impl History {
             .iter()
             .find_map(|l| l.event.as_ref().map(|e| e.seq))
             .filter(|&seq| committed.is_none_or(|c| seq <= c));
-        let mut next = committed.or(last).unwrap_or(0);
+        let next = committed.or(last).unwrap_or(0);
         file.set_len(keep_until).map_err(io)?;
         if keep_until > TRIM_AT {
             self.trim(&mut file, keep_until, like).map_err(io)?;
             file = self.open_for_append(like)?;
         }
-        let mut text = String::new();
-        for event in events.iter_mut() {
-            next += 1;
-            event.seq = next;
-            let line = serde_json::to_string(event)
-                .map_err(|e| Error::Invalid(format!("cannot encode an event: {e}")))?;
-            text.push_str(&line);
-            text.push('\n');
-        }
+        Ok((file, next))
+    }
+
+    fn write_synced(&self, mut file: File, events: &[Event]) -> Result<()> {
+        let io = |e| Error::io("write the event log", &self.path, e);
+        let text = encode(events)?;
         file.seek(SeekFrom::End(0)).map_err(io)?;
         file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        Ok(next)
+        file.sync_data().map_err(io)
     }
 
     fn open_for_append(&self, like: Option<&Metadata>) -> Result<File> {
@@ -279,9 +319,8 @@ impl History {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("read the event log", &self.path, e)),
         };
-        Ok(text
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Event>(line).ok())
+        Ok(decode(&text)
+            .into_iter()
             .filter(|e| committed.is_none_or(|c| e.seq <= c))
             .collect())
     }

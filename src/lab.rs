@@ -319,6 +319,8 @@ const MACHINE: &str = "machine";
 const ROOT: &str = "settings";
 /// mama's own top-level element: the last event the state committed.
 const EVENT_SEQ: &str = "event_seq";
+/// mama's own top-level element: committed events not yet in the log.
+const PENDING_EVENTS: &str = "pending_events";
 
 impl Lab {
     /// An empty lab, as a missing state file reads.
@@ -387,6 +389,36 @@ impl Lab {
     /// The number of the last event this state committed, if any.
     pub fn event_seq(&self) -> Option<u64> {
         self.doc.root.child(EVENT_SEQ)?.text().trim().parse().ok()
+    }
+
+    /// The committed events the state holds until they move to the log.
+    pub fn pending_events(&self) -> Vec<Event> {
+        self.doc
+            .root
+            .child(PENDING_EVENTS)
+            .map_or_else(Vec::new, |e| crate::history::decode(&e.text()))
+    }
+
+    /// Replaces the pending events; none removes the element.
+    pub fn set_pending_events(&mut self, events: &[Event]) -> Result<(), Error> {
+        let at = self.doc.root.position(PENDING_EVENTS);
+        if events.is_empty() {
+            if let Some(at) = at {
+                self.doc.root.remove_child(at);
+                self.changed = true;
+            }
+            return Ok(());
+        }
+        let text = crate::history::encode(events)?;
+        match self.doc.root.child_mut(PENDING_EVENTS) {
+            Some(element) => element.set_text(&text),
+            None => self
+                .doc
+                .root
+                .push_element(Element::with_text(PENDING_EVENTS, &text), "  "),
+        }
+        self.changed = true;
+        Ok(())
     }
 
     pub fn set_event_seq(&mut self, seq: u64) {

@@ -325,8 +325,9 @@ fn sections() -> Roff {
         vec![italic("state"), roman(".log")],
         &[roman(
             "The event log: one JSON object a line for every claim, release and other \
-             change, written in the same transaction as the change. The oldest events are \
-             dropped when it grows large.",
+             change. The newest events wait in the state file itself and move here 32 at a \
+             time; either way an event commits in the same transaction as its change. The \
+             oldest events are dropped when the log grows past 4 MiB.",
         )],
     );
 

@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::history::{Event, History};
+use crate::history::{Event, FLUSH_AT, History};
 use crate::lab::Lab;
 use crate::lock::{self, FileLock, Mode};
 
@@ -120,33 +120,50 @@ impl Store {
         let mut lab = self.load()?.lab;
         let value = change(&mut lab)?;
         if lab.is_changed() {
-            let mut events = lab.take_events();
+            let events = lab.take_events();
             if !events.is_empty() {
-                let history = self.history();
-                let committed = match lab.event_seq() {
-                    Some(seq) => seq,
-                    None => self.commit_log_as_it_stands(&history)?,
-                };
-                // The log first: until the state's rename commits the new
-                // number, readers ignore these events.
-                let seq = history.append(Some(committed), &mut events, like.as_ref())?;
-                lab.set_event_seq(seq);
+                self.commit_events(&mut lab, events, like.as_ref())?;
             }
             self.write(&lab)?;
         }
         Ok(value)
     }
 
-    /// A state without `<event_seq>` (a new lab, or a file rewritten by a
-    /// tool that drops it) first commits the log as it stands, in a write of
-    /// its own: otherwise a writer killed between appending its events and
-    /// writing the state would leave events that look committed.
-    fn commit_log_as_it_stands(&self, history: &History) -> Result<u64> {
-        let base = history.last_seq()?.unwrap_or(0);
-        let mut current = self.load()?.lab;
-        current.set_event_seq(base);
-        self.write(&current)?;
-        Ok(base)
+    /// Numbers this transaction's events and puts them in the state with
+    /// the ones not yet in the log; once there are [`FLUSH_AT`] of those,
+    /// they go to the log first (synced), and the state's rename commits
+    /// both. A writer killed in between leaves a log tail that the state
+    /// does not commit: readers ignore it and the next flush drops it.
+    fn commit_events(
+        &self,
+        lab: &mut Lab,
+        events: Vec<Event>,
+        like: Option<&Metadata>,
+    ) -> Result<()> {
+        let history = self.history();
+        let known = lab.event_seq();
+        // A state without a number (new, or rewritten by a tool that drops
+        // mama's elements) takes the log as it stands.
+        let mut last = match known {
+            Some(seq) => seq,
+            None => history.last_seq()?.unwrap_or(0),
+        };
+        let mut pending = lab.pending_events();
+        for mut event in events {
+            last += 1;
+            event.seq = last;
+            pending.push(event);
+        }
+        // Never flush for a state that committed no number yet: a tail it
+        // left would look committed.
+        if known.is_some() && pending.len() >= FLUSH_AT {
+            let flushed = pending.first().map_or(last, |e| e.seq - 1);
+            history.flush(flushed, &pending, like)?;
+            pending.clear();
+        }
+        lab.set_pending_events(&pending)?;
+        lab.set_event_seq(last);
+        Ok(())
     }
 
     /// The event log beside the state file.
@@ -169,12 +186,22 @@ impl Store {
         }
         let _lock = FileLock::acquire(&self.lock_path(), Mode::Shared, like.as_ref()).ok();
         let snapshot = self.load()?;
-        let committed = snapshot.lab.event_seq();
-        let history = self.history();
-        let events = match after {
-            Some(after) => history.read_after(after, committed)?,
-            None => history.read_all(committed)?,
+        let pending = snapshot.lab.pending_events();
+        // The log holds the events up to the first one still in the state.
+        let flushed = match pending.first() {
+            Some(first) => Some(first.seq - 1),
+            None => snapshot.lab.event_seq(),
         };
+        let history = self.history();
+        let mut events = match after {
+            Some(after) => history.read_after(after, flushed)?,
+            None => history.read_all(flushed)?,
+        };
+        events.extend(
+            pending
+                .into_iter()
+                .filter(|e| after.is_none_or(|after| e.seq > after)),
+        );
         Ok((snapshot, events))
     }
 

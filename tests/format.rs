@@ -69,25 +69,30 @@ while [ ! -e "$2" ] && [ "$i" -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
         .collect()
 }
 
-/// The text with mama's own `<event_seq>` bookkeeping element (and the line
-/// break before it) taken out: a state write may add or bump it.
-fn without_event_seq(text: &str) -> String {
-    let Some(start) = text.find("<event_seq>") else {
-        return text.to_string();
-    };
-    let end = text[start..]
-        .find("</event_seq>")
-        .map(|i| start + i + "</event_seq>".len())
-        .expect("closed event_seq");
-    let start = text[..start].trim_end_matches([' ', '\n']).len();
-    let rest = format!("{}{}", &text[..start], &text[end..]);
-    assert!(!rest.contains("<event_seq>"), "one event_seq only:\n{text}");
+/// The text with mama's own history bookkeeping (`<event_seq>` and
+/// `<pending_events>`, each with the line break before it) taken out: a
+/// state write may add or change them.
+fn without_bookkeeping(text: &str) -> String {
+    let mut rest = text.to_string();
+    for tag in ["event_seq", "pending_events"] {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let Some(start) = rest.find(&open) else {
+            continue;
+        };
+        let end = rest[start..]
+            .find(&close)
+            .map(|i| start + i + close.len())
+            .expect("closed element");
+        let start = rest[..start].trim_end_matches([' ', '\n']).len();
+        rest = format!("{}{}", &rest[..start], &rest[end..]);
+        assert!(!rest.contains(&open), "one <{tag}> only:\n{text}");
+    }
     rest
 }
 
 /// The state text with mama's bookkeeping taken out.
 fn state_text(env: &TestEnv) -> String {
-    without_event_seq(&env.read_state())
+    without_bookkeeping(&env.read_state())
 }
 
 /// `text` with `old` replaced by `new` inside the machine called `machine`

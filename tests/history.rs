@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mama::history::{KEEP, TRIM_AT};
+use mama::history::{FLUSH_AT, KEEP, TRIM_AT};
 use serde_json::{Value, json};
 
 /// How long anything that must happen eventually may take.
@@ -122,15 +122,39 @@ fn event_seq(env: &TestEnv) -> Option<u64> {
 }
 
 /// Replaces the state's `<event_seq>`.
+/// How many committed events the state holds itself (not yet in the log).
+fn pending(env: &TestEnv) -> u64 {
+    let state = env.read_state();
+    match (
+        state.find("<pending_events>"),
+        state.find("</pending_events>"),
+    ) {
+        (Some(start), Some(end)) => state[start..end]
+            .lines()
+            .filter(|l| l.contains("\"seq\""))
+            .count() as u64,
+        _ => 0,
+    }
+}
+
+/// Makes the state commit exactly the events 1..=n of a seeded log: sets
+/// `<event_seq>` and drops the events the state held itself.
 fn set_event_seq(env: &TestEnv, n: u64) {
     let state = env.read_state();
     let old = event_seq(env).expect("the state has an <event_seq>");
-    let text = state.replace(
+    let mut text = state.replace(
         &format!("<event_seq>{old}</event_seq>"),
         &format!("<event_seq>{n}</event_seq>"),
     );
+    if let (Some(start), Some(end)) = (
+        text.find("\n  <pending_events>"),
+        text.find("</pending_events>"),
+    ) {
+        text.replace_range(start..end + "</pending_events>".len(), "");
+    }
     env.write_state(&text);
     assert_eq!(event_seq(env), Some(n));
+    assert!(!env.read_state().contains("pending_events"));
 }
 
 /// Writes a job record into the one machine of the state whose `<job/>`
@@ -627,9 +651,15 @@ fn told_by_state(env: &TestEnv) -> BTreeMap<String, Told> {
 }
 
 /// The raw log file: every line, parsed (`None` for a line that does not
-/// parse), and whether the file ends with a newline.
+/// parse), and whether the file ends with a newline. No log yet (the
+/// newest events live in the state until there are FLUSH_AT of them) reads
+/// as an empty one.
 fn raw_log(env: &TestEnv) -> (Vec<Option<Value>>, bool) {
-    let text = fs::read_to_string(log_path(env)).expect("read the log");
+    let text = match fs::read_to_string(log_path(env)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => panic!("read the log: {e}"),
+    };
     let lines = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).ok())
@@ -778,47 +808,51 @@ fn killed_writers_never_part_the_log_from_the_state() {
         }
         promised.clear();
 
-        // The raw file: committed lines are numbered without a gap or a
-        // duplicate; beyond them only a killed writer's tail.
+        // The raw file: the lines the state commits to the log (all but
+        // the ones it still holds itself) are numbered without a gap or a
+        // duplicate; beyond them only a killed flush's tail.
+        let flushed = committed - pending(&env);
         let (raw, _) = raw_log(&env);
         let numbers: Vec<u64> = raw.iter().flatten().map(seq).collect();
-        let (old, tail): (Vec<u64>, Vec<u64>) = numbers.iter().partition(|&&n| n <= committed);
-        assert_eq!(old, (1..=committed).collect::<Vec<_>>(), "round {round}");
+        let (old, tail): (Vec<u64>, Vec<u64>) = numbers.iter().partition(|&&n| n <= flushed);
+        assert_eq!(old, (1..=flushed).collect::<Vec<_>>(), "round {round}");
         assert!(
             tail.iter()
                 .zip(tail.iter().skip(1))
                 .all(|(a, b)| b == &(a + 1))
-                && tail.first().is_none_or(|&f| f == committed + 1),
+                && tail.first().is_none_or(|&f| f == flushed + 1),
             "round {round}: an uncommitted tail out of order: {tail:?}"
         );
 
-        // After one more write the file is whole again: every line an event,
-        // numbered on from the last one committed.
+        // After one more write, readers see it as the newest event; a
+        // killed flush's tail may stay in the file until the next flush,
+        // which drops it first.
         env.run(["set", "m0", "kernel", &format!("after-{round}")])
             .ok();
-        let (raw, ends_whole) = raw_log(&env);
-        assert!(ends_whole, "round {round}: a cut last line after a write");
-        let numbers: Vec<u64> = raw
-            .iter()
-            .map(|l| {
-                seq(l
-                    .as_ref()
-                    .unwrap_or_else(|| panic!("round {round}: a bad line")))
-            })
-            .collect();
-        let committed = event_seq(&env).expect("<event_seq>");
         assert_eq!(
-            numbers,
-            (1..=committed).collect::<Vec<_>>(),
-            "round {round}"
-        );
-        assert_eq!(
-            raw.last()
-                .and_then(|l| l.as_ref())
-                .map(|e| e["detail"].clone()),
+            events(&env).last().map(|e| e["detail"].clone()),
             Some(json!(format!("kernel=after-{round}")))
         );
+        let seqs_seen = seqs(&events(&env));
+        assert_eq!(
+            seqs_seen,
+            (1..=event_seq(&env).expect("<event_seq>")).collect::<Vec<_>>(),
+            "round {round}"
+        );
     }
+    // Enough writes to flush: then the file is whole again, every line an
+    // event, numbered up to what the state commits to the log.
+    for i in 0..FLUSH_AT {
+        env.run(["set", "m0", "kernel", &format!("final-{i}")]).ok();
+    }
+    let (raw, ends_whole) = raw_log(&env);
+    assert!(ends_whole, "a cut last line after a flush");
+    let numbers: Vec<u64> = raw
+        .iter()
+        .map(|l| seq(l.as_ref().expect("every line an event")))
+        .collect();
+    let flushed = event_seq(&env).expect("<event_seq>") - pending(&env);
+    assert_eq!(numbers, (1..=flushed).collect::<Vec<_>>());
     assert!(killed > 0, "no writer was killed");
     assert!(finished > 0, "no writer finished");
     let total = events(&env).len();
@@ -858,11 +892,26 @@ fn a_log_past_its_limit_keeps_its_newest_events() {
     let seeded: usize = lengths.iter().sum();
     assert!(seeded as u64 > TRIM_AT, "{seeded} bytes seeded");
 
+    // The new events stay in the state until FLUSH_AT of them move to the
+    // log together: that flush trims the log first.
+    let flush = FLUSH_AT as u64;
+    for i in 1..flush {
+        env.run(["set", "rig1", "os", &format!("trimmed-{i}")]).ok();
+        assert_eq!(
+            fs::metadata(log_path(&env)).expect("the log").len() as usize,
+            seeded
+        );
+    }
     env.run(["set", "rig1", "os", "trimmed"]).ok();
     let text = fs::read_to_string(log_path(&env)).expect("read the log");
-    let last_line = text.lines().last().expect("a line").len() + 1;
+    let new_lines: usize = text
+        .lines()
+        .rev()
+        .take(flush as usize)
+        .map(|l| l.len() + 1)
+        .sum();
     assert!(
-        text.len() as u64 <= KEEP + last_line as u64,
+        text.len() as u64 <= KEEP + new_lines as u64,
         "{} bytes left",
         text.len()
     );
@@ -870,18 +919,21 @@ fn a_log_past_its_limit_keeps_its_newest_events() {
     let numbers = seqs(&lines);
     let first = numbers[0];
     assert!(first > 1, "nothing was trimmed");
-    assert_eq!(numbers, (first..=n + 1).collect::<Vec<_>>());
+    assert_eq!(numbers, (first..=n + flush).collect::<Vec<_>>());
     assert_eq!(lines[0]["detail"], format!("os={first}{}", "p".repeat(70)));
     assert_eq!(lines.last().expect("last")["detail"], "os=trimmed");
     // The newest that fit, at most one line short.
     let kept: usize = lengths[first as usize - 1..].iter().sum();
-    assert_eq!(kept + last_line, text.len());
+    assert_eq!(kept + new_lines, text.len());
     let two_more: usize = lengths[(first as usize).saturating_sub(3)..].iter().sum();
     assert!(two_more as u64 > KEEP, "only {kept} bytes of {KEEP} kept");
     // Readers see them all, and the next writer goes on.
-    assert_eq!(seqs(&events(&env)), (first..=n + 1).collect::<Vec<_>>());
+    assert_eq!(seqs(&events(&env)), (first..=n + flush).collect::<Vec<_>>());
     env.run(["set", "rig1", "os", "after"]).ok();
-    assert_eq!(seqs(&events(&env)), (first..=n + 2).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&events(&env)),
+        (first..=n + flush + 1).collect::<Vec<_>>()
+    );
     assert!(
         !env.files().iter().any(|f| f.contains("tmp")),
         "{:?}",
