@@ -5,7 +5,10 @@
 //! exclusive lock on the machine's own lock file for the job's whole life:
 //! waiters sleep on that lock, so they wake the instant the job ends or its
 //! `mama` dies, and re-judge the state file at least every poll interval
-//! for claims that no lock stands behind (other tools, other hosts).
+//! for claims that no lock stands behind (other tools, other hosts, a run
+//! that claimed after `mama clear` took the record from a running job).
+//! The lock only wakes waiters: the state file alone decides who holds a
+//! machine, so `mama clear` of a live job frees the machine at once.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -22,23 +25,31 @@ use crate::stale::{Judge, StaleReason, Verdict};
 use crate::store::Store;
 
 /// Who asks: the busy rules depend on it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Caller {
     pub pid: u32,
-    /// This process and its ancestors: a job held by one of them is ours.
-    pub lineage: Vec<u32>,
+    /// This process and its ancestors, read the first time a live job asks
+    /// (a free machine never needs them).
+    lineage: std::cell::OnceCell<Vec<u32>>,
     pub user: String,
     pub host: String,
 }
 
 impl Caller {
-    pub fn current(processes: &Processes) -> Caller {
+    pub fn current() -> Caller {
         Caller {
             pid: std::process::id(),
-            lineage: os::lineage(processes),
+            lineage: std::cell::OnceCell::new(),
             user: os::user_name(),
             host: os::host_name(),
         }
+    }
+
+    /// Whether a job held by `pid` is ours: held by us or an ancestor.
+    pub fn owns(&self, pid: u32) -> bool {
+        self.lineage
+            .get_or_init(|| os::lineage(&Processes::new()))
+            .contains(&pid)
     }
 }
 
@@ -150,8 +161,7 @@ fn busy_by_own_fields(
     let name = machine.name().into_owned();
     if let Some(job) = machine.job() {
         let verdict = judge.judge(&job);
-        let ours = matches!(verdict, Verdict::Live)
-            && job.pid.is_some_and(|pid| caller.lineage.contains(&pid));
+        let ours = matches!(verdict, Verdict::Live) && job.pid.is_some_and(|pid| caller.owns(pid));
         if !matches!(verdict, Verdict::Stale(_)) && !ours {
             return Some(Busy::Job {
                 machine: name,
@@ -232,6 +242,9 @@ fn report_cleared(machine: &str, job: &JobRecord, reason: &StaleReason) {
     );
 }
 
+/// How long a new claim waits for the job lock that someone else holds.
+const LOCK_GRACE: Duration = Duration::from_millis(100);
+
 /// What the caller wants of the machine.
 #[derive(Debug, Clone)]
 pub enum Intent {
@@ -261,8 +274,9 @@ pub struct Claim {
     pub ip: String,
     /// The claim this one nests in (held by an ancestor), restored on release.
     outer: Option<JobRecord>,
-    /// The machine's job lock; `None` when nested (the outer run holds it).
-    _lock: Option<FileLock>,
+    /// The machine's job lock; `None` when nested (the outer run holds it)
+    /// or when a run whose claim was cleared by hand still holds it.
+    lock: Option<FileLock>,
 }
 
 enum Attempt {
@@ -297,8 +311,17 @@ pub fn acquire(
         };
         let attempt = store.update(|lab| attempt(lab, store, target, caller, &judge, intent))?;
         let busy = match attempt {
-            Attempt::Claimed(claim) => {
+            Attempt::Claimed(mut claim) => {
                 finish_live_line(live_line && told);
+                if claim.lock.is_none() && claim.outer.is_none() {
+                    // Claimed while the job lock was held: by a waiter that
+                    // had just woken (for an instant) or by a run cleared by
+                    // hand (for its job's life). Take the lock once it is
+                    // let go, so that those waiting behind this job wake at
+                    // its end; after a manual clear, go on without it.
+                    let (path, like) = store.machine_lock(target)?;
+                    claim.lock = FileLock::exclusive_within(&path, like.as_ref(), LOCK_GRACE)?;
+                }
                 return Ok(Some(claim));
             }
             Attempt::Free => {
@@ -337,8 +360,9 @@ pub fn acquire(
             Some(holder) => {
                 let (path, like) = store.machine_lock(&holder)?;
                 if FileLock::try_exclusive(&path, like.as_ref())?.is_some() {
-                    // A live job that no lock stands behind: a run between
-                    // its last steps, a nested run, or another tool's claim.
+                    // A live job that no lock stands behind: a nested run,
+                    // a run that claimed after a manual clear, or another
+                    // tool's claim.
                     std::thread::sleep(backoff.min(nap));
                     backoff = (backoff * 2).min(patience.poll);
                 } else {
@@ -379,7 +403,7 @@ fn attempt(
     // (the next sweep clears it).
     if outer
         .as_ref()
-        .is_some_and(|job| !job.pid.is_some_and(|pid| caller.lineage.contains(&pid)))
+        .is_some_and(|job| !job.pid.is_some_and(|pid| caller.owns(pid)))
     {
         return Ok(Attempt::Busy(Busy::Locked));
     }
@@ -387,10 +411,10 @@ fn attempt(
         Some(_) => None,
         None => {
             let (path, like) = store.machine_lock(target)?;
-            match FileLock::try_exclusive(&path, like.as_ref())? {
-                Some(lock) => Some(lock),
-                None => return Ok(Attempt::Busy(Busy::Locked)),
-            }
+            // Held although the record is free: a run whose claim was
+            // cleared by hand (`clear` is the manual override) is still
+            // running. The record decides: claim without the lock.
+            FileLock::try_exclusive(&path, like.as_ref())?
         }
     };
     let Intent::Run { label } = intent else {
@@ -416,7 +440,7 @@ fn attempt(
         mac,
         ip,
         outer,
-        _lock: lock,
+        lock,
     }))
 }
 
@@ -426,7 +450,12 @@ impl Claim {
     /// taken over) is left alone, with a word on stderr. `outcome` (how the
     /// job ended) goes into the history.
     pub fn release(self, store: &Store, outcome: &str) -> Result<()> {
+        let lock = self.lock;
         store.update(|lab| {
+            // Let go of the job lock inside the transaction: a waiter it
+            // wakes reads the state only after this write, and no run ever
+            // finds the lock held by a claim already given back.
+            drop(lock);
             let Ok(mut machine) = lab.get_mut(&self.machine) else {
                 say!(
                     "mama: {} was deleted while the job ran; nothing to release",
@@ -462,6 +491,5 @@ impl Claim {
             );
             Ok(())
         })
-        // The job lock is dropped with `self`, after the state says free.
     }
 }

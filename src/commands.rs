@@ -401,7 +401,7 @@ fn poll_interval() -> Result<Duration> {
 
 pub fn wait(store: &Store, machine: &str, timeout: Option<Duration>) -> Result<()> {
     let processes = Processes::new();
-    let caller = Caller::current(&processes);
+    let caller = Caller::current();
     let patience = Patience {
         no_wait: false,
         timeout,
@@ -447,7 +447,7 @@ pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
     };
     lab::check_value(Field::Job, &label)?;
     let processes = Processes::new();
-    let caller = Caller::current(&processes);
+    let caller = Caller::current();
     let patience = Patience {
         no_wait: request.no_wait,
         timeout: request.wait_timeout,

@@ -75,18 +75,13 @@ impl ProcessTable for Processes {
 
 impl Processes {
     fn probe_now(&self, pid: u32) -> Probe {
-        // kill(pid, 0) first: it sees every process, even where /proc hides
-        // other users' ones. EPERM means it exists.
         let Ok(raw) = libc::pid_t::try_from(pid) else {
             return Probe::Gone;
         };
         if raw <= 0 {
             return Probe::Gone;
         }
-        // SAFETY: signal 0 only checks that the process exists.
-        let exists = unsafe { libc::kill(raw, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !exists {
+        if !exists(raw) {
             return Probe::Gone;
         }
         match self.with_process(pid, |p| (p.status(), p.start_time())) {
@@ -94,9 +89,19 @@ impl Processes {
             Some((_, started)) => Probe::Alive {
                 started: i64::try_from(started).ok().filter(|&s| s > 0),
             },
-            None => Probe::Alive { started: None },
+            // Hidden from /proc, or reaped since kill() saw it: ask again.
+            None if exists(raw) => Probe::Alive { started: None },
+            None => Probe::Gone,
         }
     }
+}
+
+/// Whether a process has this PID: kill(pid, 0) sees every process, even
+/// where /proc hides other users' ones (EPERM means it exists).
+fn exists(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let answer = unsafe { libc::kill(pid, 0) };
+    answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// This process and its ancestors, nearest first.

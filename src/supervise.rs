@@ -66,8 +66,9 @@ impl std::fmt::Display for Ending {
 
 const HANDLED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGCHLD];
 
-/// Blocks the signals mama handles while a job runs, from before the job is
-/// claimed until mama exits: a SIGINT can then never cut a release short.
+/// Blocks the signals mama handles while a job runs, from right after the
+/// claim commits until mama exits: a SIGINT can then never cut a release
+/// short.
 /// Returns the mask to give the job.
 pub fn block_signals() -> Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.

@@ -1,0 +1,471 @@
+//! `mama run` as a supervisor: exit statuses, signals, timeouts, the claim it
+//! records, the job's process group and environment, and the release in
+//! every case.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+/// How long "eventually" may take on a busy machine.
+const LONG: Duration = Duration::from_secs(20);
+
+/// A shell job that writes its PID to `$1/job.pid`, then becomes `sleep 30`.
+const PID_THEN_SLEEP: &str = "echo $$ > \"$1/job.pid\"; exec sleep 30";
+
+/// A shell job that writes its PID to `$1/job.pid` and waits (bounded) for
+/// the file `$1/go`.
+const PID_THEN_WAIT_FOR_GO: &str = "echo $$ > \"$1/job.pid\"; i=0; \
+    while [ ! -e \"$1/go\" ]; do i=$((i+1)); [ $i -gt 1500 ] && exit 99; sleep 0.02; done";
+
+fn env_with_machine() -> TestEnv {
+    let env = TestEnv::new();
+    env.run(["add", "m", "--mac", "aa:bb:cc:dd:ee:01", "--ip", "10.0.0.5"])
+        .ok();
+    env
+}
+
+fn dir_arg(env: &TestEnv) -> String {
+    env.path().to_string_lossy().into_owned()
+}
+
+/// `run m [OPTIONS] -- sh -c SCRIPT sh DIR`.
+fn sh_job<'a>(env: &'a TestEnv, options: &[&'a str], script: &'a str) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "m"].iter().map(|s| s.to_string()).collect();
+    args.extend(options.iter().map(|s| s.to_string()));
+    args.extend(["--", "sh", "-c", script, "sh"].map(String::from));
+    args.push(dir_arg(env));
+    args
+}
+
+/// The PID the job wrote to `job.pid`.
+fn job_pid(env: &TestEnv) -> u32 {
+    read_line_of(&env.path().join("job.pid"), LONG)
+        .trim()
+        .parse()
+        .expect("a PID in job.pid")
+}
+
+/// The machine is free and no process of the job's group (its leader's PID)
+/// is left.
+#[track_caller]
+fn assert_released(env: &TestEnv, job_group: Option<u32>) {
+    let info = env.info("m");
+    assert!(info["job"].is_null(), "job left behind: {info:#}");
+    assert!(info["job_pid"].is_null(), "job_pid left behind: {info:#}");
+    assert!(info["job_timestamp"].is_null(), "{info:#}");
+    assert!(info["job_host"].is_null(), "{info:#}");
+    assert_eq!(info["state"], "free", "{info:#}");
+    assert!(!env.read_state().contains("<job_host>"));
+    if let Some(group) = job_group {
+        assert!(!alive(group), "the job {group} survived");
+        assert_eq!(
+            group_members(group),
+            Vec::<u32>::new(),
+            "job processes left"
+        );
+    }
+}
+
+/// `mama` with INT, TERM and HUP at their default actions, whatever the
+/// test runner inherited (a shell's background job ignores INT).
+fn with_default_signals(mut cmd: std::process::Command) -> std::process::Command {
+    // SAFETY: signal() is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+#[test]
+fn the_exit_status_is_the_jobs_own() {
+    let env = env_with_machine();
+    assert_eq!(env.run(["run", "m", "--", "true"]).code, Some(0));
+    assert_released(&env, None);
+    assert_eq!(env.run(["run", "m", "--", "false"]).code, Some(1));
+    assert_released(&env, None);
+    assert_eq!(
+        env.run(["run", "m", "--", "sh", "-c", "exit 7"]).code,
+        Some(7)
+    );
+    assert_released(&env, None);
+    let run = env.run(sh_job(&env, &[], "echo $$ > \"$1/job.pid\"; exit 42"));
+    assert_eq!(run.code, Some(42), "{run:#?}");
+    assert_released(&env, Some(job_pid(&env)));
+}
+
+#[test]
+fn a_missing_command_exits_127_and_a_non_executable_one_126() {
+    let env = env_with_machine();
+    let err = env
+        .run(["run", "m", "--", "mama-test-no-such-command"])
+        .fails(127)
+        .to_string();
+    assert!(err.contains("mama-test-no-such-command"), "{err}");
+    assert_released(&env, None);
+
+    let missing = env.path().join("missing");
+    let err = env
+        .run([
+            "run".as_ref(),
+            "m".as_ref(),
+            "--".as_ref(),
+            missing.as_os_str(),
+        ])
+        .fails(127)
+        .to_string();
+    assert!(err.contains("missing"), "{err}");
+    assert_released(&env, None);
+
+    let script = env.path().join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").expect("write script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = env
+        .run([
+            "run".as_ref(),
+            "m".as_ref(),
+            "--".as_ref(),
+            script.as_os_str(),
+        ])
+        .fails(126)
+        .to_string();
+    assert!(err.contains("not-executable"), "{err}");
+    assert_released(&env, None);
+}
+
+#[test]
+fn the_output_of_a_job_that_fails_at_once_is_passed_through() {
+    let env = env_with_machine();
+    let run = env.run([
+        "run",
+        "m",
+        "--",
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2; exit 3",
+    ]);
+    assert_eq!(run.code, Some(3), "{run:#?}");
+    assert_eq!(run.stdout, "to-stdout\n");
+    assert!(
+        run.stderr.lines().any(|l| l == "to-stderr"),
+        "{:?}",
+        run.stderr
+    );
+    assert_released(&env, None);
+}
+
+#[test]
+fn a_timeout_stops_the_job_with_124() {
+    let env = env_with_machine();
+    let started = Instant::now();
+    let mut mama = env.start(sh_job(&env, &["--timeout", "0.5"], PID_THEN_SLEEP));
+    let run = mama.finish(LONG);
+    let took = started.elapsed();
+    assert_eq!(run.code, Some(124), "{run:#?}");
+    assert!(took >= Duration::from_millis(500), "stopped after {took:?}");
+    // TERM was enough: no 5 s wait for KILL.
+    assert!(took < Duration::from_millis(4500), "stopped after {took:?}");
+    assert!(run.stderr.contains("ran out of time"), "{}", run.stderr);
+    assert_released(&env, Some(job_pid(&env)));
+}
+
+#[test]
+fn a_job_that_ignores_term_is_killed_after_the_grace_period() {
+    let env = env_with_machine();
+    let started = Instant::now();
+    let mut mama = env.start(sh_job(
+        &env,
+        &["--timeout", "0.5"],
+        "trap '' TERM; echo $$ > \"$1/job.pid\"; exec sleep 30",
+    ));
+    let job = job_pid(&env);
+    let run = mama.finish(LONG);
+    let took = started.elapsed();
+    assert_eq!(run.code, Some(124), "{run:#?}");
+    // TERM at 0.5 s, KILL 5 s later.
+    assert!(
+        took >= Duration::from_millis(5500),
+        "stopped after {took:?}"
+    );
+    assert!(took < Duration::from_secs(15), "stopped after {took:?}");
+    assert_released(&env, Some(job));
+}
+
+/// Sends `signal` to `mama` while its job runs; mama exits like the job.
+fn signal_to_mama_ends_the_job(signal: libc::c_int, code: i32) {
+    let env = env_with_machine();
+    let mut mama = Bg::start(with_default_signals(env.cmd(sh_job(
+        &env,
+        &[],
+        PID_THEN_SLEEP,
+    ))));
+    let job = job_pid(&env);
+    assert_eq!(env.info("m")["job_pid"], mama.pid());
+    mama.signal(signal);
+    let run = mama.finish(LONG);
+    assert_eq!(run.code, Some(code), "{run:#?}");
+    assert_released(&env, Some(job));
+}
+
+#[test]
+fn sigterm_to_mama_ends_the_job_and_exits_143() {
+    signal_to_mama_ends_the_job(libc::SIGTERM, 143);
+}
+
+#[test]
+fn sigint_to_mama_ends_the_job_and_exits_130() {
+    signal_to_mama_ends_the_job(libc::SIGINT, 130);
+}
+
+#[test]
+fn sighup_to_mama_ends_the_job_and_exits_129() {
+    signal_to_mama_ends_the_job(libc::SIGHUP, 129);
+}
+
+#[test]
+fn a_busy_machine_exits_75_without_touching_the_claim() {
+    let env = env_with_machine();
+    let mut holder = env.start(sh_job(&env, &["--job", "holder"], PID_THEN_WAIT_FOR_GO));
+    let job = job_pid(&env);
+    let claim = env.info("m");
+    assert_eq!(claim["job_pid"], holder.pid());
+
+    let err = env
+        .run(["run", "m", "--no-wait", "--", "touch", "never"])
+        .fails(75)
+        .to_string();
+    assert!(err.contains("holder"), "{err}");
+    assert!(err.contains(&holder.pid().to_string()), "{err}");
+
+    let started = Instant::now();
+    let err = env
+        .run(["run", "m", "--wait-timeout", "0.3", "--", "touch", "never"])
+        .fails(75)
+        .to_string();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(err.contains("holder"), "{err}");
+    assert!(!env.path().join("never").exists(), "a busy run ran its job");
+    assert_eq!(env.info("m"), claim, "a busy run changed the claim");
+
+    std::fs::write(env.path().join("go"), "").expect("write go");
+    assert_eq!(holder.finish(LONG).code, Some(0));
+    assert_released(&env, Some(job));
+}
+
+#[test]
+fn the_claim_records_label_pid_time_and_host_and_the_job_sees_it() {
+    let env = env_with_machine();
+    let script = "env > \"$1/job.env\"; echo $$ > \"$1/job.pid\"; i=0; \
+        while [ ! -e \"$1/go\" ]; do i=$((i+1)); [ $i -gt 1500 ] && exit 99; sleep 0.02; done";
+    for (options, label) in [
+        (vec![], "run sh"),
+        (
+            vec!["--job", "nightly smoke x86_64"],
+            "nightly smoke x86_64",
+        ),
+    ] {
+        let _ = std::fs::remove_file(env.path().join("go"));
+        let _ = std::fs::remove_file(env.path().join("job.pid"));
+        let mut args: Vec<String> = ["run", "m"].map(String::from).to_vec();
+        args.extend(options.iter().map(|s| s.to_string()));
+        // By path: the default label uses the basename.
+        args.extend(["--", "/bin/sh", "-c", script, "sh"].map(String::from));
+        args.push(dir_arg(&env));
+        let mut mama = env.start(args);
+        let job = job_pid(&env);
+
+        let info = env.info("m");
+        assert_eq!(info["job"], label, "{info:#}");
+        assert_eq!(info["job_pid"], mama.pid(), "{info:#}");
+        let stamped = info["job_timestamp"].as_i64().expect("a timestamp");
+        assert!((stamped - unix_now()).abs() <= 5, "{stamped} is not now");
+        assert_eq!(info["job_host"], host_name(), "{info:#}");
+        assert_eq!(info["stale"], false, "{info:#}");
+        let state = env.read_state();
+        assert!(
+            state.contains(&format!("<job_pid>{}</job_pid>", mama.pid())),
+            "{state}"
+        );
+        assert!(
+            state.contains(&format!("<job_host>{}</job_host>", host_name())),
+            "{state}"
+        );
+
+        let job_env = std::fs::read_to_string(env.path().join("job.env")).expect("job.env");
+        for line in [
+            "MAMA_MACHINE=m".to_string(),
+            format!("MAMA_JOB={label}"),
+            "MAMA_MAC=aa:bb:cc:dd:ee:01".to_string(),
+            "MAMA_IP=10.0.0.5".to_string(),
+        ] {
+            assert!(
+                job_env.lines().any(|l| l == line),
+                "{line} not in {job_env}"
+            );
+        }
+
+        std::fs::write(env.path().join("go"), "").expect("write go");
+        assert_eq!(mama.finish(LONG).code, Some(0));
+        assert_released(&env, Some(job));
+    }
+}
+
+#[test]
+fn the_job_runs_in_its_own_process_group() {
+    let env = env_with_machine();
+    let mut mama = env.start(sh_job(&env, &[], PID_THEN_WAIT_FOR_GO));
+    let job = job_pid(&env);
+    let (_, parent, group) = proc_stat(job).expect("the job runs");
+    let (_, _, mama_group) = proc_stat(mama.pid()).expect("mama runs");
+    assert_eq!(parent, mama.pid(), "the job is mama's child");
+    assert_eq!(group, job, "the job leads its own process group");
+    assert_ne!(group, mama_group);
+    std::fs::write(env.path().join("go"), "").expect("write go");
+    assert_eq!(mama.finish(LONG).code, Some(0));
+    assert_released(&env, Some(job));
+}
+
+#[test]
+fn the_command_runs_without_a_shell() {
+    let env = env_with_machine();
+    let words = ["$HOME;echo x", "*", "a b", "`id`", "'q'"];
+    let mut args = vec!["run", "m", "--", "printf", "%s\\n"];
+    args.extend(words);
+    let out = env.run(args).ok().to_string();
+    assert_eq!(out, words.map(|w| format!("{w}\n")).concat());
+    assert_released(&env, None);
+}
+
+#[test]
+fn sigkill_of_mama_takes_the_job_along_and_the_next_run_clears_the_claim() {
+    let env = env_with_machine();
+    let mut mama = env.start(["run", "m", "--", "sleep", "30"]);
+    let mama_pid = mama.pid();
+    let mut jobs = Vec::new();
+    wait_until("mama's child sleep", LONG, || {
+        jobs = children_of(mama_pid);
+        !jobs.is_empty()
+    });
+    let job = jobs[0];
+    assert_eq!(env.info("m")["job_pid"], mama_pid);
+
+    mama.signal(libc::SIGKILL);
+    wait_until("the job to die with mama", LONG, || !alive(job));
+    mama.finish(LONG);
+    assert_eq!(mama.killed_by(), Some(libc::SIGKILL));
+    assert_eq!(group_members(job), Vec::<u32>::new());
+
+    // The claim is left behind; the next run takes the machine at once.
+    let info = env.info("m");
+    assert_eq!(info["job_pid"], mama_pid);
+    assert_eq!(info["stale"], true, "{info:#}");
+    let run = env.run(["run", "m", "--no-wait", "--", "true"]);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let err = &run.stderr;
+    assert!(
+        err.contains(&format!(
+            "cleared stale job 'run sleep' on m, PID {mama_pid}: PID {mama_pid} is not running"
+        )),
+        "{err}"
+    );
+    assert_released(&env, None);
+}
+
+/// Writes a claim into the state file by hand, as another tool would.
+fn write_claim_by_hand(env: &TestEnv, label: &str, pid: u32, timestamp: i64) {
+    let state = env.read_state();
+    let state = state
+        .replace("<job/>", &format!("<job>{label}</job>"))
+        .replace("<job_pid/>", &format!("<job_pid>{pid}</job_pid>"))
+        .replace(
+            "<job_timestamp/>",
+            &format!("<job_timestamp>{timestamp}</job_timestamp>"),
+        );
+    assert!(state.contains(&format!("<job>{label}</job>")), "{state}");
+    env.write_state(&state);
+}
+
+#[test]
+fn release_leaves_a_claim_that_is_no_longer_ours_alone() {
+    let env = env_with_machine();
+    let mut first = env.start(sh_job(&env, &["--job", "first"], PID_THEN_WAIT_FOR_GO));
+    let job = job_pid(&env);
+    env.run(["clear", "m"]).ok();
+    assert!(env.info("m")["job"].is_null());
+
+    // Someone else's live claim, written while the first job runs.
+    let mut sleep = std::process::Command::new("sleep");
+    sleep.arg("30");
+    let other = Bg::start(sleep);
+    write_claim_by_hand(&env, "other", other.pid(), unix_now());
+
+    std::fs::write(env.path().join("go"), "").expect("write go");
+    let run = first.finish(LONG);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("was cleared or taken over while the job ran; leaving the record alone"),
+        "{}",
+        run.stderr
+    );
+    assert!(!alive(job));
+    let info = env.info("m");
+    assert_eq!(info["job"], "other", "{info:#}");
+    assert_eq!(info["job_pid"], other.pid(), "{info:#}");
+}
+
+#[test]
+fn after_a_manual_clear_another_run_claims_and_keeps_the_machine() {
+    let env = env_with_machine();
+    let mut first = env.start(sh_job(&env, &["--job", "first"], PID_THEN_WAIT_FOR_GO));
+    let first_job = job_pid(&env);
+    env.run(["clear", "m"]).ok();
+
+    // `clear` is the manual override: the machine is free at once, though
+    // the first job still runs.
+    let second_script = "touch \"$1/second.started\"; i=0; \
+        while [ ! -e \"$1/second.go\" ]; do i=$((i+1)); [ $i -gt 1500 ] && exit 99; sleep 0.02; done";
+    let mut second = env.start(sh_job(
+        &env,
+        &["--job", "second", "--no-wait"],
+        second_script,
+    ));
+    wait_until("the second job to start", LONG, || {
+        env.path().join("second.started").exists()
+    });
+    assert!(first.running() && alive(first_job));
+    let info = env.info("m");
+    assert_eq!(info["job"], "second", "{info:#}");
+    assert_eq!(info["job_pid"], second.pid(), "{info:#}");
+
+    // The first run ends and leaves the second's claim alone.
+    std::fs::write(env.path().join("go"), "").expect("write go");
+    let run = first.finish(LONG);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(
+        run.stderr.contains("leaving the record alone"),
+        "{}",
+        run.stderr
+    );
+    assert!(!alive(first_job));
+    let info = env.info("m");
+    assert_eq!(info["job"], "second", "{info:#}");
+    assert_eq!(info["job_pid"], second.pid(), "{info:#}");
+    assert!(second.running());
+
+    // A waiter behind the second run (which holds no job lock) still gets
+    // the machine when it ends.
+    let mut third = env.start(["run", "m", "--wait-timeout", "20", "--", "true"]);
+    third.expect_stderr("waiting to claim it", LONG);
+    std::fs::write(env.path().join("second.go"), "").expect("write go");
+    assert_eq!(second.finish(LONG).code, Some(0));
+    assert_eq!(third.finish(LONG).code, Some(0));
+    assert_released(&env, None);
+}
