@@ -4,46 +4,17 @@
 mod common;
 use common::*;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// How long "eventually" may take on a busy machine.
-const LONG: Duration = Duration::from_secs(20);
-
-/// A shell loop (for `sh -c`) that waits, bounded, for the file `$1/NAME`.
-fn wait_for_file(name: &str) -> String {
-    format!(
-        "i=0; while [ ! -e \"$1/{name}\" ]; do i=$((i+1)); \
-         [ $i -gt 1500 ] && exit 99; sleep 0.02; done"
-    )
-}
-
-fn dir_arg(env: &TestEnv) -> String {
-    env.path().to_string_lossy().into_owned()
-}
-
-/// `run MACHINE [OPTIONS] -- sh -c SCRIPT sh DIR`.
-fn sh_job(env: &TestEnv, machine: &str, options: &[&str], script: &str) -> Vec<String> {
-    let mut args = vec!["run".to_string(), machine.to_string()];
-    args.extend(options.iter().map(|s| s.to_string()));
-    args.extend(["--", "sh", "-c", script, "sh"].map(String::from));
-    args.push(dir_arg(env));
-    args
-}
 
 /// Starts a job on `machine` that touches `$1/STARTED` and ends when `$1/GO`
 /// appears; returns once it runs.
 fn hold(env: &TestEnv, machine: &str, label: &str, started: &str, go: &str) -> Bg {
     let script = format!("touch \"$1/{started}\"; {}", wait_for_file(go));
     let holder = env.start(sh_job(env, machine, &["--job", label], &script));
-    wait_until(&format!("{label} to start"), LONG, || {
+    wait_until(&format!("{label} to start"), LIMIT, || {
         env.path().join(started).exists()
     });
     holder
-}
-
-fn touch(env: &TestEnv, name: &str) {
-    std::fs::write(env.path().join(name), "").expect("create a file");
 }
 
 /// A state file with machine `m` holding a job written by hand (as the PHP
@@ -59,21 +30,20 @@ fn lab_with_job(label: &str, pid: Option<u32>, timestamp: Option<i64>) -> String
     )
 }
 
+/// Starts `mama ARGS` in the background, in the world's folder, with the
+/// stale age `MAMA_STALE_AFTER=SECONDS`.
+fn start_stale_after(env: &TestEnv, seconds: &str, args: &[&str]) -> Bg {
+    let mut cmd = env.cmd(args);
+    cmd.env("MAMA_STALE_AFTER", seconds).current_dir(env.path());
+    Bg::start(cmd)
+}
+
 #[track_caller]
 fn assert_free(env: &TestEnv, machine: &str) {
     let info = env.info(machine);
     assert!(info["job"].is_null(), "{info:#}");
     assert!(info["job_pid"].is_null(), "{info:#}");
     assert_eq!(info["state"], "free", "{info:#}");
-}
-
-/// A PID that no process has: a child's, after it was reaped.
-fn dead_pid() -> u32 {
-    let mut child = Command::new("true").spawn().expect("true starts");
-    let pid = child.id();
-    child.wait().expect("true ends");
-    assert!(!alive(pid));
-    pid
 }
 
 #[test]
@@ -120,8 +90,8 @@ fn jobs_on_different_machines_run_at_the_same_time() {
     };
     let mut one = env.start(sh_job(&env, "m1", &["--no-wait"], &meet("one", "two")));
     let mut two = env.start(sh_job(&env, "m2", &["--no-wait"], &meet("two", "one")));
-    assert_eq!(one.finish(LONG).code, Some(0));
-    assert_eq!(two.finish(LONG).code, Some(0));
+    assert_eq!(one.finish(LIMIT).code, Some(0));
+    assert_eq!(two.finish(LIMIT).code, Some(0));
     assert_free(&env, "m1");
     assert_free(&env, "m2");
 }
@@ -131,45 +101,30 @@ fn a_job_whose_pid_is_dead_is_cleared_at_once() {
     let env = TestEnv::new();
     let pid = dead_pid();
     env.write_state(&lab_with_job("ghost job", Some(pid), Some(unix_now())));
-    let run = env.run(["run", "m", "--no-wait", "--", "true"]);
-    assert_eq!(run.code, Some(0), "{run:#?}");
-    assert!(
-        run.stderr.contains(&format!(
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .ok_saying(&format!(
             "cleared stale job 'ghost job' on m, PID {pid}: PID {pid} is not running"
-        )),
-        "{}",
-        run.stderr
-    );
+        ));
     assert_free(&env, "m");
 }
 
 #[test]
 fn a_job_whose_pid_was_reused_is_cleared() {
     let env = TestEnv::new();
-    let mut sleep = Command::new("sleep");
-    sleep.arg("30");
-    let sleeper = Bg::start(sleep);
-    let pid = sleeper.pid();
+    let sleeping = sleeper();
+    let pid = sleeping.pid();
 
     // Claimed after its process started: a live job.
     env.write_state(&lab_with_job("reused", Some(pid), Some(unix_now())));
-    let err = env
-        .run(["run", "m", "--no-wait", "--", "true"])
-        .fails(75)
-        .to_string();
-    assert!(err.contains("reused"), "{err}");
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "reused");
 
     // Claimed long before its process started: the PID was reused.
     env.write_state(&lab_with_job("reused", Some(pid), Some(unix_now() - 100)));
-    let run = env.run(["run", "m", "--no-wait", "--", "true"]);
-    assert_eq!(run.code, Some(0), "{run:#?}");
-    assert!(
-        run.stderr.contains(&format!(
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .ok_saying(&format!(
             "cleared stale job 'reused' on m, PID {pid}: PID {pid} was reused"
-        )),
-        "{}",
-        run.stderr
-    );
+        ));
     assert!(alive(pid), "clearing a claim must not touch the process");
     assert_free(&env, "m");
 }
@@ -178,20 +133,12 @@ fn a_job_whose_pid_was_reused_is_cleared() {
 fn a_job_without_pid_goes_stale_after_the_stale_age() {
     let env = TestEnv::new();
     env.write_state(&lab_with_job("no pid", None, Some(unix_now() - 100)));
-    let err = env
-        .run(["run", "m", "--no-wait", "--", "true"])
-        .fails(75)
-        .to_string();
-    assert!(err.contains("no pid"), "{err}");
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "no pid");
 
     env.write_state(&lab_with_job("no pid", None, Some(unix_now() - 400)));
     let run = env.run(["run", "m", "--no-wait", "--", "true"]);
-    assert_eq!(run.code, Some(0), "{run:#?}");
-    let cleared = run
-        .stderr
-        .lines()
-        .find(|l| l.contains("cleared stale job 'no pid' on m: no PID recorded"))
-        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let cleared = run.ok_saying("cleared stale job 'no pid' on m: no PID recorded");
     assert!(cleared.contains("(stale after 300 s)"), "{cleared}");
     assert_free(&env, "m");
 }
@@ -202,24 +149,15 @@ fn a_waiter_takes_over_a_job_without_pid_when_it_ages() {
     let claimed = unix_now();
     let start = Instant::now();
     env.write_state(&lab_with_job("young", None, Some(claimed)));
-    let mut waiter = Bg::start({
-        let mut cmd = env.cmd(["run", "m", "--wait-timeout", "10", "--", "true"]);
-        cmd.env("MAMA_STALE_AFTER", "1");
-        cmd
-    });
-    waiter.expect_stderr("waiting to claim it", LONG);
-    let run = waiter.finish(LONG);
+    let args = ["run", "m", "--wait-timeout", "10", "--", "true"];
+    let mut waiter = start_stale_after(&env, "1", &args);
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+    let run = waiter.finish(LIMIT);
     // Stale once more than 1 s old: at the earliest 2 s after `claimed`,
     // and `start` came less than 1 s after it.
     let took = start.elapsed();
-    assert_eq!(run.code, Some(0), "{run:#?}");
+    run.ok_saying("cleared stale job 'young' on m: no PID recorded");
     assert!(took >= Duration::from_millis(900), "taken after {took:?}");
-    assert!(
-        run.stderr
-            .contains("cleared stale job 'young' on m: no PID recorded"),
-        "{}",
-        run.stderr
-    );
     assert_free(&env, "m");
 }
 
@@ -230,9 +168,9 @@ fn the_first_waiter_stamps_a_job_without_pid_or_timestamp() {
     let before = unix_now();
     // Default stale age: it waits, after stamping the record.
     let mut first = env.start(["run", "m", "--wait-timeout", "30", "--", "true"]);
-    first.expect_stderr("waiting to claim it", LONG);
+    first.expect_stderr("waiting to claim it", LIMIT);
     let mut stamp = None;
-    wait_until("the waiter to stamp the job", LONG, || {
+    wait_until("the waiter to stamp the job", LIMIT, || {
         stamp = env.info("m")["job_timestamp"].as_i64();
         stamp.is_some()
     });
@@ -246,19 +184,10 @@ fn the_first_waiter_stamps_a_job_without_pid_or_timestamp() {
     drop(first);
 
     // With a stale age of 1 s the stamped record ages out.
-    let mut second = Bg::start({
-        let mut cmd = env.cmd(["run", "m", "--wait-timeout", "10", "--", "true"]);
-        cmd.env("MAMA_STALE_AFTER", "1");
-        cmd
-    });
-    let run = second.finish(LONG);
-    assert_eq!(run.code, Some(0), "{run:#?}");
-    assert!(
-        run.stderr
-            .contains("cleared stale job 'unstamped' on m: no PID recorded"),
-        "{}",
-        run.stderr
-    );
+    let args = ["run", "m", "--wait-timeout", "10", "--", "true"];
+    let mut second = start_stale_after(&env, "1", &args);
+    let run = second.finish(LIMIT);
+    run.ok_saying("cleared stale job 'unstamped' on m: no PID recorded");
     assert_free(&env, "m");
 }
 
@@ -267,18 +196,14 @@ fn a_live_holder_is_never_taken_over() {
     let env = TestEnv::new();
     env.add("m", 1);
     let mut holder = env.start(["run", "m", "--job", "holder", "--", "sleep", "30"]);
-    wait_until("the holder's claim", LONG, || {
+    wait_until("the holder's claim", LIMIT, || {
         env.info("m")["job_pid"] == holder.pid()
     });
     let claim = env.info("m");
-    let mut waiter = Bg::start({
-        let mut cmd = env.cmd(["run", "m", "--wait-timeout", "1", "--", "touch", "never"]);
-        // Even with the shortest stale age: a live PID is live.
-        cmd.env("MAMA_STALE_AFTER", "0");
-        cmd.current_dir(env.path());
-        cmd
-    });
-    let run = waiter.finish(LONG);
+    // Even with the shortest stale age: a live PID is live.
+    let args = ["run", "m", "--wait-timeout", "1", "--", "touch", "never"];
+    let mut waiter = start_stale_after(&env, "0", &args);
+    let run = waiter.finish(LIMIT);
     assert_eq!(run.code, Some(75), "{run:#?}");
     assert!(run.stderr.contains("holder"), "{}", run.stderr);
     assert!(!run.stderr.contains("cleared"), "{}", run.stderr);
@@ -287,7 +212,7 @@ fn a_live_holder_is_never_taken_over() {
     assert!(holder.running());
 
     holder.signal(libc::SIGTERM);
-    assert_eq!(holder.finish(LONG).code, Some(143));
+    assert_eq!(holder.finish(LIMIT).code, Some(143));
     assert_free(&env, "m");
 }
 
@@ -307,14 +232,14 @@ fn a_waiter_starts_as_soon_as_the_holder_ends() {
         cmd.env("MAMA_POLL_INTERVAL", "30");
         cmd
     });
-    let line = waiter.expect_stderr("waiting to claim it", LONG);
+    let line = waiter.expect_stderr("waiting to claim it", LIMIT);
     assert!(line.contains("holder"), "{line}");
     assert!(line.contains(&holder.pid().to_string()), "{line}");
 
     let ended = Instant::now();
-    touch(&env, "holder.go");
-    assert_eq!(holder.finish(LONG).code, Some(0));
-    let run = waiter.finish(LONG);
+    env.touch("holder.go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    let run = waiter.finish(LIMIT);
     let took = ended.elapsed();
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(env.path().join("waiter.ran").exists());
@@ -339,15 +264,14 @@ fn wait_blocks_while_busy_and_returns_when_the_holder_ends() {
     env.add("m", 1);
     let mut holder = hold(&env, "m", "holder", "started", "go");
     let mut waiter = env.start(["wait", "m", "--timeout", "30"]);
-    let line = waiter.expect_stderr("waiting until it is free", LONG);
+    let line = waiter.expect_stderr("waiting until it is free", LIMIT);
     assert!(line.contains("holder"), "{line}");
     assert!(line.contains(&holder.pid().to_string()), "{line}");
     assert!(waiter.running());
 
-    touch(&env, "go");
-    assert_eq!(holder.finish(LONG).code, Some(0));
-    let run = waiter.finish(LONG);
-    assert_eq!(run.code, Some(0), "{run:#?}");
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    waiter.finish(LIMIT).ok();
     assert_free(&env, "m");
 }
 
@@ -378,8 +302,8 @@ fn wait_gives_up_with_75_and_says_once_who_holds_the_machine() {
     assert!(told[0].contains("holder"), "{err}");
     assert!(told[0].contains(&holder.pid().to_string()), "{err}");
 
-    touch(&env, "go");
-    assert_eq!(holder.finish(LONG).code, Some(0));
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
     assert_free(&env, "m");
 }
 
@@ -414,10 +338,10 @@ fn a_job_may_nest_a_run_on_its_own_machine() {
         MAMA,
     ]);
 
-    let inner_pid: u32 = read_line_of(&env.path().join("inner.mama"), LONG)
+    let inner_pid: u32 = read_line_of(&env.path().join("inner.mama"), LIMIT)
         .parse()
         .expect("inner mama's PID");
-    wait_until("the inner job to see the lab", LONG, || {
+    wait_until("the inner job to see the lab", LIMIT, || {
         std::fs::read_to_string(env.path().join("inner.json")).is_ok_and(|t| t.ends_with("}\n"))
     });
     let seen_inside: serde_json::Value = serde_json::from_str(
@@ -440,8 +364,8 @@ fn a_job_may_nest_a_run_on_its_own_machine() {
     // Still busy for everyone else.
     env.run(["run", "m", "--no-wait", "--", "true"]).fails(75);
 
-    touch(&env, "inner.go");
-    let code = read_line_of(&env.path().join("inner.code"), LONG);
+    env.touch("inner.go");
+    let code = read_line_of(&env.path().join("inner.code"), LIMIT);
     assert_eq!(code, "0", "the inner run failed");
     let info = env.info("m");
     assert_eq!(info["job"], "outer", "{info:#}");
@@ -449,9 +373,8 @@ fn a_job_may_nest_a_run_on_its_own_machine() {
     assert_eq!(info["job_host"], host_name(), "{info:#}");
     env.run(["run", "m", "--no-wait", "--", "true"]).fails(75);
 
-    touch(&env, "outer.go");
-    let run = mama.finish(LONG);
-    assert_eq!(run.code, Some(0), "{run:#?}");
+    env.touch("outer.go");
+    mama.finish(LIMIT).ok();
     assert_free(&env, "m");
 }
 
@@ -483,7 +406,7 @@ fn a_job_may_be_a_nested_run_itself() {
     ]);
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(!run.stderr.contains("leaving the record alone"), "{run:#?}");
-    let inner_pid: u32 = read_line_of(&env.path().join("inner.mama"), LONG)
+    let inner_pid: u32 = read_line_of(&env.path().join("inner.mama"), LIMIT)
         .parse()
         .expect("inner mama's PID");
     let seen: serde_json::Value = serde_json::from_str(
@@ -502,11 +425,8 @@ fn a_reservation_by_another_user_or_a_hand_start_makes_the_machine_busy() {
     let state = env.read_state();
     assert!(state.contains("<reservation/>"), "{state}");
     env.write_state(&state.replace("<reservation/>", "<reservation>someoneelse</reservation>"));
-    let err = env
-        .run(["run", "m", "--no-wait", "--", "true"])
-        .fails(75)
-        .to_string();
-    assert!(err.contains("reserved by someoneelse"), "{err}");
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "reserved by someoneelse");
 
     // Reserved by the caller: free for the caller.
     env.run(["release-forced", "m"]).ok();
@@ -517,11 +437,8 @@ fn a_reservation_by_another_user_or_a_hand_start_makes_the_machine_busy() {
     let state = env.read_state();
     assert!(state.contains("<is_started/>"), "{state}");
     env.write_state(&state.replace("<is_started/>", "<is_started>1</is_started>"));
-    let err = env
-        .run(["run", "m", "--no-wait", "--", "true"])
-        .fails(75)
-        .to_string();
-    assert!(err.contains("is_started"), "{err}");
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "is_started");
     env.run(["wait", "m", "--timeout", "0.3"]).fails(75);
 }
 
@@ -540,17 +457,14 @@ fn machines_sharing_a_resource_take_turns() {
         .ok();
     }
     let mut holder = hold(&env, "a", "on a", "started", "go");
-    let err = env
-        .run(["run", "b", "--no-wait", "--", "true"])
-        .fails(75)
-        .to_string();
-    assert!(err.contains("a runs job 'on a'"), "{err}");
+    env.run(["run", "b", "--no-wait", "--", "true"])
+        .fails_saying(75, "a runs job 'on a'");
     // No shared resource: c runs while a does.
     env.run(["run", "c", "--no-wait", "--", "true"]).ok();
     assert!(holder.running());
 
-    touch(&env, "go");
-    assert_eq!(holder.finish(LONG).code, Some(0));
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
     env.run(["run", "b", "--no-wait", "--", "true"]).ok();
     for name in ["a", "b", "c"] {
         assert_free(&env, name);
@@ -561,11 +475,7 @@ fn machines_sharing_a_resource_take_turns() {
 fn an_unknown_machine_is_named_and_exits_125() {
     let env = TestEnv::new();
     env.add("m", 1);
-    let err = env
-        .run(["run", "nosuch", "--", "true"])
-        .fails(125)
-        .to_string();
-    assert!(err.contains("nosuch"), "{err}");
-    let err = env.run(["wait", "nosuch"]).fails(1).to_string();
-    assert!(err.contains("nosuch"), "{err}");
+    env.run(["run", "nosuch", "--", "true"])
+        .fails_saying(125, "nosuch");
+    env.run(["wait", "nosuch"]).fails_saying(1, "nosuch");
 }

@@ -3,15 +3,12 @@
 mod common;
 use common::*;
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use clap::CommandFactory;
-
-/// How long a helper program (bash, script, groff) may take.
-const LIMIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- man page
 
@@ -177,9 +174,9 @@ fn output_within(mut cmd: Command) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let mut guard = Guard(child);
-    let mut stdout = guard.0.stdout.take().expect("stdout");
-    let mut stderr = guard.0.stderr.take().expect("stderr");
+    let mut guard = Kids(vec![child]);
+    let mut stdout = guard.0[0].stdout.take().expect("stdout");
+    let mut stderr = guard.0[0].stderr.take().expect("stderr");
     let out = std::thread::spawn(move || {
         let mut text = Vec::new();
         let _ = stdout.read_to_end(&mut text);
@@ -192,7 +189,7 @@ fn output_within(mut cmd: Command) -> Run {
     });
     let mut status = None;
     wait_until(&format!("{cmd:?} to end"), LIMIT, || {
-        status = guard.0.try_wait().expect("wait");
+        status = guard.0[0].try_wait().expect("wait");
         status.is_some()
     });
     let stdout = out.join().expect("stdout reader");
@@ -204,14 +201,12 @@ fn output_within(mut cmd: Command) -> Run {
     }
 }
 
-/// Kills and reaps its child however the test ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// PATH with the folder of the `mama` under test first.
+fn path_with_mama() -> OsString {
+    let bin = Path::new(MAMA).parent().expect("binary folder");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&path)))
+        .expect("PATH")
 }
 
 /// Whether `program` can be found on PATH.
@@ -318,22 +313,12 @@ COMP_POINT=${#COMP_LINE}
 _mama_with_machines mama "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
 printf '%s\n' "${COMPREPLY[@]}"
 "#;
-    let bin = Path::new(MAMA).parent().expect("binary folder");
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(
-        std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&path)),
-    )
-    .expect("PATH");
     let mut bash = Command::new("bash");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MAMA_") {
-            bash.env_remove(key);
-        }
-    }
+    remove_mama_env(&mut bash);
     bash.args(["--norc", "--noprofile", "-c", SNIPPET, "bash"])
         .arg(script)
         .args(words)
-        .env("PATH", path)
+        .env("PATH", path_with_mama())
         .env("MAMA_STATE", &env.state)
         .env("NO_COLOR", "1");
     let run = output_within(bash);
@@ -439,12 +424,6 @@ fn zsh_and_fish_scripts_load_where_installed() {
     if installed("fish") {
         let script = env.path().join("mama.fish");
         std::fs::write(&script, env.run(["completions", "fish"]).ok()).expect("write");
-        let bin = Path::new(MAMA).parent().expect("binary folder");
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let path = std::env::join_paths(
-            std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&path)),
-        )
-        .expect("PATH");
         let mut fish = Command::new("fish");
         fish.args([
             "--no-config",
@@ -452,7 +431,7 @@ fn zsh_and_fish_scripts_load_where_installed() {
             "source $argv[1]; and complete -C 'mama info r'",
         ])
         .arg(&script)
-        .env("PATH", path)
+        .env("PATH", path_with_mama())
         .env("MAMA_STATE", &env.state);
         let run = output_within(fish);
         assert_eq!(run.code, Some(0), "{run:#?}");
@@ -476,13 +455,8 @@ fn zsh_and_fish_scripts_load_where_installed() {
 /// A lab where rig1's job is stale (its process is gone), rig2's job runs
 /// (this test process holds it) and rig3 is free.
 fn lab_for_colour(env: &TestEnv) {
-    let mut gone = Command::new("true").spawn().expect("start true");
-    let dead = gone.id();
-    gone.wait().expect("reap true");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let dead = dead_pid();
+    let now = unix_now();
     let me = std::process::id();
     env.write_state(&format!(
         r#"<?xml version="1.0"?>
@@ -562,11 +536,7 @@ fn on_a_terminal(env: &TestEnv, args: &[&str], no_color: Option<&str>) -> String
         .map(quote)
         .collect();
     let mut script = Command::new("script");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MAMA_") {
-            script.env_remove(key);
-        }
-    }
+    remove_mama_env(&mut script);
     script
         .args(["-qec", &line.join(" "), "/dev/null"])
         .env("SHELL", "/bin/sh")

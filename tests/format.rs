@@ -8,12 +8,8 @@ use common::*;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
-use std::time::Duration;
 
 use serde_json::{Value, json};
-
-const LIMIT: Duration = Duration::from_secs(20);
 
 fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,46 +23,6 @@ fn upstream() -> String {
 
 fn read_bytes(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// A background `mama`, killed and reaped however the test ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Guard {
-    /// Waits (bounded) for the process to end; returns its status and stderr.
-    fn finish(&mut self) -> (ExitStatus, String) {
-        let mut status = None;
-        wait_until("mama to end", LIMIT, || {
-            status = self.0.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        let mut stderr = String::new();
-        if let Some(mut pipe) = self.0.stderr.take() {
-            std::io::Read::read_to_string(&mut pipe, &mut stderr).expect("read stderr");
-        }
-        (status.expect("status"), stderr)
-    }
-}
-
-/// A job that writes `$MAMA_JOB` to `out` (whole, by a rename), then waits
-/// for `go` to appear (at most a minute) and exits 0 if it did.
-fn waiting_job(out: &Path, go: &Path) -> Vec<OsString> {
-    let script = r#"printf %s "$MAMA_JOB" > "$1.part" && mv "$1.part" "$1" || exit 9
-i=0
-while [ ! -e "$2" ] && [ "$i" -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
-[ -e "$2" ]"#;
-    ["sh", "-c", script, "job"]
-        .iter()
-        .map(OsString::from)
-        .chain([out.as_os_str().to_owned(), go.as_os_str().to_owned()])
-        .collect()
 }
 
 /// The text with mama's own history bookkeeping (`<event_seq>` and
@@ -217,12 +173,16 @@ fn writes_that_change_nothing_keep_the_file_byte_for_byte() {
         .ok();
     env.run(["list", "--json"]).ok();
     assert_eq!(state_text(&env), original);
-    assert!(
-        !env.files().iter().any(|f| f.contains(".tmp")),
-        "{:?}",
-        env.files()
-    );
+    assert_eq!(env.files_containing(".tmp"), Vec::<String>::new());
 }
+
+/// A command, the machine it changes, and the (old, new) text of each line
+/// it changes there.
+type Step = (
+    &'static [&'static str],
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
 
 #[test]
 fn a_change_touches_only_its_element_and_keeps_unknown_content_in_place() {
@@ -230,85 +190,81 @@ fn a_change_touches_only_its_element_and_keeps_unknown_content_in_place() {
     let original = upstream();
     env.write_state(&original);
 
-    env.run(["set", "rig1", "kernel", "6.9.0"]).ok();
-    let mut expected = replace_in_machine(
-        &original,
-        "rig1",
-        "<kernel>6.8.9-300.fc40.x86_64</kernel>",
-        "<kernel>6.9.0</kernel>",
-    );
-    assert_eq!(state_text(&env), expected);
-
-    // An attribute on a known field stays; the value is escaped.
-    env.run(["set", "rig1", "os", "rawhide & <more>"]).ok();
-    expected = replace_in_machine(
-        &expected,
-        "rig1",
-        "<os variant=\"server\">fedora-40</os>",
-        "<os variant=\"server\">rawhide &amp; &lt;more&gt;</os>",
-    );
-    assert_eq!(state_text(&env), expected);
-
-    env.run(["set", "rig2", "vmparams", "--", "-m 2048"]).ok();
-    expected = replace_in_machine(
-        &expected,
-        "rig2",
-        "<vm_params/>",
-        "<vm_params>-m 2048</vm_params>",
-    );
-    assert_eq!(state_text(&env), expected);
-
-    env.run(["set", "vmhost3", "startcmd", ""]).ok();
-    assert_eq!(state_text(&env), expected, "an empty field stays empty");
-    env.run(["set", "vmhost3", "start-timeout", ""]).ok();
-    expected = replace_in_machine(
-        &expected,
-        "vmhost3",
-        "<start_timeout>600</start_timeout>",
-        "<start_timeout/>",
-    );
-    assert_eq!(state_text(&env), expected);
-
-    env.run(["release-forced", "vmhost3"]).ok();
-    expected = replace_in_machine(
-        &expected,
-        "vmhost3",
-        "<reservation>alice</reservation>",
-        "<reservation/>",
-    );
-    assert_eq!(state_text(&env), expected);
-
-    // clear forgets is_started and ip, nothing else.
-    env.run(["clear", "vmhost3"]).ok();
-    expected = replace_in_machine(
-        &expected,
-        "vmhost3",
-        "<is_started>1</is_started>",
-        "<is_started/>",
-    );
-    expected = replace_in_machine(&expected, "vmhost3", "<ip>10.0.0.13</ip>", "<ip/>");
-    assert_eq!(state_text(&env), expected);
-
-    // clear forgets a job; rig2's PID may or may not run on this host, and a
-    // run on rig1 would judge it (they share pdu-rack4).
-    env.run(["clear", "rig2"]).ok();
-    for (old, new) in [
-        ("<ip>10.0.0.12</ip>", "<ip/>"),
-        ("<job>run smoke x86_64/fedora</job>", "<job/>"),
-        ("<job_pid>12345</job_pid>", "<job_pid/>"),
+    // Each change, and the lines it changes (in one machine).
+    let steps: [Step; 9] = [
         (
-            "<job_timestamp>1763047845</job_timestamp>",
-            "<job_timestamp/>",
+            &["set", "rig1", "kernel", "6.9.0"],
+            "rig1",
+            &[(
+                "<kernel>6.8.9-300.fc40.x86_64</kernel>",
+                "<kernel>6.9.0</kernel>",
+            )],
         ),
-    ] {
-        expected = replace_in_machine(&expected, "rig2", old, new);
+        // An attribute on a known field stays; the value is escaped.
+        (
+            &["set", "rig1", "os", "rawhide & <more>"],
+            "rig1",
+            &[(
+                "<os variant=\"server\">fedora-40</os>",
+                "<os variant=\"server\">rawhide &amp; &lt;more&gt;</os>",
+            )],
+        ),
+        (
+            &["set", "rig2", "vmparams", "--", "-m 2048"],
+            "rig2",
+            &[("<vm_params/>", "<vm_params>-m 2048</vm_params>")],
+        ),
+        // An empty field stays empty.
+        (&["set", "vmhost3", "startcmd", ""], "vmhost3", &[]),
+        (
+            &["set", "vmhost3", "start-timeout", ""],
+            "vmhost3",
+            &[("<start_timeout>600</start_timeout>", "<start_timeout/>")],
+        ),
+        (
+            &["release-forced", "vmhost3"],
+            "vmhost3",
+            &[("<reservation>alice</reservation>", "<reservation/>")],
+        ),
+        // clear forgets is_started and ip, nothing else.
+        (
+            &["clear", "vmhost3"],
+            "vmhost3",
+            &[
+                ("<is_started>1</is_started>", "<is_started/>"),
+                ("<ip>10.0.0.13</ip>", "<ip/>"),
+            ],
+        ),
+        // clear forgets a job; rig2's PID may or may not run on this host,
+        // and a run on rig1 would judge it (they share pdu-rack4).
+        (
+            &["clear", "rig2"],
+            "rig2",
+            &[
+                ("<ip>10.0.0.12</ip>", "<ip/>"),
+                ("<job>run smoke x86_64/fedora</job>", "<job/>"),
+                ("<job_pid>12345</job_pid>", "<job_pid/>"),
+                (
+                    "<job_timestamp>1763047845</job_timestamp>",
+                    "<job_timestamp/>",
+                ),
+            ],
+        ),
+        // A whole job (claim, then release) leaves the machine as it was.
+        (
+            &["run", "rig1", "--job", "smoke", "--", "true"],
+            "rig1",
+            &[],
+        ),
+    ];
+    let mut expected = original;
+    for (args, machine, changes) in steps {
+        env.run(args).ok();
+        for (old, new) in changes {
+            expected = replace_in_machine(&expected, machine, old, new);
+        }
+        assert_eq!(state_text(&env), expected, "after {args:?}");
     }
-    assert_eq!(state_text(&env), expected);
-
-    // A whole job (claim, then release) leaves the machine as it was.
-    env.run(["run", "rig1", "--job", "smoke", "--", "true"])
-        .ok();
-    assert_eq!(state_text(&env), expected);
 
     // A new machine goes after the last one; everything else stays.
     env.run(["add", "rig4", "--mac", "aa:bb:cc:dd:ee:04"]).ok();
@@ -546,13 +502,17 @@ fn job_labels_round_trip_exactly() {
         let mut args: Vec<OsString> = vec!["run".into(), "rig1".into(), "--job".into()];
         args.push(label.into());
         args.push("--".into());
-        args.extend(waiting_job(&out, &go));
-        let mut mama = Guard(env.spawn(&args));
+        args.extend(waiting_job(
+            r#"printf %s "$MAMA_JOB" > "$1.part" && mv "$1.part" "$1""#,
+            &out,
+            &go,
+        ));
+        let mut mama = env.start(&args);
         wait_until("the job to start", LIMIT, || out.exists());
 
         let info = env.info("rig1");
         assert_eq!(info["job"], *label, "info --json while the job runs");
-        assert_eq!(info["job_pid"], mama.0.id());
+        assert_eq!(info["job_pid"], mama.pid());
         assert_eq!(info["stale"], false);
         assert_eq!(info["state"], "busy");
         assert_eq!(env.run(["get", "rig1", "job"]).ok(), format!("{label}\n"));
@@ -561,8 +521,8 @@ fn job_labels_round_trip_exactly() {
         env.run(["list"]).ok();
 
         fs::write(&go, "").expect("go");
-        let (status, stderr) = mama.finish();
-        assert_eq!(status.code(), Some(0), "{label:?}: {stderr}");
+        let run = mama.finish(LIMIT);
+        assert_eq!(run.code, Some(0), "{label:?}: {run:#?}");
         assert_eq!(
             fs::read_to_string(&out).expect("out"),
             *label,

@@ -7,18 +7,17 @@ use common::*;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// How long "eventually" may take on a busy machine.
-const LONG: Duration = Duration::from_secs(20);
 
 /// A shell job that writes its PID to `$1/job.pid`, then becomes `sleep 30`.
 const PID_THEN_SLEEP: &str = "echo $$ > \"$1/job.pid\"; exec sleep 30";
 
 /// A shell job that writes its PID to `$1/job.pid` and waits (bounded) for
 /// the file `$1/go`.
-const PID_THEN_WAIT_FOR_GO: &str = "echo $$ > \"$1/job.pid\"; i=0; \
-    while [ ! -e \"$1/go\" ]; do i=$((i+1)); [ $i -gt 1500 ] && exit 99; sleep 0.02; done";
+fn pid_then_wait_for_go() -> String {
+    format!("echo $$ > \"$1/job.pid\"; {}", wait_for_file("go"))
+}
 
 fn env_with_machine() -> TestEnv {
     let env = TestEnv::new();
@@ -27,22 +26,9 @@ fn env_with_machine() -> TestEnv {
     env
 }
 
-fn dir_arg(env: &TestEnv) -> String {
-    env.path().to_string_lossy().into_owned()
-}
-
-/// `run m [OPTIONS] -- sh -c SCRIPT sh DIR`.
-fn sh_job<'a>(env: &'a TestEnv, options: &[&'a str], script: &'a str) -> Vec<String> {
-    let mut args: Vec<String> = ["run", "m"].iter().map(|s| s.to_string()).collect();
-    args.extend(options.iter().map(|s| s.to_string()));
-    args.extend(["--", "sh", "-c", script, "sh"].map(String::from));
-    args.push(dir_arg(env));
-    args
-}
-
 /// The PID the job wrote to `job.pid`.
 fn job_pid(env: &TestEnv) -> u32 {
-    read_line_of(&env.path().join("job.pid"), LONG)
+    read_line_of(&env.path().join("job.pid"), LIMIT)
         .trim()
         .parse()
         .expect("a PID in job.pid")
@@ -67,6 +53,15 @@ fn assert_released(env: &TestEnv, job_group: Option<u32>) {
             "job processes left"
         );
     }
+}
+
+/// Lets a job that waits for `go` end: mama exits 0 and the machine is
+/// free, the job's group `job` gone.
+#[track_caller]
+fn let_go(env: &TestEnv, mama: &mut Bg, job: u32) {
+    env.touch("go");
+    assert_eq!(mama.finish(LIMIT).code, Some(0));
+    assert_released(env, Some(job));
 }
 
 /// `mama` with INT, TERM and HUP at their default actions, whatever the
@@ -96,7 +91,7 @@ fn the_exit_status_is_the_jobs_own() {
         Some(7)
     );
     assert_released(&env, None);
-    let run = env.run(sh_job(&env, &[], "echo $$ > \"$1/job.pid\"; exit 42"));
+    let run = env.run(sh_job(&env, "m", &[], "echo $$ > \"$1/job.pid\"; exit 42"));
     assert_eq!(run.code, Some(42), "{run:#?}");
     assert_released(&env, Some(job_pid(&env)));
 }
@@ -104,40 +99,32 @@ fn the_exit_status_is_the_jobs_own() {
 #[test]
 fn a_missing_command_exits_127_and_a_non_executable_one_126() {
     let env = env_with_machine();
-    let err = env
-        .run(["run", "m", "--", "mama-test-no-such-command"])
-        .fails(127)
-        .to_string();
-    assert!(err.contains("mama-test-no-such-command"), "{err}");
-    assert_released(&env, None);
-
-    let missing = env.path().join("missing");
-    let err = env
-        .run([
-            "run".as_ref(),
-            "m".as_ref(),
-            "--".as_ref(),
-            missing.as_os_str(),
-        ])
-        .fails(127)
-        .to_string();
-    assert!(err.contains("missing"), "{err}");
-    assert_released(&env, None);
-
     let script = env.path().join("not-executable");
     std::fs::write(&script, "#!/bin/sh\nexit 0\n").expect("write script");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let err = env
-        .run([
-            "run".as_ref(),
-            "m".as_ref(),
-            "--".as_ref(),
-            script.as_os_str(),
-        ])
-        .fails(126)
-        .to_string();
-    assert!(err.contains("not-executable"), "{err}");
-    assert_released(&env, None);
+    // (the command, by name on PATH or by path; the exit code; what stderr names)
+    let cases = [
+        (
+            PathBuf::from("mama-test-no-such-command"),
+            127,
+            "mama-test-no-such-command",
+        ),
+        (env.path().join("missing"), 127, "missing"),
+        (script, 126, "not-executable"),
+    ];
+    for (command, code, name) in cases {
+        let err = env
+            .run([
+                "run".as_ref(),
+                "m".as_ref(),
+                "--".as_ref(),
+                command.as_os_str(),
+            ])
+            .fails(code)
+            .to_string();
+        assert!(err.contains(name), "{command:?}: {err}");
+        assert_released(&env, None);
+    }
 }
 
 #[test]
@@ -165,8 +152,8 @@ fn the_output_of_a_job_that_fails_at_once_is_passed_through() {
 fn a_timeout_stops_the_job_with_124() {
     let env = env_with_machine();
     let started = Instant::now();
-    let mut mama = env.start(sh_job(&env, &["--timeout", "0.5"], PID_THEN_SLEEP));
-    let run = mama.finish(LONG);
+    let mut mama = env.start(sh_job(&env, "m", &["--timeout", "0.5"], PID_THEN_SLEEP));
+    let run = mama.finish(LIMIT);
     let took = started.elapsed();
     assert_eq!(run.code, Some(124), "{run:#?}");
     assert!(took >= Duration::from_millis(500), "stopped after {took:?}");
@@ -182,11 +169,12 @@ fn a_job_that_ignores_term_is_killed_after_the_grace_period() {
     let started = Instant::now();
     let mut mama = env.start(sh_job(
         &env,
+        "m",
         &["--timeout", "0.5"],
         "trap '' TERM; echo $$ > \"$1/job.pid\"; exec sleep 30",
     ));
     let job = job_pid(&env);
-    let run = mama.finish(LONG);
+    let run = mama.finish(LIMIT);
     let took = started.elapsed();
     assert_eq!(run.code, Some(124), "{run:#?}");
     // TERM at 0.5 s, KILL 5 s later.
@@ -203,13 +191,14 @@ fn signal_to_mama_ends_the_job(signal: libc::c_int, code: i32) {
     let env = env_with_machine();
     let mut mama = Bg::start(with_default_signals(env.cmd(sh_job(
         &env,
+        "m",
         &[],
         PID_THEN_SLEEP,
     ))));
     let job = job_pid(&env);
     assert_eq!(env.info("m")["job_pid"], mama.pid());
     mama.signal(signal);
-    let run = mama.finish(LONG);
+    let run = mama.finish(LIMIT);
     assert_eq!(run.code, Some(code), "{run:#?}");
     assert_released(&env, Some(job));
 }
@@ -232,16 +221,20 @@ fn sighup_to_mama_ends_the_job_and_exits_129() {
 #[test]
 fn a_busy_machine_exits_75_without_touching_the_claim() {
     let env = env_with_machine();
-    let mut holder = env.start(sh_job(&env, &["--job", "holder"], PID_THEN_WAIT_FOR_GO));
+    let mut holder = env.start(sh_job(
+        &env,
+        "m",
+        &["--job", "holder"],
+        &pid_then_wait_for_go(),
+    ));
     let job = job_pid(&env);
     let claim = env.info("m");
     assert_eq!(claim["job_pid"], holder.pid());
 
     let err = env
         .run(["run", "m", "--no-wait", "--", "touch", "never"])
-        .fails(75)
+        .fails_saying(75, "holder")
         .to_string();
-    assert!(err.contains("holder"), "{err}");
     assert!(err.contains(&holder.pid().to_string()), "{err}");
 
     let started = Instant::now();
@@ -254,16 +247,16 @@ fn a_busy_machine_exits_75_without_touching_the_claim() {
     assert!(!env.path().join("never").exists(), "a busy run ran its job");
     assert_eq!(env.info("m"), claim, "a busy run changed the claim");
 
-    std::fs::write(env.path().join("go"), "").expect("write go");
-    assert_eq!(holder.finish(LONG).code, Some(0));
-    assert_released(&env, Some(job));
+    let_go(&env, &mut holder, job);
 }
 
 #[test]
 fn the_claim_records_label_pid_time_and_host_and_the_job_sees_it() {
     let env = env_with_machine();
-    let script = "env > \"$1/job.env\"; echo $$ > \"$1/job.pid\"; i=0; \
-        while [ ! -e \"$1/go\" ]; do i=$((i+1)); [ $i -gt 1500 ] && exit 99; sleep 0.02; done";
+    let script = format!(
+        "env > \"$1/job.env\"; echo $$ > \"$1/job.pid\"; {}",
+        wait_for_file("go")
+    );
     for (options, label) in [
         (vec![], "run sh"),
         (
@@ -276,7 +269,7 @@ fn the_claim_records_label_pid_time_and_host_and_the_job_sees_it() {
         let mut args: Vec<String> = ["run", "m"].map(String::from).to_vec();
         args.extend(options.iter().map(|s| s.to_string()));
         // By path: the default label uses the basename.
-        args.extend(["--", "/bin/sh", "-c", script, "sh"].map(String::from));
+        args.extend(["--", "/bin/sh", "-c", &script, "sh"].map(String::from));
         args.push(dir_arg(&env));
         let mut mama = env.start(args);
         let job = job_pid(&env);
@@ -311,25 +304,21 @@ fn the_claim_records_label_pid_time_and_host_and_the_job_sees_it() {
             );
         }
 
-        std::fs::write(env.path().join("go"), "").expect("write go");
-        assert_eq!(mama.finish(LONG).code, Some(0));
-        assert_released(&env, Some(job));
+        let_go(&env, &mut mama, job);
     }
 }
 
 #[test]
 fn the_job_runs_in_its_own_process_group() {
     let env = env_with_machine();
-    let mut mama = env.start(sh_job(&env, &[], PID_THEN_WAIT_FOR_GO));
+    let mut mama = env.start(sh_job(&env, "m", &[], &pid_then_wait_for_go()));
     let job = job_pid(&env);
     let (_, parent, group) = proc_stat(job).expect("the job runs");
     let (_, _, mama_group) = proc_stat(mama.pid()).expect("mama runs");
     assert_eq!(parent, mama.pid(), "the job is mama's child");
     assert_eq!(group, job, "the job leads its own process group");
     assert_ne!(group, mama_group);
-    std::fs::write(env.path().join("go"), "").expect("write go");
-    assert_eq!(mama.finish(LONG).code, Some(0));
-    assert_released(&env, Some(job));
+    let_go(&env, &mut mama, job);
 }
 
 #[test]
@@ -349,7 +338,7 @@ fn sigkill_of_mama_takes_the_job_along_and_the_next_run_clears_the_claim() {
     let mut mama = env.start(["run", "m", "--", "sleep", "30"]);
     let mama_pid = mama.pid();
     let mut jobs = Vec::new();
-    wait_until("mama's child sleep", LONG, || {
+    wait_until("mama's child sleep", LIMIT, || {
         jobs = children_of(mama_pid);
         !jobs.is_empty()
     });
@@ -357,8 +346,8 @@ fn sigkill_of_mama_takes_the_job_along_and_the_next_run_clears_the_claim() {
     assert_eq!(env.info("m")["job_pid"], mama_pid);
 
     mama.signal(libc::SIGKILL);
-    wait_until("the job to die with mama", LONG, || !alive(job));
-    mama.finish(LONG);
+    wait_until("the job to die with mama", LIMIT, || !alive(job));
+    mama.finish(LIMIT);
     assert_eq!(mama.killed_by(), Some(libc::SIGKILL));
     assert_eq!(group_members(job), Vec::<u32>::new());
 
@@ -366,106 +355,89 @@ fn sigkill_of_mama_takes_the_job_along_and_the_next_run_clears_the_claim() {
     let info = env.info("m");
     assert_eq!(info["job_pid"], mama_pid);
     assert_eq!(info["stale"], true, "{info:#}");
-    let run = env.run(["run", "m", "--no-wait", "--", "true"]);
-    assert_eq!(run.code, Some(0), "{run:#?}");
-    let err = &run.stderr;
-    assert!(
-        err.contains(&format!(
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .ok_saying(&format!(
             "cleared stale job 'run sleep' on m, PID {mama_pid}: PID {mama_pid} is not running"
-        )),
-        "{err}"
-    );
+        ));
     assert_released(&env, None);
 }
 
-/// Writes a claim into the state file by hand, as another tool would.
-fn write_claim_by_hand(env: &TestEnv, label: &str, pid: u32, timestamp: i64) {
-    let state = env.read_state();
-    let state = state
-        .replace("<job/>", &format!("<job>{label}</job>"))
-        .replace("<job_pid/>", &format!("<job_pid>{pid}</job_pid>"))
-        .replace(
-            "<job_timestamp/>",
-            &format!("<job_timestamp>{timestamp}</job_timestamp>"),
-        );
-    assert!(state.contains(&format!("<job>{label}</job>")), "{state}");
-    env.write_state(&state);
+/// Starts the job `first`, which waits for `go`, and clears its claim
+/// (`mama clear`) while it runs; returns its mama and the job's PID.
+fn start_first_then_clear(env: &TestEnv) -> (Bg, u32) {
+    let first = env.start(sh_job(
+        env,
+        "m",
+        &["--job", "first"],
+        &pid_then_wait_for_go(),
+    ));
+    let job = job_pid(env);
+    env.run(["clear", "m"]).ok();
+    (first, job)
+}
+
+/// The machine's claim has the label `job` and the PID `pid`.
+#[track_caller]
+fn assert_claim(env: &TestEnv, job: &str, pid: u32) {
+    let info = env.info("m");
+    assert_eq!(info["job"], job, "{info:#}");
+    assert_eq!(info["job_pid"], pid, "{info:#}");
 }
 
 #[test]
 fn release_leaves_a_claim_that_is_no_longer_ours_alone() {
     let env = env_with_machine();
-    let mut first = env.start(sh_job(&env, &["--job", "first"], PID_THEN_WAIT_FOR_GO));
-    let job = job_pid(&env);
-    env.run(["clear", "m"]).ok();
+    let (mut first, job) = start_first_then_clear(&env);
     assert!(env.info("m")["job"].is_null());
 
-    // Someone else's live claim, written while the first job runs.
-    let mut sleep = std::process::Command::new("sleep");
-    sleep.arg("30");
-    let other = Bg::start(sleep);
-    write_claim_by_hand(&env, "other", other.pid(), unix_now());
+    // Someone else's live claim, written by hand while the first job runs.
+    let other = sleeper();
+    write_job(&env, "m", "other", Some(other.pid()), unix_now());
 
-    std::fs::write(env.path().join("go"), "").expect("write go");
-    let run = first.finish(LONG);
-    assert_eq!(run.code, Some(0), "{run:#?}");
-    assert!(
-        run.stderr
-            .contains("was cleared or taken over while the job ran; leaving the record alone"),
-        "{}",
-        run.stderr
-    );
+    env.touch("go");
+    first
+        .finish(LIMIT)
+        .ok_saying("was cleared or taken over while the job ran; leaving the record alone");
     assert!(!alive(job));
-    let info = env.info("m");
-    assert_eq!(info["job"], "other", "{info:#}");
-    assert_eq!(info["job_pid"], other.pid(), "{info:#}");
+    assert_claim(&env, "other", other.pid());
 }
 
 #[test]
 fn after_a_manual_clear_another_run_claims_and_keeps_the_machine() {
     let env = env_with_machine();
-    let mut first = env.start(sh_job(&env, &["--job", "first"], PID_THEN_WAIT_FOR_GO));
-    let first_job = job_pid(&env);
-    env.run(["clear", "m"]).ok();
+    let (mut first, first_job) = start_first_then_clear(&env);
 
     // `clear` is the manual override: the machine is free at once, though
     // the first job still runs.
-    let second_script = "touch \"$1/second.started\"; i=0; \
-        while [ ! -e \"$1/second.go\" ]; do i=$((i+1)); [ $i -gt 1500 ] && exit 99; sleep 0.02; done";
+    let second_script = format!(
+        "touch \"$1/second.started\"; {}",
+        wait_for_file("second.go")
+    );
     let mut second = env.start(sh_job(
         &env,
+        "m",
         &["--job", "second", "--no-wait"],
-        second_script,
+        &second_script,
     ));
-    wait_until("the second job to start", LONG, || {
+    wait_until("the second job to start", LIMIT, || {
         env.path().join("second.started").exists()
     });
     assert!(first.running() && alive(first_job));
-    let info = env.info("m");
-    assert_eq!(info["job"], "second", "{info:#}");
-    assert_eq!(info["job_pid"], second.pid(), "{info:#}");
+    assert_claim(&env, "second", second.pid());
 
     // The first run ends and leaves the second's claim alone.
-    std::fs::write(env.path().join("go"), "").expect("write go");
-    let run = first.finish(LONG);
-    assert_eq!(run.code, Some(0), "{run:#?}");
-    assert!(
-        run.stderr.contains("leaving the record alone"),
-        "{}",
-        run.stderr
-    );
+    env.touch("go");
+    first.finish(LIMIT).ok_saying("leaving the record alone");
     assert!(!alive(first_job));
-    let info = env.info("m");
-    assert_eq!(info["job"], "second", "{info:#}");
-    assert_eq!(info["job_pid"], second.pid(), "{info:#}");
+    assert_claim(&env, "second", second.pid());
     assert!(second.running());
 
     // A waiter behind the second run (which holds no job lock) still gets
     // the machine when it ends.
     let mut third = env.start(["run", "m", "--wait-timeout", "20", "--", "true"]);
-    third.expect_stderr("waiting to claim it", LONG);
-    std::fs::write(env.path().join("second.go"), "").expect("write go");
-    assert_eq!(second.finish(LONG).code, Some(0));
-    assert_eq!(third.finish(LONG).code, Some(0));
+    third.expect_stderr("waiting to claim it", LIMIT);
+    env.touch("second.go");
+    assert_eq!(second.finish(LIMIT).code, Some(0));
+    assert_eq!(third.finish(LIMIT).code, Some(0));
     assert_released(&env, None);
 }

@@ -8,58 +8,14 @@ use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-
-/// How long anything that must happen eventually may take.
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// Children that are killed and reaped however the test ends.
-struct Kids(Vec<Child>);
-
-impl Kids {
-    fn pids(&self) -> Vec<u32> {
-        self.0.iter().map(Child::id).collect()
-    }
-}
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Waits (bounded) for a child to end and collects what it printed.
-#[track_caller]
-fn finish(child: &mut Child, what: &str) -> Run {
-    let mut status = None;
-    wait_until(what, LIMIT, || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(out) = child.stdout.as_mut() {
-        out.read_to_string(&mut stdout).expect("read stdout");
-    }
-    if let Some(err) = child.stderr.as_mut() {
-        err.read_to_string(&mut stderr).expect("read stderr");
-    }
-    Run {
-        code: status.and_then(|s| s.code()),
-        stdout,
-        stderr,
-    }
-}
 
 /// One line of `/proc/locks`.
 #[derive(Debug)]
@@ -173,12 +129,7 @@ fn machines(env: &TestEnv) -> BTreeMap<String, Map<String, Value>> {
 /// one another.
 #[track_caller]
 fn events(env: &TestEnv) -> Vec<Value> {
-    let run = env.run(["log", "--json"]);
-    let events: Vec<Value> = run
-        .ok()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect();
+    let events = env.events();
     let first = events
         .first()
         .map_or(0, |e| e["seq"].as_u64().expect("seq"));
@@ -186,16 +137,10 @@ fn events(env: &TestEnv) -> Vec<Value> {
         assert_eq!(
             event["seq"],
             first + i as u64,
-            "events out of order: {run:#?}"
+            "events out of order: {events:#?}"
         );
     }
     events
-}
-
-fn has_event(events: &[Value], machine: &str, kind: &str, detail: Option<&str>) -> bool {
-    events.iter().any(|e| {
-        e["machine"] == machine && e["event"] == kind && detail.is_none_or(|d| e["detail"] == d)
-    })
 }
 
 fn mode(path: &Path) -> u32 {
@@ -229,6 +174,17 @@ fn other_group() -> (String, u32) {
         .iter()
         .find_map(|name| group_id(name).map(|gid| (name.to_string(), gid)))
         .expect("a group named users, nogroup or nobody")
+}
+
+/// The group to give the state file: root takes [`other_group`], anyone
+/// else their own (no name: only root acts as a second user).
+fn group_to_share() -> (String, u32) {
+    if is_root() {
+        other_group()
+    } else {
+        // SAFETY: getegid cannot fail.
+        (String::new(), unsafe { libc::getegid() })
+    }
 }
 
 /// The group the `nobody` user may take: `nogroup`, else `nobody`.
@@ -317,7 +273,7 @@ fn concurrent_writers_lose_no_update() {
         ]));
     }
     for (i, child) in adds.0.iter_mut().enumerate() {
-        finish(child, &format!("add m{i:02}")).ok();
+        finish_child(child, &format!("add m{i:02}")).ok();
     }
     let lab = machines(&env);
     let expected: BTreeSet<String> = (0..N).map(|i| format!("m{i:02}")).collect();
@@ -340,7 +296,7 @@ fn concurrent_writers_lose_no_update() {
     wait_blocked(&lock, &sets.pids(), true);
     drop(held);
     for (i, child) in sets.0.iter_mut().enumerate() {
-        finish(child, &format!("set m{i:02}")).ok();
+        finish_child(child, &format!("set m{i:02}")).ok();
     }
     let lab = machines(&env);
     for i in 0..N {
@@ -383,7 +339,7 @@ fn concurrent_writers_lose_no_update() {
     wait_blocked(&lock, &one.pids(), true);
     drop(held);
     for child in &mut one.0 {
-        finish(child, "set on m00").ok();
+        finish_child(child, "set on m00").ok();
     }
     for (attr, values) in &written {
         let got = env.run(["get", "m00", attr]);
@@ -403,36 +359,28 @@ fn concurrent_writers_lose_no_update() {
 // ---------------------------------------------------------------------------
 // 2. Kill storm: old or new file, never a mix, never a pile of temp files
 
-/// A small deterministic PRNG (xorshift64*), so every run kills at the same
-/// offsets.
-struct Prng(u64);
-
-impl Prng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// A lab of `n` machines in the format the original tool writes, each with
 /// an IP so that `clear` has something to forget.
-fn big_lab(n: usize) -> String {
-    let mut xml = String::from("<?xml version=\"1.0\"?>\n<settings>\n");
-    for i in 0..n {
-        xml.push_str(&format!(
-            "  <machine>\n    <name>m{i:02}</name>\n    <mac>aa:bb:cc:dd:ee:{i:02x}</mac>\n    \
-             <ip>10.1.0.{i}</ip>\n    <is_started/>\n    <only_vm>0</only_vm>\n    <arch>x86_64</arch>\n    \
-             <os>fedora</os>\n    <kernel>6.{i}</kernel>\n    <pwr_dev/>\n    <pwr_slot>0</pwr_slot>\n    \
-             <rly_dev/>\n    <rly_slot>0</rly_slot>\n    <reservation/>\n    <resources/>\n    \
-             <boot_params>console=ttyS0,115200 quiet</boot_params>\n    <vm_params/>\n    <job/>\n    \
-             <job_pid/>\n    <job_timestamp/>\n    <startcmd>ipmitool power on</startcmd>\n    \
-             <stopcmd>ipmitool power off</stopcmd>\n    <start_timeout>300</start_timeout>\n  </machine>\n"
-        ));
-    }
-    xml.push_str("</settings>\n");
-    xml
+fn big_lab(n: u8) -> String {
+    let machines: Vec<String> = (0..n)
+        .map(|i| {
+            machine_xml(
+                &format!("m{i:02}"),
+                i,
+                &[
+                    ("ip", &format!("10.1.0.{i}")),
+                    ("arch", "x86_64"),
+                    ("os", "fedora"),
+                    ("kernel", &format!("6.{i}")),
+                    ("boot_params", "console=ttyS0,115200 quiet"),
+                    ("startcmd", "ipmitool power on"),
+                    ("stopcmd", "ipmitool power off"),
+                    ("start_timeout", "300"),
+                ],
+            )
+        })
+        .collect();
+    lab_xml(&machines)
 }
 
 /// What a storm writer does, and to which machine.
@@ -509,7 +457,7 @@ fn killed_writers_leave_the_old_or_the_new_file() {
     const MACHINES: usize = 50;
     const ROUNDS: usize = 40;
     let env = TestEnv::new();
-    env.write_state(&big_lab(MACHINES));
+    env.write_state(&big_lab(MACHINES as u8));
     let temp = temp_path(&env.state);
     let allowed = [
         "mama.xml",
@@ -518,13 +466,7 @@ fn killed_writers_leave_the_old_or_the_new_file() {
         "mama.xml.log",
         ".mama.xml.tmp",
     ];
-    let user = {
-        let out = Command::new("id").arg("-un").output().expect("id -un");
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_string()
-    };
+    let user = user_name();
 
     // Kill at offsets from 0 to three times the time one write takes here.
     let start = Instant::now();
@@ -553,29 +495,7 @@ fn killed_writers_leave_the_old_or_the_new_file() {
             Op::SetKernel(m(4), format!("kernel-{round}")),
         ];
         let delay = Duration::from_micros(prng.next() % span_us);
-
-        let mut kids = Kids(Vec::new());
-        for op in &ops {
-            let child = env
-                .cmd(op.args())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("mama starts");
-            kids.0.push(child);
-        }
-        // The kill instant is the point of this test: nothing to await.
-        std::thread::sleep(delay);
-        let mut outcome = Vec::new();
-        for child in &mut kids.0 {
-            let _ = child.kill();
-            let status = child.wait().expect("wait");
-            let mut stderr = String::new();
-            if let Some(err) = child.stderr.as_mut() {
-                err.read_to_string(&mut stderr).expect("stderr");
-            }
-            outcome.push((status, stderr));
-        }
+        let outcome = kill_after(&env, ops.iter().map(Op::args), delay);
 
         // Only the known files, so at most one temporary file.
         let files = env.files();
@@ -596,7 +516,7 @@ fn killed_writers_leave_the_old_or_the_new_file() {
         // The file parses, and it is the old or the new version for every
         // writer, whatever the others did.
         let lab = machines(&env);
-        for (op, (status, stderr)) in ops.iter().zip(&outcome) {
+        for (op, Ended { status, stderr, .. }) in ops.iter().zip(&outcome) {
             let ok = status.success();
             if ok {
                 completed += 1;
@@ -738,7 +658,7 @@ fn a_writer_waits_for_a_lock_held_by_flock_1() {
         .expect("stdin")
         .write_all(b"\n")
         .expect("release flock(1)");
-    finish(&mut set.0[0], "set after the release").ok();
+    finish_child(&mut set.0[0], "set after the release").ok();
     assert_eq!(env.info("rig1")["os"], "while-locked");
 }
 
@@ -756,22 +676,22 @@ fn readers_wait_for_an_exclusive_lock_but_share_a_shared_one() {
     assert!(list.0[0].try_wait().expect("try_wait").is_none());
     assert!(get.0[0].try_wait().expect("try_wait").is_none());
     drop(held);
-    let listed = finish(&mut list.0[0], "list after the release");
+    let listed = finish_child(&mut list.0[0], "list after the release");
     assert_eq!(listed.json()[0]["name"], "rig1");
-    let got = finish(&mut get.0[0], "get after the release");
+    let got = finish_child(&mut get.0[0], "get after the release");
     assert_eq!(got.ok(), "aa:bb:cc:dd:ee:01\n");
 
     // Under another reader's shared lock, readers go on and writers wait.
     let held = Held::take(&lock, libc::LOCK_SH);
     let mut list = Kids(vec![env.spawn(["list", "--json"])]);
-    let listed = finish(&mut list.0[0], "list beside a shared lock");
+    let listed = finish_child(&mut list.0[0], "list beside a shared lock");
     assert_eq!(listed.json()[0]["name"], "rig1");
     let mut set = Kids(vec![env.spawn(["set", "rig1", "kernel", "6.12"])]);
     wait_blocked(&lock, &set.pids(), true);
     assert!(set.0[0].try_wait().expect("try_wait").is_none());
     assert!(!env.read_state().contains("6.12"));
     drop(held);
-    finish(&mut set.0[0], "set after the release").ok();
+    finish_child(&mut set.0[0], "set after the release").ok();
     assert_eq!(env.info("rig1")["kernel"], "6.12");
 }
 
@@ -782,12 +702,7 @@ fn readers_wait_for_an_exclusive_lock_but_share_a_shared_one() {
 fn writes_keep_mode_group_and_owner() {
     let env = TestEnv::new();
     env.add("rig1", 1);
-    let (_, gid) = if is_root() {
-        other_group()
-    } else {
-        // SAFETY: getegid cannot fail.
-        (String::new(), unsafe { libc::getegid() })
-    };
+    let (_, gid) = group_to_share();
     std::os::unix::fs::chown(&env.state, None, Some(gid)).expect("chgrp");
     fs::set_permissions(&env.state, fs::Permissions::from_mode(0o640)).expect("chmod");
     let owner = fs::metadata(&env.state).expect("state").uid();
@@ -828,6 +743,21 @@ fn second_user() -> bool {
     true
 }
 
+/// As `nobody` in `group`: `set rig1 os VALUE`, which must succeed and be
+/// recorded.
+#[track_caller]
+fn set_os_as_nobody(env: &TestEnv, group: &str, value: &str) {
+    let (bin, _bin_dir) = binary_for_nobody(env, group);
+    let run: Run = as_nobody(env, &bin, group, &["set", "rig1", "os", value])
+        .output()
+        .expect("setpriv runs")
+        .into();
+    run.ok();
+    assert_eq!(env.info("rig1")["os"], value);
+    let detail = format!("os={value}");
+    assert!(has_event(&events(env), "rig1", "set", Some(&detail)));
+}
+
 #[test]
 fn another_user_writes_a_world_writable_state_through_a_read_only_lock_file() {
     if !second_user() {
@@ -850,21 +780,7 @@ fn another_user_writes_a_world_writable_state_through_a_read_only_lock_file() {
     assert_eq!(fs::metadata(&lock).expect("lock").uid(), 0);
     fs::set_permissions(&env.state, fs::Permissions::from_mode(0o666)).expect("chmod");
 
-    let group = nobody_group();
-    let (bin, _bin_dir) = binary_for_nobody(&env, &group);
-    let run: Run = as_nobody(&env, &bin, &group, &["set", "rig1", "os", "by-nobody"])
-        .output()
-        .expect("setpriv runs")
-        .into();
-    run.ok();
-
-    assert_eq!(env.info("rig1")["os"], "by-nobody");
-    assert!(has_event(
-        &events(&env),
-        "rig1",
-        "set",
-        Some("os=by-nobody")
-    ));
+    set_os_as_nobody(&env, &nobody_group(), "by-nobody");
     assert_eq!(mode(&env.state), 0o666);
     // The lock file stays root's; the temporary file is gone.
     assert_eq!(mode(&lock), 0o644);
@@ -881,12 +797,7 @@ fn another_user_writes_a_world_writable_state_through_a_read_only_lock_file() {
 fn a_group_member_writes_a_group_shared_state_and_new_lock_files_follow_it() {
     let env = TestEnv::new();
     env.add("rig1", 1);
-    let (group, gid) = if is_root() {
-        other_group()
-    } else {
-        // SAFETY: getegid cannot fail.
-        (String::new(), unsafe { libc::getegid() })
-    };
+    let (group, gid) = group_to_share();
     std::os::unix::fs::chown(env.path(), None, Some(gid)).expect("chgrp folder");
     fs::set_permissions(env.path(), fs::Permissions::from_mode(0o770)).expect("chmod folder");
     std::os::unix::fs::chown(&env.state, None, Some(gid)).expect("chgrp");
@@ -923,19 +834,7 @@ fn a_group_member_writes_a_group_shared_state_and_new_lock_files_follow_it() {
     if !second_user() {
         return;
     }
-    let (bin, _bin_dir) = binary_for_nobody(&env, &group);
-    let run: Run = as_nobody(&env, &bin, &group, &["set", "rig1", "os", "by-member"])
-        .output()
-        .expect("setpriv runs")
-        .into();
-    run.ok();
-    assert_eq!(env.info("rig1")["os"], "by-member");
-    assert!(has_event(
-        &events(&env),
-        "rig1",
-        "set",
-        Some("os=by-member")
-    ));
+    set_os_as_nobody(&env, &group, "by-member");
     let meta = fs::metadata(&env.state).expect("state");
     assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o660, gid));
     assert!(!temp_path(&env.state).exists(), "{:?}", env.files());
@@ -1006,19 +905,7 @@ fn read_only_commands_never_write() {
     let mut xml = big_lab(3);
     // A stale claim (dead PID) and a claim with neither PID nor timestamp:
     // readers show them and leave them be.
-    let dead = {
-        let mut child = Command::new("true").spawn().expect("true");
-        let pid = child.id();
-        child.wait().expect("wait");
-        pid
-    };
-    xml = xml.replacen(
-        "<job/>\n    <job_pid/>\n    <job_timestamp/>",
-        &format!(
-            "<job>old</job>\n    <job_pid>{dead}</job_pid>\n    <job_timestamp>1000</job_timestamp>"
-        ),
-        1,
-    );
+    xml = with_job(&xml, "m00", "old", Some(dead_pid()), 1000);
     xml = xml.replacen("<job/>", "<job>manual</job>", 1);
     xml = xml.replace("</settings>", "  <unknown keep=\"yes\"/>\n</settings>");
     // m02 has no job and no IP, so clearing it changes nothing.

@@ -2,12 +2,15 @@
 //! `mama` binary run against it with a pinned environment.
 #![allow(dead_code)]
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const MAMA: &str = env!("CARGO_BIN_EXE_mama");
+
+/// How long anything that must happen eventually may take.
+pub const LIMIT: Duration = Duration::from_secs(20);
 
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
@@ -51,6 +54,37 @@ impl Run {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
     }
+
+    /// Asserts the exit code and that stderr contains `text`; returns
+    /// stderr.
+    #[track_caller]
+    pub fn fails_saying(&self, code: i32, text: &str) -> &str {
+        let stderr = self.fails(code);
+        assert!(
+            stderr.contains(text),
+            "stderr should say {text:?}: {self:#?}"
+        );
+        stderr
+    }
+
+    /// Asserts success and a stderr line containing `text`; returns it.
+    #[track_caller]
+    pub fn ok_saying(&self, text: &str) -> &str {
+        self.ok();
+        self.stderr
+            .lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no stderr line with {text:?}: {self:#?}"))
+    }
+}
+
+/// Takes the MAMA_* variables of the test's own environment out of `cmd`'s.
+pub fn remove_mama_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MAMA_") {
+            cmd.env_remove(key);
+        }
+    }
 }
 
 impl TestEnv {
@@ -72,11 +106,7 @@ impl TestEnv {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new(MAMA);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MAMA_") {
-                cmd.env_remove(key);
-            }
-        }
+        remove_mama_env(&mut cmd);
         cmd.env("MAMA_STATE", &self.state)
             .env("MAMA_POLL_INTERVAL", "0.2")
             .env("NO_COLOR", "1")
@@ -134,6 +164,24 @@ impl TestEnv {
             .collect();
         names.sort();
         names
+    }
+
+    /// Names of files in the world's folder that contain `part`, sorted.
+    pub fn files_containing(&self, part: &str) -> Vec<String> {
+        let mut names = self.files();
+        names.retain(|name| name.contains(part));
+        names
+    }
+
+    /// Creates the empty file `name` in the world's folder.
+    pub fn touch(&self, name: &str) {
+        std::fs::write(self.path().join(name), "").expect("create a file");
+    }
+
+    /// The committed events, as `log --json` prints them.
+    #[track_caller]
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        parse_json_lines(self.run(["log", "--json"]).ok())
     }
 }
 
@@ -336,6 +384,54 @@ pub fn host_name() -> String {
         .to_string()
 }
 
+/// The user mama records (`id -un`).
+pub fn user_name() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    assert!(out.status.success(), "id -un: {out:?}");
+    String::from_utf8(out.stdout)
+        .expect("utf-8 user name")
+        .trim()
+        .to_string()
+}
+
+/// A PID that no process has: a child's, after it was reaped.
+pub fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("true starts");
+    let pid = child.id();
+    child.wait().expect("true ends");
+    assert!(!alive(pid));
+    pid
+}
+
+/// A process that sleeps until it is killed (when dropped).
+pub fn sleeper() -> Bg {
+    let mut sleep = Command::new("sleep");
+    sleep.arg("600").stdin(Stdio::null());
+    Bg::start(sleep)
+}
+
+/// Every line of `text` parsed as JSON (`log --json` prints one event a
+/// line).
+#[track_caller]
+pub fn parse_json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+/// Whether `events` hold one of `kind` on `machine` (with `detail`, if
+/// given).
+pub fn has_event(
+    events: &[serde_json::Value],
+    machine: &str,
+    kind: &str,
+    detail: Option<&str>,
+) -> bool {
+    events.iter().any(|e| {
+        e["machine"] == machine && e["event"] == kind && detail.is_none_or(|d| e["detail"] == d)
+    })
+}
+
 /// State, parent and process group of a process, from /proc.
 pub fn proc_stat(pid: u32) -> Option<(char, u32, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -378,4 +474,244 @@ pub fn read_line_of(path: &Path, limit: Duration) -> String {
         text.contains('\n')
     });
     text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Children that are killed and reaped however the test ends.
+pub struct Kids(pub Vec<Child>);
+
+impl Kids {
+    pub fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (at most [`LIMIT`]) for a child to end and collects what it
+/// printed.
+#[track_caller]
+pub fn finish_child(child: &mut Child, what: &str) -> Run {
+    use std::io::Read;
+    let mut status = None;
+    wait_until(what, LIMIT, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(out) = child.stdout.as_mut() {
+        out.read_to_string(&mut stdout).expect("read stdout");
+    }
+    if let Some(err) = child.stderr.as_mut() {
+        err.read_to_string(&mut stderr).expect("read stderr");
+    }
+    Run {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+    }
+}
+
+/// How a process that [`kill_after`] started ended.
+pub struct Ended {
+    pub status: ExitStatus,
+    pub pid: u32,
+    pub stderr: String,
+}
+
+/// Starts `mama ARGS` for each of `commands` at once, waits `delay`, then
+/// kills every one that still runs and reaps them all.
+pub fn kill_after(
+    env: &TestEnv,
+    commands: impl IntoIterator<Item = Vec<String>>,
+    delay: Duration,
+) -> Vec<Ended> {
+    use std::io::Read;
+    let mut kids = Kids(Vec::new());
+    for args in commands {
+        let child = env
+            .cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mama starts");
+        kids.0.push(child);
+    }
+    // The kill instant is the point of the callers: nothing to await.
+    std::thread::sleep(delay);
+    kids.0
+        .iter_mut()
+        .map(|child| {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            let mut stderr = String::new();
+            if let Some(err) = child.stderr.as_mut() {
+                err.read_to_string(&mut stderr).expect("stderr");
+            }
+            Ended {
+                status,
+                pid: child.id(),
+                stderr,
+            }
+        })
+        .collect()
+}
+
+/// A small deterministic PRNG (xorshift64*), so that a test that kills at
+/// random instants kills at the same ones every run.
+pub struct Prng(pub u64);
+
+impl Prng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The fields upstream writes in every machine, in its order.
+pub const UPSTREAM_FIELDS: [&str; 22] = [
+    "name",
+    "mac",
+    "ip",
+    "is_started",
+    "only_vm",
+    "arch",
+    "os",
+    "kernel",
+    "pwr_dev",
+    "pwr_slot",
+    "rly_dev",
+    "rly_slot",
+    "reservation",
+    "resources",
+    "boot_params",
+    "vm_params",
+    "job",
+    "job_pid",
+    "job_timestamp",
+    "startcmd",
+    "stopcmd",
+    "start_timeout",
+];
+
+/// A `<machine>` in the upstream layout with the MAC `aa:bb:cc:dd:ee:N`;
+/// `fields` override the defaults, and fields upstream does not know go
+/// after `job_timestamp` (`job_host`) or at the end.
+pub fn machine_xml(name: &str, n: u8, fields: &[(&str, &str)]) -> String {
+    let given = |tag: &str| fields.iter().find(|(t, _)| *t == tag).map(|(_, v)| *v);
+    let mut out = String::from("  <machine>\n");
+    let mut push = |tag: &str, value: &str| {
+        if value.is_empty() {
+            out.push_str(&format!("    <{tag}/>\n"));
+        } else {
+            out.push_str(&format!("    <{tag}>{value}</{tag}>\n"));
+        }
+    };
+    let mac = format!("aa:bb:cc:dd:ee:{n:02x}");
+    for tag in UPSTREAM_FIELDS {
+        let default = match tag {
+            "name" => name,
+            "mac" => &mac,
+            "only_vm" | "pwr_slot" | "rly_slot" => "0",
+            _ => "",
+        };
+        push(tag, given(tag).unwrap_or(default));
+        if tag == "job_timestamp"
+            && let Some(host) = given("job_host")
+        {
+            push("job_host", host);
+        }
+    }
+    for (tag, value) in fields {
+        if !UPSTREAM_FIELDS.contains(tag) && *tag != "job_host" {
+            push(tag, value);
+        }
+    }
+    out.push_str("  </machine>\n");
+    out
+}
+
+/// A state file holding `machines` (see [`machine_xml`]).
+pub fn lab_xml(machines: &[String]) -> String {
+    format!(
+        "<?xml version=\"1.0\"?>\n<settings>\n{}</settings>\n",
+        machines.concat()
+    )
+}
+
+/// `xml` with a job record written into `machine`'s empty one, as another
+/// tool (or a person) would (`pid`: `None` leaves `<job_pid/>`).
+#[track_caller]
+pub fn with_job(xml: &str, machine: &str, label: &str, pid: Option<u32>, timestamp: i64) -> String {
+    let start = xml
+        .find(&format!("<name>{machine}</name>"))
+        .unwrap_or_else(|| panic!("{machine} in {xml}"));
+    let empty = "<job/>\n    <job_pid/>\n    <job_timestamp/>";
+    let at = start + xml[start..].find(empty).expect("an empty job record");
+    let pid = pid.map_or("<job_pid/>".to_string(), |p| {
+        format!("<job_pid>{p}</job_pid>")
+    });
+    let record =
+        format!("<job>{label}</job>\n    {pid}\n    <job_timestamp>{timestamp}</job_timestamp>");
+    format!("{}{record}{}", &xml[..at], &xml[at + empty.len()..])
+}
+
+/// Writes a job record into `machine`'s empty one in the state file.
+#[track_caller]
+pub fn write_job(env: &TestEnv, machine: &str, label: &str, pid: Option<u32>, timestamp: i64) {
+    env.write_state(&with_job(&env.read_state(), machine, label, pid, timestamp));
+}
+
+/// The folder of `env` as a job's argument.
+pub fn dir_arg(env: &TestEnv) -> String {
+    env.path().to_string_lossy().into_owned()
+}
+
+/// `run MACHINE [OPTIONS] -- sh -c SCRIPT sh DIR`.
+pub fn sh_job(env: &TestEnv, machine: &str, options: &[&str], script: &str) -> Vec<String> {
+    let mut args = vec!["run".to_string(), machine.to_string()];
+    args.extend(options.iter().map(|s| s.to_string()));
+    args.extend(["--", "sh", "-c", script, "sh"].map(String::from));
+    args.push(dir_arg(env));
+    args
+}
+
+/// A shell loop (for [`sh_job`]) that waits, bounded, for the file
+/// `$1/NAME`.
+pub fn wait_for_file(name: &str) -> String {
+    format!(
+        "i=0; while [ ! -e \"$1/{name}\" ]; do i=$((i+1)); \
+         [ $i -gt 1500 ] && exit 99; sleep 0.02; done"
+    )
+}
+
+/// `sh -c SCRIPT job OUT GO`: a job that first runs `first` (where `$1` is
+/// `out`; exit 9 if it fails), then waits for `go` to appear (at most a
+/// minute) and exits 0 if it did.
+pub fn waiting_job(first: &str, out: &Path, go: &Path) -> Vec<OsString> {
+    let script = format!(
+        r#"{first} || exit 9
+i=0
+while [ ! -e "$2" ] && [ "$i" -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+[ -e "$2" ]"#
+    );
+    ["sh", "-c", script.as_str(), "job"]
+        .iter()
+        .map(OsString::from)
+        .chain([out.as_os_str().to_owned(), go.as_os_str().to_owned()])
+        .collect()
 }
