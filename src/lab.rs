@@ -410,25 +410,23 @@ impl Lab {
             return Ok(());
         }
         let text = crate::history::encode(events)?;
-        match self.doc.root.child_mut(PENDING_EVENTS) {
-            Some(element) => element.set_text(&text),
-            None => self
-                .doc
-                .root
-                .push_element(Element::with_text(PENDING_EVENTS, &text), "  "),
-        }
-        self.changed = true;
+        self.set_top_level(PENDING_EVENTS, &text);
         Ok(())
     }
 
     pub fn set_event_seq(&mut self, seq: u64) {
-        let value = seq.to_string();
-        match self.doc.root.child_mut(EVENT_SEQ) {
-            Some(element) => element.set_text(&value),
+        self.set_top_level(EVENT_SEQ, &seq.to_string());
+    }
+
+    /// Sets one of mama's own top-level elements, adding it after the last
+    /// element when missing.
+    fn set_top_level(&mut self, tag: &str, value: &str) {
+        match self.doc.root.child_mut(tag) {
+            Some(element) => element.set_text(value),
             None => self
                 .doc
                 .root
-                .push_element(Element::with_text(EVENT_SEQ, &value), "  "),
+                .push_element(Element::with_text(tag, value), "  "),
         }
         self.changed = true;
     }
