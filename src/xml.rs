@@ -753,4 +753,131 @@ mod tests {
         doc.root.remove_child(m);
         assert_eq!(doc.write(), "<s>\n</s>");
     }
+
+    /// A small deterministic generator (xorshift), so failures replay.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// Raw text pieces as other tools write them: references of every
+    /// kind, line ends of every kind, non-ASCII.
+    const RAW_TEXT: &[&str] = &[
+        "plain",
+        " ",
+        "\n    ",
+        "\r\n",
+        "\t",
+        "&amp;",
+        "&lt;",
+        "&gt;",
+        "&quot;",
+        "&apos;",
+        "&#233;",
+        "&#x1D11E;",
+        "é",
+        "✓",
+        "'",
+        "\"",
+        "a]]b",
+        "x > y",
+    ];
+    const NAMES: &[&str] = &["machine", "name", "job", "x", "ns:tag", "resource", "a-b.c"];
+    const ATTRIBUTES: &[&str] = &[
+        "",
+        " a=\"1\"",
+        " b='&amp;&lt;'",
+        " c=\"&#10;\" d='x'",
+        " e=\"\"",
+    ];
+
+    fn random_element(rng: &mut Rng, depth: usize, out: &mut String) {
+        let name = rng.pick(NAMES);
+        out.push('<');
+        out.push_str(name);
+        out.push_str(rng.pick(ATTRIBUTES));
+        let children = if depth == 0 { 0 } else { rng.below(5) };
+        if children == 0 && rng.below(2) == 0 {
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        for _ in 0..children {
+            match rng.below(6) {
+                0 | 1 => random_element(rng, depth - 1, out),
+                2 => out.push_str(rng.pick(RAW_TEXT)),
+                3 => out.push_str("<![CDATA[<raw & ]] stuff>]]>"),
+                4 => out.push_str("<!-- a comment - with dashes -->"),
+                _ => out.push_str("<?pi data?>"),
+            }
+        }
+        out.push_str("</");
+        out.push_str(name);
+        out.push('>');
+    }
+
+    #[test]
+    fn random_documents_are_written_back_byte_for_byte() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..500 {
+            let mut text = String::from(rng.pick(&["", "<?xml version=\"1.0\"?>\n"]));
+            random_element(&mut rng, 4, &mut text);
+            text.push_str(rng.pick(&["", "\n", "\n<!-- end -->\n"]));
+            let doc = Document::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(doc.write(), text);
+        }
+    }
+
+    /// Every element's text, in document order.
+    fn texts(element: &Element, out: &mut Vec<String>) {
+        out.push(element.text().into_owned());
+        for child in element.elements() {
+            texts(child, out);
+        }
+    }
+
+    #[test]
+    fn random_values_set_anywhere_read_back_exactly() {
+        const VALUE_PIECES: &[&str] = &[
+            "a", "&", "<", ">", "\"", "'", "]]>", "\r", "\n", "\r\n", "\t", " ", "é", "𝄞", "&amp;",
+        ];
+        let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+        for _ in 0..300 {
+            let mut text = String::new();
+            random_element(&mut rng, 3, &mut text);
+            let mut doc = Document::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            let value: String = (0..rng.below(12)).map(|_| rng.pick(VALUE_PIECES)).collect();
+            // Set the value on a leaf-like element: the root's last child
+            // element if it has one, else the root.
+            let target = match doc.root.elements_mut().last() {
+                Some(child) if !child.has_child_elements() => child,
+                _ => &mut doc.root,
+            };
+            if target.has_child_elements() {
+                continue;
+            }
+            target.set_text(&value);
+            let mut before = Vec::new();
+            texts(&doc.root, &mut before);
+            let again = Document::parse(&doc.write()).unwrap_or_else(|e| panic!("{e}: {value:?}"));
+            let mut after = Vec::new();
+            texts(&again.root, &mut after);
+            assert_eq!(before, after, "{value:?} in {text}");
+            assert!(after.contains(&value), "{value:?}");
+        }
+    }
 }
