@@ -461,21 +461,6 @@ impl Lab {
             .ok_or_else(|| Error::UnknownMachine(name.to_string()))
     }
 
-    /// Every machine, writable, in order.
-    pub fn for_each_mut(
-        &mut self,
-        mut f: impl FnMut(&mut MachineMut<'_>) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        let changed = &mut self.changed;
-        for element in self.doc.root.elements_mut().filter(|e| e.name == MACHINE) {
-            f(&mut MachineMut {
-                element,
-                changed: &mut *changed,
-            })?;
-        }
-        Ok(())
-    }
-
     /// Adds a machine after the last one, with every upstream field.
     pub fn add(&mut self, new: &NewMachine) -> Result<(), Error> {
         if self.machine(&new.name).is_some() {
