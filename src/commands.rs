@@ -399,24 +399,33 @@ fn poll_interval() -> Result<Duration> {
     }
 }
 
-pub fn wait(store: &Store, machine: &str, timeout: Option<Duration>) -> Result<()> {
-    let processes = Processes::new();
-    let caller = Caller::current();
+/// Waits for a machine as `run` and `wait` do, with the environment's
+/// poll interval and stale age.
+fn acquire(
+    store: &Store,
+    machine: &str,
+    intent: &Intent,
+    no_wait: bool,
+    timeout: Option<Duration>,
+) -> Result<Option<claim::Claim>> {
     let patience = Patience {
-        no_wait: false,
+        no_wait,
         timeout,
         poll: poll_interval()?,
     };
-    let stale_after = stale::stale_after_from_env()?;
     claim::acquire(
         store,
         machine,
-        &caller,
-        &processes,
-        stale_after,
-        &Intent::Wait,
+        &Caller::current(),
+        &Processes::new(),
+        stale::stale_after_from_env()?,
+        intent,
         patience,
-    )?;
+    )
+}
+
+pub fn wait(store: &Store, machine: &str, timeout: Option<Duration>) -> Result<()> {
+    acquire(store, machine, &Intent::Wait, false, timeout)?;
     Ok(())
 }
 
@@ -446,25 +455,15 @@ pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
         ),
     };
     lab::check_value(Field::Job, &label)?;
-    let processes = Processes::new();
-    let caller = Caller::current();
-    let patience = Patience {
-        no_wait: request.no_wait,
-        timeout: request.wait_timeout,
-        poll: poll_interval()?,
-    };
-    let stale_after = stale::stale_after_from_env()?;
     let intent = Intent::Run {
         label: label.clone(),
     };
-    let claim = claim::acquire(
+    let claim = acquire(
         store,
         machine,
-        &caller,
-        &processes,
-        stale_after,
         &intent,
-        patience,
+        request.no_wait,
+        request.wait_timeout,
     )?
     .ok_or_else(|| Error::Invalid("internal error: a run ended without a claim".into()))?;
     // From here on INT, TERM and HUP are the job's: mama forwards them and
