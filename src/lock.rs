@@ -6,6 +6,9 @@
 //! files are opened close-on-exec, so a job that mama starts never inherits
 //! one.
 
+// The one module allowed to call the lock primitives (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use std::fs::{File, Metadata, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};

@@ -63,9 +63,11 @@ fn wait_blocked(lock: &Path, pids: &[u32], write: bool) {
     });
 }
 
-/// A lock taken by this test process with `flock(2)`; released on drop.
+/// A lock taken by this test process with `flock(2)`, standing in for
+/// another program that holds it; released on drop.
 struct Held(File);
 
+#[allow(clippy::disallowed_methods)]
 impl Held {
     fn take(path: &Path, op: libc::c_int) -> Held {
         let file = fs::OpenOptions::new()
@@ -82,6 +84,7 @@ impl Held {
     }
 }
 
+#[allow(clippy::disallowed_methods)]
 impl Drop for Held {
     fn drop(&mut self) {
         // SAFETY: as above.
