@@ -129,6 +129,12 @@ pub enum Command {
         follow: bool,
     },
     /// Wait for a machine, claim it, run CMD, release it; exit as CMD did
+    ///
+    /// CMD runs directly (no shell) in its own process group, with MAMA_MACHINE, MAMA_JOB,
+    /// MAMA_MAC and MAMA_IP set. SIGINT, SIGTERM and SIGHUP sent to mama go to the job's group;
+    /// if mama is killed, even by SIGKILL, the job is killed too. Started in the foreground of a
+    /// terminal, the job gets the terminal as a shell's job does (Ctrl-C reaches it, Ctrl-Z stops
+    /// it and mama until fg). The machine is released however the job ends.
     #[command(arg_required_else_help = true)]
     Run {
         /// The machine's name

@@ -8,8 +8,8 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -93,6 +93,8 @@ pub fn block_signals() -> Result<libc::sigset_t> {
 /// ([`block_signals`]); `job_mask` is the mask the job starts with.
 pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
     let parent = std::process::id() as libc::pid_t;
+    let terminal = Terminal::foreground();
+    let take_terminal = terminal.is_some();
     let mut command = Command::new(&job.program);
     command
         .args(&job.args)
@@ -108,6 +110,17 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
             if libc::getppid() != parent {
                 libc::_exit(ExitCode::RunFailed.code());
             }
+            if take_terminal {
+                // Become the terminal's foreground group, as a shell makes
+                // its jobs, so the job may read the terminal (SIGTTOU is
+                // blocked for the call: this group is not foreground yet).
+                let mut ttou: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut ttou);
+                libc::sigaddset(&mut ttou, libc::SIGTTOU);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+                libc::setpgid(0, 0);
+                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+            }
             if libc::pthread_sigmask(libc::SIG_SETMASK, &job_mask, std::ptr::null_mut()) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -118,27 +131,132 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
         Ok(child) => child,
         Err(e) => return Ok(Ending::NotStarted(e)),
     };
-    supervise(child, job.timeout)
+    let group = child.id() as libc::pid_t;
+    if let Some(terminal) = &terminal {
+        // The child does the same; whichever comes first wins the race.
+        terminal.give_to(group);
+    }
+    let ending = supervise(group, job.timeout, terminal.as_ref());
+    if let Some(terminal) = &terminal {
+        terminal.give_to(terminal.own_group);
+    }
+    ending
 }
 
-/// Waits for the job, forwarding INT, TERM and HUP to its group and
-/// enforcing the timeout.
-fn supervise(mut child: Child, timeout: Option<Duration>) -> Result<Ending> {
-    let group = child.id() as libc::pid_t;
+/// The terminal mama was started in the foreground of; the job gets it for
+/// its life and gives it back, as with a shell's foreground job.
+struct Terminal {
+    own_group: libc::pid_t,
+}
+
+impl Terminal {
+    fn foreground() -> Option<Terminal> {
+        // SAFETY: plain queries of this process and its standard input.
+        unsafe {
+            if libc::isatty(libc::STDIN_FILENO) != 1 {
+                return None;
+            }
+            let own_group = libc::getpgrp();
+            (libc::tcgetpgrp(libc::STDIN_FILENO) == own_group).then_some(Terminal { own_group })
+        }
+    }
+
+    /// Whether mama's group is the terminal's foreground group.
+    fn is_ours(&self) -> bool {
+        // SAFETY: a plain query.
+        unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) == self.own_group }
+    }
+
+    /// Makes `group` the terminal's foreground group (SIGTTOU blocked for
+    /// the call, since mama may be in the background by then).
+    fn give_to(&self, group: libc::pid_t) {
+        // SAFETY: sigset_t is plain data; the calls only change this
+        // thread's mask (restored) and the terminal's foreground group.
+        unsafe {
+            let mut ttou: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut ttou);
+            libc::sigaddset(&mut ttou, libc::SIGTTOU);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, &mut old);
+            libc::tcsetpgrp(libc::STDIN_FILENO, group);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+    }
+}
+
+/// What `waitpid` says of the job.
+enum State {
+    Running,
+    Stopped(libc::c_int),
+    Ended(Ending),
+}
+
+/// Looks at the job without blocking; reaps it when it has ended.
+fn poll(pid: libc::pid_t) -> Result<State> {
+    let mut status = 0;
+    // SAFETY: waits for our own child only; status is a plain int.
+    let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::WUNTRACED) };
+    if got < 0 {
+        return Err(Error::Io {
+            context: "cannot wait for the job".into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(if got == 0 {
+        State::Running
+    } else if libc::WIFSTOPPED(status) {
+        State::Stopped(libc::WSTOPSIG(status))
+    } else if libc::WIFEXITED(status) {
+        State::Ended(Ending::Exited(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        State::Ended(Ending::Signalled(libc::WTERMSIG(status)))
+    } else {
+        State::Running
+    })
+}
+
+/// Waits for the job (whose process group is `group`), forwarding INT,
+/// TERM and HUP to its group and enforcing the timeout. A job stopped at
+/// the terminal (Ctrl-Z) stops mama too, so the shell gets the terminal
+/// back; `fg` continues both.
+fn supervise(
+    group: libc::pid_t,
+    timeout: Option<Duration>,
+    terminal: Option<&Terminal>,
+) -> Result<Ending> {
     let started = Instant::now();
     let mut term_at = timeout.map(|t| started + t);
     let mut kill_at: Option<Instant> = None;
     let mut timed_out = false;
+    let mut told_stopped = false;
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| Error::Io {
-            context: "cannot wait for the job".into(),
-            source: e,
-        })? {
-            return Ok(if timed_out {
-                Ending::TimedOut
-            } else {
-                ending(status)
-            });
+        match poll(group)? {
+            State::Ended(ending) => return Ok(if timed_out { Ending::TimedOut } else { ending }),
+            State::Stopped(_) if terminal.is_some() => {
+                if let Some(terminal) = terminal {
+                    terminal.give_to(terminal.own_group);
+                    // SAFETY: stops this process as the job was stopped;
+                    // it goes on when continued.
+                    unsafe {
+                        libc::raise(libc::SIGTSTP);
+                    }
+                    if terminal.is_ours() {
+                        terminal.give_to(group);
+                    }
+                }
+                signal_group(group, libc::SIGCONT);
+                continue;
+            }
+            State::Stopped(signal) => {
+                if !told_stopped && matches!(signal, libc::SIGTTIN | libc::SIGTTOU) {
+                    say!(
+                        "mama: the job stopped: it tried to use the terminal, which mama did not \
+                         start in the foreground of; give it input from a file or pipe"
+                    );
+                    told_stopped = true;
+                }
+            }
+            State::Running => {}
         }
         let wake_at = [term_at, kill_at].into_iter().flatten().min();
         match wait_signal(wake_at.map(|t| t.saturating_duration_since(Instant::now()))) {
@@ -164,14 +282,6 @@ fn supervise(mut child: Child, timeout: Option<Duration>) -> Result<Ending> {
                 }
             }
         }
-    }
-}
-
-fn ending(status: ExitStatus) -> Ending {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => Ending::Exited(code),
-        (None, Some(signal)) => Ending::Signalled(signal),
-        (None, None) => Ending::Exited(ExitCode::RunFailed.code()),
     }
 }
 

@@ -441,3 +441,74 @@ fn after_a_manual_clear_another_run_claims_and_keeps_the_machine() {
     assert_eq!(third.finish(LIMIT).code, Some(0));
     assert_released(&env, None);
 }
+
+/// `mama ARGS` inside a pseudo-terminal (util-linux `script`), started in
+/// its foreground as from an interactive shell; what the test writes to
+/// the returned stdin is what a person types.
+fn in_terminal(env: &TestEnv, args: &[&str]) -> (Kids, std::process::ChildStdin) {
+    let quoted: Vec<String> = std::iter::once(MAMA)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    remove_mama_env(&mut script);
+    script
+        .env("MAMA_STATE", &env.state)
+        .env("NO_COLOR", "1")
+        .current_dir(env.path());
+    let mut child = script.spawn().expect("script(1) starts");
+    let stdin = child.stdin.take().expect("piped stdin");
+    (Kids(vec![child]), stdin)
+}
+
+#[test]
+fn a_job_started_from_a_terminal_can_read_it() {
+    use std::io::Write;
+    let env = env_with_machine();
+    let (mut kids, mut typing) = in_terminal(
+        &env,
+        &[
+            "run",
+            "m",
+            "--",
+            "sh",
+            "-c",
+            "read answer; echo \"got:$answer\"",
+        ],
+    );
+    // Typed at once: the terminal keeps it until the job reads.
+    typing.write_all(b"hello\n").expect("type");
+    let run = finish_child(&mut kids.0[0], "the job that reads the terminal");
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stdout.contains("got:hello"), "{run:#?}");
+    assert_released(&env, None);
+}
+
+#[test]
+fn ctrl_c_at_the_terminal_ends_the_job_with_130() {
+    use std::io::Write;
+    let env = env_with_machine();
+    let (mut kids, mut typing) = in_terminal(
+        &env,
+        &[
+            "run",
+            "m",
+            "--",
+            "sh",
+            "-c",
+            PID_THEN_SLEEP,
+            "sh",
+            &dir_arg(&env),
+        ],
+    );
+    let group = job_pid(&env);
+    typing.write_all(b"\x03").expect("type Ctrl-C");
+    let run = finish_child(&mut kids.0[0], "mama after Ctrl-C");
+    assert_eq!(run.code, Some(130), "{run:#?}");
+    assert_released(&env, Some(group));
+}
