@@ -438,6 +438,13 @@ pub struct RunRequest {
     pub command: Vec<OsString>,
 }
 
+/// The state file's absolute path, for the job's environment.
+fn state_for_job(store: &Store) -> OsString {
+    std::path::absolute(store.path())
+        .unwrap_or_else(|_| store.path().to_path_buf())
+        .into_os_string()
+}
+
 /// Waits, claims, runs the job, releases; returns the job's exit status.
 /// An error means the job never started.
 pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
@@ -479,10 +486,13 @@ pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
         program: program.clone(),
         args: args.to_vec(),
         env: vec![
-            ("MAMA_MACHINE".into(), claim.machine.clone()),
-            ("MAMA_JOB".into(), label),
-            ("MAMA_MAC".into(), claim.mac.clone()),
-            ("MAMA_IP".into(), claim.ip.clone()),
+            ("MAMA_MACHINE".into(), claim.machine.clone().into()),
+            ("MAMA_JOB".into(), label.into()),
+            ("MAMA_MAC".into(), claim.mac.clone().into()),
+            ("MAMA_IP".into(), claim.ip.clone().into()),
+            // A mama the job runs finds the same lab, even one named by
+            // --state, and so sees the claim it may nest in.
+            ("MAMA_STATE".into(), state_for_job(store)),
         ],
         timeout: request.timeout,
     };

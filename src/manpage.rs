@@ -260,7 +260,11 @@ fn sections() -> Roff {
         &[
             roman("Set by "),
             bold("mama run"),
-            roman(" for the job: the machine's name, the job label, its MAC and IP address."),
+            roman(
+                " for the job: the machine's name, the job label, its MAC and IP address. \
+                 It also sets MAMA_STATE to the state file's absolute path, so a mama the \
+                 job runs uses the same lab.",
+            ),
         ],
     );
 

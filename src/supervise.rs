@@ -23,7 +23,7 @@ pub const KILL_AFTER: Duration = Duration::from_secs(5);
 pub struct Job {
     pub program: OsString,
     pub args: Vec<OsString>,
-    pub env: Vec<(String, String)>,
+    pub env: Vec<(String, OsString)>,
     pub timeout: Option<Duration>,
 }
 

@@ -512,3 +512,30 @@ fn ctrl_c_at_the_terminal_ends_the_job_with_130() {
     assert_eq!(run.code, Some(130), "{run:#?}");
     assert_released(&env, Some(group));
 }
+
+#[test]
+fn the_job_is_told_the_state_file_even_when_given_by_a_relative_state() {
+    let env = env_with_machine();
+    let out = env
+        .cmd([
+            "--state",
+            "mama.xml",
+            "run",
+            "m",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$MAMA_STATE\"",
+        ])
+        .env_remove("MAMA_STATE")
+        .current_dir(env.path())
+        .output()
+        .expect("mama runs");
+    let run = Run::from(out);
+    let told = std::path::PathBuf::from(run.ok().trim());
+    assert!(told.is_absolute(), "{told:?}");
+    assert_eq!(
+        told.canonicalize().expect("the file exists"),
+        env.state.canonicalize().expect("the state exists")
+    );
+}
