@@ -11,7 +11,6 @@
 //! machine, so `mama clear` of a live job frees the machine at once.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -88,32 +87,41 @@ impl Busy {
     }
 }
 
-impl fmt::Display for Busy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Busy {
+    /// Why `target` is busy, for people: who holds it, since when.
+    fn describe(&self, target: &str) -> String {
+        let subject = |machine: &str| {
+            if machine == target {
+                "it".to_string()
+            } else {
+                format!("{machine}, which shares a resource with it,")
+            }
+        };
         match self {
             Busy::Job {
                 machine,
                 job,
                 verdict,
             } => {
-                write!(f, "{machine} runs job '{}'", job.label)?;
+                let mut text = format!("{} runs job '{}'", subject(machine), job.label);
                 if let Some(pid) = job.pid {
-                    write!(f, " (PID {pid}")?;
+                    text.push_str(&format!(" (PID {pid}"));
                     if let Verdict::Remote(host) = verdict {
-                        write!(f, " on host {host}")?;
+                        text.push_str(&format!(" on host {host}"));
                     }
-                    write!(f, ")")?;
+                    text.push(')');
                 }
                 if let Some(ts) = job.timestamp {
-                    write!(f, " since {}", render::time_and_age(ts, os::now()))?;
+                    text.push_str(&format!(" since {}", render::time_and_age(ts, os::now())));
                 }
-                Ok(())
+                text
             }
-            Busy::Reserved { machine, by } => write!(f, "{machine} is reserved by {by}"),
-            Busy::Started { machine } => {
-                write!(f, "{machine} was started by hand (is_started is set)")
-            }
-            Busy::Locked => write!(f, "a job is being claimed or released"),
+            Busy::Reserved { machine, by } => format!("{} is reserved by {by}", subject(machine)),
+            Busy::Started { machine } => format!(
+                "{} was started by hand (is_started is set)",
+                subject(machine)
+            ),
+            Busy::Locked => "a job is being claimed or released".to_string(),
         }
     }
 }
@@ -337,14 +345,17 @@ pub fn acquire(
                 Some(t) if !patience.no_wait => format!(" (waited {})", render::seconds(t)),
                 _ => String::new(),
             };
-            return Err(Error::Busy(format!("{target} is busy{waited}: {busy}")));
+            return Err(Error::Busy(format!(
+                "{target} is busy{waited}: {}",
+                busy.describe(target)
+            )));
         }
         if !told {
             let what = match intent {
                 Intent::Run { .. } => "waiting to claim it",
                 Intent::Wait => "waiting until it is free",
             };
-            say!("mama: {target} is busy: {busy}; {what}");
+            say!("mama: {target} is busy: {}; {what}", busy.describe(target));
             told = true;
         } else if live_line {
             let mut stderr = std::io::stderr();

@@ -458,7 +458,7 @@ fn machines_sharing_a_resource_take_turns() {
     }
     let mut holder = hold(&env, "a", "on a", "started", "go");
     env.run(["run", "b", "--no-wait", "--", "true"])
-        .fails_saying(75, "a runs job 'on a'");
+        .fails_saying(75, "a, which shares a resource with it, runs job 'on a'");
     // No shared resource: c runs while a does.
     env.run(["run", "c", "--no-wait", "--", "true"]).ok();
     assert!(holder.running());
