@@ -485,6 +485,35 @@ fn small_lab(dir: &Path) -> PathBuf {
     state
 }
 
+/// How many events the history-laden lab has recorded.
+const RECORDED_EVENTS: u64 = 10_000;
+
+/// The small lab with a history of [`RECORDED_EVENTS`] events already
+/// recorded (in the log, committed by the state's `<event_seq>`).
+fn small_lab_with_history(dir: &Path) -> PathBuf {
+    use mama::history::{Event, Kind, encode};
+    let state = small_lab(dir);
+    let events: Vec<Event> = (1..=RECORDED_EVENTS)
+        .map(|seq| {
+            let mut event = Event::new(Kind::Set, "spare1").detail(format!("os=build-{seq}"));
+            event.seq = seq;
+            event
+        })
+        .collect();
+    fs::write(
+        dir.join("mama.xml.log"),
+        encode(&events).expect("encode the events"),
+    )
+    .expect("write the log");
+    let xml = fs::read_to_string(&state).expect("read the lab");
+    let xml = xml.replace(
+        "</settings>",
+        &format!("  <event_seq>{RECORDED_EVENTS}</event_seq>\n</settings>"),
+    );
+    fs::write(&state, xml).expect("write the lab");
+    state
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -687,6 +716,10 @@ fn claim_overhead(report: &mut Report) {
         .then(|| tempfile::tempdir_in(shm).ok())
         .flatten();
     let mem_state = mem_dir.as_ref().map(|d| small_lab(d.path()));
+    // The same with a long history recorded: claims must not slow down.
+    let history_dir = tempfile::tempdir().expect("temporary folder");
+    let history_state = small_lab_with_history(history_dir.path());
+    let history_run = || mama(&history_state, &["run", "m", "--", "true"]);
     let mem_run = || {
         mem_state
             .as_ref()
@@ -703,6 +736,7 @@ fn claim_overhead(report: &mut Report) {
     };
     for _ in 0..10 {
         timed("mama run (warm-up)", run());
+        timed("mama run with history (warm-up)", history_run());
         timed("flock (warm-up)", flock());
         if let Some(cmd) = mem_run() {
             timed("mama run on tmpfs (warm-up)", cmd);
@@ -711,12 +745,14 @@ fn claim_overhead(report: &mut Report) {
     let mut mama_times = Vec::with_capacity(CLAIM_ITERATIONS);
     let mut flock_times = Vec::with_capacity(CLAIM_ITERATIONS);
     let mut mem_times = Vec::with_capacity(CLAIM_ITERATIONS);
+    let mut history_times = Vec::with_capacity(CLAIM_ITERATIONS);
     for i in 0..CLAIM_ITERATIONS {
         // Rotate which goes first, so none always follows another.
-        for k in 0..3 {
-            match (i + k) % 3 {
+        for k in 0..4 {
+            match (i + k) % 4 {
                 0 => mama_times.push(timed("mama run m -- true", run())),
                 1 => flock_times.push(timed("flock LOCKFILE true", flock())),
+                2 => history_times.push(timed("mama run m -- true with history", history_run())),
                 _ => {
                     if let Some(cmd) = mem_run() {
                         mem_times.push(timed("mama run m -- true on tmpfs", cmd));
@@ -741,9 +777,26 @@ fn claim_overhead(report: &mut Report) {
             format!("{:.2}", t.median / f.median),
         );
     }
+    let h = report.timing(
+        &format!("1. mama run m -- true, {RECORDED_EVENTS} events recorded"),
+        &history_times,
+    );
+    let history_ratio = h.median / f.median;
+    report.value(
+        "1. ratio of medians (with history / flock)",
+        CLAIM_ITERATIONS,
+        format!("{history_ratio:.2}"),
+    );
     report.verdict(
         "1. claim overhead, ratio of medians",
         ratio,
+        "x",
+        1.5,
+        Some(2.0),
+    );
+    report.verdict(
+        &format!("1. claim overhead with {RECORDED_EVENTS} events recorded"),
+        history_ratio,
         "x",
         1.5,
         Some(2.0),
