@@ -803,6 +803,19 @@ fn claim_overhead(report: &mut Report) {
     );
 }
 
+/// A `mama run m` whose job stamps `ready` and holds the machine until
+/// told on its stdin (then stamps `done` and ends); returned once it runs.
+fn start_holder(state: &Path, ready: &Path, done: &Path) -> Proc {
+    let holder = Proc::spawn(
+        "holder",
+        mama(state, &helper_args("hold", &[ready, done])),
+        true,
+        true,
+    );
+    await_stamp(ready, STEP_LIMIT);
+    holder
+}
+
 /// 2. From the holder's job ending to the waiter's job starting.
 fn handoff(report: &mut Report) {
     println!("handoff: {HANDOFF_SAMPLES} samples");
@@ -816,13 +829,7 @@ fn handoff(report: &mut Report) {
         for f in [&ready, &done, &started] {
             let _ = fs::remove_file(f);
         }
-        let mut holder = Proc::spawn(
-            "holder",
-            mama(&state, &helper_args("hold", &[&ready, &done])),
-            true,
-            true,
-        );
-        await_stamp(&ready, STEP_LIMIT);
+        let mut holder = start_holder(&state, &ready, &done);
         let mut waiter = Proc::spawn(
             "waiter",
             mama(&state, &helper_args("stamp", &[&started])),
@@ -937,13 +944,7 @@ fn blocked_cpu(report: &mut Report) {
     let state = small_lab(dir.path());
     let ready = dir.path().join("ready");
     let done = dir.path().join("done");
-    let mut holder = Proc::spawn(
-        "holder",
-        mama(&state, &helper_args("hold", &[&ready, &done])),
-        true,
-        true,
-    );
-    await_stamp(&ready, STEP_LIMIT);
+    let mut holder = start_holder(&state, &ready, &done);
     let mut waiter = Proc::spawn(
         "waiter",
         mama(&state, &["run", "m", "--", "true"]),
