@@ -728,3 +728,67 @@ mod input_tests {
         assert!(check_name("rig-1.lab").is_ok());
     }
 }
+
+#[cfg(test)]
+mod damaged_file_tests {
+    use super::*;
+
+    const UPSTREAM: &str = include_str!("../testdata/upstream.xml");
+
+    /// Damages `text` the ways files get damaged: bytes flipped, cut short,
+    /// markup characters dropped in, lines duplicated.
+    fn damage(text: &str, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut bytes = text.as_bytes().to_vec();
+        for _ in 0..(next() % 4 + 1) {
+            let at = (next() as usize) % bytes.len().max(1);
+            match next() % 5 {
+                0 => bytes.truncate(at),
+                1 => {
+                    let last = bytes.len() - 1;
+                    bytes[at.min(last)] = (next() % 256) as u8;
+                }
+                2 => bytes.insert(at, b"<&>\"']/"[(next() % 7) as usize]),
+                3 => {
+                    let end = (at + (next() as usize % 64)).min(bytes.len());
+                    let piece = bytes[at..end].to_vec();
+                    bytes.splice(at..at, piece);
+                }
+                _ => {
+                    let end = (at + (next() as usize % 16)).min(bytes.len());
+                    bytes.drain(at..end);
+                }
+            }
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn damaged_files_never_panic_and_what_reads_writes_back_stably() {
+        let mut read = 0;
+        for seed in 0..3000u64 {
+            let bytes = damage(UPSTREAM, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            if let Ok(lab) = Lab::parse(text) {
+                read += 1;
+                // Unchanged, a lab writes back the very text it was read from.
+                assert_eq!(lab.to_xml(), text, "seed {seed}");
+                for machine in lab.machines() {
+                    let _ = (machine.job(), machine.resources(), machine.is_started());
+                }
+            }
+        }
+        assert!(read > 100, "only {read} damaged files were still readable");
+    }
+}
