@@ -43,6 +43,9 @@ pub struct MachineView {
     pub job_host: Option<String>,
     pub stale: bool,
     pub stale_reason: Option<String>,
+    /// The host of a job claimed elsewhere (its PID is not judged here).
+    #[serde(skip)]
+    remote_host: Option<String>,
 }
 
 impl MachineView {
@@ -62,6 +65,10 @@ impl MachineView {
         let verdict = job.as_ref().map(|j| judge.judge(j));
         let stale_reason = match &verdict {
             Some(Verdict::Stale(reason)) => Some(reason.to_string()),
+            _ => None,
+        };
+        let remote_host = match &verdict {
+            Some(Verdict::Remote(host)) => Some(host.clone()),
             _ => None,
         };
         let resources = machine.resources();
@@ -95,6 +102,7 @@ impl MachineView {
             job_host: job.and_then(|j| j.host),
             stale: stale_reason.is_some(),
             stale_reason,
+            remote_host,
         }
     }
 
@@ -104,6 +112,9 @@ impl MachineView {
             (None, Some(pid)) => format!("(PID {pid})"),
             (None, None) => String::new(),
         };
+        if let Some(host) = &self.remote_host {
+            cell.push_str(&format!(" (on {host})"));
+        }
         if self.stale {
             cell.push_str(" [STALE]");
         }

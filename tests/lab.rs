@@ -980,6 +980,11 @@ fn another_hosts_job_is_not_judged_by_a_local_pid() {
     assert_eq!(json["job_host"], other);
     assert_eq!(job_lines(&text, "remote job", Some(&pid), ts), "running");
     assert_eq!(info_line(&text, "Job host:"), Some(other), "{text}");
+    let table = env.run(["list"]).ok().to_string();
+    assert!(
+        table.contains(&format!("remote job (on {other})")),
+        "{table}"
+    );
 
     // The same record claimed on this host is stale.
     let here = host_name();
