@@ -816,6 +816,20 @@ fn start_holder(state: &Path, ready: &Path, done: &Path) -> Proc {
     holder
 }
 
+/// A `mama run m` whose job stamps `started`; returned once it is blocked
+/// behind the holder (said so, and asleep in the kernel).
+fn start_waiter(state: &Path, started: &Path) -> Proc {
+    let mut waiter = Proc::spawn(
+        "waiter",
+        mama(state, &helper_args("stamp", &[started])),
+        false,
+        true,
+    );
+    waiter.expect_line("is busy", STEP_LIMIT);
+    waiter.await_sleep(Duration::from_secs(2));
+    waiter
+}
+
 /// 2. From the holder's job ending to the waiter's job starting.
 fn handoff(report: &mut Report) {
     println!("handoff: {HANDOFF_SAMPLES} samples");
@@ -830,14 +844,7 @@ fn handoff(report: &mut Report) {
             let _ = fs::remove_file(f);
         }
         let mut holder = start_holder(&state, &ready, &done);
-        let mut waiter = Proc::spawn(
-            "waiter",
-            mama(&state, &helper_args("stamp", &[&started])),
-            false,
-            true,
-        );
-        waiter.expect_line("is busy", STEP_LIMIT);
-        waiter.await_sleep(Duration::from_secs(2));
+        let mut waiter = start_waiter(&state, &started);
         holder.poke();
         let begin = await_stamp(&done, STEP_LIMIT);
         let end = await_stamp(&started, STEP_LIMIT);
@@ -884,14 +891,7 @@ fn takeover(report: &mut Report) {
             true,
         );
         let job = job_of(holder.pid(), "sleep");
-        let mut waiter = Proc::spawn(
-            "waiter",
-            mama(&state, &helper_args("stamp", &[&started])),
-            false,
-            true,
-        );
-        waiter.expect_line("is busy", STEP_LIMIT);
-        waiter.await_sleep(Duration::from_secs(2));
+        let mut waiter = start_waiter(&state, &started);
         let begin = monotonic_ns();
         // SAFETY: our own unreaped child.
         unsafe {
