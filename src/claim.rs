@@ -1,37 +1,45 @@
 //! Busy or free, claim and release, and the waiting loop.
 //!
 //! The check and the claim happen in one state transaction, so two runs can
-//! never both see a machine free. A running `mama run` also holds an
-//! exclusive lock on the machine's own lock file for the job's whole life:
-//! waiters sleep on that lock, so they wake the instant the job ends or its
-//! `mama` dies, and re-judge the state file at least every poll interval
-//! for claims that no lock stands behind (other tools, other hosts, a run
-//! that claimed after `mama clear` took the record from a running job).
-//! The lock only wakes waiters: the state file alone decides who holds a
-//! machine, so `mama clear` of a live job frees the machine at once.
+//! never both see a machine free. A claim also takes the machine's job
+//! lock, and the running `mama run` and every process of its job hold it
+//! for the job's whole life (the job inherits the descriptor), so:
+//! - waiters sleep on that lock and wake the instant the job ends or the
+//!   last of its processes dies;
+//! - the lock is the proof of life wherever a PID cannot be judged: a
+//!   claim from another PID namespace, or a job whose `mama` was killed
+//!   while processes of the job still run ([`crate::stale`]);
+//! - a machine whose record is free while its lock is held (a job whose
+//!   record was cleared by hand still runs) is busy.
+//!
+//! A run nested in a claim of one of its ancestors leaves that claim in
+//! place and records only events: the outer claim stands while the outer
+//! run lives, however the inner one ends.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::history::{Event, Kind};
 use crate::lab::{Field, JobRecord, Lab, Machine};
-use crate::lock::FileLock;
-use crate::os::{self, Processes};
+use crate::lock::{self, FileLock};
+use crate::os::{self, Place, Processes};
 use crate::render;
-use crate::stale::{Judge, StaleReason, Verdict};
+use crate::stale::{JobLocks, Judge, StaleReason, Verdict};
 use crate::store::Store;
 
 /// Who asks: the busy rules depend on it.
 #[derive(Debug)]
 pub struct Caller {
     pub pid: u32,
-    /// This process and its ancestors, read the first time a live job asks
-    /// (a free machine never needs them).
-    lineage: std::cell::OnceCell<Vec<u32>>,
+    /// This process and its ancestors with their start times, read the
+    /// first time a live job asks (a free machine never needs them).
+    lineage: std::cell::OnceCell<Vec<(u32, Option<u64>)>>,
     pub user: String,
     pub host: String,
+    pub place: Place,
 }
 
 impl Caller {
@@ -41,14 +49,45 @@ impl Caller {
             lineage: std::cell::OnceCell::new(),
             user: os::user_name(),
             host: os::host_name(),
+            place: Place::here(),
         }
     }
 
-    /// Whether a job held by `pid` is ours: held by us or an ancestor.
-    pub fn owns(&self, pid: u32) -> bool {
-        self.lineage
-            .get_or_init(|| os::lineage(&Processes::new()))
-            .contains(&pid)
+    /// Whether `job` was claimed by us or one of our ancestors: its PID is
+    /// in our lineage, in our PID namespace and boot, and (where the claim
+    /// recorded it) the process with that PID is the claimer itself.
+    pub fn owns(&self, job: &JobRecord) -> bool {
+        let Some(pid) = job.pid else {
+            return false;
+        };
+        let lineage = self.lineage.get_or_init(|| os::lineage(&Processes::new()));
+        match &job.origin {
+            Some(origin) => {
+                self.place.shares_pids_with(origin) && lineage.contains(&(pid, Some(origin.start)))
+            }
+            None => {
+                job.host.as_deref().is_none_or(|h| h == self.host)
+                    && lineage.iter().any(|&(p, _)| p == pid)
+            }
+        }
+    }
+
+    /// A new claim by this process.
+    fn claim(&self, label: &str, now: i64) -> JobRecord {
+        JobRecord {
+            label: label.to_string(),
+            pid: Some(self.pid),
+            timestamp: Some(now),
+            host: Some(self.host.clone()),
+            origin: self.place.origin_of_this_process(),
+        }
+    }
+}
+
+/// The job locks of a store: held by running jobs.
+impl JobLocks for Store {
+    fn held(&self, machine: &str) -> bool {
+        lock::is_held(&lock::path_in(&self.machine_locks_dir(), machine))
     }
 }
 
@@ -68,7 +107,9 @@ pub enum Busy {
     Started {
         machine: String,
     },
-    /// A job is being claimed or released this very moment.
+    /// The record is free, but the machine's job lock is held: processes
+    /// of a job whose record was cleared still run, or a claim is being
+    /// made this very moment.
     Locked,
 }
 
@@ -78,7 +119,7 @@ impl Busy {
         match self {
             Busy::Job {
                 machine,
-                verdict: Verdict::Live,
+                verdict: Verdict::Live | Verdict::HeldByLock,
                 ..
             } => Some(machine.clone()),
             Busy::Locked => Some(target.to_string()),
@@ -111,6 +152,9 @@ impl Busy {
                     }
                     text.push(')');
                 }
+                if *verdict == Verdict::HeldByLock {
+                    text.push_str(", whose processes still hold its job lock,");
+                }
                 if let Some(ts) = job.timestamp {
                     text.push_str(&format!(" since {}", render::time_and_age(ts, os::now())));
                 }
@@ -121,7 +165,9 @@ impl Busy {
                 "{} was started by hand (is_started is set)",
                 subject(machine)
             ),
-            Busy::Locked => "a job is being claimed or released".to_string(),
+            Busy::Locked => "processes of a job still hold its job lock \
+                             (its record was cleared, or a claim is being made)"
+                .to_string(),
         }
     }
 }
@@ -168,9 +214,9 @@ fn busy_by_own_fields(
 ) -> Option<Busy> {
     let name = machine.name().into_owned();
     if let Some(job) = machine.job() {
-        let verdict = judge.judge(&job);
-        let ours = matches!(verdict, Verdict::Live) && job.pid.is_some_and(|pid| caller.owns(pid));
-        if !matches!(verdict, Verdict::Stale(_)) && !ours {
+        let verdict = judge.judge(&name, &job);
+        let ours = verdict == Verdict::Live && caller.owns(&job);
+        if verdict.is_live() && !ours {
             return Some(Busy::Job {
                 machine: name,
                 job,
@@ -225,7 +271,7 @@ fn sweep(lab: &mut Lab, target: &str, judge: &Judge<'_, Processes>) -> Result<()
         let Some(job) = machine.view().job() else {
             continue;
         };
-        match judge.judge(&job) {
+        match judge.judge(&name, &job) {
             Verdict::Stale(reason) => {
                 machine.clear_job()?;
                 report_cleared(&name, &job, &reason);
@@ -236,7 +282,7 @@ fn sweep(lab: &mut Lab, target: &str, judge: &Judge<'_, Processes>) -> Result<()
                 );
             }
             Verdict::Unstamped => machine.set(Field::JobTimestamp, &judge.now.to_string())?,
-            Verdict::Live | Verdict::Remote(_) => {}
+            Verdict::Live | Verdict::HeldByLock | Verdict::Remote(_) => {}
         }
     }
     Ok(())
@@ -250,8 +296,9 @@ fn report_cleared(machine: &str, job: &JobRecord, reason: &StaleReason) {
     );
 }
 
-/// How long a new claim waits for the job lock that someone else holds.
-const LOCK_GRACE: Duration = Duration::from_millis(100);
+/// How long a claim waits for a free record's job lock: a waiter that has
+/// just woken, or a `list` probing it, holds it for an instant.
+const LOCK_GRACE: Duration = Duration::from_millis(20);
 
 /// What the caller wants of the machine.
 #[derive(Debug, Clone)]
@@ -280,10 +327,9 @@ pub struct Claim {
     pub job: JobRecord,
     pub mac: String,
     pub ip: String,
-    /// The claim this one nests in (held by an ancestor), restored on release.
+    /// The claim this one nests in (held by an ancestor), left in place.
     outer: Option<JobRecord>,
-    /// The machine's job lock; `None` when nested (the outer run holds it)
-    /// or when a run whose claim was cleared by hand still holds it.
+    /// The machine's job lock; `None` when nested (the outer run holds it).
     lock: Option<FileLock>,
 }
 
@@ -305,7 +351,7 @@ pub fn acquire(
     patience: Patience,
 ) -> Result<Option<Claim>> {
     let started = Instant::now();
-    let deadline = patience.timeout.map(|t| started + t);
+    let deadline = patience.timeout.and_then(|t| started.checked_add(t));
     let mut told = false;
     let mut backoff = Duration::from_millis(10);
     let live_line = std::io::stderr().is_terminal();
@@ -315,21 +361,14 @@ pub fn acquire(
             now: os::now(),
             stale_after,
             host: &caller.host,
+            place: &caller.place,
             processes,
+            locks: store,
         };
         let attempt = store.update(|lab| attempt(lab, store, target, caller, &judge, intent))?;
         let busy = match attempt {
-            Attempt::Claimed(mut claim) => {
+            Attempt::Claimed(claim) => {
                 finish_live_line(live_line && told);
-                if claim.lock.is_none() && claim.outer.is_none() {
-                    // Claimed while the job lock was held: by a waiter that
-                    // had just woken (for an instant) or by a run cleared by
-                    // hand (for its job's life). Take the lock once it is
-                    // let go, so that those waiting behind this job wake at
-                    // its end; after a manual clear, go on without it.
-                    let (path, like) = store.machine_lock(target)?;
-                    claim.lock = FileLock::exclusive_within(&path, like.as_ref(), LOCK_GRACE)?;
-                }
                 return Ok(Some(claim));
             }
             Attempt::Free => {
@@ -371,9 +410,9 @@ pub fn acquire(
             Some(holder) => {
                 let (path, like) = store.machine_lock(&holder)?;
                 if FileLock::try_exclusive(&path, like.as_ref())?.is_some() {
-                    // A live job that no lock stands behind: a nested run,
-                    // a run that claimed after a manual clear, or another
-                    // tool's claim.
+                    // A live job that no lock stands behind: a nested run's
+                    // outer claim made by another tool, or a claim of
+                    // another tool.
                     std::thread::sleep(backoff.min(nap));
                     backoff = (backoff * 2).min(patience.poll);
                 } else {
@@ -412,37 +451,33 @@ fn attempt(
     // Any other job left here had its process die between the sweep and
     // the busy check, which probed it apart: never nest in it, look again
     // (the next sweep clears it).
-    if outer
-        .as_ref()
-        .is_some_and(|job| !job.pid.is_some_and(|pid| caller.owns(pid)))
-    {
+    if outer.as_ref().is_some_and(|job| !caller.owns(job)) {
         return Ok(Attempt::Busy(Busy::Locked));
     }
     let lock = match outer {
         Some(_) => None,
         None => {
+            // A free record whose job lock is held: processes of a job
+            // whose record was cleared still run. Busy until they end.
             let (path, like) = store.machine_lock(target)?;
-            // Held although the record is free: a run whose claim was
-            // cleared by hand (`clear` is the manual override) is still
-            // running. The record decides: claim without the lock.
-            FileLock::try_exclusive(&path, like.as_ref())?
+            match FileLock::exclusive_within(&path, like.as_ref(), LOCK_GRACE)? {
+                Some(lock) => Some(lock),
+                None => return Ok(Attempt::Busy(Busy::Locked)),
+            }
         }
     };
     let Intent::Run { label } = intent else {
         return Ok(Attempt::Free);
     };
-    let job = JobRecord {
-        label: label.clone(),
-        pid: Some(caller.pid),
-        timestamp: Some(judge.now),
-        host: Some(caller.host.clone()),
-    };
+    let job = caller.claim(label, judge.now);
     let mac = machine.get(Field::Mac).into_owned();
     let ip = machine.get(Field::Ip).into_owned();
-    lab.get_mut(target)?.set_job(&job)?;
     let mut event = Event::new(Kind::Claimed, target).job(&job);
-    if let Some(outer) = &outer {
-        event = event.detail(format!("nested in '{}'", outer.label));
+    match &outer {
+        // The outer claim stays as it is: it stands while the outer run
+        // lives, whatever becomes of this one.
+        Some(outer) => event = event.detail(format!("nested in '{}'", outer.label)),
+        None => lab.get_mut(target)?.set_job(&job)?,
     }
     lab.record(event);
     Ok(Attempt::Claimed(Claim {
@@ -456,16 +491,22 @@ fn attempt(
 }
 
 impl Claim {
-    /// Gives the machine back: clears the job, or restores the claim this
-    /// one nested in. A claim that is no longer ours (cleared by hand,
+    /// The descriptor of the machine's job lock, for the job to inherit, so
+    /// the machine stays busy while any process of the job lives.
+    pub fn lock_fd(&self) -> Option<RawFd> {
+        self.lock.as_ref().map(|lock| lock.as_raw_fd())
+    }
+
+    /// Gives the machine back: clears the job (a nested run leaves the
+    /// outer claim alone). A claim that is no longer ours (cleared by hand,
     /// taken over) is left alone, with a word on stderr. `outcome` (how the
     /// job ended) goes into the history.
     pub fn release(self, store: &Store, outcome: &str) -> Result<()> {
         let lock = self.lock;
         store.update(|lab| {
-            // Let go of the job lock inside the transaction: a waiter it
-            // wakes reads the state only after this write, and no run ever
-            // finds the lock held by a claim already given back.
+            // Let go of the job lock inside the transaction, explicitly (the
+            // job's leftover processes share it): a waiter it wakes reads
+            // the state only after this write.
             drop(lock);
             let Ok(mut machine) = lab.get_mut(&self.machine) else {
                 say!(
@@ -474,21 +515,20 @@ impl Claim {
                 );
                 return Ok(());
             };
-            let current = machine.view().job();
-            let ours = current
-                .as_ref()
-                .is_some_and(|j| j.pid == self.job.pid && j.timestamp == self.job.timestamp);
-            if !ours {
-                say!(
-                    "mama: the claim on {} was cleared or taken over while the job ran; \
-                     leaving the record alone",
-                    self.machine
-                );
-                return Ok(());
-            }
-            match &self.outer {
-                Some(outer) => machine.set_job(outer)?,
-                None => machine.clear_job()?,
+            if self.outer.is_none() {
+                let current = machine.view().job();
+                let ours = current
+                    .as_ref()
+                    .is_some_and(|j| j.pid == self.job.pid && j.timestamp == self.job.timestamp);
+                if !ours {
+                    say!(
+                        "mama: the claim on {} was cleared or taken over while the job ran; \
+                         leaving the record alone",
+                        self.machine
+                    );
+                    return Ok(());
+                }
+                machine.clear_job()?;
             }
             let held = os::now() - self.job.timestamp.unwrap_or_else(os::now);
             let detail = format!(

@@ -10,9 +10,9 @@ use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::history::{Event, Kind};
 use crate::lab::{self, Field, Lab, NewMachine};
-use crate::os::{self, Processes};
+use crate::os::{self, Place, Processes};
 use crate::render::{self, MachineView};
-use crate::stale::{self, Judge, Verdict};
+use crate::stale::{self, JobLocks, Judge};
 use crate::store::{Snapshot, Store};
 use crate::style::{self, Stream};
 use crate::supervise::{self, Ending};
@@ -38,17 +38,21 @@ fn note_missing(store: &Store, snapshot: &Snapshot) {
 }
 
 /// What judging jobs needs from this host, gathered once per command.
-struct World {
+struct World<'a> {
+    store: &'a Store,
     processes: Processes,
     host: String,
+    place: Place,
     stale_after: u64,
 }
 
-impl World {
-    fn new() -> Result<World> {
+impl World<'_> {
+    fn new(store: &Store) -> Result<World<'_>> {
         Ok(World {
+            store,
             processes: Processes::new(),
             host: os::host_name(),
+            place: Place::here(),
             stale_after: stale::stale_after_from_env()?,
         })
     }
@@ -58,7 +62,9 @@ impl World {
             now: os::now(),
             stale_after: self.stale_after,
             host: &self.host,
+            place: &self.place,
             processes: &self.processes,
+            locks: self.store,
         }
     }
 }
@@ -84,7 +90,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 
 pub fn list(store: &Store, json: bool) -> Result<()> {
     let lab = read(store)?;
-    let world = World::new()?;
+    let world = World::new(store)?;
     let judge = world.judge();
     let views: Vec<MachineView> = lab
         .machines()
@@ -117,7 +123,7 @@ const INFO_EVENTS: usize = 5;
 pub fn info(store: &Store, machine: &str, json: bool) -> Result<()> {
     let (snapshot, events) = store.read_events(None)?;
     note_missing(store, &snapshot);
-    let world = World::new()?;
+    let world = World::new(store)?;
     let judge = world.judge();
     let view = MachineView::new(&snapshot.lab.get(machine)?, &judge);
     let mut recent: Vec<Event> = events
@@ -224,11 +230,11 @@ pub fn add(store: &Store, new: NewMachine) -> Result<()> {
 }
 
 pub fn delete(store: &Store, machine: &str) -> Result<()> {
-    let world = World::new()?;
+    let world = World::new(store)?;
     let judge = world.judge();
     store.update(|lab| {
         if let Some(job) = lab.get(machine)?.job()
-            && !matches!(judge.judge(&job), Verdict::Stale(_))
+            && judge.judge(machine, &job).is_live()
         {
             return Err(Error::Invalid(format!(
                 "{machine} has a live job '{}'; wait for it to end, \
@@ -309,12 +315,20 @@ pub fn clear(store: &Store, target: &str) -> Result<()> {
                 lab.record(event);
             }
         }
-        Ok(names.len())
+        Ok(names)
     })?;
     say!(
-        "mama: cleared {target} ({cleared} machine{})",
-        plural(cleared)
+        "mama: cleared {} ({} machine{})",
+        target,
+        cleared.len(),
+        plural(cleared.len())
     );
+    for name in cleared.iter().filter(|name| store.held(name)) {
+        say!(
+            "mama: processes of the job on {name} still hold its job lock: \
+             runs wait until they end"
+        );
+    }
     Ok(())
 }
 
@@ -495,6 +509,7 @@ pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
             ("MAMA_STATE".into(), state_for_job(store)),
         ],
         timeout: request.timeout,
+        inherit: claim.lock_fd(),
     };
     let ending = supervise::run(&job, job_mask);
     let outcome = match &ending {

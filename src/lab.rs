@@ -11,6 +11,7 @@ use std::collections::HashSet;
 
 use crate::error::Error;
 use crate::history::Event;
+use crate::os::Origin;
 use crate::xml::{self, Document, Element, ParseError};
 
 /// A field of a machine: one child element of `<machine>`.
@@ -37,6 +38,9 @@ pub enum Field {
     JobTimestamp,
     /// mama's own addition: the host the job's PID belongs to.
     JobHost,
+    /// mama's own addition: the boot, PID namespace and start time of the
+    /// claimer, so its PID is judged only where it means something.
+    JobOrigin,
     StartCmd,
     StopCmd,
     StartTimeout,
@@ -45,7 +49,7 @@ pub enum Field {
 impl Field {
     /// Every field in document order; a field mama adds to an old machine is
     /// placed after the nearest field that comes before it here.
-    pub const ALL: [Field; 23] = [
+    pub const ALL: [Field; 24] = [
         Field::Name,
         Field::Mac,
         Field::Ip,
@@ -66,6 +70,7 @@ impl Field {
         Field::JobPid,
         Field::JobTimestamp,
         Field::JobHost,
+        Field::JobOrigin,
         Field::StartCmd,
         Field::StopCmd,
         Field::StartTimeout,
@@ -94,6 +99,7 @@ impl Field {
             Field::JobPid => "job_pid",
             Field::JobTimestamp => "job_timestamp",
             Field::JobHost => "job_host",
+            Field::JobOrigin => "job_origin",
             Field::StartCmd => "startcmd",
             Field::StopCmd => "stopcmd",
             Field::StartTimeout => "start_timeout",
@@ -102,7 +108,7 @@ impl Field {
 
     /// Whether upstream PHP mama writes this field in every machine.
     const fn is_upstream(self) -> bool {
-        !matches!(self, Field::JobHost)
+        !matches!(self, Field::JobHost | Field::JobOrigin)
     }
 
     /// What upstream writes into a new machine's field.
@@ -122,6 +128,8 @@ pub struct JobRecord {
     pub pid: Option<u32>,
     pub timestamp: Option<i64>,
     pub host: Option<String>,
+    /// Where the claim was made; records of other tools have none.
+    pub origin: Option<Origin>,
 }
 
 /// A read-only view of one machine.
@@ -181,6 +189,7 @@ impl<'a> Machine<'a> {
             pid: pid_text.trim().parse().ok().filter(|&pid| pid > 0),
             timestamp: self.get(Field::JobTimestamp).trim().parse().ok(),
             host: non_empty(self.get(Field::JobHost)),
+            origin: Origin::parse(&self.get(Field::JobOrigin)),
         })
     }
 }
@@ -265,8 +274,12 @@ impl MachineMut<'_> {
             &job.timestamp.map(|t| t.to_string()).unwrap_or_default(),
         )?;
         match &job.host {
-            Some(host) => self.set(Field::JobHost, host),
-            None => self.clear(Field::JobHost),
+            Some(host) => self.set(Field::JobHost, host)?,
+            None => self.clear(Field::JobHost)?,
+        }
+        match &job.origin {
+            Some(origin) => self.set(Field::JobOrigin, &origin.to_string()),
+            None => self.clear(Field::JobOrigin),
         }
     }
 
@@ -277,6 +290,7 @@ impl MachineMut<'_> {
             Field::JobPid,
             Field::JobTimestamp,
             Field::JobHost,
+            Field::JobOrigin,
         ] {
             self.clear(field)?;
         }
@@ -546,6 +560,7 @@ mod tests {
             pid: Some(1),
             timestamp: Some(2),
             host: Some("h".into()),
+            origin: None,
         })
         .unwrap();
         let xml = lab.to_xml();

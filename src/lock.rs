@@ -84,6 +84,32 @@ impl FileLock {
     }
 }
 
+impl std::os::fd::AsRawFd for FileLock {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// Whether some process holds the lock at `path` exclusively (a missing
+/// lock file is not held). Probes with a shared lock for an instant; a lock
+/// file this user may not open counts as held, since nothing else shows
+/// that it is free.
+pub fn is_held(path: &Path) -> bool {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+        Err(_) => return true,
+    };
+    match fs2::FileExt::try_lock_shared(&file) {
+        Ok(()) => false,
+        Err(e) => is_contention(&e),
+    }
+}
+
 impl Drop for FileLock {
     fn drop(&mut self) {
         // Closing the file releases the lock too; unlocking first makes the

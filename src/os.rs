@@ -1,18 +1,24 @@
 //! What the operating system says about processes, users and this host.
+//!
+//! A PID means something only in the PID namespace and the boot it was
+//! taken in, so a claim records where it was made ([`Origin`]): the boot
+//! id, the PID namespace, and the claimer's start time in clock ticks since
+//! boot. That start time comes from a clock that never steps, so a clock
+//! change can never make a live claimer look like a reused PID.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
-
-use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
+use std::fmt;
 
 /// What is known about a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
     /// No such process (or only its zombie is left).
     Gone,
-    /// It runs; `started` is its start time in Unix seconds when /proc
-    /// shows it (a `hidepid` mount may hide other users' processes).
-    Alive { started: Option<i64> },
+    /// It runs; `start` is its start time in clock ticks since boot, when
+    /// /proc shows it (a `hidepid` mount may hide other users' processes).
+    Alive { start: Option<u64> },
 }
 
 /// The process table, as the staleness judge and the busy rules need it.
@@ -20,14 +26,135 @@ pub trait ProcessTable {
     fn probe(&self, pid: u32) -> Probe;
     /// The parent of `pid`, when it can be seen.
     fn parent(&self, pid: u32) -> Option<u32>;
+    /// How many whole seconds ago a process that started `start` ticks
+    /// after boot started (measured in the boot clock, which never steps).
+    fn age(&self, start: u64) -> Option<i64>;
 }
 
-/// The live process table of this host, read on demand; each PID is probed
-/// once per command (a lab often names one PID many times).
+/// Where a claim was made: the boot, the PID namespace, and the claimer's
+/// start time (clock ticks since boot). Stored in the state file as
+/// `boot=UUID pidns=INODE start=TICKS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub boot: String,
+    pub pidns: u64,
+    pub start: u64,
+}
+
+impl Origin {
+    /// Reads the stored form; anything else reads as no origin.
+    pub fn parse(text: &str) -> Option<Origin> {
+        let (mut boot, mut pidns, mut start) = (None, None, None);
+        for part in text.split_whitespace() {
+            match part.split_once('=')? {
+                ("boot", v) if !v.is_empty() => boot = Some(v.to_string()),
+                ("pidns", v) => pidns = Some(v.parse().ok()?),
+                ("start", v) => start = Some(v.parse().ok()?),
+                _ => {}
+            }
+        }
+        Some(Origin {
+            boot: boot?,
+            pidns: pidns?,
+            start: start?,
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "boot={} pidns={} start={}",
+            self.boot, self.pidns, self.start
+        )
+    }
+}
+
+/// Where this process runs: what a claim's [`Origin`] is compared with.
+/// `None` where /proc does not tell (then no foreign PID is ever judged).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Place {
+    pub boot: Option<String>,
+    pub pidns: Option<u64>,
+}
+
+impl Place {
+    /// This process's boot and PID namespace (read once).
+    pub fn here() -> Place {
+        static HERE: std::sync::OnceLock<Place> = std::sync::OnceLock::new();
+        HERE.get_or_init(|| Place {
+            boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+            pidns: pid_namespace(),
+        })
+        .clone()
+    }
+
+    /// The origin of a claim made by this process now.
+    pub fn origin_of_this_process(&self) -> Option<Origin> {
+        Some(Origin {
+            boot: self.boot.clone()?,
+            pidns: self.pidns?,
+            start: stat(std::process::id())?.start,
+        })
+    }
+
+    /// Whether PIDs recorded at `origin` are PIDs of this process's
+    /// namespace, in this boot.
+    pub fn shares_pids_with(&self, origin: &Origin) -> bool {
+        self.boot.as_deref() == Some(origin.boot.as_str()) && self.pidns == Some(origin.pidns)
+    }
+
+    /// Whether `origin` is this kernel (this boot), whatever namespace.
+    pub fn same_boot(&self, origin: &Origin) -> bool {
+        self.boot.as_deref() == Some(origin.boot.as_str())
+    }
+}
+
+/// The inode of this process's PID namespace (`/proc/self/ns/pid` reads
+/// `pid:[4026531836]`).
+fn pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let link = link.to_str()?;
+    link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// What /proc/PID/stat says of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    zombie: bool,
+    parent: u32,
+    /// Clock ticks since boot.
+    start: u64,
+}
+
+/// Reads /proc/PID/stat: one small read, where a general process library
+/// makes dozens of system calls.
+fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything, ')' too.
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?;
+    let parent = fields.next()?.parse().ok()?;
+    // Field 22 of the file; `state` was field 3.
+    let start = fields.nth(17)?.parse().ok()?;
+    Some(Stat {
+        zombie: matches!(state, "Z" | "X" | "x"),
+        parent,
+        start,
+    })
+}
+
+/// The live process table of this host's PID namespace, read on demand;
+/// each PID is probed once per look (a lab often names one PID many times).
 #[derive(Default)]
 pub struct Processes {
-    system: RefCell<Option<System>>,
-    probed: RefCell<std::collections::HashMap<u32, Probe>>,
+    probed: RefCell<HashMap<u32, Probe>>,
 }
 
 impl Processes {
@@ -40,20 +167,22 @@ impl Processes {
         self.probed.borrow_mut().clear();
     }
 
-    /// Reads one process from /proc through sysinfo.
-    fn with_process<T>(&self, pid: u32, f: impl FnOnce(&sysinfo::Process) -> T) -> Option<T> {
-        let mut system = self.system.borrow_mut();
-        if system.is_none() {
-            *system = System::new().ok();
+    fn probe_now(pid: u32) -> Probe {
+        let Ok(raw) = libc::pid_t::try_from(pid) else {
+            return Probe::Gone;
+        };
+        if raw <= 0 || !exists(raw) {
+            return Probe::Gone;
         }
-        let system = system.as_mut()?;
-        let pid = Pid::from_u32(pid);
-        system.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&[pid]),
-            true,
-            ProcessRefreshKind::nothing(),
-        );
-        system.process(pid).map(f)
+        match stat(pid) {
+            Some(stat) if stat.zombie => Probe::Gone,
+            Some(stat) => Probe::Alive {
+                start: Some(stat.start),
+            },
+            // Hidden from /proc, or gone since kill() saw it: ask again.
+            None if exists(raw) => Probe::Alive { start: None },
+            None => Probe::Gone,
+        }
     }
 }
 
@@ -62,38 +191,43 @@ impl ProcessTable for Processes {
         if let Some(&known) = self.probed.borrow().get(&pid) {
             return known;
         }
-        let probe = self.probe_now(pid);
+        let probe = Processes::probe_now(pid);
         self.probed.borrow_mut().insert(pid, probe);
         probe
     }
 
     fn parent(&self, pid: u32) -> Option<u32> {
-        self.with_process(pid, |p| p.parent().map(|p| p.as_u32()))
-            .flatten()
+        stat(pid).map(|s| s.parent)
+    }
+
+    fn age(&self, start: u64) -> Option<i64> {
+        let now = boot_clock_ticks()?;
+        let ticks = now.checked_sub(start)?;
+        i64::try_from(ticks / clock_ticks_per_second()?).ok()
     }
 }
 
-impl Processes {
-    fn probe_now(&self, pid: u32) -> Probe {
-        let Ok(raw) = libc::pid_t::try_from(pid) else {
-            return Probe::Gone;
-        };
-        if raw <= 0 {
-            return Probe::Gone;
-        }
-        if !exists(raw) {
-            return Probe::Gone;
-        }
-        match self.with_process(pid, |p| (p.status(), p.start_time())) {
-            Some((ProcessStatus::Zombie | ProcessStatus::Dead, _)) => Probe::Gone,
-            Some((_, started)) => Probe::Alive {
-                started: i64::try_from(started).ok().filter(|&s| s > 0),
-            },
-            // Hidden from /proc, or reaped since kill() saw it: ask again.
-            None if exists(raw) => Probe::Alive { started: None },
-            None => Probe::Gone,
-        }
+/// The boot clock (CLOCK_BOOTTIME: never steps, counts suspend) in the
+/// clock ticks /proc uses for start times.
+fn boot_clock_ticks() -> Option<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the current time into a valid timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
+        return None;
     }
+    let hz = clock_ticks_per_second()?;
+    let secs = u64::try_from(now.tv_sec).ok()?;
+    let nanos = u64::try_from(now.tv_nsec).ok()?;
+    Some(secs.checked_mul(hz)? + nanos * hz / 1_000_000_000)
+}
+
+fn clock_ticks_per_second() -> Option<u64> {
+    // SAFETY: a plain query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&hz| hz > 0)
 }
 
 /// Whether a process has this PID: kill(pid, 0) sees every process, even
@@ -104,12 +238,18 @@ fn exists(pid: libc::pid_t) -> bool {
     answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// This process and its ancestors, nearest first.
-pub fn lineage(processes: &impl ProcessTable) -> Vec<u32> {
-    let mut chain = vec![std::process::id()];
+/// This process and its ancestors, nearest first, each with its start time
+/// (ticks since boot) where /proc shows it.
+pub fn lineage(processes: &impl ProcessTable) -> Vec<(u32, Option<u64>)> {
+    let start_of = |pid| match processes.probe(pid) {
+        Probe::Alive { start } => start,
+        Probe::Gone => None,
+    };
+    let me = std::process::id();
+    let mut chain = vec![(me, start_of(me))];
     let mut pid = std::os::unix::process::parent_id();
-    while pid > 1 && !chain.contains(&pid) && chain.len() < 4096 {
-        chain.push(pid);
+    while pid > 1 && !chain.iter().any(|&(p, _)| p == pid) && chain.len() < 4096 {
+        chain.push((pid, start_of(pid)));
         match processes.parent(pid) {
             Some(parent) => pid = parent,
             None => break,
@@ -154,6 +294,7 @@ fn read_user_name() -> String {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     let mut buf = vec![0u8; 4096];
+    // SAFETY: passwd is plain data, filled in by getpwuid_r.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; the name is copied out
@@ -179,4 +320,47 @@ fn read_user_name() -> String {
 /// Now, in Unix seconds.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_read_back_and_nonsense_reads_as_none() {
+        let origin = Origin {
+            boot: "bb92a02c-f1fa-42e8-9b1c-228309de4eb4".into(),
+            pidns: 4026531836,
+            start: 123456,
+        };
+        assert_eq!(Origin::parse(&origin.to_string()), Some(origin));
+        for bad in [
+            "",
+            "boot=x",
+            "boot=x pidns=1",
+            "boot=x pidns=a start=1",
+            "junk",
+        ] {
+            assert_eq!(Origin::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn this_process_has_an_origin_that_shares_its_pids() {
+        let here = Place::here();
+        let origin = here.origin_of_this_process().expect("/proc tells");
+        assert!(here.shares_pids_with(&origin));
+        let processes = Processes::new();
+        assert_eq!(
+            processes.probe(std::process::id()),
+            Probe::Alive {
+                start: Some(origin.start)
+            }
+        );
+        let age = processes.age(origin.start).expect("an age");
+        assert!((0..600).contains(&age), "{age}");
+        let chain = lineage(&processes);
+        assert_eq!(chain[0], (std::process::id(), Some(origin.start)));
+        assert_eq!(chain[1].0, std::os::unix::process::parent_id());
+    }
 }

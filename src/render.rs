@@ -46,6 +46,11 @@ pub struct MachineView {
     /// The host of a job claimed elsewhere (its PID is not judged here).
     #[serde(skip)]
     remote_host: Option<String>,
+    /// Live only by its job lock: its PID says nothing here (its mama died
+    /// while processes of the job run on, or it was claimed in another PID
+    /// namespace).
+    #[serde(skip)]
+    held_by_lock: bool,
 }
 
 impl MachineView {
@@ -62,7 +67,7 @@ impl MachineView {
             (!value.trim().is_empty()).then(|| value.into_owned())
         };
         let job = machine.job();
-        let verdict = job.as_ref().map(|j| judge.judge(j));
+        let verdict = job.as_ref().map(|j| judge.judge(&machine.name(), j));
         let stale_reason = match &verdict {
             Some(Verdict::Stale(reason)) => Some(reason.to_string()),
             _ => None,
@@ -101,6 +106,7 @@ impl MachineView {
             job_timestamp: job.as_ref().and_then(|j| j.timestamp),
             job_host: job.and_then(|j| j.host),
             stale: stale_reason.is_some(),
+            held_by_lock: verdict == Some(Verdict::HeldByLock),
             stale_reason,
             remote_host,
         }
@@ -253,6 +259,9 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
         );
         let status = match &view.stale_reason {
             Some(reason) => style::paint(&format!("STALE ({reason})"), Some(Tone::Stale), colour),
+            None if view.held_by_lock => "running (its PID says nothing here, but processes \
+                                          of the job hold its job lock)"
+                .to_string(),
             None => "running".to_string(),
         };
         add("Job status:", &Some(status));

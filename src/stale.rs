@@ -1,30 +1,47 @@
 //! Is a job stale, and why. One pure function, used by `list`, `info` and
 //! the claim loop alike.
 //!
-//! A job is stale when
-//! - a PID is recorded and no process has it;
-//! - a PID is recorded but its process started more than 2 s after the
-//!   claim (the PID was reused: a claimer must predate its claim);
-//! - no PID is recorded and the claim is older than the stale age.
+//! A PID is judged only where it means something: in the PID namespace and
+//! the boot it was recorded in (the claim's [`Origin`]). There,
+//! - a dead PID is stale;
+//! - a live PID whose process started at another instant than the claimer
+//!   did was reused (start times are clock ticks since boot, which never
+//!   step; a record without an origin, as other tools write, falls back to
+//!   "started more than 2 s after the claim", measured as ages);
+//! - no PID and a claim older than the stale age is stale.
 //!
-//! A job claimed on another host is never judged by a local PID.
+//! Everywhere else on this kernel (a container, another PID namespace) the
+//! machine's job lock is the proof of life: a running `mama run` and every
+//! process of its job hold it, so a claim whose lock is held is live, and
+//! one whose lock is free is stale. The lock also outlives a killed `mama`
+//! while any process of its job still runs. A claim made in an earlier boot
+//! of this host is stale; one made on another host is never judged here.
 
 use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::lab::JobRecord;
-use crate::os::{Probe, ProcessTable};
+use crate::os::{Place, Probe, ProcessTable};
 
-/// How much later than its claim a process may have started (clock steps,
-/// second-granular start times).
+/// How much later than its claim a process may have started, for records
+/// without an origin (second-granular timestamps).
 pub const REUSE_SLACK_SECS: i64 = 2;
 /// The default stale age of a job without a PID.
 pub const DEFAULT_STALE_AFTER_SECS: u64 = 300;
+
+/// Whether a machine's job lock is held: by a running `mama run`, or by
+/// any process of its job.
+pub trait JobLocks {
+    fn held(&self, machine: &str) -> bool;
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Its process runs (or it has no PID and is young).
     Live,
+    /// Its PID says nothing here (dead, reused, or of another namespace),
+    /// but processes of its job still hold the machine's job lock.
+    HeldByLock,
     /// Claimed on another host: its PID means nothing here.
     Remote(String),
     /// No PID and no timestamp: a waiter stamps it, so it ages.
@@ -32,41 +49,64 @@ pub enum Verdict {
     Stale(StaleReason),
 }
 
+impl Verdict {
+    /// Whether the job holds its machine.
+    pub fn is_live(&self) -> bool {
+        !matches!(self, Verdict::Stale(_))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StaleReason {
     DeadPid {
         pid: u32,
     },
+    /// A newer process has the PID; `late` is how many seconds after the
+    /// claim it started, where only a timestamp tells.
     ReusedPid {
         pid: u32,
-        started: i64,
-        claimed: i64,
+        late: Option<i64>,
     },
     Expired {
         age: i64,
         limit: u64,
     },
+    /// Claimed in another PID namespace of this kernel, and no process
+    /// holds its job lock.
+    LockFree {
+        pid: Option<u32>,
+    },
+    /// Claimed on this host before it last booted.
+    EarlierBoot,
 }
 
 impl fmt::Display for StaleReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StaleReason::DeadPid { pid } => write!(f, "PID {pid} is not running"),
+            StaleReason::ReusedPid { pid, late: None } => write!(
+                f,
+                "PID {pid} was reused: the process that has it is not the claimer"
+            ),
             StaleReason::ReusedPid {
                 pid,
-                started,
-                claimed,
+                late: Some(late),
             } => write!(
                 f,
-                "PID {pid} was reused: its process started {} s after the claim",
-                started - claimed
+                "PID {pid} was reused: its process started {late} s after the claim"
             ),
-            StaleReason::Expired { age, limit } => {
-                write!(
-                    f,
-                    "no PID recorded and claimed {age} s ago (stale after {limit} s)"
-                )
+            StaleReason::Expired { age, limit } => write!(
+                f,
+                "no PID recorded and claimed {age} s ago (stale after {limit} s)"
+            ),
+            StaleReason::LockFree { pid } => {
+                write!(f, "claimed in another PID namespace")?;
+                if let Some(pid) = pid {
+                    write!(f, " (PID {pid} there)")?;
+                }
+                write!(f, ", and no process holds its job lock")
             }
+            StaleReason::EarlierBoot => write!(f, "claimed before this host last booted"),
         }
     }
 }
@@ -76,44 +116,98 @@ pub struct Judge<'a, P: ProcessTable> {
     pub now: i64,
     pub stale_after: u64,
     pub host: &'a str,
+    pub place: &'a Place,
     pub processes: &'a P,
+    pub locks: &'a dyn JobLocks,
 }
 
 impl<P: ProcessTable> Judge<'_, P> {
-    pub fn judge(&self, job: &JobRecord) -> Verdict {
-        let remote = job.host.as_deref().filter(|&h| h != self.host);
-        match (job.pid, remote) {
-            (Some(pid), None) => match self.processes.probe(pid) {
-                Probe::Gone => Verdict::Stale(StaleReason::DeadPid { pid }),
-                Probe::Alive {
-                    started: Some(started),
-                } => match job.timestamp {
-                    Some(claimed) if started > claimed + REUSE_SLACK_SECS => {
-                        Verdict::Stale(StaleReason::ReusedPid {
-                            pid,
-                            started,
-                            claimed,
-                        })
+    /// The verdict on the job recorded on `machine`.
+    pub fn judge(&self, machine: &str, job: &JobRecord) -> Verdict {
+        let other_host = job.host.as_deref().filter(|&h| h != self.host);
+        let by_lock = |reason: StaleReason| {
+            if self.locks.held(machine) {
+                Verdict::HeldByLock
+            } else {
+                Verdict::Stale(reason)
+            }
+        };
+        let Some(pid) = job.pid else {
+            return self.judge_age(job);
+        };
+        match &job.origin {
+            Some(origin) if self.place.shares_pids_with(origin) => {
+                match self.processes.probe(pid) {
+                    Probe::Gone => by_lock(StaleReason::DeadPid { pid }),
+                    Probe::Alive { start: Some(start) } if start != origin.start => {
+                        by_lock(StaleReason::ReusedPid { pid, late: None })
+                    }
+                    Probe::Alive { .. } => Verdict::Live,
+                }
+            }
+            Some(origin) if self.place.same_boot(origin) => {
+                by_lock(StaleReason::LockFree { pid: Some(pid) })
+            }
+            // Another kernel: an earlier boot of this host, or another host.
+            Some(_) => match other_host {
+                Some(host) => Verdict::Remote(host.to_string()),
+                None => by_lock(StaleReason::EarlierBoot),
+            },
+            // No origin (another tool, an older mama): the host decides
+            // whether the PID is ours to judge.
+            None => match other_host {
+                Some(host) => Verdict::Remote(host.to_string()),
+                None => self.judge_pid_by_time(pid, job, &by_lock),
+            },
+        }
+    }
+
+    /// A PID recorded without an origin: alive, and started before the
+    /// claim (give or take the slack), measured as ages in the boot clock.
+    fn judge_pid_by_time(
+        &self,
+        pid: u32,
+        job: &JobRecord,
+        by_lock: &dyn Fn(StaleReason) -> Verdict,
+    ) -> Verdict {
+        match self.processes.probe(pid) {
+            Probe::Gone => by_lock(StaleReason::DeadPid { pid }),
+            Probe::Alive { start: Some(start) } => {
+                let age = self.processes.age(start);
+                match (job.timestamp, age) {
+                    (Some(claimed), Some(age)) => {
+                        let late = (self.now - claimed) - age;
+                        if late > REUSE_SLACK_SECS {
+                            by_lock(StaleReason::ReusedPid {
+                                pid,
+                                late: Some(late),
+                            })
+                        } else {
+                            Verdict::Live
+                        }
                     }
                     _ => Verdict::Live,
-                },
-                Probe::Alive { started: None } => Verdict::Live,
-            },
-            (Some(_), Some(host)) => Verdict::Remote(host.to_string()),
-            (None, _) => match job.timestamp {
-                None => Verdict::Unstamped,
-                Some(claimed) => {
-                    let age = self.now - claimed;
-                    if age > self.stale_after as i64 {
-                        Verdict::Stale(StaleReason::Expired {
-                            age,
-                            limit: self.stale_after,
-                        })
-                    } else {
-                        Verdict::Live
-                    }
                 }
-            },
+            }
+            Probe::Alive { start: None } => Verdict::Live,
+        }
+    }
+
+    /// A job without a PID ages out.
+    fn judge_age(&self, job: &JobRecord) -> Verdict {
+        match job.timestamp {
+            None => Verdict::Unstamped,
+            Some(claimed) => {
+                let age = self.now.saturating_sub(claimed);
+                if age > i64::try_from(self.stale_after).unwrap_or(i64::MAX) {
+                    Verdict::Stale(StaleReason::Expired {
+                        age,
+                        limit: self.stale_after,
+                    })
+                } else {
+                    Verdict::Live
+                }
+            }
         }
     }
 }
@@ -134,98 +228,201 @@ pub fn stale_after_from_env() -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use crate::os::Origin;
+    use std::collections::{HashMap, HashSet};
 
-    struct Table(HashMap<u32, Option<i64>>);
+    /// Processes by PID with their start ticks; ages are start ticks read
+    /// as seconds before `NOW_TICKS`.
+    struct Table(HashMap<u32, Option<u64>>);
+    const NOW_TICKS: u64 = 10_000;
+
     impl ProcessTable for Table {
         fn probe(&self, pid: u32) -> Probe {
             match self.0.get(&pid) {
                 None => Probe::Gone,
-                Some(&started) => Probe::Alive { started },
+                Some(&start) => Probe::Alive { start },
             }
         }
         fn parent(&self, _: u32) -> Option<u32> {
             None
         }
+        fn age(&self, start: u64) -> Option<i64> {
+            Some((NOW_TICKS - start) as i64)
+        }
+    }
+
+    struct Locks(HashSet<&'static str>);
+    impl JobLocks for Locks {
+        fn held(&self, machine: &str) -> bool {
+            self.0.contains(machine)
+        }
     }
 
     const NOW: i64 = 1_763_047_845;
+    const BOOT: &str = "boot-a";
+    const NS: u64 = 4026531836;
 
-    fn verdict(pid: Option<u32>, timestamp: Option<i64>, host: Option<&str>) -> Verdict {
-        let table = Table(HashMap::from([
-            (10, Some(NOW - 100)),
-            (11, Some(NOW - 1)),
-            (12, None),
-        ]));
-        let judge = Judge {
-            now: NOW,
-            stale_after: 300,
-            host: "here",
-            processes: &table,
-        };
-        judge.judge(&JobRecord {
+    fn origin(boot: &str, pidns: u64, start: u64) -> Option<Origin> {
+        Some(Origin {
+            boot: boot.into(),
+            pidns,
+            start,
+        })
+    }
+
+    fn job(pid: Option<u32>, timestamp: Option<i64>, host: Option<&str>) -> JobRecord {
+        JobRecord {
             label: "job".into(),
             pid,
             timestamp,
             host: host.map(str::to_string),
-        })
+            origin: None,
+        }
+    }
+
+    /// The verdict on `job` on machine "held" (whose job lock is held) or
+    /// "free" (whose lock is free).
+    fn verdict(machine: &str, job: &JobRecord) -> Verdict {
+        // PID 10 started 100 s ago, 11 one second ago, 12 is hidden.
+        let table = Table(HashMap::from([
+            (10, Some(NOW_TICKS - 100)),
+            (11, Some(NOW_TICKS - 1)),
+            (12, None),
+        ]));
+        let place = Place {
+            boot: Some(BOOT.into()),
+            pidns: Some(NS),
+        };
+        let locks = Locks(HashSet::from(["held"]));
+        let judge = Judge {
+            now: NOW,
+            stale_after: 300,
+            host: "here",
+            place: &place,
+            processes: &table,
+            locks: &locks,
+        };
+        judge.judge(machine, job)
+    }
+
+    fn with_origin(mut job: JobRecord, origin: Option<Origin>) -> JobRecord {
+        job.origin = origin;
+        job
     }
 
     #[test]
-    fn a_dead_pid_is_stale() {
+    fn a_pid_of_this_namespace_is_judged_by_its_exact_start() {
+        let mine = |pid, start| {
+            with_origin(
+                job(Some(pid), Some(NOW - 5000), Some("here")),
+                origin(BOOT, NS, start),
+            )
+        };
+        // The claimer runs: live, whatever the wall clock says of the claim.
+        assert_eq!(verdict("free", &mine(10, NOW_TICKS - 100)), Verdict::Live);
+        // Another process has the PID now.
         assert_eq!(
-            verdict(Some(99), Some(NOW), None),
+            verdict("free", &mine(10, NOW_TICKS - 150)),
+            Verdict::Stale(StaleReason::ReusedPid {
+                pid: 10,
+                late: None
+            })
+        );
+        assert_eq!(
+            verdict("free", &mine(99, 5)),
             Verdict::Stale(StaleReason::DeadPid { pid: 99 })
+        );
+        // Start time hidden by /proc: it exists, so it is live.
+        assert_eq!(verdict("free", &mine(12, 5)), Verdict::Live);
+        // A dead or reused PID whose job lock is still held: the job's
+        // processes outlived their mama.
+        assert_eq!(verdict("held", &mine(99, 5)), Verdict::HeldByLock);
+        assert_eq!(
+            verdict("held", &mine(10, NOW_TICKS - 150)),
+            Verdict::HeldByLock
         );
     }
 
     #[test]
-    fn a_live_pid_that_predates_its_claim_is_live() {
-        assert_eq!(verdict(Some(10), Some(NOW - 50), None), Verdict::Live);
-        // Within the slack: a claim stamped a moment before the start time.
-        assert_eq!(verdict(Some(11), Some(NOW - 3), None), Verdict::Live);
-        // Start time hidden by /proc: it exists, so it is live.
-        assert_eq!(verdict(Some(12), Some(NOW - 1000), None), Verdict::Live);
-        assert_eq!(verdict(Some(10), None, None), Verdict::Live);
+    fn a_pid_of_another_namespace_is_never_judged_only_its_lock() {
+        let theirs = with_origin(
+            job(Some(10), Some(NOW), Some("here")),
+            origin(BOOT, NS + 1, NOW_TICKS - 100),
+        );
+        assert_eq!(verdict("held", &theirs), Verdict::HeldByLock);
+        assert_eq!(
+            verdict("free", &theirs),
+            Verdict::Stale(StaleReason::LockFree { pid: Some(10) })
+        );
     }
 
     #[test]
-    fn a_pid_started_after_the_claim_was_reused() {
+    fn an_earlier_boot_of_this_host_is_stale_another_host_is_remote() {
+        let earlier = with_origin(
+            job(Some(10), Some(NOW), Some("here")),
+            origin("boot-old", NS, NOW_TICKS - 100),
+        );
         assert_eq!(
-            verdict(Some(10), Some(NOW - 200), None),
+            verdict("free", &earlier),
+            Verdict::Stale(StaleReason::EarlierBoot)
+        );
+        let elsewhere = with_origin(
+            job(Some(10), Some(NOW), Some("there")),
+            origin("boot-b", NS, 1),
+        );
+        assert_eq!(verdict("free", &elsewhere), Verdict::Remote("there".into()));
+    }
+
+    #[test]
+    fn a_record_without_origin_falls_back_to_ages() {
+        // Started 100 s ago, claimed 50 s ago: predates its claim.
+        assert_eq!(
+            verdict("free", &job(Some(10), Some(NOW - 50), None)),
+            Verdict::Live
+        );
+        // Within the slack.
+        assert_eq!(
+            verdict("free", &job(Some(11), Some(NOW - 3), None)),
+            Verdict::Live
+        );
+        assert_eq!(
+            verdict("free", &job(Some(12), Some(NOW - 1000), None)),
+            Verdict::Live
+        );
+        assert_eq!(verdict("free", &job(Some(10), None, None)), Verdict::Live);
+        assert_eq!(
+            verdict("free", &job(Some(10), Some(NOW - 200), None)),
             Verdict::Stale(StaleReason::ReusedPid {
                 pid: 10,
-                started: NOW - 100,
-                claimed: NOW - 200
+                late: Some(100)
             })
+        );
+        assert_eq!(
+            verdict("free", &job(Some(99), Some(NOW), Some("here"))),
+            Verdict::Stale(StaleReason::DeadPid { pid: 99 })
+        );
+        assert_eq!(
+            verdict("free", &job(Some(99), Some(NOW), Some("there"))),
+            Verdict::Remote("there".into())
         );
     }
 
     #[test]
     fn without_a_pid_age_decides() {
         assert_eq!(
-            verdict(None, Some(NOW - 301), None),
+            verdict("free", &job(None, Some(NOW - 301), None)),
             Verdict::Stale(StaleReason::Expired {
                 age: 301,
                 limit: 300
             })
         );
-        assert_eq!(verdict(None, Some(NOW - 300), None), Verdict::Live);
-        assert_eq!(verdict(None, None, None), Verdict::Unstamped);
-    }
-
-    #[test]
-    fn another_hosts_pid_is_not_judged_here() {
         assert_eq!(
-            verdict(Some(99), Some(NOW), Some("there")),
-            Verdict::Remote("there".into())
+            verdict("free", &job(None, Some(NOW - 300), None)),
+            Verdict::Live
         );
-        assert_eq!(
-            verdict(Some(99), Some(NOW), Some("here")),
-            Verdict::Stale(StaleReason::DeadPid { pid: 99 })
-        );
+        assert_eq!(verdict("free", &job(None, None, None)), Verdict::Unstamped);
         assert!(matches!(
-            verdict(None, Some(NOW - 999), Some("there")),
+            verdict("free", &job(None, Some(NOW - 999), Some("there"))),
             Verdict::Stale(_)
         ));
     }

@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -25,6 +26,10 @@ pub struct Job {
     pub args: Vec<OsString>,
     pub env: Vec<(String, OsString)>,
     pub timeout: Option<Duration>,
+    /// A descriptor the job inherits (the machine's job lock): the kernel
+    /// keeps the lock while any process of the job holds it, so the machine
+    /// stays busy after a killed mama until the job's last process ends.
+    pub inherit: Option<RawFd>,
 }
 
 /// How the job ended.
@@ -95,6 +100,7 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
     let parent = std::process::id() as libc::pid_t;
     let terminal = Terminal::foreground();
     let take_terminal = terminal.is_some();
+    let inherit = job.inherit;
     let mut command = Command::new(&job.program);
     command
         .args(&job.args)
@@ -109,6 +115,12 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
             // mama died before prctl took effect: do not run unsupervised.
             if libc::getppid() != parent {
                 libc::_exit(ExitCode::RunFailed.code());
+            }
+            // Keep the job lock open across exec (in the child only).
+            if let Some(fd) = inherit
+                && libc::fcntl(fd, libc::F_SETFD, 0) != 0
+            {
+                return Err(io::Error::last_os_error());
             }
             if take_terminal {
                 // Become the terminal's foreground group, as a shell makes

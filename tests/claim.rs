@@ -317,8 +317,8 @@ fn a_job_may_nest_a_run_on_its_own_machine() {
          \"$2\" info m --json > \"$1/inner.json\"; {}",
         wait_for_file("inner.go")
     );
-    // The outer job runs the inner `mama run`, then waits so the restored
-    // claim can be seen.
+    // The outer job runs the inner `mama run`, then waits so the claim can
+    // be seen after it.
     let outer = format!(
         "\"$2\" run m --job inner --no-wait -- sh -c '{inner}' sh \"$1\" \"$2\"; \
          echo $? > \"$1/inner.code\"; {}",
@@ -348,11 +348,21 @@ fn a_job_may_nest_a_run_on_its_own_machine() {
         &std::fs::read_to_string(env.path().join("inner.json")).expect("inner.json"),
     )
     .expect("JSON");
+    // The outer claim stands while the nested run runs: it is the one that
+    // lives as long as the machine is used.
     let info = env.info("m");
     for view in [&seen_inside, &info] {
-        assert_eq!(view["job"], "inner", "{view:#}");
-        assert_eq!(view["job_pid"], inner_pid, "{view:#}");
+        assert_eq!(view["job"], "outer", "{view:#}");
+        assert_eq!(view["job_pid"], mama.pid(), "{view:#}");
     }
+    let nested = env.events();
+    assert!(
+        nested.iter().any(|e| e["event"] == "claimed"
+            && e["job"] == "inner"
+            && e["pid"] == inner_pid
+            && e["detail"] == "nested in 'outer'"),
+        "{nested:#?}"
+    );
     let inner_env = std::fs::read_to_string(env.path().join("inner.env")).expect("inner.env");
     for line in [
         "MAMA_MACHINE=m",
@@ -413,8 +423,17 @@ fn a_job_may_be_a_nested_run_itself() {
         &std::fs::read_to_string(env.path().join("inner.json")).expect("inner.json"),
     )
     .expect("JSON");
-    assert_eq!(seen["job"], "inner", "{seen:#}");
-    assert_eq!(seen["job_pid"], inner_pid, "{seen:#}");
+    assert_eq!(seen["job"], "outer", "{seen:#}");
+    assert_ne!(seen["job_pid"], inner_pid, "{seen:#}");
+    let events = env.events();
+    for kind in ["claimed", "released"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == kind && e["job"] == "inner" && e["pid"] == inner_pid),
+            "{kind}: {events:#?}"
+        );
+    }
     assert_free(&env, "m");
 }
 

@@ -403,43 +403,31 @@ fn release_leaves_a_claim_that_is_no_longer_ours_alone() {
 }
 
 #[test]
-fn after_a_manual_clear_another_run_claims_and_keeps_the_machine() {
+fn after_a_manual_clear_runs_wait_until_the_job_still_running_ends() {
     let env = env_with_machine();
-    let (mut first, first_job) = start_first_then_clear(&env);
-
-    // `clear` is the manual override: the machine is free at once, though
-    // the first job still runs.
-    let second_script = format!(
-        "touch \"$1/second.started\"; {}",
-        wait_for_file("second.go")
-    );
-    let mut second = env.start(sh_job(
+    let first = env.start(sh_job(
         &env,
         "m",
-        &["--job", "second", "--no-wait"],
-        &second_script,
+        &["--job", "first"],
+        &pid_then_wait_for_go(),
     ));
-    wait_until("the second job to start", LIMIT, || {
-        env.path().join("second.started").exists()
-    });
-    assert!(first.running() && alive(first_job));
-    assert_claim(&env, "second", second.pid());
+    let first_job = job_pid(&env);
+    // `clear` forgets the record, but the job still runs: it says so, and
+    // the machine stays busy, so no second job can start beside it.
+    env.run(["clear", "m"]).ok_saying("still hold its job lock");
+    assert!(env.info("m")["job"].is_null());
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "still hold its job lock");
 
-    // The first run ends and leaves the second's claim alone.
+    let mut waiter = env.start(["run", "m", "--job", "waiter", "--", "true"]);
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+    let mut first = first;
+    assert!(first.running() && alive(first_job));
     env.touch("go");
     first.finish(LIMIT).ok_saying("leaving the record alone");
-    assert!(!alive(first_job));
-    assert_claim(&env, "second", second.pid());
-    assert!(second.running());
-
-    // A waiter behind the second run (which holds no job lock) still gets
-    // the machine when it ends.
-    let mut third = env.start(["run", "m", "--wait-timeout", "20", "--", "true"]);
-    third.expect_stderr("waiting to claim it", LIMIT);
-    env.touch("second.go");
-    assert_eq!(second.finish(LIMIT).code, Some(0));
-    assert_eq!(third.finish(LIMIT).code, Some(0));
+    assert_eq!(waiter.finish(LIMIT).code, Some(0));
     assert_released(&env, None);
+    assert!(has_event(&env.events(), "m", "claimed", None));
 }
 
 /// `mama ARGS` inside a pseudo-terminal (util-linux `script`), started in
