@@ -1,0 +1,270 @@
+//! Never a live job taken over: nested runs, PID namespaces, a job's
+//! leftover processes and clock steps, each with real processes.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// The state of `m` as `info --json` shows it: (state, stale).
+fn state_of(env: &TestEnv) -> (String, bool) {
+    let info = env.info("m");
+    (
+        info["state"].as_str().unwrap_or_default().to_string(),
+        info["stale"].as_bool().unwrap_or_default(),
+    )
+}
+
+/// A lab with the machine `m`.
+fn lab() -> TestEnv {
+    let env = TestEnv::new();
+    env.add("m", 1);
+    env
+}
+
+#[test]
+fn killing_a_nested_run_leaves_the_outer_claim_standing() {
+    let env = lab();
+    let dir = dir_arg(&env);
+    // The outer job starts a nested run on the same machine in the
+    // background, then waits for `go`.
+    let script = format!(
+        "\"$2\" run m --job inner -- sh -c 'echo $PPID > \"$1/inner.mama\"; sleep 600' \
+         sh \"$1\" >/dev/null 2>&1 & {}",
+        wait_for_file("go")
+    );
+    let mut outer = env.start([
+        "run", "m", "--job", "outer", "--", "sh", "-c", &script, "sh", &dir, MAMA,
+    ]);
+    let inner: u32 = read_line_of(&env.path().join("inner.mama"), LIMIT)
+        .parse()
+        .expect("the inner mama's PID");
+    // SAFETY: plain system call on a PID the test just read.
+    unsafe {
+        libc::kill(inner as libc::pid_t, libc::SIGKILL);
+    }
+    wait_until("the inner mama to die", LIMIT, || !alive(inner));
+
+    // The outer run still holds the machine: nobody may clear it or run.
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "runs job 'outer'");
+    assert_eq!(state_of(&env), ("busy".into(), false));
+    assert_eq!(env.info("m")["job_pid"], outer.pid());
+
+    env.touch("go");
+    let run = outer.finish(LIMIT);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(!run.stderr.contains("leaving the record alone"), "{run:#?}");
+    assert_eq!(state_of(&env), ("free".into(), false));
+}
+
+#[test]
+fn a_jobs_leftover_processes_keep_the_machine_busy_after_its_mama_is_killed() {
+    let env = lab();
+    let mut mama = env.start(sh_job(
+        &env,
+        "m",
+        &["--job", "bg"],
+        "sleep 600 >/dev/null 2>&1 & echo $! > \"$1/bg.pid\"; wait",
+    ));
+    let bg: u32 = read_line_of(&env.path().join("bg.pid"), LIMIT)
+        .parse()
+        .expect("the background PID");
+    mama.signal(libc::SIGKILL);
+    wait_until("mama to die", LIMIT, || !mama.running());
+    assert!(alive(bg), "the background process should outlive mama");
+
+    // Its mama is dead, but a process of the job runs on: busy, not stale.
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "still hold its job lock");
+    assert_eq!(state_of(&env), ("busy".into(), false));
+    let info = env.run(["info", "m"]);
+    assert!(info.ok().contains("hold its job lock"), "{info:#?}");
+
+    // When the last process of the job ends, a waiter gets the machine.
+    let mut waiter = env.start(["run", "m", "--job", "next", "--", "true"]);
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+    // SAFETY: plain system call on the background process's PID.
+    unsafe {
+        libc::kill(bg as libc::pid_t, libc::SIGKILL);
+    }
+    let run = waiter.finish(LIMIT);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stderr.contains("cleared stale job 'bg'"), "{run:#?}");
+    assert!(has_event(&env.events(), "m", "stale_cleared", None));
+}
+
+/// `mama ARGS` in a PID namespace of its own, where it is PID 1 with a
+/// /proc of its own (as in a container that shares the lab folder and the
+/// host name). The namespace dies with the unshare process.
+fn in_container(env: &TestEnv, args: &[&str]) -> Command {
+    let mut cmd = Command::new("unshare");
+    remove_mama_env(&mut cmd);
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", MAMA])
+        .args(args)
+        .env("MAMA_STATE", &env.state)
+        .env("MAMA_POLL_INTERVAL", "0.2")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+fn run_in_container(env: &TestEnv, args: &[&str]) -> Run {
+    in_container(env, args)
+        .output()
+        .expect("unshare runs")
+        .into()
+}
+
+#[test]
+fn a_claim_from_the_host_is_live_inside_a_pid_namespace() {
+    let env = lab();
+    let mut holder = env.start(sh_job(&env, "m", &["--job", "host"], &wait_for_file("go")));
+    wait_until("the claim", LIMIT, || env.info("m")["job"] == "host");
+
+    let inside = run_in_container(&env, &["info", "m", "--json"]);
+    let view: serde_json::Value = serde_json::from_str(inside.ok()).expect("JSON");
+    assert_eq!(view["state"], "busy", "{view:#}");
+    assert_eq!(view["stale"], false, "{view:#}");
+    run_in_container(&env, &["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "runs job 'host'");
+
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    run_in_container(&env, &["run", "m", "--no-wait", "--", "true"]).ok();
+}
+
+#[test]
+fn two_containers_whose_mama_is_pid_1_never_share_a_machine() {
+    let env = lab();
+    let dir = dir_arg(&env);
+    let script = format!("touch \"$1/a.started\"; {}", wait_for_file("go"));
+    let mut a = Bg::start(in_container(
+        &env,
+        &[
+            "run", "m", "--job", "a", "--", "sh", "-c", &script, "sh", &dir,
+        ],
+    ));
+    wait_until("container a's job", LIMIT, || {
+        env.path().join("a.started").exists()
+    });
+    assert_eq!(
+        env.info("m")["job_pid"],
+        1,
+        "mama is PID 1 in its namespace"
+    );
+
+    // The other container's mama is PID 1 too: that is not its claim.
+    run_in_container(&env, &["run", "m", "--job", "b", "--no-wait", "--", "true"])
+        .fails_saying(75, "runs job 'a'");
+    // Nor is it the host's init's: the host sees a live claim it cannot
+    // judge by PID, held by its job lock.
+    assert_eq!(state_of(&env), ("busy".into(), false));
+
+    env.touch("go");
+    assert_eq!(a.finish(LIMIT).code, Some(0));
+    assert_eq!(state_of(&env), ("free".into(), false));
+}
+
+#[test]
+fn a_crashed_containers_claim_goes_stale_although_pid_1_lives_on() {
+    let env = lab();
+    let dir = dir_arg(&env);
+    let script = format!("touch \"$1/a.started\"; {}", wait_for_file("never"));
+    let mut container = Bg::start(in_container(
+        &env,
+        &[
+            "run", "m", "--job", "boxed", "--", "sh", "-c", &script, "sh", &dir,
+        ],
+    ));
+    wait_until("the container's job", LIMIT, || {
+        env.path().join("a.started").exists()
+    });
+    assert_eq!(env.info("m")["job_pid"], 1);
+    // The container dies whole: its PID 1 (mama) and all in it.
+    container.signal(libc::SIGKILL);
+    wait_until("the container to die", LIMIT, || !container.running());
+    wait_until("the container's claim to go stale", LIMIT, || {
+        state_of(&env) == ("stale".into(), true)
+    });
+    let reason = env.info("m")["stale_reason"].to_string();
+    assert!(reason.contains("another PID namespace"), "{reason}");
+
+    let run = env.run(["run", "m", "--no-wait", "--", "true"]);
+    assert!(
+        run.ok_saying("cleared stale job 'boxed'")
+            .contains("another PID namespace")
+    );
+}
+
+#[test]
+fn a_claim_from_an_earlier_boot_of_this_host_is_stale_another_hosts_is_not() {
+    let env = lab();
+    let host = host_name();
+    let sleeping = sleeper();
+    // A live PID of this namespace, recorded in another boot: the PID
+    // means nothing now.
+    let origin = "boot=00000000-0000-0000-0000-000000000000 pidns=4026531836 start=1";
+    let record = |host: &str| {
+        with_job(&env.read_state(), "m", "old", Some(sleeping.pid()), unix_now()).replace(
+            "<startcmd/>",
+            &format!("<job_host>{host}</job_host>\n    <job_origin>{origin}</job_origin>\n    <startcmd/>"),
+        )
+    };
+    let clean = env.read_state();
+    env.write_state(&record(&host));
+    let info = env.info("m");
+    assert_eq!(info["stale"], true, "{info:#}");
+    assert!(
+        info["stale_reason"]
+            .to_string()
+            .contains("before this host last booted"),
+        "{info:#}"
+    );
+
+    env.write_state(&clean);
+    env.write_state(&record("elsewhere"));
+    let info = env.info("m");
+    assert_eq!(
+        (info["state"].clone(), info["stale"].clone()),
+        ("busy".into(), false.into())
+    );
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "on host elsewhere");
+}
+
+#[test]
+fn a_clock_step_after_the_claim_does_not_make_a_live_job_stale() {
+    let env = lab();
+    // The claiming mama's clock is 5 s behind the judges': as if the
+    // clock stepped forward by 5 s right after the claim.
+    let mut faked = Command::new("faketime");
+    remove_mama_env(&mut faked);
+    faked
+        .args(["-f", "-5s", MAMA])
+        .args(sh_job(
+            &env,
+            "m",
+            &["--job", "stepped"],
+            &wait_for_file("go"),
+        ))
+        .env("MAMA_STATE", &env.state)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null());
+    let mut holder = Bg::start(faked);
+    wait_until("the claim", LIMIT, || env.info("m")["job"] == "stepped");
+    let info = env.info("m");
+    let behind = unix_now() - info["job_timestamp"].as_i64().expect("a timestamp");
+    assert!(
+        behind >= 4,
+        "the claim should be stamped 5 s early: {info:#}"
+    );
+
+    assert_eq!(state_of(&env), ("busy".into(), false));
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "runs job 'stepped'");
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+}
