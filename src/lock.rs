@@ -93,17 +93,22 @@ impl std::os::fd::AsRawFd for FileLock {
 /// Whether some process holds the lock at `path` exclusively (a missing
 /// lock file is not held). Probes with a shared lock for an instant; a lock
 /// file this user may not open counts as held, since nothing else shows
-/// that it is free.
+/// that it is free. Never follows a link and never blocks on a FIFO; what
+/// is not a regular file holds no lock.
 pub fn is_held(path: &Path) -> bool {
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return false,
         Err(_) => return true,
     };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     match fs2::FileExt::try_lock_shared(&file) {
         Ok(()) => false,
         Err(e) => is_contention(&e),
