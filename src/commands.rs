@@ -167,12 +167,17 @@ pub fn log(
         .map(|e| e.seq)
         .or(snapshot.lab.event_seq())
         .unwrap_or(0);
+    // A bad poll interval is refused before anything is printed.
+    let poll = if follow {
+        poll_interval()?
+    } else {
+        DEFAULT_POLL
+    };
     let shown: Vec<Event> = events.into_iter().filter(|e| wanted(e)).collect();
     print_events(&shown, json, true)?;
     if !follow {
         return Ok(());
     }
-    let poll = poll_interval()?;
     loop {
         std::thread::sleep(poll);
         let (_, new) = store.read_events(Some(last))?;
@@ -393,7 +398,9 @@ fn poll_interval() -> Result<Duration> {
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "MAMA_POLL_INTERVAL must be a positive number of seconds, not '{v}'"
+                    "MAMA_POLL_INTERVAL must be a positive number of seconds, \
+                     at most {}, not '{v}'",
+                    crate::cli::MAX_SECS_TEXT
                 ))
             }),
     }
