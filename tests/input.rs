@@ -96,3 +96,123 @@ fn durations_past_100_years_are_refused_before_anything_is_claimed() {
     env.run(["run", "rig1", "--timeout", HUNDRED_YEARS, "--", "true"])
         .ok();
 }
+
+// ---------------------------------------------------------------------------
+// State files that are not XML 1.0
+
+/// Every command, reading or writing, refuses `text` naming the place and
+/// `says`, and leaves the file as it was.
+#[track_caller]
+fn refused(text: &[u8], place: &str, says: &str) {
+    let env = TestEnv::new();
+    fs::write(&env.state, text).expect("write state");
+    let place = format!("{}:{place}: ", env.state.display());
+    for (args, code) in [
+        (&["list"][..], 1),
+        (&["list", "--json"], 1),
+        (&["info", "rig1"], 1),
+        (&["set", "rig1", "os", "x"], 1),
+        (&["clear", "all"], 1),
+        (&["run", "rig1", "--", "true"], 125),
+    ] {
+        let run = env.run(args);
+        let what = format!("{args:?} on {:?}", String::from_utf8_lossy(text));
+        assert_eq!(run.code, Some(code), "{what}: {run:#?}");
+        assert!(
+            run.stderr.contains(&place),
+            "{what}: names {place}: {run:#?}"
+        );
+        assert!(run.stderr.contains(says), "{what}: says {says}: {run:#?}");
+        assert!(run.stdout.is_empty(), "{what}: {run:#?}");
+        assert_eq!(read_bytes(&env.state), text, "{what}: file unchanged");
+    }
+}
+
+const MACHINE: &str = "<machine><name>rig1</name><mac>aa:bb:cc:dd:ee:01</mac></machine>";
+
+#[test]
+fn characters_xml_forbids_are_refused_wherever_they_stand() {
+    let cases: &[(String, &str, &str)] = &[
+        (
+            format!("<settings>\n{MACHINE}<os>a\u{0}b</os>\n</settings>\n"),
+            "2:70",
+            "U+0000",
+        ),
+        (
+            format!("<settings>\n  {MACHINE}\n  <note>bell\u{7}</note>\n</settings>\n"),
+            "3:13",
+            "U+0007",
+        ),
+        (
+            format!("<settings a=\"x\u{1}y\">\n{MACHINE}\n</settings>\n"),
+            "1:15",
+            "U+0001",
+        ),
+        (
+            format!("<settings>\n<!-- esc \u{1b}[2J -->\n{MACHINE}\n</settings>\n"),
+            "2:10",
+            "U+001B",
+        ),
+        (
+            format!("<settings>\n<![CDATA[\u{1f}]]>\n{MACHINE}\n</settings>\n"),
+            "2:10",
+            "U+001F",
+        ),
+        (
+            format!("<?xml version=\"1.0\"?>\u{c}\n<settings>{MACHINE}</settings>\n"),
+            "1:22",
+            "U+000C",
+        ),
+        (
+            format!("<settings>{MACHINE}</settings>\n\u{fffe}"),
+            "2:1",
+            "U+FFFE",
+        ),
+    ];
+    for (text, place, says) in cases {
+        refused(text.as_bytes(), place, says);
+    }
+}
+
+#[test]
+fn a_less_than_sign_in_an_attribute_value_is_refused() {
+    refused(
+        b"<settings>\n  <machine id=\"a<b\"><name>rig1</name></machine>\n</settings>\n",
+        "2:17",
+        "'<'",
+    );
+}
+
+#[test]
+fn an_xml_declaration_must_open_the_file() {
+    let decl = "<?xml version=\"1.0\"?>";
+    refused(
+        format!("\n{decl}\n<settings>{MACHINE}</settings>\n").as_bytes(),
+        "2:1",
+        "XML declaration",
+    );
+    refused(
+        format!("<!-- x -->{decl}<settings>{MACHINE}</settings>\n").as_bytes(),
+        "1:11",
+        "XML declaration",
+    );
+    refused(
+        format!("<settings>\n  {decl}\n{MACHINE}</settings>\n").as_bytes(),
+        "2:3",
+        "XML declaration",
+    );
+    // After one byte-order mark it is at the start.
+    let env = TestEnv::new();
+    let text = format!("\u{feff}{decl}\n<settings>{MACHINE}</settings>\n");
+    env.write_state(&text);
+    env.run(["list"]).ok();
+}
+
+#[test]
+fn a_second_byte_order_mark_is_refused() {
+    refused(
+        format!("\u{feff}\u{feff}<settings>\n{MACHINE}\n</settings>\n").as_bytes(),
+        "1:2",
+        "U+FEFF",
+    );
+}
