@@ -382,6 +382,11 @@ impl Document {
     }
 }
 
+/// How deep elements may nest. The state file is three levels deep; a
+/// bound keeps a hostile or broken file from exhausting the stack of the
+/// code that writes and drops the tree (it recurses).
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser<'a> {
     text: &'a str,
     /// Where `text` starts in the file (after a byte-order mark).
@@ -482,6 +487,11 @@ impl<'a> Parser<'a> {
                         start,
                         "content after the end of the root element (only one root is allowed)",
                     ));
+                }
+                Event::Start(_) | Event::Empty(_) if stack.len() >= MAX_DEPTH => {
+                    return Err(
+                        self.error_at(start, format!("elements nested more than {MAX_DEPTH} deep"))
+                    );
                 }
                 Event::Start(tag) => {
                     check_attributes(&tag).map_err(|(at, m)| self.error_at(start + at, m))?;
@@ -759,6 +769,8 @@ mod tests {
             ("\n<?xml version=\"1.0\"?><s/>", "XML declaration"),
             ("<s><?xml version=\"1.0\"?></s>", "XML declaration"),
             ("\u{feff}\u{feff}<s/>", "U+FEFF"),
+            (&"<a>".repeat(MAX_DEPTH + 1), "nested"),
+            (&format!("{}<a/>", "<a>".repeat(MAX_DEPTH)), "nested"),
             ("<s a=1/>", "attribute"),
             (
                 "<?xml version=\"1.0\" encoding=\"latin1\"?><s/>",
@@ -786,6 +798,14 @@ mod tests {
         // one byte-order mark is at the start.
         roundtrip("\u{feff}<?xml version=\"1.0\"?><s a='\u{85}'>\u{7f}\u{9b}\u{feff}</s>");
         roundtrip("<?xml-stylesheet href=\"a\"?><s/>");
+        let deepest = MAX_DEPTH - 1;
+        roundtrip(&format!(
+            "{}<a/>{}",
+            "<a>".repeat(deepest),
+            "</a>".repeat(deepest)
+        ));
+        let err = Document::parse(&"<a>".repeat(200_000)).unwrap_err();
+        assert_eq!((err.line, err.column), (1, MAX_DEPTH * 3 + 1), "{err}");
     }
 
     #[test]

@@ -216,3 +216,32 @@ fn a_second_byte_order_mark_is_refused() {
         "U+FEFF",
     );
 }
+
+// ---------------------------------------------------------------------------
+// Depth
+
+#[test]
+fn a_file_nested_200000_deep_is_refused_not_a_crash() {
+    let env = TestEnv::new();
+    let depth = 200_000;
+    let mut text = format!("<?xml version=\"1.0\"?>\n<settings>{MACHINE}\n");
+    text.push_str(&"<x>".repeat(depth));
+    text.push_str(&"</x>".repeat(depth));
+    text.push_str("\n</settings>\n");
+    env.write_state(&text);
+    let before = read_bytes(&env.state);
+    for (args, code) in [
+        (&["list"][..], 1),
+        (&["info", "rig1", "--json"], 1),
+        (&["set", "rig1", "os", "x"], 1),
+        (&["run", "rig1", "--", "true"], 125),
+    ] {
+        let run = env.run(args);
+        assert_eq!(run.code, Some(code), "{args:?}: {run:#?}");
+        assert!(run.stderr.contains("nested"), "{args:?}: {run:#?}");
+        // The first element too deep: the 64th <x> (depth 65).
+        let place = format!("{}:3:{}: ", env.state.display(), 63 * 3 + 1);
+        assert!(run.stderr.contains(&place), "{args:?}: {place}: {run:#?}");
+        assert_eq!(read_bytes(&env.state), before, "{args:?}: unchanged");
+    }
+}
