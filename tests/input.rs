@@ -245,3 +245,42 @@ fn a_file_nested_200000_deep_is_refused_not_a_crash() {
         assert_eq!(read_bytes(&env.state), before, "{args:?}: unchanged");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Long names
+
+#[test]
+fn long_names_get_lock_files_the_file_system_takes() {
+    let env = TestEnv::new();
+    let names = [
+        "%".repeat(85),
+        "é".repeat(43),
+        "a".repeat(255),
+        format!("{}b", "a".repeat(254)),
+        format!("{}é", "%".repeat(83)),
+    ];
+    for (n, name) in names.iter().enumerate() {
+        env.add(name, n as u8 + 1);
+    }
+    for name in &names {
+        env.run(["run", name, "--", "true"]).ok();
+        env.run(["wait", name, "--timeout", "0"]).ok();
+    }
+    let locks = env.path().join("mama.xml.locks");
+    let files: Vec<String> = fs::read_dir(&locks)
+        .expect("the job locks folder")
+        .map(|e| e.expect("entry").file_name().into_string().expect("ASCII"))
+        .collect();
+    assert_eq!(files.len(), names.len(), "one lock a machine: {files:#?}");
+    for file in &files {
+        assert!(file.len() <= 255, "{file}");
+        assert!(file.ends_with(".lock"), "{file}");
+    }
+    // Readable: a long name's lock file starts like the name.
+    assert!(
+        files.iter().any(|f| f.starts_with("aaaaaaaaaa")),
+        "{files:#?}"
+    );
+    assert!(files.iter().any(|f| f.starts_with("%25%25")), "{files:#?}");
+    assert!(files.iter().any(|f| f.starts_with("%C3%A9")), "{files:#?}");
+}
