@@ -20,6 +20,243 @@ fn output(mut cmd: std::process::Command) -> Run {
 }
 
 // ---------------------------------------------------------------------------
+// Control characters
+
+/// Whether `c` could move a terminal's cursor or start an escape sequence:
+/// C0 controls (line breaks aside), DEL and C1 controls.
+fn is_terminal_control(c: char) -> bool {
+    (c.is_control() && c != '\n') || ('\u{80}'..='\u{9f}').contains(&c)
+}
+
+#[track_caller]
+fn assert_printable(what: &str, text: &str) {
+    if let Some(c) = text.chars().find(|&c| is_terminal_control(c)) {
+        panic!(
+            "{what}: a raw U+{:04X} reaches the terminal: {text:?}",
+            c as u32
+        );
+    }
+}
+
+/// The events as `log --json` prints them, held in the state file itself
+/// (a state file that another tool or a person wrote).
+fn with_events(xml: &str, json_lines: &[String]) -> String {
+    let events = format!(
+        "  <pending_events>{}\n</pending_events>\n  <event_seq>{}</event_seq>\n</settings>\n",
+        json_lines.join("\n"),
+        json_lines.len()
+    );
+    xml.replacen("</settings>\n", &events, 1)
+}
+
+#[test]
+fn escape_bell_and_c1_controls_are_refused_from_the_command_line() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let before = read_bytes(&env.state);
+    let marker = env.path().join("job-ran");
+    let marker_arg = marker.to_str().expect("utf-8 path");
+    for c in ['\u{1b}', '\u{7}', '\u{9b}', '\u{80}', '\u{85}', '\u{9f}'] {
+        let name = format!("U+{:04X}", c as u32);
+        for attr in ["os", "kernel", "params", "vmparams", "startcmd", "stopcmd"] {
+            let run = env.run(["set", "rig1", attr, &format!("a{c}b")]);
+            let stderr = run.fails_saying(1, &name);
+            assert_printable("the refusal", stderr);
+        }
+        let run = env.run([
+            "add",
+            "rig2",
+            "--mac",
+            "aa:bb:cc:dd:ee:02",
+            "--resources",
+            &format!("hub{c}"),
+        ]);
+        run.fails_saying(1, &name);
+        assert!(
+            run.stderr.contains("resources"),
+            "names the field: {run:#?}"
+        );
+
+        let label = format!("smoke {c}[2J");
+        let run = env.run(["run", "rig1", "--job", &label, "--", "touch", marker_arg]);
+        let stderr = run.fails_saying(125, &name);
+        assert!(stderr.contains("job"), "names the field: {run:#?}");
+        assert_printable("the refusal", stderr);
+        assert!(!marker.exists(), "{name}: the job must not run");
+        assert_eq!(read_bytes(&env.state), before, "{name}: file unchanged");
+    }
+    assert!(env.events().iter().all(|e| e["event"] != "claimed"));
+}
+
+#[test]
+fn controls_in_a_hand_edited_file_are_shown_escaped() {
+    let env = TestEnv::new();
+    let holder = sleeper();
+    let now = unix_now();
+    let label = "evil\u{9b}2J\u{85}fake\u{7f}";
+    let xml = lab_xml(&[
+        machine_xml(
+            "rig1",
+            1,
+            &[
+                ("os", "os\u{9b}31m"),
+                ("reservation", "bob\u{90}"),
+                ("boot_params", "one&#10;two&#9;three&#13;"),
+            ],
+        ),
+        machine_xml("rig2", 2, &[]),
+    ]);
+    let xml = with_job(&xml, "rig1", label, Some(holder.pid()), now);
+    let event = format!(
+        r#"{{"seq":1,"time":{now},"machine":"rig1","event":"set","job":"j\u009b","pid":null,"user":"u\u0085","host":"h\u0090","detail":"os=a\nfake row\u009b"}}"#
+    );
+    env.write_state(&with_events(&xml, &[event]));
+    let before = read_bytes(&env.state);
+
+    let list = env.run(["list"]);
+    let table = list.ok();
+    assert_printable("list", table);
+    assert!(table.contains(r"evil\u{9b}2J\u{85}fake\x7f"), "{table}");
+    assert!(table.contains(r"bob\u{90}"), "{table}");
+
+    let info = env.run(["info", "rig1"]);
+    let text = info.ok();
+    assert_printable("info", text);
+    for shown in [
+        r"Running job:",
+        r"evil\u{9b}2J\u{85}fake\x7f",
+        r"os\u{9b}31m",
+        r"one\ntwo\tthree\r",
+        r"os=a\nfake row\u{9b}",
+    ] {
+        assert!(text.contains(shown), "info shows {shown:?}: {text}");
+    }
+    assert!(
+        text.lines().all(|l| !l.starts_with("fake row")),
+        "no faked line: {text}"
+    );
+
+    let log = env.run(["log"]);
+    let text = log.ok();
+    assert_printable("log", text);
+    assert_eq!(text.lines().count(), 2, "a header and one row: {text}");
+    for shown in [r"j\u{9b}", r"u\u{85}@h\u{90}", r"os=a\nfake row\u{9b}"] {
+        assert!(text.contains(shown), "log shows {shown:?}: {text}");
+    }
+
+    // JSON: C1 controls and DEL come out as \u escapes, and read back as
+    // they are stored.
+    for args in [
+        &["list", "--json"][..],
+        &["info", "rig1", "--json"],
+        &["log", "--json"],
+        &["get", "rig1", "job", "--json"],
+    ] {
+        let run = env.run(args);
+        assert_printable(&args.join(" "), run.ok());
+        assert!(run.stdout.contains(r"\u009b"), "{args:?}: {run:#?}");
+    }
+    assert_eq!(env.run(["list", "--json"]).json()[0]["job"], label);
+    assert_eq!(env.info("rig1")["reservation"], "bob\u{90}");
+    assert_eq!(env.run(["log", "--json"]).json()["user"], "u\u{85}");
+    assert_eq!(env.run(["get", "rig1", "job", "--json"]).json(), label);
+
+    // `get` into a pipe prints the value as stored, for scripts.
+    assert_eq!(env.run(["get", "rig1", "job"]).ok(), format!("{label}\n"));
+    assert_eq!(
+        env.run(["get", "rig1", "os"]).ok(),
+        "os\u{9b}31m\n",
+        "raw for scripts"
+    );
+
+    // The busy message names the job safely.
+    let wait = env.run(["wait", "rig1", "--timeout", "0"]);
+    let stderr = wait.fails_saying(75, r"evil\u{9b}2J\u{85}fake\x7f");
+    assert_printable("the busy message", stderr);
+    assert_eq!(read_bytes(&env.state), before, "reading changes nothing");
+}
+
+#[test]
+fn a_stale_job_with_controls_is_reported_escaped_when_cleared() {
+    let env = TestEnv::new();
+    let xml = lab_xml(&[machine_xml("rig1", 1, &[])]);
+    let label = "gone\u{9b}2K\u{7f}";
+    env.write_state(&with_job(&xml, "rig1", label, Some(dead_pid()), unix_now()));
+    let run = env.run(["wait", "rig1", "--timeout", "5"]);
+    let line = run.ok_saying("cleared stale job").to_string();
+    assert_printable("the stale report", &run.stderr);
+    assert!(line.contains(r"gone\u{9b}2K\x7f"), "{run:#?}");
+}
+
+/// `mama ARGS` with stdout on a pseudo-terminal (`script`); what the
+/// terminal showed.
+fn on_a_terminal(env: &TestEnv, args: &[&str]) -> String {
+    let quote = |word: &str| format!("'{}'", word.replace('\'', r"'\''"));
+    let line: Vec<String> = std::iter::once(MAMA)
+        .chain(args.iter().copied())
+        .map(quote)
+        .collect();
+    let mut script = std::process::Command::new("script");
+    remove_mama_env(&mut script);
+    script
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .env("MAMA_STATE", &env.state)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null());
+    output(script).ok().to_string()
+}
+
+#[test]
+fn get_escapes_controls_on_a_terminal_only() {
+    let env = TestEnv::new();
+    env.write_state(&lab_xml(&[machine_xml(
+        "rig\u{85}1",
+        1,
+        &[("os", "os\u{9b}31m&#10;x")],
+    )]));
+    let shown = on_a_terminal(&env, &["get", "rig\u{85}1", "os"]);
+    assert!(shown.contains(r"os\u{9b}31m\nx"), "{shown:?}");
+    assert!(!shown.contains('\u{9b}'), "{shown:?}");
+    let names = on_a_terminal(&env, &["list", "--names"]);
+    assert!(names.contains(r"rig\u{85}1"), "{names:?}");
+    // Into a pipe, as stored.
+    assert_eq!(
+        env.run(["get", "rig\u{85}1", "os"]).ok(),
+        "os\u{9b}31m\nx\n"
+    );
+    assert_eq!(env.run(["list", "--names"]).ok(), "rig\u{85}1\n");
+}
+
+#[test]
+fn newlines_and_tabs_in_values_cannot_fake_lines() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.run(["set", "rig1", "os", "one\nState:    free\ttab"])
+        .ok();
+    let info = env.run(["info", "rig1"]);
+    let text = info.ok();
+    assert_printable("info", text);
+    assert!(
+        text.contains(r"one\nState:    free\ttab"),
+        "one line: {text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("State:")).count(),
+        1,
+        "{text}"
+    );
+    let log = env.run(["log"]);
+    assert_printable("log", log.ok());
+    assert!(log.stdout.contains(r"os=one\nState:"), "{log:#?}");
+    // Scripts still get the value as it is.
+    assert_eq!(
+        env.run(["get", "rig1", "os"]).ok(),
+        "one\nState:    free\ttab\n"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Numbers out of range
 
 /// 100 years in seconds: the longest duration mama takes.
