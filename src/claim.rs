@@ -135,7 +135,10 @@ impl Busy {
             if machine == target {
                 "it".to_string()
             } else {
-                format!("{machine}, which shares a resource with it,")
+                format!(
+                    "{}, which shares a resource with it,",
+                    render::printable(machine)
+                )
             }
         };
         match self {
@@ -144,11 +147,15 @@ impl Busy {
                 job,
                 verdict,
             } => {
-                let mut text = format!("{} runs job '{}'", subject(machine), job.label);
+                let mut text = format!(
+                    "{} runs job '{}'",
+                    subject(machine),
+                    render::printable(&job.label)
+                );
                 if let Some(pid) = job.pid {
                     text.push_str(&format!(" (PID {pid}"));
                     if let Verdict::Remote(host) = verdict {
-                        text.push_str(&format!(" on host {host}"));
+                        text.push_str(&format!(" on host {}", render::printable(host)));
                     }
                     text.push(')');
                 }
@@ -160,7 +167,11 @@ impl Busy {
                 }
                 text
             }
-            Busy::Reserved { machine, by } => format!("{} is reserved by {by}", subject(machine)),
+            Busy::Reserved { machine, by } => format!(
+                "{} is reserved by {}",
+                subject(machine),
+                render::printable(by)
+            ),
             Busy::Started { machine } => format!(
                 "{} was started by hand (is_started is set)",
                 subject(machine)
@@ -292,7 +303,7 @@ fn report_cleared(machine: &str, job: &JobRecord, reason: &StaleReason) {
     let pid = job.pid.map(|p| format!(", PID {p}")).unwrap_or_default();
     say!(
         "mama: cleared stale job '{}' on {machine}{pid}: {reason}",
-        job.label
+        render::printable(&job.label)
     );
 }
 

@@ -234,12 +234,27 @@ impl GetAttr {
     }
 }
 
-/// Seconds as a duration: a non-negative number, fractions allowed.
+/// The longest duration mama takes anywhere (options, environment
+/// variables): 100 years, in seconds. Longer ones are refused, so no
+/// deadline or age computed from one can overflow.
+pub const MAX_SECS: u64 = 3_155_760_000;
+
+/// [`MAX_SECS`] as people read it, for messages.
+pub const MAX_SECS_TEXT: &str = "100 years (3155760000 s)";
+
+/// Seconds as a duration: a non-negative number, fractions allowed, at most
+/// [`MAX_SECS`].
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if secs.is_nan() || secs < 0.0 {
+        return Err(format!("'{text}' is not a non-negative number of seconds"));
+    }
+    if secs > MAX_SECS as f64 {
+        return Err(format!("'{text}' seconds is longer than {MAX_SECS_TEXT}"));
+    }
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("'{text}' is not a non-negative number of seconds"))
 }
@@ -250,7 +265,11 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
     let bad = || format!("'{text}' is not a duration (like 90s, 15m, 2h, 3d or 1h30m)");
     let text = text.trim();
     if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+        return checked_age(text, secs);
+    }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only, yet too big for a u64.
+        return checked_age(text, u64::MAX);
     }
     let mut total = 0u64;
     let mut number = String::new();
@@ -267,17 +286,28 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
             'w' => 7 * 86400,
             _ => return Err(bad()),
         };
-        let n: u64 = number.parse().map_err(|_| bad())?;
+        if number.is_empty() {
+            return Err(bad());
+        }
+        let n: u64 = number.parse().unwrap_or(u64::MAX);
+        // Past u64 is past the bound too.
         total = n
             .checked_mul(unit)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
+            .unwrap_or(u64::MAX);
         number.clear();
     }
     if !number.is_empty() || text.is_empty() {
         return Err(bad());
     }
-    Ok(Duration::from_secs(total))
+    checked_age(text, total)
+}
+
+fn checked_age(text: &str, secs: u64) -> Result<Duration, String> {
+    if secs > MAX_SECS {
+        return Err(format!("'{text}' is longer than {MAX_SECS_TEXT}"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -309,5 +339,26 @@ mod tests {
         assert!(parse_seconds("nan").is_err());
         assert!(parse_seconds("inf").is_err());
         assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn durations_stop_at_100_years() {
+        let max = Duration::from_secs(MAX_SECS);
+        assert_eq!(parse_seconds("3155760000"), Ok(max));
+        assert_eq!(parse_age("36525d"), Ok(max));
+        for long in ["3155760000.5", "1e19", "1e300", "18446744073709551616"] {
+            let err = parse_seconds(long).unwrap_err();
+            assert!(err.contains("100 years"), "{long}: {err}");
+        }
+        for long in [
+            "3155760001",
+            "36525d1s",
+            "99999999999w",
+            "99999999999999999999",
+        ] {
+            let err = parse_age(long).unwrap_err();
+            assert!(err.contains("100 years"), "{long}: {err}");
+        }
+        assert!(parse_age("99999999999999999999x").is_err());
     }
 }

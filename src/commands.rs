@@ -85,7 +85,14 @@ fn out(text: &str) -> Result<()> {
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::Invalid(format!("cannot write JSON: {e}")))?;
-    out(&format!("{text}\n"))
+    out(&format!("{}\n", render::json_safe(text)))
+}
+
+/// Whether stdout is a terminal: then even raw values are printed safe for
+/// it (scripts reading a pipe get them as stored).
+fn stdout_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
 }
 
 pub fn list(store: &Store, json: bool) -> Result<()> {
@@ -108,11 +115,18 @@ pub fn list(store: &Store, json: bool) -> Result<()> {
 
 /// `list --names`: the machine names, one a line, for shell completion.
 pub fn names(store: &Store) -> Result<()> {
+    let terminal = stdout_is_terminal();
     let names: String = store
         .read()?
         .lab
         .machines()
-        .map(|m| format!("{}\n", m.name()))
+        .map(|m| {
+            if terminal {
+                format!("{}\n", render::printable(&m.name()))
+            } else {
+                format!("{}\n", m.name())
+            }
+        })
         .collect();
     out(&names)
 }
@@ -173,12 +187,17 @@ pub fn log(
         .map(|e| e.seq)
         .or(snapshot.lab.event_seq())
         .unwrap_or(0);
+    // A bad poll interval is refused before anything is printed.
+    let poll = if follow {
+        poll_interval()?
+    } else {
+        DEFAULT_POLL
+    };
     let shown: Vec<Event> = events.into_iter().filter(|e| wanted(e)).collect();
     print_events(&shown, json, true)?;
     if !follow {
         return Ok(());
     }
-    let poll = poll_interval()?;
     loop {
         std::thread::sleep(poll);
         let (_, new) = store.read_events(Some(last))?;
@@ -198,7 +217,7 @@ fn print_events(events: &[Event], json: bool, header: bool) -> Result<()> {
         for event in events {
             let line = serde_json::to_string(event)
                 .map_err(|e| Error::Invalid(format!("cannot write JSON: {e}")))?;
-            text.push_str(&line);
+            text.push_str(&render::json_safe(line));
             text.push('\n');
         }
     } else if header {
@@ -279,6 +298,8 @@ pub fn get(store: &Store, machine: &str, attr: GetAttr, json: bool) -> Result<()
     let value = lab.get(machine)?.get(attr.field());
     if json {
         print_json(&(!value.is_empty()).then_some(value))
+    } else if stdout_is_terminal() {
+        out(&format!("{}\n", render::printable(&value)))
     } else {
         out(&format!("{value}\n"))
     }
@@ -391,7 +412,10 @@ pub fn release_forced(store: &Store, machine: &str) -> Result<()> {
         Ok(holder)
     })?;
     match holder {
-        Some(holder) => say!("mama: released {machine} (reserved by {holder})"),
+        Some(holder) => say!(
+            "mama: released {machine} (reserved by {})",
+            render::printable(&holder)
+        ),
         None => say!("mama: {machine} was not reserved"),
     }
     Ok(())
@@ -407,7 +431,9 @@ fn poll_interval() -> Result<Duration> {
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "MAMA_POLL_INTERVAL must be a positive number of seconds, not '{v}'"
+                    "MAMA_POLL_INTERVAL must be a positive number of seconds, \
+                     at most {}, not '{v}'",
+                    crate::cli::MAX_SECS_TEXT
                 ))
             }),
     }
@@ -475,7 +501,7 @@ pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
                 .to_string_lossy()
         ),
     };
-    lab::check_value(Field::Job, &label)?;
+    lab::check_input(Field::Job, &label)?;
     let intent = Intent::Run {
         label: label.clone(),
     };

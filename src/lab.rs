@@ -310,6 +310,22 @@ pub fn check_value(field: Field, value: &str) -> Result<(), Error> {
     }
 }
 
+/// Refuses what a user gives for a field that the state file cannot hold,
+/// or that a terminal would act on when it is shown: C1 controls
+/// (U+0080 to U+009F), which XML allows.
+pub fn check_input(field: Field, value: &str) -> Result<(), Error> {
+    check_value(field, value)?;
+    match value.chars().find(|c| ('\u{80}'..='\u{9f}').contains(c)) {
+        None => Ok(()),
+        Some(c) => Err(Error::Invalid(format!(
+            "the value for {} contains the control character U+{:04X}, which a terminal \
+             would act on when it is shown",
+            field.tag(),
+            c as u32
+        ))),
+    }
+}
+
 /// A machine to add.
 #[derive(Debug, Clone, Default)]
 pub struct NewMachine {
@@ -644,7 +660,7 @@ mod tests {
 /// Checks and normalises what a user gives for a field; the error names the
 /// field and says what is expected.
 pub fn normalize(field: Field, value: &str) -> Result<String, Error> {
-    check_value(field, value)?;
+    check_input(field, value)?;
     let trimmed = value.trim();
     match field {
         Field::Mac => normalize_mac(trimmed),

@@ -57,7 +57,13 @@ pub fn run(cli: Cli) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            say!("{} {e}", style::error_prefix());
+            // A message may quote the state file or the history: shown
+            // safe for a terminal, its own line breaks kept.
+            say!(
+                "{} {}",
+                style::error_prefix(),
+                render::printable_lines(&e.to_string())
+            );
             match e {
                 Error::Busy(_) => ExitCode::Busy.code(),
                 _ if is_run => ExitCode::RunFailed.code(),

@@ -168,10 +168,20 @@ pub fn share_like(file: &File, like: &Metadata) {
     let _ = std::os::unix::fs::fchown(file, None, Some(like.gid()));
 }
 
+/// The longest lock file name used as the plain encoding of a name; file
+/// systems take 255 bytes.
+const MAX_PLAIN_FILE_NAME: usize = 200;
+/// How much of a long name's encoding starts its lock file name.
+const LONG_NAME_PREFIX: usize = 160;
+
 /// The path of a lock file for `name` in `dir`; names that could not be a
-/// plain file name are percent-encoded.
+/// plain file name are percent-encoded. A name whose file name would be
+/// longer than [`MAX_PLAIN_FILE_NAME`] bytes gets a readable start of its
+/// encoding (cut between whole characters and `%XX`), `~` and a hash of the
+/// whole name. No plain encoding holds `~`, so the two kinds never meet.
 pub fn path_in(dir: &Path, name: &str) -> PathBuf {
-    let mut file = String::with_capacity(name.len() + 5);
+    const SUFFIX: &str = ".lock";
+    let mut file = String::with_capacity(name.len() + SUFFIX.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') || (b == b'.' && !file.is_empty())
         {
@@ -180,8 +190,30 @@ pub fn path_in(dir: &Path, name: &str) -> PathBuf {
             file.push_str(&format!("%{b:02X}"));
         }
     }
-    file.push_str(".lock");
+    if file.len() + SUFFIX.len() > MAX_PLAIN_FILE_NAME {
+        let bytes = file.as_bytes();
+        let mut cut = 0;
+        while cut < bytes.len() {
+            let next = cut + if bytes[cut] == b'%' { 3 } else { 1 };
+            if next > LONG_NAME_PREFIX {
+                break;
+            }
+            cut = next;
+        }
+        file = format!("{}~{:032x}", &file[..cut], fnv1a_128(name.as_bytes()));
+    }
+    file.push_str(SUFFIX);
     dir.join(file)
+}
+
+/// The 128-bit FNV-1a hash: tiny, and the same in every build and version
+/// of mama (lock file names must agree between them).
+fn fnv1a_128(bytes: &[u8]) -> u128 {
+    const OFFSET_BASIS: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &b| {
+        (hash ^ u128::from(b)).wrapping_mul(PRIME)
+    })
 }
 
 /// A repeating `SIGALRM` timer that interrupts a blocking `flock` (as
@@ -232,5 +264,59 @@ fn set_timer(tick: libc::timeval) {
     // SAFETY: plain system call on a valid struct.
     unsafe {
         libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_128_matches_the_published_values() {
+        assert_eq!(fnv1a_128(b""), 0x6c62272e07bb014262b821756295c58d);
+        assert_eq!(fnv1a_128(b"a"), 0xd228cb696f1a8caf78912b704e4a8964);
+        assert_eq!(fnv1a_128(b"foobar"), 0x343e1662793c64bf6f0d3597ba446f18);
+    }
+
+    fn file_name(name: &str) -> String {
+        let path = path_in(Path::new("/locks"), name);
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn short_names_are_percent_encoded() {
+        assert_eq!(file_name("rig1"), "rig1.lock");
+        assert_eq!(file_name(".x/y é"), "%2Ex%2Fy%20%C3%A9.lock");
+        assert_eq!(
+            file_name(&"a".repeat(195)),
+            format!("{}.lock", "a".repeat(195))
+        );
+    }
+
+    #[test]
+    fn long_names_keep_a_readable_start_and_a_hash() {
+        let long = "a".repeat(196);
+        let hash = format!("{:032x}", fnv1a_128(long.as_bytes()));
+        assert_eq!(file_name(&long), format!("{}~{hash}.lock", "a".repeat(160)));
+        // Cut between whole %XX: 53 of them are 159 bytes.
+        let percent = file_name(&"%".repeat(85));
+        assert!(
+            percent.starts_with(&format!("{}~", "%25".repeat(53))),
+            "{percent}"
+        );
+        for name in [
+            "%".repeat(85),
+            "é".repeat(43),
+            "a".repeat(255),
+            "\u{10ffff}".repeat(63),
+        ] {
+            assert!(file_name(&name).len() <= MAX_PLAIN_FILE_NAME, "{name}");
+        }
+        let one = format!("{}a", "x".repeat(254));
+        let other = format!("{}b", "x".repeat(254));
+        assert_ne!(file_name(&one), file_name(&other));
     }
 }

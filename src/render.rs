@@ -1,5 +1,12 @@
 //! What users read: the `list` table, `info` fields, and their JSON.
+//!
+//! Text from the state file or the history is the lab's, not ours: a
+//! hand-edited file may hold controls that a terminal would act on. Every
+//! such text goes through [`printable`] on its way to a terminal, and JSON
+//! through [`json_safe`].
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::{Local, TimeZone};
@@ -12,6 +19,69 @@ use crate::lab::{Field, Machine};
 use crate::os::ProcessTable;
 use crate::stale::{Judge, Verdict};
 use crate::style::{self, Tone};
+
+/// Whether a terminal could act on `c`: C0 controls (line breaks and tabs
+/// included), DEL and C1 controls.
+fn is_terminal_control(c: char) -> bool {
+    c.is_control()
+}
+
+/// `text` made safe for a terminal: every control character, which could
+/// move the cursor, start an escape sequence or fake a line, is shown as an
+/// escape instead: `\n`, `\t`, `\r`, `\x1b` (other C0 controls and DEL),
+/// `\u{9b}` (C1 controls). Everything else is kept.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_terminal_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if u32::from(c) < 0x80 && is_terminal_control(c) => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if is_terminal_control(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `text`, line by line, made safe for a terminal (see [`printable`]): for
+/// messages whose line breaks are their own.
+pub fn printable_lines(text: &str) -> String {
+    text.split('\n')
+        .map(printable)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// JSON text with DEL and C1 controls written as `\u00XX` escapes
+/// (serde_json escapes C0 controls but leaves these raw, and a terminal
+/// acts on C1). They only ever stand inside strings, where the escape
+/// reads back as the same character.
+pub fn json_safe(json: String) -> String {
+    // C0 controls stand only between values here (pretty printing's line
+    // breaks): serde_json escapes them inside strings.
+    let raw_in_strings = |c: char| c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c);
+    if !json.chars().any(raw_in_strings) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw_in_strings(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// One machine as `list --json` and `info --json` print it; empty fields
 /// are `null`.
@@ -156,6 +226,7 @@ pub fn events(events: &[Event], indent: &str) -> String {
                 format!("{}@{}", e.user, e.host),
                 e.detail.clone().unwrap_or_default(),
             ]
+            .map(|cell| printable(&cell).into_owned())
         })
         .collect();
     let header = ["TIME", "MACHINE", "EVENT", "JOB", "WHO", "DETAIL"].map(String::from);
@@ -198,18 +269,22 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
         table.enforce_styling();
     }
     for (no, view) in views.iter().enumerate() {
-        let tone = |text: String, tone: Option<Tone>| match tone {
-            Some(tone) => tone.cell(Cell::new(text)),
-            None => Cell::new(text),
+        let tone = |text: &str, tone: Option<Tone>| {
+            let cell = Cell::new(printable(text));
+            match tone {
+                Some(tone) => tone.cell(cell),
+                None => cell,
+            }
         };
+        let text = |text: &Option<String>| tone(text.as_deref().unwrap_or_default(), None);
         table.add_row([
             Cell::new(no + 1),
-            Cell::new(&view.name),
-            Cell::new(view.ip.clone().unwrap_or_default()),
-            Cell::new(view.mac.clone().unwrap_or_default()),
-            tone(view.state.to_string(), Tone::of_state(view.state)),
-            Cell::new(view.reservation.clone().unwrap_or_default()),
-            tone(view.job_cell(), view.stale.then_some(Tone::Stale)),
+            tone(&view.name, None),
+            text(&view.ip),
+            text(&view.mac),
+            tone(view.state, Tone::of_state(view.state)),
+            text(&view.reservation),
+            tone(&view.job_cell(), view.stale.then_some(Tone::Stale)),
         ]);
     }
     table.to_string()
@@ -218,10 +293,16 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
 /// The `info` text: every field that is set, then the job; with `colour`,
 /// the state and a stale job stand out.
 pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
-    let mut lines: Vec<(&str, String)> = vec![("Name:", view.name.clone())];
+    let mut lines: Vec<(&str, String)> = vec![("Name:", printable(&view.name).into_owned())];
+    // Values are shown safe for a terminal; the two that mama paints are
+    // its own words.
     let mut add = |label, value: &Option<String>| {
         if let Some(value) = value {
-            lines.push((label, value.clone()));
+            let value = match label {
+                "State:" | "Job status:" => value.clone(),
+                _ => printable(value).into_owned(),
+            };
+            lines.push((label, value));
         }
     };
     add("MAC:", &view.mac);
@@ -299,6 +380,23 @@ pub fn seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controls_are_shown_as_escapes() {
+        assert_eq!(printable("plain é ✓"), "plain é ✓");
+        assert_eq!(
+            printable("a\u{1b}[2J\u{7}\u{7f}\u{9b}31m\u{85}\r\n\tz"),
+            r"a\x1b[2J\x07\x7f\u{9b}31m\u{85}\r\n\tz"
+        );
+        assert_eq!(printable_lines("a\u{9b}\n  b\tc"), "a\\u{9b}\n  b\\tc");
+        let raw = serde_json::to_string_pretty(&["\u{80}\u{9f}\u{7f}é\u{1b}"]).unwrap_or_default();
+        let safe = json_safe(raw);
+        assert_eq!(safe, "[\n  \"\\u0080\\u009f\\u007fé\\u001b\"\n]");
+        assert_eq!(
+            serde_json::from_str::<Vec<String>>(&safe).ok(),
+            Some(vec!["\u{80}\u{9f}\u{7f}é\u{1b}".to_string()])
+        );
+    }
 
     #[test]
     fn durations_read_naturally() {

@@ -212,16 +212,24 @@ impl<P: ProcessTable> Judge<'_, P> {
     }
 }
 
-/// The stale age: `MAMA_STALE_AFTER` (whole seconds) or the default.
+/// The stale age: `MAMA_STALE_AFTER` (whole seconds, at most
+/// [`crate::cli::MAX_SECS`], so an age never wraps negative) or the default.
 pub fn stale_after_from_env() -> Result<u64> {
+    use crate::cli::{MAX_SECS, MAX_SECS_TEXT};
     match std::env::var("MAMA_STALE_AFTER") {
         Err(_) => Ok(DEFAULT_STALE_AFTER_SECS),
         Ok(v) if v.trim().is_empty() => Ok(DEFAULT_STALE_AFTER_SECS),
-        Ok(v) => v.trim().parse().map_err(|_| {
-            Error::Invalid(format!(
-                "MAMA_STALE_AFTER must be a whole number of seconds, not '{v}'"
-            ))
-        }),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&secs| secs <= MAX_SECS)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "MAMA_STALE_AFTER must be a whole number of seconds, \
+                     at most {MAX_SECS_TEXT}, not '{v}'"
+                ))
+            }),
     }
 }
 

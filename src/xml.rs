@@ -382,6 +382,11 @@ impl Document {
     }
 }
 
+/// How deep elements may nest. The state file is three levels deep; a
+/// bound keeps a hostile or broken file from exhausting the stack of the
+/// code that writes and drops the tree (it recurses).
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser<'a> {
     text: &'a str,
     /// Where `text` starts in the file (after a byte-order mark).
@@ -430,6 +435,25 @@ impl<'a> Parser<'a> {
     }
 
     fn parse(self) -> Result<Document, ParseError> {
+        if self.text.starts_with('\u{feff}') {
+            // A reader would drop it silently, and every position after it
+            // would be off.
+            return Err(self.error_at(
+                0,
+                "a second byte-order mark (U+FEFF) at the start of the file",
+            ));
+        }
+        // One look at every character covers text, attribute values,
+        // comments, CDATA and processing instructions alike.
+        if let Some((at, c)) = self.text.char_indices().find(|&(_, c)| !is_xml_char(c)) {
+            return Err(self.error_at(
+                at as u64,
+                format!(
+                    "the character U+{:04X}, which XML 1.0 does not allow",
+                    c as u32
+                ),
+            ));
+        }
         if self.text.trim().is_empty() {
             return Err(self.error_at(0, "the file is empty"));
         }
@@ -464,8 +488,13 @@ impl<'a> Parser<'a> {
                         "content after the end of the root element (only one root is allowed)",
                     ));
                 }
+                Event::Start(_) | Event::Empty(_) if stack.len() >= MAX_DEPTH => {
+                    return Err(
+                        self.error_at(start, format!("elements nested more than {MAX_DEPTH} deep"))
+                    );
+                }
                 Event::Start(tag) => {
-                    check_attributes(&tag).map_err(|m| self.error_at(start, m))?;
+                    check_attributes(&tag).map_err(|(at, m)| self.error_at(start + at, m))?;
                     stack.push(Element {
                         name: Str::within(&source, tag.name().as_ref()),
                         attributes: Str::within(&source, tag.attributes_raw()),
@@ -475,7 +504,7 @@ impl<'a> Parser<'a> {
                     continue;
                 }
                 Event::Empty(tag) => {
-                    check_attributes(&tag).map_err(|m| self.error_at(start, m))?;
+                    check_attributes(&tag).map_err(|(at, m)| self.error_at(start + at, m))?;
                     Node::Element(Element {
                         name: Str::within(&source, tag.name().as_ref()),
                         attributes: Str::within(&source, tag.attributes_raw()),
@@ -526,6 +555,12 @@ impl<'a> Parser<'a> {
                 }
                 Event::Comment(_) | Event::PI(_) => Node::Markup(span(start, end)),
                 Event::Decl(decl) => {
+                    if start != 0 {
+                        return Err(self.error_at(
+                            start,
+                            "an XML declaration is only allowed at the very start of the file",
+                        ));
+                    }
                     check_declaration(&decl).map_err(|m| self.error_at(start, m))?;
                     Node::Markup(span(start, end))
                 }
@@ -617,12 +652,22 @@ fn resolve_reference(reference: &quick_xml::events::BytesRef<'_>) -> Result<char
     }
 }
 
-fn check_attributes(tag: &quick_xml::events::BytesStart<'_>) -> Result<(), String> {
+/// Checks a tag's attributes; an error has its offset from the tag's `<`.
+fn check_attributes(tag: &quick_xml::events::BytesStart<'_>) -> Result<(), (u64, String)> {
+    // Outside values only names, `=`, quotes and white space stand here,
+    // so any `<` is inside a value, where XML forbids it.
+    if let Some(i) = tag.attributes_raw().find('<') {
+        let at = 1 + tag.name().as_ref().len() + i;
+        return Err((
+            at as u64,
+            "'<' inside an attribute value (write it as &lt;)".into(),
+        ));
+    }
     for attribute in tag.attributes().with_checks(true) {
-        let attribute = attribute.map_err(|e| format!("bad attribute: {e}"))?;
+        let attribute = attribute.map_err(|e| (0, format!("bad attribute: {e}")))?;
         attribute
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            .map_err(|e| format!("bad attribute value: {e}"))?;
+            .map_err(|e| (0, format!("bad attribute value: {e}")))?;
     }
     Ok(())
 }
@@ -714,6 +759,18 @@ mod tests {
             ("junk<s/>", "text before"),
             ("<s>&nope;</s>", "unknown entity"),
             ("<s>&#1;</s>", "U+0001"),
+            ("<s>\u{0}</s>", "U+0000"),
+            ("<s a='\u{1b}'/>", "U+001B"),
+            ("<s><!-- \u{7} --></s>", "U+0007"),
+            ("<s><![CDATA[\u{1f}]]></s>", "U+001F"),
+            ("<s>\u{ffff}</s>", "U+FFFF"),
+            ("<s a='<'/>", "'<'"),
+            ("<s><t a=\"x\" b='y<'></t></s>", "'<'"),
+            ("\n<?xml version=\"1.0\"?><s/>", "XML declaration"),
+            ("<s><?xml version=\"1.0\"?></s>", "XML declaration"),
+            ("\u{feff}\u{feff}<s/>", "U+FEFF"),
+            (&"<a>".repeat(MAX_DEPTH + 1), "nested"),
+            (&format!("{}<a/>", "<a>".repeat(MAX_DEPTH)), "nested"),
             ("<s a=1/>", "attribute"),
             (
                 "<?xml version=\"1.0\" encoding=\"latin1\"?><s/>",
@@ -733,6 +790,22 @@ mod tests {
         }
         let err = Document::parse("<s>\n  <a>\n</s>").unwrap_err();
         assert_eq!((err.line, err.column), (3, 1), "{err}");
+        let err = Document::parse("<s>\n  <t a='1' b=\"x<\"/></s>").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 16), "{err}");
+        let err = Document::parse("<s>\n x\u{0}</s>").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 3), "{err}");
+        // Characters XML allows anywhere are kept, and a declaration after
+        // one byte-order mark is at the start.
+        roundtrip("\u{feff}<?xml version=\"1.0\"?><s a='\u{85}'>\u{7f}\u{9b}\u{feff}</s>");
+        roundtrip("<?xml-stylesheet href=\"a\"?><s/>");
+        let deepest = MAX_DEPTH - 1;
+        roundtrip(&format!(
+            "{}<a/>{}",
+            "<a>".repeat(deepest),
+            "</a>".repeat(deepest)
+        ));
+        let err = Document::parse(&"<a>".repeat(200_000)).unwrap_err();
+        assert_eq!((err.line, err.column), (1, MAX_DEPTH * 3 + 1), "{err}");
     }
 
     #[test]

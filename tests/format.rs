@@ -449,7 +449,7 @@ fn broken_files_are_refused_by_every_command_and_never_written() {
 const NASTY: [&str; 9] = [
     "a & b < c > d \" e ' f ]]> g",
     "&amp; &#1; &nbsp; <![CDATA[x]]> <!-- not a comment -->",
-    "café ✓ 𝄞 \u{7f} \u{85} \u{fffd}",
+    "café ✓ 𝄞 \u{7f} \u{a0} \u{fffd}",
     "tab\there\tand\tthere",
     "line one\nline two\n",
     "cr\r\nlf\rend\r",
