@@ -21,15 +21,19 @@ use crate::stale::{Judge, Verdict};
 use crate::style::{self, Tone};
 
 /// Whether a terminal could act on `c`: C0 controls (line breaks and tabs
-/// included), DEL and C1 controls.
+/// included), DEL and C1 controls, and the bidirectional controls and line
+/// separators that reorder or break what is shown (U+2028/9, U+202A-E,
+/// U+2066-9).
 fn is_terminal_control(c: char) -> bool {
     c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// `text` made safe for a terminal: every control character, which could
 /// move the cursor, start an escape sequence or fake a line, is shown as an
 /// escape instead: `\n`, `\t`, `\r`, `\x1b` (other C0 controls and DEL),
-/// `\u{9b}` (C1 controls). Everything else is kept.
+/// `\u{9b}` (C1, bidirectional and line-separator controls). Everything
+/// else is kept.
 pub fn printable(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_terminal_control) {
         return Cow::Borrowed(text);
@@ -389,6 +393,11 @@ mod tests {
             r"a\x1b[2J\x07\x7f\u{9b}31m\u{85}\r\n\tz"
         );
         assert_eq!(printable_lines("a\u{9b}\n  b\tc"), "a\\u{9b}\n  b\\tc");
+        // Text that would show reversed or on a new line.
+        assert_eq!(
+            printable("ok\u{202e}kcab\u{2066}\u{2028}"),
+            r"ok\u{202e}kcab\u{2066}\u{2028}"
+        );
         let raw = serde_json::to_string_pretty(&["\u{80}\u{9f}\u{7f}é\u{1b}"]).unwrap_or_default();
         let safe = json_safe(raw);
         assert_eq!(safe, "[\n  \"\\u0080\\u009f\\u007fé\\u001b\"\n]");
