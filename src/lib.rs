@@ -21,6 +21,7 @@ pub mod commands;
 pub mod completions;
 pub mod error;
 pub mod exit;
+pub mod fsutil;
 pub mod history;
 pub mod lab;
 pub mod lock;

@@ -779,14 +779,19 @@ fn another_user_writes_a_world_writable_state_through_a_read_only_lock_file() {
     }
     assert!(add.status().expect("add").success());
     let lock = lock_path(&env.state);
-    assert_eq!(mode(&lock), 0o644);
+    // Only root may write the state, so only root may open its lock.
+    assert_eq!(mode(&lock), 0o600);
     assert_eq!(fs::metadata(&lock).expect("lock").uid(), 0);
+    // A lock file as an older mama made it, readable by all.
+    fs::set_permissions(&lock, fs::Permissions::from_mode(0o644)).expect("chmod");
     fs::set_permissions(&env.state, fs::Permissions::from_mode(0o666)).expect("chmod");
 
     set_os_as_nobody(&env, &nobody_group(), "by-nobody");
     assert_eq!(mode(&env.state), 0o666);
-    // The lock file stays root's; the temporary file is gone.
-    assert_eq!(mode(&lock), 0o644);
+    // The lock file stays root's, and once root looks again (the `info`
+    // above) it follows the state file: everyone may write both. The
+    // temporary file is gone.
+    assert_eq!(mode(&lock), 0o666);
     assert_eq!(fs::metadata(&lock).expect("lock").uid(), 0);
     assert!(!temp_path(&env.state).exists(), "{:?}", env.files());
 
