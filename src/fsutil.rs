@@ -413,7 +413,8 @@ pub fn ensure_folder(path: &Path, like: Option<&Metadata>) -> Result<()> {
 /// the file and whether it was created.
 pub fn open_or_create(path: &Path, like: Option<&Metadata>) -> Result<(File, bool)> {
     let (dir, name) = Dir::of(path)?;
-    loop {
+    // As in open_lock: a race, never a planted link, makes it try again.
+    for _ in 0..100 {
         if let Some(file) = dir.existing(name, true, "open")? {
             return Ok((file, false));
         }
@@ -426,6 +427,10 @@ pub fn open_or_create(path: &Path, like: Option<&Metadata>) -> Result<(File, boo
             Err(e) => return Err(refuse(path, e, Expect::File, "create")),
         }
     }
+    Err(Error::Invalid(format!(
+        "cannot open {}: it keeps appearing and disappearing",
+        path.display()
+    )))
 }
 
 /// Creates the temporary file `path` afresh: a leftover (or anything

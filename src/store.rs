@@ -137,12 +137,17 @@ impl Store {
 
     /// Takes the lab's lock. After a second of waiting, says on stderr what
     /// it waits for (the lock and, where /proc tells, who holds it); gives
-    /// up as the store's patience says. A reader that may not open the lock
-    /// file (no permission, a read-only file system) goes on without it
-    /// (`None`): every write replaces the state whole, so a reader never
-    /// sees a mix.
+    /// up as the store's patience says. A reader that may not write the
+    /// state file, or not open the lock file (no permission, a read-only
+    /// file system), goes on without it (`None`): every write replaces the
+    /// state whole, so a reader never sees a mix.
     fn lab_lock(&self, mode: Mode, like: Option<&Metadata>) -> Result<Option<FileLock>> {
         let path = self.lock_path();
+        // Who may not write the state neither creates its lock file (it
+        // would be theirs, closed to the writers) nor holds it.
+        if mode == Mode::Shared && like.is_some() && fsutil::may_write(&self.real_path()).is_err() {
+            return Ok(None);
+        }
         let file = match lock::open(&path, like) {
             Ok(file) => file,
             Err(e @ Error::Planted { .. }) => return Err(e),
