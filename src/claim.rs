@@ -366,6 +366,7 @@ pub fn acquire(
     let mut told = false;
     let mut backoff = Duration::from_millis(10);
     let live_line = std::io::stderr().is_terminal();
+    let mut read_only = false;
     loop {
         processes.forget();
         let judge = Judge {
@@ -376,7 +377,17 @@ pub fn acquire(
             processes,
             locks: store,
         };
-        let attempt = store.update(|lab| attempt(lab, store, target, caller, &judge, intent))?;
+        let attempt = match store.update(|lab| attempt(lab, store, target, caller, &judge, intent))
+        {
+            // A lab this user may only read (a read-only file system, no
+            // write permission): `wait` judges what it reads and writes
+            // nothing, so a stale job counts as free and stays recorded.
+            Err(Error::ReadOnly { .. }) if matches!(intent, Intent::Wait) => {
+                read_only = true;
+                judge_read_only(store, target, caller, &judge)?
+            }
+            other => other?,
+        };
         let busy = match attempt {
             Attempt::Claimed(claim) => {
                 finish_live_line(live_line && told);
@@ -417,7 +428,8 @@ pub fn acquire(
             let _ = stderr.flush();
         }
         let nap = deadline.map_or(patience.poll, |d| patience.poll.min(d - now));
-        match busy.lock_holder(target) {
+        // A reader cannot take job locks: it looks every poll interval.
+        match busy.lock_holder(target).filter(|_| !read_only) {
             Some(holder) => {
                 let (path, like) = store.machine_lock(&holder)?;
                 if FileLock::try_exclusive(&path, like.as_ref())?.is_some() {
@@ -440,6 +452,23 @@ fn finish_live_line(on: bool) {
     if on {
         say!("");
     }
+}
+
+/// `wait`'s look at a lab this user may only read: judged as read, nothing
+/// cleared or written.
+fn judge_read_only(
+    store: &Store,
+    target: &str,
+    caller: &Caller,
+    judge: &Judge<'_, Processes>,
+) -> Result<Attempt> {
+    let lab = store.read()?.lab;
+    lab.get(target)?;
+    Ok(match busy(&lab, target, caller, judge)? {
+        Some(busy) => Attempt::Busy(busy),
+        None if store.held(target) => Attempt::Busy(Busy::Locked),
+        None => Attempt::Free,
+    })
 }
 
 /// One locked look at the lab: sweep, judge, and claim if free.

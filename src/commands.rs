@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::history::{Event, Kind};
 use crate::lab::{self, Field, Lab, NewMachine};
+use crate::lock::LockPatience;
 use crate::os::{self, Place, Processes};
 use crate::render::{self, MachineView};
 use crate::stale::{self, JobLocks, Judge};
@@ -453,6 +454,12 @@ fn acquire(
         timeout,
         poll: poll_interval()?,
     };
+    // The same patience holds for the lab's lock (a holder stopped by
+    // Ctrl-Z must not hang `run --no-wait`); the release that follows a
+    // claim goes through the caller's store, which waits as long as needs be.
+    let store = &store
+        .clone()
+        .with_patience(LockPatience::within(no_wait, timeout));
     claim::acquire(
         store,
         machine,

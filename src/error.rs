@@ -31,6 +31,38 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// This user may not write the lab here (no permission, or a read-only
+    /// file system); readers go on without writing.
+    #[error("{context}: {source}")]
+    ReadOnly {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Something other than what mama keeps there sits beside the state
+    /// file: a symbolic link, FIFO, device or folder someone put there.
+    #[error("{}", planted(path, what, expected))]
+    Planted {
+        path: PathBuf,
+        /// What is there ("a symbolic link").
+        what: &'static str,
+        /// What mama keeps there ("a regular file").
+        expected: &'static str,
+    },
+}
+
+fn planted(path: &Path, what: &str, expected: &str) -> String {
+    if what == "a symbolic link" {
+        format!(
+            "{} is a symbolic link; mama does not follow links beside the state file (remove it)",
+            path.display()
+        )
+    } else {
+        format!(
+            "{} is {what}, not {expected}; mama does not use it (remove it)",
+            path.display()
+        )
+    }
 }
 
 impl Error {

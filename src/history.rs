@@ -15,16 +15,15 @@
 //! its event. The log is bounded: when it grows past [`TRIM_AT`] bytes the
 //! oldest events are dropped so that at most [`KEEP`] bytes remain.
 
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::lab::JobRecord;
-use crate::lock;
 use crate::os;
 
 /// The newest events, up to this many, are kept in the state file itself
@@ -214,7 +213,7 @@ impl History {
         let next = committed.or(last).unwrap_or(0);
         file.set_len(keep_until).map_err(io)?;
         if keep_until > TRIM_AT {
-            self.trim(&mut file, keep_until, like).map_err(io)?;
+            self.trim(&mut file, keep_until, like)?;
             file = self.open_for_append(like)?;
         }
         Ok((file, next))
@@ -228,43 +227,49 @@ impl History {
         file.sync_data().map_err(io)
     }
 
+    /// Opens the log for reading and writing, creating it made like the
+    /// state file; never through a link planted in its place.
     fn open_for_append(&self, like: Option<&Metadata>) -> Result<File> {
-        let created = !self.path.exists();
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o666)
-                .open(&self.path)
-        };
-        let file = match open() {
-            Ok(file) => file,
+        match fsutil::open_or_create(&self.path, like) {
+            Ok((file, _)) => Ok(file),
             // A log this user may not write though they may write the state
             // (made before the state file was shared, say): replace it with
             // a copy made like the state file, as the state itself is.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !created => {
-                fs::read(&self.path)
-                    .and_then(|old| self.replace(&old, like))
-                    .and_then(|()| open())
-                    .map_err(|_| Error::io("open the event log", &self.path, e))?
+            Err(Error::ReadOnly { context, source }) => {
+                let copied = self
+                    .open_to_read()
+                    .and_then(|file| {
+                        let mut old = Vec::new();
+                        if let Some(mut file) = file {
+                            file.read_to_end(&mut old)
+                                .map_err(|e| Error::io("read", &self.path, e))?;
+                        }
+                        self.replace(&old, like)
+                    })
+                    .and_then(|()| fsutil::open_or_create(&self.path, like));
+                match copied {
+                    Ok((file, _)) => Ok(file),
+                    Err(_) => Err(Error::ReadOnly { context, source }),
+                }
             }
-            Err(e) => return Err(Error::io("open the event log", &self.path, e)),
-        };
-        if let (true, Some(like)) = (created, like) {
-            lock::share_like(&file, like);
+            Err(e) => Err(e),
         }
-        Ok(file)
+    }
+
+    /// The log, opened to read (never through a link); `None` when there is
+    /// none.
+    fn open_to_read(&self) -> Result<Option<File>> {
+        fsutil::open_file(&self.path, false)
     }
 
     /// Rewrites the log with its newest events that fit in [`KEEP`] bytes
     /// (temporary file, sync, rename: a crash leaves the old or new log).
-    fn trim(&self, file: &mut File, len: u64, like: Option<&Metadata>) -> io::Result<()> {
+    fn trim(&self, file: &mut File, len: u64, like: Option<&Metadata>) -> Result<()> {
+        let io = |e| Error::io("write the event log", &self.path, e);
         let start = len.saturating_sub(KEEP);
-        file.seek(SeekFrom::Start(start))?;
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
         let mut kept = Vec::with_capacity(KEEP as usize);
-        file.take(len - start).read_to_end(&mut kept)?;
+        file.take(len - start).read_to_end(&mut kept).map_err(io)?;
         if start > 0 {
             // Start at a whole line.
             let cut = kept
@@ -276,36 +281,22 @@ impl History {
         self.replace(&kept, like)
     }
 
-    /// Replaces the log with `bytes` (temporary file, sync, rename), made
-    /// like the state file.
-    fn replace(&self, bytes: &[u8], like: Option<&Metadata>) -> io::Result<()> {
+    /// Replaces the log with `bytes` (a fresh temporary file, sync, rename),
+    /// made like the state file.
+    fn replace(&self, bytes: &[u8], like: Option<&Metadata>) -> Result<()> {
         // Hidden, like the state's temporary file; one name, so a killed
-        // writer's leftover is simply overwritten by the next.
-        let name = self.path.file_name().map_or_else(
-            || "mama.xml.log".into(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let temp = self.path.with_file_name(format!(".{name}.tmp"));
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o666)
-            .open(&temp)?;
-        if let Some(like) = like {
-            lock::share_like(&out, like);
-        }
-        out.write_all(bytes)?;
-        out.sync_all()?;
-        fs::rename(&temp, &self.path)
+        // writer's leftover is removed by the next.
+        let mut name = std::ffi::OsString::from(".");
+        name.push(self.path.file_name().unwrap_or("mama.xml.log".as_ref()));
+        name.push(".tmp");
+        let temp = self.path.with_file_name(name);
+        fsutil::replace(&self.path, &temp, bytes, like, None)
     }
 
     /// The number of the newest whole event in the log, if any.
     pub fn last_seq(&self) -> Result<Option<u64>> {
-        let mut file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("read the event log", &self.path, e)),
+        let Some(mut file) = self.open_to_read()? else {
+            return Ok(None);
         };
         let lines = scan_back(&mut file, |_| true)
             .map_err(|e| Error::io("read the event log", &self.path, e))?;
@@ -314,11 +305,12 @@ impl History {
 
     /// Every committed event, oldest first.
     pub fn read_all(&self, committed: Option<u64>) -> Result<Vec<Event>> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("read the event log", &self.path, e)),
+        let Some(mut file) = self.open_to_read()? else {
+            return Ok(Vec::new());
         };
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| Error::io("read the event log", &self.path, e))?;
         Ok(decode(&text)
             .into_iter()
             .filter(|e| committed.is_none_or(|c| e.seq <= c))
@@ -328,10 +320,8 @@ impl History {
     /// The committed events numbered after `after`, oldest first; reads only
     /// the end of the log.
     pub fn read_after(&self, after: u64, committed: Option<u64>) -> Result<Vec<Event>> {
-        let mut file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("read the event log", &self.path, e)),
+        let Some(mut file) = self.open_to_read()? else {
+            return Ok(Vec::new());
         };
         let lines = scan_back(&mut file, |e| e.seq <= after)
             .map_err(|e| Error::io("read the event log", &self.path, e))?;
@@ -409,6 +399,7 @@ fn scan_back(file: &mut File, stop: impl Fn(&Event) -> bool) -> io::Result<Vec<L
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     /// A log in a fresh temporary folder.
     fn fresh() -> (tempfile::TempDir, History) {

@@ -1,8 +1,9 @@
 //! mama: share lab machines safely.
 //!
 //! `run` dispatches a parsed command line; the modules each own one idea:
-//! [`store`] (lock file, transactions, atomic writes), [`lab`] (the machines
-//! in the upstream XML format, over [`xml`]), [`stale`] (is a job stale),
+//! [`store`] (lock file, transactions), [`fsutil`] (opening files beside
+//! the state file safely, atomic writes), [`lab`] (the machines in the
+//! upstream XML format, over [`xml`]), [`stale`] (is a job stale),
 //! [`claim`] (busy rules, claim, release, waiting), [`supervise`] (the
 //! job's process), [`render`] (tables and JSON), [`exit`] (exit codes).
 
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod completions;
 pub mod error;
 pub mod exit;
+pub mod fsutil;
 pub mod history;
 pub mod lab;
 pub mod lock;

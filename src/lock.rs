@@ -4,19 +4,21 @@
 //! A lock is a value: it is held while the [`FileLock`] lives and released
 //! when it is dropped, or by the kernel the instant the process dies. Lock
 //! files are opened close-on-exec, so a job that mama starts never inherits
-//! one.
+//! one, and safely ([`crate::fsutil`]). A wait sleeps in the kernel; a
+//! bounded one is cut short by a `SIGALRM` timer.
 
 // The one module allowed to call the lock primitives (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
-use std::fs::{File, Metadata, OpenOptions, Permissions};
+use std::fs::{File, Metadata};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 
 /// A held lock; dropping it releases the lock.
 #[derive(Debug)]
@@ -30,23 +32,131 @@ pub enum Mode {
     Exclusive,
 }
 
+/// How long to wait for a lock that someone else holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockPatience {
+    /// Give up (almost) at once: after [`NO_WAIT_GRACE`], the time any
+    /// transaction takes.
+    pub no_wait: bool,
+    /// Give up at this instant.
+    pub deadline: Option<Instant>,
+}
+
+/// How long `no_wait` still waits: a transaction holds the lab's lock for
+/// milliseconds, and a reader must not make `run --no-wait` give up.
+pub const NO_WAIT_GRACE: Duration = Duration::from_millis(250);
+
+/// How long a wait for the lab's lock goes on before mama says what it
+/// waits for.
+pub const NOTICE_AFTER: Duration = Duration::from_secs(1);
+
+impl LockPatience {
+    /// Wait for ever.
+    pub fn forever() -> LockPatience {
+        LockPatience::default()
+    }
+
+    /// `no_wait`, or give up `timeout` from now.
+    pub fn within(no_wait: bool, timeout: Option<Duration>) -> LockPatience {
+        LockPatience {
+            no_wait,
+            deadline: timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// The instant to give up, seen from now.
+    pub fn give_up_at(&self) -> Option<Instant> {
+        let grace = self.no_wait.then(|| Instant::now() + NO_WAIT_GRACE);
+        match (grace, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Who holds a lock, as /proc/locks tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`), if it can be read.
+    pub command: Option<String>,
+    /// Stopped (Ctrl-Z, SIGSTOP) or traced.
+    pub stopped: bool,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PID {}", self.pid)?;
+        match (&self.command, self.stopped) {
+            (Some(command), true) => write!(f, " ({command}, stopped)"),
+            (Some(command), false) => write!(f, " ({command})"),
+            (None, true) => write!(f, " (stopped)"),
+            (None, false) => Ok(()),
+        }
+    }
+}
+
 impl FileLock {
     /// Takes the lock, blocking while another process holds it.
     pub fn acquire(path: &Path, mode: Mode, like: Option<&Metadata>) -> Result<FileLock> {
         let file = open(path, like)?;
-        let result = match mode {
-            Mode::Shared => fs2::FileExt::lock_shared(&file),
-            Mode::Exclusive => fs2::FileExt::lock_exclusive(&file),
-        };
-        result.map_err(|e| Error::io("lock", path, e))?;
-        Ok(FileLock { file })
+        FileLock::wait(file, path, mode, None, &mut |_| {})?
+            .map_err(|_| Error::Invalid(format!("internal error: no lock on {}", path.display())))
+    }
+
+    /// Takes the lock on the opened lock file `file` (at `path`), sleeping
+    /// in the kernel while another process holds it, until `deadline` if
+    /// any (then `Err` gives the file back, to tell who holds it). After
+    /// [`NOTICE_AFTER`] of waiting, `notice` is called once, to say what
+    /// mama waits for.
+    pub fn wait(
+        file: File,
+        path: &Path,
+        mode: Mode,
+        deadline: Option<Instant>,
+        notice: &mut dyn FnMut(&File),
+    ) -> Result<Result<FileLock, File>> {
+        let mut notice_at = Some(Instant::now() + NOTICE_AFTER);
+        loop {
+            match try_lock(&file, mode) {
+                Ok(()) => return Ok(Ok(FileLock { file })),
+                Err(e) if is_contention(&e) => {}
+                Err(e) => return Err(Error::io("lock", path, e)),
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(Err(file));
+            }
+            if notice_at.is_some_and(|at| now >= at) {
+                notice(&file);
+                notice_at = None;
+            }
+            let wake = match (deadline, notice_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let result = match wake {
+                Some(wake) => {
+                    let alarm = Alarm::set(wake.saturating_duration_since(now));
+                    let result = lock(&file, mode);
+                    drop(alarm);
+                    result
+                }
+                None => lock(&file, mode),
+            };
+            match result {
+                Ok(()) => return Ok(Ok(FileLock { file })),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("lock", path, e)),
+            }
+        }
     }
 
     /// Takes the exclusive lock if nobody holds it: `None` means contention,
     /// which is not an error.
     pub fn try_exclusive(path: &Path, like: Option<&Metadata>) -> Result<Option<FileLock>> {
         let file = open(path, like)?;
-        match fs2::FileExt::try_lock_exclusive(&file) {
+        match try_lock(&file, Mode::Exclusive) {
             Ok(()) => Ok(Some(FileLock { file })),
             Err(e) if is_contention(&e) => Ok(None),
             Err(e) => Err(Error::io("lock", path, e)),
@@ -62,25 +172,7 @@ impl FileLock {
     ) -> Result<Option<FileLock>> {
         let file = open(path, like)?;
         let deadline = Instant::now() + timeout;
-        loop {
-            match fs2::FileExt::try_lock_exclusive(&file) {
-                Ok(()) => return Ok(Some(FileLock { file })),
-                Err(e) if is_contention(&e) => {}
-                Err(e) => return Err(Error::io("lock", path, e)),
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let alarm = Alarm::set(left);
-            let result = fs2::FileExt::lock_exclusive(&file);
-            drop(alarm);
-            match result {
-                Ok(()) => return Ok(Some(FileLock { file })),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("lock", path, e)),
-            }
-        }
+        Ok(FileLock::wait(file, path, Mode::Exclusive, Some(deadline), &mut |_| {})?.ok())
     }
 }
 
@@ -96,19 +188,11 @@ impl std::os::fd::AsRawFd for FileLock {
 /// that it is free. Never follows a link and never blocks on a FIFO; what
 /// is not a regular file holds no lock.
 pub fn is_held(path: &Path) -> bool {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return false,
+    let file = match crate::fsutil::open_file(path, false) {
+        Ok(Some(file)) => file,
+        Ok(None) | Err(Error::Planted { .. }) => return false,
         Err(_) => return true,
     };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return false;
-    }
     match fs2::FileExt::try_lock_shared(&file) {
         Ok(()) => false,
         Err(e) => is_contention(&e),
@@ -123,49 +207,69 @@ impl Drop for FileLock {
     }
 }
 
+fn try_lock(file: &File, mode: Mode) -> io::Result<()> {
+    match mode {
+        Mode::Shared => fs2::FileExt::try_lock_shared(file),
+        Mode::Exclusive => fs2::FileExt::try_lock_exclusive(file),
+    }
+}
+
+fn lock(file: &File, mode: Mode) -> io::Result<()> {
+    match mode {
+        Mode::Shared => fs2::FileExt::lock_shared(file),
+        Mode::Exclusive => fs2::FileExt::lock_exclusive(file),
+    }
+}
+
 fn is_contention(e: &io::Error) -> bool {
     e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
 }
 
-/// Opens (creating if needed) a lock file. A lock file that this user may not
-/// write is opened read-only: `flock` works on any open file. A new lock file
-/// takes the permission bits and group of `like` (the state file), so
-/// everyone who may write the state may take its lock.
+/// Opens (creating if needed) a lock file, safely (see
+/// [`fsutil::open_lock`]): never through a link, read-only when this user
+/// may not write it, a new one open only to those who may write the state
+/// file `like`.
 pub fn open(path: &Path, like: Option<&Metadata>) -> Result<File> {
-    loop {
-        match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(file) => return Ok(file),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return File::open(path).map_err(|e| Error::io("open the lock file", path, e));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("open the lock file", path, e)),
-        }
-        match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .open(path)
-        {
-            Ok(file) => {
-                if let Some(like) = like {
-                    share_like(&file, like);
-                }
-                return Ok(file);
-            }
-            // Another process created it meanwhile: open theirs.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io("create the lock file", path, e)),
-        }
-    }
+    fsutil::open_lock(path, like)
 }
 
-/// Gives `file` the permission bits (read/write only) and group of `like`,
-/// as far as this user is permitted to.
-pub fn share_like(file: &File, like: &Metadata) {
-    let _ = file.set_permissions(Permissions::from_mode(like.mode() & 0o666));
-    let _ = std::os::unix::fs::fchown(file, None, Some(like.gid()));
+/// Who holds a `flock` on `file`, from /proc/locks (the first holder of a
+/// shared lock); `None` when it cannot be told.
+pub fn holder(file: &File) -> Option<Holder> {
+    let meta = file.metadata().ok()?;
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid = locks.lines().find_map(|line| {
+        // "7: FLOCK  ADVISORY  WRITE 123 fe:01:456 0 EOF"; a waiter's line
+        // has "->" after the number.
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        if words.first() != Some(&"FLOCK") {
+            return None;
+        }
+        let mut id = words.get(4)?.split(':');
+        let maj = u32::from_str_radix(id.next()?, 16).ok()?;
+        let min = u32::from_str_radix(id.next()?, 16).ok()?;
+        let ino: u64 = id.next()?.parse().ok()?;
+        (maj == major && min == minor && ino == meta.ino())
+            .then(|| words.get(3)?.parse::<u32>().ok())
+            .flatten()
+            .filter(|&pid| pid > 0)
+    })?;
+    let command = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_string());
+    let stopped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+        })
+        .unwrap_or(false);
+    Some(Holder {
+        pid,
+        command,
+        stopped,
+    })
 }
 
 /// The longest lock file name used as the plain encoding of a name; file

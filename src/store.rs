@@ -5,17 +5,20 @@
 //! atomically (temporary file in the same folder, fsync, rename, fsync the
 //! folder), release. Readers take the lock shared, briefly. A process killed
 //! at any instant leaves the old file or the new one, and at most one
-//! temporary file, which the next writer reuses.
+//! temporary file, which the next writer removes. Every file beside the
+//! state file is opened through [`crate::fsutil`]: never through a link.
 
-use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::history::{Event, FLUSH_AT, History};
 use crate::lab::Lab;
-use crate::lock::{self, FileLock, Mode};
+use crate::lock::{self, FileLock, LockPatience, Mode};
 
 /// Where the state file is looked for when nothing else names it.
 pub const DEFAULT_STATE: &str = "/var/lib/mama/mama.xml";
@@ -23,7 +26,13 @@ pub const DEFAULT_STATE: &str = "/var/lib/mama/mama.xml";
 /// The state file and the files mama keeps beside it.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// The state file as located (a link to it resolved), for people.
     path: PathBuf,
+    /// Its folder, resolved once: every file mama opens is in it, opened
+    /// without following a link.
+    dir: PathBuf,
+    /// How long to wait for the lab's lock.
+    patience: LockPatience,
 }
 
 /// A lab as read, and whether the state file existed.
@@ -35,8 +44,9 @@ pub struct Snapshot {
 impl Store {
     /// The state file: `--state`, else `MAMA_STATE`, else
     /// `$MAMA_PATH/mama.xml`, else [`DEFAULT_STATE`]. A symbolic link is
-    /// followed, so the lock and temporary files sit beside the real file
-    /// and the rename replaces it, not the link.
+    /// followed, here and only here, so the lock and temporary files sit
+    /// beside the real file and the rename replaces it, not the link; the
+    /// folder is resolved too. Beside it, links are never followed.
     pub fn locate(explicit: Option<PathBuf>) -> Store {
         let path = explicit
             .or_else(|| env_path("MAMA_STATE"))
@@ -46,7 +56,24 @@ impl Store {
             Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(&path).unwrap_or(path),
             _ => path,
         };
-        Store { path }
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Store {
+            path,
+            dir,
+            patience: LockPatience::forever(),
+        }
+    }
+
+    /// This store, waiting for the lab's lock as `patience` says (`run
+    /// --no-wait`, `--wait-timeout`, `wait --timeout`); a wait that gives up
+    /// is [`Error::Busy`].
+    pub fn with_patience(mut self, patience: LockPatience) -> Store {
+        self.patience = patience;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -54,44 +81,112 @@ impl Store {
     }
 
     fn dir(&self) -> &Path {
-        match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        }
+        &self.dir
     }
 
-    fn file_name(&self) -> String {
+    fn file_name(&self) -> OsString {
         self.path
             .file_name()
-            .map_or_else(|| "mama.xml".into(), |n| n.to_string_lossy().into_owned())
+            .map_or_else(|| "mama.xml".into(), |n| n.to_os_string())
+    }
+
+    /// A file beside the state file: `prefix`, the state file's name,
+    /// `suffix`.
+    fn beside(&self, prefix: &str, suffix: &str) -> PathBuf {
+        let mut name = OsString::from(prefix);
+        name.push(self.file_name());
+        name.push(suffix);
+        self.dir.join(name)
+    }
+
+    /// The state file in its resolved folder: what mama opens.
+    fn real_path(&self) -> PathBuf {
+        self.beside("", "")
     }
 
     /// The lock file that guards the state file.
     pub fn lock_path(&self) -> PathBuf {
-        self.dir().join(format!("{}.lock", self.file_name()))
+        self.beside("", ".lock")
     }
 
     /// The one temporary file a writer uses.
     pub fn temp_path(&self) -> PathBuf {
-        self.dir().join(format!(".{}.tmp", self.file_name()))
+        self.beside(".", ".tmp")
     }
 
     /// The folder of per-machine lock files (held by running jobs).
     pub fn machine_locks_dir(&self) -> PathBuf {
-        self.dir().join(format!("{}.locks", self.file_name()))
+        self.beside("", ".locks")
+    }
+
+    /// The state file, opened for reading (never through a link planted
+    /// after it was located); `None` when there is none.
+    fn open_state(&self) -> Result<Option<File>> {
+        fsutil::open_file(&self.real_path(), false)
     }
 
     fn metadata(&self) -> Result<Option<Metadata>> {
-        match fs::metadata(&self.path) {
-            Ok(meta) => Ok(Some(meta)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", &self.path, e)),
+        match self.open_state()? {
+            Some(file) => file
+                .metadata()
+                .map(Some)
+                .map_err(|e| Error::io("read", &self.path, e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the lab's lock. After a second of waiting, says on stderr what
+    /// it waits for (the lock and, where /proc tells, who holds it); gives
+    /// up as the store's patience says. A reader that may not write the
+    /// state file, or not open the lock file (no permission, a read-only
+    /// file system), goes on without it (`None`): every write replaces the
+    /// state whole, so a reader never sees a mix.
+    fn lab_lock(&self, mode: Mode, like: Option<&Metadata>) -> Result<Option<FileLock>> {
+        let path = self.lock_path();
+        // Who may not write the state neither creates its lock file (it
+        // would be theirs, closed to the writers) nor holds it.
+        if mode == Mode::Shared && like.is_some() && fsutil::may_write(&self.real_path()).is_err() {
+            return Ok(None);
+        }
+        let file = match lock::open(&path, like) {
+            Ok(file) => file,
+            Err(e @ Error::Planted { .. }) => return Err(e),
+            Err(_) if mode == Mode::Shared => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let held_by = |file: &File| {
+            lock::holder(file)
+                .map(|h| format!(", held by {h}"))
+                .unwrap_or_default()
+        };
+        let started = Instant::now();
+        let mut notice = |file: &File| {
+            say!(
+                "mama: waiting for the lab's lock {}{}",
+                path.display(),
+                held_by(file)
+            )
+        };
+        let deadline = self.patience.give_up_at();
+        match FileLock::wait(file, &path, mode, deadline, &mut notice)? {
+            Ok(lock) => Ok(Some(lock)),
+            Err(file) if self.patience.no_wait => Err(Error::Busy(format!(
+                "the lab's lock {} is held{}; not waiting (--no-wait)",
+                path.display(),
+                held_by(&file)
+            ))),
+            Err(file) => Err(Error::Busy(format!(
+                "gave up waiting for the lab's lock {}{} after {}",
+                path.display(),
+                held_by(&file),
+                crate::render::seconds(started.elapsed())
+            ))),
         }
     }
 
     /// Reads the lab under a shared lock. When the lock file cannot be opened
-    /// at all (a read-only folder without one), reads without it: every
-    /// write replaces the file whole, so a reader never sees a mix.
+    /// (a read-only folder or file system, or a lock file only writers may
+    /// open), reads without it.
     pub fn read(&self) -> Result<Snapshot> {
         let like = self.metadata()?;
         if like.is_none() {
@@ -100,13 +195,16 @@ impl Store {
                 existed: false,
             });
         }
-        let _lock = FileLock::acquire(&self.lock_path(), Mode::Shared, like.as_ref()).ok();
+        let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
         self.load()
     }
 
     /// Runs one transaction: `change` gets the current lab; when it returns
     /// `Ok` having changed the lab, the new lab is written atomically. The
     /// state file is never written when `change` fails or changes nothing.
+    /// A lab this user may not write (no permission on the state file or
+    /// its folder, a read-only file system) is [`Error::ReadOnly`], before
+    /// `change` runs where that can be told.
     pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
         let like = self.metadata()?;
         if like.is_none() && !self.dir().is_dir() {
@@ -116,7 +214,11 @@ impl Store {
                 self.dir().display()
             )));
         }
-        let _lock = FileLock::acquire(&self.lock_path(), Mode::Exclusive, like.as_ref())?;
+        fsutil::may_write(&match like {
+            Some(_) => self.real_path(),
+            None => self.dir.clone(),
+        })?;
+        let _lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
         let mut lab = self.load()?.lab;
         let value = change(&mut lab)?;
         if lab.is_changed() {
@@ -168,7 +270,7 @@ impl Store {
 
     /// The event log beside the state file.
     pub fn history(&self) -> History {
-        History::new(self.dir().join(format!("{}.log", self.file_name())))
+        History::new(self.beside("", ".log"))
     }
 
     /// The committed events (all of them, or those numbered after `after`),
@@ -184,7 +286,7 @@ impl Store {
                 Vec::new(),
             ));
         }
-        let _lock = FileLock::acquire(&self.lock_path(), Mode::Shared, like.as_ref()).ok();
+        let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
         let snapshot = self.load()?;
         let pending = snapshot.lab.pending_events();
         // The log holds the events up to the first one still in the state.
@@ -206,16 +308,15 @@ impl Store {
     }
 
     fn load(&self) -> Result<Snapshot> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Snapshot {
-                    lab: Lab::empty(),
-                    existed: false,
-                });
-            }
-            Err(e) => return Err(Error::io("read", &self.path, e)),
+        let Some(mut file) = self.open_state()? else {
+            return Ok(Snapshot {
+                lab: Lab::empty(),
+                existed: false,
+            });
         };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", &self.path, e))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -249,51 +350,24 @@ impl Store {
                 self.path.display()
             ))
         })?;
-        let like = self.metadata()?;
-        let temp = self.temp_path();
-        // A killed writer may have left its temporary file; start afresh.
-        match fs::remove_file(&temp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove the leftover", &temp, e)),
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .open(&temp)
-            .map_err(|e| Error::io("create", &temp, e))?;
-        if let Some(like) = &like {
-            keep_ownership(&file, like).map_err(|e| Error::io("set the mode of", &temp, e))?;
-        }
-        let written = file
-            .write_all(text.as_bytes())
-            .and_then(|()| file.sync_all());
-        if let Err(e) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(Error::io("write", &temp, e));
-        }
-        drop(file);
-        fs::rename(&temp, &self.path).map_err(|e| {
-            let _ = fs::remove_file(&temp);
-            Error::io("replace", &self.path, e)
-        })?;
-        File::open(self.dir())
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| Error::io("sync the folder", self.dir(), e))
+        // The file being replaced lends its mode, owner, group, ACLs and
+        // extended attributes to the new one.
+        let old = self.open_state()?;
+        let like = match &old {
+            Some(file) => Some(
+                file.metadata()
+                    .map_err(|e| Error::io("read", &self.path, e))?,
+            ),
+            None => None,
+        };
+        fsutil::replace(
+            &self.real_path(),
+            &self.temp_path(),
+            text.as_bytes(),
+            like.as_ref(),
+            old.as_ref(),
+        )
     }
-}
-
-/// Gives the new file the old one's mode, and its owner and group as far as
-/// this user may (a non-root user keeps the group if they belong to it).
-fn keep_ownership(file: &File, like: &Metadata) -> io::Result<()> {
-    let mine = file.metadata()?;
-    if (mine.uid() != like.uid() || mine.gid() != like.gid())
-        && std::os::unix::fs::fchown(file, Some(like.uid()), Some(like.gid())).is_err()
-    {
-        let _ = std::os::unix::fs::fchown(file, None, Some(like.gid()));
-    }
-    file.set_permissions(fs::Permissions::from_mode(like.mode() & 0o7777))
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -304,26 +378,12 @@ fn env_path(name: &str) -> Option<PathBuf> {
 
 impl Store {
     /// The lock file a running job holds for `machine`, in the store's folder
-    /// of machine locks (created on first use, shared like the state file),
-    /// and the state file's metadata to create it like.
+    /// of machine locks (created on first use, open to those who may write
+    /// the state file), and the state file's metadata to create it like.
     pub fn machine_lock(&self, machine: &str) -> Result<(PathBuf, Option<Metadata>)> {
         let dir = self.machine_locks_dir();
         let like = self.metadata()?;
-        if !dir.is_dir() {
-            match fs::create_dir(&dir) {
-                Ok(()) => {
-                    if let Some(like) = &like {
-                        // Directories need x where the file has r.
-                        let mode = like.mode() & 0o666;
-                        let mode = mode | ((mode & 0o444) >> 2);
-                        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(mode));
-                        let _ = std::os::unix::fs::chown(&dir, None, Some(like.gid()));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::io("create", &dir, e)),
-            }
-        }
+        fsutil::ensure_folder(&dir, like.as_ref())?;
         Ok((lock::path_in(&dir, machine), like))
     }
 }

@@ -4,6 +4,7 @@
 //! and owner kept, symbolic links kept, and readers that never write.
 
 mod common;
+use common::users::*;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +12,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -92,19 +93,6 @@ impl Drop for Held {
     }
 }
 
-fn lock_path(state: &Path) -> PathBuf {
-    let mut name = state.file_name().expect("file name").to_os_string();
-    name.push(".lock");
-    state.with_file_name(name)
-}
-
-fn temp_path(state: &Path) -> PathBuf {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(state.file_name().expect("file name"));
-    name.push(".tmp");
-    state.with_file_name(name)
-}
-
 /// `list --json` as a map from machine name to its object, without the
 /// fields that follow from the clock and the process table.
 #[track_caller]
@@ -144,116 +132,6 @@ fn events(env: &TestEnv) -> Vec<Value> {
         );
     }
     events
-}
-
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path).expect("metadata").mode() & 0o7777
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn group_id(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid C string; the result is read at once.
-    let group = unsafe { libc::getgrnam(name.as_ptr()) };
-    // SAFETY: non-null results point to a valid struct group.
-    (!group.is_null()).then(|| unsafe { (*group).gr_gid })
-}
-
-fn user_id(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: as in group_id.
-    let user = unsafe { libc::getpwnam(name.as_ptr()) };
-    // SAFETY: non-null results point to a valid struct passwd.
-    (!user.is_null()).then(|| unsafe { (*user).pw_uid })
-}
-
-/// A group other than root's to share files with: `users`, else `nogroup`.
-fn other_group() -> (String, u32) {
-    ["users", "nogroup", "nobody"]
-        .iter()
-        .find_map(|name| group_id(name).map(|gid| (name.to_string(), gid)))
-        .expect("a group named users, nogroup or nobody")
-}
-
-/// The group to give the state file: root takes [`other_group`], anyone
-/// else their own (no name: only root acts as a second user).
-fn group_to_share() -> (String, u32) {
-    if is_root() {
-        other_group()
-    } else {
-        // SAFETY: getegid cannot fail.
-        (String::new(), unsafe { libc::getegid() })
-    }
-}
-
-/// The group the `nobody` user may take: `nogroup`, else `nobody`.
-fn nobody_group() -> String {
-    ["nogroup", "nobody"]
-        .iter()
-        .find(|name| group_id(name).is_some())
-        .expect("a group nogroup or nobody")
-        .to_string()
-}
-
-fn has_setpriv() -> bool {
-    Command::new("setpriv")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// `mama ARGS` run by `bin` as the user `nobody` in `group`, with no other
-/// groups, and this world's environment.
-fn as_nobody(env: &TestEnv, bin: &Path, group: &str, args: &[&str]) -> Command {
-    let plain = env.cmd(args);
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid",
-        "nobody",
-        "--regid",
-        group,
-        "--clear-groups",
-        "--",
-    ])
-    .arg(bin)
-    .args(args)
-    .current_dir(env.path())
-    .stdin(Stdio::null());
-    for (key, value) in plain.get_envs() {
-        match value {
-            Some(value) => cmd.env(key, value),
-            None => cmd.env_remove(key),
-        };
-    }
-    cmd
-}
-
-/// A binary that `nobody` may run: the built one, or a copy when the build
-/// folder is private (the copy's folder lives as long as the guard).
-fn binary_for_nobody(env: &TestEnv, group: &str) -> (PathBuf, Option<tempfile::TempDir>) {
-    let runs = |bin: &Path| {
-        as_nobody(env, bin, group, &["--version"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if runs(Path::new(MAMA)) {
-        return (PathBuf::from(MAMA), None);
-    }
-    let dir = tempfile::tempdir().expect("temporary folder");
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let bin = dir.path().join("mama");
-    fs::copy(MAMA, &bin).expect("copy the binary");
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
-    assert!(runs(&bin), "nobody cannot run {}", bin.display());
-    (bin, Some(dir))
 }
 
 // ---------------------------------------------------------------------------
@@ -737,15 +615,6 @@ fn writes_keep_mode_group_and_owner() {
     }
 }
 
-/// Runs the checks that need a second user, or says why not.
-fn second_user() -> bool {
-    if !is_root() || !has_setpriv() {
-        eprintln!("note: skipped: needs root and setpriv(1) to act as a second user");
-        return false;
-    }
-    true
-}
-
 /// As `nobody` in `group`: `set rig1 os VALUE`, which must succeed and be
 /// recorded.
 #[track_caller]
@@ -779,14 +648,19 @@ fn another_user_writes_a_world_writable_state_through_a_read_only_lock_file() {
     }
     assert!(add.status().expect("add").success());
     let lock = lock_path(&env.state);
-    assert_eq!(mode(&lock), 0o644);
+    // Only root may write the state, so only root may open its lock.
+    assert_eq!(mode(&lock), 0o600);
     assert_eq!(fs::metadata(&lock).expect("lock").uid(), 0);
+    // A lock file as an older mama made it, readable by all.
+    fs::set_permissions(&lock, fs::Permissions::from_mode(0o644)).expect("chmod");
     fs::set_permissions(&env.state, fs::Permissions::from_mode(0o666)).expect("chmod");
 
     set_os_as_nobody(&env, &nobody_group(), "by-nobody");
     assert_eq!(mode(&env.state), 0o666);
-    // The lock file stays root's; the temporary file is gone.
-    assert_eq!(mode(&lock), 0o644);
+    // The lock file stays root's, and once root looks again (the `info`
+    // above) it follows the state file: everyone may write both. The
+    // temporary file is gone.
+    assert_eq!(mode(&lock), 0o666);
     assert_eq!(fs::metadata(&lock).expect("lock").uid(), 0);
     assert!(!temp_path(&env.state).exists(), "{:?}", env.files());
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod users;
+
 pub const MAMA: &str = env!("CARGO_BIN_EXE_mama");
 
 /// How long anything that must happen eventually may take.

@@ -1,0 +1,668 @@
+//! Opening files beside the state file, safely.
+//!
+//! The lab's folder is shared: any member of its group may plant a file in
+//! it, say a symbolic link named like the history log pointing at a system
+//! file that root's next write would create, truncate or hand to the group.
+//! So every file mama opens beside the state file is opened through a
+//! descriptor of its folder (`openat`), never following a link in its last
+//! component (`O_NOFOLLOW`), close-on-exec, and must turn out to be what
+//! mama keeps there: a regular file, or a folder for the machine locks. A
+//! planted link, FIFO, device or folder is an error naming it, never
+//! followed and never written through. The folder of the state file itself
+//! is resolved once, when the state file is located (see
+//! [`crate::store::Store::locate`]).
+//!
+//! Files are made like the state file: temporary files are created fresh
+//! (`O_EXCL`, after removing a leftover; removing never follows a link),
+//! private (mode 0600) while their data is written, and only then given the
+//! state file's mode, owner, group, ACLs and extended attributes
+//! ([`make_like`]); then they replace their target by a rename
+//! ([`replace`]). Lock files and the folder of machine locks are open to
+//! those who may write the state file, and to no one else ([`lock_mode`]).
+
+use std::ffi::{CString, OsStr};
+use std::fs::{File, Metadata};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Whether an I/O error means that this user may not write there (no
+/// permission, or a read-only file system).
+pub fn is_read_only(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS)
+    )
+}
+
+/// An I/O error doing `action` to `path`; one that means "this user may not
+/// write here" is [`Error::ReadOnly`], so callers can fall back to reading.
+pub fn error(action: &str, path: &Path, e: io::Error) -> Error {
+    if is_read_only(&e) {
+        Error::ReadOnly {
+            context: format!("cannot {action} {}", path.display()),
+            source: e,
+        }
+    } else {
+        Error::io(action, path, e)
+    }
+}
+
+/// What mama keeps at a name beside the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    File,
+    Folder,
+}
+
+impl Expect {
+    fn noun(self) -> &'static str {
+        match self {
+            Expect::File => "a regular file",
+            Expect::Folder => "a folder",
+        }
+    }
+}
+
+/// What a file type is, for people.
+fn describe(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFLNK => "a symbolic link",
+        libc::S_IFDIR => "a folder",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR | libc::S_IFBLK => "a device",
+        libc::S_IFREG => "a regular file",
+        _ => "an unknown kind of file",
+    }
+}
+
+fn planted(path: &Path, what: &'static str, expect: Expect) -> Error {
+    Error::Planted {
+        path: path.to_path_buf(),
+        what,
+        expected: expect.noun(),
+    }
+}
+
+/// The error for a failed open of `path`: a planted file when what is there
+/// is not what mama keeps there, else the I/O error.
+fn refuse(path: &Path, e: io::Error, expect: Expect, action: &str) -> Error {
+    let suspicious = match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENXIO) => true,
+        Some(libc::ENOTDIR) => expect == Expect::Folder,
+        Some(libc::EISDIR) => expect == Expect::File,
+        _ => false,
+    };
+    if suspicious && let Ok(meta) = std::fs::symlink_metadata(path) {
+        let kind = meta.mode() & libc::S_IFMT;
+        let wanted = match expect {
+            Expect::File => libc::S_IFREG,
+            Expect::Folder => libc::S_IFDIR,
+        };
+        if kind != wanted {
+            return planted(path, describe(meta.mode()), expect);
+        }
+    }
+    error(action, path, e)
+}
+
+fn c_name(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A folder, opened without following a link in its last component.
+#[derive(Debug)]
+pub struct Dir {
+    file: File,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Opens the folder `path`; a link or anything but a folder there is an
+    /// error naming it.
+    pub fn open(path: &Path) -> Result<Dir> {
+        let name = c_name(path.as_os_str()).map_err(|e| Error::io("open", path, e))?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: a valid C string; the result is checked.
+        let fd = unsafe { libc::open(name.as_ptr(), flags) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(refuse(path, e, Expect::Folder, "open the folder"));
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        Ok(Dir {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The folder holding `path`, and the name of `path` in it.
+    fn of(path: &Path) -> Result<(Dir, &OsStr)> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::Invalid(format!("{} does not name a file", path.display())))?;
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        Ok((Dir::open(dir)?, name))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn child(&self, name: &OsStr) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// `openat` in this folder, never following a link, close-on-exec and
+    /// non-blocking (a planted FIFO must not hang mama; see [`Dir::regular`]).
+    fn open_at(&self, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<File> {
+        let c = c_name(name)?;
+        let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+        // SAFETY: a valid descriptor and C string; the result is checked.
+        let fd = unsafe {
+            libc::openat(
+                self.file.as_raw_fd(),
+                c.as_ptr(),
+                flags,
+                mode as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    /// `file` if it is a regular file (made blocking again), else an error
+    /// naming what it is.
+    fn regular(&self, file: File, name: &OsStr) -> Result<File> {
+        let path = self.child(name);
+        let meta = file.metadata().map_err(|e| Error::io("read", &path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(planted(&path, describe(meta.mode()), Expect::File));
+        }
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor `file` owns; results are checked.
+        let rc = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags < 0 {
+                flags
+            } else {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK)
+            }
+        };
+        check(rc).map_err(|e| Error::io("open", &path, e))?;
+        Ok(file)
+    }
+
+    /// Opens an existing regular file; `None` when there is none.
+    fn existing(&self, name: &OsStr, write: bool, action: &str) -> Result<Option<File>> {
+        let flags = if write { libc::O_RDWR } else { libc::O_RDONLY };
+        match self.open_at(name, flags, 0) {
+            Ok(file) => self.regular(file, name).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(refuse(&self.child(name), e, Expect::File, action)),
+        }
+    }
+
+    /// Creates a new regular file (never one that exists, never through a
+    /// link).
+    fn create_new(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        self.open_at(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, mode)
+    }
+
+    /// Removes `name` if it is there (a link is removed, never followed).
+    fn remove(&self, name: &OsStr) -> io::Result<()> {
+        let c = c_name(name)?;
+        // SAFETY: a valid descriptor and C string.
+        let rc = unsafe { libc::unlinkat(self.file.as_raw_fd(), c.as_ptr(), 0) };
+        match check(rc) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        let (from, to) = (c_name(from)?, c_name(to)?);
+        let fd = self.file.as_raw_fd();
+        // SAFETY: a valid descriptor and C strings.
+        check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) })
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("sync the folder", &self.path, e))
+    }
+}
+
+/// Opens the regular file `path` beside the state file (read-only, or
+/// read-write with `write`); `None` when it (or its folder) does not exist.
+pub fn open_file(path: &Path, write: bool) -> Result<Option<File>> {
+    let (dir, name) = match Dir::of(path) {
+        Ok(found) => found,
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    dir.existing(name, write, "open")
+}
+
+/// The mask of the process (read without changing it where /proc tells).
+fn umask() -> u32 {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(mask) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+    {
+        return mask;
+    }
+    // SAFETY: umask cannot fail; the old mask is put back at once.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old as u32
+    }
+}
+
+/// The mode a new state file gets: what the umask lets through of 0666.
+pub fn new_file_mode() -> u32 {
+    0o666 & !umask()
+}
+
+/// The state file's permission bits (a new one's when there is none yet).
+fn state_mode(like: Option<&Metadata>) -> u32 {
+    like.map_or_else(new_file_mode, |m| m.mode() & 0o777)
+}
+
+/// The mode of a lock file: read and write for each class (owner, group,
+/// others) that may write the state file, nothing for the others. Who may
+/// open a lock file may hold it, and so stop every writer: readers who may
+/// not open it read without it.
+pub fn lock_mode(like: Option<&Metadata>) -> u32 {
+    let mode = state_mode(like);
+    let mut out = 0;
+    for shift in [6, 3, 0] {
+        if mode & (0o2 << shift) != 0 {
+            out |= 0o6 << shift;
+        }
+    }
+    out
+}
+
+/// The mode of the folder of machine locks: `rwx` for the classes that may
+/// write the state file.
+pub fn folder_mode(like: Option<&Metadata>) -> u32 {
+    let mode = lock_mode(like);
+    mode | ((mode & 0o444) >> 2)
+}
+
+/// Gives `fd` the group of `like` (as far as this user may) and `mode`.
+fn set_group_and_mode(file: &File, like: Option<&Metadata>, mode: u32) -> io::Result<()> {
+    if let Some(like) = like {
+        let _ = std::os::unix::fs::fchown(file, None, Some(like.gid()));
+    }
+    // SAFETY: fchmod on a descriptor `file` owns.
+    check(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })
+}
+
+/// Opens (creating it if needed) a lock file beside the state file. A lock
+/// file that this user may not write is opened read-only: `flock` works on
+/// any open file. A new lock file gets [`lock_mode`] and the state file's
+/// group; an existing one that this user owns is brought in line with them,
+/// so a lock file follows the state file when its mode changes.
+pub fn open_lock(path: &Path, like: Option<&Metadata>) -> Result<File> {
+    let (dir, name) = Dir::of(path)?;
+    let mode = lock_mode(like);
+    // Another process may create or remove it between two tries; a planted
+    // link fails at once (O_NOFOLLOW), so this never spins.
+    for _ in 0..100 {
+        match dir.open_at(name, libc::O_RDWR, 0) {
+            Ok(file) => {
+                let file = dir.regular(file, name)?;
+                follow_state(&file, like, mode);
+                return Ok(file);
+            }
+            Err(e) if is_read_only(&e) => {
+                return match dir.open_at(name, libc::O_RDONLY, 0) {
+                    Ok(file) => dir.regular(file, name),
+                    Err(e) => Err(refuse(path, e, Expect::File, "open the lock file")),
+                };
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(refuse(path, e, Expect::File, "open the lock file")),
+        }
+        match dir.create_new(name, mode) {
+            Ok(file) => {
+                // The umask may have narrowed the mode.
+                set_group_and_mode(&file, like, mode)
+                    .map_err(|e| error("set the mode of", path, e))?;
+                return Ok(file);
+            }
+            // Another process created it meanwhile: open theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(refuse(path, e, Expect::File, "create the lock file")),
+        }
+    }
+    Err(Error::Invalid(format!(
+        "cannot open the lock file {}: it keeps appearing and disappearing",
+        path.display()
+    )))
+}
+
+/// Brings a lock file this user owns (or root) in line with the state
+/// file's mode and group; best effort.
+fn follow_state(file: &File, like: Option<&Metadata>, mode: u32) {
+    let Some(like) = like else { return };
+    let Ok(mine) = file.metadata() else { return };
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if (mine.uid() == me || me == 0) && (mine.mode() & 0o7777 != mode || mine.gid() != like.gid()) {
+        let _ = set_group_and_mode(file, Some(like), mode);
+    }
+}
+
+/// Makes sure the folder `path` (the machine locks) exists: a new one gets
+/// [`folder_mode`] and the state file's group. A link or a file there is an
+/// error naming it.
+pub fn ensure_folder(path: &Path, like: Option<&Metadata>) -> Result<()> {
+    let (parent, name) = Dir::of(path)?;
+    match Dir::open(path) {
+        Ok(_) => return Ok(()),
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mode = folder_mode(like);
+    let c = c_name(name).map_err(|e| Error::io("create", path, e))?;
+    // SAFETY: a valid descriptor and C string.
+    let rc = unsafe { libc::mkdirat(parent.file.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) };
+    match check(rc) {
+        Ok(()) => {
+            let dir = Dir::open(path)?;
+            set_group_and_mode(&dir.file, like, mode).map_err(|e| error("set the mode of", path, e))
+        }
+        // Another process made it meanwhile (or planted something: the
+        // next open says what).
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Dir::open(path).map(|_| ()),
+        Err(e) => Err(error("create", path, e)),
+    }
+}
+
+/// Opens the regular file `path` for reading and writing, creating it made
+/// like the state file (see [`make_like`]) when it does not exist. Returns
+/// the file and whether it was created.
+pub fn open_or_create(path: &Path, like: Option<&Metadata>) -> Result<(File, bool)> {
+    let (dir, name) = Dir::of(path)?;
+    // As in open_lock: a race, never a planted link, makes it try again.
+    for _ in 0..100 {
+        if let Some(file) = dir.existing(name, true, "open")? {
+            return Ok((file, false));
+        }
+        match dir.create_new(name, 0o600) {
+            Ok(file) => {
+                make_like(&file, path, like, None)?;
+                return Ok((file, true));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(refuse(path, e, Expect::File, "create")),
+        }
+    }
+    Err(Error::Invalid(format!(
+        "cannot open {}: it keeps appearing and disappearing",
+        path.display()
+    )))
+}
+
+/// Creates the temporary file `path` afresh: a leftover (or anything
+/// planted there) is removed first, never followed, and the new file is
+/// created exclusively, mode 0600 whatever the umask.
+pub fn create_temp(path: &Path) -> Result<File> {
+    let (dir, name) = Dir::of(path)?;
+    dir.remove(name)
+        .map_err(|e| refuse(path, e, Expect::File, "remove the leftover"))?;
+    let file = dir
+        .create_new(name, 0o600)
+        .map_err(|e| refuse(path, e, Expect::File, "create"))?;
+    // SAFETY: fchmod on a descriptor `file` owns (the umask may only have
+    // narrowed 0600; this is for clarity, not safety).
+    check(unsafe { libc::fchmod(file.as_raw_fd(), 0o600) })
+        .map_err(|e| error("set the mode of", path, e))?;
+    Ok(file)
+}
+
+/// Replaces `target` with `bytes`, atomically: the temporary file `temp`
+/// (same folder) is created afresh and private ([`create_temp`]), written,
+/// made like the state file (`like`, with the extended attributes of
+/// `xattrs_from`, the file being replaced), synced, renamed over `target`,
+/// and the folder synced. On any failure the temporary file is removed and
+/// `target` is untouched.
+pub fn replace(
+    target: &Path,
+    temp: &Path,
+    bytes: &[u8],
+    like: Option<&Metadata>,
+    xattrs_from: Option<&File>,
+) -> Result<()> {
+    let (dir, target_name) = Dir::of(target)?;
+    let temp_name = temp
+        .file_name()
+        .filter(|_| temp.parent() == target.parent())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "internal error: {} is not beside {}",
+                temp.display(),
+                target.display()
+            ))
+        })?;
+    let mut file = create_temp(temp)?;
+    let written = file
+        .write_all(bytes)
+        .map_err(|e| error("write", temp, e))
+        .and_then(|()| make_like(&file, target, like, xattrs_from))
+        .and_then(|()| file.sync_all().map_err(|e| error("write", temp, e)))
+        .and_then(|()| {
+            dir.rename(temp_name, target_name)
+                .map_err(|e| error("replace", target, e))
+        });
+    drop(file);
+    if let Err(e) = written {
+        let _ = dir.remove(temp_name);
+        return Err(e);
+    }
+    dir.sync()
+}
+
+/// Makes `file` (a new file that is to become or sit beside `target`) like
+/// the state file `like`: its owner and group as far as this user may (a
+/// non-root user keeps the group if they belong to it), its mode, then its
+/// ACLs and other extended attributes, copied from `xattrs_from`. Without
+/// `like` (no state file yet) the mode is what the umask lets through. An
+/// attribute that cannot be copied is an error naming it: mama would
+/// rather not write than drop an ACL.
+pub fn make_like(
+    file: &File,
+    target: &Path,
+    like: Option<&Metadata>,
+    xattrs_from: Option<&File>,
+) -> Result<()> {
+    let mode = match like {
+        Some(like) => {
+            let mine = file.metadata().map_err(|e| Error::io("read", target, e))?;
+            if (mine.uid() != like.uid() || mine.gid() != like.gid())
+                && std::os::unix::fs::fchown(file, Some(like.uid()), Some(like.gid())).is_err()
+            {
+                let _ = std::os::unix::fs::fchown(file, None, Some(like.gid()));
+            }
+            like.mode() & 0o7777
+        }
+        None => new_file_mode(),
+    };
+    // Mode first: an ACL sets the group bits (its mask) in turn.
+    // SAFETY: fchmod on a descriptor `file` owns.
+    check(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })
+        .map_err(|e| error("set the mode of", target, e))?;
+    if let Some(from) = xattrs_from {
+        copy_xattrs(from, file, target)?;
+    }
+    Ok(())
+}
+
+/// Reads an extended attribute's list or value: `call(buf, len)` is the
+/// system call, asked first for the size.
+fn read_sized(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Result<Vec<u8>> {
+    loop {
+        let size = call(std::ptr::null_mut(), 0);
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = call(buf.as_mut_ptr().cast(), buf.len());
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        // It grew in between: ask again.
+        if e.raw_os_error() != Some(libc::ERANGE) {
+            return Err(e);
+        }
+    }
+}
+
+fn get_xattr(file: &File, name: &CString) -> io::Result<Vec<u8>> {
+    let fd = file.as_raw_fd();
+    // SAFETY: a valid descriptor and C string; `buf` is valid for `len`
+    // bytes (or null with 0, the size query).
+    read_sized(|buf, len| unsafe { libc::fgetxattr(fd, name.as_ptr(), buf, len) })
+}
+
+/// Copies every extended attribute (ACLs included) of `from` to `to`.
+fn copy_xattrs(from: &File, to: &File, target: &Path) -> Result<()> {
+    let fd = from.as_raw_fd();
+    // SAFETY: a valid descriptor; `buf` is valid for `len` bytes (or null
+    // with 0, the size query).
+    let list = match read_sized(|buf, len| unsafe { libc::flistxattr(fd, buf.cast(), len) }) {
+        Ok(list) => list,
+        // A file system without extended attributes has none to keep.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(Error::io("read the extended attributes of", target, e)),
+    };
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let shown = String::from_utf8_lossy(name).into_owned();
+        let refused = |e: io::Error| {
+            Error::Invalid(format!(
+                "cannot keep the extended attribute {shown} of {}: {e}; \
+                 mama will not write the file without it (it was left unchanged)",
+                target.display()
+            ))
+        };
+        let c =
+            CString::new(name).map_err(|_| refused(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let value = match get_xattr(from, &c) {
+            Ok(value) => value,
+            // Removed in between: nothing to keep.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(refused(e)),
+        };
+        // Already there (a security label the system gave the new file).
+        if get_xattr(to, &c).is_ok_and(|have| have == value) {
+            continue;
+        }
+        // SAFETY: a valid descriptor, C string and buffer of that length.
+        let rc = unsafe {
+            libc::fsetxattr(
+                to.as_raw_fd(),
+                c.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        check(rc).map_err(refused)?;
+    }
+    Ok(())
+}
+
+/// Whether this user may write `path` (`access(2)`): an error that says why
+/// not, typed [`Error::ReadOnly`] for a lack of permission or a read-only
+/// file system.
+pub fn may_write(path: &Path) -> Result<()> {
+    let c = c_name(path.as_os_str()).map_err(|e| Error::io("write", path, e))?;
+    // SAFETY: a valid C string.
+    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
+    check(rc).map_err(|e| error("write", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn meta_with_mode(dir: &Path, mode: u32) -> Metadata {
+        let path = dir.join(format!("state-{mode:o}"));
+        std::fs::write(&path, "").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        std::fs::metadata(&path).expect("metadata")
+    }
+
+    #[test]
+    fn lock_files_open_only_to_those_who_may_write_the_state() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        for (state, lock, folder) in [
+            (0o664, 0o660, 0o770),
+            (0o644, 0o600, 0o700),
+            (0o666, 0o666, 0o777),
+            (0o640, 0o600, 0o700),
+            (0o660, 0o660, 0o770),
+            (0o444, 0o000, 0o000),
+        ] {
+            let like = meta_with_mode(dir.path(), state);
+            assert_eq!(lock_mode(Some(&like)), lock, "lock for {state:o}");
+            assert_eq!(folder_mode(Some(&like)), folder, "folder for {state:o}");
+        }
+    }
+
+    #[test]
+    fn a_planted_link_is_refused_and_a_temporary_replaces_it() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").expect("write");
+        let link = dir.path().join("log");
+        std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+        let err = open_file(&link, true).expect_err("a link is refused");
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        let err = open_or_create(&link, None).expect_err("a link is refused");
+        assert!(matches!(err, Error::Planted { .. }), "{err}");
+        let err = open_lock(&link, None).expect_err("a link is refused");
+        assert!(matches!(err, Error::Planted { .. }), "{err}");
+        let temp = dir.path().join("temp");
+        std::os::unix::fs::symlink(&victim, &temp).expect("symlink");
+        replace(&dir.path().join("new"), &temp, b"new", None, None).expect("replace");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+        assert!(!temp.exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("new")).expect("read"),
+            "new"
+        );
+    }
+}
