@@ -224,8 +224,8 @@ fn sections() -> Roff {
         vec![bold("MAMA_POLL_INTERVAL")],
         &[roman(
             "The longest time, in seconds (fractions allowed), that a waiter (run, wait) \
-             sleeps between two looks at the state file; default 1. A release wakes \
-             waiters at once, whatever this is.",
+             sleeps between two looks at the state file; default 1, at most 100 years. \
+             A release wakes waiters at once, whatever this is.",
         )],
     );
     item(
@@ -233,7 +233,7 @@ fn sections() -> Roff {
         vec![bold("MAMA_STALE_AFTER")],
         &[roman(
             "The age, in whole seconds, after which a job that has no PID recorded is \
-             stale; default 300.",
+             stale; default 300, at most 100 years.",
         )],
     );
     item(
@@ -285,7 +285,8 @@ fn sections() -> Roff {
             italic(DEFAULT_STATE),
             roman(
                 ". A symbolic link is followed, so the files below sit beside the real \
-                 file. If it is missing, read commands show an empty lab and commands that \
+                 file; none of those is ever opened through a link, and one planted in \
+                 its place is an error naming it. If it is missing, read commands show an empty lab and commands that \
                  change the lab create it (its folder must exist).",
             ),
         ],
@@ -296,7 +297,8 @@ fn sections() -> Roff {
         &[roman(
             "The lock file: an advisory flock on it guards every transaction (never on the \
              state file itself, which each write replaces). It is created with the state \
-             file's mode and group.",
+             file's group, readable and writable only by those who may write the state \
+             file; others read without it.",
         )],
     );
     item(
@@ -308,8 +310,9 @@ fn sections() -> Roff {
             roman(".lock"),
         ],
         &[roman(
-            "One job lock a machine, held by the mama run that has claimed it; waiters \
-             sleep on it, so they notice a release at once.",
+            "One job lock a machine, held by the mama run that has claimed it and by every \
+             process of its job, so a job whose mama was killed keeps its machine until its \
+             last process ends; waiters sleep on it, so they notice a release at once.",
         )],
     );
     item(
@@ -319,8 +322,10 @@ fn sections() -> Roff {
             roman("The temporary file of an atomic write, in the state file's folder ("),
             italic("name"),
             roman(
-                " is the state file's name). There is at most one; a process killed while \
-                 writing may leave it, and the next write replaces it.",
+                " is the state file's name), created afresh and private (mode 0600) and \
+                 given the state file's mode, owner, group and extended attributes just \
+                 before it replaces the state. A process killed while writing may leave \
+                 it; the next write removes it.",
             ),
         ],
     );
@@ -390,8 +395,9 @@ fn sections() -> Roff {
     rule(&mut r, "a PID is recorded and no process has that PID; or");
     rule(
         &mut r,
-        "a PID is recorded but that process started more than 2 s after the claim's \
-         timestamp (the PID was reused: the claimer must predate its claim); or",
+        "a PID is recorded but the process that has it is not the claimer: it started \
+         at another instant than the claim records (for records of other tools, more \
+         than 2 s after the claim's timestamp); or",
     );
     rule(
         &mut r,
@@ -401,7 +407,14 @@ fn sections() -> Roff {
     );
     r.control("PP", []);
     r.text([
-        roman("A job claimed on another host is never judged by a local PID. "),
+        roman(
+            "A PID is judged only in the PID namespace and boot it was recorded in. \
+             Elsewhere on this host (a container sharing the lab folder), and for a job \
+             whose PID is dead while processes of the job still run, the machine's job \
+             lock decides: held, the job is live; free, it is stale. A job claimed in an \
+             earlier boot of this host is stale; one claimed on another host is never \
+             judged here. ",
+        ),
         bold("list"),
         roman(" and "),
         bold("info"),
