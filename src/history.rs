@@ -15,8 +15,9 @@
 //!    whole line, syncs the log, and drops them all from the state, whose
 //!    rename commits that;
 //! 3. right after the rename, the writer appends the pending events numbered
-//!    after the log's last whole line, without syncing: until a flush syncs
-//!    the log, the state holds them too.
+//!    after the log's last whole line to the log (once the first flush has
+//!    created it), without syncing: until a flush syncs the log, the state
+//!    holds them too.
 //!
 //! Readers take every whole line of the log, then the state's pending events
 //! numbered after the log's last one: an event in both (a writer killed
@@ -229,8 +230,14 @@ impl History {
 
     /// Appends to the log the `pending` events of a state just committed
     /// that it lacks, without syncing: the state holds them until a flush
-    /// syncs the log. Call with the state lock held, after the rename.
+    /// syncs the log. Call with the state lock held, after the rename. A
+    /// missing log is left to the first flush to create, as the state file
+    /// is by then set up to share (its mode and group) more often than at
+    /// its first event.
     pub fn copy_committed(&self, pending: &[Event], like: Option<&Metadata>) -> Result<()> {
+        if !self.path.exists() {
+            return Ok(());
+        }
         self.append_after_last(pending, false, like)
     }
 
@@ -572,7 +579,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_log_numbers_from_one_and_keeps_the_events_whole() {
+    fn a_new_history_numbers_from_one_and_keeps_the_events_whole() {
         let (_dir, history) = fresh();
         let mut state = State::default();
         assert_eq!(state.record(&history, &["a", "b"]), [1, 2]);
@@ -582,8 +589,19 @@ mod tests {
         assert_eq!(seqs(&read), [1, 2, 3]);
         assert_eq!(read, state.pending);
         assert_eq!(read[2].detail.as_deref(), Some("os=c"));
-        // The log has them too, once each.
+        // The first flush makes the log; from then on each event is copied
+        // to it as it commits, once.
+        assert!(!history.path().exists());
+        for i in 3..FLUSH_AT {
+            state.record(&history, &[&format!("v{i}")]);
+        }
+        assert!(!history.path().exists());
+        assert_eq!(state.record(&history, &["d"]), [FLUSH_AT as u64 + 1]);
+        assert_eq!(state.record(&history, &["e"]), [FLUSH_AT as u64 + 2]);
+        let read = state.read(&history);
+        assert_eq!(seqs(&read), (1..=FLUSH_AT as u64 + 2).collect::<Vec<_>>());
         assert_eq!(lines(&history), read);
+        assert_eq!(state.pending[..], read[FLUSH_AT..]);
     }
 
     #[test]
@@ -594,6 +612,7 @@ mod tests {
             state.record(&history, &[&format!("v{i}")]);
         }
         assert_eq!(state.pending.len(), FLUSH_AT);
+        assert!(!history.path().exists());
         // The next transaction flushes them, and holds only its own.
         assert_eq!(state.record(&history, &["next"]), [FLUSH_AT as u64 + 1]);
         assert_eq!(seqs(&state.pending), [FLUSH_AT as u64 + 1]);
@@ -710,9 +729,8 @@ mod tests {
         }
         // A cut line is dropped by a writer that does not flush, too.
         let (_dir, history) = fresh();
-        let mut state = State::default();
-        state.record(&history, &["a", "b"]);
-        let mut text = fs::read(history.path()).expect("read");
+        let mut text = seed(&history, 1..=2, 0);
+        let mut state = State::holding(numbered(1..=2, 0));
         text.extend_from_slice(b"{\"seq\":3,\"ti");
         fs::write(history.path(), &text).expect("write");
         assert_eq!(state.record(&history, &["c"]), [3]);
@@ -747,7 +765,7 @@ mod tests {
             pending: Vec::new(),
         };
         assert_eq!(state.record(&history, &["a", "b"]), [101, 102]);
-        assert_eq!(seqs(&lines(&history)), [101, 102]);
+        assert_eq!(seqs(&state.read(&history)), [101, 102]);
 
         // The log ends before the state's number: no number is used twice.
         let (_dir, history) = fresh();

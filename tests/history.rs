@@ -647,10 +647,10 @@ fn killed_writers_never_part_the_log_from_the_state() {
         // numbered 1, 2, 3... up to at most the state's number. It lacks
         // only events the state still holds, and those it shares with the
         // state are the same events.
-        let held = held(&env);
+        let in_state = held(&env);
         assert_eq!(
-            seqs(&held),
-            (committed + 1 - held.len() as u64..=committed).collect::<Vec<_>>(),
+            seqs(&in_state),
+            (committed + 1 - in_state.len() as u64..=committed).collect::<Vec<_>>(),
             "round {round}"
         );
         let (mut raw, ends_whole) = raw_log(&env);
@@ -669,22 +669,23 @@ fn killed_writers_never_part_the_log_from_the_state() {
         );
         assert!(logged <= committed, "round {round}: {logged} > {committed}");
         assert!(
-            logged + held.len() as u64 >= committed,
+            logged + in_state.len() as u64 >= committed,
             "round {round}: the log ends at {logged}, the state holds {:?}",
-            seqs(&held)
+            seqs(&in_state)
         );
         for line in &lines {
-            if let Some(copy) = held.iter().find(|h| seq(h) == seq(line)) {
+            if let Some(copy) = in_state.iter().find(|h| seq(h) == seq(line)) {
                 assert_eq!(copy, line, "round {round}");
             }
         }
         // Readers take the log's lines, then what only the state holds.
         let mut read = lines;
-        read.extend(held.into_iter().filter(|h| seq(h) > logged));
+        read.extend(in_state.into_iter().filter(|h| seq(h) > logged));
         assert_eq!(read, log, "round {round}");
 
         // After one more write, readers see it as the newest event, and
-        // the log is whole again: it has every committed event.
+        // the log (once the first flush has made it) is whole again: it has
+        // every committed event.
         env.run(["set", "m0", "kernel", &format!("after-{round}")])
             .ok();
         let log = env.events();
@@ -704,7 +705,11 @@ fn killed_writers_never_part_the_log_from_the_state() {
             .into_iter()
             .map(|l| l.expect("every line an event"))
             .collect();
-        assert_eq!(raw, log, "round {round}");
+        if log_path(&env).exists() {
+            assert_eq!(raw, log, "round {round}");
+        } else {
+            assert_eq!(held(&env), log, "round {round}");
+        }
     }
     // Enough writes to flush: the state holds only events of these writes.
     let before = event_seq(&env).expect("<event_seq>");
@@ -1123,4 +1128,37 @@ fn an_older_state_put_back_keeps_the_history_and_numbers_after_it() {
         "numbers out of order or twice: {numbers:?}"
     );
     assert_eq!(numbers, seqs(&later));
+}
+
+#[test]
+fn the_log_is_made_by_the_first_flush_like_the_state_file_by_then() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let mode = |path: PathBuf| fs::metadata(path).expect("a file").permissions().mode() & 0o7777;
+    // Each command under a narrow umask, as whoever set the lab up.
+    let narrow = |args: &[&str]| {
+        let mut cmd = env.cmd(args);
+        // SAFETY: umask is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
+        assert!(cmd.status().expect("mama runs").success(), "{args:?}");
+    };
+    narrow(&["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]);
+    assert_eq!(mode(env.state.clone()), 0o600);
+    // Shared after its first event: the log does not exist yet...
+    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o664)).expect("chmod");
+    assert!(!log_path(&env).exists());
+    for i in 0..FLUSH_AT {
+        narrow(&["set", "rig1", "os", &format!("v{i}")]);
+    }
+    // ... and the flush makes it like the state file as it now is.
+    assert_eq!(mode(log_path(&env)), 0o664);
+    assert_eq!(
+        seqs(&env.events()),
+        (1..=FLUSH_AT as u64 + 1).collect::<Vec<_>>()
+    );
 }
