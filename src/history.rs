@@ -1,19 +1,32 @@
 //! The history of the lab: who held what, and every other change.
 //!
-//! Events go to an append-only log beside the state file (`<state>.log`, one
-//! JSON object a line), written inside the same locked transaction as the
-//! state change they describe. Each event carries a sequence number, and the
-//! state file records the last one it committed (`<event_seq>`):
+//! Each event carries a sequence number. An event is committed by the state
+//! file's rename, like the change it describes: it goes into the state's
+//! `<pending_events>`, and `<event_seq>` becomes its number. The log beside
+//! the state file (`<state>.log`, one JSON object a line) only ever receives
+//! events that are already committed, so no line of it is ever taken back:
 //!
-//! 1. the writer drops any tail of the log beyond that number (left by a
-//!    writer killed after appending but before its state was written),
-//! 2. appends the new events and syncs the log,
-//! 3. writes the state with the new number (the atomic rename commits both).
+//! 1. a new event is numbered after the state's `<event_seq>`, its pending
+//!    events and the log's last whole line, whichever is newest, so numbers
+//!    go on after the whole history even when an older copy of the state
+//!    file is put back;
+//! 2. when a transaction starts with [`FLUSH_AT`] pending events (committed
+//!    by an earlier rename), it appends those numbered after the log's last
+//!    whole line, syncs the log, and drops them all from the state, whose
+//!    rename commits that;
+//! 3. right after the rename, the writer appends the pending events numbered
+//!    after the log's last whole line to the log (once the first flush has
+//!    created it), without syncing: until a flush syncs the log, the state
+//!    holds them too.
 //!
-//! Readers ignore entries beyond the state's number, so after a crash at any
-//! instant one never sees an event without its change, or a change without
-//! its event. The log is bounded: when it grows past [`TRIM_AT`] bytes the
-//! oldest events are dropped so that at most [`KEEP`] bytes remain.
+//! Readers take every whole line of the log, then the state's pending events
+//! numbered after the log's last one: an event in both (a writer killed
+//! between appending and renaming, or the copy of step 3) is read once. The
+//! only line ever dropped is a last one without its newline, cut by a writer
+//! killed mid-append; its events are still pending in the state, and are
+//! appended again. The log is bounded: when a flush finds it past
+//! [`TRIM_AT`] bytes the oldest lines are dropped so that at most [`KEEP`]
+//! bytes remain.
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -26,9 +39,9 @@ use crate::fsutil;
 use crate::lab::JobRecord;
 use crate::os;
 
-/// The newest events, up to this many, are kept in the state file itself
-/// and move to the log together: most transactions then sync one file, as
-/// they would without a history.
+/// The state file keeps its committed events until this many have gathered;
+/// the next transaction then moves them to the log together and syncs it:
+/// most transactions sync one file, as they would without a history.
 pub const FLUSH_AT: usize = 32;
 
 /// The log is trimmed when it grows past this many bytes (about 20,000
@@ -147,12 +160,22 @@ pub fn decode(text: &str) -> Vec<Event> {
         .collect()
 }
 
-/// A line of the log and where it starts.
-struct Line {
-    offset: u64,
-    /// With the newline.
+/// The end of the log, as [`scan_back`] reads it.
+struct Tail {
+    /// The log's length.
     len: u64,
-    event: Option<Event>,
+    /// Its length up to its last newline: a last line without one (cut by a
+    /// writer killed mid-append) is not part of it.
+    whole: u64,
+    /// The events of the whole lines read, newest first.
+    events: Vec<Event>,
+}
+
+impl Tail {
+    /// The number of the log's last whole event.
+    fn last_seq(&self) -> Option<u64> {
+        self.events.first().map(|e| e.seq)
+    }
 }
 
 impl History {
@@ -164,67 +187,106 @@ impl History {
         &self.path
     }
 
-    /// Appends `events` after the state's last committed number, numbering
-    /// them; returns the new last number. Call with the state lock held.
-    pub fn append(
+    /// Commits this transaction's `events` to the state's side of the
+    /// history: numbers them after the newest of the state's last number
+    /// `seq`, its `pending` events and the log's last whole event, and adds
+    /// them to `pending`; returns the new last number. When `pending` holds
+    /// [`FLUSH_AT`] events (committed by an earlier rename), they first move
+    /// to the log: the ones it lacks are appended, the log is synced, and
+    /// `pending` is emptied. Call with the state lock held, then write the
+    /// state: its rename commits both.
+    pub fn commit(
         &self,
-        committed: Option<u64>,
-        events: &mut [Event],
+        seq: Option<u64>,
+        pending: &mut Vec<Event>,
+        events: Vec<Event>,
         like: Option<&Metadata>,
     ) -> Result<u64> {
-        let (file, mut next) = self.prepare(committed, like)?;
-        for event in events.iter_mut() {
-            next += 1;
-            event.seq = next;
-        }
-        self.write_synced(file, events)?;
-        Ok(next)
-    }
-
-    /// Appends events numbered by the caller after the log's last committed
-    /// number `flushed` (see [`FLUSH_AT`]). Call with the state lock held.
-    pub fn flush(&self, flushed: u64, events: &[Event], like: Option<&Metadata>) -> Result<()> {
-        let (file, _) = self.prepare(Some(flushed), like)?;
-        self.write_synced(file, events)
-    }
-
-    /// Opens the log for appending after `committed`: drops any later tail
-    /// and trims the log if it is too long. Returns the file and the last
-    /// number in it.
-    fn prepare(&self, committed: Option<u64>, like: Option<&Metadata>) -> Result<(File, u64)> {
-        let mut file = self.open_for_append(like)?;
-        let io = |e| Error::io("write the event log", &self.path, e);
-        // Drop what a killed writer appended but never committed (and any
-        // half-written line), so numbers are never used twice.
-        let lines =
-            scan_back(&mut file, |event| committed.is_none_or(|c| event.seq <= c)).map_err(io)?;
-        let keep_until = lines
+        let logged = self.last_seq()?;
+        let mut last = pending
             .iter()
-            .find(|l| {
-                l.event
-                    .as_ref()
-                    .is_some_and(|e| committed.is_none_or(|c| e.seq <= c))
-            })
-            .map_or(0, |l| l.offset + l.len);
-        let last = lines
-            .iter()
-            .find_map(|l| l.event.as_ref().map(|e| e.seq))
-            .filter(|&seq| committed.is_none_or(|c| seq <= c));
-        let next = committed.or(last).unwrap_or(0);
-        file.set_len(keep_until).map_err(io)?;
-        if keep_until > TRIM_AT {
-            self.trim(&mut file, keep_until, like)?;
-            file = self.open_for_append(like)?;
+            .map(|e| e.seq)
+            .chain(seq)
+            .chain(logged)
+            .max()
+            .unwrap_or(0);
+        if pending.len() >= FLUSH_AT {
+            self.append_after_last(pending, true, like)?;
+            pending.clear();
         }
-        Ok((file, next))
+        for mut event in events {
+            last = last.checked_add(1).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "cannot number a new event: the numbers recorded with {} have run out",
+                    self.path.display()
+                ))
+            })?;
+            event.seq = last;
+            pending.push(event);
+        }
+        Ok(last)
     }
 
-    fn write_synced(&self, mut file: File, events: &[Event]) -> Result<()> {
+    /// Appends to the log the `pending` events of a state just committed
+    /// that it lacks, without syncing: the state holds them until a flush
+    /// syncs the log. Call with the state lock held, after the rename. A
+    /// missing log is left to the first flush to create, as the state file
+    /// is by then set up to share (its mode and group) more often than at
+    /// its first event.
+    pub fn copy_committed(&self, pending: &[Event], like: Option<&Metadata>) -> Result<()> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        self.append_after_last(pending, false, like)
+    }
+
+    /// Appends the `committed` events numbered after the log's last whole
+    /// event, in order. With `flush`, a long log is trimmed first and the
+    /// log is synced even when nothing was appended (a killed writer may
+    /// have appended without syncing).
+    fn append_after_last(
+        &self,
+        committed: &[Event],
+        flush: bool,
+        like: Option<&Metadata>,
+    ) -> Result<()> {
+        let (mut file, mut last) = self.prepare(flush, like)?;
+        let mut missing = Vec::new();
+        for event in committed {
+            if last.is_none_or(|l| event.seq > l) {
+                last = Some(event.seq);
+                missing.push(event.clone());
+            }
+        }
+        if missing.is_empty() && !flush {
+            return Ok(());
+        }
         let io = |e| Error::io("write the event log", &self.path, e);
-        let text = encode(events)?;
+        let text = encode(&missing)?;
         file.seek(SeekFrom::End(0)).map_err(io)?;
         file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_data().map_err(io)
+        if flush {
+            file.sync_data().map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the log for appending: drops a last line without its newline
+    /// (its events are still pending in the state) and, with `trim`, trims
+    /// the log if it is too long. Returns the file and the number of the
+    /// last whole event in it.
+    fn prepare(&self, trim: bool, like: Option<&Metadata>) -> Result<(File, Option<u64>)> {
+        let mut file = self.open_for_append(like)?;
+        let io = |e| Error::io("write the event log", &self.path, e);
+        let tail = scan_back(&mut file, |_| true).map_err(io)?;
+        if tail.whole < tail.len {
+            file.set_len(tail.whole).map_err(io)?;
+        }
+        if trim && tail.whole > TRIM_AT {
+            self.trim(&mut file, tail.whole, like)?;
+            file = self.open_for_append(like)?;
+        }
+        Ok((file, tail.last_seq()))
     }
 
     /// Opens the log for reading and writing, creating it made like the
@@ -298,74 +360,91 @@ impl History {
         let Some(mut file) = self.open_to_read()? else {
             return Ok(None);
         };
-        let lines = scan_back(&mut file, |_| true)
+        let tail = scan_back(&mut file, |_| true)
             .map_err(|e| Error::io("read the event log", &self.path, e))?;
-        Ok(lines.iter().find_map(|l| l.event.as_ref().map(|e| e.seq)))
+        Ok(tail.last_seq())
     }
 
-    /// Every committed event, oldest first.
-    pub fn read_all(&self, committed: Option<u64>) -> Result<Vec<Event>> {
+    /// Every committed event (or those numbered after `after`), oldest
+    /// first: the log's whole lines, then the state's `pending` events
+    /// numbered after the log's last event. Call with the state that holds
+    /// `pending` locked.
+    pub fn read(&self, after: Option<u64>, pending: Vec<Event>) -> Result<Vec<Event>> {
+        let (mut events, logged) = match after {
+            Some(after) => self.read_after(after)?,
+            None => {
+                let events = self.read_all()?;
+                let logged = events.last().map(|e| e.seq);
+                (events, logged)
+            }
+        };
+        let from = logged.max(after);
+        events.extend(
+            pending
+                .into_iter()
+                .filter(|e| from.is_none_or(|from| e.seq > from)),
+        );
+        Ok(events)
+    }
+
+    /// The events of the log's whole lines, oldest first.
+    fn read_all(&self) -> Result<Vec<Event>> {
         let Some(mut file) = self.open_to_read()? else {
             return Ok(Vec::new());
         };
-        let mut text = String::new();
-        file.read_to_string(&mut text)
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
             .map_err(|e| Error::io("read the event log", &self.path, e))?;
-        Ok(decode(&text)
-            .into_iter()
-            .filter(|e| committed.is_none_or(|c| e.seq <= c))
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        Ok(bytes[..whole]
+            .split(|&b| b == b'\n')
+            .filter_map(|line| serde_json::from_slice(line).ok())
             .collect())
     }
 
-    /// The committed events numbered after `after`, oldest first; reads only
-    /// the end of the log.
-    pub fn read_after(&self, after: u64, committed: Option<u64>) -> Result<Vec<Event>> {
+    /// The log's events numbered after `after`, oldest first, and the number
+    /// of its last event; reads only the end of the log.
+    fn read_after(&self, after: u64) -> Result<(Vec<Event>, Option<u64>)> {
         let Some(mut file) = self.open_to_read()? else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         };
-        let lines = scan_back(&mut file, |e| e.seq <= after)
+        let tail = scan_back(&mut file, |e| e.seq <= after)
             .map_err(|e| Error::io("read the event log", &self.path, e))?;
-        let mut events: Vec<Event> = lines
-            .into_iter()
-            .filter_map(|l| l.event)
-            .filter(|e| e.seq > after && committed.is_none_or(|c| e.seq <= c))
-            .collect();
+        let logged = tail.last_seq();
+        let mut events: Vec<Event> = tail.events.into_iter().filter(|e| e.seq > after).collect();
         events.reverse();
-        Ok(events)
+        Ok((events, logged))
     }
 }
 
-/// Reads the log's lines from the end backwards until one parses and
-/// satisfies `stop` (that one included), newest first. Only the end of the
-/// log is read unless the line sought lies further back. A last line
-/// without its newline (a writer killed mid-line) reads as no event.
-fn scan_back(file: &mut File, stop: impl Fn(&Event) -> bool) -> io::Result<Vec<Line>> {
+/// Reads the log's whole lines from the end backwards until one is an event
+/// that satisfies `stop` (that one included). Only the end of the log is
+/// read unless the line sought lies further back.
+fn scan_back(file: &mut File, stop: impl Fn(&Event) -> bool) -> io::Result<Tail> {
     let len = file.seek(SeekFrom::End(0))?;
-    let mut window = 64 * 1024u64;
+    let mut window = 16 * 1024u64;
     loop {
         let start = len.saturating_sub(window);
         let mut buf = Vec::with_capacity((len - start) as usize);
         file.seek(SeekFrom::Start(start))?;
         Read::by_ref(file).take(len - start).read_to_end(&mut buf)?;
-        let mut lines = Vec::new();
-        let mut end = buf.len();
-        if let Some(last_newline) = buf.iter().rposition(|&b| b == b'\n') {
-            if last_newline + 1 < buf.len() {
-                lines.push(Line {
-                    offset: start + last_newline as u64 + 1,
-                    len: (buf.len() - last_newline - 1) as u64,
-                    event: None,
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n').map(|i| i + 1) else {
+            if start == 0 {
+                // Not one whole line.
+                return Ok(Tail {
+                    len,
+                    whole: 0,
+                    events: Vec::new(),
                 });
             }
-            end = last_newline + 1;
-        } else if start == 0 && !buf.is_empty() {
-            lines.push(Line {
-                offset: 0,
-                len: buf.len() as u64,
-                event: None,
-            });
-            return Ok(lines);
-        }
+            window = window.saturating_mul(4);
+            continue;
+        };
+        let mut tail = Tail {
+            len,
+            whole: start + end as u64,
+            events: Vec::new(),
+        };
         // Whole lines in buf[..end], newest first; the first piece of a
         // window that does not start the file may be cut, so it is skipped.
         let mut line_end = end;
@@ -377,20 +456,17 @@ fn scan_back(file: &mut File, stop: impl Fn(&Event) -> bool) -> io::Result<Vec<L
             if line_start == 0 && start > 0 {
                 break;
             }
-            let event = serde_json::from_slice::<Event>(&buf[line_start..line_end]).ok();
-            let done = event.as_ref().is_some_and(&stop);
-            lines.push(Line {
-                offset: start + line_start as u64,
-                len: (line_end - line_start) as u64,
-                event,
-            });
-            if done {
-                return Ok(lines);
+            if let Ok(event) = serde_json::from_slice::<Event>(&buf[line_start..line_end]) {
+                let done = stop(&event);
+                tail.events.push(event);
+                if done {
+                    return Ok(tail);
+                }
             }
             line_end = line_start;
         }
         if start == 0 {
-            return Ok(lines);
+            return Ok(tail);
         }
         window = window.saturating_mul(4);
     }
@@ -428,173 +504,310 @@ mod tests {
         events.iter().map(|e| e.seq).collect()
     }
 
-    /// A log of events `range`, written as a writer would (committed or not).
+    /// Events `range`, numbered, as a writer would have committed them.
+    fn numbered(range: std::ops::RangeInclusive<u64>, pad: usize) -> Vec<Event> {
+        range
+            .map(|seq| {
+                let mut event = set_event(&format!("{seq}-{}", "x".repeat(pad)));
+                event.seq = seq;
+                event
+            })
+            .collect()
+    }
+
+    /// A log of events `range`; returns its text.
     fn seed(history: &History, range: std::ops::RangeInclusive<u64>, pad: usize) -> Vec<u8> {
-        let mut text = Vec::new();
-        for seq in range {
-            let mut event = set_event(&format!("{seq}-{}", "x".repeat(pad)));
-            event.seq = seq;
-            text.extend_from_slice(serde_json::to_string(&event).expect("encode").as_bytes());
-            text.push(b'\n');
-        }
+        let text = encode(&numbered(range, pad)).expect("encode").into_bytes();
         fs::write(history.path(), &text).expect("write the log");
         text
     }
 
-    #[test]
-    fn a_new_log_numbers_from_one_and_keeps_the_events_whole() {
-        let (_dir, history) = fresh();
-        let mut events = vec![set_event("a"), set_event("b")];
-        assert_eq!(history.append(None, &mut events, None).expect("append"), 2);
-        assert_eq!(seqs(&events), [1, 2]);
-        let mut more = vec![set_event("c")];
-        assert_eq!(history.append(Some(2), &mut more, None).expect("append"), 3);
-        let read = history.read_all(Some(3)).expect("read");
-        assert_eq!(seqs(&read), [1, 2, 3]);
-        assert_eq!(read[..2], events[..]);
-        assert_eq!(read[2], more[0]);
-        assert_eq!(read[2].detail.as_deref(), Some("os=c"));
-        assert_eq!(lines(&history), read);
+    /// What the state file holds of the history.
+    #[derive(Debug, Default)]
+    struct State {
+        seq: Option<u64>,
+        pending: Vec<Event>,
+    }
+
+    impl State {
+        /// A state that committed `pending` (numbered), the last being its
+        /// number.
+        fn holding(pending: Vec<Event>) -> State {
+            State {
+                seq: pending.last().map(|e| e.seq),
+                pending,
+            }
+        }
+
+        /// One transaction recording `values` as [`crate::store`] runs it:
+        /// commit, the rename, the copy to the log. Returns the numbers.
+        fn record(&mut self, history: &History, values: &[&str]) -> Vec<u64> {
+            let mut next = self.pending.clone();
+            let events = values.iter().map(|v| set_event(v)).collect();
+            let last = history
+                .commit(self.seq, &mut next, events, None)
+                .expect("commit");
+            let new = next.len().saturating_sub(values.len());
+            let numbers = seqs(&next[new..]);
+            // The rename.
+            (self.seq, self.pending) = (Some(last), next);
+            history
+                .copy_committed(&self.pending, None)
+                .expect("copy to the log");
+            numbers
+        }
+
+        /// Every event, as readers see them.
+        fn read(&self, history: &History) -> Vec<Event> {
+            history.read(None, self.pending.clone()).expect("read")
+        }
+
+        fn read_after(&self, history: &History, after: u64) -> Vec<Event> {
+            history
+                .read(Some(after), self.pending.clone())
+                .expect("read")
+        }
     }
 
     #[test]
-    fn an_uncommitted_tail_is_dropped_and_its_numbers_reused() {
+    fn a_new_history_numbers_from_one_and_keeps_the_events_whole() {
+        let (_dir, history) = fresh();
+        let mut state = State::default();
+        assert_eq!(state.record(&history, &["a", "b"]), [1, 2]);
+        assert_eq!(state.record(&history, &["c"]), [3]);
+        assert_eq!(state.seq, Some(3));
+        let read = state.read(&history);
+        assert_eq!(seqs(&read), [1, 2, 3]);
+        assert_eq!(read, state.pending);
+        assert_eq!(read[2].detail.as_deref(), Some("os=c"));
+        // The first flush makes the log; from then on each event is copied
+        // to it as it commits, once.
+        assert!(!history.path().exists());
+        for i in 3..FLUSH_AT {
+            state.record(&history, &[&format!("v{i}")]);
+        }
+        assert!(!history.path().exists());
+        assert_eq!(state.record(&history, &["d"]), [FLUSH_AT as u64 + 1]);
+        assert_eq!(state.record(&history, &["e"]), [FLUSH_AT as u64 + 2]);
+        let read = state.read(&history);
+        assert_eq!(seqs(&read), (1..=FLUSH_AT as u64 + 2).collect::<Vec<_>>());
+        assert_eq!(lines(&history), read);
+        assert_eq!(state.pending[..], read[FLUSH_AT..]);
+    }
+
+    #[test]
+    fn the_state_holds_its_events_until_a_flush_moves_them() {
+        let (_dir, history) = fresh();
+        let mut state = State::default();
+        for i in 0..FLUSH_AT {
+            state.record(&history, &[&format!("v{i}")]);
+        }
+        assert_eq!(state.pending.len(), FLUSH_AT);
+        assert!(!history.path().exists());
+        // The next transaction flushes them, and holds only its own.
+        assert_eq!(state.record(&history, &["next"]), [FLUSH_AT as u64 + 1]);
+        assert_eq!(seqs(&state.pending), [FLUSH_AT as u64 + 1]);
+        let all: Vec<u64> = (1..=FLUSH_AT as u64 + 1).collect();
+        assert_eq!(seqs(&lines(&history)), all);
+        assert_eq!(seqs(&state.read(&history)), all);
+    }
+
+    #[test]
+    fn lines_past_the_states_number_are_kept_and_numbered_after() {
+        // An older copy of the state put back: it committed 5, the log
+        // goes on to 7.
         let (_dir, history) = fresh();
         seed(&history, 1..=7, 0);
-        // The state committed 5: 6 and 7 were appended by a writer that
-        // died before its state was written.
-        assert_eq!(
-            seqs(&history.read_all(Some(5)).expect("read")),
-            [1, 2, 3, 4, 5]
-        );
-        let mut events = vec![set_event("new")];
-        assert_eq!(
-            history.append(Some(5), &mut events, None).expect("append"),
-            6
-        );
+        let mut state = State::holding(numbered(4..=5, 0));
+        assert_eq!(seqs(&state.read(&history)), (1..=7).collect::<Vec<_>>());
+        assert_eq!(seqs(&state.read_after(&history, 5)), [6, 7]);
+        assert_eq!(state.record(&history, &["new"]), [8]);
         let written = lines(&history);
-        assert_eq!(seqs(&written), [1, 2, 3, 4, 5, 6]);
-        assert_eq!(written[5].detail.as_deref(), Some("os=new"));
+        assert_eq!(seqs(&written), (1..=8).collect::<Vec<_>>());
+        assert_eq!(written[7].detail.as_deref(), Some("os=new"));
+        assert_eq!(state.read(&history), written);
+        // Its old pending events, already in the log, are flushed once.
+        for i in 0..FLUSH_AT {
+            state.record(&history, &[&format!("v{i}")]);
+        }
+        let n = 8 + FLUSH_AT as u64;
+        assert_eq!(seqs(&lines(&history)), (1..=n).collect::<Vec<_>>());
+        assert_eq!(seqs(&state.read(&history)), (1..=n).collect::<Vec<_>>());
+        assert!(state.pending.len() < FLUSH_AT);
     }
 
     #[test]
-    fn an_uncommitted_tail_longer_than_one_window_is_dropped_too() {
+    fn a_long_history_past_the_states_number_is_kept_too() {
         let (_dir, history) = fresh();
-        // About 300 KiB of uncommitted events after 10 committed ones.
-        seed(&history, 1..=1500, 60);
-        let mut events = vec![set_event("new")];
+        // About 300 KiB of events after the 10 the state knows of.
+        let text = seed(&history, 1..=1500, 60);
+        let mut state = State {
+            seq: Some(10),
+            pending: Vec::new(),
+        };
+        assert_eq!(state.record(&history, &["new"]), [1501]);
+        let written = fs::read(history.path()).expect("read");
+        assert_eq!(written[..text.len()], text[..]);
+        assert_eq!(seqs(&lines(&history)), (1..=1501).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_crash_after_appending_leaves_no_event_twice() {
+        // A flushing writer appended the state's pending events, synced the
+        // log and was killed before its rename: the state still holds them.
+        let (_dir, history) = fresh();
+        let flush = FLUSH_AT as u64;
+        let mut state = State::holding(numbered(1..=flush, 0));
+        let mut ahead = state.pending.clone();
+        history
+            .commit(state.seq, &mut ahead, vec![set_event("lost")], None)
+            .expect("commit");
+        let appended = fs::read(history.path()).expect("read");
+        assert_eq!(seqs(&lines(&history)), (1..=flush).collect::<Vec<_>>());
+        // Readers take each event once.
+        assert_eq!(state.read(&history), state.pending);
         assert_eq!(
-            history.append(Some(10), &mut events, None).expect("append"),
-            11
+            seqs(&state.read_after(&history, 3)),
+            (4..=flush).collect::<Vec<_>>()
         );
-        assert_eq!(seqs(&lines(&history)), (1..=11).collect::<Vec<_>>());
+        // The next writer does not append them again; the killed writer's
+        // own event was never committed and its number is free.
+        assert_eq!(state.record(&history, &["next"]), [flush + 1]);
+        assert_eq!(seqs(&state.pending), [flush + 1]);
+        let written = fs::read(history.path()).expect("read");
+        assert_eq!(written[..appended.len()], appended[..]);
+        assert_eq!(seqs(&lines(&history)), (1..=flush + 1).collect::<Vec<_>>());
+        assert_eq!(seqs(&state.read(&history)), seqs(&lines(&history)));
+
+        // Killed partway: the log has some of them, whole.
+        let (_dir, history) = fresh();
+        seed(&history, 1..=10, 0);
+        let mut state = State::holding(numbered(1..=flush, 0));
+        assert_eq!(state.read(&history), state.pending);
+        state.record(&history, &["next"]);
+        assert_eq!(seqs(&lines(&history)), (1..=flush + 1).collect::<Vec<_>>());
+        assert_eq!(
+            lines(&history)[..flush as usize],
+            numbered(1..=flush, 0)[..]
+        );
     }
 
     #[test]
-    fn a_half_written_last_line_is_dropped() {
-        let (_dir, history) = fresh();
-        let mut text = seed(&history, 1..=3, 0);
-        let mut cut = set_event("cut");
+    fn a_half_written_last_line_is_dropped_and_its_events_read_from_the_state() {
+        let flush = FLUSH_AT as u64;
+        let mut cut = set_event("4-");
         cut.seq = 4;
         let whole = serde_json::to_string(&cut).expect("encode");
         // Cut in the middle, and cut just before its newline.
         for piece in [&whole[..whole.len() / 2], whole.as_str()] {
-            let mut torn = text.clone();
+            let (_dir, history) = fresh();
+            let mut torn = seed(&history, 1..=3, 0);
             torn.extend_from_slice(piece.as_bytes());
             fs::write(history.path(), &torn).expect("write");
-            assert_eq!(seqs(&history.read_all(Some(3)).expect("read")), [1, 2, 3]);
+            // The state holds the events the killed writer was appending.
+            let mut state = State::holding(numbered(1..=flush, 0));
+            assert_eq!(state.read(&history), state.pending);
             assert_eq!(
-                seqs(&history.read_after(0, Some(3)).expect("read")),
-                [1, 2, 3]
+                seqs(&state.read_after(&history, 2)),
+                (3..=flush).collect::<Vec<_>>()
             );
+            assert_eq!(history.last_seq().expect("last"), Some(3));
+            // The next flush drops the cut line and appends them whole.
+            assert_eq!(state.record(&history, &["next"]), [flush + 1]);
+            let written = lines(&history);
+            assert_eq!(seqs(&written), (1..=flush + 1).collect::<Vec<_>>());
+            assert_eq!(written[3], cut);
         }
-        // Committed or not, a line without its newline is not an event.
-        let mut events = vec![set_event("next")];
-        assert_eq!(
-            history.append(Some(3), &mut events, None).expect("append"),
-            4
-        );
-        let written = lines(&history);
-        assert_eq!(seqs(&written), [1, 2, 3, 4]);
-        assert_eq!(written[3].detail.as_deref(), Some("os=next"));
-        // Without a committed number the same holds.
-        text = fs::read(history.path()).expect("read");
-        text.extend_from_slice(b"{\"seq\":5,\"ti");
+        // A cut line is dropped by a writer that does not flush, too.
+        let (_dir, history) = fresh();
+        let mut text = seed(&history, 1..=2, 0);
+        let mut state = State::holding(numbered(1..=2, 0));
+        text.extend_from_slice(b"{\"seq\":3,\"ti");
         fs::write(history.path(), &text).expect("write");
-        let mut events = vec![set_event("after")];
-        assert_eq!(history.append(None, &mut events, None).expect("append"), 5);
-        assert_eq!(seqs(&lines(&history)), [1, 2, 3, 4, 5]);
+        assert_eq!(state.record(&history, &["c"]), [3]);
+        assert_eq!(seqs(&lines(&history)), [1, 2, 3]);
+        assert_eq!(state.read(&history), lines(&history));
     }
 
     #[test]
-    fn a_garbage_line_after_the_committed_ones_is_dropped() {
+    fn a_whole_line_that_is_not_an_event_is_kept_and_skipped() {
         let (_dir, history) = fresh();
         let mut text = seed(&history, 1..=3, 0);
         text.extend_from_slice(b"not an event\n");
         fs::write(history.path(), &text).expect("write");
-        let mut events = vec![set_event("new")];
-        assert_eq!(
-            history.append(Some(3), &mut events, None).expect("append"),
-            4
-        );
-        assert_eq!(seqs(&lines(&history)), [1, 2, 3, 4]);
+        let mut state = State {
+            seq: Some(3),
+            pending: Vec::new(),
+        };
+        assert_eq!(state.record(&history, &["new"]), [4]);
+        let written = fs::read_to_string(history.path()).expect("read");
+        assert!(written.contains("\nnot an event\n"), "{written}");
+        assert_eq!(seqs(&state.read(&history)), [1, 2, 3, 4]);
+        assert_eq!(seqs(&state.read_after(&history, 2)), [3, 4]);
     }
 
     #[test]
-    fn numbering_continues_from_the_state_number() {
+    fn numbering_goes_on_after_the_newest_of_state_and_log() {
         // The log was lost (or trimmed away entirely): the state's number
         // still counts.
         let (_dir, history) = fresh();
-        let mut events = vec![set_event("a"), set_event("b")];
-        assert_eq!(
-            history
-                .append(Some(100), &mut events, None)
-                .expect("append"),
-            102
-        );
-        assert_eq!(seqs(&lines(&history)), [101, 102]);
+        let mut state = State {
+            seq: Some(100),
+            pending: Vec::new(),
+        };
+        assert_eq!(state.record(&history, &["a", "b"]), [101, 102]);
+        assert_eq!(seqs(&state.read(&history)), [101, 102]);
 
         // The log ends before the state's number: no number is used twice.
         let (_dir, history) = fresh();
         seed(&history, 1..=3, 0);
-        let mut events = vec![set_event("c")];
-        assert_eq!(
-            history.append(Some(9), &mut events, None).expect("append"),
-            10
-        );
+        let mut state = State {
+            seq: Some(9),
+            pending: Vec::new(),
+        };
+        assert_eq!(state.record(&history, &["c"]), [10]);
         assert_eq!(seqs(&lines(&history)), [1, 2, 3, 10]);
 
-        // A state without a number trusts the log.
+        // A state without a number goes on after the log...
         let (_dir, history) = fresh();
         seed(&history, 1..=4, 0);
-        let mut events = vec![set_event("d")];
-        assert_eq!(history.append(None, &mut events, None).expect("append"), 5);
+        let mut state = State::default();
+        assert_eq!(state.record(&history, &["d"]), [5]);
         assert_eq!(seqs(&lines(&history)), [1, 2, 3, 4, 5]);
+        // ... or after the events it holds.
+        let mut state = State {
+            seq: None,
+            pending: numbered(6..=8, 0),
+        };
+        assert_eq!(state.record(&history, &["e"]), [9]);
+        assert_eq!(seqs(&lines(&history)), (1..=9).collect::<Vec<_>>());
+
+        // Numbers that have run out are an error, not a wrap.
+        let mut pending = Vec::new();
+        let err = history
+            .commit(Some(u64::MAX), &mut pending, vec![set_event("f")], None)
+            .expect_err("no number left");
+        assert!(err.to_string().contains("run out"), "{err}");
     }
 
     #[test]
-    fn read_after_returns_only_newer_committed_events() {
+    fn read_after_returns_only_newer_events() {
         let (_dir, history) = fresh();
         seed(&history, 1..=10, 0);
-        let after = |n, c| seqs(&history.read_after(n, c).expect("read"));
-        assert_eq!(after(5, Some(8)), [6, 7, 8]);
-        assert_eq!(after(0, Some(8)), (1..=8).collect::<Vec<_>>());
-        assert_eq!(after(8, Some(8)), Vec::<u64>::new());
-        assert_eq!(after(9, Some(8)), Vec::<u64>::new());
-        assert_eq!(after(5, None), [6, 7, 8, 9, 10]);
-        assert_eq!(after(10, None), Vec::<u64>::new());
-        assert_eq!(
-            seqs(&history.read_all(Some(8)).expect("read")),
-            (1..=8).collect::<Vec<_>>()
-        );
-        assert_eq!(
-            seqs(&history.read_all(None).expect("read")),
-            (1..=10).collect::<Vec<_>>()
-        );
-        // A missing log reads as no events.
+        let state = State::holding(numbered(9..=12, 0));
+        let after = |n| seqs(&state.read_after(&history, n));
+        assert_eq!(after(5), [6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(after(0), (1..=12).collect::<Vec<_>>());
+        assert_eq!(after(10), [11, 12]);
+        assert_eq!(after(11), [12]);
+        assert_eq!(after(12), Vec::<u64>::new());
+        assert_eq!(after(13), Vec::<u64>::new());
+        assert_eq!(seqs(&state.read(&history)), (1..=12).collect::<Vec<_>>());
+        // A missing log reads as no events but the state's.
         let (_dir, missing) = fresh();
-        assert!(missing.read_after(0, Some(3)).expect("read").is_empty());
-        assert!(missing.read_all(Some(3)).expect("read").is_empty());
+        assert_eq!(seqs(&state.read_after(&missing, 10)), [11, 12]);
+        assert_eq!(seqs(&state.read(&missing)), [9, 10, 11, 12]);
+        assert!(State::default().read(&missing).is_empty());
     }
 
     #[test]
@@ -602,14 +815,18 @@ mod tests {
         let (_dir, history) = fresh();
         // About 450 KiB: the event sought lies several windows back.
         seed(&history, 1..=3000, 60);
-        let events = history.read_after(7, Some(2990)).expect("read");
-        assert_eq!(seqs(&events), (8..=2990).collect::<Vec<_>>());
-        assert_eq!(events, history.read_all(Some(2990)).expect("read")[7..]);
-        assert_eq!(history.read_after(0, Some(3000)).expect("read").len(), 3000);
+        let state = State {
+            seq: Some(3000),
+            pending: Vec::new(),
+        };
+        let events = state.read_after(&history, 7);
+        assert_eq!(seqs(&events), (8..=3000).collect::<Vec<_>>());
+        assert_eq!(events, state.read(&history)[7..]);
+        assert_eq!(state.read_after(&history, 0).len(), 3000);
     }
 
     #[test]
-    fn a_big_log_is_trimmed_to_its_newest_events() {
+    fn a_big_log_is_trimmed_to_its_newest_events_when_flushing() {
         let (dir, history) = fresh();
         let mut n = 0;
         let mut text = Vec::new();
@@ -623,14 +840,36 @@ mod tests {
             line_ends.push(text.len() as u64);
         }
         fs::write(history.path(), &text).expect("write");
-        let mut events = vec![set_event("after the trim")];
+        // A transaction that does not flush leaves the log long.
+        let mut state = State {
+            seq: Some(n),
+            pending: Vec::new(),
+        };
+        assert_eq!(state.record(&history, &["appended"]), [n + 1]);
+        let appended = serde_json::to_string(&state.pending[0]).expect("encode");
         assert_eq!(
-            history.append(Some(n), &mut events, None).expect("append"),
-            n + 1
+            fs::metadata(history.path()).expect("log").len(),
+            text.len() as u64 + appended.len() as u64 + 1
         );
+        text.extend_from_slice(appended.as_bytes());
+        text.push(b'\n');
+        line_ends.push(text.len() as u64);
+        n += 1;
+        // The flush trims it.
+        state.pending = numbered(n + 1 - FLUSH_AT as u64..=n, 0)
+            .into_iter()
+            .map(|mut e| {
+                e.detail = Some("in the log already".into());
+                e
+            })
+            .collect();
+        assert_eq!(state.record(&history, &["after the trim"]), [n + 1]);
 
         let written = fs::read(history.path()).expect("read");
-        let new_line = serde_json::to_string(&events[0]).expect("encode").len() as u64 + 1;
+        let new_line = serde_json::to_string(&state.pending[0])
+            .expect("encode")
+            .len() as u64
+            + 1;
         assert!(
             written.len() as u64 <= KEEP + new_line,
             "{} bytes kept",
@@ -644,6 +883,7 @@ mod tests {
             kept.last().map(|e| e.detail.as_deref()),
             Some(Some("os=after the trim"))
         );
+        assert_eq!(kept[kept.len() - 2].detail.as_deref(), Some("os=appended"));
         // The newest events that fit, at most one line short of it.
         let old_kept = text.len() as u64 - line_ends[first as usize - 2];
         assert_eq!(written.len() as u64, old_kept + new_line);
@@ -659,6 +899,6 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, ["mama.xml.log"]);
-        assert_eq!(history.read_all(Some(n + 1)).expect("read"), kept);
+        assert_eq!(state.read(&history), kept);
     }
 }

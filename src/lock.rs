@@ -183,15 +183,25 @@ impl std::os::fd::AsRawFd for FileLock {
 }
 
 /// Whether some process holds the lock at `path` exclusively (a missing
-/// lock file is not held). Probes with a shared lock for an instant; a lock
-/// file this user may not open counts as held, since nothing else shows
-/// that it is free. Never follows a link and never blocks on a FIFO; what
-/// is not a regular file holds no lock.
+/// lock file is not held). Probes with a shared lock for an instant; for a
+/// lock file this user may not open, the kernel's lock table (/proc/locks)
+/// tells. Where even that is silent (a folder this user may not search),
+/// it counts as free and the record decides: only readers are that blind,
+/// since whoever may write the state may open its locks. Never follows a
+/// link and never blocks on a FIFO; what is not a regular file holds no
+/// lock.
 pub fn is_held(path: &Path) -> bool {
     let file = match crate::fsutil::open_file(path, false) {
         Ok(Some(file)) => file,
         Ok(None) | Err(Error::Planted { .. }) => return false,
-        Err(_) => return true,
+        // A reader who may not open it asks the kernel's lock table.
+        Err(_) => {
+            return std::fs::symlink_metadata(path)
+                .ok()
+                .filter(Metadata::is_file)
+                .and_then(|meta| flocks_on(&meta))
+                .is_some_and(|locks| locks.iter().any(|&(exclusive, _)| exclusive));
+        }
     };
     match fs2::FileExt::try_lock_shared(&file) {
         Ok(()) => false,
@@ -233,28 +243,43 @@ pub fn open(path: &Path, like: Option<&Metadata>) -> Result<File> {
     fsutil::open_lock(path, like)
 }
 
+/// The `flock` locks held (not waited for) on the file `meta` describes,
+/// from /proc/locks: whether each is exclusive, and its holder's PID (0
+/// where the holder is outside this PID namespace). `None` when /proc does
+/// not tell.
+fn flocks_on(meta: &Metadata) -> Option<Vec<(bool, u32)>> {
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    Some(
+        locks
+            .lines()
+            .filter_map(|line| {
+                // "7: FLOCK  ADVISORY  WRITE 123 fe:01:456 0 EOF"; a
+                // waiter's line has "->" after the number.
+                let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+                if words.first() != Some(&"FLOCK") {
+                    return None;
+                }
+                let mut id = words.get(4)?.split(':');
+                let maj = u32::from_str_radix(id.next()?, 16).ok()?;
+                let min = u32::from_str_radix(id.next()?, 16).ok()?;
+                let ino: u64 = id.next()?.parse().ok()?;
+                let exclusive = *words.get(2)? == "WRITE";
+                let pid = words.get(3)?.parse::<u32>().ok()?;
+                (maj == major && min == minor && ino == meta.ino()).then_some((exclusive, pid))
+            })
+            .collect(),
+    )
+}
+
 /// Who holds a `flock` on `file`, from /proc/locks (the first holder of a
 /// shared lock); `None` when it cannot be told.
 pub fn holder(file: &File) -> Option<Holder> {
     let meta = file.metadata().ok()?;
-    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    let pid = locks.lines().find_map(|line| {
-        // "7: FLOCK  ADVISORY  WRITE 123 fe:01:456 0 EOF"; a waiter's line
-        // has "->" after the number.
-        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
-        if words.first() != Some(&"FLOCK") {
-            return None;
-        }
-        let mut id = words.get(4)?.split(':');
-        let maj = u32::from_str_radix(id.next()?, 16).ok()?;
-        let min = u32::from_str_radix(id.next()?, 16).ok()?;
-        let ino: u64 = id.next()?.parse().ok()?;
-        (maj == major && min == minor && ino == meta.ino())
-            .then(|| words.get(3)?.parse::<u32>().ok())
-            .flatten()
-            .filter(|&pid| pid > 0)
-    })?;
+    let pid = flocks_on(&meta)?
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .find(|&pid| pid > 0)?;
     let command = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|c| c.trim_end().to_string());

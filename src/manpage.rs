@@ -334,9 +334,9 @@ fn sections() -> Roff {
         vec![italic("state"), roman(".log")],
         &[roman(
             "The event log: one JSON object a line for every claim, release and other \
-             change. The newest events wait in the state file itself and move here 32 at a \
-             time; either way an event commits in the same transaction as its change. The \
-             oldest events are dropped when the log grows past 4 MiB.",
+             change, appended once the change is committed. The state file keeps the newest \
+             events too until 32 have gathered, so an event commits in the same transaction \
+             as its change. The oldest events are dropped when the log grows past 4 MiB.",
         )],
     );
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::history::{Event, FLUSH_AT, History};
+use crate::history::{Event, History};
 use crate::lab::Lab;
 use crate::lock::{self, FileLock, LockPatience, Mode};
 
@@ -223,46 +223,43 @@ impl Store {
         let value = change(&mut lab)?;
         if lab.is_changed() {
             let events = lab.take_events();
-            if !events.is_empty() {
+            let recorded = !events.is_empty();
+            if recorded {
                 self.commit_events(&mut lab, events, like.as_ref())?;
             }
             self.write(&lab)?;
+            if recorded {
+                // Committed: the change stands whatever happens to this
+                // copy, which the next flush makes good.
+                let _ = self
+                    .history()
+                    .copy_committed(&lab.pending_events(), like.as_ref());
+            }
         }
         Ok(value)
     }
 
-    /// Numbers this transaction's events and puts them in the state with
-    /// the ones not yet in the log; once there are [`FLUSH_AT`] of those,
-    /// they go to the log first (synced), and the state's rename commits
-    /// both. A writer killed in between leaves a log tail that the state
-    /// does not commit: readers ignore it and the next flush drops it.
+    /// Numbers this transaction's events after every event committed so
+    /// far and puts them in the state's pending events, which its rename
+    /// commits (see [`History::commit`]). When the state already holds
+    /// [`FLUSH_AT`](crate::history::FLUSH_AT) pending events, this
+    /// transaction first appends to the log those it lacks, syncs it, and
+    /// drops them all from the state. The log only ever receives committed
+    /// events: a writer killed after appending leaves lines the state still
+    /// holds too, which readers take once and the next flush does not
+    /// append again. After the rename, [`Store::update`] copies the new
+    /// events to the log unsynced, so the log tells the whole history even
+    /// if an older copy of the state is put back.
     fn commit_events(
         &self,
         lab: &mut Lab,
         events: Vec<Event>,
         like: Option<&Metadata>,
     ) -> Result<()> {
-        let history = self.history();
-        let known = lab.event_seq();
-        // A state without a number (new, or rewritten by a tool that drops
-        // mama's elements) takes the log as it stands.
-        let mut last = match known {
-            Some(seq) => seq,
-            None => history.last_seq()?.unwrap_or(0),
-        };
         let mut pending = lab.pending_events();
-        for mut event in events {
-            last += 1;
-            event.seq = last;
-            pending.push(event);
-        }
-        // Never flush for a state that committed no number yet: a tail it
-        // left would look committed.
-        if known.is_some() && pending.len() >= FLUSH_AT {
-            let flushed = pending.first().map_or(last, |e| e.seq - 1);
-            history.flush(flushed, &pending, like)?;
-            pending.clear();
-        }
+        let last = self
+            .history()
+            .commit(lab.event_seq(), &mut pending, events, like)?;
         lab.set_pending_events(&pending)?;
         lab.set_event_seq(last);
         Ok(())
@@ -274,7 +271,7 @@ impl Store {
     }
 
     /// The committed events (all of them, or those numbered after `after`),
-    /// read under the shared lock with the state that commits them.
+    /// read under the shared lock with the state that holds the newest.
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
         let like = self.metadata()?;
         if like.is_none() {
@@ -288,22 +285,7 @@ impl Store {
         }
         let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
         let snapshot = self.load()?;
-        let pending = snapshot.lab.pending_events();
-        // The log holds the events up to the first one still in the state.
-        let flushed = match pending.first() {
-            Some(first) => Some(first.seq - 1),
-            None => snapshot.lab.event_seq(),
-        };
-        let history = self.history();
-        let mut events = match after {
-            Some(after) => history.read_after(after, flushed)?,
-            None => history.read_all(flushed)?,
-        };
-        events.extend(
-            pending
-                .into_iter()
-                .filter(|e| after.is_none_or(|after| e.seq > after)),
-        );
+        let events = self.history().read(after, snapshot.lab.pending_events())?;
         Ok((snapshot, events))
     }
 

@@ -49,19 +49,21 @@ fn event_seq(env: &TestEnv) -> Option<u64> {
     Some(number.trim().parse().expect("a number in <event_seq>"))
 }
 
-/// How many committed events the state holds itself (not yet in the log).
-fn pending(env: &TestEnv) -> u64 {
+/// The committed events the state holds itself (`<pending_events>`), oldest
+/// first.
+fn held(env: &TestEnv) -> Vec<Value> {
     let state = env.read_state();
-    match (
-        state.find("<pending_events>"),
-        state.find("</pending_events>"),
-    ) {
-        (Some(start), Some(end)) => state[start..end]
-            .lines()
-            .filter(|l| l.contains("\"seq\""))
-            .count() as u64,
-        _ => 0,
-    }
+    let Some((_, rest)) = state.split_once("<pending_events>") else {
+        return Vec::new();
+    };
+    let (text, _) = rest
+        .split_once("</pending_events>")
+        .expect("</pending_events>");
+    let text = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    parse_json_lines(&text)
 }
 
 /// Makes the state commit exactly the events 1..=n of a seeded log: sets
@@ -640,51 +642,94 @@ fn killed_writers_never_part_the_log_from_the_state() {
         }
         promised.clear();
 
-        // The raw file: the lines the state commits to the log (all but
-        // the ones it still holds itself) are numbered without a gap or a
-        // duplicate; beyond them only a killed flush's tail.
-        let flushed = committed - pending(&env);
-        let (raw, _) = raw_log(&env);
-        let numbers: Vec<u64> = raw.iter().flatten().map(seq).collect();
-        let (old, tail): (Vec<u64>, Vec<u64>) = numbers.iter().partition(|&&n| n <= flushed);
-        assert_eq!(old, (1..=flushed).collect::<Vec<_>>(), "round {round}");
-        assert!(
-            tail.iter()
-                .zip(tail.iter().skip(1))
-                .all(|(a, b)| b == &(a + 1))
-                && tail.first().is_none_or(|&f| f == flushed + 1),
-            "round {round}: an uncommitted tail out of order: {tail:?}"
-        );
-
-        // After one more write, readers see it as the newest event; a
-        // killed flush's tail may stay in the file until the next flush,
-        // which drops it first.
-        env.run(["set", "m0", "kernel", &format!("after-{round}")])
-            .ok();
+        // The raw file holds committed events only, each once: every line
+        // is an event but a cut last one (a writer killed mid-append),
+        // numbered 1, 2, 3... up to at most the state's number. It lacks
+        // only events the state still holds, and those it shares with the
+        // state are the same events.
+        let in_state = held(&env);
         assert_eq!(
-            env.events().last().map(|e| e["detail"].clone()),
-            Some(json!(format!("kernel=after-{round}")))
-        );
-        let seqs_seen = seqs(&env.events());
-        assert_eq!(
-            seqs_seen,
-            (1..=event_seq(&env).expect("<event_seq>")).collect::<Vec<_>>(),
+            seqs(&in_state),
+            (committed + 1 - in_state.len() as u64..=committed).collect::<Vec<_>>(),
             "round {round}"
         );
+        let (mut raw, ends_whole) = raw_log(&env);
+        if !ends_whole {
+            raw.pop();
+        }
+        let lines: Vec<Value> = raw
+            .into_iter()
+            .map(|l| l.unwrap_or_else(|| panic!("round {round}: a whole line not an event")))
+            .collect();
+        let logged = lines.len() as u64;
+        assert_eq!(
+            seqs(&lines),
+            (1..=logged).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        assert!(logged <= committed, "round {round}: {logged} > {committed}");
+        assert!(
+            logged + in_state.len() as u64 >= committed,
+            "round {round}: the log ends at {logged}, the state holds {:?}",
+            seqs(&in_state)
+        );
+        for line in &lines {
+            if let Some(copy) = in_state.iter().find(|h| seq(h) == seq(line)) {
+                assert_eq!(copy, line, "round {round}");
+            }
+        }
+        // Readers take the log's lines, then what only the state holds.
+        let mut read = lines;
+        read.extend(in_state.into_iter().filter(|h| seq(h) > logged));
+        assert_eq!(read, log, "round {round}");
+
+        // After one more write, readers see it as the newest event, and
+        // the log (once the first flush has made it) is whole again: it has
+        // every committed event.
+        env.run(["set", "m0", "kernel", &format!("after-{round}")])
+            .ok();
+        let log = env.events();
+        assert_eq!(
+            log.last().map(|e| e["detail"].clone()),
+            Some(json!(format!("kernel=after-{round}")))
+        );
+        let committed = event_seq(&env).expect("<event_seq>");
+        assert_eq!(
+            seqs(&log),
+            (1..=committed).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        let (raw, ends_whole) = raw_log(&env);
+        assert!(ends_whole, "round {round}: a cut last line after a write");
+        let raw: Vec<Value> = raw
+            .into_iter()
+            .map(|l| l.expect("every line an event"))
+            .collect();
+        if log_path(&env).exists() {
+            assert_eq!(raw, log, "round {round}");
+        } else {
+            assert_eq!(held(&env), log, "round {round}");
+        }
     }
-    // Enough writes to flush: then the file is whole again, every line an
-    // event, numbered up to what the state commits to the log.
+    // Enough writes to flush: the state holds only events of these writes.
+    let before = event_seq(&env).expect("<event_seq>");
     for i in 0..FLUSH_AT {
         env.run(["set", "m0", "kernel", &format!("final-{i}")]).ok();
     }
+    let held = held(&env);
+    assert!(
+        held.first().is_some_and(|e| seq(e) > before),
+        "no flush after {before}: {:?}",
+        seqs(&held)
+    );
     let (raw, ends_whole) = raw_log(&env);
     assert!(ends_whole, "a cut last line after a flush");
     let numbers: Vec<u64> = raw
         .iter()
         .map(|l| seq(l.as_ref().expect("every line an event")))
         .collect();
-    let flushed = event_seq(&env).expect("<event_seq>") - pending(&env);
-    assert_eq!(numbers, (1..=flushed).collect::<Vec<_>>());
+    let committed = event_seq(&env).expect("<event_seq>");
+    assert_eq!(numbers, (1..=committed).collect::<Vec<_>>());
     assert!(killed > 0, "no writer was killed");
     assert!(finished > 0, "no writer finished");
     let total = env.events().len();
@@ -720,30 +765,29 @@ fn a_log_past_its_limit_keeps_its_newest_events() {
     env.add("rig1", 1);
     // About 25,000 events, a little over the limit.
     let n = 25_000;
-    let lengths = seed_log(&env, n, unix_now() - 60, 70);
+    let mut lengths = seed_log(&env, n, unix_now() - 60, 70);
     let seeded: usize = lengths.iter().sum();
     assert!(seeded as u64 > TRIM_AT, "{seeded} bytes seeded");
 
-    // The new events stay in the state until FLUSH_AT of them move to the
-    // log together: that flush trims the log first.
+    // Each new event is copied to the log as it commits; the state holds
+    // them too until FLUSH_AT have gathered, and the transaction that then
+    // moves them trims the log first.
     let flush = FLUSH_AT as u64;
-    for i in 1..flush {
+    for i in 1..=flush {
         env.run(["set", "rig1", "os", &format!("trimmed-{i}")]).ok();
-        assert_eq!(
-            fs::metadata(log_path(&env)).expect("the log").len() as usize,
-            seeded
-        );
+        let text = fs::read_to_string(log_path(&env)).expect("read the log");
+        let newest = text.lines().last().expect("a line");
+        assert!(newest.contains(&format!("os=trimmed-{i}\"")), "{newest}");
+        lengths.push(newest.len() + 1);
+        assert_eq!(text.len(), lengths.iter().sum::<usize>());
     }
+    assert_eq!(held(&env).len(), FLUSH_AT);
     env.run(["set", "rig1", "os", "trimmed"]).ok();
+    assert_eq!(seqs(&held(&env)), [n + flush + 1]);
     let text = fs::read_to_string(log_path(&env)).expect("read the log");
-    let new_lines: usize = text
-        .lines()
-        .rev()
-        .take(flush as usize)
-        .map(|l| l.len() + 1)
-        .sum();
+    let new_line = text.lines().last().map_or(0, |l| l.len() + 1);
     assert!(
-        text.len() as u64 <= KEEP + new_lines as u64,
+        text.len() as u64 <= KEEP + new_line as u64,
         "{} bytes left",
         text.len()
     );
@@ -751,20 +795,23 @@ fn a_log_past_its_limit_keeps_its_newest_events() {
     let numbers = seqs(&lines);
     let first = numbers[0];
     assert!(first > 1, "nothing was trimmed");
-    assert_eq!(numbers, (first..=n + flush).collect::<Vec<_>>());
+    assert_eq!(numbers, (first..=n + flush + 1).collect::<Vec<_>>());
     assert_eq!(lines[0]["detail"], format!("os={first}{}", "p".repeat(70)));
     assert_eq!(lines.last().expect("last")["detail"], "os=trimmed");
     // The newest that fit, at most one line short.
     let kept: usize = lengths[first as usize - 1..].iter().sum();
-    assert_eq!(kept + new_lines, text.len());
+    assert_eq!(kept + new_line, text.len());
     let two_more: usize = lengths[(first as usize).saturating_sub(3)..].iter().sum();
     assert!(two_more as u64 > KEEP, "only {kept} bytes of {KEEP} kept");
     // Readers see them all, and the next writer goes on.
-    assert_eq!(seqs(&env.events()), (first..=n + flush).collect::<Vec<_>>());
-    env.run(["set", "rig1", "os", "after"]).ok();
     assert_eq!(
         seqs(&env.events()),
         (first..=n + flush + 1).collect::<Vec<_>>()
+    );
+    env.run(["set", "rig1", "os", "after"]).ok();
+    assert_eq!(
+        seqs(&env.events()),
+        (first..=n + flush + 2).collect::<Vec<_>>()
     );
     assert_eq!(env.files_containing("tmp"), Vec::<String>::new());
 }
@@ -1020,4 +1067,98 @@ fn a_claim_reads_only_the_end_of_a_big_log() {
             .sum::<usize>()
     );
     assert_eq!(event_seq(&env), Some(n + 2));
+}
+
+// ---------------------------------------------------------------------------
+// 8. An older copy of the state put back
+
+#[test]
+fn an_older_state_put_back_keeps_the_history_and_numbers_after_it() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let flush = FLUSH_AT;
+    for i in 0..2 * flush + 5 {
+        env.run(["set", "rig1", "os", &format!("before-{i}")]).ok();
+    }
+    let backup = env.read_state();
+    let backed_up = env.events();
+    // Enough changes after the copy for several flushes.
+    for i in 0..3 * flush + 7 {
+        env.run(["set", "rig1", "os", &format!("after-{i}")]).ok();
+    }
+    let seen = env.events();
+    assert_eq!(seqs(&seen), (1..=seen.len() as u64).collect::<Vec<_>>());
+    assert!(seen.len() > backed_up.len() + 3 * flush, "{}", seen.len());
+    assert_eq!(seen[..backed_up.len()], backed_up[..]);
+
+    // The copy put back, then one change: nothing seen before is lost, and
+    // the new event comes after all of it.
+    env.write_state(&backup);
+    env.run(["set", "rig1", "os", "restored"]).ok();
+    let now = env.events();
+    assert_eq!(now.len(), seen.len() + 1, "{:?}", seqs(&now));
+    assert_eq!(now[..seen.len()], seen[..]);
+    let newest = &now[seen.len()];
+    assert_eq!(newest["detail"], "os=restored");
+    assert_eq!(seq(newest), seq(&seen[seen.len() - 1]) + 1);
+    assert_eq!(event_seq(&env), Some(seq(newest)));
+    assert_eq!(env.info("rig1")["os"], "restored");
+
+    // The history goes on from there through more flushes, each event once.
+    for i in 0..2 * flush + 3 {
+        env.run(["set", "rig1", "os", &format!("later-{i}")]).ok();
+    }
+    let later = env.events();
+    assert_eq!(seqs(&later), (1..=later.len() as u64).collect::<Vec<_>>());
+    assert_eq!(later[..now.len()], now[..]);
+    assert_eq!(later.len(), now.len() + 2 * flush + 3);
+    assert_eq!(
+        later.last().map(|e| e["detail"].clone()),
+        Some(json!(format!("os=later-{}", 2 * flush + 2)))
+    );
+    // The file itself: whole lines, each an event, none twice.
+    let (raw, ends_whole) = raw_log(&env);
+    assert!(ends_whole, "a cut last line");
+    let numbers: Vec<u64> = raw
+        .iter()
+        .map(|l| seq(l.as_ref().expect("every line an event")))
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "numbers out of order or twice: {numbers:?}"
+    );
+    assert_eq!(numbers, seqs(&later));
+}
+
+#[test]
+fn the_log_is_made_by_the_first_flush_like_the_state_file_by_then() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let mode = |path: PathBuf| fs::metadata(path).expect("a file").permissions().mode() & 0o7777;
+    // Each command under a narrow umask, as whoever set the lab up.
+    let narrow = |args: &[&str]| {
+        let mut cmd = env.cmd(args);
+        // SAFETY: umask is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
+        assert!(cmd.status().expect("mama runs").success(), "{args:?}");
+    };
+    narrow(&["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]);
+    assert_eq!(mode(env.state.clone()), 0o600);
+    // Shared after its first event: the log does not exist yet...
+    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o664)).expect("chmod");
+    assert!(!log_path(&env).exists());
+    for i in 0..FLUSH_AT {
+        narrow(&["set", "rig1", "os", &format!("v{i}")]);
+    }
+    // ... and the flush makes it like the state file as it now is.
+    assert_eq!(mode(log_path(&env)), 0o664);
+    assert_eq!(
+        seqs(&env.events()),
+        (1..=FLUSH_AT as u64 + 1).collect::<Vec<_>>()
+    );
 }
