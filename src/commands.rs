@@ -13,13 +13,11 @@ use crate::lab::{self, Field, Lab, NewMachine};
 use crate::lock::LockPatience;
 use crate::os::{self, Place, Processes};
 use crate::render::{self, MachineView};
-use crate::stale::{self, JobLocks, Judge};
+use crate::settings::Settings;
+use crate::stale::{JobLocks, Judge};
 use crate::store::{Snapshot, Store};
 use crate::style::{self, Stream};
 use crate::supervise::{self, Ending};
-
-/// The default longest sleep between two looks at the state file.
-pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 
 /// Reads the lab for a read-only command, saying where it looked when there
 /// is no state file.
@@ -47,15 +45,15 @@ struct World<'a> {
     stale_after: u64,
 }
 
-impl World<'_> {
-    fn new(store: &Store) -> Result<World<'_>> {
-        Ok(World {
+impl<'a> World<'a> {
+    fn new(store: &'a Store, settings: &Settings) -> World<'a> {
+        World {
             store,
             processes: Processes::new(),
             host: os::host_name(),
             place: Place::here(),
-            stale_after: stale::stale_after_from_env()?,
-        })
+            stale_after: settings.stale_after,
+        }
     }
 
     fn judge(&self) -> Judge<'_, Processes> {
@@ -96,9 +94,9 @@ fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }
 
-pub fn list(store: &Store, json: bool) -> Result<()> {
+pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
     let lab = read(store)?;
-    let world = World::new(store)?;
+    let world = World::new(store, settings);
     let judge = world.judge();
     let views: Vec<MachineView> = lab
         .machines()
@@ -135,10 +133,10 @@ pub fn names(store: &Store) -> Result<()> {
 /// How many of a machine's last events `info` shows.
 const INFO_EVENTS: usize = 5;
 
-pub fn info(store: &Store, machine: &str, json: bool) -> Result<()> {
+pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Result<()> {
     let (snapshot, events) = store.read_events(None)?;
     note_missing(store, &snapshot);
-    let world = World::new(store)?;
+    let world = World::new(store, settings);
     let judge = world.judge();
     let view = MachineView::new(&snapshot.lab.get(machine)?, &judge);
     let mut recent: Vec<Event> = events
@@ -167,6 +165,7 @@ pub fn info(store: &Store, machine: &str, json: bool) -> Result<()> {
 /// as it is committed.
 pub fn log(
     store: &Store,
+    settings: &Settings,
     machine: Option<&str>,
     since: Option<Duration>,
     json: bool,
@@ -188,12 +187,7 @@ pub fn log(
         .map(|e| e.seq)
         .or(snapshot.lab.event_seq())
         .unwrap_or(0);
-    // A bad poll interval is refused before anything is printed.
-    let poll = if follow {
-        poll_interval()?
-    } else {
-        DEFAULT_POLL
-    };
+    let poll = settings.poll;
     let shown: Vec<Event> = events.into_iter().filter(|e| wanted(e)).collect();
     print_events(&shown, json, true)?;
     if !follow {
@@ -249,8 +243,8 @@ pub fn add(store: &Store, new: NewMachine) -> Result<()> {
     Ok(())
 }
 
-pub fn delete(store: &Store, machine: &str) -> Result<()> {
-    let world = World::new(store)?;
+pub fn delete(store: &Store, settings: &Settings, machine: &str) -> Result<()> {
+    let world = World::new(store, settings);
     let judge = world.judge();
     store.update(|lab| {
         if let Some(job) = lab.get(machine)?.job()
@@ -422,28 +416,11 @@ pub fn release_forced(store: &Store, machine: &str) -> Result<()> {
     Ok(())
 }
 
-/// The longest sleep between two looks: `MAMA_POLL_INTERVAL` seconds.
-fn poll_interval() -> Result<Duration> {
-    match std::env::var("MAMA_POLL_INTERVAL") {
-        Err(_) => Ok(DEFAULT_POLL),
-        Ok(v) if v.trim().is_empty() => Ok(DEFAULT_POLL),
-        Ok(v) => crate::cli::parse_seconds(&v)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "MAMA_POLL_INTERVAL must be a positive number of seconds, \
-                     at most {}, not '{v}'",
-                    crate::cli::MAX_SECS_TEXT
-                ))
-            }),
-    }
-}
-
 /// Waits for a machine as `run` and `wait` do, with the environment's
 /// poll interval and stale age.
 fn acquire(
     store: &Store,
+    settings: &Settings,
     machine: &str,
     intent: &Intent,
     no_wait: bool,
@@ -452,7 +429,7 @@ fn acquire(
     let patience = Patience {
         no_wait,
         timeout,
-        poll: poll_interval()?,
+        poll: settings.poll,
     };
     // The same patience holds for the lab's lock (a holder stopped by
     // Ctrl-Z must not hang `run --no-wait`); the release that follows a
@@ -465,14 +442,19 @@ fn acquire(
         machine,
         &Caller::current(),
         &Processes::new(),
-        stale::stale_after_from_env()?,
+        settings.stale_after,
         intent,
         patience,
     )
 }
 
-pub fn wait(store: &Store, machine: &str, timeout: Option<Duration>) -> Result<()> {
-    acquire(store, machine, &Intent::Wait, false, timeout)?;
+pub fn wait(
+    store: &Store,
+    settings: &Settings,
+    machine: &str,
+    timeout: Option<Duration>,
+) -> Result<()> {
+    acquire(store, settings, machine, &Intent::Wait, false, timeout)?;
     Ok(())
 }
 
@@ -494,7 +476,7 @@ fn state_for_job(store: &Store) -> OsString {
 
 /// Waits, claims, runs the job, releases; returns the job's exit status.
 /// An error means the job never started.
-pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
+pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunRequest) -> Result<i32> {
     let Some((program, args)) = request.command.split_first() else {
         return Err(Error::Invalid("no command to run".into()));
     };
@@ -514,6 +496,7 @@ pub fn run(store: &Store, machine: &str, request: RunRequest) -> Result<i32> {
     };
     let claim = acquire(
         store,
+        settings,
         machine,
         &intent,
         request.no_wait,

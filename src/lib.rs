@@ -29,6 +29,7 @@ pub mod lock;
 pub mod manpage;
 pub mod os;
 pub mod render;
+pub mod settings;
 pub mod stale;
 pub mod store;
 pub mod style;
@@ -39,12 +40,12 @@ use cli::{Cli, Command};
 use error::Error;
 use exit::ExitCode;
 use lab::NewMachine;
+use settings::Settings;
 use store::Store;
 
 /// Runs a parsed command line; returns the process exit status. Errors are
 /// printed here, once.
 pub fn run(cli: Cli) -> i32 {
-    let store = Store::locate(cli.state);
     let is_run = matches!(cli.command, Command::Run { .. });
     if !matches!(cli.command, Command::Run { .. } | Command::Wait { .. }) {
         // `mama list | head` ends quietly, as other Unix tools do. `run`
@@ -55,7 +56,10 @@ pub fn run(cli: Cli) -> i32 {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let result = dispatch(&store, cli.command);
+    let result = Settings::read(cli.state).and_then(|settings| {
+        let store = Store::locate(settings.state.clone());
+        dispatch(&store, &settings, cli.command)
+    });
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -75,12 +79,12 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn dispatch(store: &Store, command: Command) -> error::Result<i32> {
+fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Result<i32> {
     use commands as c;
     match command {
         Command::List { names: true, .. } => c::names(store)?,
-        Command::List { json, .. } => c::list(store, json)?,
-        Command::Info { machine, json } => c::info(store, &machine, json)?,
+        Command::List { json, .. } => c::list(store, settings, json)?,
+        Command::Info { machine, json } => c::info(store, settings, &machine, json)?,
         Command::Add {
             name,
             mac,
@@ -97,7 +101,7 @@ fn dispatch(store: &Store, command: Command) -> error::Result<i32> {
                 resources: resources.unwrap_or_default(),
             },
         )?,
-        Command::Delete { machine } => c::delete(store, &machine)?,
+        Command::Delete { machine } => c::delete(store, settings, &machine)?,
         Command::Set {
             machine,
             attr,
@@ -112,13 +116,13 @@ fn dispatch(store: &Store, command: Command) -> error::Result<i32> {
         Command::Reserve { machine } => c::reserve(store, &machine)?,
         Command::Release { machine } => c::release(store, &machine)?,
         Command::ReleaseForced { machine } => c::release_forced(store, &machine)?,
-        Command::Wait { machine, timeout } => c::wait(store, &machine, timeout)?,
+        Command::Wait { machine, timeout } => c::wait(store, settings, &machine, timeout)?,
         Command::Log {
             machine,
             since,
             json,
             follow,
-        } => c::log(store, machine.as_deref(), since, json, follow)?,
+        } => c::log(store, settings, machine.as_deref(), since, json, follow)?,
         Command::Completions { shell } => completions::print(shell)?,
         Command::Run {
             machine,
@@ -130,6 +134,7 @@ fn dispatch(store: &Store, command: Command) -> error::Result<i32> {
         } => {
             return c::run(
                 store,
+                settings,
                 &machine,
                 c::RunRequest {
                     label: job,

@@ -12,7 +12,7 @@ use clap_mangen::Man;
 use clap_mangen::roff::{Inline, Roff, bold, italic, roman};
 
 use crate::cli::Cli;
-use crate::store::DEFAULT_STATE;
+use crate::settings::DEFAULT_STATE;
 
 /// The whole page, as roff source.
 pub fn render() -> String {

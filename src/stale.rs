@@ -19,15 +19,12 @@
 
 use std::fmt;
 
-use crate::error::{Error, Result};
 use crate::lab::JobRecord;
 use crate::os::{Place, Probe, ProcessTable};
 
 /// How much later than its claim a process may have started, for records
 /// without an origin (second-granular timestamps).
 pub const REUSE_SLACK_SECS: i64 = 2;
-/// The default stale age of a job without a PID.
-pub const DEFAULT_STALE_AFTER_SECS: u64 = 300;
 
 /// Whether a machine's job lock is held: by a running `mama run`, or by
 /// any process of its job.
@@ -209,27 +206,6 @@ impl<P: ProcessTable> Judge<'_, P> {
                 }
             }
         }
-    }
-}
-
-/// The stale age: `MAMA_STALE_AFTER` (whole seconds, at most
-/// [`crate::cli::MAX_SECS`], so an age never wraps negative) or the default.
-pub fn stale_after_from_env() -> Result<u64> {
-    use crate::cli::{MAX_SECS, MAX_SECS_TEXT};
-    match std::env::var("MAMA_STALE_AFTER") {
-        Err(_) => Ok(DEFAULT_STALE_AFTER_SECS),
-        Ok(v) if v.trim().is_empty() => Ok(DEFAULT_STALE_AFTER_SECS),
-        Ok(v) => v
-            .trim()
-            .parse()
-            .ok()
-            .filter(|&secs| secs <= MAX_SECS)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "MAMA_STALE_AFTER must be a whole number of seconds, \
-                     at most {MAX_SECS_TEXT}, not '{v}'"
-                ))
-            }),
     }
 }
 

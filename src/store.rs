@@ -20,9 +20,6 @@ use crate::history::{Event, History};
 use crate::lab::Lab;
 use crate::lock::{self, FileLock, LockPatience, Mode};
 
-/// Where the state file is looked for when nothing else names it.
-pub const DEFAULT_STATE: &str = "/var/lib/mama/mama.xml";
-
 /// The state file and the files mama keeps beside it.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -42,16 +39,11 @@ pub struct Snapshot {
 }
 
 impl Store {
-    /// The state file: `--state`, else `MAMA_STATE`, else
-    /// `$MAMA_PATH/mama.xml`, else [`DEFAULT_STATE`]. A symbolic link is
-    /// followed, here and only here, so the lock and temporary files sit
+    /// The state file at `path` (see [`crate::settings::Settings::state`]).
+    /// A symbolic link is followed, here and only here, so the lock and temporary files sit
     /// beside the real file and the rename replaces it, not the link; the
     /// folder is resolved too. Beside it, links are never followed.
-    pub fn locate(explicit: Option<PathBuf>) -> Store {
-        let path = explicit
-            .or_else(|| env_path("MAMA_STATE"))
-            .or_else(|| env_path("MAMA_PATH").map(|dir| dir.join("mama.xml")))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE));
+    pub fn locate(path: PathBuf) -> Store {
         let path = match fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(&path).unwrap_or(path),
             _ => path,
@@ -350,12 +342,6 @@ impl Store {
             old.as_ref(),
         )
     }
-}
-
-fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
 }
 
 impl Store {
