@@ -89,6 +89,10 @@ impl JobLocks for Store {
     fn held(&self, machine: &str) -> bool {
         lock::is_held(&lock::path_in(&self.machine_locks_dir(), machine))
     }
+
+    fn inherited(&self, machine: &str) -> bool {
+        lock::inherited_holds(&lock::path_in(&self.machine_locks_dir(), machine))
+    }
 }
 
 /// Why a machine is busy for a caller.
@@ -206,11 +210,13 @@ impl Status {
 }
 
 /// A machine's status, from its own fields (a job first, then a hand
-/// start, then a reservation).
-pub fn status(machine: &Machine<'_>, verdict: Option<&Verdict>) -> Status {
+/// start, then a reservation); `locked` says that, with no job recorded,
+/// its job lock is held (processes of a job whose record was cleared).
+pub fn status(machine: &Machine<'_>, verdict: Option<&Verdict>, locked: bool) -> Status {
     match verdict {
         Some(Verdict::Stale(_)) => Status::Stale,
         Some(_) => Status::Busy,
+        None if locked => Status::Busy,
         None if machine.is_started() => Status::Started,
         None if machine.reservation().is_some() => Status::Reserved,
         None => Status::Free,
@@ -226,7 +232,10 @@ fn busy_by_own_fields(
     let name = machine.name().into_owned();
     if let Some(job) = machine.job() {
         let verdict = judge.judge(&name, &job);
-        let ours = verdict == Verdict::Live && caller.owns(&job);
+        // Ours: claimed by an ancestor of ours, or we run inside the job
+        // that holds the machine's lock (whatever namespace we are in).
+        let ours = (verdict == Verdict::Live && caller.owns(&job))
+            || (verdict.is_live() && judge.locks.inherited(&name));
         if verdict.is_live() && !ours {
             return Some(Busy::Job {
                 machine: name,
@@ -307,9 +316,10 @@ fn report_cleared(machine: &str, job: &JobRecord, reason: &StaleReason) {
     );
 }
 
-/// How long a claim waits for a free record's job lock: a waiter that has
-/// just woken, or a `list` probing it, holds it for an instant.
-const LOCK_GRACE: Duration = Duration::from_millis(20);
+/// How long `--no-wait` waits for a free record's job lock (outside the
+/// lab's lock) before it calls the machine busy: a waiter that has just
+/// woken, or a `list` probing it, holds it for an instant.
+const LOCK_GRACE: Duration = Duration::from_millis(50);
 
 /// What the caller wants of the machine.
 #[derive(Debug, Clone)]
@@ -340,7 +350,8 @@ pub struct Claim {
     pub ip: String,
     /// The claim this one nests in (held by an ancestor), left in place.
     outer: Option<JobRecord>,
-    /// The machine's job lock; `None` when nested (the outer run holds it).
+    /// The machine's job lock; `None` when nested (the job this run is part
+    /// of holds it).
     lock: Option<FileLock>,
 }
 
@@ -367,6 +378,7 @@ pub fn acquire(
     let mut backoff = Duration::from_millis(10);
     let live_line = std::io::stderr().is_terminal();
     let mut read_only = false;
+    let mut graced = false;
     loop {
         processes.forget();
         let judge = Judge {
@@ -400,6 +412,15 @@ pub fn acquire(
             Attempt::Busy(busy) => busy,
         };
         let now = Instant::now();
+        if patience.no_wait && busy == Busy::Locked && !graced && !read_only {
+            // Held for an instant by a waiter that just woke, or by a look
+            // at the lab? Wait a moment for it, outside the lab's lock.
+            graced = true;
+            let (path, like) = store.machine_lock(target)?;
+            if FileLock::exclusive_within(&path, like.as_ref(), LOCK_GRACE)?.is_some() {
+                continue;
+            }
+        }
         if patience.no_wait || deadline.is_some_and(|d| now >= d) {
             finish_live_line(live_line && told);
             let waited = match patience.timeout {
@@ -486,24 +507,31 @@ fn attempt(
         return Ok(Attempt::Busy(busy));
     }
     let machine = lab.get(target)?;
+    let inside = judge.locks.inherited(target);
     // Free, or held by one of our ancestors: then we nest in its claim.
     let outer = machine.job();
     // Any other job left here had its process die between the sweep and
     // the busy check, which probed it apart: never nest in it, look again
     // (the next sweep clears it).
-    if outer.as_ref().is_some_and(|job| !caller.owns(job)) {
+    if outer
+        .as_ref()
+        .is_some_and(|job| !caller.owns(job) && !inside)
+    {
         return Ok(Attempt::Busy(Busy::Locked));
     }
-    let lock = match outer {
-        Some(_) => None,
-        None => {
-            // A free record whose job lock is held: processes of a job
-            // whose record was cleared still run. Busy until they end.
-            let (path, like) = store.machine_lock(target)?;
-            match FileLock::exclusive_within(&path, like.as_ref(), LOCK_GRACE)? {
-                Some(lock) => Some(lock),
-                None => return Ok(Attempt::Busy(Busy::Locked)),
-            }
+    // A claim takes the machine's job lock; one nested in an outer claim,
+    // or made inside the job that holds the lock (whose record was cleared
+    // by hand), runs under the lock its job already holds. A free record
+    // whose lock someone else holds is busy: processes of a job whose
+    // record was cleared still run, or a waiter holds it for an instant
+    // (never waited for here, with the lab locked; see `acquire`).
+    let lock = if outer.is_some() || inside {
+        None
+    } else {
+        let (path, like) = store.machine_lock(target)?;
+        match FileLock::try_exclusive(&path, like.as_ref())? {
+            Some(lock) => Some(lock),
+            None => return Ok(Attempt::Busy(Busy::Locked)),
         }
     };
     let Intent::Run { label } = intent else {
@@ -517,7 +545,12 @@ fn attempt(
         // The outer claim stays as it is: it stands while the outer run
         // lives, whatever becomes of this one.
         Some(outer) => event = event.detail(format!("nested in '{}'", outer.label)),
-        None => lab.get_mut(target)?.set_job(&job)?,
+        None => {
+            if inside {
+                event = event.detail("nested in the job that holds the machine's job lock");
+            }
+            lab.get_mut(target)?.set_job(&job)?;
+        }
     }
     lab.record(event);
     Ok(Attempt::Claimed(Claim {
@@ -544,10 +577,14 @@ impl Claim {
     pub fn release(self, store: &Store, outcome: &str) -> Result<()> {
         let lock = self.lock;
         store.update(|lab| {
-            // Let go of the job lock inside the transaction, explicitly (the
-            // job's leftover processes share it): a waiter it wakes reads
-            // the state only after this write.
-            drop(lock);
+            // Close the job lock inside the transaction, so a waiter it
+            // wakes reads the state only after this write. Closed, not
+            // unlocked: processes of the job that still run (a nested run
+            // that outlives its outer job, leftovers in the background)
+            // share it and keep the machine until the last of them ends.
+            if let Some(lock) = lock {
+                lock.close();
+            }
             let Ok(mut machine) = lab.get_mut(&self.machine) else {
                 say!(
                     "mama: {} was deleted while the job ran; nothing to release",

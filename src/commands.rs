@@ -98,9 +98,10 @@ pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
     let lab = read(store)?;
     let world = World::new(store, settings);
     let judge = world.judge();
+    let held = store.held_job_locks();
     let views: Vec<MachineView> = lab
         .machines()
-        .map(|m| MachineView::new(&m, &judge))
+        .map(|m| MachineView::new(&m, &judge, || held.contains(&m.name())))
         .collect();
     if json {
         print_json(&views)
@@ -138,7 +139,7 @@ pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Re
     note_missing(store, &snapshot);
     let world = World::new(store, settings);
     let judge = world.judge();
-    let view = MachineView::new(&snapshot.lab.get(machine)?, &judge);
+    let view = MachineView::new(&snapshot.lab.get(machine)?, &judge, || store.held(machine));
     let mut recent: Vec<Event> = events
         .into_iter()
         .rev()

@@ -56,6 +56,9 @@ pub fn run(cli: Cli) -> i32 {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    if std::process::id() == 1 {
+        supervise::end_on_signals_as_init();
+    }
     let result = Settings::read(cli.state).and_then(|settings| {
         let store = Store::locate(settings.state.clone());
         dispatch(&store, &settings, cli.command)

@@ -209,6 +209,87 @@ pub fn is_held(path: &Path) -> bool {
     }
 }
 
+impl FileLock {
+    /// Closes this descriptor without unlocking: the lock stays held while
+    /// another descriptor of the same open file lives (a job's process that
+    /// inherited it), and is released with the last of them.
+    pub fn close(self) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the file is moved out exactly once, and `this` is never
+        // used or dropped again (ManuallyDrop), so it is closed once.
+        let file = unsafe { std::ptr::read(&this.file) };
+        drop(file);
+    }
+}
+
+/// Whether this process holds the lock at `path` through a descriptor it
+/// inherited (a job's processes inherit their machine's job lock): then it
+/// runs inside the job that holds the machine. Looks at this process's
+/// open descriptors for the lock file; one whose open file can take the
+/// lock at once is the holder's.
+pub fn inherited_holds(path: &Path) -> bool {
+    let Ok(target) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !target.is_file() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    fds.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::c_int>().ok())
+        .any(|fd| {
+            // SAFETY: stat is plain data, filled in by fstat; a descriptor
+            // closed meanwhile only makes fstat fail.
+            let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstat(fd, &mut stat) } != 0
+                || stat.st_dev != target.dev()
+                || stat.st_ino != target.ino()
+            {
+                return false;
+            }
+            // SAFETY: a non-blocking flock on a descriptor of this process;
+            // it succeeds only where this open file holds (or may take)
+            // the lock.
+            unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        })
+}
+
+/// The names of the files in `dir` that some process holds an exclusive
+/// `flock` on, from one read of the folder and of /proc/locks; empty when
+/// either cannot be read (then nothing is known to be held). For showing
+/// a lab: a claim itself always takes the lock for real.
+pub fn held_in(dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
+    use std::os::unix::fs::DirEntryExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return Default::default();
+    };
+    if !meta.is_dir() {
+        return Default::default();
+    }
+    let held: std::collections::HashSet<u64> = match lock_table() {
+        Some(table) => table
+            .into_iter()
+            .filter(|l| l.exclusive && l.dev == (libc::major(meta.dev()), libc::minor(meta.dev())))
+            .map(|l| l.ino)
+            .collect(),
+        None => return Default::default(),
+    };
+    if held.is_empty() {
+        return Default::default();
+    }
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| held.contains(&e.ino()))
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Drop for FileLock {
     fn drop(&mut self) {
         // Closing the file releases the lock too; unlocking first makes the
@@ -243,12 +324,18 @@ pub fn open(path: &Path, like: Option<&Metadata>) -> Result<File> {
     fsutil::open_lock(path, like)
 }
 
-/// The `flock` locks held (not waited for) on the file `meta` describes,
-/// from /proc/locks: whether each is exclusive, and its holder's PID (0
-/// where the holder is outside this PID namespace). `None` when /proc does
-/// not tell.
-fn flocks_on(meta: &Metadata) -> Option<Vec<(bool, u32)>> {
-    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+/// One `flock` held (not waited for), as /proc/locks lists it.
+struct TableEntry {
+    exclusive: bool,
+    /// The holder's PID (0 where the holder is outside this PID namespace).
+    pid: u32,
+    /// The device (major, minor) and inode of the locked file.
+    dev: (u32, u32),
+    ino: u64,
+}
+
+/// The kernel's `flock` table; `None` when /proc does not tell.
+fn lock_table() -> Option<Vec<TableEntry>> {
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     Some(
         locks
@@ -261,13 +348,28 @@ fn flocks_on(meta: &Metadata) -> Option<Vec<(bool, u32)>> {
                     return None;
                 }
                 let mut id = words.get(4)?.split(':');
-                let maj = u32::from_str_radix(id.next()?, 16).ok()?;
-                let min = u32::from_str_radix(id.next()?, 16).ok()?;
-                let ino: u64 = id.next()?.parse().ok()?;
-                let exclusive = *words.get(2)? == "WRITE";
-                let pid = words.get(3)?.parse::<u32>().ok()?;
-                (maj == major && min == minor && ino == meta.ino()).then_some((exclusive, pid))
+                let major = u32::from_str_radix(id.next()?, 16).ok()?;
+                let minor = u32::from_str_radix(id.next()?, 16).ok()?;
+                Some(TableEntry {
+                    exclusive: *words.get(2)? == "WRITE",
+                    pid: words.get(3)?.parse().ok()?,
+                    dev: (major, minor),
+                    ino: id.next()?.parse().ok()?,
+                })
             })
+            .collect(),
+    )
+}
+
+/// The `flock` locks held on the file `meta` describes: whether each is
+/// exclusive, and its holder's PID. `None` when /proc does not tell.
+fn flocks_on(meta: &Metadata) -> Option<Vec<(bool, u32)>> {
+    let dev = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    Some(
+        lock_table()?
+            .into_iter()
+            .filter(|l| l.dev == dev && l.ino == meta.ino())
+            .map(|l| (l.exclusive, l.pid))
             .collect(),
     )
 }

@@ -77,18 +77,34 @@ impl fmt::Display for Origin {
 pub struct Place {
     pub boot: Option<String>,
     pub pidns: Option<u64>,
+    /// This process's start time (ticks since boot).
+    pub start: Option<u64>,
+    /// Whether /proc shows this PID namespace's processes by the PIDs this
+    /// process sees (a PID namespace that kept its parent's /proc does
+    /// not): only then are PIDs judged through it.
+    pub proc_is_ours: bool,
 }
 
 impl Place {
-    /// This process's boot and PID namespace (read once).
+    /// This process's boot, PID namespace and start (read once).
     pub fn here() -> Place {
         static HERE: std::sync::OnceLock<Place> = std::sync::OnceLock::new();
-        HERE.get_or_init(|| Place {
-            boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        HERE.get_or_init(|| {
+            let me = std::process::id();
+            let proc_is_ours = std::fs::read_link("/proc/self")
                 .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty()),
-            pidns: pid_namespace(),
+                .and_then(|link| link.to_str()?.parse::<u32>().ok())
+                == Some(me);
+            Place {
+                boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty()),
+                // /proc/self is this process whatever PIDs /proc shows.
+                pidns: pid_namespace(),
+                start: stat_of("self").map(|s| s.start),
+                proc_is_ours,
+            }
         })
         .clone()
     }
@@ -98,14 +114,16 @@ impl Place {
         Some(Origin {
             boot: self.boot.clone()?,
             pidns: self.pidns?,
-            start: stat(std::process::id())?.start,
+            start: self.start?,
         })
     }
 
-    /// Whether PIDs recorded at `origin` are PIDs of this process's
-    /// namespace, in this boot.
+    /// Whether PIDs recorded at `origin` are PIDs this process can judge:
+    /// of its own namespace, in this boot, with a /proc that shows them.
     pub fn shares_pids_with(&self, origin: &Origin) -> bool {
-        self.boot.as_deref() == Some(origin.boot.as_str()) && self.pidns == Some(origin.pidns)
+        self.proc_is_ours
+            && self.boot.as_deref() == Some(origin.boot.as_str())
+            && self.pidns == Some(origin.pidns)
     }
 
     /// Whether `origin` is this kernel (this boot), whatever namespace.
@@ -134,7 +152,12 @@ struct Stat {
 /// Reads /proc/PID/stat: one small read, where a general process library
 /// makes dozens of system calls.
 fn stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    stat_of(&pid.to_string())
+}
+
+/// Reads /proc/ENTRY/stat (`ENTRY` a PID, or `self`).
+fn stat_of(entry: &str) -> Option<Stat> {
+    let text = std::fs::read(format!("/proc/{entry}/stat")).ok()?;
     // The command name is in parentheses and may hold anything, ')' too.
     let close = text.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
@@ -239,8 +262,12 @@ fn exists(pid: libc::pid_t) -> bool {
 }
 
 /// This process and its ancestors, nearest first, each with its start time
-/// (ticks since boot) where /proc shows it.
+/// (ticks since boot) where /proc shows it; only this process where /proc
+/// is not this PID namespace's.
 pub fn lineage(processes: &impl ProcessTable) -> Vec<(u32, Option<u64>)> {
+    if !Place::here().proc_is_ours {
+        return vec![(std::process::id(), Place::here().start)];
+    }
     let start_of = |pid| match processes.probe(pid) {
         Probe::Alive { start } => start,
         Probe::Gone => None,

@@ -128,7 +128,13 @@ pub struct MachineView {
 }
 
 impl MachineView {
-    pub fn new<P: ProcessTable>(machine: &Machine<'_>, judge: &Judge<'_, P>) -> MachineView {
+    /// The view of `machine`; `locked` says whether its job lock is held
+    /// (looked at only when no job is recorded).
+    pub fn new<P: ProcessTable>(
+        machine: &Machine<'_>,
+        judge: &Judge<'_, P>,
+        locked: impl FnOnce() -> bool,
+    ) -> MachineView {
         // Structured fields (MAC, IP, numbers) are trimmed; free text is
         // shown exactly as stored, so scripts read back what they set.
         let field = |f: Field| {
@@ -151,11 +157,12 @@ impl MachineView {
             _ => None,
         };
         let resources = machine.resources();
+        let unrecorded_lock = job.is_none() && locked();
         MachineView {
             name: machine.name().into_owned(),
             mac: field(Field::Mac),
             ip: field(Field::Ip),
-            state: claim::status(machine, verdict.as_ref()).as_str(),
+            state: claim::status(machine, verdict.as_ref(), unrecorded_lock).as_str(),
             reservation: machine.reservation(),
             resources: (!resources.is_empty()).then_some(resources),
             is_started: machine.is_started(),
@@ -180,7 +187,7 @@ impl MachineView {
             job_timestamp: job.as_ref().and_then(|j| j.timestamp),
             job_host: job.and_then(|j| j.host),
             stale: stale_reason.is_some(),
-            held_by_lock: verdict == Some(Verdict::HeldByLock),
+            held_by_lock: verdict == Some(Verdict::HeldByLock) || unrecorded_lock,
             stale_reason,
             remote_host,
         }
@@ -190,6 +197,7 @@ impl MachineView {
         let mut cell = match (&self.job, self.job_pid) {
             (Some(label), _) => label.clone(),
             (None, Some(pid)) => format!("(PID {pid})"),
+            (None, None) if self.held_by_lock => "(no record; its job lock is held)".into(),
             (None, None) => String::new(),
         };
         if let Some(host) = &self.remote_host {
@@ -350,6 +358,15 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
             None => "running".to_string(),
         };
         add("Job status:", &Some(status));
+    } else if view.held_by_lock {
+        add(
+            "Job status:",
+            &Some(
+                "no job recorded, but processes of a job whose record was cleared still \
+                 hold its job lock"
+                    .to_string(),
+            ),
+        );
     }
     let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     lines
@@ -361,9 +378,13 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
 /// A Unix time as local time, with its age: `2026-11-23 09:14:02 (3m 12s ago)`.
 pub fn time_and_age(timestamp: i64, now: i64) -> String {
     let when = local_time(timestamp);
-    let age = now - timestamp;
+    // Saturating: a damaged timestamp must never panic.
+    let age = now.saturating_sub(timestamp);
     if age >= 0 {
-        format!("{when} ({} ago)", seconds(Duration::from_secs(age as u64)))
+        format!(
+            "{when} ({} ago)",
+            seconds(Duration::from_secs(age.unsigned_abs()))
+        )
     } else {
         format!("{when} (in the future)")
     }

@@ -30,6 +30,9 @@ pub const REUSE_SLACK_SECS: i64 = 2;
 /// any process of its job.
 pub trait JobLocks {
     fn held(&self, machine: &str) -> bool;
+    /// Whether this process holds it, through a descriptor it inherited:
+    /// then it runs inside the job that holds the machine.
+    fn inherited(&self, machine: &str) -> bool;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +176,8 @@ impl<P: ProcessTable> Judge<'_, P> {
                 let age = self.processes.age(start);
                 match (job.timestamp, age) {
                     (Some(claimed), Some(age)) => {
-                        let late = (self.now - claimed) - age;
+                        // Saturating: a damaged timestamp must never panic.
+                        let late = self.now.saturating_sub(claimed).saturating_sub(age);
                         if late > REUSE_SLACK_SECS {
                             by_lock(StaleReason::ReusedPid {
                                 pid,
@@ -240,6 +244,9 @@ mod tests {
         fn held(&self, machine: &str) -> bool {
             self.0.contains(machine)
         }
+        fn inherited(&self, _: &str) -> bool {
+            false
+        }
     }
 
     const NOW: i64 = 1_763_047_845;
@@ -276,6 +283,8 @@ mod tests {
         let place = Place {
             boot: Some(BOOT.into()),
             pidns: Some(NS),
+            start: Some(1),
+            proc_is_ours: true,
         };
         let locks = Locks(HashSet::from(["held"]));
         let judge = Judge {

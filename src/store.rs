@@ -32,6 +32,22 @@ pub struct Store {
     patience: LockPatience,
 }
 
+/// The machines whose job locks were held at one look (see
+/// [`Store::held_job_locks`]).
+pub struct HeldJobLocks {
+    dir: PathBuf,
+    names: std::collections::HashSet<std::ffi::OsString>,
+}
+
+impl HeldJobLocks {
+    pub fn contains(&self, machine: &str) -> bool {
+        !self.names.is_empty()
+            && lock::path_in(&self.dir, machine)
+                .file_name()
+                .is_some_and(|name| self.names.contains(name))
+    }
+}
+
 /// A lab as read, and whether the state file existed.
 pub struct Snapshot {
     pub lab: Lab,
@@ -345,6 +361,14 @@ impl Store {
 }
 
 impl Store {
+    /// Which machines' job locks some process holds, from one look at the
+    /// locks folder and the kernel's lock table: for showing a whole lab.
+    pub fn held_job_locks(&self) -> HeldJobLocks {
+        let dir = self.machine_locks_dir();
+        let names = lock::held_in(&dir);
+        HeldJobLocks { dir, names }
+    }
+
     /// The lock file a running job holds for `machine`, in the store's folder
     /// of machine locks (created on first use, open to those who may write
     /// the state file), and the state file's metadata to create it like.

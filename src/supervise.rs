@@ -71,6 +71,26 @@ impl std::fmt::Display for Ending {
 
 const HANDLED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGCHLD];
 
+/// As PID 1 (a container's first process), signals that have no handler
+/// are ignored, so a waiting mama could be stopped by nothing but SIGKILL.
+/// There INT, TERM and HUP end mama as they would anywhere else, until
+/// [`block_signals`] takes them over for the job.
+pub fn end_on_signals_as_init() {
+    extern "C" fn end(signal: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + signal) }
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs a handler that only calls _exit.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = end as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
 /// Blocks the signals mama handles while a job runs, from right after the
 /// claim commits until mama exits: a SIGINT can then never cut a release
 /// short.

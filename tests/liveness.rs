@@ -30,7 +30,7 @@ fn killing_a_nested_run_leaves_the_outer_claim_standing() {
     // The outer job starts a nested run on the same machine in the
     // background, then waits for `go`.
     let script = format!(
-        "\"$2\" run m --job inner -- sh -c 'echo $PPID > \"$1/inner.mama\"; sleep 600' \
+        "\"$2\" run m --job inner -- sh -c 'echo $PPID > \"$1/inner.mama\"; exec sleep 600' \
          sh \"$1\" >/dev/null 2>&1 & {}",
         wait_for_file("go")
     );
@@ -267,4 +267,184 @@ fn a_clock_step_after_the_claim_does_not_make_a_live_job_stale() {
         .fails_saying(75, "runs job 'stepped'");
     env.touch("go");
     assert_eq!(holder.finish(LIMIT).code, Some(0));
+}
+
+#[test]
+fn a_nested_run_that_outlives_its_outer_job_keeps_the_machine() {
+    let env = lab();
+    let dir = dir_arg(&env);
+    // The outer job starts a nested run in the background and ends as soon
+    // as that run's job has started.
+    let script = format!(
+        "\"$2\" run m --job step -- sh -c 'touch \"$1/step.started\"; {}' sh \"$1\" \
+         >/dev/null 2>&1 & {}",
+        wait_for_file("step.go"),
+        wait_for_file("step.started")
+    );
+    let outer = env.run([
+        "run", "m", "--job", "outer", "--", "sh", "-c", &script, "sh", &dir, MAMA,
+    ]);
+    assert_eq!(outer.code, Some(0), "{outer:#?}");
+
+    // The nested run still drives the machine: nobody else gets it.
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "still hold its job lock");
+    assert_eq!(state_of(&env), ("busy".into(), false));
+    let mut waiter = env.start(["run", "m", "--job", "next", "--", "true"]);
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+    env.touch("step.go");
+    assert_eq!(waiter.finish(LIMIT).code, Some(0));
+    let events = env.events();
+    let order: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "claimed" || e["event"] == "released")
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["event"].as_str().unwrap_or(""),
+                e["job"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let step_released = order.iter().position(|e| e == "released step");
+    let next_claimed = order.iter().position(|e| e == "claimed next");
+    assert!(step_released < next_claimed, "{order:#?}");
+}
+
+#[test]
+fn a_pid_namespace_that_kept_the_hosts_proc_never_nests_in_a_strangers_claim() {
+    let env = lab();
+    let dir = dir_arg(&env);
+    let kept_proc = |args: &[&str]| {
+        let mut cmd = Command::new("unshare");
+        remove_mama_env(&mut cmd);
+        cmd.args(["--pid", "--fork", "--kill-child", MAMA])
+            .args(args)
+            .env("MAMA_STATE", &env.state)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    let script = format!("touch \"$1/a.started\"; {}", wait_for_file("go"));
+    let mut a = Bg::start(kept_proc(&[
+        "run", "m", "--job", "a", "--", "sh", "-c", &script, "sh", &dir,
+    ]));
+    wait_until("a's job", LIMIT, || env.path().join("a.started").exists());
+    // Both mamas are PID 1 of their namespace, and /proc/1 is the host's
+    // init for both: nothing there may make b think a's claim its own.
+    let b: Run = kept_proc(&["run", "m", "--job", "b", "--no-wait", "--", "true"])
+        .output()
+        .expect("unshare runs")
+        .into();
+    b.fails_saying(75, "runs job 'a'");
+    env.touch("go");
+    assert_eq!(a.finish(LIMIT).code, Some(0));
+}
+
+#[test]
+fn a_run_inside_a_job_whose_record_was_cleared_nests_instead_of_waiting_for_itself() {
+    let env = lab();
+    let dir = dir_arg(&env);
+    let script = format!(
+        "touch \"$1/started\"; {}; \"$2\" run m --job step -- true; echo $? > \"$1/step.code\"",
+        wait_for_file("go")
+    );
+    let mut outer = env.start([
+        "run", "m", "--job", "ci", "--", "sh", "-c", &script, "sh", &dir, MAMA,
+    ]);
+    wait_until("the job", LIMIT, || env.path().join("started").exists());
+    env.run(["clear", "m"]).ok_saying("still hold its job lock");
+    env.touch("go");
+    assert_eq!(read_line_of(&env.path().join("step.code"), LIMIT), "0");
+    assert_eq!(outer.finish(LIMIT).code, Some(0));
+    assert_eq!(state_of(&env), ("free".into(), false));
+}
+
+#[test]
+fn a_leftover_of_a_killed_run_may_still_run_mama_on_its_machine() {
+    let env = lab();
+    let dir = dir_arg(&env);
+    // The job leaves a background process that, later, runs a step on the
+    // machine; its mama is killed before that.
+    let late = format!(
+        "({}; \"$2\" run m --job late -- true; echo $? > \"$1/late.code\") \
+         >/dev/null 2>&1 & touch \"$1/started\"; wait",
+        wait_for_file("go")
+    );
+    let mut mama = env.start([
+        "run", "m", "--job", "ci", "--", "sh", "-c", &late, "sh", &dir, MAMA,
+    ]);
+    wait_until("the job", LIMIT, || env.path().join("started").exists());
+    mama.signal(libc::SIGKILL);
+    wait_until("mama to die", LIMIT, || !mama.running());
+    env.touch("go");
+    assert_eq!(read_line_of(&env.path().join("late.code"), LIMIT), "0");
+}
+
+#[test]
+fn a_run_nested_across_a_pid_namespace_nests() {
+    let env = lab();
+    let run = env.run([
+        "run",
+        "m",
+        "--job",
+        "outer",
+        "--",
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        MAMA,
+        "run",
+        "m",
+        "--job",
+        "inner",
+        "--no-wait",
+        "--",
+        "true",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(has_event(
+        &env.events(),
+        "m",
+        "claimed",
+        Some("nested in 'outer'")
+    ));
+}
+
+#[test]
+fn a_waiting_mama_that_is_pid_1_ends_on_sigterm() {
+    let env = lab();
+    let mut holder = env.start(sh_job(&env, "m", &["--job", "host"], &wait_for_file("go")));
+    wait_until("the claim", LIMIT, || env.info("m")["job"] == "host");
+    let mut container = Bg::start(in_container(&env, &["run", "m", "--", "true"]));
+    container.expect_stderr("waiting to claim it", LIMIT);
+    let unshare = container.pid();
+    let mama = children_of(unshare);
+    assert_eq!(mama.len(), 1, "unshare's child, mama: {mama:?}");
+    // SAFETY: plain system call on the container's mama.
+    unsafe {
+        libc::kill(mama[0] as libc::pid_t, libc::SIGTERM);
+    }
+    wait_until("the container's mama to end", LIMIT, || !alive(mama[0]));
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    let _ = container.finish(LIMIT);
+}
+
+#[test]
+fn a_damaged_timestamp_never_panics() {
+    let env = lab();
+    let sleeping = sleeper();
+    for timestamp in [i64::MIN, -9_223_372_036_854_775_000, i64::MAX] {
+        let clean = env.read_state();
+        write_job(&env, "m", "odd", Some(sleeping.pid()), timestamp);
+        env.run(["list"]).ok();
+        env.run(["info", "m"]).ok();
+        let run = env.run(["run", "m", "--no-wait", "--", "true"]);
+        assert!(matches!(run.code, Some(0 | 75)), "{run:#?}");
+        assert!(!run.stderr.contains("panicked"), "{run:#?}");
+        env.write_state(&clean);
+    }
 }

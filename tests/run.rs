@@ -415,7 +415,11 @@ fn after_a_manual_clear_runs_wait_until_the_job_still_running_ends() {
     // `clear` forgets the record, but the job still runs: it says so, and
     // the machine stays busy, so no second job can start beside it.
     env.run(["clear", "m"]).ok_saying("still hold its job lock");
-    assert!(env.info("m")["job"].is_null());
+    let info = env.info("m");
+    assert!(info["job"].is_null(), "{info:#}");
+    assert_eq!(info["state"], "busy", "{info:#}");
+    assert_eq!(env.run(["list", "--json"]).json()[0]["state"], "busy");
+    assert!(env.run(["list"]).ok().contains("its job lock is held"));
     env.run(["run", "m", "--no-wait", "--", "true"])
         .fails_saying(75, "still hold its job lock");
 
