@@ -2,6 +2,8 @@
 //! `mama` binary run against it with a pinned environment.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
