@@ -56,6 +56,31 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// Where servers keep their folders: `$MAMA_TEST_PG_TMP`, else /dev/shm if
+/// it is a tmpfs with a GiB free (on a disk, even with fsync off, each
+/// `CREATE DATABASE` took ~300 ms here against ~20 ms in memory), else the
+/// usual temporary folder.
+pub fn temp_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MAMA_TEST_PG_TMP") {
+        return PathBuf::from(dir);
+    }
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let shm = c"/dev/shm";
+    // SAFETY: plain system calls with a valid path and zeroed out-buffers.
+    let roomy_tmpfs = unsafe {
+        let mut fs: libc::statfs = std::mem::zeroed();
+        libc::statfs(shm.as_ptr(), &mut fs) == 0
+            && fs.f_type as i64 == TMPFS_MAGIC
+            && (fs.f_bavail as u64).saturating_mul(fs.f_bsize as u64) >= 1 << 30
+            && libc::access(shm.as_ptr(), libc::W_OK) == 0
+    };
+    if roomy_tmpfs {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// `id FLAG OS_USER` as a number.
 fn id_of(flag: &str) -> u32 {
     let out = Command::new("id")
@@ -129,7 +154,8 @@ pub struct Options {
     pub netns: Option<String>,
 }
 
-/// A PostgreSQL server in a temporary folder: data directory `data/`,
+/// A PostgreSQL server in a temporary folder (under [`temp_root`]): data
+/// directory `data/`,
 /// unix socket in `sock/`, log in `server.log`.
 pub struct Server {
     dir: tempfile::TempDir,
@@ -155,7 +181,7 @@ impl Server {
     pub fn start(options: Options) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("mama-pg.")
-            .tempdir()
+            .tempdir_in(temp_root())
             .expect("temporary folder");
         let (uid, gid) = os_user_ids();
         let sock = dir.path().join("sock");
