@@ -2,6 +2,9 @@
 //! `mama` binary run against it with a pinned environment.
 #![allow(dead_code)]
 
+pub mod netns;
+pub mod pg;
+
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
