@@ -315,30 +315,41 @@ fn a_nested_run_that_outlives_its_outer_job_keeps_the_machine() {
 fn a_pid_namespace_that_kept_the_hosts_proc_never_nests_in_a_strangers_claim() {
     let env = lab();
     let dir = dir_arg(&env);
-    let kept_proc = |args: &[&str]| {
-        let mut cmd = Command::new("unshare");
-        remove_mama_env(&mut cmd);
-        cmd.args(["--pid", "--fork", "--kill-child", MAMA])
-            .args(args)
-            .env("MAMA_STATE", &env.state)
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null());
-        cmd
-    };
-    let script = format!("touch \"$1/a.started\"; {}", wait_for_file("go"));
-    let mut a = Bg::start(kept_proc(&[
-        "run", "m", "--job", "a", "--", "sh", "-c", &script, "sh", &dir,
-    ]));
-    wait_until("a's job", LIMIT, || env.path().join("a.started").exists());
-    // Both mamas are PID 1 of their namespace, and /proc/1 is the host's
-    // init for both: nothing there may make b think a's claim its own.
-    let b: Run = kept_proc(&["run", "m", "--job", "b", "--no-wait", "--", "true"])
-        .output()
-        .expect("unshare runs")
-        .into();
-    b.fails_saying(75, "runs job 'a'");
-    env.touch("go");
-    assert_eq!(a.finish(LIMIT).code, Some(0));
+    // One PID namespace that kept the host's /proc: there /proc/2 is the
+    // host's kthreadd, not the mama that is PID 2 inside, and b's
+    // ancestors (b runs in a subshell) read through it lead to that very
+    // process.
+    let script = format!(
+        "\"$2\" run m --job a -- sh -c 'touch \"$1/a.started\"; {go}' sh \"$1\" & \
+         {started}; (\"$2\" run m --job b --no-wait -- true; echo $? > \"$1/b.code\"); \
+         touch \"$1/go\"; wait",
+        go = wait_for_file("go"),
+        started = wait_for_file("a.started"),
+    );
+    let mut cmd = Command::new("unshare");
+    remove_mama_env(&mut cmd);
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        &dir,
+        MAMA,
+    ])
+    .env("MAMA_STATE", &env.state)
+    .env("NO_COLOR", "1")
+    .stdin(std::process::Stdio::null());
+    let mut box_ = Bg::start(cmd);
+    assert_eq!(read_line_of(&env.path().join("b.code"), LIMIT), "75");
+    assert_eq!(box_.finish(LIMIT).code, Some(0));
+    let events = env.events();
+    assert!(
+        !has_event(&events, "m", "claimed", Some("nested in 'a'")),
+        "{events:#?}"
+    );
 }
 
 #[test]
