@@ -47,6 +47,7 @@ impl Settings {
             .or_else(|| set("MAMA_STATE").map(PathBuf::from))
             .or_else(|| set("MAMA_PATH").map(|dir| PathBuf::from(dir).join("mama.xml")))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE));
+        refuse_url(&state)?;
         let text = |name: &str| -> Result<Option<String>> {
             match set(name) {
                 None => Ok(None),
@@ -89,6 +90,36 @@ impl Settings {
     }
 }
 
+/// A state given as a URL (`scheme://...`) is not a file: say so rather
+/// than look for a file of that name. Only file labs exist so far.
+fn refuse_url(state: &std::path::Path) -> Result<()> {
+    let Some(text) = state.to_str() else {
+        return Ok(());
+    };
+    let Some((scheme, _)) = text.split_once("://") else {
+        return Ok(());
+    };
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !is_scheme {
+        return Ok(());
+    }
+    let shown = match text.split_once('@') {
+        // Never repeat a password given in the URL.
+        Some((_, host)) => format!("{scheme}://...@{host}"),
+        None => text.to_string(),
+    };
+    Err(Error::Invalid(match scheme {
+        "postgres" | "postgresql" => format!(
+            "the state {shown} is a PostgreSQL URL, and this mama keeps labs only in \
+             state files: give the path of a state file"
+        ),
+        _ => format!("the state {shown} is a URL ({scheme}://); give the path of a state file"),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +152,23 @@ mod tests {
             (name == "MAMA_STATE").then(|| "/x.xml".into())
         });
         assert_eq!(explicit.map(|s| s.state).ok(), Some("/y.xml".into()));
+    }
+
+    #[test]
+    fn a_url_is_not_taken_for_a_file() {
+        for (url, says) in [
+            ("postgresql://mama:secret@db.example/lab", "PostgreSQL URL"),
+            ("postgres://db/lab", "PostgreSQL URL"),
+            ("https://example.com/mama.xml", "(https://)"),
+        ] {
+            let err = read(&[("MAMA_STATE", url)]).err().map(|e| e.to_string());
+            let err = err.unwrap_or_default();
+            assert!(err.contains(says), "{url}: {err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+        // Only a scheme makes a URL: a folder named with a colon is a path.
+        assert!(read(&[("MAMA_STATE", "./a b://c/mama.xml")]).is_ok());
+        assert!(read(&[("MAMA_STATE", "/lab/mama.xml")]).is_ok());
     }
 
     #[test]

@@ -521,3 +521,28 @@ fn long_names_get_lock_files_the_file_system_takes() {
     assert!(files.iter().any(|f| f.starts_with("%25%25")), "{files:#?}");
     assert!(files.iter().any(|f| f.starts_with("%C3%A9")), "{files:#?}");
 }
+
+#[test]
+fn a_url_as_the_state_is_refused_not_taken_for_a_missing_file() {
+    let env = TestEnv::new();
+    for args in [
+        &["list"][..],
+        &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"],
+    ] {
+        let mut cmd = env.cmd(args);
+        cmd.env("MAMA_STATE", "postgresql://mama:secret@db.example/lab");
+        let run = output(cmd);
+        let stderr = run.fails_saying(1, "PostgreSQL URL");
+        assert!(!stderr.contains("secret"), "{run:#?}");
+    }
+    let run = env.run([
+        "--state",
+        "ftp://host/mama.xml",
+        "run",
+        "rig1",
+        "--",
+        "true",
+    ]);
+    run.fails_saying(125, "is a URL (ftp://)");
+    assert!(env.files().is_empty(), "{:?}", env.files());
+}
