@@ -73,7 +73,10 @@ pub fn json_safe(json: String) -> String {
     // C0 controls stand only between values here (pretty printing's line
     // breaks): serde_json escapes them inside strings.
     let raw_in_strings = |c: char| c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c);
-    if !json.chars().any(raw_in_strings) {
+    // DEL is the byte 7F; a C1 control is C2 80 to C2 9F. Most output has
+    // neither: a look at its bytes says so quickly.
+    let bytes = json.as_bytes();
+    if !crate::xml::any_byte(bytes, |b| (b == 0x7f) | (b == 0xc2)) {
         return json;
     }
     let mut out = String::with_capacity(json.len() + 16);

@@ -443,9 +443,11 @@ impl<'a> Parser<'a> {
                 "a second byte-order mark (U+FEFF) at the start of the file",
             ));
         }
-        // One look at every character covers text, attribute values,
-        // comments, CDATA and processing instructions alike.
-        if let Some((at, c)) = self.text.char_indices().find(|&(_, c)| !is_xml_char(c)) {
+        // One look at every byte covers text, attribute values, comments,
+        // CDATA and processing instructions alike.
+        if let Some(at) = first_non_xml_char(self.text)
+            && let Some(c) = self.text[at..].chars().next()
+        {
             return Err(self.error_at(
                 at as u64,
                 format!(
@@ -684,6 +686,45 @@ fn check_declaration(decl: &quick_xml::events::BytesDecl<'_>) -> Result<(), Stri
     Ok(())
 }
 
+/// Where the first character that XML 1.0 does not allow stands in
+/// `text`: a C0 control other than tab, newline and carriage return, or
+/// U+FFFE or U+FFFF (a `str` holds no surrogates). The same answer as
+/// [`is_xml_char`] on every character, found by looking at bytes: a state
+/// file is read whole on every command.
+fn first_non_xml_char(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    // A quick look for any byte that could start one, 64 bytes at a time
+    // without a branch inside, so the compiler looks at many at once.
+    let suspect = |b: u8| (b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r') | (b == 0xEF);
+    if !any_byte(bytes, suspect) {
+        return None;
+    }
+    bytes.iter().enumerate().find_map(|(at, &b)| {
+        let bad = match b {
+            b'\t' | b'\n' | b'\r' => false,
+            0..0x20 => true,
+            // U+FFFE and U+FFFF: EF BF BE and EF BF BF.
+            0xEF => {
+                bytes.get(at + 1) == Some(&0xBF) && matches!(bytes.get(at + 2), Some(0xBE | 0xBF))
+            }
+            _ => false,
+        };
+        bad.then_some(at)
+    })
+}
+
+/// Whether any byte of `bytes` is `suspect`: 64 bytes at a time, with no
+/// branch inside a block, so the compiler can test a block in a few
+/// instructions. For scans of whole files and outputs.
+pub fn any_byte(bytes: &[u8], suspect: impl Fn(u8) -> bool) -> bool {
+    bytes.chunks(64).any(|block| {
+        block
+            .iter()
+            .fold(0u8, |seen, &b| seen | u8::from(suspect(b)))
+            != 0
+    })
+}
+
 /// Whether XML 1.0 can hold `c` (in text, escaped or not).
 pub fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
@@ -711,6 +752,29 @@ pub fn escape_text(value: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_scan_finds_what_the_character_test_finds() {
+        let samples = [
+            "plain",
+            "tab\tnl\ncr\r",
+            "a\u{1}b",
+            "\u{0}",
+            "é✓𝄞",
+            "x\u{fffe}",
+            "\u{ffff}y",
+            "\u{fffd}\u{e000}\u{d7ff}",
+            "\u{7f}\u{85}\u{9b}",
+            "end\u{1f}",
+        ];
+        for text in samples {
+            let by_chars = text
+                .char_indices()
+                .find(|&(_, c)| !is_xml_char(c))
+                .map(|(at, _)| at);
+            assert_eq!(first_non_xml_char(text), by_chars, "{text:?}");
+        }
+    }
 
     fn roundtrip(text: &str) {
         let doc = Document::parse(text).expect("parses");
