@@ -507,15 +507,18 @@ fn attempt(
         return Ok(Attempt::Busy(busy));
     }
     let machine = lab.get(target)?;
-    let inside = judge.locks.inherited(target);
     // Free, or held by one of our ancestors: then we nest in its claim.
     let outer = machine.job();
+    // Whether we run inside the job that holds the machine's lock: asked
+    // only where a record or a held lock stands in the way (it reads this
+    // process's descriptors).
+    let inside = || judge.locks.inherited(target);
     // Any other job left here had its process die between the sweep and
     // the busy check, which probed it apart: never nest in it, look again
     // (the next sweep clears it).
     if outer
         .as_ref()
-        .is_some_and(|job| !caller.owns(job) && !inside)
+        .is_some_and(|job| !caller.owns(job) && !inside())
     {
         return Ok(Attempt::Busy(Busy::Locked));
     }
@@ -525,12 +528,13 @@ fn attempt(
     // whose lock someone else holds is busy: processes of a job whose
     // record was cleared still run, or a waiter holds it for an instant
     // (never waited for here, with the lab locked; see `acquire`).
-    let lock = if outer.is_some() || inside {
-        None
+    let (lock, inside) = if outer.is_some() {
+        (None, false)
     } else {
         let (path, like) = store.machine_lock(target)?;
         match FileLock::try_exclusive(&path, like.as_ref())? {
-            Some(lock) => Some(lock),
+            Some(lock) => (Some(lock), false),
+            None if inside() => (None, true),
             None => return Ok(Attempt::Busy(Busy::Locked)),
         }
     };

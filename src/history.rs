@@ -13,15 +13,11 @@
 //! 2. when a transaction starts with [`FLUSH_AT`] pending events (committed
 //!    by an earlier rename), it appends those numbered after the log's last
 //!    whole line, syncs the log, and drops them all from the state, whose
-//!    rename commits that;
-//! 3. right after the rename, the writer appends the pending events numbered
-//!    after the log's last whole line to the log (once the first flush has
-//!    created it), without syncing: until a flush syncs the log, the state
-//!    holds them too.
+//!    rename commits that.
 //!
 //! Readers take every whole line of the log, then the state's pending events
 //! numbered after the log's last one: an event in both (a writer killed
-//! between appending and renaming, or the copy of step 3) is read once. The
+//! between appending and renaming) is read once. The
 //! only line ever dropped is a last one without its newline, cut by a writer
 //! killed mid-append; its events are still pending in the state, and are
 //! appended again. The log is bounded: when a flush finds it past
@@ -225,19 +221,6 @@ impl History {
             pending.push(event);
         }
         Ok(last)
-    }
-
-    /// Appends to the log the `pending` events of a state just committed
-    /// that it lacks, without syncing: the state holds them until a flush
-    /// syncs the log. Call with the state lock held, after the rename. A
-    /// missing log is left to the first flush to create, as the state file
-    /// is by then set up to share (its mode and group) more often than at
-    /// its first event.
-    pub fn copy_committed(&self, pending: &[Event], like: Option<&Metadata>) -> Result<()> {
-        if !self.path.exists() {
-            return Ok(());
-        }
-        self.append_after_last(pending, false, like)
     }
 
     /// Appends the `committed` events numbered after the log's last whole
@@ -540,7 +523,7 @@ mod tests {
         }
 
         /// One transaction recording `values` as [`crate::store`] runs it:
-        /// commit, the rename, the copy to the log. Returns the numbers.
+        /// commit, then the rename. Returns the numbers.
         fn record(&mut self, history: &History, values: &[&str]) -> Vec<u64> {
             let mut next = self.pending.clone();
             let events = values.iter().map(|v| set_event(v)).collect();
@@ -551,9 +534,6 @@ mod tests {
             let numbers = seqs(&next[new..]);
             // The rename.
             (self.seq, self.pending) = (Some(last), next);
-            history
-                .copy_committed(&self.pending, None)
-                .expect("copy to the log");
             numbers
         }
 
@@ -580,8 +560,8 @@ mod tests {
         assert_eq!(seqs(&read), [1, 2, 3]);
         assert_eq!(read, state.pending);
         assert_eq!(read[2].detail.as_deref(), Some("os=c"));
-        // The first flush makes the log; from then on each event is copied
-        // to it as it commits, once.
+        // The first flush makes the log with the events the state held;
+        // the newer ones stay in the state until the next flush.
         assert!(!history.path().exists());
         for i in 3..FLUSH_AT {
             state.record(&history, &[&format!("v{i}")]);
@@ -591,7 +571,7 @@ mod tests {
         assert_eq!(state.record(&history, &["e"]), [FLUSH_AT as u64 + 2]);
         let read = state.read(&history);
         assert_eq!(seqs(&read), (1..=FLUSH_AT as u64 + 2).collect::<Vec<_>>());
-        assert_eq!(lines(&history), read);
+        assert_eq!(lines(&history), read[..FLUSH_AT]);
         assert_eq!(state.pending[..], read[FLUSH_AT..]);
     }
 
@@ -608,7 +588,7 @@ mod tests {
         assert_eq!(state.record(&history, &["next"]), [FLUSH_AT as u64 + 1]);
         assert_eq!(seqs(&state.pending), [FLUSH_AT as u64 + 1]);
         let all: Vec<u64> = (1..=FLUSH_AT as u64 + 1).collect();
-        assert_eq!(seqs(&lines(&history)), all);
+        assert_eq!(seqs(&lines(&history)), all[..FLUSH_AT]);
         assert_eq!(seqs(&state.read(&history)), all);
     }
 
@@ -622,16 +602,19 @@ mod tests {
         assert_eq!(seqs(&state.read(&history)), (1..=7).collect::<Vec<_>>());
         assert_eq!(seqs(&state.read_after(&history, 5)), [6, 7]);
         assert_eq!(state.record(&history, &["new"]), [8]);
-        let written = lines(&history);
-        assert_eq!(seqs(&written), (1..=8).collect::<Vec<_>>());
-        assert_eq!(written[7].detail.as_deref(), Some("os=new"));
-        assert_eq!(state.read(&history), written);
+        // The log keeps every line; the new event waits in the state.
+        assert_eq!(seqs(&lines(&history)), (1..=7).collect::<Vec<_>>());
+        let read = state.read(&history);
+        assert_eq!(seqs(&read), (1..=8).collect::<Vec<_>>());
+        assert_eq!(read[7].detail.as_deref(), Some("os=new"));
         // Its old pending events, already in the log, are flushed once.
         for i in 0..FLUSH_AT {
             state.record(&history, &[&format!("v{i}")]);
         }
         let n = 8 + FLUSH_AT as u64;
-        assert_eq!(seqs(&lines(&history)), (1..=n).collect::<Vec<_>>());
+        let logged = seqs(&lines(&history));
+        assert!(logged.len() > 8, "{logged:?}");
+        assert_eq!(logged, (1..=logged.len() as u64).collect::<Vec<_>>());
         assert_eq!(seqs(&state.read(&history)), (1..=n).collect::<Vec<_>>());
         assert!(state.pending.len() < FLUSH_AT);
     }
@@ -646,9 +629,8 @@ mod tests {
             pending: Vec::new(),
         };
         assert_eq!(state.record(&history, &["new"]), [1501]);
-        let written = fs::read(history.path()).expect("read");
-        assert_eq!(written[..text.len()], text[..]);
-        assert_eq!(seqs(&lines(&history)), (1..=1501).collect::<Vec<_>>());
+        assert_eq!(fs::read(history.path()).expect("read"), text);
+        assert_eq!(seqs(&state.read(&history)), (1..=1501).collect::<Vec<_>>());
     }
 
     #[test]
@@ -674,10 +656,11 @@ mod tests {
         // own event was never committed and its number is free.
         assert_eq!(state.record(&history, &["next"]), [flush + 1]);
         assert_eq!(seqs(&state.pending), [flush + 1]);
-        let written = fs::read(history.path()).expect("read");
-        assert_eq!(written[..appended.len()], appended[..]);
-        assert_eq!(seqs(&lines(&history)), (1..=flush + 1).collect::<Vec<_>>());
-        assert_eq!(seqs(&state.read(&history)), seqs(&lines(&history)));
+        assert_eq!(fs::read(history.path()).expect("read"), appended);
+        assert_eq!(
+            seqs(&state.read(&history)),
+            (1..=flush + 1).collect::<Vec<_>>()
+        );
 
         // Killed partway: the log has some of them, whole.
         let (_dir, history) = fresh();
@@ -685,11 +668,7 @@ mod tests {
         let mut state = State::holding(numbered(1..=flush, 0));
         assert_eq!(state.read(&history), state.pending);
         state.record(&history, &["next"]);
-        assert_eq!(seqs(&lines(&history)), (1..=flush + 1).collect::<Vec<_>>());
-        assert_eq!(
-            lines(&history)[..flush as usize],
-            numbered(1..=flush, 0)[..]
-        );
+        assert_eq!(lines(&history), numbered(1..=flush, 0));
     }
 
     #[test]
@@ -715,18 +694,19 @@ mod tests {
             // The next flush drops the cut line and appends them whole.
             assert_eq!(state.record(&history, &["next"]), [flush + 1]);
             let written = lines(&history);
-            assert_eq!(seqs(&written), (1..=flush + 1).collect::<Vec<_>>());
+            assert_eq!(seqs(&written), (1..=flush).collect::<Vec<_>>());
             assert_eq!(written[3], cut);
         }
-        // A cut line is dropped by a writer that does not flush, too.
+        // A writer that does not flush leaves a cut line to the next flush;
+        // readers pass over it meanwhile.
         let (_dir, history) = fresh();
         let mut text = seed(&history, 1..=2, 0);
         let mut state = State::holding(numbered(1..=2, 0));
         text.extend_from_slice(b"{\"seq\":3,\"ti");
         fs::write(history.path(), &text).expect("write");
         assert_eq!(state.record(&history, &["c"]), [3]);
-        assert_eq!(seqs(&lines(&history)), [1, 2, 3]);
-        assert_eq!(state.read(&history), lines(&history));
+        assert_eq!(fs::read(history.path()).expect("read"), text);
+        assert_eq!(seqs(&state.read(&history)), [1, 2, 3]);
     }
 
     #[test]
@@ -766,21 +746,22 @@ mod tests {
             pending: Vec::new(),
         };
         assert_eq!(state.record(&history, &["c"]), [10]);
-        assert_eq!(seqs(&lines(&history)), [1, 2, 3, 10]);
+        assert_eq!(seqs(&state.read(&history)), [1, 2, 3, 10]);
 
         // A state without a number goes on after the log...
         let (_dir, history) = fresh();
         seed(&history, 1..=4, 0);
         let mut state = State::default();
         assert_eq!(state.record(&history, &["d"]), [5]);
-        assert_eq!(seqs(&lines(&history)), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(&state.read(&history)), [1, 2, 3, 4, 5]);
         // ... or after the events it holds.
         let mut state = State {
             seq: None,
             pending: numbered(6..=8, 0),
         };
         assert_eq!(state.record(&history, &["e"]), [9]);
-        assert_eq!(seqs(&lines(&history)), (1..=9).collect::<Vec<_>>());
+        // (5 was pending only in the other state, never flushed.)
+        assert_eq!(seqs(&state.read(&history)), [1, 2, 3, 4, 6, 7, 8, 9]);
 
         // Numbers that have run out are an error, not a wrap.
         let mut pending = Vec::new();
@@ -840,36 +821,31 @@ mod tests {
             line_ends.push(text.len() as u64);
         }
         fs::write(history.path(), &text).expect("write");
-        // A transaction that does not flush leaves the log long.
+        // A transaction that does not flush leaves the log as it is.
         let mut state = State {
             seq: Some(n),
             pending: Vec::new(),
         };
         assert_eq!(state.record(&history, &["appended"]), [n + 1]);
+        assert_eq!(fs::read(history.path()).expect("read"), text);
         let appended = serde_json::to_string(&state.pending[0]).expect("encode");
-        assert_eq!(
-            fs::metadata(history.path()).expect("log").len(),
-            text.len() as u64 + appended.len() as u64 + 1
-        );
-        text.extend_from_slice(appended.as_bytes());
-        text.push(b'\n');
-        line_ends.push(text.len() as u64);
+        let new_line = appended.len() as u64 + 1;
         n += 1;
-        // The flush trims it.
-        state.pending = numbered(n + 1 - FLUSH_AT as u64..=n, 0)
+        // The flush appends what the log lacks, and trims it: the state's
+        // pending events end with the one above, the others are in the log.
+        let mut pending: Vec<Event> = numbered(n + 1 - FLUSH_AT as u64..=n - 1, 0)
             .into_iter()
             .map(|mut e| {
                 e.detail = Some("in the log already".into());
                 e
             })
             .collect();
+        pending.push(state.pending[0].clone());
+        state.pending = pending;
         assert_eq!(state.record(&history, &["after the trim"]), [n + 1]);
 
+        assert_eq!(seqs(&state.pending), [n + 1]);
         let written = fs::read(history.path()).expect("read");
-        let new_line = serde_json::to_string(&state.pending[0])
-            .expect("encode")
-            .len() as u64
-            + 1;
         assert!(
             written.len() as u64 <= KEEP + new_line,
             "{} bytes kept",
@@ -878,13 +854,13 @@ mod tests {
         let kept = lines(&history);
         let first = kept[0].seq;
         assert!(first > 1, "nothing was trimmed");
-        assert_eq!(seqs(&kept), (first..=n + 1).collect::<Vec<_>>());
+        assert_eq!(seqs(&kept), (first..=n).collect::<Vec<_>>());
         assert_eq!(
             kept.last().map(|e| e.detail.as_deref()),
-            Some(Some("os=after the trim"))
+            Some(Some("os=appended"))
         );
-        assert_eq!(kept[kept.len() - 2].detail.as_deref(), Some("os=appended"));
-        // The newest events that fit, at most one line short of it.
+        // The newest events that fit, at most one line short of it, then
+        // the one the flush appended.
         let old_kept = text.len() as u64 - line_ends[first as usize - 2];
         assert_eq!(written.len() as u64, old_kept + new_line);
         assert!(old_kept <= KEEP);
@@ -899,6 +875,9 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, ["mama.xml.log"]);
-        assert_eq!(state.read(&history), kept);
+        // Readers see the log, then the event the state still holds.
+        let read = state.read(&history);
+        assert_eq!(read[..kept.len()], kept[..]);
+        assert_eq!(read[kept.len()..], state.pending[..]);
     }
 }

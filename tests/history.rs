@@ -705,11 +705,13 @@ fn killed_writers_never_part_the_log_from_the_state() {
             .into_iter()
             .map(|l| l.expect("every line an event"))
             .collect();
-        if log_path(&env).exists() {
-            assert_eq!(raw, log, "round {round}");
-        } else {
-            assert_eq!(held(&env), log, "round {round}");
-        }
+        // The log holds the older events, the state the newest ones.
+        assert_eq!(raw[..], log[..raw.len()], "round {round}");
+        let newest: Vec<Value> = held(&env)
+            .into_iter()
+            .filter(|e| raw.last().is_none_or(|l| seq(e) > seq(l)))
+            .collect();
+        assert_eq!(newest[..], log[raw.len()..], "round {round}");
     }
     // Enough writes to flush: the state holds only events of these writes.
     let before = event_seq(&env).expect("<event_seq>");
@@ -728,8 +730,9 @@ fn killed_writers_never_part_the_log_from_the_state() {
         .iter()
         .map(|l| seq(l.as_ref().expect("every line an event")))
         .collect();
-    let committed = event_seq(&env).expect("<event_seq>");
-    assert_eq!(numbers, (1..=committed).collect::<Vec<_>>());
+    // Every event before the ones the state holds, each once, in order.
+    let first_held = seq(&held[0]);
+    assert_eq!(numbers, (1..first_held).collect::<Vec<_>>());
     assert!(killed > 0, "no writer was killed");
     assert!(finished > 0, "no writer finished");
     let total = env.events().len();
@@ -765,29 +768,25 @@ fn a_log_past_its_limit_keeps_its_newest_events() {
     env.add("rig1", 1);
     // About 25,000 events, a little over the limit.
     let n = 25_000;
-    let mut lengths = seed_log(&env, n, unix_now() - 60, 70);
+    let lengths = seed_log(&env, n, unix_now() - 60, 70);
     let seeded: usize = lengths.iter().sum();
     assert!(seeded as u64 > TRIM_AT, "{seeded} bytes seeded");
 
-    // Each new event is copied to the log as it commits; the state holds
-    // them too until FLUSH_AT have gathered, and the transaction that then
-    // moves them trims the log first.
+    // Each new event waits in the state until FLUSH_AT have gathered; the
+    // transaction that then moves them to the log trims the log first.
     let flush = FLUSH_AT as u64;
+    let seeded_log = fs::read(log_path(&env)).expect("read the log");
     for i in 1..=flush {
         env.run(["set", "rig1", "os", &format!("trimmed-{i}")]).ok();
-        let text = fs::read_to_string(log_path(&env)).expect("read the log");
-        let newest = text.lines().last().expect("a line");
-        assert!(newest.contains(&format!("os=trimmed-{i}\"")), "{newest}");
-        lengths.push(newest.len() + 1);
-        assert_eq!(text.len(), lengths.iter().sum::<usize>());
+        assert_eq!(fs::read(log_path(&env)).expect("read the log"), seeded_log);
     }
     assert_eq!(held(&env).len(), FLUSH_AT);
     env.run(["set", "rig1", "os", "trimmed"]).ok();
     assert_eq!(seqs(&held(&env)), [n + flush + 1]);
     let text = fs::read_to_string(log_path(&env)).expect("read the log");
-    let new_line = text.lines().last().map_or(0, |l| l.len() + 1);
+    let appended: usize = text.lines().rev().take(FLUSH_AT).map(|l| l.len() + 1).sum();
     assert!(
-        text.len() as u64 <= KEEP + new_line as u64,
+        text.len() as u64 <= KEEP + appended as u64,
         "{} bytes left",
         text.len()
     );
@@ -795,12 +794,15 @@ fn a_log_past_its_limit_keeps_its_newest_events() {
     let numbers = seqs(&lines);
     let first = numbers[0];
     assert!(first > 1, "nothing was trimmed");
-    assert_eq!(numbers, (first..=n + flush + 1).collect::<Vec<_>>());
+    assert_eq!(numbers, (first..=n + flush).collect::<Vec<_>>());
     assert_eq!(lines[0]["detail"], format!("os={first}{}", "p".repeat(70)));
-    assert_eq!(lines.last().expect("last")["detail"], "os=trimmed");
-    // The newest that fit, at most one line short.
+    assert_eq!(
+        lines.last().expect("last")["detail"],
+        format!("os=trimmed-{flush}")
+    );
+    // The newest that fit, at most one line short, then the flushed ones.
     let kept: usize = lengths[first as usize - 1..].iter().sum();
-    assert_eq!(kept + new_line, text.len());
+    assert_eq!(kept + appended, text.len());
     let two_more: usize = lengths[(first as usize).saturating_sub(3)..].iter().sum();
     assert!(two_more as u64 > KEEP, "only {kept} bytes of {KEEP} kept");
     // Readers see them all, and the next writer goes on.
@@ -1091,16 +1093,24 @@ fn an_older_state_put_back_keeps_the_history_and_numbers_after_it() {
     assert!(seen.len() > backed_up.len() + 3 * flush, "{}", seen.len());
     assert_eq!(seen[..backed_up.len()], backed_up[..]);
 
-    // The copy put back, then one change: nothing seen before is lost, and
-    // the new event comes after all of it.
+    // The copy put back, then one change: every event the log held is
+    // kept, and the new event comes after all of them. Only the newest
+    // events, which the overwritten state alone held, are gone with it.
+    let logged = raw_log(&env).0.len();
+    assert!(
+        seen.len() - logged < FLUSH_AT,
+        "{} pending",
+        seen.len() - logged
+    );
+    assert!(logged > backed_up.len(), "a flush since the copy");
     env.write_state(&backup);
     env.run(["set", "rig1", "os", "restored"]).ok();
     let now = env.events();
-    assert_eq!(now.len(), seen.len() + 1, "{:?}", seqs(&now));
-    assert_eq!(now[..seen.len()], seen[..]);
-    let newest = &now[seen.len()];
+    assert_eq!(now.len(), logged + 1, "{:?}", seqs(&now));
+    assert_eq!(now[..logged], seen[..logged]);
+    let newest = &now[logged];
     assert_eq!(newest["detail"], "os=restored");
-    assert_eq!(seq(newest), seq(&seen[seen.len() - 1]) + 1);
+    assert_eq!(seq(newest), seq(&seen[logged - 1]) + 1);
     assert_eq!(event_seq(&env), Some(seq(newest)));
     assert_eq!(env.info("rig1")["os"], "restored");
 
@@ -1127,7 +1137,8 @@ fn an_older_state_put_back_keeps_the_history_and_numbers_after_it() {
         numbers.windows(2).all(|w| w[0] < w[1]),
         "numbers out of order or twice: {numbers:?}"
     );
-    assert_eq!(numbers, seqs(&later));
+    assert_eq!(numbers, seqs(&later[..numbers.len()]));
+    assert!(later.len() - numbers.len() < FLUSH_AT);
 }
 
 #[test]
