@@ -273,9 +273,7 @@ fn with_umask(mut cmd: Command, mask: libc::mode_t) -> Command {
 fn under_umask_000_new_files_are_made_like_the_state_file() {
     let env = TestEnv::new();
     env.add("rig1", 1);
-    let (_, gid) = group_to_share();
-    std::os::unix::fs::chown(&env.state, None, Some(gid)).expect("chgrp");
-    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o640)).expect("chmod");
+    let gid = share_with_group(&env.state, 0o640);
     for name in ["mama.xml.lock", "mama.xml.log"] {
         let _ = fs::remove_file(beside(&env, name));
     }

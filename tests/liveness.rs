@@ -110,6 +110,22 @@ fn in_container(env: &TestEnv, args: &[&str]) -> Command {
     cmd
 }
 
+/// Starts `mama run m --job LABEL` in a container of its own, with a job
+/// that waits for the file `until`; returns once the job has started.
+fn start_boxed(env: &TestEnv, label: &str, until: &str) -> Bg {
+    let dir = dir_arg(env);
+    let script = format!("touch \"$1/{label}.started\"; {}", wait_for_file(until));
+    let boxed = Bg::start(in_container(
+        env,
+        &[
+            "run", "m", "--job", label, "--", "sh", "-c", &script, "sh", &dir,
+        ],
+    ));
+    let started = env.path().join(format!("{label}.started"));
+    wait_until("the container's job", LIMIT, || started.exists());
+    boxed
+}
+
 fn run_in_container(env: &TestEnv, args: &[&str]) -> Run {
     in_container(env, args)
         .output()
@@ -138,17 +154,7 @@ fn a_claim_from_the_host_is_live_inside_a_pid_namespace() {
 #[test]
 fn two_containers_whose_mama_is_pid_1_never_share_a_machine() {
     let env = lab();
-    let dir = dir_arg(&env);
-    let script = format!("touch \"$1/a.started\"; {}", wait_for_file("go"));
-    let mut a = Bg::start(in_container(
-        &env,
-        &[
-            "run", "m", "--job", "a", "--", "sh", "-c", &script, "sh", &dir,
-        ],
-    ));
-    wait_until("container a's job", LIMIT, || {
-        env.path().join("a.started").exists()
-    });
+    let mut a = start_boxed(&env, "a", "go");
     assert_eq!(
         env.info("m")["job_pid"],
         1,
@@ -170,17 +176,7 @@ fn two_containers_whose_mama_is_pid_1_never_share_a_machine() {
 #[test]
 fn a_crashed_containers_claim_goes_stale_although_pid_1_lives_on() {
     let env = lab();
-    let dir = dir_arg(&env);
-    let script = format!("touch \"$1/a.started\"; {}", wait_for_file("never"));
-    let mut container = Bg::start(in_container(
-        &env,
-        &[
-            "run", "m", "--job", "boxed", "--", "sh", "-c", &script, "sh", &dir,
-        ],
-    ));
-    wait_until("the container's job", LIMIT, || {
-        env.path().join("a.started").exists()
-    });
+    let mut container = start_boxed(&env, "boxed", "never");
     assert_eq!(env.info("m")["job_pid"], 1);
     // The container dies whole: its PID 1 (mama) and all in it.
     container.signal(libc::SIGKILL);

@@ -583,9 +583,7 @@ fn readers_wait_for_an_exclusive_lock_but_share_a_shared_one() {
 fn writes_keep_mode_group_and_owner() {
     let env = TestEnv::new();
     env.add("rig1", 1);
-    let (_, gid) = group_to_share();
-    std::os::unix::fs::chown(&env.state, None, Some(gid)).expect("chgrp");
-    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o640)).expect("chmod");
+    let gid = share_with_group(&env.state, 0o640);
     let owner = fs::metadata(&env.state).expect("state").uid();
 
     env.run(["set", "rig1", "os", "debian"]).ok();

@@ -65,6 +65,15 @@ pub fn group_to_share() -> (String, u32) {
     }
 }
 
+/// Gives `path` the group to share and `mode`; returns the group's id.
+pub fn share_with_group(path: &std::path::Path, mode: u32) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let (_, gid) = group_to_share();
+    std::os::unix::fs::chown(path, None, Some(gid)).expect("chgrp");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    gid
+}
+
 /// The group the `nobody` user may take: `nogroup`, else `nobody`.
 pub fn nobody_group() -> String {
     ["nogroup", "nobody"]
