@@ -140,11 +140,13 @@ pub fn binary_for_nobody(env: &TestEnv, group: &str) -> (PathBuf, Option<tempfil
     (bin, Some(dir))
 }
 
-/// Runs the checks that need a second user, or says why not.
+/// The checks that need a second user run as root with setpriv(1); without
+/// them the test fails, saying so, rather than passing unchecked.
+#[track_caller]
 pub fn second_user() -> bool {
-    if !is_root() || !has_setpriv() {
-        eprintln!("note: skipped: needs root and setpriv(1) to act as a second user");
-        return false;
-    }
+    assert!(
+        is_root() && has_setpriv(),
+        "this test acts as a second user: run the tests as root, with setpriv(1) installed"
+    );
     true
 }
