@@ -51,10 +51,19 @@ pub enum Error {
     },
 }
 
+/// What [`Error::Planted`] says of a file with a second hard link.
+pub const HARD_LINK: &str = "a file with more than one hard link";
+
 fn planted(path: &Path, what: &str, expected: &str) -> String {
     if what == "a symbolic link" {
         format!(
             "{} is a symbolic link; mama does not follow links beside the state file (remove it)",
+            path.display()
+        )
+    } else if what == HARD_LINK {
+        format!(
+            "{} has more than one hard link (the same file has another name); mama uses \
+             only files of its own beside the state file (remove it)",
             path.display()
         )
     } else {

@@ -191,13 +191,19 @@ impl Dir {
         Ok(unsafe { File::from_raw_fd(fd) })
     }
 
-    /// `file` if it is a regular file (made blocking again), else an error
-    /// naming what it is.
+    /// `file` if it is a regular file with one link (made blocking again),
+    /// else an error naming what it is. A second link is how a file from
+    /// elsewhere on the file system would be planted here (O_NOFOLLOW does
+    /// not see hard links), and mama writes, chmods and chgrps these files;
+    /// none of its own ever has two.
     fn regular(&self, file: File, name: &OsStr) -> Result<File> {
         let path = self.child(name);
         let meta = file.metadata().map_err(|e| Error::io("read", &path, e))?;
         if !meta.file_type().is_file() {
             return Err(planted(&path, describe(meta.mode()), Expect::File));
+        }
+        if meta.nlink() != 1 {
+            return Err(planted(&path, crate::error::HARD_LINK, Expect::File));
         }
         let fd = file.as_raw_fd();
         // SAFETY: fcntl on a descriptor `file` owns; results are checked.

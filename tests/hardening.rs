@@ -647,3 +647,26 @@ fn temporary_files_are_private_whatever_the_umask() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_hard_link_planted_beside_the_state_is_refused_and_its_file_left_alone() {
+    for name in ["mama.xml.lock", "mama.xml.log", "mama.xml.locks/rig1.lock"] {
+        let env = TestEnv::new();
+        env.add("rig1", 1);
+        // The log and the locks folder exist, as in a lab in use.
+        env.run(["run", "rig1", "--", "true"]).ok();
+        sets(&env, 0..FLUSH_AT + 1);
+        share_with_group(&env.state, 0o660);
+        let victim = Victim::new();
+        let planted = beside(&env, name);
+        let _ = fs::remove_file(&planted);
+        // O_NOFOLLOW does not see a hard link: the same file, another name.
+        fs::hard_link(&victim.path, &planted).expect("plant the hard link");
+
+        env.run(["run", "rig1", "--", "true"]).fails_saying(
+            125,
+            &format!("{} has more than one hard link", planted.display()),
+        );
+        victim.assert_untouched();
+    }
+}
