@@ -51,6 +51,10 @@ pub enum Error {
     },
 }
 
+/// What [`Error::Planted`] says of a state path that is a link planted by
+/// someone else.
+pub const UNTRUSTED_LINK: &str = "a symbolic link of another user";
+
 /// What [`Error::Planted`] says of a file with a second hard link.
 pub const HARD_LINK: &str = "a file with more than one hard link";
 
@@ -58,6 +62,13 @@ fn planted(path: &Path, what: &str, expected: &str) -> String {
     if what == "a symbolic link" {
         format!(
             "{} is a symbolic link; mama does not follow links beside the state file (remove it)",
+            path.display()
+        )
+    } else if what == UNTRUSTED_LINK {
+        format!(
+            "{} is a symbolic link that belongs to another user (not to you, root or the \
+             folder's owner); mama does not follow it, since whoever may write the folder \
+             could point it anywhere (remove it, or have the folder's owner make it)",
             path.display()
         )
     } else if what == HARD_LINK {

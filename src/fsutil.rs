@@ -376,14 +376,21 @@ pub fn open_lock(path: &Path, like: Option<&Metadata>) -> Result<File> {
     )))
 }
 
-/// Brings a lock file this user owns (or root) in line with the state
+/// Brings a lock file this user owns in line with the state
 /// file's mode and group; best effort.
 fn follow_state(file: &File, like: Option<&Metadata>, mode: u32) {
     let Some(like) = like else { return };
     let Ok(mine) = file.metadata() else { return };
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    if (mine.uid() == me || me == 0) && (mine.mode() & 0o7777 != mode || mine.gid() != like.gid()) {
+    // Only a file of this user's own, and not root's privilege over
+    // others' files: a name beside the state can be swapped for a link to
+    // any file between the open and the look at its link count, and a
+    // chmod through it would hand that file to the lab.
+    if mine.uid() == me
+        && mine.nlink() == 1
+        && (mine.mode() & 0o7777 != mode || mine.gid() != like.gid())
+    {
         let _ = set_group_and_mode(file, Some(like), mode);
     }
 }

@@ -45,6 +45,10 @@ pub const FLUSH_AT: usize = 32;
 pub const TRIM_AT: u64 = 4 << 20;
 /// ... down to the newest events that fit in this many.
 pub const KEEP: u64 = 2 << 20;
+/// A log this long is not one mama wrote (it trims past [`TRIM_AT`]):
+/// mama refuses it rather than read it, so a planted huge or sparse file
+/// can never make every command read gigabytes with the lab locked.
+pub const MAX_LOG: u64 = 16 * TRIM_AT;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,7 +280,7 @@ impl History {
     /// state file; never through a link planted in its place.
     fn open_for_append(&self, like: Option<&Metadata>) -> Result<File> {
         match fsutil::open_or_create(&self.path, like) {
-            Ok((file, _)) => Ok(file),
+            Ok((file, _)) => self.bounded(file),
             // A log this user may not write though they may write the state
             // (made before the state file was shared, say): replace it with
             // a copy made like the state file, as the state itself is.
@@ -304,7 +308,25 @@ impl History {
     /// The log, opened to read (never through a link); `None` when there is
     /// none.
     fn open_to_read(&self) -> Result<Option<File>> {
-        fsutil::open_file(&self.path, false)
+        fsutil::open_file(&self.path, false)?
+            .map(|file| self.bounded(file))
+            .transpose()
+    }
+
+    /// `file` (the log) if it is no longer than [`MAX_LOG`].
+    fn bounded(&self, file: File) -> Result<File> {
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("read", &self.path, e))?
+            .len();
+        if len > MAX_LOG {
+            return Err(Error::Invalid(format!(
+                "{} is {len} bytes, and mama trims its log at {TRIM_AT}: it is not a log \
+                 mama wrote (move it aside)",
+                self.path.display()
+            )));
+        }
+        Ok(file)
     }
 
     /// Rewrites the log with its newest events that fit in [`KEEP`] bytes

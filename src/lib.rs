@@ -60,7 +60,7 @@ pub fn run(cli: Cli) -> i32 {
         supervise::end_on_signals_as_init();
     }
     let result = Settings::read(cli.state).and_then(|settings| {
-        let store = Store::locate(settings.state.clone());
+        let store = Store::locate(settings.state.clone())?;
         dispatch(&store, &settings, cli.command)
     });
     match result {

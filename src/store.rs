@@ -32,6 +32,47 @@ pub struct Store {
     patience: LockPatience,
 }
 
+/// Checks each symbolic link on the way from the state path to the real
+/// file: a link is followed only when it belongs to this user, to root or
+/// to the owner of the folder it stands in (the rule the kernel's
+/// `protected_symlinks` applies in shared folders). In a folder the lab's
+/// group may write, a member could otherwise replace the state file with a
+/// link, and everyone's mama, root's included, would create its lock and
+/// log files, and write the state, wherever the link points.
+fn trusted_links(start: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut path = start.to_path_buf();
+    for _ in 0..40 {
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(_) => return Ok(()),
+        };
+        if !meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let folder = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let folder_owner = fs::metadata(&folder).map(|m| m.uid()).ok();
+        if meta.uid() != me && meta.uid() != 0 && Some(meta.uid()) != folder_owner {
+            return Err(Error::Planted {
+                path,
+                what: crate::error::UNTRUSTED_LINK,
+                expected: "a link of this user, root or the folder's owner",
+            });
+        }
+        let target = fs::read_link(&path).map_err(|e| Error::io("read the link", &path, e))?;
+        path = folder.join(target);
+    }
+    Err(Error::Invalid(format!(
+        "{}: too many symbolic links",
+        start.display()
+    )))
+}
+
 /// The machines whose job locks were held at one look (see
 /// [`Store::held_job_locks`]).
 pub struct HeldJobLocks {
@@ -59,9 +100,12 @@ impl Store {
     /// A symbolic link is followed, here and only here, so the lock and temporary files sit
     /// beside the real file and the rename replaces it, not the link; the
     /// folder is resolved too. Beside it, links are never followed.
-    pub fn locate(path: PathBuf) -> Store {
+    pub fn locate(path: PathBuf) -> Result<Store> {
         let path = match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(&path).unwrap_or(path),
+            Ok(meta) if meta.file_type().is_symlink() => {
+                trusted_links(&path)?;
+                fs::canonicalize(&path).unwrap_or(path)
+            }
             _ => path,
         };
         let dir = match path.parent() {
@@ -69,11 +113,11 @@ impl Store {
             _ => Path::new("."),
         };
         let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        Store {
+        Ok(Store {
             path,
             dir,
             patience: LockPatience::forever(),
-        }
+        })
     }
 
     /// This store, waiting for the lab's lock as `patience` says (`run

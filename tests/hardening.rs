@@ -670,3 +670,74 @@ fn a_hard_link_planted_beside_the_state_is_refused_and_its_file_left_alone() {
         victim.assert_untouched();
     }
 }
+
+#[test]
+fn a_state_link_planted_by_another_user_is_not_followed() {
+    second_user();
+    let nobody = user_id("nobody").expect("the nobody user");
+    let env = TestEnv::new();
+    let elsewhere = tempfile::tempdir().expect("temporary folder");
+    let target = elsewhere.path().join("victim.xml");
+    fs::write(&target, lab_xml(&[machine_xml("rig1", 1, &[])])).expect("write");
+    let before = fs::read(&target).expect("read");
+    // A member of the lab's group replaces the state file with a link.
+    symlink(&target, &env.state).expect("plant the link");
+    std::os::unix::fs::lchown(&env.state, Some(nobody), None).expect("chown the link");
+    for args in [&["list"][..], &["set", "rig1", "os", "x"]] {
+        env.run(args)
+            .fails_saying(1, "is a symbolic link that belongs to another user");
+    }
+    assert_eq!(fs::read(&target).expect("read"), before);
+    let mut created: Vec<_> = fs::read_dir(elsewhere.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    created.sort();
+    assert_eq!(created, ["victim.xml"], "nothing made beside the target");
+    // The same link made by the folder's owner (root here) is followed.
+    std::os::unix::fs::lchown(&env.state, Some(0), None).expect("chown the link");
+    env.run(["set", "rig1", "os", "x"]).ok();
+    assert!(
+        fs::read_to_string(&target)
+            .expect("read")
+            .contains("<os>x</os>")
+    );
+}
+
+#[test]
+fn another_users_lock_file_keeps_its_mode_and_group() {
+    second_user();
+    let nobody = user_id("nobody").expect("the nobody user");
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let lock = lock_path(&env.state);
+    // Whatever its name says, a file of another user is never chmod'ed or
+    // chgrp'ed by root's mama: that name could be a link to any file.
+    std::os::unix::fs::chown(&lock, Some(nobody), Some(nobody)).expect("chown");
+    fs::set_permissions(&lock, fs::Permissions::from_mode(0o604)).expect("chmod");
+    env.run(["set", "rig1", "os", "x"]).ok();
+    let meta = fs::metadata(&lock).expect("lock");
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o604, nobody, nobody)
+    );
+}
+
+#[test]
+fn a_log_far_past_its_limit_is_refused_not_read() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let state = env.read_state();
+    // A sparse 1 GiB file: reading it would take a gigabyte of memory.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(beside(&env, "mama.xml.log"))
+        .expect("the log");
+    log.set_len(1 << 30).expect("make it sparse");
+    for args in [&["set", "rig1", "os", "x"][..], &["log"], &["info", "rig1"]] {
+        env.run(args).fails_saying(1, "it is not a log mama wrote");
+    }
+    assert_eq!(env.read_state(), state);
+}
