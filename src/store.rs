@@ -208,7 +208,7 @@ impl Store {
         };
         let held_by = |file: &File| {
             lock::holder(file)
-                .map(|h| format!(", held by {h}"))
+                .map(|h| format!(", taken by {h}"))
                 .unwrap_or_default()
         };
         let started = Instant::now();

@@ -383,7 +383,7 @@ fn a_reader_says_who_holds_the_labs_lock_and_goes_on_once_it_is_let_go() {
     let mut list = env.start(["list"]);
     let line = list.expect_stderr("waiting for the lab's lock", LIMIT);
     let expected = format!(
-        "mama: waiting for the lab's lock {}, held by PID {} (flock, stopped)",
+        "mama: waiting for the lab's lock {}, taken by PID {} (flock, stopped)",
         lock.display(),
         holder.pid()
     );
