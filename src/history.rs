@@ -34,10 +34,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::file::fsutil;
+use crate::engine::os;
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::lab::JobRecord;
-use crate::os;
 
 /// The state file keeps its committed events until this many have gathered;
 /// the next transaction then moves them to the log together and syncs it:
@@ -539,7 +539,7 @@ mod tests {
             }
         }
 
-        /// One transaction recording `values` as [`crate::store`] runs it:
+        /// One transaction recording `values` as [`crate::backend::file`] runs it:
         /// commit, the rename, the copy to the log. Returns the numbers.
         fn record(&mut self, history: &History, values: &[&str]) -> Vec<u64> {
             let mut next = self.pending.clone();

@@ -9,10 +9,10 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+use crate::backend::file::xml::{self, Document, Element, ParseError};
+use crate::engine::os::Origin;
 use crate::error::Error;
 use crate::history::Event;
-use crate::os::Origin;
-use crate::xml::{self, Document, Element, ParseError};
 
 /// A field of a machine: one child element of `<machine>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

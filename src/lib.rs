@@ -16,32 +16,22 @@ macro_rules! say {
     }};
 }
 
-pub mod claim;
+pub mod backend;
 pub mod cli;
-pub mod commands;
-pub mod completions;
+pub mod engine;
 pub mod error;
 pub mod exit;
-pub mod fsutil;
 pub mod history;
 pub mod lab;
-pub mod lock;
-pub mod manpage;
-pub mod os;
-pub mod render;
 pub mod settings;
-pub mod stale;
-pub mod store;
-pub mod style;
-pub mod supervise;
-pub mod xml;
 
+use backend::file::Store;
 use cli::{Cli, Command};
+use engine::supervise;
 use error::Error;
 use exit::ExitCode;
 use lab::NewMachine;
 use settings::Settings;
-use store::Store;
 
 /// Runs a parsed command line; returns the process exit status. Errors are
 /// printed here, once.
@@ -70,8 +60,8 @@ pub fn run(cli: Cli) -> i32 {
             // safe for a terminal, its own line breaks kept.
             say!(
                 "{} {}",
-                style::error_prefix(),
-                render::printable_lines(&e.to_string())
+                cli::style::error_prefix(),
+                cli::render::printable_lines(&e.to_string())
             );
             match e {
                 Error::Busy(_) => ExitCode::Busy.code(),
@@ -83,7 +73,7 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Result<i32> {
-    use commands as c;
+    use cli::commands as c;
     match command {
         Command::List { names: true, .. } => c::names(store)?,
         Command::List { json, .. } => c::list(store, settings, json)?,
@@ -126,7 +116,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             json,
             follow,
         } => c::log(store, settings, machine.as_deref(), since, json, follow)?,
-        Command::Completions { shell } => completions::print(shell)?,
+        Command::Completions { shell } => cli::completions::print(shell)?,
         Command::Run {
             machine,
             job,

@@ -1,4 +1,12 @@
-//! The command line: the single source of the help text.
+//! The command line: the single source of the help text, and what is made
+//! of it: the commands ([`commands`]), what they print ([`render`],
+//! [`style`]), the man page ([`manpage`]) and completions ([`completions`]).
+
+pub mod commands;
+pub mod completions;
+pub mod manpage;
+pub mod render;
+pub mod style;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -158,7 +166,7 @@ pub enum Command {
     /// Print a completion script for a shell (machine names complete from the state file)
     Completions {
         /// The shell
-        shell: crate::completions::Shell,
+        shell: crate::cli::completions::Shell,
     },
 }
 

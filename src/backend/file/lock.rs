@@ -4,7 +4,7 @@
 //! A lock is a value: it is held while the [`FileLock`] lives and released
 //! when it is dropped, or by the kernel the instant the process dies. Lock
 //! files are opened close-on-exec, so a job that mama starts never inherits
-//! one, and safely ([`crate::fsutil`]). A wait sleeps in the kernel; a
+//! one, and safely ([`crate::backend::file::fsutil`]). A wait sleeps in the kernel; a
 //! bounded one is cut short by a `SIGALRM` timer.
 
 // The one module allowed to call the lock primitives (see clippy.toml).
@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use crate::backend::file::fsutil;
 use crate::error::{Error, Result};
-use crate::fsutil;
 
 /// A held lock; dropping it releases the lock.
 #[derive(Debug)]
@@ -191,7 +191,7 @@ impl std::os::fd::AsRawFd for FileLock {
 /// link and never blocks on a FIFO; what is not a regular file holds no
 /// lock.
 pub fn is_held(path: &Path) -> bool {
-    let file = match crate::fsutil::open_file(path, false) {
+    let file = match crate::backend::file::fsutil::open_file(path, false) {
         Ok(Some(file)) => file,
         Ok(None) | Err(Error::Planted { .. }) => return false,
         // A reader who may not open it asks the kernel's lock table.

@@ -6,7 +6,11 @@
 //! folder), release. Readers take the lock shared, briefly. A process killed
 //! at any instant leaves the old file or the new one, and at most one
 //! temporary file, which the next writer removes. Every file beside the
-//! state file is opened through [`crate::fsutil`]: never through a link.
+//! state file is opened through [`crate::backend::file::fsutil`]: never through a link.
+
+pub mod fsutil;
+pub mod lock;
+pub mod xml;
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
@@ -15,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::fsutil;
+
 use crate::history::{Event, History};
 use crate::lab::Lab;
-use crate::lock::{self, FileLock, LockPatience, Mode};
+use lock::{FileLock, LockPatience, Mode};
 
 /// The state file and the files mama keeps beside it.
 #[derive(Debug, Clone)]
@@ -187,7 +191,7 @@ impl Store {
                 "gave up waiting for the lab's lock {}{} after {}",
                 path.display(),
                 held_by(&file),
-                crate::render::seconds(started.elapsed())
+                crate::cli::render::seconds(started.elapsed())
             ))),
         }
     }

@@ -19,8 +19,8 @@
 
 use std::fmt;
 
+use crate::engine::os::{Place, Probe, ProcessTable};
 use crate::lab::JobRecord;
-use crate::os::{Place, Probe, ProcessTable};
 
 /// How much later than its claim a process may have started, for records
 /// without an origin (second-granular timestamps).
@@ -216,7 +216,7 @@ impl<P: ProcessTable> Judge<'_, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::os::Origin;
+    use crate::engine::os::Origin;
     use std::collections::{HashMap, HashSet};
 
     /// Processes by PID with their start ticks; ages are start ticks read

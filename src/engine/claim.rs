@@ -8,7 +8,7 @@
 //!   last of its processes dies;
 //! - the lock is the proof of life wherever a PID cannot be judged: a
 //!   claim from another PID namespace, or a job whose `mama` was killed
-//!   while processes of the job still run ([`crate::stale`]);
+//!   while processes of the job still run ([`crate::engine::stale`]);
 //! - a machine whose record is free while its lock is held (a job whose
 //!   record was cleared by hand still runs) is busy.
 //!
@@ -21,14 +21,14 @@ use std::io::{IsTerminal, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::backend::file::Store;
+use crate::backend::file::lock::{self, FileLock};
+use crate::cli::render;
+use crate::engine::os::{self, Place, Processes};
+use crate::engine::stale::{JobLocks, Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::history::{Event, Kind};
 use crate::lab::{Field, JobRecord, Lab, Machine};
-use crate::lock::{self, FileLock};
-use crate::os::{self, Place, Processes};
-use crate::render;
-use crate::stale::{JobLocks, Judge, StaleReason, Verdict};
-use crate::store::Store;
 
 /// Who asks: the busy rules depend on it.
 #[derive(Debug)]

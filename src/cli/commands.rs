@@ -4,20 +4,20 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::claim::{self, Caller, Intent, Patience};
+use crate::backend::file::lock::LockPatience;
+use crate::backend::file::{Snapshot, Store};
+use crate::cli::render::{self, MachineView};
+use crate::cli::style::{self, Stream};
 use crate::cli::{GetAttr, SetAttr};
+use crate::engine::claim::{self, Caller, Intent, Patience};
+use crate::engine::os::{self, Place, Processes};
+use crate::engine::stale::{JobLocks, Judge};
+use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::history::{Event, Kind};
 use crate::lab::{self, Field, Lab, NewMachine};
-use crate::lock::LockPatience;
-use crate::os::{self, Place, Processes};
-use crate::render::{self, MachineView};
 use crate::settings::Settings;
-use crate::stale::{JobLocks, Judge};
-use crate::store::{Snapshot, Store};
-use crate::style::{self, Stream};
-use crate::supervise::{self, Ending};
 
 /// Reads the lab for a read-only command, saying where it looked when there
 /// is no state file.

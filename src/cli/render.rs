@@ -13,12 +13,12 @@ use chrono::{Local, TimeZone};
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use crate::claim;
+use crate::cli::style::{self, Tone};
+use crate::engine::claim;
+use crate::engine::os::ProcessTable;
+use crate::engine::stale::{Judge, Verdict};
 use crate::history::Event;
 use crate::lab::{Field, Machine};
-use crate::os::ProcessTable;
-use crate::stale::{Judge, Verdict};
-use crate::style::{self, Tone};
 
 /// Whether a terminal could act on `c`: C0 controls (line breaks and tabs
 /// included), DEL and C1 controls, and the bidirectional controls and line
