@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use crate::backend::file::xml::{self, Document, Element, ParseError};
 use crate::engine::os::Origin;
 use crate::error::Error;
-use crate::history::Event;
+use crate::model::event::Event;
 
 /// A field of a machine: one child element of `<machine>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -426,7 +426,7 @@ impl Lab {
         self.doc
             .root
             .child(PENDING_EVENTS)
-            .map_or_else(Vec::new, |e| crate::history::decode(&e.text()))
+            .map_or_else(Vec::new, |e| crate::backend::file::log::decode(&e.text()))
     }
 
     /// Replaces the pending events; none removes the element.
@@ -439,7 +439,7 @@ impl Lab {
             }
             return Ok(());
         }
-        let text = crate::history::encode(events)?;
+        let text = crate::backend::file::log::encode(events)?;
         self.set_top_level(PENDING_EVENTS, &text);
         Ok(())
     }

@@ -21,8 +21,8 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod exit;
-pub mod history;
 pub mod lab;
+pub mod model;
 pub mod settings;
 
 use backend::file::Store;

@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use mama::history::{FLUSH_AT, TRIM_AT};
+use mama::backend::file::log::{FLUSH_AT, TRIM_AT};
 
 /// A file outside the lab that a planted link points at: its content,
 /// mode and owner must never change.

@@ -15,8 +15,8 @@ use crate::engine::stale::{JobLocks, Judge};
 use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
-use crate::history::{Event, Kind};
 use crate::lab::{self, Field, Lab, NewMachine};
+use crate::model::event::{Event, Kind};
 use crate::settings::Settings;
 
 /// Reads the lab for a read-only command, saying where it looked when there

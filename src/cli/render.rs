@@ -17,8 +17,8 @@ use crate::cli::style::{self, Tone};
 use crate::engine::claim;
 use crate::engine::os::ProcessTable;
 use crate::engine::stale::{Judge, Verdict};
-use crate::history::Event;
 use crate::lab::{Field, Machine};
+use crate::model::event::Event;
 
 /// Whether a terminal could act on `c`: C0 controls (line breaks and tabs
 /// included), DEL and C1 controls, and the bidirectional controls and line

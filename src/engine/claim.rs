@@ -27,8 +27,8 @@ use crate::cli::render;
 use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::{JobLocks, Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
-use crate::history::{Event, Kind};
 use crate::lab::{Field, JobRecord, Lab, Machine};
+use crate::model::event::{Event, Kind};
 
 /// Who asks: the busy rules depend on it.
 #[derive(Debug)]

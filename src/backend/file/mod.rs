@@ -10,6 +10,7 @@
 
 pub mod fsutil;
 pub mod lock;
+pub mod log;
 pub mod xml;
 
 use std::ffi::OsString;
@@ -20,9 +21,10 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 
-use crate::history::{Event, History};
 use crate::lab::Lab;
+use crate::model::event::Event;
 use lock::{FileLock, LockPatience, Mode};
+use log::History;
 
 /// The state file and the files mama keeps beside it.
 #[derive(Debug, Clone)]
@@ -254,7 +256,7 @@ impl Store {
     /// Numbers this transaction's events after every event committed so
     /// far and puts them in the state's pending events, which its rename
     /// commits (see [`History::commit`]). When the state already holds
-    /// [`FLUSH_AT`](crate::history::FLUSH_AT) pending events, this
+    /// [`FLUSH_AT`](log::FLUSH_AT) pending events, this
     /// transaction first appends to the log those it lacks, syncs it, and
     /// drops them all from the state. The log only ever receives committed
     /// events: a writer killed after appending leaves lines the state still
