@@ -21,7 +21,6 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod exit;
-pub mod lab;
 pub mod model;
 pub mod settings;
 
@@ -30,7 +29,7 @@ use cli::{Cli, Command};
 use engine::supervise;
 use error::Error;
 use exit::ExitCode;
-use lab::NewMachine;
+use model::NewMachine;
 use settings::Settings;
 
 /// Runs a parsed command line; returns the process exit status. Errors are

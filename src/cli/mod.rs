@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::lab::Field;
+use crate::model::field::Field;
 
 /// Share lab machines safely: wait for a machine, claim it, run a job,
 /// release it however the job ends.

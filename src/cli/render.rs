@@ -17,8 +17,9 @@ use crate::cli::style::{self, Tone};
 use crate::engine::claim;
 use crate::engine::os::ProcessTable;
 use crate::engine::stale::{Judge, Verdict};
-use crate::lab::{Field, Machine};
+use crate::model::Machine;
 use crate::model::event::Event;
+use crate::model::field::Field;
 
 /// Whether a terminal could act on `c`: C0 controls (line breaks and tabs
 /// included), DEL and C1 controls, and the bidirectional controls and line
@@ -131,7 +132,7 @@ impl MachineView {
     /// The view of `machine`; `locked` says whether its job lock is held
     /// (looked at only when no job is recorded).
     pub fn new<P: ProcessTable>(
-        machine: &Machine<'_>,
+        machine: &Machine,
         judge: &Judge<'_, P>,
         locked: impl FnOnce() -> bool,
     ) -> MachineView {
@@ -144,10 +145,10 @@ impl MachineView {
         };
         let text = |f: Field| {
             let value = machine.get(f);
-            (!value.trim().is_empty()).then(|| value.into_owned())
+            (!value.trim().is_empty()).then(|| value.to_string())
         };
         let job = machine.job();
-        let verdict = job.as_ref().map(|j| judge.judge(&machine.name(), j));
+        let verdict = job.as_ref().map(|j| judge.judge(machine.name(), j));
         let stale_reason = match &verdict {
             Some(Verdict::Stale(reason)) => Some(reason.to_string()),
             _ => None,
@@ -159,7 +160,7 @@ impl MachineView {
         let resources = machine.resources();
         let unrecorded_lock = job.is_none() && locked();
         MachineView {
-            name: machine.name().into_owned(),
+            name: machine.name().to_string(),
             mac: field(Field::Mac),
             ip: field(Field::Ip),
             state: claim::status(machine, verdict.as_ref(), unrecorded_lock).as_str(),

@@ -27,8 +27,9 @@ use crate::cli::render;
 use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::{JobLocks, Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
-use crate::lab::{Field, JobRecord, Lab, Machine};
 use crate::model::event::{Event, Kind};
+use crate::model::field::Field;
+use crate::model::{JobRecord, Lab, Machine};
 
 /// Who asks: the busy rules depend on it.
 #[derive(Debug)]
@@ -212,7 +213,7 @@ impl Status {
 /// A machine's status, from its own fields (a job first, then a hand
 /// start, then a reservation); `locked` says that, with no job recorded,
 /// its job lock is held (processes of a job whose record was cleared).
-pub fn status(machine: &Machine<'_>, verdict: Option<&Verdict>, locked: bool) -> Status {
+pub fn status(machine: &Machine, verdict: Option<&Verdict>, locked: bool) -> Status {
     match verdict {
         Some(Verdict::Stale(_)) => Status::Stale,
         Some(_) => Status::Busy,
@@ -225,11 +226,11 @@ pub fn status(machine: &Machine<'_>, verdict: Option<&Verdict>, locked: bool) ->
 
 /// Whether `machine` is busy for `caller` by its own fields (SPEC rules 1-3).
 fn busy_by_own_fields(
-    machine: &Machine<'_>,
+    machine: &Machine,
     caller: &Caller,
     judge: &Judge<'_, Processes>,
 ) -> Option<Busy> {
-    let name = machine.name().into_owned();
+    let name = machine.name().to_string();
     if let Some(job) = machine.job() {
         let verdict = judge.judge(&name, &job);
         // Ours: claimed by an ancestor of ours, or we run inside the job
@@ -261,7 +262,7 @@ fn deciding_machines(lab: &Lab, target: &str) -> Result<Vec<String>> {
     for machine in lab.machines() {
         let name = machine.name();
         if name != target && machine.resources().iter().any(|r| resources.contains(r)) {
-            names.push(name.into_owned());
+            names.push(name.to_string());
         }
     }
     Ok(names)
@@ -275,7 +276,7 @@ fn busy(
     judge: &Judge<'_, Processes>,
 ) -> Result<Option<Busy>> {
     for name in deciding_machines(lab, target)? {
-        if let Some(busy) = busy_by_own_fields(&lab.get(&name)?, caller, judge) {
+        if let Some(busy) = busy_by_own_fields(lab.get(&name)?, caller, judge) {
             return Ok(Some(busy));
         }
     }
@@ -538,8 +539,8 @@ fn attempt(
         return Ok(Attempt::Free);
     };
     let job = caller.claim(label, judge.now);
-    let mac = machine.get(Field::Mac).into_owned();
-    let ip = machine.get(Field::Ip).into_owned();
+    let mac = machine.get(Field::Mac).to_string();
+    let ip = machine.get(Field::Ip).to_string();
     let mut event = Event::new(Kind::Claimed, target).job(&job);
     match &outer {
         // The outer claim stays as it is: it stands while the outer run

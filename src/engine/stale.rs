@@ -20,7 +20,7 @@
 use std::fmt;
 
 use crate::engine::os::{Place, Probe, ProcessTable};
-use crate::lab::JobRecord;
+use crate::model::JobRecord;
 
 /// How much later than its claim a process may have started, for records
 /// without an origin (second-granular timestamps).

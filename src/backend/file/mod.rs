@@ -8,6 +8,7 @@
 //! temporary file, which the next writer removes. Every file beside the
 //! state file is opened through [`crate::backend::file::fsutil`]: never through a link.
 
+pub mod doc;
 pub mod fsutil;
 pub mod lock;
 pub mod log;
@@ -21,8 +22,9 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 
-use crate::lab::Lab;
+use crate::model::Lab;
 use crate::model::event::Event;
+use doc::XmlLab;
 use lock::{FileLock, LockPatience, Mode};
 use log::History;
 
@@ -54,10 +56,39 @@ impl HeldJobLocks {
     }
 }
 
-/// A lab as read, and whether the state file existed.
+/// A lab as read, whether the state file existed, and the number of the
+/// last event it committed.
 pub struct Snapshot {
     pub lab: Lab,
     pub existed: bool,
+    pub last_event: Option<u64>,
+}
+
+/// The state file as parsed, and whether there was one.
+struct Loaded {
+    doc: XmlLab,
+    existed: bool,
+}
+
+impl Loaded {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            lab: self.doc.model(),
+            existed: self.existed,
+            last_event: self.doc.event_seq(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// What a missing state file reads as: an empty lab.
+    pub fn missing() -> Snapshot {
+        Snapshot {
+            lab: Lab::empty(),
+            existed: false,
+            last_event: None,
+        }
+    }
 }
 
 impl Store {
@@ -204,17 +235,15 @@ impl Store {
     pub fn read(&self) -> Result<Snapshot> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok(Snapshot {
-                lab: Lab::empty(),
-                existed: false,
-            });
+            return Ok(Snapshot::missing());
         }
         let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
-        self.load()
+        Ok(self.load()?.snapshot())
     }
 
     /// Runs one transaction: `change` gets the current lab; when it returns
-    /// `Ok` having changed the lab, the new lab is written atomically. The
+    /// `Ok` having changed the lab, its changes are replayed onto the state
+    /// file's tree and the new file is written atomically. The
     /// state file is never written when `change` fails or changes nothing.
     /// A lab this user may not write (no permission on the state file or
     /// its folder, a read-only file system) is [`Error::ReadOnly`], before
@@ -233,21 +262,23 @@ impl Store {
             None => self.dir.clone(),
         })?;
         let _lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
-        let mut lab = self.load()?.lab;
+        let mut doc = self.load()?.doc;
+        let mut lab = doc.model();
         let value = change(&mut lab)?;
         if lab.is_changed() {
+            doc.apply(lab.changes())?;
             let events = lab.take_events();
             let recorded = !events.is_empty();
             if recorded {
-                self.commit_events(&mut lab, events, like.as_ref())?;
+                self.commit_events(&mut doc, events, like.as_ref())?;
             }
-            self.write(&lab)?;
+            self.write(&doc)?;
             if recorded {
                 // Committed: the change stands whatever happens to this
                 // copy, which the next flush makes good.
                 let _ = self
                     .history()
-                    .copy_committed(&lab.pending_events(), like.as_ref());
+                    .copy_committed(&doc.pending_events(), like.as_ref());
             }
         }
         Ok(value)
@@ -266,16 +297,16 @@ impl Store {
     /// if an older copy of the state is put back.
     fn commit_events(
         &self,
-        lab: &mut Lab,
+        doc: &mut XmlLab,
         events: Vec<Event>,
         like: Option<&Metadata>,
     ) -> Result<()> {
-        let mut pending = lab.pending_events();
+        let mut pending = doc.pending_events();
         let last = self
             .history()
-            .commit(lab.event_seq(), &mut pending, events, like)?;
-        lab.set_pending_events(&pending)?;
-        lab.set_event_seq(last);
+            .commit(doc.event_seq(), &mut pending, events, like)?;
+        doc.set_pending_events(&pending)?;
+        doc.set_event_seq(last);
         Ok(())
     }
 
@@ -289,24 +320,18 @@ impl Store {
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok((
-                Snapshot {
-                    lab: Lab::empty(),
-                    existed: false,
-                },
-                Vec::new(),
-            ));
+            return Ok((Snapshot::missing(), Vec::new()));
         }
         let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
-        let snapshot = self.load()?;
-        let events = self.history().read(after, snapshot.lab.pending_events())?;
-        Ok((snapshot, events))
+        let loaded = self.load()?;
+        let events = self.history().read(after, loaded.doc.pending_events())?;
+        Ok((loaded.snapshot(), events))
     }
 
-    fn load(&self) -> Result<Snapshot> {
+    fn load(&self) -> Result<Loaded> {
         let Some(mut file) = self.open_state()? else {
-            return Ok(Snapshot {
-                lab: Lab::empty(),
+            return Ok(Loaded {
+                doc: XmlLab::empty(),
                 existed: false,
             });
         };
@@ -320,11 +345,11 @@ impl Store {
                 valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
             self.corrupt(Some((line, column)), "the file is not valid UTF-8".into())
         })?;
-        let lab = Lab::parse(&text).map_err(|e| {
+        let doc = XmlLab::parse(&text).map_err(|e| {
             let location = (e.line > 0).then_some((e.line, e.column));
             self.corrupt(location, e.message)
         })?;
-        Ok(Snapshot { lab, existed: true })
+        Ok(Loaded { doc, existed: true })
     }
 
     fn corrupt(&self, location: Option<(usize, usize)>, message: String) -> Error {
@@ -335,12 +360,12 @@ impl Store {
         }
     }
 
-    /// Replaces the state file with `lab`, keeping its mode, group and
+    /// Replaces the state file with `doc`, keeping its mode, group and
     /// (where permitted) owner. The text is parsed again before anything is
     /// written: mama never writes a file it could not read back.
-    fn write(&self, lab: &Lab) -> Result<()> {
-        let text = lab.to_xml();
-        Lab::parse(&text).map_err(|e| {
+    fn write(&self, doc: &XmlLab) -> Result<()> {
+        let text = doc.to_xml();
+        XmlLab::parse(&text).map_err(|e| {
             Error::Invalid(format!(
                 "internal error: the new state would not parse ({e}); {} was left unchanged",
                 self.path.display()
