@@ -24,7 +24,7 @@ pub mod exit;
 pub mod model;
 pub mod settings;
 
-use backend::file::Store;
+use backend::Store;
 use cli::{Cli, Command};
 use engine::supervise;
 use error::Error;
@@ -49,7 +49,7 @@ pub fn run(cli: Cli) -> i32 {
         supervise::end_on_signals_as_init();
     }
     let result = Settings::read(cli.state).and_then(|settings| {
-        let store = Store::locate(settings.state.clone());
+        let store = Store::open(&settings);
         dispatch(&store, &settings, cli.command)
     });
     match result {

@@ -4,14 +4,13 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::backend::file::lock::LockPatience;
-use crate::backend::file::{Snapshot, Store};
+use crate::backend::{JobLocks, LockPatience, Snapshot, Store};
 use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
 use crate::cli::{GetAttr, SetAttr};
 use crate::engine::claim::{self, Caller, Intent, Patience};
 use crate::engine::os::{self, Place, Processes};
-use crate::engine::stale::{JobLocks, Judge};
+use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;

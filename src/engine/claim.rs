@@ -18,14 +18,13 @@
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::backend::file::Store;
-use crate::backend::file::lock::{self, FileLock};
+use crate::backend::{JobLock, JobLocks, Store};
 use crate::cli::render;
 use crate::engine::os::{self, Place, Processes};
-use crate::engine::stale::{JobLocks, Judge, StaleReason, Verdict};
+use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
 use crate::model::field::Field;
@@ -82,17 +81,6 @@ impl Caller {
             host: Some(self.host.clone()),
             origin: self.place.origin_of_this_process(),
         }
-    }
-}
-
-/// The job locks of a store: held by running jobs.
-impl JobLocks for Store {
-    fn held(&self, machine: &str) -> bool {
-        lock::is_held(&lock::path_in(&self.machine_locks_dir(), machine))
-    }
-
-    fn inherited(&self, machine: &str) -> bool {
-        lock::inherited_holds(&lock::path_in(&self.machine_locks_dir(), machine))
     }
 }
 
@@ -353,7 +341,7 @@ pub struct Claim {
     outer: Option<JobRecord>,
     /// The machine's job lock; `None` when nested (the job this run is part
     /// of holds it).
-    lock: Option<FileLock>,
+    lock: Option<JobLock>,
 }
 
 enum Attempt {
@@ -417,8 +405,7 @@ pub fn acquire(
             // Held for an instant by a waiter that just woke, or by a look
             // at the lab? Wait a moment for it, outside the lab's lock.
             graced = true;
-            let (path, like) = store.machine_lock(target)?;
-            if FileLock::exclusive_within(&path, like.as_ref(), LOCK_GRACE)?.is_some() {
+            if store.wait_unlocked(target, LOCK_GRACE)? {
                 continue;
             }
         }
@@ -453,8 +440,7 @@ pub fn acquire(
         // A reader cannot take job locks: it looks every poll interval.
         match busy.lock_holder(target).filter(|_| !read_only) {
             Some(holder) => {
-                let (path, like) = store.machine_lock(&holder)?;
-                if FileLock::try_exclusive(&path, like.as_ref())?.is_some() {
+                if store.try_lock(&holder)?.is_some() {
                     // A live job that no lock stands behind: a nested run's
                     // outer claim made by another tool, or a claim of
                     // another tool.
@@ -462,7 +448,7 @@ pub fn acquire(
                     backoff = (backoff * 2).min(patience.poll);
                 } else {
                     backoff = Duration::from_millis(10);
-                    drop(FileLock::exclusive_within(&path, like.as_ref(), nap)?);
+                    store.wait_unlocked(&holder, nap)?;
                 }
             }
             None => std::thread::sleep(nap),
@@ -529,8 +515,7 @@ fn attempt(
     let lock = if outer.is_some() || inside {
         None
     } else {
-        let (path, like) = store.machine_lock(target)?;
-        match FileLock::try_exclusive(&path, like.as_ref())? {
+        match store.try_lock(target)? {
             Some(lock) => Some(lock),
             None => return Ok(Attempt::Busy(Busy::Locked)),
         }
@@ -568,7 +553,7 @@ impl Claim {
     /// The descriptor of the machine's job lock, for the job to inherit, so
     /// the machine stays busy while any process of the job lives.
     pub fn lock_fd(&self) -> Option<RawFd> {
-        self.lock.as_ref().map(|lock| lock.as_raw_fd())
+        self.lock.as_ref().and_then(JobLock::inheritable_fd)
     }
 
     /// Gives the machine back: clears the job (a nested run leaves the

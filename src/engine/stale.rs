@@ -19,21 +19,13 @@
 
 use std::fmt;
 
+use crate::backend::JobLocks;
 use crate::engine::os::{Place, Probe, ProcessTable};
 use crate::model::JobRecord;
 
 /// How much later than its claim a process may have started, for records
 /// without an origin (second-granular timestamps).
 pub const REUSE_SLACK_SECS: i64 = 2;
-
-/// Whether a machine's job lock is held: by a running `mama run`, or by
-/// any process of its job.
-pub trait JobLocks {
-    fn held(&self, machine: &str) -> bool;
-    /// Whether this process holds it, through a descriptor it inherited:
-    /// then it runs inside the job that holds the machine.
-    fn inherited(&self, machine: &str) -> bool;
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -241,11 +233,20 @@ mod tests {
 
     struct Locks(HashSet<&'static str>);
     impl JobLocks for Locks {
+        fn try_lock(&self, _: &str) -> crate::error::Result<Option<crate::backend::JobLock>> {
+            Ok(None)
+        }
+        fn wait_unlocked(&self, _: &str, _: std::time::Duration) -> crate::error::Result<bool> {
+            Ok(false)
+        }
         fn held(&self, machine: &str) -> bool {
             self.0.contains(machine)
         }
         fn inherited(&self, _: &str) -> bool {
             false
+        }
+        fn held_job_locks(&self) -> crate::backend::HeldJobLocks {
+            unreachable!("the judge looks at one machine at a time")
         }
     }
 

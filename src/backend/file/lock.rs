@@ -32,47 +32,9 @@ pub enum Mode {
     Exclusive,
 }
 
-/// How long to wait for a lock that someone else holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LockPatience {
-    /// Give up (almost) at once: after [`NO_WAIT_GRACE`], the time any
-    /// transaction takes.
-    pub no_wait: bool,
-    /// Give up at this instant.
-    pub deadline: Option<Instant>,
-}
-
-/// How long `no_wait` still waits: a transaction holds the lab's lock for
-/// milliseconds, and a reader must not make `run --no-wait` give up.
-pub const NO_WAIT_GRACE: Duration = Duration::from_millis(250);
-
 /// How long a wait for the lab's lock goes on before mama says what it
 /// waits for.
 pub const NOTICE_AFTER: Duration = Duration::from_secs(1);
-
-impl LockPatience {
-    /// Wait for ever.
-    pub fn forever() -> LockPatience {
-        LockPatience::default()
-    }
-
-    /// `no_wait`, or give up `timeout` from now.
-    pub fn within(no_wait: bool, timeout: Option<Duration>) -> LockPatience {
-        LockPatience {
-            no_wait,
-            deadline: timeout.map(|t| Instant::now() + t),
-        }
-    }
-
-    /// The instant to give up, seen from now.
-    pub fn give_up_at(&self) -> Option<Instant> {
-        let grace = self.no_wait.then(|| Instant::now() + NO_WAIT_GRACE);
-        match (grace, self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
 
 /// Who holds a lock, as /proc/locks tells.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,19 +18,20 @@ use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+use super::{HeldJobLocks as Held, JobLock, JobLocks, LockPatience, Snapshot};
 use crate::model::Lab;
 use crate::model::event::Event;
 use doc::XmlLab;
-use lock::{FileLock, LockPatience, Mode};
+use lock::{FileLock, Mode};
 use log::History;
 
 /// The state file and the files mama keeps beside it.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct FileStore {
     /// The state file as located (a link to it resolved), for people.
     path: PathBuf,
     /// Its folder, resolved once: every file mama opens is in it, opened
@@ -41,7 +42,7 @@ pub struct Store {
 }
 
 /// The machines whose job locks were held at one look (see
-/// [`Store::held_job_locks`]).
+/// [`JobLocks::held_job_locks`]).
 pub struct HeldJobLocks {
     dir: PathBuf,
     names: std::collections::HashSet<std::ffi::OsString>,
@@ -54,14 +55,6 @@ impl HeldJobLocks {
                 .file_name()
                 .is_some_and(|name| self.names.contains(name))
     }
-}
-
-/// A lab as read, whether the state file existed, and the number of the
-/// last event it committed.
-pub struct Snapshot {
-    pub lab: Lab,
-    pub existed: bool,
-    pub last_event: Option<u64>,
 }
 
 /// The state file as parsed, and whether there was one.
@@ -80,23 +73,12 @@ impl Loaded {
     }
 }
 
-impl Snapshot {
-    /// What a missing state file reads as: an empty lab.
-    pub fn missing() -> Snapshot {
-        Snapshot {
-            lab: Lab::empty(),
-            existed: false,
-            last_event: None,
-        }
-    }
-}
-
-impl Store {
+impl FileStore {
     /// The state file at `path` (see [`crate::settings::Settings::state`]).
     /// A symbolic link is followed, here and only here, so the lock and temporary files sit
     /// beside the real file and the rename replaces it, not the link; the
     /// folder is resolved too. Beside it, links are never followed.
-    pub fn locate(path: PathBuf) -> Store {
+    pub fn locate(path: PathBuf) -> FileStore {
         let path = match fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(&path).unwrap_or(path),
             _ => path,
@@ -106,7 +88,7 @@ impl Store {
             _ => Path::new("."),
         };
         let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        Store {
+        FileStore {
             path,
             dir,
             patience: LockPatience::forever(),
@@ -116,7 +98,7 @@ impl Store {
     /// This store, waiting for the lab's lock as `patience` says (`run
     /// --no-wait`, `--wait-timeout`, `wait --timeout`); a wait that gives up
     /// is [`Error::Busy`].
-    pub fn with_patience(mut self, patience: LockPatience) -> Store {
+    pub fn with_patience(mut self, patience: LockPatience) -> FileStore {
         self.patience = patience;
         self
     }
@@ -150,17 +132,17 @@ impl Store {
     }
 
     /// The lock file that guards the state file.
-    pub fn lock_path(&self) -> PathBuf {
+    fn lock_path(&self) -> PathBuf {
         self.beside("", ".lock")
     }
 
     /// The one temporary file a writer uses.
-    pub fn temp_path(&self) -> PathBuf {
+    fn temp_path(&self) -> PathBuf {
         self.beside(".", ".tmp")
     }
 
     /// The folder of per-machine lock files (held by running jobs).
-    pub fn machine_locks_dir(&self) -> PathBuf {
+    fn machine_locks_dir(&self) -> PathBuf {
         self.beside("", ".locks")
     }
 
@@ -292,7 +274,7 @@ impl Store {
     /// drops them all from the state. The log only ever receives committed
     /// events: a writer killed after appending leaves lines the state still
     /// holds too, which readers take once and the next flush does not
-    /// append again. After the rename, [`Store::update`] copies the new
+    /// append again. After the rename, [`FileStore::update`] copies the new
     /// events to the log unsynced, so the log tells the whole history even
     /// if an older copy of the state is put back.
     fn commit_events(
@@ -311,7 +293,7 @@ impl Store {
     }
 
     /// The event log beside the state file.
-    pub fn history(&self) -> History {
+    fn history(&self) -> History {
         History::new(self.beside("", ".log"))
     }
 
@@ -391,22 +373,42 @@ impl Store {
     }
 }
 
-impl Store {
-    /// Which machines' job locks some process holds, from one look at the
-    /// locks folder and the kernel's lock table: for showing a whole lab.
-    pub fn held_job_locks(&self) -> HeldJobLocks {
-        let dir = self.machine_locks_dir();
-        let names = lock::held_in(&dir);
-        HeldJobLocks { dir, names }
-    }
-
+impl FileStore {
     /// The lock file a running job holds for `machine`, in the store's folder
     /// of machine locks (created on first use, open to those who may write
     /// the state file), and the state file's metadata to create it like.
-    pub fn machine_lock(&self, machine: &str) -> Result<(PathBuf, Option<Metadata>)> {
+    fn machine_lock(&self, machine: &str) -> Result<(PathBuf, Option<Metadata>)> {
         let dir = self.machine_locks_dir();
         let like = self.metadata()?;
         fsutil::ensure_folder(&dir, like.as_ref())?;
         Ok((lock::path_in(&dir, machine), like))
+    }
+}
+
+/// The job locks of the state file: `S.locks/NAME.lock`, a `flock` each.
+impl JobLocks for FileStore {
+    fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
+        let (path, like) = self.machine_lock(machine)?;
+        Ok(FileLock::try_exclusive(&path, like.as_ref())?.map(JobLock::File))
+    }
+
+    fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
+        let (path, like) = self.machine_lock(machine)?;
+        Ok(FileLock::exclusive_within(&path, like.as_ref(), within)?.is_some())
+    }
+
+    fn held(&self, machine: &str) -> bool {
+        lock::is_held(&lock::path_in(&self.machine_locks_dir(), machine))
+    }
+
+    fn inherited(&self, machine: &str) -> bool {
+        lock::inherited_holds(&lock::path_in(&self.machine_locks_dir(), machine))
+    }
+
+    /// From one look at the locks folder and the kernel's lock table.
+    fn held_job_locks(&self) -> Held {
+        let dir = self.machine_locks_dir();
+        let names = lock::held_in(&dir);
+        Held::File(HeldJobLocks { dir, names })
     }
 }
