@@ -1,11 +1,25 @@
 //! mama: share lab machines safely.
 //!
-//! `run` dispatches a parsed command line; the modules each own one idea:
-//! [`store`] (lock file, transactions), [`fsutil`] (opening files beside
-//! the state file safely, atomic writes), [`lab`] (the machines in the
-//! upstream XML format, over [`xml`]), [`stale`] (is a job stale),
-//! [`claim`] (busy rules, claim, release, waiting), [`supervise`] (the
-//! job's process), [`render`] (tables and JSON), [`exit`] (exit codes).
+//! `run` dispatches a parsed command line. The folders show the
+//! architecture, and each module owns one idea:
+//! - [`model`]: the lab as plain data that records its changes at the level
+//!   of a field ([`model::field`]: the fields and the checks on what users
+//!   give; [`model::event`]: the history's events);
+//! - [`backend`]: where the lab is stored, behind one interface
+//!   ([`backend::Store`], [`backend::JobLocks`]); [`backend::file`] is the
+//!   XML state file: transactions, over [`backend::file::doc`] (the upstream
+//!   format, replaying changes onto [`backend::file::xml`], a lossless
+//!   tree), [`backend::file::log`] (the history log),
+//!   [`backend::file::lock`] (the only code that calls `flock`) and
+//!   [`backend::file::fsutil`] (opening files beside the state file safely,
+//!   atomic writes);
+//! - [`engine`]: [`engine::claim`] (busy rules, claim, release, waiting),
+//!   [`engine::stale`] (is a job stale), [`engine::supervise`] (the job's
+//!   process), [`engine::os`] (processes, users, host);
+//! - [`cli`]: the command line, [`cli::commands`] (one function a command),
+//!   [`cli::render`] (tables and JSON), and what is generated from it;
+//! - [`settings`] (every `MAMA_*` variable, read once), [`error`],
+//!   [`exit`] (exit codes).
 
 /// Writes a line to stderr. Unlike `eprintln!` it never panics: a closed
 /// stderr must not stop a `run` from releasing its machine.

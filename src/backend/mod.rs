@@ -17,7 +17,7 @@
 //! because the staleness judge takes it as `&dyn JobLocks` (its tests
 //! fake it).
 //!
-//! [`file`]: the shared XML state file, its lock, its history log and the
+//! [`file`](mod@file): the shared XML state file, its lock, its history log and the
 //! job lock files beside it.
 
 pub mod file;
@@ -93,7 +93,7 @@ impl LockPatience {
 /// The lab's storage, chosen once, at start.
 #[derive(Debug, Clone)]
 pub enum Store {
-    /// The XML state file (see [`file`]).
+    /// The XML state file (see [`file`](mod@file)).
     File(FileStore),
 }
 

@@ -2,7 +2,7 @@
 //! the claim loop alike.
 //!
 //! A PID is judged only where it means something: in the PID namespace and
-//! the boot it was recorded in (the claim's [`Origin`]). There,
+//! the boot it was recorded in (the claim's [`Origin`](crate::engine::os::Origin)). There,
 //! - a dead PID is stale;
 //! - a live PID whose process started at another instant than the claimer
 //!   did was reused (start times are clock ticks since boot, which never
