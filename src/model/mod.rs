@@ -386,20 +386,9 @@ mod tests {
                 (Field::Job, "run smoke".to_string()),
                 (Field::JobPid, "12345".to_string()),
                 (Field::JobTimestamp, "1763047845".to_string()),
-                (Field::StartCmd, "<x/>".to_string()),
             ],
-            [Field::StartCmd],
+            [],
         )])
-    }
-
-    #[test]
-    fn reads_the_job_fields() {
-        let lab = lab();
-        let job = lab.get("rig1").unwrap().job().unwrap();
-        assert_eq!(job.label, "run smoke");
-        assert_eq!(job.pid, Some(12345));
-        assert_eq!(job.timestamp, Some(1763047845));
-        assert_eq!(job.host, None);
     }
 
     #[test]
@@ -452,18 +441,6 @@ mod tests {
             ]
         );
         assert!(lab.get("rig1").unwrap().job().is_none());
-    }
-
-    #[test]
-    fn a_field_that_is_not_plain_text_is_never_overwritten() {
-        let mut lab = lab();
-        let err = lab
-            .get_mut("rig1")
-            .unwrap()
-            .set(Field::StartCmd, "x")
-            .unwrap_err();
-        assert!(err.to_string().contains("holds elements"), "{err}");
-        assert!(!lab.is_changed());
     }
 
     #[test]
