@@ -491,7 +491,8 @@ const RECORDED_EVENTS: u64 = 10_000;
 /// The small lab with a history of [`RECORDED_EVENTS`] events already
 /// recorded (in the log, committed by the state's `<event_seq>`).
 fn small_lab_with_history(dir: &Path) -> PathBuf {
-    use mama::history::{Event, Kind, encode};
+    use mama::backend::file::log::encode;
+    use mama::model::event::{Event, Kind};
     let state = small_lab(dir);
     let events: Vec<Event> = (1..=RECORDED_EVENTS)
         .map(|seq| {

@@ -1,11 +1,25 @@
 //! mama: share lab machines safely.
 //!
-//! `run` dispatches a parsed command line; the modules each own one idea:
-//! [`store`] (lock file, transactions), [`fsutil`] (opening files beside
-//! the state file safely, atomic writes), [`lab`] (the machines in the
-//! upstream XML format, over [`xml`]), [`stale`] (is a job stale),
-//! [`claim`] (busy rules, claim, release, waiting), [`supervise`] (the
-//! job's process), [`render`] (tables and JSON), [`exit`] (exit codes).
+//! `run` dispatches a parsed command line. The folders show the
+//! architecture, and each module owns one idea:
+//! - [`model`]: the lab as plain data that records its changes at the level
+//!   of a field ([`model::field`]: the fields and the checks on what users
+//!   give; [`model::event`]: the history's events);
+//! - [`backend`]: where the lab is stored, behind one interface
+//!   ([`backend::Store`], [`backend::JobLocks`]); [`backend::file`] is the
+//!   XML state file: transactions, over [`backend::file::doc`] (the upstream
+//!   format, replaying changes onto [`backend::file::xml`], a lossless
+//!   tree), [`backend::file::log`] (the history log),
+//!   [`backend::file::lock`] (the only code that calls `flock`) and
+//!   [`backend::file::fsutil`] (opening files beside the state file safely,
+//!   atomic writes);
+//! - [`engine`]: [`engine::claim`] (busy rules, claim, release, waiting),
+//!   [`engine::stale`] (is a job stale), [`engine::supervise`] (the job's
+//!   process), [`engine::os`] (processes, users, host);
+//! - [`cli`]: the command line, [`cli::commands`] (one function a command),
+//!   [`cli::render`] (tables and JSON), and what is generated from it;
+//! - [`settings`] (every `MAMA_*` variable, read once), [`error`],
+//!   [`exit`] (exit codes).
 
 /// Writes a line to stderr. Unlike `eprintln!` it never panics: a closed
 /// stderr must not stop a `run` from releasing its machine.
@@ -16,32 +30,21 @@ macro_rules! say {
     }};
 }
 
-pub mod claim;
+pub mod backend;
 pub mod cli;
-pub mod commands;
-pub mod completions;
+pub mod engine;
 pub mod error;
 pub mod exit;
-pub mod fsutil;
-pub mod history;
-pub mod lab;
-pub mod lock;
-pub mod manpage;
-pub mod os;
-pub mod render;
+pub mod model;
 pub mod settings;
-pub mod stale;
-pub mod store;
-pub mod style;
-pub mod supervise;
-pub mod xml;
 
+use backend::Store;
 use cli::{Cli, Command};
+use engine::supervise;
 use error::Error;
 use exit::ExitCode;
-use lab::NewMachine;
+use model::NewMachine;
 use settings::Settings;
-use store::Store;
 
 /// Runs a parsed command line; returns the process exit status. Errors are
 /// printed here, once.
@@ -60,7 +63,7 @@ pub fn run(cli: Cli) -> i32 {
         supervise::end_on_signals_as_init();
     }
     let result = Settings::read(cli.state).and_then(|settings| {
-        let store = Store::locate(settings.state.clone())?;
+        let store = Store::open(&settings)?;
         dispatch(&store, &settings, cli.command)
     });
     match result {
@@ -70,8 +73,8 @@ pub fn run(cli: Cli) -> i32 {
             // safe for a terminal, its own line breaks kept.
             say!(
                 "{} {}",
-                style::error_prefix(),
-                render::printable_lines(&e.to_string())
+                cli::style::error_prefix(),
+                cli::render::printable_lines(&e.to_string())
             );
             match e {
                 Error::Busy(_) => ExitCode::Busy.code(),
@@ -83,7 +86,7 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Result<i32> {
-    use commands as c;
+    use cli::commands as c;
     match command {
         Command::List { names: true, .. } => c::names(store)?,
         Command::List { json, .. } => c::list(store, settings, json)?,
@@ -126,7 +129,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             json,
             follow,
         } => c::log(store, settings, machine.as_deref(), since, json, follow)?,
-        Command::Completions { shell } => completions::print(shell)?,
+        Command::Completions { shell } => cli::completions::print(shell)?,
         Command::Run {
             machine,
             job,

@@ -2,7 +2,7 @@
 //! Every `MAMA_*` variable mama reads is read here, and a value that makes
 //! no sense stops every command before it touches the lab, with an error
 //! naming the variable. (`NO_COLOR` is the terminal's convention, read
-//! where output is styled: see [`crate::style`].)
+//! where output is styled: see [`crate::cli::style`].)
 
 use std::path::PathBuf;
 use std::time::Duration;

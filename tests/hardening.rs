@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use mama::history::{FLUSH_AT, TRIM_AT};
+use mama::backend::file::log::{FLUSH_AT, TRIM_AT};
 
 /// A file outside the lab that a planted link points at: its content,
 /// mode and owner must never change.
@@ -626,7 +626,7 @@ fn temporary_files_are_private_under_umask_000() {
     assert_eq!(mask, 0, "started without umask 000");
     let dir = tempfile::tempdir().expect("temporary folder");
     let temp = dir.path().join(".mama.xml.tmp");
-    let file = mama::fsutil::create_temp(&temp).expect("create the temporary file");
+    let file = mama::backend::file::fsutil::create_temp(&temp).expect("create the temporary file");
     assert_eq!(file.metadata().expect("fstat").mode() & 0o7777, 0o600);
 }
 

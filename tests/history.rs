@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mama::history::{FLUSH_AT, KEEP, TRIM_AT};
+use mama::backend::file::log::{FLUSH_AT, KEEP, TRIM_AT};
 use serde_json::{Value, json};
 
 /// The fields of an event, in the order `log --json` writes them.

@@ -8,7 +8,7 @@
 //!   last of its processes dies;
 //! - the lock is the proof of life wherever a PID cannot be judged: a
 //!   claim from another PID namespace, or a job whose `mama` was killed
-//!   while processes of the job still run ([`crate::stale`]);
+//!   while processes of the job still run ([`crate::engine::stale`]);
 //! - a machine whose record is free while its lock is held (a job whose
 //!   record was cleared by hand still runs) is busy.
 //!
@@ -18,17 +18,17 @@
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+use crate::backend::{JobLock, JobLocks, Store};
+use crate::cli::render;
+use crate::engine::os::{self, Place, Processes};
+use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
-use crate::history::{Event, Kind};
-use crate::lab::{Field, JobRecord, Lab, Machine};
-use crate::lock::{self, FileLock};
-use crate::os::{self, Place, Processes};
-use crate::render;
-use crate::stale::{JobLocks, Judge, StaleReason, Verdict};
-use crate::store::Store;
+use crate::model::event::{Event, Kind};
+use crate::model::field::Field;
+use crate::model::{JobRecord, Lab, Machine};
 
 /// Who asks: the busy rules depend on it.
 #[derive(Debug)]
@@ -81,17 +81,6 @@ impl Caller {
             host: Some(self.host.clone()),
             origin: self.place.origin_of_this_process(),
         }
-    }
-}
-
-/// The job locks of a store: held by running jobs.
-impl JobLocks for Store {
-    fn held(&self, machine: &str) -> bool {
-        lock::is_held(&lock::path_in(&self.machine_locks_dir(), machine))
-    }
-
-    fn inherited(&self, machine: &str) -> bool {
-        lock::inherited_holds(&lock::path_in(&self.machine_locks_dir(), machine))
     }
 }
 
@@ -212,7 +201,7 @@ impl Status {
 /// A machine's status, from its own fields (a job first, then a hand
 /// start, then a reservation); `locked` says that, with no job recorded,
 /// its job lock is held (processes of a job whose record was cleared).
-pub fn status(machine: &Machine<'_>, verdict: Option<&Verdict>, locked: bool) -> Status {
+pub fn status(machine: &Machine, verdict: Option<&Verdict>, locked: bool) -> Status {
     match verdict {
         Some(Verdict::Stale(_)) => Status::Stale,
         Some(_) => Status::Busy,
@@ -225,11 +214,11 @@ pub fn status(machine: &Machine<'_>, verdict: Option<&Verdict>, locked: bool) ->
 
 /// Whether `machine` is busy for `caller` by its own fields (SPEC rules 1-3).
 fn busy_by_own_fields(
-    machine: &Machine<'_>,
+    machine: &Machine,
     caller: &Caller,
     judge: &Judge<'_, Processes>,
 ) -> Option<Busy> {
-    let name = machine.name().into_owned();
+    let name = machine.name().to_string();
     if let Some(job) = machine.job() {
         let verdict = judge.judge(&name, &job);
         // Ours: claimed by an ancestor of ours, or we run inside the job
@@ -261,7 +250,7 @@ fn deciding_machines(lab: &Lab, target: &str) -> Result<Vec<String>> {
     for machine in lab.machines() {
         let name = machine.name();
         if name != target && machine.resources().iter().any(|r| resources.contains(r)) {
-            names.push(name.into_owned());
+            names.push(name.to_string());
         }
     }
     Ok(names)
@@ -275,7 +264,7 @@ fn busy(
     judge: &Judge<'_, Processes>,
 ) -> Result<Option<Busy>> {
     for name in deciding_machines(lab, target)? {
-        if let Some(busy) = busy_by_own_fields(&lab.get(&name)?, caller, judge) {
+        if let Some(busy) = busy_by_own_fields(lab.get(&name)?, caller, judge) {
             return Ok(Some(busy));
         }
     }
@@ -352,7 +341,7 @@ pub struct Claim {
     outer: Option<JobRecord>,
     /// The machine's job lock; `None` when nested (the job this run is part
     /// of holds it).
-    lock: Option<FileLock>,
+    lock: Option<JobLock>,
 }
 
 enum Attempt {
@@ -416,8 +405,7 @@ pub fn acquire(
             // Held for an instant by a waiter that just woke, or by a look
             // at the lab? Wait a moment for it, outside the lab's lock.
             graced = true;
-            let (path, like) = store.machine_lock(target)?;
-            if FileLock::exclusive_within(&path, like.as_ref(), LOCK_GRACE)?.is_some() {
+            if store.wait_unlocked(target, LOCK_GRACE)? {
                 continue;
             }
         }
@@ -452,8 +440,7 @@ pub fn acquire(
         // A reader cannot take job locks: it looks every poll interval.
         match busy.lock_holder(target).filter(|_| !read_only) {
             Some(holder) => {
-                let (path, like) = store.machine_lock(&holder)?;
-                if FileLock::try_exclusive(&path, like.as_ref())?.is_some() {
+                if store.try_lock(&holder)?.is_some() {
                     // A live job that no lock stands behind: a nested run's
                     // outer claim made by another tool, or a claim of
                     // another tool.
@@ -461,7 +448,7 @@ pub fn acquire(
                     backoff = (backoff * 2).min(patience.poll);
                 } else {
                     backoff = Duration::from_millis(10);
-                    drop(FileLock::exclusive_within(&path, like.as_ref(), nap)?);
+                    store.wait_unlocked(&holder, nap)?;
                 }
             }
             None => std::thread::sleep(nap),
@@ -531,8 +518,7 @@ fn attempt(
     let (lock, inside) = if outer.is_some() {
         (None, false)
     } else {
-        let (path, like) = store.machine_lock(target)?;
-        match FileLock::try_exclusive(&path, like.as_ref())? {
+        match store.try_lock(target)? {
             Some(lock) => (Some(lock), false),
             None if inside() => (None, true),
             None => return Ok(Attempt::Busy(Busy::Locked)),
@@ -542,8 +528,8 @@ fn attempt(
         return Ok(Attempt::Free);
     };
     let job = caller.claim(label, judge.now);
-    let mac = machine.get(Field::Mac).into_owned();
-    let ip = machine.get(Field::Ip).into_owned();
+    let mac = machine.get(Field::Mac).to_string();
+    let ip = machine.get(Field::Ip).to_string();
     let mut event = Event::new(Kind::Claimed, target).job(&job);
     match &outer {
         // The outer claim stays as it is: it stands while the outer run
@@ -571,7 +557,7 @@ impl Claim {
     /// The descriptor of the machine's job lock, for the job to inherit, so
     /// the machine stays busy while any process of the job lives.
     pub fn lock_fd(&self) -> Option<RawFd> {
-        self.lock.as_ref().map(|lock| lock.as_raw_fd())
+        self.lock.as_ref().and_then(JobLock::inheritable_fd)
     }
 
     /// Gives the machine back: clears the job (a nested run leaves the

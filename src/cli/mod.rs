@@ -1,4 +1,12 @@
-//! The command line: the single source of the help text.
+//! The command line: the single source of the help text, and what is made
+//! of it: the commands ([`commands`]), what they print ([`render`],
+//! [`style`]), the man page ([`manpage`]) and completions ([`completions`]).
+
+pub mod commands;
+pub mod completions;
+pub mod manpage;
+pub mod render;
+pub mod style;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -6,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::lab::Field;
+use crate::model::field::Field;
 
 /// Share lab machines safely: wait for a machine, claim it, run a job,
 /// release it however the job ends.
@@ -158,7 +166,7 @@ pub enum Command {
     /// Print a completion script for a shell (machine names complete from the state file)
     Completions {
         /// The shell
-        shell: crate::completions::Shell,
+        shell: crate::cli::completions::Shell,
     },
 }
 

@@ -4,20 +4,20 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::claim::{self, Caller, Intent, Patience};
+use crate::backend::{JobLocks, LockPatience, Snapshot, Store};
+use crate::cli::render::{self, MachineView};
+use crate::cli::style::{self, Stream};
 use crate::cli::{GetAttr, SetAttr};
+use crate::engine::claim::{self, Caller, Intent, Patience};
+use crate::engine::os::{self, Place, Processes};
+use crate::engine::stale::Judge;
+use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
-use crate::history::{Event, Kind};
-use crate::lab::{self, Field, Lab, NewMachine};
-use crate::lock::LockPatience;
-use crate::os::{self, Place, Processes};
-use crate::render::{self, MachineView};
+use crate::model::event::{Event, Kind};
+use crate::model::field::{self, Field};
+use crate::model::{Lab, NewMachine};
 use crate::settings::Settings;
-use crate::stale::{JobLocks, Judge};
-use crate::store::{Snapshot, Store};
-use crate::style::{self, Stream};
-use crate::supervise::{self, Ending};
 
 /// Reads the lab for a read-only command, saying where it looked when there
 /// is no state file.
@@ -101,7 +101,7 @@ pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
     let held = store.held_job_locks();
     let views: Vec<MachineView> = lab
         .machines()
-        .map(|m| MachineView::new(&m, &judge, || held.contains(&m.name())))
+        .map(|m| MachineView::new(m, &judge, || held.contains(m.name())))
         .collect();
     if json {
         print_json(&views)
@@ -122,7 +122,7 @@ pub fn names(store: &Store) -> Result<()> {
         .machines()
         .map(|m| {
             if terminal {
-                format!("{}\n", render::printable(&m.name()))
+                format!("{}\n", render::printable(m.name()))
             } else {
                 format!("{}\n", m.name())
             }
@@ -139,7 +139,7 @@ pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Re
     note_missing(store, &snapshot);
     let world = World::new(store, settings);
     let judge = world.judge();
-    let view = MachineView::new(&snapshot.lab.get(machine)?, &judge, || store.held(machine));
+    let view = MachineView::new(snapshot.lab.get(machine)?, &judge, || store.held(machine));
     let mut recent: Vec<Event> = events
         .into_iter()
         .rev()
@@ -186,7 +186,7 @@ pub fn log(
     let mut last = events
         .last()
         .map(|e| e.seq)
-        .or(snapshot.lab.event_seq())
+        .or(snapshot.last_event)
         .unwrap_or(0);
     let poll = settings.poll;
     let shown: Vec<Event> = events.into_iter().filter(|e| wanted(e)).collect();
@@ -228,11 +228,11 @@ fn print_events(events: &[Event], json: bool, header: bool) -> Result<()> {
 }
 
 pub fn add(store: &Store, new: NewMachine) -> Result<()> {
-    lab::check_name(&new.name)?;
+    field::check_name(&new.name)?;
     let new = NewMachine {
-        mac: lab::normalize(Field::Mac, &new.mac)?,
-        ip: lab::normalize(Field::Ip, &new.ip)?,
-        resources: lab::normalize(Field::Resources, &new.resources)?,
+        mac: field::normalize(Field::Mac, &new.mac)?,
+        ip: field::normalize(Field::Ip, &new.ip)?,
+        resources: field::normalize(Field::Resources, &new.resources)?,
         ..new
     };
     store.update(|lab| {
@@ -267,7 +267,7 @@ pub fn delete(store: &Store, settings: &Settings, machine: &str) -> Result<()> {
 
 pub fn set(store: &Store, machine: &str, attr: SetAttr, value: &str) -> Result<()> {
     let field = attr.field();
-    let value = lab::normalize(field, value)?;
+    let value = field::normalize(field, value)?;
     store.update(|lab| {
         if field == Field::Mac
             && let Some(other) = lab
@@ -295,7 +295,7 @@ pub fn get(store: &Store, machine: &str, attr: GetAttr, json: bool) -> Result<()
     if json {
         print_json(&(!value.is_empty()).then_some(value))
     } else if stdout_is_terminal() {
-        out(&format!("{}\n", render::printable(&value)))
+        out(&format!("{}\n", render::printable(value)))
     } else {
         out(&format!("{value}\n"))
     }
@@ -306,9 +306,9 @@ pub fn get(store: &Store, machine: &str, attr: GetAttr, json: bool) -> Result<()
 pub fn clear(store: &Store, target: &str) -> Result<()> {
     let cleared = store.update(|lab| {
         let names: Vec<String> = if target == "all" {
-            lab.machines().map(|m| m.name().into_owned()).collect()
+            lab.machines().map(|m| m.name().to_string()).collect()
         } else {
-            vec![lab.get(target)?.name().into_owned()]
+            vec![lab.get(target)?.name().to_string()]
         };
         for name in &names {
             let mut m = lab.get_mut(name)?;
@@ -491,7 +491,7 @@ pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunReques
                 .to_string_lossy()
         ),
     };
-    lab::check_input(Field::Job, &label)?;
+    field::check_input(Field::Job, &label)?;
     let intent = Intent::Run {
         label: label.clone(),
     };

@@ -13,12 +13,13 @@ use chrono::{Local, TimeZone};
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use crate::claim;
-use crate::history::Event;
-use crate::lab::{Field, Machine};
-use crate::os::ProcessTable;
-use crate::stale::{Judge, Verdict};
-use crate::style::{self, Tone};
+use crate::cli::style::{self, Tone};
+use crate::engine::claim;
+use crate::engine::os::ProcessTable;
+use crate::engine::stale::{Judge, Verdict};
+use crate::model::Machine;
+use crate::model::event::Event;
+use crate::model::field::Field;
 
 /// Whether a terminal could act on `c`: C0 controls (line breaks and tabs
 /// included), DEL and C1 controls, and the bidirectional controls and line
@@ -76,7 +77,7 @@ pub fn json_safe(json: String) -> String {
     // DEL is the byte 7F; a C1 control is C2 80 to C2 9F. Most output has
     // neither: a look at its bytes says so quickly.
     let bytes = json.as_bytes();
-    if !crate::xml::any_byte(bytes, |b| (b == 0x7f) | (b == 0xc2)) {
+    if !crate::backend::file::xml::any_byte(bytes, |b| (b == 0x7f) | (b == 0xc2)) {
         return json;
     }
     let mut out = String::with_capacity(json.len() + 16);
@@ -134,7 +135,7 @@ impl MachineView {
     /// The view of `machine`; `locked` says whether its job lock is held
     /// (looked at only when no job is recorded).
     pub fn new<P: ProcessTable>(
-        machine: &Machine<'_>,
+        machine: &Machine,
         judge: &Judge<'_, P>,
         locked: impl FnOnce() -> bool,
     ) -> MachineView {
@@ -147,10 +148,10 @@ impl MachineView {
         };
         let text = |f: Field| {
             let value = machine.get(f);
-            (!value.trim().is_empty()).then(|| value.into_owned())
+            (!value.trim().is_empty()).then(|| value.to_string())
         };
         let job = machine.job();
-        let verdict = job.as_ref().map(|j| judge.judge(&machine.name(), j));
+        let verdict = job.as_ref().map(|j| judge.judge(machine.name(), j));
         let stale_reason = match &verdict {
             Some(Verdict::Stale(reason)) => Some(reason.to_string()),
             _ => None,
@@ -162,7 +163,7 @@ impl MachineView {
         let resources = machine.resources();
         let unrecorded_lock = job.is_none() && locked();
         MachineView {
-            name: machine.name().into_owned(),
+            name: machine.name().to_string(),
             mac: field(Field::Mac),
             ip: field(Field::Ip),
             state: claim::status(machine, verdict.as_ref(), unrecorded_lock).as_str(),

@@ -28,12 +28,9 @@ use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
+use crate::backend::file::fsutil;
 use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::lab::JobRecord;
-use crate::os;
+use crate::model::event::Event;
 
 /// The state file keeps its committed events until this many have gathered;
 /// the next transaction then moves them to the log together and syncs it:
@@ -49,91 +46,6 @@ pub const KEEP: u64 = 2 << 20;
 /// mama refuses it rather than read it, so a planted huge or sparse file
 /// can never make every command read gigabytes with the lab locked.
 pub const MAX_LOG: u64 = 16 * TRIM_AT;
-
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// `run` claimed the machine for a job.
-    Claimed,
-    /// The job ended and `run` gave the machine back.
-    Released,
-    /// A waiter cleared a stale job.
-    StaleCleared,
-    /// `clear` forgot a job by hand.
-    Cleared,
-    Reserved,
-    /// `release`: the holder gave up a reservation.
-    Unreserved,
-    /// `release-forced`.
-    ForceReleased,
-    Added,
-    Deleted,
-    /// `set` changed a field.
-    Set,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Claimed => "claimed",
-            Kind::Released => "released",
-            Kind::StaleCleared => "stale_cleared",
-            Kind::Cleared => "cleared",
-            Kind::Reserved => "reserved",
-            Kind::Unreserved => "unreserved",
-            Kind::ForceReleased => "force_released",
-            Kind::Added => "added",
-            Kind::Deleted => "deleted",
-            Kind::Set => "set",
-        }
-    }
-}
-
-/// One event, as stored and as `log --json` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub seq: u64,
-    /// Unix seconds.
-    pub time: i64,
-    pub machine: String,
-    pub event: Kind,
-    pub job: Option<String>,
-    pub pid: Option<u32>,
-    /// Who did it, and where.
-    pub user: String,
-    pub host: String,
-    pub detail: Option<String>,
-}
-
-impl Event {
-    /// An event by this user on this host, now; numbered when committed.
-    pub fn new(event: Kind, machine: &str) -> Event {
-        Event {
-            seq: 0,
-            time: os::now(),
-            machine: machine.to_string(),
-            event,
-            job: None,
-            pid: None,
-            user: os::user_name(),
-            host: os::host_name(),
-            detail: None,
-        }
-    }
-
-    /// The job the event is about.
-    pub fn job(mut self, job: &JobRecord) -> Event {
-        self.job = (!job.label.is_empty()).then(|| job.label.clone());
-        self.pid = job.pid;
-        self
-    }
-
-    pub fn detail(mut self, detail: impl Into<String>) -> Event {
-        self.detail = Some(detail.into());
-        self
-    }
-}
 
 /// The event log of one state file.
 #[derive(Debug, Clone)]
@@ -480,6 +392,7 @@ fn scan_back(file: &mut File, stop: impl Fn(&Event) -> bool) -> io::Result<Tail>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::event::Kind;
     use std::fs;
 
     /// A log in a fresh temporary folder.
@@ -544,8 +457,8 @@ mod tests {
             }
         }
 
-        /// One transaction recording `values` as [`crate::store`] runs it:
-        /// commit, then the rename. Returns the numbers.
+        /// One transaction recording `values` as [`crate::backend::file`]
+        /// runs it: commit, then the rename. Returns the numbers.
         fn record(&mut self, history: &History, values: &[&str]) -> Vec<u64> {
             let mut next = self.pending.clone();
             let events = values.iter().map(|v| set_event(v)).collect();

@@ -6,23 +6,32 @@
 //! folder), release. Readers take the lock shared, briefly. A process killed
 //! at any instant leaves the old file or the new one, and at most one
 //! temporary file, which the next writer removes. Every file beside the
-//! state file is opened through [`crate::fsutil`]: never through a link.
+//! state file is opened through [`crate::backend::file::fsutil`]: never through a link.
+
+pub mod doc;
+pub mod fsutil;
+pub mod lock;
+pub mod log;
+pub mod xml;
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::history::{Event, History};
-use crate::lab::Lab;
-use crate::lock::{self, FileLock, LockPatience, Mode};
+
+use super::{HeldJobLocks as Held, JobLock, JobLocks, LockPatience, Snapshot};
+use crate::model::Lab;
+use crate::model::event::Event;
+use doc::XmlLab;
+use lock::{FileLock, Mode};
+use log::History;
 
 /// The state file and the files mama keeps beside it.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct FileStore {
     /// The state file as located (a link to it resolved), for people.
     path: PathBuf,
     /// Its folder, resolved once: every file mama opens is in it, opened
@@ -74,7 +83,7 @@ fn trusted_links(start: &Path) -> Result<()> {
 }
 
 /// The machines whose job locks were held at one look (see
-/// [`Store::held_job_locks`]).
+/// [`JobLocks::held_job_locks`]).
 pub struct HeldJobLocks {
     dir: PathBuf,
     names: std::collections::HashSet<std::ffi::OsString>,
@@ -89,18 +98,28 @@ impl HeldJobLocks {
     }
 }
 
-/// A lab as read, and whether the state file existed.
-pub struct Snapshot {
-    pub lab: Lab,
-    pub existed: bool,
+/// The state file as parsed, and whether there was one.
+struct Loaded {
+    doc: XmlLab,
+    existed: bool,
 }
 
-impl Store {
+impl Loaded {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            lab: self.doc.model(),
+            existed: self.existed,
+            last_event: self.doc.event_seq(),
+        }
+    }
+}
+
+impl FileStore {
     /// The state file at `path` (see [`crate::settings::Settings::state`]).
     /// A symbolic link is followed, here and only here, so the lock and temporary files sit
     /// beside the real file and the rename replaces it, not the link; the
     /// folder is resolved too. Beside it, links are never followed.
-    pub fn locate(path: PathBuf) -> Result<Store> {
+    pub fn locate(path: PathBuf) -> Result<FileStore> {
         let path = match fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 trusted_links(&path)?;
@@ -113,7 +132,7 @@ impl Store {
             _ => Path::new("."),
         };
         let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        Ok(Store {
+        Ok(FileStore {
             path,
             dir,
             patience: LockPatience::forever(),
@@ -123,7 +142,7 @@ impl Store {
     /// This store, waiting for the lab's lock as `patience` says (`run
     /// --no-wait`, `--wait-timeout`, `wait --timeout`); a wait that gives up
     /// is [`Error::Busy`].
-    pub fn with_patience(mut self, patience: LockPatience) -> Store {
+    pub fn with_patience(mut self, patience: LockPatience) -> FileStore {
         self.patience = patience;
         self
     }
@@ -157,17 +176,17 @@ impl Store {
     }
 
     /// The lock file that guards the state file.
-    pub fn lock_path(&self) -> PathBuf {
+    fn lock_path(&self) -> PathBuf {
         self.beside("", ".lock")
     }
 
     /// The one temporary file a writer uses.
-    pub fn temp_path(&self) -> PathBuf {
+    fn temp_path(&self) -> PathBuf {
         self.beside(".", ".tmp")
     }
 
     /// The folder of per-machine lock files (held by running jobs).
-    pub fn machine_locks_dir(&self) -> PathBuf {
+    fn machine_locks_dir(&self) -> PathBuf {
         self.beside("", ".locks")
     }
 
@@ -231,7 +250,7 @@ impl Store {
                 "gave up waiting for the lab's lock {}{} after {}",
                 path.display(),
                 held_by(&file),
-                crate::render::seconds(started.elapsed())
+                crate::cli::render::seconds(started.elapsed())
             ))),
         }
     }
@@ -242,17 +261,15 @@ impl Store {
     pub fn read(&self) -> Result<Snapshot> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok(Snapshot {
-                lab: Lab::empty(),
-                existed: false,
-            });
+            return Ok(Snapshot::missing());
         }
         let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
-        self.load()
+        Ok(self.load()?.snapshot())
     }
 
     /// Runs one transaction: `change` gets the current lab; when it returns
-    /// `Ok` having changed the lab, the new lab is written atomically. The
+    /// `Ok` having changed the lab, its changes are replayed onto the state
+    /// file's tree and the new file is written atomically. The
     /// state file is never written when `change` fails or changes nothing.
     /// A lab this user may not write (no permission on the state file or
     /// its folder, a read-only file system) is [`Error::ReadOnly`], before
@@ -271,14 +288,16 @@ impl Store {
             None => self.dir.clone(),
         })?;
         let _lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
-        let mut lab = self.load()?.lab;
+        let mut doc = self.load()?.doc;
+        let mut lab = doc.model();
         let value = change(&mut lab)?;
         if lab.is_changed() {
+            doc.apply(lab.changes())?;
             let events = lab.take_events();
             if !events.is_empty() {
-                self.commit_events(&mut lab, events, like.as_ref())?;
+                self.commit_events(&mut doc, events, like.as_ref())?;
             }
-            self.write(&lab)?;
+            self.write(&doc)?;
         }
         Ok(value)
     }
@@ -286,7 +305,7 @@ impl Store {
     /// Numbers this transaction's events after every event committed so
     /// far and puts them in the state's pending events, which its rename
     /// commits (see [`History::commit`]). When the state already holds
-    /// [`FLUSH_AT`](crate::history::FLUSH_AT) pending events, this
+    /// [`FLUSH_AT`](log::FLUSH_AT) pending events, this
     /// transaction first appends to the log those it lacks, syncs it, and
     /// drops them all from the state. The log only ever receives committed
     /// events: a writer killed after appending leaves lines the state still
@@ -297,21 +316,21 @@ impl Store {
     /// state's next fsync flushed it, so it is not made.)
     fn commit_events(
         &self,
-        lab: &mut Lab,
+        doc: &mut XmlLab,
         events: Vec<Event>,
         like: Option<&Metadata>,
     ) -> Result<()> {
-        let mut pending = lab.pending_events();
+        let mut pending = doc.pending_events();
         let last = self
             .history()
-            .commit(lab.event_seq(), &mut pending, events, like)?;
-        lab.set_pending_events(&pending)?;
-        lab.set_event_seq(last);
+            .commit(doc.event_seq(), &mut pending, events, like)?;
+        doc.set_pending_events(&pending)?;
+        doc.set_event_seq(last);
         Ok(())
     }
 
     /// The event log beside the state file.
-    pub fn history(&self) -> History {
+    fn history(&self) -> History {
         History::new(self.beside("", ".log"))
     }
 
@@ -320,24 +339,18 @@ impl Store {
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok((
-                Snapshot {
-                    lab: Lab::empty(),
-                    existed: false,
-                },
-                Vec::new(),
-            ));
+            return Ok((Snapshot::missing(), Vec::new()));
         }
         let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
-        let snapshot = self.load()?;
-        let events = self.history().read(after, snapshot.lab.pending_events())?;
-        Ok((snapshot, events))
+        let loaded = self.load()?;
+        let events = self.history().read(after, loaded.doc.pending_events())?;
+        Ok((loaded.snapshot(), events))
     }
 
-    fn load(&self) -> Result<Snapshot> {
+    fn load(&self) -> Result<Loaded> {
         let Some(mut file) = self.open_state()? else {
-            return Ok(Snapshot {
-                lab: Lab::empty(),
+            return Ok(Loaded {
+                doc: XmlLab::empty(),
                 existed: false,
             });
         };
@@ -351,11 +364,11 @@ impl Store {
                 valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
             self.corrupt(Some((line, column)), "the file is not valid UTF-8".into())
         })?;
-        let lab = Lab::parse(&text).map_err(|e| {
+        let doc = XmlLab::parse(&text).map_err(|e| {
             let location = (e.line > 0).then_some((e.line, e.column));
             self.corrupt(location, e.message)
         })?;
-        Ok(Snapshot { lab, existed: true })
+        Ok(Loaded { doc, existed: true })
     }
 
     fn corrupt(&self, location: Option<(usize, usize)>, message: String) -> Error {
@@ -366,12 +379,12 @@ impl Store {
         }
     }
 
-    /// Replaces the state file with `lab`, keeping its mode, group and
+    /// Replaces the state file with `doc`, keeping its mode, group and
     /// (where permitted) owner. The text is parsed again before anything is
     /// written: mama never writes a file it could not read back.
-    fn write(&self, lab: &Lab) -> Result<()> {
-        let text = lab.to_xml();
-        Lab::parse(&text).map_err(|e| {
+    fn write(&self, doc: &XmlLab) -> Result<()> {
+        let text = doc.to_xml();
+        XmlLab::parse(&text).map_err(|e| {
             Error::Invalid(format!(
                 "internal error: the new state would not parse ({e}); {} was left unchanged",
                 self.path.display()
@@ -397,22 +410,42 @@ impl Store {
     }
 }
 
-impl Store {
-    /// Which machines' job locks some process holds, from one look at the
-    /// locks folder and the kernel's lock table: for showing a whole lab.
-    pub fn held_job_locks(&self) -> HeldJobLocks {
-        let dir = self.machine_locks_dir();
-        let names = lock::held_in(&dir);
-        HeldJobLocks { dir, names }
-    }
-
+impl FileStore {
     /// The lock file a running job holds for `machine`, in the store's folder
     /// of machine locks (created on first use, open to those who may write
     /// the state file), and the state file's metadata to create it like.
-    pub fn machine_lock(&self, machine: &str) -> Result<(PathBuf, Option<Metadata>)> {
+    fn machine_lock(&self, machine: &str) -> Result<(PathBuf, Option<Metadata>)> {
         let dir = self.machine_locks_dir();
         let like = self.metadata()?;
         fsutil::ensure_folder(&dir, like.as_ref())?;
         Ok((lock::path_in(&dir, machine), like))
+    }
+}
+
+/// The job locks of the state file: `S.locks/NAME.lock`, a `flock` each.
+impl JobLocks for FileStore {
+    fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
+        let (path, like) = self.machine_lock(machine)?;
+        Ok(FileLock::try_exclusive(&path, like.as_ref())?.map(JobLock::File))
+    }
+
+    fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
+        let (path, like) = self.machine_lock(machine)?;
+        Ok(FileLock::exclusive_within(&path, like.as_ref(), within)?.is_some())
+    }
+
+    fn held(&self, machine: &str) -> bool {
+        lock::is_held(&lock::path_in(&self.machine_locks_dir(), machine))
+    }
+
+    fn inherited(&self, machine: &str) -> bool {
+        lock::inherited_holds(&lock::path_in(&self.machine_locks_dir(), machine))
+    }
+
+    /// From one look at the locks folder and the kernel's lock table.
+    fn held_job_locks(&self) -> Held {
+        let dir = self.machine_locks_dir();
+        let names = lock::held_in(&dir);
+        Held::File(HeldJobLocks { dir, names })
     }
 }

@@ -4,7 +4,7 @@
 //! A lock is a value: it is held while the [`FileLock`] lives and released
 //! when it is dropped, or by the kernel the instant the process dies. Lock
 //! files are opened close-on-exec, so a job that mama starts never inherits
-//! one, and safely ([`crate::fsutil`]). A wait sleeps in the kernel; a
+//! one, and safely ([`crate::backend::file::fsutil`]). A wait sleeps in the kernel; a
 //! bounded one is cut short by a `SIGALRM` timer.
 
 // The one module allowed to call the lock primitives (see clippy.toml).
@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use crate::backend::file::fsutil;
 use crate::error::{Error, Result};
-use crate::fsutil;
 
 /// A held lock; dropping it releases the lock.
 #[derive(Debug)]
@@ -32,47 +32,9 @@ pub enum Mode {
     Exclusive,
 }
 
-/// How long to wait for a lock that someone else holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LockPatience {
-    /// Give up (almost) at once: after [`NO_WAIT_GRACE`], the time any
-    /// transaction takes.
-    pub no_wait: bool,
-    /// Give up at this instant.
-    pub deadline: Option<Instant>,
-}
-
-/// How long `no_wait` still waits: a transaction holds the lab's lock for
-/// milliseconds, and a reader must not make `run --no-wait` give up.
-pub const NO_WAIT_GRACE: Duration = Duration::from_millis(250);
-
 /// How long a wait for the lab's lock goes on before mama says what it
 /// waits for.
 pub const NOTICE_AFTER: Duration = Duration::from_secs(1);
-
-impl LockPatience {
-    /// Wait for ever.
-    pub fn forever() -> LockPatience {
-        LockPatience::default()
-    }
-
-    /// `no_wait`, or give up `timeout` from now.
-    pub fn within(no_wait: bool, timeout: Option<Duration>) -> LockPatience {
-        LockPatience {
-            no_wait,
-            deadline: timeout.map(|t| Instant::now() + t),
-        }
-    }
-
-    /// The instant to give up, seen from now.
-    pub fn give_up_at(&self) -> Option<Instant> {
-        let grace = self.no_wait.then(|| Instant::now() + NO_WAIT_GRACE);
-        match (grace, self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
 
 /// Who holds a lock, as /proc/locks tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +153,7 @@ impl std::os::fd::AsRawFd for FileLock {
 /// link and never blocks on a FIFO; what is not a regular file holds no
 /// lock.
 pub fn is_held(path: &Path) -> bool {
-    let file = match crate::fsutil::open_file(path, false) {
+    let file = match crate::backend::file::fsutil::open_file(path, false) {
         Ok(Some(file)) => file,
         Ok(None) | Err(Error::Planted { .. }) => return false,
         // A reader who may not open it asks the kernel's lock table.

@@ -2,7 +2,7 @@
 //! the claim loop alike.
 //!
 //! A PID is judged only where it means something: in the PID namespace and
-//! the boot it was recorded in (the claim's [`Origin`]). There,
+//! the boot it was recorded in (the claim's [`Origin`](crate::engine::os::Origin)). There,
 //! - a dead PID is stale;
 //! - a live PID whose process started at another instant than the claimer
 //!   did was reused (start times are clock ticks since boot, which never
@@ -19,21 +19,13 @@
 
 use std::fmt;
 
-use crate::lab::JobRecord;
-use crate::os::{Place, Probe, ProcessTable};
+use crate::backend::JobLocks;
+use crate::engine::os::{Place, Probe, ProcessTable};
+use crate::model::JobRecord;
 
 /// How much later than its claim a process may have started, for records
 /// without an origin (second-granular timestamps).
 pub const REUSE_SLACK_SECS: i64 = 2;
-
-/// Whether a machine's job lock is held: by a running `mama run`, or by
-/// any process of its job.
-pub trait JobLocks {
-    fn held(&self, machine: &str) -> bool;
-    /// Whether this process holds it, through a descriptor it inherited:
-    /// then it runs inside the job that holds the machine.
-    fn inherited(&self, machine: &str) -> bool;
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -216,7 +208,7 @@ impl<P: ProcessTable> Judge<'_, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::os::Origin;
+    use crate::engine::os::Origin;
     use std::collections::{HashMap, HashSet};
 
     /// Processes by PID with their start ticks; ages are start ticks read
@@ -241,11 +233,20 @@ mod tests {
 
     struct Locks(HashSet<&'static str>);
     impl JobLocks for Locks {
+        fn try_lock(&self, _: &str) -> crate::error::Result<Option<crate::backend::JobLock>> {
+            Ok(None)
+        }
+        fn wait_unlocked(&self, _: &str, _: std::time::Duration) -> crate::error::Result<bool> {
+            Ok(false)
+        }
         fn held(&self, machine: &str) -> bool {
             self.0.contains(machine)
         }
         fn inherited(&self, _: &str) -> bool {
             false
+        }
+        fn held_job_locks(&self) -> crate::backend::HeldJobLocks {
+            unreachable!("the judge looks at one machine at a time")
         }
     }
 

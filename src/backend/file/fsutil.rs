@@ -10,7 +10,7 @@
 //! planted link, FIFO, device or folder is an error naming it, never
 //! followed and never written through. The folder of the state file itself
 //! is resolved once, when the state file is located (see
-//! [`crate::store::Store::locate`]).
+//! [`crate::backend::file::FileStore::locate`]).
 //!
 //! Files are made like the state file: temporary files are created fresh
 //! (`O_EXCL`, after removing a leftover; removing never follows a link),

@@ -1,0 +1,95 @@
+//! The history's events: what happened to which machine, by whom, when.
+//!
+//! Only the event model; how a backend numbers, commits and keeps events is
+//! its own business (the file backend's protocol is in
+//! [`crate::backend::file::log`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::os;
+use crate::model::JobRecord;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `run` claimed the machine for a job.
+    Claimed,
+    /// The job ended and `run` gave the machine back.
+    Released,
+    /// A waiter cleared a stale job.
+    StaleCleared,
+    /// `clear` forgot a job by hand.
+    Cleared,
+    Reserved,
+    /// `release`: the holder gave up a reservation.
+    Unreserved,
+    /// `release-forced`.
+    ForceReleased,
+    Added,
+    Deleted,
+    /// `set` changed a field.
+    Set,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Claimed => "claimed",
+            Kind::Released => "released",
+            Kind::StaleCleared => "stale_cleared",
+            Kind::Cleared => "cleared",
+            Kind::Reserved => "reserved",
+            Kind::Unreserved => "unreserved",
+            Kind::ForceReleased => "force_released",
+            Kind::Added => "added",
+            Kind::Deleted => "deleted",
+            Kind::Set => "set",
+        }
+    }
+}
+
+/// One event, as stored and as `log --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// Unix seconds.
+    pub time: i64,
+    pub machine: String,
+    pub event: Kind,
+    pub job: Option<String>,
+    pub pid: Option<u32>,
+    /// Who did it, and where.
+    pub user: String,
+    pub host: String,
+    pub detail: Option<String>,
+}
+
+impl Event {
+    /// An event by this user on this host, now; numbered when committed.
+    pub fn new(event: Kind, machine: &str) -> Event {
+        Event {
+            seq: 0,
+            time: os::now(),
+            machine: machine.to_string(),
+            event,
+            job: None,
+            pid: None,
+            user: os::user_name(),
+            host: os::host_name(),
+            detail: None,
+        }
+    }
+
+    /// The job the event is about.
+    pub fn job(mut self, job: &JobRecord) -> Event {
+        self.job = (!job.label.is_empty()).then(|| job.label.clone());
+        self.pid = job.pid;
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Event {
+        self.detail = Some(detail.into());
+        self
+    }
+}

@@ -1,0 +1,483 @@
+//! The lab as mama's engine sees it, whatever stores it: the machines in
+//! their order, each with the text of every field it has, as read.
+//!
+//! A transaction changes a [`Lab`] and the lab records each change at the
+//! level of a field ([`Change`]), with the [`Event`]s that tell of them. A
+//! backend then replays the changes onto what it stores: the file backend
+//! onto its lossless XML tree, so that every element, attribute and comment
+//! mama does not know stays where it was, and a lab whose transaction
+//! changed nothing is never written.
+//!
+//! Reading a field never changes anything; writing one records a change
+//! only when its value really changes.
+
+pub mod event;
+pub mod field;
+
+use crate::engine::os::Origin;
+use crate::error::Error;
+use event::Event;
+use field::{Field, check_value};
+
+/// The job recorded on a machine, as written (unparsable numbers read as
+/// absent, so a damaged PID or timestamp can never keep a machine busy).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobRecord {
+    pub label: String,
+    pub pid: Option<u32>,
+    pub timestamp: Option<i64>,
+    pub host: Option<String>,
+    /// Where the claim was made; records of other tools have none.
+    pub origin: Option<Origin>,
+}
+
+/// One machine: the text of each of its fields, as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Machine {
+    /// Each field's text, by [`Field::index`]; `None` where the machine
+    /// has no such field at all (which is not the same as an empty one: a
+    /// field set to empty text is created).
+    fields: [Option<String>; Field::ALL.len()],
+    /// The fields that are not plain text (in the state file: an element
+    /// that holds elements of its own); mama will not overwrite them.
+    structured: Vec<Field>,
+}
+
+impl Machine {
+    /// A machine as a backend reads it: the text of the fields it has, and
+    /// those of them that hold more than plain text.
+    pub fn read(
+        fields: impl IntoIterator<Item = (Field, String)>,
+        structured: impl IntoIterator<Item = Field>,
+    ) -> Machine {
+        let mut machine = Machine::default();
+        for (field, text) in fields {
+            machine.fields[field.index()] = Some(text);
+        }
+        machine.structured = structured.into_iter().collect();
+        machine
+    }
+
+    /// A field's text; empty when the field is missing or empty.
+    pub fn get(&self, field: Field) -> &str {
+        self.fields[field.index()].as_deref().unwrap_or("")
+    }
+
+    /// Whether the machine has this field (perhaps empty).
+    pub fn has(&self, field: Field) -> bool {
+        self.fields[field.index()].is_some()
+    }
+
+    pub fn name(&self) -> &str {
+        self.get(Field::Name)
+    }
+
+    /// Upstream writes `1` for a machine powered up by hand; empty or `0` is off.
+    pub fn is_started(&self) -> bool {
+        is_set(self.get(Field::IsStarted))
+    }
+
+    pub fn only_vm(&self) -> bool {
+        is_set(self.get(Field::OnlyVm))
+    }
+
+    /// The user holding a reservation, if any.
+    pub fn reservation(&self) -> Option<String> {
+        non_empty(self.get(Field::Reservation))
+    }
+
+    pub fn resources(&self) -> Vec<String> {
+        self.get(Field::Resources)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The job on this machine: a label or a PID makes one.
+    pub fn job(&self) -> Option<JobRecord> {
+        // The label is kept exactly as written; only a blank one is none.
+        let label = self.get(Field::Job);
+        let label = if label.trim().is_empty() {
+            String::new()
+        } else {
+            label.to_string()
+        };
+        let pid_text = self.get(Field::JobPid);
+        if label.is_empty() && pid_text.trim().is_empty() {
+            return None;
+        }
+        Some(JobRecord {
+            label,
+            pid: pid_text.trim().parse().ok().filter(|&pid| pid > 0),
+            timestamp: self.get(Field::JobTimestamp).trim().parse().ok(),
+            host: non_empty(self.get(Field::JobHost)),
+            origin: Origin::parse(self.get(Field::JobOrigin)),
+        })
+    }
+}
+
+fn is_set(value: &str) -> bool {
+    let value = value.trim();
+    !value.is_empty() && value != "0"
+}
+
+fn non_empty(value: &str) -> Option<String> {
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// One change of a transaction, at the level of a field, in the order made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A machine's field now holds `value` (the field is created, in
+    /// upstream order, where the machine had none).
+    Set {
+        machine: String,
+        field: Field,
+        value: String,
+    },
+    /// A field that upstream does not know was removed from a machine, so
+    /// that a released machine looks exactly as upstream would write it.
+    Unset { machine: String, field: Field },
+    /// A machine was added after the last one, with every upstream field.
+    Add(NewMachine),
+    /// The machine of this name was removed.
+    Remove(String),
+}
+
+/// A writable view of one machine. Every write is checked and records a
+/// change only when a value really changes.
+pub struct MachineMut<'a> {
+    machine: &'a mut Machine,
+    changes: &'a mut Vec<Change>,
+}
+
+impl MachineMut<'_> {
+    pub fn view(&self) -> &Machine {
+        self.machine
+    }
+
+    /// Sets a field, creating it in upstream order when missing.
+    pub fn set(&mut self, field: Field, value: &str) -> Result<(), Error> {
+        check_value(field, value)?;
+        match &self.machine.fields[field.index()] {
+            Some(_) if self.machine.structured.contains(&field) => {
+                return Err(Error::Invalid(format!(
+                    "field <{}> holds elements of its own; mama will not overwrite it \
+                     (edit the state file by hand)",
+                    field.tag()
+                )));
+            }
+            Some(current) if current == value => return Ok(()),
+            Some(_) => {}
+            None if value.is_empty() && !field.is_upstream() => return Ok(()),
+            None => {}
+        }
+        let machine = self.machine.name().to_string();
+        self.machine.fields[field.index()] = Some(value.to_string());
+        self.changes.push(Change::Set {
+            machine,
+            field,
+            value: value.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Empties a field; a field that upstream does not know is removed, so a
+    /// released machine looks exactly as upstream would write it.
+    pub fn clear(&mut self, field: Field) -> Result<(), Error> {
+        if field.is_upstream() {
+            return self.set(field, "");
+        }
+        if self.machine.fields[field.index()].is_some() {
+            let machine = self.machine.name().to_string();
+            self.machine.fields[field.index()] = None;
+            self.machine.structured.retain(|&f| f != field);
+            self.changes.push(Change::Unset { machine, field });
+        }
+        Ok(())
+    }
+
+    /// Records a job (all four job fields).
+    pub fn set_job(&mut self, job: &JobRecord) -> Result<(), Error> {
+        self.set(Field::Job, &job.label)?;
+        self.set(
+            Field::JobPid,
+            &job.pid.map(|p| p.to_string()).unwrap_or_default(),
+        )?;
+        self.set(
+            Field::JobTimestamp,
+            &job.timestamp.map(|t| t.to_string()).unwrap_or_default(),
+        )?;
+        match &job.host {
+            Some(host) => self.set(Field::JobHost, host)?,
+            None => self.clear(Field::JobHost)?,
+        }
+        match &job.origin {
+            Some(origin) => self.set(Field::JobOrigin, &origin.to_string()),
+            None => self.clear(Field::JobOrigin),
+        }
+    }
+
+    /// Forgets the job.
+    pub fn clear_job(&mut self) -> Result<(), Error> {
+        for field in [
+            Field::Job,
+            Field::JobPid,
+            Field::JobTimestamp,
+            Field::JobHost,
+            Field::JobOrigin,
+        ] {
+            self.clear(field)?;
+        }
+        Ok(())
+    }
+}
+
+/// A machine to add.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewMachine {
+    pub name: String,
+    pub mac: String,
+    pub ip: String,
+    pub only_vm: bool,
+    pub resources: String,
+}
+
+impl NewMachine {
+    /// The text of each upstream field of the new machine, in upstream
+    /// order: what upstream writes into a new machine, and what was given.
+    pub fn fields(&self) -> impl Iterator<Item = (Field, &str)> {
+        Field::ALL
+            .into_iter()
+            .filter(|f| f.is_upstream())
+            .map(|field| {
+                let value = match field {
+                    Field::Name => self.name.as_str(),
+                    Field::Mac => self.mac.as_str(),
+                    Field::Ip => self.ip.as_str(),
+                    Field::OnlyVm if self.only_vm => "1",
+                    Field::Resources => self.resources.as_str(),
+                    other => other.initial(),
+                };
+                (field, value)
+            })
+    }
+}
+
+/// The whole lab of one transaction: the machines as read, the changes
+/// made to them, and the events that tell of them.
+#[derive(Debug, Clone, Default)]
+pub struct Lab {
+    machines: Vec<Machine>,
+    changes: Vec<Change>,
+    /// Events of this transaction, committed with it.
+    events: Vec<Event>,
+}
+
+impl Lab {
+    /// An empty lab, as a missing state file reads.
+    pub fn empty() -> Lab {
+        Lab::default()
+    }
+
+    /// The lab of these machines, in their order, unchanged.
+    pub fn new(machines: Vec<Machine>) -> Lab {
+        Lab {
+            machines,
+            ..Lab::default()
+        }
+    }
+
+    /// Whether anything was changed or recorded since the lab was read.
+    pub fn is_changed(&self) -> bool {
+        !self.changes.is_empty() || !self.events.is_empty()
+    }
+
+    /// The changes made since the lab was read, in order.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// Records an event, to be committed with this transaction's changes.
+    pub fn record(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// The events recorded since the lab was read.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn machines(&self) -> impl Iterator<Item = &Machine> {
+        self.machines.iter()
+    }
+
+    pub fn machine(&self, name: &str) -> Option<&Machine> {
+        self.machines().find(|m| m.name() == name)
+    }
+
+    /// The machine called `name`, or an error naming it.
+    pub fn get(&self, name: &str) -> Result<&Machine, Error> {
+        self.machine(name)
+            .ok_or_else(|| Error::UnknownMachine(name.to_string()))
+    }
+
+    /// The machine called `name`, writable, or an error naming it.
+    pub fn get_mut(&mut self, name: &str) -> Result<MachineMut<'_>, Error> {
+        let changes = &mut self.changes;
+        self.machines
+            .iter_mut()
+            .find(|m| m.fields[Field::Name.index()].as_deref() == Some(name))
+            .map(|machine| MachineMut { machine, changes })
+            .ok_or_else(|| Error::UnknownMachine(name.to_string()))
+    }
+
+    /// Adds a machine after the last one, with every upstream field.
+    pub fn add(&mut self, new: &NewMachine) -> Result<(), Error> {
+        if self.machine(&new.name).is_some() {
+            return Err(Error::Invalid(format!(
+                "a machine named '{}' exists already",
+                new.name
+            )));
+        }
+        if let Some(other) = self
+            .machines()
+            .find(|m| m.get(Field::Mac).eq_ignore_ascii_case(&new.mac))
+        {
+            return Err(Error::Invalid(format!(
+                "MAC {} belongs to machine '{}' already",
+                new.mac,
+                other.name()
+            )));
+        }
+        let mut fields = Vec::new();
+        for (field, value) in new.fields() {
+            check_value(field, value)?;
+            fields.push((field, value.to_string()));
+        }
+        self.machines.push(Machine::read(fields, []));
+        self.changes.push(Change::Add(new.clone()));
+        Ok(())
+    }
+
+    /// Removes a machine.
+    pub fn remove(&mut self, name: &str) -> Result<(), Error> {
+        let at = self
+            .machines
+            .iter()
+            .position(|m| m.fields[Field::Name.index()].as_deref() == Some(name))
+            .ok_or_else(|| Error::UnknownMachine(name.to_string()))?;
+        self.machines.remove(at);
+        self.changes.push(Change::Remove(name.to_string()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab() -> Lab {
+        Lab::new(vec![Machine::read(
+            [
+                (Field::Name, "rig1".to_string()),
+                (Field::Mac, "aa:bb:cc:dd:ee:01".to_string()),
+                (Field::Job, "run smoke".to_string()),
+                (Field::JobPid, "12345".to_string()),
+                (Field::JobTimestamp, "1763047845".to_string()),
+            ],
+            [],
+        )])
+    }
+
+    #[test]
+    fn writing_the_same_value_changes_nothing() {
+        let mut lab = lab();
+        lab.get_mut("rig1")
+            .unwrap()
+            .set(Field::Job, "run smoke")
+            .unwrap();
+        // A field mama adds is not created empty.
+        lab.get_mut("rig1").unwrap().clear(Field::JobHost).unwrap();
+        assert!(!lab.is_changed());
+    }
+
+    #[test]
+    fn changes_are_recorded_field_by_field() {
+        let mut lab = lab();
+        let mut m = lab.get_mut("rig1").unwrap();
+        m.set_job(&JobRecord {
+            label: "x".into(),
+            pid: Some(1),
+            timestamp: Some(2),
+            host: Some("h".into()),
+            origin: None,
+        })
+        .unwrap();
+        m.clear_job().unwrap();
+        // An upstream field missing from the machine is created, even empty.
+        m.set(Field::Ip, "").unwrap();
+        let set = |field, value: &str| Change::Set {
+            machine: "rig1".into(),
+            field,
+            value: value.into(),
+        };
+        assert_eq!(
+            lab.changes(),
+            [
+                set(Field::Job, "x"),
+                set(Field::JobPid, "1"),
+                set(Field::JobTimestamp, "2"),
+                set(Field::JobHost, "h"),
+                set(Field::Job, ""),
+                set(Field::JobPid, ""),
+                set(Field::JobTimestamp, ""),
+                Change::Unset {
+                    machine: "rig1".into(),
+                    field: Field::JobHost
+                },
+                set(Field::Ip, ""),
+            ]
+        );
+        assert!(lab.get("rig1").unwrap().job().is_none());
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        let mut lab = lab();
+        let err = lab
+            .get_mut("rig1")
+            .unwrap()
+            .set(Field::Job, "a\u{1}b")
+            .unwrap_err();
+        assert!(err.to_string().contains("U+0001"), "{err}");
+        assert!(!lab.is_changed());
+    }
+
+    #[test]
+    fn added_and_removed_machines() {
+        let mut lab = lab();
+        let new = NewMachine {
+            name: "rig2".into(),
+            mac: "AA:bb:cc:dd:ee:01".into(),
+            ..Default::default()
+        };
+        assert!(lab.add(&new).unwrap_err().to_string().contains("belongs"));
+        let new = NewMachine {
+            mac: "aa:bb:cc:dd:ee:02".into(),
+            ..new
+        };
+        lab.add(&new).unwrap();
+        assert!(lab.add(&new).unwrap_err().to_string().contains("exists"));
+        let names: Vec<_> = lab.machines().map(Machine::name).collect();
+        assert_eq!(names, ["rig1", "rig2"]);
+        assert_eq!(lab.get("rig2").unwrap().get(Field::OnlyVm), "0");
+        lab.remove("rig1").unwrap();
+        assert!(lab.get("rig1").is_err());
+        assert_eq!(
+            lab.changes(),
+            [Change::Add(new), Change::Remove("rig1".into())]
+        );
+    }
+}
