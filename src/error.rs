@@ -39,6 +39,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The database refused or failed what was asked.
+    #[error("{context}: {message}")]
+    Database { context: String, message: String },
     /// Something other than what mama keeps there sits beside the state
     /// file: a symbolic link, FIFO, device or folder someone put there.
     #[error("{}", planted(path, what, expected))]

@@ -130,6 +130,8 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             follow,
         } => c::log(store, settings, machine.as_deref(), since, json, follow)?,
         Command::Completions { shell } => cli::completions::print(shell)?,
+        Command::Export => c::export(store)?,
+        Command::Import { file, replace } => c::import(store, &file, replace)?,
         Command::Run {
             machine,
             job,

@@ -16,18 +16,37 @@ pub const DEFAULT_STATE: &str = "/var/lib/mama/mama.xml";
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 /// The default stale age of a job without a PID.
 pub const DEFAULT_STALE_AFTER_SECS: u64 = 300;
+/// The default bound on how long a database lab takes to free the claims
+/// of a host that died or was cut off.
+pub const DEFAULT_HOST_TIMEOUT_SECS: u64 = 30;
+/// The longest host timeout: a day (TCP's user timeout counts milliseconds
+/// in 32 bits, and no lab wants a dead host's claims kept longer).
+pub const MAX_HOST_TIMEOUT_SECS: u64 = 86_400;
+
+/// Where the lab is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A state file.
+    File(PathBuf),
+    /// A PostgreSQL database: a `postgres://` or `postgresql://` URL, as
+    /// given (password included; see [`crate::backend::pg::url`]).
+    Database(String),
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The state file: `--state`, else `MAMA_STATE`, else
-    /// `$MAMA_PATH/mama.xml`, else [`DEFAULT_STATE`].
-    pub state: PathBuf,
+    /// The lab: `--state`, else `MAMA_STATE`, else `$MAMA_PATH/mama.xml`,
+    /// else [`DEFAULT_STATE`]; a PostgreSQL URL names a database lab.
+    pub state: Location,
     /// The longest sleep of a waiter between two looks:
     /// `MAMA_POLL_INTERVAL` seconds (fractions allowed).
     pub poll: Duration,
     /// The age after which a job without a PID is stale:
     /// `MAMA_STALE_AFTER` whole seconds.
     pub stale_after: u64,
+    /// How long after a host dies or is cut off a database lab frees its
+    /// claims: `MAMA_HOST_TIMEOUT` whole seconds.
+    pub host_timeout: Duration,
 }
 
 impl Settings {
@@ -47,7 +66,7 @@ impl Settings {
             .or_else(|| set("MAMA_STATE").map(PathBuf::from))
             .or_else(|| set("MAMA_PATH").map(|dir| PathBuf::from(dir).join("mama.xml")))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE));
-        refuse_url(&state)?;
+        let state = locate(state)?;
         let text = |name: &str| -> Result<Option<String>> {
             match set(name) {
                 None => Ok(None),
@@ -82,42 +101,53 @@ impl Settings {
                 })?,
             _ => DEFAULT_STALE_AFTER_SECS,
         };
+        let host_timeout = match text("MAMA_HOST_TIMEOUT")? {
+            Some(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|secs| (1..=MAX_HOST_TIMEOUT_SECS).contains(secs))
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "MAMA_HOST_TIMEOUT must be a whole number of seconds from 1 to \
+                         {MAX_HOST_TIMEOUT_SECS}, not '{v}'"
+                    ))
+                })?,
+            _ => Duration::from_secs(DEFAULT_HOST_TIMEOUT_SECS),
+        };
         Ok(Settings {
             state,
             poll,
             stale_after,
+            host_timeout,
         })
     }
 }
 
-/// A state given as a URL (`scheme://...`) is not a file: say so rather
-/// than look for a file of that name. Only file labs exist so far.
-fn refuse_url(state: &std::path::Path) -> Result<()> {
+/// A state given as a URL (`scheme://...`) is not a file: a PostgreSQL URL
+/// names a database lab, and any other scheme is refused rather than taken
+/// for a file of that name.
+fn locate(state: PathBuf) -> Result<Location> {
     let Some(text) = state.to_str() else {
-        return Ok(());
+        return Ok(Location::File(state));
     };
     let Some((scheme, _)) = text.split_once("://") else {
-        return Ok(());
+        return Ok(Location::File(state));
     };
     let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    if !is_scheme {
-        return Ok(());
+    match scheme {
+        _ if !is_scheme => Ok(Location::File(state)),
+        "postgres" | "postgresql" => Ok(Location::Database(text.to_string())),
+        _ => Err(Error::Invalid(format!(
+            "the state {} is a URL of scheme {scheme}://; mama keeps a lab in a state file \
+             (give its path) or in PostgreSQL (postgresql://...)",
+            crate::backend::pg::url::without_password(text)
+        ))),
     }
-    let shown = match text.split_once('@') {
-        // Never repeat a password given in the URL.
-        Some((_, host)) => format!("{scheme}://...@{host}"),
-        None => text.to_string(),
-    };
-    Err(Error::Invalid(match scheme {
-        "postgres" | "postgresql" => format!(
-            "the state {shown} is a PostgreSQL URL, and this mama keeps labs only in \
-             state files: give the path of a state file"
-        ),
-        _ => format!("the state {shown} is a URL ({scheme}://); give the path of a state file"),
-    }))
 }
 
 #[cfg(test)]
@@ -135,40 +165,54 @@ mod tests {
 
     #[test]
     fn the_state_file_is_found_in_order() {
-        assert_eq!(read(&[]).map(|s| s.state).ok(), Some(DEFAULT_STATE.into()));
+        let file = |path: &str| Some(Location::File(PathBuf::from(path)));
+        assert_eq!(read(&[]).map(|s| s.state).ok(), file(DEFAULT_STATE));
         assert_eq!(
             read(&[("MAMA_PATH", "/lab"), ("MAMA_STATE", "")])
                 .map(|s| s.state)
                 .ok(),
-            Some(PathBuf::from("/lab/mama.xml"))
+            file("/lab/mama.xml")
         );
         assert_eq!(
             read(&[("MAMA_PATH", "/lab"), ("MAMA_STATE", "/x.xml")])
                 .map(|s| s.state)
                 .ok(),
-            Some(PathBuf::from("/x.xml"))
+            file("/x.xml")
         );
         let explicit = Settings::from_lookup(Some("/y.xml".into()), |name| {
             (name == "MAMA_STATE").then(|| "/x.xml".into())
         });
-        assert_eq!(explicit.map(|s| s.state).ok(), Some("/y.xml".into()));
+        assert_eq!(explicit.map(|s| s.state).ok(), file("/y.xml"));
     }
 
     #[test]
-    fn a_url_is_not_taken_for_a_file() {
-        for (url, says) in [
-            ("postgresql://mama:secret@db.example/lab", "PostgreSQL URL"),
-            ("postgres://db/lab", "PostgreSQL URL"),
-            ("https://example.com/mama.xml", "(https://)"),
-        ] {
-            let err = read(&[("MAMA_STATE", url)]).err().map(|e| e.to_string());
-            let err = err.unwrap_or_default();
-            assert!(err.contains(says), "{url}: {err}");
-            assert!(!err.contains("secret"), "{err}");
+    fn a_postgresql_url_names_a_database_lab_and_no_other_url_is_a_file() {
+        for url in ["postgresql://mama:secret@db.example/lab", "postgres://db/lab"] {
+            let state = read(&[("MAMA_STATE", url)]).map(|s| s.state).ok();
+            assert_eq!(state, Some(Location::Database(url.into())));
         }
+        let err = read(&[("MAMA_STATE", "https://me:secret@example.com/mama.xml")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("https://"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
         // Only a scheme makes a URL: a folder named with a colon is a path.
-        assert!(read(&[("MAMA_STATE", "./a b://c/mama.xml")]).is_ok());
-        assert!(read(&[("MAMA_STATE", "/lab/mama.xml")]).is_ok());
+        assert!(matches!(
+            read(&[("MAMA_STATE", "./a b://c/mama.xml")]).map(|s| s.state),
+            Ok(Location::File(_))
+        ));
+    }
+
+    #[test]
+    fn the_host_timeout_has_a_default_and_bounds() {
+        let timeout = |v: &str| read(&[("MAMA_HOST_TIMEOUT", v)]).map(|s| s.host_timeout);
+        assert_eq!(timeout("").ok(), Some(Duration::from_secs(30)));
+        assert_eq!(timeout(" 5 ").ok(), Some(Duration::from_secs(5)));
+        for bad in ["0", "-1", "1.5", "86401", "soon"] {
+            let err = timeout(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("MAMA_HOST_TIMEOUT"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -18,20 +18,27 @@
 //! fake it).
 //!
 //! [`file`](mod@file): the shared XML state file, its lock, its history log and the
-//! job lock files beside it.
+//! job lock files beside it. [`pg`]: the lab in PostgreSQL, shared by many
+//! hosts, with the server's advisory locks.
 
 pub mod file;
+pub mod pg;
 
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::model::Lab;
 use crate::model::event::Event;
-use crate::settings::Settings;
+use crate::model::JobRecord;
+use crate::settings::{Location, Settings};
 use file::FileStore;
 use file::lock::FileLock;
+use pg::PgStore;
+use pg::lease::PgJobLock;
 
 /// A lab as read, whether it existed, and the number of the last event it
 /// committed.
@@ -95,13 +102,21 @@ impl LockPatience {
 pub enum Store {
     /// The XML state file (see [`file`](mod@file)).
     File(FileStore),
+    /// A PostgreSQL database (see [`pg`]).
+    Pg(PgStore),
 }
 
 impl Store {
-    /// The store the settings name: the state file at
-    /// [`Settings::state`].
+    /// The store the settings name ([`Settings::state`]). A database is
+    /// not reached until the store is used.
     pub fn open(settings: &Settings) -> crate::error::Result<Store> {
-        Ok(Store::File(FileStore::locate(settings.state.clone())?))
+        Ok(match &settings.state {
+            Location::File(path) => Store::File(FileStore::locate(path.clone())?),
+            Location::Database(url) => Store::Pg(PgStore::open(
+                pg::url::DbUrl::parse(url)?,
+                settings.host_timeout,
+            )),
+        })
     }
 
     /// This store, waiting for the lab's lock as `patience` says (`run
@@ -110,13 +125,61 @@ impl Store {
     pub fn with_patience(self, patience: LockPatience) -> Store {
         match self {
             Store::File(store) => Store::File(store.with_patience(patience)),
+            Store::Pg(store) => Store::Pg(store.with_patience(patience)),
         }
     }
 
-    /// Where the lab is, for messages and for the job's `MAMA_STATE`.
-    pub fn path(&self) -> &Path {
+    /// Where the lab is, for messages: the state file's path, or the
+    /// database's URL without its password.
+    pub fn location(&self) -> String {
         match self {
-            Store::File(store) => store.path(),
+            Store::File(store) => store.path().display().to_string(),
+            Store::Pg(store) => store.shown().to_string(),
+        }
+    }
+
+    /// What a job gets as `MAMA_STATE` to find the same lab: the state
+    /// file's absolute path, or the URL without its password.
+    pub fn for_jobs(&self) -> OsString {
+        match self {
+            Store::File(store) => std::path::absolute(store.path())
+                .unwrap_or_else(|_| store.path().to_path_buf())
+                .into_os_string(),
+            Store::Pg(store) => store.shown().into(),
+        }
+    }
+
+    /// What a missing lab is called in the note that it reads as empty.
+    pub fn missing(&self) -> String {
+        match self {
+            Store::File(store) => format!("no state file at {}", store.path().display()),
+            Store::Pg(store) => format!("no lab in the database at {} yet", store.shown()),
+        }
+    }
+
+    /// The lab as upstream's format holds it (`export`).
+    pub fn export(&self) -> Result<String> {
+        match self {
+            Store::File(store) => store.export(),
+            Store::Pg(store) => store.export(),
+        }
+    }
+
+    /// A transaction that also brings in the document around the machines
+    /// of an imported lab, `skeleton` (see [`XmlLab::skeleton`]): a
+    /// database lab keeps it when it has none yet or `replace` says; a state
+    /// file keeps its own.
+    ///
+    /// [`XmlLab::skeleton`]: file::doc::XmlLab::skeleton
+    pub fn import<T>(
+        &self,
+        skeleton: &str,
+        replace: bool,
+        change: impl FnOnce(&mut Lab) -> Result<T>,
+    ) -> Result<T> {
+        match self {
+            Store::File(store) => store.update(change),
+            Store::Pg(store) => store.update_with_document(skeleton, replace, change),
         }
     }
 
@@ -124,6 +187,7 @@ impl Store {
     pub fn read(&self) -> Result<Snapshot> {
         match self {
             Store::File(store) => store.read(),
+            Store::Pg(store) => store.read(),
         }
     }
 
@@ -135,6 +199,7 @@ impl Store {
     pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
         match self {
             Store::File(store) => store.update(change),
+            Store::Pg(store) => store.update(change),
         }
     }
 
@@ -143,6 +208,7 @@ impl Store {
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
         match self {
             Store::File(store) => store.read_events(after),
+            Store::Pg(store) => store.read_events(after),
         }
     }
 }
@@ -167,36 +233,69 @@ pub trait JobLocks {
     /// Which machines' job locks are held, from one look: for showing a
     /// whole lab.
     fn held_job_locks(&self) -> HeldJobLocks;
+    /// For a lab shared across hosts, how claims are judged there (see
+    /// [`SharedLab`]); `None` for a lab one host keeps.
+    fn shared(&self) -> Option<SharedLab> {
+        None
+    }
+}
+
+/// A lab shared across hosts (the database backend). There a claim made by
+/// mama (one recorded with an origin) is live while its job lock is held,
+/// wherever it was made: the holder's session holds the lock, and the
+/// server frees it when that session ends or its host goes silent for the
+/// host timeout. Claims made before the server last started lost their
+/// sessions with it; they stay live for `reattach` seconds after the start,
+/// while their holders re-attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedLab {
+    /// When the server last started, in Unix seconds.
+    pub server_started: i64,
+    /// Seconds after a start in which holders may re-attach.
+    pub reattach: u64,
 }
 
 impl JobLocks for Store {
     fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
         match self {
             Store::File(store) => store.try_lock(machine),
+            Store::Pg(store) => store.try_lock(machine),
         }
     }
 
     fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
         match self {
             Store::File(store) => store.wait_unlocked(machine, within),
+            Store::Pg(store) => store.wait_unlocked(machine, within),
         }
     }
 
     fn held(&self, machine: &str) -> bool {
         match self {
             Store::File(store) => store.held(machine),
+            Store::Pg(store) => store.held(machine),
         }
     }
 
+    /// A database session cannot be inherited: never, there.
     fn inherited(&self, machine: &str) -> bool {
         match self {
             Store::File(store) => store.inherited(machine),
+            Store::Pg(_) => false,
         }
     }
 
     fn held_job_locks(&self) -> HeldJobLocks {
         match self {
             Store::File(store) => store.held_job_locks(),
+            Store::Pg(store) => HeldJobLocks::Pg(store.held_job_locks()),
+        }
+    }
+
+    fn shared(&self) -> Option<SharedLab> {
+        match self {
+            Store::File(_) => None,
+            Store::Pg(store) => Some(store.shared()),
         }
     }
 }
@@ -207,6 +306,8 @@ impl JobLocks for Store {
 pub enum JobLock {
     /// A `flock` on the machine's lock file.
     File(FileLock),
+    /// An advisory lock held by a database session of the run's own.
+    Pg(PgJobLock),
 }
 
 impl JobLock {
@@ -215,6 +316,17 @@ impl JobLock {
     pub fn inheritable_fd(&self) -> Option<RawFd> {
         match self {
             JobLock::File(lock) => Some(lock.as_raw_fd()),
+            JobLock::Pg(_) => None,
+        }
+    }
+
+    /// Keeps the lock for the claim `job` while the job runs, where keeping
+    /// takes work (a database session that may be lost): the flag returned
+    /// is raised when the claim was lost and the job must stop.
+    pub fn keep(&mut self, job: &JobRecord) -> Option<Arc<AtomicBool>> {
+        match self {
+            JobLock::File(_) => None,
+            JobLock::Pg(lock) => Some(lock.keep(job)),
         }
     }
 
@@ -224,6 +336,7 @@ impl JobLock {
     pub fn close(self) {
         match self {
             JobLock::File(lock) => lock.close(),
+            JobLock::Pg(lock) => lock.close(),
         }
     }
 }
@@ -232,12 +345,14 @@ impl JobLock {
 /// [`JobLocks::held_job_locks`]).
 pub enum HeldJobLocks {
     File(file::HeldJobLocks),
+    Pg(std::collections::HashSet<String>),
 }
 
 impl HeldJobLocks {
     pub fn contains(&self, machine: &str) -> bool {
         match self {
             HeldJobLocks::File(held) => held.contains(machine),
+            HeldJobLocks::Pg(held) => held.contains(machine),
         }
     }
 }

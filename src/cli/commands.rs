@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
-use crate::model::{Lab, NewMachine};
+use crate::backend::file::doc::XmlLab;
+use crate::model::{Lab, Machine, NewMachine};
 use crate::settings::Settings;
 
 /// Reads the lab for a read-only command, saying where it looked when there
@@ -29,10 +30,7 @@ fn read(store: &Store) -> Result<Lab> {
 
 fn note_missing(store: &Store, snapshot: &Snapshot) {
     if !snapshot.existed {
-        say!(
-            "mama: no state file at {}; the lab is empty",
-            store.path().display()
-        );
+        say!("mama: {}; the lab is empty", store.missing());
     }
 }
 
@@ -468,12 +466,6 @@ pub struct RunRequest {
     pub command: Vec<OsString>,
 }
 
-/// The state file's absolute path, for the job's environment.
-fn state_for_job(store: &Store) -> OsString {
-    std::path::absolute(store.path())
-        .unwrap_or_else(|_| store.path().to_path_buf())
-        .into_os_string()
-}
 
 /// Waits, claims, runs the job, releases; returns the job's exit status.
 /// An error means the job never started.
@@ -495,7 +487,7 @@ pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunReques
     let intent = Intent::Run {
         label: label.clone(),
     };
-    let claim = acquire(
+    let mut claim = acquire(
         store,
         settings,
         machine,
@@ -513,6 +505,7 @@ pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunReques
             return Err(e);
         }
     };
+    let lost = claim.keep();
     let job = supervise::Job {
         program: program.clone(),
         args: args.to_vec(),
@@ -523,10 +516,11 @@ pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunReques
             ("MAMA_IP".into(), claim.ip.clone().into()),
             // A mama the job runs finds the same lab, even one named by
             // --state, and so sees the claim it may nest in.
-            ("MAMA_STATE".into(), state_for_job(store)),
+            ("MAMA_STATE".into(), store.for_jobs()),
         ],
         timeout: request.timeout,
         inherit: claim.lock_fd(),
+        lost,
     };
     let ending = supervise::run(&job, job_mask);
     let outcome = match &ending {
@@ -541,6 +535,10 @@ pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunReques
             "mama: the job on {machine} ran out of time ({}) and was stopped",
             render::seconds(request.timeout.unwrap_or_default())
         ),
+        Ending::ClaimLost => say!(
+            "mama: the job on {machine} was stopped because this run lost its claim \
+             (see above); the machine may run another job now"
+        ),
         Ending::Exited(_) | Ending::Signalled(_) => {}
     }
     if let Err(e) = released {
@@ -550,4 +548,71 @@ pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunReques
         }
     }
     Ok(ending.exit_code())
+}
+
+/// `mama export`: the lab in upstream's format, on stdout.
+pub fn export(store: &Store) -> Result<()> {
+    out(&store.export()?)
+}
+
+/// `mama import FILE`: loads the machines of a state file into the lab,
+/// each with every element and attribute it has; a lab with machines
+/// already is refused unless `replace`.
+pub fn import(store: &Store, file: &Path, replace: bool) -> Result<()> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = if file == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text))
+    };
+    read.map_err(|e| Error::io("read", file, e))?;
+    let doc = XmlLab::parse(&text).map_err(|e| Error::Corrupt {
+        path: file.to_path_buf(),
+        location: (e.line > 0).then_some((e.line, e.column)),
+        message: e.message,
+    })?;
+    let machines = doc.machine_texts();
+    let models: Vec<Machine> = doc.model().machines().cloned().collect();
+    if let Some(unnamed) = models.iter().position(|m| m.name().is_empty()) {
+        return Err(Error::Invalid(format!(
+            "{}: machine {} of the file has no name",
+            file.display(),
+            unnamed + 1
+        )));
+    }
+    for machine in &models {
+        field::check_name(machine.name())?;
+    }
+    let shown = file.display().to_string();
+    let (added, removed) = store.import(&doc.skeleton(), replace, |lab| {
+        let existing: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
+        if !existing.is_empty() && !replace {
+            return Err(Error::Invalid(format!(
+                "the lab has {} machine{} already; `mama import --replace {shown}` deletes \
+                 them first",
+                existing.len(),
+                plural(existing.len())
+            )));
+        }
+        for name in &existing {
+            lab.remove(name)?;
+            lab.record(Event::new(Kind::Deleted, name).detail(format!("replaced by {shown}")));
+        }
+        for (machine, (name, element)) in models.into_iter().zip(machines) {
+            lab.add_element(machine, element)?;
+            lab.record(Event::new(Kind::Added, &name).detail(format!("imported from {shown}")));
+        }
+        Ok((lab.machines().count(), existing.len()))
+    })?;
+    say!(
+        "mama: imported {added} machine{} from {shown}{}",
+        plural(added),
+        if removed > 0 {
+            format!(" (replacing {removed})")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }

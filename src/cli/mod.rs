@@ -22,11 +22,13 @@ use crate::model::field::Field;
 #[command(name = "mama", version, about, max_term_width = 100)]
 #[command(
     after_help = "The state file is --state, else $MAMA_STATE, else $MAMA_PATH/mama.xml, \
-else /var/lib/mama/mama.xml."
+else /var/lib/mama/mama.xml. A postgresql:// URL there keeps the lab in PostgreSQL, shared \
+by every host that reaches the database (password from ~/.pgpass or PGPASSFILE; \
+MAMA_HOST_TIMEOUT, default 30 s, bounds how long a dead host's claims stay)."
 )]
 pub struct Cli {
-    /// The state file (default: $MAMA_STATE, else $MAMA_PATH/mama.xml, else /var/lib/mama/mama.xml)
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The state file or postgresql:// URL (default: $MAMA_STATE, else $MAMA_PATH/mama.xml, else /var/lib/mama/mama.xml)
+    #[arg(long, global = true, value_name = "PATH|URL")]
     pub state: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -162,6 +164,22 @@ pub enum Command {
         /// The command and its arguments, run directly (no shell)
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
+    },
+    /// Write the lab to stdout as a state file in upstream's format
+    ///
+    /// The output loads in PHP mama and as a state file of its own; every element and
+    /// attribute mama does not know is kept. Nothing of mama's own bookkeeping is included.
+    Export,
+    /// Load the machines of a state file (upstream's format) into the lab
+    ///
+    /// A lab that has machines already is refused unless --replace is given, which deletes
+    /// them first. Every element and attribute of the machines is kept.
+    Import {
+        /// The state file to load ("-" for standard input)
+        file: PathBuf,
+        /// Delete the lab's machines first
+        #[arg(long)]
+        replace: bool,
     },
     /// Print a completion script for a shell (machine names complete from the state file)
     Completions {

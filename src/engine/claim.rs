@@ -19,6 +19,8 @@
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::backend::{JobLock, JobLocks, Store};
@@ -558,6 +560,15 @@ impl Claim {
     /// the machine stays busy while any process of the job lives.
     pub fn lock_fd(&self) -> Option<RawFd> {
         self.lock.as_ref().and_then(JobLock::inheritable_fd)
+    }
+
+    /// Keeps the claim while the job runs, where that takes work (a
+    /// database lab's session): the flag returned is raised when the claim
+    /// was lost, and the job must be stopped. Call it once the signals are
+    /// blocked, so the keeper's thread never takes one.
+    pub fn keep(&mut self) -> Option<Arc<AtomicBool>> {
+        let job = self.job.clone();
+        self.lock.as_mut()?.keep(&job)
     }
 
     /// Gives the machine back: clears the job (a nested run leaves the

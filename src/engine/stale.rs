@@ -16,6 +16,12 @@
 //! one whose lock is free is stale. The lock also outlives a killed `mama`
 //! while any process of its job still runs. A claim made in an earlier boot
 //! of this host is stale; one made on another host is never judged here.
+//!
+//! In a lab shared across hosts (the database backend, see
+//! [`SharedLab`](crate::backend::SharedLab)) a claim made by mama is judged
+//! by its job lock alone, wherever it was made: live while the holder's
+//! session holds it, stale once that session is gone, except just after the
+//! server restarted, while holders re-attach.
 
 use std::fmt;
 
@@ -70,6 +76,12 @@ pub enum StaleReason {
     },
     /// Claimed on this host before it last booted.
     EarlierBoot,
+    /// In a lab shared across hosts: the session of the `mama run` that
+    /// made the claim is gone (its host died, was cut off, or its mama was
+    /// killed).
+    SessionGone {
+        host: Option<String>,
+    },
 }
 
 impl fmt::Display for StaleReason {
@@ -99,6 +111,13 @@ impl fmt::Display for StaleReason {
                 write!(f, ", and no process holds its job lock")
             }
             StaleReason::EarlierBoot => write!(f, "claimed before this host last booted"),
+            StaleReason::SessionGone { host } => {
+                write!(f, "the session of the mama that claimed it")?;
+                if let Some(host) = host {
+                    write!(f, " on host {host}")?;
+                }
+                write!(f, " is gone from the lab's database")
+            }
         }
     }
 }
@@ -127,6 +146,23 @@ impl<P: ProcessTable> Judge<'_, P> {
         let Some(pid) = job.pid else {
             return self.judge_age(job);
         };
+        if let (Some(shared), Some(_)) = (self.locks.shared(), &job.origin) {
+            if self.locks.held(machine) {
+                return Verdict::Live;
+            }
+            let reattaching = job.timestamp.is_some_and(|t| t < shared.server_started)
+                && self.now
+                    < shared
+                        .server_started
+                        .saturating_add(i64::try_from(shared.reattach).unwrap_or(i64::MAX));
+            return if reattaching {
+                Verdict::Live
+            } else {
+                Verdict::Stale(StaleReason::SessionGone {
+                    host: job.host.clone(),
+                })
+            };
+        }
         match &job.origin {
             Some(origin) if self.place.shares_pids_with(origin) => {
                 match self.processes.probe(pid) {

@@ -11,6 +11,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -30,6 +32,10 @@ pub struct Job {
     /// keeps the lock while any process of the job holds it, so the machine
     /// stays busy after a killed mama until the job's last process ends.
     pub inherit: Option<RawFd>,
+    /// Raised when the claim was lost while the job ran (a database lab's
+    /// session that could not be kept): the job is stopped, as a timeout
+    /// stops it.
+    pub lost: Option<Arc<AtomicBool>>,
 }
 
 /// How the job ended.
@@ -39,6 +45,8 @@ pub enum Ending {
     Signalled(i32),
     /// `--timeout` ended it.
     TimedOut,
+    /// The claim was lost while it ran, and mama stopped it.
+    ClaimLost,
     /// It could not be started.
     NotStarted(io::Error),
 }
@@ -50,6 +58,7 @@ impl Ending {
             Ending::Exited(code) => *code,
             Ending::Signalled(signal) => ExitCode::signalled(*signal),
             Ending::TimedOut => ExitCode::TimedOut.code(),
+            Ending::ClaimLost => ExitCode::RunFailed.code(),
             Ending::NotStarted(e) if e.kind() == io::ErrorKind::NotFound => {
                 ExitCode::NotFound.code()
             }
@@ -64,6 +73,7 @@ impl std::fmt::Display for Ending {
             Ending::Exited(code) => write!(f, "exit {code}"),
             Ending::Signalled(signal) => write!(f, "killed by signal {signal}"),
             Ending::TimedOut => write!(f, "timed out"),
+            Ending::ClaimLost => write!(f, "stopped: the claim was lost"),
             Ending::NotStarted(e) => write!(f, "not started ({e})"),
         }
     }
@@ -168,7 +178,7 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
         // The child does the same; whichever comes first wins the race.
         terminal.give_to(group);
     }
-    let ending = supervise(group, job.timeout, terminal.as_ref());
+    let ending = supervise(group, job.timeout, job.lost.as_deref(), terminal.as_ref());
     if let Some(terminal) = &terminal {
         terminal.give_to(terminal.own_group);
     }
@@ -254,15 +264,26 @@ fn poll(pid: libc::pid_t) -> Result<State> {
 fn supervise(
     group: libc::pid_t,
     timeout: Option<Duration>,
+    lost: Option<&AtomicBool>,
     terminal: Option<&Terminal>,
 ) -> Result<Ending> {
     let started = Instant::now();
     let mut term_at = timeout.map(|t| started + t);
     let mut kill_at: Option<Instant> = None;
     let mut timed_out = false;
+    let mut claim_lost = false;
     let mut told_stopped = false;
     loop {
+        if !claim_lost && lost.is_some_and(|l| l.load(Ordering::SeqCst)) {
+            // As a timeout does: TERM now, KILL if it is still there later.
+            claim_lost = true;
+            term_at = None;
+            kill_at = Some(Instant::now() + KILL_AFTER);
+            signal_group(group, libc::SIGTERM);
+            signal_group(group, libc::SIGCONT);
+        }
         match poll(group)? {
+            State::Ended(_) if claim_lost => return Ok(Ending::ClaimLost),
             State::Ended(ending) => return Ok(if timed_out { Ending::TimedOut } else { ending }),
             State::Stopped(_) if terminal.is_some() => {
                 if let Some(terminal) = terminal {

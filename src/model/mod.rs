@@ -141,6 +141,10 @@ pub enum Change {
     Unset { machine: String, field: Field },
     /// A machine was added after the last one, with every upstream field.
     Add(NewMachine),
+    /// A machine was added after the last one as this element of the
+    /// upstream format (`import`): every child and attribute it has,
+    /// known to mama or not, is kept.
+    AddElement { name: String, element: String },
     /// The machine of this name was removed.
     Remove(String),
 }
@@ -358,6 +362,23 @@ impl Lab {
         }
         self.machines.push(Machine::read(fields, []));
         self.changes.push(Change::Add(new.clone()));
+        Ok(())
+    }
+
+    /// Adds `machine`, read from `element` (its `<machine>` element in the
+    /// upstream format), after the last one.
+    pub fn add_element(&mut self, machine: Machine, element: String) -> Result<(), Error> {
+        let name = machine.name().to_string();
+        if name.is_empty() {
+            return Err(Error::Invalid("a machine without a name".into()));
+        }
+        if self.machine(&name).is_some() {
+            return Err(Error::Invalid(format!(
+                "a machine named '{name}' exists already"
+            )));
+        }
+        self.machines.push(machine);
+        self.changes.push(Change::AddElement { name, element });
         Ok(())
     }
 

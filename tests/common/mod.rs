@@ -19,7 +19,36 @@ pub const LIMIT: Duration = Duration::from_secs(20);
 
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
+    /// The state file, or a database lab's URL.
     pub state: PathBuf,
+    /// The database of a database lab.
+    pub db: Option<pg::PgDb>,
+}
+
+/// Tests of shared behaviour, run against both backends: each
+/// `fn NAME(env: &TestEnv) { ... }` becomes a module `NAME` with the test
+/// `file` (a state file in a temporary folder) and the test `postgres` (a
+/// fresh database on the test run's PostgreSQL server).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($(#[$meta:meta])* fn $name:ident($env:ident: &TestEnv) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                fn check($env: &TestEnv) $body
+                #[test]
+                fn file() {
+                    check(&TestEnv::new())
+                }
+                #[test]
+                fn postgres() {
+                    check(&TestEnv::postgres())
+                }
+            }
+        )*
+    };
 }
 
 /// What a finished `mama` printed and how it exited.
@@ -96,7 +125,27 @@ impl TestEnv {
     pub fn new() -> TestEnv {
         let dir = tempfile::tempdir().expect("temporary folder");
         let state = dir.path().join("mama.xml");
-        TestEnv { dir, state }
+        TestEnv {
+            dir,
+            state,
+            db: None,
+        }
+    }
+
+    /// A world whose lab is a fresh database on the test run's server.
+    pub fn postgres() -> TestEnv {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let db = pg::fresh_database();
+        TestEnv {
+            dir,
+            state: PathBuf::from(&db.url),
+            db: Some(db),
+        }
+    }
+
+    /// Whether the lab is a database.
+    pub fn is_postgres(&self) -> bool {
+        self.db.is_some()
     }
 
     pub fn path(&self) -> &Path {

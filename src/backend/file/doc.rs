@@ -137,6 +137,21 @@ impl XmlLab {
                 }
             }
             Change::Add(new) => self.add(new),
+            Change::AddElement { name, element } => {
+                let parts = XmlLab::from_machines([(name.as_str(), element.as_str())])
+                    .map_err(|e| Error::Invalid(format!("machine '{name}': {e}")))?;
+                let last_machine = self
+                    .doc
+                    .root
+                    .children
+                    .iter()
+                    .rposition(|n| matches!(n, xml::Node::Element(e) if e.name == MACHINE));
+                for element in parts.doc.root.elements() {
+                    self.doc
+                        .root
+                        .insert_element(last_machine, element.clone(), "  ");
+                }
+            }
             Change::Remove(name) => {
                 let at = self
                     .doc
@@ -174,6 +189,114 @@ impl XmlLab {
             .iter()
             .rposition(|n| matches!(n, xml::Node::Element(e) if e.name == MACHINE));
         self.doc.root.insert_element(last_machine, machine, "  ");
+    }
+
+    /// The lab of these machine elements (each `<machine>…</machine>` as
+    /// [`XmlLab::machine_text`] gives it), in order: how a lab that keeps
+    /// each machine's element apart (the database backend) is read. Each
+    /// text must hold exactly one machine, the one `names` gives in the same
+    /// place: a text that would open or swallow another is refused.
+    pub fn from_machines<'a>(
+        machines: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<XmlLab, ParseError> {
+        let mut text = String::from("<settings>\n");
+        let mut names = Vec::new();
+        for (name, element) in machines {
+            text.push_str("  ");
+            text.push_str(element);
+            text.push('\n');
+            names.push(name);
+        }
+        text.push_str("</settings>\n");
+        let lab = XmlLab::parse(&text)?;
+        let read: Vec<String> = lab.machine_elements().map(machine_name).collect();
+        if read != names {
+            let at = read
+                .iter()
+                .zip(&names)
+                .position(|(a, b)| a != b)
+                .unwrap_or(read.len().min(names.len()));
+            return Err(ParseError {
+                line: 0,
+                column: 0,
+                message: format!(
+                    "the element stored for machine '{}' is not one <machine> of that name",
+                    names.get(at).copied().unwrap_or_default()
+                ),
+            });
+        }
+        if lab.doc.root.elements().any(|e| e.name != MACHINE) {
+            return Err(ParseError {
+                line: 0,
+                column: 0,
+                message: "a stored machine element holds elements beside it".into(),
+            });
+        }
+        Ok(lab)
+    }
+
+    /// The text of the element of the machine called `name`.
+    pub fn machine_text(&self, name: &str) -> Option<String> {
+        self.machine_elements()
+            .find(|e| is_machine(e, name))
+            .map(Element::to_text)
+    }
+
+    /// Every machine's name and element text, in order.
+    pub fn machine_texts(&self) -> Vec<(String, String)> {
+        self.machine_elements()
+            .map(|e| (machine_name(e), e.to_text()))
+            .collect()
+    }
+
+    /// The document without its machines and without mama's own
+    /// bookkeeping: the root's attributes, other top-level elements,
+    /// comments and declaration, which a lab keeps beside its machines.
+    pub fn skeleton(&self) -> String {
+        let mut doc = self.doc.clone();
+        while let Some(at) = doc.root.children.iter().position(|n| {
+            matches!(n, xml::Node::Element(e)
+                if e.name == MACHINE || e.name == EVENT_SEQ || e.name == PENDING_EVENTS)
+        }) {
+            doc.root.remove_child(at);
+        }
+        doc.write()
+    }
+
+    /// The lab as upstream's format holds it, for `export`: the skeleton
+    /// (see [`XmlLab::skeleton`]; upstream's empty document when there is
+    /// none) with these machine elements after its last element.
+    pub fn assemble<'a>(
+        skeleton: Option<&str>,
+        machines: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<XmlLab, ParseError> {
+        let mut lab = match skeleton {
+            Some(text) => XmlLab::parse(text)?,
+            None => XmlLab::empty(),
+        };
+        let parts = XmlLab::from_machines(machines)?;
+        for element in parts.doc.root.elements() {
+            let last = lab
+                .doc
+                .root
+                .children
+                .iter()
+                .rposition(|n| matches!(n, xml::Node::Element(_)));
+            lab.doc.root.insert_element(last, element.clone(), "  ");
+        }
+        Ok(lab)
+    }
+
+    /// The state as upstream's format holds it, for `export`: without
+    /// mama's own bookkeeping elements.
+    pub fn exported(&self) -> String {
+        let mut doc = self.doc.clone();
+        for tag in [EVENT_SEQ, PENDING_EVENTS] {
+            if let Some(at) = doc.root.position(tag) {
+                doc.root.remove_child(at);
+            }
+        }
+        doc.write()
     }
 
     /// The number of the last event this state committed, if any.
@@ -218,6 +341,14 @@ impl XmlLab {
                 .push_element(Element::with_text(tag, value), "  "),
         }
     }
+}
+
+/// The name of a `<machine>` element.
+fn machine_name(element: &Element) -> String {
+    element
+        .child(Field::Name.tag())
+        .map(|n| n.text().into_owned())
+        .unwrap_or_default()
 }
 
 /// Whether `element` is the `<machine>` called `name`.

@@ -347,6 +347,17 @@ impl FileStore {
         Ok((loaded.snapshot(), events))
     }
 
+    /// The state as upstream's format holds it, without mama's own
+    /// bookkeeping (`export`); upstream's empty lab when there is none.
+    pub fn export(&self) -> Result<String> {
+        let like = self.metadata()?;
+        if like.is_none() {
+            return Ok(XmlLab::empty().to_xml());
+        }
+        let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
+        Ok(self.load()?.doc.exported())
+    }
+
     fn load(&self) -> Result<Loaded> {
         let Some(mut file) = self.open_state()? else {
             return Ok(Loaded {

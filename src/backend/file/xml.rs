@@ -300,6 +300,13 @@ impl Element {
         at
     }
 
+    /// The element as text, as it would stand in its document.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+
     fn write(&self, out: &mut String) {
         out.push('<');
         out.push_str(&self.name);

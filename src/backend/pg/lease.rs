@@ -1,0 +1,252 @@
+//! A machine's job lock in a database lab: a session of the running
+//! `mama run`'s own that holds the machine's advisory lock for the job's
+//! whole life, and the keeper that watches it.
+//!
+//! The keeper asks the server every second whether the session lives. A
+//! session lost (a server restart, a network failure the kernel gave up
+//! on) is opened again and the lock re-taken, but only when the machine's
+//! record is still this run's claim: the same PID, timestamp and origin
+//! (boot, PID namespace, start of the claimer), which no other claim can
+//! have. If the record was cleared or taken over, or the lab cannot be
+//! reached again within the host timeout (by then the server has freed the
+//! lock and another host may claim the machine), the claim is lost: the
+//! keeper says so and raises the flag the supervisor watches, which stops
+//! the job. A run never goes on without its claim.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+
+use super::url::DbUrl;
+use super::{LAB_LOCK, LOCK_SPACE, connect, db_error};
+use crate::backend::file::doc::XmlLab;
+use crate::error::{Error, Result};
+use crate::model::JobRecord;
+
+/// How often the keeper asks whether the session lives.
+const PING: Duration = Duration::from_secs(1);
+
+/// A held job lock.
+pub struct PgJobLock {
+    session: Option<Client>,
+    url: Arc<DbUrl>,
+    host_timeout: Duration,
+    machine: String,
+    key: i32,
+    keeper: Option<Keeper>,
+}
+
+impl std::fmt::Debug for PgJobLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgJobLock({} in {})", self.machine, self.url.shown)
+    }
+}
+
+struct Keeper {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<Option<(Client, i32)>>,
+}
+
+impl PgJobLock {
+    pub fn new(
+        session: Client,
+        url: Arc<DbUrl>,
+        host_timeout: Duration,
+        machine: &str,
+        key: i32,
+    ) -> PgJobLock {
+        PgJobLock {
+            session: Some(session),
+            url,
+            host_timeout,
+            machine: machine.to_string(),
+            key,
+            keeper: None,
+        }
+    }
+
+    /// Starts keeping the lock for the claim `job` for as long as it runs;
+    /// the flag returned is raised when the claim is lost.
+    pub fn keep(&mut self, job: &JobRecord) -> Arc<AtomicBool> {
+        let lost = Arc::new(AtomicBool::new(false));
+        let Some(session) = self.session.take() else {
+            lost.store(true, Ordering::SeqCst);
+            return lost;
+        };
+        let (stop, stopped) = mpsc::channel();
+        let watch = Watch {
+            url: Arc::clone(&self.url),
+            host_timeout: self.host_timeout,
+            machine: self.machine.clone(),
+            job: job.clone(),
+            lost: Arc::clone(&lost),
+        };
+        let key = self.key;
+        let thread = std::thread::spawn(move || watch.run(session, key, &stopped));
+        self.keeper = Some(Keeper { stop, thread });
+        lost
+    }
+
+    /// Lets go of the lock: the session unlocks it and ends.
+    pub fn close(mut self) {
+        self.let_go();
+    }
+
+    fn let_go(&mut self) {
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.stop.send(());
+            if let Ok(Some((session, key))) = keeper.thread.join() {
+                self.session = Some(session);
+                self.key = key;
+            }
+        }
+        if let Some(mut session) = self.session.take() {
+            let _ = session.execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&LOCK_SPACE, &self.key],
+            );
+        }
+    }
+}
+
+impl Drop for PgJobLock {
+    fn drop(&mut self) {
+        self.let_go();
+    }
+}
+
+/// What the keeper needs to keep a claim.
+struct Watch {
+    url: Arc<DbUrl>,
+    host_timeout: Duration,
+    machine: String,
+    job: JobRecord,
+    lost: Arc<AtomicBool>,
+}
+
+impl Watch {
+    /// Watches the session until told to stop; gives back the session (and
+    /// the key its lock is under) that holds the lock, if one still does.
+    fn run(
+        self,
+        session: Client,
+        key: i32,
+        stopped: &mpsc::Receiver<()>,
+    ) -> Option<(Client, i32)> {
+        let mut session = Some((session, key));
+        let mut last_ok = Instant::now();
+        loop {
+            match stopped.recv_timeout(PING) {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return session,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Some((client, _)) = session.as_mut()
+                && client.simple_query("SELECT 1").is_ok()
+            {
+                last_ok = Instant::now();
+                continue;
+            }
+            session = None;
+            say!(
+                "mama: lost the session that holds the claim on {} in the lab at {}; \
+                 reconnecting",
+                self.machine,
+                self.url.shown
+            );
+            let give_up = last_ok + self.host_timeout;
+            let why = loop {
+                match stopped.recv_timeout(Duration::from_millis(200)) {
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return None,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                match self.reattach() {
+                    Ok(Some(held)) => {
+                        say!(
+                            "mama: reconnected; the claim on {} is still this run's",
+                            self.machine
+                        );
+                        session = Some(held);
+                        last_ok = Instant::now();
+                        break None;
+                    }
+                    Ok(None) => {
+                        break Some("its claim was cleared or taken over meanwhile".to_string());
+                    }
+                    Err(_) if Instant::now() < give_up => {}
+                    Err(e) => {
+                        break Some(format!(
+                            "the lab could not be reached for {} s ({e}), and other hosts may \
+                             now claim the machine",
+                            self.host_timeout.as_secs()
+                        ));
+                    }
+                }
+            };
+            if let Some(why) = why {
+                say!(
+                    "mama: LOST THE CLAIM on {}: {why}; stopping the job",
+                    self.machine
+                );
+                self.lost.store(true, Ordering::SeqCst);
+                // Wakes the supervisor, which waits for signals (all of
+                // them are blocked in every thread of a running mama).
+                // SAFETY: sends a signal to this process.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGCHLD);
+                }
+                let _ = stopped.recv();
+                return None;
+            }
+        }
+    }
+
+    /// A new session that holds the machine's job lock again, if the
+    /// machine's record is still this run's claim; `None` if it is not.
+    fn reattach(&self) -> Result<Option<(Client, i32)>> {
+        let mut client = connect(&self.url, self.host_timeout)?;
+        let context = format!("cannot reattach to the lab at {}", self.url.shown);
+        let mut tx = client.transaction().map_err(|e| db_error(&context, e))?;
+        tx.batch_execute("SET LOCAL lock_timeout = 5000")
+            .map_err(|e| db_error(&context, e))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&LOCK_SPACE, &LAB_LOCK],
+        )
+        .map_err(|e| db_error(&context, e))?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT id, element FROM mama_machine WHERE name = $1",
+                &[&self.machine],
+            )
+            .map_err(|e| db_error(&context, e))?
+        else {
+            return Ok(None);
+        };
+        let (key, element): (i32, String) = (row.get(0), row.get(1));
+        let lab = XmlLab::from_machines([(self.machine.as_str(), element.as_str())])
+            .map_err(|e| Error::Invalid(format!("{context}: {e}")))?
+            .model();
+        let ours = lab
+            .machine(&self.machine)
+            .and_then(|m| m.job())
+            .is_some_and(|job| {
+                job.pid == self.job.pid
+                    && job.timestamp == self.job.timestamp
+                    && job.origin == self.job.origin
+                    && job.origin.is_some()
+            });
+        if !ours {
+            return Ok(None);
+        }
+        let taken: bool = tx
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_SPACE, &key])
+            .map_err(|e| db_error(&context, e))?
+            .get(0);
+        tx.commit().map_err(|e| db_error(&context, e))?;
+        Ok(taken.then_some((client, key)))
+    }
+}

@@ -1,0 +1,696 @@
+//! The lab in PostgreSQL, shared by every host that reaches the database.
+//!
+//! Tables (see [`schema`]): one row a machine, holding its `<machine>`
+//! element as upstream writes it, so every child and attribute mama does
+//! not know survives; the document around the machines; the history. A
+//! transaction replays the lab's [`Change`]s onto the changed machines'
+//! elements (the same lossless tree the file backend uses) and turns them
+//! into one statement each: an `UPDATE` of a changed machine's row, an
+//! `INSERT`, a `DELETE`, and an `INSERT` a history event.
+//!
+//! Locks are the server's advisory locks, in the key space
+//! [`LOCK_SPACE`]:
+//! - the lab's lock (key 0), taken for the length of each writing
+//!   transaction; readers read a consistent snapshot without it;
+//! - each machine's job lock (key: the machine's row id), a session lock
+//!   held by the running `mama run` through a session of its own for the
+//!   job's whole life ([`lease`]). The server frees it the instant that
+//!   session ends, and within `MAMA_HOST_TIMEOUT` of its host dying or
+//!   being cut off (TCP keepalive and user timeout are set per session), so
+//!   a claim whose lock is free is stale wherever it was made, and waiters
+//!   on every host sleep on the lock and wake the instant it is let go.
+
+pub mod lease;
+pub mod schema;
+pub mod url;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls};
+
+use super::{JobLock, LockPatience, SharedLab, Snapshot};
+use crate::backend::file::doc::XmlLab;
+use crate::error::{Error, Result};
+use crate::model::event::{Event, Kind};
+use crate::model::{Change, Lab};
+use lease::PgJobLock;
+use url::DbUrl;
+
+/// The advisory lock key space of mama's locks (`mama` in ASCII); the
+/// second key is 0 for the lab's lock, a machine's row id for its job lock.
+pub const LOCK_SPACE: i32 = 0x6d61_6d61;
+const LAB_LOCK: i32 = 0;
+
+/// A database lab.
+#[derive(Clone)]
+pub struct PgStore {
+    url: Arc<DbUrl>,
+    host_timeout: Duration,
+    patience: LockPatience,
+    /// The session reads and transactions use, opened on first use.
+    main: Arc<Mutex<Option<Client>>>,
+    /// What the last read saw of the locks, with the lab.
+    look: Arc<Mutex<Option<Look>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgStore({})", self.url.shown)
+    }
+}
+
+/// One look at the lab's machines and locks, taken with a snapshot of the
+/// lab: the job lock behind each machine and which of them were held.
+#[derive(Debug, Clone, Default)]
+struct Look {
+    ids: HashMap<String, i32>,
+    held: HashSet<i32>,
+    server_started: i64,
+}
+
+impl Look {
+    fn held(&self, machine: &str) -> bool {
+        self.ids.get(machine).is_some_and(|id| self.held.contains(id))
+    }
+}
+
+/// A machine's row.
+struct Row {
+    id: i32,
+    name: String,
+    element: String,
+}
+
+/// A database error with what was being done; a permission the role
+/// lacks, or a read-only server, is [`Error::ReadOnly`], on which readers
+/// go on without writing.
+pub fn db_error(context: &str, e: postgres::Error) -> Error {
+    let message = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    match e.code() {
+        Some(code)
+            if *code == SqlState::INSUFFICIENT_PRIVILEGE
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION =>
+        {
+            Error::ReadOnly {
+                context: context.to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, message),
+            }
+        }
+        _ => Error::Database {
+            context: context.to_string(),
+            message,
+        },
+    }
+}
+
+/// The settings of every session mama opens: the server drops the session,
+/// and with it its locks, within `host_timeout` of its peer going silent
+/// (keepalive idle + count × interval, and the TCP user timeout for data
+/// left unacknowledged); the client side notices a dead server too.
+pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
+    let secs = host_timeout.as_secs().max(1);
+    let idle = (secs / 2).max(1);
+    let interval = (secs / 8).max(1);
+    let count = (secs.saturating_sub(idle) / interval).max(1);
+    let mut config = url.config.clone();
+    let options = format!(
+        "{} -c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} \
+         -c tcp_keepalives_count={count} -c tcp_user_timeout={}",
+        config.get_options().unwrap_or_default(),
+        secs * 1000
+    );
+    config.options(options.trim());
+    if config.get_application_name().is_none() {
+        config.application_name("mama");
+    }
+    config
+        .connect_timeout(Duration::from_secs(secs.min(10)))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(idle))
+        .keepalives_interval(Duration::from_secs(interval))
+        .keepalives_retries(u32::try_from(count).unwrap_or(u32::MAX))
+        .tcp_user_timeout(Duration::from_secs((secs / 2).max(1)));
+    config
+}
+
+/// Opens a session to the lab.
+pub fn connect(url: &DbUrl, host_timeout: Duration) -> Result<Client> {
+    session_config(url, host_timeout)
+        .connect(NoTls)
+        .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))
+}
+
+impl PgStore {
+    /// The lab at `url`; nothing is opened until it is used.
+    pub fn open(url: DbUrl, host_timeout: Duration) -> PgStore {
+        PgStore {
+            url: Arc::new(url),
+            host_timeout,
+            patience: LockPatience::forever(),
+            main: Arc::new(Mutex::new(None)),
+            look: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn with_patience(mut self, patience: LockPatience) -> PgStore {
+        self.patience = patience;
+        self
+    }
+
+    /// The URL, without its password.
+    pub fn shown(&self) -> &str {
+        &self.url.shown
+    }
+
+    fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the main session, opening it (again) where needed. A
+    /// session the server dropped (a restart) is opened anew, waiting up to
+    /// the host timeout for the server to come back.
+    fn with_main<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let mut main = Self::locked(&self.main);
+        let reconnecting = main.as_ref().is_some_and(Client::is_closed);
+        if main.as_ref().is_none_or(Client::is_closed) {
+            *main = None;
+            *main = Some(if reconnecting {
+                self.reconnect()?
+            } else {
+                connect(&self.url, self.host_timeout)?
+            });
+        }
+        let Some(client) = main.as_mut() else {
+            return Err(Error::Invalid("internal error: no database session".into()));
+        };
+        let result = f(client);
+        if client.is_closed() {
+            *main = None;
+        }
+        result
+    }
+
+    /// Opens the main session again after the server dropped it, for up to
+    /// the host timeout.
+    fn reconnect(&self) -> Result<Client> {
+        let give_up = Instant::now() + self.host_timeout;
+        loop {
+            match connect(&self.url, self.host_timeout) {
+                Ok(client) => return Ok(client),
+                Err(e) if Instant::now() >= give_up => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn context(&self, action: &str) -> String {
+        format!("cannot {action} the lab at {}", self.url.shown)
+    }
+
+    fn corrupt(&self, e: crate::backend::file::xml::ParseError) -> Error {
+        Error::Corrupt {
+            path: self.url.shown.clone().into(),
+            location: None,
+            message: e.message,
+        }
+    }
+
+    /// Reads the lab: a consistent snapshot of its machines and of which of
+    /// their job locks are held.
+    pub fn read(&self) -> Result<Snapshot> {
+        Ok(self.read_with(None)?.0)
+    }
+
+    /// The lab, and the events numbered after `after` (all of them for
+    /// `None`), from one snapshot.
+    pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
+        let (snapshot, events) = self.read_with(Some(after))?;
+        Ok((snapshot, events.unwrap_or_default()))
+    }
+
+    fn read_with(&self, events: Option<Option<u64>>) -> Result<(Snapshot, Option<Vec<Event>>)> {
+        self.with_main(|client| {
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(|e| db_error(&self.context("read"), e))?;
+            if schema::version(&mut tx, &self.url.shown)?.is_none() {
+                return Ok((Snapshot::missing(), events.map(|_| Vec::new())));
+            }
+            let rows = self.machines(&mut tx)?;
+            let look = self.look_at(&mut tx, &rows)?;
+            *Self::locked(&self.look) = Some(look);
+            let lab = self.parse(&rows)?.model();
+            let (events, last_event) = match events {
+                None => (None, None),
+                Some(after) => {
+                    let events = self.events(&mut tx, after)?;
+                    let last = match events.last() {
+                        Some(e) => Some(e.seq),
+                        None => tx
+                            .query_one("SELECT max(seq) FROM mama_event", &[])
+                            .map_err(|e| db_error(&self.context("read"), e))?
+                            .get::<_, Option<i64>>(0)
+                            .map(|seq| seq as u64),
+                    };
+                    (Some(events), last)
+                }
+            };
+            tx.commit().map_err(|e| db_error(&self.context("read"), e))?;
+            Ok((
+                Snapshot {
+                    lab,
+                    existed: true,
+                    last_event,
+                },
+                events,
+            ))
+        })
+    }
+
+    fn machines(&self, client: &mut impl GenericClient) -> Result<Vec<Row>> {
+        Ok(client
+            .query(
+                "SELECT id, name, element FROM mama_machine ORDER BY position, id",
+                &[],
+            )
+            .map_err(|e| db_error(&self.context("read"), e))?
+            .into_iter()
+            .map(|row| Row {
+                id: row.get(0),
+                name: row.get(1),
+                element: row.get(2),
+            })
+            .collect())
+    }
+
+    fn parse(&self, rows: &[Row]) -> Result<XmlLab> {
+        XmlLab::from_machines(rows.iter().map(|r| (r.name.as_str(), r.element.as_str())))
+            .map_err(|e| self.corrupt(e))
+    }
+
+    /// Which job locks are held, and when the server started.
+    fn look_at(&self, client: &mut impl GenericClient, rows: &[Row]) -> Result<Look> {
+        let held = client
+            .query(
+                &format!(
+                    "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                     AND classid = {LOCK_SPACE}::oid AND objsubid = 2 AND granted"
+                ),
+                &[],
+            )
+            .map_err(|e| db_error(&self.context("read the locks of"), e))?
+            .into_iter()
+            .filter_map(|row| i32::try_from(row.get::<_, i64>(0)).ok())
+            .collect();
+        let server_started: f64 = client
+            .query_one(
+                "SELECT extract(epoch FROM pg_postmaster_start_time())::float8",
+                &[],
+            )
+            .map_err(|e| db_error(&self.context("read"), e))?
+            .get(0);
+        Ok(Look {
+            ids: rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
+            held,
+            server_started: server_started.ceil() as i64,
+        })
+    }
+
+    fn events(&self, client: &mut impl GenericClient, after: Option<u64>) -> Result<Vec<Event>> {
+        let after = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
+        client
+            .query(
+                "SELECT seq, time, machine, event, job, pid, \"user\", host, detail \
+                 FROM mama_event WHERE seq > $1 ORDER BY seq",
+                &[&after],
+            )
+            .map_err(|e| db_error(&self.context("read the history of"), e))?
+            .into_iter()
+            .map(|row| {
+                let kind: String = row.get(3);
+                let event = serde_json::from_value::<Kind>(serde_json::Value::String(kind.clone()))
+                    .map_err(|_| {
+                        Error::Invalid(format!(
+                            "the history of the lab at {} holds an event of unknown kind '{kind}'",
+                            self.url.shown
+                        ))
+                    })?;
+                Ok(Event {
+                    seq: row.get::<_, i64>(0) as u64,
+                    time: row.get(1),
+                    machine: row.get(2),
+                    event,
+                    job: row.get(4),
+                    pid: row
+                        .get::<_, Option<i64>>(5)
+                        .and_then(|p| u32::try_from(p).ok()),
+                    user: row.get(6),
+                    host: row.get(7),
+                    detail: row.get(8),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes the lab's lock for the transaction, as patient as the store is.
+    fn lab_lock(&self, client: &mut impl GenericClient) -> Result<()> {
+        let started = Instant::now();
+        let give_up = self.patience.give_up_at();
+        if let Some(at) = give_up {
+            let ms = at.saturating_duration_since(started).as_millis().max(1);
+            client
+                .batch_execute(&format!("SET LOCAL lock_timeout = {ms}"))
+                .map_err(|e| db_error(&self.context("lock"), e))?;
+        }
+        match client.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&LOCK_SPACE, &LAB_LOCK],
+        ) {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                return Err(Error::Busy(if self.patience.no_wait {
+                    format!(
+                        "the lab's lock at {} is held; not waiting (--no-wait)",
+                        self.url.shown
+                    )
+                } else {
+                    format!(
+                        "gave up waiting for the lab's lock at {} after {}",
+                        self.url.shown,
+                        crate::cli::render::seconds(started.elapsed())
+                    )
+                }));
+            }
+            Err(e) => return Err(db_error(&self.context("lock"), e)),
+        }
+        if give_up.is_some() {
+            client
+                .batch_execute("SET LOCAL lock_timeout = 0")
+                .map_err(|e| db_error(&self.context("lock"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one transaction under the lab's lock: `change` gets the current
+    /// lab; its changes and events are stored, all or none, when it returns
+    /// `Ok` having changed anything. The schema is created or migrated
+    /// first. A role that may not write is [`Error::ReadOnly`] before
+    /// `change` runs.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.transaction(|_, lab| change(lab))
+    }
+
+    /// [`PgStore::update`], with the transaction's session open to `change`
+    /// too (for the document around the machines).
+    fn transaction<T>(
+        &self,
+        change: impl FnOnce(&mut postgres::Transaction<'_>, &mut Lab) -> Result<T>,
+    ) -> Result<T> {
+        self.with_main(|client| {
+            let mut tx = client
+                .transaction()
+                .map_err(|e| db_error(&self.context("write"), e))?;
+            self.lab_lock(&mut tx)?;
+            schema::ensure(&mut tx, &self.url.shown)?;
+            let may_write: bool = tx
+                .query_one(
+                    "SELECT has_table_privilege('mama_machine', 'UPDATE') \
+                     AND has_table_privilege('mama_event', 'INSERT')",
+                    &[],
+                )
+                .map_err(|e| db_error(&self.context("write"), e))?
+                .get(0);
+            if !may_write {
+                return Err(Error::ReadOnly {
+                    context: self.context("write"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "this role may only read it",
+                    ),
+                });
+            }
+            let rows = self.machines(&mut tx)?;
+            let look = self.look_at(&mut tx, &rows)?;
+            *Self::locked(&self.look) = Some(look);
+            let mut doc = self.parse(&rows)?;
+            let mut lab = doc.model();
+            let value = change(&mut tx, &mut lab)?;
+            if lab.is_changed() {
+                self.store_changes(&mut tx, &mut doc, lab.changes())?;
+                self.store_events(&mut tx, lab.take_events())?;
+                tx.commit()
+                    .map_err(|e| db_error(&self.context("write"), e))?;
+            }
+            Ok(value)
+        })
+    }
+
+    /// Replays `changes` onto the machines' elements and stores each
+    /// changed machine once: deleted, updated or inserted.
+    fn store_changes(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        doc: &mut XmlLab,
+        changes: &[Change],
+    ) -> Result<()> {
+        doc.apply(changes)?;
+        let mut deleted: Vec<&str> = Vec::new();
+        let mut updated: Vec<&str> = Vec::new();
+        let mut inserted: Vec<&str> = Vec::new();
+        for change in changes {
+            match change {
+                Change::Set { machine, .. } | Change::Unset { machine, .. } => {
+                    if !inserted.contains(&machine.as_str()) && !updated.contains(&machine.as_str())
+                    {
+                        updated.push(machine);
+                    }
+                }
+                Change::Add(new) => inserted.push(&new.name),
+                Change::AddElement { name, .. } => inserted.push(name),
+                Change::Remove(name) => match inserted.iter().position(|n| n == name) {
+                    Some(at) => {
+                        inserted.remove(at);
+                    }
+                    None => {
+                        updated.retain(|n| n != name);
+                        deleted.push(name);
+                    }
+                },
+            }
+        }
+        let write_error = |e| db_error(&self.context("write"), e);
+        let element = |name: &str| -> Result<String> {
+            let text = doc.machine_text(name).ok_or_else(|| {
+                Error::Invalid(format!("internal error: machine '{name}' vanished"))
+            })?;
+            // Never store what could not be read back.
+            XmlLab::from_machines([(name, text.as_str())]).map_err(|e| {
+                Error::Invalid(format!(
+                    "internal error: machine '{name}' would not read back ({e}); nothing was written"
+                ))
+            })?;
+            Ok(text)
+        };
+        for name in deleted {
+            tx.execute("DELETE FROM mama_machine WHERE name = $1", &[&name])
+                .map_err(write_error)?;
+        }
+        for name in updated {
+            tx.execute(
+                "UPDATE mama_machine SET element = $2 WHERE name = $1",
+                &[&name, &element(name)?],
+            )
+            .map_err(write_error)?;
+        }
+        if !inserted.is_empty() {
+            let last: i64 = tx
+                .query_one("SELECT coalesce(max(position), 0) FROM mama_machine", &[])
+                .map_err(write_error)?
+                .get(0);
+            for (at, name) in (last + 1..).zip(inserted) {
+                tx.execute(
+                    "INSERT INTO mama_machine (name, position, element) VALUES ($1, $2, $3)",
+                    &[&name, &at, &element(name)?],
+                )
+                .map_err(write_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn store_events(&self, tx: &mut postgres::Transaction<'_>, events: Vec<Event>) -> Result<()> {
+        for event in events {
+            tx.execute(
+                "INSERT INTO mama_event (time, machine, event, job, pid, \"user\", host, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &event.time,
+                    &event.machine,
+                    &event.event.as_str(),
+                    &event.job,
+                    &event.pid.map(i64::from),
+                    &event.user,
+                    &event.host,
+                    &event.detail,
+                ],
+            )
+            .map_err(|e| db_error(&self.context("write the history of"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The lab in upstream's format: the stored document with the machines
+    /// in it.
+    pub fn export(&self) -> Result<String> {
+        self.with_main(|client| {
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(|e| db_error(&self.context("read"), e))?;
+            if schema::version(&mut tx, &self.url.shown)?.is_none() {
+                return Ok(XmlLab::empty().to_xml());
+            }
+            let rows = self.machines(&mut tx)?;
+            let skeleton = self.document(&mut tx)?;
+            let doc = XmlLab::assemble(
+                skeleton.as_deref(),
+                rows.iter().map(|r| (r.name.as_str(), r.element.as_str())),
+            )
+            .map_err(|e| self.corrupt(e))?;
+            Ok(doc.to_xml())
+        })
+    }
+
+    fn document(&self, client: &mut impl GenericClient) -> Result<Option<String>> {
+        Ok(client
+            .query_opt("SELECT document FROM mama_lab", &[])
+            .map_err(|e| db_error(&self.context("read"), e))?
+            .map(|row| row.get(0)))
+    }
+
+    /// A transaction that also sets the document around the machines to
+    /// `skeleton` where the lab has none yet, or where `replace` says
+    /// (`import`).
+    pub fn update_with_document<T>(
+        &self,
+        skeleton: &str,
+        replace: bool,
+        change: impl FnOnce(&mut Lab) -> Result<T>,
+    ) -> Result<T> {
+        self.transaction(|tx, lab| {
+            let value = change(lab)?;
+            let has = self.document(tx)?.is_some();
+            if replace || !has {
+                tx.execute(
+                    "INSERT INTO mama_lab (document) VALUES ($1) \
+                     ON CONFLICT (singleton) DO UPDATE SET document = EXCLUDED.document",
+                    &[&skeleton],
+                )
+                .map_err(|e| db_error(&self.context("write"), e))?;
+            }
+            Ok(value)
+        })
+    }
+
+    /// What the last read saw of the locks; a fresh look when there was
+    /// none.
+    fn look(&self) -> Look {
+        if let Some(look) = Self::locked(&self.look).clone() {
+            return look;
+        }
+        let _ = self.read();
+        Self::locked(&self.look).clone().unwrap_or_default()
+    }
+
+    /// The row id behind `machine`'s job lock.
+    fn key(&self, machine: &str) -> Result<i32> {
+        self.look()
+            .ids
+            .get(machine)
+            .copied()
+            .ok_or_else(|| Error::UnknownMachine(machine.to_string()))
+    }
+
+    /// Takes `machine`'s job lock in a session of its own, which the claim
+    /// keeps for the job's whole life.
+    pub fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
+        let key = self.key(machine)?;
+        let mut session = connect(&self.url, self.host_timeout)?;
+        let taken: bool = session
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_SPACE, &key])
+            .map_err(|e| db_error(&self.context("lock a machine of"), e))?
+            .get(0);
+        Ok(taken.then(|| {
+            JobLock::Pg(PgJobLock::new(
+                session,
+                Arc::clone(&self.url),
+                self.host_timeout,
+                machine,
+                key,
+            ))
+        }))
+    }
+
+    /// Sleeps on `machine`'s job lock, in the server, until its holder lets
+    /// go or its session ends, at most `within`.
+    pub fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
+        let key = self.key(machine)?;
+        let ms = within.as_millis().max(1);
+        let result = self.with_main(|client| {
+            client
+                .batch_execute(&format!("SET lock_timeout = {ms}"))
+                .map_err(|e| db_error(&self.context("wait on"), e))?;
+            let got = match client.execute(
+                "SELECT pg_advisory_lock($1, $2), pg_advisory_unlock($1, $2)",
+                &[&LOCK_SPACE, &key],
+            ) {
+                Ok(_) => true,
+                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => false,
+                Err(e) => return Err(db_error(&self.context("wait on"), e)),
+            };
+            client
+                .batch_execute("SET lock_timeout = 0")
+                .map_err(|e| db_error(&self.context("wait on"), e))?;
+            Ok(got)
+        });
+        match result {
+            Ok(got) => Ok(got),
+            // The session was dropped (a server restart): look again, on a
+            // new one.
+            Err(Error::Database { .. }) if Self::locked(&self.main).is_none() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn held(&self, machine: &str) -> bool {
+        self.look().held(machine)
+    }
+
+    pub fn held_job_locks(&self) -> HashSet<String> {
+        let look = self.look();
+        look.ids
+            .iter()
+            .filter(|(_, id)| look.held.contains(id))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    pub fn shared(&self) -> SharedLab {
+        SharedLab {
+            server_started: self.look().server_started,
+            reattach: self.host_timeout.as_secs(),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The database lab's schema, versioned.
+//!
+//! The first writing command creates it in an empty database; a database
+//! whose schema is older than this mama's is migrated, step by step, in the
+//! writer's transaction; one that is newer is refused, so an older mama
+//! never writes what it does not understand. Readers read versions up to
+//! this mama's without migrating (a read-only role could not).
+//!
+//! Versions:
+//! 1. `mama_schema` (the version), `mama_lab` (the document around the
+//!    machines: root attributes, other top-level elements, comments),
+//!    `mama_machine` (one row a machine: its lock key, its name, its place,
+//!    its `<machine>` element as upstream writes it, every child and
+//!    attribute kept) and `mama_event` (the history).
+//! 2. An index of the history by machine, for `info` and `log MACHINE`.
+
+use postgres::GenericClient;
+
+use super::db_error;
+use crate::error::{Error, Result};
+
+/// The schema version this mama reads and writes.
+pub const VERSION: i32 = 2;
+
+/// Version 1, created in one go.
+const CREATE: &str = "
+CREATE TABLE mama_schema (version integer NOT NULL);
+INSERT INTO mama_schema (version) VALUES (1);
+CREATE TABLE mama_lab (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    document text NOT NULL
+);
+CREATE TABLE mama_machine (
+    id serial PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    position bigint NOT NULL,
+    element text NOT NULL
+);
+CREATE TABLE mama_event (
+    seq bigserial PRIMARY KEY,
+    time bigint NOT NULL,
+    machine text NOT NULL,
+    event text NOT NULL,
+    job text,
+    pid bigint,
+    \"user\" text NOT NULL,
+    host text NOT NULL,
+    detail text
+);
+";
+
+/// The step from version `i + 1` to `i + 2`.
+const MIGRATIONS: [&str; 1] = ["CREATE INDEX mama_event_by_machine ON mama_event (machine, seq);"];
+
+/// The version of the schema in the database; `None` when there is none.
+pub fn version(client: &mut impl GenericClient, shown: &str) -> Result<Option<i32>> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('mama_schema') IS NOT NULL", &[])
+        .map_err(|e| db_error(&format!("cannot read the lab at {shown}"), e))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let version: i32 = client
+        .query_one("SELECT max(version) FROM mama_schema", &[])
+        .map_err(|e| db_error(&format!("cannot read the lab at {shown}"), e))?
+        .try_get::<_, Option<i32>>(0)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    if version > VERSION {
+        return Err(Error::Invalid(format!(
+            "the lab at {shown} has schema version {version}, newer than this mama knows \
+             ({VERSION}): use a newer mama"
+        )));
+    }
+    if version < 1 {
+        return Err(Error::Invalid(format!(
+            "the lab at {shown} has no valid schema version in mama_schema"
+        )));
+    }
+    Ok(Some(version))
+}
+
+/// Makes the schema current, inside the caller's transaction (which holds
+/// the lab's lock): creates it in an empty database, migrates an older one.
+pub fn ensure(client: &mut impl GenericClient, shown: &str) -> Result<()> {
+    let mut at = match version(client, shown)? {
+        Some(VERSION) => return Ok(()),
+        Some(version) => version,
+        None => {
+            client
+                .batch_execute(CREATE)
+                .map_err(|e| db_error(&format!("cannot create the lab at {shown}"), e))?;
+            1
+        }
+    };
+    while at < VERSION {
+        let step = MIGRATIONS[(at - 1) as usize];
+        client
+            .batch_execute(step)
+            .and_then(|()| {
+                client.execute("UPDATE mama_schema SET version = $1", &[&(at + 1)])
+            })
+            .map_err(|e| {
+                db_error(
+                    &format!(
+                        "cannot migrate the lab at {shown} from schema version {at} to {}",
+                        at + 1
+                    ),
+                    e,
+                )
+            })?;
+        at += 1;
+    }
+    Ok(())
+}
