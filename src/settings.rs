@@ -187,7 +187,10 @@ mod tests {
 
     #[test]
     fn a_postgresql_url_names_a_database_lab_and_no_other_url_is_a_file() {
-        for url in ["postgresql://mama:secret@db.example/lab", "postgres://db/lab"] {
+        for url in [
+            "postgresql://mama:secret@db.example/lab",
+            "postgres://db/lab",
+        ] {
             let state = read(&[("MAMA_STATE", url)]).map(|s| s.state).ok();
             assert_eq!(state, Some(Location::Database(url.into())));
         }
@@ -210,7 +213,10 @@ mod tests {
         assert_eq!(timeout("").ok(), Some(Duration::from_secs(30)));
         assert_eq!(timeout(" 5 ").ok(), Some(Duration::from_secs(5)));
         for bad in ["0", "-1", "1.5", "86401", "soon"] {
-            let err = timeout(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = timeout(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.contains("MAMA_HOST_TIMEOUT"), "{bad}: {err}");
         }
     }

@@ -283,6 +283,7 @@ fn notify_reaches_a_listener_on_another_host_promptly() {
         listen: vec![listener_host.peer_addr(), notifier_host.peer_addr()],
         trust: vec![listener_host.subnet(), notifier_host.subnet()],
         netns: Some(server_host.name().to_string()),
+        ..Options::default()
     });
     let db = server.fresh_database();
     let url = |host: &Host| server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name);

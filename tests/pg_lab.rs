@@ -1,24 +1,365 @@
-//! The database lab: what only it has (schema, URL, sessions), on a real
-//! PostgreSQL server the tests start.
+//! What only a database lab has: its schema and versions, its URL and
+//! passwords, roles, export and import, and claims kept by the holder's
+//! session (lost, re-attached, across a server restart), on real
+//! PostgreSQL servers the tests start.
 
 mod common;
 
+use common::pg::{Options, PgDb, Server};
 use common::*;
 
+use std::time::{Duration, Instant};
+
+/// A database lab world on database `db`, with its URL as the state.
+fn world(db: &PgDb) -> TestEnv {
+    TestEnv {
+        dir: tempfile::tempdir().expect("temporary folder"),
+        state: db.url.clone().into(),
+        db: Some(db.clone()),
+    }
+}
+
+/// The claim sessions' backend PIDs: sessions holding a machine's job lock.
+fn claim_sessions(db: &PgDb) -> Vec<i32> {
+    db.query(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+         AND classid = 1835101537 AND objid <> 0 AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
+}
+
+/// Ends the session holding a machine's job lock, as a failed network or
+/// an administrator would.
+fn end_claim_session(db: &PgDb) {
+    let sessions = claim_sessions(db);
+    assert_eq!(sessions.len(), 1, "one claim session: {sessions:?}");
+    let ended: bool = db.value(&format!("SELECT pg_terminate_backend({})", sessions[0]));
+    assert!(ended);
+}
+
+/// Starts a holder on `m` whose job writes `started`, then waits for `go`.
+fn hold(env: &TestEnv, extra_env: &[(&str, &str)]) -> Bg {
+    let script = format!("touch \"$1/started\"; {}", wait_for_file("go"));
+    let mut cmd = env.cmd(sh_job(env, "m", &["--job", "holder"], &script));
+    cmd.envs(extra_env.iter().copied());
+    let holder = Bg::start(cmd);
+    wait_until("the holder's job", LIMIT, || {
+        env.path().join("started").exists()
+    });
+    holder
+}
+
 #[test]
-fn smoke() {
+fn the_first_write_creates_the_schema_and_reading_an_empty_database_needs_none() {
     let env = TestEnv::postgres();
-    env.run(["list"]).ok();
+    let db = env.db.clone().expect("a database lab");
+    let run = env.run(["list"]);
+    run.ok();
+    assert!(
+        run.stderr.contains("no lab in the database at") && !run.stderr.contains("state file"),
+        "{run:#?}"
+    );
+    let tables: i64 = db.value("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mama_%'");
+    assert_eq!(tables, 0, "a read created tables");
     env.add("rig1", 1);
-    env.add("rig2", 2);
-    let out = env.run(["list"]);
-    println!("{out:#?}");
-    let out = env.run(["run", "rig1", "--", "sh", "-c", "echo $MAMA_STATE; mama list 2>&1 || true"]);
-    println!("{out:#?}");
-    let out = env.run(["info", "rig1"]);
-    println!("{out:#?}");
-    let out = env.run(["export"]);
-    println!("{out:#?}");
-    let out = env.run(["log"]);
-    println!("{out:#?}");
+    assert_eq!(db.value::<i32>("SELECT version FROM mama_schema"), 2);
+    let row: String = db.value("SELECT element FROM mama_machine WHERE name = 'rig1'");
+    assert!(
+        row.starts_with("<machine>") && row.contains("<name>rig1</name>"),
+        "{row}"
+    );
+    assert_eq!(
+        db.value::<String>("SELECT event FROM mama_event ORDER BY seq DESC LIMIT 1"),
+        "added"
+    );
+}
+
+#[test]
+fn an_older_schema_is_migrated_and_a_newer_one_refused() {
+    let env = TestEnv::postgres();
+    let db = env.db.clone().expect("a database lab");
+    // Version 1, as that mama created it, with a machine in it.
+    db.batch(
+        "CREATE TABLE mama_schema (version integer NOT NULL);
+         INSERT INTO mama_schema (version) VALUES (1);
+         CREATE TABLE mama_lab (singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+                                document text NOT NULL);
+         CREATE TABLE mama_machine (id serial PRIMARY KEY, name text NOT NULL UNIQUE,
+                                    position bigint NOT NULL, element text NOT NULL,
+                                    job_written timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE mama_event (seq bigserial PRIMARY KEY, time bigint NOT NULL,
+             machine text NOT NULL, event text NOT NULL, job text, pid bigint,
+             \"user\" text NOT NULL, host text NOT NULL, detail text);
+         INSERT INTO mama_machine (name, position, element) VALUES
+             ('old', 1, '<machine><name>old</name><mac>aa:bb:cc:dd:ee:09</mac><x-note a=\"1\">kept</x-note></machine>');",
+    );
+    // Readers read it as it is.
+    assert!(env.run(["list", "--names"]).ok().contains("old"));
+    assert_eq!(db.value::<i32>("SELECT version FROM mama_schema"), 1);
+    // The first writer migrates it, in its transaction.
+    env.add("new", 1);
+    assert_eq!(db.value::<i32>("SELECT version FROM mama_schema"), 2);
+    let index: i64 =
+        db.value("SELECT count(*) FROM pg_indexes WHERE indexname = 'mama_event_by_machine'");
+    assert_eq!(index, 1);
+    assert_eq!(env.run(["list", "--names"]).ok(), "old\nnew\n");
+    assert!(
+        env.run(["export"])
+            .ok()
+            .contains("<x-note a=\"1\">kept</x-note>")
+    );
+
+    // A schema from a newer mama is never read or written.
+    db.batch("UPDATE mama_schema SET version = 99");
+    for args in [
+        vec!["list"],
+        vec!["add", "n2", "--mac", "aa:bb:cc:dd:ee:03"],
+    ] {
+        let run = env.run(&args);
+        run.fails_saying(1, "schema version 99, newer than this mama knows (2)");
+    }
+    assert_eq!(db.value::<i64>("SELECT count(*) FROM mama_machine"), 2);
+}
+
+/// A state file with what mama does not know everywhere: a declaration and
+/// comment, root attributes, a top-level element, unknown children and
+/// attributes in machines.
+const RICH: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<!-- the lab of team A -->\n\
+<settings version=\"3\">\n  <site>berlin</site>\n  <machine id=\"7\">\n    <name>rig1</name>\n    \
+<mac>aa:bb:cc:dd:ee:01</mac>\n    <ip>10.0.0.1</ip>\n    <power><pdu>p1</pdu><outlet>3</outlet></power>\n    \
+<job/>\n    <job_pid/>\n    <job_timestamp/>\n  </machine>\n  <machine>\n    <name>rig2</name>\n    \
+<mac>aa:bb:cc:dd:ee:02</mac>\n    <!-- spare -->\n    <x-owner team=\"b\">kim</x-owner>\n  </machine>\n</settings>\n";
+
+#[test]
+fn a_lab_moves_between_file_and_database_with_every_unknown_element() {
+    let file = TestEnv::new();
+    let db = TestEnv::postgres();
+    let source = file.path().join("source.xml");
+    std::fs::write(&source, RICH).expect("write the source lab");
+
+    let run = db.run(["import", source.to_str().expect("a UTF-8 path")]);
+    run.ok_saying("imported 2 machines");
+    assert_eq!(db.run(["list", "--names"]).ok(), "rig1\nrig2\n");
+    // Out again, it is the very file that went in.
+    let exported = db.run(["export"]).ok().to_string();
+    assert_eq!(exported, RICH);
+    // A claim in the database lab, then released, leaves the machine as it was.
+    db.run(["run", "rig1", "--", "true"]).ok();
+    assert_eq!(db.run(["export"]).ok(), RICH);
+    // The history tells of it.
+    let events = db.events();
+    assert!(has_event(&events, "rig1", "added", None), "{events:#?}");
+
+    // Into a file lab, and out of it: the same again.
+    let moved = file.path().join("moved.xml");
+    std::fs::write(&moved, &exported).expect("write the export");
+    file.run(["import", moved.to_str().expect("a UTF-8 path")])
+        .ok();
+    assert_eq!(file.run(["export"]).ok(), RICH.replace(
+        // A file lab keeps its own document around the machines: upstream's.
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- the lab of team A -->\n<settings version=\"3\">\n  <site>berlin</site>\n",
+        "<?xml version=\"1.0\"?>\n<settings>\n",
+    ));
+}
+
+#[test]
+fn import_refuses_a_lab_with_machines_unless_told_to_replace_them() {
+    let env = TestEnv::postgres();
+    env.add("mine", 1);
+    let source = env.path().join("source.xml");
+    std::fs::write(&source, RICH).expect("write the source lab");
+    let path = source.to_str().expect("a UTF-8 path");
+    env.run(["import", path])
+        .fails_saying(1, "has 1 machine already; `mama import --replace");
+    assert_eq!(env.run(["list", "--names"]).ok(), "mine\n");
+    env.run(["import", "--replace", path])
+        .ok_saying("imported 2 machines from");
+    assert_eq!(env.run(["list", "--names"]).ok(), "rig1\nrig2\n");
+    let events = env.events();
+    assert!(has_event(&events, "mine", "deleted", None), "{events:#?}");
+
+    // What is not a lab is refused, and the lab stays.
+    std::fs::write(&source, "<settings><machine><name>a").expect("write");
+    env.run(["import", "--replace", path]).fails(1);
+    env.run(["import", "--replace", "/nonexistent/lab.xml"])
+        .fails_saying(1, "/nonexistent/lab.xml");
+    assert_eq!(env.run(["list", "--names"]).ok(), "rig1\nrig2\n");
+}
+
+#[test]
+fn a_password_in_the_url_is_never_handed_to_the_job() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    // The test server trusts its socket: the password is not needed, only
+    // carried.
+    let with_password = db.url.replacen("mama@", "mama:s3cret@", 1);
+    let run = env
+        .cmd(["run", "m", "--", "sh", "-c", "echo \"$MAMA_STATE\""])
+        .env("MAMA_STATE", &with_password)
+        .output()
+        .expect("mama runs");
+    let run = Run::from(run);
+    assert_eq!(run.ok().trim(), db.url);
+    assert!(run.stderr.contains("without the password"), "{run:#?}");
+    assert!(!run.stderr.contains("s3cret"), "{run:#?}");
+}
+
+#[test]
+fn the_password_comes_from_the_password_file_as_libpq_reads_it() {
+    let server = Server::start(Options {
+        passwords: vec!["keyed".into()],
+        ..Options::default()
+    });
+    let db = server.fresh_database();
+    db.batch(&format!(
+        "CREATE ROLE keyed LOGIN PASSWORD 'k3y'; GRANT ALL ON DATABASE \"{}\" TO keyed;
+         GRANT ALL ON SCHEMA public TO keyed;",
+        db.name
+    ));
+    let url = db.url.replacen("mama@", "keyed@", 1);
+    let env = TestEnv::new();
+    let pgpass = env.path().join("pgpass");
+    std::fs::write(
+        &pgpass,
+        "# the lab\nother:5432:*:keyed:wrong\n*:*:*:keyed:k3y\n",
+    )
+    .expect("write");
+    let mama = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let mut cmd = env.cmd(["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]);
+        cmd.env("MAMA_STATE", &url).env("PGPASSFILE", &pgpass);
+        Run::from(cmd.output().expect("mama runs"))
+    };
+    // A password file others may read is ignored, as libpq ignores it.
+    let run = mama(0o644);
+    run.fails(1);
+    assert!(run.stderr.contains("may be read by others"), "{run:#?}");
+    assert!(run.stderr.contains("password"), "{run:#?}");
+    mama(0o600).ok();
+    assert_eq!(db.value::<i64>("SELECT count(*) FROM mama_machine"), 1);
+}
+
+#[test]
+fn a_read_only_role_reads_and_waits_but_never_writes() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    db.batch("CREATE ROLE watcher LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO watcher;");
+    let as_watcher = |args: &[&str]| {
+        let mut cmd = env.cmd(args);
+        cmd.env("MAMA_STATE", db.url.replacen("mama@", "watcher@", 1));
+        Run::from(cmd.output().expect("mama runs"))
+    };
+    assert_eq!(as_watcher(&["list", "--names"]).ok(), "m\n");
+    as_watcher(&["info", "m", "--json"]).ok();
+    as_watcher(&["wait", "m"]).ok();
+    let run = as_watcher(&["reserve", "m"]);
+    run.fails_saying(1, "this role may only read it");
+    let run = as_watcher(&["run", "m", "--", "true"]);
+    run.fails_saying(125, "this role may only read it");
+    assert!(env.info("m")["reservation"].is_null());
+}
+
+#[test]
+fn a_killed_holders_claim_is_stale_at_once_naming_its_host() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let mut holder = hold(&env, &[]);
+    let job_group = env.info("m")["job_pid"].as_u64().expect("a claim") as u32;
+    assert_eq!(job_group, holder.pid());
+    holder.signal(libc::SIGKILL);
+    holder.finish(LIMIT);
+    let started = Instant::now();
+    let run = env.run(["run", "m", "--wait-timeout", "10", "--", "true"]);
+    let took = started.elapsed();
+    let line = run.ok_saying("cleared stale job 'holder'").to_string();
+    assert!(
+        line.contains(&format!(
+            "the session of the mama that claimed it on host {} is gone",
+            host_name()
+        )),
+        "{line}"
+    );
+    assert!(took < Duration::from_secs(5), "took over after {took:?}");
+}
+
+#[test]
+fn a_holder_whose_session_ends_reattaches_while_the_claim_is_its_own() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    let mut holder = hold(&env, &[]);
+    let claim = env.info("m");
+    end_claim_session(&db);
+    holder.expect_stderr("lost the session that holds the claim on m", LIMIT);
+    holder.expect_stderr("reconnected; the claim on m is still this run's", LIMIT);
+    wait_until("the claim's lock held again", LIMIT, || {
+        claim_sessions(&db).len() == 1
+    });
+    assert_eq!(env.info("m"), claim);
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    assert_eq!(env.info("m")["state"], "free");
+}
+
+#[test]
+fn a_holder_that_lost_its_claim_stops_the_job_and_fails() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    let mut holder = hold(&env, &[]);
+    let mut waiter = env.start(sh_job(
+        &env,
+        "m",
+        &["--job", "waiter"],
+        &format!("touch \"$1/waiter.ran\"; {}", wait_for_file("waiter.go")),
+    ));
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+    // The holder's session is gone: the waiter, asleep on its lock, takes
+    // the machine before the holder can re-attach.
+    end_claim_session(&db);
+    waiter.expect_stderr("cleared stale job 'holder'", LIMIT);
+    wait_until("the waiter's job", LIMIT, || {
+        env.path().join("waiter.ran").exists()
+    });
+    holder.expect_stderr("LOST THE CLAIM on m", LIMIT);
+    let run = holder.finish(LIMIT);
+    assert_eq!(run.code, Some(125), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("stopped because this run lost its claim"),
+        "{run:#?}"
+    );
+    // The waiter's claim stands, untouched by the holder's ending.
+    assert_eq!(env.info("m")["job"], "waiter");
+    env.touch("waiter.go");
+    assert_eq!(waiter.finish(LIMIT).code, Some(0));
+}
+
+#[test]
+fn after_a_server_restart_holders_reattach_and_nobody_takes_their_machines() {
+    let server = Server::start(Options::default());
+    let db = server.fresh_database();
+    let env = world(&db);
+    env.add("m", 1);
+    let timeout = [("MAMA_HOST_TIMEOUT", "20")];
+    let mut holder = hold(&env, &timeout);
+    let claim = env.info("m");
+    server.restart();
+    holder.expect_stderr("lost the session", LIMIT);
+    // A waiter arriving meanwhile finds the claim live, re-attached or not.
+    let mut cmd = env.cmd(["run", "m", "--no-wait", "--", "true"]);
+    cmd.envs(timeout);
+    Run::from(cmd.output().expect("mama runs")).fails_saying(75, "holder");
+    holder.expect_stderr("reconnected; the claim on m is still this run's", LIMIT);
+    assert_eq!(env.info("m"), claim);
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    env.run(["run", "m", "--no-wait", "--", "true"]).ok();
 }

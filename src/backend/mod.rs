@@ -31,9 +31,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
+use crate::model::JobRecord;
 use crate::model::Lab;
 use crate::model::event::Event;
-use crate::model::JobRecord;
 use crate::settings::{Location, Settings};
 use file::FileStore;
 use file::lock::FileLock;
@@ -149,6 +149,12 @@ impl Store {
         }
     }
 
+    /// Whether the lab's URL held a password, which [`Store::for_jobs`]
+    /// leaves out.
+    pub fn password_withheld(&self) -> bool {
+        matches!(self, Store::Pg(store) if store.had_password())
+    }
+
     /// What a missing lab is called in the note that it reads as empty.
     pub fn missing(&self) -> String {
         match self {
@@ -233,26 +239,21 @@ pub trait JobLocks {
     /// Which machines' job locks are held, from one look: for showing a
     /// whole lab.
     fn held_job_locks(&self) -> HeldJobLocks;
-    /// For a lab shared across hosts, how claims are judged there (see
-    /// [`SharedLab`]); `None` for a lab one host keeps.
-    fn shared(&self) -> Option<SharedLab> {
-        None
+    /// Whether the lab is shared across hosts (the database backend): there
+    /// a claim made by mama (one recorded with an origin) is live while its
+    /// job lock is held, wherever it was made, since the holder's session
+    /// holds it and the server frees it when that session ends or its host
+    /// goes silent for the host timeout.
+    fn across_hosts(&self) -> bool {
+        false
     }
-}
-
-/// A lab shared across hosts (the database backend). There a claim made by
-/// mama (one recorded with an origin) is live while its job lock is held,
-/// wherever it was made: the holder's session holds the lock, and the
-/// server frees it when that session ends or its host goes silent for the
-/// host timeout. Claims made before the server last started lost their
-/// sessions with it; they stay live for `reattach` seconds after the start,
-/// while their holders re-attach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SharedLab {
-    /// When the server last started, in Unix seconds.
-    pub server_started: i64,
-    /// Seconds after a start in which holders may re-attach.
-    pub reattach: u64,
+    /// In a lab shared across hosts: whether the claim on `machine` was made
+    /// before the server last started, which ended its holder's session,
+    /// and the holder may still be re-attaching (within the host timeout
+    /// after the start). Such a claim stays live meanwhile.
+    fn reattaching(&self, _machine: &str) -> bool {
+        false
+    }
 }
 
 impl JobLocks for Store {
@@ -292,10 +293,14 @@ impl JobLocks for Store {
         }
     }
 
-    fn shared(&self) -> Option<SharedLab> {
+    fn across_hosts(&self) -> bool {
+        matches!(self, Store::Pg(_))
+    }
+
+    fn reattaching(&self, machine: &str) -> bool {
         match self {
-            Store::File(_) => None,
-            Store::Pg(store) => Some(store.shared()),
+            Store::File(_) => false,
+            Store::Pg(store) => store.reattaching(machine),
         }
     }
 }
@@ -307,7 +312,7 @@ pub enum JobLock {
     /// A `flock` on the machine's lock file.
     File(FileLock),
     /// An advisory lock held by a database session of the run's own.
-    Pg(PgJobLock),
+    Pg(Box<PgJobLock>),
 }
 
 impl JobLock {
@@ -336,7 +341,7 @@ impl JobLock {
     pub fn close(self) {
         match self {
             JobLock::File(lock) => lock.close(),
-            JobLock::Pg(lock) => lock.close(),
+            JobLock::Pg(lock) => (*lock).close(),
         }
     }
 }

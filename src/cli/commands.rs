@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::backend::file::doc::XmlLab;
 use crate::backend::{JobLocks, LockPatience, Snapshot, Store};
 use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
@@ -16,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
-use crate::backend::file::doc::XmlLab;
 use crate::model::{Lab, Machine, NewMachine};
 use crate::settings::Settings;
 
@@ -466,7 +466,6 @@ pub struct RunRequest {
     pub command: Vec<OsString>,
 }
 
-
 /// Waits, claims, runs the job, releases; returns the job's exit status.
 /// An error means the job never started.
 pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunRequest) -> Result<i32> {
@@ -505,6 +504,12 @@ pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunReques
             return Err(e);
         }
     };
+    if store.password_withheld() {
+        say!(
+            "mama: the job gets MAMA_STATE without the password the URL holds; \
+             keep it in ~/.pgpass or PGPASSFILE so that mama in the job finds the lab"
+        );
+    }
     let lost = claim.keep();
     let job = supervise::Job {
         program: program.clone(),

@@ -18,7 +18,7 @@
 //! of this host is stale; one made on another host is never judged here.
 //!
 //! In a lab shared across hosts (the database backend, see
-//! [`SharedLab`](crate::backend::SharedLab)) a claim made by mama is judged
+//! [`JobLocks::across_hosts`]) a claim made by mama is judged
 //! by its job lock alone, wherever it was made: live while the holder's
 //! session holds it, stale once that session is gone, except just after the
 //! server restarted, while holders re-attach.
@@ -146,16 +146,8 @@ impl<P: ProcessTable> Judge<'_, P> {
         let Some(pid) = job.pid else {
             return self.judge_age(job);
         };
-        if let (Some(shared), Some(_)) = (self.locks.shared(), &job.origin) {
-            if self.locks.held(machine) {
-                return Verdict::Live;
-            }
-            let reattaching = job.timestamp.is_some_and(|t| t < shared.server_started)
-                && self.now
-                    < shared
-                        .server_started
-                        .saturating_add(i64::try_from(shared.reattach).unwrap_or(i64::MAX));
-            return if reattaching {
+        if self.locks.across_hosts() && job.origin.is_some() {
+            return if self.locks.held(machine) || self.locks.reattaching(machine) {
                 Verdict::Live
             } else {
                 Verdict::Stale(StaleReason::SessionGone {

@@ -105,6 +105,14 @@ impl Field {
         !matches!(self, Field::JobHost | Field::JobOrigin)
     }
 
+    /// Whether this field is part of the job recorded on a machine.
+    pub const fn is_job(self) -> bool {
+        matches!(
+            self,
+            Field::Job | Field::JobPid | Field::JobTimestamp | Field::JobHost | Field::JobOrigin
+        )
+    }
+
     /// What upstream writes into a new machine's field.
     pub const fn initial(self) -> &'static str {
         match self {

@@ -152,6 +152,8 @@ pub struct Options {
     /// The network namespace (`ip netns` name) to run the server in; none:
     /// the test's own.
     pub netns: Option<String>,
+    /// Roles that must give their password (SCRAM) on the unix socket.
+    pub passwords: Vec<String>,
 }
 
 /// A PostgreSQL server in a temporary folder (under [`temp_root`]): data
@@ -346,7 +348,11 @@ impl Server {
             .status()
             .expect("initdb starts");
         assert!(status.success(), "initdb failed:\n{}", self.log());
-        let mut hba = String::from("local all all trust\n");
+        let mut hba = String::new();
+        for role in &self.options.passwords {
+            hba.push_str(&format!("local all {role} scram-sha-256\n"));
+        }
+        hba.push_str("local all all trust\n");
         for net in &self.options.trust {
             hba.push_str(&format!("host all all {net} trust\n"));
         }
@@ -526,7 +532,7 @@ pub fn server_on(addr: Ipv4Addr) -> Server {
     Server::start(Options {
         listen: vec![addr],
         trust: vec![slash30(addr)],
-        netns: None,
+        ..Options::default()
     })
 }
 

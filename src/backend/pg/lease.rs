@@ -131,12 +131,7 @@ struct Watch {
 impl Watch {
     /// Watches the session until told to stop; gives back the session (and
     /// the key its lock is under) that holds the lock, if one still does.
-    fn run(
-        self,
-        session: Client,
-        key: i32,
-        stopped: &mpsc::Receiver<()>,
-    ) -> Option<(Client, i32)> {
+    fn run(self, session: Client, key: i32, stopped: &mpsc::Receiver<()>) -> Option<(Client, i32)> {
         let mut session = Some((session, key));
         let mut last_ok = Instant::now();
         loop {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls};
 
-use super::{JobLock, LockPatience, SharedLab, Snapshot};
+use super::{JobLock, LockPatience, Snapshot};
 use crate::backend::file::doc::XmlLab;
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
@@ -44,14 +44,19 @@ use url::DbUrl;
 pub const LOCK_SPACE: i32 = 0x6d61_6d61;
 const LAB_LOCK: i32 = 0;
 
+/// How long the main session may sit idle before it is asked whether it
+/// still lives before use.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+
 /// A database lab.
 #[derive(Clone)]
 pub struct PgStore {
     url: Arc<DbUrl>,
     host_timeout: Duration,
     patience: LockPatience,
-    /// The session reads and transactions use, opened on first use.
-    main: Arc<Mutex<Option<Client>>>,
+    /// The session reads and transactions use, opened on first use, and
+    /// when it was last used.
+    main: Arc<Mutex<Option<(Client, Instant)>>>,
     /// What the last read saw of the locks, with the lab.
     look: Arc<Mutex<Option<Look>>>,
 }
@@ -68,12 +73,17 @@ impl std::fmt::Debug for PgStore {
 struct Look {
     ids: HashMap<String, i32>,
     held: HashSet<i32>,
-    server_started: i64,
+    /// Machines whose job was written before the server last started, in
+    /// the host timeout after that start: their holders may be
+    /// re-attaching.
+    reattaching: HashSet<String>,
 }
 
 impl Look {
     fn held(&self, machine: &str) -> bool {
-        self.ids.get(machine).is_some_and(|id| self.held.contains(id))
+        self.ids
+            .get(machine)
+            .is_some_and(|id| self.held.contains(id))
     }
 }
 
@@ -168,28 +178,41 @@ impl PgStore {
         &self.url.shown
     }
 
+    /// Whether the URL held a password.
+    pub fn had_password(&self) -> bool {
+        self.url.had_password
+    }
+
     fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-        mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `f` on the main session, opening it (again) where needed. A
-    /// session the server dropped (a restart) is opened anew, waiting up to
-    /// the host timeout for the server to come back.
+    /// session idle for a while is asked first whether it still lives: one
+    /// the server dropped (a restart) is opened anew, waiting up to the
+    /// host timeout for the server to come back.
     fn with_main<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
         let mut main = Self::locked(&self.main);
-        let reconnecting = main.as_ref().is_some_and(Client::is_closed);
-        if main.as_ref().is_none_or(Client::is_closed) {
-            *main = None;
-            *main = Some(if reconnecting {
-                self.reconnect()?
-            } else {
-                connect(&self.url, self.host_timeout)?
-            });
+        let stale = match main.as_mut() {
+            None => None,
+            Some((client, _)) if client.is_closed() => Some(true),
+            Some((client, used)) if used.elapsed() > IDLE_CHECK => {
+                Some(client.simple_query("").is_err())
+            }
+            Some(_) => Some(false),
+        };
+        match stale {
+            Some(false) => {}
+            Some(true) => *main = Some((self.reconnect()?, Instant::now())),
+            None => *main = Some((connect(&self.url, self.host_timeout)?, Instant::now())),
         }
-        let Some(client) = main.as_mut() else {
+        let Some((client, used)) = main.as_mut() else {
             return Err(Error::Invalid("internal error: no database session".into()));
         };
         let result = f(client);
+        *used = Instant::now();
         if client.is_closed() {
             *main = None;
         }
@@ -264,7 +287,8 @@ impl PgStore {
                     (Some(events), last)
                 }
             };
-            tx.commit().map_err(|e| db_error(&self.context("read"), e))?;
+            tx.commit()
+                .map_err(|e| db_error(&self.context("read"), e))?;
             Ok((
                 Snapshot {
                     lab,
@@ -312,17 +336,20 @@ impl PgStore {
             .into_iter()
             .filter_map(|row| i32::try_from(row.get::<_, i64>(0)).ok())
             .collect();
-        let server_started: f64 = client
-            .query_one(
-                "SELECT extract(epoch FROM pg_postmaster_start_time())::float8",
-                &[],
+        let reattaching = client
+            .query(
+                "SELECT name FROM mama_machine WHERE job_written < pg_postmaster_start_time() \
+                 AND now() < pg_postmaster_start_time() + make_interval(secs => $1)",
+                &[&(self.host_timeout.as_secs_f64())],
             )
             .map_err(|e| db_error(&self.context("read"), e))?
-            .get(0);
+            .into_iter()
+            .map(|row| row.get(0))
+            .collect();
         Ok(Look {
             ids: rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
             held,
-            server_started: server_started.ceil() as i64,
+            reattaching,
         })
     }
 
@@ -467,9 +494,13 @@ impl PgStore {
         let mut deleted: Vec<&str> = Vec::new();
         let mut updated: Vec<&str> = Vec::new();
         let mut inserted: Vec<&str> = Vec::new();
+        let mut job_written: HashSet<&str> = HashSet::new();
         for change in changes {
             match change {
-                Change::Set { machine, .. } | Change::Unset { machine, .. } => {
+                Change::Set { machine, field, .. } | Change::Unset { machine, field } => {
+                    if field.is_job() {
+                        job_written.insert(machine);
+                    }
                     if !inserted.contains(&machine.as_str()) && !updated.contains(&machine.as_str())
                     {
                         updated.push(machine);
@@ -506,11 +537,15 @@ impl PgStore {
                 .map_err(write_error)?;
         }
         for name in updated {
-            tx.execute(
-                "UPDATE mama_machine SET element = $2 WHERE name = $1",
-                &[&name, &element(name)?],
-            )
-            .map_err(write_error)?;
+            // When its job was written, by the server's clock: a claim
+            // written before the server restarted lost its session with it.
+            let statement = if job_written.contains(name) {
+                "UPDATE mama_machine SET element = $2, job_written = now() WHERE name = $1"
+            } else {
+                "UPDATE mama_machine SET element = $2 WHERE name = $1"
+            };
+            tx.execute(statement, &[&name, &element(name)?])
+                .map_err(write_error)?;
         }
         if !inserted.is_empty() {
             let last: i64 = tx
@@ -633,13 +668,13 @@ impl PgStore {
             .map_err(|e| db_error(&self.context("lock a machine of"), e))?
             .get(0);
         Ok(taken.then(|| {
-            JobLock::Pg(PgJobLock::new(
+            JobLock::Pg(Box::new(PgJobLock::new(
                 session,
                 Arc::clone(&self.url),
                 self.host_timeout,
                 machine,
                 key,
-            ))
+            )))
         }))
     }
 
@@ -687,10 +722,7 @@ impl PgStore {
             .collect()
     }
 
-    pub fn shared(&self) -> SharedLab {
-        SharedLab {
-            server_started: self.look().server_started,
-            reattach: self.host_timeout.as_secs(),
-        }
+    pub fn reattaching(&self, machine: &str) -> bool {
+        self.look().reattaching.contains(machine)
     }
 }

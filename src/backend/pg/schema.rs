@@ -11,7 +11,8 @@
 //!    machines: root attributes, other top-level elements, comments),
 //!    `mama_machine` (one row a machine: its lock key, its name, its place,
 //!    its `<machine>` element as upstream writes it, every child and
-//!    attribute kept) and `mama_event` (the history).
+//!    attribute kept, and when its job was last written, by the server's
+//!    clock) and `mama_event` (the history).
 //! 2. An index of the history by machine, for `info` and `log MACHINE`.
 
 use postgres::GenericClient;
@@ -34,7 +35,8 @@ CREATE TABLE mama_machine (
     id serial PRIMARY KEY,
     name text NOT NULL UNIQUE,
     position bigint NOT NULL,
-    element text NOT NULL
+    element text NOT NULL,
+    job_written timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE mama_event (
     seq bigserial PRIMARY KEY,
@@ -99,9 +101,7 @@ pub fn ensure(client: &mut impl GenericClient, shown: &str) -> Result<()> {
         let step = MIGRATIONS[(at - 1) as usize];
         client
             .batch_execute(step)
-            .and_then(|()| {
-                client.execute("UPDATE mama_schema SET version = $1", &[&(at + 1)])
-            })
+            .and_then(|()| client.execute("UPDATE mama_schema SET version = $1", &[&(at + 1)]))
             .map_err(|e| {
                 db_error(
                     &format!(
