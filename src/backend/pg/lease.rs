@@ -7,7 +7,10 @@
 //! on) is opened again and the lock re-taken, but only when the machine's
 //! record is still this run's claim: the same PID, timestamp and origin
 //! (boot, PID namespace, start of the claimer), which no other claim can
-//! have. If the record was cleared or taken over, or the lab cannot be
+//! have. A lock still held by the lost session itself (the server has not
+//! noticed yet that it is gone) is taken from it: that session is ended
+//! first, since it is provably this run's (its backend PID is known). If
+//! the record was cleared or taken over, or the lab cannot be
 //! reached again within the host timeout (by then the server has freed the
 //! lock and another host may claim the machine), the claim is lost: the
 //! keeper says so and raises the flag the supervisor watches, which stops
@@ -33,6 +36,8 @@ const PING: Duration = Duration::from_secs(1);
 /// A held job lock.
 pub struct PgJobLock {
     session: Option<Client>,
+    /// The server process of the session, to end it if it is lost.
+    backend: i32,
     url: Arc<DbUrl>,
     host_timeout: Duration,
     machine: String,
@@ -48,12 +53,21 @@ impl std::fmt::Debug for PgJobLock {
 
 struct Keeper {
     stop: mpsc::Sender<()>,
-    thread: JoinHandle<Option<(Client, i32)>>,
+    thread: JoinHandle<Option<Held>>,
+}
+
+/// A session that holds a machine's job lock: the session, its server
+/// process, and the lock's key.
+struct Held {
+    session: Client,
+    backend: i32,
+    key: i32,
 }
 
 impl PgJobLock {
     pub fn new(
         session: Client,
+        backend: i32,
         url: Arc<DbUrl>,
         host_timeout: Duration,
         machine: &str,
@@ -61,6 +75,7 @@ impl PgJobLock {
     ) -> PgJobLock {
         PgJobLock {
             session: Some(session),
+            backend,
             url,
             host_timeout,
             machine: machine.to_string(),
@@ -85,8 +100,12 @@ impl PgJobLock {
             job: job.clone(),
             lost: Arc::clone(&lost),
         };
-        let key = self.key;
-        let thread = std::thread::spawn(move || watch.run(session, key, &stopped));
+        let held = Held {
+            session,
+            backend: self.backend,
+            key: self.key,
+        };
+        let thread = std::thread::spawn(move || watch.run(held, &stopped));
         self.keeper = Some(Keeper { stop, thread });
         lost
     }
@@ -99,9 +118,9 @@ impl PgJobLock {
     fn let_go(&mut self) {
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.stop.send(());
-            if let Ok(Some((session, key))) = keeper.thread.join() {
-                self.session = Some(session);
-                self.key = key;
+            if let Ok(Some(held)) = keeper.thread.join() {
+                self.session = Some(held.session);
+                self.key = held.key;
             }
         }
         if let Some(mut session) = self.session.take() {
@@ -131,21 +150,24 @@ struct Watch {
 impl Watch {
     /// Watches the session until told to stop; gives back the session (and
     /// the key its lock is under) that holds the lock, if one still does.
-    fn run(self, session: Client, key: i32, stopped: &mpsc::Receiver<()>) -> Option<(Client, i32)> {
-        let mut session = Some((session, key));
+    fn run(self, held: Held, stopped: &mpsc::Receiver<()>) -> Option<Held> {
+        let mut lost_backend = held.backend;
+        let mut session = Some(held);
         let mut last_ok = Instant::now();
         loop {
             match stopped.recv_timeout(PING) {
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => return session,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            if let Some((client, _)) = session.as_mut()
-                && client.simple_query("SELECT 1").is_ok()
+            if let Some(held) = session.as_mut()
+                && held.session.simple_query("SELECT 1").is_ok()
             {
                 last_ok = Instant::now();
                 continue;
             }
-            session = None;
+            if let Some(held) = session.take() {
+                lost_backend = held.backend;
+            }
             say!(
                 "mama: lost the session that holds the claim on {} in the lab at {}; \
                  reconnecting",
@@ -158,7 +180,7 @@ impl Watch {
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return None,
                     Err(RecvTimeoutError::Timeout) => {}
                 }
-                match self.reattach() {
+                match self.reattach(lost_backend) {
                     Ok(Some(held)) => {
                         say!(
                             "mama: reconnected; the claim on {} is still this run's",
@@ -201,7 +223,8 @@ impl Watch {
 
     /// A new session that holds the machine's job lock again, if the
     /// machine's record is still this run's claim; `None` if it is not.
-    fn reattach(&self) -> Result<Option<(Client, i32)>> {
+    /// `lost` is the server process of the session that held it.
+    fn reattach(&self, lost: i32) -> Result<Option<Held>> {
         let mut client = connect(&self.url, self.host_timeout)?;
         let context = format!("cannot reattach to the lab at {}", self.url.shown);
         let mut tx = client.transaction().map_err(|e| db_error(&context, e))?;
@@ -237,11 +260,27 @@ impl Watch {
         if !ours {
             return Ok(None);
         }
-        let taken: bool = tx
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_SPACE, &key])
-            .map_err(|e| db_error(&context, e))?
-            .get(0);
+        // The lost session may hold the lock still, the server not having
+        // noticed it is gone: end it, and take the lock when it lets go.
+        tx.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+             AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2 \
+             AND granted AND pid = $3",
+            &[&i64::from(LOCK_SPACE), &i64::from(key), &lost],
+        )
+        .map_err(|e| db_error(&context, e))?;
+        let row = tx
+            .query_one(
+                "SELECT pg_advisory_lock($1, $2), pg_backend_pid()",
+                &[&LOCK_SPACE, &key],
+            )
+            .map_err(|e| db_error(&context, e))?;
+        let backend: i32 = row.get(1);
         tx.commit().map_err(|e| db_error(&context, e))?;
-        Ok(taken.then_some((client, key)))
+        Ok(Some(Held {
+            session: client,
+            backend,
+            key,
+        }))
     }
 }

@@ -145,7 +145,7 @@ pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
         .keepalives_idle(Duration::from_secs(idle))
         .keepalives_interval(Duration::from_secs(interval))
         .keepalives_retries(u32::try_from(count).unwrap_or(u32::MAX))
-        .tcp_user_timeout(Duration::from_secs((secs / 2).max(1)));
+        .tcp_user_timeout(Duration::from_secs(secs));
     config
 }
 
@@ -663,13 +663,17 @@ impl PgStore {
     pub fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
         let key = self.key(machine)?;
         let mut session = connect(&self.url, self.host_timeout)?;
-        let taken: bool = session
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_SPACE, &key])
-            .map_err(|e| db_error(&self.context("lock a machine of"), e))?
-            .get(0);
+        let row = session
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
+                &[&LOCK_SPACE, &key],
+            )
+            .map_err(|e| db_error(&self.context("lock a machine of"), e))?;
+        let (taken, backend): (bool, i32) = (row.get(0), row.get(1));
         Ok(taken.then(|| {
             JobLock::Pg(Box::new(PgJobLock::new(
                 session,
+                backend,
                 Arc::clone(&self.url),
                 self.host_timeout,
                 machine,

@@ -1,0 +1,200 @@
+//! One database lab, several hosts: hosts are network namespaces joined to
+//! the test's own by a veth pair on a private /30, the server listens on
+//! the test's end. A host is cut off by taking its link down (no FIN, no
+//! RST reaches either side).
+
+mod common;
+
+use common::netns::Host;
+use common::pg::{self, Options, PgDb, Server};
+use common::*;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The host timeout of these tests, in seconds.
+const TIMEOUT: u64 = 4;
+
+/// `mama ARGS` on `host`, reaching database `db` over TCP, in `env`'s
+/// folder.
+fn mama_on(host: &Host, server: &Server, db: &PgDb, env: &TestEnv, args: &[String]) -> Command {
+    let mut cmd = host.command(MAMA);
+    remove_mama_env(&mut cmd);
+    cmd.env(
+        "MAMA_STATE",
+        server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name),
+    )
+    .env("MAMA_POLL_INTERVAL", "0.2")
+    .env("MAMA_HOST_TIMEOUT", TIMEOUT.to_string())
+    .env("NO_COLOR", "1")
+    .args(args)
+    .current_dir(env.path());
+    cmd
+}
+
+/// A lab world on `db` over the unix socket, for the test's own host.
+fn local(db: &PgDb) -> TestEnv {
+    TestEnv {
+        dir: tempfile::tempdir().expect("temporary folder"),
+        state: db.url.clone().into(),
+        db: Some(db.clone()),
+    }
+}
+
+/// `mama ARGS` on the test's own host, with the tests' host timeout.
+fn local_cmd(env: &TestEnv, args: &[String]) -> Command {
+    let mut cmd = env.cmd(args);
+    cmd.env("MAMA_HOST_TIMEOUT", TIMEOUT.to_string());
+    cmd
+}
+
+/// A server reachable from `host`, a database with machine `m`, and a
+/// holder on `host` whose job touches `started` and then waits for `go`.
+fn remote_holder(host: &Host) -> (Server, PgDb, TestEnv, Bg) {
+    let server = pg::server_on(host.peer_addr());
+    let db = server.fresh_database();
+    let env = local(&db);
+    env.add("m", 1);
+    let script = format!("touch \"$1/started\"; {}", wait_for_file("go"));
+    let args = sh_job(&env, "m", &["--job", "holder"], &script);
+    let holder = Bg::start(mama_on(host, &server, &db, &env, &args));
+    wait_until("the remote holder's job", LIMIT, || {
+        env.path().join("started").exists()
+    });
+    (server, db, env, holder)
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_cut_off_holders_claim_is_freed_within_the_host_timeout() {
+    let host = Host::new();
+    let (_server, _db, env, mut holder) = remote_holder(&host);
+    let mut waiter = Bg::start(local_cmd(
+        &env,
+        &args(&["run", "m", "--wait-timeout", "60", "--", "true"]),
+    ));
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+
+    // The cable is pulled, then the host dies: nothing reaches the server.
+    host.cut();
+    let cut = Instant::now();
+    holder.signal(libc::SIGKILL);
+    let run = waiter.finish(Duration::from_secs(TIMEOUT + 30));
+    let freed = cut.elapsed();
+    println!(
+        "MEASURED dead host: claim taken over {:.2} s after the cut (MAMA_HOST_TIMEOUT={TIMEOUT})",
+        freed.as_secs_f64()
+    );
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(
+        run.stderr.contains("cleared stale job 'holder'") && run.stderr.contains("is gone"),
+        "{run:#?}"
+    );
+    assert!(
+        freed >= Duration::from_secs(TIMEOUT / 2),
+        "freed after {freed:?}: the server must have heard from the dead host"
+    );
+    assert!(
+        freed <= Duration::from_secs(TIMEOUT + 5),
+        "the dead host kept the machine {freed:?}"
+    );
+}
+
+#[test]
+fn a_stopped_holder_keeps_its_claim_past_twice_the_host_timeout() {
+    let host = Host::new();
+    let (_server, _db, env, mut holder) = remote_holder(&host);
+    holder.signal(libc::SIGSTOP);
+    let wait = (2 * TIMEOUT + 2).to_string();
+    let started = Instant::now();
+    let run = Run::from(
+        local_cmd(
+            &env,
+            &args(&["run", "m", "--wait-timeout", &wait, "--", "true"]),
+        )
+        .output()
+        .expect("mama runs"),
+    );
+    assert!(started.elapsed() > Duration::from_secs(2 * TIMEOUT));
+    run.fails_saying(75, "holder");
+    holder.signal(libc::SIGCONT);
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    assert_eq!(env.info("m")["state"], "free");
+}
+
+#[test]
+fn a_network_blip_shorter_than_the_host_timeout_keeps_the_claim() {
+    let host = Host::new();
+    let (_server, _db, env, mut holder) = remote_holder(&host);
+    let claim = env.info("m");
+    host.cut();
+    // Half the timeout, measured by a waiter that gives up meanwhile.
+    let wait = (TIMEOUT / 2).to_string();
+    let run = Run::from(
+        local_cmd(
+            &env,
+            &args(&["run", "m", "--wait-timeout", &wait, "--", "true"]),
+        )
+        .output()
+        .expect("mama runs"),
+    );
+    run.fails(75);
+    host.restore();
+    // Well past the timeout: the claim stood throughout.
+    let wait = (TIMEOUT + 2).to_string();
+    let run = Run::from(
+        local_cmd(
+            &env,
+            &args(&["run", "m", "--wait-timeout", &wait, "--", "true"]),
+        )
+        .output()
+        .expect("mama runs"),
+    );
+    run.fails_saying(75, "holder");
+    assert_eq!(env.info("m"), claim);
+    env.touch("go");
+    let run = holder.finish(LIMIT);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(!run.stderr.contains("LOST"), "{run:#?}");
+}
+
+#[test]
+fn two_hosts_running_ten_jobs_each_on_one_machine_never_overlap() {
+    let one = Host::new();
+    let two = Host::new();
+    let server = Server::start(Options {
+        listen: vec![one.peer_addr(), two.peer_addr()],
+        trust: vec![one.subnet(), two.subnet()],
+        ..Options::default()
+    });
+    let db = server.fresh_database();
+    let env = local(&db);
+    env.add("m", 1);
+    // A job that finds another inside the machine fails.
+    let script = "mkdir \"$1/inside\" || exit 99; sleep 0.02; rmdir \"$1/inside\"";
+    let job = sh_job(&env, "m", &[], script);
+    let codes: Vec<Option<i32>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = [&one, &two]
+            .into_iter()
+            .map(|host| {
+                let cmd = || mama_on(host, &server, &db, &env, &job);
+                scope.spawn(move || {
+                    (0..10)
+                        .map(|_| Run::from(cmd().output().expect("mama runs")).code)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .flat_map(|run| run.join().expect("a host's runs"))
+            .collect()
+    });
+    assert_eq!(codes, vec![Some(0); 20]);
+    let events = env.events();
+    let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
+    assert_eq!((count("claimed"), count("released")), (20, 20));
+}
