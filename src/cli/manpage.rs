@@ -203,7 +203,12 @@ fn sections() -> Roff {
         &[
             roman("The state file, when "),
             bold("--state"),
-            roman(" is not given."),
+            roman(
+                " is not given; or a postgres:// or postgresql:// URL (libpq's form, e.g. \
+                 postgresql://mama@db.example/lab), which keeps the lab in PostgreSQL, \
+                 shared by every host that reaches the database. The password comes from \
+                 PGPASSFILE, else ~/.pgpass; jobs get the URL without one.",
+            ),
         ],
     );
     item(
@@ -234,6 +239,16 @@ fn sections() -> Roff {
         &[roman(
             "The age, in whole seconds, after which a job that has no PID recorded is \
              stale; default 300, at most 100 years.",
+        )],
+    );
+    item(
+        &mut r,
+        vec![bold("MAMA_HOST_TIMEOUT")],
+        &[roman(
+            "Database labs: the seconds after which the claims of a host that died or was \
+             cut off are freed (mama sets TCP keepalives and user timeout for its sessions \
+             to match); default 30, from 1 to 86400. A stopped or idle holder, or a network \
+             blip shorter than this, keeps its claim.",
         )],
     );
     item(
@@ -372,7 +387,8 @@ fn sections() -> Roff {
     status(
         &mut r,
         "125",
-        "mama failed before the job started, including a wrong run command line.",
+        "mama failed before the job started, including a wrong run command line; or, in a \
+         database lab, the run lost its claim while the job ran and stopped the job.",
     );
     status(
         &mut r,

@@ -154,6 +154,10 @@ pub struct Options {
     pub netns: Option<String>,
     /// Roles that must give their password (SCRAM) on the unix socket.
     pub passwords: Vec<String>,
+    /// A server as labs run it, for benchmarks: its folder in the usual
+    /// temporary folder (a disk) rather than in memory, every commit
+    /// synced (the tests' servers skip fsync).
+    pub durable: bool,
 }
 
 /// A PostgreSQL server in a temporary folder (under [`temp_root`]): data
@@ -183,7 +187,11 @@ impl Server {
     pub fn start(options: Options) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("mama-pg.")
-            .tempdir_in(temp_root())
+            .tempdir_in(if options.durable {
+                std::env::temp_dir()
+            } else {
+                temp_root()
+            })
             .expect("temporary folder");
         let (uid, gid) = os_user_ids();
         let sock = dir.path().join("sock");
@@ -374,17 +382,19 @@ impl Server {
             .arg("-k")
             .arg(self.socket_dir())
             .args(["-p", &PORT.to_string()]);
-        for setting in [
+        let fast: &[&str] = if self.options.durable {
+            &[]
+        } else {
+            &["fsync=off", "full_page_writes=off", "synchronous_commit=off"]
+        };
+        for setting in fast.iter().map(|s| s.to_string()).chain([
             format!("listen_addresses={}", listen.join(",")),
-            "fsync=off".into(),
-            "full_page_writes=off".into(),
-            "synchronous_commit=off".into(),
             "max_connections=200".into(),
             "shared_buffers=16MB".into(),
             "unix_socket_permissions=0777".into(),
             "logging_collector=off".into(),
             "log_line_prefix=%m [%p] ".into(),
-        ] {
+        ]) {
             cmd.arg("-c").arg(setting);
         }
         cmd.stdin(Stdio::null())

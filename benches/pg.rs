@@ -1,0 +1,403 @@
+//! Benchmarks of the database lab against its targets, beside the file lab
+//! and flock(1) in one run, on a real PostgreSQL server this bench starts
+//! (as the `postgres` user, socket in a temporary folder), with hosts as
+//! network namespaces reaching it over TCP:
+//!
+//! 1. `mama run m -- true` on the database lab (local socket, a server
+//!    syncing every commit to the disk the file lab is on), on the file
+//!    lab and `flock LOCKFILE true`, interleaved;
+//! 2. handoff across hosts: from the holder's job ending on one host to
+//!    the waiter's job starting on another (target ≤ 50 ms);
+//! 3. takeover across hosts: from a SIGKILL of the holder's `mama` to the
+//!    waiter's job starting (target ≤ 200 ms);
+//! 4. a dead host: from cutting a holder's link (and killing it) to a
+//!    waiter on another host running, with the default MAMA_HOST_TIMEOUT
+//!    (target ≤ 30 + 5 s);
+//! 5. claims per second with 10 hosts racing for 10 machines.
+//!
+//! Run with `cargo bench --bench pg` (as root: it makes network
+//! namespaces and runs the server as `postgres`). Timestamps are
+//! `date +%s%N` written by the jobs: one clock for every namespace.
+
+#[allow(dead_code)]
+#[path = "../tests/common/netns.rs"]
+mod netns;
+#[allow(dead_code)]
+#[path = "../tests/common/pg.rs"]
+mod pg;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netns::Host;
+use pg::{Options, PgDb, Server};
+
+const MAMA: &str = env!("CARGO_BIN_EXE_mama");
+/// How long any step may take before the bench gives up (used by the
+/// harness too).
+const LIMIT: Duration = Duration::from_secs(40);
+
+const RUNS: usize = 100;
+const HANDOFFS: usize = 20;
+const TAKEOVERS: usize = 15;
+const RACE_HOSTS: usize = 10;
+const RACE_RUNS: usize = 20;
+
+/// Waits until `cond` holds; panics with `what` after `limit`.
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn main() {
+    let mut report = Vec::new();
+    run_cost(&mut report);
+    across_hosts(&mut report);
+    dead_host(&mut report);
+    race(&mut report);
+    println!();
+    for line in report {
+        println!("{line}");
+    }
+}
+
+/// `mama ARGS` against `state` (a path or URL) with a clean environment.
+fn mama(state: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(MAMA);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MAMA_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("MAMA_STATE", state)
+        .env("NO_COLOR", "1")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn ok(mut cmd: Command, what: &str) {
+    let status = cmd.status().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(status.success(), "{what}: {status}");
+}
+
+fn timed(mut cmd: Command) -> Duration {
+    let start = Instant::now();
+    let status = cmd.status().expect("runs");
+    let took = start.elapsed();
+    assert!(status.success(), "{cmd:?}: {status}");
+    took
+}
+
+fn median_ms(samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1e3
+}
+
+fn p90_ms(samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    samples[(samples.len() * 9).div_ceil(10).max(1) - 1].as_secs_f64() * 1e3
+}
+
+fn verdict(what: &str, value: f64, unit: &str, limit: f64) -> String {
+    let word = if value <= limit { "MET" } else { "MISSED" };
+    format!("target {what}: {value:.2} {unit} (must be <= {limit} {unit}) -> {word}")
+}
+
+/// 1. The cost of a run on each lab, interleaved: the server on the same
+/// disk as the state file, syncing every commit as the file lab does.
+fn run_cost(report: &mut Vec<String>) {
+    let server = Server::start(Options {
+        durable: true,
+        ..Options::default()
+    });
+    let db = server.fresh_database();
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let file = dir.path().join("mama.xml");
+    let file = file.to_str().expect("a UTF-8 path").to_string();
+    let lock = dir.path().join("flock.lock");
+    for state in [&db.url, &file] {
+        ok(
+            mama(state, &["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]),
+            "add",
+        );
+    }
+    let flock = || {
+        let mut cmd = Command::new("flock");
+        cmd.arg(&lock).arg("true");
+        cmd
+    };
+    for _ in 0..10 {
+        timed(mama(&db.url, &["run", "m", "--", "true"]));
+        timed(mama(&file, &["run", "m", "--", "true"]));
+        timed(flock());
+    }
+    let (mut on_db, mut on_file, mut on_flock) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        for k in 0..3 {
+            match (i + k) % 3 {
+                0 => on_db.push(timed(mama(&db.url, &["run", "m", "--", "true"]))),
+                1 => on_file.push(timed(mama(&file, &["run", "m", "--", "true"]))),
+                _ => on_flock.push(timed(flock())),
+            }
+        }
+    }
+    let (d, f, l) = (
+        median_ms(&mut on_db),
+        median_ms(&mut on_file),
+        median_ms(&mut on_flock),
+    );
+    report.push(format!(
+        "1. mama run m -- true, median of {RUNS}: database lab {d:.2} ms, file lab {f:.2} ms, \
+         flock {l:.2} ms (database / flock {:.2}x, file / flock {:.2}x)",
+        d / l,
+        f / l
+    ));
+}
+
+/// A job that waits for the file `go` in `dir`, then writes the time to
+/// `dir/ended` and ends.
+fn holding_job(dir: &Path) -> Vec<String> {
+    let d = dir.display();
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "touch {d}/started; while [ ! -e {d}/go ]; do sleep 0.005; done; date +%s%N > {d}/ended"
+        ),
+    ]
+}
+
+/// A job that writes the time to `dir/ran`.
+fn stamping_job(dir: &Path) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("date +%s%N > {}/ran", dir.display()),
+    ]
+}
+
+fn read_ns(path: &Path) -> u128 {
+    let mut text = String::new();
+    wait_until(&format!("{}", path.display()), LIMIT, || {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        text.ends_with('\n')
+    });
+    text.trim().parse().expect("a time in ns")
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// `mama run m -- JOB` on `host` over TCP, output discarded.
+fn run_on(host: &Host, url: &str, timeout: Option<&str>, job: &[String]) -> Child {
+    let mut cmd = host.command(MAMA);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MAMA_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("MAMA_STATE", url).env("NO_COLOR", "1");
+    if let Some(t) = timeout {
+        cmd.env("MAMA_HOST_TIMEOUT", t);
+    }
+    cmd.args(["run", "m", "--"])
+        .args(job)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("mama starts")
+}
+
+/// Waits until the lab shows `count` processes waiting... as seen from
+/// the server: sessions of mama blocked on a machine's job lock.
+fn waiting_on_lock(db: &PgDb) -> bool {
+    let n: i64 = db.value(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND classid = 1835101537",
+    );
+    n > 0
+}
+
+fn fresh(dir: &Path) {
+    for name in ["started", "go", "ended", "ran"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+}
+
+/// 2 and 3. Handoff and takeover between two hosts.
+fn across_hosts(report: &mut Vec<String>) {
+    let one = Host::new();
+    let two = Host::new();
+    let server = Server::start(Options {
+        listen: vec![one.peer_addr(), two.peer_addr()],
+        trust: vec![one.subnet(), two.subnet()],
+        ..Options::default()
+    });
+    let db = server.fresh_database();
+    ok(
+        mama(&db.url, &["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]),
+        "add",
+    );
+    let url = |host: &Host| server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name);
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (holder_dir, waiter_dir) = (dir.path().join("h"), dir.path().join("w"));
+    for d in [&holder_dir, &waiter_dir] {
+        std::fs::create_dir(d).expect("folder");
+    }
+    let start_pair = || {
+        fresh(&holder_dir);
+        fresh(&waiter_dir);
+        let holder = run_on(&one, &url(&one), None, &holding_job(&holder_dir));
+        wait_until("the holder's job", LIMIT, || {
+            holder_dir.join("started").exists()
+        });
+        let waiter = run_on(&two, &url(&two), None, &stamping_job(&waiter_dir));
+        wait_until("the waiter asleep on the lock", LIMIT, || {
+            waiting_on_lock(&db)
+        });
+        (holder, waiter)
+    };
+    let mut handoffs = Vec::new();
+    for _ in 0..HANDOFFS {
+        let (mut holder, mut waiter) = start_pair();
+        std::fs::write(holder_dir.join("go"), "").expect("go");
+        let ended = read_ns(&holder_dir.join("ended"));
+        let ran = read_ns(&waiter_dir.join("ran"));
+        handoffs.push(Duration::from_nanos((ran.saturating_sub(ended)) as u64));
+        assert!(holder.wait().expect("holder").success());
+        assert!(waiter.wait().expect("waiter").success());
+    }
+    let mut takeovers = Vec::new();
+    for _ in 0..TAKEOVERS {
+        let (mut holder, mut waiter) = start_pair();
+        let killed = now_ns();
+        // SAFETY: plain system call on our unreaped child.
+        unsafe {
+            libc::kill(holder.id() as libc::pid_t, libc::SIGKILL);
+        }
+        let ran = read_ns(&waiter_dir.join("ran"));
+        takeovers.push(Duration::from_nanos((ran.saturating_sub(killed)) as u64));
+        let _ = holder.wait();
+        assert!(waiter.wait().expect("waiter").success());
+    }
+    let (h, hp) = (median_ms(&mut handoffs), p90_ms(&mut handoffs));
+    let (t, tp) = (median_ms(&mut takeovers), p90_ms(&mut takeovers));
+    report.push(format!(
+        "2. handoff across hosts, {HANDOFFS} samples: median {h:.2} ms, p90 {hp:.2} ms"
+    ));
+    report.push(verdict("2. handoff across hosts (median)", h, "ms", 50.0));
+    report.push(format!(
+        "3. takeover after SIGKILL across hosts, {TAKEOVERS} samples: median {t:.2} ms, p90 {tp:.2} ms"
+    ));
+    report.push(verdict("3. takeover (median)", t, "ms", 200.0));
+}
+
+/// 4. A dead host, with the default host timeout.
+fn dead_host(report: &mut Vec<String>) {
+    let one = Host::new();
+    let two = Host::new();
+    let server = Server::start(Options {
+        listen: vec![one.peer_addr(), two.peer_addr()],
+        trust: vec![one.subnet(), two.subnet()],
+        ..Options::default()
+    });
+    let db = server.fresh_database();
+    ok(
+        mama(&db.url, &["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]),
+        "add",
+    );
+    let url = |host: &Host| server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name);
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (holder_dir, waiter_dir): (PathBuf, PathBuf) = (dir.path().join("h"), dir.path().join("w"));
+    for d in [&holder_dir, &waiter_dir] {
+        std::fs::create_dir(d).expect("folder");
+    }
+    let mut holder = run_on(&one, &url(&one), None, &holding_job(&holder_dir));
+    wait_until("the holder's job", LIMIT, || {
+        holder_dir.join("started").exists()
+    });
+    let mut waiter = run_on(&two, &url(&two), None, &stamping_job(&waiter_dir));
+    wait_until("the waiter asleep on the lock", LIMIT, || {
+        waiting_on_lock(&db)
+    });
+    one.cut();
+    let cut = now_ns();
+    // SAFETY: plain system call on our unreaped child.
+    unsafe {
+        libc::kill(holder.id() as libc::pid_t, libc::SIGKILL);
+    }
+    let ran = read_ns_within(&waiter_dir.join("ran"), Duration::from_secs(90));
+    let freed = Duration::from_nanos((ran.saturating_sub(cut)) as u64).as_secs_f64();
+    let _ = holder.wait();
+    assert!(waiter.wait().expect("waiter").success());
+    report.push(format!(
+        "4. dead host (link cut, holder killed), MAMA_HOST_TIMEOUT 30 s: the waiter on another \
+         host ran {freed:.2} s later"
+    ));
+    report.push(verdict("4. dead host freed", freed, "s", 35.0));
+}
+
+fn read_ns_within(path: &Path, limit: Duration) -> u128 {
+    let mut text = String::new();
+    wait_until(&format!("{}", path.display()), limit, || {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        text.ends_with('\n')
+    });
+    text.trim().parse().expect("a time in ns")
+}
+
+/// 5. Ten hosts racing for ten machines.
+fn race(report: &mut Vec<String>) {
+    let hosts: Vec<Host> = (0..RACE_HOSTS).map(|_| Host::new()).collect();
+    let server = Server::start(Options {
+        listen: hosts.iter().map(Host::peer_addr).collect(),
+        trust: hosts.iter().map(Host::subnet).collect(),
+        ..Options::default()
+    });
+    let db = server.fresh_database();
+    for n in 0..10 {
+        ok(
+            mama(
+                &db.url,
+                &["add", &format!("m{n}"), "--mac", &format!("aa:bb:cc:dd:ee:{n:02x}")],
+            ),
+            "add",
+        );
+    }
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for (i, host) in hosts.iter().enumerate() {
+            let url = server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name);
+            scope.spawn(move || {
+                for j in 0..RACE_RUNS {
+                    let machine = format!("m{}", (i + j) % 10);
+                    let mut cmd = host.command(MAMA);
+                    cmd.env("MAMA_STATE", &url)
+                        .args(["run", &machine, "--", "true"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null());
+                    let status = cmd.status().expect("mama runs");
+                    assert!(status.success(), "a racing run: {status}");
+                }
+            });
+        }
+    });
+    let took = started.elapsed().as_secs_f64();
+    let claims = RACE_HOSTS * RACE_RUNS;
+    let events: i64 = db.value("SELECT count(*) FROM mama_event WHERE event = 'claimed'");
+    assert_eq!(events as usize, claims, "every run claimed once");
+    report.push(format!(
+        "5. {RACE_HOSTS} hosts x {RACE_RUNS} runs racing for 10 machines: {claims} claims in \
+         {took:.2} s, {:.0} claims/s",
+        claims as f64 / took
+    ));
+}
