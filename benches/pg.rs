@@ -368,7 +368,12 @@ fn race(report: &mut Vec<String>) {
         ok(
             mama(
                 &db.url,
-                &["add", &format!("m{n}"), "--mac", &format!("aa:bb:cc:dd:ee:{n:02x}")],
+                &[
+                    "add",
+                    &format!("m{n}"),
+                    "--mac",
+                    &format!("aa:bb:cc:dd:ee:{n:02x}"),
+                ],
             ),
             "add",
         );

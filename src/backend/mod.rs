@@ -239,6 +239,10 @@ pub trait JobLocks {
     /// Which machines' job locks are held, from one look: for showing a
     /// whole lab.
     fn held_job_locks(&self) -> HeldJobLocks;
+    /// A claim is about to be tried: get ready to take a job lock quickly
+    /// (the database backend opens the session that will hold it, while
+    /// the claim transaction runs).
+    fn prepare(&self) {}
     /// Whether the lab is shared across hosts (the database backend): there
     /// a claim made by mama (one recorded with an origin) is live while its
     /// job lock is held, wherever it was made, since the holder's session
@@ -290,6 +294,12 @@ impl JobLocks for Store {
         match self {
             Store::File(store) => store.held_job_locks(),
             Store::Pg(store) => HeldJobLocks::Pg(store.held_job_locks()),
+        }
+    }
+
+    fn prepare(&self) {
+        if let Store::Pg(store) = self {
+            store.prepare();
         }
     }
 

@@ -370,6 +370,9 @@ pub fn acquire(
     let live_line = std::io::stderr().is_terminal();
     let mut read_only = false;
     let mut graced = false;
+    if matches!(intent, Intent::Run { .. }) {
+        store.prepare();
+    }
     loop {
         processes.forget();
         let judge = Judge {

@@ -385,7 +385,11 @@ impl Server {
         let fast: &[&str] = if self.options.durable {
             &[]
         } else {
-            &["fsync=off", "full_page_writes=off", "synchronous_commit=off"]
+            &[
+                "fsync=off",
+                "full_page_writes=off",
+                "synchronous_commit=off",
+            ]
         };
         for setting in fast.iter().map(|s| s.to_string()).chain([
             format!("listen_addresses={}", listen.join(",")),

@@ -59,6 +59,17 @@ pub struct PgStore {
     main: Arc<Mutex<Option<(Client, Instant)>>>,
     /// What the last read saw of the locks, with the lab.
     look: Arc<Mutex<Option<Look>>>,
+    /// A session being opened for the next job lock (see
+    /// [`PgStore::prepare`]).
+    spare: Arc<Mutex<Option<Spare>>>,
+}
+
+/// A session for the next job lock.
+enum Spare {
+    /// Being opened, on a thread of its own.
+    Opening(std::thread::JoinHandle<Result<Client>>),
+    /// Open (kept after a try that found the lock held).
+    Ready(Client),
 }
 
 impl std::fmt::Debug for PgStore {
@@ -165,6 +176,7 @@ impl PgStore {
             patience: LockPatience::forever(),
             main: Arc::new(Mutex::new(None)),
             look: Arc::new(Mutex::new(None)),
+            spare: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -268,8 +280,7 @@ impl PgStore {
             if schema::version(&mut tx, &self.url.shown)?.is_none() {
                 return Ok((Snapshot::missing(), events.map(|_| Vec::new())));
             }
-            let rows = self.machines(&mut tx)?;
-            let look = self.look_at(&mut tx, &rows)?;
+            let (rows, look, _) = self.snapshot(&mut tx)?;
             *Self::locked(&self.look) = Some(look);
             let lab = self.parse(&rows)?.model();
             let (events, last_event) = match events {
@@ -300,57 +311,79 @@ impl PgStore {
         })
     }
 
-    fn machines(&self, client: &mut impl GenericClient) -> Result<Vec<Row>> {
-        Ok(client
-            .query(
-                "SELECT id, name, element FROM mama_machine ORDER BY position, id",
-                &[],
-            )
-            .map_err(|e| db_error(&self.context("read"), e))?
-            .into_iter()
-            .map(|row| Row {
-                id: row.get(0),
-                name: row.get(1),
-                element: row.get(2),
-            })
-            .collect())
-    }
-
     fn parse(&self, rows: &[Row]) -> Result<XmlLab> {
         XmlLab::from_machines(rows.iter().map(|r| (r.name.as_str(), r.element.as_str())))
             .map_err(|e| self.corrupt(e))
     }
 
-    /// Which job locks are held, and when the server started.
-    fn look_at(&self, client: &mut impl GenericClient, rows: &[Row]) -> Result<Look> {
-        let held = client
-            .query(
-                &format!(
-                    "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' \
-                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                     AND classid = {LOCK_SPACE}::oid AND objsubid = 2 AND granted"
-                ),
-                &[],
-            )
-            .map_err(|e| db_error(&self.context("read the locks of"), e))?
-            .into_iter()
-            .filter_map(|row| i32::try_from(row.get::<_, i64>(0)).ok())
-            .collect();
-        let reattaching = client
-            .query(
-                "SELECT name FROM mama_machine WHERE job_written < pg_postmaster_start_time() \
-                 AND now() < pg_postmaster_start_time() + make_interval(secs => $1)",
-                &[&(self.host_timeout.as_secs_f64())],
-            )
-            .map_err(|e| db_error(&self.context("read"), e))?
-            .into_iter()
-            .map(|row| row.get(0))
-            .collect();
-        Ok(Look {
+    /// The machines, and one look at their job locks, in one round trip:
+    /// which locks are held, which claims were written before the server
+    /// last started (within the host timeout after it), and whether this
+    /// role may write the lab.
+    fn snapshot(&self, client: &mut impl GenericClient) -> Result<(Vec<Row>, Look, bool)> {
+        let batch = format!(
+            "SELECT id, name, element FROM mama_machine ORDER BY position, id;
+             SELECT objid FROM pg_locks WHERE locktype = 'advisory' \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND classid = {LOCK_SPACE}::oid AND objsubid = 2 AND granted;
+             SELECT name FROM mama_machine WHERE job_written < pg_postmaster_start_time() \
+               AND now() < pg_postmaster_start_time() + make_interval(secs => {});
+             SELECT has_table_privilege('mama_machine', 'UPDATE') \
+               AND has_table_privilege('mama_event', 'INSERT');",
+            self.host_timeout.as_secs()
+        );
+        let messages = client
+            .simple_query(&batch)
+            .map_err(|e| db_error(&self.context("read"), e))?;
+        // The rows of each statement, in order.
+        let mut results: Vec<Vec<postgres::SimpleQueryRow>> = vec![Vec::new()];
+        for message in messages {
+            match message {
+                postgres::SimpleQueryMessage::Row(row) => {
+                    if let Some(rows) = results.last_mut() {
+                        rows.push(row);
+                    }
+                }
+                postgres::SimpleQueryMessage::CommandComplete(_) => results.push(Vec::new()),
+                _ => {}
+            }
+        }
+        let unexpected = || {
+            Error::Invalid(format!(
+                "internal error: the lab at {} answered in an unexpected shape",
+                self.url.shown
+            ))
+        };
+        let [machines, held, reattaching, may_write, ..] = results.as_slice() else {
+            return Err(unexpected());
+        };
+        let text = |row: &postgres::SimpleQueryRow, i: usize| -> Result<String> {
+            row.get(i).map(str::to_string).ok_or_else(unexpected)
+        };
+        let rows = machines
+            .iter()
+            .map(|row| {
+                Ok(Row {
+                    id: text(row, 0)?.parse().map_err(|_| unexpected())?,
+                    name: text(row, 1)?,
+                    element: text(row, 2)?,
+                })
+            })
+            .collect::<Result<Vec<Row>>>()?;
+        let look = Look {
             ids: rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
-            held,
-            reattaching,
-        })
+            held: held
+                .iter()
+                .filter_map(|row| row.get(0)?.parse::<i64>().ok())
+                .filter_map(|id| i32::try_from(id).ok())
+                .collect(),
+            reattaching: reattaching
+                .iter()
+                .filter_map(|row| row.get(0).map(str::to_string))
+                .collect(),
+        };
+        let may_write = may_write.first().and_then(|row| row.get(0)) == Some("t");
+        Ok((rows, look, may_write))
     }
 
     fn events(&self, client: &mut impl GenericClient, after: Option<u64>) -> Result<Vec<Event>> {
@@ -449,14 +482,7 @@ impl PgStore {
                 .map_err(|e| db_error(&self.context("write"), e))?;
             self.lab_lock(&mut tx)?;
             schema::ensure(&mut tx, &self.url.shown)?;
-            let may_write: bool = tx
-                .query_one(
-                    "SELECT has_table_privilege('mama_machine', 'UPDATE') \
-                     AND has_table_privilege('mama_event', 'INSERT')",
-                    &[],
-                )
-                .map_err(|e| db_error(&self.context("write"), e))?
-                .get(0);
+            let (rows, look, may_write) = self.snapshot(&mut tx)?;
             if !may_write {
                 return Err(Error::ReadOnly {
                     context: self.context("write"),
@@ -466,8 +492,6 @@ impl PgStore {
                     ),
                 });
             }
-            let rows = self.machines(&mut tx)?;
-            let look = self.look_at(&mut tx, &rows)?;
             *Self::locked(&self.look) = Some(look);
             let mut doc = self.parse(&rows)?;
             let mut lab = doc.model();
@@ -597,7 +621,7 @@ impl PgStore {
             if schema::version(&mut tx, &self.url.shown)?.is_none() {
                 return Ok(XmlLab::empty().to_xml());
             }
-            let rows = self.machines(&mut tx)?;
+            let (rows, _, _) = self.snapshot(&mut tx)?;
             let skeleton = self.document(&mut tx)?;
             let doc = XmlLab::assemble(
                 skeleton.as_deref(),
@@ -658,11 +682,38 @@ impl PgStore {
             .ok_or_else(|| Error::UnknownMachine(machine.to_string()))
     }
 
+    /// Starts opening the session that the next job lock will be taken
+    /// in, on a thread of its own, so that it is ready when the claim
+    /// transaction wants it.
+    pub fn prepare(&self) {
+        let mut spare = Self::locked(&self.spare);
+        if spare.is_none() {
+            let (url, timeout) = (Arc::clone(&self.url), self.host_timeout);
+            *spare = Some(Spare::Opening(std::thread::spawn(move || {
+                connect(&url, timeout)
+            })));
+        }
+    }
+
+    /// A session for a job lock: the one [`PgStore::prepare`] opened, else
+    /// a new one.
+    fn job_session(&self) -> Result<Client> {
+        let prepared = match Self::locked(&self.spare).take() {
+            Some(Spare::Ready(client)) => Some(client),
+            Some(Spare::Opening(thread)) => thread.join().ok().and_then(Result::ok),
+            None => None,
+        };
+        match prepared {
+            Some(client) if !client.is_closed() => Ok(client),
+            _ => connect(&self.url, self.host_timeout),
+        }
+    }
+
     /// Takes `machine`'s job lock in a session of its own, which the claim
     /// keeps for the job's whole life.
     pub fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
         let key = self.key(machine)?;
-        let mut session = connect(&self.url, self.host_timeout)?;
+        let mut session = self.job_session()?;
         let row = session
             .query_one(
                 "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
@@ -670,16 +721,19 @@ impl PgStore {
             )
             .map_err(|e| db_error(&self.context("lock a machine of"), e))?;
         let (taken, backend): (bool, i32) = (row.get(0), row.get(1));
-        Ok(taken.then(|| {
-            JobLock::Pg(Box::new(PgJobLock::new(
-                session,
-                backend,
-                Arc::clone(&self.url),
-                self.host_timeout,
-                machine,
-                key,
-            )))
-        }))
+        if !taken {
+            // Kept for the next try.
+            *Self::locked(&self.spare) = Some(Spare::Ready(session));
+            return Ok(None);
+        }
+        Ok(Some(JobLock::Pg(Box::new(PgJobLock::new(
+            session,
+            backend,
+            Arc::clone(&self.url),
+            self.host_timeout,
+            machine,
+            key,
+        )))))
     }
 
     /// Sleeps on `machine`'s job lock, in the server, until its holder lets
