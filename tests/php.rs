@@ -15,6 +15,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const STAND_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/php_mama.py");
 
@@ -510,4 +511,89 @@ fn in_php_mamas_layout_a_member_uses_every_command_once_the_files_are_added() {
     );
     php_ok(&env, &["set", "rig1", "os", "by-php"]);
     assert_eq!(nobody(&["get", "rig1", "os"]).ok(), "by-php\n");
+}
+
+#[test]
+fn writers_killed_while_writing_in_place_leave_a_file_both_tools_read() {
+    const MACHINES: usize = 30;
+    let env = php_lab();
+    let machines: Vec<String> = (0..MACHINES)
+        .map(|i| {
+            let name = format!("m{i:02}");
+            machine_xml(&name, i as u8, &[("os", "old"), ("boot_params", "quiet")])
+        })
+        .collect();
+    env.write_state(&lab_xml(&machines));
+    let start = Instant::now();
+    for i in 0..3 {
+        env.run(["set", "m00", "kernel", &i.to_string()]).ok();
+    }
+    // Kill at offsets up to about three times one write.
+    let span_us = (start.elapsed().as_micros() as u64).clamp(3_000, 100_000);
+    let os_of = |env: &TestEnv| -> std::collections::BTreeMap<String, String> {
+        env.run(["list", "--json"])
+            .json()
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|m| {
+                let name = m["name"].as_str().expect("a name").to_string();
+                (name, m["os"].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    };
+    let mut model = os_of(&env);
+    let mut prng = Prng(0x2545_f491_4f6c_dd1d);
+    let mut rolled_forward = 0;
+    for round in 0..40 {
+        // Longer and shorter values by turns: a shorter text overwrites
+        // the start of a longer one, which stays until it is cut to length.
+        let value = if round % 2 == 0 {
+            format!("{round}-{}", "x".repeat(300))
+        } else {
+            round.to_string()
+        };
+        let ops: Vec<(String, String)> = (0..3)
+            .map(|k| {
+                (
+                    format!("m{:02}", (round * 3 + k) % MACHINES),
+                    format!("{value}-{k}"),
+                )
+            })
+            .collect();
+        let delay = Duration::from_micros(prng.next() % span_us);
+        let ended = kill_after(
+            &env,
+            ops.iter()
+                .map(|(m, v)| vec!["set".into(), m.clone(), "os".into(), v.clone()]),
+            delay,
+        );
+        // mama reads the lab whatever instant the writers were killed at
+        // (from the roll-forward copy, where one was cut short mid-write).
+        let now = os_of(&env);
+        for ((machine, new), end) in ops.iter().zip(&ended) {
+            let got = &now[machine];
+            if end.status.success() {
+                assert_eq!(got, new, "round {round}: {machine}");
+            } else {
+                assert!(
+                    got == new || *got == model[machine],
+                    "round {round}: {machine} holds {got:?}, neither old nor new; {}",
+                    end.stderr
+                );
+            }
+        }
+        model = now;
+        // The next writer puts the lab in place, and PHP mama reads and
+        // writes it.
+        let repair = env.run(["set", "m00", "kernel", &format!("r{round}")]);
+        repair.ok();
+        if repair.stderr.contains("roll-forward copy") {
+            rolled_forward += 1;
+        }
+        php_ok(&env, &["set", "m01", "arch", &format!("r{round}")]);
+        assert_eq!(env.info("m01")["arch"], format!("r{round}"));
+    }
+    assert!(env.files_containing(".tmp").is_empty(), "{:?}", env.files());
+    eprintln!("{rolled_forward} of 40 rounds put a roll-forward copy back");
 }
