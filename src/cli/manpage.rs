@@ -310,10 +310,12 @@ fn sections() -> Roff {
         &mut r,
         vec![italic("state"), roman(".lock")],
         &[roman(
-            "The lock file: an advisory flock on it guards every transaction (never on the \
-             state file itself, which each write replaces). It is created with the state \
-             file's group, readable and writable only by those who may write the state \
-             file; others read without it.",
+            "The lock file: an advisory flock on it guards every transaction; each \
+             transaction then also takes PHP mama's lock, a flock on the state file itself \
+             (shared to read). It is created with the state file's group, readable and \
+             writable only by those who may write the state file; others read without it, \
+             under the state file's lock alone. Where PHP mama shares the file, it also \
+             holds the roll-forward copy of an in-place write while it is made.",
         )],
     );
     item(

@@ -558,6 +558,21 @@ fn attempt(
     }))
 }
 
+/// Whether the record `job` is still the claim `ours`: same label and
+/// PID, and the same timestamp and host where the record has them. PHP
+/// mama saves a machine rebuilt from its own fields, dropping
+/// `job_timestamp`, `job_host` and `job_origin`; while the claiming run
+/// lives no other process has its PID here, so the rest still tells.
+fn still_ours(ours: &JobRecord, job: &JobRecord) -> bool {
+    job.label == ours.label
+        && job.pid == ours.pid
+        && job.timestamp.is_none_or(|t| Some(t) == ours.timestamp)
+        && job
+            .host
+            .as_ref()
+            .is_none_or(|h| Some(h) == ours.host.as_ref())
+}
+
 impl Claim {
     /// The descriptor of the machine's job lock, for the job to inherit, so
     /// the machine stays busy while any process of the job lives.
@@ -598,9 +613,7 @@ impl Claim {
             };
             if self.outer.is_none() {
                 let current = machine.view().job();
-                let ours = current
-                    .as_ref()
-                    .is_some_and(|j| j.pid == self.job.pid && j.timestamp == self.job.timestamp);
+                let ours = current.as_ref().is_some_and(|j| still_ours(&self.job, j));
                 if !ours {
                     say!(
                         "mama: the claim on {} was cleared or taken over while the job ran; \

@@ -26,6 +26,9 @@ const ROOT: &str = "settings";
 const EVENT_SEQ: &str = "event_seq";
 /// mama's own top-level element: committed events not yet in the log.
 const PENDING_EVENTS: &str = "pending_events";
+/// A top-level element a person adds to say that PHP mama shares the file:
+/// then mama writes it in place (see [`crate::backend::file`]).
+const PHP_COMPAT: &str = "php_compat";
 
 /// The parsed state file.
 #[derive(Debug, Clone)]
@@ -299,6 +302,15 @@ impl XmlLab {
         doc.write()
     }
 
+    /// Whether the file says that PHP mama shares it: a top-level
+    /// `<php_compat>` that does not hold `0`.
+    pub fn php_compat(&self) -> bool {
+        self.doc
+            .root
+            .child(PHP_COMPAT)
+            .is_some_and(|e| e.text().trim() != "0")
+    }
+
     /// The number of the last event this state committed, if any.
     pub fn event_seq(&self) -> Option<u64> {
         self.doc.root.child(EVENT_SEQ)?.text().trim().parse().ok()
@@ -423,6 +435,19 @@ mod tests {
                 "<job_timestamp/>",
             );
         assert_eq!(xml, cleared);
+    }
+
+    #[test]
+    fn php_compat_is_on_unless_it_says_0() {
+        let with = |element: &str| {
+            XmlLab::parse(&UPSTREAM.replace("<settings>", &format!("<settings>{element}")))
+                .unwrap()
+                .php_compat()
+        };
+        assert!(!XmlLab::parse(UPSTREAM).unwrap().php_compat());
+        assert!(with("<php_compat/>"));
+        assert!(with("<php_compat>1</php_compat>"));
+        assert!(!with("<php_compat> 0 </php_compat>"));
     }
 
     #[test]

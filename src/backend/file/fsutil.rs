@@ -195,14 +195,17 @@ impl Dir {
     /// else an error naming what it is. A second link is how a file from
     /// elsewhere on the file system would be planted here (O_NOFOLLOW does
     /// not see hard links), and mama writes, chmods and chgrps these files;
-    /// none of its own ever has two.
+    /// none of its own ever has two. None at all is the state file that a
+    /// writer's rename replaced between the open and this look: a reader
+    /// of it reads a whole old version, and a lock on it is let go and
+    /// taken again on the new file (see `FileStore::lock_state`).
     fn regular(&self, file: File, name: &OsStr) -> Result<File> {
         let path = self.child(name);
         let meta = file.metadata().map_err(|e| Error::io("read", &path, e))?;
         if !meta.file_type().is_file() {
             return Err(planted(&path, describe(meta.mode()), Expect::File));
         }
-        if meta.nlink() != 1 {
+        if meta.nlink() > 1 {
             return Err(planted(&path, crate::error::HARD_LINK, Expect::File));
         }
         let fd = file.as_raw_fd();

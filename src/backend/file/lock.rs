@@ -138,6 +138,14 @@ impl FileLock {
     }
 }
 
+impl FileLock {
+    /// The locked file: a lock on the state file itself (PHP mama's lock)
+    /// is read and written through the descriptor that holds it.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
 impl std::os::fd::AsRawFd for FileLock {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.file.as_raw_fd()

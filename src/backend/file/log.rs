@@ -182,8 +182,14 @@ impl History {
             file.set_len(tail.whole).map_err(io)?;
         }
         if trim && tail.whole > TRIM_AT {
-            self.trim(&mut file, tail.whole, like)?;
-            file = self.open_for_append(like)?;
+            match self.trim(&mut file, tail.whole, like) {
+                Ok(()) => file = self.open_for_append(like)?,
+                // A folder this user may not write (PHP mama's layout, with
+                // the log added by its owner): the log cannot be replaced,
+                // so it grows on, and the folder's owner trims it.
+                Err(Error::ReadOnly { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok((file, tail.last_seq()))
     }

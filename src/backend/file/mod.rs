@@ -1,12 +1,29 @@
-//! The state store: where the state file is, its lock, and transactions.
+//! The state store: where the state file is, its locks, and transactions.
 //!
 //! Every change is one transaction: take the exclusive lock on the lock file
-//! beside the state file, read and parse, change, write the whole file
-//! atomically (temporary file in the same folder, fsync, rename, fsync the
-//! folder), release. Readers take the lock shared, briefly. A process killed
-//! at any instant leaves the old file or the new one, and at most one
-//! temporary file, which the next writer removes. Every file beside the
-//! state file is opened through [`crate::backend::file::fsutil`]: never through a link.
+//! beside the state file, then PHP mama's lock (an exclusive `flock` on the
+//! state file itself), read and parse, change, write, release. Readers take
+//! both locks shared, briefly. The lock order (lock file, then state file;
+//! a machine's job lock is only ever tried, never waited for, while they
+//! are held) keeps mama processes from deadlocking one another, and PHP
+//! mama takes only the second, so it never waits for mama while holding
+//! anything mama waits for.
+//!
+//! A write replaces the whole file atomically (temporary file in the same
+//! folder, fsync, rename, fsync the folder): a process killed at any instant
+//! leaves the old file or the new one, and at most one temporary file,
+//! which the next writer removes. Where PHP mama shares the file (compat
+//! mode: a top-level `<php_compat>` element, PHP mama's `mama.xml-default`
+//! beside `mama.xml`, or a folder this user may not write), a rename would
+//! leave PHP mama locking and writing a file that is no longer there, so
+//! mama writes in place, as PHP mama does, through the descriptor that
+//! holds the lock: first a synced roll-forward copy of the new text into
+//! the lock file, then the state file, then it empties the copy. A reader
+//! that finds the state file cut short (a writer killed mid-write) reads the
+//! copy, and the next writer puts it back in place.
+//!
+//! Every file beside the state file is opened through
+//! [`crate::backend::file::fsutil`]: never through a link.
 
 pub mod doc;
 pub mod fsutil;
@@ -16,7 +33,8 @@ pub mod xml;
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -102,6 +120,47 @@ impl HeldJobLocks {
 struct Loaded {
     doc: XmlLab,
     existed: bool,
+    /// Read from the roll-forward copy: the state file was cut short by a
+    /// writer killed while writing it in place.
+    rolled_forward: bool,
+}
+
+/// The first words of a roll-forward copy in the lock file; then the
+/// length of the text and its FNV-1a 64-bit hash (16 hex digits), a
+/// newline, and the text.
+const ROLL_FORWARD: &str = "mama roll-forward 1";
+
+/// The longest roll-forward copy read back (it is a copy of a state file).
+const MAX_COPY: u64 = 64 << 20;
+
+/// PHP mama's own file in its folder (`MAMA_PATH`), beside `mama.xml`: it
+/// copies it when mama.xml is missing.
+const PHP_DEFAULT: &str = "mama.xml-default";
+
+/// The 64-bit FNV-1a hash: the roll-forward copy's checksum.
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The name of the group `gid`, or its number.
+fn group_name(gid: u32) -> String {
+    // SAFETY: a struct of plain fields and pointers, all zero until
+    // getgrgid_r fills it in.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives the read
+    // of the name it holds.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || group.gr_name.is_null() {
+        return gid.to_string();
+    }
+    // SAFETY: a NUL-terminated name inside `buf`.
+    unsafe { std::ffi::CStr::from_ptr(group.gr_name) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl Loaded {
@@ -112,6 +171,13 @@ impl Loaded {
             last_event: self.doc.event_seq(),
         }
     }
+}
+
+/// Whether `file` is the file now at `path` (not one renamed away).
+fn is_at(file: &File, path: &Path) -> Result<bool> {
+    let held = file.metadata().map_err(|e| Error::io("read", path, e))?;
+    Ok(fs::symlink_metadata(path)
+        .is_ok_and(|now| now.dev() == held.dev() && now.ino() == held.ino()))
 }
 
 impl FileStore {
@@ -210,8 +276,8 @@ impl FileStore {
     /// it waits for (the lock and, where /proc tells, who holds it); gives
     /// up as the store's patience says. A reader that may not write the
     /// state file, or not open the lock file (no permission, a read-only
-    /// file system), goes on without it (`None`): every write replaces the
-    /// state whole, so a reader never sees a mix.
+    /// file system), goes on without it (`None`), with the state file's own
+    /// lock alone.
     fn lab_lock(&self, mode: Mode, like: Option<&Metadata>) -> Result<Option<FileLock>> {
         let path = self.lock_path();
         // Who may not write the state neither creates its lock file (it
@@ -223,8 +289,14 @@ impl FileStore {
             Ok(file) => file,
             Err(e @ Error::Planted { .. }) => return Err(e),
             Err(_) if mode == Mode::Shared => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(self.with_advice(e)),
         };
+        self.wait_for(file, &path, mode).map(Some)
+    }
+
+    /// Takes the lock on `file` (at `path`), saying after a second what it
+    /// waits for, and giving up as the store's patience says.
+    fn wait_for(&self, file: File, path: &Path, mode: Mode) -> Result<FileLock> {
         let held_by = |file: &File| {
             lock::holder(file)
                 .map(|h| format!(", taken by {h}"))
@@ -239,8 +311,8 @@ impl FileStore {
             )
         };
         let deadline = self.patience.give_up_at();
-        match FileLock::wait(file, &path, mode, deadline, &mut notice)? {
-            Ok(lock) => Ok(Some(lock)),
+        match FileLock::wait(file, path, mode, deadline, &mut notice)? {
+            Ok(lock) => Ok(lock),
             Err(file) if self.patience.no_wait => Err(Error::Busy(format!(
                 "the lab's lock {} is held{}; not waiting (--no-wait)",
                 path.display(),
@@ -255,21 +327,79 @@ impl FileStore {
         }
     }
 
-    /// Reads the lab under a shared lock. When the lock file cannot be opened
-    /// (a read-only folder or file system, or a lock file only writers may
-    /// open), reads without it.
+    /// Takes PHP mama's lock: a `flock` on the state file itself, shared
+    /// to read, through a descriptor opened read-only, or exclusive and
+    /// read-write to write (mama reads and writes in place through it, as
+    /// PHP mama does). A state file that was replaced while this waited (by
+    /// a rename) is let go and the new one locked. `None` when there is no
+    /// state file.
+    fn lock_state(&self, mode: Mode) -> Result<Option<FileLock>> {
+        let path = self.real_path();
+        for _ in 0..100 {
+            let Some(file) = fsutil::open_file(&path, mode == Mode::Exclusive)? else {
+                return Ok(None);
+            };
+            let lock = self.wait_for(file, &self.path, mode)?;
+            if is_at(lock.file(), &path)? {
+                return Ok(Some(lock));
+            }
+        }
+        Err(Error::Invalid(format!(
+            "cannot lock {}: it keeps being replaced",
+            self.path.display()
+        )))
+    }
+
+    /// An error of a writer who cannot create mama's files beside the state
+    /// file because the folder is not theirs to write (PHP mama's layout: a
+    /// folder of root's, 0755, and mama.xml 0660 in the lab's group): says
+    /// which files its owner adds, once, so that the group may use every
+    /// command.
+    fn with_advice(&self, e: Error) -> Error {
+        let Error::ReadOnly { context, source } = e else {
+            return e;
+        };
+        if fsutil::may_write(&self.dir).is_ok() {
+            return Error::ReadOnly { context, source };
+        }
+        let group = match self.metadata() {
+            Ok(Some(meta)) => group_name(meta.gid()),
+            _ => "GROUP".to_string(),
+        };
+        let at = |suffix: &str| self.beside("", suffix).display().to_string();
+        Error::ReadOnly {
+            context: format!(
+                "{context} (the folder {} is not writable for you, as PHP mama installs it; \
+                 for the group {group} to use every command, the folder's owner adds mama's \
+                 files once: `install -m 0660 -g {group} /dev/null {}`, \
+                 `install -m 0660 -g {group} /dev/null {}` and \
+                 `install -d -m 2770 -g {group} {}`)",
+                self.dir.display(),
+                at(".lock"),
+                at(".log"),
+                at(".locks")
+            ),
+            source,
+        }
+    }
+
+    /// Reads the lab under both locks, shared. Without the lab's lock file
+    /// (a reader who may not write, a read-only folder or file system) the
+    /// state file's own lock keeps writers out while it reads.
     pub fn read(&self) -> Result<Snapshot> {
         let like = self.metadata()?;
         if like.is_none() {
             return Ok(Snapshot::missing());
         }
-        let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
-        Ok(self.load()?.snapshot())
+        let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
+        let state = self.lock_state(Mode::Shared)?;
+        Ok(self.load(state.as_ref(), lab.as_ref())?.snapshot())
     }
 
     /// Runs one transaction: `change` gets the current lab; when it returns
     /// `Ok` having changed the lab, its changes are replayed onto the state
-    /// file's tree and the new file is written atomically. The
+    /// file's tree and the new file is written (atomically, or in place
+    /// where PHP mama shares it). The
     /// state file is never written when `change` fails or changes nothing.
     /// A lab this user may not write (no permission on the state file or
     /// its folder, a read-only file system) is [`Error::ReadOnly`], before
@@ -287,19 +417,54 @@ impl FileStore {
             Some(_) => self.real_path(),
             None => self.dir.clone(),
         })?;
-        let _lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
-        let mut doc = self.load()?.doc;
+        let lab_lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
+        let state_lock = self.lock_state(Mode::Exclusive)?;
+        let journal = lab_lock.as_ref().map(FileLock::file);
+        let loaded = self.load(state_lock.as_ref(), lab_lock.as_ref())?;
+        let mut doc = loaded.doc;
         let mut lab = doc.model();
         let value = change(&mut lab)?;
-        if lab.is_changed() {
+        if lab.is_changed() || loaded.rolled_forward {
             doc.apply(lab.changes())?;
             let events = lab.take_events();
             if !events.is_empty() {
-                self.commit_events(&mut doc, events, like.as_ref())?;
+                self.commit_events(&mut doc, events, like.as_ref())
+                    .map_err(|e| self.with_advice(e))?;
             }
-            self.write(&doc)?;
+            match (&state_lock, journal) {
+                (Some(state), Some(journal)) if self.in_place(&doc) => {
+                    self.write_in_place(&doc, state.file(), journal)?
+                }
+                _ => self.replace(&doc)?,
+            }
+            if loaded.rolled_forward {
+                say!(
+                    "mama: {} had been cut short by a writer killed while writing it; \
+                     put back its roll-forward copy from {}",
+                    self.path.display(),
+                    self.lock_path().display()
+                );
+            }
+        }
+        // A copy left by a writer killed after it had written the state
+        // whole is not needed: the state stands.
+        if let Some(journal) = journal
+            && journal.metadata().is_ok_and(|m| m.len() > 0)
+        {
+            let _ = journal.set_len(0);
         }
         Ok(value)
+    }
+
+    /// Whether PHP mama shares the state file, so it is written in place:
+    /// the file says so (`<php_compat>`), PHP mama's own `mama.xml-default`
+    /// is beside `mama.xml` (its installation, `MAMA_PATH`), or this user
+    /// may not write the folder (so a rename cannot work).
+    fn in_place(&self, doc: &XmlLab) -> bool {
+        doc.php_compat()
+            || (self.file_name() == "mama.xml"
+                && fs::symlink_metadata(self.dir.join(PHP_DEFAULT)).is_ok_and(|m| m.is_file()))
+            || fsutil::may_write(&self.dir).is_err()
     }
 
     /// Numbers this transaction's events after every event committed so
@@ -335,14 +500,15 @@ impl FileStore {
     }
 
     /// The committed events (all of them, or those numbered after `after`),
-    /// read under the shared lock with the state that holds the newest.
+    /// read under the shared locks with the state that holds the newest.
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
         let like = self.metadata()?;
         if like.is_none() {
             return Ok((Snapshot::missing(), Vec::new()));
         }
-        let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
-        let loaded = self.load()?;
+        let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
+        let state = self.lock_state(Mode::Shared)?;
+        let loaded = self.load(state.as_ref(), lab.as_ref())?;
         let events = self.history().read(after, loaded.doc.pending_events())?;
         Ok((loaded.snapshot(), events))
     }
@@ -354,20 +520,69 @@ impl FileStore {
         if like.is_none() {
             return Ok(XmlLab::empty().to_xml());
         }
-        let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
-        Ok(self.load()?.doc.exported())
+        let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
+        let state = self.lock_state(Mode::Shared)?;
+        Ok(self.load(state.as_ref(), lab.as_ref())?.doc.exported())
     }
 
-    fn load(&self) -> Result<Loaded> {
-        let Some(mut file) = self.open_state()? else {
+    /// Reads the state file through the descriptor that holds its lock
+    /// (`None`: there is none). A state file cut short by a writer killed
+    /// while writing it in place is read from the roll-forward copy that
+    /// writer left in the lab's lock file `lab`, when that copy is whole.
+    fn load(&self, state: Option<&FileLock>, lab: Option<&FileLock>) -> Result<Loaded> {
+        let Some(state) = state else {
             return Ok(Loaded {
                 doc: XmlLab::empty(),
                 existed: false,
+                rolled_forward: false,
             });
         };
+        let mut file = state.file();
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut bytes))
             .map_err(|e| Error::io("read", &self.path, e))?;
+        let broken = match self.parse(bytes) {
+            Ok(doc) => {
+                return Ok(Loaded {
+                    doc,
+                    existed: true,
+                    rolled_forward: false,
+                });
+            }
+            Err(e) => e,
+        };
+        match lab.and_then(|lab| self.roll_forward_copy(lab.file())) {
+            Some(doc) => Ok(Loaded {
+                doc,
+                existed: true,
+                rolled_forward: true,
+            }),
+            None => Err(broken),
+        }
+    }
+
+    /// The whole roll-forward copy in the lock file `journal`, parsed; `None`
+    /// when there is none, or it is cut short or damaged.
+    fn roll_forward_copy(&self, mut journal: &File) -> Option<XmlLab> {
+        let mut bytes = Vec::new();
+        journal.seek(SeekFrom::Start(0)).ok()?;
+        journal.take(MAX_COPY).read_to_end(&mut bytes).ok()?;
+        let newline = bytes.iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&bytes[..newline]).ok()?;
+        let (len, hash) = header.strip_prefix(ROLL_FORWARD)?.trim().split_once(' ')?;
+        let text = &bytes[newline + 1..];
+        if len.parse::<usize>().ok()? != text.len()
+            || u64::from_str_radix(hash, 16).ok()? != fnv1a_64(text)
+        {
+            return None;
+        }
+        let doc = self.parse(text.to_vec()).ok()?;
+        Some(doc)
+    }
+
+    /// Parses the text of the state file.
+    fn parse(&self, bytes: Vec<u8>) -> Result<XmlLab> {
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -375,11 +590,10 @@ impl FileStore {
                 valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
             self.corrupt(Some((line, column)), "the file is not valid UTF-8".into())
         })?;
-        let doc = XmlLab::parse(&text).map_err(|e| {
+        XmlLab::parse(&text).map_err(|e| {
             let location = (e.line > 0).then_some((e.line, e.column));
             self.corrupt(location, e.message)
-        })?;
-        Ok(Loaded { doc, existed: true })
+        })
     }
 
     fn corrupt(&self, location: Option<(usize, usize)>, message: String) -> Error {
@@ -390,10 +604,9 @@ impl FileStore {
         }
     }
 
-    /// Replaces the state file with `doc`, keeping its mode, group and
-    /// (where permitted) owner. The text is parsed again before anything is
-    /// written: mama never writes a file it could not read back.
-    fn write(&self, doc: &XmlLab) -> Result<()> {
+    /// The text of `doc`, parsed again first: mama never writes a file it
+    /// could not read back.
+    fn checked_text(&self, doc: &XmlLab) -> Result<String> {
         let text = doc.to_xml();
         XmlLab::parse(&text).map_err(|e| {
             Error::Invalid(format!(
@@ -401,6 +614,13 @@ impl FileStore {
                 self.path.display()
             ))
         })?;
+        Ok(text)
+    }
+
+    /// Replaces the state file with `doc`, keeping its mode, group and
+    /// (where permitted) owner.
+    fn replace(&self, doc: &XmlLab) -> Result<()> {
+        let text = self.checked_text(doc)?;
         // The file being replaced lends its mode, owner, group, ACLs and
         // extended attributes to the new one.
         let old = self.open_state()?;
@@ -419,6 +639,47 @@ impl FileStore {
             old.as_ref(),
         )
     }
+
+    /// Writes `doc` into the state file in place, through `state`, the
+    /// descriptor that holds its lock (PHP mama's way, so a PHP mama that
+    /// waits for that lock reads and writes the file mama wrote). First the
+    /// new text goes, synced, into `journal` (the lab's lock file, which
+    /// this writer holds) as a roll-forward copy; then the state file is
+    /// overwritten, cut to length and synced; then the copy is emptied. A
+    /// writer killed in between leaves a state file that does not parse
+    /// and a whole copy, which readers read and the next writer puts back.
+    fn write_in_place(&self, doc: &XmlLab, state: &File, journal: &File) -> Result<()> {
+        let text = self.checked_text(doc)?;
+        let mut copy = format!(
+            "{ROLL_FORWARD} {} {:016x}\n",
+            text.len(),
+            fnv1a_64(text.as_bytes())
+        )
+        .into_bytes();
+        copy.extend_from_slice(text.as_bytes());
+        journal
+            .set_len(0)
+            .and_then(|()| journal.write_all_at(&copy, 0))
+            .and_then(|()| journal.sync_data())
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "cannot write {} in place (PHP mama shares it): its roll-forward copy goes \
+                     first to {}, which failed: {e}; the state file was left unchanged",
+                    self.path.display(),
+                    self.lock_path().display()
+                ))
+            })?;
+        state
+            .write_all_at(text.as_bytes(), 0)
+            .and_then(|()| state.set_len(text.len() as u64))
+            .and_then(|()| state.sync_data())
+            .map_err(|e| fsutil::error("write", &self.path, e))?;
+        // Not synced: after a crash, a copy beside a state file that parses
+        // is never applied (see `load`).
+        journal
+            .set_len(0)
+            .map_err(|e| Error::io("empty the roll-forward copy in", &self.lock_path(), e))
+    }
 }
 
 impl FileStore {
@@ -428,7 +689,7 @@ impl FileStore {
     fn machine_lock(&self, machine: &str) -> Result<(PathBuf, Option<Metadata>)> {
         let dir = self.machine_locks_dir();
         let like = self.metadata()?;
-        fsutil::ensure_folder(&dir, like.as_ref())?;
+        fsutil::ensure_folder(&dir, like.as_ref()).map_err(|e| self.with_advice(e))?;
         Ok((lock::path_in(&dir, machine), like))
     }
 }

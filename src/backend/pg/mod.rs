@@ -69,7 +69,7 @@ enum Spare {
     /// Being opened, on a thread of its own.
     Opening(std::thread::JoinHandle<Result<Client>>),
     /// Open (kept after a try that found the lock held).
-    Ready(Client),
+    Ready(Box<Client>),
 }
 
 impl std::fmt::Debug for PgStore {
@@ -699,7 +699,7 @@ impl PgStore {
     /// a new one.
     fn job_session(&self) -> Result<Client> {
         let prepared = match Self::locked(&self.spare).take() {
-            Some(Spare::Ready(client)) => Some(client),
+            Some(Spare::Ready(client)) => Some(*client),
             Some(Spare::Opening(thread)) => thread.join().ok().and_then(Result::ok),
             None => None,
         };
@@ -723,7 +723,7 @@ impl PgStore {
         let (taken, backend): (bool, i32) = (row.get(0), row.get(1));
         if !taken {
             // Kept for the next try.
-            *Self::locked(&self.spare) = Some(Spare::Ready(session));
+            *Self::locked(&self.spare) = Some(Spare::Ready(Box::new(session)));
             return Ok(None);
         }
         Ok(Some(JobLock::Pg(Box::new(PgJobLock::new(
