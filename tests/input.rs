@@ -523,26 +523,31 @@ fn long_names_get_lock_files_the_file_system_takes() {
 }
 
 #[test]
-fn a_url_as_the_state_is_refused_not_taken_for_a_missing_file() {
+fn a_url_as_the_state_is_a_database_or_refused_never_taken_for_a_missing_file() {
     let env = TestEnv::new();
+    let unreachable = format!(
+        "postgresql://mama:secret@/lab?host={}",
+        env.path().join("no-server").display()
+    );
     for args in [
         &["list"][..],
         &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"],
     ] {
         let mut cmd = env.cmd(args);
-        cmd.env("MAMA_STATE", "postgresql://mama:secret@db.example/lab");
+        cmd.env("MAMA_STATE", &unreachable);
         let run = output(cmd);
-        let stderr = run.fails_saying(1, "PostgreSQL URL");
+        let stderr = run.fails_saying(1, "cannot connect to the lab at postgresql://mama@/lab");
         assert!(!stderr.contains("secret"), "{run:#?}");
     }
     let run = env.run([
         "--state",
-        "ftp://host/mama.xml",
+        "ftp://me:secret@host/mama.xml",
         "run",
         "rig1",
         "--",
         "true",
     ]);
-    run.fails_saying(125, "is a URL (ftp://)");
+    let stderr = run.fails_saying(125, "is a URL of scheme ftp://");
+    assert!(!stderr.contains("secret"), "{run:#?}");
     assert!(env.files().is_empty(), "{:?}", env.files());
 }

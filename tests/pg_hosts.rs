@@ -71,7 +71,7 @@ fn args(list: &[&str]) -> Vec<String> {
 #[test]
 fn a_cut_off_holders_claim_is_freed_within_the_host_timeout() {
     let host = Host::new();
-    let (_server, _db, env, mut holder) = remote_holder(&host);
+    let (_server, _db, env, holder) = remote_holder(&host);
     let mut waiter = Bg::start(local_cmd(
         &env,
         &args(&["run", "m", "--wait-timeout", "60", "--", "true"]),
