@@ -19,6 +19,9 @@ pub enum Error {
     },
     #[error("unknown machine '{0}' (see `mama list`)")]
     UnknownMachine(String),
+    /// No machine is among those asked for (`--any`, `--where`).
+    #[error("no machine matches: {0}")]
+    NoMatch(String),
     /// A request the lab refuses: bad input, or a rule (reserved, running).
     #[error("{0}")]
     Invalid(String),

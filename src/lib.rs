@@ -78,10 +78,31 @@ pub fn run(cli: Cli) -> i32 {
             );
             match e {
                 Error::Busy(_) => ExitCode::Busy.code(),
+                // Asked for machines that are not there: as any command.
+                Error::NoMatch(_) => ExitCode::Error.code(),
                 _ if is_run => ExitCode::RunFailed.code(),
                 _ => e.exit_code().code(),
             }
         }
+    }
+}
+
+/// The machine a `run` or `wait` asks for: one, or any of a pool.
+fn wanted(
+    machines: Vec<String>,
+    any: bool,
+    filters: Vec<(model::field::Field, String)>,
+) -> error::Result<engine::claim::Wanted> {
+    use engine::claim::Wanted;
+    match (any || !filters.is_empty(), machines.as_slice()) {
+        (false, [one]) => Ok(Wanted::One(one.clone())),
+        (false, _) => Err(Error::Invalid(
+            "give one machine, or --any with the machines to choose from".into(),
+        )),
+        (true, _) => Ok(Wanted::Any {
+            names: machines,
+            filters,
+        }),
     }
 }
 
@@ -122,7 +143,12 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
         Command::Reserve { machine } => c::reserve(store, &machine)?,
         Command::Release { machine } => c::release(store, &machine)?,
         Command::ReleaseForced { machine } => c::release_forced(store, &machine)?,
-        Command::Wait { machine, timeout } => c::wait(store, settings, &machine, timeout)?,
+        Command::Wait {
+            machines,
+            any,
+            filters,
+            timeout,
+        } => c::wait(store, settings, &wanted(machines, any, filters)?, timeout)?,
         Command::Log {
             machine,
             since,
@@ -133,7 +159,9 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
         Command::Export => c::export(store)?,
         Command::Import { file, replace } => c::import(store, &file, replace)?,
         Command::Run {
-            machine,
+            machines,
+            any,
+            filters,
             job,
             no_wait,
             wait_timeout,
@@ -143,7 +171,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             return c::run(
                 store,
                 settings,
-                &machine,
+                &wanted(machines, any, filters)?,
                 c::RunRequest {
                     label: job,
                     no_wait,

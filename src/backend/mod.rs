@@ -239,6 +239,17 @@ pub trait JobLocks {
     /// Which machines' job locks are held, from one look: for showing a
     /// whole lab.
     fn held_job_locks(&self) -> HeldJobLocks;
+    /// Takes a new place lock, which a waiter holds for as long as it waits
+    /// (see [`crate::model::queue`]); its token names it in the queue.
+    fn hold_place(&self) -> Result<PlaceLock>;
+    /// Whether the place lock `token` is held: its waiter still waits.
+    fn place_held(&self, token: &str) -> bool;
+    /// Waits up to `within` for the place lock `token` to be let go (its
+    /// waiter left or died); whether it was.
+    fn wait_place(&self, token: &str, within: Duration) -> Result<bool>;
+    /// Removes what a waiter that left or died leaves behind of its place
+    /// lock (the file backend's lock file), once its place was taken out.
+    fn forget_place(&self, _token: &str) {}
     /// A claim is about to be tried: get ready to take a job lock quickly
     /// (the database backend opens the session that will hold it, while
     /// the claim transaction runs).
@@ -260,7 +271,73 @@ pub trait JobLocks {
     }
 }
 
+/// A waiter's place lock, held: let go (and its traces removed) when
+/// dropped. Never drop it inside a transaction: the database backend lets
+/// go through the lab's session.
+pub struct PlaceLock {
+    pub token: String,
+    held: PlaceHeld,
+}
+
+enum PlaceHeld {
+    File(Option<FileLock>, std::path::PathBuf),
+    Pg(PgStore, i32),
+}
+
+impl Drop for PlaceLock {
+    fn drop(&mut self) {
+        match &mut self.held {
+            PlaceHeld::File(lock, path) => {
+                // Gone from the folder first: a waiter behind that looks
+                // for it then knows it left without waiting.
+                let _ = file::fsutil::remove_file(path);
+                drop(lock.take());
+            }
+            PlaceHeld::Pg(store, key) => store.let_go_place(*key),
+        }
+    }
+}
+
 impl JobLocks for Store {
+    fn hold_place(&self) -> Result<PlaceLock> {
+        match self {
+            Store::File(store) => {
+                let (token, lock, path) = store.hold_place()?;
+                Ok(PlaceLock {
+                    token,
+                    held: PlaceHeld::File(Some(lock), path),
+                })
+            }
+            Store::Pg(store) => {
+                let key = store.hold_place()?;
+                Ok(PlaceLock {
+                    token: key.to_string(),
+                    held: PlaceHeld::Pg(store.clone(), key),
+                })
+            }
+        }
+    }
+
+    fn place_held(&self, token: &str) -> bool {
+        match self {
+            Store::File(store) => store.place_held(token),
+            Store::Pg(store) => store.place_held(token),
+        }
+    }
+
+    fn wait_place(&self, token: &str, within: Duration) -> Result<bool> {
+        match self {
+            Store::File(store) => store.wait_place(token, within),
+            Store::Pg(store) => store.wait_place(token, within),
+        }
+    }
+
+    fn forget_place(&self, token: &str) {
+        if let Store::File(store) = self {
+            store.forget_place(token);
+        }
+    }
+
     fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
         match self {
             Store::File(store) => store.try_lock(machine),

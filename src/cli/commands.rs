@@ -9,7 +9,7 @@ use crate::backend::{JobLocks, LockPatience, Snapshot, Store};
 use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
 use crate::cli::{GetAttr, SetAttr};
-use crate::engine::claim::{self, Caller, Intent, Patience};
+use crate::engine::claim::{self, Caller, Intent, Patience, Wanted};
 use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
@@ -420,11 +420,11 @@ pub fn release_forced(store: &Store, machine: &str) -> Result<()> {
 fn acquire(
     store: &Store,
     settings: &Settings,
-    machine: &str,
+    wanted: &Wanted,
     intent: &Intent,
     no_wait: bool,
     timeout: Option<Duration>,
-) -> Result<Option<claim::Claim>> {
+) -> Result<claim::Acquired> {
     let patience = Patience {
         no_wait,
         timeout,
@@ -438,7 +438,7 @@ fn acquire(
         .with_patience(LockPatience::within(no_wait, timeout));
     claim::acquire(
         store,
-        machine,
+        wanted,
         &Caller::current(),
         &Processes::new(),
         settings.stale_after,
@@ -447,13 +447,21 @@ fn acquire(
     )
 }
 
+/// `mama wait`: until the machine (with --any or --where: one of them,
+/// whose name is printed) is free.
 pub fn wait(
     store: &Store,
     settings: &Settings,
-    machine: &str,
+    wanted: &Wanted,
     timeout: Option<Duration>,
 ) -> Result<()> {
-    acquire(store, settings, machine, &Intent::Wait, false, timeout)?;
+    let free = match acquire(store, settings, wanted, &Intent::Wait, false, timeout)? {
+        claim::Acquired::Free(machine) => machine,
+        claim::Acquired::Claimed(claim) => claim.machine.clone(),
+    };
+    if matches!(wanted, Wanted::Any { .. }) {
+        out(&format!("{free}\n"))?;
+    }
     Ok(())
 }
 
@@ -468,7 +476,12 @@ pub struct RunRequest {
 
 /// Waits, claims, runs the job, releases; returns the job's exit status.
 /// An error means the job never started.
-pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunRequest) -> Result<i32> {
+pub fn run(
+    store: &Store,
+    settings: &Settings,
+    wanted: &Wanted,
+    request: RunRequest,
+) -> Result<i32> {
     let Some((program, args)) = request.command.split_first() else {
         return Err(Error::Invalid("no command to run".into()));
     };
@@ -486,15 +499,22 @@ pub fn run(store: &Store, settings: &Settings, machine: &str, request: RunReques
     let intent = Intent::Run {
         label: label.clone(),
     };
-    let mut claim = acquire(
+    let mut claim = match acquire(
         store,
         settings,
-        machine,
+        wanted,
         &intent,
         request.no_wait,
         request.wait_timeout,
-    )?
-    .ok_or_else(|| Error::Invalid("internal error: a run ended without a claim".into()))?;
+    )? {
+        claim::Acquired::Claimed(claim) => claim,
+        claim::Acquired::Free(_) => {
+            return Err(Error::Invalid(
+                "internal error: a run ended without a claim".into(),
+            ));
+        }
+    };
+    let machine = &claim.machine.clone();
     // From here on INT, TERM and HUP are the job's: mama forwards them and
     // always gets to release.
     let job_mask = match supervise::block_signals() {

@@ -117,9 +117,19 @@ pub enum Command {
         machine: String,
     },
     /// Wait until a machine is free (exit 0), or the timeout passes (exit 75)
+    ///
+    /// Waiters are served in arrival order. With --any or --where, waits until one of the
+    /// machines is free and prints its name.
     Wait {
-        /// The machine's name
-        machine: String,
+        /// The machine's name; with --any, the machines to choose from
+        #[arg(value_name = "MACHINE", required_unless_present_any = ["any", "filters"])]
+        machines: Vec<String>,
+        /// Any of the machines named (all machines, when none is named) will do
+        #[arg(long)]
+        any: bool,
+        /// Only machines whose FIELD (a field of `get`) is exactly VALUE; repeatable, all must match
+        #[arg(long = "where", value_name = "FIELD=VALUE", value_parser = parse_filter)]
+        filters: Vec<(Field, String)>,
         /// Give up after this many seconds (fractions allowed)
         #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
         timeout: Option<Duration>,
@@ -145,10 +155,21 @@ pub enum Command {
     /// if mama is killed, even by SIGKILL, the job is killed too. Started in the foreground of a
     /// terminal, the job gets the terminal as a shell's job does (Ctrl-C reaches it, Ctrl-Z stops
     /// it and mama until fg). The machine is released however the job ends.
+    ///
+    /// Waiters are served in arrival order, and see how many are ahead. `--any rig1 rig2 rig3`
+    /// claims the first of those machines to be free; `--where FIELD=VALUE` picks among the
+    /// machines that match; MAMA_MACHINE tells the job which one it got.
     #[command(arg_required_else_help = true)]
     Run {
-        /// The machine's name
-        machine: String,
+        /// The machine's name; with --any, the machines to choose from
+        #[arg(value_name = "MACHINE", required_unless_present_any = ["any", "filters"])]
+        machines: Vec<String>,
+        /// Any of the machines named (all machines, when none is named) will do
+        #[arg(long)]
+        any: bool,
+        /// Only machines whose FIELD (a field of `get`) is exactly VALUE; repeatable, all must match
+        #[arg(long = "where", value_name = "FIELD=VALUE", value_parser = parse_filter)]
+        filters: Vec<(Field, String)>,
         /// The job's label (default: "run <CMD basename>")
         #[arg(long, value_name = "LABEL", allow_hyphen_values = true)]
         job: Option<String>,
@@ -258,6 +279,24 @@ impl GetAttr {
             GetAttr::Job => Field::Job,
         }
     }
+}
+
+/// A `--where FIELD=VALUE` filter: a field `get` knows, and its value as
+/// `set` would store it.
+fn parse_filter(text: &str) -> Result<(Field, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not FIELD=VALUE"))?;
+    let attr = GetAttr::from_str(name.trim(), true).map_err(|_| {
+        let known: Vec<String> = GetAttr::value_variants()
+            .iter()
+            .filter_map(|v| Some(v.to_possible_value()?.get_name().to_string()))
+            .collect();
+        format!("unknown field '{name}' (known: {})", known.join(", "))
+    })?;
+    let field = attr.field();
+    let value = crate::model::field::normalize(field, value).map_err(|e| e.to_string())?;
+    Ok((field, value))
 }
 
 /// The longest duration mama takes anywhere (options, environment

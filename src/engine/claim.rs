@@ -23,13 +23,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::backend::{JobLock, JobLocks, Store};
+use crate::backend::{JobLock, JobLocks, PlaceLock, Store};
 use crate::cli::render;
 use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
 use crate::model::field::Field;
+use crate::model::queue::Waiter;
 use crate::model::{JobRecord, Lab, Machine};
 
 /// Who asks: the busy rules depend on it.
@@ -346,34 +347,130 @@ pub struct Claim {
     lock: Option<JobLock>,
 }
 
-enum Attempt {
-    Claimed(Claim),
-    Free,
-    Busy(Busy),
+/// Which machine a caller wants.
+#[derive(Debug, Clone)]
+pub enum Wanted {
+    /// This one.
+    One(String),
+    /// Whichever of these is free first (`--any`; all machines when none
+    /// are named), among those whose fields match every filter (`--where
+    /// FIELD=VALUE`).
+    Any {
+        names: Vec<String>,
+        filters: Vec<(Field, String)>,
+    },
 }
 
-/// The claim loop: judge, clear stale jobs, claim when free, else wait and
-/// look again. Returns `None` for [`Intent::Wait`] once the machine is free.
+impl Wanted {
+    /// The machines to choose from, in the order given (the lab's order
+    /// for all of them); an unknown name is an error, and so is a filter
+    /// that no machine matches.
+    fn candidates(&self, lab: &Lab) -> Result<Vec<String>> {
+        match self {
+            Wanted::One(name) => Ok(vec![lab.get(name)?.name().to_string()]),
+            Wanted::Any { names, filters } => {
+                let pool: Vec<&Machine> = if names.is_empty() {
+                    lab.machines().collect()
+                } else {
+                    names.iter().map(|n| lab.get(n)).collect::<Result<_>>()?
+                };
+                let matching: Vec<String> = pool
+                    .into_iter()
+                    .filter(|m| filters.iter().all(|(f, v)| m.get(*f) == v))
+                    .map(|m| m.name().to_string())
+                    .collect();
+                if matching.is_empty() {
+                    return Err(Error::NoMatch(self.describe()));
+                }
+                Ok(matching)
+            }
+        }
+    }
+
+    /// The request, for people: the machine, or the pool and its filters.
+    pub fn describe(&self) -> String {
+        match self {
+            Wanted::One(name) => name.clone(),
+            Wanted::Any { names, filters } => {
+                let mut parts = Vec::new();
+                if !names.is_empty() {
+                    parts.push(format!("any of {}", names.join(" ")));
+                }
+                for (field, value) in filters {
+                    parts.push(format!("where {}={value}", field.tag()));
+                }
+                if names.is_empty() && filters.is_empty() {
+                    parts.push("any machine".into());
+                }
+                parts.join(", ")
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Claimed(Claim),
+    Free(String),
+    Busy(Wait),
+}
+
+/// Why the caller must wait, and on what to sleep.
+struct Wait {
+    /// The first candidate, and why it is busy (or that others wait ahead).
+    target: String,
+    /// Whether there were several candidates.
+    several: bool,
+    busy: Option<Busy>,
+    /// How many waiters are ahead of the caller.
+    ahead: usize,
+    /// What to sleep on until the next look.
+    sleep: Sleep,
+}
+
+/// What a waiter sleeps on.
+enum Sleep {
+    /// The place lock of the waiter just ahead: it leaves or dies.
+    Place(String),
+    /// A machine's job lock: its job ends.
+    JobLock(String),
+    /// Nothing tells: look again after the poll interval.
+    Poll,
+}
+
+/// What `acquire` got.
+pub enum Acquired {
+    /// A machine claimed for the job.
+    Claimed(Claim),
+    /// `wait`: this machine is free.
+    Free(String),
+}
+
+/// The claim loop: judge, clear stale jobs, claim when free and the
+/// caller's turn has come, else take a place in the queues and wait: the
+/// waiter just ahead is slept on, and the first in line sleeps on the job
+/// lock of what keeps the machine busy.
 pub fn acquire(
     store: &Store,
-    target: &str,
+    wanted: &Wanted,
     caller: &Caller,
     processes: &Processes,
     stale_after: u64,
     intent: &Intent,
     patience: Patience,
-) -> Result<Option<Claim>> {
+) -> Result<Acquired> {
     let started = Instant::now();
     let deadline = patience.timeout.and_then(|t| started.checked_add(t));
-    let mut told = false;
+    let mut told: Option<usize> = None;
     let mut backoff = Duration::from_millis(10);
     let live_line = std::io::stderr().is_terminal();
     let mut read_only = false;
     let mut graced = false;
+    let mut place: Option<PlaceLock> = None;
+    let what = wanted.describe();
     if matches!(intent, Intent::Run { .. }) {
         store.prepare();
     }
-    loop {
+    let result = loop {
         processes.forget();
         let judge = Judge {
             now: os::now(),
@@ -383,109 +480,370 @@ pub fn acquire(
             processes,
             locks: store,
         };
-        let attempt = match store.update(|lab| attempt(lab, store, target, caller, &judge, intent))
-        {
-            // A lab this user may only read (a read-only file system, no
-            // write permission): `wait` judges what it reads and writes
-            // nothing, so a stale job counts as free and stays recorded.
-            Err(Error::ReadOnly { .. }) if matches!(intent, Intent::Wait) => {
-                read_only = true;
-                judge_read_only(store, target, caller, &judge)?
-            }
-            other => other?,
-        };
-        let busy = match attempt {
-            Attempt::Claimed(claim) => {
-                finish_live_line(live_line && told);
-                return Ok(Some(claim));
-            }
-            Attempt::Free => {
-                finish_live_line(live_line && told);
-                return Ok(None);
-            }
-            Attempt::Busy(busy) => busy,
+        let token = place.as_ref().map(|p| p.token.as_str());
+        let attempt =
+            match store.update(|lab| attempt(lab, store, wanted, caller, &judge, intent, token)) {
+                // A lab this user may only read (a read-only file system, no
+                // write permission): `wait` judges what it reads and writes
+                // nothing, so a stale job counts as free and stays recorded.
+                Err(Error::ReadOnly { .. }) if matches!(intent, Intent::Wait) => {
+                    read_only = true;
+                    judge_read_only(store, wanted, caller, &judge)
+                }
+                other => other,
+            };
+        let wait = match attempt {
+            Ok(Attempt::Claimed(claim)) => break Ok(Acquired::Claimed(claim)),
+            Ok(Attempt::Free(machine)) => break Ok(Acquired::Free(machine)),
+            Ok(Attempt::Busy(wait)) => wait,
+            Err(e) => break Err(e),
         };
         let now = Instant::now();
-        if patience.no_wait && busy == Busy::Locked && !graced && !read_only {
+        if patience.no_wait
+            && wait.busy == Some(Busy::Locked)
+            && wait.ahead == 0
+            && !graced
+            && !read_only
+        {
             // Held for an instant by a waiter that just woke, or by a look
             // at the lab? Wait a moment for it, outside the lab's lock.
             graced = true;
-            if store.wait_unlocked(target, LOCK_GRACE)? {
-                continue;
+            match store.wait_unlocked(&wait.target, LOCK_GRACE) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => break Err(e),
             }
         }
         if patience.no_wait || deadline.is_some_and(|d| now >= d) {
-            finish_live_line(live_line && told);
             let waited = match patience.timeout {
                 Some(t) if !patience.no_wait => format!(" (waited {})", render::seconds(t)),
                 _ => String::new(),
             };
-            return Err(Error::Busy(format!(
-                "{target} is busy{waited}: {}",
-                busy.describe(target)
+            break Err(Error::Busy(format!(
+                "{what} is busy{waited}: {}",
+                wait.describe()
             )));
         }
-        if !told {
-            let what = match intent {
-                Intent::Run { .. } => "waiting to claim it",
-                Intent::Wait => "waiting until it is free",
-            };
-            say!("mama: {target} is busy: {}; {what}", busy.describe(target));
-            told = true;
-        } else if live_line {
-            let mut stderr = std::io::stderr();
-            let _ = write!(
-                stderr,
-                "\rmama: waited {} for {target}",
-                render::seconds(now - started)
-            );
-            let _ = stderr.flush();
+        // A waiter takes a place in the queues (a reader cannot: it looks
+        // every poll interval), then looks again at once.
+        if place.is_none() && !read_only {
+            match store.hold_place() {
+                Ok(held) => {
+                    place = Some(held);
+                    continue;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+        match told {
+            None => {
+                let doing = match intent {
+                    Intent::Run { .. } => "waiting to claim it",
+                    Intent::Wait => "waiting until it is free",
+                };
+                say!(
+                    "mama: {what} is busy: {}; {doing}{}",
+                    wait.describe(),
+                    ahead(wait.ahead)
+                );
+                told = Some(wait.ahead);
+            }
+            Some(before) if live_line => {
+                let mut stderr = std::io::stderr();
+                let _ = write!(
+                    stderr,
+                    "\rmama: waited {} for {what}{}\x1b[K",
+                    render::seconds(now - started),
+                    ahead(wait.ahead)
+                );
+                let _ = stderr.flush();
+                told = Some(wait.ahead.min(before));
+            }
+            Some(_) => {}
         }
         let nap = deadline.map_or(patience.poll, |d| patience.poll.min(d - now));
-        // A reader cannot take job locks: it looks every poll interval.
-        match busy.lock_holder(target).filter(|_| !read_only) {
-            Some(holder) => {
-                if store.try_lock(&holder)?.is_some() {
-                    // A live job that no lock stands behind: a nested run's
-                    // outer claim made by another tool, or a claim of
-                    // another tool.
+        let slept = match (&wait.sleep, read_only) {
+            (Sleep::Place(token), false) => {
+                // Until the one ahead leaves; nothing else can let us on.
+                let nap = deadline.map_or(PLACE_NAP, |d| PLACE_NAP.min(d - now));
+                store.wait_place(token, nap).map(|_| ())
+            }
+            (Sleep::JobLock(holder), false) => match store.try_lock(holder) {
+                // A live job that no lock stands behind: a nested run's
+                // outer claim made by another tool, or a claim of another
+                // tool.
+                Ok(Some(_)) => {
                     std::thread::sleep(backoff.min(nap));
                     backoff = (backoff * 2).min(patience.poll);
-                } else {
-                    backoff = Duration::from_millis(10);
-                    store.wait_unlocked(&holder, nap)?;
+                    Ok(())
                 }
+                Ok(None) => {
+                    backoff = Duration::from_millis(10);
+                    store.wait_unlocked(holder, nap).map(|_| ())
+                }
+                Err(e) => Err(e),
+            },
+            _ => {
+                std::thread::sleep(nap);
+                Ok(())
             }
-            None => std::thread::sleep(nap),
+        };
+        if let Err(e) = slept {
+            break Err(e);
         }
+    };
+    if told.is_some() && live_line {
+        say!("");
+    }
+    // A waiter that gives up takes its places out (best effort: a place
+    // whose lock is let go is removed by the next waiter anyway).
+    if let (Err(_), Some(held)) = (&result, &place) {
+        let token = held.token.clone();
+        let _ = store.update(|lab| {
+            leave_queues(lab, &token)?;
+            Ok(())
+        });
+    }
+    drop(place);
+    result
+}
+
+/// How long a waiter sleeps on the place lock of the one ahead before it
+/// looks again anyway (the one ahead may have been taken out of the queue
+/// by hand, or be a waiter on another machine now free).
+const PLACE_NAP: Duration = Duration::from_secs(5);
+
+fn ahead(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" ({n} ahead of you)"),
     }
 }
 
-fn finish_live_line(on: bool) {
-    if on {
-        say!("");
+impl Wait {
+    fn describe(&self) -> String {
+        let reason = match &self.busy {
+            Some(busy) => busy.describe(&self.target),
+            None => format!(
+                "{} is free, but {} waited longer",
+                self.target,
+                if self.ahead == 1 {
+                    "another waiter".to_string()
+                } else {
+                    format!("{} waiters", self.ahead)
+                }
+            ),
+        };
+        if self.several {
+            format!("{}, the first of them: {reason}", self.target)
+        } else {
+            reason
+        }
     }
 }
 
 /// `wait`'s look at a lab this user may only read: judged as read, nothing
-/// cleared or written.
+/// cleared or written, no place taken.
 fn judge_read_only(
     store: &Store,
-    target: &str,
+    wanted: &Wanted,
     caller: &Caller,
     judge: &Judge<'_, Processes>,
 ) -> Result<Attempt> {
     let lab = store.read()?.lab;
-    lab.get(target)?;
-    Ok(match busy(&lab, target, caller, judge)? {
-        Some(busy) => Attempt::Busy(busy),
-        None if store.held(target) => Attempt::Busy(Busy::Locked),
-        None => Attempt::Free,
-    })
+    let candidates = wanted.candidates(&lab)?;
+    let mut first = None;
+    for target in &candidates {
+        let reason = match busy(&lab, target, caller, judge)? {
+            Some(busy) => Some(busy),
+            None if store.held(target) => Some(Busy::Locked),
+            None => return Ok(Attempt::Free(target.clone())),
+        };
+        first.get_or_insert((target.clone(), reason));
+    }
+    let (target, busy) = first.unwrap_or_default();
+    Ok(Attempt::Busy(Wait {
+        target,
+        several: candidates.len() > 1,
+        busy,
+        ahead: 0,
+        sleep: Sleep::Poll,
+    }))
 }
 
-/// One locked look at the lab: sweep, judge, and claim if free.
+/// Takes the places of the waiter `token` out of every queue.
+fn leave_queues(lab: &mut Lab, token: &str) -> Result<()> {
+    let names: Vec<String> = lab
+        .machines()
+        .filter(|m| m.queue().iter().any(|w| w.token == token))
+        .map(|m| m.name().to_string())
+        .collect();
+    for name in names {
+        let mut machine = lab.get_mut(&name)?;
+        let mut queue = machine.view().queue();
+        queue.retain(|w| w.token != token);
+        machine.set_queue(&queue)?;
+    }
+    Ok(())
+}
+
+/// Takes out of the queues of `machines` the places whose waiters left or
+/// died (their place locks are free), but the caller's own.
+fn prune_queues(
+    lab: &mut Lab,
+    store: &Store,
+    machines: &[String],
+    own: Option<&str>,
+) -> Result<()> {
+    for name in machines {
+        let mut machine = lab.get_mut(name)?;
+        let queue = machine.view().queue();
+        if queue.is_empty() {
+            continue;
+        }
+        let (live, gone): (Vec<Waiter>, Vec<Waiter>) = queue
+            .into_iter()
+            .partition(|w| Some(w.token.as_str()) == own || store.place_held(&w.token));
+        if !gone.is_empty() {
+            machine.set_queue(&live)?;
+            for waiter in gone {
+                store.forget_place(&waiter.token);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One locked look at the lab: sweep stale jobs and departed waiters, then
+/// claim the first candidate that is free and whose turn has come; else
+/// take a place in each candidate's queue (once the caller holds a place
+/// lock, `token`) and say what to sleep on.
 fn attempt(
+    lab: &mut Lab,
+    store: &Store,
+    wanted: &Wanted,
+    caller: &Caller,
+    judge: &Judge<'_, Processes>,
+    intent: &Intent,
+    token: Option<&str>,
+) -> Result<Attempt> {
+    let candidates = wanted.candidates(lab)?;
+    let mut deciding_all: Vec<String> = Vec::new();
+    for target in &candidates {
+        sweep(lab, target, judge)?;
+        for name in deciding_machines(lab, target)? {
+            if !deciding_all.contains(&name) {
+                deciding_all.push(name);
+            }
+        }
+    }
+    prune_queues(lab, store, &deciding_all, token)?;
+    let mine = token.and_then(|t| {
+        lab.machines()
+            .flat_map(|m| m.queue())
+            .find(|w| w.token == t)
+            .map(|w| w.ticket)
+    });
+    let mut first: Option<Wait> = None;
+    for target in &candidates {
+        // Waiters ahead: on this machine or one sharing a resource with
+        // it, arrived before the caller (all of them, for a newcomer).
+        let mut ahead: Vec<Waiter> = Vec::new();
+        for name in deciding_machines(lab, target)? {
+            for waiter in lab.get(&name)?.queue() {
+                let before = mine.is_none_or(|t| waiter.ticket < t);
+                if Some(waiter.token.as_str()) != token
+                    && before
+                    && !ahead.iter().any(|w| w.token == waiter.token)
+                {
+                    ahead.push(waiter);
+                }
+            }
+        }
+        let reason = busy(lab, target, caller, judge)?;
+        if reason.is_none() && ahead.is_empty() {
+            match claim_or_free(lab, store, target, caller, judge, intent)? {
+                Attempt::Busy(wait) => {
+                    first.get_or_insert(wait);
+                }
+                done => {
+                    if let Some(token) = token {
+                        leave_queues(lab, token)?;
+                    }
+                    return Ok(done);
+                }
+            }
+            continue;
+        }
+        let sleep = match ahead.iter().max_by_key(|w| w.ticket) {
+            Some(nearest) => Sleep::Place(nearest.token.clone()),
+            None => match reason.as_ref().and_then(|b| b.lock_holder(target)) {
+                Some(holder) => Sleep::JobLock(holder),
+                None => Sleep::Poll,
+            },
+        };
+        first.get_or_insert(Wait {
+            target: target.clone(),
+            several: candidates.len() > 1,
+            busy: reason,
+            ahead: ahead.len(),
+            sleep,
+        });
+    }
+    if let (Some(token), None) = (token, mine) {
+        join_queues(lab, &candidates, token, caller, judge.now, intent)?;
+    }
+    let mut wait = first.ok_or_else(|| Error::NoMatch(wanted.describe()))?;
+    wait.several = candidates.len() > 1;
+    if candidates.len() > 1 && matches!(wait.sleep, Sleep::Place(_)) {
+        // Waiting for several machines: a place ahead on one says nothing
+        // of the others.
+        wait.sleep = Sleep::Poll;
+    }
+    Ok(Attempt::Busy(wait))
+}
+
+/// Puts the caller, holding the place lock `token`, at the end of each
+/// candidate's queue, numbered after every place in the lab.
+fn join_queues(
+    lab: &mut Lab,
+    candidates: &[String],
+    token: &str,
+    caller: &Caller,
+    now: i64,
+    intent: &Intent,
+) -> Result<()> {
+    let ticket = lab
+        .machines()
+        .flat_map(|m| m.queue())
+        .map(|w| w.ticket)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let waiter = Waiter {
+        ticket,
+        token: token.to_string(),
+        pid: caller.pid,
+        since: now,
+        user: caller.user.clone(),
+        host: caller.host.clone(),
+        job: match intent {
+            Intent::Run { label } => Some(label.clone()),
+            Intent::Wait => None,
+        },
+    };
+    for name in candidates {
+        let mut machine = lab.get_mut(name)?;
+        let mut queue = machine.view().queue();
+        queue.push(waiter.clone());
+        machine.set_queue(&queue)?;
+    }
+    Ok(())
+}
+
+/// Claims `target`, free by its fields and the caller's turn (or, for
+/// `wait`, reports it free), unless its job lock says otherwise.
+fn claim_or_free(
     lab: &mut Lab,
     store: &Store,
     target: &str,
@@ -493,11 +851,19 @@ fn attempt(
     judge: &Judge<'_, Processes>,
     intent: &Intent,
 ) -> Result<Attempt> {
-    lab.get(target)?;
-    sweep(lab, target, judge)?;
-    if let Some(busy) = busy(lab, target, caller, judge)? {
-        return Ok(Attempt::Busy(busy));
-    }
+    let busy = |busy: Busy| {
+        let sleep = match busy.lock_holder(target) {
+            Some(holder) => Sleep::JobLock(holder),
+            None => Sleep::Poll,
+        };
+        Ok(Attempt::Busy(Wait {
+            target: target.to_string(),
+            several: false,
+            busy: Some(busy),
+            ahead: 0,
+            sleep,
+        }))
+    };
     let machine = lab.get(target)?;
     // Free, or held by one of our ancestors: then we nest in its claim.
     let outer = machine.job();
@@ -512,7 +878,7 @@ fn attempt(
         .as_ref()
         .is_some_and(|job| !caller.owns(job) && !inside())
     {
-        return Ok(Attempt::Busy(Busy::Locked));
+        return busy(Busy::Locked);
     }
     // A claim takes the machine's job lock; one nested in an outer claim,
     // or made inside the job that holds the lock (whose record was cleared
@@ -526,11 +892,11 @@ fn attempt(
         match store.try_lock(target)? {
             Some(lock) => (Some(lock), false),
             None if inside() => (None, true),
-            None => return Ok(Attempt::Busy(Busy::Locked)),
+            None => return busy(Busy::Locked),
         }
     };
     let Intent::Run { label } = intent else {
-        return Ok(Attempt::Free);
+        return Ok(Attempt::Free(target.to_string()));
     };
     let job = caller.claim(label, judge.now);
     let mac = machine.get(Field::Mac).to_string();

@@ -276,6 +276,15 @@ mod tests {
         fn held_job_locks(&self) -> crate::backend::HeldJobLocks {
             unreachable!("the judge looks at one machine at a time")
         }
+        fn hold_place(&self) -> crate::error::Result<crate::backend::PlaceLock> {
+            unreachable!("the judge takes no place")
+        }
+        fn place_held(&self, _: &str) -> bool {
+            false
+        }
+        fn wait_place(&self, _: &str, _: std::time::Duration) -> crate::error::Result<bool> {
+            Ok(true)
+        }
     }
 
     const NOW: i64 = 1_763_047_845;

@@ -30,6 +30,9 @@ pub enum Field {
     /// mama's own addition: the boot, PID namespace and start time of the
     /// claimer, so its PID is judged only where it means something.
     JobOrigin,
+    /// mama's own addition: the waiters for the machine, in arrival order
+    /// (see [`crate::model::queue`]).
+    JobQueue,
     StartCmd,
     StopCmd,
     StartTimeout,
@@ -38,7 +41,7 @@ pub enum Field {
 impl Field {
     /// Every field in document order; a field mama adds to an old machine is
     /// placed after the nearest field that comes before it here.
-    pub const ALL: [Field; 24] = [
+    pub const ALL: [Field; 25] = [
         Field::Name,
         Field::Mac,
         Field::Ip,
@@ -60,6 +63,7 @@ impl Field {
         Field::JobTimestamp,
         Field::JobHost,
         Field::JobOrigin,
+        Field::JobQueue,
         Field::StartCmd,
         Field::StopCmd,
         Field::StartTimeout,
@@ -94,6 +98,7 @@ impl Field {
             Field::JobTimestamp => "job_timestamp",
             Field::JobHost => "job_host",
             Field::JobOrigin => "job_origin",
+            Field::JobQueue => "job_queue",
             Field::StartCmd => "startcmd",
             Field::StopCmd => "stopcmd",
             Field::StartTimeout => "start_timeout",
@@ -102,7 +107,7 @@ impl Field {
 
     /// Whether upstream PHP mama writes this field in every machine.
     pub const fn is_upstream(self) -> bool {
-        !matches!(self, Field::JobHost | Field::JobOrigin)
+        !matches!(self, Field::JobHost | Field::JobOrigin | Field::JobQueue)
     }
 
     /// Whether this field is part of the job recorded on a machine.

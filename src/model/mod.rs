@@ -13,6 +13,7 @@
 
 pub mod event;
 pub mod field;
+pub mod queue;
 
 use crate::engine::os::Origin;
 use crate::error::Error;
@@ -91,6 +92,13 @@ impl Machine {
             .split_whitespace()
             .map(str::to_string)
             .collect()
+    }
+
+    /// The places of the waiters for this machine, in arrival order.
+    pub fn queue(&self) -> Vec<queue::Waiter> {
+        let mut waiters = queue::parse(self.get(Field::JobQueue));
+        waiters.sort_by_key(|w| w.ticket);
+        waiters
     }
 
     /// The job on this machine: a label or a PID makes one.
@@ -200,6 +208,15 @@ impl MachineMut<'_> {
             self.changes.push(Change::Unset { machine, field });
         }
         Ok(())
+    }
+
+    /// Stores the waiters' places; none removes the field.
+    pub fn set_queue(&mut self, waiters: &[queue::Waiter]) -> Result<(), Error> {
+        if waiters.is_empty() {
+            self.clear(Field::JobQueue)
+        } else {
+            self.set(Field::JobQueue, &queue::encode(waiters))
+        }
     }
 
     /// Records a job (all four job fields).

@@ -265,6 +265,13 @@ impl Dir {
 
 /// Opens the regular file `path` beside the state file (read-only, or
 /// read-write with `write`); `None` when it (or its folder) does not exist.
+/// Removes the file `path` (never following a link: a link there is
+/// removed, not its target); a missing file is not an error.
+pub fn remove_file(path: &Path) -> Result<()> {
+    let (dir, name) = Dir::of(path)?;
+    dir.remove(name).map_err(|e| error("remove", path, e))
+}
+
 pub fn open_file(path: &Path, write: bool) -> Result<Option<File>> {
     let (dir, name) = match Dir::of(path) {
         Ok(found) => found,

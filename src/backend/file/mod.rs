@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-use super::{HeldJobLocks as Held, JobLock, JobLocks, LockPatience, Snapshot};
+use super::{HeldJobLocks as Held, JobLock, LockPatience, Snapshot};
 use crate::model::Lab;
 use crate::model::event::Event;
 use doc::XmlLab;
@@ -694,28 +694,108 @@ impl FileStore {
     }
 }
 
+/// A random token for a place lock: 16 hex digits.
+fn new_token() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != 8 {
+        // No entropy to be had: unique enough from the PID and the time.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (now ^ (u64::from(std::process::id()) << 40)).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `token` is one [`new_token`] makes: a queue is the lab's data,
+/// and only such a token may name a file.
+fn is_token(token: &str) -> bool {
+    token.len() == 16
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl FileStore {
+    /// The place lock file of `token`: `S.locks/TOKEN.wait`.
+    fn place_path(&self, token: &str) -> Option<PathBuf> {
+        is_token(token).then(|| self.machine_locks_dir().join(format!("{token}.wait")))
+    }
+
+    /// Takes a new place lock: a new file `S.locks/TOKEN.wait`, locked.
+    pub fn hold_place(&self) -> Result<(String, FileLock, PathBuf)> {
+        let dir = self.machine_locks_dir();
+        let like = self.metadata()?;
+        fsutil::ensure_folder(&dir, like.as_ref())?;
+        for _ in 0..16 {
+            let token = new_token();
+            let Some(path) = self.place_path(&token) else {
+                continue;
+            };
+            if fsutil::open_file(&path, false)?.is_some() {
+                continue;
+            }
+            if let Some(lock) = FileLock::try_exclusive(&path, like.as_ref())? {
+                return Ok((token, lock, path));
+            }
+        }
+        Err(Error::Invalid(
+            "cannot make a place lock: every token tried was taken".into(),
+        ))
+    }
+
+    pub fn place_held(&self, token: &str) -> bool {
+        self.place_path(token)
+            .is_some_and(|path| lock::is_held(&path))
+    }
+
+    /// Sleeps on the place lock `token` until it is let go, at most
+    /// `within`; a lock file that is gone was let go.
+    pub fn wait_place(&self, token: &str, within: Duration) -> Result<bool> {
+        let Some(path) = self.place_path(token) else {
+            return Ok(true);
+        };
+        let Some(file) = fsutil::open_file(&path, false)? else {
+            return Ok(true);
+        };
+        let deadline = Instant::now() + within;
+        Ok(FileLock::wait(file, &path, Mode::Shared, Some(deadline), &mut |_| {})?.is_ok())
+    }
+
+    /// Removes the lock file of a place whose waiter is gone.
+    pub fn forget_place(&self, token: &str) {
+        if let Some(path) = self.place_path(token)
+            && !lock::is_held(&path)
+        {
+            let _ = fsutil::remove_file(&path);
+        }
+    }
+}
+
 /// The job locks of the state file: `S.locks/NAME.lock`, a `flock` each.
-impl JobLocks for FileStore {
-    fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
+impl FileStore {
+    pub fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
         let (path, like) = self.machine_lock(machine)?;
         Ok(FileLock::try_exclusive(&path, like.as_ref())?.map(JobLock::File))
     }
 
-    fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
+    pub fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
         let (path, like) = self.machine_lock(machine)?;
         Ok(FileLock::exclusive_within(&path, like.as_ref(), within)?.is_some())
     }
 
-    fn held(&self, machine: &str) -> bool {
+    pub fn held(&self, machine: &str) -> bool {
         lock::is_held(&lock::path_in(&self.machine_locks_dir(), machine))
     }
 
-    fn inherited(&self, machine: &str) -> bool {
+    pub fn inherited(&self, machine: &str) -> bool {
         lock::inherited_holds(&lock::path_in(&self.machine_locks_dir(), machine))
     }
 
     /// From one look at the locks folder and the kernel's lock table.
-    fn held_job_locks(&self) -> Held {
+    pub fn held_job_locks(&self) -> Held {
         let dir = self.machine_locks_dir();
         let names = lock::held_in(&dir);
         Held::File(HeldJobLocks { dir, names })

@@ -43,6 +43,8 @@ use url::DbUrl;
 /// second key is 0 for the lab's lock, a machine's row id for its job lock.
 pub const LOCK_SPACE: i32 = 0x6d61_6d61;
 const LAB_LOCK: i32 = 0;
+/// The key space of waiters' place locks (the second key is the token).
+pub const PLACE_SPACE: i32 = LOCK_SPACE + 1;
 
 /// How long the main session may sit idle before it is asked whether it
 /// still lives before use.
@@ -88,6 +90,8 @@ struct Look {
     /// the host timeout after that start: their holders may be
     /// re-attaching.
     reattaching: HashSet<String>,
+    /// The place locks held, by token.
+    places: HashSet<i32>,
 }
 
 impl Look {
@@ -323,9 +327,9 @@ impl PgStore {
     fn snapshot(&self, client: &mut impl GenericClient) -> Result<(Vec<Row>, Look, bool)> {
         let batch = format!(
             "SELECT id, name, element FROM mama_machine ORDER BY position, id;
-             SELECT objid FROM pg_locks WHERE locktype = 'advisory' \
+             SELECT classid, objid FROM pg_locks WHERE locktype = 'advisory' \
                AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-               AND classid = {LOCK_SPACE}::oid AND objsubid = 2 AND granted;
+               AND classid IN ({LOCK_SPACE}::oid, {PLACE_SPACE}::oid) AND objsubid = 2 AND granted;
              SELECT name FROM mama_machine WHERE job_written < pg_postmaster_start_time() \
                AND now() < pg_postmaster_start_time() + make_interval(secs => {});
              SELECT has_table_privilege('mama_machine', 'UPDATE') \
@@ -370,13 +374,17 @@ impl PgStore {
                 })
             })
             .collect::<Result<Vec<Row>>>()?;
+        let locks_in = |space: i32| -> HashSet<i32> {
+            held.iter()
+                .filter(|row| row.get(0) == Some(space.to_string().as_str()))
+                .filter_map(|row| row.get(1)?.parse::<i64>().ok())
+                .filter_map(|id| i32::try_from(id).ok())
+                .collect()
+        };
         let look = Look {
             ids: rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
-            held: held
-                .iter()
-                .filter_map(|row| row.get(0)?.parse::<i64>().ok())
-                .filter_map(|id| i32::try_from(id).ok())
-                .collect(),
+            held: locks_in(LOCK_SPACE),
+            places: locks_in(PLACE_SPACE),
             reattaching: reattaching
                 .iter()
                 .filter_map(|row| row.get(0).map(str::to_string))
@@ -740,6 +748,12 @@ impl PgStore {
     /// go or its session ends, at most `within`.
     pub fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
         let key = self.key(machine)?;
+        self.wait_on(LOCK_SPACE, key, within)
+    }
+
+    /// Sleeps on the advisory lock `(space, key)` until it is free, at most
+    /// `within`; whether it was.
+    fn wait_on(&self, space: i32, key: i32, within: Duration) -> Result<bool> {
         let ms = within.as_millis().max(1);
         let result = self.with_main(|client| {
             client
@@ -747,7 +761,7 @@ impl PgStore {
                 .map_err(|e| db_error(&self.context("wait on"), e))?;
             let got = match client.execute(
                 "SELECT pg_advisory_lock($1, $2), pg_advisory_unlock($1, $2)",
-                &[&LOCK_SPACE, &key],
+                &[&space, &key],
             ) {
                 Ok(_) => true,
                 Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => false,
@@ -782,5 +796,52 @@ impl PgStore {
 
     pub fn reattaching(&self, machine: &str) -> bool {
         self.look().reattaching.contains(machine)
+    }
+
+    /// Takes a new place lock in the main session, which lives as long as
+    /// the waiter waits; its key is the token.
+    pub fn hold_place(&self) -> Result<i32> {
+        self.with_main(|client| {
+            for _ in 0..16 {
+                let key: i32 = client
+                    .query_one("SELECT (random() * 2147483646)::int4 + 1", &[])
+                    .map_err(|e| db_error(&self.context("wait in"), e))?
+                    .get(0);
+                let taken: bool = client
+                    .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&PLACE_SPACE, &key])
+                    .map_err(|e| db_error(&self.context("wait in"), e))?
+                    .get(0);
+                if taken {
+                    return Ok(key);
+                }
+            }
+            Err(Error::Invalid(
+                "cannot make a place lock: every token tried was taken".into(),
+            ))
+        })
+    }
+
+    pub fn place_held(&self, token: &str) -> bool {
+        token
+            .parse::<i32>()
+            .is_ok_and(|key| self.look().places.contains(&key))
+    }
+
+    /// Sleeps on the place lock `token` in the server until it is let go,
+    /// at most `within`.
+    pub fn wait_place(&self, token: &str, within: Duration) -> Result<bool> {
+        let Ok(key) = token.parse::<i32>() else {
+            return Ok(true);
+        };
+        self.wait_on(PLACE_SPACE, key, within)
+    }
+
+    /// Lets go of the place lock `key`.
+    pub fn let_go_place(&self, key: i32) {
+        let _ = self.with_main(|client| {
+            client
+                .execute("SELECT pg_advisory_unlock($1, $2)", &[&PLACE_SPACE, &key])
+                .map_err(|e| db_error(&self.context("leave"), e))
+        });
     }
 }
