@@ -37,14 +37,16 @@ macro_rules! on_both_backends {
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
-                fn check($env: &TestEnv) $body
+                // Named so as not to shadow a test file's own helpers
+                // (history.rs has a `check`).
+                fn on_this_backend($env: &TestEnv) $body
                 #[test]
                 fn file() {
-                    check(&TestEnv::new())
+                    on_this_backend(&TestEnv::new())
                 }
                 #[test]
                 fn postgres() {
-                    check(&TestEnv::postgres())
+                    on_this_backend(&TestEnv::postgres())
                 }
             }
         )*
