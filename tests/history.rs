@@ -226,81 +226,81 @@ fn run_job(env: &TestEnv, args: &[&str]) -> (u32, Run) {
     (pid, run)
 }
 
-#[test]
-fn runs_record_the_claim_and_how_the_job_ended() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    let from = unix_now();
-    let cases: [(&[&str], i32, &str, &str); 5] = [
-        (
-            &["run", "rig1", "--", "true"],
-            0,
-            "run true",
-            "exit 0 after ",
-        ),
-        (
-            &["run", "rig1", "--job", "smoke", "--", "sh", "-c", "exit 3"],
-            3,
-            "smoke",
-            "exit 3 after ",
-        ),
-        (
-            &["run", "rig1", "--", "sh", "-c", "kill -TERM $$"],
-            128 + 15,
-            "run sh",
-            "killed by signal 15 after ",
-        ),
-        (
-            &["run", "rig1", "--timeout", "0.3", "--", "sleep", "30"],
-            124,
-            "run sleep",
-            "timed out after ",
-        ),
-        (
-            &["run", "rig1", "--", "/no/such/command"],
-            127,
-            "run command",
-            "not started (",
-        ),
-    ];
-    let mut pids = Vec::new();
-    for (args, code, _, _) in &cases {
-        let (pid, run) = run_job(&env, args);
-        run.fails(*code);
-        pids.push(pid);
-    }
-    let to = unix_now();
+on_both_backends! {
+    fn runs_record_the_claim_and_how_the_job_ended(env: &TestEnv) {
+        env.add("rig1", 1);
+        let from = unix_now();
+        let cases: [(&[&str], i32, &str, &str); 5] = [
+            (
+                &["run", "rig1", "--", "true"],
+                0,
+                "run true",
+                "exit 0 after ",
+            ),
+            (
+                &["run", "rig1", "--job", "smoke", "--", "sh", "-c", "exit 3"],
+                3,
+                "smoke",
+                "exit 3 after ",
+            ),
+            (
+                &["run", "rig1", "--", "sh", "-c", "kill -TERM $$"],
+                128 + 15,
+                "run sh",
+                "killed by signal 15 after ",
+            ),
+            (
+                &["run", "rig1", "--timeout", "0.3", "--", "sleep", "30"],
+                124,
+                "run sleep",
+                "timed out after ",
+            ),
+            (
+                &["run", "rig1", "--", "/no/such/command"],
+                127,
+                "run command",
+                "not started (",
+            ),
+        ];
+        let mut pids = Vec::new();
+        for (args, code, _, _) in &cases {
+            let (pid, run) = run_job(env, args);
+            run.fails(*code);
+            pids.push(pid);
+        }
+        let to = unix_now();
 
-    let log = env.events();
-    assert_eq!(log.len(), 1 + 2 * cases.len(), "{log:#?}");
-    let runs = &log[1..];
-    check_who_and_when(runs, from, to);
-    for (i, ((_, _, label, ending), pid)) in cases.iter().zip(&pids).enumerate() {
-        let (claimed, released) = (&runs[2 * i], &runs[2 * i + 1]);
-        check(
-            claimed,
-            "claimed",
-            "rig1",
-            json!(label),
-            json!(pid),
-            Value::Null,
-        );
-        let detail = released["detail"].as_str().expect("a detail");
-        check(
-            released,
-            "released",
-            "rig1",
-            json!(label),
-            json!(pid),
-            json!(detail),
-        );
-        assert!(detail.starts_with(ending), "{released}");
-        assert!(detail.ends_with('s'), "{released}: no time held");
+        let log = env.events();
+        assert_eq!(log.len(), 1 + 2 * cases.len(), "{log:#?}");
+        let runs = &log[1..];
+        check_who_and_when(runs, from, to);
+        for (i, ((_, _, label, ending), pid)) in cases.iter().zip(&pids).enumerate() {
+            let (claimed, released) = (&runs[2 * i], &runs[2 * i + 1]);
+            check(
+                claimed,
+                "claimed",
+                "rig1",
+                json!(label),
+                json!(pid),
+                Value::Null,
+            );
+            let detail = released["detail"].as_str().expect("a detail");
+            check(
+                released,
+                "released",
+                "rig1",
+                json!(label),
+                json!(pid),
+                json!(detail),
+            );
+            assert!(detail.starts_with(ending), "{released}");
+            assert!(detail.ends_with('s'), "{released}: no time held");
+        }
+        let not_started = runs[9]["detail"].as_str().expect("detail");
+        assert!(not_started.contains(") after "), "{not_started}");
+        // Every claim was released: the machine is free.
+        assert_eq!(env.info("rig1")["job"], Value::Null);
     }
-    let not_started = runs[9]["detail"].as_str().expect("detail");
-    assert!(not_started.contains(") after "), "{not_started}");
-    // Every claim was released: the machine is free.
-    assert_eq!(env.info("rig1")["job"], Value::Null);
 }
 
 #[test]
@@ -878,122 +878,134 @@ fn log_filters_by_age_and_machine_and_prints_json_lines() {
         json!("os=new2"),
     );
     check_who_and_when(std::slice::from_ref(newest), unix_now() - 60, unix_now());
+}
 
-    // Bad durations are usage errors that say what is wrong.
-    for bad in ["5x", "soon", "1.5h", "-1h", ""] {
-        let err = env
-            .run(["log".to_string(), format!("--since={bad}")])
-            .fails(2)
-            .to_string();
-        assert!(err.contains("is not a duration"), "{bad}: {err}");
+on_both_backends! {
+    fn log_refuses_bad_durations_and_unknown_machines_not_deleted_ones(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.add("rig2", 2);
+        env.run(["set", "rig2", "os", "new2"]).ok();
+        // Bad durations are usage errors that say what is wrong.
+        for bad in ["5x", "soon", "1.5h", "-1h", ""] {
+            let err = env
+                .run(["log".to_string(), format!("--since={bad}")])
+                .fails(2)
+                .to_string();
+            assert!(err.contains("is not a duration"), "{bad}: {err}");
+        }
+        // An unknown machine is an error naming it; a deleted one has a past.
+        env.run(["log", "nosuch"]).fails_saying(1, "nosuch");
+        env.run(["delete", "rig2"]).ok();
+        let rig2 = parse_json_lines(env.run(["log", "rig2", "--json"]).ok());
+        assert_eq!(seqs(&rig2), [2, 3, 4]);
+        assert_eq!(kinds(&rig2), ["added", "set", "deleted"]);
     }
-    // An unknown machine is an error naming it; a deleted one has a past.
-    env.run(["log", "nosuch"]).fails_saying(1, "nosuch");
-    env.run(["delete", "rig2"]).ok();
-    let rig2 = parse_json_lines(env.run(["log", "rig2", "--json"]).ok());
-    assert_eq!(seqs(&rig2), [2, 4, 6, 7]);
-    assert_eq!(rig2[3]["event"], "deleted");
 }
 
 // ---------------------------------------------------------------------------
 // 5. --follow
 
-#[test]
-fn log_follow_prints_new_events_as_they_are_committed() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    env.run(["set", "rig1", "os", "first"]).ok();
-    let mut follower = env.cmd(["log", "--follow", "--json"]);
-    follower
-        .env("MAMA_POLL_INTERVAL", "0.1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut kids = Kids(vec![follower.spawn().expect("mama log starts")]);
-    let stdout = kids.0[0].stdout.take().expect("stdout");
-    let (send, lines) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if send.send(line).is_err() {
-                break;
+on_both_backends! {
+    fn log_follow_prints_new_events_as_they_are_committed(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.run(["set", "rig1", "os", "first"]).ok();
+        let mut follower = env.cmd(["log", "--follow", "--json"]);
+        follower
+            .env("MAMA_POLL_INTERVAL", "0.1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut kids = Kids(vec![follower.spawn().expect("mama log starts")]);
+        let stdout = kids.0[0].stdout.take().expect("stdout");
+        let (send, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let deadline = Instant::now() + LIMIT;
-    let next = |what: &str| -> Value {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("no line for {what}: {e}"));
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    };
+        });
+        let deadline = Instant::now() + LIMIT;
+        let next = |what: &str| -> Value {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no line for {what}: {e}"));
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+        };
 
-    // What was there, then what happens.
-    assert_eq!(seq(&next("the first event")), 1);
-    assert_eq!(next("the second event")["detail"], "os=first");
-    env.run(["set", "rig1", "os", "second"]).ok();
-    env.run(["run", "rig1", "--", "true"]).ok();
-    let set = next("the set");
-    let claimed = next("the claim");
-    let released = next("the release");
-    assert_eq!(
-        seqs(&[set.clone(), claimed.clone(), released.clone()]),
-        [3, 4, 5]
-    );
-    assert_eq!(set["detail"], "os=second");
-    assert_eq!(kinds(&[claimed, released]), ["claimed", "released"]);
-    // Nothing twice: the next line is the next event.
-    env.run(["set", "rig1", "os", "third"]).ok();
-    let third = next("the last set");
-    assert_eq!((seq(&third), &third["detail"]), (6, &json!("os=third")));
+        // What was there, then what happens.
+        assert_eq!(seq(&next("the first event")), 1);
+        assert_eq!(next("the second event")["detail"], "os=first");
+        env.run(["set", "rig1", "os", "second"]).ok();
+        env.run(["run", "rig1", "--", "true"]).ok();
+        let set = next("the set");
+        let claimed = next("the claim");
+        let released = next("the release");
+        assert_eq!(
+            seqs(&[set.clone(), claimed.clone(), released.clone()]),
+            [3, 4, 5]
+        );
+        assert_eq!(set["detail"], "os=second");
+        assert_eq!(kinds(&[claimed, released]), ["claimed", "released"]);
+        // Nothing twice: the next line is the next event.
+        env.run(["set", "rig1", "os", "third"]).ok();
+        let third = next("the last set");
+        assert_eq!((seq(&third), &third["detail"]), (6, &json!("os=third")));
 
-    drop(kids);
-    reader.join().expect("the reader ends with the follower");
+        drop(kids);
+        reader.join().expect("the reader ends with the follower");
+    }
 }
 
 // ---------------------------------------------------------------------------
 // 6. info
 
+on_both_backends! {
+    fn info_shows_a_machines_last_events(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.add("rig2", 2);
+        for i in 1..=6 {
+            env.run(["set", "rig1", "os", &format!("v{i}")]).ok();
+            env.run(["set", "rig2", "kernel", &format!("k{i}")]).ok();
+        }
+        env.run(["run", "rig1", "--", "true"]).ok();
+
+        let all = parse_json_lines(env.run(["log", "rig1", "--json"]).ok());
+        assert_eq!(all.len(), 9);
+        let recent = env.info("rig1")["recent_events"].clone();
+        let recent = recent.as_array().expect("recent_events");
+        assert_eq!(recent.as_slice(), &all[4..], "the last 5, oldest first");
+        assert_eq!(kinds(recent), ["set", "set", "set", "claimed", "released"]);
+
+        let text = env.run(["info", "rig1"]).ok().to_string();
+        let (_, shown) = text
+            .split_once("Recent events:\n")
+            .unwrap_or_else(|| panic!("{text}"));
+        let rows: Vec<&str> = shown.lines().collect();
+        assert_eq!(rows.len(), 6, "a header and five events: {text}");
+        assert!(rows[0].trim_start().starts_with("TIME"), "{text}");
+        for (row, want) in rows[1..]
+            .iter()
+            .zip(["os=v4", "os=v5", "os=v6", "claimed", "released"])
+        {
+            assert!(
+                row.contains("rig1") && row.contains(want),
+                "{row:?} lacks {want}"
+            );
+            assert!(!row.contains("rig2"), "{row:?}");
+        }
+    }
+}
+
 #[test]
-fn info_shows_a_machines_last_events() {
+fn info_of_a_machine_that_no_event_tells_of_shows_no_events() {
     let env = TestEnv::new();
     env.add("rig1", 1);
-    env.add("rig2", 2);
-    for i in 1..=6 {
-        env.run(["set", "rig1", "os", &format!("v{i}")]).ok();
-        env.run(["set", "rig2", "kernel", &format!("k{i}")]).ok();
-    }
-    env.run(["run", "rig1", "--", "true"]).ok();
-
-    let all = parse_json_lines(env.run(["log", "rig1", "--json"]).ok());
-    assert_eq!(all.len(), 9);
-    let recent = env.info("rig1")["recent_events"].clone();
-    let recent = recent.as_array().expect("recent_events");
-    assert_eq!(recent.as_slice(), &all[4..], "the last 5, oldest first");
-    assert_eq!(kinds(recent), ["set", "set", "set", "claimed", "released"]);
-
-    let text = env.run(["info", "rig1"]).ok().to_string();
-    let (_, shown) = text
-        .split_once("Recent events:\n")
-        .unwrap_or_else(|| panic!("{text}"));
-    let rows: Vec<&str> = shown.lines().collect();
-    assert_eq!(rows.len(), 6, "a header and five events: {text}");
-    assert!(rows[0].trim_start().starts_with("TIME"), "{text}");
-    for (row, want) in rows[1..]
-        .iter()
-        .zip(["os=v4", "os=v5", "os=v6", "claimed", "released"])
-    {
-        assert!(
-            row.contains("rig1") && row.contains(want),
-            "{row:?} lacks {want}"
-        );
-        assert!(!row.contains("rig2"), "{row:?}");
-    }
-
-    // A machine that no event tells of.
+    // A machine written into the state file by hand.
     let state = env.read_state();
     let hand = state.replace(
-        "<name>rig2</name>\n    <mac>aa:bb:cc:dd:ee:02</mac>",
+        "<name>rig1</name>\n    <mac>aa:bb:cc:dd:ee:01</mac>",
         "<name>quiet</name>\n    <mac>aa:bb:cc:dd:ee:09</mac>",
     );
     assert_ne!(hand, state);
