@@ -550,181 +550,94 @@ impl Op {
     }
 }
 
-#[test]
-fn killed_writers_never_part_the_log_from_the_state() {
-    const MACHINES: usize = 6;
-    const ROUNDS: usize = 40;
-    let env = TestEnv::new();
-    for i in 0..MACHINES {
-        env.add(&format!("m{i}"), i as u8);
+/// The number of the last committed event: the state file's
+/// `<event_seq>`, or a database lab's newest event.
+fn last_committed(env: &TestEnv) -> u64 {
+    match &env.db {
+        None => event_seq(env).expect("<event_seq>"),
+        Some(db) => db
+            .value::<Option<i64>>("SELECT max(seq) FROM mama_event")
+            .map_or(0, |seq| seq as u64),
     }
-    // Kill at offsets from 0 to twice the time one write takes here.
-    let start = Instant::now();
-    for i in 0..3 {
-        env.run(["set", "m0", "kernel", &format!("k{i}")]).ok();
+}
+
+/// In a file lab, as readers must see `log` (`committed` events in
+/// all) after writers were killed at random instants.
+fn log_file_agrees(env: &TestEnv, round: usize, committed: u64, log: &[Value]) {
+    // The raw file holds committed events only, each once: every line
+    // is an event but a cut last one (a writer killed mid-append),
+    // numbered 1, 2, 3... up to at most the state's number. It lacks
+    // only events the state still holds, and those it shares with the
+    // state are the same events.
+    let in_state = held(env);
+    assert_eq!(
+        seqs(&in_state),
+        (committed + 1 - in_state.len() as u64..=committed).collect::<Vec<_>>(),
+        "round {round}"
+    );
+    let (mut raw, ends_whole) = raw_log(env);
+    if !ends_whole {
+        raw.pop();
     }
-    let span_us = (start.elapsed().as_micros() as u64 / 3 * 2).clamp(4_000, 100_000);
-
-    let mut prng = Prng(0x2545_f491_4f6c_dd1d);
-    let (mut finished, mut killed) = (0, 0);
-    let mut promised: Vec<(usize, Op)> = Vec::new();
-    for round in 0..ROUNDS {
-        let mut m = || format!("m{}", prng.below(MACHINES));
-        let ops = [
-            Op::Add(format!("n{round}"), format!("02:00:00:00:03:{round:02x}")),
-            Op::Delete(format!("n{}", round.saturating_sub(1))),
-            Op::SetOs(m(), format!("os-{round}")),
-            Op::Reserve(m()),
-            Op::Release(m()),
-            Op::Clear(m()),
-            Op::Run(m()),
-            if round % 2 == 0 {
-                Op::Run(m())
-            } else {
-                Op::ReleaseForced(m())
-            },
-        ];
-        let delay = Duration::from_micros(prng.next() % span_us);
-        let ended = kill_after(&env, ops.iter().map(Op::args), delay);
-        for (op, Ended { status, pid, .. }) in ops.into_iter().zip(ended) {
-            use std::os::unix::process::ExitStatusExt;
-            match status.signal() {
-                Some(libc::SIGKILL) => killed += 1,
-                Some(other) => panic!("round {round}: {:?} died of signal {other}", op.args()),
-                None => {
-                    finished += 1;
-                    if status.success() {
-                        promised.push((pid as usize, op));
-                    }
-                }
-            }
+    let lines: Vec<Value> = raw
+        .into_iter()
+        .map(|l| l.unwrap_or_else(|| panic!("round {round}: a whole line not an event")))
+        .collect();
+    let logged = lines.len() as u64;
+    assert_eq!(
+        seqs(&lines),
+        (1..=logged).collect::<Vec<_>>(),
+        "round {round}"
+    );
+    assert!(logged <= committed, "round {round}: {logged} > {committed}");
+    assert!(
+        logged + in_state.len() as u64 >= committed,
+        "round {round}: the log ends at {logged}, the state holds {:?}",
+        seqs(&in_state)
+    );
+    for line in &lines {
+        if let Some(copy) = in_state.iter().find(|h| seq(h) == seq(line)) {
+            assert_eq!(copy, line, "round {round}");
         }
-
-        // The committed events: numbered 1, 2, 3... up to the state's number.
-        let log = env.events();
-        let committed = event_seq(&env).expect("<event_seq>");
-        assert_eq!(
-            seqs(&log),
-            (1..=committed).collect::<Vec<_>>(),
-            "round {round}"
-        );
-        // They tell the state as it is.
-        let told = replay(&log, round);
-        let state = told_by_state(&env);
-        assert_eq!(told, state, "round {round}: the log and the state disagree");
-        // Every writer that said it succeeded has its event committed.
-        for (pid, op) in &promised {
-            let ok = match op {
-                Op::Add(name, mac) => has_event(&log, name, "added", Some(&format!("mac {mac}"))),
-                Op::Delete(name) => has_event(&log, name, "deleted", None),
-                Op::SetOs(name, value) => {
-                    has_event(&log, name, "set", Some(&format!("os={value}")))
-                }
-                // Claimed and released, unless a `clear` forgot the job
-                // while it ran (the run then leaves the record alone).
-                Op::Run(name) => {
-                    let by = |kind: &str| {
-                        log.iter().any(|e| {
-                            e["event"] == kind && e["machine"] == name.as_str() && e["pid"] == *pid
-                        })
-                    };
-                    by("claimed") && (by("released") || by("cleared"))
-                }
-                // These may have had nothing to do.
-                Op::Reserve(_) | Op::Release(_) | Op::ReleaseForced(_) | Op::Clear(_) => true,
-            };
-            assert!(
-                ok,
-                "round {round}: {:?} (PID {pid}) succeeded, its event is missing: {:#?}",
-                op.args(),
-                log.iter().rev().take(12).collect::<Vec<_>>()
-            );
-        }
-        promised.clear();
-
-        // The raw file holds committed events only, each once: every line
-        // is an event but a cut last one (a writer killed mid-append),
-        // numbered 1, 2, 3... up to at most the state's number. It lacks
-        // only events the state still holds, and those it shares with the
-        // state are the same events.
-        let in_state = held(&env);
-        assert_eq!(
-            seqs(&in_state),
-            (committed + 1 - in_state.len() as u64..=committed).collect::<Vec<_>>(),
-            "round {round}"
-        );
-        let (mut raw, ends_whole) = raw_log(&env);
-        if !ends_whole {
-            raw.pop();
-        }
-        let lines: Vec<Value> = raw
-            .into_iter()
-            .map(|l| l.unwrap_or_else(|| panic!("round {round}: a whole line not an event")))
-            .collect();
-        let logged = lines.len() as u64;
-        assert_eq!(
-            seqs(&lines),
-            (1..=logged).collect::<Vec<_>>(),
-            "round {round}"
-        );
-        assert!(logged <= committed, "round {round}: {logged} > {committed}");
-        assert!(
-            logged + in_state.len() as u64 >= committed,
-            "round {round}: the log ends at {logged}, the state holds {:?}",
-            seqs(&in_state)
-        );
-        for line in &lines {
-            if let Some(copy) = in_state.iter().find(|h| seq(h) == seq(line)) {
-                assert_eq!(copy, line, "round {round}");
-            }
-        }
-        // Readers take the log's lines, then what only the state holds.
-        let mut read = lines;
-        read.extend(in_state.into_iter().filter(|h| seq(h) > logged));
-        assert_eq!(read, log, "round {round}");
-
-        // After one more write, readers see it as the newest event, and
-        // the log (once the first flush has made it) is whole again: it has
-        // every committed event.
-        env.run(["set", "m0", "kernel", &format!("after-{round}")])
-            .ok();
-        let log = env.events();
-        assert_eq!(
-            log.last().map(|e| e["detail"].clone()),
-            Some(json!(format!("kernel=after-{round}")))
-        );
-        let committed = event_seq(&env).expect("<event_seq>");
-        assert_eq!(
-            seqs(&log),
-            (1..=committed).collect::<Vec<_>>(),
-            "round {round}"
-        );
-        let (raw, ends_whole) = raw_log(&env);
-        assert!(ends_whole, "round {round}: a cut last line after a write");
-        let raw: Vec<Value> = raw
-            .into_iter()
-            .map(|l| l.expect("every line an event"))
-            .collect();
-        // The log holds the older events, the state the newest ones.
-        assert_eq!(raw[..], log[..raw.len()], "round {round}");
-        let newest: Vec<Value> = held(&env)
-            .into_iter()
-            .filter(|e| raw.last().is_none_or(|l| seq(e) > seq(l)))
-            .collect();
-        assert_eq!(newest[..], log[raw.len()..], "round {round}");
     }
+    // Readers take the log's lines, then what only the state holds.
+    let mut read = lines;
+    read.extend(in_state.into_iter().filter(|h| seq(h) > logged));
+    assert_eq!(read, log, "round {round}");
+}
+
+/// In a file lab, after a write that readers see as `log`.
+fn log_file_is_whole(env: &TestEnv, round: usize, log: &[Value]) {
+    let (raw, ends_whole) = raw_log(env);
+    assert!(ends_whole, "round {round}: a cut last line after a write");
+    let raw: Vec<Value> = raw
+        .into_iter()
+        .map(|l| l.expect("every line an event"))
+        .collect();
+    // The log holds the older events, the state the newest ones.
+    assert_eq!(raw[..], log[..raw.len()], "round {round}");
+    let newest: Vec<Value> = held(env)
+        .into_iter()
+        .filter(|e| raw.last().is_none_or(|l| seq(e) > seq(l)))
+        .collect();
+    assert_eq!(newest[..], log[raw.len()..], "round {round}");
+}
+
+/// In a file lab, enough writes for a flush: the log file then holds every
+/// event before those the state holds.
+fn a_flush_leaves_a_whole_log_file(env: &TestEnv) {
     // Enough writes to flush: the state holds only events of these writes.
-    let before = event_seq(&env).expect("<event_seq>");
+    let before = event_seq(env).expect("<event_seq>");
     for i in 0..FLUSH_AT {
         env.run(["set", "m0", "kernel", &format!("final-{i}")]).ok();
     }
-    let held = held(&env);
+    let held = held(env);
     assert!(
         held.first().is_some_and(|e| seq(e) > before),
         "no flush after {before}: {:?}",
         seqs(&held)
     );
-    let (raw, ends_whole) = raw_log(&env);
+    let (raw, ends_whole) = raw_log(env);
     assert!(ends_whole, "a cut last line after a flush");
     let numbers: Vec<u64> = raw
         .iter()
@@ -733,14 +646,157 @@ fn killed_writers_never_part_the_log_from_the_state() {
     // Every event before the ones the state holds, each once, in order.
     let first_held = seq(&held[0]);
     assert_eq!(numbers, (1..first_held).collect::<Vec<_>>());
-    assert!(killed > 0, "no writer was killed");
-    assert!(finished > 0, "no writer finished");
-    let total = env.events().len();
-    assert!(total > ROUNDS * 2, "only {total} events committed");
-    eprintln!(
-        "kill storm: {ROUNDS} rounds, kills within {span_us} us, {finished} writers finished, \
-         {killed} killed, {total} events"
-    );
+}
+
+on_both_backends! {
+    fn killed_writers_never_part_the_log_from_the_state(env: &TestEnv) {
+        const MACHINES: usize = 6;
+        const ROUNDS: usize = 40;
+        for i in 0..MACHINES {
+            env.add(&format!("m{i}"), i as u8);
+        }
+        // Kill at offsets from 0 to twice the time one write takes here
+        // when eight start at once, as in a round: the first of them to end.
+        let start = Instant::now();
+        let mut writers = Kids(
+            (0..8)
+                .map(|i| {
+                    env.cmd(["set", &format!("m{}", i % MACHINES), "kernel", &format!("k{i}")])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("mama starts")
+                })
+                .collect(),
+        );
+        wait_until("the first write", LIMIT, || {
+            writers
+                .0
+                .iter_mut()
+                .any(|w| w.try_wait().expect("try_wait").is_some())
+        });
+        let span_us = (start.elapsed().as_micros() as u64 * 2).clamp(4_000, 250_000);
+        for writer in &mut writers.0 {
+            assert!(writer.wait().expect("wait").success());
+        }
+
+        let mut prng = Prng(0x2545_f491_4f6c_dd1d);
+        let (mut finished, mut killed) = (0, 0);
+        let mut promised: Vec<(usize, Op)> = Vec::new();
+        for round in 0..ROUNDS {
+            let mut m = || format!("m{}", prng.below(MACHINES));
+            let ops = [
+                Op::Add(format!("n{round}"), format!("02:00:00:00:03:{round:02x}")),
+                Op::Delete(format!("n{}", round.saturating_sub(1))),
+                Op::SetOs(m(), format!("os-{round}")),
+                Op::Reserve(m()),
+                Op::Release(m()),
+                Op::Clear(m()),
+                Op::Run(m()),
+                if round % 2 == 0 {
+                    Op::Run(m())
+                } else {
+                    Op::ReleaseForced(m())
+                },
+            ];
+            let delay = Duration::from_micros(prng.next() % span_us);
+            let ended = kill_after(env, ops.iter().map(Op::args), delay);
+            for (op, Ended { status, pid, .. }) in ops.into_iter().zip(ended) {
+                use std::os::unix::process::ExitStatusExt;
+                match status.signal() {
+                    Some(libc::SIGKILL) => killed += 1,
+                    Some(other) => panic!("round {round}: {:?} died of signal {other}", op.args()),
+                    None => {
+                        finished += 1;
+                        if status.success() {
+                            promised.push((pid as usize, op));
+                        }
+                    }
+                }
+            }
+
+            // The committed events: numbered 1, 2, 3... up to the state's number.
+            let log = env.events();
+            let committed = last_committed(env);
+            assert_eq!(
+                seqs(&log),
+                (1..=committed).collect::<Vec<_>>(),
+                "round {round}"
+            );
+            // They tell the state as it is.
+            let told = replay(&log, round);
+            let state = told_by_state(env);
+            assert_eq!(told, state, "round {round}: the log and the state disagree");
+            // Every writer that said it succeeded has its event committed.
+            for (pid, op) in &promised {
+                let ok = match op {
+                    Op::Add(name, mac) => has_event(&log, name, "added", Some(&format!("mac {mac}"))),
+                    Op::Delete(name) => has_event(&log, name, "deleted", None),
+                    Op::SetOs(name, value) => {
+                        has_event(&log, name, "set", Some(&format!("os={value}")))
+                    }
+                    // Claimed and released, unless a `clear` forgot the job
+                    // while it ran (the run then leaves the record alone).
+                    Op::Run(name) => {
+                        let by = |kind: &str| {
+                            log.iter().any(|e| {
+                                e["event"] == kind && e["machine"] == name.as_str() && e["pid"] == *pid
+                            })
+                        };
+                        by("claimed") && (by("released") || by("cleared"))
+                    }
+                    // These may have had nothing to do.
+                    Op::Reserve(_) | Op::Release(_) | Op::ReleaseForced(_) | Op::Clear(_) => true,
+                };
+                assert!(
+                    ok,
+                    "round {round}: {:?} (PID {pid}) succeeded, its event is missing: {:#?}",
+                    op.args(),
+                    log.iter().rev().take(12).collect::<Vec<_>>()
+                );
+            }
+            promised.clear();
+
+            // A file lab keeps its newest events in the state file and the
+            // others in the log file beside it (a database lab, in a table):
+            // the two must agree too.
+            if !env.is_postgres() {
+                log_file_agrees(env, round, committed, &log);
+            }
+
+            // After one more write, readers see it as the newest event.
+            env.run(["set", "m0", "kernel", &format!("after-{round}")])
+                .ok();
+            let log = env.events();
+            assert_eq!(
+                log.last().map(|e| e["detail"].clone()),
+                Some(json!(format!("kernel=after-{round}")))
+            );
+            let committed = last_committed(env);
+            assert_eq!(
+                seqs(&log),
+                (1..=committed).collect::<Vec<_>>(),
+                "round {round}"
+            );
+            // And a file lab's log file (once the first flush has made it)
+            // is whole again: it has every committed event.
+            if !env.is_postgres() {
+                log_file_is_whole(env, round, &log);
+            }
+        }
+        // A file lab's flush leaves a whole log file behind.
+        if !env.is_postgres() {
+            a_flush_leaves_a_whole_log_file(env);
+        }
+        assert!(killed > 0, "no writer was killed");
+        assert!(finished > 0, "no writer finished");
+        let total = env.events().len();
+        assert!(total > ROUNDS * 2, "only {total} events committed");
+        eprintln!(
+            "kill storm: {ROUNDS} rounds, kills within {span_us} us, {finished} writers finished, \
+             {killed} killed, {total} events"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
