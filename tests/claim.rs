@@ -1,5 +1,10 @@
 //! The busy rules and waiting: mutual exclusion, stale takeover, handoff,
 //! `wait`, nesting, reservations, hand starts and shared resources.
+//!
+//! What only mama commands and real processes show runs against both
+//! backends (`on_both_backends!`: a state file and a database lab); tests
+//! that write or read the state file (or the log file) by hand are the file
+//! lab's.
 
 mod common;
 use common::*;

@@ -2,6 +2,11 @@
 //! change with who, where and how, a log that agrees with the state whatever
 //! instant a writer is killed, trimming, and `log`'s filters, `--json` and
 //! `--follow`.
+//!
+//! What only mama commands and real processes show runs against both
+//! backends (`on_both_backends!`: a state file and a database lab); tests
+//! that write or read the state file (or the log file) by hand are the file
+//! lab's.
 
 mod common;
 use common::*;
@@ -482,7 +487,7 @@ fn replay(events: &[Value], round: usize) -> BTreeMap<String, Told> {
     lab
 }
 
-/// The machines as the state file has them.
+/// The machines as `list --json` shows them.
 fn told_by_state(env: &TestEnv) -> BTreeMap<String, Told> {
     let list = env.run(["list", "--json"]).json();
     let text = |v: &Value| v.as_str().map(str::to_string);
@@ -730,7 +735,9 @@ on_both_backends! {
             // Every writer that said it succeeded has its event committed.
             for (pid, op) in &promised {
                 let ok = match op {
-                    Op::Add(name, mac) => has_event(&log, name, "added", Some(&format!("mac {mac}"))),
+                    Op::Add(name, mac) => {
+                        has_event(&log, name, "added", Some(&format!("mac {mac}")))
+                    }
                     Op::Delete(name) => has_event(&log, name, "deleted", None),
                     Op::SetOs(name, value) => {
                         has_event(&log, name, "set", Some(&format!("os={value}")))
@@ -740,7 +747,9 @@ on_both_backends! {
                     Op::Run(name) => {
                         let by = |kind: &str| {
                             log.iter().any(|e| {
-                                e["event"] == kind && e["machine"] == name.as_str() && e["pid"] == *pid
+                                e["event"] == kind
+                                    && e["machine"] == name.as_str()
+                                    && e["pid"] == *pid
                             })
                         };
                         by("claimed") && (by("released") || by("cleared"))

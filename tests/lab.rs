@@ -1,5 +1,10 @@
 //! The lab commands: add, delete, set/get, clear, reserve/release, list and
 //! info (table, text and JSON), and how they show stale jobs.
+//!
+//! What only mama commands and real processes show runs against both
+//! backends (`on_both_backends!`: a state file and a database lab); tests
+//! that write or read the state file (or the log file) by hand are the file
+//! lab's.
 
 mod common;
 use common::*;

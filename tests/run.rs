@@ -1,6 +1,11 @@
 //! `mama run` as a supervisor: exit statuses, signals, timeouts, the claim it
 //! records, the job's process group and environment, and the release in
 //! every case.
+//!
+//! What only mama commands and real processes show runs against both
+//! backends (`on_both_backends!`: a state file and a database lab); tests
+//! that write or read the state file (or the log file) by hand are the file
+//! lab's.
 
 mod common;
 use common::*;
