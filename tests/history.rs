@@ -2,6 +2,11 @@
 //! change with who, where and how, a log that agrees with the state whatever
 //! instant a writer is killed, trimming, and `log`'s filters, `--json` and
 //! `--follow`.
+//!
+//! What only mama commands and real processes show runs against both
+//! backends (`on_both_backends!`: a state file and a database lab); tests
+//! that write or read the state file (or the log file) by hand are the file
+//! lab's.
 
 mod common;
 use common::*;
@@ -226,81 +231,81 @@ fn run_job(env: &TestEnv, args: &[&str]) -> (u32, Run) {
     (pid, run)
 }
 
-#[test]
-fn runs_record_the_claim_and_how_the_job_ended() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    let from = unix_now();
-    let cases: [(&[&str], i32, &str, &str); 5] = [
-        (
-            &["run", "rig1", "--", "true"],
-            0,
-            "run true",
-            "exit 0 after ",
-        ),
-        (
-            &["run", "rig1", "--job", "smoke", "--", "sh", "-c", "exit 3"],
-            3,
-            "smoke",
-            "exit 3 after ",
-        ),
-        (
-            &["run", "rig1", "--", "sh", "-c", "kill -TERM $$"],
-            128 + 15,
-            "run sh",
-            "killed by signal 15 after ",
-        ),
-        (
-            &["run", "rig1", "--timeout", "0.3", "--", "sleep", "30"],
-            124,
-            "run sleep",
-            "timed out after ",
-        ),
-        (
-            &["run", "rig1", "--", "/no/such/command"],
-            127,
-            "run command",
-            "not started (",
-        ),
-    ];
-    let mut pids = Vec::new();
-    for (args, code, _, _) in &cases {
-        let (pid, run) = run_job(&env, args);
-        run.fails(*code);
-        pids.push(pid);
-    }
-    let to = unix_now();
+on_both_backends! {
+    fn runs_record_the_claim_and_how_the_job_ended(env: &TestEnv) {
+        env.add("rig1", 1);
+        let from = unix_now();
+        let cases: [(&[&str], i32, &str, &str); 5] = [
+            (
+                &["run", "rig1", "--", "true"],
+                0,
+                "run true",
+                "exit 0 after ",
+            ),
+            (
+                &["run", "rig1", "--job", "smoke", "--", "sh", "-c", "exit 3"],
+                3,
+                "smoke",
+                "exit 3 after ",
+            ),
+            (
+                &["run", "rig1", "--", "sh", "-c", "kill -TERM $$"],
+                128 + 15,
+                "run sh",
+                "killed by signal 15 after ",
+            ),
+            (
+                &["run", "rig1", "--timeout", "0.3", "--", "sleep", "30"],
+                124,
+                "run sleep",
+                "timed out after ",
+            ),
+            (
+                &["run", "rig1", "--", "/no/such/command"],
+                127,
+                "run command",
+                "not started (",
+            ),
+        ];
+        let mut pids = Vec::new();
+        for (args, code, _, _) in &cases {
+            let (pid, run) = run_job(env, args);
+            run.fails(*code);
+            pids.push(pid);
+        }
+        let to = unix_now();
 
-    let log = env.events();
-    assert_eq!(log.len(), 1 + 2 * cases.len(), "{log:#?}");
-    let runs = &log[1..];
-    check_who_and_when(runs, from, to);
-    for (i, ((_, _, label, ending), pid)) in cases.iter().zip(&pids).enumerate() {
-        let (claimed, released) = (&runs[2 * i], &runs[2 * i + 1]);
-        check(
-            claimed,
-            "claimed",
-            "rig1",
-            json!(label),
-            json!(pid),
-            Value::Null,
-        );
-        let detail = released["detail"].as_str().expect("a detail");
-        check(
-            released,
-            "released",
-            "rig1",
-            json!(label),
-            json!(pid),
-            json!(detail),
-        );
-        assert!(detail.starts_with(ending), "{released}");
-        assert!(detail.ends_with('s'), "{released}: no time held");
+        let log = env.events();
+        assert_eq!(log.len(), 1 + 2 * cases.len(), "{log:#?}");
+        let runs = &log[1..];
+        check_who_and_when(runs, from, to);
+        for (i, ((_, _, label, ending), pid)) in cases.iter().zip(&pids).enumerate() {
+            let (claimed, released) = (&runs[2 * i], &runs[2 * i + 1]);
+            check(
+                claimed,
+                "claimed",
+                "rig1",
+                json!(label),
+                json!(pid),
+                Value::Null,
+            );
+            let detail = released["detail"].as_str().expect("a detail");
+            check(
+                released,
+                "released",
+                "rig1",
+                json!(label),
+                json!(pid),
+                json!(detail),
+            );
+            assert!(detail.starts_with(ending), "{released}");
+            assert!(detail.ends_with('s'), "{released}: no time held");
+        }
+        let not_started = runs[9]["detail"].as_str().expect("detail");
+        assert!(not_started.contains(") after "), "{not_started}");
+        // Every claim was released: the machine is free.
+        assert_eq!(env.info("rig1")["job"], Value::Null);
     }
-    let not_started = runs[9]["detail"].as_str().expect("detail");
-    assert!(not_started.contains(") after "), "{not_started}");
-    // Every claim was released: the machine is free.
-    assert_eq!(env.info("rig1")["job"], Value::Null);
 }
 
 #[test]
@@ -482,7 +487,7 @@ fn replay(events: &[Value], round: usize) -> BTreeMap<String, Told> {
     lab
 }
 
-/// The machines as the state file has them.
+/// The machines as `list --json` shows them.
 fn told_by_state(env: &TestEnv) -> BTreeMap<String, Told> {
     let list = env.run(["list", "--json"]).json();
     let text = |v: &Value| v.as_str().map(str::to_string);
@@ -550,181 +555,94 @@ impl Op {
     }
 }
 
-#[test]
-fn killed_writers_never_part_the_log_from_the_state() {
-    const MACHINES: usize = 6;
-    const ROUNDS: usize = 40;
-    let env = TestEnv::new();
-    for i in 0..MACHINES {
-        env.add(&format!("m{i}"), i as u8);
+/// The number of the last committed event: the state file's
+/// `<event_seq>`, or a database lab's newest event.
+fn last_committed(env: &TestEnv) -> u64 {
+    match &env.db {
+        None => event_seq(env).expect("<event_seq>"),
+        Some(db) => db
+            .value::<Option<i64>>("SELECT max(seq) FROM mama_event")
+            .map_or(0, |seq| seq as u64),
     }
-    // Kill at offsets from 0 to twice the time one write takes here.
-    let start = Instant::now();
-    for i in 0..3 {
-        env.run(["set", "m0", "kernel", &format!("k{i}")]).ok();
+}
+
+/// In a file lab, as readers must see `log` (`committed` events in
+/// all) after writers were killed at random instants.
+fn log_file_agrees(env: &TestEnv, round: usize, committed: u64, log: &[Value]) {
+    // The raw file holds committed events only, each once: every line
+    // is an event but a cut last one (a writer killed mid-append),
+    // numbered 1, 2, 3... up to at most the state's number. It lacks
+    // only events the state still holds, and those it shares with the
+    // state are the same events.
+    let in_state = held(env);
+    assert_eq!(
+        seqs(&in_state),
+        (committed + 1 - in_state.len() as u64..=committed).collect::<Vec<_>>(),
+        "round {round}"
+    );
+    let (mut raw, ends_whole) = raw_log(env);
+    if !ends_whole {
+        raw.pop();
     }
-    let span_us = (start.elapsed().as_micros() as u64 / 3 * 2).clamp(4_000, 100_000);
-
-    let mut prng = Prng(0x2545_f491_4f6c_dd1d);
-    let (mut finished, mut killed) = (0, 0);
-    let mut promised: Vec<(usize, Op)> = Vec::new();
-    for round in 0..ROUNDS {
-        let mut m = || format!("m{}", prng.below(MACHINES));
-        let ops = [
-            Op::Add(format!("n{round}"), format!("02:00:00:00:03:{round:02x}")),
-            Op::Delete(format!("n{}", round.saturating_sub(1))),
-            Op::SetOs(m(), format!("os-{round}")),
-            Op::Reserve(m()),
-            Op::Release(m()),
-            Op::Clear(m()),
-            Op::Run(m()),
-            if round % 2 == 0 {
-                Op::Run(m())
-            } else {
-                Op::ReleaseForced(m())
-            },
-        ];
-        let delay = Duration::from_micros(prng.next() % span_us);
-        let ended = kill_after(&env, ops.iter().map(Op::args), delay);
-        for (op, Ended { status, pid, .. }) in ops.into_iter().zip(ended) {
-            use std::os::unix::process::ExitStatusExt;
-            match status.signal() {
-                Some(libc::SIGKILL) => killed += 1,
-                Some(other) => panic!("round {round}: {:?} died of signal {other}", op.args()),
-                None => {
-                    finished += 1;
-                    if status.success() {
-                        promised.push((pid as usize, op));
-                    }
-                }
-            }
+    let lines: Vec<Value> = raw
+        .into_iter()
+        .map(|l| l.unwrap_or_else(|| panic!("round {round}: a whole line not an event")))
+        .collect();
+    let logged = lines.len() as u64;
+    assert_eq!(
+        seqs(&lines),
+        (1..=logged).collect::<Vec<_>>(),
+        "round {round}"
+    );
+    assert!(logged <= committed, "round {round}: {logged} > {committed}");
+    assert!(
+        logged + in_state.len() as u64 >= committed,
+        "round {round}: the log ends at {logged}, the state holds {:?}",
+        seqs(&in_state)
+    );
+    for line in &lines {
+        if let Some(copy) = in_state.iter().find(|h| seq(h) == seq(line)) {
+            assert_eq!(copy, line, "round {round}");
         }
-
-        // The committed events: numbered 1, 2, 3... up to the state's number.
-        let log = env.events();
-        let committed = event_seq(&env).expect("<event_seq>");
-        assert_eq!(
-            seqs(&log),
-            (1..=committed).collect::<Vec<_>>(),
-            "round {round}"
-        );
-        // They tell the state as it is.
-        let told = replay(&log, round);
-        let state = told_by_state(&env);
-        assert_eq!(told, state, "round {round}: the log and the state disagree");
-        // Every writer that said it succeeded has its event committed.
-        for (pid, op) in &promised {
-            let ok = match op {
-                Op::Add(name, mac) => has_event(&log, name, "added", Some(&format!("mac {mac}"))),
-                Op::Delete(name) => has_event(&log, name, "deleted", None),
-                Op::SetOs(name, value) => {
-                    has_event(&log, name, "set", Some(&format!("os={value}")))
-                }
-                // Claimed and released, unless a `clear` forgot the job
-                // while it ran (the run then leaves the record alone).
-                Op::Run(name) => {
-                    let by = |kind: &str| {
-                        log.iter().any(|e| {
-                            e["event"] == kind && e["machine"] == name.as_str() && e["pid"] == *pid
-                        })
-                    };
-                    by("claimed") && (by("released") || by("cleared"))
-                }
-                // These may have had nothing to do.
-                Op::Reserve(_) | Op::Release(_) | Op::ReleaseForced(_) | Op::Clear(_) => true,
-            };
-            assert!(
-                ok,
-                "round {round}: {:?} (PID {pid}) succeeded, its event is missing: {:#?}",
-                op.args(),
-                log.iter().rev().take(12).collect::<Vec<_>>()
-            );
-        }
-        promised.clear();
-
-        // The raw file holds committed events only, each once: every line
-        // is an event but a cut last one (a writer killed mid-append),
-        // numbered 1, 2, 3... up to at most the state's number. It lacks
-        // only events the state still holds, and those it shares with the
-        // state are the same events.
-        let in_state = held(&env);
-        assert_eq!(
-            seqs(&in_state),
-            (committed + 1 - in_state.len() as u64..=committed).collect::<Vec<_>>(),
-            "round {round}"
-        );
-        let (mut raw, ends_whole) = raw_log(&env);
-        if !ends_whole {
-            raw.pop();
-        }
-        let lines: Vec<Value> = raw
-            .into_iter()
-            .map(|l| l.unwrap_or_else(|| panic!("round {round}: a whole line not an event")))
-            .collect();
-        let logged = lines.len() as u64;
-        assert_eq!(
-            seqs(&lines),
-            (1..=logged).collect::<Vec<_>>(),
-            "round {round}"
-        );
-        assert!(logged <= committed, "round {round}: {logged} > {committed}");
-        assert!(
-            logged + in_state.len() as u64 >= committed,
-            "round {round}: the log ends at {logged}, the state holds {:?}",
-            seqs(&in_state)
-        );
-        for line in &lines {
-            if let Some(copy) = in_state.iter().find(|h| seq(h) == seq(line)) {
-                assert_eq!(copy, line, "round {round}");
-            }
-        }
-        // Readers take the log's lines, then what only the state holds.
-        let mut read = lines;
-        read.extend(in_state.into_iter().filter(|h| seq(h) > logged));
-        assert_eq!(read, log, "round {round}");
-
-        // After one more write, readers see it as the newest event, and
-        // the log (once the first flush has made it) is whole again: it has
-        // every committed event.
-        env.run(["set", "m0", "kernel", &format!("after-{round}")])
-            .ok();
-        let log = env.events();
-        assert_eq!(
-            log.last().map(|e| e["detail"].clone()),
-            Some(json!(format!("kernel=after-{round}")))
-        );
-        let committed = event_seq(&env).expect("<event_seq>");
-        assert_eq!(
-            seqs(&log),
-            (1..=committed).collect::<Vec<_>>(),
-            "round {round}"
-        );
-        let (raw, ends_whole) = raw_log(&env);
-        assert!(ends_whole, "round {round}: a cut last line after a write");
-        let raw: Vec<Value> = raw
-            .into_iter()
-            .map(|l| l.expect("every line an event"))
-            .collect();
-        // The log holds the older events, the state the newest ones.
-        assert_eq!(raw[..], log[..raw.len()], "round {round}");
-        let newest: Vec<Value> = held(&env)
-            .into_iter()
-            .filter(|e| raw.last().is_none_or(|l| seq(e) > seq(l)))
-            .collect();
-        assert_eq!(newest[..], log[raw.len()..], "round {round}");
     }
+    // Readers take the log's lines, then what only the state holds.
+    let mut read = lines;
+    read.extend(in_state.into_iter().filter(|h| seq(h) > logged));
+    assert_eq!(read, log, "round {round}");
+}
+
+/// In a file lab, after a write that readers see as `log`.
+fn log_file_is_whole(env: &TestEnv, round: usize, log: &[Value]) {
+    let (raw, ends_whole) = raw_log(env);
+    assert!(ends_whole, "round {round}: a cut last line after a write");
+    let raw: Vec<Value> = raw
+        .into_iter()
+        .map(|l| l.expect("every line an event"))
+        .collect();
+    // The log holds the older events, the state the newest ones.
+    assert_eq!(raw[..], log[..raw.len()], "round {round}");
+    let newest: Vec<Value> = held(env)
+        .into_iter()
+        .filter(|e| raw.last().is_none_or(|l| seq(e) > seq(l)))
+        .collect();
+    assert_eq!(newest[..], log[raw.len()..], "round {round}");
+}
+
+/// In a file lab, enough writes for a flush: the log file then holds every
+/// event before those the state holds.
+fn a_flush_leaves_a_whole_log_file(env: &TestEnv) {
     // Enough writes to flush: the state holds only events of these writes.
-    let before = event_seq(&env).expect("<event_seq>");
+    let before = event_seq(env).expect("<event_seq>");
     for i in 0..FLUSH_AT {
         env.run(["set", "m0", "kernel", &format!("final-{i}")]).ok();
     }
-    let held = held(&env);
+    let held = held(env);
     assert!(
         held.first().is_some_and(|e| seq(e) > before),
         "no flush after {before}: {:?}",
         seqs(&held)
     );
-    let (raw, ends_whole) = raw_log(&env);
+    let (raw, ends_whole) = raw_log(env);
     assert!(ends_whole, "a cut last line after a flush");
     let numbers: Vec<u64> = raw
         .iter()
@@ -733,14 +651,161 @@ fn killed_writers_never_part_the_log_from_the_state() {
     // Every event before the ones the state holds, each once, in order.
     let first_held = seq(&held[0]);
     assert_eq!(numbers, (1..first_held).collect::<Vec<_>>());
-    assert!(killed > 0, "no writer was killed");
-    assert!(finished > 0, "no writer finished");
-    let total = env.events().len();
-    assert!(total > ROUNDS * 2, "only {total} events committed");
-    eprintln!(
-        "kill storm: {ROUNDS} rounds, kills within {span_us} us, {finished} writers finished, \
-         {killed} killed, {total} events"
-    );
+}
+
+on_both_backends! {
+    fn killed_writers_never_part_the_log_from_the_state(env: &TestEnv) {
+        const MACHINES: usize = 6;
+        const ROUNDS: usize = 40;
+        for i in 0..MACHINES {
+            env.add(&format!("m{i}"), i as u8);
+        }
+        // Kill at offsets from 0 to twice the time one write takes here
+        // when eight start at once, as in a round: the first of them to end.
+        let start = Instant::now();
+        let mut writers = Kids(
+            (0..8)
+                .map(|i| {
+                    env.cmd(["set", &format!("m{}", i % MACHINES), "kernel", &format!("k{i}")])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("mama starts")
+                })
+                .collect(),
+        );
+        wait_until("the first write", LIMIT, || {
+            writers
+                .0
+                .iter_mut()
+                .any(|w| w.try_wait().expect("try_wait").is_some())
+        });
+        let span_us = (start.elapsed().as_micros() as u64 * 2).clamp(4_000, 250_000);
+        for writer in &mut writers.0 {
+            assert!(writer.wait().expect("wait").success());
+        }
+
+        let mut prng = Prng(0x2545_f491_4f6c_dd1d);
+        let (mut finished, mut killed) = (0, 0);
+        let mut promised: Vec<(usize, Op)> = Vec::new();
+        for round in 0..ROUNDS {
+            let mut m = || format!("m{}", prng.below(MACHINES));
+            let ops = [
+                Op::Add(format!("n{round}"), format!("02:00:00:00:03:{round:02x}")),
+                Op::Delete(format!("n{}", round.saturating_sub(1))),
+                Op::SetOs(m(), format!("os-{round}")),
+                Op::Reserve(m()),
+                Op::Release(m()),
+                Op::Clear(m()),
+                Op::Run(m()),
+                if round % 2 == 0 {
+                    Op::Run(m())
+                } else {
+                    Op::ReleaseForced(m())
+                },
+            ];
+            let delay = Duration::from_micros(prng.next() % span_us);
+            let ended = kill_after(env, ops.iter().map(Op::args), delay);
+            for (op, Ended { status, pid, .. }) in ops.into_iter().zip(ended) {
+                use std::os::unix::process::ExitStatusExt;
+                match status.signal() {
+                    Some(libc::SIGKILL) => killed += 1,
+                    Some(other) => panic!("round {round}: {:?} died of signal {other}", op.args()),
+                    None => {
+                        finished += 1;
+                        if status.success() {
+                            promised.push((pid as usize, op));
+                        }
+                    }
+                }
+            }
+
+            // The committed events: numbered 1, 2, 3... up to the state's number.
+            let log = env.events();
+            let committed = last_committed(env);
+            assert_eq!(
+                seqs(&log),
+                (1..=committed).collect::<Vec<_>>(),
+                "round {round}"
+            );
+            // They tell the state as it is.
+            let told = replay(&log, round);
+            let state = told_by_state(env);
+            assert_eq!(told, state, "round {round}: the log and the state disagree");
+            // Every writer that said it succeeded has its event committed.
+            for (pid, op) in &promised {
+                let ok = match op {
+                    Op::Add(name, mac) => {
+                        has_event(&log, name, "added", Some(&format!("mac {mac}")))
+                    }
+                    Op::Delete(name) => has_event(&log, name, "deleted", None),
+                    Op::SetOs(name, value) => {
+                        has_event(&log, name, "set", Some(&format!("os={value}")))
+                    }
+                    // Claimed and released, unless a `clear` forgot the job
+                    // while it ran (the run then leaves the record alone).
+                    Op::Run(name) => {
+                        let by = |kind: &str| {
+                            log.iter().any(|e| {
+                                e["event"] == kind
+                                    && e["machine"] == name.as_str()
+                                    && e["pid"] == *pid
+                            })
+                        };
+                        by("claimed") && (by("released") || by("cleared"))
+                    }
+                    // These may have had nothing to do.
+                    Op::Reserve(_) | Op::Release(_) | Op::ReleaseForced(_) | Op::Clear(_) => true,
+                };
+                assert!(
+                    ok,
+                    "round {round}: {:?} (PID {pid}) succeeded, its event is missing: {:#?}",
+                    op.args(),
+                    log.iter().rev().take(12).collect::<Vec<_>>()
+                );
+            }
+            promised.clear();
+
+            // A file lab keeps its newest events in the state file and the
+            // others in the log file beside it (a database lab, in a table):
+            // the two must agree too.
+            if !env.is_postgres() {
+                log_file_agrees(env, round, committed, &log);
+            }
+
+            // After one more write, readers see it as the newest event.
+            env.run(["set", "m0", "kernel", &format!("after-{round}")])
+                .ok();
+            let log = env.events();
+            assert_eq!(
+                log.last().map(|e| e["detail"].clone()),
+                Some(json!(format!("kernel=after-{round}")))
+            );
+            let committed = last_committed(env);
+            assert_eq!(
+                seqs(&log),
+                (1..=committed).collect::<Vec<_>>(),
+                "round {round}"
+            );
+            // And a file lab's log file (once the first flush has made it)
+            // is whole again: it has every committed event.
+            if !env.is_postgres() {
+                log_file_is_whole(env, round, &log);
+            }
+        }
+        // A file lab's flush leaves a whole log file behind.
+        if !env.is_postgres() {
+            a_flush_leaves_a_whole_log_file(env);
+        }
+        assert!(killed > 0, "no writer was killed");
+        assert!(finished > 0, "no writer finished");
+        let total = env.events().len();
+        assert!(total > ROUNDS * 2, "only {total} events committed");
+        eprintln!(
+            "kill storm: {ROUNDS} rounds, kills within {span_us} us, {finished} writers finished, \
+             {killed} killed, {total} events"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -878,122 +943,134 @@ fn log_filters_by_age_and_machine_and_prints_json_lines() {
         json!("os=new2"),
     );
     check_who_and_when(std::slice::from_ref(newest), unix_now() - 60, unix_now());
+}
 
-    // Bad durations are usage errors that say what is wrong.
-    for bad in ["5x", "soon", "1.5h", "-1h", ""] {
-        let err = env
-            .run(["log".to_string(), format!("--since={bad}")])
-            .fails(2)
-            .to_string();
-        assert!(err.contains("is not a duration"), "{bad}: {err}");
+on_both_backends! {
+    fn log_refuses_bad_durations_and_unknown_machines_not_deleted_ones(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.add("rig2", 2);
+        env.run(["set", "rig2", "os", "new2"]).ok();
+        // Bad durations are usage errors that say what is wrong.
+        for bad in ["5x", "soon", "1.5h", "-1h", ""] {
+            let err = env
+                .run(["log".to_string(), format!("--since={bad}")])
+                .fails(2)
+                .to_string();
+            assert!(err.contains("is not a duration"), "{bad}: {err}");
+        }
+        // An unknown machine is an error naming it; a deleted one has a past.
+        env.run(["log", "nosuch"]).fails_saying(1, "nosuch");
+        env.run(["delete", "rig2"]).ok();
+        let rig2 = parse_json_lines(env.run(["log", "rig2", "--json"]).ok());
+        assert_eq!(seqs(&rig2), [2, 3, 4]);
+        assert_eq!(kinds(&rig2), ["added", "set", "deleted"]);
     }
-    // An unknown machine is an error naming it; a deleted one has a past.
-    env.run(["log", "nosuch"]).fails_saying(1, "nosuch");
-    env.run(["delete", "rig2"]).ok();
-    let rig2 = parse_json_lines(env.run(["log", "rig2", "--json"]).ok());
-    assert_eq!(seqs(&rig2), [2, 4, 6, 7]);
-    assert_eq!(rig2[3]["event"], "deleted");
 }
 
 // ---------------------------------------------------------------------------
 // 5. --follow
 
-#[test]
-fn log_follow_prints_new_events_as_they_are_committed() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    env.run(["set", "rig1", "os", "first"]).ok();
-    let mut follower = env.cmd(["log", "--follow", "--json"]);
-    follower
-        .env("MAMA_POLL_INTERVAL", "0.1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut kids = Kids(vec![follower.spawn().expect("mama log starts")]);
-    let stdout = kids.0[0].stdout.take().expect("stdout");
-    let (send, lines) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if send.send(line).is_err() {
-                break;
+on_both_backends! {
+    fn log_follow_prints_new_events_as_they_are_committed(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.run(["set", "rig1", "os", "first"]).ok();
+        let mut follower = env.cmd(["log", "--follow", "--json"]);
+        follower
+            .env("MAMA_POLL_INTERVAL", "0.1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut kids = Kids(vec![follower.spawn().expect("mama log starts")]);
+        let stdout = kids.0[0].stdout.take().expect("stdout");
+        let (send, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let deadline = Instant::now() + LIMIT;
-    let next = |what: &str| -> Value {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("no line for {what}: {e}"));
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    };
+        });
+        let deadline = Instant::now() + LIMIT;
+        let next = |what: &str| -> Value {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no line for {what}: {e}"));
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+        };
 
-    // What was there, then what happens.
-    assert_eq!(seq(&next("the first event")), 1);
-    assert_eq!(next("the second event")["detail"], "os=first");
-    env.run(["set", "rig1", "os", "second"]).ok();
-    env.run(["run", "rig1", "--", "true"]).ok();
-    let set = next("the set");
-    let claimed = next("the claim");
-    let released = next("the release");
-    assert_eq!(
-        seqs(&[set.clone(), claimed.clone(), released.clone()]),
-        [3, 4, 5]
-    );
-    assert_eq!(set["detail"], "os=second");
-    assert_eq!(kinds(&[claimed, released]), ["claimed", "released"]);
-    // Nothing twice: the next line is the next event.
-    env.run(["set", "rig1", "os", "third"]).ok();
-    let third = next("the last set");
-    assert_eq!((seq(&third), &third["detail"]), (6, &json!("os=third")));
+        // What was there, then what happens.
+        assert_eq!(seq(&next("the first event")), 1);
+        assert_eq!(next("the second event")["detail"], "os=first");
+        env.run(["set", "rig1", "os", "second"]).ok();
+        env.run(["run", "rig1", "--", "true"]).ok();
+        let set = next("the set");
+        let claimed = next("the claim");
+        let released = next("the release");
+        assert_eq!(
+            seqs(&[set.clone(), claimed.clone(), released.clone()]),
+            [3, 4, 5]
+        );
+        assert_eq!(set["detail"], "os=second");
+        assert_eq!(kinds(&[claimed, released]), ["claimed", "released"]);
+        // Nothing twice: the next line is the next event.
+        env.run(["set", "rig1", "os", "third"]).ok();
+        let third = next("the last set");
+        assert_eq!((seq(&third), &third["detail"]), (6, &json!("os=third")));
 
-    drop(kids);
-    reader.join().expect("the reader ends with the follower");
+        drop(kids);
+        reader.join().expect("the reader ends with the follower");
+    }
 }
 
 // ---------------------------------------------------------------------------
 // 6. info
 
+on_both_backends! {
+    fn info_shows_a_machines_last_events(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.add("rig2", 2);
+        for i in 1..=6 {
+            env.run(["set", "rig1", "os", &format!("v{i}")]).ok();
+            env.run(["set", "rig2", "kernel", &format!("k{i}")]).ok();
+        }
+        env.run(["run", "rig1", "--", "true"]).ok();
+
+        let all = parse_json_lines(env.run(["log", "rig1", "--json"]).ok());
+        assert_eq!(all.len(), 9);
+        let recent = env.info("rig1")["recent_events"].clone();
+        let recent = recent.as_array().expect("recent_events");
+        assert_eq!(recent.as_slice(), &all[4..], "the last 5, oldest first");
+        assert_eq!(kinds(recent), ["set", "set", "set", "claimed", "released"]);
+
+        let text = env.run(["info", "rig1"]).ok().to_string();
+        let (_, shown) = text
+            .split_once("Recent events:\n")
+            .unwrap_or_else(|| panic!("{text}"));
+        let rows: Vec<&str> = shown.lines().collect();
+        assert_eq!(rows.len(), 6, "a header and five events: {text}");
+        assert!(rows[0].trim_start().starts_with("TIME"), "{text}");
+        for (row, want) in rows[1..]
+            .iter()
+            .zip(["os=v4", "os=v5", "os=v6", "claimed", "released"])
+        {
+            assert!(
+                row.contains("rig1") && row.contains(want),
+                "{row:?} lacks {want}"
+            );
+            assert!(!row.contains("rig2"), "{row:?}");
+        }
+    }
+}
+
 #[test]
-fn info_shows_a_machines_last_events() {
+fn info_of_a_machine_that_no_event_tells_of_shows_no_events() {
     let env = TestEnv::new();
     env.add("rig1", 1);
-    env.add("rig2", 2);
-    for i in 1..=6 {
-        env.run(["set", "rig1", "os", &format!("v{i}")]).ok();
-        env.run(["set", "rig2", "kernel", &format!("k{i}")]).ok();
-    }
-    env.run(["run", "rig1", "--", "true"]).ok();
-
-    let all = parse_json_lines(env.run(["log", "rig1", "--json"]).ok());
-    assert_eq!(all.len(), 9);
-    let recent = env.info("rig1")["recent_events"].clone();
-    let recent = recent.as_array().expect("recent_events");
-    assert_eq!(recent.as_slice(), &all[4..], "the last 5, oldest first");
-    assert_eq!(kinds(recent), ["set", "set", "set", "claimed", "released"]);
-
-    let text = env.run(["info", "rig1"]).ok().to_string();
-    let (_, shown) = text
-        .split_once("Recent events:\n")
-        .unwrap_or_else(|| panic!("{text}"));
-    let rows: Vec<&str> = shown.lines().collect();
-    assert_eq!(rows.len(), 6, "a header and five events: {text}");
-    assert!(rows[0].trim_start().starts_with("TIME"), "{text}");
-    for (row, want) in rows[1..]
-        .iter()
-        .zip(["os=v4", "os=v5", "os=v6", "claimed", "released"])
-    {
-        assert!(
-            row.contains("rig1") && row.contains(want),
-            "{row:?} lacks {want}"
-        );
-        assert!(!row.contains("rig2"), "{row:?}");
-    }
-
-    // A machine that no event tells of.
+    // A machine written into the state file by hand.
     let state = env.read_state();
     let hand = state.replace(
-        "<name>rig2</name>\n    <mac>aa:bb:cc:dd:ee:02</mac>",
+        "<name>rig1</name>\n    <mac>aa:bb:cc:dd:ee:01</mac>",
         "<name>quiet</name>\n    <mac>aa:bb:cc:dd:ee:09</mac>",
     );
     assert_ne!(hand, state);

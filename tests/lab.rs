@@ -1,5 +1,10 @@
 //! The lab commands: add, delete, set/get, clear, reserve/release, list and
 //! info (table, text and JSON), and how they show stale jobs.
+//!
+//! What only mama commands and real processes show runs against both
+//! backends (`on_both_backends!`: a state file and a database lab); tests
+//! that write or read the state file (or the log file) by hand are the file
+//! lab's.
 
 mod common;
 use common::*;
@@ -45,147 +50,140 @@ fn fingerprint(env: &TestEnv) -> (Vec<u8>, u64, i64, i64) {
     )
 }
 
-/// The state's bytes, for "nothing changed" checks.
-fn bytes(env: &TestEnv) -> Vec<u8> {
-    fs::read(&env.state).expect("read state")
-}
-
 // ---------------------------------------------------------------- add
 
-#[test]
-fn add_validates_and_normalises_the_mac_and_stores_every_field() {
-    let env = TestEnv::new();
-    let run = env.run([
-        "add",
-        "rig1",
-        "--mac",
-        "AA-BB-CC-DD-EE-0F",
-        "--ip",
-        " 10.0.0.1 ",
-        "--vm",
-        "--resources",
-        " pdu1   usb ",
-    ]);
-    run.ok();
-    assert!(run.stderr.contains("rig1"), "{run:#?}");
-    env.run(["add", "rig2", "--mac", "aA:Bb:cC:dD:Ee:10"]).ok();
-    env.run(["add", "rig3", "--mac", "aa:bb:cc:dd:ee:11", "--ip", "::1"])
-        .ok();
+on_both_backends! {
+    fn add_validates_and_normalises_the_mac_and_stores_every_field(env: &TestEnv) {
+        let run = env.run([
+            "add",
+            "rig1",
+            "--mac",
+            "AA-BB-CC-DD-EE-0F",
+            "--ip",
+            " 10.0.0.1 ",
+            "--vm",
+            "--resources",
+            " pdu1   usb ",
+        ]);
+        run.ok();
+        assert!(run.stderr.contains("rig1"), "{run:#?}");
+        env.run(["add", "rig2", "--mac", "aA:Bb:cC:dD:Ee:10"]).ok();
+        env.run(["add", "rig3", "--mac", "aa:bb:cc:dd:ee:11", "--ip", "::1"])
+            .ok();
 
-    let list = env.run(["list", "--json"]).json();
-    let rig1 = &list[0];
-    assert_eq!(rig1["name"], "rig1");
-    assert_eq!(rig1["mac"], "aa:bb:cc:dd:ee:0f");
-    assert_eq!(rig1["ip"], "10.0.0.1");
-    assert_eq!(rig1["only_vm"], true);
-    assert_eq!(rig1["resources"], serde_json::json!(["pdu1", "usb"]));
-    let rig2 = &list[1];
-    assert_eq!(rig2["mac"], "aa:bb:cc:dd:ee:10");
-    assert_eq!(rig2["ip"], Value::Null);
-    assert_eq!(rig2["only_vm"], false);
-    assert_eq!(rig2["resources"], Value::Null);
-    assert_eq!(list[2]["ip"], "::1");
-    for m in list.as_array().expect("array") {
-        assert_eq!(m["state"], "free");
-        assert_eq!(m["is_started"], false);
-        for key in [
-            "reservation",
-            "job",
-            "job_pid",
-            "job_timestamp",
-            "stale_reason",
+        let list = env.run(["list", "--json"]).json();
+        let rig1 = &list[0];
+        assert_eq!(rig1["name"], "rig1");
+        assert_eq!(rig1["mac"], "aa:bb:cc:dd:ee:0f");
+        assert_eq!(rig1["ip"], "10.0.0.1");
+        assert_eq!(rig1["only_vm"], true);
+        assert_eq!(rig1["resources"], serde_json::json!(["pdu1", "usb"]));
+        let rig2 = &list[1];
+        assert_eq!(rig2["mac"], "aa:bb:cc:dd:ee:10");
+        assert_eq!(rig2["ip"], Value::Null);
+        assert_eq!(rig2["only_vm"], false);
+        assert_eq!(rig2["resources"], Value::Null);
+        assert_eq!(list[2]["ip"], "::1");
+        for m in list.as_array().expect("array") {
+            assert_eq!(m["state"], "free");
+            assert_eq!(m["is_started"], false);
+            for key in [
+                "reservation",
+                "job",
+                "job_pid",
+                "job_timestamp",
+                "stale_reason",
+            ] {
+                assert_eq!(m[key], Value::Null, "{key}");
+            }
+            assert_eq!(m["stale"], false);
+        }
+
+        // Every upstream field, once per machine, in upstream order.
+        let text = env.stored();
+        for block in text.split("<machine>").skip(1) {
+            let mut at = 0;
+            for tag in UPSTREAM_FIELDS {
+                let open = [format!("<{tag}>"), format!("<{tag}/>")];
+                let found = open
+                    .iter()
+                    .filter_map(|o| block.find(o.as_str()))
+                    .min()
+                    .unwrap_or_else(|| panic!("<{tag}> in {block}"));
+                assert!(found >= at, "<{tag}> in upstream order in {block}");
+                at = found;
+                assert_eq!(
+                    open.iter()
+                        .map(|o| block.matches(o.as_str()).count())
+                        .sum::<usize>(),
+                    1,
+                    "one <{tag}> in {block}"
+                );
+            }
+        }
+        assert!(text.contains("<only_vm>1</only_vm>"), "{text}");
+        assert!(text.contains("<resources>pdu1 usb</resources>"), "{text}");
+    }
+
+    fn add_refuses_duplicates_bad_addresses_and_bad_names(env: &TestEnv) {
+        env.add("rig1", 1);
+        let before = env.stored();
+        let refused = |args: &[&str], says: &[&str]| {
+            let run = env.run(args);
+            let stderr = run.fails(1);
+            for word in says {
+                assert!(
+                    stderr.contains(word),
+                    "{args:?} should say {word:?}: {run:#?}"
+                );
+            }
+            assert!(!stderr.contains("panicked"), "{run:#?}");
+            assert_eq!(env.stored(), before, "{args:?} changed the file");
+        };
+        refused(
+            &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:02"],
+            &["'rig1'", "exists"],
+        );
+        for same_mac in [
+            "aa:bb:cc:dd:ee:01",
+            "AA:BB:CC:DD:EE:01",
+            "aa-bb-cc-dd-ee-01",
         ] {
-            assert_eq!(m[key], Value::Null, "{key}");
-        }
-        assert_eq!(m["stale"], false);
-    }
-
-    // Every upstream field, once per machine, in upstream order.
-    let text = env.read_state();
-    for block in text.split("<machine>").skip(1) {
-        let mut at = 0;
-        for tag in UPSTREAM_FIELDS {
-            let open = [format!("<{tag}>"), format!("<{tag}/>")];
-            let found = open
-                .iter()
-                .filter_map(|o| block.find(o.as_str()))
-                .min()
-                .unwrap_or_else(|| panic!("<{tag}> in {block}"));
-            assert!(found >= at, "<{tag}> in upstream order in {block}");
-            at = found;
-            assert_eq!(
-                open.iter()
-                    .map(|o| block.matches(o.as_str()).count())
-                    .sum::<usize>(),
-                1,
-                "one <{tag}> in {block}"
+            refused(
+                &["add", "rig2", "--mac", same_mac],
+                &["'rig1'", "aa:bb:cc:dd:ee:01"],
             );
         }
-    }
-    assert!(text.contains("<only_vm>1</only_vm>"), "{text}");
-    assert!(text.contains("<resources>pdu1 usb</resources>"), "{text}");
-}
-
-#[test]
-fn add_refuses_duplicates_bad_addresses_and_bad_names() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    let before = bytes(&env);
-    let refused = |args: &[&str], says: &[&str]| {
-        let run = env.run(args);
-        let stderr = run.fails(1);
-        for word in says {
-            assert!(
-                stderr.contains(word),
-                "{args:?} should say {word:?}: {run:#?}"
+        for bad in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:gg",
+            "aabbccddeeff",
+            "aa:bb:cc:dd:ee:f",
+            "aa:bb:cc:dd:ee:01:02",
+            "aa:bb:cc:dd:ee:001",
+            "aa.bb.cc.dd.ee.ff",
+            "aa:bb:cc:dd:ee:0é",
+        ] {
+            refused(&["add", "rig2", "--mac", bad], &["not a MAC address"]);
+        }
+        for bad in ["10.0.0.300", "rig2.example", "1.2.3", "10.0.0.1/24"] {
+            refused(
+                &["add", "rig2", "--mac", "aa:bb:cc:dd:ee:02", "--ip", bad],
+                &[bad, "not an IP address"],
             );
         }
-        assert!(!stderr.contains("panicked"), "{run:#?}");
-        assert_eq!(bytes(&env), before, "{args:?} changed the file");
-    };
-    refused(
-        &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:02"],
-        &["'rig1'", "exists"],
-    );
-    for same_mac in [
-        "aa:bb:cc:dd:ee:01",
-        "AA:BB:CC:DD:EE:01",
-        "aa-bb-cc-dd-ee-01",
-    ] {
+        refused(&["add", "all", "--mac", "aa:bb:cc:dd:ee:02"], &["'all'"]);
         refused(
-            &["add", "rig2", "--mac", same_mac],
-            &["'rig1'", "aa:bb:cc:dd:ee:01"],
+            &["add", "rig 2", "--mac", "aa:bb:cc:dd:ee:02"],
+            &["white space"],
+        );
+        refused(&["add", "", "--mac", "aa:bb:cc:dd:ee:02"], &["empty"]);
+        assert_eq!(
+            env.run(["list", "--json"]).json().as_array().map(Vec::len),
+            Some(1)
         );
     }
-    for bad in [
-        "",
-        "aa:bb:cc:dd:ee",
-        "aa:bb:cc:dd:ee:gg",
-        "aabbccddeeff",
-        "aa:bb:cc:dd:ee:f",
-        "aa:bb:cc:dd:ee:01:02",
-        "aa:bb:cc:dd:ee:001",
-        "aa.bb.cc.dd.ee.ff",
-        "aa:bb:cc:dd:ee:0é",
-    ] {
-        refused(&["add", "rig2", "--mac", bad], &["not a MAC address"]);
-    }
-    for bad in ["10.0.0.300", "rig2.example", "1.2.3", "10.0.0.1/24"] {
-        refused(
-            &["add", "rig2", "--mac", "aa:bb:cc:dd:ee:02", "--ip", bad],
-            &[bad, "not an IP address"],
-        );
-    }
-    refused(&["add", "all", "--mac", "aa:bb:cc:dd:ee:02"], &["'all'"]);
-    refused(
-        &["add", "rig 2", "--mac", "aa:bb:cc:dd:ee:02"],
-        &["white space"],
-    );
-    refused(&["add", "", "--mac", "aa:bb:cc:dd:ee:02"], &["empty"]);
-    assert_eq!(
-        env.run(["list", "--json"]).json().as_array().map(Vec::len),
-        Some(1)
-    );
 }
 
 // ---------------------------------------------------------------- delete
@@ -218,14 +216,14 @@ fn delete_refuses_a_live_job_and_allows_a_stale_one() {
         ),
         machine_xml("rig3", 3, &[]),
     ]));
-    let before = bytes(&env);
+    let before = env.stored();
     let run = env.run(["delete", "rig1"]);
     let stderr = run.fails(1);
     assert!(
         stderr.contains("live job") && stderr.contains("live one"),
         "{run:#?}"
     );
-    assert_eq!(bytes(&env), before);
+    assert_eq!(env.stored(), before);
 
     env.run(["delete", "rig2"]).ok();
     env.run(["delete", "rig3"]).ok();
@@ -241,181 +239,175 @@ fn delete_refuses_a_live_job_and_allows_a_stale_one() {
     env.run(["delete", "rig3"]).fails_saying(1, "rig3");
 }
 
-#[test]
-fn delete_refuses_a_machine_while_mama_runs_a_job_on_it() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    let started = env.path().join("started");
-    let go = env.path().join("go");
-    let mut args: Vec<OsString> = vec!["run".into(), "rig1".into(), "--".into()];
-    args.extend(waiting_job(r#": > "$1""#, &started, &go));
-    let mut mama = env.start(&args);
-    wait_until("the job to start", LIMIT, || started.exists());
+on_both_backends! {
+    fn delete_refuses_a_machine_while_mama_runs_a_job_on_it(env: &TestEnv) {
+        env.add("rig1", 1);
+        let started = env.path().join("started");
+        let go = env.path().join("go");
+        let mut args: Vec<OsString> = vec!["run".into(), "rig1".into(), "--".into()];
+        args.extend(waiting_job(r#": > "$1""#, &started, &go));
+        let mut mama = env.start(&args);
+        wait_until("the job to start", LIMIT, || started.exists());
 
-    env.run(["delete", "rig1"]).fails_saying(1, "live job");
-    assert_eq!(env.info("rig1")["job_pid"], mama.pid());
+        env.run(["delete", "rig1"]).fails_saying(1, "live job");
+        assert_eq!(env.info("rig1")["job_pid"], mama.pid());
 
-    fs::write(&go, "").expect("go");
-    mama.finish(LIMIT).ok();
-    env.run(["delete", "rig1"]).ok();
-    assert_eq!(env.run(["list", "--json"]).json(), serde_json::json!([]));
+        fs::write(&go, "").expect("go");
+        mama.finish(LIMIT).ok();
+        env.run(["delete", "rig1"]).ok();
+        assert_eq!(env.run(["list", "--json"]).json(), serde_json::json!([]));
+    }
 }
 
 // ---------------------------------------------------------------- set / get
 
-#[test]
-fn set_and_get_every_attribute() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    env.add("rig2", 2);
-    // (attr, element, what is set, what is stored)
-    let cases = [
-        ("ip", "ip", " 10.1.2.3 ", "10.1.2.3"),
-        ("ip", "ip", "fe80::1", "fe80::1"),
-        ("mac", "mac", "AA-BB-CC-DD-EE-77", "aa:bb:cc:dd:ee:77"),
-        ("os", "os", "fedora-41", "fedora-41"),
-        ("kernel", "kernel", "6.11.0-rc1", "6.11.0-rc1"),
-        (
-            "params",
-            "boot_params",
-            "console=ttyS0 quiet",
-            "console=ttyS0 quiet",
-        ),
-        ("vmparams", "vm_params", "-m 1G -smp 2", "-m 1G -smp 2"),
-        ("resources", "resources", "  pdu1   usb ", "pdu1 usb"),
-        (
-            "startcmd",
-            "startcmd",
-            "ipmitool power on",
-            "ipmitool power on",
-        ),
-        (
-            "stopcmd",
-            "stopcmd",
-            "ipmitool power off",
-            "ipmitool power off",
-        ),
-        ("start-timeout", "start_timeout", " 120 ", "120"),
-    ];
-    for (attr, tag, value, stored) in cases {
-        env.run(["set", "rig1", attr, "--", value]).ok();
+on_both_backends! {
+    fn set_and_get_every_attribute(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.add("rig2", 2);
+        // (attr, element, what is set, what is stored)
+        let cases = [
+            ("ip", "ip", " 10.1.2.3 ", "10.1.2.3"),
+            ("ip", "ip", "fe80::1", "fe80::1"),
+            ("mac", "mac", "AA-BB-CC-DD-EE-77", "aa:bb:cc:dd:ee:77"),
+            ("os", "os", "fedora-41", "fedora-41"),
+            ("kernel", "kernel", "6.11.0-rc1", "6.11.0-rc1"),
+            (
+                "params",
+                "boot_params",
+                "console=ttyS0 quiet",
+                "console=ttyS0 quiet",
+            ),
+            ("vmparams", "vm_params", "-m 1G -smp 2", "-m 1G -smp 2"),
+            ("resources", "resources", "  pdu1   usb ", "pdu1 usb"),
+            (
+                "startcmd",
+                "startcmd",
+                "ipmitool power on",
+                "ipmitool power on",
+            ),
+            (
+                "stopcmd",
+                "stopcmd",
+                "ipmitool power off",
+                "ipmitool power off",
+            ),
+            ("start-timeout", "start_timeout", " 120 ", "120"),
+        ];
+        for (attr, tag, value, stored) in cases {
+            env.run(["set", "rig1", attr, "--", value]).ok();
+            assert_eq!(
+                env.run(["get", "rig1", attr]).ok(),
+                format!("{stored}\n"),
+                "get {attr}"
+            );
+            let text = env.stored();
+            let rig1 = &text[..text.find("<name>rig2</name>").expect("rig2")];
+            assert!(
+                rig1.contains(&format!("<{tag}>{stored}</{tag}>")),
+                "<{tag}> holds {stored:?}:\n{text}"
+            );
+        }
+        let info = env.info("rig1");
+        assert_eq!(info["ip"], "fe80::1");
+        assert_eq!(info["mac"], "aa:bb:cc:dd:ee:77");
+        assert_eq!(info["resources"], serde_json::json!(["pdu1", "usb"]));
+        assert_eq!(info["boot_params"], "console=ttyS0 quiet");
+        assert_eq!(info["start_timeout"], "120");
+        let rig2 = env.info("rig2");
+        assert_eq!(rig2["os"], Value::Null, "rig2 untouched");
+        assert_eq!(rig2["mac"], "aa:bb:cc:dd:ee:02");
+
+        // get also reads the reservation and the job.
+        assert_eq!(env.run(["get", "rig1", "reservation"]).ok(), "\n");
+        assert_eq!(env.run(["get", "rig1", "job"]).ok(), "\n");
+        env.run(["reserve", "rig1"]).ok();
         assert_eq!(
-            env.run(["get", "rig1", attr]).ok(),
-            format!("{stored}\n"),
-            "get {attr}"
+            env.run(["get", "rig1", "reservation"]).ok(),
+            format!("{}\n", user_name())
         );
-        let text = env.read_state();
-        let rig1 = &text[..text.find("<name>rig2</name>").expect("rig2")];
-        assert!(
-            rig1.contains(&format!("<{tag}>{stored}</{tag}>")),
-            "<{tag}> holds {stored:?}:\n{text}"
-        );
-    }
-    let info = env.info("rig1");
-    assert_eq!(info["ip"], "fe80::1");
-    assert_eq!(info["mac"], "aa:bb:cc:dd:ee:77");
-    assert_eq!(info["resources"], serde_json::json!(["pdu1", "usb"]));
-    assert_eq!(info["boot_params"], "console=ttyS0 quiet");
-    assert_eq!(info["start_timeout"], "120");
-    let rig2 = env.info("rig2");
-    assert_eq!(rig2["os"], Value::Null, "rig2 untouched");
-    assert_eq!(rig2["mac"], "aa:bb:cc:dd:ee:02");
 
-    // get also reads the reservation and the job.
-    assert_eq!(env.run(["get", "rig1", "reservation"]).ok(), "\n");
-    assert_eq!(env.run(["get", "rig1", "job"]).ok(), "\n");
-    env.run(["reserve", "rig1"]).ok();
-    assert_eq!(
-        env.run(["get", "rig1", "reservation"]).ok(),
-        format!("{}\n", user_name())
-    );
-
-    // An empty value clears a field (not the MAC: a machine needs one).
-    for (attr, tag, _, _) in cases.iter().filter(|c| c.0 != "mac") {
-        env.run(["set", "rig1", attr, ""]).ok();
-        assert_eq!(env.run(["get", "rig1", attr]).ok(), "\n", "{attr} cleared");
-        let text = env.read_state();
-        let rig1 = &text[..text.find("<name>rig2</name>").expect("rig2")];
-        assert!(rig1.contains(&format!("<{tag}/>")), "<{tag}/>:\n{text}");
+        // An empty value clears a field (not the MAC: a machine needs one).
+        for (attr, tag, _, _) in cases.iter().filter(|c| c.0 != "mac") {
+            env.run(["set", "rig1", attr, ""]).ok();
+            assert_eq!(env.run(["get", "rig1", attr]).ok(), "\n", "{attr} cleared");
+            let text = env.stored();
+            let rig1 = &text[..text.find("<name>rig2</name>").expect("rig2")];
+            assert!(rig1.contains(&format!("<{tag}/>")), "<{tag}/>:\n{text}");
+        }
+        env.run(["set", "rig1", "mac", ""])
+            .fails_saying(1, "not a MAC address");
     }
-    env.run(["set", "rig1", "mac", ""])
-        .fails_saying(1, "not a MAC address");
-}
 
-#[test]
-fn set_refuses_bad_values_and_leaves_the_file_alone() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    env.add("rig2", 2);
-    let before = bytes(&env);
-    for (attr, value, says) in [
-        ("ip", "10.0.0.256", "not an IP address"),
-        ("ip", "somewhere", "not an IP address"),
-        ("mac", "aa:bb:cc:dd:ee", "not a MAC address"),
-        ("mac", "AA:BB:CC:DD:EE:02", "'rig2'"),
-        ("mac", "aa-bb-cc-dd-ee-02", "'rig2'"),
-        ("start-timeout", "soon", "whole number"),
-        ("start-timeout", "1.5", "whole number"),
-        ("start-timeout", "-3", "whole number"),
-    ] {
-        let run = env.run(["set", "rig1", attr, "--", value]);
-        let stderr = run.fails(1);
-        assert!(stderr.contains(says), "set {attr} {value:?}: {run:#?}");
-        assert_eq!(bytes(&env), before, "set {attr} {value:?} changed the file");
+    fn set_refuses_bad_values_and_leaves_the_file_alone(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.add("rig2", 2);
+        let before = env.stored();
+        for (attr, value, says) in [
+            ("ip", "10.0.0.256", "not an IP address"),
+            ("ip", "somewhere", "not an IP address"),
+            ("mac", "aa:bb:cc:dd:ee", "not a MAC address"),
+            ("mac", "AA:BB:CC:DD:EE:02", "'rig2'"),
+            ("mac", "aa-bb-cc-dd-ee-02", "'rig2'"),
+            ("start-timeout", "soon", "whole number"),
+            ("start-timeout", "1.5", "whole number"),
+            ("start-timeout", "-3", "whole number"),
+        ] {
+            let run = env.run(["set", "rig1", attr, "--", value]);
+            let stderr = run.fails(1);
+            assert!(stderr.contains(says), "set {attr} {value:?}: {run:#?}");
+            assert_eq!(env.stored(), before, "set {attr} {value:?} changed the file");
+        }
+        // Its own MAC, in another spelling, is fine.
+        env.run(["set", "rig1", "mac", "AA-BB-CC-DD-EE-01"]).ok();
+        assert_eq!(env.stored(), before, "same MAC: nothing to write");
     }
-    // Its own MAC, in another spelling, is fine.
-    env.run(["set", "rig1", "mac", "AA-BB-CC-DD-EE-01"]).ok();
-    assert_eq!(bytes(&env), before, "same MAC: nothing to write");
-}
 
-#[test]
-fn unknown_attributes_are_usage_errors() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    let before = bytes(&env);
-    for args in [
-        vec!["set", "rig1", "colour", "red"],
-        vec!["set", "rig1", "job", "mine"],
-        vec!["set", "rig1", "reservation", "bob"],
-        vec!["set", "rig1", "boot_params", "x"],
-        vec!["get", "rig1", "colour"],
-        vec!["get", "rig1", "job_pid"],
-    ] {
-        let run = env.run(&args);
-        let stderr = run.fails(2);
-        assert!(stderr.contains("possible values"), "{args:?}: {run:#?}");
-        assert_eq!(bytes(&env), before);
+    fn unknown_attributes_are_usage_errors(env: &TestEnv) {
+        env.add("rig1", 1);
+        let before = env.stored();
+        for args in [
+            vec!["set", "rig1", "colour", "red"],
+            vec!["set", "rig1", "job", "mine"],
+            vec!["set", "rig1", "reservation", "bob"],
+            vec!["set", "rig1", "boot_params", "x"],
+            vec!["get", "rig1", "colour"],
+            vec!["get", "rig1", "job_pid"],
+        ] {
+            let run = env.run(&args);
+            let stderr = run.fails(2);
+            assert!(stderr.contains("possible values"), "{args:?}: {run:#?}");
+            assert_eq!(env.stored(), before);
+        }
     }
-}
 
-#[test]
-fn unknown_machines_are_named() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    let before = bytes(&env);
-    let commands: [&[&str]; 11] = [
-        &["info", "ghost"],
-        &["info", "ghost", "--json"],
-        &["get", "ghost", "os"],
-        &["set", "ghost", "os", "x"],
-        &["delete", "ghost"],
-        &["clear", "ghost"],
-        &["reserve", "ghost"],
-        &["release", "ghost"],
-        &["release-forced", "ghost"],
-        &["wait", "ghost", "--timeout", "0"],
-        &["wait", "ghost"],
-    ];
-    for args in commands {
-        let run = env.run(args);
-        let stderr = run.fails(1);
-        assert!(stderr.contains("'ghost'"), "{args:?}: {run:#?}");
-        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
-        assert_eq!(bytes(&env), before, "{args:?}");
+    fn unknown_machines_are_named(env: &TestEnv) {
+        env.add("rig1", 1);
+        let before = env.stored();
+        let commands: [&[&str]; 11] = [
+            &["info", "ghost"],
+            &["info", "ghost", "--json"],
+            &["get", "ghost", "os"],
+            &["set", "ghost", "os", "x"],
+            &["delete", "ghost"],
+            &["clear", "ghost"],
+            &["reserve", "ghost"],
+            &["release", "ghost"],
+            &["release-forced", "ghost"],
+            &["wait", "ghost", "--timeout", "0"],
+            &["wait", "ghost"],
+        ];
+        for args in commands {
+            let run = env.run(args);
+            let stderr = run.fails(1);
+            assert!(stderr.contains("'ghost'"), "{args:?}: {run:#?}");
+            assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+            assert_eq!(env.stored(), before, "{args:?}");
+        }
+        env.run(["run", "ghost", "--", "true"])
+            .fails_saying(125, "'ghost'");
+        assert_eq!(env.stored(), before);
     }
-    env.run(["run", "ghost", "--", "true"])
-        .fails_saying(125, "'ghost'");
-    assert_eq!(bytes(&env), before);
 }
 
 // ---------------------------------------------------------------- clear
@@ -495,31 +487,31 @@ fn clear_forgets_the_job_the_hand_start_and_the_ip() {
 
 // ---------------------------------------------------------------- reservations
 
-#[test]
-fn reserve_and_release_by_the_holder() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    let me = user_name();
-    env.run(["reserve", "rig1"]).ok();
-    assert_eq!(
-        env.run(["get", "rig1", "reservation"]).ok(),
-        format!("{me}\n")
-    );
-    let info = env.info("rig1");
-    assert_eq!(info["reservation"], me.as_str());
-    assert_eq!(info["state"], "reserved");
-    let rows = table_rows(env.run(["list"]).ok());
-    assert_eq!(rows[1][4], "reserved");
-    assert_eq!(rows[1][5], me);
+on_both_backends! {
+    fn reserve_and_release_by_the_holder(env: &TestEnv) {
+        env.add("rig1", 1);
+        let me = user_name();
+        env.run(["reserve", "rig1"]).ok();
+        assert_eq!(
+            env.run(["get", "rig1", "reservation"]).ok(),
+            format!("{me}\n")
+        );
+        let info = env.info("rig1");
+        assert_eq!(info["reservation"], me.as_str());
+        assert_eq!(info["state"], "reserved");
+        let rows = table_rows(env.run(["list"]).ok());
+        assert_eq!(rows[1][4], "reserved");
+        assert_eq!(rows[1][5], me);
 
-    let before = bytes(&env);
-    env.run(["reserve", "rig1"]).ok();
-    assert_eq!(bytes(&env), before, "reserving again changes nothing");
+        let before = env.stored();
+        env.run(["reserve", "rig1"]).ok();
+        assert_eq!(env.stored(), before, "reserving again changes nothing");
 
-    env.run(["release", "rig1"]).ok();
-    assert_eq!(env.run(["get", "rig1", "reservation"]).ok(), "\n");
-    assert_eq!(env.info("rig1")["state"], "free");
-    env.run(["release", "rig1"]).fails_saying(1, "not reserved");
+        env.run(["release", "rig1"]).ok();
+        assert_eq!(env.run(["get", "rig1", "reservation"]).ok(), "\n");
+        assert_eq!(env.info("rig1")["state"], "free");
+        env.run(["release", "rig1"]).fails_saying(1, "not reserved");
+    }
 }
 
 #[test]
@@ -531,11 +523,11 @@ fn only_the_holder_releases_but_anyone_may_force() {
         machine_xml("rig1", 1, &[("reservation", other)]),
         machine_xml("rig2", 2, &[]),
     ]));
-    let before = bytes(&env);
+    let before = env.stored();
     for args in [["reserve", "rig1"], ["release", "rig1"]] {
         let run = env.run(args);
         assert!(run.fails(1).contains(other), "{args:?}: {run:#?}");
-        assert_eq!(bytes(&env), before, "{args:?}");
+        assert_eq!(env.stored(), before, "{args:?}");
     }
     let run = env.run(["release-forced", "rig1"]);
     run.ok();
@@ -551,51 +543,51 @@ fn only_the_holder_releases_but_anyone_may_force() {
 
 // ---------------------------------------------------------------- usage
 
-#[test]
-fn usage_errors_exit_2_and_touch_nothing() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    let before = bytes(&env);
-    let usage: [&[&str]; 14] = [
-        &[],
-        &["frobnicate"],
-        &["add", "rig9"],
-        &["add", "--mac", "aa:bb:cc:dd:ee:09"],
-        &["add", "-x", "--mac", "aa:bb:cc:dd:ee:09"],
-        &["set", "rig1", "os"],
-        &["set", "rig1", "os", "a", "b"],
-        &["get", "rig1"],
-        &["info"],
-        &["list", "--bogus"],
-        &["clear"],
-        &["delete"],
-        &["reserve"],
-        &["wait", "rig1", "--timeout", "soon"],
-    ];
-    for args in usage {
-        let run = env.run(args);
-        let stderr = run.fails(2);
-        assert!(!stderr.is_empty(), "{args:?}: {run:#?}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {run:#?}");
-        assert_eq!(bytes(&env), before, "{args:?}");
-    }
-    // `run` reports a wrong command line as its own failure, 125.
-    for args in [
-        &["run", "rig1", "--bogus", "--", "true"][..],
-        &[
-            "run",
-            "rig1",
-            "--no-wait",
-            "--wait-timeout",
-            "1",
-            "--",
-            "true",
-        ],
-        &["run", "rig1", "--timeout", "-1", "--", "true"],
-    ] {
-        let run = env.run(args);
-        run.fails(125);
-        assert_eq!(bytes(&env), before, "{args:?}");
+on_both_backends! {
+    fn usage_errors_exit_2_and_touch_nothing(env: &TestEnv) {
+        env.add("rig1", 1);
+        let before = env.stored();
+        let usage: [&[&str]; 14] = [
+            &[],
+            &["frobnicate"],
+            &["add", "rig9"],
+            &["add", "--mac", "aa:bb:cc:dd:ee:09"],
+            &["add", "-x", "--mac", "aa:bb:cc:dd:ee:09"],
+            &["set", "rig1", "os"],
+            &["set", "rig1", "os", "a", "b"],
+            &["get", "rig1"],
+            &["info"],
+            &["list", "--bogus"],
+            &["clear"],
+            &["delete"],
+            &["reserve"],
+            &["wait", "rig1", "--timeout", "soon"],
+        ];
+        for args in usage {
+            let run = env.run(args);
+            let stderr = run.fails(2);
+            assert!(!stderr.is_empty(), "{args:?}: {run:#?}");
+            assert!(!stderr.contains("panicked"), "{args:?}: {run:#?}");
+            assert_eq!(env.stored(), before, "{args:?}");
+        }
+        // `run` reports a wrong command line as its own failure, 125.
+        for args in [
+            &["run", "rig1", "--bogus", "--", "true"][..],
+            &[
+                "run",
+                "rig1",
+                "--no-wait",
+                "--wait-timeout",
+                "1",
+                "--",
+                "true",
+            ],
+            &["run", "rig1", "--timeout", "-1", "--", "true"],
+        ] {
+            let run = env.run(args);
+            run.fails(125);
+            assert_eq!(env.stored(), before, "{args:?}");
+        }
     }
 }
 
@@ -998,18 +990,18 @@ fn another_hosts_job_is_not_judged_by_a_local_pid() {
     assert_eq!(json["stale"], true, "{json}");
 }
 
-#[test]
-fn get_json_prints_a_string_or_null() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    env.run(["set", "rig1", "params", "console=ttyS0 \"quoted\""])
-        .ok();
-    let value: serde_json::Value =
-        serde_json::from_str(env.run(["get", "rig1", "params", "--json"]).ok()).expect("JSON");
-    assert_eq!(value, serde_json::json!("console=ttyS0 \"quoted\""));
-    let empty: serde_json::Value =
-        serde_json::from_str(env.run(["get", "rig1", "kernel", "--json"]).ok()).expect("JSON");
-    assert_eq!(empty, serde_json::Value::Null);
-    let err = env.run(["get", "nosuch", "kernel", "--json"]);
-    assert!(err.fails(1).contains("nosuch"), "{err:?}");
+on_both_backends! {
+    fn get_json_prints_a_string_or_null(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.run(["set", "rig1", "params", "console=ttyS0 \"quoted\""])
+            .ok();
+        let value: serde_json::Value =
+            serde_json::from_str(env.run(["get", "rig1", "params", "--json"]).ok()).expect("JSON");
+        assert_eq!(value, serde_json::json!("console=ttyS0 \"quoted\""));
+        let empty: serde_json::Value =
+            serde_json::from_str(env.run(["get", "rig1", "kernel", "--json"]).ok()).expect("JSON");
+        assert_eq!(empty, serde_json::Value::Null);
+        let err = env.run(["get", "nosuch", "kernel", "--json"]);
+        assert!(err.fails(1).contains("nosuch"), "{err:?}");
+    }
 }

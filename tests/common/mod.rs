@@ -37,14 +37,16 @@ macro_rules! on_both_backends {
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
-                fn check($env: &TestEnv) $body
+                // Named so as not to shadow a test file's own helpers
+                // (history.rs has a `check`).
+                fn on_this_backend($env: &TestEnv) $body
                 #[test]
                 fn file() {
-                    check(&TestEnv::new())
+                    on_this_backend(&TestEnv::new())
                 }
                 #[test]
                 fn postgres() {
-                    check(&TestEnv::postgres())
+                    on_this_backend(&TestEnv::postgres())
                 }
             }
         )*
@@ -203,6 +205,47 @@ impl TestEnv {
 
     pub fn read_state(&self) -> String {
         std::fs::read_to_string(&self.state).expect("read state")
+    }
+
+    /// What the lab stores, as text: the state file; in a database lab
+    /// each machine's stored `<machine>` element, in the lab's order, then
+    /// the document around them and the number of the last event. The
+    /// same text twice: nothing was written in between.
+    pub fn stored(&self) -> String {
+        let Some(db) = &self.db else {
+            return self.read_state();
+        };
+        let mut client = db.connect();
+        let exists: bool = client
+            .query_one("SELECT to_regclass('mama_machine') IS NOT NULL", &[])
+            .expect("look for the lab's tables")
+            .get(0);
+        if !exists {
+            return String::new();
+        }
+        let mut text = String::new();
+        for row in client
+            .query(
+                "SELECT element FROM mama_machine ORDER BY position, id",
+                &[],
+            )
+            .expect("read the machines")
+        {
+            text.push_str(row.get(0));
+            text.push('\n');
+        }
+        let document: Option<String> = client
+            .query_opt("SELECT document FROM mama_lab", &[])
+            .expect("read the document")
+            .map(|row| row.get(0));
+        let last: Option<i64> = client
+            .query_one("SELECT max(seq) FROM mama_event", &[])
+            .expect("read the history")
+            .get(0);
+        text.push_str(&format!(
+            "<!-- document {document:?}, last event {last:?} -->\n"
+        ));
+        text
     }
 
     /// `info NAME --json`.

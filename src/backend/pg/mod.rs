@@ -595,11 +595,18 @@ impl PgStore {
         Ok(())
     }
 
+    /// Stores `events`, numbered after the last one committed. Not by the
+    /// column's sequence: a number it hands out is gone even when the
+    /// transaction is not committed (a writer killed, a server crash skips
+    /// ahead), and the history is numbered 1, 2, 3... without gaps, as in a
+    /// file lab. Writers hold the lab's lock, so the next number is theirs.
     fn store_events(&self, tx: &mut postgres::Transaction<'_>, events: Vec<Event>) -> Result<()> {
         for event in events {
             tx.execute(
-                "INSERT INTO mama_event (time, machine, event, job, pid, \"user\", host, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO mama_event \
+                 (seq, time, machine, event, job, pid, \"user\", host, detail) \
+                 VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
+                 $1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &event.time,
                     &event.machine,
