@@ -329,7 +329,6 @@ on_both_backends! {
 
     fn sigkill_of_mama_takes_the_job_along_and_the_next_run_clears_the_claim(env: &TestEnv) {
         add_machine(env);
-        claim_after_the_servers_first_second(env);
         let mut mama = env.start(["run", "m", "--", "sleep", "30"]);
         let mama_pid = mama.pid();
         let mut jobs = Vec::new();
@@ -368,19 +367,6 @@ on_both_backends! {
             ));
         assert_released(env, None);
     }
-}
-
-/// In a database lab, waits until a claim made now is stamped after the
-/// second the server started in. The lab holds a claim stamped at or before
-/// that second live for MAMA_HOST_TIMEOUT after the start, as one made
-/// before a restart whose holder may be re-attaching, even once its mama is
-/// dead; the shared test server may have started this very second.
-fn claim_after_the_servers_first_second(env: &TestEnv) {
-    let Some(db) = &env.db else { return };
-    let started: f64 = db.value("SELECT extract(epoch FROM pg_postmaster_start_time())::float8");
-    wait_until("the server's first second to pass", LIMIT, || {
-        unix_now() as f64 >= started.ceil()
-    });
 }
 
 /// Starts the job `first`, which waits for `go`, and clears its claim
