@@ -147,6 +147,7 @@ pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Re
     recent.reverse();
     if json {
         print_json(&render::InfoView {
+            queue: view.queue.clone(),
             machine: view,
             recent_events: recent,
         })

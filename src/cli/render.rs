@@ -121,6 +121,11 @@ pub struct MachineView {
     pub job_host: Option<String>,
     pub stale: bool,
     pub stale_reason: Option<String>,
+    /// How many wait for the machine.
+    pub queue_length: usize,
+    /// Who waits, oldest first (`info` shows them).
+    #[serde(skip)]
+    pub queue: Vec<QueueView>,
     /// The host of a job claimed elsewhere (its PID is not judged here).
     #[serde(skip)]
     remote_host: Option<String>,
@@ -139,6 +144,20 @@ impl MachineView {
         judge: &Judge<'_, P>,
         locked: impl FnOnce() -> bool,
     ) -> MachineView {
+        // Only waiters that still wait: a place whose lock is free was
+        // left by one that gave up or died.
+        let queue: Vec<QueueView> = machine
+            .queue()
+            .into_iter()
+            .filter(|w| judge.locks.place_held(&w.token))
+            .map(|w| QueueView {
+                pid: w.pid,
+                since: w.since,
+                user: w.user,
+                host: w.host,
+                job: w.job,
+            })
+            .collect();
         // Structured fields (MAC, IP, numbers) are trimmed; free text is
         // shown exactly as stored, so scripts read back what they set.
         let field = |f: Field| {
@@ -191,6 +210,8 @@ impl MachineView {
             job_timestamp: job.as_ref().and_then(|j| j.timestamp),
             job_host: job.and_then(|j| j.host),
             stale: stale_reason.is_some(),
+            queue_length: queue.len(),
+            queue,
             held_by_lock: verdict == Some(Verdict::HeldByLock) || unrecorded_lock,
             stale_reason,
             remote_host,
@@ -214,11 +235,24 @@ impl MachineView {
     }
 }
 
-/// `info --json`: the machine and its last events.
+/// One waiter, as `info` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueView {
+    pub pid: u32,
+    /// Unix seconds.
+    pub since: i64,
+    pub user: String,
+    pub host: String,
+    /// The job's label (`run`); none for `wait`.
+    pub job: Option<String>,
+}
+
+/// `info --json`: the machine, who waits for it and its last events.
 #[derive(Debug, Serialize)]
 pub struct InfoView {
     #[serde(flatten)]
     pub machine: MachineView,
+    pub queue: Vec<QueueView>,
     pub recent_events: Vec<Event>,
 }
 
@@ -298,7 +332,10 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
             tone(&view.name, None),
             text(&view.ip),
             text(&view.mac),
-            tone(view.state, Tone::of_state(view.state)),
+            match view.queue_length {
+                0 => tone(view.state, Tone::of_state(view.state)),
+                n => tone(&format!("{} +{n}", view.state), Tone::of_state(view.state)),
+            },
             text(&view.reservation),
             tone(&view.job_cell(), view.stale.then_some(Tone::Stale)),
         ]);
@@ -371,6 +408,24 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
                     .to_string(),
             ),
         );
+    }
+    for (place, waiter) in view.queue.iter().enumerate() {
+        let label = if place == 0 { "Waiting:" } else { "" };
+        let job = match &waiter.job {
+            Some(job) => format!("job '{}'", printable(job)),
+            None => "wait".to_string(),
+        };
+        lines.push((
+            label,
+            format!(
+                "{}. {}@{} (PID {}), {job}, since {}",
+                place + 1,
+                printable(&waiter.user),
+                printable(&waiter.host),
+                waiter.pid,
+                time_and_age(waiter.since, now)
+            ),
+        ));
     }
     let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     lines

@@ -565,7 +565,10 @@ pub fn acquire(
         let slept = match (&wait.sleep, read_only) {
             (Sleep::Place(token), false) => {
                 // Until the one ahead leaves; nothing else can let us on.
-                let nap = deadline.map_or(PLACE_NAP, |d| PLACE_NAP.min(d - now));
+                // On a terminal, the place shown follows those further
+                // ahead leaving too, at the poll interval.
+                let longest = if live_line { patience.poll } else { PLACE_NAP };
+                let nap = deadline.map_or(longest, |d| longest.min(d - now));
                 store.wait_place(token, nap).map(|_| ())
             }
             (Sleep::JobLock(holder), false) => match store.try_lock(holder) {
