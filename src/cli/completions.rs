@@ -58,14 +58,15 @@ pub fn print(shell: Shell) -> Result<()> {
         })
 }
 
-/// The subcommands whose first positional argument is a machine.
+/// The subcommands whose first positional argument is a machine (`run`
+/// and `wait` take several, with `--any`).
 pub fn machine_commands() -> Vec<String> {
     Cli::command()
         .get_subcommands()
         .filter(|sub| {
             sub.get_positionals()
                 .next()
-                .is_some_and(|arg| arg.get_id() == "machine")
+                .is_some_and(|arg| arg.get_id() == "machine" || arg.get_id() == "machines")
         })
         .map(|sub| sub.get_name().to_string())
         .collect()
@@ -154,7 +155,9 @@ _mama_machines() {{
     );
     let mut script = String::with_capacity(generated.len() + function.len());
     for line in generated.split_inclusive('\n') {
-        let is_machine = line.starts_with("':machine -- ") || line.starts_with("'::machine -- ");
+        let is_machine = ["':machine -- ", "'::machine -- ", "'*::machines -- "]
+            .iter()
+            .any(|start| line.starts_with(start));
         match line.strip_suffix(":_default' \\\n") {
             Some(spec) if is_machine => {
                 script.push_str(spec);
