@@ -562,15 +562,13 @@ pub fn acquire(
             Some(_) => {}
         }
         let nap = deadline.map_or(patience.poll, |d| patience.poll.min(d - now));
+        // Sleeping on a lock, nothing but its release can let the waiter
+        // on: it looks again only then (on a terminal, every poll interval
+        // too, to redraw its line).
+        let longest = if live_line { patience.poll } else { LOCK_NAP };
+        let lock_nap = deadline.map_or(longest, |d| longest.min(d - now));
         let slept = match (&wait.sleep, read_only) {
-            (Sleep::Place(token), false) => {
-                // Until the one ahead leaves; nothing else can let us on.
-                // On a terminal, the place shown follows those further
-                // ahead leaving too, at the poll interval.
-                let longest = if live_line { patience.poll } else { PLACE_NAP };
-                let nap = deadline.map_or(longest, |d| longest.min(d - now));
-                store.wait_place(token, nap).map(|_| ())
-            }
+            (Sleep::Place(token), false) => store.wait_place(token, lock_nap).map(|_| ()),
             (Sleep::JobLock(holder), false) => match store.try_lock(holder) {
                 // A live job that no lock stands behind: a nested run's
                 // outer claim made by another tool, or a claim of another
@@ -582,7 +580,7 @@ pub fn acquire(
                 }
                 Ok(None) => {
                     backoff = Duration::from_millis(10);
-                    store.wait_unlocked(holder, nap).map(|_| ())
+                    store.wait_unlocked(holder, lock_nap).map(|_| ())
                 }
                 Err(e) => Err(e),
             },
@@ -611,10 +609,11 @@ pub fn acquire(
     result
 }
 
-/// How long a waiter sleeps on the place lock of the one ahead before it
-/// looks again anyway (the one ahead may have been taken out of the queue
-/// by hand, or be a waiter on another machine now free).
-const PLACE_NAP: Duration = Duration::from_secs(5);
+/// The longest a waiter sleeps on a lock (the place lock of the waiter
+/// ahead, or the job lock of what keeps the machine busy) before it looks
+/// again anyway: only the lock's release can let it on, so this is a
+/// safety net, not a poll.
+const LOCK_NAP: Duration = Duration::from_secs(600);
 
 fn ahead(n: usize) -> String {
     match n {

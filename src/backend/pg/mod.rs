@@ -144,9 +144,14 @@ pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
     let interval = (secs / 8).max(1);
     let count = (secs.saturating_sub(idle) / interval).max(1);
     let mut config = url.config.clone();
+    // A session blocked in a lock wait (a waiter) reads nothing from its
+    // client: the server looks every second whether the client is still
+    // there, so a killed waiter's session ends, and lets go of its locks,
+    // within a second rather than when its wait ends.
     let options = format!(
         "{} -c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} \
-         -c tcp_keepalives_count={count} -c tcp_user_timeout={}",
+         -c tcp_keepalives_count={count} -c tcp_user_timeout={} \
+         -c client_connection_check_interval=1000",
         config.get_options().unwrap_or_default(),
         secs * 1000
     );
