@@ -157,7 +157,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
         } => c::log(store, settings, machine.as_deref(), since, json, follow)?,
         Command::Completions { shell } => cli::completions::print(shell)?,
         Command::Export => c::export(store)?,
-        Command::Import { file, replace } => c::import(store, &file, replace)?,
+        Command::Import { file, replace } => c::import(store, settings, &file, replace)?,
         Command::Run {
             machines,
             any,

@@ -363,3 +363,28 @@ fn after_a_server_restart_holders_reattach_and_nobody_takes_their_machines() {
     assert_eq!(holder.finish(LIMIT).code, Some(0));
     env.run(["run", "m", "--no-wait", "--", "true"]).ok();
 }
+
+#[test]
+fn a_machine_deleted_and_added_again_keeps_the_job_lock_its_job_holds() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let mut holder = hold(&env, &[]);
+    // Replacing the lab is refused while a job runs on it.
+    let source = env.path().join("lab.xml");
+    std::fs::write(&source, env.run(["export"]).ok()).expect("write the export");
+    let path = source.to_str().expect("a UTF-8 path");
+    env.run(["import", "--replace", path])
+        .fails_saying(1, "m has a live job 'holder'");
+    // Forgotten by hand, deleted, added again, imported anew: the job
+    // still runs, and still holds the machine.
+    env.run(["clear", "m"]).ok();
+    env.run(["delete", "m"]).ok();
+    env.add("m", 1);
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .fails_saying(75, "processes of a job still hold its job lock");
+    env.run(["import", "--replace", path]).ok();
+    env.run(["run", "m", "--no-wait", "--", "true"]).fails(75);
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    env.run(["run", "m", "--no-wait", "--", "true"]).ok();
+}

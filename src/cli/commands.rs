@@ -584,7 +584,7 @@ pub fn export(store: &Store) -> Result<()> {
 /// `mama import FILE`: loads the machines of a state file into the lab,
 /// each with every element and attribute it has; a lab with machines
 /// already is refused unless `replace`.
-pub fn import(store: &Store, file: &Path, replace: bool) -> Result<()> {
+pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) -> Result<()> {
     use std::io::Read;
     let mut text = String::new();
     let read = if file == Path::new("-") {
@@ -611,8 +611,23 @@ pub fn import(store: &Store, file: &Path, replace: bool) -> Result<()> {
         field::check_name(machine.name())?;
     }
     let shown = file.display().to_string();
+    let world = World::new(store, settings);
+    let judge = world.judge();
     let (added, removed) = store.import(&doc.skeleton(), replace, |lab| {
         let existing: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
+        // Replacing never takes a machine from under a running job.
+        if let Some((name, job)) = lab.machines().find_map(|m| {
+            let job = m.job()?;
+            judge
+                .judge(m.name(), &job)
+                .is_live()
+                .then(|| (m.name().to_string(), job))
+        }) {
+            return Err(Error::Invalid(format!(
+                "{name} has a live job '{}'; wait for it to end before replacing the lab",
+                render::printable(&job.label)
+            )));
+        }
         if !existing.is_empty() && !replace {
             return Err(Error::Invalid(format!(
                 "the lab has {} machine{} already; `mama import --replace {shown}` deletes \

@@ -237,7 +237,8 @@ impl Watch {
         .map_err(|e| db_error(&context, e))?;
         let Some(row) = tx
             .query_opt(
-                "SELECT id, element FROM mama_machine WHERE name = $1",
+                "SELECT k.key, m.element FROM mama_machine m JOIN mama_lock_key k USING (name) \
+                 WHERE m.name = $1",
                 &[&self.machine],
             )
             .map_err(|e| db_error(&context, e))?
@@ -264,6 +265,7 @@ impl Watch {
         // noticed it is gone: end it, and take the lock when it lets go.
         tx.query(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2 \
              AND granted AND pid = $3",
             &[&i64::from(LOCK_SPACE), &i64::from(key), &lost],

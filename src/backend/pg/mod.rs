@@ -286,10 +286,10 @@ impl PgStore {
                 .read_only(true)
                 .start()
                 .map_err(|e| db_error(&self.context("read"), e))?;
-            if schema::version(&mut tx, &self.url.shown)?.is_none() {
+            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Ok((Snapshot::missing(), events.map(|_| Vec::new())));
-            }
-            let (rows, look, _) = self.snapshot(&mut tx)?;
+            };
+            let (rows, look, _) = self.snapshot(&mut tx, version)?;
             *Self::locked(&self.look) = Some(look);
             let lab = self.parse(&rows)?.model();
             let (events, last_event) = match events {
@@ -329,9 +329,13 @@ impl PgStore {
     /// which locks are held, which claims were written before the server
     /// last started (within the host timeout after it), and whether this
     /// role may write the lab.
-    fn snapshot(&self, client: &mut impl GenericClient) -> Result<(Vec<Row>, Look, bool)> {
+    fn snapshot(
+        &self,
+        client: &mut impl GenericClient,
+        version: i32,
+    ) -> Result<(Vec<Row>, Look, bool)> {
         let batch = format!(
-            "SELECT id, name, element FROM mama_machine ORDER BY position, id;
+            "{};
              SELECT classid, objid FROM pg_locks WHERE locktype = 'advisory' \
                AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND classid IN ({LOCK_SPACE}::oid, {PLACE_SPACE}::oid) AND objsubid = 2 AND granted;
@@ -339,6 +343,7 @@ impl PgStore {
                AND now() < pg_postmaster_start_time() + make_interval(secs => {});
              SELECT has_table_privilege('mama_machine', 'UPDATE') \
                AND has_table_privilege('mama_event', 'INSERT');",
+            schema::machines_query(version),
             self.host_timeout.as_secs()
         );
         let messages = client
@@ -495,7 +500,7 @@ impl PgStore {
                 .map_err(|e| db_error(&self.context("write"), e))?;
             self.lab_lock(&mut tx)?;
             schema::ensure(&mut tx, &self.url.shown)?;
-            let (rows, look, may_write) = self.snapshot(&mut tx)?;
+            let (rows, look, may_write) = self.snapshot(&mut tx, schema::VERSION)?;
             if !may_write {
                 return Err(Error::ReadOnly {
                     context: self.context("write"),
@@ -590,6 +595,12 @@ impl PgStore {
                 .map_err(write_error)?
                 .get(0);
             for (at, name) in (last + 1..).zip(inserted) {
+                // A name the lab had before keeps its job lock's key.
+                tx.execute(
+                    "INSERT INTO mama_lock_key (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                    &[&name],
+                )
+                .map_err(write_error)?;
                 tx.execute(
                     "INSERT INTO mama_machine (name, position, element) VALUES ($1, $2, $3)",
                     &[&name, &at, &element(name)?],
@@ -638,10 +649,10 @@ impl PgStore {
                 .read_only(true)
                 .start()
                 .map_err(|e| db_error(&self.context("read"), e))?;
-            if schema::version(&mut tx, &self.url.shown)?.is_none() {
+            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Ok(XmlLab::empty().to_xml());
-            }
-            let (rows, _, _) = self.snapshot(&mut tx)?;
+            };
+            let (rows, _, _) = self.snapshot(&mut tx, version)?;
             let skeleton = self.document(&mut tx)?;
             let doc = XmlLab::assemble(
                 skeleton.as_deref(),

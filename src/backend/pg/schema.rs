@@ -13,7 +13,11 @@
 //!    its `<machine>` element as upstream writes it, every child and
 //!    attribute kept, and when its job was last written, by the server's
 //!    clock) and `mama_event` (the history).
-//! 2. An index of the history by machine, for `info` and `log MACHINE`.
+//! 2. An index of the history by machine, for `info` and `log MACHINE`;
+//!    `mama_lock_key`, the job lock's key of every machine name the lab
+//!    ever had (rows are never deleted), so that a machine deleted and
+//!    added again, or imported anew, keeps the job lock its running job
+//!    holds, as a state file's lock is named after the machine.
 
 use postgres::GenericClient;
 
@@ -52,7 +56,24 @@ CREATE TABLE mama_event (
 ";
 
 /// The step from version `i + 1` to `i + 2`.
-const MIGRATIONS: [&str; 1] = ["CREATE INDEX mama_event_by_machine ON mama_event (machine, seq);"];
+const MIGRATIONS: [&str; 1] = ["
+CREATE INDEX mama_event_by_machine ON mama_event (machine, seq);
+CREATE TABLE mama_lock_key (name text PRIMARY KEY, key serial UNIQUE);
+INSERT INTO mama_lock_key (name, key) SELECT name, id FROM mama_machine;
+SELECT setval(pg_get_serial_sequence('mama_lock_key', 'key'),
+              coalesce((SELECT max(key) FROM mama_lock_key), 0) + 1, false);
+"];
+
+/// The machines, with their job locks' keys, in order, as a schema of
+/// `version` holds them (version 1 keyed the lock by the row).
+pub fn machines_query(version: i32) -> &'static str {
+    if version < 2 {
+        "SELECT id, name, element FROM mama_machine ORDER BY position, id"
+    } else {
+        "SELECT k.key, m.name, m.element FROM mama_machine m \
+         JOIN mama_lock_key k USING (name) ORDER BY m.position, m.id"
+    }
+}
 
 /// The version of the schema in the database; `None` when there is none.
 pub fn version(client: &mut impl GenericClient, shown: &str) -> Result<Option<i32>> {
