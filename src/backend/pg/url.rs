@@ -45,6 +45,15 @@ impl DbUrl {
         let shown = without_password(url);
         let mut config = Config::from_str(url)
             .map_err(|e| Error::Invalid(format!("the state URL {shown} is not valid: {e}")))?;
+        let had_password = config.get_password().is_some() || shown != url;
+        // A safety net for any form of URL read otherwise than above: the
+        // password the client found never shows.
+        let shown = match config.get_password().map(String::from_utf8_lossy) {
+            Some(password) if password.len() >= 2 && shown.contains(password.as_ref()) => {
+                shown.replace(password.as_ref(), "***")
+            }
+            _ => shown,
+        };
         if config.get_user().is_none() {
             let user = std::env::var("PGUSER")
                 .ok()
@@ -80,32 +89,36 @@ impl DbUrl {
         }
         Ok(DbUrl {
             config,
-            had_password: shown != url,
+            had_password,
             shown,
         })
     }
 }
 
-/// `url` without a password: `user:secret@` loses `:secret`, and a
-/// `password=` parameter is dropped.
+/// `url` without a password. The user information is what stands
+/// between `://` and the first `@` (as the client library reads it, so a
+/// password holding `/` or `?` is found too): `user:secret@` loses
+/// `:secret`. A `password` parameter, however its name is percent-encoded,
+/// is dropped.
 pub fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    let rest = match rest.split_once('@') {
+        Some((userinfo, after)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{user}@{host}")
+            format!("{user}@{after}")
         }
-        None => authority.to_string(),
+        None => rest.to_string(),
     };
-    let path = match path.split_once('?') {
+    let rest = match rest.split_once('?') {
         Some((path, query)) => {
             let kept: Vec<&str> = query
                 .split('&')
-                .filter(|p| !p.starts_with("password="))
+                .filter(|p| {
+                    let key = p.split_once('=').map_or(*p, |(key, _)| key);
+                    !percent_decoded(key).eq_ignore_ascii_case("password")
+                })
                 .collect();
             if kept.is_empty() {
                 path.to_string()
@@ -113,9 +126,34 @@ pub fn without_password(url: &str) -> String {
                 format!("{path}?{}", kept.join("&"))
             }
         }
-        None => path.to_string(),
+        None => rest,
     };
-    format!("{scheme}://{authority}{path}")
+    format!("{scheme}://{rest}")
+}
+
+/// `text` with `%XX` escapes (and `+`) decoded, lossily.
+fn percent_decoded(text: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', high, low]) => hex(*high).zip(hex(*low)).map(|(h, l)| h * 16 + l),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The password file libpq reads: `PGPASSFILE`, else `~/.pgpass`.
@@ -207,6 +245,16 @@ mod tests {
             ),
             ("postgresql://db/lab?password=x", "postgresql://db/lab"),
             ("postgresql:///lab", "postgresql:///lab"),
+            // The client reads the user information up to the first `@`.
+            (
+                "postgresql://mama:ab/cd+ef==@db/lab",
+                "postgresql://mama@db/lab",
+            ),
+            ("postgresql://mama:ab?cd@db/lab", "postgresql://mama@db/lab"),
+            (
+                "postgresql://db/lab?%70assword=s3cr3t&sslmode=disable",
+                "postgresql://db/lab?sslmode=disable",
+            ),
         ] {
             assert_eq!(without_password(url), shown, "{url}");
         }
