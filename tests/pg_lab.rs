@@ -372,6 +372,25 @@ fn after_a_server_restart_holders_reattach_and_nobody_takes_their_machines() {
     let timeout = [("MAMA_HOST_TIMEOUT", "20")];
     let mut holder = hold(&env, &timeout);
     let claim = env.info("m");
+    // Waiters asleep in the server when it restarts wait on afterwards.
+    let start = |args: &[&str]| {
+        let mut cmd = env.cmd(args);
+        cmd.envs(timeout);
+        let mut bg = Bg::start(cmd);
+        bg.expect_stderr("waiting", LIMIT);
+        bg
+    };
+    let mut waiter = start(&["wait", "m", "--timeout", "60"]);
+    let mut runner = start(&[
+        "run",
+        "m",
+        "--wait-timeout",
+        "60",
+        "--job",
+        "next",
+        "--",
+        "true",
+    ]);
     server.restart();
     holder.expect_stderr("lost the session", LIMIT);
     // A waiter arriving meanwhile finds the claim live, re-attached or not.
@@ -379,9 +398,37 @@ fn after_a_server_restart_holders_reattach_and_nobody_takes_their_machines() {
     cmd.envs(timeout);
     Run::from(cmd.output().expect("mama runs")).fails_saying(75, "holder");
     holder.expect_stderr("reconnected; the claim on m is still this run's", LIMIT);
-    assert_eq!(env.info("m"), claim);
+    // The waiters kept their places.
+    let info = env.info("m");
+    assert_eq!(
+        (&info["job_pid"], &info["job_timestamp"]),
+        (&claim["job_pid"], &claim["job_timestamp"])
+    );
+    // The waiters kept their places, in their order.
+    let jobs = |info: &serde_json::Value| -> Vec<serde_json::Value> {
+        info["queue"]
+            .as_array()
+            .map(|q| q.iter().map(|w| w["job"].clone()).collect())
+            .unwrap_or_default()
+    };
+    if jobs(&info).len() != 2 {
+        panic!(
+            "{info:#}\n{:#?}\n{:#?}",
+            runner.finish(LIMIT),
+            waiter.finish(LIMIT)
+        );
+    }
+    assert_eq!(
+        jobs(&info),
+        [serde_json::Value::Null, "next".into()],
+        "{info:#}"
+    );
     env.touch("go");
     assert_eq!(holder.finish(LIMIT).code, Some(0));
+    let run = waiter.finish(LIMIT);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let run = runner.finish(LIMIT);
+    assert_eq!(run.code, Some(0), "{run:#?}");
     env.run(["run", "m", "--no-wait", "--", "true"]).ok();
 }
 

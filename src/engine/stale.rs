@@ -146,7 +146,9 @@ impl<P: ProcessTable> Judge<'_, P> {
         let Some(pid) = job.pid else {
             return self.judge_age(job);
         };
-        if self.locks.across_hosts() && job.origin.is_some() {
+        // mama's claims record their host (and, where /proc tells, their
+        // origin); other tools' records have neither.
+        if self.locks.across_hosts() && (job.origin.is_some() || job.host.is_some()) {
             return if self.locks.held(machine) || self.locks.reattaching(machine) {
                 Verdict::Live
             } else {

@@ -256,7 +256,7 @@ impl Watch {
                 job.pid == self.job.pid
                     && job.timestamp == self.job.timestamp
                     && job.origin == self.job.origin
-                    && job.origin.is_some()
+                    && job.host == self.job.host
             });
         if !ours {
             return Ok(None);

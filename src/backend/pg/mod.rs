@@ -64,6 +64,12 @@ pub struct PgStore {
     /// A session being opened for the next job lock (see
     /// [`PgStore::prepare`]).
     spare: Arc<Mutex<Option<Spare>>>,
+    /// The place locks this process holds in the main session, taken
+    /// again when that session is opened anew.
+    places: Arc<Mutex<HashSet<i32>>>,
+    /// Set when the main session was found lost (a server restart): the
+    /// next use opens it anew, patiently.
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A session for the next job lock.
@@ -92,6 +98,9 @@ struct Look {
     reattaching: HashSet<String>,
     /// The place locks held, by token.
     places: HashSet<i32>,
+    /// Whether the server started less than the host timeout ago: waiters
+    /// may still be taking their places again.
+    restarted: bool,
 }
 
 impl Look {
@@ -131,6 +140,20 @@ pub fn db_error(context: &str, e: postgres::Error) -> Error {
             context: context.to_string(),
             message,
         },
+    }
+}
+
+/// Whether `e` says the session is gone (the server restarting, shutting
+/// down or unreachable) rather than refusing a statement.
+pub fn is_connection_loss(e: &postgres::Error) -> bool {
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => {
+            *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || code.code().starts_with("08")
+        }
     }
 }
 
@@ -186,6 +209,8 @@ impl PgStore {
             main: Arc::new(Mutex::new(None)),
             look: Arc::new(Mutex::new(None)),
             spare: Arc::new(Mutex::new(None)),
+            places: Arc::new(Mutex::new(HashSet::new())),
+            lost: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -216,8 +241,10 @@ impl PgStore {
     /// host timeout for the server to come back.
     fn with_main<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
         let mut main = Self::locked(&self.main);
+        let lost = self.lost.swap(false, std::sync::atomic::Ordering::SeqCst);
         let stale = match main.as_mut() {
             None => None,
+            Some(_) if lost => Some(true),
             Some((client, _)) if client.is_closed() => Some(true),
             Some((client, used)) if used.elapsed() > IDLE_CHECK => {
                 Some(client.simple_query("").is_err())
@@ -226,17 +253,26 @@ impl PgStore {
         };
         match stale {
             Some(false) => {}
-            Some(true) => *main = Some((self.reconnect()?, Instant::now())),
+            Some(true) => {
+                let mut client = self.reconnect()?;
+                // A waiter keeps its place: its place locks went with the
+                // old session.
+                for key in Self::locked(&self.places).iter() {
+                    client
+                        .execute("SELECT pg_try_advisory_lock($1, $2)", &[&PLACE_SPACE, key])
+                        .map_err(|e| db_error(&self.context("wait in"), e))?;
+                }
+                *main = Some((client, Instant::now()));
+            }
             None => *main = Some((connect(&self.url, self.host_timeout)?, Instant::now())),
         }
         let Some((client, used)) = main.as_mut() else {
             return Err(Error::Invalid("internal error: no database session".into()));
         };
         let result = f(client);
+        // A session found closed stays, so that the next use opens it again
+        // patiently (a server restart).
         *used = Instant::now();
-        if client.is_closed() {
-            *main = None;
-        }
         result
     }
 
@@ -342,7 +378,8 @@ impl PgStore {
              SELECT name FROM mama_machine WHERE job_written < pg_postmaster_start_time() \
                AND now() < pg_postmaster_start_time() + make_interval(secs => {});
              SELECT has_table_privilege('mama_machine', 'UPDATE') \
-               AND has_table_privilege('mama_event', 'INSERT');",
+               AND has_table_privilege('mama_event', 'INSERT');
+             SELECT now() < pg_postmaster_start_time() + make_interval(secs => {1});",
             schema::machines_query(version),
             self.host_timeout.as_secs()
         );
@@ -368,7 +405,7 @@ impl PgStore {
                 self.url.shown
             ))
         };
-        let [machines, held, reattaching, may_write, ..] = results.as_slice() else {
+        let [machines, held, reattaching, may_write, restarted, ..] = results.as_slice() else {
             return Err(unexpected());
         };
         let text = |row: &postgres::SimpleQueryRow, i: usize| -> Result<String> {
@@ -391,16 +428,18 @@ impl PgStore {
                 .filter_map(|id| i32::try_from(id).ok())
                 .collect()
         };
-        let look = Look {
+        let mut look = Look {
             ids: rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
             held: locks_in(LOCK_SPACE),
             places: locks_in(PLACE_SPACE),
+            restarted: false,
             reattaching: reattaching
                 .iter()
                 .filter_map(|row| row.get(0).map(str::to_string))
                 .collect(),
         };
         let may_write = may_write.first().and_then(|row| row.get(0)) == Some("t");
+        look.restarted = restarted.first().and_then(|row| row.get(0)) == Some("t");
         Ok((rows, look, may_write))
     }
 
@@ -745,12 +784,22 @@ impl PgStore {
     pub fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
         let key = self.key(machine)?;
         let mut session = self.job_session()?;
-        let row = session
-            .query_one(
+        let ask = |session: &mut Client| {
+            session.query_one(
                 "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
                 &[&LOCK_SPACE, &key],
             )
-            .map_err(|e| db_error(&self.context("lock a machine of"), e))?;
+        };
+        let row = match ask(&mut session) {
+            Ok(row) => row,
+            // A session the server dropped (a restart): a new one, as
+            // patiently as the main session's.
+            Err(e) if session.is_closed() || is_connection_loss(&e) => {
+                session = self.reconnect()?;
+                ask(&mut session).map_err(|e| db_error(&self.context("lock a machine of"), e))?
+            }
+            Err(e) => return Err(db_error(&self.context("lock a machine of"), e)),
+        };
         let (taken, backend): (bool, i32) = (row.get(0), row.get(1));
         if !taken {
             // Kept for the next try.
@@ -778,29 +827,29 @@ impl PgStore {
     /// `within`; whether it was.
     fn wait_on(&self, space: i32, key: i32, within: Duration) -> Result<bool> {
         let ms = within.as_millis().max(1);
-        let result = self.with_main(|client| {
-            client
+        let outcome = self.with_main(|client| {
+            let waited = client
                 .batch_execute(&format!("SET lock_timeout = {ms}"))
-                .map_err(|e| db_error(&self.context("wait on"), e))?;
-            let got = match client.execute(
-                "SELECT pg_advisory_lock($1, $2), pg_advisory_unlock($1, $2)",
-                &[&space, &key],
-            ) {
-                Ok(_) => true,
-                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => false,
-                Err(e) => return Err(db_error(&self.context("wait on"), e)),
-            };
-            client
-                .batch_execute("SET lock_timeout = 0")
-                .map_err(|e| db_error(&self.context("wait on"), e))?;
-            Ok(got)
-        });
-        match result {
-            Ok(got) => Ok(got),
-            // The session was dropped (a server restart): look again, on a
+                .and_then(|()| {
+                    client.execute(
+                        "SELECT pg_advisory_lock($1, $2), pg_advisory_unlock($1, $2)",
+                        &[&space, &key],
+                    )
+                });
+            // Never leave the session's lock timeout set for later waits.
+            let reset = client.batch_execute("SET lock_timeout = 0");
+            Ok((waited, reset))
+        })?;
+        match outcome {
+            (Ok(_), Ok(())) => Ok(true),
+            (Err(e), Ok(())) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
+            // The server dropped the session (a restart): look again, on a
             // new one.
-            Err(Error::Database { .. }) if Self::locked(&self.main).is_none() => Ok(false),
-            Err(e) => Err(e),
+            (Err(e), _) | (Ok(_), Err(e)) if is_connection_loss(&e) => {
+                self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(false)
+            }
+            (Err(e), _) | (Ok(_), Err(e)) => Err(db_error(&self.context("wait on"), e)),
         }
     }
 
@@ -835,6 +884,7 @@ impl PgStore {
                     .map_err(|e| db_error(&self.context("wait in"), e))?
                     .get(0);
                 if taken {
+                    Self::locked(&self.places).insert(key);
                     return Ok(key);
                 }
             }
@@ -844,10 +894,15 @@ impl PgStore {
         })
     }
 
+    /// Whether the place lock `token` is held; just after a server
+    /// restart, every place counts as held, while waiters take theirs
+    /// again.
     pub fn place_held(&self, token: &str) -> bool {
-        token
-            .parse::<i32>()
-            .is_ok_and(|key| self.look().places.contains(&key))
+        let look = self.look();
+        look.restarted
+            || token
+                .parse::<i32>()
+                .is_ok_and(|key| look.places.contains(&key))
     }
 
     /// Sleeps on the place lock `token` in the server until it is let go,
@@ -861,6 +916,7 @@ impl PgStore {
 
     /// Lets go of the place lock `key`.
     pub fn let_go_place(&self, key: i32) {
+        Self::locked(&self.places).remove(&key);
         let _ = self.with_main(|client| {
             client
                 .execute("SELECT pg_advisory_unlock($1, $2)", &[&PLACE_SPACE, &key])
