@@ -12,9 +12,11 @@
 //! side in the state file, see [`crate::backend::file::log`]), are kept
 //! here too.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::Arc;
 
-use super::xml::{self, Document, Element, ParseError};
+use super::xml::{self, Document, Element, Node, ParseError, Skimmer, Source};
 use crate::error::Error;
 use crate::model::event::Event;
 use crate::model::field::Field;
@@ -28,9 +30,54 @@ const EVENT_SEQ: &str = "event_seq";
 const PENDING_EVENTS: &str = "pending_events";
 
 /// The parsed state file.
+///
+/// Its machines are read lazily: the whole text is checked once, but each
+/// `<machine>` stays a span of it ([`xml::Node::Lazy`]) with its fields'
+/// texts read into the [`Machine`] of its slot, as spans too. Only a
+/// machine that a change reaches is built into a tree; the rest are
+/// written back as the bytes they were, and [`XmlLab::render`] proves the
+/// new text by checking again only what changed.
 #[derive(Debug, Clone)]
 pub struct XmlLab {
     doc: Document,
+    /// The skimmed machines as read, by slot.
+    machines: Vec<Machine>,
+    /// Whether a change added or renamed a machine (then the names are
+    /// checked again before writing).
+    renamed: bool,
+}
+
+/// Reads the fields of skimmed machines into [`Machine`]s.
+struct Machines<'s> {
+    source: &'s Source,
+    list: Vec<Machine>,
+}
+
+impl Skimmer for Machines<'_> {
+    fn skims(&mut self, name: &str) -> bool {
+        name == MACHINE
+    }
+
+    fn begin(&mut self) -> u32 {
+        self.list.push(Machine::of(self.source));
+        u32::try_from(self.list.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    fn child(&mut self, slot: u32, name: &str, text: Cow<'_, str>, structured: bool) {
+        let Some(field) = Field::from_tag(name) else {
+            return;
+        };
+        let Some(machine) = self.list.get_mut(slot as usize) else {
+            return;
+        };
+        if let Cow::Borrowed(piece) = text
+            && let Some((start, end)) = xml::offsets_in(self.source, piece)
+            && machine.read_span(field, start, end, structured)
+        {
+            return;
+        }
+        machine.read_text(field, text.into_owned(), structured);
+    }
 }
 
 impl XmlLab {
@@ -38,30 +85,74 @@ impl XmlLab {
     pub fn empty() -> XmlLab {
         XmlLab {
             doc: Document::new(Element::new(ROOT)),
+            machines: Vec::new(),
+            renamed: false,
         }
     }
 
     /// Reads a state file's text: well-formed XML, a `<settings>` root, and
     /// no two machines of one name.
     pub fn parse(text: &str) -> Result<XmlLab, ParseError> {
-        let doc = Document::parse(text)?;
-        if doc.root.name != ROOT {
+        XmlLab::read(Arc::new(text.to_string()))
+    }
+
+    /// [`XmlLab::parse`] of a text it keeps (no copy): machines are skimmed,
+    /// not built.
+    pub fn read(source: Source) -> Result<XmlLab, ParseError> {
+        let mut machines = Machines {
+            source: &source,
+            list: Vec::new(),
+        };
+        let doc = Document::parse_lazy(Arc::clone(&source), &mut machines)?;
+        let machines = machines.list;
+        XmlLab::checked(XmlLab {
+            doc,
+            machines,
+            renamed: false,
+        })
+    }
+
+    /// [`XmlLab::parse`] building the whole tree: what the lazy reading is
+    /// held to, in the tests.
+    #[cfg(test)]
+    pub fn parse_eager(text: &str) -> Result<XmlLab, ParseError> {
+        XmlLab::checked(XmlLab {
+            doc: Document::parse(text)?,
+            machines: Vec::new(),
+            renamed: false,
+        })
+    }
+
+    /// The lab if its root is `<settings>` and no two machines share a name.
+    fn checked(lab: XmlLab) -> Result<XmlLab, ParseError> {
+        if lab.doc.root.name != ROOT {
             return Err(ParseError {
                 line: 0,
                 column: 0,
                 message: format!(
                     "the root element is <{}>, not <{ROOT}>: this is not a mama state file",
-                    doc.root.name
+                    lab.doc.root.name
                 ),
             });
         }
-        let lab = XmlLab { doc };
-        let mut seen = HashSet::new();
-        for machine in lab.machine_elements() {
-            let name = machine
-                .child(Field::Name.tag())
-                .map(|e| e.text())
-                .unwrap_or_default();
+        lab.check_names()?;
+        Ok(lab)
+    }
+
+    fn check_names(&self) -> Result<(), ParseError> {
+        let mut seen = HashSet::with_capacity(self.machines.len());
+        for node in &self.doc.root.children {
+            let name = match node {
+                Node::Lazy(lazy) if lazy.name() == MACHINE => self
+                    .machines
+                    .get(lazy.slot as usize)
+                    .map_or(Cow::Borrowed(""), |m| Cow::Borrowed(m.name())),
+                Node::Element(machine) if machine.name == MACHINE => machine
+                    .child(Field::Name.tag())
+                    .map(|e| e.text())
+                    .unwrap_or_default(),
+                _ => continue,
+            };
             if !name.is_empty() && !seen.insert(name.clone()) {
                 return Err(ParseError {
                     line: 0,
@@ -70,35 +161,42 @@ impl XmlLab {
                 });
             }
         }
-        Ok(lab)
+        Ok(())
     }
 
-    /// The state file's text.
+    /// The state file's text, unchecked.
     pub fn to_xml(&self) -> String {
         self.doc.write()
     }
 
-    fn machine_elements(&self) -> impl Iterator<Item = &Element> {
-        self.doc.root.elements().filter(|e| e.name == MACHINE)
+    /// The state file's text, proven to read back as a state file: well
+    /// formed (see [`Document::write_checked`]: only what changed is
+    /// parsed again), under the same root, with no two machines of one
+    /// name.
+    pub fn render(&self) -> Result<String, ParseError> {
+        let text = self.doc.write_checked()?;
+        if self.renamed {
+            self.check_names()?;
+        }
+        Ok(text)
     }
 
     /// The lab as the engine sees it: each machine with the text of every
     /// field it has, and the fields that hold elements of their own.
     pub fn model(&self) -> Lab {
         Lab::new(
-            self.machine_elements()
-                .map(|element| {
-                    let fields = Field::ALL
-                        .into_iter()
-                        .filter_map(|f| Some((f, element.child(f.tag())?)));
-                    Machine::read(
-                        fields
-                            .clone()
-                            .map(|(field, e)| (field, e.text().into_owned())),
-                        fields
-                            .filter(|(_, e)| e.has_child_elements())
-                            .map(|(field, _)| field),
-                    )
+            self.doc
+                .root
+                .children
+                .iter()
+                .filter_map(|node| match node {
+                    Node::Lazy(lazy) if lazy.name() == MACHINE => {
+                        self.machines.get(lazy.slot as usize).cloned()
+                    }
+                    Node::Element(element) if element.name == MACHINE => {
+                        Some(machine_of(element))
+                    }
+                    _ => None,
                 })
                 .collect(),
         )
@@ -116,6 +214,9 @@ impl XmlLab {
                 field,
                 value,
             } => {
+                if *field == Field::Name {
+                    self.renamed = true;
+                }
                 let element = self.machine_mut(machine)?;
                 if let Some(child) = element.child_mut(field.tag()) {
                     child.set_text(value);
@@ -136,15 +237,12 @@ impl XmlLab {
                     element.remove_child(at);
                 }
             }
-            Change::Add(new) => self.add(new),
+            Change::Add(new) => {
+                self.renamed = true;
+                self.add(new);
+            }
             Change::Remove(name) => {
-                let at = self
-                    .doc
-                    .root
-                    .children
-                    .iter()
-                    .position(|n| matches!(n, xml::Node::Element(e) if is_machine(e, name)))
-                    .ok_or_else(|| unknown(name))?;
+                let at = self.position_of(name).ok_or_else(|| unknown(name))?;
                 // Its line goes with it.
                 self.doc.root.remove_child(at);
             }
@@ -152,13 +250,38 @@ impl XmlLab {
         Ok(())
     }
 
-    /// The element of the machine called `name`.
+    /// Where the machine called `name` stands among the root's children.
+    fn position_of(&self, name: &str) -> Option<usize> {
+        self.doc.root.children.iter().position(|node| match node {
+            Node::Lazy(lazy) => {
+                lazy.name() == MACHINE
+                    && self
+                        .machines
+                        .get(lazy.slot as usize)
+                        .is_some_and(|m| m.has(Field::Name) && m.name() == name)
+            }
+            Node::Element(element) => is_machine(element, name),
+            _ => false,
+        })
+    }
+
+    /// The element of the machine called `name`, built from its text if it
+    /// was only skimmed.
     fn machine_mut(&mut self, name: &str) -> Result<&mut Element, Error> {
-        self.doc
-            .root
-            .elements_mut()
-            .find(|e| is_machine(e, name))
-            .ok_or_else(|| unknown(name))
+        let at = self.position_of(name).ok_or_else(|| unknown(name))?;
+        let node = &mut self.doc.root.children[at];
+        if let Node::Lazy(lazy) = node {
+            let element = lazy.build().map_err(|e| {
+                Error::Invalid(format!(
+                    "internal error: the machine '{name}' read before does not read alone ({e})"
+                ))
+            })?;
+            *node = Node::Element(element);
+        }
+        match node {
+            Node::Element(element) => Ok(element),
+            _ => Err(unknown(name)),
+        }
     }
 
     /// Adds a machine after the last one, with every upstream field.
@@ -172,7 +295,7 @@ impl XmlLab {
             .root
             .children
             .iter()
-            .rposition(|n| matches!(n, xml::Node::Element(e) if e.name == MACHINE));
+            .rposition(|n| n.element_name() == Some(MACHINE));
         self.doc.root.insert_element(last_machine, machine, "  ");
     }
 
@@ -218,6 +341,21 @@ impl XmlLab {
                 .push_element(Element::with_text(tag, value), "  "),
         }
     }
+}
+
+/// A built `<machine>` as the engine sees it.
+fn machine_of(element: &Element) -> Machine {
+    let fields = Field::ALL
+        .into_iter()
+        .filter_map(|f| Some((f, element.child(f.tag())?)));
+    Machine::read(
+        fields
+            .clone()
+            .map(|(field, e)| (field, e.text().into_owned())),
+        fields
+            .filter(|(_, e)| e.has_child_elements())
+            .map(|(field, _)| field),
+    )
 }
 
 /// Whether `element` is the `<machine>` called `name`.

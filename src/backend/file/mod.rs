@@ -354,7 +354,10 @@ impl FileStore {
                 existed: false,
             });
         };
-        let mut bytes = Vec::new();
+        // Sized once: a lab of ten thousand machines is megabytes, and
+        // growing the buffer by doubling would copy it and hold twice it.
+        let size = file.metadata().map_or(0, |m| m.len());
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
         file.read_to_end(&mut bytes)
             .map_err(|e| Error::io("read", &self.path, e))?;
         let text = String::from_utf8(bytes).map_err(|e| {
@@ -364,7 +367,7 @@ impl FileStore {
                 valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
             self.corrupt(Some((line, column)), "the file is not valid UTF-8".into())
         })?;
-        let doc = XmlLab::parse(&text).map_err(|e| {
+        let doc = XmlLab::read(std::sync::Arc::new(text)).map_err(|e| {
             let location = (e.line > 0).then_some((e.line, e.column));
             self.corrupt(location, e.message)
         })?;
@@ -380,11 +383,11 @@ impl FileStore {
     }
 
     /// Replaces the state file with `doc`, keeping its mode, group and
-    /// (where permitted) owner. The text is parsed again before anything is
-    /// written: mama never writes a file it could not read back.
+    /// (where permitted) owner. The text is proven to read back before
+    /// anything is written (what changed is parsed again, in place; see
+    /// [`XmlLab::render`]): mama never writes a file it could not read back.
     fn write(&self, doc: &XmlLab) -> Result<()> {
-        let text = doc.to_xml();
-        XmlLab::parse(&text).map_err(|e| {
+        let text = doc.render().map_err(|e| {
             Error::Invalid(format!(
                 "internal error: the new state would not parse ({e}); {} was left unchanged",
                 self.path.display()

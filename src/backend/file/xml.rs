@@ -10,10 +10,14 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
+
+/// The text a document was read from, shared by every span of it (and by
+/// the lab model read from it), never copied.
+pub type Source = Arc<String>;
 
 /// A piece of text: a span of the document it was read from (no copy), or a
 /// string of its own for what mama wrote. Reading a lab of a thousand
@@ -24,7 +28,7 @@ pub struct Str(Repr);
 #[derive(Clone)]
 enum Repr {
     Span {
-        source: Rc<str>,
+        source: Source,
         start: usize,
         end: usize,
     },
@@ -37,19 +41,36 @@ impl Str {
     }
 
     /// `piece` as a span of `source` when it lies inside it, else a copy.
-    fn within(source: &Rc<str>, piece: &str) -> Str {
-        let base = source.as_ptr() as usize;
-        let at = piece.as_ptr() as usize;
-        if at >= base && at + piece.len() <= base + source.len() {
-            Str(Repr::Span {
-                source: Rc::clone(source),
-                start: at - base,
-                end: at - base + piece.len(),
-            })
-        } else {
-            Str::new(piece)
+    fn within(source: &Source, piece: &str) -> Str {
+        match offsets_in(source, piece) {
+            Some((start, end)) => Str(Repr::Span {
+                source: Arc::clone(source),
+                start,
+                end,
+            }),
+            None => Str::new(piece),
         }
     }
+
+    /// Where this text stands in `source`, when it is a span of it.
+    fn span_of(&self, source: &Source) -> Option<(usize, usize)> {
+        match &self.0 {
+            Repr::Span {
+                source: of,
+                start,
+                end,
+            } if Arc::ptr_eq(of, source) => Some((*start, *end)),
+            _ => None,
+        }
+    }
+}
+
+/// Where `piece` stands in `source` (byte offsets), when it lies inside it.
+pub fn offsets_in(source: &str, piece: &str) -> Option<(usize, usize)> {
+    let base = source.as_ptr() as usize;
+    let at = piece.as_ptr() as usize;
+    (at >= base && at + piece.len() <= base + source.len())
+        .then(|| (at - base, at - base + piece.len()))
 }
 
 impl Deref for Str {
@@ -106,6 +127,33 @@ pub enum Node {
     CData(Str),
     /// A comment, processing instruction or doctype, written back verbatim.
     Markup(Str),
+    /// An element kept as the text it was read from, not built into a tree
+    /// (see [`Document::parse_lazy`]): written back verbatim, built only
+    /// when a change reaches into it.
+    Lazy(Lazy),
+}
+
+/// An element that was checked but not built: its source text, its name
+/// (the first `name_len` bytes after the `<`), and the slot the skimmer
+/// gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lazy {
+    raw: Str,
+    name_len: u32,
+    pub slot: u32,
+}
+
+impl Lazy {
+    pub fn name(&self) -> &str {
+        self.raw.get(1..1 + self.name_len as usize).unwrap_or("")
+    }
+
+    /// The element built from its text. The text was checked when the
+    /// document was read, in the same place, so this fails only on mama's
+    /// own mistake.
+    pub fn build(&self) -> Result<Element, ParseError> {
+        Document::parse(&self.raw).map(|doc| doc.root)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +173,10 @@ pub struct Document {
     prolog: Vec<Node>,
     pub root: Element,
     epilog: Vec<Node>,
+    /// The text it was read from, and where the root's content stood in it
+    /// (absent for a new document, or a root read as `<x/>`): what lets
+    /// [`Document::write_checked`] prove only what changed.
+    origin: Option<(Source, usize, usize)>,
 }
 
 /// Why a document could not be read, and where (1-based line and column).
@@ -186,7 +238,7 @@ impl Element {
 
     /// Whether the element holds child elements (then it is not a plain field).
     pub fn has_child_elements(&self) -> bool {
-        self.children.iter().any(|n| matches!(n, Node::Element(_)))
+        self.children.iter().any(Node::is_element)
     }
 
     /// Replaces the element's content with `value`, escaped. An empty value
@@ -231,7 +283,7 @@ impl Element {
     pub fn position(&self, name: &str) -> Option<usize> {
         self.children
             .iter()
-            .position(|n| matches!(n, Node::Element(e) if e.name == name))
+            .position(|n| n.element_name() == Some(name))
     }
 
     /// Inserts `element` as a child: right after the child at index `after`,
@@ -247,7 +299,7 @@ impl Element {
             None => self
                 .children
                 .iter()
-                .position(|n| matches!(n, Node::Element(_)))
+                .position(Node::is_element)
                 .unwrap_or_else(|| self.trailing_space_start()),
         };
         let was_empty = self.children.is_empty();
@@ -266,7 +318,7 @@ impl Element {
         let last = self
             .children
             .iter()
-            .rposition(|n| matches!(n, Node::Element(_)));
+            .rposition(Node::is_element);
         self.insert_element(last, element, indent);
     }
 
@@ -284,7 +336,7 @@ impl Element {
         let last = self
             .children
             .iter()
-            .rposition(|n| matches!(n, Node::Element(_)))?;
+            .rposition(Node::is_element)?;
         match last.checked_sub(1).map(|i| &self.children[i]) {
             Some(Node::Text { raw, .. }) if raw.trim().is_empty() => Some(raw.to_string()),
             _ => None,
@@ -330,9 +382,38 @@ fn is_whitespace(node: &Node) -> bool {
 }
 
 impl Node {
+    /// Whether this is an element, built or [`Lazy`].
+    pub fn is_element(&self) -> bool {
+        matches!(self, Node::Element(_) | Node::Lazy(_))
+    }
+
+    /// The name of an element, built or [`Lazy`].
+    pub fn element_name(&self) -> Option<&str> {
+        match self {
+            Node::Element(e) => Some(&e.name),
+            Node::Lazy(lazy) => Some(lazy.name()),
+            _ => None,
+        }
+    }
+
+    /// Where the node's text stands in `source`, when it is that text
+    /// unchanged (a node of its own, or one that changed, has none).
+    fn span_in(&self, source: &Source) -> Option<(usize, usize)> {
+        match self {
+            Node::Text { raw, .. } | Node::Markup(raw) => raw.span_of(source),
+            Node::Lazy(lazy) => lazy.raw.span_of(source),
+            // The content's span, within `<![CDATA[` and `]]>`.
+            Node::CData(content) => content
+                .span_of(source)
+                .map(|(start, end)| (start.wrapping_sub(9), end + 3)),
+            Node::Element(_) => None,
+        }
+    }
+
     fn write(&self, out: &mut String) {
         match self {
             Node::Element(e) => e.write(out),
+            Node::Lazy(lazy) => out.push_str(&lazy.raw),
             Node::Text { raw, .. } => out.push_str(raw),
             Node::CData(content) => {
                 out.push_str("<![CDATA[");
@@ -355,19 +436,31 @@ impl Document {
             ],
             root,
             epilog: vec![whitespace("\n")],
+            origin: None,
         }
     }
 
-    /// Reads a document. Anything that is not well-formed XML with exactly
-    /// one root element is refused, with the line and column.
+    /// Reads a document, building the whole tree. Anything that is not
+    /// well-formed XML with exactly one root element is refused, with the
+    /// line and column.
     pub fn parse(text: &str) -> Result<Document, ParseError> {
-        Parser::new(text).parse()
+        let source: Source = Arc::new(text.to_string());
+        Parser::new(&source).parse(&source, None)
+    }
+
+    /// Reads a document as [`Document::parse`] does, with every check, but
+    /// keeps the root's child elements that `skimmer` skims as their text
+    /// ([`Node::Lazy`]) instead of building them, and tells `skimmer` the
+    /// text of their own children. Spans of `source` are kept, never copies.
+    pub fn parse_lazy(source: Source, skimmer: &mut dyn Skimmer) -> Result<Document, ParseError> {
+        Parser::new(&source).parse(&source, Some(skimmer))
     }
 
     /// The document as text; for a parsed, unchanged document, the very
     /// bytes it was read from.
     pub fn write(&self) -> String {
-        let mut out = String::with_capacity(4096);
+        let size = self.origin.as_ref().map_or(4096, |(source, ..)| source.len() + 4096);
+        let mut out = String::with_capacity(size);
         if self.bom {
             out.push('\u{feff}');
         }
@@ -379,6 +472,87 @@ impl Document {
             node.write(&mut out);
         }
         out
+    }
+
+    /// The document as text, proven to read back: a text that would not
+    /// parse is an error, never returned.
+    ///
+    /// The proof costs what changed, not what the document holds. A read
+    /// document remembers its source and where the root's content stood in
+    /// it. Its prolog, epilog and root tags are never changed in place (a
+    /// document read without that content is checked whole). The root's
+    /// content is a sequence of nodes: elements, character data,
+    /// references, CDATA, comments and processing instructions. XML's
+    /// well-formedness of such a sequence is local: each node must be
+    /// well-formed on its own (an element with its tags balanced, its
+    /// characters allowed, its references known without context, since a
+    /// doctype with entity declarations is refused, and no deeper than the
+    /// limit, counted from the root), and each two neighbours must not run
+    /// into each other (character data next to character data must not
+    /// form `]]>`; every other node starts with `<` and ends with `>`).
+    /// Nothing else reaches across nodes: mama resolves no namespaces and
+    /// the only cross-element rule, one root, concerns the root alone.
+    ///
+    /// So: a node that is still a span of the source, next to the neighbour
+    /// it had there, was checked in that very place when the document was
+    /// read. Everything else, a changed or new node and each pair of
+    /// neighbours that were not neighbours in the source (where a node was
+    /// inserted or removed), is parsed again here with its neighbours on
+    /// both sides, inside a root of its own (`<r>` and `</r>` stand where
+    /// the real root's tags stand, which are tags alike). Every node and
+    /// every junction of the new content is then checked, in its context.
+    pub fn write_checked(&self) -> Result<String, ParseError> {
+        let text = self.write();
+        let Some((source, start, end)) = &self.origin else {
+            Document::parse(&text)?;
+            return Ok(text);
+        };
+        let nodes = &self.root.children;
+        if self.root.self_closing && nodes.is_empty() {
+            // `<x/>` now, where the source had `<x>…</x>`.
+            Document::parse(&text)?;
+            return Ok(text);
+        }
+        let spans: Vec<Option<(usize, usize)>> = nodes.iter().map(|n| n.span_in(source)).collect();
+        // Which nodes to check again, as inclusive ranges of indices.
+        let mut check = vec![false; nodes.len()];
+        let mark = |from: usize, to: usize, check: &mut Vec<bool>| {
+            for flag in &mut check[from..=to.min(nodes.len() - 1)] {
+                *flag = true;
+            }
+        };
+        for (i, span) in spans.iter().enumerate() {
+            if span.is_none() {
+                mark(i.saturating_sub(1), i + 1, &mut check);
+            }
+            let joined_before = match i.checked_sub(1) {
+                None => span.is_some_and(|(from, _)| from == *start),
+                Some(prev) => matches!((spans[prev], span), (Some((_, a)), Some((b, _))) if a == *b),
+            };
+            if !joined_before {
+                mark(i.saturating_sub(1), i, &mut check);
+            }
+        }
+        if let Some(last) = spans.last()
+            && !last.is_some_and(|(_, to)| to == *end)
+        {
+            mark(nodes.len() - 1, nodes.len() - 1, &mut check);
+        }
+        let mut i = 0;
+        while i < nodes.len() {
+            if !check[i] {
+                i += 1;
+                continue;
+            }
+            let mut window = String::from("<r>");
+            while i < nodes.len() && check[i] {
+                nodes[i].write(&mut window);
+                i += 1;
+            }
+            window.push_str("</r>");
+            Document::parse(&window)?;
+        }
+        Ok(text)
     }
 }
 
@@ -434,7 +608,11 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn parse(self) -> Result<Document, ParseError> {
+    fn parse(
+        self,
+        source: &Source,
+        mut skimmer: Option<&mut dyn Skimmer>,
+    ) -> Result<Document, ParseError> {
         if self.text.starts_with('\u{feff}') {
             // A reader would drop it silently, and every position after it
             // would be off.
@@ -459,9 +637,9 @@ impl<'a> Parser<'a> {
         if self.text.trim().is_empty() {
             return Err(self.error_at(0, "the file is empty"));
         }
-        let source: Rc<str> = Rc::from(self.text);
-        let span = |from: u64, to: u64| Str::within(&source, &source[from as usize..to as usize]);
-        let mut reader = Reader::from_str(&source);
+        let text = self.text;
+        let span = |from: u64, to: u64| Str::within(source, &text[from as usize..to as usize]);
+        let mut reader = Reader::from_str(text);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.check_comments = true;
@@ -471,8 +649,15 @@ impl<'a> Parser<'a> {
         let mut prolog = Vec::new();
         let mut epilog = Vec::new();
         let mut root: Option<Element> = None;
+        // Where the root's content starts and ends in `source`.
+        let mut content_start = None;
+        let mut content_end = None;
         // Open elements, innermost last.
         let mut stack: Vec<Element> = Vec::new();
+        // The element being skimmed, when one is.
+        let mut skim: Option<Skim> = None;
+        // Names of the elements open inside it (start and end in `text`).
+        let mut skim_open: Vec<(usize, usize)> = Vec::new();
 
         loop {
             let start = reader.buffer_position();
@@ -481,55 +666,180 @@ impl<'a> Parser<'a> {
                 Err(e) => return Err(self.error_at(reader.error_position(), e.to_string())),
             };
             let end = reader.buffer_position();
-            let node = match event {
-                Event::Eof => break,
-                Event::Start(tag) | Event::Empty(tag) if root.is_some() => {
-                    let _ = tag;
+            let depth = stack.len() + skim.as_ref().map_or(0, |_| 1 + skim_open.len());
+            // What every element, skimmed or built, must pass.
+            match &event {
+                Event::Start(_) | Event::Empty(_) if root.is_some() => {
                     return Err(self.error_at(
                         start,
                         "content after the end of the root element (only one root is allowed)",
                     ));
                 }
-                Event::Start(_) | Event::Empty(_) if stack.len() >= MAX_DEPTH => {
+                Event::Start(_) | Event::Empty(_) if depth >= MAX_DEPTH => {
                     return Err(
                         self.error_at(start, format!("elements nested more than {MAX_DEPTH} deep"))
                     );
                 }
+                Event::Start(tag) | Event::Empty(tag) => {
+                    check_attributes(tag).map_err(|(at, m)| self.error_at(start + at, m))?;
+                }
+                Event::Decl(decl) => {
+                    if start != 0 {
+                        return Err(self.error_at(
+                            start,
+                            "an XML declaration is only allowed at the very start of the file",
+                        ));
+                    }
+                    check_declaration(decl).map_err(|m| self.error_at(start, m))?;
+                }
+                Event::DocType(doctype) => {
+                    if doctype.contains('[') {
+                        return Err(self.error_at(
+                            start,
+                            "a doctype with an internal subset (entity declarations) is not supported",
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            if let Some(skimmed) = &mut skim {
+                // Inside a skimmed element: the checks above and the
+                // reader's own, and the text of its child elements; no tree.
+                let level = skim_open.len();
+                match event {
+                    Event::Eof => break,
+                    Event::Start(tag) => {
+                        let name = offsets_in(text, tag_name(&tag)).unwrap_or((start as usize, start as usize));
+                        if level == 1 {
+                            skimmed.structured = true;
+                        }
+                        if level == 0 {
+                            skimmed.text = None;
+                            skimmed.structured = false;
+                        }
+                        skim_open.push(name);
+                    }
+                    Event::Empty(tag) => {
+                        if level == 1 {
+                            skimmed.structured = true;
+                        }
+                        if level == 0
+                            && let Some(skimmer) = skimmer.as_deref_mut()
+                        {
+                            skimmer.child(skimmed.slot, tag_name(&tag), Cow::Borrowed(""), false);
+                        }
+                    }
+                    Event::End(_) => match skim_open.pop() {
+                        Some((from, to)) => {
+                            if skim_open.is_empty()
+                                && let Some(skimmer) = skimmer.as_deref_mut()
+                            {
+                                let value = skimmed.text.take().unwrap_or(Cow::Borrowed(""));
+                                skimmer.child(
+                                    skimmed.slot,
+                                    &text[from..to],
+                                    value,
+                                    skimmed.structured,
+                                );
+                            }
+                        }
+                        None => {
+                            let Some(parent) = stack.last_mut() else {
+                                return Err(self.error_at(start, "closing tag without an opening tag"));
+                            };
+                            let raw = span(skimmed.start, end);
+                            let name_len = skimmed.name_len;
+                            let slot = skimmed.slot;
+                            skim = None;
+                            parent.children.push(Node::Lazy(Lazy {
+                                raw,
+                                name_len,
+                                slot,
+                            }));
+                        }
+                    },
+                    Event::Text(piece) => {
+                        let value = piece.xml10_content();
+                        if level == 1 {
+                            skimmed.add(value);
+                        }
+                    }
+                    Event::GeneralRef(reference) => {
+                        let value =
+                            resolve_reference(&reference).map_err(|m| self.error_at(start, m))?;
+                        if level == 1 {
+                            skimmed.add(Cow::Owned(value.to_string()));
+                        }
+                    }
+                    Event::CData(content) => {
+                        if level == 1 {
+                            let content: &str = &content;
+                            skimmed.add(match offsets_in(text, content) {
+                                Some((from, to)) => Cow::Borrowed(&text[from..to]),
+                                None => Cow::Owned(content.to_string()),
+                            });
+                        }
+                    }
+                    Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => {}
+                }
+                continue;
+            }
+            let node = match event {
+                Event::Eof => break,
                 Event::Start(tag) => {
-                    check_attributes(&tag).map_err(|(at, m)| self.error_at(start + at, m))?;
+                    let name = tag_name(&tag);
+                    if stack.len() == 1
+                        && let Some(skimmer) = skimmer.as_deref_mut()
+                        && skimmer.skims(name)
+                        && let Ok(name_len) = u32::try_from(name.len())
+                    {
+                        skim = Some(Skim {
+                            start,
+                            name_len,
+                            slot: skimmer.begin(),
+                            text: None,
+                            structured: false,
+                        });
+                        continue;
+                    }
+                    if stack.is_empty() {
+                        content_start = Some(end as usize);
+                    }
                     stack.push(Element {
-                        name: Str::within(&source, tag.name().as_ref()),
-                        attributes: Str::within(&source, tag.attributes_raw()),
+                        name: Str::within(source, name),
+                        attributes: Str::within(source, tag.attributes_raw()),
                         children: Vec::new(),
                         self_closing: false,
                     });
                     continue;
                 }
-                Event::Empty(tag) => {
-                    check_attributes(&tag).map_err(|(at, m)| self.error_at(start + at, m))?;
-                    Node::Element(Element {
-                        name: Str::within(&source, tag.name().as_ref()),
-                        attributes: Str::within(&source, tag.attributes_raw()),
-                        children: Vec::new(),
-                        self_closing: true,
-                    })
-                }
+                Event::Empty(tag) => Node::Element(Element {
+                    name: Str::within(source, tag_name(&tag)),
+                    attributes: Str::within(source, tag.attributes_raw()),
+                    children: Vec::new(),
+                    self_closing: true,
+                }),
                 Event::End(_) => match stack.pop() {
-                    Some(element) => Node::Element(element),
+                    Some(element) => {
+                        if stack.is_empty() {
+                            content_end = Some(start as usize);
+                        }
+                        Node::Element(element)
+                    }
                     None => return Err(self.error_at(start, "closing tag without an opening tag")),
                 },
-                Event::Text(text) => {
-                    if stack.is_empty() && !text.trim().is_empty() {
+                Event::Text(piece) => {
+                    if stack.is_empty() && !piece.trim().is_empty() {
                         let what = if root.is_some() {
                             "text after the end of the root element"
                         } else {
                             "text before the root element"
                         };
                         // Point at the stray text, not at the line break before it.
-                        let blank = text.len() - text.trim_start().len();
+                        let blank = piece.len() - piece.trim_start().len();
                         return Err(self.error_at(start + blank as u64, what));
                     }
-                    let value = match text.xml10_content() {
+                    let value = match piece.xml10_content() {
                         Cow::Borrowed(_) => None,
                         Cow::Owned(value) => Some(Str::new(&value)),
                     };
@@ -553,26 +863,9 @@ impl<'a> Parser<'a> {
                     if stack.is_empty() {
                         return Err(self.error_at(start, "CDATA outside the root element"));
                     }
-                    Node::CData(Str::within(&source, &content))
+                    Node::CData(Str::within(source, &content))
                 }
-                Event::Comment(_) | Event::PI(_) => Node::Markup(span(start, end)),
-                Event::Decl(decl) => {
-                    if start != 0 {
-                        return Err(self.error_at(
-                            start,
-                            "an XML declaration is only allowed at the very start of the file",
-                        ));
-                    }
-                    check_declaration(&decl).map_err(|m| self.error_at(start, m))?;
-                    Node::Markup(span(start, end))
-                }
-                Event::DocType(doctype) => {
-                    if doctype.contains('[') {
-                        return Err(self.error_at(
-                            start,
-                            "a doctype with an internal subset (entity declarations) is not supported",
-                        ));
-                    }
+                Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => {
                     Node::Markup(span(start, end))
                 }
             };
@@ -585,22 +878,81 @@ impl<'a> Parser<'a> {
                 },
             }
         }
+        if let Some(skimmed) = &skim {
+            let name = match skim_open.last() {
+                Some(&(from, to)) => &text[from..to],
+                None => {
+                    let at = skimmed.start as usize + 1;
+                    &text[at..at + skimmed.name_len as usize]
+                }
+            };
+            return Err(self.error_at(
+                text.len() as u64,
+                format!("the file ends inside <{name}> (truncated?)"),
+            ));
+        }
         if let Some(open) = stack.last() {
             return Err(self.error_at(
-                self.text.len() as u64,
+                text.len() as u64,
                 format!("the file ends inside <{}> (truncated?)", open.name),
             ));
         }
         let Some(root) = root else {
-            return Err(self.error_at(self.text.len() as u64, "no root element"));
+            return Err(self.error_at(text.len() as u64, "no root element"));
         };
+        let base = self.offset;
+        let origin = content_start
+            .zip(content_end)
+            .map(|(from, to)| (Arc::clone(source), base + from, base + to));
         Ok(Document {
             bom: self.bom,
             prolog,
             root,
             epilog,
+            origin,
         })
     }
+}
+
+/// The element being skimmed: where it starts, its name's length, its slot,
+/// and the text and nesting of its child element that is open.
+struct Skim<'a> {
+    start: u64,
+    name_len: u32,
+    slot: u32,
+    text: Option<Cow<'a, str>>,
+    structured: bool,
+}
+
+impl<'a> Skim<'a> {
+    /// A piece of the open child's text: a span of the source while it is
+    /// one piece, a string of its own when pieces join.
+    fn add(&mut self, piece: Cow<'a, str>) {
+        self.text = Some(match self.text.take() {
+            None => piece,
+            Some(before) => {
+                let mut joined = before.into_owned();
+                joined.push_str(&piece);
+                Cow::Owned(joined)
+            }
+        });
+    }
+}
+
+fn tag_name<'t>(tag: &'t quick_xml::events::BytesStart<'_>) -> &'t str {
+    tag.name().0
+}
+
+/// What [`Document::parse_lazy`] tells of the elements it skims.
+pub trait Skimmer {
+    /// Whether a child element of the root called `name` is skimmed: checked
+    /// like any other, but kept as its text ([`Lazy`]), not built.
+    fn skims(&mut self, name: &str) -> bool;
+    /// A skimmed element begins; its slot.
+    fn begin(&mut self) -> u32;
+    /// A child element of the skimmed element in `slot` ended: its name, its
+    /// text as [`Element::text`] reads it, and whether it holds elements.
+    fn child(&mut self, slot: u32, name: &str, text: Cow<'_, str>, structured: bool);
 }
 
 /// Text split by references arrives in pieces; keep one text node per run.
@@ -618,8 +970,8 @@ fn push_merged(children: &mut Vec<Node>, node: Node) {
                     start: next_start,
                     end: next_end,
                 },
-            ) if Rc::ptr_eq(source, next) && end == next_start => Str(Repr::Span {
-                source: Rc::clone(source),
+            ) if Arc::ptr_eq(source, next) && end == next_start => Str(Repr::Span {
+                source: Arc::clone(source),
                 start: *start,
                 end: *next_end,
             }),
