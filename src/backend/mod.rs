@@ -138,6 +138,14 @@ impl Store {
         }
     }
 
+    /// The lab, and the newest `count` committed events of `machine`,
+    /// oldest first (for `info`: reads only the end of the history).
+    pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
+        match self {
+            Store::File(store) => store.recent_events(machine, count),
+        }
+    }
+
     /// The committed events (all of them, or those numbered after `after`),
     /// oldest first, with the lab as it was when they were read.
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {

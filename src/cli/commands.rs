@@ -135,18 +135,11 @@ pub fn names(store: &Store) -> Result<()> {
 const INFO_EVENTS: usize = 5;
 
 pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Result<()> {
-    let (snapshot, events) = store.read_events(None)?;
+    let (snapshot, recent) = store.recent_events(machine, INFO_EVENTS)?;
     note_missing(store, &snapshot);
     let world = World::new(store, settings);
     let judge = world.judge();
     let view = MachineView::new(snapshot.lab.get(machine)?, &judge, || store.held(machine));
-    let mut recent: Vec<Event> = events
-        .into_iter()
-        .rev()
-        .filter(|e| e.machine == machine)
-        .take(INFO_EVENTS)
-        .collect();
-    recent.reverse();
     if json {
         print_json(&render::InfoView {
             machine: view,

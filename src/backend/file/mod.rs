@@ -347,6 +347,21 @@ impl FileStore {
         Ok((loaded.snapshot(), events))
     }
 
+    /// The lab, and the newest `count` committed events of `machine`
+    /// (oldest first), read from the end of the log under the shared lock.
+    pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
+        let like = self.metadata()?;
+        if like.is_none() {
+            return Ok((Snapshot::missing(), Vec::new()));
+        }
+        let _lock = self.lab_lock(Mode::Shared, like.as_ref())?;
+        let loaded = self.load()?;
+        let events = self
+            .history()
+            .recent(machine, count, loaded.doc.pending_events())?;
+        Ok((loaded.snapshot(), events))
+    }
+
     fn load(&self) -> Result<Loaded> {
         let Some(mut file) = self.open_state()? else {
             return Ok(Loaded {
