@@ -97,6 +97,9 @@ fn stdout_is_terminal() -> bool {
 pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
     let lab = read(store)?;
     let world = World::new(store, settings);
+    world
+        .processes
+        .probe_all(lab.machines().filter_map(|m| m.job()?.pid));
     let judge = world.judge();
     let held = store.held_job_locks();
     let views: Vec<MachineView> = lab
