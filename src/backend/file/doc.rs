@@ -51,11 +51,18 @@ pub struct XmlLab {
 struct Machines<'s> {
     source: &'s Source,
     list: Vec<Machine>,
+    /// The field that came after the last one told: machines list their
+    /// fields in one order, so this is nearly always the next.
+    next: usize,
 }
 
 impl Skimmer for Machines<'_> {
     fn skims(&mut self, name: &str) -> bool {
         name == MACHINE
+    }
+
+    fn reset(&mut self) {
+        self.list.clear();
     }
 
     fn begin(&mut self) -> u32 {
@@ -64,12 +71,21 @@ impl Skimmer for Machines<'_> {
     }
 
     fn child(&mut self, slot: u32, name: &str, text: Cow<'_, str>, structured: bool) {
-        let Some(field) = Field::from_tag(name) else {
-            return;
+        let field = match Field::ALL.get(self.next) {
+            Some(&field) if field.tag() == name => field,
+            _ => match Field::from_tag(name) {
+                Some(field) => field,
+                None => return,
+            },
         };
+        self.next = field.index() + 1;
         let Some(machine) = self.list.get_mut(slot as usize) else {
             return;
         };
+        // An empty field is the empty span: any source has it.
+        if text.is_empty() && machine.read_span(field, 0, 0, structured) {
+            return;
+        }
         if let Cow::Borrowed(piece) = text
             && let Some((start, end)) = xml::offsets_in(self.source, piece)
             && machine.read_span(field, start, end, structured)
@@ -101,7 +117,9 @@ impl XmlLab {
     pub fn read(source: Source) -> Result<XmlLab, ParseError> {
         let mut machines = Machines {
             source: &source,
-            list: Vec::new(),
+            // A machine takes some 400 bytes of text or more.
+            list: Vec::with_capacity(source.len() / 400 + 1),
+            next: 0,
         };
         let doc = Document::parse_lazy(Arc::clone(&source), &mut machines)?;
         let machines = machines.list;
@@ -173,12 +191,12 @@ impl XmlLab {
     /// formed (see [`Document::write_checked`]: only what changed is
     /// parsed again), under the same root, with no two machines of one
     /// name.
-    pub fn render(&self) -> Result<String, ParseError> {
-        let text = self.doc.write_checked()?;
+    pub fn render(&self) -> Result<Vec<Cow<'_, str>>, ParseError> {
+        let pieces = self.doc.write_checked()?;
         if self.renamed {
             self.check_names()?;
         }
-        Ok(text)
+        Ok(pieces)
     }
 
     /// The lab as the engine sees it: each machine with the text of every

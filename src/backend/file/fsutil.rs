@@ -476,6 +476,19 @@ pub fn replace(
     like: Option<&Metadata>,
     xattrs_from: Option<&File>,
 ) -> Result<()> {
+    replace_with(target, temp, &[bytes], like, xattrs_from)
+}
+
+/// [`replace`] with the new content given as pieces, written one after the
+/// other (a large state file is mostly spans of the text it was read
+/// from, never copied into one buffer).
+pub fn replace_with(
+    target: &Path,
+    temp: &Path,
+    pieces: &[&[u8]],
+    like: Option<&Metadata>,
+    xattrs_from: Option<&File>,
+) -> Result<()> {
     let (dir, target_name) = Dir::of(target)?;
     let temp_name = temp
         .file_name()
@@ -488,8 +501,9 @@ pub fn replace(
             ))
         })?;
     let mut file = create_temp(temp)?;
-    let written = file
-        .write_all(bytes)
+    let written = pieces
+        .iter()
+        .try_for_each(|piece| file.write_all(piece))
         .map_err(|e| error("write", temp, e))
         .and_then(|()| make_like(&file, target, like, xattrs_from))
         .and_then(|()| file.sync_all().map_err(|e| error("write", temp, e)))

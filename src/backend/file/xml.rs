@@ -501,17 +501,17 @@ impl Document {
     /// both sides, inside a root of its own (`<r>` and `</r>` stand where
     /// the real root's tags stand, which are tags alike). Every node and
     /// every junction of the new content is then checked, in its context.
-    pub fn write_checked(&self) -> Result<String, ParseError> {
-        let text = self.write();
+    pub fn write_checked(&self) -> Result<Vec<Cow<'_, str>>, ParseError> {
+        let pieces = self.pieces();
         let Some((source, start, end)) = &self.origin else {
-            Document::parse(&text)?;
-            return Ok(text);
+            Document::parse(&pieces.concat())?;
+            return Ok(pieces);
         };
         let nodes = &self.root.children;
         if self.root.self_closing && nodes.is_empty() {
             // `<x/>` now, where the source had `<x>…</x>`.
-            Document::parse(&text)?;
-            return Ok(text);
+            Document::parse(&pieces.concat())?;
+            return Ok(pieces);
         }
         let spans: Vec<Option<(usize, usize)>> = nodes.iter().map(|n| n.span_in(source)).collect();
         // Which nodes to check again, as inclusive ranges of indices.
@@ -552,7 +552,79 @@ impl Document {
             window.push_str("</r>");
             Document::parse(&window)?;
         }
-        Ok(text)
+        Ok(pieces)
+    }
+
+    /// The document's text as pieces, in order: runs of unchanged nodes
+    /// as single spans of the source they were read from (no copy), and
+    /// what changed written anew. Writing them one after the other writes
+    /// [`Document::write`]'s text.
+    pub fn pieces(&self) -> Vec<Cow<'_, str>> {
+        let mut out = Pieces {
+            source: self.origin.as_ref().map(|(source, ..)| source),
+            parts: Vec::new(),
+            run: None,
+        };
+        if self.bom {
+            out.parts.push(Cow::Borrowed("\u{feff}"));
+        }
+        self.prolog.iter().for_each(|node| out.node(node));
+        let root = &self.root;
+        let mut tag = format!("<{}{}", root.name, root.attributes);
+        if root.children.is_empty() && root.self_closing {
+            tag.push_str("/>");
+            out.owned(tag);
+        } else {
+            tag.push('>');
+            out.owned(tag);
+            root.children.iter().for_each(|node| out.node(node));
+            out.owned(format!("</{}>", root.name));
+        }
+        self.epilog.iter().for_each(|node| out.node(node));
+        out.flush();
+        out.parts
+    }
+}
+
+/// [`Document::pieces`] being gathered: the run of source text not yet
+/// pushed.
+struct Pieces<'d> {
+    source: Option<&'d Source>,
+    parts: Vec<Cow<'d, str>>,
+    run: Option<(usize, usize)>,
+}
+
+impl<'d> Pieces<'d> {
+    fn node(&mut self, node: &'d Node) {
+        if let Some(source) = self.source
+            && let Some((start, end)) = node.span_in(source)
+            && source.get(start..end).is_some()
+        {
+            self.run = match self.run {
+                Some((from, to)) if to == start => Some((from, end)),
+                _ => {
+                    self.flush();
+                    Some((start, end))
+                }
+            };
+            return;
+        }
+        let mut text = String::new();
+        node.write(&mut text);
+        self.owned(text);
+    }
+
+    fn owned(&mut self, text: String) {
+        self.flush();
+        self.parts.push(Cow::Owned(text));
+    }
+
+    fn flush(&mut self) {
+        if let (Some(source), Some((from, to))) = (self.source, self.run.take())
+            && let Some(text) = source.get(from..to)
+        {
+            self.parts.push(Cow::Borrowed(text));
+        }
     }
 }
 
@@ -638,6 +710,17 @@ impl<'a> Parser<'a> {
             return Err(self.error_at(0, "the file is empty"));
         }
         let text = self.text;
+        if let Some(skimmer) = skimmer.as_deref_mut() {
+            let fast = Fast {
+                text,
+                bytes: text.as_bytes(),
+                source,
+            };
+            if let Some(doc) = fast.document(self.bom, self.offset, skimmer) {
+                return Ok(doc);
+            }
+            skimmer.reset();
+        }
         let span = |from: u64, to: u64| Str::within(source, &text[from as usize..to as usize]);
         let mut reader = Reader::from_str(text);
         let config = reader.config_mut();
@@ -948,11 +1031,328 @@ pub trait Skimmer {
     /// Whether a child element of the root called `name` is skimmed: checked
     /// like any other, but kept as its text ([`Lazy`]), not built.
     fn skims(&mut self, name: &str) -> bool;
+    /// Forgets every element told so far: the reading starts again.
+    fn reset(&mut self);
     /// A skimmed element begins; its slot.
     fn begin(&mut self) -> u32;
     /// A child element of the skimmed element in `slot` ended: its name, its
     /// text as [`Element::text`] reads it, and whether it holds elements.
     fn child(&mut self, slot: u32, name: &str, text: Cow<'_, str>, structured: bool);
+}
+
+/// The fast path of [`Document::parse_lazy`]: a scanner for the plain XML
+/// that mama and upstream write, several times quicker than the general
+/// reader on a large lab. It takes only what it knows the general reader
+/// takes the same way: an optional `<?xml version="1.0"?>` declaration
+/// (or with `encoding="UTF-8"`), white space, and elements without
+/// attributes whose names are plain ASCII, holding text with the five
+/// predefined entities and no `>`, no comments, processing instructions,
+/// CDATA or doctype, no carriage return anywhere, no text but white space
+/// outside the machines' fields. On anything else it answers `None`, and
+/// the general reader reads the file, with its exact errors. What it
+/// builds is what the general reader builds (the tests hold it to that):
+/// the same nodes, the same spans, the same fields told to the skimmer.
+struct Fast<'t> {
+    text: &'t str,
+    bytes: &'t [u8],
+    source: &'t Source,
+}
+
+const DECLARATIONS: [&str; 3] = [
+    "<?xml version=\"1.0\"?>",
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>",
+    "<?xml version=\"1.0\" encoding=\"utf-8\"?>",
+];
+
+/// The predefined entities, and what they stand for.
+const ENTITIES: [(&[u8], char); 5] = [
+    (b"&amp;", '&'),
+    (b"&lt;", '<'),
+    (b"&gt;", '>'),
+    (b"&quot;", '"'),
+    (b"&apos;", '\''),
+];
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n')
+}
+
+fn is_name_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_'
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+}
+
+impl<'t> Fast<'t> {
+    fn span(&self, from: usize, to: usize) -> Str {
+        Str::within(self.source, &self.text[from..to])
+    }
+
+    fn space_end(&self, mut at: usize) -> usize {
+        while at < self.bytes.len() && is_space(self.bytes[at]) {
+            at += 1;
+        }
+        at
+    }
+
+    /// A name at `at`: where it ends.
+    fn name_end(&self, at: usize) -> Option<usize> {
+        if !is_name_start(*self.bytes.get(at)?) {
+            return None;
+        }
+        let mut end = at + 1;
+        while end < self.bytes.len() && is_name_byte(self.bytes[end]) {
+            end += 1;
+        }
+        Some(end)
+    }
+
+    /// A start tag at `at` (its `<`): the name's end, where the tag ends,
+    /// and whether it is `<name/>`.
+    fn start_tag(&self, at: usize) -> Option<(usize, usize, bool)> {
+        let name_end = self.name_end(at + 1)?;
+        match self.bytes.get(name_end..name_end + 2)? {
+            [b'>', _] => Some((name_end, name_end + 1, false)),
+            b"/>" => Some((name_end, name_end + 2, true)),
+            _ => None,
+        }
+    }
+
+    /// An end tag at `at` closing the element named `bytes[from..to]`:
+    /// where it ends.
+    fn end_tag(&self, at: usize, from: usize, to: usize) -> Option<usize> {
+        let name = at + 2;
+        let close = name + (to - from);
+        (self.bytes.get(at + 1) == Some(&b'/')
+            && self.bytes.get(name..close)? == &self.bytes[from..to]
+            && self.bytes.get(close) == Some(&b'>'))
+        .then_some(close + 1)
+    }
+
+    /// Text from `at` up to the next `<`: where it ends, and whether it
+    /// holds entities.
+    fn text_run(&self, mut at: usize) -> Option<(usize, bool)> {
+        let mut entities = false;
+        loop {
+            match *self.bytes.get(at)? {
+                b'<' => return Some((at, entities)),
+                b'>' => return None,
+                b'&' => {
+                    let rest = &self.bytes[at..];
+                    let (entity, _) = ENTITIES.iter().find(|(e, _)| rest.starts_with(e))?;
+                    entities = true;
+                    at += entity.len();
+                }
+                _ => at += 1,
+            }
+        }
+    }
+
+    /// The text `from..to` as read: itself, or with its entities resolved.
+    fn value(&self, from: usize, to: usize, entities: bool) -> Cow<'t, str> {
+        let raw = &self.text[from..to];
+        if !entities {
+            return Cow::Borrowed(raw);
+        }
+        let mut value = String::with_capacity(raw.len());
+        let mut rest = raw;
+        while let Some(amp) = rest.find('&') {
+            value.push_str(&rest[..amp]);
+            rest = &rest[amp..];
+            match ENTITIES.iter().find(|(e, _)| rest.as_bytes().starts_with(e)) {
+                Some((entity, c)) => {
+                    value.push(*c);
+                    rest = &rest[entity.len()..];
+                }
+                None => {
+                    value.push('&');
+                    rest = &rest[1..];
+                }
+            }
+        }
+        value.push_str(rest);
+        Cow::Owned(value)
+    }
+
+    /// The content of an element opened at depth `depth` whose name is
+    /// `bytes[from..to]`, from `at` to its end tag: where that ends.
+    fn skip_content(&self, mut at: usize, from: usize, to: usize, depth: usize) -> Option<usize> {
+        let mut open = [(0usize, 0usize); MAX_DEPTH];
+        let mut level = 0;
+        open[0] = (from, to);
+        loop {
+            at = self.text_run(at)?.0;
+            if self.bytes.get(at + 1) == Some(&b'/') {
+                let (from, to) = open[level];
+                at = self.end_tag(at, from, to)?;
+                if level == 0 {
+                    return Some(at);
+                }
+                level -= 1;
+                continue;
+            }
+            let (name_end, end, empty) = self.start_tag(at)?;
+            if !empty {
+                if depth + level + 1 >= MAX_DEPTH - 1 {
+                    return None;
+                }
+                level += 1;
+                open[level] = (at + 1, name_end);
+            }
+            at = end;
+        }
+    }
+
+    /// The content from `at` of a skimmed element named `bytes[from..to]`,
+    /// telling `skimmer` the text of its child elements: where its end tag
+    /// ends.
+    fn skimmed(
+        &self,
+        mut at: usize,
+        (from, to): (usize, usize),
+        slot: u32,
+        skimmer: &mut dyn Skimmer,
+    ) -> Option<usize> {
+        loop {
+            at = self.text_run(at)?.0;
+            if self.bytes.get(at + 1) == Some(&b'/') {
+                return self.end_tag(at, from, to);
+            }
+            let (name_end, end, empty) = self.start_tag(at)?;
+            let (name_from, name_to) = (at + 1, name_end);
+            let name = &self.text[name_from..name_to];
+            if empty {
+                skimmer.child(slot, name, Cow::Borrowed(""), false);
+                at = end;
+                continue;
+            }
+            // A field: its own text, and whether it holds elements.
+            let mut text: Option<Cow<'t, str>> = None;
+            let mut structured = false;
+            at = end;
+            loop {
+                let (run_end, entities) = self.text_run(at)?;
+                if run_end > at {
+                    let piece = self.value(at, run_end, entities);
+                    text = Some(match text.take() {
+                        None => piece,
+                        Some(before) => Cow::Owned(before.into_owned() + &piece),
+                    });
+                }
+                at = run_end;
+                if self.bytes.get(at + 1) == Some(&b'/') {
+                    at = self.end_tag(at, name_from, name_to)?;
+                    break;
+                }
+                let (inner_end, end, empty) = self.start_tag(at)?;
+                structured = true;
+                at = if empty {
+                    end
+                } else {
+                    self.skip_content(end, at + 1, inner_end, 4)?
+                };
+            }
+            skimmer.child(slot, name, text.unwrap_or(Cow::Borrowed("")), structured);
+        }
+    }
+
+    fn document(&self, bom: bool, offset: usize, skimmer: &mut dyn Skimmer) -> Option<Document> {
+        let bytes = self.bytes;
+        if bytes.contains(&b'\r') {
+            return None;
+        }
+        let mut prolog = Vec::new();
+        let mut at = 0;
+        if let Some(decl) = DECLARATIONS.iter().find(|d| self.text.starts_with(*d)) {
+            prolog.push(Node::Markup(self.span(0, decl.len())));
+            at = decl.len();
+        }
+        let space = self.space_end(at);
+        if space > at {
+            prolog.push(whitespace_span(self.span(at, space)));
+        }
+        at = space;
+        if bytes.get(at) != Some(&b'<') {
+            return None;
+        }
+        let (root_name_end, root_end, empty) = self.start_tag(at)?;
+        if empty {
+            return None;
+        }
+        let (root_from, root_to) = (at + 1, root_name_end);
+        let content_start = root_end;
+        at = root_end;
+        // About two nodes a machine of some 400 bytes: reserved once, not
+        // grown by doubling (each doubling copies and touches new memory).
+        let mut children = Vec::with_capacity(bytes.len() / 200 + 4);
+        let content_end = loop {
+            let space = self.space_end(at);
+            if space > at {
+                children.push(whitespace_span(self.span(at, space)));
+            }
+            at = space;
+            if bytes.get(at) != Some(&b'<') {
+                return None;
+            }
+            if bytes.get(at + 1) == Some(&b'/') {
+                let end = self.end_tag(at, root_from, root_to)?;
+                let content_end = at;
+                at = end;
+                break content_end;
+            }
+            let start = at;
+            let (name_end, end, empty) = self.start_tag(at)?;
+            if !empty && skimmer.skims(&self.text[start + 1..name_end]) {
+                let slot = skimmer.begin();
+                at = self.skimmed(end, (start + 1, name_end), slot, skimmer)?;
+                children.push(Node::Lazy(Lazy {
+                    raw: self.span(start, at),
+                    name_len: u32::try_from(name_end - start - 1).ok()?,
+                    slot,
+                }));
+                continue;
+            }
+            at = if empty {
+                end
+            } else {
+                self.skip_content(end, start + 1, name_end, 2)?
+            };
+            // Few and small (mama's own <event_seq>, <pending_events>):
+            // built as the general reader builds them.
+            let element = Document::parse(&self.text[start..at]).ok()?.root;
+            children.push(Node::Element(element));
+        };
+        let mut epilog = Vec::new();
+        let space = self.space_end(at);
+        if space > at {
+            epilog.push(whitespace_span(self.span(at, space)));
+        }
+        if space != bytes.len() {
+            return None;
+        }
+        Some(Document {
+            bom,
+            prolog,
+            root: Element {
+                name: self.span(root_from, root_to),
+                attributes: self.span(root_to, root_to),
+                children,
+                self_closing: false,
+            },
+            epilog,
+            origin: Some((
+                Arc::clone(self.source),
+                offset + content_start,
+                offset + content_end,
+            )),
+        })
+    }
+}
+
+fn whitespace_span(raw: Str) -> Node {
+    Node::Text { raw, value: None }
 }
 
 /// Text split by references arrives in pieces; keep one text node per run.
