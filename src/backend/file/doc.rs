@@ -565,7 +565,17 @@ mod damaged_file_tests {
             let Ok(text) = std::str::from_utf8(&bytes) else {
                 continue;
             };
-            if let Ok(mut doc) = XmlLab::parse(text) {
+            let lazy = XmlLab::parse(text);
+            // The lazy reading refuses what the tree refuses, saying the same.
+            match (&lazy, XmlLab::parse_eager(text)) {
+                (Ok(lazy), Ok(eager)) => {
+                    let machines = |lab: &XmlLab| lab.model().machines().cloned().collect::<Vec<_>>();
+                    assert_eq!(machines(lazy), machines(&eager), "seed {seed}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a, &b, "seed {seed}"),
+                (a, b) => panic!("seed {seed}: lazy {:?}, eager {:?}", a.is_ok(), b.is_ok()),
+            }
+            if let Ok(mut doc) = lazy {
                 read += 1;
                 // Unchanged, a lab writes back the very text it was read from.
                 let lab = doc.model();
@@ -577,5 +587,309 @@ mod damaged_file_tests {
             }
         }
         assert!(read > 100, "only {read} damaged files were still readable");
+    }
+}
+
+/// The lazy reading (machines skimmed, the plain-file scanner, the proof of
+/// only what changed) held to the eager tree it replaces: random labs read
+/// alike, and random edits write the same file.
+#[cfg(test)]
+mod lazy_tests {
+    use super::*;
+    use crate::model::JobRecord;
+    use crate::model::event::Kind;
+
+    /// A small deterministic generator (xorshift64*), so failures replay.
+    struct Prng(u64);
+
+    impl Prng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+
+        /// True one time in `n`.
+        fn one_in(&mut self, n: usize) -> bool {
+            self.below(n) == 0
+        }
+    }
+
+    /// Field contents as files hold them: plain (the scanner's), and what
+    /// sends the reading to the general reader.
+    const CONTENTS: &[&str] = &[
+        "",
+        "",
+        "plain",
+        "x86_64",
+        "console=ttyS0,115200",
+        "a &amp; b",
+        "&lt;tag&gt; &quot;q&quot; &apos;a&apos;",
+        "é ✓ 𝄞",
+        "two\nlines",
+        " padded ",
+        "&#233;&#x41;",
+        "cr\r\nlf",
+        "<![CDATA[<raw & stuff>]]>",
+        "a<!-- note -->b",
+        "t<sub>u</sub>v",
+        "<sub/>",
+        "x > y",
+        "<?pi data?>",
+    ];
+
+    const WHITE: &[&str] = &["\n  ", "\n  ", "\n\t", " ", "", "\n\n  ", "\r\n  "];
+
+    fn machine(rng: &mut Prng, n: usize, out: &mut String) {
+        let indent = rng.pick(&["\n    ", "\n    ", "\n\t\t", ""]);
+        out.push_str("<machine>");
+        let mut fields: Vec<&str> = Field::ALL.iter().map(|f| f.tag()).collect();
+        if rng.one_in(3) {
+            fields.retain(|_| !rng.one_in(4));
+        }
+        if rng.one_in(5) {
+            let at = rng.below(fields.len() + 1);
+            fields.insert(at, rng.pick(&["custom", "os", "extra"]));
+        }
+        if rng.one_in(4) {
+            let (a, b) = (rng.below(fields.len()), rng.below(fields.len()));
+            fields.swap(a, b);
+        }
+        for tag in fields {
+            out.push_str(indent);
+            if rng.one_in(30) {
+                out.push_str("<!-- c -->");
+            }
+            let content = match tag {
+                "name" if rng.one_in(6) => format!("m&amp;{n}"),
+                "name" => format!("m{n}"),
+                "mac" => format!("aa:bb:cc:dd:{:02x}:{:02x}", n / 256 % 256, n % 256),
+                _ => rng.pick(CONTENTS).to_string(),
+            };
+            if content.is_empty() && rng.one_in(2) {
+                out.push_str(&format!("<{tag}/>"));
+            } else if tag == "custom" && rng.one_in(2) {
+                out.push_str(&format!("<{tag} a=\"1\">{content}</{tag}>"));
+            } else {
+                out.push_str(&format!("<{tag}>{content}</{tag}>"));
+            }
+        }
+        out.push_str(indent.get(..indent.len().saturating_sub(2)).unwrap_or(""));
+        out.push_str("</machine>");
+    }
+
+    /// A random state file: mostly plain, now and then with what only the
+    /// general reader takes.
+    fn random_lab(rng: &mut Prng) -> String {
+        let mut out = String::new();
+        if rng.one_in(20) {
+            out.push('\u{feff}');
+        }
+        out.push_str(rng.pick(&[
+            "<?xml version=\"1.0\"?>\n",
+            "<?xml version=\"1.0\"?>\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+            "",
+            "<?xml version='1.0'?>\n<!-- lab -->\n",
+        ]));
+        out.push_str(if rng.one_in(15) {
+            "<settings version=\"2\">"
+        } else {
+            "<settings>"
+        });
+        let machines = rng.below(8);
+        for n in 0..machines {
+            out.push_str(rng.pick(WHITE));
+            match rng.below(25) {
+                0 => out.push_str("<resource><name>pdu</name></resource>"),
+                1 => out.push_str("<!-- top -->"),
+                2 => out.push_str("<machine/>"),
+                3 => out.push_str("<machine><mac>00:11</mac></machine>"),
+                _ => {}
+            }
+            out.push_str(rng.pick(WHITE));
+            machine(rng, n, &mut out);
+        }
+        if rng.one_in(3) {
+            out.push_str("\n  <event_seq>7</event_seq>");
+        }
+        if rng.one_in(4) {
+            out.push_str("\n  <pending_events>{\"seq\":7,\"time\":1,\"machine\":\"m0\",\"event\":\"set\",\"job\":null,\"pid\":null,\"user\":\"u\",\"host\":\"h\",\"detail\":\"os=a&amp;b\"}\n</pending_events>");
+        }
+        out.push_str(rng.pick(&["\n", "", "\n  "]));
+        out.push_str("</settings>");
+        out.push_str(rng.pick(&["\n", "", "\n\n", "\n<!-- end -->\n"]));
+        out
+    }
+
+    const VALUES: &[&str] = &[
+        "",
+        "fedora",
+        "a & b",
+        "<x>",
+        "q\"'",
+        "]]>",
+        "cr\rhere",
+        "two\nlines",
+        "é",
+        "  spaced  ",
+    ];
+
+    /// Random changes a transaction makes, through the model.
+    fn random_changes(rng: &mut Prng, lab: &mut Lab, added: &mut usize) {
+        for _ in 0..rng.below(6) {
+            let names: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
+            let name = names
+                .get(rng.below(names.len().max(1)))
+                .cloned()
+                .unwrap_or_default();
+            let field = Field::ALL[rng.below(Field::ALL.len())];
+            let _ = match rng.below(7) {
+                0 | 1 => lab
+                    .get_mut(&name)
+                    .and_then(|mut m| m.set(field, rng.pick(VALUES))),
+                2 => lab.get_mut(&name).and_then(|mut m| m.clear(field)),
+                3 => lab.get_mut(&name).and_then(|mut m| {
+                    m.set_job(&JobRecord {
+                        label: rng.pick(VALUES).to_string(),
+                        pid: Some(rng.below(100_000) as u32 + 1),
+                        timestamp: Some(1_700_000_000),
+                        host: rng.one_in(2).then(|| "host".to_string()),
+                        origin: None,
+                    })
+                }),
+                4 => lab.get_mut(&name).and_then(|mut m| m.clear_job()),
+                5 => {
+                    *added += 1;
+                    lab.add(&NewMachine {
+                        name: format!("new{added}"),
+                        mac: format!("02:00:00:00:{:02x}:{:02x}", *added / 256, *added % 256),
+                        ip: String::new(),
+                        only_vm: rng.one_in(2),
+                        resources: String::new(),
+                    })
+                }
+                _ => lab.remove(&name),
+            };
+        }
+    }
+
+    #[test]
+    fn random_labs_read_lazily_as_the_tree_reads_them() {
+        let mut rng = Prng(0x9E37_79B9_7F4A_7C15);
+        let mut plain = 0;
+        for round in 0..1000 {
+            let text = random_lab(&mut rng);
+            let lazy = XmlLab::parse(&text);
+            let eager = XmlLab::parse_eager(&text);
+            match (lazy, eager) {
+                (Ok(lazy), Ok(eager)) => {
+                    let machines = |lab: &XmlLab| lab.model().machines().cloned().collect::<Vec<_>>();
+                    assert_eq!(machines(&lazy), machines(&eager), "round {round}: {text}");
+                    assert_eq!(lazy.to_xml(), text, "round {round}");
+                    assert_eq!(lazy.render().unwrap().concat(), text, "round {round}");
+                    assert_eq!(lazy.event_seq(), eager.event_seq());
+                    assert_eq!(lazy.pending_events(), eager.pending_events());
+                    if lazy.doc.root.children.iter().any(|n| matches!(n, Node::Lazy(_))) {
+                        plain += 1;
+                    }
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "round {round}: {text}"),
+                (a, b) => panic!(
+                    "round {round}: lazy {:?}, eager {:?}: {text}",
+                    a.err(),
+                    b.err()
+                ),
+            }
+        }
+        assert!(plain > 250, "only {plain} labs had skimmed machines");
+    }
+
+    #[test]
+    fn random_edits_write_what_the_tree_writes() {
+        let mut rng = Prng(0xDEAD_BEEF_CAFE_F00D);
+        let mut added = 0;
+        let mut edited = 0;
+        for round in 0..400 {
+            let text = random_lab(&mut rng);
+            let (Ok(mut lazy), Ok(mut eager)) = (XmlLab::parse(&text), XmlLab::parse_eager(&text))
+            else {
+                continue;
+            };
+            // Several transactions in a row, each read from the last's text.
+            for step in 0..3 {
+                let mut lab = lazy.model();
+                random_changes(&mut rng, &mut lab, &mut added);
+                lazy.apply(lab.changes()).unwrap();
+                eager.apply(lab.changes()).unwrap();
+                if rng.one_in(2) {
+                    let seq = rng.below(1000) as u64;
+                    lazy.set_event_seq(seq);
+                    eager.set_event_seq(seq);
+                }
+                if rng.one_in(3) {
+                    let events: Vec<Event> = (0..rng.below(3))
+                        .map(|i| Event::new(Kind::Set, "m0").detail(format!("os=<{i}>&")))
+                        .collect();
+                    lazy.set_pending_events(&events).unwrap();
+                    eager.set_pending_events(&events).unwrap();
+                }
+                let want = eager.to_xml();
+                if let Err(refused) = XmlLab::parse_eager(&want) {
+                    // (A random rename may give two machines one name.)
+                    let err = lazy.render().err();
+                    assert_eq!(err, Some(refused), "round {round}.{step}: {want}");
+                    break;
+                }
+                let got = lazy
+                    .render()
+                    .unwrap_or_else(|e| panic!("round {round}.{step}: {e}: {want}"))
+                    .concat();
+                assert_eq!(got, want, "round {round}.{step}: from {text}");
+                // What was written reads back as the lab the changes made.
+                let again = XmlLab::parse_eager(&got).unwrap();
+                assert_eq!(again.model().machines().count(), lab.machines().count());
+                for (read, made) in again.model().machines().zip(lab.machines()) {
+                    for field in Field::ALL {
+                        assert_eq!(read.get(field), made.get(field), "{field:?}: {got}");
+                    }
+                }
+                edited += usize::from(lab.is_changed());
+                lazy = XmlLab::parse(&got).unwrap();
+                eager = XmlLab::parse_eager(&got).unwrap();
+            }
+        }
+        assert!(edited > 300, "only {edited} transactions changed anything");
+    }
+
+    #[test]
+    fn a_proof_of_what_changed_catches_a_broken_piece() {
+        let text = "<?xml version=\"1.0\"?>\n<settings>\n  <machine>\n    <name>a</name>\n  </machine>\n  <machine>\n    <name>b</name>\n  </machine>\n</settings>\n";
+        let mut lab = XmlLab::parse(text).unwrap();
+        let mut model = lab.model();
+        model.get_mut("b").unwrap().set(Field::Os, "x").unwrap();
+        lab.apply(model.changes()).unwrap();
+        assert!(lab.render().is_ok());
+        // A piece mama never makes: a bare `<` in a changed machine.
+        let Some(Node::Element(b)) = lab.doc.root.children.iter_mut().rev().find(|n| n.is_element())
+        else {
+            panic!("machine b was built");
+        };
+        b.children.push(Node::Markup(xml::Str::new("<broken")));
+        let err = lab.render().unwrap_err();
+        assert!(!err.message.is_empty());
+        // And a junction mama never makes: a machine run into its neighbour's text.
+        let mut lab = XmlLab::parse(text).unwrap();
+        lab.doc.root.children.insert(2, Node::Markup(xml::Str::new("<!-- a -- b -->")));
+        assert!(lab.render().is_err());
     }
 }

@@ -1643,6 +1643,63 @@ mod tests {
         assert_eq!(doc.write(), "<s>\n</s>");
     }
 
+    /// Tells nothing; skims `<m>`.
+    struct SkimM(u32);
+
+    impl Skimmer for SkimM {
+        fn skims(&mut self, name: &str) -> bool {
+            name == "m"
+        }
+        fn reset(&mut self) {
+            self.0 = 0;
+        }
+        fn begin(&mut self) -> u32 {
+            self.0 += 1;
+            self.0 - 1
+        }
+        fn child(&mut self, _: u32, _: &str, _: Cow<'_, str>, _: bool) {}
+    }
+
+    #[test]
+    fn the_fast_path_takes_plain_files_and_leaves_the_rest_to_the_reader() {
+        let fast = |text: &str| {
+            let source: Source = Arc::new(text.to_string());
+            let parser = Parser::new(&source);
+            let fast = Fast {
+                text: parser.text,
+                bytes: parser.text.as_bytes(),
+                source: &source,
+            };
+            let found = fast.document(parser.bom, parser.offset, &mut SkimM(0));
+            let general = Document::parse_lazy(Arc::clone(&source), &mut SkimM(0));
+            if let Some(doc) = &found {
+                assert_eq!(Ok(doc), general.as_ref(), "{text}");
+                assert_eq!(doc.write(), text);
+            }
+            found.is_some()
+        };
+        let plain = "<?xml version=\"1.0\"?>\n<s>\n  <m>\n    <a>x &amp; y</a>\n    <b/>\n    <c>t<d>u</d>v</c>\n  </m>\n  <e>1</e>\n  <m><a/></m>\n</s>\n";
+        assert!(fast(plain));
+        assert!(fast("\u{feff}<s><m/></s>"));
+        for other in [
+            plain.replace("<b/>", "<b a=\"1\"/>"),
+            plain.replace("<b/>", "<!-- b -->"),
+            plain.replace("<b/>", "<![CDATA[b]]>"),
+            plain.replace("\n  <e>", "\r\n  <e>"),
+            plain.replace("x &amp; y", "x &#38; y"),
+            plain.replace("x &amp; y", "x > y"),
+            plain.replace("</e>", "</f>"),
+            plain.replace("<s>", "<s/>").replace("</s>", ""),
+            plain.replace("version=\"1.0\"", "version='1.0'"),
+            plain.replace("\n</s>\n", "\n</s>\nx"),
+            plain.replace("<a>x", "<a>é x"),
+        ] {
+            let took = fast(&other);
+            // Only the last of these is plain.
+            assert_eq!(took, other.contains('é'), "{other}");
+        }
+    }
+
     /// A small deterministic generator (xorshift), so failures replay.
     struct Rng(u64);
 
