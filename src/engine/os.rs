@@ -225,7 +225,9 @@ impl Processes {
     pub fn probe_all(&self, pids: impl IntoIterator<Item = u32>) {
         let mut todo: Vec<u32> = {
             let probed = self.probed.borrow();
-            pids.into_iter().filter(|pid| !probed.contains_key(pid)).collect()
+            pids.into_iter()
+                .filter(|pid| !probed.contains_key(pid))
+                .collect()
         };
         todo.sort_unstable();
         todo.dedup();
@@ -237,7 +239,9 @@ impl Processes {
             .min(todo.len() / PIDS_A_THREAD)
             .max(1);
         let found: Vec<(u32, Probe)> = if threads == 1 {
-            todo.iter().map(|&pid| (pid, Processes::probe_now(pid))).collect()
+            todo.iter()
+                .map(|&pid| (pid, Processes::probe_now(pid)))
+                .collect()
         } else {
             let chunk = todo.len().div_ceil(threads);
             std::thread::scope(|scope| {

@@ -178,7 +178,13 @@ impl Machine {
         let slot = &mut self.fields[field.index()];
         *slot = match (text, *slot) {
             (None, _) => Slot::ABSENT,
-            (Some(text), Slot { start: u32::MAX, end }) if end > 0 && (end as usize) <= self.owned.len() => {
+            (
+                Some(text),
+                Slot {
+                    start: u32::MAX,
+                    end,
+                },
+            ) if end > 0 && (end as usize) <= self.owned.len() => {
                 self.owned[end as usize - 1] = text;
                 *slot
             }

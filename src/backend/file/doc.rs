@@ -211,9 +211,7 @@ impl XmlLab {
                     Node::Lazy(lazy) if lazy.name() == MACHINE => {
                         self.machines.get(lazy.slot as usize).cloned()
                     }
-                    Node::Element(element) if element.name == MACHINE => {
-                        Some(machine_of(element))
-                    }
+                    Node::Element(element) if element.name == MACHINE => Some(machine_of(element)),
                     _ => None,
                 })
                 .collect(),
@@ -569,7 +567,8 @@ mod damaged_file_tests {
             // The lazy reading refuses what the tree refuses, saying the same.
             match (&lazy, XmlLab::parse_eager(text)) {
                 (Ok(lazy), Ok(eager)) => {
-                    let machines = |lab: &XmlLab| lab.model().machines().cloned().collect::<Vec<_>>();
+                    let machines =
+                        |lab: &XmlLab| lab.model().machines().cloned().collect::<Vec<_>>();
                     assert_eq!(machines(lazy), machines(&eager), "seed {seed}");
                 }
                 (Err(a), Err(b)) => assert_eq!(a, &b, "seed {seed}"),
@@ -793,13 +792,20 @@ mod lazy_tests {
             let eager = XmlLab::parse_eager(&text);
             match (lazy, eager) {
                 (Ok(lazy), Ok(eager)) => {
-                    let machines = |lab: &XmlLab| lab.model().machines().cloned().collect::<Vec<_>>();
+                    let machines =
+                        |lab: &XmlLab| lab.model().machines().cloned().collect::<Vec<_>>();
                     assert_eq!(machines(&lazy), machines(&eager), "round {round}: {text}");
                     assert_eq!(lazy.to_xml(), text, "round {round}");
                     assert_eq!(lazy.render().unwrap().concat(), text, "round {round}");
                     assert_eq!(lazy.event_seq(), eager.event_seq());
                     assert_eq!(lazy.pending_events(), eager.pending_events());
-                    if lazy.doc.root.children.iter().any(|n| matches!(n, Node::Lazy(_))) {
+                    if lazy
+                        .doc
+                        .root
+                        .children
+                        .iter()
+                        .any(|n| matches!(n, Node::Lazy(_)))
+                    {
                         plain += 1;
                     }
                 }
@@ -880,7 +886,13 @@ mod lazy_tests {
         lab.apply(model.changes()).unwrap();
         assert!(lab.render().is_ok());
         // A piece mama never makes: a bare `<` in a changed machine.
-        let Some(Node::Element(b)) = lab.doc.root.children.iter_mut().rev().find(|n| n.is_element())
+        let Some(Node::Element(b)) = lab
+            .doc
+            .root
+            .children
+            .iter_mut()
+            .rev()
+            .find(|n| n.is_element())
         else {
             panic!("machine b was built");
         };
@@ -889,7 +901,10 @@ mod lazy_tests {
         assert!(!err.message.is_empty());
         // And a junction mama never makes: a machine run into its neighbour's text.
         let mut lab = XmlLab::parse(text).unwrap();
-        lab.doc.root.children.insert(2, Node::Markup(xml::Str::new("<!-- a -- b -->")));
+        lab.doc
+            .root
+            .children
+            .insert(2, Node::Markup(xml::Str::new("<!-- a -- b -->")));
         assert!(lab.render().is_err());
     }
 }

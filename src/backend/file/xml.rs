@@ -315,10 +315,7 @@ impl Element {
 
     /// Appends `element` after the last child element, on its own line.
     pub fn push_element(&mut self, element: Element, indent: &str) {
-        let last = self
-            .children
-            .iter()
-            .rposition(Node::is_element);
+        let last = self.children.iter().rposition(Node::is_element);
         self.insert_element(last, element, indent);
     }
 
@@ -333,10 +330,7 @@ impl Element {
 
     /// The white space before the last child element, e.g. "\n    ".
     fn sibling_indent(&self) -> Option<String> {
-        let last = self
-            .children
-            .iter()
-            .rposition(Node::is_element)?;
+        let last = self.children.iter().rposition(Node::is_element)?;
         match last.checked_sub(1).map(|i| &self.children[i]) {
             Some(Node::Text { raw, .. }) if raw.trim().is_empty() => Some(raw.to_string()),
             _ => None,
@@ -459,7 +453,10 @@ impl Document {
     /// The document as text; for a parsed, unchanged document, the very
     /// bytes it was read from.
     pub fn write(&self) -> String {
-        let size = self.origin.as_ref().map_or(4096, |(source, ..)| source.len() + 4096);
+        let size = self
+            .origin
+            .as_ref()
+            .map_or(4096, |(source, ..)| source.len() + 4096);
         let mut out = String::with_capacity(size);
         if self.bom {
             out.push('\u{feff}');
@@ -527,7 +524,9 @@ impl Document {
             }
             let joined_before = match i.checked_sub(1) {
                 None => span.is_some_and(|(from, _)| from == *start),
-                Some(prev) => matches!((spans[prev], span), (Some((_, a)), Some((b, _))) if a == *b),
+                Some(prev) => {
+                    matches!((spans[prev], span), (Some((_, a)), Some((b, _))) if a == *b)
+                }
             };
             if !joined_before {
                 mark(i.saturating_sub(1), i, &mut check);
@@ -792,7 +791,8 @@ impl<'a> Parser<'a> {
                 match event {
                     Event::Eof => break,
                     Event::Start(tag) => {
-                        let name = offsets_in(text, tag_name(&tag)).unwrap_or((start as usize, start as usize));
+                        let name = offsets_in(text, tag_name(&tag))
+                            .unwrap_or((start as usize, start as usize));
                         if level == 1 {
                             skimmed.structured = true;
                         }
@@ -828,7 +828,9 @@ impl<'a> Parser<'a> {
                         }
                         None => {
                             let Some(parent) = stack.last_mut() else {
-                                return Err(self.error_at(start, "closing tag without an opening tag"));
+                                return Err(
+                                    self.error_at(start, "closing tag without an opening tag")
+                                );
                             };
                             let raw = span(skimmed.start, end);
                             let name_len = skimmed.name_len;
@@ -1161,7 +1163,10 @@ impl<'t> Fast<'t> {
         while let Some(amp) = rest.find('&') {
             value.push_str(&rest[..amp]);
             rest = &rest[amp..];
-            match ENTITIES.iter().find(|(e, _)| rest.as_bytes().starts_with(e)) {
+            match ENTITIES
+                .iter()
+                .find(|(e, _)| rest.as_bytes().starts_with(e))
+            {
                 Some((entity, c)) => {
                     value.push(*c);
                     rest = &rest[entity.len()..];
