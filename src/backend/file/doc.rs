@@ -40,11 +40,61 @@ const PENDING_EVENTS: &str = "pending_events";
 #[derive(Debug, Clone)]
 pub struct XmlLab {
     doc: Document,
-    /// The skimmed machines as read, by slot.
+    /// The skimmed machines as read, by slot (until
+    /// [`XmlLab::take_model`] takes them).
     machines: Vec<Machine>,
+    /// Their names, by slot, for finding them once the machines are taken.
+    names: Names,
     /// Whether a change added or renamed a machine (then the names are
     /// checked again before writing).
     renamed: bool,
+}
+
+/// The names of the skimmed machines, by slot: spans of the source (eight
+/// bytes a machine), or, for a name written with references, a string.
+#[derive(Debug, Clone, Default)]
+struct Names {
+    source: Option<Source>,
+    spans: Vec<(u32, u32)>,
+    odd: Vec<String>,
+}
+
+/// A slot without a name.
+const NO_NAME: (u32, u32) = (u32::MAX, u32::MAX);
+
+impl Names {
+    fn of(source: &Source, machines: &[Machine]) -> Names {
+        let mut names = Names {
+            source: Some(Arc::clone(source)),
+            spans: Vec::with_capacity(machines.len()),
+            odd: Vec::new(),
+        };
+        for machine in machines {
+            let span = match machine.has(Field::Name) {
+                false => NO_NAME,
+                true => match xml::offsets_in(source, machine.name())
+                    .and_then(|(a, b)| Some((u32::try_from(a).ok()?, u32::try_from(b).ok()?)))
+                {
+                    Some(span) if span.0 != u32::MAX => span,
+                    _ => {
+                        names.odd.push(machine.name().to_string());
+                        (u32::MAX, (names.odd.len() - 1) as u32)
+                    }
+                },
+            };
+            names.spans.push(span);
+        }
+        names
+    }
+
+    /// The name of the machine in `slot`; `None` when it has none.
+    fn get(&self, slot: u32) -> Option<&str> {
+        match *self.spans.get(slot as usize)? {
+            NO_NAME => None,
+            (u32::MAX, at) => self.odd.get(at as usize).map(String::as_str),
+            (from, to) => self.source.as_ref()?.get(from as usize..to as usize),
+        }
+    }
 }
 
 /// Reads the fields of skimmed machines into [`Machine`]s.
@@ -102,6 +152,7 @@ impl XmlLab {
         XmlLab {
             doc: Document::new(Element::new(ROOT)),
             machines: Vec::new(),
+            names: Names::default(),
             renamed: false,
         }
     }
@@ -125,6 +176,7 @@ impl XmlLab {
         let machines = machines.list;
         XmlLab::checked(XmlLab {
             doc,
+            names: Names::of(&source, &machines),
             machines,
             renamed: false,
         })
@@ -137,6 +189,7 @@ impl XmlLab {
         XmlLab::checked(XmlLab {
             doc: Document::parse(text)?,
             machines: Vec::new(),
+            names: Names::default(),
             renamed: false,
         })
     }
@@ -161,10 +214,9 @@ impl XmlLab {
         let mut seen = HashSet::with_capacity(self.machines.len());
         for node in &self.doc.root.children {
             let name = match node {
-                Node::Lazy(lazy) if lazy.name() == MACHINE => self
-                    .machines
-                    .get(lazy.slot as usize)
-                    .map_or(Cow::Borrowed(""), |m| Cow::Borrowed(m.name())),
+                Node::Lazy(lazy) if lazy.name() == MACHINE => {
+                    Cow::Borrowed(self.names.get(lazy.slot).unwrap_or(""))
+                }
                 Node::Element(machine) if machine.name == MACHINE => machine
                     .child(Field::Name.tag())
                     .map(|e| e.text())
@@ -209,7 +261,35 @@ impl XmlLab {
                 .iter()
                 .filter_map(|node| match node {
                     Node::Lazy(lazy) if lazy.name() == MACHINE => {
-                        self.machines.get(lazy.slot as usize).cloned()
+                        match self.machines.get(lazy.slot as usize) {
+                            Some(machine) => Some(machine.clone()),
+                            // Taken: read again from its text.
+                            None => lazy.build().ok().map(|e| machine_of(&e)),
+                        }
+                    }
+                    Node::Element(element) if element.name == MACHINE => Some(machine_of(element)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// [`XmlLab::model`], handing over the machines read instead of copying
+    /// them (a lab of ten thousand machines holds megabytes of them): for
+    /// a transaction, which reads the model once.
+    pub fn take_model(&mut self) -> Lab {
+        let mut machines = std::mem::take(&mut self.machines);
+        Lab::new(
+            self.doc
+                .root
+                .children
+                .iter()
+                .filter_map(|node| match node {
+                    Node::Lazy(lazy) if lazy.name() == MACHINE => {
+                        match machines.get_mut(lazy.slot as usize) {
+                            Some(machine) => Some(std::mem::take(machine)),
+                            None => lazy.build().ok().map(|e| machine_of(&e)),
+                        }
                     }
                     Node::Element(element) if element.name == MACHINE => Some(machine_of(element)),
                     _ => None,
@@ -269,13 +349,7 @@ impl XmlLab {
     /// Where the machine called `name` stands among the root's children.
     fn position_of(&self, name: &str) -> Option<usize> {
         self.doc.root.children.iter().position(|node| match node {
-            Node::Lazy(lazy) => {
-                lazy.name() == MACHINE
-                    && self
-                        .machines
-                        .get(lazy.slot as usize)
-                        .is_some_and(|m| m.has(Field::Name) && m.name() == name)
-            }
+            Node::Lazy(lazy) => lazy.name() == MACHINE && self.names.get(lazy.slot) == Some(name),
             Node::Element(element) => is_machine(element, name),
             _ => false,
         })
@@ -833,7 +907,8 @@ mod lazy_tests {
             };
             // Several transactions in a row, each read from the last's text.
             for step in 0..3 {
-                let mut lab = lazy.model();
+                // As a transaction takes it: the machines handed over.
+                let mut lab = lazy.take_model();
                 random_changes(&mut rng, &mut lab, &mut added);
                 lazy.apply(lab.changes()).unwrap();
                 eager.apply(lab.changes()).unwrap();

@@ -126,9 +126,9 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(mut self) -> Snapshot {
         Snapshot {
-            lab: self.doc.model(),
+            lab: self.doc.take_model(),
             existed: self.existed,
             last_event: self.doc.event_seq(),
         }
@@ -310,7 +310,7 @@ impl FileStore {
         })?;
         let _lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
         let mut doc = self.load()?.doc;
-        let mut lab = doc.model();
+        let mut lab = doc.take_model();
         let value = change(&mut lab)?;
         if lab.is_changed() {
             doc.apply(lab.changes())?;
