@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use super::xml::{self, Document, Element, Node, ParseError, Skimmer, Source};
@@ -48,6 +49,33 @@ pub struct XmlLab {
     /// Whether a change added or renamed a machine (then the names are
     /// checked again before writing).
     renamed: bool,
+}
+
+/// A quick hash for machine names (FxHash's multiply and rotate, eight
+/// bytes at a time): checking ten thousand names for a duplicate with
+/// SipHash cost more than reading them. Not for names an attacker could
+/// choose to collide at will in a long-lived table; here a table lives
+/// for one check.
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl std::hash::Hasher for FoldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// The names of the skimmed machines, by slot: spans of the source (eight
@@ -122,7 +150,7 @@ impl Skimmer for Machines<'_> {
 
     fn child(&mut self, slot: u32, name: &str, text: Cow<'_, str>, structured: bool) {
         let field = match Field::ALL.get(self.next) {
-            Some(&field) if field.tag() == name => field,
+            Some(&field) if xml::same_bytes(field.tag().as_bytes(), name.as_bytes()) => field,
             _ => match Field::from_tag(name) {
                 Some(field) => field,
                 None => return,
@@ -211,7 +239,8 @@ impl XmlLab {
     }
 
     fn check_names(&self) -> Result<(), ParseError> {
-        let mut seen = HashSet::with_capacity(self.machines.len());
+        let mut seen: HashSet<Cow<'_, str>, BuildHasherDefault<FoldHasher>> =
+            HashSet::with_capacity_and_hasher(self.names.spans.len(), Default::default());
         for node in &self.doc.root.children {
             let name = match node {
                 Node::Lazy(lazy) if lazy.name() == MACHINE => {
@@ -279,6 +308,29 @@ impl XmlLab {
     /// a transaction, which reads the model once.
     pub fn take_model(&mut self) -> Lab {
         let mut machines = std::mem::take(&mut self.machines);
+        // Skimmed in document order, slot after slot: then they are the
+        // lab's machines as they stand, and move over whole.
+        let mut machine_nodes = self
+            .doc
+            .root
+            .children
+            .iter()
+            .filter(|node| node.element_name() == Some(MACHINE));
+        let in_order = machine_nodes
+            .by_ref()
+            .enumerate()
+            .all(|(at, node)| matches!(node, Node::Lazy(lazy) if lazy.slot as usize == at))
+            && self
+                .doc
+                .root
+                .children
+                .iter()
+                .filter(|n| matches!(n, Node::Lazy(_)))
+                .count()
+                == machines.len();
+        if in_order {
+            return Lab::new(machines);
+        }
         Lab::new(
             self.doc
                 .root

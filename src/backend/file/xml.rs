@@ -1075,6 +1075,13 @@ const ENTITIES: [(&[u8], char); 5] = [
     (b"&apos;", '\''),
 ];
 
+/// Whether two short byte strings (tag names) are equal: a plain loop,
+/// where a call to `memcmp` costs more than the comparison.
+#[inline]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n')
 }
@@ -1083,9 +1090,31 @@ fn is_name_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_'
 }
 
+/// The bytes of a name after its first, as a table: one load a byte where
+/// the tests of a range or two cost a mispredicted branch or two.
+const NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.';
+        b += 1;
+    }
+    table
+};
+
 fn is_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+    NAME_BYTES[b as usize]
 }
+
+/// The bytes that end or interrupt a run of text: `<`, `>`, `&`.
+const TEXT_STOPS: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'<' as usize] = true;
+    table[b'>' as usize] = true;
+    table[b'&' as usize] = true;
+    table
+};
 
 impl<'t> Fast<'t> {
     fn span(&self, from: usize, to: usize) -> Str {
@@ -1128,7 +1157,7 @@ impl<'t> Fast<'t> {
         let name = at + 2;
         let close = name + (to - from);
         (self.bytes.get(at + 1) == Some(&b'/')
-            && self.bytes.get(name..close)? == &self.bytes[from..to]
+            && same_bytes(self.bytes.get(name..close)?, &self.bytes[from..to])
             && self.bytes.get(close) == Some(&b'>'))
         .then_some(close + 1)
     }
@@ -1138,6 +1167,9 @@ impl<'t> Fast<'t> {
     fn text_run(&self, mut at: usize) -> Option<(usize, bool)> {
         let mut entities = false;
         loop {
+            while at < self.bytes.len() && !TEXT_STOPS[self.bytes[at] as usize] {
+                at += 1;
+            }
             match *self.bytes.get(at)? {
                 b'<' => return Some((at, entities)),
                 b'>' => return None,
