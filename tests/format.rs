@@ -710,3 +710,33 @@ fn a_run_on_a_big_lab_touches_only_its_machine_and_a_break_far_away_stops_it() {
         assert_eq!(env.read_state(), broken, "a broken lab was written");
     }
 }
+
+#[test]
+fn a_change_made_in_place_while_a_job_runs_survives_its_release() {
+    // The release takes what the claim left when the file holds exactly
+    // that text; a byte changed in place (another tool, same size) must
+    // make it read the file afresh, or the change would be lost.
+    let env = TestEnv::new();
+    env.write_state(&big_lab(50));
+    let job = "at=$(grep -bo '<os>fedora &amp; more</os>' \"$MAMA_STATE\" | sed -n 2p | cut -d: -f1) \
+               && printf '<os>ubuntu &amp; more</os>' \
+               | dd of=\"$MAMA_STATE\" bs=1 seek=\"$at\" conv=notrunc status=none";
+    env.run(["run", "m5", "--", "sh", "-c", job]).ok();
+    let after = env.read_state();
+    assert_eq!(env.run(["get", "m1", "os"]).ok().trim(), "ubuntu & more");
+    assert_eq!(env.run(["get", "m0", "os"]).ok().trim(), "fedora & more");
+    assert_eq!(env.run(["get", "m5", "job"]).ok().trim(), "");
+    let kinds: Vec<String> = env
+        .events()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(kinds, ["claimed", "released"]);
+    // Unchanged between claim and release, the file is taken as left, and
+    // the release writes what a fresh reading would.
+    env.run(["run", "m5", "--", "true"]).ok();
+    assert_eq!(
+        without_bookkeeping(&env.read_state()),
+        without_bookkeeping(&after)
+    );
+}

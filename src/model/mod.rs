@@ -436,6 +436,14 @@ impl Lab {
         &self.changes
     }
 
+    /// The lab as it stands once its changes are stored: the same machines,
+    /// no change or event pending.
+    pub fn settled(mut self) -> Lab {
+        self.changes.clear();
+        self.events.clear();
+        self
+    }
+
     /// Records an event, to be committed with this transaction's changes.
     pub fn record(&mut self, event: Event) {
         self.events.push(event);

@@ -280,6 +280,37 @@ impl XmlLab {
         Ok(pieces)
     }
 
+    /// Whether `file` holds, from where it stands to its end, the text this
+    /// document renders, byte for byte. Read in blocks of 64 KiB and
+    /// compared as they come: no second copy of a large lab is held.
+    pub fn rendered_by(&self, file: &mut impl std::io::Read) -> std::io::Result<bool> {
+        let mut block = vec![0u8; 64 * 1024];
+        for piece in self.doc.pieces() {
+            let mut piece = piece.as_bytes();
+            while !piece.is_empty() {
+                let want = piece.len().min(block.len());
+                let got = match file.read(&mut block[..want]) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if block[..got] != piece[..got] {
+                    return Ok(false);
+                }
+                piece = &piece[got..];
+            }
+        }
+        // Nothing more.
+        loop {
+            match file.read(&mut block[..1]) {
+                Ok(n) => return Ok(n == 0),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The lab as the engine sees it: each machine with the text of every
     /// field it has, and the fields that hold elements of their own.
     pub fn model(&self) -> Lab {
@@ -988,6 +1019,15 @@ mod lazy_tests {
                     .unwrap_or_else(|e| panic!("round {round}.{step}: {e}: {want}"))
                     .concat();
                 assert_eq!(got, want, "round {round}.{step}: from {text}");
+                // What the next transaction compares the file with.
+                assert!(lazy.rendered_by(&mut got.as_bytes()).unwrap());
+                let mut other = got.clone().into_bytes();
+                other.push(b'\n');
+                assert!(!lazy.rendered_by(&mut other.as_slice()).unwrap());
+                let at = rng.below(other.len() - 1);
+                other.pop();
+                other[at] ^= 1;
+                assert!(!lazy.rendered_by(&mut other.as_slice()).unwrap());
                 // What was written reads back as the lab the changes made.
                 let again = XmlLab::parse_eager(&got).unwrap();
                 assert_eq!(again.model().machines().count(), lab.machines().count());

@@ -16,8 +16,9 @@ pub mod xml;
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -39,6 +40,23 @@ pub struct FileStore {
     dir: PathBuf,
     /// How long to wait for the lab's lock.
     patience: LockPatience,
+    /// What this store's last transaction left in the file (see
+    /// [`Written`]), shared by its clones (a run claims through a clone
+    /// with its own patience, and releases through the original).
+    written: Arc<Mutex<Option<Box<Written>>>>,
+}
+
+/// The document and the lab as this process's last transaction left them.
+/// The next transaction (a run's release, after its claim) reads the file
+/// as always, but when it holds exactly the text this document renders (a
+/// comparison of bytes), it takes these instead of scanning the text
+/// again: that text was checked when read, and what changed was proven
+/// when written. Anything else in the file, even one byte changed in place
+/// by another tool, and the file is read afresh.
+#[derive(Debug, Clone)]
+struct Written {
+    doc: XmlLab,
+    lab: Lab,
 }
 
 /// Checks each symbolic link on the way from the state path to the real
@@ -157,6 +175,7 @@ impl FileStore {
             path,
             dir,
             patience: LockPatience::forever(),
+            written: Arc::default(),
         })
     }
 
@@ -309,8 +328,28 @@ impl FileStore {
             None => self.dir.clone(),
         })?;
         let _lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
-        let mut doc = self.load()?.doc;
-        let mut lab = doc.take_model();
+        let last = self.last_written().take();
+        let (mut doc, mut lab) = match self.open_state()? {
+            None => (XmlLab::empty(), Lab::empty()),
+            Some(mut file) => {
+                let unchanged = match &last {
+                    Some(last) => last
+                        .doc
+                        .rendered_by(&mut file)
+                        .and_then(|same| file.seek(SeekFrom::Start(0)).map(|_| same))
+                        .map_err(|e| Error::io("read", &self.path, e))?,
+                    None => false,
+                };
+                match last {
+                    Some(last) if unchanged => (last.doc, last.lab),
+                    _ => {
+                        let mut doc = self.parse(self.read_all(file)?)?;
+                        let lab = doc.take_model();
+                        (doc, lab)
+                    }
+                }
+            }
+        };
         let value = change(&mut lab)?;
         if lab.is_changed() {
             doc.apply(lab.changes())?;
@@ -320,6 +359,10 @@ impl FileStore {
             }
             self.write(&doc)?;
         }
+        *self.last_written() = Some(Box::new(Written {
+            doc,
+            lab: lab.settled(),
+        }));
         Ok(value)
     }
 
@@ -384,19 +427,51 @@ impl FileStore {
     }
 
     fn load(&self) -> Result<Loaded> {
-        keep_freed_memory();
-        let Some(mut file) = self.open_state()? else {
-            return Ok(Loaded {
+        match self.read_bytes()? {
+            Some(bytes) => Ok(Loaded {
+                doc: self.parse(bytes)?,
+                existed: true,
+            }),
+            None => Ok(Loaded {
                 doc: XmlLab::empty(),
                 existed: false,
-            });
-        };
+            }),
+        }
+    }
+
+    /// What the last transaction left; a poisoned lock (a panic elsewhere)
+    /// holds nothing to trust, so it reads as nothing.
+    fn last_written(&self) -> std::sync::MutexGuard<'_, Option<Box<Written>>> {
+        self.written.lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            *guard = None;
+            guard
+        })
+    }
+
+    /// The state file's bytes; `None` when there is none.
+    fn read_bytes(&self) -> Result<Option<Vec<u8>>> {
+        match self.open_state()? {
+            Some(file) => self.read_all(file).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The rest of the state file's bytes.
+    fn read_all(&self, mut file: File) -> Result<Vec<u8>> {
+        keep_freed_memory();
         // Sized once: a lab of ten thousand machines is megabytes, and
         // growing the buffer by doubling would copy it and hold twice it.
         let size = file.metadata().map_or(0, |m| m.len());
         let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
         file.read_to_end(&mut bytes)
             .map_err(|e| Error::io("read", &self.path, e))?;
+        Ok(bytes)
+    }
+
+    /// Reads the state file's bytes as a lab: UTF-8, well-formed, a
+    /// `<settings>` root (see [`XmlLab::read`]).
+    fn parse(&self, bytes: Vec<u8>) -> Result<XmlLab> {
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -404,11 +479,10 @@ impl FileStore {
                 valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
             self.corrupt(Some((line, column)), "the file is not valid UTF-8".into())
         })?;
-        let doc = XmlLab::read(std::sync::Arc::new(text)).map_err(|e| {
+        XmlLab::read(Arc::new(text)).map_err(|e| {
             let location = (e.line > 0).then_some((e.line, e.column));
             self.corrupt(location, e.message)
-        })?;
-        Ok(Loaded { doc, existed: true })
+        })
     }
 
     fn corrupt(&self, location: Option<(usize, usize)>, message: String) -> Error {
