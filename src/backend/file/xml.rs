@@ -774,13 +774,11 @@ impl<'a> Parser<'a> {
                     }
                     check_declaration(decl).map_err(|m| self.error_at(start, m))?;
                 }
-                Event::DocType(doctype) => {
-                    if doctype.contains('[') {
-                        return Err(self.error_at(
-                            start,
-                            "a doctype with an internal subset (entity declarations) is not supported",
-                        ));
-                    }
+                Event::DocType(doctype) if doctype.contains('[') => {
+                    return Err(self.error_at(
+                        start,
+                        "a doctype with an internal subset (entity declarations) is not supported",
+                    ));
                 }
                 _ => {}
             }
