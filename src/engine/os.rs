@@ -266,6 +266,16 @@ impl Processes {
         self.probed.borrow_mut().extend(found);
     }
 
+    /// Takes `pid` as alive, started at `start`, where it was not probed:
+    /// for a caller that knows its verdict cannot depend on the probe (see
+    /// `list`). A PID probed already keeps what the probe said.
+    pub fn assume_alive(&self, pid: u32, start: Option<u64>) {
+        self.probed
+            .borrow_mut()
+            .entry(pid)
+            .or_insert(Probe::Alive { start });
+    }
+
     /// Forgets what was probed: a loop that looks again must see changes.
     pub fn forget(&self) {
         self.probed.borrow_mut().clear();

@@ -141,6 +141,7 @@ impl Skimmer for Machines<'_> {
 
     fn reset(&mut self) {
         self.list.clear();
+        self.next = 0;
     }
 
     fn begin(&mut self) -> u32 {
