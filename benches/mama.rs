@@ -4,7 +4,8 @@
 //!    10,000 machines, next to `flock LOCKFILE true` and to the floor
 //!    program (benches/floor.c, built with `cc`: the lock, read, write,
 //!    fsync, rename and folder fsync of a run, twice, and `true` between),
-//!    with mama's peak memory;
+//!    with mama's peak memory; and on one machine with 20,000 events
+//!    recorded;
 //! 2. handoff: from the holder's job ending to the waiter's job starting;
 //! 3. takeover: from a SIGKILL of the holder's `mama` to the waiter's job
 //!    starting;
@@ -48,6 +49,7 @@ fn main() {
     println!("load average at start: {}", load_average());
     let mut report = Report::default();
     claim_by_lab_size(&mut report);
+    claim_with_history(&mut report);
     handoff(&mut report);
     takeover(&mut report);
     blocked_cpu(&mut report);
@@ -768,6 +770,45 @@ fn claim_by_lab_size(report: &mut Report) {
     }
 }
 
+/// Scenario 1, continued: a run on a one-machine lab whose history holds
+/// [`INFO_HISTORY`] events (a long history must not slow claims down),
+/// next to `flock LOCKFILE true`.
+fn claim_with_history(report: &mut Report) {
+    const RUNS: usize = 50;
+    println!("claim overhead with {INFO_HISTORY} events recorded: {RUNS} x mama run / flock");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let state = lab_with_history(dir.path());
+    let lock = dir.path().join("flock.lock");
+    let run = || mama(&state, &["run", "m0", "--", "true"]);
+    let flock = || {
+        let mut cmd = Command::new("flock");
+        cmd.arg(&lock).arg("true");
+        cmd
+    };
+    for _ in 0..3 {
+        timed("mama run (warm-up)", run());
+        timed("flock (warm-up)", flock());
+    }
+    let (mut run_times, mut flock_times) = (vec![], vec![]);
+    for i in 0..RUNS {
+        if i % 2 == 0 {
+            run_times.push(timed("mama run m0 -- true", run()));
+            flock_times.push(timed("flock LOCKFILE true", flock()));
+        } else {
+            flock_times.push(timed("flock LOCKFILE true", flock()));
+            run_times.push(timed("mama run m0 -- true", run()));
+        }
+    }
+    let label = format!("1. 1 machine, {INFO_HISTORY} events recorded");
+    let f = report.timing(&format!("{label}: flock LOCKFILE true"), &flock_times);
+    let m = report.timing(&format!("{label}: mama run m0 -- true"), &run_times);
+    report.value(
+        &format!("{label}: ratio mama / flock"),
+        RUNS,
+        format!("{:.2}", m.median / f.median),
+    );
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
@@ -776,15 +817,13 @@ fn mib(bytes: u64) -> f64 {
 const INFO_HISTORY: u64 = 20_000;
 const INFO_RUNS: usize = 100;
 
-/// Scenario 5: `info` on a one-machine lab whose history holds
-/// [`INFO_HISTORY`] events, next to `flock LOCKFILE true`.
-fn info_with_history(report: &mut Report) {
+/// A one-machine lab (`m0`) whose history holds [`INFO_HISTORY`] events
+/// (in the log, committed by the state's `<event_seq>`), of `m0` and of a
+/// machine since deleted, in turn.
+fn lab_with_history(dir: &Path) -> PathBuf {
     use mama::backend::file::log::encode;
     use mama::model::event::{Event, Kind};
-    println!("info with {INFO_HISTORY} events: {INFO_RUNS} x info / flock, interleaved");
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let state = sized_lab(dir.path(), 1);
-    // Events of m0 and of machines since deleted, in turn.
+    let state = sized_lab(dir, 1);
     let events: Vec<Event> = (1..=INFO_HISTORY)
         .map(|seq| {
             let machine = if seq % 2 == 0 { "m0" } else { "gone" };
@@ -794,7 +833,7 @@ fn info_with_history(report: &mut Report) {
         })
         .collect();
     fs::write(
-        dir.path().join("mama.xml.log"),
+        dir.join("mama.xml.log"),
         encode(&events).expect("encode the events"),
     )
     .expect("write the log");
@@ -804,6 +843,15 @@ fn info_with_history(report: &mut Report) {
         &format!("  <event_seq>{INFO_HISTORY}</event_seq>\n</settings>"),
     );
     fs::write(&state, xml).expect("write the lab");
+    state
+}
+
+/// Scenario 5: `info` on a one-machine lab whose history holds
+/// [`INFO_HISTORY`] events, next to `flock LOCKFILE true`.
+fn info_with_history(report: &mut Report) {
+    println!("info with {INFO_HISTORY} events: {INFO_RUNS} x info / flock, interleaved");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let state = lab_with_history(dir.path());
     let lock = dir.path().join("flock.lock");
     let info = || mama(&state, &["info", "m0"]);
     let flock = || {
