@@ -9,14 +9,14 @@ use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
 use crate::cli::{GetAttr, SetAttr};
 use crate::engine::claim::{self, Caller, Intent, Patience};
-use crate::engine::os::{self, Place, Processes};
+use crate::engine::os::{self, Origin, Place, Processes};
 use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
-use crate::model::{JobRecord, Lab, NewMachine};
+use crate::model::{Lab, Machine, NewMachine};
 use crate::settings::Settings;
 
 /// Reads the lab for a read-only command, saying where it looked when there
@@ -105,20 +105,18 @@ pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
     // both alike, busy, with no stale reason. So such a PID is taken as the
     // claimer's without a look. (A running `mama run` holds its machine's
     // job lock: a lab's busy machines are these.)
-    let jobs: Vec<(bool, JobRecord)> = lab
+    let pids: Vec<(bool, u32, &Machine)> = lab
         .machines()
-        .filter_map(|m| Some((held.contains(m.name()), m.job()?)))
+        .filter_map(|m| Some((held.contains(m.name()), job_pid(m)?, m)))
         .collect();
     world.processes.probe_all(
-        jobs.iter()
-            .filter(|(locked, _)| !locked)
-            .filter_map(|(_, job)| job.pid),
+        pids.iter()
+            .filter(|(locked, ..)| !locked)
+            .map(|&(_, pid, _)| pid),
     );
-    for (_, job) in jobs.iter().filter(|(locked, _)| *locked) {
-        if let Some(pid) = job.pid {
-            let start = job.origin.as_ref().map(|origin| origin.start);
-            world.processes.assume_alive(pid, start);
-        }
+    for &(_, pid, machine) in pids.iter().filter(|(locked, ..)| *locked) {
+        let start = Origin::parse(machine.get(Field::JobOrigin)).map(|origin| origin.start);
+        world.processes.assume_alive(pid, start);
     }
     let judge = world.judge();
     let views: Vec<MachineView> = lab
@@ -133,6 +131,16 @@ pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
             render::table(&views, style::enabled(Stream::Stdout))
         ))
     }
+}
+
+/// The PID a machine's job records, read as [`Machine::job`] reads it,
+/// without the rest of the record.
+fn job_pid(machine: &Machine) -> Option<u32> {
+    let pid = machine.get(Field::JobPid).trim();
+    if pid.is_empty() {
+        return None;
+    }
+    pid.parse().ok().filter(|&pid| pid > 0)
 }
 
 /// `list --names`: the machine names, one a line, for shell completion.
