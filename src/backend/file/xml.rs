@@ -446,8 +446,19 @@ impl Document {
     /// keeps the root's child elements that `skimmer` skims as their text
     /// ([`Node::Lazy`]) instead of building them, and tells `skimmer` the
     /// text of their own children. Spans of `source` are kept, never copies.
-    pub fn parse_lazy(source: Source, skimmer: &mut dyn Skimmer) -> Result<Document, ParseError> {
-        Parser::new(&source).parse(&source, Some(skimmer))
+    pub fn parse_lazy<S: Skimmer>(source: Source, skimmer: &mut S) -> Result<Document, ParseError> {
+        let parser = Parser::new(&source);
+        parser.check_characters()?;
+        let fast = Fast {
+            text: parser.text,
+            bytes: parser.text.as_bytes(),
+            source: &source,
+        };
+        if let Some(doc) = fast.document(parser.bom, parser.offset, skimmer) {
+            return Ok(doc);
+        }
+        skimmer.reset();
+        parser.parse(&source, Some(skimmer))
     }
 
     /// The document as text; for a parsed, unchanged document, the very
@@ -679,11 +690,9 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn parse(
-        self,
-        source: &Source,
-        mut skimmer: Option<&mut dyn Skimmer>,
-    ) -> Result<Document, ParseError> {
+    /// What is checked of every byte before any element: no second
+    /// byte-order mark, no character XML 1.0 does not allow, not empty.
+    fn check_characters(&self) -> Result<(), ParseError> {
         if self.text.starts_with('\u{feff}') {
             // A reader would drop it silently, and every position after it
             // would be off.
@@ -708,18 +717,16 @@ impl<'a> Parser<'a> {
         if self.text.trim().is_empty() {
             return Err(self.error_at(0, "the file is empty"));
         }
+        Ok(())
+    }
+
+    fn parse(
+        self,
+        source: &Source,
+        mut skimmer: Option<&mut dyn Skimmer>,
+    ) -> Result<Document, ParseError> {
+        self.check_characters()?;
         let text = self.text;
-        if let Some(skimmer) = skimmer.as_deref_mut() {
-            let fast = Fast {
-                text,
-                bytes: text.as_bytes(),
-                source,
-            };
-            if let Some(doc) = fast.document(self.bom, self.offset, skimmer) {
-                return Ok(doc);
-            }
-            skimmer.reset();
-        }
         let span = |from: u64, to: u64| Str::within(source, &text[from as usize..to as usize]);
         let mut reader = Reader::from_str(text);
         let config = reader.config_mut();
@@ -1248,7 +1255,7 @@ impl<'t> Fast<'t> {
         mut at: usize,
         (from, to): (usize, usize),
         slot: u32,
-        skimmer: &mut dyn Skimmer,
+        skimmer: &mut (impl Skimmer + ?Sized),
     ) -> Option<usize> {
         loop {
             at = self.text_run(at)?.0;
@@ -1293,7 +1300,12 @@ impl<'t> Fast<'t> {
         }
     }
 
-    fn document(&self, bom: bool, offset: usize, skimmer: &mut dyn Skimmer) -> Option<Document> {
+    fn document(
+        &self,
+        bom: bool,
+        offset: usize,
+        skimmer: &mut (impl Skimmer + ?Sized),
+    ) -> Option<Document> {
         let bytes = self.bytes;
         if bytes.contains(&b'\r') {
             return None;
