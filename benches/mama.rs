@@ -1,11 +1,17 @@
 //! Benchmarks of the real `mama` binary against its performance targets:
 //!
-//! 1. claim overhead of `mama run m -- true` next to `flock LOCKFILE true`;
+//! 1. claim overhead of `mama run m0 -- true` on labs of 1, 100, 1,000 and
+//!    10,000 machines, next to `flock LOCKFILE true` and to the floor
+//!    program (benches/floor.c, built with `cc`: the lock, read, write,
+//!    fsync, rename and folder fsync of a run, twice, and `true` between),
+//!    with mama's peak memory; and on one machine with 20,000 events
+//!    recorded;
 //! 2. handoff: from the holder's job ending to the waiter's job starting;
 //! 3. takeover: from a SIGKILL of the holder's `mama` to the waiter's job
 //!    starting;
 //! 4. CPU used by a waiter blocked behind a holder (default poll interval);
-//! 5. `list --json`, `list` and `run` on a lab of 1,000 machines.
+//! 5. `info` with 20,000 events recorded, next to `flock LOCKFILE true`;
+//! 6. `list --json` on 1,000 busy machines (live claims) next to 1,000 free.
 //!
 //! Run with `cargo bench --bench mama`. The jobs that take timestamps are
 //! this very binary, started again with `--bench-helper`: it writes the
@@ -28,13 +34,9 @@ const MAMA: &str = env!("CARGO_BIN_EXE_mama");
 /// The longest any single step may take before the bench gives up.
 const STEP_LIMIT: Duration = Duration::from_secs(20);
 
-const CLAIM_ITERATIONS: usize = 200;
 const HANDOFF_SAMPLES: usize = 20;
 const TAKEOVER_SAMPLES: usize = 15;
 const CPU_WINDOW: Duration = Duration::from_secs(5);
-const BIG_LAB_MACHINES: usize = 1000;
-const LIST_RUNS: usize = 50;
-const BIG_LAB_CLAIMS: usize = 30;
 
 fn main() {
     // `cargo bench` passes its own arguments; the helper mode is recognised
@@ -46,11 +48,13 @@ fn main() {
     println!("mama binary: {MAMA}");
     println!("load average at start: {}", load_average());
     let mut report = Report::default();
-    claim_overhead(&mut report);
+    claim_by_lab_size(&mut report);
+    claim_with_history(&mut report);
     handoff(&mut report);
     takeover(&mut report);
     blocked_cpu(&mut report);
-    big_lab(&mut report);
+    info_with_history(&mut report);
+    list_busy_and_free(&mut report);
     report.print();
     println!("load average at end: {}", load_average());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -485,111 +489,11 @@ fn small_lab(dir: &Path) -> PathBuf {
     state
 }
 
-/// How many events the history-laden lab has recorded.
-const RECORDED_EVENTS: u64 = 10_000;
-
-/// The small lab with a history of [`RECORDED_EVENTS`] events already
-/// recorded (in the log, committed by the state's `<event_seq>`).
-fn small_lab_with_history(dir: &Path) -> PathBuf {
-    use mama::backend::file::log::encode;
-    use mama::model::event::{Event, Kind};
-    let state = small_lab(dir);
-    let events: Vec<Event> = (1..=RECORDED_EVENTS)
-        .map(|seq| {
-            let mut event = Event::new(Kind::Set, "spare1").detail(format!("os=build-{seq}"));
-            event.seq = seq;
-            event
-        })
-        .collect();
-    fs::write(
-        dir.join("mama.xml.log"),
-        encode(&events).expect("encode the events"),
-    )
-    .expect("write the log");
-    let xml = fs::read_to_string(&state).expect("read the lab");
-    let xml = xml.replace(
-        "</settings>",
-        &format!("  <event_seq>{RECORDED_EVENTS}</event_seq>\n</settings>"),
-    );
-    fs::write(&state, xml).expect("write the lab");
-    state
-}
-
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs() as i64
-}
-
-/// PIDs that no process has now.
-fn dead_pids(count: usize) -> Vec<u32> {
-    let max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768);
-    (300..max)
-        .rev()
-        .filter(|&pid| {
-            // SAFETY: signal 0 only checks whether the process exists.
-            let result = unsafe { libc::kill(pid as libc::pid_t, 0) };
-            result != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        })
-        .take(count)
-        .collect()
-}
-
-/// What a generated big lab should show.
-#[derive(Default)]
-struct Expected {
-    stale: usize,
-    busy: usize,
-    reserved: usize,
-}
-
-/// A lab of `count` machines; every third has a job, of five kinds in turn:
-/// a dead PID, this bench's live PID with a day-old timestamp (a reused
-/// PID), no PID and a fresh timestamp, no PID and an old timestamp, this
-/// bench's PID with a fresh timestamp. Every 50th machine is reserved.
-fn generate_big_lab(dir: &Path, count: usize) -> (PathBuf, Expected) {
-    let state = dir.join("big.xml");
-    let now = unix_now();
-    let own = std::process::id();
-    let dead = dead_pids(count / 3 / 5 + 1);
-    let mut expected = Expected::default();
-    let xml = lab_xml(|xml| {
-        for n in 0..count {
-            let name = format!("rig{n:04}");
-            let job = (n % 3 == 0).then(|| {
-                let kind = n / 3 % 5;
-                let label = format!("run smoke x86_64/fedora #{n}");
-                let (pid, timestamp) = match kind {
-                    0 => (Some(dead[n / 15 % dead.len()]), Some(now - 60)),
-                    1 => (Some(own), Some(now - 86_400)),
-                    2 => (None, Some(now - 10)),
-                    3 => (None, Some(now - 86_400)),
-                    _ => (Some(own), Some(now)),
-                };
-                if matches!(kind, 0 | 1 | 3) {
-                    expected.stale += 1;
-                } else {
-                    expected.busy += 1;
-                }
-                Job {
-                    label,
-                    pid,
-                    timestamp,
-                }
-            });
-            let reservation = if n % 50 == 1 { "alice" } else { "" };
-            if job.is_none() && !reservation.is_empty() {
-                expected.reserved += 1;
-            }
-            push_machine(xml, &name, n + 1, reservation, job.as_ref());
-        }
-    });
-    fs::write(&state, xml).expect("write the big lab");
-    (state, expected)
 }
 
 // ---------------------------------------------------------------------------
@@ -702,106 +606,427 @@ impl Report {
 // ---------------------------------------------------------------------------
 // The scenarios.
 
-/// 1. `mama run m -- true` next to `flock LOCKFILE true`, interleaved.
-fn claim_overhead(report: &mut Report) {
-    println!("claim overhead: {CLAIM_ITERATIONS} x mama run / flock, interleaved");
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let state = small_lab(dir.path());
-    let lock = dir.path().join("flock.lock");
-    let run = || mama(&state, &["run", "m", "--", "true"]);
-    // The same on a memory file system, where fsync costs nothing: the
-    // difference to the disk is what the durable writes cost.
-    let shm = Path::new("/dev/shm");
-    let mem_dir = shm
-        .is_dir()
-        .then(|| tempfile::tempdir_in(shm).ok())
-        .flatten();
-    let mem_state = mem_dir.as_ref().map(|d| small_lab(d.path()));
-    // The same with a long history recorded: claims must not slow down.
-    let history_dir = tempfile::tempdir().expect("temporary folder");
-    let history_state = small_lab_with_history(history_dir.path());
-    let history_run = || mama(&history_state, &["run", "m", "--", "true"]);
-    let mem_run = || {
-        mem_state
-            .as_ref()
-            .map(|state| mama(state, &["run", "m", "--", "true"]))
-    };
-    let flock = || {
-        let mut cmd = Command::new("flock");
-        cmd.arg(&lock)
-            .arg("true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cmd
-    };
-    for _ in 0..10 {
-        timed("mama run (warm-up)", run());
-        timed("mama run with history (warm-up)", history_run());
-        timed("flock (warm-up)", flock());
-        if let Some(cmd) = mem_run() {
-            timed("mama run on tmpfs (warm-up)", cmd);
+/// The lab sizes of the claim benchmark, and how many runs of each.
+const LAB_SIZES: [(usize, usize); 4] = [(1, 100), (100, 100), (1_000, 50), (10_000, 20)];
+
+/// A lab of `count` free machines, `m0` to `m{count-1}`, as `mama.xml` in
+/// `dir`.
+fn sized_lab(dir: &Path, count: usize) -> PathBuf {
+    let state = dir.join("mama.xml");
+    let xml = lab_xml(|xml| {
+        for n in 0..count {
+            push_machine(xml, &format!("m{n}"), n + 1, "", None);
         }
+    });
+    fs::write(&state, xml).expect("write the lab");
+    state
+}
+
+/// The floor program (benches/floor.c), compiled with `cc` into `dir`.
+fn floor_program(dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/floor.c");
+    let program = dir.join("floor");
+    match Command::new("cc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&program)
+        .arg(&source)
+        .status()
+    {
+        Ok(status) if status.success() => program,
+        Ok(status) => panic!("cc could not compile {} ({status})", source.display()),
+        Err(e) => panic!(
+            "the floor program needs a C compiler: `cc` could not be run ({e}); \
+             install one (gcc or clang) and run the bench again"
+        ),
     }
-    let mut mama_times = Vec::with_capacity(CLAIM_ITERATIONS);
-    let mut flock_times = Vec::with_capacity(CLAIM_ITERATIONS);
-    let mut mem_times = Vec::with_capacity(CLAIM_ITERATIONS);
-    let mut history_times = Vec::with_capacity(CLAIM_ITERATIONS);
-    for i in 0..CLAIM_ITERATIONS {
-        // Rotate which goes first, so none always follows another.
-        for k in 0..4 {
-            match (i + k) % 4 {
-                0 => mama_times.push(timed("mama run m -- true", run())),
-                1 => flock_times.push(timed("flock LOCKFILE true", flock())),
-                2 => history_times.push(timed("mama run m -- true with history", history_run())),
-                _ => {
-                    if let Some(cmd) = mem_run() {
-                        mem_times.push(timed("mama run m -- true on tmpfs", cmd));
+}
+
+/// Runs `cmd` to its end: how long it took and its peak resident memory in
+/// bytes; panics when it fails or outlives [`STEP_LIMIT`].
+// The child is reaped by wait4, which reports its memory; clippy sees no
+// wait() on that path.
+#[allow(clippy::zombie_processes)]
+fn timed_rss(name: &str, mut cmd: Command) -> (Duration, u64) {
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: plain system call on our own child.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(fd >= 0, "pidfd_open failed for {name}");
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; the descriptor is ours, closed once.
+    let ready = unsafe { libc::poll(&mut pfd, 1, STEP_LIMIT.as_millis() as i32) };
+    let elapsed = start.elapsed();
+    unsafe {
+        libc::close(fd);
+    }
+    if ready != 1 {
+        let _ = child.kill();
+        let _ = wait_exit(&mut child, Duration::from_secs(10));
+        panic!("{name} did not end within {STEP_LIMIT:?}");
+    }
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value to be written into.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: reaps our own child, which has ended.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4 for {name}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{name} failed: status {status}"
+    );
+    (elapsed, usage.ru_maxrss as u64 * 1024)
+}
+
+/// Scenario 1: `mama run m0 -- true` on labs of 1 to 10,000 machines, next
+/// to `flock LOCKFILE true` and the floor program on the same lab,
+/// interleaved; and mama's peak memory.
+fn claim_by_lab_size(report: &mut Report) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let floor = floor_program(dir.path());
+    for (count, iterations) in LAB_SIZES {
+        let lab = dir.path().join(format!("lab{count}"));
+        fs::create_dir(&lab).expect("a folder for the lab");
+        let state = sized_lab(&lab, count);
+        let size = fs::metadata(&state).expect("the lab's size").len();
+        let floor_state = lab.join("floor.xml");
+        fs::copy(&state, &floor_state).expect("a copy for the floor");
+        let lock = lab.join("flock.lock");
+        println!(
+            "claim overhead, {count} machines ({} KB): {iterations} x mama run / floor / flock, interleaved",
+            size / 1000
+        );
+        let run = || mama(&state, &["run", "m0", "--", "true"]);
+        let floor_run = || {
+            let mut cmd = Command::new(&floor);
+            cmd.arg(&floor_state).arg(lab.join("floor.lock"));
+            cmd
+        };
+        let flock = || {
+            let mut cmd = Command::new("flock");
+            cmd.arg(&lock)
+                .arg("true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd
+        };
+        for _ in 0..3 {
+            timed("mama run (warm-up)", run());
+            timed("floor (warm-up)", floor_run());
+            timed("flock (warm-up)", flock());
+        }
+        let (mut mama_times, mut floor_times, mut flock_times) = (vec![], vec![], vec![]);
+        let mut peak = 0;
+        for i in 0..iterations {
+            for k in 0..3 {
+                match (i + k) % 3 {
+                    0 => {
+                        let (time, rss) = timed_rss("mama run m0 -- true", run());
+                        mama_times.push(time);
+                        peak = peak.max(rss);
                     }
+                    1 => floor_times.push(timed("floor", floor_run())),
+                    _ => flock_times.push(timed("flock LOCKFILE true", flock())),
                 }
             }
         }
-    }
-    let m = report.timing("1. mama run m -- true", &mama_times);
-    let f = report.timing("1. flock LOCKFILE true", &flock_times);
-    let ratio = m.median / f.median;
-    report.value(
-        "1. ratio of medians (mama / flock)",
-        CLAIM_ITERATIONS,
-        format!("{ratio:.2}"),
-    );
-    if !mem_times.is_empty() {
-        let t = report.timing("1. mama run m -- true, state on tmpfs", &mem_times);
+        let label = format!("1. {count} machines ({} KB)", size / 1000);
+        let f = report.timing(&format!("{label}: flock LOCKFILE true"), &flock_times);
+        let p = report.timing(&format!("{label}: floor program"), &floor_times);
+        let m = report.timing(&format!("{label}: mama run m0 -- true"), &mama_times);
+        let (to_flock, to_floor) = (m.median / f.median, m.median / p.median);
         report.value(
-            "1. ratio of medians (mama on tmpfs / flock)",
-            mem_times.len(),
-            format!("{:.2}", t.median / f.median),
+            &format!("{label}: ratios mama/flock, floor/flock, mama/floor"),
+            iterations,
+            format!("{to_flock:.2}, {:.2}, {to_floor:.2}", p.median / f.median),
+        );
+        let limit = 2 * size + (8 << 20);
+        report.value(
+            &format!("{label}: mama's peak memory (limit 2 x file + 8 MiB)"),
+            iterations,
+            format!("{:.1} MiB (limit {:.1} MiB)", mib(peak), mib(limit)),
+        );
+        match count {
+            100 => report.verdict(&format!("{label}: run / flock"), to_flock, "x", 1.5, None),
+            1_000 => report.verdict(&format!("{label}: run / flock"), to_flock, "x", 2.2, None),
+            10_000 => report.verdict(&format!("{label}: run / floor"), to_floor, "x", 1.3, None),
+            _ => {}
+        }
+        report.verdict(
+            &format!("{label}: peak memory"),
+            mib(peak),
+            " MiB",
+            (mib(limit) * 10.0).floor() / 10.0,
+            None,
         );
     }
-    let h = report.timing(
-        &format!("1. mama run m -- true, {RECORDED_EVENTS} events recorded"),
-        &history_times,
-    );
-    let history_ratio = h.median / f.median;
+}
+
+/// Scenario 1, continued: a run on a one-machine lab whose history holds
+/// [`INFO_HISTORY`] events (a long history must not slow claims down),
+/// next to `flock LOCKFILE true`.
+fn claim_with_history(report: &mut Report) {
+    const RUNS: usize = 50;
+    println!("claim overhead with {INFO_HISTORY} events recorded: {RUNS} x mama run / flock");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let state = lab_with_history(dir.path());
+    let lock = dir.path().join("flock.lock");
+    let run = || mama(&state, &["run", "m0", "--", "true"]);
+    let flock = || {
+        let mut cmd = Command::new("flock");
+        cmd.arg(&lock).arg("true");
+        cmd
+    };
+    for _ in 0..3 {
+        timed("mama run (warm-up)", run());
+        timed("flock (warm-up)", flock());
+    }
+    let (mut run_times, mut flock_times) = (vec![], vec![]);
+    for i in 0..RUNS {
+        if i % 2 == 0 {
+            run_times.push(timed("mama run m0 -- true", run()));
+            flock_times.push(timed("flock LOCKFILE true", flock()));
+        } else {
+            flock_times.push(timed("flock LOCKFILE true", flock()));
+            run_times.push(timed("mama run m0 -- true", run()));
+        }
+    }
+    let label = format!("1. 1 machine, {INFO_HISTORY} events recorded");
+    let f = report.timing(&format!("{label}: flock LOCKFILE true"), &flock_times);
+    let m = report.timing(&format!("{label}: mama run m0 -- true"), &run_times);
     report.value(
-        "1. ratio of medians (with history / flock)",
-        CLAIM_ITERATIONS,
-        format!("{history_ratio:.2}"),
+        &format!("{label}: ratio mama / flock"),
+        RUNS,
+        format!("{:.2}", m.median / f.median),
     );
-    report.verdict(
-        "1. claim overhead, ratio of medians",
-        ratio,
-        "x",
-        1.5,
-        Some(2.0),
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// How many events the history of the `info` benchmark holds.
+const INFO_HISTORY: u64 = 20_000;
+const INFO_RUNS: usize = 100;
+
+/// A one-machine lab (`m0`) whose history holds [`INFO_HISTORY`] events
+/// (in the log, committed by the state's `<event_seq>`), of `m0` and of a
+/// machine since deleted, in turn.
+fn lab_with_history(dir: &Path) -> PathBuf {
+    use mama::backend::file::log::encode;
+    use mama::model::event::{Event, Kind};
+    let state = sized_lab(dir, 1);
+    let events: Vec<Event> = (1..=INFO_HISTORY)
+        .map(|seq| {
+            let machine = if seq % 2 == 0 { "m0" } else { "gone" };
+            let mut event = Event::new(Kind::Set, machine).detail(format!("os=build-{seq}"));
+            event.seq = seq;
+            event
+        })
+        .collect();
+    fs::write(
+        dir.join("mama.xml.log"),
+        encode(&events).expect("encode the events"),
+    )
+    .expect("write the log");
+    let xml = fs::read_to_string(&state).expect("read the lab");
+    let xml = xml.replace(
+        "</settings>",
+        &format!("  <event_seq>{INFO_HISTORY}</event_seq>\n</settings>"),
     );
-    report.verdict(
-        &format!("1. claim overhead with {RECORDED_EVENTS} events recorded"),
-        history_ratio,
-        "x",
-        1.5,
-        Some(2.0),
+    fs::write(&state, xml).expect("write the lab");
+    state
+}
+
+/// Scenario 5: `info` on a one-machine lab whose history holds
+/// [`INFO_HISTORY`] events, next to `flock LOCKFILE true`.
+fn info_with_history(report: &mut Report) {
+    println!("info with {INFO_HISTORY} events: {INFO_RUNS} x info / flock, interleaved");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let state = lab_with_history(dir.path());
+    let lock = dir.path().join("flock.lock");
+    let info = || mama(&state, &["info", "m0"]);
+    let flock = || {
+        let mut cmd = Command::new("flock");
+        cmd.arg(&lock).arg("true");
+        cmd
+    };
+    for _ in 0..5 {
+        timed("info (warm-up)", info());
+        timed("flock (warm-up)", flock());
+    }
+    let (mut info_times, mut flock_times) = (vec![], vec![]);
+    for i in 0..INFO_RUNS {
+        if i % 2 == 0 {
+            info_times.push(timed("mama info m0", info()));
+            flock_times.push(timed("flock LOCKFILE true", flock()));
+        } else {
+            flock_times.push(timed("flock LOCKFILE true", flock()));
+            info_times.push(timed("mama info m0", info()));
+        }
+    }
+    let label = format!("5. info, {INFO_HISTORY} events recorded");
+    let f = report.timing(&format!("{label}: flock LOCKFILE true"), &flock_times);
+    let m = report.timing(&format!("{label}: mama info m0"), &info_times);
+    let ratio = m.median / f.median;
+    report.value(
+        &format!("{label}: ratio info / flock"),
+        INFO_RUNS,
+        format!("{ratio:.2}"),
     );
+    report.verdict(&format!("{label}: info / flock"), ratio, "x", 1.5, None);
+}
+
+const LIST_MACHINES: usize = 1000;
+const LIST_RUNS: usize = 40;
+
+/// Holders of job locks for the bench, each `flock LOCKFILE sleep 3600`
+/// in a process group of its own: the groups are killed and the holders
+/// reaped when dropped.
+struct Sleepers(Vec<Child>);
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            // SAFETY: the process group this bench started.
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
+        }
+        for child in &mut self.0 {
+            let _ = wait_exit(child, Duration::from_secs(10));
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat: the start in clock ticks since boot.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let (_, rest) = stat.rsplit_once(')').expect("stat format");
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|t| t.parse().ok())
+        .expect("a start time")
+}
+
+/// Scenario 6: `list --json` on 1,000 busy machines next to 1,000 free
+/// ones. Each busy machine is claimed as a running `mama run` claims it: a
+/// live process of its own (here `flock`, running `sleep`) recorded with
+/// its origin, and holding the machine's job lock. The same claims without
+/// their locks (as other tools' claims stand) are shown too.
+fn list_busy_and_free(report: &mut Report) {
+    println!("list --json, {LIST_MACHINES} busy / free machines: {LIST_RUNS} x each, interleaved");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let free_dir = dir.path().join("free");
+    let busy_dir = dir.path().join("busy");
+    fs::create_dir(&free_dir).expect("a folder");
+    fs::create_dir(&busy_dir).expect("a folder");
+    let free = sized_lab(&free_dir, LIST_MACHINES);
+    let locks = busy_dir.join("mama.xml.locks");
+    fs::create_dir(&locks).expect("the job locks' folder");
+    let mut sleepers = Sleepers(Vec::new());
+    for n in 0..LIST_MACHINES {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("flock")
+            .arg(locks.join(format!("m{n}.lock")))
+            .args(["sleep", "3600"])
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start a lock holder");
+        sleepers.0.push(child);
+    }
+    // Each holds its lock once its sleep runs.
+    for child in &sleepers.0 {
+        let pid = child.id();
+        wait_until("a lock holder's sleep", STEP_LIMIT, || {
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .is_ok_and(|c| !c.trim().is_empty())
+        });
+    }
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("the boot id");
+    let pidns = fs::read_link("/proc/self/ns/pid").expect("the PID namespace");
+    let pidns = pidns
+        .to_string_lossy()
+        .trim_start_matches("pid:[")
+        .trim_end_matches(']')
+        .to_string();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").expect("the host name");
+    let now = unix_now();
+    let mut xml = fs::read_to_string(&free).expect("read the lab");
+    for (n, child) in sleepers.0.iter().enumerate() {
+        let pid = child.id();
+        let claim = format!("<name>m{n}</name>\n",);
+        let at = xml.find(&claim).expect("the machine");
+        let job = xml[at..]
+            .find("    <job/>\n    <job_pid/>\n    <job_timestamp/>\n")
+            .expect("its job")
+            + at;
+        let record = format!(
+            "    <job>run smoke #{n}</job>\n    <job_pid>{pid}</job_pid>\n    <job_timestamp>{now}</job_timestamp>\n    <job_host>{}</job_host>\n    <job_origin>boot={} pidns={pidns} start={}</job_origin>\n",
+            host.trim(),
+            boot.trim(),
+            start_ticks(pid)
+        );
+        xml.replace_range(
+            job..job + "    <job/>\n    <job_pid/>\n    <job_timestamp/>\n".len(),
+            &record,
+        );
+    }
+    let busy = busy_dir.join("mama.xml");
+    fs::write(&busy, &xml).expect("write the busy lab");
+    let unlocked_dir = dir.path().join("unlocked");
+    fs::create_dir(&unlocked_dir).expect("a folder");
+    let unlocked = unlocked_dir.join("mama.xml");
+    fs::write(&unlocked, &xml).expect("write the lab without locks");
+    let out = mama(&busy, &["list", "--json"])
+        .stdout(Stdio::piped())
+        .output()
+        .expect("mama list --json");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let states = list.as_array().expect("a JSON array");
+    assert_eq!(states.len(), LIST_MACHINES);
+    assert!(
+        states.iter().all(|m| m["state"] == "busy"),
+        "every machine of the busy lab reads busy"
+    );
+    let list = |state: &Path| mama(state, &["list", "--json"]);
+    for _ in 0..3 {
+        timed("list --json (warm-up)", list(&busy));
+        timed("list --json (warm-up)", list(&free));
+    }
+    let (mut busy_times, mut free_times, mut unlocked_times) = (vec![], vec![], vec![]);
+    for i in 0..LIST_RUNS {
+        for k in 0..3 {
+            match (i + k) % 3 {
+                0 => busy_times.push(timed("list --json, busy", list(&busy))),
+                1 => free_times.push(timed("list --json, free", list(&free))),
+                _ => unlocked_times.push(timed("list --json, no locks", list(&unlocked))),
+            }
+        }
+    }
+    drop(sleepers);
+    let f = report.timing("6. list --json, 1,000 free machines", &free_times);
+    let b = report.timing("6. list --json, 1,000 busy machines", &busy_times);
+    let u = report.timing(
+        "6. list --json, the same claims without their job locks",
+        &unlocked_times,
+    );
+    let ratio = b.median / f.median;
+    report.value(
+        "6. ratios busy / free, without locks / free",
+        LIST_RUNS,
+        format!("{ratio:.2}, {:.2}", u.median / f.median),
+    );
+    report.verdict("6. list --json, busy / free", ratio, "x", 1.5, None);
 }
 
 /// A `mama run m` whose job stamps `ready` and holds the machine until
@@ -980,77 +1205,4 @@ fn blocked_cpu(report: &mut Report) {
         );
     }
     report.verdict("4. blocked waiter CPU", percent, " %", 2.0, None);
-}
-
-/// 5. `list --json`, `list` and `run` on a 1,000-machine lab.
-fn big_lab(report: &mut Report) {
-    println!("lab of {BIG_LAB_MACHINES} machines: {LIST_RUNS} x list --json / list, interleaved");
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let (state, expected) = generate_big_lab(dir.path(), BIG_LAB_MACHINES);
-    check_big_lab(&state, &expected);
-    let list = |json: bool| {
-        let mut cmd = mama(&state, &["list"]);
-        if json {
-            cmd.arg("--json");
-        }
-        cmd
-    };
-    for _ in 0..3 {
-        timed("list --json (warm-up)", list(true));
-        timed("list (warm-up)", list(false));
-    }
-    let mut json_times = Vec::new();
-    let mut table_times = Vec::new();
-    for i in 0..LIST_RUNS {
-        if i % 2 == 0 {
-            json_times.push(timed("mama list --json", list(true)));
-            table_times.push(timed("mama list", list(false)));
-        } else {
-            table_times.push(timed("mama list", list(false)));
-            json_times.push(timed("mama list --json", list(true)));
-        }
-    }
-    let j = report.timing("5. list --json, 1,000 machines", &json_times);
-    report.timing("5. list (table), 1,000 machines", &table_times);
-    let mut run_times = Vec::new();
-    for _ in 0..BIG_LAB_CLAIMS {
-        run_times.push(timed(
-            "mama run rig0002 -- true",
-            mama(&state, &["run", "rig0002", "--", "true"]),
-        ));
-    }
-    report.timing("5. run rig0002 -- true, 1,000 machines", &run_times);
-    report.verdict(
-        "5. list --json on 1,000 machines, median",
-        j.median,
-        " ms",
-        20.0,
-        Some(50.0),
-    );
-    report.verdict(
-        "5. list --json on 1,000 machines, p90",
-        j.p90,
-        " ms",
-        20.0,
-        Some(50.0),
-    );
-}
-
-/// The generated lab reads as intended: every machine, and the expected
-/// numbers of stale, busy and reserved ones.
-fn check_big_lab(state: &Path, expected: &Expected) {
-    let out = mama(state, &["list", "--json"])
-        .stdout(Stdio::piped())
-        .output()
-        .expect("mama list --json");
-    assert!(out.status.success(), "list --json failed: {out:?}");
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let machines = list.as_array().expect("a JSON array");
-    assert_eq!(machines.len(), BIG_LAB_MACHINES);
-    let count = |state: &str| machines.iter().filter(|m| m["state"] == state).count();
-    let stale = machines.iter().filter(|m| m["stale"] == true).count();
-    assert_eq!(stale, expected.stale, "stale machines");
-    assert_eq!(count("stale"), expected.stale, "state stale");
-    assert_eq!(count("busy"), expected.busy, "state busy");
-    assert_eq!(count("reserved"), expected.reserved, "state reserved");
 }

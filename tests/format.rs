@@ -654,3 +654,89 @@ fn a_missing_folder_is_a_clear_error() {
         "{run:#?}"
     );
 }
+
+/// A lab of `count` machines as upstream writes them.
+fn big_lab(count: usize) -> String {
+    let mut xml = String::from("<?xml version=\"1.0\"?>\n<settings>\n");
+    for n in 0..count {
+        xml.push_str(&format!(
+            "  <machine>\n    <name>m{n}</name>\n    <mac>aa:bb:cc:dd:{:02x}:{:02x}</mac>\n    <ip>192.0.2.{}</ip>\n    <is_started/>\n    <only_vm>0</only_vm>\n    <arch>x86_64</arch>\n    <os>fedora &amp; more</os>\n    <kernel/>\n    <pwr_dev/>\n    <pwr_slot>0</pwr_slot>\n    <rly_dev/>\n    <rly_slot>0</rly_slot>\n    <reservation/>\n    <resources/>\n    <boot_params/>\n    <vm_params/>\n    <job/>\n    <job_pid/>\n    <job_timestamp/>\n    <startcmd/>\n    <stopcmd/>\n    <start_timeout/>\n  </machine>\n",
+            n / 256,
+            n % 256,
+            n % 250 + 1
+        ));
+    }
+    xml.push_str("</settings>\n");
+    xml
+}
+
+#[test]
+fn a_run_on_a_big_lab_touches_only_its_machine_and_a_break_far_away_stops_it() {
+    let env = TestEnv::new();
+    let lab = big_lab(2000);
+    env.write_state(&lab);
+    let marker = env.path().join("job-ran");
+    let job = format!("touch {}", marker.display());
+    env.run(["run", "m5", "--", "sh", "-c", &job]).ok();
+    assert!(marker.exists());
+    // Claimed and released: the machine reads as before, byte for byte,
+    // and so does every other.
+    assert_eq!(state_text(&env), lab);
+    let written = env.read_state();
+
+    // Damage far from the machine a run claims: every write is refused,
+    // as for a small file, and nothing is written.
+    fs::remove_file(&marker).expect("remove the marker");
+    for (old, new, says) in [
+        ("<os>fedora &amp; more</os>", "<os>fedora <b more</os>", ""),
+        ("<kernel/>", "<kernel>", "kernel"),
+        (
+            "<os>fedora &amp; more</os>",
+            "<os>fedora &nbsp; more</os>",
+            "&nbsp;",
+        ),
+        ("<arch>x86_64</arch>", "<arch>x86\u{1}64</arch>", "U+0001"),
+    ] {
+        let broken = replace_in_machine(&written, "m1900", old, new);
+        env.write_state(&broken);
+        let err = env
+            .run(["run", "m5", "--", "sh", "-c", &job])
+            .fails(125)
+            .to_string();
+        assert!(err.contains(says), "{err}");
+        assert!(!marker.exists(), "the job ran on a broken lab");
+        assert_eq!(env.read_state(), broken, "a broken lab was written");
+        env.run(["set", "m5", "os", "x"]).fails(1);
+        assert_eq!(env.read_state(), broken, "a broken lab was written");
+    }
+}
+
+#[test]
+fn a_change_made_in_place_while_a_job_runs_survives_its_release() {
+    // The release takes what the claim left when the file holds exactly
+    // that text; a byte changed in place (another tool, same size) must
+    // make it read the file afresh, or the change would be lost.
+    let env = TestEnv::new();
+    env.write_state(&big_lab(50));
+    let job = "at=$(grep -bo '<os>fedora &amp; more</os>' \"$MAMA_STATE\" | sed -n 2p | cut -d: -f1) \
+               && printf '<os>ubuntu &amp; more</os>' \
+               | dd of=\"$MAMA_STATE\" bs=1 seek=\"$at\" conv=notrunc status=none";
+    env.run(["run", "m5", "--", "sh", "-c", job]).ok();
+    let after = env.read_state();
+    assert_eq!(env.run(["get", "m1", "os"]).ok().trim(), "ubuntu & more");
+    assert_eq!(env.run(["get", "m0", "os"]).ok().trim(), "fedora & more");
+    assert_eq!(env.run(["get", "m5", "job"]).ok().trim(), "");
+    let kinds: Vec<String> = env
+        .events()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(kinds, ["claimed", "released"]);
+    // Unchanged between claim and release, the file is taken as left, and
+    // the release writes what a fresh reading would.
+    env.run(["run", "m5", "--", "true"]).ok();
+    assert_eq!(
+        without_bookkeeping(&env.read_state()),
+        without_bookkeeping(&after)
+    );
+}

@@ -1080,6 +1080,56 @@ fn info_of_a_machine_that_no_event_tells_of_shows_no_events() {
     assert!(!text.contains("Recent events"), "{text}");
 }
 
+#[test]
+fn info_finds_a_machines_last_events_far_back_in_a_long_log() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.add("rig10", 2);
+    let time = unix_now() - 60;
+    // 4,000 events of others (some 700 KB, many windows of the backward
+    // reading), rig1's three far back and one near the end, a line that is
+    // no event, and events of rig10, whose name starts like rig1's.
+    let mut text = String::new();
+    let pad = "p".repeat(120);
+    for seq in 1..=4000u64 {
+        let machine = match seq {
+            7 | 900 | 1500 | 3990 => "rig1",
+            s if s % 3 == 0 => "rig10",
+            _ => "other",
+        };
+        text.push_str(&line(seq, time, machine, "set", &format!("os={seq}{pad}")));
+        if seq == 2000 {
+            text.push_str("not an event\n");
+        }
+    }
+    fs::write(log_path(&env), text).expect("write the log");
+    set_event_seq(&env, 4000);
+    let seqs_of =
+        |v: &Value| -> Vec<u64> { v.as_array().expect("an array").iter().map(seq).collect() };
+    assert_eq!(
+        seqs_of(&env.info("rig1")["recent_events"]),
+        [7, 900, 1500, 3990]
+    );
+    // The newest come from the state, before any flush to the log.
+    env.run(["set", "rig1", "os", "new"]).ok();
+    env.run(["set", "rig10", "os", "new"]).ok();
+    env.run(["set", "rig1", "os", "newer"]).ok();
+    let all = parse_json_lines(env.run(["log", "rig1", "--json"]).ok());
+    assert_eq!(seqs(&all), [7, 900, 1500, 3990, 4001, 4003]);
+    let recent = env.info("rig1")["recent_events"].clone();
+    assert_eq!(recent.as_array().expect("an array").as_slice(), &all[1..]);
+    let rig10 = parse_json_lines(env.run(["log", "rig10", "--json"]).ok());
+    let recent = env.info("rig10")["recent_events"].clone();
+    assert_eq!(
+        recent.as_array().expect("an array").as_slice(),
+        &rig10[rig10.len() - 5..]
+    );
+    // A machine no event tells of reads the whole log and finds none.
+    env.add("quiet", 3);
+    let recent = env.info("quiet")["recent_events"].clone();
+    assert_eq!(kinds(recent.as_array().expect("an array")), ["added"]);
+}
+
 // ---------------------------------------------------------------------------
 // 7. A big log costs a claim nothing
 

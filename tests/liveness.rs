@@ -455,3 +455,65 @@ fn a_damaged_timestamp_never_panics() {
         env.write_state(&clean);
     }
 }
+
+#[test]
+fn list_shows_a_machine_busy_while_its_job_lock_is_held_whatever_its_pid_says() {
+    let env = lab();
+    env.add("other", 2);
+    // The job leaves a process in the background, which keeps the job
+    // lock when its mama is killed (and, with it, the job's shell).
+    let dir = dir_arg(&env);
+    let script = "sleep 600 & echo $! > \"$1/bg\"; wait";
+    let holder = env.start(["run", "m", "--", "sh", "-c", script, "sh", &dir]);
+    let bg: u32 = read_line_of(&env.path().join("bg"), LIMIT)
+        .trim()
+        .parse()
+        .expect("the background PID");
+    holder.signal(libc::SIGKILL);
+    wait_until("the killed mama is gone", LIMIT, || !alive(holder.pid()));
+    // A claim of `other` whose PID is dead, and no lock behind it.
+    let state = env.read_state();
+    let at = state.find("<name>other</name>").expect("other");
+    let job = at + state[at..].find("<job/>").expect("its job");
+    let mut text = state.clone();
+    text.replace_range(
+        job..job + "<job/>\n    <job_pid/>".len(),
+        &format!("<job>gone</job>\n    <job_pid>{}</job_pid>", dead_pid()),
+    );
+    env.write_state(&text);
+
+    let list = env.run(["list", "--json"]).json();
+    let shown = |name: &str| {
+        list.as_array()
+            .expect("an array")
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} listed"))
+    };
+    // The PID recorded on m is its killed mama's: only the lock says busy.
+    assert_eq!(
+        (&shown("m")["state"], &shown("m")["stale"]),
+        (&serde_json::json!("busy"), &serde_json::json!(false))
+    );
+    assert_eq!(shown("other")["state"], "stale");
+    // As info, which looks at the PID, tells it.
+    for name in ["m", "other"] {
+        let info = env.info(name);
+        for field in ["state", "stale", "stale_reason", "job_pid"] {
+            assert_eq!(shown(name)[field], info[field], "{name}: {field}");
+        }
+    }
+    let text = env.run(["info", "m"]).ok().to_string();
+    assert!(text.contains("its PID says nothing here"), "{text}");
+
+    // The last process of the job ends: the lock is free, the claim stale.
+    // SAFETY: a process this test's job started.
+    unsafe {
+        libc::kill(bg as libc::pid_t, libc::SIGKILL);
+    }
+    wait_until("the background process is gone", LIMIT, || !alive(bg));
+    wait_until("m shows stale", LIMIT, || {
+        env.run(["list", "--json"]).json()[0]["state"] == "stale"
+    });
+}

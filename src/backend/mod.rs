@@ -209,6 +209,25 @@ impl Store {
         }
     }
 
+    /// The lab, and the newest `count` committed events of `machine`,
+    /// oldest first (for `info`: reads only the end of the history).
+    pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
+        match self {
+            Store::File(store) => store.recent_events(machine, count),
+            Store::Pg(store) => {
+                let (snapshot, events) = store.read_events(None)?;
+                let mut recent: Vec<Event> = events
+                    .into_iter()
+                    .rev()
+                    .filter(|e| e.machine == machine)
+                    .take(count)
+                    .collect();
+                recent.reverse();
+                Ok((snapshot, recent))
+            }
+        }
+    }
+
     /// The committed events (all of them, or those numbered after `after`),
     /// oldest first, with the lab as it was when they were read.
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {

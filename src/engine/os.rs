@@ -157,7 +157,8 @@ fn stat(pid: u32) -> Option<Stat> {
 
 /// Reads /proc/ENTRY/stat (`ENTRY` a PID, or `self`).
 fn stat_of(entry: &str) -> Option<Stat> {
-    let text = std::fs::read(format!("/proc/{entry}/stat")).ok()?;
+    let mut buf = [0u8; 1024];
+    let text = read_small(&format!("/proc/{entry}/stat"), &mut buf)?;
     // The command name is in parentheses and may hold anything, ')' too.
     let close = text.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
@@ -173,6 +174,37 @@ fn stat_of(entry: &str) -> Option<Stat> {
     })
 }
 
+/// Reads a one-line file (a /proc entry) into `buf`: an open, a read, a
+/// close. `std::fs::read` asks for the size first, which /proc does not
+/// know, and then reads in growing steps: ten system calls a process where
+/// `list` probes a thousand.
+fn read_small<'b>(path: &str, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                // A /proc line comes whole in one read; no read to learn
+                // that nothing follows.
+                if buf[len - 1] == b'\n' {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    // A line longer than the buffer is not one this code can read.
+    (len < buf.len()).then_some(&buf[..len])
+}
+
+/// How many PIDs make a thread's worth of probing in [`Processes::probe_all`]
+/// (starting a thread costs about as much as twenty probes).
+const PIDS_A_THREAD: usize = 128;
+
 /// The live process table of this host's PID namespace, read on demand;
 /// each PID is probed once per look (a lab often names one PID many times).
 #[derive(Default)]
@@ -185,6 +217,65 @@ impl Processes {
         Processes::default()
     }
 
+    /// Probes these PIDs now, those not probed yet, so that later probes
+    /// of them are answered at once: for showing a whole lab. A probe is a
+    /// read of /proc/PID/stat, about 9 µs of the kernel's time, and a lab
+    /// of a thousand busy machines names a thousand PIDs, so many are
+    /// probed on a few threads (each probe stands alone).
+    pub fn probe_all(&self, pids: impl IntoIterator<Item = u32>) {
+        let mut todo: Vec<u32> = {
+            let probed = self.probed.borrow();
+            pids.into_iter()
+                .filter(|pid| !probed.contains_key(pid))
+                .collect()
+        };
+        todo.sort_unstable();
+        todo.dedup();
+        // Read once, before any thread asks for it.
+        let _ = Place::here();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+            .min(todo.len() / PIDS_A_THREAD)
+            .max(1);
+        let found: Vec<(u32, Probe)> = if threads == 1 {
+            todo.iter()
+                .map(|&pid| (pid, Processes::probe_now(pid)))
+                .collect()
+        } else {
+            let chunk = todo.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = todo
+                    .chunks(chunk)
+                    .map(|pids| {
+                        scope.spawn(move || {
+                            pids.iter()
+                                .map(|&pid| (pid, Processes::probe_now(pid)))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    // A worker that died probed nothing: those PIDs are
+                    // probed one by one when asked.
+                    .flat_map(|worker| worker.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        self.probed.borrow_mut().extend(found);
+    }
+
+    /// Takes `pid` as alive, started at `start`, where it was not probed:
+    /// for a caller that knows its verdict cannot depend on the probe (see
+    /// `list`). A PID probed already keeps what the probe said.
+    pub fn assume_alive(&self, pid: u32, start: Option<u64>) {
+        self.probed
+            .borrow_mut()
+            .entry(pid)
+            .or_insert(Probe::Alive { start });
+    }
+
     /// Forgets what was probed: a loop that looks again must see changes.
     pub fn forget(&self) {
         self.probed.borrow_mut().clear();
@@ -194,7 +285,23 @@ impl Processes {
         let Ok(raw) = libc::pid_t::try_from(pid) else {
             return Probe::Gone;
         };
-        if raw <= 0 || !exists(raw) {
+        if raw <= 0 {
+            return Probe::Gone;
+        }
+        // Where /proc shows this PID namespace, a process it shows exists
+        // here: one read tells both (kill() would be a system call more
+        // a process, and `list` probes every job's).
+        if Place::here().proc_is_ours
+            && let Some(stat) = stat(pid)
+        {
+            return match stat.zombie {
+                true => Probe::Gone,
+                false => Probe::Alive {
+                    start: Some(stat.start),
+                },
+            };
+        }
+        if !exists(raw) {
             return Probe::Gone;
         }
         match stat(pid) {

@@ -105,6 +105,38 @@ impl Field {
         }
     }
 
+    /// The field whose element is called `tag`.
+    pub fn from_tag(tag: &str) -> Option<Field> {
+        Some(match tag {
+            "name" => Field::Name,
+            "mac" => Field::Mac,
+            "ip" => Field::Ip,
+            "is_started" => Field::IsStarted,
+            "only_vm" => Field::OnlyVm,
+            "arch" => Field::Arch,
+            "os" => Field::Os,
+            "kernel" => Field::Kernel,
+            "pwr_dev" => Field::PwrDev,
+            "pwr_slot" => Field::PwrSlot,
+            "rly_dev" => Field::RlyDev,
+            "rly_slot" => Field::RlySlot,
+            "reservation" => Field::Reservation,
+            "resources" => Field::Resources,
+            "boot_params" => Field::BootParams,
+            "vm_params" => Field::VmParams,
+            "job" => Field::Job,
+            "job_pid" => Field::JobPid,
+            "job_timestamp" => Field::JobTimestamp,
+            "job_host" => Field::JobHost,
+            "job_origin" => Field::JobOrigin,
+            "job_queue" => Field::JobQueue,
+            "startcmd" => Field::StartCmd,
+            "stopcmd" => Field::StopCmd,
+            "start_timeout" => Field::StartTimeout,
+            _ => return None,
+        })
+    }
+
     /// Whether upstream PHP mama writes this field in every machine.
     pub const fn is_upstream(self) -> bool {
         !matches!(self, Field::JobHost | Field::JobOrigin | Field::JobQueue)
@@ -257,5 +289,18 @@ mod input_tests {
         assert!(check_name("all").is_err());
         assert!(check_name("a b").is_err());
         assert!(check_name("rig-1.lab").is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_found_by_its_tag() {
+        for field in Field::ALL {
+            assert_eq!(Field::from_tag(field.tag()), Some(field), "{field:?}");
+        }
+        assert_eq!(Field::from_tag("custom"), None);
     }
 }

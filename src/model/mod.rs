@@ -15,6 +15,8 @@ pub mod event;
 pub mod field;
 pub mod queue;
 
+use std::sync::Arc;
+
 use crate::engine::os::Origin;
 use crate::error::Error;
 use event::Event;
@@ -33,16 +35,69 @@ pub struct JobRecord {
 }
 
 /// One machine: the text of each of its fields, as read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// A backend that read the lab from one text (the state file) lends it to
+/// every machine, and a field is a span of it: reading a lab of ten
+/// thousand machines then copies no field and allocates nothing a field.
+#[derive(Debug, Clone, Default)]
 pub struct Machine {
-    /// Each field's text, by [`Field::index`]; `None` where the machine
+    /// The text the spans are of.
+    source: Option<Arc<String>>,
+    /// Each field's text, by [`Field::index`]: absent where the machine
     /// has no such field at all (which is not the same as an empty one: a
     /// field set to empty text is created).
-    fields: [Option<String>; Field::ALL.len()],
+    fields: [Slot; Field::ALL.len()],
+    /// Texts of the machine's own: decoded values, and values set.
+    owned: Vec<String>,
     /// The fields that are not plain text (in the state file: an element
-    /// that holds elements of its own); mama will not overwrite them.
-    structured: Vec<Field>,
+    /// that holds elements of its own), a bit each by [`Field::index`];
+    /// mama will not overwrite them.
+    structured: u32,
 }
+
+/// Where a field's text is, in eight bytes (a lab of ten thousand machines
+/// holds a quarter of a million): absent, the span `start..end` of the
+/// source, or (`start` is `u32::MAX`) the machine's own text `end - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    start: u32,
+    end: u32,
+}
+
+impl Slot {
+    const ABSENT: Slot = Slot {
+        start: u32::MAX,
+        end: 0,
+    };
+
+    fn owned(at: usize) -> Slot {
+        Slot {
+            start: u32::MAX,
+            end: u32::try_from(at + 1).unwrap_or(0),
+        }
+    }
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot::ABSENT
+    }
+}
+
+fn bit(field: Field) -> u32 {
+    1 << field.index()
+}
+
+impl PartialEq for Machine {
+    fn eq(&self, other: &Machine) -> bool {
+        Field::ALL
+            .into_iter()
+            .all(|f| self.field(f) == other.field(f))
+            && self.structured == other.structured
+    }
+}
+
+impl Eq for Machine {}
 
 impl Machine {
     /// A machine as a backend reads it: the text of the fields it has, and
@@ -53,20 +108,102 @@ impl Machine {
     ) -> Machine {
         let mut machine = Machine::default();
         for (field, text) in fields {
-            machine.fields[field.index()] = Some(text);
+            machine.put(field, Some(text));
         }
-        machine.structured = structured.into_iter().collect();
+        machine.structured = structured.into_iter().fold(0, |bits, f| bits | bit(f));
         machine
+    }
+
+    /// A machine whose fields are spans of `source`, given one by one with
+    /// [`Machine::read_span`] and [`Machine::read_text`].
+    pub fn of(source: &Arc<String>) -> Machine {
+        Machine {
+            source: Some(Arc::clone(source)),
+            ..Machine::default()
+        }
+    }
+
+    /// Reads `field` as the bytes `start..end` of the source, unless the
+    /// machine has it already (the first one read counts); false when the
+    /// span is not one of the source (then nothing is read).
+    pub fn read_span(&mut self, field: Field, start: usize, end: usize, structured: bool) -> bool {
+        let fits = self
+            .source
+            .as_ref()
+            .is_some_and(|s| start <= end && s.is_char_boundary(start) && s.is_char_boundary(end));
+        let (Ok(from), Ok(to)) = (u32::try_from(start), u32::try_from(end)) else {
+            return false;
+        };
+        if !fits {
+            return false;
+        }
+        if from == u32::MAX {
+            return false;
+        }
+        if self.fields[field.index()] == Slot::ABSENT {
+            self.fields[field.index()] = Slot {
+                start: from,
+                end: to,
+            };
+            if structured {
+                self.structured |= bit(field);
+            }
+        }
+        true
+    }
+
+    /// Reads `field` as `text`, unless the machine has it already.
+    pub fn read_text(&mut self, field: Field, text: String, structured: bool) {
+        if self.fields[field.index()] == Slot::ABSENT {
+            self.put(field, Some(text));
+            if structured {
+                self.structured |= bit(field);
+            }
+        }
+    }
+
+    /// A field's text, `None` where the machine has no such field.
+    fn field(&self, field: Field) -> Option<&str> {
+        match self.fields[field.index()] {
+            Slot::ABSENT => None,
+            Slot {
+                start: u32::MAX,
+                end,
+            } => self.owned.get(end as usize - 1).map(String::as_str),
+            Slot { start, end } => self.source.as_ref()?.get(start as usize..end as usize),
+        }
+    }
+
+    /// Sets a field's text (`None`: the machine has no such field).
+    fn put(&mut self, field: Field, text: Option<String>) {
+        let slot = &mut self.fields[field.index()];
+        *slot = match (text, *slot) {
+            (None, _) => Slot::ABSENT,
+            (
+                Some(text),
+                Slot {
+                    start: u32::MAX,
+                    end,
+                },
+            ) if end > 0 && (end as usize) <= self.owned.len() => {
+                self.owned[end as usize - 1] = text;
+                *slot
+            }
+            (Some(text), _) => {
+                self.owned.push(text);
+                Slot::owned(self.owned.len() - 1)
+            }
+        };
     }
 
     /// A field's text; empty when the field is missing or empty.
     pub fn get(&self, field: Field) -> &str {
-        self.fields[field.index()].as_deref().unwrap_or("")
+        self.field(field).unwrap_or("")
     }
 
     /// Whether the machine has this field (perhaps empty).
     pub fn has(&self, field: Field) -> bool {
-        self.fields[field.index()].is_some()
+        self.fields[field.index()] != Slot::ABSENT
     }
 
     pub fn name(&self) -> &str {
@@ -172,8 +309,8 @@ impl MachineMut<'_> {
     /// Sets a field, creating it in upstream order when missing.
     pub fn set(&mut self, field: Field, value: &str) -> Result<(), Error> {
         check_value(field, value)?;
-        match &self.machine.fields[field.index()] {
-            Some(_) if self.machine.structured.contains(&field) => {
+        match self.machine.field(field) {
+            Some(_) if self.machine.structured & bit(field) != 0 => {
                 return Err(Error::Invalid(format!(
                     "field <{}> holds elements of its own; mama will not overwrite it \
                      (edit the state file by hand)",
@@ -186,7 +323,7 @@ impl MachineMut<'_> {
             None => {}
         }
         let machine = self.machine.name().to_string();
-        self.machine.fields[field.index()] = Some(value.to_string());
+        self.machine.put(field, Some(value.to_string()));
         self.changes.push(Change::Set {
             machine,
             field,
@@ -201,10 +338,10 @@ impl MachineMut<'_> {
         if field.is_upstream() {
             return self.set(field, "");
         }
-        if self.machine.fields[field.index()].is_some() {
+        if self.machine.has(field) {
             let machine = self.machine.name().to_string();
-            self.machine.fields[field.index()] = None;
-            self.machine.structured.retain(|&f| f != field);
+            self.machine.put(field, None);
+            self.machine.structured &= !bit(field);
             self.changes.push(Change::Unset { machine, field });
         }
         Ok(())
@@ -320,6 +457,14 @@ impl Lab {
         &self.changes
     }
 
+    /// The lab as it stands once its changes are stored: the same machines,
+    /// no change or event pending.
+    pub fn settled(mut self) -> Lab {
+        self.changes.clear();
+        self.events.clear();
+        self
+    }
+
     /// Records an event, to be committed with this transaction's changes.
     pub fn record(&mut self, event: Event) {
         self.events.push(event);
@@ -349,7 +494,7 @@ impl Lab {
         let changes = &mut self.changes;
         self.machines
             .iter_mut()
-            .find(|m| m.fields[Field::Name.index()].as_deref() == Some(name))
+            .find(|m| m.field(Field::Name) == Some(name))
             .map(|machine| MachineMut { machine, changes })
             .ok_or_else(|| Error::UnknownMachine(name.to_string()))
     }
@@ -404,7 +549,7 @@ impl Lab {
         let at = self
             .machines
             .iter()
-            .position(|m| m.fields[Field::Name.index()].as_deref() == Some(name))
+            .position(|m| m.field(Field::Name) == Some(name))
             .ok_or_else(|| Error::UnknownMachine(name.to_string()))?;
         self.machines.remove(at);
         self.changes.push(Change::Remove(name.to_string()));

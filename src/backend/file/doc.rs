@@ -12,9 +12,12 @@
 //! side in the state file, see [`crate::backend::file::log`]), are kept
 //! here too.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 
-use super::xml::{self, Document, Element, ParseError};
+use super::xml::{self, Document, Element, Node, ParseError, Skimmer, Source};
 use crate::error::Error;
 use crate::model::event::Event;
 use crate::model::field::Field;
@@ -31,9 +34,148 @@ const PENDING_EVENTS: &str = "pending_events";
 const PHP_COMPAT: &str = "php_compat";
 
 /// The parsed state file.
+///
+/// Its machines are read lazily: the whole text is checked once, but each
+/// `<machine>` stays a span of it ([`xml::Node::Lazy`]) with its fields'
+/// texts read into the [`Machine`] of its slot, as spans too. Only a
+/// machine that a change reaches is built into a tree; the rest are
+/// written back as the bytes they were, and [`XmlLab::render`] proves the
+/// new text by checking again only what changed.
 #[derive(Debug, Clone)]
 pub struct XmlLab {
     doc: Document,
+    /// The skimmed machines as read, by slot (until
+    /// [`XmlLab::take_model`] takes them).
+    machines: Vec<Machine>,
+    /// Their names, by slot, for finding them once the machines are taken.
+    names: Names,
+    /// Whether a change added or renamed a machine (then the names are
+    /// checked again before writing).
+    renamed: bool,
+}
+
+/// A quick hash for machine names (FxHash's multiply and rotate, eight
+/// bytes at a time): checking ten thousand names for a duplicate with
+/// SipHash cost more than reading them. Not for names an attacker could
+/// choose to collide at will in a long-lived table; here a table lives
+/// for one check.
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl std::hash::Hasher for FoldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The names of the skimmed machines, by slot: spans of the source (eight
+/// bytes a machine), or, for a name written with references, a string.
+#[derive(Debug, Clone, Default)]
+struct Names {
+    source: Option<Source>,
+    spans: Vec<(u32, u32)>,
+    odd: Vec<String>,
+}
+
+/// A slot without a name.
+const NO_NAME: (u32, u32) = (u32::MAX, u32::MAX);
+
+impl Names {
+    fn of(source: &Source, machines: &[Machine]) -> Names {
+        let mut names = Names {
+            source: Some(Arc::clone(source)),
+            spans: Vec::with_capacity(machines.len()),
+            odd: Vec::new(),
+        };
+        for machine in machines {
+            let span = match machine.has(Field::Name) {
+                false => NO_NAME,
+                true => match xml::offsets_in(source, machine.name())
+                    .and_then(|(a, b)| Some((u32::try_from(a).ok()?, u32::try_from(b).ok()?)))
+                {
+                    Some(span) if span.0 != u32::MAX => span,
+                    _ => {
+                        names.odd.push(machine.name().to_string());
+                        (u32::MAX, (names.odd.len() - 1) as u32)
+                    }
+                },
+            };
+            names.spans.push(span);
+        }
+        names
+    }
+
+    /// The name of the machine in `slot`; `None` when it has none.
+    fn get(&self, slot: u32) -> Option<&str> {
+        match *self.spans.get(slot as usize)? {
+            NO_NAME => None,
+            (u32::MAX, at) => self.odd.get(at as usize).map(String::as_str),
+            (from, to) => self.source.as_ref()?.get(from as usize..to as usize),
+        }
+    }
+}
+
+/// Reads the fields of skimmed machines into [`Machine`]s.
+struct Machines<'s> {
+    source: &'s Source,
+    list: Vec<Machine>,
+    /// The field that came after the last one told: machines list their
+    /// fields in one order, so this is nearly always the next.
+    next: usize,
+}
+
+impl Skimmer for Machines<'_> {
+    fn skims(&mut self, name: &str) -> bool {
+        name == MACHINE
+    }
+
+    fn reset(&mut self) {
+        self.list.clear();
+        self.next = 0;
+    }
+
+    fn begin(&mut self) -> u32 {
+        self.list.push(Machine::of(self.source));
+        u32::try_from(self.list.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    fn child(&mut self, slot: u32, name: &str, text: Cow<'_, str>, structured: bool) {
+        let field = match Field::ALL.get(self.next) {
+            Some(&field) if xml::same_bytes(field.tag().as_bytes(), name.as_bytes()) => field,
+            _ => match Field::from_tag(name) {
+                Some(field) => field,
+                None => return,
+            },
+        };
+        self.next = field.index() + 1;
+        let Some(machine) = self.list.get_mut(slot as usize) else {
+            return;
+        };
+        // An empty field is the empty span: any source has it.
+        if text.is_empty() && machine.read_span(field, 0, 0, structured) {
+            return;
+        }
+        if let Cow::Borrowed(piece) = text
+            && let Some((start, end)) = xml::offsets_in(self.source, piece)
+            && machine.read_span(field, start, end, structured)
+        {
+            return;
+        }
+        machine.read_text(field, text.into_owned(), structured);
+    }
 }
 
 impl XmlLab {
@@ -41,30 +183,79 @@ impl XmlLab {
     pub fn empty() -> XmlLab {
         XmlLab {
             doc: Document::new(Element::new(ROOT)),
+            machines: Vec::new(),
+            names: Names::default(),
+            renamed: false,
         }
     }
 
     /// Reads a state file's text: well-formed XML, a `<settings>` root, and
     /// no two machines of one name.
     pub fn parse(text: &str) -> Result<XmlLab, ParseError> {
-        let doc = Document::parse(text)?;
-        if doc.root.name != ROOT {
+        XmlLab::read(Arc::new(text.to_string()))
+    }
+
+    /// [`XmlLab::parse`] of a text it keeps (no copy): machines are skimmed,
+    /// not built.
+    pub fn read(source: Source) -> Result<XmlLab, ParseError> {
+        let mut machines = Machines {
+            source: &source,
+            // A machine takes some 400 bytes of text or more.
+            list: Vec::with_capacity(source.len() / 400 + 1),
+            next: 0,
+        };
+        let doc = Document::parse_lazy(Arc::clone(&source), &mut machines)?;
+        let machines = machines.list;
+        XmlLab::checked(XmlLab {
+            doc,
+            names: Names::of(&source, &machines),
+            machines,
+            renamed: false,
+        })
+    }
+
+    /// [`XmlLab::parse`] building the whole tree: what the lazy reading is
+    /// held to, in the tests.
+    #[cfg(test)]
+    pub fn parse_eager(text: &str) -> Result<XmlLab, ParseError> {
+        XmlLab::checked(XmlLab {
+            doc: Document::parse(text)?,
+            machines: Vec::new(),
+            names: Names::default(),
+            renamed: false,
+        })
+    }
+
+    /// The lab if its root is `<settings>` and no two machines share a name.
+    fn checked(lab: XmlLab) -> Result<XmlLab, ParseError> {
+        if lab.doc.root.name != ROOT {
             return Err(ParseError {
                 line: 0,
                 column: 0,
                 message: format!(
                     "the root element is <{}>, not <{ROOT}>: this is not a mama state file",
-                    doc.root.name
+                    lab.doc.root.name
                 ),
             });
         }
-        let lab = XmlLab { doc };
-        let mut seen = HashSet::new();
-        for machine in lab.machine_elements() {
-            let name = machine
-                .child(Field::Name.tag())
-                .map(|e| e.text())
-                .unwrap_or_default();
+        lab.check_names()?;
+        Ok(lab)
+    }
+
+    fn check_names(&self) -> Result<(), ParseError> {
+        let mut seen: HashSet<Cow<'_, str>, BuildHasherDefault<FoldHasher>> =
+            HashSet::with_capacity_and_hasher(self.names.spans.len(), Default::default());
+        for node in &self.doc.root.children {
+            let name = match node {
+                Node::Lazy(lazy) if lazy.name() == MACHINE => {
+                    Cow::Borrowed(self.names.get(lazy.slot).unwrap_or(""))
+                }
+                Node::Element(machine) if machine.name == MACHINE => machine
+                    .child(Field::Name.tag())
+                    .map(|e| e.text())
+                    .unwrap_or_default(),
+                _ => continue,
+            };
             if !name.is_empty() && !seen.insert(name.clone()) {
                 return Err(ParseError {
                     line: 0,
@@ -73,35 +264,122 @@ impl XmlLab {
                 });
             }
         }
-        Ok(lab)
+        Ok(())
     }
 
-    /// The state file's text.
+    /// The state file's text, unchecked.
     pub fn to_xml(&self) -> String {
         self.doc.write()
     }
 
-    fn machine_elements(&self) -> impl Iterator<Item = &Element> {
-        self.doc.root.elements().filter(|e| e.name == MACHINE)
+    /// The state file's text, proven to read back as a state file: well
+    /// formed (see [`Document::write_checked`]: only what changed is
+    /// parsed again), under the same root, with no two machines of one
+    /// name.
+    pub fn render(&self) -> Result<Vec<Cow<'_, str>>, ParseError> {
+        let pieces = self.doc.write_checked()?;
+        if self.renamed {
+            self.check_names()?;
+        }
+        Ok(pieces)
+    }
+
+    /// Whether `file` holds, from where it stands to its end, the text this
+    /// document renders, byte for byte. Read in blocks of 64 KiB and
+    /// compared as they come: no second copy of a large lab is held.
+    pub fn rendered_by(&self, file: &mut impl std::io::Read) -> std::io::Result<bool> {
+        let mut block = vec![0u8; 64 * 1024];
+        for piece in self.doc.pieces() {
+            let mut piece = piece.as_bytes();
+            while !piece.is_empty() {
+                let want = piece.len().min(block.len());
+                let got = match file.read(&mut block[..want]) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if block[..got] != piece[..got] {
+                    return Ok(false);
+                }
+                piece = &piece[got..];
+            }
+        }
+        // Nothing more.
+        loop {
+            match file.read(&mut block[..1]) {
+                Ok(n) => return Ok(n == 0),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The lab as the engine sees it: each machine with the text of every
     /// field it has, and the fields that hold elements of their own.
     pub fn model(&self) -> Lab {
         Lab::new(
-            self.machine_elements()
-                .map(|element| {
-                    let fields = Field::ALL
-                        .into_iter()
-                        .filter_map(|f| Some((f, element.child(f.tag())?)));
-                    Machine::read(
-                        fields
-                            .clone()
-                            .map(|(field, e)| (field, e.text().into_owned())),
-                        fields
-                            .filter(|(_, e)| e.has_child_elements())
-                            .map(|(field, _)| field),
-                    )
+            self.doc
+                .root
+                .children
+                .iter()
+                .filter_map(|node| match node {
+                    Node::Lazy(lazy) if lazy.name() == MACHINE => {
+                        match self.machines.get(lazy.slot as usize) {
+                            Some(machine) => Some(machine.clone()),
+                            // Taken: read again from its text.
+                            None => lazy.build().ok().map(|e| machine_of(&e)),
+                        }
+                    }
+                    Node::Element(element) if element.name == MACHINE => Some(machine_of(element)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// [`XmlLab::model`], handing over the machines read instead of copying
+    /// them (a lab of ten thousand machines holds megabytes of them): for
+    /// a transaction, which reads the model once.
+    pub fn take_model(&mut self) -> Lab {
+        let mut machines = std::mem::take(&mut self.machines);
+        // Skimmed in document order, slot after slot: then they are the
+        // lab's machines as they stand, and move over whole.
+        let mut machine_nodes = self
+            .doc
+            .root
+            .children
+            .iter()
+            .filter(|node| node.element_name() == Some(MACHINE));
+        let in_order = machine_nodes
+            .by_ref()
+            .enumerate()
+            .all(|(at, node)| matches!(node, Node::Lazy(lazy) if lazy.slot as usize == at))
+            && self
+                .doc
+                .root
+                .children
+                .iter()
+                .filter(|n| matches!(n, Node::Lazy(_)))
+                .count()
+                == machines.len();
+        if in_order {
+            return Lab::new(machines);
+        }
+        Lab::new(
+            self.doc
+                .root
+                .children
+                .iter()
+                .filter_map(|node| match node {
+                    Node::Lazy(lazy) if lazy.name() == MACHINE => {
+                        match machines.get_mut(lazy.slot as usize) {
+                            Some(machine) => Some(std::mem::take(machine)),
+                            None => lazy.build().ok().map(|e| machine_of(&e)),
+                        }
+                    }
+                    Node::Element(element) if element.name == MACHINE => Some(machine_of(element)),
+                    _ => None,
                 })
                 .collect(),
         )
@@ -119,6 +397,9 @@ impl XmlLab {
                 field,
                 value,
             } => {
+                if *field == Field::Name {
+                    self.renamed = true;
+                }
                 let element = self.machine_mut(machine)?;
                 if let Some(child) = element.child_mut(field.tag()) {
                     child.set_text(value);
@@ -139,30 +420,28 @@ impl XmlLab {
                     element.remove_child(at);
                 }
             }
-            Change::Add(new) => self.add(new),
+            Change::Add(new) => {
+                self.renamed = true;
+                self.add(new);
+            }
             Change::AddElement { name, element } => {
+                self.renamed = true;
                 let parts = XmlLab::from_machines([(name.as_str(), element.as_str())])
                     .map_err(|e| Error::Invalid(format!("machine '{name}': {e}")))?;
-                let last_machine = self
-                    .doc
-                    .root
-                    .children
-                    .iter()
-                    .rposition(|n| matches!(n, xml::Node::Element(e) if e.name == MACHINE));
-                for element in parts.doc.root.elements() {
-                    self.doc
+                for node in parts.machine_nodes() {
+                    let element = built(node)
+                        .map_err(|e| Error::Invalid(format!("machine '{name}': {e}")))?;
+                    let last_machine = self
+                        .doc
                         .root
-                        .insert_element(last_machine, element.clone(), "  ");
+                        .children
+                        .iter()
+                        .rposition(|n| n.element_name() == Some(MACHINE));
+                    self.doc.root.insert_element(last_machine, element, "  ");
                 }
             }
             Change::Remove(name) => {
-                let at = self
-                    .doc
-                    .root
-                    .children
-                    .iter()
-                    .position(|n| matches!(n, xml::Node::Element(e) if is_machine(e, name)))
-                    .ok_or_else(|| unknown(name))?;
+                let at = self.position_of(name).ok_or_else(|| unknown(name))?;
                 // Its line goes with it.
                 self.doc.root.remove_child(at);
             }
@@ -170,13 +449,32 @@ impl XmlLab {
         Ok(())
     }
 
-    /// The element of the machine called `name`.
+    /// Where the machine called `name` stands among the root's children.
+    fn position_of(&self, name: &str) -> Option<usize> {
+        self.doc.root.children.iter().position(|node| match node {
+            Node::Lazy(lazy) => lazy.name() == MACHINE && self.names.get(lazy.slot) == Some(name),
+            Node::Element(element) => is_machine(element, name),
+            _ => false,
+        })
+    }
+
+    /// The element of the machine called `name`, built from its text if it
+    /// was only skimmed.
     fn machine_mut(&mut self, name: &str) -> Result<&mut Element, Error> {
-        self.doc
-            .root
-            .elements_mut()
-            .find(|e| is_machine(e, name))
-            .ok_or_else(|| unknown(name))
+        let at = self.position_of(name).ok_or_else(|| unknown(name))?;
+        let node = &mut self.doc.root.children[at];
+        if let Node::Lazy(lazy) = node {
+            let element = lazy.build().map_err(|e| {
+                Error::Invalid(format!(
+                    "internal error: the machine '{name}' read before does not read alone ({e})"
+                ))
+            })?;
+            *node = Node::Element(element);
+        }
+        match node {
+            Node::Element(element) => Ok(element),
+            _ => Err(unknown(name)),
+        }
     }
 
     /// Adds a machine after the last one, with every upstream field.
@@ -190,7 +488,7 @@ impl XmlLab {
             .root
             .children
             .iter()
-            .rposition(|n| matches!(n, xml::Node::Element(e) if e.name == MACHINE));
+            .rposition(|n| n.element_name() == Some(MACHINE));
         self.doc.root.insert_element(last_machine, machine, "  ");
     }
 
@@ -211,8 +509,8 @@ impl XmlLab {
             names.push(name);
         }
         text.push_str("</settings>\n");
-        let lab = XmlLab::parse(&text)?;
-        let read: Vec<String> = lab.machine_elements().map(machine_name).collect();
+        let lab = XmlLab::read(Arc::new(text))?;
+        let read: Vec<Cow<'_, str>> = lab.machine_nodes().map(|n| lab.node_name(n)).collect();
         if read != names {
             let at = read
                 .iter()
@@ -228,7 +526,13 @@ impl XmlLab {
                 ),
             });
         }
-        if lab.doc.root.elements().any(|e| e.name != MACHINE) {
+        if lab
+            .doc
+            .root
+            .children
+            .iter()
+            .any(|n| n.element_name().is_some_and(|name| name != MACHINE))
+        {
             return Err(ParseError {
                 line: 0,
                 column: 0,
@@ -238,17 +542,47 @@ impl XmlLab {
         Ok(lab)
     }
 
+    /// The root's machines, built or skimmed, in document order.
+    fn machine_nodes(&self) -> impl Iterator<Item = &Node> {
+        self.doc
+            .root
+            .children
+            .iter()
+            .filter(|n| n.element_name() == Some(MACHINE))
+    }
+
+    /// The name of one of [`XmlLab::machine_nodes`]; empty when it has none.
+    fn node_name<'s>(&'s self, node: &'s Node) -> Cow<'s, str> {
+        match node {
+            Node::Lazy(lazy) => Cow::Borrowed(self.names.get(lazy.slot).unwrap_or("")),
+            Node::Element(element) => element
+                .child(Field::Name.tag())
+                .map(|n| n.text())
+                .unwrap_or_default(),
+            _ => Cow::Borrowed(""),
+        }
+    }
+
+    /// The text of one of [`XmlLab::machine_nodes`]: a skimmed machine's
+    /// as read, a built one's as it now stands.
+    fn node_text(node: &Node) -> String {
+        match node {
+            Node::Lazy(lazy) => lazy.text().to_string(),
+            Node::Element(element) => element.to_text(),
+            _ => String::new(),
+        }
+    }
+
     /// The text of the element of the machine called `name`.
     pub fn machine_text(&self, name: &str) -> Option<String> {
-        self.machine_elements()
-            .find(|e| is_machine(e, name))
-            .map(Element::to_text)
+        let at = self.position_of(name)?;
+        Some(XmlLab::node_text(&self.doc.root.children[at]))
     }
 
     /// Every machine's name and element text, in order.
     pub fn machine_texts(&self) -> Vec<(String, String)> {
-        self.machine_elements()
-            .map(|e| (machine_name(e), e.to_text()))
+        self.machine_nodes()
+            .map(|n| (self.node_name(n).into_owned(), XmlLab::node_text(n)))
             .collect()
     }
 
@@ -257,10 +591,11 @@ impl XmlLab {
     /// comments and declaration, which a lab keeps beside its machines.
     pub fn skeleton(&self) -> String {
         let mut doc = self.doc.clone();
-        while let Some(at) = doc.root.children.iter().position(|n| {
-            matches!(n, xml::Node::Element(e)
-                if e.name == MACHINE || e.name == EVENT_SEQ || e.name == PENDING_EVENTS)
-        }) {
+        while let Some(at) =
+            doc.root.children.iter().position(|n| {
+                matches!(n.element_name(), Some(MACHINE | EVENT_SEQ | PENDING_EVENTS))
+            })
+        {
             doc.root.remove_child(at);
         }
         doc.write()
@@ -278,15 +613,11 @@ impl XmlLab {
             None => XmlLab::empty(),
         };
         let parts = XmlLab::from_machines(machines)?;
-        for element in parts.doc.root.elements() {
-            let last = lab
-                .doc
-                .root
-                .children
-                .iter()
-                .rposition(|n| matches!(n, xml::Node::Element(_)));
-            lab.doc.root.insert_element(last, element.clone(), "  ");
+        for node in parts.machine_nodes() {
+            let last = lab.doc.root.children.iter().rposition(Node::is_element);
+            lab.doc.root.insert_element(last, built(node)?, "  ");
         }
+        lab.renamed = true;
         Ok(lab)
     }
 
@@ -355,12 +686,34 @@ impl XmlLab {
     }
 }
 
-/// The name of a `<machine>` element.
-fn machine_name(element: &Element) -> String {
-    element
-        .child(Field::Name.tag())
-        .map(|n| n.text().into_owned())
-        .unwrap_or_default()
+/// A machine node of the root built into an element (a skimmed one from
+/// its text), to be moved into another document: a skimmed machine's
+/// slot means something only in the document that read it.
+fn built(node: &Node) -> Result<Element, ParseError> {
+    match node {
+        Node::Lazy(lazy) => lazy.build(),
+        Node::Element(element) => Ok(element.clone()),
+        _ => Err(ParseError {
+            line: 0,
+            column: 0,
+            message: "internal error: not an element".into(),
+        }),
+    }
+}
+
+/// A built `<machine>` as the engine sees it.
+fn machine_of(element: &Element) -> Machine {
+    let fields = Field::ALL
+        .into_iter()
+        .filter_map(|f| Some((f, element.child(f.tag())?)));
+    Machine::read(
+        fields
+            .clone()
+            .map(|(field, e)| (field, e.text().into_owned())),
+        fields
+            .filter(|(_, e)| e.has_child_elements())
+            .map(|(field, _)| field),
+    )
 }
 
 /// Whether `element` is the `<machine>` called `name`.
@@ -565,7 +918,18 @@ mod damaged_file_tests {
             let Ok(text) = std::str::from_utf8(&bytes) else {
                 continue;
             };
-            if let Ok(mut doc) = XmlLab::parse(text) {
+            let lazy = XmlLab::parse(text);
+            // The lazy reading refuses what the tree refuses, saying the same.
+            match (&lazy, XmlLab::parse_eager(text)) {
+                (Ok(lazy), Ok(eager)) => {
+                    let machines =
+                        |lab: &XmlLab| lab.model().machines().cloned().collect::<Vec<_>>();
+                    assert_eq!(machines(lazy), machines(&eager), "seed {seed}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a, &b, "seed {seed}"),
+                (a, b) => panic!("seed {seed}: lazy {:?}, eager {:?}", a.is_ok(), b.is_ok()),
+            }
+            if let Ok(mut doc) = lazy {
                 read += 1;
                 // Unchanged, a lab writes back the very text it was read from.
                 let lab = doc.model();
@@ -577,5 +941,335 @@ mod damaged_file_tests {
             }
         }
         assert!(read > 100, "only {read} damaged files were still readable");
+    }
+}
+
+/// The lazy reading (machines skimmed, the plain-file scanner, the proof of
+/// only what changed) held to the eager tree it replaces: random labs read
+/// alike, and random edits write the same file.
+#[cfg(test)]
+mod lazy_tests {
+    use super::*;
+    use crate::model::JobRecord;
+    use crate::model::event::Kind;
+
+    /// A small deterministic generator (xorshift64*), so failures replay.
+    struct Prng(u64);
+
+    impl Prng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+
+        /// True one time in `n`.
+        fn one_in(&mut self, n: usize) -> bool {
+            self.below(n) == 0
+        }
+    }
+
+    /// Field contents as files hold them: plain (the scanner's), and what
+    /// sends the reading to the general reader.
+    const CONTENTS: &[&str] = &[
+        "",
+        "",
+        "plain",
+        "x86_64",
+        "console=ttyS0,115200",
+        "a &amp; b",
+        "&lt;tag&gt; &quot;q&quot; &apos;a&apos;",
+        "é ✓ 𝄞",
+        "two\nlines",
+        " padded ",
+        "&#233;&#x41;",
+        "cr\r\nlf",
+        "<![CDATA[<raw & stuff>]]>",
+        "a<!-- note -->b",
+        "t<sub>u</sub>v",
+        "<sub/>",
+        "x > y",
+        "<?pi data?>",
+    ];
+
+    const WHITE: &[&str] = &["\n  ", "\n  ", "\n\t", " ", "", "\n\n  ", "\r\n  "];
+
+    fn machine(rng: &mut Prng, n: usize, out: &mut String) {
+        let indent = rng.pick(&["\n    ", "\n    ", "\n\t\t", ""]);
+        out.push_str("<machine>");
+        let mut fields: Vec<&str> = Field::ALL.iter().map(|f| f.tag()).collect();
+        if rng.one_in(3) {
+            fields.retain(|_| !rng.one_in(4));
+        }
+        if rng.one_in(5) {
+            let at = rng.below(fields.len() + 1);
+            fields.insert(at, rng.pick(&["custom", "os", "extra"]));
+        }
+        if rng.one_in(4) {
+            let (a, b) = (rng.below(fields.len()), rng.below(fields.len()));
+            fields.swap(a, b);
+        }
+        for tag in fields {
+            out.push_str(indent);
+            if rng.one_in(30) {
+                out.push_str("<!-- c -->");
+            }
+            let content = match tag {
+                "name" if rng.one_in(6) => format!("m&amp;{n}"),
+                "name" => format!("m{n}"),
+                "mac" => format!("aa:bb:cc:dd:{:02x}:{:02x}", n / 256 % 256, n % 256),
+                _ => rng.pick(CONTENTS).to_string(),
+            };
+            if content.is_empty() && rng.one_in(2) {
+                out.push_str(&format!("<{tag}/>"));
+            } else if tag == "custom" && rng.one_in(2) {
+                out.push_str(&format!("<{tag} a=\"1\">{content}</{tag}>"));
+            } else {
+                out.push_str(&format!("<{tag}>{content}</{tag}>"));
+            }
+        }
+        out.push_str(indent.get(..indent.len().saturating_sub(2)).unwrap_or(""));
+        out.push_str("</machine>");
+    }
+
+    /// A random state file: mostly plain, now and then with what only the
+    /// general reader takes.
+    fn random_lab(rng: &mut Prng) -> String {
+        let mut out = String::new();
+        if rng.one_in(20) {
+            out.push('\u{feff}');
+        }
+        out.push_str(rng.pick(&[
+            "<?xml version=\"1.0\"?>\n",
+            "<?xml version=\"1.0\"?>\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+            "",
+            "<?xml version='1.0'?>\n<!-- lab -->\n",
+        ]));
+        out.push_str(if rng.one_in(15) {
+            "<settings version=\"2\">"
+        } else {
+            "<settings>"
+        });
+        let machines = rng.below(8);
+        for n in 0..machines {
+            out.push_str(rng.pick(WHITE));
+            match rng.below(25) {
+                0 => out.push_str("<resource><name>pdu</name></resource>"),
+                1 => out.push_str("<!-- top -->"),
+                2 => out.push_str("<machine/>"),
+                3 => out.push_str("<machine><mac>00:11</mac></machine>"),
+                _ => {}
+            }
+            out.push_str(rng.pick(WHITE));
+            machine(rng, n, &mut out);
+        }
+        if rng.one_in(3) {
+            out.push_str("\n  <event_seq>7</event_seq>");
+        }
+        if rng.one_in(4) {
+            out.push_str("\n  <pending_events>{\"seq\":7,\"time\":1,\"machine\":\"m0\",\"event\":\"set\",\"job\":null,\"pid\":null,\"user\":\"u\",\"host\":\"h\",\"detail\":\"os=a&amp;b\"}\n</pending_events>");
+        }
+        out.push_str(rng.pick(&["\n", "", "\n  "]));
+        out.push_str("</settings>");
+        out.push_str(rng.pick(&["\n", "", "\n\n", "\n<!-- end -->\n"]));
+        out
+    }
+
+    const VALUES: &[&str] = &[
+        "",
+        "fedora",
+        "a & b",
+        "<x>",
+        "q\"'",
+        "]]>",
+        "cr\rhere",
+        "two\nlines",
+        "é",
+        "  spaced  ",
+    ];
+
+    /// Random changes a transaction makes, through the model.
+    fn random_changes(rng: &mut Prng, lab: &mut Lab, added: &mut usize) {
+        for _ in 0..rng.below(6) {
+            let names: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
+            let name = names
+                .get(rng.below(names.len().max(1)))
+                .cloned()
+                .unwrap_or_default();
+            let field = Field::ALL[rng.below(Field::ALL.len())];
+            let _ = match rng.below(7) {
+                0 | 1 => lab
+                    .get_mut(&name)
+                    .and_then(|mut m| m.set(field, rng.pick(VALUES))),
+                2 => lab.get_mut(&name).and_then(|mut m| m.clear(field)),
+                3 => lab.get_mut(&name).and_then(|mut m| {
+                    m.set_job(&JobRecord {
+                        label: rng.pick(VALUES).to_string(),
+                        pid: Some(rng.below(100_000) as u32 + 1),
+                        timestamp: Some(1_700_000_000),
+                        host: rng.one_in(2).then(|| "host".to_string()),
+                        origin: None,
+                    })
+                }),
+                4 => lab.get_mut(&name).and_then(|mut m| m.clear_job()),
+                5 => {
+                    *added += 1;
+                    lab.add(&NewMachine {
+                        name: format!("new{added}"),
+                        mac: format!("02:00:00:00:{:02x}:{:02x}", *added / 256, *added % 256),
+                        ip: String::new(),
+                        only_vm: rng.one_in(2),
+                        resources: String::new(),
+                    })
+                }
+                _ => lab.remove(&name),
+            };
+        }
+    }
+
+    #[test]
+    fn random_labs_read_lazily_as_the_tree_reads_them() {
+        let mut rng = Prng(0x9E37_79B9_7F4A_7C15);
+        let mut plain = 0;
+        for round in 0..1000 {
+            let text = random_lab(&mut rng);
+            let lazy = XmlLab::parse(&text);
+            let eager = XmlLab::parse_eager(&text);
+            match (lazy, eager) {
+                (Ok(lazy), Ok(eager)) => {
+                    let machines =
+                        |lab: &XmlLab| lab.model().machines().cloned().collect::<Vec<_>>();
+                    assert_eq!(machines(&lazy), machines(&eager), "round {round}: {text}");
+                    assert_eq!(lazy.to_xml(), text, "round {round}");
+                    assert_eq!(lazy.render().unwrap().concat(), text, "round {round}");
+                    assert_eq!(lazy.event_seq(), eager.event_seq());
+                    assert_eq!(lazy.pending_events(), eager.pending_events());
+                    if lazy
+                        .doc
+                        .root
+                        .children
+                        .iter()
+                        .any(|n| matches!(n, Node::Lazy(_)))
+                    {
+                        plain += 1;
+                    }
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "round {round}: {text}"),
+                (a, b) => panic!(
+                    "round {round}: lazy {:?}, eager {:?}: {text}",
+                    a.err(),
+                    b.err()
+                ),
+            }
+        }
+        assert!(plain > 250, "only {plain} labs had skimmed machines");
+    }
+
+    #[test]
+    fn random_edits_write_what_the_tree_writes() {
+        let mut rng = Prng(0xDEAD_BEEF_CAFE_F00D);
+        let mut added = 0;
+        let mut edited = 0;
+        for round in 0..400 {
+            let text = random_lab(&mut rng);
+            let (Ok(mut lazy), Ok(mut eager)) = (XmlLab::parse(&text), XmlLab::parse_eager(&text))
+            else {
+                continue;
+            };
+            // Several transactions in a row, each read from the last's text.
+            for step in 0..3 {
+                // As a transaction takes it: the machines handed over.
+                let mut lab = lazy.take_model();
+                random_changes(&mut rng, &mut lab, &mut added);
+                lazy.apply(lab.changes()).unwrap();
+                eager.apply(lab.changes()).unwrap();
+                if rng.one_in(2) {
+                    let seq = rng.below(1000) as u64;
+                    lazy.set_event_seq(seq);
+                    eager.set_event_seq(seq);
+                }
+                if rng.one_in(3) {
+                    let events: Vec<Event> = (0..rng.below(3))
+                        .map(|i| Event::new(Kind::Set, "m0").detail(format!("os=<{i}>&")))
+                        .collect();
+                    lazy.set_pending_events(&events).unwrap();
+                    eager.set_pending_events(&events).unwrap();
+                }
+                let want = eager.to_xml();
+                if let Err(refused) = XmlLab::parse_eager(&want) {
+                    // (A random rename may give two machines one name.)
+                    let err = lazy.render().err();
+                    assert_eq!(err, Some(refused), "round {round}.{step}: {want}");
+                    break;
+                }
+                let got = lazy
+                    .render()
+                    .unwrap_or_else(|e| panic!("round {round}.{step}: {e}: {want}"))
+                    .concat();
+                assert_eq!(got, want, "round {round}.{step}: from {text}");
+                // What the next transaction compares the file with.
+                assert!(lazy.rendered_by(&mut got.as_bytes()).unwrap());
+                let mut other = got.clone().into_bytes();
+                other.push(b'\n');
+                assert!(!lazy.rendered_by(&mut other.as_slice()).unwrap());
+                let at = rng.below(other.len() - 1);
+                other.pop();
+                other[at] ^= 1;
+                assert!(!lazy.rendered_by(&mut other.as_slice()).unwrap());
+                // What was written reads back as the lab the changes made.
+                let again = XmlLab::parse_eager(&got).unwrap();
+                assert_eq!(again.model().machines().count(), lab.machines().count());
+                for (read, made) in again.model().machines().zip(lab.machines()) {
+                    for field in Field::ALL {
+                        assert_eq!(read.get(field), made.get(field), "{field:?}: {got}");
+                    }
+                }
+                edited += usize::from(lab.is_changed());
+                lazy = XmlLab::parse(&got).unwrap();
+                eager = XmlLab::parse_eager(&got).unwrap();
+            }
+        }
+        assert!(edited > 300, "only {edited} transactions changed anything");
+    }
+
+    #[test]
+    fn a_proof_of_what_changed_catches_a_broken_piece() {
+        let text = "<?xml version=\"1.0\"?>\n<settings>\n  <machine>\n    <name>a</name>\n  </machine>\n  <machine>\n    <name>b</name>\n  </machine>\n</settings>\n";
+        let mut lab = XmlLab::parse(text).unwrap();
+        let mut model = lab.model();
+        model.get_mut("b").unwrap().set(Field::Os, "x").unwrap();
+        lab.apply(model.changes()).unwrap();
+        assert!(lab.render().is_ok());
+        // A piece mama never makes: a bare `<` in a changed machine.
+        let Some(Node::Element(b)) = lab
+            .doc
+            .root
+            .children
+            .iter_mut()
+            .rev()
+            .find(|n| n.is_element())
+        else {
+            panic!("machine b was built");
+        };
+        b.children.push(Node::Markup(xml::Str::new("<broken")));
+        let err = lab.render().unwrap_err();
+        assert!(!err.message.is_empty());
+        // And a junction mama never makes: a machine run into its neighbour's text.
+        let mut lab = XmlLab::parse(text).unwrap();
+        lab.doc
+            .root
+            .children
+            .insert(2, Node::Markup(xml::Str::new("<!-- a -- b -->")));
+        assert!(lab.render().is_err());
     }
 }

@@ -486,6 +486,19 @@ pub fn replace(
     like: Option<&Metadata>,
     xattrs_from: Option<&File>,
 ) -> Result<()> {
+    replace_with(target, temp, &[bytes], like, xattrs_from)
+}
+
+/// [`replace`] with the new content given as pieces, written one after the
+/// other (a large state file is mostly spans of the text it was read
+/// from, never copied into one buffer).
+pub fn replace_with(
+    target: &Path,
+    temp: &Path,
+    pieces: &[&[u8]],
+    like: Option<&Metadata>,
+    xattrs_from: Option<&File>,
+) -> Result<()> {
     let (dir, target_name) = Dir::of(target)?;
     let temp_name = temp
         .file_name()
@@ -498,8 +511,7 @@ pub fn replace(
             ))
         })?;
     let mut file = create_temp(temp)?;
-    let written = file
-        .write_all(bytes)
+    let written = write_all_vectored(&mut file, pieces)
         .map_err(|e| error("write", temp, e))
         .and_then(|()| make_like(&file, target, like, xattrs_from))
         .and_then(|()| file.sync_all().map_err(|e| error("write", temp, e)))
@@ -513,6 +525,35 @@ pub fn replace(
         return Err(e);
     }
     dir.sync()
+}
+
+/// Writes every piece, in order, with as few system calls as the kernel
+/// allows (`writev`, up to 1,024 pieces a call, short writes resumed).
+fn write_all_vectored(file: &mut File, pieces: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    let mut pieces: Vec<&[u8]> = pieces.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut first = 0;
+    while first < pieces.len() {
+        let slices: Vec<IoSlice<'_>> = pieces[first..]
+            .iter()
+            .take(1024)
+            .map(|piece| IoSlice::new(piece))
+            .collect();
+        let mut written = match file.write_vectored(&slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while first < pieces.len() && written >= pieces[first].len() {
+            written -= pieces[first].len();
+            first += 1;
+        }
+        if written > 0 {
+            pieces[first] = &pieces[first][written..];
+        }
+    }
+    Ok(())
 }
 
 /// Makes `file` (a new file that is to become or sit beside `target`) like

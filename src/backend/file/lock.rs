@@ -306,7 +306,14 @@ struct TableEntry {
 
 /// The kernel's `flock` table; `None` when /proc does not tell.
 fn lock_table() -> Option<Vec<TableEntry>> {
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    use std::io::Read;
+    // Read in large steps: the kernel formats the table again from the
+    // start for every read call, and a lab whose thousand machines run
+    // jobs holds a thousand locks (some 60 KB of text).
+    let mut file = std::fs::File::open("/proc/locks").ok()?;
+    let mut bytes = Vec::with_capacity(256 * 1024);
+    file.read_to_end(&mut bytes).ok()?;
+    let locks = String::from_utf8(bytes).ok()?;
     Some(
         locks
             .lines()

@@ -325,6 +325,43 @@ impl History {
             .collect())
     }
 
+    /// The newest `count` committed events of `machine`, oldest first: the
+    /// state's `pending` events after the log's last one, then the log read
+    /// from its end back only as far as it takes (a line is decoded only
+    /// when it names the machine, or when it is the log's last event).
+    pub fn recent(&self, machine: &str, count: usize, pending: Vec<Event>) -> Result<Vec<Event>> {
+        let mut logged = Vec::new();
+        let mut last = None;
+        if let Some(mut file) = self.open_to_read()? {
+            let needle = serde_json::to_string(machine)
+                .map_err(|e| Error::Invalid(format!("cannot encode a machine name: {e}")))?;
+            let needle = needle.as_bytes();
+            lines_back(&mut file, |line| {
+                let named = line.windows(needle.len()).any(|w| w == needle);
+                if last.is_some() && !named {
+                    return false;
+                }
+                let Ok(event) = serde_json::from_slice::<Event>(line) else {
+                    return false;
+                };
+                last = last.or(Some(event.seq));
+                if event.machine == machine && count > 0 {
+                    logged.push(event);
+                }
+                logged.len() >= count
+            })
+            .map_err(|e| Error::io("read the event log", &self.path, e))?;
+        }
+        logged.reverse();
+        logged.extend(
+            pending
+                .into_iter()
+                .filter(|e| e.machine == machine && last.is_none_or(|last| e.seq > last)),
+        );
+        let skip = logged.len().saturating_sub(count);
+        Ok(logged.split_off(skip))
+    }
+
     /// The log's events numbered after `after`, oldest first, and the number
     /// of its last event; reads only the end of the log.
     fn read_after(&self, after: u64) -> Result<(Vec<Event>, Option<u64>)> {
@@ -340,37 +377,39 @@ impl History {
     }
 }
 
-/// Reads the log's whole lines from the end backwards until one is an event
-/// that satisfies `stop` (that one included). Only the end of the log is
-/// read unless the line sought lies further back.
-fn scan_back(file: &mut File, stop: impl Fn(&Event) -> bool) -> io::Result<Tail> {
+/// Visits the log's whole lines from the end backwards (newest first,
+/// without their newline) until `visit` says stop. Only the end of the log
+/// is read unless the line sought lies further back: a window of 16 KiB,
+/// then each time four times wider. Returns the log's length and where its
+/// whole lines end.
+fn lines_back(file: &mut File, mut visit: impl FnMut(&[u8]) -> bool) -> io::Result<(u64, u64)> {
     let len = file.seek(SeekFrom::End(0))?;
     let mut window = 16 * 1024u64;
+    // Where the lines already visited start: the next window ends there.
+    let mut done = None;
+    let mut whole = 0;
     loop {
         let start = len.saturating_sub(window);
         let mut buf = Vec::with_capacity((len - start) as usize);
         file.seek(SeekFrom::Start(start))?;
         Read::by_ref(file).take(len - start).read_to_end(&mut buf)?;
-        let Some(end) = buf.iter().rposition(|&b| b == b'\n').map(|i| i + 1) else {
-            if start == 0 {
-                // Not one whole line.
-                return Ok(Tail {
-                    len,
-                    whole: 0,
-                    events: Vec::new(),
-                });
-            }
-            window = window.saturating_mul(4);
-            continue;
+        let mut line_end = match done {
+            Some(at) => (at - start) as usize,
+            None => match buf.iter().rposition(|&b| b == b'\n') {
+                Some(i) => {
+                    whole = start + i as u64 + 1;
+                    i + 1
+                }
+                // Not one whole line yet.
+                None if start == 0 => return Ok((len, 0)),
+                None => {
+                    window = window.saturating_mul(4);
+                    continue;
+                }
+            },
         };
-        let mut tail = Tail {
-            len,
-            whole: start + end as u64,
-            events: Vec::new(),
-        };
-        // Whole lines in buf[..end], newest first; the first piece of a
-        // window that does not start the file may be cut, so it is skipped.
-        let mut line_end = end;
+        // The first piece of a window that does not start the file may be
+        // cut, so it waits for the next window.
         while line_end > 0 {
             let line_start = buf[..line_end - 1]
                 .iter()
@@ -379,20 +418,33 @@ fn scan_back(file: &mut File, stop: impl Fn(&Event) -> bool) -> io::Result<Tail>
             if line_start == 0 && start > 0 {
                 break;
             }
-            if let Ok(event) = serde_json::from_slice::<Event>(&buf[line_start..line_end]) {
-                let done = stop(&event);
-                tail.events.push(event);
-                if done {
-                    return Ok(tail);
-                }
+            if visit(&buf[line_start..line_end - 1]) {
+                return Ok((len, whole));
             }
             line_end = line_start;
         }
         if start == 0 {
-            return Ok(tail);
+            return Ok((len, whole));
         }
+        done = Some(start + line_end as u64);
         window = window.saturating_mul(4);
     }
+}
+
+/// Reads the log's whole lines from the end backwards until one is an event
+/// that satisfies `stop` (that one included). Only the end of the log is
+/// read unless the line sought lies further back.
+fn scan_back(file: &mut File, stop: impl Fn(&Event) -> bool) -> io::Result<Tail> {
+    let mut events = Vec::new();
+    let (len, whole) = lines_back(file, |line| match serde_json::from_slice::<Event>(line) {
+        Ok(event) => {
+            let done = stop(&event);
+            events.push(event);
+            done
+        }
+        Err(_) => false,
+    })?;
+    Ok(Tail { len, whole, events })
 }
 
 #[cfg(test)]

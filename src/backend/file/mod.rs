@@ -36,6 +36,7 @@ use std::fs::{self, File, Metadata};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -57,6 +58,23 @@ pub struct FileStore {
     dir: PathBuf,
     /// How long to wait for the lab's lock.
     patience: LockPatience,
+    /// What this store's last transaction left in the file (see
+    /// [`Written`]), shared by its clones (a run claims through a clone
+    /// with its own patience, and releases through the original).
+    written: Arc<Mutex<Option<Box<Written>>>>,
+}
+
+/// The document and the lab as this process's last transaction left them.
+/// The next transaction (a run's release, after its claim) reads the file
+/// as always, but when it holds exactly the text this document renders (a
+/// comparison of bytes), it takes these instead of scanning the text
+/// again: that text was checked when read, and what changed was proven
+/// when written. Anything else in the file, even one byte changed in place
+/// by another tool, and the file is read afresh.
+#[derive(Debug, Clone)]
+struct Written {
+    doc: XmlLab,
+    lab: Lab,
 }
 
 /// Checks each symbolic link on the way from the state path to the real
@@ -98,6 +116,27 @@ fn trusted_links(start: &Path) -> Result<()> {
         "{}: too many symbolic links",
         start.display()
     )))
+}
+
+/// Asks the allocator to keep the memory a transaction frees for the next
+/// one, where it would hand large blocks back to the kernel at once. A run
+/// reads the lab twice (claim, release): on a lab of megabytes the second
+/// reading would otherwise fault every page of its buffers in afresh, a
+/// good part of its time. The memory kept is what the first one used.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            const KEEP: libc::c_int = 256 << 20;
+            // SAFETY: plain settings of the C allocator, made before the
+            // blocks they concern are allocated; a refusal changes nothing.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, KEEP);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP);
+            }
+        });
+    }
 }
 
 /// The machines whose job locks were held at one look (see
@@ -164,9 +203,9 @@ fn group_name(gid: u32) -> String {
 }
 
 impl Loaded {
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(mut self) -> Snapshot {
         Snapshot {
-            lab: self.doc.model(),
+            lab: self.doc.take_model(),
             existed: self.existed,
             last_event: self.doc.event_seq(),
         }
@@ -202,6 +241,7 @@ impl FileStore {
             path,
             dir,
             patience: LockPatience::forever(),
+            written: Arc::default(),
         })
     }
 
@@ -420,11 +460,21 @@ impl FileStore {
         let lab_lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
         let state_lock = self.lock_state(Mode::Exclusive)?;
         let journal = lab_lock.as_ref().map(FileLock::file);
-        let loaded = self.load(state_lock.as_ref(), lab_lock.as_ref())?;
-        let mut doc = loaded.doc;
-        let mut lab = doc.model();
+        // What this store's last transaction left, when the file still
+        // holds exactly its text (else the file is read afresh).
+        let last = self.last_written().take();
+        let (mut doc, mut lab, rolled_forward) = match (last, &state_lock) {
+            (Some(last), Some(state)) if self.holds(state.file(), &last.doc)? => {
+                (last.doc, last.lab, false)
+            }
+            _ => {
+                let mut loaded = self.load(state_lock.as_ref(), lab_lock.as_ref())?;
+                let lab = loaded.doc.take_model();
+                (loaded.doc, lab, loaded.rolled_forward)
+            }
+        };
         let value = change(&mut lab)?;
-        if lab.is_changed() || loaded.rolled_forward {
+        if lab.is_changed() || rolled_forward {
             doc.apply(lab.changes())?;
             let events = lab.take_events();
             if !events.is_empty() {
@@ -437,7 +487,7 @@ impl FileStore {
                 }
                 _ => self.replace(&doc)?,
             }
-            if loaded.rolled_forward {
+            if rolled_forward {
                 say!(
                     "mama: {} had been cut short by a writer killed while writing it; \
                      put back its roll-forward copy from {}",
@@ -453,6 +503,10 @@ impl FileStore {
         {
             let _ = journal.set_len(0);
         }
+        *self.last_written() = Some(Box::new(Written {
+            doc,
+            lab: lab.settled(),
+        }));
         Ok(value)
     }
 
@@ -513,6 +567,22 @@ impl FileStore {
         Ok((loaded.snapshot(), events))
     }
 
+    /// The lab, and the newest `count` committed events of `machine`
+    /// (oldest first), read from the end of the log under the shared locks.
+    pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
+        let like = self.metadata()?;
+        if like.is_none() {
+            return Ok((Snapshot::missing(), Vec::new()));
+        }
+        let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
+        let state = self.lock_state(Mode::Shared)?;
+        let loaded = self.load(state.as_ref(), lab.as_ref())?;
+        let events = self
+            .history()
+            .recent(machine, count, loaded.doc.pending_events())?;
+        Ok((loaded.snapshot(), events))
+    }
+
     /// The state as upstream's format holds it, without mama's own
     /// bookkeeping (`export`); upstream's empty lab when there is none.
     pub fn export(&self) -> Result<String> {
@@ -523,6 +593,25 @@ impl FileStore {
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
         Ok(self.load(state.as_ref(), lab.as_ref())?.doc.exported())
+    }
+
+    /// What the last transaction left; a poisoned lock (a panic elsewhere)
+    /// holds nothing to trust, so it reads as nothing.
+    fn last_written(&self) -> std::sync::MutexGuard<'_, Option<Box<Written>>> {
+        self.written.lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            *guard = None;
+            guard
+        })
+    }
+
+    /// Whether the state file, read through `state` (the descriptor that
+    /// holds its lock), holds exactly the text `doc` renders.
+    fn holds(&self, mut state: &File, doc: &XmlLab) -> Result<bool> {
+        state
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| doc.rendered_by(&mut state))
+            .map_err(|e| Error::io("read", &self.path, e))
     }
 
     /// Reads the state file through the descriptor that holds its lock
@@ -537,8 +626,12 @@ impl FileStore {
                 rolled_forward: false,
             });
         };
+        keep_freed_memory();
         let mut file = state.file();
-        let mut bytes = Vec::new();
+        // Sized once: a lab of ten thousand machines is megabytes, and
+        // growing the buffer by doubling would copy it and hold twice it.
+        let size = file.metadata().map_or(0, |m| m.len());
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut bytes))
             .map_err(|e| Error::io("read", &self.path, e))?;
@@ -581,7 +674,8 @@ impl FileStore {
         Some(doc)
     }
 
-    /// Parses the text of the state file.
+    /// Reads the state file's bytes as a lab: UTF-8, well-formed, a
+    /// `<settings>` root (see [`XmlLab::read`]).
     fn parse(&self, bytes: Vec<u8>) -> Result<XmlLab> {
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
@@ -590,7 +684,7 @@ impl FileStore {
                 valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
             self.corrupt(Some((line, column)), "the file is not valid UTF-8".into())
         })?;
-        XmlLab::parse(&text).map_err(|e| {
+        XmlLab::read(Arc::new(text)).map_err(|e| {
             let location = (e.line > 0).then_some((e.line, e.column));
             self.corrupt(location, e.message)
         })
@@ -604,23 +698,22 @@ impl FileStore {
         }
     }
 
-    /// The text of `doc`, parsed again first: mama never writes a file it
-    /// could not read back.
-    fn checked_text(&self, doc: &XmlLab) -> Result<String> {
-        let text = doc.to_xml();
-        XmlLab::parse(&text).map_err(|e| {
+    /// The text of `doc`, in pieces, proven to read back before anything
+    /// is written (what changed is parsed again, in place; see
+    /// [`XmlLab::render`]): mama never writes a file it could not read back.
+    fn rendered<'d>(&self, doc: &'d XmlLab) -> Result<Vec<std::borrow::Cow<'d, str>>> {
+        doc.render().map_err(|e| {
             Error::Invalid(format!(
                 "internal error: the new state would not parse ({e}); {} was left unchanged",
                 self.path.display()
             ))
-        })?;
-        Ok(text)
+        })
     }
 
     /// Replaces the state file with `doc`, keeping its mode, group and
     /// (where permitted) owner.
     fn replace(&self, doc: &XmlLab) -> Result<()> {
-        let text = self.checked_text(doc)?;
+        let text = self.rendered(doc)?;
         // The file being replaced lends its mode, owner, group, ACLs and
         // extended attributes to the new one.
         let old = self.open_state()?;
@@ -631,10 +724,11 @@ impl FileStore {
             ),
             None => None,
         };
-        fsutil::replace(
+        let pieces: Vec<&[u8]> = text.iter().map(|piece| piece.as_bytes()).collect();
+        fsutil::replace_with(
             &self.real_path(),
             &self.temp_path(),
-            text.as_bytes(),
+            &pieces,
             like.as_ref(),
             old.as_ref(),
         )
@@ -649,7 +743,9 @@ impl FileStore {
     /// writer killed in between leaves a state file that does not parse
     /// and a whole copy, which readers read and the next writer puts back.
     fn write_in_place(&self, doc: &XmlLab, state: &File, journal: &File) -> Result<()> {
-        let text = self.checked_text(doc)?;
+        // The whole new text, in one piece: it is copied into the
+        // roll-forward copy first, with its length and hash.
+        let text = self.rendered(doc)?.concat();
         let mut copy = format!(
             "{ROLL_FORWARD} {} {:016x}\n",
             text.len(),

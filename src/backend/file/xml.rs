@@ -10,10 +10,14 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
+
+/// The text a document was read from, shared by every span of it (and by
+/// the lab model read from it), never copied.
+pub type Source = Arc<String>;
 
 /// A piece of text: a span of the document it was read from (no copy), or a
 /// string of its own for what mama wrote. Reading a lab of a thousand
@@ -24,7 +28,7 @@ pub struct Str(Repr);
 #[derive(Clone)]
 enum Repr {
     Span {
-        source: Rc<str>,
+        source: Source,
         start: usize,
         end: usize,
     },
@@ -37,19 +41,36 @@ impl Str {
     }
 
     /// `piece` as a span of `source` when it lies inside it, else a copy.
-    fn within(source: &Rc<str>, piece: &str) -> Str {
-        let base = source.as_ptr() as usize;
-        let at = piece.as_ptr() as usize;
-        if at >= base && at + piece.len() <= base + source.len() {
-            Str(Repr::Span {
-                source: Rc::clone(source),
-                start: at - base,
-                end: at - base + piece.len(),
-            })
-        } else {
-            Str::new(piece)
+    fn within(source: &Source, piece: &str) -> Str {
+        match offsets_in(source, piece) {
+            Some((start, end)) => Str(Repr::Span {
+                source: Arc::clone(source),
+                start,
+                end,
+            }),
+            None => Str::new(piece),
         }
     }
+
+    /// Where this text stands in `source`, when it is a span of it.
+    fn span_of(&self, source: &Source) -> Option<(usize, usize)> {
+        match &self.0 {
+            Repr::Span {
+                source: of,
+                start,
+                end,
+            } if Arc::ptr_eq(of, source) => Some((*start, *end)),
+            _ => None,
+        }
+    }
+}
+
+/// Where `piece` stands in `source` (byte offsets), when it lies inside it.
+pub fn offsets_in(source: &str, piece: &str) -> Option<(usize, usize)> {
+    let base = source.as_ptr() as usize;
+    let at = piece.as_ptr() as usize;
+    (at >= base && at + piece.len() <= base + source.len())
+        .then(|| (at - base, at - base + piece.len()))
 }
 
 impl Deref for Str {
@@ -106,6 +127,39 @@ pub enum Node {
     CData(Str),
     /// A comment, processing instruction or doctype, written back verbatim.
     Markup(Str),
+    /// An element kept as the text it was read from, not built into a tree
+    /// (see [`Document::parse_lazy`]): written back verbatim, built only
+    /// when a change reaches into it.
+    Lazy(Lazy),
+}
+
+/// An element that was checked but not built: its source text, its name
+/// (the first `name_len` bytes after the `<`), and the slot the skimmer
+/// gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lazy {
+    raw: Str,
+    name_len: u32,
+    pub slot: u32,
+}
+
+impl Lazy {
+    pub fn name(&self) -> &str {
+        self.raw.get(1..1 + self.name_len as usize).unwrap_or("")
+    }
+
+    /// The element's text, as read: what [`Element::to_text`] of the
+    /// element it builds gives.
+    pub fn text(&self) -> &str {
+        &self.raw
+    }
+
+    /// The element built from its text. The text was checked when the
+    /// document was read, in the same place, so this fails only on mama's
+    /// own mistake.
+    pub fn build(&self) -> Result<Element, ParseError> {
+        Document::parse(&self.raw).map(|doc| doc.root)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +179,10 @@ pub struct Document {
     prolog: Vec<Node>,
     pub root: Element,
     epilog: Vec<Node>,
+    /// The text it was read from, and where the root's content stood in it
+    /// (absent for a new document, or a root read as `<x/>`): what lets
+    /// [`Document::write_checked`] prove only what changed.
+    origin: Option<(Source, usize, usize)>,
 }
 
 /// Why a document could not be read, and where (1-based line and column).
@@ -186,7 +244,7 @@ impl Element {
 
     /// Whether the element holds child elements (then it is not a plain field).
     pub fn has_child_elements(&self) -> bool {
-        self.children.iter().any(|n| matches!(n, Node::Element(_)))
+        self.children.iter().any(Node::is_element)
     }
 
     /// Replaces the element's content with `value`, escaped. An empty value
@@ -231,7 +289,7 @@ impl Element {
     pub fn position(&self, name: &str) -> Option<usize> {
         self.children
             .iter()
-            .position(|n| matches!(n, Node::Element(e) if e.name == name))
+            .position(|n| n.element_name() == Some(name))
     }
 
     /// Inserts `element` as a child: right after the child at index `after`,
@@ -247,7 +305,7 @@ impl Element {
             None => self
                 .children
                 .iter()
-                .position(|n| matches!(n, Node::Element(_)))
+                .position(Node::is_element)
                 .unwrap_or_else(|| self.trailing_space_start()),
         };
         let was_empty = self.children.is_empty();
@@ -263,10 +321,7 @@ impl Element {
 
     /// Appends `element` after the last child element, on its own line.
     pub fn push_element(&mut self, element: Element, indent: &str) {
-        let last = self
-            .children
-            .iter()
-            .rposition(|n| matches!(n, Node::Element(_)));
+        let last = self.children.iter().rposition(Node::is_element);
         self.insert_element(last, element, indent);
     }
 
@@ -281,10 +336,7 @@ impl Element {
 
     /// The white space before the last child element, e.g. "\n    ".
     fn sibling_indent(&self) -> Option<String> {
-        let last = self
-            .children
-            .iter()
-            .rposition(|n| matches!(n, Node::Element(_)))?;
+        let last = self.children.iter().rposition(Node::is_element)?;
         match last.checked_sub(1).map(|i| &self.children[i]) {
             Some(Node::Text { raw, .. }) if raw.trim().is_empty() => Some(raw.to_string()),
             _ => None,
@@ -337,9 +389,38 @@ fn is_whitespace(node: &Node) -> bool {
 }
 
 impl Node {
+    /// Whether this is an element, built or [`Lazy`].
+    pub fn is_element(&self) -> bool {
+        matches!(self, Node::Element(_) | Node::Lazy(_))
+    }
+
+    /// The name of an element, built or [`Lazy`].
+    pub fn element_name(&self) -> Option<&str> {
+        match self {
+            Node::Element(e) => Some(&e.name),
+            Node::Lazy(lazy) => Some(lazy.name()),
+            _ => None,
+        }
+    }
+
+    /// Where the node's text stands in `source`, when it is that text
+    /// unchanged (a node of its own, or one that changed, has none).
+    fn span_in(&self, source: &Source) -> Option<(usize, usize)> {
+        match self {
+            Node::Text { raw, .. } | Node::Markup(raw) => raw.span_of(source),
+            Node::Lazy(lazy) => lazy.raw.span_of(source),
+            // The content's span, within `<![CDATA[` and `]]>`.
+            Node::CData(content) => content
+                .span_of(source)
+                .map(|(start, end)| (start.wrapping_sub(9), end + 3)),
+            Node::Element(_) => None,
+        }
+    }
+
     fn write(&self, out: &mut String) {
         match self {
             Node::Element(e) => e.write(out),
+            Node::Lazy(lazy) => out.push_str(&lazy.raw),
             Node::Text { raw, .. } => out.push_str(raw),
             Node::CData(content) => {
                 out.push_str("<![CDATA[");
@@ -362,19 +443,45 @@ impl Document {
             ],
             root,
             epilog: vec![whitespace("\n")],
+            origin: None,
         }
     }
 
-    /// Reads a document. Anything that is not well-formed XML with exactly
-    /// one root element is refused, with the line and column.
+    /// Reads a document, building the whole tree. Anything that is not
+    /// well-formed XML with exactly one root element is refused, with the
+    /// line and column.
     pub fn parse(text: &str) -> Result<Document, ParseError> {
-        Parser::new(text).parse()
+        let source: Source = Arc::new(text.to_string());
+        Parser::new(&source).parse(&source, None)
+    }
+
+    /// Reads a document as [`Document::parse`] does, with every check, but
+    /// keeps the root's child elements that `skimmer` skims as their text
+    /// ([`Node::Lazy`]) instead of building them, and tells `skimmer` the
+    /// text of their own children. Spans of `source` are kept, never copies.
+    pub fn parse_lazy<S: Skimmer>(source: Source, skimmer: &mut S) -> Result<Document, ParseError> {
+        let parser = Parser::new(&source);
+        parser.check_characters()?;
+        let fast = Fast {
+            text: parser.text,
+            bytes: parser.text.as_bytes(),
+            source: &source,
+        };
+        if let Some(doc) = fast.document(parser.bom, parser.offset, skimmer) {
+            return Ok(doc);
+        }
+        skimmer.reset();
+        parser.parse(&source, Some(skimmer))
     }
 
     /// The document as text; for a parsed, unchanged document, the very
     /// bytes it was read from.
     pub fn write(&self) -> String {
-        let mut out = String::with_capacity(4096);
+        let size = self
+            .origin
+            .as_ref()
+            .map_or(4096, |(source, ..)| source.len() + 4096);
+        let mut out = String::with_capacity(size);
         if self.bom {
             out.push('\u{feff}');
         }
@@ -386,6 +493,161 @@ impl Document {
             node.write(&mut out);
         }
         out
+    }
+
+    /// The document as text, proven to read back: a text that would not
+    /// parse is an error, never returned.
+    ///
+    /// The proof costs what changed, not what the document holds. A read
+    /// document remembers its source and where the root's content stood in
+    /// it. Its prolog, epilog and root tags are never changed in place (a
+    /// document read without that content is checked whole). The root's
+    /// content is a sequence of nodes: elements, character data,
+    /// references, CDATA, comments and processing instructions. XML's
+    /// well-formedness of such a sequence is local: each node must be
+    /// well-formed on its own (an element with its tags balanced, its
+    /// characters allowed, its references known without context, since a
+    /// doctype with entity declarations is refused, and no deeper than the
+    /// limit, counted from the root), and each two neighbours must not run
+    /// into each other (character data next to character data must not
+    /// form `]]>`; every other node starts with `<` and ends with `>`).
+    /// Nothing else reaches across nodes: mama resolves no namespaces and
+    /// the only cross-element rule, one root, concerns the root alone.
+    ///
+    /// So: a node that is still a span of the source, next to the neighbour
+    /// it had there, was checked in that very place when the document was
+    /// read. Everything else, a changed or new node and each pair of
+    /// neighbours that were not neighbours in the source (where a node was
+    /// inserted or removed), is parsed again here with its neighbours on
+    /// both sides, inside a root of its own (`<r>` and `</r>` stand where
+    /// the real root's tags stand, which are tags alike). Every node and
+    /// every junction of the new content is then checked, in its context.
+    pub fn write_checked(&self) -> Result<Vec<Cow<'_, str>>, ParseError> {
+        let pieces = self.pieces();
+        let Some((source, start, end)) = &self.origin else {
+            Document::parse(&pieces.concat())?;
+            return Ok(pieces);
+        };
+        let nodes = &self.root.children;
+        if self.root.self_closing && nodes.is_empty() {
+            // `<x/>` now, where the source had `<x>…</x>`.
+            Document::parse(&pieces.concat())?;
+            return Ok(pieces);
+        }
+        let spans: Vec<Option<(usize, usize)>> = nodes.iter().map(|n| n.span_in(source)).collect();
+        // Which nodes to check again, as inclusive ranges of indices.
+        let mut check = vec![false; nodes.len()];
+        let mark = |from: usize, to: usize, check: &mut Vec<bool>| {
+            for flag in &mut check[from..=to.min(nodes.len() - 1)] {
+                *flag = true;
+            }
+        };
+        for (i, span) in spans.iter().enumerate() {
+            if span.is_none() {
+                mark(i.saturating_sub(1), i + 1, &mut check);
+            }
+            let joined_before = match i.checked_sub(1) {
+                None => span.is_some_and(|(from, _)| from == *start),
+                Some(prev) => {
+                    matches!((spans[prev], span), (Some((_, a)), Some((b, _))) if a == *b)
+                }
+            };
+            if !joined_before {
+                mark(i.saturating_sub(1), i, &mut check);
+            }
+        }
+        if let Some(last) = spans.last()
+            && !last.is_some_and(|(_, to)| to == *end)
+        {
+            mark(nodes.len() - 1, nodes.len() - 1, &mut check);
+        }
+        let mut i = 0;
+        while i < nodes.len() {
+            if !check[i] {
+                i += 1;
+                continue;
+            }
+            let mut window = String::from("<r>");
+            while i < nodes.len() && check[i] {
+                nodes[i].write(&mut window);
+                i += 1;
+            }
+            window.push_str("</r>");
+            Document::parse(&window)?;
+        }
+        Ok(pieces)
+    }
+
+    /// The document's text as pieces, in order: runs of unchanged nodes
+    /// as single spans of the source they were read from (no copy), and
+    /// what changed written anew. Writing them one after the other writes
+    /// [`Document::write`]'s text.
+    pub fn pieces(&self) -> Vec<Cow<'_, str>> {
+        let mut out = Pieces {
+            source: self.origin.as_ref().map(|(source, ..)| source),
+            parts: Vec::new(),
+            run: None,
+        };
+        if self.bom {
+            out.parts.push(Cow::Borrowed("\u{feff}"));
+        }
+        self.prolog.iter().for_each(|node| out.node(node));
+        let root = &self.root;
+        let mut tag = format!("<{}{}", root.name, root.attributes);
+        if root.children.is_empty() && root.self_closing {
+            tag.push_str("/>");
+            out.owned(tag);
+        } else {
+            tag.push('>');
+            out.owned(tag);
+            root.children.iter().for_each(|node| out.node(node));
+            out.owned(format!("</{}>", root.name));
+        }
+        self.epilog.iter().for_each(|node| out.node(node));
+        out.flush();
+        out.parts
+    }
+}
+
+/// [`Document::pieces`] being gathered: the run of source text not yet
+/// pushed.
+struct Pieces<'d> {
+    source: Option<&'d Source>,
+    parts: Vec<Cow<'d, str>>,
+    run: Option<(usize, usize)>,
+}
+
+impl<'d> Pieces<'d> {
+    fn node(&mut self, node: &'d Node) {
+        if let Some(source) = self.source
+            && let Some((start, end)) = node.span_in(source)
+            && source.get(start..end).is_some()
+        {
+            self.run = match self.run {
+                Some((from, to)) if to == start => Some((from, end)),
+                _ => {
+                    self.flush();
+                    Some((start, end))
+                }
+            };
+            return;
+        }
+        let mut text = String::new();
+        node.write(&mut text);
+        self.owned(text);
+    }
+
+    fn owned(&mut self, text: String) {
+        self.flush();
+        self.parts.push(Cow::Owned(text));
+    }
+
+    fn flush(&mut self) {
+        if let (Some(source), Some((from, to))) = (self.source, self.run.take())
+            && let Some(text) = source.get(from..to)
+        {
+            self.parts.push(Cow::Borrowed(text));
+        }
     }
 }
 
@@ -441,7 +703,9 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn parse(self) -> Result<Document, ParseError> {
+    /// What is checked of every byte before any element: no second
+    /// byte-order mark, no character XML 1.0 does not allow, not empty.
+    fn check_characters(&self) -> Result<(), ParseError> {
         if self.text.starts_with('\u{feff}') {
             // A reader would drop it silently, and every position after it
             // would be off.
@@ -466,9 +730,18 @@ impl<'a> Parser<'a> {
         if self.text.trim().is_empty() {
             return Err(self.error_at(0, "the file is empty"));
         }
-        let source: Rc<str> = Rc::from(self.text);
-        let span = |from: u64, to: u64| Str::within(&source, &source[from as usize..to as usize]);
-        let mut reader = Reader::from_str(&source);
+        Ok(())
+    }
+
+    fn parse(
+        self,
+        source: &Source,
+        mut skimmer: Option<&mut dyn Skimmer>,
+    ) -> Result<Document, ParseError> {
+        self.check_characters()?;
+        let text = self.text;
+        let span = |from: u64, to: u64| Str::within(source, &text[from as usize..to as usize]);
+        let mut reader = Reader::from_str(text);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.check_comments = true;
@@ -478,8 +751,15 @@ impl<'a> Parser<'a> {
         let mut prolog = Vec::new();
         let mut epilog = Vec::new();
         let mut root: Option<Element> = None;
+        // Where the root's content starts and ends in `source`.
+        let mut content_start = None;
+        let mut content_end = None;
         // Open elements, innermost last.
         let mut stack: Vec<Element> = Vec::new();
+        // The element being skimmed, when one is.
+        let mut skim: Option<Skim> = None;
+        // Names of the elements open inside it (start and end in `text`).
+        let mut skim_open: Vec<(usize, usize)> = Vec::new();
 
         loop {
             let start = reader.buffer_position();
@@ -488,55 +768,181 @@ impl<'a> Parser<'a> {
                 Err(e) => return Err(self.error_at(reader.error_position(), e.to_string())),
             };
             let end = reader.buffer_position();
-            let node = match event {
-                Event::Eof => break,
-                Event::Start(tag) | Event::Empty(tag) if root.is_some() => {
-                    let _ = tag;
+            let depth = stack.len() + skim.as_ref().map_or(0, |_| 1 + skim_open.len());
+            // What every element, skimmed or built, must pass.
+            match &event {
+                Event::Start(_) | Event::Empty(_) if root.is_some() => {
                     return Err(self.error_at(
                         start,
                         "content after the end of the root element (only one root is allowed)",
                     ));
                 }
-                Event::Start(_) | Event::Empty(_) if stack.len() >= MAX_DEPTH => {
+                Event::Start(_) | Event::Empty(_) if depth >= MAX_DEPTH => {
                     return Err(
                         self.error_at(start, format!("elements nested more than {MAX_DEPTH} deep"))
                     );
                 }
+                Event::Start(tag) | Event::Empty(tag) => {
+                    check_attributes(tag).map_err(|(at, m)| self.error_at(start + at, m))?;
+                }
+                Event::Decl(decl) => {
+                    if start != 0 {
+                        return Err(self.error_at(
+                            start,
+                            "an XML declaration is only allowed at the very start of the file",
+                        ));
+                    }
+                    check_declaration(decl).map_err(|m| self.error_at(start, m))?;
+                }
+                Event::DocType(doctype) if doctype.contains('[') => {
+                    return Err(self.error_at(
+                        start,
+                        "a doctype with an internal subset (entity declarations) is not supported",
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(skimmed) = &mut skim {
+                // Inside a skimmed element: the checks above and the
+                // reader's own, and the text of its child elements; no tree.
+                let level = skim_open.len();
+                match event {
+                    Event::Eof => break,
+                    Event::Start(tag) => {
+                        let name = offsets_in(text, tag_name(&tag))
+                            .unwrap_or((start as usize, start as usize));
+                        if level == 1 {
+                            skimmed.structured = true;
+                        }
+                        if level == 0 {
+                            skimmed.text = None;
+                            skimmed.structured = false;
+                        }
+                        skim_open.push(name);
+                    }
+                    Event::Empty(tag) => {
+                        if level == 1 {
+                            skimmed.structured = true;
+                        }
+                        if level == 0
+                            && let Some(skimmer) = skimmer.as_deref_mut()
+                        {
+                            skimmer.child(skimmed.slot, tag_name(&tag), Cow::Borrowed(""), false);
+                        }
+                    }
+                    Event::End(_) => match skim_open.pop() {
+                        Some((from, to)) => {
+                            if skim_open.is_empty()
+                                && let Some(skimmer) = skimmer.as_deref_mut()
+                            {
+                                let value = skimmed.text.take().unwrap_or(Cow::Borrowed(""));
+                                skimmer.child(
+                                    skimmed.slot,
+                                    &text[from..to],
+                                    value,
+                                    skimmed.structured,
+                                );
+                            }
+                        }
+                        None => {
+                            let Some(parent) = stack.last_mut() else {
+                                return Err(
+                                    self.error_at(start, "closing tag without an opening tag")
+                                );
+                            };
+                            let raw = span(skimmed.start, end);
+                            let name_len = skimmed.name_len;
+                            let slot = skimmed.slot;
+                            skim = None;
+                            parent.children.push(Node::Lazy(Lazy {
+                                raw,
+                                name_len,
+                                slot,
+                            }));
+                        }
+                    },
+                    Event::Text(piece) => {
+                        let value = piece.xml10_content();
+                        if level == 1 {
+                            skimmed.add(value);
+                        }
+                    }
+                    Event::GeneralRef(reference) => {
+                        let value =
+                            resolve_reference(&reference).map_err(|m| self.error_at(start, m))?;
+                        if level == 1 {
+                            skimmed.add(Cow::Owned(value.to_string()));
+                        }
+                    }
+                    Event::CData(content) => {
+                        if level == 1 {
+                            let content: &str = &content;
+                            skimmed.add(match offsets_in(text, content) {
+                                Some((from, to)) => Cow::Borrowed(&text[from..to]),
+                                None => Cow::Owned(content.to_string()),
+                            });
+                        }
+                    }
+                    Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => {}
+                }
+                continue;
+            }
+            let node = match event {
+                Event::Eof => break,
                 Event::Start(tag) => {
-                    check_attributes(&tag).map_err(|(at, m)| self.error_at(start + at, m))?;
+                    let name = tag_name(&tag);
+                    if stack.len() == 1
+                        && let Some(skimmer) = skimmer.as_deref_mut()
+                        && skimmer.skims(name)
+                        && let Ok(name_len) = u32::try_from(name.len())
+                    {
+                        skim = Some(Skim {
+                            start,
+                            name_len,
+                            slot: skimmer.begin(),
+                            text: None,
+                            structured: false,
+                        });
+                        continue;
+                    }
+                    if stack.is_empty() {
+                        content_start = Some(end as usize);
+                    }
                     stack.push(Element {
-                        name: Str::within(&source, tag.name().as_ref()),
-                        attributes: Str::within(&source, tag.attributes_raw()),
+                        name: Str::within(source, name),
+                        attributes: Str::within(source, tag.attributes_raw()),
                         children: Vec::new(),
                         self_closing: false,
                     });
                     continue;
                 }
-                Event::Empty(tag) => {
-                    check_attributes(&tag).map_err(|(at, m)| self.error_at(start + at, m))?;
-                    Node::Element(Element {
-                        name: Str::within(&source, tag.name().as_ref()),
-                        attributes: Str::within(&source, tag.attributes_raw()),
-                        children: Vec::new(),
-                        self_closing: true,
-                    })
-                }
+                Event::Empty(tag) => Node::Element(Element {
+                    name: Str::within(source, tag_name(&tag)),
+                    attributes: Str::within(source, tag.attributes_raw()),
+                    children: Vec::new(),
+                    self_closing: true,
+                }),
                 Event::End(_) => match stack.pop() {
-                    Some(element) => Node::Element(element),
+                    Some(element) => {
+                        if stack.is_empty() {
+                            content_end = Some(start as usize);
+                        }
+                        Node::Element(element)
+                    }
                     None => return Err(self.error_at(start, "closing tag without an opening tag")),
                 },
-                Event::Text(text) => {
-                    if stack.is_empty() && !text.trim().is_empty() {
+                Event::Text(piece) => {
+                    if stack.is_empty() && !piece.trim().is_empty() {
                         let what = if root.is_some() {
                             "text after the end of the root element"
                         } else {
                             "text before the root element"
                         };
                         // Point at the stray text, not at the line break before it.
-                        let blank = text.len() - text.trim_start().len();
+                        let blank = piece.len() - piece.trim_start().len();
                         return Err(self.error_at(start + blank as u64, what));
                     }
-                    let value = match text.xml10_content() {
+                    let value = match piece.xml10_content() {
                         Cow::Borrowed(_) => None,
                         Cow::Owned(value) => Some(Str::new(&value)),
                     };
@@ -560,26 +966,9 @@ impl<'a> Parser<'a> {
                     if stack.is_empty() {
                         return Err(self.error_at(start, "CDATA outside the root element"));
                     }
-                    Node::CData(Str::within(&source, &content))
+                    Node::CData(Str::within(source, &content))
                 }
-                Event::Comment(_) | Event::PI(_) => Node::Markup(span(start, end)),
-                Event::Decl(decl) => {
-                    if start != 0 {
-                        return Err(self.error_at(
-                            start,
-                            "an XML declaration is only allowed at the very start of the file",
-                        ));
-                    }
-                    check_declaration(&decl).map_err(|m| self.error_at(start, m))?;
-                    Node::Markup(span(start, end))
-                }
-                Event::DocType(doctype) => {
-                    if doctype.contains('[') {
-                        return Err(self.error_at(
-                            start,
-                            "a doctype with an internal subset (entity declarations) is not supported",
-                        ));
-                    }
+                Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => {
                     Node::Markup(span(start, end))
                 }
             };
@@ -592,22 +981,438 @@ impl<'a> Parser<'a> {
                 },
             }
         }
+        if let Some(skimmed) = &skim {
+            let name = match skim_open.last() {
+                Some(&(from, to)) => &text[from..to],
+                None => {
+                    let at = skimmed.start as usize + 1;
+                    &text[at..at + skimmed.name_len as usize]
+                }
+            };
+            return Err(self.error_at(
+                text.len() as u64,
+                format!("the file ends inside <{name}> (truncated?)"),
+            ));
+        }
         if let Some(open) = stack.last() {
             return Err(self.error_at(
-                self.text.len() as u64,
+                text.len() as u64,
                 format!("the file ends inside <{}> (truncated?)", open.name),
             ));
         }
         let Some(root) = root else {
-            return Err(self.error_at(self.text.len() as u64, "no root element"));
+            return Err(self.error_at(text.len() as u64, "no root element"));
         };
+        let base = self.offset;
+        let origin = content_start
+            .zip(content_end)
+            .map(|(from, to)| (Arc::clone(source), base + from, base + to));
         Ok(Document {
             bom: self.bom,
             prolog,
             root,
             epilog,
+            origin,
         })
     }
+}
+
+/// The element being skimmed: where it starts, its name's length, its slot,
+/// and the text and nesting of its child element that is open.
+struct Skim<'a> {
+    start: u64,
+    name_len: u32,
+    slot: u32,
+    text: Option<Cow<'a, str>>,
+    structured: bool,
+}
+
+impl<'a> Skim<'a> {
+    /// A piece of the open child's text: a span of the source while it is
+    /// one piece, a string of its own when pieces join.
+    fn add(&mut self, piece: Cow<'a, str>) {
+        self.text = Some(match self.text.take() {
+            None => piece,
+            Some(before) => {
+                let mut joined = before.into_owned();
+                joined.push_str(&piece);
+                Cow::Owned(joined)
+            }
+        });
+    }
+}
+
+fn tag_name<'t>(tag: &'t quick_xml::events::BytesStart<'_>) -> &'t str {
+    tag.name().0
+}
+
+/// What [`Document::parse_lazy`] tells of the elements it skims.
+pub trait Skimmer {
+    /// Whether a child element of the root called `name` is skimmed: checked
+    /// like any other, but kept as its text ([`Lazy`]), not built.
+    fn skims(&mut self, name: &str) -> bool;
+    /// Forgets every element told so far: the reading starts again.
+    fn reset(&mut self);
+    /// A skimmed element begins; its slot.
+    fn begin(&mut self) -> u32;
+    /// A child element of the skimmed element in `slot` ended: its name, its
+    /// text as [`Element::text`] reads it, and whether it holds elements.
+    fn child(&mut self, slot: u32, name: &str, text: Cow<'_, str>, structured: bool);
+}
+
+/// The fast path of [`Document::parse_lazy`]: a scanner for the plain XML
+/// that mama and upstream write, several times quicker than the general
+/// reader on a large lab. It takes only what it knows the general reader
+/// takes the same way: an optional `<?xml version="1.0"?>` declaration
+/// (or with `encoding="UTF-8"`), white space, and elements without
+/// attributes whose names are plain ASCII, holding text with the five
+/// predefined entities and no `>`, no comments, processing instructions,
+/// CDATA or doctype, no carriage return anywhere, no text but white space
+/// outside the machines' fields. On anything else it answers `None`, and
+/// the general reader reads the file, with its exact errors. What it
+/// builds is what the general reader builds (the tests hold it to that):
+/// the same nodes, the same spans, the same fields told to the skimmer.
+struct Fast<'t> {
+    text: &'t str,
+    bytes: &'t [u8],
+    source: &'t Source,
+}
+
+const DECLARATIONS: [&str; 3] = [
+    "<?xml version=\"1.0\"?>",
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>",
+    "<?xml version=\"1.0\" encoding=\"utf-8\"?>",
+];
+
+/// The predefined entities, and what they stand for.
+const ENTITIES: [(&[u8], char); 5] = [
+    (b"&amp;", '&'),
+    (b"&lt;", '<'),
+    (b"&gt;", '>'),
+    (b"&quot;", '"'),
+    (b"&apos;", '\''),
+];
+
+/// Whether two short byte strings (tag names) are equal: a plain loop,
+/// where a call to `memcmp` costs more than the comparison.
+#[inline]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n')
+}
+
+fn is_name_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_'
+}
+
+/// The bytes of a name after its first, as a table: one load a byte where
+/// the tests of a range or two cost a mispredicted branch or two.
+const NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.';
+        b += 1;
+    }
+    table
+};
+
+fn is_name_byte(b: u8) -> bool {
+    NAME_BYTES[b as usize]
+}
+
+/// The bytes that end or interrupt a run of text: `<`, `>`, `&`.
+const TEXT_STOPS: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'<' as usize] = true;
+    table[b'>' as usize] = true;
+    table[b'&' as usize] = true;
+    table
+};
+
+impl<'t> Fast<'t> {
+    fn span(&self, from: usize, to: usize) -> Str {
+        Str::within(self.source, &self.text[from..to])
+    }
+
+    fn space_end(&self, mut at: usize) -> usize {
+        while at < self.bytes.len() && is_space(self.bytes[at]) {
+            at += 1;
+        }
+        at
+    }
+
+    /// A name at `at`: where it ends.
+    fn name_end(&self, at: usize) -> Option<usize> {
+        if !is_name_start(*self.bytes.get(at)?) {
+            return None;
+        }
+        let mut end = at + 1;
+        while end < self.bytes.len() && is_name_byte(self.bytes[end]) {
+            end += 1;
+        }
+        Some(end)
+    }
+
+    /// A start tag at `at` (its `<`): the name's end, where the tag ends,
+    /// and whether it is `<name/>`.
+    fn start_tag(&self, at: usize) -> Option<(usize, usize, bool)> {
+        let name_end = self.name_end(at + 1)?;
+        match self.bytes.get(name_end..name_end + 2)? {
+            [b'>', _] => Some((name_end, name_end + 1, false)),
+            b"/>" => Some((name_end, name_end + 2, true)),
+            _ => None,
+        }
+    }
+
+    /// An end tag at `at` closing the element named `bytes[from..to]`:
+    /// where it ends.
+    fn end_tag(&self, at: usize, from: usize, to: usize) -> Option<usize> {
+        let name = at + 2;
+        let close = name + (to - from);
+        (self.bytes.get(at + 1) == Some(&b'/')
+            && same_bytes(self.bytes.get(name..close)?, &self.bytes[from..to])
+            && self.bytes.get(close) == Some(&b'>'))
+        .then_some(close + 1)
+    }
+
+    /// Text from `at` up to the next `<`: where it ends, and whether it
+    /// holds entities.
+    fn text_run(&self, mut at: usize) -> Option<(usize, bool)> {
+        let mut entities = false;
+        loop {
+            while at < self.bytes.len() && !TEXT_STOPS[self.bytes[at] as usize] {
+                at += 1;
+            }
+            match *self.bytes.get(at)? {
+                b'<' => return Some((at, entities)),
+                b'>' => return None,
+                b'&' => {
+                    let rest = &self.bytes[at..];
+                    let (entity, _) = ENTITIES.iter().find(|(e, _)| rest.starts_with(e))?;
+                    entities = true;
+                    at += entity.len();
+                }
+                _ => at += 1,
+            }
+        }
+    }
+
+    /// The text `from..to` as read: itself, or with its entities resolved.
+    fn value(&self, from: usize, to: usize, entities: bool) -> Cow<'t, str> {
+        let raw = &self.text[from..to];
+        if !entities {
+            return Cow::Borrowed(raw);
+        }
+        let mut value = String::with_capacity(raw.len());
+        let mut rest = raw;
+        while let Some(amp) = rest.find('&') {
+            value.push_str(&rest[..amp]);
+            rest = &rest[amp..];
+            match ENTITIES
+                .iter()
+                .find(|(e, _)| rest.as_bytes().starts_with(e))
+            {
+                Some((entity, c)) => {
+                    value.push(*c);
+                    rest = &rest[entity.len()..];
+                }
+                None => {
+                    value.push('&');
+                    rest = &rest[1..];
+                }
+            }
+        }
+        value.push_str(rest);
+        Cow::Owned(value)
+    }
+
+    /// The content of an element opened at depth `depth` whose name is
+    /// `bytes[from..to]`, from `at` to its end tag: where that ends.
+    fn skip_content(&self, mut at: usize, from: usize, to: usize, depth: usize) -> Option<usize> {
+        let mut open = [(0usize, 0usize); MAX_DEPTH];
+        let mut level = 0;
+        open[0] = (from, to);
+        loop {
+            at = self.text_run(at)?.0;
+            if self.bytes.get(at + 1) == Some(&b'/') {
+                let (from, to) = open[level];
+                at = self.end_tag(at, from, to)?;
+                if level == 0 {
+                    return Some(at);
+                }
+                level -= 1;
+                continue;
+            }
+            let (name_end, end, empty) = self.start_tag(at)?;
+            if !empty {
+                if depth + level + 1 >= MAX_DEPTH - 1 {
+                    return None;
+                }
+                level += 1;
+                open[level] = (at + 1, name_end);
+            }
+            at = end;
+        }
+    }
+
+    /// The content from `at` of a skimmed element named `bytes[from..to]`,
+    /// telling `skimmer` the text of its child elements: where its end tag
+    /// ends.
+    fn skimmed(
+        &self,
+        mut at: usize,
+        (from, to): (usize, usize),
+        slot: u32,
+        skimmer: &mut (impl Skimmer + ?Sized),
+    ) -> Option<usize> {
+        loop {
+            at = self.text_run(at)?.0;
+            if self.bytes.get(at + 1) == Some(&b'/') {
+                return self.end_tag(at, from, to);
+            }
+            let (name_end, end, empty) = self.start_tag(at)?;
+            let (name_from, name_to) = (at + 1, name_end);
+            let name = &self.text[name_from..name_to];
+            if empty {
+                skimmer.child(slot, name, Cow::Borrowed(""), false);
+                at = end;
+                continue;
+            }
+            // A field: its own text, and whether it holds elements.
+            let mut text: Option<Cow<'t, str>> = None;
+            let mut structured = false;
+            at = end;
+            loop {
+                let (run_end, entities) = self.text_run(at)?;
+                if run_end > at {
+                    let piece = self.value(at, run_end, entities);
+                    text = Some(match text.take() {
+                        None => piece,
+                        Some(before) => Cow::Owned(before.into_owned() + &piece),
+                    });
+                }
+                at = run_end;
+                if self.bytes.get(at + 1) == Some(&b'/') {
+                    at = self.end_tag(at, name_from, name_to)?;
+                    break;
+                }
+                let (inner_end, end, empty) = self.start_tag(at)?;
+                structured = true;
+                at = if empty {
+                    end
+                } else {
+                    self.skip_content(end, at + 1, inner_end, 4)?
+                };
+            }
+            skimmer.child(slot, name, text.unwrap_or(Cow::Borrowed("")), structured);
+        }
+    }
+
+    fn document(
+        &self,
+        bom: bool,
+        offset: usize,
+        skimmer: &mut (impl Skimmer + ?Sized),
+    ) -> Option<Document> {
+        let bytes = self.bytes;
+        if bytes.contains(&b'\r') {
+            return None;
+        }
+        let mut prolog = Vec::new();
+        let mut at = 0;
+        if let Some(decl) = DECLARATIONS.iter().find(|d| self.text.starts_with(*d)) {
+            prolog.push(Node::Markup(self.span(0, decl.len())));
+            at = decl.len();
+        }
+        let space = self.space_end(at);
+        if space > at {
+            prolog.push(whitespace_span(self.span(at, space)));
+        }
+        at = space;
+        if bytes.get(at) != Some(&b'<') {
+            return None;
+        }
+        let (root_name_end, root_end, empty) = self.start_tag(at)?;
+        if empty {
+            return None;
+        }
+        let (root_from, root_to) = (at + 1, root_name_end);
+        let content_start = root_end;
+        at = root_end;
+        // About two nodes a machine of some 400 bytes: reserved once, not
+        // grown by doubling (each doubling copies and touches new memory).
+        let mut children = Vec::with_capacity(bytes.len() / 200 + 4);
+        let content_end = loop {
+            let space = self.space_end(at);
+            if space > at {
+                children.push(whitespace_span(self.span(at, space)));
+            }
+            at = space;
+            if bytes.get(at) != Some(&b'<') {
+                return None;
+            }
+            if bytes.get(at + 1) == Some(&b'/') {
+                let end = self.end_tag(at, root_from, root_to)?;
+                let content_end = at;
+                at = end;
+                break content_end;
+            }
+            let start = at;
+            let (name_end, end, empty) = self.start_tag(at)?;
+            if !empty && skimmer.skims(&self.text[start + 1..name_end]) {
+                let slot = skimmer.begin();
+                at = self.skimmed(end, (start + 1, name_end), slot, skimmer)?;
+                children.push(Node::Lazy(Lazy {
+                    raw: self.span(start, at),
+                    name_len: u32::try_from(name_end - start - 1).ok()?,
+                    slot,
+                }));
+                continue;
+            }
+            at = if empty {
+                end
+            } else {
+                self.skip_content(end, start + 1, name_end, 2)?
+            };
+            // Few and small (mama's own <event_seq>, <pending_events>):
+            // built as the general reader builds them.
+            let element = Document::parse(&self.text[start..at]).ok()?.root;
+            children.push(Node::Element(element));
+        };
+        let mut epilog = Vec::new();
+        let space = self.space_end(at);
+        if space > at {
+            epilog.push(whitespace_span(self.span(at, space)));
+        }
+        if space != bytes.len() {
+            return None;
+        }
+        Some(Document {
+            bom,
+            prolog,
+            root: Element {
+                name: self.span(root_from, root_to),
+                attributes: self.span(root_to, root_to),
+                children,
+                self_closing: false,
+            },
+            epilog,
+            origin: Some((
+                Arc::clone(self.source),
+                offset + content_start,
+                offset + content_end,
+            )),
+        })
+    }
+}
+
+fn whitespace_span(raw: Str) -> Node {
+    Node::Text { raw, value: None }
 }
 
 /// Text split by references arrives in pieces; keep one text node per run.
@@ -625,8 +1430,8 @@ fn push_merged(children: &mut Vec<Node>, node: Node) {
                     start: next_start,
                     end: next_end,
                 },
-            ) if Rc::ptr_eq(source, next) && end == next_start => Str(Repr::Span {
-                source: Rc::clone(source),
+            ) if Arc::ptr_eq(source, next) && end == next_start => Str(Repr::Span {
+                source: Arc::clone(source),
                 start: *start,
                 end: *next_end,
             }),
@@ -896,6 +1701,63 @@ mod tests {
         let m = doc.root.position("m").unwrap();
         doc.root.remove_child(m);
         assert_eq!(doc.write(), "<s>\n</s>");
+    }
+
+    /// Tells nothing; skims `<m>`.
+    struct SkimM(u32);
+
+    impl Skimmer for SkimM {
+        fn skims(&mut self, name: &str) -> bool {
+            name == "m"
+        }
+        fn reset(&mut self) {
+            self.0 = 0;
+        }
+        fn begin(&mut self) -> u32 {
+            self.0 += 1;
+            self.0 - 1
+        }
+        fn child(&mut self, _: u32, _: &str, _: Cow<'_, str>, _: bool) {}
+    }
+
+    #[test]
+    fn the_fast_path_takes_plain_files_and_leaves_the_rest_to_the_reader() {
+        let fast = |text: &str| {
+            let source: Source = Arc::new(text.to_string());
+            let parser = Parser::new(&source);
+            let fast = Fast {
+                text: parser.text,
+                bytes: parser.text.as_bytes(),
+                source: &source,
+            };
+            let found = fast.document(parser.bom, parser.offset, &mut SkimM(0));
+            let general = Document::parse_lazy(Arc::clone(&source), &mut SkimM(0));
+            if let Some(doc) = &found {
+                assert_eq!(Ok(doc), general.as_ref(), "{text}");
+                assert_eq!(doc.write(), text);
+            }
+            found.is_some()
+        };
+        let plain = "<?xml version=\"1.0\"?>\n<s>\n  <m>\n    <a>x &amp; y</a>\n    <b/>\n    <c>t<d>u</d>v</c>\n  </m>\n  <e>1</e>\n  <m><a/></m>\n</s>\n";
+        assert!(fast(plain));
+        assert!(fast("\u{feff}<s><m/></s>"));
+        for other in [
+            plain.replace("<b/>", "<b a=\"1\"/>"),
+            plain.replace("<b/>", "<!-- b -->"),
+            plain.replace("<b/>", "<![CDATA[b]]>"),
+            plain.replace("\n  <e>", "\r\n  <e>"),
+            plain.replace("x &amp; y", "x &#38; y"),
+            plain.replace("x &amp; y", "x > y"),
+            plain.replace("</e>", "</f>"),
+            plain.replace("<s>", "<s/>").replace("</s>", ""),
+            plain.replace("version=\"1.0\"", "version='1.0'"),
+            plain.replace("\n</s>\n", "\n</s>\nx"),
+            plain.replace("<a>x", "<a>é x"),
+        ] {
+            let took = fast(&other);
+            // Only the last of these is plain.
+            assert_eq!(took, other.contains('é'), "{other}");
+        }
     }
 
     /// A small deterministic generator (xorshift), so failures replay.
