@@ -19,10 +19,9 @@
 //! namespaces and runs the server as `postgres`). Timestamps are
 //! `date +%s%N` written by the jobs: one clock for every namespace.
 
-#[allow(dead_code)]
+// Both allow dead code themselves: the bench uses part of them.
 #[path = "../tests/common/netns.rs"]
 mod netns;
-#[allow(dead_code)]
 #[path = "../tests/common/pg.rs"]
 mod pg;
 
@@ -110,8 +109,9 @@ fn verdict(what: &str, value: f64, unit: &str, limit: f64) -> String {
     format!("target {what}: {value:.2} {unit} (must be <= {limit} {unit}) -> {word}")
 }
 
-/// 1. The cost of a run on each lab, interleaved: the server on the same
-/// disk as the state file, syncing every commit as the file lab does.
+/// The cost of a run on each lab (measurement 1), interleaved: the server
+/// on the same disk as the state file, syncing every commit as the file
+/// lab does.
 fn run_cost(report: &mut Vec<String>) {
     let server = Server::start(Options {
         durable: true,

@@ -34,6 +34,7 @@ use crate::error::Result;
 use crate::model::JobRecord;
 use crate::model::Lab;
 use crate::model::event::Event;
+use crate::model::queue::Waiter;
 use crate::settings::{Location, Settings};
 use file::FileStore;
 use file::lock::FileLock;
@@ -261,8 +262,13 @@ pub trait JobLocks {
     /// Takes a new place lock, which a waiter holds for as long as it waits
     /// (see [`crate::model::queue`]); its token names it in the queue.
     fn hold_place(&self) -> Result<PlaceLock>;
-    /// Whether the place lock `token` is held: its waiter still waits.
-    fn place_held(&self, token: &str) -> bool;
+    /// Whether the place lock of `waiter` is held: it still waits.
+    fn place_held(&self, waiter: &Waiter) -> bool;
+    /// What a place taken now records of the lab's server (see
+    /// [`Waiter::epoch`]); `None` where there is no server.
+    fn epoch(&self) -> Option<String> {
+        None
+    }
     /// Waits up to `within` for the place lock `token` to be let go (its
     /// waiter left or died); whether it was.
     fn wait_place(&self, token: &str, within: Duration) -> Result<bool>;
@@ -337,10 +343,17 @@ impl JobLocks for Store {
         }
     }
 
-    fn place_held(&self, token: &str) -> bool {
+    fn place_held(&self, waiter: &Waiter) -> bool {
         match self {
-            Store::File(store) => store.place_held(token),
-            Store::Pg(store) => store.place_held(token),
+            Store::File(store) => store.place_held(&waiter.token),
+            Store::Pg(store) => store.place_held(waiter),
+        }
+    }
+
+    fn epoch(&self) -> Option<String> {
+        match self {
+            Store::File(_) => None,
+            Store::Pg(store) => Some(store.epoch()),
         }
     }
 

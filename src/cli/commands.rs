@@ -531,7 +531,7 @@ pub fn run(
         request.no_wait,
         request.wait_timeout,
     )? {
-        claim::Acquired::Claimed(claim) => claim,
+        claim::Acquired::Claimed(claim) => *claim,
         claim::Acquired::Free(_) => {
             return Err(Error::Invalid(
                 "internal error: a run ended without a claim".into(),

@@ -149,7 +149,7 @@ impl MachineView {
         let queue: Vec<QueueView> = machine
             .queue()
             .into_iter()
-            .filter(|w| judge.locks.place_held(&w.token))
+            .filter(|w| judge.locks.place_held(w))
             .map(|w| QueueView {
                 pid: w.pid,
                 since: w.since,

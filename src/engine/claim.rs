@@ -440,7 +440,7 @@ enum Sleep {
 /// What `acquire` got.
 pub enum Acquired {
     /// A machine claimed for the job.
-    Claimed(Claim),
+    Claimed(Box<Claim>),
     /// `wait`: this machine is free.
     Free(String),
 }
@@ -493,7 +493,7 @@ pub fn acquire(
                 other => other,
             };
         let wait = match attempt {
-            Ok(Attempt::Claimed(claim)) => break Ok(Acquired::Claimed(claim)),
+            Ok(Attempt::Claimed(claim)) => break Ok(Acquired::Claimed(Box::new(claim))),
             Ok(Attempt::Free(machine)) => break Ok(Acquired::Free(machine)),
             Ok(Attempt::Busy(wait)) => wait,
             Err(e) => break Err(e),
@@ -705,7 +705,7 @@ fn prune_queues(
         }
         let (live, gone): (Vec<Waiter>, Vec<Waiter>) = queue
             .into_iter()
-            .partition(|w| Some(w.token.as_str()) == own || store.place_held(&w.token));
+            .partition(|w| Some(w.token.as_str()) == own || store.place_held(w));
         if !gone.is_empty() {
             machine.set_queue(&live)?;
             for waiter in gone {
@@ -793,7 +793,7 @@ fn attempt(
         });
     }
     if let (Some(token), None) = (token, mine) {
-        join_queues(lab, &candidates, token, caller, judge.now, intent)?;
+        join_queues(lab, store, &candidates, token, caller, judge.now, intent)?;
     }
     let mut wait = first.ok_or_else(|| Error::NoMatch(wanted.describe()))?;
     wait.several = candidates.len() > 1;
@@ -809,6 +809,7 @@ fn attempt(
 /// candidate's queue, numbered after every place in the lab.
 fn join_queues(
     lab: &mut Lab,
+    store: &Store,
     candidates: &[String],
     token: &str,
     caller: &Caller,
@@ -833,6 +834,7 @@ fn join_queues(
             Intent::Run { label } => Some(label.clone()),
             Intent::Wait => None,
         },
+        epoch: store.epoch(),
     };
     for name in candidates {
         let mut machine = lab.get_mut(name)?;

@@ -281,7 +281,7 @@ mod tests {
         fn hold_place(&self) -> crate::error::Result<crate::backend::PlaceLock> {
             unreachable!("the judge takes no place")
         }
-        fn place_held(&self, _: &str) -> bool {
+        fn place_held(&self, _: &crate::model::queue::Waiter) -> bool {
             false
         }
         fn wait_place(&self, _: &str, _: std::time::Duration) -> crate::error::Result<bool> {

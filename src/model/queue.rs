@@ -27,6 +27,11 @@ pub struct Waiter {
     /// The job's label, for `run`; none for `wait`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// In a database lab, when the server had started when the place was
+    /// taken: a place taken before the server last started lost its lock
+    /// with the restart, and is kept while its waiter takes it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// The places a field's text holds; lines that are not places are skipped
@@ -61,6 +66,7 @@ mod tests {
                 user: "kim".into(),
                 host: "ci-1".into(),
                 job: Some("smoke <x> \"y\"".into()),
+                epoch: None,
             },
             Waiter {
                 ticket: 4,
@@ -70,6 +76,7 @@ mod tests {
                 user: "lee".into(),
                 host: "ci-2".into(),
                 job: None,
+                epoch: Some("2026-11-24 00:00:00.1+00".into()),
             },
         ];
         let text = encode(&waiters);

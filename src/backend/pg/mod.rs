@@ -101,6 +101,8 @@ struct Look {
     /// Whether the server started less than the host timeout ago: waiters
     /// may still be taking their places again.
     restarted: bool,
+    /// When the server started, as it says it.
+    epoch: String,
 }
 
 impl Look {
@@ -379,7 +381,8 @@ impl PgStore {
                AND now() < pg_postmaster_start_time() + make_interval(secs => {});
              SELECT has_table_privilege('mama_machine', 'UPDATE') \
                AND has_table_privilege('mama_event', 'INSERT');
-             SELECT now() < pg_postmaster_start_time() + make_interval(secs => {1});",
+             SELECT now() < pg_postmaster_start_time() + make_interval(secs => {1}), \
+               pg_postmaster_start_time()::text;",
             schema::machines_query(version),
             self.host_timeout.as_secs()
         );
@@ -433,6 +436,7 @@ impl PgStore {
             held: locks_in(LOCK_SPACE),
             places: locks_in(PLACE_SPACE),
             restarted: false,
+            epoch: String::new(),
             reattaching: reattaching
                 .iter()
                 .filter_map(|row| row.get(0).map(str::to_string))
@@ -440,6 +444,11 @@ impl PgStore {
         };
         let may_write = may_write.first().and_then(|row| row.get(0)) == Some("t");
         look.restarted = restarted.first().and_then(|row| row.get(0)) == Some("t");
+        look.epoch = restarted
+            .first()
+            .and_then(|row| row.get(1))
+            .unwrap_or_default()
+            .to_string();
         Ok((rows, look, may_write))
     }
 
@@ -894,15 +903,22 @@ impl PgStore {
         })
     }
 
-    /// Whether the place lock `token` is held; just after a server
-    /// restart, every place counts as held, while waiters take theirs
-    /// again.
-    pub fn place_held(&self, token: &str) -> bool {
+    /// Whether the place lock of `waiter` is held. A place taken before
+    /// the server last started counts as held for the host timeout after
+    /// the start, while its waiter takes it again.
+    pub fn place_held(&self, waiter: &crate::model::queue::Waiter) -> bool {
         let look = self.look();
-        look.restarted
-            || token
+        let before_restart = waiter.epoch.as_ref().is_some_and(|e| *e != look.epoch);
+        (look.restarted && before_restart)
+            || waiter
+                .token
                 .parse::<i32>()
                 .is_ok_and(|key| look.places.contains(&key))
+    }
+
+    /// When the server started, as the last look saw it.
+    pub fn epoch(&self) -> String {
+        self.look().epoch
     }
 
     /// Sleeps on the place lock `token` in the server until it is let go,
