@@ -952,6 +952,7 @@ mod lazy_tests {
     use super::*;
     use crate::model::JobRecord;
     use crate::model::event::Kind;
+    use crate::model::queue::Waiter;
 
     /// A small deterministic generator (xorshift64*), so failures replay.
     struct Prng(u64);
@@ -1107,7 +1108,7 @@ mod lazy_tests {
                 .cloned()
                 .unwrap_or_default();
             let field = Field::ALL[rng.below(Field::ALL.len())];
-            let _ = match rng.below(7) {
+            let _ = match rng.below(9) {
                 0 | 1 => lab
                     .get_mut(&name)
                     .and_then(|mut m| m.set(field, rng.pick(VALUES))),
@@ -1132,8 +1133,48 @@ mod lazy_tests {
                         resources: String::new(),
                     })
                 }
+                6 => lab.get_mut(&name).and_then(|mut m| {
+                    let waiters: Vec<Waiter> = (0..rng.below(3))
+                        .map(|i| Waiter {
+                            ticket: i as u64 + 1,
+                            token: format!("{:016x}", rng.next()),
+                            pid: rng.below(100_000) as u32 + 1,
+                            since: 1_700_000_000,
+                            user: rng.pick(VALUES).to_string(),
+                            host: "host".into(),
+                            job: rng.one_in(2).then(|| rng.pick(VALUES).to_string()),
+                            epoch: None,
+                        })
+                        .collect();
+                    m.set_queue(&waiters)
+                }),
+                7 => {
+                    // `import`: a machine as its element, kept whole.
+                    *added += 1;
+                    let mut text = String::new();
+                    machine(rng, 10_000 + *added, &mut text);
+                    let one = XmlLab::parse(&format!("<settings>{text}</settings>")).unwrap();
+                    let (name, element) = one.machine_texts().remove(0);
+                    assert_eq!(element, text);
+                    let model = one.model().get(&name).unwrap().clone();
+                    lab.add_element(model, element)
+                }
                 _ => lab.remove(&name),
             };
+        }
+    }
+
+    /// What main's backends read beside the model (export, import, the
+    /// database's machine elements) reads alike, lazily and from the tree.
+    fn same_parts(lazy: &XmlLab, eager: &XmlLab, what: &str) {
+        assert_eq!(lazy.machine_texts(), eager.machine_texts(), "{what}");
+        assert_eq!(lazy.skeleton(), eager.skeleton(), "{what}");
+        assert_eq!(lazy.exported(), eager.exported(), "{what}");
+        for (name, text) in eager.machine_texts() {
+            assert_eq!(lazy.machine_text(&name), eager.machine_text(&name), "{what}");
+            if !name.is_empty() {
+                assert_eq!(lazy.machine_text(&name), Some(text), "{what}");
+            }
         }
     }
 
@@ -1154,6 +1195,24 @@ mod lazy_tests {
                     assert_eq!(lazy.render().unwrap().concat(), text, "round {round}");
                     assert_eq!(lazy.event_seq(), eager.event_seq());
                     assert_eq!(lazy.pending_events(), eager.pending_events());
+                    same_parts(&lazy, &eager, &format!("round {round}: {text}"));
+                    // The database backend keeps each machine's element
+                    // apart, and reads the lab back from them.
+                    let texts = lazy.machine_texts();
+                    if texts.iter().all(|(name, _)| !name.is_empty()) {
+                        let apart = XmlLab::from_machines(
+                            texts.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+                        )
+                        .unwrap_or_else(|e| panic!("round {round}: {e}: {text}"));
+                        assert_eq!(machines(&apart), machines(&lazy), "round {round}: {text}");
+                        let whole = XmlLab::assemble(
+                            Some(&lazy.skeleton()),
+                            texts.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+                        )
+                        .unwrap();
+                        assert_eq!(machines(&whole), machines(&lazy), "round {round}");
+                        assert!(whole.render().is_ok(), "round {round}");
+                    }
                     if lazy
                         .doc
                         .root
@@ -1234,6 +1293,7 @@ mod lazy_tests {
                         assert_eq!(read.get(field), made.get(field), "{field:?}: {got}");
                     }
                 }
+                same_parts(&lazy, &eager, &format!("round {round}.{step}: {got}"));
                 edited += usize::from(lab.is_changed());
                 lazy = XmlLab::parse(&got).unwrap();
                 eager = XmlLab::parse_eager(&got).unwrap();
