@@ -740,3 +740,35 @@ fn a_change_made_in_place_while_a_job_runs_survives_its_release() {
         without_bookkeeping(&after)
     );
 }
+
+#[test]
+fn where_php_mama_shares_the_file_a_change_made_in_place_while_a_job_runs_survives_its_release() {
+    // In compat mode mama writes the state file in place, so the file a
+    // release finds is the very file its claim wrote: only a comparison of
+    // its bytes with what the claim left may let the release skip reading
+    // it. A byte changed in place meanwhile (PHP mama saves in place too)
+    // makes the release read it afresh, and keep the change.
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::new();
+    env.write_state(&big_lab(50).replace("<settings>\n", "<settings>\n  <php_compat/>\n"));
+    let inode = fs::metadata(&env.state).unwrap().ino();
+    let job = "at=$(grep -bo '<os>fedora &amp; more</os>' \"$MAMA_STATE\" | sed -n 2p | cut -d: -f1) \
+               && printf '<os>ubuntu &amp; more</os>' \
+               | dd of=\"$MAMA_STATE\" bs=1 seek=\"$at\" conv=notrunc status=none";
+    env.run(["run", "m5", "--", "sh", "-c", job]).ok();
+    assert_eq!(
+        fs::metadata(&env.state).unwrap().ino(),
+        inode,
+        "not written in place"
+    );
+    assert_eq!(env.run(["get", "m1", "os"]).ok().trim(), "ubuntu & more");
+    assert_eq!(env.run(["get", "m0", "os"]).ok().trim(), "fedora & more");
+    assert_eq!(env.run(["get", "m5", "job"]).ok().trim(), "");
+    let after = env.read_state();
+    env.run(["run", "m5", "--", "true"]).ok();
+    assert_eq!(fs::metadata(&env.state).unwrap().ino(), inode);
+    assert_eq!(
+        without_bookkeeping(&env.read_state()),
+        without_bookkeeping(&after)
+    );
+}

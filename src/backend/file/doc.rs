@@ -1171,7 +1171,11 @@ mod lazy_tests {
         assert_eq!(lazy.skeleton(), eager.skeleton(), "{what}");
         assert_eq!(lazy.exported(), eager.exported(), "{what}");
         for (name, text) in eager.machine_texts() {
-            assert_eq!(lazy.machine_text(&name), eager.machine_text(&name), "{what}");
+            assert_eq!(
+                lazy.machine_text(&name),
+                eager.machine_text(&name),
+                "{what}"
+            );
             if !name.is_empty() {
                 assert_eq!(lazy.machine_text(&name), Some(text), "{what}");
             }
