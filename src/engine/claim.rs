@@ -20,10 +20,9 @@ use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::backend::{JobLock, JobLocks, PlaceLock, Store};
+use crate::backend::{JobLock, JobLocks, Lease, PlaceLock, Store};
 use crate::cli::render;
 use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
@@ -954,7 +953,7 @@ impl Claim {
     /// database lab's session): the flag returned is raised when the claim
     /// was lost, and the job must be stopped. Call it once the signals are
     /// blocked, so the keeper's thread never takes one.
-    pub fn keep(&mut self) -> Option<Arc<AtomicBool>> {
+    pub fn keep(&mut self) -> Option<Arc<Lease>> {
         let job = self.job.clone();
         self.lock.as_mut()?.keep(&job)
     }
