@@ -435,6 +435,14 @@ impl JobLock {
         }
     }
 
+    /// Stops keeping the lock (see [`JobLock::keep`]) without letting go
+    /// of it: before the release transaction.
+    pub fn stop_keeping(&mut self) {
+        if let JobLock::Pg(lock) = self {
+            lock.stop_keeping();
+        }
+    }
+
     /// Lets go of this process's hold without unlocking: the lock stays
     /// held while processes of the job that inherited it live, and is
     /// released with the last of them.

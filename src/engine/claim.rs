@@ -963,7 +963,10 @@ impl Claim {
     /// taken over) is left alone, with a word on stderr. `outcome` (how the
     /// job ended) goes into the history.
     pub fn release(self, store: &Store, outcome: &str) -> Result<()> {
-        let lock = self.lock;
+        let mut lock = self.lock;
+        if let Some(lock) = lock.as_mut() {
+            lock.stop_keeping();
+        }
         store.update(|lab| {
             // Close the job lock inside the transaction, so a waiter it
             // wakes reads the state only after this write. Closed, not

@@ -124,7 +124,11 @@ impl PgJobLock {
         self.let_go();
     }
 
-    fn let_go(&mut self) {
+    /// Stops the keeper, taking back the session that holds the lock (if
+    /// one still does). Done before the release transaction: a keeper in
+    /// the middle of re-attaching may take seconds to stop, and the lab
+    /// must not stay locked meanwhile.
+    pub fn stop_keeping(&mut self) {
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.stop.send(());
             if let Ok(Some(held)) = keeper.thread.join() {
@@ -132,6 +136,10 @@ impl PgJobLock {
                 self.key = held.key;
             }
         }
+    }
+
+    fn let_go(&mut self) {
+        self.stop_keeping();
         if let Some(mut session) = self.session.take() {
             let _ = session.execute(
                 "SELECT pg_advisory_unlock($1, $2)",
