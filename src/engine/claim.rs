@@ -593,7 +593,11 @@ pub fn acquire(
         }
     };
     if told.is_some() && live_line {
-        say!("");
+        // The line's last word: how long it took, no place any more.
+        say!(
+            "\rmama: waited {} for {what}\x1b[K",
+            render::seconds(started.elapsed())
+        );
     }
     // A waiter that gives up takes its places out (best effort: a place
     // whose lock is let go is removed by the next waiter anyway).
