@@ -18,6 +18,18 @@ const TIMEOUT: u64 = 4;
 /// `mama ARGS` on `host`, reaching database `db` over TCP, in `env`'s
 /// folder.
 fn mama_on(host: &Host, server: &Server, db: &PgDb, env: &TestEnv, args: &[String]) -> Command {
+    mama_on_within(host, server, db, env, args, TIMEOUT)
+}
+
+/// [`mama_on`] with the host timeout `timeout`.
+fn mama_on_within(
+    host: &Host,
+    server: &Server,
+    db: &PgDb,
+    env: &TestEnv,
+    args: &[String],
+    timeout: u64,
+) -> Command {
     let mut cmd = host.command(MAMA);
     remove_mama_env(&mut cmd);
     cmd.env(
@@ -25,7 +37,7 @@ fn mama_on(host: &Host, server: &Server, db: &PgDb, env: &TestEnv, args: &[Strin
         server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name),
     )
     .env("MAMA_POLL_INTERVAL", "0.2")
-    .env("MAMA_HOST_TIMEOUT", TIMEOUT.to_string())
+    .env("MAMA_HOST_TIMEOUT", timeout.to_string())
     .env("NO_COLOR", "1")
     .args(args)
     .current_dir(env.path());
@@ -43,21 +55,29 @@ fn local(db: &PgDb) -> TestEnv {
 
 /// `mama ARGS` on the test's own host, with the tests' host timeout.
 fn local_cmd(env: &TestEnv, args: &[String]) -> Command {
+    local_cmd_within(env, args, TIMEOUT)
+}
+
+fn local_cmd_within(env: &TestEnv, args: &[String], timeout: u64) -> Command {
     let mut cmd = env.cmd(args);
-    cmd.env("MAMA_HOST_TIMEOUT", TIMEOUT.to_string());
+    cmd.env("MAMA_HOST_TIMEOUT", timeout.to_string());
     cmd
 }
 
 /// A server reachable from `host`, a database with machine `m`, and a
 /// holder on `host` whose job touches `started` and then waits for `go`.
 fn remote_holder(host: &Host) -> (Server, PgDb, TestEnv, Bg) {
+    remote_holder_within(host, TIMEOUT)
+}
+
+fn remote_holder_within(host: &Host, timeout: u64) -> (Server, PgDb, TestEnv, Bg) {
     let server = pg::server_on(host.peer_addr());
     let db = server.fresh_database();
     let env = local(&db);
     env.add("m", 1);
     let script = format!("touch \"$1/started\"; {}", wait_for_file("go"));
     let args = sh_job(&env, "m", &["--job", "holder"], &script);
-    let holder = Bg::start(mama_on(host, &server, &db, &env, &args));
+    let holder = Bg::start(mama_on_within(host, &server, &db, &env, &args, timeout));
     wait_until("the remote holder's job", LIMIT, || {
         env.path().join("started").exists()
     });
@@ -128,16 +148,20 @@ fn a_stopped_holder_keeps_its_claim_past_twice_the_host_timeout() {
 
 #[test]
 fn a_network_blip_shorter_than_the_host_timeout_keeps_the_claim() {
+    // A timeout long enough that a blip of a few seconds is well inside
+    // it: the holder stops its job itself only when the lab has been
+    // silent for most of the timeout (see SPEC).
+    const BLIP_TIMEOUT: u64 = 10;
     let host = Host::new();
-    let (_server, _db, env, mut holder) = remote_holder(&host);
+    let (_server, _db, env, mut holder) = remote_holder_within(&host, BLIP_TIMEOUT);
     let claim = env.info("m");
     host.cut();
-    // Half the timeout, measured by a waiter that gives up meanwhile.
-    let wait = (TIMEOUT / 2).to_string();
+    // Two seconds, measured by a waiter that gives up meanwhile.
     let run = Run::from(
-        local_cmd(
+        local_cmd_within(
             &env,
-            &args(&["run", "m", "--wait-timeout", &wait, "--", "true"]),
+            &args(&["run", "m", "--wait-timeout", "2", "--", "true"]),
+            BLIP_TIMEOUT,
         )
         .output()
         .expect("mama runs"),
@@ -145,21 +169,58 @@ fn a_network_blip_shorter_than_the_host_timeout_keeps_the_claim() {
     run.fails(75);
     host.restore();
     // Well past the timeout: the claim stood throughout.
-    let wait = (TIMEOUT + 2).to_string();
+    let wait = (BLIP_TIMEOUT + 2).to_string();
     let run = Run::from(
-        local_cmd(
+        local_cmd_within(
             &env,
             &args(&["run", "m", "--wait-timeout", &wait, "--", "true"]),
+            BLIP_TIMEOUT,
         )
         .output()
         .expect("mama runs"),
     );
     run.fails_saying(75, "holder");
-    assert_eq!(env.info("m"), claim);
+    let info = env.info("m");
+    assert_eq!(
+        (&info["job_pid"], &info["job_timestamp"]),
+        (&claim["job_pid"], &claim["job_timestamp"])
+    );
     env.touch("go");
     let run = holder.finish(LIMIT);
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(!run.stderr.contains("LOST"), "{run:#?}");
+}
+
+#[test]
+fn a_cut_off_holder_stops_its_job_before_the_lab_frees_the_machine() {
+    let host = Host::new();
+    let (_server, _db, env, mut holder) = remote_holder(&host);
+    let mut jobs = Vec::new();
+    wait_until("the holder's job", LIMIT, || {
+        jobs = children_of(holder.pid());
+        !jobs.is_empty()
+    });
+    host.cut();
+    let cut = Instant::now();
+    wait_until("the holder's job to be stopped", LIMIT, || {
+        jobs.iter().all(|&pid| !alive(pid))
+    });
+    let stopped = cut.elapsed();
+    println!(
+        "MEASURED cut-off holder: its job stopped {:.2} s after the cut (MAMA_HOST_TIMEOUT={TIMEOUT})",
+        stopped.as_secs_f64()
+    );
+    // Stopped before the server frees the claim at the timeout: no other
+    // host can have started a job on the machine meanwhile.
+    assert!(
+        stopped < Duration::from_secs(TIMEOUT),
+        "stopped after {stopped:?}"
+    );
+    let run = holder.finish(Duration::from_secs(TIMEOUT * 5 + 30));
+    assert_eq!(run.code, Some(125), "{run:#?}");
+    assert!(run.stderr.contains("LOST THE CLAIM"), "{run:#?}");
+    assert!(!env.path().join("go").exists());
+    host.restore();
 }
 
 #[test]

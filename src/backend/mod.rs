@@ -445,12 +445,20 @@ impl JobLock {
     }
 
     /// Keeps the lock for the claim `job` while the job runs, where keeping
-    /// takes work (a database session that may be lost): the flag returned
-    /// is raised when the claim was lost and the job must stop.
-    pub fn keep(&mut self, job: &JobRecord) -> Option<Arc<AtomicBool>> {
+    /// takes work (a database session that may be lost): the [`Lease`]
+    /// returned says when the claim was lost and the job must stop.
+    pub fn keep(&mut self, job: &JobRecord) -> Option<Arc<Lease>> {
         match self {
             JobLock::File(_) => None,
             JobLock::Pg(lock) => Some(lock.keep(job)),
+        }
+    }
+
+    /// Stops keeping the lock (see [`JobLock::keep`]) without letting go
+    /// of it: before the release transaction.
+    pub fn stop_keeping(&mut self) {
+        if let JobLock::Pg(lock) = self {
+            lock.stop_keeping();
         }
     }
 
@@ -461,6 +469,75 @@ impl JobLock {
         match self {
             JobLock::File(lock) => lock.close(),
             JobLock::Pg(lock) => (*lock).close(),
+        }
+    }
+}
+
+/// A claim kept by work (a database lab's session), as the supervisor of
+/// its job sees it: lost, or silent so long that it must be taken for lost.
+#[derive(Debug)]
+pub struct Lease {
+    lost: AtomicBool,
+    /// When the keeper's question to the server that is still unanswered
+    /// was asked, in milliseconds since `epoch`; 0 when none is.
+    asking_since: std::sync::atomic::AtomicU64,
+    epoch: Instant,
+    /// How long a question may go unanswered before the job is stopped:
+    /// before the server can free the claim for another host.
+    pub silent_limit: Duration,
+    /// How long the job gets between TERM and KILL when it is stopped.
+    pub kill_after: Duration,
+}
+
+impl Lease {
+    /// A lease on a lab whose server frees a silent holder's claims
+    /// `host_timeout` after it last heard from it. The keeper asks every
+    /// `ask_every`, and the supervisor looks every `look_every`; the job
+    /// gets TERM early enough that even its KILL, a quarter of the timeout
+    /// (1 to 5 s) later, comes a second before the server frees the claim
+    /// (where the timeout allows: never later than a quarter of it).
+    pub fn new(host_timeout: Duration, ask_every: Duration, look_every: Duration) -> Lease {
+        let kill_after = (host_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
+        let margin = kill_after + ask_every + look_every + Duration::from_secs(1);
+        Lease {
+            lost: AtomicBool::new(false),
+            asking_since: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
+            silent_limit: host_timeout.saturating_sub(margin).max(host_timeout / 4),
+            kill_after,
+        }
+    }
+
+    /// The claim is lost.
+    pub fn lose(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A question to the server is on its way.
+    pub fn asking(&self) {
+        let now = (self.epoch.elapsed().as_millis() as u64).max(1);
+        self.asking_since
+            .store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The server answered.
+    pub fn answered(&self) {
+        self.asking_since
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the claim was lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How long the question on its way has gone unanswered.
+    pub fn silence(&self) -> Duration {
+        match self.asking_since.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(
+                (self.epoch.elapsed().as_millis() as u64).saturating_sub(since),
+            ),
         }
     }
 }

@@ -554,7 +554,7 @@ pub fn run(
              keep it in ~/.pgpass or PGPASSFILE so that mama in the job finds the lab"
         );
     }
-    let lost = claim.keep();
+    let lease = claim.keep();
     let job = supervise::Job {
         program: program.clone(),
         args: args.to_vec(),
@@ -569,7 +569,7 @@ pub fn run(
         ],
         timeout: request.timeout,
         inherit: claim.lock_fd(),
-        lost,
+        lease,
     };
     let ending = supervise::run(&job, job_mask);
     let outcome = match &ending {

@@ -20,10 +20,9 @@ use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::backend::{JobLock, JobLocks, PlaceLock, Store};
+use crate::backend::{JobLock, JobLocks, Lease, PlaceLock, Store};
 use crate::cli::render;
 use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
@@ -594,7 +593,11 @@ pub fn acquire(
         }
     };
     if told.is_some() && live_line {
-        say!("");
+        // The line's last word: how long it took, no place any more.
+        say!(
+            "\rmama: waited {} for {what}\x1b[K",
+            render::seconds(started.elapsed())
+        );
     }
     // A waiter that gives up takes its places out (best effort: a place
     // whose lock is let go is removed by the next waiter anyway).
@@ -954,7 +957,7 @@ impl Claim {
     /// database lab's session): the flag returned is raised when the claim
     /// was lost, and the job must be stopped. Call it once the signals are
     /// blocked, so the keeper's thread never takes one.
-    pub fn keep(&mut self) -> Option<Arc<AtomicBool>> {
+    pub fn keep(&mut self) -> Option<Arc<Lease>> {
         let job = self.job.clone();
         self.lock.as_mut()?.keep(&job)
     }
@@ -964,7 +967,10 @@ impl Claim {
     /// taken over) is left alone, with a word on stderr. `outcome` (how the
     /// job ended) goes into the history.
     pub fn release(self, store: &Store, outcome: &str) -> Result<()> {
-        let lock = self.lock;
+        let mut lock = self.lock;
+        if let Some(lock) = lock.as_mut() {
+            lock.stop_keeping();
+        }
         store.update(|lab| {
             // Close the job lock inside the transaction, so a waiter it
             // wakes reads the state only after this write. Closed, not

@@ -149,7 +149,18 @@ impl<P: ProcessTable> Judge<'_, P> {
         // mama's claims record their host (and, where /proc tells, their
         // origin); other tools' records have neither.
         if self.locks.across_hosts() && (job.origin.is_some() || job.host.is_some()) {
-            return if self.locks.held(machine) || self.locks.reattaching(machine) {
+            // A holder that lives here (this boot and PID namespace, the
+            // claimer's own process) and whose lock is free lost its
+            // session: it re-attaches, or stops its job, and the machine is
+            // not free before either.
+            let holder_lives = job.origin.as_ref().is_some_and(|origin| {
+                self.place.shares_pids_with(origin)
+                    && matches!(
+                        self.processes.probe(pid),
+                        Probe::Alive { start: Some(start) } if start == origin.start
+                    )
+            });
+            return if self.locks.held(machine) || self.locks.reattaching(machine) || holder_lives {
                 Verdict::Live
             } else {
                 Verdict::Stale(StaleReason::SessionGone {

@@ -12,7 +12,8 @@ use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::backend::Lease;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -20,6 +21,10 @@ use crate::exit::ExitCode;
 
 /// After `--timeout` sends TERM, KILL follows this much later.
 pub const KILL_AFTER: Duration = Duration::from_secs(5);
+
+/// How often the supervisor of a job whose claim is kept by a lease looks
+/// at it.
+pub const LEASE_LOOK: Duration = Duration::from_millis(250);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -32,10 +37,10 @@ pub struct Job {
     /// keeps the lock while any process of the job holds it, so the machine
     /// stays busy after a killed mama until the job's last process ends.
     pub inherit: Option<RawFd>,
-    /// Raised when the claim was lost while the job ran (a database lab's
-    /// session that could not be kept): the job is stopped, as a timeout
-    /// stops it.
-    pub lost: Option<Arc<AtomicBool>>,
+    /// The lease on the claim, where keeping it takes work (a database
+    /// lab's session): when it is lost, or silent too long, the job is
+    /// stopped, as a timeout stops it.
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// How the job ended.
@@ -178,7 +183,7 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
         // The child does the same; whichever comes first wins the race.
         terminal.give_to(group);
     }
-    let ending = supervise(group, job.timeout, job.lost.as_deref(), terminal.as_ref());
+    let ending = supervise(group, job.timeout, job.lease.as_deref(), terminal.as_ref());
     if let Some(terminal) = &terminal {
         terminal.give_to(terminal.own_group);
     }
@@ -264,7 +269,7 @@ fn poll(pid: libc::pid_t) -> Result<State> {
 fn supervise(
     group: libc::pid_t,
     timeout: Option<Duration>,
-    lost: Option<&AtomicBool>,
+    lease: Option<&Lease>,
     terminal: Option<&Terminal>,
 ) -> Result<Ending> {
     let started = Instant::now();
@@ -273,14 +278,31 @@ fn supervise(
     let mut timed_out = false;
     let mut claim_lost = false;
     let mut told_stopped = false;
+    let mut last_look = Instant::now();
     loop {
-        if !claim_lost && lost.is_some_and(|l| l.load(Ordering::SeqCst)) {
-            // As a timeout does: TERM now, KILL if it is still there later.
-            claim_lost = true;
-            term_at = None;
-            kill_at = Some(Instant::now() + KILL_AFTER);
-            signal_group(group, libc::SIGTERM);
-            signal_group(group, libc::SIGCONT);
+        // A lease is looked at every LEASE_LOOK. After a much longer gap
+        // mama was stopped itself (SIGSTOP, Ctrl-Z): its keeper gets a
+        // moment to ask the server again before a silence counts.
+        let resumed = last_look.elapsed() > LEASE_LOOK * 8;
+        last_look = Instant::now();
+        if let Some(lease) = lease.filter(|_| !claim_lost) {
+            let silent = !resumed && lease.silence() > lease.silent_limit;
+            if lease.is_lost() || silent {
+                if silent {
+                    say!(
+                        "mama: LOST THE CLAIM: the lab has not answered for {}, and will soon \
+                         free the machine for others; stopping the job",
+                        crate::cli::render::seconds(lease.silence())
+                    );
+                    lease.lose();
+                }
+                // As a timeout does: TERM now, KILL if still there later.
+                claim_lost = true;
+                term_at = None;
+                kill_at = Some(Instant::now() + lease.kill_after);
+                signal_group(group, libc::SIGTERM);
+                signal_group(group, libc::SIGCONT);
+            }
         }
         match poll(group)? {
             State::Ended(_) if claim_lost => return Ok(Ending::ClaimLost),
@@ -311,7 +333,10 @@ fn supervise(
             }
             State::Running => {}
         }
-        let wake_at = [term_at, kill_at].into_iter().flatten().min();
+        let lease_at = lease
+            .filter(|_| !claim_lost)
+            .map(|_| Instant::now() + LEASE_LOOK);
+        let wake_at = [term_at, kill_at, lease_at].into_iter().flatten().min();
         match wait_signal(wake_at.map(|t| t.saturating_duration_since(Instant::now()))) {
             Some(libc::SIGCHLD) => {}
             Some(signal) => {

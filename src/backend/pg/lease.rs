@@ -17,21 +17,26 @@
 //! the job. A run never goes on without its claim.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postgres::Client;
+use postgres::fallible_iterator::FallibleIterator;
 
 use super::url::DbUrl;
 use super::{LAB_LOCK, LOCK_SPACE, connect, db_error};
+use crate::backend::Lease;
 use crate::backend::file::doc::XmlLab;
 use crate::error::{Error, Result};
 use crate::model::JobRecord;
 
-/// How often the keeper asks whether the session lives.
+/// How often the keeper asks whether the session lives (the session's end
+/// itself, as when the server ends it, is noticed at once).
 const PING: Duration = Duration::from_secs(1);
+/// How long the keeper waits for a word from the server, or its session's
+/// end, before it looks whether it is told to stop.
+const LISTEN: Duration = Duration::from_millis(100);
 
 /// A held job lock.
 pub struct PgJobLock {
@@ -85,11 +90,15 @@ impl PgJobLock {
     }
 
     /// Starts keeping the lock for the claim `job` for as long as it runs;
-    /// the flag returned is raised when the claim is lost.
-    pub fn keep(&mut self, job: &JobRecord) -> Arc<AtomicBool> {
-        let lost = Arc::new(AtomicBool::new(false));
+    /// the lease returned tells the job's supervisor when it is lost.
+    pub fn keep(&mut self, job: &JobRecord) -> Arc<Lease> {
+        let lost = Arc::new(Lease::new(
+            self.host_timeout,
+            PING,
+            crate::engine::supervise::LEASE_LOOK,
+        ));
         let Some(session) = self.session.take() else {
-            lost.store(true, Ordering::SeqCst);
+            lost.lose();
             return lost;
         };
         let (stop, stopped) = mpsc::channel();
@@ -115,7 +124,11 @@ impl PgJobLock {
         self.let_go();
     }
 
-    fn let_go(&mut self) {
+    /// Stops the keeper, taking back the session that holds the lock (if
+    /// one still does). Done before the release transaction: a keeper in
+    /// the middle of re-attaching may take seconds to stop, and the lab
+    /// must not stay locked meanwhile.
+    pub fn stop_keeping(&mut self) {
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.stop.send(());
             if let Ok(Some(held)) = keeper.thread.join() {
@@ -123,6 +136,10 @@ impl PgJobLock {
                 self.key = held.key;
             }
         }
+    }
+
+    fn let_go(&mut self) {
+        self.stop_keeping();
         if let Some(mut session) = self.session.take() {
             let _ = session.execute(
                 "SELECT pg_advisory_unlock($1, $2)",
@@ -144,7 +161,7 @@ struct Watch {
     host_timeout: Duration,
     machine: String,
     job: JobRecord,
-    lost: Arc<AtomicBool>,
+    lost: Arc<Lease>,
 }
 
 impl Watch {
@@ -154,16 +171,29 @@ impl Watch {
         let mut lost_backend = held.backend;
         let mut session = Some(held);
         let mut last_ok = Instant::now();
+        let mut next_ping = Instant::now() + PING;
         loop {
-            match stopped.recv_timeout(PING) {
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return session,
-                Err(RecvTimeoutError::Timeout) => {}
+            match stopped.try_recv() {
+                Ok(()) | Err(mpsc::TryRecvError::Disconnected) => return session,
+                Err(mpsc::TryRecvError::Empty) => {}
             }
-            if let Some(held) = session.as_mut()
-                && held.session.simple_query("SELECT 1").is_ok()
-            {
-                last_ok = Instant::now();
+            // Listening returns at once when the server ends the session.
+            let alive = session.as_mut().is_some_and(|held| {
+                let _ = held.session.notifications().timeout_iter(LISTEN).next();
+                !held.session.is_closed()
+            });
+            if alive && Instant::now() < next_ping {
                 continue;
+            }
+            if alive && let Some(held) = session.as_mut() {
+                self.lost.asking();
+                let answered = held.session.simple_query("SELECT 1").is_ok();
+                if answered {
+                    self.lost.answered();
+                    last_ok = Instant::now();
+                    next_ping = last_ok + PING;
+                    continue;
+                }
             }
             if let Some(held) = session.take() {
                 lost_backend = held.backend;
@@ -174,6 +204,11 @@ impl Watch {
                 self.machine,
                 self.url.shown
             );
+            // Silent from now on, if it was not yet: the supervisor stops
+            // the job if the silence lasts.
+            if self.lost.silence().is_zero() {
+                self.lost.asking();
+            }
             let give_up = last_ok + self.host_timeout;
             let why = loop {
                 match stopped.recv_timeout(Duration::from_millis(200)) {
@@ -187,7 +222,9 @@ impl Watch {
                             self.machine
                         );
                         session = Some(held);
+                        self.lost.answered();
                         last_ok = Instant::now();
+                        next_ping = last_ok + PING;
                         break None;
                     }
                     Ok(None) => {
@@ -208,7 +245,7 @@ impl Watch {
                     "mama: LOST THE CLAIM on {}: {why}; stopping the job",
                     self.machine
                 );
-                self.lost.store(true, Ordering::SeqCst);
+                self.lost.lose();
                 // Wakes the supervisor, which waits for signals (all of
                 // them are blocked in every thread of a running mama).
                 // SAFETY: sends a signal to this process.

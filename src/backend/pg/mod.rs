@@ -542,33 +542,52 @@ impl PgStore {
         &self,
         change: impl FnOnce(&mut postgres::Transaction<'_>, &mut Lab) -> Result<T>,
     ) -> Result<T> {
-        self.with_main(|client| {
-            let mut tx = client
-                .transaction()
-                .map_err(|e| db_error(&self.context("write"), e))?;
-            self.lab_lock(&mut tx)?;
-            schema::ensure(&mut tx, &self.url.shown)?;
-            let (rows, look, may_write) = self.snapshot(&mut tx, schema::VERSION)?;
-            if !may_write {
-                return Err(Error::ReadOnly {
-                    context: self.context("write"),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        "this role may only read it",
-                    ),
-                });
+        // A session found lost before `change` ran (a server restart since
+        // its last use) is opened anew and the transaction begun again:
+        // nothing was written or taken yet.
+        let mut change = Some(change);
+        for _ in 0..2 {
+            let done = self.with_main(|client| {
+                let mut tx = match client.transaction() {
+                    Ok(tx) => tx,
+                    Err(e) if is_connection_loss(&e) => return Ok(None),
+                    Err(e) => return Err(db_error(&self.context("write"), e)),
+                };
+                self.lab_lock(&mut tx)?;
+                schema::ensure(&mut tx, &self.url.shown)?;
+                let (rows, look, may_write) = self.snapshot(&mut tx, schema::VERSION)?;
+                if !may_write {
+                    return Err(Error::ReadOnly {
+                        context: self.context("write"),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            "this role may only read it",
+                        ),
+                    });
+                }
+                *Self::locked(&self.look) = Some(look);
+                let mut doc = self.parse(&rows)?;
+                let mut lab = doc.model();
+                let change = change.take().ok_or_else(|| {
+                    Error::Invalid("internal error: a transaction ran twice".into())
+                })?;
+                let value = change(&mut tx, &mut lab)?;
+                if lab.is_changed() {
+                    self.store_changes(&mut tx, &mut doc, lab.changes())?;
+                    self.store_events(&mut tx, lab.take_events())?;
+                    tx.commit()
+                        .map_err(|e| db_error(&self.context("write"), e))?;
+                }
+                Ok(Some(value))
+            })?;
+            match done {
+                Some(value) => return Ok(value),
+                None => self.lost.store(true, std::sync::atomic::Ordering::SeqCst),
             }
-            *Self::locked(&self.look) = Some(look);
-            let mut doc = self.parse(&rows)?;
-            let mut lab = doc.model();
-            let value = change(&mut tx, &mut lab)?;
-            if lab.is_changed() {
-                self.store_changes(&mut tx, &mut doc, lab.changes())?;
-                self.store_events(&mut tx, lab.take_events())?;
-                tx.commit()
-                    .map_err(|e| db_error(&self.context("write"), e))?;
-            }
-            Ok(value)
+        }
+        Err(Error::Database {
+            context: self.context("write"),
+            message: "the connection was lost again as soon as it was opened".into(),
         })
     }
 
