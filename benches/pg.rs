@@ -233,26 +233,66 @@ fn fresh(dir: &Path) {
     }
 }
 
+/// Two hosts, a server both reach over TCP, a lab with machine `m`, and
+/// a folder for each side's stamps.
+struct Pair {
+    one: Host,
+    two: Host,
+    server: Server,
+    db: PgDb,
+    dir: Stamps,
+}
+
+/// A temporary folder with `h/` for the holder's stamps and `w/` for the
+/// waiter's.
+struct Stamps(tempfile::TempDir);
+
+impl Stamps {
+    fn folders(&self) -> (PathBuf, PathBuf) {
+        let (h, w) = (self.0.path().join("h"), self.0.path().join("w"));
+        for d in [&h, &w] {
+            std::fs::create_dir_all(d).expect("folder");
+        }
+        (h, w)
+    }
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let one = Host::new();
+        let two = Host::new();
+        let server = Server::start(Options {
+            listen: vec![one.peer_addr(), two.peer_addr()],
+            trust: vec![one.subnet(), two.subnet()],
+            ..Options::default()
+        });
+        let db = server.fresh_database();
+        ok(
+            mama(&db.url, &["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]),
+            "add",
+        );
+        let dir = Stamps(tempfile::tempdir().expect("temporary folder"));
+        Pair {
+            one,
+            two,
+            server,
+            db,
+            dir,
+        }
+    }
+}
+
 /// 2 and 3. Handoff and takeover between two hosts.
 fn across_hosts(report: &mut Vec<String>) {
-    let one = Host::new();
-    let two = Host::new();
-    let server = Server::start(Options {
-        listen: vec![one.peer_addr(), two.peer_addr()],
-        trust: vec![one.subnet(), two.subnet()],
-        ..Options::default()
-    });
-    let db = server.fresh_database();
-    ok(
-        mama(&db.url, &["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]),
-        "add",
-    );
+    let Pair {
+        one,
+        two,
+        server,
+        db,
+        dir,
+    } = Pair::new();
     let url = |host: &Host| server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name);
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let (holder_dir, waiter_dir) = (dir.path().join("h"), dir.path().join("w"));
-    for d in [&holder_dir, &waiter_dir] {
-        std::fs::create_dir(d).expect("folder");
-    }
+    let (holder_dir, waiter_dir) = dir.folders();
     let start_pair = || {
         fresh(&holder_dir);
         fresh(&waiter_dir);
@@ -303,24 +343,15 @@ fn across_hosts(report: &mut Vec<String>) {
 
 /// 4. A dead host, with the default host timeout.
 fn dead_host(report: &mut Vec<String>) {
-    let one = Host::new();
-    let two = Host::new();
-    let server = Server::start(Options {
-        listen: vec![one.peer_addr(), two.peer_addr()],
-        trust: vec![one.subnet(), two.subnet()],
-        ..Options::default()
-    });
-    let db = server.fresh_database();
-    ok(
-        mama(&db.url, &["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]),
-        "add",
-    );
+    let Pair {
+        one,
+        two,
+        server,
+        db,
+        dir,
+    } = Pair::new();
     let url = |host: &Host| server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name);
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let (holder_dir, waiter_dir): (PathBuf, PathBuf) = (dir.path().join("h"), dir.path().join("w"));
-    for d in [&holder_dir, &waiter_dir] {
-        std::fs::create_dir(d).expect("folder");
-    }
+    let (holder_dir, waiter_dir) = dir.folders();
     let mut holder = run_on(&one, &url(&one), None, &holding_job(&holder_dir));
     wait_until("the holder's job", LIMIT, || {
         holder_dir.join("started").exists()

@@ -88,12 +88,13 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 /// The machine a `run` or `wait` asks for: one, or any of a pool.
-fn wanted(
-    machines: Vec<String>,
-    any: bool,
-    filters: Vec<(model::field::Field, String)>,
-) -> error::Result<engine::claim::Wanted> {
+fn wanted(pick: cli::Pick) -> error::Result<engine::claim::Wanted> {
     use engine::claim::Wanted;
+    let cli::Pick {
+        machines,
+        any,
+        filters,
+    } = pick;
     match (any || !filters.is_empty(), machines.as_slice()) {
         (false, [one]) => Ok(Wanted::One(one.clone())),
         (false, _) => Err(Error::Invalid(
@@ -143,12 +144,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
         Command::Reserve { machine } => c::reserve(store, &machine)?,
         Command::Release { machine } => c::release(store, &machine)?,
         Command::ReleaseForced { machine } => c::release_forced(store, &machine)?,
-        Command::Wait {
-            machines,
-            any,
-            filters,
-            timeout,
-        } => c::wait(store, settings, &wanted(machines, any, filters)?, timeout)?,
+        Command::Wait { pick, timeout } => c::wait(store, settings, &wanted(pick)?, timeout)?,
         Command::Log {
             machine,
             since,
@@ -159,9 +155,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
         Command::Export => c::export(store)?,
         Command::Import { file, replace } => c::import(store, settings, &file, replace)?,
         Command::Run {
-            machines,
-            any,
-            filters,
+            pick,
             job,
             no_wait,
             wait_timeout,
@@ -171,7 +165,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             return c::run(
                 store,
                 settings,
-                &wanted(machines, any, filters)?,
+                &wanted(pick)?,
                 c::RunRequest {
                     label: job,
                     no_wait,

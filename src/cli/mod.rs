@@ -121,15 +121,8 @@ pub enum Command {
     /// Waiters are served in arrival order. With --any or --where, waits until one of the
     /// machines is free and prints its name.
     Wait {
-        /// The machine's name; with --any, the machines to choose from
-        #[arg(value_name = "MACHINE", required_unless_present_any = ["any", "filters"])]
-        machines: Vec<String>,
-        /// Any of the machines named (all machines, when none is named) will do
-        #[arg(long)]
-        any: bool,
-        /// Only machines whose FIELD (a field of `get`) is exactly VALUE; repeatable, all must match
-        #[arg(long = "where", value_name = "FIELD=VALUE", value_parser = parse_filter)]
-        filters: Vec<(Field, String)>,
+        #[command(flatten)]
+        pick: Pick,
         /// Give up after this many seconds (fractions allowed)
         #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
         timeout: Option<Duration>,
@@ -161,15 +154,8 @@ pub enum Command {
     /// machines that match; MAMA_MACHINE tells the job which one it got.
     #[command(arg_required_else_help = true)]
     Run {
-        /// The machine's name; with --any, the machines to choose from
-        #[arg(value_name = "MACHINE", required_unless_present_any = ["any", "filters"])]
-        machines: Vec<String>,
-        /// Any of the machines named (all machines, when none is named) will do
-        #[arg(long)]
-        any: bool,
-        /// Only machines whose FIELD (a field of `get`) is exactly VALUE; repeatable, all must match
-        #[arg(long = "where", value_name = "FIELD=VALUE", value_parser = parse_filter)]
-        filters: Vec<(Field, String)>,
+        #[command(flatten)]
+        pick: Pick,
         /// The job's label (default: "run <CMD basename>")
         #[arg(long, value_name = "LABEL", allow_hyphen_values = true)]
         job: Option<String>,
@@ -207,6 +193,20 @@ pub enum Command {
         /// The shell
         shell: crate::cli::completions::Shell,
     },
+}
+
+/// Which machine `run` and `wait` want: one, or any of a pool.
+#[derive(Debug, clap::Args)]
+pub struct Pick {
+    /// The machine's name; with --any, the machines to choose from
+    #[arg(value_name = "MACHINE", required_unless_present_any = ["any", "filters"])]
+    pub machines: Vec<String>,
+    /// Any of the machines named (all machines, when none is named) will do
+    #[arg(long)]
+    pub any: bool,
+    /// Only machines whose FIELD (a field of `get`) is exactly VALUE; repeatable, all must match
+    #[arg(long = "where", value_name = "FIELD=VALUE", value_parser = parse_filter)]
+    pub filters: Vec<(Field, String)>,
 }
 
 /// Fields `set` may change.

@@ -316,14 +316,22 @@ impl PgStore {
         Ok((snapshot, events.unwrap_or_default()))
     }
 
+    /// A read-only transaction that sees one snapshot of the lab.
+    fn snapshot_transaction<'a>(
+        &self,
+        client: &'a mut Client,
+    ) -> Result<postgres::Transaction<'a>> {
+        client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(|e| db_error(&self.context("read"), e))
+    }
+
     fn read_with(&self, events: Option<Option<u64>>) -> Result<(Snapshot, Option<Vec<Event>>)> {
         self.with_main(|client| {
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(|e| db_error(&self.context("read"), e))?;
+            let mut tx = self.snapshot_transaction(client)?;
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Ok((Snapshot::missing(), events.map(|_| Vec::new())));
             };
@@ -710,12 +718,7 @@ impl PgStore {
     /// in it.
     pub fn export(&self) -> Result<String> {
         self.with_main(|client| {
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(|e| db_error(&self.context("read"), e))?;
+            let mut tx = self.snapshot_transaction(client)?;
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Ok(XmlLab::empty().to_xml());
             };
