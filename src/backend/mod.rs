@@ -455,10 +455,10 @@ impl JobLock {
     }
 
     /// Stops keeping the lock (see [`JobLock::keep`]) without letting go
-    /// of it: before the release transaction.
-    pub fn stop_keeping(&mut self) {
-        if let JobLock::Pg(lock) = self {
-            lock.stop_keeping();
+    /// of it: before the release transaction, through `store`.
+    pub fn stop_keeping(&mut self, store: &Store) {
+        if let (JobLock::Pg(lock), Store::Pg(store)) = (self, store) {
+            lock.stop_keeping(Some(&|channel: &str| store.notify(channel)));
         }
     }
 

@@ -969,7 +969,7 @@ impl Claim {
     pub fn release(self, store: &Store, outcome: &str) -> Result<()> {
         let mut lock = self.lock;
         if let Some(lock) = lock.as_mut() {
-            lock.stop_keeping();
+            lock.stop_keeping(store);
         }
         store.update(|lab| {
             // Close the job lock inside the transaction, so a waiter it

@@ -48,6 +48,9 @@ pub struct PgJobLock {
     machine: String,
     key: i32,
     keeper: Option<Keeper>,
+    /// The channel the keeper listens on: a notification there wakes it
+    /// at once (to stop it without waiting out its listening).
+    channel: String,
 }
 
 impl std::fmt::Debug for PgJobLock {
@@ -86,6 +89,7 @@ impl PgJobLock {
             machine: machine.to_string(),
             key,
             keeper: None,
+            channel: format!("mama_keeper_{backend}"),
         }
     }
 
@@ -102,7 +106,10 @@ impl PgJobLock {
             return lost;
         };
         let (stop, stopped) = mpsc::channel();
+        let mut session = session;
+        let _ = session.batch_execute(&format!("LISTEN {}", self.channel));
         let watch = Watch {
+            channel: self.channel.clone(),
             url: Arc::clone(&self.url),
             host_timeout: self.host_timeout,
             machine: self.machine.clone(),
@@ -128,9 +135,14 @@ impl PgJobLock {
     /// one still does). Done before the release transaction: a keeper in
     /// the middle of re-attaching may take seconds to stop, and the lab
     /// must not stay locked meanwhile.
-    pub fn stop_keeping(&mut self) {
+    /// `wake` notifies the keeper's channel (through another session),
+    /// so it stops at once.
+    pub fn stop_keeping(&mut self, wake: Option<&dyn Fn(&str)>) {
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.stop.send(());
+            if let Some(wake) = wake {
+                wake(&self.channel);
+            }
             if let Ok(Some(held)) = keeper.thread.join() {
                 self.session = Some(held.session);
                 self.key = held.key;
@@ -139,7 +151,7 @@ impl PgJobLock {
     }
 
     fn let_go(&mut self) {
-        self.stop_keeping();
+        self.stop_keeping(None);
         if let Some(mut session) = self.session.take() {
             let _ = session.execute(
                 "SELECT pg_advisory_unlock($1, $2)",
@@ -157,6 +169,7 @@ impl Drop for PgJobLock {
 
 /// What the keeper needs to keep a claim.
 struct Watch {
+    channel: String,
     url: Arc<DbUrl>,
     host_timeout: Duration,
     machine: String,
@@ -216,7 +229,10 @@ impl Watch {
                     Err(RecvTimeoutError::Timeout) => {}
                 }
                 match self.reattach(lost_backend) {
-                    Ok(Some(held)) => {
+                    Ok(Some(mut held)) => {
+                        let _ = held
+                            .session
+                            .batch_execute(&format!("LISTEN {}", self.channel));
                         say!(
                             "mama: reconnected; the claim on {} is still this run's",
                             self.machine

@@ -961,4 +961,13 @@ impl PgStore {
                 .map_err(|e| db_error(&self.context("leave"), e))
         });
     }
+
+    /// Sends an empty notification on `channel` (to wake a claim's keeper).
+    pub fn notify(&self, channel: &str) {
+        let _ = self.with_main(|client| {
+            client
+                .execute("SELECT pg_notify($1, '')", &[&channel])
+                .map_err(|e| db_error(&self.context("notify"), e))
+        });
+    }
 }
