@@ -290,8 +290,8 @@ impl Watch {
         .map_err(|e| db_error(&context, e))?;
         let Some(row) = tx
             .query_opt(
-                "SELECT k.key, m.element FROM mama_machine m JOIN mama_lock_key k USING (name) \
-                 WHERE m.name = $1",
+                "SELECT k.key::int4, coalesce(m.element, '')::text FROM mama_machine m \
+                 JOIN mama_lock_key k USING (name) WHERE m.name = $1",
                 &[&self.machine],
             )
             .map_err(|e| db_error(&context, e))?

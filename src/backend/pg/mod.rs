@@ -464,7 +464,11 @@ impl PgStore {
         let after = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
         client
             .query(
-                "SELECT seq, time, machine, event, job, pid, \"user\", host, detail \
+                // Cast and defaulted here, so that a table someone altered
+                // gives an error, never a value of the wrong type.
+                "SELECT seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
+                 coalesce(event, '')::text, job::text, pid::int8, \
+                 coalesce(\"user\", '')::text, coalesce(host, '')::text, detail::text \
                  FROM mama_event WHERE seq > $1 ORDER BY seq",
                 &[&after],
             )
@@ -666,7 +670,10 @@ impl PgStore {
         }
         if !inserted.is_empty() {
             let last: i64 = tx
-                .query_one("SELECT coalesce(max(position), 0) FROM mama_machine", &[])
+                .query_one(
+                    "SELECT coalesce(max(position), 0)::int8 FROM mama_machine",
+                    &[],
+                )
                 .map_err(write_error)?
                 .get(0);
             for (at, name) in (last + 1..).zip(inserted) {
@@ -735,7 +742,7 @@ impl PgStore {
 
     fn document(&self, client: &mut impl GenericClient) -> Result<Option<String>> {
         Ok(client
-            .query_opt("SELECT document FROM mama_lab", &[])
+            .query_opt("SELECT coalesce(document, '')::text FROM mama_lab", &[])
             .map_err(|e| db_error(&self.context("read"), e))?
             .map(|row| row.get(0)))
     }
