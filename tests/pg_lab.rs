@@ -473,3 +473,54 @@ fn a_machine_deleted_and_added_again_keeps_the_job_lock_its_job_holds() {
     assert_eq!(holder.finish(LIMIT).code, Some(0));
     env.run(["run", "m", "--no-wait", "--", "true"]).ok();
 }
+
+#[test]
+fn a_damaged_or_altered_table_is_an_error_naming_the_lab_never_a_panic() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    env.add("n", 2);
+    let db = env.db.clone().expect("a database lab");
+    // A row whose element swallows the next machine, or is cut short.
+    for damage in [
+        "<machine><name>m</name></machine><!--",
+        "<machine><name>m</name>",
+        "<machine><name>other</name></machine>",
+    ] {
+        let mut client = db.connect();
+        client
+            .execute(
+                "UPDATE mama_machine SET element = $1 WHERE name = 'm'",
+                &[&damage],
+            )
+            .expect("damage the row");
+        for args in [
+            vec!["list"],
+            vec!["set", "n", "os", "x"],
+            vec!["run", "n", "--", "true"],
+        ] {
+            let run = env.run(&args);
+            assert!(
+                matches!(run.code, Some(1) | Some(125)),
+                "{damage}: {run:#?}"
+            );
+            assert!(run.stderr.contains("postgresql://"), "{damage}: {run:#?}");
+            assert!(!run.stderr.contains("panicked"), "{damage}: {run:#?}");
+        }
+    }
+    // Nothing was written meanwhile.
+    assert_eq!(
+        db.value::<i64>("SELECT count(*) FROM mama_event WHERE event = 'set'"),
+        0
+    );
+    // A history column of another type.
+    db.connect()
+        .batch_execute(
+            "ALTER TABLE mama_event ALTER COLUMN time TYPE text; \
+             INSERT INTO mama_event (seq, time, machine, event, \"user\", host) \
+             SELECT max(seq) + 1, 'soon', 'm', 'set', 'u', 'h' FROM mama_event;",
+        )
+        .unwrap_or_else(|e| panic!("alter the history: {:?}", e.as_db_error()));
+    let run = env.run(["log"]);
+    run.fails(1);
+    assert!(!run.stderr.contains("panicked"), "{run:#?}");
+}
