@@ -373,11 +373,15 @@ impl Wanted {
                 } else {
                     names.iter().map(|n| lab.get(n)).collect::<Result<_>>()?
                 };
-                let matching: Vec<String> = pool
-                    .into_iter()
-                    .filter(|m| filters.iter().all(|(f, v)| m.get(*f) == v))
-                    .map(|m| m.name().to_string())
-                    .collect();
+                let mut matching: Vec<String> = Vec::new();
+                for machine in pool {
+                    let name = machine.name().to_string();
+                    if filters.iter().all(|(f, v)| machine.get(*f) == v)
+                        && !matching.contains(&name)
+                    {
+                        matching.push(name);
+                    }
+                }
                 if matching.is_empty() {
                     return Err(Error::NoMatch(self.describe()));
                 }
@@ -465,7 +469,7 @@ pub fn acquire(
     let mut read_only = false;
     let mut graced = false;
     let mut place: Option<PlaceLock> = None;
-    let what = wanted.describe();
+    let what = render::printable(&wanted.describe()).into_owned();
     if matches!(intent, Intent::Run { .. }) {
         store.prepare();
     }
@@ -564,10 +568,30 @@ pub fn acquire(
         // Sleeping on a lock, nothing but its release can let the waiter
         // on: it looks again only then (on a terminal, every poll interval
         // too, to redraw its line).
-        let longest = if live_line { patience.poll } else { LOCK_NAP };
+        // A pool's candidates may change meanwhile: it looks at the poll
+        // interval too.
+        let pool = matches!(wanted, Wanted::Any { .. });
+        let longest = if live_line || pool {
+            patience.poll
+        } else {
+            LOCK_NAP
+        };
         let lock_nap = deadline.map_or(longest, |d| longest.min(d - now));
         let slept = match (&wait.sleep, read_only) {
-            (Sleep::Place(token), false) => store.wait_place(token, lock_nap).map(|_| ()),
+            (Sleep::Place(token), false) => {
+                let asleep = Instant::now();
+                match store.wait_place(token, lock_nap) {
+                    // Free at once, yet still ahead: a place kept for a
+                    // waiter re-attaching after a server restart. Look again
+                    // after a while, not at once.
+                    Ok(true) if asleep.elapsed() < Duration::from_millis(5) => {
+                        std::thread::sleep(backoff.min(nap));
+                        backoff = (backoff * 2).min(patience.poll);
+                        Ok(())
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
             (Sleep::JobLock(holder), false) => match store.try_lock(holder) {
                 // A live job that no lock stands behind: a nested run's
                 // outer claim made by another tool, or a claim of another
@@ -631,7 +655,7 @@ impl Wait {
             Some(busy) => busy.describe(&self.target),
             None => format!(
                 "{} is free, but {} waited longer",
-                self.target,
+                render::printable(&self.target),
                 if self.ahead == 1 {
                     "another waiter".to_string()
                 } else {
@@ -640,7 +664,10 @@ impl Wait {
             ),
         };
         if self.several {
-            format!("{}, the first of them: {reason}", self.target)
+            format!(
+                "{}, the first of them: {reason}",
+                render::printable(&self.target)
+            )
         } else {
             reason
         }
@@ -733,16 +760,13 @@ fn attempt(
     token: Option<&str>,
 ) -> Result<Attempt> {
     let candidates = wanted.candidates(lab)?;
-    let mut deciding_all: Vec<String> = Vec::new();
     for target in &candidates {
         sweep(lab, target, judge)?;
-        for name in deciding_machines(lab, target)? {
-            if !deciding_all.contains(&name) {
-                deciding_all.push(name);
-            }
-        }
     }
-    prune_queues(lab, store, &deciding_all, token)?;
+    // Every queue of the lab: a place left by a waiter that died anywhere
+    // must not count (its ticket included).
+    let all: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
+    prune_queues(lab, store, &all, token)?;
     let mine = token.and_then(|t| {
         lab.machines()
             .flat_map(|m| m.queue())
@@ -751,21 +775,29 @@ fn attempt(
     });
     let mut first: Option<Wait> = None;
     for target in &candidates {
+        let reason = busy(lab, target, caller, judge)?;
+        // Free for the caller because it holds the machine already (a run
+        // nested in its own job, a reservation of its own): no waiter can
+        // have it before the caller lets go, so none is ahead.
+        let own = reason.is_none() && held_by_caller(lab, target, caller, judge)?;
         // Waiters ahead: on this machine or one sharing a resource with
-        // it, arrived before the caller (all of them, for a newcomer).
+        // it, arrived before the caller (all of them, for a newcomer),
+        // that could have the machine (not reserved by someone else).
         let mut ahead: Vec<Waiter> = Vec::new();
-        for name in deciding_machines(lab, target)? {
-            for waiter in lab.get(&name)?.queue() {
-                let before = mine.is_none_or(|t| waiter.ticket < t);
-                if Some(waiter.token.as_str()) != token
-                    && before
-                    && !ahead.iter().any(|w| w.token == waiter.token)
-                {
-                    ahead.push(waiter);
+        if !own {
+            for name in deciding_machines(lab, target)? {
+                for waiter in lab.get(&name)?.queue() {
+                    let before = mine.is_none_or(|t| waiter.ticket < t);
+                    if Some(waiter.token.as_str()) != token
+                        && before
+                        && may_have(lab, target, &waiter)?
+                        && !ahead.iter().any(|w| w.token == waiter.token)
+                    {
+                        ahead.push(waiter);
+                    }
                 }
             }
         }
-        let reason = busy(lab, target, caller, judge)?;
         if reason.is_none() && ahead.is_empty() {
             match claim_or_free(lab, store, target, caller, judge, intent)? {
                 Attempt::Busy(wait) => {
@@ -781,6 +813,9 @@ fn attempt(
             continue;
         }
         let sleep = match ahead.iter().max_by_key(|w| w.ticket) {
+            // A pool waiter may leave this queue while it waits on: look
+            // again at the poll interval.
+            Some(nearest) if nearest.pool => Sleep::Poll,
             Some(nearest) => Sleep::Place(nearest.token.clone()),
             None => match reason.as_ref().and_then(|b| b.lock_holder(target)) {
                 Some(holder) => Sleep::JobLock(holder),
@@ -795,8 +830,25 @@ fn attempt(
             sleep,
         });
     }
-    if let (Some(token), None) = (token, mine) {
-        join_queues(lab, store, &candidates, token, caller, judge.now, intent)?;
+    if let Some(token) = token {
+        // A place in the queue of each candidate, and only there: a pool's
+        // candidates may change (`--where` on a field set meanwhile).
+        let pool = matches!(wanted, Wanted::Any { .. });
+        let me = Waiter {
+            ticket: 0,
+            token: token.to_string(),
+            pid: caller.pid,
+            since: judge.now,
+            user: caller.user.clone(),
+            host: caller.host.clone(),
+            job: match intent {
+                Intent::Run { label } => Some(label.clone()),
+                Intent::Wait => None,
+            },
+            epoch: store.epoch(),
+            pool,
+        };
+        hold_places(lab, &candidates, me, mine)?;
     }
     let mut wait = first.ok_or_else(|| Error::NoMatch(wanted.describe()))?;
     wait.several = candidates.len() > 1;
@@ -808,44 +860,115 @@ fn attempt(
     Ok(Attempt::Busy(wait))
 }
 
-/// Puts the caller, holding the place lock `token`, at the end of each
-/// candidate's queue, numbered after every place in the lab.
-fn join_queues(
-    lab: &mut Lab,
-    store: &Store,
-    candidates: &[String],
-    token: &str,
+/// Whether the caller holds `target` already: a live job on it or on a
+/// machine sharing a resource with it is the caller's own (an ancestor's
+/// claim, or the job whose lock it inherited), or a reservation there is
+/// the caller's.
+fn held_by_caller(
+    lab: &Lab,
+    target: &str,
     caller: &Caller,
-    now: i64,
-    intent: &Intent,
-) -> Result<()> {
-    let ticket = lab
+    judge: &Judge<'_, Processes>,
+) -> Result<bool> {
+    for name in deciding_machines(lab, target)? {
+        let machine = lab.get(&name)?;
+        if machine.reservation().is_some_and(|by| by == caller.user) {
+            return Ok(true);
+        }
+        if let Some(job) = machine.job() {
+            let verdict = judge.judge(&name, &job);
+            if (verdict == Verdict::Live && caller.owns(&job))
+                || (verdict.is_live() && judge.locks.inherited(&name))
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `waiter` could have `target` once free: no machine that
+/// decides it is reserved by someone else.
+fn may_have(lab: &Lab, target: &str, waiter: &Waiter) -> Result<bool> {
+    for name in deciding_machines(lab, target)? {
+        if lab
+            .get(&name)?
+            .reservation()
+            .is_some_and(|by| by != waiter.user)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Keeps the caller's places (`me`; its ticket `mine` if it has one) in
+/// the queues of `candidates` only: taken out of machines that are
+/// candidates no longer, added to new ones with the same ticket (a
+/// newcomer's ticket comes after every place in the lab).
+fn hold_places(lab: &mut Lab, candidates: &[String], me: Waiter, mine: Option<u64>) -> Result<()> {
+    let token = me.token.clone();
+    let stale: Vec<String> = lab
+        .machines()
+        .filter(|m| !candidates.iter().any(|c| c == m.name()))
+        .filter(|m| m.queue().iter().any(|w| w.token == token))
+        .map(|m| m.name().to_string())
+        .collect();
+    for name in stale {
+        let mut machine = lab.get_mut(&name)?;
+        let mut queue = machine.view().queue();
+        queue.retain(|w| w.token != token);
+        machine.set_queue(&queue)?;
+    }
+    let ticket = match mine {
+        Some(ticket) => ticket,
+        None => next_ticket(lab)?,
+    };
+    let me = Waiter { ticket, ..me };
+    for name in candidates {
+        let mut machine = lab.get_mut(name)?;
+        let mut queue = machine.view().queue();
+        if !queue.iter().any(|w| w.token == token) {
+            queue.push(me.clone());
+            machine.set_queue(&queue)?;
+        }
+    }
+    Ok(())
+}
+
+/// The ticket after every place in the lab. Tickets only order places, so
+/// near the end of their range the places are numbered anew, 1 upwards,
+/// in their order.
+fn next_ticket(lab: &mut Lab) -> Result<u64> {
+    let max = lab
         .machines()
         .flat_map(|m| m.queue())
         .map(|w| w.ticket)
         .max()
-        .unwrap_or(0)
-        + 1;
-    let waiter = Waiter {
-        ticket,
-        token: token.to_string(),
-        pid: caller.pid,
-        since: now,
-        user: caller.user.clone(),
-        host: caller.host.clone(),
-        job: match intent {
-            Intent::Run { label } => Some(label.clone()),
-            Intent::Wait => None,
-        },
-        epoch: store.epoch(),
-    };
-    for name in candidates {
-        let mut machine = lab.get_mut(name)?;
+        .unwrap_or(0);
+    if let Some(next) = max.checked_add(1).filter(|&t| t < 1 << 62) {
+        return Ok(next);
+    }
+    let mut tickets: Vec<u64> = lab
+        .machines()
+        .flat_map(|m| m.queue())
+        .map(|w| w.ticket)
+        .collect();
+    tickets.sort_unstable();
+    tickets.dedup();
+    let names: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
+    for name in names {
+        let mut machine = lab.get_mut(&name)?;
         let mut queue = machine.view().queue();
-        queue.push(waiter.clone());
+        if queue.is_empty() {
+            continue;
+        }
+        for waiter in &mut queue {
+            waiter.ticket = tickets.partition_point(|&t| t < waiter.ticket) as u64 + 1;
+        }
         machine.set_queue(&queue)?;
     }
-    Ok(())
+    Ok(tickets.len() as u64 + 1)
 }
 
 /// Claims `target`, free by its fields and the caller's turn (or, for

@@ -32,6 +32,11 @@ pub struct Waiter {
     /// with the restart, and is kept while its waiter takes it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+    /// Whether the waiter waits for any of several machines (`--any`,
+    /// `--where`): it may leave this queue while it still waits, so those
+    /// behind it cannot sleep on its place lock alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pool: bool,
 }
 
 /// The places a field's text holds; lines that are not places are skipped
@@ -67,6 +72,7 @@ mod tests {
                 host: "ci-1".into(),
                 job: Some("smoke <x> \"y\"".into()),
                 epoch: None,
+                pool: false,
             },
             Waiter {
                 ticket: 4,
@@ -77,6 +83,7 @@ mod tests {
                 host: "ci-2".into(),
                 job: None,
                 epoch: Some("2026-11-24 00:00:00.1+00".into()),
+                pool: true,
             },
         ];
         let text = encode(&waiters);

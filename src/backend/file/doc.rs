@@ -1144,6 +1144,7 @@ mod lazy_tests {
                             host: "host".into(),
                             job: rng.one_in(2).then(|| rng.pick(VALUES).to_string()),
                             epoch: None,
+                            pool: rng.one_in(2),
                         })
                         .collect();
                     m.set_queue(&waiters)

@@ -260,9 +260,19 @@ impl PgStore {
                 // A waiter keeps its place: its place locks went with the
                 // old session.
                 for key in Self::locked(&self.places).iter() {
-                    client
-                        .execute("SELECT pg_try_advisory_lock($1, $2)", &[&PLACE_SPACE, key])
-                        .map_err(|e| db_error(&self.context("wait in"), e))?;
+                    // A waiter behind may hold it for an instant (it looks
+                    // whether it is free): try again until it is ours.
+                    let give_up = Instant::now() + Duration::from_secs(1);
+                    loop {
+                        let taken: bool = client
+                            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&PLACE_SPACE, key])
+                            .map_err(|e| db_error(&self.context("wait in"), e))?
+                            .get(0);
+                        if taken || Instant::now() >= give_up {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
                 *main = Some((client, Instant::now()));
             }
