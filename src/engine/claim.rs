@@ -765,8 +765,12 @@ fn attempt(
     }
     // Every queue of the lab: a place left by a waiter that died anywhere
     // must not count (its ticket included).
-    let all: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
-    prune_queues(lab, store, &all, token)?;
+    let queued: Vec<String> = lab
+        .machines()
+        .filter(|m| m.has(Field::JobQueue))
+        .map(|m| m.name().to_string())
+        .collect();
+    prune_queues(lab, store, &queued, token)?;
     let mine = token.and_then(|t| {
         lab.machines()
             .flat_map(|m| m.queue())
