@@ -10,15 +10,7 @@ use std::sync::{Arc, Mutex};
 
 /// A holder on `machine` whose job ends when `$1/NAME.go` appears.
 fn hold(env: &TestEnv, machine: &str, name: &str) -> Bg {
-    let script = format!(
-        "touch \"$1/{name}.started\"; {}",
-        wait_for_file(&format!("{name}.go"))
-    );
-    let holder = env.start(sh_job(env, machine, &["--job", name], &script));
-    wait_until(&format!("{name} to start"), LIMIT, || {
-        env.path().join(format!("{name}.started")).exists()
-    });
-    holder
+    hold_until_go(env, machine, name)
 }
 
 /// A waiter for `machine` whose job appends `label` to `$1/order`; returned

@@ -812,3 +812,17 @@ while [ ! -e "$2" ] && [ "$i" -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
         .chain([out.as_os_str().to_owned(), go.as_os_str().to_owned()])
         .collect()
 }
+
+/// Starts a job on `machine` (label `name`) that touches `$1/NAME.started`
+/// and ends when `$1/NAME.go` appears; returns once it runs.
+pub fn hold_until_go(env: &TestEnv, machine: &str, name: &str) -> Bg {
+    let script = format!(
+        "touch \"$1/{name}.started\"; {}",
+        wait_for_file(&format!("{name}.go"))
+    );
+    let holder = env.start(sh_job(env, machine, &["--job", name], &script));
+    wait_until(&format!("{name} to start"), LIMIT, || {
+        env.path().join(format!("{name}.started")).exists()
+    });
+    holder
+}

@@ -431,13 +431,7 @@ impl XmlLab {
                 for node in parts.machine_nodes() {
                     let element = built(node)
                         .map_err(|e| Error::Invalid(format!("machine '{name}': {e}")))?;
-                    let last_machine = self
-                        .doc
-                        .root
-                        .children
-                        .iter()
-                        .rposition(|n| n.element_name() == Some(MACHINE));
-                    self.doc.root.insert_element(last_machine, element, "  ");
+                    self.push_machine(element);
                 }
             }
             Change::Remove(name) => {
@@ -483,6 +477,12 @@ impl XmlLab {
         for (field, value) in new.fields() {
             machine.push_element(Element::with_text(field.tag(), value), "    ");
         }
+        self.push_machine(machine);
+    }
+
+    /// Puts `machine` after the last machine (on a line of its own,
+    /// indented like its siblings).
+    fn push_machine(&mut self, machine: Element) {
         let last_machine = self
             .doc
             .root

@@ -556,6 +556,15 @@ impl FileStore {
     /// The committed events (all of them, or those numbered after `after`),
     /// read under the shared locks with the state that holds the newest.
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
+        self.with_history(|history, pending| history.read(after, pending))
+    }
+
+    /// The lab and what `events` takes from the history (given the
+    /// state's pending events), read under the shared locks.
+    fn with_history(
+        &self,
+        events: impl FnOnce(&History, Vec<Event>) -> Result<Vec<Event>>,
+    ) -> Result<(Snapshot, Vec<Event>)> {
         let like = self.metadata()?;
         if like.is_none() {
             return Ok((Snapshot::missing(), Vec::new()));
@@ -563,24 +572,14 @@ impl FileStore {
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
         let loaded = self.load(state.as_ref(), lab.as_ref())?;
-        let events = self.history().read(after, loaded.doc.pending_events())?;
+        let events = events(&self.history(), loaded.doc.pending_events())?;
         Ok((loaded.snapshot(), events))
     }
 
     /// The lab, and the newest `count` committed events of `machine`
     /// (oldest first), read from the end of the log under the shared locks.
     pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
-        let like = self.metadata()?;
-        if like.is_none() {
-            return Ok((Snapshot::missing(), Vec::new()));
-        }
-        let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
-        let state = self.lock_state(Mode::Shared)?;
-        let loaded = self.load(state.as_ref(), lab.as_ref())?;
-        let events = self
-            .history()
-            .recent(machine, count, loaded.doc.pending_events())?;
-        Ok((loaded.snapshot(), events))
+        self.with_history(|history, pending| history.recent(machine, count, pending))
     }
 
     /// The state as upstream's format holds it, without mama's own
