@@ -230,6 +230,8 @@ fn a_waiter_behind_a_place_kept_over_a_restart_does_not_spin() {
                 .unwrap_or(0)
     };
     let t0 = ticks(w.pid());
+    // A measurement window, not a wait for a condition: the CPU a waiter
+    // uses over two seconds of waiting.
     std::thread::sleep(std::time::Duration::from_secs(2));
     let used = ticks(w.pid()) - t0;
     let r = w.finish(LIMIT);
