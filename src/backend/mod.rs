@@ -215,17 +215,7 @@ impl Store {
     pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
         match self {
             Store::File(store) => store.recent_events(machine, count),
-            Store::Pg(store) => {
-                let (snapshot, events) = store.read_events(None)?;
-                let mut recent: Vec<Event> = events
-                    .into_iter()
-                    .rev()
-                    .filter(|e| e.machine == machine)
-                    .take(count)
-                    .collect();
-                recent.reverse();
-                Ok((snapshot, recent))
-            }
+            Store::Pg(store) => store.recent_events(machine, count),
         }
     }
 

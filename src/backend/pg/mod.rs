@@ -113,6 +113,15 @@ impl Look {
     }
 }
 
+/// Which events a read takes with the lab.
+#[derive(Clone, Copy)]
+enum Wanted<'a> {
+    /// All of them, or those numbered after this one.
+    After(Option<u64>),
+    /// The newest of a machine, this many.
+    Recent(&'a str, usize),
+}
+
 /// A machine's row.
 struct Row {
     id: i32,
@@ -322,7 +331,7 @@ impl PgStore {
     /// The lab, and the events numbered after `after` (all of them for
     /// `None`), from one snapshot.
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
-        let (snapshot, events) = self.read_with(Some(after))?;
+        let (snapshot, events) = self.read_with(Some(Wanted::After(after)))?;
         Ok((snapshot, events.unwrap_or_default()))
     }
 
@@ -339,7 +348,14 @@ impl PgStore {
             .map_err(|e| db_error(&self.context("read"), e))
     }
 
-    fn read_with(&self, events: Option<Option<u64>>) -> Result<(Snapshot, Option<Vec<Event>>)> {
+    /// The newest `count` events of `machine`, oldest first, with the lab
+    /// (for `info`: the index of events by machine finds them).
+    pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
+        let (snapshot, events) = self.read_with(Some(Wanted::Recent(machine, count)))?;
+        Ok((snapshot, events.unwrap_or_default()))
+    }
+
+    fn read_with(&self, events: Option<Wanted<'_>>) -> Result<(Snapshot, Option<Vec<Event>>)> {
         self.with_main(|client| {
             let mut tx = self.snapshot_transaction(client)?;
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
@@ -350,8 +366,8 @@ impl PgStore {
             let lab = self.parse(&rows)?.model();
             let (events, last_event) = match events {
                 None => (None, None),
-                Some(after) => {
-                    let events = self.events(&mut tx, after)?;
+                Some(wanted) => {
+                    let events = self.events(&mut tx, wanted)?;
                     let last = match events.last() {
                         Some(e) => Some(e.seq),
                         None => tx
@@ -470,19 +486,32 @@ impl PgStore {
         Ok((rows, look, may_write))
     }
 
-    fn events(&self, client: &mut impl GenericClient, after: Option<u64>) -> Result<Vec<Event>> {
-        let after = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
-        client
-            .query(
-                // Cast and defaulted here, so that a table someone altered
-                // gives an error, never a value of the wrong type.
-                "SELECT seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
-                 coalesce(event, '')::text, job::text, pid::int8, \
-                 coalesce(\"user\", '')::text, coalesce(host, '')::text, detail::text \
-                 FROM mama_event WHERE seq > $1 ORDER BY seq",
-                &[&after],
-            )
-            .map_err(|e| db_error(&self.context("read the history of"), e))?
+    fn events(&self, client: &mut impl GenericClient, wanted: Wanted<'_>) -> Result<Vec<Event>> {
+        // Cast and defaulted here, so that a table someone altered gives an
+        // error, never a value of the wrong type.
+        const COLUMNS: &str = "seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
+             coalesce(event, '')::text, job::text, pid::int8, \
+             coalesce(\"user\", '')::text, coalesce(host, '')::text, detail::text";
+        let rows = match wanted {
+            Wanted::After(after) => {
+                let after = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
+                client.query(
+                    &format!("SELECT {COLUMNS} FROM mama_event WHERE seq > $1 ORDER BY seq"),
+                    &[&after],
+                )
+            }
+            Wanted::Recent(machine, count) => {
+                let count = i64::try_from(count).unwrap_or(i64::MAX);
+                client.query(
+                    &format!(
+                        "SELECT * FROM (SELECT {COLUMNS} FROM mama_event WHERE machine = $1 \
+                         ORDER BY seq DESC LIMIT $2) newest ORDER BY 1"
+                    ),
+                    &[&machine, &count],
+                )
+            }
+        };
+        rows.map_err(|e| db_error(&self.context("read the history of"), e))?
             .into_iter()
             .map(|row| {
                 let kind: String = row.get(3);
