@@ -184,12 +184,7 @@ fn stamping_job(dir: &Path) -> Vec<String> {
 }
 
 fn read_ns(path: &Path) -> u128 {
-    let mut text = String::new();
-    wait_until(&format!("{}", path.display()), LIMIT, || {
-        text = std::fs::read_to_string(path).unwrap_or_default();
-        text.ends_with('\n')
-    });
-    text.trim().parse().expect("a time in ns")
+    read_ns_within(path, LIMIT)
 }
 
 fn now_ns() -> u128 {
@@ -234,27 +229,16 @@ fn fresh(dir: &Path) {
 }
 
 /// Two hosts, a server both reach over TCP, a lab with machine `m`, and
-/// a folder for each side's stamps.
+/// folders for the holder's stamps (on host one) and the waiter's (on
+/// host two).
 struct Pair {
     one: Host,
     two: Host,
     server: Server,
     db: PgDb,
-    dir: Stamps,
-}
-
-/// A temporary folder with `h/` for the holder's stamps and `w/` for the
-/// waiter's.
-struct Stamps(tempfile::TempDir);
-
-impl Stamps {
-    fn folders(&self) -> (PathBuf, PathBuf) {
-        let (h, w) = (self.0.path().join("h"), self.0.path().join("w"));
-        for d in [&h, &w] {
-            std::fs::create_dir_all(d).expect("folder");
-        }
-        (h, w)
-    }
+    _dir: tempfile::TempDir,
+    holder_dir: PathBuf,
+    waiter_dir: PathBuf,
 }
 
 impl Pair {
@@ -271,41 +255,58 @@ impl Pair {
             mama(&db.url, &["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]),
             "add",
         );
-        let dir = Stamps(tempfile::tempdir().expect("temporary folder"));
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let (holder_dir, waiter_dir) = (dir.path().join("h"), dir.path().join("w"));
+        for d in [&holder_dir, &waiter_dir] {
+            std::fs::create_dir_all(d).expect("folder");
+        }
         Pair {
             one,
             two,
             server,
             db,
-            dir,
+            _dir: dir,
+            holder_dir,
+            waiter_dir,
         }
+    }
+
+    /// A holder on host one whose job waits for `go`, and a waiter on host
+    /// two asleep on its lock in the server.
+    fn start(&self) -> (Child, Child) {
+        fresh(&self.holder_dir);
+        fresh(&self.waiter_dir);
+        let url = |host: &Host| {
+            self.server
+                .tcp_url_as(pg::ROLE, host.peer_addr(), &self.db.name)
+        };
+        let holder = run_on(
+            &self.one,
+            &url(&self.one),
+            None,
+            &holding_job(&self.holder_dir),
+        );
+        wait_until("the holder's job", LIMIT, || {
+            self.holder_dir.join("started").exists()
+        });
+        let waiter = run_on(
+            &self.two,
+            &url(&self.two),
+            None,
+            &stamping_job(&self.waiter_dir),
+        );
+        wait_until("the waiter asleep on the lock", LIMIT, || {
+            waiting_on_lock(&self.db)
+        });
+        (holder, waiter)
     }
 }
 
 /// 2 and 3. Handoff and takeover between two hosts.
 fn across_hosts(report: &mut Vec<String>) {
-    let Pair {
-        one,
-        two,
-        server,
-        db,
-        dir,
-    } = Pair::new();
-    let url = |host: &Host| server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name);
-    let (holder_dir, waiter_dir) = dir.folders();
-    let start_pair = || {
-        fresh(&holder_dir);
-        fresh(&waiter_dir);
-        let holder = run_on(&one, &url(&one), None, &holding_job(&holder_dir));
-        wait_until("the holder's job", LIMIT, || {
-            holder_dir.join("started").exists()
-        });
-        let waiter = run_on(&two, &url(&two), None, &stamping_job(&waiter_dir));
-        wait_until("the waiter asleep on the lock", LIMIT, || {
-            waiting_on_lock(&db)
-        });
-        (holder, waiter)
-    };
+    let pair = Pair::new();
+    let (holder_dir, waiter_dir) = (&pair.holder_dir, &pair.waiter_dir);
+    let start_pair = || pair.start();
     let mut handoffs = Vec::new();
     for _ in 0..HANDOFFS {
         let (mut holder, mut waiter) = start_pair();
@@ -343,30 +344,15 @@ fn across_hosts(report: &mut Vec<String>) {
 
 /// 4. A dead host, with the default host timeout.
 fn dead_host(report: &mut Vec<String>) {
-    let Pair {
-        one,
-        two,
-        server,
-        db,
-        dir,
-    } = Pair::new();
-    let url = |host: &Host| server.tcp_url_as(pg::ROLE, host.peer_addr(), &db.name);
-    let (holder_dir, waiter_dir) = dir.folders();
-    let mut holder = run_on(&one, &url(&one), None, &holding_job(&holder_dir));
-    wait_until("the holder's job", LIMIT, || {
-        holder_dir.join("started").exists()
-    });
-    let mut waiter = run_on(&two, &url(&two), None, &stamping_job(&waiter_dir));
-    wait_until("the waiter asleep on the lock", LIMIT, || {
-        waiting_on_lock(&db)
-    });
-    one.cut();
+    let pair = Pair::new();
+    let (mut holder, mut waiter) = pair.start();
+    pair.one.cut();
     let cut = now_ns();
     // SAFETY: plain system call on our unreaped child.
     unsafe {
         libc::kill(holder.id() as libc::pid_t, libc::SIGKILL);
     }
-    let ran = read_ns_within(&waiter_dir.join("ran"), Duration::from_secs(90));
+    let ran = read_ns_within(&pair.waiter_dir.join("ran"), Duration::from_secs(90));
     let freed = Duration::from_nanos((ran.saturating_sub(cut)) as u64).as_secs_f64();
     let _ = holder.wait();
     assert!(waiter.wait().expect("waiter").success());

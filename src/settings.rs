@@ -87,35 +87,39 @@ impl Settings {
                 })?,
             _ => DEFAULT_POLL,
         };
-        let stale_after = match text("MAMA_STALE_AFTER")? {
-            Some(v) if !v.trim().is_empty() => v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|&secs| secs <= MAX_SECS)
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "MAMA_STALE_AFTER must be a whole number of seconds, \
-                         at most {MAX_SECS_TEXT}, not '{v}'"
-                    ))
-                })?,
-            _ => DEFAULT_STALE_AFTER_SECS,
+        // A whole number of seconds within `range`, or an error naming the
+        // variable and what it takes.
+        let whole_seconds = |name: &str, range: std::ops::RangeInclusive<u64>, takes: &str| {
+            text(name)?
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .ok()
+                        .filter(|secs| range.contains(secs))
+                        .ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "{name} must be a whole number of seconds, {takes}, not '{v}'"
+                            ))
+                        })
+                })
+                .transpose()
         };
-        let host_timeout = match text("MAMA_HOST_TIMEOUT")? {
-            Some(v) if !v.trim().is_empty() => v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|secs| (1..=MAX_HOST_TIMEOUT_SECS).contains(secs))
-                .map(Duration::from_secs)
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "MAMA_HOST_TIMEOUT must be a whole number of seconds from 1 to \
-                         {MAX_HOST_TIMEOUT_SECS}, not '{v}'"
-                    ))
-                })?,
-            _ => Duration::from_secs(DEFAULT_HOST_TIMEOUT_SECS),
-        };
+        let stale_after = whole_seconds(
+            "MAMA_STALE_AFTER",
+            0..=MAX_SECS,
+            &format!("at most {MAX_SECS_TEXT}"),
+        )?
+        .unwrap_or(DEFAULT_STALE_AFTER_SECS);
+        let host_timeout = whole_seconds(
+            "MAMA_HOST_TIMEOUT",
+            1..=MAX_HOST_TIMEOUT_SECS,
+            &format!("from 1 to {MAX_HOST_TIMEOUT_SECS}"),
+        )?
+        .map_or(
+            Duration::from_secs(DEFAULT_HOST_TIMEOUT_SECS),
+            Duration::from_secs,
+        );
         Ok(Settings {
             state,
             poll,

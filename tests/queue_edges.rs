@@ -13,52 +13,43 @@ fn hold(env: &TestEnv, machine: &str, name: &str) -> Bg {
     hold_until_go(env, machine, name)
 }
 
+/// Runs `mama ARGS` inside the job holding `m` while another run waits
+/// for `m`: it must succeed at once, and the waiter run after the job.
+fn inside_the_holders_job(env: &TestEnv, args: &str) {
+    env.add("m", 1);
+    let script = format!(
+        "touch \"$1/outer.started\"; {wait}; {MAMA} {args}; echo $? > \"$1/nested\"",
+        wait = wait_for_file("outer.go"),
+    );
+    let mut outer = env.start(sh_job(env, "m", &["--job", "outer"], &script));
+    wait_until("outer to start", LIMIT, || {
+        env.path().join("outer.started").exists()
+    });
+    let mut waiter = env.start(sh_job(env, "m", &["--job", "w"], "true"));
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+    env.touch("outer.go");
+    let out = outer.finish(LIMIT);
+    let nested = std::fs::read_to_string(env.path().join("nested")).unwrap_or_default();
+    assert_eq!(waiter.finish(LIMIT).code, Some(0));
+    assert_eq!(
+        nested.trim(),
+        "0",
+        "{args} inside the holder's job: {out:?}"
+    );
+}
+
 on_both_backends! {
     /// A job that runs `mama run` on its own machine (nesting, allowed by
     /// the busy rules) while someone waits for that machine: the nested run
-    /// queues behind the waiter, who waits for the outer job, which waits
-    /// for the nested run.
+    /// must not queue behind the waiter, who waits for the outer job,
+    /// which waits for the nested run.
     fn a_nested_run_goes_before_the_waiters_for_its_own_machine(env: &TestEnv) {
-        env.add("m", 1);
-        let script = format!(
-            "touch \"$1/outer.started\"; {wait}; \
-             {mama} run m --job inner --wait-timeout 4 -- true; echo $? > \"$1/nested\"",
-            wait = wait_for_file("outer.go"),
-            mama = MAMA,
-        );
-        let mut outer = env.start(sh_job(env, "m", &["--job", "outer"], &script));
-        wait_until("outer to start", LIMIT, || env.path().join("outer.started").exists());
-        let mut waiter = env.start(sh_job(env, "m", &["--job", "w"], "true"));
-        waiter.expect_stderr("waiting to claim it", LIMIT);
-        env.touch("outer.go");
-        let out = outer.finish(LIMIT);
-        let nested = std::fs::read_to_string(env.path().join("nested")).unwrap_or_default();
-        assert_eq!(waiter.finish(LIMIT).code, Some(0));
-        assert_eq!(
-            nested.trim(),
-            "0",
-            "the nested run should have nested at once; outer: {out:?}"
-        );
+        inside_the_holders_job(env, "run m --job inner --wait-timeout 4 -- true");
     }
 
     /// The same without a run: `mama wait m` inside the job holding m.
     fn wait_inside_the_job_holding_the_machine_does_not_queue(env: &TestEnv) {
-        env.add("m", 1);
-        let script = format!(
-            "touch \"$1/outer.started\"; {wait}; \
-             {mama} wait m --timeout 4; echo $? > \"$1/nested\"",
-            wait = wait_for_file("outer.go"),
-            mama = MAMA,
-        );
-        let mut outer = env.start(sh_job(env, "m", &["--job", "outer"], &script));
-        wait_until("outer to start", LIMIT, || env.path().join("outer.started").exists());
-        let mut waiter = env.start(sh_job(env, "m", &["--job", "w"], "true"));
-        waiter.expect_stderr("waiting to claim it", LIMIT);
-        env.touch("outer.go");
-        outer.finish(LIMIT);
-        let nested = std::fs::read_to_string(env.path().join("nested")).unwrap_or_default();
-        assert_eq!(waiter.finish(LIMIT).code, Some(0));
-        assert_eq!(nested.trim(), "0", "wait inside the holder's job");
+        inside_the_holders_job(env, "wait m --timeout 4");
     }
 
     /// A hand-edited (or imported) queue entry with the largest ticket on a

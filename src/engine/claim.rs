@@ -628,7 +628,7 @@ pub fn acquire(
     if let (Err(_), Some(held)) = (&result, &place) {
         let token = held.token.clone();
         let _ = store.update(|lab| {
-            leave_queues(lab, &token)?;
+            leave_queues(lab, &token, &[])?;
             Ok(())
         });
     }
@@ -703,10 +703,12 @@ fn judge_read_only(
     }))
 }
 
-/// Takes the places of the waiter `token` out of every queue.
-fn leave_queues(lab: &mut Lab, token: &str) -> Result<()> {
+/// Takes the places of the waiter `token` out of every queue but those
+/// of the machines in `keep`.
+fn leave_queues(lab: &mut Lab, token: &str, keep: &[String]) -> Result<()> {
     let names: Vec<String> = lab
         .machines()
+        .filter(|m| !keep.iter().any(|k| k == m.name()))
         .filter(|m| m.queue().iter().any(|w| w.token == token))
         .map(|m| m.name().to_string())
         .collect();
@@ -809,7 +811,7 @@ fn attempt(
                 }
                 done => {
                     if let Some(token) = token {
-                        leave_queues(lab, token)?;
+                        leave_queues(lab, token, &[])?;
                     }
                     return Ok(done);
                 }
@@ -912,18 +914,7 @@ fn may_have(lab: &Lab, target: &str, waiter: &Waiter) -> Result<bool> {
 /// newcomer's ticket comes after every place in the lab).
 fn hold_places(lab: &mut Lab, candidates: &[String], me: Waiter, mine: Option<u64>) -> Result<()> {
     let token = me.token.clone();
-    let stale: Vec<String> = lab
-        .machines()
-        .filter(|m| !candidates.iter().any(|c| c == m.name()))
-        .filter(|m| m.queue().iter().any(|w| w.token == token))
-        .map(|m| m.name().to_string())
-        .collect();
-    for name in stale {
-        let mut machine = lab.get_mut(&name)?;
-        let mut queue = machine.view().queue();
-        queue.retain(|w| w.token != token);
-        machine.set_queue(&queue)?;
-    }
+    leave_queues(lab, &token, candidates)?;
     let ticket = match mine {
         Some(ticket) => ticket,
         None => next_ticket(lab)?,

@@ -869,10 +869,10 @@ impl PgStore {
         };
         let row = match ask(&mut session) {
             Ok(row) => row,
-            // A session the server dropped (a restart): a new one, as
-            // patiently as the main session's.
+            // A session the server dropped (a restart): one new try, not a
+            // patient one: the lab's lock is held meanwhile.
             Err(e) if session.is_closed() || is_connection_loss(&e) => {
-                session = self.reconnect()?;
+                session = connect(&self.url, self.host_timeout)?;
                 ask(&mut session).map_err(|e| db_error(&self.context("lock a machine of"), e))?
             }
             Err(e) => return Err(db_error(&self.context("lock a machine of"), e)),
