@@ -30,7 +30,7 @@ fn read_bytes(path: &Path) -> Vec<u8> {
 /// state write may add or change them.
 fn without_bookkeeping(text: &str) -> String {
     let mut rest = text.to_string();
-    for tag in ["event_seq", "pending_events"] {
+    for tag in ["event_seq", "pending_events", "journal_folded"] {
         let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
         let Some(start) = rest.find(&open) else {
             continue;

@@ -49,26 +49,36 @@ fn kinds(events: &[Value]) -> Vec<&str> {
 /// The state's `<event_seq>`.
 fn event_seq(env: &TestEnv) -> Option<u64> {
     let state = env.read_state();
-    let (_, rest) = state.split_once("<event_seq>")?;
-    let (number, _) = rest.split_once("</event_seq>")?;
-    Some(number.trim().parse().expect("a number in <event_seq>"))
+    let in_state = state
+        .split_once("<event_seq>")
+        .and_then(|(_, rest)| rest.split_once("</event_seq>"))
+        .map(|(number, _)| number.trim().parse().expect("a number in <event_seq>"));
+    let in_journal = journal_records(env)
+        .iter()
+        .filter_map(|r| r["last"].as_u64())
+        .max();
+    in_state.max(in_journal)
 }
 
-/// The committed events the state holds itself (`<pending_events>`), oldest
-/// first.
+/// The committed events the state holds itself (`<pending_events>`, then
+/// its journal's records), oldest first.
 fn held(env: &TestEnv) -> Vec<Value> {
     let state = env.read_state();
-    let Some((_, rest)) = state.split_once("<pending_events>") else {
-        return Vec::new();
+    let mut events = match state.split_once("<pending_events>") {
+        None => Vec::new(),
+        Some((_, rest)) => {
+            let (text, _) = rest
+                .split_once("</pending_events>")
+                .expect("</pending_events>");
+            let text = text
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&");
+            parse_json_lines(&text)
+        }
     };
-    let (text, _) = rest
-        .split_once("</pending_events>")
-        .expect("</pending_events>");
-    let text = text
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&");
-    parse_json_lines(&text)
+    events.extend(journal_events(env));
+    events
 }
 
 /// Makes the state commit exactly the events 1..=n of a seeded log: sets

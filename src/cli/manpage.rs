@@ -356,6 +356,18 @@ fn sections() -> Roff {
              as its change. The oldest events are dropped when the log grows past 4 MiB.",
         )],
     );
+    item(
+        &mut r,
+        vec![italic("state"), roman(".journal")],
+        &[roman(
+            "The journal: a run's claim, its release and its place in a queue are appended \
+             here as one checksummed record each, instead of rewriting the whole state file, \
+             so a run costs what it changes. Every command reads the state file with its \
+             journal; any other change, or a journal grown past an eighth of the state file, \
+             writes the state file whole with the journal's changes and empties it. Made \
+             like the state file; a damaged or cut record ends what is read of it.",
+        )],
+    );
 
     r.control("SH", ["EXIT STATUS"]);
     let status = |r: &mut Roff, code: &str, text: &str| item(r, vec![bold(code)], &[roman(text)]);

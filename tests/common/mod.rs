@@ -826,3 +826,58 @@ pub fn hold_until_go(env: &TestEnv, machine: &str, name: &str) -> Bg {
     });
     holder
 }
+
+/// The whole records of the state file's journal (`S.journal`), as the
+/// SPEC reads them: none when the state file names the journal's token as
+/// folded; up to the first record that is cut short or whose hash does not
+/// match.
+pub fn journal_records(env: &TestEnv) -> Vec<serde_json::Value> {
+    let state = std::fs::read_to_string(&env.state).unwrap_or_default();
+    let folded = state
+        .split_once("<journal_folded>")
+        .and_then(|(_, rest)| rest.split_once("</journal_folded>"))
+        .map(|(token, _)| token.trim().to_string());
+    let path = env.path().join("mama.xml.journal");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines = text.split_inclusive('\n');
+    let Some(token) = lines
+        .next()
+        .and_then(|header| header.strip_prefix("mama journal 1 "))
+        .and_then(|rest| rest.strip_suffix('\n'))
+    else {
+        return Vec::new();
+    };
+    if folded.as_deref() == Some(token) {
+        return Vec::new();
+    }
+    let fnv = |bytes: &[u8]| {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &b| {
+            (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let mut records = Vec::new();
+    for line in lines {
+        let Some(line) = line.strip_suffix('\n') else {
+            break;
+        };
+        let Some((hash, json)) = line.split_once(' ') else {
+            break;
+        };
+        if u64::from_str_radix(hash, 16).ok() != Some(fnv(json.as_bytes())) {
+            break;
+        }
+        match serde_json::from_str(json) {
+            Ok(record) => records.push(record),
+            Err(_) => break,
+        }
+    }
+    records
+}
+
+/// The events the journal's whole records committed, oldest first.
+pub fn journal_events(env: &TestEnv) -> Vec<serde_json::Value> {
+    journal_records(env)
+        .into_iter()
+        .flat_map(|r| r["events"].as_array().cloned().unwrap_or_default())
+        .collect()
+}

@@ -29,6 +29,9 @@ const ROOT: &str = "settings";
 const EVENT_SEQ: &str = "event_seq";
 /// mama's own top-level element: committed events not yet in the log.
 const PENDING_EVENTS: &str = "pending_events";
+/// mama's own top-level element: the token of the last journal folded
+/// into the state (see [`crate::backend::file::journal`]).
+const JOURNAL_FOLDED: &str = "journal_folded";
 /// A top-level element a person adds to say that PHP mama shares the file:
 /// then mama writes it in place (see [`crate::backend::file`]).
 const PHP_COMPAT: &str = "php_compat";
@@ -52,6 +55,11 @@ pub struct XmlLab {
     /// Whether a change added or renamed a machine (then the names are
     /// checked again before writing).
     renamed: bool,
+    /// Where each machine stood among the root's children at the last
+    /// look: a hint, checked at every use and made afresh when wrong, so
+    /// that replaying a journal's changes does not search the whole lab
+    /// for each.
+    found: std::cell::RefCell<std::collections::HashMap<Box<str>, usize>>,
 }
 
 /// A quick hash for machine names (FxHash's multiply and rotate, eight
@@ -186,6 +194,7 @@ impl XmlLab {
             machines: Vec::new(),
             names: Names::default(),
             renamed: false,
+            found: Default::default(),
         }
     }
 
@@ -211,6 +220,7 @@ impl XmlLab {
             names: Names::of(&source, &machines),
             machines,
             renamed: false,
+            found: Default::default(),
         })
     }
 
@@ -223,6 +233,7 @@ impl XmlLab {
             machines: Vec::new(),
             names: Names::default(),
             renamed: false,
+            found: Default::default(),
         })
     }
 
@@ -443,13 +454,58 @@ impl XmlLab {
         Ok(())
     }
 
-    /// Where the machine called `name` stands among the root's children.
-    fn position_of(&self, name: &str) -> Option<usize> {
-        self.doc.root.children.iter().position(|node| match node {
+    /// Whether `node` is the machine called `name`.
+    fn is_named(&self, node: &Node, name: &str) -> bool {
+        match node {
             Node::Lazy(lazy) => lazy.name() == MACHINE && self.names.get(lazy.slot) == Some(name),
             Node::Element(element) => is_machine(element, name),
             _ => false,
-        })
+        }
+    }
+
+    /// Where the machine called `name` stands among the root's children.
+    fn position_of(&self, name: &str) -> Option<usize> {
+        let children = &self.doc.root.children;
+        let hint = self.found.borrow().get(name).copied();
+        if let Some(at) = hint
+            && children
+                .get(at)
+                .is_some_and(|node| self.is_named(node, name))
+        {
+            return Some(at);
+        }
+        // A miss: the hint is wrong or lacks the name. One search for it,
+        // then (past a few such) a hint for every machine at once.
+        let at = children.iter().position(|node| self.is_named(node, name));
+        let mut found = self.found.borrow_mut();
+        if found.len() < 8 {
+            if let Some(at) = at {
+                found.insert(name.into(), at);
+            }
+            return at;
+        }
+        found.clear();
+        for (at, node) in children.iter().enumerate() {
+            let machine = match node {
+                Node::Lazy(lazy) if lazy.name() == MACHINE => self.names.get(lazy.slot),
+                Node::Element(element) if element.name == MACHINE => element
+                    .child(Field::Name.tag())
+                    .and_then(|n| match n.text() {
+                        std::borrow::Cow::Borrowed(text) => Some(text),
+                        std::borrow::Cow::Owned(_) => None,
+                    }),
+                _ => None,
+            };
+            if let Some(machine) = machine {
+                found.entry(machine.into()).or_insert(at);
+            }
+        }
+        at
+    }
+
+    /// Whether the lab has a machine called `name`.
+    pub fn has_machine(&self, name: &str) -> bool {
+        self.position_of(name).is_some()
     }
 
     /// The element of the machine called `name`, built from its text if it
@@ -591,11 +647,12 @@ impl XmlLab {
     /// comments and declaration, which a lab keeps beside its machines.
     pub fn skeleton(&self) -> String {
         let mut doc = self.doc.clone();
-        while let Some(at) =
-            doc.root.children.iter().position(|n| {
-                matches!(n.element_name(), Some(MACHINE | EVENT_SEQ | PENDING_EVENTS))
-            })
-        {
+        while let Some(at) = doc.root.children.iter().position(|n| {
+            matches!(
+                n.element_name(),
+                Some(MACHINE | EVENT_SEQ | PENDING_EVENTS | JOURNAL_FOLDED)
+            )
+        }) {
             doc.root.remove_child(at);
         }
         doc.write()
@@ -625,7 +682,7 @@ impl XmlLab {
     /// mama's own bookkeeping elements.
     pub fn exported(&self) -> String {
         let mut doc = self.doc.clone();
-        for tag in [EVENT_SEQ, PENDING_EVENTS] {
+        for tag in [EVENT_SEQ, PENDING_EVENTS, JOURNAL_FOLDED] {
             if let Some(at) = doc.root.position(tag) {
                 doc.root.remove_child(at);
             }
@@ -667,6 +724,22 @@ impl XmlLab {
         let text = super::log::encode(events)?;
         self.set_top_level(PENDING_EVENTS, &text);
         Ok(())
+    }
+
+    /// The token of the last journal folded into this state.
+    pub fn journal_folded(&self) -> Option<String> {
+        let text = self
+            .doc
+            .root
+            .child(JOURNAL_FOLDED)?
+            .text()
+            .trim()
+            .to_string();
+        (!text.is_empty()).then_some(text)
+    }
+
+    pub fn set_journal_folded(&mut self, token: &str) {
+        self.set_top_level(JOURNAL_FOLDED, token);
     }
 
     pub fn set_event_seq(&mut self, seq: u64) {
@@ -1305,6 +1378,95 @@ mod lazy_tests {
             }
         }
         assert!(edited > 300, "only {edited} transactions changed anything");
+    }
+
+    /// The journal (see [`crate::backend::file::journal`]): transactions
+    /// that change only jobs and queues go into records, read back from
+    /// the file and replayed onto the state file as read; any other folds
+    /// the journal into a new state file. At every step the lab read with
+    /// its journal writes what the eager tree, changed directly, writes.
+    #[test]
+    fn random_job_edits_through_the_journal_write_what_the_tree_writes() {
+        use crate::backend::file::journal::{self, Identity, Journal, Record};
+        let mut rng = Prng(0x0123_4567_89AB_CDEF);
+        let mut added = 0;
+        let (mut journaled, mut folded) = (0, 0);
+        for round in 0..300 {
+            let text = random_lab(&mut rng);
+            let (Ok(mut lazy), Ok(mut eager)) = (XmlLab::parse(&text), XmlLab::parse_eager(&text))
+            else {
+                continue;
+            };
+            let mut base = text.clone();
+            let file = tempfile::tempfile().unwrap();
+            let mut written = Journal::read(&file, Identity::default(), None).unwrap();
+            for step in 0..8 {
+                let mut lab = lazy.take_model();
+                if rng.one_in(4) {
+                    random_changes(&mut rng, &mut lab, &mut added);
+                } else {
+                    // A run's claim, release or queue, on a random machine.
+                    let names: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
+                    let Some(name) = names.get(rng.below(names.len().max(1))).cloned() else {
+                        break;
+                    };
+                    let _ = lab.get_mut(&name).and_then(|mut m| match rng.below(3) {
+                        0 => m.set_job(&JobRecord {
+                            label: rng.pick(VALUES).to_string(),
+                            pid: Some(rng.below(100_000) as u32 + 1),
+                            timestamp: Some(1_700_000_000),
+                            host: rng.one_in(2).then(|| "host".to_string()),
+                            origin: rng.one_in(2).then(|| crate::engine::os::Origin {
+                                boot: "b".into(),
+                                pidns: 1,
+                                start: 2,
+                            }),
+                        }),
+                        1 => m.clear_job(),
+                        _ => m.set(Field::JobQueue, rng.pick(VALUES)),
+                    });
+                }
+                eager.apply(lab.changes()).unwrap();
+                let want = eager.to_xml();
+                if XmlLab::parse_eager(&want).is_err() {
+                    break;
+                }
+                let changes = lab.changes().to_vec();
+                if !changes.is_empty() && changes.iter().all(journal::may_journal) {
+                    let record = Record::new(changes, &[]).unwrap();
+                    written
+                        .append(&file, &record, false, "0123456789abcdef")
+                        .unwrap();
+                    // Another process: the state file as read, its journal
+                    // read back and replayed.
+                    let mut read = XmlLab::parse(&base).unwrap();
+                    let again = Journal::read(&file, Identity::default(), None).unwrap();
+                    assert_eq!(again.records.len(), written.records.len());
+                    for record in &again.records {
+                        read.apply(&record.changes).unwrap();
+                    }
+                    let got = read.render().unwrap().concat();
+                    assert_eq!(got, want, "round {round}.{step}: from {base}");
+                    lazy.apply(lab.changes()).unwrap();
+                    journaled += 1;
+                } else {
+                    // A fold: the state file written whole, the journal
+                    // emptied.
+                    lazy.apply(lab.changes()).unwrap();
+                    let got = lazy.render().unwrap().concat();
+                    assert_eq!(got, want, "round {round}.{step}: from {base}");
+                    base = got;
+                    file.set_len(0).unwrap();
+                    written = Journal::read(&file, Identity::default(), None).unwrap();
+                    lazy = XmlLab::parse(&base).unwrap();
+                    folded += 1;
+                }
+            }
+        }
+        assert!(
+            journaled > 500 && folded > 200,
+            "{journaled} journaled, {folded} folded"
+        );
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl History {
         pending: &mut Vec<Event>,
         events: Vec<Event>,
         like: Option<&Metadata>,
+        flush: bool,
     ) -> Result<u64> {
         let logged = self.last_seq()?;
         let mut last = pending
@@ -122,7 +123,7 @@ impl History {
             .chain(logged)
             .max()
             .unwrap_or(0);
-        if pending.len() >= FLUSH_AT {
+        if flush && pending.len() >= FLUSH_AT {
             self.append_after_last(pending, true, like)?;
             pending.clear();
         }
@@ -521,7 +522,7 @@ mod tests {
             let mut next = self.pending.clone();
             let events = values.iter().map(|v| set_event(v)).collect();
             let last = history
-                .commit(self.seq, &mut next, events, None)
+                .commit(self.seq, &mut next, events, None, true)
                 .expect("commit");
             let new = next.len().saturating_sub(values.len());
             let numbers = seqs(&next[new..]);
@@ -635,7 +636,7 @@ mod tests {
         let mut state = State::holding(numbered(1..=flush, 0));
         let mut ahead = state.pending.clone();
         history
-            .commit(state.seq, &mut ahead, vec![set_event("lost")], None)
+            .commit(state.seq, &mut ahead, vec![set_event("lost")], None, true)
             .expect("commit");
         let appended = fs::read(history.path()).expect("read");
         assert_eq!(seqs(&lines(&history)), (1..=flush).collect::<Vec<_>>());
@@ -759,7 +760,13 @@ mod tests {
         // Numbers that have run out are an error, not a wrap.
         let mut pending = Vec::new();
         let err = history
-            .commit(Some(u64::MAX), &mut pending, vec![set_event("f")], None)
+            .commit(
+                Some(u64::MAX),
+                &mut pending,
+                vec![set_event("f")],
+                None,
+                true,
+            )
             .expect_err("no number left");
         assert!(err.to_string().contains("run out"), "{err}");
     }

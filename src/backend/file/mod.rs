@@ -27,6 +27,7 @@
 
 pub mod doc;
 pub mod fsutil;
+pub mod journal;
 pub mod lock;
 pub mod log;
 pub mod xml;
@@ -45,6 +46,7 @@ use super::{HeldJobLocks as Held, JobLock, LockPatience, Snapshot};
 use crate::model::Lab;
 use crate::model::event::Event;
 use doc::XmlLab;
+use journal::{Identity, Journal, Record};
 use lock::{FileLock, Mode};
 use log::History;
 
@@ -71,10 +73,19 @@ pub struct FileStore {
 /// again: that text was checked when read, and what changed was proven
 /// when written. Anything else in the file, even one byte changed in place
 /// by another tool, and the file is read afresh.
+///
+/// After a transaction that went into the journal, the state file is
+/// unchanged: then it must be the file the journal names, and the lock
+/// file must hold exactly the journal this process left.
 #[derive(Debug, Clone)]
 struct Written {
     doc: XmlLab,
     lab: Lab,
+    /// The journal as this transaction left it.
+    journal: Journal,
+    /// The state file holds the text `doc` renders (it was written whole);
+    /// else `doc` is the state file with the journal applied.
+    rendered: bool,
 }
 
 /// Checks each symbolic link on the way from the state path to the real
@@ -162,6 +173,8 @@ struct Loaded {
     /// Read from the roll-forward copy: the state file was cut short by a
     /// writer killed while writing it in place.
     rolled_forward: bool,
+    /// The journal read with it, its records applied to `doc`.
+    journal: Journal,
 }
 
 /// The first words of a roll-forward copy in the lock file; then the
@@ -177,11 +190,7 @@ const MAX_COPY: u64 = 64 << 20;
 const PHP_DEFAULT: &str = "mama.xml-default";
 
 /// The 64-bit FNV-1a hash: the roll-forward copy's checksum.
-fn fnv1a_64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+use journal::fnv1a_64;
 
 /// The name of the group `gid`, or its number.
 fn group_name(gid: u32) -> String {
@@ -207,7 +216,7 @@ impl Loaded {
         Snapshot {
             lab: self.doc.take_model(),
             existed: self.existed,
-            last_event: self.doc.event_seq(),
+            last_event: self.doc.event_seq().max(self.journal.last_seq()),
         }
     }
 }
@@ -284,6 +293,11 @@ impl FileStore {
     /// The lock file that guards the state file.
     fn lock_path(&self) -> PathBuf {
         self.beside("", ".lock")
+    }
+
+    /// The journal: what runs changed since the state file was written.
+    fn journal_path(&self) -> PathBuf {
+        self.beside("", ".journal")
     }
 
     /// The one temporary file a writer uses.
@@ -433,7 +447,7 @@ impl FileStore {
         }
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
-        Ok(self.load(state.as_ref(), lab.as_ref())?.snapshot())
+        Ok(self.load(state.as_ref(), lab.as_ref(), None)?.snapshot())
     }
 
     /// Runs one transaction: `change` gets the current lab; when it returns
@@ -445,6 +459,19 @@ impl FileStore {
     /// its folder, a read-only file system) is [`Error::ReadOnly`], before
     /// `change` runs where that can be told.
     pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.transact(false, change)
+    }
+
+    /// [`FileStore::update`] for a run's claims, releases and places in
+    /// queues: when `change` changed only jobs and queues, its record goes
+    /// into the journal (see [`journal`]) instead of a new state file,
+    /// unless the journal is due to be folded into the state file, or PHP
+    /// mama shares the file.
+    pub fn update_claims<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.transact(true, change)
+    }
+
+    fn transact<T>(&self, claims: bool, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
         let like = self.metadata()?;
         if like.is_none() && !self.dir().is_dir() {
             return Err(Error::Invalid(format!(
@@ -459,55 +486,149 @@ impl FileStore {
         })?;
         let lab_lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
         let state_lock = self.lock_state(Mode::Exclusive)?;
-        let journal = lab_lock.as_ref().map(FileLock::file);
-        // What this store's last transaction left, when the file still
-        // holds exactly its text (else the file is read afresh).
+        let lock_file = lab_lock.as_ref().map(FileLock::file);
+        // The journal, when there is one this user may write (else this
+        // transaction writes the state file whole, and its journal, which
+        // then names an older file, is never applied).
+        let mut journal_file = match state_lock {
+            Some(_) => fsutil::open_file(&self.journal_path(), true).ok().flatten(),
+            None => None,
+        };
+        // What this store's last transaction left, when the files still
+        // hold exactly that (else the file is read afresh).
         let last = self.last_written().take();
-        let (mut doc, mut lab, rolled_forward) = match (last, &state_lock) {
-            (Some(last), Some(state)) if self.holds(state.file(), &last.doc)? => {
-                (last.doc, last.lab, false)
+        let (mut doc, mut lab, rolled_forward, mut journal) = match (last, &state_lock) {
+            (Some(last), Some(state))
+                if self.still_holds(state.file(), journal_file.as_ref(), &last)? =>
+            {
+                (last.doc, last.lab, false, last.journal)
             }
             _ => {
-                let mut loaded = self.load(state_lock.as_ref(), lab_lock.as_ref())?;
+                let mut loaded = self.load(
+                    state_lock.as_ref(),
+                    lab_lock.as_ref(),
+                    journal_file.as_ref(),
+                )?;
                 let lab = loaded.doc.take_model();
-                (loaded.doc, lab, loaded.rolled_forward)
+                (loaded.doc, lab, loaded.rolled_forward, loaded.journal)
             }
         };
+        // A stale journal (its state file was replaced or written since)
+        // or a journal's damaged end goes at once, before anything else.
+        if journal.needs_emptying()
+            && let Some(file) = &journal_file
+            && file.set_len(journal.bytes.len() as u64).is_ok()
+        {
+            journal.len = journal.bytes.len() as u64;
+        }
         let value = change(&mut lab)?;
+        let mut rendered = true;
         if lab.is_changed() || rolled_forward {
+            let to_journal = claims
+                && !rolled_forward
+                && state_lock.is_some()
+                && !journal.is_due()
+                && lab.changes().iter().all(journal::may_journal)
+                && !self.in_place(&doc);
+            if to_journal && journal_file.is_none() {
+                journal_file = fsutil::open_or_create(&self.journal_path(), like.as_ref())
+                    .ok()
+                    .map(|(file, _)| file);
+            }
             doc.apply(lab.changes())?;
             let events = lab.take_events();
-            if !events.is_empty() {
-                self.commit_events(&mut doc, events, like.as_ref())
+            let mut appended = false;
+            if let (true, Some(file)) = (to_journal, &journal_file) {
+                let events = self
+                    .number_events(&doc, &journal, events, like.as_ref())
                     .map_err(|e| self.with_advice(e))?;
-            }
-            match (&state_lock, journal) {
-                (Some(state), Some(journal)) if self.in_place(&doc) => {
-                    self.write_in_place(&doc, state.file(), journal)?
+                let record = Record::new(lab.changes().to_vec(), &events)?;
+                appended = journal
+                    .append(file, &record, journal::must_sync(file), &new_token())
+                    .is_ok();
+                if !appended {
+                    self.take_journal_events(&mut doc, &mut journal)?;
+                    self.commit_events(&mut doc, events, like.as_ref(), false)
+                        .map_err(|e| self.with_advice(e))?;
                 }
-                _ => self.replace(&doc)?,
+            } else {
+                self.take_journal_events(&mut doc, &mut journal)?;
+                if !events.is_empty() {
+                    self.commit_events(&mut doc, events, like.as_ref(), true)
+                        .map_err(|e| self.with_advice(e))?;
+                }
             }
-            if rolled_forward {
-                say!(
-                    "mama: {} had been cut short by a writer killed while writing it; \
-                     put back its roll-forward copy from {}",
-                    self.path.display(),
-                    self.lock_path().display()
-                );
+            if appended {
+                rendered = false;
+            } else {
+                match (&state_lock, lock_file) {
+                    (Some(state), Some(lock_file)) if self.in_place(&doc) => {
+                        self.write_in_place(&doc, state.file(), lock_file)?
+                    }
+                    _ => self.replace(&doc)?,
+                }
+                // The journal is in the new state file now: empty it (a
+                // writer killed first leaves it naming the old file: stale).
+                if let Some(file) = &journal_file
+                    && journal.len > 0
+                {
+                    let _ = file.set_len(0);
+                }
+                let written = self.metadata()?;
+                journal = Journal::none(written.as_ref().map_or(journal.state, Identity::of));
+                if rolled_forward {
+                    say!(
+                        "mama: {} had been cut short by a writer killed while writing it; \
+                         put back its roll-forward copy from {}",
+                        self.path.display(),
+                        self.lock_path().display()
+                    );
+                }
             }
         }
         // A copy left by a writer killed after it had written the state
         // whole is not needed: the state stands.
-        if let Some(journal) = journal
-            && journal.metadata().is_ok_and(|m| m.len() > 0)
+        if let Some(lock_file) = lock_file
+            && lock_file.metadata().is_ok_and(|m| m.len() > 0)
         {
-            let _ = journal.set_len(0);
+            let _ = lock_file.set_len(0);
         }
         *self.last_written() = Some(Box::new(Written {
             doc,
             lab: lab.settled(),
+            journal,
+            rendered,
         }));
         Ok(value)
+    }
+
+    /// Whether the files still hold what `last` left: the state file its
+    /// text (written whole) or the file its journal names, and the journal
+    /// file exactly its journal.
+    fn still_holds(
+        &self,
+        state: &File,
+        journal_file: Option<&File>,
+        last: &Written,
+    ) -> Result<bool> {
+        let io = |e| Error::io("read", &self.path, e);
+        let meta = state.metadata().map_err(io)?;
+        let state_holds = match last.rendered {
+            true => self.holds(state, &last.doc)?,
+            false => Identity::of(&meta) == last.journal.state,
+        };
+        let want = &last.journal.bytes;
+        let Some(file) = journal_file else {
+            return Ok(state_holds && want.is_empty());
+        };
+        let io = |e| Error::io("read", &self.journal_path(), e);
+        let len = file.metadata().map_err(io)?.len();
+        if !state_holds || len != want.len() as u64 {
+            return Ok(false);
+        }
+        let mut bytes = vec![0; want.len()];
+        file.read_exact_at(&mut bytes, 0).map_err(io)?;
+        Ok(bytes == *want)
     }
 
     /// Whether PHP mama shares the state file, so it is written in place:
@@ -526,25 +647,70 @@ impl FileStore {
     /// commits (see [`History::commit`]). When the state already holds
     /// [`FLUSH_AT`](log::FLUSH_AT) pending events, this
     /// transaction first appends to the log those it lacks, syncs it, and
-    /// drops them all from the state. The log only ever receives committed
-    /// events: a writer killed after appending leaves lines the state still
-    /// holds too, which readers take once and the next flush does not
-    /// append again. (A copy of every event to the log after each rename,
-    /// unsynced, would keep the newest events through a restore of an older
-    /// state file too; on ext4 it made every run 0.7 ms slower, since the
-    /// state's next fsync flushed it, so it is not made.)
+    /// drops them all from the state (with `flush`; a write that could not
+    /// go into the journal leaves that to the next). The log only ever
+    /// receives committed events: a writer killed after appending leaves
+    /// lines the state still holds too, which readers take once and the
+    /// next flush does not append again. (A copy of every event to the log
+    /// after each rename, unsynced, would keep the newest events through a
+    /// restore of an older state file too; on ext4 it made every run
+    /// 0.7 ms slower, since the state's next fsync flushed it, so it is not
+    /// made.)
     fn commit_events(
         &self,
         doc: &mut XmlLab,
         events: Vec<Event>,
         like: Option<&Metadata>,
+        flush: bool,
     ) -> Result<()> {
         let mut pending = doc.pending_events();
         let last = self
             .history()
-            .commit(doc.event_seq(), &mut pending, events, like)?;
+            .commit(doc.event_seq(), &mut pending, events, like, flush)?;
         doc.set_pending_events(&pending)?;
         doc.set_event_seq(last);
+        Ok(())
+    }
+
+    /// Numbers the events of a transaction that goes into the journal:
+    /// after every event the state, its journal and the log hold.
+    fn number_events(
+        &self,
+        doc: &XmlLab,
+        journal: &Journal,
+        events: Vec<Event>,
+        like: Option<&Metadata>,
+    ) -> Result<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let seq = doc.event_seq().into_iter().chain(journal.last_seq()).max();
+        let mut numbered = doc.pending_events();
+        let before = numbered.len();
+        self.history()
+            .commit(seq, &mut numbered, events, like, false)?;
+        Ok(numbered.split_off(before))
+    }
+
+    /// Takes the journal into the state before it is written whole: its
+    /// events join the pending ones, and its token is written as folded
+    /// (the journal is emptied after the rename; a writer killed first
+    /// leaves a journal that is then never applied again).
+    fn take_journal_events(&self, doc: &mut XmlLab, journal: &mut Journal) -> Result<()> {
+        if let Some(token) = &journal.token
+            && !journal.records.is_empty()
+        {
+            doc.set_journal_folded(token);
+        }
+        let events = journal.events();
+        let Some(last) = journal.last_seq() else {
+            return Ok(());
+        };
+        let mut pending = doc.pending_events();
+        pending.extend(events);
+        doc.set_pending_events(&pending)?;
+        doc.set_event_seq(doc.event_seq().map_or(last, |seq| seq.max(last)));
+        journal.records.iter_mut().for_each(Record::forget_events);
         Ok(())
     }
 
@@ -571,8 +737,10 @@ impl FileStore {
         }
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
-        let loaded = self.load(state.as_ref(), lab.as_ref())?;
-        let events = events(&self.history(), loaded.doc.pending_events())?;
+        let loaded = self.load(state.as_ref(), lab.as_ref(), None)?;
+        let mut pending = loaded.doc.pending_events();
+        pending.extend(loaded.journal.events());
+        let events = events(&self.history(), pending)?;
         Ok((loaded.snapshot(), events))
     }
 
@@ -591,7 +759,10 @@ impl FileStore {
         }
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
-        Ok(self.load(state.as_ref(), lab.as_ref())?.doc.exported())
+        Ok(self
+            .load(state.as_ref(), lab.as_ref(), None)?
+            .doc
+            .exported())
     }
 
     /// What the last transaction left; a poisoned lock (a panic elsewhere)
@@ -617,29 +788,40 @@ impl FileStore {
     /// (`None`: there is none). A state file cut short by a writer killed
     /// while writing it in place is read from the roll-forward copy that
     /// writer left in the lab's lock file `lab`, when that copy is whole.
-    fn load(&self, state: Option<&FileLock>, lab: Option<&FileLock>) -> Result<Loaded> {
+    fn load(
+        &self,
+        state: Option<&FileLock>,
+        lab: Option<&FileLock>,
+        journal: Option<&File>,
+    ) -> Result<Loaded> {
         let Some(state) = state else {
             return Ok(Loaded {
                 doc: XmlLab::empty(),
                 existed: false,
                 rolled_forward: false,
+                journal: Journal::none(Identity::default()),
             });
         };
         keep_freed_memory();
         let mut file = state.file();
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("read", &self.path, e))?;
         // Sized once: a lab of ten thousand machines is megabytes, and
         // growing the buffer by doubling would copy it and hold twice it.
-        let size = file.metadata().map_or(0, |m| m.len());
-        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
+        let size = usize::try_from(meta.len()).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(size.saturating_add(1));
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut bytes))
             .map_err(|e| Error::io("read", &self.path, e))?;
         let broken = match self.parse(bytes) {
-            Ok(doc) => {
+            Ok(mut doc) => {
+                let journal = self.replay(&mut doc, Identity::of(&meta), journal)?;
                 return Ok(Loaded {
                     doc,
                     existed: true,
                     rolled_forward: false,
+                    journal,
                 });
             }
             Err(e) => e,
@@ -649,9 +831,59 @@ impl FileStore {
                 doc,
                 existed: true,
                 rolled_forward: true,
+                journal: Journal::none(Identity::of(&meta)),
             }),
             None => Err(broken),
         }
+    }
+
+    /// Reads the journal of the state file `state` (from `file`, the
+    /// journal opened by a writer; else opened here to read, if there is
+    /// one this user may read) and applies its records' changes to `doc`,
+    /// up to the first that does not apply (which only mama's own mistake
+    /// could make). Their events stay in the journal (see
+    /// [`FileStore::commit_events`]).
+    fn replay(&self, doc: &mut XmlLab, state: Identity, file: Option<&File>) -> Result<Journal> {
+        let opened;
+        let file = match file {
+            Some(file) => file,
+            None => match fsutil::open_file(&self.journal_path(), false) {
+                Ok(Some(file)) => {
+                    opened = file;
+                    &opened
+                }
+                Ok(None) | Err(Error::Io { .. } | Error::ReadOnly { .. }) => {
+                    return Ok(Journal::none(state));
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let folded = doc.journal_folded();
+        let mut journal = Journal::read(file, state, folded.as_deref())
+            .map_err(|e| Error::io("read", &self.journal_path(), e))?;
+        if journal.records.is_empty() {
+            return Ok(journal);
+        }
+        let mut applied = 0;
+        for record in &journal.records {
+            // A machine removed by hand since is skipped.
+            let known: Vec<_> = record
+                .changes
+                .iter()
+                .filter(|change| match change {
+                    crate::model::Change::Set { machine, .. }
+                    | crate::model::Change::Unset { machine, .. } => doc.has_machine(machine),
+                    _ => false,
+                })
+                .cloned()
+                .collect();
+            if doc.apply(&known).is_err() {
+                break;
+            }
+            applied += 1;
+        }
+        journal.keep(applied);
+        Ok(journal)
     }
 
     /// The whole roll-forward copy in the lock file `journal`, parsed; `None`
