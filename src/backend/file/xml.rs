@@ -158,7 +158,16 @@ impl Lazy {
     /// document was read, in the same place, so this fails only on mama's
     /// own mistake.
     pub fn build(&self) -> Result<Element, ParseError> {
-        Document::parse(&self.raw).map(|doc| doc.root)
+        let source: Source = Arc::new(self.raw.to_string());
+        let fast = Fast {
+            text: &source,
+            bytes: source.as_bytes(),
+            source: &source,
+        };
+        match fast.element(0, 1) {
+            Some((element, end)) if end == source.len() => Ok(element),
+            _ => Document::parse(&source).map(|doc| doc.root),
+        }
     }
 }
 
@@ -1260,6 +1269,44 @@ impl<'t> Fast<'t> {
         }
     }
 
+    /// The element whose start tag is at `at`, at depth `depth` (the root
+    /// is at 0), built as the general reader builds it: the element, and
+    /// where its end tag ends.
+    fn element(&self, at: usize, depth: usize) -> Option<(Element, usize)> {
+        if depth >= MAX_DEPTH - 1 {
+            return None;
+        }
+        let (name_end, end, empty) = self.start_tag(at)?;
+        let name_from = at + 1;
+        let mut element = Element {
+            name: self.span(name_from, name_end),
+            attributes: self.span(name_end, name_end),
+            children: Vec::new(),
+            self_closing: empty,
+        };
+        if empty {
+            return Some((element, end));
+        }
+        let mut at = end;
+        loop {
+            let (run_end, entities) = self.text_run(at)?;
+            if run_end > at {
+                element.children.push(Node::Text {
+                    raw: self.span(at, run_end),
+                    value: entities.then(|| Str::new(&self.value(at, run_end, true))),
+                });
+            }
+            at = run_end;
+            if self.bytes.get(at + 1) == Some(&b'/') {
+                let end = self.end_tag(at, name_from, name_end)?;
+                return Some((element, end));
+            }
+            let (child, end) = self.element(at, depth + 1)?;
+            element.children.push(Node::Element(child));
+            at = end;
+        }
+    }
+
     /// The content from `at` of a skimmed element named `bytes[from..to]`,
     /// telling `skimmer` the text of its child elements: where its end tag
     /// ends.
@@ -1374,14 +1421,10 @@ impl<'t> Fast<'t> {
                 }));
                 continue;
             }
-            at = if empty {
-                end
-            } else {
-                self.skip_content(end, start + 1, name_end, 2)?
-            };
             // Few and small (mama's own <event_seq>, <pending_events>):
-            // built as the general reader builds them.
-            let element = Document::parse(&self.text[start..at]).ok()?.root;
+            // built whole.
+            let (element, end) = self.element(start, 1)?;
+            at = end;
             children.push(Node::Element(element));
         };
         let mut epilog = Vec::new();
@@ -1834,6 +1877,70 @@ mod tests {
         out.push_str("</");
         out.push_str(name);
         out.push('>');
+    }
+
+    /// A random element of the plain kind the fast path takes: no
+    /// attributes, comments, CDATA or `>` in text.
+    fn random_plain_element(rng: &mut Rng, depth: usize, out: &mut String) {
+        const PLAIN_TEXT: &[&str] = &[
+            "plain", " ", "\n    ", "\t", "&amp;", "&lt;", "&gt;", "&quot;", "&apos;", "é", "'",
+            "\"",
+        ];
+        let name = rng.pick(&["machine", "name", "job", "x", "a-b.c", "_1"]);
+        out.push('<');
+        out.push_str(name);
+        let children = if depth == 0 { 0 } else { rng.below(5) };
+        if children == 0 && rng.below(2) == 0 {
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        for _ in 0..children {
+            match rng.below(3) {
+                0 => random_plain_element(rng, depth - 1, out),
+                _ => out.push_str(rng.pick(PLAIN_TEXT)),
+            }
+        }
+        out.push_str("</");
+        out.push_str(name);
+        out.push('>');
+    }
+
+    #[test]
+    fn the_fast_path_builds_plain_elements_as_the_reader_builds_them() {
+        let mut rng = Rng(0x0123_4567_89AB_CDEF);
+        for _ in 0..500 {
+            let mut text = String::new();
+            random_plain_element(&mut rng, 4, &mut text);
+            let source: Source = Arc::new(text.clone());
+            let fast = Fast {
+                text: &source,
+                bytes: source.as_bytes(),
+                source: &source,
+            };
+            let (built, end) = fast
+                .element(0, 1)
+                .unwrap_or_else(|| panic!("the fast path refused {text}"));
+            assert_eq!(end, text.len(), "{text}");
+            let general = Document::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(built, general.root, "{text}");
+            // A lazy element of the same text builds the same tree.
+            let lazy = Lazy {
+                raw: Str::new(&text),
+                name_len: 0,
+                slot: 0,
+            };
+            assert_eq!(lazy.build().as_ref(), Ok(&general.root), "{text}");
+        }
+        // Past the depth limit the fast path steps aside for the reader.
+        let deep = "<x>".repeat(MAX_DEPTH) + &"</x>".repeat(MAX_DEPTH);
+        let source: Source = Arc::new(deep.clone());
+        let fast = Fast {
+            text: &source,
+            bytes: source.as_bytes(),
+            source: &source,
+        };
+        assert_eq!(fast.element(0, 1), None);
     }
 
     #[test]
