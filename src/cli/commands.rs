@@ -10,14 +10,14 @@ use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
 use crate::cli::{GetAttr, SetAttr};
 use crate::engine::claim::{self, Caller, Intent, Patience, Wanted};
-use crate::engine::os::{self, Origin, Place, Processes};
+use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
-use crate::model::{Lab, Machine, NewMachine};
+use crate::model::{JobRecord, Lab, Machine, NewMachine};
 use crate::settings::Settings;
 
 /// Reads the lab for a read-only command, saying where it looked when there
@@ -79,10 +79,23 @@ fn out(text: &str) -> Result<()> {
         })
 }
 
+/// Prints `value` as pretty JSON (see [`render::write_json`]), as it is
+/// written: a lab's JSON is never held whole.
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::Invalid(format!("cannot write JSON: {e}")))?;
-    out(&format!("{}\n", render::json_safe(text)))
+    use std::io::Write;
+    let failed = |source: std::io::Error| Error::Io {
+        context: "cannot write to standard output".into(),
+        source,
+    };
+    let mut stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    render::write_json(&mut stdout, value).map_err(|e| match e.is_io() {
+        true => failed(e.into()),
+        false => Error::Invalid(format!("cannot write JSON: {e}")),
+    })?;
+    stdout
+        .write_all(b"\n")
+        .and_then(|()| stdout.flush())
+        .map_err(failed)
 }
 
 /// Whether stdout is a terminal: then even raw values are printed safe for
@@ -103,23 +116,27 @@ pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
     // both alike, busy, with no stale reason. So such a PID is taken as the
     // claimer's without a look. (A running `mama run` holds its machine's
     // job lock: a lab's busy machines are these.)
-    let pids: Vec<(bool, u32, &Machine)> = lab
-        .machines()
-        .filter_map(|m| Some((held.contains(m.name()), job_pid(m)?, m)))
+    let jobs: Vec<(&Machine, Option<JobRecord>)> = lab.machines().map(|m| (m, m.job())).collect();
+    let pids: Vec<(bool, u32, Option<u64>)> = jobs
+        .iter()
+        .filter_map(|(m, job)| {
+            let job = job.as_ref()?;
+            let start = job.origin.as_ref().map(|origin| origin.start);
+            Some((held.contains(m.name()), job.pid?, start))
+        })
         .collect();
     world.processes.probe_all(
         pids.iter()
             .filter(|(locked, ..)| !locked)
             .map(|&(_, pid, _)| pid),
     );
-    for &(_, pid, machine) in pids.iter().filter(|(locked, ..)| *locked) {
-        let start = Origin::parse(machine.get(Field::JobOrigin)).map(|origin| origin.start);
+    for &(_, pid, start) in pids.iter().filter(|(locked, ..)| *locked) {
         world.processes.assume_alive(pid, start);
     }
     let judge = world.judge();
-    let views: Vec<MachineView> = lab
-        .machines()
-        .map(|m| MachineView::new(m, &judge, || held.contains(m.name())))
+    let views: Vec<MachineView> = jobs
+        .into_iter()
+        .map(|(m, job)| MachineView::new(m, job, &judge, || held.contains(m.name())))
         .collect();
     if json {
         print_json(&views)
@@ -129,16 +146,6 @@ pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
             render::table(&views, style::enabled(Stream::Stdout))
         ))
     }
-}
-
-/// The PID a machine's job records, read as [`Machine::job`] reads it,
-/// without the rest of the record.
-fn job_pid(machine: &Machine) -> Option<u32> {
-    let pid = machine.get(Field::JobPid).trim();
-    if pid.is_empty() {
-        return None;
-    }
-    pid.parse().ok().filter(|&pid| pid > 0)
 }
 
 /// `list --names`: the machine names, one a line, for shell completion.
@@ -167,7 +174,8 @@ pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Re
     note_missing(store, &snapshot);
     let world = World::new(store, settings);
     let judge = world.judge();
-    let view = MachineView::new(snapshot.lab.get(machine)?, &judge, || store.held(machine));
+    let found = snapshot.lab.get(machine)?;
+    let view = MachineView::new(found, found.job(), &judge, || store.held(machine));
     if json {
         print_json(&render::InfoView {
             queue: view.queue.clone(),

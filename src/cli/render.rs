@@ -17,9 +17,9 @@ use crate::cli::style::{self, Tone};
 use crate::engine::claim;
 use crate::engine::os::ProcessTable;
 use crate::engine::stale::{Judge, Verdict};
-use crate::model::Machine;
 use crate::model::event::Event;
 use crate::model::field::Field;
+use crate::model::{JobRecord, Machine};
 
 /// Whether a terminal could act on `c`: C0 controls (line breaks and tabs
 /// included), DEL and C1 controls, and the bidirectional controls and line
@@ -73,22 +73,105 @@ pub fn printable_lines(text: &str) -> String {
 pub fn json_safe(json: String) -> String {
     // C0 controls stand only between values here (pretty printing's line
     // breaks): serde_json escapes them inside strings.
-    let raw_in_strings = |c: char| c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c);
-    // DEL is the byte 7F; a C1 control is C2 80 to C2 9F. Most output has
-    // neither: a look at its bytes says so quickly.
-    let bytes = json.as_bytes();
-    if !crate::backend::file::xml::any_byte(bytes, |b| (b == 0x7f) | (b == 0xc2)) {
+    if !may_hold_raw_controls(&json) {
         return json;
     }
     let mut out = String::with_capacity(json.len() + 16);
     for c in json.chars() {
-        if raw_in_strings(c) {
+        if is_raw_in_json(c) {
             let _ = write!(out, "\\u{:04x}", u32::from(c));
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// The controls serde_json leaves raw in strings: DEL and C1.
+fn is_raw_in_json(c: char) -> bool {
+    c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c)
+}
+
+/// Whether `text` may hold DEL or a C1 control: DEL is the byte 7F, a C1
+/// control C2 80 to C2 9F. Most text has neither byte, which a look at its
+/// bytes says quickly.
+fn may_hold_raw_controls(text: &str) -> bool {
+    crate::backend::file::xml::any_byte(text.as_bytes(), |b| (b == 0x7f) | (b == 0xc2))
+}
+
+/// Writes `value` to `out` as pretty JSON, with what [`json_safe`] escapes
+/// escaped as the strings go out: no copy of the whole text is made (the
+/// JSON of a large lab is megabytes).
+pub fn write_json(out: &mut impl std::io::Write, value: &impl Serialize) -> serde_json::Result<()> {
+    let formatter = SafeFormatter(serde_json::ser::PrettyFormatter::new());
+    value.serialize(&mut serde_json::Serializer::with_formatter(out, formatter))
+}
+
+/// serde_json's pretty printing, with DEL and C1 controls inside strings
+/// written as `\u00XX` escapes.
+struct SafeFormatter(serde_json::ser::PrettyFormatter<'static>);
+
+impl serde_json::ser::Formatter for SafeFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        if !may_hold_raw_controls(fragment) {
+            return writer.write_all(fragment.as_bytes());
+        }
+        let mut rest = fragment;
+        while let Some((at, c)) = rest.char_indices().find(|&(_, c)| is_raw_in_json(c)) {
+            writer.write_all(&rest.as_bytes()[..at])?;
+            write!(writer, "\\u{:04x}", u32::from(c))?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
+
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_array(w)
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array(w)
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_array_value(w, first)
+    }
+
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array_value(w)
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object(w)
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object(w)
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_object_key(w, first)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object_value(w)
+    }
+
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object_value(w)
+    }
 }
 
 /// One machine as `list --json` and `info --json` print it; empty fields
@@ -137,10 +220,12 @@ pub struct MachineView {
 }
 
 impl MachineView {
-    /// The view of `machine`; `locked` says whether its job lock is held
+    /// The view of `machine`, whose job record is `job` (its
+    /// [`Machine::job`]); `locked` says whether its job lock is held
     /// (looked at only when no job is recorded).
     pub fn new<P: ProcessTable>(
         machine: &Machine,
+        job: Option<JobRecord>,
         judge: &Judge<'_, P>,
         locked: impl FnOnce() -> bool,
     ) -> MachineView {
@@ -169,7 +254,6 @@ impl MachineView {
             let value = machine.get(f);
             (!value.trim().is_empty()).then(|| value.to_string())
         };
-        let job = machine.job();
         let verdict = job.as_ref().map(|j| judge.judge(machine.name(), j));
         let stale_reason = match &verdict {
             Some(Verdict::Stale(reason)) => Some(reason.to_string()),
@@ -485,6 +569,35 @@ mod tests {
             serde_json::from_str::<Vec<String>>(&safe).ok(),
             Some(vec!["\u{80}\u{9f}\u{7f}é\u{1b}".to_string()])
         );
+    }
+
+    #[test]
+    fn json_is_written_as_the_safe_text_of_the_whole() {
+        #[derive(Serialize)]
+        struct Sample<'a> {
+            name: &'a str,
+            list: Vec<Option<&'a str>>,
+            empty: Vec<u8>,
+            number: u64,
+        }
+        for text in [
+            "plain",
+            "\u{80}a\u{9f}\u{7f}é\u{1b}\"\\",
+            "",
+            "\u{85}\u{85}",
+            "ok\u{c2}",
+        ] {
+            let value = Sample {
+                name: text,
+                list: vec![Some(text), None],
+                empty: Vec::new(),
+                number: 7,
+            };
+            let whole = json_safe(serde_json::to_string_pretty(&value).unwrap_or_default());
+            let mut written = Vec::new();
+            assert!(write_json(&mut written, &value).is_ok());
+            assert_eq!(String::from_utf8(written).ok(), Some(whole), "{text:?}");
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl Origin {
     /// Reads the stored form; anything else reads as no origin.
     pub fn parse(text: &str) -> Option<Origin> {
         let (mut boot, mut pidns, mut start) = (None, None, None);
-        for part in text.split_whitespace() {
+        for part in text.split_ascii_whitespace() {
             match part.split_once('=')? {
                 ("boot", v) if !v.is_empty() => boot = Some(v.to_string()),
                 ("pidns", v) => pidns = Some(v.parse().ok()?),

@@ -320,16 +320,18 @@ fn lock_table() -> Option<Vec<TableEntry>> {
             .filter_map(|line| {
                 // "7: FLOCK  ADVISORY  WRITE 123 fe:01:456 0 EOF"; a
                 // waiter's line has "->" after the number.
-                let words: Vec<&str> = line.split_whitespace().skip(1).collect();
-                if words.first() != Some(&"FLOCK") {
+                let mut words = line.split_ascii_whitespace().skip(1);
+                if words.next()? != "FLOCK" {
                     return None;
                 }
-                let mut id = words.get(4)?.split(':');
+                let exclusive = words.nth(1)? == "WRITE";
+                let pid = words.next()?.parse().ok()?;
+                let mut id = words.next()?.split(':');
                 let major = u32::from_str_radix(id.next()?, 16).ok()?;
                 let minor = u32::from_str_radix(id.next()?, 16).ok()?;
                 Some(TableEntry {
-                    exclusive: *words.get(2)? == "WRITE",
-                    pid: words.get(3)?.parse().ok()?,
+                    exclusive,
+                    pid,
                     dev: (major, minor),
                     ino: id.next()?.parse().ok()?,
                 })
@@ -388,6 +390,11 @@ const LONG_NAME_PREFIX: usize = 160;
 /// encoding (cut between whole characters and `%XX`), `~` and a hash of the
 /// whole name. No plain encoding holds `~`, so the two kinds never meet.
 pub fn path_in(dir: &Path, name: &str) -> PathBuf {
+    dir.join(file_name(name))
+}
+
+/// The name of the job lock file of the machine `name` (see [`path_in`]).
+pub fn file_name(name: &str) -> String {
     const SUFFIX: &str = ".lock";
     let mut file = String::with_capacity(name.len() + SUFFIX.len());
     for b in name.bytes() {
@@ -411,7 +418,7 @@ pub fn path_in(dir: &Path, name: &str) -> PathBuf {
         file = format!("{}~{:032x}", &file[..cut], fnv1a_128(name.as_bytes()));
     }
     file.push_str(SUFFIX);
-    dir.join(file)
+    file
 }
 
 /// The 128-bit FNV-1a hash: tiny, and the same in every build and version

@@ -150,53 +150,19 @@ fn keep_freed_memory() {
     }
 }
 
-/// Makes the heap `bytes` larger in one step, its pages mapped at once
-/// rather than a fault at a time as reading and parsing touch them (on a
-/// virtual machine each fault costs microseconds): a block is taken, its
-/// pages populated, and given back to the allocator, which keeps it (see
-/// [`keep_freed_memory`]) for the transaction's own allocations.
-fn prefault_heap(bytes: usize) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const PAGE: usize = 4096;
-        if bytes < 16 * PAGE {
-            return;
-        }
-        // SAFETY: a block of our own, populated (written as zeroes by the
-        // kernel where not yet mapped; madvise never changes what a mapped
-        // page holds) and freed once; a refusal changes nothing.
-        unsafe {
-            let block = libc::malloc(bytes) as usize;
-            if block == 0 {
-                return;
-            }
-            let start = block.next_multiple_of(PAGE);
-            let end = (block + bytes) / PAGE * PAGE;
-            if end > start {
-                libc::madvise(
-                    start as *mut libc::c_void,
-                    end - start,
-                    libc::MADV_POPULATE_WRITE,
-                );
-            }
-            libc::free(block as *mut libc::c_void);
-        }
-    }
-}
-
 /// The machines whose job locks were held at one look (see
 /// [`JobLocks::held_job_locks`]).
 pub struct HeldJobLocks {
-    dir: PathBuf,
+    /// The names of the held lock files in the job locks' folder.
     names: std::collections::HashSet<std::ffi::OsString>,
 }
 
 impl HeldJobLocks {
     pub fn contains(&self, machine: &str) -> bool {
         !self.names.is_empty()
-            && lock::path_in(&self.dir, machine)
-                .file_name()
-                .is_some_and(|name| self.names.contains(name))
+            && self
+                .names
+                .contains(std::ffi::OsStr::new(&lock::file_name(machine)))
     }
 }
 
@@ -844,7 +810,6 @@ impl FileStore {
         // Sized once: a lab of ten thousand machines is megabytes, and
         // growing the buffer by doubling would copy it and hold twice it.
         let size = usize::try_from(meta.len()).unwrap_or(0);
-        prefault_heap(size.saturating_mul(3));
         let mut bytes = Vec::with_capacity(size.saturating_add(1));
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut bytes))
@@ -1158,8 +1123,7 @@ impl FileStore {
 
     /// From one look at the locks folder and the kernel's lock table.
     pub fn held_job_locks(&self) -> Held {
-        let dir = self.machine_locks_dir();
-        let names = lock::held_in(&dir);
-        Held::File(HeldJobLocks { dir, names })
+        let names = lock::held_in(&self.machine_locks_dir());
+        Held::File(HeldJobLocks { names })
     }
 }
