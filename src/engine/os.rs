@@ -233,11 +233,15 @@ impl Processes {
         todo.dedup();
         // Read once, before any thread asks for it.
         let _ = Place::here();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(4)
-            .min(todo.len() / PIDS_A_THREAD)
-            .max(1);
+        // Only a long list is worth threads (and the cgroup files that
+        // tell how many cores there are).
+        let threads = match todo.len() / PIDS_A_THREAD {
+            0 | 1 => 1,
+            most => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4)
+                .min(most),
+        };
         let found: Vec<(u32, Probe)> = if threads == 1 {
             todo.iter()
                 .map(|&pid| (pid, Processes::probe_now(pid)))

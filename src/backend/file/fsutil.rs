@@ -267,6 +267,60 @@ impl Dir {
 /// read-write with `write`); `None` when it (or its folder) does not exist.
 /// Removes the file `path` (never following a link: a link there is
 /// removed, not its target); a missing file is not an error.
+/// The names of the entries of the folder `path` (opened without
+/// following a link) whose inode number `wanted` accepts. Only those names
+/// are copied: a look at a folder of thousands of lock files for the few
+/// that matter allocates for those few.
+pub fn entries_with_inodes(
+    path: &Path,
+    wanted: impl Fn(u64) -> bool,
+) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let name = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid C string; the descriptor returned is owned below.
+    let fd = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is an open folder; on success the stream owns it (and
+    // closedir closes it), on failure it is closed here.
+    let dir = unsafe { libc::fdopendir(fd) };
+    if dir.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: our own descriptor, closed once.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: `dir` is an open stream; the entry it returns stays valid
+        // until the next call on it, and is read before that.
+        let entry = unsafe { libc::readdir64(dir) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: as above; d_name is a NUL-terminated name within it.
+        let (ino, name) = unsafe {
+            (
+                (*entry).d_ino,
+                std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()),
+            )
+        };
+        if wanted(ino) {
+            names.push(std::ffi::OsString::from_vec(name.to_bytes().to_vec()));
+        }
+    }
+    // SAFETY: closes the stream (and its descriptor) once.
+    unsafe { libc::closedir(dir) };
+    Ok(names)
+}
+
 pub fn remove_file(path: &Path) -> Result<()> {
     let (dir, name) = Dir::of(path)?;
     dir.remove(name).map_err(|e| error("remove", path, e))
@@ -687,6 +741,30 @@ mod tests {
         std::fs::write(&path, "").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         std::fs::metadata(&path).expect("metadata")
+    }
+
+    #[test]
+    fn a_folder_gives_the_names_of_the_inodes_asked_for() {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("a temporary folder");
+        };
+        let mut inodes = Vec::new();
+        for name in ["a.lock", "b.lock", "c%20d.lock"] {
+            let path = dir.path().join(name);
+            assert!(std::fs::write(&path, "").is_ok());
+            let ino = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
+            inodes.push((name, ino));
+        }
+        let wanted = [inodes[0].1, inodes[2].1];
+        let mut names =
+            entries_with_inodes(dir.path(), |ino| wanted.contains(&ino)).unwrap_or_default();
+        names.sort();
+        assert_eq!(names, ["a.lock", "c%20d.lock"]);
+        // Never through a link.
+        let link = dir.path().join("link");
+        assert!(std::os::unix::fs::symlink(dir.path(), &link).is_ok());
+        assert!(entries_with_inodes(&link, |_| true).is_err());
+        assert!(entries_with_inodes(&dir.path().join("none"), |_| true).is_err());
     }
 
     #[test]

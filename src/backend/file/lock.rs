@@ -231,17 +231,19 @@ pub fn inherited_holds(path: &Path) -> bool {
 /// either cannot be read (then nothing is known to be held). For showing
 /// a lab: a claim itself always takes the lock for real.
 pub fn held_in(dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
-    use std::os::unix::fs::DirEntryExt;
     let Ok(meta) = std::fs::symlink_metadata(dir) else {
         return Default::default();
     };
     if !meta.is_dir() {
         return Default::default();
     }
-    let held: std::collections::HashSet<u64> = match lock_table() {
+    let dev = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    // Sorted, for a binary search an entry: no hashing of a thousand
+    // numbers.
+    let mut held: Vec<u64> = match lock_table() {
         Some(table) => table
             .into_iter()
-            .filter(|l| l.exclusive && l.dev == (libc::major(meta.dev()), libc::minor(meta.dev())))
+            .filter(|l| l.exclusive && l.dev == dev)
             .map(|l| l.ino)
             .collect(),
         None => return Default::default(),
@@ -249,14 +251,9 @@ pub fn held_in(dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
     if held.is_empty() {
         return Default::default();
     }
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| held.contains(&e.ino()))
-                .map(|e| e.file_name())
-                .collect()
-        })
+    held.sort_unstable();
+    fsutil::entries_with_inodes(dir, |ino| held.binary_search(&ino).is_ok())
+        .map(|names| names.into_iter().collect())
         .unwrap_or_default()
 }
 
