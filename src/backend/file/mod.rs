@@ -150,6 +150,34 @@ fn keep_freed_memory() {
     }
 }
 
+/// Maps in the pages of `buffer`'s spare capacity at once, where the
+/// kernel would fault them in one by one as a read fills them: each fault
+/// costs microseconds on a virtual machine, thousands of them a large
+/// lab's read (some 5 % of a run on ten thousand machines).
+fn populate(buffer: &mut Vec<u8>) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let spare = buffer.spare_capacity_mut();
+        let (start, len) = (spare.as_mut_ptr() as usize, spare.len());
+        let first = start.next_multiple_of(PAGE);
+        let end = (start + len) / PAGE * PAGE;
+        if end >= first + 16 * PAGE {
+            // SAFETY: whole pages within this vector's own allocation;
+            // populating writes nothing a mapped page holds (a page not
+            // yet mapped reads as zeroes, as it would have). A refusal
+            // (an older kernel) changes nothing.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    end - first,
+                    libc::MADV_POPULATE_WRITE,
+                );
+            }
+        }
+    }
+}
+
 /// The machines whose job locks were held at one look (see
 /// [`JobLocks::held_job_locks`]).
 pub struct HeldJobLocks {
@@ -811,6 +839,7 @@ impl FileStore {
         // growing the buffer by doubling would copy it and hold twice it.
         let size = usize::try_from(meta.len()).unwrap_or(0);
         let mut bytes = Vec::with_capacity(size.saturating_add(1));
+        populate(&mut bytes);
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut bytes))
             .map_err(|e| Error::io("read", &self.path, e))?;
