@@ -249,6 +249,11 @@ fn busy_by_own_fields(
 fn deciding_machines(lab: &Lab, target: &str) -> Result<Vec<String>> {
     let resources: HashSet<String> = lab.get(target)?.resources().into_iter().collect();
     let mut names = vec![target.to_string()];
+    // A machine that shares nothing is decided by itself alone: no look
+    // through the lab (thousands of machines) for what none can share.
+    if resources.is_empty() {
+        return Ok(names);
+    }
     for machine in lab.machines() {
         let name = machine.name();
         if name != target && machine.resources().iter().any(|r| resources.contains(r)) {
