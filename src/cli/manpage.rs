@@ -363,7 +363,7 @@ fn sections() -> Roff {
             "The journal: a run's claim, its release and its place in a queue are appended \
              here as one checksummed record each, instead of rewriting the whole state file, \
              so a run costs what it changes. Every command reads the state file with its \
-             journal; any other change, or a journal grown past an eighth of the state file, \
+             journal; any other change, or a journal grown past a thirty-second of the state file, \
              writes the state file whole with the journal's changes and empties it. Made \
              like the state file; a damaged or cut record ends what is read of it.",
         )],
