@@ -417,12 +417,20 @@ impl XmlLab {
                     return Ok(());
                 }
                 // A field mama adds to an old machine is placed after the
-                // nearest field that comes before it in upstream order.
-                let before = Field::ALL
-                    .iter()
-                    .take_while(|&f| f != field)
-                    .filter_map(|f| element.position(f.tag()))
-                    .max();
+                // nearest field that comes before it in upstream order: the
+                // last of the first elements of those fields.
+                const _: () = assert!(Field::ALL.len() <= 64, "a bit a field");
+                let mut seen = 0u64;
+                let mut before = None;
+                for (at, node) in element.children.iter().enumerate() {
+                    if let Some(earlier) = node.element_name().and_then(Field::from_tag)
+                        && earlier.index() < field.index()
+                        && seen & (1 << earlier.index()) == 0
+                    {
+                        seen |= 1 << earlier.index();
+                        before = Some(at);
+                    }
+                }
                 element.insert_element(before, Element::with_text(field.tag(), value), "    ");
             }
             Change::Unset { machine, field } => {
