@@ -886,7 +886,9 @@ fn info_with_history(report: &mut Report) {
 }
 
 const LIST_MACHINES: usize = 1000;
-const LIST_RUNS: usize = 40;
+/// Runs of each `list`: its busy side has a long tail (a run in ten takes
+/// two or three times the median), so the median wants many.
+const LIST_RUNS: usize = 100;
 
 /// Holders of job locks for the bench, each `flock LOCKFILE sleep 3600`
 /// in a process group of its own: the groups are killed and the holders
@@ -999,7 +1001,7 @@ fn list_busy_and_free(report: &mut Report) {
         "every machine of the busy lab reads busy"
     );
     let list = |state: &Path| mama(state, &["list", "--json"]);
-    for _ in 0..3 {
+    for _ in 0..10 {
         timed("list --json (warm-up)", list(&busy));
         timed("list --json (warm-up)", list(&free));
     }
