@@ -85,9 +85,15 @@ fn man_page_has_its_sections_in_order() {
 fn man_page_documents_every_command_with_its_arguments() {
     let page = mama::cli::manpage::render();
     let commands = man_section(&page, "COMMANDS");
-    let cli = mama::cli::Cli::command();
+    // Every subcommand's arguments built (they are deferred), with the
+    // `help` subcommand, `--help` and the global `--state` that clap adds
+    // to each: the page shows those once, or not at all.
+    let cli = mama::cli::whole_command();
     let mut seen = 0;
-    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+    for sub in cli
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let heading = format!(".SS {}\n", roff(sub.get_name()));
         let start = commands
             .find(&heading)
@@ -100,7 +106,10 @@ fn man_page_documents_every_command_with_its_arguments() {
             "{}: summary missing",
             sub.get_name()
         );
-        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+        for arg in sub
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && !a.is_global_set() && a.get_id() != "help")
+        {
             let name = match arg.get_long() {
                 Some(long) => format!("--{long}"),
                 None => arg

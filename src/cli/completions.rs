@@ -12,9 +12,8 @@
 
 use std::io::Write;
 
-use clap::{CommandFactory, ValueEnum};
+use clap::ValueEnum;
 
-use crate::cli::Cli;
 use crate::error::{Error, Result};
 
 /// The shells `mama completions` writes a script for.
@@ -30,7 +29,7 @@ const NAMES: &str = "mama list --names 2>/dev/null";
 
 /// The completion script for `shell`.
 pub fn script(shell: Shell) -> String {
-    let mut cmd = Cli::command();
+    let mut cmd = crate::cli::whole_command();
     let generator = match shell {
         Shell::Bash => clap_complete::Shell::Bash,
         Shell::Zsh => clap_complete::Shell::Zsh,
@@ -61,7 +60,7 @@ pub fn print(shell: Shell) -> Result<()> {
 /// The subcommands whose first positional argument is a machine (`run`
 /// and `wait` take several, with `--any`).
 pub fn machine_commands() -> Vec<String> {
-    Cli::command()
+    crate::cli::whole_command()
         .get_subcommands()
         .filter(|sub| {
             sub.get_positionals()
@@ -75,7 +74,7 @@ pub fn machine_commands() -> Vec<String> {
 /// Every option that takes a value (`--state`, `--job`, ...): the word
 /// after it is that value, not an argument.
 fn options_with_values() -> Vec<String> {
-    let cmd = Cli::command();
+    let cmd = crate::cli::whole_command();
     let mut options: Vec<String> = cmd
         .get_arguments()
         .chain(cmd.get_subcommands().flat_map(|sub| sub.get_arguments()))

@@ -7,16 +7,15 @@
 //! page is what [`render`] returns, and rewrites it when run with
 //! `MAMA_UPDATE_MAN=1`.
 
-use clap::{Arg, ArgAction, CommandFactory};
+use clap::{Arg, ArgAction};
 use clap_mangen::Man;
 use clap_mangen::roff::{Inline, Roff, bold, italic, roman};
 
-use crate::cli::Cli;
 use crate::settings::DEFAULT_STATE;
 
 /// The whole page, as roff source.
 pub fn render() -> String {
-    let cmd = Cli::command();
+    let cmd = crate::cli::whole_command();
     let man = Man::new(cmd.clone()).title("MAMA").manual("User Commands");
     let mut page = Vec::new();
     // Writing into a Vec cannot fail.
@@ -94,7 +93,11 @@ fn commands(cmd: &clap::Command) -> Roff {
     let mut roff = Roff::new();
     roff.control("SH", ["COMMANDS"]);
     let name = cmd.get_name();
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // Not the `help` subcommand clap adds.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         // Arguments of a control line are not escaped: a dash must be
         // `\-` to print as the one users type.
         roff.control("SS", [sub.get_name().replace('-', "\\-").as_str()]);
@@ -103,7 +106,7 @@ fn commands(cmd: &clap::Command) -> Roff {
         if let Some(about) = sub.get_long_about().or_else(|| sub.get_about()) {
             roff.text([roman(about.to_string())]);
         }
-        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+        for arg in own_arguments(sub) {
             roff.control("TP", []);
             roff.text(arg_header(arg));
             if let Some(help) = arg.get_long_help().or_else(|| arg.get_help()) {
@@ -127,10 +130,17 @@ fn commands(cmd: &clap::Command) -> Roff {
     roff
 }
 
+/// A subcommand's own arguments, as the page shows them: not hidden, not
+/// the global `--state` (OPTIONS has it) nor the `--help` clap adds.
+fn own_arguments(sub: &clap::Command) -> impl Iterator<Item = &Arg> {
+    sub.get_arguments()
+        .filter(|a| !a.is_hide_set() && !a.is_global_set() && a.get_id() != "help")
+}
+
 /// `mama run [--job LABEL] ... machine -- CMD...`
 fn synopsis(name: &str, sub: &clap::Command) -> Vec<Inline> {
     let mut line = vec![bold(format!("{name} {}", sub.get_name()))];
-    for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+    for arg in own_arguments(sub) {
         line.push(roman(" "));
         let optional = !arg.is_required_set();
         if optional {

@@ -35,7 +35,12 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Each subcommand's arguments are built only when it is the one used
+// (clap builds them all otherwise: a seventh of a run's time before the
+// lab is read). What needs them all, the man page and the completions,
+// takes [`whole_command`].
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Show every machine and its job; a stale job ends in [STALE]
     List {
@@ -195,7 +200,9 @@ pub enum Command {
     },
 }
 
-/// Which machine `run` and `wait` want: one, or any of a pool.
+// Which machine `run` and `wait` want: one, or any of a pool. (Not a doc
+// comment: with the subcommands deferred, clap would take it for the
+// description of `run` and `wait`.)
 #[derive(Debug, clap::Args)]
 pub struct Pick {
     /// The machine's name; with --any, the machines to choose from
@@ -373,6 +380,15 @@ fn checked_age(text: &str, secs: u64) -> Result<Duration, String> {
         return Err(format!("'{text}' is longer than {MAX_SECS_TEXT}"));
     }
     Ok(Duration::from_secs(secs))
+}
+
+/// The command line's whole description, every subcommand's arguments
+/// built (see the deferred [`Command`]).
+pub fn whole_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    cmd
 }
 
 #[cfg(test)]
