@@ -55,11 +55,13 @@ pub const HEADER: &str = "mama journal 1";
 /// A transaction that finds the journal a thirty-second as long as the
 /// state file, but at least [`FOLD_MIN`] and at most [`FOLD_MAX`] bytes,
 /// writes the state file whole instead (a fold). A record is some 300 to
-/// 900 bytes, and replaying one costs a claim some 4 us: the bounds keep a
-/// run's replays about as dear as its share of the folds (on a lab of a
-/// thousand machines, an eighth of the state file made replays cost a run
-/// 0.3 ms on average, against 0.1 ms at a thirty-second).
-pub const FOLD_MIN: u64 = 8 << 10;
+/// 900 bytes, and replaying one costs a claim some 4 us; a fold costs a
+/// full write with its syncs (some 3 ms on a small lab, more on a large
+/// one). The bounds keep a run's replays about as dear as its share of
+/// the folds: on a lab of a thousand machines, an eighth of the state file
+/// made replays cost a run 0.3 ms on average, against 0.1 ms at a
+/// thirty-second.
+pub const FOLD_MIN: u64 = 16 << 10;
 /// See [`FOLD_MIN`].
 pub const FOLD_MAX: u64 = 64 << 10;
 
