@@ -1907,41 +1907,40 @@ mod tests {
         " e=\"\"",
     ];
 
-    fn random_element(rng: &mut Rng, depth: usize, out: &mut String) {
-        let name = rng.pick(NAMES);
-        out.push('<');
-        out.push_str(name);
-        out.push_str(rng.pick(ATTRIBUTES));
-        let children = if depth == 0 { 0 } else { rng.below(5) };
-        if children == 0 && rng.below(2) == 0 {
-            out.push_str("/>");
-            return;
-        }
-        out.push('>');
-        for _ in 0..children {
-            match rng.below(6) {
-                0 | 1 => random_element(rng, depth - 1, out),
-                2 => out.push_str(rng.pick(RAW_TEXT)),
-                3 => out.push_str("<![CDATA[<raw & ]] stuff>]]>"),
-                4 => out.push_str("<!-- a comment - with dashes -->"),
-                _ => out.push_str("<?pi data?>"),
-            }
-        }
-        out.push_str("</");
-        out.push_str(name);
-        out.push('>');
+    /// What random elements are made of.
+    struct Kinds {
+        names: &'static [&'static str],
+        attributes: &'static [&'static str],
+        texts: &'static [&'static str],
+        /// CDATA, comments and processing instructions too.
+        markup: bool,
     }
 
-    /// A random element of the plain kind the fast path takes: no
-    /// attributes, comments, CDATA or `>` in text.
-    fn random_plain_element(rng: &mut Rng, depth: usize, out: &mut String) {
-        const PLAIN_TEXT: &[&str] = &[
+    /// Everything a reader must take.
+    const ANY: Kinds = Kinds {
+        names: NAMES,
+        attributes: ATTRIBUTES,
+        texts: RAW_TEXT,
+        markup: true,
+    };
+
+    /// The plain kind the fast path takes: no attributes, markup, `>` in
+    /// text or carriage return.
+    const PLAIN: Kinds = Kinds {
+        names: &["machine", "name", "job", "x", "a-b.c", "_1"],
+        attributes: &[""],
+        texts: &[
             "plain", " ", "\n    ", "\t", "&amp;", "&lt;", "&gt;", "&quot;", "&apos;", "é", "'",
             "\"",
-        ];
-        let name = rng.pick(&["machine", "name", "job", "x", "a-b.c", "_1"]);
+        ],
+        markup: false,
+    };
+
+    fn random_element(rng: &mut Rng, kinds: &Kinds, depth: usize, out: &mut String) {
+        let name = rng.pick(kinds.names);
         out.push('<');
         out.push_str(name);
+        out.push_str(rng.pick(kinds.attributes));
         let children = if depth == 0 { 0 } else { rng.below(5) };
         if children == 0 && rng.below(2) == 0 {
             out.push_str("/>");
@@ -1949,9 +1948,12 @@ mod tests {
         }
         out.push('>');
         for _ in 0..children {
-            match rng.below(3) {
-                0 => random_plain_element(rng, depth - 1, out),
-                _ => out.push_str(rng.pick(PLAIN_TEXT)),
+            match (kinds.markup, rng.below(if kinds.markup { 6 } else { 3 })) {
+                (true, 0 | 1) | (false, 0) => random_element(rng, kinds, depth - 1, out),
+                (true, 2) | (false, _) => out.push_str(rng.pick(kinds.texts)),
+                (true, 3) => out.push_str("<![CDATA[<raw & ]] stuff>]]>"),
+                (true, 4) => out.push_str("<!-- a comment - with dashes -->"),
+                (true, _) => out.push_str("<?pi data?>"),
             }
         }
         out.push_str("</");
@@ -1964,7 +1966,7 @@ mod tests {
         let mut rng = Rng(0x0123_4567_89AB_CDEF);
         for _ in 0..500 {
             let mut text = String::new();
-            random_plain_element(&mut rng, 4, &mut text);
+            random_element(&mut rng, &PLAIN, 4, &mut text);
             let source: Source = Arc::new(text.clone());
             let fast = Fast {
                 text: &source,
@@ -2001,7 +2003,7 @@ mod tests {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for _ in 0..500 {
             let mut text = String::from(rng.pick(&["", "<?xml version=\"1.0\"?>\n"]));
-            random_element(&mut rng, 4, &mut text);
+            random_element(&mut rng, &ANY, 4, &mut text);
             text.push_str(rng.pick(&["", "\n", "\n<!-- end -->\n"]));
             let doc = Document::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
             assert_eq!(doc.write(), text);
@@ -2024,7 +2026,7 @@ mod tests {
         let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
         for _ in 0..300 {
             let mut text = String::new();
-            random_element(&mut rng, 3, &mut text);
+            random_element(&mut rng, &ANY, 3, &mut text);
             let mut doc = Document::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
             let value: String = (0..rng.below(12)).map(|_| rng.pick(VALUE_PIECES)).collect();
             // Set the value on a leaf-like element: the root's last child
