@@ -263,10 +263,6 @@ impl Dir {
     }
 }
 
-/// Opens the regular file `path` beside the state file (read-only, or
-/// read-write with `write`); `None` when it (or its folder) does not exist.
-/// Removes the file `path` (never following a link: a link there is
-/// removed, not its target); a missing file is not an error.
 /// The names of the entries of the folder `path` (opened without
 /// following a link) whose inode number `wanted` accepts. Only those names
 /// are copied: a look at a folder of thousands of lock files for the few
@@ -275,7 +271,7 @@ pub fn entries_with_inodes(
     path: &Path,
     wanted: impl Fn(u64) -> bool,
 ) -> io::Result<Vec<std::ffi::OsString>> {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::os::unix::ffi::OsStringExt;
     let name = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: a valid C string; the descriptor returned is owned below.
@@ -321,11 +317,15 @@ pub fn entries_with_inodes(
     Ok(names)
 }
 
+/// Removes the file `path` (never following a link: a link there is
+/// removed, not its target); a missing file is not an error.
 pub fn remove_file(path: &Path) -> Result<()> {
     let (dir, name) = Dir::of(path)?;
     dir.remove(name).map_err(|e| error("remove", path, e))
 }
 
+/// Opens the regular file `path` beside the state file (read-only, or
+/// read-write with `write`); `None` when it (or its folder) does not exist.
 pub fn open_file(path: &Path, write: bool) -> Result<Option<File>> {
     let (dir, name) = match Dir::of(path) {
         Ok(found) => found,
