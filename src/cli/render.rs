@@ -225,7 +225,7 @@ impl MachineView {
     /// (looked at only when no job is recorded).
     pub fn new<P: ProcessTable>(
         machine: &Machine,
-        job: Option<JobRecord>,
+        mut job: Option<JobRecord>,
         judge: &Judge<'_, P>,
         locked: impl FnOnce() -> bool,
     ) -> MachineView {
@@ -286,12 +286,12 @@ impl MachineView {
             pwr_slot: field(Field::PwrSlot),
             rly_dev: text(Field::RlyDev),
             rly_slot: field(Field::RlySlot),
-            job: job
-                .as_ref()
-                .map(|j| j.label.clone())
-                .filter(|l| !l.is_empty()),
             job_pid: job.as_ref().and_then(|j| j.pid),
             job_timestamp: job.as_ref().and_then(|j| j.timestamp),
+            job: job
+                .as_mut()
+                .map(|j| std::mem::take(&mut j.label))
+                .filter(|l| !l.is_empty()),
             job_host: job.and_then(|j| j.host),
             stale: stale_reason.is_some(),
             queue_length: queue.len(),
