@@ -20,7 +20,7 @@
 //! ([`replace`]). Lock files and the folder of machine locks are open to
 //! those who may write the state file, and to no one else ([`lock_mode`]).
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -150,6 +150,53 @@ impl Dir {
         })
     }
 
+    /// The folder's own metadata (of the folder opened, whatever is at its
+    /// path by now).
+    pub fn metadata(&self) -> io::Result<Metadata> {
+        self.file.metadata()
+    }
+
+    /// The names of the folder's entries whose inode number `wanted`
+    /// accepts. Only those names are copied: a look at a folder of
+    /// thousands of lock files for the few that matter allocates for those
+    /// few.
+    pub fn entries_with_inodes(self, wanted: impl Fn(u64) -> bool) -> io::Result<Vec<OsString>> {
+        use std::os::fd::IntoRawFd;
+        use std::os::unix::ffi::OsStringExt;
+        let fd = self.file.into_raw_fd();
+        // SAFETY: `fd` is an open folder that nothing else owns; on success
+        // the stream owns it (closedir closes it), else it is closed here.
+        let stream = unsafe { libc::fdopendir(fd) };
+        if stream.is_null() {
+            let e = io::Error::last_os_error();
+            // SAFETY: our own descriptor, closed once.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: `stream` is open; the entry it returns stays valid
+            // until the next call on it, and is read before that.
+            let entry = unsafe { libc::readdir64(stream) };
+            if entry.is_null() {
+                break;
+            }
+            // SAFETY: as above; d_name is a NUL-terminated name within it.
+            let (ino, name) = unsafe {
+                (
+                    (*entry).d_ino,
+                    std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()),
+                )
+            };
+            if wanted(ino) {
+                names.push(OsString::from_vec(name.to_bytes().to_vec()));
+            }
+        }
+        // SAFETY: closes the stream (and its descriptor) once.
+        unsafe { libc::closedir(stream) };
+        Ok(names)
+    }
+
     /// The folder holding `path`, and the name of `path` in it.
     fn of(path: &Path) -> Result<(Dir, &OsStr)> {
         let name = path
@@ -261,60 +308,6 @@ impl Dir {
             .sync_all()
             .map_err(|e| Error::io("sync the folder", &self.path, e))
     }
-}
-
-/// The names of the entries of the folder `path` (opened without
-/// following a link) whose inode number `wanted` accepts. Only those names
-/// are copied: a look at a folder of thousands of lock files for the few
-/// that matter allocates for those few.
-pub fn entries_with_inodes(
-    path: &Path,
-    wanted: impl Fn(u64) -> bool,
-) -> io::Result<Vec<std::ffi::OsString>> {
-    use std::os::unix::ffi::OsStringExt;
-    let name = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid C string; the descriptor returned is owned below.
-    let fd = unsafe {
-        libc::open(
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is an open folder; on success the stream owns it (and
-    // closedir closes it), on failure it is closed here.
-    let dir = unsafe { libc::fdopendir(fd) };
-    if dir.is_null() {
-        let e = io::Error::last_os_error();
-        // SAFETY: our own descriptor, closed once.
-        unsafe { libc::close(fd) };
-        return Err(e);
-    }
-    let mut names = Vec::new();
-    loop {
-        // SAFETY: `dir` is an open stream; the entry it returns stays valid
-        // until the next call on it, and is read before that.
-        let entry = unsafe { libc::readdir64(dir) };
-        if entry.is_null() {
-            break;
-        }
-        // SAFETY: as above; d_name is a NUL-terminated name within it.
-        let (ino, name) = unsafe {
-            (
-                (*entry).d_ino,
-                std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()),
-            )
-        };
-        if wanted(ino) {
-            names.push(std::ffi::OsString::from_vec(name.to_bytes().to_vec()));
-        }
-    }
-    // SAFETY: closes the stream (and its descriptor) once.
-    unsafe { libc::closedir(dir) };
-    Ok(names)
 }
 
 /// Removes the file `path` (never following a link: a link there is
@@ -745,26 +738,24 @@ mod tests {
 
     #[test]
     fn a_folder_gives_the_names_of_the_inodes_asked_for() {
-        let Ok(dir) = tempfile::tempdir() else {
-            panic!("a temporary folder");
-        };
+        let dir = tempfile::tempdir().expect("a temporary folder");
         let mut inodes = Vec::new();
         for name in ["a.lock", "b.lock", "c%20d.lock"] {
             let path = dir.path().join(name);
-            assert!(std::fs::write(&path, "").is_ok());
-            let ino = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
-            inodes.push((name, ino));
+            std::fs::write(&path, "").expect("a file");
+            inodes.push(std::fs::metadata(&path).expect("its inode").ino());
         }
-        let wanted = [inodes[0].1, inodes[2].1];
-        let mut names =
-            entries_with_inodes(dir.path(), |ino| wanted.contains(&ino)).unwrap_or_default();
+        let wanted = [inodes[0], inodes[2]];
+        let folder = Dir::open(dir.path()).expect("the folder");
+        let mut names = folder
+            .entries_with_inodes(|ino| wanted.contains(&ino))
+            .expect("the folder's entries");
         names.sort();
         assert_eq!(names, ["a.lock", "c%20d.lock"]);
         // Never through a link.
         let link = dir.path().join("link");
-        assert!(std::os::unix::fs::symlink(dir.path(), &link).is_ok());
-        assert!(entries_with_inodes(&link, |_| true).is_err());
-        assert!(entries_with_inodes(&dir.path().join("none"), |_| true).is_err());
+        std::os::unix::fs::symlink(dir.path(), &link).expect("a link");
+        assert!(Dir::open(&link).is_err());
     }
 
     #[test]

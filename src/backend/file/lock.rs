@@ -231,12 +231,14 @@ pub fn inherited_holds(path: &Path) -> bool {
 /// either cannot be read (then nothing is known to be held). For showing
 /// a lab: a claim itself always takes the lock for real.
 pub fn held_in(dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
-    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+    // Opened without following a link: the folder's device and entries
+    // are of the folder opened.
+    let Ok(folder) = fsutil::Dir::open(dir) else {
         return Default::default();
     };
-    if !meta.is_dir() {
+    let Ok(meta) = folder.metadata() else {
         return Default::default();
-    }
+    };
     let dev = (libc::major(meta.dev()), libc::minor(meta.dev()));
     // Sorted, for a binary search an entry: no hashing of a thousand
     // numbers.
@@ -252,7 +254,8 @@ pub fn held_in(dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
         return Default::default();
     }
     held.sort_unstable();
-    fsutil::entries_with_inodes(dir, |ino| held.binary_search(&ino).is_ok())
+    folder
+        .entries_with_inodes(|ino| held.binary_search(&ino).is_ok())
         .map(|names| names.into_iter().collect())
         .unwrap_or_default()
 }

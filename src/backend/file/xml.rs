@@ -159,11 +159,7 @@ impl Lazy {
     /// own mistake.
     pub fn build(&self) -> Result<Element, ParseError> {
         let source: Source = Arc::new(self.raw.to_string());
-        let fast = Fast {
-            text: &source,
-            bytes: source.as_bytes(),
-            source: &source,
-        };
+        let fast = Fast::over(&source);
         match fast.element(0, 1) {
             Some((element, end)) if end == source.len() => Ok(element),
             _ => Document::parse(&source).map(|doc| doc.root),
@@ -1144,6 +1140,15 @@ const TEXT_STOPS: [bool; 256] = {
 };
 
 impl<'t> Fast<'t> {
+    /// The scanner over the whole of `source`.
+    fn over(source: &'t Source) -> Fast<'t> {
+        Fast {
+            text: source,
+            bytes: source.as_bytes(),
+            source,
+        }
+    }
+
     fn span(&self, from: usize, to: usize) -> Str {
         Str::within(self.source, &self.text[from..to])
     }
@@ -1841,11 +1846,7 @@ mod tests {
                 .collect();
             let text = String::from_utf8_lossy(&bytes).into_owned();
             let source: Source = Arc::new(text.clone());
-            let fast = Fast {
-                text: &source,
-                bytes: source.as_bytes(),
-                source: &source,
-            };
+            let fast = Fast::over(&source);
             for at in 0..=text.len() {
                 let expected = text.as_bytes()[at..]
                     .iter()
@@ -1968,11 +1969,7 @@ mod tests {
             let mut text = String::new();
             random_element(&mut rng, &PLAIN, 4, &mut text);
             let source: Source = Arc::new(text.clone());
-            let fast = Fast {
-                text: &source,
-                bytes: source.as_bytes(),
-                source: &source,
-            };
+            let fast = Fast::over(&source);
             let (built, end) = fast
                 .element(0, 1)
                 .unwrap_or_else(|| panic!("the fast path refused {text}"));
@@ -1990,11 +1987,7 @@ mod tests {
         // Past the depth limit the fast path steps aside for the reader.
         let deep = "<x>".repeat(MAX_DEPTH) + &"</x>".repeat(MAX_DEPTH);
         let source: Source = Arc::new(deep.clone());
-        let fast = Fast {
-            text: &source,
-            bytes: source.as_bytes(),
-            source: &source,
-        };
+        let fast = Fast::over(&source);
         assert_eq!(fast.element(0, 1), None);
     }
 
