@@ -4,8 +4,10 @@
 //!    10,000 machines, next to `flock LOCKFILE true` and to the floor
 //!    program (benches/floor.c, built with `cc`: the lock, read, write,
 //!    fsync, rename and folder fsync of a run, twice, and `true` between),
-//!    with mama's peak memory; and on one machine with 20,000 events
-//!    recorded;
+//!    with mama's peak memory (and, given `MAMA_BENCH_BEFORE=PATH`, an
+//!    earlier build of mama in the same interleaved rounds, so before and
+//!    after are measured side by side); and on one machine with 20,000
+//!    events recorded;
 //! 2. handoff: from the holder's job ending to the waiter's job starting;
 //! 3. takeover: from a SIGKILL of the holder's `mama` to the waiter's job
 //!    starting;
@@ -13,7 +15,8 @@
 //! 5. `info` with 20,000 events recorded, next to `flock LOCKFILE true`;
 //! 6. `list --json` on 1,000 busy machines (live claims) next to 1,000 free.
 //!
-//! Run with `cargo bench --bench mama`. The jobs that take timestamps are
+//! Run with `cargo bench --bench mama` (`-- claim` for the first part
+//! alone). The jobs that take timestamps are
 //! this very binary, started again with `--bench-helper`: it writes the
 //! `CLOCK_MONOTONIC` time in nanoseconds to a file, which every process of
 //! the host reads alike. Every wait is bounded and every process started is
@@ -47,14 +50,18 @@ fn main() {
     }
     println!("mama binary: {MAMA}");
     println!("load average at start: {}", load_average());
+    // `cargo bench --bench mama -- claim` runs only the first part.
+    let only_claims = args.iter().skip(1).any(|a| a == "claim");
     let mut report = Report::default();
     claim_by_lab_size(&mut report);
-    claim_with_history(&mut report);
-    handoff(&mut report);
-    takeover(&mut report);
-    blocked_cpu(&mut report);
-    info_with_history(&mut report);
-    list_busy_and_free(&mut report);
+    if !only_claims {
+        claim_with_history(&mut report);
+        handoff(&mut report);
+        takeover(&mut report);
+        blocked_cpu(&mut report);
+        info_with_history(&mut report);
+        list_busy_and_free(&mut report);
+    }
     report.print();
     println!("load average at end: {}", load_average());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -139,7 +146,12 @@ fn await_stamp(file: &Path, limit: Duration) -> u64 {
 
 /// `mama ARGS` against `state`, with no MAMA_* variable from outside.
 fn mama<S: AsRef<OsStr>>(state: &Path, args: &[S]) -> Command {
-    let mut cmd = Command::new(MAMA);
+    mama_at(Path::new(MAMA), state, args)
+}
+
+/// [`mama`] for another build of mama, at `bin`.
+fn mama_at<S: AsRef<OsStr>>(bin: &Path, state: &Path, args: &[S]) -> Command {
+    let mut cmd = Command::new(bin);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("MAMA_") {
             cmd.env_remove(key);
@@ -691,6 +703,13 @@ fn timed_rss(name: &str, mut cmd: Command) -> (Duration, u64) {
 fn claim_by_lab_size(report: &mut Report) {
     let dir = tempfile::tempdir().expect("temporary folder");
     let floor = floor_program(dir.path());
+    // An earlier build to measure beside this one, in the same rounds
+    // (`MAMA_BENCH_BEFORE=path/to/mama`): before and after, side by side.
+    let before = std::env::var_os("MAMA_BENCH_BEFORE").map(PathBuf::from);
+    if let Some(bin) = &before {
+        println!("an earlier build beside this one: {}", bin.display());
+    }
+    let sides = if before.is_some() { 4 } else { 3 };
     for (count, iterations) in LAB_SIZES {
         let lab = dir.path().join(format!("lab{count}"));
         fs::create_dir(&lab).expect("a folder for the lab");
@@ -698,12 +717,22 @@ fn claim_by_lab_size(report: &mut Report) {
         let size = fs::metadata(&state).expect("the lab's size").len();
         let floor_state = lab.join("floor.xml");
         fs::copy(&state, &floor_state).expect("a copy for the floor");
+        let before_lab = lab.join("before");
+        fs::create_dir(&before_lab).expect("a folder for the earlier build's lab");
+        let before_state = before_lab.join("mama.xml");
+        fs::copy(&state, &before_state).expect("a copy for the earlier build");
         let lock = lab.join("flock.lock");
         println!(
-            "claim overhead, {count} machines ({} KB): {iterations} x mama run / floor / flock, interleaved",
-            size / 1000
+            "claim overhead, {count} machines ({} KB): {iterations} x mama run / floor / flock{}, interleaved",
+            size / 1000,
+            if before.is_some() {
+                " / earlier mama"
+            } else {
+                ""
+            }
         );
         let run = || mama(&state, &["run", "m0", "--", "true"]);
+        let run_before = |bin: &Path| mama_at(bin, &before_state, &["run", "m0", "--", "true"]);
         let floor_run = || {
             let mut cmd = Command::new(&floor);
             cmd.arg(&floor_state).arg(lab.join("floor.lock"));
@@ -722,19 +751,29 @@ fn claim_by_lab_size(report: &mut Report) {
             timed("mama run (warm-up)", run());
             timed("floor (warm-up)", floor_run());
             timed("flock (warm-up)", flock());
+            if let Some(bin) = &before {
+                timed("earlier mama (warm-up)", run_before(bin));
+            }
         }
         let (mut mama_times, mut floor_times, mut flock_times) = (vec![], vec![], vec![]);
-        let mut peak = 0;
+        let mut before_times = vec![];
+        let (mut peak, mut before_peak) = (0, 0);
         for i in 0..iterations {
-            for k in 0..3 {
-                match (i + k) % 3 {
-                    0 => {
+            for k in 0..sides {
+                match ((i + k) % sides, &before) {
+                    (0, _) => {
                         let (time, rss) = timed_rss("mama run m0 -- true", run());
                         mama_times.push(time);
                         peak = peak.max(rss);
                     }
-                    1 => floor_times.push(timed("floor", floor_run())),
-                    _ => flock_times.push(timed("flock LOCKFILE true", flock())),
+                    (1, _) => floor_times.push(timed("floor", floor_run())),
+                    (2, _) => flock_times.push(timed("flock LOCKFILE true", flock())),
+                    (_, Some(bin)) => {
+                        let (time, rss) = timed_rss("earlier mama run", run_before(bin));
+                        before_times.push(time);
+                        before_peak = before_peak.max(rss);
+                    }
+                    (_, None) => {}
                 }
             }
         }
@@ -748,17 +787,30 @@ fn claim_by_lab_size(report: &mut Report) {
             iterations,
             format!("{to_flock:.2}, {:.2}, {to_floor:.2}", p.median / f.median),
         );
+        if !before_times.is_empty() {
+            let b = report.timing(
+                &format!("{label}: earlier mama run m0 -- true"),
+                &before_times,
+            );
+            report.value(
+                &format!("{label}: earlier mama: ratios to flock, to floor; peak memory"),
+                iterations,
+                format!(
+                    "{:.2}, {:.2}; {:.1} MiB",
+                    b.median / f.median,
+                    b.median / p.median,
+                    mib(before_peak)
+                ),
+            );
+        }
         let limit = 2 * size + (8 << 20);
         report.value(
             &format!("{label}: mama's peak memory (limit 2 x file + 8 MiB)"),
             iterations,
             format!("{:.1} MiB (limit {:.1} MiB)", mib(peak), mib(limit)),
         );
-        match count {
-            100 => report.verdict(&format!("{label}: run / flock"), to_flock, "x", 1.5, None),
-            1_000 => report.verdict(&format!("{label}: run / flock"), to_flock, "x", 2.2, None),
-            10_000 => report.verdict(&format!("{label}: run / floor"), to_floor, "x", 1.3, None),
-            _ => {}
+        if count >= 100 {
+            report.verdict(&format!("{label}: run / floor"), to_floor, "x", 1.25, None);
         }
         report.verdict(
             &format!("{label}: peak memory"),
@@ -770,9 +822,6 @@ fn claim_by_lab_size(report: &mut Report) {
     }
 }
 
-/// Scenario 1, continued: a run on a one-machine lab whose history holds
-/// [`INFO_HISTORY`] events (a long history must not slow claims down),
-/// next to `flock LOCKFILE true`.
 fn claim_with_history(report: &mut Report) {
     const RUNS: usize = 50;
     println!("claim overhead with {INFO_HISTORY} events recorded: {RUNS} x mama run / flock");

@@ -49,22 +49,17 @@ fn kinds(events: &[Value]) -> Vec<&str> {
 /// The state's `<event_seq>`.
 fn event_seq(env: &TestEnv) -> Option<u64> {
     let state = env.read_state();
-    let in_state = state
+    state
         .split_once("<event_seq>")
         .and_then(|(_, rest)| rest.split_once("</event_seq>"))
-        .map(|(number, _)| number.trim().parse().expect("a number in <event_seq>"));
-    let in_journal = journal_records(env)
-        .iter()
-        .filter_map(|r| r["last"].as_u64())
-        .max();
-    in_state.max(in_journal)
+        .map(|(number, _)| number.trim().parse().expect("a number in <event_seq>"))
 }
 
-/// The committed events the state holds itself (`<pending_events>`, then
-/// its journal's records), oldest first.
+/// The committed events the state holds itself (`<pending_events>`),
+/// oldest first.
 fn held(env: &TestEnv) -> Vec<Value> {
     let state = env.read_state();
-    let mut events = match state.split_once("<pending_events>") {
+    match state.split_once("<pending_events>") {
         None => Vec::new(),
         Some((_, rest)) => {
             let (text, _) = rest
@@ -76,9 +71,7 @@ fn held(env: &TestEnv) -> Vec<Value> {
                 .replace("&amp;", "&");
             parse_json_lines(&text)
         }
-    };
-    events.extend(journal_events(env));
-    events
+    }
 }
 
 /// Makes the state commit exactly the events 1..=n of a seeded log: sets

@@ -278,8 +278,9 @@ on_both_backends! {
             assert!((stamped - unix_now()).abs() <= 5, "{stamped} is not now");
             assert_eq!(info["job_host"], host_name(), "{info:#}");
             assert_eq!(info["stale"], false, "{info:#}");
-            // The lab as stored (a file lab's claim is in its journal).
-            let state = env.run(["export"]).ok().to_string();
+            // The lab as stored: the state file itself, or the database's
+            // document.
+            let state = env.stored();
             assert!(
                 state.contains(&format!("<job_pid>{}</job_pid>", mama.pid())),
                 "{state}"

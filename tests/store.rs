@@ -345,7 +345,6 @@ fn killed_writers_leave_the_old_or_the_new_file() {
         "mama.xml.lock",
         "mama.xml.locks",
         "mama.xml.log",
-        "mama.xml.journal",
         ".mama.xml.tmp",
     ];
     let user = user_name();

@@ -210,17 +210,6 @@ impl Store {
         }
     }
 
-    /// [`Store::update`] for a run's claims, releases and places in queues,
-    /// whose truth ends with the processes behind them: a file lab
-    /// appends them to its journal (see [`FileStore::update_claims`]); a
-    /// database lab stores them like any change.
-    pub fn update_claims<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
-        match self {
-            Store::File(store) => store.update_claims(change),
-            Store::Pg(store) => store.update(change),
-        }
-    }
-
     /// The lab, and the newest `count` committed events of `machine`,
     /// oldest first (for `info`: reads only the end of the history).
     pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {

@@ -370,12 +370,9 @@ fn sections() -> Roff {
         &mut r,
         vec![italic("state"), roman(".journal")],
         &[roman(
-            "The journal: a run's claim, its release and its place in a queue are appended \
-             here as one checksummed record each, instead of rewriting the whole state file, \
-             so a run costs what it changes. Every command reads the state file with its \
-             journal; any other change, or a journal grown past a thirty-second of the state file, \
-             writes the state file whole with the journal's changes and empties it. Made \
-             like the state file; a damaged or cut record ends what is read of it.",
+            "Only where an earlier mama left one: the claims and releases it appended here \
+             instead of writing them into the state file. mama reads them with the state file, \
+             and its next write takes them into the state file and removes this file.",
         )],
     );
 

@@ -489,18 +489,17 @@ pub fn acquire(
             locks: store,
         };
         let token = place.as_ref().map(|p| p.token.as_str());
-        let attempt = match store
-            .update_claims(|lab| attempt(lab, store, wanted, caller, &judge, intent, token))
-        {
-            // A lab this user may only read (a read-only file system, no
-            // write permission): `wait` judges what it reads and writes
-            // nothing, so a stale job counts as free and stays recorded.
-            Err(Error::ReadOnly { .. }) if matches!(intent, Intent::Wait) => {
-                read_only = true;
-                judge_read_only(store, wanted, caller, &judge)
-            }
-            other => other,
-        };
+        let attempt =
+            match store.update(|lab| attempt(lab, store, wanted, caller, &judge, intent, token)) {
+                // A lab this user may only read (a read-only file system, no
+                // write permission): `wait` judges what it reads and writes
+                // nothing, so a stale job counts as free and stays recorded.
+                Err(Error::ReadOnly { .. }) if matches!(intent, Intent::Wait) => {
+                    read_only = true;
+                    judge_read_only(store, wanted, caller, &judge)
+                }
+                other => other,
+            };
         let wait = match attempt {
             Ok(Attempt::Claimed(claim)) => break Ok(Acquired::Claimed(Box::new(claim))),
             Ok(Attempt::Free(machine)) => break Ok(Acquired::Free(machine)),
@@ -633,7 +632,7 @@ pub fn acquire(
     // whose lock is let go is removed by the next waiter anyway).
     if let (Err(_), Some(held)) = (&result, &place) {
         let token = held.token.clone();
-        let _ = store.update_claims(|lab| {
+        let _ = store.update(|lab| {
             leave_queues(lab, &token, &[])?;
             Ok(())
         });
@@ -1095,7 +1094,7 @@ impl Claim {
         if let Some(lock) = lock.as_mut() {
             lock.stop_keeping(store);
         }
-        store.update_claims(|lab| {
+        store.update(|lab| {
             // Close the job lock inside the transaction, so a waiter it
             // wakes reads the state only after this write. Closed, not
             // unlocked: processes of the job that still run (a nested run

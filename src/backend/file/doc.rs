@@ -750,6 +750,13 @@ impl XmlLab {
         self.set_top_level(JOURNAL_FOLDED, token);
     }
 
+    /// Drops the token of a folded journal once no journal is left.
+    pub fn forget_journal_folded(&mut self) {
+        if let Some(at) = self.doc.root.position(JOURNAL_FOLDED) {
+            self.doc.root.remove_child(at);
+        }
+    }
+
     pub fn set_event_seq(&mut self, seq: u64) {
         self.set_top_level(EVENT_SEQ, &seq.to_string());
     }

@@ -1,50 +1,35 @@
-//! The journal: what runs change, appended beside the state file instead
-//! of rewriting it.
+//! A journal left by an earlier mama, folded into the state file.
 //!
-//! A run's claim, its release and its place in a queue change a few fields
-//! of one machine; rewriting a lab of thousands of machines for each (twice
-//! per run, with two fsyncs each) made a run cost what the lab holds. Such
-//! a transaction appends one record, its field changes and its events, to
-//! the journal `S.journal` beside the state file `S` (created like the
-//! state file, so whoever may read the lab reads it; written under the
-//! lab's locks). The lab is `S` with its journal applied: every reader replays
-//! the records onto the file it read, and a transaction of any other kind,
-//! or one that finds the journal long (see [`FOLD_MIN`]), writes the state
-//! file whole as before (the journal's changes with it) and empties the
-//! journal, after the rename.
+//! An earlier mama appended a run's claims, releases and places in queues
+//! to `S.journal` beside the state file `S` instead of rewriting the lab,
+//! so the state file did not show who held a machine. mama now writes
+//! every change into the state file; a journal it finds (a lab upgraded
+//! while jobs ran, or a host still running the earlier mama) is read with
+//! the state, so no claim or event in it is lost, folded into the state
+//! file by the next write, and removed.
 //!
 //! Format: a header line `mama journal 1 TOKEN` (16 random hex digits),
 //! then one line a record, `HASH JSON`: HASH is the FNV-1a 64-bit hash of
 //! the JSON text in 16 lower-case hex digits. A fold writes the journal's
 //! token into the new state file (`<journal_folded>`) in the same rename
-//! that takes its changes in, and empties the journal afterwards: a
+//! that takes its changes in, and removes the journal afterwards: a
 //! journal whose token the state file names was folded already (its
-//! writer was killed before emptying it) and is never applied again; the
-//! next writer empties it. Any other journal applies to the state file as
-//! it is, so a change made to the file by hand while jobs run keeps their
-//! claims. Records are read up to the first one that is cut short or
-//! damaged; a change to a machine the file no longer has is skipped. A
-//! writer killed mid-append, or a crash before the kernel wrote the
-//! journal out, loses at most the newest records, never the lab's
-//! validity. The state file itself is never written except whole, as
-//! before.
-//!
-//! Records are not synced where the lab's folder is on this kernel's own
-//! file system: what they hold (a claim, a release, a place in a queue) is
-//! only true while this kernel runs, and after a crash every claim it made
-//! is of an earlier boot, stale whether or not its record survived. On a
-//! network file system (NFS, SMB, 9p, FUSE and the like), where the lab
-//! may outlive the writer's kernel and serve other hosts, each record is
-//! synced.
+//! writer was killed before removing it) and is never applied again.
+//! Records are read up to the first one that is cut short or damaged; a
+//! change to a machine the file no longer has is skipped.
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use {
+    crate::error::{Error, Result},
+    serde::Serialize,
+    std::os::unix::fs::FileExt,
+};
 
-use crate::error::{Error, Result};
 use crate::model::Change;
 use crate::model::event::Event;
 use crate::model::field::Field;
@@ -52,21 +37,9 @@ use crate::model::field::Field;
 /// The first words of a journal's header.
 pub const HEADER: &str = "mama journal 1";
 
-/// A transaction that finds the journal a thirty-second as long as the
-/// state file, but at least [`FOLD_MIN`] and at most [`FOLD_MAX`] bytes,
-/// writes the state file whole instead (a fold). A record is some 300 to
-/// 900 bytes, and replaying one costs a claim some 4 us; a fold costs a
-/// full write with its syncs (some 3 ms on a small lab, more on a large
-/// one). The bounds keep a run's replays about as dear as its share of
-/// the folds: on a lab of a thousand machines, an eighth of the state file
-/// made replays cost a run 0.3 ms on average, against 0.1 ms at a
-/// thirty-second.
-pub const FOLD_MIN: u64 = 16 << 10;
-/// See [`FOLD_MIN`].
-pub const FOLD_MAX: u64 = 64 << 10;
-
-/// The most of a file read as a journal: far past [`FOLD_MAX`] and any
-/// record, so only a file mama did not write is cut there.
+/// The most of a file read as a journal: far past the longest journal an
+/// earlier mama let grow (64 KiB), so only a file mama did not write is cut
+/// there.
 const MAX_READ: u64 = 4 << 20;
 
 /// A state file as `fstat` tells it: device, inode, length and
@@ -94,6 +67,7 @@ impl Identity {
 }
 
 /// A journal's first line.
+#[cfg(test)]
 fn header(token: &str) -> String {
     format!("{HEADER} {token}\n")
 }
@@ -128,6 +102,7 @@ struct RecordText {
     events: Option<Box<serde_json::value::RawValue>>,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct RecordOut<'r> {
     changes: Vec<Vec<&'r str>>,
@@ -157,6 +132,7 @@ pub fn fnv1a_64(bytes: &[u8]) -> u64 {
 impl Record {
     /// A record of `changes` (only changes [`may_journal`] allows) and
     /// `events`, numbered.
+    #[cfg(test)]
     pub fn new(changes: Vec<Change>, events: &[Event]) -> Result<Record> {
         if let Some(other) = changes.iter().find(|c| !may_journal(c)) {
             return Err(Error::Invalid(format!(
@@ -190,6 +166,7 @@ impl Record {
     }
 
     /// The record as one line of the journal, newline included.
+    #[cfg(test)]
     pub fn encode(&self) -> Result<Vec<u8>> {
         let changes = self
             .changes
@@ -338,12 +315,6 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Whether the next transaction folds the journal into the state file
-    /// (see [`FOLD_MIN`]).
-    pub fn is_due(&self) -> bool {
-        self.bytes.len() as u64 >= (self.state.size / 32).clamp(FOLD_MIN, FOLD_MAX)
-    }
-
     /// The events of the records, in order.
     pub fn events(&self) -> Vec<Event> {
         self.records.iter().flat_map(Record::events).collect()
@@ -381,7 +352,9 @@ impl Journal {
     /// records, cutting away whatever followed them. Synced when `sync`.
     /// On failure the file is cut back to what it held before, as far as
     /// it can be.
-    /// A new journal takes the token `fresh`.
+    /// A new journal takes the token `fresh`. (Only the tests write
+    /// journals now, as an earlier mama did.)
+    #[cfg(test)]
     pub fn append(&mut self, file: &File, record: &Record, sync: bool, fresh: &str) -> Result<()> {
         let line = record.encode()?;
         let mut text = Vec::with_capacity(line.len() + 64);
@@ -420,40 +393,6 @@ impl Journal {
         self.is_journal = true;
         Ok(())
     }
-}
-
-/// Whether records written to `file` (the journal) must be synced:
-/// its file system is not one that only this kernel writes.
-pub fn must_sync(file: &File) -> bool {
-    // SAFETY: a zeroed statfs is a valid value to be written into.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and a valid struct for the call.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
-        return true;
-    }
-    !is_local(fs.f_type as i64)
-}
-
-/// File systems whose data only this kernel writes (a block device's file
-/// systems, memory, and overlays of them, as containers use). Any other
-/// (NFS, SMB, 9p, FUSE, cluster file systems) may be shared with other
-/// kernels.
-fn is_local(kind: i64) -> bool {
-    const LOCAL: [i64; 12] = [
-        0xEF53,      // ext2, ext3, ext4
-        0x5846_5342, // xfs
-        0x9123_683E, // btrfs
-        0x0102_1994, // tmpfs
-        0x8584_58f6, // ramfs
-        0xF2F5_2010, // f2fs
-        0x2FC1_2FC1, // zfs
-        0xCA45_1A4E, // bcachefs
-        0x794C_7630, // overlayfs
-        0x3153_464A, // jfs
-        0x5265_4973, // reiserfs
-        0x4d44,      // vfat
-    ];
-    LOCAL.contains(&kind)
 }
 
 #[cfg(test)]

@@ -73,19 +73,10 @@ pub struct FileStore {
 /// again: that text was checked when read, and what changed was proven
 /// when written. Anything else in the file, even one byte changed in place
 /// by another tool, and the file is read afresh.
-///
-/// After a transaction that went into the journal, the state file is
-/// unchanged: then it must be the file the journal names, and the lock
-/// file must hold exactly the journal this process left.
 #[derive(Debug, Clone)]
 struct Written {
     doc: XmlLab,
     lab: Lab,
-    /// The journal as this transaction left it.
-    journal: Journal,
-    /// The state file holds the text `doc` renders (it was written whole);
-    /// else `doc` is the state file with the journal applied.
-    rendered: bool,
 }
 
 /// Checks each symbolic link on the way from the state path to the real
@@ -481,25 +472,14 @@ impl FileStore {
     /// Runs one transaction: `change` gets the current lab; when it returns
     /// `Ok` having changed the lab, its changes are replayed onto the state
     /// file's tree and the new file is written (atomically, or in place
-    /// where PHP mama shares it). The
-    /// state file is never written when `change` fails or changes nothing.
-    /// A lab this user may not write (no permission on the state file or
-    /// its folder, a read-only file system) is [`Error::ReadOnly`], before
-    /// `change` runs where that can be told.
+    /// where PHP mama shares it), its events with it. Every change, a run's
+    /// claim and release included, is in the state file once the
+    /// transaction ends. The state file is never written when `change`
+    /// fails or changes nothing. A lab this user may not write (no
+    /// permission on the state file or its folder, a read-only file
+    /// system) is [`Error::ReadOnly`], before `change` runs where that can
+    /// be told.
     pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
-        self.transact(false, change)
-    }
-
-    /// [`FileStore::update`] for a run's claims, releases and places in
-    /// queues: when `change` changed only jobs and queues, its record goes
-    /// into the journal (see [`journal`]) instead of a new state file,
-    /// unless the journal is due to be folded into the state file, or PHP
-    /// mama shares the file.
-    pub fn update_claims<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
-        self.transact(true, change)
-    }
-
-    fn transact<T>(&self, claims: bool, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
         let like = self.metadata()?;
         if like.is_none() && !self.dir().is_dir() {
             return Err(Error::Invalid(format!(
@@ -515,21 +495,25 @@ impl FileStore {
         let lab_lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
         let state_lock = self.lock_state(Mode::Exclusive)?;
         let lock_file = lab_lock.as_ref().map(FileLock::file);
-        // The journal, when there is one this user may write (else this
-        // transaction writes the state file whole, and its journal, which
-        // then names an older file, is never applied).
-        let mut journal_file = match state_lock {
-            Some(_) => fsutil::open_file(&self.journal_path(), true).ok().flatten(),
+        // A journal an earlier mama left (see [`journal`]): read with the
+        // state, folded into it by this write, then removed.
+        let journal_file = match state_lock {
+            Some(_) => fsutil::open_file(&self.journal_path(), false)?,
             None => None,
         };
-        // What this store's last transaction left, when the files still
-        // hold exactly that (else the file is read afresh).
+        // What this store's last transaction left, when the file still
+        // holds exactly that (else the file is read afresh).
         let last = self.last_written().take();
         let (mut doc, mut lab, rolled_forward, mut journal) = match (last, &state_lock) {
             (Some(last), Some(state))
-                if self.still_holds(state.file(), journal_file.as_ref(), &last)? =>
+                if journal_file.is_none() && self.holds(state.file(), &last.doc)? =>
             {
-                (last.doc, last.lab, false, last.journal)
+                (
+                    last.doc,
+                    last.lab,
+                    false,
+                    Journal::none(Identity::default()),
+                )
             }
             _ => {
                 let mut loaded = self.load(
@@ -541,78 +525,40 @@ impl FileStore {
                 (loaded.doc, lab, loaded.rolled_forward, loaded.journal)
             }
         };
-        // A stale journal (its state file was replaced or written since)
-        // or a journal's damaged end goes at once, before anything else.
-        if journal.needs_emptying()
-            && let Some(file) = &journal_file
-            && file.set_len(journal.bytes.len() as u64).is_ok()
-        {
-            journal.len = journal.bytes.len() as u64;
-        }
         let value = change(&mut lab)?;
-        let mut rendered = true;
-        if lab.is_changed() || rolled_forward {
-            let to_journal = claims
-                && !rolled_forward
-                && state_lock.is_some()
-                && !journal.is_due()
-                && lab.changes().iter().all(journal::may_journal)
-                && !self.in_place(&doc);
-            if to_journal && journal_file.is_none() {
-                journal_file = fsutil::open_or_create(&self.journal_path(), like.as_ref())
-                    .ok()
-                    .map(|(file, _)| file);
-            }
+        let folds = !journal.records.is_empty();
+        if lab.is_changed() || rolled_forward || folds {
             doc.apply(lab.changes())?;
             let events = lab.take_events();
-            let mut appended = false;
-            if let (true, Some(file)) = (to_journal, &journal_file) {
-                let events = self
-                    .number_events(&doc, &journal, events, like.as_ref())
+            self.take_journal_events(&mut doc, &mut journal)?;
+            if !events.is_empty() {
+                self.commit_events(&mut doc, events, like.as_ref(), true)
                     .map_err(|e| self.with_advice(e))?;
-                let record = Record::new(lab.changes().to_vec(), &events)?;
-                appended = journal
-                    .append(file, &record, journal::must_sync(file), &new_token())
-                    .is_ok();
-                if !appended {
-                    self.take_journal_events(&mut doc, &mut journal)?;
-                    self.commit_events(&mut doc, events, like.as_ref(), false)
-                        .map_err(|e| self.with_advice(e))?;
-                }
-            } else {
-                self.take_journal_events(&mut doc, &mut journal)?;
-                if !events.is_empty() {
-                    self.commit_events(&mut doc, events, like.as_ref(), true)
-                        .map_err(|e| self.with_advice(e))?;
-                }
             }
-            if appended {
-                rendered = false;
-            } else {
-                match (&state_lock, lock_file) {
-                    (Some(state), Some(lock_file)) if self.in_place(&doc) => {
-                        self.write_in_place(&doc, state.file(), lock_file)?
-                    }
-                    _ => self.replace(&doc)?,
-                }
-                // The journal is in the new state file now: empty it (a
-                // writer killed first leaves it naming the old file: stale).
-                if let Some(file) = &journal_file
-                    && journal.len > 0
-                {
-                    let _ = file.set_len(0);
-                }
-                let written = self.metadata()?;
-                journal = Journal::none(written.as_ref().map_or(journal.state, Identity::of));
-                if rolled_forward {
-                    say!(
-                        "mama: {} had been cut short by a writer killed while writing it; \
-                         put back its roll-forward copy from {}",
-                        self.path.display(),
-                        self.lock_path().display()
-                    );
-                }
+            if journal_file.is_none() {
+                doc.forget_journal_folded();
             }
+            match (&state_lock, lock_file) {
+                (Some(state), Some(lock_file)) if self.in_place(&doc) => {
+                    self.write_in_place(&doc, state.file(), lock_file)?
+                }
+                _ => self.replace(&doc)?,
+            }
+            if rolled_forward {
+                say!(
+                    "mama: {} had been cut short by a writer killed while writing it; \
+                     put back its roll-forward copy from {}",
+                    self.path.display(),
+                    self.lock_path().display()
+                );
+            }
+        }
+        // An earlier mama's journal goes once the state file holds it (a
+        // writer killed before this leaves it naming the state that folded
+        // it, so it is never applied again), or at once when there is
+        // nothing in it to fold.
+        if journal_file.is_some() {
+            let _ = fsutil::remove_file(&self.journal_path());
         }
         // A copy left by a writer killed after it had written the state
         // whole is not needed: the state stands.
@@ -624,39 +570,8 @@ impl FileStore {
         *self.last_written() = Some(Box::new(Written {
             doc,
             lab: lab.settled(),
-            journal,
-            rendered,
         }));
         Ok(value)
-    }
-
-    /// Whether the files still hold what `last` left: the state file its
-    /// text (written whole) or the file its journal names, and the journal
-    /// file exactly its journal.
-    fn still_holds(
-        &self,
-        state: &File,
-        journal_file: Option<&File>,
-        last: &Written,
-    ) -> Result<bool> {
-        let io = |e| Error::io("read", &self.path, e);
-        let meta = state.metadata().map_err(io)?;
-        let state_holds = match last.rendered {
-            true => self.holds(state, &last.doc)?,
-            false => Identity::of(&meta) == last.journal.state,
-        };
-        let want = &last.journal.bytes;
-        let Some(file) = journal_file else {
-            return Ok(state_holds && want.is_empty());
-        };
-        let io = |e| Error::io("read", &self.journal_path(), e);
-        let len = file.metadata().map_err(io)?.len();
-        if !state_holds || len != want.len() as u64 {
-            return Ok(false);
-        }
-        let mut bytes = vec![0; want.len()];
-        file.read_exact_at(&mut bytes, 0).map_err(io)?;
-        Ok(bytes == *want)
     }
 
     /// Whether PHP mama shares the state file, so it is written in place:
@@ -698,26 +613,6 @@ impl FileStore {
         doc.set_pending_events(&pending)?;
         doc.set_event_seq(last);
         Ok(())
-    }
-
-    /// Numbers the events of a transaction that goes into the journal:
-    /// after every event the state, its journal and the log hold.
-    fn number_events(
-        &self,
-        doc: &XmlLab,
-        journal: &Journal,
-        events: Vec<Event>,
-        like: Option<&Metadata>,
-    ) -> Result<Vec<Event>> {
-        if events.is_empty() {
-            return Ok(events);
-        }
-        let seq = doc.event_seq().into_iter().chain(journal.last_seq()).max();
-        let mut numbered = doc.pending_events();
-        let before = numbered.len();
-        self.history()
-            .commit(seq, &mut numbered, events, like, false)?;
-        Ok(numbered.split_off(before))
     }
 
     /// Takes the journal into the state before it is written whole: its
