@@ -37,6 +37,7 @@ pub mod error;
 pub mod exit;
 pub mod model;
 pub mod settings;
+pub mod text;
 
 use backend::Store;
 use cli::{Cli, Command};

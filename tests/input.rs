@@ -22,10 +22,13 @@ fn output(mut cmd: std::process::Command) -> Run {
 // ---------------------------------------------------------------------------
 // Control characters
 
-/// Whether `c` could move a terminal's cursor or start an escape sequence:
-/// C0 controls (line breaks aside), DEL and C1 controls.
+/// Whether `c` could move a terminal's cursor, start an escape sequence or
+/// reorder what is shown: C0 controls (line breaks aside), DEL and C1
+/// controls, bidirectional controls and line separators.
 fn is_terminal_control(c: char) -> bool {
-    (c.is_control() && c != '\n') || ('\u{80}'..='\u{9f}').contains(&c)
+    (c.is_control() && c != '\n')
+        || ('\u{80}'..='\u{9f}').contains(&c)
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[track_caller]
@@ -550,4 +553,67 @@ fn a_url_as_the_state_is_a_database_or_refused_never_taken_for_a_missing_file() 
     let stderr = run.fails_saying(125, "is a URL of scheme ftp://");
     assert!(!stderr.contains("secret"), "{run:#?}");
     assert!(env.files().is_empty(), "{:?}", env.files());
+}
+
+// ---------------------------------------------------------------------------
+// Limits
+
+#[test]
+fn a_state_file_past_the_limit_is_refused_before_it_is_read() {
+    let env = TestEnv::new();
+    env.add("m0", 1);
+    // A sparse file of 100 GB, as a member who may write the file can make.
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&env.state)
+        .expect("open the state");
+    file.set_len(100 << 30).expect("make it sparse");
+    drop(file);
+    for args in [
+        vec!["list"],
+        vec!["info", "m0"],
+        vec!["set", "m0", "os", "x"],
+    ] {
+        let run = env.run(&args);
+        let text = run.fails_saying(1, "past the 256 MiB a lab may hold");
+        assert!(text.contains("mama.xml"), "{text}");
+    }
+    let run = env.run(["run", "m0", "--", "true"]);
+    run.fails_saying(125, "past the 256 MiB a lab may hold");
+    assert_eq!(
+        fs::metadata(&env.state).expect("the state").len(),
+        100 << 30
+    );
+}
+
+#[test]
+fn an_endless_import_stops_at_the_limit() {
+    let env = TestEnv::new();
+    let run = env.run(["import", "/dev/zero"]);
+    run.fails_saying(1, "past the 256 MiB a lab may hold");
+    assert!(!env.state.exists(), "{:?}", env.files());
+    // An endless stream on stdin.
+    let mut yes = std::process::Command::new("yes")
+        .arg("<x>")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("yes runs");
+    let mut cmd = env.cmd(["import", "-"]);
+    cmd.stdin(yes.stdout.take().expect("its output"));
+    let run = output(cmd);
+    let _ = yes.kill();
+    let _ = yes.wait();
+    run.fails_saying(1, "past the 256 MiB a lab may hold");
+    assert!(!env.state.exists(), "{:?}", env.files());
+}
+
+#[test]
+fn a_name_with_a_bidirectional_control_is_refused() {
+    let env = TestEnv::new();
+    for name in ["a\u{202e}b", "a\u{2066}b", "a\u{2028}b"] {
+        let run = env.run(["add", name, "--mac", "02:00:00:00:00:01"]);
+        let text = run.fails_saying(1, "contains white space or a control character");
+        assert_printable("the refusal", text);
+    }
+    assert!(!env.state.exists());
 }

@@ -617,13 +617,24 @@ pub fn export(store: &Store) -> Result<()> {
 /// already is refused unless `replace`.
 pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) -> Result<()> {
     use std::io::Read;
-    let mut text = String::new();
+    // Read up to one byte past the limit: an endless stream (`/dev/zero`,
+    // `yes | mama import -`) stops there.
+    let limit = crate::backend::file::doc::MAX_DOCUMENT;
+    let mut bytes = Vec::new();
     let read = if file == Path::new("-") {
-        std::io::stdin().read_to_string(&mut text)
+        std::io::stdin().take(limit + 1).read_to_end(&mut bytes)
     } else {
-        std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text))
+        std::fs::File::open(file).and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
     };
     read.map_err(|e| Error::io("read", file, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(crate::backend::file::too_large(file, bytes.len() as u64));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| Error::Corrupt {
+        path: file.to_path_buf(),
+        location: None,
+        message: format!("the file is not valid UTF-8 ({e})"),
+    })?;
     let doc = XmlLab::parse(&text).map_err(|e| Error::Corrupt {
         path: file.to_path_buf(),
         location: (e.line > 0).then_some((e.line, e.column)),

@@ -20,15 +20,7 @@ use crate::engine::stale::{Judge, Verdict};
 use crate::model::event::Event;
 use crate::model::field::Field;
 use crate::model::{JobRecord, Machine};
-
-/// Whether a terminal could act on `c`: C0 controls (line breaks and tabs
-/// included), DEL and C1 controls, and the bidirectional controls and line
-/// separators that reorder or break what is shown (U+2028/9, U+202A-E,
-/// U+2066-9).
-fn is_terminal_control(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
+use crate::text::is_terminal_control;
 
 /// `text` made safe for a terminal: every control character, which could
 /// move the cursor, start an escape sequence or fake a line, is shown as an

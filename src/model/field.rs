@@ -231,8 +231,9 @@ pub fn normalize_mac(value: &str) -> Result<String, Error> {
     Ok(octets.join(":").to_ascii_lowercase())
 }
 
-/// A new machine's name: printable, no white space, not `all` (which
-/// `clear all` means), not starting with `-`.
+/// A new machine's name: printable (no control a terminal acts on, the
+/// bidirectional ones included), no white space, not `all` (which `clear
+/// all` means), not starting with `-`.
 pub fn check_name(name: &str) -> Result<(), Error> {
     let problem = if name.is_empty() {
         Some("is empty")
@@ -240,7 +241,10 @@ pub fn check_name(name: &str) -> Result<(), Error> {
         Some("is reserved: `mama clear all` means every machine")
     } else if name.starts_with('-') {
         Some("starts with '-'")
-    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    } else if name
+        .chars()
+        .any(|c| c.is_whitespace() || crate::text::is_terminal_control(c))
+    {
         Some("contains white space or a control character")
     } else if name.len() > 255 {
         Some("is longer than 255 bytes")

@@ -23,6 +23,11 @@ use crate::model::event::Event;
 use crate::model::field::Field;
 use crate::model::{Change, Lab, Machine, NewMachine};
 
+/// The largest document mama reads (a state file, a roll-forward copy, an
+/// `import`): some five times a lab of 100,000 machines as upstream writes
+/// them. A larger one is refused before it is read, never allocated.
+pub const MAX_DOCUMENT: u64 = 256 << 20;
+
 const MACHINE: &str = "machine";
 const ROOT: &str = "settings";
 /// mama's own top-level element: the last event the state committed.

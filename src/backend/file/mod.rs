@@ -202,7 +202,7 @@ struct Loaded {
 const ROLL_FORWARD: &str = "mama roll-forward 1";
 
 /// The longest roll-forward copy read back (it is a copy of a state file).
-const MAX_COPY: u64 = 64 << 20;
+const MAX_COPY: u64 = doc::MAX_DOCUMENT + 4096;
 
 /// PHP mama's own file in its folder (`MAMA_PATH`), beside `mama.xml`: it
 /// copies it when mama.xml is missing.
@@ -238,6 +238,16 @@ impl Loaded {
             last_event: self.doc.event_seq().max(self.journal.last_seq()),
         }
     }
+}
+
+/// The error of a document past [`doc::MAX_DOCUMENT`].
+pub fn too_large(path: &Path, size: u64) -> Error {
+    Error::Invalid(format!(
+        "{} is {} bytes or more, past the {} MiB a lab may hold; mama reads no larger file",
+        path.display(),
+        size,
+        doc::MAX_DOCUMENT >> 20
+    ))
 }
 
 /// Whether `file` is the file now at `path` (not one renamed away).
@@ -730,14 +740,20 @@ impl FileStore {
         let meta = file
             .metadata()
             .map_err(|e| Error::io("read", &self.path, e))?;
+        if meta.len() > doc::MAX_DOCUMENT {
+            return Err(too_large(&self.path, meta.len()));
+        }
         // Sized once: a lab of ten thousand machines is megabytes, and
         // growing the buffer by doubling would copy it and hold twice it.
         let size = usize::try_from(meta.len()).unwrap_or(0);
         let mut bytes = Vec::with_capacity(size.saturating_add(1));
         populate(&mut bytes);
         file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.read_to_end(&mut bytes))
+            .and_then(|_| file.take(doc::MAX_DOCUMENT + 1).read_to_end(&mut bytes))
             .map_err(|e| Error::io("read", &self.path, e))?;
+        if bytes.len() as u64 > doc::MAX_DOCUMENT {
+            return Err(too_large(&self.path, bytes.len() as u64));
+        }
         let broken = match self.parse(bytes) {
             Ok(mut doc) => {
                 let journal = self.replay(&mut doc, Identity::of(&meta), journal)?;
