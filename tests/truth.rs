@@ -224,3 +224,75 @@ fn a_reader_who_may_not_write_the_lab_sees_the_claims_in_the_file() {
     env.touch("held.go");
     holder.finish(LIMIT).ok();
 }
+
+/// A small tmpfs mounted at `dir` for as long as it lives.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        fs::create_dir_all(&dir).expect("a mount point");
+        let run: Run = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .expect("mount runs (the tests run as root)")
+            .into();
+        run.ok();
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` with a file `filler`, to its last byte.
+fn fill(dir: &std::path::Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = fs::File::create(&path).expect("a filler");
+    let block = vec![b'x'; 4096];
+    while file.write_all(&block).is_ok() {}
+    while file.write_all(b"x").is_ok() {}
+    path
+}
+
+#[test]
+fn a_stale_clear_is_told_only_once_the_state_file_holds_it() {
+    let env = TestEnv::new();
+    let disk = Tmpfs::mount(env.path().join("disk"), "256k");
+    let state = disk.0.join("mama.xml");
+    let mama = |args: &[&str]| -> Run {
+        let mut cmd = env.cmd(args);
+        cmd.arg("--state").arg(&state);
+        cmd.output().expect("mama runs").into()
+    };
+    mama(&["add", "m0", "--mac", "02:00:00:00:00:01"]).ok();
+    let text = with_job(
+        &fs::read_to_string(&state).expect("the state"),
+        "m0",
+        "filler",
+        Some(dead_pid()),
+        unix_now(),
+    );
+    fs::write(&state, text).expect("a stale job");
+    let filler = fill(&disk.0);
+    let run = mama(&["wait", "m0", "--timeout", "5"]);
+    let said = run.fails(1).to_string();
+    assert!(!said.contains("cleared stale job"), "{said}");
+    assert!(said.contains("No space left on device"), "{said}");
+    assert!(
+        fs::read_to_string(&state)
+            .expect("the state")
+            .contains("<job>filler</job>")
+    );
+    // With room again, the clear is made and told, the PID said once.
+    fs::remove_file(filler).expect("make room");
+    let run = mama(&["wait", "m0", "--timeout", "5"]);
+    let said = run
+        .ok_saying("cleared stale job 'filler' on m0")
+        .to_string();
+    assert_eq!(said.matches("PID").count(), 1, "{said}");
+}

@@ -278,10 +278,36 @@ fn busy(
     Ok(None)
 }
 
+/// A stale job a look cleared, to be reported once its transaction has
+/// committed (a clear whose write failed was never made).
+pub struct Cleared {
+    machine: String,
+    job: JobRecord,
+    reason: StaleReason,
+}
+
+impl Cleared {
+    /// Says on stderr what was cleared.
+    fn report(&self) {
+        // The reason names the PID where the PID decided.
+        say!(
+            "mama: cleared stale job '{}' on {}: {}",
+            render::printable(&self.job.label),
+            self.machine,
+            self.reason
+        );
+    }
+}
+
 /// Clears the stale jobs that stand between the caller and `target`, and
 /// stamps jobs that have neither PID nor timestamp so they can age. Each
-/// clear is reported on stderr.
-fn sweep(lab: &mut Lab, target: &str, judge: &Judge<'_, Processes>) -> Result<()> {
+/// clear goes into `cleared`, reported once the transaction commits.
+fn sweep(
+    lab: &mut Lab,
+    target: &str,
+    judge: &Judge<'_, Processes>,
+    cleared: &mut Vec<Cleared>,
+) -> Result<()> {
     for name in deciding_machines(lab, target)? {
         let mut machine = lab.get_mut(&name)?;
         let Some(job) = machine.view().job() else {
@@ -290,26 +316,22 @@ fn sweep(lab: &mut Lab, target: &str, judge: &Judge<'_, Processes>) -> Result<()
         match judge.judge(&name, &job) {
             Verdict::Stale(reason) => {
                 machine.clear_job()?;
-                report_cleared(&name, &job, &reason);
                 lab.record(
                     Event::new(Kind::StaleCleared, &name)
                         .job(&job)
                         .detail(reason.to_string()),
                 );
+                cleared.push(Cleared {
+                    machine: name,
+                    job,
+                    reason,
+                });
             }
             Verdict::Unstamped => machine.set(Field::JobTimestamp, &judge.now.to_string())?,
             Verdict::Live | Verdict::HeldByLock | Verdict::Remote(_) => {}
         }
     }
     Ok(())
-}
-
-fn report_cleared(machine: &str, job: &JobRecord, reason: &StaleReason) {
-    let pid = job.pid.map(|p| format!(", PID {p}")).unwrap_or_default();
-    say!(
-        "mama: cleared stale job '{}' on {machine}{pid}: {reason}",
-        render::printable(&job.label)
-    );
 }
 
 /// How long `--no-wait` waits for a free record's job lock (outside the
@@ -489,17 +511,23 @@ pub fn acquire(
             locks: store,
         };
         let token = place.as_ref().map(|p| p.token.as_str());
-        let attempt =
-            match store.update(|lab| attempt(lab, store, wanted, caller, &judge, intent, token)) {
-                // A lab this user may only read (a read-only file system, no
-                // write permission): `wait` judges what it reads and writes
-                // nothing, so a stale job counts as free and stays recorded.
-                Err(Error::ReadOnly { .. }) if matches!(intent, Intent::Wait) => {
-                    read_only = true;
-                    judge_read_only(store, wanted, caller, &judge)
-                }
-                other => other,
-            };
+        // A clear is told only once the lab holds it.
+        let attempt = store
+            .update(|lab| attempt(lab, store, wanted, caller, &judge, intent, token))
+            .map(|(attempt, cleared)| {
+                cleared.iter().for_each(Cleared::report);
+                attempt
+            });
+        let attempt = match attempt {
+            // A lab this user may only read (a read-only file system, no
+            // write permission): `wait` judges what it reads and writes
+            // nothing, so a stale job counts as free and stays recorded.
+            Err(Error::ReadOnly { .. }) if matches!(intent, Intent::Wait) => {
+                read_only = true;
+                judge_read_only(store, wanted, caller, &judge)
+            }
+            other => other,
+        };
         let wait = match attempt {
             Ok(Attempt::Claimed(claim)) => break Ok(Acquired::Claimed(Box::new(claim))),
             Ok(Attempt::Free(machine)) => break Ok(Acquired::Free(machine)),
@@ -765,10 +793,11 @@ fn attempt(
     judge: &Judge<'_, Processes>,
     intent: &Intent,
     token: Option<&str>,
-) -> Result<Attempt> {
+) -> Result<(Attempt, Vec<Cleared>)> {
     let candidates = wanted.candidates(lab)?;
+    let mut cleared = Vec::new();
     for target in &candidates {
-        sweep(lab, target, judge)?;
+        sweep(lab, target, judge, &mut cleared)?;
     }
     // Every queue of the lab: a place left by a waiter that died anywhere
     // must not count (its ticket included).
@@ -818,7 +847,7 @@ fn attempt(
                     if let Some(token) = token {
                         leave_queues(lab, token, &[])?;
                     }
-                    return Ok(done);
+                    return Ok((done, cleared));
                 }
             }
             continue;
@@ -868,7 +897,7 @@ fn attempt(
         // of the others.
         wait.sleep = Sleep::Poll;
     }
-    Ok(Attempt::Busy(wait))
+    Ok((Attempt::Busy(wait), cleared))
 }
 
 /// Whether the caller holds `target` already: a live job on it or on a
