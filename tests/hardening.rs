@@ -741,3 +741,72 @@ fn a_log_far_past_its_limit_is_refused_not_read() {
     }
     assert_eq!(env.read_state(), state);
 }
+
+#[test]
+fn a_folder_of_the_state_path_swapped_for_a_link_by_another_user_is_refused() {
+    second_user();
+    let group = nobody_group();
+    let env = TestEnv::new();
+    // A parent folder everyone may write, holding the lab's folder.
+    let shared = env.path().join("shared");
+    fs::create_dir(&shared).expect("a shared folder");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let lab = shared.join("lab");
+    fs::create_dir(&lab).expect("the lab's folder");
+    let state = lab.join("mama.xml");
+    let mama = |args: &[&str]| -> Run {
+        let mut cmd = env.cmd(args);
+        cmd.env("MAMA_STATE", &state);
+        cmd.output().expect("mama runs").into()
+    };
+    mama(&["add", "rig1", "--mac", "02:00:00:00:00:01"]).ok();
+    let victim = tempfile::tempdir().expect("a victim folder");
+    fs::set_permissions(victim.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    // The member moves the lab's folder away and puts a link in its place.
+    let member = |args: &[&str]| {
+        let status = std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                "nobody",
+                "--regid",
+                &group,
+                "--clear-groups",
+                "--",
+            ])
+            .args(args)
+            .status()
+            .expect("setpriv runs");
+        assert!(status.success(), "{args:?}");
+    };
+    let moved = shared.join("lab.old");
+    member(&[
+        "mv",
+        &lab.display().to_string(),
+        &moved.display().to_string(),
+    ]);
+    member(&[
+        "ln",
+        "-s",
+        &victim.path().display().to_string(),
+        &lab.display().to_string(),
+    ]);
+    for args in [
+        &["add", "rig2", "--mac", "02:00:00:00:00:02"][..],
+        &["list"],
+        &["run", "rig1", "--", "true"],
+    ] {
+        let run = mama(args);
+        let code = if args[0] == "run" { 125 } else { 1 };
+        let said = run.fails_saying(code, "is a symbolic link that belongs to another user");
+        assert!(said.contains(&lab.display().to_string()), "{said}");
+    }
+    let made: Vec<_> = fs::read_dir(victim.path()).expect("list").collect();
+    assert!(
+        made.is_empty(),
+        "mama made files in the link's target: {made:?}"
+    );
+    // The same link made by the folder's owner (root) is followed.
+    fs::remove_file(&lab).expect("remove the link");
+    symlink(&moved, &lab).expect("the owner's link");
+    assert!(mama(&["list"]).ok().contains("rig1"));
+}

@@ -266,7 +266,7 @@ fn a_stale_clear_is_told_only_once_the_state_file_holds_it() {
     let state = disk.0.join("mama.xml");
     let mama = |args: &[&str]| -> Run {
         let mut cmd = env.cmd(args);
-        cmd.arg("--state").arg(&state);
+        cmd.env("MAMA_STATE", &state);
         cmd.output().expect("mama runs").into()
     };
     mama(&["add", "m0", "--mac", "02:00:00:00:00:01"]).ok();

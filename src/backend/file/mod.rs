@@ -79,45 +79,85 @@ struct Written {
     lab: Lab,
 }
 
-/// Checks each symbolic link on the way from the state path to the real
-/// file: a link is followed only when it belongs to this user, to root or
-/// to the owner of the folder it stands in (the rule the kernel's
-/// `protected_symlinks` applies in shared folders). In a folder the lab's
-/// group may write, a member could otherwise replace the state file with a
-/// link, and everyone's mama, root's included, would create its lock and
-/// log files, and write the state, wherever the link points.
-fn trusted_links(start: &Path) -> Result<()> {
+/// Resolves the state path to the real file's path, checking every
+/// symbolic link on the way, in any component, not only the last: a link
+/// is followed only when it belongs to this user, to root or to the owner
+/// of the folder it stands in (the rule the kernel's `protected_symlinks`
+/// applies in shared folders). In a folder the lab's group may write, a
+/// member could otherwise rename the lab's folder (or the state file) and
+/// put a link in its place, and everyone's mama, root's included, would
+/// create its lock and log files, and write the state, wherever the link
+/// points. A path that does not exist (yet) resolves as far as it does.
+fn resolve_trusted(start: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    let mut path = start.to_path_buf();
-    for _ in 0..40 {
-        let meta = match fs::symlink_metadata(&path) {
+    let absolute = match start.is_absolute() {
+        true => start.to_path_buf(),
+        false => std::env::current_dir()
+            .map_err(|e| Error::io("find the current folder for", start, e))?
+            .join(start),
+    };
+    // What is left to walk, last component first; and where the walk is.
+    let mut left: Vec<std::ffi::OsString> = Vec::new();
+    let push_all = |left: &mut Vec<std::ffi::OsString>, path: &Path| {
+        let parts: Vec<_> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(part) => Some(part.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        left.extend(parts.into_iter().rev());
+    };
+    push_all(&mut left, &absolute);
+    let mut at = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(part) = left.pop() {
+        if part == ".." {
+            at.pop();
+            continue;
+        }
+        let next = at.join(&part);
+        let meta = match fs::symlink_metadata(&next) {
             Ok(meta) => meta,
-            Err(_) => return Ok(()),
+            // Not there (yet): the rest is taken as written.
+            Err(_) => {
+                let mut rest = next;
+                while let Some(part) = left.pop() {
+                    rest.push(part);
+                }
+                return Ok(rest);
+            }
         };
         if !meta.file_type().is_symlink() {
-            return Ok(());
+            at = next;
+            continue;
         }
-        let folder = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let folder_owner = fs::metadata(&folder).map(|m| m.uid()).ok();
+        links += 1;
+        if links > 40 {
+            return Err(Error::Invalid(format!(
+                "{}: too many symbolic links",
+                start.display()
+            )));
+        }
+        let folder_owner = fs::metadata(&at).map(|m| m.uid()).ok();
         if meta.uid() != me && meta.uid() != 0 && Some(meta.uid()) != folder_owner {
             return Err(Error::Planted {
-                path,
+                path: next,
                 what: crate::error::UNTRUSTED_LINK,
                 expected: "a link of this user, root or the folder's owner",
             });
         }
-        let target = fs::read_link(&path).map_err(|e| Error::io("read the link", &path, e))?;
-        path = folder.join(target);
+        let target = fs::read_link(&next).map_err(|e| Error::io("read the link", &next, e))?;
+        if target.is_absolute() {
+            at = PathBuf::from("/");
+        }
+        push_all(&mut left, &target);
     }
-    Err(Error::Invalid(format!(
-        "{}: too many symbolic links",
-        start.display()
-    )))
+    Ok(at)
 }
 
 /// Asks the allocator to keep the memory a transaction frees for the next
@@ -263,18 +303,17 @@ impl FileStore {
     /// beside the real file and the rename replaces it, not the link; the
     /// folder is resolved too. Beside it, links are never followed.
     pub fn locate(path: PathBuf) -> Result<FileStore> {
+        let real = resolve_trusted(&path)?;
+        let dir = match real.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("/"),
+        };
+        // Messages name the path as given, unless it was a link to the
+        // state file: then the real file.
         let path = match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                trusted_links(&path)?;
-                fs::canonicalize(&path).unwrap_or(path)
-            }
+            Ok(meta) if meta.file_type().is_symlink() => real,
             _ => path,
         };
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         Ok(FileStore {
             path,
             dir,
