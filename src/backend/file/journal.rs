@@ -34,6 +34,8 @@ use crate::model::Change;
 use crate::model::event::Event;
 use crate::model::field::Field;
 
+use super::rollforward::fnv1a_64;
+
 /// The first words of a journal's header.
 pub const HEADER: &str = "mama journal 1";
 
@@ -120,13 +122,6 @@ pub struct Record {
     last: Option<u64>,
     /// Its events, as a JSON array (empty: none).
     events: String,
-}
-
-/// The 64-bit FNV-1a hash of `bytes`.
-pub fn fnv1a_64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 impl Record {

@@ -30,6 +30,7 @@ pub mod fsutil;
 pub mod journal;
 pub mod lock;
 pub mod log;
+pub mod rollforward;
 pub mod xml;
 
 use std::ffi::OsString;
@@ -236,20 +237,11 @@ struct Loaded {
     journal: Journal,
 }
 
-/// The first words of a roll-forward copy in the lock file; then the
-/// length of the text and its FNV-1a 64-bit hash (16 hex digits), a
-/// newline, and the text.
-const ROLL_FORWARD: &str = "mama roll-forward 1";
-
-/// The longest roll-forward copy read back (it is a copy of a state file).
-const MAX_COPY: u64 = doc::MAX_DOCUMENT + 4096;
-
 /// PHP mama's own file in its folder (`MAMA_PATH`), beside `mama.xml`: it
 /// copies it when mama.xml is missing.
 const PHP_DEFAULT: &str = "mama.xml-default";
 
-/// The 64-bit FNV-1a hash: the roll-forward copy's checksum.
-use journal::fnv1a_64;
+use rollforward::{Copy, Verdict};
 
 /// The name of the group `gid`, or its number.
 fn group_name(gid: u32) -> String {
@@ -589,6 +581,9 @@ impl FileStore {
             }
             match (&state_lock, lock_file) {
                 (Some(state), Some(lock_file)) if self.in_place(&doc) => {
+                    if rolled_forward {
+                        self.put_back(state.file(), lock_file)?;
+                    }
                     self.write_in_place(&doc, state.file(), lock_file)?
                 }
                 _ => self.replace(&doc)?,
@@ -793,6 +788,20 @@ impl FileStore {
         if bytes.len() as u64 > doc::MAX_DOCUMENT {
             return Err(too_large(&self.path, bytes.len() as u64));
         }
+        // A write in place torn by a kill or a crash: its roll-forward copy
+        // stands, whether or not the mix it left happens to parse.
+        let copy = lab.and_then(|lab| Copy::read(lab.file()));
+        if let Some(copy) = &copy
+            && copy.judge(&bytes) == Verdict::Torn
+            && let Ok(doc) = self.parse(copy.new.clone())
+        {
+            return Ok(Loaded {
+                doc,
+                existed: true,
+                rolled_forward: true,
+                journal: Journal::none(Identity::of(&meta)),
+            });
+        }
         let broken = match self.parse(bytes) {
             Ok(mut doc) => {
                 let journal = self.replay(&mut doc, Identity::of(&meta), journal)?;
@@ -805,7 +814,10 @@ impl FileStore {
             }
             Err(e) => e,
         };
-        match lab.and_then(|lab| self.roll_forward_copy(lab.file())) {
+        // A state file that does not parse beside a whole copy: cut short
+        // by a writer killed while writing it (a first-version copy holds
+        // the new text alone, so only this tells its torn write).
+        match copy.and_then(|copy| self.parse(copy.new).ok()) {
             Some(doc) => Ok(Loaded {
                 doc,
                 existed: true,
@@ -863,25 +875,6 @@ impl FileStore {
         }
         journal.keep(applied);
         Ok(journal)
-    }
-
-    /// The whole roll-forward copy in the lock file `journal`, parsed; `None`
-    /// when there is none, or it is cut short or damaged.
-    fn roll_forward_copy(&self, mut journal: &File) -> Option<XmlLab> {
-        let mut bytes = Vec::new();
-        journal.seek(SeekFrom::Start(0)).ok()?;
-        journal.take(MAX_COPY).read_to_end(&mut bytes).ok()?;
-        let newline = bytes.iter().position(|&b| b == b'\n')?;
-        let header = std::str::from_utf8(&bytes[..newline]).ok()?;
-        let (len, hash) = header.strip_prefix(ROLL_FORWARD)?.trim().split_once(' ')?;
-        let text = &bytes[newline + 1..];
-        if len.parse::<usize>().ok()? != text.len()
-            || u64::from_str_radix(hash, 16).ok()? != fnv1a_64(text)
-        {
-            return None;
-        }
-        let doc = self.parse(text.to_vec()).ok()?;
-        Some(doc)
     }
 
     /// Reads the state file's bytes as a lab: UTF-8, well-formed, a
@@ -947,27 +940,23 @@ impl FileStore {
     /// Writes `doc` into the state file in place, through `state`, the
     /// descriptor that holds its lock (PHP mama's way, so a PHP mama that
     /// waits for that lock reads and writes the file mama wrote). First the
-    /// new text goes, synced, into `journal` (the lab's lock file, which
-    /// this writer holds) as a roll-forward copy; then the state file is
-    /// overwritten, cut to length and synced; then the copy is emptied. A
-    /// writer killed in between leaves a state file that does not parse
-    /// and a whole copy, which readers read and the next writer puts back.
-    fn write_in_place(&self, doc: &XmlLab, state: &File, journal: &File) -> Result<()> {
-        // The whole new text, in one piece: it is copied into the
-        // roll-forward copy first, with its length and hash.
-        let text = self.rendered(doc)?.concat();
-        let mut copy = format!(
-            "{ROLL_FORWARD} {} {:016x}\n",
-            text.len(),
-            fnv1a_64(text.as_bytes())
-        )
-        .into_bytes();
-        copy.extend_from_slice(text.as_bytes());
-        journal
-            .set_len(0)
-            .and_then(|()| journal.write_all_at(&copy, 0))
-            .and_then(|()| journal.sync_data())
+    /// new text and the text the state file holds go, synced, into `copy`
+    /// (the lab's lock file, which this writer holds) as a roll-forward
+    /// copy (see [`rollforward`]); then the state file is overwritten, cut
+    /// to length and synced; then the copy is emptied. A writer killed in
+    /// between leaves a state file that is a mix of the two texts and a
+    /// whole copy, which readers read and the next writer puts back. A
+    /// write that fails (a full disk) puts the old text back before it
+    /// says so, so a change reported as failed is never made later.
+    fn write_in_place(&self, doc: &XmlLab, state: &File, copy: &File) -> Result<()> {
+        let new = self.rendered(doc)?.concat();
+        let old = read_all(state).map_err(|e| Error::io("read", &self.path, e))?;
+        copy.set_len(0)
+            .and_then(|()| copy.write_all_at(&Copy::encode(new.as_bytes(), &old), 0))
+            .and_then(|()| copy.sync_data())
             .map_err(|e| {
+                // Nothing of the state file was touched: the copy goes.
+                let _ = copy.set_len(0);
                 Error::Invalid(format!(
                     "cannot write {} in place (PHP mama shares it): its roll-forward copy goes \
                      first to {}, which failed: {e}; the state file was left unchanged",
@@ -975,17 +964,59 @@ impl FileStore {
                     self.lock_path().display()
                 ))
             })?;
-        state
-            .write_all_at(text.as_bytes(), 0)
-            .and_then(|()| state.set_len(text.len() as u64))
-            .and_then(|()| state.sync_data())
-            .map_err(|e| fsutil::error("write", &self.path, e))?;
-        // Not synced: after a crash, a copy beside a state file that parses
-        // is never applied (see `load`).
-        journal
-            .set_len(0)
+        let put = |text: &[u8]| {
+            state
+                .write_all_at(text, 0)
+                .and_then(|()| state.set_len(text.len() as u64))
+                .and_then(|()| state.sync_data())
+        };
+        if let Err(e) = put(new.as_bytes()) {
+            // The old text fits where it stood: putting it back needs no
+            // room the file did not have.
+            return Err(match put(&old) {
+                Ok(()) => {
+                    let _ = copy.set_len(0);
+                    Error::Invalid(format!(
+                        "cannot write {}: {e}; the state file was left as it was",
+                        self.path.display()
+                    ))
+                }
+                Err(again) => Error::Invalid(format!(
+                    "cannot write {}: {e}; putting back what it held failed too ({again}): \
+                     the next command completes the change from its roll-forward copy in {}",
+                    self.path.display(),
+                    self.lock_path().display()
+                )),
+            });
+        }
+        // Not synced: after a crash, a copy beside the text it holds as
+        // new is stale (see `rollforward`).
+        copy.set_len(0)
             .map_err(|e| Error::io("empty the roll-forward copy in", &self.lock_path(), e))
     }
+
+    /// Puts the new text of the whole roll-forward copy in `copy` into the
+    /// state file in place, before a write that replaces the copy: while
+    /// the state file is not that text, the copy is the only whole one.
+    fn put_back(&self, state: &File, copy: &File) -> Result<()> {
+        let Some(whole) = Copy::read(copy) else {
+            return Ok(());
+        };
+        state
+            .write_all_at(&whole.new, 0)
+            .and_then(|()| state.set_len(whole.new.len() as u64))
+            .and_then(|()| state.sync_data())
+            .map_err(|e| fsutil::error("write", &self.path, e))
+    }
+}
+
+/// Every byte of `file`, read from its start (at most a document's worth).
+fn read_all(file: &File) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(0))?;
+    reader.take(doc::MAX_DOCUMENT + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 impl FileStore {
