@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::backend::file::doc::XmlLab;
-use crate::backend::{JobLocks, LockPatience, Snapshot, Store};
+use crate::backend::{JobLocks, LockPatience, Store};
 use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
 use crate::cli::{GetAttr, SetAttr};
@@ -20,18 +20,9 @@ use crate::model::field::{self, Field};
 use crate::model::{JobRecord, Lab, Machine, NewMachine};
 use crate::settings::Settings;
 
-/// Reads the lab for a read-only command, saying where it looked when there
-/// is no state file.
+/// Reads the lab for a read-only command.
 fn read(store: &Store) -> Result<Lab> {
-    let snapshot = store.read()?;
-    note_missing(store, &snapshot);
-    Ok(snapshot.lab)
-}
-
-fn note_missing(store: &Store, snapshot: &Snapshot) {
-    if !snapshot.existed {
-        say!("mama: {}; the lab is empty", store.missing());
-    }
+    Ok(store.read()?.lab)
 }
 
 /// What judging jobs needs from this host, gathered once per command.
@@ -171,7 +162,6 @@ const INFO_EVENTS: usize = 5;
 
 pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Result<()> {
     let (snapshot, recent) = store.recent_events(machine, INFO_EVENTS)?;
-    note_missing(store, &snapshot);
     let world = World::new(store, settings);
     let judge = world.judge();
     let found = snapshot.lab.get(machine)?;
@@ -203,7 +193,6 @@ pub fn log(
     follow: bool,
 ) -> Result<()> {
     let (snapshot, events) = store.read_events(None)?;
-    note_missing(store, &snapshot);
     if let Some(name) = machine
         && snapshot.lab.machine(name).is_none()
         && !events.iter().any(|e| e.machine == name)
@@ -265,7 +254,7 @@ pub fn add(store: &Store, new: NewMachine) -> Result<()> {
         resources: field::normalize(Field::Resources, &new.resources)?,
         ..new
     };
-    store.update(|lab| {
+    store.update_or_create(|lab| {
         lab.add(&new)?;
         lab.record(Event::new(Kind::Added, &new.name).detail(format!("mac {}", new.mac)));
         Ok(())

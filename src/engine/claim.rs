@@ -1095,7 +1095,8 @@ impl Claim {
         if let Some(lock) = lock.as_mut() {
             lock.stop_keeping(store);
         }
-        store.update_claims(|lab| {
+        let machine = self.machine.clone();
+        let released = store.update_claims(|lab| {
             // Close the job lock inside the transaction, so a waiter it
             // wakes reads the state only after this write. Closed, not
             // unlocked: processes of the job that still run (a nested run
@@ -1135,6 +1136,15 @@ impl Claim {
                     .detail(detail),
             );
             Ok(())
-        })
+        });
+        match released {
+            // The whole lab was removed while the job ran: nothing holds
+            // the claim, and no lab is made anew for its release.
+            Err(Error::NoLab(at)) => {
+                say!("mama: there is no lab at {at} any more; nothing to release on {machine}");
+                Ok(())
+            }
+            other => other,
+        }
     }
 }

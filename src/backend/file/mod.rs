@@ -194,10 +194,9 @@ impl HeldJobLocks {
     }
 }
 
-/// The state file as parsed, and whether there was one.
+/// The state file as parsed.
 struct Loaded {
     doc: XmlLab,
-    existed: bool,
     /// Read from the roll-forward copy: the state file was cut short by a
     /// writer killed while writing it in place.
     rolled_forward: bool,
@@ -243,7 +242,6 @@ impl Loaded {
     fn snapshot(mut self) -> Snapshot {
         Snapshot {
             lab: self.doc.take_model(),
-            existed: self.existed,
             last_event: self.doc.event_seq().max(self.journal.last_seq()),
         }
     }
@@ -471,7 +469,7 @@ impl FileStore {
     pub fn read(&self) -> Result<Snapshot> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok(Snapshot::missing());
+            return Err(self.no_lab());
         }
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
@@ -487,7 +485,19 @@ impl FileStore {
     /// its folder, a read-only file system) is [`Error::ReadOnly`], before
     /// `change` runs where that can be told.
     pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
-        self.transact(false, change)
+        self.transact(false, false, change)
+    }
+
+    /// [`FileStore::update`] that creates the state file when there is
+    /// none (`add`, `import`); every other transaction on a missing state
+    /// file is [`Error::NoLab`], and leaves nothing behind.
+    pub fn update_or_create<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.transact(false, true, change)
+    }
+
+    /// The error for a state file that is not there.
+    fn no_lab(&self) -> Error {
+        Error::NoLab(self.path.display().to_string())
     }
 
     /// [`FileStore::update`] for a run's claims, releases and places in
@@ -496,11 +506,19 @@ impl FileStore {
     /// unless the journal is due to be folded into the state file, or PHP
     /// mama shares the file.
     pub fn update_claims<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
-        self.transact(true, change)
+        self.transact(true, false, change)
     }
 
-    fn transact<T>(&self, claims: bool, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+    fn transact<T>(
+        &self,
+        claims: bool,
+        create: bool,
+        change: impl FnOnce(&mut Lab) -> Result<T>,
+    ) -> Result<T> {
         let like = self.metadata()?;
+        if like.is_none() && !create {
+            return Err(self.no_lab());
+        }
         if like.is_none() && !self.dir().is_dir() {
             return Err(Error::Invalid(format!(
                 "cannot create {}: the folder {} does not exist",
@@ -761,7 +779,7 @@ impl FileStore {
     ) -> Result<(Snapshot, Vec<Event>)> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok((Snapshot::missing(), Vec::new()));
+            return Err(self.no_lab());
         }
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
@@ -779,11 +797,11 @@ impl FileStore {
     }
 
     /// The state as upstream's format holds it, without mama's own
-    /// bookkeeping (`export`); upstream's empty lab when there is none.
+    /// bookkeeping (`export`).
     pub fn export(&self) -> Result<String> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok(XmlLab::empty().to_xml());
+            return Err(self.no_lab());
         }
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
@@ -825,7 +843,6 @@ impl FileStore {
         let Some(state) = state else {
             return Ok(Loaded {
                 doc: XmlLab::empty(),
-                existed: false,
                 rolled_forward: false,
                 journal: Journal::none(Identity::default()),
             });
@@ -848,7 +865,6 @@ impl FileStore {
                 let journal = self.replay(&mut doc, Identity::of(&meta), journal)?;
                 return Ok(Loaded {
                     doc,
-                    existed: true,
                     rolled_forward: false,
                     journal,
                 });
@@ -858,7 +874,6 @@ impl FileStore {
         match lab.and_then(|lab| self.roll_forward_copy(lab.file())) {
             Some(doc) => Ok(Loaded {
                 doc,
-                existed: true,
                 rolled_forward: true,
                 journal: Journal::none(Identity::of(&meta)),
             }),
