@@ -381,7 +381,18 @@ fn bash_completes_machine_names_from_the_state_file() {
     assert!(complete(&["mama", "in"]).contains(&"info".to_string()));
     assert_eq!(complete(&["mama", "info", "--j"]), ["--json"]);
     let attrs = complete(&["mama", "set", "rig1", ""]);
-    assert!(attrs.contains(&"start-timeout".to_string()), "{attrs:?}");
+    for attr in ["start-timeout", "arch", "only-vm", "pwr-slot", "is-started"] {
+        assert!(attrs.contains(&attr.to_string()), "{attr}: {attrs:?}");
+    }
+    assert!(!attrs.contains(&"job".to_string()), "{attrs:?}");
+    let attrs = complete(&["mama", "get", "rig1", "j"]);
+    assert_eq!(attrs, ["job", "job-pid", "job-timestamp"]);
+    // The field of --where, with its '='.
+    assert_eq!(complete(&["mama", "run", "--where", "o"]), ["only-vm=", "os="]);
+    assert_eq!(
+        complete(&["mama", "wait", "--any", "--where", "rly"]),
+        ["rly-dev=", "rly-slot="]
+    );
     for not_a_machine in [
         &["mama", "set", "rig1", ""][..],
         &["mama", "add", ""],

@@ -28,7 +28,7 @@ use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
-use crate::model::field::Field;
+use crate::model::field::{self, Field};
 use crate::model::queue::Waiter;
 use crate::model::{JobRecord, Lab, Machine};
 
@@ -381,7 +381,9 @@ impl Wanted {
                 let mut matching: Vec<String> = Vec::new();
                 for machine in pool {
                     let name = machine.name().to_string();
-                    if filters.iter().all(|(f, v)| machine.get(*f) == v)
+                    if filters
+                        .iter()
+                        .all(|(f, v)| field::matches(*f, machine.get(*f), v))
                         && !matching.contains(&name)
                     {
                         matching.push(name);
