@@ -295,8 +295,10 @@ fn lab_for_completion(env: &TestEnv) -> PathBuf {
 #[test]
 fn list_names_prints_one_machine_a_line() {
     let env = TestEnv::new();
-    let empty = env.run(["list", "--names"]);
-    assert_eq!(empty.ok(), "");
+    // No lab: nothing on stdout (the completion scripts drop stderr).
+    let none = env.run(["list", "--names"]);
+    none.fails_saying(1, "no lab at");
+    assert_eq!(none.stdout, "");
     lab_for_completion(&env);
     assert_eq!(env.run(["list", "--names"]).ok(), "rig1\nrig2\nlab3\n");
     env.run(["list", "--names", "--json"]).fails(2);
