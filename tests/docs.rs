@@ -390,7 +390,10 @@ fn bash_completes_machine_names_from_the_state_file() {
     let attrs = complete(&["mama", "get", "rig1", "j"]);
     assert_eq!(attrs, ["job", "job-pid", "job-timestamp"]);
     // The field of --where, with its '='.
-    assert_eq!(complete(&["mama", "run", "--where", "o"]), ["only-vm=", "os="]);
+    assert_eq!(
+        complete(&["mama", "run", "--where", "o"]),
+        ["only-vm=", "os="]
+    );
     assert_eq!(
         complete(&["mama", "wait", "--any", "--where", "rly"]),
         ["rly-dev=", "rly-slot="]

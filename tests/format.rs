@@ -670,7 +670,11 @@ fn a_missing_folder_is_a_clear_error() {
     // `add` would create the state file, but not its folder; the others
     // find no lab there.
     for (args, code, says) in [
-        (vec!["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"], Some(1), "does not exist"),
+        (
+            vec!["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"],
+            Some(1),
+            "does not exist",
+        ),
         (vec!["set", "rig1", "os", "x"], Some(1), "no lab at"),
         (vec!["clear", "all"], Some(1), "no lab at"),
         (vec!["reserve", "rig1"], Some(1), "no lab at"),

@@ -553,7 +553,10 @@ fn clear_forgets_every_job_element_and_the_hand_start_but_nothing_a_person_set()
                 ("job_pid", &dead),
                 ("job_timestamp", &ts),
                 ("job_host", &host_name()),
-                ("job_origin", "boot=00000000-0000-0000-0000-000000000000 pidns=1 start=1"),
+                (
+                    "job_origin",
+                    "boot=00000000-0000-0000-0000-000000000000 pidns=1 start=1",
+                ),
                 ("job_user", "alice"),
                 ("startcmd", "power on"),
             ],
@@ -599,7 +602,8 @@ fn clear_forgets_every_job_element_and_the_hand_start_but_nothing_a_person_set()
     assert_eq!(env.info("rig3")["is_started"], true);
 
     // rig2's live job is this user's own (its PID is theirs): cleared.
-    env.run(["clear", "all"]).ok_saying("cleared all (3 machines)");
+    env.run(["clear", "all"])
+        .ok_saying("cleared all (3 machines)");
     for m in env
         .run(["list", "--json"])
         .json()
@@ -664,7 +668,10 @@ fn clear_leaves_a_live_job_the_record_gives_to_another_user_alone_unless_forced(
     let run = env.run(["clear", "all"]);
     let stderr = run.fails(1);
     assert!(stderr.contains("cleared all (1 machine)"), "{run:#?}");
-    assert!(stderr.contains("left alone: rig1 has a live job 'their tests'"), "{run:#?}");
+    assert!(
+        stderr.contains("left alone: rig1 has a live job 'their tests'"),
+        "{run:#?}"
+    );
     assert!(stderr.contains("1 machine left alone"), "{run:#?}");
     assert_eq!(env.info("rig2")["is_started"], false, "rig2 was cleared");
     assert_eq!(env.info("rig1")["job"], "their tests", "rig1 was not");
@@ -708,7 +715,12 @@ fn clear_takes_the_recorded_claimer_for_the_jobs_user() {
 }
 
 /// `mama ARGS` as the user `nobody`, against `env`'s lab.
-fn as_nobody_in(env: &TestEnv, bin: &std::path::Path, group: &str, args: &[String]) -> std::process::Command {
+fn as_nobody_in(
+    env: &TestEnv,
+    bin: &std::path::Path,
+    group: &str,
+    args: &[String],
+) -> std::process::Command {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     as_nobody(env, bin, group, &args)
 }
@@ -718,8 +730,15 @@ fn clear_leaves_another_users_running_job_alone_unless_forced() {
     second_user();
     let env = TestEnv::new();
     fs::set_permissions(env.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
-    env.run(["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01", "--ip", "10.0.0.1"])
-        .ok();
+    env.run([
+        "add",
+        "rig1",
+        "--mac",
+        "aa:bb:cc:dd:ee:01",
+        "--ip",
+        "10.0.0.1",
+    ])
+    .ok();
     env.add("rig2", 2);
     fs::set_permissions(&env.state, fs::Permissions::from_mode(0o666)).expect("chmod");
     // A write by the owner brings the lock file in line with the state.
@@ -733,7 +752,9 @@ fn clear_leaves_another_users_running_job_alone_unless_forced() {
         &group,
         &sh_job(&env, "rig1", &["--job", "nightly"], &script),
     ));
-    wait_until("nobody's job", LIMIT, || env.path().join("job.pid").exists());
+    wait_until("nobody's job", LIMIT, || {
+        env.path().join("job.pid").exists()
+    });
     let pid = theirs.pid();
     assert_eq!(env.info("rig1")["job_pid"], pid);
 
@@ -758,7 +779,10 @@ fn clear_leaves_another_users_running_job_alone_unless_forced() {
     assert_eq!(cleared["user"], user_name(), "{cleared:#}");
     assert_eq!(cleared["job"], "nightly", "{cleared:#}");
     let detail = cleared["detail"].as_str().expect("a detail");
-    assert!(detail.contains("of nobody") && detail.contains(&format!("PID {pid}")), "{detail}");
+    assert!(
+        detail.contains("of nobody") && detail.contains(&format!("PID {pid}")),
+        "{detail}"
+    );
 
     // Its run ends as it would have, and leaves the record alone: the
     // history holds its claim and the clear that ended the record.

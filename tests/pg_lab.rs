@@ -56,7 +56,11 @@ fn hold(env: &TestEnv, extra_env: &[(&str, &str)]) -> Bg {
 fn add_creates_the_schema_and_no_other_command_does() {
     let env = TestEnv::postgres();
     let db = env.db.clone().expect("a database lab");
-    for args in [&["list"][..], &["set", "rig1", "os", "x"], &["clear", "all"]] {
+    for args in [
+        &["list"][..],
+        &["set", "rig1", "os", "x"],
+        &["clear", "all"],
+    ] {
         let run = env.run(args);
         let stderr = run.fails(1);
         assert!(
@@ -65,8 +69,7 @@ fn add_creates_the_schema_and_no_other_command_does() {
                 && !stderr.contains("state file"),
             "{args:?}: {run:#?}"
         );
-        let tables: i64 =
-            db.value("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mama_%'");
+        let tables: i64 = db.value("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mama_%'");
         assert_eq!(tables, 0, "{args:?} created tables");
     }
     env.add("rig1", 1);

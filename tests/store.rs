@@ -294,13 +294,7 @@ impl Op {
             Op::SetOs(..) => &["os"],
             Op::SetKernel(..) => &["kernel"],
             // Never the IP a person set.
-            Op::Clear(_) => &[
-                "is_started",
-                "job",
-                "job_pid",
-                "job_timestamp",
-                "job_host",
-            ],
+            Op::Clear(_) => &["is_started", "job", "job_pid", "job_timestamp", "job_host"],
             Op::Reserve(_) => &["reservation"],
             Op::Run(_) => &["job", "job_pid", "job_timestamp", "job_host"],
         }

@@ -353,7 +353,10 @@ pub fn clear(store: &Store, settings: &Settings, target: &str, force: bool) -> R
         [one] if target != "all" => Err(Error::Invalid(one.refusal())),
         refused => {
             for holding in refused {
-                say!("mama: left alone: {}", render::printable(&holding.refusal()));
+                say!(
+                    "mama: left alone: {}",
+                    render::printable(&holding.refusal())
+                );
             }
             Err(Error::Invalid(format!(
                 "{} machine{} left alone, with another user's live job (see above)",

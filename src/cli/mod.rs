@@ -263,10 +263,12 @@ fn parse_filter(text: &str) -> Result<(Field, String), String> {
     let (name, value) = text
         .split_once('=')
         .ok_or_else(|| format!("'{text}' is not FIELD=VALUE"))?;
-    let field = field::find_attr(name.trim()).map(|a| a.field).ok_or_else(|| {
-        let known: Vec<&str> = field::ATTRS.iter().map(|a| a.name).collect();
-        format!("unknown field '{name}' (known: {})", known.join(", "))
-    })?;
+    let field = field::find_attr(name.trim())
+        .map(|a| a.field)
+        .ok_or_else(|| {
+            let known: Vec<&str> = field::ATTRS.iter().map(|a| a.name).collect();
+            format!("unknown field '{name}' (known: {})", known.join(", "))
+        })?;
     let value = field::normalize(field, value).map_err(|e| e.to_string())?;
     Ok((field, value))
 }

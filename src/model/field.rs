@@ -234,9 +234,17 @@ pub const ATTRS: [Attr; 21] = [
     attr("only-vm", Field::OnlyVm, Some("1 or 0")),
     attr("is-started", Field::IsStarted, Some("1 or 0")),
     attr("pwr-dev", Field::PwrDev, Some("power switch")),
-    attr("pwr-slot", Field::PwrSlot, Some("its outlet, a whole number")),
+    attr(
+        "pwr-slot",
+        Field::PwrSlot,
+        Some("its outlet, a whole number"),
+    ),
     attr("rly-dev", Field::RlyDev, Some("relay board")),
-    attr("rly-slot", Field::RlySlot, Some("its relay, a whole number")),
+    attr(
+        "rly-slot",
+        Field::RlySlot,
+        Some("its relay, a whole number"),
+    ),
     attr("startcmd", Field::StartCmd, None),
     attr("stopcmd", Field::StopCmd, None),
     attr("start-timeout", Field::StartTimeout, Some("seconds")),
@@ -434,7 +442,11 @@ mod input_tests {
     fn flags_slots_and_devices_are_checked() {
         for (given, stored) in [("1", "1"), (" Yes ", "1"), ("on", "1"), ("FALSE", "0")] {
             assert_eq!(normalize(Field::OnlyVm, given).unwrap(), stored, "{given}");
-            assert_eq!(normalize(Field::IsStarted, given).unwrap(), stored, "{given}");
+            assert_eq!(
+                normalize(Field::IsStarted, given).unwrap(),
+                stored,
+                "{given}"
+            );
         }
         assert_eq!(normalize(Field::OnlyVm, "").unwrap(), "0");
         assert_eq!(normalize(Field::IsStarted, "").unwrap(), "");
@@ -460,7 +472,11 @@ mod input_tests {
         assert!(!matches(Field::IsStarted, "", "1"));
         assert!(matches(Field::OnlyVm, "1", "1"));
         assert!(matches(Field::PwrSlot, " 3", "3"));
-        assert!(matches(Field::Mac, "AA:BB:CC:DD:EE:01", "aa:bb:cc:dd:ee:01"));
+        assert!(matches(
+            Field::Mac,
+            "AA:BB:CC:DD:EE:01",
+            "aa:bb:cc:dd:ee:01"
+        ));
         assert!(!matches(Field::Os, "fedora ", "fedora"));
     }
 
@@ -474,7 +490,11 @@ mod input_tests {
         }
         // Every field of upstream's format but the name.
         for field in Field::ALL.into_iter().filter(|f| f.is_upstream()) {
-            assert_eq!(find_attr(field.tag()).is_some(), field != Field::Name, "{field:?}");
+            assert_eq!(
+                find_attr(field.tag()).is_some(),
+                field != Field::Name,
+                "{field:?}"
+            );
         }
     }
 

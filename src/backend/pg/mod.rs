@@ -381,9 +381,7 @@ impl PgStore {
             };
             tx.commit()
                 .map_err(|e| db_error(&self.context("read"), e))?;
-            Ok((Snapshot { lab, last_event },
-                events,
-            ))
+            Ok((Snapshot { lab, last_event }, events))
         })
     }
 
