@@ -232,8 +232,10 @@ fn a_change_touches_only_its_element_and_keeps_unknown_content_in_place() {
             "vmhost3",
             &[("<is_started>1</is_started>", "<is_started/>")],
         ),
-        // clear forgets a job; rig2's PID may or may not run on this host,
-        // and a run on rig1 would judge it (they share pdu-rack4).
+        // clear forgets a job; rig2's PID may or may not run on this host
+        // (a process with it now started long after the claim: a reused PID,
+        // so the job is stale, whoever runs that process), and a run on rig1
+        // would judge it (they share pdu-rack4).
         (
             &["clear", "rig2"],
             "rig2",
