@@ -423,7 +423,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// An empty lab, as a missing state file reads.
+    /// An empty lab: what `add` or `import` start from where there is none.
     pub fn empty() -> Lab {
         Lab::default()
     }
