@@ -17,6 +17,11 @@ pub enum Error {
         location: Option<(usize, usize)>,
         message: String,
     },
+    /// There is no lab where the state names one (a state file that does
+    /// not exist, a database without mama's tables): only `add` and
+    /// `import` create one.
+    #[error("no lab at {0}: create it with `mama add NAME --mac MAC` or `mama import FILE`")]
+    NoLab(String),
     #[error("unknown machine '{0}' (see `mama list`)")]
     UnknownMachine(String),
     /// No machine is among those asked for (`--any`, `--where`).

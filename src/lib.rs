@@ -141,7 +141,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             attr,
             json,
         } => c::get(store, &machine, attr, json)?,
-        Command::Clear { machine } => c::clear(store, &machine)?,
+        Command::Clear { machine, force } => c::clear(store, settings, &machine, force)?,
         Command::Reserve { machine } => c::reserve(store, &machine)?,
         Command::Release { machine } => c::release(store, &machine)?,
         Command::ReleaseForced { machine } => c::release_forced(store, &machine)?,

@@ -106,7 +106,7 @@ fn a_job_whose_pid_is_dead_is_cleared_at_once() {
     env.write_state(&lab_with_job("ghost job", Some(pid), Some(unix_now())));
     env.run(["run", "m", "--no-wait", "--", "true"])
         .ok_saying(&format!(
-            "cleared stale job 'ghost job' on m, PID {pid}: PID {pid} is not running"
+            "cleared stale job 'ghost job' on m: PID {pid} is not running"
         ));
     assert_free(&env, "m");
 }
@@ -126,7 +126,7 @@ fn a_job_whose_pid_was_reused_is_cleared() {
     env.write_state(&lab_with_job("reused", Some(pid), Some(unix_now() - 100)));
     env.run(["run", "m", "--no-wait", "--", "true"])
         .ok_saying(&format!(
-            "cleared stale job 'reused' on m, PID {pid}: PID {pid} was reused"
+            "cleared stale job 'reused' on m: PID {pid} was reused"
         ));
     assert!(alive(pid), "clearing a claim must not touch the process");
     assert_free(&env, "m");

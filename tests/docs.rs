@@ -295,8 +295,10 @@ fn lab_for_completion(env: &TestEnv) -> PathBuf {
 #[test]
 fn list_names_prints_one_machine_a_line() {
     let env = TestEnv::new();
-    let empty = env.run(["list", "--names"]);
-    assert_eq!(empty.ok(), "");
+    // No lab: nothing on stdout (the completion scripts drop stderr).
+    let none = env.run(["list", "--names"]);
+    none.fails_saying(1, "no lab at");
+    assert_eq!(none.stdout, "");
     lab_for_completion(&env);
     assert_eq!(env.run(["list", "--names"]).ok(), "rig1\nrig2\nlab3\n");
     env.run(["list", "--names", "--json"]).fails(2);
@@ -381,7 +383,21 @@ fn bash_completes_machine_names_from_the_state_file() {
     assert!(complete(&["mama", "in"]).contains(&"info".to_string()));
     assert_eq!(complete(&["mama", "info", "--j"]), ["--json"]);
     let attrs = complete(&["mama", "set", "rig1", ""]);
-    assert!(attrs.contains(&"start-timeout".to_string()), "{attrs:?}");
+    for attr in ["start-timeout", "arch", "only-vm", "pwr-slot", "is-started"] {
+        assert!(attrs.contains(&attr.to_string()), "{attr}: {attrs:?}");
+    }
+    assert!(!attrs.contains(&"job".to_string()), "{attrs:?}");
+    let attrs = complete(&["mama", "get", "rig1", "j"]);
+    assert_eq!(attrs, ["job", "job-pid", "job-timestamp"]);
+    // The field of --where, with its '='.
+    assert_eq!(
+        complete(&["mama", "run", "--where", "o"]),
+        ["only-vm=", "os="]
+    );
+    assert_eq!(
+        complete(&["mama", "wait", "--any", "--where", "rly"]),
+        ["rly-dev=", "rly-slot="]
+    );
     for not_a_machine in [
         &["mama", "set", "rig1", ""][..],
         &["mama", "add", ""],

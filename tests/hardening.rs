@@ -810,3 +810,46 @@ fn a_folder_of_the_state_path_swapped_for_a_link_by_another_user_is_refused() {
     symlink(&moved, &lab).expect("the owner's link");
     assert!(mama(&["list"]).ok().contains("rig1"));
 }
+
+#[test]
+fn a_lab_folder_that_cannot_be_read_is_an_error_not_an_empty_lab() {
+    second_user();
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let group = nobody_group();
+    let (bin, _bin_dir) = binary_for_nobody(&env, &group);
+    let before = env.read_state();
+    let files = env.files();
+    let folder = env.path().display().to_string();
+    // Neither listed nor searched by others, then searched but not listed.
+    for mode in [0o700, 0o711] {
+        fs::set_permissions(env.path(), fs::Permissions::from_mode(mode)).expect("chmod");
+        for args in [
+            &["list"][..],
+            &["list", "--json"],
+            &["info", "rig1"],
+            &["get", "rig1", "mac"],
+            &["log"],
+            &["export"],
+            &["wait", "rig1", "--timeout", "0"],
+            &["set", "rig1", "os", "x"],
+            &["add", "rig2", "--mac", "aa:bb:cc:dd:ee:02"],
+        ] {
+            let run: Run = as_nobody(&env, &bin, &group, args)
+                .output()
+                .expect("setpriv runs")
+                .into();
+            let stderr = run.fails(1);
+            assert!(
+                stderr.contains(&folder) && stderr.contains("Permission denied"),
+                "{mode:o} {args:?}: {run:#?}"
+            );
+            assert!(!stderr.contains("no lab at"), "{mode:o} {args:?}: {run:#?}");
+            assert_eq!(run.stdout, "", "{mode:o} {args:?}");
+        }
+    }
+    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert_eq!(env.read_state(), before);
+    assert_eq!(env.files(), files);
+}

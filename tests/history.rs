@@ -176,8 +176,10 @@ fn every_change_records_one_event_with_who_and_where() {
     env.write_state(&state.replace(&me, "<reservation>zoe</reservation>"));
     env.run(["release", "rig1"]).fails(1);
     env.run(["release-forced", "rig1"]).ok();
-    // A job another tool left, forgotten by clear with the ip.
-    write_job(&env, "rig1", "flash fw", Some(4242), unix_now());
+    // A job another tool left (its process is gone), forgotten by clear;
+    // the ip a person set stays.
+    let gone = dead_pid();
+    write_job(&env, "rig1", "flash fw", Some(gone), unix_now());
     env.run(["clear", "rig1"]).ok();
     env.run(["clear", "rig1"]).ok();
     env.run(["delete", "rig1"]).ok();
@@ -206,7 +208,7 @@ fn every_change_records_one_event_with_who_and_where() {
             none.clone(),
             json!("was reserved by zoe"),
         ),
-        ("cleared", json!("flash fw"), json!(4242), json!("also ip")),
+        ("cleared", json!("flash fw"), json!(gone), none.clone()),
         ("deleted", none.clone(), none.clone(), none),
     ];
     for (e, (kind, job, pid, detail)) in log.iter().zip(want) {

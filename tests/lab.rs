@@ -7,11 +7,12 @@
 //! lab's.
 
 mod common;
+use common::users::{as_nobody, binary_for_nobody, nobody_group, second_user};
 use common::*;
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use chrono::{Local, TimeZone};
 use serde_json::Value;
@@ -293,6 +294,15 @@ on_both_backends! {
                 "ipmitool power off",
             ),
             ("start-timeout", "start_timeout", " 120 ", "120"),
+            ("arch", "arch", "aarch64 (big.LITTLE)", "aarch64 (big.LITTLE)"),
+            ("only-vm", "only_vm", " Yes", "1"),
+            ("only_vm", "only_vm", "off", "0"),
+            ("only-vm", "only_vm", "TRUE", "1"),
+            ("is-started", "is_started", "on", "1"),
+            ("pwr-dev", "pwr_dev", " apc-pdu 2 ", " apc-pdu 2 "),
+            ("pwr-slot", "pwr_slot", " 07", "7"),
+            ("rly-dev", "rly_dev", "usbrelay-A", "usbrelay-A"),
+            ("rly_slot", "rly_slot", "12", "12"),
         ];
         for (attr, tag, value, stored) in cases {
             env.run(["set", "rig1", attr, "--", value]).ok();
@@ -314,27 +324,39 @@ on_both_backends! {
         assert_eq!(info["resources"], serde_json::json!(["pdu1", "usb"]));
         assert_eq!(info["boot_params"], "console=ttyS0 quiet");
         assert_eq!(info["start_timeout"], "120");
+        assert_eq!(info["arch"], "aarch64 (big.LITTLE)");
+        assert_eq!(info["only_vm"], true);
+        assert_eq!(info["is_started"], true);
+        assert_eq!(info["state"], "started");
         let rig2 = env.info("rig2");
         assert_eq!(rig2["os"], Value::Null, "rig2 untouched");
         assert_eq!(rig2["mac"], "aa:bb:cc:dd:ee:02");
 
         // get also reads the reservation and the job.
-        assert_eq!(env.run(["get", "rig1", "reservation"]).ok(), "\n");
-        assert_eq!(env.run(["get", "rig1", "job"]).ok(), "\n");
+        for attr in ["reservation", "job", "job-pid", "job-timestamp", "job_pid"] {
+            assert_eq!(env.run(["get", "rig1", attr]).ok(), "\n", "{attr}");
+        }
         env.run(["reserve", "rig1"]).ok();
         assert_eq!(
             env.run(["get", "rig1", "reservation"]).ok(),
             format!("{}\n", user_name())
         );
 
-        // An empty value clears a field (not the MAC: a machine needs one).
+        // An empty value clears a field (not the MAC: a machine needs one)
+        // to what a new machine has: 0 for only_vm and the slots.
         for (attr, tag, _, _) in cases.iter().filter(|c| c.0 != "mac") {
             env.run(["set", "rig1", attr, ""]).ok();
-            assert_eq!(env.run(["get", "rig1", attr]).ok(), "\n", "{attr} cleared");
             let text = env.stored();
             let rig1 = &text[..text.find("<name>rig2</name>").expect("rig2")];
-            assert!(rig1.contains(&format!("<{tag}/>")), "<{tag}/>:\n{text}");
+            if ["only_vm", "pwr_slot", "rly_slot"].contains(tag) {
+                assert_eq!(env.run(["get", "rig1", attr]).ok(), "0\n", "{attr} cleared");
+                assert!(rig1.contains(&format!("<{tag}>0</{tag}>")), "<{tag}>:\n{text}");
+            } else {
+                assert_eq!(env.run(["get", "rig1", attr]).ok(), "\n", "{attr} cleared");
+                assert!(rig1.contains(&format!("<{tag}/>")), "<{tag}/>:\n{text}");
+            }
         }
+        assert_eq!(env.info("rig1")["state"], "reserved", "no longer started");
         env.run(["set", "rig1", "mac", ""])
             .fails_saying(1, "not a MAC address");
     }
@@ -352,6 +374,15 @@ on_both_backends! {
             ("start-timeout", "soon", "whole number"),
             ("start-timeout", "1.5", "whole number"),
             ("start-timeout", "-3", "whole number"),
+            ("only-vm", "2", "only-vm must be 1 or 0"),
+            ("only_vm", "maybe", "only-vm must be 1 or 0"),
+            ("is-started", "started", "is-started must be 1 or 0"),
+            ("pwr-slot", "-1", "pwr-slot must be a whole number"),
+            ("pwr-slot", "A3", "pwr-slot must be a whole number"),
+            ("rly-slot", "4294967296", "rly-slot must be a whole number"),
+            ("pwr-dev", "pdu\t1", "pwr-dev contains the control character U+0009"),
+            ("rly-dev", "relay\n2", "rly-dev contains the control character U+000A"),
+            ("arch", "x86\u{1b}", "U+001B"),
         ] {
             let run = env.run(["set", "rig1", attr, "--", value]);
             let stderr = run.fails(1);
@@ -370,9 +401,12 @@ on_both_backends! {
             vec!["set", "rig1", "colour", "red"],
             vec!["set", "rig1", "job", "mine"],
             vec!["set", "rig1", "reservation", "bob"],
-            vec!["set", "rig1", "boot_params", "x"],
+            vec!["set", "rig1", "job-pid", "1"],
+            vec!["set", "rig1", "job_timestamp", "1"],
+            vec!["set", "rig1", "name", "rig9"],
             vec!["get", "rig1", "colour"],
-            vec!["get", "rig1", "job_pid"],
+            vec!["get", "rig1", "job_origin"],
+            vec!["get", "rig1", "job_user"],
         ] {
             let run = env.run(&args);
             let stderr = run.fails(2);
@@ -410,10 +444,93 @@ on_both_backends! {
     }
 }
 
+on_both_backends! {
+    fn every_field_of_set_matches_in_where(env: &TestEnv) {
+        env.add("rig1", 1);
+        env.add("rig2", 2);
+        env.add("rig3", 3);
+        for (machine, attr, value) in [
+            ("rig1", "arch", "aarch64"),
+            ("rig1", "only-vm", "yes"),
+            ("rig1", "pwr-dev", "pdu1"),
+            ("rig1", "pwr-slot", "3"),
+            ("rig1", "rly-dev", "relay-a"),
+            ("rig1", "rly-slot", "5"),
+            ("rig2", "arch", "x86_64"),
+            ("rig2", "pwr-dev", "pdu2"),
+            ("rig2", "pwr-slot", "4"),
+            ("rig3", "is-started", "1"),
+        ] {
+            env.run(["set", machine, attr, value]).ok();
+        }
+        // `wait --any` prints the first free machine that matches.
+        let free = |filters: &[&str]| {
+            let mut args = vec!["wait", "--any", "--timeout", "0"];
+            for filter in filters {
+                args.extend(["--where", filter]);
+            }
+            env.run(&args)
+        };
+        for (filter, machine) in [
+            ("arch=aarch64", "rig1"),
+            ("arch=x86_64", "rig2"),
+            ("only-vm=1", "rig1"),
+            ("only_vm=no", "rig2"),
+            ("pwr-dev=pdu2", "rig2"),
+            ("pwr-slot=03", "rig1"),
+            ("rly-dev=relay-a", "rig1"),
+            ("rly-slot=0", "rig2"),
+            ("is-started=0", "rig1"),
+            ("is_started=off", "rig1"),
+        ] {
+            assert_eq!(free(&[filter]).ok(), format!("{machine}\n"), "--where {filter}");
+        }
+        assert_eq!(free(&["is-started=0", "pwr-slot=4"]).ok(), "rig2\n");
+        // Only rig3 is started, and being started it is busy.
+        free(&["is-started=1"]).fails_saying(75, "started by hand");
+        free(&["is-started=1", "arch=x86_64"]).fails_saying(1, "no machine matches");
+        let run = env.run(["run", "--where", "rly-slot=5", "--", "sh", "-c", "echo $MAMA_MACHINE"]);
+        assert_eq!(run.ok(), "rig1\n");
+        // A value `set` refuses is a wrong command line, naming the field.
+        free(&["pwr-slot=x"]).fails_saying(2, "pwr-slot must be a whole number");
+        free(&["only-vm=2"]).fails_saying(2, "only-vm must be 1 or 0");
+        env.run(["run", "--where", "rly-slot=-1", "--", "true"])
+            .fails_saying(125, "rly-slot must be a whole number");
+    }
+}
+
 // ---------------------------------------------------------------- clear
 
+on_both_backends! {
+    fn clear_keeps_an_ip_a_person_set(env: &TestEnv) {
+        env.run(["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01", "--ip", "10.0.0.1"])
+            .ok();
+        env.add("rig2", 2);
+        env.run(["set", "rig2", "ip", "10.0.0.2"]).ok();
+        env.run(["set", "rig2", "is-started", "1"]).ok();
+        env.run(["clear", "rig1"]).ok_saying("cleared rig1");
+        assert_eq!(env.run(["get", "rig1", "ip"]).ok(), "10.0.0.1\n");
+        env.run(["run", "rig1", "--", "true"]).ok();
+        env.run(["clear", "all"]).ok_saying("cleared all (2 machines)");
+        assert_eq!(env.run(["get", "rig1", "ip"]).ok(), "10.0.0.1\n");
+        assert_eq!(env.run(["get", "rig2", "ip"]).ok(), "10.0.0.2\n");
+        let rig2 = env.info("rig2");
+        assert_eq!(rig2["is_started"], false, "{rig2:#}");
+        assert_eq!(rig2["state"], "free", "{rig2:#}");
+        // The history tells what was forgotten, and only that.
+        let cleared: Vec<_> = env
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == "cleared")
+            .collect();
+        assert_eq!(cleared.len(), 1, "{cleared:#?}");
+        assert_eq!(cleared[0]["machine"], "rig2");
+        assert_eq!(cleared[0]["detail"], "also is_started");
+    }
+}
+
 #[test]
-fn clear_forgets_the_job_the_hand_start_and_the_ip() {
+fn clear_forgets_every_job_element_and_the_hand_start_but_nothing_a_person_set() {
     let env = TestEnv::new();
     let ts = (unix_now() - 50).to_string();
     let dead = dead_pid().to_string();
@@ -427,12 +544,20 @@ fn clear_forgets_the_job_the_hand_start_and_the_ip() {
                 ("ip", "10.0.0.1"),
                 ("is_started", "1"),
                 ("os", "fedora"),
+                ("arch", "riscv64"),
+                ("pwr_dev", "pdu1"),
+                ("pwr_slot", "2"),
                 ("reservation", "bob"),
                 ("resources", "pdu1"),
                 ("job", "nightly"),
                 ("job_pid", &dead),
                 ("job_timestamp", &ts),
                 ("job_host", &host_name()),
+                (
+                    "job_origin",
+                    "boot=00000000-0000-0000-0000-000000000000 pidns=1 start=1",
+                ),
+                ("job_user", "alice"),
                 ("startcmd", "power on"),
             ],
         ),
@@ -448,41 +573,237 @@ fn clear_forgets_the_job_the_hand_start_and_the_ip() {
         ),
         machine_xml("rig3", 3, &[("is_started", "1")]),
     ]));
+    // rig1's job is stale: cleared, whoever claimed it.
     let run = env.run(["clear", "rig1"]);
     run.ok();
     assert!(run.stderr.contains("rig1"), "{run:#?}");
     let rig1 = env.info("rig1");
-    for key in ["job", "job_pid", "job_timestamp", "job_host", "ip"] {
+    for key in ["job", "job_pid", "job_timestamp", "job_host"] {
         assert_eq!(rig1[key], Value::Null, "{key} forgotten");
     }
     assert_eq!(rig1["is_started"], false);
     assert_eq!(rig1["state"], "reserved");
+    assert_eq!(rig1["ip"], "10.0.0.1", "the IP a person set stays");
     assert_eq!(rig1["os"], "fedora");
+    assert_eq!(rig1["arch"], "riscv64");
     assert_eq!(rig1["reservation"], "bob");
     assert_eq!(rig1["resources"], serde_json::json!(["pdu1"]));
     assert_eq!(rig1["startcmd"], "power on");
     assert_eq!(rig1["mac"], "aa:bb:cc:dd:ee:01");
+    assert_eq!(env.run(["get", "rig1", "pwr-dev"]).ok(), "pdu1\n");
+    assert_eq!(env.run(["get", "rig1", "pwr-slot"]).ok(), "2\n");
     let text = env.read_state();
-    assert!(!text.contains("job_host"), "{text}");
+    for mine in ["job_host", "job_origin", "job_user"] {
+        assert!(!text.contains(mine), "<{mine}> forgotten: {text}");
+    }
     let rig2 = env.info("rig2");
     assert_eq!(rig2["job"], "smoke", "clear rig1 leaves rig2 alone");
     assert_eq!(rig2["ip"], "10.0.0.2");
     assert_eq!(env.info("rig3")["is_started"], true);
 
-    env.run(["clear", "all"]).ok();
+    // rig2's live job is this user's own (its PID is theirs): cleared.
+    env.run(["clear", "all"])
+        .ok_saying("cleared all (3 machines)");
     for m in env
         .run(["list", "--json"])
         .json()
         .as_array()
         .expect("array")
     {
-        for key in ["job", "job_pid", "job_timestamp", "ip"] {
+        for key in ["job", "job_pid", "job_timestamp"] {
             assert_eq!(m[key], Value::Null, "{key} of {}", m["name"]);
         }
         assert_eq!(m["is_started"], false);
+        assert!(m["ip"].is_string() || m["name"] == "rig3", "{m:#}");
     }
     assert_eq!(env.info("rig1")["reservation"], "bob");
+    assert_eq!(env.info("rig2")["ip"], "10.0.0.2");
     env.run(["clear", "ghost"]).fails_saying(1, "ghost");
+}
+
+/// A lab whose rig1 runs a live job (the PID of `holder`, this user's own
+/// process) that `<job_user>` says `user` claimed, and whose rig2 was
+/// started by hand.
+fn lab_with_a_claim_of(env: &TestEnv, user: &str, holder: &Bg) {
+    let ts = unix_now().to_string();
+    let pid = holder.pid().to_string();
+    env.write_state(&lab_xml(&[
+        machine_xml(
+            "rig1",
+            1,
+            &[
+                ("ip", "10.0.0.1"),
+                ("job", "their tests"),
+                ("job_pid", &pid),
+                ("job_timestamp", &ts),
+                ("job_user", user),
+            ],
+        ),
+        machine_xml("rig2", 2, &[("is_started", "1")]),
+    ]));
+}
+
+#[test]
+fn clear_leaves_a_live_job_the_record_gives_to_another_user_alone_unless_forced() {
+    let env = TestEnv::new();
+    let holder = sleeper();
+    lab_with_a_claim_of(&env, "alice", &holder);
+    let before = env.read_state();
+    let pid = holder.pid();
+
+    let run = env.run(["clear", "rig1"]);
+    let stderr = run.fails(1);
+    for part in [
+        "rig1",
+        "'their tests'",
+        &format!("PID {pid}"),
+        "of alice",
+        "mama clear --force rig1",
+    ] {
+        assert!(stderr.contains(part), "{part}: {run:#?}");
+    }
+    assert_eq!(env.read_state(), before, "nothing was written");
+
+    // `clear all` clears what it may, and names what it left alone.
+    let run = env.run(["clear", "all"]);
+    let stderr = run.fails(1);
+    assert!(stderr.contains("cleared all (1 machine)"), "{run:#?}");
+    assert!(
+        stderr.contains("left alone: rig1 has a live job 'their tests'"),
+        "{run:#?}"
+    );
+    assert!(stderr.contains("1 machine left alone"), "{run:#?}");
+    assert_eq!(env.info("rig2")["is_started"], false, "rig2 was cleared");
+    assert_eq!(env.info("rig1")["job"], "their tests", "rig1 was not");
+
+    // Forced, it is forgotten, and the history says whose it was.
+    env.run(["clear", "--force", "rig1"])
+        .ok_saying("forgot the live job 'their tests'");
+    let rig1 = env.info("rig1");
+    assert_eq!(rig1["job"], Value::Null, "{rig1:#}");
+    assert_eq!(rig1["ip"], "10.0.0.1", "{rig1:#}");
+    assert!(!env.read_state().contains("job_user"));
+    let event = env.events().pop().expect("an event");
+    assert_eq!(event["event"], "cleared", "{event:#}");
+    assert_eq!(event["machine"], "rig1", "{event:#}");
+    assert_eq!(event["user"], user_name(), "{event:#}");
+    assert_eq!(event["job"], "their tests", "{event:#}");
+    assert_eq!(event["pid"], pid, "{event:#}");
+    assert_eq!(
+        event["detail"],
+        format!("forced over the live job 'their tests' (PID {pid}) of alice"),
+        "{event:#}"
+    );
+}
+
+#[test]
+fn clear_takes_the_recorded_claimer_for_the_jobs_user() {
+    let env = TestEnv::new();
+    let holder = sleeper();
+    // This user's own, by the record: cleared without --force.
+    lab_with_a_claim_of(&env, &user_name(), &holder);
+    env.run(["clear", "rig1"]).ok();
+    assert_eq!(env.info("rig1")["job"], Value::Null);
+    // Another user's, but stale (its PID is gone): cleared too.
+    let gone = sleeper();
+    lab_with_a_claim_of(&env, "alice", &gone);
+    drop(gone);
+    env.run(["clear", "rig1"]).ok();
+    assert_eq!(env.info("rig1")["job"], Value::Null);
+    let event = env.events().pop().expect("an event");
+    assert_eq!(event["detail"], Value::Null, "not forced: {event:#}");
+}
+
+/// `mama ARGS` as the user `nobody`, against `env`'s lab.
+fn as_nobody_in(
+    env: &TestEnv,
+    bin: &std::path::Path,
+    group: &str,
+    args: &[String],
+) -> std::process::Command {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    as_nobody(env, bin, group, &args)
+}
+
+#[test]
+fn clear_leaves_another_users_running_job_alone_unless_forced() {
+    second_user();
+    let env = TestEnv::new();
+    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    env.run([
+        "add",
+        "rig1",
+        "--mac",
+        "aa:bb:cc:dd:ee:01",
+        "--ip",
+        "10.0.0.1",
+    ])
+    .ok();
+    env.add("rig2", 2);
+    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o666)).expect("chmod");
+    // A write by the owner brings the lock file in line with the state.
+    env.run(["set", "rig2", "is-started", "1"]).ok();
+    let group = nobody_group();
+    let (bin, _bin_dir) = binary_for_nobody(&env, &group);
+    let script = format!("echo $$ > \"$1/job.pid\"; {}", wait_for_file("go"));
+    let mut theirs = Bg::start(as_nobody_in(
+        &env,
+        &bin,
+        &group,
+        &sh_job(&env, "rig1", &["--job", "nightly"], &script),
+    ));
+    wait_until("nobody's job", LIMIT, || {
+        env.path().join("job.pid").exists()
+    });
+    let pid = theirs.pid();
+    assert_eq!(env.info("rig1")["job_pid"], pid);
+
+    let run = env.run(["clear", "rig1"]);
+    let stderr = run.fails(1);
+    for part in ["'nightly'", &format!("PID {pid}"), "of nobody", "--force"] {
+        assert!(stderr.contains(part), "{part}: {run:#?}");
+    }
+    let run = env.run(["clear", "all"]);
+    assert!(run.fails(1).contains("left alone: rig1"), "{run:#?}");
+    assert_eq!(env.info("rig1")["job"], "nightly");
+    assert_eq!(env.info("rig2")["state"], "free");
+
+    env.run(["clear", "rig1", "--force"])
+        .ok_saying("forgot the live job 'nightly'");
+    let rig1 = env.info("rig1");
+    assert_eq!(rig1["job"], Value::Null, "{rig1:#}");
+    assert_eq!(rig1["ip"], "10.0.0.1", "{rig1:#}");
+    assert_eq!(rig1["state"], "busy", "its job still runs: {rig1:#}");
+    let cleared = env.events().pop().expect("an event");
+    assert_eq!(cleared["event"], "cleared", "{cleared:#}");
+    assert_eq!(cleared["user"], user_name(), "{cleared:#}");
+    assert_eq!(cleared["job"], "nightly", "{cleared:#}");
+    let detail = cleared["detail"].as_str().expect("a detail");
+    assert!(
+        detail.contains("of nobody") && detail.contains(&format!("PID {pid}")),
+        "{detail}"
+    );
+
+    // Its run ends as it would have, and leaves the record alone: the
+    // history holds its claim and the clear that ended the record.
+    env.touch("go");
+    theirs
+        .finish(LIMIT)
+        .ok_saying("was cleared or taken over while the job ran; leaving the record alone");
+    let events: Vec<_> = env
+        .events()
+        .into_iter()
+        .filter(|e| e["machine"] == "rig1" && e["pid"] == pid)
+        .map(|e| (e["event"].clone(), e["user"].clone()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (Value::from("claimed"), Value::from("nobody")),
+            (Value::from("cleared"), Value::from(user_name())),
+        ]
+    );
+    assert_eq!(env.info("rig1")["state"], "free");
 }
 
 // ---------------------------------------------------------------- reservations

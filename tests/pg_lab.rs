@@ -53,17 +53,25 @@ fn hold(env: &TestEnv, extra_env: &[(&str, &str)]) -> Bg {
 }
 
 #[test]
-fn the_first_write_creates_the_schema_and_reading_an_empty_database_needs_none() {
+fn add_creates_the_schema_and_no_other_command_does() {
     let env = TestEnv::postgres();
     let db = env.db.clone().expect("a database lab");
-    let run = env.run(["list"]);
-    run.ok();
-    assert!(
-        run.stderr.contains("no lab in the database at") && !run.stderr.contains("state file"),
-        "{run:#?}"
-    );
-    let tables: i64 = db.value("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mama_%'");
-    assert_eq!(tables, 0, "a read created tables");
+    for args in [
+        &["list"][..],
+        &["set", "rig1", "os", "x"],
+        &["clear", "all"],
+    ] {
+        let run = env.run(args);
+        let stderr = run.fails(1);
+        assert!(
+            stderr.contains("no lab at the database postgresql://")
+                && stderr.contains(&db.name)
+                && !stderr.contains("state file"),
+            "{args:?}: {run:#?}"
+        );
+        let tables: i64 = db.value("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mama_%'");
+        assert_eq!(tables, 0, "{args:?} created tables");
+    }
     env.add("rig1", 1);
     assert_eq!(db.value::<i32>("SELECT version FROM mama_schema"), 2);
     let row: String = db.value("SELECT element FROM mama_machine WHERE name = 'rig1'");

@@ -77,14 +77,30 @@ on_both_backends! {
         let sleeper = sleeper();
         let now = unix_now();
         let lab = lab_xml(&[
-            machine_xml("a\u{202e}b", 1, &[("os", "x")]),
+            machine_xml("ab", 1, &[("os", "x")]),
             machine_xml("c", 2, &[("os", "x")]),
         ]);
-        let lab = with_job(&lab, "a\u{202e}b", "j1", Some(sleeper.pid()), now);
+        let lab = with_job(&lab, "ab", "j1", Some(sleeper.pid()), now);
         let lab = with_job(&lab, "c", "j2", Some(sleeper.pid()), now);
         let file = env.path().join("import.xml");
         std::fs::write(&file, lab).unwrap();
         env.run(["import", file.to_str().unwrap()]).ok();
+        // mama refuses such a name; a person edits it in by hand.
+        let (plain, odd) = ("<name>ab</name>", "<name>a\u{202e}b</name>");
+        match &env.db {
+            None => env.write_state(&env.read_state().replace(plain, odd)),
+            Some(db) => {
+                let n = db
+                    .connect()
+                    .execute(
+                        "UPDATE mama_machine SET element = replace(element, $1, $2), \
+                         name = 'a\u{202e}b' WHERE name = 'ab'",
+                        &[&plain, &odd],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+        }
         let r = env.run(["run", "--any", "--where", "os=x", "--wait-timeout", "0.5", "--", "true"]);
         assert_eq!(r.code, Some(75), "{r:?}");
         assert!(!r.stderr.contains('\u{202e}'), "raw U+202E on stderr: {:?}", r.stderr);

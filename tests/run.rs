@@ -365,7 +365,7 @@ on_both_backends! {
         assert_eq!(info["stale_reason"], why.as_str(), "{info:#}");
         env.run(["run", "m", "--no-wait", "--", "true"])
             .ok_saying(&format!(
-                "cleared stale job 'run sleep' on m, PID {mama_pid}: {why}"
+                "cleared stale job 'run sleep' on m: {why}"
             ));
         assert_released(env, None);
     }

@@ -41,23 +41,11 @@ use file::lock::FileLock;
 use pg::PgStore;
 use pg::lease::PgJobLock;
 
-/// A lab as read, whether it existed, and the number of the last event it
-/// committed.
+/// A lab as read, and the number of the last event it committed. (A lab
+/// that is not there is not read: [`crate::error::Error::NoLab`].)
 pub struct Snapshot {
     pub lab: Lab,
-    pub existed: bool,
     pub last_event: Option<u64>,
-}
-
-impl Snapshot {
-    /// What a missing lab reads as: an empty one.
-    pub fn missing() -> Snapshot {
-        Snapshot {
-            lab: Lab::empty(),
-            existed: false,
-            last_event: None,
-        }
-    }
 }
 
 /// How long to wait for a lock that someone else holds.
@@ -156,14 +144,6 @@ impl Store {
         matches!(self, Store::Pg(store) if store.had_password())
     }
 
-    /// What a missing lab is called in the note that it reads as empty.
-    pub fn missing(&self) -> String {
-        match self {
-            Store::File(store) => format!("no state file at {}", store.path().display()),
-            Store::Pg(store) => format!("no lab in the database at {} yet", store.shown()),
-        }
-    }
-
     /// The lab as upstream's format holds it (`export`).
     pub fn export(&self) -> Result<String> {
         match self {
@@ -175,7 +155,7 @@ impl Store {
     /// A transaction that also brings in the document around the machines
     /// of an imported lab, `skeleton` (see [`XmlLab::skeleton`]): a
     /// database lab keeps it when it has none yet or `replace` says; a state
-    /// file keeps its own.
+    /// file keeps its own. Creates the lab where there is none.
     ///
     /// [`XmlLab::skeleton`]: file::doc::XmlLab::skeleton
     pub fn import<T>(
@@ -185,7 +165,7 @@ impl Store {
         change: impl FnOnce(&mut Lab) -> Result<T>,
     ) -> Result<T> {
         match self {
-            Store::File(store) => store.update(change),
+            Store::File(store) => store.update_or_create(change),
             Store::Pg(store) => store.update_with_document(skeleton, replace, change),
         }
     }
@@ -202,11 +182,21 @@ impl Store {
     /// `Ok` having changed the lab, the changes are stored, all or none,
     /// with the events recorded. Nothing is stored when `change` fails or
     /// changes nothing. A lab this user may not write is
-    /// [`crate::error::Error::ReadOnly`] (see [`FileStore::update`]).
+    /// [`crate::error::Error::ReadOnly`] (see [`FileStore::update`]); a lab
+    /// that is not there is [`crate::error::Error::NoLab`], and nothing is
+    /// created.
     pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
         match self {
             Store::File(store) => store.update(change),
             Store::Pg(store) => store.update(change),
+        }
+    }
+
+    /// [`Store::update`] that creates the lab where there is none (`add`).
+    pub fn update_or_create<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        match self {
+            Store::File(store) => store.update_or_create(change),
+            Store::Pg(store) => store.update_or_create(change),
         }
     }
 

@@ -5,11 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::backend::file::doc::XmlLab;
-use crate::backend::{JobLocks, LockPatience, Snapshot, Store};
+use crate::backend::{JobLocks, LockPatience, Store};
 use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
-use crate::cli::{GetAttr, SetAttr};
 use crate::engine::claim::{self, Caller, Intent, Patience, Wanted};
+use crate::engine::manual;
 use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
@@ -20,18 +20,9 @@ use crate::model::field::{self, Field};
 use crate::model::{JobRecord, Lab, Machine, NewMachine};
 use crate::settings::Settings;
 
-/// Reads the lab for a read-only command, saying where it looked when there
-/// is no state file.
+/// Reads the lab for a read-only command.
 fn read(store: &Store) -> Result<Lab> {
-    let snapshot = store.read()?;
-    note_missing(store, &snapshot);
-    Ok(snapshot.lab)
-}
-
-fn note_missing(store: &Store, snapshot: &Snapshot) {
-    if !snapshot.existed {
-        say!("mama: {}; the lab is empty", store.missing());
-    }
+    Ok(store.read()?.lab)
 }
 
 /// What judging jobs needs from this host, gathered once per command.
@@ -171,7 +162,6 @@ const INFO_EVENTS: usize = 5;
 
 pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Result<()> {
     let (snapshot, recent) = store.recent_events(machine, INFO_EVENTS)?;
-    note_missing(store, &snapshot);
     let world = World::new(store, settings);
     let judge = world.judge();
     let found = snapshot.lab.get(machine)?;
@@ -203,7 +193,6 @@ pub fn log(
     follow: bool,
 ) -> Result<()> {
     let (snapshot, events) = store.read_events(None)?;
-    note_missing(store, &snapshot);
     if let Some(name) = machine
         && snapshot.lab.machine(name).is_none()
         && !events.iter().any(|e| e.machine == name)
@@ -265,7 +254,7 @@ pub fn add(store: &Store, new: NewMachine) -> Result<()> {
         resources: field::normalize(Field::Resources, &new.resources)?,
         ..new
     };
-    store.update(|lab| {
+    store.update_or_create(|lab| {
         lab.add(&new)?;
         lab.record(Event::new(Kind::Added, &new.name).detail(format!("mac {}", new.mac)));
         Ok(())
@@ -295,8 +284,7 @@ pub fn delete(store: &Store, settings: &Settings, machine: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn set(store: &Store, machine: &str, attr: SetAttr, value: &str) -> Result<()> {
-    let field = attr.field();
+pub fn set(store: &Store, machine: &str, field: Field, value: &str) -> Result<()> {
     let value = field::normalize(field, value)?;
     store.update(|lab| {
         if field == Field::Mac
@@ -319,9 +307,9 @@ pub fn set(store: &Store, machine: &str, attr: SetAttr, value: &str) -> Result<(
     })
 }
 
-pub fn get(store: &Store, machine: &str, attr: GetAttr, json: bool) -> Result<()> {
+pub fn get(store: &Store, machine: &str, field: Field, json: bool) -> Result<()> {
     let lab = read(store)?;
-    let value = lab.get(machine)?.get(attr.field());
+    let value = lab.get(machine)?.get(field);
     if json {
         print_json(&(!value.is_empty()).then_some(value))
     } else if stdout_is_terminal() {
@@ -331,52 +319,52 @@ pub fn get(store: &Store, machine: &str, attr: GetAttr, json: bool) -> Result<()
     }
 }
 
-/// Forgets job, PID, timestamp, `is_started` and `ip`, as upstream's
-/// "clear stale data" does.
-pub fn clear(store: &Store, target: &str) -> Result<()> {
-    let cleared = store.update(|lab| {
-        let names: Vec<String> = if target == "all" {
-            lab.machines().map(|m| m.name().to_string()).collect()
-        } else {
-            vec![lab.get(target)?.name().to_string()]
-        };
-        for name in &names {
-            let mut m = lab.get_mut(name)?;
-            let job = m.view().job();
-            let had = [Field::IsStarted, Field::Ip]
-                .into_iter()
-                .filter(|&f| !m.view().get(f).is_empty())
-                .map(Field::tag)
-                .collect::<Vec<_>>();
-            m.clear_job()?;
-            m.set(Field::IsStarted, "")?;
-            m.set(Field::Ip, "")?;
-            if job.is_some() || !had.is_empty() {
-                let mut event = Event::new(Kind::Cleared, name);
-                if let Some(job) = &job {
-                    event = event.job(job);
-                }
-                if !had.is_empty() {
-                    event = event.detail(format!("also {}", had.join(", ")));
-                }
-                lab.record(event);
-            }
-        }
-        Ok(names)
-    })?;
-    say!(
-        "mama: cleared {} ({} machine{})",
-        target,
-        cleared.len(),
-        plural(cleared.len())
-    );
-    for name in cleared.iter().filter(|name| store.held(name)) {
+/// `clear`: forgets the job and `is_started` of a machine (or of all),
+/// as the engine's rules allow (see [`manual::clear`]); a machine left
+/// alone makes the command fail, once the others are cleared.
+pub fn clear(store: &Store, settings: &Settings, target: &str, force: bool) -> Result<()> {
+    let world = World::new(store, settings);
+    let clearing = manual::clear(store, target, force, &world.judge())?;
+    let cleared = clearing.cleared.len();
+    if cleared > 0 || clearing.refused.is_empty() {
         say!(
-            "mama: processes of the job on {name} still hold its job lock: \
-             runs wait until they end"
+            "mama: cleared {} ({cleared} machine{})",
+            render::printable(target),
+            plural(cleared)
         );
     }
-    Ok(())
+    for done in &clearing.cleared {
+        let name = render::printable(&done.machine);
+        if let Some(holding) = &done.forced {
+            say!(
+                "mama: forgot the live job {} on {name}, forced",
+                render::printable(&holding.job_of())
+            );
+        }
+        if done.still_held {
+            say!(
+                "mama: processes of the job on {name} still hold its job lock: \
+                 runs wait until they end"
+            );
+        }
+    }
+    match clearing.refused.as_slice() {
+        [] => Ok(()),
+        [one] if target != "all" => Err(Error::Invalid(one.refusal())),
+        refused => {
+            for holding in refused {
+                say!(
+                    "mama: left alone: {}",
+                    render::printable(&holding.refusal())
+                );
+            }
+            Err(Error::Invalid(format!(
+                "{} machine{} left alone, with another user's live job (see above)",
+                refused.len(),
+                plural(refused.len())
+            )))
+        }
+    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -384,60 +372,19 @@ fn plural(n: usize) -> &'static str {
 }
 
 pub fn reserve(store: &Store, machine: &str) -> Result<()> {
-    let user = os::user_name();
-    store.update(|lab| {
-        let mut m = lab.get_mut(machine)?;
-        match m.view().reservation() {
-            Some(holder) if holder != user => Err(Error::Invalid(format!(
-                "{machine} is reserved by {holder} already"
-            ))),
-            Some(_) => Ok(()),
-            None => {
-                m.set(Field::Reservation, &user)?;
-                lab.record(Event::new(Kind::Reserved, machine));
-                Ok(())
-            }
-        }
-    })?;
+    let user = manual::reserve(store, machine)?;
     say!("mama: {machine} is reserved for {user}");
     Ok(())
 }
 
 pub fn release(store: &Store, machine: &str) -> Result<()> {
-    let user = os::user_name();
-    store.update(|lab| {
-        let mut m = lab.get_mut(machine)?;
-        match m.view().reservation() {
-            None => Err(Error::Invalid(format!("{machine} is not reserved"))),
-            Some(holder) if holder != user => Err(Error::Invalid(format!(
-                "{machine} is reserved by {holder}, not by you ({user}); \
-                 `mama release-forced {machine}` releases it anyway"
-            ))),
-            Some(_) => {
-                m.set(Field::Reservation, "")?;
-                lab.record(Event::new(Kind::Unreserved, machine));
-                Ok(())
-            }
-        }
-    })?;
+    manual::release(store, machine)?;
     say!("mama: released {machine}");
     Ok(())
 }
 
 pub fn release_forced(store: &Store, machine: &str) -> Result<()> {
-    let holder = store.update(|lab| {
-        let mut m = lab.get_mut(machine)?;
-        let holder = m.view().reservation();
-        m.set(Field::Reservation, "")?;
-        if let Some(holder) = &holder {
-            lab.record(
-                Event::new(Kind::ForceReleased, machine)
-                    .detail(format!("was reserved by {holder}")),
-            );
-        }
-        Ok(holder)
-    })?;
-    match holder {
+    match manual::release_forced(store, machine)? {
         Some(holder) => say!(
             "mama: released {machine} (reserved by {})",
             render::printable(&holder)

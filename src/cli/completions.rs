@@ -3,7 +3,8 @@
 //!
 //! - bash: a wrapper around clap's `_mama` completes the machine of every
 //!   command whose first argument is one, from the state file that the
-//!   command line names (`--state`) or the environment names.
+//!   command line names (`--state`) or the environment names, and the
+//!   field of `--where FIELD=VALUE`.
 //! - zsh: the machine argument calls `_mama_machines`; it reads the state
 //!   file the environment names (a `--state` on the command line is not
 //!   looked at).
@@ -90,11 +91,21 @@ fn options_with_values() -> Vec<String> {
     options
 }
 
+/// What `--where` completes to: each field `get` knows, with its `=`.
+fn where_fields() -> String {
+    crate::model::field::ATTRS
+        .iter()
+        .map(|a| format!("{}=", a.name))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// bash: clap's `_mama`, wrapped so that a machine argument completes from
-/// the state file.
+/// the state file, and the field of `--where` from the fields `get` knows.
 fn bash(generated: &str) -> String {
     let commands = machine_commands().join("|");
     let valued = options_with_values().join("|");
+    let fields = where_fields();
     let wrapper = format!(
         r#"
 # Machine names, from the state file, for the first argument of the
@@ -119,6 +130,13 @@ _mama_with_machines() {{
             *) if [[ -z $sub ]]; then sub="$word"; else taken=1; fi ;;
         esac
     done
+    # The field of --where FIELD=VALUE (the value is left to _mama).
+    if (( skip )) && [[ $option == --where && $cur != *=* ]]; then
+        local IFS=' '
+        COMPREPLY=( $(compgen -W "{fields}" -- "$cur") )
+        compopt -o nospace 2>/dev/null
+        return 0
+    fi
     if (( ! skip && ! taken )) && [[ $cur != -* ]]; then
         case "$sub" in
             {commands})

@@ -311,8 +311,9 @@ fn sections() -> Roff {
             roman(
                 ". A symbolic link is followed, so the files below sit beside the real \
                  file; none of those is ever opened through a link, and one planted in \
-                 its place is an error naming it. If it is missing, read commands show an empty lab and commands that \
-                 change the lab create it (its folder must exist).",
+                 its place is an error naming it. If it is missing, only add and import work \
+                 (they create it; its folder must exist): every other command fails, naming it, \
+                 and creates nothing.",
             ),
         ],
     );

@@ -12,9 +12,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use crate::model::field::Field;
+use crate::model::field::{self, Field};
 
 /// Share lab machines safely: wait for a machine, claim it, run a job,
 /// release it however the job ends.
@@ -82,11 +82,18 @@ pub enum Command {
         machine: String,
     },
     /// Set a field of a machine (an empty value clears it)
+    ///
+    /// A field may be named as its element in the state file too (only_vm, boot_params). only-vm
+    /// and is-started take 1 or 0 (or yes/no, true/false, on/off) and store 1 or 0; the slots and
+    /// start-timeout take whole numbers; ip an IP address; mac a MAC address (not another
+    /// machine's). An empty value clears a field to what a new machine has (0 for only-vm and the
+    /// slots).
     Set {
         /// The machine's name
         machine: String,
         /// The field to set
-        attr: SetAttr,
+        #[arg(value_parser = attr_parser(true))]
+        attr: Field,
         /// Its new value ("" clears it; may start with '-', as VM and boot parameters do)
         #[arg(allow_hyphen_values = true)]
         value: String,
@@ -96,15 +103,24 @@ pub enum Command {
         /// The machine's name
         machine: String,
         /// The field to print
-        attr: GetAttr,
+        #[arg(value_parser = attr_parser(false))]
+        attr: Field,
         /// Print the value as JSON (a string, or null when empty)
         #[arg(long)]
         json: bool,
     },
-    /// Forget the job, is_started and ip of a machine, or of all machines
+    /// Forget the job and is_started of a machine, or of all machines
+    ///
+    /// What a person set (ip and every other field of `set`, a reservation) stays. Another
+    /// user's live job is left alone (exit 1) unless --force is given; a stale job, or one of
+    /// your own, is cleared. A job whose processes still run keeps the machine busy until they
+    /// end, record or not.
     Clear {
         /// A machine, or "all"
         machine: String,
+        /// Forget another user's live job too (it runs on; the history records whose it was)
+        #[arg(long)]
+        force: bool,
     },
     /// Reserve a machine for yourself
     Reserve {
@@ -216,76 +232,29 @@ pub struct Pick {
     pub filters: Vec<(Field, String)>,
 }
 
-/// Fields `set` may change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SetAttr {
-    Ip,
-    Mac,
-    Os,
-    Kernel,
-    /// boot_params
-    Params,
-    /// vm_params
-    Vmparams,
-    Resources,
-    Startcmd,
-    Stopcmd,
-    StartTimeout,
-}
-
-/// Fields `get` may print.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GetAttr {
-    Ip,
-    Mac,
-    Os,
-    Kernel,
-    /// boot_params
-    Params,
-    /// vm_params
-    Vmparams,
-    Resources,
-    Startcmd,
-    Stopcmd,
-    StartTimeout,
-    Reservation,
-    Job,
-}
-
-impl SetAttr {
-    pub fn field(self) -> Field {
-        match self {
-            SetAttr::Ip => Field::Ip,
-            SetAttr::Mac => Field::Mac,
-            SetAttr::Os => Field::Os,
-            SetAttr::Kernel => Field::Kernel,
-            SetAttr::Params => Field::BootParams,
-            SetAttr::Vmparams => Field::VmParams,
-            SetAttr::Resources => Field::Resources,
-            SetAttr::Startcmd => Field::StartCmd,
-            SetAttr::Stopcmd => Field::StopCmd,
-            SetAttr::StartTimeout => Field::StartTimeout,
-        }
-    }
-}
-
-impl GetAttr {
-    pub fn field(self) -> Field {
-        match self {
-            GetAttr::Ip => Field::Ip,
-            GetAttr::Mac => Field::Mac,
-            GetAttr::Os => Field::Os,
-            GetAttr::Kernel => Field::Kernel,
-            GetAttr::Params => Field::BootParams,
-            GetAttr::Vmparams => Field::VmParams,
-            GetAttr::Resources => Field::Resources,
-            GetAttr::Startcmd => Field::StartCmd,
-            GetAttr::Stopcmd => Field::StopCmd,
-            GetAttr::StartTimeout => Field::StartTimeout,
-            GetAttr::Reservation => Field::Reservation,
-            GetAttr::Job => Field::Job,
-        }
-    }
+/// The names of the fields `set` (`settable`) or `get` take (see
+/// [`field::ATTRS`]), for clap: it checks them, and the help, the man page
+/// and the completions list them. A field's element name is taken too.
+fn attr_parser(settable: bool) -> impl clap::builder::TypedValueParser<Value = Field> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let values = field::ATTRS
+        .iter()
+        .filter(move |a| a.settable || !settable)
+        .map(|a| {
+            let value = match a.about {
+                Some(about) => PossibleValue::new(a.name).help(about),
+                None => PossibleValue::new(a.name),
+            };
+            match a.field.tag() {
+                tag if tag == a.name => value,
+                tag => value.alias(tag),
+            }
+        });
+    PossibleValuesParser::new(values).try_map(|name: String| {
+        field::find_attr(&name)
+            .map(|a| a.field)
+            .ok_or_else(|| format!("unknown field '{name}'"))
+    })
 }
 
 /// A `--where FIELD=VALUE` filter: a field `get` knows, and its value as
@@ -294,15 +263,13 @@ fn parse_filter(text: &str) -> Result<(Field, String), String> {
     let (name, value) = text
         .split_once('=')
         .ok_or_else(|| format!("'{text}' is not FIELD=VALUE"))?;
-    let attr = GetAttr::from_str(name.trim(), true).map_err(|_| {
-        let known: Vec<String> = GetAttr::value_variants()
-            .iter()
-            .filter_map(|v| Some(v.to_possible_value()?.get_name().to_string()))
-            .collect();
-        format!("unknown field '{name}' (known: {})", known.join(", "))
-    })?;
-    let field = attr.field();
-    let value = crate::model::field::normalize(field, value).map_err(|e| e.to_string())?;
+    let field = field::find_attr(name.trim())
+        .map(|a| a.field)
+        .ok_or_else(|| {
+            let known: Vec<&str> = field::ATTRS.iter().map(|a| a.name).collect();
+            format!("unknown field '{name}' (known: {})", known.join(", "))
+        })?;
+    let value = field::normalize(field, value).map_err(|e| e.to_string())?;
     Ok((field, value))
 }
 

@@ -28,7 +28,7 @@ use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
-use crate::model::field::Field;
+use crate::model::field::{self, Field};
 use crate::model::queue::Waiter;
 use crate::model::{JobRecord, Lab, Machine};
 
@@ -403,7 +403,9 @@ impl Wanted {
                 let mut matching: Vec<String> = Vec::new();
                 for machine in pool {
                     let name = machine.name().to_string();
-                    if filters.iter().all(|(f, v)| machine.get(*f) == v)
+                    if filters
+                        .iter()
+                        .all(|(f, v)| field::matches(*f, machine.get(*f), v))
                         && !matching.contains(&name)
                     {
                         matching.push(name);
@@ -1123,7 +1125,8 @@ impl Claim {
         if let Some(lock) = lock.as_mut() {
             lock.stop_keeping(store);
         }
-        store.update(|lab| {
+        let machine = self.machine.clone();
+        let released = store.update(|lab| {
             // Close the job lock inside the transaction, so a waiter it
             // wakes reads the state only after this write. Closed, not
             // unlocked: processes of the job that still run (a nested run
@@ -1163,6 +1166,15 @@ impl Claim {
                     .detail(detail),
             );
             Ok(())
-        })
+        });
+        match released {
+            // The whole lab was removed while the job ran: nothing holds
+            // the claim, and no lab is made anew for its release.
+            Err(Error::NoLab(at)) => {
+                say!("mama: there is no lab at {at} any more; nothing to release on {machine}");
+                Ok(())
+            }
+            other => other,
+        }
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! [`claim`] (busy rules, claim, release, the waiting loop), [`stale`] (is a
 //! job stale, and why), [`supervise`] (the job's process, signals,
-//! timeout), [`os`] (processes, users, this host).
+//! timeout), [`manual`] (what people do by hand: clear, reserve, release),
+//! [`os`] (processes, users, this host).
 
 pub mod claim;
+pub mod manual;
 pub mod os;
 pub mod stale;
 pub mod supervise;

@@ -429,8 +429,35 @@ pub fn user_name() -> String {
 }
 
 fn read_user_name() -> String {
+    user_name_of(user_id())
+}
+
+/// The real user id of mama's process (whose name [`user_name`] is).
+pub fn user_id() -> u32 {
     // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+    unsafe { libc::getuid() }
+}
+
+/// The user who runs the process `pid`: its real user id, as
+/// `/proc/PID/status` tells it (the owner of `/proc/PID` is the effective
+/// one, or root for a process that may not be dumped), where /proc shows
+/// this PID namespace's processes.
+pub fn process_owner(pid: u32) -> Option<u32> {
+    if !Place::here().proc_is_ours {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The name of the user `uid`, or its number where it has none.
+pub fn user_name_of(uid: u32) -> String {
     let mut buf = vec![0u8; 4096];
     // SAFETY: passwd is plain data, filled in by getpwuid_r.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };

@@ -30,6 +30,8 @@ pub enum Field {
     /// mama's own addition: the boot, PID namespace and start time of the
     /// claimer, so its PID is judged only where it means something.
     JobOrigin,
+    /// mama's own addition: the user who claimed the machine for its job.
+    JobUser,
     /// mama's own addition: the waiters for the machine, in arrival order
     /// (see [`crate::model::queue`]).
     JobQueue,
@@ -41,7 +43,7 @@ pub enum Field {
 impl Field {
     /// Every field in document order; a field mama adds to an old machine is
     /// placed after the nearest field that comes before it here.
-    pub const ALL: [Field; 25] = [
+    pub const ALL: [Field; 26] = [
         Field::Name,
         Field::Mac,
         Field::Ip,
@@ -63,6 +65,7 @@ impl Field {
         Field::JobTimestamp,
         Field::JobHost,
         Field::JobOrigin,
+        Field::JobUser,
         Field::JobQueue,
         Field::StartCmd,
         Field::StopCmd,
@@ -98,6 +101,7 @@ impl Field {
             Field::JobTimestamp => "job_timestamp",
             Field::JobHost => "job_host",
             Field::JobOrigin => "job_origin",
+            Field::JobUser => "job_user",
             Field::JobQueue => "job_queue",
             Field::StartCmd => "startcmd",
             Field::StopCmd => "stopcmd",
@@ -129,6 +133,7 @@ impl Field {
             "job_timestamp" => Field::JobTimestamp,
             "job_host" => Field::JobHost,
             "job_origin" => Field::JobOrigin,
+            "job_user" => Field::JobUser,
             "job_queue" => Field::JobQueue,
             "startcmd" => Field::StartCmd,
             "stopcmd" => Field::StopCmd,
@@ -139,14 +144,38 @@ impl Field {
 
     /// Whether upstream PHP mama writes this field in every machine.
     pub const fn is_upstream(self) -> bool {
-        !matches!(self, Field::JobHost | Field::JobOrigin | Field::JobQueue)
+        !matches!(
+            self,
+            Field::JobHost | Field::JobOrigin | Field::JobUser | Field::JobQueue
+        )
     }
 
-    /// Whether this field is part of the job recorded on a machine.
+    /// Whether this field is part of the job recorded on a machine (its
+    /// queue of waiters is not): what forgetting the job empties.
     pub const fn is_job(self) -> bool {
         matches!(
             self,
-            Field::Job | Field::JobPid | Field::JobTimestamp | Field::JobHost | Field::JobOrigin
+            Field::Job
+                | Field::JobPid
+                | Field::JobTimestamp
+                | Field::JobHost
+                | Field::JobOrigin
+                | Field::JobUser
+        )
+    }
+
+    /// Whether a value of this field has a form that `set` checks (so an
+    /// empty one stands for the field's initial value), rather than being
+    /// free text.
+    const fn has_form(self) -> bool {
+        matches!(
+            self,
+            Field::Ip
+                | Field::StartTimeout
+                | Field::PwrSlot
+                | Field::RlySlot
+                | Field::OnlyVm
+                | Field::IsStarted
         )
     }
 
@@ -157,6 +186,89 @@ impl Field {
             _ => "",
         }
     }
+}
+
+/// A field as the command line names it: `set`, `get` and `--where`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// Its name on the command line; the element's name
+    /// ([`Field::tag`]) is taken too.
+    pub name: &'static str,
+    pub field: Field,
+    /// Whether `set` changes it; the others only `get` prints, since
+    /// commands of their own change them (`reserve`, `run`).
+    pub settable: bool,
+    /// What the help says of it, where its name does not say enough.
+    pub about: Option<&'static str>,
+}
+
+const fn attr(name: &'static str, field: Field, about: Option<&'static str>) -> Attr {
+    Attr {
+        name,
+        field,
+        settable: true,
+        about,
+    }
+}
+
+const fn read_only(name: &'static str, field: Field) -> Attr {
+    Attr {
+        name,
+        field,
+        settable: false,
+        about: None,
+    }
+}
+
+/// The fields the command line knows, in the order its help shows them:
+/// every field of upstream's format but the name, which `add` gives.
+pub const ATTRS: [Attr; 21] = [
+    attr("ip", Field::Ip, None),
+    attr("mac", Field::Mac, None),
+    attr("arch", Field::Arch, None),
+    attr("os", Field::Os, None),
+    attr("kernel", Field::Kernel, None),
+    attr("params", Field::BootParams, Some("boot_params")),
+    attr("vmparams", Field::VmParams, Some("vm_params")),
+    attr("resources", Field::Resources, None),
+    attr("only-vm", Field::OnlyVm, Some("1 or 0")),
+    attr("is-started", Field::IsStarted, Some("1 or 0")),
+    attr("pwr-dev", Field::PwrDev, Some("power switch")),
+    attr(
+        "pwr-slot",
+        Field::PwrSlot,
+        Some("its outlet, a whole number"),
+    ),
+    attr("rly-dev", Field::RlyDev, Some("relay board")),
+    attr(
+        "rly-slot",
+        Field::RlySlot,
+        Some("its relay, a whole number"),
+    ),
+    attr("startcmd", Field::StartCmd, None),
+    attr("stopcmd", Field::StopCmd, None),
+    attr("start-timeout", Field::StartTimeout, Some("seconds")),
+    read_only("reservation", Field::Reservation),
+    read_only("job", Field::Job),
+    read_only("job-pid", Field::JobPid),
+    read_only("job-timestamp", Field::JobTimestamp),
+];
+
+/// The field the command line calls `name` (or by its element's name),
+/// in any case.
+pub fn find_attr(name: &str) -> Option<&'static Attr> {
+    ATTRS
+        .iter()
+        .find(|a| a.name.eq_ignore_ascii_case(name) || a.field.tag().eq_ignore_ascii_case(name))
+}
+
+/// The name the command line gives `field` (its element's name where it
+/// has none).
+pub fn attr_name(field: Field) -> &'static str {
+    ATTRS
+        .iter()
+        .find(|a| a.field == field)
+        .map_or(field.tag(), |a| a.name)
 }
 
 /// Refuses text the state file cannot hold.
@@ -189,30 +301,80 @@ pub fn check_input(field: Field, value: &str) -> Result<(), Error> {
     }
 }
 
+/// How `only_vm` and `is_started` may be given: on, then off.
+const YES: [&str; 4] = ["1", "yes", "true", "on"];
+const NO: [&str; 4] = ["0", "no", "false", "off"];
+
 /// Checks and normalises what a user gives for a field; the error names the
 /// field and says what is expected.
+///
+/// An empty value clears a field: to what upstream writes into a new
+/// machine (`0` for `only_vm` and the slots, else nothing). `only_vm` and
+/// `is_started` are stored as `1` or `0`, given as any of [`YES`] or
+/// [`NO`] in any case; slots and `start_timeout` are whole numbers; the
+/// devices are free text without control characters; other free text is
+/// kept exactly as given.
 pub fn normalize(field: Field, value: &str) -> Result<String, Error> {
     check_input(field, value)?;
     let trimmed = value.trim();
+    let name = attr_name(field);
+    let whole = |what: &str| {
+        trimmed
+            .parse::<u32>()
+            .map(|n| n.to_string())
+            .map_err(|_| Error::Invalid(format!("{name} must be {what}, not '{value}'")))
+    };
     match field {
         Field::Mac => normalize_mac(trimmed),
-        Field::Ip if !trimmed.is_empty() => trimmed
+        _ if trimmed.is_empty() && field.has_form() => Ok(field.initial().to_string()),
+        Field::Ip => trimmed
             .parse::<std::net::IpAddr>()
             .map(|ip| ip.to_string())
             .map_err(|_| Error::Invalid(format!("'{value}' is not an IP address"))),
-        Field::StartTimeout if !trimmed.is_empty() => trimmed
-            .parse::<u32>()
-            .map(|secs| secs.to_string())
-            .map_err(|_| {
-                Error::Invalid(format!(
-                    "start-timeout must be a whole number of seconds, not '{value}'"
-                ))
-            }),
+        Field::StartTimeout => whole("a whole number of seconds"),
+        Field::PwrSlot | Field::RlySlot => whole("a whole number"),
+        Field::OnlyVm | Field::IsStarted => {
+            let is = |words: &[&str]| words.iter().any(|w| w.eq_ignore_ascii_case(trimmed));
+            if is(&YES) {
+                Ok("1".into())
+            } else if is(&NO) {
+                Ok("0".into())
+            } else {
+                Err(Error::Invalid(format!(
+                    "{name} must be 1 or 0 (or yes/no, true/false, on/off), not '{value}'"
+                )))
+            }
+        }
         Field::Resources => Ok(trimmed.split_whitespace().collect::<Vec<_>>().join(" ")),
-        Field::Ip | Field::StartTimeout => Ok(String::new()),
+        Field::PwrDev | Field::RlyDev => match value.chars().find(|c| c.is_control()) {
+            None => Ok(value.to_string()),
+            Some(c) => Err(Error::Invalid(format!(
+                "the value for {name} contains the control character U+{:04X}; a device \
+                 is named on one line",
+                c as u32
+            ))),
+        },
         // Free text is kept exactly as given.
         _ => Ok(value.to_string()),
     }
+}
+
+/// Whether a machine's `stored` value of `field` matches `wanted` (a value
+/// as [`normalize`] gives it, `--where`): `only_vm` and `is_started` by
+/// what they mean (empty and `0` are off, as everywhere), others as `set`
+/// would store them.
+pub fn matches(field: Field, stored: &str, wanted: &str) -> bool {
+    match field {
+        Field::OnlyVm | Field::IsStarted => is_on(stored) == is_on(wanted),
+        _ => stored == wanted || normalize(field, stored).is_ok_and(|n| n == wanted),
+    }
+}
+
+/// Whether a flag (`only_vm`, `is_started`) is on: anything but empty or
+/// `0`, as upstream reads it.
+pub fn is_on(value: &str) -> bool {
+    let value = value.trim();
+    !value.is_empty() && value != "0"
 }
 
 /// A MAC address: six hex octets separated by `:` or `-`, stored lower-case
@@ -277,6 +439,66 @@ mod input_tests {
             "aa:bb:cc:dd:ee:f",
         ] {
             assert!(normalize_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_slots_and_devices_are_checked() {
+        for (given, stored) in [("1", "1"), (" Yes ", "1"), ("on", "1"), ("FALSE", "0")] {
+            assert_eq!(normalize(Field::OnlyVm, given).unwrap(), stored, "{given}");
+            assert_eq!(
+                normalize(Field::IsStarted, given).unwrap(),
+                stored,
+                "{given}"
+            );
+        }
+        assert_eq!(normalize(Field::OnlyVm, "").unwrap(), "0");
+        assert_eq!(normalize(Field::IsStarted, "").unwrap(), "");
+        for bad in ["2", "maybe", "-1"] {
+            let err = normalize(Field::OnlyVm, bad).unwrap_err().to_string();
+            assert!(err.contains("only-vm"), "{err}");
+        }
+        assert_eq!(normalize(Field::PwrSlot, " 7 ").unwrap(), "7");
+        assert_eq!(normalize(Field::RlySlot, "").unwrap(), "0");
+        for bad in ["-1", "1.5", "x", "99999999999"] {
+            let err = normalize(Field::RlySlot, bad).unwrap_err().to_string();
+            assert!(err.contains("rly-slot"), "{err}");
+        }
+        assert_eq!(normalize(Field::PwrDev, " pdu 1 ").unwrap(), " pdu 1 ");
+        assert!(normalize(Field::PwrDev, "pdu\t1").is_err());
+        assert_eq!(normalize(Field::Arch, "a\tb").unwrap(), "a\tb");
+    }
+
+    #[test]
+    fn stored_values_match_by_what_they_mean() {
+        assert!(matches(Field::IsStarted, "", "0"));
+        assert!(matches(Field::IsStarted, " 0", "0"));
+        assert!(!matches(Field::IsStarted, "", "1"));
+        assert!(matches(Field::OnlyVm, "1", "1"));
+        assert!(matches(Field::PwrSlot, " 3", "3"));
+        assert!(matches(
+            Field::Mac,
+            "AA:BB:CC:DD:EE:01",
+            "aa:bb:cc:dd:ee:01"
+        ));
+        assert!(!matches(Field::Os, "fedora ", "fedora"));
+    }
+
+    #[test]
+    fn every_attr_has_one_name_and_a_field_of_its_own() {
+        for (i, a) in ATTRS.iter().enumerate() {
+            assert_eq!(find_attr(a.name), Some(a));
+            assert_eq!(find_attr(a.field.tag()), Some(a));
+            assert_eq!(find_attr(&a.name.to_uppercase()), Some(a));
+            assert!(ATTRS[i + 1..].iter().all(|b| b.field != a.field), "{a:?}");
+        }
+        // Every field of upstream's format but the name.
+        for field in Field::ALL.into_iter().filter(|f| f.is_upstream()) {
+            assert_eq!(
+                find_attr(field.tag()).is_some(),
+                field != Field::Name,
+                "{field:?}"
+            );
         }
     }
 

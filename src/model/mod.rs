@@ -212,11 +212,11 @@ impl Machine {
 
     /// Upstream writes `1` for a machine powered up by hand; empty or `0` is off.
     pub fn is_started(&self) -> bool {
-        is_set(self.get(Field::IsStarted))
+        field::is_on(self.get(Field::IsStarted))
     }
 
     pub fn only_vm(&self) -> bool {
-        is_set(self.get(Field::OnlyVm))
+        field::is_on(self.get(Field::OnlyVm))
     }
 
     /// The user holding a reservation, if any.
@@ -259,11 +259,6 @@ impl Machine {
             origin: Origin::parse(self.get(Field::JobOrigin)),
         })
     }
-}
-
-fn is_set(value: &str) -> bool {
-    let value = value.trim();
-    !value.is_empty() && value != "0"
 }
 
 fn non_empty(value: &str) -> Option<String> {
@@ -377,15 +372,9 @@ impl MachineMut<'_> {
         }
     }
 
-    /// Forgets the job.
+    /// Forgets the job: every field of it, mama's own included.
     pub fn clear_job(&mut self) -> Result<(), Error> {
-        for field in [
-            Field::Job,
-            Field::JobPid,
-            Field::JobTimestamp,
-            Field::JobHost,
-            Field::JobOrigin,
-        ] {
+        for field in Field::ALL.into_iter().filter(|f| f.is_job()) {
             self.clear(field)?;
         }
         Ok(())
@@ -434,7 +423,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// An empty lab, as a missing state file reads.
+    /// An empty lab: what `add` or `import` start from where there is none.
     pub fn empty() -> Lab {
         Lab::default()
     }

@@ -192,7 +192,7 @@ impl Skimmer for Machines<'_> {
 }
 
 impl XmlLab {
-    /// An empty lab, as a missing state file reads.
+    /// An empty lab: what `add` or `import` start from where there is none.
     pub fn empty() -> XmlLab {
         XmlLab {
             doc: Document::new(Element::new(ROOT)),

@@ -226,10 +226,9 @@ impl HeldJobLocks {
     }
 }
 
-/// The state file as parsed, and whether there was one.
+/// The state file as parsed.
 struct Loaded {
     doc: XmlLab,
-    existed: bool,
     /// Read from the roll-forward copy: the state file was cut short by a
     /// writer killed while writing it in place.
     rolled_forward: bool,
@@ -266,7 +265,6 @@ impl Loaded {
     fn snapshot(mut self) -> Snapshot {
         Snapshot {
             lab: self.doc.take_model(),
-            existed: self.existed,
             last_event: self.doc.event_seq().max(self.journal.last_seq()),
         }
     }
@@ -503,7 +501,7 @@ impl FileStore {
     pub fn read(&self) -> Result<Snapshot> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok(Snapshot::missing());
+            return Err(self.no_lab());
         }
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
@@ -521,7 +519,26 @@ impl FileStore {
     /// system) is [`Error::ReadOnly`], before `change` runs where that can
     /// be told.
     pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.transact(false, change)
+    }
+
+    /// [`FileStore::update`] that creates the state file when there is
+    /// none (`add`, `import`); every other transaction on a missing state
+    /// file is [`Error::NoLab`], and leaves nothing behind.
+    pub fn update_or_create<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.transact(true, change)
+    }
+
+    /// The error for a state file that is not there.
+    fn no_lab(&self) -> Error {
+        Error::NoLab(self.path.display().to_string())
+    }
+
+    fn transact<T>(&self, create: bool, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
         let like = self.metadata()?;
+        if like.is_none() && !create {
+            return Err(self.no_lab());
+        }
         if like.is_none() && !self.dir().is_dir() {
             return Err(Error::Invalid(format!(
                 "cannot create {}: the folder {} does not exist",
@@ -700,7 +717,7 @@ impl FileStore {
     ) -> Result<(Snapshot, Vec<Event>)> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok((Snapshot::missing(), Vec::new()));
+            return Err(self.no_lab());
         }
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
@@ -718,11 +735,11 @@ impl FileStore {
     }
 
     /// The state as upstream's format holds it, without mama's own
-    /// bookkeeping (`export`); upstream's empty lab when there is none.
+    /// bookkeeping (`export`).
     pub fn export(&self) -> Result<String> {
         let like = self.metadata()?;
         if like.is_none() {
-            return Ok(XmlLab::empty().to_xml());
+            return Err(self.no_lab());
         }
         let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
         let state = self.lock_state(Mode::Shared)?;
@@ -764,7 +781,6 @@ impl FileStore {
         let Some(state) = state else {
             return Ok(Loaded {
                 doc: XmlLab::empty(),
-                existed: false,
                 rolled_forward: false,
                 journal: Journal::none(Identity::default()),
             });
@@ -797,7 +813,6 @@ impl FileStore {
         {
             return Ok(Loaded {
                 doc,
-                existed: true,
                 rolled_forward: true,
                 journal: Journal::none(Identity::of(&meta)),
             });
@@ -807,7 +822,6 @@ impl FileStore {
                 let journal = self.replay(&mut doc, Identity::of(&meta), journal)?;
                 return Ok(Loaded {
                     doc,
-                    existed: true,
                     rolled_forward: false,
                     journal,
                 });
@@ -820,7 +834,6 @@ impl FileStore {
         match copy.and_then(|copy| self.parse(copy.new).ok()) {
             Some(doc) => Ok(Loaded {
                 doc,
-                existed: true,
                 rolled_forward: true,
                 journal: Journal::none(Identity::of(&meta)),
             }),

@@ -359,7 +359,7 @@ impl PgStore {
         self.with_main(|client| {
             let mut tx = self.snapshot_transaction(client)?;
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
-                return Ok((Snapshot::missing(), events.map(|_| Vec::new())));
+                return Err(self.no_lab());
             };
             let (rows, look, _) = self.snapshot(&mut tx, version)?;
             *Self::locked(&self.look) = Some(look);
@@ -381,14 +381,7 @@ impl PgStore {
             };
             tx.commit()
                 .map_err(|e| db_error(&self.context("read"), e))?;
-            Ok((
-                Snapshot {
-                    lab,
-                    existed: true,
-                    last_event,
-                },
-                events,
-            ))
+            Ok((Snapshot { lab, last_event }, events))
         })
     }
 
@@ -584,13 +577,26 @@ impl PgStore {
     /// first. A role that may not write is [`Error::ReadOnly`] before
     /// `change` runs.
     pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
-        self.transaction(|_, lab| change(lab))
+        self.transaction(false, |_, lab| change(lab))
+    }
+
+    /// [`PgStore::update`] that creates the lab (the schema) in a database
+    /// that has none; every other transaction there is [`Error::NoLab`],
+    /// and creates nothing.
+    pub fn update_or_create<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.transaction(true, |_, lab| change(lab))
+    }
+
+    /// The error for a database without a lab.
+    fn no_lab(&self) -> Error {
+        Error::NoLab(format!("the database {}", self.url.shown))
     }
 
     /// [`PgStore::update`], with the transaction's session open to `change`
     /// too (for the document around the machines).
     fn transaction<T>(
         &self,
+        create: bool,
         change: impl FnOnce(&mut postgres::Transaction<'_>, &mut Lab) -> Result<T>,
     ) -> Result<T> {
         // A session found lost before `change` ran (a server restart since
@@ -605,7 +611,9 @@ impl PgStore {
                     Err(e) => return Err(db_error(&self.context("write"), e)),
                 };
                 self.lab_lock(&mut tx)?;
-                schema::ensure(&mut tx, &self.url.shown)?;
+                if !schema::ensure(&mut tx, &self.url.shown, create)? {
+                    return Err(self.no_lab());
+                }
                 let (rows, look, may_write) = self.snapshot(&mut tx, schema::VERSION)?;
                 if !may_write {
                     return Err(Error::ReadOnly {
@@ -766,7 +774,7 @@ impl PgStore {
         self.with_main(|client| {
             let mut tx = self.snapshot_transaction(client)?;
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
-                return Ok(XmlLab::empty().to_xml());
+                return Err(self.no_lab());
             };
             let (rows, _, _) = self.snapshot(&mut tx, version)?;
             let skeleton = self.document(&mut tx)?;
@@ -795,7 +803,7 @@ impl PgStore {
         replace: bool,
         change: impl FnOnce(&mut Lab) -> Result<T>,
     ) -> Result<T> {
-        self.transaction(|tx, lab| {
+        self.transaction(true, |tx, lab| {
             let value = change(lab)?;
             let has = self.document(tx)?.is_some();
             if replace || !has {

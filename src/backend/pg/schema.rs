@@ -1,8 +1,8 @@
 //! The database lab's schema, versioned.
 //!
-//! The first writing command creates it in an empty database; a database
-//! whose schema is older than this mama's is migrated, step by step, in the
-//! writer's transaction; one that is newer is refused, so an older mama
+//! The command that creates the lab (`add`, `import`) creates it in an
+//! empty database; a database whose schema is older than this mama's is
+//! migrated, step by step, in the writer's transaction; one that is newer is refused, so an older mama
 //! never writes what it does not understand. Readers read versions up to
 //! this mama's without migrating (a read-only role could not).
 //!
@@ -106,11 +106,13 @@ pub fn version(client: &mut impl GenericClient, shown: &str) -> Result<Option<i3
 }
 
 /// Makes the schema current, inside the caller's transaction (which holds
-/// the lab's lock): creates it in an empty database, migrates an older one.
-pub fn ensure(client: &mut impl GenericClient, shown: &str) -> Result<()> {
+/// the lab's lock): creates it in an empty database (with `create`),
+/// migrates an older one. False when there is none and none was created.
+pub fn ensure(client: &mut impl GenericClient, shown: &str, create: bool) -> Result<bool> {
     let mut at = match version(client, shown)? {
-        Some(VERSION) => return Ok(()),
+        Some(VERSION) => return Ok(true),
         Some(version) => version,
+        None if !create => return Ok(false),
         None => {
             client
                 .batch_execute(CREATE)
@@ -134,5 +136,5 @@ pub fn ensure(client: &mut impl GenericClient, shown: &str) -> Result<()> {
             })?;
         at += 1;
     }
-    Ok(())
+    Ok(true)
 }
