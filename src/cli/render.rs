@@ -201,6 +201,8 @@ pub struct MachineView {
     pub job: Option<String>,
     pub job_pid: Option<u32>,
     pub job_timestamp: Option<i64>,
+    /// Who claimed the job, where its record says (`<job_user>`).
+    pub job_user: Option<String>,
     pub job_host: Option<String>,
     pub stale: bool,
     pub stale_reason: Option<String>,
@@ -292,6 +294,7 @@ impl MachineView {
                 .as_mut()
                 .map(|j| std::mem::take(&mut j.label))
                 .filter(|l| !l.is_empty()),
+            job_user: job.as_mut().and_then(|j| j.user.take()),
             job_host: job.and_then(|j| j.host),
             stale: stale_reason.is_some(),
             queue_length: queue.len(),
@@ -316,6 +319,20 @@ impl MachineView {
             cell.push_str(" [STALE]");
         }
         cell
+    }
+
+    /// Whether a job is recorded on the machine.
+    fn has_job(&self) -> bool {
+        self.job.is_some() || self.job_pid.is_some()
+    }
+
+    /// Who claimed the job: `?` where its record does not say.
+    fn user_cell(&self) -> String {
+        match &self.job_user {
+            Some(user) => user.clone(),
+            None if self.has_job() => "?".into(),
+            None => String::new(),
+        }
     }
 }
 
@@ -395,7 +412,9 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
     table
         .load_style(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(["No", "Name", "IP", "MAC", "State", "Reserved", "Job"]);
+        .set_header([
+            "No", "Name", "IP", "MAC", "State", "Reserved", "User", "Job",
+        ]);
     // Whether to colour is decided by the caller (see `style::enabled`),
     // not by comfy-table's own look at stdout.
     table.force_no_tty();
@@ -421,6 +440,7 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
                 n => tone(&format!("{} +{n}", view.state), Tone::of_state(view.state)),
             },
             text(&view.reservation),
+            tone(&view.user_cell(), None),
             tone(&view.job_cell(), view.stale.then_some(Tone::Stale)),
         ]);
     }
@@ -467,8 +487,16 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
     add("Power slot:", &view.pwr_slot);
     add("Relay device:", &view.rly_dev);
     add("Relay slot:", &view.rly_slot);
-    if view.job.is_some() || view.job_pid.is_some() {
+    if view.has_job() {
         add("Running job:", &Some(view.job.clone().unwrap_or_default()));
+        add(
+            "Job user:",
+            &Some(
+                view.job_user
+                    .clone()
+                    .unwrap_or_else(|| "unknown".to_string()),
+            ),
+        );
         add("Job PID:", &view.job_pid.map(|p| p.to_string()));
         add("Job host:", &view.job_host);
         add(

@@ -80,6 +80,7 @@ impl Caller {
             label: label.to_string(),
             pid: Some(self.pid),
             timestamp: Some(now),
+            user: Some(self.user.clone()),
             host: Some(self.host.clone()),
             origin: self.place.origin_of_this_process(),
         }
@@ -147,12 +148,21 @@ impl Busy {
                     subject(machine),
                     render::printable(&job.label)
                 );
-                if let Some(pid) = job.pid {
-                    text.push_str(&format!(" (PID {pid}"));
-                    if let Verdict::Remote(host) = verdict {
-                        text.push_str(&format!(" on host {}", render::printable(host)));
+                // Who claimed it: a record without `<job_user>` (written
+                // by another tool, or by hand) says nothing of it.
+                let user = match &job.user {
+                    Some(user) => format!("user {}", render::printable(user)),
+                    None => "user unknown".to_string(),
+                };
+                match job.pid {
+                    Some(pid) => {
+                        text.push_str(&format!(" (PID {pid}"));
+                        if let Verdict::Remote(host) = verdict {
+                            text.push_str(&format!(" on host {}", render::printable(host)));
+                        }
+                        text.push_str(&format!(", {user})"));
                     }
-                    text.push(')');
+                    None => text.push_str(&format!(" ({user})")),
                 }
                 if *verdict == Verdict::HeldByLock {
                     text.push_str(", whose processes still hold its job lock,");

@@ -25,6 +25,8 @@ pub enum Field {
     Job,
     JobPid,
     JobTimestamp,
+    /// mama's own addition: the user who claimed the job.
+    JobUser,
     /// mama's own addition: the host the job's PID belongs to.
     JobHost,
     /// mama's own addition: the boot, PID namespace and start time of the
@@ -41,7 +43,7 @@ pub enum Field {
 impl Field {
     /// Every field in document order; a field mama adds to an old machine is
     /// placed after the nearest field that comes before it here.
-    pub const ALL: [Field; 25] = [
+    pub const ALL: [Field; 26] = [
         Field::Name,
         Field::Mac,
         Field::Ip,
@@ -61,6 +63,7 @@ impl Field {
         Field::Job,
         Field::JobPid,
         Field::JobTimestamp,
+        Field::JobUser,
         Field::JobHost,
         Field::JobOrigin,
         Field::JobQueue,
@@ -96,6 +99,7 @@ impl Field {
             Field::Job => "job",
             Field::JobPid => "job_pid",
             Field::JobTimestamp => "job_timestamp",
+            Field::JobUser => "job_user",
             Field::JobHost => "job_host",
             Field::JobOrigin => "job_origin",
             Field::JobQueue => "job_queue",
@@ -127,6 +131,7 @@ impl Field {
             "job" => Field::Job,
             "job_pid" => Field::JobPid,
             "job_timestamp" => Field::JobTimestamp,
+            "job_user" => Field::JobUser,
             "job_host" => Field::JobHost,
             "job_origin" => Field::JobOrigin,
             "job_queue" => Field::JobQueue,
@@ -139,14 +144,22 @@ impl Field {
 
     /// Whether upstream PHP mama writes this field in every machine.
     pub const fn is_upstream(self) -> bool {
-        !matches!(self, Field::JobHost | Field::JobOrigin | Field::JobQueue)
+        !matches!(
+            self,
+            Field::JobUser | Field::JobHost | Field::JobOrigin | Field::JobQueue
+        )
     }
 
     /// Whether this field is part of the job recorded on a machine.
     pub const fn is_job(self) -> bool {
         matches!(
             self,
-            Field::Job | Field::JobPid | Field::JobTimestamp | Field::JobHost | Field::JobOrigin
+            Field::Job
+                | Field::JobPid
+                | Field::JobTimestamp
+                | Field::JobUser
+                | Field::JobHost
+                | Field::JobOrigin
         )
     }
 
