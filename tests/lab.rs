@@ -738,7 +738,7 @@ fn json_output_has_the_documented_shape() {
     assert_eq!(machines.len(), 2);
     for m in machines {
         let object = m.as_object().expect("each machine is an object");
-        let kinds: [(&str, Check); 12] = [
+        let kinds: [(&str, Check); 13] = [
             ("name", Value::is_string),
             ("mac", Value::is_string),
             ("ip", |v| v.is_null() || v.is_string()),
@@ -755,6 +755,7 @@ fn json_output_has_the_documented_shape() {
             ("stale", Value::is_boolean),
             ("stale_reason", |v| v.is_null() || v.is_string()),
             ("job_user", |v| v.is_null() || v.is_string()),
+            ("blocked_by", |v| v.is_null() || v.is_object()),
         ];
         for (key, ok) in kinds {
             let value = object.get(key).unwrap_or_else(|| panic!("{key} in {m}"));
@@ -1161,5 +1162,124 @@ on_both_backends! {
         env.run(["run", "m", "--no-wait", "--", "true"])
             .fails_saying(75, &format!("runs job 'by hand' (PID {}, user unknown)", process.pid()));
         assert!(!env.run(["export"]).ok().contains("job_user"));
+    }
+}
+
+// ---------------------------------------------------------------- blocked
+
+on_both_backends! {
+    fn a_machine_sharing_a_resource_with_a_reserved_or_started_one_is_blocked(env: &TestEnv) {
+        import(
+            env,
+            &lab_xml(&[
+                machine_xml("rig1", 1, &[("resources", "pdu1"), ("reservation", "alice")]),
+                machine_xml("rig2", 2, &[("resources", "usb pdu1")]),
+                machine_xml("rig3", 3, &[("resources", "pdu1")]),
+                machine_xml("rig4", 4, &[("resources", "pdu2")]),
+                // Its own reservation decides, not its resources.
+                machine_xml("rig5", 5, &[("resources", "pdu1"), ("reservation", "bob")]),
+                machine_xml("rig6", 6, &[("resources", "hub"), ("is_started", "1")]),
+                machine_xml("rig7", 7, &[("resources", "hub")]),
+            ]),
+        );
+        for (machine, state) in [
+            ("rig1", "reserved"),
+            ("rig2", "blocked (rig1 reserved by alice)"),
+            ("rig3", "blocked (rig1 reserved by alice)"),
+            ("rig4", "free"),
+            ("rig5", "reserved"),
+            ("rig6", "started"),
+            ("rig7", "blocked (rig6 started by hand)"),
+        ] {
+            assert_eq!(list_row(env, machine)["State"], state, "{machine}");
+        }
+        let rig3 = listed(env, "rig3");
+        assert_eq!(rig3["state"], "blocked", "{rig3:#}");
+        assert_eq!(
+            rig3["blocked_by"],
+            serde_json::json!({
+                "machine": "rig1", "reason": "reserved", "user": "alice", "job": null,
+                "job_pid": null, "job_host": null, "resources": ["pdu1"],
+            })
+        );
+        let rig7 = listed(env, "rig7");
+        assert_eq!(rig7["state"], "blocked", "{rig7:#}");
+        assert_eq!(rig7["blocked_by"]["machine"], "rig6");
+        assert_eq!(rig7["blocked_by"]["reason"], "started");
+        assert_eq!(rig7["blocked_by"]["user"], Value::Null);
+        for free_or_own in ["rig1", "rig4", "rig5", "rig6"] {
+            assert_eq!(listed(env, free_or_own)["blocked_by"], Value::Null, "{free_or_own}");
+        }
+        let info = env.run(["info", "rig3"]);
+        assert_eq!(info_line(info.ok(), "State:"), Some("blocked"), "{info:?}");
+        assert_eq!(
+            info_line(info.ok(), "Blocked by:"),
+            Some("rig1, reserved by alice; shares pdu1"),
+            "{info:?}"
+        );
+        // What the views say is what a claim finds.
+        env.run(["run", "rig3", "--no-wait", "--", "true"])
+            .fails_saying(75, "rig1, which shares a resource with it, is reserved by alice");
+        env.run(["run", "rig7", "--no-wait", "--", "true"])
+            .fails_saying(75, "rig6, which shares a resource with it, was started by hand");
+        env.run(["run", "rig4", "--no-wait", "--", "true"]).ok();
+
+        // The next machine holding the resource blocks in its turn.
+        env.run(["release-forced", "rig1"]).ok();
+        let rig3 = listed(env, "rig3");
+        assert_eq!(rig3["blocked_by"]["machine"], "rig5", "{rig3:#}");
+        assert_eq!(rig3["blocked_by"]["user"], "bob", "{rig3:#}");
+        assert_eq!(list_row(env, "rig1")["State"], "blocked (rig5 reserved by bob)");
+        env.run(["run", "rig3", "--no-wait", "--", "true"])
+            .fails_saying(75, "reserved by bob");
+        env.run(["release-forced", "rig5"]).ok();
+        let rig3 = listed(env, "rig3");
+        assert_eq!(rig3["state"], "free", "{rig3:#}");
+        assert_eq!(rig3["blocked_by"], Value::Null, "{rig3:#}");
+        env.run(["run", "rig3", "--no-wait", "--", "true"]).ok();
+    }
+
+    fn a_machine_sharing_a_resource_with_a_busy_one_is_blocked(env: &TestEnv) {
+        let user = user_name();
+        for (name, n, resources) in [("rig1", 1, "pdu1"), ("rig2", 2, "pdu1 usb"), ("rig3", 3, "usb2")] {
+            env.run(["add", name, "--mac", &format!("aa:bb:cc:dd:ee:{n:02x}"), "--resources", resources])
+                .ok();
+        }
+        let mut holder = hold(env, "rig1", "held");
+        assert_eq!(list_row(env, "rig1")["State"], "busy");
+        let row = list_row(env, "rig2");
+        assert_eq!(row["State"], format!("blocked (rig1 in use by {user})"), "{row:?}");
+        // The job is rig1's: rig2 has none of its own.
+        assert_eq!(row["User"], "", "{row:?}");
+        assert_eq!(row["Job"], "", "{row:?}");
+        assert_eq!(list_row(env, "rig3")["State"], "free");
+        let rig2 = listed(env, "rig2");
+        assert_eq!(rig2["state"], "blocked", "{rig2:#}");
+        assert_eq!(
+            rig2["blocked_by"],
+            serde_json::json!({
+                "machine": "rig1", "reason": "job", "user": user, "job": "held",
+                "job_pid": holder.pid(), "job_host": host_name(), "resources": ["pdu1"],
+            })
+        );
+        assert_eq!(rig2["job"], Value::Null, "{rig2:#}");
+        let info = env.run(["info", "rig2"]);
+        assert_eq!(info_line(info.ok(), "State:"), Some("blocked"), "{info:?}");
+        assert_eq!(
+            info_line(info.ok(), "Blocked by:"),
+            Some(format!("rig1, job 'held' (PID {}) of user {user}; shares pdu1", holder.pid()).as_str()),
+            "{info:?}"
+        );
+        env.run(["run", "rig2", "--no-wait", "--", "true"])
+            .fails_saying(75, "rig1, which shares a resource with it, runs job 'held'");
+        env.run(["run", "rig3", "--no-wait", "--", "true"]).ok();
+
+        env.touch("go");
+        holder.finish(LIMIT).ok();
+        let rig2 = listed(env, "rig2");
+        assert_eq!(rig2["state"], "free", "{rig2:#}");
+        assert_eq!(rig2["blocked_by"], Value::Null, "{rig2:#}");
+        assert_eq!(list_row(env, "rig2")["State"], "free");
+        env.run(["run", "rig2", "--no-wait", "--", "true"]).ok();
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{JobLock, JobLocks, Lease, PlaceLock, Store};
 use crate::cli::render;
-use crate::engine::os::{self, Place, Processes};
+use crate::engine::os::{self, Place, ProcessTable, Processes};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
@@ -196,6 +196,9 @@ pub enum Status {
     Stale,
     Reserved,
     Started,
+    /// Free by its own fields, but a machine sharing one of its resources
+    /// holds it (see [`Resources::blocker`]).
+    Blocked,
 }
 
 impl Status {
@@ -206,6 +209,7 @@ impl Status {
             Status::Stale => "stale",
             Status::Reserved => "reserved",
             Status::Started => "started",
+            Status::Blocked => "blocked",
         }
     }
 }
@@ -213,6 +217,8 @@ impl Status {
 /// A machine's status, from its own fields (a job first, then a hand
 /// start, then a reservation); `locked` says that, with no job recorded,
 /// its job lock is held (processes of a job whose record was cleared).
+/// Only a machine free by its own fields can be [`Status::Blocked`], which
+/// its resources decide (see [`Resources::blocker`]).
 pub fn status(machine: &Machine, verdict: Option<&Verdict>, locked: bool) -> Status {
     match verdict {
         Some(Verdict::Stale(_)) => Status::Stale,
@@ -224,40 +230,76 @@ pub fn status(machine: &Machine, verdict: Option<&Verdict>, locked: bool) -> Sta
     }
 }
 
+/// What holds `machine` by its own fields, whoever asks, in the order the
+/// busy rules look (SPEC rules 1-3): a live job, a reservation, a hand
+/// start. Each is looked at only when the one before it did not do (a
+/// job is judged first).
+fn holds<'m, P: ProcessTable>(
+    machine: &'m Machine,
+    judge: &'m Judge<'_, P>,
+) -> impl Iterator<Item = Busy> + 'm {
+    let job = std::iter::once_with(move || {
+        let job = machine.job()?;
+        let verdict = judge.judge(machine.name(), &job);
+        verdict.is_live().then(|| Busy::Job {
+            machine: machine.name().to_string(),
+            job,
+            verdict,
+        })
+    });
+    let reserved = std::iter::once_with(move || {
+        machine.reservation().map(|by| Busy::Reserved {
+            machine: machine.name().to_string(),
+            by,
+        })
+    });
+    let started = std::iter::once_with(move || {
+        machine.is_started().then(|| Busy::Started {
+            machine: machine.name().to_string(),
+        })
+    });
+    job.chain(reserved).chain(started).flatten()
+}
+
+impl Caller {
+    /// Whether `hold` is the caller's own, so it keeps nothing from the
+    /// caller: a job claimed by an ancestor of ours, or one we run inside
+    /// (we hold its job lock, whatever namespace we are in); a reservation
+    /// by our user.
+    fn holds_already(&self, hold: &Busy, judge: &Judge<'_, Processes>) -> bool {
+        match hold {
+            Busy::Job {
+                machine,
+                job,
+                verdict,
+            } => {
+                (*verdict == Verdict::Live && self.owns(job))
+                    || (verdict.is_live() && judge.locks.inherited(machine))
+            }
+            Busy::Reserved { by, .. } => *by == self.user,
+            Busy::Started { .. } | Busy::Locked => false,
+        }
+    }
+}
+
 /// Whether `machine` is busy for `caller` by its own fields (SPEC rules 1-3).
 fn busy_by_own_fields(
     machine: &Machine,
     caller: &Caller,
     judge: &Judge<'_, Processes>,
 ) -> Option<Busy> {
-    let name = machine.name().to_string();
-    if let Some(job) = machine.job() {
-        let verdict = judge.judge(&name, &job);
-        // Ours: claimed by an ancestor of ours, or we run inside the job
-        // that holds the machine's lock (whatever namespace we are in).
-        let ours = (verdict == Verdict::Live && caller.owns(&job))
-            || (verdict.is_live() && judge.locks.inherited(&name));
-        if verdict.is_live() && !ours {
-            return Some(Busy::Job {
-                machine: name,
-                job,
-                verdict,
-            });
-        }
-    }
-    if let Some(by) = machine.reservation().filter(|by| *by != caller.user) {
-        return Some(Busy::Reserved { machine: name, by });
-    }
-    if machine.is_started() {
-        return Some(Busy::Started { machine: name });
-    }
-    None
+    holds(machine, judge).find(|hold| !caller.holds_already(hold, judge))
+}
+
+/// A machine's resources, as the busy rules read them.
+fn resource_names(machine: &Machine) -> impl Iterator<Item = &str> {
+    machine.get(Field::Resources).split_whitespace()
 }
 
 /// The machines whose state decides whether `target` is free: itself, then
 /// every machine sharing one of its resources.
 fn deciding_machines(lab: &Lab, target: &str) -> Result<Vec<String>> {
-    let resources: HashSet<String> = lab.get(target)?.resources().into_iter().collect();
+    let resources: HashSet<&str> = resource_names(lab.get(target)?).collect();
     let mut names = vec![target.to_string()];
     // A machine that shares nothing is decided by itself alone: no look
     // through the lab (thousands of machines) for what none can share.
@@ -266,7 +308,7 @@ fn deciding_machines(lab: &Lab, target: &str) -> Result<Vec<String>> {
     }
     for machine in lab.machines() {
         let name = machine.name();
-        if name != target && machine.resources().iter().any(|r| resources.contains(r)) {
+        if name != target && resource_names(machine).any(|r| resources.contains(r)) {
             names.push(name.to_string());
         }
     }
@@ -286,6 +328,89 @@ fn busy(
         }
     }
     Ok(None)
+}
+
+/// What keeps a machine that is free by its own fields from anyone but
+/// the holder: a machine sharing a resource with it holds itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocker {
+    /// What holds the other machine ([`Busy::Job`], [`Busy::Reserved`] or
+    /// [`Busy::Started`]), which names it.
+    pub hold: Busy,
+    /// The resources the two machines share.
+    pub shared: Vec<String>,
+}
+
+/// The machines of a lab by the resources they name: what views of many
+/// machines ask (SPEC rule 4 for each machine) without a look through the
+/// whole lab for each of them.
+pub struct Resources<'l> {
+    machines: Vec<&'l Machine>,
+    /// The positions of the machines naming each resource, in the lab's
+    /// order.
+    by_name: std::collections::HashMap<&'l str, Vec<usize>>,
+    /// What holds each machine by its own fields, once asked.
+    holds: Vec<std::cell::OnceCell<Option<Busy>>>,
+}
+
+impl<'l> Resources<'l> {
+    pub fn new(lab: &'l Lab) -> Resources<'l> {
+        let machines: Vec<&Machine> = lab.machines().collect();
+        let mut by_name: std::collections::HashMap<&str, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (at, machine) in machines.iter().enumerate() {
+            for resource in resource_names(machine) {
+                let holders = by_name.entry(resource).or_default();
+                // A resource named twice by one machine counts once.
+                if holders.last() != Some(&at) {
+                    holders.push(at);
+                }
+            }
+        }
+        Resources {
+            holds: machines
+                .iter()
+                .map(|_| std::cell::OnceCell::new())
+                .collect(),
+            machines,
+            by_name,
+        }
+    }
+
+    /// What blocks the machine at position `at` of the lab, taken to be
+    /// free by its own fields: the first machine in the lab's order that
+    /// shares one of its resources and holds itself (a live job, a
+    /// reservation or a hand start: [`holds`], whoever asks), as the busy
+    /// rules find it for a caller who holds none of them.
+    pub fn blocker<P: ProcessTable>(&self, at: usize, judge: &Judge<'_, P>) -> Option<Blocker> {
+        let machine = self.machines.get(at)?;
+        let mut sharing: Vec<usize> = resource_names(machine)
+            .filter_map(|r| self.by_name.get(r))
+            .flatten()
+            .copied()
+            .filter(|&other| other != at)
+            .collect();
+        sharing.sort_unstable();
+        sharing.dedup();
+        sharing.into_iter().find_map(|other| {
+            let hold = self.holds[other]
+                .get_or_init(|| holds(self.machines[other], judge).next())
+                .clone()?;
+            let theirs: HashSet<&str> = resource_names(self.machines[other]).collect();
+            let mut shared: Vec<String> = Vec::new();
+            for resource in resource_names(machine).filter(|r| theirs.contains(r)) {
+                if !shared.iter().any(|s| s == resource) {
+                    shared.push(resource.to_string());
+                }
+            }
+            Some(Blocker { hold, shared })
+        })
+    }
+
+    /// The position of the machine called `name` in the lab.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.machines.iter().position(|m| m.name() == name)
+    }
 }
 
 /// Clears the stale jobs that stand between the caller and `target`, and
@@ -893,17 +1018,8 @@ fn held_by_caller(
     judge: &Judge<'_, Processes>,
 ) -> Result<bool> {
     for name in deciding_machines(lab, target)? {
-        let machine = lab.get(&name)?;
-        if machine.reservation().is_some_and(|by| by == caller.user) {
+        if holds(lab.get(&name)?, judge).any(|hold| caller.holds_already(&hold, judge)) {
             return Ok(true);
-        }
-        if let Some(job) = machine.job() {
-            let verdict = judge.judge(&name, &job);
-            if (verdict == Verdict::Live && caller.owns(&job))
-                || (verdict.is_live() && judge.locks.inherited(&name))
-            {
-                return Ok(true);
-            }
         }
     }
     Ok(false)
