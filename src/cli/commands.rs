@@ -185,13 +185,14 @@ pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Re
     let world = World::new(store, settings);
     let judge = world.judge();
     let found = snapshot.lab.get(machine)?;
-    let resources = claim::Resources::new(&snapshot.lab);
     let view = MachineView::new(
         found,
         found.job(),
         &judge,
         || store.held(machine),
+        // Only a machine free by its own fields looks at its resources.
         || {
+            let resources = claim::Resources::new(&snapshot.lab);
             resources
                 .position(machine)
                 .and_then(|at| resources.blocker(at, &judge))

@@ -16,7 +16,8 @@
 //! place and records only events: the outer claim stands while the outer
 //! run lives, however the inner one ends.
 
-use std::collections::HashSet;
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -343,38 +344,50 @@ pub struct Blocker {
 
 /// The machines of a lab by the resources they name: what views of many
 /// machines ask (SPEC rule 4 for each machine) without a look through the
-/// whole lab for each of them.
+/// whole lab for each of them, even where every machine shares one
+/// resource.
 pub struct Resources<'l> {
     machines: Vec<&'l Machine>,
-    /// The positions of the machines naming each resource, in the lab's
-    /// order.
-    by_name: std::collections::HashMap<&'l str, Vec<usize>>,
+    by_name: HashMap<&'l str, Sharers>,
     /// What holds each machine by its own fields, once asked.
-    holds: Vec<std::cell::OnceCell<Option<Busy>>>,
+    holds: Vec<OnceCell<Option<Busy>>>,
+}
+
+/// The machines naming one resource.
+#[derive(Default)]
+struct Sharers {
+    /// Their positions in the lab, in its order.
+    machines: Vec<usize>,
+    /// The first two of them that hold themselves, once asked: the first
+    /// blocks every other, the second blocks the first.
+    first_holders: OnceCell<(Option<usize>, Option<usize>)>,
 }
 
 impl<'l> Resources<'l> {
     pub fn new(lab: &'l Lab) -> Resources<'l> {
         let machines: Vec<&Machine> = lab.machines().collect();
-        let mut by_name: std::collections::HashMap<&str, Vec<usize>> =
-            std::collections::HashMap::new();
+        let mut by_name: HashMap<&str, Sharers> = HashMap::new();
         for (at, machine) in machines.iter().enumerate() {
             for resource in resource_names(machine) {
-                let holders = by_name.entry(resource).or_default();
+                let sharers = &mut by_name.entry(resource).or_default().machines;
                 // A resource named twice by one machine counts once.
-                if holders.last() != Some(&at) {
-                    holders.push(at);
+                if sharers.last() != Some(&at) {
+                    sharers.push(at);
                 }
             }
         }
         Resources {
-            holds: machines
-                .iter()
-                .map(|_| std::cell::OnceCell::new())
-                .collect(),
+            holds: machines.iter().map(|_| OnceCell::new()).collect(),
             machines,
             by_name,
         }
+    }
+
+    /// What holds the machine at position `at` by its own fields.
+    fn hold<P: ProcessTable>(&self, at: usize, judge: &Judge<'_, P>) -> Option<&Busy> {
+        self.holds[at]
+            .get_or_init(|| holds(self.machines[at], judge).next())
+            .as_ref()
     }
 
     /// What blocks the machine at position `at` of the lab, taken to be
@@ -384,27 +397,29 @@ impl<'l> Resources<'l> {
     /// rules find it for a caller who holds none of them.
     pub fn blocker<P: ProcessTable>(&self, at: usize, judge: &Judge<'_, P>) -> Option<Blocker> {
         let machine = self.machines.get(at)?;
-        let mut sharing: Vec<usize> = resource_names(machine)
+        let other = resource_names(machine)
             .filter_map(|r| self.by_name.get(r))
-            .flatten()
-            .copied()
-            .filter(|&other| other != at)
-            .collect();
-        sharing.sort_unstable();
-        sharing.dedup();
-        sharing.into_iter().find_map(|other| {
-            let hold = self.holds[other]
-                .get_or_init(|| holds(self.machines[other], judge).next())
-                .clone()?;
-            let theirs: HashSet<&str> = resource_names(self.machines[other]).collect();
-            let mut shared: Vec<String> = Vec::new();
-            for resource in resource_names(machine).filter(|r| theirs.contains(r)) {
-                if !shared.iter().any(|s| s == resource) {
-                    shared.push(resource.to_string());
-                }
+            .filter_map(|sharers| {
+                let (first, second) = *sharers.first_holders.get_or_init(|| {
+                    let mut holding = sharers
+                        .machines
+                        .iter()
+                        .copied()
+                        .filter(|&m| self.hold(m, judge).is_some());
+                    (holding.next(), holding.next())
+                });
+                if first == Some(at) { second } else { first }
+            })
+            .min()?;
+        let hold = self.hold(other, judge)?.clone();
+        let theirs: HashSet<&str> = resource_names(self.machines[other]).collect();
+        let mut shared: Vec<String> = Vec::new();
+        for resource in resource_names(machine).filter(|r| theirs.contains(r)) {
+            if !shared.iter().any(|s| s == resource) {
+                shared.push(resource.to_string());
             }
-            Some(Blocker { hold, shared })
-        })
+        }
+        Some(Blocker { hold, shared })
     }
 
     /// The position of the machine called `name` in the lab.
