@@ -346,6 +346,7 @@ on_both_backends! {
         for view in [&seen_inside, &info] {
             assert_eq!(view["job"], "outer", "{view:#}");
             assert_eq!(view["job_pid"], mama.pid(), "{view:#}");
+            assert_eq!(view["job_user"], user_name().as_str(), "{view:#}");
         }
         let nested = env.events();
         assert!(
@@ -373,6 +374,7 @@ on_both_backends! {
         assert_eq!(info["job"], "outer", "{info:#}");
         assert_eq!(info["job_pid"], mama.pid(), "{info:#}");
         assert_eq!(info["job_host"], host_name(), "{info:#}");
+        assert_eq!(info["job_user"], user_name().as_str(), "{info:#}");
         env.run(["run", "m", "--no-wait", "--", "true"]).fails(75);
 
         env.touch("outer.go");

@@ -70,6 +70,7 @@ fn man_page_has_its_sections_in_order() {
         "ENVIRONMENT",
         "FILES",
         "\"EXIT STATUS\"",
+        "STATES",
         "\"STALE JOBS\"",
         "EXAMPLES",
     ] {

@@ -949,10 +949,22 @@ fn list_shows_a_table_and_marks_stale_jobs() {
     let rows = table_rows(list.ok());
     assert_eq!(
         rows[0],
-        ["No", "Name", "IP", "MAC", "State", "Reserved", "Job"]
+        [
+            "No", "Name", "IP", "MAC", "State", "Reserved", "User", "Job"
+        ]
     );
+    // Jobs written by hand name no user: it shows as unknown, never guessed.
     let expected = [
-        ["1", "rig1", "10.0.0.1", "aa:bb:cc:dd:ee:01", "free", "", ""],
+        [
+            "1",
+            "rig1",
+            "10.0.0.1",
+            "aa:bb:cc:dd:ee:01",
+            "free",
+            "",
+            "",
+            "",
+        ],
         [
             "2",
             "rig2",
@@ -960,12 +972,40 @@ fn list_shows_a_table_and_marks_stale_jobs() {
             "aa:bb:cc:dd:ee:02",
             "stale",
             "",
+            "?",
             "nightly [STALE]",
         ],
-        ["3", "rig3", "", "aa:bb:cc:dd:ee:03", "busy", "", "smoke"],
-        ["4", "rig4", "", "aa:bb:cc:dd:ee:04", "reserved", "bob", ""],
-        ["5", "rig5", "", "aa:bb:cc:dd:ee:05", "started", "", ""],
-        ["6", "rig6", "", "aa:bb:cc:dd:ee:06", "busy", "", "by hand"],
+        [
+            "3",
+            "rig3",
+            "",
+            "aa:bb:cc:dd:ee:03",
+            "busy",
+            "",
+            "?",
+            "smoke",
+        ],
+        [
+            "4",
+            "rig4",
+            "",
+            "aa:bb:cc:dd:ee:04",
+            "reserved",
+            "bob",
+            "",
+            "",
+        ],
+        ["5", "rig5", "", "aa:bb:cc:dd:ee:05", "started", "", "", ""],
+        [
+            "6",
+            "rig6",
+            "",
+            "aa:bb:cc:dd:ee:06",
+            "busy",
+            "",
+            "?",
+            "by hand",
+        ],
     ];
     for (row, want) in rows[1..].iter().zip(&expected) {
         assert_eq!(row, want, "{}", list.stdout);
@@ -974,7 +1014,7 @@ fn list_shows_a_table_and_marks_stale_jobs() {
     // A job without a label still shows, by its PID.
     assert_eq!(rows[7][4], "stale");
     assert!(
-        rows[7][6].contains(&dead) && rows[7][6].ends_with(" [STALE]"),
+        rows[7][7].contains(&dead) && rows[7][7].ends_with(" [STALE]"),
         "{:?}",
         rows[7]
     );
@@ -1019,7 +1059,7 @@ fn json_output_has_the_documented_shape() {
     assert_eq!(machines.len(), 2);
     for m in machines {
         let object = m.as_object().expect("each machine is an object");
-        let kinds: [(&str, Check); 11] = [
+        let kinds: [(&str, Check); 13] = [
             ("name", Value::is_string),
             ("mac", Value::is_string),
             ("ip", |v| v.is_null() || v.is_string()),
@@ -1035,6 +1075,8 @@ fn json_output_has_the_documented_shape() {
             ("job_timestamp", |v| v.is_null() || v.is_i64()),
             ("stale", Value::is_boolean),
             ("stale_reason", |v| v.is_null() || v.is_string()),
+            ("job_user", |v| v.is_null() || v.is_string()),
+            ("blocked_by", |v| v.is_null() || v.is_object()),
         ];
         for (key, ok) in kinds {
             let value = object.get(key).unwrap_or_else(|| panic!("{key} in {m}"));
@@ -1324,5 +1366,241 @@ on_both_backends! {
         assert_eq!(empty, serde_json::Value::Null);
         let err = env.run(["get", "nosuch", "kernel", "--json"]);
         assert!(err.fails(1).contains("nosuch"), "{err:?}");
+    }
+}
+
+// ---------------------------------------------------------------- holders
+
+/// The row of `machine` in the `list` table, by column name.
+fn list_row(env: &TestEnv, machine: &str) -> std::collections::HashMap<String, String> {
+    let list = env.run(["list"]);
+    let rows = table_rows(list.ok());
+    let row = rows
+        .iter()
+        .find(|row| row.get(1).is_some_and(|name| name == machine))
+        .unwrap_or_else(|| panic!("{machine} in {}", list.stdout));
+    rows[0].iter().cloned().zip(row.iter().cloned()).collect()
+}
+
+/// The `list --json` entry of `machine`, checked to be what `info --json`
+/// says too.
+#[track_caller]
+fn listed(env: &TestEnv, machine: &str) -> Value {
+    let list = env.run(["list", "--json"]).json();
+    let entry = list
+        .as_array()
+        .and_then(|all| all.iter().find(|m| m["name"] == machine))
+        .unwrap_or_else(|| panic!("{machine} in {list:#}"))
+        .clone();
+    let info = env.info(machine);
+    for (key, value) in entry.as_object().expect("an object") {
+        assert_eq!(
+            &info[key], value,
+            "{key}: info --json and list --json agree"
+        );
+    }
+    entry
+}
+
+/// Loads the machines of `xml` (upstream's format) into the lab, as
+/// another tool or a person would have written them.
+fn import(env: &TestEnv, xml: &str) {
+    let path = env.path().join("import.xml");
+    fs::write(&path, xml).expect("write the file to import");
+    env.run(["import", path.to_str().expect("a UTF-8 path")])
+        .ok();
+}
+
+/// A job on `machine` held by `mama run` until `$1/go` appears.
+fn hold(env: &TestEnv, machine: &str, label: &str) -> Bg {
+    let script = format!("touch \"$1/started\"; {}", wait_for_file("go"));
+    let holder = env.start(sh_job(env, machine, &["--job", label], &script));
+    wait_until("the job to start", LIMIT, || {
+        env.path().join("started").exists()
+    });
+    holder
+}
+
+on_both_backends! {
+    fn the_holders_user_is_recorded_and_shown_everywhere(env: &TestEnv) {
+        let user = user_name();
+        env.add("m", 1);
+        let mut holder = hold(env, "m", "held");
+
+        let row = list_row(env, "m");
+        assert_eq!(row["User"], user, "{row:?}");
+        assert_eq!(row["Job"], "held", "{row:?}");
+        let entry = listed(env, "m");
+        assert_eq!(entry["job_user"], user.as_str(), "{entry:#}");
+        let info = env.run(["info", "m"]);
+        assert_eq!(info_line(info.ok(), "Job user:"), Some(user.as_str()), "{info:?}");
+        let export = env.run(["export"]);
+        assert!(
+            export.ok().contains(&format!("<job_user>{user}</job_user>")),
+            "{}",
+            export.stdout
+        );
+        // Whoever waits is told whose job it is.
+        let mut waiter = env.start(["run", "m", "--", "true"]);
+        let told = waiter.expect_stderr("is busy", LIMIT);
+        assert!(
+            told.contains(&format!("runs job 'held' (PID {}, user {user})", holder.pid())),
+            "{told}"
+        );
+
+        env.touch("go");
+        holder.finish(LIMIT).ok();
+        waiter.finish(LIMIT).ok();
+        // The claim's user leaves with the claim.
+        assert_eq!(listed(env, "m")["job_user"], Value::Null);
+        assert!(!env.run(["export"]).ok().contains("job_user"));
+        assert!(!env.stored().contains("job_user"), "{}", env.stored());
+        let events = env.events();
+        let claims: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["event"] == "claimed" && e["job"] == "held")
+            .collect();
+        assert_eq!(claims.len(), 1, "{claims:?}");
+        assert_eq!(claims[0]["user"], user.as_str());
+    }
+
+    fn a_job_record_without_a_user_shows_the_user_as_unknown(env: &TestEnv) {
+        // A live process of this user's: its owner is no claimer, and is
+        // never taken for one.
+        let process = sleeper();
+        let now = unix_now();
+        import(
+            env,
+            &with_job(&lab_xml(&[machine_xml("m", 1, &[])]), "m", "by hand", Some(process.pid()), now),
+        );
+        let row = list_row(env, "m");
+        assert_eq!(row["State"], "busy", "{row:?}");
+        assert_eq!(row["User"], "?", "{row:?}");
+        let entry = listed(env, "m");
+        assert_eq!(entry["job_user"], Value::Null, "{entry:#}");
+        let info = env.run(["info", "m"]);
+        assert_eq!(info_line(info.ok(), "Job user:"), Some("unknown"), "{info:?}");
+        env.run(["run", "m", "--no-wait", "--", "true"])
+            .fails_saying(75, &format!("runs job 'by hand' (PID {}, user unknown)", process.pid()));
+        assert!(!env.run(["export"]).ok().contains("job_user"));
+    }
+}
+
+// ---------------------------------------------------------------- blocked
+
+on_both_backends! {
+    fn a_machine_sharing_a_resource_with_a_reserved_or_started_one_is_blocked(env: &TestEnv) {
+        import(
+            env,
+            &lab_xml(&[
+                machine_xml("rig1", 1, &[("resources", "pdu1"), ("reservation", "alice")]),
+                machine_xml("rig2", 2, &[("resources", "usb pdu1")]),
+                machine_xml("rig3", 3, &[("resources", "pdu1")]),
+                machine_xml("rig4", 4, &[("resources", "pdu2")]),
+                // Its own reservation decides, not its resources.
+                machine_xml("rig5", 5, &[("resources", "pdu1"), ("reservation", "bob")]),
+                machine_xml("rig6", 6, &[("resources", "hub"), ("is_started", "1")]),
+                machine_xml("rig7", 7, &[("resources", "hub")]),
+            ]),
+        );
+        for (machine, state) in [
+            ("rig1", "reserved"),
+            ("rig2", "blocked (rig1 reserved by alice)"),
+            ("rig3", "blocked (rig1 reserved by alice)"),
+            ("rig4", "free"),
+            ("rig5", "reserved"),
+            ("rig6", "started"),
+            ("rig7", "blocked (rig6 started by hand)"),
+        ] {
+            assert_eq!(list_row(env, machine)["State"], state, "{machine}");
+        }
+        let rig3 = listed(env, "rig3");
+        assert_eq!(rig3["state"], "blocked", "{rig3:#}");
+        assert_eq!(
+            rig3["blocked_by"],
+            serde_json::json!({
+                "machine": "rig1", "reason": "reserved", "user": "alice", "job": null,
+                "job_pid": null, "job_host": null, "resources": ["pdu1"],
+            })
+        );
+        let rig7 = listed(env, "rig7");
+        assert_eq!(rig7["state"], "blocked", "{rig7:#}");
+        assert_eq!(rig7["blocked_by"]["machine"], "rig6");
+        assert_eq!(rig7["blocked_by"]["reason"], "started");
+        assert_eq!(rig7["blocked_by"]["user"], Value::Null);
+        for free_or_own in ["rig1", "rig4", "rig5", "rig6"] {
+            assert_eq!(listed(env, free_or_own)["blocked_by"], Value::Null, "{free_or_own}");
+        }
+        let info = env.run(["info", "rig3"]);
+        assert_eq!(info_line(info.ok(), "State:"), Some("blocked"), "{info:?}");
+        assert_eq!(
+            info_line(info.ok(), "Blocked by:"),
+            Some("rig1, reserved by alice; shares pdu1"),
+            "{info:?}"
+        );
+        // What the views say is what a claim finds.
+        env.run(["run", "rig3", "--no-wait", "--", "true"])
+            .fails_saying(75, "rig1, which shares a resource with it, is reserved by alice");
+        env.run(["run", "rig7", "--no-wait", "--", "true"])
+            .fails_saying(75, "rig6, which shares a resource with it, was started by hand");
+        env.run(["run", "rig4", "--no-wait", "--", "true"]).ok();
+
+        // The next machine holding the resource blocks in its turn.
+        env.run(["release-forced", "rig1"]).ok();
+        let rig3 = listed(env, "rig3");
+        assert_eq!(rig3["blocked_by"]["machine"], "rig5", "{rig3:#}");
+        assert_eq!(rig3["blocked_by"]["user"], "bob", "{rig3:#}");
+        assert_eq!(list_row(env, "rig1")["State"], "blocked (rig5 reserved by bob)");
+        env.run(["run", "rig3", "--no-wait", "--", "true"])
+            .fails_saying(75, "reserved by bob");
+        env.run(["release-forced", "rig5"]).ok();
+        let rig3 = listed(env, "rig3");
+        assert_eq!(rig3["state"], "free", "{rig3:#}");
+        assert_eq!(rig3["blocked_by"], Value::Null, "{rig3:#}");
+        env.run(["run", "rig3", "--no-wait", "--", "true"]).ok();
+    }
+
+    fn a_machine_sharing_a_resource_with_a_busy_one_is_blocked(env: &TestEnv) {
+        let user = user_name();
+        for (name, n, resources) in [("rig1", 1, "pdu1"), ("rig2", 2, "pdu1 usb"), ("rig3", 3, "usb2")] {
+            env.run(["add", name, "--mac", &format!("aa:bb:cc:dd:ee:{n:02x}"), "--resources", resources])
+                .ok();
+        }
+        let mut holder = hold(env, "rig1", "held");
+        assert_eq!(list_row(env, "rig1")["State"], "busy");
+        let row = list_row(env, "rig2");
+        assert_eq!(row["State"], format!("blocked (rig1 in use by {user})"), "{row:?}");
+        // The job is rig1's: rig2 has none of its own.
+        assert_eq!(row["User"], "", "{row:?}");
+        assert_eq!(row["Job"], "", "{row:?}");
+        assert_eq!(list_row(env, "rig3")["State"], "free");
+        let rig2 = listed(env, "rig2");
+        assert_eq!(rig2["state"], "blocked", "{rig2:#}");
+        assert_eq!(
+            rig2["blocked_by"],
+            serde_json::json!({
+                "machine": "rig1", "reason": "job", "user": user, "job": "held",
+                "job_pid": holder.pid(), "job_host": host_name(), "resources": ["pdu1"],
+            })
+        );
+        assert_eq!(rig2["job"], Value::Null, "{rig2:#}");
+        let info = env.run(["info", "rig2"]);
+        assert_eq!(info_line(info.ok(), "State:"), Some("blocked"), "{info:?}");
+        assert_eq!(
+            info_line(info.ok(), "Blocked by:"),
+            Some(format!("rig1, job 'held' (PID {}) of user {user}; shares pdu1", holder.pid()).as_str()),
+            "{info:?}"
+        );
+        env.run(["run", "rig2", "--no-wait", "--", "true"])
+            .fails_saying(75, "rig1, which shares a resource with it, runs job 'held'");
+        env.run(["run", "rig3", "--no-wait", "--", "true"]).ok();
+
+        env.touch("go");
+        holder.finish(LIMIT).ok();
+        let rig2 = listed(env, "rig2");
+        assert_eq!(rig2["state"], "free", "{rig2:#}");
+        assert_eq!(rig2["blocked_by"], Value::Null, "{rig2:#}");
+        assert_eq!(list_row(env, "rig2")["State"], "free");
+        env.run(["run", "rig2", "--no-wait", "--", "true"]).ok();
     }
 }

@@ -294,9 +294,16 @@ impl Op {
             Op::SetOs(..) => &["os"],
             Op::SetKernel(..) => &["kernel"],
             // Never the IP a person set.
-            Op::Clear(_) => &["is_started", "job", "job_pid", "job_timestamp", "job_host"],
+            Op::Clear(_) => &[
+                "is_started",
+                "job",
+                "job_pid",
+                "job_timestamp",
+                "job_user",
+                "job_host",
+            ],
             Op::Reserve(_) => &["reservation"],
-            Op::Run(_) => &["job", "job_pid", "job_timestamp", "job_host"],
+            Op::Run(_) => &["job", "job_pid", "job_timestamp", "job_user", "job_host"],
         }
     }
 
@@ -430,6 +437,7 @@ fn killed_writers_leave_the_old_or_the_new_file() {
                     Value::Null,
                     Value::Null,
                     Value::Null,
+                    Value::Null,
                 ],
                 Op::Reserve(_) => vec![user.as_str().into()],
                 // A finished run leaves the machine as it found it.
@@ -444,7 +452,8 @@ fn killed_writers_leave_the_old_or_the_new_file() {
                     matches!(op, Op::Run(_))
                         && now["job"] == "run true"
                         && now["job_pid"].is_u64()
-                        && now["job_timestamp"].is_i64(),
+                        && now["job_timestamp"].is_i64()
+                        && now["job_user"] == user.as_str(),
                     "round {round}: {:?} left a mix: {before:?} -> {after:?}",
                     op.args()
                 );

@@ -125,9 +125,19 @@ pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
         world.processes.assume_alive(pid, start);
     }
     let judge = world.judge();
+    let resources = claim::Resources::new(&lab);
     let views: Vec<MachineView> = jobs
         .into_iter()
-        .map(|(m, job)| MachineView::new(m, job, &judge, || held.contains(m.name())))
+        .enumerate()
+        .map(|(at, (m, job))| {
+            MachineView::new(
+                m,
+                job,
+                &judge,
+                || held.contains(m.name()),
+                || resources.blocker(at, &judge),
+            )
+        })
         .collect();
     if json {
         print_json(&views)
@@ -165,7 +175,19 @@ pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Re
     let world = World::new(store, settings);
     let judge = world.judge();
     let found = snapshot.lab.get(machine)?;
-    let view = MachineView::new(found, found.job(), &judge, || store.held(machine));
+    let view = MachineView::new(
+        found,
+        found.job(),
+        &judge,
+        || store.held(machine),
+        // Only a machine free by its own fields looks at its resources.
+        || {
+            let resources = claim::Resources::new(&snapshot.lab);
+            resources
+                .position(machine)
+                .and_then(|at| resources.blocker(at, &judge))
+        },
+    );
     if json {
         print_json(&render::InfoView {
             queue: view.queue.clone(),

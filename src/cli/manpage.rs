@@ -267,7 +267,8 @@ fn sections() -> Roff {
         &[roman(
             "When set to a non-empty value, mama prints no colour. Without it, colour is \
              used only when the output goes to a terminal: in list and info the state \
-             (stale in red, busy in yellow, free in green) and a stale job, and on stderr \
+             (stale in red, busy and blocked in yellow, free in green) and a stale job, \
+             and on stderr \
              the \"mama:\" prefix of an error.",
         )],
     );
@@ -423,6 +424,54 @@ fn sections() -> Roff {
         bold("mama wait"),
         roman(" exits 0 when the machine is free, and 75 when its --timeout passed first."),
     ]);
+
+    r.control("SH", ["STATES"]);
+    r.text([
+        roman("The State column of "),
+        bold("list"),
+        roman(" and "),
+        bold("info"),
+        roman(" (\"state\" in their JSON) says what holds each machine:"),
+    ]);
+    let state = |r: &mut Roff, name: &str, text: &str| item(r, vec![bold(name)], &[roman(text)]);
+    state(&mut r, "free", "Nothing holds it.");
+    state(
+        &mut r,
+        "busy",
+        "A live job holds it (the User column names the user who claimed it, and \"?\" \
+         a record that does not say, as PHP mama and hand-written ones), or processes of \
+         a job whose record was cleared still hold its job lock.",
+    );
+    state(
+        &mut r,
+        "stale",
+        "Its job was left behind by a process that died (see STALE JOBS).",
+    );
+    state(
+        &mut r,
+        "started",
+        "is_started is set: someone powered it up by hand.",
+    );
+    state(
+        &mut r,
+        "reserved",
+        "A user reserved it (the Reserved column).",
+    );
+    state(
+        &mut r,
+        "blocked",
+        "Free by its own fields, but a machine sharing one of its resources has a live \
+         job, a reservation or is_started, so runs on it wait: list names that machine \
+         and what holds it, as in \"blocked (rig1 reserved by alice)\", info says it \
+         under \"Blocked by:\", and the JSON under \"blocked_by\".",
+    );
+    r.control("PP", []);
+    r.text([roman(
+        "A machine's own job decides first, then a hand start, then a reservation; it is \
+         blocked only when it would otherwise be free. The state is the same whoever asks: \
+         your own reservation, or the job you run inside, still shows, and a run lets you \
+         through.",
+    )]);
 
     r.control("SH", ["STALE JOBS"]);
     r.text([roman("A job is stale when:")]);

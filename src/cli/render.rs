@@ -14,7 +14,7 @@ use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
 use crate::cli::style::{self, Tone};
-use crate::engine::claim;
+use crate::engine::claim::{self, Blocker, Busy, Status};
 use crate::engine::os::ProcessTable;
 use crate::engine::stale::{Judge, Verdict};
 use crate::model::event::Event;
@@ -193,9 +193,14 @@ pub struct MachineView {
     pub job: Option<String>,
     pub job_pid: Option<u32>,
     pub job_timestamp: Option<i64>,
+    /// Who claimed the job, where its record says (`<job_user>`).
+    pub job_user: Option<String>,
     pub job_host: Option<String>,
     pub stale: bool,
     pub stale_reason: Option<String>,
+    /// What holds a machine that is `blocked`: a machine sharing one of
+    /// its resources.
+    pub blocked_by: Option<BlockedView>,
     /// How many wait for the machine.
     pub queue_length: usize,
     /// Who waits, oldest first (`info` shows them).
@@ -214,12 +219,15 @@ pub struct MachineView {
 impl MachineView {
     /// The view of `machine`, whose job record is `job` (its
     /// [`Machine::job`]); `locked` says whether its job lock is held
-    /// (looked at only when no job is recorded).
+    /// (looked at only when no job is recorded), and `blocker` what holds
+    /// it through its resources (asked only when it is free by its own
+    /// fields: see [`claim::Resources::blocker`]).
     pub fn new<P: ProcessTable>(
         machine: &Machine,
         mut job: Option<JobRecord>,
         judge: &Judge<'_, P>,
         locked: impl FnOnce() -> bool,
+        blocker: impl FnOnce() -> Option<Blocker>,
     ) -> MachineView {
         // Only waiters that still wait: a place whose lock is free was
         // left by one that gave up or died.
@@ -257,11 +265,22 @@ impl MachineView {
         };
         let resources = machine.resources();
         let unrecorded_lock = job.is_none() && locked();
+        // A machine's own job, hand start or reservation decides first;
+        // only a machine free by its own fields is blocked.
+        let own = claim::status(machine, verdict.as_ref(), unrecorded_lock);
+        let blocked_by = match own {
+            Status::Free => blocker().and_then(BlockedView::of),
+            _ => None,
+        };
+        let state = match blocked_by {
+            Some(_) => Status::Blocked,
+            None => own,
+        };
         MachineView {
             name: machine.name().to_string(),
             mac: field(Field::Mac),
             ip: field(Field::Ip),
-            state: claim::status(machine, verdict.as_ref(), unrecorded_lock).as_str(),
+            state: state.as_str(),
             reservation: machine.reservation(),
             resources: (!resources.is_empty()).then_some(resources),
             is_started: machine.is_started(),
@@ -284,8 +303,10 @@ impl MachineView {
                 .as_mut()
                 .map(|j| std::mem::take(&mut j.label))
                 .filter(|l| !l.is_empty()),
+            job_user: job.as_mut().and_then(|j| j.user.take()),
             job_host: job.and_then(|j| j.host),
             stale: stale_reason.is_some(),
+            blocked_by,
             queue_length: queue.len(),
             queue,
             held_by_lock: verdict == Some(Verdict::HeldByLock) || unrecorded_lock,
@@ -308,6 +329,118 @@ impl MachineView {
             cell.push_str(" [STALE]");
         }
         cell
+    }
+
+    /// Whether a job is recorded on the machine.
+    fn has_job(&self) -> bool {
+        self.job.is_some() || self.job_pid.is_some()
+    }
+
+    /// Who claimed the job: `?` where its record does not say.
+    fn user_cell(&self) -> String {
+        match &self.job_user {
+            Some(user) => user.clone(),
+            None if self.has_job() => "?".into(),
+            None => String::new(),
+        }
+    }
+
+    /// The State cell: the state, the length of the queue, and for a
+    /// blocked machine what blocks it.
+    fn state_cell(&self) -> String {
+        let mut cell = self.state.to_string();
+        if self.queue_length > 0 {
+            cell.push_str(&format!(" +{}", self.queue_length));
+        }
+        if let Some(blocked) = &self.blocked_by {
+            cell.push_str(&format!(" ({})", blocked.summary()));
+        }
+        cell
+    }
+}
+
+/// What holds a blocked machine, as `list --json` and `info --json` show
+/// it: the machine sharing a resource with it, and what holds that one.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedView {
+    /// The machine that holds it.
+    pub machine: String,
+    /// What holds that machine: `job`, `reserved` or `started`.
+    pub reason: &'static str,
+    /// The job's claimer (`null` where its record does not say), or the
+    /// holder of the reservation; `null` for a hand start.
+    pub user: Option<String>,
+    pub job: Option<String>,
+    pub job_pid: Option<u32>,
+    pub job_host: Option<String>,
+    /// The resources the two machines share.
+    pub resources: Vec<String>,
+}
+
+impl BlockedView {
+    /// The view of what blocks a machine; none for a held job lock, which
+    /// never blocks another machine.
+    fn of(blocker: Blocker) -> Option<BlockedView> {
+        let resources = blocker.shared;
+        let blocked = |machine: String, reason| BlockedView {
+            machine,
+            reason,
+            user: None,
+            job: None,
+            job_pid: None,
+            job_host: None,
+            resources: resources.clone(),
+        };
+        Some(match blocker.hold {
+            Busy::Job { machine, job, .. } => BlockedView {
+                user: job.user,
+                job: Some(job.label).filter(|l| !l.is_empty()),
+                job_pid: job.pid,
+                job_host: job.host,
+                ..blocked(machine, "job")
+            },
+            Busy::Reserved { machine, by } => BlockedView {
+                user: Some(by),
+                ..blocked(machine, "reserved")
+            },
+            Busy::Started { machine } => blocked(machine, "started"),
+            Busy::Locked => return None,
+        })
+    }
+
+    /// Short, for the `list` table: `rig1 reserved by alice`.
+    fn summary(&self) -> String {
+        let user = self.user.as_deref().unwrap_or("?");
+        match self.reason {
+            "reserved" => format!("{} reserved by {user}", self.machine),
+            "started" => format!("{} started by hand", self.machine),
+            _ => format!("{} in use by {user}", self.machine),
+        }
+    }
+
+    /// Whole, for `info`: the machine, what holds it, the shared resources.
+    fn detail(&self) -> String {
+        let user = self.user.as_deref().unwrap_or("unknown");
+        let what = match self.reason {
+            "reserved" => format!("reserved by {user}"),
+            "started" => "started by hand (is_started is set)".to_string(),
+            _ => {
+                let mut what = match &self.job {
+                    Some(label) => format!("job '{label}'"),
+                    None => "a job".to_string(),
+                };
+                if let Some(pid) = self.job_pid {
+                    what.push_str(&format!(" (PID {pid})"));
+                }
+                what.push_str(&format!(" of user {user}"));
+                what
+            }
+        };
+        format!(
+            "{}, {what}; shares {}",
+            self.machine,
+            self.resources.join(" ")
+        )
     }
 }
 
@@ -387,7 +520,9 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
     table
         .load_style(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(["No", "Name", "IP", "MAC", "State", "Reserved", "Job"]);
+        .set_header([
+            "No", "Name", "IP", "MAC", "State", "Reserved", "User", "Job",
+        ]);
     // Whether to colour is decided by the caller (see `style::enabled`),
     // not by comfy-table's own look at stdout.
     table.force_no_tty();
@@ -408,11 +543,9 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
             tone(&view.name, None),
             text(&view.ip),
             text(&view.mac),
-            match view.queue_length {
-                0 => tone(view.state, Tone::of_state(view.state)),
-                n => tone(&format!("{} +{n}", view.state), Tone::of_state(view.state)),
-            },
+            tone(&view.state_cell(), Tone::of_state(view.state)),
             text(&view.reservation),
+            tone(&view.user_cell(), None),
             tone(&view.job_cell(), view.stale.then_some(Tone::Stale)),
         ]);
     }
@@ -440,6 +573,10 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
         "State:",
         &Some(style::paint(view.state, Tone::of_state(view.state), colour)),
     );
+    add(
+        "Blocked by:",
+        &view.blocked_by.as_ref().map(BlockedView::detail),
+    );
     add("Reserved by:", &view.reservation);
     add("Resources:", &view.resources.as_ref().map(|r| r.join(" ")));
     add(
@@ -459,8 +596,16 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
     add("Power slot:", &view.pwr_slot);
     add("Relay device:", &view.rly_dev);
     add("Relay slot:", &view.rly_slot);
-    if view.job.is_some() || view.job_pid.is_some() {
+    if view.has_job() {
         add("Running job:", &Some(view.job.clone().unwrap_or_default()));
+        add(
+            "Job user:",
+            &Some(
+                view.job_user
+                    .clone()
+                    .unwrap_or_else(|| "unknown".to_string()),
+            ),
+        );
         add("Job PID:", &view.job_pid.map(|p| p.to_string()));
         add("Job host:", &view.job_host);
         add(

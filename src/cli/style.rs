@@ -17,7 +17,7 @@ pub enum Tone {
     Error,
     /// A stale job, or the `stale` state.
     Stale,
-    /// The `busy` state.
+    /// The `busy` and `blocked` states.
     Busy,
     /// The `free` state.
     Free,
@@ -38,7 +38,7 @@ impl Tone {
     pub fn of_state(state: &str) -> Option<Tone> {
         match state {
             "stale" => Some(Tone::Stale),
-            "busy" => Some(Tone::Busy),
+            "busy" | "blocked" => Some(Tone::Busy),
             "free" => Some(Tone::Free),
             _ => None,
         }

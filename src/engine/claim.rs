@@ -16,7 +16,8 @@
 //! place and records only events: the outer claim stands while the outer
 //! run lives, however the inner one ends.
 
-use std::collections::HashSet;
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{JobLock, JobLocks, Lease, PlaceLock, Store};
 use crate::cli::render;
-use crate::engine::os::{self, Place, Processes};
+use crate::engine::os::{self, Place, ProcessTable, Processes};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
@@ -80,6 +81,7 @@ impl Caller {
             label: label.to_string(),
             pid: Some(self.pid),
             timestamp: Some(now),
+            user: Some(self.user.clone()),
             host: Some(self.host.clone()),
             origin: self.place.origin_of_this_process(),
         }
@@ -147,12 +149,21 @@ impl Busy {
                     subject(machine),
                     render::printable(&job.label)
                 );
-                if let Some(pid) = job.pid {
-                    text.push_str(&format!(" (PID {pid}"));
-                    if let Verdict::Remote(host) = verdict {
-                        text.push_str(&format!(" on host {}", render::printable(host)));
+                // Who claimed it: a record without `<job_user>` (written
+                // by another tool, or by hand) says nothing of it.
+                let user = match &job.user {
+                    Some(user) => format!("user {}", render::printable(user)),
+                    None => "user unknown".to_string(),
+                };
+                match job.pid {
+                    Some(pid) => {
+                        text.push_str(&format!(" (PID {pid}"));
+                        if let Verdict::Remote(host) = verdict {
+                            text.push_str(&format!(" on host {}", render::printable(host)));
+                        }
+                        text.push_str(&format!(", {user})"));
                     }
-                    text.push(')');
+                    None => text.push_str(&format!(" ({user})")),
                 }
                 if *verdict == Verdict::HeldByLock {
                     text.push_str(", whose processes still hold its job lock,");
@@ -186,6 +197,9 @@ pub enum Status {
     Stale,
     Reserved,
     Started,
+    /// Free by its own fields, but a machine sharing one of its resources
+    /// holds it (see [`Resources::blocker`]).
+    Blocked,
 }
 
 impl Status {
@@ -196,6 +210,7 @@ impl Status {
             Status::Stale => "stale",
             Status::Reserved => "reserved",
             Status::Started => "started",
+            Status::Blocked => "blocked",
         }
     }
 }
@@ -203,6 +218,8 @@ impl Status {
 /// A machine's status, from its own fields (a job first, then a hand
 /// start, then a reservation); `locked` says that, with no job recorded,
 /// its job lock is held (processes of a job whose record was cleared).
+/// Only a machine free by its own fields can be [`Status::Blocked`], which
+/// its resources decide (see [`Resources::blocker`]).
 pub fn status(machine: &Machine, verdict: Option<&Verdict>, locked: bool) -> Status {
     match verdict {
         Some(Verdict::Stale(_)) => Status::Stale,
@@ -214,40 +231,76 @@ pub fn status(machine: &Machine, verdict: Option<&Verdict>, locked: bool) -> Sta
     }
 }
 
+/// What holds `machine` by its own fields, whoever asks, in the order the
+/// busy rules look (SPEC rules 1-3): a live job, a reservation, a hand
+/// start. Each is looked at only when the one before it did not do (a
+/// job is judged first).
+fn holds<'m, P: ProcessTable>(
+    machine: &'m Machine,
+    judge: &'m Judge<'_, P>,
+) -> impl Iterator<Item = Busy> + 'm {
+    let job = std::iter::once_with(move || {
+        let job = machine.job()?;
+        let verdict = judge.judge(machine.name(), &job);
+        verdict.is_live().then(|| Busy::Job {
+            machine: machine.name().to_string(),
+            job,
+            verdict,
+        })
+    });
+    let reserved = std::iter::once_with(move || {
+        machine.reservation().map(|by| Busy::Reserved {
+            machine: machine.name().to_string(),
+            by,
+        })
+    });
+    let started = std::iter::once_with(move || {
+        machine.is_started().then(|| Busy::Started {
+            machine: machine.name().to_string(),
+        })
+    });
+    job.chain(reserved).chain(started).flatten()
+}
+
+impl Caller {
+    /// Whether `hold` is the caller's own, so it keeps nothing from the
+    /// caller: a job claimed by an ancestor of ours, or one we run inside
+    /// (we hold its job lock, whatever namespace we are in); a reservation
+    /// by our user.
+    fn holds_already(&self, hold: &Busy, judge: &Judge<'_, Processes>) -> bool {
+        match hold {
+            Busy::Job {
+                machine,
+                job,
+                verdict,
+            } => {
+                (*verdict == Verdict::Live && self.owns(job))
+                    || (verdict.is_live() && judge.locks.inherited(machine))
+            }
+            Busy::Reserved { by, .. } => *by == self.user,
+            Busy::Started { .. } | Busy::Locked => false,
+        }
+    }
+}
+
 /// Whether `machine` is busy for `caller` by its own fields (SPEC rules 1-3).
 fn busy_by_own_fields(
     machine: &Machine,
     caller: &Caller,
     judge: &Judge<'_, Processes>,
 ) -> Option<Busy> {
-    let name = machine.name().to_string();
-    if let Some(job) = machine.job() {
-        let verdict = judge.judge(&name, &job);
-        // Ours: claimed by an ancestor of ours, or we run inside the job
-        // that holds the machine's lock (whatever namespace we are in).
-        let ours = (verdict == Verdict::Live && caller.owns(&job))
-            || (verdict.is_live() && judge.locks.inherited(&name));
-        if verdict.is_live() && !ours {
-            return Some(Busy::Job {
-                machine: name,
-                job,
-                verdict,
-            });
-        }
-    }
-    if let Some(by) = machine.reservation().filter(|by| *by != caller.user) {
-        return Some(Busy::Reserved { machine: name, by });
-    }
-    if machine.is_started() {
-        return Some(Busy::Started { machine: name });
-    }
-    None
+    holds(machine, judge).find(|hold| !caller.holds_already(hold, judge))
+}
+
+/// A machine's resources, as the busy rules read them.
+fn resource_names(machine: &Machine) -> impl Iterator<Item = &str> {
+    machine.get(Field::Resources).split_whitespace()
 }
 
 /// The machines whose state decides whether `target` is free: itself, then
 /// every machine sharing one of its resources.
 fn deciding_machines(lab: &Lab, target: &str) -> Result<Vec<String>> {
-    let resources: HashSet<String> = lab.get(target)?.resources().into_iter().collect();
+    let resources: HashSet<&str> = resource_names(lab.get(target)?).collect();
     let mut names = vec![target.to_string()];
     // A machine that shares nothing is decided by itself alone: no look
     // through the lab (thousands of machines) for what none can share.
@@ -256,7 +309,7 @@ fn deciding_machines(lab: &Lab, target: &str) -> Result<Vec<String>> {
     }
     for machine in lab.machines() {
         let name = machine.name();
-        if name != target && machine.resources().iter().any(|r| resources.contains(r)) {
+        if name != target && resource_names(machine).any(|r| resources.contains(r)) {
             names.push(name.to_string());
         }
     }
@@ -296,6 +349,103 @@ impl Cleared {
             self.machine,
             self.reason
         );
+    }
+}
+
+/// What keeps a machine that is free by its own fields from anyone but
+/// the holder: a machine sharing a resource with it holds itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocker {
+    /// What holds the other machine ([`Busy::Job`], [`Busy::Reserved`] or
+    /// [`Busy::Started`]), which names it.
+    pub hold: Busy,
+    /// The resources the two machines share.
+    pub shared: Vec<String>,
+}
+
+/// The machines of a lab by the resources they name: what views of many
+/// machines ask (SPEC rule 4 for each machine) without a look through the
+/// whole lab for each of them, even where every machine shares one
+/// resource.
+pub struct Resources<'l> {
+    machines: Vec<&'l Machine>,
+    by_name: HashMap<&'l str, Sharers>,
+    /// What holds each machine by its own fields, once asked.
+    holds: Vec<OnceCell<Option<Busy>>>,
+}
+
+/// The machines naming one resource.
+#[derive(Default)]
+struct Sharers {
+    /// Their positions in the lab, in its order.
+    machines: Vec<usize>,
+    /// The first two of them that hold themselves, once asked: the first
+    /// blocks every other, the second blocks the first.
+    first_holders: OnceCell<(Option<usize>, Option<usize>)>,
+}
+
+impl<'l> Resources<'l> {
+    pub fn new(lab: &'l Lab) -> Resources<'l> {
+        let machines: Vec<&Machine> = lab.machines().collect();
+        let mut by_name: HashMap<&str, Sharers> = HashMap::new();
+        for (at, machine) in machines.iter().enumerate() {
+            for resource in resource_names(machine) {
+                let sharers = &mut by_name.entry(resource).or_default().machines;
+                // A resource named twice by one machine counts once.
+                if sharers.last() != Some(&at) {
+                    sharers.push(at);
+                }
+            }
+        }
+        Resources {
+            holds: machines.iter().map(|_| OnceCell::new()).collect(),
+            machines,
+            by_name,
+        }
+    }
+
+    /// What holds the machine at position `at` by its own fields.
+    fn hold<P: ProcessTable>(&self, at: usize, judge: &Judge<'_, P>) -> Option<&Busy> {
+        self.holds[at]
+            .get_or_init(|| holds(self.machines[at], judge).next())
+            .as_ref()
+    }
+
+    /// What blocks the machine at position `at` of the lab, taken to be
+    /// free by its own fields: the first machine in the lab's order that
+    /// shares one of its resources and holds itself (a live job, a
+    /// reservation or a hand start: [`holds`], whoever asks), as the busy
+    /// rules find it for a caller who holds none of them.
+    pub fn blocker<P: ProcessTable>(&self, at: usize, judge: &Judge<'_, P>) -> Option<Blocker> {
+        let machine = self.machines.get(at)?;
+        let other = resource_names(machine)
+            .filter_map(|r| self.by_name.get(r))
+            .filter_map(|sharers| {
+                let (first, second) = *sharers.first_holders.get_or_init(|| {
+                    let mut holding = sharers
+                        .machines
+                        .iter()
+                        .copied()
+                        .filter(|&m| self.hold(m, judge).is_some());
+                    (holding.next(), holding.next())
+                });
+                if first == Some(at) { second } else { first }
+            })
+            .min()?;
+        let hold = self.hold(other, judge)?.clone();
+        let theirs: HashSet<&str> = resource_names(self.machines[other]).collect();
+        let mut shared: Vec<String> = Vec::new();
+        for resource in resource_names(machine).filter(|r| theirs.contains(r)) {
+            if !shared.iter().any(|s| s == resource) {
+                shared.push(resource.to_string());
+            }
+        }
+        Some(Blocker { hold, shared })
+    }
+
+    /// The position of the machine called `name` in the lab.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.machines.iter().position(|m| m.name() == name)
     }
 }
 
@@ -913,17 +1063,8 @@ fn held_by_caller(
     judge: &Judge<'_, Processes>,
 ) -> Result<bool> {
     for name in deciding_machines(lab, target)? {
-        let machine = lab.get(&name)?;
-        if machine.reservation().is_some_and(|by| by == caller.user) {
+        if holds(lab.get(&name)?, judge).any(|hold| caller.holds_already(&hold, judge)) {
             return Ok(true);
-        }
-        if let Some(job) = machine.job() {
-            let verdict = judge.judge(&name, &job);
-            if (verdict == Verdict::Live && caller.owns(&job))
-                || (verdict.is_live() && judge.locks.inherited(&name))
-            {
-                return Ok(true);
-            }
         }
     }
     Ok(false)

@@ -317,6 +317,7 @@ mod tests {
             label: "job".into(),
             pid,
             timestamp,
+            user: None,
             host: host.map(str::to_string),
             origin: None,
         }

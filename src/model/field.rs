@@ -25,13 +25,13 @@ pub enum Field {
     Job,
     JobPid,
     JobTimestamp,
+    /// mama's own addition: the user who claimed the job.
+    JobUser,
     /// mama's own addition: the host the job's PID belongs to.
     JobHost,
     /// mama's own addition: the boot, PID namespace and start time of the
     /// claimer, so its PID is judged only where it means something.
     JobOrigin,
-    /// mama's own addition: the user who claimed the machine for its job.
-    JobUser,
     /// mama's own addition: the waiters for the machine, in arrival order
     /// (see [`crate::model::queue`]).
     JobQueue,
@@ -63,9 +63,9 @@ impl Field {
         Field::Job,
         Field::JobPid,
         Field::JobTimestamp,
+        Field::JobUser,
         Field::JobHost,
         Field::JobOrigin,
-        Field::JobUser,
         Field::JobQueue,
         Field::StartCmd,
         Field::StopCmd,
@@ -99,9 +99,9 @@ impl Field {
             Field::Job => "job",
             Field::JobPid => "job_pid",
             Field::JobTimestamp => "job_timestamp",
+            Field::JobUser => "job_user",
             Field::JobHost => "job_host",
             Field::JobOrigin => "job_origin",
-            Field::JobUser => "job_user",
             Field::JobQueue => "job_queue",
             Field::StartCmd => "startcmd",
             Field::StopCmd => "stopcmd",
@@ -131,9 +131,9 @@ impl Field {
             "job" => Field::Job,
             "job_pid" => Field::JobPid,
             "job_timestamp" => Field::JobTimestamp,
+            "job_user" => Field::JobUser,
             "job_host" => Field::JobHost,
             "job_origin" => Field::JobOrigin,
-            "job_user" => Field::JobUser,
             "job_queue" => Field::JobQueue,
             "startcmd" => Field::StartCmd,
             "stopcmd" => Field::StopCmd,

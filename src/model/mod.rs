@@ -29,6 +29,9 @@ pub struct JobRecord {
     pub label: String,
     pub pid: Option<u32>,
     pub timestamp: Option<i64>,
+    /// Who claimed it; records of other tools, and those written by hand,
+    /// have none (it is never guessed).
+    pub user: Option<String>,
     pub host: Option<String>,
     /// Where the claim was made; records of other tools have none.
     pub origin: Option<Origin>,
@@ -255,6 +258,7 @@ impl Machine {
             label,
             pid: pid_text.trim().parse().ok().filter(|&pid| pid > 0),
             timestamp: self.get(Field::JobTimestamp).trim().parse().ok(),
+            user: non_empty(self.get(Field::JobUser)),
             host: non_empty(self.get(Field::JobHost)),
             origin: Origin::parse(self.get(Field::JobOrigin)),
         })
@@ -351,7 +355,7 @@ impl MachineMut<'_> {
         }
     }
 
-    /// Records a job (all four job fields).
+    /// Records a job (every job field).
     pub fn set_job(&mut self, job: &JobRecord) -> Result<(), Error> {
         self.set(Field::Job, &job.label)?;
         self.set(
@@ -362,6 +366,10 @@ impl MachineMut<'_> {
             Field::JobTimestamp,
             &job.timestamp.map(|t| t.to_string()).unwrap_or_default(),
         )?;
+        match &job.user {
+            Some(user) => self.set(Field::JobUser, user)?,
+            None => self.clear(Field::JobUser)?,
+        }
         match &job.host {
             Some(host) => self.set(Field::JobHost, host)?,
             None => self.clear(Field::JobHost)?,
@@ -583,6 +591,7 @@ mod tests {
             label: "x".into(),
             pid: Some(1),
             timestamp: Some(2),
+            user: None,
             host: Some("h".into()),
             origin: None,
         })

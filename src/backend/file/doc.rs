@@ -859,6 +859,7 @@ mod tests {
                 label: "x".into(),
                 pid: Some(1),
                 timestamp: Some(2),
+                user: None,
                 host: Some("h".into()),
                 origin: None,
             })
@@ -1211,6 +1212,7 @@ mod lazy_tests {
                         label: rng.pick(VALUES).to_string(),
                         pid: Some(rng.below(100_000) as u32 + 1),
                         timestamp: Some(1_700_000_000),
+                        user: rng.one_in(2).then(|| "user".to_string()),
                         host: rng.one_in(2).then(|| "host".to_string()),
                         origin: None,
                     })
@@ -1435,6 +1437,8 @@ mod lazy_tests {
                             label: rng.pick(VALUES).to_string(),
                             pid: Some(rng.below(100_000) as u32 + 1),
                             timestamp: Some(1_700_000_000),
+                            // Drawing no number keeps the rounds as they were.
+                            user: Some("user".to_string()),
                             host: rng.one_in(2).then(|| "host".to_string()),
                             origin: rng.one_in(2).then(|| crate::engine::os::Origin {
                                 boot: "b".into(),

@@ -86,6 +86,7 @@ pub fn may_journal(change: &Change) -> bool {
         Field::Job
             | Field::JobPid
             | Field::JobTimestamp
+            | Field::JobUser
             | Field::JobHost
             | Field::JobOrigin
             | Field::JobQueue
