@@ -81,6 +81,16 @@ fn a_jobs_leftover_processes_keep_the_machine_busy_after_its_mama_is_killed() {
     assert_eq!(state_of(&env), ("busy".into(), false));
     let info = env.run(["info", "m"]);
     assert!(info.ok().contains("hold its job lock"), "{info:#?}");
+    assert!(
+        info.ok()
+            .lines()
+            .any(|l| l.starts_with("Held by:") && l.ends_with(&format!(" PID {bg} (sleep)"))),
+        "{info:#?}"
+    );
+    let holders = &env.info("m")["job_lock_holders"];
+    assert_eq!(holders[0]["pid"], bg, "{holders:#}");
+    assert_eq!(holders[0]["command"], "sleep", "{holders:#}");
+    assert_eq!(holders.as_array().map(Vec::len), Some(1), "{holders:#}");
 
     // When the last process of the job ends, a waiter gets the machine.
     let mut waiter = env.start(["run", "m", "--job", "next", "--", "true"]);

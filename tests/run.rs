@@ -427,6 +427,22 @@ on_both_backends! {
         let info = env.info("m");
         assert!(info["job"].is_null(), "{info:#}");
         assert_eq!(info["state"], "busy", "{info:#}");
+        // A state file's job lock is held by mama and the job (and the
+        // job's `sleep` of the moment), which `info` names; a database
+        // session's by mama's session alone, which names no process.
+        let holders: Vec<u64> = info["job_lock_holders"]
+            .as_array()
+            .expect("job_lock_holders")
+            .iter()
+            .filter_map(|h| h["pid"].as_u64())
+            .collect();
+        if env.is_postgres() {
+            assert_eq!(holders, Vec::<u64>::new(), "{info:#}");
+        } else {
+            for pid in [first.pid(), first_job] {
+                assert!(holders.contains(&u64::from(pid)), "{pid}: {info:#}");
+            }
+        }
         assert_eq!(env.run(["list", "--json"]).json()[0]["state"], "busy");
         assert!(env.run(["list"]).ok().contains("its job lock is held"));
         env.run(["run", "m", "--no-wait", "--", "true"])
