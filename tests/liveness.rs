@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -60,32 +61,55 @@ fn killing_a_nested_run_leaves_the_outer_claim_standing() {
 }
 
 #[test]
-fn a_jobs_leftover_processes_keep_the_machine_busy_after_its_mama_is_killed() {
+fn a_process_that_left_the_jobs_group_keeps_the_machine_busy_and_info_names_it() {
     let env = lab();
+    // A daemon of the job: a session (and process group) of its own.
     let mut mama = env.start(sh_job(
         &env,
         "m",
         &["--job", "bg"],
-        "sleep 600 >/dev/null 2>&1 & echo $! > \"$1/bg.pid\"; wait",
+        "setsid sh -c 'echo $$ > \"$1/bg.pid\"; exec sleep 600' sh \"$1\" >/dev/null 2>&1 & \
+         echo $$ > \"$1/job.pid\"; wait",
     ));
-    let bg: u32 = read_line_of(&env.path().join("bg.pid"), LIMIT)
-        .parse()
-        .expect("the background PID");
+    let pid_in = |name: &str| -> u32 {
+        read_line_of(&env.path().join(name), LIMIT)
+            .parse()
+            .expect("a PID")
+    };
+    let (job, bg) = (pid_in("job.pid"), pid_in("bg.pid"));
+    wait_until("the daemon to run sleep", LIMIT, || {
+        std::fs::read_to_string(format!("/proc/{bg}/comm")).is_ok_and(|c| c == "sleep\n")
+    });
     mama.signal(libc::SIGKILL);
     wait_until("mama to die", LIMIT, || !mama.running());
-    assert!(alive(bg), "the background process should outlive mama");
+    // The job's group goes with its mama; the daemon, outside it, stays.
+    wait_until("the job's group to end", LIMIT, || {
+        group_members(job).is_empty()
+    });
+    assert!(alive(bg), "the daemon should outlive mama");
 
-    // Its mama is dead, but a process of the job runs on: busy, not stale.
+    // Its mama is dead, but a process of the job runs on: busy, not stale,
+    // and `info` names it.
     env.run(["run", "m", "--no-wait", "--", "true"])
         .fails_saying(75, "still hold its job lock");
     assert_eq!(state_of(&env), ("busy".into(), false));
     let info = env.run(["info", "m"]);
     assert!(info.ok().contains("hold its job lock"), "{info:#?}");
+    assert!(
+        info.ok()
+            .lines()
+            .any(|l| l.starts_with("Held by:") && l.ends_with(&format!(" PID {bg} (sleep)"))),
+        "{info:#?}"
+    );
+    let holders = &env.info("m")["job_lock_holders"];
+    assert_eq!(holders[0]["pid"], bg, "{holders:#}");
+    assert_eq!(holders[0]["command"], "sleep", "{holders:#}");
+    assert_eq!(holders.as_array().map(Vec::len), Some(1), "{holders:#}");
 
     // When the last process of the job ends, a waiter gets the machine.
     let mut waiter = env.start(["run", "m", "--job", "next", "--", "true"]);
     waiter.expect_stderr("waiting to claim it", LIMIT);
-    // SAFETY: plain system call on the background process's PID.
+    // SAFETY: plain system call on the daemon's PID.
     unsafe {
         libc::kill(bg as libc::pid_t, libc::SIGKILL);
     }
@@ -93,6 +117,46 @@ fn a_jobs_leftover_processes_keep_the_machine_busy_after_its_mama_is_killed() {
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(run.stderr.contains("cleared stale job 'bg'"), "{run:#?}");
     assert!(has_event(&env.events(), "m", "stale_cleared", None));
+}
+
+#[test]
+fn sigkill_of_an_outer_mama_ends_a_nested_runs_job_within_a_second() {
+    let env = lab();
+    // The outer job runs a nested run on the same machine, whose job
+    // ignores TERM: the slowest way down.
+    let script = "\"$2\" run m --job inner -- sh -c \
+                  'trap \"\" TERM; echo $$ > \"$1/inner.pid\"; exec sleep 600' sh \"$1\" & \
+                  wait";
+    let mut outer = env.start([
+        "run",
+        "m",
+        "--job",
+        "outer",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        &dir_arg(&env),
+        MAMA,
+    ]);
+    let inner: u32 = read_line_of(&env.path().join("inner.pid"), LIMIT)
+        .parse()
+        .expect("the inner job's PID");
+    wait_until("the inner job to run sleep", LIMIT, || {
+        std::fs::read_to_string(format!("/proc/{inner}/comm")).is_ok_and(|c| c == "sleep\n")
+    });
+    outer.signal(libc::SIGKILL);
+    // The outer watcher's TERM and then KILL end the nested mama, whose own
+    // watcher then ends its job.
+    wait_until(
+        "the nested job to end within a second",
+        Duration::from_secs(1),
+        || group_members(inner).is_empty(),
+    );
+    outer.finish(LIMIT);
+    env.run(["run", "m", "--no-wait", "--", "true"])
+        .ok_saying("cleared stale job 'outer'");
 }
 
 /// `mama ARGS` in a PID namespace of its own, where it is PID 1 with a
@@ -371,11 +435,12 @@ fn a_run_inside_a_job_whose_record_was_cleared_nests_instead_of_waiting_for_itse
 fn a_leftover_of_a_killed_run_may_still_run_mama_on_its_machine() {
     let env = lab();
     let dir = dir_arg(&env);
-    // The job leaves a background process that, later, runs a step on the
-    // machine; its mama is killed before that.
+    // The job leaves a daemon (a session of its own, so its mama's death
+    // does not end it) that, later, runs a step on the machine; its mama
+    // is killed before that.
     let late = format!(
-        "({}; \"$2\" run m --job late -- true; echo $? > \"$1/late.code\") \
-         >/dev/null 2>&1 & touch \"$1/started\"; wait",
+        "setsid sh -c 'touch \"$1/started\"; {}; \"$2\" run m --job late -- true; \
+         echo $? > \"$1/late.code\"' sh \"$1\" \"$2\" >/dev/null 2>&1 & wait",
         wait_for_file("go")
     );
     let mut mama = env.start([
@@ -460,10 +525,10 @@ fn a_damaged_timestamp_never_panics() {
 fn list_shows_a_machine_busy_while_its_job_lock_is_held_whatever_its_pid_says() {
     let env = lab();
     env.add("other", 2);
-    // The job leaves a process in the background, which keeps the job
-    // lock when its mama is killed (and, with it, the job's shell).
+    // The job leaves a daemon (a session of its own), which keeps the job
+    // lock when its mama is killed (and, with it, the job's group).
     let dir = dir_arg(&env);
-    let script = "sleep 600 & echo $! > \"$1/bg\"; wait";
+    let script = "setsid sh -c 'echo $$ > \"$1/bg\"; exec sleep 600' sh \"$1\" & wait";
     let holder = env.start(["run", "m", "--", "sh", "-c", script, "sh", &dir]);
     let bg: u32 = read_line_of(&env.path().join("bg"), LIMIT)
         .trim()

@@ -316,7 +316,27 @@ on_both_backends! {
         assert_eq!(parent, mama.pid(), "the job is mama's child");
         assert_eq!(group, job, "the job leads its own process group");
         assert_ne!(group, mama_group);
+        // Beside it in the group: the watcher, a fork of mama that holds
+        // none of mama's descriptors (not the job lock, not its output)
+        // but its end of one pipe.
+        let watchers: Vec<u32> = group_members(job)
+            .into_iter()
+            .filter(|&pid| pid != job && proc_stat(pid).is_some_and(|(_, p, _)| p == mama.pid()))
+            .collect();
+        assert_eq!(watchers.len(), 1, "{watchers:?}");
+        let watcher = watchers[0];
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{watcher}/fd"))
+            .expect("the watcher's descriptors")
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            fds.len() == 1 && fds[0].starts_with("pipe:"),
+            "the watcher's descriptors: {fds:?}"
+        );
         let_go(env, &mut mama, job);
+        assert!(!alive(watcher), "the watcher outlived its mama");
     }
 
     fn the_command_runs_without_a_shell(env: &TestEnv) {
@@ -333,19 +353,19 @@ on_both_backends! {
         add_machine(env);
         let mut mama = env.start(["run", "m", "--", "sleep", "30"]);
         let mama_pid = mama.pid();
-        let mut jobs = Vec::new();
+        let mut job = 0;
         wait_until("mama's child sleep", LIMIT, || {
-            jobs = children_of(mama_pid);
-            !jobs.is_empty()
+            job = job_of(mama_pid).unwrap_or_default();
+            job != 0
         });
-        let job = jobs[0];
         assert_eq!(env.info("m")["job_pid"], mama_pid);
 
         mama.signal(libc::SIGKILL);
         wait_until("the job to die with mama", LIMIT, || !alive(job));
         mama.finish(LIMIT);
         assert_eq!(mama.killed_by(), Some(libc::SIGKILL));
-        assert_eq!(group_members(job), Vec::<u32>::new());
+        // The watcher goes last.
+        wait_until("the job's group to end", LIMIT, || group_members(job).is_empty());
 
         // The claim is left behind; the next run takes the machine at once.
         // A database lab judges a claim mama made by its holder's session,
@@ -367,6 +387,54 @@ on_both_backends! {
             .ok_saying(&format!(
                 "cleared stale job 'run sleep' on m: {why}"
             ));
+        assert_released(env, None);
+    }
+}
+
+on_both_backends! {
+    fn sigkill_of_mama_ends_every_process_of_the_jobs_group_within_a_second(env: &TestEnv) {
+        add_machine(env);
+        // The job starts two processes in the background, one of which
+        // ignores TERM, and notes that it got a TERM itself.
+        let mut mama = env.start(sh_job(
+            env,
+            "m",
+            &[],
+            "trap 'touch \"$1/termed\"; exit 143' TERM; \
+             sh -c \"trap '' TERM; exec sleep 300\" & echo $! > \"$1/deaf.pid\"; \
+             sleep 300 & echo $! > \"$1/plain.pid\"; \
+             echo $$ > \"$1/job.pid\"; wait",
+        ));
+        let job = job_pid(env);
+        let pid_in = |name: &str| -> u32 {
+            read_line_of(&env.path().join(name), LIMIT)
+                .parse()
+                .expect("a PID")
+        };
+        let (deaf, plain) = (pid_in("deaf.pid"), pid_in("plain.pid"));
+        for pid in [deaf, plain] {
+            wait_until("the background process to run sleep", LIMIT, || {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+            });
+            assert_eq!(proc_stat(pid).map(|(_, _, group)| group), Some(job));
+        }
+
+        mama.signal(libc::SIGKILL);
+        wait_until(
+            "every process of the job's group to end within a second",
+            Duration::from_secs(1),
+            || group_members(job).is_empty(),
+        );
+        mama.finish(LIMIT);
+        assert_eq!(mama.killed_by(), Some(libc::SIGKILL));
+        for pid in [job, deaf, plain] {
+            assert!(!alive(pid), "{pid} survived");
+        }
+        // TERM came first: the job could clean up.
+        assert!(env.path().join("termed").exists(), "the job got no TERM");
+        // Nothing of the job holds the machine.
+        env.run(["run", "m", "--no-wait", "--", "true"])
+            .ok_saying("cleared stale job 'run sh'");
         assert_released(env, None);
     }
 }
@@ -428,6 +496,22 @@ on_both_backends! {
         let info = env.info("m");
         assert!(info["job"].is_null(), "{info:#}");
         assert_eq!(info["state"], "busy", "{info:#}");
+        // A state file's job lock is held by mama and the job (and the
+        // job's `sleep` of the moment), which `info` names; a database
+        // session's by mama's session alone, which names no process.
+        let holders: Vec<u64> = info["job_lock_holders"]
+            .as_array()
+            .expect("job_lock_holders")
+            .iter()
+            .filter_map(|h| h["pid"].as_u64())
+            .collect();
+        if env.is_postgres() {
+            assert_eq!(holders, Vec::<u64>::new(), "{info:#}");
+        } else {
+            for pid in [first.pid(), first_job] {
+                assert!(holders.contains(&u64::from(pid)), "{pid}: {info:#}");
+            }
+        }
         assert_eq!(env.run(["list", "--json"]).json()[0]["state"], "busy");
         assert!(env.run(["list"]).ok().contains("its job lock is held"));
         env.run(["run", "m", "--no-wait", "--", "true"])

@@ -239,6 +239,13 @@ pub trait JobLocks {
     /// Which machines' job locks are held, from one look: for showing a
     /// whole lab.
     fn held_job_locks(&self) -> HeldJobLocks;
+    /// The processes that hold `machine`'s job lock, where they can be
+    /// told (a state file's lock, through /proc): for `info` to name what
+    /// keeps a machine busy when no live mama does. A database session's
+    /// lock names none.
+    fn holders(&self, _machine: &str) -> Vec<file::lock::Holder> {
+        Vec::new()
+    }
     /// Takes a new place lock, which a waiter holds for as long as it waits
     /// (see [`crate::model::queue`]); its token names it in the queue.
     fn hold_place(&self) -> Result<PlaceLock>;
@@ -376,6 +383,13 @@ impl JobLocks for Store {
         match self {
             Store::File(store) => store.inherited(machine),
             Store::Pg(_) => false,
+        }
+    }
+
+    fn holders(&self, machine: &str) -> Vec<file::lock::Holder> {
+        match self {
+            Store::File(store) => store.holders(machine),
+            Store::Pg(_) => Vec::new(),
         }
     }
 

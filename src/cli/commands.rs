@@ -175,7 +175,7 @@ pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Re
     let world = World::new(store, settings);
     let judge = world.judge();
     let found = snapshot.lab.get(machine)?;
-    let view = MachineView::new(
+    let mut view = MachineView::new(
         found,
         found.job(),
         &judge,
@@ -188,9 +188,13 @@ pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Re
                 .and_then(|at| resources.blocker(at, &judge))
         },
     );
+    if view.held_by_lock() {
+        view.lock_holders = store.holders(machine).into_iter().map(Into::into).collect();
+    }
     if json {
         print_json(&render::InfoView {
             queue: view.queue.clone(),
+            job_lock_holders: view.lock_holders.clone(),
             machine: view,
             recent_events: recent,
         })

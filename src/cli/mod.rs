@@ -166,7 +166,7 @@ pub enum Command {
     ///
     /// CMD runs directly (no shell) in its own process group, with MAMA_MACHINE, MAMA_JOB,
     /// MAMA_MAC, MAMA_IP and MAMA_STATE set. SIGINT, SIGTERM and SIGHUP sent to mama go to the job's group;
-    /// if mama is killed, even by SIGKILL, the job is killed too. Started in the foreground of a
+    /// if mama is killed, even by SIGKILL, the job's whole group is killed too. Started in the foreground of a
     /// terminal, the job gets the terminal as a shell's job does (Ctrl-C reaches it, Ctrl-Z stops
     /// it and mama until fg). The machine is released however the job ends.
     ///

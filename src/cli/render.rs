@@ -13,6 +13,7 @@ use chrono::{Local, TimeZone};
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
+use crate::backend::file::lock::Holder;
 use crate::cli::style::{self, Tone};
 use crate::engine::claim::{self, Blocker, Busy, Status};
 use crate::engine::os::ProcessTable;
@@ -214,6 +215,45 @@ pub struct MachineView {
     /// namespace).
     #[serde(skip)]
     held_by_lock: bool,
+    /// The processes that hold its job lock, where `info` looked (only
+    /// when nothing but the lock says the job lives).
+    #[serde(skip)]
+    pub lock_holders: Vec<LockHolderView>,
+}
+
+/// A process that holds a machine's job lock, as `info` names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockHolderView {
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`), where it can be read.
+    pub command: Option<String>,
+    /// Stopped (Ctrl-Z, SIGSTOP) or traced.
+    pub stopped: bool,
+}
+
+impl From<Holder> for LockHolderView {
+    fn from(holder: Holder) -> LockHolderView {
+        LockHolderView {
+            pid: holder.pid,
+            command: holder.command,
+            stopped: holder.stopped,
+        }
+    }
+}
+
+impl LockHolderView {
+    /// `PID 1234 (sleep)`, `PID 1234 (sleep, stopped)`; the name shown safe.
+    fn text(&self) -> String {
+        let mut text = format!("PID {}", self.pid);
+        match (&self.command, self.stopped) {
+            (Some(command), true) => write!(text, " ({}, stopped)", printable(command)),
+            (Some(command), false) => write!(text, " ({})", printable(command)),
+            (None, true) => write!(text, " (stopped)"),
+            (None, false) => Ok(()),
+        }
+        .unwrap_or_default();
+        text
+    }
 }
 
 impl MachineView {
@@ -310,9 +350,17 @@ impl MachineView {
             queue_length: queue.len(),
             queue,
             held_by_lock: verdict == Some(Verdict::HeldByLock) || unrecorded_lock,
+            lock_holders: Vec::new(),
             stale_reason,
             remote_host,
         }
+    }
+
+    /// Whether nothing but its job lock says that its job lives (its mama
+    /// is dead or not to be seen, or its record was cleared): then `info`
+    /// names the lock's holders.
+    pub fn held_by_lock(&self) -> bool {
+        self.held_by_lock
     }
 
     fn job_cell(&self) -> String {
@@ -462,6 +510,9 @@ pub struct InfoView {
     #[serde(flatten)]
     pub machine: MachineView,
     pub queue: Vec<QueueView>,
+    /// The processes that hold the machine's job lock, where it is all that
+    /// says the job lives (see [`MachineView::held_by_lock`]).
+    pub job_lock_holders: Vec<LockHolderView>,
     pub recent_events: Vec<Event>,
 }
 
@@ -552,6 +603,9 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
     table.to_string()
 }
 
+/// How many holders of a job lock `info` names, one a line.
+const MOST_HOLDERS_SHOWN: usize = 5;
+
 /// The `info` text: every field that is set, then the job; with `colour`,
 /// the state and a stale job stand out.
 pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
@@ -629,6 +683,13 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
                     .to_string(),
             ),
         );
+    }
+    let shown = view.lock_holders.len().min(MOST_HOLDERS_SHOWN);
+    for (n, holder) in view.lock_holders[..shown].iter().enumerate() {
+        lines.push((if n == 0 { "Held by:" } else { "" }, holder.text()));
+    }
+    if view.lock_holders.len() > shown {
+        lines.push(("", format!("and {} more", view.lock_holders.len() - shown)));
     }
     for (place, waiter) in view.queue.iter().enumerate() {
         let label = if place == 0 { "Waiting:" } else { "" };

@@ -1,14 +1,44 @@
-//! Runs the job: spawn, process group, forwarded signals, timeout, status.
+//! Runs the job: spawn, process group, forwarded signals, timeout, status,
+//! and the watcher that ends the job's process group when mama dies.
 //!
 //! As coreutils `timeout` does: the signals mama handles are blocked before
 //! the fork (the child unblocks them before exec), the job runs in its own
-//! process group, signals go to that group, and the group is never signalled
-//! once the job has been reaped. The job gets `PR_SET_PDEATHSIG`, so it is
-//! killed if mama dies, even by SIGKILL.
+//! process group (it leads it), signals go to that group, and the group is
+//! never signalled once the job has been reaped.
+//!
+//! A killed mama (SIGKILL included) runs no code, so a fork of mama stays
+//! with the job to end it: the watcher. Before the job is started, mama
+//! forks the watcher, which blocks every signal, closes every descriptor but
+//! two pipe ends, and waits. Between its fork and its exec the job makes its
+//! process group, writes its PID into the first pipe (the "life" pipe), and
+//! waits until the watcher has joined that group and said so on the second;
+//! only then, and only if mama is still its parent, does it exec. So the
+//! watcher is in the job's group from the job's first instruction on, and
+//! the group's ID cannot be reused while the watcher lives. Both pipes are
+//! close-on-exec and the watcher holds no write end of the life pipe: once
+//! the job has exec'd, mama holds its only write end, so the watcher reads
+//! end-of-file exactly when mama is gone, however it died (unlike
+//! `PR_SET_PDEATHSIG`, a pipe needs no check for a parent that died before
+//! it was set, and speaks of the whole process, not of the thread that
+//! forked). It then sends TERM
+//! and CONT to the group, KILL [`ORPHAN_KILL_AFTER`] later (which ends the
+//! watcher too): the job and every process of its group are gone within a
+//! second of mama's death.
+//!
+//! The watcher blocks every signal it can, so what is forwarded to the
+//! group, Ctrl-C and Ctrl-Z at the terminal pass it by (SIGCONT drops a
+//! pending stop); a KILL sent to the group (`--timeout`, a lost claim) ends
+//! it with the job, which is fine since mama lives then. When the job has
+//! ended and mama has reaped it, mama kills the watcher and reaps it, before
+//! the release: processes a job left behind when it ended on its own run on,
+//! as they always did. The watcher holds none of mama's descriptors: not the
+//! job lock (processes of the job that left its group, with `setsid` or as
+//! daemons, still hold that, and keep the machine busy until they end), not
+//! the lab's lock, not a database session, not mama's output.
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
@@ -34,8 +64,9 @@ pub struct Job {
     pub env: Vec<(String, OsString)>,
     pub timeout: Option<Duration>,
     /// A descriptor the job inherits (the machine's job lock): the kernel
-    /// keeps the lock while any process of the job holds it, so the machine
-    /// stays busy after a killed mama until the job's last process ends.
+    /// keeps the lock while any process of the job holds it, so after a
+    /// killed mama (whose watcher ends the job's group) the machine stays
+    /// busy until the last process that left the group ends.
     pub inherit: Option<RawFd>,
     /// The lease on the claim, where keeping it takes work (a database
     /// lab's session): when it is lost, or silent too long, the job is
@@ -136,18 +167,37 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
     let terminal = Terminal::foreground();
     let take_terminal = terminal.is_some();
     let inherit = job.inherit;
+    let (watcher, joined) = match Watcher::start() {
+        Ok(started) => started,
+        Err(e) => return Ok(Ending::NotStarted(e)),
+    };
+    let life = watcher.life.as_raw_fd();
+    let joined_fd = joined.as_raw_fd();
     let mut command = Command::new(&job.program);
-    command
-        .args(&job.args)
-        .envs(job.env.iter().cloned())
-        .process_group(0);
+    command.args(&job.args).envs(job.env.iter().cloned());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            // The job leads a process group of its own.
+            if libc::setpgid(0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            // mama died before prctl took effect: do not run unsupervised.
+            // The watcher joins it before the job runs a single instruction
+            // of its own (a watcher gone by now makes the write fail, not
+            // kill the job: SIGPIPE is blocked until the job's mask below).
+            let mut pipe: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut pipe);
+            libc::sigaddset(&mut pipe, libc::SIGPIPE);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, std::ptr::null_mut());
+            let me = libc::getpid().to_ne_bytes();
+            if libc::write(life, me.as_ptr().cast(), me.len()) != me.len() as isize {
+                return Err(io::Error::last_os_error());
+            }
+            if !read_byte(joined_fd) {
+                // The watcher is gone: no job runs unwatched.
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // mama died before the watcher was in place: do not run.
             if libc::getppid() != parent {
                 libc::_exit(ExitCode::RunFailed.code());
             }
@@ -165,7 +215,6 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
                 libc::sigemptyset(&mut ttou);
                 libc::sigaddset(&mut ttou, libc::SIGTTOU);
                 libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
-                libc::setpgid(0, 0);
                 libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
             }
             if libc::pthread_sigmask(libc::SIG_SETMASK, &job_mask, std::ptr::null_mut()) != 0 {
@@ -174,7 +223,11 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
             Ok(())
         });
     }
-    let child = match command.spawn() {
+    let spawned = command.spawn();
+    // The job has its copy (or is gone): mama's would only keep a job
+    // whose watcher died waiting.
+    drop(joined);
+    let child = match spawned {
         Ok(child) => child,
         Err(e) => return Ok(Ending::NotStarted(e)),
     };
@@ -184,10 +237,186 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> Result<Ending> {
         terminal.give_to(group);
     }
     let ending = supervise(group, job.timeout, job.lease.as_deref(), terminal.as_ref());
+    // The job is reaped (or supervision failed): the watcher goes first,
+    // so that nothing signals the group from now on.
+    drop(watcher);
     if let Some(terminal) = &terminal {
         terminal.give_to(terminal.own_group);
     }
     ending
+}
+
+/// After mama's death, the watcher sends KILL this long after TERM. Short
+/// enough that a nested run's job is gone within a second too: its mama,
+/// killed by the outer watcher at this mark if the TERM did not end it,
+/// leaves its own watcher the same time.
+const ORPHAN_KILL_AFTER: Duration = Duration::from_millis(300);
+
+/// The watcher: a fork of mama that joins the job's process group and ends
+/// it when mama dies (see the module's doc). Dropping it kills it and
+/// reaps it, before mama's end of the life pipe closes.
+struct Watcher {
+    pid: libc::pid_t,
+    /// mama's end of the life pipe: the job writes its PID into it before
+    /// exec; when it closes with mama, the watcher acts.
+    life: OwnedFd,
+}
+
+impl Watcher {
+    /// Forks the watcher; gives it with the end of the second pipe that
+    /// the job reads the watcher's answer from (mama closes its copy once
+    /// the job is started).
+    fn start() -> io::Result<(Watcher, OwnedFd)> {
+        let (life_out, life) = pipe()?;
+        let (joined, joined_in) = pipe()?;
+        // SAFETY: the child runs `watch` alone, which makes only
+        // async-signal-safe calls and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            watch(life_out.as_raw_fd(), joined_in.as_raw_fd());
+        }
+        Ok((Watcher { pid, life }, joined))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        // SAFETY: the watcher is our unreaped child, so its PID cannot have
+        // been reused; waitpid reaps it (a KILL cannot be blocked).
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            let mut status = 0;
+            while libc::waitpid(self.pid, &mut status, 0) < 0
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {}
+        }
+    }
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills in two new descriptors, each then owned once.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// Reads one byte from `fd`: whether one came (not end-of-file or an
+/// error). Async-signal-safe.
+fn read_byte(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into a local.
+        let got = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        if got >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return got == 1;
+        }
+    }
+}
+
+/// The watcher's life, in the fork of mama (see the module's doc): `life`
+/// is the read end of the life pipe, `joined` the write end of the answer.
+/// Only async-signal-safe calls (mama may have threads); never returns.
+fn watch(life: RawFd, joined: RawFd) -> ! {
+    // SAFETY: system calls on this process's own mask, descriptors and
+    // group, and signals to the group of the job that it joined (a member
+    // keeps a group's ID from reuse).
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        close_all_but(life.min(joined), life.max(joined));
+        // The job's PID, which is its group's.
+        let mut pid = [0u8; 4];
+        let mut got = 0;
+        while got < pid.len() {
+            let n = libc::read(life, pid[got..].as_mut_ptr().cast(), pid.len() - got);
+            if n > 0 {
+                got += n as usize;
+            } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                // mama died before the job was started (or the job before
+                // it said its PID): nothing to watch.
+                libc::_exit(0);
+            }
+        }
+        let job = libc::pid_t::from_ne_bytes(pid);
+        if job <= 0 || libc::setpgid(0, job) != 0 {
+            // The job reads end-of-file and does not start.
+            libc::_exit(0);
+        }
+        let yes = [1u8];
+        let told = libc::write(joined, yes.as_ptr().cast(), 1) == 1;
+        libc::close(joined);
+        if !told {
+            libc::_exit(0);
+        }
+        // Nothing more comes down the pipe: only end-of-file, when mama has
+        // died (mama kills the watcher before it exits on its own).
+        if read_byte(life) {
+            libc::_exit(0);
+        }
+        libc::kill(-job, libc::SIGTERM);
+        // A stopped process must wake to die of TERM.
+        libc::kill(-job, libc::SIGCONT);
+        let mut pause = libc::timespec {
+            tv_sec: ORPHAN_KILL_AFTER.as_secs() as libc::time_t,
+            tv_nsec: ORPHAN_KILL_AFTER.subsec_nanos() as libc::c_long,
+        };
+        let mut rest = pause;
+        while libc::nanosleep(&pause, &mut rest) != 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {
+            pause = rest;
+        }
+        // The watcher is of the group, and goes with it.
+        libc::kill(-job, libc::SIGKILL);
+        libc::_exit(0)
+    }
+}
+
+/// Closes every descriptor but `low` and `high` (`low <= high`).
+/// Async-signal-safe.
+fn close_all_but(low: RawFd, high: RawFd) {
+    let ranges = [
+        (0, low - 1),
+        (low + 1, high - 1),
+        (high + 1, libc::c_int::MAX),
+    ];
+    for (first, last) in ranges {
+        if first > last {
+            continue;
+        }
+        // SAFETY: closes descriptors of this process only; the two kept
+        // are outside every range.
+        unsafe {
+            if libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                last as libc::c_uint,
+                0,
+            ) != 0
+            {
+                // A kernel older than close_range (5.9): one by one, up to
+                // the limit on descriptors.
+                let mut limit: libc::rlimit = std::mem::zeroed();
+                let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                    limit.rlim_cur.min(65536) as libc::c_int
+                } else {
+                    1024
+                };
+                for fd in first..=last.min(top) {
+                    libc::close(fd);
+                }
+            }
+        }
+    }
 }
 
 /// The terminal mama was started in the foreground of; the job gets it for

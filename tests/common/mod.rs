@@ -561,6 +561,15 @@ pub fn group_members(pgrp: u32) -> Vec<u32> {
     live_where(|_, group| group == pgrp)
 }
 
+/// The job of the `mama run` whose PID is `mama`: its child that leads a
+/// process group of its own (its other child, the watcher, is a member of
+/// that group).
+pub fn job_of(mama: u32) -> Option<u32> {
+    children_of(mama)
+        .into_iter()
+        .find(|&pid| proc_stat(pid).is_some_and(|(_, _, group)| group == pid))
+}
+
 /// Waits until a file holds a whole line (a shell's `echo ... > file` may be
 /// seen half done) and returns its first line.
 #[track_caller]

@@ -361,6 +361,12 @@ pub fn holder(file: &File) -> Option<Holder> {
         .into_iter()
         .map(|(_, pid)| pid)
         .find(|&pid| pid > 0)?;
+    Some(describe(pid))
+}
+
+/// The process `pid` as a [`Holder`]: its command name and whether it is
+/// stopped, where /proc tells.
+fn describe(pid: u32) -> Holder {
     let command = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|c| c.trim_end().to_string());
@@ -371,10 +377,64 @@ pub fn holder(file: &File) -> Option<Holder> {
             rest.split_whitespace().next().map(|s| s == "T" || s == "t")
         })
         .unwrap_or(false);
-    Some(Holder {
+    Holder {
         pid,
         command,
         stopped,
+    }
+}
+
+/// The processes that hold the exclusive `flock` on the lock file at
+/// `path` now, lowest PID first: those with a descriptor of the locked open
+/// file. /proc/locks names only the process that took a lock, which may be
+/// gone while others that inherited its descriptor hold it on (the
+/// processes of a job whose mama was killed), so every process's
+/// descriptors are looked at: the lock file's own (same device and inode)
+/// whose `fdinfo` lists the lock. Sees the processes /proc lets this user
+/// look into (their own; every one for root); empty where it tells nothing.
+pub fn holders(path: &Path) -> Vec<Holder> {
+    let Ok(target) = std::fs::symlink_metadata(path) else {
+        return Vec::new();
+    };
+    if !target.is_file() {
+        return Vec::new();
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = procs
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|&pid| holds_through_a_descriptor(pid, &target))
+        .collect();
+    pids.sort_unstable();
+    pids.into_iter().map(describe).collect()
+}
+
+/// Whether the process `pid` has a descriptor of the lock file `target`
+/// through which it holds an exclusive `flock`.
+fn holds_through_a_descriptor(pid: u32, target: &Metadata) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        // The link followed: the open file's device and inode.
+        let same = std::fs::metadata(fd.path())
+            .is_ok_and(|meta| meta.dev() == target.dev() && meta.ino() == target.ino());
+        // "lock:\t1: FLOCK  ADVISORY  WRITE 123 fe:01:456 0 EOF", for the
+        // open file that holds it only (not for a waiter's).
+        same && std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .is_ok_and(|info| {
+            info.lines().any(|line| {
+                let mut words = line.split_ascii_whitespace();
+                words.next() == Some("lock:")
+                    && words.nth(1) == Some("FLOCK")
+                    && words.nth(1) == Some("WRITE")
+            })
+        })
     })
 }
 

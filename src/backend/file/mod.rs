@@ -1144,6 +1144,11 @@ impl FileStore {
         lock::inherited_holds(&lock::path_in(&self.machine_locks_dir(), machine))
     }
 
+    /// The processes holding `machine`'s job lock (see [`lock::holders`]).
+    pub fn holders(&self, machine: &str) -> Vec<lock::Holder> {
+        lock::holders(&lock::path_in(&self.machine_locks_dir(), machine))
+    }
+
     /// From one look at the locks folder and the kernel's lock table.
     pub fn held_job_locks(&self) -> Held {
         let names = lock::held_in(&self.machine_locks_dir());
