@@ -20,7 +20,10 @@
 //! holds the lock: first a synced roll-forward copy of the new text into
 //! the lock file, then the state file, then it empties the copy. A reader
 //! that finds the state file cut short (a writer killed mid-write) reads the
-//! copy, and the next writer puts it back in place.
+//! copy, and the next writer puts it back in place. A state file missing
+//! in PHP mama's installation is first made as PHP mama makes it, a copy
+//! of its `mama.xml-default`, but whole and never over a file that PHP mama
+//! made meanwhile; then the transaction reads and writes it in place.
 //!
 //! Every file beside the state file is opened through
 //! [`crate::backend::file::fsutil`]: never through a link.
@@ -706,7 +709,8 @@ impl FileStore {
                 default.display()
             ))
         })?;
-        if let Err(e) = XmlLab::read(Arc::new(text.clone())) {
+        let text = Arc::new(text);
+        if let Err(e) = XmlLab::read(Arc::clone(&text)) {
             return Err(Error::Invalid(format!(
                 "cannot create {} from PHP mama's {}: line {}, column {}: {}",
                 self.path.display(),
