@@ -17,9 +17,9 @@ mama's src/settings.php and src/machine.php do (read, never copied):
   `cp`, `chgrp` and `chmod 660`, three commands through a shell, as
   Settings::load() does with passthru (`cp` to a path that does not exist
   creates it with O_EXCL, and fails if it appeared meanwhile; to a path that
-  exists it truncates it and writes the default over it). The group is the
-  file's own here (the tests have no group `mama`): the same commands, the
-  same time taken.
+  exists it truncates it and writes the default over it). The group is this
+  process's own here (the tests have no group `mama`): the same commands,
+  the same time taken.
 - Every command loads the file once before it starts (main.php), and so
   creates it when it is missing.
 - It saves a machine by deleting it (a save of the file without it), then
@@ -53,6 +53,7 @@ Usage: php_mama.py STATE [--pause S] [--poll S] COMMAND ...
 
 import fcntl
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -127,11 +128,12 @@ class Settings:
         """Settings::load(): a missing mama.xml is PHP mama's default."""
         if not os.path.exists(self.path):
             default = os.path.join(os.path.dirname(self.path), "mama.xml-default")
-            self.passthru("cp %s %s" % (default, self.path),
+            path = shlex.quote(self.path)
+            self.passthru("cp %s %s" % (shlex.quote(default), path),
                           "Failed to install the mama.xml file")
-            self.passthru("chgrp %d %s" % (os.getegid(), self.path),
+            self.passthru("chgrp %d %s" % (os.getegid(), path),
                           "Failed to set permission on mama.xml file")
-            self.passthru("chmod 660 %s" % self.path,
+            self.passthru("chmod 660 %s" % path,
                           "Failed to set permission on mama.xml file")
         if not os.path.exists(self.path):
             fatal("No mama.xml file found")
