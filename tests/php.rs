@@ -388,6 +388,207 @@ fn php_mama_and_mama_race_on_one_file_without_a_lost_update_a_double_claim_or_a_
     }
 }
 
+/// `boot_params` of each machine of the lab, by name.
+fn params_of(env: &TestEnv) -> std::collections::BTreeMap<String, String> {
+    env.run(["list", "--json"])
+        .json()
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().expect("a name").to_string();
+            (
+                name,
+                m["boot_params"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn mama_creating_the_lab_never_replaces_the_file_php_mama_created_meanwhile() {
+    // mama is stopped with its new state file written beside the path and
+    // not yet in place; PHP mama finds no mama.xml meanwhile, installs its
+    // default and adds a machine, and then mama goes on.
+    for _ in 0..100 {
+        let env = php_lab();
+        let temp = env.path().join(".mama.xml.tmp");
+        let mut add = env.start(["add", "m0", "--mac", "aa:bb:cc:dd:ee:01"]);
+        let deadline = Instant::now() + LIMIT;
+        while fs::symlink_metadata(&temp).is_err() && add.running() {
+            assert!(Instant::now() < deadline, "mama never ended");
+        }
+        if add.running() {
+            add.signal(libc::SIGSTOP);
+        }
+        if fs::symlink_metadata(&temp).is_err() || env.state.exists() {
+            // Stopped too late (or not at all): the file was in place.
+            if add.running() {
+                add.signal(libc::SIGCONT);
+            }
+            add.finish(LIMIT).ok();
+            continue;
+        }
+        php_ok(&env, &["new", "p0", "aa:bb:cc:00:00:01"]);
+        let php_file = inode(&env.state);
+        add.signal(libc::SIGCONT);
+        add.finish(LIMIT).ok();
+        assert_eq!(inode(&env.state), php_file, "mama replaced PHP mama's file");
+        assert_eq!(machine_names(&env), ["p0", "m0"]);
+        assert!(env.files_containing(".tmp").is_empty(), "{:?}", env.files());
+        // Both go on writing the one file.
+        php_ok(&env, &["set", "p0", "boot_params", "by-php"]);
+        env.run(["set", "m0", "params", "by-mama"]).ok();
+        let params = params_of(&env);
+        assert_eq!((&*params["p0"], &*params["m0"]), ("by-php", "by-mama"));
+        return;
+    }
+    panic!("mama was never stopped between writing its new file and putting it in place");
+}
+
+#[test]
+fn a_lab_mama_creates_in_php_mamas_installation_starts_as_php_mamas_own() {
+    let env = php_lab();
+    let default = "<?xml version=\"1.0\"?>\n<settings>\n  <machine>\n    <name>jobs</name>\n    \
+                   <mac>aa:aa:aa:bb:bb:bb</mac>\n    <only_vm>1</only_vm>\n  </machine>\n</settings>\n";
+    fs::write(env.path().join("mama.xml-default"), default).expect("write mama.xml-default");
+    // Only `add` and `import` create a lab, here too (PHP mama creates it
+    // on any command).
+    env.run(["set", "nosuch", "os", "x"])
+        .fails_saying(1, "no lab at");
+    assert!(!env.state.exists());
+    env.add("m0", 1);
+    assert_eq!(machine_names(&env), ["jobs", "m0"]);
+
+    // A default that mama cannot read creates nothing.
+    let env = php_lab();
+    fs::write(env.path().join("mama.xml-default"), "<settings>").expect("write");
+    env.run(["add", "m0", "--mac", "aa:bb:cc:dd:ee:01"])
+        .fails_saying(1, "mama.xml-default");
+    assert!(!env.state.exists());
+}
+
+#[test]
+fn mama_waits_for_php_mamas_copy_of_its_default_to_be_written() {
+    // `cp` has created mama.xml and not yet written it.
+    let env = php_lab();
+    fs::write(&env.state, "").expect("create mama.xml");
+    let mut add = env.start(["add", "m0", "--mac", "aa:bb:cc:dd:ee:01"]);
+    wait_until("mama holds the state file's lock", LIMIT, || {
+        mama::backend::file::lock::is_held(&env.state)
+    });
+    assert!(add.running(), "mama did not wait: {:#?}", add.finish(LIMIT));
+    fs::write(
+        &env.state,
+        fs::read(env.path().join("mama.xml-default")).expect("read"),
+    )
+    .expect("write mama.xml");
+    add.finish(LIMIT).ok();
+    assert_eq!(machine_names(&env), ["m0"]);
+
+    // A file that stays empty is an error, as ever.
+    let env = php_lab();
+    fs::write(&env.state, "").expect("create mama.xml");
+    env.run(["list"]).fails_saying(1, "the file is empty");
+    env.run(["add", "m0", "--mac", "aa:bb:cc:dd:ee:01"])
+        .fails_saying(1, "the file is empty");
+    assert_eq!(env.read_state(), "");
+}
+
+/// One race from a fresh folder, for `time` (and a dozen ops at least):
+/// each op makes a machine and then sets its boot parameters, with one
+/// tool or the other: first one PHP mama and five mamas at once (with
+/// `php_first`, the mamas start once PHP mama's copy of its default is at
+/// the path), then both by turns. Every op must succeed, and every machine
+/// hold what was set.
+fn race_from_a_fresh_folder(php_first: bool, time: Duration) {
+    const THREADS: usize = 6;
+    // However slow the machine, this many ops at least.
+    const MIN_OPS: usize = 2 * THREADS;
+    let env = Arc::new(php_lab());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let end = Instant::now() + time;
+    let workers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (env, next) = (Arc::clone(&env), Arc::clone(&next));
+            let (done, failures) = (Arc::clone(&done), Arc::clone(&failures));
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= MIN_OPS && Instant::now() >= end {
+                        break;
+                    }
+                    let by_php = i == 0 || (i >= THREADS && i % 2 == 0);
+                    if php_first && !by_php {
+                        wait_until("PHP mama's copy of its default", LIMIT, || {
+                            env.state.exists()
+                        });
+                    }
+                    let name = format!("{}{i}", if by_php { "p" } else { "m" });
+                    let mac = format!(
+                        "aa:bb:cc:{:02x}:{:02x}:{:02x}",
+                        u8::from(by_php),
+                        i / 256,
+                        i % 256
+                    );
+                    let value = format!("v{i}");
+                    let (make, set) = if by_php {
+                        let pause = ["--pause", "0.002"];
+                        (
+                            php(&env, &[&pause[..], &["new", &name, &mac]].concat()),
+                            php(
+                                &env,
+                                &[&pause[..], &["set", &name, "boot_params", &value]].concat(),
+                            ),
+                        )
+                    } else {
+                        (
+                            env.cmd(["add", &name, "--mac", &mac]),
+                            env.cmd(["set", &name, "params", &value]),
+                        )
+                    };
+                    let failed = checked(format!("make {name}"), make)
+                        .or_else(|| checked(format!("set {name} {value}"), set));
+                    match failed {
+                        Some(failure) => failures.lock().expect("failures").push(failure),
+                        None => done.lock().expect("done").push((name, value)),
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a worker");
+    }
+    let failures = failures.lock().expect("failures");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let done = done.lock().expect("done");
+    assert!(done.len() >= MIN_OPS, "{done:?}");
+    let params = params_of(&env);
+    let lost: Vec<_> = done
+        .iter()
+        .filter(|(name, value)| params.get(name) != Some(value))
+        .map(|(name, value)| format!("{name}: {value:?} set, {:?} found", params.get(name)))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "of {} machines, lost: {lost:#?}",
+        done.len()
+    );
+    assert_eq!(params.len(), done.len(), "{params:?}");
+}
+
+#[test]
+fn php_mama_and_mama_start_a_lab_together_and_every_machine_and_set_lands() {
+    // Four seconds in all, from four fresh folders: mama creates the file
+    // in two, PHP mama in the other two.
+    for round in 0..4 {
+        race_from_a_fresh_folder(round % 2 == 1, Duration::from_secs(1));
+    }
+}
+
 /// A folder laid out as PHP mama installs it: root's, 0755; mama.xml 0660
 /// in the lab's group; nothing else of mama's.
 fn upstream_layout() -> (TestEnv, String, u32) {

@@ -12,12 +12,27 @@ mama's src/settings.php and src/machine.php do (read, never copied):
   or a text without "</settings>" ("Invalid mama.xml").
 - It writes in place through that descriptor: ftruncate to 0, rewind,
   write; the whole document re-indented (DOM's formatOutput).
+- Every load first looks for the state file, with no lock held: when
+  there is none, it installs PHP mama's mama.xml-default beside it with
+  `cp`, `chgrp` and `chmod 660`, three commands through a shell, as
+  Settings::load() does with passthru (`cp` to a path that does not exist
+  creates it with O_EXCL, and fails if it appeared meanwhile; to a path that
+  exists it truncates it and writes the default over it). The group is this
+  process's own here (the tests have no group `mama`): the same commands,
+  the same time taken.
+- Every command loads the file once before it starts (main.php), and so
+  creates it when it is missing.
 - It saves a machine by deleting it (a save of the file without it), then
   rebuilding the element from its own list of fields at the end of the
   file (a second save): job_timestamp, job_host, job_origin and any child
   it does not know are dropped, an empty start_timeout becomes 240. Every
   save holds the lock across load, change and save.
 - `list` saves every machine that has a stored IP (get_status -> set_ip).
+- `set` of a machine it does not find says so and exits 0, as
+  select_machine() and cmd_set() do; a machine that vanished between its
+  load and its save is fatal (Machine::load).
+- `new` checks the name with one load and adds the machine with another
+  (its own lock), as cmd_new() does.
 - A job claim waits until the machine is idle (not started; no job, or a
   job whose PID is dead, which it clears), records job and job_pid, runs,
   and puts back the previous job and PID.
@@ -38,6 +53,8 @@ Usage: php_mama.py STATE [--pause S] [--poll S] COMMAND ...
 
 import fcntl
 import os
+import shlex
+import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -103,7 +120,26 @@ class Settings:
         self.stream.flush()
         self.unlock()
 
+    def passthru(self, command, failure):
+        if subprocess.run(command, shell=True).returncode != 0:
+            fatal(failure)
+
+    def install_default(self):
+        """Settings::load(): a missing mama.xml is PHP mama's default."""
+        if not os.path.exists(self.path):
+            default = os.path.join(os.path.dirname(self.path), "mama.xml-default")
+            path = shlex.quote(self.path)
+            self.passthru("cp %s %s" % (shlex.quote(default), path),
+                          "Failed to install the mama.xml file")
+            self.passthru("chgrp %d %s" % (os.getegid(), path),
+                          "Failed to set permission on mama.xml file")
+            self.passthru("chmod 660 %s" % path,
+                          "Failed to set permission on mama.xml file")
+        if not os.path.exists(self.path):
+            fatal("No mama.xml file found")
+
     def load(self):
+        self.install_default()
         data = self.get_contents()
         parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True))
         try:
@@ -166,11 +202,13 @@ def load_machine(settings, mac):
 
 
 def select_machine(settings, name):
+    """None (having said so) when there is no such machine."""
     settings.load()
     for element in settings.machines():
         if element.findtext("name") == name:
             return fill(element)
-    fatal("Failed to find machine %s" % name)
+    sys.stderr.write("Machine with name/mac %s not found\n" % name)
+    return None
 
 
 def pid_alive(text):
@@ -215,7 +253,6 @@ def is_idle(mach):
 
 
 def cmd_new(settings, name, mac):
-    settings.lock()
     settings.load()
     if any(m.findtext("name") == name for m in settings.machines()):
         fatal("Name already exists")
@@ -223,11 +260,12 @@ def cmd_new(settings, name, mac):
     mach = {field: "" for field in FIELDS}
     mach.update(name=name, mac=mac.lower(), only_vm="0", pwr_slot="0", rly_slot="0")
     settings.add_machine(mach)
-    settings.unlock()
 
 
 def cmd_set(settings, name, field, value):
     mach = select_machine(settings, name)
+    if mach is None:
+        return
     settings.lock()
     mach = load_machine(settings, mach["mac"])
     time.sleep(settings.pause)
@@ -251,6 +289,8 @@ def cmd_list(settings):
 def cmd_job(settings, poll, name, label, busydir, hold):
     settings.lock()
     mach = select_machine(settings, name)
+    if mach is None:
+        fatal("no machine %s" % name)
     mach = load_machine(settings, mach["mac"])
     while not is_idle(mach):
         if mach["job"] != "" and not pid_alive(mach["job_pid"]):
@@ -316,6 +356,7 @@ def main(argv):
             poll = float(args[1])
         args = args[2:]
     settings = Settings(path, pause)
+    settings.load()
     command, rest = args[0], args[1:]
     if command == "new" and len(rest) == 2:
         cmd_new(settings, *rest)

@@ -303,6 +303,37 @@ impl Dir {
         check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) })
     }
 
+    /// Renames `from` to `to` unless something is at `to`: `Ok(false)`
+    /// then, and nothing moved. Where the file system cannot rename so,
+    /// `from` is linked to `to` (which fails the same way), then removed.
+    fn rename_new(&self, from: &OsStr, to: &OsStr) -> io::Result<bool> {
+        let (from_c, to_c) = (c_name(from)?, c_name(to)?);
+        let fd = self.file.as_raw_fd();
+        // SAFETY: a valid descriptor and C strings.
+        let renamed = check(unsafe {
+            libc::renameat2(
+                fd,
+                from_c.as_ptr(),
+                fd,
+                to_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        });
+        let done = match renamed {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                // SAFETY: a valid descriptor and C strings.
+                check(unsafe { libc::linkat(fd, from_c.as_ptr(), fd, to_c.as_ptr(), 0) })
+                    .and_then(|()| self.remove(from))
+            }
+            other => other,
+        };
+        match done {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn sync(&self) -> Result<()> {
         self.file
             .sync_all()
@@ -572,6 +603,42 @@ pub fn replace_with(
         return Err(e);
     }
     dir.sync()
+}
+
+/// Creates `target` holding `bytes`, whole at once and never over a file
+/// that is there: the temporary file `temp` (beside it) is written, given
+/// the mode of a new state file, synced, and renamed to `target` only if
+/// nothing is at `target` yet; then the folder is synced. `false` (and
+/// nothing changed) when a file was there first.
+pub fn create_whole(target: &Path, temp: &Path, bytes: &[u8]) -> Result<bool> {
+    let (dir, target_name) = Dir::of(target)?;
+    let temp_name = temp
+        .file_name()
+        .filter(|_| temp.parent() == target.parent())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "internal error: {} is not beside {}",
+                temp.display(),
+                target.display()
+            ))
+        })?;
+    let mut file = create_temp(temp)?;
+    let created = write_all_vectored(&mut file, &[bytes])
+        .map_err(|e| error("write", temp, e))
+        .and_then(|()| make_like(&file, target, None, None))
+        .and_then(|()| file.sync_all().map_err(|e| error("write", temp, e)))
+        .and_then(|()| {
+            dir.rename_new(temp_name, target_name)
+                .map_err(|e| error("create", target, e))
+        });
+    drop(file);
+    match created {
+        Ok(true) => dir.sync().map(|()| true),
+        Ok(false) | Err(_) => {
+            let _ = dir.remove(temp_name);
+            created
+        }
+    }
 }
 
 /// Writes every piece, in order, with as few system calls as the kernel

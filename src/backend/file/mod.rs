@@ -20,7 +20,10 @@
 //! holds the lock: first a synced roll-forward copy of the new text into
 //! the lock file, then the state file, then it empties the copy. A reader
 //! that finds the state file cut short (a writer killed mid-write) reads the
-//! copy, and the next writer puts it back in place.
+//! copy, and the next writer puts it back in place. A state file missing
+//! in PHP mama's installation is first made as PHP mama makes it, a copy
+//! of its `mama.xml-default`, but whole and never over a file that PHP mama
+//! made meanwhile; then the transaction reads and writes it in place.
 //!
 //! Every file beside the state file is opened through
 //! [`crate::backend::file::fsutil`]: never through a link.
@@ -241,6 +244,10 @@ struct Loaded {
 const PHP_DEFAULT: &str = "mama.xml-default";
 
 use rollforward::{Copy, Verdict};
+
+/// How long an empty state file in PHP mama's installation is given to be
+/// written by the PHP mama copying `mama.xml-default` into it.
+const PHP_COPY_WAIT: Duration = Duration::from_secs(2);
 
 /// The name of the group `gid`, or its number.
 fn group_name(gid: u32) -> String {
@@ -551,6 +558,12 @@ impl FileStore {
             None => self.dir.clone(),
         })?;
         let lab_lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
+        // PHP mama's installation without a state file yet: it is created
+        // first as PHP mama creates it, and then read like any other.
+        let like = match like {
+            None if self.php_installation() && self.install_php_default()? => self.metadata()?,
+            like => like,
+        };
         let state_lock = self.lock_state(Mode::Exclusive)?;
         let lock_file = lab_lock.as_ref().map(FileLock::file);
         // A journal an earlier mama left (see [`journal`]): read with the
@@ -640,10 +653,50 @@ impl FileStore {
     /// is beside `mama.xml` (its installation, `MAMA_PATH`), or this user
     /// may not write the folder (so a rename cannot work).
     fn in_place(&self, doc: &XmlLab) -> bool {
-        doc.php_compat()
-            || (self.file_name() == "mama.xml"
-                && fs::symlink_metadata(self.dir.join(PHP_DEFAULT)).is_ok_and(|m| m.is_file()))
-            || fsutil::may_write(&self.dir).is_err()
+        doc.php_compat() || self.php_installation() || fsutil::may_write(&self.dir).is_err()
+    }
+
+    /// Whether the state file is `mama.xml` in PHP mama's installation
+    /// (`MAMA_PATH`): its `mama.xml-default` is a regular file beside it.
+    fn php_installation(&self) -> bool {
+        self.file_name() == "mama.xml"
+            && fs::symlink_metadata(self.dir.join(PHP_DEFAULT)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Creates the missing state file in PHP mama's installation as PHP
+    /// mama does, a copy of its `mama.xml-default`, but whole at once and
+    /// never over a file that appeared meanwhile (a PHP mama's copy, which
+    /// PHP mamas may already have opened and be writing: a rename over it
+    /// would lose what they write). Whoever created it, the transaction then
+    /// locks and reads the file at the path. `true` when this created it.
+    fn install_php_default(&self) -> Result<bool> {
+        let default = self.dir.join(PHP_DEFAULT);
+        let Some(file) = fsutil::open_file(&default, false)? else {
+            return Ok(false);
+        };
+        let mut bytes = Vec::new();
+        file.take(doc::MAX_DOCUMENT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", &default, e))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::Invalid(format!(
+                "cannot create {} from PHP mama's {}: it is not UTF-8",
+                self.path.display(),
+                default.display()
+            ))
+        })?;
+        let text = Arc::new(text);
+        if let Err(e) = XmlLab::read(Arc::clone(&text)) {
+            return Err(Error::Invalid(format!(
+                "cannot create {} from PHP mama's {}: line {}, column {}: {}",
+                self.path.display(),
+                default.display(),
+                e.line,
+                e.column,
+                e.message
+            )));
+        }
+        fsutil::create_whole(&self.real_path(), &self.temp_path(), text.as_bytes())
     }
 
     /// Numbers this transaction's events after every event committed so
@@ -787,6 +840,7 @@ impl FileStore {
         };
         keep_freed_memory();
         let mut file = state.file();
+        self.await_php_copy(file);
         let meta = file
             .metadata()
             .map_err(|e| Error::io("read", &self.path, e))?;
@@ -838,6 +892,22 @@ impl FileStore {
                 journal: Journal::none(Identity::of(&meta)),
             }),
             None => Err(broken),
+        }
+    }
+
+    /// Waits a moment for an empty state file in PHP mama's installation
+    /// to be written: that is a PHP mama installing `mama.xml-default` with
+    /// `cp`, which creates the file (or truncates it), then writes it,
+    /// without taking any lock. A file still empty after
+    /// [`PHP_COPY_WAIT`] is read as it is (an error).
+    fn await_php_copy(&self, file: &File) {
+        let empty = || file.metadata().is_ok_and(|m| m.len() == 0);
+        if !empty() || !self.php_installation() {
+            return;
+        }
+        let deadline = Instant::now() + PHP_COPY_WAIT;
+        while empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
