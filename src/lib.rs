@@ -1,7 +1,12 @@
 //! mama: share lab machines safely.
 //!
-//! `run` dispatches a parsed command line. The folders show the
-//! architecture, and each module owns one idea:
+//! `run` dispatches a parsed command line. The folders are floors, and each
+//! names only the floors below it (a test, [`layers`](self), holds that):
+//! - the ground floor: [`text`] (text made safe for a terminal, durations
+//!   and times, XML's characters), [`os`] (clock, identity, processes,
+//!   /proc), [`exit`] (exit codes); then [`error`];
+//! - [`settings`]: every `MAMA_*` variable and the lab's location, read
+//!   and parsed once (a database URL in [`settings::url`]);
 //! - [`model`]: the lab as plain data that records its changes at the level
 //!   of a field ([`model::field`]: the fields and the checks on what users
 //!   give; [`model::event`]: the history's events);
@@ -10,16 +15,15 @@
 //!   XML state file: transactions, over [`backend::file::doc`] (the upstream
 //!   format, replaying changes onto [`backend::file::xml`], a lossless
 //!   tree), [`backend::file::log`] (the history log),
-//!   [`backend::file::lock`] (the only code that calls `flock`) and
+//!   [`backend::file::lock`] (the only code that calls `flock`),
+//!   [`backend::file::rollforward`] (crash safety of writes in place) and
 //!   [`backend::file::fsutil`] (opening files beside the state file safely,
-//!   atomic writes);
+//!   atomic writes); [`backend::pg`] is a PostgreSQL database;
 //! - [`engine`]: [`engine::claim`] (busy rules, claim, release, waiting),
 //!   [`engine::stale`] (is a job stale), [`engine::supervise`] (the job's
-//!   process), [`engine::os`] (processes, users, host);
+//!   process), [`engine::manual`] (clear, reserve, release by hand);
 //! - [`cli`]: the command line, [`cli::commands`] (one function a command),
-//!   [`cli::render`] (tables and JSON), and what is generated from it;
-//! - [`settings`] (every `MAMA_*` variable, read once), [`error`],
-//!   [`exit`] (exit codes).
+//!   [`cli::render`] (tables and JSON), and what is generated from it.
 
 /// Writes a line to stderr. Unlike `eprintln!` it never panics: a closed
 /// stderr must not stop a `run` from releasing its machine.
@@ -36,8 +40,12 @@ pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod model;
+pub mod os;
 pub mod settings;
 pub mod text;
+
+#[cfg(test)]
+mod layers;
 
 use backend::Store;
 use cli::{Cli, Command};

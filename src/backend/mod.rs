@@ -101,10 +101,9 @@ impl Store {
     pub fn open(settings: &Settings) -> crate::error::Result<Store> {
         Ok(match &settings.state {
             Location::File(path) => Store::File(FileStore::locate(path.clone())?),
-            Location::Database(url) => Store::Pg(PgStore::open(
-                pg::url::DbUrl::parse(url)?,
-                settings.host_timeout,
-            )),
+            Location::Database(url) => {
+                Store::Pg(PgStore::open((**url).clone(), settings.host_timeout))
+            }
         })
     }
 

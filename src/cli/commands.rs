@@ -10,7 +10,6 @@ use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
 use crate::engine::claim::{self, Caller, Intent, Patience, Wanted};
 use crate::engine::manual;
-use crate::engine::os::{self, Place, Processes};
 use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
@@ -18,6 +17,7 @@ use crate::exit::ExitCode;
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
 use crate::model::{JobRecord, Lab, Machine, NewMachine};
+use crate::os::{self, Place, Processes};
 use crate::settings::Settings;
 
 /// Reads the lab for a read-only command.

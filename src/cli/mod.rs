@@ -8,6 +8,7 @@ pub mod manpage;
 pub mod render;
 pub mod style;
 
+use crate::text::{MAX_SECS, MAX_SECS_TEXT, parse_seconds};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,7 +43,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[command(defer = true)]
 pub enum Command {
-    /// Show every machine and its job; a stale job ends in [STALE]
+    // An attribute, not a doc comment: rustdoc would read `[STALE]` as a
+    // link.
+    #[command(about = "Show every machine and its job; a stale job ends in [STALE]")]
     List {
         /// Print a JSON array instead of a table
         #[arg(long)]
@@ -177,8 +180,14 @@ pub enum Command {
     Run {
         #[command(flatten)]
         pick: Pick,
-        /// The job's label (default: "run <CMD basename>")
-        #[arg(long, value_name = "LABEL", allow_hyphen_values = true)]
+        // The help is an attribute, not a doc comment: rustdoc would read
+        // `<CMD basename>` as an HTML tag.
+        #[arg(
+            long,
+            value_name = "LABEL",
+            allow_hyphen_values = true,
+            help = "The job's label (default: \"run <CMD basename>\")"
+        )]
         job: Option<String>,
         /// Exit 75 at once if the machine is busy
         #[arg(long, conflicts_with = "wait_timeout")]
@@ -271,31 +280,6 @@ fn parse_filter(text: &str) -> Result<(Field, String), String> {
         })?;
     let value = field::normalize(field, value).map_err(|e| e.to_string())?;
     Ok((field, value))
-}
-
-/// The longest duration mama takes anywhere (options, environment
-/// variables): 100 years, in seconds. Longer ones are refused, so no
-/// deadline or age computed from one can overflow.
-pub const MAX_SECS: u64 = 3_155_760_000;
-
-/// [`MAX_SECS`] as people read it, for messages.
-pub const MAX_SECS_TEXT: &str = "100 years (3155760000 s)";
-
-/// Seconds as a duration: a non-negative number, fractions allowed, at most
-/// [`MAX_SECS`].
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if secs.is_nan() || secs < 0.0 {
-        return Err(format!("'{text}' is not a non-negative number of seconds"));
-    }
-    if secs > MAX_SECS as f64 {
-        return Err(format!("'{text}' seconds is longer than {MAX_SECS_TEXT}"));
-    }
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("'{text}' is not a non-negative number of seconds"))
 }
 
 /// An age such as `90s`, `15m`, `2h`, `3d` or `1h30m`; a plain number is

@@ -5,59 +5,20 @@
 //! such text goes through [`printable`] on its way to a terminal, and JSON
 //! through [`json_safe`].
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::time::Duration;
 
-use chrono::{Local, TimeZone};
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
 use crate::backend::file::lock::Holder;
 use crate::cli::style::{self, Tone};
 use crate::engine::claim::{self, Blocker, Busy, Status};
-use crate::engine::os::ProcessTable;
 use crate::engine::stale::{Judge, Verdict};
 use crate::model::event::Event;
 use crate::model::field::Field;
 use crate::model::{JobRecord, Machine};
-use crate::text::is_terminal_control;
-
-/// `text` made safe for a terminal: every control character, which could
-/// move the cursor, start an escape sequence or fake a line, is shown as an
-/// escape instead: `\n`, `\t`, `\r`, `\x1b` (other C0 controls and DEL),
-/// `\u{9b}` (C1, bidirectional and line-separator controls). Everything
-/// else is kept.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_terminal_control) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if u32::from(c) < 0x80 && is_terminal_control(c) => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c if is_terminal_control(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// `text`, line by line, made safe for a terminal (see [`printable`]): for
-/// messages whose line breaks are their own.
-pub fn printable_lines(text: &str) -> String {
-    text.split('\n')
-        .map(printable)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use crate::os::ProcessTable;
+pub use crate::text::{local_time, printable, printable_lines, seconds, time_and_age};
 
 /// JSON text with DEL and C1 controls written as `\u00XX` escapes
 /// (serde_json escapes C0 controls but leaves these raw, and a terminal
@@ -558,13 +519,6 @@ pub fn events(events: &[Event], indent: &str) -> String {
     out
 }
 
-fn local_time(timestamp: i64) -> String {
-    match Local.timestamp_opt(timestamp, 0).single() {
-        Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
-        None => format!("@{timestamp}"),
-    }
-}
-
 /// The `list` table; with `colour`, the state and a stale job stand out.
 pub fn table(views: &[MachineView], colour: bool) -> String {
     let mut table = Table::new();
@@ -716,50 +670,12 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
         .collect()
 }
 
-/// A Unix time as local time, with its age: `2026-11-23 09:14:02 (3m 12s ago)`.
-pub fn time_and_age(timestamp: i64, now: i64) -> String {
-    let when = local_time(timestamp);
-    // Saturating: a damaged timestamp must never panic.
-    let age = now.saturating_sub(timestamp);
-    if age >= 0 {
-        format!(
-            "{when} ({} ago)",
-            seconds(Duration::from_secs(age.unsigned_abs()))
-        )
-    } else {
-        format!("{when} (in the future)")
-    }
-}
-
-/// A duration for people: `45s`, `3m 12s`, `2h 5m`, `3d 4h`.
-pub fn seconds(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..10 if d.subsec_millis() != 0 => format!("{:.1}s", d.as_secs_f64()),
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn controls_are_shown_as_escapes() {
-        assert_eq!(printable("plain é ✓"), "plain é ✓");
-        assert_eq!(
-            printable("a\u{1b}[2J\u{7}\u{7f}\u{9b}31m\u{85}\r\n\tz"),
-            r"a\x1b[2J\x07\x7f\u{9b}31m\u{85}\r\n\tz"
-        );
-        assert_eq!(printable_lines("a\u{9b}\n  b\tc"), "a\\u{9b}\n  b\\tc");
-        // Text that would show reversed or on a new line.
-        assert_eq!(
-            printable("ok\u{202e}kcab\u{2066}\u{2028}"),
-            r"ok\u{202e}kcab\u{2066}\u{2028}"
-        );
+    fn del_and_c1_controls_are_escaped_in_json() {
         let raw = serde_json::to_string_pretty(&["\u{80}\u{9f}\u{7f}é\u{1b}"]).unwrap_or_default();
         let safe = json_safe(raw);
         assert_eq!(safe, "[\n  \"\\u0080\\u009f\\u007fé\\u001b\"\n]");
@@ -796,15 +712,5 @@ mod tests {
             assert!(write_json(&mut written, &value).is_ok());
             assert_eq!(String::from_utf8(written).ok(), Some(whole), "{text:?}");
         }
-    }
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(seconds(Duration::from_secs(45)), "45s");
-        assert_eq!(seconds(Duration::from_millis(300)), "0.3s");
-        assert_eq!(seconds(Duration::from_millis(2000)), "2s");
-        assert_eq!(seconds(Duration::from_secs(192)), "3m 12s");
-        assert_eq!(seconds(Duration::from_secs(7500)), "2h 5m");
-        assert_eq!(seconds(Duration::from_secs(273600)), "3d 4h");
     }
 }

@@ -24,14 +24,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{JobLock, JobLocks, Lease, PlaceLock, Store};
-use crate::cli::render;
-use crate::engine::os::{self, Place, ProcessTable, Processes};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
 use crate::model::queue::Waiter;
 use crate::model::{JobRecord, Lab, Machine};
+use crate::os::{self, Place, ProcessTable, Processes};
+use crate::text as render;
 
 /// Who asks: the busy rules depend on it.
 #[derive(Debug)]
@@ -414,7 +414,7 @@ impl<'l> Resources<'l> {
     /// What blocks the machine at position `at` of the lab, taken to be
     /// free by its own fields: the first machine in the lab's order that
     /// shares one of its resources and holds itself (a live job, a
-    /// reservation or a hand start: [`holds`], whoever asks), as the busy
+    /// reservation or a hand start: `holds`, whoever asks), as the busy
     /// rules find it for a caller who holds none of them.
     pub fn blocker<P: ProcessTable>(&self, at: usize, judge: &Judge<'_, P>) -> Option<Blocker> {
         let machine = self.machines.get(at)?;

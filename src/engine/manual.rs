@@ -9,12 +9,12 @@
 //! forced clear is recorded with whose job it dropped.
 
 use crate::backend::{JobLocks, Store};
-use crate::engine::os::{self, ProcessTable};
 use crate::engine::stale::{Judge, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
 use crate::model::field::Field;
 use crate::model::{JobRecord, Machine};
+use crate::os::{self, ProcessTable};
 
 /// Another user's live job on a machine: what `clear` may not drop unless
 /// forced.

@@ -2,11 +2,10 @@
 //!
 //! [`claim`] (busy rules, claim, release, the waiting loop), [`stale`] (is a
 //! job stale, and why), [`supervise`] (the job's process, signals,
-//! timeout), [`manual`] (what people do by hand: clear, reserve, release),
-//! [`os`] (processes, users, this host).
+//! timeout), [`manual`] (what people do by hand: clear, reserve, release).
+//! Processes, users and this host are the ground floor's [`crate::os`].
 
 pub mod claim;
 pub mod manual;
-pub mod os;
 pub mod stale;
 pub mod supervise;

@@ -2,7 +2,7 @@
 //! the claim loop alike.
 //!
 //! A PID is judged only where it means something: in the PID namespace and
-//! the boot it was recorded in (the claim's [`Origin`](crate::engine::os::Origin)). There,
+//! the boot it was recorded in (the claim's [`Origin`](crate::os::Origin)). There,
 //! - a dead PID is stale;
 //! - a live PID whose process started at another instant than the claimer
 //!   did was reused (start times are clock ticks since boot, which never
@@ -26,8 +26,8 @@
 use std::fmt;
 
 use crate::backend::JobLocks;
-use crate::engine::os::{Place, Probe, ProcessTable};
 use crate::model::JobRecord;
+use crate::os::{Place, Probe, ProcessTable};
 
 /// How much later than its claim a process may have started, for records
 /// without an origin (second-granular timestamps).
@@ -249,7 +249,7 @@ impl<P: ProcessTable> Judge<'_, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::os::Origin;
+    use crate::os::Origin;
     use std::collections::{HashMap, HashSet};
 
     /// Processes by PID with their start ticks; ages are start ticks read

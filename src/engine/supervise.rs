@@ -21,7 +21,7 @@
 //! `PR_SET_PDEATHSIG`, a pipe needs no check for a parent that died before
 //! it was set, and speaks of the whole process, not of the thread that
 //! forked). It then sends TERM
-//! and CONT to the group, KILL [`ORPHAN_KILL_AFTER`] later (which ends the
+//! and CONT to the group, KILL `ORPHAN_KILL_AFTER` later (which ends the
 //! watcher too): the job and every process of its group are gone within a
 //! second of mama's death.
 //!
@@ -52,9 +52,7 @@ use crate::exit::ExitCode;
 /// After `--timeout` sends TERM, KILL follows this much later.
 pub const KILL_AFTER: Duration = Duration::from_secs(5);
 
-/// How often the supervisor of a job whose claim is kept by a lease looks
-/// at it.
-pub const LEASE_LOOK: Duration = Duration::from_millis(250);
+use crate::backend::pg::lease::LEASE_LOOK;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -521,7 +519,7 @@ fn supervise(
                     say!(
                         "mama: LOST THE CLAIM: the lab has not answered for {}, and will soon \
                          free the machine for others; stopping the job",
-                        crate::cli::render::seconds(lease.silence())
+                        crate::text::seconds(lease.silence())
                     );
                     lease.lose();
                 }

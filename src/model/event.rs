@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::os;
 use crate::model::JobRecord;
+use crate::os;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

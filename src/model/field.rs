@@ -1,7 +1,7 @@
 //! The fields of a machine, and the checks on what a user gives for them.
 
-use crate::backend::file::xml::is_xml_char;
 use crate::error::Error;
+use crate::text::is_xml_char;
 
 /// A field of a machine: one child element of `<machine>` in the state file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -310,8 +310,8 @@ const NO: [&str; 4] = ["0", "no", "false", "off"];
 ///
 /// An empty value clears a field: to what upstream writes into a new
 /// machine (`0` for `only_vm` and the slots, else nothing). `only_vm` and
-/// `is_started` are stored as `1` or `0`, given as any of [`YES`] or
-/// [`NO`] in any case; slots and `start_timeout` are whole numbers; the
+/// `is_started` are stored as `1` or `0`, given as any of `YES` or
+/// `NO` in any case; slots and `start_timeout` are whole numbers; the
 /// devices are free text without control characters; other free text is
 /// kept exactly as given.
 pub fn normalize(field: Field, value: &str) -> Result<String, Error> {

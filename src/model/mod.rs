@@ -17,8 +17,8 @@ pub mod queue;
 
 use std::sync::Arc;
 
-use crate::engine::os::Origin;
 use crate::error::Error;
+use crate::os::Origin;
 use event::Event;
 use field::{Field, check_value};
 

@@ -1440,7 +1440,7 @@ mod lazy_tests {
                             // Drawing no number keeps the rounds as they were.
                             user: Some("user".to_string()),
                             host: rng.one_in(2).then(|| "host".to_string()),
-                            origin: rng.one_in(2).then(|| crate::engine::os::Origin {
+                            origin: rng.one_in(2).then(|| crate::os::Origin {
                                 boot: "b".into(),
                                 pidns: 1,
                                 start: 2,

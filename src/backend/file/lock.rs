@@ -446,7 +446,7 @@ const LONG_NAME_PREFIX: usize = 160;
 
 /// The path of a lock file for `name` in `dir`; names that could not be a
 /// plain file name are percent-encoded. A name whose file name would be
-/// longer than [`MAX_PLAIN_FILE_NAME`] bytes gets a readable start of its
+/// longer than `MAX_PLAIN_FILE_NAME` bytes gets a readable start of its
 /// encoding (cut between whole characters and `%XX`), `~` and a hash of the
 /// whole name. No plain encoding holds `~`, so the two kinds never meet.
 pub fn path_in(dir: &Path, name: &str) -> PathBuf {

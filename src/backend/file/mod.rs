@@ -214,7 +214,7 @@ fn populate(buffer: &mut Vec<u8>) {
 }
 
 /// The machines whose job locks were held at one look (see
-/// [`JobLocks::held_job_locks`]).
+/// [`super::JobLocks::held_job_locks`]).
 pub struct HeldJobLocks {
     /// The names of the held lock files in the job locks' folder.
     names: std::collections::HashSet<std::ffi::OsString>,
@@ -441,7 +441,7 @@ impl FileStore {
                 "gave up waiting for the lab's lock {}{} after {}",
                 path.display(),
                 held_by(&file),
-                crate::cli::render::seconds(started.elapsed())
+                crate::text::seconds(started.elapsed())
             ))),
         }
     }

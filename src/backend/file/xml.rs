@@ -1612,10 +1612,7 @@ pub fn any_byte(bytes: &[u8], suspect: impl Fn(u8) -> bool) -> bool {
     })
 }
 
-/// Whether XML 1.0 can hold `c` (in text, escaped or not).
-pub fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
+pub use crate::text::is_xml_char;
 
 /// Escapes text content so that it reads back exactly: markup characters,
 /// and carriage returns, which a parser would otherwise turn into newlines.

@@ -24,12 +24,16 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::url::DbUrl;
 use super::{LAB_LOCK, LOCK_SPACE, connect, db_error};
 use crate::backend::Lease;
 use crate::backend::file::doc::XmlLab;
 use crate::error::{Error, Result};
 use crate::model::JobRecord;
+use crate::settings::url::DbUrl;
+
+/// How often the supervisor of a job whose claim is kept by a lease looks
+/// at it.
+pub const LEASE_LOOK: Duration = Duration::from_millis(250);
 
 /// How often the keeper asks whether the session lives (the session's end
 /// itself, as when the server ends it, is noticed at once).
@@ -96,11 +100,7 @@ impl PgJobLock {
     /// Starts keeping the lock for the claim `job` for as long as it runs;
     /// the lease returned tells the job's supervisor when it is lost.
     pub fn keep(&mut self, job: &JobRecord) -> Arc<Lease> {
-        let lost = Arc::new(Lease::new(
-            self.host_timeout,
-            PING,
-            crate::engine::supervise::LEASE_LOOK,
-        ));
+        let lost = Arc::new(Lease::new(self.host_timeout, PING, LEASE_LOOK));
         let Some(session) = self.session.take() else {
             lost.lose();
             return lost;

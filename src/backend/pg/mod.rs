@@ -22,7 +22,6 @@
 
 pub mod lease;
 pub mod schema;
-pub mod url;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,8 +35,8 @@ use crate::backend::file::doc::XmlLab;
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
 use crate::model::{Change, Lab};
+use crate::settings::url::DbUrl;
 use lease::PgJobLock;
-use url::DbUrl;
 
 /// The advisory lock key space of mama's locks (`mama` in ASCII); the
 /// second key is 0 for the lab's lock, a machine's row id for its job lock.
@@ -557,7 +556,7 @@ impl PgStore {
                     format!(
                         "gave up waiting for the lab's lock at {} after {}",
                         self.url.shown,
-                        crate::cli::render::seconds(started.elapsed())
+                        crate::text::seconds(started.elapsed())
                     )
                 }));
             }

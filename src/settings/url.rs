@@ -58,7 +58,7 @@ impl DbUrl {
             let user = std::env::var("PGUSER")
                 .ok()
                 .filter(|u| !u.is_empty())
-                .unwrap_or_else(crate::engine::os::user_name);
+                .unwrap_or_else(crate::os::user_name);
             config.user(&user);
         }
         if config.get_hosts().is_empty() {
