@@ -21,16 +21,11 @@ fn main() {
     std::process::exit(mama::run(cli));
 }
 
-/// Whether the command line asks for `run` (the first word that is not the
-/// global `--state PATH`).
+/// Whether the command line asks for `run`, as clap reads it when it
+/// passes over the errors it found.
 fn is_run_command() -> bool {
-    let mut args = std::env::args_os().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--state" {
-            args.next();
-        } else if !arg.to_string_lossy().starts_with('-') {
-            return arg == "run";
-        }
-    }
-    false
+    mama::cli::whole_command()
+        .ignore_errors(true)
+        .try_get_matches()
+        .is_ok_and(|m| m.subcommand_name() == Some("run"))
 }
