@@ -1,45 +1,40 @@
 //! Where the lab is stored: the one interface the commands and the engine
 //! use, whichever backend keeps the lab.
 //!
-//! - [`Store`]: read a [`Snapshot`], run a transaction
-//!   ([`Store::update`]: the closure changes a [`crate::model::Lab`], which records
-//!   its changes for the backend to replay), read the history's events.
+//! - [`Backend`]: read a [`Snapshot`], run a transaction
+//!   ([`Backend::transact`]: the closure changes a [`crate::model::Lab`],
+//!   which records its changes for the backend to replay), read the
+//!   history's events. Object safe: [`Store::open`] chooses one, once, and
+//!   [`Store`] holds it, with the generic [`Store::update`] as the one
+//!   wrapper that call sites use (`store.update(|lab| ...)`).
 //! - [`JobLocks`]: the machines' job locks, which a running job holds for
-//!   its whole life and waiters sleep on ([`JobLock`] is one held).
+//!   its whole life and waiters sleep on, and the waiters' place locks.
+//!   Each backend hands out its own held locks as values ([`JobLock`],
+//!   [`PlaceLock`]) that let go when dropped.
 //!
-//! `Store` is an enum, not a trait object: [`Store::update`] is generic
-//! over the transaction's closure and its result, which a trait object
-//! cannot offer, and a generic `S: Storage` parameter would spread through
-//! every command and the claim loop for the sake of one choice made once,
-//! at start ([`Store::open`]). With an enum the call sites stay
-//! `store.update(|lab| ...)`, and a new backend is one more variant and one
-//! more arm in each method here. [`JobLocks`] is a trait, and object safe,
-//! because the staleness judge takes it as `&dyn JobLocks` (its tests
-//! fake it).
-//!
-//! [`file`](mod@file): the shared XML state file, its lock, its history log and the
-//! job lock files beside it. [`pg`]: the lab in PostgreSQL, shared by many
-//! hosts, with the server's advisory locks.
+//! [`file`](mod@file): the shared XML state file, its lock, its history log
+//! and the job lock files beside it. [`pg`]: the lab in PostgreSQL, shared
+//! by many hosts, with the server's advisory locks. A third backend is a
+//! folder beside them that implements [`Backend`], and one arm in
+//! [`Store::open`].
 
 pub mod file;
 pub mod pg;
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::JobRecord;
 use crate::model::Lab;
 use crate::model::event::Event;
 use crate::model::queue::Waiter;
 use crate::settings::{Location, Settings};
 use file::FileStore;
-use file::lock::FileLock;
 use pg::PgStore;
-use pg::lease::PgJobLock;
 
 /// A lab as read, and the number of the last event it committed. (A lab
 /// that is not there is not read: [`crate::error::Error::NoLab`].)
@@ -86,135 +81,127 @@ impl LockPatience {
     }
 }
 
+/// What a transaction may do besides changing the lab.
+#[derive(Debug, Clone, Copy)]
+pub enum Transaction<'a> {
+    /// Change a lab that is there ([`crate::error::Error::NoLab`] where it
+    /// is not; nothing is created).
+    Update,
+    /// Create the lab where there is none (`add`).
+    Create,
+    /// Bring in the document around the machines of an imported lab
+    /// (see [`XmlLab::skeleton`]): a database lab keeps it when it has none
+    /// yet or `replace` says; a state file keeps its own. Creates the lab
+    /// where there is none.
+    ///
+    /// [`XmlLab::skeleton`]: file::doc::XmlLab::skeleton
+    Import { skeleton: &'a str, replace: bool },
+}
+
+/// A place where a lab is kept.
+pub trait Backend: JobLocks + std::fmt::Debug + Send + Sync {
+    /// This backend, waiting for the lab's lock as `patience` says (`run
+    /// --no-wait`, `--wait-timeout`, `wait --timeout`); a wait that gives
+    /// up is [`crate::error::Error::Busy`].
+    fn with_patience(&self, patience: LockPatience) -> Arc<dyn Backend>;
+    /// Where the lab is, for messages: the state file's path, or the
+    /// database's URL without its password.
+    fn location(&self) -> String;
+    /// What a job gets as `MAMA_STATE` to find the same lab.
+    fn for_jobs(&self) -> OsString;
+    /// Whether the lab's address held a password, which
+    /// [`Backend::for_jobs`] leaves out.
+    fn password_withheld(&self) -> bool {
+        false
+    }
+    /// The lab as upstream's format holds it (`export`).
+    fn export(&self) -> Result<String>;
+    /// Reads the lab.
+    fn read(&self) -> Result<Snapshot>;
+    /// Runs one transaction: `change` gets the current lab, once; when it
+    /// returns `Ok` having changed the lab, the changes are stored, all or
+    /// none, with the events recorded. Nothing is stored when `change`
+    /// fails or changes nothing. A lab this user may not write is
+    /// [`crate::error::Error::ReadOnly`].
+    fn transact(
+        &self,
+        kind: Transaction<'_>,
+        change: &mut dyn FnMut(&mut Lab) -> Result<()>,
+    ) -> Result<()>;
+    /// The lab, and the newest `count` committed events of `machine`,
+    /// oldest first (for `info`: reads only the end of the history).
+    fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)>;
+    /// The committed events (all of them, or those numbered after `after`),
+    /// oldest first, with the lab as it was when they were read.
+    fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)>;
+}
+
 /// The lab's storage, chosen once, at start.
 #[derive(Debug, Clone)]
-pub enum Store {
-    /// The XML state file (see [`file`](mod@file)).
-    File(FileStore),
-    /// A PostgreSQL database (see [`pg`]).
-    Pg(PgStore),
+pub struct Store(Arc<dyn Backend>);
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &(dyn Backend + 'static) {
+        &*self.0
+    }
 }
 
 impl Store {
     /// The store the settings name ([`Settings::state`]). A database is
     /// not reached until the store is used.
-    pub fn open(settings: &Settings) -> crate::error::Result<Store> {
-        Ok(match &settings.state {
-            Location::File(path) => Store::File(FileStore::locate(path.clone())?),
+    pub fn open(settings: &Settings) -> Result<Store> {
+        Ok(Store(match &settings.state {
+            Location::File(path) => Arc::new(FileStore::locate(path.clone())?),
             Location::Database(url) => {
-                Store::Pg(PgStore::open((**url).clone(), settings.host_timeout))
+                Arc::new(PgStore::open((**url).clone(), settings.host_timeout))
             }
-        })
+        }))
     }
 
-    /// This store, waiting for the lab's lock as `patience` says (`run
-    /// --no-wait`, `--wait-timeout`, `wait --timeout`); a wait that gives up
-    /// is [`crate::error::Error::Busy`].
-    pub fn with_patience(self, patience: LockPatience) -> Store {
-        match self {
-            Store::File(store) => Store::File(store.with_patience(patience)),
-            Store::Pg(store) => Store::Pg(store.with_patience(patience)),
-        }
+    /// This store, waiting for the lab's lock as `patience` says.
+    pub fn with_patience(&self, patience: LockPatience) -> Store {
+        Store(self.0.with_patience(patience))
     }
 
-    /// Where the lab is, for messages: the state file's path, or the
-    /// database's URL without its password.
-    pub fn location(&self) -> String {
-        match self {
-            Store::File(store) => store.path().display().to_string(),
-            Store::Pg(store) => store.shown().to_string(),
-        }
+    /// Runs one transaction (see [`Backend::transact`]) on a lab that is
+    /// there; `change`'s value comes back.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.run(Transaction::Update, change)
     }
 
-    /// What a job gets as `MAMA_STATE` to find the same lab: the state
-    /// file's absolute path, or the URL without its password.
-    pub fn for_jobs(&self) -> OsString {
-        match self {
-            Store::File(store) => std::path::absolute(store.path())
-                .unwrap_or_else(|_| store.path().to_path_buf())
-                .into_os_string(),
-            Store::Pg(store) => store.shown().into(),
-        }
+    /// [`Store::update`] that creates the lab where there is none (`add`).
+    pub fn update_or_create<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.run(Transaction::Create, change)
     }
 
-    /// Whether the lab's URL held a password, which [`Store::for_jobs`]
-    /// leaves out.
-    pub fn password_withheld(&self) -> bool {
-        matches!(self, Store::Pg(store) if store.had_password())
-    }
-
-    /// The lab as upstream's format holds it (`export`).
-    pub fn export(&self) -> Result<String> {
-        match self {
-            Store::File(store) => store.export(),
-            Store::Pg(store) => store.export(),
-        }
-    }
-
-    /// A transaction that also brings in the document around the machines
-    /// of an imported lab, `skeleton` (see [`XmlLab::skeleton`]): a
-    /// database lab keeps it when it has none yet or `replace` says; a state
-    /// file keeps its own. Creates the lab where there is none.
-    ///
-    /// [`XmlLab::skeleton`]: file::doc::XmlLab::skeleton
+    /// [`Store::update`] that brings in an imported lab's document (see
+    /// [`Transaction::Import`]).
     pub fn import<T>(
         &self,
         skeleton: &str,
         replace: bool,
         change: impl FnOnce(&mut Lab) -> Result<T>,
     ) -> Result<T> {
-        match self {
-            Store::File(store) => store.update_or_create(change),
-            Store::Pg(store) => store.update_with_document(skeleton, replace, change),
-        }
+        self.run(Transaction::Import { skeleton, replace }, change)
     }
 
-    /// Reads the lab (see [`FileStore::read`]).
-    pub fn read(&self) -> Result<Snapshot> {
-        match self {
-            Store::File(store) => store.read(),
-            Store::Pg(store) => store.read(),
-        }
-    }
-
-    /// Runs one transaction: `change` gets the current lab; when it returns
-    /// `Ok` having changed the lab, the changes are stored, all or none,
-    /// with the events recorded. Nothing is stored when `change` fails or
-    /// changes nothing. A lab this user may not write is
-    /// [`crate::error::Error::ReadOnly`] (see [`FileStore::update`]); a lab
-    /// that is not there is [`crate::error::Error::NoLab`], and nothing is
-    /// created.
-    pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
-        match self {
-            Store::File(store) => store.update(change),
-            Store::Pg(store) => store.update(change),
-        }
-    }
-
-    /// [`Store::update`] that creates the lab where there is none (`add`).
-    pub fn update_or_create<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
-        match self {
-            Store::File(store) => store.update_or_create(change),
-            Store::Pg(store) => store.update_or_create(change),
-        }
-    }
-
-    /// The lab, and the newest `count` committed events of `machine`,
-    /// oldest first (for `info`: reads only the end of the history).
-    pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
-        match self {
-            Store::File(store) => store.recent_events(machine, count),
-            Store::Pg(store) => store.recent_events(machine, count),
-        }
-    }
-
-    /// The committed events (all of them, or those numbered after `after`),
-    /// oldest first, with the lab as it was when they were read.
-    pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
-        match self {
-            Store::File(store) => store.read_events(after),
-            Store::Pg(store) => store.read_events(after),
-        }
+    fn run<T>(
+        &self,
+        kind: Transaction<'_>,
+        change: impl FnOnce(&mut Lab) -> Result<T>,
+    ) -> Result<T> {
+        let mut change = Some(change);
+        let mut value = None;
+        self.0.transact(kind, &mut |lab| {
+            let change = change.take().ok_or_else(|| {
+                Error::Invalid("internal error: a transaction ran its change twice".into())
+            })?;
+            value = Some(change(lab)?);
+            Ok(())
+        })?;
+        value.ok_or_else(|| Error::Invalid("internal error: a transaction ran no change".into()))
     }
 }
 
@@ -287,182 +274,111 @@ pub trait JobLocks {
 /// go through the lab's session.
 pub struct PlaceLock {
     pub token: String,
-    held: PlaceHeld,
+    /// The backend's hold, which lets go when dropped.
+    _held: Box<dyn Send>,
 }
 
-enum PlaceHeld {
-    File(Option<FileLock>, std::path::PathBuf),
-    Pg(PgStore, i32),
-}
-
-impl Drop for PlaceLock {
-    fn drop(&mut self) {
-        match &mut self.held {
-            PlaceHeld::File(lock, path) => {
-                // Gone from the folder first: a waiter behind that looks
-                // for it then knows it left without waiting.
-                let _ = file::fsutil::remove_file(path);
-                drop(lock.take());
-            }
-            PlaceHeld::Pg(store, key) => store.let_go_place(*key),
-        }
+impl PlaceLock {
+    pub fn new(token: String, held: Box<dyn Send>) -> PlaceLock {
+        PlaceLock { token, _held: held }
     }
 }
 
 impl JobLocks for Store {
-    fn hold_place(&self) -> Result<PlaceLock> {
-        match self {
-            Store::File(store) => {
-                let (token, lock, path) = store.hold_place()?;
-                Ok(PlaceLock {
-                    token,
-                    held: PlaceHeld::File(Some(lock), path),
-                })
-            }
-            Store::Pg(store) => {
-                let key = store.hold_place()?;
-                Ok(PlaceLock {
-                    token: key.to_string(),
-                    held: PlaceHeld::Pg(store.clone(), key),
-                })
-            }
-        }
-    }
-
-    fn place_held(&self, waiter: &Waiter) -> bool {
-        match self {
-            Store::File(store) => store.place_held(&waiter.token),
-            Store::Pg(store) => store.place_held(waiter),
-        }
-    }
-
-    fn epoch(&self) -> Option<String> {
-        match self {
-            Store::File(_) => None,
-            Store::Pg(store) => Some(store.epoch()),
-        }
-    }
-
-    fn wait_place(&self, token: &str, within: Duration) -> Result<bool> {
-        match self {
-            Store::File(store) => store.wait_place(token, within),
-            Store::Pg(store) => store.wait_place(token, within),
-        }
-    }
-
-    fn forget_place(&self, token: &str) {
-        if let Store::File(store) = self {
-            store.forget_place(token);
-        }
-    }
-
     fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
-        match self {
-            Store::File(store) => store.try_lock(machine),
-            Store::Pg(store) => store.try_lock(machine),
-        }
+        self.0.try_lock(machine)
     }
-
     fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
-        match self {
-            Store::File(store) => store.wait_unlocked(machine, within),
-            Store::Pg(store) => store.wait_unlocked(machine, within),
-        }
+        self.0.wait_unlocked(machine, within)
     }
-
     fn held(&self, machine: &str) -> bool {
-        match self {
-            Store::File(store) => store.held(machine),
-            Store::Pg(store) => store.held(machine),
-        }
+        self.0.held(machine)
     }
-
-    /// A database session cannot be inherited: never, there.
     fn inherited(&self, machine: &str) -> bool {
-        match self {
-            Store::File(store) => store.inherited(machine),
-            Store::Pg(_) => false,
-        }
+        self.0.inherited(machine)
     }
-
-    fn holders(&self, machine: &str) -> Vec<file::lock::Holder> {
-        match self {
-            Store::File(store) => store.holders(machine),
-            Store::Pg(_) => Vec::new(),
-        }
-    }
-
     fn held_job_locks(&self) -> HeldJobLocks {
-        match self {
-            Store::File(store) => store.held_job_locks(),
-            Store::Pg(store) => HeldJobLocks::Pg(store.held_job_locks()),
-        }
+        self.0.held_job_locks()
     }
-
+    fn holders(&self, machine: &str) -> Vec<file::lock::Holder> {
+        self.0.holders(machine)
+    }
+    fn hold_place(&self) -> Result<PlaceLock> {
+        self.0.hold_place()
+    }
+    fn place_held(&self, waiter: &Waiter) -> bool {
+        self.0.place_held(waiter)
+    }
+    fn epoch(&self) -> Option<String> {
+        self.0.epoch()
+    }
+    fn wait_place(&self, token: &str, within: Duration) -> Result<bool> {
+        self.0.wait_place(token, within)
+    }
+    fn forget_place(&self, token: &str) {
+        self.0.forget_place(token)
+    }
     fn prepare(&self) {
-        if let Store::Pg(store) = self {
-            store.prepare();
-        }
+        self.0.prepare()
     }
-
     fn across_hosts(&self) -> bool {
-        matches!(self, Store::Pg(_))
+        self.0.across_hosts()
     }
-
     fn reattaching(&self, machine: &str) -> bool {
-        match self {
-            Store::File(_) => false,
-            Store::Pg(store) => store.reattaching(machine),
-        }
+        self.0.reattaching(machine)
     }
+}
+
+/// What a backend holds as a machine's job lock.
+pub trait HeldJob: std::fmt::Debug + Send {
+    /// The descriptor a job inherits to hold the lock for its whole life,
+    /// where the lock is one.
+    fn inheritable_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Keeps the lock for the claim `job` while the job runs, where keeping
+    /// takes work (a database session that may be lost): the [`Lease`]
+    /// returned says when the claim was lost and the job must stop.
+    fn keep(&mut self, _job: &JobRecord) -> Option<Arc<Lease>> {
+        None
+    }
+    /// Stops keeping the lock (see [`HeldJob::keep`]) without letting go
+    /// of it: before the release transaction.
+    fn stop_keeping(&mut self) {}
+    /// Lets go of this process's hold without unlocking: the lock stays
+    /// held while processes of the job that inherited it live, and is
+    /// released with the last of them.
+    fn close(self: Box<Self>);
 }
 
 /// A machine's job lock, held: released when dropped (or by the kernel
 /// the instant the process dies).
 #[derive(Debug)]
-pub enum JobLock {
-    /// A `flock` on the machine's lock file.
-    File(FileLock),
-    /// An advisory lock held by a database session of the run's own.
-    Pg(Box<PgJobLock>),
-}
+pub struct JobLock(Box<dyn HeldJob>);
 
 impl JobLock {
-    /// The descriptor a job inherits to hold the lock for its whole life,
-    /// where the lock is one.
+    pub fn new(held: Box<dyn HeldJob>) -> JobLock {
+        JobLock(held)
+    }
+
+    /// See [`HeldJob::inheritable_fd`].
     pub fn inheritable_fd(&self) -> Option<RawFd> {
-        match self {
-            JobLock::File(lock) => Some(lock.as_raw_fd()),
-            JobLock::Pg(_) => None,
-        }
+        self.0.inheritable_fd()
     }
 
-    /// Keeps the lock for the claim `job` while the job runs, where keeping
-    /// takes work (a database session that may be lost): the [`Lease`]
-    /// returned says when the claim was lost and the job must stop.
+    /// See [`HeldJob::keep`].
     pub fn keep(&mut self, job: &JobRecord) -> Option<Arc<Lease>> {
-        match self {
-            JobLock::File(_) => None,
-            JobLock::Pg(lock) => Some(lock.keep(job)),
-        }
+        self.0.keep(job)
     }
 
-    /// Stops keeping the lock (see [`JobLock::keep`]) without letting go
-    /// of it: before the release transaction, through `store`.
-    pub fn stop_keeping(&mut self, store: &Store) {
-        if let (JobLock::Pg(lock), Store::Pg(store)) = (self, store) {
-            lock.stop_keeping(Some(&|channel: &str| store.notify(channel)));
-        }
+    /// See [`HeldJob::stop_keeping`].
+    pub fn stop_keeping(&mut self) {
+        self.0.stop_keeping();
     }
 
-    /// Lets go of this process's hold without unlocking: the lock stays
-    /// held while processes of the job that inherited it live, and is
-    /// released with the last of them.
+    /// See [`HeldJob::close`].
     pub fn close(self) {
-        match self {
-            JobLock::File(lock) => lock.close(),
-            JobLock::Pg(lock) => (*lock).close(),
-        }
+        self.0.close();
     }
 }
 
@@ -537,16 +453,14 @@ impl Lease {
 
 /// The machines whose job locks were held at one look (see
 /// [`JobLocks::held_job_locks`]).
-pub enum HeldJobLocks {
-    File(file::HeldJobLocks),
-    Pg(std::collections::HashSet<String>),
-}
+pub struct HeldJobLocks(Box<dyn Fn(&str) -> bool>);
 
 impl HeldJobLocks {
+    pub fn new(contains: impl Fn(&str) -> bool + 'static) -> HeldJobLocks {
+        HeldJobLocks(Box::new(contains))
+    }
+
     pub fn contains(&self, machine: &str) -> bool {
-        match self {
-            HeldJobLocks::File(held) => held.contains(machine),
-            HeldJobLocks::Pg(held) => held.contains(machine),
-        }
+        (self.0)(machine)
     }
 }

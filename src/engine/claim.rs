@@ -1264,7 +1264,7 @@ impl Claim {
     pub fn release(self, store: &Store, outcome: &str) -> Result<()> {
         let mut lock = self.lock;
         if let Some(lock) = lock.as_mut() {
-            lock.stop_keeping(store);
+            lock.stop_keeping();
         }
         let machine = self.machine.clone();
         let released = store.update(|lab| {

@@ -32,6 +32,7 @@ pub mod doc;
 pub mod fsutil;
 pub mod journal;
 pub mod lock;
+mod locks;
 pub mod log;
 pub mod rollforward;
 pub mod xml;
@@ -46,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-use super::{HeldJobLocks as Held, JobLock, LockPatience, Snapshot};
+use super::{LockPatience, Snapshot};
 use crate::model::Lab;
 use crate::model::event::Event;
 use doc::XmlLab;
@@ -210,22 +211,6 @@ fn populate(buffer: &mut Vec<u8>) {
                 );
             }
         }
-    }
-}
-
-/// The machines whose job locks were held at one look (see
-/// [`super::JobLocks::held_job_locks`]).
-pub struct HeldJobLocks {
-    /// The names of the held lock files in the job locks' folder.
-    names: std::collections::HashSet<std::ffi::OsString>,
-}
-
-impl HeldJobLocks {
-    pub fn contains(&self, machine: &str) -> bool {
-        !self.names.is_empty()
-            && self
-                .names
-                .contains(std::ffi::OsStr::new(&lock::file_name(machine)))
     }
 }
 
@@ -1102,126 +1087,49 @@ fn read_all(file: &File) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-impl FileStore {
-    /// The lock file a running job holds for `machine`, in the store's folder
-    /// of machine locks (created on first use, open to those who may write
-    /// the state file), and the state file's metadata to create it like.
-    fn machine_lock(&self, machine: &str) -> Result<(PathBuf, Option<Metadata>)> {
-        let dir = self.machine_locks_dir();
-        let like = self.metadata()?;
-        fsutil::ensure_folder(&dir, like.as_ref()).map_err(|e| self.with_advice(e))?;
-        Ok((lock::path_in(&dir, machine), like))
-    }
-}
-
-/// A random token for a place lock: 16 hex digits.
-fn new_token() -> String {
-    let mut bytes = [0u8; 8];
-    // SAFETY: writes at most 8 bytes into the buffer.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if got != 8 {
-        // No entropy to be had: unique enough from the PID and the time.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        bytes = (now ^ (u64::from(std::process::id()) << 40)).to_be_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether `token` is one [`new_token`] makes: a queue is the lab's data,
-/// and only such a token may name a file.
-fn is_token(token: &str) -> bool {
-    token.len() == 16
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
-impl FileStore {
-    /// The place lock file of `token`: `S.locks/TOKEN.wait`.
-    fn place_path(&self, token: &str) -> Option<PathBuf> {
-        is_token(token).then(|| self.machine_locks_dir().join(format!("{token}.wait")))
+impl super::Backend for FileStore {
+    fn with_patience(&self, patience: LockPatience) -> Arc<dyn super::Backend> {
+        Arc::new(self.clone().with_patience(patience))
     }
 
-    /// Takes a new place lock: a new file `S.locks/TOKEN.wait`, locked.
-    pub fn hold_place(&self) -> Result<(String, FileLock, PathBuf)> {
-        let dir = self.machine_locks_dir();
-        let like = self.metadata()?;
-        fsutil::ensure_folder(&dir, like.as_ref())?;
-        for _ in 0..16 {
-            let token = new_token();
-            let Some(path) = self.place_path(&token) else {
-                continue;
-            };
-            if fsutil::open_file(&path, false)?.is_some() {
-                continue;
-            }
-            if let Some(lock) = FileLock::try_exclusive(&path, like.as_ref())? {
-                return Ok((token, lock, path));
+    fn location(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    /// The state file's absolute path.
+    fn for_jobs(&self) -> OsString {
+        std::path::absolute(self.path())
+            .unwrap_or_else(|_| self.path().to_path_buf())
+            .into_os_string()
+    }
+
+    fn export(&self) -> Result<String> {
+        FileStore::export(self)
+    }
+
+    fn read(&self) -> Result<Snapshot> {
+        FileStore::read(self)
+    }
+
+    /// A state file keeps its own document around the machines it imports.
+    fn transact(
+        &self,
+        kind: super::Transaction<'_>,
+        change: &mut dyn FnMut(&mut Lab) -> Result<()>,
+    ) -> Result<()> {
+        match kind {
+            super::Transaction::Update => self.update(change),
+            super::Transaction::Create | super::Transaction::Import { .. } => {
+                self.update_or_create(change)
             }
         }
-        Err(Error::Invalid(
-            "cannot make a place lock: every token tried was taken".into(),
-        ))
     }
 
-    pub fn place_held(&self, token: &str) -> bool {
-        self.place_path(token)
-            .is_some_and(|path| lock::is_held(&path))
+    fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
+        FileStore::recent_events(self, machine, count)
     }
 
-    /// Sleeps on the place lock `token` until it is let go, at most
-    /// `within`; a lock file that is gone was let go.
-    pub fn wait_place(&self, token: &str, within: Duration) -> Result<bool> {
-        let Some(path) = self.place_path(token) else {
-            return Ok(true);
-        };
-        let Some(file) = fsutil::open_file(&path, false)? else {
-            return Ok(true);
-        };
-        let deadline = Instant::now() + within;
-        Ok(FileLock::wait(file, &path, Mode::Shared, Some(deadline), &mut |_| {})?.is_ok())
-    }
-
-    /// Removes the lock file of a place whose waiter is gone.
-    pub fn forget_place(&self, token: &str) {
-        if let Some(path) = self.place_path(token)
-            && !lock::is_held(&path)
-        {
-            let _ = fsutil::remove_file(&path);
-        }
-    }
-}
-
-/// The job locks of the state file: `S.locks/NAME.lock`, a `flock` each.
-impl FileStore {
-    pub fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
-        let (path, like) = self.machine_lock(machine)?;
-        Ok(FileLock::try_exclusive(&path, like.as_ref())?.map(JobLock::File))
-    }
-
-    pub fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
-        let (path, like) = self.machine_lock(machine)?;
-        Ok(FileLock::exclusive_within(&path, like.as_ref(), within)?.is_some())
-    }
-
-    pub fn held(&self, machine: &str) -> bool {
-        lock::is_held(&lock::path_in(&self.machine_locks_dir(), machine))
-    }
-
-    pub fn inherited(&self, machine: &str) -> bool {
-        lock::inherited_holds(&lock::path_in(&self.machine_locks_dir(), machine))
-    }
-
-    /// The processes holding `machine`'s job lock (see [`lock::holders`]).
-    pub fn holders(&self, machine: &str) -> Vec<lock::Holder> {
-        lock::holders(&lock::path_in(&self.machine_locks_dir(), machine))
-    }
-
-    /// From one look at the locks folder and the kernel's lock table.
-    pub fn held_job_locks(&self) -> Held {
-        let names = lock::held_in(&self.machine_locks_dir());
-        Held::File(HeldJobLocks { names })
+    fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
+        FileStore::read_events(self, after)
     }
 }

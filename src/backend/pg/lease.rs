@@ -55,6 +55,8 @@ pub struct PgJobLock {
     /// The channel the keeper listens on: a notification there wakes it
     /// at once (to stop it without waiting out its listening).
     channel: String,
+    /// Notifies a channel through another session of the lab's.
+    wake: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
 impl std::fmt::Debug for PgJobLock {
@@ -84,8 +86,10 @@ impl PgJobLock {
         host_timeout: Duration,
         machine: &str,
         key: i32,
+        wake: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> PgJobLock {
         PgJobLock {
+            wake,
             session: Some(session),
             backend,
             url,
@@ -158,6 +162,23 @@ impl PgJobLock {
                 &[&LOCK_SPACE, &self.key],
             );
         }
+    }
+}
+
+/// A job lock of a database lab's: a session advisory lock, kept by a
+/// keeper thread while the job runs.
+impl crate::backend::HeldJob for PgJobLock {
+    fn keep(&mut self, job: &JobRecord) -> Option<Arc<Lease>> {
+        Some(PgJobLock::keep(self, job))
+    }
+
+    fn stop_keeping(&mut self) {
+        let wake = Arc::clone(&self.wake);
+        PgJobLock::stop_keeping(self, Some(&*wake));
+    }
+
+    fn close(self: Box<Self>) {
+        PgJobLock::close(*self);
     }
 }
 

@@ -30,10 +30,13 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls};
 
-use super::{JobLock, LockPatience, Snapshot};
+use super::{
+    Backend, HeldJobLocks, JobLock, JobLocks, LockPatience, PlaceLock, Snapshot, Transaction,
+};
 use crate::backend::file::doc::XmlLab;
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
+use crate::model::queue::Waiter;
 use crate::model::{Change, Lab};
 use crate::settings::url::DbUrl;
 use lease::PgJobLock;
@@ -890,13 +893,15 @@ impl PgStore {
             *Self::locked(&self.spare) = Some(Spare::Ready(Box::new(session)));
             return Ok(None);
         }
-        Ok(Some(JobLock::Pg(Box::new(PgJobLock::new(
+        let store = self.clone();
+        Ok(Some(JobLock::new(Box::new(PgJobLock::new(
             session,
             backend,
             Arc::clone(&self.url),
             self.host_timeout,
             machine,
             key,
+            Arc::new(move |channel: &str| store.notify(channel)),
         )))))
     }
 
@@ -1022,5 +1027,129 @@ impl PgStore {
                 .execute("SELECT pg_notify($1, '')", &[&channel])
                 .map_err(|e| db_error(&self.context("notify"), e))
         });
+    }
+}
+
+/// A place lock of a database lab's, held: the session advisory lock of
+/// the lab's own session, let go through it.
+struct PgPlace {
+    store: PgStore,
+    key: i32,
+}
+
+impl Drop for PgPlace {
+    fn drop(&mut self) {
+        self.store.let_go_place(self.key);
+    }
+}
+
+impl Backend for PgStore {
+    fn with_patience(&self, patience: LockPatience) -> Arc<dyn Backend> {
+        Arc::new(self.clone().with_patience(patience))
+    }
+
+    fn location(&self) -> String {
+        self.shown().to_string()
+    }
+
+    /// The URL without its password.
+    fn for_jobs(&self) -> std::ffi::OsString {
+        self.shown().into()
+    }
+
+    fn password_withheld(&self) -> bool {
+        self.had_password()
+    }
+
+    fn export(&self) -> Result<String> {
+        PgStore::export(self)
+    }
+
+    fn read(&self) -> Result<Snapshot> {
+        PgStore::read(self)
+    }
+
+    fn transact(
+        &self,
+        kind: Transaction<'_>,
+        change: &mut dyn FnMut(&mut Lab) -> Result<()>,
+    ) -> Result<()> {
+        match kind {
+            Transaction::Update => self.update(change),
+            Transaction::Create => self.update_or_create(change),
+            Transaction::Import { skeleton, replace } => {
+                self.update_with_document(skeleton, replace, change)
+            }
+        }
+    }
+
+    fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
+        PgStore::recent_events(self, machine, count)
+    }
+
+    fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
+        PgStore::read_events(self, after)
+    }
+}
+
+/// The job locks of a database lab: session advisory locks, one a
+/// machine, taken in a session of the run's own; and the waiters' place
+/// locks, in the lab's session.
+impl JobLocks for PgStore {
+    fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
+        PgStore::try_lock(self, machine)
+    }
+
+    fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
+        PgStore::wait_unlocked(self, machine, within)
+    }
+
+    fn held(&self, machine: &str) -> bool {
+        PgStore::held(self, machine)
+    }
+
+    /// A database session cannot be inherited: never, here.
+    fn inherited(&self, _machine: &str) -> bool {
+        false
+    }
+
+    fn held_job_locks(&self) -> HeldJobLocks {
+        let held = PgStore::held_job_locks(self);
+        HeldJobLocks::new(move |machine| held.contains(machine))
+    }
+
+    fn hold_place(&self) -> Result<PlaceLock> {
+        let key = PgStore::hold_place(self)?;
+        Ok(PlaceLock::new(
+            key.to_string(),
+            Box::new(PgPlace {
+                store: self.clone(),
+                key,
+            }),
+        ))
+    }
+
+    fn place_held(&self, waiter: &Waiter) -> bool {
+        PgStore::place_held(self, waiter)
+    }
+
+    fn epoch(&self) -> Option<String> {
+        Some(PgStore::epoch(self))
+    }
+
+    fn wait_place(&self, token: &str, within: Duration) -> Result<bool> {
+        PgStore::wait_place(self, token, within)
+    }
+
+    fn prepare(&self) {
+        PgStore::prepare(self)
+    }
+
+    fn across_hosts(&self) -> bool {
+        true
+    }
+
+    fn reattaching(&self, machine: &str) -> bool {
+        PgStore::reattaching(self, machine)
     }
 }
