@@ -1,6 +1,7 @@
 //! The engine: what mama decides and does, whatever stores the lab.
 //!
-//! [`claim`] (busy rules, claim, release, the waiting loop), [`stale`] (is a
+//! [`claim`] (the waiting loop and the claim, over its busy rules, queues
+//! and release), [`stale`] (is a
 //! job stale, and why), [`supervise`] (the job's process, signals,
 //! timeout), [`manual`] (what people do by hand: clear, reserve, release).
 //! Processes, users and this host are the ground floor's [`crate::os`].
