@@ -1,0 +1,276 @@
+//! Reading a database lab: one snapshot of its machines, the locks held
+//! behind them, and the events asked for.
+
+use std::collections::HashSet;
+
+use postgres::{Client, GenericClient, IsolationLevel};
+
+use super::{LOCK_SPACE, Look, PLACE_SPACE, PgStore, Row, Wanted};
+use super::{db_error, schema};
+use crate::backend::file::doc::XmlLab;
+use crate::backend::Snapshot;
+use crate::error::{Error, Result};
+use crate::model::event::{Event, Kind};
+
+impl PgStore {
+    pub(super) fn corrupt(&self, e: crate::backend::file::xml::ParseError) -> Error {
+        Error::Corrupt {
+            path: self.url.shown.clone().into(),
+            location: None,
+            message: e.message,
+        }
+    }
+
+    /// Reads the lab: a consistent snapshot of its machines and of which of
+    /// their job locks are held.
+    pub fn read(&self) -> Result<Snapshot> {
+        Ok(self.read_with(None)?.0)
+    }
+
+    /// The lab, and the events numbered after `after` (all of them for
+    /// `None`), from one snapshot.
+    pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
+        let (snapshot, events) = self.read_with(Some(Wanted::After(after)))?;
+        Ok((snapshot, events.unwrap_or_default()))
+    }
+
+    /// A read-only transaction that sees one snapshot of the lab.
+    pub(super) fn snapshot_transaction<'a>(
+        &self,
+        client: &'a mut Client,
+    ) -> Result<postgres::Transaction<'a>> {
+        client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(|e| db_error(&self.context("read"), e))
+    }
+
+    /// The newest `count` events of `machine`, oldest first, with the lab
+    /// (for `info`: the index of events by machine finds them).
+    pub fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
+        let (snapshot, events) = self.read_with(Some(Wanted::Recent(machine, count)))?;
+        Ok((snapshot, events.unwrap_or_default()))
+    }
+
+    pub(super) fn read_with(
+        &self,
+        events: Option<Wanted<'_>>,
+    ) -> Result<(Snapshot, Option<Vec<Event>>)> {
+        self.with_main(|client| {
+            let mut tx = self.snapshot_transaction(client)?;
+            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
+                return Err(self.no_lab());
+            };
+            let (rows, look, _) = self.snapshot(&mut tx, version)?;
+            *Self::locked(&self.look) = Some(look);
+            let lab = self.parse(&rows)?.model();
+            let (events, last_event) = match events {
+                None => (None, None),
+                Some(wanted) => {
+                    let events = self.events(&mut tx, wanted)?;
+                    let last = match events.last() {
+                        Some(e) => Some(e.seq),
+                        None => tx
+                            .query_one("SELECT max(seq) FROM mama_event", &[])
+                            .map_err(|e| db_error(&self.context("read"), e))?
+                            .get::<_, Option<i64>>(0)
+                            .map(|seq| seq as u64),
+                    };
+                    (Some(events), last)
+                }
+            };
+            tx.commit()
+                .map_err(|e| db_error(&self.context("read"), e))?;
+            Ok((Snapshot { lab, last_event }, events))
+        })
+    }
+
+    pub(super) fn parse(&self, rows: &[Row]) -> Result<XmlLab> {
+        XmlLab::from_machines(rows.iter().map(|r| (r.name.as_str(), r.element.as_str())))
+            .map_err(|e| self.corrupt(e))
+    }
+
+    /// The machines, and one look at their job locks, in one round trip:
+    /// which locks are held, which claims were written before the server
+    /// last started (within the host timeout after it), and whether this
+    /// role may write the lab.
+    pub(super) fn snapshot(
+        &self,
+        client: &mut impl GenericClient,
+        version: i32,
+    ) -> Result<(Vec<Row>, Look, bool)> {
+        let batch = format!(
+            "{};
+             SELECT classid, objid FROM pg_locks WHERE locktype = 'advisory' \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND classid IN ({LOCK_SPACE}::oid, {PLACE_SPACE}::oid) AND objsubid = 2 AND granted;
+             SELECT name FROM mama_machine WHERE job_written < pg_postmaster_start_time() \
+               AND now() < pg_postmaster_start_time() + make_interval(secs => {});
+             SELECT has_table_privilege('mama_machine', 'UPDATE') \
+               AND has_table_privilege('mama_event', 'INSERT');
+             SELECT now() < pg_postmaster_start_time() + make_interval(secs => {1}), \
+               pg_postmaster_start_time()::text;",
+            schema::machines_query(version),
+            self.host_timeout.as_secs()
+        );
+        let messages = client
+            .simple_query(&batch)
+            .map_err(|e| db_error(&self.context("read"), e))?;
+        // The rows of each statement, in order.
+        let mut results: Vec<Vec<postgres::SimpleQueryRow>> = vec![Vec::new()];
+        for message in messages {
+            match message {
+                postgres::SimpleQueryMessage::Row(row) => {
+                    if let Some(rows) = results.last_mut() {
+                        rows.push(row);
+                    }
+                }
+                postgres::SimpleQueryMessage::CommandComplete(_) => results.push(Vec::new()),
+                _ => {}
+            }
+        }
+        let unexpected = || {
+            Error::Invalid(format!(
+                "internal error: the lab at {} answered in an unexpected shape",
+                self.url.shown
+            ))
+        };
+        let [machines, held, reattaching, may_write, restarted, ..] = results.as_slice() else {
+            return Err(unexpected());
+        };
+        let text = |row: &postgres::SimpleQueryRow, i: usize| -> Result<String> {
+            row.get(i).map(str::to_string).ok_or_else(unexpected)
+        };
+        let rows = machines
+            .iter()
+            .map(|row| {
+                Ok(Row {
+                    id: text(row, 0)?.parse().map_err(|_| unexpected())?,
+                    name: text(row, 1)?,
+                    element: text(row, 2)?,
+                })
+            })
+            .collect::<Result<Vec<Row>>>()?;
+        let locks_in = |space: i32| -> HashSet<i32> {
+            held.iter()
+                .filter(|row| row.get(0) == Some(space.to_string().as_str()))
+                .filter_map(|row| row.get(1)?.parse::<i64>().ok())
+                .filter_map(|id| i32::try_from(id).ok())
+                .collect()
+        };
+        let mut look = Look {
+            ids: rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
+            held: locks_in(LOCK_SPACE),
+            places: locks_in(PLACE_SPACE),
+            restarted: false,
+            epoch: String::new(),
+            reattaching: reattaching
+                .iter()
+                .filter_map(|row| row.get(0).map(str::to_string))
+                .collect(),
+        };
+        let may_write = may_write.first().and_then(|row| row.get(0)) == Some("t");
+        look.restarted = restarted.first().and_then(|row| row.get(0)) == Some("t");
+        look.epoch = restarted
+            .first()
+            .and_then(|row| row.get(1))
+            .unwrap_or_default()
+            .to_string();
+        Ok((rows, look, may_write))
+    }
+
+    pub(super) fn events(
+        &self,
+        client: &mut impl GenericClient,
+        wanted: Wanted<'_>,
+    ) -> Result<Vec<Event>> {
+        // Cast and defaulted here, so that a table someone altered gives an
+        // error, never a value of the wrong type.
+        const COLUMNS: &str = "seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
+             coalesce(event, '')::text, job::text, pid::int8, \
+             coalesce(\"user\", '')::text, coalesce(host, '')::text, detail::text";
+        let rows = match wanted {
+            Wanted::After(after) => {
+                let after = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
+                client.query(
+                    &format!("SELECT {COLUMNS} FROM mama_event WHERE seq > $1 ORDER BY seq"),
+                    &[&after],
+                )
+            }
+            Wanted::Recent(machine, count) => {
+                let count = i64::try_from(count).unwrap_or(i64::MAX);
+                client.query(
+                    &format!(
+                        "SELECT * FROM (SELECT {COLUMNS} FROM mama_event WHERE machine = $1 \
+                         ORDER BY seq DESC LIMIT $2) newest ORDER BY 1"
+                    ),
+                    &[&machine, &count],
+                )
+            }
+        };
+        rows.map_err(|e| db_error(&self.context("read the history of"), e))?
+            .into_iter()
+            .map(|row| {
+                let kind: String = row.get(3);
+                let event = serde_json::from_value::<Kind>(serde_json::Value::String(kind.clone()))
+                    .map_err(|_| {
+                        Error::Invalid(format!(
+                            "the history of the lab at {} holds an event of unknown kind '{kind}'",
+                            self.url.shown
+                        ))
+                    })?;
+                Ok(Event {
+                    seq: row.get::<_, i64>(0) as u64,
+                    time: row.get(1),
+                    machine: row.get(2),
+                    event,
+                    job: row.get(4),
+                    pid: row
+                        .get::<_, Option<i64>>(5)
+                        .and_then(|p| u32::try_from(p).ok()),
+                    user: row.get(6),
+                    host: row.get(7),
+                    detail: row.get(8),
+                })
+            })
+            .collect()
+    }
+
+    /// The lab in upstream's format: the stored document with the machines
+    /// in it.
+    pub fn export(&self) -> Result<String> {
+        self.with_main(|client| {
+            let mut tx = self.snapshot_transaction(client)?;
+            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
+                return Err(self.no_lab());
+            };
+            let (rows, _, _) = self.snapshot(&mut tx, version)?;
+            let skeleton = self.document(&mut tx)?;
+            let doc = XmlLab::assemble(
+                skeleton.as_deref(),
+                rows.iter().map(|r| (r.name.as_str(), r.element.as_str())),
+            )
+            .map_err(|e| self.corrupt(e))?;
+            Ok(doc.to_xml())
+        })
+    }
+
+    pub(super) fn document(&self, client: &mut impl GenericClient) -> Result<Option<String>> {
+        Ok(client
+            .query_opt("SELECT coalesce(document, '')::text FROM mama_lab", &[])
+            .map_err(|e| db_error(&self.context("read"), e))?
+            .map(|row| row.get(0)))
+    }
+
+    /// What the last read saw of the locks; a fresh look when there was
+    /// none.
+    pub(super) fn look(&self) -> Look {
+        if let Some(look) = Self::locked(&self.look).clone() {
+            return look;
+        }
+        let _ = self.read();
+        Self::locked(&self.look).clone().unwrap_or_default()
+    }
+}

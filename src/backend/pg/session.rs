@@ -1,0 +1,170 @@
+//! A database lab's sessions: opening them with the settings every
+//! session of mama's needs, the main one kept and opened anew after a
+//! server restart, and what their errors mean.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::{Client, Config, NoTls};
+
+use super::{IDLE_CHECK, PLACE_SPACE, PgStore};
+use crate::error::{Error, Result};
+use crate::settings::url::DbUrl;
+
+/// A database error with what was being done; a permission the role
+/// lacks, or a read-only server, is [`Error::ReadOnly`], on which readers
+/// go on without writing.
+pub fn db_error(context: &str, e: postgres::Error) -> Error {
+    let message = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    match e.code() {
+        Some(code)
+            if *code == SqlState::INSUFFICIENT_PRIVILEGE
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION =>
+        {
+            Error::ReadOnly {
+                context: context.to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, message),
+            }
+        }
+        _ => Error::Database {
+            context: context.to_string(),
+            message,
+        },
+    }
+}
+
+/// Whether `e` says the session is gone (the server restarting, shutting
+/// down or unreachable) rather than refusing a statement.
+pub fn is_connection_loss(e: &postgres::Error) -> bool {
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => {
+            *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || code.code().starts_with("08")
+        }
+    }
+}
+
+/// The settings of every session mama opens: the server drops the session,
+/// and with it its locks, within `host_timeout` of its peer going silent
+/// (keepalive idle + count × interval, and the TCP user timeout for data
+/// left unacknowledged); the client side notices a dead server too.
+pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
+    let secs = host_timeout.as_secs().max(1);
+    let idle = (secs / 2).max(1);
+    let interval = (secs / 8).max(1);
+    let count = (secs.saturating_sub(idle) / interval).max(1);
+    let mut config = url.config.clone();
+    // A session blocked in a lock wait (a waiter) reads nothing from its
+    // client: the server looks every second whether the client is still
+    // there, so a killed waiter's session ends, and lets go of its locks,
+    // within a second rather than when its wait ends.
+    let options = format!(
+        "{} -c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} \
+         -c tcp_keepalives_count={count} -c tcp_user_timeout={} \
+         -c client_connection_check_interval=1000",
+        config.get_options().unwrap_or_default(),
+        secs * 1000
+    );
+    config.options(options.trim());
+    if config.get_application_name().is_none() {
+        config.application_name("mama");
+    }
+    config
+        .connect_timeout(Duration::from_secs(secs.min(10)))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(idle))
+        .keepalives_interval(Duration::from_secs(interval))
+        .keepalives_retries(u32::try_from(count).unwrap_or(u32::MAX))
+        .tcp_user_timeout(Duration::from_secs(secs));
+    config
+}
+
+/// Opens a session to the lab.
+pub fn connect(url: &DbUrl, host_timeout: Duration) -> Result<Client> {
+    session_config(url, host_timeout)
+        .connect(NoTls)
+        .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))
+}
+
+impl PgStore {
+    pub(super) fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the main session, opening it (again) where needed. A
+    /// session idle for a while is asked first whether it still lives: one
+    /// the server dropped (a restart) is opened anew, waiting up to the
+    /// host timeout for the server to come back.
+    pub(super) fn with_main<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let mut main = Self::locked(&self.main);
+        let lost = self.lost.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let stale = match main.as_mut() {
+            None => None,
+            Some(_) if lost => Some(true),
+            Some((client, _)) if client.is_closed() => Some(true),
+            Some((client, used)) if used.elapsed() > IDLE_CHECK => {
+                Some(client.simple_query("").is_err())
+            }
+            Some(_) => Some(false),
+        };
+        match stale {
+            Some(false) => {}
+            Some(true) => {
+                let mut client = self.reconnect()?;
+                // A waiter keeps its place: its place locks went with the
+                // old session.
+                for key in Self::locked(&self.places).iter() {
+                    // A waiter behind may hold it for an instant (it looks
+                    // whether it is free): try again until it is ours.
+                    let give_up = Instant::now() + Duration::from_secs(1);
+                    loop {
+                        let taken: bool = client
+                            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&PLACE_SPACE, key])
+                            .map_err(|e| db_error(&self.context("wait in"), e))?
+                            .get(0);
+                        if taken || Instant::now() >= give_up {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                *main = Some((client, Instant::now()));
+            }
+            None => *main = Some((connect(&self.url, self.host_timeout)?, Instant::now())),
+        }
+        let Some((client, used)) = main.as_mut() else {
+            return Err(Error::Invalid("internal error: no database session".into()));
+        };
+        let result = f(client);
+        // A session found closed stays, so that the next use opens it again
+        // patiently (a server restart).
+        *used = Instant::now();
+        result
+    }
+
+    /// Opens the main session again after the server dropped it, for up to
+    /// the host timeout.
+    pub(super) fn reconnect(&self) -> Result<Client> {
+        let give_up = Instant::now() + self.host_timeout;
+        loop {
+            match connect(&self.url, self.host_timeout) {
+                Ok(client) => return Ok(client),
+                Err(e) if Instant::now() >= give_up => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    pub(super) fn context(&self, action: &str) -> String {
+        format!("cannot {action} the lab at {}", self.url.shown)
+    }
+}

@@ -1,0 +1,281 @@
+//! Writing a database lab: one transaction under the lab's lock, each
+//! changed machine's row written once and each event as a row.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use postgres::GenericClient;
+use postgres::error::SqlState;
+
+use super::{LAB_LOCK, LOCK_SPACE, PgStore};
+use super::{db_error, is_connection_loss, schema};
+use crate::backend::file::doc::XmlLab;
+use crate::error::{Error, Result};
+use crate::model::event::Event;
+use crate::model::{Change, Lab};
+
+impl PgStore {
+    /// Takes the lab's lock for the transaction, as patient as the store is.
+    pub(super) fn lab_lock(&self, client: &mut impl GenericClient) -> Result<()> {
+        let started = Instant::now();
+        let give_up = self.patience.give_up_at();
+        if let Some(at) = give_up {
+            let ms = at.saturating_duration_since(started).as_millis().max(1);
+            client
+                .batch_execute(&format!("SET LOCAL lock_timeout = {ms}"))
+                .map_err(|e| db_error(&self.context("lock"), e))?;
+        }
+        match client.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&LOCK_SPACE, &LAB_LOCK],
+        ) {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                return Err(Error::Busy(if self.patience.no_wait {
+                    format!(
+                        "the lab's lock at {} is held; not waiting (--no-wait)",
+                        self.url.shown
+                    )
+                } else {
+                    format!(
+                        "gave up waiting for the lab's lock at {} after {}",
+                        self.url.shown,
+                        crate::text::seconds(started.elapsed())
+                    )
+                }));
+            }
+            Err(e) => return Err(db_error(&self.context("lock"), e)),
+        }
+        if give_up.is_some() {
+            client
+                .batch_execute("SET LOCAL lock_timeout = 0")
+                .map_err(|e| db_error(&self.context("lock"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one transaction under the lab's lock: `change` gets the current
+    /// lab; its changes and events are stored, all or none, when it returns
+    /// `Ok` having changed anything. The schema is created or migrated
+    /// first. A role that may not write is [`Error::ReadOnly`] before
+    /// `change` runs.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.transaction(false, |_, lab| change(lab))
+    }
+
+    /// [`PgStore::update`] that creates the lab (the schema) in a database
+    /// that has none; every other transaction there is [`Error::NoLab`],
+    /// and creates nothing.
+    pub fn update_or_create<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+        self.transaction(true, |_, lab| change(lab))
+    }
+
+    /// The error for a database without a lab.
+    pub(super) fn no_lab(&self) -> Error {
+        Error::NoLab(format!("the database {}", self.url.shown))
+    }
+
+    /// [`PgStore::update`], with the transaction's session open to `change`
+    /// too (for the document around the machines).
+    pub(super) fn transaction<T>(
+        &self,
+        create: bool,
+        change: impl FnOnce(&mut postgres::Transaction<'_>, &mut Lab) -> Result<T>,
+    ) -> Result<T> {
+        // A session found lost before `change` ran (a server restart since
+        // its last use) is opened anew and the transaction begun again:
+        // nothing was written or taken yet.
+        let mut change = Some(change);
+        for _ in 0..2 {
+            let done = self.with_main(|client| {
+                let mut tx = match client.transaction() {
+                    Ok(tx) => tx,
+                    Err(e) if is_connection_loss(&e) => return Ok(None),
+                    Err(e) => return Err(db_error(&self.context("write"), e)),
+                };
+                self.lab_lock(&mut tx)?;
+                if !schema::ensure(&mut tx, &self.url.shown, create)? {
+                    return Err(self.no_lab());
+                }
+                let (rows, look, may_write) = self.snapshot(&mut tx, schema::VERSION)?;
+                if !may_write {
+                    return Err(Error::ReadOnly {
+                        context: self.context("write"),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            "this role may only read it",
+                        ),
+                    });
+                }
+                *Self::locked(&self.look) = Some(look);
+                let mut doc = self.parse(&rows)?;
+                let mut lab = doc.model();
+                let change = change.take().ok_or_else(|| {
+                    Error::Invalid("internal error: a transaction ran twice".into())
+                })?;
+                let value = change(&mut tx, &mut lab)?;
+                if lab.is_changed() {
+                    self.store_changes(&mut tx, &mut doc, lab.changes())?;
+                    self.store_events(&mut tx, lab.take_events())?;
+                    tx.commit()
+                        .map_err(|e| db_error(&self.context("write"), e))?;
+                }
+                Ok(Some(value))
+            })?;
+            match done {
+                Some(value) => return Ok(value),
+                None => self.lost.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        }
+        Err(Error::Database {
+            context: self.context("write"),
+            message: "the connection was lost again as soon as it was opened".into(),
+        })
+    }
+
+    /// Replays `changes` onto the machines' elements and stores each
+    /// changed machine once: deleted, updated or inserted.
+    pub(super) fn store_changes(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        doc: &mut XmlLab,
+        changes: &[Change],
+    ) -> Result<()> {
+        doc.apply(changes)?;
+        let mut deleted: Vec<&str> = Vec::new();
+        let mut updated: Vec<&str> = Vec::new();
+        let mut inserted: Vec<&str> = Vec::new();
+        let mut job_written: HashSet<&str> = HashSet::new();
+        for change in changes {
+            match change {
+                Change::Set { machine, field, .. } | Change::Unset { machine, field } => {
+                    if field.is_job() {
+                        job_written.insert(machine);
+                    }
+                    if !inserted.contains(&machine.as_str()) && !updated.contains(&machine.as_str())
+                    {
+                        updated.push(machine);
+                    }
+                }
+                Change::Add(new) => inserted.push(&new.name),
+                Change::AddElement { name, .. } => inserted.push(name),
+                Change::Remove(name) => match inserted.iter().position(|n| n == name) {
+                    Some(at) => {
+                        inserted.remove(at);
+                    }
+                    None => {
+                        updated.retain(|n| n != name);
+                        deleted.push(name);
+                    }
+                },
+            }
+        }
+        let write_error = |e| db_error(&self.context("write"), e);
+        let element = |name: &str| -> Result<String> {
+            let text = doc.machine_text(name).ok_or_else(|| {
+                Error::Invalid(format!("internal error: machine '{name}' vanished"))
+            })?;
+            // Never store what could not be read back.
+            XmlLab::from_machines([(name, text.as_str())]).map_err(|e| {
+                Error::Invalid(format!(
+                    "internal error: machine '{name}' would not read back ({e}); nothing was written"
+                ))
+            })?;
+            Ok(text)
+        };
+        for name in deleted {
+            tx.execute("DELETE FROM mama_machine WHERE name = $1", &[&name])
+                .map_err(write_error)?;
+        }
+        for name in updated {
+            // When its job was written, by the server's clock: a claim
+            // written before the server restarted lost its session with it.
+            let statement = if job_written.contains(name) {
+                "UPDATE mama_machine SET element = $2, job_written = now() WHERE name = $1"
+            } else {
+                "UPDATE mama_machine SET element = $2 WHERE name = $1"
+            };
+            tx.execute(statement, &[&name, &element(name)?])
+                .map_err(write_error)?;
+        }
+        if !inserted.is_empty() {
+            let last: i64 = tx
+                .query_one(
+                    "SELECT coalesce(max(position), 0)::int8 FROM mama_machine",
+                    &[],
+                )
+                .map_err(write_error)?
+                .get(0);
+            for (at, name) in (last + 1..).zip(inserted) {
+                // A name the lab had before keeps its job lock's key.
+                tx.execute(
+                    "INSERT INTO mama_lock_key (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                    &[&name],
+                )
+                .map_err(write_error)?;
+                tx.execute(
+                    "INSERT INTO mama_machine (name, position, element) VALUES ($1, $2, $3)",
+                    &[&name, &at, &element(name)?],
+                )
+                .map_err(write_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `events`, numbered after the last one committed. Not by the
+    /// column's sequence: a number it hands out is gone even when the
+    /// transaction is not committed (a writer killed, a server crash skips
+    /// ahead), and the history is numbered 1, 2, 3... without gaps, as in a
+    /// file lab. Writers hold the lab's lock, so the next number is theirs.
+    pub(super) fn store_events(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        events: Vec<Event>,
+    ) -> Result<()> {
+        for event in events {
+            tx.execute(
+                "INSERT INTO mama_event \
+                 (seq, time, machine, event, job, pid, \"user\", host, detail) \
+                 VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
+                 $1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &event.time,
+                    &event.machine,
+                    &event.event.as_str(),
+                    &event.job,
+                    &event.pid.map(i64::from),
+                    &event.user,
+                    &event.host,
+                    &event.detail,
+                ],
+            )
+            .map_err(|e| db_error(&self.context("write the history of"), e))?;
+        }
+        Ok(())
+    }
+
+    /// A transaction that also sets the document around the machines to
+    /// `skeleton` where the lab has none yet, or where `replace` says
+    /// (`import`).
+    pub fn update_with_document<T>(
+        &self,
+        skeleton: &str,
+        replace: bool,
+        change: impl FnOnce(&mut Lab) -> Result<T>,
+    ) -> Result<T> {
+        self.transaction(true, |tx, lab| {
+            let value = change(lab)?;
+            let has = self.document(tx)?.is_some();
+            if replace || !has {
+                tx.execute(
+                    "INSERT INTO mama_lab (document) VALUES ($1) \
+                     ON CONFLICT (singleton) DO UPDATE SET document = EXCLUDED.document",
+                    &[&skeleton],
+                )
+                .map_err(|e| db_error(&self.context("write"), e))?;
+            }
+            Ok(value)
+        })
+    }
+}
