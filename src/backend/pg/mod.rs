@@ -3,7 +3,7 @@
 //! Tables (see [`schema`]): one row a machine, holding its `<machine>`
 //! element as upstream writes it, so every child and attribute mama does
 //! not know survives; the document around the machines; the history. A
-//! transaction replays the lab's [`Change`]s onto the changed machines'
+//! transaction replays the lab's [`Change`](crate::model::Change)s onto the changed machines'
 //! elements (the same lossless tree the file backend uses) and turns them
 //! into one statement each: an `UPDATE` of a changed machine's row, an
 //! `INSERT`, a `DELETE`, and an `INSERT` a history event.
