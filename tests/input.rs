@@ -617,3 +617,20 @@ fn a_name_with_a_bidirectional_control_is_refused() {
     }
     assert!(!env.state.exists());
 }
+
+#[test]
+fn a_value_past_64_kib_is_refused_for_every_field_and_the_job_label() {
+    let env = TestEnv::new();
+    env.add("m0", 1);
+    let before = env.read_state();
+    let long = "x".repeat((64 << 10) + 1);
+    for attr in ["os", "params", "startcmd"] {
+        env.run(["set", "m0", attr, &long])
+            .fails_saying(1, "longer than the 65536 a field may hold");
+    }
+    env.run(["run", "m0", "--job", &long, "--", "true"])
+        .fails_saying(125, "longer than the 65536 a field may hold");
+    assert_eq!(env.read_state(), before);
+    // At the limit, it is taken.
+    env.run(["set", "m0", "os", &long[1..]]).ok();
+}

@@ -285,10 +285,21 @@ pub fn check_value(field: Field, value: &str) -> Result<(), Error> {
     }
 }
 
+/// The longest value a user may give a field: far past any boot parameter
+/// line or job label, and short enough that no lab grows large by it.
+pub const MAX_VALUE: usize = 64 << 10;
+
 /// Refuses what a user gives for a field that the state file cannot hold,
 /// or that a terminal would act on when it is shown: C1 controls
 /// (U+0080 to U+009F), which XML allows.
 pub fn check_input(field: Field, value: &str) -> Result<(), Error> {
+    if value.len() > MAX_VALUE {
+        return Err(Error::Invalid(format!(
+            "the value for {} is {} bytes, longer than the {MAX_VALUE} a field may hold",
+            field.tag(),
+            value.len()
+        )));
+    }
     check_value(field, value)?;
     match value.chars().find(|c| ('\u{80}'..='\u{9f}').contains(c)) {
         None => Ok(()),

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::error::SqlState;
 use postgres::Client;
+use postgres::error::SqlState;
 
 use super::lease::PgJobLock;
 use super::{LOCK_SPACE, PLACE_SPACE, PgStore, Spare};

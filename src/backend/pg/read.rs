@@ -7,8 +7,8 @@ use postgres::{Client, GenericClient, IsolationLevel};
 
 use super::{LOCK_SPACE, Look, PLACE_SPACE, PgStore, Row, Wanted};
 use super::{db_error, schema};
-use crate::backend::file::doc::XmlLab;
 use crate::backend::Snapshot;
+use crate::backend::file::doc::XmlLab;
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
 

@@ -2,7 +2,7 @@
 //! waiters who are gone taken out, tickets numbered across the lab.
 
 use crate::backend::{JobLocks, Store};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Lab;
 use crate::model::queue::Waiter;
 
@@ -79,6 +79,10 @@ pub(super) fn may_have(lab: &Lab, target: &str, waiter: &Waiter) -> Result<bool>
 /// the queues of `candidates` only: taken out of machines that are
 /// candidates no longer, added to new ones with the same ticket (a
 /// newcomer's ticket comes after every place in the lab).
+/// The most waiters a machine's queue takes: far past any lab's, and few
+/// enough that a queue stays small beside the machine.
+pub const MAX_WAITERS: usize = 1024;
+
 pub(super) fn hold_places(
     lab: &mut Lab,
     candidates: &[String],
@@ -96,6 +100,13 @@ pub(super) fn hold_places(
         let mut machine = lab.get_mut(name)?;
         let mut queue = machine.view().queue();
         if !queue.iter().any(|w| w.token == token) {
+            if queue.len() >= MAX_WAITERS {
+                return Err(Error::Invalid(format!(
+                    "{} has {} waiters in its queue, the most a machine takes; try again later",
+                    crate::text::printable(name),
+                    queue.len()
+                )));
+            }
             queue.push(me.clone());
             machine.set_queue(&queue)?;
         }
@@ -136,4 +147,56 @@ pub(super) fn next_ticket(lab: &mut Lab) -> Result<u64> {
         machine.set_queue(&queue)?;
     }
     Ok(tickets.len() as u64 + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Machine;
+    use crate::model::field::Field;
+
+    fn waiter(ticket: u64) -> Waiter {
+        Waiter {
+            ticket,
+            token: format!("{ticket:016x}"),
+            pid: 1,
+            since: 0,
+            user: "u".into(),
+            host: "h".into(),
+            job: None,
+            epoch: None,
+            pool: false,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_takes_no_newcomer_but_keeps_who_is_in_it() {
+        let mut lab = Lab::new(vec![Machine::read(
+            [
+                (Field::Name, "m".to_string()),
+                (Field::Mac, "aa:bb:cc:dd:ee:01".to_string()),
+            ],
+            [],
+        )]);
+        let full: Vec<Waiter> = (1..=MAX_WAITERS as u64).map(waiter).collect();
+        lab.get_mut("m")
+            .and_then(|mut m| m.set_queue(&full))
+            .expect("a full queue");
+        let names = ["m".to_string()];
+        let newcomer = waiter(MAX_WAITERS as u64 + 1);
+        let refused = hold_places(&mut lab, &names, newcomer, None);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("the most a machine takes")),
+            "{:?}",
+            refused.err()
+        );
+        // One already in it keeps its place.
+        assert!(hold_places(&mut lab, &names, waiter(7), Some(7)).is_ok());
+        assert_eq!(
+            lab.get("m").map(|m| m.queue().len()).ok(),
+            Some(MAX_WAITERS)
+        );
+    }
 }
