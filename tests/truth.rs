@@ -296,3 +296,32 @@ fn a_stale_clear_is_told_only_once_the_state_file_holds_it() {
         .to_string();
     assert_eq!(said.matches("PID").count(), 1, "{said}");
 }
+
+#[test]
+fn a_refused_change_writes_nothing_beside_the_state_file_either() {
+    let env = TestEnv::new();
+    lab(&env, 2, false);
+    env.run(["set", "m0", "os", "x"]).ok();
+    // A damaged journal of an earlier mama, and a stale roll-forward copy.
+    let mut journal = legacy_journal(TOKEN, &[legacy_claim()]);
+    journal.push_str("0123456789abcdef {\"changes\":[[\"set\",\"m1\",\"job\",\"cut");
+    fs::write(journal_path(&env), &journal).expect("a journal");
+    let lock = env.path().join("mama.xml.lock");
+    fs::write(&lock, b"mama roll-forward 1 3 0000000000000000\nold").expect("a copy");
+    let files = |env: &TestEnv| -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<(String, Vec<u8>)> = env
+            .files()
+            .into_iter()
+            .filter_map(|name| Some((name.clone(), fs::read(env.path().join(&name)).ok()?)))
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files(&env);
+    env.run(["release", "m1"]).fails_saying(1, "not reserved");
+    env.run(["set", "m0", "ip", "not-an-ip"]).fails(1);
+    assert!(
+        files(&env) == before,
+        "a refused command wrote beside the state file"
+    );
+}
