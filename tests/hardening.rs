@@ -625,8 +625,10 @@ fn temporary_files_are_private_under_umask_000() {
     };
     assert_eq!(mask, 0, "started without umask 000");
     let dir = tempfile::tempdir().expect("temporary folder");
-    let temp = dir.path().join(".mama.xml.tmp");
-    let file = mama::backend::file::fsutil::create_temp(&temp).expect("create the temporary file");
+    let folder = mama::backend::file::fsutil::Dir::open(dir.path()).expect("the folder");
+    let file = folder
+        .create_temp(".mama.xml.tmp".as_ref())
+        .expect("create the temporary file");
     assert_eq!(file.metadata().expect("fstat").mode() & 0o7777, 0o600);
 }
 
