@@ -625,8 +625,10 @@ fn temporary_files_are_private_under_umask_000() {
     };
     assert_eq!(mask, 0, "started without umask 000");
     let dir = tempfile::tempdir().expect("temporary folder");
-    let temp = dir.path().join(".mama.xml.tmp");
-    let file = mama::backend::file::fsutil::create_temp(&temp).expect("create the temporary file");
+    let folder = mama::backend::file::fsutil::Dir::open(dir.path()).expect("the folder");
+    let file = folder
+        .create_temp(".mama.xml.tmp".as_ref())
+        .expect("create the temporary file");
     assert_eq!(file.metadata().expect("fstat").mode() & 0o7777, 0o600);
 }
 
@@ -809,6 +811,80 @@ fn a_folder_of_the_state_path_swapped_for_a_link_by_another_user_is_refused() {
     fs::remove_file(&lab).expect("remove the link");
     symlink(&moved, &lab).expect("the owner's link");
     assert!(mama(&["list"]).ok().contains("rig1"));
+}
+
+#[test]
+fn a_lab_folder_swapped_while_a_job_runs_redirects_nothing_of_that_run() {
+    second_user();
+    let group = nobody_group();
+    let env = TestEnv::new();
+    // A parent folder everyone may write, holding the lab's folder.
+    let shared = env.path().join("shared");
+    fs::create_dir(&shared).expect("a shared folder");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let lab = shared.join("lab");
+    fs::create_dir(&lab).expect("the lab's folder");
+    let mama = |state: &Path, args: &[String]| -> Command {
+        let mut cmd = env.cmd(args);
+        cmd.env("MAMA_STATE", state);
+        cmd
+    };
+    let info = |state: &Path| -> serde_json::Value {
+        let args = ["info", "rig1", "--json"].map(String::from);
+        Run::from(mama(state, &args).output().expect("mama runs")).json()
+    };
+    let state = lab.join("mama.xml");
+    let add = ["add", "rig1", "--mac", "02:00:00:00:00:01"].map(String::from);
+    Run::from(mama(&state, &add).output().expect("mama runs")).ok();
+    // A run whose job holds rig1 until told to end.
+    let script = format!("touch \"$1/job.started\"; {}", wait_for_file("job.go"));
+    let mut run = Bg::start(mama(
+        &state,
+        &sh_job(&env, "rig1", &["--job", "held"], &script),
+    ));
+    wait_until("the job to start", LIMIT, || {
+        env.path().join("job.started").exists()
+    });
+    assert_eq!(info(&state)["job"], "held", "the claim is in the lab");
+    // A member moves the lab's folder away and puts another in its place,
+    // holding a copy of the state file.
+    let member = |args: &[&str]| {
+        let status = Command::new("setpriv")
+            .args([
+                "--reuid",
+                "nobody",
+                "--regid",
+                &group,
+                "--clear-groups",
+                "--",
+            ])
+            .args(args)
+            .status()
+            .expect("setpriv runs");
+        assert!(status.success(), "{args:?}");
+    };
+    let moved = shared.join("lab.old");
+    let shown = |path: &Path| path.display().to_string();
+    member(&["mv", &shown(&lab), &shown(&moved)]);
+    member(&["mkdir", &shown(&lab)]);
+    member(&["cp", &shown(&moved.join("mama.xml")), &shown(&state)]);
+    let copy = fs::read(&state).expect("the copy");
+    env.touch("job.go");
+    run.finish(LIMIT).ok();
+    // The release went into the lab's real folder, where it was moved.
+    let real = moved.join("mama.xml");
+    assert!(info(&real)["job"].is_null(), "{:#}", info(&real));
+    // Nothing of that run went into the folder put in its place.
+    assert_eq!(
+        fs::read(&state).expect("the copy"),
+        copy,
+        "the copy was written"
+    );
+    let names: Vec<_> = fs::read_dir(&lab)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["mama.xml"], "mama made files in the new folder");
 }
 
 #[test]

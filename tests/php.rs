@@ -475,7 +475,8 @@ fn mama_waits_for_php_mamas_copy_of_its_default_to_be_written() {
     fs::write(&env.state, "").expect("create mama.xml");
     let mut add = env.start(["add", "m0", "--mac", "aa:bb:cc:dd:ee:01"]);
     wait_until("mama holds the state file's lock", LIMIT, || {
-        mama::backend::file::lock::is_held(&env.state)
+        let folder = mama::backend::file::fsutil::Dir::open(env.path()).expect("the folder");
+        mama::backend::file::lock::LockFile::new(folder.into(), "mama.xml").is_held()
     });
     assert!(add.running(), "mama did not wait: {:#?}", add.finish(LIMIT));
     fs::write(

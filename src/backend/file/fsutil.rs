@@ -2,29 +2,34 @@
 //!
 //! The lab's folder is shared: any member of its group may plant a file in
 //! it, say a symbolic link named like the history log pointing at a system
-//! file that root's next write would create, truncate or hand to the group.
-//! So every file mama opens beside the state file is opened through a
-//! descriptor of its folder (`openat`), never following a link in its last
-//! component (`O_NOFOLLOW`), close-on-exec, and must turn out to be what
-//! mama keeps there: a regular file, or a folder for the machine locks. A
-//! planted link, FIFO, device or folder is an error naming it, never
-//! followed and never written through. The folder of the state file itself
-//! is resolved once, when the state file is located (see
-//! [`crate::backend::file::FileStore::locate`]).
+//! file that root's next write would create, truncate or hand to the group,
+//! or rename the folder itself and put another in its place. So the folder
+//! of the state file is opened once, when the state file is located, by a
+//! walk from `/` that judges every link on the way ([`Dir::root`],
+//! [`Dir::step`]; see [`crate::backend::file::FileStore::locate`]), and
+//! every file mama keeps beside the state file is then opened, created,
+//! renamed and removed through that descriptor ([`Dir`]'s methods take a
+//! name in the folder, never a path; paths are kept for messages only). A
+//! folder swapped after mama started redirects nothing. Each file is opened
+//! never following a link in its name (`O_NOFOLLOW`), close-on-exec, and
+//! must turn out to be what mama keeps there: a regular file, or a folder
+//! for the machine locks. A planted link, FIFO, device or folder is an
+//! error naming it, never followed and never written through.
 //!
 //! Files are made like the state file: temporary files are created fresh
 //! (`O_EXCL`, after removing a leftover; removing never follows a link),
 //! private (mode 0600) while their data is written, and only then given the
 //! state file's mode, owner, group, ACLs and extended attributes
 //! ([`make_like`]); then they replace their target by a rename
-//! ([`replace`]). Lock files and the folder of machine locks are open to
-//! those who may write the state file, and to no one else ([`lock_mode`]).
+//! ([`Dir::replace`]). Lock files and the folder of machine locks are open
+//! to those who may write the state file, and to no one else
+//! ([`lock_mode`]).
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -89,28 +94,6 @@ fn planted(path: &Path, what: &'static str, expect: Expect) -> Error {
     }
 }
 
-/// The error for a failed open of `path`: a planted file when what is there
-/// is not what mama keeps there, else the I/O error.
-fn refuse(path: &Path, e: io::Error, expect: Expect, action: &str) -> Error {
-    let suspicious = match e.raw_os_error() {
-        Some(libc::ELOOP | libc::ENXIO) => true,
-        Some(libc::ENOTDIR) => expect == Expect::Folder,
-        Some(libc::EISDIR) => expect == Expect::File,
-        _ => false,
-    };
-    if suspicious && let Ok(meta) = std::fs::symlink_metadata(path) {
-        let kind = meta.mode() & libc::S_IFMT;
-        let wanted = match expect {
-            Expect::File => libc::S_IFREG,
-            Expect::Folder => libc::S_IFDIR,
-        };
-        if kind != wanted {
-            return planted(path, describe(meta.mode()), expect);
-        }
-    }
-    error(action, path, e)
-}
-
 fn c_name(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
@@ -123,7 +106,66 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// A folder, opened without following a link in its last component.
+/// `openat(dir, name, flags | O_CLOEXEC, mode)`, as a file.
+fn open_in(dir: RawFd, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result<File> {
+    // SAFETY: a valid C string; the result is checked.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// What is at a name in a folder, as `fstatat` tells without following a
+/// link.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    mode: libc::mode_t,
+    uid: libc::uid_t,
+    dev: libc::dev_t,
+    ino: libc::ino_t,
+}
+
+impl Entry {
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    /// Its owner.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// Its device, for /proc/locks.
+    pub fn dev(&self) -> u64 {
+        self.dev
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// Whether `meta` is of this same file (device and inode).
+    pub fn is(&self, meta: &Metadata) -> bool {
+        meta.dev() == self.dev && meta.ino() == self.ino
+    }
+}
+
+/// A folder, opened without following a link, and the path it had then
+/// (for messages only: every file in it is reached through the descriptor,
+/// wherever the folder is by now). The lab's folder is opened to read (it
+/// is synced after a rename, and listed); the folders a walk passes
+/// through, and the folder of machine locks, need no more than a search
+/// (`O_PATH`).
 #[derive(Debug)]
 pub struct Dir {
     file: File,
@@ -131,23 +173,117 @@ pub struct Dir {
 }
 
 impl Dir {
-    /// Opens the folder `path`; a link or anything but a folder there is an
-    /// error naming it.
+    /// Opens the folder `path`, walked to from `/` (or from the current
+    /// folder, for a relative path) one folder at a time without following
+    /// any link: a link anywhere on it is an error. For tools and tests:
+    /// mama reaches the lab's folder by a walk that judges the links on the
+    /// way (see [`crate::backend::file::FileStore::locate`]).
     pub fn open(path: &Path) -> Result<Dir> {
-        let name = c_name(path.as_os_str()).map_err(|e| Error::io("open", path, e))?;
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        // SAFETY: a valid C string; the result is checked.
-        let fd = unsafe { libc::open(name.as_ptr(), flags) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(refuse(path, e, Expect::Folder, "open the folder"));
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
+        use std::path::Component;
+        let walked = path
+            .components()
+            .try_fold(None::<Dir>, |at, part| {
+                let at = match at {
+                    Some(at) => at,
+                    None if path.is_absolute() => Dir::root()?,
+                    None => Dir::here()?,
+                };
+                match part {
+                    Component::Normal(name) => at.step(name),
+                    Component::ParentDir => at.step(OsStr::new("..")),
+                    _ => Ok(at),
+                }
+                .map(Some)
+            })
+            .and_then(|at| match at {
+                Some(at) => at.readable(),
+                None => Dir::here()?.readable(),
+            });
+        let mut dir = walked.map_err(|e| Error::io("open the folder", path, e))?;
+        dir.path = path.to_path_buf();
+        Ok(dir)
+    }
+
+    /// The current folder (for [`Dir::open`]).
+    fn here() -> io::Result<Dir> {
+        let file = open_in(libc::AT_FDCWD, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
         Ok(Dir {
             file,
-            path: path.to_path_buf(),
+            path: PathBuf::from("."),
         })
+    }
+
+    /// The root folder, where a walk to the state file starts.
+    pub fn root() -> io::Result<Dir> {
+        let file = open_in(libc::AT_FDCWD, c"/", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        Ok(Dir {
+            file,
+            path: PathBuf::from("/"),
+        })
+    }
+
+    /// The folder `name` in this one, never through a link, opened for a
+    /// walk through it (search only: `O_PATH`).
+    pub fn step(&self, name: &OsStr) -> io::Result<Dir> {
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let file = open_in(self.fd(), &c_name(name)?, flags, 0)?;
+        Ok(Dir {
+            file,
+            path: self.child(name),
+        })
+    }
+
+    /// This same folder, opened again to read (what the lab's folder needs:
+    /// it is synced and listed).
+    pub fn readable(&self) -> io::Result<Dir> {
+        let file = open_in(self.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        Ok(Dir {
+            file,
+            path: self.path.clone(),
+        })
+    }
+
+    /// What is at `name` in this folder (a link is described, not
+    /// followed).
+    pub fn entry(&self, name: &OsStr) -> io::Result<Entry> {
+        let c = c_name(name)?;
+        // SAFETY: plain data, which fstatat fills in on success.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor, C string and buffer.
+        let rc =
+            unsafe { libc::fstatat(self.fd(), c.as_ptr(), &mut stat, libc::AT_SYMLINK_NOFOLLOW) };
+        check(rc)?;
+        Ok(Entry {
+            mode: stat.st_mode,
+            uid: stat.st_uid,
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        })
+    }
+
+    /// Where the symbolic link `name` in this folder points.
+    pub fn read_link(&self, name: &OsStr) -> io::Result<PathBuf> {
+        let c = c_name(name)?;
+        let mut buf = vec![0u8; 256];
+        loop {
+            // SAFETY: a valid descriptor and C string; `buf` is valid for
+            // its length.
+            let got = unsafe {
+                libc::readlinkat(self.fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if got < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let got = got as usize;
+            if got < buf.len() {
+                buf.truncate(got);
+                return Ok(PathBuf::from(OsString::from_vec(buf)));
+            }
+            if buf.len() >= 1 << 16 {
+                return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
     }
 
     /// The folder's own metadata (of the folder opened, whatever is at its
@@ -160,10 +296,10 @@ impl Dir {
     /// accepts. Only those names are copied: a look at a folder of
     /// thousands of lock files for the few that matter allocates for those
     /// few.
-    pub fn entries_with_inodes(self, wanted: impl Fn(u64) -> bool) -> io::Result<Vec<OsString>> {
+    pub fn entries_with_inodes(&self, wanted: impl Fn(u64) -> bool) -> io::Result<Vec<OsString>> {
         use std::os::fd::IntoRawFd;
-        use std::os::unix::ffi::OsStringExt;
-        let fd = self.file.into_raw_fd();
+        // A descriptor of its own, to read from the start.
+        let fd = open_in(self.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?.into_raw_fd();
         // SAFETY: `fd` is an open folder that nothing else owns; on success
         // the stream owns it (closedir closes it), else it is closed here.
         let stream = unsafe { libc::fdopendir(fd) };
@@ -182,12 +318,7 @@ impl Dir {
                 break;
             }
             // SAFETY: as above; d_name is a NUL-terminated name within it.
-            let (ino, name) = unsafe {
-                (
-                    (*entry).d_ino,
-                    std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()),
-                )
-            };
+            let (ino, name) = unsafe { ((*entry).d_ino, CStr::from_ptr((*entry).d_name.as_ptr())) };
             if wanted(ino) {
                 names.push(OsString::from_vec(name.to_bytes().to_vec()));
             }
@@ -197,45 +328,47 @@ impl Dir {
         Ok(names)
     }
 
-    /// The folder holding `path`, and the name of `path` in it.
-    fn of(path: &Path) -> Result<(Dir, &OsStr)> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::Invalid(format!("{} does not name a file", path.display())))?;
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        Ok((Dir::open(dir)?, name))
-    }
-
+    /// The path the folder had when it was opened, for messages.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn child(&self, name: &OsStr) -> PathBuf {
+    /// The path of `name` in this folder, for messages.
+    pub fn child(&self, name: &OsStr) -> PathBuf {
         self.path.join(name)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// The error for a failed open of `name` here: a planted file when what
+    /// is there is not what mama keeps there, else the I/O error.
+    fn refuse(&self, name: &OsStr, e: io::Error, expect: Expect, action: &str) -> Error {
+        let path = self.child(name);
+        let suspicious = match e.raw_os_error() {
+            Some(libc::ELOOP | libc::ENXIO) => true,
+            Some(libc::ENOTDIR) => expect == Expect::Folder,
+            Some(libc::EISDIR) => expect == Expect::File,
+            _ => false,
+        };
+        if suspicious && let Ok(found) = self.entry(name) {
+            let wanted = match expect {
+                Expect::File => libc::S_IFREG,
+                Expect::Folder => libc::S_IFDIR,
+            };
+            if found.mode & libc::S_IFMT != wanted {
+                return planted(&path, describe(found.mode), expect);
+            }
+        }
+        error(action, &path, e)
     }
 
     /// `openat` in this folder, never following a link, close-on-exec and
     /// non-blocking (a planted FIFO must not hang mama; see [`Dir::regular`]).
     fn open_at(&self, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<File> {
-        let c = c_name(name)?;
-        let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
-        // SAFETY: a valid descriptor and C string; the result is checked.
-        let fd = unsafe {
-            libc::openat(
-                self.file.as_raw_fd(),
-                c.as_ptr(),
-                flags,
-                mode as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let flags = flags | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        open_in(self.fd(), &c_name(name)?, flags, mode)
     }
 
     /// `file` if it is a regular file with one link (made blocking again),
@@ -275,7 +408,7 @@ impl Dir {
         match self.open_at(name, flags, 0) {
             Ok(file) => self.regular(file, name).map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(refuse(&self.child(name), e, Expect::File, action)),
+            Err(e) => Err(self.refuse(name, e, Expect::File, action)),
         }
     }
 
@@ -289,7 +422,7 @@ impl Dir {
     fn remove(&self, name: &OsStr) -> io::Result<()> {
         let c = c_name(name)?;
         // SAFETY: a valid descriptor and C string.
-        let rc = unsafe { libc::unlinkat(self.file.as_raw_fd(), c.as_ptr(), 0) };
+        let rc = unsafe { libc::unlinkat(self.fd(), c.as_ptr(), 0) };
         match check(rc) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
@@ -298,7 +431,7 @@ impl Dir {
 
     fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
         let (from, to) = (c_name(from)?, c_name(to)?);
-        let fd = self.file.as_raw_fd();
+        let fd = self.fd();
         // SAFETY: a valid descriptor and C strings.
         check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) })
     }
@@ -308,7 +441,7 @@ impl Dir {
     /// `from` is linked to `to` (which fails the same way), then removed.
     fn rename_new(&self, from: &OsStr, to: &OsStr) -> io::Result<bool> {
         let (from_c, to_c) = (c_name(from)?, c_name(to)?);
-        let fd = self.file.as_raw_fd();
+        let fd = self.fd();
         // SAFETY: a valid descriptor and C strings.
         let renamed = check(unsafe {
             libc::renameat2(
@@ -339,26 +472,6 @@ impl Dir {
             .sync_all()
             .map_err(|e| Error::io("sync the folder", &self.path, e))
     }
-}
-
-/// Removes the file `path` (never following a link: a link there is
-/// removed, not its target); a missing file is not an error.
-pub fn remove_file(path: &Path) -> Result<()> {
-    let (dir, name) = Dir::of(path)?;
-    dir.remove(name).map_err(|e| error("remove", path, e))
-}
-
-/// Opens the regular file `path` beside the state file (read-only, or
-/// read-write with `write`); `None` when it (or its folder) does not exist.
-pub fn open_file(path: &Path, write: bool) -> Result<Option<File>> {
-    let (dir, name) = match Dir::of(path) {
-        Ok(found) => found,
-        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    dir.existing(name, write, "open")
 }
 
 /// The mask of the process (read without changing it where /proc tells).
@@ -420,50 +533,6 @@ fn set_group_and_mode(file: &File, like: Option<&Metadata>, mode: u32) -> io::Re
     check(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })
 }
 
-/// Opens (creating it if needed) a lock file beside the state file. A lock
-/// file that this user may not write is opened read-only: `flock` works on
-/// any open file. A new lock file gets [`lock_mode`] and the state file's
-/// group; an existing one that this user owns is brought in line with them,
-/// so a lock file follows the state file when its mode changes.
-pub fn open_lock(path: &Path, like: Option<&Metadata>) -> Result<File> {
-    let (dir, name) = Dir::of(path)?;
-    let mode = lock_mode(like);
-    // Another process may create or remove it between two tries; a planted
-    // link fails at once (O_NOFOLLOW), so this never spins.
-    for _ in 0..100 {
-        match dir.open_at(name, libc::O_RDWR, 0) {
-            Ok(file) => {
-                let file = dir.regular(file, name)?;
-                follow_state(&file, like, mode);
-                return Ok(file);
-            }
-            Err(e) if is_read_only(&e) => {
-                return match dir.open_at(name, libc::O_RDONLY, 0) {
-                    Ok(file) => dir.regular(file, name),
-                    Err(e) => Err(refuse(path, e, Expect::File, "open the lock file")),
-                };
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(refuse(path, e, Expect::File, "open the lock file")),
-        }
-        match dir.create_new(name, mode) {
-            Ok(file) => {
-                // The umask may have narrowed the mode.
-                set_group_and_mode(&file, like, mode)
-                    .map_err(|e| error("set the mode of", path, e))?;
-                return Ok(file);
-            }
-            // Another process created it meanwhile: open theirs.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(refuse(path, e, Expect::File, "create the lock file")),
-        }
-    }
-    Err(Error::Invalid(format!(
-        "cannot open the lock file {}: it keeps appearing and disappearing",
-        path.display()
-    )))
-}
-
 /// Brings a lock file this user owns in line with the state
 /// file's mode and group; best effort.
 fn follow_state(file: &File, like: Option<&Metadata>, mode: u32) {
@@ -483,160 +552,237 @@ fn follow_state(file: &File, like: Option<&Metadata>, mode: u32) {
     }
 }
 
-/// Makes sure the folder `path` (the machine locks) exists: a new one gets
-/// [`folder_mode`] and the state file's group. A link or a file there is an
-/// error naming it.
-pub fn ensure_folder(path: &Path, like: Option<&Metadata>) -> Result<()> {
-    let (parent, name) = Dir::of(path)?;
-    match Dir::open(path) {
-        Ok(_) => return Ok(()),
-        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+/// The files mama keeps in a folder, each named in it.
+impl Dir {
+    /// Removes the file `name` (never following a link: a link there is
+    /// removed, not its target); a missing file is not an error.
+    pub fn remove_file(&self, name: &OsStr) -> Result<()> {
+        self.remove(name)
+            .map_err(|e| error("remove", &self.child(name), e))
     }
-    let mode = folder_mode(like);
-    let c = c_name(name).map_err(|e| Error::io("create", path, e))?;
-    // SAFETY: a valid descriptor and C string.
-    let rc = unsafe { libc::mkdirat(parent.file.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) };
-    match check(rc) {
-        Ok(()) => {
-            let dir = Dir::open(path)?;
-            set_group_and_mode(&dir.file, like, mode).map_err(|e| error("set the mode of", path, e))
-        }
-        // Another process made it meanwhile (or planted something: the
-        // next open says what).
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Dir::open(path).map(|_| ()),
-        Err(e) => Err(error("create", path, e)),
-    }
-}
 
-/// Opens the regular file `path` for reading and writing, creating it made
-/// like the state file (see [`make_like`]) when it does not exist. Returns
-/// the file and whether it was created.
-pub fn open_or_create(path: &Path, like: Option<&Metadata>) -> Result<(File, bool)> {
-    let (dir, name) = Dir::of(path)?;
-    // As in open_lock: a race, never a planted link, makes it try again.
-    for _ in 0..100 {
-        if let Some(file) = dir.existing(name, true, "open")? {
-            return Ok((file, false));
+    /// Opens the regular file `name` (read-only, or read-write with
+    /// `write`); `None` when it does not exist.
+    pub fn open_file(&self, name: &OsStr, write: bool) -> Result<Option<File>> {
+        self.existing(name, write, "open")
+    }
+
+    /// Whether this user may write the file `name` (`access(2)`): an error
+    /// that says why not, typed [`Error::ReadOnly`] for a lack of
+    /// permission or a read-only file system.
+    pub fn may_write(&self, name: &OsStr) -> Result<()> {
+        let path = self.child(name);
+        let c = c_name(name).map_err(|e| Error::io("write", &path, e))?;
+        self.access(&c, &path)
+    }
+
+    /// Whether this user may write this folder (see [`Dir::may_write`]).
+    pub fn may_write_here(&self) -> Result<()> {
+        self.access(c".", &self.path)
+    }
+
+    fn access(&self, name: &CStr, path: &Path) -> Result<()> {
+        // SAFETY: a valid descriptor and C string.
+        let rc = unsafe { libc::faccessat(self.fd(), name.as_ptr(), libc::W_OK, 0) };
+        check(rc).map_err(|e| error("write", path, e))
+    }
+
+    /// The folder `name` in this one (never through a link), opened for
+    /// the files in it; `None` when there is none. A link or anything but
+    /// a folder there is an error naming it.
+    pub fn folder(&self, name: &OsStr) -> Result<Option<Dir>> {
+        match self.step(name) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.refuse(name, e, Expect::Folder, "open the folder")),
         }
-        match dir.create_new(name, 0o600) {
-            Ok(file) => {
-                make_like(&file, path, like, None)?;
-                return Ok((file, true));
+    }
+
+    /// The folder `name` in this one (the machine locks), made when it is
+    /// missing: a new one gets [`folder_mode`] and the state file's group.
+    /// A link or a file there is an error naming it.
+    pub fn ensure_folder(&self, name: &OsStr, like: Option<&Metadata>) -> Result<Dir> {
+        if let Some(dir) = self.folder(name)? {
+            return Ok(dir);
+        }
+        let path = self.child(name);
+        let mode = folder_mode(like);
+        let c = c_name(name).map_err(|e| Error::io("create", &path, e))?;
+        // SAFETY: a valid descriptor and C string.
+        let rc = unsafe { libc::mkdirat(self.fd(), c.as_ptr(), mode as libc::mode_t) };
+        match check(rc) {
+            Ok(()) => {
+                let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+                let file = open_in(self.fd(), &c, flags, 0)
+                    .map_err(|e| self.refuse(name, e, Expect::Folder, "open the folder"))?;
+                set_group_and_mode(&file, like, mode)
+                    .map_err(|e| error("set the mode of", &path, e))?;
+                Ok(Dir { file, path })
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(refuse(path, e, Expect::File, "create")),
+            // Another process made it meanwhile (or planted something: the
+            // open says what).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self
+                .folder(name)?
+                .ok_or_else(|| error("open the folder", &path, e)),
+            Err(e) => Err(error("create", &path, e)),
         }
     }
-    Err(Error::Invalid(format!(
-        "cannot open {}: it keeps appearing and disappearing",
-        path.display()
-    )))
-}
 
-/// Creates the temporary file `path` afresh: a leftover (or anything
-/// planted there) is removed first, never followed, and the new file is
-/// created exclusively, mode 0600 whatever the umask.
-pub fn create_temp(path: &Path) -> Result<File> {
-    let (dir, name) = Dir::of(path)?;
-    dir.remove(name)
-        .map_err(|e| refuse(path, e, Expect::File, "remove the leftover"))?;
-    let file = dir
-        .create_new(name, 0o600)
-        .map_err(|e| refuse(path, e, Expect::File, "create"))?;
-    // SAFETY: fchmod on a descriptor `file` owns (the umask may only have
-    // narrowed 0600; this is for clarity, not safety).
-    check(unsafe { libc::fchmod(file.as_raw_fd(), 0o600) })
-        .map_err(|e| error("set the mode of", path, e))?;
-    Ok(file)
-}
-
-/// Replaces `target` with `bytes`, atomically: the temporary file `temp`
-/// (same folder) is created afresh and private ([`create_temp`]), written,
-/// made like the state file (`like`, with the extended attributes of
-/// `xattrs_from`, the file being replaced), synced, renamed over `target`,
-/// and the folder synced. On any failure the temporary file is removed and
-/// `target` is untouched.
-pub fn replace(
-    target: &Path,
-    temp: &Path,
-    bytes: &[u8],
-    like: Option<&Metadata>,
-    xattrs_from: Option<&File>,
-) -> Result<()> {
-    replace_with(target, temp, &[bytes], like, xattrs_from)
-}
-
-/// [`replace`] with the new content given as pieces, written one after the
-/// other (a large state file is mostly spans of the text it was read
-/// from, never copied into one buffer).
-pub fn replace_with(
-    target: &Path,
-    temp: &Path,
-    pieces: &[&[u8]],
-    like: Option<&Metadata>,
-    xattrs_from: Option<&File>,
-) -> Result<()> {
-    let (dir, target_name) = Dir::of(target)?;
-    let temp_name = temp
-        .file_name()
-        .filter(|_| temp.parent() == target.parent())
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "internal error: {} is not beside {}",
-                temp.display(),
-                target.display()
-            ))
-        })?;
-    let mut file = create_temp(temp)?;
-    let written = write_all_vectored(&mut file, pieces)
-        .map_err(|e| error("write", temp, e))
-        .and_then(|()| make_like(&file, target, like, xattrs_from))
-        .and_then(|()| file.sync_all().map_err(|e| error("write", temp, e)))
-        .and_then(|()| {
-            dir.rename(temp_name, target_name)
-                .map_err(|e| error("replace", target, e))
-        });
-    drop(file);
-    if let Err(e) = written {
-        let _ = dir.remove(temp_name);
-        return Err(e);
+    /// Opens (creating it if needed) the lock file `name`. A lock file that
+    /// this user may not write is opened read-only: `flock` works on any
+    /// open file. A new lock file gets [`lock_mode`] and the state file's
+    /// group; an existing one that this user owns is brought in line with
+    /// them, so a lock file follows the state file when its mode changes.
+    pub fn open_lock(&self, name: &OsStr, like: Option<&Metadata>) -> Result<File> {
+        let path = self.child(name);
+        let mode = lock_mode(like);
+        // Another process may create or remove it between two tries; a
+        // planted link fails at once (O_NOFOLLOW), so this never spins.
+        for _ in 0..100 {
+            match self.open_at(name, libc::O_RDWR, 0) {
+                Ok(file) => {
+                    let file = self.regular(file, name)?;
+                    follow_state(&file, like, mode);
+                    return Ok(file);
+                }
+                Err(e) if is_read_only(&e) => {
+                    return match self.open_at(name, libc::O_RDONLY, 0) {
+                        Ok(file) => self.regular(file, name),
+                        Err(e) => Err(self.refuse(name, e, Expect::File, "open the lock file")),
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.refuse(name, e, Expect::File, "open the lock file")),
+            }
+            match self.create_new(name, mode) {
+                Ok(file) => {
+                    // The umask may have narrowed the mode.
+                    set_group_and_mode(&file, like, mode)
+                        .map_err(|e| error("set the mode of", &path, e))?;
+                    return Ok(file);
+                }
+                // Another process created it meanwhile: open theirs.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(self.refuse(name, e, Expect::File, "create the lock file")),
+            }
+        }
+        Err(Error::Invalid(format!(
+            "cannot open the lock file {}: it keeps appearing and disappearing",
+            path.display()
+        )))
     }
-    dir.sync()
-}
 
-/// Creates `target` holding `bytes`, whole at once and never over a file
-/// that is there: the temporary file `temp` (beside it) is written, given
-/// the mode of a new state file, synced, and renamed to `target` only if
-/// nothing is at `target` yet; then the folder is synced. `false` (and
-/// nothing changed) when a file was there first.
-pub fn create_whole(target: &Path, temp: &Path, bytes: &[u8]) -> Result<bool> {
-    let (dir, target_name) = Dir::of(target)?;
-    let temp_name = temp
-        .file_name()
-        .filter(|_| temp.parent() == target.parent())
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "internal error: {} is not beside {}",
-                temp.display(),
-                target.display()
-            ))
-        })?;
-    let mut file = create_temp(temp)?;
-    let created = write_all_vectored(&mut file, &[bytes])
-        .map_err(|e| error("write", temp, e))
-        .and_then(|()| make_like(&file, target, None, None))
-        .and_then(|()| file.sync_all().map_err(|e| error("write", temp, e)))
-        .and_then(|()| {
-            dir.rename_new(temp_name, target_name)
-                .map_err(|e| error("create", target, e))
-        });
-    drop(file);
-    match created {
-        Ok(true) => dir.sync().map(|()| true),
-        Ok(false) | Err(_) => {
-            let _ = dir.remove(temp_name);
-            created
+    /// Opens the regular file `name` for reading and writing, creating it
+    /// made like the state file (see [`make_like`]) when it does not exist.
+    /// Returns the file and whether it was created.
+    pub fn open_or_create(&self, name: &OsStr, like: Option<&Metadata>) -> Result<(File, bool)> {
+        let path = self.child(name);
+        // As in open_lock: a race, never a planted link, makes it try again.
+        for _ in 0..100 {
+            if let Some(file) = self.existing(name, true, "open")? {
+                return Ok((file, false));
+            }
+            match self.create_new(name, 0o600) {
+                Ok(file) => {
+                    make_like(&file, &path, like, None)?;
+                    return Ok((file, true));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(self.refuse(name, e, Expect::File, "create")),
+            }
+        }
+        Err(Error::Invalid(format!(
+            "cannot open {}: it keeps appearing and disappearing",
+            path.display()
+        )))
+    }
+
+    /// Creates the temporary file `name` afresh: a leftover (or anything
+    /// planted there) is removed first, never followed, and the new file is
+    /// created exclusively, mode 0600 whatever the umask.
+    pub fn create_temp(&self, name: &OsStr) -> Result<File> {
+        let path = self.child(name);
+        self.remove(name)
+            .map_err(|e| self.refuse(name, e, Expect::File, "remove the leftover"))?;
+        let file = self
+            .create_new(name, 0o600)
+            .map_err(|e| self.refuse(name, e, Expect::File, "create"))?;
+        // SAFETY: fchmod on a descriptor `file` owns (the umask may only
+        // have narrowed 0600; this is for clarity, not safety).
+        check(unsafe { libc::fchmod(file.as_raw_fd(), 0o600) })
+            .map_err(|e| error("set the mode of", &path, e))?;
+        Ok(file)
+    }
+
+    /// Replaces `target` with `bytes`, atomically: the temporary file
+    /// `temp` (in this folder too) is created afresh and private
+    /// ([`Dir::create_temp`]), written, made like the state file (`like`,
+    /// with the extended attributes of `xattrs_from`, the file being
+    /// replaced), synced, renamed over `target`, and the folder synced. On
+    /// any failure the temporary file is removed and `target` is untouched.
+    pub fn replace(
+        &self,
+        target: &OsStr,
+        temp: &OsStr,
+        bytes: &[u8],
+        like: Option<&Metadata>,
+        xattrs_from: Option<&File>,
+    ) -> Result<()> {
+        self.replace_with(target, temp, &[bytes], like, xattrs_from)
+    }
+
+    /// [`Dir::replace`] with the new content given as pieces, written one
+    /// after the other (a large state file is mostly spans of the text it
+    /// was read from, never copied into one buffer).
+    pub fn replace_with(
+        &self,
+        target: &OsStr,
+        temp: &OsStr,
+        pieces: &[&[u8]],
+        like: Option<&Metadata>,
+        xattrs_from: Option<&File>,
+    ) -> Result<()> {
+        let (target_path, temp_path) = (self.child(target), self.child(temp));
+        let mut file = self.create_temp(temp)?;
+        let written = write_all_vectored(&mut file, pieces)
+            .map_err(|e| error("write", &temp_path, e))
+            .and_then(|()| make_like(&file, &target_path, like, xattrs_from))
+            .and_then(|()| file.sync_all().map_err(|e| error("write", &temp_path, e)))
+            .and_then(|()| {
+                self.rename(temp, target)
+                    .map_err(|e| error("replace", &target_path, e))
+            });
+        drop(file);
+        if let Err(e) = written {
+            let _ = self.remove(temp);
+            return Err(e);
+        }
+        self.sync()
+    }
+
+    /// Creates `target` holding `bytes`, whole at once and never over a
+    /// file that is there: the temporary file `temp` (in this folder too)
+    /// is written, given the mode of a new state file, synced, and renamed
+    /// to `target` only if nothing is at `target` yet; then the folder is
+    /// synced. `false` (and nothing changed) when a file was there first.
+    pub fn create_whole(&self, target: &OsStr, temp: &OsStr, bytes: &[u8]) -> Result<bool> {
+        let (target_path, temp_path) = (self.child(target), self.child(temp));
+        let mut file = self.create_temp(temp)?;
+        let created = write_all_vectored(&mut file, &[bytes])
+            .map_err(|e| error("write", &temp_path, e))
+            .and_then(|()| make_like(&file, &target_path, None, None))
+            .and_then(|()| file.sync_all().map_err(|e| error("write", &temp_path, e)))
+            .and_then(|()| {
+                self.rename_new(temp, target)
+                    .map_err(|e| error("create", &target_path, e))
+            });
+        drop(file);
+        match created {
+            Ok(true) => self.sync().map(|()| true),
+            Ok(false) | Err(_) => {
+                let _ = self.remove(temp);
+                created
+            }
         }
     }
 }
@@ -781,16 +927,6 @@ fn copy_xattrs(from: &File, to: &File, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether this user may write `path` (`access(2)`): an error that says why
-/// not, typed [`Error::ReadOnly`] for a lack of permission or a read-only
-/// file system.
-pub fn may_write(path: &Path) -> Result<()> {
-    let c = c_name(path.as_os_str()).map_err(|e| Error::io("write", path, e))?;
-    // SAFETY: a valid C string.
-    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
-    check(rc).map_err(|e| error("write", path, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -801,6 +937,10 @@ mod tests {
         std::fs::write(&path, "").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         std::fs::metadata(&path).expect("metadata")
+    }
+
+    fn name(name: &str) -> &OsStr {
+        OsStr::new(name)
     }
 
     #[test]
@@ -823,6 +963,9 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(dir.path(), &link).expect("a link");
         assert!(Dir::open(&link).is_err());
+        let err = folder.folder(name("link")).expect_err("a link is refused");
+        assert!(matches!(err, Error::Planted { .. }), "{err}");
+        assert!(folder.folder(name("none")).expect("no error").is_none());
     }
 
     #[test]
@@ -845,24 +988,72 @@ mod tests {
     #[test]
     fn a_planted_link_is_refused_and_a_temporary_replaces_it() {
         let dir = tempfile::tempdir().expect("temporary folder");
+        let folder = Dir::open(dir.path()).expect("the folder");
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "precious").expect("write");
-        let link = dir.path().join("log");
-        std::os::unix::fs::symlink(&victim, &link).expect("symlink");
-        let err = open_file(&link, true).expect_err("a link is refused");
+        std::os::unix::fs::symlink(&victim, dir.path().join("log")).expect("symlink");
+        let err = folder
+            .open_file(name("log"), true)
+            .expect_err("a link is refused");
         assert!(err.to_string().contains("is a symbolic link"), "{err}");
-        let err = open_or_create(&link, None).expect_err("a link is refused");
+        let err = folder
+            .open_or_create(name("log"), None)
+            .expect_err("a link is refused");
         assert!(matches!(err, Error::Planted { .. }), "{err}");
-        let err = open_lock(&link, None).expect_err("a link is refused");
+        let err = folder
+            .open_lock(name("log"), None)
+            .expect_err("a link is refused");
         assert!(matches!(err, Error::Planted { .. }), "{err}");
         let temp = dir.path().join("temp");
         std::os::unix::fs::symlink(&victim, &temp).expect("symlink");
-        replace(&dir.path().join("new"), &temp, b"new", None, None).expect("replace");
+        folder
+            .replace(name("new"), name("temp"), b"new", None, None)
+            .expect("replace");
         assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
         assert!(!temp.exists());
         assert_eq!(
             std::fs::read_to_string(dir.path().join("new")).expect("read"),
             "new"
         );
+    }
+
+    #[test]
+    fn a_folder_renamed_and_replaced_is_still_the_one_written() {
+        let parent = tempfile::tempdir().expect("temporary folder");
+        let lab = parent.path().join("lab");
+        std::fs::create_dir(&lab).expect("the lab's folder");
+        let folder = Dir::root()
+            .and_then(|root| {
+                lab.components()
+                    .skip(1)
+                    .try_fold(root, |dir, part| dir.step(part.as_os_str()))
+            })
+            .and_then(|dir| dir.readable())
+            .expect("the lab's folder, walked from /");
+        // Another takes its place.
+        let moved = parent.path().join("lab.old");
+        std::fs::rename(&lab, &moved).expect("rename");
+        std::fs::create_dir(&lab).expect("another folder");
+        folder
+            .replace(name("state"), name(".state.tmp"), b"x", None, None)
+            .expect("replace");
+        folder.open_lock(name("state.lock"), None).expect("a lock");
+        let locks = folder
+            .ensure_folder(name("state.locks"), None)
+            .expect("the locks");
+        locks
+            .open_lock(name("rig1.lock"), None)
+            .expect("a job lock");
+        locks.remove_file(name("rig1.lock")).expect("removed");
+        assert_eq!(
+            std::fs::read_to_string(moved.join("state")).expect("read"),
+            "x"
+        );
+        assert!(moved.join("state.lock").is_file());
+        assert!(moved.join("state.locks").is_dir());
+        assert!(!moved.join("state.locks/rig1.lock").exists());
+        assert_eq!(std::fs::read_dir(&lab).expect("list").count(), 0);
+        // Messages still name the path it was opened by.
+        assert_eq!(folder.path(), lab);
     }
 }

@@ -1,24 +1,37 @@
 //! Advisory `flock` locks on lock files: the only code that calls the lock
 //! primitive (`fs2`).
 //!
-//! A lock is a value: it is held while the [`FileLock`] lives and released
-//! when it is dropped, or by the kernel the instant the process dies. Lock
-//! files are opened close-on-exec, so a job that mama starts never inherits
-//! one, and safely ([`crate::backend::file::fsutil`]). A wait sleeps in the kernel; a
+//! A lock file is a value too, never a path: a [`LockFile`] holds its
+//! folder (a descriptor, opened once; see [`Dir`]) and its name in
+//! it, and everything done to the file (open, lock, ask who holds it,
+//! remove) goes through that descriptor. A lock is a value: it is held
+//! while the [`FileLock`] lives and released when it is dropped, or by the
+//! kernel the instant the process dies. Lock files are opened
+//! close-on-exec, so a job that mama starts never inherits one, and safely
+//! ([`crate::backend::file::fsutil`]). A wait sleeps in the kernel; a
 //! bounded one is cut short by a `SIGALRM` timer.
 
 // The one module allowed to call the lock primitives (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use crate::backend::file::fsutil;
+use crate::backend::file::fsutil::{Dir, Entry};
 use crate::error::{Error, Result};
+
+/// A lock file: its folder, opened once, and its name in it. The path it
+/// had is for messages only.
+#[derive(Debug, Clone)]
+pub struct LockFile {
+    dir: Arc<Dir>,
+    name: OsString,
+}
 
 /// A held lock; dropping it releases the lock.
 #[derive(Debug)]
@@ -59,13 +72,6 @@ impl std::fmt::Display for Holder {
 }
 
 impl FileLock {
-    /// Takes the lock, blocking while another process holds it.
-    pub fn acquire(path: &Path, mode: Mode, like: Option<&Metadata>) -> Result<FileLock> {
-        let file = open(path, like)?;
-        FileLock::wait(file, path, mode, None, &mut |_| {})?
-            .map_err(|_| Error::Invalid(format!("internal error: no lock on {}", path.display())))
-    }
-
     /// Takes the lock on the opened lock file `file` (at `path`), sleeping
     /// in the kernel while another process holds it, until `deadline` if
     /// any (then `Err` gives the file back, to tell who holds it). After
@@ -113,28 +119,72 @@ impl FileLock {
             }
         }
     }
+}
+
+impl LockFile {
+    /// The lock file `name` in the folder `dir`.
+    pub fn new(dir: Arc<Dir>, name: impl Into<OsString>) -> LockFile {
+        LockFile {
+            dir,
+            name: name.into(),
+        }
+    }
+
+    /// Its path when its folder was opened, for messages.
+    pub fn path(&self) -> PathBuf {
+        self.dir.child(&self.name)
+    }
+
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    /// Opens (creating if needed) the lock file, safely (see
+    /// [`Dir::open_lock`]): never through a link, read-only when this user
+    /// may not write it, a new one open only to those who may write the
+    /// state file `like`.
+    pub fn open(&self, like: Option<&Metadata>) -> Result<File> {
+        self.dir.open_lock(&self.name, like)
+    }
+
+    /// Opens the lock file if it is there (read-only, never creating it).
+    pub fn open_existing(&self) -> Result<Option<File>> {
+        self.dir.open_file(&self.name, false)
+    }
+
+    /// Removes the lock file (a link there is removed, never followed); a
+    /// missing one is not an error.
+    pub fn remove(&self) -> Result<()> {
+        self.dir.remove_file(&self.name)
+    }
 
     /// Takes the exclusive lock if nobody holds it: `None` means contention,
     /// which is not an error.
-    pub fn try_exclusive(path: &Path, like: Option<&Metadata>) -> Result<Option<FileLock>> {
-        let file = open(path, like)?;
+    pub fn try_exclusive(&self, like: Option<&Metadata>) -> Result<Option<FileLock>> {
+        let file = self.open(like)?;
         match try_lock(&file, Mode::Exclusive) {
             Ok(()) => Ok(Some(FileLock { file })),
             Err(e) if is_contention(&e) => Ok(None),
-            Err(e) => Err(Error::io("lock", path, e)),
+            Err(e) => Err(Error::io("lock", &self.path(), e)),
         }
     }
 
     /// Waits up to `timeout` for the exclusive lock. The wait sleeps in the
     /// kernel and ends the instant the holder lets go or dies.
     pub fn exclusive_within(
-        path: &Path,
+        &self,
         like: Option<&Metadata>,
         timeout: Duration,
     ) -> Result<Option<FileLock>> {
-        let file = open(path, like)?;
+        let file = self.open(like)?;
         let deadline = Instant::now() + timeout;
-        Ok(FileLock::wait(file, path, Mode::Exclusive, Some(deadline), &mut |_| {})?.ok())
+        let path = self.path();
+        Ok(FileLock::wait(file, &path, Mode::Exclusive, Some(deadline), &mut |_| {})?.ok())
+    }
+
+    /// What is at the lock file's name, if it is a regular file.
+    fn entry(&self) -> Option<Entry> {
+        self.dir.entry(&self.name).ok().filter(Entry::is_file)
     }
 }
 
@@ -152,30 +202,31 @@ impl std::os::fd::AsRawFd for FileLock {
     }
 }
 
-/// Whether some process holds the lock at `path` exclusively (a missing
-/// lock file is not held). Probes with a shared lock for an instant; for a
-/// lock file this user may not open, the kernel's lock table (/proc/locks)
-/// tells. Where even that is silent (a folder this user may not search),
-/// it counts as free and the record decides: only readers are that blind,
-/// since whoever may write the state may open its locks. Never follows a
-/// link and never blocks on a FIFO; what is not a regular file holds no
-/// lock.
-pub fn is_held(path: &Path) -> bool {
-    let file = match crate::backend::file::fsutil::open_file(path, false) {
-        Ok(Some(file)) => file,
-        Ok(None) | Err(Error::Planted { .. }) => return false,
-        // A reader who may not open it asks the kernel's lock table.
-        Err(_) => {
-            return std::fs::symlink_metadata(path)
-                .ok()
-                .filter(Metadata::is_file)
-                .and_then(|meta| flocks_on(&meta))
-                .is_some_and(|locks| locks.iter().any(|&(exclusive, _)| exclusive));
+impl LockFile {
+    /// Whether some process holds the lock exclusively (a missing lock file
+    /// is not held). Probes with a shared lock for an instant; for a lock
+    /// file this user may not open, the kernel's lock table (/proc/locks)
+    /// tells. Where even that is silent (a folder this user may not
+    /// search), it counts as free and the record decides: only readers are
+    /// that blind, since whoever may write the state may open its locks.
+    /// Never follows a link and never blocks on a FIFO; what is not a
+    /// regular file holds no lock.
+    pub fn is_held(&self) -> bool {
+        let file = match self.open_existing() {
+            Ok(Some(file)) => file,
+            Ok(None) | Err(Error::Planted { .. }) => return false,
+            // A reader who may not open it asks the kernel's lock table.
+            Err(_) => {
+                return self
+                    .entry()
+                    .and_then(|entry| flocks_on(entry.dev(), entry.ino()))
+                    .is_some_and(|locks| locks.iter().any(|&(exclusive, _)| exclusive));
+            }
+        };
+        match fs2::FileExt::try_lock_shared(&file) {
+            Ok(()) => false,
+            Err(e) => is_contention(&e),
         }
-    };
-    match fs2::FileExt::try_lock_shared(&file) {
-        Ok(()) => false,
-        Err(e) => is_contention(&e),
     }
 }
 
@@ -192,50 +243,44 @@ impl FileLock {
     }
 }
 
-/// Whether this process holds the lock at `path` through a descriptor it
-/// inherited (a job's processes inherit their machine's job lock): then it
-/// runs inside the job that holds the machine. Looks at this process's
-/// open descriptors for the lock file; one whose open file can take the
-/// lock at once is the holder's.
-pub fn inherited_holds(path: &Path) -> bool {
-    let Ok(target) = std::fs::symlink_metadata(path) else {
-        return false;
-    };
-    if !target.is_file() {
-        return false;
+impl LockFile {
+    /// Whether this process holds the lock through a descriptor it
+    /// inherited (a job's processes inherit their machine's job lock): then
+    /// it runs inside the job that holds the machine. Looks at this
+    /// process's open descriptors for the lock file; one whose open file
+    /// can take the lock at once is the holder's.
+    pub fn inherited_holds(&self) -> bool {
+        let Some(target) = self.entry() else {
+            return false;
+        };
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+            return false;
+        };
+        fds.flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::c_int>().ok())
+            .any(|fd| {
+                // SAFETY: stat is plain data, filled in by fstat; a
+                // descriptor closed meanwhile only makes fstat fail.
+                let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+                if unsafe { libc::fstat(fd, &mut stat) } != 0
+                    || stat.st_dev != target.dev()
+                    || stat.st_ino != target.ino()
+                {
+                    return false;
+                }
+                // SAFETY: a non-blocking flock on a descriptor of this
+                // process; it succeeds only where this open file holds (or
+                // may take) the lock.
+                unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
+            })
     }
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
-    fds.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::c_int>().ok())
-        .any(|fd| {
-            // SAFETY: stat is plain data, filled in by fstat; a descriptor
-            // closed meanwhile only makes fstat fail.
-            let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-            if unsafe { libc::fstat(fd, &mut stat) } != 0
-                || stat.st_dev != target.dev()
-                || stat.st_ino != target.ino()
-            {
-                return false;
-            }
-            // SAFETY: a non-blocking flock on a descriptor of this process;
-            // it succeeds only where this open file holds (or may take)
-            // the lock.
-            unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
-        })
 }
 
-/// The names of the files in `dir` that some process holds an exclusive
-/// `flock` on, from one read of the folder and of /proc/locks; empty when
-/// either cannot be read (then nothing is known to be held). For showing
-/// a lab: a claim itself always takes the lock for real.
-pub fn held_in(dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
-    // Opened without following a link: the folder's device and entries
-    // are of the folder opened.
-    let Ok(folder) = fsutil::Dir::open(dir) else {
-        return Default::default();
-    };
+/// The names of the files in the folder `folder` that some process holds
+/// an exclusive `flock` on, from one read of the folder and of /proc/locks;
+/// empty when either cannot be read (then nothing is known to be held).
+/// For showing a lab: a claim itself always takes the lock for real.
+pub fn held_in(folder: &Dir) -> std::collections::HashSet<std::ffi::OsString> {
     let Ok(meta) = folder.metadata() else {
         return Default::default();
     };
@@ -286,14 +331,6 @@ fn is_contention(e: &io::Error) -> bool {
     e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
 }
 
-/// Opens (creating if needed) a lock file, safely (see
-/// [`fsutil::open_lock`]): never through a link, read-only when this user
-/// may not write it, a new one open only to those who may write the state
-/// file `like`.
-pub fn open(path: &Path, like: Option<&Metadata>) -> Result<File> {
-    fsutil::open_lock(path, like)
-}
-
 /// One `flock` held (not waited for), as /proc/locks lists it.
 struct TableEntry {
     exclusive: bool,
@@ -340,14 +377,15 @@ fn lock_table() -> Option<Vec<TableEntry>> {
     )
 }
 
-/// The `flock` locks held on the file `meta` describes: whether each is
-/// exclusive, and its holder's PID. `None` when /proc does not tell.
-fn flocks_on(meta: &Metadata) -> Option<Vec<(bool, u32)>> {
-    let dev = (libc::major(meta.dev()), libc::minor(meta.dev()));
+/// The `flock` locks held on the file of device `dev` and inode `ino`:
+/// whether each is exclusive, and its holder's PID. `None` when /proc does
+/// not tell.
+fn flocks_on(dev: u64, ino: u64) -> Option<Vec<(bool, u32)>> {
+    let dev = (libc::major(dev), libc::minor(dev));
     Some(
         lock_table()?
             .into_iter()
-            .filter(|l| l.dev == dev && l.ino == meta.ino())
+            .filter(|l| l.dev == dev && l.ino == ino)
             .map(|l| (l.exclusive, l.pid))
             .collect(),
     )
@@ -357,7 +395,7 @@ fn flocks_on(meta: &Metadata) -> Option<Vec<(bool, u32)>> {
 /// shared lock); `None` when it cannot be told.
 pub fn holder(file: &File) -> Option<Holder> {
     let meta = file.metadata().ok()?;
-    let pid = flocks_on(&meta)?
+    let pid = flocks_on(meta.dev(), meta.ino())?
         .into_iter()
         .map(|(_, pid)| pid)
         .find(|&pid| pid > 0)?;
@@ -384,43 +422,42 @@ fn describe(pid: u32) -> Holder {
     }
 }
 
-/// The processes that hold the exclusive `flock` on the lock file at
-/// `path` now, lowest PID first: those with a descriptor of the locked open
-/// file. /proc/locks names only the process that took a lock, which may be
-/// gone while others that inherited its descriptor hold it on (the
-/// processes of a job whose mama was killed), so every process's
-/// descriptors are looked at: the lock file's own (same device and inode)
-/// whose `fdinfo` lists the lock. Sees the processes /proc lets this user
-/// look into (their own; every one for root); empty where it tells nothing.
-pub fn holders(path: &Path) -> Vec<Holder> {
-    let Ok(target) = std::fs::symlink_metadata(path) else {
-        return Vec::new();
-    };
-    if !target.is_file() {
-        return Vec::new();
+impl LockFile {
+    /// The processes that hold the exclusive `flock` on the lock file now,
+    /// lowest PID first: those with a descriptor of the locked open file.
+    /// /proc/locks names only the process that took a lock, which may be
+    /// gone while others that inherited its descriptor hold it on (the
+    /// processes of a job whose mama was killed), so every process's
+    /// descriptors are looked at: the lock file's own (same device and
+    /// inode) whose `fdinfo` lists the lock. Sees the processes /proc lets
+    /// this user look into (their own; every one for root); empty where it
+    /// tells nothing.
+    pub fn holders(&self) -> Vec<Holder> {
+        let Some(target) = self.entry() else {
+            return Vec::new();
+        };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = procs
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .filter(|&pid| holds_through_a_descriptor(pid, &target))
+            .collect();
+        pids.sort_unstable();
+        pids.into_iter().map(describe).collect()
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = procs
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .filter(|&pid| holds_through_a_descriptor(pid, &target))
-        .collect();
-    pids.sort_unstable();
-    pids.into_iter().map(describe).collect()
 }
 
 /// Whether the process `pid` has a descriptor of the lock file `target`
 /// through which it holds an exclusive `flock`.
-fn holds_through_a_descriptor(pid: u32, target: &Metadata) -> bool {
+fn holds_through_a_descriptor(pid: u32, target: &Entry) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
     fds.flatten().any(|fd| {
         // The link followed: the open file's device and inode.
-        let same = std::fs::metadata(fd.path())
-            .is_ok_and(|meta| meta.dev() == target.dev() && meta.ino() == target.ino());
+        let same = std::fs::metadata(fd.path()).is_ok_and(|meta| target.is(&meta));
         // "lock:\t1: FLOCK  ADVISORY  WRITE 123 fe:01:456 0 EOF", for the
         // open file that holds it only (not for a waiter's).
         same && std::fs::read_to_string(format!(
@@ -444,16 +481,12 @@ const MAX_PLAIN_FILE_NAME: usize = 200;
 /// How much of a long name's encoding starts its lock file name.
 const LONG_NAME_PREFIX: usize = 160;
 
-/// The path of a lock file for `name` in `dir`; names that could not be a
-/// plain file name are percent-encoded. A name whose file name would be
-/// longer than `MAX_PLAIN_FILE_NAME` bytes gets a readable start of its
-/// encoding (cut between whole characters and `%XX`), `~` and a hash of the
-/// whole name. No plain encoding holds `~`, so the two kinds never meet.
-pub fn path_in(dir: &Path, name: &str) -> PathBuf {
-    dir.join(file_name(name))
-}
-
-/// The name of the job lock file of the machine `name` (see [`path_in`]).
+/// The name of the job lock file of the machine `name`; names that could
+/// not be a plain file name are percent-encoded. A name whose file name
+/// would be longer than `MAX_PLAIN_FILE_NAME` bytes gets a readable start
+/// of its encoding (cut between whole characters and `%XX`), `~` and a
+/// hash of the whole name. No plain encoding holds `~`, so the two kinds
+/// never meet.
 pub fn file_name(name: &str) -> String {
     const SUFFIX: &str = ".lock";
     let mut file = String::with_capacity(name.len() + SUFFIX.len());
@@ -551,14 +584,6 @@ mod tests {
         assert_eq!(fnv1a_128(b""), 0x6c62272e07bb014262b821756295c58d);
         assert_eq!(fnv1a_128(b"a"), 0xd228cb696f1a8caf78912b704e4a8964);
         assert_eq!(fnv1a_128(b"foobar"), 0x343e1662793c64bf6f0d3597ba446f18);
-    }
-
-    fn file_name(name: &str) -> String {
-        let path = path_in(Path::new("/locks"), name);
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string()
     }
 
     #[test]

@@ -24,11 +24,13 @@
 //! [`TRIM_AT`] bytes the oldest lines are dropped so that at most [`KEEP`]
 //! bytes remain.
 
+use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::backend::file::fsutil;
+use crate::backend::file::fsutil::Dir;
 use crate::error::{Error, Result};
 use crate::model::event::Event;
 
@@ -47,9 +49,13 @@ pub const KEEP: u64 = 2 << 20;
 /// can never make every command read gigabytes with the lab locked.
 pub const MAX_LOG: u64 = 16 * TRIM_AT;
 
-/// The event log of one state file.
+/// The event log of one state file: the file `name` in the lab's folder
+/// `dir`.
 #[derive(Debug, Clone)]
 pub struct History {
+    dir: Arc<Dir>,
+    name: OsString,
+    /// Its path, for messages.
     path: PathBuf,
 }
 
@@ -91,8 +97,10 @@ impl Tail {
 }
 
 impl History {
-    pub fn new(path: PathBuf) -> History {
-        History { path }
+    pub fn new(dir: Arc<Dir>, name: impl Into<OsString>) -> History {
+        let name = name.into();
+        let path = dir.child(&name);
+        History { dir, name, path }
     }
 
     pub fn path(&self) -> &Path {
@@ -198,7 +206,7 @@ impl History {
     /// Opens the log for reading and writing, creating it made like the
     /// state file; never through a link planted in its place.
     fn open_for_append(&self, like: Option<&Metadata>) -> Result<File> {
-        match fsutil::open_or_create(&self.path, like) {
+        match self.dir.open_or_create(&self.name, like) {
             Ok((file, _)) => self.bounded(file),
             // A log this user may not write though they may write the state
             // (made before the state file was shared, say): replace it with
@@ -214,7 +222,7 @@ impl History {
                         }
                         self.replace(&old, like)
                     })
-                    .and_then(|()| fsutil::open_or_create(&self.path, like));
+                    .and_then(|()| self.dir.open_or_create(&self.name, like));
                 match copied {
                     Ok((file, _)) => Ok(file),
                     Err(_) => Err(Error::ReadOnly { context, source }),
@@ -227,7 +235,8 @@ impl History {
     /// The log, opened to read (never through a link); `None` when there is
     /// none.
     fn open_to_read(&self) -> Result<Option<File>> {
-        fsutil::open_file(&self.path, false)?
+        self.dir
+            .open_file(&self.name, false)?
             .map(|file| self.bounded(file))
             .transpose()
     }
@@ -272,11 +281,10 @@ impl History {
     fn replace(&self, bytes: &[u8], like: Option<&Metadata>) -> Result<()> {
         // Hidden, like the state's temporary file; one name, so a killed
         // writer's leftover is removed by the next.
-        let mut name = std::ffi::OsString::from(".");
-        name.push(self.path.file_name().unwrap_or("mama.xml.log".as_ref()));
-        name.push(".tmp");
-        let temp = self.path.with_file_name(name);
-        fsutil::replace(&self.path, &temp, bytes, like, None)
+        let mut temp = OsString::from(".");
+        temp.push(&self.name);
+        temp.push(".tmp");
+        self.dir.replace(&self.name, &temp, bytes, like, None)
     }
 
     /// The number of the newest whole event in the log, if any.
@@ -457,7 +465,8 @@ mod tests {
     /// A log in a fresh temporary folder.
     fn fresh() -> (tempfile::TempDir, History) {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let history = History::new(dir.path().join("mama.xml.log"));
+        let folder = Dir::open(dir.path()).expect("the folder");
+        let history = History::new(Arc::new(folder), "mama.xml.log");
         (dir, history)
     }
 

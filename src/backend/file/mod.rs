@@ -25,8 +25,10 @@
 //! of its `mama.xml-default`, but whole and never over a file that PHP mama
 //! made meanwhile; then the transaction reads and writes it in place.
 //!
-//! Every file beside the state file is opened through
-//! [`crate::backend::file::fsutil`]: never through a link.
+//! The state file's folder is opened once, when the state file is located;
+//! every file beside the state file is opened through that descriptor by
+//! [`crate::backend::file::fsutil`]: never through a link, and never in a
+//! folder put in its place since.
 
 pub mod doc;
 pub mod fsutil;
@@ -37,9 +39,9 @@ pub mod log;
 pub mod rollforward;
 pub mod xml;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -51,8 +53,9 @@ use super::{LockPatience, Snapshot};
 use crate::model::Lab;
 use crate::model::event::Event;
 use doc::XmlLab;
+use fsutil::Dir;
 use journal::{Identity, Journal, Record};
-use lock::{FileLock, Mode};
+use lock::{FileLock, LockFile, Mode};
 use log::History;
 
 /// The state file and the files mama keeps beside it.
@@ -60,9 +63,12 @@ use log::History;
 pub struct FileStore {
     /// The state file as located (a link to it resolved), for people.
     path: PathBuf,
-    /// Its folder, resolved once: every file mama opens is in it, opened
-    /// without following a link.
+    /// Its folder's path, resolved once, for people.
     dir: PathBuf,
+    /// Its folder, opened once, when the state file was located: every
+    /// file mama opens is in it, opened through this descriptor without
+    /// following a link (or why it could not be opened).
+    folder: std::result::Result<Arc<Dir>, Unreached>,
     /// How long to wait for the lab's lock.
     patience: LockPatience,
     /// What this store's last transaction left in the file (see
@@ -84,6 +90,15 @@ struct Written {
     lab: Lab,
 }
 
+/// Why the state file's folder could not be opened when it was located:
+/// the error met on the way to it (`ENOENT`: it is not there).
+#[derive(Debug, Clone)]
+struct Unreached {
+    /// The folder's path.
+    path: PathBuf,
+    errno: i32,
+}
+
 /// Resolves the state path to the real file's path, checking every
 /// symbolic link on the way, in any component, not only the last: a link
 /// is followed only when it belongs to this user, to root or to the owner
@@ -93,8 +108,13 @@ struct Written {
 /// put a link in its place, and everyone's mama, root's included, would
 /// create its lock and log files, and write the state, wherever the link
 /// points. A path that does not exist (yet) resolves as far as it does.
-fn resolve_trusted(start: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
+///
+/// The walk goes from `/` through descriptors: each folder is opened from
+/// the one before (never through a link), each link is judged where it
+/// stands, and the state file's folder is the descriptor the walk ends in,
+/// exactly the folder judged: every file beside the state file is opened
+/// through it, wherever its path leads by then.
+fn resolve_trusted(start: &Path) -> Result<(PathBuf, std::result::Result<Dir, Unreached>)> {
     use std::path::Component;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -118,27 +138,55 @@ fn resolve_trusted(start: &Path) -> Result<PathBuf> {
         left.extend(parts.into_iter().rev());
     };
     push_all(&mut left, &absolute);
+    // The folder the walk is in, and those it came through, `/` first,
+    // each opened from the one before.
+    let mut here = Dir::root().map_err(|e| Error::io("open the folder", Path::new("/"), e))?;
+    let mut walked: Vec<Dir> = Vec::new();
     let mut at = PathBuf::from("/");
+    // Whether `at` is `here` (else a name in it).
+    let mut at_walked = true;
+    // The error that stopped the walk before the state file's folder.
+    let mut stopped = None;
     let mut links = 0;
     while let Some(part) = left.pop() {
         if part == ".." {
+            if let Some(up) = walked.pop() {
+                here = up;
+            }
             at.pop();
             continue;
         }
         let next = at.join(&part);
-        let meta = match fs::symlink_metadata(&next) {
-            Ok(meta) => meta,
+        let entry = match here.entry(&part) {
+            Ok(entry) => entry,
             // Not there (yet): the rest is taken as written.
-            Err(_) => {
-                let mut rest = next;
-                while let Some(part) = left.pop() {
-                    rest.push(part);
+            Err(e) => {
+                if !left.is_empty() {
+                    stopped = Some(e);
                 }
-                return Ok(rest);
+                at = next;
+                at_walked = false;
+                break;
             }
         };
-        if !meta.file_type().is_symlink() {
+        if !entry.is_symlink() {
             at = next;
+            at_walked = false;
+            if left.is_empty() {
+                break;
+            }
+            if !entry.is_dir() {
+                stopped = Some(io::Error::from_raw_os_error(libc::ENOTDIR));
+                break;
+            }
+            match here.step(&part) {
+                Ok(dir) => walked.push(std::mem::replace(&mut here, dir)),
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+            at_walked = true;
             continue;
         }
         links += 1;
@@ -148,21 +196,47 @@ fn resolve_trusted(start: &Path) -> Result<PathBuf> {
                 start.display()
             )));
         }
-        let folder_owner = fs::metadata(&at).map(|m| m.uid()).ok();
-        if meta.uid() != me && meta.uid() != 0 && Some(meta.uid()) != folder_owner {
+        let folder_owner = here.metadata().map(|m| m.uid()).ok();
+        if entry.uid() != me && entry.uid() != 0 && Some(entry.uid()) != folder_owner {
             return Err(Error::Planted {
                 path: next,
                 what: crate::error::UNTRUSTED_LINK,
                 expected: "a link of this user, root or the folder's owner",
             });
         }
-        let target = fs::read_link(&next).map_err(|e| Error::io("read the link", &next, e))?;
+        let target = here
+            .read_link(&part)
+            .map_err(|e| Error::io("read the link", &next, e))?;
         if target.is_absolute() {
+            walked.truncate(1);
+            if let Some(root) = walked.pop() {
+                here = root;
+            }
             at = PathBuf::from("/");
         }
         push_all(&mut left, &target);
     }
-    Ok(at)
+    while let Some(part) = left.pop() {
+        at.push(part);
+    }
+    let folder_path = at.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let unreached = |e: io::Error| Unreached {
+        path: folder_path.clone(),
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+    };
+    let folder = match stopped {
+        Some(e) => Err(unreached(e)),
+        None => {
+            // The folder holding `at`: where the walk is, or the one
+            // before when `at` is itself that folder (a path ending in `..`).
+            let folder = match walked.last() {
+                Some(up) if at_walked => up,
+                _ => &here,
+            };
+            folder.readable().map_err(unreached)
+        }
+    };
+    Ok((at, folder))
 }
 
 /// Asks the allocator to keep the memory a transaction frees for the next
@@ -272,20 +346,23 @@ pub fn too_large(path: &Path, size: u64) -> Error {
     ))
 }
 
-/// Whether `file` is the file now at `path` (not one renamed away).
-fn is_at(file: &File, path: &Path) -> Result<bool> {
-    let held = file.metadata().map_err(|e| Error::io("read", path, e))?;
-    Ok(fs::symlink_metadata(path)
-        .is_ok_and(|now| now.dev() == held.dev() && now.ino() == held.ino()))
+/// Whether `file` is the file now at `name` in `dir` (not one renamed
+/// away).
+fn is_at(file: &File, dir: &Dir, name: &OsStr) -> Result<bool> {
+    let held = file
+        .metadata()
+        .map_err(|e| Error::io("read", &dir.child(name), e))?;
+    Ok(dir.entry(name).is_ok_and(|now| now.is(&held)))
 }
 
 impl FileStore {
     /// The state file at `path` (see [`crate::settings::Settings::state`]).
     /// A symbolic link is followed, here and only here, so the lock and temporary files sit
     /// beside the real file and the rename replaces it, not the link; the
-    /// folder is resolved too. Beside it, links are never followed.
+    /// folder is resolved too, and opened, once: every file beside the
+    /// state file is opened through it. Beside it, links are never followed.
     pub fn locate(path: PathBuf) -> Result<FileStore> {
-        let real = resolve_trusted(&path)?;
+        let (real, folder) = resolve_trusted(&path)?;
         let dir = match real.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("/"),
@@ -299,6 +376,7 @@ impl FileStore {
         Ok(FileStore {
             path,
             dir,
+            folder: folder.map(Arc::new),
             patience: LockPatience::forever(),
             written: Arc::default(),
         })
@@ -316,54 +394,88 @@ impl FileStore {
         &self.path
     }
 
-    fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn file_name(&self) -> OsString {
         self.path
             .file_name()
             .map_or_else(|| "mama.xml".into(), |n| n.to_os_string())
     }
 
-    /// A file beside the state file: `prefix`, the state file's name,
-    /// `suffix`.
-    fn beside(&self, prefix: &str, suffix: &str) -> PathBuf {
+    /// The name of a file beside the state file: `prefix`, the state
+    /// file's name, `suffix`.
+    fn beside(&self, prefix: &str, suffix: &str) -> OsString {
         let mut name = OsString::from(prefix);
         name.push(self.file_name());
         name.push(suffix);
+        name
+    }
+
+    /// The path of the file `name` beside the state file, for messages.
+    fn shown(&self, name: &OsStr) -> PathBuf {
         self.dir.join(name)
     }
 
-    /// The state file in its resolved folder: what mama opens.
-    fn real_path(&self) -> PathBuf {
+    /// The state file's name in its folder: what mama opens.
+    fn state_name(&self) -> OsString {
         self.beside("", "")
     }
 
-    /// The lock file that guards the state file.
+    /// The lock file that guards the state file, for messages.
     fn lock_path(&self) -> PathBuf {
-        self.beside("", ".lock")
+        self.shown(&self.beside("", ".lock"))
     }
 
     /// The journal: what runs changed since the state file was written.
-    fn journal_path(&self) -> PathBuf {
+    fn journal_name(&self) -> OsString {
         self.beside("", ".journal")
     }
 
     /// The one temporary file a writer uses.
-    fn temp_path(&self) -> PathBuf {
+    fn temp_name(&self) -> OsString {
         self.beside(".", ".tmp")
     }
 
-    /// The folder of per-machine lock files (held by running jobs).
-    fn machine_locks_dir(&self) -> PathBuf {
-        self.beside("", ".locks")
+    /// The state file's folder, as opened when the state file was located;
+    /// `None` when it does not exist.
+    fn folder(&self) -> Result<Option<&Arc<Dir>>> {
+        match &self.folder {
+            Ok(folder) => Ok(Some(folder)),
+            Err(unreached) if unreached.errno == libc::ENOENT => Ok(None),
+            Err(unreached) => Err(fsutil::error(
+                "open the folder",
+                &unreached.path,
+                io::Error::from_raw_os_error(unreached.errno),
+            )),
+        }
     }
 
-    /// The state file, opened for reading (never through a link planted
-    /// after it was located); `None` when there is none.
+    /// The state file's folder, which must be there.
+    fn lab_folder(&self) -> Result<&Arc<Dir>> {
+        self.folder()?.ok_or_else(|| {
+            fsutil::error(
+                "open the folder",
+                &self.dir,
+                io::Error::from(io::ErrorKind::NotFound),
+            )
+        })
+    }
+
+    /// Whether this user may write the state file's folder.
+    fn may_write_folder(&self) -> bool {
+        matches!(self.folder(), Ok(Some(folder)) if folder.may_write_here().is_ok())
+    }
+
+    /// Opens the regular file `name` beside the state file (never through
+    /// a link planted after it was located); `None` when there is none.
+    fn open_beside(&self, name: &OsStr, write: bool) -> Result<Option<File>> {
+        match self.folder()? {
+            Some(folder) => folder.open_file(name, write),
+            None => Ok(None),
+        }
+    }
+
+    /// The state file, opened for reading; `None` when there is none.
     fn open_state(&self) -> Result<Option<File>> {
-        fsutil::open_file(&self.real_path(), false)
+        self.open_beside(&self.state_name(), false)
     }
 
     fn metadata(&self) -> Result<Option<Metadata>> {
@@ -383,13 +495,15 @@ impl FileStore {
     /// file system), goes on without it (`None`), with the state file's own
     /// lock alone.
     fn lab_lock(&self, mode: Mode, like: Option<&Metadata>) -> Result<Option<FileLock>> {
-        let path = self.lock_path();
+        let folder = self.lab_folder()?;
+        let lock = LockFile::new(Arc::clone(folder), self.beside("", ".lock"));
+        let path = lock.path();
         // Who may not write the state neither creates its lock file (it
         // would be theirs, closed to the writers) nor holds it.
-        if mode == Mode::Shared && like.is_some() && fsutil::may_write(&self.real_path()).is_err() {
+        if mode == Mode::Shared && like.is_some() && folder.may_write(&self.state_name()).is_err() {
             return Ok(None);
         }
-        let file = match lock::open(&path, like) {
+        let file = match lock.open(like) {
             Ok(file) => file,
             Err(e @ Error::Planted { .. }) => return Err(e),
             Err(_) if mode == Mode::Shared => return Ok(None),
@@ -438,13 +552,16 @@ impl FileStore {
     /// a rename) is let go and the new one locked. `None` when there is no
     /// state file.
     fn lock_state(&self, mode: Mode) -> Result<Option<FileLock>> {
-        let path = self.real_path();
+        let Some(folder) = self.folder()? else {
+            return Ok(None);
+        };
+        let name = self.state_name();
         for _ in 0..100 {
-            let Some(file) = fsutil::open_file(&path, mode == Mode::Exclusive)? else {
+            let Some(file) = folder.open_file(&name, mode == Mode::Exclusive)? else {
                 return Ok(None);
             };
             let lock = self.wait_for(file, &self.path, mode)?;
-            if is_at(lock.file(), &path)? {
+            if is_at(lock.file(), folder, &name)? {
                 return Ok(Some(lock));
             }
         }
@@ -463,14 +580,14 @@ impl FileStore {
         let Error::ReadOnly { context, source } = e else {
             return e;
         };
-        if fsutil::may_write(&self.dir).is_ok() {
+        if self.may_write_folder() {
             return Error::ReadOnly { context, source };
         }
         let group = match self.metadata() {
             Ok(Some(meta)) => group_name(meta.gid()),
             _ => "GROUP".to_string(),
         };
-        let at = |suffix: &str| self.beside("", suffix).display().to_string();
+        let at = |suffix: &str| self.shown(&self.beside("", suffix)).display().to_string();
         Error::ReadOnly {
             context: format!(
                 "{context} (the folder {} is not writable for you, as PHP mama installs it; \
@@ -531,17 +648,18 @@ impl FileStore {
         if like.is_none() && !create {
             return Err(self.no_lab());
         }
-        if like.is_none() && !self.dir().is_dir() {
+        if like.is_none() && self.folder()?.is_none() {
             return Err(Error::Invalid(format!(
                 "cannot create {}: the folder {} does not exist",
                 self.path.display(),
-                self.dir().display()
+                self.dir.display()
             )));
         }
-        fsutil::may_write(&match like {
-            Some(_) => self.real_path(),
-            None => self.dir.clone(),
-        })?;
+        let folder = self.lab_folder()?;
+        match like {
+            Some(_) => folder.may_write(&self.state_name())?,
+            None => folder.may_write_here()?,
+        }
         let lab_lock = self.lab_lock(Mode::Exclusive, like.as_ref())?;
         // PHP mama's installation without a state file yet: it is created
         // first as PHP mama creates it, and then read like any other.
@@ -554,7 +672,7 @@ impl FileStore {
         // A journal an earlier mama left (see [`journal`]): read with the
         // state, folded into it by this write, then removed.
         let journal_file = match state_lock {
-            Some(_) => fsutil::open_file(&self.journal_path(), false)?,
+            Some(_) => folder.open_file(&self.journal_name(), false)?,
             None => None,
         };
         // What this store's last transaction left, when the file still
@@ -617,7 +735,7 @@ impl FileStore {
         // it, so it is never applied again), or at once when there is
         // nothing in it to fold.
         if journal_file.is_some() {
-            let _ = fsutil::remove_file(&self.journal_path());
+            let _ = folder.remove_file(&self.journal_name());
         }
         // A copy left by a writer killed after it had written the state
         // whole is not needed: the state stands.
@@ -638,14 +756,15 @@ impl FileStore {
     /// is beside `mama.xml` (its installation, `MAMA_PATH`), or this user
     /// may not write the folder (so a rename cannot work).
     fn in_place(&self, doc: &XmlLab) -> bool {
-        doc.php_compat() || self.php_installation() || fsutil::may_write(&self.dir).is_err()
+        doc.php_compat() || self.php_installation() || !self.may_write_folder()
     }
 
     /// Whether the state file is `mama.xml` in PHP mama's installation
     /// (`MAMA_PATH`): its `mama.xml-default` is a regular file beside it.
     fn php_installation(&self) -> bool {
         self.file_name() == "mama.xml"
-            && fs::symlink_metadata(self.dir.join(PHP_DEFAULT)).is_ok_and(|m| m.is_file())
+            && matches!(self.folder(), Ok(Some(folder))
+                if folder.entry(OsStr::new(PHP_DEFAULT)).is_ok_and(|e| e.is_file()))
     }
 
     /// Creates the missing state file in PHP mama's installation as PHP
@@ -655,8 +774,9 @@ impl FileStore {
     /// would lose what they write). Whoever created it, the transaction then
     /// locks and reads the file at the path. `true` when this created it.
     fn install_php_default(&self) -> Result<bool> {
-        let default = self.dir.join(PHP_DEFAULT);
-        let Some(file) = fsutil::open_file(&default, false)? else {
+        let folder = self.lab_folder()?;
+        let default = self.shown(OsStr::new(PHP_DEFAULT));
+        let Some(file) = folder.open_file(OsStr::new(PHP_DEFAULT), false)? else {
             return Ok(false);
         };
         let mut bytes = Vec::new();
@@ -681,7 +801,7 @@ impl FileStore {
                 e.message
             )));
         }
-        fsutil::create_whole(&self.real_path(), &self.temp_path(), text.as_bytes())
+        folder.create_whole(&self.state_name(), &self.temp_name(), text.as_bytes())
     }
 
     /// Numbers this transaction's events after every event committed so
@@ -707,7 +827,7 @@ impl FileStore {
     ) -> Result<()> {
         let mut pending = doc.pending_events();
         let last = self
-            .history()
+            .history()?
             .commit(doc.event_seq(), &mut pending, events, like, flush)?;
         doc.set_pending_events(&pending)?;
         doc.set_event_seq(last);
@@ -737,8 +857,9 @@ impl FileStore {
     }
 
     /// The event log beside the state file.
-    fn history(&self) -> History {
-        History::new(self.beside("", ".log"))
+    fn history(&self) -> Result<History> {
+        let folder = Arc::clone(self.lab_folder()?);
+        Ok(History::new(folder, self.beside("", ".log")))
     }
 
     /// The committed events (all of them, or those numbered after `after`),
@@ -762,7 +883,7 @@ impl FileStore {
         let loaded = self.load(state.as_ref(), lab.as_ref(), None)?;
         let mut pending = loaded.doc.pending_events();
         pending.extend(loaded.journal.events());
-        let events = events(&self.history(), pending)?;
+        let events = events(&self.history()?, pending)?;
         Ok((loaded.snapshot(), events))
     }
 
@@ -906,7 +1027,7 @@ impl FileStore {
         let opened;
         let file = match file {
             Some(file) => file,
-            None => match fsutil::open_file(&self.journal_path(), false) {
+            None => match self.open_beside(&self.journal_name(), false) {
                 Ok(Some(file)) => {
                     opened = file;
                     &opened
@@ -919,7 +1040,7 @@ impl FileStore {
         };
         let folded = doc.journal_folded();
         let mut journal = Journal::read(file, state, folded.as_deref())
-            .map_err(|e| Error::io("read", &self.journal_path(), e))?;
+            .map_err(|e| Error::io("read", &self.shown(&self.journal_name()), e))?;
         if journal.records.is_empty() {
             return Ok(journal);
         }
@@ -996,9 +1117,9 @@ impl FileStore {
             None => None,
         };
         let pieces: Vec<&[u8]> = text.iter().map(|piece| piece.as_bytes()).collect();
-        fsutil::replace_with(
-            &self.real_path(),
-            &self.temp_path(),
+        self.lab_folder()?.replace_with(
+            &self.state_name(),
+            &self.temp_name(),
             &pieces,
             like.as_ref(),
             old.as_ref(),
