@@ -47,14 +47,12 @@ fn compat_lab(env: &TestEnv) {
 
 /// Every machine's `os` and `boot_params`, as mama reads the lab.
 fn fields(env: &TestEnv) -> BTreeMap<String, (String, String)> {
-    env.run(["list", "--json"])
-        .json()
-        .as_array()
-        .expect("an array")
-        .iter()
-        .map(|m| {
-            let text = |key: &str| m[key].as_str().unwrap_or_default().to_string();
-            (text("name"), (text("os"), text("boot_params")))
+    let boot = field_by_machine(env, "boot_params");
+    field_by_machine(env, "os")
+        .into_iter()
+        .map(|(name, os)| {
+            let params = boot.get(&name).cloned().unwrap_or_default();
+            (name, (os, params))
         })
         .collect()
 }

@@ -765,21 +765,7 @@ fn a_folder_of_the_state_path_swapped_for_a_link_by_another_user_is_refused() {
     let victim = tempfile::tempdir().expect("a victim folder");
     fs::set_permissions(victim.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
     // The member moves the lab's folder away and puts a link in its place.
-    let member = |args: &[&str]| {
-        let status = std::process::Command::new("setpriv")
-            .args([
-                "--reuid",
-                "nobody",
-                "--regid",
-                &group,
-                "--clear-groups",
-                "--",
-            ])
-            .args(args)
-            .status()
-            .expect("setpriv runs");
-        assert!(status.success(), "{args:?}");
-    };
+    let member = |args: &[&str]| as_member(&group, args);
     let moved = shared.join("lab.old");
     member(&[
         "mv",
@@ -848,21 +834,7 @@ fn a_lab_folder_swapped_while_a_job_runs_redirects_nothing_of_that_run() {
     assert_eq!(info(&state)["job"], "held", "the claim is in the lab");
     // A member moves the lab's folder away and puts another in its place,
     // holding a copy of the state file.
-    let member = |args: &[&str]| {
-        let status = Command::new("setpriv")
-            .args([
-                "--reuid",
-                "nobody",
-                "--regid",
-                &group,
-                "--clear-groups",
-                "--",
-            ])
-            .args(args)
-            .status()
-            .expect("setpriv runs");
-        assert!(status.success(), "{args:?}");
-    };
+    let member = |args: &[&str]| as_member(&group, args);
     let moved = shared.join("lab.old");
     let shown = |path: &Path| path.display().to_string();
     member(&["mv", &shown(&lab), &shown(&moved)]);

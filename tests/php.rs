@@ -390,19 +390,7 @@ fn php_mama_and_mama_race_on_one_file_without_a_lost_update_a_double_claim_or_a_
 
 /// `boot_params` of each machine of the lab, by name.
 fn params_of(env: &TestEnv) -> std::collections::BTreeMap<String, String> {
-    env.run(["list", "--json"])
-        .json()
-        .as_array()
-        .expect("an array")
-        .iter()
-        .map(|m| {
-            let name = m["name"].as_str().expect("a name").to_string();
-            (
-                name,
-                m["boot_params"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
+    field_by_machine(env, "boot_params")
 }
 
 #[test]
@@ -732,18 +720,7 @@ fn writers_killed_while_writing_in_place_leave_a_file_both_tools_read() {
     }
     // Kill at offsets up to about three times one write.
     let span_us = (start.elapsed().as_micros() as u64).clamp(3_000, 100_000);
-    let os_of = |env: &TestEnv| -> std::collections::BTreeMap<String, String> {
-        env.run(["list", "--json"])
-            .json()
-            .as_array()
-            .expect("an array")
-            .iter()
-            .map(|m| {
-                let name = m["name"].as_str().expect("a name").to_string();
-                (name, m["os"].as_str().unwrap_or_default().to_string())
-            })
-            .collect()
-    };
+    let os_of = |env: &TestEnv| field_by_machine(env, "os");
     let mut model = os_of(&env);
     let mut prng = Prng(0x2545_f491_4f6c_dd1d);
     let mut rolled_forward = 0;

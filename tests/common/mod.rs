@@ -835,3 +835,17 @@ pub fn hold_until_go(env: &TestEnv, machine: &str, name: &str) -> Bg {
     });
     holder
 }
+
+/// Each machine's `field` as `list --json` gives it ("" for null), by name.
+pub fn field_by_machine(env: &TestEnv, field: &str) -> std::collections::BTreeMap<String, String> {
+    env.run(["list", "--json"])
+        .json()
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|m| {
+            let text = |key: &str| m[key].as_str().unwrap_or_default().to_string();
+            (text("name"), text(field))
+        })
+        .collect()
+}

@@ -150,3 +150,22 @@ pub fn second_user() -> bool {
     );
     true
 }
+
+/// Runs `args` (a program and its arguments, not mama) as the user `nobody`
+/// in `group`, with no other groups: a member of the lab's group at work.
+#[track_caller]
+pub fn as_member(group: &str, args: &[&str]) {
+    let status = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "nobody",
+            "--regid",
+            group,
+            "--clear-groups",
+            "--",
+        ])
+        .args(args)
+        .status()
+        .expect("setpriv runs");
+    assert!(status.success(), "{args:?}");
+}
