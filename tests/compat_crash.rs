@@ -8,9 +8,8 @@
 //! mix still parses is recognised and rolled forward. On a full disk a
 //! change reported as failed is never made.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,7 +1,6 @@
 //! The manual page, shell completions and colour output.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -16,7 +15,7 @@ use clap::CommandFactory;
 /// test fails when the page is out of date; to write it instead, run
 ///
 /// ```text
-/// MAMA_UPDATE_MAN=1 cargo test --test docs man_page_is_up_to_date
+/// MAMA_UPDATE_MAN=1 cargo test --test tests docs::man_page_is_up_to_date
 /// ```
 #[test]
 fn man_page_is_up_to_date() {
@@ -29,7 +28,7 @@ fn man_page_is_up_to_date() {
     assert!(
         checked_in == page,
         "man/mama.1 is out of date: run \
-         `MAMA_UPDATE_MAN=1 cargo test --test docs man_page_is_up_to_date`"
+         `MAMA_UPDATE_MAN=1 cargo test --test tests docs::man_page_is_up_to_date`"
     );
 }
 

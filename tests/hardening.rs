@@ -5,9 +5,8 @@
 //! files like the state file, keeps ACLs and extended attributes, and that
 //! those who may only read still can.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -635,7 +634,7 @@ fn temporary_files_are_private_whatever_the_umask() {
     let mut child = Command::new(std::env::current_exe().expect("this test binary"));
     child.args([
         "--exact",
-        "temporary_files_are_private_under_umask_000",
+        "hardening::temporary_files_are_private_under_umask_000",
         "--include-ignored",
         "--nocapture",
     ]);

@@ -4,8 +4,7 @@
 //! non-zero status, or shown in a safe form; a refused command leaves the
 //! state file as it was.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::path::Path;

@@ -6,9 +6,8 @@
 //! that write or read the state file (or the log file) by hand are the file
 //! lab's.
 
-mod common;
-use common::users::{as_nobody, binary_for_nobody, nobody_group, second_user};
-use common::*;
+use crate::common::users::{as_nobody, binary_for_nobody, nobody_group, second_user};
+use crate::common::*;
 
 use std::ffi::OsString;
 use std::fs;

@@ -1,12 +1,10 @@
 //! Never a live job taken over: nested runs, PID namespaces, a job's
 //! leftover processes and clock steps, each with real processes.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The state of `m` as `info --json` shows it: (state, stale).
 fn state_of(env: &TestEnv) -> (String, bool) {

@@ -3,10 +3,8 @@
 //! host's session ended by TCP keepalives it set itself, a stopped client
 //! keeping its lock, LISTEN/NOTIFY between hosts, and a server restart.
 //!
-//! The measured figures are printed (`cargo test --test pg_harness --
-//! --nocapture`).
-
-mod common;
+//! The measured figures are printed (`cargo test --test tests pg_harness::
+//! -- --nocapture`).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -14,9 +12,9 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
-use common::netns::Host;
-use common::pg::{self, Options, PgDb, Server};
-use common::*;
+use crate::common::netns::Host;
+use crate::common::pg::{self, Options, PgDb, Server};
+use crate::common::*;
 use postgres::fallible_iterator::FallibleIterator;
 
 /// The advisory lock the tests take.
@@ -401,6 +399,6 @@ fn hosts_have_their_own_subnets_and_leave_nothing_behind() {
 
 /// `ip -o -4 addr show` in the test's namespace.
 fn netns_ip_addrs() -> String {
-    let out = common::netns::ip(["-o", "-4", "addr", "show"]);
+    let out = crate::common::netns::ip(["-o", "-4", "addr", "show"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -3,11 +3,9 @@
 //! the test's end. A host is cut off by taking its link down (no FIN, no
 //! RST reaches either side).
 
-mod common;
-
-use common::netns::Host;
-use common::pg::{self, Options, PgDb, Server};
-use common::*;
+use crate::common::netns::Host;
+use crate::common::pg::{self, Options, PgDb, Server};
+use crate::common::*;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

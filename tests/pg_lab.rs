@@ -3,10 +3,8 @@
 //! session (lost, re-attached, across a server restart), on real
 //! PostgreSQL servers the tests start.
 
-mod common;
-
-use common::pg::{Options, PgDb, Server};
-use common::*;
+use crate::common::pg::{Options, PgDb, Server};
+use crate::common::*;
 
 use std::time::{Duration, Instant};
 

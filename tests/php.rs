@@ -6,9 +6,8 @@
 //! machine at the end of the file without the fields it does not know,
 //! write in place), with a pause inside its lock to widen races.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

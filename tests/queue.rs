@@ -2,8 +2,7 @@
 //! shown; a waiter that dies leaves; `--any` and `--where` take whichever
 //! machine frees first. On both backends.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};

@@ -3,8 +3,7 @@
 //! for it; hand-edited queues; pools whose machines change; places kept
 //! over a server restart.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::os::unix::process::CommandExt;
 

@@ -3,9 +3,8 @@
 //! writer is killed, one lock that writers and readers respect, mode, group
 //! and owner kept, symbolic links kept, and readers that never write.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};

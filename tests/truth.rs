@@ -5,9 +5,8 @@
 //! long the history has grown. A journal an earlier mama left beside the
 //! state file is read, folded in by the next write, and removed.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,8 +1,9 @@
 //! A real PostgreSQL server for the tests, run as the unprivileged
 //! `postgres` user from a temporary folder.
 //!
-//! One server is shared by all tests of a test binary ([`server`],
-//! [`fresh_database`]): it listens only on a unix socket in its folder.
+//! One server is shared by all tests of the test binary, whatever their
+//! area ([`server`], [`fresh_database`]), each test in a database of its
+//! own: it listens only on a unix socket in its folder.
 //! A test that needs TCP (other hosts, see [`super::netns`]) or that stops
 //! and restarts the server starts its own with [`server_on`] or
 //! [`Server::start`]; it is stopped when dropped.
