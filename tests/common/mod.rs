@@ -123,6 +123,16 @@ pub fn remove_mama_env(cmd: &mut Command) {
     }
 }
 
+/// The `mama` at `bin` against `state` (a state file or a database URL),
+/// in an environment of its own: no MAMA_* from outside, no colour. The
+/// tests ([`TestEnv::cmd`]) and the benchmarks (benches/) add to it.
+pub fn mama_command(bin: impl AsRef<OsStr>, state: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(bin);
+    remove_mama_env(&mut cmd);
+    cmd.env("MAMA_STATE", state).env("NO_COLOR", "1");
+    cmd
+}
+
 impl TestEnv {
     pub fn new() -> TestEnv {
         let dir = tempfile::tempdir().expect("temporary folder");
@@ -161,11 +171,8 @@ impl TestEnv {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(MAMA);
-        remove_mama_env(&mut cmd);
-        cmd.env("MAMA_STATE", &self.state)
-            .env("MAMA_POLL_INTERVAL", "0.2")
-            .env("NO_COLOR", "1")
+        let mut cmd = mama_command(MAMA, &self.state);
+        cmd.env("MAMA_POLL_INTERVAL", "0.2")
             .args(args)
             .stdin(Stdio::null());
         cmd
