@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod pg;
+pub mod probe;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -28,10 +29,16 @@ pub struct TestEnv {
 /// Tests of shared behaviour, run against both backends: each
 /// `fn NAME(env: &TestEnv) { ... }` becomes a module `NAME` with the test
 /// `file` (a state file in a temporary folder) and the test `postgres` (a
-/// fresh database on the test run's PostgreSQL server).
+/// fresh database on the test run's PostgreSQL server, ignored where there
+/// is none: see build.rs). A block whose tests need more on both backends
+/// starts with `#![needs(CFG, "REASON")]`: where the `cfg` CFG is not set,
+/// both are ignored with REASON.
 #[macro_export]
 macro_rules! on_both_backends {
-    ($($(#[$meta:meta])* fn $name:ident($env:ident: &TestEnv) $body:block)*) => {
+    (
+        #![needs($needs:meta, $why:literal)]
+        $($(#[$meta:meta])* fn $name:ident($env:ident: &TestEnv) $body:block)*
+    ) => {
         $(
             $(#[$meta])*
             mod $name {
@@ -41,15 +48,28 @@ macro_rules! on_both_backends {
                 // (history.rs has a `check`).
                 fn on_this_backend($env: &TestEnv) $body
                 #[test]
+                #[cfg_attr(not($needs), ignore = $why)]
                 fn file() {
                     on_this_backend(&TestEnv::new())
                 }
                 #[test]
+                #[cfg_attr(
+                    not(mama_postgres),
+                    ignore = "needs a PostgreSQL server run as the postgres user: run as root \
+                              after tests/install-tools"
+                )]
+                #[cfg_attr(all(mama_postgres, not($needs)), ignore = $why)]
                 fn postgres() {
                     on_this_backend(&TestEnv::postgres())
                 }
             }
         )*
+    };
+    ($($(#[$meta:meta])* fn $name:ident($env:ident: &TestEnv) $body:block)*) => {
+        $crate::on_both_backends! {
+            #![needs(all(), "")]
+            $($(#[$meta])* fn $name($env: &TestEnv) $body)*
+        }
     };
 }
 
