@@ -210,6 +210,10 @@ fn on_a_terminal(env: &TestEnv, args: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_script),
+    ignore = "needs script (util-linux): run tests/install-tools as root"
+)]
 fn get_escapes_controls_on_a_terminal_only() {
     let env = TestEnv::new();
     env.write_state(&lab_xml(&[machine_xml(

@@ -725,6 +725,10 @@ fn as_nobody_in(
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn clear_leaves_another_users_running_job_alone_unless_forced() {
     second_user();
     let env = TestEnv::new();

@@ -144,6 +144,10 @@ fn remote_holder(host: &Host) -> (Server, PgDb, Psql) {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn each_test_gets_a_database_of_its_own_on_a_server_run_by_an_unprivileged_user() {
     let one = pg::fresh_database();
     let two = pg::fresh_database();
@@ -192,6 +196,10 @@ fn each_test_gets_a_database_of_its_own_on_a_server_run_by_an_unprivileged_user(
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_session_advisory_lock_is_held_until_its_session_ends() {
     let db = pg::fresh_database();
     let mut a = db.connect();
@@ -207,6 +215,10 @@ fn a_session_advisory_lock_is_held_until_its_session_ends() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn a_dead_hosts_lock_is_freed_by_the_keepalives_its_session_set() {
     let host = Host::new();
     let (server, db, psql) = remote_holder(&host);
@@ -242,6 +254,10 @@ fn a_dead_hosts_lock_is_freed_by_the_keepalives_its_session_set() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn a_stopped_client_keeps_its_lock_past_twice_the_keepalive_limits() {
     let host = Host::new();
     let (_server, db, psql) = remote_holder(&host);
@@ -271,6 +287,10 @@ fn a_stopped_client_keeps_its_lock_past_twice_the_keepalive_limits() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn notify_reaches_a_listener_on_another_host_promptly() {
     // The server runs in a host of its own; the listener and the notifier
     // each reach it over a link of their own.
@@ -345,6 +365,10 @@ fn notify_reaches_a_listener_on_another_host_promptly() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn after_a_server_restart_a_client_reconnects_and_takes_its_lock_again() {
     let server = Server::start(Options::default());
     let db = server.fresh_database();
@@ -372,6 +396,10 @@ fn after_a_server_restart_a_client_reconnects_and_takes_its_lock_again() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_ip)),
+    ignore = "makes network namespaces: run as root after tests/install-tools (ip)"
+)]
 fn hosts_have_their_own_subnets_and_leave_nothing_behind() {
     let (name, link) = {
         let one = Host::new();

@@ -204,6 +204,10 @@ fn collect_stdout(child: &mut std::process::Child) -> Arc<Mutex<Vec<u8>>> {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_script),
+    ignore = "needs script (util-linux): run tests/install-tools as root"
+)]
 fn on_a_terminal_the_waiting_line_follows_the_place() {
     let env = TestEnv::new();
     env.add("m", 1);

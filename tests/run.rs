@@ -553,6 +553,8 @@ fn in_terminal(env: &TestEnv, args: &[&str]) -> (Kids, std::process::ChildStdin)
 }
 
 on_both_backends! {
+    #![needs(mama_script, "needs script (util-linux): run tests/install-tools as root")]
+
     fn a_job_started_from_a_terminal_can_read_it(env: &TestEnv) {
         use std::io::Write;
         add_machine(env);
