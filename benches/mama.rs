@@ -32,7 +32,11 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-const MAMA: &str = env!("CARGO_BIN_EXE_mama");
+// The tests' world, for its clean `mama` command line.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{MAMA, mama_command};
 
 /// The longest any single step may take before the bench gives up.
 const STEP_LIMIT: Duration = Duration::from_secs(20);
@@ -151,15 +155,8 @@ fn mama<S: AsRef<OsStr>>(state: &Path, args: &[S]) -> Command {
 
 /// [`mama`] for another build of mama, at `bin`.
 fn mama_at<S: AsRef<OsStr>>(bin: &Path, state: &Path, args: &[S]) -> Command {
-    let mut cmd = Command::new(bin);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MAMA_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("MAMA_STATE", state)
-        .env("NO_COLOR", "1")
-        .args(args)
+    let mut cmd = mama_command(bin, state);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

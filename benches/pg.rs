@@ -19,22 +19,20 @@
 //! namespaces and runs the server as `postgres`). Timestamps are
 //! `date +%s%N` written by the jobs: one clock for every namespace.
 
-// Both allow dead code themselves: the bench uses part of them.
-#[path = "../tests/common/netns.rs"]
-mod netns;
-#[path = "../tests/common/pg.rs"]
-mod pg;
+// The tests' world: its PostgreSQL server, hosts and clean `mama`
+// command line (it allows dead code: the bench uses part of it).
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netns::Host;
-use pg::{Options, PgDb, Server};
+use common::netns::Host;
+use common::pg::{self, Options, PgDb, Server};
+use common::{MAMA, mama_command, remove_mama_env};
 
-const MAMA: &str = env!("CARGO_BIN_EXE_mama");
-/// How long any step may take before the bench gives up (used by the
-/// harness too).
+/// How long any step of the bench may take before it gives up.
 const LIMIT: Duration = Duration::from_secs(40);
 
 const RUNS: usize = 100;
@@ -66,15 +64,8 @@ fn main() {
 
 /// `mama ARGS` against `state` (a path or URL) with a clean environment.
 fn mama(state: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(MAMA);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MAMA_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("MAMA_STATE", state)
-        .env("NO_COLOR", "1")
-        .args(args)
+    let mut cmd = mama_command(MAMA, state);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -196,11 +187,7 @@ fn now_ns() -> u128 {
 /// `mama run m -- JOB` on `host` over TCP, output discarded.
 fn run_on(host: &Host, url: &str, timeout: Option<&str>, job: &[String]) -> Child {
     let mut cmd = host.command(MAMA);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MAMA_") {
-            cmd.env_remove(key);
-        }
-    }
+    remove_mama_env(&mut cmd);
     cmd.env("MAMA_STATE", url).env("NO_COLOR", "1");
     if let Some(t) = timeout {
         cmd.env("MAMA_HOST_TIMEOUT", t);

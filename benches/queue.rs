@@ -9,11 +9,16 @@
 //!
 //! Run with `cargo bench --bench queue`. Jobs stamp `date +%s%N`.
 
+// The tests' world, for its clean `mama` command line.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const MAMA: &str = env!("CARGO_BIN_EXE_mama");
+use common::{MAMA, mama_command};
+
 const MACHINES: usize = 1000;
 const WAITERS: usize = 50;
 const CPU_WINDOW: Duration = Duration::from_secs(5);
@@ -112,15 +117,8 @@ fn verdict(met: bool) -> &'static str {
 }
 
 fn mama(state: &Path) -> Command {
-    let mut cmd = Command::new(MAMA);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MAMA_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("MAMA_STATE", state)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
+    let mut cmd = mama_command(MAMA, state);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd

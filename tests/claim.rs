@@ -6,8 +6,7 @@
 //! that write or read the state file (or the log file) by hand are the file
 //! lab's.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::{Duration, Instant};
 

@@ -8,9 +8,8 @@
 //! mix still parses is recognised and rolled forward. On a full disk a
 //! change reported as failed is never made.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -97,6 +96,10 @@ fn set_killed_at(env: &TestEnv, machine: &str, value: &str, syscall: &str, when:
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_strace),
+    ignore = "needs strace: run tests/install-tools as root"
+)]
 fn writers_killed_in_a_row_at_every_call_of_an_in_place_write_never_lose_the_lab() {
     assert!(
         Command::new("strace").arg("-V").output().is_ok(),
@@ -165,6 +168,10 @@ fn writers_killed_in_a_row_at_every_call_of_an_in_place_write_never_lose_the_lab
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_strace),
+    ignore = "needs strace: run tests/install-tools as root"
+)]
 fn a_write_in_place_that_fails_leaves_the_lab_as_it_was_for_good() {
     let env = TestEnv::new();
     compat_lab(&env);
@@ -259,8 +266,11 @@ impl Drop for Tmpfs {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_mount)),
+    ignore = "mounts a file system: run as root after tests/install-tools (mount)"
+)]
 fn on_a_full_disk_a_change_reported_as_failed_is_never_made() {
-    second_user();
     let env = TestEnv::new();
     let disk = env.path().join("disk");
     fs::create_dir(&disk).expect("a mount point");

@@ -1,7 +1,6 @@
 //! The manual page, shell completions and colour output.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -16,7 +15,7 @@ use clap::CommandFactory;
 /// test fails when the page is out of date; to write it instead, run
 ///
 /// ```text
-/// MAMA_UPDATE_MAN=1 cargo test --test docs man_page_is_up_to_date
+/// MAMA_UPDATE_MAN=1 cargo test --test tests docs::man_page_is_up_to_date
 /// ```
 #[test]
 fn man_page_is_up_to_date() {
@@ -29,7 +28,7 @@ fn man_page_is_up_to_date() {
     assert!(
         checked_in == page,
         "man/mama.1 is out of date: run \
-         `MAMA_UPDATE_MAN=1 cargo test --test docs man_page_is_up_to_date`"
+         `MAMA_UPDATE_MAN=1 cargo test --test tests docs::man_page_is_up_to_date`"
     );
 }
 
@@ -221,11 +220,14 @@ fn path_with_mama() -> OsString {
 
 /// Whether `program` can be found on PATH.
 fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    crate::common::probe::on_path(program).is_some()
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_man),
+    ignore = "needs groff and man: run tests/install-tools as root"
+)]
 fn man_page_renders_without_warnings() {
     let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("man/mama.1");
     assert!(
@@ -426,6 +428,10 @@ fn bash_completion_is_quiet_without_a_state_file() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_zsh, mama_fish)),
+    ignore = "needs zsh and fish: run tests/install-tools as root"
+)]
 fn zsh_and_fish_scripts_load() {
     assert!(
         installed("zsh") && installed("fish"),
@@ -597,6 +603,10 @@ fn coloured(text: &str, word: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_script),
+    ignore = "needs script (util-linux): run tests/install-tools as root"
+)]
 fn colour_on_a_terminal_unless_no_color_is_set() {
     let env = TestEnv::new();
     lab_for_colour(&env);

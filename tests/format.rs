@@ -2,8 +2,7 @@
 //! place, broken files are refused and never written, any text XML can hold
 //! round-trips exactly, and a missing file reads as an empty lab.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::ffi::OsString;
 use std::fs;

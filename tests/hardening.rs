@@ -5,9 +5,8 @@
 //! files like the state file, keeps ACLs and extended attributes, and that
 //! those who may only read still can.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -22,6 +21,8 @@ use mama::backend::file::log::{FLUSH_AT, TRIM_AT};
 struct Victim {
     _dir: tempfile::TempDir,
     path: PathBuf,
+    /// Its owner and group, as made.
+    owner: (u32, u32),
 }
 
 impl Victim {
@@ -30,7 +31,12 @@ impl Victim {
         let path = dir.path().join("victim");
         fs::write(&path, "precious\n").expect("write the victim");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
-        Victim { _dir: dir, path }
+        let meta = fs::metadata(&path).expect("the victim");
+        Victim {
+            _dir: dir,
+            path,
+            owner: (meta.uid(), meta.gid()),
+        }
     }
 
     /// A path in the victim's folder where nothing is (yet).
@@ -47,7 +53,7 @@ impl Victim {
         );
         assert_eq!(
             (meta.mode() & 0o7777, meta.uid(), meta.gid()),
-            (0o644, 0, 0)
+            (0o644, self.owner.0, self.owner.1)
         );
         assert!(!self.absent().exists(), "mama created the link's target");
     }
@@ -349,6 +355,10 @@ impl Drop for Holder {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_flock),
+    ignore = "needs flock (util-linux): run tests/install-tools as root"
+)]
 fn waiters_for_a_held_labs_lock_give_up_as_told() {
     let env = TestEnv::new();
     env.add("rig1", 1);
@@ -372,6 +382,10 @@ fn waiters_for_a_held_labs_lock_give_up_as_told() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_flock),
+    ignore = "needs flock (util-linux): run tests/install-tools as root"
+)]
 fn a_reader_says_who_holds_the_labs_lock_and_goes_on_once_it_is_let_go() {
     let env = TestEnv::new();
     env.add("rig1", 1);
@@ -395,10 +409,12 @@ fn a_reader_says_who_holds_the_labs_lock_and_goes_on_once_it_is_let_go() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_second_user, mama_flock)),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv, flock)"
+)]
 fn only_those_who_may_write_the_state_may_open_its_lock() {
-    if !second_user() {
-        return;
-    }
+    second_user();
     let env = TestEnv::new();
     fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     env.add("rig1", 1);
@@ -463,6 +479,10 @@ fn getfattr(path: &Path, name: &str) -> Option<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_acl, mama_xattr)),
+    ignore = "needs setfacl and setfattr (acl, attr): run tests/install-tools as root"
+)]
 fn acls_and_extended_attributes_survive_a_write() {
     let env = TestEnv::new();
     env.add("rig1", 1);
@@ -494,10 +514,12 @@ fn acls_and_extended_attributes_survive_a_write() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_second_user, mama_xattr)),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv, setfattr)"
+)]
 fn a_write_that_would_drop_an_attribute_is_refused() {
-    if !second_user() {
-        return;
-    }
+    second_user();
     let env = TestEnv::new();
     env.add("rig1", 1);
     let (group, gid) = group_to_share();
@@ -539,27 +561,27 @@ struct ReadOnlyMount {
 }
 
 impl ReadOnlyMount {
-    /// `None` when this system does not let the test mount.
-    fn of(source: &Path) -> Option<ReadOnlyMount> {
+    fn of(source: &Path) -> ReadOnlyMount {
         let dir = tempfile::tempdir().expect("temporary folder");
         let path = dir.path().join("ro");
         fs::create_dir(&path).expect("mount point");
-        let bound = Command::new("mount")
+        let bound: Run = Command::new("mount")
             .arg("--bind")
             .arg(source)
             .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !bound {
-            return None;
-        }
+            .output()
+            .expect("mount runs")
+            .into();
+        bound.ok();
         let mount = ReadOnlyMount { _dir: dir, path };
-        let ro = Command::new("mount")
+        let ro: Run = Command::new("mount")
             .args(["-o", "remount,ro,bind"])
             .arg(&mount.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ro.then_some(mount)
+            .output()
+            .expect("mount runs")
+            .into();
+        ro.ok();
+        mount
     }
 }
 
@@ -570,11 +592,11 @@ impl Drop for ReadOnlyMount {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_mount)),
+    ignore = "mounts a file system: run as root after tests/install-tools (mount)"
+)]
 fn a_lab_on_a_read_only_file_system_can_be_read_and_waited_on() {
-    if !is_root() {
-        eprintln!("note: skipped: needs root to mount");
-        return;
-    }
     let env = TestEnv::new();
     let sleeper = sleeper();
     let xml = lab_xml(&[
@@ -587,10 +609,7 @@ fn a_lab_on_a_read_only_file_system_can_be_read_and_waited_on() {
     env.write_state(&xml);
     env.run(["set", "free1", "os", "ro-test"]).ok();
     assert!(lock_path(&env.state).exists());
-    let Some(mount) = ReadOnlyMount::of(env.path()) else {
-        eprintln!("note: skipped: cannot bind-mount here");
-        return;
-    };
+    let mount = ReadOnlyMount::of(env.path());
     let state = mount.path.join("mama.xml");
     let before = fs::read_to_string(&state).expect("read the state");
     let mama = |args: &[&str]| -> Run {
@@ -637,7 +656,7 @@ fn temporary_files_are_private_whatever_the_umask() {
     let mut child = Command::new(std::env::current_exe().expect("this test binary"));
     child.args([
         "--exact",
-        "temporary_files_are_private_under_umask_000",
+        "hardening::temporary_files_are_private_under_umask_000",
         "--include-ignored",
         "--nocapture",
     ]);
@@ -674,6 +693,10 @@ fn a_hard_link_planted_beside_the_state_is_refused_and_its_file_left_alone() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn a_state_link_planted_by_another_user_is_not_followed() {
     second_user();
     let nobody = user_id("nobody").expect("the nobody user");
@@ -707,6 +730,10 @@ fn a_state_link_planted_by_another_user_is_not_followed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn another_users_lock_file_keeps_its_mode_and_group() {
     second_user();
     let nobody = user_id("nobody").expect("the nobody user");
@@ -745,6 +772,10 @@ fn a_log_far_past_its_limit_is_refused_not_read() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn a_folder_of_the_state_path_swapped_for_a_link_by_another_user_is_refused() {
     second_user();
     let group = nobody_group();
@@ -800,6 +831,10 @@ fn a_folder_of_the_state_path_swapped_for_a_link_by_another_user_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn a_lab_folder_swapped_while_a_job_runs_redirects_nothing_of_that_run() {
     second_user();
     let group = nobody_group();
@@ -860,6 +895,10 @@ fn a_lab_folder_swapped_while_a_job_runs_redirects_nothing_of_that_run() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn a_lab_folder_that_cannot_be_read_is_an_error_not_an_empty_lab() {
     second_user();
     let env = TestEnv::new();

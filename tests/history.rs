@@ -8,8 +8,7 @@
 //! that write or read the state file (or the log file) by hand are the file
 //! lab's.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;

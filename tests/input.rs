@@ -4,8 +4,7 @@
 //! non-zero status, or shown in a safe form; a refused command leaves the
 //! state file as it was.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::path::Path;
@@ -211,6 +210,10 @@ fn on_a_terminal(env: &TestEnv, args: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_script),
+    ignore = "needs script (util-linux): run tests/install-tools as root"
+)]
 fn get_escapes_controls_on_a_terminal_only() {
     let env = TestEnv::new();
     env.write_state(&lab_xml(&[machine_xml(

@@ -6,9 +6,8 @@
 //! that write or read the state file (or the log file) by hand are the file
 //! lab's.
 
-mod common;
-use common::users::{as_nobody, binary_for_nobody, nobody_group, second_user};
-use common::*;
+use crate::common::users::{as_nobody, binary_for_nobody, nobody_group, second_user};
+use crate::common::*;
 
 use std::ffi::OsString;
 use std::fs;
@@ -726,6 +725,10 @@ fn as_nobody_in(
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn clear_leaves_another_users_running_job_alone_unless_forced() {
     second_user();
     let env = TestEnv::new();

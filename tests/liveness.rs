@@ -1,12 +1,10 @@
 //! Never a live job taken over: nested runs, PID namespaces, a job's
 //! leftover processes and clock steps, each with real processes.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The state of `m` as `info --json` shows it: (state, stale).
 fn state_of(env: &TestEnv) -> (String, bool) {
@@ -198,6 +196,10 @@ fn run_in_container(env: &TestEnv, args: &[&str]) -> Run {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_unshare)),
+    ignore = "makes PID namespaces: run as root after tests/install-tools (unshare)"
+)]
 fn a_claim_from_the_host_is_live_inside_a_pid_namespace() {
     let env = lab();
     let mut holder = env.start(sh_job(&env, "m", &["--job", "host"], &wait_for_file("go")));
@@ -216,6 +218,10 @@ fn a_claim_from_the_host_is_live_inside_a_pid_namespace() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_unshare)),
+    ignore = "makes PID namespaces: run as root after tests/install-tools (unshare)"
+)]
 fn two_containers_whose_mama_is_pid_1_never_share_a_machine() {
     let env = lab();
     let mut a = start_boxed(&env, "a", "go");
@@ -238,6 +244,10 @@ fn two_containers_whose_mama_is_pid_1_never_share_a_machine() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_unshare)),
+    ignore = "makes PID namespaces: run as root after tests/install-tools (unshare)"
+)]
 fn a_crashed_containers_claim_goes_stale_although_pid_1_lives_on() {
     let env = lab();
     let mut container = start_boxed(&env, "boxed", "never");
@@ -295,6 +305,10 @@ fn a_claim_from_an_earlier_boot_of_this_host_is_stale_another_hosts_is_not() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_faketime),
+    ignore = "needs faketime: run tests/install-tools as root"
+)]
 fn a_clock_step_after_the_claim_does_not_make_a_live_job_stale() {
     let env = lab();
     // The claiming mama's clock is 5 s behind the judges': as if the
@@ -372,6 +386,10 @@ fn a_nested_run_that_outlives_its_outer_job_keeps_the_machine() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_unshare)),
+    ignore = "makes PID namespaces: run as root after tests/install-tools (unshare)"
+)]
 fn a_pid_namespace_that_kept_the_hosts_proc_never_nests_in_a_strangers_claim() {
     let env = lab();
     let dir = dir_arg(&env);
@@ -454,6 +472,10 @@ fn a_leftover_of_a_killed_run_may_still_run_mama_on_its_machine() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_unshare)),
+    ignore = "makes PID namespaces: run as root after tests/install-tools (unshare)"
+)]
 fn a_run_nested_across_a_pid_namespace_nests() {
     let env = lab();
     let run = env.run([
@@ -486,6 +508,10 @@ fn a_run_nested_across_a_pid_namespace_nests() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_unshare)),
+    ignore = "makes PID namespaces: run as root after tests/install-tools (unshare)"
+)]
 fn a_waiting_mama_that_is_pid_1_ends_on_sigterm() {
     let env = lab();
     let mut holder = env.start(sh_job(&env, "m", &["--job", "host"], &wait_for_file("go")));

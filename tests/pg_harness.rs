@@ -3,10 +3,8 @@
 //! host's session ended by TCP keepalives it set itself, a stopped client
 //! keeping its lock, LISTEN/NOTIFY between hosts, and a server restart.
 //!
-//! The measured figures are printed (`cargo test --test pg_harness --
-//! --nocapture`).
-
-mod common;
+//! The measured figures are printed (`cargo test --test tests pg_harness::
+//! -- --nocapture`).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -14,9 +12,9 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
-use common::netns::Host;
-use common::pg::{self, Options, PgDb, Server};
-use common::*;
+use crate::common::netns::Host;
+use crate::common::pg::{self, Options, PgDb, Server};
+use crate::common::*;
 use postgres::fallible_iterator::FallibleIterator;
 
 /// The advisory lock the tests take.
@@ -146,6 +144,10 @@ fn remote_holder(host: &Host) -> (Server, PgDb, Psql) {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn each_test_gets_a_database_of_its_own_on_a_server_run_by_an_unprivileged_user() {
     let one = pg::fresh_database();
     let two = pg::fresh_database();
@@ -194,6 +196,10 @@ fn each_test_gets_a_database_of_its_own_on_a_server_run_by_an_unprivileged_user(
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_session_advisory_lock_is_held_until_its_session_ends() {
     let db = pg::fresh_database();
     let mut a = db.connect();
@@ -209,6 +215,10 @@ fn a_session_advisory_lock_is_held_until_its_session_ends() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn a_dead_hosts_lock_is_freed_by_the_keepalives_its_session_set() {
     let host = Host::new();
     let (server, db, psql) = remote_holder(&host);
@@ -244,6 +254,10 @@ fn a_dead_hosts_lock_is_freed_by_the_keepalives_its_session_set() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn a_stopped_client_keeps_its_lock_past_twice_the_keepalive_limits() {
     let host = Host::new();
     let (_server, db, psql) = remote_holder(&host);
@@ -273,6 +287,10 @@ fn a_stopped_client_keeps_its_lock_past_twice_the_keepalive_limits() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn notify_reaches_a_listener_on_another_host_promptly() {
     // The server runs in a host of its own; the listener and the notifier
     // each reach it over a link of their own.
@@ -347,6 +365,10 @@ fn notify_reaches_a_listener_on_another_host_promptly() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn after_a_server_restart_a_client_reconnects_and_takes_its_lock_again() {
     let server = Server::start(Options::default());
     let db = server.fresh_database();
@@ -374,6 +396,10 @@ fn after_a_server_restart_a_client_reconnects_and_takes_its_lock_again() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_ip)),
+    ignore = "makes network namespaces: run as root after tests/install-tools (ip)"
+)]
 fn hosts_have_their_own_subnets_and_leave_nothing_behind() {
     let (name, link) = {
         let one = Host::new();
@@ -401,6 +427,6 @@ fn hosts_have_their_own_subnets_and_leave_nothing_behind() {
 
 /// `ip -o -4 addr show` in the test's namespace.
 fn netns_ip_addrs() -> String {
-    let out = common::netns::ip(["-o", "-4", "addr", "show"]);
+    let out = crate::common::netns::ip(["-o", "-4", "addr", "show"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -3,11 +3,9 @@
 //! the test's end. A host is cut off by taking its link down (no FIN, no
 //! RST reaches either side).
 
-mod common;
-
-use common::netns::Host;
-use common::pg::{self, Options, PgDb, Server};
-use common::*;
+use crate::common::netns::Host;
+use crate::common::pg::{self, Options, PgDb, Server};
+use crate::common::*;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -89,6 +87,10 @@ fn args(list: &[&str]) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn a_cut_off_holders_claim_is_freed_within_the_host_timeout() {
     let host = Host::new();
     let (_server, _db, env, holder) = remote_holder(&host);
@@ -124,6 +126,10 @@ fn a_cut_off_holders_claim_is_freed_within_the_host_timeout() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn a_stopped_holder_keeps_its_claim_past_twice_the_host_timeout() {
     let host = Host::new();
     let (_server, _db, env, mut holder) = remote_holder(&host);
@@ -147,6 +153,10 @@ fn a_stopped_holder_keeps_its_claim_past_twice_the_host_timeout() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn a_network_blip_shorter_than_the_host_timeout_keeps_the_claim() {
     // A timeout long enough that a blip of a few seconds is well inside
     // it: the holder stops its job itself only when the lab has been
@@ -192,6 +202,10 @@ fn a_network_blip_shorter_than_the_host_timeout_keeps_the_claim() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn a_cut_off_holder_stops_its_job_before_the_lab_frees_the_machine() {
     let host = Host::new();
     let (_server, _db, env, mut holder) = remote_holder(&host);
@@ -224,6 +238,10 @@ fn a_cut_off_holder_stops_its_job_before_the_lab_frees_the_machine() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
 fn two_hosts_running_ten_jobs_each_on_one_machine_never_overlap() {
     let one = Host::new();
     let two = Host::new();

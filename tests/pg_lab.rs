@@ -3,10 +3,8 @@
 //! session (lost, re-attached, across a server restart), on real
 //! PostgreSQL servers the tests start.
 
-mod common;
-
-use common::pg::{Options, PgDb, Server};
-use common::*;
+use crate::common::pg::{Options, PgDb, Server};
+use crate::common::*;
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +51,10 @@ fn hold(env: &TestEnv, extra_env: &[(&str, &str)]) -> Bg {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn add_creates_the_schema_and_no_other_command_does() {
     let env = TestEnv::postgres();
     let db = env.db.clone().expect("a database lab");
@@ -86,6 +88,10 @@ fn add_creates_the_schema_and_no_other_command_does() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn an_older_schema_is_migrated_and_a_newer_one_refused() {
     let env = TestEnv::postgres();
     let db = env.db.clone().expect("a database lab");
@@ -143,6 +149,10 @@ const RICH: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
 <mac>aa:bb:cc:dd:ee:02</mac>\n    <!-- spare -->\n    <x-owner team=\"b\">kim</x-owner>\n  </machine>\n</settings>\n";
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_lab_moves_between_file_and_database_with_every_unknown_element() {
     let file = TestEnv::new();
     let db = TestEnv::postgres();
@@ -175,6 +185,10 @@ fn a_lab_moves_between_file_and_database_with_every_unknown_element() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn import_refuses_a_lab_with_machines_unless_told_to_replace_them() {
     let env = TestEnv::postgres();
     env.add("mine", 1);
@@ -199,6 +213,10 @@ fn import_refuses_a_lab_with_machines_unless_told_to_replace_them() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_password_in_the_url_is_never_handed_to_the_job() {
     let env = TestEnv::postgres();
     env.add("m", 1);
@@ -239,6 +257,10 @@ fn a_password_in_the_url_is_never_handed_to_the_job() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn the_password_comes_from_the_password_file_as_libpq_reads_it() {
     let server = Server::start(Options {
         passwords: vec!["keyed".into()],
@@ -275,6 +297,10 @@ fn the_password_comes_from_the_password_file_as_libpq_reads_it() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_read_only_role_reads_and_waits_but_never_writes() {
     let env = TestEnv::postgres();
     env.add("m", 1);
@@ -296,6 +322,10 @@ fn a_read_only_role_reads_and_waits_but_never_writes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_killed_holders_claim_is_stale_at_once_naming_its_host() {
     let env = TestEnv::postgres();
     env.add("m", 1);
@@ -319,6 +349,10 @@ fn a_killed_holders_claim_is_stale_at_once_naming_its_host() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_holder_whose_session_ends_reattaches_while_the_claim_is_its_own() {
     let env = TestEnv::postgres();
     env.add("m", 1);
@@ -354,6 +388,10 @@ fn a_holder_whose_session_ends_reattaches_while_the_claim_is_its_own() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_holder_that_lost_its_claim_stops_the_job_and_fails() {
     let env = TestEnv::postgres();
     env.add("m", 1);
@@ -388,6 +426,10 @@ fn a_holder_that_lost_its_claim_stops_the_job_and_fails() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn after_a_server_restart_holders_reattach_and_nobody_takes_their_machines() {
     let server = Server::start(Options::default());
     let db = server.fresh_database();
@@ -458,6 +500,10 @@ fn after_a_server_restart_holders_reattach_and_nobody_takes_their_machines() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_machine_deleted_and_added_again_keeps_the_job_lock_its_job_holds() {
     let env = TestEnv::postgres();
     env.add("m", 1);
@@ -483,6 +529,10 @@ fn a_machine_deleted_and_added_again_keeps_the_job_lock_its_job_holds() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_damaged_or_altered_table_is_an_error_naming_the_lab_never_a_panic() {
     let env = TestEnv::postgres();
     env.add("m", 1);

@@ -6,9 +6,8 @@
 //! machine at the end of the file without the fields it does not know,
 //! write in place), with a pause inside its lock to widen races.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -103,6 +102,10 @@ fn mama_writes_in_place_where_php_mama_shares_the_file_and_replaces_it_elsewhere
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_python3),
+    ignore = "needs python3 (for tests/php_mama.py): run tests/install-tools as root"
+)]
 fn mama_waits_for_php_mamas_lock_on_the_state_file_to_read_and_to_write() {
     let env = php_lab();
     env.add("rig1", 1);
@@ -131,6 +134,10 @@ fn mama_waits_for_php_mamas_lock_on_the_state_file_to_read_and_to_write() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_python3),
+    ignore = "needs python3 (for tests/php_mama.py): run tests/install-tools as root"
+)]
 fn a_run_whose_machine_php_mama_saved_meanwhile_still_releases_it() {
     let env = php_lab();
     env.add("rig1", 1);
@@ -266,6 +273,10 @@ fn checked(what: String, mut cmd: Command) -> Option<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_python3),
+    ignore = "needs python3 (for tests/php_mama.py): run tests/install-tools as root"
+)]
 fn php_mama_and_mama_race_on_one_file_without_a_lost_update_a_double_claim_or_a_crash() {
     let env = Arc::new(php_lab());
     for (i, name) in ["job1", "job2", "ms1", "ms2", "ps1", "ps2"]
@@ -394,6 +405,10 @@ fn params_of(env: &TestEnv) -> std::collections::BTreeMap<String, String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_python3),
+    ignore = "needs python3 (for tests/php_mama.py): run tests/install-tools as root"
+)]
 fn mama_creating_the_lab_never_replaces_the_file_php_mama_created_meanwhile() {
     // mama is stopped with its new state file written beside the path and
     // not yet in place; PHP mama finds no mama.xml meanwhile, installs its
@@ -570,6 +585,10 @@ fn race_from_a_fresh_folder(php_first: bool, time: Duration) {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_python3),
+    ignore = "needs python3 (for tests/php_mama.py): run tests/install-tools as root"
+)]
 fn php_mama_and_mama_start_a_lab_together_and_every_machine_and_set_lands() {
     // Four seconds in all, from four fresh folders: mama creates the file
     // in two, PHP mama in the other two.
@@ -599,10 +618,12 @@ fn beside(env: &TestEnv, name: &str) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn in_php_mamas_layout_a_member_reads_and_is_told_the_permission_to_add() {
-    if !second_user() {
-        return;
-    }
+    second_user();
     let (env, group, _) = upstream_layout();
     let (bin, _bin_dir) = binary_for_nobody(&env, &group);
     let nobody = |args: &[&str]| -> Run {
@@ -626,10 +647,12 @@ fn in_php_mamas_layout_a_member_reads_and_is_told_the_permission_to_add() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_second_user, mama_python3)),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv, python3)"
+)]
 fn in_php_mamas_layout_a_member_uses_every_command_once_the_files_are_added() {
-    if !second_user() {
-        return;
-    }
+    second_user();
     let (env, group, gid) = upstream_layout();
     let dir = env.path().display().to_string();
     // What the message names, run by the folder's owner.
@@ -704,6 +727,10 @@ fn in_php_mamas_layout_a_member_uses_every_command_once_the_files_are_added() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_python3),
+    ignore = "needs python3 (for tests/php_mama.py): run tests/install-tools as root"
+)]
 fn writers_killed_while_writing_in_place_leave_a_file_both_tools_read() {
     const MACHINES: usize = 30;
     let env = php_lab();

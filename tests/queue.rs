@@ -2,8 +2,7 @@
 //! shown; a waiter that dies leaves; `--any` and `--where` take whichever
 //! machine frees first. On both backends.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -205,6 +204,10 @@ fn collect_stdout(child: &mut std::process::Child) -> Arc<Mutex<Vec<u8>>> {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_script),
+    ignore = "needs script (util-linux): run tests/install-tools as root"
+)]
 fn on_a_terminal_the_waiting_line_follows_the_place() {
     let env = TestEnv::new();
     env.add("m", 1);

@@ -3,8 +3,7 @@
 //! for it; hand-edited queues; pools whose machines change; places kept
 //! over a server restart.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::os::unix::process::CommandExt;
 
@@ -110,6 +109,7 @@ on_both_backends! {
 /// A reservation holder's own run waits behind a waiter that waits for
 /// that very reservation: neither ever moves.
 #[test]
+#[cfg_attr(not(mama_root), ignore = "runs mama as nobody: run as root")]
 fn a_reservation_holder_goes_before_waiters_who_cannot_have_the_machine() {
     let env = TestEnv::new();
     env.add("m", 1);
@@ -202,6 +202,10 @@ on_both_backends! {
 /// server's start (epoch differs) but whose waiter is gone: the waiter
 /// behind it sleeps on a free lock and looks again at once, over and over.
 #[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_waiter_behind_a_place_kept_over_a_restart_does_not_spin() {
     let env = TestEnv::postgres();
     let queue = r#"{"ticket":1,"token":"12345","pid":1,"since":0,"user":"x","host":"y","epoch":"1999-01-01 00:00:00+00"}"#;

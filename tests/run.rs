@@ -7,8 +7,7 @@
 //! that write or read the state file (or the log file) by hand are the file
 //! lab's.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -554,6 +553,8 @@ fn in_terminal(env: &TestEnv, args: &[&str]) -> (Kids, std::process::ChildStdin)
 }
 
 on_both_backends! {
+    #![needs(mama_script, "needs script (util-linux): run tests/install-tools as root")]
+
     fn a_job_started_from_a_terminal_can_read_it(env: &TestEnv) {
         use std::io::Write;
         add_machine(env);

@@ -3,9 +3,8 @@
 //! writer is killed, one lock that writers and readers respect, mode, group
 //! and owner kept, symbolic links kept, and readers that never write.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -510,6 +509,10 @@ fn killed_writers_leave_the_old_or_the_new_file() {
 // 3. The lock
 
 #[test]
+#[cfg_attr(
+    not(mama_flock),
+    ignore = "needs flock (util-linux): run tests/install-tools as root"
+)]
 fn a_writer_waits_for_a_lock_held_by_flock_1() {
     let env = TestEnv::new();
     env.add("rig1", 1);
@@ -601,18 +604,25 @@ fn writes_keep_mode_group_and_owner() {
     env.run(["reserve", "rig1"]).ok();
     assert_eq!(mode(&env.state), 0o600);
     assert_eq!(env.info("rig1")["os"], "arch");
+}
 
-    // root keeps another user's file theirs.
-    if is_root() {
-        let nobody = user_id("nobody").expect("user nobody");
-        std::os::unix::fs::chown(&env.state, Some(nobody), Some(gid)).expect("chown");
-        fs::set_permissions(&env.state, fs::Permissions::from_mode(0o660)).expect("chmod");
-        env.run(["set", "rig1", "kernel", "6.1"]).ok();
-        let meta = fs::metadata(&env.state).expect("state");
-        assert_eq!((meta.uid(), meta.gid()), (nobody, gid));
-        assert_eq!(meta.mode() & 0o7777, 0o660);
-        assert_eq!(env.info("rig1")["kernel"], "6.1");
-    }
+#[test]
+#[cfg_attr(
+    not(mama_root),
+    ignore = "gives the state file to another user: run as root"
+)]
+fn roots_writes_keep_another_users_state_file_theirs() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let gid = share_with_group(&env.state, 0o640);
+    let nobody = user_id("nobody").expect("user nobody");
+    std::os::unix::fs::chown(&env.state, Some(nobody), Some(gid)).expect("chown");
+    fs::set_permissions(&env.state, fs::Permissions::from_mode(0o660)).expect("chmod");
+    env.run(["set", "rig1", "kernel", "6.1"]).ok();
+    let meta = fs::metadata(&env.state).expect("state");
+    assert_eq!((meta.uid(), meta.gid()), (nobody, gid));
+    assert_eq!(meta.mode() & 0o7777, 0o660);
+    assert_eq!(env.info("rig1")["kernel"], "6.1");
 }
 
 /// As `nobody` in `group`: `set rig1 os VALUE`, which must succeed and be
@@ -631,10 +641,12 @@ fn set_os_as_nobody(env: &TestEnv, group: &str, value: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn another_user_writes_a_world_writable_state_through_a_read_only_lock_file() {
-    if !second_user() {
-        return;
-    }
+    second_user();
     let env = TestEnv::new();
     fs::set_permissions(env.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
     // root creates the lab with umask 022: state and lock file 0644.
@@ -670,9 +682,11 @@ fn another_user_writes_a_world_writable_state_through_a_read_only_lock_file() {
     assert_eq!(env.info("rig1")["os"], "by-nobody");
 }
 
-#[test]
-fn a_group_member_writes_a_group_shared_state_and_new_lock_files_follow_it() {
-    let env = TestEnv::new();
+/// A lab whose folder and state file its group may write (mode 0770 and
+/// 0660), the lock files made by its owner's mama under umask 077 and a
+/// run; checks that they took the state file's mode and group. Returns the
+/// group.
+fn group_shared_lab(env: &TestEnv) -> (String, u32) {
     env.add("rig1", 1);
     let (group, gid) = group_to_share();
     std::os::unix::fs::chown(env.path(), None, Some(gid)).expect("chgrp folder");
@@ -706,11 +720,24 @@ fn a_group_member_writes_a_group_shared_state_and_new_lock_files_follow_it() {
     let rig_lock = locks.join("rig1.lock");
     let meta = fs::metadata(&rig_lock).expect("machine lock");
     assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o660, gid));
+    (group, gid)
+}
 
+#[test]
+fn new_lock_files_follow_a_group_shared_state() {
+    group_shared_lab(&TestEnv::new());
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
+fn a_group_member_writes_a_group_shared_state_and_new_lock_files_follow_it() {
+    let env = TestEnv::new();
+    let (group, gid) = group_shared_lab(&env);
     // A member of the group (not the owner) may write through that lock.
-    if !second_user() {
-        return;
-    }
+    second_user();
     set_os_as_nobody(&env, &group, "by-member");
     let meta = fs::metadata(&env.state).expect("state");
     assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o660, gid));

@@ -5,9 +5,8 @@
 //! long the history has grown. A journal an earlier mama left beside the
 //! state file is read, folded in by the next write, and removed.
 
-mod common;
-use common::users::*;
-use common::*;
+use crate::common::users::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -205,10 +204,12 @@ fn a_journal_left_behind_after_its_fold_is_never_applied_again() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn a_reader_who_may_not_write_the_lab_sees_the_claims_in_the_file() {
-    if !second_user() {
-        return;
-    }
+    second_user();
     let env = TestEnv::new();
     fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     lab(&env, 2, false);
@@ -260,6 +261,10 @@ fn fill(dir: &std::path::Path) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(mama_root, mama_mount)),
+    ignore = "mounts a file system: run as root after tests/install-tools (mount)"
+)]
 fn a_stale_clear_is_told_only_once_the_state_file_holds_it() {
     let env = TestEnv::new();
     let disk = Tmpfs::mount(env.path().join("disk"), "256k");

@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod pg;
+pub mod probe;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -28,10 +29,16 @@ pub struct TestEnv {
 /// Tests of shared behaviour, run against both backends: each
 /// `fn NAME(env: &TestEnv) { ... }` becomes a module `NAME` with the test
 /// `file` (a state file in a temporary folder) and the test `postgres` (a
-/// fresh database on the test run's PostgreSQL server).
+/// fresh database on the test run's PostgreSQL server, ignored where there
+/// is none: see build.rs). A block whose tests need more on both backends
+/// starts with `#![needs(CFG, "REASON")]`: where the `cfg` CFG is not set,
+/// both are ignored with REASON.
 #[macro_export]
 macro_rules! on_both_backends {
-    ($($(#[$meta:meta])* fn $name:ident($env:ident: &TestEnv) $body:block)*) => {
+    (
+        #![needs($needs:meta, $why:literal)]
+        $($(#[$meta:meta])* fn $name:ident($env:ident: &TestEnv) $body:block)*
+    ) => {
         $(
             $(#[$meta])*
             mod $name {
@@ -41,15 +48,28 @@ macro_rules! on_both_backends {
                 // (history.rs has a `check`).
                 fn on_this_backend($env: &TestEnv) $body
                 #[test]
+                #[cfg_attr(not($needs), ignore = $why)]
                 fn file() {
                     on_this_backend(&TestEnv::new())
                 }
                 #[test]
+                #[cfg_attr(
+                    not(mama_postgres),
+                    ignore = "needs a PostgreSQL server run as the postgres user: run as root \
+                              after tests/install-tools"
+                )]
+                #[cfg_attr(all(mama_postgres, not($needs)), ignore = $why)]
                 fn postgres() {
                     on_this_backend(&TestEnv::postgres())
                 }
             }
         )*
+    };
+    ($($(#[$meta:meta])* fn $name:ident($env:ident: &TestEnv) $body:block)*) => {
+        $crate::on_both_backends! {
+            #![needs(all(), "")]
+            $($(#[$meta])* fn $name($env: &TestEnv) $body)*
+        }
     };
 }
 
@@ -123,6 +143,16 @@ pub fn remove_mama_env(cmd: &mut Command) {
     }
 }
 
+/// The `mama` at `bin` against `state` (a state file or a database URL),
+/// in an environment of its own: no MAMA_* from outside, no colour. The
+/// tests ([`TestEnv::cmd`]) and the benchmarks (benches/) add to it.
+pub fn mama_command(bin: impl AsRef<OsStr>, state: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(bin);
+    remove_mama_env(&mut cmd);
+    cmd.env("MAMA_STATE", state).env("NO_COLOR", "1");
+    cmd
+}
+
 impl TestEnv {
     pub fn new() -> TestEnv {
         let dir = tempfile::tempdir().expect("temporary folder");
@@ -161,11 +191,8 @@ impl TestEnv {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(MAMA);
-        remove_mama_env(&mut cmd);
-        cmd.env("MAMA_STATE", &self.state)
-            .env("MAMA_POLL_INTERVAL", "0.2")
-            .env("NO_COLOR", "1")
+        let mut cmd = mama_command(MAMA, &self.state);
+        cmd.env("MAMA_POLL_INTERVAL", "0.2")
             .args(args)
             .stdin(Stdio::null());
         cmd

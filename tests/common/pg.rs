@@ -1,8 +1,9 @@
 //! A real PostgreSQL server for the tests, run as the unprivileged
 //! `postgres` user from a temporary folder.
 //!
-//! One server is shared by all tests of a test binary ([`server`],
-//! [`fresh_database`]): it listens only on a unix socket in its folder.
+//! One server is shared by all tests of the test binary, whatever their
+//! area ([`server`], [`fresh_database`]), each test in a database of its
+//! own: it listens only on a unix socket in its folder.
 //! A test that needs TCP (other hosts, see [`super::netns`]) or that stops
 //! and restarts the server starts its own with [`server_on`] or
 //! [`Server::start`]; it is stopped when dropped.
@@ -21,7 +22,7 @@ use std::sync::mpsc::{Sender, channel};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use super::{LIMIT, wait_until};
+use super::{LIMIT, probe, wait_until};
 
 /// The OS user that runs every server.
 pub const OS_USER: &str = "postgres";
@@ -30,30 +31,16 @@ pub const ROLE: &str = "mama";
 /// The port of every server (its unix socket is `.s.PGSQL.5432`).
 pub const PORT: u16 = 5432;
 
-/// The folder of the server's programs: `$MAMA_TEST_PG_BIN`, or Debian's
-/// newest `/usr/lib/postgresql/VERSION/bin`.
+/// The folder of the server's programs (see [`probe::postgres_bin_dir`]).
 pub fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("MAMA_TEST_PG_BIN") {
-        return PathBuf::from(dir);
-    }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("postgres").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    match found.pop() {
-        Some((_, bin)) => bin,
-        None => panic!(
-            "no PostgreSQL server in /usr/lib/postgresql/*/bin: install the \
-             `postgresql` package (.ci/run does) or set MAMA_TEST_PG_BIN"
-        ),
-    }
+    probe::postgres_bin_dir().unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL server (initdb and postgres) in $MAMA_TEST_PG_BIN, {}/*/bin or on \
+             PATH: install the `postgresql` package (tests/install-tools does) or set \
+             MAMA_TEST_PG_BIN",
+            probe::DEBIAN_POSTGRESQL
+        )
+    })
 }
 
 /// Where servers keep their folders: `$MAMA_TEST_PG_TMP`, else /dev/shm if
