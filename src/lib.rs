@@ -39,6 +39,7 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod exit;
+pub mod format;
 pub mod model;
 pub mod os;
 pub mod settings;

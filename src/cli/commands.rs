@@ -4,7 +4,6 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::backend::file::doc::XmlLab;
 use crate::backend::{JobLocks, LockPatience, Store};
 use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
@@ -14,6 +13,7 @@ use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
+use crate::format::doc::XmlLab;
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
 use crate::model::{JobRecord, Lab, Machine, NewMachine};
@@ -592,7 +592,7 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
     use std::io::Read;
     // Read up to one byte past the limit: an endless stream (`/dev/zero`,
     // `yes | mama import -`) stops there.
-    let limit = crate::backend::file::doc::MAX_DOCUMENT;
+    let limit = crate::format::doc::MAX_DOCUMENT;
     let mut bytes = Vec::new();
     let read = if file == Path::new("-") {
         std::io::stdin().take(limit + 1).read_to_end(&mut bytes)

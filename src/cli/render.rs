@@ -50,7 +50,7 @@ fn is_raw_in_json(c: char) -> bool {
 /// control C2 80 to C2 9F. Most text has neither byte, which a look at its
 /// bytes says quickly.
 fn may_hold_raw_controls(text: &str) -> bool {
-    crate::backend::file::xml::any_byte(text.as_bytes(), |b| (b == 0x7f) | (b == 0xc2))
+    crate::format::xml::any_byte(text.as_bytes(), |b| (b == 0x7f) | (b == 0xc2))
 }
 
 /// Writes `value` to `out` as pretty JSON, with what [`json_safe`] escapes

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
 use crate::model::JobRecord;
 use crate::os;
 
@@ -92,4 +93,23 @@ impl Event {
         self.detail = Some(detail.into());
         self
     }
+}
+
+/// Events as JSON lines.
+pub fn encode(events: &[Event]) -> Result<String, Error> {
+    let mut text = String::new();
+    for event in events {
+        let line = serde_json::to_string(event)
+            .map_err(|e| Error::Invalid(format!("cannot encode an event: {e}")))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// Events from JSON lines; a line that is not an event is skipped.
+pub fn decode(text: &str) -> Vec<Event> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
 }

@@ -59,24 +59,7 @@ pub struct History {
     path: PathBuf,
 }
 
-/// Events as JSON lines.
-pub fn encode(events: &[Event]) -> Result<String> {
-    let mut text = String::new();
-    for event in events {
-        let line = serde_json::to_string(event)
-            .map_err(|e| Error::Invalid(format!("cannot encode an event: {e}")))?;
-        text.push_str(&line);
-        text.push('\n');
-    }
-    Ok(text)
-}
-
-/// Events from JSON lines; a line that is not an event is skipped.
-pub fn decode(text: &str) -> Vec<Event> {
-    text.lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
+pub use crate::model::event::{decode, encode};
 
 /// The end of the log, as [`scan_back`] reads it.
 struct Tail {

@@ -30,14 +30,12 @@
 //! [`crate::backend::file::fsutil`]: never through a link, and never in a
 //! folder put in its place since.
 
-pub mod doc;
 pub mod fsutil;
 pub mod journal;
 pub mod lock;
 mod locks;
 pub mod log;
 pub mod rollforward;
-pub mod xml;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata};
@@ -50,9 +48,9 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 
 use super::{LockPatience, Snapshot};
+use crate::format::doc::{self, XmlLab};
 use crate::model::Lab;
 use crate::model::event::Event;
-use doc::XmlLab;
 use fsutil::Dir;
 use journal::{Identity, Journal, Record};
 use lock::{FileLock, LockFile, Mode};

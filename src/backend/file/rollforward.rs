@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
 /// The longest copy read back: two state files and the header.
-const MAX_COPY: u64 = 2 * super::doc::MAX_DOCUMENT + 4096;
+const MAX_COPY: u64 = 2 * crate::format::doc::MAX_DOCUMENT + 4096;
 
 const HEADER_1: &str = "mama roll-forward 1";
 const HEADER_2: &str = "mama roll-forward 2";

@@ -26,8 +26,8 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use super::{LAB_LOCK, LOCK_SPACE, connect, db_error};
 use crate::backend::Lease;
-use crate::backend::file::doc::XmlLab;
 use crate::error::{Error, Result};
+use crate::format::doc::XmlLab;
 use crate::model::JobRecord;
 use crate::settings::url::DbUrl;
 

@@ -8,12 +8,12 @@ use postgres::{Client, GenericClient, IsolationLevel};
 use super::{LOCK_SPACE, Look, PLACE_SPACE, PgStore, Row, Wanted};
 use super::{db_error, schema};
 use crate::backend::Snapshot;
-use crate::backend::file::doc::XmlLab;
 use crate::error::{Error, Result};
+use crate::format::doc::XmlLab;
 use crate::model::event::{Event, Kind};
 
 impl PgStore {
-    pub(super) fn corrupt(&self, e: crate::backend::file::xml::ParseError) -> Error {
+    pub(super) fn corrupt(&self, e: crate::format::xml::ParseError) -> Error {
         Error::Corrupt {
             path: self.url.shown.clone().into(),
             location: None,

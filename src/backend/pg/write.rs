@@ -9,8 +9,8 @@ use postgres::error::SqlState;
 
 use super::{LAB_LOCK, LOCK_SPACE, PgStore};
 use super::{db_error, is_connection_loss, schema};
-use crate::backend::file::doc::XmlLab;
 use crate::error::{Error, Result};
+use crate::format::doc::XmlLab;
 use crate::model::event::Event;
 use crate::model::{Change, Lab};
 

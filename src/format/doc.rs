@@ -1,6 +1,6 @@
 //! The state file's document: the upstream
 //! `<settings><machine>…</machine></settings>` format, over the lossless
-//! tree of [`crate::backend::file::xml`].
+//! tree of [`crate::format::xml`].
 //!
 //! A machine is an element of the tree; its fields are its child elements.
 //! [`XmlLab::model`] reads the plain [`Lab`] the engine works on, and
@@ -722,7 +722,7 @@ impl XmlLab {
         self.doc
             .root
             .child(PENDING_EVENTS)
-            .map_or_else(Vec::new, |e| super::log::decode(&e.text()))
+            .map_or_else(Vec::new, |e| crate::model::event::decode(&e.text()))
     }
 
     /// Replaces the pending events; none removes the element.
@@ -734,7 +734,7 @@ impl XmlLab {
             }
             return Ok(());
         }
-        let text = super::log::encode(events)?;
+        let text = crate::model::event::encode(events)?;
         self.set_top_level(PENDING_EVENTS, &text);
         Ok(())
     }
@@ -965,7 +965,7 @@ mod tests {
 mod damaged_file_tests {
     use super::*;
 
-    const UPSTREAM: &str = include_str!("../../../testdata/upstream.xml");
+    const UPSTREAM: &str = include_str!("../../testdata/upstream.xml");
 
     /// Damages `text` the ways files get damaged: bytes flipped, cut short,
     /// markup characters dropped in, lines duplicated.
@@ -1400,97 +1400,6 @@ mod lazy_tests {
             }
         }
         assert!(edited > 300, "only {edited} transactions changed anything");
-    }
-
-    /// The journal (see [`crate::backend::file::journal`]): transactions
-    /// that change only jobs and queues go into records, read back from
-    /// the file and replayed onto the state file as read; any other folds
-    /// the journal into a new state file. At every step the lab read with
-    /// its journal writes what the eager tree, changed directly, writes.
-    #[test]
-    fn random_job_edits_through_the_journal_write_what_the_tree_writes() {
-        use crate::backend::file::journal::{self, Identity, Journal, Record};
-        let mut rng = Prng(0x0123_4567_89AB_CDEF);
-        let mut added = 0;
-        let (mut journaled, mut folded) = (0, 0);
-        for round in 0..300 {
-            let text = random_lab(&mut rng);
-            let (Ok(mut lazy), Ok(mut eager)) = (XmlLab::parse(&text), XmlLab::parse_eager(&text))
-            else {
-                continue;
-            };
-            let mut base = text.clone();
-            let file = tempfile::tempfile().unwrap();
-            let mut written = Journal::read(&file, Identity::default(), None).unwrap();
-            for step in 0..8 {
-                let mut lab = lazy.take_model();
-                if rng.one_in(4) {
-                    random_changes(&mut rng, &mut lab, &mut added);
-                } else {
-                    // A run's claim, release or queue, on a random machine.
-                    let names: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
-                    let Some(name) = names.get(rng.below(names.len().max(1))).cloned() else {
-                        break;
-                    };
-                    let _ = lab.get_mut(&name).and_then(|mut m| match rng.below(3) {
-                        0 => m.set_job(&JobRecord {
-                            label: rng.pick(VALUES).to_string(),
-                            pid: Some(rng.below(100_000) as u32 + 1),
-                            timestamp: Some(1_700_000_000),
-                            // Drawing no number keeps the rounds as they were.
-                            user: Some("user".to_string()),
-                            host: rng.one_in(2).then(|| "host".to_string()),
-                            origin: rng.one_in(2).then(|| crate::os::Origin {
-                                boot: "b".into(),
-                                pidns: 1,
-                                start: 2,
-                            }),
-                        }),
-                        1 => m.clear_job(),
-                        _ => m.set(Field::JobQueue, rng.pick(VALUES)),
-                    });
-                }
-                eager.apply(lab.changes()).unwrap();
-                let want = eager.to_xml();
-                if XmlLab::parse_eager(&want).is_err() {
-                    break;
-                }
-                let changes = lab.changes().to_vec();
-                if !changes.is_empty() && changes.iter().all(journal::may_journal) {
-                    let record = Record::new(changes, &[]).unwrap();
-                    written
-                        .append(&file, &record, false, "0123456789abcdef")
-                        .unwrap();
-                    // Another process: the state file as read, its journal
-                    // read back and replayed.
-                    let mut read = XmlLab::parse(&base).unwrap();
-                    let again = Journal::read(&file, Identity::default(), None).unwrap();
-                    assert_eq!(again.records.len(), written.records.len());
-                    for record in &again.records {
-                        read.apply(&record.changes).unwrap();
-                    }
-                    let got = read.render().unwrap().concat();
-                    assert_eq!(got, want, "round {round}.{step}: from {base}");
-                    lazy.apply(lab.changes()).unwrap();
-                    journaled += 1;
-                } else {
-                    // A fold: the state file written whole, the journal
-                    // emptied.
-                    lazy.apply(lab.changes()).unwrap();
-                    let got = lazy.render().unwrap().concat();
-                    assert_eq!(got, want, "round {round}.{step}: from {base}");
-                    base = got;
-                    file.set_len(0).unwrap();
-                    written = Journal::read(&file, Identity::default(), None).unwrap();
-                    lazy = XmlLab::parse(&base).unwrap();
-                    folded += 1;
-                }
-            }
-        }
-        assert!(
-            journaled > 500 && folded > 200,
-            "{journaled} journaled, {folded} folded"
-        );
     }
 
     #[test]
