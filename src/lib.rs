@@ -10,11 +10,13 @@
 //! - [`model`]: the lab as plain data that records its changes at the level
 //!   of a field ([`model::field`]: the fields and the checks on what users
 //!   give; [`model::event`]: the history's events);
-//! - [`backend`]: where the lab is stored, behind one interface
-//!   ([`backend::Store`], [`backend::JobLocks`]); [`backend::file`] is the
-//!   XML state file: transactions, over [`backend::file::doc`] (the upstream
-//!   format, replaying changes onto [`backend::file::xml`], a lossless
-//!   tree), [`backend::file::log`] (the history log),
+//! - [`format`](mod@format): upstream's XML format, which both backends keep the lab
+//!   in: [`format::xml`] (a lossless tree and its readers) and
+//!   [`format::doc`] (the machine document, replaying the lab's changes);
+//! - [`backend`]: where the lab is stored, behind one trait
+//!   ([`backend::Backend`], [`backend::JobLocks`]) chosen once
+//!   ([`backend::Store`]); [`backend::file`] is the XML state file:
+//!   transactions, [`backend::file::log`] (the history log),
 //!   [`backend::file::lock`] (the only code that calls `flock`),
 //!   [`backend::file::rollforward`] (crash safety of writes in place) and
 //!   [`backend::file::fsutil`] (opening files beside the state file safely,

@@ -94,7 +94,7 @@ pub enum Transaction<'a> {
     /// yet or `replace` says; a state file keeps its own. Creates the lab
     /// where there is none.
     ///
-    /// [`XmlLab::skeleton`]: file::doc::XmlLab::skeleton
+    /// [`XmlLab::skeleton`]: crate::format::doc::XmlLab::skeleton
     Import { skeleton: &'a str, replace: bool },
 }
 
