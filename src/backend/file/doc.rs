@@ -145,9 +145,51 @@ struct Machines<'s> {
     next: usize,
 }
 
+/// The tags of the fields, by [`Field::index`]: the children a machine's
+/// skimmer expects.
+const TAGS: [&str; Field::ALL.len()] = {
+    let mut tags = [""; Field::ALL.len()];
+    let mut i = 0;
+    while i < tags.len() {
+        tags[i] = Field::ALL[i].tag();
+        i += 1;
+    }
+    tags
+};
+
+impl Machines<'_> {
+    /// That the machine in `slot` has `field`, its text `text`.
+    fn read(&mut self, slot: u32, field: Field, text: Cow<'_, str>, structured: bool) {
+        let Some(machine) = self.list.get_mut(slot as usize) else {
+            return;
+        };
+        // An empty field is the empty span: any source has it.
+        if text.is_empty() && machine.read_span(field, 0, 0, structured) {
+            return;
+        }
+        if let Cow::Borrowed(piece) = text
+            && let Some((start, end)) = xml::offsets_in(self.source, piece)
+            && machine.read_span(field, start, end, structured)
+        {
+            return;
+        }
+        machine.read_text(field, text.into_owned(), structured);
+    }
+}
+
 impl Skimmer for Machines<'_> {
     fn skims(&mut self, name: &str) -> bool {
         name == MACHINE
+    }
+
+    fn known(&self) -> &[&'static str] {
+        &TAGS
+    }
+
+    fn known_child(&mut self, slot: u32, index: usize, text: Cow<'_, str>, structured: bool) {
+        if let Some(&field) = Field::ALL.get(index) {
+            self.read(slot, field, text, structured);
+        }
     }
 
     fn reset(&mut self) {
@@ -169,20 +211,7 @@ impl Skimmer for Machines<'_> {
             },
         };
         self.next = field.index() + 1;
-        let Some(machine) = self.list.get_mut(slot as usize) else {
-            return;
-        };
-        // An empty field is the empty span: any source has it.
-        if text.is_empty() && machine.read_span(field, 0, 0, structured) {
-            return;
-        }
-        if let Cow::Borrowed(piece) = text
-            && let Some((start, end)) = xml::offsets_in(self.source, piece)
-            && machine.read_span(field, start, end, structured)
-        {
-            return;
-        }
-        machine.read_text(field, text.into_owned(), structured);
+        self.read(slot, field, text, structured);
     }
 }
 
