@@ -293,9 +293,7 @@ impl Element {
 
     /// The index in `children` of the first child element called `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.children
-            .iter()
-            .position(|n| n.element_name() == Some(name))
+        self.children.iter().position(|n| n.is_element_named(name))
     }
 
     /// Inserts `element` as a child: right after the child at index `after`,
@@ -398,6 +396,17 @@ impl Node {
     /// Whether this is an element, built or [`Lazy`].
     pub fn is_element(&self) -> bool {
         matches!(self, Node::Element(_) | Node::Lazy(_))
+    }
+
+    /// Whether this is an element called `name`, built or [`Lazy`] (whose
+    /// text, scattered over a large document, is looked at only when the
+    /// name's length matches).
+    pub fn is_element_named(&self, name: &str) -> bool {
+        match self {
+            Node::Element(e) => e.name == name,
+            Node::Lazy(lazy) => lazy.name_len as usize == name.len() && lazy.name() == name,
+            _ => false,
+        }
     }
 
     /// The name of an element, built or [`Lazy`].
@@ -589,6 +598,7 @@ impl Document {
             source: self.origin.as_ref().map(|(source, ..)| source),
             parts: Vec::new(),
             run: None,
+            broken: false,
         };
         if self.bom {
             out.parts.push(Cow::Borrowed("\u{feff}"));
@@ -607,6 +617,10 @@ impl Document {
         }
         self.epilog.iter().for_each(|node| out.node(node));
         out.flush();
+        if out.broken {
+            // Never so (spans are cut from their text), but never a piece lost.
+            return vec![Cow::Owned(self.write())];
+        }
         out.parts
     }
 }
@@ -617,13 +631,19 @@ struct Pieces<'d> {
     source: Option<&'d Source>,
     parts: Vec<Cow<'d, str>>,
     run: Option<(usize, usize)>,
+    /// A run that was not text of the source.
+    broken: bool,
 }
 
 impl<'d> Pieces<'d> {
     fn node(&mut self, node: &'d Node) {
+        // Only the run as a whole is cut from the source (in `flush`): a
+        // look at each node's ends, scattered over a large source that is
+        // no longer in the processor's caches, cost more than the rest.
         if let Some(source) = self.source
             && let Some((start, end)) = node.span_in(source)
-            && source.get(start..end).is_some()
+            && start <= end
+            && end <= source.len()
         {
             self.run = match self.run {
                 Some((from, to)) if to == start => Some((from, end)),
@@ -645,10 +665,11 @@ impl<'d> Pieces<'d> {
     }
 
     fn flush(&mut self) {
-        if let (Some(source), Some((from, to))) = (self.source, self.run.take())
-            && let Some(text) = source.get(from..to)
-        {
-            self.parts.push(Cow::Borrowed(text));
+        if let (Some(source), Some((from, to))) = (self.source, self.run.take()) {
+            match source.get(from..to) {
+                Some(text) => self.parts.push(Cow::Borrowed(text)),
+                None => self.broken = true,
+            }
         }
     }
 }
