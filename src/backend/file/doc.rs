@@ -927,6 +927,24 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_holding_carriage_returns_reads_alike_once_built() {
+        let text = "<settings>\r\n  <machine>\r\n    <name>a</name>\r\n    <ip>x\r\ny</ip>\r\n  </machine>\r\n</settings>\r\n";
+        let mut lab = XmlLab::parse(text).unwrap();
+        assert_eq!(lab.model().get("a").unwrap().get(Field::Ip), "x\ny");
+        // A change builds the skimmed machine from its text.
+        let mut model = lab.take_model();
+        model.get_mut("a").unwrap().set(Field::Os, "z").unwrap();
+        lab.apply(model.changes()).unwrap();
+        let built = lab.model();
+        assert_eq!(built.get("a").unwrap().get(Field::Ip), "x\ny");
+        assert_eq!(built.get("a").unwrap().get(Field::Os), "z");
+        let written = lab.render().unwrap().concat();
+        assert!(written.contains("<ip>x\r\ny</ip>"), "{written}");
+        let again = XmlLab::parse(&written).unwrap().model();
+        assert_eq!(again.get("a").unwrap().get(Field::Ip), "x\ny");
+    }
+
+    #[test]
     fn php_compat_is_on_unless_it_says_0() {
         let with = |element: &str| {
             XmlLab::parse(&UPSTREAM.replace("<settings>", &format!("<settings>{element}")))

@@ -160,8 +160,10 @@ impl Lazy {
     /// own mistake.
     pub fn build(&self) -> Result<Element, ParseError> {
         let source: Source = Arc::new(self.raw.to_string());
-        let fast = Fast::over(&source);
-        match fast.element(0, 1) {
+        // A carriage return is the general reader's to read (it makes line
+        // ends of them), as in a whole document (see `Fast::document`).
+        let plain = !source.as_bytes().contains(&b'\r');
+        match plain.then(|| Fast::over(&source).element(0, 1)).flatten() {
             Some((element, end)) if end == source.len() => Ok(element),
             _ => Document::parse(&source).map(|doc| doc.root),
         }
