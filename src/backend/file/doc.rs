@@ -240,8 +240,7 @@ impl XmlLab {
     pub fn read(source: Source) -> Result<XmlLab, ParseError> {
         let mut machines = Machines {
             source: &source,
-            // A machine takes some 400 bytes of text or more.
-            list: Vec::with_capacity(source.len() / 400 + 1),
+            list: Vec::with_capacity(machine_capacity(source.len())),
             next: 0,
         };
         let doc = Document::parse_lazy(Arc::clone(&source), &mut machines)?;
@@ -253,6 +252,14 @@ impl XmlLab {
             renamed: false,
             found: Default::default(),
         })
+    }
+
+    /// The memory that reading a text of `len` bytes reserves after the
+    /// text, as a rule: its machines and the root's nodes, each reserved
+    /// once (see [`super::memory::populate`]).
+    pub fn room_for(len: usize) -> usize {
+        machine_capacity(len) * std::mem::size_of::<Machine>()
+            + xml::root_capacity(len) * std::mem::size_of::<Node>()
     }
 
     /// [`XmlLab::parse`] building the whole tree: what the lazy reading is
@@ -818,6 +825,12 @@ fn built(node: &Node) -> Result<Element, ParseError> {
             message: "internal error: not an element".into(),
         }),
     }
+}
+
+/// How many machines reading a text of `len` bytes reserves room for: a
+/// machine takes some 400 bytes of text or more.
+fn machine_capacity(len: usize) -> usize {
+    len / 400 + 1
 }
 
 /// A built `<machine>` as the engine sees it.

@@ -686,7 +686,7 @@ impl FileStore {
         // growing the buffer by doubling would copy it and hold twice it.
         let size = usize::try_from(meta.len()).unwrap_or(0);
         let mut bytes = Vec::with_capacity(size.saturating_add(1));
-        memory::populate(&mut bytes);
+        memory::populate(&mut bytes, XmlLab::room_for(size));
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut bytes))
             .map_err(|e| Error::io("read", &self.path, e))?;

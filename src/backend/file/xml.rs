@@ -1199,6 +1199,14 @@ impl Vocabulary {
     }
 }
 
+/// How many nodes the fast path reserves among the root's children for a
+/// text of `len` bytes: about two a machine of some 400 bytes, reserved
+/// once, not grown by doubling (each doubling copies and touches new
+/// memory).
+pub fn root_capacity(len: usize) -> usize {
+    len / 200 + 4
+}
+
 /// The fast path of [`Document::parse_lazy`]: a scanner for the plain XML
 /// that mama and upstream write, several times quicker than the general
 /// reader on a large lab. It takes only what it knows the general reader
@@ -1721,9 +1729,7 @@ impl<'t> Fast<'t> {
         let (root_from, root_to) = (at + 1, root_name_end);
         let content_start = root_end;
         at = root_end;
-        // About two nodes a machine of some 400 bytes: reserved once, not
-        // grown by doubling (each doubling copies and touches new memory).
-        let mut children = Vec::with_capacity(bytes.len() / 200 + 4);
+        let mut children = Vec::with_capacity(root_capacity(bytes.len()));
         let content_end = loop {
             let space = self.space_end(at);
             if space > at {
