@@ -109,9 +109,12 @@ impl Names {
             odd: Vec::new(),
         };
         for machine in machines {
+            // Told from the machine's slot, without a look at the text
+            // (scattered over megabytes, out of the processor's caches).
             let span = match machine.has(Field::Name) {
                 false => NO_NAME,
-                true => match xml::offsets_in(source, machine.name())
+                true => match machine
+                    .span(Field::Name)
                     .and_then(|(a, b)| Some((u32::try_from(a).ok()?, u32::try_from(b).ok()?)))
                 {
                     Some(span) if span.0 != u32::MAX => span,
@@ -958,6 +961,45 @@ mod tests {
     }
 
     #[test]
+    fn two_machines_of_one_name_are_refused_however_written() {
+        let lab = |names: &[&str]| {
+            let machines: String = names
+                .iter()
+                .map(|name| format!("\n  <machine>\n    {name}\n    <os>x</os>\n  </machine>"))
+                .collect();
+            format!("<?xml version=\"1.0\"?>\n<settings>{machines}\n</settings>\n")
+        };
+        let refused = |names: &[&str], name: &str| {
+            let text = lab(names);
+            for read in [XmlLab::parse(&text), XmlLab::parse_eager(&text)] {
+                let err = read.expect_err(&text);
+                assert_eq!(err.message, format!("two machines are named '{name}'"), "{text}");
+            }
+        };
+        let taken = |names: &[&str]| {
+            let text = lab(names);
+            assert!(XmlLab::parse(&text).is_ok(), "{text}");
+            assert!(XmlLab::parse_eager(&text).is_ok(), "{text}");
+        };
+        refused(&["<name>a</name>", "<name>b</name>", "<name>a</name>"], "a");
+        // Written with references, by the fast path's and by the reader's.
+        refused(&["<name>a&amp;b</name>", "<name>a&amp;b</name>"], "a&b");
+        refused(&["<name>a&amp;b</name>", "<name>a&#38;b</name>"], "a&b");
+        refused(&["<name>a&#38;b</name>", "<name>a&amp;b</name>"], "a&b");
+        // A machine's first name is its name.
+        refused(&["<name>b</name><name>a</name>", "<name>b</name>"], "b");
+        taken(&["<name>a</name><name>b</name>", "<name>b</name>"]);
+        // Machines without a name, or with an empty one, are no clash.
+        taken(&["<name/>", "<name></name>", "<os/>", "<os/>", "<name>ab</name>", "<name>a</name>"]);
+        // Among many, the last and the first.
+        let many: Vec<String> = (0..2000).map(|n| format!("<name>m{n}</name>")).collect();
+        let mut names: Vec<&str> = many.iter().map(String::as_str).collect();
+        taken(&names);
+        names.push("<name>m0</name>");
+        refused(&names, "m0");
+    }
+
+    #[test]
     fn php_compat_is_on_unless_it_says_0() {
         let with = |element: &str| {
             XmlLab::parse(&UPSTREAM.replace("<settings>", &format!("<settings>{element}")))
@@ -1193,6 +1235,8 @@ mod lazy_tests {
             }
             let content = match tag {
                 "name" if rng.one_in(6) => format!("m&amp;{n}"),
+                // Now and then a name another machine has too.
+                "name" if rng.one_in(40) => "m0".to_string(),
                 "name" => format!("m{n}"),
                 "mac" => format!("aa:bb:cc:dd:{:02x}:{:02x}", n / 256 % 256, n % 256),
                 _ => rng.pick(CONTENTS).to_string(),
