@@ -60,7 +60,17 @@ pub struct XmlLab {
     /// that replaying a journal's changes does not search the whole lab
     /// for each.
     found: std::cell::RefCell<std::collections::HashMap<Box<str>, usize>>,
+    /// Where the first root child named each of [`OWN`] stands, found in
+    /// one look over the root's children and kept until a node is put in
+    /// or taken out among them ([`XmlLab::moved`]): a lookup by name looks
+    /// at every child, twenty thousand on a large lab, and a transaction
+    /// makes a handful. Each place found is checked again at use.
+    own: std::cell::Cell<Option<[Option<u32>; OWN.len()]>>,
 }
+
+/// The top-level elements looked up by name: mama's own, and the one that
+/// says PHP mama shares the file.
+const OWN: [&str; 4] = [EVENT_SEQ, PENDING_EVENTS, JOURNAL_FOLDED, PHP_COMPAT];
 
 /// A quick hash for machine names (FxHash's multiply and rotate, eight
 /// bytes at a time): checking ten thousand names for a duplicate with
@@ -229,6 +239,7 @@ impl XmlLab {
             names: Names::default(),
             renamed: false,
             found: Default::default(),
+            own: Default::default(),
         }
     }
 
@@ -254,6 +265,7 @@ impl XmlLab {
             machines,
             renamed: false,
             found: Default::default(),
+            own: Default::default(),
         })
     }
 
@@ -275,6 +287,7 @@ impl XmlLab {
             names: Names::default(),
             renamed: false,
             found: Default::default(),
+            own: Default::default(),
         })
     }
 
@@ -498,6 +511,7 @@ impl XmlLab {
                 let at = self.position_of(name).ok_or_else(|| unknown(name))?;
                 // Its line goes with it.
                 self.doc.root.remove_child(at);
+                self.moved();
             }
         }
         Ok(())
@@ -595,6 +609,7 @@ impl XmlLab {
             .iter()
             .rposition(is_machine);
         self.doc.root.insert_element(last_machine, machine, "  ");
+        self.moved();
     }
 
     /// The lab of these machine elements (each `<machine>…</machine>` as
@@ -722,6 +737,7 @@ impl XmlLab {
         for node in parts.machine_nodes() {
             let last = lab.doc.root.children.iter().rposition(Node::is_element);
             lab.doc.root.insert_element(last, built(node)?, "  ");
+            lab.moved();
         }
         lab.renamed = true;
         Ok(lab)
@@ -742,31 +758,27 @@ impl XmlLab {
     /// Whether the file says that PHP mama shares it: a top-level
     /// `<php_compat>` that does not hold `0`.
     pub fn php_compat(&self) -> bool {
-        self.doc
-            .root
-            .child(PHP_COMPAT)
+        self.own_element(PHP_COMPAT)
             .is_some_and(|e| e.text().trim() != "0")
     }
 
     /// The number of the last event this state committed, if any.
     pub fn event_seq(&self) -> Option<u64> {
-        self.doc.root.child(EVENT_SEQ)?.text().trim().parse().ok()
+        self.own_element(EVENT_SEQ)?.text().trim().parse().ok()
     }
 
     /// The committed events the state holds until they move to the log.
     pub fn pending_events(&self) -> Vec<Event> {
-        self.doc
-            .root
-            .child(PENDING_EVENTS)
+        self.own_element(PENDING_EVENTS)
             .map_or_else(Vec::new, |e| super::log::decode(&e.text()))
     }
 
     /// Replaces the pending events; none removes the element.
     pub fn set_pending_events(&mut self, events: &[Event]) -> Result<(), Error> {
-        let at = self.doc.root.position(PENDING_EVENTS);
         if events.is_empty() {
-            if let Some(at) = at {
+            if let Some(at) = self.own_at(PENDING_EVENTS) {
                 self.doc.root.remove_child(at);
+                self.moved();
             }
             return Ok(());
         }
@@ -778,9 +790,7 @@ impl XmlLab {
     /// The token of the last journal folded into this state.
     pub fn journal_folded(&self) -> Option<String> {
         let text = self
-            .doc
-            .root
-            .child(JOURNAL_FOLDED)?
+            .own_element(JOURNAL_FOLDED)?
             .text()
             .trim()
             .to_string();
@@ -793,8 +803,9 @@ impl XmlLab {
 
     /// Drops the token of a folded journal once no journal is left.
     pub fn forget_journal_folded(&mut self) {
-        if let Some(at) = self.doc.root.position(JOURNAL_FOLDED) {
+        if let Some(at) = self.own_at(JOURNAL_FOLDED) {
             self.doc.root.remove_child(at);
+            self.moved();
         }
     }
 
@@ -805,13 +816,69 @@ impl XmlLab {
     /// Sets one of mama's own top-level elements, adding it after the last
     /// element when missing.
     fn set_top_level(&mut self, tag: &str, value: &str) {
-        match self.doc.root.child_mut(tag) {
-            Some(element) => element.set_text(value),
-            None => self
-                .doc
-                .root
-                .push_element(Element::with_text(tag, value), "  "),
+        if let Some(at) = self.own_at(tag)
+            && let Some(Node::Element(element)) = self.doc.root.children.get_mut(at)
+        {
+            element.set_text(value);
+            return;
         }
+        self.doc
+            .root
+            .push_element(Element::with_text(tag, value), "  ");
+        self.moved();
+    }
+
+    /// The first root child element called `tag`, one of [`OWN`].
+    fn own_element(&self, tag: &str) -> Option<&Element> {
+        match self.doc.root.children.get(self.own_at(tag)?)? {
+            Node::Element(element) => Some(element),
+            _ => None,
+        }
+    }
+
+    /// Where the first root child element called `tag` stands, `tag` one
+    /// of [`OWN`]: what `self.doc.root.child(tag)` finds.
+    fn own_at(&self, tag: &str) -> Option<usize> {
+        let which = OWN.iter().position(|own| *own == tag)?;
+        let children = &self.doc.root.children;
+        let is_it = |at: usize| matches!(children.get(at), Some(Node::Element(e)) if e.name == tag);
+        let at = match self.own.get() {
+            Some(places) => match places[which] {
+                Some(at) if is_it(at as usize) => Some(at as usize),
+                None => None,
+                // Not where it was: a move went unsaid. Look again.
+                Some(_) => self.find_own()[which],
+            },
+            None => self.find_own()[which],
+        };
+        debug_assert_eq!(
+            at,
+            children.iter().position(|n| matches!(n, Node::Element(e) if e.name == tag)),
+            "the place of <{tag}>"
+        );
+        at
+    }
+
+    /// Looks for each of [`OWN`] among the root's children, and keeps what
+    /// it finds.
+    fn find_own(&self) -> [Option<usize>; OWN.len()] {
+        let mut places = [None; OWN.len()];
+        for (at, node) in self.doc.root.children.iter().enumerate() {
+            if let Node::Element(element) = node
+                && let Some(which) = OWN.iter().position(|own| element.name == *own)
+                && places[which].is_none()
+            {
+                places[which] = Some(at);
+            }
+        }
+        self.own.set(Some(places.map(|at| at.and_then(|at| u32::try_from(at).ok()))));
+        places
+    }
+
+    /// A node was put in or taken out among the root's children: the
+    /// places of [`OWN`] are looked for again at the next lookup.
+    fn moved(&self) {
+        self.own.set(None);
     }
 }
 
@@ -958,6 +1025,62 @@ mod tests {
         assert!(written.contains("<ip>x\r\ny</ip>"), "{written}");
         let again = XmlLab::parse(&written).unwrap().model();
         assert_eq!(again.get("a").unwrap().get(Field::Ip), "x\ny");
+    }
+
+    #[test]
+    fn mamas_own_elements_are_found_after_every_change() {
+        // Two <event_seq>: the first counts, as for the tree.
+        let text = "<settings>\n  <machine><name>a</name></machine>\n  <machine><name>b</name></machine>\n  <event_seq>3</event_seq>\n  <event_seq>9</event_seq>\n</settings>\n";
+        let mut lab = XmlLab::parse(text).unwrap();
+        let same_as_read = |lab: &XmlLab| {
+            let again = XmlLab::parse_eager(&lab.to_xml()).unwrap();
+            assert_eq!(lab.event_seq(), again.event_seq(), "{}", lab.to_xml());
+            assert_eq!(lab.journal_folded(), again.journal_folded());
+            assert_eq!(lab.pending_events(), again.pending_events());
+            assert_eq!(lab.php_compat(), again.php_compat());
+        };
+        assert_eq!(lab.event_seq(), Some(3));
+        assert_eq!(lab.journal_folded(), None);
+        same_as_read(&lab);
+        // Added, then found again.
+        lab.set_journal_folded("t1");
+        assert_eq!(lab.journal_folded().as_deref(), Some("t1"));
+        lab.set_journal_folded("t2");
+        assert_eq!(lab.journal_folded().as_deref(), Some("t2"));
+        same_as_read(&lab);
+        // A machine and its line taken out before them: the first
+        // <event_seq> moves to where the second stood.
+        let mut model = lab.take_model();
+        model.remove("a").unwrap();
+        lab.apply(model.changes()).unwrap();
+        assert_eq!(lab.event_seq(), Some(3));
+        same_as_read(&lab);
+        // A machine put in before them.
+        let mut model = lab.model();
+        model
+            .add(&NewMachine {
+                name: "c".into(),
+                mac: "02:00:00:00:00:01".into(),
+                ip: String::new(),
+                only_vm: false,
+                resources: String::new(),
+            })
+            .unwrap();
+        lab.apply(model.changes()).unwrap();
+        assert_eq!(lab.event_seq(), Some(3));
+        same_as_read(&lab);
+        let events = vec![Event::new(crate::model::event::Kind::Set, "b")];
+        lab.set_pending_events(&events).unwrap();
+        assert_eq!(lab.pending_events().len(), 1);
+        lab.set_event_seq(4);
+        assert_eq!(lab.event_seq(), Some(4));
+        same_as_read(&lab);
+        lab.set_pending_events(&[]).unwrap();
+        lab.forget_journal_folded();
+        assert!(lab.pending_events().is_empty());
+        assert_eq!(lab.journal_folded(), None);
+        assert_eq!(lab.event_seq(), Some(4));
+        same_as_read(&lab);
     }
 
     #[test]
