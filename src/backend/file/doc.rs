@@ -312,9 +312,7 @@ impl XmlLab {
             HashSet::with_capacity_and_hasher(self.names.spans.len(), Default::default());
         for node in &self.doc.root.children {
             let name = match node {
-                Node::Lazy(lazy) => {
-                    Cow::Borrowed(self.names.get(lazy.slot).unwrap_or(""))
-                }
+                Node::Lazy(lazy) => Cow::Borrowed(self.names.get(lazy.slot).unwrap_or("")),
                 Node::Element(machine) if machine.name == MACHINE => machine
                     .child(Field::Name.tag())
                     .map(|e| e.text())
@@ -437,12 +435,10 @@ impl XmlLab {
                 .children
                 .iter()
                 .filter_map(|node| match node {
-                    Node::Lazy(lazy) => {
-                        match machines.get_mut(lazy.slot as usize) {
-                            Some(machine) => Some(std::mem::take(machine)),
-                            None => lazy.build().ok().map(|e| machine_of(&e)),
-                        }
-                    }
+                    Node::Lazy(lazy) => match machines.get_mut(lazy.slot as usize) {
+                        Some(machine) => Some(std::mem::take(machine)),
+                        None => lazy.build().ok().map(|e| machine_of(&e)),
+                    },
                     Node::Element(element) if element.name == MACHINE => Some(machine_of(element)),
                     _ => None,
                 })
@@ -602,12 +598,7 @@ impl XmlLab {
     /// Puts `machine` after the last machine (on a line of its own,
     /// indented like its siblings).
     fn push_machine(&mut self, machine: Element) {
-        let last_machine = self
-            .doc
-            .root
-            .children
-            .iter()
-            .rposition(is_machine);
+        let last_machine = self.doc.root.children.iter().rposition(is_machine);
         self.doc.root.insert_element(last_machine, machine, "  ");
         self.moved();
     }
@@ -664,11 +655,7 @@ impl XmlLab {
 
     /// The root's machines, built or skimmed, in document order.
     fn machine_nodes(&self) -> impl Iterator<Item = &Node> {
-        self.doc
-            .root
-            .children
-            .iter()
-            .filter(|n| is_machine(n))
+        self.doc.root.children.iter().filter(|n| is_machine(n))
     }
 
     /// The name of one of [`XmlLab::machine_nodes`]; empty when it has none.
@@ -789,11 +776,7 @@ impl XmlLab {
 
     /// The token of the last journal folded into this state.
     pub fn journal_folded(&self) -> Option<String> {
-        let text = self
-            .own_element(JOURNAL_FOLDED)?
-            .text()
-            .trim()
-            .to_string();
+        let text = self.own_element(JOURNAL_FOLDED)?.text().trim().to_string();
         (!text.is_empty()).then_some(text)
     }
 
@@ -853,7 +836,9 @@ impl XmlLab {
         };
         debug_assert_eq!(
             at,
-            children.iter().position(|n| matches!(n, Node::Element(e) if e.name == tag)),
+            children
+                .iter()
+                .position(|n| matches!(n, Node::Element(e) if e.name == tag)),
             "the place of <{tag}>"
         );
         at
@@ -871,7 +856,9 @@ impl XmlLab {
                 places[which] = Some(at);
             }
         }
-        self.own.set(Some(places.map(|at| at.and_then(|at| u32::try_from(at).ok()))));
+        self.own.set(Some(
+            places.map(|at| at.and_then(|at| u32::try_from(at).ok())),
+        ));
         places
     }
 
@@ -1096,7 +1083,11 @@ mod tests {
             let text = lab(names);
             for read in [XmlLab::parse(&text), XmlLab::parse_eager(&text)] {
                 let err = read.expect_err(&text);
-                assert_eq!(err.message, format!("two machines are named '{name}'"), "{text}");
+                assert_eq!(
+                    err.message,
+                    format!("two machines are named '{name}'"),
+                    "{text}"
+                );
             }
         };
         let taken = |names: &[&str]| {
@@ -1113,7 +1104,14 @@ mod tests {
         refused(&["<name>b</name><name>a</name>", "<name>b</name>"], "b");
         taken(&["<name>a</name><name>b</name>", "<name>b</name>"]);
         // Machines without a name, or with an empty one, are no clash.
-        taken(&["<name/>", "<name></name>", "<os/>", "<os/>", "<name>ab</name>", "<name>a</name>"]);
+        taken(&[
+            "<name/>",
+            "<name></name>",
+            "<os/>",
+            "<os/>",
+            "<name>ab</name>",
+            "<name>a</name>",
+        ]);
         // Among many, the last and the first.
         let many: Vec<String> = (0..2000).map(|n| format!("<name>m{n}</name>")).collect();
         let mut names: Vec<&str> = many.iter().map(String::as_str).collect();

@@ -76,7 +76,9 @@ pub fn populate<T>(buffer: &mut Vec<T>, room: usize) {
             };
             let (huge_first, huge_end) = (
                 start.next_multiple_of(HUGE),
-                advised_end.next_multiple_of(HUGE).min(heap_end / HUGE * HUGE),
+                advised_end
+                    .next_multiple_of(HUGE)
+                    .min(heap_end / HUGE * HUGE),
             );
             if huge_end > huge_first {
                 // SAFETY: whole pages of this process's heap, within this

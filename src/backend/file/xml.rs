@@ -1173,7 +1173,11 @@ impl Vocabulary {
     fn of(names: &[&str]) -> Vocabulary {
         let count = names.len();
         Vocabulary {
-            words: names.iter().map(|name| Word::of(name)).chain([Word::NONE]).collect(),
+            words: names
+                .iter()
+                .map(|name| Word::of(name))
+                .chain([Word::NONE])
+                .collect(),
             // At first, the order given.
             after: (1..=count).chain([0]).collect(),
         }
@@ -1480,7 +1484,9 @@ impl<'t> Fast<'t> {
                 .unwrap_or_default()
                 .iter()
                 .enumerate()
-                .fold(0, |bits, (i, &b)| bits | u64::from(TEXT_STOPS[b as usize]) << i),
+                .fold(0, |bits, (i, &b)| {
+                    bits | u64::from(TEXT_STOPS[b as usize]) << i
+                }),
         }
     }
 
@@ -2179,7 +2185,12 @@ mod tests {
             let source: Source = Arc::new(text.to_string());
             let parser = Parser::new(&source);
             let fast = Fast::new(parser.text, &source);
-            let found = fast.document(parser.bom, parser.offset, text.contains('\r'), &mut SkimM(0));
+            let found = fast.document(
+                parser.bom,
+                parser.offset,
+                text.contains('\r'),
+                &mut SkimM(0),
+            );
             let general = Parser::new(&source).parse(&source, Some(&mut SkimM(0)));
             if let Some(doc) = &found {
                 assert_eq!(Ok(doc), general.as_ref(), "{text}");
@@ -2254,10 +2265,9 @@ mod tests {
             for b in &mut block {
                 *b = alphabet[rng.below(alphabet.len())];
             }
-            let by_bytes = block
-                .iter()
-                .enumerate()
-                .fold(0u64, |bits, (i, b)| bits | u64::from(b"<>&".contains(b)) << i);
+            let by_bytes = block.iter().enumerate().fold(0u64, |bits, (i, b)| {
+                bits | u64::from(b"<>&".contains(b)) << i
+            });
             assert_eq!(stop_bits(&block), by_bytes, "{block:?}");
             assert_eq!(stop_bits_by_words(&block), by_bytes, "{block:?}");
         }
@@ -2296,7 +2306,14 @@ mod tests {
         assert_eq!(Word::of("é").len, 0);
         assert_eq!(Word::of("1a").len, 0);
         let mut rng = Rng(0x0000_0A0B_0C0D);
-        let names = ["a", "job", "job_pid", "x-y.z", "start_timeout", "sixteen_bytes_ab"];
+        let names = [
+            "a",
+            "job",
+            "job_pid",
+            "x-y.z",
+            "start_timeout",
+            "sixteen_bytes_ab",
+        ];
         for _ in 0..5000 {
             let name = rng.pick(&names);
             let word = Word::of(name);
@@ -2509,7 +2526,9 @@ mod tests {
                     1 => "a &amp; b".to_string(),
                     2 => "x<in>y</in>z".to_string(),
                     3 => "<in/>".to_string(),
-                    _ => rng.pick(&["1", "fedora", "console=ttyS0,115200 root=/dev/sda1"]).to_string(),
+                    _ => rng
+                        .pick(&["1", "fedora", "console=ttyS0,115200 root=/dev/sda1"])
+                        .to_string(),
                 };
                 let end = match rng.below(40) {
                     0 => name[..name.len() - 1].to_string(),
