@@ -10,9 +10,10 @@
 //!   XML state file: transactions, over [`backend::file::doc`] (the upstream
 //!   format, replaying changes onto [`backend::file::xml`], a lossless
 //!   tree), [`backend::file::log`] (the history log),
-//!   [`backend::file::lock`] (the only code that calls `flock`) and
+//!   [`backend::file::lock`] (the only code that calls `flock`),
 //!   [`backend::file::fsutil`] (opening files beside the state file safely,
-//!   atomic writes);
+//!   atomic writes) and [`backend::file::memory`] (how a large lab's memory
+//!   is asked for);
 //! - [`engine`]: [`engine::claim`] (busy rules, claim, release, waiting),
 //!   [`engine::stale`] (is a job stale), [`engine::supervise`] (the job's
 //!   process), [`engine::os`] (processes, users, host);
