@@ -18,9 +18,10 @@
 //!   ([`backend::Store`]); [`backend::file`] is the XML state file:
 //!   transactions, [`backend::file::log`] (the history log),
 //!   [`backend::file::lock`] (the only code that calls `flock`),
-//!   [`backend::file::rollforward`] (crash safety of writes in place) and
+//!   [`backend::file::rollforward`] (crash safety of writes in place),
 //!   [`backend::file::fsutil`] (opening files beside the state file safely,
-//!   atomic writes); [`backend::pg`] is a PostgreSQL database;
+//!   atomic writes) and [`backend::file::memory`] (how a large lab's memory
+//!   is asked for); [`backend::pg`] is a PostgreSQL database;
 //! - [`engine`]: [`engine::claim`] (busy rules, claim, release, waiting),
 //!   [`engine::stale`] (is a job stale), [`engine::supervise`] (the job's
 //!   process), [`engine::manual`] (clear, reserve, release by hand);

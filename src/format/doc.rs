@@ -65,7 +65,17 @@ pub struct XmlLab {
     /// that replaying a journal's changes does not search the whole lab
     /// for each.
     found: std::cell::RefCell<std::collections::HashMap<Box<str>, usize>>,
+    /// Where the first root child named each of [`OWN`] stands, found in
+    /// one look over the root's children and kept until a node is put in
+    /// or taken out among them ([`XmlLab::moved`]): a lookup by name looks
+    /// at every child, twenty thousand on a large lab, and a transaction
+    /// makes a handful. Each place found is checked again at use.
+    own: std::cell::Cell<Option<[Option<u32>; OWN.len()]>>,
 }
+
+/// The top-level elements looked up by name: mama's own, and the one that
+/// says PHP mama shares the file.
+const OWN: [&str; 4] = [EVENT_SEQ, PENDING_EVENTS, JOURNAL_FOLDED, PHP_COMPAT];
 
 /// A quick hash for machine names (FxHash's multiply and rotate, eight
 /// bytes at a time): checking ten thousand names for a duplicate with
@@ -114,9 +124,12 @@ impl Names {
             odd: Vec::new(),
         };
         for machine in machines {
+            // Told from the machine's slot, without a look at the text
+            // (scattered over megabytes, out of the processor's caches).
             let span = match machine.has(Field::Name) {
                 false => NO_NAME,
-                true => match xml::offsets_in(source, machine.name())
+                true => match machine
+                    .span(Field::Name)
                     .and_then(|(a, b)| Some((u32::try_from(a).ok()?, u32::try_from(b).ok()?)))
                 {
                     Some(span) if span.0 != u32::MAX => span,
@@ -150,9 +163,53 @@ struct Machines<'s> {
     next: usize,
 }
 
+/// The tags of the fields, by [`Field::index`]: the children a machine's
+/// skimmer expects.
+const TAGS: [&str; Field::ALL.len()] = {
+    let mut tags = [""; Field::ALL.len()];
+    let mut i = 0;
+    while i < tags.len() {
+        tags[i] = Field::ALL[i].tag();
+        i += 1;
+    }
+    tags
+};
+
+impl Machines<'_> {
+    /// That the machine in `slot` has `field`, its text `text`.
+    fn read(&mut self, slot: u32, field: Field, text: Cow<'_, str>, structured: bool) {
+        let Some(machine) = self.list.get_mut(slot as usize) else {
+            return;
+        };
+        // An empty field is the empty span: any source has it.
+        if text.is_empty() && machine.read_span(field, 0, 0, structured) {
+            return;
+        }
+        if let Cow::Borrowed(piece) = text
+            && let Some((start, end)) = xml::offsets_in(self.source, piece)
+            && machine.read_span(field, start, end, structured)
+        {
+            return;
+        }
+        machine.read_text(field, text.into_owned(), structured);
+    }
+}
+
 impl Skimmer for Machines<'_> {
+    /// Only machines: the lab's code takes every skimmed element for a
+    /// machine (see [`is_machine`]).
     fn skims(&mut self, name: &str) -> bool {
         name == MACHINE
+    }
+
+    fn known(&self) -> &[&'static str] {
+        &TAGS
+    }
+
+    fn known_child(&mut self, slot: u32, index: usize, text: Cow<'_, str>, structured: bool) {
+        if let Some(&field) = Field::ALL.get(index) {
+            self.read(slot, field, text, structured);
+        }
     }
 
     fn reset(&mut self) {
@@ -174,20 +231,7 @@ impl Skimmer for Machines<'_> {
             },
         };
         self.next = field.index() + 1;
-        let Some(machine) = self.list.get_mut(slot as usize) else {
-            return;
-        };
-        // An empty field is the empty span: any source has it.
-        if text.is_empty() && machine.read_span(field, 0, 0, structured) {
-            return;
-        }
-        if let Cow::Borrowed(piece) = text
-            && let Some((start, end)) = xml::offsets_in(self.source, piece)
-            && machine.read_span(field, start, end, structured)
-        {
-            return;
-        }
-        machine.read_text(field, text.into_owned(), structured);
+        self.read(slot, field, text, structured);
     }
 }
 
@@ -200,6 +244,7 @@ impl XmlLab {
             names: Names::default(),
             renamed: false,
             found: Default::default(),
+            own: Default::default(),
         }
     }
 
@@ -214,8 +259,7 @@ impl XmlLab {
     pub fn read(source: Source) -> Result<XmlLab, ParseError> {
         let mut machines = Machines {
             source: &source,
-            // A machine takes some 400 bytes of text or more.
-            list: Vec::with_capacity(source.len() / 400 + 1),
+            list: Vec::with_capacity(machine_capacity(source.len())),
             next: 0,
         };
         let doc = Document::parse_lazy(Arc::clone(&source), &mut machines)?;
@@ -226,7 +270,16 @@ impl XmlLab {
             machines,
             renamed: false,
             found: Default::default(),
+            own: Default::default(),
         })
+    }
+
+    /// The memory that reading a text of `len` bytes reserves after the
+    /// text, as a rule: its machines and the root's nodes, each reserved
+    /// once (see [`super::memory::populate`]).
+    pub fn room_for(len: usize) -> usize {
+        machine_capacity(len) * std::mem::size_of::<Machine>()
+            + xml::root_capacity(len) * std::mem::size_of::<Node>()
     }
 
     /// [`XmlLab::parse`] building the whole tree: what the lazy reading is
@@ -239,6 +292,7 @@ impl XmlLab {
             names: Names::default(),
             renamed: false,
             found: Default::default(),
+            own: Default::default(),
         })
     }
 
@@ -263,9 +317,7 @@ impl XmlLab {
             HashSet::with_capacity_and_hasher(self.names.spans.len(), Default::default());
         for node in &self.doc.root.children {
             let name = match node {
-                Node::Lazy(lazy) if lazy.name() == MACHINE => {
-                    Cow::Borrowed(self.names.get(lazy.slot).unwrap_or(""))
-                }
+                Node::Lazy(lazy) => Cow::Borrowed(self.names.get(lazy.slot).unwrap_or("")),
                 Node::Element(machine) if machine.name == MACHINE => machine
                     .child(Field::Name.tag())
                     .map(|e| e.text())
@@ -340,7 +392,7 @@ impl XmlLab {
                 .children
                 .iter()
                 .filter_map(|node| match node {
-                    Node::Lazy(lazy) if lazy.name() == MACHINE => {
+                    Node::Lazy(lazy) => {
                         match self.machines.get(lazy.slot as usize) {
                             Some(machine) => Some(machine.clone()),
                             // Taken: read again from its text.
@@ -366,7 +418,7 @@ impl XmlLab {
             .root
             .children
             .iter()
-            .filter(|node| node.element_name() == Some(MACHINE));
+            .filter(|node| is_machine(node));
         let in_order = machine_nodes
             .by_ref()
             .enumerate()
@@ -388,12 +440,10 @@ impl XmlLab {
                 .children
                 .iter()
                 .filter_map(|node| match node {
-                    Node::Lazy(lazy) if lazy.name() == MACHINE => {
-                        match machines.get_mut(lazy.slot as usize) {
-                            Some(machine) => Some(std::mem::take(machine)),
-                            None => lazy.build().ok().map(|e| machine_of(&e)),
-                        }
-                    }
+                    Node::Lazy(lazy) => match machines.get_mut(lazy.slot as usize) {
+                        Some(machine) => Some(std::mem::take(machine)),
+                        None => lazy.build().ok().map(|e| machine_of(&e)),
+                    },
                     Node::Element(element) if element.name == MACHINE => Some(machine_of(element)),
                     _ => None,
                 })
@@ -462,6 +512,7 @@ impl XmlLab {
                 let at = self.position_of(name).ok_or_else(|| unknown(name))?;
                 // Its line goes with it.
                 self.doc.root.remove_child(at);
+                self.moved();
             }
         }
         Ok(())
@@ -470,8 +521,8 @@ impl XmlLab {
     /// Whether `node` is the machine called `name`.
     fn is_named(&self, node: &Node, name: &str) -> bool {
         match node {
-            Node::Lazy(lazy) => lazy.name() == MACHINE && self.names.get(lazy.slot) == Some(name),
-            Node::Element(element) => is_machine(element, name),
+            Node::Lazy(lazy) => self.names.get(lazy.slot) == Some(name),
+            Node::Element(element) => is_machine_named(element, name),
             _ => false,
         }
     }
@@ -500,7 +551,7 @@ impl XmlLab {
         found.clear();
         for (at, node) in children.iter().enumerate() {
             let machine = match node {
-                Node::Lazy(lazy) if lazy.name() == MACHINE => self.names.get(lazy.slot),
+                Node::Lazy(lazy) => self.names.get(lazy.slot),
                 Node::Element(element) if element.name == MACHINE => element
                     .child(Field::Name.tag())
                     .and_then(|n| match n.text() {
@@ -552,13 +603,9 @@ impl XmlLab {
     /// Puts `machine` after the last machine (on a line of its own,
     /// indented like its siblings).
     fn push_machine(&mut self, machine: Element) {
-        let last_machine = self
-            .doc
-            .root
-            .children
-            .iter()
-            .rposition(|n| n.element_name() == Some(MACHINE));
+        let last_machine = self.doc.root.children.iter().rposition(is_machine);
         self.doc.root.insert_element(last_machine, machine, "  ");
+        self.moved();
     }
 
     /// The lab of these machine elements (each `<machine>…</machine>` as
@@ -613,11 +660,7 @@ impl XmlLab {
 
     /// The root's machines, built or skimmed, in document order.
     fn machine_nodes(&self) -> impl Iterator<Item = &Node> {
-        self.doc
-            .root
-            .children
-            .iter()
-            .filter(|n| n.element_name() == Some(MACHINE))
+        self.doc.root.children.iter().filter(|n| is_machine(n))
     }
 
     /// The name of one of [`XmlLab::machine_nodes`]; empty when it has none.
@@ -686,6 +729,7 @@ impl XmlLab {
         for node in parts.machine_nodes() {
             let last = lab.doc.root.children.iter().rposition(Node::is_element);
             lab.doc.root.insert_element(last, built(node)?, "  ");
+            lab.moved();
         }
         lab.renamed = true;
         Ok(lab)
@@ -706,31 +750,27 @@ impl XmlLab {
     /// Whether the file says that PHP mama shares it: a top-level
     /// `<php_compat>` that does not hold `0`.
     pub fn php_compat(&self) -> bool {
-        self.doc
-            .root
-            .child(PHP_COMPAT)
+        self.own_element(PHP_COMPAT)
             .is_some_and(|e| e.text().trim() != "0")
     }
 
     /// The number of the last event this state committed, if any.
     pub fn event_seq(&self) -> Option<u64> {
-        self.doc.root.child(EVENT_SEQ)?.text().trim().parse().ok()
+        self.own_element(EVENT_SEQ)?.text().trim().parse().ok()
     }
 
     /// The committed events the state holds until they move to the log.
     pub fn pending_events(&self) -> Vec<Event> {
-        self.doc
-            .root
-            .child(PENDING_EVENTS)
+        self.own_element(PENDING_EVENTS)
             .map_or_else(Vec::new, |e| crate::model::event::decode(&e.text()))
     }
 
     /// Replaces the pending events; none removes the element.
     pub fn set_pending_events(&mut self, events: &[Event]) -> Result<(), Error> {
-        let at = self.doc.root.position(PENDING_EVENTS);
         if events.is_empty() {
-            if let Some(at) = at {
+            if let Some(at) = self.own_at(PENDING_EVENTS) {
                 self.doc.root.remove_child(at);
+                self.moved();
             }
             return Ok(());
         }
@@ -741,13 +781,7 @@ impl XmlLab {
 
     /// The token of the last journal folded into this state.
     pub fn journal_folded(&self) -> Option<String> {
-        let text = self
-            .doc
-            .root
-            .child(JOURNAL_FOLDED)?
-            .text()
-            .trim()
-            .to_string();
+        let text = self.own_element(JOURNAL_FOLDED)?.text().trim().to_string();
         (!text.is_empty()).then_some(text)
     }
 
@@ -757,8 +791,9 @@ impl XmlLab {
 
     /// Drops the token of a folded journal once no journal is left.
     pub fn forget_journal_folded(&mut self) {
-        if let Some(at) = self.doc.root.position(JOURNAL_FOLDED) {
+        if let Some(at) = self.own_at(JOURNAL_FOLDED) {
             self.doc.root.remove_child(at);
+            self.moved();
         }
     }
 
@@ -769,13 +804,73 @@ impl XmlLab {
     /// Sets one of mama's own top-level elements, adding it after the last
     /// element when missing.
     fn set_top_level(&mut self, tag: &str, value: &str) {
-        match self.doc.root.child_mut(tag) {
-            Some(element) => element.set_text(value),
-            None => self
-                .doc
-                .root
-                .push_element(Element::with_text(tag, value), "  "),
+        if let Some(at) = self.own_at(tag)
+            && let Some(Node::Element(element)) = self.doc.root.children.get_mut(at)
+        {
+            element.set_text(value);
+            return;
         }
+        self.doc
+            .root
+            .push_element(Element::with_text(tag, value), "  ");
+        self.moved();
+    }
+
+    /// The first root child element called `tag`, one of [`OWN`].
+    fn own_element(&self, tag: &str) -> Option<&Element> {
+        match self.doc.root.children.get(self.own_at(tag)?)? {
+            Node::Element(element) => Some(element),
+            _ => None,
+        }
+    }
+
+    /// Where the first root child element called `tag` stands, `tag` one
+    /// of [`OWN`]: what `self.doc.root.child(tag)` finds.
+    fn own_at(&self, tag: &str) -> Option<usize> {
+        let which = OWN.iter().position(|own| *own == tag)?;
+        let children = &self.doc.root.children;
+        let is_it = |at: usize| matches!(children.get(at), Some(Node::Element(e)) if e.name == tag);
+        let at = match self.own.get() {
+            Some(places) => match places[which] {
+                Some(at) if is_it(at as usize) => Some(at as usize),
+                None => None,
+                // Not where it was: a move went unsaid. Look again.
+                Some(_) => self.find_own()[which],
+            },
+            None => self.find_own()[which],
+        };
+        debug_assert_eq!(
+            at,
+            children
+                .iter()
+                .position(|n| matches!(n, Node::Element(e) if e.name == tag)),
+            "the place of <{tag}>"
+        );
+        at
+    }
+
+    /// Looks for each of [`OWN`] among the root's children, and keeps what
+    /// it finds.
+    fn find_own(&self) -> [Option<usize>; OWN.len()] {
+        let mut places = [None; OWN.len()];
+        for (at, node) in self.doc.root.children.iter().enumerate() {
+            if let Node::Element(element) = node
+                && let Some(which) = OWN.iter().position(|own| element.name == *own)
+                && places[which].is_none()
+            {
+                places[which] = Some(at);
+            }
+        }
+        self.own.set(Some(
+            places.map(|at| at.and_then(|at| u32::try_from(at).ok())),
+        ));
+        places
+    }
+
+    /// A node was put in or taken out among the root's children: the
+    /// places of [`OWN`] are looked for again at the next lookup.
+    fn moved(&self) {
+        self.own.set(None);
     }
 }
 
@@ -794,6 +889,12 @@ fn built(node: &Node) -> Result<Element, ParseError> {
     }
 }
 
+/// How many machines reading a text of `len` bytes reserves room for: a
+/// machine takes some 400 bytes of text or more.
+fn machine_capacity(len: usize) -> usize {
+    len / 400 + 1
+}
+
 /// A built `<machine>` as the engine sees it.
 fn machine_of(element: &Element) -> Machine {
     let fields = Field::ALL
@@ -809,8 +910,25 @@ fn machine_of(element: &Element) -> Machine {
     )
 }
 
+/// Whether `node` is a machine's element: a skimmed one (the lab's
+/// skimmer skims `<machine>` alone, see [`Machines`]) or a built
+/// `<machine>`. A skimmed one is told without a look at its text, which on
+/// a large lab lies scattered over megabytes, mostly out of the processor's
+/// caches (a look at each name made a search of ten thousand machines cost
+/// a tenth of a millisecond and more).
+fn is_machine(node: &Node) -> bool {
+    match node {
+        Node::Lazy(lazy) => {
+            debug_assert_eq!(lazy.name(), MACHINE);
+            true
+        }
+        Node::Element(element) => element.name == MACHINE,
+        _ => false,
+    }
+}
+
 /// Whether `element` is the `<machine>` called `name`.
-fn is_machine(element: &Element, name: &str) -> bool {
+fn is_machine_named(element: &Element, name: &str) -> bool {
     element.name == MACHINE
         && element
             .child(Field::Name.tag())
@@ -882,6 +1000,130 @@ mod tests {
                 "<job_timestamp/>",
             );
         assert_eq!(xml, cleared);
+    }
+
+    #[test]
+    fn a_machine_holding_carriage_returns_reads_alike_once_built() {
+        let text = "<settings>\r\n  <machine>\r\n    <name>a</name>\r\n    <ip>x\r\ny</ip>\r\n  </machine>\r\n</settings>\r\n";
+        let mut lab = XmlLab::parse(text).unwrap();
+        assert_eq!(lab.model().get("a").unwrap().get(Field::Ip), "x\ny");
+        // A change builds the skimmed machine from its text.
+        let mut model = lab.take_model();
+        model.get_mut("a").unwrap().set(Field::Os, "z").unwrap();
+        lab.apply(model.changes()).unwrap();
+        let built = lab.model();
+        assert_eq!(built.get("a").unwrap().get(Field::Ip), "x\ny");
+        assert_eq!(built.get("a").unwrap().get(Field::Os), "z");
+        let written = lab.render().unwrap().concat();
+        assert!(written.contains("<ip>x\r\ny</ip>"), "{written}");
+        let again = XmlLab::parse(&written).unwrap().model();
+        assert_eq!(again.get("a").unwrap().get(Field::Ip), "x\ny");
+    }
+
+    #[test]
+    fn mamas_own_elements_are_found_after_every_change() {
+        // Two <event_seq>: the first counts, as for the tree.
+        let text = "<settings>\n  <machine><name>a</name></machine>\n  <machine><name>b</name></machine>\n  <event_seq>3</event_seq>\n  <event_seq>9</event_seq>\n</settings>\n";
+        let mut lab = XmlLab::parse(text).unwrap();
+        let same_as_read = |lab: &XmlLab| {
+            let again = XmlLab::parse_eager(&lab.to_xml()).unwrap();
+            assert_eq!(lab.event_seq(), again.event_seq(), "{}", lab.to_xml());
+            assert_eq!(lab.journal_folded(), again.journal_folded());
+            assert_eq!(lab.pending_events(), again.pending_events());
+            assert_eq!(lab.php_compat(), again.php_compat());
+        };
+        assert_eq!(lab.event_seq(), Some(3));
+        assert_eq!(lab.journal_folded(), None);
+        same_as_read(&lab);
+        // Added, then found again.
+        lab.set_journal_folded("t1");
+        assert_eq!(lab.journal_folded().as_deref(), Some("t1"));
+        lab.set_journal_folded("t2");
+        assert_eq!(lab.journal_folded().as_deref(), Some("t2"));
+        same_as_read(&lab);
+        // A machine and its line taken out before them: the first
+        // <event_seq> moves to where the second stood.
+        let mut model = lab.take_model();
+        model.remove("a").unwrap();
+        lab.apply(model.changes()).unwrap();
+        assert_eq!(lab.event_seq(), Some(3));
+        same_as_read(&lab);
+        // A machine put in before them.
+        let mut model = lab.model();
+        model
+            .add(&NewMachine {
+                name: "c".into(),
+                mac: "02:00:00:00:00:01".into(),
+                ip: String::new(),
+                only_vm: false,
+                resources: String::new(),
+            })
+            .unwrap();
+        lab.apply(model.changes()).unwrap();
+        assert_eq!(lab.event_seq(), Some(3));
+        same_as_read(&lab);
+        let events = vec![Event::new(crate::model::event::Kind::Set, "b")];
+        lab.set_pending_events(&events).unwrap();
+        assert_eq!(lab.pending_events().len(), 1);
+        lab.set_event_seq(4);
+        assert_eq!(lab.event_seq(), Some(4));
+        same_as_read(&lab);
+        lab.set_pending_events(&[]).unwrap();
+        lab.forget_journal_folded();
+        assert!(lab.pending_events().is_empty());
+        assert_eq!(lab.journal_folded(), None);
+        assert_eq!(lab.event_seq(), Some(4));
+        same_as_read(&lab);
+    }
+
+    #[test]
+    fn two_machines_of_one_name_are_refused_however_written() {
+        let lab = |names: &[&str]| {
+            let machines: String = names
+                .iter()
+                .map(|name| format!("\n  <machine>\n    {name}\n    <os>x</os>\n  </machine>"))
+                .collect();
+            format!("<?xml version=\"1.0\"?>\n<settings>{machines}\n</settings>\n")
+        };
+        let refused = |names: &[&str], name: &str| {
+            let text = lab(names);
+            for read in [XmlLab::parse(&text), XmlLab::parse_eager(&text)] {
+                let err = read.expect_err(&text);
+                assert_eq!(
+                    err.message,
+                    format!("two machines are named '{name}'"),
+                    "{text}"
+                );
+            }
+        };
+        let taken = |names: &[&str]| {
+            let text = lab(names);
+            assert!(XmlLab::parse(&text).is_ok(), "{text}");
+            assert!(XmlLab::parse_eager(&text).is_ok(), "{text}");
+        };
+        refused(&["<name>a</name>", "<name>b</name>", "<name>a</name>"], "a");
+        // Written with references, by the fast path's and by the reader's.
+        refused(&["<name>a&amp;b</name>", "<name>a&amp;b</name>"], "a&b");
+        refused(&["<name>a&amp;b</name>", "<name>a&#38;b</name>"], "a&b");
+        refused(&["<name>a&#38;b</name>", "<name>a&amp;b</name>"], "a&b");
+        // A machine's first name is its name.
+        refused(&["<name>b</name><name>a</name>", "<name>b</name>"], "b");
+        taken(&["<name>a</name><name>b</name>", "<name>b</name>"]);
+        // Machines without a name, or with an empty one, are no clash.
+        taken(&[
+            "<name/>",
+            "<name></name>",
+            "<os/>",
+            "<os/>",
+            "<name>ab</name>",
+            "<name>a</name>",
+        ]);
+        // Among many, the last and the first.
+        let many: Vec<String> = (0..2000).map(|n| format!("<name>m{n}</name>")).collect();
+        let mut names: Vec<&str> = many.iter().map(String::as_str).collect();
+        taken(&names);
+        names.push("<name>m0</name>");
+        refused(&names, "m0");
     }
 
     #[test]
@@ -1120,6 +1362,8 @@ mod lazy_tests {
             }
             let content = match tag {
                 "name" if rng.one_in(6) => format!("m&amp;{n}"),
+                // Now and then a name another machine has too.
+                "name" if rng.one_in(40) => "m0".to_string(),
                 "name" => format!("m{n}"),
                 "mac" => format!("aa:bb:cc:dd:{:02x}:{:02x}", n / 256 % 256, n % 256),
                 _ => rng.pick(CONTENTS).to_string(),

@@ -8,6 +8,7 @@
 //! doctype) are kept as their raw source text.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -159,8 +160,10 @@ impl Lazy {
     /// own mistake.
     pub fn build(&self) -> Result<Element, ParseError> {
         let source: Source = Arc::new(self.raw.to_string());
-        let fast = Fast::over(&source);
-        match fast.element(0, 1) {
+        // A carriage return is the general reader's to read (it makes line
+        // ends of them), as in a whole document (see `Fast::document`).
+        let plain = !source.as_bytes().contains(&b'\r');
+        match plain.then(|| Fast::over(&source).element(0, 1)).flatten() {
             Some((element, end)) if end == source.len() => Ok(element),
             _ => Document::parse(&source).map(|doc| doc.root),
         }
@@ -292,9 +295,7 @@ impl Element {
 
     /// The index in `children` of the first child element called `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.children
-            .iter()
-            .position(|n| n.element_name() == Some(name))
+        self.children.iter().position(|n| n.is_element_named(name))
     }
 
     /// Inserts `element` as a child: right after the child at index `after`,
@@ -399,6 +400,17 @@ impl Node {
         matches!(self, Node::Element(_) | Node::Lazy(_))
     }
 
+    /// Whether this is an element called `name`, built or [`Lazy`] (whose
+    /// text, scattered over a large document, is looked at only when the
+    /// name's length matches).
+    pub fn is_element_named(&self, name: &str) -> bool {
+        match self {
+            Node::Element(e) => e.name == name,
+            Node::Lazy(lazy) => lazy.name_len as usize == name.len() && lazy.name() == name,
+            _ => false,
+        }
+    }
+
     /// The name of an element, built or [`Lazy`].
     pub fn element_name(&self) -> Option<&str> {
         match self {
@@ -466,13 +478,9 @@ impl Document {
     /// text of their own children. Spans of `source` are kept, never copies.
     pub fn parse_lazy<S: Skimmer>(source: Source, skimmer: &mut S) -> Result<Document, ParseError> {
         let parser = Parser::new(&source);
-        parser.check_characters()?;
-        let fast = Fast {
-            text: parser.text,
-            bytes: parser.text.as_bytes(),
-            source: &source,
-        };
-        if let Some(doc) = fast.document(parser.bom, parser.offset, skimmer) {
+        let carriage_return = parser.check_characters()?;
+        let fast = Fast::new(parser.text, &source);
+        if let Some(doc) = fast.document(parser.bom, parser.offset, carriage_return, skimmer) {
             return Ok(doc);
         }
         skimmer.reset();
@@ -592,6 +600,7 @@ impl Document {
             source: self.origin.as_ref().map(|(source, ..)| source),
             parts: Vec::new(),
             run: None,
+            broken: false,
         };
         if self.bom {
             out.parts.push(Cow::Borrowed("\u{feff}"));
@@ -610,6 +619,10 @@ impl Document {
         }
         self.epilog.iter().for_each(|node| out.node(node));
         out.flush();
+        if out.broken {
+            // Never so (spans are cut from their text), but never a piece lost.
+            return vec![Cow::Owned(self.write())];
+        }
         out.parts
     }
 }
@@ -620,13 +633,19 @@ struct Pieces<'d> {
     source: Option<&'d Source>,
     parts: Vec<Cow<'d, str>>,
     run: Option<(usize, usize)>,
+    /// A run that was not text of the source.
+    broken: bool,
 }
 
 impl<'d> Pieces<'d> {
     fn node(&mut self, node: &'d Node) {
+        // Only the run as a whole is cut from the source (in `flush`): a
+        // look at each node's ends, scattered over a large source that is
+        // no longer in the processor's caches, cost more than the rest.
         if let Some(source) = self.source
             && let Some((start, end)) = node.span_in(source)
-            && source.get(start..end).is_some()
+            && start <= end
+            && end <= source.len()
         {
             self.run = match self.run {
                 Some((from, to)) if to == start => Some((from, end)),
@@ -648,10 +667,11 @@ impl<'d> Pieces<'d> {
     }
 
     fn flush(&mut self) {
-        if let (Some(source), Some((from, to))) = (self.source, self.run.take())
-            && let Some(text) = source.get(from..to)
-        {
-            self.parts.push(Cow::Borrowed(text));
+        if let (Some(source), Some((from, to))) = (self.source, self.run.take()) {
+            match source.get(from..to) {
+                Some(text) => self.parts.push(Cow::Borrowed(text)),
+                None => self.broken = true,
+            }
         }
     }
 }
@@ -710,7 +730,9 @@ impl<'a> Parser<'a> {
 
     /// What is checked of every byte before any element: no second
     /// byte-order mark, no character XML 1.0 does not allow, not empty.
-    fn check_characters(&self) -> Result<(), ParseError> {
+    /// Tells, from the same look, whether the text holds a carriage return
+    /// (which the fast path leaves to the general reader).
+    fn check_characters(&self) -> Result<bool, ParseError> {
         if self.text.starts_with('\u{feff}') {
             // A reader would drop it silently, and every position after it
             // would be off.
@@ -721,7 +743,9 @@ impl<'a> Parser<'a> {
         }
         // One look at every byte covers text, attribute values, comments,
         // CDATA and processing instructions alike.
-        if let Some(at) = first_non_xml_char(self.text)
+        let scan = scan_bytes(self.text.as_bytes());
+        if scan.suspect
+            && let Some(at) = first_non_xml_char(self.text)
             && let Some(c) = self.text[at..].chars().next()
         {
             return Err(self.error_at(
@@ -735,7 +759,7 @@ impl<'a> Parser<'a> {
         if self.text.trim().is_empty() {
             return Err(self.error_at(0, "the file is empty"));
         }
-        Ok(())
+        Ok(scan.carriage_return)
     }
 
     fn parse(
@@ -1063,6 +1087,128 @@ pub trait Skimmer {
     /// A child element of the skimmed element in `slot` ended: its name, its
     /// text as [`Element::text`] reads it, and whether it holds elements.
     fn child(&mut self, slot: u32, name: &str, text: Cow<'_, str>, structured: bool);
+    /// The names of the child elements this skimmer expects, by number:
+    /// the fast path matches them whole, sixteen bytes at once, where it
+    /// would read any other name byte by byte, and tells a child of one of
+    /// them by its number ([`Skimmer::known_child`]). A name the fast path
+    /// could not take as it stands (more than sixteen bytes, not a plain
+    /// ASCII name) is never matched.
+    fn known(&self) -> &[&'static str] {
+        &[]
+    }
+    /// A child element called `known()[index]` ended: as [`Skimmer::child`].
+    fn known_child(&mut self, slot: u32, index: usize, text: Cow<'_, str>, structured: bool) {
+        if let Some(&name) = self.known().get(index) {
+            self.child(slot, name, text, structured);
+        }
+    }
+}
+
+/// The names a skimmer knows (see [`Skimmer::known`]), as the fast path
+/// matches them, and which of them followed which in the last skimmed
+/// element: an element's children come in one order, so the next is
+/// nearly always the one that came next before.
+struct Vocabulary {
+    /// The known names by number, and [`Word::NONE`] after them.
+    words: Vec<Word>,
+    /// After the known child `i`, the number of the one that came next
+    /// last time; at the end (the start of an element), of the one that
+    /// came first. Each a number of `words`.
+    after: Vec<usize>,
+}
+
+/// A name to match: its bytes as a little-endian number, zeros after the
+/// name, and the mask of its bytes.
+#[derive(Clone, Copy)]
+struct Word {
+    pattern: u128,
+    mask: u128,
+    len: usize,
+}
+
+impl Word {
+    /// A word that matches nothing: sixteen bytes 0xFF, which no UTF-8
+    /// text holds.
+    const NONE: Word = Word {
+        pattern: u128::MAX,
+        mask: u128::MAX,
+        len: 0,
+    };
+
+    /// `name` as a word, when the fast path takes it (a plain ASCII name
+    /// of at most sixteen bytes); else [`Word::NONE`].
+    fn of(name: &str) -> Word {
+        let bytes = name.as_bytes();
+        let Some((&first, rest)) = bytes.split_first() else {
+            return Word::NONE;
+        };
+        if bytes.len() > 16 || !is_name_start(first) || !rest.iter().all(|&b| is_name_byte(b)) {
+            return Word::NONE;
+        }
+        let mut padded = [0u8; 16];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        Word {
+            pattern: u128::from_le_bytes(padded),
+            mask: u128::MAX >> (8 * (16 - bytes.len())),
+            len: bytes.len(),
+        }
+    }
+
+    /// Whether `bytes` holds this name at `at` (it may go on with a name
+    /// byte: the caller looks at the byte after). False within sixteen
+    /// bytes of the end, where the caller reads the name byte by byte.
+    #[inline]
+    fn at(&self, bytes: &[u8], at: usize) -> bool {
+        let Some(window) = bytes.get(at..at.wrapping_add(16)) else {
+            return false;
+        };
+        let Ok(window) = <[u8; 16]>::try_from(window) else {
+            return false;
+        };
+        (u128::from_le_bytes(window) ^ self.pattern) & self.mask == 0
+    }
+}
+
+impl Vocabulary {
+    fn of(names: &[&str]) -> Vocabulary {
+        let count = names.len();
+        Vocabulary {
+            words: names
+                .iter()
+                .map(|name| Word::of(name))
+                .chain([Word::NONE])
+                .collect(),
+            // At first, the order given.
+            after: (1..=count).chain([0]).collect(),
+        }
+    }
+
+    /// The state before an element's first child.
+    fn start(&self) -> usize {
+        self.after.len() - 1
+    }
+
+    /// The known child likely to come after `state`: its number and word.
+    #[inline]
+    fn guess(&self, state: usize) -> (usize, Word) {
+        let next = self.after.get(state).copied().unwrap_or(0);
+        (next, self.words.get(next).copied().unwrap_or(Word::NONE))
+    }
+
+    /// That `next` came after `state`.
+    fn saw(&mut self, state: usize, next: usize) {
+        if let Some(slot) = self.after.get_mut(state) {
+            *slot = next;
+        }
+    }
+}
+
+/// How many nodes the fast path reserves among the root's children for a
+/// text of `len` bytes: about two a machine of some 400 bytes, reserved
+/// once, not grown by doubling (each doubling copies and touches new
+/// memory).
+pub fn root_capacity(len: usize) -> usize {
+    len / 200 + 4
 }
 
 /// The fast path of [`Document::parse_lazy`]: a scanner for the plain XML
@@ -1081,6 +1227,9 @@ struct Fast<'t> {
     text: &'t str,
     bytes: &'t [u8],
     source: &'t Source,
+    /// The last block of 64 bytes looked at by [`Fast::next_stop`]: its
+    /// number, and a bit for each of its bytes that is `<`, `>` or `&`.
+    stops: Cell<(usize, u64)>,
 }
 
 const DECLARATIONS: [&str; 3] = [
@@ -1097,6 +1246,58 @@ const ENTITIES: [(&[u8], char); 5] = [
     (b"&quot;", '"'),
     (b"&apos;", '\''),
 ];
+
+/// A bit for each byte of `block` (bit `i` for `block[i]`) that is `<`, `>`
+/// or `&`: sixteen bytes at once.
+#[cfg(target_arch = "x86_64")]
+fn stop_bits(block: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    let mut bits = 0;
+    for (i, chunk) in block.chunks_exact(16).enumerate() {
+        // SAFETY: SSE2 is part of every x86_64 processor (the target's
+        // baseline), and the load reads the sixteen bytes of `chunk`,
+        // unaligned as the instruction allows.
+        let found = unsafe {
+            let bytes = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+            let is = |b: u8| _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b as i8));
+            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(is(b'<'), is(b'>')), is(b'&')))
+        };
+        bits |= u64::from(found as u16) << (16 * i);
+    }
+    bits
+}
+
+/// [`stop_bits`] elsewhere: eight bytes at once, each byte's own bit.
+#[cfg(not(target_arch = "x86_64"))]
+fn stop_bits(block: &[u8; 64]) -> u64 {
+    stop_bits_by_words(block)
+}
+
+/// [`stop_bits`] in plain arithmetic, eight bytes a word: the high bit of
+/// each byte that equals one of the stops, exactly (no carry between
+/// bytes), gathered into eight bits by a multiplication.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn stop_bits_by_words(block: &[u8; 64]) -> u64 {
+    const LOWS: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // 0x80 in each byte of `x` that is zero, and 0 in the others.
+    let zeros = |x: u64| !(((x & LOWS) + LOWS) | x | LOWS);
+    let mut bits = 0;
+    for (i, chunk) in block.chunks_exact(8).enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let found = zeros(word ^ (ONES * u64::from(b'<')))
+            | zeros(word ^ (ONES * u64::from(b'>')))
+            | zeros(word ^ (ONES * u64::from(b'&')));
+        // Bit 7 of byte k moves to bit 56 + k, then down to bit k.
+        let gathered = ((found >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56;
+        bits |= gathered << (8 * i);
+    }
+    bits
+}
 
 /// Whether two short byte strings (tag names) are equal: a plain loop,
 /// where a call to `memcmp` costs more than the comparison.
@@ -1140,13 +1341,19 @@ const TEXT_STOPS: [bool; 256] = {
 };
 
 impl<'t> Fast<'t> {
+    /// The scanner over `text`, which is `source` or its end.
+    fn new(text: &'t str, source: &'t Source) -> Fast<'t> {
+        Fast {
+            text,
+            bytes: text.as_bytes(),
+            source,
+            stops: Cell::new((usize::MAX, 0)),
+        }
+    }
+
     /// The scanner over the whole of `source`.
     fn over(source: &'t Source) -> Fast<'t> {
-        Fast {
-            text: source,
-            bytes: source.as_bytes(),
-            source,
-        }
+        Fast::new(source, source)
     }
 
     fn span(&self, from: usize, to: usize) -> Str {
@@ -1175,7 +1382,13 @@ impl<'t> Fast<'t> {
     /// A start tag at `at` (its `<`): the name's end, where the tag ends,
     /// and whether it is `<name/>`.
     fn start_tag(&self, at: usize) -> Option<(usize, usize, bool)> {
-        let name_end = self.name_end(at + 1)?;
+        self.tag_end(self.name_end(at + 1)?)
+    }
+
+    /// The end of a start tag whose name ends at `name_end`: as
+    /// [`Fast::start_tag`] tells it.
+    #[inline]
+    fn tag_end(&self, name_end: usize) -> Option<(usize, usize, bool)> {
         match self.bytes.get(name_end..name_end + 2)? {
             [b'>', _] => Some((name_end, name_end + 1, false)),
             b"/>" => Some((name_end, name_end + 2, true)),
@@ -1196,7 +1409,18 @@ impl<'t> Fast<'t> {
 
     /// Text from `at` up to the next `<`: where it ends, and whether it
     /// holds entities.
-    fn text_run(&self, mut at: usize) -> Option<(usize, bool)> {
+    #[inline]
+    fn text_run(&self, at: usize) -> Option<(usize, bool)> {
+        let stop = self.next_stop(at);
+        if self.bytes.get(stop) == Some(&b'<') {
+            return Some((stop, false));
+        }
+        self.text_run_from(stop)
+    }
+
+    /// [`Fast::text_run`] from a `>` or `&` (or the end).
+    #[inline(never)]
+    fn text_run_from(&self, mut at: usize) -> Option<(usize, bool)> {
         let mut entities = false;
         loop {
             at = self.next_stop(at);
@@ -1215,32 +1439,55 @@ impl<'t> Fast<'t> {
     }
 
     /// Where the first `<`, `>` or `&` at or after `at` stands (the end
-    /// of the text if none): eight bytes a step, where most of a lab's
-    /// bytes are looked at.
-    fn next_stop(&self, mut at: usize) -> usize {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGHS: u64 = 0x8080_8080_8080_8080;
-        // The high bit of each byte of `x` that is zero, and perhaps of
-        // bytes after one that is: the lowest bit set is always a zero.
-        let zeros = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-        let bytes = self.bytes;
-        while let Some(chunk) = bytes.get(at..at + 8) {
-            let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-                break;
-            };
-            let word = u64::from_le_bytes(chunk);
-            let found = zeros(word ^ (ONES * u64::from(b'<')))
-                | zeros(word ^ (ONES * u64::from(b'>')))
-                | zeros(word ^ (ONES * u64::from(b'&')));
-            if found != 0 {
-                return at + (found.trailing_zeros() / 8) as usize;
+    /// of the text if none). Most of a lab's bytes are looked at here, in
+    /// runs of a few bytes: each block of 64 bytes is looked at once, into
+    /// a bit for each byte, and a run is then found in its block's bits.
+    #[inline]
+    fn next_stop(&self, at: usize) -> usize {
+        let (cached, bits) = self.stops.get();
+        let ahead = bits.checked_shr((at % 64) as u32).unwrap_or(0);
+        if at / 64 == cached && ahead != 0 {
+            return at + ahead.trailing_zeros() as usize;
+        }
+        self.next_stop_in_blocks(at)
+    }
+
+    /// [`Fast::next_stop`] past the block looked at last.
+    #[inline(never)]
+    fn next_stop_in_blocks(&self, mut at: usize) -> usize {
+        let len = self.bytes.len();
+        while at < len {
+            let block = at / 64;
+            let (cached, mut bits) = self.stops.get();
+            if cached != block {
+                bits = self.stop_bits(block);
+                self.stops.set((block, bits));
             }
-            at += 8;
+            let ahead = bits >> (at % 64);
+            if ahead != 0 {
+                return at + ahead.trailing_zeros() as usize;
+            }
+            at = (block + 1) * 64;
         }
-        while at < bytes.len() && !TEXT_STOPS[bytes[at] as usize] {
-            at += 1;
+        len
+    }
+
+    /// A bit for each byte of block `block` (bit `i` for byte `64 * block
+    /// + i`) that is `<`, `>` or `&`.
+    fn stop_bits(&self, block: usize) -> u64 {
+        let start = block * 64;
+        match self.bytes.get(start..start + 64).map(<&[u8; 64]>::try_from) {
+            Some(Ok(whole)) => stop_bits(whole),
+            _ => self
+                .bytes
+                .get(start..)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .fold(0, |bits, (i, &b)| {
+                    bits | u64::from(TEXT_STOPS[b as usize]) << i
+                }),
         }
-        at
     }
 
     /// The text `from..to` as read: itself, or with its entities resolved.
@@ -1348,60 +1595,125 @@ impl<'t> Fast<'t> {
         (from, to): (usize, usize),
         slot: u32,
         skimmer: &mut (impl Skimmer + ?Sized),
+        vocabulary: &mut Vocabulary,
     ) -> Option<usize> {
+        let bytes = self.bytes;
+        let mut state = vocabulary.start();
         loop {
             at = self.text_run(at)?.0;
-            if self.bytes.get(at + 1) == Some(&b'/') {
+            if bytes.get(at + 1) == Some(&b'/') {
                 return self.end_tag(at, from, to);
             }
-            let (name_end, end, empty) = self.start_tag(at)?;
-            let (name_from, name_to) = (at + 1, name_end);
-            let name = &self.text[name_from..name_to];
-            if empty {
-                skimmer.child(slot, name, Cow::Borrowed(""), false);
-                at = end;
-                continue;
+            let name_from = at + 1;
+            // The child likely next, its name matched whole: the field
+            // `<name/>`, or `<name>text</name>` (the text without entities
+            // or elements, one span), told at once.
+            let (guess, word) = vocabulary.guess(state);
+            if word.at(bytes, name_from) {
+                let name_end = name_from + word.len;
+                match bytes.get(name_end) {
+                    Some(b'/') if bytes.get(name_end + 1) == Some(&b'>') => {
+                        skimmer.known_child(slot, guess, Cow::Borrowed(""), false);
+                        state = guess;
+                        at = name_end + 2;
+                        continue;
+                    }
+                    Some(b'>') => {
+                        let start = name_end + 1;
+                        let stop = self.next_stop(start);
+                        if bytes.get(stop) == Some(&b'<')
+                            && bytes.get(stop + 1) == Some(&b'/')
+                            && word.at(bytes, stop + 2)
+                            && bytes.get(stop + 2 + word.len) == Some(&b'>')
+                        {
+                            let text = self.text.get(start..stop).unwrap_or_default();
+                            skimmer.known_child(slot, guess, Cow::Borrowed(text), false);
+                            state = guess;
+                            at = stop + 3 + word.len;
+                            continue;
+                        }
+                        let (end, text, structured) =
+                            self.field(start, (name_from, name_end), Some(word))?;
+                        skimmer.known_child(slot, guess, text.unwrap_or_default(), structured);
+                        state = guess;
+                        at = end;
+                        continue;
+                    }
+                    // A longer name, or attributes: read as any other.
+                    _ => {}
+                }
             }
-            // A field: its own text, and whether it holds elements.
-            let mut text: Option<Cow<'t, str>> = None;
-            let mut structured = false;
+            let (name_to, end, empty) = self.start_tag(at)?;
+            let (end, text, structured) = match empty {
+                true => (end, None, false),
+                false => self.field(end, (name_from, name_to), None)?,
+            };
             at = end;
-            loop {
-                let (run_end, entities) = self.text_run(at)?;
-                if run_end > at {
-                    let piece = self.value(at, run_end, entities);
-                    text = Some(match text.take() {
-                        None => piece,
-                        Some(before) => Cow::Owned(before.into_owned() + &piece),
-                    });
-                }
-                at = run_end;
-                if self.bytes.get(at + 1) == Some(&b'/') {
-                    at = self.end_tag(at, name_from, name_to)?;
-                    break;
-                }
-                let (inner_end, end, empty) = self.start_tag(at)?;
-                structured = true;
-                at = if empty {
-                    end
-                } else {
-                    self.skip_content(end, at + 1, inner_end, 4)?
-                };
+            let name = &self.text[name_from..name_to];
+            if let Some(index) = skimmer.known().iter().position(|known| *known == name) {
+                vocabulary.saw(state, index);
+                state = index;
             }
-            skimmer.child(slot, name, text.unwrap_or(Cow::Borrowed("")), structured);
+            skimmer.child(slot, name, text.unwrap_or_default(), structured);
         }
     }
 
+    /// The content from `at` of a child of a skimmed element, named
+    /// `bytes[from..to]` (that is `word`, when known), up to its end tag:
+    /// where that ends, its text, and whether it holds elements.
+    fn field(
+        &self,
+        mut at: usize,
+        (from, to): (usize, usize),
+        word: Option<Word>,
+    ) -> Option<(usize, Option<Cow<'t, str>>, bool)> {
+        let mut text: Option<Cow<'t, str>> = None;
+        let mut structured = false;
+        loop {
+            let (run_end, entities) = self.text_run(at)?;
+            if run_end > at {
+                let piece = self.value(at, run_end, entities);
+                text = Some(match text.take() {
+                    None => piece,
+                    Some(before) => Cow::Owned(before.into_owned() + &piece),
+                });
+            }
+            at = run_end;
+            if self.bytes.get(at + 1) == Some(&b'/') {
+                let end = match word {
+                    Some(word) if word.at(self.bytes, at + 2) => {
+                        let close = at + 2 + word.len;
+                        (self.bytes.get(close) == Some(&b'>')).then_some(close + 1)
+                    }
+                    _ => self.end_tag(at, from, to),
+                }?;
+                return Some((end, text, structured));
+            }
+            let (inner_end, end, empty) = self.start_tag(at)?;
+            structured = true;
+            at = if empty {
+                end
+            } else {
+                self.skip_content(end, at + 1, inner_end, 4)?
+            };
+        }
+    }
+
+    /// The whole document, unless it holds anything the fast path leaves
+    /// to the general reader (a carriage return among them: the caller
+    /// tells whether it holds one).
     fn document(
         &self,
         bom: bool,
         offset: usize,
+        carriage_return: bool,
         skimmer: &mut (impl Skimmer + ?Sized),
     ) -> Option<Document> {
         let bytes = self.bytes;
-        if bytes.contains(&b'\r') {
+        if carriage_return {
             return None;
         }
+        let mut vocabulary = Vocabulary::of(skimmer.known());
         let mut prolog = Vec::new();
         let mut at = 0;
         if let Some(decl) = DECLARATIONS.iter().find(|d| self.text.starts_with(*d)) {
@@ -1423,9 +1735,7 @@ impl<'t> Fast<'t> {
         let (root_from, root_to) = (at + 1, root_name_end);
         let content_start = root_end;
         at = root_end;
-        // About two nodes a machine of some 400 bytes: reserved once, not
-        // grown by doubling (each doubling copies and touches new memory).
-        let mut children = Vec::with_capacity(bytes.len() / 200 + 4);
+        let mut children = Vec::with_capacity(root_capacity(bytes.len()));
         let content_end = loop {
             let space = self.space_end(at);
             if space > at {
@@ -1445,7 +1755,7 @@ impl<'t> Fast<'t> {
             let (name_end, end, empty) = self.start_tag(at)?;
             if !empty && skimmer.skims(&self.text[start + 1..name_end]) {
                 let slot = skimmer.begin();
-                at = self.skimmed(end, (start + 1, name_end), slot, skimmer)?;
+                at = self.skimmed(end, (start + 1, name_end), slot, skimmer, &mut vocabulary)?;
                 children.push(Node::Lazy(Lazy {
                     raw: self.span(start, at),
                     name_len: u32::try_from(name_end - start - 1).ok()?,
@@ -1573,6 +1883,81 @@ fn check_declaration(decl: &quick_xml::events::BytesDecl<'_>) -> Result<(), Stri
     Ok(())
 }
 
+/// What one look at every byte of a text finds (see [`scan_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scan {
+    /// A byte that may start a character XML 1.0 does not allow: a C0
+    /// control other than tab, line feed and carriage return, or 0xEF
+    /// (which starts U+FFFE and U+FFFF, and many an allowed character).
+    suspect: bool,
+    /// A carriage return.
+    carriage_return: bool,
+}
+
+/// A suspect byte (see [`Scan::suspect`]).
+fn is_suspect(b: u8) -> bool {
+    (b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r') | (b == 0xEF)
+}
+
+/// One look at every byte of `bytes`, sixteen at once: a state file is
+/// read whole on every command.
+#[cfg(target_arch = "x86_64")]
+fn scan_bytes(bytes: &[u8]) -> Scan {
+    use std::arch::x86_64::{
+        __m128i, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
+    };
+    let mut chunks = bytes.chunks_exact(16);
+    // SAFETY: SSE2 is part of every x86_64 processor (the target's
+    // baseline), and each load reads the sixteen bytes of its chunk,
+    // unaligned as the instruction allows.
+    let (suspect, carriage_return) = unsafe {
+        let (mut suspect, mut carriage_return) = (_mm_setzero_si128(), _mm_setzero_si128());
+        let highest_control = _mm_set1_epi8(0x1F);
+        for chunk in &mut chunks {
+            let bytes = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+            let is = |b: u8| _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b as i8));
+            // A byte at most 0x1F is its own minimum with 0x1F.
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(bytes, highest_control), bytes);
+            let cr = is(b'\r');
+            let allowed = _mm_or_si128(_mm_or_si128(is(b'\t'), is(b'\n')), cr);
+            let found = _mm_or_si128(_mm_andnot_si128(allowed, control), is(0xEF));
+            suspect = _mm_or_si128(suspect, found);
+            carriage_return = _mm_or_si128(carriage_return, cr);
+        }
+        (
+            _mm_movemask_epi8(suspect) != 0,
+            _mm_movemask_epi8(carriage_return) != 0,
+        )
+    };
+    let rest = chunks.remainder();
+    Scan {
+        suspect: suspect || rest.iter().any(|&b| is_suspect(b)),
+        carriage_return: carriage_return || rest.contains(&b'\r'),
+    }
+}
+
+/// [`scan_bytes`] elsewhere: 64 bytes at a time, with no branch inside a
+/// block, so the compiler can look at many at once.
+#[cfg(not(target_arch = "x86_64"))]
+fn scan_bytes(bytes: &[u8]) -> Scan {
+    scan_bytes_by_blocks(bytes)
+}
+
+/// [`scan_bytes`] in plain code.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn scan_bytes_by_blocks(bytes: &[u8]) -> Scan {
+    let found = bytes.chunks(64).fold(0u8, |seen, block| {
+        block.iter().fold(seen, |seen, &b| {
+            seen | u8::from(is_suspect(b)) | u8::from(b == b'\r') << 1
+        })
+    });
+    Scan {
+        suspect: found & 1 != 0,
+        carriage_return: found & 2 != 0,
+    }
+}
+
 /// Where the first character that XML 1.0 does not allow stands in
 /// `text`: a C0 control other than tab, newline and carriage return, or
 /// U+FFFE or U+FFFF (a `str` holds no surrogates). The same answer as
@@ -1582,8 +1967,7 @@ fn first_non_xml_char(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     // A quick look for any byte that could start one, 64 bytes at a time
     // without a branch inside, so the compiler looks at many at once.
-    let suspect = |b: u8| (b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r') | (b == 0xEF);
-    if !any_byte(bytes, suspect) {
+    if !any_byte(bytes, is_suspect) {
         return None;
     }
     bytes.iter().enumerate().find_map(|(at, &b)| {
@@ -1797,13 +2181,14 @@ mod tests {
         let fast = |text: &str| {
             let source: Source = Arc::new(text.to_string());
             let parser = Parser::new(&source);
-            let fast = Fast {
-                text: parser.text,
-                bytes: parser.text.as_bytes(),
-                source: &source,
-            };
-            let found = fast.document(parser.bom, parser.offset, &mut SkimM(0));
-            let general = Document::parse_lazy(Arc::clone(&source), &mut SkimM(0));
+            let fast = Fast::new(parser.text, &source);
+            let found = fast.document(
+                parser.bom,
+                parser.offset,
+                text.contains('\r'),
+                &mut SkimM(0),
+            );
+            let general = Parser::new(&source).parse(&source, Some(&mut SkimM(0)));
             if let Some(doc) = &found {
                 assert_eq!(Ok(doc), general.as_ref(), "{text}");
                 assert_eq!(doc.write(), text);
@@ -1835,22 +2220,121 @@ mod tests {
     #[test]
     fn the_stop_search_finds_what_a_byte_loop_finds() {
         let mut rng = Rng(0x005E_ED0F_5709);
-        let alphabet = b"<>&a \n\xc3\xa9\x80\xff";
-        for _ in 0..2000 {
-            let len = rng.below(40);
+        // The stops, their neighbours, and bytes that differ from them by
+        // the high bit alone.
+        let alphabet = b"<>&a \n=;%'\xc3\xa9\x80\xbc\xbe\xa6\xff";
+        for round in 0..2000 {
+            // Runs within a block, and across several.
+            let len = rng.below(if round % 2 == 0 { 40 } else { 300 });
             let bytes: Vec<u8> = (0..len)
-                .map(|_| alphabet[rng.below(alphabet.len())])
+                .map(|_| match rng.below(8) {
+                    0 => alphabet[rng.below(alphabet.len())],
+                    _ => alphabet[3 + rng.below(alphabet.len() - 3)],
+                })
                 .collect();
             let text = String::from_utf8_lossy(&bytes).into_owned();
             let source: Source = Arc::new(text.clone());
             let fast = Fast::over(&source);
-            for at in 0..=text.len() {
-                let expected = text.as_bytes()[at..]
+            let expected = |at: usize| {
+                text.as_bytes()[at..]
                     .iter()
                     .position(|b| b"<>&".contains(b))
-                    .map_or(text.len(), |i| at + i);
-                assert_eq!(fast.next_stop(at), expected, "{text:?} from {at}");
+                    .map_or(text.len(), |i| at + i)
+            };
+            // Forward, as the scanner goes, and in any order (the block
+            // looked at last is kept).
+            for at in 0..=text.len() {
+                assert_eq!(fast.next_stop(at), expected(at), "{text:?} from {at}");
             }
+            for _ in 0..20 {
+                let at = rng.below(text.len() + 1);
+                assert_eq!(fast.next_stop(at), expected(at), "{text:?} from {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_byte_of_a_block_has_its_own_stop_bit() {
+        let mut rng = Rng(0x0B10_C4B1_7500);
+        let alphabet = b"<>&\x3b\x3d\x3f\x25\x27\xbc\xbe\xa6\x00\x7f\x80\xff a";
+        for _ in 0..5000 {
+            let mut block = [0u8; 64];
+            for b in &mut block {
+                *b = alphabet[rng.below(alphabet.len())];
+            }
+            let by_bytes = block.iter().enumerate().fold(0u64, |bits, (i, b)| {
+                bits | u64::from(b"<>&".contains(b)) << i
+            });
+            assert_eq!(stop_bits(&block), by_bytes, "{block:?}");
+            assert_eq!(stop_bits_by_words(&block), by_bytes, "{block:?}");
+        }
+    }
+
+    #[test]
+    fn the_byte_scan_finds_what_a_byte_loop_finds() {
+        let mut rng = Rng(0x5CA1_AB1E_0001);
+        // Controls allowed and not, their neighbours, 0xEF and bytes that
+        // differ from those by the high bit alone.
+        let alphabet = b"\x00\x01\x08\x09\x0a\x0b\x0c\x0d\x0e\x1f\x20\x7f\x80\x89\x8a\x8d\x9f\xa0\xef\x6f\xbf\xbe\xff a<";
+        for round in 0..5000 {
+            let len = rng.below(if round % 2 == 0 { 40 } else { 300 });
+            let mut bytes: Vec<u8> = (0..len).map(|_| b'a').collect();
+            // Mostly plain, a few odd bytes anywhere (also in the tail
+            // that is not a whole step).
+            for _ in 0..rng.below(4) {
+                if len > 0 {
+                    bytes[rng.below(len)] = alphabet[rng.below(alphabet.len())];
+                }
+            }
+            let expected = Scan {
+                suspect: bytes.iter().any(|&b| is_suspect(b)),
+                carriage_return: bytes.contains(&b'\r'),
+            };
+            assert_eq!(scan_bytes(&bytes), expected, "{bytes:?}");
+            assert_eq!(scan_bytes_by_blocks(&bytes), expected, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn a_word_matches_its_name_and_nothing_else() {
+        assert_eq!(Word::of("").len, 0);
+        assert_eq!(Word::of("a_name_of_17_byte").len, 0);
+        assert_eq!(Word::of("ns:tag").len, 0);
+        assert_eq!(Word::of("é").len, 0);
+        assert_eq!(Word::of("1a").len, 0);
+        let mut rng = Rng(0x0000_0A0B_0C0D);
+        let names = [
+            "a",
+            "job",
+            "job_pid",
+            "x-y.z",
+            "start_timeout",
+            "sixteen_bytes_ab",
+        ];
+        for _ in 0..5000 {
+            let name = rng.pick(&names);
+            let word = Word::of(name);
+            assert_eq!(word.len, name.len());
+            // A window like the name, or it with one byte changed.
+            let mut text = String::new();
+            for _ in 0..rng.below(3) {
+                text.push_str(rng.pick(&["<", "x", "job", "\n  "]));
+            }
+            let at = text.len();
+            let mut candidate = rng.pick(&names).as_bytes().to_vec();
+            if rng.below(3) == 0 {
+                candidate = name.as_bytes().to_vec();
+                let i = rng.below(candidate.len());
+                candidate[i] = rng.pick(&["a", "_", "\u{0}", "b"]).as_bytes()[0];
+            }
+            text.push_str(std::str::from_utf8(&candidate).unwrap_or("?"));
+            for _ in 0..rng.below(30) {
+                text.push_str(rng.pick(&[">", "/>", "a", "_pid", "\u{e9}"]));
+            }
+            let bytes = text.as_bytes();
+            let expected = at + 16 <= bytes.len() && bytes[at..].starts_with(name.as_bytes());
+            assert_eq!(word.at(bytes, at), expected, "{name} in {text:?} at {at}");
+            assert!(!Word::NONE.at(bytes, at));
         }
     }
 
@@ -1957,6 +2441,153 @@ mod tests {
         out.push_str("</");
         out.push_str(name);
         out.push('>');
+    }
+
+    /// Skims `<m>`, knows `names`, and records what it is told.
+    struct Recorder {
+        names: &'static [&'static str],
+        slots: u32,
+        told: Vec<(u32, String, String, bool)>,
+        /// How many children were told by number.
+        known: usize,
+    }
+
+    impl Recorder {
+        fn new(names: &'static [&'static str]) -> Recorder {
+            Recorder {
+                names,
+                slots: 0,
+                told: Vec::new(),
+                known: 0,
+            }
+        }
+    }
+
+    impl Skimmer for Recorder {
+        fn skims(&mut self, name: &str) -> bool {
+            name == "m"
+        }
+        fn reset(&mut self) {
+            self.slots = 0;
+            self.told.clear();
+            self.known = 0;
+        }
+        fn begin(&mut self) -> u32 {
+            self.slots += 1;
+            self.slots - 1
+        }
+        fn child(&mut self, slot: u32, name: &str, text: Cow<'_, str>, structured: bool) {
+            self.told
+                .push((slot, name.to_string(), text.into_owned(), structured));
+        }
+        fn known(&self) -> &[&'static str] {
+            self.names
+        }
+        fn known_child(&mut self, slot: u32, index: usize, text: Cow<'_, str>, structured: bool) {
+            self.known += 1;
+            let name = self.names[index];
+            self.child(slot, name, text, structured);
+        }
+    }
+
+    /// A document of `<m>` elements whose children mostly come in one
+    /// order, as a lab's fields do: now and then one missing, one more,
+    /// two swapped, one holding elements or entities, text between them,
+    /// or an end tag that does not match.
+    fn skimmed_document(rng: &mut Rng, names: &[&str]) -> String {
+        let mut out = String::from(rng.pick(&["", "<?xml version=\"1.0\"?>\n"]));
+        out.push_str("<s>");
+        for _ in 0..rng.below(6) {
+            out.push_str(rng.pick(&["\n  ", "\n  ", " ", ""]));
+            if rng.below(8) == 0 {
+                out.push_str("<e>1</e>");
+                continue;
+            }
+            out.push_str("<m>");
+            let mut children: Vec<&str> = names.to_vec();
+            if rng.below(3) == 0 {
+                children.retain(|_| rng.below(4) != 0);
+            }
+            if rng.below(4) == 0 {
+                let at = rng.below(children.len() + 1);
+                children.insert(at, rng.pick(&["other", "jo", "job_pidx", "a"]));
+            }
+            if rng.below(4) == 0 && !children.is_empty() {
+                let (a, b) = (rng.below(children.len()), rng.below(children.len()));
+                children.swap(a, b);
+            }
+            for name in children {
+                out.push_str(rng.pick(&["\n    ", "\n    ", "", "t"]));
+                let text = match rng.below(6) {
+                    0 => String::new(),
+                    1 => "a &amp; b".to_string(),
+                    2 => "x<in>y</in>z".to_string(),
+                    3 => "<in/>".to_string(),
+                    _ => rng
+                        .pick(&["1", "fedora", "console=ttyS0,115200 root=/dev/sda1"])
+                        .to_string(),
+                };
+                let end = match rng.below(40) {
+                    0 => name[..name.len() - 1].to_string(),
+                    1 => format!("{name}x"),
+                    2 => "other".to_string(),
+                    _ => name.to_string(),
+                };
+                if text.is_empty() && rng.below(2) == 0 {
+                    out.push_str(&format!("<{name}/>"));
+                } else {
+                    out.push_str(&format!("<{name}>{text}</{end}>"));
+                }
+            }
+            out.push_str(rng.pick(&["\n  ", ""]));
+            out.push_str("</m>");
+        }
+        out.push_str(rng.pick(&["\n</s>\n", "</s>"]));
+        out
+    }
+
+    #[test]
+    fn the_fast_path_tells_known_children_as_the_reader_tells_them() {
+        // Known names as a lab's are, a name that is the start of another,
+        // and one too long to match whole.
+        const NAMES: &[&str] = &["name", "job", "job_pid", "x-y.z", "a_name_of_17_byte", "c"];
+        let mut rng = Rng(0x00C0_FFEE_0042);
+        let (mut fast_documents, mut known) = (0, 0);
+        for round in 0..6000 {
+            let mut text = skimmed_document(&mut rng, NAMES);
+            // Half of them damaged here and there: the fast path must then
+            // step aside, or read what the reader reads.
+            if round % 2 == 1 {
+                let mut bytes = text.into_bytes();
+                for _ in 0..1 + rng.below(2) {
+                    let at = rng.below(bytes.len());
+                    bytes[at] = b"</>x &;"[rng.below(7)];
+                }
+                text = String::from_utf8(bytes).unwrap_or_default();
+            }
+            let source: Source = Arc::new(text.clone());
+            let parser = Parser::new(&source);
+            let (mut quick, mut general) = (Recorder::new(NAMES), Recorder::new(NAMES));
+            let found = Fast::new(parser.text, &source).document(
+                parser.bom,
+                parser.offset,
+                false,
+                &mut quick,
+            );
+            let read = Parser::new(&source).parse(&source, Some(&mut general));
+            let Some(doc) = found else {
+                continue;
+            };
+            assert_eq!(Ok(&doc), read.as_ref(), "{text}");
+            assert_eq!(quick.told, general.told, "{text}");
+            assert_eq!(doc.write(), text);
+            fast_documents += 1;
+            known += quick.known;
+        }
+        assert!(
+            fast_documents > 1000 && known > 5000,
+            "{fast_documents} documents, {known} known children"
+        );
     }
 
     #[test]

@@ -205,6 +205,20 @@ impl Machine {
     }
 
     /// Whether the machine has this field (perhaps empty).
+    /// Where `field`'s text stands in the source the machine was read
+    /// from (byte offsets), when it is a span of it: not when the machine
+    /// lacks the field or holds its text as its own. Tells without a look
+    /// at the text.
+    pub fn span(&self, field: Field) -> Option<(usize, usize)> {
+        match self.fields[field.index()] {
+            Slot::ABSENT
+            | Slot {
+                start: u32::MAX, ..
+            } => None,
+            Slot { start, end } => Some((start as usize, end as usize)),
+        }
+    }
+
     pub fn has(&self, field: Field) -> bool {
         self.fields[field.index()] != Slot::ABSENT
     }

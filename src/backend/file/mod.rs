@@ -35,6 +35,7 @@ pub mod journal;
 pub mod lock;
 mod locks;
 pub mod log;
+pub mod memory;
 pub mod rollforward;
 
 use std::ffi::{OsStr, OsString};
@@ -235,55 +236,6 @@ fn resolve_trusted(start: &Path) -> Result<(PathBuf, std::result::Result<Dir, Un
         }
     };
     Ok((at, folder))
-}
-
-/// Asks the allocator to keep the memory a transaction frees for the next
-/// one, where it would hand large blocks back to the kernel at once. A run
-/// reads the lab twice (claim, release): on a lab of megabytes the second
-/// reading would otherwise fault every page of its buffers in afresh, a
-/// good part of its time. The memory kept is what the first one used.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            const KEEP: libc::c_int = 256 << 20;
-            // SAFETY: plain settings of the C allocator, made before the
-            // blocks they concern are allocated; a refusal changes nothing.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, KEEP);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP);
-            }
-        });
-    }
-}
-
-/// Maps in the pages of `buffer`'s spare capacity at once, where the
-/// kernel would fault them in one by one as a read fills them: each fault
-/// costs microseconds on a virtual machine, thousands of them a large
-/// lab's read (some 5 % of a run on ten thousand machines).
-fn populate(buffer: &mut Vec<u8>) {
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        let spare = buffer.spare_capacity_mut();
-        let (start, len) = (spare.as_mut_ptr() as usize, spare.len());
-        let first = start.next_multiple_of(PAGE);
-        let end = (start + len) / PAGE * PAGE;
-        if end >= first + 16 * PAGE {
-            // SAFETY: whole pages within this vector's own allocation;
-            // populating writes nothing a mapped page holds (a page not
-            // yet mapped reads as zeroes, as it would have). A refusal
-            // (an older kernel) changes nothing.
-            unsafe {
-                libc::madvise(
-                    first as *mut libc::c_void,
-                    end - first,
-                    libc::MADV_POPULATE_WRITE,
-                );
-            }
-        }
-    }
 }
 
 /// The state file as parsed.
@@ -942,7 +894,7 @@ impl FileStore {
                 journal: Journal::none(Identity::default()),
             });
         };
-        keep_freed_memory();
+        memory::keep_freed_memory();
         let mut file = state.file();
         self.await_php_copy(file);
         let meta = file
@@ -955,7 +907,7 @@ impl FileStore {
         // growing the buffer by doubling would copy it and hold twice it.
         let size = usize::try_from(meta.len()).unwrap_or(0);
         let mut bytes = Vec::with_capacity(size.saturating_add(1));
-        populate(&mut bytes);
+        memory::populate(&mut bytes, XmlLab::room_for(size));
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.take(doc::MAX_DOCUMENT + 1).read_to_end(&mut bytes))
             .map_err(|e| Error::io("read", &self.path, e))?;
