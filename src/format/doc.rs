@@ -276,7 +276,7 @@ impl XmlLab {
 
     /// The memory that reading a text of `len` bytes reserves after the
     /// text, as a rule: its machines and the root's nodes, each reserved
-    /// once (see [`super::memory::populate`]).
+    /// once (see [`crate::backend::file::memory::populate`]).
     pub fn room_for(len: usize) -> usize {
         machine_capacity(len) * std::mem::size_of::<Machine>()
             + xml::root_capacity(len) * std::mem::size_of::<Node>()
