@@ -1,4 +1,4 @@
-//! The state file's document: the upstream
+//! The machine document: the upstream
 //! `<settings><machine>…</machine></settings>` format, over the lossless
 //! tree of [`crate::format::xml`].
 //!
@@ -7,19 +7,18 @@
 //! [`XmlLab::apply`] replays the lab's [`Change`]s onto the tree: writing a
 //! field touches only that field's element, so every element, attribute and
 //! comment that mama does not know stays where it was, and a tree no change
-//! was replayed on writes back the very text it was read from. mama's own
-//! top-level elements, `<event_seq>` and `<pending_events>` (the history's
-//! side in the state file, see [`crate::backend::file::log`]), are kept
-//! here too.
+//! was replayed on writes back the very text it was read from. Other
+//! top-level elements are kept as they are, and read and written by name
+//! ([`XmlLab::top_level`]): the state file keeps its own bookkeeping there
+//! (see [`BOOKKEEPING`]).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
-use super::xml::{self, Document, Element, Node, ParseError, Skimmer, Source};
+use super::xml::{self, Document, Element, Node, ParseError, Skimmer, Source, Str};
 use crate::error::Error;
-use crate::model::event::Event;
 use crate::model::field::Field;
 use crate::model::{Change, Lab, Machine, NewMachine};
 
@@ -30,16 +29,12 @@ pub const MAX_DOCUMENT: u64 = 256 << 20;
 
 const MACHINE: &str = "machine";
 const ROOT: &str = "settings";
-/// mama's own top-level element: the last event the state committed.
-const EVENT_SEQ: &str = "event_seq";
-/// mama's own top-level element: committed events not yet in the log.
-const PENDING_EVENTS: &str = "pending_events";
-/// mama's own top-level element: the token of the last journal folded
-/// into the state (see [`crate::backend::file::journal`]).
-const JOURNAL_FOLDED: &str = "journal_folded";
-/// A top-level element a person adds to say that PHP mama shares the file:
-/// then mama writes it in place (see [`crate::backend::file`]).
-const PHP_COMPAT: &str = "php_compat";
+/// mama's own top-level elements, the state file's bookkeeping (its
+/// history's newest events and their number, the mark of a folded journal:
+/// see [`crate::backend::file`], which reads and writes them): a lab's
+/// document as upstream's format holds it (an export, the document around
+/// a database lab's machines) leaves them out.
+pub const BOOKKEEPING: [&str; 3] = ["event_seq", "pending_events", "journal_folded"];
 
 /// The parsed state file.
 ///
@@ -65,17 +60,14 @@ pub struct XmlLab {
     /// that replaying a journal's changes does not search the whole lab
     /// for each.
     found: std::cell::RefCell<std::collections::HashMap<Box<str>, usize>>,
-    /// Where the first root child named each of [`OWN`] stands, found in
-    /// one look over the root's children and kept until a node is put in
-    /// or taken out among them ([`XmlLab::moved`]): a lookup by name looks
-    /// at every child, twenty thousand on a large lab, and a transaction
-    /// makes a handful. Each place found is checked again at use.
-    own: std::cell::Cell<Option<[Option<u32>; OWN.len()]>>,
+    /// Where the first root child of each name but `machine` stands,
+    /// found in one look over the root's children and kept until a node is
+    /// put in or taken out among them ([`XmlLab::moved`]): a lookup by name
+    /// looks at every child, twenty thousand on a large lab, and a
+    /// transaction makes a handful. Each place found is checked again at
+    /// use.
+    own: std::cell::RefCell<Option<Vec<(Str, u32)>>>,
 }
-
-/// The top-level elements looked up by name: mama's own, and the one that
-/// says PHP mama shares the file.
-const OWN: [&str; 4] = [EVENT_SEQ, PENDING_EVENTS, JOURNAL_FOLDED, PHP_COMPAT];
 
 /// A quick hash for machine names (FxHash's multiply and rotate, eight
 /// bytes at a time): checking ten thousand names for a duplicate with
@@ -704,10 +696,8 @@ impl XmlLab {
     pub fn skeleton(&self) -> String {
         let mut doc = self.doc.clone();
         while let Some(at) = doc.root.children.iter().position(|n| {
-            matches!(
-                n.element_name(),
-                Some(MACHINE | EVENT_SEQ | PENDING_EVENTS | JOURNAL_FOLDED)
-            )
+            n.element_name()
+                .is_some_and(|name| name == MACHINE || BOOKKEEPING.contains(&name))
         }) {
             doc.root.remove_child(at);
         }
@@ -739,7 +729,7 @@ impl XmlLab {
     /// mama's own bookkeeping elements.
     pub fn exported(&self) -> String {
         let mut doc = self.doc.clone();
-        for tag in [EVENT_SEQ, PENDING_EVENTS, JOURNAL_FOLDED] {
+        for tag in BOOKKEEPING {
             if let Some(at) = doc.root.position(tag) {
                 doc.root.remove_child(at);
             }
@@ -747,63 +737,23 @@ impl XmlLab {
         doc.write()
     }
 
-    /// Whether the file says that PHP mama shares it: a top-level
-    /// `<php_compat>` that does not hold `0`.
-    pub fn php_compat(&self) -> bool {
-        self.own_element(PHP_COMPAT)
-            .is_some_and(|e| e.text().trim() != "0")
+    /// The text of the first top-level element called `tag`, if there is
+    /// one (for a lab's own elements beside its machines).
+    pub fn top_level(&self, tag: &str) -> Option<String> {
+        Some(self.own_element(tag)?.text().into_owned())
     }
 
-    /// The number of the last event this state committed, if any.
-    pub fn event_seq(&self) -> Option<u64> {
-        self.own_element(EVENT_SEQ)?.text().trim().parse().ok()
-    }
-
-    /// The committed events the state holds until they move to the log.
-    pub fn pending_events(&self) -> Vec<Event> {
-        self.own_element(PENDING_EVENTS)
-            .map_or_else(Vec::new, |e| crate::model::event::decode(&e.text()))
-    }
-
-    /// Replaces the pending events; none removes the element.
-    pub fn set_pending_events(&mut self, events: &[Event]) -> Result<(), Error> {
-        if events.is_empty() {
-            if let Some(at) = self.own_at(PENDING_EVENTS) {
-                self.doc.root.remove_child(at);
-                self.moved();
-            }
-            return Ok(());
-        }
-        let text = crate::model::event::encode(events)?;
-        self.set_top_level(PENDING_EVENTS, &text);
-        Ok(())
-    }
-
-    /// The token of the last journal folded into this state.
-    pub fn journal_folded(&self) -> Option<String> {
-        let text = self.own_element(JOURNAL_FOLDED)?.text().trim().to_string();
-        (!text.is_empty()).then_some(text)
-    }
-
-    pub fn set_journal_folded(&mut self, token: &str) {
-        self.set_top_level(JOURNAL_FOLDED, token);
-    }
-
-    /// Drops the token of a folded journal once no journal is left.
-    pub fn forget_journal_folded(&mut self) {
-        if let Some(at) = self.own_at(JOURNAL_FOLDED) {
+    /// Removes the first top-level element called `tag`, if there is one.
+    pub fn remove_top_level(&mut self, tag: &str) {
+        if let Some(at) = self.own_at(tag) {
             self.doc.root.remove_child(at);
             self.moved();
         }
     }
 
-    pub fn set_event_seq(&mut self, seq: u64) {
-        self.set_top_level(EVENT_SEQ, &seq.to_string());
-    }
-
-    /// Sets one of mama's own top-level elements, adding it after the last
-    /// element when missing.
-    fn set_top_level(&mut self, tag: &str, value: &str) {
+    /// Sets the text of the first top-level element called `tag` (not
+    /// `machine`), adding it after the last element when missing.
+    pub fn set_top_level(&mut self, tag: &str, value: &str) {
         if let Some(at) = self.own_at(tag)
             && let Some(Node::Element(element)) = self.doc.root.children.get_mut(at)
         {
@@ -816,7 +766,7 @@ impl XmlLab {
         self.moved();
     }
 
-    /// The first root child element called `tag`, one of [`OWN`].
+    /// The first root child element called `tag` (not `machine`).
     fn own_element(&self, tag: &str) -> Option<&Element> {
         match self.doc.root.children.get(self.own_at(tag)?)? {
             Node::Element(element) => Some(element),
@@ -824,20 +774,22 @@ impl XmlLab {
         }
     }
 
-    /// Where the first root child element called `tag` stands, `tag` one
-    /// of [`OWN`]: what `self.doc.root.child(tag)` finds.
+    /// Where the first root child element called `tag` (not `machine`)
+    /// stands: what `self.doc.root.child(tag)` finds.
     fn own_at(&self, tag: &str) -> Option<usize> {
-        let which = OWN.iter().position(|own| *own == tag)?;
         let children = &self.doc.root.children;
         let is_it = |at: usize| matches!(children.get(at), Some(Node::Element(e)) if e.name == tag);
-        let at = match self.own.get() {
-            Some(places) => match places[which] {
-                Some(at) if is_it(at as usize) => Some(at as usize),
-                None => None,
-                // Not where it was: a move went unsaid. Look again.
-                Some(_) => self.find_own()[which],
-            },
-            None => self.find_own()[which],
+        let known = self.own.borrow().as_ref().map(|places| {
+            places
+                .iter()
+                .find(|(name, _)| *name == tag)
+                .map(|&(_, at)| at)
+        });
+        let at = match known {
+            Some(Some(at)) if is_it(at as usize) => Some(at as usize),
+            Some(None) => None,
+            // Not where it was (a move went unsaid), or not looked for yet.
+            _ => self.find_own(tag),
         };
         debug_assert_eq!(
             at,
@@ -849,28 +801,31 @@ impl XmlLab {
         at
     }
 
-    /// Looks for each of [`OWN`] among the root's children, and keeps what
-    /// it finds.
-    fn find_own(&self) -> [Option<usize>; OWN.len()] {
-        let mut places = [None; OWN.len()];
+    /// Looks for the first root child of each name but `machine`, keeps
+    /// what it finds, and says where `tag` stands.
+    fn find_own(&self, tag: &str) -> Option<usize> {
+        let mut places: Vec<(Str, u32)> = Vec::new();
         for (at, node) in self.doc.root.children.iter().enumerate() {
             if let Node::Element(element) = node
-                && let Some(which) = OWN.iter().position(|own| element.name == *own)
-                && places[which].is_none()
+                && element.name != MACHINE
+                && !places.iter().any(|(name, _)| *name == element.name)
+                && let Ok(at) = u32::try_from(at)
             {
-                places[which] = Some(at);
+                places.push((element.name.clone(), at));
             }
         }
-        self.own.set(Some(
-            places.map(|at| at.and_then(|at| u32::try_from(at).ok())),
-        ));
-        places
+        let found = places
+            .iter()
+            .find(|(name, _)| *name == tag)
+            .map(|&(_, at)| at as usize);
+        *self.own.borrow_mut() = Some(places);
+        found
     }
 
     /// A node was put in or taken out among the root's children: the
     /// places of [`OWN`] are looked for again at the next lookup.
     fn moved(&self) {
-        self.own.set(None);
+        *self.own.borrow_mut() = None;
     }
 }
 
@@ -1021,32 +976,43 @@ mod tests {
     }
 
     #[test]
-    fn mamas_own_elements_are_found_after_every_change() {
+    fn top_level_elements_are_found_after_every_change() {
         // Two <event_seq>: the first counts, as for the tree.
         let text = "<settings>\n  <machine><name>a</name></machine>\n  <machine><name>b</name></machine>\n  <event_seq>3</event_seq>\n  <event_seq>9</event_seq>\n</settings>\n";
         let mut lab = XmlLab::parse(text).unwrap();
+        let tags = [
+            "event_seq",
+            "journal_folded",
+            "pending_events",
+            "php_compat",
+        ];
         let same_as_read = |lab: &XmlLab| {
             let again = XmlLab::parse_eager(&lab.to_xml()).unwrap();
-            assert_eq!(lab.event_seq(), again.event_seq(), "{}", lab.to_xml());
-            assert_eq!(lab.journal_folded(), again.journal_folded());
-            assert_eq!(lab.pending_events(), again.pending_events());
-            assert_eq!(lab.php_compat(), again.php_compat());
+            for tag in tags {
+                assert_eq!(
+                    lab.top_level(tag),
+                    again.top_level(tag),
+                    "{tag}: {}",
+                    lab.to_xml()
+                );
+            }
         };
-        assert_eq!(lab.event_seq(), Some(3));
-        assert_eq!(lab.journal_folded(), None);
+        let seq = |lab: &XmlLab| lab.top_level("event_seq");
+        assert_eq!(seq(&lab).as_deref(), Some("3"));
+        assert_eq!(lab.top_level("journal_folded"), None);
         same_as_read(&lab);
         // Added, then found again.
-        lab.set_journal_folded("t1");
-        assert_eq!(lab.journal_folded().as_deref(), Some("t1"));
-        lab.set_journal_folded("t2");
-        assert_eq!(lab.journal_folded().as_deref(), Some("t2"));
+        lab.set_top_level("journal_folded", "t1");
+        assert_eq!(lab.top_level("journal_folded").as_deref(), Some("t1"));
+        lab.set_top_level("journal_folded", "t2");
+        assert_eq!(lab.top_level("journal_folded").as_deref(), Some("t2"));
         same_as_read(&lab);
         // A machine and its line taken out before them: the first
         // <event_seq> moves to where the second stood.
         let mut model = lab.take_model();
         model.remove("a").unwrap();
         lab.apply(model.changes()).unwrap();
-        assert_eq!(lab.event_seq(), Some(3));
+        assert_eq!(seq(&lab).as_deref(), Some("3"));
         same_as_read(&lab);
         // A machine put in before them.
         let mut model = lab.model();
@@ -1060,19 +1026,17 @@ mod tests {
             })
             .unwrap();
         lab.apply(model.changes()).unwrap();
-        assert_eq!(lab.event_seq(), Some(3));
+        assert_eq!(seq(&lab).as_deref(), Some("3"));
         same_as_read(&lab);
-        let events = vec![Event::new(crate::model::event::Kind::Set, "b")];
-        lab.set_pending_events(&events).unwrap();
-        assert_eq!(lab.pending_events().len(), 1);
-        lab.set_event_seq(4);
-        assert_eq!(lab.event_seq(), Some(4));
+        lab.set_top_level("pending_events", "{}\n");
+        lab.set_top_level("event_seq", "4");
+        assert_eq!(seq(&lab).as_deref(), Some("4"));
         same_as_read(&lab);
-        lab.set_pending_events(&[]).unwrap();
-        lab.forget_journal_folded();
-        assert!(lab.pending_events().is_empty());
-        assert_eq!(lab.journal_folded(), None);
-        assert_eq!(lab.event_seq(), Some(4));
+        lab.remove_top_level("pending_events");
+        lab.remove_top_level("journal_folded");
+        assert_eq!(lab.top_level("pending_events"), None);
+        assert_eq!(lab.top_level("journal_folded"), None);
+        assert_eq!(seq(&lab).as_deref(), Some("4"));
         same_as_read(&lab);
     }
 
@@ -1124,19 +1088,6 @@ mod tests {
         taken(&names);
         names.push("<name>m0</name>");
         refused(&names, "m0");
-    }
-
-    #[test]
-    fn php_compat_is_on_unless_it_says_0() {
-        let with = |element: &str| {
-            XmlLab::parse(&UPSTREAM.replace("<settings>", &format!("<settings>{element}")))
-                .unwrap()
-                .php_compat()
-        };
-        assert!(!XmlLab::parse(UPSTREAM).unwrap().php_compat());
-        assert!(with("<php_compat/>"));
-        assert!(with("<php_compat>1</php_compat>"));
-        assert!(!with("<php_compat> 0 </php_compat>"));
     }
 
     #[test]
@@ -1287,7 +1238,7 @@ mod damaged_file_tests {
 mod lazy_tests {
     use super::*;
     use crate::model::JobRecord;
-    use crate::model::event::Kind;
+    use crate::model::event::{Event, Kind};
     use crate::model::queue::Waiter;
 
     /// A small deterministic generator (xorshift64*), so failures replay.
@@ -1537,8 +1488,9 @@ mod lazy_tests {
                     assert_eq!(machines(&lazy), machines(&eager), "round {round}: {text}");
                     assert_eq!(lazy.to_xml(), text, "round {round}");
                     assert_eq!(lazy.render().unwrap().concat(), text, "round {round}");
-                    assert_eq!(lazy.event_seq(), eager.event_seq());
-                    assert_eq!(lazy.pending_events(), eager.pending_events());
+                    for tag in BOOKKEEPING {
+                        assert_eq!(lazy.top_level(tag), eager.top_level(tag));
+                    }
                     same_parts(&lazy, &eager, &format!("round {round}: {text}"));
                     // The database backend keeps each machine's element
                     // apart, and reads the lab back from them.
@@ -1598,15 +1550,24 @@ mod lazy_tests {
                 eager.apply(lab.changes()).unwrap();
                 if rng.one_in(2) {
                     let seq = rng.below(1000) as u64;
-                    lazy.set_event_seq(seq);
-                    eager.set_event_seq(seq);
+                    lazy.set_top_level("event_seq", &seq.to_string());
+                    eager.set_top_level("event_seq", &seq.to_string());
                 }
                 if rng.one_in(3) {
                     let events: Vec<Event> = (0..rng.below(3))
                         .map(|i| Event::new(Kind::Set, "m0").detail(format!("os=<{i}>&")))
                         .collect();
-                    lazy.set_pending_events(&events).unwrap();
-                    eager.set_pending_events(&events).unwrap();
+                    match events.is_empty() {
+                        true => {
+                            lazy.remove_top_level("pending_events");
+                            eager.remove_top_level("pending_events");
+                        }
+                        false => {
+                            let text = crate::model::event::encode(&events).unwrap();
+                            lazy.set_top_level("pending_events", &text);
+                            eager.set_top_level("pending_events", &text);
+                        }
+                    }
                 }
                 let want = eager.to_xml();
                 if let Err(refused) = XmlLab::parse_eager(&want) {

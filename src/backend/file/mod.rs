@@ -30,6 +30,7 @@
 //! [`crate::backend::file::fsutil`]: never through a link, and never in a
 //! folder put in its place since.
 
+mod bookkeeping;
 pub mod fsutil;
 pub mod journal;
 pub mod lock;
@@ -52,6 +53,7 @@ use super::{LockPatience, Snapshot};
 use crate::format::doc::{self, XmlLab};
 use crate::model::Lab;
 use crate::model::event::Event;
+use bookkeeping::Bookkeeping;
 use fsutil::Dir;
 use journal::{Identity, Journal, Record};
 use lock::{FileLock, LockFile, Mode};
