@@ -1,0 +1,147 @@
+//! The document in parts and put together again: each machine's element
+//! (a database lab keeps one a row), the document around them, the lab as
+//! upstream's format holds it for an export.
+
+use std::borrow::Cow;
+
+use super::*;
+use crate::format::xml::{Node, ParseError};
+
+impl XmlLab {
+    /// The lab of these machine elements (each `<machine>…</machine>` as
+    /// [`XmlLab::machine_text`] gives it), in order: how a lab that keeps
+    /// each machine's element apart (the database backend) is read. Each
+    /// text must hold exactly one machine, the one `names` gives in the same
+    /// place: a text that would open or swallow another is refused.
+    pub fn from_machines<'a>(
+        machines: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<XmlLab, ParseError> {
+        let mut text = String::from("<settings>\n");
+        let mut names = Vec::new();
+        for (name, element) in machines {
+            text.push_str("  ");
+            text.push_str(element);
+            text.push('\n');
+            names.push(name);
+        }
+        text.push_str("</settings>\n");
+        let lab = XmlLab::read(Arc::new(text))?;
+        let read: Vec<Cow<'_, str>> = lab.machine_nodes().map(|n| lab.node_name(n)).collect();
+        if read != names {
+            let at = read
+                .iter()
+                .zip(&names)
+                .position(|(a, b)| a != b)
+                .unwrap_or(read.len().min(names.len()));
+            return Err(ParseError {
+                line: 0,
+                column: 0,
+                message: format!(
+                    "the element stored for machine '{}' is not one <machine> of that name",
+                    names.get(at).copied().unwrap_or_default()
+                ),
+            });
+        }
+        if lab
+            .doc
+            .root
+            .children
+            .iter()
+            .any(|n| n.element_name().is_some_and(|name| name != MACHINE))
+        {
+            return Err(ParseError {
+                line: 0,
+                column: 0,
+                message: "a stored machine element holds elements beside it".into(),
+            });
+        }
+        Ok(lab)
+    }
+
+    /// The root's machines, built or skimmed, in document order.
+    pub(super) fn machine_nodes(&self) -> impl Iterator<Item = &Node> {
+        self.doc.root.children.iter().filter(|n| is_machine(n))
+    }
+
+    /// The name of one of [`XmlLab::machine_nodes`]; empty when it has none.
+    pub(super) fn node_name<'s>(&'s self, node: &'s Node) -> Cow<'s, str> {
+        match node {
+            Node::Lazy(lazy) => Cow::Borrowed(self.names.get(lazy.slot).unwrap_or("")),
+            Node::Element(element) => element
+                .child(Field::Name.tag())
+                .map(|n| n.text())
+                .unwrap_or_default(),
+            _ => Cow::Borrowed(""),
+        }
+    }
+
+    /// The text of one of [`XmlLab::machine_nodes`]: a skimmed machine's
+    /// as read, a built one's as it now stands.
+    pub(super) fn node_text(node: &Node) -> String {
+        match node {
+            Node::Lazy(lazy) => lazy.text().to_string(),
+            Node::Element(element) => element.to_text(),
+            _ => String::new(),
+        }
+    }
+
+    /// The text of the element of the machine called `name`.
+    pub fn machine_text(&self, name: &str) -> Option<String> {
+        let at = self.position_of(name)?;
+        Some(XmlLab::node_text(&self.doc.root.children[at]))
+    }
+
+    /// Every machine's name and element text, in order.
+    pub fn machine_texts(&self) -> Vec<(String, String)> {
+        self.machine_nodes()
+            .map(|n| (self.node_name(n).into_owned(), XmlLab::node_text(n)))
+            .collect()
+    }
+
+    /// The document without its machines and without mama's own
+    /// bookkeeping: the root's attributes, other top-level elements,
+    /// comments and declaration, which a lab keeps beside its machines.
+    pub fn skeleton(&self) -> String {
+        let mut doc = self.doc.clone();
+        while let Some(at) = doc.root.children.iter().position(|n| {
+            n.element_name()
+                .is_some_and(|name| name == MACHINE || BOOKKEEPING.contains(&name))
+        }) {
+            doc.root.remove_child(at);
+        }
+        doc.write()
+    }
+
+    /// The lab as upstream's format holds it, for `export`: the skeleton
+    /// (see [`XmlLab::skeleton`]; upstream's empty document when there is
+    /// none) with these machine elements after its last element.
+    pub fn assemble<'a>(
+        skeleton: Option<&str>,
+        machines: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<XmlLab, ParseError> {
+        let mut lab = match skeleton {
+            Some(text) => XmlLab::parse(text)?,
+            None => XmlLab::empty(),
+        };
+        let parts = XmlLab::from_machines(machines)?;
+        for node in parts.machine_nodes() {
+            let last = lab.doc.root.children.iter().rposition(Node::is_element);
+            lab.doc.root.insert_element(last, built(node)?, "  ");
+            lab.moved();
+        }
+        lab.renamed = true;
+        Ok(lab)
+    }
+
+    /// The state as upstream's format holds it, for `export`: without
+    /// mama's own bookkeeping elements.
+    pub fn exported(&self) -> String {
+        let mut doc = self.doc.clone();
+        for tag in BOOKKEEPING {
+            if let Some(at) = doc.root.position(tag) {
+                doc.root.remove_child(at);
+            }
+        }
+        doc.write()
+    }
+}

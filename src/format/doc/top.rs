@@ -1,0 +1,98 @@
+//! Top-level elements other than machines, read and written by name, and
+//! where each stands, found in one look over the root's children.
+
+use super::*;
+use crate::format::xml::{Element, Node, Str};
+
+impl XmlLab {
+    /// The text of the first top-level element called `tag`, if there is
+    /// one (for a lab's own elements beside its machines).
+    pub fn top_level(&self, tag: &str) -> Option<String> {
+        Some(self.own_element(tag)?.text().into_owned())
+    }
+
+    /// Removes the first top-level element called `tag`, if there is one.
+    pub fn remove_top_level(&mut self, tag: &str) {
+        if let Some(at) = self.own_at(tag) {
+            self.doc.root.remove_child(at);
+            self.moved();
+        }
+    }
+
+    /// Sets the text of the first top-level element called `tag` (not
+    /// `machine`), adding it after the last element when missing.
+    pub fn set_top_level(&mut self, tag: &str, value: &str) {
+        if let Some(at) = self.own_at(tag)
+            && let Some(Node::Element(element)) = self.doc.root.children.get_mut(at)
+        {
+            element.set_text(value);
+            return;
+        }
+        self.doc
+            .root
+            .push_element(Element::with_text(tag, value), "  ");
+        self.moved();
+    }
+
+    /// The first root child element called `tag` (not `machine`).
+    pub(super) fn own_element(&self, tag: &str) -> Option<&Element> {
+        match self.doc.root.children.get(self.own_at(tag)?)? {
+            Node::Element(element) => Some(element),
+            _ => None,
+        }
+    }
+
+    /// Where the first root child element called `tag` (not `machine`)
+    /// stands: what `self.doc.root.child(tag)` finds.
+    pub(super) fn own_at(&self, tag: &str) -> Option<usize> {
+        let children = &self.doc.root.children;
+        let is_it = |at: usize| matches!(children.get(at), Some(Node::Element(e)) if e.name == tag);
+        let known = self.own.borrow().as_ref().map(|places| {
+            places
+                .iter()
+                .find(|(name, _)| *name == tag)
+                .map(|&(_, at)| at)
+        });
+        let at = match known {
+            Some(Some(at)) if is_it(at as usize) => Some(at as usize),
+            Some(None) => None,
+            // Not where it was (a move went unsaid), or not looked for yet.
+            _ => self.find_own(tag),
+        };
+        debug_assert_eq!(
+            at,
+            children
+                .iter()
+                .position(|n| matches!(n, Node::Element(e) if e.name == tag)),
+            "the place of <{tag}>"
+        );
+        at
+    }
+
+    /// Looks for the first root child of each name but `machine`, keeps
+    /// what it finds, and says where `tag` stands.
+    pub(super) fn find_own(&self, tag: &str) -> Option<usize> {
+        let mut places: Vec<(Str, u32)> = Vec::new();
+        for (at, node) in self.doc.root.children.iter().enumerate() {
+            if let Node::Element(element) = node
+                && element.name != MACHINE
+                && !places.iter().any(|(name, _)| *name == element.name)
+                && let Ok(at) = u32::try_from(at)
+            {
+                places.push((element.name.clone(), at));
+            }
+        }
+        let found = places
+            .iter()
+            .find(|(name, _)| *name == tag)
+            .map(|&(_, at)| at as usize);
+        *self.own.borrow_mut() = Some(places);
+        found
+    }
+
+    /// A node was put in or taken out among the root's children: the
+    /// places of [`OWN`] are looked for again at the next lookup.
+    pub(super) fn moved(&self) {
+        *self.own.borrow_mut() = None;
+    }
+}
