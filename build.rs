@@ -90,14 +90,16 @@ fn main() {
 /// `mama run` starts a process, and loading, relocating and initialising
 /// one more shared library (its constructor asks the CPU what it offers,
 /// which a virtual machine's hypervisor answers slowly) was some 0.1 ms of
-/// each start. Only for GNU/Linux, and only where the C compiler knows the
-/// archive; elsewhere the link is left as it was.
+/// each start. Only for GNU/Linux, built where it runs, and only where the
+/// C compiler knows the archive; elsewhere the link is left as it was.
 fn static_unwinder() {
     let gnu_linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
         && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
     let crt_static = std::env::var("CARGO_CFG_TARGET_FEATURE")
         .is_ok_and(|features| features.split(',').any(|f| f == "crt-static"));
-    if !gnu_linux || crt_static {
+    // The compiler asked is the host's: a cross build keeps its link.
+    let native = std::env::var("TARGET").ok() == std::env::var("HOST").ok();
+    if !gnu_linux || crt_static || !native {
         return;
     }
     println!("cargo::rerun-if-env-changed=CC");
