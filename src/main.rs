@@ -1,11 +1,9 @@
-use clap::Parser;
 use clap::error::ErrorKind;
 
-use mama::cli::Cli;
 use mama::exit::ExitCode;
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match mama::cli::parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

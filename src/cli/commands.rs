@@ -552,12 +552,14 @@ pub fn run(
         inherit: claim.lock_fd(),
         lease,
     };
-    let ending = supervise::run(&job, job_mask);
+    let (ending, watcher) = supervise::run(&job, job_mask);
     let outcome = match &ending {
         Ok(ending) => ending.to_string(),
         Err(e) => format!("supervision failed: {e}"),
     };
     let released = claim.release(store, &outcome);
+    // Killed when the job ended, the watcher has died meanwhile: reaped.
+    drop(watcher);
     let ending = ending?;
     match &ending {
         Ending::NotStarted(e) => say!("mama: cannot run '{}': {e}", program.to_string_lossy()),

@@ -333,6 +333,48 @@ fn checked_age(text: &str, secs: u64) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// The command line, as clap reads it (see [`Cli`]). The plainest run,
+/// `mama run MACHINE -- CMD...` (nothing else given, a machine name that
+/// is UTF-8 and does not start with `-`), is read without clap: building
+/// clap's parser for it was a good part of a short run's start (its
+/// allocations and the pages they first touch). What it makes is what clap
+/// makes of those words (a unit test holds the two together).
+pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    match plain_run(&args) {
+        Some(cli) => Ok(cli),
+        None => Cli::try_parse_from(args),
+    }
+}
+
+/// `mama run MACHINE -- CMD...`, when the words are exactly that.
+fn plain_run(args: &[OsString]) -> Option<Cli> {
+    let [_, run, machine, dashes, command @ ..] = args else {
+        return None;
+    };
+    let machine = machine.to_str()?;
+    if run != "run" || dashes != "--" || command.is_empty() {
+        return None;
+    }
+    if machine.is_empty() || machine.starts_with('-') {
+        return None;
+    }
+    Some(Cli {
+        state: None,
+        command: Command::Run {
+            pick: Pick {
+                machines: vec![machine.to_owned()],
+                any: false,
+                filters: Vec::new(),
+            },
+            job: None,
+            no_wait: false,
+            wait_timeout: None,
+            timeout: None,
+            command: command.to_vec(),
+        },
+    })
+}
+
 /// The command line's whole description, every subcommand's arguments
 /// built (see the deferred [`Command`]).
 pub fn whole_command() -> clap::Command {
@@ -350,6 +392,43 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The plainest run is read without clap, into what clap makes of it;
+    /// anything else goes to clap.
+    #[test]
+    fn a_plain_run_is_read_as_clap_reads_it() {
+        let words = |w: &[&str]| w.iter().map(OsString::from).collect::<Vec<_>>();
+        for plain in [
+            &["mama", "run", "m0", "--", "true"][..],
+            &["mama", "run", "rig.1_a", "--", "sh", "-c", "exit 3", "--"],
+            &["/usr/bin/mama", "run", "m0", "--", "--", "-x"],
+        ] {
+            let args = words(plain);
+            let fast = plain_run(&args).unwrap_or_else(|| panic!("{plain:?} is plain"));
+            let clap = Cli::try_parse_from(&args).expect("clap reads it");
+            assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{plain:?}");
+        }
+        for other in [
+            &["mama", "run", "m0", "true"][..],
+            &["mama", "run", "m0", "--"],
+            &["mama", "run", "-x", "--", "true"],
+            &["mama", "run", "", "--", "true"],
+            &["mama", "run", "--any", "--", "true"],
+            &["mama", "run", "m0", "--timeout", "1", "--", "true"],
+            &["mama", "--state", "/x", "run", "m0", "--", "true"],
+            &["mama", "wait", "m0", "--", "true"],
+            &["mama", "run"],
+        ] {
+            assert!(plain_run(&words(other)).is_none(), "{other:?}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt;
+            let mut args = words(&["mama", "run", "m0", "--", "true"]);
+            args[2] = OsString::from_vec(vec![b'm', 0xff]);
+            assert!(plain_run(&args).is_none());
+        }
     }
 
     #[test]

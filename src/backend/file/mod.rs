@@ -671,7 +671,7 @@ impl FileStore {
                     }
                     self.write_in_place(&doc, state.file(), lock_file)?
                 }
-                _ => self.replace(&doc)?,
+                _ => self.replace(&doc, state_lock.as_ref().map(FileLock::file))?,
             }
             if rolled_forward {
                 say!(
@@ -1055,13 +1055,24 @@ impl FileStore {
     }
 
     /// Replaces the state file with `doc`, keeping its mode, group and
-    /// (where permitted) owner.
-    fn replace(&self, doc: &XmlLab) -> Result<()> {
+    /// (where permitted) owner. `locked` is the state file as this writer
+    /// locked it (the descriptor that holds its lock, checked to be the
+    /// file at the path once locked, which no writer replaces meanwhile);
+    /// without one, the file at the path is opened.
+    fn replace(&self, doc: &XmlLab, locked: Option<&File>) -> Result<()> {
         let text = self.rendered(doc)?;
         // The file being replaced lends its mode, owner, group, ACLs and
-        // extended attributes to the new one.
-        let old = self.open_state()?;
-        let like = match &old {
+        // extended attributes to the new one: the locked descriptor, not
+        // the same file opened once more.
+        let opened;
+        let old = match locked {
+            Some(file) => Some(file),
+            None => {
+                opened = self.open_state()?;
+                opened.as_ref()
+            }
+        };
+        let like = match old {
             Some(file) => Some(
                 file.metadata()
                     .map_err(|e| Error::io("read", &self.path, e))?,
@@ -1074,7 +1085,7 @@ impl FileStore {
             &self.temp_name(),
             &pieces,
             like.as_ref(),
-            old.as_ref(),
+            old,
         )
     }
 
