@@ -645,7 +645,7 @@ impl FileStore {
                 let mut loaded = self.load(
                     state_lock.as_ref(),
                     lab_lock.as_ref(),
-                    journal_file.as_ref(),
+                    Some(journal_file.as_ref()),
                 )?;
                 let lab = loaded.doc.take_model();
                 (loaded.doc, lab, loaded.rolled_forward, loaded.journal)
@@ -887,7 +887,7 @@ impl FileStore {
         &self,
         state: Option<&FileLock>,
         lab: Option<&FileLock>,
-        journal: Option<&File>,
+        journal: Option<Option<&File>>,
     ) -> Result<Loaded> {
         let Some(state) = state else {
             return Ok(Loaded {
@@ -969,16 +969,22 @@ impl FileStore {
         }
     }
 
-    /// Reads the journal of the state file `state` (from `file`, the
-    /// journal opened by a writer; else opened here to read, if there is
-    /// one this user may read) and applies its records' changes to `doc`,
+    /// Reads the journal of the state file `state` (from `file`, what a
+    /// writer found: the journal it opened, or none; else, `None`, opened
+    /// here to read, if there is one this user may read) and applies its records' changes to `doc`,
     /// up to the first that does not apply (which only mama's own mistake
     /// could make). Their events stay in the journal (see
     /// [`FileStore::commit_events`]).
-    fn replay(&self, doc: &mut XmlLab, state: Identity, file: Option<&File>) -> Result<Journal> {
+    fn replay(
+        &self,
+        doc: &mut XmlLab,
+        state: Identity,
+        file: Option<Option<&File>>,
+    ) -> Result<Journal> {
         let opened;
         let file = match file {
-            Some(file) => file,
+            Some(Some(file)) => file,
+            Some(None) => return Ok(Journal::none(state)),
             None => match self.open_beside(&self.journal_name(), false) {
                 Ok(Some(file)) => {
                     opened = file;
