@@ -1138,11 +1138,16 @@ fn handoff(report: &mut Report) {
 fn job_of(mama_pid: u32, comm: &str) -> u32 {
     let mut job = None;
     wait_until(&format!("the job {comm} of {mama_pid}"), STEP_LIMIT, || {
+        // Any child of that name: mama also starts a watcher of the job.
         job = fs::read_to_string(format!("/proc/{mama_pid}/task/{mama_pid}/children"))
             .ok()
-            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok())
-            .filter(|pid| {
-                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+            .and_then(|c| {
+                c.split_whitespace()
+                    .filter_map(|pid| pid.parse::<u32>().ok())
+                    .find(|pid| {
+                        fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .is_ok_and(|c| c.trim() == comm)
+                    })
             });
         job.is_some()
     });

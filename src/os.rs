@@ -487,6 +487,28 @@ pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// A process that holds a lock, as /proc tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`), if it can be read.
+    pub command: Option<String>,
+    /// Stopped (Ctrl-Z, SIGSTOP) or traced.
+    pub stopped: bool,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PID {}", self.pid)?;
+        match (&self.command, self.stopped) {
+            (Some(command), true) => write!(f, " ({command}, stopped)"),
+            (Some(command), false) => write!(f, " ({command})"),
+            (None, true) => write!(f, " (stopped)"),
+            (None, false) => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

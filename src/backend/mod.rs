@@ -229,7 +229,7 @@ pub trait JobLocks {
     /// told (a state file's lock, through /proc): for `info` to name what
     /// keeps a machine busy when no live mama does. A database session's
     /// lock names none.
-    fn holders(&self, _machine: &str) -> Vec<file::lock::Holder> {
+    fn holders(&self, _machine: &str) -> Vec<crate::os::Holder> {
         Vec::new()
     }
     /// Takes a new place lock, which a waiter holds for as long as it waits
@@ -300,7 +300,7 @@ impl JobLocks for Store {
     fn held_job_locks(&self) -> HeldJobLocks {
         self.0.held_job_locks()
     }
-    fn holders(&self, machine: &str) -> Vec<file::lock::Holder> {
+    fn holders(&self, machine: &str) -> Vec<crate::os::Holder> {
         self.0.holders(machine)
     }
     fn hold_place(&self) -> Result<PlaceLock> {

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use crate::backend::file::lock::Holder;
+use crate::os::Holder;
 use crate::cli::style::{self, Tone};
 use crate::engine::claim::{self, Blocker, Busy, Status};
 use crate::engine::stale::{Judge, Verdict};

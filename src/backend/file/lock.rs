@@ -49,27 +49,8 @@ pub enum Mode {
 /// waits for.
 pub const NOTICE_AFTER: Duration = Duration::from_secs(1);
 
-/// Who holds a lock, as /proc/locks tells.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    pub pid: u32,
-    /// Its command name (`/proc/PID/comm`), if it can be read.
-    pub command: Option<String>,
-    /// Stopped (Ctrl-Z, SIGSTOP) or traced.
-    pub stopped: bool,
-}
+pub use crate::os::Holder;
 
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PID {}", self.pid)?;
-        match (&self.command, self.stopped) {
-            (Some(command), true) => write!(f, " ({command}, stopped)"),
-            (Some(command), false) => write!(f, " ({command})"),
-            (None, true) => write!(f, " (stopped)"),
-            (None, false) => Ok(()),
-        }
-    }
-}
 
 impl FileLock {
     /// Takes the lock on the opened lock file `file` (at `path`), sleeping
