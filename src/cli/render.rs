@@ -10,13 +10,13 @@ use std::fmt::Write as _;
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use crate::os::Holder;
 use crate::cli::style::{self, Tone};
 use crate::engine::claim::{self, Blocker, Busy, Status};
 use crate::engine::stale::{Judge, Verdict};
 use crate::model::event::Event;
 use crate::model::field::Field;
 use crate::model::{JobRecord, Machine};
+use crate::os::Holder;
 use crate::os::ProcessTable;
 pub use crate::text::{local_time, printable, printable_lines, seconds, time_and_age};
 

@@ -51,7 +51,6 @@ pub const NOTICE_AFTER: Duration = Duration::from_secs(1);
 
 pub use crate::os::Holder;
 
-
 impl FileLock {
     /// Takes the lock on the opened lock file `file` (at `path`), sleeping
     /// in the kernel while another process holds it, until `deadline` if
