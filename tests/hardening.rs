@@ -771,6 +771,17 @@ fn a_log_far_past_its_limit_is_refused_not_read() {
     assert_eq!(env.read_state(), state);
 }
 
+/// A lab's folder `lab` in a parent folder `shared` that everyone may
+/// write, as a careless setup leaves it.
+fn lab_in_a_shared_folder(env: &TestEnv) -> (PathBuf, PathBuf) {
+    let shared = env.path().join("shared");
+    fs::create_dir(&shared).expect("a shared folder");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let lab = shared.join("lab");
+    fs::create_dir(&lab).expect("the lab's folder");
+    (shared, lab)
+}
+
 #[test]
 #[cfg_attr(
     not(mama_second_user),
@@ -780,12 +791,7 @@ fn a_folder_of_the_state_path_swapped_for_a_link_by_another_user_is_refused() {
     second_user();
     let group = nobody_group();
     let env = TestEnv::new();
-    // A parent folder everyone may write, holding the lab's folder.
-    let shared = env.path().join("shared");
-    fs::create_dir(&shared).expect("a shared folder");
-    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
-    let lab = shared.join("lab");
-    fs::create_dir(&lab).expect("the lab's folder");
+    let (shared, lab) = lab_in_a_shared_folder(&env);
     let state = lab.join("mama.xml");
     let mama = |args: &[&str]| -> Run {
         let mut cmd = env.cmd(args);
@@ -839,12 +845,7 @@ fn a_lab_folder_swapped_while_a_job_runs_redirects_nothing_of_that_run() {
     second_user();
     let group = nobody_group();
     let env = TestEnv::new();
-    // A parent folder everyone may write, holding the lab's folder.
-    let shared = env.path().join("shared");
-    fs::create_dir(&shared).expect("a shared folder");
-    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
-    let lab = shared.join("lab");
-    fs::create_dir(&lab).expect("the lab's folder");
+    let (shared, lab) = lab_in_a_shared_folder(&env);
     let mama = |state: &Path, args: &[String]| -> Command {
         let mut cmd = env.cmd(args);
         cmd.env("MAMA_STATE", state);
