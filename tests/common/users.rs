@@ -92,10 +92,9 @@ pub fn has_setpriv() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `mama ARGS` run by `bin` as the user `nobody` in `group`, with no other
-/// groups, and this world's environment.
-pub fn as_nobody(env: &TestEnv, bin: &Path, group: &str, args: &[&str]) -> Command {
-    let plain = env.cmd(args);
+/// `setpriv` set to run what follows as the user `nobody` in `group`, with
+/// no other groups.
+fn setpriv_nobody(group: &str) -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--reuid",
@@ -104,11 +103,19 @@ pub fn as_nobody(env: &TestEnv, bin: &Path, group: &str, args: &[&str]) -> Comma
         group,
         "--clear-groups",
         "--",
-    ])
-    .arg(bin)
-    .args(args)
-    .current_dir(env.path())
-    .stdin(Stdio::null());
+    ]);
+    cmd
+}
+
+/// `mama ARGS` run by `bin` as the user `nobody` in `group`, with no other
+/// groups, and this world's environment.
+pub fn as_nobody(env: &TestEnv, bin: &Path, group: &str, args: &[&str]) -> Command {
+    let plain = env.cmd(args);
+    let mut cmd = setpriv_nobody(group);
+    cmd.arg(bin)
+        .args(args)
+        .current_dir(env.path())
+        .stdin(Stdio::null());
     for (key, value) in plain.get_envs() {
         match value {
             Some(value) => cmd.env(key, value),
@@ -155,15 +162,7 @@ pub fn second_user() {
 /// in `group`, with no other groups: a member of the lab's group at work.
 #[track_caller]
 pub fn as_member(group: &str, args: &[&str]) {
-    let status = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "nobody",
-            "--regid",
-            group,
-            "--clear-groups",
-            "--",
-        ])
+    let status = setpriv_nobody(group)
         .args(args)
         .status()
         .expect("setpriv runs");
