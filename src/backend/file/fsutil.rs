@@ -742,20 +742,10 @@ impl Dir {
         like: Option<&Metadata>,
         xattrs_from: Option<&File>,
     ) -> Result<()> {
-        let (target_path, temp_path) = (self.child(target), self.child(temp));
-        let mut file = self.create_temp(temp)?;
-        let written = write_all_vectored(&mut file, pieces)
-            .map_err(|e| error("write", &temp_path, e))
-            .and_then(|()| make_like(&file, &target_path, like, xattrs_from))
-            .and_then(|()| file.sync_all().map_err(|e| error("write", &temp_path, e)))
-            .and_then(|()| {
-                self.rename(temp, target)
-                    .map_err(|e| error("replace", &target_path, e))
-            });
-        drop(file);
-        if let Err(e) = written {
+        self.write_temp(temp, target, pieces, like, xattrs_from)?;
+        if let Err(e) = self.rename(temp, target) {
             let _ = self.remove(temp);
-            return Err(e);
+            return Err(error("replace", &self.child(target), e));
         }
         self.sync()
     }
@@ -766,24 +756,43 @@ impl Dir {
     /// to `target` only if nothing is at `target` yet; then the folder is
     /// synced. `false` (and nothing changed) when a file was there first.
     pub fn create_whole(&self, target: &OsStr, temp: &OsStr, bytes: &[u8]) -> Result<bool> {
-        let (target_path, temp_path) = (self.child(target), self.child(temp));
-        let mut file = self.create_temp(temp)?;
-        let created = write_all_vectored(&mut file, &[bytes])
-            .map_err(|e| error("write", &temp_path, e))
-            .and_then(|()| make_like(&file, &target_path, None, None))
-            .and_then(|()| file.sync_all().map_err(|e| error("write", &temp_path, e)))
-            .and_then(|()| {
-                self.rename_new(temp, target)
-                    .map_err(|e| error("create", &target_path, e))
-            });
-        drop(file);
-        match created {
+        self.write_temp(temp, target, &[bytes], None, None)?;
+        match self.rename_new(temp, target) {
             Ok(true) => self.sync().map(|()| true),
-            Ok(false) | Err(_) => {
+            Ok(false) => {
                 let _ = self.remove(temp);
-                created
+                Ok(false)
+            }
+            Err(e) => {
+                let _ = self.remove(temp);
+                Err(error("create", &self.child(target), e))
             }
         }
+    }
+
+    /// Writes `pieces` into the fresh temporary file `temp`, made like
+    /// `target` would be (mode, owner, group, ACLs and extended attributes
+    /// of `like` and `xattrs_from`), and syncs it; removes it again when
+    /// any of that fails.
+    fn write_temp(
+        &self,
+        temp: &OsStr,
+        target: &OsStr,
+        pieces: &[&[u8]],
+        like: Option<&Metadata>,
+        xattrs_from: Option<&File>,
+    ) -> Result<()> {
+        let (target_path, temp_path) = (self.child(target), self.child(temp));
+        let mut file = self.create_temp(temp)?;
+        let written = write_all_vectored(&mut file, pieces)
+            .map_err(|e| error("write", &temp_path, e))
+            .and_then(|()| make_like(&file, &target_path, like, xattrs_from))
+            .and_then(|()| file.sync_all().map_err(|e| error("write", &temp_path, e)));
+        drop(file);
+        if written.is_err() {
+            let _ = self.remove(temp);
+        }
+        written
     }
 }
 
