@@ -284,51 +284,6 @@ impl PlaceLock {
     }
 }
 
-impl JobLocks for Store {
-    fn try_lock(&self, machine: &str) -> Result<Option<JobLock>> {
-        self.0.try_lock(machine)
-    }
-    fn wait_unlocked(&self, machine: &str, within: Duration) -> Result<bool> {
-        self.0.wait_unlocked(machine, within)
-    }
-    fn held(&self, machine: &str) -> bool {
-        self.0.held(machine)
-    }
-    fn inherited(&self, machine: &str) -> bool {
-        self.0.inherited(machine)
-    }
-    fn held_job_locks(&self) -> HeldJobLocks {
-        self.0.held_job_locks()
-    }
-    fn holders(&self, machine: &str) -> Vec<crate::os::Holder> {
-        self.0.holders(machine)
-    }
-    fn hold_place(&self) -> Result<PlaceLock> {
-        self.0.hold_place()
-    }
-    fn place_held(&self, waiter: &Waiter) -> bool {
-        self.0.place_held(waiter)
-    }
-    fn epoch(&self) -> Option<String> {
-        self.0.epoch()
-    }
-    fn wait_place(&self, token: &str, within: Duration) -> Result<bool> {
-        self.0.wait_place(token, within)
-    }
-    fn forget_place(&self, token: &str) {
-        self.0.forget_place(token)
-    }
-    fn prepare(&self) {
-        self.0.prepare()
-    }
-    fn across_hosts(&self) -> bool {
-        self.0.across_hosts()
-    }
-    fn reattaching(&self, machine: &str) -> bool {
-        self.0.reattaching(machine)
-    }
-}
-
 /// What a backend holds as a machine's job lock.
 pub trait HeldJob: std::fmt::Debug + Send {
     /// The descriptor a job inherits to hold the lock for its whole life,

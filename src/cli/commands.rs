@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::backend::{JobLocks, LockPatience, Store};
+use crate::backend::{LockPatience, Store};
 use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
 use crate::engine::claim::{self, Caller, Intent, Patience, Wanted};
@@ -52,7 +52,7 @@ impl<'a> World<'a> {
             host: &self.host,
             place: &self.place,
             processes: &self.processes,
-            locks: self.store,
+            locks: &**self.store,
         }
     }
 }

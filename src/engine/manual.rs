@@ -8,7 +8,7 @@
 //! another user is theirs: `clear` leaves it alone unless forced, and a
 //! forced clear is recorded with whose job it dropped.
 
-use crate::backend::{JobLocks, Store};
+use crate::backend::Store;
 use crate::engine::stale::{Judge, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};

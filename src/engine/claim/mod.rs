@@ -19,7 +19,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use crate::backend::{JobLock, JobLocks, PlaceLock, Store};
+use crate::backend::{JobLock, PlaceLock, Store};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
@@ -273,7 +273,7 @@ pub fn acquire(
             host: &caller.host,
             place: &caller.place,
             processes,
-            locks: store,
+            locks: &**store,
         };
         let token = place.as_ref().map(|p| p.token.as_str());
         // A clear is told only once the lab holds it.

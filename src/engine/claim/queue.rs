@@ -1,7 +1,7 @@
 //! The queues (SPEC "Queues and pools"): places taken and left, places of
 //! waiters who are gone taken out, tickets numbered across the lab.
 
-use crate::backend::{JobLocks, Store};
+use crate::backend::Store;
 use crate::error::{Error, Result};
 use crate::model::Lab;
 use crate::model::queue::Waiter;
