@@ -9,7 +9,20 @@ pub enum Field {
     Name,
     Mac,
     Ip,
+    /// mama's own addition: `1` when `ip` was learned by `start` from the
+    /// neighbour table (a `stop` forgets it), not set by a person.
+    IpLearned,
     IsStarted,
+    /// mama's own addition: the user who started the machine with mama.
+    StartedBy,
+    /// mama's own addition: `1` when the start belongs to the machine's
+    /// job (`run --boot`): it ends with the job, and a claimer that finds
+    /// the job stale stops the machine first.
+    StartedForJob,
+    /// mama's own addition: when the last start began (Unix seconds), and
+    /// how long the machine took to become ready (seconds, in
+    /// milliseconds), space-separated.
+    LastStart,
     OnlyVm,
     Arch,
     Os,
@@ -38,16 +51,26 @@ pub enum Field {
     StartCmd,
     StopCmd,
     StartTimeout,
+    /// mama's own addition: the TCP port a started machine answers on
+    /// when it is ready (22 where empty).
+    ReadyPort,
+    /// mama's own addition: a shell command that exits 0 when a started
+    /// machine is ready (instead of the ping and port).
+    ReadyCmd,
 }
 
 impl Field {
     /// Every field in document order; a field mama adds to an old machine is
     /// placed after the nearest field that comes before it here.
-    pub const ALL: [Field; 26] = [
+    pub const ALL: [Field; 32] = [
         Field::Name,
         Field::Mac,
         Field::Ip,
+        Field::IpLearned,
         Field::IsStarted,
+        Field::StartedBy,
+        Field::StartedForJob,
+        Field::LastStart,
         Field::OnlyVm,
         Field::Arch,
         Field::Os,
@@ -70,6 +93,8 @@ impl Field {
         Field::StartCmd,
         Field::StopCmd,
         Field::StartTimeout,
+        Field::ReadyPort,
+        Field::ReadyCmd,
     ];
 
     /// This field's place in [`Field::ALL`].
@@ -83,7 +108,11 @@ impl Field {
             Field::Name => "name",
             Field::Mac => "mac",
             Field::Ip => "ip",
+            Field::IpLearned => "ip_learned",
             Field::IsStarted => "is_started",
+            Field::StartedBy => "started_by",
+            Field::StartedForJob => "started_for_job",
+            Field::LastStart => "last_start",
             Field::OnlyVm => "only_vm",
             Field::Arch => "arch",
             Field::Os => "os",
@@ -106,6 +135,8 @@ impl Field {
             Field::StartCmd => "startcmd",
             Field::StopCmd => "stopcmd",
             Field::StartTimeout => "start_timeout",
+            Field::ReadyPort => "ready_port",
+            Field::ReadyCmd => "readycmd",
         }
     }
 
@@ -115,7 +146,11 @@ impl Field {
             "name" => Field::Name,
             "mac" => Field::Mac,
             "ip" => Field::Ip,
+            "ip_learned" => Field::IpLearned,
             "is_started" => Field::IsStarted,
+            "started_by" => Field::StartedBy,
+            "started_for_job" => Field::StartedForJob,
+            "last_start" => Field::LastStart,
             "only_vm" => Field::OnlyVm,
             "arch" => Field::Arch,
             "os" => Field::Os,
@@ -138,6 +173,8 @@ impl Field {
             "startcmd" => Field::StartCmd,
             "stopcmd" => Field::StopCmd,
             "start_timeout" => Field::StartTimeout,
+            "ready_port" => Field::ReadyPort,
+            "readycmd" => Field::ReadyCmd,
             _ => return None,
         })
     }
@@ -146,7 +183,16 @@ impl Field {
     pub const fn is_upstream(self) -> bool {
         !matches!(
             self,
-            Field::JobHost | Field::JobOrigin | Field::JobUser | Field::JobQueue
+            Field::JobHost
+                | Field::JobOrigin
+                | Field::JobUser
+                | Field::JobQueue
+                | Field::IpLearned
+                | Field::StartedBy
+                | Field::StartedForJob
+                | Field::LastStart
+                | Field::ReadyPort
+                | Field::ReadyCmd
         )
     }
 
@@ -172,6 +218,7 @@ impl Field {
             self,
             Field::Ip
                 | Field::StartTimeout
+                | Field::ReadyPort
                 | Field::PwrSlot
                 | Field::RlySlot
                 | Field::OnlyVm
@@ -222,7 +269,7 @@ const fn read_only(name: &'static str, field: Field) -> Attr {
 
 /// The fields the command line knows, in the order its help shows them:
 /// every field of upstream's format but the name, which `add` gives.
-pub const ATTRS: [Attr; 21] = [
+pub const ATTRS: [Attr; 24] = [
     attr("ip", Field::Ip, None),
     attr("mac", Field::Mac, None),
     attr("arch", Field::Arch, None),
@@ -248,6 +295,17 @@ pub const ATTRS: [Attr; 21] = [
     attr("startcmd", Field::StartCmd, None),
     attr("stopcmd", Field::StopCmd, None),
     attr("start-timeout", Field::StartTimeout, Some("seconds")),
+    attr(
+        "ready-port",
+        Field::ReadyPort,
+        Some("the TCP port a ready machine answers on, 22 where empty"),
+    ),
+    attr(
+        "readycmd",
+        Field::ReadyCmd,
+        Some("a shell command that exits 0 once the machine is ready"),
+    ),
+    read_only("started-by", Field::StartedBy),
     read_only("reservation", Field::Reservation),
     read_only("job", Field::Job),
     read_only("job-pid", Field::JobPid),
@@ -343,6 +401,12 @@ pub fn normalize(field: Field, value: &str) -> Result<String, Error> {
             .map(|ip| ip.to_string())
             .map_err(|_| Error::Invalid(format!("'{value}' is not an IP address"))),
         Field::StartTimeout => whole("a whole number of seconds"),
+        Field::ReadyPort => match trimmed.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port.to_string()),
+            _ => Err(Error::Invalid(format!(
+                "{name} must be a TCP port, 1 to 65535, not '{value}'"
+            ))),
+        },
         Field::PwrSlot | Field::RlySlot => whole("a whole number"),
         Field::OnlyVm | Field::IsStarted => {
             let is = |words: &[&str]| words.iter().any(|w| w.eq_ignore_ascii_case(trimmed));

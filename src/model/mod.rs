@@ -11,6 +11,7 @@
 //! Reading a field never changes anything; writing one records a change
 //! only when its value really changes.
 
+pub mod device;
 pub mod event;
 pub mod field;
 pub mod queue;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::os::Origin;
+use device::Device;
 use event::Event;
 use field::{Field, check_value};
 
@@ -55,7 +57,7 @@ pub struct Machine {
     /// The fields that are not plain text (in the state file: an element
     /// that holds elements of its own), a bit each by [`Field::index`];
     /// mama will not overwrite them.
-    structured: u32,
+    structured: u64,
 }
 
 /// Where a field's text is, in eight bytes (a lab of ten thousand machines
@@ -87,7 +89,7 @@ impl Default for Slot {
     }
 }
 
-fn bit(field: Field) -> u32 {
+fn bit(field: Field) -> u64 {
     1 << field.index()
 }
 
@@ -305,6 +307,10 @@ pub enum Change {
     AddElement { name: String, element: String },
     /// The machine of this name was removed.
     Remove(String),
+    /// A power device was defined (after the last one).
+    AddDevice(Device),
+    /// The power device of this name was removed.
+    RemoveDevice(String),
 }
 
 /// A writable view of one machine. Every write is checked and records a
@@ -439,6 +445,8 @@ impl NewMachine {
 #[derive(Debug, Clone, Default)]
 pub struct Lab {
     machines: Vec<Machine>,
+    /// The power devices, in their order.
+    devices: Vec<Device>,
     changes: Vec<Change>,
     /// Events of this transaction, committed with it.
     events: Vec<Event>,
@@ -456,6 +464,57 @@ impl Lab {
             machines,
             ..Lab::default()
         }
+    }
+
+    /// The lab with these power devices (as read).
+    pub fn with_devices(mut self, devices: Vec<Device>) -> Lab {
+        self.devices = devices;
+        self
+    }
+
+    pub fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.devices.iter()
+    }
+
+    /// The device called `name`, or an error naming it.
+    pub fn device(&self, name: &str) -> Result<&Device, Error> {
+        self.devices.iter().find(|d| d.name == name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "no power device named '{name}' in the lab (see `mama device list`)"
+            ))
+        })
+    }
+
+    /// Defines a device after the last one; a name taken is refused.
+    pub fn add_device(&mut self, device: Device) -> Result<(), Error> {
+        if self.devices.iter().any(|d| d.name == device.name) {
+            return Err(Error::Invalid(format!(
+                "a power device named '{}' exists already",
+                device.name
+            )));
+        }
+        self.devices.push(device.clone());
+        self.changes.push(Change::AddDevice(device));
+        Ok(())
+    }
+
+    /// Removes a device that no machine names.
+    pub fn remove_device(&mut self, name: &str) -> Result<(), Error> {
+        self.device(name)?;
+        let users: Vec<&str> = self
+            .machines()
+            .filter(|m| m.get(Field::PwrDev) == name || m.get(Field::RlyDev) == name)
+            .map(Machine::name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Invalid(format!(
+                "power device '{name}' is named by {} (pwr-dev or rly-dev); set theirs to \"\" first",
+                users.join(", ")
+            )));
+        }
+        self.devices.retain(|d| d.name != name);
+        self.changes.push(Change::RemoveDevice(name.to_string()));
+        Ok(())
     }
 
     /// Whether anything was changed or recorded since the lab was read.

@@ -14,6 +14,10 @@ impl XmlLab {
 
     pub(super) fn apply_one(&mut self, change: &Change) -> Result<(), Error> {
         match change {
+            // Stored by the document's top level (not yet).
+            Change::AddDevice(_) | Change::RemoveDevice(_) => {
+                return Err(Error::Invalid("power devices cannot be stored yet".into()));
+            }
             Change::Set {
                 machine,
                 field,
