@@ -33,6 +33,12 @@ pub enum Error {
     /// The machine stayed busy (`run --no-wait`, a wait that timed out).
     #[error("{0}")]
     Busy(String),
+    /// A started machine did not become ready in time (every try).
+    #[error("{0}")]
+    NotReady(String),
+    /// A signal (INT, TERM, HUP) ended a command that waited.
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -108,6 +114,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Busy(_) => ExitCode::Busy,
+            Error::NotReady(_) => ExitCode::TimedOut,
             _ => ExitCode::Error,
         }
     }

@@ -39,11 +39,13 @@ macro_rules! say {
 
 pub mod backend;
 pub mod cli;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod format;
 pub mod model;
+pub mod net;
 pub mod os;
 pub mod settings;
 pub mod text;
@@ -91,6 +93,7 @@ pub fn run(cli: Cli) -> i32 {
             );
             match e {
                 Error::Busy(_) => ExitCode::Busy.code(),
+                Error::Interrupted(signal) => ExitCode::signalled(signal),
                 // Asked for machines that are not there: as any command.
                 Error::NoMatch(_) => ExitCode::Error.code(),
                 _ if is_run => ExitCode::RunFailed.code(),
@@ -124,8 +127,19 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
     use cli::commands as c;
     match command {
         Command::List { names: true, .. } => c::names(store)?,
-        Command::List { json, .. } => c::list(store, settings, json)?,
-        Command::Info { machine, json } => c::info(store, settings, &machine, json)?,
+        Command::List { json, no_probe, .. } => c::list(store, settings, json, !no_probe)?,
+        Command::Info {
+            machine,
+            json,
+            no_probe,
+        } => c::info(store, settings, &machine, json, !no_probe)?,
+        Command::Start {
+            machine,
+            tries,
+            force,
+        } => c::start(store, settings, &machine, tries, force)?,
+        Command::Stop { machine, force } => c::stop(store, settings, &machine, force)?,
+        Command::Power { machine, action } => c::power(store, settings, &machine, action)?,
         Command::Add {
             name,
             mac,
@@ -173,6 +187,8 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             no_wait,
             wait_timeout,
             timeout,
+            boot,
+            tries,
             command,
         } => {
             return c::run(
@@ -184,6 +200,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
                     no_wait,
                     wait_timeout,
                     timeout,
+                    boot: boot.then_some(tries),
                     command,
                 },
             );

@@ -438,6 +438,42 @@ pub fn user_id() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// The effective user id of mama's process: whose rights it acts with.
+pub fn effective_user_id() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The home folder the password database gives user `uid`.
+pub fn home_of(uid: u32) -> Option<std::path::PathBuf> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: passwd is plain data, filled in by getpwuid_r.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the folder is copied
+    // out before the buffer goes away.
+    let found = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        ) == 0
+            && !result.is_null()
+            && !pwd.pw_dir.is_null()
+    };
+    if !found {
+        return None;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: pw_dir points into `buf`, NUL-terminated.
+    let dir = unsafe { CStr::from_ptr(pwd.pw_dir) };
+    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+        dir.to_bytes(),
+    )))
+}
+
 /// The user who runs the process `pid`: its real user id, as
 /// `/proc/PID/status` tells it (the owner of `/proc/PID` is the effective
 /// one, or root for a process that may not be dumped), where /proc shows

@@ -134,6 +134,28 @@ pub trait Backend: JobLocks + std::fmt::Debug + Send + Sync {
     /// The committed events (all of them, or those numbered after `after`),
     /// oldest first, with the lab as it was when they were read.
     fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)>;
+    /// Who may write the lab, as far as can be told: the commands written
+    /// into it (`startcmd`, a device's) are run only where each of them is
+    /// the caller or root, or the caller trusts the lab.
+    fn writers(&self) -> Result<Writers>;
+}
+
+/// Who may write a lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writers {
+    /// These, and nobody else (root aside).
+    Known(Vec<Writer>),
+    /// Cannot be told; why.
+    Unknown(String),
+}
+
+/// One who may write a lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    User(u32),
+    /// Every member of the group.
+    Group(u32),
+    Everyone,
 }
 
 /// The lab's storage, chosen once, at start.
@@ -232,6 +254,10 @@ pub trait JobLocks {
     fn holders(&self, _machine: &str) -> Vec<crate::os::Holder> {
         Vec::new()
     }
+    /// Takes `machine`'s power lock, waiting as long as another power
+    /// sequence on it takes (`waiting` is called once if that is not at
+    /// once).
+    fn power_lock(&self, machine: &str, waiting: &mut dyn FnMut()) -> Result<PowerLock>;
     /// Takes a new place lock, which a waiter holds for as long as it waits
     /// (see [`crate::model::queue`]); its token names it in the queue.
     fn hold_place(&self) -> Result<PlaceLock>;
@@ -266,6 +292,19 @@ pub trait JobLocks {
     /// after the start). Such a claim stays live meanwhile.
     fn reattaching(&self, _machine: &str) -> bool {
         false
+    }
+}
+
+/// A machine's power lock, held: a power sequence (start, stop, a switch)
+/// runs under it, so two never run on one machine at once. Let go when
+/// dropped.
+pub struct PowerLock {
+    _held: Box<dyn Send>,
+}
+
+impl PowerLock {
+    pub fn new(held: Box<dyn Send>) -> PowerLock {
+        PowerLock { _held: held }
     }
 }
 

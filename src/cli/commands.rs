@@ -9,6 +9,7 @@ use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
 use crate::engine::claim::{self, Caller, Intent, Patience, Wanted};
 use crate::engine::manual;
+use crate::engine::power::{self, PowerAction, StartRequest, Started, Stopped};
 use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
@@ -96,8 +97,16 @@ fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }
 
-pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
+/// How long `list` and `info` wait for machines and outlets to answer.
+const PROBE_DEADLINE: Duration = Duration::from_millis(300);
+
+pub fn list(store: &Store, settings: &Settings, json: bool, probe: bool) -> Result<()> {
     let lab = read(store)?;
+    // Asked first, and answered while the jobs are judged.
+    let looking = probe.then(|| {
+        let lab = lab.clone();
+        std::thread::spawn(move || power::look(&lab, std::time::Instant::now() + PROBE_DEADLINE))
+    });
     let world = World::new(store, settings);
     let held = store.held_job_locks();
     // Each job's PID is probed (a read of /proc/PID/stat, some 9 us of the
@@ -126,7 +135,7 @@ pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
     }
     let judge = world.judge();
     let resources = claim::Resources::new(&lab);
-    let views: Vec<MachineView> = jobs
+    let mut views: Vec<MachineView> = jobs
         .into_iter()
         .enumerate()
         .map(|(at, (m, job))| {
@@ -139,6 +148,11 @@ pub fn list(store: &Store, settings: &Settings, json: bool) -> Result<()> {
             )
         })
         .collect();
+    if let Some(seen) = looking.and_then(|thread| thread.join().ok()) {
+        for (view, seen) in views.iter_mut().zip(seen) {
+            view.see(&seen);
+        }
+    }
     if json {
         print_json(&views)
     } else {
@@ -170,7 +184,13 @@ pub fn names(store: &Store) -> Result<()> {
 /// How many of a machine's last events `info` shows.
 const INFO_EVENTS: usize = 5;
 
-pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Result<()> {
+pub fn info(
+    store: &Store,
+    settings: &Settings,
+    machine: &str,
+    json: bool,
+    probe: bool,
+) -> Result<()> {
     let (snapshot, recent) = store.recent_events(machine, INFO_EVENTS)?;
     let world = World::new(store, settings);
     let judge = world.judge();
@@ -190,6 +210,16 @@ pub fn info(store: &Store, settings: &Settings, machine: &str, json: bool) -> Re
     );
     if view.held_by_lock() {
         view.lock_holders = store.holders(machine).into_iter().map(Into::into).collect();
+    }
+    if probe {
+        let mut one = Lab::empty();
+        for m in snapshot.lab.machines().filter(|m| m.name() == machine) {
+            one = Lab::new(vec![m.clone()]);
+        }
+        let one = one.with_devices(snapshot.lab.devices().cloned().collect());
+        if let Some(seen) = power::look(&one, std::time::Instant::now() + PROBE_DEADLINE).first() {
+            view.see(seen);
+        }
     }
     if json {
         print_json(&render::InfoView {
@@ -464,6 +494,41 @@ pub fn wait(
         claim::Acquired::Free(machine) => machine,
         claim::Acquired::Claimed(claim) => claim.machine.clone(),
     };
+    // Free, but left started by a run that died: whoever finds it stops
+    // it, under a claim of its own, so that nobody runs on a machine in
+    // the middle of a stop.
+    if read(store)?.get(&free)?.started_for_job() {
+        let label = format!("stop {free}, left started by a run that ended");
+        let intent = Intent::Run { label };
+        if let claim::Acquired::Claimed(claim) = acquire(
+            store,
+            settings,
+            &Wanted::One(free.clone()),
+            &intent,
+            false,
+            timeout,
+        )? {
+            let claim = *claim;
+            let stopped = if claim.left_started {
+                say!(
+                    "mama: {free} was left started by a run that ended without stopping it; stopping it"
+                );
+                operate(store, settings, |world| {
+                    power::stop(
+                        world,
+                        &free,
+                        true,
+                        Some("left started by a run that ended without stopping it"),
+                    )
+                })
+                .map(|_| ())
+            } else {
+                Ok(())
+            };
+            claim.release(store, "stopped the machine")?;
+            stopped?;
+        }
+    }
     if matches!(wanted, Wanted::Any { .. }) {
         out(&format!("{free}\n"))?;
     }
@@ -476,6 +541,8 @@ pub struct RunRequest {
     pub no_wait: bool,
     pub wait_timeout: Option<Duration>,
     pub timeout: Option<Duration>,
+    /// `--boot`, with its number of tries.
+    pub boot: Option<u32>,
     pub command: Vec<OsString>,
 }
 
@@ -535,6 +602,51 @@ pub fn run(
              keep it in ~/.pgpass or PGPASSFILE so that mama in the job finds the lab"
         );
     }
+    let caller = Caller::current();
+    let world = World::new(store, settings);
+    let judge = world.judge();
+    let operating = power::World {
+        store,
+        caller: &caller,
+        judge: &judge,
+        interrupted: &supervise::take_signal,
+    };
+    if claim.left_started {
+        say!(
+            "mama: {machine} was left started by a run that ended without stopping it; stopping it first"
+        );
+        if let Err(e) = power::stop(
+            &operating,
+            machine,
+            true,
+            Some("left started by a run that ended without stopping it"),
+        ) {
+            claim.release(
+                store,
+                "not started (the machine left started could not be stopped)",
+            )?;
+            return Err(e);
+        }
+    }
+    let mut ip = claim.ip.clone();
+    if let Some(tries) = request.boot {
+        let request = StartRequest {
+            tries,
+            force: false,
+            for_job: true,
+        };
+        match power::start(&operating, machine, request) {
+            Ok(started) => {
+                say_started(machine, &started);
+                ip = started.ip().to_string();
+            }
+            Err(e) => {
+                let outcome = format!("not started ({machine} did not start: {e})");
+                claim.release(store, &outcome)?;
+                return Err(e);
+            }
+        }
+    }
     let lease = claim.keep();
     let job = supervise::Job {
         program: program.clone(),
@@ -543,7 +655,7 @@ pub fn run(
             ("MAMA_MACHINE".into(), claim.machine.clone().into()),
             ("MAMA_JOB".into(), label.into()),
             ("MAMA_MAC".into(), claim.mac.clone().into()),
-            ("MAMA_IP".into(), claim.ip.clone().into()),
+            ("MAMA_IP".into(), ip.into()),
             // A mama the job runs finds the same lab, even one named by
             // --state, and so sees the claim it may nest in.
             ("MAMA_STATE".into(), store.for_jobs()),
@@ -557,6 +669,14 @@ pub fn run(
         Ok(ending) => ending.to_string(),
         Err(e) => format!("supervision failed: {e}"),
     };
+    let mut stop_failed = false;
+    if request.boot.is_some() {
+        let why = format!("the job ended ({outcome})");
+        if let Err(e) = power::stop(&operating, machine, true, Some(&why)) {
+            say!("mama: could not stop {machine}: {e}");
+            stop_failed = true;
+        }
+    }
     let released = claim.release(store, &outcome);
     // Killed when the job ended, the watcher has died meanwhile: reaped.
     drop(watcher);
@@ -579,7 +699,121 @@ pub fn run(
             return Ok(ExitCode::Error.code());
         }
     }
+    if stop_failed && ending.exit_code() == 0 {
+        return Ok(ExitCode::Error.code());
+    }
     Ok(ending.exit_code())
+}
+
+/// Says on stderr that a machine is up.
+fn say_started(machine: &str, started: &Started) {
+    match started {
+        Started::AlreadyOnline { ip } if ip.is_empty() => {
+            say!("mama: {machine} is ready already; not power-cycled")
+        }
+        Started::AlreadyOnline { ip } => {
+            say!("mama: {machine} is online already at {ip}; not power-cycled (--force to)")
+        }
+        Started::Ready {
+            ip,
+            learned,
+            took,
+            try_no,
+        } => {
+            let at = match (ip.is_empty(), learned) {
+                (true, _) => String::new(),
+                (false, true) => format!(" at {ip} (learned from its MAC)"),
+                (false, false) => format!(" at {ip}"),
+            };
+            let tries = if *try_no > 1 {
+                format!(", at try {try_no}")
+            } else {
+                String::new()
+            };
+            say!(
+                "mama: {machine} is ready{at} after {}{tries}",
+                crate::text::seconds(*took)
+            );
+        }
+    }
+}
+
+/// The world a power command acts in; its signals (INT, TERM, HUP) are
+/// blocked, to be taken by the sequence, which then puts the machine
+/// down again.
+fn operate<T>(
+    store: &Store,
+    settings: &Settings,
+    act: impl FnOnce(&power::World<'_>) -> Result<T>,
+) -> Result<T> {
+    supervise::block_signals()?;
+    let caller = Caller::current();
+    let world = World::new(store, settings);
+    let judge = world.judge();
+    act(&power::World {
+        store,
+        caller: &caller,
+        judge: &judge,
+        interrupted: &supervise::take_signal,
+    })
+}
+
+/// `mama start`.
+pub fn start(
+    store: &Store,
+    settings: &Settings,
+    machine: &str,
+    tries: u32,
+    force: bool,
+) -> Result<()> {
+    let started = operate(store, settings, |world| {
+        power::start(
+            world,
+            machine,
+            StartRequest {
+                tries,
+                force,
+                for_job: false,
+            },
+        )
+    })?;
+    say_started(machine, &started);
+    Ok(())
+}
+
+/// `mama stop`.
+pub fn stop(store: &Store, settings: &Settings, machine: &str, force: bool) -> Result<()> {
+    match operate(store, settings, |world| {
+        power::stop(world, machine, force, None)
+    })? {
+        Stopped::NotStarted => say!("mama: {machine} is not started; nothing to stop (--force to)"),
+        Stopped::Stopped => say!("mama: {machine} stopped"),
+    }
+    Ok(())
+}
+
+/// `mama power`.
+pub fn power(
+    store: &Store,
+    settings: &Settings,
+    machine: &str,
+    action: crate::cli::PowerArg,
+) -> Result<()> {
+    use crate::cli::PowerArg;
+    let action = match action {
+        PowerArg::On => PowerAction::On,
+        PowerArg::Off => PowerAction::Off,
+        PowerArg::Cycle => PowerAction::Cycle,
+        PowerArg::Status => PowerAction::Status,
+    };
+    let reading = operate(store, settings, |world| {
+        power::power(world, machine, action)
+    })?;
+    let state = if reading.on { "on" } else { "off" };
+    match reading.watts {
+        Some(watts) => out(&format!("{state} {watts:.1} W\n")),
+        None => out(&format!("{state}\n")),
+    }
 }
 
 /// `mama export`: the lab in upstream's format, on stdout.

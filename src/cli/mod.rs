@@ -53,6 +53,9 @@ pub enum Command {
         /// Print only the names, one a line (for shell completion)
         #[arg(long, hide = true, conflicts_with = "json")]
         names: bool,
+        /// Do not ask the machines whether they answer, nor their outlets whether they are on
+        #[arg(long)]
+        no_probe: bool,
     },
     /// Show all fields of a machine, and its job
     Info {
@@ -61,6 +64,45 @@ pub enum Command {
         /// Print one JSON object
         #[arg(long)]
         json: bool,
+        /// Do not ask the machine whether it answers, nor its outlet whether it is on
+        #[arg(long)]
+        no_probe: bool,
+    },
+    /// Power a machine on and wait until it is ready
+    ///
+    /// Switches its outlet on (pwr-dev, pwr-slot), presses its relay (rly-dev, rly-slot) and runs
+    /// its startcmd, then waits until it answers ping and accepts a TCP connection on its
+    /// ready-port (22), or its readycmd exits 0, at most start-timeout seconds (240). Not ready
+    /// in time: the machine is stopped and started again, up to --tries times; then exit 124.
+    /// A machine that is online already is left as it is (unless --force).
+    Start {
+        /// The machine's name
+        machine: String,
+        /// How many times to power it on before giving up
+        #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        tries: u32,
+        /// Power-cycle it even when it is online already
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a machine down: its stopcmd, its outlet off, its relay held
+    ///
+    /// A machine that is not started is left alone (exit 0), unless --force. Another user's
+    /// start is refused unless --force.
+    Stop {
+        /// The machine's name
+        machine: String,
+        /// Stop it even when it is not marked started, or someone else started it
+        #[arg(long)]
+        force: bool,
+    },
+    /// Switch a machine's outlet, or say whether it is on (and the watts it draws)
+    Power {
+        /// The machine's name
+        machine: String,
+        /// What to do
+        #[arg(value_enum)]
+        action: PowerArg,
     },
     /// Add a machine
     Add {
@@ -198,6 +240,12 @@ pub enum Command {
         /// Stop the job after this many seconds: TERM, then KILL 5 s later; exit 124
         #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
         timeout: Option<Duration>,
+        /// Start the machine (as `mama start`) before the job, stop it after, however the job ends
+        #[arg(long)]
+        boot: bool,
+        /// With --boot: how many times to power it on before giving up
+        #[arg(long, value_name = "N", default_value_t = 3, requires = "boot", value_parser = clap::value_parser!(u32).range(1..=100))]
+        tries: u32,
         /// The command and its arguments, run directly (no shell)
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -223,6 +271,19 @@ pub enum Command {
         /// The shell
         shell: crate::cli::completions::Shell,
     },
+}
+
+/// What `mama power` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PowerArg {
+    /// Switch the outlet on
+    On,
+    /// Switch the outlet off
+    Off,
+    /// Off, then on again
+    Cycle,
+    /// Print on or off, and the watts where the device measures them
+    Status,
 }
 
 // Which machine `run` and `wait` want: one, or any of a pool. (Not a doc
@@ -370,6 +431,8 @@ fn plain_run(args: &[OsString]) -> Option<Cli> {
             no_wait: false,
             wait_timeout: None,
             timeout: None,
+            boot: false,
+            tries: 3,
             command: command.to_vec(),
         },
     })

@@ -12,10 +12,12 @@ use serde::Serialize;
 
 use crate::cli::style::{self, Tone};
 use crate::engine::claim::{self, Blocker, Busy, Status};
+use crate::engine::power::Seen;
 use crate::engine::stale::{Judge, Verdict};
 use crate::model::event::Event;
-use crate::model::field::Field;
+use crate::model::field::{self, Field};
 use crate::model::{JobRecord, Machine};
+use crate::net::Reach;
 use crate::os::Holder;
 use crate::os::ProcessTable;
 pub use crate::text::{local_time, printable, printable_lines, seconds, time_and_age};
@@ -180,6 +182,25 @@ pub struct MachineView {
     /// when nothing but the lock says the job lives).
     #[serde(skip)]
     pub lock_holders: Vec<LockHolderView>,
+    /// Whether it answers: `online`, `unreachable`, `offline`; `null`
+    /// without an address, or when not asked.
+    pub online: Option<&'static str>,
+    /// What its outlet says: `on`, `off`; `null` without one, or when not
+    /// asked, or when it did not answer in time.
+    pub power: Option<&'static str>,
+    pub watts: Option<f64>,
+    /// Who started it with mama.
+    pub started_by: Option<String>,
+    /// Whether its start belongs to its job (`run --boot`).
+    pub started_for_job: bool,
+    /// Whether its IP was learned by a start (from the neighbour table).
+    pub ip_learned: bool,
+    /// When its last start began (Unix seconds), and how long it took to
+    /// become ready.
+    pub last_start: Option<i64>,
+    pub last_start_secs: Option<f64>,
+    pub ready_port: Option<String>,
+    pub readycmd: Option<String>,
 }
 
 /// A process that holds a machine's job lock, as `info` names it.
@@ -312,8 +333,57 @@ impl MachineView {
             queue,
             held_by_lock: verdict == Some(Verdict::HeldByLock) || unrecorded_lock,
             lock_holders: Vec::new(),
+            online: None,
+            power: None,
+            watts: None,
+            started_by: machine.started_by(),
+            started_for_job: machine.started_for_job(),
+            ip_learned: field::is_on(machine.get(Field::IpLearned)),
+            last_start: machine
+                .get(Field::LastStart)
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok()),
+            last_start_secs: machine
+                .get(Field::LastStart)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|t| t.parse::<f64>().ok())
+                .filter(|t| t.is_finite()),
+            ready_port: field(Field::ReadyPort),
+            readycmd: text(Field::ReadyCmd),
             stale_reason,
             remote_host,
+        }
+    }
+
+    /// Takes in what a look at the machine saw (see
+    /// [`crate::engine::power::look`]).
+    pub fn see(&mut self, seen: &Seen) {
+        self.online = seen.reach.map(|reach| match reach {
+            Reach::Online => "online",
+            Reach::Unreachable => "unreachable",
+            Reach::Offline => "offline",
+        });
+        self.power = seen.power.map(|on| if on { "on" } else { "off" });
+        self.watts = seen.watts.filter(|w| w.is_finite());
+    }
+
+    /// The IP cell: a learned address says so.
+    fn ip_cell(&self) -> String {
+        match &self.ip {
+            Some(ip) if self.ip_learned => format!("{ip} (learned)"),
+            Some(ip) => ip.clone(),
+            None => String::new(),
+        }
+    }
+
+    /// The Power cell: `on 12.5 W`, `off`.
+    fn power_cell(&self) -> String {
+        match (self.power, self.watts) {
+            (Some(state), Some(watts)) => format!("{state} {watts:.1} W"),
+            (Some(state), None) => state.to_string(),
+            (None, _) => String::new(),
         }
     }
 
@@ -412,7 +482,10 @@ impl BlockedView {
                 user: Some(by),
                 ..blocked(machine, "reserved")
             },
-            Busy::Started { machine } => blocked(machine, "started"),
+            Busy::Started { machine, by } => BlockedView {
+                user: by,
+                ..blocked(machine, "started")
+            },
             Busy::Locked => return None,
         })
     }
@@ -422,7 +495,10 @@ impl BlockedView {
         let user = self.user.as_deref().unwrap_or("?");
         match self.reason {
             "reserved" => format!("{} reserved by {user}", self.machine),
-            "started" => format!("{} started by hand", self.machine),
+            "started" => match &self.user {
+                Some(user) => format!("{} started by {user}", self.machine),
+                None => format!("{} started by hand", self.machine),
+            },
             _ => format!("{} in use by {user}", self.machine),
         }
     }
@@ -432,7 +508,10 @@ impl BlockedView {
         let user = self.user.as_deref().unwrap_or("unknown");
         let what = match self.reason {
             "reserved" => format!("reserved by {user}"),
-            "started" => "started by hand (is_started is set)".to_string(),
+            "started" => match &self.user {
+                Some(user) => format!("started by {user}"),
+                None => "started by hand (is_started is set)".to_string(),
+            },
             _ => {
                 let mut what = match &self.job {
                     Some(label) => format!("job '{label}'"),
@@ -524,10 +603,18 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
     let mut table = Table::new();
     table
         .load_style(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header([
-            "No", "Name", "IP", "MAC", "State", "Reserved", "User", "Job",
-        ]);
+        .set_content_arrangement(ContentArrangement::Disabled);
+    // The columns of power and reach only where some machine has
+    // something to show in them.
+    let online = views.iter().any(|v| v.online.is_some());
+    let power = views.iter().any(|v| v.power.is_some());
+    let vm = views.iter().any(|v| v.only_vm);
+    let mut header = vec!["No", "Name", "IP", "MAC", "State"];
+    header.extend(online.then_some("Online"));
+    header.extend(power.then_some("Power"));
+    header.extend(vm.then_some("VM"));
+    header.extend(["Reserved", "User", "Job"]);
+    table.set_header(header);
     // Whether to colour is decided by the caller (see `style::enabled`),
     // not by comfy-table's own look at stdout.
     table.force_no_tty();
@@ -543,16 +630,28 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
             }
         };
         let text = |text: &Option<String>| tone(text.as_deref().unwrap_or_default(), None);
-        table.add_row([
+        let mut row = vec![
             Cell::new(no + 1),
             tone(&view.name, None),
-            text(&view.ip),
+            tone(&view.ip_cell(), None),
             text(&view.mac),
             tone(&view.state_cell(), Tone::of_state(view.state)),
+        ];
+        if online {
+            row.push(tone(view.online.unwrap_or_default(), None));
+        }
+        if power {
+            row.push(tone(&view.power_cell(), None));
+        }
+        if vm {
+            row.push(tone(if view.only_vm { "yes" } else { "" }, None));
+        }
+        row.extend([
             text(&view.reservation),
             tone(&view.user_cell(), None),
             tone(&view.job_cell(), view.stale.then_some(Tone::Stale)),
         ]);
+        table.add_row(row);
     }
     table.to_string()
 }
@@ -576,7 +675,9 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
         }
     };
     add("MAC:", &view.mac);
-    add("IP:", &view.ip);
+    add("IP:", &view.ip.as_ref().map(|_| view.ip_cell()));
+    add("Online:", &view.online.map(str::to_string));
+    add("Power:", &view.power.map(|_| view.power_cell()));
     add(
         "State:",
         &Some(style::paint(view.state, Tone::of_state(view.state), colour)),
@@ -587,9 +688,24 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
     );
     add("Reserved by:", &view.reservation);
     add("Resources:", &view.resources.as_ref().map(|r| r.join(" ")));
+    let started = match (&view.started_by, view.started_for_job) {
+        (Some(by), true) => format!("yes, by {by}, for its job (run --boot)"),
+        (Some(by), false) => format!("yes, by {by}"),
+        (None, _) => "yes (by hand)".to_string(),
+    };
+    add("Started:", &view.is_started.then_some(started));
     add(
-        "Started by hand:",
-        &view.is_started.then(|| "yes".to_string()),
+        "Last start:",
+        &view.last_start.map(|t| match view.last_start_secs {
+            Some(took) => format!(
+                "{}, ready after {}",
+                time_and_age(t, now),
+                crate::text::seconds(
+                    std::time::Duration::try_from_secs_f64(took).unwrap_or_default()
+                )
+            ),
+            None => time_and_age(t, now),
+        }),
     );
     add("VM only:", &view.only_vm.then(|| "yes".to_string()));
     add("Arch:", &view.arch);
@@ -600,6 +716,8 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
     add("Start command:", &view.startcmd);
     add("Stop command:", &view.stopcmd);
     add("Start timeout:", &view.start_timeout);
+    add("Ready port:", &view.ready_port);
+    add("Ready command:", &view.readycmd);
     add("Power device:", &view.pwr_dev);
     add("Power slot:", &view.pwr_slot);
     add("Relay device:", &view.rly_dev);

@@ -99,7 +99,7 @@ pub fn clear<P: ProcessTable>(
             let started = !machine.get(Field::IsStarted).is_empty();
             let mut m = lab.get_mut(&name)?;
             m.clear_job()?;
-            m.set(Field::IsStarted, "")?;
+            m.forget_start()?;
             let mut detail = Vec::new();
             if let Some(holding) = &holding {
                 detail.push(format!("forced over the live job {}", holding.job_of()));

@@ -8,5 +8,7 @@
 
 pub mod claim;
 pub mod manual;
+pub mod power;
 pub mod stale;
 pub mod supervise;
+pub mod trust;

@@ -292,6 +292,13 @@ mod tests {
         fn hold_place(&self) -> crate::error::Result<crate::backend::PlaceLock> {
             unreachable!("the judge takes no place")
         }
+        fn power_lock(
+            &self,
+            _: &str,
+            _: &mut dyn FnMut(),
+        ) -> crate::error::Result<crate::backend::PowerLock> {
+            unreachable!("the judge powers nothing")
+        }
         fn place_held(&self, _: &crate::model::queue::Waiter) -> bool {
             false
         }

@@ -639,6 +639,12 @@ fn signal_group(group: libc::pid_t, signal: libc::c_int) {
     }
 }
 
+/// A handled signal (INT, TERM, HUP) that came while they are blocked
+/// ([`block_signals`]), taken; `None` when none is pending.
+pub fn take_signal() -> Option<i32> {
+    wait_signal(Some(Duration::ZERO)).filter(|signal| HANDLED.contains(signal))
+}
+
 /// Waits for one of the handled (blocked) signals, at most `timeout`
 /// (forever with `None`). `None` when the time ran out.
 fn wait_signal(timeout: Option<Duration>) -> Option<libc::c_int> {

@@ -31,6 +31,15 @@ pub enum Kind {
     Deleted,
     /// `set` changed a field.
     Set,
+    /// `start` (or `run --boot`) brought the machine up: ready after the
+    /// time the detail gives.
+    Started,
+    /// A start did not bring the machine up (the detail says why).
+    StartFailed,
+    /// `stop` (or the end of a `run --boot`) put the machine down.
+    Stopped,
+    /// `power` switched the machine's outlet (the detail: on, off, cycle).
+    Power,
 }
 
 impl Kind {
@@ -46,6 +55,10 @@ impl Kind {
             Kind::Added => "added",
             Kind::Deleted => "deleted",
             Kind::Set => "set",
+            Kind::Started => "started",
+            Kind::StartFailed => "start_failed",
+            Kind::Stopped => "stopped",
+            Kind::Power => "power",
         }
     }
 }

@@ -234,6 +234,16 @@ impl Machine {
         field::is_on(self.get(Field::IsStarted))
     }
 
+    /// Who started the machine with mama, where mama did.
+    pub fn started_by(&self) -> Option<String> {
+        non_empty(self.get(Field::StartedBy))
+    }
+
+    /// Whether the machine's start belongs to its job (`run --boot`).
+    pub fn started_for_job(&self) -> bool {
+        self.is_started() && field::is_on(self.get(Field::StartedForJob))
+    }
+
     pub fn only_vm(&self) -> bool {
         field::is_on(self.get(Field::OnlyVm))
     }
@@ -398,6 +408,19 @@ impl MachineMut<'_> {
             Some(origin) => self.set(Field::JobOrigin, &origin.to_string()),
             None => self.clear(Field::JobOrigin),
         }
+    }
+
+    /// Forgets that the machine was started: `is_started`, who started it
+    /// and for what, and the IP that the start learned (never one a person
+    /// set).
+    pub fn forget_start(&mut self) -> Result<(), Error> {
+        if field::is_on(self.machine.get(Field::IpLearned)) {
+            self.set(Field::Ip, "")?;
+        }
+        self.clear(Field::IpLearned)?;
+        self.set(Field::IsStarted, "")?;
+        self.clear(Field::StartedBy)?;
+        self.clear(Field::StartedForJob)
     }
 
     /// Forgets the job: every field of it, mama's own included.

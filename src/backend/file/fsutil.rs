@@ -882,6 +882,69 @@ fn read_sized(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Re
     }
 }
 
+/// Who may write `file`: its owner where the owner may, its group where
+/// the group may, everyone where others may, and the users and groups its
+/// ACL lets write (the ACL's mask taken into account).
+pub fn writers_of(file: &File) -> io::Result<Vec<crate::backend::Writer>> {
+    use crate::backend::Writer;
+    let meta = file.metadata()?;
+    let mode = meta.mode();
+    let mut writers = Vec::new();
+    if mode & 0o200 != 0 {
+        writers.push(Writer::User(meta.uid()));
+    }
+    if mode & 0o002 != 0 {
+        writers.push(Writer::Everyone);
+    }
+    let acl = match CString::new("system.posix_acl_access") {
+        Ok(name) => match get_xattr(file, &name) {
+            Ok(acl) => Some(acl),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => None,
+            Err(e) => return Err(e),
+        },
+        Err(_) => None,
+    };
+    match acl {
+        // With an ACL, the group bits of the mode are its mask: named
+        // entries and the owning group write where the mask lets them.
+        Some(acl) => {
+            let mask_writes = mode & 0o020 != 0;
+            // A version (u32), then entries of tag (u16), permissions
+            // (u16) and id (u32), little-endian.
+            for entry in acl.get(4..).unwrap_or_default().chunks_exact(8) {
+                let tag = u16::from_le_bytes([entry[0], entry[1]]);
+                let perm = u16::from_le_bytes([entry[2], entry[3]]);
+                let id = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+                if perm & 2 == 0 || !mask_writes {
+                    continue;
+                }
+                match tag {
+                    0x02 => writers.push(Writer::User(id)),
+                    0x04 => writers.push(Writer::Group(meta.gid())),
+                    0x08 => writers.push(Writer::Group(id)),
+                    _ => {}
+                }
+            }
+        }
+        None if mode & 0o020 != 0 => writers.push(Writer::Group(meta.gid())),
+        None => {}
+    }
+    Ok(writers)
+}
+
+impl Dir {
+    /// Who may put another file in place of one in this folder: those who
+    /// may write it, unless it is sticky (then only a file's owner and the
+    /// folder's may).
+    pub fn replacers(&self) -> io::Result<Vec<crate::backend::Writer>> {
+        let meta = self.file.metadata()?;
+        if meta.mode() & 0o1000 != 0 {
+            return Ok(vec![crate::backend::Writer::User(meta.uid())]);
+        }
+        writers_of(&self.file)
+    }
+}
+
 fn get_xattr(file: &File, name: &CString) -> io::Result<Vec<u8>> {
     let fd = file.as_raw_fd();
     // SAFETY: a valid descriptor and C string; `buf` is valid for `len`

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::FileStore;
 use super::fsutil::Dir;
 use super::lock::{self, FileLock, LockFile, Mode};
-use crate::backend::{HeldJob, HeldJobLocks, JobLock, JobLocks, PlaceLock};
+use crate::backend::{HeldJob, HeldJobLocks, JobLock, JobLocks, PlaceLock, PowerLock};
 use crate::error::{Error, Result};
 use crate::model::queue::Waiter;
 
@@ -157,6 +157,28 @@ impl JobLocks for FileStore {
         HeldJobLocks::new(move |machine| {
             !names.is_empty() && names.contains(std::ffi::OsStr::new(&lock::file_name(machine)))
         })
+    }
+
+    /// `S.locks/NAME.power`, beside the job lock.
+    fn power_lock(&self, machine: &str, waiting: &mut dyn FnMut()) -> Result<PowerLock> {
+        let like = self.metadata()?;
+        let folder = self
+            .make_locks_folder(like.as_ref())
+            .map_err(|e| self.with_advice(e))?;
+        let job = lock::file_name(machine);
+        let name = format!("{}.power", job.strip_suffix(".lock").unwrap_or(&job));
+        let file = LockFile::new(folder, name);
+        if let Some(lock) = file.try_exclusive(like.as_ref())? {
+            return Ok(PowerLock::new(Box::new(lock)));
+        }
+        waiting();
+        match file.exclusive_within(like.as_ref(), Duration::MAX)? {
+            Some(lock) => Ok(PowerLock::new(Box::new(lock))),
+            None => Err(Error::Invalid(format!(
+                "cannot take the power lock {}",
+                file.path().display()
+            ))),
+        }
     }
 
     fn hold_place(&self) -> Result<PlaceLock> {

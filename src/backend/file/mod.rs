@@ -445,6 +445,22 @@ impl FileStore {
 }
 
 impl super::Backend for FileStore {
+    /// Who may write the state file, or put another in its place.
+    fn writers(&self) -> Result<super::Writers> {
+        let file = self
+            .open_state()?
+            .ok_or_else(|| Error::NoLab(self.path.display().to_string()))?;
+        let mut writers =
+            fsutil::writers_of(&file).map_err(|e| Error::io("read", &self.path, e))?;
+        let folder = self.lab_folder()?;
+        writers.extend(
+            folder
+                .replacers()
+                .map_err(|e| Error::io("read", folder.path(), e))?,
+        );
+        Ok(super::Writers::Known(writers))
+    }
+
     fn with_patience(&self, patience: LockPatience) -> Arc<dyn super::Backend> {
         Arc::new(self.clone().with_patience(patience))
     }

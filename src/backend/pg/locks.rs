@@ -9,9 +9,9 @@ use postgres::Client;
 use postgres::error::SqlState;
 
 use super::lease::PgJobLock;
-use super::{LOCK_SPACE, PLACE_SPACE, PgStore, Spare};
+use super::{LOCK_SPACE, PLACE_SPACE, POWER_SPACE, PgStore, Spare};
 use super::{connect, db_error, is_connection_loss};
-use crate::backend::{HeldJobLocks, JobLock, JobLocks, PlaceLock};
+use crate::backend::{HeldJobLocks, JobLock, JobLocks, PlaceLock, PowerLock};
 use crate::error::{Error, Result};
 use crate::model::queue::Waiter;
 
@@ -253,6 +253,24 @@ impl JobLocks for PgStore {
     fn held_job_locks(&self) -> HeldJobLocks {
         let held = PgStore::held_job_locks(self);
         HeldJobLocks::new(move |machine| held.contains(machine))
+    }
+
+    /// The session advisory lock `(POWER_SPACE, key)`, in a session of
+    /// its own held while the sequence runs.
+    fn power_lock(&self, machine: &str, waiting: &mut dyn FnMut()) -> Result<PowerLock> {
+        let key = self.key(machine)?;
+        let mut session = connect(&self.url, self.host_timeout)?;
+        let taken: bool = session
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&POWER_SPACE, &key])
+            .map_err(|e| db_error(&self.context("lock the power of a machine of"), e))?
+            .get(0);
+        if !taken {
+            waiting();
+            session
+                .execute("SELECT pg_advisory_lock($1, $2)", &[&POWER_SPACE, &key])
+                .map_err(|e| db_error(&self.context("lock the power of a machine of"), e))?;
+        }
+        Ok(PowerLock::new(Box::new(session)))
     }
 
     fn hold_place(&self) -> Result<PlaceLock> {

@@ -47,6 +47,9 @@ pub const LOCK_SPACE: i32 = 0x6d61_6d61;
 const LAB_LOCK: i32 = 0;
 /// The key space of waiters' place locks (the second key is the token).
 pub const PLACE_SPACE: i32 = LOCK_SPACE + 1;
+/// The key space of the machines' power locks (see
+/// [`crate::backend::PowerLock`]), keyed like their job locks.
+pub const POWER_SPACE: i32 = LOCK_SPACE + 2;
 
 /// How long the main session may sit idle before it is asked whether it
 /// still lives before use.
@@ -163,6 +166,13 @@ impl PgStore {
 }
 
 impl Backend for PgStore {
+    /// Whoever the server lets write the tables: mama cannot tell.
+    fn writers(&self) -> Result<crate::backend::Writers> {
+        Ok(crate::backend::Writers::Unknown(
+            "a database lab may be written by every role its server lets write it".into(),
+        ))
+    }
+
     fn with_patience(&self, patience: LockPatience) -> Arc<dyn Backend> {
         Arc::new(self.clone().with_patience(patience))
     }

@@ -82,6 +82,9 @@ pub enum Busy {
     },
     Started {
         machine: String,
+        /// Who started it with mama; `None` where it was started by hand
+        /// (or by another tool).
+        by: Option<String>,
     },
     /// The record is free, but the machine's job lock is held: processes
     /// of a job whose record was cleared still run, or a claim is being
@@ -106,7 +109,7 @@ impl Busy {
 
 impl Busy {
     /// Why `target` is busy, for people: who holds it, since when.
-    pub(super) fn describe(&self, target: &str) -> String {
+    pub fn describe(&self, target: &str) -> String {
         let subject = |machine: &str| {
             if machine == target {
                 "it".to_string()
@@ -157,9 +160,17 @@ impl Busy {
                 subject(machine),
                 render::printable(by)
             ),
-            Busy::Started { machine } => format!(
+            Busy::Started { machine, by: None } => format!(
                 "{} was started by hand (is_started is set)",
                 subject(machine)
+            ),
+            Busy::Started {
+                machine,
+                by: Some(by),
+            } => format!(
+                "{} was started by {} (`mama stop` puts it down)",
+                subject(machine),
+                render::printable(by)
             ),
             Busy::Locked => "processes of a job still hold its job lock \
                              (its record was cleared, or a claim is being made)"
@@ -204,7 +215,7 @@ pub fn status(machine: &Machine, verdict: Option<&Verdict>, locked: bool) -> Sta
         Some(Verdict::Stale(_)) => Status::Stale,
         Some(_) => Status::Busy,
         None if locked => Status::Busy,
-        None if machine.is_started() => Status::Started,
+        None if machine.is_started() && !machine.started_for_job() => Status::Started,
         None if machine.reservation().is_some() => Status::Reserved,
         None => Status::Free,
     }
@@ -233,9 +244,13 @@ pub(super) fn holds<'m, P: ProcessTable>(
             by,
         })
     });
+    // A start that belongs to the machine's job lives and dies with it:
+    // while the job lives, the job holds the machine; once it is stale
+    // (or cleared), whoever claims the machine next stops it first.
     let started = std::iter::once_with(move || {
-        machine.is_started().then(|| Busy::Started {
+        (machine.is_started() && !machine.started_for_job()).then(|| Busy::Started {
             machine: machine.name().to_string(),
+            by: machine.started_by(),
         })
     });
     job.chain(reserved).chain(started).flatten()
@@ -257,7 +272,8 @@ impl Caller {
                     || (verdict.is_live() && judge.locks.inherited(machine))
             }
             Busy::Reserved { by, .. } => *by == self.user,
-            Busy::Started { .. } | Busy::Locked => false,
+            Busy::Started { by, .. } => by.as_deref() == Some(self.user.as_str()),
+            Busy::Locked => false,
         }
     }
 }

@@ -130,6 +130,21 @@ pub struct Claim {
     /// The machine's job lock; `None` when nested (the job this run is part
     /// of holds it).
     lock: Option<JobLock>,
+    /// The machine was left started by a run whose claim went stale
+    /// (`run --boot` killed): it must be stopped before anything else.
+    pub left_started: bool,
+}
+
+/// What holds `target` for `caller`, if anything (all four busy rules):
+/// for commands that act on a machine without claiming it (`start`,
+/// `stop`, `power`).
+pub fn busy_for(
+    lab: &Lab,
+    target: &str,
+    caller: &Caller,
+    judge: &Judge<'_, Processes>,
+) -> Result<Option<Busy>> {
+    busy(lab, target, caller, judge)
 }
 
 /// Which machine a caller wants.
@@ -725,6 +740,7 @@ fn claim_or_free(
     let job = caller.claim(label, judge.now);
     let mac = machine.get(Field::Mac).to_string();
     let ip = machine.get(Field::Ip).to_string();
+    let left_started = outer.is_none() && machine.started_for_job();
     let mut event = Event::new(Kind::Claimed, target).job(&job);
     match &outer {
         // The outer claim stays as it is: it stands while the outer run
@@ -745,5 +761,6 @@ fn claim_or_free(
         ip,
         outer,
         lock,
+        left_started,
     }))
 }
