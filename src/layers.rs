@@ -15,7 +15,7 @@ const FLOORS: &[&[&str]] = &[
     &["error"],
     &["settings"],
     &["model"],
-    &["format"],
+    &["format", "device"],
     &["backend"],
     &["engine"],
     &["cli"],
