@@ -144,7 +144,7 @@ impl Switch for Commands {
     fn set(&mut self, slot: u32, on: bool) -> Result<()> {
         self.device.check_slot(slot)?;
         self.run(state(on), slot, false)?;
-        if self.device.option("status").is_none() {
+        if !self.device.reads_back() {
             return Ok(());
         }
         if confirm(self.limits.confirm, on, || Ok(self.status(slot)?.on))? {
@@ -156,7 +156,7 @@ impl Switch for Commands {
 
     fn read(&mut self, slot: u32) -> Result<Reading> {
         self.device.check_slot(slot)?;
-        if self.device.option("status").is_none() {
+        if !self.device.reads_back() {
             return Err(slot_failed(
                 &self.device,
                 slot,
