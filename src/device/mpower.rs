@@ -281,7 +281,7 @@ impl Mpower {
             }
             if let Some((start, _, length, _)) = &head {
                 let body = got.len() - start;
-                if body > MAX_BODY + 64 {
+                if body > MAX_BODY + MAX_HEAD {
                     return Err(format!(
                         "{} answered {method} {path} with more than {} MiB",
                         self.address,
