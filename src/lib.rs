@@ -13,6 +13,8 @@
 //! - [`format`](mod@format): upstream's XML format, which both backends keep the lab
 //!   in: [`format::xml`] (a lossless tree and its readers) and
 //!   [`format::doc`] (the machine document, replaying the lab's changes);
+//!   beside it, [`device`]: speaking to the lab's power devices (outlet
+//!   bars and relay boards), a driver a module;
 //! - [`backend`]: where the lab is stored, behind one trait
 //!   ([`backend::Backend`], [`backend::JobLocks`]) chosen once
 //!   ([`backend::Store`]); [`backend::file`] is the XML state file:

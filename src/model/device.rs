@@ -283,6 +283,13 @@ impl Device {
         }
     }
 
+    /// Whether its slots can be read back: those of every driver but the
+    /// command driver without a `status` command (whose switches are taken
+    /// as done when their command succeeds).
+    pub fn reads_back(&self) -> bool {
+        self.driver != Driver::Command || self.option("status").is_some()
+    }
+
     /// Checks that `slot` is one of this device's.
     pub fn check_slot(&self, slot: u32) -> Result<(), Error> {
         if slot == 0 {
@@ -342,5 +349,19 @@ mod tests {
         assert!(ok.check_slot(0).is_err());
         ok.check_slot(8).unwrap();
         assert!(Device::new("all", Driver::Command, opts(&[("on", "a"), ("off", "b")])).is_err());
+    }
+
+    #[test]
+    fn only_a_command_device_without_status_cannot_be_read_back() {
+        let plain = Device::new("c", Driver::Command, opts(&[("on", "a"), ("off", "b")])).unwrap();
+        assert!(!plain.reads_back());
+        let status = opts(&[("on", "a"), ("off", "b"), ("status", "c")]);
+        assert!(
+            Device::new("c", Driver::Command, status)
+                .unwrap()
+                .reads_back()
+        );
+        let bar = Device::new("p", Driver::Mpower, opts(&[("address", "pdu1")])).unwrap();
+        assert!(bar.reads_back());
     }
 }

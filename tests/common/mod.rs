@@ -2,9 +2,11 @@
 //! `mama` binary run against it with a pinned environment.
 #![allow(dead_code)]
 
+pub mod mpower;
 pub mod netns;
 pub mod pg;
 pub mod probe;
+pub mod usbrly08;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
