@@ -708,6 +708,13 @@ pub fn power(world: &World<'_>, name: &str, action: PowerAction) -> Result<Readi
     let ip = plan.set_ip.clone();
     let mut switch: Box<dyn Switch> = device::open(&device, &plan.context(&ip))?;
     if action == PowerAction::Status {
+        if !device.reads_back() {
+            return Err(Error::Invalid(format!(
+                "power device {} cannot tell whether an outlet is on: it has no status \
+                 command (`mama device add` with --status)",
+                device.name
+            )));
+        }
         return switch.read(slot);
     }
     let _power = store.power_lock(name, &mut || {
@@ -731,7 +738,16 @@ pub fn power(world: &World<'_>, name: &str, action: PowerAction) -> Result<Readi
             device.name
         )),
     )?;
-    switch.read(slot)
+    if device.reads_back() {
+        switch.read(slot)
+    } else {
+        Ok(Reading {
+            on: action != PowerAction::Off,
+            watts: None,
+            volts: None,
+            amps: None,
+        })
+    }
 }
 
 /// What `list` shows of a machine's power and reach.
@@ -766,7 +782,7 @@ pub fn look(lab: &Lab, deadline: Instant) -> Vec<Seen> {
     // the lab is trusted, which the caller decided).
     let (sender, receiver) = std::sync::mpsc::channel();
     for device in lab.devices() {
-        if device.driver.runs_commands() || device.check().is_err() {
+        if device.driver.runs_commands() || !device.reads_back() || device.check().is_err() {
             continue;
         }
         let slots: Vec<(usize, u32)> = machines
