@@ -278,7 +278,9 @@ fn probe_with(targets: &[Target], deadline: Instant, icmp: &mut Icmp) -> Vec<Rea
 ///
 /// Echo requests go out every 200 ms until one is answered; where no ICMP
 /// socket can be opened (see the [module](self)), the accepted connection
-/// alone makes the target ready. Attempts that the host resets or the
+/// alone makes the target ready. Where one can, a host that never answers
+/// echo (its firewall drops it) is never ready, though [`probe_all`]
+/// shows it Online: as upstream, which pings before it looks at the port. Attempts that the host resets or the
 /// network refuses are closed and tried again at the next try; at most
 /// the last 64 attempts (~3 s) are kept open. `Err` when this machine
 /// cannot make an attempt at all (no socket can be opened, or the address
