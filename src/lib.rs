@@ -4,7 +4,8 @@
 //! names only the floors below it (a test, [`layers`](self), holds that):
 //! - the ground floor: [`text`] (text made safe for a terminal, durations
 //!   and times, XML's characters), [`os`] (clock, identity, processes,
-//!   /proc), [`exit`] (exit codes); then [`error`];
+//!   /proc), [`exit`] (exit codes), [`net`] (is a machine online, is it
+//!   ready: TCP and ICMP probes, the neighbour table); then [`error`];
 //! - [`settings`]: every `MAMA_*` variable and the lab's location, read
 //!   and parsed once (a database URL in [`settings::url`]);
 //! - [`model`]: the lab as plain data that records its changes at the level

@@ -19,6 +19,7 @@ mod history;
 mod input;
 mod lab;
 mod liveness;
+mod net;
 mod pg_harness;
 mod pg_hosts;
 mod pg_lab;

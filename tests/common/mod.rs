@@ -2,6 +2,7 @@
 //! `mama` binary run against it with a pinned environment.
 #![allow(dead_code)]
 
+pub mod board;
 pub mod mpower;
 pub mod netns;
 pub mod pg;

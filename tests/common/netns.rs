@@ -6,7 +6,8 @@
 //! pair under a name derived from it (`mtN.r`/`mtN.h` for subnet N) in the
 //! root namespace: `ip link add` fails if another test holds that name, and
 //! the next subnet is tried. Everything is removed when the `Host` drops;
-//! namespaces left by a killed test process are removed by the next one.
+//! namespaces left by a killed test process are removed by the next one,
+//! and the processes still running in them killed.
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
@@ -74,6 +75,18 @@ fn sweep() {
             continue;
         };
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // A server a test left running in it (a board's listener)
+            // would keep it alive, and hold what it listens on.
+            let out = try_ip(&["netns", "pids", &name]);
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                    // SAFETY: plain system call; the process is in a
+                    // namespace only the tests create.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
             // Its links first: a socket left behind may keep the namespace,
             // and so the link's other end, alive after `netns del`.
             let out = try_ip(&["-n", &name, "-o", "link", "show"]);
@@ -165,6 +178,22 @@ impl Host {
         &self.name
     }
 
+    /// Its end of the link (a device inside it).
+    pub fn dev(&self) -> &str {
+        &self.dev
+    }
+
+    /// The other end of the link (a device in the test's namespace, or in
+    /// the host it was linked to: see [`Host::peer_ns`]).
+    pub fn peer_dev(&self) -> &str {
+        &self.peer_dev
+    }
+
+    /// The namespace of the other end: `None` for the test's own.
+    pub fn peer_ns(&self) -> Option<&str> {
+        self.peer_ns.as_deref()
+    }
+
     /// This host's address.
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
@@ -193,8 +222,9 @@ impl Host {
         ip(all)
     }
 
+    /// `ip ARGS` where the other end of the link is; panics if it fails.
     #[track_caller]
-    fn peer_ip<I, S>(&self, args: I) -> Output
+    pub fn peer_ip<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,

@@ -1,0 +1,39 @@
+"""A test board's listener (see board.rs): after a delay, accepts
+connections on port 22, over IPv4 and IPv6, and closes each at once.
+
+Usage: board.py DELAY FOLDER. Once it listens it writes FOLDER/listening:
+the time it began to, in seconds of CLOCK_MONOTONIC. It leaves the start
+command's session, which may end before it does."""
+
+import os
+import socket
+import sys
+import time
+
+try:
+    os.setsid()
+except OSError:
+    pass
+delay, folder = float(sys.argv[1]), sys.argv[2]
+time.sleep(delay)
+listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+# A listener just killed by a stop command may hold the port a moment.
+give_up = time.monotonic() + 10
+while True:
+    try:
+        listener.bind(("::", 22))
+        break
+    except OSError:
+        if time.monotonic() > give_up:
+            raise
+        time.sleep(0.01)
+listener.listen(128)
+stamp = os.path.join(folder, "listening")
+with open(stamp + ".tmp", "w") as out:
+    out.write(repr(time.monotonic()))
+os.replace(stamp + ".tmp", stamp)
+while True:
+    connection, _ = listener.accept()
+    connection.close()
