@@ -24,6 +24,7 @@ mod pg_harness;
 mod pg_hosts;
 mod pg_lab;
 mod php;
+mod power;
 mod queue;
 mod queue_edges;
 mod run;

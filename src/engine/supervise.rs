@@ -642,7 +642,22 @@ fn signal_group(group: libc::pid_t, signal: libc::c_int) {
 /// A handled signal (INT, TERM, HUP) that came while they are blocked
 /// ([`block_signals`]), taken; `None` when none is pending.
 pub fn take_signal() -> Option<i32> {
-    wait_signal(Some(Duration::ZERO)).filter(|signal| HANDLED.contains(signal))
+    // SAFETY: plain data initialised before use; sigtimedwait only reads
+    // the set. Only INT, TERM and HUP are taken: a child's end (SIGCHLD,
+    // blocked too) is no reason to stop.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        let now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let signal = libc::sigtimedwait(&set, std::ptr::null_mut(), &now);
+        (signal > 0).then_some(signal)
+    }
 }
 
 /// Waits for one of the handled (blocked) signals, at most `timeout`

@@ -162,6 +162,20 @@ impl LockFile {
         Ok(FileLock::wait(file, &path, Mode::Exclusive, Some(deadline), &mut |_| {})?.ok())
     }
 
+    /// Waits as long as it takes for the exclusive lock.
+    pub fn exclusive(&self, like: Option<&Metadata>) -> Result<FileLock> {
+        let file = self.open(like)?;
+        let path = self.path();
+        match FileLock::wait(file, &path, Mode::Exclusive, None, &mut |_| {})? {
+            Ok(lock) => Ok(lock),
+            Err(_) => Err(Error::io(
+                "lock",
+                &path,
+                io::Error::from(io::ErrorKind::WouldBlock),
+            )),
+        }
+    }
+
     /// What is at the lock file's name, if it is a regular file.
     fn entry(&self) -> Option<Entry> {
         self.dir.entry(&self.name).ok().filter(Entry::is_file)

@@ -172,13 +172,7 @@ impl JobLocks for FileStore {
             return Ok(PowerLock::new(Box::new(lock)));
         }
         waiting();
-        match file.exclusive_within(like.as_ref(), Duration::MAX)? {
-            Some(lock) => Ok(PowerLock::new(Box::new(lock))),
-            None => Err(Error::Invalid(format!(
-                "cannot take the power lock {}",
-                file.path().display()
-            ))),
-        }
+        Ok(PowerLock::new(Box::new(file.exclusive(like.as_ref())?)))
     }
 
     fn hold_place(&self) -> Result<PlaceLock> {
