@@ -103,9 +103,9 @@ const PROBE_DEADLINE: Duration = Duration::from_millis(300);
 pub fn list(store: &Store, settings: &Settings, json: bool, probe: bool) -> Result<()> {
     let lab = read(store)?;
     // Asked first, and answered while the jobs are judged.
-    let looking = probe.then(|| {
-        let lab = lab.clone();
-        std::thread::spawn(move || power::look(&lab, std::time::Instant::now() + PROBE_DEADLINE))
+    let looking = probe.then(|| power::Look::of(&lab)).flatten().map(|look| {
+        let deadline = std::time::Instant::now() + PROBE_DEADLINE;
+        std::thread::spawn(move || look.run(deadline))
     });
     let world = World::new(store, settings);
     let held = store.held_job_locks();
@@ -217,8 +217,9 @@ pub fn info(
             one = Lab::new(vec![m.clone()]);
         }
         let one = one.with_devices(snapshot.lab.devices().cloned().collect());
-        if let Some(seen) = power::look(&one, std::time::Instant::now() + PROBE_DEADLINE).first() {
-            view.see(seen);
+        let deadline = std::time::Instant::now() + PROBE_DEADLINE;
+        if let Some(seen) = power::Look::of(&one).and_then(|look| look.run(deadline).pop()) {
+            view.see(&seen);
         }
     }
     if json {

@@ -758,69 +758,100 @@ pub struct Seen {
     pub watts: Option<f64>,
 }
 
-/// Looks at every machine at once: whether it answers (those with an
-/// address) and what its outlet says (those with one), by `deadline`.
-/// A device that does not answer in time says nothing.
-pub fn look(lab: &Lab, deadline: Instant) -> Vec<Seen> {
-    let machines: Vec<&Machine> = lab.machines().collect();
-    let mut seen = vec![Seen::default(); machines.len()];
-    let mut targets = Vec::new();
-    let mut at = Vec::new();
-    for (i, m) in machines.iter().enumerate() {
-        let port = m
-            .get(Field::ReadyPort)
-            .trim()
-            .parse()
-            .unwrap_or(DEFAULT_READY_PORT);
-        if let Ok(ip) = m.get(Field::Ip).trim().parse() {
-            targets.push(Target { ip, port });
-            at.push(i);
-        }
-    }
-    // Outlets by device: one reader a device, each on a thread of its own,
-    // given up at the deadline (a command driver runs commands: only where
-    // the lab is trusted, which the caller decided).
-    let (sender, receiver) = std::sync::mpsc::channel();
-    for device in lab.devices() {
-        if device.driver.runs_commands() || !device.reads_back() || device.check().is_err() {
-            continue;
-        }
-        let slots: Vec<(usize, u32)> = machines
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.get(Field::PwrDev).trim() == device.name)
-            .filter_map(|(i, m)| Some((i, m.get(Field::PwrSlot).trim().parse().ok()?)))
+/// What a look at a lab's machines asks: every address, and every outlet
+/// a device can be asked for, taken out of the lab so that the look can
+/// run on a thread of its own while the lab is shown.
+pub struct Look {
+    machines: usize,
+    /// The addresses, and the machine of each.
+    targets: Vec<Target>,
+    at: Vec<usize>,
+    /// Each device, and its outlets (machine, slot).
+    outlets: Vec<(Device, Vec<(usize, u32)>)>,
+}
+
+impl Look {
+    /// What to ask of `lab`'s machines; `None` when there is nothing to
+    /// ask (no machine has an address or an outlet that can be read).
+    /// The command driver's outlets are not read: that would run the
+    /// lab's commands for a look.
+    pub fn of(lab: &Lab) -> Option<Look> {
+        let mut look = Look {
+            machines: 0,
+            targets: Vec::new(),
+            at: Vec::new(),
+            outlets: Vec::new(),
+        };
+        let readable: Vec<&Device> = lab
+            .devices()
+            .filter(|d| !d.driver.runs_commands() && d.reads_back() && d.check().is_ok())
             .collect();
-        if slots.is_empty() {
-            continue;
-        }
-        let device = device.clone();
-        let sender = sender.clone();
-        std::thread::spawn(move || {
-            let Ok(mut switch) = device::open(&device, &device::Context::default()) else {
-                return;
-            };
-            for (i, slot) in slots {
-                if let Ok(reading) = switch.read(slot) {
-                    let _ = sender.send((i, reading));
+        for (i, m) in lab.machines().enumerate() {
+            look.machines = i + 1;
+            let ip = m.get(Field::Ip).trim();
+            if !ip.is_empty()
+                && let Ok(ip) = ip.parse()
+            {
+                let port = m
+                    .get(Field::ReadyPort)
+                    .trim()
+                    .parse()
+                    .unwrap_or(DEFAULT_READY_PORT);
+                look.targets.push(Target { ip, port });
+                look.at.push(i);
+            }
+            let dev = m.get(Field::PwrDev).trim();
+            if dev.is_empty() {
+                continue;
+            }
+            if let Some(device) = readable.iter().find(|d| d.name == dev)
+                && let Ok(slot) = m.get(Field::PwrSlot).trim().parse::<u32>()
+            {
+                match look.outlets.iter_mut().find(|(d, _)| d.name == dev) {
+                    Some((_, slots)) => slots.push((i, slot)),
+                    None => look.outlets.push(((*device).clone(), vec![(i, slot)])),
                 }
             }
-        });
-    }
-    drop(sender);
-    let reach = net::probe_all(&targets, deadline);
-    for (i, r) in at.into_iter().zip(reach) {
-        seen[i].reach = Some(r);
-    }
-    while let Ok((i, reading)) =
-        receiver.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-    {
-        if let Some(s) = seen.get_mut(i) {
-            s.power = Some(reading.on);
-            s.watts = reading.watts;
         }
+        (!look.targets.is_empty() || !look.outlets.is_empty()).then_some(look)
     }
-    seen
+
+    /// Asks, all at once, for `deadline` at most: each address whether it
+    /// answers, each device (on a thread of its own) what its outlets say.
+    /// A device that does not answer in time says nothing.
+    pub fn run(self, deadline: Instant) -> Vec<Seen> {
+        let mut seen = vec![Seen::default(); self.machines];
+        let (sender, receiver) = std::sync::mpsc::channel();
+        for (device, slots) in self.outlets {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                let Ok(mut switch) = device::open(&device, &device::Context::default()) else {
+                    return;
+                };
+                for (i, slot) in slots {
+                    if let Ok(reading) = switch.read(slot) {
+                        let _ = sender.send((i, reading));
+                    }
+                }
+            });
+        }
+        drop(sender);
+        if !self.targets.is_empty() {
+            let reach = net::probe_all(&self.targets, deadline);
+            for (i, r) in self.at.into_iter().zip(reach) {
+                seen[i].reach = Some(r);
+            }
+        }
+        while let Ok((i, reading)) =
+            receiver.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if let Some(s) = seen.get_mut(i) {
+                s.power = Some(reading.on);
+                s.watts = reading.watts;
+            }
+        }
+        seen
+    }
 }
 
 /// The arguments of a job's environment a boot run adds.
