@@ -31,6 +31,11 @@ pub enum Kind {
     Deleted,
     /// `set` changed a field.
     Set,
+    /// A power device was defined (`device add`, `import`); the event's
+    /// machine is the device's name.
+    DeviceAdded,
+    /// A power device was removed (`device delete`, `import --replace`).
+    DeviceDeleted,
 }
 
 impl Kind {
@@ -46,6 +51,8 @@ impl Kind {
             Kind::Added => "added",
             Kind::Deleted => "deleted",
             Kind::Set => "set",
+            Kind::DeviceAdded => "device_added",
+            Kind::DeviceDeleted => "device_deleted",
         }
     }
 }
