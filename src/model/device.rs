@@ -160,8 +160,13 @@ impl Device {
         driver: Driver,
         options: Vec<(String, String)>,
     ) -> Result<Device, Error> {
-        crate::model::field::check_name(name)
-            .map_err(|e| Error::Invalid(format!("device name: {e}")))?;
+        // Named as a machine is, and the message says whose name it is.
+        crate::model::field::check_name(name).map_err(|e| {
+            Error::Invalid(
+                e.to_string()
+                    .replacen("the machine name", "the device name", 1),
+            )
+        })?;
         let device = Device {
             name: name.to_string(),
             driver,
