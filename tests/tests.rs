@@ -11,6 +11,7 @@ mod common;
 
 mod claim;
 mod compat_crash;
+mod devices;
 mod docs;
 mod format;
 mod hardening;
