@@ -223,7 +223,7 @@ on_both_backends! {
         env.run(["set", "rig1", "rly-slot", "5"]).ok();
         let text = env.run(["info", "rig1"]);
         let lines: Vec<&str> = text.ok().lines().collect();
-        assert!(lines.iter().any(|l| *l == "Power device: pdu1 slot 3 (mpower)"), "{lines:#?}");
+        assert!(lines.contains(&"Power device: pdu1 slot 3 (mpower)"), "{lines:#?}");
         assert!(lines.iter().any(|l| l.starts_with("Relay:") && l.ends_with(" r1 slot 5 (usbrly08)")), "{lines:#?}");
         let info = env.info("rig1");
         assert_eq!(info["power_device"], json!({"name": "pdu1", "slot": 3, "driver": "mpower"}));
