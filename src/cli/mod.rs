@@ -252,7 +252,7 @@ pub enum DeviceCommand {
     },
     /// Show the power devices, their options and the machines that name them
     ///
-    /// A password is shown as ***. A <device> of the lab that mama cannot use (no name, a driver
+    /// A password is shown as ***. A device of the lab that mama cannot use (no name, a driver
     /// it does not know, options its driver refuses) is shown as broken, with why.
     List {
         /// Print a JSON array instead of a table

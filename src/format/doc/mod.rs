@@ -10,7 +10,8 @@
 //! was replayed on writes back the very text it was read from. Other
 //! top-level elements are kept as they are, and read and written by name
 //! ([`XmlLab::top_level`]): the state file keeps its own bookkeeping there
-//! (see [`BOOKKEEPING`]).
+//! (see [`BOOKKEEPING`]). The lab's power devices are top-level `<device>`
+//! elements beside the machines (the `devices` module).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -68,8 +69,9 @@ pub struct XmlLab {
     /// that replaying a journal's changes does not search the whole lab
     /// for each.
     found: std::cell::RefCell<std::collections::HashMap<Box<str>, usize>>,
-    /// Where the first root child of each name but `machine` stands,
-    /// found in one look over the root's children and kept until a node is
+    /// Where the first root child of each name but `machine` stands, and
+    /// every `<device>`, found in one look over the root's children and
+    /// kept until a node is
     /// put in or taken out among them ([`XmlLab::moved`]): a lookup by name
     /// looks at every child, twenty thousand on a large lab, and a
     /// transaction makes a handful. Each place found is checked again at
