@@ -181,6 +181,15 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             json,
             follow,
         } => c::log(store, settings, machine.as_deref(), since, json, follow)?,
+        Command::Device(device) => match device {
+            cli::DeviceCommand::Add {
+                name,
+                driver,
+                options,
+            } => c::device_add(store, &name, driver, options.0)?,
+            cli::DeviceCommand::List { json } => c::device_list(store, json)?,
+            cli::DeviceCommand::Delete { name } => c::device_delete(store, &name)?,
+        },
         Command::Completions { shell } => cli::completions::print(shell)?,
         Command::Export => c::export(store)?,
         Command::Import { file, replace } => c::import(store, settings, &file, replace)?,

@@ -89,14 +89,31 @@ fn man_page_documents_every_command_with_its_arguments() {
     // `help` subcommand, `--help` and the global `--state` that clap adds
     // to each: the page shows those once, or not at all.
     let cli = mama::cli::whole_command();
+    let shown = |cmd: &clap::Command| -> Vec<clap::Command> {
+        cmd.get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+            .cloned()
+            .collect()
+    };
+    // Every command, and every command of a command (`device add`), with
+    // the heading of its subsection.
+    let mut all: Vec<(String, clap::Command)> = Vec::new();
+    for sub in shown(&cli) {
+        all.push((format!(".SS {}\n", roff(sub.get_name())), sub.clone()));
+        for nested in shown(&sub) {
+            let name = format!("{} {}", sub.get_name(), nested.get_name());
+            all.push((format!(".SS \"{}\"\n", roff(&name)), nested));
+        }
+    }
+    assert!(
+        all.iter()
+            .any(|(heading, _)| heading == ".SS \"device add\"\n"),
+        "the commands of `device` are there"
+    );
     let mut seen = 0;
-    for sub in cli
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        let heading = format!(".SS {}\n", roff(sub.get_name()));
+    for (heading, sub) in &all {
         let start = commands
-            .find(&heading)
+            .find(heading.as_str())
             .unwrap_or_else(|| panic!("no subsection for {}", sub.get_name()));
         let rest = &commands[start + heading.len()..];
         let text = &rest[..rest.find("\n.SS ").unwrap_or(rest.len())];

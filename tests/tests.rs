@@ -12,6 +12,7 @@ mod common;
 mod claim;
 mod compat_crash;
 mod device;
+mod devices;
 mod docs;
 mod format;
 mod hardening;

@@ -8,6 +8,7 @@ use crate::backend::{LockPatience, Store};
 use crate::cli::render::{self, MachineView};
 use crate::cli::style::{self, Stream};
 use crate::engine::claim::{self, Caller, Intent, Patience, Wanted};
+use crate::engine::devices;
 use crate::engine::manual;
 use crate::engine::power::{self, PowerAction, StartRequest, Started, Stopped};
 use crate::engine::stale::Judge;
@@ -15,6 +16,7 @@ use crate::engine::supervise::{self, Ending};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::format::doc::XmlLab;
+use crate::model::device::{Device, Driver, Use};
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
 use crate::model::{JobRecord, Lab, Machine, NewMachine};
@@ -222,10 +224,15 @@ pub fn info(
             view.see(&seen);
         }
     }
+    let named = |used_as| devices::named_by(&snapshot.lab, found, used_as);
+    view.power_device = named(Use::Outlet).map(render::NamedView::of);
+    view.relay_device = named(Use::Relay).map(render::NamedView::of);
     if json {
         print_json(&render::InfoView {
             queue: view.queue.clone(),
             job_lock_holders: view.lock_holders.clone(),
+            power_device: view.power_device.clone(),
+            relay_device: view.relay_device.clone(),
             machine: view,
             recent_events: recent,
         })
@@ -817,6 +824,48 @@ pub fn power(
     }
 }
 
+/// `mama device add`: defines a power device, its options checked against
+/// its driver.
+pub fn device_add(
+    store: &Store,
+    name: &str,
+    driver: Driver,
+    options: Vec<(String, String)>,
+) -> Result<()> {
+    let device = Device::new(name, driver, options)?;
+    devices::add(store, &device)?;
+    say!(
+        "mama: added power device {} ({})",
+        render::printable(name),
+        driver.name()
+    );
+    Ok(())
+}
+
+/// `mama device list`: every device of the lab, with the machines that
+/// name it.
+pub fn device_list(store: &Store, json: bool) -> Result<()> {
+    let lab = read(store)?;
+    let listed = devices::listing(&lab);
+    if json {
+        print_json(
+            &listed
+                .iter()
+                .map(render::DeviceView::of)
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        out(&render::devices(&listed, style::enabled(Stream::Stdout)))
+    }
+}
+
+/// `mama device delete`: removes a device no machine names.
+pub fn device_delete(store: &Store, name: &str) -> Result<()> {
+    devices::delete(store, name)?;
+    say!("mama: deleted power device {}", render::printable(name));
+    Ok(())
+}
+
 /// `mama export`: the lab in upstream's format, on stdout.
 pub fn export(store: &Store) -> Result<()> {
     out(&store.export()?)
@@ -851,7 +900,18 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
         message: e.message,
     })?;
     let machines = doc.machine_texts();
-    let models: Vec<Machine> = doc.model().machines().cloned().collect();
+    let model = doc.model();
+    let models: Vec<Machine> = model.machines().cloned().collect();
+    // The file's devices, each whole (see `Lab::replace_devices`).
+    let device_texts = doc.device_texts();
+    let file_devices: Vec<Device> = model.devices().cloned().collect();
+    let file_broken: Vec<_> = model.broken_devices().cloned().collect();
+    let device_names: Vec<String> = file_devices
+        .iter()
+        .map(|d| d.name.clone())
+        .chain(file_broken.iter().map(|b| b.name.clone()))
+        .filter(|name| !name.is_empty())
+        .collect();
     if let Some(unnamed) = models.iter().position(|m| m.name().is_empty()) {
         return Err(Error::Invalid(format!(
             "{}: machine {} of the file has no name",
@@ -865,7 +925,8 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
     let shown = file.display().to_string();
     let world = World::new(store, settings);
     let judge = world.judge();
-    let (added, removed) = store.import(&doc.skeleton(), replace, |lab| {
+    let in_file = device_texts.len();
+    let (added, removed, devices) = store.import(&doc.skeleton(), replace, |lab| {
         let existing: Vec<String> = lab.machines().map(|m| m.name().to_string()).collect();
         // Replacing never takes a machine from under a running job.
         if let Some((name, job)) = lab.machines().find_map(|m| {
@@ -896,7 +957,35 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
             lab.add_element(machine, element)?;
             lab.record(Event::new(Kind::Added, &name).detail(format!("imported from {shown}")));
         }
-        Ok((lab.machines().count(), existing.len()))
+        // The file's devices come with its machines into a lab that has
+        // none (before its first machine); `--replace` replaces the lab's
+        // own.
+        let own: Vec<String> = lab
+            .devices()
+            .map(|d| d.name.clone())
+            .chain(lab.broken_devices().map(|b| b.name.clone()))
+            .collect();
+        let devices = if replace || own.is_empty() {
+            if !own.is_empty() || in_file > 0 {
+                for name in own.iter().filter(|name| !name.is_empty()) {
+                    lab.record(
+                        Event::new(Kind::DeviceDeleted, name)
+                            .detail(format!("replaced by {shown}")),
+                    );
+                }
+                lab.replace_devices(file_devices, file_broken, device_texts);
+                for name in &device_names {
+                    lab.record(
+                        Event::new(Kind::DeviceAdded, name)
+                            .detail(format!("imported from {shown}")),
+                    );
+                }
+            }
+            Devices::Taken(own.len())
+        } else {
+            Devices::Kept(own.len())
+        };
+        Ok((lab.machines().count(), existing.len(), devices))
     })?;
     say!(
         "mama: imported {added} machine{} from {shown}{}",
@@ -907,5 +996,29 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
             String::new()
         }
     );
+    match devices {
+        Devices::Taken(replaced) if in_file > 0 || replaced > 0 => say!(
+            "mama: imported {in_file} power device{} from {shown}{}",
+            plural(in_file),
+            if replaced > 0 {
+                format!(" (replacing {replaced})")
+            } else {
+                String::new()
+            }
+        ),
+        Devices::Kept(own) if in_file > 0 => say!(
+            "mama: kept the lab's own {own} power device{}; the {in_file} of {shown} were not \
+             imported (`mama import --replace` replaces them)",
+            plural(own)
+        ),
+        _ => {}
+    }
     Ok(())
+}
+
+/// What `import` did with the lab's devices: took the file's (replacing
+/// so many of the lab's), or kept the lab's own (so many).
+enum Devices {
+    Taken(usize),
+    Kept(usize),
 }

@@ -88,46 +88,69 @@ fn synopsis_and_description() -> Roff {
     roff
 }
 
-/// COMMANDS: every subcommand, with its synopsis, arguments and options.
+/// COMMANDS: every subcommand, with its synopsis, arguments and options;
+/// one with subcommands of its own (`device`) is followed by each of them.
 fn commands(cmd: &clap::Command) -> Roff {
     let mut roff = Roff::new();
     roff.control("SH", ["COMMANDS"]);
     let name = cmd.get_name();
     // Not the `help` subcommand clap adds.
-    for sub in cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        // Arguments of a control line are not escaped: a dash must be
-        // `\-` to print as the one users type.
-        roff.control("SS", [sub.get_name().replace('-', "\\-").as_str()]);
-        roff.text(synopsis(name, sub));
-        roff.control("PP", []);
-        if let Some(about) = sub.get_long_about().or_else(|| sub.get_about()) {
-            roff.text([roman(about.to_string())]);
-        }
-        for arg in own_arguments(sub) {
-            roff.control("TP", []);
-            roff.text(arg_header(arg));
-            if let Some(help) = arg.get_long_help().or_else(|| arg.get_help()) {
-                roff.text([roman(help.to_string())]);
-            }
-            let values: Vec<String> = arg
-                .get_possible_values()
-                .iter()
-                .filter(|v| !v.is_hide_set())
-                .map(|v| match v.get_help() {
-                    Some(help) => format!("{} ({help})", v.get_name()),
-                    None => v.get_name().to_string(),
-                })
-                .collect();
-            if !values.is_empty() && arg.get_action().takes_values() {
-                roff.control("br", []);
-                roff.text([roman(format!("One of: {}.", values.join(", ")))]);
-            }
+    for sub in shown_subcommands(cmd) {
+        command(&mut roff, name, sub);
+        let prefix = format!("{name} {}", sub.get_name());
+        for nested in shown_subcommands(sub) {
+            command(&mut roff, &prefix, nested);
         }
     }
     roff
+}
+
+/// The subcommands the page shows: not hidden, not clap's `help`.
+fn shown_subcommands(cmd: &clap::Command) -> impl Iterator<Item = &clap::Command> {
+    cmd.get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+}
+
+/// One command's subsection, `.SS` with its name after `mama` (`device
+/// add`): the synopsis, what it does, and each argument.
+fn command(roff: &mut Roff, prefix: &str, sub: &clap::Command) {
+    // Arguments of a control line are not escaped: a dash must be `\-` to
+    // print as the one users type.
+    let heading = format!("{prefix} {}", sub.get_name());
+    let heading = heading.split_once(' ').map_or("", |(_, rest)| rest);
+    roff.control("SS", [heading.replace('-', "\\-").as_str()]);
+    roff.text(synopsis(prefix, sub));
+    roff.control("PP", []);
+    if let Some(about) = sub.get_long_about().or_else(|| sub.get_about()) {
+        roff.text([roman(about.to_string())]);
+    }
+    for arg in own_arguments(sub) {
+        roff.control("TP", []);
+        roff.text(arg_header(arg));
+        if let Some(help) = arg.get_long_help().or_else(|| arg.get_help()) {
+            roff.text([roman(help.to_string())]);
+        }
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|v| !v.is_hide_set())
+            .map(|v| match v.get_help() {
+                Some(help) => format!("{} ({help})", v.get_name()),
+                None => v.get_name().to_string(),
+            })
+            .collect();
+        if !values.is_empty() && arg.get_action().takes_values() {
+            roff.control("br", []);
+            roff.text([roman(format!("One of: {}.", values.join(", ")))]);
+        }
+    }
+    if sub.has_subcommands() {
+        let names: Vec<String> = shown_subcommands(sub)
+            .map(|s| format!("{prefix} {} {}", sub.get_name(), s.get_name()))
+            .collect();
+        roff.control("br", []);
+        roff.text([roman(format!("See {}.", names.join(", ")))]);
+    }
 }
 
 /// A subcommand's own arguments, as the page shows them: not hidden, not
@@ -140,6 +163,9 @@ fn own_arguments(sub: &clap::Command) -> impl Iterator<Item = &Arg> {
 /// `mama run [--job LABEL] ... machine -- CMD...`
 fn synopsis(name: &str, sub: &clap::Command) -> Vec<Inline> {
     let mut line = vec![bold(format!("{name} {}", sub.get_name()))];
+    if sub.has_subcommands() {
+        line.extend([roman(" "), italic("command")]);
+    }
     for arg in own_arguments(sub) {
         line.push(roman(" "));
         let optional = !arg.is_required_set();

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::model::device::{self, Driver};
 use crate::model::field::{self, Field};
 
 /// Share lab machines safely: wait for a machine, claim it, run a job,
@@ -266,6 +267,12 @@ pub enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Define, list and delete the lab's power devices (outlet bars, relay boards)
+    ///
+    /// A device is defined once and named by machines: `mama set rig1 pwr-dev pdu1` and `mama set
+    /// rig1 pwr-slot 3` for an outlet, rly-dev and rly-slot for a relay.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Print a completion script for a shell (machine names complete from the state file)
     Completions {
         /// The shell
@@ -284,6 +291,137 @@ pub enum PowerArg {
     Cycle,
     /// Print on or off, and the watts where the device measures them
     Status,
+}
+
+// What `device` does. (Not a doc comment: with the subcommands deferred,
+// clap would take it for the description of `device`.)
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Define a power device
+    ///
+    /// Each driver takes the options that name it below, and refuses the others; those it needs
+    /// must be given. The options are stored in the order given. `mama set MACHINE pwr-dev NAME`
+    /// (or rly-dev) then names the device for a machine.
+    Add {
+        /// Its name (no white space; not "all")
+        name: String,
+        /// How mama speaks to it
+        #[arg(long, value_parser = driver_parser())]
+        driver: Driver,
+        #[command(flatten)]
+        options: DeviceOptions,
+    },
+    /// Show the power devices, their options and the machines that name them
+    ///
+    /// A password is shown as ***. A device of the lab that mama cannot use (no name, a driver
+    /// it does not know, options its driver refuses) is shown as broken, with why.
+    List {
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a power device that no machine names
+    Delete {
+        /// The device's name
+        name: String,
+    },
+}
+
+/// The options of `device add`: one `--NAME VALUE` for each option any
+/// driver takes ([`device::all_options`]), in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceOptions(pub Vec<(String, String)>);
+
+/// How an option's value is written in the help.
+fn option_value_name(name: &str) -> &'static str {
+    match name {
+        "on" | "off" | "status" => "CMD",
+        "address" => "HOST[:PORT]",
+        "user" => "USER",
+        "password" => "PASSWORD",
+        "port" => "PATH",
+        "press" | "hold" => "SECS",
+        "slots" => "N",
+        _ => "VALUE",
+    }
+}
+
+/// An option's help: what it is, and which drivers take it.
+fn option_help(opt: &device::Opt) -> String {
+    let mut about = opt.about.chars();
+    let about: String = about
+        .next()
+        .map(|first| first.to_uppercase().chain(about).collect())
+        .unwrap_or_default();
+    let takers: Vec<&str> = Driver::ALL
+        .into_iter()
+        .filter(|d| d.options().any(|o| o.name == opt.name))
+        .map(Driver::name)
+        .collect();
+    let takers = if takers.len() == Driver::ALL.len() {
+        "every driver".to_string()
+    } else {
+        takers.join(", ")
+    };
+    let required = if opt.required { ", needed" } else { "" };
+    format!("{about} [{takers}{required}]")
+}
+
+impl clap::FromArgMatches for DeviceOptions {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut given: Vec<(usize, String, String)> = Vec::new();
+        for opt in device::all_options() {
+            if let Some(value) = matches.get_one::<String>(opt.name) {
+                let at = matches.index_of(opt.name).unwrap_or(usize::MAX);
+                given.push((at, opt.name.to_string(), value.clone()));
+            }
+        }
+        given.sort_by_key(|(at, ..)| *at);
+        Ok(DeviceOptions(
+            given.into_iter().map(|(_, k, v)| (k, v)).collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = DeviceOptions::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for DeviceOptions {
+    /// Each driver's own options, in the order of the drivers, then those
+    /// every driver takes.
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let mut options = device::all_options();
+        let everyones = |opt: &&device::Opt| {
+            Driver::ALL
+                .into_iter()
+                .all(|d| d.options().any(|o| o.name == opt.name))
+        };
+        options.sort_by_key(|opt| everyones(opt));
+        options.into_iter().fold(cmd, |cmd, opt| {
+            cmd.arg(
+                clap::Arg::new(opt.name)
+                    .long(opt.name)
+                    .value_name(option_value_name(opt.name))
+                    .help(option_help(opt))
+                    .allow_hyphen_values(true),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        DeviceOptions::augment_args(cmd)
+    }
+}
+
+/// The drivers' names, for clap: it checks them, and the help, the man page
+/// and the completions list them.
+fn driver_parser() -> impl clap::builder::TypedValueParser<Value = Driver> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(Driver::ALL.map(Driver::name)).try_map(|name: String| {
+        Driver::from_name(&name).ok_or_else(|| format!("unknown driver '{name}'"))
+    })
 }
 
 // Which machine `run` and `wait` want: one, or any of a pool. (Not a doc

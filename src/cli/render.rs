@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::cli::style::{self, Tone};
 use crate::engine::claim::{self, Blocker, Busy, Status};
+use crate::engine::devices;
 use crate::engine::power::Seen;
 use crate::engine::stale::{Judge, Verdict};
 use crate::model::event::Event;
@@ -201,6 +202,179 @@ pub struct MachineView {
     pub last_start_secs: Option<f64>,
     pub ready_port: Option<String>,
     pub readycmd: Option<String>,
+    /// The device it names for an outlet, where `info` looked.
+    #[serde(skip)]
+    pub power_device: Option<NamedView>,
+    /// The device it names for a relay, where `info` looked.
+    #[serde(skip)]
+    pub relay_device: Option<NamedView>,
+}
+
+/// The device a machine names, as `info` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedView {
+    pub name: String,
+    /// The slot, where it is a whole number.
+    pub slot: Option<u64>,
+    /// Its driver, where the lab defines the device.
+    pub driver: Option<&'static str>,
+    #[serde(skip)]
+    slot_text: String,
+    #[serde(skip)]
+    problem: Option<String>,
+}
+
+impl NamedView {
+    pub fn of(named: devices::Named) -> NamedView {
+        NamedView {
+            slot: named.slot.parse().ok(),
+            name: named.name,
+            driver: named.driver,
+            slot_text: named.slot,
+            problem: named.problem,
+        }
+    }
+
+    /// `pdu1 slot 3 (mpower)`; what is wrong with the device in the
+    /// parentheses, where something is. (The lab's text, as stored: `info`
+    /// shows it safe for a terminal.)
+    fn text(&self) -> String {
+        let mut text = self.name.clone();
+        if !self.slot_text.is_empty() {
+            text.push_str(&format!(" slot {}", self.slot_text));
+        }
+        let about: Vec<String> = self
+            .driver
+            .map(str::to_string)
+            .into_iter()
+            .chain(self.problem.clone())
+            .collect();
+        if !about.is_empty() {
+            text.push_str(&format!(" ({})", about.join(", ")));
+        }
+        text
+    }
+}
+
+/// One device as `device list --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    /// `null` for a `<device>` without a name.
+    pub name: Option<String>,
+    pub driver: Option<String>,
+    /// Its options in order, a password as `***`.
+    pub options: OptionsView,
+    pub machines: Vec<DeviceUserView>,
+    /// Why mama cannot use it; `null` where it can.
+    pub broken: Option<String>,
+}
+
+/// A device's options, as a JSON object in their order.
+#[derive(Debug)]
+pub struct OptionsView(Vec<(String, String)>);
+
+impl Serialize for OptionsView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// A machine that names a device.
+#[derive(Debug, Serialize)]
+pub struct DeviceUserView {
+    pub name: String,
+    /// The slot, where it is a whole number.
+    pub slot: Option<u64>,
+    /// `outlet` or `relay`.
+    #[serde(rename = "as")]
+    pub used_as: &'static str,
+}
+
+/// A device's options as shown: a password never is.
+fn shown_options(options: &[(String, String)]) -> Vec<(String, String)> {
+    options
+        .iter()
+        .map(|(key, value)| match key.as_str() {
+            "password" => (key.clone(), "***".to_string()),
+            _ => (key.clone(), value.clone()),
+        })
+        .collect()
+}
+
+impl DeviceView {
+    pub fn of(listed: &devices::Listed) -> DeviceView {
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        DeviceView {
+            name: text(&listed.name),
+            driver: text(&listed.driver),
+            options: OptionsView(shown_options(&listed.options)),
+            machines: listed
+                .users
+                .iter()
+                .map(|u| DeviceUserView {
+                    name: u.machine.clone(),
+                    slot: u.slot.trim().parse().ok(),
+                    used_as: u.used_as.as_str(),
+                })
+                .collect(),
+            broken: listed.broken.clone(),
+        }
+    }
+}
+
+/// The `device list` table, then a line for each device mama cannot use,
+/// saying why; with `colour`, those stand out.
+pub fn devices(listed: &[devices::Listed], colour: bool) -> String {
+    let mut table = Table::new();
+    table
+        .load_style(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(["Name", "Driver", "Slots", "Options", "Machines"]);
+    table.force_no_tty();
+    if colour {
+        table.enforce_styling();
+    }
+    let mut notes = String::new();
+    for device in listed {
+        let name = match device.name.as_str() {
+            "" => "(no name)".to_string(),
+            name => printable(name).into_owned(),
+        };
+        let options: Vec<String> = shown_options(&device.options)
+            .iter()
+            .map(|(key, value)| format!("{}={}", printable(key), printable(value)))
+            .collect();
+        let machines: Vec<String> = device
+            .users
+            .iter()
+            .map(|u| format!("{}:{}", printable(&u.machine), printable(&u.slot)))
+            .collect();
+        let mut name_cell = Cell::new(&name);
+        if let Some(reason) = &device.broken {
+            name_cell = Tone::Stale.cell(Cell::new(format!("{name} [BROKEN]")));
+            notes.push_str(&format!(
+                "{}\n",
+                style::paint(
+                    &format!("{name} is broken: {}", printable(reason)),
+                    Some(Tone::Stale),
+                    colour
+                )
+            ));
+        }
+        table.add_row([
+            name_cell,
+            Cell::new(printable(&device.driver)),
+            Cell::new(device.slots.map(|n| n.to_string()).unwrap_or_default()),
+            Cell::new(options.join("\n")),
+            Cell::new(machines.join(" ")),
+        ]);
+    }
+    format!("{table}\n{notes}")
 }
 
 /// A process that holds a machine's job lock, as `info` names it.
@@ -352,6 +526,8 @@ impl MachineView {
                 .filter(|t| t.is_finite()),
             ready_port: field(Field::ReadyPort),
             readycmd: text(Field::ReadyCmd),
+            power_device: None,
+            relay_device: None,
             stale_reason,
             remote_host,
         }
@@ -553,6 +729,10 @@ pub struct InfoView {
     /// The processes that hold the machine's job lock, where it is all that
     /// says the job lives (see [`MachineView::held_by_lock`]).
     pub job_lock_holders: Vec<LockHolderView>,
+    /// The device it names for an outlet (`pwr_dev`, `pwr_slot`), or `null`.
+    pub power_device: Option<NamedView>,
+    /// The device it names for a relay (`rly_dev`, `rly_slot`), or `null`.
+    pub relay_device: Option<NamedView>,
     pub recent_events: Vec<Event>,
 }
 
@@ -718,10 +898,11 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
     add("Start timeout:", &view.start_timeout);
     add("Ready port:", &view.ready_port);
     add("Ready command:", &view.readycmd);
-    add("Power device:", &view.pwr_dev);
-    add("Power slot:", &view.pwr_slot);
-    add("Relay device:", &view.rly_dev);
-    add("Relay slot:", &view.rly_slot);
+    add(
+        "Power device:",
+        &view.power_device.as_ref().map(NamedView::text),
+    );
+    add("Relay:", &view.relay_device.as_ref().map(NamedView::text));
     if view.has_job() {
         add("Running job:", &Some(view.job.clone().unwrap_or_default()));
         add(

@@ -160,8 +160,13 @@ impl Device {
         driver: Driver,
         options: Vec<(String, String)>,
     ) -> Result<Device, Error> {
-        crate::model::field::check_name(name)
-            .map_err(|e| Error::Invalid(format!("device name: {e}")))?;
+        // Named as a machine is, and the message says whose name it is.
+        crate::model::field::check_name(name).map_err(|e| {
+            Error::Invalid(
+                e.to_string()
+                    .replacen("the machine name", "the device name", 1),
+            )
+        })?;
         let device = Device {
             name: name.to_string(),
             driver,
@@ -304,6 +309,39 @@ impl Device {
                 self.name
             ))),
             _ => Ok(()),
+        }
+    }
+}
+
+/// A `<device>` of the lab that mama cannot use as it stands: one without
+/// a name, with a driver mama does not know, or with the name of a device
+/// before it. It stays in the lab as written (a lab is never unreadable
+/// for it), and `device list` shows it with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenDevice {
+    /// Its name; empty where it has none.
+    pub name: String,
+    /// Its driver as written; empty where it has none.
+    pub driver: String,
+    /// The options it has, as written, in order.
+    pub options: Vec<(String, String)>,
+    /// Why mama cannot use it.
+    pub reason: String,
+}
+
+/// How a machine names a device: for an outlet (`pwr_dev`, `pwr_slot`)
+/// or a relay (`rly_dev`, `rly_slot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    Outlet,
+    Relay,
+}
+
+impl Use {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Use::Outlet => "outlet",
+            Use::Relay => "relay",
         }
     }
 }

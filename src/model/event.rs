@@ -40,6 +40,11 @@ pub enum Kind {
     Stopped,
     /// `power` switched the machine's outlet (the detail: on, off, cycle).
     Power,
+    /// A power device was defined (`device add`, `import`); the event's
+    /// machine is the device's name.
+    DeviceAdded,
+    /// A power device was removed (`device delete`, `import --replace`).
+    DeviceDeleted,
 }
 
 impl Kind {
@@ -59,6 +64,8 @@ impl Kind {
             Kind::StartFailed => "start_failed",
             Kind::Stopped => "stopped",
             Kind::Power => "power",
+            Kind::DeviceAdded => "device_added",
+            Kind::DeviceDeleted => "device_deleted",
         }
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::os::Origin;
-use device::Device;
+use device::{BrokenDevice, Device, Use};
 use event::Event;
 use field::{Field, check_value};
 
@@ -319,8 +319,23 @@ pub enum Change {
     Remove(String),
     /// A power device was defined (after the last one).
     AddDevice(Device),
-    /// The power device of this name was removed.
+    /// The power device of this name was removed (the first of that name,
+    /// broken or not).
     RemoveDevice(String),
+    /// The lab's devices, every one, were replaced by these `<device>`
+    /// elements of the upstream format, each whole, in order (`import`:
+    /// every child and attribute kept, broken ones too).
+    ReplaceDevices(Vec<String>),
+}
+
+impl Change {
+    /// Whether this change is to the lab's devices, not to a machine.
+    pub fn is_device(&self) -> bool {
+        matches!(
+            self,
+            Change::AddDevice(_) | Change::RemoveDevice(_) | Change::ReplaceDevices(_)
+        )
+    }
 }
 
 /// A writable view of one machine. Every write is checked and records a
@@ -470,6 +485,8 @@ pub struct Lab {
     machines: Vec<Machine>,
     /// The power devices, in their order.
     devices: Vec<Device>,
+    /// The `<device>` elements mama cannot use (see [`BrokenDevice`]).
+    broken: Vec<BrokenDevice>,
     changes: Vec<Change>,
     /// Events of this transaction, committed with it.
     events: Vec<Event>,
@@ -495,22 +512,61 @@ impl Lab {
         self
     }
 
+    /// The lab with these `<device>` elements it cannot use (as read).
+    pub fn with_broken_devices(mut self, broken: Vec<BrokenDevice>) -> Lab {
+        self.broken = broken;
+        self
+    }
+
     pub fn devices(&self) -> impl Iterator<Item = &Device> {
         self.devices.iter()
     }
 
-    /// The device called `name`, or an error naming it.
-    pub fn device(&self, name: &str) -> Result<&Device, Error> {
-        self.devices.iter().find(|d| d.name == name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "no power device named '{name}' in the lab (see `mama device list`)"
-            ))
-        })
+    /// The `<device>` elements mama cannot use, in their order.
+    pub fn broken_devices(&self) -> impl Iterator<Item = &BrokenDevice> {
+        self.broken.iter()
     }
 
-    /// Defines a device after the last one; a name taken is refused.
+    /// The device called `name`, or an error naming it.
+    pub fn device(&self, name: &str) -> Result<&Device, Error> {
+        if let Some(device) = self.devices.iter().find(|d| d.name == name) {
+            return Ok(device);
+        }
+        Err(Error::Invalid(
+            match self.broken.iter().find(|b| b.name == name) {
+                Some(broken) => format!(
+                    "power device '{name}' is broken: {} (see `mama device list`)",
+                    broken.reason
+                ),
+                None => {
+                    format!("no power device named '{name}' in the lab (see `mama device list`)")
+                }
+            },
+        ))
+    }
+
+    /// The machines that name the device `name`, in their order, each with
+    /// how it names it and the slot it gives (as written); a machine that
+    /// names it twice (outlet and relay) is there twice.
+    pub fn device_users(&self, name: &str) -> Vec<(&Machine, Use, &str)> {
+        let mut users = Vec::new();
+        for machine in self.machines() {
+            if machine.get(Field::PwrDev) == name {
+                users.push((machine, Use::Outlet, machine.get(Field::PwrSlot)));
+            }
+            if machine.get(Field::RlyDev) == name {
+                users.push((machine, Use::Relay, machine.get(Field::RlySlot)));
+            }
+        }
+        users
+    }
+
+    /// Defines a device after the last one; a name taken (by a broken
+    /// device too) is refused.
     pub fn add_device(&mut self, device: Device) -> Result<(), Error> {
-        if self.devices.iter().any(|d| d.name == device.name) {
+        if self.devices.iter().any(|d| d.name == device.name)
+            || self.broken.iter().any(|b| b.name == device.name)
+        {
             return Err(Error::Invalid(format!(
                 "a power device named '{}' exists already",
                 device.name
@@ -521,23 +577,51 @@ impl Lab {
         Ok(())
     }
 
-    /// Removes a device that no machine names.
+    /// Removes a device that no machine names (a broken one too, by its
+    /// name).
     pub fn remove_device(&mut self, name: &str) -> Result<(), Error> {
-        self.device(name)?;
-        let users: Vec<&str> = self
-            .machines()
-            .filter(|m| m.get(Field::PwrDev) == name || m.get(Field::RlyDev) == name)
-            .map(Machine::name)
+        let known = self.devices.iter().any(|d| d.name == name);
+        if !known && !self.broken.iter().any(|b| b.name == name) {
+            self.device(name)?;
+        }
+        let mut users: Vec<&str> = self
+            .device_users(name)
+            .into_iter()
+            .map(|(m, ..)| m.name())
             .collect();
+        users.dedup();
         if !users.is_empty() {
             return Err(Error::Invalid(format!(
                 "power device '{name}' is named by {} (pwr-dev or rly-dev); set theirs to \"\" first",
                 users.join(", ")
             )));
         }
-        self.devices.retain(|d| d.name != name);
+        match self.devices.iter().position(|d| d.name == name) {
+            Some(at) => {
+                self.devices.remove(at);
+            }
+            None => {
+                if let Some(at) = self.broken.iter().position(|b| b.name == name) {
+                    self.broken.remove(at);
+                }
+            }
+        }
         self.changes.push(Change::RemoveDevice(name.to_string()));
         Ok(())
+    }
+
+    /// Replaces every device of the lab, broken ones too, with `devices`
+    /// and `broken`, read from `elements`, their `<device>` elements in
+    /// the upstream format (`import`).
+    pub fn replace_devices(
+        &mut self,
+        devices: Vec<Device>,
+        broken: Vec<BrokenDevice>,
+        elements: Vec<String>,
+    ) {
+        self.devices = devices;
+        self.broken = broken;
+        self.changes.push(Change::ReplaceDevices(elements));
     }
 
     /// Whether anything was changed or recorded since the lab was read.

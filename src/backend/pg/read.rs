@@ -10,6 +10,7 @@ use super::{db_error, schema};
 use crate::backend::Snapshot;
 use crate::error::{Error, Result};
 use crate::format::doc::XmlLab;
+use crate::model::Lab;
 use crate::model::event::{Event, Kind};
 
 impl PgStore {
@@ -63,9 +64,9 @@ impl PgStore {
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Err(self.no_lab());
             };
-            let (rows, look, _) = self.snapshot(&mut tx, version)?;
+            let (rows, look, _, document) = self.snapshot(&mut tx, version)?;
             *Self::locked(&self.look) = Some(look);
-            let lab = self.parse(&rows)?.model();
+            let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
             let (events, last_event) = match events {
                 None => (None, None),
                 Some(wanted) => {
@@ -92,15 +93,29 @@ impl PgStore {
             .map_err(|e| self.corrupt(e))
     }
 
+    /// The lab of the machines `doc` holds, with the power devices of
+    /// `document` (the document around the machines, where it has any).
+    pub(super) fn model(&self, doc: &XmlLab, document: Option<&str>) -> Result<Lab> {
+        let lab = doc.model();
+        let Some(document) = document else {
+            return Ok(lab);
+        };
+        let (devices, broken) = XmlLab::parse(document)
+            .map_err(|e| self.corrupt(e))?
+            .devices();
+        Ok(lab.with_devices(devices).with_broken_devices(broken))
+    }
+
     /// The machines, and one look at their job locks, in one round trip:
     /// which locks are held, which claims were written before the server
-    /// last started (within the host timeout after it), and whether this
-    /// role may write the lab.
+    /// last started (within the host timeout after it), whether this role
+    /// may write the lab, and the document around the machines where it
+    /// holds a power device (a lab without devices fetches nothing more).
     pub(super) fn snapshot(
         &self,
         client: &mut impl GenericClient,
         version: i32,
-    ) -> Result<(Vec<Row>, Look, bool)> {
+    ) -> Result<(Vec<Row>, Look, bool, Option<String>)> {
         let batch = format!(
             "{};
              SELECT classid, objid FROM pg_locks WHERE locktype = 'advisory' \
@@ -111,7 +126,8 @@ impl PgStore {
              SELECT has_table_privilege('mama_machine', 'UPDATE') \
                AND has_table_privilege('mama_event', 'INSERT');
              SELECT now() < pg_postmaster_start_time() + make_interval(secs => {1}), \
-               pg_postmaster_start_time()::text;",
+               pg_postmaster_start_time()::text;
+             SELECT document FROM mama_lab WHERE strpos(document, '<device') > 0;",
             schema::machines_query(version),
             self.host_timeout.as_secs()
         );
@@ -137,7 +153,16 @@ impl PgStore {
                 self.url.shown
             ))
         };
-        let [machines, held, reattaching, may_write, restarted, ..] = results.as_slice() else {
+        let [
+            machines,
+            held,
+            reattaching,
+            may_write,
+            restarted,
+            document,
+            ..,
+        ] = results.as_slice()
+        else {
             return Err(unexpected());
         };
         let text = |row: &postgres::SimpleQueryRow, i: usize| -> Result<String> {
@@ -178,7 +203,11 @@ impl PgStore {
             .and_then(|row| row.get(1))
             .unwrap_or_default()
             .to_string();
-        Ok((rows, look, may_write))
+        let document = document
+            .first()
+            .and_then(|row| row.get(0))
+            .map(str::to_string);
+        Ok((rows, look, may_write, document))
     }
 
     pub(super) fn events(
@@ -246,7 +275,7 @@ impl PgStore {
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Err(self.no_lab());
             };
-            let (rows, _, _) = self.snapshot(&mut tx, version)?;
+            let (rows, ..) = self.snapshot(&mut tx, version)?;
             let skeleton = self.document(&mut tx)?;
             let doc = XmlLab::assemble(
                 skeleton.as_deref(),

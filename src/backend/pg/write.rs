@@ -97,7 +97,7 @@ impl PgStore {
                 if !schema::ensure(&mut tx, &self.url.shown, create)? {
                     return Err(self.no_lab());
                 }
-                let (rows, look, may_write) = self.snapshot(&mut tx, schema::VERSION)?;
+                let (rows, look, may_write, document) = self.snapshot(&mut tx, schema::VERSION)?;
                 if !may_write {
                     return Err(Error::ReadOnly {
                         context: self.context("write"),
@@ -109,7 +109,7 @@ impl PgStore {
                 }
                 *Self::locked(&self.look) = Some(look);
                 let mut doc = self.parse(&rows)?;
-                let mut lab = doc.model();
+                let mut lab = self.model(&doc, document.as_deref())?;
                 let change = change.take().ok_or_else(|| {
                     Error::Invalid("internal error: a transaction ran twice".into())
                 })?;
@@ -134,14 +134,21 @@ impl PgStore {
     }
 
     /// Replays `changes` onto the machines' elements and stores each
-    /// changed machine once: deleted, updated or inserted.
+    /// changed machine once: deleted, updated or inserted; the changes to
+    /// the lab's devices are replayed onto the document around the
+    /// machines, which is stored anew.
     pub(super) fn store_changes(
         &self,
         tx: &mut postgres::Transaction<'_>,
         doc: &mut XmlLab,
         changes: &[Change],
     ) -> Result<()> {
-        doc.apply(changes)?;
+        for change in changes.iter().filter(|c| !c.is_device()) {
+            doc.apply(std::slice::from_ref(change))?;
+        }
+        if changes.iter().any(Change::is_device) {
+            self.store_devices(tx, changes)?;
+        }
         let mut deleted: Vec<&str> = Vec::new();
         let mut updated: Vec<&str> = Vec::new();
         let mut inserted: Vec<&str> = Vec::new();
@@ -159,7 +166,7 @@ impl PgStore {
                 }
                 Change::Add(new) => inserted.push(&new.name),
                 Change::AddElement { name, .. } => inserted.push(name),
-                Change::AddDevice(_) | Change::RemoveDevice(_) => {}
+                Change::AddDevice(_) | Change::RemoveDevice(_) | Change::ReplaceDevices(_) => {}
                 Change::Remove(name) => match inserted.iter().position(|n| n == name) {
                     Some(at) => {
                         inserted.remove(at);
@@ -221,6 +228,37 @@ impl PgStore {
                 .map_err(write_error)?;
             }
         }
+        Ok(())
+    }
+
+    /// Replays the changes to the lab's devices onto the document around
+    /// the machines, as this transaction has it (an `import` may have put
+    /// the file's there), and stores it, proven to read back; a lab
+    /// without one gets upstream's empty document with its devices.
+    fn store_devices(&self, tx: &mut postgres::Transaction<'_>, changes: &[Change]) -> Result<()> {
+        let mut outer = match self.document(tx)? {
+            Some(text) if !text.is_empty() => XmlLab::parse(&text).map_err(|e| self.corrupt(e))?,
+            _ => XmlLab::empty(),
+        };
+        for change in changes.iter().filter(|c| c.is_device()) {
+            outer.apply(std::slice::from_ref(change))?;
+        }
+        // Never store what could not be read back.
+        let text: String = outer
+            .render()
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "internal error: the lab's document would not read back ({e}); nothing \
+                     was written"
+                ))
+            })?
+            .concat();
+        tx.execute(
+            "INSERT INTO mama_lab (document) VALUES ($1) \
+             ON CONFLICT (singleton) DO UPDATE SET document = EXCLUDED.document",
+            &[&text],
+        )
+        .map_err(|e| db_error(&self.context("write"), e))?;
         Ok(())
     }
 

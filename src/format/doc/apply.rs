@@ -14,10 +14,9 @@ impl XmlLab {
 
     pub(super) fn apply_one(&mut self, change: &Change) -> Result<(), Error> {
         match change {
-            // Stored by the document's top level (not yet).
-            Change::AddDevice(_) | Change::RemoveDevice(_) => {
-                return Err(Error::Invalid("power devices cannot be stored yet".into()));
-            }
+            Change::AddDevice(device) => self.add_device(device),
+            Change::RemoveDevice(name) => self.remove_device(name)?,
+            Change::ReplaceDevices(elements) => self.replace_devices(elements)?,
             Change::Set {
                 machine,
                 field,

@@ -10,19 +10,21 @@
 //! was replayed on writes back the very text it was read from. Other
 //! top-level elements are kept as they are, and read and written by name
 //! ([`XmlLab::top_level`]): the state file keeps its own bookkeeping there
-//! (see [`BOOKKEEPING`]).
+//! (see [`BOOKKEEPING`]). The lab's power devices are top-level `<device>`
+//! elements beside the machines (the `devices` module).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
-use super::xml::{self, Document, Element, Node, ParseError, Skimmer, Source, Str};
+use super::xml::{self, Document, Element, Node, ParseError, Skimmer, Source};
 use crate::error::Error;
 use crate::model::field::Field;
 use crate::model::{Lab, Machine};
 
 mod apply;
+mod devices;
 mod parts;
 mod top;
 
@@ -32,6 +34,9 @@ mod top;
 pub const MAX_DOCUMENT: u64 = 256 << 20;
 
 const MACHINE: &str = "machine";
+/// A power device of the lab: a top-level element beside the machines
+/// (see [`devices`]).
+const DEVICE: &str = "device";
 const ROOT: &str = "settings";
 /// mama's own top-level elements, the state file's bookkeeping (its
 /// history's newest events and their number, the mark of a folded journal:
@@ -64,13 +69,14 @@ pub struct XmlLab {
     /// that replaying a journal's changes does not search the whole lab
     /// for each.
     found: std::cell::RefCell<std::collections::HashMap<Box<str>, usize>>,
-    /// Where the first root child of each name but `machine` stands,
-    /// found in one look over the root's children and kept until a node is
+    /// Where the first root child of each name but `machine` stands, and
+    /// every `<device>`, found in one look over the root's children and
+    /// kept until a node is
     /// put in or taken out among them ([`XmlLab::moved`]): a lookup by name
     /// looks at every child, twenty thousand on a large lab, and a
     /// transaction makes a handful. Each place found is checked again at
     /// use.
-    own: std::cell::RefCell<Option<Vec<(Str, u32)>>>,
+    own: std::cell::RefCell<Option<top::Places>>,
 }
 
 /// A quick hash for machine names (FxHash's multiply and rotate, eight
@@ -382,6 +388,7 @@ impl XmlLab {
     /// The lab as the engine sees it: each machine with the text of every
     /// field it has, and the fields that hold elements of their own.
     pub fn model(&self) -> Lab {
+        let (devices, broken) = self.devices();
         Lab::new(
             self.doc
                 .root
@@ -400,12 +407,15 @@ impl XmlLab {
                 })
                 .collect(),
         )
+        .with_devices(devices)
+        .with_broken_devices(broken)
     }
 
     /// [`XmlLab::model`], handing over the machines read instead of copying
     /// them (a lab of ten thousand machines holds megabytes of them): for
     /// a transaction, which reads the model once.
     pub fn take_model(&mut self) -> Lab {
+        let (devices, broken) = self.devices();
         let mut machines = std::mem::take(&mut self.machines);
         // Skimmed in document order, slot after slot: then they are the
         // lab's machines as they stand, and move over whole.
@@ -428,7 +438,9 @@ impl XmlLab {
                 .count()
                 == machines.len();
         if in_order {
-            return Lab::new(machines);
+            return Lab::new(machines)
+                .with_devices(devices)
+                .with_broken_devices(broken);
         }
         Lab::new(
             self.doc
@@ -445,6 +457,8 @@ impl XmlLab {
                 })
                 .collect(),
         )
+        .with_devices(devices)
+        .with_broken_devices(broken)
     }
 }
 

@@ -55,6 +55,9 @@ impl XmlLab {
                 message: "a stored machine element holds elements beside it".into(),
             });
         }
+        // Machines alone: no top-level element of another name, no device,
+        // to be looked for.
+        *lab.own.borrow_mut() = Some(top::Places::default());
         Ok(lab)
     }
 

@@ -740,3 +740,168 @@ mod lazy_tests {
         assert!(lab.render().is_err());
     }
 }
+
+mod devices {
+    use super::super::*;
+    use crate::model::device::{Device, Driver};
+
+    const LAB: &str = "<?xml version=\"1.0\"?>\n<settings>\n  <site>berlin</site>\n  <machine>\n    <name>rig1</name>\n    <pwr_dev>pdu1</pwr_dev>\n  </machine>\n</settings>\n";
+
+    fn pdu(name: &str) -> Device {
+        Device::new(
+            name,
+            Driver::Mpower,
+            vec![
+                ("address".into(), "192.168.2.2".into()),
+                ("user".into(), "ubnt".into()),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The text of `xml` after `change` ran on its lab and was replayed,
+    /// proven to read back.
+    fn changed(xml: &str, change: impl FnOnce(&mut Lab)) -> String {
+        let mut doc = XmlLab::parse(xml).unwrap();
+        let mut lab = doc.model();
+        change(&mut lab);
+        doc.apply(lab.changes()).unwrap();
+        doc.render().unwrap().concat()
+    }
+
+    #[test]
+    fn a_device_goes_before_the_first_machine_then_after_the_last_device() {
+        let xml = changed(LAB, |lab| lab.add_device(pdu("pdu1")).unwrap());
+        let device = "  <device>\n    <name>pdu1</name>\n    <driver>mpower</driver>\n    \
+                      <address>192.168.2.2</address>\n    <user>ubnt</user>\n  </device>\n";
+        assert_eq!(
+            xml,
+            LAB.replace("  <machine>", &format!("{device}  <machine>")),
+            "{xml}"
+        );
+        let xml = changed(&xml, |lab| lab.add_device(pdu("pdu2")).unwrap());
+        let second = device.replace("pdu1", "pdu2");
+        assert_eq!(
+            xml,
+            LAB.replace("  <machine>", &format!("{device}{second}  <machine>"))
+        );
+        let lab = XmlLab::parse(&xml).unwrap().model();
+        let names: Vec<&str> = lab.devices().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["pdu1", "pdu2"]);
+        assert_eq!(lab.device("pdu2").unwrap().options(), pdu("pdu2").options());
+        // Removed, each takes its line with it.
+        let xml = changed(&xml, |lab| lab.remove_device("pdu2").unwrap());
+        assert_eq!(
+            xml,
+            LAB.replace("  <machine>", &format!("{device}  <machine>"))
+        );
+        let mut lab = XmlLab::parse(&xml).unwrap().model();
+        assert!(
+            lab.remove_device("pdu1")
+                .unwrap_err()
+                .to_string()
+                .contains("named by rig1"),
+        );
+    }
+
+    #[test]
+    fn a_device_is_indented_as_the_document_is() {
+        // Tabs, and a machine first among the root's children.
+        let tabs = "<settings>\n\t<machine>\n\t\t<name>rig1</name>\n\t</machine>\n</settings>\n";
+        let xml = changed(tabs, |lab| lab.add_device(pdu("pdu1")).unwrap());
+        assert_eq!(
+            xml,
+            "<settings>\n\t<device>\n\t\t<name>pdu1</name>\n\t\t<driver>mpower</driver>\n\t\t\
+             <address>192.168.2.2</address>\n\t\t<user>ubnt</user>\n\t</device>\n\t<machine>\n\t\t\
+             <name>rig1</name>\n\t</machine>\n</settings>\n"
+        );
+        // An empty lab.
+        let xml = changed("<settings/>", |lab| lab.add_device(pdu("p")).unwrap());
+        assert!(
+            xml.starts_with("<settings>\n  <device>\n    <name>p</name>\n"),
+            "{xml}"
+        );
+        assert!(xml.ends_with("</user>\n  </device>\n</settings>"), "{xml}");
+    }
+
+    #[test]
+    fn unknown_children_stay_and_broken_devices_are_kept_as_written() {
+        let xml = LAB.replace(
+            "  <machine>",
+            "  <device id=\"7\">\n    <name>pdu1</name>\n    <driver>mpower</driver>\n    \
+             <address>10.0.0.9</address>\n    <colour>red</colour>\n  </device>\n  \
+             <device><driver>mpower</driver></device>\n  \
+             <device><name>x</name><driver>telnet</driver></device>\n  \
+             <device><name>pdu1</name><driver>command</driver></device>\n  \
+             <device><name>c</name><driver>command</driver></device>\n  <machine>",
+        );
+        let lab = XmlLab::parse(&xml).unwrap().model();
+        let names: Vec<&str> = lab.devices().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["pdu1", "c"]);
+        assert_eq!(
+            lab.device("pdu1").unwrap().option("address"),
+            Some("10.0.0.9")
+        );
+        assert!(lab.device("c").unwrap().check().is_err(), "needs --on");
+        let reasons: Vec<(&str, &str)> = lab
+            .broken_devices()
+            .map(|b| (b.name.as_str(), b.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert_eq!(reasons[0], ("", "it has no <name>"));
+        assert!(reasons[1].1.contains("no driver 'telnet'"), "{reasons:?}");
+        assert!(reasons[2].1.contains("earlier <device>"), "{reasons:?}");
+        assert!(lab.device("x").unwrap_err().to_string().contains("broken"));
+        let after = changed(&xml, |lab| lab.add_device(pdu("pdu3")).unwrap());
+        let added = after.find("<name>pdu3</name>").unwrap();
+        assert!(
+            after.find("<name>c</name>").unwrap() < added,
+            "after the last"
+        );
+        assert_eq!(
+            after.replace(
+                "  <device>\n    <name>pdu3</name>\n    <driver>mpower</driver>\n    \
+                 <address>192.168.2.2</address>\n    <user>ubnt</user>\n  </device>\n",
+                ""
+            ),
+            xml
+        );
+        // A broken one is removed by its name.
+        let gone = changed(&xml, |lab| lab.remove_device("x").unwrap());
+        assert!(!gone.contains("telnet") && gone.contains("<colour>red</colour>"));
+    }
+
+    #[test]
+    fn devices_are_replaced_whole() {
+        let mut source = XmlLab::parse(&LAB.replace(
+            "  <machine>",
+            "  <device a=\"b\">\n    <name>d1</name>\n    <driver>x</driver>\n  </device>\n  <machine>",
+        ))
+        .unwrap();
+        let texts = source.device_texts();
+        assert_eq!(
+            texts,
+            ["<device a=\"b\">\n    <name>d1</name>\n    <driver>x</driver>\n  </device>"]
+        );
+        let (devices, broken) = source.devices();
+        let with_one = changed(LAB, |lab| lab.add_device(pdu("old")).unwrap());
+        let replaced = changed(&with_one, |lab| {
+            lab.replace_devices(devices.clone(), broken.clone(), texts.clone())
+        });
+        assert_eq!(replaced, source.to_xml());
+        // Replacing with what is there changes nothing.
+        let mut lab = source.take_model();
+        lab.replace_devices(devices, broken, texts);
+        source.apply(lab.changes()).unwrap();
+        assert_eq!(source.to_xml(), replaced);
+    }
+
+    #[test]
+    fn a_lab_without_devices_reads_none() {
+        let lab = XmlLab::parse(LAB).unwrap().model();
+        assert_eq!(lab.devices().count() + lab.broken_devices().count(), 0);
+        // Nested elements called device are not the lab's.
+        let nested = LAB.replace("<name>rig1</name>", "<name>rig1</name><device>x</device>");
+        assert_eq!(XmlLab::parse(&nested).unwrap().model().devices().count(), 0);
+    }
+}

@@ -1,5 +1,6 @@
 //! Top-level elements other than machines, read and written by name, and
-//! where each stands, found in one look over the root's children.
+//! where each stands, found in one look over the root's children (which
+//! finds every `<device>` too: see [`Places`]).
 
 use super::*;
 use crate::format::xml::{Element, Node, Str};
@@ -49,6 +50,7 @@ impl XmlLab {
         let is_it = |at: usize| matches!(children.get(at), Some(Node::Element(e)) if e.name == tag);
         let known = self.own.borrow().as_ref().map(|places| {
             places
+                .first
                 .iter()
                 .find(|(name, _)| *name == tag)
                 .map(|&(_, at)| at)
@@ -69,20 +71,26 @@ impl XmlLab {
         at
     }
 
-    /// Looks for the first root child of each name but `machine`, keeps
-    /// what it finds, and says where `tag` stands.
+    /// Looks for the first root child of each name but `machine`, and
+    /// for every `<device>`, keeps what it finds, and says where `tag`
+    /// stands.
     pub(super) fn find_own(&self, tag: &str) -> Option<usize> {
-        let mut places: Vec<(Str, u32)> = Vec::new();
+        let mut places = Places::default();
         for (at, node) in self.doc.root.children.iter().enumerate() {
             if let Node::Element(element) = node
                 && element.name != MACHINE
-                && !places.iter().any(|(name, _)| *name == element.name)
                 && let Ok(at) = u32::try_from(at)
             {
-                places.push((element.name.clone(), at));
+                if element.name == DEVICE {
+                    places.devices.push(at);
+                }
+                if !places.first.iter().any(|(name, _)| *name == element.name) {
+                    places.first.push((element.name.clone(), at));
+                }
             }
         }
         let found = places
+            .first
             .iter()
             .find(|(name, _)| *name == tag)
             .map(|&(_, at)| at as usize);
@@ -90,9 +98,53 @@ impl XmlLab {
         found
     }
 
+    /// Where every top-level `<device>` stands among the root's children,
+    /// in order: from the same look as [`XmlLab::own_at`]'s, so that a lab
+    /// without devices pays nothing for them.
+    pub(super) fn device_places(&self) -> Vec<usize> {
+        let children = &self.doc.root.children;
+        let is_device = |at: u32| matches!(children.get(at as usize), Some(Node::Element(e)) if e.name == DEVICE);
+        let known = self
+            .own
+            .borrow()
+            .as_ref()
+            .map(|places| places.devices.clone());
+        let places = match known {
+            Some(places) if places.iter().all(|&at| is_device(at)) => places,
+            _ => {
+                self.find_own(DEVICE);
+                self.own
+                    .borrow()
+                    .as_ref()
+                    .map(|places| places.devices.clone())
+                    .unwrap_or_default()
+            }
+        };
+        let places: Vec<usize> = places.into_iter().map(|at| at as usize).collect();
+        debug_assert_eq!(
+            places,
+            children
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| matches!(n, Node::Element(e) if e.name == DEVICE))
+                .map(|(at, _)| at)
+                .collect::<Vec<_>>(),
+            "the places of <device>"
+        );
+        places
+    }
+
     /// A node was put in or taken out among the root's children: the
-    /// places of [`OWN`] are looked for again at the next lookup.
+    /// places are looked for again at the next lookup.
     pub(super) fn moved(&self) {
         *self.own.borrow_mut() = None;
     }
+}
+
+/// What one look over the root's children found: the first child of each
+/// name but `machine`, and every `<device>`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Places {
+    first: Vec<(Str, u32)>,
+    devices: Vec<u32>,
 }
