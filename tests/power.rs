@@ -521,15 +521,16 @@ fn power_switches_an_outlet_of_the_command_driver() {
     .ok();
     env.run(["set", "rig1", "pwr-dev", "pdu1"]).ok();
     env.run(["set", "rig1", "pwr-slot", "2"]).ok();
-    assert_eq!(env.run(["power", "rig1", "on"]).ok().trim(), "on");
+    // The status command's second word is the watts.
+    assert_eq!(env.run(["power", "rig1", "on"]).ok().trim(), "on 7.5 W");
     assert_eq!(
         std::fs::read_to_string(format!("{dir}/slot2")).unwrap_or_default(),
         "on\n"
     );
     env.run(["power", "rig1", "off"]).ok();
-    assert_eq!(env.run(["power", "rig1", "status"]).ok().trim(), "off");
+    assert_eq!(env.run(["power", "rig1", "status"]).ok().trim(), "off 7.5 W");
     env.run(["power", "rig1", "cycle"]).ok();
-    assert_eq!(env.run(["power", "rig1", "status"]).ok().trim(), "on");
+    assert_eq!(env.run(["power", "rig1", "status"]).ok().trim(), "on 7.5 W");
     let power = details(&env, "rig1", "power");
     assert_eq!(power.len(), 3, "{power:?}");
     assert!(
