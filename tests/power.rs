@@ -444,7 +444,7 @@ fn commands_of_a_lab_others_may_write_run_only_once_it_is_trusted() {
 
     // A trust file that others may write counts for nothing.
     let location = &env.state.display().to_string();
-    trust_dir(&env, &location);
+    trust_dir(&env, location);
     std::fs::set_permissions(
         config.join("mama/trusted"),
         std::fs::Permissions::from_mode(0o666),
@@ -528,7 +528,10 @@ fn power_switches_an_outlet_of_the_command_driver() {
         "on\n"
     );
     env.run(["power", "rig1", "off"]).ok();
-    assert_eq!(env.run(["power", "rig1", "status"]).ok().trim(), "off 7.5 W");
+    assert_eq!(
+        env.run(["power", "rig1", "status"]).ok().trim(),
+        "off 7.5 W"
+    );
     env.run(["power", "rig1", "cycle"]).ok();
     assert_eq!(env.run(["power", "rig1", "status"]).ok().trim(), "on 7.5 W");
     let power = details(&env, "rig1", "power");

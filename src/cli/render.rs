@@ -534,7 +534,7 @@ impl MachineView {
     }
 
     /// Takes in what a look at the machine saw (see
-    /// [`crate::engine::power::look`]).
+    /// [`crate::engine::power::Look`]).
     pub fn see(&mut self, seen: &Seen) {
         self.online = seen.reach.map(|reach| match reach {
             Reach::Online => "online",

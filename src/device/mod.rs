@@ -3,7 +3,7 @@
 //! presses a power button. The devices themselves are
 //! [`crate::model::device`]'s; each driver is a module here:
 //!
-//! - [`command`]: the lab's own shell commands. `on` and `off` switch slot
+//! - `command`: the lab's own shell commands. `on` and `off` switch slot
 //!   `{slot}`; `status`, where given, prints `on` or `off` (or `1`/`0`, any
 //!   case) and optionally the watts as its second word. Each runs as
 //!   `/bin/sh -c CMD` in a process group of its own, with stdin from
@@ -11,7 +11,7 @@
 //!   `MAMA_MACHINE`, `MAMA_MAC` and `MAMA_IP` in its environment; what `on`
 //!   and `off` print goes to mama's stderr. A command that runs longer than
 //!   its limit (30 s) has its group killed.
-//! - [`mpower`]: a Ubiquiti mFi mPower outlet bar, over plain HTTP. The
+//! - `mpower`: a Ubiquiti mFi mPower outlet bar, over plain HTTP. The
 //!   client picks its session cookie, `AIROS_SESSIONID=` 32 hex digits, and
 //!   logs it in with `POST /login.cgi` (`username=U&password=P`, form
 //!   encoded); `GET /sensors` answers
@@ -21,7 +21,7 @@
 //!   (never logged in, or forgotten: the device drops idle sessions) is
 //!   answered with a redirect to its login page or an empty body; the
 //!   driver then logs in again and asks once more.
-//! - [`usbrly08`]: a Devantech USB-RLY08 relay board, a USB serial port
+//! - `usbrly08`: a Devantech USB-RLY08 relay board, a USB serial port
 //!   (19200 baud, 8 data bits, no parity, 2 stop bits). One byte a command:
 //!   `0x5B` answers one byte of relay states (bit 0 is relay 1),
 //!   `0x65`–`0x6C` switch relays 1–8 on, `0x6F`–`0x76` off; `0x5A` answers
