@@ -15,6 +15,7 @@ pub mod device;
 pub mod event;
 pub mod field;
 pub mod queue;
+pub mod setting;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use crate::os::Origin;
 use device::{BrokenDevice, Device, Use};
 use event::Event;
 use field::{Field, check_value};
+use setting::Setting;
 
 /// The job recorded on a machine, as written (unparsable numbers read as
 /// absent, so a damaged PID or timestamp can never keep a machine busy).
@@ -326,6 +328,8 @@ pub enum Change {
     /// elements of the upstream format, each whole, in order (`import`:
     /// every child and attribute kept, broken ones too).
     ReplaceDevices(Vec<String>),
+    /// A lab setting now holds this value (empty: it is removed).
+    SetSetting(Setting, String),
 }
 
 impl Change {
@@ -487,6 +491,8 @@ pub struct Lab {
     devices: Vec<Device>,
     /// The `<device>` elements mama cannot use (see [`BrokenDevice`]).
     broken: Vec<BrokenDevice>,
+    /// The lab's settings that have a value.
+    settings: Vec<(Setting, String)>,
     changes: Vec<Change>,
     /// Events of this transaction, committed with it.
     events: Vec<Event>,
@@ -496,6 +502,42 @@ impl Lab {
     /// An empty lab: what `add` or `import` start from where there is none.
     pub fn empty() -> Lab {
         Lab::default()
+    }
+
+    /// The lab with these settings (as read).
+    pub fn with_settings(mut self, settings: Vec<(Setting, String)>) -> Lab {
+        self.settings = settings;
+        self
+    }
+
+    /// A setting's value; `None` where it has none.
+    pub fn setting(&self, setting: Setting) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(s, _)| *s == setting)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// The settings that have a value.
+    pub fn settings(&self) -> &[(Setting, String)] {
+        &self.settings
+    }
+
+    /// Sets a setting (checked and normalised: see
+    /// [`setting::normalize`]); an empty value removes it. A value equal to
+    /// the current one changes nothing.
+    pub fn set_setting(&mut self, setting: Setting, value: &str) -> Result<(), Error> {
+        let value = setting::normalize(setting, value)?;
+        if self.setting(setting).unwrap_or("") == value {
+            return Ok(());
+        }
+        self.settings.retain(|(s, _)| *s != setting);
+        if !value.is_empty() {
+            self.settings.push((setting, value.clone()));
+        }
+        self.changes.push(Change::SetSetting(setting, value));
+        Ok(())
     }
 
     /// The lab of these machines, in their order, unchanged.

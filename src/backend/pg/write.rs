@@ -166,7 +166,10 @@ impl PgStore {
                 }
                 Change::Add(new) => inserted.push(&new.name),
                 Change::AddElement { name, .. } => inserted.push(name),
-                Change::AddDevice(_) | Change::RemoveDevice(_) | Change::ReplaceDevices(_) => {}
+                Change::AddDevice(_)
+                | Change::RemoveDevice(_)
+                | Change::ReplaceDevices(_)
+                | Change::SetSetting(..) => {}
                 Change::Remove(name) => match inserted.iter().position(|n| n == name) {
                     Some(at) => {
                         inserted.remove(at);

@@ -17,6 +17,10 @@ impl XmlLab {
             Change::AddDevice(device) => self.add_device(device),
             Change::RemoveDevice(name) => self.remove_device(name)?,
             Change::ReplaceDevices(elements) => self.replace_devices(elements)?,
+            // Stored at the document's top level (not yet).
+            Change::SetSetting(..) => {
+                return Err(Error::Invalid("lab settings cannot be stored yet".into()));
+            }
             Change::Set {
                 machine,
                 field,
