@@ -254,6 +254,36 @@ fn run_boot_stops_the_board_however_the_job_ends() {
     not(all(mama_root, mama_ip, mama_python3)),
     ignore = "needs root, ip and python3 (run tests/install-tools as root)"
 )]
+fn a_boot_run_whose_board_never_comes_up_runs_no_job() {
+    let env = TestEnv::new();
+    let board = Board::new("rig1");
+    add_board(&env, "rig1", 1, &board, Duration::from_secs(60), true);
+    env.run(["set", "rig1", "start-timeout", "1"]).ok();
+    let ran = env.path().join("ran");
+    let run = env.run([
+        "run",
+        "--boot",
+        "--tries",
+        "1",
+        "rig1",
+        "--",
+        "touch",
+        &ran.display().to_string(),
+    ]);
+    run.fails_saying(125, "did not become ready within its start timeout of 1s");
+    assert!(!ran.exists(), "no job ran");
+    assert!(!board.is_up(), "the board was stopped again");
+    let info = env.info("rig1");
+    assert_eq!(info["state"], "free", "{info}");
+    assert_eq!(info["is_started"], false, "{info}");
+    assert_eq!(kinds(&env, "rig1")[3..], ["claimed", "start_failed", "released"]);
+}
+
+#[test]
+#[cfg_attr(
+    not(all(mama_root, mama_ip, mama_python3)),
+    ignore = "needs root, ip and python3 (run tests/install-tools as root)"
+)]
 fn a_boot_run_killed_leaves_the_board_to_the_next_claimer_to_stop() {
     let env = TestEnv::new();
     let board = Board::new("rig1");
