@@ -42,6 +42,8 @@ pub const DEFAULT_READY_PORT: u16 = 22;
 const ONLINE_LOOK: Duration = Duration::from_millis(500);
 /// How often `readycmd` and the neighbour table are asked.
 const LOOK_EVERY: Duration = Duration::from_millis(50);
+/// The longest pause between two looks at whether a lab's command ended.
+const COMMAND_LOOK_MAX: Duration = Duration::from_millis(10);
 
 /// What a start is asked to do.
 #[derive(Debug, Clone, Copy)]
@@ -278,6 +280,10 @@ fn run_command(mut command: Command, what: &str, deadline: Instant, quiet: bool)
     let mut child = command
         .spawn()
         .map_err(|e| Error::Invalid(format!("cannot run {what}: {e}")))?;
+    // Looked at 1 ms after it started, then twice as long after each look
+    // up to every 10 ms: a quick command (a `readycmd` that is `true`) is
+    // seen ended within a millisecond or two, not a whole 10 ms later.
+    let mut pause = Duration::from_millis(1);
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
@@ -296,7 +302,8 @@ fn run_command(mut command: Command, what: &str, deadline: Instant, quiet: bool)
             let _ = child.wait();
             return Err(Error::Invalid(format!("{what} did not end in time")));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(COMMAND_LOOK_MAX);
     }
 }
 
