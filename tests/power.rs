@@ -276,7 +276,10 @@ fn a_boot_run_whose_board_never_comes_up_runs_no_job() {
     let info = env.info("rig1");
     assert_eq!(info["state"], "free", "{info}");
     assert_eq!(info["is_started"], false, "{info}");
-    assert_eq!(kinds(&env, "rig1")[4..], ["claimed", "start_failed", "released"]);
+    assert_eq!(
+        kinds(&env, "rig1")[4..],
+        ["claimed", "start_failed", "released"]
+    );
 }
 
 #[test]

@@ -610,25 +610,20 @@ pub fn run(
              keep it in ~/.pgpass or PGPASSFILE so that mama in the job finds the lab"
         );
     }
-    let caller = Caller::current();
-    let world = World::new(store, settings);
-    let judge = world.judge();
-    let operating = power::World {
-        store,
-        caller: &caller,
-        judge: &judge,
-        interrupted: &supervise::take_signal,
-    };
+    // Signals are blocked already; the world of a power sequence is made
+    // only where one runs (a plain run pays nothing for it).
     if claim.left_started {
         say!(
             "mama: {machine} was left started by a run that ended without stopping it; stopping it first"
         );
-        if let Err(e) = power::stop(
-            &operating,
-            machine,
-            true,
-            Some("left started by a run that ended without stopping it"),
-        ) {
+        if let Err(e) = operate(store, settings, |world| {
+            power::stop(
+                world,
+                machine,
+                true,
+                Some("left started by a run that ended without stopping it"),
+            )
+        }) {
             claim.release(
                 store,
                 "not started (the machine left started could not be stopped)",
@@ -643,7 +638,9 @@ pub fn run(
             force: false,
             for_job: true,
         };
-        match power::start(&operating, machine, request) {
+        match operate(store, settings, |world| {
+            power::start(world, machine, request)
+        }) {
             Ok(started) => {
                 say_started(machine, &started);
                 ip = started.ip().to_string();
@@ -680,7 +677,9 @@ pub fn run(
     let mut stop_failed = false;
     if request.boot.is_some() {
         let why = format!("the job ended ({outcome})");
-        if let Err(e) = power::stop(&operating, machine, true, Some(&why)) {
+        if let Err(e) = operate(store, settings, |world| {
+            power::stop(world, machine, true, Some(&why))
+        }) {
             say!("mama: could not stop {machine}: {e}");
             stop_failed = true;
         }
