@@ -469,7 +469,7 @@ fn commands_of_a_lab_others_may_write_run_only_once_it_is_trusted() {
         Run::from(cmd.output().expect("mama runs"))
     };
     let refused = start(&config);
-    let text = refused.fails_saying(1, "refusing to run the startcmd of rig1");
+    let text = refused.fails_saying(1, "refusing to use the startcmd of rig1");
     assert!(text.contains(&format!("group {group}: ")), "{text}");
     assert!(text.contains("nobody"), "{text}");
     assert!(text.contains("mama/trusted"), "{text}");
@@ -726,4 +726,35 @@ fn list_tells_online_unreachable_and_offline_apart_in_one_look() {
     assert_eq!(none[0]["online"], serde_json::Value::Null);
     let table = env.run(["list", "--no-probe"]);
     assert!(!table.ok().contains("Online"), "{}", table.ok());
+}
+
+#[test]
+#[cfg_attr(not(mama_root), ignore = "needs root (run cargo test as root)")]
+fn a_relay_board_of_a_lab_others_may_write_is_used_only_once_trusted() {
+    let env = TestEnv::new();
+    let relays = RelayBoard::new();
+    env.add("rig1", 1);
+    env.run([
+        "device",
+        "add",
+        "rly1",
+        "--driver",
+        "usbrly08",
+        "--port",
+        &relays.port().display().to_string(),
+    ])
+    .ok();
+    env.run(["set", "rig1", "rly-dev", "rly1"]).ok();
+    env.run(["set", "rig1", "rly-slot", "2"]).ok();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let config = env.path().join("config");
+    let mut cmd = env.cmd(["start", "rig1"]);
+    cmd.env("XDG_CONFIG_HOME", &config);
+    Run::from(cmd.output().expect("mama runs"))
+        .fails_saying(1, "refusing to use the serial port of power device rly1");
+    assert!(
+        relays.received().is_empty(),
+        "nothing was written to the port"
+    );
 }

@@ -13,6 +13,7 @@ use crate::engine::manual;
 use crate::engine::power::{self, PowerAction, StartRequest, Started, Stopped};
 use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
+use crate::engine::trust;
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::format::doc::XmlLab;
@@ -105,10 +106,14 @@ const PROBE_DEADLINE: Duration = Duration::from_millis(300);
 pub fn list(store: &Store, settings: &Settings, json: bool, probe: bool) -> Result<()> {
     let lab = read(store)?;
     // Asked first, and answered while the jobs are judged.
-    let looking = probe.then(|| power::Look::of(&lab)).flatten().map(|look| {
-        let deadline = std::time::Instant::now() + PROBE_DEADLINE;
-        std::thread::spawn(move || look.run(deadline))
-    });
+    let trusted = || trust::check(store, "").is_ok();
+    let looking = probe
+        .then(|| power::Look::of(&lab, &trusted))
+        .flatten()
+        .map(|look| {
+            let deadline = std::time::Instant::now() + PROBE_DEADLINE;
+            std::thread::spawn(move || look.run(deadline))
+        });
     let world = World::new(store, settings);
     let held = store.held_job_locks();
     // Each job's PID is probed (a read of /proc/PID/stat, some 9 us of the
@@ -220,7 +225,10 @@ pub fn info(
         }
         let one = one.with_devices(snapshot.lab.devices().cloned().collect());
         let deadline = std::time::Instant::now() + PROBE_DEADLINE;
-        if let Some(seen) = power::Look::of(&one).and_then(|look| look.run(deadline).pop()) {
+        let trusted = || trust::check(store, "").is_ok();
+        if let Some(seen) =
+            power::Look::of(&one, &trusted).and_then(|look| look.run(deadline).pop())
+        {
             view.see(&seen);
         }
     }

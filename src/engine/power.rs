@@ -215,8 +215,12 @@ impl Plan {
             }
         }
         for (device, _) in self.outlet.iter().chain(self.relay.iter()) {
-            if device.driver.runs_commands() {
-                what.push(format!("the commands of power device {}", device.name));
+            if device.driver.needs_trust() {
+                what.push(format!(
+                    "{} of power device {}",
+                    device.driver.trusted_part(),
+                    device.name
+                ));
             }
         }
         what
@@ -386,8 +390,15 @@ pub fn start(world: &World<'_>, name: &str, request: StartRequest) -> Result<Sta
         }
         Ok(())
     })?;
+    let online = online_now(&plan);
+    if request.force && online.is_some() {
+        // A power-cycle: down first, as a stop would put it, then up.
+        if let Err(e) = power_off(&plan, "") {
+            say!("mama: {name}: {e}");
+        }
+    }
     if !request.force
-        && let Some(ip) = online_now(&plan)
+        && let Some(ip) = online
     {
         store.update(|lab| {
             remember_ip(lab, &plan, &ip)?;
@@ -706,10 +717,14 @@ pub fn power(world: &World<'_>, name: &str, action: PowerAction) -> Result<Readi
              (a relay cannot be read or left on)"
         )));
     };
-    if device.driver.runs_commands() {
+    if device.driver.needs_trust() {
         trust::check(
             store,
-            &format!("the commands of power device {}", device.name),
+            &format!(
+                "{} of power device {}",
+                device.driver.trusted_part(),
+                device.name
+            ),
         )?;
     }
     let ip = plan.set_ip.clone();
@@ -781,17 +796,21 @@ impl Look {
     /// What to ask of `lab`'s machines; `None` when there is nothing to
     /// ask (no machine has an address or an outlet that can be read).
     /// The command driver's outlets are not read: that would run the
-    /// lab's commands for a look.
-    pub fn of(lab: &Lab) -> Option<Look> {
+    /// lab's commands for a look. A USB-RLY08 board's are read only where
+    /// `trusted` says the lab is (asked once, where one is named).
+    pub fn of(lab: &Lab, trusted: &dyn Fn() -> bool) -> Option<Look> {
         let mut look = Look {
             machines: 0,
             targets: Vec::new(),
             at: Vec::new(),
             outlets: Vec::new(),
         };
+        let trust = std::cell::OnceCell::new();
         let readable: Vec<&Device> = lab
             .devices()
-            .filter(|d| !d.driver.runs_commands() && d.reads_back() && d.check().is_ok())
+            .filter(|d| d.driver != crate::model::device::Driver::Command)
+            .filter(|d| d.reads_back() && d.check().is_ok())
+            .filter(|d| !d.driver.needs_trust() || *trust.get_or_init(trusted))
             .collect();
         for (i, m) in lab.machines().enumerate() {
             look.machines = i + 1;

@@ -45,7 +45,7 @@ pub fn check(store: &Store, what: &str) -> Result<()> {
         |p| p.display().to_string(),
     );
     Err(Error::Invalid(format!(
-        "refusing to run {what}: the lab {location} may be written by others than you and \
+        "refusing to use {what}: the lab {location} may be written by others than you and \
          root ({others}), and they chose that command; if you trust them, add the line \
          `{location}` to {mine} (or {SYSTEM_TRUST} for every user)"
     )))

@@ -118,10 +118,21 @@ impl Driver {
         own.iter().chain(COMMON.iter())
     }
 
-    /// Whether this driver runs commands written into the lab (so that
-    /// using it is subject to the lab's trust).
-    pub const fn runs_commands(self) -> bool {
-        matches!(self, Driver::Command)
+    /// Whether using a device of this driver acts on what is written into
+    /// the lab beyond an address, so that it is subject to the lab's trust:
+    /// the command driver runs the lab's commands, the USB-RLY08 driver
+    /// opens, writes and reads the terminal the lab names as its port
+    /// (which could be someone's terminal).
+    pub const fn needs_trust(self) -> bool {
+        matches!(self, Driver::Command | Driver::UsbRly08)
+    }
+
+    /// What of a device of this driver needs trust, for the refusal.
+    pub const fn trusted_part(self) -> &'static str {
+        match self {
+            Driver::UsbRly08 => "the serial port",
+            _ => "the commands",
+        }
     }
 }
 
