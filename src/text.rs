@@ -64,18 +64,63 @@ pub const MAX_SECS_TEXT: &str = "100 years (3155760000 s)";
 /// Seconds as a duration: a non-negative number, fractions allowed, at most
 /// [`MAX_SECS`].
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if secs.is_nan() || secs < 0.0 {
-        return Err(format!("'{text}' is not a non-negative number of seconds"));
+    parse_duration(text)
+}
+
+/// A duration as every option and variable of mama takes it: seconds
+/// (`90`, `1.5`), or whole numbers with units (`90s`, `15m`, `2h`, `3d`,
+/// `1w`, `1h30m`), at most [`MAX_SECS`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("'{text}' is not a duration (like 90, 1.5, 90s, 15m, 2h, 3d or 1h30m)");
+    let trimmed = text.trim();
+    let too_long = || format!("'{text}' is longer than {MAX_SECS_TEXT}");
+    // Seconds, as a plain decimal number (an exponent too): no sign, no
+    // `inf` or `nan`.
+    let plain = trimmed.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && trimmed
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && trimmed.parse::<f64>().is_ok();
+    if plain {
+        let secs: f64 = trimmed.parse().map_err(|_| bad())?;
+        if secs > MAX_SECS as f64 {
+            return Err(too_long());
+        }
+        return Duration::try_from_secs_f64(secs).map_err(|_| bad());
     }
-    if secs > MAX_SECS as f64 {
-        return Err(format!("'{text}' seconds is longer than {MAX_SECS_TEXT}"));
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in trimmed.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            _ => return Err(bad()),
+        };
+        if number.is_empty() {
+            return Err(bad());
+        }
+        // Past u64 is past the bound too.
+        let n: u64 = number.parse().unwrap_or(u64::MAX);
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .unwrap_or(u64::MAX);
+        number.clear();
     }
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("'{text}' is not a non-negative number of seconds"))
+    if !number.is_empty() || trimmed.is_empty() {
+        return Err(bad());
+    }
+    if total > MAX_SECS {
+        return Err(too_long());
+    }
+    Ok(Duration::from_secs(total))
 }
 
 /// Whether XML 1.0 can hold `c` (in text, escaped or not).

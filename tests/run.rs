@@ -628,3 +628,19 @@ fn the_job_is_told_the_state_file_even_when_given_by_a_relative_state() {
         env.state.canonicalize().expect("the state exists")
     );
 }
+
+#[test]
+fn durations_take_units_as_timeout_does() {
+    let env = TestEnv::new();
+    add_machine(&env);
+    // A job that would sleep a minute, stopped after one second.
+    let began = Instant::now();
+    env.run(["run", "m", "--timeout", "1s", "--", "sleep", "60"])
+        .fails(124);
+    assert!(began.elapsed() < Duration::from_secs(30));
+    env.run(["run", "m", "--wait-timeout", "2m", "--", "true"])
+        .ok();
+    env.run(["wait", "m", "--timeout", "1h30m"]).ok();
+    env.run(["run", "m", "--timeout", "5x", "--", "true"])
+        .fails_saying(125, "is not a duration");
+}

@@ -8,7 +8,7 @@ pub mod manpage;
 pub mod render;
 pub mod style;
 
-use crate::text::{MAX_SECS, MAX_SECS_TEXT, parse_seconds};
+use crate::text::parse_seconds;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -190,8 +190,8 @@ pub enum Command {
     Wait {
         #[command(flatten)]
         pick: Pick,
-        /// Give up after this many seconds (fractions allowed)
-        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        /// Give up after this long: seconds (fractions allowed), or 90s, 5m, 2h, 1d
+        #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
         timeout: Option<Duration>,
     },
     /// Show the history: claims, releases, stale clears and every other change
@@ -235,11 +235,11 @@ pub enum Command {
         /// Exit 75 at once if the machine is busy
         #[arg(long, conflicts_with = "wait_timeout")]
         no_wait: bool,
-        /// Exit 75 if the machine is still busy after this many seconds
-        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        /// Exit 75 if the machine is still busy after this long (seconds, or 90s, 5m, 2h, 1d)
+        #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
         wait_timeout: Option<Duration>,
-        /// Stop the job after this many seconds: TERM, then KILL 5 s later; exit 124
-        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        /// Stop the job after this long (seconds, or 90s, 5m, 2h, 1d): TERM, then KILL 5 s later; exit 124
+        #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
         timeout: Option<Duration>,
         /// Start the machine (as `mama start`) before the job, stop it after, however the job ends
         #[arg(long)]
@@ -484,52 +484,7 @@ fn parse_filter(text: &str) -> Result<(Field, String), String> {
 /// An age such as `90s`, `15m`, `2h`, `3d` or `1h30m`; a plain number is
 /// seconds.
 pub fn parse_age(text: &str) -> Result<Duration, String> {
-    let bad = || format!("'{text}' is not a duration (like 90s, 15m, 2h, 3d or 1h30m)");
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return checked_age(text, secs);
-    }
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        // Digits only, yet too big for a u64.
-        return checked_age(text, u64::MAX);
-    }
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            'w' => 7 * 86400,
-            _ => return Err(bad()),
-        };
-        if number.is_empty() {
-            return Err(bad());
-        }
-        let n: u64 = number.parse().unwrap_or(u64::MAX);
-        // Past u64 is past the bound too.
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .unwrap_or(u64::MAX);
-        number.clear();
-    }
-    if !number.is_empty() || text.is_empty() {
-        return Err(bad());
-    }
-    checked_age(text, total)
-}
-
-fn checked_age(text: &str, secs: u64) -> Result<Duration, String> {
-    if secs > MAX_SECS {
-        return Err(format!("'{text}' is longer than {MAX_SECS_TEXT}"));
-    }
-    Ok(Duration::from_secs(secs))
+    crate::text::parse_duration(text)
 }
 
 /// The command line, as clap reads it (see [`Cli`]). The plainest run,
@@ -651,11 +606,17 @@ mod tests {
         assert!(parse_seconds("nan").is_err());
         assert!(parse_seconds("inf").is_err());
         assert!(parse_seconds("soon").is_err());
+        // Every duration takes units too, as timeout(1) does.
+        assert_eq!(parse_seconds("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_seconds("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_age("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_seconds("1.5h").is_err());
+        assert!(parse_seconds("m").is_err());
     }
 
     #[test]
     fn durations_stop_at_100_years() {
-        let max = Duration::from_secs(MAX_SECS);
+        let max = Duration::from_secs(crate::text::MAX_SECS);
         assert_eq!(parse_seconds("3155760000"), Ok(max));
         assert_eq!(parse_age("36525d"), Ok(max));
         for long in ["3155760000.5", "1e19", "1e300", "18446744073709551616"] {
