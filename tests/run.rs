@@ -644,3 +644,24 @@ fn durations_take_units_as_timeout_does() {
     env.run(["run", "m", "--timeout", "5x", "--", "true"])
         .fails_saying(125, "is not a duration");
 }
+
+#[test]
+fn a_run_of_one_machine_needs_no_dashes() {
+    let env = TestEnv::new();
+    add_machine(&env);
+    let run = env.run([
+        "run",
+        "m",
+        "--job",
+        "x",
+        "sh",
+        "-c",
+        "echo \"$MAMA_MACHINE $1\"",
+        "sh",
+        "--quick",
+    ]);
+    assert_eq!(run.ok().trim(), "m --quick");
+    // The command's own options stay its own, `--` included.
+    let run = env.run(["run", "m", "echo", "--", "-x"]);
+    assert_eq!(run.ok().trim(), "-- -x");
+}

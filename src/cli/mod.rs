@@ -216,6 +216,10 @@ pub enum Command {
     /// terminal, the job gets the terminal as a shell's job does (Ctrl-C reaches it, Ctrl-Z stops
     /// it and mama until fg). The machine is released however the job ends.
     ///
+    /// With one machine the `--` may be left out, as flock(1) and timeout(1) are given a
+    /// command: `mama run rig1 ./run-tests.sh --quick` (the first word after the machine that is
+    /// not an option of run's starts the command).
+    ///
     /// Waiters are served in arrival order, and see how many are ahead. `--any rig1 rig2 rig3`
     /// claims the first of those machines to be free; `--where FIELD=VALUE` picks among the
     /// machines that match; MAMA_MACHINE tells the job which one it got.
@@ -496,8 +500,68 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
 pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     match plain_run(&args) {
         Some(cli) => Ok(cli),
-        None => Cli::try_parse_from(args),
+        None => Cli::try_parse_from(with_dashes(args)),
     }
+}
+
+/// The options of `run` that take a value (a unit test holds this to
+/// clap's), and the global `--state`.
+const RUN_VALUE_OPTIONS: [&str; 5] = ["--job", "--wait-timeout", "--timeout", "--tries", "--state"];
+
+/// `mama run [OPTIONS] MACHINE CMD [ARGS...]`, as `flock(1)` and
+/// `timeout(1)` are given a command: the first word after the machine
+/// that is not one of run's options starts the command, and everything
+/// after it is the command's. The words are given clap with `--` put
+/// before the command. A pool (`--any`, `--where`), which names several
+/// machines, and a command line that has `--` already, are left as they
+/// are.
+fn with_dashes(mut args: Vec<OsString>) -> Vec<OsString> {
+    let word =
+        |args: &[OsString], i: usize| args.get(i).and_then(|a| a.to_str()).map(str::to_owned);
+    let mut i = 1;
+    // Global options before the subcommand.
+    while let Some(a) = word(&args, i) {
+        match a.as_str() {
+            "--state" => i += 2,
+            _ if a.starts_with("--state=") => i += 1,
+            _ => break,
+        }
+    }
+    if word(&args, i).as_deref() != Some("run") {
+        return args;
+    }
+    i += 1;
+    let mut machine = false;
+    while i < args.len() {
+        let Some(a) = word(&args, i) else {
+            // Not UTF-8: no option of mama's, so a machine or the command.
+            if machine {
+                args.insert(i, "--".into());
+                return args;
+            }
+            machine = true;
+            i += 1;
+            continue;
+        };
+        if a == "--" || a == "--any" || a.starts_with("--where") {
+            return args;
+        }
+        if a.starts_with('-') && a.len() > 1 {
+            i += if RUN_VALUE_OPTIONS.contains(&a.as_str()) {
+                2
+            } else {
+                1
+            };
+            continue;
+        }
+        if machine {
+            args.insert(i, "--".into());
+            return args;
+        }
+        machine = true;
+        i += 1;
+    }
+    args
 }
 
 /// `mama run MACHINE -- CMD...`, when the words are exactly that.
@@ -544,6 +608,51 @@ pub fn whole_command() -> clap::Command {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn run_options_that_take_a_value_are_known() {
+        let cmd = whole_command();
+        let run = cmd.find_subcommand("run").expect("run");
+        let mut taking: Vec<String> = run
+            .get_arguments()
+            .filter(|a| a.get_long().is_some() && a.get_action().takes_values())
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .filter(|l| l != "--where")
+            .collect();
+        taking.sort();
+        let mut known: Vec<String> = RUN_VALUE_OPTIONS.iter().map(|s| s.to_string()).collect();
+        known.sort();
+        assert_eq!(taking, known);
+    }
+
+    #[test]
+    fn a_run_needs_no_dashes() {
+        let words =
+            |text: &str| -> Vec<OsString> { text.split_whitespace().map(OsString::from).collect() };
+        let parsed = |text: &str| match parse(words(text)).expect(text).command {
+            Command::Run {
+                pick,
+                command,
+                timeout,
+                ..
+            } => (pick.machines, command, timeout),
+            _ => panic!("{text}"),
+        };
+        let (machines, command, _) = parsed("mama run rig1 ./t.sh --quick");
+        assert_eq!(machines, ["rig1"]);
+        assert_eq!(command, words("./t.sh --quick"));
+        let (machines, command, timeout) =
+            parsed("mama --state x run --timeout 5m rig1 make -j4 -- x");
+        assert_eq!(machines, ["rig1"]);
+        assert_eq!(command, words("make -j4 -- x"));
+        assert_eq!(timeout, Some(Duration::from_secs(300)));
+        let (_, command, _) = parsed("mama run rig1 --no-wait sleep 1");
+        assert_eq!(command, words("sleep 1"));
+        // Pools keep their `--`.
+        assert!(parse(words("mama run --any rig1 rig2 true")).is_err());
+        let (machines, command, _) = parsed("mama run --any rig1 rig2 -- true");
+        assert_eq!((machines.len(), command), (2, words("true")));
+    }
 
     #[test]
     fn the_cli_definition_is_consistent() {
