@@ -22,8 +22,13 @@ pub enum Error {
     /// `import` create one.
     #[error("no lab at {0}: create it with `mama add NAME --mac MAC` or `mama import FILE`")]
     NoLab(String),
-    #[error("unknown machine '{0}' (see `mama list`)")]
-    UnknownMachine(String),
+    /// No machine of this name; `near` is the lab's name nearest to it,
+    /// where one is near enough to be a slip of the keyboard.
+    #[error("unknown machine '{name}' ({})", near.as_ref().map_or_else(
+        || "see `mama list`".to_string(),
+        |near| format!("did you mean {near}?")
+    ))]
+    UnknownMachine { name: String, near: Option<String> },
     /// No machine is among those asked for (`--any`, `--where`).
     #[error("no machine matches: {0}")]
     NoMatch(String),
@@ -116,6 +121,16 @@ impl Error {
             Error::Busy(_) => ExitCode::Busy,
             Error::NotReady(_) => ExitCode::TimedOut,
             _ => ExitCode::Error,
+        }
+    }
+}
+
+impl Error {
+    /// No machine called `name`, among those called `names`.
+    pub fn unknown_machine<'a>(name: &str, names: impl IntoIterator<Item = &'a str>) -> Error {
+        Error::UnknownMachine {
+            name: name.to_string(),
+            near: crate::text::nearest(name, names).map(str::to_string),
         }
     }
 }

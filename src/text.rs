@@ -204,3 +204,69 @@ mod tests {
         assert_eq!(seconds(Duration::from_secs(273600)), "3d 4h");
     }
 }
+
+/// The word of `words` nearest to `word`, where one is near enough to be
+/// a slip: the same but for case, or at most one edit in four letters
+/// apart (two for a word of eight), ties going to the first.
+pub fn nearest<'a>(word: &str, words: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 4).clamp(1, 3);
+    let mut best: Option<(usize, &str)> = None;
+    for candidate in words {
+        if candidate == word {
+            continue;
+        }
+        let distance = if candidate.eq_ignore_ascii_case(word) {
+            0
+        } else {
+            edit_distance(word, candidate, limit)
+        };
+        if distance <= limit && best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, candidate));
+        }
+    }
+    best.map(|(_, w)| w)
+}
+
+/// Levenshtein's distance of `a` and `b`, with two letters swapped as one
+/// edit; anything past `limit` is `limit + 1` (cut short: a lab of
+/// thousands of names is looked through).
+fn edit_distance(a: &str, b: &str, limit: usize) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len().abs_diff(b.len()) > limit {
+        return limit + 1;
+    }
+    let mut before: Vec<usize> = Vec::new();
+    let mut last: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut row = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            row[j] = (last[j] + 1).min(row[j - 1] + 1).min(last[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                row[j] = row[j].min(before[j - 2] + 1);
+            }
+        }
+        if row.iter().min().is_some_and(|&m| m > limit) {
+            return limit + 1;
+        }
+        before = std::mem::replace(&mut last, row);
+    }
+    last[b.len()].min(limit + 1)
+}
+
+#[cfg(test)]
+mod nearest_tests {
+    use super::nearest;
+
+    #[test]
+    fn slips_find_their_name() {
+        let names = ["rig1", "rig2", "fileserver", "RIG9"];
+        assert_eq!(nearest("rgi1", names), Some("rig1"));
+        assert_eq!(nearest("rig", names), Some("rig1"));
+        assert_eq!(nearest("rig9", names), Some("RIG9"));
+        assert_eq!(nearest("filesever", names), Some("fileserver"));
+        assert_eq!(nearest("zzz", names), None);
+        assert_eq!(nearest("x", ["y"]), Some("y"));
+    }
+}

@@ -1608,3 +1608,16 @@ on_both_backends! {
         env.run(["run", "rig2", "--no-wait", "--", "true"]).ok();
     }
 }
+
+#[test]
+fn an_unknown_machine_gets_the_nearest_name_suggested() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.add("fileserver", 2);
+    env.run(["run", "rgi1", "--", "true"])
+        .fails_saying(125, "unknown machine 'rgi1' (did you mean rig1?)");
+    env.run(["info", "filesever"])
+        .fails_saying(1, "did you mean fileserver?");
+    env.run(["info", "zzz"])
+        .fails_saying(1, "unknown machine 'zzz' (see `mama list`)");
+}

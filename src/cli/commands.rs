@@ -269,7 +269,7 @@ pub fn log(
         && snapshot.lab.machine(name).is_none()
         && !events.iter().any(|e| e.machine == name)
     {
-        return Err(Error::UnknownMachine(name.to_string()));
+        return Err(snapshot.lab.unknown(name));
     }
     let cutoff = since.map(|age| os::now() - age.as_secs() as i64);
     let wanted =

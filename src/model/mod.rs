@@ -702,20 +702,29 @@ impl Lab {
         self.machines().find(|m| m.name() == name)
     }
 
+    /// That there is no machine called `name`, and which is near it.
+    pub fn unknown(&self, name: &str) -> Error {
+        Error::unknown_machine(name, self.machines().map(Machine::name))
+    }
+
     /// The machine called `name`, or an error naming it.
     pub fn get(&self, name: &str) -> Result<&Machine, Error> {
-        self.machine(name)
-            .ok_or_else(|| Error::UnknownMachine(name.to_string()))
+        self.machine(name).ok_or_else(|| self.unknown(name))
     }
 
     /// The machine called `name`, writable, or an error naming it.
     pub fn get_mut(&mut self, name: &str) -> Result<MachineMut<'_>, Error> {
-        let changes = &mut self.changes;
-        self.machines
-            .iter_mut()
-            .find(|m| m.field(Field::Name) == Some(name))
-            .map(|machine| MachineMut { machine, changes })
-            .ok_or_else(|| Error::UnknownMachine(name.to_string()))
+        let Some(at) = self
+            .machines
+            .iter()
+            .position(|m| m.field(Field::Name) == Some(name))
+        else {
+            return Err(self.unknown(name));
+        };
+        Ok(MachineMut {
+            machine: &mut self.machines[at],
+            changes: &mut self.changes,
+        })
     }
 
     /// Adds a machine after the last one, with every upstream field.
@@ -769,7 +778,7 @@ impl Lab {
             .machines
             .iter()
             .position(|m| m.field(Field::Name) == Some(name))
-            .ok_or_else(|| Error::UnknownMachine(name.to_string()))?;
+            .ok_or_else(|| self.unknown(name))?;
         self.machines.remove(at);
         self.changes.push(Change::Remove(name.to_string()));
         Ok(())

@@ -22,7 +22,7 @@ impl PgStore {
             .ids
             .get(machine)
             .copied()
-            .ok_or_else(|| Error::UnknownMachine(machine.to_string()))
+            .ok_or_else(|| Error::unknown_machine(machine, []))
     }
 
     /// Starts opening the session that the next job lock will be taken
