@@ -661,7 +661,10 @@ fn a_run_of_one_machine_needs_no_dashes() {
         "--quick",
     ]);
     assert_eq!(run.ok().trim(), "m --quick");
-    // The command's own options stay its own, `--` included.
-    let run = env.run(["run", "m", "echo", "--", "-x"]);
+    // A command line with `--` is read as ever: the command's own `--`
+    // comes after mama's.
+    let run = env.run(["run", "m", "--", "echo", "--", "-x"]);
     assert_eq!(run.ok().trim(), "-- -x");
+    env.run(["run", "m", "m2", "--", "true"])
+        .fails_saying(125, "--any");
 }

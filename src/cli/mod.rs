@@ -527,7 +527,7 @@ fn with_dashes(mut args: Vec<OsString>) -> Vec<OsString> {
             _ => break,
         }
     }
-    if word(&args, i).as_deref() != Some("run") {
+    if word(&args, i).as_deref() != Some("run") || args.iter().any(|a| a == "--") {
         return args;
     }
     i += 1;
