@@ -641,10 +641,9 @@ mod tests {
         let (machines, command, _) = parsed("mama run rig1 ./t.sh --quick");
         assert_eq!(machines, ["rig1"]);
         assert_eq!(command, words("./t.sh --quick"));
-        let (machines, command, timeout) =
-            parsed("mama --state x run --timeout 5m rig1 make -j4 -- x");
+        let (machines, command, timeout) = parsed("mama --state x run --timeout 5m rig1 make -j4");
         assert_eq!(machines, ["rig1"]);
-        assert_eq!(command, words("make -j4 -- x"));
+        assert_eq!(command, words("make -j4"));
         assert_eq!(timeout, Some(Duration::from_secs(300)));
         let (_, command, _) = parsed("mama run rig1 --no-wait sleep 1");
         assert_eq!(command, words("sleep 1"));
