@@ -178,9 +178,18 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
         Command::Log {
             machine,
             since,
+            lines,
             json,
             follow,
-        } => c::log(store, settings, machine.as_deref(), since, json, follow)?,
+        } => c::log(
+            store,
+            settings,
+            machine.as_deref(),
+            since,
+            lines,
+            json,
+            follow,
+        )?,
         Command::Device(device) => match device {
             cli::DeviceCommand::Add {
                 name,

@@ -1304,3 +1304,64 @@ fn the_log_is_made_by_the_first_flush_like_the_state_file_by_then() {
         (1..=FLUSH_AT as u64 + 1).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn log_shows_the_last_lines_and_follows_in_the_same_columns() {
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    for i in 0..12 {
+        env.run(["set", "rig1", "os", &format!("os{i}")]).ok();
+    }
+    let last3 = env.run(["log", "-n", "3"]);
+    let rows: Vec<&str> = last3.ok().lines().collect();
+    assert_eq!(rows.len(), 4, "a header and three events: {rows:?}");
+    assert!(
+        rows[3].contains("os=os11") && rows[1].contains("os=os9"),
+        "{rows:?}"
+    );
+
+    // The rows shown first have a longer machine name than those to come.
+    env.add("a-long-machine-name", 2);
+    let mut follower = env.cmd(["log", "-f", "-n", "2"]);
+    follower
+        .env("MAMA_POLL_INTERVAL", "0.1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut kids = Kids(vec![follower.spawn().expect("mama log starts")]);
+    let stdout = kids.0[0].stdout.take().expect("stdout");
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || lines.recv_timeout(LIMIT).expect("a line");
+    let header = next();
+    assert!(header.starts_with("TIME"), "{header}");
+    assert!(next().contains("os=os11"));
+    assert!(next().contains("a-long-machine-name"));
+    // A row of a shorter name still starts each column where the header
+    // does.
+    env.run(["set", "rig1", "kernel", "6.12"]).ok();
+    let row = next();
+    assert!(row.contains("kernel=6.12"), "{row}");
+    let column = |line: &str, title: &str| {
+        header
+            .find(title)
+            .map(|at| line[at..].split_whitespace().next().map(str::to_string))
+    };
+    assert_eq!(
+        column(&row, "MACHINE"),
+        Some(Some("rig1".to_string())),
+        "{header}\n{row}"
+    );
+    assert_eq!(
+        column(&row, "EVENT"),
+        Some(Some("set".to_string())),
+        "{header}\n{row}"
+    );
+    drop(kids);
+}

@@ -261,6 +261,7 @@ pub fn log(
     settings: &Settings,
     machine: Option<&str>,
     since: Option<Duration>,
+    lines: Option<usize>,
     json: bool,
     follow: bool,
 ) -> Result<()> {
@@ -280,8 +281,14 @@ pub fn log(
         .or(snapshot.last_event)
         .unwrap_or(0);
     let poll = settings.poll;
-    let shown: Vec<Event> = events.into_iter().filter(|e| wanted(e)).collect();
-    print_events(&shown, json, true)?;
+    let mut shown: Vec<Event> = events.into_iter().filter(|e| wanted(e)).collect();
+    // Following, the last ten first (as `tail -f`), unless asked.
+    let keep = lines.or(follow.then_some(FOLLOW_LINES));
+    if let Some(keep) = keep {
+        shown.drain(..shown.len().saturating_sub(keep));
+    }
+    let mut widths = [0; 6];
+    print_events(&shown, json, true, &mut widths)?;
     if !follow {
         return Ok(());
     }
@@ -292,13 +299,17 @@ pub fn log(
             last = e.seq;
         }
         let shown: Vec<Event> = new.into_iter().filter(|e| wanted(e)).collect();
-        print_events(&shown, json, false)?;
+        print_events(&shown, json, false, &mut widths)?;
     }
 }
 
+/// How many past events `log -f` shows before it follows.
+const FOLLOW_LINES: usize = 10;
+
 /// Prints events as JSON lines or as rows under a header (`header`: the
-/// first batch; later batches of `--follow` print rows only).
-fn print_events(events: &[Event], json: bool, header: bool) -> Result<()> {
+/// first batch; later batches of `--follow` print rows only, in the
+/// columns of the first: `widths`).
+fn print_events(events: &[Event], json: bool, header: bool, widths: &mut [usize; 6]) -> Result<()> {
     let mut text = String::new();
     if json {
         for event in events {
@@ -307,13 +318,8 @@ fn print_events(events: &[Event], json: bool, header: bool) -> Result<()> {
             text.push_str(&render::json_safe(line));
             text.push('\n');
         }
-    } else if header {
-        text = render::events(events, "");
-    } else if !events.is_empty() {
-        let table = render::events(events, "");
-        text = table
-            .split_once('\n')
-            .map_or(String::new(), |(_, rows)| rows.to_string());
+    } else if header || !events.is_empty() {
+        text = render::events_in_columns(events, "", widths, header);
     }
     out(&text)
 }

@@ -201,10 +201,13 @@ pub enum Command {
         /// Only events newer than this: 90s, 15m, 2h, 3d, 1h30m (plain numbers are seconds)
         #[arg(long, value_name = "DURATION", value_parser = parse_age)]
         since: Option<Duration>,
+        /// Only the last N events (with --follow: 10 unless given)
+        #[arg(long = "lines", short = 'n', value_name = "N")]
+        lines: Option<usize>,
         /// One JSON object per line
         #[arg(long)]
         json: bool,
-        /// Keep printing new events as they happen
+        /// Show the last 10 events, then keep printing new events as they happen
         #[arg(long, short)]
         follow: bool,
     },

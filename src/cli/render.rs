@@ -739,6 +739,19 @@ pub struct InfoView {
 /// Events as aligned columns under a header: time, machine, event, job,
 /// who, detail.
 pub fn events(events: &[Event], indent: &str) -> String {
+    events_in_columns(events, indent, &mut [0; 6], true)
+}
+
+/// The rows of `events`, in columns at least `widths` wide (which grow to
+/// what the rows need, and are kept for the next rows: `log -f` prints
+/// each batch under the first one's header, aligned with it), under the
+/// header when `header` says.
+pub fn events_in_columns(
+    events: &[Event],
+    indent: &str,
+    widths: &mut [usize; 6],
+    header: bool,
+) -> String {
     let rows: Vec<[String; 6]> = events
         .iter()
         .map(|e| {
@@ -759,17 +772,20 @@ pub fn events(events: &[Event], indent: &str) -> String {
             .map(|cell| printable(&cell).into_owned())
         })
         .collect();
-    let header = ["TIME", "MACHINE", "EVENT", "JOB", "WHO", "DETAIL"].map(String::from);
-    let mut widths = header.clone().map(|h| h.chars().count());
+    let titles = ["TIME", "MACHINE", "EVENT", "JOB", "WHO", "DETAIL"].map(String::from);
+    for (width, title) in widths.iter_mut().zip(&titles) {
+        *width = (*width).max(title.chars().count());
+    }
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    let header_row = header.then_some(&titles);
+    for row in header_row.into_iter().chain(&rows) {
         let mut line = String::from(indent);
-        for (cell, width) in row.iter().zip(widths) {
+        for (cell, width) in row.iter().zip(widths.iter()) {
             line.push_str(&format!("{cell:<width$}  "));
         }
         out.push_str(line.trim_end());
