@@ -89,11 +89,12 @@ pub fn run(cli: Cli) -> i32 {
         Err(e) => {
             // A message may quote the state file or the history: shown
             // safe for a terminal, its own line breaks kept.
-            say!(
-                "{} {}",
-                cli::style::error_prefix(),
-                cli::render::printable_lines(&e.to_string())
-            );
+            // A busy machine is an ordinary outcome, not an error: no red.
+            let prefix = match e {
+                Error::Busy(_) => "mama:".to_string(),
+                _ => cli::style::error_prefix(),
+            };
+            say!("{prefix} {}", cli::render::printable_lines(&e.to_string()));
             match e {
                 Error::Busy(_) => ExitCode::Busy.code(),
                 Error::Interrupted(signal) => ExitCode::signalled(signal),

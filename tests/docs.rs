@@ -657,3 +657,21 @@ fn colour_on_a_terminal_unless_no_color_is_set() {
         assert!(!shown.contains("\x1b["), "{args:?}: {shown}");
     }
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_script),
+    ignore = "needs script (util-linux): run tests/install-tools"
+)]
+fn a_busy_machine_is_told_without_colour() {
+    let env = TestEnv::new();
+    env.write_state(&lab_xml(&[machine_xml(
+        "rig1",
+        1,
+        &[("reservation", "bob")],
+    )]));
+    // An ordinary outcome, not an error: plain on a terminal too.
+    let busy = on_a_terminal(&env, &["run", "rig1", "--no-wait", "--", "true"], None);
+    assert!(busy.contains("mama: rig1 is busy"), "{busy}");
+    assert!(!busy.contains("\x1b["), "{busy}");
+}
