@@ -216,7 +216,8 @@ pub enum Command {
     /// Wait until a machine is free (exit 0), or the timeout passes (exit 75)
     ///
     /// Waiters are served in arrival order. With --any or --where, waits until one of the
-    /// machines is free and prints its name.
+    /// machines is free and prints its name. A machine out of service (`mama offline`) exits 69
+    /// at once, and so does a waiter whose machine goes out of service meanwhile.
     Wait {
         #[command(flatten)]
         pick: Pick,
@@ -248,7 +249,8 @@ pub enum Command {
     ///
     /// Waiters are served in arrival order, and see how many are ahead. `--any rig1 rig2 rig3`
     /// claims the first of those machines to be free; `--where FIELD=VALUE` picks among the
-    /// machines that match; MAMA_MACHINE tells the job which one it got.
+    /// machines that match; MAMA_MACHINE tells the job which one it got. A machine out of service
+    /// (`mama offline`) is never claimed: exit 69, saying why (a pool passes it by).
     #[command(arg_required_else_help = true)]
     Run {
         #[command(flatten)]

@@ -302,7 +302,7 @@ const fn read_only(name: &'static str, field: Field) -> Attr {
 
 /// The fields the command line knows, in the order its help shows them:
 /// every field of upstream's format but the name, which `add` gives.
-pub const ATTRS: [Attr; 29] = [
+pub const ATTRS: [Attr; 25] = [
     attr("ip", Field::Ip, None),
     attr("mac", Field::Mac, None),
     attr("arch", Field::Arch, None),
@@ -341,13 +341,9 @@ pub const ATTRS: [Attr; 29] = [
     attr(
         "healthcmd",
         Field::HealthCmd,
-        Some("a shell command that exits 0 when the machine is healthy (mama check)"),
+        Some("a shell command that exits 0 when the machine is healthy, for mama check"),
     ),
     read_only("started-by", Field::StartedBy),
-    read_only("offline-reason", Field::OfflineReason),
-    read_only("offline-by", Field::OfflineBy),
-    read_only("offline-since", Field::OfflineSince),
-    read_only("failed-starts", Field::FailedStarts),
     read_only("reservation", Field::Reservation),
     read_only("job", Field::Job),
     read_only("job-pid", Field::JobPid),
