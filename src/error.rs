@@ -38,6 +38,10 @@ pub enum Error {
     /// The machine stayed busy (`run --no-wait`, a wait that timed out).
     #[error("{0}")]
     Busy(String),
+    /// The machine is out of service (`mama offline`): nothing claims or
+    /// powers it; the message says why.
+    #[error("{0}")]
+    OutOfService(String),
     /// A started machine did not become ready in time (every try).
     #[error("{0}")]
     NotReady(String),
@@ -119,6 +123,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Busy(_) => ExitCode::Busy,
+            Error::OutOfService(_) => ExitCode::Unavailable,
             Error::NotReady(_) => ExitCode::TimedOut,
             _ => ExitCode::Error,
         }

@@ -1,7 +1,8 @@
 //! The exit-code table: one home for every status mama returns.
 //!
 //! The codes for `run` are those shell users know from `timeout(1)`, plus
-//! 75 (EX_TEMPFAIL) for "machine busy", as `lckdo` uses.
+//! 75 (EX_TEMPFAIL) for "machine busy", as `lckdo` uses, and 69
+//! (EX_UNAVAILABLE) for "machine out of service".
 
 /// A status mama itself decides on (a job's own status is passed through).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +12,8 @@ pub enum ExitCode {
     Error = 1,
     /// The command line was wrong (other commands than `run`).
     Usage = 2,
+    /// The machine is out of service (EX_UNAVAILABLE): nothing claims it.
+    Unavailable = 69,
     /// The machine stayed busy: `--no-wait`, or a wait timed out.
     Busy = 75,
     /// `--timeout` ended the job.

@@ -97,6 +97,9 @@ pub fn run(cli: Cli) -> i32 {
             say!("{prefix} {}", cli::render::printable_lines(&e.to_string()));
             match e {
                 Error::Busy(_) => ExitCode::Busy.code(),
+                // Out of service, for `run` too: the job never started
+                // for a reason of the lab's, not of mama's.
+                Error::OutOfService(_) => ExitCode::Unavailable.code(),
                 Error::Interrupted(signal) => ExitCode::signalled(signal),
                 // Asked for machines that are not there: as any command.
                 Error::NoMatch(_) => ExitCode::Error.code(),
@@ -175,6 +178,12 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
         Command::Reserve { machine } => c::reserve(store, &machine)?,
         Command::Release { machine } => c::release(store, &machine)?,
         Command::ReleaseForced { machine } => c::release_forced(store, &machine)?,
+        Command::Offline { machine, reason } => c::offline(store, &machine, &reason)?,
+        Command::Online { machine } => c::online(store, &machine)?,
+        Command::Check {
+            machine,
+            wait_timeout,
+        } => return c::check(store, settings, &machine, wait_timeout),
         Command::Wait { pick, timeout } => c::wait(store, settings, &wanted(pick)?, timeout)?,
         Command::Log {
             machine,

@@ -29,6 +29,7 @@ mod power;
 mod queue;
 mod queue_edges;
 mod run;
+mod service;
 mod store;
 mod truth;
 

@@ -11,6 +11,7 @@ use crate::engine::claim::{self, Caller, Intent, Patience, Wanted};
 use crate::engine::devices;
 use crate::engine::manual;
 use crate::engine::power::{self, PowerAction, StartRequest, Started, Stopped};
+use crate::engine::service;
 use crate::engine::stale::Judge;
 use crate::engine::supervise::{self, Ending};
 use crate::engine::trust;
@@ -470,6 +471,175 @@ pub fn release_forced(store: &Store, machine: &str) -> Result<()> {
         None => say!("mama: {machine} was not reserved"),
     }
     Ok(())
+}
+
+/// `mama offline`: takes a machine out of service; one out already stays
+/// as it is.
+pub fn offline(store: &Store, machine: &str, reason: &str) -> Result<()> {
+    match service::take_offline(store, machine, reason)? {
+        None => say!(
+            "mama: {machine} is out of service: {} (`mama online {machine}` puts it back)",
+            render::printable(reason.trim())
+        ),
+        Some(already) => say!(
+            "mama: {machine} is out of service already: {}; nothing changed",
+            render::printable(&already.detail())
+        ),
+    }
+    Ok(())
+}
+
+/// `mama online`: puts a machine back in service.
+pub fn online(store: &Store, machine: &str) -> Result<()> {
+    match service::bring_online(store, machine)? {
+        Some(was) => say!(
+            "mama: {machine} is back in service (it was out: {})",
+            render::printable(&was.detail())
+        ),
+        None => say!("mama: {machine} is in service already; nothing changed"),
+    }
+    Ok(())
+}
+
+/// `mama check`: claims the machine (out of service or not), runs its
+/// health command, judges the machine by it (see
+/// [`service::judge_check`]) and releases it. Exit 0 when it passed, 1
+/// when it failed.
+pub fn check(
+    store: &Store,
+    settings: &Settings,
+    machine: &str,
+    wait_timeout: Option<Duration>,
+) -> Result<i32> {
+    let no_command = || {
+        Error::Invalid(format!(
+            "{machine} has no healthcmd to check it with (`mama set {machine} healthcmd CMD` \
+             gives it one)"
+        ))
+    };
+    if read(store)?
+        .get(machine)?
+        .get(Field::HealthCmd)
+        .trim()
+        .is_empty()
+    {
+        return Err(no_command());
+    }
+    trust::check(store, &format!("the healthcmd of {machine}"))?;
+    let wanted = Wanted::One(machine.to_string());
+    let mut claim = match acquire(
+        store,
+        settings,
+        &wanted,
+        &Intent::Check,
+        false,
+        wait_timeout,
+    )? {
+        claim::Acquired::Claimed(claim) => *claim,
+        claim::Acquired::Free(_) => {
+            return Err(Error::Invalid(
+                "internal error: a check ended without a claim".into(),
+            ));
+        }
+    };
+    if let Err(e) = supervise::block_signals() {
+        claim.release(store, "not checked (mama could not block signals)")?;
+        return Err(e);
+    }
+    // The command as it stands now that the machine is ours.
+    let command = match read(store) {
+        Ok(lab) => lab
+            .machine(machine)
+            .map(|m| m.get(Field::HealthCmd).to_string())
+            .unwrap_or_default(),
+        Err(e) => {
+            claim.release(store, "not checked (the lab could not be read)")?;
+            return Err(e);
+        }
+    };
+    if command.trim().is_empty() {
+        claim.release(store, "not checked (its healthcmd was emptied)")?;
+        return Err(no_command());
+    }
+    let lease = claim.keep();
+    let ran = service::run_health(&service::HealthRun {
+        command: &command,
+        env: vec![
+            ("MAMA_MACHINE", machine.to_string()),
+            ("MAMA_IP", claim.ip.clone()),
+            ("MAMA_MAC", claim.mac.clone()),
+        ],
+        lease: lease.as_deref(),
+        interrupted: &supervise::take_signal,
+    });
+    let health = match ran {
+        Ok(Ok(health)) => health,
+        Ok(Err(service::Cut::Interrupted(signal))) => {
+            claim.release(store, &format!("check stopped by signal {signal}"))?;
+            return Err(Error::Interrupted(signal));
+        }
+        Ok(Err(service::Cut::ClaimLost)) => {
+            claim.release(store, "check stopped: the claim was lost")?;
+            return Err(Error::Invalid(format!(
+                "lost the claim on {machine} while its health command ran; it was stopped, \
+                 and nothing was recorded of it"
+            )));
+        }
+        Err(e) => {
+            claim.release(store, "not checked (its health command could not run)")?;
+            return Err(e);
+        }
+    };
+    let user = os::user_name();
+    let verdict = store.update(|lab| service::judge_check(lab, machine, &health, &user, os::now()));
+    let outcome = if health.passed {
+        "health check passed"
+    } else {
+        "health check failed"
+    };
+    let released = claim.release(store, outcome);
+    let verdict = verdict?;
+    released?;
+    let line = health
+        .last_line
+        .as_deref()
+        .map(|line| format!(": {}", render::printable(line)))
+        .unwrap_or_default();
+    Ok(match verdict {
+        service::Verdict::Passed { back: true, .. } => {
+            say!("mama: {machine} passed its health check; it is back in service");
+            ExitCode::Ok.code()
+        }
+        service::Verdict::Passed {
+            still: Some(mark), ..
+        } => {
+            say!(
+                "mama: {machine} passed its health check; it stays out of service: {} \
+                 (`mama online {machine}` puts it back)",
+                render::printable(&mark.detail())
+            );
+            ExitCode::Ok.code()
+        }
+        service::Verdict::Passed { .. } => {
+            say!("mama: {machine} passed its health check");
+            ExitCode::Ok.code()
+        }
+        service::Verdict::Failed { mark, taken } => {
+            let now = if taken {
+                format!("it is out of service now (`mama online {machine}` puts it back)")
+            } else {
+                format!(
+                    "it stays out of service: {}",
+                    render::printable(&mark.detail())
+                )
+            };
+            say!(
+                "mama: {machine} failed its health check ({}){line}; {now}",
+                health.status
+            );
+            ExitCode::Error.code()
+        }
+    })
 }
 
 /// Waits for a machine as `run` and `wait` do, with the environment's

@@ -445,10 +445,27 @@ fn sections() -> Roff {
         "The command was found but could not be executed.",
     );
     status(&mut r, "127", "The command was not found.");
+    status(
+        &mut r,
+        "69",
+        "The machine is out of service (mama offline), or every machine of --any or \
+         --where is: nothing was claimed.",
+    );
     r.control("PP", []);
     r.text([
         bold("mama wait"),
-        roman(" exits 0 when the machine is free, and 75 when its --timeout passed first."),
+        roman(
+            " exits 0 when the machine is free, 75 when its --timeout passed first, and 69 \
+             when the machine is out of service. ",
+        ),
+        bold("mama start"),
+        roman(", "),
+        bold("power on"),
+        roman(" and "),
+        bold("power cycle"),
+        roman(" exit 69 on a machine out of service. "),
+        bold("mama check"),
+        roman(" exits 0 when the health command passed and 1 when it failed."),
     ]);
 
     r.control("SH", ["STATES"]);
@@ -491,12 +508,20 @@ fn sections() -> Roff {
          and what holds it, as in \"blocked (rig1 reserved by alice)\", info says it \
          under \"Blocked by:\", and the JSON under \"blocked_by\".",
     );
+    state(
+        &mut r,
+        "offline",
+        "Out of service (mama offline, a failed health check, too many failed starts): \
+         run and wait on it exit 69, saying why; info says why under \"Out of service:\". \
+         Not the Online column's offline, which says the machine does not answer.",
+    );
     r.control("PP", []);
     r.text([roman(
-        "A machine's own job decides first, then a hand start, then a reservation; it is \
-         blocked only when it would otherwise be free. The state is the same whoever asks: \
-         your own reservation, or the job you run inside, still shows, and a run lets you \
-         through.",
+        "A machine's own live job decides first (a job on a machine out of service runs \
+         on, and shows busy), then out of service, then a stale job, then a hand start, \
+         then a reservation; it is blocked only when it would otherwise be free. The state \
+         is the same whoever asks: your own reservation, or the job you run inside, still \
+         shows, and a run lets you through.",
     )]);
 
     r.control("SH", ["STALE JOBS"]);
@@ -558,6 +583,13 @@ fn sections() -> Roff {
         &mut r,
         "Keep a machine for yourself, then give it back:",
         "mama reserve rig1\nmama release rig1",
+    );
+    example(
+        &mut r,
+        "Take rig1 out of service, and check it every night (a failed check takes it out, \
+         a passing one brings it back):",
+        "mama offline rig1 --reason \"dead serial console\"\n\
+         mama set rig1 healthcmd 'ping -c1 -W2 \"$MAMA_IP\"'\nmama check rig1",
     );
     example(
         &mut r,

@@ -183,10 +183,41 @@ pub enum Command {
         /// The machine's name
         machine: String,
     },
+    /// Take a machine out of service: nothing claims or starts it until `mama online`
+    ///
+    /// run and wait on it exit 69 at once, saying why; --any and --where pass it by. A job
+    /// running on it runs on and releases it as ever. Only its health check (`mama check`)
+    /// claims it.
+    Offline {
+        /// The machine's name
+        machine: String,
+        /// Why it is out of service (shown to whoever asks for it)
+        #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+        reason: String,
+    },
+    /// Put a machine back in service
+    Online {
+        /// The machine's name
+        machine: String,
+    },
+    /// Run a machine's health command (its healthcmd) under a claim, as a job
+    ///
+    /// Waits for the machine as run does (out of service or not), runs `sh -c healthcmd` with
+    /// MAMA_MACHINE, MAMA_IP and MAMA_MAC set, its output on stderr, and releases it. A command
+    /// that fails takes the machine out of service, its last line of output the reason (exit
+    /// 1); one that passes puts a machine a failed check took out back in service.
+    Check {
+        /// The machine's name
+        machine: String,
+        /// Exit 75 if the machine is still busy after this many seconds
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        wait_timeout: Option<Duration>,
+    },
     /// Wait until a machine is free (exit 0), or the timeout passes (exit 75)
     ///
     /// Waiters are served in arrival order. With --any or --where, waits until one of the
-    /// machines is free and prints its name.
+    /// machines is free and prints its name. A machine out of service (`mama offline`) exits 69
+    /// at once, and so does a waiter whose machine goes out of service meanwhile.
     Wait {
         #[command(flatten)]
         pick: Pick,
@@ -225,7 +256,8 @@ pub enum Command {
     ///
     /// Waiters are served in arrival order, and see how many are ahead. `--any rig1 rig2 rig3`
     /// claims the first of those machines to be free; `--where FIELD=VALUE` picks among the
-    /// machines that match; MAMA_MACHINE tells the job which one it got.
+    /// machines that match; MAMA_MACHINE tells the job which one it got. A machine out of service
+    /// (`mama offline`) is never claimed: exit 69, saying why (a pool passes it by).
     #[command(arg_required_else_help = true)]
     Run {
         #[command(flatten)]

@@ -202,6 +202,16 @@ pub struct MachineView {
     pub last_start_secs: Option<f64>,
     pub ready_port: Option<String>,
     pub readycmd: Option<String>,
+    /// Its health command (`mama check`).
+    pub healthcmd: Option<String>,
+    /// Why it is out of service; `null` while it is in service.
+    pub offline_reason: Option<String>,
+    /// Who took it out of service, where the record says.
+    pub offline_by: Option<String>,
+    /// Since when it is out of service (Unix seconds).
+    pub offline_since: Option<i64>,
+    /// How many of its starts in a row failed every try.
+    pub failed_starts: u32,
     /// The device it names for an outlet, where `info` looked.
     #[serde(skip)]
     pub power_device: Option<NamedView>,
@@ -460,6 +470,7 @@ impl MachineView {
             _ => None,
         };
         let resources = machine.resources();
+        let offline = machine.offline();
         let unrecorded_lock = job.is_none() && locked();
         // A machine's own job, hand start or reservation decides first;
         // only a machine free by its own fields is blocked.
@@ -526,6 +537,11 @@ impl MachineView {
                 .filter(|t| t.is_finite()),
             ready_port: field(Field::ReadyPort),
             readycmd: text(Field::ReadyCmd),
+            healthcmd: text(Field::HealthCmd),
+            offline_reason: offline.as_ref().map(|o| o.reason.clone()),
+            offline_by: offline.as_ref().and_then(|o| o.by.clone()),
+            offline_since: offline.as_ref().and_then(|o| o.since),
+            failed_starts: machine.failed_starts(),
             power_device: None,
             relay_device: None,
             stale_reason,
@@ -879,6 +895,17 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
         &Some(style::paint(view.state, Tone::of_state(view.state), colour)),
     );
     add(
+        "Out of service:",
+        &view.offline_reason.as_ref().map(|reason| {
+            let mark = crate::model::offline::Offline {
+                reason: reason.clone(),
+                by: view.offline_by.clone(),
+                since: view.offline_since,
+            };
+            mark.detail()
+        }),
+    );
+    add(
         "Blocked by:",
         &view.blocked_by.as_ref().map(BlockedView::detail),
     );
@@ -914,6 +941,11 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
     add("Start timeout:", &view.start_timeout);
     add("Ready port:", &view.ready_port);
     add("Ready command:", &view.readycmd);
+    add(
+        "Failed starts:",
+        &(view.failed_starts > 0).then(|| format!("{} in a row", view.failed_starts)),
+    );
+    add("Health command:", &view.healthcmd);
     add(
         "Power device:",
         &view.power_device.as_ref().map(NamedView::text),

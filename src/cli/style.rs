@@ -37,7 +37,7 @@ impl Tone {
     /// The tone of a machine state (`free`, `busy`, `stale`, ...), if any.
     pub fn of_state(state: &str) -> Option<Tone> {
         match state {
-            "stale" => Some(Tone::Stale),
+            "stale" | "offline" => Some(Tone::Stale),
             "busy" | "blocked" => Some(Tone::Busy),
             "free" => Some(Tone::Free),
             _ => None,

@@ -11,6 +11,7 @@ pub mod claim;
 pub mod devices;
 pub mod manual;
 pub mod power;
+pub mod service;
 pub mod stale;
 pub mod supervise;
 pub mod trust;

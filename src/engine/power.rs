@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::backend::Store;
 use crate::device::{self, Reading, Switch};
 use crate::engine::claim::{Busy, Caller, busy_for};
+use crate::engine::service;
 use crate::engine::stale::Judge;
 use crate::engine::trust;
 use crate::error::{Error, Result};
@@ -362,6 +363,7 @@ pub fn start(world: &World<'_>, name: &str, request: StartRequest) -> Result<Sta
     let store = world.store;
     let user = world.caller.user.clone();
     let plan = store.update(|lab| {
+        refuse_out_of_service(lab, name)?;
         if !request.for_job
             && let Some(why) = refusal(lab, name, world, false)?
         {
@@ -402,6 +404,7 @@ pub fn start(world: &World<'_>, name: &str, request: StartRequest) -> Result<Sta
     {
         store.update(|lab| {
             remember_ip(lab, &plan, &ip)?;
+            service::start_succeeded(lab, name)?;
             lab.record(
                 Event::new(Kind::Started, name)
                     .detail("online already; not power-cycled".to_string()),
@@ -431,6 +434,7 @@ pub fn start(world: &World<'_>, name: &str, request: StartRequest) -> Result<Sta
                 let took = began.elapsed();
                 store.update(|lab| {
                     remember_ip(lab, &plan, &ip)?;
+                    service::start_succeeded(lab, name)?;
                     lab.get_mut(name)?.set(
                         Field::LastStart,
                         &format!("{began_at} {:.3}", took.as_secs_f64()),
@@ -474,13 +478,35 @@ pub fn start(world: &World<'_>, name: &str, request: StartRequest) -> Result<Sta
             }
         }
     }
-    unmark(store, name)?;
+    // Every try failed: one more failed start in a row, which may take
+    // the machine out of service (the lab's offline-after-failed-starts).
+    let taken = store.update(|lab| {
+        lab.get_mut(name)?.forget_start()?;
+        service::start_failed(lab, name, &user, crate::os::now())
+    })?;
+    if let Some(mark) = taken {
+        say!(
+            "mama: {name} is out of service now: {} (`mama online {name}` puts it back)",
+            render::printable(&mark.reason)
+        );
+    }
     Err(Error::NotReady(format!(
         "{name} did not become ready within its start timeout of {} in {tries} {}; \
          it was stopped again",
         render::seconds(plan.timeout),
         if tries == 1 { "try" } else { "tries" }
     )))
+}
+
+/// Refuses a machine out of service: nothing powers it up.
+fn refuse_out_of_service(lab: &Lab, name: &str) -> Result<()> {
+    match lab.get(name)?.offline() {
+        Some(mark) => Err(Error::OutOfService(format!(
+            "{}; `mama online {name}` puts it back",
+            mark.refusal(name)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Forgets a start that did not happen.
@@ -704,6 +730,9 @@ pub fn stop(world: &World<'_>, name: &str, force: bool, why: Option<&str>) -> Re
 pub fn power(world: &World<'_>, name: &str, action: PowerAction) -> Result<Reading> {
     let store = world.store;
     let plan = store.update(|lab| {
+        if matches!(action, PowerAction::On | PowerAction::Cycle) {
+            refuse_out_of_service(lab, name)?;
+        }
         if action != PowerAction::Status
             && let Some(refused) = refusal(lab, name, world, false)?
         {

@@ -45,6 +45,15 @@ pub enum Kind {
     DeviceAdded,
     /// A power device was removed (`device delete`, `import --replace`).
     DeviceDeleted,
+    /// The machine was taken out of service (`offline`, a failed health
+    /// check, too many failed starts); the detail is the reason.
+    Offline,
+    /// The machine was put back in service (`online`, a health check that
+    /// passed).
+    Online,
+    /// `check` ran the machine's health command (the detail: pass or
+    /// fail, and its last line of output).
+    Checked,
 }
 
 impl Kind {
@@ -66,6 +75,9 @@ impl Kind {
             Kind::Power => "power",
             Kind::DeviceAdded => "device_added",
             Kind::DeviceDeleted => "device_deleted",
+            Kind::Offline => "offline",
+            Kind::Online => "online",
+            Kind::Checked => "checked",
         }
     }
 }

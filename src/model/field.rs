@@ -57,12 +57,25 @@ pub enum Field {
     /// mama's own addition: a shell command that exits 0 when a started
     /// machine is ready (instead of the ping and port).
     ReadyCmd,
+    /// mama's own addition: a shell command that exits 0 when the machine
+    /// is healthy (`mama check`).
+    HealthCmd,
+    /// mama's own addition: why the machine is out of service (`mama
+    /// offline`); a machine is out of service while this holds text.
+    OfflineReason,
+    /// mama's own addition: who took the machine out of service.
+    OfflineBy,
+    /// mama's own addition: since when the machine is out of service
+    /// (Unix seconds).
+    OfflineSince,
+    /// mama's own addition: how many starts in a row failed every try.
+    FailedStarts,
 }
 
 impl Field {
     /// Every field in document order; a field mama adds to an old machine is
     /// placed after the nearest field that comes before it here.
-    pub const ALL: [Field; 32] = [
+    pub const ALL: [Field; 37] = [
         Field::Name,
         Field::Mac,
         Field::Ip,
@@ -95,6 +108,11 @@ impl Field {
         Field::StartTimeout,
         Field::ReadyPort,
         Field::ReadyCmd,
+        Field::HealthCmd,
+        Field::OfflineReason,
+        Field::OfflineBy,
+        Field::OfflineSince,
+        Field::FailedStarts,
     ];
 
     /// This field's place in [`Field::ALL`].
@@ -137,6 +155,11 @@ impl Field {
             Field::StartTimeout => "start_timeout",
             Field::ReadyPort => "ready_port",
             Field::ReadyCmd => "readycmd",
+            Field::HealthCmd => "healthcmd",
+            Field::OfflineReason => "offline_reason",
+            Field::OfflineBy => "offline_by",
+            Field::OfflineSince => "offline_since",
+            Field::FailedStarts => "failed_starts",
         }
     }
 
@@ -175,6 +198,11 @@ impl Field {
             "start_timeout" => Field::StartTimeout,
             "ready_port" => Field::ReadyPort,
             "readycmd" => Field::ReadyCmd,
+            "healthcmd" => Field::HealthCmd,
+            "offline_reason" => Field::OfflineReason,
+            "offline_by" => Field::OfflineBy,
+            "offline_since" => Field::OfflineSince,
+            "failed_starts" => Field::FailedStarts,
             _ => return None,
         })
     }
@@ -193,6 +221,11 @@ impl Field {
                 | Field::LastStart
                 | Field::ReadyPort
                 | Field::ReadyCmd
+                | Field::HealthCmd
+                | Field::OfflineReason
+                | Field::OfflineBy
+                | Field::OfflineSince
+                | Field::FailedStarts
         )
     }
 
@@ -269,7 +302,7 @@ const fn read_only(name: &'static str, field: Field) -> Attr {
 
 /// The fields the command line knows, in the order its help shows them:
 /// every field of upstream's format but the name, which `add` gives.
-pub const ATTRS: [Attr; 24] = [
+pub const ATTRS: [Attr; 25] = [
     attr("ip", Field::Ip, None),
     attr("mac", Field::Mac, None),
     attr("arch", Field::Arch, None),
@@ -304,6 +337,11 @@ pub const ATTRS: [Attr; 24] = [
         "readycmd",
         Field::ReadyCmd,
         Some("a shell command that exits 0 once the machine is ready"),
+    ),
+    attr(
+        "healthcmd",
+        Field::HealthCmd,
+        Some("a shell command that exits 0 when the machine is healthy, for mama check"),
     ),
     read_only("started-by", Field::StartedBy),
     read_only("reservation", Field::Reservation),

@@ -14,6 +14,7 @@
 pub mod device;
 pub mod event;
 pub mod field;
+pub mod offline;
 pub mod queue;
 pub mod setting;
 
@@ -46,7 +47,7 @@ pub struct JobRecord {
 /// A backend that read the lab from one text (the state file) lends it to
 /// every machine, and a field is a span of it: reading a lab of ten
 /// thousand machines then copies no field and allocates nothing a field.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Machine {
     /// The text the spans are of.
     source: Option<Arc<String>>,
@@ -81,6 +82,18 @@ impl Slot {
         Slot {
             start: u32::MAX,
             end: u32::try_from(at + 1).unwrap_or(0),
+        }
+    }
+}
+
+// Written out: `Default` is derived for arrays of at most 32.
+impl Default for Machine {
+    fn default() -> Machine {
+        Machine {
+            source: None,
+            fields: [Slot::ABSENT; Field::ALL.len()],
+            owned: Vec::new(),
+            structured: 0,
         }
     }
 }

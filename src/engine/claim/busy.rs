@@ -190,6 +190,8 @@ pub enum Status {
     /// Free by its own fields, but a machine sharing one of its resources
     /// holds it (see [`Resources::blocker`]).
     Blocked,
+    /// Out of service (`mama offline`): nothing claims it.
+    Offline,
 }
 
 impl Status {
@@ -201,20 +203,25 @@ impl Status {
             Status::Reserved => "reserved",
             Status::Started => "started",
             Status::Blocked => "blocked",
+            Status::Offline => "offline",
         }
     }
 }
 
-/// A machine's status, from its own fields (a job first, then a hand
-/// start, then a reservation); `locked` says that, with no job recorded,
-/// its job lock is held (processes of a job whose record was cleared).
-/// Only a machine free by its own fields can be [`Status::Blocked`], which
-/// its resources decide (see [`Resources::blocker`]).
+/// A machine's status, from its own fields (a live job first, then out
+/// of service, then a stale job, then a hand start, then a
+/// reservation); `locked` says that, with no job recorded, its job lock
+/// is held (processes of a job whose record was cleared). A live job on
+/// a machine out of service shows busy: it runs on. Only a machine free
+/// by its own fields can be [`Status::Blocked`], which its resources
+/// decide (see [`Resources::blocker`]).
 pub fn status(machine: &Machine, verdict: Option<&Verdict>, locked: bool) -> Status {
     match verdict {
+        Some(Verdict::Stale(_)) if machine.offline().is_some() => Status::Offline,
         Some(Verdict::Stale(_)) => Status::Stale,
         Some(_) => Status::Busy,
         None if locked => Status::Busy,
+        None if machine.offline().is_some() => Status::Offline,
         None if machine.is_started() && !machine.started_for_job() => Status::Started,
         None if machine.reservation().is_some() => Status::Reserved,
         None => Status::Free,

@@ -103,9 +103,31 @@ const LOCK_GRACE: Duration = Duration::from_millis(50);
 pub enum Intent {
     /// Claim it for a job with this label.
     Run { label: String },
+    /// Claim it for its health check (label `check`), even out of service.
+    Check,
     /// Only wait until it is free.
     Wait,
 }
+
+impl Intent {
+    /// The label of the job a claim records; `None` for a wait.
+    pub fn label(&self) -> Option<&str> {
+        match self {
+            Intent::Run { label } => Some(label),
+            Intent::Check => Some(CHECK_LABEL),
+            Intent::Wait => None,
+        }
+    }
+
+    /// Whether a machine out of service will do: only for its health
+    /// check.
+    fn takes_offline(&self) -> bool {
+        matches!(self, Intent::Check)
+    }
+}
+
+/// The label of a health check's claim.
+pub const CHECK_LABEL: &str = "check";
 
 /// How to wait.
 #[derive(Debug, Clone, Copy)]
@@ -193,6 +215,39 @@ impl Wanted {
         }
     }
 
+    /// The candidates ([`Wanted::candidates`]) that are in service, for
+    /// all but a health check: a machine out of service is never claimed.
+    /// None in service is an error ([`Error::OutOfService`]) saying why
+    /// each is out; a pool with some in service waits for those.
+    fn in_service(&self, lab: &Lab, intent: &Intent) -> Result<Vec<String>> {
+        let candidates = self.candidates(lab)?;
+        if intent.takes_offline() {
+            return Ok(candidates);
+        }
+        let mut out = Vec::new();
+        let mut serving = Vec::new();
+        for name in candidates {
+            match lab.get(&name)?.offline() {
+                Some(offline) => out.push((name, offline)),
+                None => serving.push(name),
+            }
+        }
+        if !serving.is_empty() {
+            return Ok(serving);
+        }
+        Err(Error::OutOfService(match (self, out.as_slice()) {
+            (Wanted::One(_), [(name, offline)]) => offline.refusal(name),
+            _ => format!(
+                "every machine of {} is out of service: {}",
+                self.describe(),
+                out.iter()
+                    .map(|(name, offline)| format!("{name}: {}", offline.detail()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }))
+    }
+
     /// The request, for people: the machine, or the pool and its filters.
     pub fn describe(&self) -> String {
         match self {
@@ -277,7 +332,7 @@ pub fn acquire(
         told: None,
         live_line: std::io::stderr().is_terminal(),
     };
-    if matches!(intent, Intent::Run { .. }) {
+    if intent.label().is_some() {
         store.prepare();
     }
     let result = loop {
@@ -304,7 +359,7 @@ pub fn acquire(
             // nothing, so a stale job counts as free and stays recorded.
             Err(Error::ReadOnly { .. }) if matches!(intent, Intent::Wait) => {
                 read_only = true;
-                judge_read_only(store, wanted, caller, &judge)
+                judge_read_only(store, wanted, caller, &judge, intent)
             }
             other => other,
         };
@@ -412,7 +467,7 @@ impl Notice<'_> {
         match self.told {
             None => {
                 let doing = match intent {
-                    Intent::Run { .. } => "waiting to claim it",
+                    Intent::Run { .. } | Intent::Check => "waiting to claim it",
                     Intent::Wait => "waiting until it is free",
                 };
                 say!(
@@ -539,9 +594,10 @@ fn judge_read_only(
     wanted: &Wanted,
     caller: &Caller,
     judge: &Judge<'_, Processes>,
+    intent: &Intent,
 ) -> Result<Attempt> {
     let lab = store.read()?.lab;
-    let candidates = wanted.candidates(&lab)?;
+    let candidates = wanted.in_service(&lab, intent)?;
     let mut first = None;
     for target in &candidates {
         let reason = match busy(&lab, target, caller, judge)? {
@@ -574,7 +630,7 @@ fn attempt(
     intent: &Intent,
     token: Option<&str>,
 ) -> Result<(Attempt, Vec<Cleared>)> {
-    let candidates = wanted.candidates(lab)?;
+    let candidates = wanted.in_service(lab, intent)?;
     let mut cleared = Vec::new();
     for target in &candidates {
         sweep(lab, target, judge, &mut cleared)?;
@@ -661,10 +717,7 @@ fn attempt(
             since: judge.now,
             user: caller.user.clone(),
             host: caller.host.clone(),
-            job: match intent {
-                Intent::Run { label } => Some(label.clone()),
-                Intent::Wait => None,
-            },
+            job: intent.label().map(str::to_string),
             epoch: store.epoch(),
             pool,
         };
@@ -734,7 +787,7 @@ fn claim_or_free(
             None => return busy(Busy::Locked),
         }
     };
-    let Intent::Run { label } = intent else {
+    let Some(label) = intent.label() else {
         return Ok(Attempt::Free(target.to_string()));
     };
     let job = caller.claim(label, judge.now);
