@@ -419,7 +419,7 @@ fn health_commands_of_a_lab_others_may_write_run_only_once_it_is_trusted() {
         Run::from(cmd.output().expect("mama runs"))
     };
     let refused = check(&env.path().join("nowhere"));
-    let said = refused.fails_saying(1, "refusing to run the healthcmd of rig1");
+    let said = refused.fails_saying(1, "refusing to use the healthcmd of rig1");
     assert!(said.contains(&format!("group {group}: ")), "{said}");
     assert!(!exists(&env, "touched"));
     assert!(
