@@ -45,6 +45,15 @@ pub enum Kind {
     DeviceAdded,
     /// A power device was removed (`device delete`, `import --replace`).
     DeviceDeleted,
+    /// A lab setting changed (`setting`, `import`); the event's machine is
+    /// the setting's name, its detail `NAME=VALUE`.
+    SettingChanged,
+    /// A reservation's lease ran out: the first transaction after its end
+    /// cleared the reservation (the detail: whose, and when it ended).
+    Expired,
+    /// The holder moved a reservation's end (`extend`; the detail: the new
+    /// end).
+    Extended,
 }
 
 impl Kind {
@@ -66,6 +75,9 @@ impl Kind {
             Kind::Power => "power",
             Kind::DeviceAdded => "device_added",
             Kind::DeviceDeleted => "device_deleted",
+            Kind::SettingChanged => "setting_changed",
+            Kind::Expired => "expired",
+            Kind::Extended => "extended",
         }
     }
 }
