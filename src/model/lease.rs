@@ -34,6 +34,32 @@ impl Lease {
     }
 }
 
+/// The longest note a lease takes, in bytes (as a field's value).
+pub const MAX_NOTE: usize = 64 << 10;
+
+/// Refuses a note the lab cannot hold, or that a terminal would act on
+/// when it is shown (control characters but tab and line ends, which XML
+/// holds and views escape; C1 controls), or one longer than
+/// [`MAX_NOTE`].
+pub fn check_note(note: &str) -> Result<(), Error> {
+    if note.len() > MAX_NOTE {
+        return Err(Error::Invalid(format!(
+            "the note is {} bytes, longer than the {MAX_NOTE} a note may hold",
+            note.len()
+        )));
+    }
+    match note
+        .chars()
+        .find(|&c| !crate::text::is_xml_char(c) || ('\u{7f}'..='\u{9f}').contains(&c))
+    {
+        None => Ok(()),
+        Some(c) => Err(Error::Invalid(format!(
+            "the note contains the control character U+{:04X}",
+            c as u32
+        ))),
+    }
+}
+
 /// The instant of a Unix second (before 1970: the epoch; past the year
 /// 36812, that year: a damaged value must not overflow the clock).
 pub fn instant(unix: i64) -> SystemTime {
