@@ -375,7 +375,16 @@ pub fn set(store: &Store, machine: &str, field: Field, value: &str) -> Result<()
 
 pub fn get(store: &Store, machine: &str, field: Field, json: bool) -> Result<()> {
     let lab = read(store)?;
-    let value = lab.get(machine)?.get(field);
+    let held = lab.get(machine)?;
+    // A reservation whose lease is over is over for every reader.
+    let judged;
+    let value = match field {
+        Field::Reservation => {
+            judged = held.reservation().unwrap_or_default();
+            judged.as_str()
+        }
+        _ => held.get(field),
+    };
     if json {
         print_json(&(!value.is_empty()).then_some(value))
     } else if stdout_is_terminal() {
@@ -1007,6 +1016,20 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
         .chain(file_broken.iter().map(|b| b.name.clone()))
         .filter(|name| !name.is_empty())
         .collect();
+    // The file's settings, whole (see `Lab::replace_settings`), and the
+    // leases of its machines' reservations (over or not: the next
+    // transaction ends those that are over, as in any lab).
+    let settings_text = doc.settings_text();
+    let file_settings = doc.settings();
+    let leases: Vec<(String, crate::model::lease::Lease)> = doc
+        .leases()
+        .into_iter()
+        .filter(|(name, lease)| {
+            model.machine(name).is_some_and(|m| {
+                !lease.user.is_empty() && m.get(Field::Reservation).trim() == lease.user
+            })
+        })
+        .collect();
     if let Some(unnamed) = models.iter().position(|m| m.name().is_empty()) {
         return Err(Error::Invalid(format!(
             "{}: machine {} of the file has no name",
@@ -1052,6 +1075,29 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
             lab.add_element(machine, element)?;
             lab.record(Event::new(Kind::Added, &name).detail(format!("imported from {shown}")));
         }
+        let mut taken = Vec::new();
+        for (name, lease) in leases {
+            if !taken.contains(&name) {
+                lab.set_lease(&name, Some(lease))?;
+                taken.push(name);
+            }
+        }
+        // The file's settings, as its devices: into a lab that has none,
+        // or in place of the lab's own with `--replace`.
+        let own_settings = lab.settings().len();
+        let settings = if replace || own_settings == 0 {
+            if settings_text.is_some() || own_settings > 0 {
+                for (setting, value) in lab.replace_settings(file_settings, settings_text) {
+                    lab.record(
+                        Event::new(Kind::SettingChanged, setting.name())
+                            .detail(format!("{}={value}", setting.name())),
+                    );
+                }
+            }
+            true
+        } else {
+            false
+        };
         // The file's devices come with its machines into a lab that has
         // none (before its first machine); `--replace` replaces the lab's
         // own.
@@ -1080,8 +1126,16 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
         } else {
             Devices::Kept(own.len())
         };
-        Ok((lab.machines().count(), existing.len(), devices))
+        Ok((lab.machines().count(), existing.len(), (devices, settings)))
     })?;
+    let (devices, settings_taken) = devices;
+    let in_file_settings = doc.settings().len();
+    if !settings_taken && in_file_settings > 0 {
+        say!(
+            "mama: kept the lab's own settings; those of {shown} were not imported (`mama \
+             import --replace` replaces them)"
+        );
+    }
     say!(
         "mama: imported {added} machine{} from {shown}{}",
         plural(added),
