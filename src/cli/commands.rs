@@ -516,7 +516,7 @@ pub fn setting(
     let (now, changed) = policy::set(store, setting, &value)?;
     let shown = match now.as_str() {
         "" => "unset".to_string(),
-        value => format!("{}", render::setting_value(setting, value)),
+        value => render::setting_value(setting, value),
     };
     match changed {
         true => say!("mama: {} is {shown} now", setting.name()),

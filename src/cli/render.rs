@@ -1005,51 +1005,6 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn del_and_c1_controls_are_escaped_in_json() {
-        let raw = serde_json::to_string_pretty(&["\u{80}\u{9f}\u{7f}é\u{1b}"]).unwrap_or_default();
-        let safe = json_safe(raw);
-        assert_eq!(safe, "[\n  \"\\u0080\\u009f\\u007fé\\u001b\"\n]");
-        assert_eq!(
-            serde_json::from_str::<Vec<String>>(&safe).ok(),
-            Some(vec!["\u{80}\u{9f}\u{7f}é\u{1b}".to_string()])
-        );
-    }
-
-    #[test]
-    fn json_is_written_as_the_safe_text_of_the_whole() {
-        #[derive(Serialize)]
-        struct Sample<'a> {
-            name: &'a str,
-            list: Vec<Option<&'a str>>,
-            empty: Vec<u8>,
-            number: u64,
-        }
-        for text in [
-            "plain",
-            "\u{80}a\u{9f}\u{7f}é\u{1b}\"\\",
-            "",
-            "\u{85}\u{85}",
-            "ok\u{c2}",
-        ] {
-            let value = Sample {
-                name: text,
-                list: vec![Some(text), None],
-                empty: Vec::new(),
-                number: 7,
-            };
-            let whole = json_safe(serde_json::to_string_pretty(&value).unwrap_or_default());
-            let mut written = Vec::new();
-            assert!(write_json(&mut written, &value).is_ok());
-            assert_eq!(String::from_utf8(written).ok(), Some(whole), "{text:?}");
-        }
-    }
-}
-
 /// The lab's settings as `setting --json` prints them: an object of every
 /// setting by name, its value (`null` where it has none).
 pub struct SettingsView(Vec<(&'static str, Option<String>)>);
@@ -1108,4 +1063,49 @@ pub fn settings(lab: &crate::model::Lab) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn del_and_c1_controls_are_escaped_in_json() {
+        let raw = serde_json::to_string_pretty(&["\u{80}\u{9f}\u{7f}é\u{1b}"]).unwrap_or_default();
+        let safe = json_safe(raw);
+        assert_eq!(safe, "[\n  \"\\u0080\\u009f\\u007fé\\u001b\"\n]");
+        assert_eq!(
+            serde_json::from_str::<Vec<String>>(&safe).ok(),
+            Some(vec!["\u{80}\u{9f}\u{7f}é\u{1b}".to_string()])
+        );
+    }
+
+    #[test]
+    fn json_is_written_as_the_safe_text_of_the_whole() {
+        #[derive(Serialize)]
+        struct Sample<'a> {
+            name: &'a str,
+            list: Vec<Option<&'a str>>,
+            empty: Vec<u8>,
+            number: u64,
+        }
+        for text in [
+            "plain",
+            "\u{80}a\u{9f}\u{7f}é\u{1b}\"\\",
+            "",
+            "\u{85}\u{85}",
+            "ok\u{c2}",
+        ] {
+            let value = Sample {
+                name: text,
+                list: vec![Some(text), None],
+                empty: Vec::new(),
+                number: 7,
+            };
+            let whole = json_safe(serde_json::to_string_pretty(&value).unwrap_or_default());
+            let mut written = Vec::new();
+            assert!(write_json(&mut written, &value).is_ok());
+            assert_eq!(String::from_utf8(written).ok(), Some(whole), "{text:?}");
+        }
+    }
 }
