@@ -175,7 +175,13 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             json,
         } => c::get(store, &machine, attr, json)?,
         Command::Clear { machine, force } => c::clear(store, settings, &machine, force)?,
-        Command::Reserve { machine } => c::reserve(store, &machine)?,
+        Command::Reserve {
+            machine,
+            length,
+            note,
+        } => c::reserve(store, &machine, length, note)?,
+        Command::Extend { machine, length } => c::extend(store, &machine, length)?,
+        Command::Setting { name, value, json } => c::setting(store, name, value, json)?,
         Command::Release { machine } => c::release(store, &machine)?,
         Command::ReleaseForced { machine } => c::release_forced(store, &machine)?,
         Command::Offline { machine, reason } => c::offline(store, &machine, &reason)?,
@@ -184,7 +190,15 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             machine,
             wait_timeout,
         } => return c::check(store, settings, &machine, wait_timeout),
-        Command::Wait { pick, timeout } => c::wait(store, settings, &wanted(pick)?, timeout)?,
+        Command::Wait {
+            pick,
+            timeout,
+            then_reserve,
+            length,
+        } => {
+            let reserve = then_reserve.then_some(engine::manual::Ask { length, note: None });
+            c::wait(store, settings, &wanted(pick)?, timeout, reserve)?
+        }
         Command::Log {
             machine,
             since,

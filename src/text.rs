@@ -136,6 +136,17 @@ pub fn local_time(timestamp: i64) -> String {
     }
 }
 
+/// A Unix time as local time, short, for a table: `17:30` on the day of
+/// `now`, else `2026-11-24 17:30`.
+pub fn short_time(timestamp: i64, now: i64) -> String {
+    let at = |t: i64| Local.timestamp_opt(t, 0).single();
+    match (at(timestamp), at(now)) {
+        (Some(t), Some(n)) if t.date_naive() == n.date_naive() => t.format("%H:%M").to_string(),
+        (Some(t), _) => t.format("%Y-%m-%d %H:%M").to_string(),
+        (None, _) => format!("@{timestamp}"),
+    }
+}
+
 /// A Unix time as local time, with its age: `2026-11-23 09:14:02 (3m 12s ago)`.
 pub fn time_and_age(timestamp: i64, now: i64) -> String {
     let when = local_time(timestamp);
@@ -148,6 +159,21 @@ pub fn time_and_age(timestamp: i64, now: i64) -> String {
         )
     } else {
         format!("{when} (in the future)")
+    }
+}
+
+/// A Unix time as local time, with how far it is from `now`: `2026-11-23
+/// 09:14:02 (in 2h 5m)`, or, once past, `(3m 12s ago)`.
+pub fn time_and_when(timestamp: i64, now: i64) -> String {
+    if timestamp >= now {
+        let left = timestamp.saturating_sub(now).unsigned_abs();
+        format!(
+            "{} (in {})",
+            local_time(timestamp),
+            seconds(Duration::from_secs(left))
+        )
+    } else {
+        time_and_age(timestamp, now)
     }
 }
 

@@ -19,6 +19,7 @@ mod hardening;
 mod history;
 mod input;
 mod lab;
+mod leases;
 mod liveness;
 mod net;
 mod pg_harness;

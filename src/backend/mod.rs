@@ -188,7 +188,8 @@ impl Store {
     }
 
     /// Runs one transaction (see [`Backend::transact`]) on a lab that is
-    /// there; `change`'s value comes back.
+    /// there; `change`'s value comes back. Every transaction first ends
+    /// the reservations whose lease is over (see [`Lab::end_leases`]).
     pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
         self.run(Transaction::Update, change)
     }
@@ -220,6 +221,9 @@ impl Store {
             let change = change.take().ok_or_else(|| {
                 Error::Invalid("internal error: a transaction ran its change twice".into())
             })?;
+            // Reservations whose lease is over end first, so that what the
+            // change judges (as free) and what it writes agree.
+            lab.end_leases(std::time::SystemTime::now())?;
             value = Some(change(lab)?);
             Ok(())
         })?;

@@ -10,6 +10,7 @@ use crate::cli::style::{self, Stream};
 use crate::engine::claim::{self, Caller, Intent, Patience, Wanted};
 use crate::engine::devices;
 use crate::engine::manual;
+use crate::engine::policy;
 use crate::engine::power::{self, PowerAction, StartRequest, Started, Stopped};
 use crate::engine::service;
 use crate::engine::stale::Judge;
@@ -21,6 +22,7 @@ use crate::format::doc::XmlLab;
 use crate::model::device::{Device, Driver, Use};
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
+use crate::model::setting::Setting;
 use crate::model::{JobRecord, Lab, Machine, NewMachine};
 use crate::os::{self, Place, Processes};
 use crate::settings::Settings;
@@ -388,7 +390,16 @@ pub fn set(store: &Store, machine: &str, field: Field, value: &str) -> Result<()
 
 pub fn get(store: &Store, machine: &str, field: Field, json: bool) -> Result<()> {
     let lab = read(store)?;
-    let value = lab.get(machine)?.get(field);
+    let held = lab.get(machine)?;
+    // A reservation whose lease is over is over for every reader.
+    let judged;
+    let value = match field {
+        Field::Reservation => {
+            judged = held.reservation().unwrap_or_default();
+            judged.as_str()
+        }
+        _ => held.get(field),
+    };
     if json {
         print_json(&(!value.is_empty()).then_some(value))
     } else if stdout_is_terminal() {
@@ -450,9 +461,82 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-pub fn reserve(store: &Store, machine: &str) -> Result<()> {
-    let user = manual::reserve(store, machine)?;
-    say!("mama: {machine} is reserved for {user}");
+/// `reserve`: for as long as `length` (or the lab's longest reservation)
+/// says, with a note.
+pub fn reserve(
+    store: &Store,
+    machine: &str,
+    length: Option<Duration>,
+    note: Option<String>,
+) -> Result<()> {
+    let reserved = manual::reserve(store, machine, &manual::Ask { length, note })?;
+    let (user, until) = match &reserved {
+        manual::Reserved::New { user, until }
+        | manual::Reserved::Already { user, until }
+        | manual::Reserved::Moved { user, until } => (user, until),
+    };
+    say!(
+        "mama: {machine} is reserved for {}{}",
+        render::printable(user),
+        until_text(*until)
+    );
+    Ok(())
+}
+
+/// ` until TIME (in 2h 5m)`, or nothing for a reservation without an end.
+fn until_text(until: Option<i64>) -> String {
+    match until {
+        Some(end) => format!(" until {}", render::time_and_when(end, os::now())),
+        None => String::new(),
+    }
+}
+
+/// `extend`: the holder's reservation ends `length` from now.
+pub fn extend(store: &Store, machine: &str, length: Duration) -> Result<()> {
+    let until = manual::extend(store, machine, length)?;
+    say!(
+        "mama: {machine} is reserved for {}{}",
+        render::printable(&os::user_name()),
+        until_text(Some(until))
+    );
+    Ok(())
+}
+
+/// `setting`: every lab setting with its value, or one's value, or sets
+/// one.
+pub fn setting(
+    store: &Store,
+    name: Option<Setting>,
+    value: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let Some(setting) = name else {
+        let lab = read(store)?;
+        return match json {
+            true => print_json(&render::SettingsView::of(&lab)),
+            false => out(&render::settings(&lab)),
+        };
+    };
+    let Some(value) = value else {
+        let lab = read(store)?;
+        let value = lab.setting(setting);
+        return if json {
+            print_json(&value)
+        } else if stdout_is_terminal() {
+            out(&format!("{}\n", render::printable(value.unwrap_or(""))))
+        } else {
+            out(&format!("{}\n", value.unwrap_or("")))
+        };
+    };
+    let (now, changed) = policy::set(store, setting, &value)?;
+    let shown = match now.as_str() {
+        "" => "unset".to_string(),
+        value => render::setting_value(setting, value),
+    };
+    match changed {
+        true => say!("mama: {} is {shown} now", setting.name()),
+        false => say!("mama: {} is {shown} already", setting.name()),
+    }
     Ok(())
 }
 
@@ -681,11 +765,31 @@ pub fn wait(
     settings: &Settings,
     wanted: &Wanted,
     timeout: Option<Duration>,
+    reserve: Option<manual::Ask>,
 ) -> Result<()> {
-    let free = match acquire(store, settings, wanted, &Intent::Wait, false, timeout)? {
+    let intent = match reserve {
+        Some(ask) => {
+            // A length the lab refuses is refused now, not once the
+            // machine is free.
+            policy::lease_length(&read(store)?, ask.length)?;
+            Intent::Reserve { ask }
+        }
+        None => Intent::Wait,
+    };
+    let free = match acquire(store, settings, wanted, &intent, false, timeout)? {
         claim::Acquired::Free(machine) => machine,
         claim::Acquired::Claimed(claim) => claim.machine.clone(),
     };
+    if matches!(intent, Intent::Reserve { .. }) {
+        let lab = read(store)?;
+        let until = lab.get(&free)?.lease().and_then(|l| l.expires);
+        say!(
+            "mama: {} is reserved for {}{}",
+            render::printable(&free),
+            render::printable(&os::user_name()),
+            until_text(until)
+        );
+    }
     // Free, but left started by a run that died: whoever finds it stops
     // it, under a claim of its own, so that nobody runs on a machine in
     // the middle of a stop.
@@ -1095,6 +1199,20 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
         .chain(file_broken.iter().map(|b| b.name.clone()))
         .filter(|name| !name.is_empty())
         .collect();
+    // The file's settings, whole (see `Lab::replace_settings`), and the
+    // leases of its machines' reservations (over or not: the next
+    // transaction ends those that are over, as in any lab).
+    let settings_text = doc.settings_text();
+    let file_settings = doc.settings();
+    let leases: Vec<(String, crate::model::lease::Lease)> = doc
+        .leases()
+        .into_iter()
+        .filter(|(name, lease)| {
+            model.machine(name).is_some_and(|m| {
+                !lease.user.is_empty() && m.get(Field::Reservation).trim() == lease.user
+            })
+        })
+        .collect();
     if let Some(unnamed) = models.iter().position(|m| m.name().is_empty()) {
         return Err(Error::Invalid(format!(
             "{}: machine {} of the file has no name",
@@ -1140,6 +1258,29 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
             lab.add_element(machine, element)?;
             lab.record(Event::new(Kind::Added, &name).detail(format!("imported from {shown}")));
         }
+        let mut taken = Vec::new();
+        for (name, lease) in leases {
+            if !taken.contains(&name) {
+                lab.set_lease(&name, Some(lease))?;
+                taken.push(name);
+            }
+        }
+        // The file's settings, as its devices: into a lab that has none,
+        // or in place of the lab's own with `--replace`.
+        let own_settings = lab.settings().len();
+        let settings = if replace || own_settings == 0 {
+            if settings_text.is_some() || own_settings > 0 {
+                for (setting, value) in lab.replace_settings(file_settings, settings_text) {
+                    lab.record(
+                        Event::new(Kind::SettingChanged, setting.name())
+                            .detail(format!("{}={value}", setting.name())),
+                    );
+                }
+            }
+            true
+        } else {
+            false
+        };
         // The file's devices come with its machines into a lab that has
         // none (before its first machine); `--replace` replaces the lab's
         // own.
@@ -1168,8 +1309,16 @@ pub fn import(store: &Store, settings: &Settings, file: &Path, replace: bool) ->
         } else {
             Devices::Kept(own.len())
         };
-        Ok((lab.machines().count(), existing.len(), devices))
+        Ok((lab.machines().count(), existing.len(), (devices, settings)))
     })?;
+    let (devices, settings_taken) = devices;
+    let in_file_settings = doc.settings().len();
+    if !settings_taken && in_file_settings > 0 {
+        say!(
+            "mama: kept the lab's own settings; those of {shown} were not imported (`mama \
+             import --replace` replaces them)"
+        );
+    }
     say!(
         "mama: imported {added} machine{} from {shown}{}",
         plural(added),

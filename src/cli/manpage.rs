@@ -498,7 +498,8 @@ fn sections() -> Roff {
     state(
         &mut r,
         "reserved",
-        "A user reserved it (the Reserved column).",
+        "A user reserved it (the Reserved column, with the time a reservation made with \
+         --for ends; once that time has come the machine is free for everyone).",
     );
     state(
         &mut r,
@@ -590,6 +591,21 @@ fn sections() -> Roff {
          a passing one brings it back):",
         "mama offline rig1 --reason \"dead serial console\"\n\
          mama set rig1 healthcmd 'ping -c1 -W2 \"$MAMA_IP\"'\nmama check rig1",
+    );
+    example(
+        &mut r,
+        "Keep rig1 for two hours, saying why, and then an hour more:",
+        "mama reserve rig1 --for 2h --note \"bisecting the scheduler\"\nmama extend rig1 --for 1h",
+    );
+    example(
+        &mut r,
+        "Take rig1 as soon as it is free, in turn, and keep it for the afternoon:",
+        "mama wait rig1 --then-reserve --for 4h",
+    );
+    example(
+        &mut r,
+        "No reservation in this lab lasts longer than a working day:",
+        "mama setting longest-reservation 8h",
     );
     example(
         &mut r,

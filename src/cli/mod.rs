@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 use crate::model::device::{self, Driver};
 use crate::model::field::{self, Field};
+use crate::model::setting::{self as lab_setting, Setting};
 
 /// Share lab machines safely: wait for a machine, claim it, run a job,
 /// release it however the job ends.
@@ -169,9 +170,44 @@ pub enum Command {
         force: bool,
     },
     /// Reserve a machine for yourself
+    ///
+    /// With --for the reservation ends by itself then (as if released); without it, it lasts
+    /// until released, or as long as the lab's longest-reservation setting says, where it sets
+    /// one (longer is refused). Reserving a machine you hold with --for moves its end, as
+    /// extend does.
     Reserve {
         /// The machine's name
         machine: String,
+        /// End the reservation after this long: 90m, 8h, 2d, 1h30m (plain numbers are seconds)
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_length)]
+        length: Option<Duration>,
+        /// A note for the others: why, what for
+        #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+        note: Option<String>,
+    },
+    /// Move the end of your reservation to DURATION from now
+    Extend {
+        /// The machine's name
+        machine: String,
+        /// The reservation's new length, from now: 90m, 8h, 2d, 1h30m
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_length)]
+        length: Duration,
+    },
+    /// Show the lab's settings, or one of them, or set one ("" unsets it)
+    ///
+    /// The lab's settings are the rules it keeps for everyone who uses it (the MAMA_* variables
+    /// are one user's). Without a name, every setting with its value; with a name, its value
+    /// (an empty line where it has none); with a value too, sets it.
+    Setting {
+        /// The setting
+        #[arg(value_parser = setting_parser())]
+        name: Option<Setting>,
+        /// Its new value ("" unsets it)
+        #[arg(allow_hyphen_values = true)]
+        value: Option<String>,
+        /// Print JSON: an object of every setting (null where unset), or the one value
+        #[arg(long, conflicts_with = "value")]
+        json: bool,
     },
     /// Release your reservation
     Release {
@@ -224,6 +260,12 @@ pub enum Command {
         /// Give up after this long: seconds (fractions allowed), or 90s, 5m, 2h, 1d
         #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
         timeout: Option<Duration>,
+        /// Reserve the machine for yourself as it becomes free, keeping your place in the queue
+        #[arg(long)]
+        then_reserve: bool,
+        /// With --then-reserve: the reservation ends after this long (as reserve --for)
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_length, requires = "then_reserve")]
+        length: Option<Duration>,
     },
     /// Show the history: claims, releases, stale clears and every other change
     Log {
@@ -502,6 +544,25 @@ fn attr_parser(settable: bool) -> impl clap::builder::TypedValueParser<Value = F
             .map(|a| a.field)
             .ok_or_else(|| format!("unknown field '{name}'"))
     })
+}
+
+/// The lab's settings by name, for clap (each also by its element's
+/// name): it checks them, and the help, the man page and the completions
+/// list them.
+fn setting_parser() -> impl clap::builder::TypedValueParser<Value = Setting> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let values = Setting::ALL
+        .into_iter()
+        .map(|s| PossibleValue::new(s.name()).help(s.about()).alias(s.tag()));
+    PossibleValuesParser::new(values).try_map(|name: String| {
+        Setting::find(&name).ok_or_else(|| format!("unknown setting '{name}'"))
+    })
+}
+
+/// How long a reservation lasts (`--for`): see
+/// [`lab_setting::parse_duration`].
+fn parse_length(text: &str) -> Result<Duration, String> {
+    lab_setting::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// A `--where FIELD=VALUE` filter: a field `get` knows, and its value as

@@ -17,11 +17,14 @@ use crate::engine::power::Seen;
 use crate::engine::stale::{Judge, Verdict};
 use crate::model::event::Event;
 use crate::model::field::{self, Field};
+use crate::model::setting::Setting;
 use crate::model::{JobRecord, Machine};
 use crate::net::Reach;
 use crate::os::Holder;
 use crate::os::ProcessTable;
-pub use crate::text::{local_time, printable, printable_lines, seconds, time_and_age};
+pub use crate::text::{
+    local_time, printable, printable_lines, seconds, time_and_age, time_and_when,
+};
 
 /// JSON text with DEL and C1 controls written as `\u00XX` escapes
 /// (serde_json escapes C0 controls but leaves these raw, and a terminal
@@ -140,6 +143,11 @@ pub struct MachineView {
     pub ip: Option<String>,
     pub state: &'static str,
     pub reservation: Option<String>,
+    /// When the reservation ends by itself (Unix seconds); `null` for none
+    /// or one without an end.
+    pub reservation_expires: Option<i64>,
+    /// The note of the reservation's holder.
+    pub reservation_note: Option<String>,
     pub resources: Option<Vec<String>>,
     pub is_started: bool,
     pub only_vm: bool,
@@ -489,6 +497,11 @@ impl MachineView {
             ip: field(Field::Ip),
             state: state.as_str(),
             reservation: machine.reservation(),
+            reservation_expires: machine.lease().and_then(|l| l.expires),
+            reservation_note: machine
+                .lease()
+                .map(|l| l.note.clone())
+                .filter(|n| !n.is_empty()),
             resources: (!resources.is_empty()).then_some(resources),
             is_started: machine.is_started(),
             only_vm: machine.only_vm(),
@@ -559,6 +572,18 @@ impl MachineView {
         });
         self.power = seen.power.map(|on| if on { "on" } else { "off" });
         self.watts = seen.watts.filter(|w| w.is_finite());
+    }
+
+    /// The Reserved cell: the holder, and when the reservation ends
+    /// (`alice until 17:30`).
+    fn reservation_cell(&self, now: i64) -> String {
+        match (&self.reservation, self.reservation_expires) {
+            (Some(by), Some(end)) => {
+                format!("{by} until {}", crate::text::short_time(end, now))
+            }
+            (Some(by), None) => by.clone(),
+            (None, _) => String::new(),
+        }
     }
 
     /// The IP cell: a learned address says so.
@@ -670,7 +695,7 @@ impl BlockedView {
                 job_host: job.host,
                 ..blocked(machine, "job")
             },
-            Busy::Reserved { machine, by } => BlockedView {
+            Busy::Reserved { machine, by, .. } => BlockedView {
                 user: Some(by),
                 ..blocked(machine, "reserved")
             },
@@ -812,6 +837,7 @@ pub fn events_in_columns(
 
 /// The `list` table; with `colour`, the state and a stale job stand out.
 pub fn table(views: &[MachineView], colour: bool) -> String {
+    let now = crate::os::now();
     let mut table = Table::new();
     table
         .load_style(presets::UTF8_FULL_CONDENSED)
@@ -859,7 +885,7 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
             row.push(tone(if view.only_vm { "yes" } else { "" }, None));
         }
         row.extend([
-            text(&view.reservation),
+            tone(&view.reservation_cell(now), None),
             tone(&view.user_cell(), None),
             tone(&view.job_cell(), view.stale.then_some(Tone::Stale)),
         ]);
@@ -909,7 +935,17 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
         "Blocked by:",
         &view.blocked_by.as_ref().map(BlockedView::detail),
     );
-    add("Reserved by:", &view.reservation);
+    add(
+        "Reserved by:",
+        &view
+            .reservation
+            .as_ref()
+            .map(|by| match view.reservation_expires {
+                Some(end) => format!("{by} until {}", time_and_when(end, now)),
+                None => by.clone(),
+            }),
+    );
+    add("Note:", &view.reservation_note);
     add("Resources:", &view.resources.as_ref().map(|r| r.join(" ")));
     let started = match (&view.started_by, view.started_for_job) {
         (Some(by), true) => format!("yes, by {by}, for its job (run --boot)"),
@@ -1015,6 +1051,66 @@ pub fn info(view: &MachineView, now: i64, colour: bool) -> String {
         .iter()
         .map(|(label, value)| format!("{label:<width$} {value}\n"))
         .collect()
+}
+
+/// The lab's settings as `setting --json` prints them: an object of every
+/// setting by name, its value (`null` where it has none).
+pub struct SettingsView(Vec<(&'static str, Option<String>)>);
+
+impl SettingsView {
+    pub fn of(lab: &crate::model::Lab) -> SettingsView {
+        SettingsView(
+            Setting::ALL
+                .into_iter()
+                .map(|s| (s.name(), lab.setting(s).map(str::to_string)))
+                .collect(),
+        )
+    }
+}
+
+impl Serialize for SettingsView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// A setting's value for people: as stored, safe for a terminal, and a
+/// duration also as people write it (`28800 (8h 0m)`).
+pub fn setting_value(setting: Setting, value: &str) -> String {
+    let shown = printable(value).into_owned();
+    match setting {
+        Setting::LongestReservation => match crate::model::setting::parse_duration(value) {
+            Ok(length) => format!("{shown} ({})", seconds(length)),
+            Err(_) => shown,
+        },
+        _ => shown,
+    }
+}
+
+/// `setting`: every lab setting, a line each: its name and its value
+/// (nothing where it has none).
+pub fn settings(lab: &crate::model::Lab) -> String {
+    let width = Setting::ALL
+        .iter()
+        .map(|s| s.name().len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for setting in Setting::ALL {
+        let value = lab
+            .setting(setting)
+            .map(|v| setting_value(setting, v))
+            .unwrap_or_default();
+        let line = format!("{:width$}  {value}", setting.name());
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]

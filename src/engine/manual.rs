@@ -1,6 +1,7 @@
 //! What people do to machines by hand: forget a machine's job (`clear`),
-//! reserve a machine and give it back. The rules of who may do what are
-//! here; the command line only says what came of them.
+//! reserve a machine (for a while: a lease), extend the reservation and
+//! give it back. The rules of who may do what are here; the command line
+//! only says what came of them.
 //!
 //! `clear` forgets what a job left on a machine: the job's fields (mama's
 //! own among them) and `is_started`. It never forgets what a person set
@@ -8,12 +9,16 @@
 //! another user is theirs: `clear` leaves it alone unless forced, and a
 //! forced clear is recorded with whose job it dropped.
 
+use std::time::{Duration, SystemTime};
+
 use crate::backend::Store;
+use crate::engine::policy;
 use crate::engine::stale::{Judge, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
 use crate::model::field::Field;
-use crate::model::{JobRecord, Machine};
+use crate::model::lease::{self, Lease};
+use crate::model::{JobRecord, Lab, Machine};
 use crate::os::{self, ProcessTable};
 
 /// Another user's live job on a machine: what `clear` may not drop unless
@@ -168,25 +173,159 @@ fn others_live_job<P: ProcessTable>(
     })
 }
 
-/// `reserve`: reserves `machine` for this user; a machine reserved by them
-/// already stays so. Returns the user.
-pub fn reserve(store: &Store, machine: &str) -> Result<String> {
+/// What a reservation asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ask {
+    /// How long (`--for`); `None`: the lab's longest reservation, else
+    /// until released.
+    pub length: Option<Duration>,
+    /// The holder's note (`--note`).
+    pub note: Option<String>,
+}
+
+/// What came of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// Reserved now, until this end (Unix seconds), or until released.
+    New { user: String, until: Option<i64> },
+    /// The caller held it already: nothing asked, nothing changed.
+    Already { user: String, until: Option<i64> },
+    /// The caller held it already, and its end (or note) moved.
+    Moved { user: String, until: Option<i64> },
+}
+
+impl Reserved {
+    pub fn until(&self) -> Option<i64> {
+        match self {
+            Reserved::New { until, .. }
+            | Reserved::Already { until, .. }
+            | Reserved::Moved { until, .. } => *until,
+        }
+    }
+}
+
+/// `reserve`: reserves `machine` for this user, for as long as `ask`
+/// says (see [`policy::lease_length`]); a machine reserved by them
+/// already stays so, and gets the new end (as `extend` gives it) where
+/// one is asked.
+pub fn reserve(store: &Store, machine: &str, ask: &Ask) -> Result<Reserved> {
+    let user = os::user_name();
+    store.update(|lab| reserve_in(lab, machine, &user, ask, SystemTime::now()))
+}
+
+/// The reservation of `machine` for `user` in a transaction's lab (for
+/// `reserve`, and for `wait --then-reserve` in the transaction that finds
+/// the machine free); `now` is when its lease starts.
+pub fn reserve_in(
+    lab: &mut Lab,
+    machine: &str,
+    user: &str,
+    ask: &Ask,
+    now: SystemTime,
+) -> Result<Reserved> {
+    let length = policy::lease_length(lab, ask.length)?;
+    if let Some(note) = &ask.note {
+        lease::check_note(note)?;
+    }
+    let held = lab.get(machine)?;
+    match held.reservation() {
+        Some(holder) if holder != user => {
+            let until = held
+                .lease()
+                .and_then(|l| l.expires)
+                .map(|t| format!(" until {}", crate::text::local_time(t)))
+                .unwrap_or_default();
+            Err(Error::Invalid(format!(
+                "{machine} is reserved by {holder} already{until}"
+            )))
+        }
+        Some(_) if ask.length.is_none() && ask.note.is_none() => Ok(Reserved::Already {
+            user: user.to_string(),
+            until: held.lease().and_then(|l| l.expires),
+        }),
+        Some(_) => {
+            let kept = held.lease().cloned().unwrap_or_default();
+            let until = match ask.length {
+                Some(length) => Some(lease::end_after(now, length)?),
+                None => kept.expires,
+            };
+            let note = ask.note.clone().unwrap_or(kept.note);
+            let lease = Lease {
+                user: user.to_string(),
+                expires: until,
+                note,
+            };
+            lab.set_lease(machine, Some(lease.clone()))?;
+            lab.record(Event::new(Kind::Extended, machine).detail(lease_detail(&lease)));
+            Ok(Reserved::Moved {
+                user: user.to_string(),
+                until,
+            })
+        }
+        None => {
+            lab.get_mut(machine)?.set(Field::Reservation, user)?;
+            let until = length.map(|l| lease::end_after(now, l)).transpose()?;
+            let note = ask.note.clone().unwrap_or_default();
+            let mut event = Event::new(Kind::Reserved, machine);
+            if until.is_some() || !note.is_empty() {
+                let lease = Lease {
+                    user: user.to_string(),
+                    expires: until,
+                    note,
+                };
+                event = event.detail(lease_detail(&lease));
+                lab.set_lease(machine, Some(lease))?;
+            }
+            lab.record(event);
+            Ok(Reserved::New {
+                user: user.to_string(),
+                until,
+            })
+        }
+    }
+}
+
+/// `extend`: moves the end of this user's reservation of `machine` to
+/// `length` from now (as `reserve --for` sets it), within the lab's
+/// longest reservation; another user's, or none, is refused. Returns the
+/// new end.
+pub fn extend(store: &Store, machine: &str, length: Duration) -> Result<i64> {
     let user = os::user_name();
     store.update(|lab| {
-        let mut m = lab.get_mut(machine)?;
-        match m.view().reservation() {
-            Some(holder) if holder != user => Err(Error::Invalid(format!(
-                "{machine} is reserved by {holder} already"
+        policy::lease_length(lab, Some(length))?;
+        let held = lab.get(machine)?;
+        match held.reservation() {
+            None => Err(Error::Invalid(format!(
+                "{machine} is not reserved; `mama reserve {machine} --for DURATION` reserves it"
             ))),
-            Some(_) => Ok(()),
-            None => {
-                m.set(Field::Reservation, &user)?;
-                lab.record(Event::new(Kind::Reserved, machine));
-                Ok(())
+            Some(holder) if holder != user => Err(Error::Invalid(format!(
+                "{machine} is reserved by {holder}, not by you ({user}); only its holder \
+                 extends a reservation"
+            ))),
+            Some(_) => {
+                let ask = Ask {
+                    length: Some(length),
+                    note: None,
+                };
+                let reserved = reserve_in(lab, machine, &user, &ask, SystemTime::now())?;
+                reserved.until().ok_or_else(|| {
+                    Error::Invalid(format!("internal error: {machine} was extended to no end"))
+                })
             }
         }
-    })?;
-    Ok(user)
+    })
+}
+
+/// An event's detail for a lease: its end, and the note.
+fn lease_detail(lease: &Lease) -> String {
+    let mut parts = Vec::new();
+    if let Some(end) = lease.expires {
+        parts.push(format!("until {}", crate::text::local_time(end)));
+    }
+    if !lease.note.is_empty() {
+        parts.push(format!("note: {}", lease.note));
+    }
+    parts.join("; ")
 }
 
 /// `release`: gives up this user's reservation of `machine`; another

@@ -3,13 +3,16 @@
 //! [`claim`] (the waiting loop and the claim, over its busy rules, queues
 //! and release), [`stale`] (is a
 //! job stale, and why), [`supervise`] (the job's process, signals,
-//! timeout), [`manual`] (what people do by hand: clear, reserve, release),
-//! [`devices`] (the lab's power devices: defined, listed, removed).
+//! timeout), [`manual`] (what people do by hand: clear, reserve, extend,
+//! release), [`policy`] (the lab's settings, how long a reservation
+//! lasts), [`devices`] (the lab's power devices: defined, listed,
+//! removed).
 //! Processes, users and this host are the ground floor's [`crate::os`].
 
 pub mod claim;
 pub mod devices;
 pub mod manual;
+pub mod policy;
 pub mod power;
 pub mod service;
 pub mod stale;

@@ -54,6 +54,15 @@ pub enum Kind {
     /// `check` ran the machine's health command (the detail: pass or
     /// fail, and its last line of output).
     Checked,
+    /// A lab setting changed (`setting`, `import`); the event's machine is
+    /// the setting's name, its detail `NAME=VALUE`.
+    SettingChanged,
+    /// A reservation's lease ran out: the first transaction after its end
+    /// cleared the reservation (the detail: whose, and when it ended).
+    Expired,
+    /// The holder moved a reservation's end (`extend`; the detail: the new
+    /// end).
+    Extended,
 }
 
 impl Kind {
@@ -78,6 +87,9 @@ impl Kind {
             Kind::Offline => "offline",
             Kind::Online => "online",
             Kind::Checked => "checked",
+            Kind::SettingChanged => "setting_changed",
+            Kind::Expired => "expired",
+            Kind::Extended => "extended",
         }
     }
 }

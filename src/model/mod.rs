@@ -14,17 +14,21 @@
 pub mod device;
 pub mod event;
 pub mod field;
+pub mod lease;
 pub mod offline;
 pub mod queue;
 pub mod setting;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::error::Error;
 use crate::os::Origin;
 use device::{BrokenDevice, Device, Use};
-use event::Event;
+use event::{Event, Kind};
 use field::{Field, check_value};
+use lease::Lease;
 use setting::Setting;
 
 /// The job recorded on a machine, as written (unparsable numbers read as
@@ -61,6 +65,16 @@ pub struct Machine {
     /// that holds elements of its own), a bit each by [`Field::index`];
     /// mama will not overwrite them.
     structured: u64,
+    /// The lease of its reservation, where it has one that counts (see
+    /// [`Lab::with_leases`]).
+    lease: Option<Box<Leased>>,
+}
+
+/// A machine's lease, and whether it was over when last judged.
+#[derive(Debug, Clone)]
+struct Leased {
+    lease: Lease,
+    over: bool,
 }
 
 /// Where a field's text is, in eight bytes (a lab of ten thousand machines
@@ -94,6 +108,7 @@ impl Default for Machine {
             fields: [Slot::ABSENT; Field::ALL.len()],
             owned: Vec::new(),
             structured: 0,
+            lease: None,
         }
     }
 }
@@ -263,9 +278,19 @@ impl Machine {
         field::is_on(self.get(Field::OnlyVm))
     }
 
-    /// The user holding a reservation, if any.
+    /// The user holding a reservation, if any: none once the
+    /// reservation's lease is over (every reader judges it ended; the
+    /// next transaction clears it: see [`Lab::end_leases`]).
     pub fn reservation(&self) -> Option<String> {
+        if self.lease.as_ref().is_some_and(|l| l.over) {
+            return None;
+        }
         non_empty(self.get(Field::Reservation))
+    }
+
+    /// The lease of the machine's reservation, while it lasts.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref().filter(|l| !l.over).map(|l| &l.lease)
     }
 
     pub fn resources(&self) -> Vec<String> {
@@ -343,14 +368,29 @@ pub enum Change {
     ReplaceDevices(Vec<String>),
     /// A lab setting now holds this value (empty: it is removed).
     SetSetting(Setting, String),
+    /// The lab's settings, every one, were replaced by this element of the
+    /// upstream format (`import`: unknown children kept), or removed.
+    ReplaceSettings(Option<String>),
+    /// The machine's reservation has this lease now, and no other; `None`:
+    /// none (the machine may be gone).
+    SetLease {
+        machine: String,
+        lease: Option<Lease>,
+    },
 }
 
 impl Change {
-    /// Whether this change is to the lab's devices, not to a machine.
-    pub fn is_device(&self) -> bool {
+    /// Whether this change is to the document around the machines (the
+    /// lab's devices, settings and leases), not to a machine.
+    pub fn is_document(&self) -> bool {
         matches!(
             self,
-            Change::AddDevice(_) | Change::RemoveDevice(_) | Change::ReplaceDevices(_)
+            Change::AddDevice(_)
+                | Change::RemoveDevice(_)
+                | Change::ReplaceDevices(_)
+                | Change::SetSetting(..)
+                | Change::ReplaceSettings(_)
+                | Change::SetLease { .. }
         )
     }
 }
@@ -386,10 +426,24 @@ impl MachineMut<'_> {
         let machine = self.machine.name().to_string();
         self.machine.put(field, Some(value.to_string()));
         self.changes.push(Change::Set {
-            machine,
+            machine: machine.clone(),
             field,
             value: value.to_string(),
         });
+        // A lease belongs to its user's reservation, and ends with it.
+        if field == Field::Reservation
+            && self
+                .machine
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.lease.user != value.trim())
+        {
+            self.machine.lease = None;
+            self.changes.push(Change::SetLease {
+                machine,
+                lease: None,
+            });
+        }
         Ok(())
     }
 
@@ -506,6 +560,13 @@ pub struct Lab {
     broken: Vec<BrokenDevice>,
     /// The lab's settings that have a value.
     settings: Vec<(Setting, String)>,
+    /// The machines that have a lease (some may have lost it since).
+    leased: Vec<String>,
+    /// The machines named by leases that do not count (their reservation
+    /// is another's or none, the machine is gone, a second lease): those
+    /// leases are removed by the next transaction (see
+    /// [`Lab::end_leases`]).
+    stale_leases: Vec<String>,
     changes: Vec<Change>,
     /// Events of this transaction, committed with it.
     events: Vec<Event>,
@@ -535,6 +596,143 @@ impl Lab {
     /// The settings that have a value.
     pub fn settings(&self) -> &[(Setting, String)] {
         &self.settings
+    }
+
+    /// Replaces every setting with `settings`, read from `element` (the
+    /// `<lab_settings>` element of the upstream format, whole; `None`: the
+    /// lab has none), for `import`. Returns the settings whose value
+    /// changed, with their new values (empty: unset).
+    pub fn replace_settings(
+        &mut self,
+        settings: Vec<(Setting, String)>,
+        element: Option<String>,
+    ) -> Vec<(Setting, String)> {
+        let value = |list: &[(Setting, String)], s: Setting| {
+            list.iter()
+                .find(|(x, _)| *x == s)
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let changed = Setting::ALL
+            .into_iter()
+            .filter(|&s| value(&self.settings, s) != value(&settings, s))
+            .map(|s| (s, value(&settings, s)))
+            .collect();
+        self.settings = settings;
+        self.changes.push(Change::ReplaceSettings(element));
+        changed
+    }
+
+    /// The lab with these leases (as read: each with the machine it
+    /// names). A lease counts where its machine's reservation is its
+    /// user's (the first lease of a machine, if several); it is judged
+    /// over or not now. The others are removed by the next transaction.
+    pub fn with_leases(mut self, leases: Vec<(String, Lease)>) -> Lab {
+        if leases.is_empty() {
+            return self;
+        }
+        let now = SystemTime::now();
+        let at: HashMap<&str, usize> = self
+            .machines
+            .iter()
+            .enumerate()
+            .map(|(at, m)| (m.name(), at))
+            .rev()
+            .collect();
+        let mut found: Vec<(usize, String, Lease)> = Vec::new();
+        for (name, lease) in leases {
+            let counts = at.get(name.as_str()).copied().filter(|&i| {
+                let machine = &self.machines[i];
+                !found.iter().any(|(j, ..)| *j == i)
+                    && !lease.user.trim().is_empty()
+                    && non_empty(machine.get(Field::Reservation)).as_deref()
+                        == Some(lease.user.as_str())
+            });
+            match counts {
+                Some(i) => found.push((i, name, lease)),
+                None if !self.stale_leases.contains(&name) => self.stale_leases.push(name),
+                None => {}
+            }
+        }
+        for (i, name, lease) in found {
+            let over = lease.is_over(now);
+            self.machines[i].lease = Some(Box::new(Leased { lease, over }));
+            self.leased.push(name);
+        }
+        self
+    }
+
+    /// Gives `machine`'s reservation this lease (its user must hold the
+    /// reservation), or none.
+    pub fn set_lease(&mut self, machine: &str, lease: Option<Lease>) -> Result<(), Error> {
+        let Some(at) = self.machines.iter().position(|m| m.name() == machine) else {
+            return Err(self.unknown(machine));
+        };
+        let held = &mut self.machines[at];
+        if let Some(lease) = &lease
+            && non_empty(held.get(Field::Reservation)).as_deref() != Some(lease.user.as_str())
+        {
+            return Err(Error::Invalid(format!(
+                "internal error: a lease of {machine} for {}, who does not hold its reservation",
+                lease.user
+            )));
+        }
+        if held.lease.is_none() && lease.is_none() {
+            return Ok(());
+        }
+        held.lease = lease
+            .clone()
+            .map(|lease| Box::new(Leased { lease, over: false }));
+        if lease.is_some() && !self.leased.iter().any(|n| n == machine) {
+            self.leased.push(machine.to_string());
+        }
+        self.stale_leases.retain(|n| n != machine);
+        self.changes.push(Change::SetLease {
+            machine: machine.to_string(),
+            lease,
+        });
+        Ok(())
+    }
+
+    /// Ends, as of `now`, every reservation whose lease is over: the
+    /// reservation and its lease are cleared, and an `expired` event
+    /// recorded; the leases that do not count are removed. Every
+    /// transaction does this first, so what it judges and what it writes
+    /// agree: a lease that ends while it runs ends in the next one.
+    pub fn end_leases(&mut self, now: SystemTime) -> Result<(), Error> {
+        for name in std::mem::take(&mut self.leased) {
+            let Some(machine) = self.machines.iter_mut().find(|m| m.name() == name) else {
+                continue;
+            };
+            let Some(held) = machine.lease.as_mut() else {
+                continue;
+            };
+            if !held.lease.is_over(now) {
+                held.over = false;
+                self.leased.push(name);
+                continue;
+            }
+            let lease = held.lease.clone();
+            // The reservation's end takes the lease with it.
+            self.get_mut(&name)?.set(Field::Reservation, "")?;
+            let mut detail = format!(
+                "the reservation of {} ended at {}",
+                lease.user,
+                crate::text::local_time(lease.expires.unwrap_or_default())
+            );
+            if !lease.note.is_empty() {
+                detail.push_str(&format!(" ({})", lease.note));
+            }
+            self.record(Event::new(Kind::Expired, &name).detail(detail));
+        }
+        for name in std::mem::take(&mut self.stale_leases) {
+            let lease = self.machine(&name).and_then(|m| m.lease.clone());
+            self.changes.push(Change::SetLease {
+                machine: name,
+                lease: lease.map(|l| l.lease),
+            });
+        }
+        Ok(())
     }
 
     /// Sets a setting (checked and normalised: see
@@ -792,8 +990,14 @@ impl Lab {
             .iter()
             .position(|m| m.field(Field::Name) == Some(name))
             .ok_or_else(|| self.unknown(name))?;
-        self.machines.remove(at);
+        let gone = self.machines.remove(at);
         self.changes.push(Change::Remove(name.to_string()));
+        if gone.lease.is_some() {
+            self.changes.push(Change::SetLease {
+                machine: name.to_string(),
+                lease: None,
+            });
+        }
         Ok(())
     }
 }

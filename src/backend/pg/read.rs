@@ -93,24 +93,25 @@ impl PgStore {
             .map_err(|e| self.corrupt(e))
     }
 
-    /// The lab of the machines `doc` holds, with the power devices of
-    /// `document` (the document around the machines, where it has any).
+    /// The lab of the machines `doc` holds, with the power devices,
+    /// settings and leases of `document` (the document around the
+    /// machines, where it has any).
     pub(super) fn model(&self, doc: &XmlLab, document: Option<&str>) -> Result<Lab> {
         let lab = doc.model();
         let Some(document) = document else {
             return Ok(lab);
         };
-        let (devices, broken) = XmlLab::parse(document)
+        Ok(XmlLab::parse(document)
             .map_err(|e| self.corrupt(e))?
-            .devices();
-        Ok(lab.with_devices(devices).with_broken_devices(broken))
+            .with_policy(lab))
     }
 
     /// The machines, and one look at their job locks, in one round trip:
     /// which locks are held, which claims were written before the server
     /// last started (within the host timeout after it), whether this role
     /// may write the lab, and the document around the machines where it
-    /// holds a power device (a lab without devices fetches nothing more).
+    /// holds a power device, the lab's settings or a lease (a lab without
+    /// them fetches nothing more).
     pub(super) fn snapshot(
         &self,
         client: &mut impl GenericClient,
@@ -127,7 +128,8 @@ impl PgStore {
                AND has_table_privilege('mama_event', 'INSERT');
              SELECT now() < pg_postmaster_start_time() + make_interval(secs => {1}), \
                pg_postmaster_start_time()::text;
-             SELECT document FROM mama_lab WHERE strpos(document, '<device') > 0;",
+             SELECT document FROM mama_lab WHERE strpos(document, '<device') > 0 \
+               OR strpos(document, '<lab_settings') > 0 OR strpos(document, '<lease') > 0;",
             schema::machines_query(version),
             self.host_timeout.as_secs()
         );

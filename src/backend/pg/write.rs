@@ -135,19 +135,19 @@ impl PgStore {
 
     /// Replays `changes` onto the machines' elements and stores each
     /// changed machine once: deleted, updated or inserted; the changes to
-    /// the lab's devices are replayed onto the document around the
-    /// machines, which is stored anew.
+    /// the lab's devices, settings and leases are replayed onto the
+    /// document around the machines, which is stored anew.
     pub(super) fn store_changes(
         &self,
         tx: &mut postgres::Transaction<'_>,
         doc: &mut XmlLab,
         changes: &[Change],
     ) -> Result<()> {
-        for change in changes.iter().filter(|c| !c.is_device()) {
+        for change in changes.iter().filter(|c| !c.is_document()) {
             doc.apply(std::slice::from_ref(change))?;
         }
-        if changes.iter().any(Change::is_device) {
-            self.store_devices(tx, changes)?;
+        if changes.iter().any(Change::is_document) {
+            self.store_document(tx, changes)?;
         }
         let mut deleted: Vec<&str> = Vec::new();
         let mut updated: Vec<&str> = Vec::new();
@@ -169,7 +169,9 @@ impl PgStore {
                 Change::AddDevice(_)
                 | Change::RemoveDevice(_)
                 | Change::ReplaceDevices(_)
-                | Change::SetSetting(..) => {}
+                | Change::SetSetting(..)
+                | Change::ReplaceSettings(_)
+                | Change::SetLease { .. } => {}
                 Change::Remove(name) => match inserted.iter().position(|n| n == name) {
                     Some(at) => {
                         inserted.remove(at);
@@ -234,16 +236,17 @@ impl PgStore {
         Ok(())
     }
 
-    /// Replays the changes to the lab's devices onto the document around
-    /// the machines, as this transaction has it (an `import` may have put
-    /// the file's there), and stores it, proven to read back; a lab
-    /// without one gets upstream's empty document with its devices.
-    fn store_devices(&self, tx: &mut postgres::Transaction<'_>, changes: &[Change]) -> Result<()> {
+    /// Replays the changes to the lab's devices, settings and leases onto
+    /// the document around the machines, as this transaction has it (an
+    /// `import` may have put the file's there), and stores it, proven to
+    /// read back; a lab without one gets upstream's empty document with
+    /// them.
+    fn store_document(&self, tx: &mut postgres::Transaction<'_>, changes: &[Change]) -> Result<()> {
         let mut outer = match self.document(tx)? {
             Some(text) if !text.is_empty() => XmlLab::parse(&text).map_err(|e| self.corrupt(e))?,
             _ => XmlLab::empty(),
         };
-        for change in changes.iter().filter(|c| c.is_device()) {
+        for change in changes.iter().filter(|c| c.is_document()) {
             outer.apply(std::slice::from_ref(change))?;
         }
         // Never store what could not be read back.

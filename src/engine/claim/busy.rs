@@ -79,6 +79,8 @@ pub enum Busy {
     Reserved {
         machine: String,
         by: String,
+        /// When its lease ends it (Unix seconds); `None`: when released.
+        until: Option<i64>,
     },
     Started {
         machine: String,
@@ -155,10 +157,13 @@ impl Busy {
                 }
                 text
             }
-            Busy::Reserved { machine, by } => format!(
-                "{} is reserved by {}",
+            Busy::Reserved { machine, by, until } => format!(
+                "{} is reserved by {}{}",
                 subject(machine),
-                render::printable(by)
+                render::printable(by),
+                until
+                    .map(|t| format!(" until {}", render::local_time(t)))
+                    .unwrap_or_default()
             ),
             Busy::Started { machine, by: None } => format!(
                 "{} was started by hand (is_started is set)",
@@ -249,6 +254,7 @@ pub(super) fn holds<'m, P: ProcessTable>(
         machine.reservation().map(|by| Busy::Reserved {
             machine: machine.name().to_string(),
             by,
+            until: machine.lease().and_then(|l| l.expires),
         })
     });
     // A start that belongs to the machine's job lives and dies with it:

@@ -17,13 +17,15 @@
 //! run lives, however the inner one ends.
 
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::{JobLock, PlaceLock, Store};
+use crate::engine::manual::{self, Ask};
 use crate::engine::stale::{Judge, StaleReason, Verdict};
 use crate::error::{Error, Result};
 use crate::model::event::{Event, Kind};
 use crate::model::field::{self, Field};
+use crate::model::lease;
 use crate::model::queue::Waiter;
 use crate::model::{JobRecord, Lab, Machine};
 use crate::os::{self, Processes};
@@ -107,6 +109,10 @@ pub enum Intent {
     Check,
     /// Only wait until it is free.
     Wait,
+    /// Reserve it for the caller's user, as `reserve` does with `ask`, in
+    /// the transaction that finds it free and the caller's turn come
+    /// (`wait --then-reserve`): nobody slips in between.
+    Reserve { ask: Ask },
 }
 
 impl Intent {
@@ -115,7 +121,7 @@ impl Intent {
         match self {
             Intent::Run { label } => Some(label),
             Intent::Check => Some(CHECK_LABEL),
-            Intent::Wait => None,
+            Intent::Wait | Intent::Reserve { .. } => None,
         }
     }
 
@@ -286,6 +292,9 @@ struct Wait {
     ahead: usize,
     /// What to sleep on until the next look.
     sleep: Sleep,
+    /// The earliest end of a lease that keeps a candidate from the caller
+    /// (Unix seconds): the waiter looks again then, whatever it sleeps on.
+    until: Option<i64>,
 }
 
 /// What a waiter sleeps on.
@@ -407,7 +416,16 @@ pub fn acquire(
             }
         }
         notice.tell(&wait, intent, now);
+        // A lease that ends before the next look ends the wait then: the
+        // waiter looks again at its end, whatever it sleeps on.
+        let lease_left = wait.until.map(|end| {
+            lease::instant(end)
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(1))
+        });
         let nap = deadline.map_or(patience.poll, |d| patience.poll.min(d - now));
+        let nap = lease_left.map_or(nap, |left| nap.min(left));
         // Sleeping on a lock, nothing but its release can let the waiter
         // on: it looks again only then (on a terminal, every poll interval
         // too, to redraw its line).
@@ -420,6 +438,7 @@ pub fn acquire(
             LOCK_NAP
         };
         let lock_nap = deadline.map_or(longest, |d| longest.min(d - now));
+        let lock_nap = lease_left.map_or(lock_nap, |left| lock_nap.min(left));
         let slept = match read_only {
             true => {
                 std::thread::sleep(nap);
@@ -469,6 +488,7 @@ impl Notice<'_> {
                 let doing = match intent {
                     Intent::Run { .. } | Intent::Check => "waiting to claim it",
                     Intent::Wait => "waiting until it is free",
+                    Intent::Reserve { .. } => "waiting to reserve it",
                 };
                 say!(
                     "mama: {} is busy: {}; {doing}{}",
@@ -599,12 +619,14 @@ fn judge_read_only(
     let lab = store.read()?.lab;
     let candidates = wanted.in_service(&lab, intent)?;
     let mut first = None;
+    let mut until = None;
     for target in &candidates {
         let reason = match busy(&lab, target, caller, judge)? {
             Some(busy) => Some(busy),
             None if store.held(target) => Some(Busy::Locked),
             None => return Ok(Attempt::Free(target.clone())),
         };
+        until = earlier(until, reason.as_ref());
         first.get_or_insert((target.clone(), reason));
     }
     let (target, busy) = first.unwrap_or_default();
@@ -614,7 +636,19 @@ fn judge_read_only(
         busy,
         ahead: 0,
         sleep: Sleep::Poll,
+        until,
     }))
+}
+
+/// The earlier of `until` and the end of the lease behind `reason`, where
+/// a reservation with a lease is what keeps a machine busy.
+fn earlier(until: Option<i64>, reason: Option<&Busy>) -> Option<i64> {
+    match reason {
+        Some(Busy::Reserved {
+            until: Some(end), ..
+        }) => Some(until.map_or(*end, |u| u.min(*end))),
+        _ => until,
+    }
 }
 
 /// One locked look at the lab: sweep stale jobs and departed waiters, then
@@ -650,8 +684,10 @@ fn attempt(
             .map(|w| w.ticket)
     });
     let mut first: Option<Wait> = None;
+    let mut until = None;
     for target in &candidates {
         let reason = busy(lab, target, caller, judge)?;
+        until = earlier(until, reason.as_ref());
         // Free for the caller because it holds the machine already (a run
         // nested in its own job, a reservation of its own): no waiter can
         // have it before the caller lets go, so none is ahead.
@@ -704,6 +740,7 @@ fn attempt(
             busy: reason,
             ahead: ahead.len(),
             sleep,
+            until: None,
         });
     }
     if let Some(token) = token {
@@ -725,6 +762,7 @@ fn attempt(
     }
     let mut wait = first.ok_or_else(|| Error::NoMatch(wanted.describe()))?;
     wait.several = candidates.len() > 1;
+    wait.until = until;
     if candidates.len() > 1 && matches!(wait.sleep, Sleep::Place(_)) {
         // Waiting for several machines: a place ahead on one says nothing
         // of the others.
@@ -754,6 +792,7 @@ fn claim_or_free(
             busy: Some(busy),
             ahead: 0,
             sleep,
+            until: None,
         }))
     };
     let machine = lab.get(target)?;
@@ -787,8 +826,17 @@ fn claim_or_free(
             None => return busy(Busy::Locked),
         }
     };
-    let Some(label) = intent.label() else {
-        return Ok(Attempt::Free(target.to_string()));
+    let label = match intent {
+        Intent::Reserve { ask } => {
+            // Reserved in this very transaction: no claim or reservation
+            // of anyone else's can come between.
+            manual::reserve_in(lab, target, &caller.user, ask, SystemTime::now())?;
+            return Ok(Attempt::Free(target.to_string()));
+        }
+        _ => match intent.label() {
+            Some(label) => label,
+            None => return Ok(Attempt::Free(target.to_string())),
+        },
     };
     let job = caller.claim(label, judge.now);
     let mac = machine.get(Field::Mac).to_string();

@@ -17,10 +17,9 @@ impl XmlLab {
             Change::AddDevice(device) => self.add_device(device),
             Change::RemoveDevice(name) => self.remove_device(name)?,
             Change::ReplaceDevices(elements) => self.replace_devices(elements)?,
-            // Stored at the document's top level (not yet).
-            Change::SetSetting(..) => {
-                return Err(Error::Invalid("lab settings cannot be stored yet".into()));
-            }
+            Change::SetSetting(setting, value) => self.set_setting(*setting, value),
+            Change::ReplaceSettings(element) => self.replace_settings(element.as_deref())?,
+            Change::SetLease { machine, lease } => self.set_lease(machine, lease.as_ref()),
             Change::Set {
                 machine,
                 field,

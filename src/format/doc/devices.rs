@@ -67,6 +67,13 @@ impl XmlLab {
         self.put_device(element);
     }
 
+    /// Puts a `<device>` element among the root's children (see
+    /// [`XmlLab::put_top`]): after the last device.
+    fn put_device(&mut self, element: Element) {
+        let last_device = self.device_places().last().copied();
+        self.put_top(element, last_device);
+    }
+
     /// Removes the first `<device>` called `name`, with the white space
     /// that leads up to it.
     pub(super) fn remove_device(&mut self, name: &str) -> Result<(), Error> {
@@ -119,14 +126,13 @@ impl XmlLab {
         Ok(())
     }
 
-    /// Puts a `<device>` element among the root's children, on a line of
-    /// its own: after the last device, else before the first machine, else
-    /// after the last element.
-    fn put_device(&mut self, element: Element) {
-        let last_device = self.device_places().last().copied();
+    /// Puts a top-level element among the root's children, on a line of
+    /// its own: after the child at `after` (the last of its kind), else
+    /// before the first machine, else after the last element.
+    pub(super) fn put_top(&mut self, element: Element, after: Option<usize>) {
         let children = &self.doc.root.children;
         let first_machine = children.iter().position(is_machine);
-        let after = match (last_device, first_machine) {
+        let after = match (after, first_machine) {
             (Some(last), _) => Some(last),
             // After the element before the first machine, if there is one.
             (None, Some(machine)) => children[..machine].iter().rposition(Node::is_element),
@@ -134,7 +140,7 @@ impl XmlLab {
         };
         match (after, first_machine) {
             (None, Some(machine)) => {
-                // The machine is the first element: the device takes its
+                // The machine is the first element: the new one takes its
                 // place, and the machine moves a line down.
                 let indent = match machine.checked_sub(1).map(|i| &children[i]) {
                     Some(Node::Text { raw, .. }) if raw.trim().is_empty() => raw.clone(),
@@ -156,19 +162,8 @@ impl XmlLab {
     }
 
     /// The `<device>` element of `device`, indented as the document
-    /// indents: its children like those of a device there, else like a
-    /// machine's fields, else one step further in than the root's children.
+    /// indents (see [`XmlLab::block_element`]).
     fn device_element(&self, device: &Device) -> Element {
-        let outer = self.top_indent();
-        let inner = self.child_indent().unwrap_or_else(|| {
-            let step = outer.rsplit('\n').next().filter(|s| !s.is_empty());
-            format!("{outer}{}", step.unwrap_or("  "))
-        });
-        let space = |text: &str| Node::Text {
-            raw: Str::new(text),
-            value: None,
-        };
-        let mut element = Element::new(DEVICE);
         let fields = [
             ("name", device.name.as_str()),
             ("driver", device.driver.name()),
@@ -177,7 +172,25 @@ impl XmlLab {
             .options()
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()));
-        for (tag, value) in fields.into_iter().chain(options) {
+        self.block_element(DEVICE, fields.into_iter().chain(options))
+    }
+
+    /// A new top-level element `tag` with a child element for each of
+    /// `fields`, indented as the document indents: its children like those
+    /// of a device there, else like a machine's fields, else one step
+    /// further in than the root's children.
+    pub(super) fn block_element<'v>(
+        &self,
+        tag: &str,
+        fields: impl IntoIterator<Item = (&'v str, &'v str)>,
+    ) -> Element {
+        let (outer, inner) = self.indents();
+        let space = |text: &str| Node::Text {
+            raw: Str::new(text),
+            value: None,
+        };
+        let mut element = Element::new(tag);
+        for (tag, value) in fields {
             element.children.push(space(&inner));
             element
                 .children
@@ -187,6 +200,17 @@ impl XmlLab {
             element.children.push(space(&outer));
         }
         element
+    }
+
+    /// The white space before a top-level element, and before its
+    /// children (see [`XmlLab::block_element`]).
+    pub(super) fn indents(&self) -> (String, String) {
+        let outer = self.top_indent();
+        let inner = self.child_indent().unwrap_or_else(|| {
+            let step = outer.rsplit('\n').next().filter(|s| !s.is_empty());
+            format!("{outer}{}", step.unwrap_or("  "))
+        });
+        (outer, inner)
     }
 
     /// The white space before the root's last child element (as

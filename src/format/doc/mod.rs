@@ -26,6 +26,7 @@ use crate::model::{Lab, Machine};
 mod apply;
 mod devices;
 mod parts;
+mod policy;
 mod top;
 
 /// The largest document mama reads (a state file, a roll-forward copy, an
@@ -37,6 +38,11 @@ const MACHINE: &str = "machine";
 /// A power device of the lab: a top-level element beside the machines
 /// (see [`devices`]).
 const DEVICE: &str = "device";
+/// The lab's settings: one top-level element, a child a setting (see
+/// [`policy`]).
+const LAB_SETTINGS: &str = "lab_settings";
+/// A reservation's lease: a top-level element each (see [`policy`]).
+const LEASE: &str = "lease";
 const ROOT: &str = "settings";
 /// mama's own top-level elements, the state file's bookkeeping (its
 /// history's newest events and their number, the mark of a folded journal:
@@ -388,8 +394,7 @@ impl XmlLab {
     /// The lab as the engine sees it: each machine with the text of every
     /// field it has, and the fields that hold elements of their own.
     pub fn model(&self) -> Lab {
-        let (devices, broken) = self.devices();
-        Lab::new(
+        self.with_policy(Lab::new(
             self.doc
                 .root
                 .children
@@ -406,16 +411,23 @@ impl XmlLab {
                     _ => None,
                 })
                 .collect(),
-        )
-        .with_devices(devices)
-        .with_broken_devices(broken)
+        ))
+    }
+
+    /// `lab` (its machines read from this document) with the document's
+    /// devices, settings and leases.
+    pub fn with_policy(&self, lab: Lab) -> Lab {
+        let (devices, broken) = self.devices();
+        lab.with_devices(devices)
+            .with_broken_devices(broken)
+            .with_settings(self.settings())
+            .with_leases(self.leases())
     }
 
     /// [`XmlLab::model`], handing over the machines read instead of copying
     /// them (a lab of ten thousand machines holds megabytes of them): for
     /// a transaction, which reads the model once.
     pub fn take_model(&mut self) -> Lab {
-        let (devices, broken) = self.devices();
         let mut machines = std::mem::take(&mut self.machines);
         // Skimmed in document order, slot after slot: then they are the
         // lab's machines as they stand, and move over whole.
@@ -438,11 +450,9 @@ impl XmlLab {
                 .count()
                 == machines.len();
         if in_order {
-            return Lab::new(machines)
-                .with_devices(devices)
-                .with_broken_devices(broken);
+            return self.with_policy(Lab::new(machines));
         }
-        Lab::new(
+        let lab = Lab::new(
             self.doc
                 .root
                 .children
@@ -456,9 +466,8 @@ impl XmlLab {
                     _ => None,
                 })
                 .collect(),
-        )
-        .with_devices(devices)
-        .with_broken_devices(broken)
+        );
+        self.with_policy(lab)
     }
 }
 

@@ -905,3 +905,161 @@ mod devices {
         assert_eq!(XmlLab::parse(&nested).unwrap().model().devices().count(), 0);
     }
 }
+
+mod policy {
+    use super::super::*;
+    use crate::model::lease::Lease;
+    use crate::model::setting::Setting;
+
+    const LAB: &str = "<?xml version=\"1.0\"?>\n<settings>\n  <site>berlin</site>\n  <machine>\n    <name>rig1</name>\n    <reservation>alice</reservation>\n  </machine>\n  <machine>\n    <name>rig2</name>\n    <reservation/>\n  </machine>\n</settings>\n";
+
+    fn changed(xml: &str, change: impl FnOnce(&mut Lab)) -> String {
+        let mut doc = XmlLab::parse(xml).unwrap();
+        let mut lab = doc.model();
+        change(&mut lab);
+        doc.apply(lab.changes()).unwrap();
+        doc.render().unwrap().concat()
+    }
+
+    fn lease(user: &str, expires: Option<i64>, note: &str) -> Lease {
+        Lease {
+            user: user.into(),
+            expires,
+            note: note.into(),
+        }
+    }
+
+    #[test]
+    fn settings_go_before_the_machines_and_go_when_emptied() {
+        let xml = changed(LAB, |lab| {
+            lab.set_setting(Setting::LongestReservation, "8h").unwrap()
+        });
+        let block = "  <lab_settings>\n    <longest_reservation>28800</longest_reservation>\n  \
+                     </lab_settings>\n";
+        assert_eq!(
+            xml,
+            LAB.replace(
+                "  <machine>\n    <name>rig1",
+                &format!("{block}  <machine>\n    <name>rig1")
+            )
+        );
+        let lab = XmlLab::parse(&xml).unwrap().model();
+        assert_eq!(lab.setting(Setting::LongestReservation), Some("28800"));
+        let xml = changed(&xml, |lab| {
+            lab.set_setting(Setting::Notify, "logger -t mama").unwrap()
+        });
+        assert!(
+            xml.contains("28800</longest_reservation>\n    <notify>logger -t mama</notify>\n  </lab_settings>"),
+            "{xml}"
+        );
+        let xml = changed(&xml, |lab| {
+            lab.set_setting(Setting::Notify, "").unwrap();
+            lab.set_setting(Setting::LongestReservation, "").unwrap();
+        });
+        assert_eq!(xml, LAB);
+    }
+
+    #[test]
+    fn unknown_children_of_the_settings_stay() {
+        let xml = LAB.replace(
+            "  <site>",
+            "  <lab_settings>\n    <colour>red</colour>\n    <notify>a</notify>\n    <notify>b</notify>\n  </lab_settings>\n  <site>",
+        );
+        let lab = XmlLab::parse(&xml).unwrap().model();
+        assert_eq!(lab.settings(), [(Setting::Notify, "a".to_string())]);
+        let after = changed(&xml, |lab| lab.set_setting(Setting::Notify, "").unwrap());
+        assert!(
+            after.contains("<lab_settings>\n    <colour>red</colour>\n  </lab_settings>"),
+            "{after}"
+        );
+    }
+
+    #[test]
+    fn a_lease_is_an_element_of_its_own_that_reads_back() {
+        let note = "bisect \"x\" & <y>\n\tz";
+        let xml = changed(LAB, |lab| {
+            lab.set_lease("rig1", Some(lease("alice", Some(9_999_999_999), note)))
+                .unwrap()
+        });
+        assert!(
+            xml.contains(
+                "  <lease machine=\"rig1\" user=\"alice\" expires=\"9999999999\" \
+                 note=\"bisect &quot;x&quot; &amp; &lt;y>&#10;&#9;z\"/>\n  <machine>"
+            ),
+            "{xml}"
+        );
+        let lab = XmlLab::parse(&xml).unwrap().model();
+        assert_eq!(
+            lab.get("rig1").unwrap().lease(),
+            Some(&lease("alice", Some(9_999_999_999), note))
+        );
+        // Ended with the reservation, in the same change.
+        let released = changed(&xml, |lab| {
+            lab.get_mut("rig1")
+                .unwrap()
+                .set(crate::model::field::Field::Reservation, "")
+                .unwrap()
+        });
+        assert!(!released.contains("<lease"), "{released}");
+    }
+
+    #[test]
+    fn a_lease_counts_only_for_its_users_reservation() {
+        let xml = LAB.replace(
+            "  <site>",
+            "  <lease machine=\"rig1\" user=\"bob\" expires=\"9999999999\" colour=\"red\"/>\n  \
+             <lease machine=\"rig2\" user=\"alice\"/>\n  <lease machine=\"gone\" user=\"x\"/>\n  \
+             <lease user=\"nobody\"/>\n  <site>",
+        );
+        let lab = XmlLab::parse(&xml).unwrap().model();
+        assert!(lab.get("rig1").unwrap().lease().is_none());
+        assert_eq!(
+            lab.get("rig1").unwrap().reservation().as_deref(),
+            Some("alice")
+        );
+        // The next transaction takes out what does not count, and only that.
+        let after = changed(&xml, |lab| {
+            lab.end_leases(std::time::SystemTime::now()).unwrap()
+        });
+        assert_eq!(
+            after,
+            LAB.replace("  <site>", "  <lease user=\"nobody\"/>\n  <site>")
+        );
+        // A lease of the holder is rewritten in place, its other
+        // attributes kept.
+        let own = xml.replace("user=\"bob\"", "user=\"alice\"");
+        let after = changed(&own, |lab| {
+            lab.set_lease("rig1", Some(lease("alice", Some(5), "")))
+                .unwrap()
+        });
+        assert!(
+            after.contains("<lease machine=\"rig1\" user=\"alice\" expires=\"5\" colour=\"red\"/>"),
+            "{after}"
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_ends_its_reservation_once() {
+        let xml = changed(LAB, |lab| {
+            lab.set_lease("rig1", Some(lease("alice", Some(1000), "n")))
+                .unwrap()
+        });
+        let mut lab = XmlLab::parse(&xml).unwrap().model();
+        // Judged over as read: every reader sees the machine free.
+        assert_eq!(lab.get("rig1").unwrap().reservation(), None);
+        assert_eq!(lab.get("rig1").unwrap().lease(), None);
+        lab.end_leases(std::time::SystemTime::now()).unwrap();
+        let events = lab.take_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, crate::model::event::Kind::Expired);
+        assert!(events[0].detail.as_deref().unwrap_or("").contains("alice"));
+        let after = changed(&xml, |lab| {
+            lab.end_leases(std::time::SystemTime::now()).unwrap()
+        });
+        assert!(
+            after.contains("<reservation/>") && !after.contains("<lease"),
+            "{after}"
+        );
+        assert!(!after.contains("alice"), "{after}");
+    }
+}

@@ -1,6 +1,6 @@
 //! Top-level elements other than machines, read and written by name, and
 //! where each stands, found in one look over the root's children (which
-//! finds every `<device>` too: see [`Places`]).
+//! finds every `<device>` and `<lease>` too: see [`Places`]).
 
 use super::*;
 use crate::format::xml::{Element, Node, Str};
@@ -84,6 +84,9 @@ impl XmlLab {
                 if element.name == DEVICE {
                     places.devices.push(at);
                 }
+                if element.name == LEASE {
+                    places.leases.push(at);
+                }
                 if !places.first.iter().any(|(name, _)| *name == element.name) {
                     places.first.push((element.name.clone(), at));
                 }
@@ -102,21 +105,35 @@ impl XmlLab {
     /// in order: from the same look as [`XmlLab::own_at`]'s, so that a lab
     /// without devices pays nothing for them.
     pub(super) fn device_places(&self) -> Vec<usize> {
+        self.places_of(DEVICE, |places| &places.devices)
+    }
+
+    /// Where every top-level `<lease>` stands, in order (as
+    /// [`XmlLab::device_places`]).
+    pub(super) fn lease_places(&self) -> Vec<usize> {
+        self.places_of(LEASE, |places| &places.leases)
+    }
+
+    /// Where every top-level element called `tag` stands, as `list` keeps
+    /// them in the places of the last look (looked for again where they
+    /// moved).
+    fn places_of(&self, tag: &str, list: impl Fn(&Places) -> &Vec<u32>) -> Vec<usize> {
         let children = &self.doc.root.children;
-        let is_device = |at: u32| matches!(children.get(at as usize), Some(Node::Element(e)) if e.name == DEVICE);
+        let is_it =
+            |at: u32| matches!(children.get(at as usize), Some(Node::Element(e)) if e.name == tag);
         let known = self
             .own
             .borrow()
             .as_ref()
-            .map(|places| places.devices.clone());
+            .map(|places| list(places).clone());
         let places = match known {
-            Some(places) if places.iter().all(|&at| is_device(at)) => places,
+            Some(places) if places.iter().all(|&at| is_it(at)) => places,
             _ => {
-                self.find_own(DEVICE);
+                self.find_own(tag);
                 self.own
                     .borrow()
                     .as_ref()
-                    .map(|places| places.devices.clone())
+                    .map(|places| list(places).clone())
                     .unwrap_or_default()
             }
         };
@@ -126,10 +143,10 @@ impl XmlLab {
             children
                 .iter()
                 .enumerate()
-                .filter(|(_, n)| matches!(n, Node::Element(e) if e.name == DEVICE))
+                .filter(|(_, n)| matches!(n, Node::Element(e) if e.name == tag))
                 .map(|(at, _)| at)
                 .collect::<Vec<_>>(),
-            "the places of <device>"
+            "the places of <{tag}>"
         );
         places
     }
@@ -142,9 +159,10 @@ impl XmlLab {
 }
 
 /// What one look over the root's children found: the first child of each
-/// name but `machine`, and every `<device>`.
+/// name but `machine`, every `<device>` and every `<lease>`.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Places {
     first: Vec<(Str, u32)>,
     devices: Vec<u32>,
+    leases: Vec<u32>,
 }

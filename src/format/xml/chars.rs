@@ -136,3 +136,24 @@ pub fn escape_text(value: &str) -> Cow<'_, str> {
     }
     Cow::Owned(out)
 }
+
+/// `value` escaped for an attribute value in either quotes, so that it
+/// reads back exactly: `&`, `<` and both quotes as references, and tab,
+/// line feed and carriage return as character references (XML reads them
+/// raw as spaces).
+pub fn escape_attribute(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::fmt::Write as _;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -352,6 +353,60 @@ impl Element {
             at -= 1;
         }
         at
+    }
+
+    /// The value of the attribute `name` as XML reads it (references
+    /// resolved, white space normalised); `None` where the element has no
+    /// such attribute.
+    pub fn attribute(&self, name: &str) -> Option<String> {
+        self.attribute_list()
+            .into_iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, raw)| {
+                let attribute = quick_xml::events::attributes::Attribute {
+                    key: quick_xml::name::QName(name),
+                    value: Cow::Borrowed(raw.as_str()),
+                };
+                attribute
+                    .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .ok()
+                    .map(Cow::into_owned)
+            })
+    }
+
+    /// Sets the attribute `name` to `value` (escaped so that it reads back
+    /// exactly), where the element has it, else after the others; `None`
+    /// removes it. The other attributes stay, in their order, with their
+    /// values as written.
+    pub fn set_attribute(&mut self, name: &str, value: Option<&str>) {
+        let mut list = self.attribute_list();
+        let escaped = value.map(escape_attribute);
+        match (list.iter_mut().find(|(key, _)| key == name), escaped) {
+            (Some(slot), Some(escaped)) => slot.1 = escaped,
+            (Some(_), None) => list.retain(|(key, _)| key != name),
+            (None, Some(escaped)) => list.push((name.to_string(), escaped)),
+            (None, None) => return,
+        }
+        let mut text = String::new();
+        for (key, raw) in list {
+            let quote = if raw.contains('"') { '\'' } else { '"' };
+            let _ = write!(text, " {key}={quote}{raw}{quote}");
+        }
+        self.attributes = Str::new(&text);
+    }
+
+    /// Each attribute's name and value as written (between its quotes).
+    fn attribute_list(&self) -> Vec<(String, String)> {
+        if self.attributes.trim().is_empty() {
+            return Vec::new();
+        }
+        let content = format!("{}{}", self.name, &*self.attributes);
+        let tag = quick_xml::events::BytesStart::from_content(content.as_str(), self.name.len());
+        tag.attributes()
+            .with_checks(false)
+            .filter_map(Result::ok)
+            .map(|a| (a.key.as_ref().to_string(), a.value.into_owned()))
+            .collect()
     }
 
     /// The element as text, as it would stand in its document.
