@@ -134,7 +134,13 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
     use cli::commands as c;
     match command {
         Command::List { names: true, .. } => c::names(store)?,
-        Command::List { json, no_probe, .. } => c::list(store, settings, json, !no_probe)?,
+        Command::List {
+            json,
+            no_probe,
+            mine,
+            ..
+        } => c::list(store, settings, json, !no_probe, mine)?,
+        Command::Who { json } => c::who(store, settings, json)?,
         Command::Info {
             machine,
             json,

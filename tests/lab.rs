@@ -1621,3 +1621,61 @@ fn an_unknown_machine_gets_the_nearest_name_suggested() {
     env.run(["info", "zzz"])
         .fails_saying(1, "unknown machine 'zzz' (see `mama list`)");
 }
+
+#[test]
+fn who_tells_who_holds_what_and_list_mine_shows_ones_own() {
+    let env = TestEnv::new();
+    let me = user_name();
+    let now = unix_now();
+    let live = std::process::id().to_string();
+    env.write_state(&lab_xml(&[
+        machine_xml(
+            "rig1",
+            1,
+            &[
+                ("job", "nightly"),
+                ("job_pid", &live),
+                ("job_timestamp", &now.to_string()),
+                ("job_user", "carol"),
+            ],
+        ),
+        machine_xml("rig2", 2, &[("reservation", &me)]),
+        machine_xml("rig3", 3, &[("is_started", "1"), ("started_by", "dave")]),
+        machine_xml("rig4", 4, &[]),
+        machine_xml("rig5", 5, &[("reservation", "erin")]),
+    ]));
+    env.run(["reserve", "rig2", "--for", "2h"]).ok();
+    let who = env.run(["who"]);
+    let lines: Vec<&str> = who.ok().lines().collect();
+    assert!(lines[0].starts_with("MACHINE"), "{lines:?}");
+    assert_eq!(lines.len(), 5, "a header and four holds: {lines:?}");
+    assert!(
+        lines[1].contains("rig1")
+            && lines[1].contains("job 'nightly'")
+            && lines[1].contains("carol")
+    );
+    assert!(lines[2].contains("rig2") && lines[2].contains("reserved") && lines[2].contains(&me));
+    assert!(
+        !lines[2].trim_end().ends_with('-'),
+        "the lease's end: {}",
+        lines[2]
+    );
+    assert!(lines[3].contains("rig3") && lines[3].contains("started") && lines[3].contains("dave"));
+    assert!(lines[4].contains("rig5") && lines[4].contains("erin"));
+    let json = env.run(["who", "--json"]).json();
+    assert_eq!(json[1]["held"], "reserved", "{json}");
+    assert!(
+        json[1]["until"].as_i64().is_some_and(|t| t > now + 7000),
+        "{json}"
+    );
+    assert_eq!(json[0]["since"], now, "{json}");
+
+    let mine = env.run(["list", "--mine", "--json"]).json();
+    let names: Vec<&str> = mine
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|m| m["name"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["rig2"]);
+}

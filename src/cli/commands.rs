@@ -106,7 +106,36 @@ fn stdout_is_terminal() -> bool {
 /// How long `list` and `info` wait for machines and outlets to answer.
 const PROBE_DEADLINE: Duration = Duration::from_millis(300);
 
-pub fn list(store: &Store, settings: &Settings, json: bool, probe: bool) -> Result<()> {
+pub fn list(store: &Store, settings: &Settings, json: bool, probe: bool, mine: bool) -> Result<()> {
+    let mut views = views(store, settings, probe)?;
+    if mine {
+        let me = os::user_name();
+        views.retain(|v| v.held_by(&me));
+    }
+    if json {
+        print_json(&views)
+    } else {
+        out(&format!(
+            "{}\n",
+            render::table(&views, style::enabled(Stream::Stdout))
+        ))
+    }
+}
+
+/// `mama who`: what is held, by whom, since and until when.
+pub fn who(store: &Store, settings: &Settings, json: bool) -> Result<()> {
+    let views = views(store, settings, false)?;
+    let holds: Vec<render::HoldView> = views.iter().flat_map(render::HoldView::of).collect();
+    if json {
+        print_json(&holds)
+    } else {
+        out(&render::holds(&holds, os::now()))
+    }
+}
+
+/// Every machine of the lab as `list` shows it; with `probe`, asked
+/// whether it answers and what its outlet says.
+fn views(store: &Store, settings: &Settings, probe: bool) -> Result<Vec<MachineView>> {
     let lab = read(store)?;
     // Asked first, and answered while the jobs are judged.
     let trusted = || trust::check(store, "").is_ok();
@@ -163,14 +192,7 @@ pub fn list(store: &Store, settings: &Settings, json: bool, probe: bool) -> Resu
             view.see(&seen);
         }
     }
-    if json {
-        print_json(&views)
-    } else {
-        out(&format!(
-            "{}\n",
-            render::table(&views, style::enabled(Stream::Stdout))
-        ))
-    }
+    Ok(views)
 }
 
 /// `list --names`: the machine names, one a line, for shell completion.

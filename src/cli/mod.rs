@@ -58,6 +58,15 @@ pub enum Command {
         /// Do not ask the machines whether they answer, nor their outlets whether they are on
         #[arg(long)]
         no_probe: bool,
+        /// Only the machines you hold: your jobs, reservations and starts
+        #[arg(long)]
+        mine: bool,
+    },
+    /// Who holds what: every live job, reservation and start, by whom, since and until when
+    Who {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
     },
     /// Show all fields of a machine, and its job
     Info {

@@ -628,6 +628,14 @@ impl MachineView {
     }
 
     /// Whether a job is recorded on the machine.
+    /// Whether `user` holds the machine: its live job, its reservation or
+    /// its start by mama is theirs.
+    pub fn held_by(&self, user: &str) -> bool {
+        (self.has_job() && !self.stale && self.job_user.as_deref() == Some(user))
+            || self.reservation.as_deref() == Some(user)
+            || (self.is_started && self.started_by.as_deref() == Some(user))
+    }
+
     fn has_job(&self) -> bool {
         self.job.is_some() || self.job_pid.is_some()
     }
@@ -827,6 +835,96 @@ pub fn events_in_columns(
     for row in header_row.into_iter().chain(&rows) {
         let mut line = String::from(indent);
         for (cell, width) in row.iter().zip(widths.iter()) {
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One hold on a machine, as `who` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldView {
+    pub machine: String,
+    /// `job`, `reserved` or `started`.
+    pub held: &'static str,
+    /// Who holds it (`null` where the record does not say).
+    pub user: Option<String>,
+    /// The job's label, for a job.
+    pub job: Option<String>,
+    /// Since when (Unix seconds), where known.
+    pub since: Option<i64>,
+    /// Until when (Unix seconds): a reservation's lease end.
+    pub until: Option<i64>,
+}
+
+impl HoldView {
+    /// What holds `view`'s machine by its own fields: its live job, its
+    /// reservation, its start by mama.
+    pub fn of(view: &MachineView) -> Vec<HoldView> {
+        let hold = |held, user: Option<String>| HoldView {
+            machine: view.name.clone(),
+            held,
+            user,
+            job: None,
+            since: None,
+            until: None,
+        };
+        let mut holds = Vec::new();
+        if view.has_job() && !view.stale {
+            holds.push(HoldView {
+                job: view.job.clone(),
+                since: view.job_timestamp,
+                ..hold("job", view.job_user.clone())
+            });
+        }
+        if let Some(by) = &view.reservation {
+            holds.push(HoldView {
+                until: view.reservation_expires,
+                ..hold("reserved", Some(by.clone()))
+            });
+        }
+        if view.is_started && !view.started_for_job {
+            holds.push(HoldView {
+                since: view.last_start,
+                ..hold("started", view.started_by.clone())
+            });
+        }
+        holds
+    }
+}
+
+/// The `who` table: one hold a line, in aligned columns.
+pub fn holds(holds: &[HoldView], now: i64) -> String {
+    let rows: Vec<[String; 5]> = holds
+        .iter()
+        .map(|h| {
+            let what = match &h.job {
+                Some(job) => format!("job '{job}'"),
+                None => h.held.to_string(),
+            };
+            [
+                h.machine.clone(),
+                what,
+                h.user.clone().unwrap_or_else(|| "?".into()),
+                h.since.map_or_else(|| "-".into(), |t| time_and_age(t, now)),
+                h.until.map_or_else(|| "-".into(), local_time),
+            ]
+            .map(|cell| printable(&cell).into_owned())
+        })
+        .collect();
+    let titles = ["MACHINE", "HELD", "BY", "SINCE", "UNTIL"].map(String::from);
+    let mut widths = titles.clone().map(|t| t.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&titles).chain(&rows) {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(widths) {
             line.push_str(&format!("{cell:<width$}  "));
         }
         out.push_str(line.trim_end());
