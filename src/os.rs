@@ -446,12 +446,28 @@ pub fn effective_user_id() -> u32 {
 
 /// The home folder the password database gives user `uid`.
 pub fn home_of(uid: u32) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    passwd_entry(uid, |pwd| {
+        if pwd.pw_dir.is_null() {
+            return None;
+        }
+        // SAFETY: pw_dir points into the entry's buffer, NUL-terminated,
+        // which outlives this call.
+        let dir = unsafe { CStr::from_ptr(pwd.pw_dir) };
+        Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+            dir.to_bytes(),
+        )))
+    })
+}
+
+/// What `read` takes from the password database's entry of user `uid`,
+/// while the entry's buffer lives; `None` where there is no entry.
+fn passwd_entry<T>(uid: u32, read: impl FnOnce(&libc::passwd) -> Option<T>) -> Option<T> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: passwd is plain data, filled in by getpwuid_r.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the folder is copied
-    // out before the buffer goes away.
+    // SAFETY: every pointer is valid for the call.
     let found = unsafe {
         libc::getpwuid_r(
             uid,
@@ -461,17 +477,11 @@ pub fn home_of(uid: u32) -> Option<std::path::PathBuf> {
             &mut result,
         ) == 0
             && !result.is_null()
-            && !pwd.pw_dir.is_null()
     };
     if !found {
         return None;
     }
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: pw_dir points into `buf`, NUL-terminated.
-    let dir = unsafe { CStr::from_ptr(pwd.pw_dir) };
-    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
-        dir.to_bytes(),
-    )))
+    read(&pwd)
 }
 
 /// The user who runs the process `pid`: its real user id, as
@@ -494,28 +504,13 @@ pub fn process_owner(pid: u32) -> Option<u32> {
 
 /// The name of the user `uid`, or its number where it has none.
 pub fn user_name_of(uid: u32) -> String {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: passwd is plain data, filled in by getpwuid_r.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the name is copied out
-    // before the buffer goes away.
-    let found = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        ) == 0
-            && !result.is_null()
-    };
-    if found {
-        // SAFETY: pw_name points into `buf`, NUL-terminated.
+    passwd_entry(uid, |pwd| {
+        // SAFETY: pw_name points into the entry's buffer, NUL-terminated,
+        // which outlives this call; the name is copied out.
         let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-        return name.to_string_lossy().into_owned();
-    }
-    uid.to_string()
+        Some(name.to_string_lossy().into_owned())
+    })
+    .unwrap_or_else(|| uid.to_string())
 }
 
 /// Now, in Unix seconds.

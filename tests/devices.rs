@@ -5,9 +5,6 @@
 
 use crate::common::*;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
 use serde_json::{Value, json};
 
 /// The element `device add pdu1` writes, in a lab indented by two spaces.
@@ -480,19 +477,6 @@ fn a_damaged_device_written_by_hand_is_read_as_broken_and_kept() {
     );
 }
 
-/// `php_mama.py STATE ARGS`, the stand-in for PHP mama (see tests/php.rs).
-fn php(env: &TestEnv, args: &[&str]) -> Run {
-    let stand_in = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/php_mama.py");
-    Command::new("python3")
-        .arg(stand_in)
-        .arg(&env.state)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3 runs")
-        .into()
-}
-
 #[test]
 #[cfg_attr(
     not(mama_python3),
@@ -515,9 +499,9 @@ fn php_mama_rewriting_machines_keeps_the_devices() {
 
     // PHP mama saves rig1 (at the end of the file, re-indenting the whole
     // document) and adds a machine of its own.
-    let run = php(&env, &["set", "rig1", "os", "by-php"]);
+    let run = env.php(&["set", "rig1", "os", "by-php"]);
     assert_eq!(run.code, Some(0), "{run:#?}");
-    let run = php(&env, &["new", "rig3", "aa:bb:cc:dd:ee:03"]);
+    let run = env.php(&["new", "rig3", "aa:bb:cc:dd:ee:03"]);
     assert_eq!(run.code, Some(0), "{run:#?}");
     let state = env.read_state();
     assert!(state.contains("<password>secret</password>"), "{state}");
@@ -529,7 +513,7 @@ fn php_mama_rewriting_machines_keeps_the_devices() {
     // mama goes on with the file PHP mama wrote.
     add_relay(&env);
     assert_eq!(device_names(&env), [json!("pdu1"), json!("r1")]);
-    let run = php(&env, &["set", "rig2", "os", "again"]);
+    let run = env.php(&["set", "rig2", "os", "again"]);
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(device_names(&env), [json!("pdu1"), json!("r1")]);
     assert_eq!(env.run(["list", "--names"]).ok(), "rig1\nrig3\nrig2\n");

@@ -71,15 +71,6 @@ fn local(at: i64, format: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The kinds of the events of `machine`, oldest first.
-fn kinds(env: &TestEnv, machine: &str) -> Vec<String> {
-    env.events()
-        .iter()
-        .filter(|e| e["machine"] == machine)
-        .map(|e| e["event"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 on_both_backends! {
     #![needs(mama_second_user, "acts as a second user: run as root after tests/install-tools (setpriv)")]
 
@@ -106,7 +97,7 @@ on_both_backends! {
         );
         waiter.finish(LIMIT).ok();
         assert_eq!(
-            kinds(env, "rig1"),
+            env.event_kinds("rig1"),
             ["added", "reserved", "expired", "claimed", "released"]
         );
         let expired = env
@@ -198,7 +189,7 @@ on_both_backends! {
         assert!(rig1["reservation_expires"].as_i64().is_some_and(|t| t > unix_now() + 3500));
         assert!(second.running(), "the job behind waits");
         assert!(!env.path().join("second.ran").exists());
-        let claimed_before: Vec<String> = kinds(env, "rig1");
+        let claimed_before: Vec<String> = env.event_kinds("rig1");
         let reserved_at = claimed_before
             .iter()
             .position(|k| k == "reserved")
@@ -294,7 +285,7 @@ on_both_backends! {
         assert_eq!(env.run(["get", "rig2", "reservation"]).ok(), "\n");
         assert_eq!(env.run(["list", "--json", "--no-probe"]).json()[1]["state"], "free");
         assert_eq!(held(&env.stored()), 2, "nothing was written yet");
-        assert!(!kinds(env, "rig2").contains(&"expired".to_string()));
+        assert!(!env.event_kinds("rig2").contains(&"expired".to_string()));
         // The first transaction ends it, once.
         env.run(["set", "rig3", "os", "fedora"]).ok();
         assert_eq!(before.matches("<lease ").count(), 2, "{before}");
@@ -302,7 +293,7 @@ on_both_backends! {
         assert_eq!(held(&after), 1, "{after}");
         assert_eq!(after.matches("<lease ").count(), 1, "{after}");
         env.run(["set", "rig3", "os", "debian"]).ok();
-        assert_eq!(kinds(env, "rig2"), ["added", "reserved", "expired"]);
+        assert_eq!(env.event_kinds("rig2"), ["added", "reserved", "expired"]);
         // Deleting a machine takes its lease with it.
         env.run(["delete", "rig1"]).ok();
         assert!(!env.stored().contains("<lease"), "{}", env.stored());
@@ -410,18 +401,6 @@ on_both_backends! {
     }
 }
 
-/// `php_mama.py STATE ARGS`, the stand-in for PHP mama (see tests/php.rs).
-fn php(env: &TestEnv, args: &[&str]) -> Run {
-    Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/php_mama.py"))
-        .arg(&env.state)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3 runs")
-        .into()
-}
-
 #[test]
 #[cfg_attr(
     not(mama_python3),
@@ -436,7 +415,7 @@ fn a_lease_lives_through_php_mamas_rewrites_and_ends_with_its_reservation() {
     let end = expires(&env, "rig1").expect("an end");
     // PHP mama saves rig1: rebuilt from its own fields at the end of the
     // file, the whole file indented anew.
-    php(&env, &["set", "rig1", "arch", "x86_64"]).ok();
+    env.php(&["set", "rig1", "arch", "x86_64"]).ok();
     let text = env.read_state();
     assert!(text.contains("<arch>x86_64</arch>"), "{text}");
     let rig1 = env.info("rig1");
@@ -445,7 +424,7 @@ fn a_lease_lives_through_php_mamas_rewrites_and_ends_with_its_reservation() {
     // A reservation PHP mama gives to someone else ends the lease: the
     // reservation is theirs, with no end, and the next transaction takes
     // the lease out.
-    php(&env, &["set", "rig1", "reservation", "bob"]).ok();
+    env.php(&["set", "rig1", "reservation", "bob"]).ok();
     let rig1 = env.info("rig1");
     assert_eq!(rig1["reservation"], "bob", "{rig1:#}");
     assert_eq!(rig1["reservation_expires"], Value::Null, "{rig1:#}");
@@ -456,7 +435,7 @@ fn a_lease_lives_through_php_mamas_rewrites_and_ends_with_its_reservation() {
     assert!(text.contains("<reservation>bob</reservation>"), "{text}");
     // A lease PHP mama kept still ends its reservation.
     env.run(["reserve", "rig2", "--for", "1"]).ok();
-    php(&env, &["set", "rig2", "arch", "arm"]).ok();
+    env.php(&["set", "rig2", "arch", "arm"]).ok();
     wait_until("rig2's reservation to end", LIMIT, || {
         env.info("rig2")["state"] == "free"
     });

@@ -10,7 +10,7 @@
 //! server speaking the mPower protocol on a test host, relay boards a
 //! USB-RLY08 on a pseudo-terminal.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::board::Board;
@@ -44,31 +44,6 @@ fn starts(board: &Board) -> usize {
     std::fs::read_to_string(board.dir().join("starts"))
         .map(|t| t.lines().count())
         .unwrap_or(0)
-}
-
-fn kinds(env: &TestEnv, machine: &str) -> Vec<String> {
-    env.events()
-        .iter()
-        .filter(|e| e["machine"] == machine)
-        .map(|e| e["event"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
-/// The details of `machine`'s events of `kind`.
-fn details(env: &TestEnv, machine: &str, kind: &str) -> Vec<String> {
-    env.events()
-        .iter()
-        .filter(|e| e["machine"] == machine && e["event"] == kind)
-        .map(|e| e["detail"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
-/// A trust file naming `line`, as `XDG_CONFIG_HOME` finds it.
-fn trust_dir(env: &TestEnv, line: &str) -> PathBuf {
-    let config = env.path().join("config");
-    std::fs::create_dir_all(config.join("mama")).expect("config folder");
-    std::fs::write(config.join("mama/trusted"), format!("{line}\n")).expect("trust file");
-    config
 }
 
 #[test]
@@ -108,7 +83,7 @@ fn start_waits_until_the_board_answers_and_stop_puts_it_down() {
         text.contains("Started:") && text.contains("Last start:"),
         "{text}"
     );
-    assert!(details(&env, "rig1", "started")[0].contains("ready after"));
+    assert!(env.event_details("rig1", "started")[0].contains("ready after"));
     // PHP mama sees it started.
     assert!(env.read_state().contains("<is_started>1</is_started>"));
 
@@ -119,7 +94,7 @@ fn start_waits_until_the_board_answers_and_stop_puts_it_down() {
     assert_eq!(info["is_started"], false, "{info}");
     assert_eq!(info["started_by"], serde_json::Value::Null, "{info}");
     assert_eq!(
-        kinds(&env, "rig1"),
+        env.event_kinds("rig1"),
         ["added", "set", "set", "started", "stopped"]
     );
     // A stopped machine: nothing to do, exit 0.
@@ -145,7 +120,7 @@ fn a_start_not_ready_in_time_is_stopped_and_tried_again() {
     );
     assert_eq!(starts(&board), 2, "one power-on a try");
     assert!(!board.is_up(), "the stop sequence ran after the last try");
-    let failed = details(&env, "rig1", "start_failed");
+    let failed = env.event_details("rig1", "start_failed");
     assert_eq!(failed.len(), 2, "{failed:?}");
     assert!(failed[1].contains("try 2 of 2"), "{failed:?}");
     assert_eq!(env.info("rig1")["is_started"], false);
@@ -241,7 +216,7 @@ fn run_boot_stops_the_board_however_the_job_ends() {
     bg.signal(libc::SIGTERM);
     assert_eq!(bg.finish(LIMIT).code, Some(143));
     check_down("SIGTERM");
-    let stopped = details(&env, "rig1", "stopped");
+    let stopped = env.event_details("rig1", "stopped");
     assert_eq!(stopped.len(), 4, "{stopped:?}");
     assert!(
         stopped.iter().all(|d| d.contains("the job ended")),
@@ -277,7 +252,7 @@ fn a_boot_run_whose_board_never_comes_up_runs_no_job() {
     assert_eq!(info["state"], "free", "{info}");
     assert_eq!(info["is_started"], false, "{info}");
     assert_eq!(
-        kinds(&env, "rig1")[4..],
+        env.event_kinds("rig1")[4..],
         ["claimed", "start_failed", "released"]
     );
 }
@@ -311,7 +286,7 @@ fn a_boot_run_killed_leaves_the_board_to_the_next_claimer_to_stop() {
     let run = env.run(["run", "rig1", "--", "true"]);
     run.ok_saying("left started by a run that ended without stopping it");
     assert!(!board.is_up(), "the next claimer stopped it before its job");
-    let stopped = details(&env, "rig1", "stopped");
+    let stopped = env.event_details("rig1", "stopped");
     assert_eq!(stopped.len(), 1, "{stopped:?}");
     assert!(stopped[0].contains("left started"), "{stopped:?}");
     assert_eq!(env.info("rig1")["is_started"], false);
@@ -408,7 +383,7 @@ fn two_starts_never_run_two_sequences_at_once() {
             .ok();
         env.run(["set", "rig1", "stopcmd", &format!("rm -f '{dir}/up'")])
             .ok();
-        let config = trust_dir(&env, "*");
+        let config = env.trust("*");
         let starters: Vec<Bg> = (0..3)
             .map(|_| {
                 let mut cmd = env.cmd(["start", "--force", "rig1"]);
@@ -463,11 +438,7 @@ fn commands_of_a_lab_others_may_write_run_only_once_it_is_trusted() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o664)).expect("chmod");
     let config = env.path().join("config");
-    let start = |config: &Path| {
-        let mut cmd = env.cmd(["start", "rig1"]);
-        cmd.env("XDG_CONFIG_HOME", config);
-        Run::from(cmd.output().expect("mama runs"))
-    };
+    let start = |config: &Path| env.run_with_config(config, &["start", "rig1"]);
     let refused = start(&config);
     let text = refused.fails_saying(1, "refusing to use the startcmd of rig1");
     assert!(text.contains(&format!("group {group}: ")), "{text}");
@@ -477,7 +448,7 @@ fn commands_of_a_lab_others_may_write_run_only_once_it_is_trusted() {
 
     // A trust file that others may write counts for nothing.
     let location = &env.state.display().to_string();
-    trust_dir(&env, location);
+    env.trust(location);
     std::fs::set_permissions(
         config.join("mama/trusted"),
         std::fs::Permissions::from_mode(0o666),
@@ -517,19 +488,15 @@ fn a_database_lab_runs_its_commands_only_once_trusted() {
     ])
     .ok();
     let untrusted = env.path().join("none");
-    let mut cmd = env.cmd(["start", "rig1"]);
-    cmd.env("XDG_CONFIG_HOME", &untrusted);
-    Run::from(cmd.output().expect("mama runs"))
+    env.run_with_config(&untrusted, &["start", "rig1"])
         .fails_saying(1, "a database lab may be written by every role");
     assert!(!touched.exists());
-    let config = trust_dir(&env, "*");
-    let mut cmd = env.cmd(["start", "rig1"]);
-    cmd.env("XDG_CONFIG_HOME", &config);
-    Run::from(cmd.output().expect("mama runs")).ok_saying("rig1 is ready");
-    let mut cmd = env.cmd(["stop", "rig1"]);
-    cmd.env("XDG_CONFIG_HOME", &config);
-    Run::from(cmd.output().expect("mama runs")).ok_saying("rig1 stopped");
-    assert_eq!(kinds(&env, "rig1")[3..], ["started", "stopped"]);
+    let config = env.trust("*");
+    env.run_with_config(&config, &["start", "rig1"])
+        .ok_saying("rig1 is ready");
+    env.run_with_config(&config, &["stop", "rig1"])
+        .ok_saying("rig1 stopped");
+    assert_eq!(env.event_kinds("rig1")[3..], ["started", "stopped"]);
 }
 
 #[test]
@@ -567,7 +534,7 @@ fn power_switches_an_outlet_of_the_command_driver() {
     );
     env.run(["power", "rig1", "cycle"]).ok();
     assert_eq!(env.run(["power", "rig1", "status"]).ok().trim(), "on 7.5 W");
-    let power = details(&env, "rig1", "power");
+    let power = env.event_details("rig1", "power");
     assert_eq!(power.len(), 3, "{power:?}");
     assert!(
         power[2].starts_with("cycle (outlet 2 of pdu1)"),
@@ -749,9 +716,7 @@ fn a_relay_board_of_a_lab_others_may_write_is_used_only_once_trusted() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let config = env.path().join("config");
-    let mut cmd = env.cmd(["start", "rig1"]);
-    cmd.env("XDG_CONFIG_HOME", &config);
-    Run::from(cmd.output().expect("mama runs"))
+    env.run_with_config(&config, &["start", "rig1"])
         .fails_saying(1, "refusing to use the serial port of power device rly1");
     assert!(
         relays.received().is_empty(),

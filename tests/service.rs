@@ -15,17 +15,12 @@ use std::time::{Duration, Instant};
 /// runs the commands written into it (healthcmd, startcmd) only where it
 /// is trusted.
 fn trusting(env: &TestEnv) -> PathBuf {
-    let config = env.path().join("config");
-    std::fs::create_dir_all(config.join("mama")).expect("config folder");
-    std::fs::write(config.join("mama/trusted"), "*\n").expect("trust file");
-    config
+    env.trust("*")
 }
 
 /// `mama ARGS` as a user who trusts the lab.
 fn mama(env: &TestEnv, args: &[&str]) -> Run {
-    let mut cmd = env.cmd(args);
-    cmd.env("XDG_CONFIG_HOME", trusting(env));
-    cmd.output().expect("mama runs").into()
+    env.run_with_config(&trusting(env), args)
 }
 
 /// [`mama`] in the background.
@@ -42,15 +37,6 @@ fn path_of(env: &TestEnv, name: &str) -> String {
 
 fn exists(env: &TestEnv, name: &str) -> bool {
     env.path().join(name).exists()
-}
-
-/// The details of `machine`'s events of `kind`, oldest first.
-fn details(env: &TestEnv, machine: &str, kind: &str) -> Vec<String> {
-    env.events()
-        .iter()
-        .filter(|e| e["machine"] == machine && e["event"] == kind)
-        .map(|e| e["detail"].as_str().unwrap_or_default().to_string())
-        .collect()
 }
 
 /// The row of `machine` in the `list` table.
@@ -78,7 +64,7 @@ on_both_backends! {
             .fails_saying(69, "rig1 is out of service: dead serial console");
         assert!(begun.elapsed() < Duration::from_secs(8), "at once, not after a wait");
         assert!(!exists(env, "ran"));
-        assert!(details(env, "rig1", "claimed").is_empty(), "nothing was claimed");
+        assert!(env.event_details("rig1", "claimed").is_empty(), "nothing was claimed");
 
         // Out of service already: nothing changes, and it says so.
         let before = env.stored();
@@ -96,7 +82,7 @@ on_both_backends! {
         let before = env.stored();
         env.run(["online", "rig1"]).ok_saying("rig1 is in service already");
         assert_eq!(env.stored(), before);
-        assert_eq!(details(env, "rig1", "online").len(), 1);
+        assert_eq!(env.event_details("rig1", "online").len(), 1);
         env.run(["run", "rig1", "--", "touch", &ran]).ok();
         assert!(exists(env, "ran"));
 
@@ -189,7 +175,7 @@ on_both_backends! {
             .collect();
         assert_eq!(released.len(), 1, "{released:?}");
         assert_eq!(released[0]["job"], "holder");
-        assert_eq!(details(env, "rig1", "claimed").len(), 1, "only the holder's claim");
+        assert_eq!(env.event_details("rig1", "claimed").len(), 1, "only the holder's claim");
     }
 
     fn list_info_and_json_show_a_machine_out_of_service(env: &TestEnv) {
@@ -264,8 +250,8 @@ on_both_backends! {
         assert_eq!(info["offline_reason"], "health check failed: no link on eth0");
         assert_eq!(info["offline_by"], user_name().as_str());
         assert_eq!(info["job"], serde_json::Value::Null, "released");
-        assert_eq!(details(env, "rig1", "checked"), ["fail (exit 3): no link on eth0"]);
-        assert_eq!(details(env, "rig1", "offline"), ["health check failed: no link on eth0"]);
+        assert_eq!(env.event_details("rig1", "checked"), ["fail (exit 3): no link on eth0"]);
+        assert_eq!(env.event_details("rig1", "offline"), ["health check failed: no link on eth0"]);
         let claims: Vec<serde_json::Value> = env
             .events()
             .into_iter()
@@ -282,8 +268,8 @@ on_both_backends! {
         passed.ok_saying("rig1 passed its health check; it is back in service");
         assert!(passed.stderr.contains("all good\n"), "{passed:#?}");
         assert_eq!(env.info("rig1")["state"], "free");
-        assert_eq!(details(env, "rig1", "checked")[1], "pass: all good");
-        assert_eq!(details(env, "rig1", "online"), ["health check passed"]);
+        assert_eq!(env.event_details("rig1", "checked")[1], "pass: all good");
+        assert_eq!(env.event_details("rig1", "online"), ["health check passed"]);
         env.run(["run", "rig1", "--", "true"]).ok();
 
         // A mark a person made stays, whatever the check finds.
@@ -292,13 +278,13 @@ on_both_backends! {
         std::fs::remove_file(env.path().join("healthy")).expect("remove");
         mama(env, &["check", "rig1"]).fails_saying(1, "it stays out of service: lent to the vendor");
         assert_eq!(env.info("rig1")["offline_reason"], "lent to the vendor");
-        assert_eq!(details(env, "rig1", "online").len(), 1);
+        assert_eq!(env.event_details("rig1", "online").len(), 1);
     }
 
     fn a_check_waits_for_the_machine_like_a_run_and_needs_a_healthcmd(env: &TestEnv) {
         env.add("rig1", 1);
         mama(env, &["check", "rig1"]).fails_saying(1, "rig1 has no healthcmd");
-        assert!(details(env, "rig1", "claimed").is_empty(), "nothing was claimed");
+        assert!(env.event_details("rig1", "claimed").is_empty(), "nothing was claimed");
         let checked = path_of(env, "checked");
         env.run(["set", "rig1", "healthcmd", &format!("touch '{checked}'")]).ok();
         let mut holder = hold_until_go(env, "rig1", "holder");
@@ -311,7 +297,7 @@ on_both_backends! {
         let done = check.finish(LIMIT);
         assert_eq!(done.code, Some(0), "{done:#?}");
         assert!(exists(env, "checked"));
-        assert_eq!(details(env, "rig1", "checked"), ["pass"]);
+        assert_eq!(env.event_details("rig1", "checked"), ["pass"]);
     }
 
     fn start_and_power_on_are_refused_out_of_service(env: &TestEnv) {
@@ -336,7 +322,7 @@ on_both_backends! {
         mama(env, &["power", "rig1", "cycle"]).fails(69);
         assert!(!exists(env, "started"), "the startcmd never ran");
         assert!(!exists(env, "outlet"), "the outlet was never switched");
-        assert!(details(env, "rig1", "start_failed").is_empty());
+        assert!(env.event_details("rig1", "start_failed").is_empty());
         // Putting it down is allowed.
         mama(env, &["power", "rig1", "off"]).ok();
         mama(env, &["stop", "rig1", "--force"]).ok_saying("rig1 stopped");
@@ -385,7 +371,7 @@ on_both_backends! {
         assert_eq!(info["state"], "offline", "{info:#}");
         assert_eq!(info["offline_reason"], "2 failed starts in a row");
         assert_eq!(info["offline_by"], user_name().as_str());
-        assert_eq!(details(env, "rig1", "offline"), ["2 failed starts in a row"]);
+        assert_eq!(env.event_details("rig1", "offline"), ["2 failed starts in a row"]);
         env.run(["set", "rig1", "startcmd", &format!("touch '{up}'")]).ok();
         mama(env, &["start", "rig1"]).fails(69);
         assert!(!exists(env, "up"));
@@ -413,20 +399,16 @@ fn health_commands_of_a_lab_others_may_write_run_only_once_it_is_trusted() {
     std::os::unix::fs::chown(&env.state, None, Some(gid)).expect("chgrp");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o664)).expect("chmod");
-    let check = |config: &std::path::Path| {
-        let mut cmd = env.cmd(["check", "rig1"]);
-        cmd.env("XDG_CONFIG_HOME", config);
-        Run::from(cmd.output().expect("mama runs"))
-    };
+    let check = |config: &std::path::Path| env.run_with_config(config, &["check", "rig1"]);
     let refused = check(&env.path().join("nowhere"));
     let said = refused.fails_saying(1, "refusing to use the healthcmd of rig1");
     assert!(said.contains(&format!("group {group}: ")), "{said}");
     assert!(!exists(&env, "touched"));
     assert!(
-        details(&env, "rig1", "claimed").is_empty(),
+        env.event_details("rig1", "claimed").is_empty(),
         "nothing was claimed"
     );
-    assert!(details(&env, "rig1", "checked").is_empty());
+    assert!(env.event_details("rig1", "checked").is_empty());
 
     let config = env.path().join("config");
     std::fs::create_dir_all(config.join("mama")).expect("config folder");

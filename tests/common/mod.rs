@@ -310,6 +310,54 @@ impl TestEnv {
     pub fn events(&self) -> Vec<serde_json::Value> {
         parse_json_lines(self.run(["log", "--json"]).ok())
     }
+
+    /// The kinds of `machine`'s events, oldest first.
+    pub fn event_kinds(&self, machine: &str) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["machine"] == machine)
+            .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The details of `machine`'s events of `kind`, oldest first.
+    pub fn event_details(&self, machine: &str, kind: &str) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["machine"] == machine && e["event"] == kind)
+            .map(|e| e["detail"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// A trust file of this world's own that names `line` (a lab, or
+    /// `*`): the folder to give mama as `XDG_CONFIG_HOME`.
+    pub fn trust(&self, line: &str) -> PathBuf {
+        let config = self.path().join("config");
+        std::fs::create_dir_all(config.join("mama")).expect("config folder");
+        std::fs::write(config.join("mama/trusted"), format!("{line}\n")).expect("trust file");
+        config
+    }
+
+    /// `mama ARGS` with `config` as `XDG_CONFIG_HOME` (where mama looks
+    /// for the user's trust file), to its end.
+    pub fn run_with_config(&self, config: &Path, args: &[&str]) -> Run {
+        let mut cmd = self.cmd(args);
+        cmd.env("XDG_CONFIG_HOME", config);
+        cmd.output().expect("mama runs").into()
+    }
+
+    /// `php_mama.py STATE ARGS`, the stand-in for PHP mama (see
+    /// tests/php.rs), to its end.
+    pub fn php(&self, args: &[&str]) -> Run {
+        Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/php_mama.py"))
+            .arg(&self.state)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("python3 runs")
+            .into()
+    }
 }
 
 /// Waits until `cond` holds, looking every few milliseconds; panics with
