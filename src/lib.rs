@@ -81,7 +81,8 @@ pub fn run(cli: Cli) -> i32 {
         supervise::end_on_signals_as_init();
     }
     let result = Settings::read(cli.state).and_then(|settings| {
-        let store = Store::open(&settings)?;
+        let notifier = engine::notify::Notifier::new(settings.notify.clone());
+        let store = Store::open(&settings)?.listened(std::sync::Arc::new(notifier));
         dispatch(&store, &settings, cli.command)
     });
     match result {

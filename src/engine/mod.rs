@@ -4,12 +4,14 @@
 //! and release), [`stale`] (is a
 //! job stale, and why), [`supervise`] (the job's process, signals,
 //! timeout), [`manual`] (what people do by hand: clear, reserve, release),
-//! [`devices`] (the lab's power devices: defined, listed, removed).
+//! [`devices`] (the lab's power devices: defined, listed, removed),
+//! [`notify`] (the notify commands, told of every event committed).
 //! Processes, users and this host are the ground floor's [`crate::os`].
 
 pub mod claim;
 pub mod devices;
 pub mod manual;
+pub mod notify;
 pub mod power;
 pub mod stale;
 pub mod supervise;
