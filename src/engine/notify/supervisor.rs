@@ -110,10 +110,14 @@ pub(super) fn spawn() -> io::Result<OwnedFd> {
 pub fn main() -> i32 {
     // SAFETY: plain system calls on this process. setsid fails harmlessly
     // where the spawn made the session already; close_range closes what
-    // no code of this process opened yet.
+    // no code of this process opened yet. As batch work (the notify
+    // commands inherit it), a supervisor woken by a batch never takes the
+    // processor from the mama that sent it, which goes on at once.
     unsafe {
         libc::setsid();
         libc::close_range(3, libc::c_uint::MAX, 0);
+        let batch = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_BATCH, &batch);
     }
     let mut supervisor = Supervisor::default();
     supervisor.run();
