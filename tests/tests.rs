@@ -21,6 +21,7 @@ mod input;
 mod lab;
 mod liveness;
 mod net;
+mod notify;
 mod pg_harness;
 mod pg_hosts;
 mod pg_lab;
