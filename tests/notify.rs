@@ -106,15 +106,19 @@ impl Drop for Reaper {
 /// `count` of them.
 fn pids_in(file: &Path, count: usize) -> Vec<u32> {
     let mut pids = Vec::new();
-    wait_until(&format!("{count} PIDs in {}", file.display()), LIMIT, || {
-        let text = fs::read_to_string(file).unwrap_or_default();
-        pids = text
-            .lines()
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        text.ends_with('\n') && pids.len() >= count
-    });
+    wait_until(
+        &format!("{count} PIDs in {}", file.display()),
+        LIMIT,
+        || {
+            let text = fs::read_to_string(file).unwrap_or_default();
+            pids = text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            text.ends_with('\n') && pids.len() >= count
+        },
+    );
     pids
 }
 

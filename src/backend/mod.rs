@@ -7,6 +7,8 @@
 //!   history's events. Object safe: [`Store::open`] chooses one, once, and
 //!   [`Store`] holds it, with the generic [`Store::update`] as the one
 //!   wrapper that call sites use (`store.update(|lab| ...)`).
+//! - [`Listener`]: told by the [`Store`] of the events each transaction
+//!   committed, numbered, once it committed (the notify commands).
 //! - [`JobLocks`]: the machines' job locks, which a running job holds for
 //!   its whole life and waiters sleep on, and the waiters' place locks.
 //!   Each backend hands out its own held locks as values ([`JobLock`],

@@ -112,7 +112,10 @@ impl Notifier {
     /// it first if need be. A failure is said once; nothing is handed over
     /// after it.
     fn hand_over(&self, line: &[u8], count: usize) {
-        let mut link = self.link.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut link = self
+            .link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if matches!(*link, Link::NotYet) {
             *link = match supervisor::spawn() {
                 Ok(socket) => Link::Open(socket),

@@ -51,7 +51,11 @@ pub(super) fn spawn() -> io::Result<OwnedFd> {
     let (ours, theirs) = super::socket_pair()?;
     let program = c"/proc/self/exe";
     let arg = CString::new(SUPERVISOR_ARG).map_err(io::Error::other)?;
-    let argv = [c"mama".as_ptr().cast_mut(), arg.as_ptr().cast_mut(), std::ptr::null_mut()];
+    let argv = [
+        c"mama".as_ptr().cast_mut(),
+        arg.as_ptr().cast_mut(),
+        std::ptr::null_mut(),
+    ];
     let mut pid: libc::pid_t = 0;
     // SAFETY: the file actions and attributes are initialised before use
     // and destroyed once; every pointer handed over lives across the call
@@ -61,7 +65,8 @@ pub(super) fn spawn() -> io::Result<OwnedFd> {
         let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
         libc::posix_spawn_file_actions_init(&mut actions);
         libc::posix_spawnattr_init(&mut attr);
-        let mut status = libc::posix_spawn_file_actions_adddup2(&mut actions, theirs.as_raw_fd(), 0);
+        let mut status =
+            libc::posix_spawn_file_actions_adddup2(&mut actions, theirs.as_raw_fd(), 0);
         if status == 0 {
             status = libc::posix_spawn_file_actions_addopen(
                 &mut actions,
@@ -106,8 +111,19 @@ pub(super) fn spawn() -> io::Result<OwnedFd> {
     Ok(ours)
 }
 
-/// The supervisor's life; its exit status.
+/// The supervisor's life; its exit status. Started by hand (its input is
+/// no socket), it says what it is and ends.
 pub fn main() -> i32 {
+    // SAFETY: fstat fills in a zeroed stat of a descriptor that may be
+    // closed (then it fails).
+    let from_mama = unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(0, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    };
+    if !from_mama {
+        say!("mama: {SUPERVISOR_ARG} is how mama runs the notify commands, not a command");
+        return crate::exit::ExitCode::Usage.code();
+    }
     // SAFETY: plain system calls on this process. setsid fails harmlessly
     // where the spawn made the session already; close_range closes what
     // no code of this process opened yet. As batch work (the notify
@@ -302,17 +318,17 @@ impl Supervisor {
 }
 
 impl Channel {
-    /// Starts the run of the next batch, when none runs.
+    /// Starts the run of the next batch, when none runs (a batch whose
+    /// run cannot start is passed over, said).
     fn start_next(&mut self) {
-        if self.running.is_some() {
-            return;
-        }
-        let Some(input) = self.waiting.pop_front() else {
-            return;
-        };
-        match Running::start(&self.command, input) {
-            Ok(run) => self.running = Some(run),
-            Err(e) => self.failed(&format!("cannot run it: {e}")),
+        while self.running.is_none() {
+            let Some(input) = self.waiting.pop_front() else {
+                return;
+            };
+            match Running::start(&self.command, input) {
+                Ok(run) => self.running = Some(run),
+                Err(e) => self.failed(&format!("cannot run it: {e}")),
+            }
         }
     }
 
@@ -406,7 +422,11 @@ impl Running {
         let mut child = shell.spawn()?;
         let stdin = child.stdin.take();
         let stderr = child.stderr.take();
-        for fd in stdin.iter().map(AsRawFd::as_raw_fd).chain(stderr.iter().map(AsRawFd::as_raw_fd)) {
+        for fd in stdin
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .chain(stderr.iter().map(AsRawFd::as_raw_fd))
+        {
             non_blocking(fd);
         }
         // SAFETY: plain system call on our own unreaped child; a failure
