@@ -200,6 +200,38 @@ on_both_backends! {
         );
     }
 
+    fn the_claim_is_told_while_the_job_runs(env: &TestEnv) {
+        env.add("m", 1);
+        let told = env.path().join("told");
+        // The job ends well only once the claim was told.
+        let job = format!(
+            "i=0; until grep -q '\"claimed\"' {0} 2>/dev/null; do \
+             i=$((i+1)); [ $i -gt 500 ] && exit 9; sleep 0.02; done",
+            quoted(&told)
+        );
+        told_run(env, &appender(&told), ["run", "m", "--", "sh", "-c", &job]).ok();
+        assert_eq!(runs_in(&told).concat(), log_lines(env)[1..]);
+    }
+
+    fn a_slow_run_holds_back_the_next_of_the_same_command(env: &TestEnv) {
+        env.add("m", 1);
+        let told = env.path().join("told");
+        // The claim's run takes its time; the release's, quick, comes
+        // after it all the same.
+        let notify = format!(
+            "t=$(cat); case \"$t\" in *'\"claimed\"'*) sleep 0.5;; esac; \
+             printf '%s\\n' \"$t\" >> {}",
+            quoted(&told)
+        );
+        told_run(env, &notify, ["run", "m", "--", "true"]).ok();
+        let told = fs::read_to_string(&told).expect("told");
+        let kinds: Vec<String> = parse_json_lines(&told)
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(kinds, ["claimed", "released"], "{told}");
+    }
+
     fn a_failing_notify_command_changes_no_exit_status_and_is_said_once(env: &TestEnv) {
         env.add("m", 1);
         let notify = "echo 'no mail today' >&2; exit 3";
