@@ -13,10 +13,13 @@
 //!    starting;
 //! 4. CPU used by a waiter blocked behind a holder (default poll interval);
 //! 5. `info` with 20,000 events recorded, next to `flock LOCKFILE true`;
-//! 6. `list --json` on 1,000 busy machines (live claims) next to 1,000 free.
+//! 6. `list --json` on 1,000 busy machines (live claims) next to 1,000 free;
+//! 7. `mama run m0 -- true` with a notify command (`MAMA_NOTIFY`) next to
+//!    without: what telling the notify command adds to a run (the aim:
+//!    at most 1 ms).
 //!
-//! Run with `cargo bench --bench mama` (`-- claim` for the first part
-//! alone). The jobs that take timestamps are
+//! Run with `cargo bench --bench mama` (`-- claim` for the first part and
+//! the seventh, `-- notify` for the seventh alone). The jobs that take timestamps are
 //! this very binary, started again with `--bench-helper`: it writes the
 //! `CLOCK_MONOTONIC` time in nanoseconds to a file, which every process of
 //! the host reads alike. Every wait is bounded and every process started is
@@ -54,11 +57,16 @@ fn main() {
     }
     println!("mama binary: {MAMA}");
     println!("load average at start: {}", load_average());
-    // `cargo bench --bench mama -- claim` runs only the first part.
+    // `cargo bench --bench mama -- claim` runs only the first part and the
+    // notify one, `-- notify` the notify one alone.
     let only_claims = args.iter().skip(1).any(|a| a == "claim");
+    let only_notify = args.iter().skip(1).any(|a| a == "notify");
     let mut report = Report::default();
-    claim_by_lab_size(&mut report);
-    if !only_claims {
+    if !only_notify {
+        claim_by_lab_size(&mut report);
+    }
+    claim_with_notify(&mut report);
+    if !only_claims && !only_notify {
         claim_with_history(&mut report);
         handoff(&mut report);
         takeover(&mut report);
@@ -653,10 +661,26 @@ fn floor_program(dir: &Path) -> PathBuf {
 
 /// Runs `cmd` to its end: how long it took and its peak resident memory in
 /// bytes; panics when it fails or outlives [`STEP_LIMIT`].
+fn timed_rss(name: &str, cmd: Command) -> (Duration, u64) {
+    let (elapsed, usage) = timed_usage(name, cmd);
+    (elapsed, usage.ru_maxrss as u64 * 1024)
+}
+
+/// The processor time a finished process used (user and system), its own
+/// and that of the children it waited for.
+fn cpu_of(usage: &libc::rusage) -> Duration {
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Runs `cmd` to its end: how long it took and what it used (wait4's
+/// account); panics when it fails or outlives [`STEP_LIMIT`].
 // The child is reaped by wait4, which reports its memory; clippy sees no
 // wait() on that path.
 #[allow(clippy::zombie_processes)]
-fn timed_rss(name: &str, mut cmd: Command) -> (Duration, u64) {
+fn timed_usage(name: &str, mut cmd: Command) -> (Duration, libc::rusage) {
     let start = Instant::now();
     let mut child = cmd
         .spawn()
@@ -691,7 +715,7 @@ fn timed_rss(name: &str, mut cmd: Command) -> (Duration, u64) {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "{name} failed: status {status}"
     );
-    (elapsed, usage.ru_maxrss as u64 * 1024)
+    (elapsed, usage)
 }
 
 /// Scenario 1: `mama run m0 -- true` on labs of 1 to 10,000 machines, next
@@ -852,6 +876,83 @@ fn claim_with_history(report: &mut Report) {
         &format!("{label}: ratio mama / flock"),
         RUNS,
         format!("{:.2}", m.median / f.median),
+    );
+}
+
+/// Runs of each side of the notify benchmark: the difference of two
+/// medians of some 4 ms wants many (with 100, runs of the same build gave
+/// 0.4 to 1.0 ms).
+const NOTIFY_RUNS: usize = 400;
+
+/// Scenario 7: `mama run m0 -- true` on a one-machine lab with a notify
+/// command (`MAMA_NOTIFY`, appending the events to a file) next to
+/// without, interleaved. Each run with it is timed to mama's exit, as
+/// every run is; then the bench waits until the notify command has the
+/// run's two events, so that no notify command of one sample runs in the
+/// next.
+fn claim_with_notify(report: &mut Report) {
+    println!("a run with a notify command: {NOTIFY_RUNS} x mama run with / without, interleaved");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let state = sized_lab(dir.path(), 1);
+    let told = dir.path().join("told");
+    let notify = format!("cat >> '{}'", told.display());
+    let run = || mama(&state, &["run", "m0", "--", "true"]);
+    let mut told_lines = 0;
+    let with_notify = |told_lines: &mut usize| {
+        let mut cmd = run();
+        cmd.env("MAMA_NOTIFY", &notify);
+        let (time, usage) = timed_usage("mama run m0 -- true with MAMA_NOTIFY", cmd);
+        *told_lines += 2;
+        wait_until("the notify command's two events", STEP_LIMIT, || {
+            fs::read_to_string(&told).is_ok_and(|t| t.lines().count() >= *told_lines)
+        });
+        (time, cpu_of(&usage))
+    };
+    let without = || {
+        let (time, usage) = timed_usage("mama run m0 -- true", run());
+        (time, cpu_of(&usage))
+    };
+    for _ in 0..3 {
+        without();
+        with_notify(&mut told_lines);
+    }
+    let (mut plain, mut notified) = (vec![], vec![]);
+    for i in 0..NOTIFY_RUNS {
+        if i % 2 == 0 {
+            plain.push(without());
+            notified.push(with_notify(&mut told_lines));
+        } else {
+            notified.push(with_notify(&mut told_lines));
+            plain.push(without());
+        }
+    }
+    let label = "7. a run with a notify command";
+    let times = |samples: &[(Duration, Duration)]| samples.iter().map(|s| s.0).collect::<Vec<_>>();
+    let cpu = |samples: &[(Duration, Duration)]| samples.iter().map(|s| s.1).collect::<Vec<_>>();
+    let p = report.timing(&format!("{label}: without"), &times(&plain));
+    let n = report.timing(&format!("{label}: with MAMA_NOTIFY"), &times(&notified));
+    let pc = report.timing(&format!("{label}: without, mama's CPU"), &cpu(&plain));
+    let nc = report.timing(
+        &format!("{label}: with MAMA_NOTIFY, mama's CPU"),
+        &cpu(&notified),
+    );
+    let added = n.median - p.median;
+    let added_cpu = nc.median - pc.median;
+    report.value(
+        &format!("{label}: added (median with - median without): time, mama's CPU"),
+        NOTIFY_RUNS,
+        format!("{added:.2} ms, {added_cpu:.2} ms"),
+    );
+    // The time counts the notify command's own processes too, which run
+    // beside mama (on a busy machine, in its place); mama's CPU is what
+    // mama itself does more.
+    report.verdict(&format!("{label}: added time"), added, " ms", 1.0, None);
+    report.verdict(
+        &format!("{label}: added CPU of mama"),
+        added_cpu,
+        " ms",
+        1.0,
+        None,
     );
 }
 

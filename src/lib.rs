@@ -27,7 +27,8 @@
 //!   is asked for); [`backend::pg`] is a PostgreSQL database;
 //! - [`engine`]: [`engine::claim`] (busy rules, claim, release, waiting),
 //!   [`engine::stale`] (is a job stale), [`engine::supervise`] (the job's
-//!   process), [`engine::manual`] (clear, reserve, release by hand);
+//!   process), [`engine::manual`] (clear, reserve, release by hand),
+//!   [`engine::notify`] (the notify commands, run apart by a supervisor);
 //! - [`cli`]: the command line, [`cli::commands`] (one function a command),
 //!   [`cli::render`] (tables and JSON), and what is generated from it.
 
@@ -81,7 +82,8 @@ pub fn run(cli: Cli) -> i32 {
         supervise::end_on_signals_as_init();
     }
     let result = Settings::read(cli.state).and_then(|settings| {
-        let store = Store::open(&settings)?;
+        let notifier = engine::notify::Notifier::new(settings.notify.clone());
+        let store = Store::open(&settings)?.listened(std::sync::Arc::new(notifier));
         dispatch(&store, &settings, cli.command)
     });
     match result {

@@ -3,6 +3,14 @@ use clap::error::ErrorKind;
 use mama::exit::ExitCode;
 
 fn main() {
+    // Not a command: mama started again by itself to run the notify
+    // commands (see `mama::engine::notify`).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == mama::engine::notify::SUPERVISOR_ARG)
+    {
+        std::process::exit(mama::engine::notify::supervisor::main());
+    }
     let cli = match mama::cli::parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {

@@ -173,6 +173,7 @@ fn man_page_documents_environment_files_and_exit_codes() {
         "MAMA_PATH",
         "MAMA_POLL_INTERVAL",
         "MAMA_STALE_AFTER",
+        "MAMA_NOTIFY",
         "NO_COLOR",
     ] {
         assert!(

@@ -22,6 +22,7 @@ mod lab;
 mod leases;
 mod liveness;
 mod net;
+mod notify;
 mod pg_harness;
 mod pg_hosts;
 mod pg_lab;

@@ -7,6 +7,8 @@
 //!   history's events. Object safe: [`Store::open`] chooses one, once, and
 //!   [`Store`] holds it, with the generic [`Store::update`] as the one
 //!   wrapper that call sites use (`store.update(|lab| ...)`).
+//! - [`Listener`]: told by the [`Store`] of the events each transaction
+//!   committed, numbered, once it committed (the notify commands).
 //! - [`JobLocks`]: the machines' job locks, which a running job holds for
 //!   its whole life and waiters sleep on, and the waiters' place locks.
 //!   Each backend hands out its own held locks as values ([`JobLock`],
@@ -32,6 +34,7 @@ use crate::model::JobRecord;
 use crate::model::Lab;
 use crate::model::event::Event;
 use crate::model::queue::Waiter;
+use crate::model::setting::Setting;
 use crate::settings::{Location, Settings};
 use file::FileStore;
 use pg::PgStore;
@@ -122,12 +125,14 @@ pub trait Backend: JobLocks + std::fmt::Debug + Send + Sync {
     /// returns `Ok` having changed the lab, the changes are stored, all or
     /// none, with the events recorded. Nothing is stored when `change`
     /// fails or changes nothing. A lab this user may not write is
-    /// [`crate::error::Error::ReadOnly`].
+    /// [`crate::error::Error::ReadOnly`]. Returns the events it committed,
+    /// numbered as the history holds them, in order (none when nothing
+    /// was stored).
     fn transact(
         &self,
         kind: Transaction<'_>,
         change: &mut dyn FnMut(&mut Lab) -> Result<()>,
-    ) -> Result<()>;
+    ) -> Result<Vec<Event>>;
     /// The lab, and the newest `count` committed events of `machine`,
     /// oldest first (for `info`: reads only the end of the history).
     fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)>;
@@ -160,31 +165,60 @@ pub enum Writer {
 
 /// The lab's storage, chosen once, at start.
 #[derive(Debug, Clone)]
-pub struct Store(Arc<dyn Backend>);
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    /// Told of the events each transaction commits.
+    listener: Option<Arc<dyn Listener>>,
+}
 
 impl std::ops::Deref for Store {
     type Target = dyn Backend;
 
     fn deref(&self) -> &(dyn Backend + 'static) {
-        &*self.0
+        &*self.backend
     }
+}
+
+/// What is told of the events every transaction of a [`Store`] commits,
+/// once it committed them (the notify commands).
+pub trait Listener: std::fmt::Debug + Send + Sync {
+    /// `events` were committed, numbered as the history holds them, in
+    /// order (never none); `lab_notify` is the lab's notify setting as the
+    /// transaction left the lab. Called after the transaction let go of
+    /// the lab's lock, never inside it.
+    fn committed(&self, store: &Store, lab_notify: Option<&str>, events: &[Event]);
 }
 
 impl Store {
     /// The store the settings name ([`Settings::state`]). A database is
     /// not reached until the store is used.
     pub fn open(settings: &Settings) -> Result<Store> {
-        Ok(Store(match &settings.state {
+        let backend: Arc<dyn Backend> = match &settings.state {
             Location::File(path) => Arc::new(FileStore::locate(path.clone())?),
             Location::Database(url) => {
                 Arc::new(PgStore::open((**url).clone(), settings.host_timeout))
             }
-        }))
+        };
+        Ok(Store {
+            backend,
+            listener: None,
+        })
+    }
+
+    /// This store, telling `listener` of every transaction's events.
+    pub fn listened(self, listener: Arc<dyn Listener>) -> Store {
+        Store {
+            listener: Some(listener),
+            ..self
+        }
     }
 
     /// This store, waiting for the lab's lock as `patience` says.
     pub fn with_patience(&self, patience: LockPatience) -> Store {
-        Store(self.0.with_patience(patience))
+        Store {
+            backend: self.backend.with_patience(patience),
+            listener: self.listener.clone(),
+        }
     }
 
     /// Runs one transaction (see [`Backend::transact`]) on a lab that is
@@ -217,7 +251,9 @@ impl Store {
     ) -> Result<T> {
         let mut change = Some(change);
         let mut value = None;
-        self.0.transact(kind, &mut |lab| {
+        let mut lab_notify = None;
+        let listening = self.listener.is_some();
+        let committed = self.backend.transact(kind, &mut |lab| {
             let change = change.take().ok_or_else(|| {
                 Error::Invalid("internal error: a transaction ran its change twice".into())
             })?;
@@ -225,8 +261,16 @@ impl Store {
             // change judges (as free) and what it writes agree.
             lab.end_leases(std::time::SystemTime::now())?;
             value = Some(change(lab)?);
+            if listening {
+                lab_notify = lab.setting(Setting::Notify).map(str::to_owned);
+            }
             Ok(())
         })?;
+        if let Some(listener) = &self.listener
+            && !committed.is_empty()
+        {
+            listener.committed(self, lab_notify.as_deref(), &committed);
+        }
         value.ok_or_else(|| Error::Invalid("internal error: a transaction ran no change".into()))
     }
 }

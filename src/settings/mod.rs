@@ -49,6 +49,10 @@ pub struct Settings {
     /// How long after a host dies or is cut off a database lab frees its
     /// claims: `MAMA_HOST_TIMEOUT` whole seconds.
     pub host_timeout: Duration,
+    /// This user's notify command, a shell command run for every event a
+    /// command commits (beside the lab's own, its `notify` setting):
+    /// `MAMA_NOTIFY`; empty or blank is none.
+    pub notify: Option<String>,
 }
 
 impl Settings {
@@ -122,11 +126,13 @@ impl Settings {
             Duration::from_secs(DEFAULT_HOST_TIMEOUT_SECS),
             Duration::from_secs,
         );
+        let notify = text("MAMA_NOTIFY")?.filter(|v| !v.trim().is_empty());
         Ok(Settings {
             state,
             poll,
             stale_after,
             host_timeout,
+            notify,
         })
     }
 }
@@ -227,6 +233,14 @@ mod tests {
             read(&[("MAMA_STATE", "./a b://c/mama.xml")]).map(|s| s.state),
             Ok(Location::File(_))
         ));
+    }
+
+    #[test]
+    fn the_notify_command_is_taken_as_given_and_blank_is_none() {
+        let notify = |v: &str| read(&[("MAMA_NOTIFY", v)]).map(|s| s.notify).ok();
+        assert_eq!(notify(""), Some(None));
+        assert_eq!(notify("  "), Some(None));
+        assert_eq!(notify(" cat >>log "), Some(Some(" cat >>log ".to_string())));
     }
 
     #[test]

@@ -489,13 +489,14 @@ impl super::Backend for FileStore {
         &self,
         kind: super::Transaction<'_>,
         change: &mut dyn FnMut(&mut Lab) -> Result<()>,
-    ) -> Result<()> {
-        match kind {
+    ) -> Result<Vec<Event>> {
+        let ((), committed) = match kind {
             super::Transaction::Update => self.update(change),
             super::Transaction::Create | super::Transaction::Import { .. } => {
                 self.update_or_create(change)
             }
-        }
+        }?;
+        Ok(committed)
     }
 
     fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {

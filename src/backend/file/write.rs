@@ -24,15 +24,19 @@ impl FileStore {
     /// fails or changes nothing. A lab this user may not write (no
     /// permission on the state file or its folder, a read-only file
     /// system) is [`Error::ReadOnly`], before `change` runs where that can
-    /// be told.
-    pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+    /// be told. With `change`'s value come the events the transaction
+    /// committed, numbered, in order.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<(T, Vec<Event>)> {
         self.transact(false, change)
     }
 
     /// [`FileStore::update`] that creates the state file when there is
     /// none (`add`, `import`); every other transaction on a missing state
     /// file is [`Error::NoLab`], and leaves nothing behind.
-    pub fn update_or_create<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+    pub fn update_or_create<T>(
+        &self,
+        change: impl FnOnce(&mut Lab) -> Result<T>,
+    ) -> Result<(T, Vec<Event>)> {
         self.transact(true, change)
     }
 
@@ -45,7 +49,7 @@ impl FileStore {
         &self,
         create: bool,
         change: impl FnOnce(&mut Lab) -> Result<T>,
-    ) -> Result<T> {
+    ) -> Result<(T, Vec<Event>)> {
         let like = self.metadata()?;
         if like.is_none() && !create {
             return Err(self.no_lab());
@@ -103,12 +107,14 @@ impl FileStore {
         };
         let value = change(&mut lab)?;
         let folds = !journal.records.is_empty();
+        let mut committed = Vec::new();
         if lab.is_changed() || rolled_forward || folds {
             doc.apply(lab.changes())?;
             let events = lab.take_events();
             self.take_journal_events(&mut doc, &mut journal)?;
             if !events.is_empty() {
-                self.commit_events(&mut doc, events, like.as_ref(), true)
+                committed = self
+                    .commit_events(&mut doc, events, like.as_ref(), true)
                     .map_err(|e| self.with_advice(e))?;
             }
             if journal_file.is_none() {
@@ -150,7 +156,7 @@ impl FileStore {
             doc,
             lab: lab.settled(),
         }));
-        Ok(value)
+        Ok((value, committed))
     }
 
     /// Whether PHP mama shares the state file, so it is written in place:
@@ -219,21 +225,24 @@ impl FileStore {
     /// after each rename, unsynced, would keep the newest events through a
     /// restore of an older state file too; on ext4 it made every run
     /// 0.7 ms slower, since the state's next fsync flushed it, so it is not
-    /// made.)
+    /// made.) The events come back numbered, committed once the state
+    /// is written.
     pub(super) fn commit_events(
         &self,
         doc: &mut XmlLab,
         events: Vec<Event>,
         like: Option<&Metadata>,
         flush: bool,
-    ) -> Result<()> {
+    ) -> Result<Vec<Event>> {
+        let count = events.len();
         let mut pending = doc.pending_events();
         let last = self
             .history()?
             .commit(doc.event_seq(), &mut pending, events, like, flush)?;
         doc.set_pending_events(&pending)?;
         doc.set_event_seq(last);
-        Ok(())
+        // They went last into the pending events.
+        Ok(pending[pending.len().saturating_sub(count)..].to_vec())
     }
 
     /// Takes the journal into the state before it is written whole: its

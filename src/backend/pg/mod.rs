@@ -202,14 +202,15 @@ impl Backend for PgStore {
         &self,
         kind: Transaction<'_>,
         change: &mut dyn FnMut(&mut Lab) -> Result<()>,
-    ) -> Result<()> {
-        match kind {
+    ) -> Result<Vec<Event>> {
+        let ((), committed) = match kind {
             Transaction::Update => self.update(change),
             Transaction::Create => self.update_or_create(change),
             Transaction::Import { skeleton, replace } => {
                 self.update_with_document(skeleton, replace, change)
             }
-        }
+        }?;
+        Ok(committed)
     }
 
     fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {

@@ -58,15 +58,19 @@ impl PgStore {
     /// lab; its changes and events are stored, all or none, when it returns
     /// `Ok` having changed anything. The schema is created or migrated
     /// first. A role that may not write is [`Error::ReadOnly`] before
-    /// `change` runs.
-    pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+    /// `change` runs. With `change`'s value come the events committed,
+    /// numbered.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<(T, Vec<Event>)> {
         self.transaction(false, |_, lab| change(lab))
     }
 
     /// [`PgStore::update`] that creates the lab (the schema) in a database
     /// that has none; every other transaction there is [`Error::NoLab`],
     /// and creates nothing.
-    pub fn update_or_create<T>(&self, change: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+    pub fn update_or_create<T>(
+        &self,
+        change: impl FnOnce(&mut Lab) -> Result<T>,
+    ) -> Result<(T, Vec<Event>)> {
         self.transaction(true, |_, lab| change(lab))
     }
 
@@ -76,12 +80,13 @@ impl PgStore {
     }
 
     /// [`PgStore::update`], with the transaction's session open to `change`
-    /// too (for the document around the machines).
+    /// too (for the document around the machines). With `change`'s value
+    /// come the events the transaction committed, numbered, in order.
     pub(super) fn transaction<T>(
         &self,
         create: bool,
         change: impl FnOnce(&mut postgres::Transaction<'_>, &mut Lab) -> Result<T>,
-    ) -> Result<T> {
+    ) -> Result<(T, Vec<Event>)> {
         // A session found lost before `change` ran (a server restart since
         // its last use) is opened anew and the transaction begun again:
         // nothing was written or taken yet.
@@ -114,13 +119,14 @@ impl PgStore {
                     Error::Invalid("internal error: a transaction ran twice".into())
                 })?;
                 let value = change(&mut tx, &mut lab)?;
+                let mut committed = Vec::new();
                 if lab.is_changed() {
                     self.store_changes(&mut tx, &mut doc, lab.changes())?;
-                    self.store_events(&mut tx, lab.take_events())?;
+                    committed = self.store_events(&mut tx, lab.take_events())?;
                     tx.commit()
                         .map_err(|e| db_error(&self.context("write"), e))?;
                 }
-                Ok(Some(value))
+                Ok(Some((value, committed)))
             })?;
             match done {
                 Some(value) => return Ok(value),
@@ -277,27 +283,37 @@ impl PgStore {
         &self,
         tx: &mut postgres::Transaction<'_>,
         events: Vec<Event>,
-    ) -> Result<()> {
-        for event in events {
-            tx.execute(
-                "INSERT INTO mama_event \
-                 (seq, time, machine, event, job, pid, \"user\", host, detail) \
-                 VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
-                 $1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &event.time,
-                    &event.machine,
-                    &event.event.as_str(),
-                    &event.job,
-                    &event.pid.map(i64::from),
-                    &event.user,
-                    &event.host,
-                    &event.detail,
-                ],
-            )
-            .map_err(|e| db_error(&self.context("write the history of"), e))?;
+    ) -> Result<Vec<Event>> {
+        let mut stored = Vec::with_capacity(events.len());
+        for mut event in events {
+            let row = tx
+                .query_one(
+                    "INSERT INTO mama_event \
+                     (seq, time, machine, event, job, pid, \"user\", host, detail) \
+                     VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
+                     $1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
+                    &[
+                        &event.time,
+                        &event.machine,
+                        &event.event.as_str(),
+                        &event.job,
+                        &event.pid.map(i64::from),
+                        &event.user,
+                        &event.host,
+                        &event.detail,
+                    ],
+                )
+                .map_err(|e| db_error(&self.context("write the history of"), e))?;
+            let seq: i64 = row.get(0);
+            event.seq = u64::try_from(seq).map_err(|_| {
+                Error::Invalid(format!(
+                    "the history of {} numbered an event {seq}",
+                    self.url.shown
+                ))
+            })?;
+            stored.push(event);
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// A transaction that also sets the document around the machines to
@@ -308,7 +324,7 @@ impl PgStore {
         skeleton: &str,
         replace: bool,
         change: impl FnOnce(&mut Lab) -> Result<T>,
-    ) -> Result<T> {
+    ) -> Result<(T, Vec<Event>)> {
         self.transaction(true, |tx, lab| {
             let value = change(lab)?;
             let has = self.document(tx)?.is_some();
