@@ -445,14 +445,6 @@ fn a_run_at_a_terminal_tells_a_notify_command_that_has_none() {
     assert_ne!(session, job_session);
 }
 
-/// A trust file naming `line`, as `XDG_CONFIG_HOME` finds it.
-fn trust_dir(env: &TestEnv, line: &str) -> PathBuf {
-    let config = env.path().join("config");
-    fs::create_dir_all(config.join("mama")).expect("config folder");
-    fs::write(config.join("mama/trusted"), format!("{line}\n")).expect("trust file");
-    config
-}
-
 on_both_backends! {
 
     fn the_labs_notify_command_runs_beside_the_users_own(env: &TestEnv) {
@@ -482,11 +474,11 @@ on_both_backends! {
             let refused: Vec<&str> = first
                 .stderr
                 .lines()
-                .filter(|l| l.contains("refusing to run the lab's notify command"))
+                .filter(|l| l.contains("refusing to use the lab's notify command"))
                 .collect();
             assert_eq!(refused.len(), 1, "{first:#?}");
             assert!(!lab_told.exists() || runs_in(&lab_told).concat() != last_two(env));
-            with_config(run(), &trust_dir(env, "*")).ok();
+            with_config(run(), &env.trust("*")).ok();
         } else {
             assert!(!first.stderr.contains("refusing"), "{first:#?}");
         }
