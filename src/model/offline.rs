@@ -82,7 +82,7 @@ const MOST_REASON: usize = 500;
 
 /// A line of a command's output made fit for a reason: controls written
 /// as escapes (a coloured line holds ESC, which XML cannot), cut at
-/// [`MOST_REASON`] bytes.
+/// `MOST_REASON` bytes.
 pub fn reason_of_line(line: &str) -> String {
     let shown = text::printable(line.trim()).into_owned();
     if shown.len() <= MOST_REASON {

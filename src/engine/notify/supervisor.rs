@@ -1,16 +1,16 @@
 //! The notify supervisor: mama started again with
-//! [`SUPERVISOR_ARG`](super::SUPERVISOR_ARG), in a session of its own, its
+//! [`super::SUPERVISOR_ARG`], in a session of its own, its
 //! standard input a socket from the mama that started it, its standard
 //! output `/dev/null`, its standard error that mama's.
 //!
 //! It reads batches, one transaction's events a line (see
-//! [`Batch`](super::Batch)), and runs each notify command a batch names as
+//! `Batch`), and runs each notify command a batch names as
 //! `/bin/sh -c COMMAND`: in a session of its own, the batch's events on
 //! its standard input, one `log --json` line each, its standard output
 //! `/dev/null` and its standard error read here (its last line goes into
 //! the report of a failure). Each command gets the batches in the order
 //! they came, one run after the other; different commands run side by
-//! side. A run that outlives [`TIME_LIMIT`](super::TIME_LIMIT) is killed
+//! side. A run that outlives [`super::TIME_LIMIT`] is killed
 //! with its whole process group. A run that fails (a status other than 0,
 //! a signal, the time limit, a command that could not start) is said on
 //! stderr, the first failure of each command only. The supervisor ends
