@@ -55,10 +55,13 @@ pub struct JobRecord {
 pub struct Machine {
     /// The text the spans are of.
     source: Option<Arc<String>>,
-    /// Each field's text, by [`Field::index`]: absent where the machine
-    /// has no such field at all (which is not the same as an empty one: a
-    /// field set to empty text is created).
-    fields: [Slot; Field::ALL.len()],
+    /// Each upstream field's text, by its place among them ([`DENSE`]):
+    /// absent where the machine has no such field at all (which is not the
+    /// same as an empty one: a field set to empty text is created).
+    fields: [Slot; UPSTREAM_FIELDS],
+    /// mama's own fields the machine has, which most machines lack: a lab
+    /// of ten thousand machines holds no slot for them.
+    own_fields: Vec<(Field, Slot)>,
     /// Texts of the machine's own: decoded values, and values set.
     owned: Vec<String>,
     /// The fields that are not plain text (in the state file: an element
@@ -100,12 +103,43 @@ impl Slot {
     }
 }
 
+/// How many fields upstream writes in every machine.
+const UPSTREAM_FIELDS: usize = {
+    let mut n = 0;
+    let mut i = 0;
+    while i < Field::ALL.len() {
+        if Field::ALL[i].is_upstream() {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
+
+/// Each field's place in [`Machine::fields`], by [`Field::index`]; `NOT_DENSE`
+/// for mama's own fields, which are kept apart.
+const DENSE: [u8; Field::ALL.len()] = {
+    let mut places = [NOT_DENSE; Field::ALL.len()];
+    let mut n = 0;
+    let mut i = 0;
+    while i < Field::ALL.len() {
+        if Field::ALL[i].is_upstream() {
+            places[i] = n;
+            n += 1;
+        }
+        i += 1;
+    }
+    places
+};
+const NOT_DENSE: u8 = u8::MAX;
+
 // Written out: `Default` is derived for arrays of at most 32.
 impl Default for Machine {
     fn default() -> Machine {
         Machine {
             source: None,
-            fields: [Slot::ABSENT; Field::ALL.len()],
+            fields: [Slot::ABSENT; UPSTREAM_FIELDS],
+            own_fields: Vec::new(),
             owned: Vec::new(),
             structured: 0,
             lease: None,
@@ -175,8 +209,8 @@ impl Machine {
         if from == u32::MAX {
             return false;
         }
-        if self.fields[field.index()] == Slot::ABSENT {
-            self.fields[field.index()] = Slot {
+        if self.slot(field) == Slot::ABSENT {
+            *self.slot_mut(field) = Slot {
                 start: from,
                 end: to,
             };
@@ -189,7 +223,7 @@ impl Machine {
 
     /// Reads `field` as `text`, unless the machine has it already.
     pub fn read_text(&mut self, field: Field, text: String, structured: bool) {
-        if self.fields[field.index()] == Slot::ABSENT {
+        if self.slot(field) == Slot::ABSENT {
             self.put(field, Some(text));
             if structured {
                 self.structured |= bit(field);
@@ -199,7 +233,7 @@ impl Machine {
 
     /// A field's text, `None` where the machine has no such field.
     fn field(&self, field: Field) -> Option<&str> {
-        match self.fields[field.index()] {
+        match self.slot(field) {
             Slot::ABSENT => None,
             Slot {
                 start: u32::MAX,
@@ -211,8 +245,9 @@ impl Machine {
 
     /// Sets a field's text (`None`: the machine has no such field).
     fn put(&mut self, field: Field, text: Option<String>) {
-        let slot = &mut self.fields[field.index()];
-        *slot = match (text, *slot) {
+        let owned_count = self.owned.len();
+        let current = self.slot(field);
+        let new = match (text, current) {
             (None, _) => Slot::ABSENT,
             (
                 Some(text),
@@ -220,15 +255,46 @@ impl Machine {
                     start: u32::MAX,
                     end,
                 },
-            ) if end > 0 && (end as usize) <= self.owned.len() => {
+            ) if end > 0 && (end as usize) <= owned_count => {
                 self.owned[end as usize - 1] = text;
-                *slot
+                current
             }
             (Some(text), _) => {
                 self.owned.push(text);
                 Slot::owned(self.owned.len() - 1)
             }
         };
+        *self.slot_mut(field) = new;
+    }
+
+    /// Where `field`'s text is.
+    fn slot(&self, field: Field) -> Slot {
+        match DENSE[field.index()] {
+            NOT_DENSE => self
+                .own_fields
+                .iter()
+                .find(|(f, _)| *f == field)
+                .map_or(Slot::ABSENT, |&(_, slot)| slot),
+            at => self.fields[at as usize],
+        }
+    }
+
+    /// Where `field`'s text is, to change (mama's own fields get a slot
+    /// when first asked).
+    fn slot_mut(&mut self, field: Field) -> &mut Slot {
+        match DENSE[field.index()] {
+            NOT_DENSE => {
+                let at = match self.own_fields.iter().position(|(f, _)| *f == field) {
+                    Some(at) => at,
+                    None => {
+                        self.own_fields.push((field, Slot::ABSENT));
+                        self.own_fields.len() - 1
+                    }
+                };
+                &mut self.own_fields[at].1
+            }
+            at => &mut self.fields[at as usize],
+        }
     }
 
     /// A field's text; empty when the field is missing or empty.
@@ -242,7 +308,7 @@ impl Machine {
     /// lacks the field or holds its text as its own. Tells without a look
     /// at the text.
     pub fn span(&self, field: Field) -> Option<(usize, usize)> {
-        match self.fields[field.index()] {
+        match self.slot(field) {
             Slot::ABSENT
             | Slot {
                 start: u32::MAX, ..
@@ -252,7 +318,7 @@ impl Machine {
     }
 
     pub fn has(&self, field: Field) -> bool {
-        self.fields[field.index()] != Slot::ABSENT
+        self.slot(field) != Slot::ABSENT
     }
 
     pub fn name(&self) -> &str {
