@@ -140,8 +140,9 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             json,
             no_probe,
             mine,
+            wide,
             ..
-        } => c::list(store, settings, json, !no_probe, mine)?,
+        } => c::list(store, settings, json, !no_probe, mine, wide)?,
         Command::Who { json } => c::who(store, settings, json)?,
         Command::Info {
             machine,

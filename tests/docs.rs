@@ -676,3 +676,66 @@ fn a_busy_machine_is_told_without_colour() {
     assert!(busy.contains("mama: rig1 is busy"), "{busy}");
     assert!(!busy.contains("\x1b["), "{busy}");
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_script),
+    ignore = "needs script (util-linux): run tests/install-tools"
+)]
+fn list_fits_the_terminal_and_is_plain_through_a_pipe() {
+    let env = TestEnv::new();
+    let label = format!("nightly {}", "x".repeat(150));
+    let me = std::process::id().to_string();
+    env.write_state(&lab_xml(&[
+        machine_xml(
+            "rig1",
+            1,
+            &[
+                ("job", &label),
+                ("job_pid", &me),
+                ("job_timestamp", &unix_now().to_string()),
+            ],
+        ),
+        machine_xml("rig2", 2, &[]),
+    ]));
+    let on_a_terminal_of = |columns: &str, args: &str| -> String {
+        let mut script = Command::new("script");
+        remove_mama_env(&mut script);
+        script
+            .args([
+                "-qec",
+                &format!("COLUMNS={columns} '{MAMA}' {args}"),
+                "/dev/null",
+            ])
+            .env("SHELL", "/bin/sh")
+            .env("MAMA_STATE", &env.state)
+            .env("NO_COLOR", "1");
+        output_within(script).stdout
+    };
+    // At 80 columns the table is 80 wide at most, the label cut short.
+    let fitted = on_a_terminal_of("80", "list");
+    let widths: Vec<usize> = fitted
+        .lines()
+        .map(|l| l.trim_end().chars().count())
+        .collect();
+    assert!(widths.iter().all(|&w| w <= 80), "{widths:?}\n{fitted}");
+    assert!(
+        fitted.contains('…') && fitted.contains("nightly"),
+        "{fitted}"
+    );
+    // --wide: every cell whole.
+    let wide = on_a_terminal_of("80", "list --wide");
+    assert!(wide.contains(&label), "{wide}");
+    // Through a pipe: plain columns, one machine a line, nothing drawn.
+    let piped = env.run(["list"]);
+    let lines: Vec<&str> = piped.ok().lines().collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("No  Name"), "{lines:?}");
+    assert!(lines[1].contains(&label), "{lines:?}");
+    assert!(!piped.ok().contains(['│', '┆', '─', '╭']), "{lines:?}");
+    assert_eq!(
+        lines[1].find("rig1"),
+        lines[2].find("rig2"),
+        "aligned: {lines:?}"
+    );
+}

@@ -23,16 +23,38 @@ fn info_line<'a>(text: &'a str, label: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-/// The rows of the `list` table, as trimmed cells (header first).
+/// The rows of the `list` table as printed to a pipe (plain text in
+/// aligned columns), as trimmed cells (header first): each column starts
+/// where its title does.
 fn table_rows(table: &str) -> Vec<Vec<String>> {
-    table
-        .lines()
-        .filter(|l| l.contains('┆'))
-        .map(|l| {
-            l.trim()
-                .trim_matches('│')
-                .split('┆')
-                .map(|c| c.trim().to_string())
+    let mut lines = table.lines();
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
+    let header: Vec<char> = header.chars().collect();
+    let starts: Vec<usize> = (0..header.len())
+        .filter(|&i| header[i] != ' ' && (i == 0 || header[i - 1] == ' '))
+        .collect();
+    std::iter::once(header.iter().collect::<String>())
+        .chain(lines.map(str::to_string))
+        .map(|line| {
+            let chars: Vec<char> = line.chars().collect();
+            starts
+                .iter()
+                .enumerate()
+                .map(|(n, &start)| {
+                    let end = starts
+                        .get(n + 1)
+                        .copied()
+                        .unwrap_or(chars.len())
+                        .min(chars.len());
+                    let start = start.min(end);
+                    chars[start..end]
+                        .iter()
+                        .collect::<String>()
+                        .trim()
+                        .to_string()
+                })
                 .collect()
         })
         .collect()

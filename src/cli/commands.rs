@@ -106,7 +106,14 @@ fn stdout_is_terminal() -> bool {
 /// How long `list` and `info` wait for machines and outlets to answer.
 const PROBE_DEADLINE: Duration = Duration::from_millis(300);
 
-pub fn list(store: &Store, settings: &Settings, json: bool, probe: bool, mine: bool) -> Result<()> {
+pub fn list(
+    store: &Store,
+    settings: &Settings,
+    json: bool,
+    probe: bool,
+    mine: bool,
+    wide: bool,
+) -> Result<()> {
     let mut views = views(store, settings, probe)?;
     if mine {
         let me = os::user_name();
@@ -115,10 +122,15 @@ pub fn list(store: &Store, settings: &Settings, json: bool, probe: bool, mine: b
     if json {
         print_json(&views)
     } else {
-        out(&format!(
-            "{}\n",
-            render::table(&views, style::enabled(Stream::Stdout))
-        ))
+        let mut table = render::table(
+            &views,
+            style::enabled(Stream::Stdout),
+            style::Layout::of_stdout(wide),
+        );
+        if !table.ends_with('\n') {
+            table.push('\n');
+        }
+        out(&table)
     }
 }
 

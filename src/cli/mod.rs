@@ -61,6 +61,9 @@ pub enum Command {
         /// Only the machines you hold: your jobs, reservations and starts
         #[arg(long)]
         mine: bool,
+        /// On a terminal, every cell whole, however wide the table grows
+        #[arg(long)]
+        wide: bool,
     },
     /// Who holds what: every live job, reservation and start, by whom, since and until when
     Who {

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use crate::cli::style::{self, Tone};
+use crate::cli::style::{self, Layout, Tone};
 use crate::engine::claim::{self, Blocker, Busy, Status};
 use crate::engine::devices;
 use crate::engine::power::Seen;
@@ -934,12 +934,8 @@ pub fn holds(holds: &[HoldView], now: i64) -> String {
 }
 
 /// The `list` table; with `colour`, the state and a stale job stand out.
-pub fn table(views: &[MachineView], colour: bool) -> String {
+pub fn table(views: &[MachineView], colour: bool, layout: Layout) -> String {
     let now = crate::os::now();
-    let mut table = Table::new();
-    table
-        .load_style(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled);
     // The columns of power and reach only where some machine has
     // something to show in them.
     let online = views.iter().any(|v| v.online.is_some());
@@ -950,6 +946,69 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
     header.extend(power.then_some("Power"));
     header.extend(vm.then_some("VM"));
     header.extend(["Reserved", "User", "Job"]);
+    let rows: Vec<Vec<(String, Option<Tone>)>> = views
+        .iter()
+        .enumerate()
+        .map(|(no, view)| {
+            let plain = |text: String| (printable(&text).into_owned(), None);
+            let mut row = vec![
+                plain((no + 1).to_string()),
+                plain(view.name.clone()),
+                plain(view.ip_cell()),
+                plain(view.mac.clone().unwrap_or_default()),
+                (
+                    printable(&view.state_cell()).into_owned(),
+                    Tone::of_state(view.state),
+                ),
+            ];
+            if online {
+                row.push(plain(view.online.unwrap_or_default().to_string()));
+            }
+            if power {
+                row.push(plain(view.power_cell()));
+            }
+            if vm {
+                row.push(plain(if view.only_vm { "yes" } else { "" }.to_string()));
+            }
+            row.extend([
+                plain(view.reservation_cell(now)),
+                plain(view.user_cell()),
+                (
+                    printable(&view.job_cell()).into_owned(),
+                    view.stale.then_some(Tone::Stale),
+                ),
+            ]);
+            row
+        })
+        .collect();
+    let width = match layout {
+        Layout::Plain => {
+            let cells: Vec<Vec<String>> =
+                std::iter::once(header.iter().map(|h| h.to_string()).collect())
+                    .chain(
+                        rows.into_iter()
+                            .map(|row| row.into_iter().map(|(c, _)| c).collect()),
+                    )
+                    .collect();
+            return columns(&cells);
+        }
+        Layout::Terminal { width } => width,
+    };
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    match width {
+        // Fitted to the terminal: the last column, the job's label, gives
+        // way first, and a cell too long is cut short with `…`.
+        Some(width) => {
+            table
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(width)
+                .set_truncation_indicator("…");
+        }
+        None => {
+            table.set_content_arrangement(ContentArrangement::Disabled);
+        }
+    }
     table.set_header(header);
     // Whether to colour is decided by the caller (see `style::enabled`),
     // not by comfy-table's own look at stdout.
@@ -957,39 +1016,44 @@ pub fn table(views: &[MachineView], colour: bool) -> String {
     if colour {
         table.enforce_styling();
     }
-    for (no, view) in views.iter().enumerate() {
-        let tone = |text: &str, tone: Option<Tone>| {
-            let cell = Cell::new(printable(text));
+    for row in rows {
+        let cells = row.into_iter().map(|(text, tone)| {
+            let cell = Cell::new(text);
             match tone {
                 Some(tone) => tone.cell(cell),
                 None => cell,
             }
-        };
-        let text = |text: &Option<String>| tone(text.as_deref().unwrap_or_default(), None);
-        let mut row = vec![
-            Cell::new(no + 1),
-            tone(&view.name, None),
-            tone(&view.ip_cell(), None),
-            text(&view.mac),
-            tone(&view.state_cell(), Tone::of_state(view.state)),
-        ];
-        if online {
-            row.push(tone(view.online.unwrap_or_default(), None));
-        }
-        if power {
-            row.push(tone(&view.power_cell(), None));
-        }
-        if vm {
-            row.push(tone(if view.only_vm { "yes" } else { "" }, None));
-        }
-        row.extend([
-            tone(&view.reservation_cell(now), None),
-            tone(&view.user_cell(), None),
-            tone(&view.job_cell(), view.stale.then_some(Tone::Stale)),
-        ]);
+        });
+        let mut row = comfy_table::Row::from(cells);
+        row.max_height(1);
         table.add_row(row);
     }
     table.to_string()
+}
+
+/// Rows of cells as plain text in aligned columns (two spaces between),
+/// trailing spaces trimmed, a line each.
+pub fn columns(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (at, cell) in row.iter().enumerate() {
+            let w = cell.chars().count();
+            match widths.get_mut(at) {
+                Some(width) => *width = (*width).max(w),
+                None => widths.push(w),
+            }
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// How many holders of a job lock `info` names, one a line.

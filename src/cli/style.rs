@@ -33,6 +33,49 @@ pub fn enabled(stream: Stream) -> bool {
         }
 }
 
+/// How a table is laid out where it is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// For a terminal: drawn in boxes, fitted to `width` columns (long
+    /// cells cut short with `…`), or as wide as it needs (`None`).
+    Terminal { width: Option<u16> },
+    /// For a pipe or a file: plain text in aligned columns, one row a
+    /// line, nothing drawn.
+    Plain,
+}
+
+impl Layout {
+    /// The layout for stdout; `wide` keeps every cell whole.
+    pub fn of_stdout(wide: bool) -> Layout {
+        if !std::io::stdout().is_terminal() {
+            return Layout::Plain;
+        }
+        if wide {
+            return Layout::Terminal { width: None };
+        }
+        Layout::Terminal {
+            width: terminal_width(),
+        }
+    }
+}
+
+/// The width of the terminal on stdout: `COLUMNS` where set, else what
+/// the terminal says.
+fn terminal_width() -> Option<u16> {
+    if let Some(columns) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<u16>().ok())
+        .filter(|&c| c > 0)
+    {
+        return Some(columns);
+    }
+    // SAFETY: winsize is plain data, filled in by the ioctl on stdout.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes a winsize into the pointer given.
+    let asked = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (asked == 0 && size.ws_col > 0).then_some(size.ws_col)
+}
+
 impl Tone {
     /// The tone of a machine state (`free`, `busy`, `stale`, ...), if any.
     pub fn of_state(state: &str) -> Option<Tone> {
