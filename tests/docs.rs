@@ -387,6 +387,12 @@ fn bash_completes_machine_names_from_the_state_file() {
     }
     assert_eq!(complete(&["mama", "info", "r"]), ["rig1", "rig2"]);
     assert_eq!(complete(&["mama", "wait", "rig2"]), ["rig2"]);
+    // A pool takes more machines, up to `--`.
+    assert_eq!(
+        complete(&["mama", "run", "--any", "rig1", "r"]),
+        ["rig1", "rig2"]
+    );
+    assert_eq!(complete(&["mama", "wait", "rig1", "--any", ""]), all);
     assert_eq!(complete(&["mama", "info", "x"]), Vec::<String>::new());
     // Options and their values before the machine are skipped.
     assert_eq!(
@@ -496,6 +502,21 @@ fn zsh_and_fish_scripts_load() {
             "{run:#?}"
         );
         assert!(!names.contains(&"lab3"), "{run:#?}");
+        // A pool takes more machines, up to `--`.
+        let mut fish = Command::new("fish");
+        fish.args([
+            "--no-config",
+            "-c",
+            "source $argv[1]; and complete -C 'mama run --any rig1 r'",
+        ])
+        .arg(&script)
+        .env("PATH", path_with_mama())
+        .env("MAMA_STATE", &env.state);
+        let run = output_within(fish);
+        assert!(
+            run.stdout.lines().any(|l| l.starts_with("rig2")),
+            "{run:#?}"
+        );
     }
 }
 

@@ -112,7 +112,14 @@ fn bash(generated: &str) -> String {
 # commands that take a machine; everything else is left to _mama.
 _mama_with_machines() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}" word sub="" state="" option="" i
-    local skip=0 taken=0
+    local skip=0 taken=0 pool=0
+    # A pool (--any, --where) takes any number of machines, up to `--`.
+    for (( i = 1; i < COMP_CWORD; i++ )); do
+        case "${{COMP_WORDS[i]}}" in
+            --) break ;;
+            --any|--where|--where=*) pool=1 ;;
+        esac
+    done
     for (( i = 1; i < COMP_CWORD; i++ )); do
         word="${{COMP_WORDS[i]}}"
         if (( skip )); then
@@ -127,7 +134,7 @@ _mama_with_machines() {{
             --state=*) state="${{word#--state=}}" ;;
             --) taken=1 ;;
             -*) ;;
-            *) if [[ -z $sub ]]; then sub="$word"; else taken=1; fi ;;
+            *) if [[ -z $sub ]]; then sub="$word"; elif (( ! pool )); then taken=1; fi ;;
         esac
     done
     # The field of --where FIELD=VALUE (the value is left to _mama).
@@ -210,6 +217,13 @@ function __fish_mama_wants_machine
     contains -- "$argv[1]" {commands}
     or return 1
     set -e argv[1]
+    # A pool (--any, --where) takes any number of machines, up to `--`.
+    set -l pool 0
+    for word in $argv
+        test "$word" = "--"; and break
+        string match -q -- '--any' $word; and set pool 1
+        string match -q -- '--where*' $word; and set pool 1
+    end
     set -l skip 0
     for word in $argv
         if test $skip -eq 1
@@ -219,7 +233,7 @@ function __fish_mama_wants_machine
         else if test "$word" = "--"
             return 1
         else if not string match -q -- '-*' $word
-            return 1
+            test $pool -eq 1; or return 1
         end
     end
     test $skip -eq 0
