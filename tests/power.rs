@@ -723,3 +723,89 @@ fn a_relay_board_of_a_lab_others_may_write_is_used_only_once_trusted() {
         "nothing was written to the port"
     );
 }
+
+#[test]
+#[cfg_attr(not(mama_root), ignore = "needs root (run cargo test as root)")]
+fn a_lab_is_trusted_only_where_nobody_else_may_write_what_it_is_read_from() {
+    use std::os::unix::fs::PermissionsExt;
+    let nobody = crate::common::users::user_id("nobody").expect("the user nobody");
+    let touched = |env: &TestEnv| env.path().join("touched");
+    let lab = |env: &TestEnv| {
+        env.add("rig1", 1);
+        let ran = touched(env).display().to_string();
+        env.run(["set", "rig1", "startcmd", &format!("touch '{ran}'")])
+            .ok();
+        env.run(["set", "rig1", "readycmd", &format!("test -e '{ran}'")])
+            .ok();
+    };
+    let lock = |env: &TestEnv| {
+        let mut name = env.state.clone().into_os_string();
+        name.push(".lock");
+        std::path::PathBuf::from(name)
+    };
+    let untrusted = |env: &TestEnv| env.path().join("no-config");
+
+    // The lock file, which holds the roll-forward copy of a write in
+    // place, is another user's.
+    let env = TestEnv::new();
+    lab(&env);
+    std::os::unix::fs::chown(lock(&env), Some(nobody), None).expect("chown");
+    env.run_with_config(&untrusted(&env), &["start", "rig1"])
+        .fails_saying(1, "user nobody");
+    assert!(!touched(&env).exists());
+
+    // A state file another user owns, read-only: its owner may make it
+    // writable at will.
+    let env = TestEnv::new();
+    lab(&env);
+    std::os::unix::fs::chown(&env.state, Some(nobody), None).expect("chown");
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    env.run_with_config(&untrusted(&env), &["start", "rig1"])
+        .fails_saying(1, "user nobody");
+    assert!(!touched(&env).exists());
+
+    // Given by a relative path, a lab is named by its real path: that is
+    // the line to trust, and it trusts the lab however it is given.
+    let real = env.state.canonicalize().expect("the real path");
+    let refused = Run::from(
+        env.cmd(["--state", "mama.xml", "start", "rig1"])
+            .env_remove("MAMA_STATE")
+            .env("XDG_CONFIG_HOME", untrusted(&env))
+            .current_dir(env.path())
+            .output()
+            .expect("mama runs"),
+    );
+    let said = refused.fails_saying(1, "refusing to use");
+    assert!(
+        said.contains(&format!("add the line `{}`", real.display())),
+        "{said}"
+    );
+    let config = env.trust(&real.display().to_string());
+    Run::from(
+        env.cmd(["--state", "mama.xml", "start", "rig1"])
+            .env_remove("MAMA_STATE")
+            .env("XDG_CONFIG_HOME", &config)
+            .current_dir(env.path())
+            .output()
+            .expect("mama runs"),
+    )
+    .ok_saying("rig1 is ready");
+}
+
+#[test]
+fn a_start_timeout_too_long_written_by_hand_is_an_error_not_a_crash() {
+    let env = TestEnv::new();
+    env.write_state(&lab_xml(&[machine_xml(
+        "rig1",
+        1,
+        &[
+            ("start_timeout", "18446744073709551615"),
+            ("startcmd", "true"),
+        ],
+    )]));
+    env.run(["start", "rig1"]).fails_saying(
+        1,
+        "start_timeout is '18446744073709551615', not a whole number of seconds",
+    );
+    assert_eq!(env.info("rig1")["is_started"], false);
+}

@@ -156,9 +156,9 @@ impl Plan {
         };
         let timeout = match machine.get(Field::StartTimeout).trim() {
             "" => DEFAULT_START_TIMEOUT,
-            text => Duration::from_secs(text.parse().map_err(|_| {
+            text => Duration::from_secs(text.parse::<u32>().map(u64::from).map_err(|_| {
                 Error::Invalid(format!(
-                    "{name}: start_timeout is '{}', not a whole number of seconds",
+                    "{name}: start_timeout is '{}', not a whole number of seconds (0 to 4294967295)",
                     render::printable(text)
                 ))
             })?),

@@ -35,7 +35,7 @@ pub fn check(store: &Store, what: &str) -> Result<()> {
     let Some(others) = others else {
         return Ok(());
     };
-    let location = store.location();
+    let location = trust_name(store);
     let files = trust_files(me);
     if files.iter().any(|file| names(file, &location, me)) {
         return Ok(());
@@ -49,6 +49,17 @@ pub fn check(store: &Store, what: &str) -> Result<()> {
          root ({others}), and they chose that command; if you trust them, add the line \
          `{location}` to {mine} (or {SYSTEM_TRUST} for every user)"
     )))
+}
+
+/// The name a trust file gives `store`'s lab: a state file's real path
+/// (absolute, its links resolved: one lab, however it is spelled), a
+/// database's URL without its password.
+fn trust_name(store: &Store) -> String {
+    let name = store.for_jobs();
+    match std::fs::canonicalize(&name) {
+        Ok(real) => real.display().to_string(),
+        Err(_) => name.to_string_lossy().into_owned(),
+    }
 }
 
 /// Who of `writers` is neither `me` nor root, said for people; `None`

@@ -882,17 +882,15 @@ fn read_sized(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Re
     }
 }
 
-/// Who may write `file`: its owner where the owner may, its group where
-/// the group may, everyone where others may, and the users and groups its
+/// Who may write `file`: its owner (who may change its mode at will), its
+/// group where the group may, everyone where others may, and the users and groups its
 /// ACL lets write (the ACL's mask taken into account).
 pub fn writers_of(file: &File) -> io::Result<Vec<crate::backend::Writer>> {
     use crate::backend::Writer;
     let meta = file.metadata()?;
     let mode = meta.mode();
-    let mut writers = Vec::new();
-    if mode & 0o200 != 0 {
-        writers.push(Writer::User(meta.uid()));
-    }
+    // The owner may make it writable whatever its mode says.
+    let mut writers = vec![Writer::User(meta.uid())];
     if mode & 0o002 != 0 {
         writers.push(Writer::Everyone);
     }

@@ -458,6 +458,14 @@ impl super::Backend for FileStore {
                 .replacers()
                 .map_err(|e| Error::io("read", folder.path(), e))?,
         );
+        // The lock file holds the roll-forward copy of a write in place,
+        // which a reader takes for the lab when the state file looks torn:
+        // whoever may write it may write the lab.
+        if let Some(lock) = self.open_beside(&self.beside("", ".lock"), false)? {
+            writers.extend(
+                fsutil::writers_of(&lock).map_err(|e| Error::io("read", &self.lock_path(), e))?,
+            );
+        }
         Ok(super::Writers::Known(writers))
     }
 
