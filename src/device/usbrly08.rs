@@ -83,10 +83,22 @@ impl Board {
                 libc::tcflush(fd, libc::TCIFLUSH);
             }
         }
+        let deadline = Instant::now() + self.limits.serial;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "{port} took nothing within {} (is it a USB-RLY08?)",
+                    crate::text::seconds(self.limits.serial)
+                ));
+            }
+            if writable(fd, left).map_err(|e| format!("{port}: {e}"))? {
+                break;
+            }
+        }
         file.write_all(&[command])
             .map_err(|e| format!("cannot write to {port}: {e}"))?;
         let mut got = Vec::with_capacity(answer);
-        let deadline = Instant::now() + self.limits.serial;
         while got.len() < answer {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -223,9 +235,20 @@ fn open_port(path: &Path) -> std::result::Result<File, String> {
 /// Whether `fd` has something to read within `within` (a hang-up counts:
 /// the read then says so).
 fn readable(fd: RawFd, within: Duration) -> std::io::Result<bool> {
+    ready(fd, libc::POLLIN, within)
+}
+
+/// Whether a byte can be written to `fd` without waiting, within `within`
+/// (a port whose other side reads nothing must not hold mama for ever).
+fn writable(fd: RawFd, within: Duration) -> std::io::Result<bool> {
+    ready(fd, libc::POLLOUT, within)
+}
+
+/// Whether `fd` is ready for `events` within `within` (a signal: not yet).
+fn ready(fd: RawFd, events: libc::c_short, within: Duration) -> std::io::Result<bool> {
     let mut pollfd = libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     let ms = within.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
