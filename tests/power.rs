@@ -10,7 +10,7 @@
 //! server speaking the mPower protocol on a test host, relay boards a
 //! USB-RLY08 on a pseudo-terminal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::board::Board;
@@ -37,6 +37,20 @@ fn add_board(env: &TestEnv, name: &str, n: u8, board: &Board, delay: Duration, w
     );
     env.run(["set", name, "startcmd", &startcmd]).ok();
     env.run(["set", name, "stopcmd", &board.stopcmd()]).ok();
+}
+
+/// A lab of one machine, rig1, whose `startcmd` touches a file and whose
+/// `readycmd` waits for it: the file, which exists once a start ran the
+/// lab's commands.
+fn touching_lab(env: &TestEnv) -> PathBuf {
+    let touched = env.path().join("touched");
+    env.add("rig1", 1);
+    let ran = touched.display().to_string();
+    env.run(["set", "rig1", "startcmd", &format!("touch '{ran}'")])
+        .ok();
+    env.run(["set", "rig1", "readycmd", &format!("test -e '{ran}'")])
+        .ok();
+    touched
 }
 
 /// How many times the board's start command ran.
@@ -415,22 +429,7 @@ fn two_starts_never_run_two_sequences_at_once() {
 )]
 fn commands_of_a_lab_others_may_write_run_only_once_it_is_trusted() {
     let env = TestEnv::new();
-    let touched = env.path().join("touched");
-    env.add("rig1", 1);
-    env.run([
-        "set",
-        "rig1",
-        "startcmd",
-        &format!("touch '{}'", touched.display()),
-    ])
-    .ok();
-    env.run([
-        "set",
-        "rig1",
-        "readycmd",
-        &format!("test -e '{}'", touched.display()),
-    ])
-    .ok();
+    let touched = touching_lab(&env);
     // A member of the lab's group (nobody, in its own group) may write it.
     let group = crate::common::users::nobody_group();
     let gid = crate::common::users::group_id(&group).expect("the group");
@@ -471,22 +470,7 @@ fn commands_of_a_lab_others_may_write_run_only_once_it_is_trusted() {
 )]
 fn a_database_lab_runs_its_commands_only_once_trusted() {
     let env = TestEnv::postgres();
-    let touched = env.path().join("touched");
-    env.add("rig1", 1);
-    env.run([
-        "set",
-        "rig1",
-        "startcmd",
-        &format!("touch '{}'", touched.display()),
-    ])
-    .ok();
-    env.run([
-        "set",
-        "rig1",
-        "readycmd",
-        &format!("test -e '{}'", touched.display()),
-    ])
-    .ok();
+    let touched = touching_lab(&env);
     let untrusted = env.path().join("none");
     env.run_with_config(&untrusted, &["start", "rig1"])
         .fails_saying(1, "a database lab may be written by every role");
@@ -729,15 +713,7 @@ fn a_relay_board_of_a_lab_others_may_write_is_used_only_once_trusted() {
 fn a_lab_is_trusted_only_where_nobody_else_may_write_what_it_is_read_from() {
     use std::os::unix::fs::PermissionsExt;
     let nobody = crate::common::users::user_id("nobody").expect("the user nobody");
-    let touched = |env: &TestEnv| env.path().join("touched");
-    let lab = |env: &TestEnv| {
-        env.add("rig1", 1);
-        let ran = touched(env).display().to_string();
-        env.run(["set", "rig1", "startcmd", &format!("touch '{ran}'")])
-            .ok();
-        env.run(["set", "rig1", "readycmd", &format!("test -e '{ran}'")])
-            .ok();
-    };
+
     let lock = |env: &TestEnv| {
         let mut name = env.state.clone().into_os_string();
         name.push(".lock");
@@ -748,21 +724,21 @@ fn a_lab_is_trusted_only_where_nobody_else_may_write_what_it_is_read_from() {
     // The lock file, which holds the roll-forward copy of a write in
     // place, is another user's.
     let env = TestEnv::new();
-    lab(&env);
+    let touched = touching_lab(&env);
     std::os::unix::fs::chown(lock(&env), Some(nobody), None).expect("chown");
     env.run_with_config(&untrusted(&env), &["start", "rig1"])
         .fails_saying(1, "user nobody");
-    assert!(!touched(&env).exists());
+    assert!(!touched.exists());
 
     // A state file another user owns, read-only: its owner may make it
     // writable at will.
     let env = TestEnv::new();
-    lab(&env);
+    let touched = touching_lab(&env);
     std::os::unix::fs::chown(&env.state, Some(nobody), None).expect("chown");
     std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o444)).expect("chmod");
     env.run_with_config(&untrusted(&env), &["start", "rig1"])
         .fails_saying(1, "user nobody");
-    assert!(!touched(&env).exists());
+    assert!(!touched.exists());
 
     // Given by a relative path, a lab is named by its real path: that is
     // the line to trust, and it trusts the lab however it is given.

@@ -654,7 +654,7 @@ pub fn check(
         wait_timeout,
     )? {
         claim::Acquired::Claimed(claim) => *claim,
-        claim::Acquired::Free(_) => {
+        claim::Acquired::Free { .. } => {
             return Err(Error::Invalid(
                 "internal error: a check ended without a claim".into(),
             ));
@@ -810,9 +810,12 @@ pub fn wait(
         }
         None => Intent::Wait,
     };
-    let free = match acquire(store, settings, wanted, &intent, false, timeout)? {
-        claim::Acquired::Free(machine) => machine,
-        claim::Acquired::Claimed(claim) => claim.machine.clone(),
+    let (free, left_started) = match acquire(store, settings, wanted, &intent, false, timeout)? {
+        claim::Acquired::Free {
+            machine,
+            left_started,
+        } => (machine, left_started),
+        claim::Acquired::Claimed(claim) => (claim.machine.clone(), claim.left_started),
     };
     if matches!(intent, Intent::Reserve { .. }) {
         let lab = read(store)?;
@@ -827,7 +830,7 @@ pub fn wait(
     // Free, but left started by a run that died: whoever finds it stops
     // it, under a claim of its own, so that nobody runs on a machine in
     // the middle of a stop.
-    if read(store)?.get(&free)?.started_for_job() {
+    if left_started {
         let label = format!("stop {free}, left started by a run that ended");
         let intent = Intent::Run { label };
         if let claim::Acquired::Claimed(claim) = acquire(
@@ -910,7 +913,7 @@ pub fn run(
         request.wait_timeout,
     )? {
         claim::Acquired::Claimed(claim) => *claim,
-        claim::Acquired::Free(_) => {
+        claim::Acquired::Free { .. } => {
             return Err(Error::Invalid(
                 "internal error: a run ended without a claim".into(),
             ));

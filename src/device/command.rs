@@ -8,7 +8,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{Context, Limits, Reading, Switch, confirm, slot_failed, state, unconfirmed};
+use super::{Context, Limits, Reading, Switch, confirm, slot_failed, state};
 use crate::error::Result;
 use crate::model::device::Device;
 use crate::text::printable;
@@ -147,11 +147,9 @@ impl Switch for Commands {
         if !self.device.reads_back() {
             return Ok(());
         }
-        if confirm(self.limits.confirm, on, || Ok(self.status(slot)?.on))? {
-            Ok(())
-        } else {
-            Err(unconfirmed(&self.device, slot, on, self.limits.confirm))
-        }
+        confirm(&self.device, slot, self.limits.confirm, on, || {
+            Ok(self.status(slot)?.on)
+        })
     }
 
     fn read(&mut self, slot: u32) -> Result<Reading> {

@@ -227,18 +227,24 @@ impl Drop for HeldSignals {
     }
 }
 
-/// Reads the slot (with `read`) until it is `want` or `within` has passed;
-/// returns whether it was.
-fn confirm(within: Duration, want: bool, mut read: impl FnMut() -> Result<bool>) -> Result<bool> {
+/// Reads `device`'s `slot` (with `read`) until it is `want`; an error
+/// naming the slot when it is not within `within`.
+fn confirm(
+    device: &Device,
+    slot: u32,
+    within: Duration,
+    want: bool,
+    mut read: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     let mut pause = Duration::from_millis(20);
     loop {
         if read()? == want {
-            return Ok(true);
+            return Ok(());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(false);
+            return Err(unconfirmed(device, slot, want, within));
         }
         std::thread::sleep(pause.min(left));
         pause = (pause * 2).min(Duration::from_millis(250));

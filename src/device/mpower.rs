@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{Limits, Reading, Switch, confirm, failed, slot_failed, unconfirmed};
+use super::{Limits, Reading, Switch, confirm, failed, slot_failed};
 use crate::error::Result;
 use crate::model::device::Device;
 use crate::text::printable;
@@ -392,17 +392,12 @@ impl Switch for Mpower {
         let form = format!("output={}", u8::from(on));
         self.call("PUT", &format!("/sensors/{slot}"), Some(&form))
             .map_err(|e| slot_failed(&self.device, slot, e))?;
-        let within = self.limits.confirm;
-        let confirmed = confirm(within, on, || {
+        let device = self.device.clone();
+        confirm(&device, slot, self.limits.confirm, on, || {
             self.read_slot(slot)
                 .map(|r| r.on)
                 .map_err(|e| slot_failed(&self.device, slot, e))
-        })?;
-        if confirmed {
-            Ok(())
-        } else {
-            Err(unconfirmed(&self.device, slot, on, within))
-        }
+        })
     }
 
     fn read(&mut self, slot: u32) -> Result<Reading> {

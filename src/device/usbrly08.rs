@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::{Limits, Reading, Switch, confirm, failed, slot_failed, unconfirmed};
+use super::{Limits, Reading, Switch, confirm, failed, slot_failed};
 use crate::error::Result;
 use crate::model::device::Device;
 
@@ -158,16 +158,10 @@ impl Switch for Board {
         let command = if on { ON } else { OFF } + (slot - 1) as u8;
         self.transact(command, 0)
             .map_err(|e| slot_failed(&self.device, slot, e))?;
-        let within = self.limits.confirm;
-        let confirmed = confirm(within, on, || {
+        confirm(&self.device, slot, self.limits.confirm, on, || {
             self.relay(slot)
                 .map_err(|e| slot_failed(&self.device, slot, e))
-        })?;
-        if confirmed {
-            Ok(())
-        } else {
-            Err(unconfirmed(&self.device, slot, on, within))
-        }
+        })
     }
 
     fn read(&mut self, slot: u32) -> Result<Reading> {

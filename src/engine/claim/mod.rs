@@ -277,7 +277,8 @@ impl Wanted {
 
 enum Attempt {
     Claimed(Claim),
-    Free(String),
+    /// Free: the machine, and whether a run that died left it started.
+    Free(String, bool),
     Busy(Wait),
 }
 
@@ -311,8 +312,9 @@ enum Sleep {
 pub enum Acquired {
     /// A machine claimed for the job.
     Claimed(Box<Claim>),
-    /// `wait`: this machine is free.
-    Free(String),
+    /// `wait`: this machine is free; `left_started` says that a run that
+    /// died left it started (then whoever waited stops it).
+    Free { machine: String, left_started: bool },
 }
 
 /// The claim loop: judge, clear stale jobs, claim when free and the
@@ -374,7 +376,12 @@ pub fn acquire(
         };
         let wait = match attempt {
             Ok(Attempt::Claimed(claim)) => break Ok(Acquired::Claimed(Box::new(claim))),
-            Ok(Attempt::Free(machine)) => break Ok(Acquired::Free(machine)),
+            Ok(Attempt::Free(machine, left_started)) => {
+                break Ok(Acquired::Free {
+                    machine,
+                    left_started,
+                });
+            }
             Ok(Attempt::Busy(wait)) => wait,
             Err(e) => break Err(e),
         };
@@ -624,7 +631,10 @@ fn judge_read_only(
         let reason = match busy(&lab, target, caller, judge)? {
             Some(busy) => Some(busy),
             None if store.held(target) => Some(Busy::Locked),
-            None => return Ok(Attempt::Free(target.clone())),
+            None => {
+                let left_started = lab.get(target)?.started_for_job();
+                return Ok(Attempt::Free(target.clone(), left_started));
+            }
         };
         until = earlier(until, reason.as_ref());
         first.get_or_insert((target.clone(), reason));
@@ -826,22 +836,22 @@ fn claim_or_free(
             None => return busy(Busy::Locked),
         }
     };
+    let left_started = outer.is_none() && machine.started_for_job();
     let label = match intent {
         Intent::Reserve { ask } => {
             // Reserved in this very transaction: no claim or reservation
             // of anyone else's can come between.
             manual::reserve_in(lab, target, &caller.user, ask, SystemTime::now())?;
-            return Ok(Attempt::Free(target.to_string()));
+            return Ok(Attempt::Free(target.to_string(), left_started));
         }
         _ => match intent.label() {
             Some(label) => label,
-            None => return Ok(Attempt::Free(target.to_string())),
+            None => return Ok(Attempt::Free(target.to_string(), left_started)),
         },
     };
     let job = caller.claim(label, judge.now);
     let mac = machine.get(Field::Mac).to_string();
     let ip = machine.get(Field::Ip).to_string();
-    let left_started = outer.is_none() && machine.started_for_job();
     let mut event = Event::new(Kind::Claimed, target).job(&job);
     match &outer {
         // The outer claim stays as it is: it stands while the outer run

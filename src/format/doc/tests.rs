@@ -1,21 +1,26 @@
 //! The machine document's tests: reading and writing it, damaged files, and
 //! lazily read labs held to the eagerly read tree.
 
+use super::XmlLab;
+use crate::model::Lab;
+
+/// The text of `xml` after `change` ran on its lab and was replayed, as
+/// written (proven to read back).
+fn changed(xml: &str, change: impl FnOnce(&mut Lab)) -> String {
+    let mut doc = XmlLab::parse(xml).unwrap();
+    let mut lab = doc.model();
+    change(&mut lab);
+    doc.apply(lab.changes()).unwrap();
+    doc.render().unwrap().concat()
+}
+
 mod reading_and_writing {
     use super::super::*;
+    use super::changed;
     use crate::model::JobRecord;
     use crate::model::NewMachine;
 
     const UPSTREAM: &str = "<?xml version=\"1.0\"?>\n<settings>\n  <resource><name>pdu</name></resource>\n  <machine>\n    <name>rig1</name>\n    <mac>aa:bb:cc:dd:ee:01</mac>\n    <ip/>\n    <job>run smoke</job>\n    <job_pid>12345</job_pid>\n    <job_timestamp>1763047845</job_timestamp>\n    <startcmd/>\n    <custom a=\"1\">keep</custom>\n  </machine>\n</settings>\n";
-
-    /// The text of `xml` after `change` ran on its lab and was replayed.
-    fn changed(xml: &str, change: impl FnOnce(&mut Lab)) -> String {
-        let mut doc = XmlLab::parse(xml).unwrap();
-        let mut lab = doc.model();
-        change(&mut lab);
-        doc.apply(lab.changes()).unwrap();
-        doc.to_xml()
-    }
 
     #[test]
     fn reads_the_upstream_job_fields() {
@@ -743,6 +748,7 @@ mod lazy_tests {
 
 mod devices {
     use super::super::*;
+    use super::changed;
     use crate::model::device::{Device, Driver};
 
     const LAB: &str = "<?xml version=\"1.0\"?>\n<settings>\n  <site>berlin</site>\n  <machine>\n    <name>rig1</name>\n    <pwr_dev>pdu1</pwr_dev>\n  </machine>\n</settings>\n";
@@ -757,16 +763,6 @@ mod devices {
             ],
         )
         .unwrap()
-    }
-
-    /// The text of `xml` after `change` ran on its lab and was replayed,
-    /// proven to read back.
-    fn changed(xml: &str, change: impl FnOnce(&mut Lab)) -> String {
-        let mut doc = XmlLab::parse(xml).unwrap();
-        let mut lab = doc.model();
-        change(&mut lab);
-        doc.apply(lab.changes()).unwrap();
-        doc.render().unwrap().concat()
     }
 
     #[test]
@@ -908,18 +904,11 @@ mod devices {
 
 mod policy {
     use super::super::*;
+    use super::changed;
     use crate::model::lease::Lease;
     use crate::model::setting::Setting;
 
     const LAB: &str = "<?xml version=\"1.0\"?>\n<settings>\n  <site>berlin</site>\n  <machine>\n    <name>rig1</name>\n    <reservation>alice</reservation>\n  </machine>\n  <machine>\n    <name>rig2</name>\n    <reservation/>\n  </machine>\n</settings>\n";
-
-    fn changed(xml: &str, change: impl FnOnce(&mut Lab)) -> String {
-        let mut doc = XmlLab::parse(xml).unwrap();
-        let mut lab = doc.model();
-        change(&mut lab);
-        doc.apply(lab.changes()).unwrap();
-        doc.render().unwrap().concat()
-    }
 
     fn lease(user: &str, expires: Option<i64>, note: &str) -> Lease {
         Lease {
