@@ -282,7 +282,9 @@ impl Op {
             Op::SetKernel(m, value) => v(&["set", m, "kernel", value]),
             Op::Clear(m) => v(&["clear", m]),
             Op::Reserve(m) => v(&["reserve", m]),
-            Op::Run(m) => v(&["run", m, "--no-wait", "--", "true"]),
+            // Not --no-wait: that gives up on the lab's lock after 250 ms,
+            // which five other writers on a loaded machine may exceed.
+            Op::Run(m) => v(&["run", m, "--wait-timeout", "60", "--", "true"]),
         }
     }
 
