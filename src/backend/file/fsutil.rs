@@ -123,6 +123,7 @@ fn open_in(dir: RawFd, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result
 pub struct Entry {
     mode: libc::mode_t,
     uid: libc::uid_t,
+    gid: libc::gid_t,
     dev: libc::dev_t,
     ino: libc::ino_t,
 }
@@ -143,6 +144,16 @@ impl Entry {
     /// Its owner.
     pub fn uid(&self) -> u32 {
         self.uid
+    }
+
+    /// Its group.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+
+    /// Its permission bits, setgid and sticky bits included.
+    pub fn permissions(&self) -> u32 {
+        self.mode & 0o7777
     }
 
     /// Its device, for /proc/locks.
@@ -256,6 +267,7 @@ impl Dir {
         Ok(Entry {
             mode: stat.st_mode,
             uid: stat.st_uid,
+            gid: stat.st_gid,
             dev: stat.st_dev,
             ino: stat.st_ino,
         })
@@ -284,6 +296,14 @@ impl Dir {
             }
             buf.resize(buf.len() * 2, 0);
         }
+    }
+
+    /// Gives this folder the group `gid` and the mode `mode` (see
+    /// [`set_group_and_mode_to`]); the folder must have been opened to read
+    /// ([`Dir::readable`]).
+    pub fn set_group_and_mode(&self, gid: u32, mode: u32) -> Result<()> {
+        set_group_and_mode_to(&self.file, gid, mode)
+            .map_err(|e| error("change the group and mode of", &self.path, e))
     }
 
     /// The folder's own metadata (of the folder opened, whatever is at its
@@ -554,6 +574,15 @@ fn set_group_and_mode(file: &File, like: Option<&Metadata>, mode: u32) -> io::Re
     if let Some(like) = like {
         let _ = std::os::unix::fs::fchown(file, None, Some(like.gid()));
     }
+    // SAFETY: fchmod on a descriptor `file` owns.
+    check(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })
+}
+
+/// Gives `file` (a file or folder this user owns, or any for root) the
+/// group `gid` and the mode `mode`, group first (a change of group may
+/// clear a setgid bit).
+pub fn set_group_and_mode_to(file: &File, gid: u32, mode: u32) -> io::Result<()> {
+    std::os::unix::fs::fchown(file, None, Some(gid))?;
     // SAFETY: fchmod on a descriptor `file` owns.
     check(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })
 }
