@@ -64,11 +64,16 @@ impl Part {
         let owner = self.entry.uid();
         let lab_group = os::group_name_of(gid);
         if owner != me && me != 0 {
+            let name = os::user_name_of(owner);
+            let who = if owner == 0 {
+                "root".to_string()
+            } else {
+                format!("{name} or root")
+            };
             return Some(format!(
-                "{} belongs to {}: only they (or root) may open it to the group {lab_group}; \
-                 ask them to run `mama init --group {lab_group}`",
+                "{} belongs to {name}: only {who} may open it to the group {lab_group}; \
+                 ask {name} to run `mama init --group {lab_group}`",
                 self.path.display(),
-                os::user_name_of(owner)
             ));
         }
         if force {

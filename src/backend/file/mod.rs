@@ -474,11 +474,11 @@ impl super::Backend for FileStore {
     }
 
     fn export(&self) -> Result<String> {
-        FileStore::export(self)
+        FileStore::export(self).map_err(|e| self.with_advice(e))
     }
 
     fn read(&self) -> Result<Snapshot> {
-        FileStore::read(self)
+        FileStore::read(self).map_err(|e| self.with_advice(e))
     }
 
     /// A state file keeps its own document around the machines it imports.
@@ -492,15 +492,16 @@ impl super::Backend for FileStore {
             super::Transaction::Create | super::Transaction::Import { .. } => {
                 self.update_or_create(change)
             }
-        }?;
+        }
+        .map_err(|e| self.with_advice(e))?;
         Ok(committed)
     }
 
     fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
-        FileStore::recent_events(self, machine, count)
+        FileStore::recent_events(self, machine, count).map_err(|e| self.with_advice(e))
     }
 
     fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
-        FileStore::read_events(self, after)
+        FileStore::read_events(self, after).map_err(|e| self.with_advice(e))
     }
 }
