@@ -17,6 +17,7 @@ mod docs;
 mod format;
 mod hardening;
 mod history;
+mod init;
 mod input;
 mod lab;
 mod leases;
