@@ -35,8 +35,16 @@ fn group_and_mode(path: &Path) -> (u32, u32) {
 }
 
 /// `mama ARGS` as `nobody` in `group` (and no other group).
-fn as_user(env: &TestEnv, bin: &Path, group: &str, args: &[&str]) -> Run {
+fn as_member(env: &TestEnv, bin: &Path, group: &str, args: &[&str]) -> Run {
     as_nobody(env, bin, group, args)
+        .output()
+        .expect("setpriv runs")
+        .into()
+}
+
+/// `mama ARGS` as a user who owns nothing of the lab, in `nogroup`.
+fn as_stranger(env: &TestEnv, bin: &Path, args: &[&str]) -> Run {
+    as_user(env, bin, STRANGER, &nobody_group(), args)
         .output()
         .expect("setpriv runs")
         .into()
@@ -45,7 +53,7 @@ fn as_user(env: &TestEnv, bin: &Path, group: &str, args: &[&str]) -> Run {
 /// Every command a team uses, as a member, on a new machine `name`: each
 /// must work.
 fn uses_every_command(env: &TestEnv, bin: &Path, group: &str, name: &str) {
-    let member = |args: &[&str]| as_user(env, bin, group, args);
+    let member = |args: &[&str]| as_member(env, bin, group, args);
     member(&["add", name, "--mac", "aa:bb:cc:dd:ee:99"]).ok();
     member(&["set", name, "os", "fedora"]).ok();
     member(&["run", name, "--", "true"]).ok();
@@ -103,7 +111,7 @@ fn init_sets_a_lab_up_for_its_group_in_one_step_and_again_changes_nothing() {
     // nothing.
     env.add("rig2", 2);
     let before = env.read_state();
-    let stranger = |args: &[&str]| as_user(&env, &bin, &nobody_group(), args);
+    let stranger = |args: &[&str]| as_member(&env, &bin, &nobody_group(), args);
     let why = format!("you are not in the group {group}");
     stranger(&["run", "rig2", "--", "true"]).fails_saying(125, &why);
     stranger(&["set", "rig2", "os", "x"]).fails_saying(1, &why);
@@ -135,8 +143,8 @@ fn the_first_add_in_a_shared_folder_makes_files_the_group_may_use() {
         (gid, 0o660)
     );
     let (bin, _bin_dir) = binary_for_nobody(&env, &group);
-    as_user(&env, &bin, &group, &["run", "rig1", "--", "true"]).ok();
-    as_user(&env, &bin, &group, &["reserve", "rig1"]).ok();
+    as_member(&env, &bin, &group, &["run", "rig1", "--", "true"]).ok();
+    as_member(&env, &bin, &group, &["reserve", "rig1"]).ok();
     assert_eq!(env.info("rig1")["reservation"], "nobody");
 }
 
@@ -154,7 +162,7 @@ fn a_member_is_told_what_is_closed_to_the_group_and_init_opens_it() {
     fs::set_permissions(lab(&env), fs::Permissions::from_mode(0o755)).expect("chmod");
     env.add("rig1", 1);
     let (bin, _bin_dir) = binary_for_nobody(&env, &group);
-    let member = |args: &[&str]| as_user(&env, &bin, &group, args);
+    let member = |args: &[&str]| as_member(&env, &bin, &group, args);
     member(&["run", "rig1", "--", "true"])
         .fails_saying(125, "shared with no group: ask root to run `mama init --group GROUP`");
     // ... then given to the group by hand, but for the lock file.
@@ -207,7 +215,7 @@ fn init_never_loosens_what_another_user_or_group_set_up_without_force() {
     // A member may not change a folder of root's.
     std::os::unix::fs::chown(lab(&env), Some(0), None).expect("chown");
     let (bin, _bin_dir) = binary_for_nobody(&env, &group);
-    as_user(&env, &bin, &group, &["init", "--group", &group]).fails_saying(
+    as_member(&env, &bin, &group, &["init", "--group", &group]).fails_saying(
         1,
         &format!(
             "{} belongs to root: only root may open it to the group {group}",
@@ -251,7 +259,7 @@ fn init_needs_a_shared_group_of_the_callers_and_leaves_nothing_when_refused() {
     fs::create_dir(lab(&env)).expect("mkdir");
     fs::set_permissions(lab(&env), fs::Permissions::from_mode(0o777)).expect("chmod");
     let (bin, _bin_dir) = binary_for_nobody(&env, &nobody_group());
-    as_user(&env, &bin, &nobody_group(), &["init", "--group", &group])
+    as_member(&env, &bin, &nobody_group(), &["init", "--group", &group])
         .fails_saying(1, &format!("you are not a member of the group {group}"));
     assert_eq!(fs::read_dir(lab(&env)).expect("list").count(), 0);
 }

@@ -24,6 +24,7 @@ mod leases;
 mod liveness;
 mod net;
 mod notify;
+mod package;
 mod pg_harness;
 mod pg_hosts;
 mod pg_lab;
