@@ -256,7 +256,9 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
         },
         Command::Completions { shell } => cli::completions::print(shell)?,
         // Run before the store is opened, in `run`.
-        Command::Init { .. } => return Err(Error::Invalid("internal error: init dispatched".into())),
+        Command::Init { .. } => {
+            return Err(Error::Invalid("internal error: init dispatched".into()));
+        }
         Command::Export => c::export(store)?,
         Command::Import { file, replace } => c::import(store, settings, &file, replace)?,
         Command::Run {

@@ -104,14 +104,19 @@ fn init_sets_a_lab_up_for_its_group_in_one_step_and_again_changes_nothing() {
     let (bin, _bin_dir) = binary_for_nobody(&env, &group);
     uses_every_command(&env, &bin, &group, "rig1");
     // Whatever the member made is the group's too.
-    for name in ["mama.xml", "mama.xml.lock", "mama.xml.locks/rig1.lock", "mama.xml.log"] {
+    for name in [
+        "mama.xml",
+        "mama.xml.lock",
+        "mama.xml.locks/rig1.lock",
+        "mama.xml.log",
+    ] {
         assert_eq!(group_and_mode(&beside(&env, name)).0, gid, "{name}");
     }
     // One who is not a member is told so, naming the group, and changes
     // nothing.
     env.add("rig2", 2);
     let before = env.read_state();
-    let stranger = |args: &[&str]| as_member(&env, &bin, &nobody_group(), args);
+    let stranger = |args: &[&str]| as_stranger(&env, &bin, args);
     let why = format!("you are not in the group {group}");
     stranger(&["run", "rig2", "--", "true"]).fails_saying(125, &why);
     stranger(&["set", "rig2", "os", "x"]).fails_saying(1, &why);
@@ -163,8 +168,10 @@ fn a_member_is_told_what_is_closed_to_the_group_and_init_opens_it() {
     env.add("rig1", 1);
     let (bin, _bin_dir) = binary_for_nobody(&env, &group);
     let member = |args: &[&str]| as_member(&env, &bin, &group, args);
-    member(&["run", "rig1", "--", "true"])
-        .fails_saying(125, "shared with no group: ask root to run `mama init --group GROUP`");
+    member(&["run", "rig1", "--", "true"]).fails_saying(
+        125,
+        "shared with no group: ask root to run `mama init --group GROUP`",
+    );
     // ... then given to the group by hand, but for the lock file.
     for path in [lab(&env), env.state.clone()] {
         std::os::unix::fs::chown(&path, None, Some(gid)).expect("chgrp");
@@ -208,8 +215,10 @@ fn init_never_loosens_what_another_user_or_group_set_up_without_force() {
     fs::create_dir(lab(&env)).expect("mkdir");
     fs::set_permissions(lab(&env), fs::Permissions::from_mode(0o755)).expect("chmod");
     std::os::unix::fs::chown(lab(&env), Some(nobody_uid), None).expect("chown");
-    env.run(["init", "--group", &group])
-        .fails_saying(1, "was set up by nobody: mama init changes another user's lab only with --force");
+    env.run(["init", "--group", &group]).fails_saying(
+        1,
+        "was set up by nobody: mama init changes another user's lab only with --force",
+    );
     assert_eq!(group_and_mode(&lab(&env)), (0, 0o755));
     assert!(!env.state.exists());
     // A member may not change a folder of root's.
@@ -248,8 +257,10 @@ fn init_needs_a_shared_group_of_the_callers_and_leaves_nothing_when_refused() {
     let env = world();
     // Root's own group is private: a group must be named, before anything
     // is made.
-    env.run(["init"])
-        .fails_saying(1, "the group root, your own: name the group that is to share the lab with --group GROUP");
+    env.run(["init"]).fails_saying(
+        1,
+        "the group root, your own: name the group that is to share the lab with --group GROUP",
+    );
     assert!(!lab(&env).exists());
     env.run(["init", "--group", "no-such-group-of-mama"])
         .fails_saying(1, "there is no group no-such-group-of-mama");
@@ -286,12 +297,18 @@ fn init_creates_a_database_labs_tables_and_grants_its_users() {
     db.batch(&format!("CREATE ROLE \"{role}\" LOGIN"));
     let as_role = |args: &[&str]| {
         let mut cmd = env.cmd(args);
-        cmd.env("MAMA_STATE", db.url.replacen("mama@", &format!("{role}@"), 1));
+        cmd.env(
+            "MAMA_STATE",
+            db.url.replacen("mama@", &format!("{role}@"), 1),
+        );
         Run::from(cmd.output().expect("mama runs"))
     };
     as_role(&["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]).fails(1);
     let granted = env.run(["init", "--grant", &role]);
-    assert!(granted.ok().contains(&format!("granted {role}")), "{granted:#?}");
+    assert!(
+        granted.ok().contains(&format!("granted {role}")),
+        "{granted:#?}"
+    );
     as_role(&["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]).ok();
     as_role(&["run", "rig1", "--", "true"]).ok();
     as_role(&["reserve", "rig1"]).ok();

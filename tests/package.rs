@@ -140,7 +140,10 @@ fn the_debian_package_gives_its_group_a_lab_at_once_and_purges_cleanly() {
         .expect("pkg/build-deb runs");
     let built = Run::from(built);
     let deb = built.ok().trim().to_string();
-    assert!(deb.ends_with(".deb") && Path::new(&deb).is_file(), "{built:#?}");
+    assert!(
+        deb.ends_with(".deb") && Path::new(&deb).is_file(),
+        "{built:#?}"
+    );
 
     dpkg(&["-i", &deb]);
     assert!(package_status().starts_with("ii"), "{}", package_status());
@@ -161,14 +164,16 @@ fn the_debian_package_gives_its_group_a_lab_at_once_and_purges_cleanly() {
 
     // A member of mama uses the default lab at once; another user is told
     // what is missing.
-    packaged("nobody", "mama", &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]).ok();
+    packaged(
+        "nobody",
+        "mama",
+        &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"],
+    )
+    .ok();
     packaged("nobody", "mama", &["run", "rig1", "--", "true"]).ok();
     assert!(packaged("nobody", "mama", &["list"]).ok().contains("rig1"));
     assert_eq!(group_and_mode("/var/lib/mama/mama.xml"), (gid, 0o664));
-    assert_eq!(
-        group_and_mode("/var/lib/mama/mama.xml.lock"),
-        (gid, 0o660)
-    );
+    assert_eq!(group_and_mode("/var/lib/mama/mama.xml.lock"), (gid, 0o660));
     packaged(STRANGER, &nobody_group(), &["reserve", "rig1"])
         .fails_saying(1, "you are not in the group mama");
 

@@ -1125,7 +1125,11 @@ mod tests {
             folder
                 .replace(name("state"), name(".state.tmp"), b"x", None, None)
                 .expect("replace");
-            assert_eq!(mode_of(&dir.path().join("state")), expect, "{folder_mode:o}");
+            assert_eq!(
+                mode_of(&dir.path().join("state")),
+                expect,
+                "{folder_mode:o}"
+            );
             folder.open_lock(name("state.lock"), None).expect("a lock");
             let lock = mode_of(&dir.path().join("state.lock"));
             assert_eq!(lock & 0o060 != 0, shared, "{folder_mode:o}: lock {lock:o}");

@@ -292,7 +292,13 @@ impl FileStore {
         } else {
             match folder.folder(locks_name)? {
                 Some(locks) => locks.readable(),
-                None => return Err(Error::io("open the folder", path, io::ErrorKind::NotFound.into())),
+                None => {
+                    return Err(Error::io(
+                        "open the folder",
+                        path,
+                        io::ErrorKind::NotFound.into(),
+                    ));
+                }
             }
         };
         dir.map_err(|e| Error::io("open the folder", path, e))
