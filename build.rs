@@ -39,6 +39,7 @@ const PROGRAMS: &[(&str, &[&str])] = &[
     ("mama_man", &["groff", "man"]),
     ("mama_zsh", &["zsh"]),
     ("mama_fish", &["fish"]),
+    ("mama_dpkg", &["dpkg", "dpkg-deb", "strip"]),
 ];
 
 /// Declares `cfg` and sets it if `on`.

@@ -81,11 +81,33 @@ pub fn run(cli: Cli) -> i32 {
     if std::process::id() == 1 {
         supervise::end_on_signals_as_init();
     }
+    // `init` makes the lab's folder before the lab is located in it.
+    if let Command::Init {
+        lab,
+        group,
+        force,
+        grant,
+    } = cli.command
+    {
+        let request = backend::InitRequest {
+            group,
+            force,
+            grant,
+        };
+        let result = Settings::read(lab.or(cli.state))
+            .and_then(|settings| cli::commands::init(&settings, &request));
+        return finish(result, false);
+    }
     let result = Settings::read(cli.state).and_then(|settings| {
         let notifier = engine::notify::Notifier::new(settings.notify.clone());
         let store = Store::open(&settings)?.listened(std::sync::Arc::new(notifier));
         dispatch(&store, &settings, cli.command)
     });
+    finish(result, is_run)
+}
+
+/// The exit status of a command's `result`; an error is printed here, once.
+fn finish(result: error::Result<i32>, is_run: bool) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -233,6 +255,10 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             cli::DeviceCommand::Delete { name } => c::device_delete(store, &name)?,
         },
         Command::Completions { shell } => cli::completions::print(shell)?,
+        // Run before the store is opened, in `run`.
+        Command::Init { .. } => {
+            return Err(Error::Invalid("internal error: init dispatched".into()));
+        }
         Command::Export => c::export(store)?,
         Command::Import { file, replace } => c::import(store, settings, &file, replace)?,
         Command::Run {

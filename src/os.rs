@@ -513,6 +513,96 @@ pub fn user_name_of(uid: u32) -> String {
     .unwrap_or_else(|| uid.to_string())
 }
 
+/// The name of the group `gid`, or its number where it has none.
+pub fn group_name_of(gid: u32) -> String {
+    group_entry(gid, None)
+        .map(|(name, _)| name)
+        .unwrap_or_else(|| gid.to_string())
+}
+
+/// The id of the group `name` (a name, or a number); `None` where there
+/// is no such group.
+pub fn group_id_of(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    group_entry(0, Some(name)).map(|(_, gid)| gid)
+}
+
+/// The group database's entry of `gid`, or of the group called `name`:
+/// its name and id.
+fn group_entry(gid: u32, name: Option<&str>) -> Option<(String, u32)> {
+    let wanted = match name {
+        Some(name) => Some(std::ffi::CString::new(name).ok()?),
+        None => None,
+    };
+    // A group of many members needs a large buffer: grown until it fits.
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: a struct of plain fields and pointers, all zero until
+        // getgr*_r fills it in.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call.
+        let rc = unsafe {
+            match &wanted {
+                Some(name) => libc::getgrnam_r(
+                    name.as_ptr(),
+                    &mut group,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut found,
+                ),
+                None => libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut found),
+            }
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || group.gr_name.is_null() {
+            return None;
+        }
+        // SAFETY: a NUL-terminated name inside `buf`, copied out.
+        let name = unsafe { CStr::from_ptr(group.gr_name) }
+            .to_string_lossy()
+            .into_owned();
+        return Some((name, group.gr_gid));
+    }
+}
+
+/// The groups mama's process acts with: its effective group and its
+/// supplementary groups.
+pub fn own_groups() -> Vec<u32> {
+    // SAFETY: getegid cannot fail.
+    let mut groups = vec![unsafe { libc::getegid() }];
+    // SAFETY: a query of the count (no buffer written).
+    let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if count > 0 {
+        let mut more = vec![0 as libc::gid_t; count as usize];
+        // SAFETY: `more` holds `count` entries.
+        let got = unsafe { libc::getgroups(count, more.as_mut_ptr()) };
+        if got > 0 {
+            more.truncate(got as usize);
+            groups.extend(more);
+        }
+    }
+    groups
+}
+
+/// Whether `gid` is the private group of the user running mama: the group
+/// named as the user is, as `useradd` makes one for each user (root's is
+/// `root`). A folder in such a group is one user's, not a team's.
+pub fn is_private_group(gid: u32) -> bool {
+    is_private_group_of(gid, effective_user_id())
+}
+
+/// Whether `gid` is the private group of the user `uid` (named as they
+/// are).
+pub fn is_private_group_of(gid: u32, uid: u32) -> bool {
+    group_name_of(gid) == user_name_of(uid)
+}
+
 /// Now, in Unix seconds.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()

@@ -145,6 +145,74 @@ pub trait Backend: JobLocks + std::fmt::Debug + Send + Sync {
     fn writers(&self) -> Result<Writers>;
 }
 
+/// What `mama init` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct InitRequest {
+    /// A file lab's group (`--group`: a name or a number), else its
+    /// folder's.
+    pub group: Option<String>,
+    /// Change what another user set up, or hand what another group holds
+    /// to the lab's group (`--force`).
+    pub force: bool,
+    /// A database lab: the role to grant what a lab's users need
+    /// (`--grant`); without it the grants are only printed.
+    pub grant: Option<String>,
+}
+
+/// What `mama init` did.
+#[derive(Debug, Clone)]
+pub struct InitDone {
+    /// The lab: a state file's path, or a database's URL.
+    pub location: String,
+    /// A file lab's group.
+    pub group: Option<String>,
+    /// What changed, one line each (none: it was ready).
+    pub changes: Vec<String>,
+    /// A database lab: the GRANT statements a lab's users need, for the
+    /// role given, or for `ROLE` to fill in.
+    pub grants: Vec<String>,
+}
+
+/// Makes the lab the settings name ready for its users (`mama init`): a
+/// state file's folder (made where it is missing) set up for its group, or
+/// a database's tables created and its users' grants given or printed.
+pub fn init(settings: &Settings, request: &InitRequest) -> Result<InitDone> {
+    match &settings.state {
+        Location::File(path) => {
+            let mut made = None;
+            if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
+                && !folder.exists()
+            {
+                use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+                // The group is settled before anything is made: a new
+                // folder has the group of a setgid folder it is made in,
+                // else the caller's.
+                let inherited = folder
+                    .ancestors()
+                    .skip(1)
+                    .find_map(|up| std::fs::metadata(up).ok())
+                    .filter(|up| up.mode() & 0o2000 != 0)
+                    .map(|up| up.gid());
+                // SAFETY: getegid cannot fail.
+                let mine = unsafe { libc::getegid() };
+                file::lab_group(request, folder, inherited.unwrap_or(mine))?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o775)
+                    .create(folder)
+                    .map_err(|e| Error::io("create the folder", folder, e))?;
+                made = Some(format!("{}: created", folder.display()));
+            }
+            let mut done = FileStore::locate(path.clone())?.init(request)?;
+            done.changes.splice(0..0, made);
+            Ok(done)
+        }
+        Location::Database(url) => {
+            PgStore::open((**url).clone(), settings.host_timeout).init(request.grant.as_deref())
+        }
+    }
+}
+
 /// Who may write a lab.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Writers {

@@ -1190,6 +1190,43 @@ pub fn device_delete(store: &Store, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `mama init`: makes the lab ready for its users, and says what changed.
+/// A database lab's GRANT statements are printed as SQL (the rest as SQL
+/// comments), so the output can go to `psql` as it is.
+pub fn init(settings: &Settings, request: &crate::backend::InitRequest) -> Result<i32> {
+    let done = crate::backend::init(settings, request)?;
+    let database = done.group.is_none();
+    let mut text = String::new();
+    let comment = if database { "-- " } else { "" };
+    for change in &done.changes {
+        text.push_str(&format!("{comment}{}\n", crate::text::printable(change)));
+    }
+    let ready = match &done.group {
+        Some(group) => format!(
+            "{} is ready for the group {group}: its members may use every command",
+            done.location
+        ),
+        None => format!("{} is ready", done.location),
+    };
+    let ready = if done.changes.is_empty() {
+        format!("{ready} (it was: nothing changed)")
+    } else {
+        ready
+    };
+    text.push_str(&format!("{comment}{}\n", crate::text::printable(&ready)));
+    if database && request.grant.is_none() {
+        text.push_str(
+            "-- what each role that uses the lab needs (run as the tables' owner, \
+             or give --grant ROLE):\n",
+        );
+        for grant in &done.grants {
+            text.push_str(&format!("{grant}\n"));
+        }
+    }
+    out(&text)?;
+    Ok(ExitCode::Ok.code())
+}
+
 /// `mama export`: the lab in upstream's format, on stdout.
 pub fn export(store: &Store) -> Result<()> {
     out(&store.export()?)

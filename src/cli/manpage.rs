@@ -349,9 +349,12 @@ fn sections() -> Roff {
             roman(
                 ". A symbolic link is followed, so the files below sit beside the real \
                  file; none of those is ever opened through a link, and one planted in \
-                 its place is an error naming it. If it is missing, only add and import work \
-                 (they create it; its folder must exist): every other command fails, naming it, \
-                 and creates nothing.",
+                 its place is an error naming it. If it is missing, only add, import and init work \
+                 (they create it; its folder must exist, but for init): every other command fails, naming it, \
+                 and creates nothing. In a folder its group may write that is setgid (as mama \
+                 init sets a lab's folder up, and the Debian package makes /var/lib/mama), the \
+                 state file and every file made beside it are the group's and open to it from \
+                 the first command.",
             ),
         ],
     );

@@ -45,6 +45,32 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[command(defer = true)]
 pub enum Command {
+    /// Make a lab ready for its group: its folder, files and modes, or a database's tables
+    ///
+    /// For a state file: the folder (made if missing) gets the group and mode 2775 (group
+    /// rwx, setgid, so every file made in it later takes the group); the state file (an empty
+    /// lab where there is none), its lock file, history log and folder of machine locks get the
+    /// group and modes its members can write. Only what is not so yet changes: run again, it
+    /// says nothing changed. What another user set up, or what another group holds, changes
+    /// only with --force. GROUP defaults to the folder's group, unless that is your own private
+    /// group; you must be a member of GROUP (or root).
+    ///
+    /// For a postgresql:// URL: creates the lab's tables (or migrates older ones) and prints
+    /// the GRANT statements a role that uses the lab needs; --grant ROLE gives them to ROLE.
+    Init {
+        /// The state file or postgresql:// URL (default: --state, $MAMA_STATE, ...)
+        #[arg(value_name = "PATH|URL")]
+        lab: Option<PathBuf>,
+        /// The group that shares the lab (a state file's)
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// Change what another user set up, or what another group holds
+        #[arg(long)]
+        force: bool,
+        /// A database lab: grant ROLE what a lab's user needs
+        #[arg(long, value_name = "ROLE")]
+        grant: Option<String>,
+    },
     // An attribute, not a doc comment: rustdoc would read `[STALE]` as a
     // link.
     #[command(about = "Show every machine and its job; a stale job ends in [STALE]")]

@@ -92,26 +92,35 @@ pub fn has_setpriv() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A user id that no account has: a third user, beside root and `nobody`,
+/// that owns no file until it makes one.
+pub const STRANGER: &str = "64123";
+
 /// `setpriv` set to run what follows as the user `nobody` in `group`, with
 /// no other groups.
 fn setpriv_nobody(group: &str) -> Command {
+    setpriv_as("nobody", group)
+}
+
+/// `setpriv` set to run what follows as `user` (a name or a number) in
+/// `group`, with no other groups.
+fn setpriv_as(user: &str, group: &str) -> Command {
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid",
-        "nobody",
-        "--regid",
-        group,
-        "--clear-groups",
-        "--",
-    ]);
+    cmd.args(["--reuid", user, "--regid", group, "--clear-groups", "--"]);
     cmd
 }
 
 /// `mama ARGS` run by `bin` as the user `nobody` in `group`, with no other
 /// groups, and this world's environment.
 pub fn as_nobody(env: &TestEnv, bin: &Path, group: &str, args: &[&str]) -> Command {
+    as_user(env, bin, "nobody", group, args)
+}
+
+/// `mama ARGS` run by `bin` as `user` (a name or a number) in `group`, with
+/// no other groups, and this world's environment.
+pub fn as_user(env: &TestEnv, bin: &Path, user: &str, group: &str, args: &[&str]) -> Command {
     let plain = env.cmd(args);
-    let mut cmd = setpriv_nobody(group);
+    let mut cmd = setpriv_as(user, group);
     cmd.arg(bin)
         .args(args)
         .current_dir(env.path())

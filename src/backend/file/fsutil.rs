@@ -123,6 +123,7 @@ fn open_in(dir: RawFd, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result
 pub struct Entry {
     mode: libc::mode_t,
     uid: libc::uid_t,
+    gid: libc::gid_t,
     dev: libc::dev_t,
     ino: libc::ino_t,
 }
@@ -143,6 +144,16 @@ impl Entry {
     /// Its owner.
     pub fn uid(&self) -> u32 {
         self.uid
+    }
+
+    /// Its group.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+
+    /// Its permission bits, setgid and sticky bits included.
+    pub fn permissions(&self) -> u32 {
+        self.mode & 0o7777
     }
 
     /// Its device, for /proc/locks.
@@ -256,6 +267,7 @@ impl Dir {
         Ok(Entry {
             mode: stat.st_mode,
             uid: stat.st_uid,
+            gid: stat.st_gid,
             dev: stat.st_dev,
             ino: stat.st_ino,
         })
@@ -284,6 +296,14 @@ impl Dir {
             }
             buf.resize(buf.len() * 2, 0);
         }
+    }
+
+    /// Gives this folder the group `gid` and the mode `mode` (see
+    /// [`set_group_and_mode_to`]); the folder must have been opened to read
+    /// ([`Dir::readable`]).
+    pub fn set_group_and_mode(&self, gid: u32, mode: u32) -> Result<()> {
+        set_group_and_mode_to(&self.file, gid, mode)
+            .map_err(|e| error("change the group and mode of", &self.path, e))
     }
 
     /// The folder's own metadata (of the folder opened, whatever is at its
@@ -326,6 +346,17 @@ impl Dir {
         // SAFETY: closes the stream (and its descriptor) once.
         unsafe { libc::closedir(stream) };
         Ok(names)
+    }
+
+    /// The mode a new state file gets in this folder: what the umask lets
+    /// through, and read and write for the group in a folder set up for a
+    /// group to share (see [`is_shared_folder`]), as the folder is now.
+    pub fn new_file_mode(&self) -> u32 {
+        let shared = self
+            .file
+            .metadata()
+            .is_ok_and(|meta| is_shared_folder(meta.mode()));
+        new_file_mode(shared)
     }
 
     /// The path the folder had when it was opened, for messages.
@@ -492,22 +523,36 @@ fn umask() -> u32 {
     }
 }
 
-/// The mode a new state file gets: what the umask lets through of 0666.
-pub fn new_file_mode() -> u32 {
-    0o666 & !umask()
+/// The mode a new state file gets: what the umask lets through of 0666,
+/// and read and write for the group where `shared_folder` (see
+/// [`is_shared_folder`]).
+pub fn new_file_mode(shared_folder: bool) -> u32 {
+    let mode = 0o666 & !umask();
+    if shared_folder { mode | 0o060 } else { mode }
 }
 
-/// The state file's permission bits (a new one's when there is none yet).
-fn state_mode(like: Option<&Metadata>) -> u32 {
-    like.map_or_else(new_file_mode, |m| m.mode() & 0o777)
+/// Whether a folder of mode `mode` is set up for a group to share: its
+/// group may write it, and new files in it take its group (setgid). A lab
+/// made in such a folder is its group's from the first command: every file
+/// mama creates there is open to the group as to its owner, whatever the
+/// creator's umask.
+pub fn is_shared_folder(mode: u32) -> bool {
+    mode & 0o2020 == 0o2020
+}
+
+/// The state file's permission bits (`fresh`, a new one's, when there is
+/// none yet).
+fn state_mode(like: Option<&Metadata>, fresh: u32) -> u32 {
+    like.map_or(fresh, |m| m.mode() & 0o777)
 }
 
 /// The mode of a lock file: read and write for each class (owner, group,
-/// others) that may write the state file, nothing for the others. Who may
-/// open a lock file may hold it, and so stop every writer: readers who may
-/// not open it read without it.
-pub fn lock_mode(like: Option<&Metadata>) -> u32 {
-    let mode = state_mode(like);
+/// others) that may write the state file (`like`; a new state file's mode
+/// `fresh` when there is none yet), nothing for the others. Who may open
+/// a lock file may hold it, and so stop every writer: readers who may not
+/// open it read without it.
+pub fn lock_mode(like: Option<&Metadata>, fresh: u32) -> u32 {
+    let mode = state_mode(like, fresh);
     let mut out = 0;
     for shift in [6, 3, 0] {
         if mode & (0o2 << shift) != 0 {
@@ -519,8 +564,8 @@ pub fn lock_mode(like: Option<&Metadata>) -> u32 {
 
 /// The mode of the folder of machine locks: `rwx` for the classes that may
 /// write the state file.
-pub fn folder_mode(like: Option<&Metadata>) -> u32 {
-    let mode = lock_mode(like);
+pub fn folder_mode(like: Option<&Metadata>, fresh: u32) -> u32 {
+    let mode = lock_mode(like, fresh);
     mode | ((mode & 0o444) >> 2)
 }
 
@@ -529,6 +574,15 @@ fn set_group_and_mode(file: &File, like: Option<&Metadata>, mode: u32) -> io::Re
     if let Some(like) = like {
         let _ = std::os::unix::fs::fchown(file, None, Some(like.gid()));
     }
+    // SAFETY: fchmod on a descriptor `file` owns.
+    check(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })
+}
+
+/// Gives `file` (a file or folder this user owns, or any for root) the
+/// group `gid` and the mode `mode`, group first (a change of group may
+/// clear a setgid bit).
+pub fn set_group_and_mode_to(file: &File, gid: u32, mode: u32) -> io::Result<()> {
+    std::os::unix::fs::fchown(file, None, Some(gid))?;
     // SAFETY: fchmod on a descriptor `file` owns.
     check(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })
 }
@@ -606,7 +660,7 @@ impl Dir {
             return Ok(dir);
         }
         let path = self.child(name);
-        let mode = folder_mode(like);
+        let mode = folder_mode(like, self.new_file_mode());
         let c = c_name(name).map_err(|e| Error::io("create", &path, e))?;
         // SAFETY: a valid descriptor and C string.
         let rc = unsafe { libc::mkdirat(self.fd(), c.as_ptr(), mode as libc::mode_t) };
@@ -635,7 +689,7 @@ impl Dir {
     /// them, so a lock file follows the state file when its mode changes.
     pub fn open_lock(&self, name: &OsStr, like: Option<&Metadata>) -> Result<File> {
         let path = self.child(name);
-        let mode = lock_mode(like);
+        let mode = lock_mode(like, self.new_file_mode());
         // Another process may create or remove it between two tries; a
         // planted link fails at once (O_NOFOLLOW), so this never spins.
         for _ in 0..100 {
@@ -684,7 +738,7 @@ impl Dir {
             }
             match self.create_new(name, 0o600) {
                 Ok(file) => {
-                    make_like(&file, &path, like, None)?;
+                    make_like(&file, &path, like, None, self.new_file_mode())?;
                     return Ok((file, true));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -786,7 +840,7 @@ impl Dir {
         let mut file = self.create_temp(temp)?;
         let written = write_all_vectored(&mut file, pieces)
             .map_err(|e| error("write", &temp_path, e))
-            .and_then(|()| make_like(&file, &target_path, like, xattrs_from))
+            .and_then(|()| make_like(&file, &target_path, like, xattrs_from, self.new_file_mode()))
             .and_then(|()| file.sync_all().map_err(|e| error("write", &temp_path, e)));
         drop(file);
         if written.is_err() {
@@ -829,7 +883,8 @@ fn write_all_vectored(file: &mut File, pieces: &[&[u8]]) -> std::io::Result<()> 
 /// the state file `like`: its owner and group as far as this user may (a
 /// non-root user keeps the group if they belong to it), its mode, then its
 /// ACLs and other extended attributes, copied from `xattrs_from`. Without
-/// `like` (no state file yet) the mode is what the umask lets through. An
+/// `like` (no state file yet) the mode is `fresh` (see
+/// [`Dir::new_file_mode`]). An
 /// attribute that cannot be copied is an error naming it: mama would
 /// rather not write than drop an ACL.
 pub fn make_like(
@@ -837,6 +892,7 @@ pub fn make_like(
     target: &Path,
     like: Option<&Metadata>,
     xattrs_from: Option<&File>,
+    fresh: u32,
 ) -> Result<()> {
     let mode = match like {
         Some(like) => {
@@ -848,7 +904,7 @@ pub fn make_like(
             }
             like.mode() & 0o7777
         }
-        None => new_file_mode(),
+        None => fresh,
     };
     // Mode first: an ACL sets the group bits (its mask) in turn.
     // SAFETY: fchmod on a descriptor `file` owns.
@@ -1050,8 +1106,35 @@ mod tests {
             (0o444, 0o000, 0o000),
         ] {
             let like = meta_with_mode(dir.path(), state);
-            assert_eq!(lock_mode(Some(&like)), lock, "lock for {state:o}");
-            assert_eq!(folder_mode(Some(&like)), folder, "folder for {state:o}");
+            assert_eq!(lock_mode(Some(&like), 0), lock, "lock for {state:o}");
+            assert_eq!(folder_mode(Some(&like), 0), folder, "folder for {state:o}");
+        }
+    }
+
+    #[test]
+    fn a_new_lab_in_a_shared_folder_is_open_to_its_group() {
+        let mode_of = |path: &Path| std::fs::metadata(path).expect("metadata").mode() & 0o7777;
+        for (folder_mode, shared) in [(0o2775, true), (0o775, false), (0o2755, false)] {
+            let dir = tempfile::tempdir().expect("temporary folder");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(folder_mode))
+                .expect("chmod");
+            let folder = Dir::open(dir.path()).expect("the folder");
+            let fresh = 0o666 & !umask();
+            let expect = if shared { fresh | 0o060 } else { fresh };
+            assert_eq!(folder.new_file_mode(), expect, "{folder_mode:o}");
+            folder
+                .replace(name("state"), name(".state.tmp"), b"x", None, None)
+                .expect("replace");
+            assert_eq!(
+                mode_of(&dir.path().join("state")),
+                expect,
+                "{folder_mode:o}"
+            );
+            folder.open_lock(name("state.lock"), None).expect("a lock");
+            let lock = mode_of(&dir.path().join("state.lock"));
+            assert_eq!(lock & 0o060 != 0, shared, "{folder_mode:o}: lock {lock:o}");
+            folder.open_or_create(name("log"), None).expect("a log");
+            assert_eq!(mode_of(&dir.path().join("log")), expect, "{folder_mode:o}");
         }
     }
 

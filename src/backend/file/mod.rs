@@ -32,6 +32,9 @@
 
 mod bookkeeping;
 pub mod fsutil;
+mod init;
+
+pub use init::lab_group;
 pub mod journal;
 pub mod lock;
 mod locks;
@@ -265,21 +268,7 @@ const PHP_COPY_WAIT: Duration = Duration::from_secs(2);
 
 /// The name of the group `gid`, or its number.
 fn group_name(gid: u32) -> String {
-    // SAFETY: a struct of plain fields and pointers, all zero until
-    // getgrgid_r fills it in.
-    let mut group: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; `buf` outlives the read
-    // of the name it holds.
-    let rc = unsafe { libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() || group.gr_name.is_null() {
-        return gid.to_string();
-    }
-    // SAFETY: a NUL-terminated name inside `buf`.
-    unsafe { std::ffi::CStr::from_ptr(group.gr_name) }
-        .to_string_lossy()
-        .into_owned()
+    crate::os::group_name_of(gid)
 }
 
 impl Loaded {
@@ -485,11 +474,11 @@ impl super::Backend for FileStore {
     }
 
     fn export(&self) -> Result<String> {
-        FileStore::export(self)
+        FileStore::export(self).map_err(|e| self.with_advice(e))
     }
 
     fn read(&self) -> Result<Snapshot> {
-        FileStore::read(self)
+        FileStore::read(self).map_err(|e| self.with_advice(e))
     }
 
     /// A state file keeps its own document around the machines it imports.
@@ -503,15 +492,16 @@ impl super::Backend for FileStore {
             super::Transaction::Create | super::Transaction::Import { .. } => {
                 self.update_or_create(change)
             }
-        }?;
+        }
+        .map_err(|e| self.with_advice(e))?;
         Ok(committed)
     }
 
     fn recent_events(&self, machine: &str, count: usize) -> Result<(Snapshot, Vec<Event>)> {
-        FileStore::recent_events(self, machine, count)
+        FileStore::recent_events(self, machine, count).map_err(|e| self.with_advice(e))
     }
 
     fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
-        FileStore::read_events(self, after)
+        FileStore::read_events(self, after).map_err(|e| self.with_advice(e))
     }
 }

@@ -340,3 +340,65 @@ impl PgStore {
         })
     }
 }
+
+impl PgStore {
+    /// Makes the lab ready for its users (`mama init`): creates the tables
+    /// where there are none (migrates older ones), under the lab's lock,
+    /// and with `grant` gives that role what a lab's user needs (see
+    /// [`schema::grants`]); the statements come back either way (for
+    /// `ROLE` to fill in, without `grant`).
+    pub fn init(&self, grant: Option<&str>) -> Result<crate::backend::InitDone> {
+        let shown = self.url.shown.clone();
+        let role = grant.map_or_else(|| "ROLE".to_string(), schema::quote_identifier);
+        let grants = schema::grants(&role);
+        let changes = self.with_main(|client| {
+            let mut tx = client
+                .transaction()
+                .map_err(|e| db_error(&self.context("set up"), e))?;
+            self.lab_lock(&mut tx)?;
+            let mut changes = Vec::new();
+            match schema::version(&mut tx, &shown)? {
+                None => changes.push(format!("{shown}: created the lab's tables")),
+                Some(version) if version < schema::VERSION => changes.push(format!(
+                    "{shown}: migrated the lab's tables from schema version {version} to {}",
+                    schema::VERSION
+                )),
+                Some(_) => {}
+            }
+            schema::ensure(&mut tx, &shown, true)?;
+            let granted = |tx: &mut postgres::Transaction<'_>, role: &str| {
+                tx.query_one(
+                    "SELECT has_table_privilege($1, 'mama_machine', 'SELECT, INSERT, UPDATE, DELETE') \
+                       AND has_table_privilege($1, 'mama_lab', 'SELECT, INSERT, UPDATE') \
+                       AND has_table_privilege($1, 'mama_event', 'SELECT, INSERT') \
+                       AND has_table_privilege($1, 'mama_lock_key', 'SELECT, INSERT') \
+                       AND has_table_privilege($1, 'mama_schema', 'SELECT') \
+                       AND has_sequence_privilege($1, 'mama_machine_id_seq', 'USAGE') \
+                       AND has_sequence_privilege($1, 'mama_lock_key_key_seq', 'USAGE')",
+                    &[&role],
+                )
+                .map(|row| row.get::<_, bool>(0))
+                .map_err(|e| db_error(&format!("cannot grant {role} the lab at {shown}"), e))
+            };
+            if let Some(role) = grant
+                && !granted(&mut tx, role)?
+            {
+                for statement in &grants {
+                    tx.batch_execute(statement).map_err(|e| {
+                        db_error(&format!("cannot grant {role} the lab at {shown}"), e)
+                    })?;
+                }
+                changes.push(format!("{shown}: granted {role} what a lab's user needs"));
+            }
+            tx.commit()
+                .map_err(|e| db_error(&self.context("set up"), e))?;
+            Ok(changes)
+        })?;
+        Ok(crate::backend::InitDone {
+            location: shown,
+            group: None,
+            changes,
+            grants,
+        })
+    }
+}
