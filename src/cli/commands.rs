@@ -1009,7 +1009,8 @@ pub fn run(
             stop_failed = true;
         }
     }
-    let released = claim.release(store, &outcome);
+    let status = ending.as_ref().ok().map(Ending::exit_code);
+    let released = claim.release_with_status(store, &outcome, status);
     // Killed when the job ended, the watcher has died meanwhile: reaped.
     drop(watcher);
     let ending = ending?;

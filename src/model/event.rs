@@ -95,7 +95,7 @@ impl Kind {
 }
 
 /// One event, as stored and as `log --json` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub seq: u64,
     /// Unix seconds.
@@ -108,6 +108,17 @@ pub struct Event {
     pub user: String,
     pub host: String,
     pub detail: Option<String>,
+    /// Of a claim: how long the claimer waited for the machine before it
+    /// got it, in seconds (to the millisecond). Absent in events of an
+    /// older mama, and in every other event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited: Option<f64>,
+    /// Of a release: the status `mama run` exits with for the job (its
+    /// exit code; 128+N killed by signal N, 124 timed out, 125 to 127 not
+    /// started). Absent in events of an older mama and in releases of
+    /// other claims (a health check, a boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<i32>,
 }
 
 impl Event {
@@ -123,6 +134,8 @@ impl Event {
             user: os::user_name(),
             host: os::host_name(),
             detail: None,
+            waited: None,
+            status: None,
         }
     }
 

@@ -222,11 +222,17 @@ impl PgStore {
         const COLUMNS: &str = "seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
              coalesce(event, '')::text, job::text, pid::int8, \
              coalesce(\"user\", '')::text, coalesce(host, '')::text, detail::text";
+        let extra = if schema::event_columns(client, &self.url.shown, false)? {
+            ", waited::float8, status::int4"
+        } else {
+            ", NULL::float8, NULL::int4"
+        };
+        let columns = format!("{COLUMNS}{extra}");
         let rows = match wanted {
             Wanted::After(after) => {
                 let after = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
                 client.query(
-                    &format!("SELECT {COLUMNS} FROM mama_event WHERE seq > $1 ORDER BY seq"),
+                    &format!("SELECT {columns} FROM mama_event WHERE seq > $1 ORDER BY seq"),
                     &[&after],
                 )
             }
@@ -234,7 +240,7 @@ impl PgStore {
                 let count = i64::try_from(count).unwrap_or(i64::MAX);
                 client.query(
                     &format!(
-                        "SELECT * FROM (SELECT {COLUMNS} FROM mama_event WHERE machine = $1 \
+                        "SELECT * FROM (SELECT {columns} FROM mama_event WHERE machine = $1 \
                          ORDER BY seq DESC LIMIT $2) newest ORDER BY 1"
                     ),
                     &[&machine, &count],
@@ -264,6 +270,8 @@ impl PgStore {
                     user: row.get(6),
                     host: row.get(7),
                     detail: row.get(8),
+                    waited: row.get(9),
+                    status: row.get(10),
                 })
             })
             .collect()

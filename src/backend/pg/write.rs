@@ -285,25 +285,42 @@ impl PgStore {
         events: Vec<Event>,
     ) -> Result<Vec<Event>> {
         let mut stored = Vec::with_capacity(events.len());
+        // The optional columns are looked for only when an event has
+        // something for them (a claim's wait, a run's status).
+        let extras = events
+            .iter()
+            .any(|e| e.waited.is_some() || e.status.is_some())
+            && schema::event_columns(tx, &self.url.shown, true)?;
         for mut event in events {
+            let pid = event.pid.map(i64::from);
+            let kind = event.event.as_str();
+            let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
+                &event.time,
+                &event.machine,
+                &kind,
+                &event.job,
+                &pid,
+                &event.user,
+                &event.host,
+                &event.detail,
+            ];
+            let query = if extras {
+                params.push(&event.waited);
+                params.push(&event.status);
+                "INSERT INTO mama_event \
+                 (seq, time, machine, event, job, pid, \"user\", host, detail, waited, status) \
+                 VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq"
+            } else {
+                "INSERT INTO mama_event \
+                 (seq, time, machine, event, job, pid, \"user\", host, detail) \
+                 VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
+                 $1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq"
+            };
             let row = tx
-                .query_one(
-                    "INSERT INTO mama_event \
-                     (seq, time, machine, event, job, pid, \"user\", host, detail) \
-                     VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
-                     $1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
-                    &[
-                        &event.time,
-                        &event.machine,
-                        &event.event.as_str(),
-                        &event.job,
-                        &event.pid.map(i64::from),
-                        &event.user,
-                        &event.host,
-                        &event.detail,
-                    ],
-                )
+                .query_one(query, &params)
                 .map_err(|e| db_error(&self.context("write the history of"), e))?;
+            drop(params);
             let seq: i64 = row.get(0);
             event.seq = u64::try_from(seq).map_err(|_| {
                 Error::Invalid(format!(
