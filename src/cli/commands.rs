@@ -340,6 +340,38 @@ pub fn log(
     }
 }
 
+/// `stats`: the lab's statistics from its history, a table (or JSON).
+pub fn stats(
+    store: &Store,
+    since: Option<crate::text::When>,
+    until: Option<crate::text::When>,
+    by: crate::cli::StatsBy,
+    json: bool,
+) -> Result<()> {
+    use crate::engine::stats::{self, By};
+    let now = os::now();
+    // A window cannot reach past now: the history ends there.
+    let until = until.map_or(now, |u| u.at(now).min(now));
+    let since = since.map(|s| s.at(now));
+    if since.is_some_and(|s| s >= until) {
+        return Err(Error::Invalid(format!(
+            "--since ({}) is not before --until ({}): no time to count",
+            crate::text::local_time(since.unwrap_or(until)),
+            crate::text::local_time(until)
+        )));
+    }
+    let by = match by {
+        crate::cli::StatsBy::Machine => By::Machine,
+        crate::cli::StatsBy::User => By::User,
+    };
+    let figures = stats::of_lab(store, since, until, by)?;
+    if json {
+        return print_json(&render::StatsView::of(&figures));
+    }
+    let layout = style::Layout::of_stdout(false);
+    out(&render::stats(&figures, layout))
+}
+
 /// How many past events `log -f` shows before it follows.
 const FOLLOW_LINES: usize = 10;
 

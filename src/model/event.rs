@@ -4,6 +4,8 @@
 //! its own business (the file backend's protocol is in
 //! [`crate::backend::file::log`]).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -66,6 +68,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind named `name` as the history writes it (`claimed`); `None`
+    /// for one this mama does not know.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        use serde::de::value::{Error, StrDeserializer};
+        Kind::deserialize(StrDeserializer::<Error>::new(name)).ok()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Claimed => "claimed",
@@ -149,6 +158,46 @@ impl Event {
     pub fn detail(mut self, detail: impl Into<String>) -> Event {
         self.detail = Some(detail.into());
         self
+    }
+}
+
+/// What statistics read of an event, borrowed from its JSON line where it
+/// can be: over a long history most of the time would go to making
+/// strings of what is only compared. A line that is not an event is not
+/// one of these either.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Brief<'a> {
+    pub seq: u64,
+    pub time: i64,
+    #[serde(borrow)]
+    pub machine: Cow<'a, str>,
+    pub event: Kind,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(borrow)]
+    pub user: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub detail: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub waited: Option<f64>,
+    #[serde(default)]
+    pub status: Option<i32>,
+}
+
+impl Event {
+    /// The event as statistics read it.
+    pub fn brief(&self) -> Brief<'_> {
+        Brief {
+            seq: self.seq,
+            time: self.time,
+            machine: Cow::Borrowed(&self.machine),
+            event: self.event,
+            pid: self.pid,
+            user: Cow::Borrowed(&self.user),
+            detail: self.detail.as_deref().map(Cow::Borrowed),
+            waited: self.waited,
+            status: self.status,
+        }
     }
 }
 
