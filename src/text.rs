@@ -171,16 +171,23 @@ pub fn parse_when(text: &str) -> Result<When, String> {
     let local = if let Ok(date) = NaiveDate::parse_from_str(trimmed, "%Y-%m-%d") {
         date.and_hms_opt(0, 0, 0).ok_or_else(bad)?
     } else {
-        ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
-            .iter()
-            .find_map(|format| NaiveDateTime::parse_from_str(trimmed, format).ok())
-            .ok_or_else(bad)?
+        [
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%dT%H:%M",
+            "%Y-%m-%d %H:%M:%S",
+            "%Y-%m-%d %H:%M",
+        ]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(trimmed, format).ok())
+        .ok_or_else(bad)?
     };
     // A time the clocks skipped (a spring forward) is no time here.
     let at = Local
         .from_local_datetime(&local)
         .earliest()
-        .ok_or_else(|| format!("'{text}' is not a time that happened here (the clocks skipped it)"))?;
+        .ok_or_else(|| {
+            format!("'{text}' is not a time that happened here (the clocks skipped it)")
+        })?;
     Ok(When::At(at.timestamp()))
 }
 

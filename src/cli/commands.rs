@@ -350,8 +350,9 @@ pub fn stats(
 ) -> Result<()> {
     use crate::engine::stats::{self, By};
     let now = os::now();
-    // A window cannot reach past now: the history ends there.
-    let until = until.map_or(now, |u| u.at(now).min(now));
+    // A window cannot reach past now: the history ends there. Without
+    // --until it takes in the current second.
+    let until = until.map_or(now + 1, |u| u.at(now).min(now));
     let since = since.map(|s| s.at(now));
     if since.is_some_and(|s| s >= until) {
         return Err(Error::Invalid(format!(

@@ -1104,7 +1104,11 @@ impl FiguresView {
         use crate::engine::stats::By;
         let name = figures.name.clone();
         FiguresView {
-            machine: if by == By::Machine { name.clone() } else { None },
+            machine: if by == By::Machine {
+                name.clone()
+            } else {
+                None
+            },
             user: if by == By::User { name } else { None },
             machines: None,
             busy_seconds: figures.busy,

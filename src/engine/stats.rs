@@ -191,7 +191,14 @@ impl Tally {
         by: By,
         machines: impl IntoIterator<Item = &'a str>,
     ) -> Tally {
-        let mut tally = Tally::new(Window { since: until, until }, by, machines);
+        let mut tally = Tally::new(
+            Window {
+                since: until,
+                until,
+            },
+            by,
+            machines,
+        );
         tally.starts_with_first = true;
         tally
     }
@@ -440,7 +447,11 @@ pub struct Day {
 /// hours where the clocks change). For [`busy_seconds_per_day`].
 pub fn local_days(now: i64, count: usize) -> Vec<Day> {
     use chrono::{Days, Local, TimeZone};
-    let Some(today) = Local.timestamp_opt(now, 0).earliest().map(|t| t.date_naive()) else {
+    let Some(today) = Local
+        .timestamp_opt(now, 0)
+        .earliest()
+        .map(|t| t.date_naive())
+    else {
         return Vec::new();
     };
     let midnight = |date: chrono::NaiveDate| {
@@ -510,8 +521,7 @@ impl Daily {
     fn spread(&mut self, m: usize, start: i64, end: i64) {
         let name = &self.tally.machines.rows[m].name;
         if !self.per_day.contains_key(name) {
-            self.per_day
-                .insert(name.clone(), vec![0; self.days.len()]);
+            self.per_day.insert(name.clone(), vec![0; self.days.len()]);
         }
         let Some(row) = self.per_day.get_mut(name) else {
             return;
@@ -552,10 +562,14 @@ impl Daily {
         let mut per_day = std::mem::take(&mut self.per_day);
         let known = self.tally.machines.rows.iter().map(|r| r.name.as_str());
         for name in known {
-            per_day.entry(name.to_string()).or_insert_with(|| vec![0; days]);
+            per_day
+                .entry(name.to_string())
+                .or_insert_with(|| vec![0; days]);
         }
         for name in machines {
-            per_day.entry(name.to_string()).or_insert_with(|| vec![0; days]);
+            per_day
+                .entry(name.to_string())
+                .or_insert_with(|| vec![0; days]);
         }
         self.per_day = per_day;
         self.per_day

@@ -148,7 +148,9 @@ pub fn parse_size(text: &str) -> Result<u64, Error> {
         ))
     };
     let trimmed = text.trim();
-    let digits = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
     let number: u64 = trimmed[..digits].parse().map_err(|_| bad())?;
     let unit = trimmed[digits..].trim().to_ascii_lowercase();
     let unit = unit
@@ -283,8 +285,14 @@ mod tests {
         );
         assert!(normalize(Setting::OfflineAfterFailedStarts, "x").is_err());
         assert_eq!(normalize(Setting::Notify, "").unwrap(), "");
-        assert_eq!(normalize(Setting::HistoryMaxSize, "500M").unwrap(), "524288000");
-        assert_eq!(normalize(Setting::HistoryMaxSize, "2GiB").unwrap(), "2147483648");
+        assert_eq!(
+            normalize(Setting::HistoryMaxSize, "500M").unwrap(),
+            "524288000"
+        );
+        assert_eq!(
+            normalize(Setting::HistoryMaxSize, "2GiB").unwrap(),
+            "2147483648"
+        );
         assert!(normalize(Setting::HistoryMaxSize, "1K").is_err());
         assert!(normalize(Setting::HistoryMaxSize, "5X").is_err());
         assert!(normalize(Setting::HistoryMaxSize, "65G").is_err());

@@ -931,7 +931,14 @@ mod tests {
         let mut state = State::holding(numbered(1..=flush, 0));
         let mut ahead = state.pending.clone();
         history
-            .commit(state.seq, &mut ahead, vec![set_event("lost")], None, true, Retention::default)
+            .commit(
+                state.seq,
+                &mut ahead,
+                vec![set_event("lost")],
+                None,
+                true,
+                Retention::default,
+            )
             .expect("commit");
         let appended = fs::read(history.path()).expect("read");
         assert_eq!(seqs(&lines(&history)), (1..=flush).collect::<Vec<_>>());
@@ -1165,7 +1172,10 @@ mod tests {
         assert_eq!(lines(&history), flushed);
         // Readers see every event once, oldest first, across the files.
         let read = state.read(&history);
-        assert_eq!(seqs(&read), (1..=n + FLUSH_AT as u64 + 1).collect::<Vec<_>>());
+        assert_eq!(
+            seqs(&read),
+            (1..=n + FLUSH_AT as u64 + 1).collect::<Vec<_>>()
+        );
         assert_eq!(state.read_after(&history, n - 2).len(), FLUSH_AT + 3);
         assert_eq!(history.last_seq().expect("last"), Some(n + FLUSH_AT as u64));
         let recent = history
@@ -1198,7 +1208,10 @@ mod tests {
         // appends only what the segment lacks.
         assert_eq!(state.record(&history, &["next"]), [n + 31]);
         assert_eq!(seqs(&lines(&history)), (n + 1..=n + 30).collect::<Vec<_>>());
-        assert_eq!(seqs(&state.read(&history)), (1..=n + 31).collect::<Vec<_>>());
+        assert_eq!(
+            seqs(&state.read(&history)),
+            (1..=n + 31).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -1227,7 +1240,12 @@ mod tests {
             }
             first = last + 1;
         }
-        let found: Vec<u64> = history.segments().expect("segments").iter().map(|s| s.first).collect();
+        let found: Vec<u64> = history
+            .segments()
+            .expect("segments")
+            .iter()
+            .map(|s| s.first)
+            .collect();
         assert_eq!(found, starts);
         // Kept a day: the oldest segment goes, whole.
         let day = Retention {
@@ -1235,7 +1253,12 @@ mod tests {
             max_size: 1 << 30,
         };
         history.prune(&day).expect("prune");
-        let found: Vec<u64> = history.segments().expect("segments").iter().map(|s| s.first).collect();
+        let found: Vec<u64> = history
+            .segments()
+            .expect("segments")
+            .iter()
+            .map(|s| s.first)
+            .collect();
         assert_eq!(found, starts[1..]);
         // Kept to 160 KiB: the oldest go until the rest fits (the live
         // log is never dropped).
@@ -1244,7 +1267,12 @@ mod tests {
             max_size: 160 << 10,
         };
         history.prune(&small).expect("prune");
-        let found: Vec<u64> = history.segments().expect("segments").iter().map(|s| s.first).collect();
+        let found: Vec<u64> = history
+            .segments()
+            .expect("segments")
+            .iter()
+            .map(|s| s.first)
+            .collect();
         assert_eq!(found, starts[2..]);
         let read = history.read(None, Vec::new()).expect("read");
         assert_eq!(read.first().map(|e| e.seq), Some(starts[2]));

@@ -237,11 +237,11 @@ impl FileStore {
     ) -> Result<Vec<Event>> {
         let count = events.len();
         let mut pending = doc.pending_events();
-        let last = self
-            .history()?
-            .commit(doc.event_seq(), &mut pending, events, like, flush, || {
-                Retention::of(&doc.settings())
-            })?;
+        let last =
+            self.history()?
+                .commit(doc.event_seq(), &mut pending, events, like, flush, || {
+                    Retention::of(&doc.settings())
+                })?;
         doc.set_pending_events(&pending)?;
         doc.set_event_seq(last);
         // They went last into the pending events.
