@@ -33,7 +33,10 @@ fn main() {
         written.1
     );
     let mut all_met = true;
-    for args in [&["stats", "--json"][..], &["stats", "--by", "user", "--json"]] {
+    for args in [
+        &["stats", "--json"][..],
+        &["stats", "--by", "user", "--json"],
+    ] {
         // Once to warm the page cache and check the answer.
         let out = mama_command(MAMA, &state)
             .args(args)

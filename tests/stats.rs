@@ -567,6 +567,15 @@ fn a_log_past_its_segment_size_is_rotated_whole_and_read_across() {
         env.info("rig1")["recent_events"].as_array().map(Vec::len),
         Some(5)
     );
+    // The segment's events are three days old: a day's log leaves them.
+    let day = parse_json_lines(env.run(["log", "--since", "1d", "--json"]).ok());
+    assert_eq!(
+        seqs(&day),
+        (n + 1..=n + FLUSH_AT as u64 + 1).collect::<Vec<_>>()
+    );
+    let last = n + FLUSH_AT as u64 + 1;
+    let rig1 = parse_json_lines(env.run(["log", "rig1", "-n", "3", "--json"]).ok());
+    assert_eq!(seqs(&rig1), [last - 2, last - 1, last]);
 
     // Kept a day, the next flush drops the segment, whole: its events are
     // three days old.

@@ -144,6 +144,11 @@ pub trait Backend: JobLocks + std::fmt::Debug + Send + Sync {
     /// history was read. The history is read from one look at it, without
     /// holding the lab's lock while it is read (a long one takes seconds).
     fn scan_events(&self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<Snapshot>;
+    /// Gives the committed events to `visit` whole, oldest first, read as
+    /// [`Backend::scan_events`] reads them; with `since` (Unix seconds),
+    /// those older may be left out (whole segments of a state file's log,
+    /// rows of a database lab's), and some may still come.
+    fn each_event(&self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<Snapshot>;
     /// Who may write the lab, as far as can be told: the commands written
     /// into it (`startcmd`, a device's) are run only where each of them is
     /// the caller or root, or the caller trusts the lab.

@@ -599,39 +599,73 @@ impl Frozen {
     /// then (its file stays the same even when it has been rotated since),
     /// then the pending events.
     pub fn scan(self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<()> {
-        let history = &self.history;
         let mut last: Option<u64> = None;
-        let mut lines = |bytes: &[u8]| {
-            for line in bytes.split(|&b| b == b'\n') {
-                if let Ok(event) = serde_json::from_slice::<Brief<'_>>(line)
-                    && last.is_none_or(|l| event.seq > l)
-                {
-                    last = Some(event.seq);
-                    visit(&event);
-                }
+        let pending = self.read_lines(None, &mut |line| {
+            if let Ok(event) = serde_json::from_slice::<Brief<'_>>(line)
+                && last.is_none_or(|l| event.seq > l)
+            {
+                last = Some(event.seq);
+                visit(&event);
             }
-        };
-        for segment in &self.segments {
-            let path = history.dir.child(&segment.name);
-            let Some(file) = history.dir.open_file(&segment.name, false)? else {
-                continue;
-            };
-            let bytes = read_whole_lines(&mut bounded(file, &path)?, None)
-                .map_err(|e| Error::io("read the event log", &path, e))?;
-            lines(&bytes);
-        }
-        if let Some((mut file, len)) = self.live {
-            let bytes = read_whole_lines(&mut file, Some(len))
-                .map_err(|e| Error::io("read the event log", &history.path, e))?;
-            lines(&bytes);
-        }
-        for event in &self.pending {
+        })?;
+        for event in &pending {
             if last.is_none_or(|l| event.seq > l) {
                 last = Some(event.seq);
                 visit(&event.brief());
             }
         }
         Ok(())
+    }
+
+    /// Gives the committed events to `visit` whole, oldest first, as
+    /// [`Frozen::scan`] does; with `since`, a segment whose newest event
+    /// is older is passed over unread (its events are not wanted).
+    pub fn each(self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<()> {
+        let mut last: Option<u64> = None;
+        let pending = self.read_lines(since, &mut |line| {
+            if let Ok(event) = serde_json::from_slice::<Event>(line)
+                && last.is_none_or(|l| event.seq > l)
+            {
+                last = Some(event.seq);
+                visit(event);
+            }
+        })?;
+        for event in pending {
+            if last.is_none_or(|l| event.seq > l) {
+                last = Some(event.seq);
+                visit(event);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives each whole line of the segments, then of the live log, to
+    /// `visit`, oldest first; returns the pending events. With `since`, the
+    /// segments whose newest event is older are passed over.
+    fn read_lines(self, since: Option<i64>, visit: &mut dyn FnMut(&[u8])) -> Result<Vec<Event>> {
+        let history = &self.history;
+        for segment in &self.segments {
+            if let Some(since) = since
+                && history
+                    .newest_time(&segment.name)?
+                    .is_some_and(|t| t < since)
+            {
+                continue;
+            }
+            let path = history.dir.child(&segment.name);
+            let Some(file) = history.dir.open_file(&segment.name, false)? else {
+                continue;
+            };
+            let bytes = read_whole_lines(&mut bounded(file, &path)?, None)
+                .map_err(|e| Error::io("read the event log", &path, e))?;
+            bytes.split(|&b| b == b'\n').for_each(&mut *visit);
+        }
+        if let Some((mut file, len)) = self.live {
+            let bytes = read_whole_lines(&mut file, Some(len))
+                .map_err(|e| Error::io("read the event log", &history.path, e))?;
+            bytes.split(|&b| b == b'\n').for_each(&mut *visit);
+        }
+        Ok(self.pending)
     }
 }
 

@@ -518,4 +518,8 @@ impl super::Backend for FileStore {
     fn scan_events(&self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<Snapshot> {
         FileStore::scan_events(self, visit)
     }
+
+    fn each_event(&self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<Snapshot> {
+        FileStore::each_event(self, since, visit)
+    }
 }

@@ -224,4 +224,8 @@ impl Backend for PgStore {
     fn scan_events(&self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<Snapshot> {
         PgStore::scan_events(self, visit)
     }
+
+    fn each_event(&self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<Snapshot> {
+        PgStore::each_event(self, since, visit)
+    }
 }

@@ -334,6 +334,71 @@ impl PgStore {
         })
     }
 
+    /// Every committed event whole, oldest first, to `visit` (see
+    /// [`crate::backend::Backend::each_event`]): with `since`, only those
+    /// of that time or later. From one snapshot, streamed.
+    pub fn each_event(&self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<Snapshot> {
+        use postgres::fallible_iterator::FallibleIterator;
+        self.with_main(|client| {
+            let mut tx = self.snapshot_transaction(client)?;
+            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
+                return Err(self.no_lab());
+            };
+            let (rows, look, _, document) = self.snapshot(&mut tx, version)?;
+            *Self::locked(&self.look) = Some(look);
+            let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
+            let extra = if schema::event_columns(&mut tx, &self.url.shown, false)? {
+                "waited::float8, status::int4"
+            } else {
+                "NULL::float8, NULL::int4"
+            };
+            let query = format!(
+                "SELECT seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
+                 coalesce(event, '')::text, job::text, pid::int8, \
+                 coalesce(\"user\", '')::text, coalesce(host, '')::text, detail::text, {extra} \
+                 FROM mama_event WHERE time >= $1 ORDER BY seq"
+            );
+            let failed = |e| db_error(&self.context("read the history of"), e);
+            let from = since.unwrap_or(i64::MIN);
+            let mut rows = tx.query_raw(&query, [&from]).map_err(failed)?;
+            while let Some(row) = rows.next().map_err(failed)? {
+                let seq = row.get::<_, i64>(0) as u64;
+                let kind: &str = row.get(3);
+                let event = Kind::from_name(kind).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "the history of the lab at {} holds an event of unknown kind '{kind}'",
+                        self.url.shown
+                    ))
+                })?;
+                visit(Event {
+                    seq,
+                    time: row.get(1),
+                    machine: row.get(2),
+                    event,
+                    job: row.get(4),
+                    pid: row
+                        .get::<_, Option<i64>>(5)
+                        .and_then(|p| u32::try_from(p).ok()),
+                    user: row.get(6),
+                    host: row.get(7),
+                    detail: row.get(8),
+                    waited: row.get(9),
+                    status: row.get(10),
+                });
+            }
+            drop(rows);
+            // The newest event, whatever its time (a host's clock behind).
+            let last_event = tx
+                .query_one("SELECT max(seq) FROM mama_event", &[])
+                .map_err(|e| db_error(&self.context("read"), e))?
+                .get::<_, Option<i64>>(0)
+                .map(|seq| seq as u64);
+            tx.commit()
+                .map_err(|e| db_error(&self.context("read"), e))?;
+            Ok(Snapshot { lab, last_event })
+        })
+    }
+
     /// The lab in upstream's format: the stored document with the machines
     /// in it.
     pub fn export(&self) -> Result<String> {
