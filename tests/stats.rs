@@ -397,6 +397,36 @@ on_both_backends! {
     }
 }
 
+on_both_backends! {
+    fn a_claim_records_how_long_it_waited(env: &TestEnv) {
+        env.add("rig1", 1);
+        let mut holder = hold_until_go(env, "rig1", "holder");
+        let started = std::time::Instant::now();
+        let mut waiter = env.start(sh_job(env, "rig1", &["--job", "waiter"], "true"));
+        waiter.expect_stderr("waiting to claim it", LIMIT);
+        // The holder keeps it a while longer: the wait to be measured.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let held = started.elapsed().as_secs_f64();
+        fs::write(env.path().join("holder.go"), "").expect("go");
+        holder.finish(LIMIT).ok();
+        waiter.finish(LIMIT).ok();
+        let whole = started.elapsed().as_secs_f64();
+        let claims: Vec<f64> = env
+            .events()
+            .iter()
+            .filter(|e| e["event"] == "claimed")
+            .map(|e| e["waited"].as_f64().expect("a wait"))
+            .collect();
+        assert_eq!(claims.len(), 2, "{claims:?}");
+        // The waiter waited from after the holder's claim (which waited
+        // for nothing) until after the go, and not longer than it lived.
+        assert!(claims[0] < 0.5, "{claims:?}");
+        assert!(claims[1] >= 0.5 && claims[1] <= whole, "{claims:?}, held {held}");
+        let got = env.run(["stats", "--json"]).json();
+        assert_eq!(got["total"]["wait_p95"].as_f64(), Some(claims[1]));
+    }
+}
+
 #[test]
 fn a_run_records_its_wait_and_its_status() {
     let env = TestEnv::new();
