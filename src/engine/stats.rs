@@ -612,6 +612,23 @@ mod tests {
     }
 
     #[test]
+    fn local_days_are_adjacent_and_end_with_today() {
+        let now = 1_793_620_000;
+        let days = local_days(now, 30);
+        assert_eq!(days.len(), 30);
+        for pair in days.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        let today = days[29];
+        assert!(today.start <= now && now < today.end, "{today:?}");
+        // A day is 23 to 25 hours long.
+        assert!(
+            days.iter()
+                .all(|d| (82_800..=90_000).contains(&(d.end - d.start)))
+        );
+    }
+
+    #[test]
     fn percentiles_by_nearest_rank() {
         let v: Vec<f64> = (1..=20).map(f64::from).collect();
         assert_eq!(percentile(&v, 50), Some(10.0));

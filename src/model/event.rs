@@ -219,3 +219,24 @@ pub fn decode(text: &str) -> Vec<Event> {
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_of_a_newer_mama_are_passed_over_and_new_ones_optional() {
+        let newer = r#"{"seq":7,"time":5,"machine":"rig1","event":"released","job":"j","pid":3,"user":"u","host":"h","detail":"exit 2 after 1s","status":2,"future":{"x":1}}"#;
+        let event: Event = serde_json::from_str(newer).expect("an event");
+        assert_eq!((event.seq, event.status, event.waited), (7, Some(2), None));
+        let brief: Brief<'_> = serde_json::from_str(newer).expect("a brief");
+        assert_eq!(brief, event.brief());
+        // An older mama's line, without them, reads; written back, an event
+        // without them has none.
+        let older = r#"{"seq":1,"time":5,"machine":"rig1","event":"claimed","job":null,"pid":null,"user":"u","host":"h","detail":null}"#;
+        let event: Event = serde_json::from_str(older).expect("an event");
+        assert_eq!(serde_json::to_string(&event).ok().as_deref(), Some(older));
+        assert_eq!(Kind::from_name("stale_cleared"), Some(Kind::StaleCleared));
+        assert_eq!(Kind::from_name("exploded"), None);
+    }
+}
