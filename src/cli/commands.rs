@@ -390,7 +390,8 @@ pub fn stats(
     if json {
         return print_json(&render::StatsView::of(&figures));
     }
-    let layout = style::Layout::of_stdout(false);
+    // Figures are not cut short: the table is as wide as they need.
+    let layout = style::Layout::of_stdout(true);
     out(&render::stats(&figures, layout))
 }
 
