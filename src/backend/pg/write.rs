@@ -310,7 +310,7 @@ impl PgStore {
             // been given a retention is trimmed over a few transactions.
             let row = tx
                 .query_one(
-                    "WITH oldest AS (SELECT seq, time FROM mama_event ORDER BY seq LIMIT 10000) \
+                    "WITH oldest AS (SELECT seq, time FROM mama_event ORDER BY seq LIMIT 2000) \
                      SELECT (SELECT min(seq) FROM oldest WHERE time >= $1), \
                             (SELECT max(seq) FROM oldest)",
                     &[&cutoff],
