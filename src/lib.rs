@@ -230,6 +230,12 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             let reserve = then_reserve.then_some(engine::manual::Ask { length, note: None });
             c::wait(store, settings, &wanted(pick)?, timeout, reserve)?
         }
+        Command::Stats {
+            since,
+            until,
+            by,
+            json,
+        } => c::stats(store, since, until, by, json)?,
         Command::Log {
             machine,
             since,

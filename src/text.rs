@@ -128,6 +128,69 @@ pub fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
+/// A point in time as `stats --since` and `--until` take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// This long before now (a duration as [`parse_duration`] takes it).
+    Ago(Duration),
+    /// This Unix time (a local date and time given).
+    At(i64),
+}
+
+impl When {
+    /// The Unix time it names, `now` being now.
+    pub fn at(self, now: i64) -> i64 {
+        match self {
+            When::Ago(age) => now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX)),
+            When::At(t) => t,
+        }
+    }
+}
+
+/// A point in time: a duration before now, as [`parse_duration`] takes it
+/// (`90`, `5m`, `2h`, `1d`), or a local date, with a time of day or not
+/// (`2026-11-01`, `2026-11-01T12:00`, `2026-11-01 12:00:30`).
+pub fn parse_when(text: &str) -> Result<When, String> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    let trimmed = text.trim();
+    let looks_like_date = trimmed.len() >= 10 && trimmed.as_bytes().get(4) == Some(&b'-');
+    if !looks_like_date {
+        return parse_duration(text).map(When::Ago).map_err(|_| {
+            format!(
+                "'{text}' is neither a duration (90, 90s, 5m, 2h, 1d) nor a date \
+                 (2026-11-01, 2026-11-01T12:00)"
+            )
+        });
+    }
+    let bad = || {
+        format!(
+            "'{text}' is not a date and time (like 2026-11-01, 2026-11-01T12:00 or \
+             2026-11-01 12:00:30)"
+        )
+    };
+    let local = if let Ok(date) = NaiveDate::parse_from_str(trimmed, "%Y-%m-%d") {
+        date.and_hms_opt(0, 0, 0).ok_or_else(bad)?
+    } else {
+        [
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%dT%H:%M",
+            "%Y-%m-%d %H:%M:%S",
+            "%Y-%m-%d %H:%M",
+        ]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(trimmed, format).ok())
+        .ok_or_else(bad)?
+    };
+    // A time the clocks skipped (a spring forward) is no time here.
+    let at = Local
+        .from_local_datetime(&local)
+        .earliest()
+        .ok_or_else(|| {
+            format!("'{text}' is not a time that happened here (the clocks skipped it)")
+        })?;
+    Ok(When::At(at.timestamp()))
+}
+
 /// A time as people read it, in the local time zone.
 pub fn local_time(timestamp: i64) -> String {
     match Local.timestamp_opt(timestamp, 0).single() {
@@ -189,9 +252,45 @@ pub fn seconds(d: Duration) -> String {
     }
 }
 
+/// A size for people: `900 B`, `1.5 KiB`, `2.0 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn points_in_time() {
+        assert_eq!(parse_when("90"), Ok(When::Ago(Duration::from_secs(90))));
+        assert_eq!(parse_when("1d"), Ok(When::Ago(Duration::from_secs(86400))));
+        assert!(matches!(parse_when("2026-11-01"), Ok(When::At(_))));
+        assert_eq!(
+            parse_when("2026-11-01T12:00").map(|w| w.at(0)),
+            parse_when("2026-11-01 12:00:00").map(|w| w.at(0))
+        );
+        assert!(parse_when("2026-13-01").is_err());
+        assert!(parse_when("yesterday").is_err());
+        assert_eq!(When::Ago(Duration::from_secs(10)).at(100), 90);
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(bytes(900), "900 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(2 << 30), "2.0 GiB");
+    }
 
     #[test]
     fn controls_that_move_or_reorder_text_are_terminal_controls() {

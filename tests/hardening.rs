@@ -14,7 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use mama::backend::file::log::{FLUSH_AT, TRIM_AT};
+use mama::backend::file::log::FLUSH_AT;
 
 /// A file outside the lab that a planted link points at: its content,
 /// mode and owner must never change.
@@ -183,14 +183,17 @@ fn a_dangling_link_as_a_lock_file_fails_at_once() {
 }
 
 /// The state file with its log committed up to `last` and no pending
-/// events, and a log of events 1..=last longer than [`TRIM_AT`].
+/// events, and a log of events 1..=last longer than the 128 KiB segment
+/// of a lab that keeps 1 MiB of history (set it after).
 fn seed_big_log(env: &TestEnv) -> u64 {
     let mut log = String::new();
     let mut seq = 0;
-    while (log.len() as u64) <= TRIM_AT + 64 * 1024 {
+    // Recent: the history's default (a year) keeps them.
+    let time = unix_now() - 60;
+    while log.len() <= 160 << 10 {
         seq += 1;
         let event = serde_json::json!({
-            "seq": seq, "time": 1_700_000_000 + seq, "machine": "rig1", "event": "set",
+            "seq": seq, "time": time, "machine": "rig1", "event": "set",
             "job": null, "pid": null, "user": "someone", "host": "somewhere",
             "detail": format!("os=v{seq}-{}", "x".repeat(80)),
         });
@@ -206,34 +209,28 @@ fn seed_big_log(env: &TestEnv) -> u64 {
 }
 
 #[test]
-fn a_link_planted_as_the_logs_temporary_file_is_removed_not_followed() {
+fn a_link_planted_as_the_logs_temporary_file_is_never_followed() {
     let env = TestEnv::new();
     let last = seed_big_log(&env);
+    env.run(["setting", "history-max-size", "1M"]).ok();
     let victim = Victim::new();
     let temp = beside(&env, ".mama.xml.log.tmp");
     symlink(&victim.path, &temp).expect("plant the link");
 
     // The flush that these events force (the transaction after the state
-    // holds FLUSH_AT of them) trims the log.
+    // holds FLUSH_AT of them) rotates the log: a rename, nothing written
+    // through the link.
     for run in sets(&env, 0..FLUSH_AT + 1) {
         run.ok();
     }
     victim.assert_untouched();
-    assert!(
-        fs::symlink_metadata(&temp).is_err(),
-        "the temporary file stays: {:?}",
-        env.files()
-    );
     let log = fs::metadata(beside(&env, "mama.xml.log")).expect("the log");
-    assert!(
-        log.len() < TRIM_AT / 2 + 64 * 1024,
-        "not trimmed: {}",
-        log.len()
-    );
+    assert!(log.len() < 64 * 1024, "not rotated: {}", log.len());
+    assert!(beside(&env, "mama.xml.log.1").exists(), "{:?}", env.files());
     let events = env.events();
     assert_eq!(
         events.last().and_then(|e| e["seq"].as_u64()),
-        Some(last + FLUSH_AT as u64 + 1)
+        Some(last + FLUSH_AT as u64 + 2)
     );
 }
 

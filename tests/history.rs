@@ -1,6 +1,6 @@
 //! The history, checked against the real binary: an event for every kind of
 //! change with who, where and how, a log that agrees with the state whatever
-//! instant a writer is killed, trimming, and `log`'s filters, `--json` and
+//! instant a writer is killed, and `log`'s filters, `--json` and
 //! `--follow`.
 //!
 //! What only mama commands and real processes show runs against both
@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mama::backend::file::log::{FLUSH_AT, KEEP, TRIM_AT};
+use mama::backend::file::log::{FLUSH_AT, SEGMENT};
 use serde_json::{Value, json};
 
 /// The fields of an event, in the order `log --json` writes them.
@@ -104,18 +104,23 @@ fn line(seq: u64, time: i64, machine: &str, event: &str, detail: &str) -> String
     text
 }
 
-/// Asserts that an event has the nine fields, and no other; `what` names
-/// it in the message.
+/// Asserts that an event has the nine fields, and no other but a claim's
+/// `waited` (which every claim has) and a release's `status` (which a
+/// run's has); `what` names it in the message.
 #[track_caller]
 fn assert_fields(e: &Value, what: &str) {
-    let mut got: Vec<&str> = e
-        .as_object()
-        .expect("an object")
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let fields = e.as_object().expect("an object");
+    let mut got: Vec<&str> = fields.keys().map(String::as_str).collect();
     got.sort_unstable();
     let mut want = FIELDS.to_vec();
+    if e["event"] == "claimed" {
+        want.push("waited");
+        assert!(e["waited"].as_f64().is_some_and(|w| w >= 0.0), "{what}");
+    }
+    if e["event"] == "released" && fields.contains_key("status") {
+        want.push("status");
+        assert!(e["status"].is_i64(), "{what}");
+    }
     want.sort_unstable();
     assert_eq!(got, want, "{what}");
 }
@@ -283,8 +288,10 @@ on_both_backends! {
         assert_eq!(log.len(), 1 + 2 * cases.len(), "{log:#?}");
         let runs = &log[1..];
         check_who_and_when(runs, from, to);
-        for (i, ((_, _, label, ending), pid)) in cases.iter().zip(&pids).enumerate() {
+        for (i, ((_, code, label, ending), pid)) in cases.iter().zip(&pids).enumerate() {
             let (claimed, released) = (&runs[2 * i], &runs[2 * i + 1]);
+            // The release records the status the run exited with.
+            assert_eq!(released["status"], json!(code), "{released}");
             check(
                 claimed,
                 "claimed",
@@ -813,7 +820,7 @@ on_both_backends! {
 }
 
 // ---------------------------------------------------------------------------
-// 3. Trimming
+// 3. Rotation
 
 /// Writes a log of events `1..=n` (with `pad` bytes of detail) and commits
 /// them in the state; returns each line's length.
@@ -831,61 +838,8 @@ fn seed_log(env: &TestEnv, n: u64, time: i64, pad: usize) -> Vec<usize> {
     lengths
 }
 
-#[test]
-fn a_log_past_its_limit_keeps_its_newest_events() {
-    let env = TestEnv::new();
-    env.add("rig1", 1);
-    // About 25,000 events, a little over the limit.
-    let n = 25_000;
-    let lengths = seed_log(&env, n, unix_now() - 60, 70);
-    let seeded: usize = lengths.iter().sum();
-    assert!(seeded as u64 > TRIM_AT, "{seeded} bytes seeded");
-
-    // Each new event waits in the state until FLUSH_AT have gathered; the
-    // transaction that then moves them to the log trims the log first.
-    let flush = FLUSH_AT as u64;
-    let seeded_log = fs::read(log_path(&env)).expect("read the log");
-    for i in 1..=flush {
-        env.run(["set", "rig1", "os", &format!("trimmed-{i}")]).ok();
-        assert_eq!(fs::read(log_path(&env)).expect("read the log"), seeded_log);
-    }
-    assert_eq!(held(&env).len(), FLUSH_AT);
-    env.run(["set", "rig1", "os", "trimmed"]).ok();
-    assert_eq!(seqs(&held(&env)), [n + flush + 1]);
-    let text = fs::read_to_string(log_path(&env)).expect("read the log");
-    let appended: usize = text.lines().rev().take(FLUSH_AT).map(|l| l.len() + 1).sum();
-    assert!(
-        text.len() as u64 <= KEEP + appended as u64,
-        "{} bytes left",
-        text.len()
-    );
-    let lines = parse_json_lines(&text);
-    let numbers = seqs(&lines);
-    let first = numbers[0];
-    assert!(first > 1, "nothing was trimmed");
-    assert_eq!(numbers, (first..=n + flush).collect::<Vec<_>>());
-    assert_eq!(lines[0]["detail"], format!("os={first}{}", "p".repeat(70)));
-    assert_eq!(
-        lines.last().expect("last")["detail"],
-        format!("os=trimmed-{flush}")
-    );
-    // The newest that fit, at most one line short, then the flushed ones.
-    let kept: usize = lengths[first as usize - 1..].iter().sum();
-    assert_eq!(kept + appended, text.len());
-    let two_more: usize = lengths[(first as usize).saturating_sub(3)..].iter().sum();
-    assert!(two_more as u64 > KEEP, "only {kept} bytes of {KEEP} kept");
-    // Readers see them all, and the next writer goes on.
-    assert_eq!(
-        seqs(&env.events()),
-        (first..=n + flush + 1).collect::<Vec<_>>()
-    );
-    env.run(["set", "rig1", "os", "after"]).ok();
-    assert_eq!(
-        seqs(&env.events()),
-        (first..=n + flush + 2).collect::<Vec<_>>()
-    );
-    assert_eq!(env.files_containing("tmp"), Vec::<String>::new());
-}
+// A log past its segment size is rotated whole, and old segments dropped
+// by the lab's retention: see stats.rs.
 
 // ---------------------------------------------------------------------------
 // 4. log: --since, --json, a machine
@@ -1152,7 +1106,7 @@ fn a_claim_reads_only_the_end_of_a_big_log() {
     let lengths = seed_log(&env, n, unix_now() - 60, 250);
     let size: usize = lengths.iter().sum();
     assert!(
-        size > 3 << 20 && (size as u64) < TRIM_AT,
+        size > 3 << 20 && (size as u64) < SEGMENT,
         "{size} bytes seeded"
     );
 

@@ -305,7 +305,8 @@ on_both_backends! {
         env.add("rig1", 1);
         assert_eq!(
             env.run(["setting"]).ok(),
-            "longest-reservation\nnotify\noffline-after-failed-starts\n"
+            "longest-reservation\nnotify\noffline-after-failed-starts\nhistory-keep-days\n\
+             history-max-size\n"
         );
         let all = env.run(["setting", "--json"]).json();
         assert_eq!(
@@ -313,7 +314,9 @@ on_both_backends! {
             serde_json::json!({
                 "longest-reservation": null,
                 "notify": null,
-                "offline-after-failed-starts": null
+                "offline-after-failed-starts": null,
+                "history-keep-days": null,
+                "history-max-size": null
             })
         );
         assert_eq!(env.run(["setting", "notify"]).ok(), "\n");
@@ -326,7 +329,7 @@ on_both_backends! {
         assert_eq!(
             listed,
             "longest-reservation          5400 (1h 30m)\nnotify                       logger -t mama\n\
-             offline-after-failed-starts  3\n"
+             offline-after-failed-starts  3\nhistory-keep-days\nhistory-max-size\n"
         );
         assert_eq!(env.run(["setting", "--json"]).json()["offline-after-failed-starts"], "3");
         let stored = env.stored();

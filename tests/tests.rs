@@ -34,6 +34,7 @@ mod queue;
 mod queue_edges;
 mod run;
 mod service;
+mod stats;
 mod store;
 mod truth;
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::model::JobRecord;
 use crate::model::Lab;
-use crate::model::event::Event;
+use crate::model::event::{Brief, Event};
 use crate::model::queue::Waiter;
 use crate::model::setting::Setting;
 use crate::settings::{Location, Settings};
@@ -139,6 +139,16 @@ pub trait Backend: JobLocks + std::fmt::Debug + Send + Sync {
     /// The committed events (all of them, or those numbered after `after`),
     /// oldest first, with the lab as it was when they were read.
     fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)>;
+    /// Gives every committed event to `visit`, oldest first, as statistics
+    /// read them (see [`Brief`]); returns the lab as it was when the
+    /// history was read. The history is read from one look at it, without
+    /// holding the lab's lock while it is read (a long one takes seconds).
+    fn scan_events(&self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<Snapshot>;
+    /// Gives the committed events to `visit` whole, oldest first, read as
+    /// [`Backend::scan_events`] reads them; with `since` (Unix seconds),
+    /// those older may be left out (whole segments of a state file's log,
+    /// rows of a database lab's), and some may still come.
+    fn each_event(&self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<Snapshot>;
     /// Who may write the lab, as far as can be told: the commands written
     /// into it (`startcmd`, a device's) are run only where each of them is
     /// the caller or root, or the caller trusts the lab.

@@ -302,28 +302,49 @@ pub fn log(
     json: bool,
     follow: bool,
 ) -> Result<()> {
-    let (snapshot, events) = store.read_events(None)?;
-    if let Some(name) = machine
-        && snapshot.lab.machine(name).is_none()
-        && !events.iter().any(|e| e.machine == name)
-    {
-        return Err(snapshot.lab.unknown(name));
-    }
     let cutoff = since.map(|age| os::now() - age.as_secs() as i64);
     let wanted =
         |e: &Event| machine.is_none_or(|m| e.machine == m) && cutoff.is_none_or(|t| e.time >= t);
-    let mut last = events
-        .last()
-        .map(|e| e.seq)
-        .or(snapshot.last_event)
-        .unwrap_or(0);
-    let poll = settings.poll;
-    let mut shown: Vec<Event> = events.into_iter().filter(|e| wanted(e)).collect();
     // Following, the last ten first (as `tail -f`), unless asked.
     let keep = lines.or(follow.then_some(FOLLOW_LINES));
-    if let Some(keep) = keep {
-        shown.drain(..shown.len().saturating_sub(keep));
+    // The history is read event by event: only what is shown is kept (a
+    // long history is never held whole for `-n 10`).
+    let mut shown: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
+    let mut named = false;
+    let mut newest = None;
+    // A machine the lab no longer has is known by its events, however
+    // old: then every one is looked at.
+    let skip_older = match machine {
+        Some(name) => store
+            .read()?
+            .lab
+            .machine(name)
+            .is_some()
+            .then_some(cutoff)
+            .flatten(),
+        None => cutoff,
+    };
+    let snapshot = store.each_event(skip_older, &mut |event| {
+        newest = Some(event.seq);
+        named |= machine.is_some_and(|m| event.machine == m);
+        if wanted(&event) {
+            if keep.is_some_and(|k| shown.len() >= k) {
+                shown.pop_front();
+            }
+            if keep != Some(0) {
+                shown.push_back(event);
+            }
+        }
+    })?;
+    if let Some(name) = machine
+        && snapshot.lab.machine(name).is_none()
+        && !named
+    {
+        return Err(snapshot.lab.unknown(name));
     }
+    let mut last = newest.max(snapshot.last_event).unwrap_or(0);
+    let poll = settings.poll;
+    let shown: Vec<Event> = shown.into();
     let mut widths = [0; 6];
     print_events(&shown, json, true, &mut widths)?;
     if !follow {
@@ -338,6 +359,40 @@ pub fn log(
         let shown: Vec<Event> = new.into_iter().filter(|e| wanted(e)).collect();
         print_events(&shown, json, false, &mut widths)?;
     }
+}
+
+/// `stats`: the lab's statistics from its history, a table (or JSON).
+pub fn stats(
+    store: &Store,
+    since: Option<crate::text::When>,
+    until: Option<crate::text::When>,
+    by: crate::cli::StatsBy,
+    json: bool,
+) -> Result<()> {
+    use crate::engine::stats::{self, By};
+    let now = os::now();
+    // A window cannot reach past now: the history ends there. Without
+    // --until it takes in the current second.
+    let until = until.map_or(now + 1, |u| u.at(now).min(now));
+    let since = since.map(|s| s.at(now));
+    if since.is_some_and(|s| s >= until) {
+        return Err(Error::Invalid(format!(
+            "--since ({}) is not before --until ({}): no time to count",
+            crate::text::local_time(since.unwrap_or(until)),
+            crate::text::local_time(until)
+        )));
+    }
+    let by = match by {
+        crate::cli::StatsBy::Machine => By::Machine,
+        crate::cli::StatsBy::User => By::User,
+    };
+    let figures = stats::of_lab(store, since, until, by)?;
+    if json {
+        return print_json(&render::StatsView::of(&figures));
+    }
+    // Figures are not cut short: the table is as wide as they need.
+    let layout = style::Layout::of_stdout(true);
+    out(&render::stats(&figures, layout))
 }
 
 /// How many past events `log -f` shows before it follows.
@@ -1009,7 +1064,8 @@ pub fn run(
             stop_failed = true;
         }
     }
-    let released = claim.release(store, &outcome);
+    let status = ending.as_ref().ok().map(Ending::exit_code);
+    let released = claim.release_with_status(store, &outcome, status);
     // Killed when the job ended, the watcher has died meanwhile: reaped.
     drop(watcher);
     let ending = ending?;

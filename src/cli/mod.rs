@@ -8,7 +8,7 @@ pub mod manpage;
 pub mod render;
 pub mod style;
 
-use crate::text::parse_seconds;
+use crate::text::{When, parse_seconds, parse_when};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -322,6 +322,28 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Statistics from the history: busy share, jobs, failures, waits, reservations
+    ///
+    /// One row a machine (or a user, with --by user) and the lab's totals: the share of the time
+    /// held by jobs (reservations are counted apart), jobs run and failed (exited other than 0),
+    /// stale jobs cleared, the median and 95th percentile of the wait before a claim, the longest
+    /// hold, and the reservations with their hours. Holds and reservations are clipped to the
+    /// window; one still held counts up to --until.
+    Stats {
+        /// From this time: a duration ago (90, 90s, 5m, 2h, 1d) or a local date and time
+        /// (2026-11-01, 2026-11-01T12:00); default: the first event of the history
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        since: Option<When>,
+        /// Up to this time, as --since takes it; default: now
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        until: Option<When>,
+        /// One row a machine or a user
+        #[arg(long, value_enum, value_name = "WHAT", default_value_t = StatsBy::Machine)]
+        by: StatsBy,
+        /// Print one JSON object (durations in seconds)
+        #[arg(long)]
+        json: bool,
+    },
     /// Wait for a machine, claim it, run CMD, release it; exit as CMD did
     ///
     /// CMD runs directly (no shell) in its own process group, with MAMA_MACHINE, MAMA_JOB,
@@ -397,6 +419,15 @@ pub enum Command {
         /// The shell
         shell: crate::cli::completions::Shell,
     },
+}
+
+/// What `mama stats` gives a row to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatsBy {
+    /// A row a machine
+    Machine,
+    /// A row a user (who claimed, reserved)
+    User,
 }
 
 /// What `mama power` does.

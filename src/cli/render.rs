@@ -1031,6 +1031,211 @@ pub fn table(views: &[MachineView], colour: bool, layout: Layout) -> String {
     table.to_string()
 }
 
+/// A table of `header` and `rows` as `layout` says: in boxes on a
+/// terminal (fitted to its width, a cell too long cut short with `…`),
+/// else plain aligned columns. Cells are shown safe for a terminal.
+pub fn grid(header: &[&str], rows: Vec<Vec<String>>, layout: Layout) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
+    let width = match layout {
+        Layout::Plain => {
+            let cells: Vec<Vec<String>> =
+                std::iter::once(header.iter().map(|h| h.to_string()).collect())
+                    .chain(rows)
+                    .collect();
+            return columns(&cells);
+        }
+        Layout::Terminal { width } => width,
+    };
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    match width {
+        Some(width) => {
+            table
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(width)
+                .set_truncation_indicator("…");
+        }
+        None => {
+            table.set_content_arrangement(ContentArrangement::Disabled);
+        }
+    }
+    table.set_header(header.to_vec());
+    table.force_no_tty();
+    for row in rows {
+        let mut row = comfy_table::Row::from(row);
+        row.max_height(1);
+        table.add_row(row);
+    }
+    let mut text = table.to_string();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// The figures of a row of `stats --json` (and of its totals): durations
+/// in seconds, the wait's in seconds to the millisecond.
+#[derive(Serialize)]
+pub struct FiguresView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only in the totals: how many machines the lab's time is of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machines: Option<usize>,
+    pub busy_seconds: i64,
+    pub busy_share: f64,
+    pub jobs: u64,
+    pub failed: u64,
+    pub stale_cleared: u64,
+    pub wait_median: Option<f64>,
+    pub wait_p95: Option<f64>,
+    pub longest_hold: i64,
+    pub reservations: u64,
+    pub reserved_seconds: i64,
+}
+
+impl FiguresView {
+    fn of(figures: &crate::engine::stats::Figures, by: crate::engine::stats::By) -> FiguresView {
+        use crate::engine::stats::By;
+        let name = figures.name.clone();
+        FiguresView {
+            machine: if by == By::Machine {
+                name.clone()
+            } else {
+                None
+            },
+            user: if by == By::User { name } else { None },
+            machines: None,
+            busy_seconds: figures.busy,
+            // Four places: a share to the hundredth of a percent.
+            busy_share: (figures.share * 10000.0).round() / 10000.0,
+            jobs: figures.jobs,
+            failed: figures.failed,
+            stale_cleared: figures.stale_cleared,
+            wait_median: figures.wait_median,
+            wait_p95: figures.wait_p95,
+            longest_hold: figures.longest_hold,
+            reservations: figures.reservations,
+            reserved_seconds: figures.reserved,
+        }
+    }
+}
+
+/// `stats --json`: the window, its rows and the lab's totals.
+#[derive(Serialize)]
+pub struct StatsView {
+    pub since: i64,
+    pub until: i64,
+    pub seconds: i64,
+    pub by: &'static str,
+    pub rows: Vec<FiguresView>,
+    pub total: FiguresView,
+}
+
+impl StatsView {
+    pub fn of(stats: &crate::engine::stats::Stats) -> StatsView {
+        use crate::engine::stats::By;
+        let mut total = FiguresView::of(&stats.total, stats.by);
+        total.machines = Some(stats.machines);
+        StatsView {
+            since: stats.window.since,
+            until: stats.window.until,
+            seconds: stats.window.seconds(),
+            by: match stats.by {
+                By::Machine => "machine",
+                By::User => "user",
+            },
+            rows: stats
+                .rows
+                .iter()
+                .map(|r| FiguresView::of(r, stats.by))
+                .collect(),
+            total,
+        }
+    }
+}
+
+/// `stats`: the window, a table of a row a machine (or user), and the
+/// lab's totals on a line.
+pub fn stats(stats: &crate::engine::stats::Stats, layout: Layout) -> String {
+    use crate::engine::stats::{By, Figures};
+    let length = |secs: i64| seconds(std::time::Duration::from_secs(secs.max(0) as u64));
+    let wait = |w: Option<f64>| match w {
+        Some(w) => seconds(std::time::Duration::from_secs_f64(w.clamp(0.0, 1e12))),
+        None => "-".to_string(),
+    };
+    let share = |f: &Figures| format!("{:.1}%", f.share * 100.0);
+    let first = match stats.by {
+        By::Machine => "Machine",
+        By::User => "User",
+    };
+    let header = [
+        first,
+        "Busy",
+        "Busy time",
+        "Jobs",
+        "Failed",
+        "Stale",
+        "Wait p50",
+        "Wait p95",
+        "Longest hold",
+        "Reservations",
+        "Reserved",
+    ];
+    let rows: Vec<Vec<String>> = stats
+        .rows
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone().unwrap_or_default(),
+                share(f),
+                length(f.busy),
+                f.jobs.to_string(),
+                f.failed.to_string(),
+                f.stale_cleared.to_string(),
+                wait(f.wait_median),
+                wait(f.wait_p95),
+                length(f.longest_hold),
+                f.reservations.to_string(),
+                length(f.reserved),
+            ]
+        })
+        .collect();
+    let window = &stats.window;
+    let mut text = format!(
+        "From {} to {} ({})\n",
+        local_time(window.since),
+        local_time(window.until),
+        length(window.seconds())
+    );
+    if !rows.is_empty() {
+        text.push_str(&grid(&header, rows, layout));
+    }
+    let t = &stats.total;
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    text.push_str(&format!(
+        "Lab: {} busy {} ({}), {}, {} failed, {} stale cleared, wait p50 {} p95 {}, \
+         longest hold {}, {} ({})\n",
+        plural(stats.machines as u64, "machine", "machines") + ",",
+        share(t),
+        length(t.busy),
+        plural(t.jobs, "job", "jobs"),
+        t.failed,
+        t.stale_cleared,
+        wait(t.wait_median),
+        wait(t.wait_p95),
+        length(t.longest_hold),
+        plural(t.reservations, "reservation", "reservations"),
+        length(t.reserved),
+    ));
+    text
+}
+
 /// Rows of cells as plain text in aligned columns (two spaces between),
 /// trailing spaces trimmed, a line each.
 pub fn columns(rows: &[Vec<String>]) -> String {
@@ -1248,6 +1453,10 @@ pub fn setting_value(setting: Setting, value: &str) -> String {
     match setting {
         Setting::LongestReservation => match crate::model::setting::parse_duration(value) {
             Ok(length) => format!("{shown} ({})", seconds(length)),
+            Err(_) => shown,
+        },
+        Setting::HistoryMaxSize => match value.trim().parse::<u64>() {
+            Ok(bytes) => format!("{shown} ({})", crate::text::bytes(bytes)),
             Err(_) => shown,
         },
         _ => shown,

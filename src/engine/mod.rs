@@ -20,5 +20,6 @@ pub mod policy;
 pub mod power;
 pub mod service;
 pub mod stale;
+pub mod stats;
 pub mod supervise;
 pub mod trust;

@@ -4,6 +4,8 @@
 //! its own business (the file backend's protocol is in
 //! [`crate::backend::file::log`]).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -66,6 +68,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind named `name` as the history writes it (`claimed`); `None`
+    /// for one this mama does not know.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        use serde::de::value::{Error, StrDeserializer};
+        Kind::deserialize(StrDeserializer::<Error>::new(name)).ok()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Claimed => "claimed",
@@ -95,7 +104,7 @@ impl Kind {
 }
 
 /// One event, as stored and as `log --json` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub seq: u64,
     /// Unix seconds.
@@ -108,6 +117,17 @@ pub struct Event {
     pub user: String,
     pub host: String,
     pub detail: Option<String>,
+    /// Of a claim: how long the claimer waited for the machine before it
+    /// got it, in seconds (to the millisecond). Absent in events of an
+    /// older mama, and in every other event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited: Option<f64>,
+    /// Of a release: the status `mama run` exits with for the job (its
+    /// exit code; 128+N killed by signal N, 124 timed out, 125 to 127 not
+    /// started). Absent in events of an older mama and in releases of
+    /// other claims (a health check, a boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<i32>,
 }
 
 impl Event {
@@ -123,6 +143,8 @@ impl Event {
             user: os::user_name(),
             host: os::host_name(),
             detail: None,
+            waited: None,
+            status: None,
         }
     }
 
@@ -136,6 +158,46 @@ impl Event {
     pub fn detail(mut self, detail: impl Into<String>) -> Event {
         self.detail = Some(detail.into());
         self
+    }
+}
+
+/// What statistics read of an event, borrowed from its JSON line where it
+/// can be: over a long history most of the time would go to making
+/// strings of what is only compared. A line that is not an event is not
+/// one of these either.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Brief<'a> {
+    pub seq: u64,
+    pub time: i64,
+    #[serde(borrow)]
+    pub machine: Cow<'a, str>,
+    pub event: Kind,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(borrow)]
+    pub user: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub detail: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub waited: Option<f64>,
+    #[serde(default)]
+    pub status: Option<i32>,
+}
+
+impl Event {
+    /// The event as statistics read it.
+    pub fn brief(&self) -> Brief<'_> {
+        Brief {
+            seq: self.seq,
+            time: self.time,
+            machine: Cow::Borrowed(&self.machine),
+            event: self.event,
+            pid: self.pid,
+            user: Cow::Borrowed(&self.user),
+            detail: self.detail.as_deref().map(Cow::Borrowed),
+            waited: self.waited,
+            status: self.status,
+        }
     }
 }
 
@@ -156,4 +218,25 @@ pub fn decode(text: &str) -> Vec<Event> {
     text.lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_of_a_newer_mama_are_passed_over_and_new_ones_optional() {
+        let newer = r#"{"seq":7,"time":5,"machine":"rig1","event":"released","job":"j","pid":3,"user":"u","host":"h","detail":"exit 2 after 1s","status":2,"future":{"x":1}}"#;
+        let event: Event = serde_json::from_str(newer).expect("an event");
+        assert_eq!((event.seq, event.status, event.waited), (7, Some(2), None));
+        let brief: Brief<'_> = serde_json::from_str(newer).expect("a brief");
+        assert_eq!(brief, event.brief());
+        // An older mama's line, without them, reads; written back, an event
+        // without them has none.
+        let older = r#"{"seq":1,"time":5,"machine":"rig1","event":"claimed","job":null,"pid":null,"user":"u","host":"h","detail":null}"#;
+        let event: Event = serde_json::from_str(older).expect("an event");
+        assert_eq!(serde_json::to_string(&event).ok().as_deref(), Some(older));
+        assert_eq!(Kind::from_name("stale_cleared"), Some(Kind::StaleCleared));
+        assert_eq!(Kind::from_name("exploded"), None);
+    }
 }

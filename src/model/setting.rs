@@ -21,13 +21,22 @@ pub enum Setting {
     /// After this many consecutive failed starts a machine is taken out
     /// of service. Empty or 0: never.
     OfflineAfterFailedStarts,
+    /// The history drops events older than this many days (whole rotated
+    /// segments of a state file's log). Empty: [`Retention::KEEP_DAYS`];
+    /// 0: no limit by age.
+    HistoryKeepDays,
+    /// The history keeps at most this many bytes. Empty:
+    /// [`Retention::MAX_SIZE`].
+    HistoryMaxSize,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 3] = [
+    pub const ALL: [Setting; 5] = [
         Setting::LongestReservation,
         Setting::Notify,
         Setting::OfflineAfterFailedStarts,
+        Setting::HistoryKeepDays,
+        Setting::HistoryMaxSize,
     ];
 
     /// Its name on the command line.
@@ -36,6 +45,8 @@ impl Setting {
             Setting::LongestReservation => "longest-reservation",
             Setting::Notify => "notify",
             Setting::OfflineAfterFailedStarts => "offline-after-failed-starts",
+            Setting::HistoryKeepDays => "history-keep-days",
+            Setting::HistoryMaxSize => "history-max-size",
         }
     }
 
@@ -45,6 +56,8 @@ impl Setting {
             Setting::LongestReservation => "longest_reservation",
             Setting::Notify => "notify",
             Setting::OfflineAfterFailedStarts => "offline_after_failed_starts",
+            Setting::HistoryKeepDays => "history_keep_days",
+            Setting::HistoryMaxSize => "history_max_size",
         }
     }
 
@@ -65,6 +78,10 @@ impl Setting {
             Setting::OfflineAfterFailedStarts => {
                 "take a machine out of service after this many failed starts in a row (0: never)"
             }
+            Setting::HistoryKeepDays => {
+                "drop history older than this many days (default 365; 0: keep it whatever its age)"
+            }
+            Setting::HistoryMaxSize => "keep at most this much history (500M, 4G; default 2G)",
         }
     }
 }
@@ -121,6 +138,92 @@ pub fn parse_duration(text: &str) -> Result<Duration, Error> {
     Ok(Duration::from_secs(total))
 }
 
+/// A size in bytes as `history-max-size` takes it: a whole number, with an
+/// optional unit `K`, `M`, `G` (powers of 1024, any case, an optional
+/// `B` or `iB` after it), from 1 MiB to [`Retention::MAX_SIZE_LIMIT`].
+pub fn parse_size(text: &str) -> Result<u64, Error> {
+    let bad = || {
+        Error::Invalid(format!(
+            "'{text}' is not a size (like 1048576, 500M or 4G; from 1M to 64G)"
+        ))
+    };
+    let trimmed = text.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let number: u64 = trimmed[..digits].parse().map_err(|_| bad())?;
+    let unit = trimmed[digits..].trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let size = number.checked_mul(scale).ok_or_else(bad)?;
+    if !(1 << 20..=Retention::MAX_SIZE_LIMIT).contains(&size) {
+        return Err(bad());
+    }
+    Ok(size)
+}
+
+/// How much history a lab keeps: see [`Setting::HistoryKeepDays`] and
+/// [`Setting::HistoryMaxSize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Events older than this many days go; `None`: none go by age.
+    pub keep_days: Option<u64>,
+    /// The history's size is kept at most this many bytes.
+    pub max_size: u64,
+}
+
+impl Retention {
+    /// The default age limit: a year.
+    pub const KEEP_DAYS: u64 = 365;
+    /// The default size limit, 2 GiB: 90 days of a lab that runs a job a
+    /// minute on each of 20 machines take some 1.1 GB (see the history in
+    /// docs/SPEC.md for the arithmetic).
+    pub const MAX_SIZE: u64 = 2 << 30;
+    /// The largest size limit a lab may set.
+    pub const MAX_SIZE_LIMIT: u64 = 64 << 30;
+
+    /// The retention `settings` (a lab's, as [`crate::model::Lab::settings`]
+    /// gives them) ask for; a value out of form counts as unset.
+    pub fn of(settings: &[(Setting, String)]) -> Retention {
+        let value = |wanted: Setting| {
+            settings
+                .iter()
+                .find(|(s, v)| *s == wanted && !v.trim().is_empty())
+                .map(|(_, v)| v.trim())
+        };
+        let keep_days = match value(Setting::HistoryKeepDays).map(str::parse::<u64>) {
+            Some(Ok(0)) => None,
+            Some(Ok(days)) => Some(days),
+            _ => Some(Retention::KEEP_DAYS),
+        };
+        let max_size = value(Setting::HistoryMaxSize)
+            .and_then(|v| parse_size(v).ok())
+            .unwrap_or(Retention::MAX_SIZE);
+        Retention {
+            keep_days,
+            max_size,
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            keep_days: Some(Retention::KEEP_DAYS),
+            max_size: Retention::MAX_SIZE,
+        }
+    }
+}
+
 /// Checks and normalises a value for `setting`; empty clears it.
 pub fn normalize(setting: Setting, value: &str) -> Result<String, Error> {
     crate::model::field::check_input(crate::model::field::Field::Job, value).map_err(|_| {
@@ -136,6 +239,18 @@ pub fn normalize(setting: Setting, value: &str) -> Result<String, Error> {
     match setting {
         Setting::LongestReservation => parse_duration(trimmed).map(|d| d.as_secs().to_string()),
         Setting::Notify => Ok(value.to_string()),
+        Setting::HistoryMaxSize => parse_size(trimmed).map(|n| n.to_string()),
+        Setting::HistoryKeepDays => trimmed
+            .parse::<u32>()
+            .ok()
+            .filter(|&days| u64::from(days) <= crate::text::MAX_SECS / 86400)
+            .map(|n| n.to_string())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} must be a whole number of days, not '{value}'",
+                    setting.name()
+                ))
+            }),
         Setting::OfflineAfterFailedStarts => {
             trimmed.parse::<u32>().map(|n| n.to_string()).map_err(|_| {
                 Error::Invalid(format!(
@@ -170,5 +285,34 @@ mod tests {
         );
         assert!(normalize(Setting::OfflineAfterFailedStarts, "x").is_err());
         assert_eq!(normalize(Setting::Notify, "").unwrap(), "");
+        assert_eq!(
+            normalize(Setting::HistoryMaxSize, "500M").unwrap(),
+            "524288000"
+        );
+        assert_eq!(
+            normalize(Setting::HistoryMaxSize, "2GiB").unwrap(),
+            "2147483648"
+        );
+        assert!(normalize(Setting::HistoryMaxSize, "1K").is_err());
+        assert!(normalize(Setting::HistoryMaxSize, "5X").is_err());
+        assert!(normalize(Setting::HistoryMaxSize, "65G").is_err());
+        assert_eq!(normalize(Setting::HistoryKeepDays, "90").unwrap(), "90");
+        assert!(normalize(Setting::HistoryKeepDays, "-1").is_err());
+    }
+
+    #[test]
+    fn retention_defaults_and_settings() {
+        assert_eq!(Retention::of(&[]), Retention::default());
+        let set = [
+            (Setting::HistoryKeepDays, "0".to_string()),
+            (Setting::HistoryMaxSize, "1048576".to_string()),
+        ];
+        assert_eq!(
+            Retention::of(&set),
+            Retention {
+                keep_days: None,
+                max_size: 1 << 20
+            }
+        );
     }
 }

@@ -615,6 +615,17 @@ impl Dir {
             .map_err(|e| error("remove", &self.child(name), e))
     }
 
+    /// Renames the file `from` to `to` (the log to its segment) unless
+    /// something is at `to` (then `false`, nothing moved), and syncs the
+    /// folder. Neither name is followed as a link: the rename moves names.
+    pub fn rename_aside(&self, from: &OsStr, to: &OsStr) -> Result<bool> {
+        match self.rename_new(from, to) {
+            Ok(true) => self.sync().map(|()| true),
+            Ok(false) => Ok(false),
+            Err(e) => Err(error("rename", &self.child(from), e)),
+        }
+    }
+
     /// Opens the regular file `name` (read-only, or read-write with
     /// `write`); `None` when it does not exist.
     pub fn open_file(&self, name: &OsStr, write: bool) -> Result<Option<File>> {

@@ -20,37 +20,58 @@
 //! between appending and renaming) is read once. The
 //! only line ever dropped is a last one without its newline, cut by a writer
 //! killed mid-append; its events are still pending in the state, and are
-//! appended again. The log is bounded: when a flush finds it past
-//! [`TRIM_AT`] bytes the oldest lines are dropped so that at most [`KEEP`]
-//! bytes remain.
+//! appended again.
+//!
+//! The log is kept in segments: when a flush finds the live log
+//! (`<state>.log`) past its segment size ([`segment_size`]), it renames it
+//! whole to `<state>.log.N`, N the number of its first event (one rename:
+//! a writer killed at any instant leaves the lines in the one file or the
+//! other), and the next append makes a new live log. Readers read the
+//! segments oldest first, then the live log. Each flush then drops the
+//! oldest segments, whole, that the lab's retention
+//! ([`Retention`]) no longer keeps: those whose newest event is older
+//! than its days, and the oldest while the history is larger than its
+//! size. The live log is never dropped.
 
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::file::fsutil::Dir;
 use crate::error::{Error, Result};
-use crate::model::event::Event;
+use crate::model::event::{Brief, Event};
+use crate::model::setting::Retention;
 
 /// The state file keeps its committed events until this many have gathered;
 /// the next transaction then moves them to the log together and syncs it:
 /// most transactions sync one file, as they would without a history.
 pub const FLUSH_AT: usize = 32;
 
-/// The log is trimmed when it grows past this many bytes (about 20,000
-/// events)...
-pub const TRIM_AT: u64 = 4 << 20;
-/// ... down to the newest events that fit in this many.
-pub const KEEP: u64 = 2 << 20;
-/// A log this long is not one mama wrote (it trims past [`TRIM_AT`]):
-/// mama refuses it rather than read it, so a planted huge or sparse file
-/// can never make every command read gigabytes with the lab locked.
-pub const MAX_LOG: u64 = 16 * TRIM_AT;
+/// The live log is rotated into a segment when a flush finds it past this
+/// many bytes (some 80,000 events), or past [`segment_size`] where the
+/// lab keeps less history.
+pub const SEGMENT: u64 = 16 << 20;
+/// A segment is never smaller than this.
+const MIN_SEGMENT: u64 = 64 << 10;
+/// A log file (the live log or a segment) this long is not one mama wrote
+/// (it rotates past [`SEGMENT`]): mama refuses it rather than read it, so
+/// a planted huge or sparse file can never make every command read
+/// gigabytes with the lab locked.
+pub const MAX_LOG: u64 = 4 * SEGMENT;
+
+/// The size past which the live log is rotated, for a lab that keeps
+/// `retention`: [`SEGMENT`], or an eighth of its size where that is less
+/// (so the size limit drops an eighth of the history at a time, at most),
+/// but at least 64 KiB.
+pub fn segment_size(retention: &Retention) -> u64 {
+    (retention.max_size / 8).clamp(MIN_SEGMENT, SEGMENT)
+}
 
 /// The event log of one state file: the file `name` in the lab's folder
-/// `dir`.
+/// `dir`, and its segments beside it.
 #[derive(Debug, Clone)]
 pub struct History {
     dir: Arc<Dir>,
@@ -79,6 +100,25 @@ impl Tail {
     }
 }
 
+/// A rotated segment of the log: its file's name and the number of its
+/// first event.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub first: u64,
+    pub name: OsString,
+}
+
+/// The history as a reader found it under the lab's locks, to be read
+/// after they are let go (see [`History::scan`]): the segments then, the
+/// live log open and how far its whole lines went, and the state's
+/// pending events.
+pub struct Frozen {
+    history: History,
+    segments: Vec<Segment>,
+    live: Option<(File, u64)>,
+    pending: Vec<Event>,
+}
+
 impl History {
     pub fn new(dir: Arc<Dir>, name: impl Into<OsString>) -> History {
         let name = name.into();
@@ -96,8 +136,9 @@ impl History {
     /// them to `pending`; returns the new last number. When `pending` holds
     /// [`FLUSH_AT`] events (committed by an earlier rename), they first move
     /// to the log: the ones it lacks are appended, the log is synced, and
-    /// `pending` is emptied. Call with the state lock held, then write the
-    /// state: its rename commits both.
+    /// `pending` is emptied; the log is rotated and pruned as `retention`
+    /// says (asked only then). Call with the state lock held, then write
+    /// the state: its rename commits both.
     pub fn commit(
         &self,
         seq: Option<u64>,
@@ -105,6 +146,7 @@ impl History {
         events: Vec<Event>,
         like: Option<&Metadata>,
         flush: bool,
+        retention: impl FnOnce() -> Retention,
     ) -> Result<u64> {
         let logged = self.last_seq()?;
         let mut last = pending
@@ -115,7 +157,7 @@ impl History {
             .max()
             .unwrap_or(0);
         if flush && pending.len() >= FLUSH_AT {
-            self.append_after_last(pending, true, like)?;
+            self.append_after_last(pending, Some(&retention()), like)?;
             pending.clear();
         }
         for mut event in events {
@@ -132,13 +174,13 @@ impl History {
     }
 
     /// Appends the `committed` events numbered after the log's last whole
-    /// event, in order. With `flush`, a long log is trimmed first and the
-    /// log is synced even when nothing was appended (a killed writer may
-    /// have appended without syncing).
+    /// event, in order. With a `flush` retention, a long log is rotated and
+    /// old segments dropped first, and the log is synced even when nothing
+    /// was appended (a killed writer may have appended without syncing).
     fn append_after_last(
         &self,
         committed: &[Event],
-        flush: bool,
+        flush: Option<&Retention>,
         like: Option<&Metadata>,
     ) -> Result<()> {
         let (mut file, mut last) = self.prepare(flush, like)?;
@@ -149,48 +191,189 @@ impl History {
                 missing.push(event.clone());
             }
         }
-        if missing.is_empty() && !flush {
+        if missing.is_empty() && flush.is_none() {
             return Ok(());
         }
         let io = |e| Error::io("write the event log", &self.path, e);
         let text = encode(&missing)?;
         file.seek(SeekFrom::End(0)).map_err(io)?;
         file.write_all(text.as_bytes()).map_err(io)?;
-        if flush {
+        if flush.is_some() {
             file.sync_data().map_err(io)?;
         }
         Ok(())
     }
 
-    /// Opens the log for appending: drops a last line without its newline
-    /// (its events are still pending in the state) and, with `trim`, trims
-    /// the log if it is too long. Returns the file and the number of the
-    /// last whole event in it.
-    fn prepare(&self, trim: bool, like: Option<&Metadata>) -> Result<(File, Option<u64>)> {
+    /// Opens the live log for appending: drops a last line without its
+    /// newline (its events are still pending in the state) and, with a
+    /// `retention`, rotates it when it is past its segment size and drops
+    /// the segments the retention no longer keeps. Returns the file and the
+    /// number of the last whole event logged (in a segment, where the live
+    /// log holds none).
+    fn prepare(
+        &self,
+        retention: Option<&Retention>,
+        like: Option<&Metadata>,
+    ) -> Result<(File, Option<u64>)> {
         let mut file = self.open_for_append(like)?;
         let io = |e| Error::io("write the event log", &self.path, e);
         let tail = scan_back(&mut file, |_| true).map_err(io)?;
         if tail.whole < tail.len {
             file.set_len(tail.whole).map_err(io)?;
         }
-        if trim && tail.whole > TRIM_AT {
-            match self.trim(&mut file, tail.whole, like) {
-                Ok(()) => file = self.open_for_append(like)?,
-                // A folder this user may not write (PHP mama's layout, with
-                // the log added by its owner): the log cannot be replaced,
-                // so it grows on, and the folder's owner trims it.
-                Err(Error::ReadOnly { .. }) => {}
+        let last = match tail.last_seq() {
+            Some(seq) => Some(seq),
+            None => self.last_in_segments()?,
+        };
+        if let Some(retention) = retention {
+            if tail.whole > segment_size(retention) {
+                match self.rotate(&mut file) {
+                    Ok(true) => file = self.open_for_append(like)?,
+                    Ok(false) => {}
+                    // A folder this user may not write (PHP mama's layout,
+                    // with the log added by its owner): the log cannot be
+                    // renamed, so it grows on, and the folder's owner
+                    // rotates it.
+                    Err(Error::ReadOnly { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match self.prune(retention) {
+                Ok(()) | Err(Error::ReadOnly { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok((file, tail.last_seq()))
+        Ok((file, last))
     }
 
-    /// Opens the log for reading and writing, creating it made like the
-    /// state file; never through a link planted in its place.
+    /// Renames the live log `file` whole to the segment named after its
+    /// first event. False when there is no event in it, or a segment of
+    /// that name is there already (then the log grows on; nothing is
+    /// replaced).
+    fn rotate(&self, file: &mut File) -> Result<bool> {
+        let io = |e| Error::io("rotate the event log", &self.path, e);
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut first = None;
+        let mut reader = io::BufReader::new(Read::by_ref(file).take(MAX_LOG));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(io)?;
+            if read == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            if let Ok(event) = serde_json::from_slice::<Brief<'_>>(&line) {
+                first = Some(event.seq);
+                break;
+            }
+        }
+        let Some(first) = first else {
+            return Ok(false);
+        };
+        self.dir.rename_aside(&self.name, &self.segment_name(first))
+    }
+
+    /// Drops the oldest segments while the history is larger than
+    /// `retention` keeps, or their newest event is older than its days.
+    fn prune(&self, retention: &Retention) -> Result<()> {
+        let segments = self.segments()?;
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let size_of = |name: &std::ffi::OsStr| -> Result<u64> {
+            Ok(match self.dir.open_file(name, false)? {
+                Some(file) => file
+                    .metadata()
+                    .map_err(|e| Error::io("read", &self.dir.child(name), e))?
+                    .len(),
+                None => 0,
+            })
+        };
+        let mut sizes = Vec::with_capacity(segments.len());
+        for segment in &segments {
+            sizes.push(size_of(&segment.name)?);
+        }
+        let mut total: u64 = sizes.iter().sum::<u64>() + size_of(&self.name)?;
+        let cutoff = retention
+            .keep_days
+            .map(|days| crate::os::now().saturating_sub((days as i64).saturating_mul(86400)));
+        for (segment, size) in segments.iter().zip(sizes) {
+            let too_old = match cutoff {
+                Some(cutoff) => self.newest_time(&segment.name)?.is_some_and(|t| t < cutoff),
+                None => false,
+            };
+            if total <= retention.max_size && !too_old {
+                break;
+            }
+            self.dir.remove_file(&segment.name)?;
+            total = total.saturating_sub(size);
+        }
+        Ok(())
+    }
+
+    /// The time of the newest event of segment `name`.
+    fn newest_time(&self, name: &std::ffi::OsStr) -> Result<Option<i64>> {
+        let path = self.dir.child(name);
+        let Some(file) = self.dir.open_file(name, false)? else {
+            return Ok(None);
+        };
+        let mut file = bounded(file, &path)?;
+        let tail = scan_back(&mut file, |_| true)
+            .map_err(|e| Error::io("read the event log", &path, e))?;
+        Ok(tail.events.first().map(|e| e.time))
+    }
+
+    fn segment_name(&self, first: u64) -> OsString {
+        let mut name = self.name.clone();
+        name.push(format!(".{first}"));
+        name
+    }
+
+    /// The log's segments, oldest first: the files beside it named
+    /// `<log>.N`, N a number.
+    pub fn segments(&self) -> Result<Vec<Segment>> {
+        let prefix = self.name.as_bytes();
+        let names = self
+            .dir
+            .entries_with_inodes(|_| true)
+            .map_err(|e| Error::io("list the folder", self.dir.path(), e))?;
+        let mut segments: Vec<Segment> = names
+            .into_iter()
+            .filter_map(|name| {
+                let rest = name.as_bytes().strip_prefix(prefix)?.strip_prefix(b".")?;
+                if rest.is_empty() || !rest.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                let first = std::str::from_utf8(rest).ok()?.parse().ok()?;
+                Some(Segment { first, name })
+            })
+            .collect();
+        segments.sort_by_key(|s| s.first);
+        Ok(segments)
+    }
+
+    /// The number of the newest event of the segments.
+    fn last_in_segments(&self) -> Result<Option<u64>> {
+        for segment in self.segments()?.iter().rev() {
+            let path = self.dir.child(&segment.name);
+            let Some(file) = self.dir.open_file(&segment.name, false)? else {
+                continue;
+            };
+            let mut file = bounded(file, &path)?;
+            let tail = scan_back(&mut file, |_| true)
+                .map_err(|e| Error::io("read the event log", &path, e))?;
+            if let Some(seq) = tail.last_seq() {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens the live log for reading and writing, creating it made like
+    /// the state file; never through a link planted in its place.
     fn open_for_append(&self, like: Option<&Metadata>) -> Result<File> {
         match self.dir.open_or_create(&self.name, like) {
-            Ok((file, _)) => self.bounded(file),
+            Ok((file, _)) => bounded(file, &self.path),
             // A log this user may not write though they may write the state
             // (made before the state file was shared, say): replace it with
             // a copy made like the state file, as the state itself is.
@@ -215,52 +398,17 @@ impl History {
         }
     }
 
-    /// The log, opened to read (never through a link); `None` when there is
-    /// none.
+    /// The live log, opened to read (never through a link); `None` when
+    /// there is none.
     fn open_to_read(&self) -> Result<Option<File>> {
         self.dir
             .open_file(&self.name, false)?
-            .map(|file| self.bounded(file))
+            .map(|file| bounded(file, &self.path))
             .transpose()
     }
 
-    /// `file` (the log) if it is no longer than [`MAX_LOG`].
-    fn bounded(&self, file: File) -> Result<File> {
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("read", &self.path, e))?
-            .len();
-        if len > MAX_LOG {
-            return Err(Error::Invalid(format!(
-                "{} is {len} bytes, and mama trims its log at {TRIM_AT}: it is not a log \
-                 mama wrote (move it aside)",
-                self.path.display()
-            )));
-        }
-        Ok(file)
-    }
-
-    /// Rewrites the log with its newest events that fit in [`KEEP`] bytes
-    /// (temporary file, sync, rename: a crash leaves the old or new log).
-    fn trim(&self, file: &mut File, len: u64, like: Option<&Metadata>) -> Result<()> {
-        let io = |e| Error::io("write the event log", &self.path, e);
-        let start = len.saturating_sub(KEEP);
-        file.seek(SeekFrom::Start(start)).map_err(io)?;
-        let mut kept = Vec::with_capacity(KEEP as usize);
-        file.take(len - start).read_to_end(&mut kept).map_err(io)?;
-        if start > 0 {
-            // Start at a whole line.
-            let cut = kept
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(kept.len(), |i| i + 1);
-            kept.drain(..cut);
-        }
-        self.replace(&kept, like)
-    }
-
-    /// Replaces the log with `bytes` (a fresh temporary file, sync, rename),
-    /// made like the state file.
+    /// Replaces the live log with `bytes` (a fresh temporary file, sync,
+    /// rename), made like the state file.
     fn replace(&self, bytes: &[u8], like: Option<&Metadata>) -> Result<()> {
         // Hidden, like the state's temporary file; one name, so a killed
         // writer's leftover is removed by the next.
@@ -270,14 +418,16 @@ impl History {
         self.dir.replace(&self.name, &temp, bytes, like, None)
     }
 
-    /// The number of the newest whole event in the log, if any.
+    /// The number of the newest whole event logged, if any.
     pub fn last_seq(&self) -> Result<Option<u64>> {
-        let Some(mut file) = self.open_to_read()? else {
-            return Ok(None);
-        };
-        let tail = scan_back(&mut file, |_| true)
-            .map_err(|e| Error::io("read the event log", &self.path, e))?;
-        Ok(tail.last_seq())
+        if let Some(mut file) = self.open_to_read()? {
+            let tail = scan_back(&mut file, |_| true)
+                .map_err(|e| Error::io("read the event log", &self.path, e))?;
+            if let Some(seq) = tail.last_seq() {
+                return Ok(Some(seq));
+            }
+        }
+        self.last_in_segments()
     }
 
     /// Every committed event (or those numbered after `after`), oldest
@@ -302,48 +452,100 @@ impl History {
         Ok(events)
     }
 
-    /// The events of the log's whole lines, oldest first.
+    /// The log's files, oldest first, each opened to read (a segment
+    /// dropped meanwhile is passed over), with their paths.
+    fn files(&self) -> Result<Vec<(File, PathBuf)>> {
+        let mut files = Vec::new();
+        for segment in self.segments()? {
+            let path = self.dir.child(&segment.name);
+            if let Some(file) = self.dir.open_file(&segment.name, false)? {
+                files.push((bounded(file, &path)?, path));
+            }
+        }
+        if let Some(file) = self.open_to_read()? {
+            files.push((file, self.path.clone()));
+        }
+        Ok(files)
+    }
+
+    /// The events of the log's whole lines, oldest first, across its
+    /// segments (each number once).
     fn read_all(&self) -> Result<Vec<Event>> {
-        let Some(mut file) = self.open_to_read()? else {
-            return Ok(Vec::new());
+        let mut events: Vec<Event> = Vec::new();
+        for (mut file, path) in self.files()? {
+            let bytes = read_whole_lines(&mut file, None)
+                .map_err(|e| Error::io("read the event log", &path, e))?;
+            for line in bytes.split(|&b| b == b'\n') {
+                if let Ok(event) = serde_json::from_slice::<Event>(line)
+                    && events.last().is_none_or(|last| event.seq > last.seq)
+                {
+                    events.push(event);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Looks at the log's whole lines newest first, across its segments
+    /// (the newest `segments` of them at most), until `visit` says stop.
+    /// Returns whether it stopped.
+    fn lines_back_all(
+        &self,
+        segments: usize,
+        visit: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<bool> {
+        let mut stopped = false;
+        let mut visit_file = |file: &mut File, path: &Path| -> Result<bool> {
+            lines_back(file, |line| {
+                stopped = visit(line);
+                stopped
+            })
+            .map_err(|e| Error::io("read the event log", path, e))?;
+            Ok(stopped)
         };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Error::io("read the event log", &self.path, e))?;
-        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        Ok(bytes[..whole]
-            .split(|&b| b == b'\n')
-            .filter_map(|line| serde_json::from_slice(line).ok())
-            .collect())
+        if let Some(mut file) = self.open_to_read()?
+            && visit_file(&mut file, &self.path)?
+        {
+            return Ok(true);
+        }
+        for segment in self.segments()?.iter().rev().take(segments) {
+            let path = self.dir.child(&segment.name);
+            let Some(file) = self.dir.open_file(&segment.name, false)? else {
+                continue;
+            };
+            if visit_file(&mut bounded(file, &path)?, &path)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The newest `count` committed events of `machine`, oldest first: the
     /// state's `pending` events after the log's last one, then the log read
-    /// from its end back only as far as it takes (a line is decoded only
-    /// when it names the machine, or when it is the log's last event).
+    /// from its end back only as far as it takes, and no further than the
+    /// live log and the newest segment (a machine that has done nothing for
+    /// some 80,000 events shows fewer; a line is decoded only when it names
+    /// the machine, or when it is the log's last event).
     pub fn recent(&self, machine: &str, count: usize, pending: Vec<Event>) -> Result<Vec<Event>> {
         let mut logged = Vec::new();
         let mut last = None;
-        if let Some(mut file) = self.open_to_read()? {
-            let needle = serde_json::to_string(machine)
-                .map_err(|e| Error::Invalid(format!("cannot encode a machine name: {e}")))?;
-            let needle = needle.as_bytes();
-            lines_back(&mut file, |line| {
-                let named = line.windows(needle.len()).any(|w| w == needle);
-                if last.is_some() && !named {
-                    return false;
-                }
-                let Ok(event) = serde_json::from_slice::<Event>(line) else {
-                    return false;
-                };
-                last = last.or(Some(event.seq));
-                if event.machine == machine && count > 0 {
-                    logged.push(event);
-                }
-                logged.len() >= count
-            })
-            .map_err(|e| Error::io("read the event log", &self.path, e))?;
-        }
+        let needle = serde_json::to_string(machine)
+            .map_err(|e| Error::Invalid(format!("cannot encode a machine name: {e}")))?;
+        let needle = needle.as_bytes();
+        self.lines_back_all(1, &mut |line| {
+            let named = line.windows(needle.len()).any(|w| w == needle);
+            if last.is_some() && !named {
+                return false;
+            }
+            let Ok(event) = serde_json::from_slice::<Event>(line) else {
+                return false;
+            };
+            last = last.or(Some(event.seq));
+            if event.machine == machine && count > 0 {
+                logged.push(event);
+            }
+            logged.len() >= count
+        })?;
         logged.reverse();
         logged.extend(
             pending
@@ -357,16 +559,153 @@ impl History {
     /// The log's events numbered after `after`, oldest first, and the number
     /// of its last event; reads only the end of the log.
     fn read_after(&self, after: u64) -> Result<(Vec<Event>, Option<u64>)> {
-        let Some(mut file) = self.open_to_read()? else {
-            return Ok((Vec::new(), None));
+        let mut events: Vec<Event> = Vec::new();
+        self.lines_back_all(
+            usize::MAX,
+            &mut |line| match serde_json::from_slice::<Event>(line) {
+                Ok(event) if event.seq <= after => true,
+                Ok(event) => {
+                    events.push(event);
+                    false
+                }
+                Err(_) => false,
+            },
+        )?;
+        let logged = match events.first() {
+            Some(e) => Some(e.seq),
+            None => self.last_seq()?,
         };
-        let tail = scan_back(&mut file, |e| e.seq <= after)
-            .map_err(|e| Error::io("read the event log", &self.path, e))?;
-        let logged = tail.last_seq();
-        let mut events: Vec<Event> = tail.events.into_iter().filter(|e| e.seq > after).collect();
         events.reverse();
         Ok((events, logged))
     }
+
+    /// The history as it stands, to read once the lab's locks are let go
+    /// ([`Frozen::scan`]): the segments' names, the live log open, and
+    /// the state's `pending` events. Call under the locks.
+    pub fn freeze(&self, pending: Vec<Event>) -> Result<Frozen> {
+        let segments = self.segments()?;
+        let live = match self.open_to_read()? {
+            Some(mut file) => {
+                let len = file
+                    .seek(SeekFrom::End(0))
+                    .map_err(|e| Error::io("read the event log", &self.path, e))?;
+                Some((file, len))
+            }
+            None => None,
+        };
+        Ok(Frozen {
+            history: self.clone(),
+            segments,
+            live,
+            pending,
+        })
+    }
+}
+
+impl Frozen {
+    /// Gives every committed event to `visit`, oldest first, as statistics
+    /// read it (each number once): the segments (one dropped since the
+    /// history was frozen is passed over), the live log as far as it went
+    /// then (its file stays the same even when it has been rotated since),
+    /// then the pending events.
+    pub fn scan(self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<()> {
+        let mut last: Option<u64> = None;
+        let pending = self.read_lines(None, &mut |line| {
+            if let Ok(event) = serde_json::from_slice::<Brief<'_>>(line)
+                && last.is_none_or(|l| event.seq > l)
+            {
+                last = Some(event.seq);
+                visit(&event);
+            }
+        })?;
+        for event in &pending {
+            if last.is_none_or(|l| event.seq > l) {
+                last = Some(event.seq);
+                visit(&event.brief());
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the committed events to `visit` whole, oldest first, as
+    /// [`Frozen::scan`] does; with `since`, a segment whose newest event
+    /// is older is passed over unread (its events are not wanted).
+    pub fn each(self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<()> {
+        let mut last: Option<u64> = None;
+        let pending = self.read_lines(since, &mut |line| {
+            if let Ok(event) = serde_json::from_slice::<Event>(line)
+                && last.is_none_or(|l| event.seq > l)
+            {
+                last = Some(event.seq);
+                visit(event);
+            }
+        })?;
+        for event in pending {
+            if last.is_none_or(|l| event.seq > l) {
+                last = Some(event.seq);
+                visit(event);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives each whole line of the segments, then of the live log, to
+    /// `visit`, oldest first; returns the pending events. With `since`, the
+    /// segments whose newest event is older are passed over.
+    fn read_lines(self, since: Option<i64>, visit: &mut dyn FnMut(&[u8])) -> Result<Vec<Event>> {
+        let history = &self.history;
+        for segment in &self.segments {
+            if let Some(since) = since
+                && history
+                    .newest_time(&segment.name)?
+                    .is_some_and(|t| t < since)
+            {
+                continue;
+            }
+            let path = history.dir.child(&segment.name);
+            let Some(file) = history.dir.open_file(&segment.name, false)? else {
+                continue;
+            };
+            let bytes = read_whole_lines(&mut bounded(file, &path)?, None)
+                .map_err(|e| Error::io("read the event log", &path, e))?;
+            bytes.split(|&b| b == b'\n').for_each(&mut *visit);
+        }
+        if let Some((mut file, len)) = self.live {
+            let bytes = read_whole_lines(&mut file, Some(len))
+                .map_err(|e| Error::io("read the event log", &history.path, e))?;
+            bytes.split(|&b| b == b'\n').for_each(&mut *visit);
+        }
+        Ok(self.pending)
+    }
+}
+
+/// `file` (a log file) if it is no longer than [`MAX_LOG`].
+fn bounded(file: File, path: &Path) -> Result<File> {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("read", path, e))?
+        .len();
+    if len > MAX_LOG {
+        return Err(Error::Invalid(format!(
+            "{} is {len} bytes, and mama rotates its log at {SEGMENT}: it is not a log \
+             mama wrote (move it aside)",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// The file's bytes from its start up to its last newline (or up to `len`
+/// first): its whole lines.
+fn read_whole_lines(file: &mut File, len: Option<u64>) -> io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut bytes = Vec::new();
+    Read::by_ref(file)
+        .take(len.unwrap_or(MAX_LOG))
+        .read_to_end(&mut bytes)?;
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    bytes.truncate(whole);
+    Ok(bytes)
 }
 
 /// Visits the log's whole lines from the end backwards (newest first,
@@ -498,6 +837,8 @@ mod tests {
     struct State {
         seq: Option<u64>,
         pending: Vec<Event>,
+        /// The lab's retention (the default where none is set).
+        retention: Option<Retention>,
     }
 
     impl State {
@@ -507,6 +848,7 @@ mod tests {
             State {
                 seq: pending.last().map(|e| e.seq),
                 pending,
+                retention: None,
             }
         }
 
@@ -516,7 +858,9 @@ mod tests {
             let mut next = self.pending.clone();
             let events = values.iter().map(|v| set_event(v)).collect();
             let last = history
-                .commit(self.seq, &mut next, events, None, true)
+                .commit(self.seq, &mut next, events, None, true, || {
+                    self.retention.unwrap_or_default()
+                })
                 .expect("commit");
             let new = next.len().saturating_sub(values.len());
             let numbers = seqs(&next[new..]);
@@ -615,6 +959,7 @@ mod tests {
         let mut state = State {
             seq: Some(10),
             pending: Vec::new(),
+            retention: None,
         };
         assert_eq!(state.record(&history, &["new"]), [1501]);
         assert_eq!(fs::read(history.path()).expect("read"), text);
@@ -630,7 +975,14 @@ mod tests {
         let mut state = State::holding(numbered(1..=flush, 0));
         let mut ahead = state.pending.clone();
         history
-            .commit(state.seq, &mut ahead, vec![set_event("lost")], None, true)
+            .commit(
+                state.seq,
+                &mut ahead,
+                vec![set_event("lost")],
+                None,
+                true,
+                Retention::default,
+            )
             .expect("commit");
         let appended = fs::read(history.path()).expect("read");
         assert_eq!(seqs(&lines(&history)), (1..=flush).collect::<Vec<_>>());
@@ -706,6 +1058,7 @@ mod tests {
         let mut state = State {
             seq: Some(3),
             pending: Vec::new(),
+            retention: None,
         };
         assert_eq!(state.record(&history, &["new"]), [4]);
         let written = fs::read_to_string(history.path()).expect("read");
@@ -722,6 +1075,7 @@ mod tests {
         let mut state = State {
             seq: Some(100),
             pending: Vec::new(),
+            retention: None,
         };
         assert_eq!(state.record(&history, &["a", "b"]), [101, 102]);
         assert_eq!(seqs(&state.read(&history)), [101, 102]);
@@ -732,6 +1086,7 @@ mod tests {
         let mut state = State {
             seq: Some(9),
             pending: Vec::new(),
+            retention: None,
         };
         assert_eq!(state.record(&history, &["c"]), [10]);
         assert_eq!(seqs(&state.read(&history)), [1, 2, 3, 10]);
@@ -746,6 +1101,7 @@ mod tests {
         let mut state = State {
             seq: None,
             pending: numbered(6..=8, 0),
+            retention: None,
         };
         assert_eq!(state.record(&history, &["e"]), [9]);
         // (5 was pending only in the other state, never flushed.)
@@ -760,6 +1116,7 @@ mod tests {
                 vec![set_event("f")],
                 None,
                 true,
+                Retention::default,
             )
             .expect_err("no number left");
         assert!(err.to_string().contains("run out"), "{err}");
@@ -793,6 +1150,7 @@ mod tests {
         let state = State {
             seq: Some(3000),
             pending: Vec::new(),
+            retention: None,
         };
         let events = state.read_after(&history, 7);
         assert_eq!(seqs(&events), (8..=3000).collect::<Vec<_>>());
@@ -800,78 +1158,168 @@ mod tests {
         assert_eq!(state.read_after(&history, 0).len(), 3000);
     }
 
-    #[test]
-    fn a_big_log_is_trimmed_to_its_newest_events_when_flushing() {
-        let (dir, history) = fresh();
-        let mut n = 0;
+    /// A log of whole events from `first` on, past `bytes`; returns the
+    /// number of its last event.
+    fn seed_past(history: &History, first: u64, bytes: u64) -> u64 {
         let mut text = Vec::new();
-        let mut line_ends = Vec::new();
-        while text.len() as u64 <= TRIM_AT + 64 * 1024 {
+        let mut n = first - 1;
+        while text.len() as u64 <= bytes {
             n += 1;
             let mut event = set_event(&format!("{n}-{}", "y".repeat(n as usize % 97)));
             event.seq = n;
             text.extend_from_slice(serde_json::to_string(&event).expect("encode").as_bytes());
             text.push(b'\n');
-            line_ends.push(text.len() as u64);
         }
         fs::write(history.path(), &text).expect("write");
-        // A transaction that does not flush leaves the log as it is.
+        n
+    }
+
+    /// The files in the folder, by name.
+    fn names(dir: &tempfile::TempDir) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_long_log_is_rotated_whole_and_read_across_its_segments() {
+        let (dir, history) = fresh();
+        let retention = Retention {
+            keep_days: None,
+            max_size: 8 << 20,
+        };
+        // A segment of 1 MiB for a history of 8.
+        assert_eq!(segment_size(&retention), 1 << 20);
+        let n = seed_past(&history, 1, 1 << 20);
+        let before = fs::read(history.path()).expect("read");
         let mut state = State {
             seq: Some(n),
             pending: Vec::new(),
+            retention: Some(retention),
         };
-        assert_eq!(state.record(&history, &["appended"]), [n + 1]);
-        assert_eq!(fs::read(history.path()).expect("read"), text);
-        let appended = serde_json::to_string(&state.pending[0]).expect("encode");
-        let new_line = appended.len() as u64 + 1;
-        n += 1;
-        // The flush appends what the log lacks, and trims it: the state's
-        // pending events end with the one above, the others are in the log.
-        let mut pending: Vec<Event> = numbered(n + 1 - FLUSH_AT as u64..=n - 1, 0)
-            .into_iter()
-            .map(|mut e| {
-                e.detail = Some("in the log already".into());
-                e
-            })
-            .collect();
-        pending.push(state.pending[0].clone());
-        state.pending = pending;
-        assert_eq!(state.record(&history, &["after the trim"]), [n + 1]);
-
-        assert_eq!(seqs(&state.pending), [n + 1]);
-        let written = fs::read(history.path()).expect("read");
-        assert!(
-            written.len() as u64 <= KEEP + new_line,
-            "{} bytes kept",
-            written.len()
-        );
-        let kept = lines(&history);
-        let first = kept[0].seq;
-        assert!(first > 1, "nothing was trimmed");
-        assert_eq!(seqs(&kept), (first..=n).collect::<Vec<_>>());
+        // Transactions that do not flush leave the log as it is.
+        for i in 0..FLUSH_AT {
+            state.record(&history, &[&format!("p{i}")]);
+        }
+        assert_eq!(fs::read(history.path()).expect("read"), before);
+        // The flush renames the log whole, then appends to a new one.
+        let flushed = state.pending.clone();
+        state.record(&history, &["after the rotation"]);
+        assert_eq!(names(&dir), ["mama.xml.log", "mama.xml.log.1"]);
         assert_eq!(
-            kept.last().map(|e| e.detail.as_deref()),
-            Some(Some("os=appended"))
+            fs::read(dir.path().join("mama.xml.log.1")).expect("read"),
+            before
         );
-        // The newest events that fit, at most one line short of it, then
-        // the one the flush appended.
-        let old_kept = text.len() as u64 - line_ends[first as usize - 2];
-        assert_eq!(written.len() as u64, old_kept + new_line);
-        assert!(old_kept <= KEEP);
-        let two_more = text.len() as u64 - line_ends.get(first as usize - 4).copied().unwrap_or(0);
-        assert!(
-            two_more > KEEP,
-            "more could have been kept: {old_kept} of {KEEP}"
-        );
-        // The temporary file is gone.
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .expect("list")
-            .map(|e| e.expect("entry").file_name())
-            .collect();
-        assert_eq!(names, ["mama.xml.log"]);
-        // Readers see the log, then the event the state still holds.
+        assert_eq!(lines(&history), flushed);
+        // Readers see every event once, oldest first, across the files.
         let read = state.read(&history);
-        assert_eq!(read[..kept.len()], kept[..]);
-        assert_eq!(read[kept.len()..], state.pending[..]);
+        assert_eq!(
+            seqs(&read),
+            (1..=n + FLUSH_AT as u64 + 1).collect::<Vec<_>>()
+        );
+        assert_eq!(state.read_after(&history, n - 2).len(), FLUSH_AT + 3);
+        assert_eq!(history.last_seq().expect("last"), Some(n + FLUSH_AT as u64));
+        let recent = history
+            .recent("rig1", 3, state.pending.clone())
+            .expect("recent");
+        assert_eq!(seqs(&recent), [n + 31, n + 32, n + 33]);
+        let mut scanned = Vec::new();
+        history
+            .freeze(state.pending.clone())
+            .expect("freeze")
+            .scan(&mut |e| scanned.push(e.seq))
+            .expect("scan");
+        assert_eq!(scanned, seqs(&read));
+    }
+
+    #[test]
+    fn a_writer_killed_after_the_rotation_leaves_the_history_whole() {
+        let (dir, history) = fresh();
+        let n = seed_past(&history, 1, 4096);
+        // Killed between the rename and the new log: only the segment.
+        fs::rename(history.path(), dir.path().join("mama.xml.log.1")).expect("rename");
+        assert_eq!(history.last_seq().expect("last"), Some(n));
+        let mut state = State {
+            seq: Some(n - 1),
+            pending: numbered(n - 1..=n + 30, 0),
+            retention: None,
+        };
+        assert_eq!(state.pending.len(), FLUSH_AT);
+        // Numbering goes on after the segment's last event, and the flush
+        // appends only what the segment lacks.
+        assert_eq!(state.record(&history, &["next"]), [n + 31]);
+        assert_eq!(seqs(&lines(&history)), (n + 1..=n + 30).collect::<Vec<_>>());
+        assert_eq!(
+            seqs(&state.read(&history)),
+            (1..=n + 31).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn old_segments_are_dropped_whole_by_size_and_by_age() {
+        let (dir, history) = fresh();
+        // Three segments of some 64 KiB and a live log; the oldest
+        // segment's events are two days old.
+        let mut first = 1;
+        let mut starts = Vec::new();
+        for i in 0..4 {
+            let last = seed_past(&history, first, 64 << 10);
+            if i == 0 {
+                let old: Vec<Event> = lines(&history)
+                    .into_iter()
+                    .map(|mut e| {
+                        e.time -= 2 * 86400;
+                        e
+                    })
+                    .collect();
+                fs::write(history.path(), encode(&old).expect("encode")).expect("write");
+            }
+            if i < 3 {
+                let segment = dir.path().join(format!("mama.xml.log.{first}"));
+                fs::rename(history.path(), segment).expect("rename");
+                starts.push(first);
+            }
+            first = last + 1;
+        }
+        let found: Vec<u64> = history
+            .segments()
+            .expect("segments")
+            .iter()
+            .map(|s| s.first)
+            .collect();
+        assert_eq!(found, starts);
+        // Kept a day: the oldest segment goes, whole.
+        let day = Retention {
+            keep_days: Some(1),
+            max_size: 1 << 30,
+        };
+        history.prune(&day).expect("prune");
+        let found: Vec<u64> = history
+            .segments()
+            .expect("segments")
+            .iter()
+            .map(|s| s.first)
+            .collect();
+        assert_eq!(found, starts[1..]);
+        // Kept to 160 KiB: the oldest go until the rest fits (the live
+        // log is never dropped).
+        let small = Retention {
+            keep_days: None,
+            max_size: 160 << 10,
+        };
+        history.prune(&small).expect("prune");
+        let found: Vec<u64> = history
+            .segments()
+            .expect("segments")
+            .iter()
+            .map(|s| s.first)
+            .collect();
+        assert_eq!(found, starts[2..]);
+        let read = history.read(None, Vec::new()).expect("read");
+        assert_eq!(read.first().map(|e| e.seq), Some(starts[2]));
+        assert_eq!(read.last().map(|e| e.seq), Some(first - 1));
     }
 }

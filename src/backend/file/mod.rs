@@ -58,7 +58,7 @@ use crate::error::{Error, Result};
 use super::{LockPatience, Snapshot};
 use crate::format::doc::{self, XmlLab};
 use crate::model::Lab;
-use crate::model::event::Event;
+use crate::model::event::{Brief, Event};
 use bookkeeping::Bookkeeping;
 use fsutil::Dir;
 use journal::{Identity, Journal, Record};
@@ -503,5 +503,13 @@ impl super::Backend for FileStore {
 
     fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
         FileStore::read_events(self, after).map_err(|e| self.with_advice(e))
+    }
+
+    fn scan_events(&self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<Snapshot> {
+        FileStore::scan_events(self, visit)
+    }
+
+    fn each_event(&self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<Snapshot> {
+        FileStore::each_event(self, since, visit)
     }
 }

@@ -11,7 +11,7 @@ use super::*;
 use crate::backend::Snapshot;
 use crate::error::{Error, Result};
 use crate::format::doc::{self, XmlLab};
-use crate::model::event::Event;
+use crate::model::event::{Brief, Event};
 
 impl FileStore {
     /// Reads the lab under both locks, shared. Without the lab's lock file
@@ -37,6 +37,42 @@ impl FileStore {
     /// read under the shared locks with the state that holds the newest.
     pub fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
         self.with_history(|history, pending| history.read(after, pending))
+    }
+
+    /// Every committed event, oldest first, to `visit` (see
+    /// [`crate::backend::Backend::scan_events`]): the history is frozen
+    /// under the shared locks and read once they are let go.
+    pub fn scan_events(&self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<Snapshot> {
+        let (frozen, snapshot) = self.freeze_history()?;
+        frozen.scan(visit)?;
+        Ok(snapshot)
+    }
+
+    /// Every committed event whole, oldest first, to `visit` (see
+    /// [`crate::backend::Backend::each_event`]), read as
+    /// [`FileStore::scan_events`] reads them.
+    pub fn each_event(&self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<Snapshot> {
+        let (frozen, snapshot) = self.freeze_history()?;
+        frozen.each(since, visit)?;
+        Ok(snapshot)
+    }
+
+    /// The history as it stands, found under the shared locks and let go
+    /// of them, with the lab.
+    fn freeze_history(&self) -> Result<(log::Frozen, Snapshot)> {
+        let like = self.metadata()?;
+        if like.is_none() {
+            return Err(self.no_lab());
+        }
+        let lab = self.lab_lock(Mode::Shared, like.as_ref())?;
+        let state = self.lock_state(Mode::Shared)?;
+        let loaded = self.load(state.as_ref(), lab.as_ref(), None)?;
+        let mut pending = loaded.doc.pending_events();
+        pending.extend(loaded.journal.events());
+        let frozen = self.history()?.freeze(pending)?;
+        drop(state);
+        drop(lab);
+        Ok((frozen, loaded.snapshot()))
     }
 
     /// The lab and what `events` takes from the history (given the

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::format::doc::{self, XmlLab};
 use crate::model::Lab;
 use crate::model::event::Event;
+use crate::model::setting::Retention;
 
 impl FileStore {
     /// Runs one transaction: `change` gets the current lab; when it returns
@@ -236,9 +237,11 @@ impl FileStore {
     ) -> Result<Vec<Event>> {
         let count = events.len();
         let mut pending = doc.pending_events();
-        let last = self
-            .history()?
-            .commit(doc.event_seq(), &mut pending, events, like, flush)?;
+        let last =
+            self.history()?
+                .commit(doc.event_seq(), &mut pending, events, like, flush, || {
+                    Retention::of(&doc.settings())
+                })?;
         doc.set_pending_events(&pending)?;
         doc.set_event_seq(last);
         // They went last into the pending events.

@@ -38,7 +38,7 @@ use postgres::Client;
 use super::{Backend, LockPatience, Snapshot, Transaction};
 use crate::error::Result;
 use crate::model::Lab;
-use crate::model::event::Event;
+use crate::model::event::{Brief, Event};
 use crate::settings::url::DbUrl;
 
 /// The advisory lock key space of mama's locks (`mama` in ASCII); the
@@ -219,5 +219,13 @@ impl Backend for PgStore {
 
     fn read_events(&self, after: Option<u64>) -> Result<(Snapshot, Vec<Event>)> {
         PgStore::read_events(self, after)
+    }
+
+    fn scan_events(&self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<Snapshot> {
+        PgStore::scan_events(self, visit)
+    }
+
+    fn each_event(&self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<Snapshot> {
+        PgStore::each_event(self, since, visit)
     }
 }

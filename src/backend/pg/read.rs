@@ -11,7 +11,7 @@ use crate::backend::Snapshot;
 use crate::error::{Error, Result};
 use crate::format::doc::XmlLab;
 use crate::model::Lab;
-use crate::model::event::{Event, Kind};
+use crate::model::event::{Brief, Event, Kind};
 
 impl PgStore {
     pub(super) fn corrupt(&self, e: crate::format::xml::ParseError) -> Error {
@@ -222,11 +222,17 @@ impl PgStore {
         const COLUMNS: &str = "seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
              coalesce(event, '')::text, job::text, pid::int8, \
              coalesce(\"user\", '')::text, coalesce(host, '')::text, detail::text";
+        let extra = if schema::event_columns(client, &self.url.shown, false)? {
+            ", waited::float8, status::int4"
+        } else {
+            ", NULL::float8, NULL::int4"
+        };
+        let columns = format!("{COLUMNS}{extra}");
         let rows = match wanted {
             Wanted::After(after) => {
                 let after = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
                 client.query(
-                    &format!("SELECT {COLUMNS} FROM mama_event WHERE seq > $1 ORDER BY seq"),
+                    &format!("SELECT {columns} FROM mama_event WHERE seq > $1 ORDER BY seq"),
                     &[&after],
                 )
             }
@@ -234,7 +240,7 @@ impl PgStore {
                 let count = i64::try_from(count).unwrap_or(i64::MAX);
                 client.query(
                     &format!(
-                        "SELECT * FROM (SELECT {COLUMNS} FROM mama_event WHERE machine = $1 \
+                        "SELECT * FROM (SELECT {columns} FROM mama_event WHERE machine = $1 \
                          ORDER BY seq DESC LIMIT $2) newest ORDER BY 1"
                     ),
                     &[&machine, &count],
@@ -264,9 +270,133 @@ impl PgStore {
                     user: row.get(6),
                     host: row.get(7),
                     detail: row.get(8),
+                    waited: row.get(9),
+                    status: row.get(10),
                 })
             })
             .collect()
+    }
+
+    /// Every committed event, oldest first, to `visit` (see
+    /// [`crate::backend::Backend::scan_events`]), from one snapshot, row by
+    /// row as the server sends them. An event of a kind this mama does not
+    /// know is passed over.
+    pub fn scan_events(&self, visit: &mut dyn FnMut(&Brief<'_>)) -> Result<Snapshot> {
+        use postgres::fallible_iterator::FallibleIterator;
+        use std::borrow::Cow;
+        self.with_main(|client| {
+            let mut tx = self.snapshot_transaction(client)?;
+            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
+                return Err(self.no_lab());
+            };
+            let (rows, look, _, document) = self.snapshot(&mut tx, version)?;
+            *Self::locked(&self.look) = Some(look);
+            let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
+            let extra = if schema::event_columns(&mut tx, &self.url.shown, false)? {
+                "waited::float8, status::int4"
+            } else {
+                "NULL::float8, NULL::int4"
+            };
+            let query = format!(
+                "SELECT seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
+                 coalesce(event, '')::text, pid::int8, coalesce(\"user\", '')::text, \
+                 detail::text, {extra} FROM mama_event ORDER BY seq"
+            );
+            let failed = |e| db_error(&self.context("read the history of"), e);
+            let mut rows = tx
+                .query_raw(&query, std::iter::empty::<&dyn postgres::types::ToSql>())
+                .map_err(failed)?;
+            let mut last_event = None;
+            while let Some(row) = rows.next().map_err(failed)? {
+                let seq = row.get::<_, i64>(0) as u64;
+                last_event = Some(seq);
+                let Some(kind) = Kind::from_name(row.get(3)) else {
+                    continue;
+                };
+                visit(&Brief {
+                    seq,
+                    time: row.get(1),
+                    machine: Cow::Borrowed(row.get(2)),
+                    event: kind,
+                    pid: row
+                        .get::<_, Option<i64>>(4)
+                        .and_then(|p| u32::try_from(p).ok()),
+                    user: Cow::Borrowed(row.get(5)),
+                    detail: row.get::<_, Option<&str>>(6).map(Cow::Borrowed),
+                    waited: row.get(7),
+                    status: row.get(8),
+                });
+            }
+            drop(rows);
+            tx.commit()
+                .map_err(|e| db_error(&self.context("read"), e))?;
+            Ok(Snapshot { lab, last_event })
+        })
+    }
+
+    /// Every committed event whole, oldest first, to `visit` (see
+    /// [`crate::backend::Backend::each_event`]): with `since`, only those
+    /// of that time or later. From one snapshot, streamed.
+    pub fn each_event(&self, since: Option<i64>, visit: &mut dyn FnMut(Event)) -> Result<Snapshot> {
+        use postgres::fallible_iterator::FallibleIterator;
+        self.with_main(|client| {
+            let mut tx = self.snapshot_transaction(client)?;
+            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
+                return Err(self.no_lab());
+            };
+            let (rows, look, _, document) = self.snapshot(&mut tx, version)?;
+            *Self::locked(&self.look) = Some(look);
+            let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
+            let extra = if schema::event_columns(&mut tx, &self.url.shown, false)? {
+                "waited::float8, status::int4"
+            } else {
+                "NULL::float8, NULL::int4"
+            };
+            let query = format!(
+                "SELECT seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
+                 coalesce(event, '')::text, job::text, pid::int8, \
+                 coalesce(\"user\", '')::text, coalesce(host, '')::text, detail::text, {extra} \
+                 FROM mama_event WHERE time >= $1 ORDER BY seq"
+            );
+            let failed = |e| db_error(&self.context("read the history of"), e);
+            let from = since.unwrap_or(i64::MIN);
+            let mut rows = tx.query_raw(&query, [&from]).map_err(failed)?;
+            while let Some(row) = rows.next().map_err(failed)? {
+                let seq = row.get::<_, i64>(0) as u64;
+                let kind: &str = row.get(3);
+                let event = Kind::from_name(kind).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "the history of the lab at {} holds an event of unknown kind '{kind}'",
+                        self.url.shown
+                    ))
+                })?;
+                visit(Event {
+                    seq,
+                    time: row.get(1),
+                    machine: row.get(2),
+                    event,
+                    job: row.get(4),
+                    pid: row
+                        .get::<_, Option<i64>>(5)
+                        .and_then(|p| u32::try_from(p).ok()),
+                    user: row.get(6),
+                    host: row.get(7),
+                    detail: row.get(8),
+                    waited: row.get(9),
+                    status: row.get(10),
+                });
+            }
+            drop(rows);
+            // The newest event, whatever its time (a host's clock behind).
+            let last_event = tx
+                .query_one("SELECT max(seq) FROM mama_event", &[])
+                .map_err(|e| db_error(&self.context("read"), e))?
+                .get::<_, Option<i64>>(0)
+                .map(|seq| seq as u64);
+            tx.commit()
+                .map_err(|e| db_error(&self.context("read"), e))?;
+            Ok(Snapshot { lab, last_event })
+        })
     }
 
     /// The lab in upstream's format: the stored document with the machines

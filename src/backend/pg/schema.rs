@@ -18,6 +18,14 @@
 //!    ever had (rows are never deleted), so that a machine deleted and
 //!    added again, or imported anew, keeps the job lock its running job
 //!    holds, as a state file's lock is named after the machine.
+//!
+//! Beside the versions, `mama_event` may have two more columns, `waited`
+//! (a claim's wait, seconds) and `status` (a run's exit status), added by
+//! the first writer that records one and owns the table (see
+//! [`event_columns`]). They do not change the version: an older mama
+//! names the columns it reads and writes, so it reads and writes such a
+//! table as before (its events have neither), and a writer that may not
+//! add them records its events without them.
 
 use postgres::GenericClient;
 
@@ -63,6 +71,37 @@ INSERT INTO mama_lock_key (name, key) SELECT name, id FROM mama_machine;
 SELECT setval(pg_get_serial_sequence('mama_lock_key', 'key'),
               coalesce((SELECT max(key) FROM mama_lock_key), 0) + 1, false);
 "];
+
+/// Adds `mama_event`'s optional columns; idempotent.
+const EVENT_COLUMNS: &str = "ALTER TABLE mama_event \
+     ADD COLUMN IF NOT EXISTS waited double precision, \
+     ADD COLUMN IF NOT EXISTS status integer";
+
+/// Whether `mama_event` has its optional columns `waited` and `status`;
+/// with `add`, a role that owns the table adds them where they are
+/// missing (call it with the lab's lock held: the writers' lock keeps two
+/// from adding at once, and `IF NOT EXISTS` makes a second add nothing).
+pub fn event_columns(client: &mut impl GenericClient, shown: &str, add: bool) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_attribute \
+               WHERE attrelid = 'mama_event'::regclass AND NOT attisdropped \
+               AND attname IN ('waited', 'status')) = 2, \
+             (SELECT pg_has_role(relowner, 'USAGE') FROM pg_class \
+               WHERE oid = 'mama_event'::regclass)",
+            &[],
+        )
+        .map_err(|e| db_error(&format!("cannot read the lab at {shown}"), e))?;
+    let present: bool = row.get(0);
+    let owner: Option<bool> = row.get(1);
+    if present || !add || owner != Some(true) {
+        return Ok(present);
+    }
+    client
+        .batch_execute(EVENT_COLUMNS)
+        .map_err(|e| db_error(&format!("cannot add columns to the history of {shown}"), e))?;
+    Ok(true)
+}
 
 /// The machines, with their job locks' keys, in order, as a schema of
 /// `version` holds them (version 1 keyed the lock by the row).

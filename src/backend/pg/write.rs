@@ -12,6 +12,19 @@ use super::{db_error, is_connection_loss, schema};
 use crate::error::{Error, Result};
 use crate::format::doc::XmlLab;
 use crate::model::event::Event;
+use crate::model::setting::Retention;
+
+/// A database lab's history is trimmed by the transaction whose events
+/// reach a multiple of this number.
+pub const PRUNE_EVERY: u64 = 256;
+
+/// Whether `committed` (numbered, in order) reached a multiple of `every`.
+fn crosses(committed: &[Event], every: u64) -> bool {
+    match (committed.first(), committed.last()) {
+        (Some(first), Some(last)) => first.seq.saturating_sub(1) / every != last.seq / every,
+        _ => false,
+    }
+}
 use crate::model::{Change, Lab};
 
 impl PgStore {
@@ -123,6 +136,9 @@ impl PgStore {
                 if lab.is_changed() {
                     self.store_changes(&mut tx, &mut doc, lab.changes())?;
                     committed = self.store_events(&mut tx, lab.take_events())?;
+                    if crosses(&committed, PRUNE_EVERY) {
+                        self.prune(&mut tx, &Retention::of(lab.settings()))?;
+                    }
                     tx.commit()
                         .map_err(|e| db_error(&self.context("write"), e))?;
                 }
@@ -274,6 +290,67 @@ impl PgStore {
         Ok(())
     }
 
+    /// Drops the events that `retention` no longer keeps, oldest first:
+    /// those older than its days (the oldest up to the first younger one),
+    /// and those past its size, each event counted as its line in a state
+    /// file's log (the average of the newest thousand, as JSON). A role that
+    /// may not delete events keeps them.
+    fn prune(&self, tx: &mut postgres::Transaction<'_>, retention: &Retention) -> Result<()> {
+        let failed = |e| db_error(&self.context("trim the history of"), e);
+        let may: bool = tx
+            .query_one("SELECT has_table_privilege('mama_event', 'DELETE')", &[])
+            .map_err(failed)?
+            .get(0);
+        if !may {
+            return Ok(());
+        }
+        if let Some(days) = retention.keep_days {
+            let cutoff = crate::os::now().saturating_sub((days as i64).saturating_mul(86400));
+            // A window of the oldest at a time: a history that has just
+            // been given a retention is trimmed over a few transactions.
+            let row = tx
+                .query_one(
+                    "WITH oldest AS (SELECT seq, time FROM mama_event ORDER BY seq LIMIT 2000) \
+                     SELECT (SELECT min(seq) FROM oldest WHERE time >= $1), \
+                            (SELECT max(seq) FROM oldest)",
+                    &[&cutoff],
+                )
+                .map_err(failed)?;
+            let (young, last): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+            match (young, last) {
+                (Some(young), _) => {
+                    tx.execute("DELETE FROM mama_event WHERE seq < $1", &[&young])
+                        .map_err(failed)?;
+                }
+                (None, Some(last)) => {
+                    tx.execute("DELETE FROM mama_event WHERE seq <= $1", &[&last])
+                        .map_err(failed)?;
+                }
+                (None, None) => {}
+            }
+        }
+        let row = tx
+            .query_one(
+                "SELECT (SELECT avg(octet_length(row_to_json(newest)::text) + 1)::float8 \
+                   FROM (SELECT * FROM mama_event ORDER BY seq DESC LIMIT 1000) newest), \
+                 (SELECT max(seq) FROM mama_event)",
+                &[],
+            )
+            .map_err(failed)?;
+        let (average, last): (Option<f64>, Option<i64>) = (row.get(0), row.get(1));
+        if let (Some(average), Some(last)) = (average, last)
+            && average > 0.0
+        {
+            let keep = (retention.max_size as f64 / average) as i64;
+            tx.execute(
+                "DELETE FROM mama_event WHERE seq <= $1",
+                &[&last.saturating_sub(keep.max(1))],
+            )
+            .map_err(failed)?;
+        }
+        Ok(())
+    }
+
     /// Stores `events`, numbered after the last one committed. Not by the
     /// column's sequence: a number it hands out is gone even when the
     /// transaction is not committed (a writer killed, a server crash skips
@@ -285,25 +362,42 @@ impl PgStore {
         events: Vec<Event>,
     ) -> Result<Vec<Event>> {
         let mut stored = Vec::with_capacity(events.len());
+        // The optional columns are looked for only when an event has
+        // something for them (a claim's wait, a run's status).
+        let extras = events
+            .iter()
+            .any(|e| e.waited.is_some() || e.status.is_some())
+            && schema::event_columns(tx, &self.url.shown, true)?;
         for mut event in events {
+            let pid = event.pid.map(i64::from);
+            let kind = event.event.as_str();
+            let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
+                &event.time,
+                &event.machine,
+                &kind,
+                &event.job,
+                &pid,
+                &event.user,
+                &event.host,
+                &event.detail,
+            ];
+            let query = if extras {
+                params.push(&event.waited);
+                params.push(&event.status);
+                "INSERT INTO mama_event \
+                 (seq, time, machine, event, job, pid, \"user\", host, detail, waited, status) \
+                 VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq"
+            } else {
+                "INSERT INTO mama_event \
+                 (seq, time, machine, event, job, pid, \"user\", host, detail) \
+                 VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
+                 $1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq"
+            };
             let row = tx
-                .query_one(
-                    "INSERT INTO mama_event \
-                     (seq, time, machine, event, job, pid, \"user\", host, detail) \
-                     VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
-                     $1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
-                    &[
-                        &event.time,
-                        &event.machine,
-                        &event.event.as_str(),
-                        &event.job,
-                        &event.pid.map(i64::from),
-                        &event.user,
-                        &event.host,
-                        &event.detail,
-                    ],
-                )
+                .query_one(query, &params)
                 .map_err(|e| db_error(&self.context("write the history of"), e))?;
+            drop(params);
             let seq: i64 = row.get(0);
             event.seq = u64::try_from(seq).map_err(|_| {
                 Error::Invalid(format!(

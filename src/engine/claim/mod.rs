@@ -359,7 +359,13 @@ pub fn acquire(
         let token = place.as_ref().map(|p| p.token.as_str());
         // A clear is told only once the lab holds it.
         let attempt = store
-            .update(|lab| attempt(lab, store, wanted, caller, &judge, intent, token))
+            .update(|lab| {
+                let turn = Turn {
+                    token,
+                    waited: started.elapsed(),
+                };
+                attempt(lab, store, wanted, caller, &judge, intent, turn)
+            })
             .map(|(attempt, cleared)| {
                 cleared.iter().for_each(Cleared::report);
                 attempt
@@ -661,6 +667,13 @@ fn earlier(until: Option<i64>, reason: Option<&Busy>) -> Option<i64> {
     }
 }
 
+/// The caller's turn: its place lock's token, once it holds one, and how
+/// long it has waited so far (a claim records it).
+struct Turn<'a> {
+    token: Option<&'a str>,
+    waited: Duration,
+}
+
 /// One locked look at the lab: sweep stale jobs and departed waiters, then
 /// claim the first candidate that is free and whose turn has come; else
 /// take a place in each candidate's queue (once the caller holds a place
@@ -672,8 +685,9 @@ fn attempt(
     caller: &Caller,
     judge: &Judge<'_, Processes>,
     intent: &Intent,
-    token: Option<&str>,
+    turn: Turn<'_>,
 ) -> Result<(Attempt, Vec<Cleared>)> {
+    let token = turn.token;
     let candidates = wanted.in_service(lab, intent)?;
     let mut cleared = Vec::new();
     for target in &candidates {
@@ -721,7 +735,7 @@ fn attempt(
             }
         }
         if reason.is_none() && ahead.is_empty() {
-            match claim_or_free(lab, store, target, caller, judge, intent)? {
+            match claim_or_free(lab, store, target, caller, judge, intent, turn.waited)? {
                 Attempt::Busy(wait) => {
                     first.get_or_insert(wait);
                 }
@@ -790,6 +804,7 @@ fn claim_or_free(
     caller: &Caller,
     judge: &Judge<'_, Processes>,
     intent: &Intent,
+    waited: Duration,
 ) -> Result<Attempt> {
     let busy = |busy: Busy| {
         let sleep = match busy.lock_holder(target) {
@@ -853,6 +868,8 @@ fn claim_or_free(
     let mac = machine.get(Field::Mac).to_string();
     let ip = machine.get(Field::Ip).to_string();
     let mut event = Event::new(Kind::Claimed, target).job(&job);
+    // To the millisecond: the history says how long claims wait.
+    event.waited = Some((waited.as_secs_f64() * 1000.0).round() / 1000.0);
     match &outer {
         // The outer claim stays as it is: it stands while the outer run
         // lives, whatever becomes of this one.

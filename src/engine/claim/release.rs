@@ -49,6 +49,17 @@ impl Claim {
     /// taken over) is left alone, with a word on stderr. `outcome` (how the
     /// job ended) goes into the history.
     pub fn release(self, store: &Store, outcome: &str) -> Result<()> {
+        self.release_with_status(store, outcome, None)
+    }
+
+    /// [`Claim::release`] of a run's job, with the `status` mama run exits
+    /// with for it, which the `released` event records.
+    pub fn release_with_status(
+        self,
+        store: &Store,
+        outcome: &str,
+        status: Option<i32>,
+    ) -> Result<()> {
         let mut lock = self.lock;
         if let Some(lock) = lock.as_mut() {
             lock.stop_keeping();
@@ -88,11 +99,11 @@ impl Claim {
                 "{outcome} after {}",
                 render::seconds(Duration::from_secs(held.max(0) as u64))
             );
-            lab.record(
-                Event::new(Kind::Released, &self.machine)
-                    .job(&self.job)
-                    .detail(detail),
-            );
+            let mut event = Event::new(Kind::Released, &self.machine)
+                .job(&self.job)
+                .detail(detail);
+            event.status = status;
+            lab.record(event);
             Ok(())
         });
         match released {
