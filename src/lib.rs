@@ -51,6 +51,7 @@ pub mod format;
 pub mod model;
 pub mod net;
 pub mod os;
+pub mod serve;
 pub mod settings;
 pub mod text;
 
@@ -233,6 +234,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
             cli::DeviceCommand::Delete { name } => c::device_delete(store, &name)?,
         },
         Command::Completions { shell } => cli::completions::print(shell)?,
+        Command::Serve { listen } => serve::serve(store, settings, listen)?,
         Command::Export => c::export(store)?,
         Command::Import { file, replace } => c::import(store, settings, &file, replace)?,
         Command::Run {

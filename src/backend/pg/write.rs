@@ -123,6 +123,16 @@ impl PgStore {
                 if lab.is_changed() {
                     self.store_changes(&mut tx, &mut doc, lab.changes())?;
                     committed = self.store_events(&mut tx, lab.take_events())?;
+                    // Delivered on commit, to those listening for the
+                    // lab's changes (`mama serve`); the payload names the
+                    // schema, so labs side by side in one database are
+                    // told apart.
+                    // One simple query: a single round trip.
+                    tx.batch_execute(&format!(
+                        "SELECT pg_notify('{}', current_schema())",
+                        super::CHANGE_CHANNEL
+                    ))
+                    .map_err(|e| db_error(&self.context("write"), e))?;
                     tx.commit()
                         .map_err(|e| db_error(&self.context("write"), e))?;
                 }
