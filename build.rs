@@ -39,6 +39,8 @@ const PROGRAMS: &[(&str, &[&str])] = &[
     ("mama_man", &["groff", "man"]),
     ("mama_zsh", &["zsh"]),
     ("mama_fish", &["fish"]),
+    ("mama_chromium", &["chromium", "chromedriver"]),
+    ("mama_prometheus", &["prometheus", "promtool"]),
 ];
 
 /// Declares `cfg` and sets it if `on`.

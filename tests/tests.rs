@@ -31,6 +31,7 @@ mod power;
 mod queue;
 mod queue_edges;
 mod run;
+mod serve;
 mod service;
 mod store;
 mod truth;

@@ -51,9 +51,8 @@ pub fn json_safe(json: String) -> String {
 pub fn event_lines(events: &[Event]) -> crate::error::Result<String> {
     let mut text = String::new();
     for event in events {
-        let line = serde_json::to_string(event).map_err(|e| {
-            crate::error::Error::Invalid(format!("cannot write JSON: {e}"))
-        })?;
+        let line = serde_json::to_string(event)
+            .map_err(|e| crate::error::Error::Invalid(format!("cannot write JSON: {e}")))?;
         text.push_str(&json_safe(line));
         text.push('\n');
     }

@@ -73,12 +73,13 @@ pub fn render(views: &[MachineView], counters: &Counters, up: bool) -> String {
         u8::from(up)
     );
     let names: Vec<String> = views.iter().map(|v| label(&v.name)).collect();
-    let gauge = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&MachineView) -> usize| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (view, machine) in views.iter().zip(&names) {
-            let _ = writeln!(out, "{name}{{machine=\"{machine}\"}} {}", value(view));
-        }
-    };
+    let gauge =
+        |out: &mut String, name: &str, help: &str, value: &dyn Fn(&MachineView) -> usize| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (view, machine) in views.iter().zip(&names) {
+                let _ = writeln!(out, "{name}{{machine=\"{machine}\"}} {}", value(view));
+            }
+        };
     gauge(
         &mut out,
         "mama_machine_busy",

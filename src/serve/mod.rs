@@ -98,6 +98,14 @@ pub fn serve(store: &Store, settings: &Settings, listen: Option<SocketAddr>) -> 
         changed: Condvar::new(),
         location: store.location(),
     });
+    // Listening before the first look: no change falls between the two.
+    let mut notices = watch::Notices::open(settings);
+    if let Some(why) = notices.degraded() {
+        say!(
+            "mama: {why}; the page is updated every {}",
+            render::seconds(FALLBACK)
+        );
+    }
     let mut watcher = Watcher::new(store, settings);
     watcher.look(true);
     watcher.publish(&shared);
@@ -106,10 +114,6 @@ pub fn serve(store: &Store, settings: &Settings, listen: Option<SocketAddr>) -> 
         std::thread::spawn(move || http::accept(listener, shared));
     }
     say!("mama: serving {} on http://{bound}/", store.location());
-    let mut notices = watch::Notices::open(settings);
-    if let Some(why) = notices.degraded() {
-        say!("mama: {why}; the page is updated every {}", render::seconds(FALLBACK));
-    }
     let mut last_full = Instant::now();
     loop {
         let due = last_full + FALLBACK;
@@ -188,7 +192,8 @@ impl<'a> Watcher<'a> {
                     }
                 }
                 if probe {
-                    self.seen.retain(|name, _| views.iter().any(|v| &v.name == name));
+                    self.seen
+                        .retain(|name, _| views.iter().any(|v| &v.name == name));
                 }
                 self.reminders.see(&snapshot.lab, &self.events);
                 self.views = views;

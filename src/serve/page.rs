@@ -91,7 +91,9 @@ impl Row {
             state_cell: view.state_cell(),
             user: view.user_cell(),
             job: view.job_cell(),
-            since: view.job_timestamp.filter(|_| view.job.is_some() || view.job_pid.is_some()),
+            since: view
+                .job_timestamp
+                .filter(|_| view.job.is_some() || view.job_pid.is_some()),
             reserved: view.reservation_cell(now),
             note: view.reservation_note.clone(),
             power: view.power_cell(),
@@ -183,7 +185,9 @@ pub fn status_fragment(rows: &[Row], error: Option<&str>, now: i64) -> String {
             escape(&row.state_cell),
             escape(&row.user),
             escape(&row.job),
-            row.since.map(|t| escape(&local_time(t))).unwrap_or_default(),
+            row.since
+                .map(|t| escape(&local_time(t)))
+                .unwrap_or_default(),
             row.note
                 .as_ref()
                 .map(|n| format!(" title=\"{}\"", escape(n)))
@@ -217,7 +221,7 @@ pub fn usage_chart(days: &[Day]) -> String {
         let _ = writeln!(
             svg,
             "<rect class=\"day\" x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{height}\" fill=\"#c73\" \
-             data-date=\"{}\" data-busy=\"{:.4}\"><title>{}: {:.0}% busy</title></rect>",
+             data-date=\"{}\" data-busy=\"{}\"><title>{}: {:.0}% busy</title></rect>",
             130.0 - height,
             W - 4,
             day.date,

@@ -35,13 +35,18 @@ impl Notices {
                 Ok(watch) => Notices::File(watch),
                 Err(why) => Notices::None(why),
             },
-            Location::Database(url) => Notices::Database(Box::new(Listen {
-                url: (**url).clone(),
-                host_timeout: settings.host_timeout,
-                session: None,
-                schema: String::new(),
-                next_try: Instant::now(),
-            })),
+            Location::Database(url) => {
+                let mut listen = Listen {
+                    url: (**url).clone(),
+                    host_timeout: settings.host_timeout,
+                    session: None,
+                    schema: String::new(),
+                    next_try: Instant::now() + AGAIN,
+                };
+                // Tried again while waiting, where the server is away now.
+                listen.open();
+                Notices::Database(Box::new(listen))
+            }
         }
     }
 
@@ -197,8 +202,7 @@ impl Inotify {
                 let name = name_bytes.split(|&b| b == 0).next().unwrap_or(&[]);
                 // The watch gone with its folder, or the folder moved
                 // away: watched again where the lab's path leads.
-                if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF)
-                    != 0
+                if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0
                 {
                     self.watching = false;
                     changed = true;
@@ -229,10 +233,8 @@ impl Listen {
         let Ok(mut session) = crate::backend::pg::connect(&self.url, self.host_timeout) else {
             return false;
         };
-        let listening = session.batch_execute(&format!(
-            "LISTEN {}",
-            crate::backend::pg::CHANGE_CHANNEL
-        ));
+        let listening =
+            session.batch_execute(&format!("LISTEN {}", crate::backend::pg::CHANGE_CHANNEL));
         let schema = session
             .query_one("SELECT current_schema()::text", &[])
             .ok()
@@ -288,7 +290,11 @@ impl Listen {
             match heard {
                 Ok(Some(true)) => return true,
                 Ok(Some(false)) => {}
-                Ok(None) if !session.is_closed() => {}
+                // Nothing came: at the deadline, or (returning early) a
+                // session that ended, which is asked.
+                Ok(None)
+                    if !session.is_closed()
+                        && (Instant::now() >= deadline || session.is_valid(AGAIN).is_ok()) => {}
                 Ok(None) | Err(()) => {
                     self.session = None;
                     return true;
