@@ -112,7 +112,7 @@ text-align:left;vertical-align:top}th{background:#f4f4f4}\
 tr.busy td.state{color:#a40}tr.stale td.state{color:#a0a}tr.reserved td.state{color:#06a}\
 tr.offline td.state,tr.blocked td.state{color:#888}tr.free td.state{color:#080}\
 tr.started td.state{color:#a60}.error{background:#fee;border:1px solid #c00;padding:.5em}\
-.muted{color:#777;font-size:.9em}a{color:#05a}";
+.muted{color:#777;font-size:.9em}a{color:#05a}td.name,td.since{white-space:nowrap}";
 
 /// The script of the status page: it takes each new table the server
 /// sends and puts it in place.
