@@ -104,7 +104,13 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn verdict(report: &mut Vec<String>, what: &str, s: &Stats, aim_median: Duration, must_max: Duration) {
+fn verdict(
+    report: &mut Vec<String>,
+    what: &str,
+    s: &Stats,
+    aim_median: Duration,
+    must_max: Duration,
+) {
     let ok = s.median <= aim_median && s.max <= must_max;
     report.push(format!(
         "{what}: median {}, p90 {}, max {} (target: median <= {}, max <= {}): {}",
@@ -154,7 +160,11 @@ fn requests(report: &mut Vec<String>) {
         // Warm up, and check what comes back.
         let answer = web::get(server.addr, path);
         assert_eq!(answer.status, 200, "{path}");
-        assert!(answer.body.contains("m999"), "{path}: {}", answer.body.len());
+        assert!(
+            answer.body.contains("m999"),
+            "{path}: {}",
+            answer.body.len()
+        );
         let mut samples: Vec<Duration> = (0..REQUESTS)
             .map(|_| {
                 let start = Instant::now();
@@ -190,10 +200,13 @@ fn open_stream(addr: SocketAddr) -> mpsc::Receiver<(Instant, String)> {
             if let Some(d) = line.strip_prefix("data: ") {
                 data.push_str(d);
                 data.push('\n');
-            } else if line.is_empty() && !data.is_empty() {
-                if tx.send((Instant::now(), std::mem::take(&mut data))).is_err() {
-                    break;
-                }
+            } else if line.is_empty()
+                && !data.is_empty()
+                && tx
+                    .send((Instant::now(), std::mem::take(&mut data)))
+                    .is_err()
+            {
+                break;
             }
         }
     });

@@ -67,10 +67,11 @@ impl Stream {
                 if let Some(d) = line.strip_prefix("data: ") {
                     data.push_str(d);
                     data.push('\n');
-                } else if line.is_empty() && !data.is_empty() {
-                    if tx.send(std::mem::take(&mut data)).is_err() {
-                        break;
-                    }
+                } else if line.is_empty()
+                    && !data.is_empty()
+                    && tx.send(std::mem::take(&mut data)).is_err()
+                {
+                    break;
                 }
             }
         });
