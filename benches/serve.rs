@@ -9,6 +9,10 @@
 //!    most 1 s, median at most 200 ms); the time from the command's exit is
 //!    shown too (its commit lies between the two).
 //!
+//! 3. given `MAMA_BENCH_BEFORE=PATH` (a build without the server), `mama
+//!    run m -- true` on the database lab with that build and this one, in
+//!    turn: what the change notice every writing transaction sends costs.
+//!
 //! The start-up cost of `mama run -- true`, which the server's code must
 //! not raise, is `cargo bench --bench mama -- claim` (with
 //! `MAMA_BENCH_BEFORE=PATH` for a build without the server).
@@ -231,6 +235,9 @@ fn changes(report: &mut Vec<String>) {
             .expect("mama add");
         assert!(added.status.success(), "{added:?}");
         changes_on(report, "database lab", &db.url);
+        if let Some(before) = std::env::var_os("MAMA_BENCH_BEFORE") {
+            notify_cost(report, &db.url, Path::new(&before));
+        }
     } else {
         report.push("database lab: skipped (run as root, with PostgreSQL installed)".into());
     }
@@ -286,4 +293,30 @@ fn changes_on(report: &mut Vec<String>, what: &str, state: &str) {
         ms(s.max)
     ));
     drop(server);
+}
+
+/// `mama run m -- true` on the database lab at `url`, by `before` and by
+/// this build, in turn.
+fn notify_cost(report: &mut Vec<String>, url: &str, before: &Path) {
+    const RUNS: usize = 100;
+    let mut samples = [Vec::new(), Vec::new()];
+    for i in 0..2 * RUNS {
+        let bin = if i % 2 == 0 { before } else { Path::new(MAMA) };
+        let start = Instant::now();
+        let out = mama_command(bin, url)
+            .args(["run", "m", "--", "true"])
+            .output()
+            .expect("mama runs");
+        samples[i % 2].push(start.elapsed());
+        assert!(out.status.success(), "{out:?}");
+    }
+    let [mut old, mut new] = samples;
+    let (old, new) = (stats(&mut old), stats(&mut new));
+    report.push(format!(
+        "database lab: mama run m -- true: median {} (p90 {}), without the change notice {} (p90 {})",
+        ms(new.median),
+        ms(new.p90),
+        ms(old.median),
+        ms(old.p90)
+    ));
 }
