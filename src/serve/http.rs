@@ -244,8 +244,12 @@ fn handle(mut stream: TcpStream, shared: &Shared) {
                     return;
                 }
             };
-            let start = events.partition_point(|e| e.seq <= since);
-            match render::event_lines(&events[start..]) {
+            // From the history itself: exactly what `log --json` prints.
+            let lines = shared
+                .store
+                .read_events(Some(since))
+                .and_then(|(_, events)| render::event_lines(&events));
+            match lines {
                 Ok(text) => {
                     let _ = respond(
                         &mut stream,
@@ -256,10 +260,10 @@ fn handle(mut stream: TcpStream, shared: &Shared) {
                     );
                 }
                 Err(e) => {
-                    let text = e.to_string();
+                    let text = format!("{}\n", render::printable_lines(&e.to_string()));
                     let _ = respond(
                         &mut stream,
-                        "500 Internal Server Error",
+                        "503 Service Unavailable",
                         TEXT,
                         text.as_bytes(),
                         head_only,

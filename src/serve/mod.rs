@@ -34,6 +34,11 @@ use crate::settings::Settings;
 /// Where the server listens unless `--listen` says: this host only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// How far back the server keeps the events it read (the machines'
+/// pages chart 30 days), and how many at most.
+const KEEP_DAYS: i64 = 31;
+const KEEP_EVENTS: usize = 200_000;
+
 /// How often the lab is read again without a change notice: what no
 /// notice tells (a job's process that died, a waiter that left, an
 /// outlet switched by hand) shows within this, and the machines are asked
@@ -67,6 +72,8 @@ pub struct Shared {
     changed: Condvar,
     /// The lab, for the pages' titles.
     location: String,
+    /// The lab, for `/api/events`, which answers from the history itself.
+    store: Store,
 }
 
 impl Shared {
@@ -97,6 +104,7 @@ pub fn serve(store: &Store, settings: &Settings, listen: Option<SocketAddr>) -> 
         published: Mutex::new(Published::default()),
         changed: Condvar::new(),
         location: store.location(),
+        store: store.clone(),
     });
     // Listening before the first look: no change falls between the two.
     let mut notices = watch::Notices::open(settings);
@@ -143,6 +151,8 @@ struct Watcher<'a> {
     counters: metrics::Counters,
     reminders: remind::Reminders,
     error: Option<String>,
+    /// Why the reminders could not be recorded, last time.
+    remind_error: Option<String>,
     /// Whether something changed since the last publication.
     fresh: bool,
 }
@@ -160,6 +170,7 @@ impl<'a> Watcher<'a> {
             counters: metrics::Counters::default(),
             reminders: remind::Reminders::default(),
             error: None,
+            remind_error: None,
             fresh: true,
         }
     }
@@ -182,6 +193,7 @@ impl<'a> Watcher<'a> {
                     Arc::make_mut(&mut self.events).extend(new);
                 }
                 self.counters.count(&self.events);
+                self.forget_old_events();
                 let mut views = views_of(self.store, self.settings, &snapshot.lab, probe);
                 for view in &mut views {
                     if probe {
@@ -204,6 +216,19 @@ impl<'a> Watcher<'a> {
         }
     }
 
+    /// Drops the events older than [`KEEP_DAYS`], and the oldest past
+    /// [`KEEP_EVENTS`] (the counters have counted them): a server that runs
+    /// for months does not keep the whole history in memory.
+    fn forget_old_events(&mut self) {
+        let cutoff = os::now() - KEEP_DAYS * 86_400;
+        let old = self.events.iter().take_while(|e| e.time < cutoff).count();
+        let over = self.events.len().saturating_sub(KEEP_EVENTS);
+        let drop = old.max(over);
+        if drop > 0 {
+            Arc::make_mut(&mut self.events).drain(..drop);
+        }
+    }
+
     fn failed(&mut self, e: Error) {
         let why = render::printable_lines(&e.to_string());
         if self.error.as_deref() != Some(why.as_str()) {
@@ -220,12 +245,18 @@ impl<'a> Watcher<'a> {
         Some(Instant::now() + Duration::from_secs(wait))
     }
 
-    /// Commits the reminders that are due; whether it committed any.
+    /// Commits the reminders that are due; whether it committed any. A
+    /// failure (a lab this user may only read) is said once; the lab is
+    /// still shown.
     fn remind(&mut self) -> bool {
         match self.reminders.commit_due(self.store) {
             Ok(committed) => committed,
             Err(e) => {
-                self.failed(e);
+                let why = render::printable_lines(&e.to_string());
+                if self.remind_error.as_deref() != Some(why.as_str()) {
+                    say!("mama: cannot record the lab's reminders (tried again every 30s): {why}");
+                    self.remind_error = Some(why);
+                }
                 false
             }
         }
