@@ -211,6 +211,24 @@ on_both_backends! {
             text.contains("\"event\":\"expiring\"") && text.contains("\"event\":\"expired\"")
         });
     }
+
+    fn a_server_started_again_does_not_remind_twice(env: &TestEnv) {
+        env.add("m", 1);
+        env.add("other", 2);
+        env.run(["reserve", "other", "--for", "10m"]).ok();
+        let server = serve(env, &[]);
+        wait_until("the expiring event", LIMIT, || env.event_kinds("other").contains(&"expiring".to_string()));
+        drop(server);
+        let again = serve(env, &[]);
+        let stream = Stream::open(again.addr);
+        stream.expect(&row("m", "free"), LIMIT);
+        // A change it has looked at: its reminders were weighed before.
+        env.run(["reserve", "m"]).ok();
+        stream.expect(&row("m", "reserved"), LIMIT);
+        let kinds = env.event_kinds("other");
+        assert_eq!(kinds.iter().filter(|k| *k == "expiring").count(), 1, "{kinds:?}");
+        assert!(!kinds.contains(&"expired".to_string()), "{kinds:?}");
+    }
 }
 
 #[test]

@@ -135,6 +135,40 @@ pub fn render(views: &[MachineView], counters: &Counters, up: bool) -> String {
 mod tests {
     use super::*;
 
+    fn event(seq: u64, kind: Kind) -> Event {
+        Event {
+            seq,
+            time: 0,
+            machine: "m".into(),
+            event: kind,
+            job: None,
+            pid: None,
+            user: "u".into(),
+            host: "h".into(),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn counters_count_each_event_once_and_never_go_down() {
+        let mut counters = Counters::default();
+        let mut history: Vec<Event> = (1..=4).map(|seq| event(seq, Kind::Claimed)).collect();
+        history.push(event(5, Kind::StaleCleared));
+        counters.count(&history);
+        counters.count(&history);
+        assert_eq!((counters.claims["m"], counters.stale_clears["m"]), (4, 1));
+        // The log trimmed: its oldest events gone, a new one come.
+        history.drain(..3);
+        history.push(event(6, Kind::Claimed));
+        counters.count(&history);
+        assert_eq!((counters.claims["m"], counters.stale_clears["m"]), (5, 1));
+        let text = render(&[], &counters, true);
+        assert!(
+            text.contains("mama_claims_total{machine=\"m\"} 5\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
