@@ -232,6 +232,50 @@ on_both_backends! {
 }
 
 #[test]
+fn a_browser_that_goes_away_leaves_the_server_serving() {
+    let env = TestEnv::new();
+    env.add("m", 1);
+    let mut server = serve(&env, &[]);
+    // A page that read all it was sent and closed (a FIN, no reset):
+    // the server's next write meets the reset, the one after a broken
+    // pipe.
+    {
+        use std::io::Read;
+        let mut gone = TcpStream::connect(server.addr).expect("connect");
+        gone.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("ask");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while !String::from_utf8_lossy(&got).contains("</table>") {
+            let n = gone.read(&mut buf).expect("read");
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        gone.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        while let Ok(n) = gone.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let stream = Stream::open(server.addr);
+    stream.expect(&row("m", "free"), LIMIT);
+    // Each change is written to the closed connection too: the first
+    // meets its reset, the next a broken pipe.
+    for (args, state) in [(["reserve", "m"], "reserved"), (["release", "m"], "free")]
+        .into_iter()
+        .cycle()
+        .take(4)
+    {
+        env.run(args).ok();
+        stream.expect(&row("m", state), LIMIT);
+    }
+    assert!(server.bg.running(), "the server died: {:?}", server.bg.seen);
+    assert_eq!(get(server.addr, "/").status, 200);
+}
+
+#[test]
 fn a_machine_s_page_charts_its_use_and_lists_its_events() {
     let env = TestEnv::new();
     env.add("m", 1);

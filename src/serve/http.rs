@@ -21,7 +21,7 @@ const MAX_HEADERS: usize = 64;
 /// How many connections are served at once (each live page holds one);
 /// more are answered 503.
 const MAX_CONNECTIONS: usize = 256;
-/// How long a client may take to send its request, or to take a
+/// How long a client may take to send its request head, or to take a
 /// response's bytes.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an open page is sent a comment while nothing changes (a
@@ -84,7 +84,14 @@ struct Asked {
 fn read_request(stream: &mut TcpStream) -> Result<Asked, Option<&'static str>> {
     let mut buf = vec![0u8; MAX_HEAD];
     let mut filled = 0;
+    // The whole head within the timeout, not each piece of it.
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
     loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Some("408 Request Timeout"));
+        }
+        let _ = stream.set_read_timeout(Some(left));
         let n = stream.read(&mut buf[filled..]).map_err(|_| None)?;
         if n == 0 {
             return Err(None);
