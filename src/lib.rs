@@ -30,7 +30,10 @@
 //!   process), [`engine::manual`] (clear, reserve, release by hand),
 //!   [`engine::notify`] (the notify commands, run apart by a supervisor);
 //! - [`cli`]: the command line, [`cli::commands`] (one function a command),
-//!   [`cli::render`] (tables and JSON), and what is generated from it.
+//!   [`cli::render`] (tables and JSON), and what is generated from it;
+//! - [`serve`]: `mama serve`, the read-only web server (status page,
+//!   metrics, JSON), on top of the command line's views; nothing of it
+//!   runs for any other command.
 
 /// Writes a line to stderr. Unlike `eprintln!` it never panics: a closed
 /// stderr must not stop a `run` from releasing its machine.

@@ -333,6 +333,22 @@ fn it_listens_on_this_host_only_unless_told() {
             .contains("http://0.0.0.0:")
     );
     env.run(["serve", "--listen", "nowhere"]).fails(2);
+    // An address in use: an error naming it.
+    let taken = any
+        .seen
+        .iter()
+        .find_map(|l| l.rsplit_once("http://0.0.0.0:"))
+        .map(|(_, port)| port.trim_end_matches('/').to_string())
+        .expect("the port");
+    let address = format!("0.0.0.0:{taken}");
+    env.run(["serve", "--listen", &address])
+        .fails_saying(1, &format!("cannot listen on {address}"));
+    // No lab: nothing served, nothing created.
+    let empty = TestEnv::new();
+    empty
+        .run(["serve", "--listen", "127.0.0.1:0"])
+        .fails_saying(1, "no lab at");
+    assert!(empty.files().is_empty(), "{:?}", empty.files());
 }
 
 #[test]
