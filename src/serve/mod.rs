@@ -4,9 +4,9 @@
 //! reservation nothing else ended).
 //!
 //! One watcher (the main thread) looks at the lab once a change notice
-//! comes ([`watch`]: inotify on a state file's folder, `LISTEN` on a
+//! comes (`watch`: inotify on a state file's folder, `LISTEN` on a
 //! database), renders what every page shows once, and hands it to the
-//! connections ([`http`]), which only ever read what was published: a
+//! connections (`http`), which only ever read what was published: a
 //! browser never makes the server read the lab.
 //!
 //! A module of its own, on a floor above the command line: nothing of it
