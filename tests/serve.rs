@@ -470,6 +470,28 @@ fn the_page_in_a_real_browser_shows_the_machines_and_follows_a_claim() {
         "return document.querySelector('tr[data-machine=\"<script>alert(1)</script>\"] td.name').textContent;",
     );
     assert_eq!(text, "<script>alert(1)</script>");
+    // A machine's page follows its machine too (it loads itself again).
+    browser.open(&format!("http://{}/machine/m", server.addr));
+    let shown = || {
+        browser
+            .run("return document.getElementById('state').textContent;")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(shown(), "free");
+    wait_until("the machine's page to listen for updates", LIMIT, || {
+        browser.run("return document.getElementById('link').textContent;") == "live"
+    });
+    std::fs::remove_file(&mark).expect("remove the mark");
+    let mut job = marked_job(&env, "m");
+    wait_until("the job to start", LIMIT, || mark.exists());
+    wait_until("the machine's page to show the claim", LIMIT, || {
+        shown() == "busy"
+    });
+    job.signal(libc::SIGTERM);
+    job.finish(LIMIT);
+    assert_eq!(browser.alert(), None);
 }
 
 #[test]

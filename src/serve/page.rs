@@ -114,27 +114,43 @@ tr.offline td.state,tr.blocked td.state{color:#888}tr.free td.state{color:#080}\
 tr.started td.state{color:#a60}.error{background:#fee;border:1px solid #c00;padding:.5em}\
 .muted{color:#777;font-size:.9em}a{color:#05a}td.name,td.since{white-space:nowrap}";
 
-/// The script of the status page: it takes each new table the server
-/// sends and puts it in place.
+/// The script of the pages. On the status page it takes each new table
+/// the server sends and puts it in place; on a machine's page (its
+/// `<body data-machine>`) it loads the page again when the machine's row
+/// in a new table differs from the one before.
 pub const SCRIPT: &str = "\"use strict\";\n\
 const lab = document.getElementById(\"lab\");\n\
 const link = document.getElementById(\"link\");\n\
+const machine = document.body.dataset.machine;\n\
+let shown = null;\n\
 const events = new EventSource(\"/events\");\n\
-events.addEventListener(\"lab\", (e) => { lab.innerHTML = e.data; link.textContent = \"live\"; });\n\
-events.onerror = () => { link.textContent = \"reconnecting to the server...\"; };\n";
+events.addEventListener(\"lab\", (e) => {\n\
+  if (link) link.textContent = \"live\";\n\
+  if (lab) { lab.innerHTML = e.data; return; }\n\
+  if (machine === undefined) return;\n\
+  const table = document.createElement(\"template\");\n\
+  table.innerHTML = e.data;\n\
+  const row = Array.from(table.content.querySelectorAll(\"tr[data-machine]\"))\n\
+    .find((r) => r.dataset.machine === machine);\n\
+  const now = row ? row.outerHTML : \"\";\n\
+  if (shown !== null && now !== shown) location.reload();\n\
+  shown = now;\n\
+});\n\
+events.onerror = () => { if (link) link.textContent = \"reconnecting to the server...\"; };\n";
 
-fn head(title: &str) -> String {
+/// The page up to its body; `body` is the body tag's attributes.
+fn head(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n",
+         <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body{body}>\n",
         escape(title)
     )
 }
 
 /// The status page: the machines, kept current by [`SCRIPT`].
 pub fn status_page(location: &str, fragment: &str) -> String {
-    let mut page = head(&format!("mama: {location}"));
+    let mut page = head(&format!("mama: {location}"), "");
     let _ = write!(
         page,
         "<h1>mama <small>{}</small></h1>\n<div id=\"lab\">\n{fragment}</div>\n\
@@ -244,7 +260,10 @@ pub fn usage_chart(days: &[Day]) -> String {
 /// A machine's page: its row, its use over the last days and its recent
 /// events.
 pub fn machine_page(location: &str, row: &Row, days: &[Day], recent: &[&Event]) -> String {
-    let mut page = head(&format!("mama: {}", row.name));
+    let mut page = head(
+        &format!("mama: {}", row.name),
+        &format!(" data-machine=\"{}\"", escape(&row.name)),
+    );
     let _ = write!(
         page,
         "<h1>{} <small>{}</small></h1>\n<p><a href=\"/\">all machines</a></p>\n\
@@ -288,13 +307,16 @@ pub fn machine_page(location: &str, row: &Row, days: &[Day], recent: &[&Event]) 
             escape(e.detail.as_deref().unwrap_or(""))
         );
     }
-    page.push_str("</tbody>\n</table>\n</body>\n</html>\n");
+    page.push_str(
+        "</tbody>\n</table>\n<p class=\"muted\">Updates: <span id=\"link\">connecting...</span>.</p>\n\
+         <script src=\"/status.js\"></script>\n</body>\n</html>\n",
+    );
     page
 }
 
 /// A page that says what went wrong.
 pub fn message_page(title: &str, text: &str) -> String {
-    let mut page = head(title);
+    let mut page = head(title, "");
     let _ = writeln!(
         page,
         "<h1>{}</h1>\n<p>{}</p>\n<p><a href=\"/\">all machines</a></p>\n</body>\n</html>",
