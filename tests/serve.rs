@@ -558,20 +558,17 @@ fn prometheus_takes_the_metrics() {
     )
     .expect("config");
     let log = std::fs::File::create(env.path().join("prometheus.log")).expect("log");
-    let _prometheus = Daemon(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                env.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("prometheus starts"),
-    );
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            env.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    let _prometheus = Daemon::start(cmd);
     let at: SocketAddr = ([127, 0, 0, 1], port).into();
     web::await_listening(at, "prometheus to listen");
     wait_until(

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use super::{LIMIT, wait_until};
@@ -147,12 +148,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A process killed and reaped when dropped.
-pub struct Daemon(pub Child);
+/// A process started in a process group of its own, the whole group
+/// killed (a browser chromedriver started included) and the process
+/// reaped when dropped.
+pub struct Daemon(Child);
+
+impl Daemon {
+    pub fn start(mut cmd: Command) -> Daemon {
+        use std::os::unix::process::CommandExt;
+        Daemon(cmd.process_group(0).spawn().expect("the program starts"))
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: plain system call, to the group this process leads.
+        unsafe {
+            libc::kill(-(self.0.id() as libc::pid_t), libc::SIGKILL);
+        }
         let _ = self.0.wait();
     }
 }
@@ -177,15 +190,12 @@ impl Browser {
         let port = free_port();
         let driver: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::fs::File::create(log_dir.join("chromedriver.log")).expect("log file");
-        let daemon = Daemon(
-            Command::new("chromedriver")
-                .arg(format!("--port={port}"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("chromedriver starts"),
-        );
+        let mut cmd = Command::new("chromedriver");
+        cmd.arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let daemon = Daemon::start(cmd);
         await_listening(driver, "chromedriver to listen");
         let profile = tempfile::tempdir().expect("a profile folder");
         let capabilities = serde_json::json!({
