@@ -386,6 +386,33 @@ fn it_outlives_a_replaced_and_a_broken_state_file() {
     assert!(get(server.addr, "/metrics").body.contains("\nmama_up 1\n"));
 }
 
+on_both_backends! {
+    fn a_history_entry_of_a_kind_this_mama_does_not_know_is_skipped(env: &TestEnv) {
+        env.add("m", 1);
+        env.run(["reserve", "m"]).ok();
+        // What a newer mama might record.
+        let future = "{\"seq\":3,\"time\":1,\"machine\":\"m\",\"event\":\"from_the_future\",\
+                      \"job\":null,\"pid\":null,\"user\":\"u\",\"host\":\"h\",\"detail\":null}";
+        match &env.db {
+            Some(db) => db.batch(
+                "INSERT INTO mama_event (seq, time, machine, event, \"user\", host) \
+                 VALUES (3, 1, 'm', 'from_the_future', 'u', 'h')",
+            ),
+            None => {
+                let log = env.path().join("mama.xml.log");
+                let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.push_str(future);
+                text.push('\n');
+                std::fs::write(&log, text).expect("write the log");
+            }
+        }
+        env.run(["release", "m"]).ok();
+        let kinds = env.event_kinds("m");
+        assert_eq!(kinds, ["added", "reserved", "unreserved"], "{kinds:?}");
+        env.run(["info", "m"]).ok();
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(mama_postgres),
