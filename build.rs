@@ -40,6 +40,8 @@ const PROGRAMS: &[(&str, &[&str])] = &[
     ("mama_zsh", &["zsh"]),
     ("mama_fish", &["fish"]),
     ("mama_dpkg", &["dpkg", "dpkg-deb", "strip"]),
+    ("mama_chromium", &["chromium", "chromedriver"]),
+    ("mama_prometheus", &["prometheus", "promtool"]),
 ];
 
 /// Declares `cfg` and sets it if `on`.

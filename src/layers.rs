@@ -19,6 +19,8 @@ const FLOORS: &[&[&str]] = &[
     &["backend"],
     &["engine"],
     &["cli"],
+    // `mama serve`, on the command line's views.
+    &["serve"],
 ];
 
 fn floor_of(module: &str) -> Option<usize> {

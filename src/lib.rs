@@ -30,7 +30,10 @@
 //!   process), [`engine::manual`] (clear, reserve, release by hand),
 //!   [`engine::notify`] (the notify commands, run apart by a supervisor);
 //! - [`cli`]: the command line, [`cli::commands`] (one function a command),
-//!   [`cli::render`] (tables and JSON), and what is generated from it.
+//!   [`cli::render`] (tables and JSON), and what is generated from it;
+//! - [`serve`]: `mama serve`, the read-only web server (status page,
+//!   metrics, JSON), on top of the command line's views; nothing of it
+//!   runs for any other command.
 
 /// Writes a line to stderr. Unlike `eprintln!` it never panics: a closed
 /// stderr must not stop a `run` from releasing its machine.
@@ -51,6 +54,7 @@ pub mod format;
 pub mod model;
 pub mod net;
 pub mod os;
+pub mod serve;
 pub mod settings;
 pub mod text;
 
@@ -265,6 +269,7 @@ fn dispatch(store: &Store, settings: &Settings, command: Command) -> error::Resu
         Command::Init { .. } => {
             return Err(Error::Invalid("internal error: init dispatched".into()));
         }
+        Command::Serve { listen } => serve::serve(store, settings, listen)?,
         Command::Export => c::export(store)?,
         Command::Import { file, replace } => c::import(store, settings, &file, replace)?,
         Command::Run {

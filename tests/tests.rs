@@ -33,6 +33,7 @@ mod power;
 mod queue;
 mod queue_edges;
 mod run;
+mod serve;
 mod service;
 mod stats;
 mod store;

@@ -149,10 +149,16 @@ pub fn who(store: &Store, settings: &Settings, json: bool) -> Result<()> {
 /// whether it answers and what its outlet says.
 fn views(store: &Store, settings: &Settings, probe: bool) -> Result<Vec<MachineView>> {
     let lab = read(store)?;
+    Ok(views_of(store, settings, &lab, probe))
+}
+
+/// Every machine of `lab`, read from `store`, as `list` shows it; with
+/// `probe`, asked whether it answers and what its outlet says.
+pub fn views_of(store: &Store, settings: &Settings, lab: &Lab, probe: bool) -> Vec<MachineView> {
     // Asked first, and answered while the jobs are judged.
     let trusted = || trust::check(store, "").is_ok();
     let looking = probe
-        .then(|| power::Look::of(&lab, &trusted))
+        .then(|| power::Look::of(lab, &trusted))
         .flatten()
         .map(|look| {
             let deadline = std::time::Instant::now() + PROBE_DEADLINE;
@@ -185,7 +191,7 @@ fn views(store: &Store, settings: &Settings, probe: bool) -> Result<Vec<MachineV
         world.processes.assume_alive(pid, start);
     }
     let judge = world.judge();
-    let resources = claim::Resources::new(&lab);
+    let resources = claim::Resources::new(lab);
     let mut views: Vec<MachineView> = jobs
         .into_iter()
         .enumerate()
@@ -204,7 +210,7 @@ fn views(store: &Store, settings: &Settings, probe: bool) -> Result<Vec<MachineV
             view.see(&seen);
         }
     }
-    Ok(views)
+    views
 }
 
 /// `list --names`: the machine names, one a line, for shell completion.
@@ -404,12 +410,7 @@ const FOLLOW_LINES: usize = 10;
 fn print_events(events: &[Event], json: bool, header: bool, widths: &mut [usize; 6]) -> Result<()> {
     let mut text = String::new();
     if json {
-        for event in events {
-            let line = serde_json::to_string(event)
-                .map_err(|e| Error::Invalid(format!("cannot write JSON: {e}")))?;
-            text.push_str(&render::json_safe(line));
-            text.push('\n');
-        }
+        text = render::event_lines(events)?;
     } else if header || !events.is_empty() {
         text = render::events_in_columns(events, "", widths, header);
     }

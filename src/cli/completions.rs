@@ -256,7 +256,7 @@ mod tests {
         for name in ["release", "release-forced", "wait", "run"] {
             assert!(commands.iter().any(|c| c == name), "{name}: {commands:?}");
         }
-        for name in ["list", "add", "completions"] {
+        for name in ["list", "add", "completions", "serve"] {
             assert!(!commands.iter().any(|c| c == name), "{name}: {commands:?}");
         }
     }
@@ -264,7 +264,14 @@ mod tests {
     #[test]
     fn options_with_values_skip_flags() {
         let options = options_with_values();
-        for option in ["--state", "--job", "--timeout", "--wait-timeout", "--mac"] {
+        for option in [
+            "--state",
+            "--job",
+            "--timeout",
+            "--wait-timeout",
+            "--mac",
+            "--listen",
+        ] {
             assert!(options.iter().any(|o| o == option), "{option}: {options:?}");
         }
         for flag in ["--json", "--no-wait", "--vm", "--help"] {

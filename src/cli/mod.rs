@@ -392,6 +392,19 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// Serve a read-only status page, metrics and the lab as JSON over HTTP
+    ///
+    /// `/` shows every machine and updates itself as the lab changes; `/machine/NAME` a
+    /// machine's use over the last 30 days and its recent events; `/metrics` Prometheus
+    /// metrics; `/api/machines` and `/api/events?since=N` what `list --json` and `log --json`
+    /// print. Nothing it serves changes the lab. It also records the `expiring` reminder
+    /// (a reservation's end is 15 minutes away) and ends reservations at their end, so notify
+    /// commands are told of both.
+    Serve {
+        /// Listen on this address and port (default 127.0.0.1:8080, this host only)
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Write the lab to stdout as a state file in upstream's format
     ///
     /// The output loads in PHP mama and as a state file of its own; every element and

@@ -47,6 +47,18 @@ pub fn json_safe(json: String) -> String {
     out
 }
 
+/// Events as `log --json` prints them: one JSON object a line.
+pub fn event_lines(events: &[Event]) -> crate::error::Result<String> {
+    let mut text = String::new();
+    for event in events {
+        let line = serde_json::to_string(event)
+            .map_err(|e| crate::error::Error::Invalid(format!("cannot write JSON: {e}")))?;
+        text.push_str(&json_safe(line));
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 /// The controls serde_json leaves raw in strings: DEL and C1.
 fn is_raw_in_json(c: char) -> bool {
     c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c)
@@ -576,7 +588,7 @@ impl MachineView {
 
     /// The Reserved cell: the holder, and when the reservation ends
     /// (`alice until 17:30`).
-    fn reservation_cell(&self, now: i64) -> String {
+    pub fn reservation_cell(&self, now: i64) -> String {
         match (&self.reservation, self.reservation_expires) {
             (Some(by), Some(end)) => {
                 format!("{by} until {}", crate::text::short_time(end, now))
@@ -587,7 +599,7 @@ impl MachineView {
     }
 
     /// The IP cell: a learned address says so.
-    fn ip_cell(&self) -> String {
+    pub fn ip_cell(&self) -> String {
         match &self.ip {
             Some(ip) if self.ip_learned => format!("{ip} (learned)"),
             Some(ip) => ip.clone(),
@@ -596,7 +608,7 @@ impl MachineView {
     }
 
     /// The Power cell: `on 12.5 W`, `off`.
-    fn power_cell(&self) -> String {
+    pub fn power_cell(&self) -> String {
         match (self.power, self.watts) {
             (Some(state), Some(watts)) => format!("{state} {watts:.1} W"),
             (Some(state), None) => state.to_string(),
@@ -611,7 +623,7 @@ impl MachineView {
         self.held_by_lock
     }
 
-    fn job_cell(&self) -> String {
+    pub fn job_cell(&self) -> String {
         let mut cell = match (&self.job, self.job_pid) {
             (Some(label), _) => label.clone(),
             (None, Some(pid)) => format!("(PID {pid})"),
@@ -641,7 +653,7 @@ impl MachineView {
     }
 
     /// Who claimed the job: `?` where its record does not say.
-    fn user_cell(&self) -> String {
+    pub fn user_cell(&self) -> String {
         match &self.job_user {
             Some(user) => user.clone(),
             None if self.has_job() => "?".into(),
@@ -651,7 +663,7 @@ impl MachineView {
 
     /// The State cell: the state, the length of the queue, and for a
     /// blocked machine what blocks it.
-    fn state_cell(&self) -> String {
+    pub fn state_cell(&self) -> String {
         let mut cell = self.state.to_string();
         if self.queue_length > 0 {
             cell.push_str(&format!(" +{}", self.queue_length));

@@ -65,6 +65,10 @@ pub enum Kind {
     /// The holder moved a reservation's end (`extend`; the detail: the new
     /// end).
     Extended,
+    /// A reservation's lease ends within the reminder's lead time (`mama
+    /// serve` records it once a lease; the detail: whose, and when it
+    /// ends).
+    Expiring,
 }
 
 impl Kind {
@@ -99,6 +103,7 @@ impl Kind {
             Kind::SettingChanged => "setting_changed",
             Kind::Expired => "expired",
             Kind::Extended => "extended",
+            Kind::Expiring => "expiring",
         }
     }
 }

@@ -359,6 +359,12 @@ impl Machine {
         self.lease.as_ref().filter(|l| !l.over).map(|l| &l.lease)
     }
 
+    /// The lease of the machine's reservation once it is over, until a
+    /// transaction ends the reservation (see [`Lab::end_leases`]).
+    pub fn ended_lease(&self) -> Option<&Lease> {
+        self.lease.as_ref().filter(|l| l.over).map(|l| &l.lease)
+    }
+
     pub fn resources(&self) -> Vec<String> {
         self.get(Field::Resources)
             .split_whitespace()

@@ -8,6 +8,7 @@ pub mod netns;
 pub mod pg;
 pub mod probe;
 pub mod usbrly08;
+pub mod web;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};

@@ -51,6 +51,10 @@ pub const PLACE_SPACE: i32 = LOCK_SPACE + 1;
 /// [`crate::backend::PowerLock`]), keyed like their job locks.
 pub const POWER_SPACE: i32 = LOCK_SPACE + 2;
 
+/// The channel every writing transaction notifies on commit (`NOTIFY`),
+/// its payload the lab's schema: `mama serve` listens on it.
+pub const CHANGE_CHANNEL: &str = "mama_lab_changed";
+
 /// How long the main session may sit idle before it is asked whether it
 /// still lives before use.
 const IDLE_CHECK: Duration = Duration::from_millis(500);

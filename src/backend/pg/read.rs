@@ -247,18 +247,15 @@ impl PgStore {
                 )
             }
         };
-        rows.map_err(|e| db_error(&self.context("read the history of"), e))?
+        // A row of a kind this mama does not know (a newer mama's) is
+        // skipped, as the file log skips a line that is not an event.
+        Ok(rows
+            .map_err(|e| db_error(&self.context("read the history of"), e))?
             .into_iter()
-            .map(|row| {
+            .filter_map(|row| {
                 let kind: String = row.get(3);
-                let event = serde_json::from_value::<Kind>(serde_json::Value::String(kind.clone()))
-                    .map_err(|_| {
-                        Error::Invalid(format!(
-                            "the history of the lab at {} holds an event of unknown kind '{kind}'",
-                            self.url.shown
-                        ))
-                    })?;
-                Ok(Event {
+                let event = serde_json::from_value::<Kind>(serde_json::Value::String(kind)).ok()?;
+                Some(Event {
                     seq: row.get::<_, i64>(0) as u64,
                     time: row.get(1),
                     machine: row.get(2),
@@ -274,7 +271,7 @@ impl PgStore {
                     status: row.get(10),
                 })
             })
-            .collect()
+            .collect())
     }
 
     /// Every committed event, oldest first, to `visit` (see

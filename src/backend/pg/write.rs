@@ -139,6 +139,16 @@ impl PgStore {
                     if crosses(&committed, PRUNE_EVERY) {
                         self.prune(&mut tx, &Retention::of(lab.settings()))?;
                     }
+                    // Delivered on commit, to those listening for the
+                    // lab's changes (`mama serve`); the payload names the
+                    // schema, so labs side by side in one database are
+                    // told apart.
+                    // One simple query: a single round trip.
+                    tx.batch_execute(&format!(
+                        "SELECT pg_notify('{}', current_schema())",
+                        super::CHANGE_CHANNEL
+                    ))
+                    .map_err(|e| db_error(&self.context("write"), e))?;
                     tx.commit()
                         .map_err(|e| db_error(&self.context("write"), e))?;
                 }
