@@ -26,6 +26,7 @@ mod notify;
 mod pg_harness;
 mod pg_hosts;
 mod pg_lab;
+mod pg_secure;
 mod php;
 mod power;
 mod queue;

@@ -145,6 +145,11 @@ pub struct Options {
     /// temporary folder (a disk) rather than in memory, every commit
     /// synced (the tests' servers skip fsync).
     pub durable: bool,
+    /// More server settings (`ssl=on`), each given as `-c SETTING`.
+    pub settings: Vec<String>,
+    /// `pg_hba.conf` lines put before the others (`hostssl all all
+    /// 127.0.0.0/8 trust`).
+    pub hba: Vec<String>,
 }
 
 /// A PostgreSQL server in a temporary folder (under [`temp_root`]): data
@@ -196,6 +201,56 @@ impl Server {
             databases: AtomicU32::new(0),
         };
         server.initdb();
+        server.launch();
+        server
+    }
+
+    /// A hot standby of `primary`, made with `pg_basebackup -R` (it
+    /// streams from the primary's unix socket), started on a socket of its
+    /// own; returns once it accepts sessions.
+    pub fn standby_of(primary: &Server) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("mama-pg-standby.")
+            .tempdir_in(temp_root())
+            .expect("temporary folder");
+        let (uid, gid) = os_user_ids();
+        let sock = dir.path().join("sock");
+        std::fs::create_dir(&sock).expect("socket folder");
+        for path in [dir.path(), &sock] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to the server user");
+            set_mode(path, 0o755);
+        }
+        let server = Server {
+            dir,
+            options: Options::default(),
+            postmaster: Mutex::new(None),
+            databases: AtomicU32::new(0),
+        };
+        let mut cmd = Command::new("setpriv");
+        as_os_user(&mut cmd);
+        let out = cmd
+            .arg(bin_dir().join("pg_basebackup"))
+            .arg("-D")
+            .arg(server.data_dir())
+            .arg("-R")
+            .arg("-h")
+            .arg(primary.socket_dir())
+            .args([
+                "-p",
+                &PORT.to_string(),
+                "-U",
+                ROLE,
+                "--no-sync",
+                "--checkpoint=fast",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("pg_basebackup starts");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         server.launch();
         server
     }
@@ -343,7 +398,12 @@ impl Server {
             .status()
             .expect("initdb starts");
         assert!(status.success(), "initdb failed:\n{}", self.log());
-        let mut hba = String::new();
+        // A standby is made with pg_basebackup over the unix socket.
+        let mut hba = "local replication all trust\n".to_string();
+        for line in &self.options.hba {
+            hba.push_str(line);
+            hba.push('\n');
+        }
         for role in &self.options.passwords {
             hba.push_str(&format!("local all {role} scram-sha-256\n"));
         }
@@ -378,14 +438,19 @@ impl Server {
                 "synchronous_commit=off",
             ]
         };
-        for setting in fast.iter().map(|s| s.to_string()).chain([
-            format!("listen_addresses={}", listen.join(",")),
-            "max_connections=200".into(),
-            "shared_buffers=16MB".into(),
-            "unix_socket_permissions=0777".into(),
-            "logging_collector=off".into(),
-            "log_line_prefix=%m [%p] ".into(),
-        ]) {
+        for setting in fast
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                format!("listen_addresses={}", listen.join(",")),
+                "max_connections=200".into(),
+                "shared_buffers=16MB".into(),
+                "unix_socket_permissions=0777".into(),
+                "logging_collector=off".into(),
+                "log_line_prefix=%m [%p] ".into(),
+            ])
+            .chain(self.options.settings.iter().cloned())
+        {
             cmd.arg("-c").arg(setting);
         }
         cmd.stdin(Stdio::null())

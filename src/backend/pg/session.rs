@@ -6,11 +6,14 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls};
+use std::sync::atomic::Ordering;
 
+use postgres::{Client, Config};
+
+use super::tls::Connector;
 use super::{IDLE_CHECK, PLACE_SPACE, PgStore};
 use crate::error::{Error, Result};
-use crate::settings::url::DbUrl;
+use crate::settings::url::{DbUrl, SslMode};
 
 /// A database error with what was being done; a permission the role
 /// lacks, or a read-only server, is [`Error::ReadOnly`], on which readers
@@ -88,9 +91,135 @@ pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
 
 /// Opens a session to the lab.
 pub fn connect(url: &DbUrl, host_timeout: Duration) -> Result<Client> {
-    session_config(url, host_timeout)
-        .connect(NoTls)
-        .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))
+    connect_by(url, host_timeout, None)
+}
+
+/// Opens a session to the lab, giving up at `give_up` (the caller's
+/// patience: `--timeout`, `--no-wait`) if that comes before the connect
+/// timeout. The session is encrypted as `sslmode` asks; a standby (a
+/// server in recovery) is refused, for reads too: its data may lag the
+/// primary's, and its locks are not the primary's.
+pub fn connect_by(url: &DbUrl, host_timeout: Duration, give_up: Option<Instant>) -> Result<Client> {
+    let mut config = session_config(url, host_timeout);
+    if let Some(at) = give_up {
+        let left = at.saturating_duration_since(Instant::now());
+        let limit = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(left)
+            .min(left);
+        // The client takes a zero timeout for none.
+        config.connect_timeout(limit.max(Duration::from_millis(100)));
+    }
+    let connector = Connector::new(&url.tls)?;
+    let encrypted = connector.used();
+    let client = match config.connect(connector) {
+        // `allow`: in clear first, encrypted if the server refuses that.
+        Err(e) if url.tls.mode == SslMode::Allow && refused_login(&e) => {
+            config.ssl_mode(postgres::config::SslMode::Require);
+            let connector = Connector::new(&url.tls)?;
+            let retry_encrypted = connector.used();
+            let client = config.connect(connector);
+            encrypted.store(retry_encrypted.load(Ordering::SeqCst), Ordering::SeqCst);
+            client
+        }
+        other => other,
+    };
+    let mut client = client.map_err(|e| connect_error(url, &config, e))?;
+    if !encrypted.load(Ordering::SeqCst) {
+        warn_in_clear(url);
+    }
+    let standby: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))?
+        .get(0);
+    if standby {
+        return Err(Error::Database {
+            context: format!("cannot use the lab at {}", url.shown),
+            message: "the server is a read-only standby (in recovery), whose data may lag \
+                      the primary's; give the primary's address"
+                .into(),
+        });
+    }
+    Ok(client)
+}
+
+/// Whether the server refused the login itself (`pg_hba.conf`, a
+/// password), as a server that takes only encrypted sessions does.
+fn refused_login(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|code| code.code().starts_with("28"))
+}
+
+/// Says, once a process, that a session over the network with a password
+/// went in clear because the server offers no TLS (`prefer`, `allow`):
+/// the password, if the server asked for it in clear or as MD5, and all
+/// that was said could be read on the way.
+fn warn_in_clear(url: &DbUrl) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let over_network = url
+        .config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, postgres::config::Host::Tcp(_)));
+    if !over_network
+        || url.config.get_password().is_none()
+        || !matches!(url.tls.mode, SslMode::Prefer | SslMode::Allow)
+        || WARNED.swap(true, Ordering::SeqCst)
+    {
+        return;
+    }
+    say!(
+        "mama: warning: the session to the lab at {} is not encrypted (the server offers \
+         no TLS, sslmode {}): its traffic, and a password the server asks for in clear, \
+         can be read on the network; turn on ssl in the server and use sslmode=verify-full \
+         (or require)",
+        url.shown,
+        url.tls.mode.name()
+    );
+}
+
+/// Why a session could not be opened, in words: refused, no answer, no
+/// password, the login refused, TLS.
+fn connect_error(url: &DbUrl, config: &Config, e: postgres::Error) -> Error {
+    let context = format!("cannot connect to the lab at {}", url.shown);
+    if e.as_db_error().is_some() {
+        return db_error(&context, e);
+    }
+    let text = e.to_string();
+    let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    let message = if text.contains("password missing") {
+        "the server asks for a password and none was given (put it in the URL, in \
+         ~/.pgpass or PGPASSFILE, or in PGPASSWORD)"
+            .to_string()
+    } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+        format!("the server refused the connection (is it running, and listening there?): {io}")
+    } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+        let after = config
+            .get_connect_timeout()
+            .map(|t| format!(" within {:.1} s", t.as_secs_f64()))
+            .unwrap_or_default();
+        format!("the server did not answer{after} ({io})")
+    } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::NotFound) {
+        format!("no server there (no socket): {io}")
+    } else if text.starts_with("error performing TLS handshake") {
+        let why = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let why = why
+            .strip_prefix("invalid peer certificate: ")
+            .unwrap_or(&why);
+        if why.contains("does not support TLS") {
+            format!(
+                "the server does not offer TLS, and sslmode {} asks for it",
+                url.tls.mode.name()
+            )
+        } else {
+            format!("the TLS handshake failed: {why}")
+        }
+    } else {
+        text
+    };
+    Error::Database { context, message }
 }
 
 impl PgStore {
