@@ -582,3 +582,65 @@ fn a_damaged_or_altered_table_is_an_error_naming_the_lab_never_a_panic() {
     run.fails(1);
     assert!(!run.stderr.contains("panicked"), "{run:#?}");
 }
+
+/// The wall clock in nanoseconds, as `date +%s%N` writes it.
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// The number `date +%s%N` wrote into `$DIR/name`, once it is there.
+fn time_in(env: &TestEnv, name: &str) -> i128 {
+    read_line_of(&env.path().join(name), LIMIT)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: not a time ({e})"))
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_holder_whose_session_the_server_ends_stops_its_job_at_once() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    // The job notes when it is told to stop (a TERM trap runs between two
+    // 10 ms sleeps).
+    let mut holder = env.start(sh_job(
+        &env,
+        "m",
+        &["--job", "holder"],
+        "trap 'date +%s%N > \"$1/termed\"; exit 0' TERM; touch \"$1/started\"; \
+         while :; do sleep 0.01; done",
+    ));
+    wait_until("the holder's job", LIMIT, || {
+        env.path().join("started").exists()
+    });
+    let mut waiter = env.start(sh_job(
+        &env,
+        "m",
+        &["--job", "waiter"],
+        &format!("date +%s%N > \"$1/took\"; {}", wait_for_file("waiter.go")),
+    ));
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+    env.run(["clear", "m"]).ok();
+    let ended = now_ns();
+    end_claim_session(&db);
+    let (took, termed) = (time_in(&env, "took"), time_in(&env, "termed"));
+    // The keeper looked at once: before, it waited 200 ms first.
+    let late = std::time::Duration::from_nanos(u64::try_from(termed - ended).unwrap_or(0));
+    assert!(
+        late < std::time::Duration::from_millis(150),
+        "the holder's job was told to stop {late:?} after its session ended"
+    );
+    let overlap = (termed - took) as f64 / 1e6;
+    println!("stop {late:?} after the session's end, overlap {overlap:.1} ms");
+    assert!(overlap < 150.0, "the jobs overlapped {overlap:.1} ms");
+    holder.expect_stderr("LOST THE CLAIM on m", LIMIT);
+    assert_eq!(holder.finish(LIMIT).code, Some(125));
+    env.touch("waiter.go");
+    assert_eq!(waiter.finish(LIMIT).code, Some(0));
+}

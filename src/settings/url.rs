@@ -443,6 +443,56 @@ mod tests {
     }
 
     #[test]
+    fn sslmode_and_sslrootcert_come_from_the_url_else_the_environment() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let url = DbUrl::parse_with(
+            "postgresql://mama:p%40ss@db/lab?sslmode=verify-full&sslrootcert=/a%20b.crt&application_name=x",
+            env(&[("PGSSLMODE", "disable"), ("HOME", "/home/u")]),
+        )
+        .map_err(|e| e.to_string());
+        let url = url.as_ref().expect("a valid URL");
+        assert_eq!(url.tls.mode, SslMode::VerifyFull);
+        assert_eq!(url.tls.root_cert, Some(PathBuf::from("/a b.crt")));
+        assert_eq!(url.config.get_application_name(), Some("x"));
+        assert_eq!(
+            url.config.get_ssl_mode(),
+            postgres::config::SslMode::Require
+        );
+        assert_eq!(url.config.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(
+            url.shown,
+            "postgresql://mama@db/lab?sslmode=verify-full&sslrootcert=/a%20b.crt&application_name=x"
+        );
+        let url = DbUrl::parse_with(
+            "postgresql://db/lab",
+            env(&[("PGSSLMODE", "require"), ("HOME", "/home/u")]),
+        )
+        .map_err(|e| e.to_string());
+        let tls = &url.as_ref().expect("a valid URL").tls;
+        assert_eq!(tls.mode, SslMode::Require);
+        assert_eq!(
+            tls.root_cert,
+            Some(PathBuf::from("/home/u/.postgresql/root.crt"))
+        );
+        let url = DbUrl::parse_with("postgresql://db/lab", env(&[])).map_err(|e| e.to_string());
+        assert_eq!(url.as_ref().map(|u| u.tls.mode).ok(), Some(SslMode::Prefer));
+        let bad = DbUrl::parse_with("postgresql://db/lab?sslmode=on", env(&[]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            bad.contains("\"on\"") && bad.contains("verify-full"),
+            "{bad}"
+        );
+    }
+
+    #[test]
     fn password_file_lines_are_read_as_libpq_does() {
         assert_eq!(
             pgpass_fields(r"db\:1:*:lab:mama:pa\:ss\\word"),
