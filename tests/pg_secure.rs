@@ -295,6 +295,20 @@ fn a_password_sent_in_clear_is_told_of_and_require_refuses_a_server_without_tls(
     assert!(!plain.stderr.contains("not encrypted"), "{plain:#?}");
     plain.ok();
     run("&sslmode=require", &["list"]).fails_saying(1, "the server does not offer TLS");
+    // No password: said so, not "invalid configuration".
+    let mut cmd = env.cmd(["list"]);
+    cmd.env("HOME", env.path()).env_remove("PGPASSWORD");
+    Run::from(cmd.output().expect("mama runs"))
+        .fails_saying(1, "the server asks for a password and none was given");
+    cmd.env("PGPASSWORD", "wrong");
+    Run::from(cmd.output().expect("mama runs")).fails_saying(1, "password authentication failed");
+    cmd.env("PGPASSWORD", "S3cret");
+    Run::from(cmd.output().expect("mama runs")).ok();
+    // Nobody listens there.
+    let nobody = env.state.display().to_string().replace(":5432/", ":1/");
+    cmd.env("MAMA_STATE", nobody);
+    Run::from(cmd.output().expect("mama runs"))
+        .fails_saying(1, "the server refused the connection");
 }
 
 #[test]

@@ -55,11 +55,14 @@ pub fn is_connection_loss(e: &postgres::Error) -> bool {
 }
 
 /// The settings of every session mama opens: the server drops the session,
-/// and with it its locks, within `host_timeout` of its peer going silent
+/// and with it its locks, within `silence` of its peer going silent
 /// (keepalive idle + count × interval, and the TCP user timeout for data
-/// left unacknowledged); the client side notices a dead server too.
-pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
-    let secs = host_timeout.as_secs().max(1);
+/// left unacknowledged); the client side notices a dead server too. A
+/// session of a transaction left idle for the host timeout (its client
+/// cut off while it held the lab's lock) is ended by the server. The
+/// connect timeout is the host timeout's, at most 10 s.
+pub fn session_config(url: &DbUrl, host_timeout: Duration, silence: Duration) -> Config {
+    let secs = silence.as_secs().max(1);
     let idle = (secs / 2).max(1);
     let interval = (secs / 8).max(1);
     let count = (secs.saturating_sub(idle) / interval).max(1);
@@ -71,16 +74,18 @@ pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
     let options = format!(
         "{} -c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} \
          -c tcp_keepalives_count={count} -c tcp_user_timeout={} \
-         -c client_connection_check_interval=1000",
+         -c client_connection_check_interval=1000 \
+         -c idle_in_transaction_session_timeout={}",
         config.get_options().unwrap_or_default(),
-        secs * 1000
+        secs * 1000,
+        host_timeout.as_millis().max(1000)
     );
     config.options(options.trim());
     if config.get_application_name().is_none() {
         config.application_name("mama");
     }
     config
-        .connect_timeout(Duration::from_secs(secs.min(10)))
+        .connect_timeout(Duration::from_secs(host_timeout.as_secs().clamp(1, 10)))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(idle))
         .keepalives_interval(Duration::from_secs(interval))
@@ -89,18 +94,40 @@ pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
     config
 }
 
+/// How long `--no-wait` waits for a server to answer a new session: long
+/// enough for a distant server's TLS and password exchange, short enough
+/// that one that does not answer is said at once.
+const NO_WAIT_CONNECT: Duration = Duration::from_secs(2);
+
+/// How long the lab's main session (which holds a waiter's place locks)
+/// may go silent: half the host timeout. A waiter's session whose host
+/// was cut off may be sent the answer to its lock wait after the cut
+/// (the lock came free), and data left unacknowledged is given up only
+/// the TCP user timeout after it was sent: half the host timeout twice
+/// is the host timeout, so a dead host's waiters are gone within it, as
+/// its holders are.
+pub fn main_silence(host_timeout: Duration) -> Duration {
+    (host_timeout / 2).max(Duration::from_secs(1))
+}
+
 /// Opens a session to the lab.
 pub fn connect(url: &DbUrl, host_timeout: Duration) -> Result<Client> {
-    connect_by(url, host_timeout, None)
+    connect_by(url, host_timeout, host_timeout, None)
 }
 
 /// Opens a session to the lab, giving up at `give_up` (the caller's
 /// patience: `--timeout`, `--no-wait`) if that comes before the connect
-/// timeout. The session is encrypted as `sslmode` asks; a standby (a
-/// server in recovery) is refused, for reads too: its data may lag the
-/// primary's, and its locks are not the primary's.
-pub fn connect_by(url: &DbUrl, host_timeout: Duration, give_up: Option<Instant>) -> Result<Client> {
-    let mut config = session_config(url, host_timeout);
+/// timeout; the server drops it within `silence` of this host going
+/// silent (see [`session_config`]). The session is encrypted as `sslmode`
+/// asks; a standby (a server in recovery) is refused, for reads too: its
+/// data may lag the primary's, and its locks are not the primary's.
+pub fn connect_by(
+    url: &DbUrl,
+    host_timeout: Duration,
+    silence: Duration,
+    give_up: Option<Instant>,
+) -> Result<Client> {
+    let mut config = session_config(url, host_timeout, silence);
     if let Some(at) = give_up {
         let left = at.saturating_duration_since(Instant::now());
         let limit = config
@@ -185,8 +212,12 @@ fn connect_error(url: &DbUrl, config: &Config, e: postgres::Error) -> Error {
     if e.as_db_error().is_some() {
         return db_error(&context, e);
     }
-    let text = e.to_string();
-    let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    let cause = std::error::Error::source(&e);
+    let text = match cause {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
+    let io = cause.and_then(|s| s.downcast_ref::<std::io::Error>());
     let message = if text.contains("password missing") {
         "the server asks for a password and none was given (put it in the URL, in \
          ~/.pgpass or PGPASSFILE, or in PGPASSWORD)"
@@ -201,10 +232,10 @@ fn connect_error(url: &DbUrl, config: &Config, e: postgres::Error) -> Error {
         format!("the server did not answer{after} ({io})")
     } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::NotFound) {
         format!("no server there (no socket): {io}")
+    } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::NetworkUnreachable) {
+        format!("the server's network cannot be reached: {io}")
     } else if text.starts_with("error performing TLS handshake") {
-        let why = std::error::Error::source(&e)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
+        let why = cause.map(|s| s.to_string()).unwrap_or_default();
         let why = why
             .strip_prefix("invalid peer certificate: ")
             .unwrap_or(&why);
@@ -268,7 +299,7 @@ impl PgStore {
                 }
                 *main = Some((client, Instant::now()));
             }
-            None => *main = Some((connect(&self.url, self.host_timeout)?, Instant::now())),
+            None => *main = Some((self.connect_main(true)?, Instant::now())),
         }
         let Some((client, used)) = main.as_mut() else {
             return Err(Error::Invalid("internal error: no database session".into()));
@@ -285,12 +316,29 @@ impl PgStore {
     pub(super) fn reconnect(&self) -> Result<Client> {
         let give_up = Instant::now() + self.host_timeout;
         loop {
-            match connect(&self.url, self.host_timeout) {
+            match self.connect_main(false) {
                 Ok(client) => return Ok(client),
                 Err(e) if Instant::now() >= give_up => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+
+    /// Opens the main session (see [`main_silence`]); the first one
+    /// within the caller's patience: by its `--timeout`, and in
+    /// [`NO_WAIT_CONNECT`] for `--no-wait`.
+    fn connect_main(&self, first: bool) -> Result<Client> {
+        let no_wait = (first && self.patience.no_wait).then(|| Instant::now() + NO_WAIT_CONNECT);
+        let give_up = match (no_wait, self.patience.deadline.filter(|_| first)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        connect_by(
+            &self.url,
+            self.host_timeout,
+            main_silence(self.host_timeout),
+            give_up,
+        )
     }
 
     pub(super) fn context(&self, action: &str) -> String {
