@@ -644,3 +644,47 @@ fn a_holder_whose_session_the_server_ends_stops_its_job_at_once() {
     env.touch("waiter.go");
     assert_eq!(waiter.finish(LIMIT).code, Some(0));
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_claim_is_stamped_when_it_is_made_not_when_its_look_began() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    // The lab's lock, held by another session: the run's transaction
+    // waits for it.
+    let mut blocker = db.connect();
+    blocker
+        .execute("SELECT pg_advisory_lock(1835101537, 0)", &[])
+        .expect("take the lab's lock");
+    let mut holder = env.start(sh_job(
+        &env,
+        "m",
+        &["--job", "late"],
+        &format!("touch \"$1/started\"; {}", wait_for_file("go")),
+    ));
+    wait_until("the run waits for the lab's lock", LIMIT, || {
+        db.value::<i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND classid = 1835101537 AND objid = 0",
+        ) > 0
+    });
+    // The time that passes while the lab is locked is what is tested.
+    std::thread::sleep(Duration::from_millis(2100));
+    let let_go = unix_now();
+    blocker
+        .execute("SELECT pg_advisory_unlock(1835101537, 0)", &[])
+        .expect("let go of the lab's lock");
+    wait_until("the claim", LIMIT, || env.path().join("started").exists());
+    let stamp = env.info("m")["job_timestamp"].as_i64().unwrap_or(0);
+    assert!(
+        stamp >= let_go,
+        "the claim is stamped {} s before it was made",
+        let_go - stamp
+    );
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+}
