@@ -688,3 +688,40 @@ fn a_claim_is_stamped_when_it_is_made_not_when_its_look_began() {
     env.touch("go");
     assert_eq!(holder.finish(LIMIT).code, Some(0));
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_writer_held_up_by_the_labs_lock_says_who_holds_it() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    let mut blocker = crate::common::pg::connect(&format!("{}&application_name=blocker", db.url));
+    let mut tx = blocker.transaction().expect("a transaction");
+    tx.execute("SELECT pg_advisory_xact_lock(1835101537, 0)", &[])
+        .expect("take the lab's lock");
+    let pid: i32 = tx
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("the session's PID")
+        .get(0);
+    let mut writer = env.start(["set", "m", "os", "x"]);
+    let said = writer.expect_stderr("waiting for the lab's lock", LIMIT);
+    assert!(
+        said.contains(&format!("taken by server session PID {pid} (blocker)"))
+            && said.contains("from the local socket")
+            && said.contains("idle in transaction"),
+        "{said}"
+    );
+    tx.rollback().expect("let go of the lab's lock");
+    let run = writer.finish(LIMIT);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(
+        run.stderr.matches("waiting for the lab's lock").count(),
+        1,
+        "{run:#?}"
+    );
+    // Without a wait, nothing is said.
+    assert!(!env.run(["set", "m", "os", "y"]).stderr.contains("waiting"));
+}

@@ -82,7 +82,7 @@ pub fn session_config(url: &DbUrl, host_timeout: Duration, silence: Duration) ->
     );
     config.options(options.trim());
     if config.get_application_name().is_none() {
-        config.application_name("mama");
+        config.application_name(&application_name());
     }
     config
         .connect_timeout(Duration::from_secs(host_timeout.as_secs().clamp(1, 10)))
@@ -92,6 +92,17 @@ pub fn session_config(url: &DbUrl, host_timeout: Duration, silence: Duration) ->
         .keepalives_retries(u32::try_from(count).unwrap_or(u32::MAX))
         .tcp_user_timeout(Duration::from_secs(secs));
     config
+}
+
+/// What a session of this process calls itself (`application_name`, in
+/// `pg_stat_activity` and in messages about who holds a lock): `mama PID
+/// on HOST`, within the server's 63 bytes.
+fn application_name() -> String {
+    let mut name = format!("mama {} on {}", std::process::id(), crate::os::host_name());
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
 }
 
 /// How long `--no-wait` waits for a server to answer a new session: long
