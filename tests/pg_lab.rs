@@ -725,3 +725,42 @@ fn a_writer_held_up_by_the_labs_lock_says_who_holds_it() {
     // Without a wait, nothing is said.
     assert!(!env.run(["set", "m", "os", "y"]).stderr.contains("waiting"));
 }
+
+/// A lab whose machines have other nodes between and after them.
+const BETWEEN: &str = "<?xml version=\"1.0\"?>\n<settings>\n  <machine>\n    <name>rig1</name>\n    \
+<mac>aa:bb:cc:dd:ee:01</mac>\n  </machine>\n  <resource><name>scope</name></resource>\n  \
+<!-- the second bench -->\n  <machine>\n    <name>rig2</name>\n    <mac>aa:bb:cc:dd:ee:02</mac>\n  \
+</machine>\n  <trailer>kept last</trailer>\n</settings>\n<!-- end -->\n";
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn export_keeps_the_nodes_between_and_after_the_machines_where_they_stood() {
+    let db = TestEnv::postgres();
+    let source = db.path().join("source.xml");
+    std::fs::write(&source, BETWEEN).expect("write the source lab");
+    db.run(["import", source.to_str().expect("a UTF-8 path")])
+        .ok();
+    assert_eq!(db.run(["export"]).ok(), BETWEEN);
+    assert_eq!(db.run(["list", "--names"]).ok(), "rig1\nrig2\n");
+    // A machine added since goes after the last one, before the trailer.
+    db.add("rig3", 3);
+    let exported = db.run(["export"]).ok().to_string();
+    let at = |text: &str| {
+        exported
+            .find(text)
+            .unwrap_or_else(|| panic!("{text} in {exported}"))
+    };
+    assert!(
+        at("rig1") < at("<resource>")
+            && at("<resource>") < at("second bench")
+            && at("second bench") < at("rig2")
+            && at("rig2") < at("rig3")
+            && at("rig3") < at("<trailer>")
+            && at("<trailer>") < at("<!-- end -->"),
+        "{exported}"
+    );
+    assert!(!exported.contains("mama-machine"), "{exported}");
+}
