@@ -764,3 +764,33 @@ fn export_keeps_the_nodes_between_and_after_the_machines_where_they_stood() {
     );
     assert!(!exported.contains("mama-machine"), "{exported}");
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_machine_whose_lock_key_was_deleted_by_hand_never_vanishes() {
+    let env = TestEnv::postgres();
+    env.add("rig1", 1);
+    env.add("rig2", 2);
+    let db = env.db.clone().expect("a database lab");
+    db.batch("DELETE FROM mama_lock_key WHERE name = 'rig2'");
+    // A reader refuses the lab rather than show it without rig2.
+    let run = env.run(["export"]);
+    let stderr = run.fails_saying(1, "mama_lock_key has no row for rig2");
+    assert!(run.stdout.is_empty(), "{stderr}");
+    let list = env.run(["list", "--names"]);
+    if list.code == Some(0) {
+        assert_eq!(list.stdout, "rig1\nrig2\n", "{list:#?}");
+    } else {
+        list.fails_saying(1, "mama_lock_key has no row for rig2");
+    }
+    // A writer puts the key back, and says so.
+    env.run(["set", "rig2", "os", "x"])
+        .ok_saying("had lost the job lock keys of rig2");
+    assert_eq!(env.run(["list", "--names"]).ok(), "rig1\nrig2\n");
+    assert!(env.run(["export"]).ok().contains("<name>rig2</name>"));
+    let keys: i64 = db.value("SELECT count(*) FROM mama_lock_key");
+    assert_eq!(keys, 2);
+}

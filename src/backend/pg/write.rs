@@ -200,7 +200,8 @@ impl PgStore {
                 if !schema::ensure(&mut tx, &self.url.shown, create)? {
                     return Err(self.no_lab());
                 }
-                let (rows, look, may_write, document) = self.snapshot(&mut tx, schema::VERSION)?;
+                let (rows, look, may_write, document) =
+                    self.snapshot(&mut tx, schema::VERSION, true)?;
                 if !may_write {
                     return Err(Error::ReadOnly {
                         context: self.context("write"),
