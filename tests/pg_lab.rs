@@ -794,3 +794,46 @@ fn a_machine_whose_lock_key_was_deleted_by_hand_never_vanishes() {
     let keys: i64 = db.value("SELECT count(*) FROM mama_lock_key");
     assert_eq!(keys, 2);
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_password_given_with_state_is_hidden_from_the_process_list() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let with_password = env
+        .state
+        .display()
+        .to_string()
+        .replace("mama@", "mama:S3cret@");
+    assert!(with_password.contains("S3cret"));
+    let mut args = vec![format!("--state={with_password}")];
+    args.extend(sh_job(
+        &env,
+        "m",
+        &[],
+        &format!("touch \"$1/started\"; {}", wait_for_file("go")),
+    ));
+    let mut holder = Bg::start(env.cmd(args));
+    holder.expect_stderr(
+        "a password on the command line can be read by every user",
+        LIMIT,
+    );
+    wait_until("the job", LIMIT, || env.path().join("started").exists());
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", holder.pid())).expect("cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        !cmdline.contains("S3cret") && cmdline.contains("--state=postgresql://mama:xxxxxx@"),
+        "{cmdline}"
+    );
+    env.touch("go");
+    let run = holder.finish(LIMIT);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(
+        run.stderr.matches("a password on the command line").count(),
+        1,
+        "{run:#?}"
+    );
+}

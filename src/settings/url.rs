@@ -293,6 +293,64 @@ pub fn without_password(url: &str) -> String {
     format!("{scheme}://{rest}")
 }
 
+/// Where passwords stand in `url`: the password of its user information,
+/// and the value of each `password` parameter.
+fn password_spans(url: &str) -> Vec<std::ops::Range<usize>> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return Vec::new();
+    };
+    let rest = &url[scheme_end..];
+    let mut spans = Vec::new();
+    let mut query_from = 0;
+    if let Some(at) = user_info_end(rest) {
+        if let Some(colon) = rest[..at].find(':') {
+            spans.push(scheme_end + colon + 1..scheme_end + at);
+        }
+        query_from = at + 1;
+    }
+    if let Some(q) = rest[query_from..].find('?') {
+        let mut offset = scheme_end + query_from + q + 1;
+        for pair in url[offset..].split('&') {
+            if let Some((key, _)) = pair.split_once('=')
+                && percent_decoded(key, true).eq_ignore_ascii_case("password")
+            {
+                spans.push(offset + key.len() + 1..offset + pair.len());
+            }
+            offset += pair.len() + 1;
+        }
+    }
+    spans.retain(|span| !span.is_empty());
+    spans
+}
+
+/// A state URL given on the command line (`--state`) with a password:
+/// every user of this host could read it there for as long as mama runs.
+/// Overwrites it in the process's command line, and says once that it was
+/// visible.
+pub fn hide_password_in_command_line(url: &str) {
+    let spans = password_spans(url);
+    if spans.is_empty() {
+        return;
+    }
+    say!(
+        "mama: warning: a password on the command line can be read by every user of this \
+         host while mama starts (ps, /proc); put it in ~/.pgpass (or PGPASSFILE) or \
+         PGPASSWORD instead"
+    );
+    let url = url.as_bytes();
+    crate::os::hide_in_command_line(|arg| {
+        // The argument is the URL, or `--state=URL`.
+        let Some(at) = arg
+            .len()
+            .checked_sub(url.len())
+            .filter(|&at| &arg[at..] == url)
+        else {
+            return Vec::new();
+        };
+        spans.iter().map(|s| s.start + at..s.end + at).collect()
+    });
+}
+
 /// Where the user information of a URL's `rest` (what follows `://`)
 /// ends: its last `@` before the query. The query is taken to start at
 /// the first `?` after the first `@`, so a password holding an unescaped
@@ -490,6 +548,23 @@ mod tests {
             bad.contains("\"on\"") && bad.contains("verify-full"),
             "{bad}"
         );
+    }
+
+    #[test]
+    fn passwords_are_found_where_they_stand() {
+        for (url, secrets) in [
+            ("postgresql://mama:p@ss@db/lab", vec!["p@ss"]),
+            (
+                "postgresql://mama@db/lab?sslmode=require&password=s3",
+                vec!["s3"],
+            ),
+            ("postgresql://m:a?b@db/lab?%70assword=c", vec!["a?b", "c"]),
+            ("postgresql://mama@db/lab", vec![]),
+            ("postgresql://db/lab?application_name=x@y", vec![]),
+        ] {
+            let found: Vec<&str> = password_spans(url).into_iter().map(|s| &url[s]).collect();
+            assert_eq!(found, secrets, "{url}");
+        }
     }
 
     #[test]
