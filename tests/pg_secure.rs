@@ -3,11 +3,9 @@
 //! hot standby never taken for the lab.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::common::pg::{Options, PgDb, Server};
+use crate::common::pg::{Certs, NAME, Options, PgDb, Server, make_certs};
 use crate::common::*;
 
 /// A loopback address of the test's own (servers listen on the same
@@ -15,108 +13,6 @@ use crate::common::*;
 fn loopback() -> Ipv4Addr {
     static NEXT: AtomicU8 = AtomicU8::new(1);
     Ipv4Addr::new(127, 0, 77, NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// The host name the server's certificate is made out to; URLs name it
-/// and give the address with `hostaddr`.
-const NAME: &str = "db.lab.test";
-
-/// A certificate authority, a server certificate it signed for [`NAME`],
-/// and another authority that signed nothing.
-struct Certs {
-    ca: PathBuf,
-    other_ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-#[track_caller]
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs (tests/install-tools installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Makes [`Certs`] in `dir`, the key readable by the server's user alone.
-fn make_certs(dir: &Path) -> Certs {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    for ca in ["ca", "other-ca"] {
-        let (key, crt, subject) = (
-            format!("{ca}.key"),
-            format!("{ca}.crt"),
-            format!("/CN=mama test {ca}"),
-        );
-        let mut args = vec!["req", "-x509", "-nodes", "-days", "2"];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &crt, "-subj", &subject]);
-        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-        args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-        openssl(dir, &args);
-    }
-    let mut args = vec!["req", "-new", "-nodes"];
-    args.extend(ec);
-    let subject = format!("/CN={NAME}");
-    args.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        &subject,
-    ]);
-    openssl(dir, &args);
-    std::fs::write(
-        dir.join("server.ext"),
-        format!(
-            "subjectAltName=DNS:{NAME}\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
-        ),
-    )
-    .expect("write server.ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            "server.crt",
-            "-extfile",
-            "server.ext",
-        ],
-    );
-    let (uid, gid) = crate::common::pg::os_user_ids();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    for file in ["server.key", "server.crt"] {
-        std::os::unix::fs::chown(dir.join(file), Some(uid), Some(gid)).expect("chown");
-    }
-    std::fs::set_permissions(
-        dir.join("server.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .expect("chmod");
-    Certs {
-        ca: dir.join("ca.crt"),
-        other_ca: dir.join("other-ca.crt"),
-        cert: dir.join("server.crt"),
-        key: dir.join("server.key"),
-    }
 }
 
 /// A server on a loopback address of its own with `ssl=on` and `certs`,
