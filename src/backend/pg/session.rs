@@ -149,13 +149,14 @@ pub fn connect_by(
         // The client takes a zero timeout for none.
         config.connect_timeout(limit.max(Duration::from_millis(100)));
     }
-    let connector = Connector::new(&url.tls)?;
+    let in_clear = matches!(url.tls.mode, SslMode::Disable | SslMode::Allow);
+    let connector = Connector::new(&url.tls, !in_clear)?;
     let encrypted = connector.used();
     let client = match config.connect(connector) {
         // `allow`: in clear first, encrypted if the server refuses that.
         Err(e) if url.tls.mode == SslMode::Allow && refused_login(&e) => {
             config.ssl_mode(postgres::config::SslMode::Require);
-            let connector = Connector::new(&url.tls)?;
+            let connector = Connector::new(&url.tls, true)?;
             let retry_encrypted = connector.used();
             let client = config.connect(connector);
             encrypted.store(retry_encrypted.load(Ordering::SeqCst), Ordering::SeqCst);
@@ -167,10 +168,15 @@ pub fn connect_by(
     if !encrypted.load(Ordering::SeqCst) {
         warn_in_clear(url);
     }
-    let standby: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
+    // One round trip: no statement to prepare.
+    let standby = client
+        .simple_query("SELECT pg_is_in_recovery()")
         .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))?
-        .get(0);
+        .iter()
+        .any(|message| match message {
+            postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+            _ => false,
+        });
     if standby {
         return Err(Error::Database {
             context: format!("cannot use the lab at {}", url.shown),

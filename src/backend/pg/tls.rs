@@ -14,8 +14,8 @@
 //! password sent in clear over the network can be told of.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use postgres::tls::{MakeTlsConnect, TlsConnect};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -29,17 +29,41 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::error::{Error, Result};
 use crate::settings::url::{SslMode, Tls};
 
-/// The connector for one session: rustls, configured for `tls`, and
-/// whether it was used.
+/// The connector for one session: rustls, configured for `tls` (none
+/// where the session is opened in clear), and whether it was used.
 pub struct Connector {
-    inner: MakeRustlsConnect,
+    inner: Option<MakeRustlsConnect>,
     used: Arc<AtomicBool>,
 }
 
 impl Connector {
-    /// The connector `tls` asks for; a root certificate file that
-    /// `verify-*` needs and cannot be read is an error naming it.
-    pub fn new(tls: &Tls) -> Result<Connector> {
+    /// The connector `tls` asks for, set up once a process (the root
+    /// certificates read once); a root certificate file that `verify-*`
+    /// needs and cannot be read is an error naming it. `encrypted`: whether
+    /// the session may be encrypted at all (not for `disable`, nor for
+    /// `allow`'s first try).
+    pub fn new(tls: &Tls, encrypted: bool) -> Result<Connector> {
+        static MADE: Mutex<Option<(Tls, MakeRustlsConnect)>> = Mutex::new(None);
+        let inner = if encrypted {
+            let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match made.as_ref() {
+                Some((made_for, connector)) if made_for == tls => Some(connector.clone()),
+                _ => {
+                    let connector = Self::make(tls)?;
+                    *made = Some((tls.clone(), connector.clone()));
+                    Some(connector)
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Connector {
+            inner,
+            used: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn make(tls: &Tls) -> Result<MakeRustlsConnect> {
         // Deprecated for lacking post-quantum key exchange, which only the
         // aws-lc-rs provider has, and that one needs cmake to build.
         #[allow(deprecated)]
@@ -75,10 +99,7 @@ impl Connector {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        Ok(Connector {
-            inner: MakeRustlsConnect::new(config),
-            used: Arc::new(AtomicBool::new(false)),
-        })
+        Ok(MakeRustlsConnect::new(config))
     }
 
     /// Whether a session made with this connector was encrypted (the
@@ -213,35 +234,65 @@ impl ServerCertVerifier for Verifier {
 impl<S> MakeTlsConnect<S> for Connector
 where
     MakeRustlsConnect: MakeTlsConnect<S>,
+    <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect: TlsConnect<S, Error = std::io::Error>,
+    <<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect as TlsConnect<S>>::Future: Send + 'static,
+    <MakeRustlsConnect as MakeTlsConnect<S>>::Stream: Send + 'static,
 {
     type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
     type TlsConnect = Used<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;
-    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+    type Error = std::io::Error;
 
+    /// Asked for every session, encrypted or not: one in clear never
+    /// uses what it gives.
     fn make_tls_connect(
         &mut self,
         domain: &str,
     ) -> std::result::Result<Self::TlsConnect, Self::Error> {
+        let inner = match self.inner.as_mut() {
+            Some(inner) => Some(
+                inner
+                    .make_tls_connect(domain)
+                    .map_err(|e| std::io::Error::other(e.into()))?,
+            ),
+            None => None,
+        };
         Ok(Used {
-            inner: self.inner.make_tls_connect(domain)?,
+            inner,
             used: self.used.clone(),
         })
     }
 }
 
-/// A handshake about to be made, which marks its connector used.
+/// A handshake about to be made, which marks its connector used; none
+/// for a session in clear.
 pub struct Used<T> {
-    inner: T,
+    inner: Option<T>,
     used: Arc<AtomicBool>,
 }
 
-impl<S, T: TlsConnect<S>> TlsConnect<S> for Used<T> {
+type Handshake<T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<T, std::io::Error>> + Send>,
+>;
+
+impl<S, T> TlsConnect<S> for Used<T>
+where
+    T: TlsConnect<S, Error = std::io::Error>,
+    T::Future: Send + 'static,
+    T::Stream: Send + 'static,
+{
     type Stream = T::Stream;
-    type Error = T::Error;
-    type Future = T::Future;
+    type Error = std::io::Error;
+    type Future = Handshake<T::Stream>;
 
     fn connect(self, stream: S) -> Self::Future {
-        self.used.store(true, Ordering::SeqCst);
-        self.inner.connect(stream)
+        match self.inner {
+            Some(inner) => {
+                self.used.store(true, Ordering::SeqCst);
+                Box::pin(inner.connect(stream))
+            }
+            None => Box::pin(std::future::ready(Err(std::io::Error::other(
+                "TLS was not set up for this session (sslmode disable)",
+            )))),
+        }
     }
 }
