@@ -168,15 +168,25 @@ pub fn connect_by(
     if !encrypted.load(Ordering::SeqCst) {
         warn_in_clear(url);
     }
-    // One round trip: no statement to prepare.
-    let standby = client
-        .simple_query("SELECT pg_is_in_recovery()")
-        .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))?
-        .iter()
-        .any(|message| match message {
-            postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
-            _ => false,
-        });
+    // `in_hot_standby` (PostgreSQL 14 and later) costs the server no
+    // catalog lookup or plan; an older server is asked the function.
+    let first = |client: &mut Client, query: &str| {
+        client.simple_query(query).map(|messages| {
+            messages.iter().any(|message| match message {
+                postgres::SimpleQueryMessage::Row(row) => {
+                    matches!(row.get(0), Some("t" | "on"))
+                }
+                _ => false,
+            })
+        })
+    };
+    let standby = match first(&mut client, "SHOW in_hot_standby") {
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
+            first(&mut client, "SELECT pg_is_in_recovery()")
+        }
+        other => other,
+    }
+    .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))?;
     if standby {
         return Err(Error::Database {
             context: format!("cannot use the lab at {}", url.shown),
