@@ -13,7 +13,9 @@
 //! 4. a dead host: from cutting a holder's link (and killing it) to a
 //!    waiter on another host running, with the default MAMA_HOST_TIMEOUT
 //!    (target ≤ 30 + 5 s);
-//! 5. claims per second with 10 hosts racing for 10 machines.
+//! 5. claims per second with 10 hosts racing for 10 machines;
+//! 6. `mama run m -- true` over TCP (loopback) in clear and over TLS
+//!    (`sslmode=disable`, `require`, `verify-full`), interleaved.
 //!
 //! Run with `cargo bench --bench pg` (as root: it makes network
 //! namespaces and runs the server as `postgres`). Timestamps are
@@ -56,6 +58,7 @@ fn main() {
     across_hosts(&mut report);
     dead_host(&mut report);
     race(&mut report);
+    tls_cost(&mut report);
     println!();
     for line in report {
         println!("{line}");
@@ -408,5 +411,61 @@ fn race(report: &mut Vec<String>) {
         "5. {RACE_HOSTS} hosts x {RACE_RUNS} runs racing for 10 machines: {claims} claims in \
          {took:.2} s, {:.0} claims/s",
         claims as f64 / took
+    ));
+}
+
+/// The cost of a run over TCP in clear and over TLS (measurement 6): a
+/// server on a loopback address of its own with a certificate made here,
+/// syncing every commit.
+fn tls_cost(report: &mut Vec<String>) {
+    let certs_dir = tempfile::tempdir().expect("temporary folder");
+    let certs = pg::make_certs(certs_dir.path());
+    let addr = std::net::Ipv4Addr::new(127, 0, 77, 250);
+    let server = Server::start(Options {
+        durable: true,
+        listen: vec![addr],
+        hba: vec!["host all all 127.0.0.0/8 trust".into()],
+        settings: vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", certs.cert.display()),
+            format!("ssl_key_file={}", certs.key.display()),
+        ],
+        ..Options::default()
+    });
+    let db = server.fresh_database();
+    let url = |mode: &str| {
+        format!(
+            "postgresql://{}@{}:{}/{}?hostaddr={addr}&sslmode={mode}&sslrootcert={}",
+            pg::ROLE,
+            pg::NAME,
+            pg::PORT,
+            db.name,
+            certs.ca.display()
+        )
+    };
+    let modes = ["disable", "require", "verify-full"];
+    ok(
+        mama(&url("disable"), &["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]),
+        "add",
+    );
+    for mode in modes {
+        timed(mama(&url(mode), &["run", "m", "--", "true"]));
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
+    for i in 0..RUNS / 2 {
+        for k in 0..modes.len() {
+            let at = (i + k) % modes.len();
+            samples[at].push(timed(mama(&url(modes[at]), &["run", "m", "--", "true"])));
+        }
+    }
+    let medians: Vec<String> = modes
+        .iter()
+        .zip(samples.iter_mut())
+        .map(|(mode, samples)| format!("{mode} {:.2} ms", median_ms(samples)))
+        .collect();
+    report.push(format!(
+        "6. mama run m -- true over TCP (loopback), median of {}: {}",
+        RUNS / 2,
+        medians.join(", ")
     ));
 }

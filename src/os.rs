@@ -630,6 +630,48 @@ impl std::fmt::Display for Holder {
     }
 }
 
+/// Overwrites with `x`, in this process's command line as every user sees
+/// it (`/proc/PID/cmdline`, `ps`), the bytes `hide` names in each argument
+/// (ranges within the argument; a secret such as a password in a URL), as
+/// MySQL's client does. The arguments were parsed already: `std::env::args`
+/// reads the same memory, so it too gives the hidden text from then on.
+/// Whether the area could be found.
+pub fn hide_in_command_line(hide: impl Fn(&[u8]) -> Vec<std::ops::Range<usize>>) -> bool {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return false;
+    };
+    // The fields after the command's name, which is in parentheses and may
+    // hold anything: the third field of the line is the first of these.
+    let Some(after) = stat.rfind(')').and_then(|at| stat.get(at + 1..)) else {
+        return false;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // arg_start and arg_end are fields 48 and 49 (proc_pid_stat(5)).
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else {
+        return false;
+    };
+    if start == 0 || end <= start || end - start > 1 << 24 {
+        return false;
+    }
+    // SAFETY: [arg_start, arg_end) is this process's argument area, which
+    // the kernel laid out at exec in the initial stack: mapped, readable
+    // and writable for the whole life of the process, and written by
+    // nothing else. Only bytes inside arguments are replaced, never the NUL
+    // bytes between them, so every argument stays a C string of the same
+    // length. It is called on the main thread before any other thread reads
+    // the arguments (`std::env::args`).
+    let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
+    for arg in area.split_mut(|b| *b == 0) {
+        for range in hide(arg) {
+            if let Some(bytes) = arg.get_mut(range) {
+                bytes.fill(b'x');
+            }
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -277,3 +277,119 @@ fn two_hosts_running_ten_jobs_each_on_one_machine_never_overlap() {
     let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
     assert_eq!((count("claimed"), count("released")), (20, 20));
 }
+
+#[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
+fn a_cut_off_hosts_waiters_hold_the_machine_no_longer_than_its_holder() {
+    let host = Host::new();
+    let (server, db, env, holder) = remote_holder(&host);
+    // Three waiters on the holder's host, queued first, then one here.
+    let mut remote_waiters = Vec::new();
+    for n in 0..3 {
+        let job = format!("remote{n}");
+        let run = args(&[
+            "run",
+            "m",
+            "--job",
+            &job,
+            "--wait-timeout",
+            "60",
+            "--",
+            "true",
+        ]);
+        let mut waiter = Bg::start(mama_on(&host, &server, &db, &env, &run));
+        waiter.expect_stderr("waiting to claim it", LIMIT);
+        remote_waiters.push(waiter);
+    }
+    let mut waiter = Bg::start(local_cmd(
+        &env,
+        &args(&["run", "m", "--wait-timeout", "60", "--", "true"]),
+    ));
+    waiter.expect_stderr("3 ahead of you", LIMIT);
+
+    host.cut();
+    let cut = Instant::now();
+    holder.signal(libc::SIGKILL);
+    for waiter in &remote_waiters {
+        waiter.signal(libc::SIGKILL);
+    }
+    let run = waiter.finish(Duration::from_secs(TIMEOUT + 30));
+    let freed = cut.elapsed();
+    println!(
+        "MEASURED dead host with waiters: the machine taken here {:.2} s after the cut \
+         (MAMA_HOST_TIMEOUT={TIMEOUT})",
+        freed.as_secs_f64()
+    );
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    // The dead waiters' places went with their sessions, within the host
+    // timeout as the holder's claim did (their sessions' own end, plus
+    // the second in which the server looks at a session that waits).
+    assert!(
+        freed <= Duration::from_secs(TIMEOUT + 2),
+        "the dead host's waiters kept the machine {freed:?}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(all(mama_postgres, mama_ip)),
+    ignore = "needs a PostgreSQL server and network namespaces: run as root after tests/install-tools"
+)]
+fn a_server_that_does_not_answer_is_waited_for_no_longer_than_the_caller_would() {
+    let host = Host::new();
+    let server = pg::server_on(host.peer_addr());
+    let db = server.fresh_database();
+    let env = local(&db);
+    env.add("m", 1);
+    // Nothing reaches the server from the host, and nothing says so (the
+    // server's end of the cable is pulled): a connect would time out after
+    // 10 s (a host timeout of 30 s).
+    // The host keeps the server's hardware address, so it sends on and
+    // is not told "no route to host".
+    let link = host.peer_ip(["-o", "link", "show", host.peer_dev()]);
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no hardware address in {link:?}"));
+    host.ip([
+        "neigh",
+        "replace",
+        &host.peer_addr().to_string(),
+        "lladdr",
+        mac,
+        "dev",
+        host.dev(),
+        "nud",
+        "permanent",
+    ]);
+    host.peer_ip(["link", "set", host.peer_dev(), "down"]);
+    for (list, limit) in [
+        (&["wait", "m", "--timeout", "2"][..], Duration::from_secs(2)),
+        (
+            &["run", "m", "--no-wait", "--", "true"],
+            Duration::from_secs(2),
+        ),
+    ] {
+        let started = Instant::now();
+        let run: Run = mama_on_within(&host, &server, &db, &env, &args(list), 30)
+            .output()
+            .expect("mama runs")
+            .into();
+        let took = started.elapsed();
+        assert_ne!(run.code, Some(0), "{list:?}: {run:#?}");
+        assert!(
+            run.stderr
+                .contains("the server did not answer within 2.0 s"),
+            "{list:?}: {run:#?}"
+        );
+        assert!(
+            took < limit + Duration::from_secs(2),
+            "{list:?} took {took:?} on a server that does not answer"
+        );
+    }
+}

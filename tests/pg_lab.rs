@@ -582,3 +582,258 @@ fn a_damaged_or_altered_table_is_an_error_naming_the_lab_never_a_panic() {
     run.fails(1);
     assert!(!run.stderr.contains("panicked"), "{run:#?}");
 }
+
+/// The wall clock in nanoseconds, as `date +%s%N` writes it.
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// The number `date +%s%N` wrote into `$DIR/name`, once it is there.
+fn time_in(env: &TestEnv, name: &str) -> i128 {
+    read_line_of(&env.path().join(name), LIMIT)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: not a time ({e})"))
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_holder_whose_session_the_server_ends_stops_its_job_at_once() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    // The job notes when it is told to stop (a TERM trap runs between two
+    // 10 ms sleeps).
+    let mut holder = env.start(sh_job(
+        &env,
+        "m",
+        &["--job", "holder"],
+        "trap 'date +%s%N > \"$1/termed\"; exit 0' TERM; touch \"$1/started\"; \
+         while :; do sleep 0.01; done",
+    ));
+    wait_until("the holder's job", LIMIT, || {
+        env.path().join("started").exists()
+    });
+    let mut waiter = env.start(sh_job(
+        &env,
+        "m",
+        &["--job", "waiter"],
+        &format!("date +%s%N > \"$1/took\"; {}", wait_for_file("waiter.go")),
+    ));
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+    env.run(["clear", "m"]).ok();
+    let ended = now_ns();
+    end_claim_session(&db);
+    let (took, termed) = (time_in(&env, "took"), time_in(&env, "termed"));
+    // The keeper looked at once: before, it waited 200 ms first.
+    let late = std::time::Duration::from_nanos(u64::try_from(termed - ended).unwrap_or(0));
+    assert!(
+        late < std::time::Duration::from_millis(150),
+        "the holder's job was told to stop {late:?} after its session ended"
+    );
+    let overlap = (termed - took) as f64 / 1e6;
+    println!("stop {late:?} after the session's end, overlap {overlap:.1} ms");
+    assert!(overlap < 150.0, "the jobs overlapped {overlap:.1} ms");
+    holder.expect_stderr("LOST THE CLAIM on m", LIMIT);
+    assert_eq!(holder.finish(LIMIT).code, Some(125));
+    env.touch("waiter.go");
+    assert_eq!(waiter.finish(LIMIT).code, Some(0));
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_claim_is_stamped_when_it_is_made_not_when_its_look_began() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    // The lab's lock, held by another session: the run's transaction
+    // waits for it.
+    let mut blocker = db.connect();
+    blocker
+        .execute("SELECT pg_advisory_lock(1835101537, 0)", &[])
+        .expect("take the lab's lock");
+    let mut holder = env.start(sh_job(
+        &env,
+        "m",
+        &["--job", "late"],
+        &format!("touch \"$1/started\"; {}", wait_for_file("go")),
+    ));
+    wait_until("the run waits for the lab's lock", LIMIT, || {
+        db.value::<i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND classid = 1835101537 AND objid = 0",
+        ) > 0
+    });
+    // The time that passes while the lab is locked is what is tested.
+    std::thread::sleep(Duration::from_millis(2100));
+    let let_go = unix_now();
+    blocker
+        .execute("SELECT pg_advisory_unlock(1835101537, 0)", &[])
+        .expect("let go of the lab's lock");
+    wait_until("the claim", LIMIT, || env.path().join("started").exists());
+    let stamp = env.info("m")["job_timestamp"].as_i64().unwrap_or(0);
+    assert!(
+        stamp >= let_go,
+        "the claim is stamped {} s before it was made",
+        let_go - stamp
+    );
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_writer_held_up_by_the_labs_lock_says_who_holds_it() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    let mut blocker = crate::common::pg::connect(&format!("{}&application_name=blocker", db.url));
+    let mut tx = blocker.transaction().expect("a transaction");
+    tx.execute("SELECT pg_advisory_xact_lock(1835101537, 0)", &[])
+        .expect("take the lab's lock");
+    let pid: i32 = tx
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("the session's PID")
+        .get(0);
+    let mut writer = env.start(["set", "m", "os", "x"]);
+    let said = writer.expect_stderr("waiting for the lab's lock", LIMIT);
+    assert!(
+        said.contains(&format!("taken by server session PID {pid} (blocker)"))
+            && said.contains("from the local socket")
+            && said.contains("idle in transaction"),
+        "{said}"
+    );
+    tx.rollback().expect("let go of the lab's lock");
+    let run = writer.finish(LIMIT);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(
+        run.stderr.matches("waiting for the lab's lock").count(),
+        1,
+        "{run:#?}"
+    );
+    // Without a wait, nothing is said.
+    assert!(!env.run(["set", "m", "os", "y"]).stderr.contains("waiting"));
+}
+
+/// A lab whose machines have other nodes between and after them.
+const BETWEEN: &str = "<?xml version=\"1.0\"?>\n<settings>\n  <machine>\n    <name>rig1</name>\n    \
+<mac>aa:bb:cc:dd:ee:01</mac>\n  </machine>\n  <resource><name>scope</name></resource>\n  \
+<!-- the second bench -->\n  <machine>\n    <name>rig2</name>\n    <mac>aa:bb:cc:dd:ee:02</mac>\n  \
+</machine>\n  <trailer>kept last</trailer>\n</settings>\n<!-- end -->\n";
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn export_keeps_the_nodes_between_and_after_the_machines_where_they_stood() {
+    let db = TestEnv::postgres();
+    let source = db.path().join("source.xml");
+    std::fs::write(&source, BETWEEN).expect("write the source lab");
+    db.run(["import", source.to_str().expect("a UTF-8 path")])
+        .ok();
+    assert_eq!(db.run(["export"]).ok(), BETWEEN);
+    assert_eq!(db.run(["list", "--names"]).ok(), "rig1\nrig2\n");
+    // A machine added since goes after the last one, before the trailer.
+    db.add("rig3", 3);
+    let exported = db.run(["export"]).ok().to_string();
+    let at = |text: &str| {
+        exported
+            .find(text)
+            .unwrap_or_else(|| panic!("{text} in {exported}"))
+    };
+    assert!(
+        at("rig1") < at("<resource>")
+            && at("<resource>") < at("second bench")
+            && at("second bench") < at("rig2")
+            && at("rig2") < at("rig3")
+            && at("rig3") < at("<trailer>")
+            && at("<trailer>") < at("<!-- end -->"),
+        "{exported}"
+    );
+    assert!(!exported.contains("mama-machine"), "{exported}");
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_machine_whose_lock_key_was_deleted_by_hand_never_vanishes() {
+    let env = TestEnv::postgres();
+    env.add("rig1", 1);
+    env.add("rig2", 2);
+    let db = env.db.clone().expect("a database lab");
+    db.batch("DELETE FROM mama_lock_key WHERE name = 'rig2'");
+    // A reader refuses the lab rather than show it without rig2.
+    let run = env.run(["export"]);
+    let stderr = run.fails_saying(1, "mama_lock_key has no row for rig2");
+    assert!(run.stdout.is_empty(), "{stderr}");
+    let list = env.run(["list", "--names"]);
+    if list.code == Some(0) {
+        assert_eq!(list.stdout, "rig1\nrig2\n", "{list:#?}");
+    } else {
+        list.fails_saying(1, "mama_lock_key has no row for rig2");
+    }
+    // A writer puts the key back, and says so.
+    env.run(["set", "rig2", "os", "x"])
+        .ok_saying("had lost the job lock keys of rig2");
+    assert_eq!(env.run(["list", "--names"]).ok(), "rig1\nrig2\n");
+    assert!(env.run(["export"]).ok().contains("<name>rig2</name>"));
+    let keys: i64 = db.value("SELECT count(*) FROM mama_lock_key");
+    assert_eq!(keys, 2);
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_password_given_with_state_is_hidden_from_the_process_list() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let with_password = env
+        .state
+        .display()
+        .to_string()
+        .replace("mama@", "mama:S3cret@");
+    assert!(with_password.contains("S3cret"));
+    let mut args = vec![format!("--state={with_password}")];
+    args.extend(sh_job(
+        &env,
+        "m",
+        &[],
+        &format!("touch \"$1/started\"; {}", wait_for_file("go")),
+    ));
+    let mut holder = Bg::start(env.cmd(args));
+    holder.expect_stderr(
+        "a password on the command line can be read by every user",
+        LIMIT,
+    );
+    wait_until("the job", LIMIT, || env.path().join("started").exists());
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", holder.pid())).expect("cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        !cmdline.contains("S3cret") && cmdline.contains("--state=postgresql://mama:xxxxxx@"),
+        "{cmdline}"
+    );
+    env.touch("go");
+    let run = holder.finish(LIMIT);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(
+        run.stderr.matches("a password on the command line").count(),
+        1,
+        "{run:#?}"
+    );
+}

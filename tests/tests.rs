@@ -28,6 +28,7 @@ mod package;
 mod pg_harness;
 mod pg_hosts;
 mod pg_lab;
+mod pg_secure;
 mod php;
 mod power;
 mod queue;

@@ -59,6 +59,11 @@ impl Settings {
     /// Reads the settings from the environment; `explicit_state` is
     /// `--state`.
     pub fn read(explicit_state: Option<PathBuf>) -> Result<Settings> {
+        if let Some(url) = explicit_state.as_deref().and_then(|s| s.to_str())
+            && url.contains("://")
+        {
+            url::hide_password_in_command_line(url);
+        }
         Settings::from_lookup(explicit_state, |name| std::env::var_os(name))
     }
 

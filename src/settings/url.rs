@@ -8,7 +8,12 @@
 //! - the password comes from the URL, else from `PGPASSFILE` or
 //!   `~/.pgpass` (libpq's format and rules: a file others may read is
 //!   ignored, with a warning);
-//! - the URL is shown, and handed to jobs, without its password.
+//! - the URL is shown, and handed to jobs, without its password;
+//! - TLS as libpq's `sslmode` (`disable`, `allow`, `prefer` the default,
+//!   `require`, `verify-ca`, `verify-full`) and `sslrootcert` (default
+//!   `~/.postgresql/root.crt`), from the URL, else `PGSSLMODE` and
+//!   `PGSSLROOTCERT`: the client knows only the first three modes, so
+//!   mama reads these two parameters itself (see [`Tls`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -23,10 +28,87 @@ use crate::error::{Error, Result};
 const SOCKET_FOLDERS: [&str; 2] = ["/run/postgresql", "/tmp"];
 const DEFAULT_PORT: u16 = 5432;
 
+/// libpq's `sslmode`: whether the session is encrypted, and what of the
+/// server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// In clear only.
+    Disable,
+    /// In clear, else (a server that accepts only TLS) encrypted.
+    Allow,
+    /// Encrypted where the server offers it, else in clear.
+    Prefer,
+    /// Encrypted; the certificate is checked against the root
+    /// certificate only where one is there (as `VerifyCa`).
+    Require,
+    /// Encrypted, by a certificate a trusted authority signed.
+    VerifyCa,
+    /// Encrypted, by a certificate a trusted authority signed for the
+    /// host name the URL gives.
+    VerifyFull,
+}
+
+impl SslMode {
+    const NAMES: [(&'static str, SslMode); 6] = [
+        ("disable", SslMode::Disable),
+        ("allow", SslMode::Allow),
+        ("prefer", SslMode::Prefer),
+        ("require", SslMode::Require),
+        ("verify-ca", SslMode::VerifyCa),
+        ("verify-full", SslMode::VerifyFull),
+    ];
+
+    fn parse(text: &str, from: &str) -> Result<SslMode> {
+        Self::NAMES
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, mode)| *mode)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::NAMES.iter().map(|(name, _)| *name).collect();
+                Error::Invalid(format!(
+                    "{from} has sslmode {text:?}, which is none of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, mode)| *mode == self)
+            .map_or("prefer", |(name, _)| name)
+    }
+}
+
+/// How a session to the lab is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub mode: SslMode,
+    /// The root certificates (PEM) that sign the server's: `sslrootcert`,
+    /// else `PGSSLROOTCERT`, else `~/.postgresql/root.crt`.
+    pub root_cert: Option<PathBuf>,
+}
+
+impl Tls {
+    /// Whether the server's certificate is checked against the root
+    /// certificates: always in `verify-*`, and in `require` where the root
+    /// file is there (as libpq does).
+    pub fn verifies(&self) -> bool {
+        match self.mode {
+            SslMode::VerifyCa | SslMode::VerifyFull => true,
+            SslMode::Require => self.root_cert.as_ref().is_some_and(|p| p.exists()),
+            _ => false,
+        }
+    }
+}
+
 /// A database lab's address, ready to connect, and the URL to show.
 #[derive(Clone)]
 pub struct DbUrl {
+    /// The client's settings; its own `sslmode` is the one of [`Tls`]
+    /// that it knows (`allow` is connected as `disable` first).
     pub config: Config,
+    pub tls: Tls,
     /// The URL as given, without its password: for messages and jobs.
     pub shown: String,
     /// Whether the URL held a password (which jobs never get).
@@ -42,9 +124,22 @@ impl std::fmt::Debug for DbUrl {
 impl DbUrl {
     /// Parses `url`, filling in what libpq would.
     pub fn parse(url: &str) -> Result<DbUrl> {
+        Self::parse_with(url, |name| std::env::var_os(name).filter(|v| !v.is_empty()))
+    }
+
+    /// [`DbUrl::parse`], with the environment `env` gives (the TLS settings
+    /// so far).
+    fn parse_with(url: &str, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<DbUrl> {
         let shown = without_password(url);
-        let mut config = Config::from_str(url)
+        let (client_url, ssl) = take_parameters(url, &["sslmode", "sslrootcert"]);
+        let mut config = Config::from_str(&client_url)
             .map_err(|e| Error::Invalid(format!("the state URL {shown} is not valid: {e}")))?;
+        let tls = tls_settings(&ssl, &env, &shown)?;
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable | SslMode::Allow => postgres::config::SslMode::Disable,
+            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            _ => postgres::config::SslMode::Require,
+        });
         let had_password = config.get_password().is_some() || shown != url;
         // A safety net for any form of URL read otherwise than above: the
         // password the client found never shows.
@@ -87,12 +182,78 @@ impl DbUrl {
         {
             config.password(password);
         }
+        if config.get_password().is_none()
+            && let Some(password) = env("PGPASSWORD")
+        {
+            config.password(password.as_encoded_bytes());
+        }
         Ok(DbUrl {
             config,
+            tls,
             had_password,
             shown,
         })
     }
+}
+
+/// `url` without the query parameters named `names`, and their values
+/// (percent-decoded), the last of each name.
+fn take_parameters(url: &str, names: &[&str]) -> (String, Vec<(String, String)>) {
+    // The query starts at the first `?` after the user information (a
+    // password may hold a `?`).
+    let after_user = url.find("://").map_or(0, |i| i + 3);
+    let after_user = user_info_end(&url[after_user..]).map_or(after_user, |at| after_user + at + 1);
+    let Some(start) = url[after_user..].find('?').map(|q| after_user + q) else {
+        return (url.to_string(), Vec::new());
+    };
+    let mut taken = Vec::new();
+    let kept: Vec<&str> = url[start + 1..]
+        .split('&')
+        .filter(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decoded(key, false);
+            if names.contains(&key.as_str()) {
+                taken.push((key, percent_decoded(value, false)));
+                return false;
+            }
+            true
+        })
+        .collect();
+    let base = &url[..start];
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, taken)
+}
+
+/// The TLS settings: the URL's `parameters`, else the environment's, else
+/// libpq's defaults.
+fn tls_settings(
+    parameters: &[(String, String)],
+    env: &impl Fn(&str) -> Option<std::ffi::OsString>,
+    shown: &str,
+) -> Result<Tls> {
+    let given = |name: &str| {
+        parameters
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    let mode = match given("sslmode") {
+        Some(mode) => SslMode::parse(&mode, &format!("the state URL {shown}"))?,
+        None => match env("PGSSLMODE") {
+            Some(mode) => SslMode::parse(&mode.to_string_lossy(), "PGSSLMODE")?,
+            None => SslMode::Prefer,
+        },
+    };
+    let root_cert = given("sslrootcert")
+        .map(PathBuf::from)
+        .or_else(|| env("PGSSLROOTCERT").map(PathBuf::from))
+        .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".postgresql/root.crt")));
+    Ok(Tls { mode, root_cert })
 }
 
 /// `url` without a password. The user information is what stands
@@ -104,10 +265,11 @@ pub fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let rest = match rest.split_once('@') {
-        Some((userinfo, after)) => {
+    let rest = match user_info_end(rest) {
+        Some(at) => {
+            let userinfo = &rest[..at];
             let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{user}@{after}")
+            format!("{user}@{}", &rest[at + 1..])
         }
         None => rest.to_string(),
     };
@@ -117,7 +279,7 @@ pub fn without_password(url: &str) -> String {
                 .split('&')
                 .filter(|p| {
                     let key = p.split_once('=').map_or(*p, |(key, _)| key);
-                    !percent_decoded(key).eq_ignore_ascii_case("password")
+                    !percent_decoded(key, true).eq_ignore_ascii_case("password")
                 })
                 .collect();
             if kept.is_empty() {
@@ -131,8 +293,77 @@ pub fn without_password(url: &str) -> String {
     format!("{scheme}://{rest}")
 }
 
-/// `text` with `%XX` escapes (and `+`) decoded, lossily.
-fn percent_decoded(text: &str) -> String {
+/// Where passwords stand in `url`: the password of its user information,
+/// and the value of each `password` parameter.
+fn password_spans(url: &str) -> Vec<std::ops::Range<usize>> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return Vec::new();
+    };
+    let rest = &url[scheme_end..];
+    let mut spans = Vec::new();
+    let mut query_from = 0;
+    if let Some(at) = user_info_end(rest) {
+        if let Some(colon) = rest[..at].find(':') {
+            spans.push(scheme_end + colon + 1..scheme_end + at);
+        }
+        query_from = at + 1;
+    }
+    if let Some(q) = rest[query_from..].find('?') {
+        let mut offset = scheme_end + query_from + q + 1;
+        for pair in url[offset..].split('&') {
+            if let Some((key, _)) = pair.split_once('=')
+                && percent_decoded(key, true).eq_ignore_ascii_case("password")
+            {
+                spans.push(offset + key.len() + 1..offset + pair.len());
+            }
+            offset += pair.len() + 1;
+        }
+    }
+    spans.retain(|span| !span.is_empty());
+    spans
+}
+
+/// A state URL given on the command line (`--state`) with a password:
+/// every user of this host could read it there for as long as mama runs.
+/// Overwrites it in the process's command line, and says once that it was
+/// visible.
+pub fn hide_password_in_command_line(url: &str) {
+    let spans = password_spans(url);
+    if spans.is_empty() {
+        return;
+    }
+    say!(
+        "mama: warning: a password on the command line can be read by every user of this \
+         host while mama starts (ps, /proc); put it in ~/.pgpass (or PGPASSFILE) or \
+         PGPASSWORD instead"
+    );
+    let url = url.as_bytes();
+    crate::os::hide_in_command_line(|arg| {
+        // The argument is the URL, or `--state=URL`.
+        let Some(at) = arg
+            .len()
+            .checked_sub(url.len())
+            .filter(|&at| &arg[at..] == url)
+        else {
+            return Vec::new();
+        };
+        spans.iter().map(|s| s.start + at..s.end + at).collect()
+    });
+}
+
+/// Where the user information of a URL's `rest` (what follows `://`)
+/// ends: its last `@` before the query. The query is taken to start at
+/// the first `?` after the first `@`, so a password holding an unescaped
+/// `@` (`mama:p@ss@host`), `/` or `?` is all user information, and a `@`
+/// in a query parameter is not.
+fn user_info_end(rest: &str) -> Option<usize> {
+    let first = rest.find('@')?;
+    let query = rest[first..].find('?').map_or(rest.len(), |q| first + q);
+    rest[..query].rfind('@')
+}
+
+/// `text` with `%XX` escapes (and `+`, where `plus`) decoded, lossily.
+fn percent_decoded(text: &str, plus: bool) -> String {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -148,7 +379,7 @@ fn percent_decoded(text: &str) -> String {
                 i += 3;
                 continue;
             }
-            (None, b'+') => out.push(b' '),
+            (None, b'+') if plus => out.push(b' '),
             (None, b) => out.push(b),
         }
         i += 1;
@@ -251,12 +482,88 @@ mod tests {
                 "postgresql://mama@db/lab",
             ),
             ("postgresql://mama:ab?cd@db/lab", "postgresql://mama@db/lab"),
+            // An unescaped `@` in the password.
+            (
+                "postgresql://mama:p@S3cret@host/lab2",
+                "postgresql://mama@host/lab2",
+            ),
+            (
+                "postgresql://mama:a@b@c@host/lab?application_name=x@y",
+                "postgresql://mama@host/lab?application_name=x@y",
+            ),
             (
                 "postgresql://db/lab?%70assword=s3cr3t&sslmode=disable",
                 "postgresql://db/lab?sslmode=disable",
             ),
         ] {
             assert_eq!(without_password(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_come_from_the_url_else_the_environment() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let url = DbUrl::parse_with(
+            "postgresql://mama:p%40ss@db/lab?sslmode=verify-full&sslrootcert=/a%20b.crt&application_name=x",
+            env(&[("PGSSLMODE", "disable"), ("HOME", "/home/u")]),
+        )
+        .map_err(|e| e.to_string());
+        let url = url.as_ref().expect("a valid URL");
+        assert_eq!(url.tls.mode, SslMode::VerifyFull);
+        assert_eq!(url.tls.root_cert, Some(PathBuf::from("/a b.crt")));
+        assert_eq!(url.config.get_application_name(), Some("x"));
+        assert_eq!(
+            url.config.get_ssl_mode(),
+            postgres::config::SslMode::Require
+        );
+        assert_eq!(url.config.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(
+            url.shown,
+            "postgresql://mama@db/lab?sslmode=verify-full&sslrootcert=/a%20b.crt&application_name=x"
+        );
+        let url = DbUrl::parse_with(
+            "postgresql://db/lab",
+            env(&[("PGSSLMODE", "require"), ("HOME", "/home/u")]),
+        )
+        .map_err(|e| e.to_string());
+        let tls = &url.as_ref().expect("a valid URL").tls;
+        assert_eq!(tls.mode, SslMode::Require);
+        assert_eq!(
+            tls.root_cert,
+            Some(PathBuf::from("/home/u/.postgresql/root.crt"))
+        );
+        let url = DbUrl::parse_with("postgresql://db/lab", env(&[])).map_err(|e| e.to_string());
+        assert_eq!(url.as_ref().map(|u| u.tls.mode).ok(), Some(SslMode::Prefer));
+        let bad = DbUrl::parse_with("postgresql://db/lab?sslmode=on", env(&[]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            bad.contains("\"on\"") && bad.contains("verify-full"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn passwords_are_found_where_they_stand() {
+        for (url, secrets) in [
+            ("postgresql://mama:p@ss@db/lab", vec!["p@ss"]),
+            (
+                "postgresql://mama@db/lab?sslmode=require&password=s3",
+                vec!["s3"],
+            ),
+            ("postgresql://m:a?b@db/lab?%70assword=c", vec!["a?b", "c"]),
+            ("postgresql://mama@db/lab", vec![]),
+            ("postgresql://db/lab?application_name=x@y", vec![]),
+        ] {
+            let found: Vec<&str> = password_spans(url).into_iter().map(|s| &url[s]).collect();
+            assert_eq!(found, secrets, "{url}");
         }
     }
 

@@ -145,6 +145,11 @@ pub struct Options {
     /// temporary folder (a disk) rather than in memory, every commit
     /// synced (the tests' servers skip fsync).
     pub durable: bool,
+    /// More server settings (`ssl=on`), each given as `-c SETTING`.
+    pub settings: Vec<String>,
+    /// `pg_hba.conf` lines put before the others (`hostssl all all
+    /// 127.0.0.0/8 trust`).
+    pub hba: Vec<String>,
 }
 
 /// A PostgreSQL server in a temporary folder (under [`temp_root`]): data
@@ -196,6 +201,56 @@ impl Server {
             databases: AtomicU32::new(0),
         };
         server.initdb();
+        server.launch();
+        server
+    }
+
+    /// A hot standby of `primary`, made with `pg_basebackup -R` (it
+    /// streams from the primary's unix socket), started on a socket of its
+    /// own; returns once it accepts sessions.
+    pub fn standby_of(primary: &Server) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("mama-pg-standby.")
+            .tempdir_in(temp_root())
+            .expect("temporary folder");
+        let (uid, gid) = os_user_ids();
+        let sock = dir.path().join("sock");
+        std::fs::create_dir(&sock).expect("socket folder");
+        for path in [dir.path(), &sock] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to the server user");
+            set_mode(path, 0o755);
+        }
+        let server = Server {
+            dir,
+            options: Options::default(),
+            postmaster: Mutex::new(None),
+            databases: AtomicU32::new(0),
+        };
+        let mut cmd = Command::new("setpriv");
+        as_os_user(&mut cmd);
+        let out = cmd
+            .arg(bin_dir().join("pg_basebackup"))
+            .arg("-D")
+            .arg(server.data_dir())
+            .arg("-R")
+            .arg("-h")
+            .arg(primary.socket_dir())
+            .args([
+                "-p",
+                &PORT.to_string(),
+                "-U",
+                ROLE,
+                "--no-sync",
+                "--checkpoint=fast",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("pg_basebackup starts");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         server.launch();
         server
     }
@@ -343,7 +398,12 @@ impl Server {
             .status()
             .expect("initdb starts");
         assert!(status.success(), "initdb failed:\n{}", self.log());
-        let mut hba = String::new();
+        // A standby is made with pg_basebackup over the unix socket.
+        let mut hba = "local replication all trust\n".to_string();
+        for line in &self.options.hba {
+            hba.push_str(line);
+            hba.push('\n');
+        }
         for role in &self.options.passwords {
             hba.push_str(&format!("local all {role} scram-sha-256\n"));
         }
@@ -378,14 +438,19 @@ impl Server {
                 "synchronous_commit=off",
             ]
         };
-        for setting in fast.iter().map(|s| s.to_string()).chain([
-            format!("listen_addresses={}", listen.join(",")),
-            "max_connections=200".into(),
-            "shared_buffers=16MB".into(),
-            "unix_socket_permissions=0777".into(),
-            "logging_collector=off".into(),
-            "log_line_prefix=%m [%p] ".into(),
-        ]) {
+        for setting in fast
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                format!("listen_addresses={}", listen.join(",")),
+                "max_connections=200".into(),
+                "shared_buffers=16MB".into(),
+                "unix_socket_permissions=0777".into(),
+                "logging_collector=off".into(),
+                "log_line_prefix=%m [%p] ".into(),
+            ])
+            .chain(self.options.settings.iter().cloned())
+        {
             cmd.arg("-c").arg(setting);
         }
         cmd.stdin(Stdio::null())
@@ -583,4 +648,106 @@ pub fn reconnect(url: &str) -> postgres::Client {
         client.is_some()
     });
     client.expect("a session")
+}
+
+/// The host name the TLS tests' server certificate is made out to; URLs
+/// name it and give the address with `hostaddr`.
+pub const NAME: &str = "db.lab.test";
+
+/// A certificate authority, a server certificate it signed for [`NAME`],
+/// and another authority that signed nothing.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[track_caller]
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (tests/install-tools installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes [`Certs`] in `dir`, the key readable by the server's user alone.
+pub fn make_certs(dir: &Path) -> Certs {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    for ca in ["ca", "other-ca"] {
+        let (key, crt, subject) = (
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+            format!("/CN=mama test {ca}"),
+        );
+        let mut args = vec!["req", "-x509", "-nodes", "-days", "2"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt, "-subj", &subject]);
+        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        openssl(dir, &args);
+    }
+    let mut args = vec!["req", "-new", "-nodes"];
+    args.extend(ec);
+    let subject = format!("/CN={NAME}");
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        &subject,
+    ]);
+    openssl(dir, &args);
+    std::fs::write(
+        dir.join("server.ext"),
+        format!(
+            "subjectAltName=DNS:{NAME}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .expect("write server.ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "server.crt",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+    let (uid, gid) = os_user_ids();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for file in ["server.key", "server.crt"] {
+        std::os::unix::fs::chown(dir.join(file), Some(uid), Some(gid)).expect("chown");
+    }
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    Certs {
+        ca: dir.join("ca.crt"),
+        other_ca: dir.join("other-ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    }
 }

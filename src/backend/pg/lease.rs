@@ -244,11 +244,17 @@ impl Watch {
                 self.lost.asking();
             }
             let give_up = last_ok + self.host_timeout;
+            // The first look is at once: a session ended by the server
+            // (`pg_terminate_backend`) may have let another host take the
+            // machine, and the job must stop without delay; then five
+            // times a second.
+            let mut pause = Duration::ZERO;
             let why = loop {
-                match stopped.recv_timeout(Duration::from_millis(200)) {
+                match stopped.recv_timeout(pause) {
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return None,
                     Err(RecvTimeoutError::Timeout) => {}
                 }
+                pause = Duration::from_millis(200);
                 match self.reattach(lost_backend) {
                     Ok(Some(mut held)) => {
                         let _ = held

@@ -25,9 +25,10 @@ mod locks;
 mod read;
 pub mod schema;
 mod session;
+mod tls;
 mod write;
 
-pub use session::{connect, db_error, is_connection_loss, session_config};
+pub use session::{connect, connect_by, db_error, is_connection_loss, session_config};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -64,7 +64,7 @@ impl PgStore {
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Err(self.no_lab());
             };
-            let (rows, look, _, document) = self.snapshot(&mut tx, version)?;
+            let (rows, look, _, document) = self.snapshot(&mut tx, version, false)?;
             *Self::locked(&self.look) = Some(look);
             let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
             let (events, last_event) = match events {
@@ -111,11 +111,15 @@ impl PgStore {
     /// last started (within the host timeout after it), whether this role
     /// may write the lab, and the document around the machines where it
     /// holds a power device, the lab's settings or a lease (a lab without
-    /// them fetches nothing more).
+    /// them fetches nothing more). A machine without its job lock's key
+    /// (a `mama_lock_key` row deleted by hand) is never left out: a writer
+    /// (`restore`, the lab's lock held) puts the key back, with a warning,
+    /// and looks again; a reader refuses the lab.
     pub(super) fn snapshot(
         &self,
         client: &mut impl GenericClient,
         version: i32,
+        restore: bool,
     ) -> Result<(Vec<Row>, Look, bool, Option<String>)> {
         let batch = format!(
             "{};
@@ -170,6 +174,36 @@ impl PgStore {
         let text = |row: &postgres::SimpleQueryRow, i: usize| -> Result<String> {
             row.get(i).map(str::to_string).ok_or_else(unexpected)
         };
+        let keyless: Vec<String> = machines
+            .iter()
+            .filter(|row| row.get(0).is_none())
+            .filter_map(|row| {
+                row.get(1)
+                    .map(|name| crate::text::printable(name).into_owned())
+            })
+            .collect();
+        if !keyless.is_empty() && restore {
+            schema::restore_lock_keys(client, &self.url.shown)?;
+            say!(
+                "mama: warning: the lab at {} had lost the job lock keys of {} (rows deleted \
+                 by hand from mama_lock_key); they are put back, with new keys: a job running \
+                 there under the old one loses its claim",
+                self.url.shown,
+                keyless.join(", ")
+            );
+            return self.snapshot(client, version, false);
+        }
+        if !keyless.is_empty() {
+            return Err(Error::Database {
+                context: self.context("read"),
+                message: format!(
+                    "the table mama_lock_key has no row for {} (deleted by hand: its rows key \
+                     the machines' job locks and are never deleted); the next command that \
+                     changes the lab, run by a role that may write it, puts them back",
+                    keyless.join(", ")
+                ),
+            });
+        }
         let rows = machines
             .iter()
             .map(|row| {
@@ -286,7 +320,7 @@ impl PgStore {
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Err(self.no_lab());
             };
-            let (rows, look, _, document) = self.snapshot(&mut tx, version)?;
+            let (rows, look, _, document) = self.snapshot(&mut tx, version, false)?;
             *Self::locked(&self.look) = Some(look);
             let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
             let extra = if schema::event_columns(&mut tx, &self.url.shown, false)? {
@@ -341,7 +375,7 @@ impl PgStore {
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Err(self.no_lab());
             };
-            let (rows, look, _, document) = self.snapshot(&mut tx, version)?;
+            let (rows, look, _, document) = self.snapshot(&mut tx, version, false)?;
             *Self::locked(&self.look) = Some(look);
             let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
             let extra = if schema::event_columns(&mut tx, &self.url.shown, false)? {
@@ -401,7 +435,7 @@ impl PgStore {
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Err(self.no_lab());
             };
-            let (rows, ..) = self.snapshot(&mut tx, version)?;
+            let (rows, ..) = self.snapshot(&mut tx, version, false)?;
             let skeleton = self.document(&mut tx)?;
             let doc = XmlLab::assemble(
                 skeleton.as_deref(),

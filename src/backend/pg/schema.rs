@@ -110,8 +110,22 @@ pub fn machines_query(version: i32) -> &'static str {
         "SELECT id, name, element FROM mama_machine ORDER BY position, id"
     } else {
         "SELECT k.key, m.name, m.element FROM mama_machine m \
-         JOIN mama_lock_key k USING (name) ORDER BY m.position, m.id"
+         LEFT JOIN mama_lock_key k USING (name) ORDER BY m.position, m.id"
     }
+}
+
+/// Puts back the job lock keys of machines whose `mama_lock_key` row was
+/// deleted by hand (new keys: the old ones are not known).
+pub fn restore_lock_keys(client: &mut impl GenericClient, shown: &str) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO mama_lock_key (name) SELECT m.name FROM mama_machine m \
+             WHERE NOT EXISTS (SELECT 1 FROM mama_lock_key k WHERE k.name = m.name) \
+             ON CONFLICT (name) DO NOTHING",
+            &[],
+        )
+        .map_err(|e| db_error(&format!("cannot write the lab at {shown}"), e))?;
+    Ok(())
 }
 
 /// The version of the schema in the database; `None` when there is none.

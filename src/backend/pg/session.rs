@@ -6,11 +6,14 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls};
+use std::sync::atomic::Ordering;
 
+use postgres::{Client, Config};
+
+use super::tls::Connector;
 use super::{IDLE_CHECK, PLACE_SPACE, PgStore};
 use crate::error::{Error, Result};
-use crate::settings::url::DbUrl;
+use crate::settings::url::{DbUrl, SslMode};
 
 /// A database error with what was being done; a permission the role
 /// lacks, or a read-only server, is [`Error::ReadOnly`], on which readers
@@ -52,11 +55,14 @@ pub fn is_connection_loss(e: &postgres::Error) -> bool {
 }
 
 /// The settings of every session mama opens: the server drops the session,
-/// and with it its locks, within `host_timeout` of its peer going silent
+/// and with it its locks, within `silence` of its peer going silent
 /// (keepalive idle + count × interval, and the TCP user timeout for data
-/// left unacknowledged); the client side notices a dead server too.
-pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
-    let secs = host_timeout.as_secs().max(1);
+/// left unacknowledged); the client side notices a dead server too. A
+/// session of a transaction left idle for the host timeout (its client
+/// cut off while it held the lab's lock) is ended by the server. The
+/// connect timeout is the host timeout's, at most 10 s.
+pub fn session_config(url: &DbUrl, host_timeout: Duration, silence: Duration) -> Config {
+    let secs = silence.as_secs().max(1);
     let idle = (secs / 2).max(1);
     let interval = (secs / 8).max(1);
     let count = (secs.saturating_sub(idle) / interval).max(1);
@@ -68,16 +74,18 @@ pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
     let options = format!(
         "{} -c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} \
          -c tcp_keepalives_count={count} -c tcp_user_timeout={} \
-         -c client_connection_check_interval=1000",
+         -c client_connection_check_interval=1000 \
+         -c idle_in_transaction_session_timeout={}",
         config.get_options().unwrap_or_default(),
-        secs * 1000
+        secs * 1000,
+        host_timeout.as_millis().max(1000)
     );
     config.options(options.trim());
     if config.get_application_name().is_none() {
-        config.application_name("mama");
+        config.application_name(&application_name());
     }
     config
-        .connect_timeout(Duration::from_secs(secs.min(10)))
+        .connect_timeout(Duration::from_secs(host_timeout.as_secs().clamp(1, 10)))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(idle))
         .keepalives_interval(Duration::from_secs(interval))
@@ -86,11 +94,190 @@ pub fn session_config(url: &DbUrl, host_timeout: Duration) -> Config {
     config
 }
 
+/// What a session of this process calls itself (`application_name`, in
+/// `pg_stat_activity` and in messages about who holds a lock): `mama PID
+/// on HOST`, within the server's 63 bytes.
+fn application_name() -> String {
+    let mut name = format!("mama {} on {}", std::process::id(), crate::os::host_name());
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+/// How long `--no-wait` waits for a server to answer a new session: long
+/// enough for a distant server's TLS and password exchange, short enough
+/// that one that does not answer is said at once.
+const NO_WAIT_CONNECT: Duration = Duration::from_secs(2);
+
+/// How long the lab's main session (which holds a waiter's place locks)
+/// may go silent: half the host timeout. A waiter's session whose host
+/// was cut off may be sent the answer to its lock wait after the cut
+/// (the lock came free), and data left unacknowledged is given up only
+/// the TCP user timeout after it was sent: half the host timeout twice
+/// is the host timeout, so a dead host's waiters are gone within it, as
+/// its holders are.
+pub fn main_silence(host_timeout: Duration) -> Duration {
+    (host_timeout / 2).max(Duration::from_secs(1))
+}
+
 /// Opens a session to the lab.
 pub fn connect(url: &DbUrl, host_timeout: Duration) -> Result<Client> {
-    session_config(url, host_timeout)
-        .connect(NoTls)
-        .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))
+    connect_by(url, host_timeout, host_timeout, None)
+}
+
+/// Opens a session to the lab, giving up at `give_up` (the caller's
+/// patience: `--timeout`, `--no-wait`) if that comes before the connect
+/// timeout; the server drops it within `silence` of this host going
+/// silent (see [`session_config`]). The session is encrypted as `sslmode`
+/// asks; a standby (a server in recovery) is refused, for reads too: its
+/// data may lag the primary's, and its locks are not the primary's.
+pub fn connect_by(
+    url: &DbUrl,
+    host_timeout: Duration,
+    silence: Duration,
+    give_up: Option<Instant>,
+) -> Result<Client> {
+    let mut config = session_config(url, host_timeout, silence);
+    if let Some(at) = give_up {
+        let left = at.saturating_duration_since(Instant::now());
+        let limit = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(left)
+            .min(left);
+        // The client takes a zero timeout for none.
+        config.connect_timeout(limit.max(Duration::from_millis(100)));
+    }
+    let in_clear = matches!(url.tls.mode, SslMode::Disable | SslMode::Allow);
+    let connector = Connector::new(&url.tls, !in_clear)?;
+    let encrypted = connector.used();
+    let client = match config.connect(connector) {
+        // `allow`: in clear first, encrypted if the server refuses that.
+        Err(e) if url.tls.mode == SslMode::Allow && refused_login(&e) => {
+            config.ssl_mode(postgres::config::SslMode::Require);
+            let connector = Connector::new(&url.tls, true)?;
+            let retry_encrypted = connector.used();
+            let client = config.connect(connector);
+            encrypted.store(retry_encrypted.load(Ordering::SeqCst), Ordering::SeqCst);
+            client
+        }
+        other => other,
+    };
+    let mut client = client.map_err(|e| connect_error(url, &config, e))?;
+    if !encrypted.load(Ordering::SeqCst) {
+        warn_in_clear(url);
+    }
+    // `in_hot_standby` (PostgreSQL 14 and later) costs the server no
+    // catalog lookup or plan; an older server is asked the function.
+    let first = |client: &mut Client, query: &str| {
+        client.simple_query(query).map(|messages| {
+            messages.iter().any(|message| match message {
+                postgres::SimpleQueryMessage::Row(row) => {
+                    matches!(row.get(0), Some("t" | "on"))
+                }
+                _ => false,
+            })
+        })
+    };
+    let standby = match first(&mut client, "SHOW in_hot_standby") {
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
+            first(&mut client, "SELECT pg_is_in_recovery()")
+        }
+        other => other,
+    }
+    .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))?;
+    if standby {
+        return Err(Error::Database {
+            context: format!("cannot use the lab at {}", url.shown),
+            message: "the server is a read-only standby (in recovery), whose data may lag \
+                      the primary's; give the primary's address"
+                .into(),
+        });
+    }
+    Ok(client)
+}
+
+/// Whether the server refused the login itself (`pg_hba.conf`, a
+/// password), as a server that takes only encrypted sessions does.
+fn refused_login(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|code| code.code().starts_with("28"))
+}
+
+/// Says, once a process, that a session over the network with a password
+/// went in clear because the server offers no TLS (`prefer`, `allow`):
+/// the password, if the server asked for it in clear or as MD5, and all
+/// that was said could be read on the way.
+fn warn_in_clear(url: &DbUrl) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let over_network = url
+        .config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, postgres::config::Host::Tcp(_)));
+    if !over_network
+        || url.config.get_password().is_none()
+        || !matches!(url.tls.mode, SslMode::Prefer | SslMode::Allow)
+        || WARNED.swap(true, Ordering::SeqCst)
+    {
+        return;
+    }
+    say!(
+        "mama: warning: the session to the lab at {} is not encrypted (the server offers \
+         no TLS, sslmode {}): its traffic, and a password the server asks for in clear, \
+         can be read on the network; turn on ssl in the server and use sslmode=verify-full \
+         (or require)",
+        url.shown,
+        url.tls.mode.name()
+    );
+}
+
+/// Why a session could not be opened, in words: refused, no answer, no
+/// password, the login refused, TLS.
+fn connect_error(url: &DbUrl, config: &Config, e: postgres::Error) -> Error {
+    let context = format!("cannot connect to the lab at {}", url.shown);
+    if e.as_db_error().is_some() {
+        return db_error(&context, e);
+    }
+    let cause = std::error::Error::source(&e);
+    let text = match cause {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
+    let io = cause.and_then(|s| s.downcast_ref::<std::io::Error>());
+    let message = if text.contains("password missing") {
+        "the server asks for a password and none was given (put it in the URL, in \
+         ~/.pgpass or PGPASSFILE, or in PGPASSWORD)"
+            .to_string()
+    } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+        format!("the server refused the connection (is it running, and listening there?): {io}")
+    } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+        let after = config
+            .get_connect_timeout()
+            .map(|t| format!(" within {:.1} s", t.as_secs_f64()))
+            .unwrap_or_default();
+        format!("the server did not answer{after} ({io})")
+    } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::NotFound) {
+        format!("no server there (no socket): {io}")
+    } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::NetworkUnreachable) {
+        format!("the server's network cannot be reached: {io}")
+    } else if text.starts_with("error performing TLS handshake") {
+        let why = cause.map(|s| s.to_string()).unwrap_or_default();
+        let why = why
+            .strip_prefix("invalid peer certificate: ")
+            .unwrap_or(&why);
+        if why.contains("does not support TLS") {
+            format!(
+                "the server does not offer TLS, and sslmode {} asks for it",
+                url.tls.mode.name()
+            )
+        } else {
+            format!("the TLS handshake failed: {why}")
+        }
+    } else {
+        text
+    };
+    Error::Database { context, message }
 }
 
 impl PgStore {
@@ -139,7 +326,7 @@ impl PgStore {
                 }
                 *main = Some((client, Instant::now()));
             }
-            None => *main = Some((connect(&self.url, self.host_timeout)?, Instant::now())),
+            None => *main = Some((self.connect_main(true)?, Instant::now())),
         }
         let Some((client, used)) = main.as_mut() else {
             return Err(Error::Invalid("internal error: no database session".into()));
@@ -156,12 +343,29 @@ impl PgStore {
     pub(super) fn reconnect(&self) -> Result<Client> {
         let give_up = Instant::now() + self.host_timeout;
         loop {
-            match connect(&self.url, self.host_timeout) {
+            match self.connect_main(false) {
                 Ok(client) => return Ok(client),
                 Err(e) if Instant::now() >= give_up => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+
+    /// Opens the main session (see [`main_silence`]); the first one
+    /// within the caller's patience: by its `--timeout`, and in
+    /// [`NO_WAIT_CONNECT`] for `--no-wait`.
+    fn connect_main(&self, first: bool) -> Result<Client> {
+        let no_wait = (first && self.patience.no_wait).then(|| Instant::now() + NO_WAIT_CONNECT);
+        let give_up = match (no_wait, self.patience.deadline.filter(|_| first)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        connect_by(
+            &self.url,
+            self.host_timeout,
+            main_silence(self.host_timeout),
+            give_up,
+        )
     }
 
     pub(super) fn context(&self, action: &str) -> String {

@@ -27,11 +27,18 @@ fn crosses(committed: &[Event], every: u64) -> bool {
 }
 use crate::model::{Change, Lab};
 
+/// How long a writer waits for the lab's lock before it says who holds it
+/// (as a state file's writer does).
+const TELL_HOLDER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl PgStore {
     /// Takes the lab's lock for the transaction, as patient as the store is.
     pub(super) fn lab_lock(&self, client: &mut impl GenericClient) -> Result<()> {
         let started = Instant::now();
         let give_up = self.patience.give_up_at();
+        if self.lab_lock_within(client, give_up)? {
+            return Ok(());
+        }
         if let Some(at) = give_up {
             let ms = at.saturating_duration_since(started).as_millis().max(1);
             client
@@ -65,6 +72,111 @@ impl PgStore {
                 .map_err(|e| db_error(&self.context("lock"), e))?;
         }
         Ok(())
+    }
+
+    /// Takes the lab's lock if it comes free within [`TELL_HOLDER`] (and
+    /// before `give_up`); otherwise says who holds it, and leaves the
+    /// waiting to [`PgStore::lab_lock`]. Whether it was taken.
+    fn lab_lock_within(
+        &self,
+        client: &mut impl GenericClient,
+        give_up: Option<Instant>,
+    ) -> Result<bool> {
+        let context = || self.context("lock");
+        // Free, as it mostly is: one round trip (no statement to prepare).
+        let free = client
+            .simple_query(&format!(
+                "SELECT pg_try_advisory_xact_lock({LOCK_SPACE}, {LAB_LOCK})"
+            ))
+            .map_err(|e| db_error(&context(), e))?
+            .iter()
+            .any(|message| match message {
+                postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+                _ => false,
+            });
+        if free {
+            return Ok(true);
+        }
+        let patience = give_up.map(|at| at.saturating_duration_since(Instant::now()));
+        if patience.is_some_and(|left| left <= TELL_HOLDER) {
+            return Ok(false);
+        }
+        // In a savepoint: a lock wait that times out must not end the
+        // transaction; the lock taken stays held until it ends.
+        let mut attempt = client.transaction().map_err(|e| db_error(&context(), e))?;
+        let taken = attempt
+            .batch_execute(&format!(
+                "SET LOCAL lock_timeout = {}",
+                TELL_HOLDER.as_millis()
+            ))
+            .and_then(|()| {
+                attempt.execute(
+                    "SELECT pg_advisory_xact_lock($1, $2)",
+                    &[&LOCK_SPACE, &LAB_LOCK],
+                )
+            });
+        match taken {
+            Ok(_) => {
+                attempt
+                    .batch_execute("SET LOCAL lock_timeout = 0")
+                    .and_then(|()| attempt.commit())
+                    .map_err(|e| db_error(&context(), e))?;
+                Ok(true)
+            }
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                drop(attempt);
+                say!(
+                    "mama: waiting for the lab's lock at {}, {}",
+                    self.url.shown,
+                    self.lab_lock_holder(client)
+                );
+                Ok(false)
+            }
+            Err(e) => Err(db_error(&context(), e)),
+        }
+    }
+
+    /// Who holds the lab's lock, in words: its server session's PID, its
+    /// `application_name` (`mama PID on HOST` for mama's), role, client
+    /// address and state.
+    fn lab_lock_holder(&self, client: &mut impl GenericClient) -> String {
+        let row = client.query_opt(
+            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), \
+             coalesce(host(a.client_addr), 'the local socket'), coalesce(a.state, ''), \
+             coalesce(extract(epoch FROM now() - a.xact_start)::float8, 0) \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::bigint::oid \
+             AND l.objid = $2::bigint::oid AND l.objsubid = 2 \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             LIMIT 1",
+            &[&i64::from(LOCK_SPACE), &i64::from(LAB_LOCK)],
+        );
+        match row {
+            Ok(Some(row)) => {
+                let (pid, app, role, from, state, age): (i32, String, String, String, String, f64) = (
+                    row.get(0),
+                    row.get(1),
+                    row.get(2),
+                    row.get(3),
+                    row.get(4),
+                    row.get(5),
+                );
+                let app = if app.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", crate::text::printable(&app))
+                };
+                format!(
+                    "taken by server session PID {pid}{app}, role {role}, from {from} \
+                     ({state}, in a transaction for {age:.1} s)",
+                    role = crate::text::printable(&role),
+                    state = crate::text::printable(&state)
+                )
+            }
+            // The server shows other roles' sessions only to their
+            // members and pg_read_all_stats.
+            _ => "taken by a session this role may not see".to_string(),
+        }
     }
 
     /// Runs one transaction under the lab's lock: `change` gets the current
@@ -115,7 +227,8 @@ impl PgStore {
                 if !schema::ensure(&mut tx, &self.url.shown, create)? {
                     return Err(self.no_lab());
                 }
-                let (rows, look, may_write, document) = self.snapshot(&mut tx, schema::VERSION)?;
+                let (rows, look, may_write, document) =
+                    self.snapshot(&mut tx, schema::VERSION, true)?;
                 if !may_write {
                     return Err(Error::ReadOnly {
                         context: self.context("write"),

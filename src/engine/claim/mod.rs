@@ -864,7 +864,10 @@ fn claim_or_free(
             None => return Ok(Attempt::Free(target.to_string(), left_started)),
         },
     };
-    let job = caller.claim(label, judge.now);
+    // Stamped now, the lab's lock and the machine's job lock held: the
+    // look began earlier, and the lab's lock (or a server restart) may
+    // have kept this transaction waiting since.
+    let job = caller.claim(label, os::now());
     let mac = machine.get(Field::Mac).to_string();
     let ip = machine.get(Field::Ip).to_string();
     let mut event = Event::new(Kind::Claimed, target).job(&job);

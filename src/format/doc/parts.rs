@@ -7,6 +7,15 @@ use std::borrow::Cow;
 use super::*;
 use crate::format::xml::{Node, ParseError};
 
+/// What a skeleton keeps where a machine stood: a processing instruction,
+/// written back verbatim and seen by nothing that reads elements.
+pub const MACHINE_MARK: &str = "<?mama-machine?>";
+
+/// Whether `node` is a [`MACHINE_MARK`].
+fn is_mark(node: &Node) -> bool {
+    matches!(node, Node::Markup(raw) if raw.trim() == MACHINE_MARK)
+}
+
 impl XmlLab {
     /// The lab of these machine elements (each `<machine>…</machine>` as
     /// [`XmlLab::machine_text`] gives it), in order: how a lab that keeps
@@ -104,11 +113,19 @@ impl XmlLab {
     /// The document without its machines and without mama's own
     /// bookkeeping: the root's attributes, other top-level elements,
     /// comments and declaration, which a lab keeps beside its machines.
+    /// Each machine leaves [`MACHINE_MARK`] in its place, so that
+    /// [`XmlLab::assemble`] puts the machines back where they stood among
+    /// the rest.
     pub fn skeleton(&self) -> String {
         let mut doc = self.doc.clone();
+        for node in doc.root.children.iter_mut() {
+            if is_machine(node) {
+                *node = Node::Markup(crate::format::xml::Str::new(MACHINE_MARK));
+            }
+        }
         while let Some(at) = doc.root.children.iter().position(|n| {
             n.element_name()
-                .is_some_and(|name| name == MACHINE || BOOKKEEPING.contains(&name))
+                .is_some_and(|name| BOOKKEEPING.contains(&name))
         }) {
             doc.root.remove_child(at);
         }
@@ -117,7 +134,10 @@ impl XmlLab {
 
     /// The lab as upstream's format holds it, for `export`: the skeleton
     /// (see [`XmlLab::skeleton`]; upstream's empty document when there is
-    /// none) with these machine elements after its last element.
+    /// none) with these machine elements in the places its marks keep, in
+    /// order; machines past the marks (added since) after the last of
+    /// them, or after the skeleton's last element where it has no mark;
+    /// marks past the machines (deleted since) are dropped.
     pub fn assemble<'a>(
         skeleton: Option<&str>,
         machines: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -127,11 +147,41 @@ impl XmlLab {
             None => XmlLab::empty(),
         };
         let parts = XmlLab::from_machines(machines)?;
-        for node in parts.machine_nodes() {
-            let last = lab.doc.root.children.iter().rposition(Node::is_element);
-            lab.doc.root.insert_element(last, built(node)?, "  ");
-            lab.moved();
+        let marks: Vec<usize> = lab
+            .doc
+            .root
+            .children
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| is_mark(n))
+            .map(|(at, _)| at)
+            .collect();
+        let mut machines = parts.machine_nodes();
+        let mut last = None;
+        let mut unfilled = Vec::new();
+        for at in marks {
+            match machines.next() {
+                Some(node) => {
+                    lab.doc.root.children[at] = Node::Element(built(node)?);
+                    last = Some(at);
+                }
+                None => unfilled.push(at),
+            }
         }
+        // All after the last filled mark: taking them out moves none of it.
+        for at in unfilled.into_iter().rev() {
+            lab.doc.root.remove_child(at);
+        }
+        let mut after = last.or_else(|| lab.doc.root.children.iter().rposition(Node::is_element));
+        for node in machines {
+            lab.doc.root.insert_element(after, built(node)?, "  ");
+            // Right after the one just put in: white space, then it.
+            after = match after {
+                Some(at) => Some(at + 2),
+                None => lab.doc.root.children.iter().rposition(Node::is_element),
+            };
+        }
+        lab.moved();
         lab.renamed = true;
         Ok(lab)
     }
