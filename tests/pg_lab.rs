@@ -630,10 +630,11 @@ fn a_holder_whose_session_the_server_ends_stops_its_job_at_once() {
     let ended = now_ns();
     end_claim_session(&db);
     let (took, termed) = (time_in(&env, "took"), time_in(&env, "termed"));
-    // The keeper looked at once: before, it waited 200 ms first.
+    // The keeper looked at once: before, it waited 200 ms first (here it
+    // takes about 60 ms; the margin is for a loaded machine).
     let late = std::time::Duration::from_nanos(u64::try_from(termed - ended).unwrap_or(0));
     assert!(
-        late < std::time::Duration::from_millis(150),
+        late < std::time::Duration::from_millis(190),
         "the holder's job was told to stop {late:?} after its session ended"
     );
     let overlap = (termed - took) as f64 / 1e6;

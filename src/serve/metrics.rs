@@ -41,7 +41,10 @@ impl Counters {
                 Kind::Claimed if !nested => {
                     *self.claims.entry(e.machine.clone()).or_default() += 1;
                     if let Some(waited) = e.waited {
-                        self.waits.entry(e.machine.clone()).or_default().observe(waited);
+                        self.waits
+                            .entry(e.machine.clone())
+                            .or_default()
+                            .observe(waited);
                     }
                 }
                 Kind::StaleCleared => {
@@ -71,7 +74,11 @@ struct Waits {
 
 impl Waits {
     fn observe(&mut self, seconds: f64) {
-        let seconds = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
+        let seconds = if seconds.is_finite() {
+            seconds.max(0.0)
+        } else {
+            0.0
+        };
         if let Some(i) = WAIT_BUCKETS.iter().position(|&le| seconds <= le) {
             self.buckets[i] += 1;
         }
@@ -177,7 +184,10 @@ pub fn render(views: &[MachineView], counters: &Counters, up: bool) -> String {
         let mut below = 0;
         for (le, n) in WAIT_BUCKETS.iter().zip(waits.buckets) {
             below += n;
-            let _ = writeln!(out, "{name}_bucket{{machine=\"{machine}\",le=\"{le}\"}} {below}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{machine=\"{machine}\",le=\"{le}\"}} {below}"
+            );
         }
         let _ = writeln!(
             out,
