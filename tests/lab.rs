@@ -1645,6 +1645,31 @@ fn an_unknown_machine_gets_the_nearest_name_suggested() {
 }
 
 #[test]
+fn an_unknown_command_gets_a_tip_that_makes_sense() {
+    let env = TestEnv::new();
+    for (typed, meant) in [
+        ("ls", "list"),
+        ("rm", "delete"),
+        ("history", "log"),
+        ("lsit", "list"),
+        ("stat", "stats"),
+        ("relase", "release"),
+    ] {
+        let said = env
+            .run([typed])
+            .fails_saying(2, &format!("'{typed}'"))
+            .to_string();
+        assert!(
+            said.contains(&format!("tip: a similar subcommand exists: '{meant}'\n")),
+            "{typed}: {said}"
+        );
+    }
+    let unknown = env.run(["xyzzy"]);
+    let said = unknown.fails_saying(2, "unrecognized subcommand 'xyzzy'");
+    assert!(!said.contains("tip:"), "{said}");
+}
+
+#[test]
 fn who_tells_who_holds_what_and_list_mine_shows_ones_own() {
     let env = TestEnv::new();
     let me = user_name();

@@ -678,8 +678,73 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
 pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     match plain_run(&args) {
         Some(cli) => Ok(cli),
-        None => Cli::try_parse_from(with_dashes(args)),
+        None => Cli::try_parse_from(with_dashes(args)).map_err(with_our_tip),
     }
+}
+
+/// Words people type for a command mama calls otherwise.
+const SYNONYMS: &[(&str, &str)] = &[
+    ("ls", "list"),
+    ("status", "list"),
+    ("show", "info"),
+    ("ps", "who"),
+    ("rm", "delete"),
+    ("remove", "delete"),
+    ("del", "delete"),
+    ("history", "log"),
+    ("lock", "reserve"),
+    ("hold", "reserve"),
+    ("unlock", "release"),
+    ("free", "release"),
+];
+
+/// An unknown command gets mama's own tip in place of clap's (which
+/// offered `release-forced` for `ls`): a usual word for one of mama's
+/// commands, else the one command the word begins, else the nearest name
+/// (a slip of a letter or two, as for machine names), else none.
+fn with_our_tip(error: clap::Error) -> clap::Error {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::InvalidSubcommand {
+        return error;
+    }
+    let Some(ContextValue::String(word)) = error.get(ContextKind::InvalidSubcommand) else {
+        return error;
+    };
+    let word = word.clone();
+    let command = Cli::command();
+    let names: Vec<&str> = command
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name())
+        .collect();
+    let beginning: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !word.is_empty() && n.starts_with(word.as_str()))
+        .collect();
+    let tip = SYNONYMS
+        .iter()
+        .find(|(synonym, _)| *synonym == word)
+        .map(|(_, name)| *name)
+        .or(match beginning[..] {
+            [only] => Some(only),
+            _ => None,
+        })
+        .or_else(|| crate::text::nearest(&word, names.iter().copied()));
+    let mut ours = clap::Error::new(ErrorKind::InvalidSubcommand).with_cmd(&command);
+    ours.insert(ContextKind::InvalidSubcommand, ContextValue::String(word));
+    if let Some(tip) = tip {
+        ours.insert(
+            ContextKind::SuggestedSubcommand,
+            ContextValue::Strings(vec![tip.to_string()]),
+        );
+    }
+    ours.insert(
+        ContextKind::Usage,
+        ContextValue::StyledStr(command.clone().render_usage()),
+    );
+    ours
 }
 
 /// The options of `run` that take a value (a unit test holds this to
