@@ -109,7 +109,7 @@ pub struct Segment {
 }
 
 /// The history as a reader found it under the lab's locks, to be read
-/// after they are let go (see [`History::scan`]): the segments then, the
+/// after they are let go (see [`Frozen::scan`]): the segments then, the
 /// live log open and how far its whole lines went, and the state's
 /// pending events.
 pub struct Frozen {

@@ -113,7 +113,7 @@ impl XmlLab {
     /// The document without its machines and without mama's own
     /// bookkeeping: the root's attributes, other top-level elements,
     /// comments and declaration, which a lab keeps beside its machines.
-    /// Each machine leaves [`MACHINE_MARK`] in its place, so that
+    /// Each machine leaves a mark (`<?mama-machine?>`) in its place, so that
     /// [`XmlLab::assemble`] puts the machines back where they stood among
     /// the rest.
     pub fn skeleton(&self) -> String {
