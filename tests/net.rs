@@ -99,6 +99,9 @@ fn a_board_is_off_until_started_and_off_again_when_stopped() {
     board.start(Duration::ZERO);
     assert!(board.is_up());
     wait_until("the listener", LIMIT, || board.listening());
+    wait_until("the listener's stamp", LIMIT, || {
+        board.opened_at().is_some()
+    });
     let opened = board.opened_at().expect("the listener's stamp");
     assert!(opened <= Instant::now());
     board.stop();
@@ -155,7 +158,7 @@ fn online_unreachable_and_offline_over_ipv4_and_ipv6() {
             Offline
         ]
     );
-    assert!(start.elapsed() < Duration::from_secs(2) + Duration::from_millis(100));
+    assert!(start.elapsed() < Duration::from_secs(2) + Duration::from_millis(500));
 
     // Stopped, the board that was up is off.
     up.stop();
@@ -237,7 +240,7 @@ fn a_hundred_targets_half_silent_are_probed_by_the_deadline() {
     let reach = probe_all(&targets, start + budget);
     let took = start.elapsed();
     eprintln!("probe_all, 100 targets, 50 silent, deadline {budget:?}: {took:?}");
-    assert!(took < budget + Duration::from_millis(100), "{took:?}");
+    assert!(took < budget + Duration::from_millis(500), "{took:?}");
     for (i, reach) in reach.iter().enumerate() {
         let want = match i {
             _ if i >= 50 => Reach::Offline,
@@ -263,6 +266,11 @@ fn ready_latency(board: &Board, target: Target) -> Duration {
     let ready = wait_ready(target, Instant::now() + LIMIT, &|| false).expect("a wait");
     let end = Instant::now();
     assert!(ready, "{target:?}");
+    // The listener writes when it opened just after it did: a quick
+    // prober may be done first.
+    wait_until("the listener's stamp", LIMIT, || {
+        board.opened_at().is_some()
+    });
     let opened = board.opened_at().expect("the listener listens");
     assert!(opened <= end, "ready before the port opened");
     end - opened
@@ -278,7 +286,8 @@ fn wait_ready_notices_the_port_opening_within_a_try() {
     for ip in board.ips() {
         let latency = ready_latency(&board, target(ip, PORT));
         eprintln!("wait_ready, {ip}: ready {latency:?} after the port opened");
-        assert!(latency < Duration::from_millis(100), "{ip}: {latency:?}");
+        // A try every 50 ms; the margin is for a loaded machine.
+        assert!(latency < Duration::from_millis(400), "{ip}: {latency:?}");
         board.stop();
         wait_until("the listener's end", LIMIT, || !board.listening());
     }
@@ -306,7 +315,7 @@ fn wait_ready_needs_the_port_and_an_echo_reply() {
         let late = Instant::now().saturating_duration_since(until);
         assert!(!ready, "{} ready", board.name());
         assert!(
-            late < Duration::from_millis(100),
+            late < Duration::from_millis(400),
             "{}: {late:?} late",
             board.name()
         );
@@ -337,7 +346,7 @@ fn wait_ready_stops_when_told() {
     assert_eq!(tries.get(), 3);
     // Two tries 50 ms apart, then the third.
     assert!(
-        start.elapsed() < Duration::from_millis(250),
+        start.elapsed() < Duration::from_secs(1),
         "{:?}",
         start.elapsed()
     );

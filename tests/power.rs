@@ -75,6 +75,9 @@ fn start_waits_until_the_board_answers_and_stop_puts_it_down() {
     let done = Instant::now();
     run.ok_saying(&format!("rig1 is ready at {}", board.ip()));
     assert!(board.is_up() && board.listening());
+    wait_until("the listener's stamp", LIMIT, || {
+        board.opened_at().is_some()
+    });
     let opened = board.opened_at().expect("the listener opened");
     // mama looks every 50 ms; the benchmark measures how soon it notices.
     assert!(

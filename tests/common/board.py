@@ -2,7 +2,7 @@
 connections on port 22, over IPv4 and IPv6, and closes each at once.
 
 Usage: board.py DELAY FOLDER. Once it listens it writes FOLDER/listening:
-the time it began to, in seconds of CLOCK_MONOTONIC. It leaves the start
+the time it began to (taken just before), in seconds of CLOCK_MONOTONIC. It leaves the start
 command's session, which may end before it does."""
 
 import os
@@ -29,10 +29,13 @@ while True:
         if time.monotonic() > give_up:
             raise
         time.sleep(0.01)
+# The time is taken before listen(): a prober may find the port open
+# before the stamp is written, never before that time.
+opened = time.monotonic()
 listener.listen(128)
 stamp = os.path.join(folder, "listening")
 with open(stamp + ".tmp", "w") as out:
-    out.write(repr(time.monotonic()))
+    out.write(repr(opened))
 os.replace(stamp + ".tmp", stamp)
 while True:
     connection, _ = listener.accept()
