@@ -23,6 +23,11 @@ struct Serving {
 fn serve(env: &TestEnv, envs: &[(&str, &str)]) -> Serving {
     let mut cmd = env.cmd(["serve", "--listen", "127.0.0.1:0"]);
     cmd.envs(envs.iter().copied());
+    serving(cmd)
+}
+
+/// Starts `cmd`, a `mama serve` on a free loopback port.
+fn serving(cmd: Command) -> Serving {
     let mut bg = Bg::start(cmd);
     let line = bg.expect_stderr("serving", LIMIT);
     let addr = line
@@ -384,6 +389,45 @@ fn it_outlives_a_replaced_and_a_broken_state_file() {
     let data = stream.expect(&row("p", "free"), Duration::from_secs(1));
     assert!(!data.contains("cannot be read"));
     assert!(get(server.addr, "/metrics").body.contains("\nmama_up 1\n"));
+}
+
+#[test]
+fn it_follows_the_lab_s_folder_replaced_or_removed_and_made_again() {
+    let env = TestEnv::new();
+    let folder = env.path().join("lab");
+    std::fs::create_dir(&folder).expect("folder");
+    let state = folder.join("mama.xml");
+    let mama = |args: &[&str]| -> Run {
+        mama_command(MAMA, &state)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("mama runs")
+            .into()
+    };
+    mama(&["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]).ok();
+    let mut cmd = mama_command(MAMA, &state);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+    let server = serving(cmd);
+    let stream = Stream::open(server.addr);
+    stream.expect(&row("m", "free"), LIMIT);
+    // A copy put back in the folder's place: the server reads the lab at
+    // its path, not the folder it found there when it started.
+    std::fs::rename(&folder, env.path().join("lab.old")).expect("rename");
+    std::fs::create_dir(&folder).expect("folder");
+    mama(&["add", "n", "--mac", "aa:bb:cc:dd:ee:02"]).ok();
+    let data = stream.expect(&row("n", "free"), LIMIT);
+    assert!(!data.contains("data-machine=\"m\""), "{data}");
+    let events = get(server.addr, "/api/events").body;
+    assert!(events.contains("\"machine\":\"n\""), "{events}");
+    assert!(!events.contains("\"machine\":\"m\""), "{events}");
+    // Removed, then made again.
+    std::fs::remove_dir_all(&folder).expect("remove");
+    stream.expect("The lab cannot be read now", LIMIT);
+    std::fs::create_dir(&folder).expect("folder");
+    mama(&["add", "o", "--mac", "aa:bb:cc:dd:ee:03"]).ok();
+    let data = stream.expect(&row("o", "free"), LIMIT);
+    assert!(!data.contains("cannot be read"), "{data}");
 }
 
 on_both_backends! {

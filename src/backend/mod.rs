@@ -283,6 +283,18 @@ impl Store {
         })
     }
 
+    /// The lab opened again where `settings` name it, telling the same
+    /// listener: a state file's folder is walked to again (a store keeps
+    /// the folder it found when opened, see [`FileStore::locate`]), so a
+    /// reader that runs for long (`serve`) follows a folder replaced or
+    /// made again since.
+    pub fn reopened(&self, settings: &Settings) -> Result<Store> {
+        Ok(Store {
+            listener: self.listener.clone(),
+            ..Store::open(settings)?
+        })
+    }
+
     /// This store, telling `listener` of every transaction's events.
     pub fn listened(self, listener: Arc<dyn Listener>) -> Store {
         Store {

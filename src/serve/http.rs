@@ -253,7 +253,7 @@ fn handle(mut stream: TcpStream, shared: &Shared) {
             };
             // From the history itself: exactly what `log --json` prints.
             let lines = shared
-                .store
+                .store()
                 .read_events(Some(since))
                 .and_then(|(_, events)| render::event_lines(&events));
             match lines {
