@@ -252,6 +252,48 @@ fn init_never_loosens_what_another_user_or_group_set_up_without_force() {
     not(mama_second_user),
     ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
 )]
+fn init_follows_no_link_of_another_user_to_a_folder_it_would_open() {
+    second_user();
+    let env = world();
+    let (group, _) = other_group();
+    let nobody_uid = user_id("nobody").expect("the user nobody");
+    // nobody's folder, and in it their link to where the lab would be in a
+    // folder of root's (say /etc): root's init would open that folder to
+    // the group, no --force asked, since root owns it.
+    let victim = env.path().join("victim");
+    fs::create_dir(&victim).expect("mkdir");
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::create_dir(lab(&env)).expect("mkdir");
+    std::os::unix::fs::chown(lab(&env), Some(nobody_uid), None).expect("chown");
+    let link = beside(&env, "mama.xml");
+    std::os::unix::fs::symlink(victim.join("mama.xml"), &link).expect("link");
+    std::os::unix::fs::lchown(&link, Some(nobody_uid), None).expect("chown the link");
+    for args in [
+        vec!["init", "--group", &group],
+        vec!["init", "--group", &group, "--force"],
+    ] {
+        env.run(&args).fails_saying(
+            1,
+            &format!(
+                "{} is a symbolic link that belongs to nobody",
+                link.display()
+            ),
+        );
+        assert_eq!(group_and_mode(&victim), (0, 0o755));
+        assert_eq!(fs::read_dir(&victim).expect("list").count(), 0);
+    }
+    // Root's own link is followed, as every command follows it.
+    fs::remove_file(&link).expect("remove");
+    std::os::unix::fs::symlink(victim.join("mama.xml"), &link).expect("link");
+    env.run(["init", "--group", &group]).ok();
+    assert_eq!(group_and_mode(&victim).1, 0o2775);
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
 fn init_needs_a_shared_group_of_the_callers_and_leaves_nothing_when_refused() {
     second_user();
     let env = world();

@@ -213,7 +213,7 @@ pub fn init(settings: &Settings, request: &InitRequest) -> Result<InitDone> {
                     .map_err(|e| Error::io("create the folder", folder, e))?;
                 made = Some(format!("{}: created", folder.display()));
             }
-            let mut done = FileStore::locate(path.clone())?.init(request)?;
+            let mut done = FileStore::locate_for_init(path.clone())?.init(request)?;
             done.changes.splice(0..0, made);
             Ok(done)
         }
