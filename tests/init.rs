@@ -268,6 +268,9 @@ fn init_follows_no_link_of_another_user_to_a_folder_it_would_open() {
     let link = beside(&env, "mama.xml");
     std::os::unix::fs::symlink(victim.join("mama.xml"), &link).expect("link");
     std::os::unix::fs::lchown(&link, Some(nobody_uid), None).expect("chown the link");
+    let to_folder = beside(&env, "folder");
+    std::os::unix::fs::symlink(&victim, &to_folder).expect("link");
+    std::os::unix::fs::lchown(&to_folder, Some(nobody_uid), None).expect("chown the link");
     for args in [
         vec!["init", "--group", &group],
         vec!["init", "--group", &group, "--force"],
@@ -282,6 +285,11 @@ fn init_follows_no_link_of_another_user_to_a_folder_it_would_open() {
         assert_eq!(group_and_mode(&victim), (0, 0o755));
         assert_eq!(fs::read_dir(&victim).expect("list").count(), 0);
     }
+    // Nor is a folder made through it.
+    let deeper = to_folder.join("sub").join("mama.xml");
+    env.run(["init", deeper.to_str().expect("path"), "--group", &group])
+        .fails_saying(1, "is a symbolic link that belongs to nobody");
+    assert_eq!(fs::read_dir(&victim).expect("list").count(), 0);
     // Root's own link is followed, as every command follows it.
     fs::remove_file(&link).expect("remove");
     std::os::unix::fs::symlink(victim.join("mama.xml"), &link).expect("link");

@@ -189,6 +189,9 @@ pub struct InitDone {
 pub fn init(settings: &Settings, request: &InitRequest) -> Result<InitDone> {
     match &settings.state {
         Location::File(path) => {
+            // The links on the way judged before a folder is made through
+            // one.
+            FileStore::locate_for_init(path.clone())?;
             let mut made = None;
             if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
                 && !folder.exists()
