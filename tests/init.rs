@@ -248,6 +248,22 @@ fn init_never_loosens_what_another_user_or_group_set_up_without_force() {
 }
 
 #[test]
+fn init_named_a_folder_instead_of_the_state_file_changes_nothing() {
+    let env = world();
+    // `mama init /var/lib/mama` for `mama init /var/lib/mama/mama.xml`:
+    // the folder named is taken for the state file, and the folder above
+    // it for the lab's.
+    fs::create_dir(lab(&env)).expect("mkdir");
+    let gid = group_and_mode(env.path()).0.to_string();
+    let (above, folder) = (group_and_mode(env.path()), group_and_mode(&lab(&env)));
+    env.run(["init", lab(&env).to_str().expect("path"), "--group", &gid])
+        .fails_saying(1, &format!("{} is a folder", lab(&env).display()));
+    assert_eq!(group_and_mode(env.path()), above);
+    assert_eq!(group_and_mode(&lab(&env)), folder);
+    assert_eq!(fs::read_dir(env.path()).expect("list").count(), 1);
+}
+
+#[test]
 #[cfg_attr(
     not(mama_second_user),
     ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"

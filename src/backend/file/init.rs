@@ -192,6 +192,30 @@ impl FileStore {
             (&locks_name, locks_after),
         ] {
             if let Some(found) = part(folder, name)? {
+                // Only what mama keeps there is changed, and nothing at
+                // all when something else is there (a folder named for
+                // the state file: the folder above it is not the lab's).
+                let folder_wanted = name == &locks_name;
+                let (right, what) = match (found.entry.is_dir(), found.entry.is_file()) {
+                    (true, _) => (folder_wanted, "a folder"),
+                    (_, true) => (!folder_wanted, "a regular file"),
+                    _ if found.entry.is_symlink() => (false, "a symbolic link"),
+                    _ => (false, "neither a regular file nor a folder"),
+                };
+                if !right {
+                    let hint = if name == &state_name && found.entry.is_dir() {
+                        format!(
+                            ": name the state file in it (say {})",
+                            found.path.join("mama.xml").display()
+                        )
+                    } else {
+                        " (remove it)".to_string()
+                    };
+                    return Err(Error::Invalid(format!(
+                        "{} is {what}, which mama does not keep there{hint}; nothing was changed",
+                        found.path.display()
+                    )));
+                }
                 plan.push((found, mode));
             }
         }
