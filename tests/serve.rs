@@ -62,7 +62,7 @@ impl Stream {
     fn open(at: SocketAddr) -> Stream {
         let mut stream = TcpStream::connect(at).expect("connect");
         stream
-            .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(format!("GET /events HTTP/1.1\r\nHost: {at}\r\n\r\n").as_bytes())
             .expect("ask");
         let (tx, events) = mpsc::channel();
         std::thread::spawn(move || {
@@ -247,7 +247,7 @@ fn a_browser_that_goes_away_leaves_the_server_serving() {
     {
         use std::io::Read;
         let mut gone = TcpStream::connect(server.addr).expect("connect");
-        gone.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        gone.write_all(format!("GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes())
             .expect("ask");
         let mut got = Vec::new();
         let mut buf = [0u8; 65536];
@@ -305,6 +305,62 @@ fn a_machine_s_page_charts_its_use_and_lists_its_events() {
     let idle = get(server.addr, "/machine/idle");
     assert!(idle.body.contains("data-busy=\"0\""));
     assert!(!idle.body.contains("<td>claimed</td>"));
+}
+
+/// The status line of `GET target` sent to `at` with the Host header
+/// `host`.
+fn status_for_host(at: SocketAddr, target: &str, host: &str) -> String {
+    let mut stream = TcpStream::connect(at).expect("connect");
+    stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("ask");
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).expect("answer");
+    line.trim_end().to_string()
+}
+
+#[test]
+fn a_page_elsewhere_whose_name_is_rebound_to_this_host_reads_nothing() {
+    let env = TestEnv::new();
+    env.add("m", 1);
+    let server = serve(&env, &[]);
+    let port = server.addr.port();
+    // A web page of another site whose name now resolves to 127.0.0.1
+    // (DNS rebinding) asks under that name.
+    let rebound = format!("rebound.example:{port}");
+    for path in [
+        "/",
+        "/api/machines",
+        "/api/events",
+        "/metrics",
+        "/events",
+        "/machine/m",
+    ] {
+        assert_eq!(
+            status_for_host(server.addr, path, &rebound),
+            "HTTP/1.1 421 Misdirected Request",
+            "{path}"
+        );
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "LOCALHOST".to_string(),
+        format!("lab.localhost:{port}"),
+        "127.0.0.1".to_string(),
+    ] {
+        assert_eq!(
+            status_for_host(server.addr, "/api/machines", &host),
+            "HTTP/1.1 200 OK",
+            "{host}"
+        );
+    }
+    // Listening on every interface, it is reached by the host's names.
+    let any = serving(env.cmd(["serve", "--listen", "0.0.0.0:0"]));
+    let named = format!("labhost.example:{}", any.addr.port());
+    assert_eq!(
+        status_for_host(any.addr, "/api/machines", &named),
+        "HTTP/1.1 200 OK"
+    );
 }
 
 #[test]

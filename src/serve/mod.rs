@@ -72,6 +72,9 @@ pub struct Shared {
     changed: Condvar,
     /// The lab, for the pages' titles.
     location: String,
+    /// Whether the server listens on a loopback address: then it answers
+    /// requests for a loopback name only (see `http::is_local_name`).
+    loopback: bool,
     /// The lab, for `/api/events`, which answers from the history itself:
     /// the store of the watcher's last look.
     store: Mutex<Store>,
@@ -113,6 +116,7 @@ pub fn serve(store: &Store, settings: &Settings, listen: Option<SocketAddr>) -> 
         published: Mutex::new(Published::default()),
         changed: Condvar::new(),
         location: store.location(),
+        loopback: bound.ip().is_loopback(),
         store: Mutex::new(store.clone()),
     });
     // Listening before the first look: no change falls between the two.
