@@ -623,6 +623,63 @@ fn the_page_in_a_real_browser_shows_the_machines_and_follows_a_claim() {
 
 #[test]
 #[cfg_attr(
+    not(mama_chromium),
+    ignore = "needs chromium and chromedriver: run tests/install-tools as root"
+)]
+fn a_page_turned_away_once_listens_again() {
+    let env = TestEnv::new();
+    env.add("m", 1);
+    let addr: SocketAddr = format!("127.0.0.1:{}", web::free_port())
+        .parse()
+        .expect("addr");
+    let listen = addr.to_string();
+    let server = serving(env.cmd(["serve", "--listen", &listen]));
+    let browser = Browser::start(env.path());
+    browser.open(&format!("http://{addr}/"));
+    let link = || browser.run("return document.getElementById('link').textContent;");
+    wait_until("the page to listen for updates", LIMIT, || link() == "live");
+    // The server restarted behind a proxy that answers 502 meanwhile, or
+    // full (503): the page's stream is answered with an error once.
+    drop(server);
+    let turned_away = std::net::TcpListener::bind(addr).expect("bind");
+    let (asked, heard) = mpsc::channel();
+    let refuser = std::thread::spawn(move || {
+        for stream in turned_away.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = std::io::Read::read(&mut stream, &mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if request.starts_with("STOP") {
+                break;
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+                  Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n",
+            );
+            if request.starts_with("GET /events") {
+                let _ = asked.send(());
+            }
+        }
+    });
+    heard
+        .recv_timeout(LIMIT)
+        .expect("the page to ask for its updates again");
+    TcpStream::connect(addr)
+        .and_then(|mut s| s.write_all(b"STOP"))
+        .expect("stop the refuser");
+    refuser.join().expect("the refuser ends");
+    // The server back: the page listens again, and follows a change.
+    let _again = serving(env.cmd(["serve", "--listen", &listen]));
+    env.run(["reserve", "m"]).ok();
+    wait_until("the page to show the reservation", LIMIT, || {
+        browser.run("return document.querySelector('tr[data-machine=\"m\"] td.state').textContent;")
+            == "reserved"
+    });
+    assert_eq!(link(), "live");
+}
+
+#[test]
+#[cfg_attr(
     not(mama_prometheus),
     ignore = "needs prometheus and promtool: run tests/install-tools as root"
 )]

@@ -117,26 +117,35 @@ tr.started td.state{color:#a60}.error{background:#fee;border:1px solid #c00;padd
 /// The script of the pages. On the status page it takes each new table
 /// the server sends and puts it in place; on a machine's page (its
 /// `<body data-machine>`) it loads the page again when the machine's row
-/// in a new table differs from the one before.
+/// in a new table differs from the one before. A stream answered with an
+/// error (which a browser does not retry) is opened again.
 pub const SCRIPT: &str = "\"use strict\";\n\
 const lab = document.getElementById(\"lab\");\n\
 const link = document.getElementById(\"link\");\n\
 const machine = document.body.dataset.machine;\n\
 let shown = null;\n\
-const events = new EventSource(\"/events\");\n\
-events.addEventListener(\"lab\", (e) => {\n\
-  if (link) link.textContent = \"live\";\n\
-  if (lab) { lab.innerHTML = e.data; return; }\n\
-  if (machine === undefined) return;\n\
-  const table = document.createElement(\"template\");\n\
-  table.innerHTML = e.data;\n\
-  const row = Array.from(table.content.querySelectorAll(\"tr[data-machine]\"))\n\
-    .find((r) => r.dataset.machine === machine);\n\
-  const now = row ? row.outerHTML : \"\";\n\
-  if (shown !== null && now !== shown) location.reload();\n\
-  shown = now;\n\
-});\n\
-events.onerror = () => { if (link) link.textContent = \"reconnecting to the server...\"; };\n";
+function listen() {\n\
+  const events = new EventSource(\"/events\");\n\
+  events.addEventListener(\"lab\", (e) => {\n\
+    if (link) link.textContent = \"live\";\n\
+    if (lab) { lab.innerHTML = e.data; return; }\n\
+    if (machine === undefined) return;\n\
+    const table = document.createElement(\"template\");\n\
+    table.innerHTML = e.data;\n\
+    const row = Array.from(table.content.querySelectorAll(\"tr[data-machine]\"))\n\
+      .find((r) => r.dataset.machine === machine);\n\
+    const now = row ? row.outerHTML : \"\";\n\
+    if (shown !== null && now !== shown) location.reload();\n\
+    shown = now;\n\
+  });\n\
+  events.onerror = () => {\n\
+    if (link) link.textContent = \"reconnecting to the server...\";\n\
+    // An answer that is not the stream (503: full; a proxy's 502 while\n\
+    // the server restarts) ends it for good: listen again.\n\
+    if (events.readyState === EventSource.CLOSED) setTimeout(listen, 2000);\n\
+  };\n\
+}\n\
+listen();\n";
 
 /// The page up to its body; `body` is the body tag's attributes.
 fn head(title: &str, body: &str) -> String {
