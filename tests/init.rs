@@ -391,3 +391,51 @@ fn init_creates_a_database_labs_tables_and_grants_its_users() {
          DROP ROLE \"{role}\";"
     ));
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn init_grants_a_role_the_schema_of_a_lab_outside_public() {
+    let env = TestEnv::postgres();
+    let db = env.db.clone().expect("a database lab");
+    // The lab in a schema of its own (the first of everyone's search_path).
+    db.batch(&format!(
+        "CREATE SCHEMA lab2; ALTER DATABASE \"{}\" SET search_path = lab2",
+        db.name
+    ));
+    let printed = env.run(["init"]);
+    let role = format!("init_schema_user_{}", std::process::id());
+    db.batch(&format!("CREATE ROLE \"{role}\" LOGIN"));
+    let as_role = |args: &[&str]| {
+        let mut cmd = env.cmd(args);
+        cmd.env(
+            "MAMA_STATE",
+            db.url.replacen("mama@", &format!("{role}@"), 1),
+        );
+        Run::from(cmd.output().expect("mama runs"))
+    };
+    let granted = env.run(["init", "--grant", &role]);
+    let added = as_role(&["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]);
+    let listed = as_role(&["list", "--names"]);
+    let again = env.run(["init", "--grant", &role]);
+    // The role goes whatever happened (roles are the server's, not the
+    // database's).
+    db.batch(&format!(
+        "REVOKE ALL ON ALL TABLES IN SCHEMA lab2 FROM \"{role}\";
+         REVOKE ALL ON ALL SEQUENCES IN SCHEMA lab2 FROM \"{role}\";
+         REVOKE ALL ON SCHEMA lab2 FROM \"{role}\";
+         DROP ROLE \"{role}\";"
+    ));
+    assert!(
+        printed
+            .ok()
+            .contains("GRANT USAGE ON SCHEMA \"lab2\" TO ROLE;"),
+        "{printed:#?}"
+    );
+    granted.ok();
+    added.ok();
+    assert_eq!(listed.ok(), "rig1\n");
+    assert!(again.ok().contains("nothing changed"), "{again:#?}");
+}
