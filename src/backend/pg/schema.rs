@@ -200,22 +200,20 @@ pub fn ensure(client: &mut impl GenericClient, shown: &str, create: bool) -> Res
 /// the tables and migrating them stay with their owner (`mama init`, or
 /// the first `add`).
 pub fn grants(schema: Option<&str>, role: &str) -> Vec<String> {
-    let usage = schema.map(|schema| format!("GRANT USAGE ON SCHEMA {schema} TO {role};"));
-    usage.into_iter().chain(grants_on_tables(role)).collect()
-}
-
-fn grants_on_tables(role: &str) -> Vec<String> {
-    [
-        "SELECT ON mama_schema",
-        "SELECT, INSERT, UPDATE ON mama_lab",
-        "SELECT, INSERT, UPDATE, DELETE ON mama_machine",
-        "SELECT, INSERT ON mama_event",
-        "SELECT, INSERT ON mama_lock_key",
-        "USAGE ON SEQUENCE mama_machine_id_seq, mama_lock_key_key_seq",
-    ]
-    .iter()
-    .map(|what| format!("GRANT {what} TO {role};"))
-    .collect()
+    let usage = schema.map(|schema| format!("USAGE ON SCHEMA {schema}"));
+    usage
+        .iter()
+        .map(String::as_str)
+        .chain([
+            "SELECT ON mama_schema",
+            "SELECT, INSERT, UPDATE ON mama_lab",
+            "SELECT, INSERT, UPDATE, DELETE ON mama_machine",
+            "SELECT, INSERT ON mama_event",
+            "SELECT, INSERT ON mama_lock_key",
+            "USAGE ON SEQUENCE mama_machine_id_seq, mama_lock_key_key_seq",
+        ])
+        .map(|what| format!("GRANT {what} TO {role};"))
+        .collect()
 }
 
 /// `name` as an SQL identifier: quoted, a quote in it doubled.
