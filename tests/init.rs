@@ -264,6 +264,22 @@ fn init_named_a_folder_instead_of_the_state_file_changes_nothing() {
 }
 
 #[test]
+fn init_named_a_file_that_is_not_a_lab_changes_nothing() {
+    let env = world();
+    fs::create_dir(lab(&env)).expect("mkdir");
+    // A private file named by mistake: not handed to the group.
+    let notes = beside(&env, "notes.txt");
+    fs::write(&notes, "my notes\n").expect("write");
+    fs::set_permissions(&notes, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let gid = group_and_mode(env.path()).0.to_string();
+    let before = (group_and_mode(&lab(&env)), group_and_mode(&notes));
+    env.run(["init", notes.to_str().expect("path"), "--group", &gid])
+        .fails_saying(1, "notes.txt");
+    assert_eq!((group_and_mode(&lab(&env)), group_and_mode(&notes)), before);
+    assert_eq!(fs::read_dir(lab(&env)).expect("list").count(), 1);
+}
+
+#[test]
 #[cfg_attr(
     not(mama_second_user),
     ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"

@@ -219,6 +219,27 @@ impl FileStore {
                 plan.push((found, mode));
             }
         }
+        // A state file there must be a lab before anything changes: a file
+        // named by mistake is not handed to the group. (Beside a lock
+        // file, a state file that does not parse may be a write torn by a
+        // kill, which the lock file's copy repairs: read in full below.)
+        if let Some(found) = &state
+            && found.entry.is_file()
+            && part(folder, &lock_name)?.is_none()
+        {
+            let mut text = Vec::new();
+            if let Some(file) = folder.open_file(&state_name, false)? {
+                use std::io::Read;
+                file.take(crate::format::doc::MAX_DOCUMENT)
+                    .read_to_end(&mut text)
+                    .map_err(|e| Error::io("read", &self.path, e))?;
+            }
+            if let Err(e) = self.parse(text) {
+                return Err(Error::Invalid(format!(
+                    "not a lab, so nothing was changed: {e}"
+                )));
+            }
+        }
         let locks = folder.folder(&locks_name)?;
         if let Some(locks) = &locks {
             let names = locks
