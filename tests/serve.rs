@@ -680,6 +680,48 @@ fn a_page_turned_away_once_listens_again() {
 
 #[test]
 #[cfg_attr(
+    not(mama_chromium),
+    ignore = "needs chromium and chromedriver: run tests/install-tools as root"
+)]
+fn seven_pages_open_in_one_browser_all_load_and_follow_the_lab() {
+    let env = TestEnv::new();
+    env.add("m", 1);
+    let server = serve(&env, &[]);
+    let browser = Browser::start(env.path());
+    // A browser opens at most six connections to one server: seven
+    // pages, each with a stream of its own, would leave the seventh
+    // loading for ever.
+    for page in 0..7 {
+        if page > 0 {
+            browser.new_tab();
+        }
+        let url = match page % 2 {
+            0 => format!("http://{}/", server.addr),
+            _ => format!("http://{}/machine/m", server.addr),
+        };
+        assert!(
+            browser.open_within(&url, Duration::from_secs(10)),
+            "page {page} did not load"
+        );
+        wait_until("the page to listen for updates", LIMIT, || {
+            browser.run("return document.getElementById('link').textContent;") == "live"
+        });
+    }
+    env.run(["reserve", "m"]).ok();
+    for tab in browser.tabs() {
+        browser.turn_to(&tab);
+        wait_until("every page to follow the reservation", LIMIT, || {
+            let state = browser.run(
+                "const cell = document.querySelector('tr[data-machine=\"m\"] td.state') \
+                 || document.getElementById('state'); return cell.textContent;",
+            );
+            state.as_str().is_some_and(|s| s.starts_with("reserved"))
+        });
+    }
+}
+
+#[test]
+#[cfg_attr(
     not(mama_prometheus),
     ignore = "needs prometheus and promtool: run tests/install-tools as root"
 )]

@@ -260,6 +260,15 @@ fn handle(mut stream: TcpStream, shared: &Shared) {
                 head_only,
             );
         }
+        "/worker.js" => {
+            let _ = respond(
+                &mut stream,
+                "200 OK",
+                "text/javascript; charset=utf-8",
+                page::WORKER.as_bytes(),
+                head_only,
+            );
+        }
         "/events" => updates(stream, shared, head_only),
         "/metrics" => {
             let _ = respond(
