@@ -194,7 +194,7 @@ fn requests(report: &mut Vec<String>) {
 fn open_stream(addr: SocketAddr) -> mpsc::Receiver<(Instant, String)> {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
-        .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(format!("GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .expect("ask");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

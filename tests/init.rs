@@ -248,6 +248,88 @@ fn init_never_loosens_what_another_user_or_group_set_up_without_force() {
 }
 
 #[test]
+fn init_named_a_folder_instead_of_the_state_file_changes_nothing() {
+    let env = world();
+    // `mama init /var/lib/mama` for `mama init /var/lib/mama/mama.xml`:
+    // the folder named is taken for the state file, and the folder above
+    // it for the lab's.
+    fs::create_dir(lab(&env)).expect("mkdir");
+    let gid = group_and_mode(env.path()).0.to_string();
+    let (above, folder) = (group_and_mode(env.path()), group_and_mode(&lab(&env)));
+    env.run(["init", lab(&env).to_str().expect("path"), "--group", &gid])
+        .fails_saying(1, &format!("{} is a folder", lab(&env).display()));
+    assert_eq!(group_and_mode(env.path()), above);
+    assert_eq!(group_and_mode(&lab(&env)), folder);
+    assert_eq!(fs::read_dir(env.path()).expect("list").count(), 1);
+}
+
+#[test]
+fn init_named_a_file_that_is_not_a_lab_changes_nothing() {
+    let env = world();
+    fs::create_dir(lab(&env)).expect("mkdir");
+    // A private file named by mistake: not handed to the group.
+    let notes = beside(&env, "notes.txt");
+    fs::write(&notes, "my notes\n").expect("write");
+    fs::set_permissions(&notes, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let gid = group_and_mode(env.path()).0.to_string();
+    let before = (group_and_mode(&lab(&env)), group_and_mode(&notes));
+    env.run(["init", notes.to_str().expect("path"), "--group", &gid])
+        .fails_saying(1, "notes.txt");
+    assert_eq!((group_and_mode(&lab(&env)), group_and_mode(&notes)), before);
+    assert_eq!(fs::read_dir(lab(&env)).expect("list").count(), 1);
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_second_user),
+    ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
+)]
+fn init_follows_no_link_of_another_user_to_a_folder_it_would_open() {
+    second_user();
+    let env = world();
+    let (group, _) = other_group();
+    let nobody_uid = user_id("nobody").expect("the user nobody");
+    // nobody's folder, and in it their link to where the lab would be in a
+    // folder of root's (say /etc): root's init would open that folder to
+    // the group, no --force asked, since root owns it.
+    let victim = env.path().join("victim");
+    fs::create_dir(&victim).expect("mkdir");
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::create_dir(lab(&env)).expect("mkdir");
+    std::os::unix::fs::chown(lab(&env), Some(nobody_uid), None).expect("chown");
+    let link = beside(&env, "mama.xml");
+    std::os::unix::fs::symlink(victim.join("mama.xml"), &link).expect("link");
+    std::os::unix::fs::lchown(&link, Some(nobody_uid), None).expect("chown the link");
+    let to_folder = beside(&env, "folder");
+    std::os::unix::fs::symlink(&victim, &to_folder).expect("link");
+    std::os::unix::fs::lchown(&to_folder, Some(nobody_uid), None).expect("chown the link");
+    for args in [
+        vec!["init", "--group", &group],
+        vec!["init", "--group", &group, "--force"],
+    ] {
+        env.run(&args).fails_saying(
+            1,
+            &format!(
+                "{} is a symbolic link that belongs to nobody",
+                link.display()
+            ),
+        );
+        assert_eq!(group_and_mode(&victim), (0, 0o755));
+        assert_eq!(fs::read_dir(&victim).expect("list").count(), 0);
+    }
+    // Nor is a folder made through it.
+    let deeper = to_folder.join("sub").join("mama.xml");
+    env.run(["init", deeper.to_str().expect("path"), "--group", &group])
+        .fails_saying(1, "is a symbolic link that belongs to nobody");
+    assert_eq!(fs::read_dir(&victim).expect("list").count(), 0);
+    // Root's own link is followed, as every command follows it.
+    fs::remove_file(&link).expect("remove");
+    std::os::unix::fs::symlink(victim.join("mama.xml"), &link).expect("link");
+    env.run(["init", "--group", &group]).ok();
+    assert_eq!(group_and_mode(&victim).1, 0o2775);
+}
+
+#[test]
 #[cfg_attr(
     not(mama_second_user),
     ignore = "acts as a second user: run as root after tests/install-tools (setpriv)"
@@ -324,4 +406,52 @@ fn init_creates_a_database_labs_tables_and_grants_its_users() {
          REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM \"{role}\";
          DROP ROLE \"{role}\";"
     ));
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn init_grants_a_role_the_schema_of_a_lab_outside_public() {
+    let env = TestEnv::postgres();
+    let db = env.db.clone().expect("a database lab");
+    // The lab in a schema of its own (the first of everyone's search_path).
+    db.batch(&format!(
+        "CREATE SCHEMA lab2; ALTER DATABASE \"{}\" SET search_path = lab2",
+        db.name
+    ));
+    let printed = env.run(["init"]);
+    let role = format!("init_schema_user_{}", std::process::id());
+    db.batch(&format!("CREATE ROLE \"{role}\" LOGIN"));
+    let as_role = |args: &[&str]| {
+        let mut cmd = env.cmd(args);
+        cmd.env(
+            "MAMA_STATE",
+            db.url.replacen("mama@", &format!("{role}@"), 1),
+        );
+        Run::from(cmd.output().expect("mama runs"))
+    };
+    let granted = env.run(["init", "--grant", &role]);
+    let added = as_role(&["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]);
+    let listed = as_role(&["list", "--names"]);
+    let again = env.run(["init", "--grant", &role]);
+    // The role goes whatever happened (roles are the server's, not the
+    // database's).
+    db.batch(&format!(
+        "REVOKE ALL ON ALL TABLES IN SCHEMA lab2 FROM \"{role}\";
+         REVOKE ALL ON ALL SEQUENCES IN SCHEMA lab2 FROM \"{role}\";
+         REVOKE ALL ON SCHEMA lab2 FROM \"{role}\";
+         DROP ROLE \"{role}\";"
+    ));
+    assert!(
+        printed
+            .ok()
+            .contains("GRANT USAGE ON SCHEMA \"lab2\" TO ROLE;"),
+        "{printed:#?}"
+    );
+    granted.ok();
+    added.ok();
+    assert_eq!(listed.ok(), "rig1\n");
+    assert!(again.ok().contains("nothing changed"), "{again:#?}");
 }

@@ -203,3 +203,30 @@ fn the_debian_package_gives_its_group_a_lab_at_once_and_purges_cleanly() {
     drop(cleanup);
     assert!(!package_is_there(), "{}", package_status());
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_dpkg),
+    ignore = "builds a Debian package: run on Debian after tests/install-tools (dpkg, binutils)"
+)]
+fn build_deb_takes_its_paths_from_where_it_is_run_spaces_and_all() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let here = dir.path().join("a folder");
+    fs::create_dir(&here).expect("mkdir");
+    fs::copy(MAMA, here.join("my mama")).expect("copy the binary");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built = Command::new(repo.join("pkg/build-deb"))
+        .args(["--binary", "my mama", "--compression", "none"])
+        .args(["--out", "the debs"])
+        .current_dir(&here)
+        .stdin(Stdio::null())
+        .output()
+        .expect("pkg/build-deb runs");
+    let built = Run::from(built);
+    let deb = built.ok().trim().to_string();
+    assert!(
+        Path::new(&deb).is_file() && Path::new(&deb).starts_with(here.join("the debs")),
+        "{built:#?}"
+    );
+    assert!(!repo.join("the debs").exists());
+}

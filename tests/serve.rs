@@ -23,6 +23,11 @@ struct Serving {
 fn serve(env: &TestEnv, envs: &[(&str, &str)]) -> Serving {
     let mut cmd = env.cmd(["serve", "--listen", "127.0.0.1:0"]);
     cmd.envs(envs.iter().copied());
+    serving(cmd)
+}
+
+/// Starts `cmd`, a `mama serve` on a free loopback port.
+fn serving(cmd: Command) -> Serving {
     let mut bg = Bg::start(cmd);
     let line = bg.expect_stderr("serving", LIMIT);
     let addr = line
@@ -57,7 +62,7 @@ impl Stream {
     fn open(at: SocketAddr) -> Stream {
         let mut stream = TcpStream::connect(at).expect("connect");
         stream
-            .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(format!("GET /events HTTP/1.1\r\nHost: {at}\r\n\r\n").as_bytes())
             .expect("ask");
         let (tx, events) = mpsc::channel();
         std::thread::spawn(move || {
@@ -242,7 +247,7 @@ fn a_browser_that_goes_away_leaves_the_server_serving() {
     {
         use std::io::Read;
         let mut gone = TcpStream::connect(server.addr).expect("connect");
-        gone.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        gone.write_all(format!("GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes())
             .expect("ask");
         let mut got = Vec::new();
         let mut buf = [0u8; 65536];
@@ -300,6 +305,62 @@ fn a_machine_s_page_charts_its_use_and_lists_its_events() {
     let idle = get(server.addr, "/machine/idle");
     assert!(idle.body.contains("data-busy=\"0\""));
     assert!(!idle.body.contains("<td>claimed</td>"));
+}
+
+/// The status line of `GET target` sent to `at` with the Host header
+/// `host`.
+fn status_for_host(at: SocketAddr, target: &str, host: &str) -> String {
+    let mut stream = TcpStream::connect(at).expect("connect");
+    stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("ask");
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).expect("answer");
+    line.trim_end().to_string()
+}
+
+#[test]
+fn a_page_elsewhere_whose_name_is_rebound_to_this_host_reads_nothing() {
+    let env = TestEnv::new();
+    env.add("m", 1);
+    let server = serve(&env, &[]);
+    let port = server.addr.port();
+    // A web page of another site whose name now resolves to 127.0.0.1
+    // (DNS rebinding) asks under that name.
+    let rebound = format!("rebound.example:{port}");
+    for path in [
+        "/",
+        "/api/machines",
+        "/api/events",
+        "/metrics",
+        "/events",
+        "/machine/m",
+    ] {
+        assert_eq!(
+            status_for_host(server.addr, path, &rebound),
+            "HTTP/1.1 421 Misdirected Request",
+            "{path}"
+        );
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "LOCALHOST".to_string(),
+        format!("lab.localhost:{port}"),
+        "127.0.0.1".to_string(),
+    ] {
+        assert_eq!(
+            status_for_host(server.addr, "/api/machines", &host),
+            "HTTP/1.1 200 OK",
+            "{host}"
+        );
+    }
+    // Listening on every interface, it is reached by the host's names.
+    let any = serving(env.cmd(["serve", "--listen", "0.0.0.0:0"]));
+    let named = format!("labhost.example:{}", any.addr.port());
+    assert_eq!(
+        status_for_host(any.addr, "/api/machines", &named),
+        "HTTP/1.1 200 OK"
+    );
 }
 
 #[test]
@@ -384,6 +445,45 @@ fn it_outlives_a_replaced_and_a_broken_state_file() {
     let data = stream.expect(&row("p", "free"), Duration::from_secs(1));
     assert!(!data.contains("cannot be read"));
     assert!(get(server.addr, "/metrics").body.contains("\nmama_up 1\n"));
+}
+
+#[test]
+fn it_follows_the_lab_s_folder_replaced_or_removed_and_made_again() {
+    let env = TestEnv::new();
+    let folder = env.path().join("lab");
+    std::fs::create_dir(&folder).expect("folder");
+    let state = folder.join("mama.xml");
+    let mama = |args: &[&str]| -> Run {
+        mama_command(MAMA, &state)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("mama runs")
+            .into()
+    };
+    mama(&["add", "m", "--mac", "aa:bb:cc:dd:ee:01"]).ok();
+    let mut cmd = mama_command(MAMA, &state);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+    let server = serving(cmd);
+    let stream = Stream::open(server.addr);
+    stream.expect(&row("m", "free"), LIMIT);
+    // A copy put back in the folder's place: the server reads the lab at
+    // its path, not the folder it found there when it started.
+    std::fs::rename(&folder, env.path().join("lab.old")).expect("rename");
+    std::fs::create_dir(&folder).expect("folder");
+    mama(&["add", "n", "--mac", "aa:bb:cc:dd:ee:02"]).ok();
+    let data = stream.expect(&row("n", "free"), LIMIT);
+    assert!(!data.contains("data-machine=\"m\""), "{data}");
+    let events = get(server.addr, "/api/events").body;
+    assert!(events.contains("\"machine\":\"n\""), "{events}");
+    assert!(!events.contains("\"machine\":\"m\""), "{events}");
+    // Removed, then made again.
+    std::fs::remove_dir_all(&folder).expect("remove");
+    stream.expect("The lab cannot be read now", LIMIT);
+    std::fs::create_dir(&folder).expect("folder");
+    mama(&["add", "o", "--mac", "aa:bb:cc:dd:ee:03"]).ok();
+    let data = stream.expect(&row("o", "free"), LIMIT);
+    assert!(!data.contains("cannot be read"), "{data}");
 }
 
 on_both_backends! {
@@ -519,6 +619,105 @@ fn the_page_in_a_real_browser_shows_the_machines_and_follows_a_claim() {
     job.signal(libc::SIGTERM);
     job.finish(LIMIT);
     assert_eq!(browser.alert(), None);
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_chromium),
+    ignore = "needs chromium and chromedriver: run tests/install-tools as root"
+)]
+fn a_page_turned_away_once_listens_again() {
+    let env = TestEnv::new();
+    env.add("m", 1);
+    let addr: SocketAddr = format!("127.0.0.1:{}", web::free_port())
+        .parse()
+        .expect("addr");
+    let listen = addr.to_string();
+    let server = serving(env.cmd(["serve", "--listen", &listen]));
+    let browser = Browser::start(env.path());
+    browser.open(&format!("http://{addr}/"));
+    let link = || browser.run("return document.getElementById('link').textContent;");
+    wait_until("the page to listen for updates", LIMIT, || link() == "live");
+    // The server restarted behind a proxy that answers 502 meanwhile, or
+    // full (503): the page's stream is answered with an error once.
+    drop(server);
+    let turned_away = std::net::TcpListener::bind(addr).expect("bind");
+    let (asked, heard) = mpsc::channel();
+    let refuser = std::thread::spawn(move || {
+        for stream in turned_away.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = std::io::Read::read(&mut stream, &mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if request.starts_with("STOP") {
+                break;
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+                  Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n",
+            );
+            if request.starts_with("GET /events") {
+                let _ = asked.send(());
+            }
+        }
+    });
+    heard
+        .recv_timeout(LIMIT)
+        .expect("the page to ask for its updates again");
+    TcpStream::connect(addr)
+        .and_then(|mut s| s.write_all(b"STOP"))
+        .expect("stop the refuser");
+    refuser.join().expect("the refuser ends");
+    // The server back: the page listens again, and follows a change.
+    let _again = serving(env.cmd(["serve", "--listen", &listen]));
+    env.run(["reserve", "m"]).ok();
+    wait_until("the page to show the reservation", LIMIT, || {
+        browser.run("return document.querySelector('tr[data-machine=\"m\"] td.state').textContent;")
+            == "reserved"
+    });
+    assert_eq!(link(), "live");
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_chromium),
+    ignore = "needs chromium and chromedriver: run tests/install-tools as root"
+)]
+fn seven_pages_open_in_one_browser_all_load_and_follow_the_lab() {
+    let env = TestEnv::new();
+    env.add("m", 1);
+    let server = serve(&env, &[]);
+    let browser = Browser::start(env.path());
+    // A browser opens at most six connections to one server: seven
+    // pages, each with a stream of its own, would leave the seventh
+    // loading for ever.
+    for page in 0..7 {
+        if page > 0 {
+            browser.new_tab();
+        }
+        let url = match page % 2 {
+            0 => format!("http://{}/", server.addr),
+            _ => format!("http://{}/machine/m", server.addr),
+        };
+        assert!(
+            browser.open_within(&url, Duration::from_secs(10)),
+            "page {page} did not load"
+        );
+        wait_until("the page to listen for updates", LIMIT, || {
+            browser.run("return document.getElementById('link').textContent;") == "live"
+        });
+    }
+    env.run(["reserve", "m"]).ok();
+    for tab in browser.tabs() {
+        browser.turn_to(&tab);
+        wait_until("every page to follow the reservation", LIMIT, || {
+            let state = browser.run(
+                "const cell = document.querySelector('tr[data-machine=\"m\"] td.state') \
+                 || document.getElementById('state'); return cell.textContent;",
+            );
+            state.as_str().is_some_and(|s| s.starts_with("reserved"))
+        });
+    }
 }
 
 #[test]

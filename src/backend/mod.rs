@@ -189,6 +189,9 @@ pub struct InitDone {
 pub fn init(settings: &Settings, request: &InitRequest) -> Result<InitDone> {
     match &settings.state {
         Location::File(path) => {
+            // The links on the way judged before a folder is made through
+            // one.
+            FileStore::locate_for_init(path.clone())?;
             let mut made = None;
             if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
                 && !folder.exists()
@@ -213,7 +216,7 @@ pub fn init(settings: &Settings, request: &InitRequest) -> Result<InitDone> {
                     .map_err(|e| Error::io("create the folder", folder, e))?;
                 made = Some(format!("{}: created", folder.display()));
             }
-            let mut done = FileStore::locate(path.clone())?.init(request)?;
+            let mut done = FileStore::locate_for_init(path.clone())?.init(request)?;
             done.changes.splice(0..0, made);
             Ok(done)
         }
@@ -280,6 +283,18 @@ impl Store {
         Ok(Store {
             backend,
             listener: None,
+        })
+    }
+
+    /// The lab opened again where `settings` name it, telling the same
+    /// listener: a state file's folder is walked to again (a store keeps
+    /// the folder it found when opened, see [`FileStore::locate`]), so a
+    /// reader that runs for long (`serve`) follows a folder replaced or
+    /// made again since.
+    pub fn reopened(&self, settings: &Settings) -> Result<Store> {
+        Ok(Store {
+            listener: self.listener.clone(),
+            ..Store::open(settings)?
         })
     }
 

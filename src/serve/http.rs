@@ -77,6 +77,8 @@ struct Asked {
     head_only: bool,
     path: String,
     query: String,
+    /// Its `Host` header.
+    host: Option<String>,
 }
 
 /// Reads the request head, at most [`MAX_HEAD`] bytes; `Err` holds the
@@ -108,10 +110,16 @@ fn read_request(stream: &mut TcpStream) -> Result<Asked, Option<&'static str>> {
                 };
                 let target = request.path.unwrap_or("/");
                 let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let host = request
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("host"))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
                 return Ok(Asked {
                     head_only,
                     path: path.to_string(),
                     query: query.to_string(),
+                    host,
                 });
             }
             Ok(httparse::Status::Partial) if filled == buf.len() => {
@@ -183,6 +191,28 @@ fn percent_decoded(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Whether `host` (a request's `Host` header) names this host's loopback:
+/// `localhost` (or a name under it) or a loopback address, with or without
+/// a port. A server that listens on a loopback address answers only those:
+/// a web page elsewhere whose name a DNS rebinding points at 127.0.0.1
+/// reaches it under its own name, and must not read the lab. No header
+/// (HTTP/1.0) is let through: a browser always sends one.
+fn is_local_name(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Serves one connection: one request.
 fn handle(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
@@ -196,6 +226,17 @@ fn handle(mut stream: TcpStream, shared: &Shared) {
         Err(None) => return,
     };
     let head_only = asked.head_only;
+    if shared.loopback && !is_local_name(asked.host.as_deref()) {
+        let _ = respond(
+            &mut stream,
+            "421 Misdirected Request",
+            TEXT,
+            b"this server answers requests for localhost or a loopback address only; \
+              to reach it by another name, start it with --listen\n",
+            head_only,
+        );
+        return;
+    }
     let published = shared.lock();
     let (table, machines, metrics, rows, events) = (
         Arc::clone(&published.table),
@@ -216,6 +257,15 @@ fn handle(mut stream: TcpStream, shared: &Shared) {
                 "200 OK",
                 "text/javascript; charset=utf-8",
                 page::SCRIPT.as_bytes(),
+                head_only,
+            );
+        }
+        "/worker.js" => {
+            let _ = respond(
+                &mut stream,
+                "200 OK",
+                "text/javascript; charset=utf-8",
+                page::WORKER.as_bytes(),
                 head_only,
             );
         }
@@ -253,7 +303,7 @@ fn handle(mut stream: TcpStream, shared: &Shared) {
             };
             // From the history itself: exactly what `log --json` prints.
             let lines = shared
-                .store
+                .store()
                 .read_events(Some(since))
                 .and_then(|(_, events)| render::event_lines(&events));
             match lines {

@@ -29,7 +29,7 @@ use crate::cli::render::{self, MachineView};
 use crate::error::{Error, Result};
 use crate::model::event::Event;
 use crate::os;
-use crate::settings::Settings;
+use crate::settings::{Location, Settings};
 
 /// Where the server listens unless `--listen` says: this host only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -72,8 +72,12 @@ pub struct Shared {
     changed: Condvar,
     /// The lab, for the pages' titles.
     location: String,
-    /// The lab, for `/api/events`, which answers from the history itself.
-    store: Store,
+    /// Whether the server listens on a loopback address: then it answers
+    /// requests for a loopback name only (see `http::is_local_name`).
+    loopback: bool,
+    /// The lab, for `/api/events`, which answers from the history itself:
+    /// the store of the watcher's last look.
+    store: Mutex<Store>,
 }
 
 impl Shared {
@@ -81,6 +85,14 @@ impl Shared {
         self.published
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The lab as the watcher last opened it.
+    fn store(&self) -> Store {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -104,7 +116,8 @@ pub fn serve(store: &Store, settings: &Settings, listen: Option<SocketAddr>) -> 
         published: Mutex::new(Published::default()),
         changed: Condvar::new(),
         location: store.location(),
-        store: store.clone(),
+        loopback: bound.ip().is_loopback(),
+        store: Mutex::new(store.clone()),
     });
     // Listening before the first look: no change falls between the two.
     let mut notices = watch::Notices::open(settings);
@@ -141,7 +154,8 @@ pub fn serve(store: &Store, settings: &Settings, listen: Option<SocketAddr>) -> 
 
 /// The watcher's memory between looks.
 struct Watcher<'a> {
-    store: &'a Store,
+    /// The lab: a state file's opened again at every look.
+    store: Store,
     settings: &'a Settings,
     /// The last look's machines.
     views: Vec<MachineView>,
@@ -162,7 +176,7 @@ type Seen = (Option<&'static str>, Option<&'static str>, Option<f64>);
 impl<'a> Watcher<'a> {
     fn new(store: &'a Store, settings: &'a Settings) -> Watcher<'a> {
         Watcher {
-            store,
+            store: store.clone(),
             settings,
             views: Vec::new(),
             seen: Default::default(),
@@ -178,6 +192,14 @@ impl<'a> Watcher<'a> {
     /// One look at the lab: the machines, and the events committed since
     /// the last look; with `probe`, whether the machines answer too.
     fn look(&mut self, probe: bool) {
+        // A state file's folder walked to again: one renamed away, or
+        // removed, and another put in its place is the lab now.
+        if let Location::File(_) = &self.settings.state {
+            match self.store.reopened(self.settings) {
+                Ok(store) => self.store = store,
+                Err(e) => return self.failed(e),
+            }
+        }
         let last = self.events.last().map(|e| e.seq);
         match self.store.read_events(last) {
             Ok((snapshot, new)) => {
@@ -194,7 +216,7 @@ impl<'a> Watcher<'a> {
                 }
                 self.counters.count(&self.events);
                 self.forget_old_events();
-                let mut views = views_of(self.store, self.settings, &snapshot.lab, probe);
+                let mut views = views_of(&self.store, self.settings, &snapshot.lab, probe);
                 for view in &mut views {
                     if probe {
                         self.seen
@@ -249,7 +271,7 @@ impl<'a> Watcher<'a> {
     /// failure (a lab this user may only read) is said once; the lab is
     /// still shown.
     fn remind(&mut self) -> bool {
-        match self.reminders.commit_due(self.store) {
+        match self.reminders.commit_due(&self.store) {
             Ok(committed) => committed,
             Err(e) => {
                 let why = render::printable_lines(&e.to_string());
@@ -265,6 +287,10 @@ impl<'a> Watcher<'a> {
     /// Renders what the pages show and publishes it, where anything
     /// changed.
     fn publish(&mut self, shared: &Shared) {
+        *shared
+            .store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = self.store.clone();
         if !std::mem::take(&mut self.fresh) {
             return;
         }

@@ -117,26 +117,77 @@ tr.started td.state{color:#a60}.error{background:#fee;border:1px solid #c00;padd
 /// The script of the pages. On the status page it takes each new table
 /// the server sends and puts it in place; on a machine's page (its
 /// `<body data-machine>`) it loads the page again when the machine's row
-/// in a new table differs from the one before.
+/// in a new table differs from the one before. The tables come from one
+/// stream that every page of the server open in the browser shares, kept
+/// by [`WORKER`] (a browser opens at most six connections to a server, and
+/// each stream holds one): a seventh page would not load. Where the
+/// browser has no shared workers, the page opens a stream of its own.
 pub const SCRIPT: &str = "\"use strict\";\n\
 const lab = document.getElementById(\"lab\");\n\
 const link = document.getElementById(\"link\");\n\
 const machine = document.body.dataset.machine;\n\
 let shown = null;\n\
-const events = new EventSource(\"/events\");\n\
-events.addEventListener(\"lab\", (e) => {\n\
+function show(data) {\n\
   if (link) link.textContent = \"live\";\n\
-  if (lab) { lab.innerHTML = e.data; return; }\n\
+  if (lab) { lab.innerHTML = data; return; }\n\
   if (machine === undefined) return;\n\
   const table = document.createElement(\"template\");\n\
-  table.innerHTML = e.data;\n\
+  table.innerHTML = data;\n\
   const row = Array.from(table.content.querySelectorAll(\"tr[data-machine]\"))\n\
     .find((r) => r.dataset.machine === machine);\n\
   const now = row ? row.outerHTML : \"\";\n\
   if (shown !== null && now !== shown) location.reload();\n\
   shown = now;\n\
-});\n\
-events.onerror = () => { if (link) link.textContent = \"reconnecting to the server...\"; };\n";
+}\n\
+function lost() { if (link) link.textContent = \"reconnecting to the server...\"; }\n\
+function listen() {\n\
+  const events = new EventSource(\"/events\");\n\
+  events.addEventListener(\"lab\", (e) => show(e.data));\n\
+  events.onerror = () => {\n\
+    lost();\n\
+    // An answer that is not the stream (503: full; a proxy's 502 while\n\
+    // the server restarts) ends it for good: listen again.\n\
+    if (events.readyState === EventSource.CLOSED) setTimeout(listen, 2000);\n\
+  };\n\
+}\n\
+if (window.SharedWorker) {\n\
+  const worker = new SharedWorker(\"/worker.js\");\n\
+  worker.port.onmessage = (m) => (m.data === null ? lost() : show(m.data));\n\
+  addEventListener(\"pagehide\", () => worker.port.postMessage(\"gone\"));\n\
+  addEventListener(\"pageshow\", (e) => { if (e.persisted) worker.port.postMessage(\"back\"); });\n\
+} else {\n\
+  listen();\n\
+}\n";
+
+/// The shared worker of the pages: one stream of the status tables for
+/// every page of the server open in the browser; each new table goes to
+/// every page (the last one to a page as it connects), and `null` when
+/// the stream is lost.
+pub const WORKER: &str = "\"use strict\";\n\
+const pages = new Set();\n\
+let last = null;\n\
+function tell(message) { for (const page of pages) page.postMessage(message); }\n\
+function listen() {\n\
+  const events = new EventSource(\"/events\");\n\
+  events.addEventListener(\"lab\", (e) => { last = e.data; tell(last); });\n\
+  events.onerror = () => {\n\
+    last = null;\n\
+    tell(null);\n\
+    // An answer that is not the stream (503: full; a proxy's 502 while\n\
+    // the server restarts) ends it for good: listen again.\n\
+    if (events.readyState === EventSource.CLOSED) setTimeout(listen, 2000);\n\
+  };\n\
+}\n\
+onconnect = (e) => {\n\
+  const page = e.ports[0];\n\
+  pages.add(page);\n\
+  page.onmessage = (m) => {\n\
+    if (m.data === \"gone\") pages.delete(page);\n\
+    if (m.data === \"back\") { pages.add(page); if (last !== null) page.postMessage(last); }\n\
+  };\n\
+  if (last !== null) page.postMessage(last);\n\
+};\n\
+listen();\n";
 
 /// The page up to its body; `body` is the body tag's attributes.
 fn head(title: &str, body: &str) -> String {

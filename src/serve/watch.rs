@@ -80,6 +80,12 @@ pub struct Inotify {
     name: OsString,
     /// Whether the watch stands (it goes with its folder).
     watching: bool,
+    /// The watch, and the folder it is on (device and inode): a folder
+    /// removed or renamed away while a descriptor holds it open (the
+    /// lab's store holds one) tells nothing, so the folder at the path is
+    /// looked at while waiting.
+    wd: Option<libc::c_int>,
+    watched: Option<(u64, u64)>,
 }
 
 const MASK: u32 = libc::IN_MOVED_TO
@@ -114,6 +120,8 @@ impl Inotify {
             folder: folder.to_path_buf(),
             name: name.to_os_string(),
             watching: false,
+            wd: None,
+            watched: None,
         };
         watch.add()?;
         Ok(watch)
@@ -122,6 +130,13 @@ impl Inotify {
     fn add(&mut self) -> Result<(), String> {
         let folder = CString::new(self.folder.as_os_str().as_bytes())
             .map_err(|_| format!("cannot watch {}", self.folder.display()))?;
+        // Before the watch: a folder put in place between the two is seen
+        // as another at the next look.
+        let watched = self.at_path();
+        if let Some(old) = self.wd.take() {
+            // SAFETY: a valid descriptor; an old watch, gone or not.
+            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), old) };
+        }
         // SAFETY: a valid descriptor and a NUL-terminated path.
         let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), folder.as_ptr(), MASK) };
         if wd < 0 {
@@ -131,8 +146,17 @@ impl Inotify {
                 std::io::Error::last_os_error()
             ));
         }
+        self.wd = Some(wd);
+        self.watched = watched;
         self.watching = true;
         Ok(())
+    }
+
+    /// The folder at the watched path now (device and inode).
+    fn at_path(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.folder).ok()?;
+        Some((meta.dev(), meta.ino()))
     }
 
     fn wait_until(&mut self, deadline: Instant) -> bool {
@@ -150,7 +174,8 @@ impl Inotify {
                 }
                 continue;
             }
-            let wait = (deadline - now).as_millis().clamp(1, 60_000) as i32;
+            // A second at most: then whether the folder is still there.
+            let wait = (deadline - now).min(AGAIN).as_millis().max(1) as i32;
             let mut poll = libc::pollfd {
                 fd: self.fd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -159,6 +184,9 @@ impl Inotify {
             // SAFETY: one valid pollfd.
             let ready = unsafe { libc::poll(&mut poll, 1, wait) };
             if ready <= 0 {
+                if self.at_path() != self.watched {
+                    self.watching = false;
+                }
                 continue;
             }
             if self.read_events() {
@@ -200,6 +228,14 @@ impl Inotify {
                 let len = event.len as usize;
                 let name_bytes = bytes.get(at + header..at + header + len).unwrap_or(&[]);
                 let name = name_bytes.split(|&b| b == 0).next().unwrap_or(&[]);
+                at += header + len;
+                if event.mask & libc::IN_Q_OVERFLOW != 0 {
+                    changed = true;
+                }
+                // An old watch's last words (its folder replaced).
+                if Some(event.wd) != self.wd {
+                    continue;
+                }
                 // The watch gone with its folder, or the folder moved
                 // away: watched again where the lab's path leads.
                 if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0
@@ -207,10 +243,9 @@ impl Inotify {
                     self.watching = false;
                     changed = true;
                 }
-                if event.mask & libc::IN_Q_OVERFLOW != 0 || name == self.name.as_bytes() {
+                if name == self.name.as_bytes() {
                     changed = true;
                 }
-                at += header + len;
             }
         }
     }

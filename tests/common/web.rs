@@ -234,6 +234,58 @@ impl Browser {
         assert!(answer["value"].is_null(), "cannot open {url}: {answer}");
     }
 
+    /// Loads `url` in at most `limit`: whether it loaded.
+    pub fn open_within(&self, url: &str, limit: Duration) -> bool {
+        let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        self.call(
+            "POST",
+            "/timeouts",
+            Some(serde_json::json!({ "pageLoad": limit })),
+        );
+        let answer = self.call("POST", "/url", Some(serde_json::json!({ "url": url })));
+        answer["value"].is_null()
+    }
+
+    /// Opens a new tab and turns to it.
+    pub fn new_tab(&self) {
+        let answer = self.call(
+            "POST",
+            "/window/new",
+            Some(serde_json::json!({ "type": "tab" })),
+        );
+        let handle = answer["value"]["handle"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no new tab: {answer}"))
+            .to_string();
+        self.turn_to(&handle);
+    }
+
+    /// The handles of the open tabs.
+    pub fn tabs(&self) -> Vec<String> {
+        let answer = self.call("GET", "/window/handles", None);
+        answer["value"]
+            .as_array()
+            .map(|tabs| {
+                tabs.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Turns to the tab `handle`.
+    pub fn turn_to(&self, handle: &str) {
+        let answer = self.call(
+            "POST",
+            "/window",
+            Some(serde_json::json!({ "handle": handle })),
+        );
+        assert!(
+            answer["value"].is_null(),
+            "cannot turn to {handle}: {answer}"
+        );
+    }
+
     /// Runs `script` (a function body) in the page; its return value, or
     /// the WebDriver error.
     pub fn run(&self, script: &str) -> serde_json::Value {

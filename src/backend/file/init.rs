@@ -192,7 +192,52 @@ impl FileStore {
             (&locks_name, locks_after),
         ] {
             if let Some(found) = part(folder, name)? {
+                // Only what mama keeps there is changed, and nothing at
+                // all when something else is there (a folder named for
+                // the state file: the folder above it is not the lab's).
+                let folder_wanted = name == &locks_name;
+                let (right, what) = match (found.entry.is_dir(), found.entry.is_file()) {
+                    (true, _) => (folder_wanted, "a folder"),
+                    (_, true) => (!folder_wanted, "a regular file"),
+                    _ if found.entry.is_symlink() => (false, "a symbolic link"),
+                    _ => (false, "neither a regular file nor a folder"),
+                };
+                if !right {
+                    let hint = if name == &state_name && found.entry.is_dir() {
+                        format!(
+                            ": name the state file in it (say {})",
+                            found.path.join("mama.xml").display()
+                        )
+                    } else {
+                        " (remove it)".to_string()
+                    };
+                    return Err(Error::Invalid(format!(
+                        "{} is {what}, which mama does not keep there{hint}; nothing was changed",
+                        found.path.display()
+                    )));
+                }
                 plan.push((found, mode));
+            }
+        }
+        // A state file there must be a lab before anything changes: a file
+        // named by mistake is not handed to the group. (Beside a lock
+        // file, a state file that does not parse may be a write torn by a
+        // kill, which the lock file's copy repairs: read in full below.)
+        if let Some(found) = &state
+            && found.entry.is_file()
+            && part(folder, &lock_name)?.is_none()
+        {
+            let mut text = Vec::new();
+            if let Some(file) = folder.open_file(&state_name, false)? {
+                use std::io::Read;
+                file.take(crate::format::doc::MAX_DOCUMENT)
+                    .read_to_end(&mut text)
+                    .map_err(|e| Error::io("read", &self.path, e))?;
+            }
+            if let Err(e) = self.parse(text) {
+                return Err(Error::Invalid(format!(
+                    "not a lab, so nothing was changed: {e}"
+                )));
             }
         }
         let locks = folder.folder(&locks_name)?;

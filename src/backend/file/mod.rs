@@ -121,7 +121,15 @@ struct Unreached {
 /// stands, and the state file's folder is the descriptor the walk ends in,
 /// exactly the folder judged: every file beside the state file is opened
 /// through it, wherever its path leads by then.
-fn resolve_trusted(start: &Path) -> Result<(PathBuf, std::result::Result<Dir, Unreached>)> {
+///
+/// With `strict` (`mama init`, which opens the folder it ends in and the
+/// files there to the lab's group), a link is followed only when it
+/// belongs to this user or to root: the owner of a folder on the way could
+/// otherwise lead root's init to open a folder of root's to the group.
+fn resolve_trusted(
+    start: &Path,
+    strict: bool,
+) -> Result<(PathBuf, std::result::Result<Dir, Unreached>)> {
     use std::path::Component;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -204,6 +212,15 @@ fn resolve_trusted(start: &Path) -> Result<(PathBuf, std::result::Result<Dir, Un
             )));
         }
         let folder_owner = here.metadata().map(|m| m.uid()).ok();
+        if strict && entry.uid() != me && entry.uid() != 0 {
+            return Err(Error::Invalid(format!(
+                "{} is a symbolic link that belongs to {}; mama init follows only links of \
+                 yours or root's, since it opens the folder a link leads to (and the files \
+                 there) to the lab's group: name the real path, or have root make the link",
+                next.display(),
+                crate::os::user_name_of(entry.uid())
+            )));
+        }
         if entry.uid() != me && entry.uid() != 0 && Some(entry.uid()) != folder_owner {
             return Err(Error::Planted {
                 path: next,
@@ -306,7 +323,17 @@ impl FileStore {
     /// folder is resolved too, and opened, once: every file beside the
     /// state file is opened through it. Beside it, links are never followed.
     pub fn locate(path: PathBuf) -> Result<FileStore> {
-        let (real, folder) = resolve_trusted(&path)?;
+        Self::locate_as(path, false)
+    }
+
+    /// [`FileStore::locate`] for `mama init`: only links of this user's or
+    /// root's are followed (see [`resolve_trusted`]).
+    pub fn locate_for_init(path: PathBuf) -> Result<FileStore> {
+        Self::locate_as(path, true)
+    }
+
+    fn locate_as(path: PathBuf, strict: bool) -> Result<FileStore> {
+        let (real, folder) = resolve_trusted(&path, strict)?;
         let dir = match real.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("/"),

@@ -192,23 +192,28 @@ pub fn ensure(client: &mut impl GenericClient, shown: &str, create: bool) -> Res
     Ok(true)
 }
 
-/// The privileges a role that uses the lab needs on its tables, as GRANT
-/// statements for `role` (an SQL identifier, quoted): to read and write
-/// machines, the document around them and the history, and to add the
-/// job-lock keys of new machine names. Creating the tables and migrating
-/// them stay with their owner (`mama init`, or the first `add`).
-pub fn grants(role: &str) -> Vec<String> {
-    [
-        "SELECT ON mama_schema",
-        "SELECT, INSERT, UPDATE ON mama_lab",
-        "SELECT, INSERT, UPDATE, DELETE ON mama_machine",
-        "SELECT, INSERT ON mama_event",
-        "SELECT, INSERT ON mama_lock_key",
-        "USAGE ON SEQUENCE mama_machine_id_seq, mama_lock_key_key_seq",
-    ]
-    .iter()
-    .map(|what| format!("GRANT {what} TO {role};"))
-    .collect()
+/// The privileges a role that uses the lab needs on its tables, and on
+/// their schema where it is given (`schema`: one not open to everybody),
+/// as GRANT statements for `role` (SQL identifiers, quoted): to find the
+/// tables, to read and write machines, the document around them and the
+/// history, and to add the job-lock keys of new machine names. Creating
+/// the tables and migrating them stay with their owner (`mama init`, or
+/// the first `add`).
+pub fn grants(schema: Option<&str>, role: &str) -> Vec<String> {
+    let usage = schema.map(|schema| format!("USAGE ON SCHEMA {schema}"));
+    usage
+        .iter()
+        .map(String::as_str)
+        .chain([
+            "SELECT ON mama_schema",
+            "SELECT, INSERT, UPDATE ON mama_lab",
+            "SELECT, INSERT, UPDATE, DELETE ON mama_machine",
+            "SELECT, INSERT ON mama_event",
+            "SELECT, INSERT ON mama_lock_key",
+            "USAGE ON SEQUENCE mama_machine_id_seq, mama_lock_key_key_seq",
+        ])
+        .map(|what| format!("GRANT {what} TO {role};"))
+        .collect()
 }
 
 /// `name` as an SQL identifier: quoted, a quote in it doubled.

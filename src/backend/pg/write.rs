@@ -567,7 +567,7 @@ impl PgStore {
     pub fn init(&self, grant: Option<&str>) -> Result<crate::backend::InitDone> {
         let shown = self.url.shown.clone();
         let role = grant.map_or_else(|| "ROLE".to_string(), schema::quote_identifier);
-        let grants = schema::grants(&role);
+        let mut grants = Vec::new();
         let changes = self.with_main(|client| {
             let mut tx = client
                 .transaction()
@@ -583,9 +583,22 @@ impl PgStore {
                 Some(_) => {}
             }
             schema::ensure(&mut tx, &shown, true)?;
+            // The schema the tables are in: a role must be let into it
+            // too, unless everybody may use it (as `public`).
+            let (lab_schema, open): (String, bool) = tx
+                .query_one(
+                    "SELECT current_schema()::text, \
+                       has_schema_privilege('public', current_schema(), 'USAGE')",
+                    &[],
+                )
+                .and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .map_err(|e| db_error(&self.context("set up"), e))?;
+            let into = (!open).then(|| schema::quote_identifier(&lab_schema));
+            grants = schema::grants(into.as_deref(), &role);
             let granted = |tx: &mut postgres::Transaction<'_>, role: &str| {
                 tx.query_one(
-                    "SELECT has_table_privilege($1, 'mama_machine', 'SELECT, INSERT, UPDATE, DELETE') \
+                    "SELECT has_schema_privilege($1, current_schema(), 'USAGE') \
+                       AND has_table_privilege($1, 'mama_machine', 'SELECT, INSERT, UPDATE, DELETE') \
                        AND has_table_privilege($1, 'mama_lab', 'SELECT, INSERT, UPDATE') \
                        AND has_table_privilege($1, 'mama_event', 'SELECT, INSERT') \
                        AND has_table_privilege($1, 'mama_lock_key', 'SELECT, INSERT') \
