@@ -679,6 +679,31 @@ fn a_link_planted_as_a_segment_is_never_followed() {
 }
 
 #[test]
+fn a_keep_days_written_by_hand_past_any_cutoff_drops_nothing_young() {
+    // A state file's history-keep-days as mama never writes it (edited by
+    // hand, past what an i64 holds): a cutoff that far back keeps every
+    // event, never wraps round to one in the future that drops them all.
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.run(["setting", "history-max-size", "1M"]).ok();
+    env.run(["setting", "history-keep-days", "90"]).ok();
+    let seeded = job_lines(1, 500, unix_now() - 600, 100);
+    let n = seeded.len() as u64;
+    fs::write(log_path(&env), lines(&seeded)).expect("write the log");
+    commit_log_up_to(&env, n);
+    let state = env.read_state();
+    assert!(state.contains("<history_keep_days>90<"), "{state}");
+    env.write_state(&state.replace(
+        "<history_keep_days>90<",
+        "<history_keep_days>18446744073709551615<",
+    ));
+    // The flush rotates the log, then prunes by the retention.
+    flush(&env, "a");
+    assert_eq!(segments(&env), ["mama.xml.log.1"]);
+    assert_eq!(seqs(&env.events()).first(), Some(&1));
+}
+
+#[test]
 fn a_database_lab_drops_events_past_its_retention() {
     if !cfg!(mama_postgres) {
         return;
