@@ -480,6 +480,33 @@ fn a_database_lab_gets_its_new_columns_once_and_reads_without_them() {
     assert_eq!(env.run(["stats", "--json"]).json()["total"]["failed"], 1);
 }
 
+#[test]
+#[cfg_attr(
+    not(mama_faketime),
+    ignore = "needs faketime: run tests/install-tools as root"
+)]
+fn an_until_past_now_counts_as_now_the_current_second_included() {
+    let env = TestEnv::new();
+    lab_with_history(&env, &fixture());
+    // The clock stands still at T0 + 10000 s: rig3's claim at 9500 is
+    // still held. Without --until and with one past now alike, the window
+    // ends after the current second.
+    let at_rest = |args: &[&str]| {
+        let mut cmd = Command::new("faketime");
+        remove_mama_env(&mut cmd);
+        cmd.args(["2026-11-02 02:46:40", MAMA, "stats", "--json"])
+            .args(args)
+            .env("MAMA_STATE", &env.state)
+            .env("TZ", "UTC");
+        Run::from(cmd.output().expect("run mama stats")).json()
+    };
+    for args in [&[][..], &["--until", "2099-01-01"][..]] {
+        let got = at_rest(args);
+        assert_eq!(got["until"], T0 + 10001, "{args:?}: {got}");
+        assert_eq!(got["rows"][2]["busy_seconds"], 501, "{args:?}: {got}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Retention
 
