@@ -316,5 +316,12 @@ mod tests {
                 max_size: 1 << 20
             }
         );
+        // Written by hand past what a cutoff in seconds holds (a database
+        // lab's row, say): as long as `setting` lets one keep it.
+        let set = [(Setting::HistoryKeepDays, u64::MAX.to_string())];
+        assert_eq!(
+            Retention::of(&set).keep_days,
+            Some(crate::text::MAX_SECS / 86400)
+        );
     }
 }
