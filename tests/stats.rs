@@ -494,7 +494,9 @@ fn an_until_past_now_counts_as_now_the_current_second_included() {
     let at_rest = |args: &[&str]| {
         let mut cmd = Command::new("faketime");
         remove_mama_env(&mut cmd);
-        cmd.args(["2026-11-02 02:46:40", MAMA, "stats", "--json"])
+        // `-f` with a date: a clock that stands still (without it, the
+        // clock starts there and runs on).
+        cmd.args(["-f", "2026-11-02 02:46:40", MAMA, "stats", "--json"])
             .args(args)
             .env("MAMA_STATE", &env.state)
             .env("TZ", "UTC");
