@@ -480,6 +480,26 @@ fn a_database_lab_gets_its_new_columns_once_and_reads_without_them() {
     assert_eq!(env.run(["stats", "--json"]).json()["total"]["failed"], 1);
 }
 
+on_both_backends! {
+    fn settings_and_power_devices_are_no_machines(env: &TestEnv) {
+        // Their events name a setting and a device where others name a
+        // machine: neither is a row, nor counts in the lab's machine time.
+        env.add("rig1", 1);
+        env.run(["setting", "history-keep-days", "90"]).ok();
+        env.run(["device", "add", "pdu1", "--driver", "usbrly08", "--port", "/dev/x"])
+            .ok();
+        env.run(["device", "delete", "pdu1"]).ok();
+        env.run(["run", "rig1", "--", "true"]).ok();
+        let got = stats(env, &["--json"]).json();
+        let names: Vec<String> = rows(&got, "machine").into_iter().map(|r| r.0).collect();
+        assert_eq!(names, ["rig1"], "{got}");
+        assert_eq!(got["total"]["machines"], 1, "{got}");
+        assert_eq!(got["total"]["jobs"], 1, "{got}");
+        let by_user = stats(env, &["--by", "user", "--json"]).json();
+        assert_eq!(by_user["total"]["machines"], 1, "{by_user}");
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(mama_faketime),
