@@ -378,8 +378,10 @@ on_both_backends! {
         assert_eq!(got["since"], now - 7200);
         let busy = got["rows"][0]["busy_seconds"].as_i64().expect("busy");
         assert!((2400..=2402).contains(&busy), "{got}");
-        // Up to 2h ago: nothing happened before the first event.
-        let got = stats(env, &["--since", "3h", "--until", "2h", "--json"]).json();
+        // Up to a minute before the first event (not 2h, which the first
+        // event's second would fall inside of whenever a second ticks over
+        // between its writing and the command): nothing happened.
+        let got = stats(env, &["--since", "3h", "--until", "121m", "--json"]).json();
         assert_eq!(got["total"]["jobs"], 0);
         assert_eq!(got["total"]["busy_seconds"], 0);
     }
@@ -476,6 +478,55 @@ fn a_database_lab_gets_its_new_columns_once_and_reads_without_them() {
         .collect();
     assert_eq!(statuses, [json!(2), json!(0)]);
     assert_eq!(env.run(["stats", "--json"]).json()["total"]["failed"], 1);
+}
+
+on_both_backends! {
+    fn settings_and_power_devices_are_no_machines(env: &TestEnv) {
+        // Their events name a setting and a device where others name a
+        // machine: neither is a row, nor counts in the lab's machine time.
+        env.add("rig1", 1);
+        env.run(["setting", "history-keep-days", "90"]).ok();
+        env.run(["device", "add", "pdu1", "--driver", "usbrly08", "--port", "/dev/x"])
+            .ok();
+        env.run(["device", "delete", "pdu1"]).ok();
+        env.run(["run", "rig1", "--", "true"]).ok();
+        let got = stats(env, &["--json"]).json();
+        let names: Vec<String> = rows(&got, "machine").into_iter().map(|r| r.0).collect();
+        assert_eq!(names, ["rig1"], "{got}");
+        assert_eq!(got["total"]["machines"], 1, "{got}");
+        assert_eq!(got["total"]["jobs"], 1, "{got}");
+        let by_user = stats(env, &["--by", "user", "--json"]).json();
+        assert_eq!(by_user["total"]["machines"], 1, "{by_user}");
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_faketime),
+    ignore = "needs faketime: run tests/install-tools as root"
+)]
+fn an_until_past_now_counts_as_now_the_current_second_included() {
+    let env = TestEnv::new();
+    lab_with_history(&env, &fixture());
+    // The clock stands still at T0 + 10000 s: rig3's claim at 9500 is
+    // still held. Without --until and with one past now alike, the window
+    // ends after the current second.
+    let at_rest = |args: &[&str]| {
+        let mut cmd = Command::new("faketime");
+        remove_mama_env(&mut cmd);
+        // `-f` with a date: a clock that stands still (without it, the
+        // clock starts there and runs on).
+        cmd.args(["-f", "2026-11-02 02:46:40", MAMA, "stats", "--json"])
+            .args(args)
+            .env("MAMA_STATE", &env.state)
+            .env("TZ", "UTC");
+        Run::from(cmd.output().expect("run mama stats")).json()
+    };
+    for args in [&[][..], &["--until", "2099-01-01"][..]] {
+        let got = at_rest(args);
+        assert_eq!(got["until"], T0 + 10001, "{args:?}: {got}");
+        assert_eq!(got["rows"][2]["busy_seconds"], 501, "{args:?}: {got}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -676,6 +727,31 @@ fn a_link_planted_as_a_segment_is_never_followed() {
         seqs(&env.events()),
         (1..=n + FLUSH_AT as u64 + 1).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_keep_days_written_by_hand_past_any_cutoff_drops_nothing_young() {
+    // A state file's history-keep-days as mama never writes it (edited by
+    // hand, past what an i64 holds): a cutoff that far back keeps every
+    // event, never wraps round to one in the future that drops them all.
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    env.run(["setting", "history-max-size", "1M"]).ok();
+    env.run(["setting", "history-keep-days", "90"]).ok();
+    let seeded = job_lines(1, 500, unix_now() - 600, 100);
+    let n = seeded.len() as u64;
+    fs::write(log_path(&env), lines(&seeded)).expect("write the log");
+    commit_log_up_to(&env, n);
+    let state = env.read_state();
+    assert!(state.contains("<history_keep_days>90<"), "{state}");
+    env.write_state(&state.replace(
+        "<history_keep_days>90<",
+        "<history_keep_days>18446744073709551615<",
+    ));
+    // The flush rotates the log, then prunes by the retention.
+    flush(&env, "a");
+    assert_eq!(segments(&env), ["mama.xml.log.1"]);
+    assert_eq!(seqs(&env.events()).first(), Some(&1));
 }
 
 #[test]

@@ -378,8 +378,8 @@ pub fn stats(
     use crate::engine::stats::{self, By};
     let now = os::now();
     // A window cannot reach past now: the history ends there. Without
-    // --until it takes in the current second.
-    let until = until.map_or(now + 1, |u| u.at(now).min(now));
+    // --until, or with one past now, it takes in the current second.
+    let until = until.map_or(now + 1, |u| u.at(now).min(now + 1));
     let since = since.map(|s| s.at(now));
     if since.is_some_and(|s| s >= until) {
         return Err(Error::Invalid(format!(

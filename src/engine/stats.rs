@@ -18,6 +18,8 @@
 //! - A *reservation* is a `reserved` event until its end: `unreserved`,
 //!   `force_released`, `expired`, `deleted`, or the next `reserved` event of
 //!   the machine.
+//! - A setting's change and a power device's addition or removal name no
+//!   machine: they count for nothing.
 //! - Holds and reservations are clipped to the window: only the part inside
 //!   it counts. Events (jobs, failures, stale clears, waits) count when they
 //!   happened inside the window.
@@ -226,6 +228,9 @@ impl Tally {
             self.starts_with_first = false;
             self.window.since = event.time.min(self.window.until);
         }
+        if !of_a_machine(event.event) {
+            return;
+        }
         let window = self.window;
         let inside = window.holds(event.time);
         let m = self.machine(&event.machine);
@@ -409,6 +414,15 @@ fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
     sorted.get(rank - 1).copied()
 }
 
+/// Whether an event of `kind` names a machine: a setting's change names
+/// the setting, a power device's addition or removal the device.
+fn of_a_machine(kind: Kind) -> bool {
+    !matches!(
+        kind,
+        Kind::SettingChanged | Kind::DeviceAdded | Kind::DeviceDeleted
+    )
+}
+
 /// Whether a claim was made inside another (a nested run, which holds
 /// nothing of its own).
 fn is_nested(event: &Brief<'_>) -> bool {
@@ -536,6 +550,9 @@ impl Daily {
     }
 
     pub fn add(&mut self, event: &Brief<'_>) {
+        if !of_a_machine(event.event) {
+            return;
+        }
         let m = self.tally.machine(&event.machine);
         // The hold this event ends, if any, before the tally forgets it.
         let before = self.tally.holds[m].as_ref().map(|h| h.start);

@@ -202,7 +202,9 @@ impl Retention {
         };
         let keep_days = match value(Setting::HistoryKeepDays).map(str::parse::<u64>) {
             Some(Ok(0)) => None,
-            Some(Ok(days)) => Some(days),
+            // No longer than `setting` lets one set (a value written by
+            // hand may be past what the cutoff's arithmetic holds).
+            Some(Ok(days)) => Some(days.min(crate::text::MAX_SECS / 86400)),
             _ => Some(Retention::KEEP_DAYS),
         };
         let max_size = value(Setting::HistoryMaxSize)
@@ -313,6 +315,13 @@ mod tests {
                 keep_days: None,
                 max_size: 1 << 20
             }
+        );
+        // Written by hand past what a cutoff in seconds holds (a database
+        // lab's row, say): as long as `setting` lets one keep it.
+        let set = [(Setting::HistoryKeepDays, u64::MAX.to_string())];
+        assert_eq!(
+            Retention::of(&set).keep_days,
+            Some(crate::text::MAX_SECS / 86400)
         );
     }
 }
