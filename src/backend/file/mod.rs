@@ -327,7 +327,8 @@ impl FileStore {
     }
 
     /// [`FileStore::locate`] for `mama init`: only links of this user's or
-    /// root's are followed (see [`resolve_trusted`]).
+    /// root's are followed, and those checked before any folder is made
+    /// through one.
     pub fn locate_for_init(path: PathBuf) -> Result<FileStore> {
         Self::locate_as(path, true)
     }
