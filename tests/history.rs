@@ -847,6 +847,45 @@ fn seed_log(env: &TestEnv, n: u64, time: i64, pad: usize) -> Vec<usize> {
 // A log past its segment size is rotated whole, and old segments dropped
 // by the lab's retention: see stats.rs.
 
+/// A log that could not be rotated (here: its first line is no event, so
+/// no segment can be named after it) and grew past the size readers
+/// refuse: writes go on, reading only its end; `log` refuses it, naming it.
+#[test]
+fn a_log_grown_past_what_readers_take_does_not_stop_the_lab() {
+    use mama::backend::file::log::MAX_LOG;
+    use std::io::Write;
+    let env = TestEnv::new();
+    env.add("rig1", 1);
+    let time = unix_now();
+    let log = fs::File::create(log_path(&env)).expect("the log");
+    // A first line of zeros past the limit (sparse), then events.
+    log.set_len(MAX_LOG + 4096).expect("grow it");
+    let mut tail = String::from("\n");
+    for seq in 1..=40 {
+        tail.push_str(&line(seq, time, "rig1", "set", &format!("os={seq}")));
+    }
+    let mut log = fs::OpenOptions::new()
+        .append(true)
+        .open(log_path(&env))
+        .expect("the log");
+    log.write_all(tail.as_bytes()).expect("append");
+    set_event_seq(&env, 40);
+    // Enough writes for a flush to the log, which cannot be rotated.
+    for i in 0..FLUSH_AT + 2 {
+        env.run(["set", "rig1", "os", &format!("after-{i}")]).ok();
+    }
+    let text = fs::read(log_path(&env)).expect("read the log");
+    let last = text[..text.len() - 1]
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .expect("a last line");
+    let last: Value = serde_json::from_slice(last).expect("an event");
+    assert!(last["seq"].as_u64() > Some(40), "{last}");
+    assert_eq!(env.info("rig1")["os"], format!("after-{}", FLUSH_AT + 1));
+    env.run(["log"])
+        .fails_saying(1, "it is not a log mama wrote");
+}
+
 // ---------------------------------------------------------------------------
 // 4. log: --since, --json, a machine
 

@@ -314,10 +314,9 @@ impl History {
     /// The time of the newest event of segment `name`.
     fn newest_time(&self, name: &std::ffi::OsStr) -> Result<Option<i64>> {
         let path = self.dir.child(name);
-        let Some(file) = self.dir.open_file(name, false)? else {
+        let Some(mut file) = self.dir.open_file(name, false)? else {
             return Ok(None);
         };
-        let mut file = bounded(file, &path)?;
         let tail = scan_back(&mut file, |_| true)
             .map_err(|e| Error::io("read the event log", &path, e))?;
         Ok(tail.events.first().map(|e| e.time))
@@ -356,10 +355,9 @@ impl History {
     fn last_in_segments(&self) -> Result<Option<u64>> {
         for segment in self.segments()?.iter().rev() {
             let path = self.dir.child(&segment.name);
-            let Some(file) = self.dir.open_file(&segment.name, false)? else {
+            let Some(mut file) = self.dir.open_file(&segment.name, false)? else {
                 continue;
             };
-            let mut file = bounded(file, &path)?;
             let tail = scan_back(&mut file, |_| true)
                 .map_err(|e| Error::io("read the event log", &path, e))?;
             if let Some(seq) = tail.last_seq() {
@@ -373,7 +371,10 @@ impl History {
     /// the state file; never through a link planted in its place.
     fn open_for_append(&self, like: Option<&Metadata>) -> Result<File> {
         match self.dir.open_or_create(&self.name, like) {
-            Ok((file, _)) => bounded(file, &self.path),
+            // Not refused when past MAX_LOG, unlike a reader's: a writer
+            // reads only its end (see `lines_back`), and a log that could
+            // not be rotated must not stop every write to the lab.
+            Ok((file, _)) => Ok(file),
             // A log this user may not write though they may write the state
             // (made before the state file was shared, say): replace it with
             // a copy made like the state file, as the state itself is.
@@ -420,7 +421,8 @@ impl History {
 
     /// The number of the newest whole event logged, if any.
     pub fn last_seq(&self) -> Result<Option<u64>> {
-        if let Some(mut file) = self.open_to_read()? {
+        // Its end only (see `lines_back`): not refused when past MAX_LOG.
+        if let Some(mut file) = self.dir.open_file(&self.name, false)? {
             let tail = scan_back(&mut file, |_| true)
                 .map_err(|e| Error::io("read the event log", &self.path, e))?;
             if let Some(seq) = tail.last_seq() {
@@ -503,17 +505,19 @@ impl History {
             .map_err(|e| Error::io("read the event log", path, e))?;
             Ok(stopped)
         };
-        if let Some(mut file) = self.open_to_read()?
+        // From their ends, no further back than MAX_LOG (`lines_back`):
+        // a log grown past it is read here, not refused.
+        if let Some(mut file) = self.dir.open_file(&self.name, false)?
             && visit_file(&mut file, &self.path)?
         {
             return Ok(true);
         }
         for segment in self.segments()?.iter().rev().take(segments) {
             let path = self.dir.child(&segment.name);
-            let Some(file) = self.dir.open_file(&segment.name, false)? else {
+            let Some(mut file) = self.dir.open_file(&segment.name, false)? else {
                 continue;
             };
-            if visit_file(&mut bounded(file, &path)?, &path)? {
+            if visit_file(&mut file, &path)? {
                 return Ok(true);
             }
         }
@@ -711,18 +715,21 @@ fn read_whole_lines(file: &mut File, len: Option<u64>) -> io::Result<Vec<u8>> {
 /// Visits the log's whole lines from the end backwards (newest first,
 /// without their newline) until `visit` says stop. Only the end of the log
 /// is read unless the line sought lies further back: a window of 4 KiB,
-/// then each time four times wider. Returns the log's length and where its
-/// whole lines end. (Each claim and release asks for the last event alone,
+/// then each time four times wider, never further back than [`MAX_LOG`]
+/// from the end (a log that could not be rotated may grow past it; a
+/// planted sparse file is never read whole). Returns the log's length and
+/// where its whole lines end. (Each claim and release asks for the last event alone,
 /// which a page holds: a first window of 16 KiB read the whole of a short
 /// log, twice a run.)
 fn lines_back(file: &mut File, mut visit: impl FnMut(&[u8]) -> bool) -> io::Result<(u64, u64)> {
     let len = file.seek(SeekFrom::End(0))?;
+    let floor = len.saturating_sub(MAX_LOG);
     let mut window = 4 * 1024u64;
     // Where the lines already visited start: the next window ends there.
     let mut done = None;
     let mut whole = 0;
     loop {
-        let start = len.saturating_sub(window);
+        let start = len.saturating_sub(window).max(floor);
         let mut buf = Vec::with_capacity((len - start) as usize);
         file.seek(SeekFrom::Start(start))?;
         Read::by_ref(file).take(len - start).read_to_end(&mut buf)?;
@@ -735,6 +742,16 @@ fn lines_back(file: &mut File, mut visit: impl FnMut(&[u8]) -> bool) -> io::Resu
                 }
                 // Not one whole line yet.
                 None if start == 0 => return Ok((len, 0)),
+                // No line in its last MAX_LOG bytes: no log of mama's.
+                None if start == floor => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "it is {len} bytes with no line in its last {MAX_LOG}: \
+                             it is not a log mama wrote (move it aside)"
+                        ),
+                    ));
+                }
                 None => {
                     window = window.saturating_mul(4);
                     continue;
@@ -756,7 +773,7 @@ fn lines_back(file: &mut File, mut visit: impl FnMut(&[u8]) -> bool) -> io::Resu
             }
             line_end = line_start;
         }
-        if start == 0 {
+        if start == floor {
             return Ok((len, whole));
         }
         done = Some(start + line_end as u64);
