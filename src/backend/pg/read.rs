@@ -35,6 +35,28 @@ impl PgStore {
         Ok((snapshot, events.unwrap_or_default()))
     }
 
+    /// The lab as the snapshot transaction `tx` sees it, keeping its look
+    /// at the job locks; no lab there is an error saying so.
+    fn lab_in(&self, tx: &mut postgres::Transaction<'_>) -> Result<Lab> {
+        let Some(version) = schema::version(tx, &self.url.shown)? else {
+            return Err(self.no_lab());
+        };
+        let (rows, look, _, document) = self.snapshot(tx, version, false)?;
+        *Self::locked(&self.look) = Some(look);
+        self.model(&self.parse(&rows)?, document.as_deref())
+    }
+
+    /// The event columns added after the table's first version, to select
+    /// (`waited`, `status`), or NULLs in their place where the table lacks
+    /// them.
+    fn later_event_columns(&self, client: &mut impl GenericClient) -> Result<&'static str> {
+        Ok(if schema::event_columns(client, &self.url.shown, false)? {
+            "waited::float8, status::int4"
+        } else {
+            "NULL::float8, NULL::int4"
+        })
+    }
+
     /// A read-only transaction that sees one snapshot of the lab.
     pub(super) fn snapshot_transaction<'a>(
         &self,
@@ -61,12 +83,7 @@ impl PgStore {
     ) -> Result<(Snapshot, Option<Vec<Event>>)> {
         self.with_main(|client| {
             let mut tx = self.snapshot_transaction(client)?;
-            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
-                return Err(self.no_lab());
-            };
-            let (rows, look, _, document) = self.snapshot(&mut tx, version, false)?;
-            *Self::locked(&self.look) = Some(look);
-            let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
+            let lab = self.lab_in(&mut tx)?;
             let (events, last_event) = match events {
                 None => (None, None),
                 Some(wanted) => {
@@ -256,12 +273,7 @@ impl PgStore {
         const COLUMNS: &str = "seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
              coalesce(event, '')::text, job::text, pid::int8, \
              coalesce(\"user\", '')::text, coalesce(host, '')::text, detail::text";
-        let extra = if schema::event_columns(client, &self.url.shown, false)? {
-            ", waited::float8, status::int4"
-        } else {
-            ", NULL::float8, NULL::int4"
-        };
-        let columns = format!("{COLUMNS}{extra}");
+        let columns = format!("{COLUMNS}, {}", self.later_event_columns(client)?);
         let rows = match wanted {
             Wanted::After(after) => {
                 let after = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
@@ -317,17 +329,8 @@ impl PgStore {
         use std::borrow::Cow;
         self.with_main(|client| {
             let mut tx = self.snapshot_transaction(client)?;
-            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
-                return Err(self.no_lab());
-            };
-            let (rows, look, _, document) = self.snapshot(&mut tx, version, false)?;
-            *Self::locked(&self.look) = Some(look);
-            let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
-            let extra = if schema::event_columns(&mut tx, &self.url.shown, false)? {
-                "waited::float8, status::int4"
-            } else {
-                "NULL::float8, NULL::int4"
-            };
+            let lab = self.lab_in(&mut tx)?;
+            let extra = self.later_event_columns(&mut tx)?;
             let query = format!(
                 "SELECT seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
                  coalesce(event, '')::text, pid::int8, coalesce(\"user\", '')::text, \
@@ -372,17 +375,8 @@ impl PgStore {
         use postgres::fallible_iterator::FallibleIterator;
         self.with_main(|client| {
             let mut tx = self.snapshot_transaction(client)?;
-            let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
-                return Err(self.no_lab());
-            };
-            let (rows, look, _, document) = self.snapshot(&mut tx, version, false)?;
-            *Self::locked(&self.look) = Some(look);
-            let lab = self.model(&self.parse(&rows)?, document.as_deref())?;
-            let extra = if schema::event_columns(&mut tx, &self.url.shown, false)? {
-                "waited::float8, status::int4"
-            } else {
-                "NULL::float8, NULL::int4"
-            };
+            let lab = self.lab_in(&mut tx)?;
+            let extra = self.later_event_columns(&mut tx)?;
             let query = format!(
                 "SELECT seq::int8, coalesce(time, 0)::int8, coalesce(machine, '')::text, \
                  coalesce(event, '')::text, job::text, pid::int8, \
