@@ -39,7 +39,7 @@ const PROGRAMS: &[(&str, &[&str])] = &[
     ("mama_man", &["groff", "man"]),
     ("mama_zsh", &["zsh"]),
     ("mama_fish", &["fish"]),
-    ("mama_dpkg", &["dpkg", "dpkg-deb", "strip"]),
+    ("mama_dpkg", &["dpkg", "dpkg-deb", "strip", "objdump"]),
     ("mama_chromium", &["chromium", "chromedriver"]),
     ("mama_prometheus", &["prometheus", "promtool"]),
 ];

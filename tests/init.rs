@@ -118,7 +118,14 @@ fn init_sets_a_lab_up_for_its_group_in_one_step_and_again_changes_nothing() {
     let before = env.read_state();
     let stranger = |args: &[&str]| as_stranger(&env, &bin, args);
     let why = format!("you are not in the group {group}");
-    stranger(&["run", "rig2", "--", "true"]).fails_saying(125, &why);
+    let told = stranger(&["run", "rig2", "--", "true"])
+        .fails_saying(125, &why)
+        .to_string();
+    // Only root changes a user's groups.
+    assert!(
+        told.contains("ask the system's administrator to add you"),
+        "{told}"
+    );
     stranger(&["set", "rig2", "os", "x"]).fails_saying(1, &why);
     stranger(&["reserve", "rig2"]).fails_saying(1, &why);
     assert_eq!(env.read_state(), before);

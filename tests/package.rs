@@ -229,4 +229,11 @@ fn build_deb_takes_its_paths_from_where_it_is_run_spaces_and_all() {
         "{built:#?}"
     );
     assert!(!repo.join("the debs").exists());
+    // It depends on a libc6 at least as new as the symbols it uses.
+    let depends = Command::new("dpkg-deb")
+        .args(["--field", &deb, "Depends"])
+        .output()
+        .expect("dpkg-deb runs");
+    let depends = String::from_utf8_lossy(&depends.stdout);
+    assert!(depends.starts_with("libc6 (>= 2."), "{depends}");
 }

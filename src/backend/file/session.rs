@@ -151,8 +151,9 @@ impl FileStore {
         }
         if !os::own_groups().contains(&gid) {
             return Some(format!(
-                "you are not in the group {group}, which shares the lab: ask its owner, \
-                 {keeper}, to add you (`usermod -aG {group} {}`, then log in again)",
+                "you are not in the group {group}, which shares the lab ({keeper}'s): ask the \
+                 system's administrator to add you (`sudo usermod -aG {group} {}`, then log \
+                 in again)",
                 os::user_name_of(me)
             ));
         }
