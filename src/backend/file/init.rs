@@ -267,16 +267,28 @@ impl FileStore {
                 continue;
             }
             let line = part.change(gid, *mode);
+            // Each changed through a descriptor, and only when it is still
+            // what was checked: a member who may rename in the folder could
+            // otherwise swap in another file (a hard link to anyone's)
+            // between the check and the change.
             if part.entry.is_dir() {
-                self.folder_at(folder, &part.path, &locks_name)?
-                    .set_group_and_mode(gid, *mode)?;
+                let dir = self.folder_at(folder, &part.path, &locks_name)?;
+                let now = dir
+                    .metadata()
+                    .map_err(|e| Error::io("read", &part.path, e))?;
+                if !part.entry.is(&now) {
+                    return Err(replaced_meanwhile(&part.path, &changes));
+                }
+                dir.set_group_and_mode(gid, *mode)?;
             } else if part.entry.is_file() {
                 let dir = match &locks {
                     Some(locks) if part.path.parent() == Some(locks.path()) => locks,
                     _ => folder.as_ref(),
                 };
                 let name = part.path.file_name().unwrap_or_default();
-                self.set_file(dir, name, &part.path, gid, *mode)?;
+                if !self.set_file(dir, name, &part.path, gid, *mode, Some(&part.entry))? {
+                    return Err(replaced_meanwhile(&part.path, &changes));
+                }
             } else {
                 continue;
             }
@@ -287,7 +299,7 @@ impl FileStore {
             let empty = XmlLab::empty();
             let text = self.rendered(&empty)?.concat();
             if folder.create_whole(&state_name, &self.temp_name(), text.as_bytes())? {
-                self.set_file(folder, &state_name, &self.path, gid, state_after)?;
+                self.set_file(folder, &state_name, &self.path, gid, state_after, None)?;
                 changes.push(format!(
                     "{}: created (an empty lab), group {group}, mode {state_after:04o}",
                     self.path.display()
@@ -349,12 +361,42 @@ impl FileStore {
         dir.map_err(|e| Error::io("open the folder", path, e))
     }
 
-    /// Gives the file `name` in `dir` the group `gid` and the mode `mode`.
-    fn set_file(&self, dir: &Dir, name: &OsStr, path: &Path, gid: u32, mode: u32) -> Result<()> {
+    /// Gives the file `name` in `dir` the group `gid` and the mode `mode`;
+    /// with `checked`, only if it is still that file (false if not).
+    fn set_file(
+        &self,
+        dir: &Dir,
+        name: &OsStr,
+        path: &Path,
+        gid: u32,
+        mode: u32,
+        checked: Option<&fsutil::Entry>,
+    ) -> Result<bool> {
         let file = dir
             .open_file(name, false)?
             .ok_or_else(|| Error::io("open", path, io::ErrorKind::NotFound.into()))?;
+        if let Some(checked) = checked {
+            let now = file.metadata().map_err(|e| Error::io("read", path, e))?;
+            if !checked.is(&now) {
+                return Ok(false);
+            }
+        }
         fsutil::set_group_and_mode_to(&file, gid, mode)
-            .map_err(|e| fsutil::error("change the group and mode of", path, e))
+            .map_err(|e| fsutil::error("change the group and mode of", path, e))?;
+        Ok(true)
     }
+}
+
+/// `path` was replaced between init's check and its change of it.
+fn replaced_meanwhile(path: &Path, done: &[String]) -> Error {
+    let done = if done.is_empty() {
+        "nothing was changed".to_string()
+    } else {
+        format!("changed before it: {}", done.join("; "))
+    };
+    Error::Invalid(format!(
+        "{} was replaced while mama init looked at it, so it was left as it is ({done}); \
+         see who may write in its folder, and run init again",
+        path.display()
+    ))
 }
