@@ -168,25 +168,18 @@ pub fn connect_by(
     if !encrypted.load(Ordering::SeqCst) {
         warn_in_clear(url);
     }
-    // `in_hot_standby` (PostgreSQL 14 and later) costs the server no
-    // catalog lookup or plan; an older server is asked the function.
-    let first = |client: &mut Client, query: &str| {
-        client.simple_query(query).map(|messages| {
+    // `in_hot_standby` costs the server no catalog lookup or plan (every
+    // server mama connects to has it: the session's options above need
+    // PostgreSQL 14, which brought both).
+    let standby = client
+        .simple_query("SHOW in_hot_standby")
+        .map(|messages| {
             messages.iter().any(|message| match message {
-                postgres::SimpleQueryMessage::Row(row) => {
-                    matches!(row.get(0), Some("t" | "on"))
-                }
+                postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("on"),
                 _ => false,
             })
         })
-    };
-    let standby = match first(&mut client, "SHOW in_hot_standby") {
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
-            first(&mut client, "SELECT pg_is_in_recovery()")
-        }
-        other => other,
-    }
-    .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))?;
+        .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))?;
     if standby {
         return Err(Error::Database {
             context: format!("cannot use the lab at {}", url.shown),
