@@ -326,6 +326,33 @@ fn a_read_only_role_reads_and_waits_but_never_writes() {
     not(mama_postgres),
     ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
 )]
+fn a_session_read_only_by_default_is_refused_for_every_command() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    db.batch(
+        "CREATE ROLE replica_reader LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO replica_reader;
+         ALTER ROLE replica_reader SET default_transaction_read_only = on;",
+    );
+    let as_reader = |args: &[&str]| {
+        let mut cmd = env.cmd(args);
+        cmd.env("MAMA_STATE", db.url.replacen("mama@", "replica_reader@", 1));
+        Run::from(cmd.output().expect("mama runs"))
+    };
+    let why = "the session is read-only (default_transaction_read_only is on";
+    as_reader(&["list"]).fails_saying(1, why);
+    as_reader(&["wait", "m", "--timeout", "1"]).fails_saying(1, why);
+    as_reader(&["run", "m", "--", "true"]).fails_saying(125, why);
+    // The same role without the setting uses the lab.
+    db.batch("ALTER ROLE replica_reader RESET default_transaction_read_only;");
+    assert_eq!(as_reader(&["list", "--names"]).ok(), "m\n");
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_killed_holders_claim_is_stale_at_once_naming_its_host() {
     let env = TestEnv::postgres();
     env.add("m", 1);

@@ -168,27 +168,39 @@ pub fn connect_by(
     if !encrypted.load(Ordering::SeqCst) {
         warn_in_clear(url);
     }
-    // `in_hot_standby` costs the server no catalog lookup or plan (every
-    // server mama connects to has it: the session's options above need
-    // PostgreSQL 14, which brought both).
-    let standby = client
-        .simple_query("SHOW in_hot_standby")
+    // Two settings in one round trip, with no catalog lookup or plan
+    // (every server mama connects to has `in_hot_standby`: the session's
+    // options above need PostgreSQL 14, which brought both).
+    let on: Vec<bool> = client
+        .simple_query("SHOW in_hot_standby; SHOW default_transaction_read_only")
         .map(|messages| {
-            messages.iter().any(|message| match message {
-                postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("on"),
-                _ => false,
-            })
+            messages
+                .iter()
+                .filter_map(|message| match message {
+                    postgres::SimpleQueryMessage::Row(row) => Some(row.get(0) == Some("on")),
+                    _ => None,
+                })
+                .collect()
         })
         .map_err(|e| db_error(&format!("cannot connect to the lab at {}", url.shown), e))?;
-    if standby {
-        return Err(Error::Database {
-            context: format!("cannot use the lab at {}", url.shown),
-            message: "the server is a read-only standby (in recovery), whose data may lag \
-                      the primary's; give the primary's address"
-                .into(),
-        });
+    let refused = |message: &str| Error::Database {
+        context: format!("cannot use the lab at {}", url.shown),
+        message: message.into(),
+    };
+    match on[..] {
+        [true, _] => Err(refused(
+            "the server is a read-only standby (in recovery), whose data may lag the \
+             primary's; give the primary's address",
+        )),
+        // A session read-only by default is where a pooler or a role's
+        // setting sends readers, often to a replica.
+        [false, true] => Err(refused(
+            "the session is read-only (default_transaction_read_only is on for this role, \
+             database or server), as a replica's is; give a read-write session to the \
+             primary",
+        )),
+        _ => Ok(client),
     }
-    Ok(client)
 }
 
 /// Whether the server refused the login itself (`pg_hba.conf`, a
