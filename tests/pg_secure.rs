@@ -158,7 +158,7 @@ fn sessions_are_encrypted_as_sslmode_asks() {
     not(mama_postgres),
     ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
 )]
-fn a_password_sent_in_clear_is_told_of_and_require_refuses_a_server_without_tls() {
+fn a_password_goes_in_clear_only_when_asked_and_is_then_told_of() {
     let (server, addr) = tls_server(None, &["host all all ADDR scram-sha-256"]);
     let env = world(&server, addr, "");
     server
@@ -177,7 +177,16 @@ fn a_password_sent_in_clear_is_told_of_and_require_refuses_a_server_without_tls(
             .env_remove("PGSSLMODE");
         cmd.output().expect("mama runs").into()
     };
-    let added = run("", &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"]);
+    // No sslmode given: the password is never sent to a server without TLS.
+    run("", &["add", "rig0", "--mac", "aa:bb:cc:dd:ee:00"]).fails_saying(
+        1,
+        "the server offers no TLS, and the password would cross the network in clear",
+    );
+    // Asked for (prefer falls back to clear): sent, and told of.
+    let added = run(
+        "&sslmode=prefer",
+        &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"],
+    );
     let warning = added.ok_saying("is not encrypted");
     assert!(!warning.contains("S3cret"), "{added:#?}");
     // Once a command, however many sessions it opens.
@@ -187,9 +196,9 @@ fn a_password_sent_in_clear_is_told_of_and_require_refuses_a_server_without_tls(
         "{added:#?}"
     );
     // Asked for in clear, it is not warned of.
-    let plain = run("&sslmode=disable", &["list"]);
+    let plain = run("&sslmode=disable", &["list", "--names"]);
     assert!(!plain.stderr.contains("not encrypted"), "{plain:#?}");
-    plain.ok();
+    assert_eq!(plain.ok(), "rig1\n", "the refused add added nothing");
     run("&sslmode=require", &["list"]).fails_saying(1, "the server does not offer TLS");
     // No password: said so, not "invalid configuration".
     let mut cmd = env.cmd(["list"]);
@@ -197,6 +206,10 @@ fn a_password_sent_in_clear_is_told_of_and_require_refuses_a_server_without_tls(
     Run::from(cmd.output().expect("mama runs"))
         .fails_saying(1, "the server asks for a password and none was given");
     cmd.env("PGPASSWORD", "wrong");
+    Run::from(cmd.output().expect("mama runs"))
+        .fails_saying(1, "the password would cross the network in clear");
+    // PGSSLMODE asks for it as the URL can.
+    cmd.env("PGSSLMODE", "prefer");
     Run::from(cmd.output().expect("mama runs")).fails_saying(1, "password authentication failed");
     cmd.env("PGPASSWORD", "S3cret");
     Run::from(cmd.output().expect("mama runs")).ok();

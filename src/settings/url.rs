@@ -87,6 +87,13 @@ pub struct Tls {
     /// The root certificates (PEM) that sign the server's: `sslrootcert`,
     /// else `PGSSLROOTCERT`, else `~/.postgresql/root.crt`.
     pub root_cert: Option<PathBuf>,
+    /// Whether `sslmode` was given (the URL, `PGSSLMODE`) rather than
+    /// libpq's default.
+    pub given: bool,
+    /// Whether the mode is `require` only because no `sslmode` was given
+    /// and a password would go over the network: it is never sent in
+    /// clear unless the URL (or `PGSSLMODE`) asks for that.
+    pub guards_password: bool,
 }
 
 impl Tls {
@@ -134,12 +141,7 @@ impl DbUrl {
         let (client_url, ssl) = take_parameters(url, &["sslmode", "sslrootcert"]);
         let mut config = Config::from_str(&client_url)
             .map_err(|e| Error::Invalid(format!("the state URL {shown} is not valid: {e}")))?;
-        let tls = tls_settings(&ssl, &env, &shown)?;
-        config.ssl_mode(match tls.mode {
-            SslMode::Disable | SslMode::Allow => postgres::config::SslMode::Disable,
-            SslMode::Prefer => postgres::config::SslMode::Prefer,
-            _ => postgres::config::SslMode::Require,
-        });
+        let mut tls = tls_settings(&ssl, &env, &shown)?;
         let had_password = config.get_password().is_some() || shown != url;
         // A safety net for any form of URL read otherwise than above: the
         // password the client found never shows.
@@ -187,6 +189,22 @@ impl DbUrl {
         {
             config.password(password.as_encoded_bytes());
         }
+        // A password is never sent over the network in clear unless asked
+        // for: with no sslmode given, a TCP session with one must be
+        // encrypted (libpq's `prefer` would fall back to clear).
+        let over_network = config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, postgres::config::Host::Tcp(_)));
+        if !tls.given && over_network && config.get_password().is_some() {
+            tls.mode = SslMode::Require;
+            tls.guards_password = true;
+        }
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable | SslMode::Allow => postgres::config::SslMode::Disable,
+            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            _ => postgres::config::SslMode::Require,
+        });
         Ok(DbUrl {
             config,
             tls,
@@ -242,18 +260,26 @@ fn tls_settings(
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.clone())
     };
-    let mode = match given("sslmode") {
-        Some(mode) => SslMode::parse(&mode, &format!("the state URL {shown}"))?,
+    let (mode, mode_given) = match given("sslmode") {
+        Some(mode) => (
+            SslMode::parse(&mode, &format!("the state URL {shown}"))?,
+            true,
+        ),
         None => match env("PGSSLMODE") {
-            Some(mode) => SslMode::parse(&mode.to_string_lossy(), "PGSSLMODE")?,
-            None => SslMode::Prefer,
+            Some(mode) => (SslMode::parse(&mode.to_string_lossy(), "PGSSLMODE")?, true),
+            None => (SslMode::Prefer, false),
         },
     };
     let root_cert = given("sslrootcert")
         .map(PathBuf::from)
         .or_else(|| env("PGSSLROOTCERT").map(PathBuf::from))
         .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".postgresql/root.crt")));
-    Ok(Tls { mode, root_cert })
+    Ok(Tls {
+        mode,
+        root_cert,
+        given: mode_given,
+        guards_password: false,
+    })
 }
 
 /// `url` without a password. The user information is what stands
@@ -540,6 +566,33 @@ mod tests {
         );
         let url = DbUrl::parse_with("postgresql://db/lab", env(&[])).map_err(|e| e.to_string());
         assert_eq!(url.as_ref().map(|u| u.tls.mode).ok(), Some(SslMode::Prefer));
+        // A password over TCP, no sslmode given: never in clear.
+        let mode = |url: &str, vars: &'static [(&'static str, &'static str)]| {
+            DbUrl::parse_with(url, env(vars))
+                .map(|u| (u.tls.mode, u.tls.guards_password))
+                .map_err(|e| e.to_string())
+        };
+        let guarded = Ok((SslMode::Require, true));
+        assert_eq!(mode("postgresql://mama:pw@db/lab", &[]), guarded);
+        assert_eq!(
+            mode("postgresql://mama@db/lab", &[("PGPASSWORD", "pw")]),
+            guarded
+        );
+        let asked = Ok((SslMode::Prefer, false));
+        assert_eq!(
+            mode("postgresql://mama:pw@db/lab?sslmode=prefer", &[]),
+            asked
+        );
+        assert_eq!(
+            mode("postgresql://mama:pw@db/lab", &[("PGSSLMODE", "prefer")]),
+            asked
+        );
+        // Over a local socket, or with no password, libpq's default.
+        assert_eq!(
+            mode("postgresql://mama:pw@/lab?host=/run/postgresql", &[]),
+            asked
+        );
+        assert_eq!(mode("postgresql://mama@db/lab", &[]), asked);
         let bad = DbUrl::parse_with("postgresql://db/lab?sslmode=on", env(&[]))
             .err()
             .map(|e| e.to_string())

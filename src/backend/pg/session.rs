@@ -271,7 +271,12 @@ fn connect_error(url: &DbUrl, config: &Config, e: postgres::Error) -> Error {
         let why = why
             .strip_prefix("invalid peer certificate: ")
             .unwrap_or(&why);
-        if why.contains("does not support TLS") {
+        if why.contains("does not support TLS") && url.tls.guards_password {
+            "the server offers no TLS, and the password would cross the network in clear: \
+             turn on ssl in the server, or give sslmode=prefer (or disable) in the URL to \
+             send it so anyway"
+                .to_string()
+        } else if why.contains("does not support TLS") {
             format!(
                 "the server does not offer TLS, and sslmode {} asks for it",
                 url.tls.mode.name()
