@@ -188,38 +188,7 @@ pub struct InitDone {
 /// a database's tables created and its users' grants given or printed.
 pub fn init(settings: &Settings, request: &InitRequest) -> Result<InitDone> {
     match &settings.state {
-        Location::File(path) => {
-            // The links on the way judged before a folder is made through
-            // one.
-            FileStore::locate_for_init(path.clone())?;
-            let mut made = None;
-            if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
-                && !folder.exists()
-            {
-                use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-                // The group is settled before anything is made: a new
-                // folder has the group of a setgid folder it is made in,
-                // else the caller's.
-                let inherited = folder
-                    .ancestors()
-                    .skip(1)
-                    .find_map(|up| std::fs::metadata(up).ok())
-                    .filter(|up| up.mode() & 0o2000 != 0)
-                    .map(|up| up.gid());
-                // SAFETY: getegid cannot fail.
-                let mine = unsafe { libc::getegid() };
-                file::lab_group(request, folder, inherited.unwrap_or(mine))?;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o775)
-                    .create(folder)
-                    .map_err(|e| Error::io("create the folder", folder, e))?;
-                made = Some(format!("{}: created", folder.display()));
-            }
-            let mut done = FileStore::locate_for_init(path.clone())?.init(request)?;
-            done.changes.splice(0..0, made);
-            Ok(done)
-        }
+        Location::File(path) => file::init_at(path, request),
         Location::Database(url) => {
             PgStore::open((**url).clone(), settings.host_timeout).init(request.grant.as_deref())
         }

@@ -122,15 +122,11 @@ pub fn list(
     if json {
         print_json(&views)
     } else {
-        let mut table = render::table(
+        out(&render::table(
             &views,
             style::enabled(Stream::Stdout),
             style::Layout::of_stdout(wide),
-        );
-        if !table.ends_with('\n') {
-            table.push('\n');
-        }
-        out(&table)
+        ))
     }
 }
 

@@ -993,6 +993,33 @@ pub fn table(views: &[MachineView], colour: bool, layout: Layout) -> String {
             row
         })
         .collect();
+    toned_grid(&header, rows, colour, layout)
+}
+
+/// A table of `header` and `rows` as `layout` says: in boxes on a
+/// terminal (fitted to its width: the last column gives way first, a cell
+/// too long cut short with `…`), else plain aligned columns. Cells are
+/// shown safe for a terminal.
+pub fn grid(header: &[&str], rows: Vec<Vec<String>>, layout: Layout) -> String {
+    let rows = rows
+        .into_iter()
+        .map(|row| {
+            row.iter()
+                .map(|c| (printable(c).into_owned(), None))
+                .collect()
+        })
+        .collect();
+    toned_grid(header, rows, false, layout)
+}
+
+/// [`grid`] of cells already safe for a terminal, each with the tone it
+/// stands out in when `colour`; it ends with a line break.
+fn toned_grid(
+    header: &[&str],
+    rows: Vec<Vec<(String, Option<Tone>)>>,
+    colour: bool,
+    layout: Layout,
+) -> String {
     let width = match layout {
         Layout::Plain => {
             let cells: Vec<Vec<String>> =
@@ -1001,61 +1028,6 @@ pub fn table(views: &[MachineView], colour: bool, layout: Layout) -> String {
                         rows.into_iter()
                             .map(|row| row.into_iter().map(|(c, _)| c).collect()),
                     )
-                    .collect();
-            return columns(&cells);
-        }
-        Layout::Terminal { width } => width,
-    };
-    let mut table = Table::new();
-    table.load_style(presets::UTF8_FULL_CONDENSED);
-    match width {
-        // Fitted to the terminal: the last column, the job's label, gives
-        // way first, and a cell too long is cut short with `…`.
-        Some(width) => {
-            table
-                .set_content_arrangement(ContentArrangement::Dynamic)
-                .set_width(width)
-                .set_truncation_indicator("…");
-        }
-        None => {
-            table.set_content_arrangement(ContentArrangement::Disabled);
-        }
-    }
-    table.set_header(header);
-    // Whether to colour is decided by the caller (see `style::enabled`),
-    // not by comfy-table's own look at stdout.
-    table.force_no_tty();
-    if colour {
-        table.enforce_styling();
-    }
-    for row in rows {
-        let cells = row.into_iter().map(|(text, tone)| {
-            let cell = Cell::new(text);
-            match tone {
-                Some(tone) => tone.cell(cell),
-                None => cell,
-            }
-        });
-        let mut row = comfy_table::Row::from(cells);
-        row.max_height(1);
-        table.add_row(row);
-    }
-    table.to_string()
-}
-
-/// A table of `header` and `rows` as `layout` says: in boxes on a
-/// terminal (fitted to its width, a cell too long cut short with `…`),
-/// else plain aligned columns. Cells are shown safe for a terminal.
-pub fn grid(header: &[&str], rows: Vec<Vec<String>>, layout: Layout) -> String {
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|row| row.iter().map(|c| printable(c).into_owned()).collect())
-        .collect();
-    let width = match layout {
-        Layout::Plain => {
-            let cells: Vec<Vec<String>> =
-                std::iter::once(header.iter().map(|h| h.to_string()).collect())
-                    .chain(rows)
                     .collect();
             return columns(&cells);
         }
@@ -1075,9 +1047,21 @@ pub fn grid(header: &[&str], rows: Vec<Vec<String>>, layout: Layout) -> String {
         }
     }
     table.set_header(header.to_vec());
+    // Whether to colour is decided by the caller (see `style::enabled`),
+    // not by comfy-table's own look at stdout.
     table.force_no_tty();
+    if colour {
+        table.enforce_styling();
+    }
     for row in rows {
-        let mut row = comfy_table::Row::from(row);
+        let cells = row.into_iter().map(|(text, tone)| {
+            let cell = Cell::new(text);
+            match tone {
+                Some(tone) => tone.cell(cell),
+                None => cell,
+            }
+        });
+        let mut row = comfy_table::Row::from(cells);
         row.max_height(1);
         table.add_row(row);
     }

@@ -110,6 +110,40 @@ fn folder_mode(mode: u32) -> u32 {
     mode | 0o2770
 }
 
+/// Makes the lab at `path` ready for its group (`mama init`): its folder
+/// made where it is missing (in the group the request settles, the links
+/// on the way judged first), then set up as [`FileStore::init`] does.
+pub fn init_at(path: &Path, request: &InitRequest) -> Result<InitDone> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // The links on the way judged before a folder is made through one.
+    FileStore::locate_for_init(path.to_path_buf())?;
+    let mut made = None;
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !folder.exists()
+    {
+        // The group is settled before anything is made: a new folder has
+        // the group of a setgid folder it is made in, else the caller's.
+        let inherited = folder
+            .ancestors()
+            .skip(1)
+            .find_map(|up| std::fs::metadata(up).ok())
+            .filter(|up| up.mode() & 0o2000 != 0)
+            .map(|up| up.gid());
+        // SAFETY: getegid cannot fail.
+        let mine = unsafe { libc::getegid() };
+        lab_group(request, folder, inherited.unwrap_or(mine))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o775)
+            .create(folder)
+            .map_err(|e| Error::io("create the folder", folder, e))?;
+        made = Some(format!("{}: created", folder.display()));
+    }
+    let mut done = FileStore::locate_for_init(path.to_path_buf())?.init(request)?;
+    done.changes.splice(0..0, made);
+    Ok(done)
+}
+
 /// The lab's group: the one asked for, else the folder's (`folder_gid`),
 /// unless that is the caller's own private group; the caller must be a
 /// member (or root).

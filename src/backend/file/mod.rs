@@ -34,7 +34,7 @@ mod bookkeeping;
 pub mod fsutil;
 mod init;
 
-pub use init::lab_group;
+pub use init::init_at;
 pub mod journal;
 pub mod lock;
 mod locks;
