@@ -15,11 +15,19 @@
 //!    (target ≤ 30 + 5 s);
 //! 5. claims per second with 10 hosts racing for 10 machines;
 //! 6. `mama run m -- true` over TCP (loopback) in clear and over TLS
-//!    (`sslmode=disable`, `require`, `verify-full`), interleaved.
+//!    (`sslmode=disable`, `require`, `verify-full`), interleaved;
+//! 7. a lab of 5,000 machines: `mama run m17 -- true` and `mama list`.
+//!
+//! Given `MAMA_BENCH_BEFORE=PATH`, an earlier build of mama runs beside
+//! this one in the same interleaved rounds of measurements 1 and 7, so
+//! before and after are measured side by side (measurement 5 is run with
+//! each in turn).
 //!
 //! Run with `cargo bench --bench pg` (as root: it makes network
-//! namespaces and runs the server as `postgres`). Timestamps are
-//! `date +%s%N` written by the jobs: one clock for every namespace.
+//! namespaces and runs the server as `postgres`); `cargo bench --bench pg
+//! -- run race big` runs only the measurements named (run, hosts, dead,
+//! race, tls, big). Timestamps are `date +%s%N` written by the jobs: one
+//! clock for every namespace.
 
 // The tests' world: its PostgreSQL server, hosts and clean `mama`
 // command line (it allows dead code: the bench uses part of it).
@@ -52,22 +60,82 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The measurements, by the names that select them.
+const MEASUREMENTS: [(&str, fn(&mut Vec<String>)); 6] = [
+    ("run", run_cost),
+    ("hosts", across_hosts),
+    ("dead", dead_host),
+    ("race", race),
+    ("tls", tls_cost),
+    ("big", big_lab),
+];
+
 fn main() {
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    if let Some(unknown) = chosen
+        .iter()
+        .find(|c| !MEASUREMENTS.iter().any(|(name, _)| name == c))
+    {
+        let names: Vec<&str> = MEASUREMENTS.iter().map(|(name, _)| *name).collect();
+        panic!("no measurement {unknown:?}: choose among {names:?}");
+    }
+    if let Some(bin) = before() {
+        println!("an earlier build beside this one: {}", bin.display());
+    }
     let mut report = Vec::new();
-    run_cost(&mut report);
-    across_hosts(&mut report);
-    dead_host(&mut report);
-    race(&mut report);
-    tls_cost(&mut report);
+    for (name, measure) in MEASUREMENTS {
+        if chosen.is_empty() || chosen.iter().any(|c| c == name) {
+            measure(&mut report);
+        }
+    }
     println!();
     for line in report {
         println!("{line}");
     }
 }
 
+/// A copy of the program `bin`, written in one piece as an installed
+/// program is, so that builds measured side by side start alike (see
+/// benches/mama.rs).
+fn installed(bin: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("mama-pg-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a folder for the copies");
+    let copy = dir.join(
+        bin.to_string_lossy()
+            .trim_start_matches('/')
+            .replace('/', "_"),
+    );
+    if !copy.exists() {
+        let bytes = std::fs::read(bin).expect("read the program");
+        std::fs::write(&copy, bytes).expect("write the copy");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the copy");
+    }
+    copy
+}
+
+/// This build, as installed.
+fn this() -> PathBuf {
+    installed(Path::new(MAMA))
+}
+
+/// The earlier build given with `MAMA_BENCH_BEFORE`, as installed.
+fn before() -> Option<PathBuf> {
+    std::env::var_os("MAMA_BENCH_BEFORE").map(|bin| installed(Path::new(&bin)))
+}
+
 /// `mama ARGS` against `state` (a path or URL) with a clean environment.
 fn mama(state: &str, args: &[&str]) -> Command {
-    let mut cmd = mama_command(MAMA, state);
+    mama_by(&this(), state, args)
+}
+
+/// [`mama`] run by the program `bin`.
+fn mama_by(bin: &Path, state: &str, args: &[&str]) -> Command {
+    let mut cmd = mama_command(bin, state);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -96,6 +164,11 @@ fn median_ms(samples: &mut [Duration]) -> f64 {
 fn p90_ms(samples: &mut [Duration]) -> f64 {
     samples.sort();
     samples[(samples.len() * 9).div_ceil(10).max(1) - 1].as_secs_f64() * 1e3
+}
+
+fn verdict_at_least(what: &str, value: f64, unit: &str, floor: f64) -> String {
+    let word = if value >= floor { "MET" } else { "MISSED" };
+    format!("target {what}: {value:.2} {unit} (must be >= {floor} {unit}) -> {word}")
 }
 
 fn verdict(what: &str, value: f64, unit: &str, limit: f64) -> String {
@@ -127,32 +200,52 @@ fn run_cost(report: &mut Vec<String>) {
         cmd.arg(&lock).arg("true");
         cmd
     };
+    let earlier = before();
+    // The sides, interleaved: this build on the database lab and on the
+    // file lab, flock(1), and the earlier build on the database lab.
+    let sides = if earlier.is_some() { 4 } else { 3 };
+    let side = |k: usize| -> Command {
+        match k {
+            0 => mama(&db.url, &["run", "m", "--", "true"]),
+            1 => mama(&file, &["run", "m", "--", "true"]),
+            2 => flock(),
+            _ => mama_by(
+                earlier.as_deref().unwrap_or(Path::new(MAMA)),
+                &db.url,
+                &["run", "m", "--", "true"],
+            ),
+        }
+    };
     for _ in 0..10 {
-        timed(mama(&db.url, &["run", "m", "--", "true"]));
-        timed(mama(&file, &["run", "m", "--", "true"]));
-        timed(flock());
-    }
-    let (mut on_db, mut on_file, mut on_flock) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..RUNS {
-        for k in 0..3 {
-            match (i + k) % 3 {
-                0 => on_db.push(timed(mama(&db.url, &["run", "m", "--", "true"]))),
-                1 => on_file.push(timed(mama(&file, &["run", "m", "--", "true"]))),
-                _ => on_flock.push(timed(flock())),
-            }
+        for k in 0..sides {
+            timed(side(k));
         }
     }
-    let (d, f, l) = (
-        median_ms(&mut on_db),
-        median_ms(&mut on_file),
-        median_ms(&mut on_flock),
-    );
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); sides];
+    for i in 0..RUNS {
+        for k in 0..sides {
+            let at = (i + k) % sides;
+            samples[at].push(timed(side(at)));
+        }
+    }
+    let d = median_ms(&mut samples[0]);
+    let f = median_ms(&mut samples[1]);
+    let l = median_ms(&mut samples[2]);
     report.push(format!(
         "1. mama run m -- true, median of {RUNS}: database lab {d:.2} ms, file lab {f:.2} ms, \
-         flock {l:.2} ms (database / flock {:.2}x, file / flock {:.2}x)",
+         flock {l:.2} ms (database / file {:.2}x, database / flock {:.2}x, file / flock {:.2}x)",
+        d / f,
         d / l,
         f / l
     ));
+    if sides == 4 {
+        let b = median_ms(&mut samples[3]);
+        report.push(format!(
+            "1. before: the earlier build on the database lab {b:.2} ms (database / file {:.2}x)",
+            b / f
+        ));
+    }
+    report.push(verdict("1. database run / file run", d / f, "x", 2.0));
 }
 
 /// A job that waits for the file `go` in `dir`, then writes the time to
@@ -362,7 +455,8 @@ fn read_ns_within(path: &Path, limit: Duration) -> u128 {
     text.trim().parse().expect("a time in ns")
 }
 
-/// 5. Ten hosts racing for ten machines.
+/// 5. Ten hosts racing for ten machines (with the earlier build too,
+/// given one, each on a database of its own).
 fn race(report: &mut Vec<String>) {
     let hosts: Vec<Host> = (0..RACE_HOSTS).map(|_| Host::new()).collect();
     let server = Server::start(Options {
@@ -370,10 +464,26 @@ fn race(report: &mut Vec<String>) {
         trust: hosts.iter().map(Host::subnet).collect(),
         ..Options::default()
     });
+    let claims = RACE_HOSTS * RACE_RUNS;
+    let rate = race_by(&this(), &hosts, &server);
+    report.push(format!(
+        "5. {RACE_HOSTS} hosts x {RACE_RUNS} runs racing for 10 machines: {claims} claims, \
+         {rate:.0} claims/s"
+    ));
+    if let Some(earlier) = before() {
+        let rate = race_by(&earlier, &hosts, &server);
+        report.push(format!("5. before: the earlier build, {rate:.0} claims/s"));
+    }
+    report.push(verdict_at_least("5. claims per second", rate, "/s", 500.0));
+}
+
+/// Claims per second of `bin` on [`race`]'s hosts, on a new database.
+fn race_by(bin: &Path, hosts: &[Host], server: &Server) -> f64 {
     let db = server.fresh_database();
     for n in 0..10 {
         ok(
-            mama(
+            mama_by(
+                bin,
                 &db.url,
                 &[
                     "add",
@@ -392,7 +502,8 @@ fn race(report: &mut Vec<String>) {
             scope.spawn(move || {
                 for j in 0..RACE_RUNS {
                     let machine = format!("m{}", (i + j) % 10);
-                    let mut cmd = host.command(MAMA);
+                    let mut cmd = host.command(bin);
+                    remove_mama_env(&mut cmd);
                     cmd.env("MAMA_STATE", &url)
                         .args(["run", &machine, "--", "true"])
                         .stdout(Stdio::null())
@@ -407,11 +518,66 @@ fn race(report: &mut Vec<String>) {
     let claims = RACE_HOSTS * RACE_RUNS;
     let events: i64 = db.value("SELECT count(*) FROM mama_event WHERE event = 'claimed'");
     assert_eq!(events as usize, claims, "every run claimed once");
+    claims as f64 / took
+}
+
+/// 7. A lab of 5,000 machines: `run m17 -- true` and `list`, interleaved
+/// (with the earlier build, given one), on a server syncing every commit.
+fn big_lab(report: &mut Vec<String>) {
+    const MACHINES: usize = 5_000;
+    const SAMPLES: usize = 30;
+    let server = Server::start(Options {
+        durable: true,
+        ..Options::default()
+    });
+    let db = server.fresh_database();
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let file = dir.path().join("big.xml");
+    let mut xml = String::from("<?xml version=\"1.0\"?>\n<settings>\n");
+    for n in 0..MACHINES {
+        xml.push_str(&format!(
+            "  <machine>\n    <name>m{n}</name>\n    <mac>aa:bb:{:02x}:{:02x}:{:02x}:01</mac>\n    \
+             <ip/>\n    <arch>x86_64</arch>\n    <job/>\n    <job_pid/>\n    <job_timestamp/>\n  \
+             </machine>\n",
+            (n >> 16) & 0xff,
+            (n >> 8) & 0xff,
+            n & 0xff
+        ));
+    }
+    xml.push_str("</settings>\n");
+    std::fs::write(&file, xml).expect("write the lab");
+    ok(
+        mama(&db.url, &["import", file.to_str().expect("a UTF-8 path")]),
+        "import",
+    );
+    let earlier = before();
+    let bins: Vec<PathBuf> = std::iter::once(this()).chain(earlier).collect();
+    let commands: [&[&str]; 2] = [&["run", "m17", "--", "true"], &["list"]];
+    // samples[bin][command]
+    let mut samples = vec![vec![Vec::new(); commands.len()]; bins.len()];
+    for round in 0..SAMPLES + 3 {
+        for (b, bin) in bins.iter().enumerate() {
+            for (c, args) in commands.iter().enumerate() {
+                let took = timed(mama_by(bin, &db.url, args));
+                if round >= 3 {
+                    samples[b][c].push(took);
+                }
+            }
+        }
+    }
+    let run = median_ms(&mut samples[0][0]);
+    let list = median_ms(&mut samples[0][1]);
     report.push(format!(
-        "5. {RACE_HOSTS} hosts x {RACE_RUNS} runs racing for 10 machines: {claims} claims in \
-         {took:.2} s, {:.0} claims/s",
-        claims as f64 / took
+        "7. {MACHINES} machines, median of {SAMPLES}: run m17 -- true {run:.2} ms, list {list:.2} ms"
     ));
+    if bins.len() > 1 {
+        let (run, list) = (median_ms(&mut samples[1][0]), median_ms(&mut samples[1][1]));
+        report.push(format!(
+            "7. before: the earlier build, run {run:.2} ms, list {list:.2} ms"
+        ));
+    }
+    report.push(verdict("7. run on 5,000 machines", run, "ms", 30.0));
+    report.push(verdict("7. list on 5,000 machines", list, "ms", 40.0));
 }
 
 /// The cost of a run over TCP in clear and over TLS (measurement 6): a

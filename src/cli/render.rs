@@ -1245,13 +1245,15 @@ pub fn columns(rows: &[Vec<String>]) -> String {
             }
         }
     }
-    let mut out = String::new();
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(rows.len() * (widths.iter().sum::<usize>() + 8));
     for row in rows {
-        let mut line = String::new();
+        let start = out.len();
         for (cell, width) in row.iter().zip(&widths) {
-            line.push_str(&format!("{cell:<width$}  "));
+            let _ = write!(out, "{cell:<width$}  ");
         }
-        out.push_str(line.trim_end());
+        let kept = out[start..].trim_end().len();
+        out.truncate(start + kept);
         out.push('\n');
     }
     out

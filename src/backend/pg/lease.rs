@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postgres::Client;
+use postgres::types::Type;
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::{LAB_LOCK, LOCK_SPACE, connect, db_error};
@@ -157,9 +158,9 @@ impl PgJobLock {
     fn let_go(&mut self) {
         self.stop_keeping(None);
         if let Some(mut session) = self.session.take() {
-            let _ = session.execute(
+            let _ = session.query_typed(
                 "SELECT pg_advisory_unlock($1, $2)",
-                &[&LOCK_SPACE, &self.key],
+                &[(&LOCK_SPACE, Type::INT4), (&self.key, Type::INT4)],
             );
         }
     }

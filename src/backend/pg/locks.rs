@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use postgres::Client;
 use postgres::error::SqlState;
+use postgres::types::Type;
 
 use super::lease::PgJobLock;
 use super::{LOCK_SPACE, PLACE_SPACE, POWER_SPACE, PgStore, Spare};
@@ -58,9 +59,10 @@ impl PgStore {
         let key = self.key(machine)?;
         let mut session = self.job_session()?;
         let ask = |session: &mut Client| {
-            session.query_one(
+            // Typed: one round trip, nothing to prepare.
+            session.query_typed_one(
                 "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
-                &[&LOCK_SPACE, &key],
+                &[(&LOCK_SPACE, Type::INT4), (&key, Type::INT4)],
             )
         };
         let row = match ask(&mut session) {
@@ -106,9 +108,9 @@ impl PgStore {
             let waited = client
                 .batch_execute(&format!("SET lock_timeout = {ms}"))
                 .and_then(|()| {
-                    client.execute(
+                    client.query_typed(
                         "SELECT pg_advisory_lock($1, $2), pg_advisory_unlock($1, $2)",
-                        &[&space, &key],
+                        &[(&space, Type::INT4), (&key, Type::INT4)],
                     )
                 });
             // Never leave the session's lock timeout set for later waits.
@@ -210,7 +212,7 @@ impl PgStore {
     pub fn notify(&self, channel: &str) {
         let _ = self.with_main(|client| {
             client
-                .execute("SELECT pg_notify($1, '')", &[&channel])
+                .query_typed("SELECT pg_notify($1, '')", &[(&channel, Type::TEXT)])
                 .map_err(|e| db_error(&self.context("notify"), e))
         });
     }

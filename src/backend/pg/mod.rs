@@ -80,6 +80,13 @@ pub struct PgStore {
     /// Set when the main session was found lost (a server restart): the
     /// next use opens it anew, patiently.
     lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the history is known to have its optional columns
+    /// (`waited`, `status`): columns are never taken away, so this run
+    /// need not look again.
+    event_columns: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the main session has planned a writer's statements (see
+    /// [`PgStore::warm`]); cleared when it is opened anew.
+    warm: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A session for the next job lock.
@@ -151,6 +158,8 @@ impl PgStore {
             spare: Arc::new(Mutex::new(None)),
             places: Arc::new(Mutex::new(HashSet::new())),
             lost: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            event_columns: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            warm: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 

@@ -50,7 +50,10 @@ impl PgStore {
     /// (`waited`, `status`), or NULLs in their place where the table lacks
     /// them.
     fn later_event_columns(&self, client: &mut impl GenericClient) -> Result<&'static str> {
-        Ok(if schema::event_columns(client, &self.url.shown, false)? {
+        let known = self
+            .event_columns
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Ok(if known || schema::event_columns(client, &self.url.shown, false)? {
             "waited::float8, status::int4"
         } else {
             "NULL::float8, NULL::int4"
@@ -150,9 +153,17 @@ impl PgStore {
              SELECT now() < pg_postmaster_start_time() + make_interval(secs => {1}), \
                pg_postmaster_start_time()::text;
              SELECT document FROM mama_lab WHERE strpos(document, '<device') > 0 \
-               OR strpos(document, '<lab_settings') > 0 OR strpos(document, '<lease') > 0;",
+               OR strpos(document, '<lab_settings') > 0 OR strpos(document, '<lease') > 0;{}",
             schema::machines_query(version),
-            self.host_timeout.as_secs()
+            self.host_timeout.as_secs(),
+            // A writer: the history's columns, by name (no row; the
+            // table is the one its events go to), so that its events need
+            // not ask for them.
+            if restore {
+                "\n             SELECT * FROM mama_event LIMIT 0;"
+            } else {
+                ""
+            }
         );
         let messages = client
             .simple_query(&batch)
@@ -167,6 +178,13 @@ impl PgStore {
                     }
                 }
                 postgres::SimpleQueryMessage::CommandComplete(_) => results.push(Vec::new()),
+                postgres::SimpleQueryMessage::RowDescription(columns) if results.len() == 7 => {
+                    let has = |name: &str| columns.iter().any(|c| c.name() == name);
+                    if has("waited") && has("status") {
+                        self.event_columns
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 _ => {}
             }
         }

@@ -103,6 +103,22 @@ pub fn event_columns(client: &mut impl GenericClient, shown: &str, add: bool) ->
     Ok(true)
 }
 
+/// The first column of the first row `query` (a simple query) gives, as
+/// text; `None` for no row or NULL.
+pub fn first_value(
+    client: &mut impl GenericClient,
+    query: &str,
+) -> std::result::Result<Option<String>, postgres::Error> {
+    Ok(client
+        .simple_query(query)?
+        .into_iter()
+        .find_map(|message| match message {
+            postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .flatten())
+}
+
 /// The machines, with their job locks' keys, in order, as a schema of
 /// `version` holds them (version 1 keyed the lock by the row).
 pub fn machines_query(version: i32) -> &'static str {
@@ -129,20 +145,18 @@ pub fn restore_lock_keys(client: &mut impl GenericClient, shown: &str) -> Result
 }
 
 /// The version of the schema in the database; `None` when there is none.
+/// Two simple queries (one round trip each, nothing to prepare): the
+/// second would fail, and end the transaction, where the table is missing.
 pub fn version(client: &mut impl GenericClient, shown: &str) -> Result<Option<i32>> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('mama_schema') IS NOT NULL", &[])
-        .map_err(|e| db_error(&format!("cannot read the lab at {shown}"), e))?
-        .get(0);
-    if !exists {
+    let failed = |e| db_error(&format!("cannot read the lab at {shown}"), e);
+    let exists = first_value(client, "SELECT to_regclass('mama_schema') IS NOT NULL")
+        .map_err(failed)?;
+    if exists.as_deref() != Some("t") {
         return Ok(None);
     }
-    let version: i32 = client
-        .query_one("SELECT max(version) FROM mama_schema", &[])
-        .map_err(|e| db_error(&format!("cannot read the lab at {shown}"), e))?
-        .try_get::<_, Option<i32>>(0)
-        .ok()
-        .flatten()
+    let version: i32 = first_value(client, "SELECT max(version) FROM mama_schema")
+        .map_err(failed)?
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     if version > VERSION {
         return Err(Error::Invalid(format!(

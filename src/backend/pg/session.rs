@@ -335,8 +335,12 @@ impl PgStore {
                     }
                 }
                 *main = Some((client, Instant::now()));
+                self.warm.store(false, std::sync::atomic::Ordering::SeqCst);
             }
-            None => *main = Some((self.connect_main(true)?, Instant::now())),
+            None => {
+                *main = Some((self.connect_main(true)?, Instant::now()));
+                self.warm.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
         }
         let Some((client, used)) = main.as_mut() else {
             return Err(Error::Invalid("internal error: no database session".into()));

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use postgres::GenericClient;
+use postgres::types::{ToSql, Type};
 use postgres::error::SqlState;
 
 use super::{LAB_LOCK, LOCK_SPACE, PgStore};
@@ -32,6 +33,32 @@ use crate::model::{Change, Lab};
 const TELL_HOLDER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PgStore {
+    /// Readies a new session for a writer's transaction before it takes the
+    /// lab's lock: the server plans (without running) the statements the
+    /// transaction runs, so that their first-time costs in a new server
+    /// process (building its caches of the tables, their indexes and
+    /// statistics: a few milliseconds) are paid before the lock is taken,
+    /// not while every other writer waits for it. Once a session; a
+    /// statement that fails (a database without a lab) ends the warming
+    /// there, and changes nothing.
+    fn warm(&self, client: &mut postgres::Client) {
+        use std::sync::atomic::Ordering;
+        if self.warm.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = client.simple_query(&format!(
+            "EXPLAIN {machines};
+             EXPLAIN SELECT classid, objid FROM pg_locks WHERE locktype = 'advisory' \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND objsubid = 2 AND granted;
+             EXPLAIN SELECT document FROM mama_lab;
+             EXPLAIN UPDATE mama_machine SET element = '', job_written = now() WHERE name = '';
+             EXPLAIN INSERT INTO mama_event (seq, time, machine, event, \"user\", host) \
+               VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), 0, '', '', '', '');",
+            machines = schema::machines_query(schema::VERSION)
+        ));
+    }
+
     /// Takes the lab's lock for the transaction, as patient as the store is.
     pub(super) fn lab_lock(&self, client: &mut impl GenericClient) -> Result<()> {
         let started = Instant::now();
@@ -218,6 +245,7 @@ impl PgStore {
         let mut change = Some(change);
         for _ in 0..2 {
             let done = self.with_main(|client| {
+                self.warm(client);
                 let mut tx = match client.transaction() {
                     Ok(tx) => tx,
                     Err(e) if is_connection_loss(&e) => return Ok(None),
@@ -353,7 +381,8 @@ impl PgStore {
             } else {
                 "UPDATE mama_machine SET element = $2 WHERE name = $1"
             };
-            tx.execute(statement, &[&name, &element(name)?])
+            // Typed: one round trip, nothing to prepare.
+            tx.query_typed(statement, &[(&name, Type::TEXT), (&element(name)?, Type::TEXT)])
                 .map_err(write_error)?;
         }
         if !inserted.is_empty() {
@@ -490,23 +519,24 @@ impl PgStore {
         let extras = events
             .iter()
             .any(|e| e.waited.is_some() || e.status.is_some())
-            && schema::event_columns(tx, &self.url.shown, true)?;
+            && self.has_event_columns(tx)?;
         for mut event in events {
             let pid = event.pid.map(i64::from);
             let kind = event.event.as_str();
-            let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
-                &event.time,
-                &event.machine,
-                &kind,
-                &event.job,
-                &pid,
-                &event.user,
-                &event.host,
-                &event.detail,
+            // Typed: one round trip, nothing to prepare.
+            let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+                (&event.time, Type::INT8),
+                (&event.machine, Type::TEXT),
+                (&kind, Type::TEXT),
+                (&event.job, Type::TEXT),
+                (&pid, Type::INT8),
+                (&event.user, Type::TEXT),
+                (&event.host, Type::TEXT),
+                (&event.detail, Type::TEXT),
             ];
             let query = if extras {
-                params.push(&event.waited);
-                params.push(&event.status);
+                params.push((&event.waited, Type::FLOAT8));
+                params.push((&event.status, Type::INT4));
                 "INSERT INTO mama_event \
                  (seq, time, machine, event, job, pid, \"user\", host, detail, waited, status) \
                  VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), \
@@ -518,8 +548,16 @@ impl PgStore {
                  $1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq"
             };
             let row = tx
-                .query_one(query, &params)
-                .map_err(|e| db_error(&self.context("write the history of"), e))?;
+                .query_typed(query, &params)
+                .map_err(|e| db_error(&self.context("write the history of"), e))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "internal error: the history of {} gave no number for an event",
+                        self.url.shown
+                    ))
+                })?;
             drop(params);
             let seq: i64 = row.get(0);
             event.seq = u64::try_from(seq).map_err(|_| {
@@ -531,6 +569,19 @@ impl PgStore {
             stored.push(event);
         }
         Ok(stored)
+    }
+
+    /// Whether the history has its optional columns, adding them where
+    /// this role owns it (see [`schema::event_columns`]); looked at once
+    /// a run (a writer's snapshot tells it, see [`PgStore::snapshot`]).
+    fn has_event_columns(&self, tx: &mut postgres::Transaction<'_>) -> Result<bool> {
+        use std::sync::atomic::Ordering;
+        if self.event_columns.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let present = schema::event_columns(tx, &self.url.shown, true)?;
+        self.event_columns.store(present, Ordering::Relaxed);
+        Ok(present)
     }
 
     /// A transaction that also sets the document around the machines to

@@ -25,8 +25,13 @@ impl XmlLab {
     pub fn from_machines<'a>(
         machines: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<XmlLab, ParseError> {
-        let mut text = String::from("<settings>\n");
-        let mut names = Vec::new();
+        let machines: Vec<(&str, &str)> = machines.into_iter().collect();
+        // The document in one allocation: a lab of thousands of machines
+        // is megabytes, which growing by doubling copied over and over.
+        let size = machines.iter().map(|(_, e)| e.len() + 3).sum::<usize>() + 24;
+        let mut text = String::with_capacity(size);
+        text.push_str("<settings>\n");
+        let mut names = Vec::with_capacity(machines.len());
         for (name, element) in machines {
             text.push_str("  ");
             text.push_str(element);
