@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::common::pg::{Certs, NAME, Options, PgDb, Server, make_certs};
+use crate::common::pg::{Certs, NAME, Options, Pair, PgDb, Server, make_certs};
 use crate::common::*;
 
 /// A loopback address of the test's own (servers listen on the same
@@ -15,15 +15,19 @@ fn loopback() -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 77, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A server on a loopback address of its own with `ssl=on` and `certs`,
-/// whose `pg_hba.conf` starts with `hba` (the address is `ADDR` there).
+/// A server on a loopback address of its own with `ssl=on` and `certs`
+/// (asking clients for a certificate signed by `certs.ca`, which the
+/// `cert` method of `pg_hba.conf` needs), whose `pg_hba.conf` starts with
+/// `hba` (the address is `ADDR` there); it logs every session's
+/// authentication.
 fn tls_server(certs: Option<&Certs>, hba: &[&str]) -> (Server, Ipv4Addr) {
     let addr = loopback();
-    let mut settings = Vec::new();
+    let mut settings = vec!["log_connections=on".to_string()];
     if let Some(certs) = certs {
         settings.push("ssl=on".to_string());
         settings.push(format!("ssl_cert_file={}", certs.cert.display()));
         settings.push(format!("ssl_key_file={}", certs.key.display()));
+        settings.push(format!("ssl_ca_file={}", certs.ca.display()));
     }
     let server = Server::start(Options {
         listen: vec![addr],
@@ -64,6 +68,8 @@ impl TestEnv {
             .env("HOME", self.path())
             .env_remove("PGSSLMODE")
             .env_remove("PGSSLROOTCERT")
+            .env_remove("PGSSLCERT")
+            .env_remove("PGSSLKEY")
             .envs(vars.iter().copied());
         cmd.output().expect("mama runs").into()
     }
@@ -151,6 +157,174 @@ fn sessions_are_encrypted_as_sslmode_asks() {
         env.run_tls(query, vars, &["list"])
             .fails_saying(1, "no encryption");
     }
+}
+
+/// `&sslcert=CERT&sslkey=KEY` for `pair`.
+fn client_query(pair: &Pair) -> String {
+    format!(
+        "&sslcert={}&sslkey={}",
+        pair.cert.display(),
+        pair.key.display()
+    )
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_client_certificate_is_shown_when_the_server_asks() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let certs = make_certs(dir.path());
+    // mama logs in by its certificate alone (its name must be the role's).
+    let (server, addr) = tls_server(Some(&certs), &["hostssl all mama ADDR cert"]);
+    let env = world(
+        &server,
+        addr,
+        &format!("&sslmode=verify-full&sslrootcert={}", certs.ca.display()),
+    );
+    let logins = || {
+        server
+            .log()
+            .matches("identity=\"CN=mama\" method=cert")
+            .count()
+    };
+
+    // From the URL: every session of the command shows it, the job's too.
+    let by_url = client_query(&certs.client);
+    env.run_tls(&by_url, &[], &["add", "rig1", "--mac", "aa:bb:cc:dd:ee:01"])
+        .ok();
+    let before = logins();
+    assert!(
+        before >= 1,
+        "the server took the certificate:\n{}",
+        server.log()
+    );
+    let job = env.run_tls(&by_url, &[], &["run", "rig1", "--", "true"]);
+    assert_eq!(job.code, Some(0), "{job:#?}");
+    assert!(logins() > before, "{}", server.log());
+    // Without one, the server's refusal says why.
+    let refused = env.run_tls("", &[], &["list"]);
+    let said = refused.fails_saying(1, "requires a valid client certificate");
+    assert!(
+        said.contains("sslcert=PATH and sslkey=PATH"),
+        "{refused:#?}"
+    );
+    // Every form of key libpq reads: PKCS#8 (above), SEC1 and PKCS#1, from
+    // the environment too.
+    for pair in [&certs.client_sec1, &certs.client_rsa] {
+        let run = env.run_tls(&client_query(pair), &[], &["list", "--names"]);
+        assert_eq!(run.ok(), "rig1\n", "{}", pair.key.display());
+    }
+    let (cert, key) = (
+        certs.client_sec1.cert.to_string_lossy().into_owned(),
+        certs.client_sec1.key.to_string_lossy().into_owned(),
+    );
+    env.run_tls("", &[("PGSSLCERT", &cert), ("PGSSLKEY", &key)], &["list"])
+        .ok();
+    // libpq's files under ~/.postgresql, where there.
+    let home = env.path().join(".postgresql");
+    std::fs::create_dir(&home).expect("mkdir");
+    let (default_cert, default_key) = (home.join("postgresql.crt"), home.join("postgresql.key"));
+    std::fs::copy(&certs.client_rsa.cert, &default_cert).expect("copy");
+    std::fs::copy(&certs.client_rsa.key, &default_key).expect("copy");
+    env.run_tls("", &[], &["list"]).ok();
+
+    // A key group or others may read is refused, as libpq refuses it,
+    // naming the file and the fix; so is one the URL names.
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    chmod(&default_key, 0o644);
+    let refused = env.run_tls("", &[], &["list"]);
+    let said = refused.fails_saying(1, "has group or world access (mode 0644)");
+    assert!(
+        said.contains(&format!("{} (sslkey's default)", default_key.display()))
+            && said.contains(&format!("chmod 600 {}", default_key.display())),
+        "{refused:#?}"
+    );
+    let open_key = dir.path().join("open.key");
+    std::fs::copy(&certs.client.key, &open_key).expect("copy");
+    chmod(&open_key, 0o644);
+    let query = format!(
+        "&sslcert={}&sslkey={}",
+        certs.client.cert.display(),
+        open_key.display()
+    );
+    let refused = env.run_tls(&query, &[], &["list"]);
+    let said = refused.fails_saying(1, "has group or world access");
+    assert!(
+        said.contains(&format!("{} (sslkey)", open_key.display())),
+        "{refused:#?}"
+    );
+    // A certificate without its key: said, naming what is missing.
+    std::fs::remove_file(&default_key).expect("rm");
+    env.run_tls("", &[], &["list"]).fails_saying(
+        1,
+        &format!(
+            "the client certificate {} (sslcert's default) has no private key ({} is not there)",
+            default_cert.display(),
+            default_key.display()
+        ),
+    );
+    std::fs::remove_dir_all(&home).expect("rm");
+    let key_only = format!("&sslkey={}", certs.client.key.display());
+    env.run_tls(&key_only, &[], &["list"])
+        .fails_saying(1, "is given without a client certificate");
+    // Files that are not there, or not PEM: named, with the setting, and
+    // no password shown.
+    let missing = dir.path().join("missing.crt");
+    let with_password = env
+        .state
+        .display()
+        .to_string()
+        .replace("mama@", "mama:S3cret@");
+    let mut cmd = env.cmd(["list"]);
+    cmd.env(
+        "MAMA_STATE",
+        format!(
+            "{with_password}&sslcert={}&sslkey={}",
+            missing.display(),
+            certs.client.key.display()
+        ),
+    )
+    .env("HOME", env.path());
+    let run = Run::from(cmd.output().expect("mama runs"));
+    let said = run.fails_saying(
+        1,
+        &format!(
+            "cannot read the client certificate {} (sslcert): it does not exist",
+            missing.display()
+        ),
+    );
+    assert!(!said.contains("S3cret"), "{run:#?}");
+    let query = format!(
+        "&sslcert={}&sslkey={}",
+        certs.client.key.display(),
+        certs.client.key.display()
+    );
+    env.run_tls(&query, &[], &["list"])
+        .fails_saying(1, "holds no certificate");
+    let not_a_key = dir.path().join("not-a.key");
+    std::fs::copy(&certs.client.cert, &not_a_key).expect("copy");
+    chmod(&not_a_key, 0o600);
+    let query = format!(
+        "&sslcert={}&sslkey={}",
+        certs.client.cert.display(),
+        not_a_key.display()
+    );
+    env.run_tls(&query, &[], &["list"])
+        .fails_saying(1, "holds no private key");
+    // Another authority's certificate: the server refuses it.
+    let refused = env.run_tls(&client_query(&certs.other_client), &[], &["list"]);
+    refused.fails_saying(
+        1,
+        &format!(
+            "the server refused the client certificate {} (sslcert)",
+            certs.other_client.cert.display()
+        ),
+    );
 }
 
 #[test]

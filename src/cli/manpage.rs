@@ -243,7 +243,13 @@ fn sections() -> Roff {
                 " is not given; or a postgres:// or postgresql:// URL (libpq's form, e.g. \
                  postgresql://mama@db.example/lab), which keeps the lab in PostgreSQL, \
                  shared by every host that reaches the database. The password comes from \
-                 PGPASSFILE, else ~/.pgpass; jobs get the URL without one.",
+                 PGPASSFILE, else ~/.pgpass; jobs get the URL without one. Sessions are \
+                 encrypted as libpq's sslmode asks (disable, allow, prefer, require, \
+                 verify-ca, verify-full), with sslrootcert, and a client certificate shown \
+                 to a server that asks for one, sslcert and sslkey (PEM; the key in PKCS#8, \
+                 PKCS#1 or SEC1, not encrypted): URL parameters, else PGSSLMODE, \
+                 PGSSLROOTCERT, PGSSLCERT and PGSSLKEY; the files default to libpq's under \
+                 ~/.postgresql (see FILES).",
             ),
         ],
     );
@@ -415,6 +421,20 @@ fn sections() -> Roff {
             "Only where an earlier mama left one: the claims and releases it appended here \
              instead of writing them into the state file. mama reads them with the state file, \
              and its next write takes them into the state file and removes this file.",
+        )],
+    );
+    item(
+        &mut r,
+        vec![
+            italic("~/.postgresql/"),
+            roman("root.crt, postgresql.crt, postgresql.key"),
+        ],
+        &[roman(
+            "For a database lab, as libpq: the authorities that sign the server's \
+             certificate (sslrootcert, PGSSLROOTCERT), and the client certificate and its \
+             private key (sslcert and sslkey, PGSSLCERT and PGSSLKEY), PEM, used where they \
+             are there and the URL and the environment name no others. A key that group or \
+             others may read is refused (chmod 600).",
         )],
     );
 

@@ -13,7 +13,10 @@
 //!   `require`, `verify-ca`, `verify-full`) and `sslrootcert` (default
 //!   `~/.postgresql/root.crt`), from the URL, else `PGSSLMODE` and
 //!   `PGSSLROOTCERT`: the client knows only the first three modes, so
-//!   mama reads these two parameters itself (see [`Tls`]).
+//!   mama reads these parameters itself (see [`Tls`]);
+//! - a client certificate as libpq's `sslcert` and `sslkey` (`PGSSLCERT`,
+//!   `PGSSLKEY`; default `~/.postgresql/postgresql.crt` and
+//!   `~/.postgresql/postgresql.key`, where there).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -94,6 +97,56 @@ pub struct Tls {
     /// and a password would go over the network: it is never sent in
     /// clear unless the URL (or `PGSSLMODE`) asks for that.
     pub guards_password: bool,
+    /// The client certificate chain (PEM) shown to a server that asks for
+    /// one: `sslcert`, else `PGSSLCERT`, else `~/.postgresql/postgresql.crt`
+    /// where that file is there.
+    pub client_cert: Option<SslFile>,
+    /// Its private key (PEM): `sslkey`, else `PGSSLKEY`, else
+    /// `~/.postgresql/postgresql.key`.
+    pub client_key: Option<SslFile>,
+}
+
+/// A file a TLS setting names, and where the name came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SslFile {
+    pub path: PathBuf,
+    pub from: SslFrom,
+    /// The URL parameter (`sslcert`), for messages.
+    pub parameter: &'static str,
+    /// The environment variable that gives it too (`PGSSLCERT`).
+    pub variable: &'static str,
+}
+
+/// Where an [`SslFile`] was named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslFrom {
+    Url,
+    Environment,
+    /// libpq's default under `~/.postgresql`, used only where it is there.
+    Default,
+}
+
+impl SslFile {
+    /// Whether the URL or the environment named the file (a default that
+    /// is not there is no setting).
+    pub fn given(&self) -> bool {
+        self.from != SslFrom::Default
+    }
+
+    /// Whether the file is used: named, or libpq's default and there.
+    pub fn in_use(&self) -> bool {
+        self.given() || self.path.exists()
+    }
+
+    /// The setting that named the file, as messages say it: `sslcert`,
+    /// `PGSSLCERT`, or `sslcert's default`.
+    pub fn setting(&self) -> String {
+        match self.from {
+            SslFrom::Url => self.parameter.to_string(),
+            SslFrom::Environment => self.variable.to_string(),
+            SslFrom::Default => format!("{}'s default", self.parameter),
+        }
+    }
 }
 
 impl Tls {
@@ -138,7 +191,8 @@ impl DbUrl {
     /// so far).
     fn parse_with(url: &str, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<DbUrl> {
         let shown = without_password(url);
-        let (client_url, ssl) = take_parameters(url, &["sslmode", "sslrootcert"]);
+        let (client_url, ssl) =
+            take_parameters(url, &["sslmode", "sslrootcert", "sslcert", "sslkey"]);
         let mut config = Config::from_str(&client_url)
             .map_err(|e| Error::Invalid(format!("the state URL {shown} is not valid: {e}")))?;
         let mut tls = tls_settings(&ssl, &env, &shown)?;
@@ -274,11 +328,33 @@ fn tls_settings(
         .map(PathBuf::from)
         .or_else(|| env("PGSSLROOTCERT").map(PathBuf::from))
         .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".postgresql/root.crt")));
+    let client_file = |parameter: &'static str, variable: &'static str, default: &str| {
+        let (path, from) = match given(parameter).filter(|path| !path.is_empty()) {
+            Some(path) => (PathBuf::from(path), SslFrom::Url),
+            None => match env(variable) {
+                Some(path) => (PathBuf::from(path), SslFrom::Environment),
+                None => (
+                    PathBuf::from(env("HOME")?)
+                        .join(".postgresql")
+                        .join(default),
+                    SslFrom::Default,
+                ),
+            },
+        };
+        Some(SslFile {
+            path,
+            from,
+            parameter,
+            variable,
+        })
+    };
     Ok(Tls {
         mode,
         root_cert,
         given: mode_given,
         guards_password: false,
+        client_cert: client_file("sslcert", "PGSSLCERT", "postgresql.crt"),
+        client_key: client_file("sslkey", "PGSSLKEY", "postgresql.key"),
     })
 }
 
@@ -601,6 +677,85 @@ mod tests {
             bad.contains("\"on\"") && bad.contains("verify-full"),
             "{bad}"
         );
+    }
+
+    #[test]
+    fn sslcert_and_sslkey_come_from_the_url_else_the_environment_else_home() {
+        let tls = |url: &str, vars: &'static [(&'static str, &'static str)]| {
+            DbUrl::parse_with(url, move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            })
+            .map(|url| (url.tls, url.config, url.shown))
+            .map_err(|e| e.to_string())
+        };
+        let file = |path: &str, from, parameter, variable| {
+            Some(SslFile {
+                path: PathBuf::from(path),
+                from,
+                parameter,
+                variable,
+            })
+        };
+        let (given, config, shown) = tls(
+            "postgresql://db/lab?sslcert=/c/me%20.crt&sslkey=/c/me.key&application_name=x",
+            &[
+                ("PGSSLCERT", "/env.crt"),
+                ("PGSSLKEY", "/env.key"),
+                ("HOME", "/home/u"),
+            ],
+        )
+        .expect("a valid URL");
+        assert_eq!(
+            given.client_cert,
+            file("/c/me .crt", SslFrom::Url, "sslcert", "PGSSLCERT")
+        );
+        assert_eq!(
+            given.client_key,
+            file("/c/me.key", SslFrom::Url, "sslkey", "PGSSLKEY")
+        );
+        // The client never sees them; the URL shown keeps them.
+        assert_eq!(config.get_application_name(), Some("x"));
+        assert!(
+            shown.contains("sslcert=/c/me%20.crt&sslkey=/c/me.key"),
+            "{shown}"
+        );
+        let (env, ..) = tls(
+            "postgresql://db/lab",
+            &[
+                ("PGSSLCERT", "/env.crt"),
+                ("PGSSLKEY", "/env.key"),
+                ("HOME", "/home/u"),
+            ],
+        )
+        .expect("a valid URL");
+        assert_eq!(
+            env.client_cert,
+            file("/env.crt", SslFrom::Environment, "sslcert", "PGSSLCERT")
+        );
+        assert_eq!(
+            env.client_key.map(|key| key.setting()),
+            Some("PGSSLKEY".to_string())
+        );
+        // An empty parameter is none, as in libpq: the default.
+        let (default, ..) =
+            tls("postgresql://db/lab?sslcert=", &[("HOME", "/home/u")]).expect("a valid URL");
+        let cert = default.client_cert.expect("the default");
+        assert_eq!(
+            (cert.path.clone(), cert.from, cert.given()),
+            (
+                PathBuf::from("/home/u/.postgresql/postgresql.crt"),
+                SslFrom::Default,
+                false
+            )
+        );
+        assert_eq!(
+            default.client_key.map(|key| key.setting()),
+            Some("sslkey's default".to_string())
+        );
+        let (homeless, ..) = tls("postgresql://db/lab", &[]).expect("a valid URL");
+        assert_eq!((homeless.client_cert, homeless.client_key), (None, None));
     }
 
     #[test]

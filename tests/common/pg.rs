@@ -655,10 +655,26 @@ pub fn reconnect(url: &str) -> postgres::Client {
 pub const NAME: &str = "db.lab.test";
 
 /// A certificate authority, a server certificate it signed for [`NAME`],
-/// and another authority that signed nothing.
+/// client certificates for the role `mama`, and another authority that
+/// signed a client certificate only.
 pub struct Certs {
     pub ca: PathBuf,
     pub other_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Signed by `ca`, made out to `mama`: an EC key in PKCS#8.
+    pub client: Pair,
+    /// The same certificate, its key in SEC1 (`BEGIN EC PRIVATE KEY`).
+    pub client_sec1: Pair,
+    /// Signed by `ca`, made out to `mama`: an RSA key in PKCS#1 (`BEGIN
+    /// RSA PRIVATE KEY`).
+    pub client_rsa: Pair,
+    /// Made out to `mama`, but signed by `other_ca`.
+    pub other_client: Pair,
+}
+
+/// A certificate and its private key (mode 0600, owned by the test).
+pub struct Pair {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
@@ -677,7 +693,46 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// Makes [`Certs`] in `dir`, the key readable by the server's user alone.
+/// Makes `NAME.crt` and `NAME.key` in `dir`: a certificate for `subject`
+/// signed by the authority `ca` (`ca.crt`, `ca.key`) with the extensions
+/// `ext`, its key made by `openssl req` with `newkey`.
+fn make_signed(dir: &Path, name: &str, subject: &str, ca: &str, newkey: &[&str], ext: &str) {
+    let (key, csr, crt, extfile) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
+    let mut args = vec!["req", "-new", "-nodes"];
+    args.extend(newkey);
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+    openssl(dir, &args);
+    std::fs::write(dir.join(&extfile), ext).expect("write the extensions");
+    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &crt,
+            "-extfile",
+            &extfile,
+        ],
+    );
+}
+
+/// Makes [`Certs`] in `dir`, the server's key readable by the server's
+/// user alone, the clients' by the test's.
 pub fn make_certs(dir: &Path) -> Certs {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
     for ca in ["ca", "other-ca"] {
@@ -693,61 +748,76 @@ pub fn make_certs(dir: &Path) -> Certs {
         args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
         openssl(dir, &args);
     }
-    let mut args = vec!["req", "-new", "-nodes"];
-    args.extend(ec);
-    let subject = format!("/CN={NAME}");
-    args.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        &subject,
-    ]);
-    openssl(dir, &args);
-    std::fs::write(
-        dir.join("server.ext"),
-        format!(
+    make_signed(
+        dir,
+        "server",
+        &format!("/CN={NAME}"),
+        "ca",
+        &ec,
+        &format!(
             "subjectAltName=DNS:{NAME}\nbasicConstraints=CA:FALSE\n\
              keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
         ),
-    )
-    .expect("write server.ext");
+    );
+    let client_ext = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+                      extendedKeyUsage=clientAuth\n";
+    make_signed(dir, "client", "/CN=mama", "ca", &ec, client_ext);
+    make_signed(dir, "other-client", "/CN=mama", "other-ca", &ec, client_ext);
+    make_signed(
+        dir,
+        "client-rsa",
+        "/CN=mama",
+        "ca",
+        &["-newkey", "rsa:2048"],
+        client_ext,
+    );
+    // The other forms of a key libpq reads: SEC1 and PKCS#1.
+    openssl(dir, &["ec", "-in", "client.key", "-out", "client-sec1.key"]);
     openssl(
         dir,
         &[
-            "x509",
-            "-req",
+            "rsa",
             "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
+            "client-rsa.key",
+            "-traditional",
             "-out",
-            "server.crt",
-            "-extfile",
-            "server.ext",
+            "client-rsa.key",
         ],
     );
+    for (file, header) in [
+        ("client.key", "-----BEGIN PRIVATE KEY-----"),
+        ("client-sec1.key", "-----BEGIN EC PRIVATE KEY-----"),
+        ("client-rsa.key", "-----BEGIN RSA PRIVATE KEY-----"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("read a key");
+        assert!(text.starts_with(header), "{file}: {text}");
+    }
     let (uid, gid) = os_user_ids();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    set_mode(dir, 0o755);
     for file in ["server.key", "server.crt"] {
         std::os::unix::fs::chown(dir.join(file), Some(uid), Some(gid)).expect("chown");
     }
-    std::fs::set_permissions(
-        dir.join("server.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .expect("chmod");
+    for key in [
+        "server.key",
+        "client.key",
+        "client-sec1.key",
+        "client-rsa.key",
+        "other-client.key",
+    ] {
+        set_mode(&dir.join(key), 0o600);
+    }
+    let pair = |cert: &str, key: &str| Pair {
+        cert: dir.join(cert),
+        key: dir.join(key),
+    };
     Certs {
         ca: dir.join("ca.crt"),
         other_ca: dir.join("other-ca.crt"),
         cert: dir.join("server.crt"),
         key: dir.join("server.key"),
+        client: pair("client.crt", "client.key"),
+        client_sec1: pair("client.crt", "client-sec1.key"),
+        client_rsa: pair("client-rsa.crt", "client-rsa.key"),
+        other_client: pair("other-client.crt", "other-client.key"),
     }
 }

@@ -241,7 +241,23 @@ fn warn_in_clear(url: &DbUrl) {
 /// password, the login refused, TLS.
 fn connect_error(url: &DbUrl, config: &Config, e: postgres::Error) -> Error {
     let context = format!("cannot connect to the lab at {}", url.shown);
-    if e.as_db_error().is_some() {
+    let client_cert = url.tls.client_cert.as_ref().filter(|cert| cert.in_use());
+    if let Some(db) = e.as_db_error() {
+        // pg_hba.conf's `cert`, or `clientcert=`, and none was shown.
+        if db.code() == &SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            && db.message().contains("client certificate")
+            && client_cert.is_none()
+        {
+            return Error::Database {
+                context,
+                message: format!(
+                    "{}: name yours with sslcert=PATH and sslkey=PATH in the URL (or \
+                     PGSSLCERT and PGSSLKEY, or put them in ~/.postgresql/postgresql.crt \
+                     and postgresql.key)",
+                    db.message()
+                ),
+            };
+        }
         return db_error(&context, e);
     }
     let cause = std::error::Error::source(&e);
@@ -266,6 +282,20 @@ fn connect_error(url: &DbUrl, config: &Config, e: postgres::Error) -> Error {
         format!("no server there (no socket): {io}")
     } else if let Some(io) = io.filter(|io| io.kind() == std::io::ErrorKind::NetworkUnreachable) {
         format!("the server's network cannot be reached: {io}")
+    } else if let Some(alert) = certificate_alert(&text) {
+        match client_cert {
+            Some(cert) => format!(
+                "the server refused the client certificate {} ({}) (TLS alert {alert}): is it \
+                 signed by an authority the server trusts (its ssl_ca_file), and still valid?",
+                cert.path.display(),
+                cert.setting()
+            ),
+            None => format!(
+                "the server asks for a client certificate (TLS alert {alert}) and none was \
+                 given: name yours with sslcert=PATH and sslkey=PATH in the URL (or PGSSLCERT \
+                 and PGSSLKEY)"
+            ),
+        }
     } else if text.starts_with("error performing TLS handshake") {
         let why = cause.map(|s| s.to_string()).unwrap_or_default();
         let why = why
@@ -288,6 +318,24 @@ fn connect_error(url: &DbUrl, config: &Config, e: postgres::Error) -> Error {
         text
     };
     Error::Database { context, message }
+}
+
+/// The alert in `text` by which a server refuses the client's
+/// certificate, if that is what it says: during the handshake (TLS 1.2)
+/// or on the first read after it (TLS 1.3).
+fn certificate_alert(text: &str) -> Option<&str> {
+    const REFUSALS: [&str; 7] = [
+        "UnknownCA",
+        "BadCertificate",
+        "UnsupportedCertificate",
+        "CertificateRevoked",
+        "CertificateExpired",
+        "CertificateUnknown",
+        "CertificateRequired",
+    ];
+    let (_, alert) = text.split_once("received fatal alert: ")?;
+    let alert = alert.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+    REFUSALS.contains(&alert).then_some(alert)
 }
 
 impl PgStore {

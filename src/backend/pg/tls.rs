@@ -10,6 +10,11 @@
 //! - `verify-full` checks that too, and that it is made out to the host
 //!   name the URL gives.
 //!
+//! A client certificate (`sslcert`, `sslkey`, or libpq's files under
+//! `~/.postgresql`) is read with the root certificates and shown to a
+//! server that asks for one; as libpq, a private key that group or others
+//! may read is refused.
+//!
 //! The connector also records whether a handshake took place, so that a
 //! password sent in clear over the network can be told of.
 
@@ -22,12 +27,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{Error, Result};
-use crate::settings::url::{SslMode, Tls};
+use crate::settings::url::{SslFile, SslMode, Tls};
 
 /// The connector for one session: rustls, configured for `tls` (none
 /// where the session is opened in clear), and whether it was used.
@@ -93,12 +98,26 @@ impl Connector {
                 .unwrap_or_default(),
             algorithms: provider.signature_verification_algorithms,
         };
-        let config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Invalid(format!("cannot set up TLS: {e}")))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let config = match client_identity(tls, crate::os::effective_user_id())? {
+            Some(identity) => builder
+                .with_client_auth_cert(identity.chain, identity.key)
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "cannot use the client certificate {} ({}) with the private key {} \
+                         ({}): {e}",
+                        identity.cert_file.path.display(),
+                        identity.cert_file.setting(),
+                        identity.key_file.path.display(),
+                        identity.key_file.setting()
+                    ))
+                })?,
+            None => builder.with_no_client_auth(),
+        };
         Ok(MakeRustlsConnect::new(config))
     }
 
@@ -149,6 +168,148 @@ fn missing_root(tls: &Tls, path: &Path) -> Error {
         tls.mode.name(),
         path.display()
     ))
+}
+
+/// A client certificate chain and its key, read, with the files they
+/// came from.
+struct Identity<'a> {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_file: &'a SslFile,
+    key_file: &'a SslFile,
+}
+
+/// The client certificate `tls` names, and its key, as libpq finds them:
+/// a file the URL or the environment names must be there; libpq's
+/// defaults (`~/.postgresql/postgresql.crt`, `.key`) are used where they
+/// are. A certificate without a key, or a key named without a
+/// certificate, is an error saying what is missing. `euid`: the user the
+/// key's permissions are judged for.
+fn client_identity(tls: &Tls, euid: u32) -> Result<Option<Identity<'_>>> {
+    fn used(file: &Option<SslFile>) -> Option<&SslFile> {
+        file.as_ref().filter(|file| file.in_use())
+    }
+    let (cert_file, key_file) = match (used(&tls.client_cert), used(&tls.client_key)) {
+        (None, None) => return Ok(None),
+        // libpq's default key alone is not used, nor asked about.
+        (None, Some(key)) if !key.given() => return Ok(None),
+        (None, Some(key)) => {
+            return Err(Error::Invalid(format!(
+                "the private key {} ({}) is given without a client certificate: name the \
+                 certificate with sslcert=PATH in the URL (or PGSSLCERT)",
+                key.path.display(),
+                key.setting()
+            )));
+        }
+        (Some(cert), None) => {
+            let looked = tls
+                .client_key
+                .as_ref()
+                .map(|key| format!(" ({} is not there)", key.path.display()))
+                .unwrap_or_default();
+            return Err(Error::Invalid(format!(
+                "the client certificate {} ({}) has no private key{looked}: name the key \
+                 with sslkey=PATH in the URL (or PGSSLKEY)",
+                cert.path.display(),
+                cert.setting()
+            )));
+        }
+        (Some(cert), Some(key)) => (cert, key),
+    };
+    let chain = read_chain(cert_file)?;
+    let key = read_key(key_file, euid)?;
+    Ok(Some(Identity {
+        chain,
+        key,
+        cert_file,
+        key_file,
+    }))
+}
+
+/// `file`'s bytes, or an error saying which file `what` is and why it
+/// cannot be read.
+fn read_ssl_file(file: &SslFile, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(&file.path).map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::NotFound {
+            "it does not exist".to_string()
+        } else {
+            e.to_string()
+        };
+        Error::Invalid(format!(
+            "cannot read the {what} {} ({}): {why}",
+            file.path.display(),
+            file.setting()
+        ))
+    })
+}
+
+/// The certificates of `file` (PEM), the client's own first.
+fn read_chain(file: &SslFile) -> Result<Vec<CertificateDer<'static>>> {
+    let text = read_ssl_file(file, "client certificate")?;
+    let chain = CertificateDer::pem_slice_iter(&text)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "the client certificate {} ({}) cannot be read as PEM: {e}",
+                file.path.display(),
+                file.setting()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the client certificate {} ({}) holds no certificate (PEM, \
+             -----BEGIN CERTIFICATE-----)",
+            file.path.display(),
+            file.setting()
+        )));
+    }
+    Ok(chain)
+}
+
+/// The private key of `file` (PEM: PKCS#8, PKCS#1 or SEC1), refused as
+/// libpq refuses it where group or others may read it: a file of the user
+/// `euid` must be 0600 or less, one of root's 0640 or less.
+fn read_key(file: &SslFile, euid: u32) -> Result<PrivateKeyDer<'static>> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = || format!("{} ({})", file.path.display(), file.setting());
+    // The file's metadata, as libpq's stat(); a missing file is said by
+    // the read below.
+    if let Ok(meta) = std::fs::metadata(&file.path) {
+        if !meta.is_file() {
+            return Err(Error::Invalid(format!(
+                "the private key {} is not a regular file",
+                shown()
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        let owner = meta.uid();
+        if (owner == euid && mode & 0o077 != 0) || (owner == 0 && mode & 0o037 != 0) {
+            return Err(Error::Invalid(format!(
+                "the private key {} has group or world access (mode {mode:04o}): it must \
+                 be u=rw (0600) or less if owned by the current user, or u=rw,g=r (0640) \
+                 or less if owned by root, as libpq asks: chmod 600 {}",
+                shown(),
+                file.path.display()
+            )));
+        }
+    }
+    let text = read_ssl_file(file, "private key")?;
+    PrivateKeyDer::from_pem_slice(&text).map_err(|e| {
+        let encrypted = String::from_utf8_lossy(&text).contains("ENCRYPTED");
+        let why = if encrypted {
+            "the key is encrypted, and mama reads only unencrypted keys (no sslpassword): \
+             write it out unencrypted with `openssl pkey -in KEY -out KEY.new`"
+                .to_string()
+        } else if matches!(e, rustls::pki_types::pem::Error::NoItemsFound) {
+            "it holds no private key (PEM: -----BEGIN PRIVATE KEY----- (PKCS#8), \
+             -----BEGIN RSA PRIVATE KEY----- (PKCS#1) or -----BEGIN EC PRIVATE KEY----- \
+             (SEC1))"
+                .to_string()
+        } else {
+            e.to_string()
+        };
+        Error::Invalid(format!("cannot use the private key {}: {why}", shown()))
+    })
 }
 
 /// Checks the server's certificate as the mode asks.
@@ -294,5 +455,143 @@ where
                 "TLS was not set up for this session (sslmode disable)",
             )))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::url::SslFrom;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(path: &Path, from: SslFrom, parameter: &'static str) -> Option<SslFile> {
+        Some(SslFile {
+            path: path.to_path_buf(),
+            from,
+            parameter,
+            variable: if parameter == "sslcert" {
+                "PGSSLCERT"
+            } else {
+                "PGSSLKEY"
+            },
+        })
+    }
+
+    fn tls(cert: Option<SslFile>, key: Option<SslFile>) -> Tls {
+        Tls {
+            mode: SslMode::Require,
+            root_cert: None,
+            given: true,
+            guards_password: false,
+            client_cert: cert,
+            client_key: key,
+        }
+    }
+
+    fn refusal(tls: &Tls, euid: u32) -> String {
+        match client_identity(tls, euid) {
+            Ok(None) => "none".into(),
+            Ok(Some(_)) => "an identity".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_certificate_needs_its_key_and_a_key_its_certificate() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let (cert, key) = (dir.path().join("me.crt"), dir.path().join("me.key"));
+        // libpq's defaults, not there: no client certificate, no error.
+        let defaults = tls(
+            file(&cert, SslFrom::Default, "sslcert"),
+            file(&key, SslFrom::Default, "sslkey"),
+        );
+        assert_eq!(refusal(&defaults, 1000), "none");
+        // A default key alone is not asked about; a named one is an error.
+        std::fs::write(&key, "not a key").expect("write");
+        assert_eq!(refusal(&defaults, 1000), "none");
+        let key_only = tls(
+            file(&cert, SslFrom::Default, "sslcert"),
+            file(&key, SslFrom::Environment, "sslkey"),
+        );
+        let said = refusal(&key_only, 1000);
+        assert!(
+            said.contains(&format!("{} (PGSSLKEY) is given without", key.display()))
+                && said.contains("sslcert=PATH"),
+            "{said}"
+        );
+        // A certificate named, its key's default not there.
+        std::fs::remove_file(&key).expect("rm");
+        let cert_only = tls(
+            file(&cert, SslFrom::Url, "sslcert"),
+            file(&key, SslFrom::Default, "sslkey"),
+        );
+        let said = refusal(&cert_only, 1000);
+        assert!(
+            said.contains(&format!(
+                "{} (sslcert) has no private key ({} is not there)",
+                cert.display(),
+                key.display()
+            )),
+            "{said}"
+        );
+        // Named and not there: said so, naming the setting.
+        let named = tls(
+            file(&cert, SslFrom::Url, "sslcert"),
+            file(&key, SslFrom::Url, "sslkey"),
+        );
+        let said = refusal(&named, 1000);
+        assert!(
+            said.contains(&format!(
+                "cannot read the client certificate {} (sslcert): it does not exist",
+                cert.display()
+            )),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn a_key_others_may_read_is_refused_as_libpq_refuses_it() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let key = dir.path().join("me.key");
+        std::fs::write(&key, "no PEM here").expect("write");
+        let key_file = file(&key, SslFrom::Url, "sslkey").expect("a file");
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&key).expect("stat").uid()
+        };
+        let judged = |mode: u32, euid: u32| {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            match read_key(&key_file, euid) {
+                Ok(_) => "read".to_string(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let open = judged(0o644, owner);
+        assert!(
+            open.contains(&format!(
+                "{} (sslkey) has group or world access (mode 0644)",
+                key.display()
+            )) && open.contains(&format!("chmod 600 {}", key.display())),
+            "{open}"
+        );
+        assert!(judged(0o640, owner).contains("group or world access"));
+        // Past the permissions: this one is no key.
+        assert!(judged(0o600, owner).contains("holds no private key"));
+        assert!(judged(0o400, owner).contains("holds no private key"));
+        // Owned by root and read by mama as another user: 0640 will do,
+        // 0644 will not. Another user's file is not judged (as libpq).
+        if owner == 0 {
+            assert!(judged(0o640, 1000).contains("holds no private key"));
+            assert!(judged(0o644, 1000).contains("group or world access"));
+        } else {
+            assert!(judged(0o644, owner + 1).contains("holds no private key"));
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(
+            &key,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        assert!(judged(0o600, owner).contains("the key is encrypted"));
     }
 }
