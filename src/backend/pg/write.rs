@@ -33,20 +33,24 @@ use crate::model::{Change, Lab};
 const TELL_HOLDER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PgStore {
-    /// Readies a new session for a writer's transaction before it takes the
-    /// lab's lock: the server plans (without running) the statements the
-    /// transaction runs, so that their first-time costs in a new server
-    /// process (building its caches of the tables, their indexes and
-    /// statistics: a few milliseconds) are paid before the lock is taken,
-    /// not while every other writer waits for it. Once a session; a
-    /// statement that fails (a database without a lab) ends the warming
-    /// there, and changes nothing.
-    fn warm(&self, client: &mut postgres::Client) {
+    /// Readies a session, whose writer found the lab's lock held, for its
+    /// transaction while it waits: the server plans (without running) the
+    /// statements the transaction runs, so that their first-time costs in
+    /// a new server process (building its caches of the tables, their
+    /// indexes and statistics: a few milliseconds) are paid while another
+    /// writer holds the lock, not once this one has it and others wait.
+    /// Once a session, in a savepoint rolled back (the relations' locks
+    /// its planning took go with it; the caches stay); a statement that
+    /// fails (a database without a lab) ends the warming there.
+    fn warm(&self, client: &mut impl GenericClient) {
         use std::sync::atomic::Ordering;
         if self.warm.swap(true, Ordering::SeqCst) {
             return;
         }
-        let _ = client.simple_query(&format!(
+        let Ok(mut savepoint) = client.transaction() else {
+            return;
+        };
+        let _ = savepoint.simple_query(&format!(
             "EXPLAIN {machines};
              EXPLAIN SELECT classid, objid FROM pg_locks WHERE locktype = 'advisory' \
                AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
@@ -57,6 +61,8 @@ impl PgStore {
                VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM mama_event), 0, '', '', '', '');",
             machines = schema::machines_query(schema::VERSION)
         ));
+        // Dropped: rolled back.
+        drop(savepoint);
     }
 
     /// Takes the lab's lock for the transaction, as patient as the store is.
@@ -124,6 +130,7 @@ impl PgStore {
         if free {
             return Ok(true);
         }
+        self.warm(client);
         let patience = give_up.map(|at| at.saturating_duration_since(Instant::now()));
         if patience.is_some_and(|left| left <= TELL_HOLDER) {
             return Ok(false);
@@ -245,7 +252,6 @@ impl PgStore {
         let mut change = Some(change);
         for _ in 0..2 {
             let done = self.with_main(|client| {
-                self.warm(client);
                 let mut tx = match client.transaction() {
                     Ok(tx) => tx,
                     Err(e) if is_connection_loss(&e) => return Ok(None),
