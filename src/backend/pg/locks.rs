@@ -79,7 +79,6 @@ impl PgStore {
             *Self::locked(&self.spare) = Some(Spare::Ready(Box::new(session)));
             return Ok(None);
         }
-        let store = self.clone();
         Ok(Some(JobLock::new(Box::new(PgJobLock::new(
             session,
             backend,
@@ -87,7 +86,7 @@ impl PgStore {
             self.host_timeout,
             machine,
             key,
-            Arc::new(move |channel: &str| store.notify(channel)),
+            self.clone(),
         )))))
     }
 
