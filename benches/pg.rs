@@ -10,24 +10,30 @@
 //!    the waiter's job starting on another (target ≤ 50 ms);
 //! 3. takeover across hosts: from a SIGKILL of the holder's `mama` to the
 //!    waiter's job starting (target ≤ 200 ms);
-//! 4. a dead host: from cutting a holder's link (and killing it) to a
-//!    waiter on another host running, with the default MAMA_HOST_TIMEOUT
-//!    (target ≤ 30 + 5 s);
+//! 4. a dead host: a holder and three waiters on one host, a waiter on
+//!    another; from cutting the first host's link (and killing its
+//!    processes) to the other host's waiter running, at MAMA_HOST_TIMEOUT
+//!    T = 4, 10 and 30 s (target ≤ T + 2 s);
 //! 5. claims per second with 10 hosts racing for 10 machines;
 //! 6. `mama run m -- true` over TCP (loopback) in clear and over TLS
 //!    (`sslmode=disable`, `require`, `verify-full`), interleaved;
-//! 7. a lab of 5,000 machines: `mama run m17 -- true` and `mama list`.
+//! 7. a holder's session ended by the server (`pg_terminate_backend`)
+//!    while a waiter on another host sleeps on its lock: from the end to
+//!    the holder's job getting TERM (target ≤ 20 ms), and how long before
+//!    that the waiter's job started (when the waiter, not the holder's
+//!    new session, takes the lab's lock first);
+//! 8. a lab of 5,000 machines: `mama run m17 -- true` and `mama list`.
 //!
 //! Given `MAMA_BENCH_BEFORE=PATH`, an earlier build of mama runs beside
-//! this one in the same interleaved rounds of measurements 1 and 7, so
+//! this one in the same interleaved rounds of measurements 1 and 8, so
 //! before and after are measured side by side (measurement 5 is run with
 //! each in turn).
 //!
 //! Run with `cargo bench --bench pg` (as root: it makes network
 //! namespaces and runs the server as `postgres`); `cargo bench --bench pg
-//! -- run race big` runs only the measurements named (run, hosts, dead,
-//! race, tls, big). Timestamps are `date +%s%N` written by the jobs: one
-//! clock for every namespace.
+//! -- 4 7 big` runs only the measurements named, by number or by name
+//! (run, hosts, dead, race, tls, ended, big). Timestamps are `date +%s%N`
+//! written by the jobs: one clock for every namespace.
 
 // The tests' world: its PostgreSQL server, hosts and clean `mama`
 // command line (it allows dead code: the bench uses part of it).
@@ -40,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use common::netns::Host;
 use common::pg::{self, Options, PgDb, Server};
-use common::{MAMA, mama_command, remove_mama_env};
+use common::{Bg, MAMA, mama_command, remove_mama_env};
 
 /// How long any step of the bench may take before it gives up.
 const LIMIT: Duration = Duration::from_secs(40);
@@ -50,6 +56,14 @@ const HANDOFFS: usize = 20;
 const TAKEOVERS: usize = 15;
 const RACE_HOSTS: usize = 10;
 const RACE_RUNS: usize = 20;
+/// The host timeouts (MAMA_HOST_TIMEOUT, s) of measurement 4.
+const DEAD_HOST_TIMEOUTS: [u64; 3] = [4, 10, 30];
+/// The waiters queued on the dead host in measurement 4.
+const DEAD_HOST_WAITERS: usize = 3;
+const SESSION_ENDS: usize = 20;
+/// How long after its session's end a holder's job that got no TERM is
+/// taken to have kept its claim (measurement 7).
+const KEPT_AFTER: Duration = Duration::from_secs(2);
 
 /// Waits until `cond` holds; panics with `what` after `limit`.
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
@@ -60,34 +74,49 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// The measurements, by the names that select them.
-const MEASUREMENTS: [(&str, fn(&mut Vec<String>)); 6] = [
-    ("run", run_cost),
-    ("hosts", across_hosts),
-    ("dead", dead_host),
-    ("race", race),
-    ("tls", tls_cost),
-    ("big", big_lab),
+/// The measurements, by the numbers and the name that select them.
+type Measurement = (&'static str, &'static str, fn(&mut Vec<String>));
+const MEASUREMENTS: [Measurement; 7] = [
+    ("1", "run", run_cost),
+    ("2,3", "hosts", across_hosts),
+    ("4", "dead", dead_hosts),
+    ("5", "race", race),
+    ("6", "tls", tls_cost),
+    ("7", "ended", session_ended),
+    ("8", "big", big_lab),
 ];
 
+/// 4 at each of [`DEAD_HOST_TIMEOUTS`].
+fn dead_hosts(report: &mut Vec<String>) {
+    for timeout in DEAD_HOST_TIMEOUTS {
+        dead_host(report, timeout);
+    }
+}
+
 fn main() {
+    // `cargo bench` passes `--bench`; any other word names a measurement.
     let chosen: Vec<String> = std::env::args()
         .skip(1)
         .filter(|arg| !arg.starts_with('-'))
         .collect();
-    if let Some(unknown) = chosen
-        .iter()
-        .find(|c| !MEASUREMENTS.iter().any(|(name, _)| name == c))
-    {
-        let names: Vec<&str> = MEASUREMENTS.iter().map(|(name, _)| *name).collect();
-        panic!("no measurement {unknown:?}: choose among {names:?}");
+    let known = |c: &String| {
+        MEASUREMENTS
+            .iter()
+            .any(|(numbers, name, _)| name == c || numbers.split(',').any(|n| n == c))
+    };
+    if let Some(unknown) = chosen.iter().find(|c| !known(c)) {
+        let names: Vec<&str> = MEASUREMENTS.iter().map(|(_, name, _)| *name).collect();
+        panic!("no measurement {unknown:?}: choose among 1 to 8 or {names:?}");
     }
     if let Some(bin) = before() {
         println!("an earlier build beside this one: {}", bin.display());
     }
     let mut report = Vec::new();
-    for (name, measure) in MEASUREMENTS {
-        if chosen.is_empty() || chosen.iter().any(|c| c == name) {
+    for (numbers, name, measure) in MEASUREMENTS {
+        let wanted = chosen
+            .iter()
+            .any(|c| c == name || numbers.split(',').any(|n| n == c));
+        if chosen.is_empty() || wanted {
             measure(&mut report);
         }
     }
@@ -282,7 +311,25 @@ fn now_ns() -> u128 {
 
 /// `mama run m -- JOB` on `host` over TCP, output discarded.
 fn run_on(host: &Host, url: &str, timeout: Option<&str>, job: &[String]) -> Child {
-    let mut cmd = host.command(MAMA);
+    run_on_as(host, url, timeout, job, false)
+}
+
+/// [`run_on`], in a PID namespace of its own if `contained` (as on
+/// another machine: a mama elsewhere cannot tell whether it lives).
+fn run_on_as(
+    host: &Host,
+    url: &str,
+    timeout: Option<&str>,
+    job: &[String],
+    contained: bool,
+) -> Child {
+    let mut cmd = if contained {
+        let mut cmd = host.command("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", MAMA]);
+        cmd
+    } else {
+        host.command(MAMA)
+    };
     remove_mama_env(&mut cmd);
     cmd.env("MAMA_STATE", url).env("NO_COLOR", "1");
     if let Some(t) = timeout {
@@ -306,7 +353,7 @@ fn waiting_on_lock(db: &PgDb) -> bool {
 }
 
 fn fresh(dir: &Path) {
-    for name in ["started", "go", "ended", "ran"] {
+    for name in ["started", "go", "ended", "ran", "termed"] {
         let _ = std::fs::remove_file(dir.join(name));
     }
 }
@@ -357,18 +404,26 @@ impl Pair {
     /// A holder on host one whose job waits for `go`, and a waiter on host
     /// two asleep on its lock in the server.
     fn start(&self) -> (Child, Child) {
+        self.start_with(&holding_job(&self.holder_dir), false)
+    }
+
+    /// The URL of the lab as `host` reaches it.
+    fn url(&self, host: &Host) -> String {
+        self.server
+            .tcp_url_as(pg::ROLE, host.peer_addr(), &self.db.name)
+    }
+
+    /// A holder on host one running `job` (which touches `started`), in a
+    /// PID namespace of its own if `contained`, and a waiter on host two
+    /// asleep on its lock in the server.
+    fn start_with(&self, job: &[String], contained: bool) -> (Child, Child) {
         fresh(&self.holder_dir);
         fresh(&self.waiter_dir);
         let url = |host: &Host| {
             self.server
                 .tcp_url_as(pg::ROLE, host.peer_addr(), &self.db.name)
         };
-        let holder = run_on(
-            &self.one,
-            &url(&self.one),
-            None,
-            &holding_job(&self.holder_dir),
-        );
+        let holder = run_on_as(&self.one, &url(&self.one), None, job, contained);
         wait_until("the holder's job", LIMIT, || {
             self.holder_dir.join("started").exists()
         });
@@ -425,25 +480,75 @@ fn across_hosts(report: &mut Vec<String>) {
     report.push(verdict("3. takeover (median)", t, "ms", 200.0));
 }
 
-/// 4. A dead host, with the default host timeout.
-fn dead_host(report: &mut Vec<String>) {
+/// Measurement 4: a dead host at host timeout `timeout` (s): a holder and
+/// [`DEAD_HOST_WAITERS`] waiters on host one, queued in that order, then a
+/// waiter on host two. Host one's link is cut and its processes killed
+/// (no FIN, no RST reaches the server); host two's waiter runs once the
+/// server has let go of every session of host one's.
+fn dead_host(report: &mut Vec<String>, timeout: u64) {
     let pair = Pair::new();
-    let (mut holder, mut waiter) = pair.start();
+    fresh(&pair.holder_dir);
+    fresh(&pair.waiter_dir);
+    let t = timeout.to_string();
+    let on = |host: &Host, args: &[String]| {
+        let mut cmd = host.command(MAMA);
+        remove_mama_env(&mut cmd);
+        cmd.env("MAMA_STATE", pair.url(host))
+            .env("MAMA_HOST_TIMEOUT", &t)
+            .env("NO_COLOR", "1")
+            .args(args);
+        cmd
+    };
+    let run = |job: &str, command: &[String]| -> Vec<String> {
+        let mut args: Vec<String> = ["run", "m", "--job", job, "--"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(command.iter().cloned());
+        args
+    };
+    let holder = Bg::start(on(
+        &pair.one,
+        &run("holder", &holding_job(&pair.holder_dir)),
+    ));
+    wait_until("the holder's job", LIMIT, || {
+        pair.holder_dir.join("started").exists()
+    });
+    let mut dead_waiters = Vec::new();
+    for n in 0..DEAD_HOST_WAITERS {
+        let mut waiter = Bg::start(on(
+            &pair.one,
+            &run(&format!("waiter{n}"), &["true".to_string()]),
+        ));
+        waiter.expect_stderr("waiting to claim it", LIMIT);
+        dead_waiters.push(waiter);
+    }
+    let mut waiter = Bg::start(on(
+        &pair.two,
+        &run("survivor", &stamping_job(&pair.waiter_dir)),
+    ));
+    waiter.expect_stderr(&format!("{DEAD_HOST_WAITERS} ahead of you"), LIMIT);
     pair.one.cut();
     let cut = now_ns();
-    // SAFETY: plain system call on our unreaped child.
-    unsafe {
-        libc::kill(holder.id() as libc::pid_t, libc::SIGKILL);
+    holder.signal(libc::SIGKILL);
+    for dead in &dead_waiters {
+        dead.signal(libc::SIGKILL);
     }
-    let ran = read_ns_within(&pair.waiter_dir.join("ran"), Duration::from_secs(90));
+    let limit = Duration::from_secs(timeout * 2 + 30);
+    let ran = read_ns_within(&pair.waiter_dir.join("ran"), limit);
     let freed = Duration::from_nanos((ran.saturating_sub(cut)) as u64).as_secs_f64();
-    let _ = holder.wait();
-    assert!(waiter.wait().expect("waiter").success());
+    let finished = waiter.finish(LIMIT);
+    assert_eq!(finished.code, Some(0), "{finished:#?}");
     report.push(format!(
-        "4. dead host (link cut, holder killed), MAMA_HOST_TIMEOUT 30 s: the waiter on another \
-         host ran {freed:.2} s later"
+        "4. dead host (link cut, holder and {DEAD_HOST_WAITERS} waiters killed), \
+         MAMA_HOST_TIMEOUT {timeout} s: the waiter on another host ran {freed:.2} s later"
     ));
-    report.push(verdict("4. dead host freed", freed, "s", 35.0));
+    report.push(verdict(
+        &format!("4. dead host freed at T = {timeout} s"),
+        freed,
+        "s",
+        (timeout + 2) as f64,
+    ));
 }
 
 fn read_ns_within(path: &Path, limit: Duration) -> u128 {
@@ -521,7 +626,7 @@ fn race_by(bin: &Path, hosts: &[Host], server: &Server) -> f64 {
     claims as f64 / took
 }
 
-/// 7. A lab of 5,000 machines: `run m17 -- true` and `list`, interleaved
+/// 8. A lab of 5,000 machines: `run m17 -- true` and `list`, interleaved
 /// (with the earlier build, given one), on a server syncing every commit.
 fn big_lab(report: &mut Vec<String>) {
     const MACHINES: usize = 5_000;
@@ -568,16 +673,16 @@ fn big_lab(report: &mut Vec<String>) {
     let run = median_ms(&mut samples[0][0]);
     let list = median_ms(&mut samples[0][1]);
     report.push(format!(
-        "7. {MACHINES} machines, median of {SAMPLES}: run m17 -- true {run:.2} ms, list {list:.2} ms"
+        "8. {MACHINES} machines, median of {SAMPLES}: run m17 -- true {run:.2} ms, list {list:.2} ms"
     ));
     if bins.len() > 1 {
         let (run, list) = (median_ms(&mut samples[1][0]), median_ms(&mut samples[1][1]));
         report.push(format!(
-            "7. before: the earlier build, run {run:.2} ms, list {list:.2} ms"
+            "8. before: the earlier build, run {run:.2} ms, list {list:.2} ms"
         ));
     }
-    report.push(verdict("7. run on 5,000 machines", run, "ms", 30.0));
-    report.push(verdict("7. list on 5,000 machines", list, "ms", 40.0));
+    report.push(verdict("8. run on 5,000 machines", run, "ms", 30.0));
+    report.push(verdict("8. list on 5,000 machines", list, "ms", 40.0));
 }
 
 /// The cost of a run over TCP in clear and over TLS (measurement 6): a
@@ -634,4 +739,106 @@ fn tls_cost(report: &mut Vec<String>) {
         RUNS / 2,
         medians.join(", ")
     ));
+}
+
+/// A job that notes when it gets TERM (in `dir/termed`, then ends) and
+/// otherwise runs until stopped; it touches `dir/started`.
+fn trapping_job(dir: &Path) -> Vec<String> {
+    let d = dir.display();
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "trap 'date +%s%N > {d}/termed; exit 0' TERM; touch {d}/started; \
+             while :; do sleep 0.01; done"
+        ),
+    ]
+}
+
+/// Measurement 7: the server ends a holder's session (as `pg_terminate_backend` by an
+/// administrator, or a backend's crash, would) while a waiter on another
+/// host sleeps on the machine's job lock: the waiter takes the machine
+/// at once (the holder runs in a PID namespace of its own, so the waiter
+/// cannot see it live, as on another machine), and the holder's job must
+/// get TERM at once. The holder's new session may take the lab's lock
+/// before the waiter's claim does: it then keeps its claim, and the sample
+/// is counted apart. Measured from
+/// just before the termination is asked (on an open session) to the
+/// job's TERM trap; and the overlap: how long the waiter's job had run
+/// by then (negative: it started after the holder's job got TERM).
+fn session_ended(report: &mut Vec<String>) {
+    let pair = Pair::new();
+    let mut admin = pair.db.connect();
+    let mut stops = Vec::new();
+    let mut overlaps = Vec::new();
+    // Samples where the holder's new session took the lab's lock before
+    // the waiter's claim did: it kept its claim, and nothing was stopped.
+    let mut kept = 0;
+    while stops.len() < SESSION_ENDS {
+        assert!(
+            kept < SESSION_ENDS,
+            "the holder kept its claim {kept} times"
+        );
+        let (mut holder, mut waiter) = pair.start_with(&trapping_job(&pair.holder_dir), true);
+        let sessions: Vec<i32> = admin
+            .query(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+                 AND classid = 1835101537 AND objid <> 0 AND granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[],
+            )
+            .expect("the claim sessions")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(sessions.len(), 1, "one claim session: {sessions:?}");
+        let ended = now_ns();
+        let done: bool = admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&sessions[0]])
+            .expect("end the claim session")
+            .get(0);
+        assert!(done, "the claim session was ended");
+        let Some(termed) = ns_in(&pair.holder_dir.join("termed"), KEPT_AFTER) else {
+            kept += 1;
+            // SAFETY: plain system call on our unreaped child.
+            unsafe {
+                libc::kill(holder.id() as libc::pid_t, libc::SIGKILL);
+            }
+            let _ = holder.wait();
+            assert!(waiter.wait().expect("waiter").success());
+            continue;
+        };
+        let ran = read_ns(&pair.waiter_dir.join("ran"));
+        stops.push(Duration::from_nanos(termed.saturating_sub(ended) as u64));
+        overlaps.push((termed as f64 - ran as f64) / 1e6);
+        let status = holder.wait().expect("holder");
+        assert_eq!(status.code(), Some(125), "the holder lost its claim");
+        assert!(waiter.wait().expect("waiter").success());
+    }
+    let (m, p) = (median_ms(&mut stops), p90_ms(&mut stops));
+    overlaps.sort_by(f64::total_cmp);
+    let (o, worst) = (overlaps[overlaps.len() / 2], overlaps[overlaps.len() - 1]);
+    report.push(format!(
+        "7. holder's session ended by the server, a waiter on another host, {SESSION_ENDS} \
+         takeovers: the holder's job got TERM after median {m:.2} ms, p90 {p:.2} ms; the \
+         waiter's job had run by then median {o:.2} ms, at most {worst:.2} ms (negative: \
+         it started after); in {kept} more samples the holder re-attached first and kept \
+         its claim"
+    ));
+    report.push(verdict("7. session ended -> TERM (median)", m, "ms", 20.0));
+}
+
+/// The time `date +%s%N` wrote into `path`, if it did within `limit`.
+fn ns_in(path: &Path, limit: Duration) -> Option<u128> {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.ends_with('\n') {
+            return text.trim().parse().ok();
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

@@ -15,17 +15,33 @@
 //! lock and another host may claim the machine), the claim is lost: the
 //! keeper says so and raises the flag the supervisor watches, which stops
 //! the job. A run never goes on without its claim.
+//!
+//! A session the server ended itself (`pg_terminate_backend`, a backend's
+//! crash) may have woken a waiter on another host, which takes the
+//! machine within milliseconds. So the keeper first glances, every 2 ms,
+//! through the run's main session, already open, at whether the claim
+//! still stands (see `Watch::glance`): the record no longer this run's,
+//! or another mama in the middle of claiming the machine (its claim
+//! transaction holds the lab's lock, its new session the machine's job
+//! lock), stops the job at once, before that claim even commits. Only
+//! after 30 ms of glances does it open a new session to re-attach (the
+//! glances go on meanwhile): opened at once, it would take the server's
+//! time from the claim it should see. A lock merely held by another
+//! session decides nothing: waiters take it for an instant when it is let
+//! go, and look at it while a holder re-attaches, outside any
+//! transaction.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postgres::Client;
-use postgres::types::Type;
 use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::Type;
+use postgres::{Client, SimpleQueryMessage};
 
-use super::{LAB_LOCK, LOCK_SPACE, connect, db_error};
+use super::schema::quote_literal;
+use super::{LAB_LOCK, LOCK_SPACE, PgStore, connect, db_error};
 use crate::backend::Lease;
 use crate::error::{Error, Result};
 use crate::format::doc::XmlLab;
@@ -42,6 +58,13 @@ const PING: Duration = Duration::from_secs(1);
 /// How long the keeper waits for a word from the server, or its session's
 /// end, before it looks whether it is told to stop.
 const LISTEN: Duration = Duration::from_millis(100);
+/// How often the keeper glances at the claim after the server ended its
+/// session, for how long at most, and for how long before it opens a new
+/// session too: a waiter the end woke takes the machine within
+/// milliseconds.
+const GLANCE: Duration = Duration::from_millis(2);
+const GLANCE_FOR: Duration = Duration::from_millis(250);
+const GLANCE_ALONE: Duration = Duration::from_millis(30);
 
 /// A held job lock.
 pub struct PgJobLock {
@@ -56,8 +79,9 @@ pub struct PgJobLock {
     /// The channel the keeper listens on: a notification there wakes it
     /// at once (to stop it without waiting out its listening).
     channel: String,
-    /// Notifies a channel through another session of the lab's.
-    wake: Arc<dyn Fn(&str) + Send + Sync>,
+    /// The lab, whose main session (another than the lock's) notifies the
+    /// keeper's channel and lets the keeper glance at the machine's record.
+    lab: PgStore,
 }
 
 impl std::fmt::Debug for PgJobLock {
@@ -87,10 +111,10 @@ impl PgJobLock {
         host_timeout: Duration,
         machine: &str,
         key: i32,
-        wake: Arc<dyn Fn(&str) + Send + Sync>,
+        lab: PgStore,
     ) -> PgJobLock {
         PgJobLock {
-            wake,
+            lab,
             session: Some(session),
             backend,
             url,
@@ -120,6 +144,7 @@ impl PgJobLock {
             machine: self.machine.clone(),
             job: job.clone(),
             lost: Arc::clone(&lost),
+            lab: self.lab.clone(),
         };
         let held = Held {
             session,
@@ -140,13 +165,13 @@ impl PgJobLock {
     /// one still does). Done before the release transaction: a keeper in
     /// the middle of re-attaching may take seconds to stop, and the lab
     /// must not stay locked meanwhile.
-    /// `wake` notifies the keeper's channel (through another session),
-    /// so it stops at once.
-    pub fn stop_keeping(&mut self, wake: Option<&dyn Fn(&str)>) {
+    /// With `wake`, the keeper's channel is notified (through the lab's
+    /// main session), so it stops at once.
+    pub fn stop_keeping(&mut self, wake: bool) {
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.stop.send(());
-            if let Some(wake) = wake {
-                wake(&self.channel);
+            if wake {
+                self.lab.notify(&self.channel);
             }
             if let Ok(Some(held)) = keeper.thread.join() {
                 self.session = Some(held.session);
@@ -156,7 +181,7 @@ impl PgJobLock {
     }
 
     fn let_go(&mut self) {
-        self.stop_keeping(None);
+        self.stop_keeping(false);
         if let Some(mut session) = self.session.take() {
             let _ = session.query_typed(
                 "SELECT pg_advisory_unlock($1, $2)",
@@ -174,8 +199,7 @@ impl crate::backend::HeldJob for PgJobLock {
     }
 
     fn stop_keeping(&mut self) {
-        let wake = Arc::clone(&self.wake);
-        PgJobLock::stop_keeping(self, Some(&*wake));
+        PgJobLock::stop_keeping(self, true);
     }
 
     fn close(self: Box<Self>) {
@@ -190,6 +214,7 @@ impl Drop for PgJobLock {
 }
 
 /// What the keeper needs to keep a claim.
+#[derive(Clone)]
 struct Watch {
     channel: String,
     url: Arc<DbUrl>,
@@ -197,24 +222,37 @@ struct Watch {
     machine: String,
     job: JobRecord,
     lost: Arc<Lease>,
+    lab: PgStore,
 }
 
 impl Watch {
     /// Watches the session until told to stop; gives back the session (and
     /// the key its lock is under) that holds the lock, if one still does.
     fn run(self, held: Held, stopped: &mpsc::Receiver<()>) -> Option<Held> {
-        let mut lost_backend = held.backend;
+        let (mut lost_backend, mut lost_key) = (held.backend, held.key);
         let mut session = Some(held);
         let mut last_ok = Instant::now();
         let mut next_ping = Instant::now() + PING;
+        // A first glance readies the main session's server process for the
+        // glances that count (its first look at the lock tables takes
+        // milliseconds); tried again at each listen while another thread
+        // uses the session.
+        let mut ready = false;
         loop {
+            if !ready {
+                ready = self.glance(lost_key, lost_backend).is_some();
+            }
             match stopped.try_recv() {
                 Ok(()) | Err(mpsc::TryRecvError::Disconnected) => return session,
                 Err(mpsc::TryRecvError::Empty) => {}
             }
-            // Listening returns at once when the server ends the session.
+            // Listening returns at once when the server ends the session,
+            // and says so: the server is up then, and answers at once.
+            let mut ended_by_server = false;
             let alive = session.as_mut().is_some_and(|held| {
-                let _ = held.session.notifications().timeout_iter(LISTEN).next();
+                if let Err(e) = held.session.notifications().timeout_iter(LISTEN).next() {
+                    ended_by_server = e.as_db_error().is_some();
+                }
                 !held.session.is_closed()
             });
             if alive && Instant::now() < next_ping {
@@ -222,16 +260,18 @@ impl Watch {
             }
             if alive && let Some(held) = session.as_mut() {
                 self.lost.asking();
-                let answered = held.session.simple_query("SELECT 1").is_ok();
-                if answered {
-                    self.lost.answered();
-                    last_ok = Instant::now();
-                    next_ping = last_ok + PING;
-                    continue;
+                match held.session.simple_query("SELECT 1") {
+                    Ok(_) => {
+                        self.lost.answered();
+                        last_ok = Instant::now();
+                        next_ping = last_ok + PING;
+                        continue;
+                    }
+                    Err(e) => ended_by_server = e.as_db_error().is_some(),
                 }
             }
             if let Some(held) = session.take() {
-                lost_backend = held.backend;
+                (lost_backend, lost_key) = (held.backend, held.key);
             }
             say!(
                 "mama: lost the session that holds the claim on {} in the lab at {}; \
@@ -248,15 +288,17 @@ impl Watch {
             // The first look is at once: a session ended by the server
             // (`pg_terminate_backend`) may have let another host take the
             // machine, and the job must stop without delay; then five
-            // times a second.
+            // times a second. Glances at the record go with it while the
+            // server is known to answer (it said it ended the session).
             let mut pause = Duration::ZERO;
+            let mut glancing = ended_by_server;
             let why = loop {
                 match stopped.recv_timeout(pause) {
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return None,
                     Err(RecvTimeoutError::Timeout) => {}
                 }
                 pause = Duration::from_millis(200);
-                match self.reattach(lost_backend) {
+                match self.try_reattach(&mut glancing, lost_key, lost_backend) {
                     Ok(Some(mut held)) => {
                         let _ = held
                             .session
@@ -302,35 +344,110 @@ impl Watch {
         }
     }
 
-    /// A new session that holds the machine's job lock again, if the
-    /// machine's record is still this run's claim; `None` if it is not.
-    /// `lost` is the server process of the session that held it.
-    fn reattach(&self, lost: i32) -> Result<Option<Held>> {
-        let mut client = connect(&self.url, self.host_timeout)?;
-        let context = format!("cannot reattach to the lab at {}", self.url.shown);
-        let mut tx = client.transaction().map_err(|e| db_error(&context, e))?;
-        tx.batch_execute("SET LOCAL lock_timeout = 5000")
-            .map_err(|e| db_error(&context, e))?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&LOCK_SPACE, &LAB_LOCK],
-        )
-        .map_err(|e| db_error(&context, e))?;
-        let Some(row) = tx
-            .query_opt(
-                "SELECT k.key::int4, coalesce(m.element, '')::text FROM mama_machine m \
-                 JOIN mama_lock_key k USING (name) WHERE m.name = $1",
-                &[&self.machine],
-            )
-            .map_err(|e| db_error(&context, e))?
-        else {
-            return Ok(None);
-        };
-        let (key, element): (i32, String) = (row.get(0), row.get(1));
-        let lab = XmlLab::from_machines([(self.machine.as_str(), element.as_str())])
-            .map_err(|e| Error::Invalid(format!("{context}: {e}")))?
+    /// One try to re-attach (see [`Watch::reattach`]). With `glancing`,
+    /// the keeper glances first (see [`Watch::glance`]), at once and then
+    /// every [`GLANCE`] for up to [`GLANCE_FOR`], and makes the try on a
+    /// thread of its own from [`GLANCE_ALONE`] on: a glance that finds the
+    /// claim lost ends the try at once, without waiting for the new
+    /// session or the lab's lock (the try then ends on its own, its
+    /// session closed). `glancing` turns false when a glance cannot be
+    /// made (the main session is busy, closed or lost). `key` is the job
+    /// lock's key, `lost` the server process of the session that held it.
+    fn try_reattach(&self, glancing: &mut bool, key: i32, lost: i32) -> Result<Option<Held>> {
+        if !*glancing {
+            return self.reattach(connect(&self.url, self.host_timeout)?, lost);
+        }
+        let (sender, tried) = mpsc::channel();
+        let mut sender = Some(sender);
+        let start = Instant::now();
+        let until = start + GLANCE_FOR;
+        while *glancing && Instant::now() < until {
+            if start.elapsed() >= GLANCE_ALONE
+                && let Some(sender) = sender.take()
+            {
+                let watch = self.clone();
+                std::thread::spawn(move || {
+                    let attempt = connect(&watch.url, watch.host_timeout)
+                        .and_then(|client| watch.reattach(client, lost));
+                    let _ = sender.send(attempt);
+                });
+            }
+            match self.glance(key, lost) {
+                Some(false) => return Ok(None),
+                Some(true) => {}
+                None => *glancing = false,
+            }
+            match tried.recv_timeout(GLANCE) {
+                Ok(attempt) => return attempt,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if sender.is_some() {
+            return self.reattach(connect(&self.url, self.host_timeout)?, lost);
+        }
+        tried.recv().unwrap_or_else(|_| {
+            Err(Error::Invalid(
+                "internal error: a try to re-attach ended without an outcome".into(),
+            ))
+        })
+    }
+
+    /// Whether the claim still stands, as a glance through the run's main
+    /// session sees it at once (no new session, no lab's lock); `None`
+    /// when it cannot be read at once. It is lost when the machine's
+    /// record is no longer this run's claim (a record never becomes it
+    /// again), and when another mama is claiming the machine: one process
+    /// (the same `mama PID on HOST` session name) holds the machine's job
+    /// lock in one session and the lab's lock in another. That is a claim
+    /// transaction which found the record free (it judged this run's claim
+    /// stale, its lock free, and cleared it) and took the lock; its commit
+    /// is milliseconds away. A waiter's instant on the lock, or its look at
+    /// it while the holder re-attaches, is made outside any transaction.
+    /// `lost` is the server process of the session that held the lock.
+    fn glance(&self, key: i32, lost: i32) -> Option<bool> {
+        let (element, claimed) = self.lab.with_main_at_once(|client| {
+            let messages = client.simple_query(&format!(
+                "SELECT (SELECT coalesce(m.element, '') FROM mama_machine m \
+                   JOIN mama_lock_key k USING (name) WHERE k.key = {key}), \
+                 EXISTS (SELECT 1 FROM pg_locks j, pg_locks l, \
+                   LATERAL pg_stat_get_activity(j.pid) js, \
+                   LATERAL pg_stat_get_activity(l.pid) ls \
+                   WHERE j.locktype = 'advisory' AND j.granted AND j.objsubid = 2 \
+                     AND j.classid = {LOCK_SPACE}::oid AND j.objid = {key}::oid \
+                     AND j.pid <> {lost} \
+                     AND j.database = (SELECT oid FROM pg_database \
+                       WHERE datname = current_database()) \
+                     AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+                     AND l.classid = {LOCK_SPACE}::oid AND l.objid = {LAB_LOCK}::oid \
+                     AND l.database = j.database AND l.pid <> j.pid \
+                     AND ls.application_name = js.application_name \
+                     AND js.application_name LIKE 'mama % on %')"
+            ))?;
+            Ok(messages.iter().find_map(|message| match message {
+                SimpleQueryMessage::Row(row) => {
+                    Some((row.get(0).map(str::to_string), row.get(1) == Some("t")))
+                }
+                _ => None,
+            }))
+        })??;
+        match element {
+            Some(element) if !claimed => self.ours(&element).ok(),
+            _ => Some(false),
+        }
+    }
+
+    /// Whether `element`, the machine's record, holds this run's claim.
+    fn ours(&self, element: &str) -> Result<bool> {
+        let lab = XmlLab::from_machines([(self.machine.as_str(), element)])
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "cannot reattach to the lab at {}: {e}",
+                    self.url.shown
+                ))
+            })?
             .model();
-        let ours = lab
+        Ok(lab
             .machine(&self.machine)
             .and_then(|m| m.job())
             .is_some_and(|job| {
@@ -338,28 +455,67 @@ impl Watch {
                     && job.timestamp == self.job.timestamp
                     && job.origin == self.job.origin
                     && job.host == self.job.host
-            });
-        if !ours {
+            }))
+    }
+
+    /// Holds the machine's job lock again in `client`, a new session, if
+    /// the machine's record is still this run's claim; `None` if it is
+    /// not. `lost` is the server process of the session that held it.
+    fn reattach(&self, mut client: Client, lost: i32) -> Result<Option<Held>> {
+        let context = format!("cannot reattach to the lab at {}", self.url.shown);
+        // One round trip up to the record, so that the answer comes the
+        // instant the lab's lock is let go (a waiter's claim committed);
+        // the transaction stays open for what follows.
+        let messages = client
+            .simple_query(&format!(
+                "BEGIN; SET LOCAL lock_timeout = 5000; \
+                 SELECT pg_advisory_xact_lock({LOCK_SPACE}, {LAB_LOCK}); \
+                 SELECT k.key::int4::text, coalesce(m.element, '') FROM mama_machine m \
+                 JOIN mama_lock_key k USING (name) WHERE m.name = {}",
+                quote_literal(&self.machine)
+            ))
+            .map_err(|e| db_error(&context, e))?;
+        // The last statement's row, if any (the lock's row comes before).
+        let Some(row) = messages
+            .iter()
+            .filter_map(|message| match message {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .nth(1)
+        else {
+            return Ok(None);
+        };
+        let (Some(key), Some(element)) = (row.get(0).and_then(|k| k.parse().ok()), row.get(1))
+        else {
+            return Err(Error::Invalid(format!(
+                "{context}: the lab answered in an unexpected shape"
+            )));
+        };
+        if !self.ours(element)? {
             return Ok(None);
         }
         // The lost session may hold the lock still, the server not having
         // noticed it is gone: end it, and take the lock when it lets go.
-        tx.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+        client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2 \
              AND granted AND pid = $3",
-            &[&i64::from(LOCK_SPACE), &i64::from(key), &lost],
-        )
-        .map_err(|e| db_error(&context, e))?;
-        let row = tx
+                &[&i64::from(LOCK_SPACE), &i64::from(key), &lost],
+            )
+            .map_err(|e| db_error(&context, e))?;
+        let row = client
             .query_one(
                 "SELECT pg_advisory_lock($1, $2), pg_backend_pid()",
                 &[&LOCK_SPACE, &key],
             )
             .map_err(|e| db_error(&context, e))?;
         let backend: i32 = row.get(1);
-        tx.commit().map_err(|e| db_error(&context, e))?;
+        client
+            .batch_execute("COMMIT")
+            .map_err(|e| db_error(&context, e))?;
         Ok(Some(Held {
             session: client,
             backend,

@@ -81,7 +81,6 @@ impl PgStore {
             *Self::locked(&self.spare) = Some(Spare::Ready(Box::new(session)));
             return Ok(None);
         }
-        let store = self.clone();
         Ok(Some(JobLock::new(Box::new(PgJobLock::new(
             session,
             backend,
@@ -89,7 +88,7 @@ impl PgStore {
             self.host_timeout,
             machine,
             key,
-            Arc::new(move |channel: &str| store.notify(channel)),
+            self.clone(),
         )))))
     }
 

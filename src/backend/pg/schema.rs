@@ -234,3 +234,10 @@ pub fn grants(schema: Option<&str>, role: &str) -> Vec<String> {
 pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
+
+/// `text` as an SQL string literal, read alike whatever
+/// `standard_conforming_strings` says: an escape string (`E'...'`), a
+/// backslash and a quote in it doubled.
+pub fn quote_literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}

@@ -400,6 +400,37 @@ impl PgStore {
         result
     }
 
+    /// Runs `f` on the main session at once, if it can be: `None` when
+    /// another thread uses it, it is not open, or it was found lost (`f`
+    /// failing with the session's loss marks it lost: its next use opens
+    /// it anew). Never waits for the session, nor opens it.
+    pub(super) fn with_main_at_once<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Option<T> {
+        let mut main = match self.main.try_lock() {
+            Ok(main) => main,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        if self.lost.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (client, used) = main.as_mut().filter(|(client, _)| !client.is_closed())?;
+        match f(client) {
+            Ok(value) => {
+                *used = Instant::now();
+                Some(value)
+            }
+            Err(e) => {
+                if client.is_closed() || is_connection_loss(&e) {
+                    self.lost.store(true, Ordering::SeqCst);
+                }
+                None
+            }
+        }
+    }
+
     /// Opens the main session again after the server dropped it, for up to
     /// the host timeout.
     pub(super) fn reconnect(&self) -> Result<Client> {
