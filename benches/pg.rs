@@ -560,8 +560,8 @@ fn read_ns_within(path: &Path, limit: Duration) -> u128 {
     text.trim().parse().expect("a time in ns")
 }
 
-/// 5. Ten hosts racing for ten machines (with the earlier build too,
-/// given one, each on a database of its own).
+/// Measurement 5: ten hosts racing for ten machines (with the earlier
+/// build too, given one, each on a database of its own).
 fn race(report: &mut Vec<String>) {
     let hosts: Vec<Host> = (0..RACE_HOSTS).map(|_| Host::new()).collect();
     let server = Server::start(Options {
@@ -626,8 +626,9 @@ fn race_by(bin: &Path, hosts: &[Host], server: &Server) -> f64 {
     claims as f64 / took
 }
 
-/// 8. A lab of 5,000 machines: `run m17 -- true` and `list`, interleaved
-/// (with the earlier build, given one), on a server syncing every commit.
+/// Measurement 8: a lab of 5,000 machines, `run m17 -- true` and `list`,
+/// interleaved (with the earlier build, given one), on a server syncing
+/// every commit.
 fn big_lab(report: &mut Vec<String>) {
     const MACHINES: usize = 5_000;
     const SAMPLES: usize = 30;

@@ -53,11 +53,13 @@ impl PgStore {
         let known = self
             .event_columns
             .load(std::sync::atomic::Ordering::Relaxed);
-        Ok(if known || schema::event_columns(client, &self.url.shown, false)? {
-            "waited::float8, status::int4"
-        } else {
-            "NULL::float8, NULL::int4"
-        })
+        Ok(
+            if known || schema::event_columns(client, &self.url.shown, false)? {
+                "waited::float8, status::int4"
+            } else {
+                "NULL::float8, NULL::int4"
+            },
+        )
     }
 
     /// A read-only transaction that sees one snapshot of the lab.

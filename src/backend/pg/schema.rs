@@ -149,8 +149,8 @@ pub fn restore_lock_keys(client: &mut impl GenericClient, shown: &str) -> Result
 /// second would fail, and end the transaction, where the table is missing.
 pub fn version(client: &mut impl GenericClient, shown: &str) -> Result<Option<i32>> {
     let failed = |e| db_error(&format!("cannot read the lab at {shown}"), e);
-    let exists = first_value(client, "SELECT to_regclass('mama_schema') IS NOT NULL")
-        .map_err(failed)?;
+    let exists =
+        first_value(client, "SELECT to_regclass('mama_schema') IS NOT NULL").map_err(failed)?;
     if exists.as_deref() != Some("t") {
         return Ok(None);
     }

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use postgres::GenericClient;
-use postgres::types::{ToSql, Type};
 use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
 
 use super::{LAB_LOCK, LOCK_SPACE, PgStore};
 use super::{db_error, is_connection_loss, schema};
@@ -388,8 +388,11 @@ impl PgStore {
                 "UPDATE mama_machine SET element = $2 WHERE name = $1"
             };
             // Typed: one round trip, nothing to prepare.
-            tx.query_typed(statement, &[(&name, Type::TEXT), (&element(name)?, Type::TEXT)])
-                .map_err(write_error)?;
+            tx.query_typed(
+                statement,
+                &[(&name, Type::TEXT), (&element(name)?, Type::TEXT)],
+            )
+            .map_err(write_error)?;
         }
         if !inserted.is_empty() {
             let last: i64 = tx
