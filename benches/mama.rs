@@ -4,7 +4,9 @@
 //!    10,000 machines, next to `flock LOCKFILE true` and to the floor
 //!    program (benches/floor.c, built with `cc`: the lock, read, write,
 //!    fsync, rename and folder fsync of a run, twice, and `true` between),
-//!    with mama's peak memory (and, given `MAMA_BENCH_BEFORE=PATH`, an
+//!    with mama's peak memory (measured apart, through benches/peak.c:
+//!    wait4's figure for a process the bench starts itself counts the
+//!    bench's own memory) (and, given `MAMA_BENCH_BEFORE=PATH`, an
 //!    earlier build of mama in the same interleaved rounds, so before and
 //!    after are measured side by side); and on one machine with 20,000
 //!    events recorded;
@@ -675,8 +677,13 @@ fn sized_lab(dir: &Path, count: usize) -> PathBuf {
 
 /// The floor program (benches/floor.c), compiled with `cc` into `dir`.
 fn floor_program(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/floor.c");
-    let program = dir.join("floor");
+    c_program(dir, "floor")
+}
+
+/// The program benches/NAME.c, compiled with `cc` into `dir`.
+fn c_program(dir: &Path, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("benches/{name}.c"));
+    let program = dir.join(name);
     match Command::new("cc")
         .arg("-O2")
         .arg("-o")
@@ -687,18 +694,45 @@ fn floor_program(dir: &Path) -> PathBuf {
         Ok(status) if status.success() => program,
         Ok(status) => panic!("cc could not compile {} ({status})", source.display()),
         Err(e) => panic!(
-            "the floor program needs a C compiler: `cc` could not be run ({e}); \
+            "the {name} program needs a C compiler: `cc` could not be run ({e}); \
              install one (gcc or clang) and run the bench again"
         ),
     }
 }
 
-/// Runs `cmd` to its end: how long it took and its peak resident memory in
-/// bytes; panics when it fails or outlives [`STEP_LIMIT`].
-fn timed_rss(name: &str, cmd: Command) -> (Duration, u64) {
-    let (elapsed, usage) = timed_usage(name, cmd);
-    (elapsed, usage.ru_maxrss as u64 * 1024)
+/// The peak resident memory of `cmd`, in bytes, run to its end through
+/// the peak program (benches/peak.c) at `peak`: wait4's figure for a
+/// process the bench starts itself counts the bench's own memory (see
+/// there). Panics when it fails or outlives [`STEP_LIMIT`].
+fn peak_rss(peak: &Path, name: &str, cmd: &Command) -> u64 {
+    let out = installed_dir().join("peak.out");
+    fs::create_dir_all(installed_dir()).expect("a folder for the peak's figure");
+    let mut wrapped = Command::new(peak);
+    wrapped.arg(&out).arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    timed(name, wrapped);
+    let kib: u64 = fs::read_to_string(&out)
+        .expect("the peak's figure")
+        .trim()
+        .parse()
+        .expect("a number of KiB");
+    kib * 1024
 }
+
+/// How many runs of each build the peak memory is the largest of.
+const PEAK_RUNS: usize = 5;
 
 /// The processor time a finished process used (user and system), its own
 /// and that of the children it waited for.
@@ -758,6 +792,7 @@ fn timed_usage(name: &str, mut cmd: Command) -> (Duration, libc::rusage) {
 fn claim_by_lab_size(report: &mut Report) {
     let dir = tempfile::tempdir().expect("temporary folder");
     let floor = floor_program(dir.path());
+    let peak_program = c_program(dir.path(), "peak");
     // An earlier build to measure beside this one, in the same rounds
     // (`MAMA_BENCH_BEFORE=path/to/mama`): before and after, side by side.
     let before = std::env::var_os("MAMA_BENCH_BEFORE").map(|bin| installed(Path::new(&bin)));
@@ -817,19 +852,25 @@ fn claim_by_lab_size(report: &mut Report) {
             for k in 0..sides {
                 match ((i + k) % sides, &before) {
                     (0, _) => {
-                        let (time, rss) = timed_rss("mama run m0 -- true", run());
+                        let (time, _) = timed_usage("mama run m0 -- true", run());
                         mama_times.push(time);
-                        peak = peak.max(rss);
                     }
                     (1, _) => floor_times.push(timed("floor", floor_run())),
                     (2, _) => flock_times.push(timed("flock LOCKFILE true", flock())),
                     (_, Some(bin)) => {
-                        let (time, rss) = timed_rss("earlier mama run", run_before(bin));
+                        let (time, _) = timed_usage("earlier mama run", run_before(bin));
                         before_times.push(time);
-                        before_peak = before_peak.max(rss);
                     }
                     (_, None) => {}
                 }
+            }
+        }
+        // Memory, measured apart (through the peak program).
+        for _ in 0..PEAK_RUNS {
+            peak = peak.max(peak_rss(&peak_program, "mama run m0 -- true", &run()));
+            if let Some(bin) = &before {
+                let earlier = peak_rss(&peak_program, "earlier mama run", &run_before(bin));
+                before_peak = before_peak.max(earlier);
             }
         }
         let label = format!("1. {count} machines ({} KB)", size / 1000);
