@@ -708,7 +708,10 @@ fn peak_rss(peak: &Path, name: &str, cmd: &Command) -> u64 {
     let out = installed_dir().join("peak.out");
     fs::create_dir_all(installed_dir()).expect("a folder for the peak's figure");
     let mut wrapped = Command::new(peak);
-    wrapped.arg(&out).arg(cmd.get_program()).args(cmd.get_args());
+    wrapped
+        .arg(&out)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
     for (key, value) in cmd.get_envs() {
         match value {
             Some(value) => wrapped.env(key, value),
