@@ -241,16 +241,26 @@ impl PgStore {
                 ),
             });
         }
-        let rows = machines
+        let number = |row: &postgres::SimpleQueryRow, i: usize| -> Result<i64> {
+            row.get(i)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(unexpected)
+        };
+        let mut placed = machines
             .iter()
             .map(|row| {
-                Ok(Row {
+                let order = (number(row, 3)?, number(row, 4)?);
+                let row = Row {
                     id: text(row, 0)?.parse().map_err(|_| unexpected())?,
                     name: text(row, 1)?,
                     element: text(row, 2)?,
-                })
+                };
+                Ok((order, row))
             })
-            .collect::<Result<Vec<Row>>>()?;
+            .collect::<Result<Vec<((i64, i64), Row)>>>()?;
+        // In the lab's order: by place, then row.
+        placed.sort_unstable_by_key(|(order, _)| *order);
+        let rows: Vec<Row> = placed.into_iter().map(|(_, row)| row).collect();
         let locks_in = |space: i32| -> HashSet<i32> {
             held.iter()
                 .filter(|row| row.get(0) == Some(space.to_string().as_str()))
