@@ -398,8 +398,10 @@ impl Watch {
     /// when it cannot be read at once. It is lost when the machine's
     /// record is no longer this run's claim (a record never becomes it
     /// again), and when another mama is claiming the machine: one process
-    /// (the same `mama PID on HOST` session name) holds the machine's job
-    /// lock in one session and the lab's lock in another. That is a claim
+    /// (the same `mama PID on HOST` session name, as mama names its
+    /// sessions: a lab URL's `application_name` names every session of
+    /// every mama alike, and proves nothing) holds the machine's job lock
+    /// in one session and the lab's lock in another. That is a claim
     /// transaction which found the record free (it judged this run's claim
     /// stale, its lock free, and cleared it) and took the lock; its commit
     /// is milliseconds away. A waiter's instant on the lock, or its look at
@@ -422,7 +424,7 @@ impl Watch {
                      AND l.classid = {LOCK_SPACE}::oid AND l.objid = {LAB_LOCK}::oid \
                      AND l.database = j.database AND l.pid <> j.pid \
                      AND ls.application_name = js.application_name \
-                     AND js.application_name LIKE 'mama % on %')"
+                     AND js.application_name ~ '^mama [0-9]+ on ')"
             ))?;
             Ok(messages.iter().find_map(|message| match message {
                 SimpleQueryMessage::Row(row) => {
