@@ -953,3 +953,34 @@ fn a_lab_url_application_name_never_costs_a_holder_its_claim() {
     // containers of one host name and PID are.
     holder_reattaches_beside_a_same_host_waiter("application_name=mama%20ci%20on%20farm");
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_writer_that_finds_the_lab_locked_never_waits_on_its_tables_past_its_patience() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    // The lab's lock held by a transaction that also holds the history as
+    // a migration's CREATE INDEX does.
+    let mut holder = db.connect();
+    holder
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(1835101537, 0); \
+             LOCK TABLE mama_event IN SHARE MODE;",
+        )
+        .expect("hold the lab's lock and the history");
+    let mut run = Bg::start(env.cmd(["run", "m", "--no-wait", "--", "true"]));
+    // It gives up while both are held: its planning ahead never waits.
+    wait_until(
+        "the run gives up, the lab and its history held",
+        LIMIT,
+        || !run.running(),
+    );
+    holder.batch_execute("COMMIT").expect("let go");
+    let out = run.finish(LIMIT);
+    assert_eq!(out.code, Some(75), "{out:#?}");
+    assert!(out.stderr.contains("not waiting (--no-wait)"), "{out:#?}");
+}
