@@ -984,3 +984,13 @@ fn a_writer_that_finds_the_lab_locked_never_waits_on_its_tables_past_its_patienc
     assert_eq!(out.code, Some(75), "{out:#?}");
     assert!(out.stderr.contains("not waiting (--no-wait)"), "{out:#?}");
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_holder_keeps_its_claim_beside_a_waiter_that_bears_its_session_name() {
+    // As a mama in another PID namespace under the same host name does.
+    holder_reattaches_beside_a_same_host_waiter("application_name=mama%201%20on%20farm");
+}

@@ -55,6 +55,13 @@ pub const LEASE_LOOK: Duration = Duration::from_millis(250);
 /// How often the keeper asks whether the session lives (the session's end
 /// itself, as when the server ends it, is noticed at once).
 const PING: Duration = Duration::from_secs(1);
+/// What a re-attaching session calls itself (`application_name`) until
+/// its keeper has it back: never `mama PID on HOST`, so that a glance
+/// (see `Watch::glance`) never takes it and another session for one
+/// mama's claim, as it would where another mama's sessions bear this
+/// process's name (PID namespaces under one host name) or where the lab's
+/// URL names every session alike. A quoted SQL literal.
+const REATTACHING: &str = "'mama re-attaching'";
 /// How long the keeper waits for a word from the server, or its session's
 /// end, before it looks whether it is told to stop.
 const LISTEN: Duration = Duration::from_millis(100);
@@ -300,9 +307,10 @@ impl Watch {
                 pause = Duration::from_millis(200);
                 match self.try_reattach(&mut glancing, lost_key, lost_backend) {
                     Ok(Some(mut held)) => {
-                        let _ = held
-                            .session
-                            .batch_execute(&format!("LISTEN {}", self.channel));
+                        let _ = held.session.batch_execute(&format!(
+                            "LISTEN {}; RESET application_name",
+                            self.channel
+                        ));
                         say!(
                             "mama: reconnected; the claim on {} is still this run's",
                             self.machine
@@ -470,7 +478,7 @@ impl Watch {
         // the transaction stays open for what follows.
         let messages = client
             .simple_query(&format!(
-                "BEGIN; SET LOCAL lock_timeout = 5000; \
+                "BEGIN; SET application_name = {REATTACHING}; SET LOCAL lock_timeout = 5000; \
                  SELECT pg_advisory_xact_lock({LOCK_SPACE}, {LAB_LOCK}); \
                  SELECT k.key::int4::text, coalesce(m.element, '') FROM mama_machine m \
                  JOIN mama_lock_key k USING (name) WHERE m.name = {}",
