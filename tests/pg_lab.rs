@@ -878,3 +878,119 @@ fn a_password_given_with_state_is_hidden_from_the_process_list() {
         "{run:#?}"
     );
 }
+
+/// The holder's claim session's backend PID once exactly one session other
+/// than `before` holds the machine's job lock.
+fn new_claim_session(db: &PgDb, before: Option<i32>) -> i32 {
+    let mut found = None;
+    wait_until("one new claim session", LIMIT, || {
+        let sessions = claim_sessions(db);
+        found = match sessions.as_slice() {
+            [pid] if Some(*pid) != before => Some(*pid),
+            _ => None,
+        };
+        found.is_some()
+    });
+    found.unwrap_or_default()
+}
+
+/// A holder whose session the server ends re-attaches, a same-host waiter
+/// (which only probes the job lock: the holder lives) waiting meanwhile;
+/// `query` is added to the lab's URL. Panics where the holder loses its
+/// claim instead.
+fn holder_reattaches_beside_a_same_host_waiter(query: &str) {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    let url = format!(
+        "{}{}{query}",
+        db.url,
+        if db.url.contains('?') { '&' } else { '?' }
+    );
+    let mut cmd = env.cmd(sh_job(
+        &env,
+        "m",
+        &["--job", "holder"],
+        &format!("touch \"$1/started\"; {}", wait_for_file("go")),
+    ));
+    cmd.env("MAMA_STATE", &url);
+    let mut holder = Bg::start(cmd);
+    wait_until("the holder's job", LIMIT, || {
+        env.path().join("started").exists()
+    });
+    let mut cmd = env.cmd(sh_job(&env, "m", &["--job", "waiter"], "true"));
+    cmd.env("MAMA_STATE", &url);
+    let mut waiter = Bg::start(cmd);
+    waiter.expect_stderr("waiting to claim it", LIMIT);
+    let mut session = new_claim_session(&db, None);
+    for _ in 0..8 {
+        let ended: bool = db.value(&format!("SELECT pg_terminate_backend({session})"));
+        assert!(ended);
+        holder.expect_stderr("reconnected; the claim on m is still this run's", LIMIT);
+        session = new_claim_session(&db, Some(session));
+    }
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    assert_eq!(waiter.finish(LIMIT).code, Some(0));
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_holder_whose_session_the_server_ends_keeps_its_claim_beside_a_same_host_waiter() {
+    holder_reattaches_beside_a_same_host_waiter("connect_timeout=10");
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_lab_url_application_name_never_costs_a_holder_its_claim() {
+    // Every session of every mama is then named alike: as two mamas in
+    // containers of one host name and PID are.
+    holder_reattaches_beside_a_same_host_waiter("application_name=mama%20ci%20on%20farm");
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_writer_that_finds_the_lab_locked_never_waits_on_its_tables_past_its_patience() {
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    let db = env.db.clone().expect("a database lab");
+    // The lab's lock held by a transaction that also holds the history as
+    // a migration's CREATE INDEX does.
+    let mut holder = db.connect();
+    holder
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(1835101537, 0); \
+             LOCK TABLE mama_event IN SHARE MODE;",
+        )
+        .expect("hold the lab's lock and the history");
+    let mut run = Bg::start(env.cmd(["run", "m", "--no-wait", "--", "true"]));
+    // It gives up while both are held: its planning ahead never waits.
+    wait_until(
+        "the run gives up, the lab and its history held",
+        LIMIT,
+        || !run.running(),
+    );
+    holder.batch_execute("COMMIT").expect("let go");
+    let out = run.finish(LIMIT);
+    assert_eq!(out.code, Some(75), "{out:#?}");
+    assert!(out.stderr.contains("not waiting (--no-wait)"), "{out:#?}");
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_holder_keeps_its_claim_beside_a_waiter_that_bears_its_session_name() {
+    // As a mama in another PID namespace under the same host name does.
+    holder_reattaches_beside_a_same_host_waiter("application_name=mama%201%20on%20farm");
+}

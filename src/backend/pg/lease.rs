@@ -55,6 +55,13 @@ pub const LEASE_LOOK: Duration = Duration::from_millis(250);
 /// How often the keeper asks whether the session lives (the session's end
 /// itself, as when the server ends it, is noticed at once).
 const PING: Duration = Duration::from_secs(1);
+/// What a re-attaching session calls itself (`application_name`) until
+/// its keeper has it back: never `mama PID on HOST`, so that a glance
+/// (see `Watch::glance`) never takes it and another session for one
+/// mama's claim, as it would where another mama's sessions bear this
+/// process's name (PID namespaces under one host name) or where the lab's
+/// URL names every session alike. A quoted SQL literal.
+const REATTACHING: &str = "'mama re-attaching'";
 /// How long the keeper waits for a word from the server, or its session's
 /// end, before it looks whether it is told to stop.
 const LISTEN: Duration = Duration::from_millis(100);
@@ -300,9 +307,10 @@ impl Watch {
                 pause = Duration::from_millis(200);
                 match self.try_reattach(&mut glancing, lost_key, lost_backend) {
                     Ok(Some(mut held)) => {
-                        let _ = held
-                            .session
-                            .batch_execute(&format!("LISTEN {}", self.channel));
+                        let _ = held.session.batch_execute(&format!(
+                            "LISTEN {}; RESET application_name",
+                            self.channel
+                        ));
                         say!(
                             "mama: reconnected; the claim on {} is still this run's",
                             self.machine
@@ -398,8 +406,10 @@ impl Watch {
     /// when it cannot be read at once. It is lost when the machine's
     /// record is no longer this run's claim (a record never becomes it
     /// again), and when another mama is claiming the machine: one process
-    /// (the same `mama PID on HOST` session name) holds the machine's job
-    /// lock in one session and the lab's lock in another. That is a claim
+    /// (the same `mama PID on HOST` session name, as mama names its
+    /// sessions: a lab URL's `application_name` names every session of
+    /// every mama alike, and proves nothing) holds the machine's job lock
+    /// in one session and the lab's lock in another. That is a claim
     /// transaction which found the record free (it judged this run's claim
     /// stale, its lock free, and cleared it) and took the lock; its commit
     /// is milliseconds away. A waiter's instant on the lock, or its look at
@@ -422,7 +432,7 @@ impl Watch {
                      AND l.classid = {LOCK_SPACE}::oid AND l.objid = {LAB_LOCK}::oid \
                      AND l.database = j.database AND l.pid <> j.pid \
                      AND ls.application_name = js.application_name \
-                     AND js.application_name LIKE 'mama % on %')"
+                     AND js.application_name ~ '^mama [0-9]+ on ')"
             ))?;
             Ok(messages.iter().find_map(|message| match message {
                 SimpleQueryMessage::Row(row) => {
@@ -468,7 +478,7 @@ impl Watch {
         // the transaction stays open for what follows.
         let messages = client
             .simple_query(&format!(
-                "BEGIN; SET LOCAL lock_timeout = 5000; \
+                "BEGIN; SET application_name = {REATTACHING}; SET LOCAL lock_timeout = 5000; \
                  SELECT pg_advisory_xact_lock({LOCK_SPACE}, {LAB_LOCK}); \
                  SELECT k.key::int4::text, coalesce(m.element, '') FROM mama_machine m \
                  JOIN mama_lock_key k USING (name) WHERE m.name = {}",

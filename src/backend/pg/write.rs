@@ -41,7 +41,11 @@ impl PgStore {
     /// writer holds the lock, not once this one has it and others wait.
     /// Once a session, in a savepoint rolled back (the relations' locks
     /// its planning took go with it; the caches stay); a statement that
-    /// fails (a database without a lab) ends the warming there.
+    /// fails (a database without a lab) ends the warming there. It never
+    /// waits for a table's lock (a lock timeout of 1 ms, the savepoint's
+    /// own): the holder may hold one (a migration's index, the history's
+    /// new columns), and the writer's patience (`--no-wait`) counts only
+    /// the lab's lock.
     fn warm(&self, client: &mut impl GenericClient) {
         use std::sync::atomic::Ordering;
         if self.warm.swap(true, Ordering::SeqCst) {
@@ -51,7 +55,8 @@ impl PgStore {
             return;
         };
         let _ = savepoint.simple_query(&format!(
-            "EXPLAIN {machines};
+            "SET LOCAL lock_timeout = 1;
+             EXPLAIN {machines};
              EXPLAIN SELECT classid, objid FROM pg_locks WHERE locktype = 'advisory' \
                AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND objsubid = 2 AND granted;
