@@ -23,15 +23,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::pg::{Options, Server};
-use common::web;
+use common::web::{self, Serving, serving};
 use common::{MAMA, lab_xml, machine_xml, mama_command};
 
 /// How long any step may take before the bench gives up.
@@ -49,43 +46,11 @@ fn main() {
     }
 }
 
-/// A `mama serve` killed when dropped.
-struct Serving {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(state: &str) -> Serving {
-    let mut child = mama_command(MAMA, state)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mama serve starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(LIMIT)
-        .expect("mama serve says where it listens");
-    let addr = line
-        .rsplit_once("http://")
-        .and_then(|(_, rest)| rest.trim_end_matches('/').parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    Serving { child, addr }
+    let mut cmd = mama_command(MAMA, state);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null());
+    serving(cmd)
 }
 
 struct Stats {
@@ -189,34 +154,6 @@ fn requests(report: &mut Vec<String>) {
     }
 }
 
-/// The server-sent events of an open `/events` stream, each with the time
-/// it arrived.
-fn open_stream(addr: SocketAddr) -> mpsc::Receiver<(Instant, String)> {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .write_all(format!("GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .expect("ask");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut data = String::new();
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if let Some(d) = line.strip_prefix("data: ") {
-                data.push_str(d);
-                data.push('\n');
-            } else if line.is_empty()
-                && !data.is_empty()
-                && tx
-                    .send((Instant::now(), std::mem::take(&mut data)))
-                    .is_err()
-            {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 fn changes(report: &mut Vec<String>) {
     let dir = tempfile::tempdir().expect("temporary folder");
     let state = dir.path().join("mama.xml");
@@ -245,7 +182,7 @@ fn changes(report: &mut Vec<String>) {
 
 fn changes_on(report: &mut Vec<String>, what: &str, state: &str) {
     let server = serve(state);
-    let events = open_stream(server.addr);
+    let events = web::event_stream(server.addr);
     let free = "<tr class=\"free\" data-machine=\"m\">";
     let reserved = "<tr class=\"reserved\" data-machine=\"m\">";
     let first = events.recv_timeout(LIMIT).expect("the first event");

@@ -10,31 +10,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::pg::{Options, Server};
-use crate::common::web::{self, Browser, Daemon, get, request};
+use crate::common::web::{self, Browser, Daemon, Serving, get, request, serving};
 use crate::common::*;
-
-/// A running `mama serve` and where it listens.
-struct Serving {
-    bg: Bg,
-    addr: SocketAddr,
-}
 
 /// Starts `mama serve` on a free loopback port, with `envs`.
 fn serve(env: &TestEnv, envs: &[(&str, &str)]) -> Serving {
     let mut cmd = env.cmd(["serve", "--listen", "127.0.0.1:0"]);
     cmd.envs(envs.iter().copied());
     serving(cmd)
-}
-
-/// Starts `cmd`, a `mama serve` on a free loopback port.
-fn serving(cmd: Command) -> Serving {
-    let mut bg = Bg::start(cmd);
-    let line = bg.expect_stderr("serving", LIMIT);
-    let addr = line
-        .rsplit_once("http://")
-        .and_then(|(_, rest)| rest.trim_end_matches('/').parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    Serving { bg, addr }
 }
 
 /// `list --json` and `/api/machines`, as JSON values.
@@ -55,32 +38,14 @@ fn state_of(at: SocketAddr, machine: &str) -> Option<String> {
 
 /// An open `/events` stream: each server-sent event's data, as it comes.
 struct Stream {
-    events: mpsc::Receiver<String>,
+    events: mpsc::Receiver<(Instant, String)>,
 }
 
 impl Stream {
     fn open(at: SocketAddr) -> Stream {
-        let mut stream = TcpStream::connect(at).expect("connect");
-        stream
-            .write_all(format!("GET /events HTTP/1.1\r\nHost: {at}\r\n\r\n").as_bytes())
-            .expect("ask");
-        let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut data = String::new();
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                    data.push('\n');
-                } else if line.is_empty()
-                    && !data.is_empty()
-                    && tx.send(std::mem::take(&mut data)).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Stream { events }
+        Stream {
+            events: web::event_stream(at),
+        }
     }
 
     /// Waits for an event whose data holds `part`; panics after `limit`.
@@ -89,7 +54,7 @@ impl Stream {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(data) if data.contains(part) => return data,
+                Ok((_, data)) if data.contains(part) => return data,
                 Ok(_) => {}
                 Err(e) => panic!("no event holding {part:?} within {limit:?}: {e}"),
             }

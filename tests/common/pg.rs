@@ -98,6 +98,24 @@ fn as_os_user(cmd: &mut Command) {
         .args(["--init-groups", "--pdeathsig", "QUIT", "--"]);
 }
 
+/// A new folder in `root` for a server: its own, and its socket folder
+/// `sock`, both the server user's; others may reach the socket (a test
+/// may run mama as another user), the data directory itself stays 0700.
+fn server_dir(prefix: &str, root: &Path) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(root)
+        .expect("temporary folder");
+    let (uid, gid) = os_user_ids();
+    let sock = dir.path().join("sock");
+    std::fs::create_dir(&sock).expect("socket folder");
+    for path in [dir.path(), &sock] {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to the server user");
+        set_mode(path, 0o755);
+    }
+    dir
+}
+
 type Job = (Command, Sender<std::io::Result<Child>>);
 
 /// Spawns `cmd` from a thread that lives as long as the process: a
@@ -177,23 +195,14 @@ impl Server {
     /// Creates a cluster with `initdb` and starts it (see [`Options`]);
     /// panics with the log if it does not come up.
     pub fn start(options: Options) -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("mama-pg.")
-            .tempdir_in(if options.durable {
+        let dir = server_dir(
+            "mama-pg.",
+            &if options.durable {
                 std::env::temp_dir()
             } else {
                 temp_root()
-            })
-            .expect("temporary folder");
-        let (uid, gid) = os_user_ids();
-        let sock = dir.path().join("sock");
-        std::fs::create_dir(&sock).expect("socket folder");
-        for path in [dir.path(), &sock] {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to the server user");
-            // Others may reach the socket (a test may run mama as another
-            // user); the data directory itself stays 0700.
-            set_mode(path, 0o755);
-        }
+            },
+        );
         let server = Server {
             dir,
             options,
@@ -209,17 +218,7 @@ impl Server {
     /// streams from the primary's unix socket), started on a socket of its
     /// own; returns once it accepts sessions.
     pub fn standby_of(primary: &Server) -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("mama-pg-standby.")
-            .tempdir_in(temp_root())
-            .expect("temporary folder");
-        let (uid, gid) = os_user_ids();
-        let sock = dir.path().join("sock");
-        std::fs::create_dir(&sock).expect("socket folder");
-        for path in [dir.path(), &sock] {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to the server user");
-            set_mode(path, 0o755);
-        }
+        let dir = server_dir("mama-pg-standby.", &temp_root());
         let server = Server {
             dir,
             options: Options::default(),

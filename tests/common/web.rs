@@ -2,14 +2,60 @@
 //! Prometheus and chromedriver, and a WebDriver session on a headless
 //! Chromium through it.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use std::time::Duration;
+use super::{Bg, LIMIT, wait_until};
 
-use super::{LIMIT, wait_until};
+/// A `mama serve` running (killed when dropped) and where it listens.
+pub struct Serving {
+    pub bg: Bg,
+    pub addr: SocketAddr,
+}
+
+/// Starts `cmd`, a `mama serve` on a free loopback port
+/// (`--listen 127.0.0.1:0`), and reads where it listens from what it says.
+pub fn serving(cmd: Command) -> Serving {
+    let mut bg = Bg::start(cmd);
+    let line = bg.expect_stderr("serving", LIMIT);
+    let addr = line
+        .rsplit_once("http://")
+        .and_then(|(_, rest)| rest.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    Serving { bg, addr }
+}
+
+/// The server-sent events of an open `/events` stream at `addr`: each
+/// event's data, with the time it arrived.
+pub fn event_stream(addr: SocketAddr) -> mpsc::Receiver<(Instant, String)> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .write_all(format!("GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .expect("ask");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut data = String::new();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(d) = line.strip_prefix("data: ") {
+                data.push_str(d);
+                data.push('\n');
+            } else if line.is_empty()
+                && !data.is_empty()
+                && tx
+                    .send((Instant::now(), std::mem::take(&mut data)))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
 
 /// An answer: its status code, headers (names lower-case) and body.
 #[derive(Debug)]

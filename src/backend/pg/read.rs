@@ -180,6 +180,8 @@ impl PgStore {
                     }
                 }
                 postgres::SimpleQueryMessage::CommandComplete(_) => results.push(Vec::new()),
+                // The seventh statement's columns (six have completed):
+                // a writer's look at the history's.
                 postgres::SimpleQueryMessage::RowDescription(columns) if results.len() == 7 => {
                     let has = |name: &str| columns.iter().any(|c| c.name() == name);
                     if has("waited") && has("status") {
