@@ -298,8 +298,8 @@ fn sections() -> Roff {
         vec![bold("MAMA_NOTIFY")],
         &[roman(
             "A shell command told of every event a command commits, beside the lab's own \
-             (its notify setting): run as sh -c once a transaction, its standard input the \
-             transaction's events, one log --json line each. It runs apart, in a session of \
+             (its notify setting): run as sh -c once an event, in order, its standard input \
+             the event's log --json line. It runs apart, in a session of \
              its own, for at most 10 s; mama does not wait for it, and a failure of it \
              (said once on stderr) changes no exit status.",
         )],

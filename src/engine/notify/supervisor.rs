@@ -4,11 +4,11 @@
 //! output `/dev/null`, its standard error that mama's.
 //!
 //! It reads batches, one transaction's events a line (see
-//! `Batch`), and runs each notify command a batch names as
-//! `/bin/sh -c COMMAND`: in a session of its own, the batch's events on
-//! its standard input, one `log --json` line each, its standard output
+//! `Batch`), and runs each notify command a batch names once for each
+//! of its events as `/bin/sh -c COMMAND`: in a session of its own, the
+//! event's `log --json` line on its standard input, its standard output
 //! `/dev/null` and its standard error read here (its last line goes into
-//! the report of a failure). Each command gets the batches in the order
+//! the report of a failure). Each command gets the events in the order
 //! they came, one run after the other; different commands run side by
 //! side. A run that outlives [`super::TIME_LIMIT`] is killed
 //! with its whole process group. A run that fails (a status other than 0,
@@ -287,11 +287,23 @@ impl Supervisor {
 
     /// Queues the batch `line` for each of its commands.
     fn take(&mut self, line: &[u8]) {
+        // Each event is a run of its own: its line of `log --json` alone.
         let batch = serde_json::from_slice::<Batch>(line)
             .map_err(|e| e.to_string())
-            .and_then(|b| Ok((encode(&b.events).map_err(|e| e.to_string())?, b.commands)));
-        let (input, commands) = match batch {
-            Ok((input, commands)) => (Rc::<[u8]>::from(input.into_bytes()), commands),
+            .and_then(|b| {
+                let inputs = b
+                    .events
+                    .iter()
+                    .map(|event| {
+                        let line =
+                            encode(std::slice::from_ref(event)).map_err(|e| e.to_string())?;
+                        Ok(Rc::<[u8]>::from(line.into_bytes()))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok((inputs, b.commands))
+            });
+        let (inputs, commands) = match batch {
+            Ok(batch) => batch,
             Err(e) => {
                 if !std::mem::replace(&mut self.said_unreadable, true) {
                     say!("{FAILED} a batch of events from mama could not be read: {e}");
@@ -312,13 +324,15 @@ impl Supervisor {
                     self.channels.len() - 1
                 }
             };
-            self.channels[at].waiting.push_back(Rc::clone(&input));
+            self.channels[at]
+                .waiting
+                .extend(inputs.iter().map(Rc::clone));
         }
     }
 }
 
 impl Channel {
-    /// Starts the run of the next batch, when none runs (a batch whose
+    /// Starts the run of the next event, when none runs (an event whose
     /// run cannot start is passed over, said).
     fn start_next(&mut self) {
         while self.running.is_none() {
