@@ -118,6 +118,8 @@ on_both_backends! {
         env.run(["run", "--where", "os=fedora", "--wait-timeout", "10", "--", "touch", &ran])
             .fails_saying(69, "out of service");
         env.run(["wait", "--where", "os=fedora", "--timeout", "10"]).fails(69);
+        env.run(["wait", "--any", "rig1", "rig2", "--timeout", "10"])
+            .fails_saying(69, "every machine of any of rig1 rig2 is out of service");
         assert!(!exists(env, "ran"));
         // Filters that match nothing still say so.
         env.run(["run", "--where", "os=plan9", "--", "true"]).fails_saying(1, "no machine matches");
