@@ -509,6 +509,17 @@ fn zsh_and_fish_scripts_load() {
         // A pool takes more machines, up to `--`.
         let names = complete("mama run --any rig1 r");
         assert!(names.iter().any(|n| n == "rig2"), "{names:?}");
+        // The values an argument names: a setting, power's action, a field.
+        assert_eq!(complete("mama setting n"), ["notify"]);
+        let actions = complete("mama power rig1 ");
+        assert_eq!(actions, ["cycle", "off", "on", "status"]);
+        assert!(complete("mama set rig1 o").iter().any(|f| f == "os"));
+        // Not where the argument is already given.
+        assert!(
+            !complete("mama setting notify ")
+                .iter()
+                .any(|n| n == "notify")
+        );
     }
 }
 

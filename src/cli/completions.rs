@@ -9,7 +9,9 @@
 //!   file the environment names (a `--state` on the command line is not
 //!   looked at).
 //! - fish: one more rule completes the machine from the state file the
-//!   environment names (a `--state` on the command line is not looked at).
+//!   environment names (a `--state` on the command line is not looked at),
+//!   and one a command the values its arguments name (a setting, `power`'s
+//!   action, a field), which clap's script offers for options only.
 
 use std::io::Write;
 
@@ -239,8 +241,61 @@ function __fish_mama_wants_machine
     test $skip -eq 0
 end
 complete -c mama -n '__fish_mama_wants_machine' -f -a '({NAMES})'
-"#
+
+# Whether the word being completed is argument number $argv[1] (from 1)
+# of the command: options and their values are not counted.
+function __fish_mama_is_argument
+    set -l n $argv[1]
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_mama_global_optspecs) -- $cmd 2>/dev/null
+    or return 1
+    set -e argv[1]
+    set -l count 0
+    set -l skip 0
+    for word in $argv
+        if test $skip -eq 1
+            set skip 0
+        else if contains -- $word {valued}
+            set skip 1
+        else if test "$word" = "--"
+            return 1
+        else if not string match -q -- '-*' $word
+            set count (math $count + 1)
+        end
+    end
+    test $skip -eq 0; and test $count -eq (math $n - 1)
+end
+{values}"#,
+        values = fish_argument_values(),
     )
+}
+
+/// fish: the values an argument takes, where it names them (a setting's
+/// name, `power`'s action, a shell): clap's fish script offers them only
+/// for options.
+fn fish_argument_values() -> String {
+    let mut rules = String::new();
+    for sub in crate::cli::whole_command().get_subcommands() {
+        for (at, arg) in sub.get_positionals().enumerate() {
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_string())
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            rules.push_str(&format!(
+                "complete -c mama -n '__fish_mama_using_subcommand {}; and __fish_mama_is_argument {}' -f -a '{}'\n",
+                sub.get_name(),
+                at + 1,
+                values.join(" "),
+            ));
+        }
+    }
+    rules
 }
 
 #[cfg(test)]
