@@ -203,12 +203,36 @@ _mama_machines() {{
     script
 }
 
-/// fish: one more rule for the machine argument.
+/// fish: rules for the machine argument and for the values an argument
+/// names.
 fn fish(generated: &str) -> String {
     let commands = machine_commands().join(" ");
     let valued = options_with_values().join(" ");
     format!(
         r#"{generated}
+# The arguments of the command before the word being completed, one a
+# line (options and their values left out); fails after `--`, and where
+# the word is an option's value.
+function __fish_mama_arguments
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_mama_global_optspecs) -- $cmd 2>/dev/null
+    or return 1
+    set -l skip 0
+    for word in $argv[2..-1]
+        if test $skip -eq 1
+            set skip 0
+        else if contains -- $word {valued}
+            set skip 1
+        else if test "$word" = "--"
+            return 1
+        else if not string match -q -- '-*' $word
+            echo $word
+        end
+    end
+    test $skip -eq 0
+end
+
 # Machine names, from the state file, for the first argument of the
 # commands that take a machine.
 function __fish_mama_wants_machine
@@ -218,53 +242,20 @@ function __fish_mama_wants_machine
     or return 1
     contains -- "$argv[1]" {commands}
     or return 1
-    set -e argv[1]
+    set -l given (__fish_mama_arguments)
+    or return 1
     # A pool (--any, --where) takes any number of machines, up to `--`.
-    set -l pool 0
-    for word in $argv
-        test "$word" = "--"; and break
-        string match -q -- '--any' $word; and set pool 1
-        string match -q -- '--where*' $word; and set pool 1
-    end
-    set -l skip 0
-    for word in $argv
-        if test $skip -eq 1
-            set skip 0
-        else if contains -- $word {valued}
-            set skip 1
-        else if test "$word" = "--"
-            return 1
-        else if not string match -q -- '-*' $word
-            test $pool -eq 1; or return 1
-        end
-    end
-    test $skip -eq 0
+    string match -q -- '--any' $argv
+    or string match -q -- '--where*' $argv
+    or test (count $given) -eq 0
 end
 complete -c mama -n '__fish_mama_wants_machine' -f -a '({NAMES})'
 
-# Whether the word being completed is argument number $argv[1] (from 1)
-# of the command: options and their values are not counted.
+# Whether the word being completed is argument number $argv[1] (from 1).
 function __fish_mama_is_argument
-    set -l n $argv[1]
-    set -l cmd (commandline -opc)
-    set -e cmd[1]
-    argparse -s (__fish_mama_global_optspecs) -- $cmd 2>/dev/null
+    set -l given (__fish_mama_arguments)
     or return 1
-    set -e argv[1]
-    set -l count 0
-    set -l skip 0
-    for word in $argv
-        if test $skip -eq 1
-            set skip 0
-        else if contains -- $word {valued}
-            set skip 1
-        else if test "$word" = "--"
-            return 1
-        else if not string match -q -- '-*' $word
-            set count (math $count + 1)
-        end
-    end
-    test $skip -eq 0; and test $count -eq (math $n - 1)
+    test (count $given) -eq (math $argv[1] - 1)
 end
 {values}"#,
         values = fish_argument_values(),
