@@ -228,13 +228,25 @@ fn run_boot_stops_the_board_however_the_job_ends() {
     env.run(job(&["--timeout", "1", "--", "sleep", "60"]))
         .fails(124);
     check_down("--timeout");
-    let mut bg = Bg::start(env.cmd(job(&["--", "sleep", "60"])));
-    wait_until("the job runs", LIMIT, || seen.exists());
-    bg.signal(libc::SIGTERM);
-    assert_eq!(bg.finish(LIMIT).code, Some(143));
-    check_down("SIGTERM");
+    // A signal to mama while the job runs (Ctrl-C, a kill): mama passes it
+    // on, exits as the job did, and stops the board first. Spawned with
+    // the signals at their defaults: a test runner in the background
+    // ignores INT, and so would the mama it starts.
+    for (signal, code, why) in [
+        (libc::SIGTERM, 143, "SIGTERM"),
+        (libc::SIGINT, 130, "SIGINT"),
+    ] {
+        let mut bg = Bg::start(with_default_signals(env.cmd(job(&["--", "sleep", "60"]))));
+        wait_until("the job runs", LIMIT, || {
+            std::fs::read_to_string(&seen).is_ok_and(|ip| ip.ends_with('\n'))
+        });
+        bg.signal(signal);
+        let run = bg.finish(LIMIT);
+        assert_eq!(run.code, Some(code), "{why}: {run:#?}");
+        check_down(why);
+    }
     let stopped = env.event_details("rig1", "stopped");
-    assert_eq!(stopped.len(), 4, "{stopped:?}");
+    assert_eq!(stopped.len(), 5, "{stopped:?}");
     assert!(
         stopped.iter().all(|d| d.contains("the job ended")),
         "{stopped:?}"
