@@ -148,6 +148,66 @@ fn a_start_not_ready_in_time_is_stopped_and_tried_again() {
     not(all(mama_root, mama_ip, mama_python3)),
     ignore = "needs root, ip and python3 (run tests/install-tools as root)"
 )]
+fn ctrl_c_while_a_start_waits_for_the_board_stops_it_again() {
+    let env = TestEnv::new();
+    let board = Board::new("rig1");
+    // Its port opens a minute after power-on: the start waits (its
+    // timeout, 240 s, is far off) until the signal comes.
+    add_board(&env, "rig1", 1, &board, Duration::from_secs(60), true);
+    // The start command's last step writes the listener's PID: once the
+    // file is there, mama waits for the board.
+    let powered = || board.dir().join("listener.pids").exists();
+    let ran = env.path().join("ran");
+    let boot_run = [
+        "run",
+        "--boot",
+        "rig1",
+        "--",
+        "touch",
+        &ran.display().to_string(),
+    ];
+    for (n, args) in [&["start", "rig1"][..], &boot_run[..]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut bg = Bg::start(with_default_signals(env.cmd(args)));
+        wait_until("the start command has run", LIMIT, powered);
+        assert!(board.is_up(), "{args:?}");
+        bg.signal(libc::SIGINT);
+        let run = bg.finish(LIMIT);
+        assert_eq!(run.code, Some(130), "{args:?}: {run:#?}");
+        assert!(!board.is_up(), "{args:?}: the stop sequence ran");
+        assert!(!powered(), "{args:?}: the stop command killed the listener");
+        let failed = env.event_details("rig1", "start_failed");
+        assert_eq!(failed.len(), n + 1, "{failed:?}");
+        assert_eq!(
+            failed[n], "interrupted by signal 2; stopped again",
+            "{args:?}"
+        );
+        let info = env.info("rig1");
+        assert_eq!(info["is_started"], false, "{args:?}: {info}");
+        assert_eq!(
+            info["started_by"],
+            serde_json::Value::Null,
+            "{args:?}: {info}"
+        );
+        assert_eq!(info["state"], "free", "{args:?}: {info}");
+        // An interrupted start is no failed start.
+        assert_eq!(info["failed_starts"], 0, "{args:?}: {info}");
+    }
+    assert!(!ran.exists(), "the boot run ran no job");
+    assert_eq!(starts(&board), 2);
+    assert_eq!(
+        env.event_kinds("rig1")[3..],
+        ["start_failed", "claimed", "start_failed", "released"]
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(all(mama_root, mama_ip, mama_python3)),
+    ignore = "needs root, ip and python3 (run tests/install-tools as root)"
+)]
 fn a_board_without_an_ip_is_found_by_its_mac_and_forgotten_by_stop() {
     let env = TestEnv::new();
     let board = Board::new("rig1");
