@@ -610,6 +610,100 @@ fn power_switches_an_outlet_of_the_command_driver() {
     );
 }
 
+/// A shell command that records, in `DIR/NAME.subst`, what upstream's
+/// substitutions made of `$MAC`, `$OS_ARCH` and `$PID` (in single quotes:
+/// the shell leaves them alone, only mama's substitution changes them),
+/// and in `DIR/NAME.env` the machine mama puts in its environment.
+fn recording(dir: &str, name: &str) -> String {
+    format!(
+        "echo '$MAC|$OS_ARCH|$PID' > '{dir}/{name}.subst'; \
+         printf '%s|%s|%s|%s\\n' \"$MAMA_MACHINE\" \"$MAMA_MAC\" \"$MAMA_IP\" \"$MAMA_SLOT\" \
+           > '{dir}/{name}.env'"
+    )
+}
+
+#[test]
+#[cfg_attr(not(mama_root), ignore = "needs root (run cargo test as root)")]
+fn the_lab_commands_get_upstreams_substitutions_and_the_machine_in_their_environment() {
+    let env = TestEnv::new();
+    let dir = env.path().display().to_string();
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("{dir}/{file}"))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .trim_end()
+            .to_string()
+    };
+    env.run([
+        "add",
+        "rig1",
+        "--mac",
+        "aa:bb:cc:dd:ee:01",
+        "--ip",
+        "10.0.0.7",
+    ])
+    .ok();
+    env.run(["add", "rig2", "--mac", "aa:bb:cc:dd:ee:02"]).ok();
+    env.run([
+        "device", "add", "pdu1", "--driver", "command", "--on", "true", "--off", "true",
+    ])
+    .ok();
+    env.run(["set", "rig1", "pwr-dev", "pdu1"]).ok();
+    env.run(["set", "rig1", "pwr-slot", "4"]).ok();
+    env.run(["set", "rig1", "os", "aarch64/tumbleweed"]).ok();
+    for (n, machine) in ["rig1", "rig2"].into_iter().enumerate() {
+        let up = format!("{dir}/{machine}.up");
+        let set = |field: &str, command: String| {
+            env.run(["set", machine, field, &command]).ok();
+        };
+        set(
+            "startcmd",
+            format!(
+                "{}; touch '{up}'",
+                recording(&dir, &format!("{machine}.start"))
+            ),
+        );
+        set(
+            "readycmd",
+            format!(
+                "{}; test -e '{up}'",
+                recording(&dir, &format!("{machine}.ready"))
+            ),
+        );
+        set(
+            "stopcmd",
+            format!(
+                "{}; rm -f '{up}'",
+                recording(&dir, &format!("{machine}.stop"))
+            ),
+        );
+        let mac = format!("aa:bb:cc:dd:ee:{:02x}", n + 1);
+        // rig1: its outlet's slot, its IP, the part of its os before the
+        // '/'; rig2: neither outlet, IP nor os, each empty.
+        let (arch, ip, slot) = match machine {
+            "rig1" => ("aarch64", "10.0.0.7", "4"),
+            _ => ("", "", ""),
+        };
+        for (verb, commands) in [("start", &["start", "ready"][..]), ("stop", &["stop"][..])] {
+            let mut mama = env.start([verb, machine]);
+            let run = mama.finish(LIMIT);
+            assert_eq!(run.code, Some(0), "{verb} {machine}: {run:#?}");
+            for command in commands {
+                let what = format!("{machine}.{command}");
+                assert_eq!(
+                    read(&format!("{what}.subst")),
+                    format!("{mac}|{arch}|{}", mama.pid()),
+                    "{what}: $MAC, $OS_ARCH and $PID (mama's)"
+                );
+                assert_eq!(
+                    read(&format!("{what}.env")),
+                    format!("{machine}|{mac}|{ip}|{slot}"),
+                    "{what}: MAMA_MACHINE, MAMA_MAC, MAMA_IP and MAMA_SLOT"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(all(mama_root, mama_ip)),
