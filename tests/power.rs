@@ -124,6 +124,63 @@ fn start_waits_until_the_board_answers_and_stop_puts_it_down() {
     not(all(mama_root, mama_ip, mama_python3)),
     ignore = "needs root, ip and python3 (run tests/install-tools as root)"
 )]
+fn start_waits_for_the_machines_ready_port_not_ssh() {
+    let env = TestEnv::new();
+    let board = Board::new("rig1");
+    let ip = board.ip().to_string();
+    env.run(["add", "rig1", "--mac", board.mac(), "--ip", &ip])
+        .ok();
+    // Port 22 answers at once; 2222, where this machine is ready, two
+    // seconds later. A start that looked at 22 would be done before 2222
+    // opened; one that looked at neither would time out.
+    let ready = 2222;
+    let startcmd = board.startcmd_listening(&[
+        (crate::common::board::PORT, Duration::ZERO),
+        (ready, Duration::from_secs(2)),
+    ]);
+    env.run(["set", "rig1", "startcmd", &startcmd]).ok();
+    env.run(["set", "rig1", "stopcmd", &board.stopcmd()]).ok();
+    env.run(["set", "rig1", "ready-port", &ready.to_string()])
+        .ok();
+    env.run(["set", "rig1", "start-timeout", "30"]).ok();
+
+    let run = env.run(["start", "rig1"]);
+    let done = Instant::now();
+    run.ok_saying(&format!("rig1 is ready at {ip}"));
+    wait_until("the listeners' stamps", LIMIT, || {
+        board.opened_at().is_some() && board.opened_at_on(ready).is_some()
+    });
+    let (ssh, opened) = (
+        board.opened_at().expect("port 22 opened"),
+        board.opened_at_on(ready).expect("the ready port opened"),
+    );
+    assert!(ssh < opened, "port 22 opened first: {ssh:?}, {opened:?}");
+    assert!(
+        done >= opened,
+        "start returned {:?} before its ready port opened",
+        opened.duration_since(done)
+    );
+    let info = env.info("rig1");
+    assert_eq!(info["ready_port"], ready.to_string().as_str(), "{info}");
+    assert_eq!(info["online"], "online", "{info}");
+    env.run(["stop", "rig1"]).ok_saying("rig1 stopped");
+    wait_until("the listeners end", LIMIT, || {
+        !board.listening() && !board.listening_on(ready)
+    });
+
+    // `list` asks the ready port too: a board whose ssh answers and whose
+    // ready port is shut is not online.
+    board.run(&board.startcmd_listening(&[(crate::common::board::PORT, Duration::ZERO)]));
+    wait_until("port 22 listens", LIMIT, || board.listening());
+    let list = env.run(["list", "--json"]).json();
+    assert_eq!(list[0]["online"], "unreachable", "{list}");
+}
+
+#[test]
+#[cfg_attr(
+    not(all(mama_root, mama_ip, mama_python3)),
+    ignore = "needs root, ip and python3 (run tests/install-tools as root)"
+)]
 fn a_start_not_ready_in_time_is_stopped_and_tried_again() {
     let env = TestEnv::new();
     let board = Board::new("rig1");
