@@ -995,6 +995,39 @@ fn a_lab_is_trusted_only_where_nobody_else_may_write_what_it_is_read_from() {
 }
 
 #[test]
+fn clear_forgets_an_ip_a_start_learned_and_keeps_one_a_person_set() {
+    let env = TestEnv::new();
+    let me = user_name();
+    env.write_state(&lab_xml(&[
+        machine_xml(
+            "rig1",
+            1,
+            &[
+                ("ip", "10.0.0.1"),
+                ("is_started", "1"),
+                ("started_by", &me),
+                ("ip_learned", "1"),
+            ],
+        ),
+        machine_xml(
+            "rig2",
+            2,
+            &[("ip", "10.0.0.2"), ("is_started", "1"), ("started_by", &me)],
+        ),
+    ]));
+    assert!(env.run(["list", "--no-probe"]).ok().contains("(learned)"));
+    env.run(["clear", "all"]).ok();
+    let rig1 = env.info("rig1");
+    assert_eq!(rig1["ip"], serde_json::Value::Null, "{rig1}");
+    assert_eq!(rig1["ip_learned"], false, "{rig1}");
+    assert_eq!(rig1["is_started"], false, "{rig1}");
+    let rig2 = env.info("rig2");
+    assert_eq!(rig2["ip"], "10.0.0.2", "{rig2}");
+    assert_eq!(rig2["is_started"], false, "{rig2}");
+    assert!(!env.read_state().contains("ip_learned"));
+}
+
+#[test]
 fn a_start_timeout_too_long_written_by_hand_is_an_error_not_a_crash() {
     let env = TestEnv::new();
     env.write_state(&lab_xml(&[machine_xml(
