@@ -475,6 +475,9 @@ fn start_is_refused_while_another_user_holds_the_machine() {
     let env = TestEnv::new();
     let touched = env.path().join("touched");
     let startcmd = format!("touch '{}'", touched.display());
+    // bob's job, live: its PID runs.
+    let job = sleeper();
+    let (pid, now) = (job.pid().to_string(), unix_now().to_string());
     env.write_state(&lab_xml(&[
         machine_xml(
             "rig1",
@@ -491,6 +494,17 @@ fn start_is_refused_while_another_user_holds_the_machine() {
                 ("started_by", "carol"),
             ],
         ),
+        machine_xml(
+            "rig4",
+            4,
+            &[
+                ("job", "nightly"),
+                ("job_pid", &pid),
+                ("job_timestamp", &now),
+                ("job_user", "bob"),
+                ("startcmd", &startcmd),
+            ],
+        ),
     ]));
     env.run(["start", "rig1"])
         .fails_saying(1, "rig1 is not yours to operate: it is reserved by bob");
@@ -503,7 +517,23 @@ fn start_is_refused_while_another_user_holds_the_machine() {
     );
     env.run(["stop", "rig3"])
         .fails_saying(1, "started by carol");
+    let holder =
+        format!("rig4 is not yours to operate: it runs job 'nightly' (PID {pid}, user bob)");
+    env.run(["start", "rig4"]).fails_saying(1, &holder);
+    env.run(["run", "--boot", "--no-wait", "rig4", "--", "true"])
+        .fails_saying(75, "nightly");
+    env.run(["power", "rig4", "cycle"]).fails_saying(1, &holder);
+    // --force passes another's start, never a job.
+    env.run(["start", "--force", "rig4"])
+        .fails_saying(1, &holder);
+    env.run(["stop", "--force", "rig4"])
+        .fails_saying(1, &holder);
     assert!(!touched.exists(), "no command ran");
+    assert_eq!(
+        env.info("rig4")["job_pid"],
+        job.pid(),
+        "the job is left alone"
+    );
     let list = env.run(["list", "--no-probe"]);
     assert!(list.ok().contains("rig3 started by carol"), "{}", list.ok());
     // carol's start is hers to stop, or anyone's with --force.
