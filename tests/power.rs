@@ -473,6 +473,7 @@ fn a_waiter_stops_a_board_a_killed_boot_run_left() {
 #[cfg_attr(not(mama_root), ignore = "needs root (run cargo test as root)")]
 fn start_is_refused_while_another_user_holds_the_machine() {
     let env = TestEnv::new();
+    let dir = env.path().display().to_string();
     let touched = env.path().join("touched");
     let startcmd = format!("touch '{}'", touched.display());
     // bob's job, live: its PID runs.
@@ -503,6 +504,16 @@ fn start_is_refused_while_another_user_holds_the_machine() {
                 ("job_timestamp", &now),
                 ("job_user", "bob"),
                 ("startcmd", &startcmd),
+            ],
+        ),
+        machine_xml(
+            "rig5",
+            5,
+            &[
+                ("is_started", "1"),
+                ("started_by", "carol"),
+                ("startcmd", &format!("touch '{dir}/rig5.up'")),
+                ("readycmd", &format!("test -e '{dir}/rig5.up'")),
             ],
         ),
     ]));
@@ -540,6 +551,13 @@ fn start_is_refused_while_another_user_holds_the_machine() {
     env.run(["stop", "--force", "rig3"])
         .ok_saying("rig3 stopped");
     assert_eq!(env.info("rig3")["is_started"], false);
+    // And so is a start past hers.
+    env.run(["start", "rig5"])
+        .fails_saying(1, "rig5 is not yours to operate: it was started by carol");
+    env.run(["start", "--force", "rig5"])
+        .ok_saying("rig5 is ready");
+    let info = env.info("rig5");
+    assert_eq!(info["started_by"], user_name().as_str(), "{info}");
 }
 
 #[test]
