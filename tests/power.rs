@@ -704,6 +704,14 @@ fn power_switches_an_outlet_of_the_command_driver() {
         power[2].starts_with("cycle (outlet 2 of pdu1)"),
         "{power:?}"
     );
+    // Each names who switched; `status` switched nothing and records none.
+    let by: Vec<serde_json::Value> = env
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "power")
+        .map(|e| e["user"].clone())
+        .collect();
+    assert_eq!(by, vec![serde_json::Value::from(user_name()); 3]);
     // No outlet: the fields to set are named.
     env.add("rig2", 2);
     env.run(["power", "rig2", "on"])
