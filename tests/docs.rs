@@ -182,13 +182,38 @@ fn man_page_documents_environment_files_and_exit_codes() {
         );
     }
     let files = man_section(&page, "FILES");
-    for file in [".lock", ".locks/", ".tmp", ".log", "/var/lib/mama/mama.xml"] {
+    for file in [
+        ".lock",
+        ".locks/",
+        ".power",
+        ".tmp",
+        ".log",
+        "/var/lib/mama/mama.xml",
+        "/etc/mama/trusted",
+        "~/.config/mama/trusted",
+        "$XDG_CONFIG_HOME/mama/trusted",
+    ] {
         assert!(files.contains(&roff(file)), "{file}");
     }
     let status = man_section(&page, "EXIT STATUS");
     for code in ["0", "1", "2", "75", "124", "125", "126", "127", "128+N"] {
         assert!(status.contains(&format!("\\fB{code}\\fR")), "exit {code}");
     }
+    // The power commands' statuses, each beside the code it shares.
+    let item = |code: &str| {
+        let at = status
+            .find(&format!("\\fB{code}\\fR"))
+            .unwrap_or_else(|| panic!("exit {code}"));
+        let rest = &status[at..];
+        rest[..rest.find(".TP").unwrap_or(rest.len())].to_string()
+    };
+    assert!(
+        item("124").contains(&roff("mama start exits 124")),
+        "{}",
+        item("124")
+    );
+    assert!(item("125").contains(&roff("run --boot")), "{}", item("125"));
+    assert!(status.contains(&roff("exits 128+N when signal N came")));
     let stale = man_section(&page, "STALE JOBS");
     assert_eq!(stale.matches(".IP \\(bu 2\n").count(), 3, "three rules");
 }

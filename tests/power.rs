@@ -124,6 +124,63 @@ fn start_waits_until_the_board_answers_and_stop_puts_it_down() {
     not(all(mama_root, mama_ip, mama_python3)),
     ignore = "needs root, ip and python3 (run tests/install-tools as root)"
 )]
+fn start_waits_for_the_machines_ready_port_not_ssh() {
+    let env = TestEnv::new();
+    let board = Board::new("rig1");
+    let ip = board.ip().to_string();
+    env.run(["add", "rig1", "--mac", board.mac(), "--ip", &ip])
+        .ok();
+    // Port 22 answers at once; 2222, where this machine is ready, two
+    // seconds later. A start that looked at 22 would be done before 2222
+    // opened; one that looked at neither would time out.
+    let ready = 2222;
+    let startcmd = board.startcmd_listening(&[
+        (crate::common::board::PORT, Duration::ZERO),
+        (ready, Duration::from_secs(2)),
+    ]);
+    env.run(["set", "rig1", "startcmd", &startcmd]).ok();
+    env.run(["set", "rig1", "stopcmd", &board.stopcmd()]).ok();
+    env.run(["set", "rig1", "ready-port", &ready.to_string()])
+        .ok();
+    env.run(["set", "rig1", "start-timeout", "30"]).ok();
+
+    let run = env.run(["start", "rig1"]);
+    let done = Instant::now();
+    run.ok_saying(&format!("rig1 is ready at {ip}"));
+    wait_until("the listeners' stamps", LIMIT, || {
+        board.opened_at().is_some() && board.opened_at_on(ready).is_some()
+    });
+    let (ssh, opened) = (
+        board.opened_at().expect("port 22 opened"),
+        board.opened_at_on(ready).expect("the ready port opened"),
+    );
+    assert!(ssh < opened, "port 22 opened first: {ssh:?}, {opened:?}");
+    assert!(
+        done >= opened,
+        "start returned {:?} before its ready port opened",
+        opened.duration_since(done)
+    );
+    let info = env.info("rig1");
+    assert_eq!(info["ready_port"], ready.to_string().as_str(), "{info}");
+    assert_eq!(info["online"], "online", "{info}");
+    env.run(["stop", "rig1"]).ok_saying("rig1 stopped");
+    wait_until("the listeners end", LIMIT, || {
+        !board.listening() && !board.listening_on(ready)
+    });
+
+    // `list` asks the ready port too: a board whose ssh answers and whose
+    // ready port is shut is not online.
+    board.run(&board.startcmd_listening(&[(crate::common::board::PORT, Duration::ZERO)]));
+    wait_until("port 22 listens", LIMIT, || board.listening());
+    let list = env.run(["list", "--json"]).json();
+    assert_eq!(list[0]["online"], "unreachable", "{list}");
+}
+
+#[test]
+#[cfg_attr(
+    not(all(mama_root, mama_ip, mama_python3)),
+    ignore = "needs root, ip and python3 (run tests/install-tools as root)"
+)]
 fn a_start_not_ready_in_time_is_stopped_and_tried_again() {
     let env = TestEnv::new();
     let board = Board::new("rig1");
@@ -141,6 +198,66 @@ fn a_start_not_ready_in_time_is_stopped_and_tried_again() {
     assert_eq!(failed.len(), 2, "{failed:?}");
     assert!(failed[1].contains("try 2 of 2"), "{failed:?}");
     assert_eq!(env.info("rig1")["is_started"], false);
+}
+
+#[test]
+#[cfg_attr(
+    not(all(mama_root, mama_ip, mama_python3)),
+    ignore = "needs root, ip and python3 (run tests/install-tools as root)"
+)]
+fn ctrl_c_while_a_start_waits_for_the_board_stops_it_again() {
+    let env = TestEnv::new();
+    let board = Board::new("rig1");
+    // Its port opens a minute after power-on: the start waits (its
+    // timeout, 240 s, is far off) until the signal comes.
+    add_board(&env, "rig1", 1, &board, Duration::from_secs(60), true);
+    // The start command's last step writes the listener's PID: once the
+    // file is there, mama waits for the board.
+    let powered = || board.dir().join("listener.pids").exists();
+    let ran = env.path().join("ran");
+    let boot_run = [
+        "run",
+        "--boot",
+        "rig1",
+        "--",
+        "touch",
+        &ran.display().to_string(),
+    ];
+    for (n, args) in [&["start", "rig1"][..], &boot_run[..]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut bg = Bg::start(with_default_signals(env.cmd(args)));
+        wait_until("the start command has run", LIMIT, powered);
+        assert!(board.is_up(), "{args:?}");
+        bg.signal(libc::SIGINT);
+        let run = bg.finish(LIMIT);
+        assert_eq!(run.code, Some(130), "{args:?}: {run:#?}");
+        assert!(!board.is_up(), "{args:?}: the stop sequence ran");
+        assert!(!powered(), "{args:?}: the stop command killed the listener");
+        let failed = env.event_details("rig1", "start_failed");
+        assert_eq!(failed.len(), n + 1, "{failed:?}");
+        assert_eq!(
+            failed[n], "interrupted by signal 2; stopped again",
+            "{args:?}"
+        );
+        let info = env.info("rig1");
+        assert_eq!(info["is_started"], false, "{args:?}: {info}");
+        assert_eq!(
+            info["started_by"],
+            serde_json::Value::Null,
+            "{args:?}: {info}"
+        );
+        assert_eq!(info["state"], "free", "{args:?}: {info}");
+        // An interrupted start is no failed start.
+        assert_eq!(info["failed_starts"], 0, "{args:?}: {info}");
+    }
+    assert!(!ran.exists(), "the boot run ran no job");
+    assert_eq!(starts(&board), 2);
+    assert_eq!(
+        env.event_kinds("rig1")[3..],
+        ["start_failed", "claimed", "start_failed", "released"]
+    );
 }
 
 #[test]
@@ -228,13 +345,25 @@ fn run_boot_stops_the_board_however_the_job_ends() {
     env.run(job(&["--timeout", "1", "--", "sleep", "60"]))
         .fails(124);
     check_down("--timeout");
-    let mut bg = Bg::start(env.cmd(job(&["--", "sleep", "60"])));
-    wait_until("the job runs", LIMIT, || seen.exists());
-    bg.signal(libc::SIGTERM);
-    assert_eq!(bg.finish(LIMIT).code, Some(143));
-    check_down("SIGTERM");
+    // A signal to mama while the job runs (Ctrl-C, a kill): mama passes it
+    // on, exits as the job did, and stops the board first. Spawned with
+    // the signals at their defaults: a test runner in the background
+    // ignores INT, and so would the mama it starts.
+    for (signal, code, why) in [
+        (libc::SIGTERM, 143, "SIGTERM"),
+        (libc::SIGINT, 130, "SIGINT"),
+    ] {
+        let mut bg = Bg::start(with_default_signals(env.cmd(job(&["--", "sleep", "60"]))));
+        wait_until("the job runs", LIMIT, || {
+            std::fs::read_to_string(&seen).is_ok_and(|ip| ip.ends_with('\n'))
+        });
+        bg.signal(signal);
+        let run = bg.finish(LIMIT);
+        assert_eq!(run.code, Some(code), "{why}: {run:#?}");
+        check_down(why);
+    }
     let stopped = env.event_details("rig1", "stopped");
-    assert_eq!(stopped.len(), 4, "{stopped:?}");
+    assert_eq!(stopped.len(), 5, "{stopped:?}");
     assert!(
         stopped.iter().all(|d| d.contains("the job ended")),
         "{stopped:?}"
@@ -344,8 +473,12 @@ fn a_waiter_stops_a_board_a_killed_boot_run_left() {
 #[cfg_attr(not(mama_root), ignore = "needs root (run cargo test as root)")]
 fn start_is_refused_while_another_user_holds_the_machine() {
     let env = TestEnv::new();
+    let dir = env.path().display().to_string();
     let touched = env.path().join("touched");
     let startcmd = format!("touch '{}'", touched.display());
+    // bob's job, live: its PID runs.
+    let job = sleeper();
+    let (pid, now) = (job.pid().to_string(), unix_now().to_string());
     env.write_state(&lab_xml(&[
         machine_xml(
             "rig1",
@@ -362,6 +495,27 @@ fn start_is_refused_while_another_user_holds_the_machine() {
                 ("started_by", "carol"),
             ],
         ),
+        machine_xml(
+            "rig4",
+            4,
+            &[
+                ("job", "nightly"),
+                ("job_pid", &pid),
+                ("job_timestamp", &now),
+                ("job_user", "bob"),
+                ("startcmd", &startcmd),
+            ],
+        ),
+        machine_xml(
+            "rig5",
+            5,
+            &[
+                ("is_started", "1"),
+                ("started_by", "carol"),
+                ("startcmd", &format!("touch '{dir}/rig5.up'")),
+                ("readycmd", &format!("test -e '{dir}/rig5.up'")),
+            ],
+        ),
     ]));
     env.run(["start", "rig1"])
         .fails_saying(1, "rig1 is not yours to operate: it is reserved by bob");
@@ -374,13 +528,36 @@ fn start_is_refused_while_another_user_holds_the_machine() {
     );
     env.run(["stop", "rig3"])
         .fails_saying(1, "started by carol");
+    let holder =
+        format!("rig4 is not yours to operate: it runs job 'nightly' (PID {pid}, user bob)");
+    env.run(["start", "rig4"]).fails_saying(1, &holder);
+    env.run(["run", "--boot", "--no-wait", "rig4", "--", "true"])
+        .fails_saying(75, "nightly");
+    env.run(["power", "rig4", "cycle"]).fails_saying(1, &holder);
+    // --force passes another's start, never a job.
+    env.run(["start", "--force", "rig4"])
+        .fails_saying(1, &holder);
+    env.run(["stop", "--force", "rig4"])
+        .fails_saying(1, &holder);
     assert!(!touched.exists(), "no command ran");
+    assert_eq!(
+        env.info("rig4")["job_pid"],
+        job.pid(),
+        "the job is left alone"
+    );
     let list = env.run(["list", "--no-probe"]);
     assert!(list.ok().contains("rig3 started by carol"), "{}", list.ok());
     // carol's start is hers to stop, or anyone's with --force.
     env.run(["stop", "--force", "rig3"])
         .ok_saying("rig3 stopped");
     assert_eq!(env.info("rig3")["is_started"], false);
+    // And so is a start past hers.
+    env.run(["start", "rig5"])
+        .fails_saying(1, "rig5 is not yours to operate: it was started by carol");
+    env.run(["start", "--force", "rig5"])
+        .ok_saying("rig5 is ready");
+    let info = env.info("rig5");
+    assert_eq!(info["started_by"], user_name().as_str(), "{info}");
 }
 
 #[test]
@@ -527,6 +704,14 @@ fn power_switches_an_outlet_of_the_command_driver() {
         power[2].starts_with("cycle (outlet 2 of pdu1)"),
         "{power:?}"
     );
+    // Each names who switched; `status` switched nothing and records none.
+    let by: Vec<serde_json::Value> = env
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "power")
+        .map(|e| e["user"].clone())
+        .collect();
+    assert_eq!(by, vec![serde_json::Value::from(user_name()); 3]);
     // No outlet: the fields to set are named.
     env.add("rig2", 2);
     env.run(["power", "rig2", "on"])
@@ -536,6 +721,100 @@ fn power_switches_an_outlet_of_the_command_driver() {
         1,
         "names the power device 'pdu9', which the lab does not define",
     );
+}
+
+/// A shell command that records, in `DIR/NAME.subst`, what upstream's
+/// substitutions made of `$MAC`, `$OS_ARCH` and `$PID` (in single quotes:
+/// the shell leaves them alone, only mama's substitution changes them),
+/// and in `DIR/NAME.env` the machine mama puts in its environment.
+fn recording(dir: &str, name: &str) -> String {
+    format!(
+        "echo '$MAC|$OS_ARCH|$PID' > '{dir}/{name}.subst'; \
+         printf '%s|%s|%s|%s\\n' \"$MAMA_MACHINE\" \"$MAMA_MAC\" \"$MAMA_IP\" \"$MAMA_SLOT\" \
+           > '{dir}/{name}.env'"
+    )
+}
+
+#[test]
+#[cfg_attr(not(mama_root), ignore = "needs root (run cargo test as root)")]
+fn the_lab_commands_get_upstreams_substitutions_and_the_machine_in_their_environment() {
+    let env = TestEnv::new();
+    let dir = env.path().display().to_string();
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("{dir}/{file}"))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .trim_end()
+            .to_string()
+    };
+    env.run([
+        "add",
+        "rig1",
+        "--mac",
+        "aa:bb:cc:dd:ee:01",
+        "--ip",
+        "10.0.0.7",
+    ])
+    .ok();
+    env.run(["add", "rig2", "--mac", "aa:bb:cc:dd:ee:02"]).ok();
+    env.run([
+        "device", "add", "pdu1", "--driver", "command", "--on", "true", "--off", "true",
+    ])
+    .ok();
+    env.run(["set", "rig1", "pwr-dev", "pdu1"]).ok();
+    env.run(["set", "rig1", "pwr-slot", "4"]).ok();
+    env.run(["set", "rig1", "os", "aarch64/tumbleweed"]).ok();
+    for (n, machine) in ["rig1", "rig2"].into_iter().enumerate() {
+        let up = format!("{dir}/{machine}.up");
+        let set = |field: &str, command: String| {
+            env.run(["set", machine, field, &command]).ok();
+        };
+        set(
+            "startcmd",
+            format!(
+                "{}; touch '{up}'",
+                recording(&dir, &format!("{machine}.start"))
+            ),
+        );
+        set(
+            "readycmd",
+            format!(
+                "{}; test -e '{up}'",
+                recording(&dir, &format!("{machine}.ready"))
+            ),
+        );
+        set(
+            "stopcmd",
+            format!(
+                "{}; rm -f '{up}'",
+                recording(&dir, &format!("{machine}.stop"))
+            ),
+        );
+        let mac = format!("aa:bb:cc:dd:ee:{:02x}", n + 1);
+        // rig1: its outlet's slot, its IP, the part of its os before the
+        // '/'; rig2: neither outlet, IP nor os, each empty.
+        let (arch, ip, slot) = match machine {
+            "rig1" => ("aarch64", "10.0.0.7", "4"),
+            _ => ("", "", ""),
+        };
+        for (verb, commands) in [("start", &["start", "ready"][..]), ("stop", &["stop"][..])] {
+            let mut mama = env.start([verb, machine]);
+            let run = mama.finish(LIMIT);
+            assert_eq!(run.code, Some(0), "{verb} {machine}: {run:#?}");
+            for command in commands {
+                let what = format!("{machine}.{command}");
+                assert_eq!(
+                    read(&format!("{what}.subst")),
+                    format!("{mac}|{arch}|{}", mama.pid()),
+                    "{what}: $MAC, $OS_ARCH and $PID (mama's)"
+                );
+                assert_eq!(
+                    read(&format!("{what}.env")),
+                    format!("{machine}|{mac}|{ip}|{slot}"),
+                    "{what}: MAMA_MACHINE, MAMA_MAC, MAMA_IP and MAMA_SLOT"
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -769,6 +1048,39 @@ fn a_lab_is_trusted_only_where_nobody_else_may_write_what_it_is_read_from() {
             .expect("mama runs"),
     )
     .ok_saying("rig1 is ready");
+}
+
+#[test]
+fn clear_forgets_an_ip_a_start_learned_and_keeps_one_a_person_set() {
+    let env = TestEnv::new();
+    let me = user_name();
+    env.write_state(&lab_xml(&[
+        machine_xml(
+            "rig1",
+            1,
+            &[
+                ("ip", "10.0.0.1"),
+                ("is_started", "1"),
+                ("started_by", &me),
+                ("ip_learned", "1"),
+            ],
+        ),
+        machine_xml(
+            "rig2",
+            2,
+            &[("ip", "10.0.0.2"), ("is_started", "1"), ("started_by", &me)],
+        ),
+    ]));
+    assert!(env.run(["list", "--no-probe"]).ok().contains("(learned)"));
+    env.run(["clear", "all"]).ok();
+    let rig1 = env.info("rig1");
+    assert_eq!(rig1["ip"], serde_json::Value::Null, "{rig1}");
+    assert_eq!(rig1["ip_learned"], false, "{rig1}");
+    assert_eq!(rig1["is_started"], false, "{rig1}");
+    let rig2 = env.info("rig2");
+    assert_eq!(rig2["ip"], "10.0.0.2", "{rig2}");
+    assert_eq!(rig2["is_started"], false, "{rig2}");
+    assert!(!env.read_state().contains("ip_learned"));
 }
 
 #[test]

@@ -10,7 +10,6 @@
 use crate::common::*;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -65,21 +64,6 @@ fn let_go(env: &TestEnv, mama: &mut Bg, job: u32) {
     env.touch("go");
     assert_eq!(mama.finish(LIMIT).code, Some(0));
     assert_released(env, Some(job));
-}
-
-/// `mama` with INT, TERM and HUP at their default actions, whatever the
-/// test runner inherited (a shell's background job ignores INT).
-fn with_default_signals(mut cmd: std::process::Command) -> std::process::Command {
-    // SAFETY: signal() is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-            Ok(())
-        });
-    }
-    cmd
 }
 
 on_both_backends! {

@@ -336,6 +336,17 @@ fn sections() -> Roff {
             ),
         ],
     );
+    item(
+        &mut r,
+        vec![bold("MAMA_SLOT")],
+        &[roman(
+            "Set, with MAMA_MACHINE, MAMA_MAC and MAMA_IP, for a machine's startcmd, \
+             stopcmd and readycmd: the slot of its outlet, else of its relay (empty where \
+             it has neither). In those commands mama also replaces upstream's $MAC, \
+             $OS_ARCH (its os before the /) and $PID (mama's own) before the shell sees \
+             them.",
+        )],
+    );
 
     r.control("SH", ["FILES"]);
     item(
@@ -389,6 +400,38 @@ fn sections() -> Roff {
              process of its job, so a job whose mama was killed keeps its machine until its \
              last process ends; waiters sleep on it, so they notice a release at once.",
         )],
+    );
+    item(
+        &mut r,
+        vec![
+            italic("state"),
+            roman(".locks/"),
+            italic("machine"),
+            roman(".power"),
+        ],
+        &[roman(
+            "A machine's power lock, a flock held while a start, stop or power switch runs \
+             on it, so two never run on one machine at once: a second waits, saying so. A \
+             database lab takes a session advisory lock instead.",
+        )],
+    );
+    item(
+        &mut r,
+        vec![roman("/etc/mama/trusted, ~/.config/mama/trusted")],
+        &[
+            roman(
+                "The labs whose commands mama runs (startcmd, stopcmd, readycmd, healthcmd, \
+                 the command driver's) and whose USB-RLY08 ports it opens although someone \
+                 other than the caller or root may write them (every database lab): one a \
+                 line, the state file's real path or a database URL without its password, \
+                 or * for all; # starts a comment. The caller's own file is ",
+            ),
+            italic("$XDG_CONFIG_HOME/mama/trusted"),
+            roman(
+                " where that is set. A trust file that another user than the caller or \
+                 root owns, or that its group or others may write, is ignored, saying so.",
+            ),
+        ],
     );
     item(
         &mut r,
@@ -465,13 +508,16 @@ fn sections() -> Roff {
     status(
         &mut r,
         "124",
-        "--timeout passed: the job got TERM, and KILL 5 s later.",
+        "--timeout passed: the job got TERM, and KILL 5 s later. mama start exits 124 too \
+         when the machine was not ready within its start timeout in every try (it was \
+         stopped again).",
     );
     status(
         &mut r,
         "125",
-        "mama failed before the job started, including a wrong run command line; or, in a \
-         database lab, the run lost its claim while the job ran and stopped the job.",
+        "mama failed before the job started, including a wrong run command line and a run \
+         --boot whose machine did not start (it was stopped again, and no job ran); or, in \
+         a database lab, the run lost its claim while the job ran and stopped the job.",
     );
     status(
         &mut r,
@@ -497,7 +543,12 @@ fn sections() -> Roff {
         bold("power on"),
         roman(" and "),
         bold("power cycle"),
-        roman(" exit 69 on a machine out of service. "),
+        roman(" exit 69 on a machine out of service; "),
+        bold("mama start"),
+        roman(
+            " exits 128+N when signal N came while it waited for the machine, which it \
+             stopped again. ",
+        ),
         bold("mama check"),
         roman(" exits 0 when the health command passed and 1 when it failed."),
     ]);

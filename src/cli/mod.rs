@@ -114,14 +114,15 @@ pub enum Command {
     /// its startcmd, then waits until it answers ping and accepts a TCP connection on its
     /// ready-port (22), or its readycmd exits 0, at most start-timeout seconds (240). Not ready
     /// in time: the machine is stopped and started again, up to --tries times; then exit 124.
-    /// A machine that is online already is left as it is (unless --force).
+    /// A machine that is online already is left as it is (unless --force). Another user's
+    /// start is refused unless --force.
     Start {
         /// The machine's name
         machine: String,
         /// How many times to power it on before giving up
         #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
         tries: u32,
-        /// Power-cycle it even when it is online already
+        /// Power-cycle it even when it is online already; start it though someone else started it
         #[arg(long)]
         force: bool,
     },

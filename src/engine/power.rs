@@ -364,8 +364,9 @@ pub fn start(world: &World<'_>, name: &str, request: StartRequest) -> Result<Sta
     let user = world.caller.user.clone();
     let plan = store.update(|lab| {
         refuse_out_of_service(lab, name)?;
+        // `--force` passes another's start (SPEC "Who may"), as for stop.
         if !request.for_job
-            && let Some(why) = refusal(lab, name, world, false)?
+            && let Some(why) = refusal(lab, name, world, request.force)?
         {
             return Err(Error::Invalid(why));
         }

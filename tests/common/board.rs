@@ -7,16 +7,17 @@
 //! table has the board's address with its MAC (as a machine that boots
 //! talks to its network), and starts in the background, inside the board,
 //! a listener that after a delay accepts connections on port 22 (as ssh
-//! does once the machine has booted). Its stop command
-//! ([`Board::stopcmd`]) kills the listener and takes the link down. Both
+//! does once the machine has booted; or listeners on other ports,
+//! [`Board::startcmd_listening`]). Its stop command
+//! ([`Board::stopcmd`]) kills the listeners and takes the link down. Both
 //! are shell commands run as root outside the namespace, as mama runs a
 //! machine's `startcmd` and `stopcmd`.
 //!
 //! The listener is tests/common/board.py run by python3 (tests/install-tools
 //! installs it): it records its start in the board's folder (the PIDs of
-//! every listener started, one a line, in `listener.pids`; `listening`,
-//! once it listens, with the time it began to, in seconds of
-//! CLOCK_MONOTONIC). Everything goes when the board drops; a board left
+//! every listener started, one a line, in `listener.pids`; `listening`
+//! (`listening.PORT` for a port other than 22), once it listens, with the
+//! time it began to, in seconds of CLOCK_MONOTONIC). Everything goes when the board drops; a board left
 //! by a killed test process goes with its namespace (see netns.rs's
 //! sweep, which kills the processes left in it).
 //!
@@ -155,6 +156,13 @@ impl Board {
     /// `delay` (a little later in fact: the interpreter's own start; see
     /// [`Board::opened_at`]).
     pub fn startcmd(&self, delay: Duration) -> String {
+        self.startcmd_listening(&[(PORT, delay)])
+    }
+
+    /// [`Board::startcmd`] with a listener on each port of `listeners`,
+    /// each after its delay (a machine whose ssh, or whatever says it is
+    /// ready, is on another port; see [`Board::opened_at_on`]).
+    pub fn startcmd_listening(&self, listeners: &[(u16, Duration)]) -> String {
         let ns = quote(self.host.name());
         let dev = quote(self.host.dev());
         let dir = quote(&self.dir().display().to_string());
@@ -164,6 +172,17 @@ impl Board {
         };
         let peer_dev = quote(self.host.peer_dev());
         let (ip, host_ip) = (self.ip(), self.host_ip());
+        let listen: Vec<String> = listeners
+            .iter()
+            .map(|(port, delay)| {
+                format!(
+                    "ip netns exec {ns} python3 {dir}/board.py {delay} {dir} {port} \
+                       </dev/null >>{dir}/listener.log 2>&1 & \
+                     echo $! >>{dir}/listener.pids",
+                    delay = delay.as_secs_f64(),
+                )
+            })
+            .collect();
         format!(
             "ip -n {ns} link set {dev} up && \
              for i in $(seq 100); do \
@@ -171,10 +190,8 @@ impl Board {
                {peer} neigh show {ip} dev {peer_dev} | grep -q lladdr && break; \
                sleep 0.02; \
              done; \
-             ip netns exec {ns} python3 {dir}/board.py {delay} {dir} \
-               </dev/null >>{dir}/listener.log 2>&1 & \
-             echo $! >>{dir}/listener.pids",
-            delay = delay.as_secs_f64(),
+             {}",
+            listen.join("; ")
         )
     }
 
@@ -199,7 +216,7 @@ impl Board {
             "for pid in $(cat {dir}/listener.pids 2>/dev/null); do \
                grep -qaF {script} /proc/$pid/cmdline 2>/dev/null && kill -KILL $pid; \
              done; \
-             rm -f {dir}/listener.pids {dir}/listening"
+             rm -f {dir}/listener.pids {dir}/listening*"
         )
     }
 
@@ -237,15 +254,29 @@ impl Board {
     /// Whether something in the board accepts connections on port 22 (a
     /// connection made from inside it, whatever its link's state).
     pub fn listening(&self) -> bool {
+        self.listening_on(PORT)
+    }
+
+    /// Whether something in the board accepts connections on `port`.
+    pub fn listening_on(&self, port: u16) -> bool {
         self.host.enter(|| {
-            let local = (Ipv4Addr::LOCALHOST, PORT).into();
+            let local = (Ipv4Addr::LOCALHOST, port).into();
             std::net::TcpStream::connect_timeout(&local, Duration::from_secs(2)).is_ok()
         })
     }
 
-    /// When the listener began to listen, if it does.
+    /// When the listener on port 22 began to listen, if it does.
     pub fn opened_at(&self) -> Option<Instant> {
-        let text = std::fs::read_to_string(self.dir().join("listening")).ok()?;
+        self.opened_at_on(PORT)
+    }
+
+    /// When the listener on `port` began to listen, if it does.
+    pub fn opened_at_on(&self, port: u16) -> Option<Instant> {
+        let stamp = match port {
+            PORT => "listening".to_string(),
+            _ => format!("listening.{port}"),
+        };
+        let text = std::fs::read_to_string(self.dir().join(stamp)).ok()?;
         let opened: f64 = text.trim().parse().ok()?;
         let (now, now_mono) = (Instant::now(), monotonic());
         now.checked_sub(Duration::try_from_secs_f64(now_mono - opened).ok()?)

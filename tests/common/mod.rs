@@ -544,6 +544,24 @@ impl Drop for Bg {
     }
 }
 
+/// `cmd` with INT, TERM and HUP at their default actions, whatever the
+/// test runner inherited (a shell's background job ignores INT, and an
+/// ignored signal stays ignored across exec): a test that sends one of
+/// them to mama then sees what mama does with it.
+pub fn with_default_signals(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal() is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Now, in Unix seconds.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
