@@ -79,12 +79,7 @@ fn start_waits_until_the_board_answers_and_stop_puts_it_down() {
         board.opened_at().is_some()
     });
     let opened = board.opened_at().expect("the listener opened");
-    // mama looks every 50 ms; the benchmark measures how soon it notices.
-    assert!(
-        done.duration_since(opened) < Duration::from_millis(700),
-        "start returned {:?} after the port opened",
-        done.duration_since(opened)
-    );
+    let mut late = vec![done.duration_since(opened)];
     let info = env.info("rig1");
     assert_eq!(info["is_started"], true, "{info}");
     assert_eq!(info["started_by"], user_name().as_str(), "{info}");
@@ -117,6 +112,30 @@ fn start_waits_until_the_board_answers_and_stop_puts_it_down() {
     // A stopped machine: nothing to do, exit 0.
     env.run(["stop", "rig1"]).ok_saying("not started");
     assert_eq!(starts(&board), 1);
+
+    // Two more starts: mama looks every 50 ms, so start returns within
+    // 100 ms of the port opening (the median of the three, so one start
+    // a loaded machine schedules late does not decide; the benchmark
+    // measures it over 20).
+    for round in 2..=3 {
+        let began = Instant::now();
+        let run = env.run(["start", "rig1"]);
+        let done = Instant::now();
+        run.ok_saying("is ready");
+        assert_eq!(starts(&board), round);
+        // This start's listener: its stamp is written as it opens.
+        wait_until("the listener's stamp", LIMIT, || {
+            board.opened_at().is_some_and(|at| at > began)
+        });
+        late.push(done.duration_since(board.opened_at().expect("the listener opened")));
+        env.run(["stop", "rig1"]).ok_saying("rig1 stopped");
+        wait_until("the listener ends", LIMIT, || !board.listening());
+    }
+    late.sort();
+    assert!(
+        late[1] < Duration::from_millis(100) && late[2] < Duration::from_millis(700),
+        "start returned {late:?} after the port opened"
+    );
 }
 
 #[test]
@@ -951,8 +970,9 @@ fn list_tells_online_unreachable_and_offline_apart_in_one_look() {
         ["online", "unreachable", "offline"]
     );
     assert!((3..53).all(|i| online(i) == "offline"), "{list}");
-    // One look at all, for 300 ms (the benchmark measures it closely).
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    // One look at all, for 300 ms (the benchmark measures it closely):
+    // one after another, the silent fifty alone would take 15 s.
+    assert!(took < Duration::from_secs(1), "{took:?}");
     let table = env.run(["list"]);
     assert!(table.ok().contains("Online"), "{}", table.ok());
     let none = env.run(["list", "--json", "--no-probe"]).json();
