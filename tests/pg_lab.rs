@@ -353,6 +353,82 @@ fn a_session_read_only_by_default_is_refused_for_every_command() {
     not(mama_postgres),
     ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
 )]
+fn a_release_keeps_what_others_wrote_while_the_job_ran() {
+    // A run's release takes the machines as its claim left them only
+    // where no one has written them since: here a hand edit of the
+    // holder's own row, another mama's change and a new machine.
+    let env = TestEnv::postgres();
+    env.add("m", 1);
+    env.add("rig2", 2);
+    let db = env.db.clone().expect("a database lab");
+    let mut holder = hold(&env, &[]);
+    db.batch(
+        "UPDATE mama_machine SET element = replace(element, '<ip/>', '<ip>192.0.2.9</ip>') \
+         WHERE name = 'm'",
+    );
+    env.run(["set", "rig2", "os", "fedora"]).ok();
+    env.add("rig3", 3);
+    env.touch("go");
+    assert_eq!(holder.finish(LIMIT).code, Some(0));
+    let m = env.info("m");
+    assert!(m["job"].is_null() && m["job_pid"].is_null(), "{m:#}");
+    assert_eq!(m["ip"], "192.0.2.9", "{m:#}");
+    assert_eq!(env.info("rig2")["os"], "fedora");
+    let names: Vec<String> = env
+        .run(["list", "--names"])
+        .ok()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(names, ["m", "rig2", "rig3"]);
+    // Unchanged since: the next run's release takes its claim's machines,
+    // and leaves the lab as a fresh read would.
+    let before = env.run(["export"]).ok().to_string();
+    env.run(["run", "m", "--", "true"]).ok();
+    assert_eq!(env.run(["export"]).ok(), before);
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_run_reads_the_machines_once_where_no_one_wrote_them_meanwhile() {
+    // Every statement in the server's log: the claim reads the machines
+    // whole, the release only their versions.
+    let server = Server::start(Options {
+        settings: vec!["log_statement=all".into()],
+        ..Options::default()
+    });
+    let db = server.fresh_database();
+    let env = world(&db);
+    env.add("m", 1);
+    env.add("rig2", 2);
+    let reads = || server.log().matches("m.element, m.position").count();
+    let versions = || server.log().matches("m.xmin::text || ':'").count();
+    let (read_before, versions_before) = (reads(), versions());
+    env.run(["run", "m", "--", "true"]).ok();
+    assert_eq!(
+        (reads() - read_before, versions() - versions_before),
+        (1, 1)
+    );
+    // Written by someone else while the job ran: the release reads them.
+    let script = format!("{MAMA} set rig2 os fedora");
+    let (read_before, versions_before) = (reads(), versions());
+    env.run(["run", "m", "--", "sh", "-c", &script]).ok();
+    assert_eq!(
+        (reads() - read_before, versions() - versions_before),
+        (3, 1)
+    );
+    assert_eq!(env.info("rig2")["os"], "fedora");
+    assert!(env.info("m")["job"].is_null());
+}
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
 fn a_killed_holders_claim_is_stale_at_once_naming_its_host() {
     let env = TestEnv::postgres();
     env.add("m", 1);

@@ -87,6 +87,8 @@ pub struct PgStore {
     /// Set once the main session has planned a writer's statements (see
     /// [`PgStore::warm`]); cleared when it is opened anew.
     warm: Arc<std::sync::atomic::AtomicBool>,
+    /// The machines as the last writing transaction left them.
+    kept: Arc<Mutex<Option<Kept>>>,
 }
 
 /// A session for the next job lock.
@@ -144,6 +146,29 @@ struct Row {
     id: i32,
     name: String,
     element: String,
+    /// Its row's own number (`id`) and version (`xmin`, the transaction
+    /// that wrote it), by which a later transaction tells that it is
+    /// unchanged (see [`Kept`]).
+    row: i64,
+    written_by: String,
+}
+
+/// The machines as this process's last writing transaction left them,
+/// parsed, for the next one to take without reading and parsing them
+/// again (a run's release after its claim) when no one has written them
+/// since: every row still the version that transaction wrote or read, with
+/// the same job lock key (a row's `xmin`: a row is never changed in
+/// place; a change writes a new version, whose `xmin` is the writer's
+/// transaction).
+struct Kept {
+    /// Every machine's `row:xmin:key`, by row, as
+    /// [`schema::MACHINE_VERSIONS`] writes them.
+    versions: String,
+    /// The same by row: its version and key.
+    rows: HashMap<i64, (String, i32)>,
+    doc: crate::format::doc::XmlLab,
+    /// The job lock key of each machine.
+    ids: HashMap<String, i32>,
 }
 
 impl PgStore {
@@ -160,6 +185,7 @@ impl PgStore {
             lost: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             event_columns: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             warm: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            kept: Arc::new(Mutex::new(None)),
         }
     }
 

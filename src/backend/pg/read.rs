@@ -1,11 +1,11 @@
 //! Reading a database lab: one snapshot of its machines, the locks held
 //! behind them, and the events asked for.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use postgres::{Client, GenericClient, IsolationLevel};
 
-use super::{LOCK_SPACE, Look, PLACE_SPACE, PgStore, Row, Wanted};
+use super::{Kept, LOCK_SPACE, Look, PLACE_SPACE, PgStore, Row, Wanted};
 use super::{db_error, schema};
 use crate::backend::Snapshot;
 use crate::error::{Error, Result};
@@ -41,9 +41,10 @@ impl PgStore {
         let Some(version) = schema::version(tx, &self.url.shown)? else {
             return Err(self.no_lab());
         };
-        let (rows, look, _, document) = self.snapshot(tx, version, false)?;
-        *Self::locked(&self.look) = Some(look);
-        self.model(&self.parse(&rows)?, document.as_deref())
+        let seen = self.snapshot(tx, version, false, None)?;
+        *Self::locked(&self.look) = Some(seen.look.clone());
+        let document = seen.document.clone();
+        self.model(&self.parse(&seen.machines()?)?, document.as_deref())
     }
 
     /// The event columns added after the table's first version, to select
@@ -137,12 +138,19 @@ impl PgStore {
     /// (a `mama_lock_key` row deleted by hand) is never left out: a writer
     /// (`restore`, the lab's lock held) puts the key back, with a warning,
     /// and looks again; a reader refuses the lab.
+    ///
+    /// Given what this process's last writing transaction `kept`, it asks
+    /// only for the versions of the machines' rows, and where they are the
+    /// ones kept (no one has written a machine since), the machines are
+    /// the kept ones ([`Seen::rows`] is `None`); else it reads them. The
+    /// document around them is read either way.
     pub(super) fn snapshot(
         &self,
         client: &mut impl GenericClient,
         version: i32,
         restore: bool,
-    ) -> Result<(Vec<Row>, Look, bool, Option<String>)> {
+        kept: Option<&Kept>,
+    ) -> Result<Seen> {
         let batch = format!(
             "{};
              SELECT classid, objid FROM pg_locks WHERE locktype = 'advisory' \
@@ -156,7 +164,10 @@ impl PgStore {
                pg_postmaster_start_time()::text;
              SELECT document FROM mama_lab WHERE strpos(document, '<device') > 0 \
                OR strpos(document, '<lab_settings') > 0 OR strpos(document, '<lease') > 0;{}",
-            schema::machines_query(version),
+            match kept {
+                Some(_) => schema::MACHINE_VERSIONS,
+                None => schema::machines_query(version),
+            },
             self.host_timeout.as_secs(),
             // A writer: the history's columns, by name (no row; the
             // table is the one its events go to), so that its events need
@@ -213,8 +224,24 @@ impl PgStore {
         let text = |row: &postgres::SimpleQueryRow, i: usize| -> Result<String> {
             row.get(i).map(str::to_string).ok_or_else(unexpected)
         };
+        let document = document
+            .first()
+            .and_then(|row| row.get(0))
+            .map(str::to_string);
+        let kept = match kept {
+            None => None,
+            Some(kept) => {
+                let versions = machines.first().and_then(|row| row.get(0));
+                if versions != Some(kept.versions.as_str()) {
+                    // Written since: read them.
+                    return self.snapshot(client, version, restore, None);
+                }
+                Some(kept)
+            }
+        };
         let keyless: Vec<String> = machines
             .iter()
+            .filter(|_| kept.is_none())
             .filter(|row| row.get(0).is_none())
             .filter_map(|row| {
                 row.get(1)
@@ -230,7 +257,7 @@ impl PgStore {
                 self.url.shown,
                 keyless.join(", ")
             );
-            return self.snapshot(client, version, false);
+            return self.snapshot(client, version, false, None);
         }
         if !keyless.is_empty() {
             return Err(Error::Database {
@@ -248,21 +275,28 @@ impl PgStore {
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(unexpected)
         };
-        let mut placed = machines
-            .iter()
-            .map(|row| {
-                let order = (number(row, 3)?, number(row, 4)?);
-                let row = Row {
-                    id: text(row, 0)?.parse().map_err(|_| unexpected())?,
-                    name: text(row, 1)?,
-                    element: text(row, 2)?,
-                };
-                Ok((order, row))
-            })
-            .collect::<Result<Vec<((i64, i64), Row)>>>()?;
-        // In the lab's order: by place, then row.
-        placed.sort_unstable_by_key(|(order, _)| *order);
-        let rows: Vec<Row> = placed.into_iter().map(|(_, row)| row).collect();
+        let rows = match kept {
+            Some(_) => None,
+            None => {
+                let mut placed = machines
+                    .iter()
+                    .map(|row| {
+                        let order = (number(row, 3)?, number(row, 4)?);
+                        let row = Row {
+                            id: text(row, 0)?.parse().map_err(|_| unexpected())?,
+                            name: text(row, 1)?,
+                            element: text(row, 2)?,
+                            row: order.1,
+                            written_by: text(row, 5)?,
+                        };
+                        Ok((order, row))
+                    })
+                    .collect::<Result<Vec<((i64, i64), Row)>>>()?;
+                // In the lab's order: by place, then row.
+                placed.sort_unstable_by_key(|(order, _)| *order);
+                Some(placed.into_iter().map(|(_, row)| row).collect::<Vec<Row>>())
+            }
+        };
         let locks_in = |space: i32| -> HashSet<i32> {
             held.iter()
                 .filter(|row| row.get(0) == Some(space.to_string().as_str()))
@@ -271,7 +305,11 @@ impl PgStore {
                 .collect()
         };
         let mut look = Look {
-            ids: rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
+            ids: match (&rows, kept) {
+                (Some(rows), _) => rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
+                (None, Some(kept)) => kept.ids.clone(),
+                (None, None) => HashMap::new(),
+            },
             held: locks_in(LOCK_SPACE),
             places: locks_in(PLACE_SPACE),
             restarted: false,
@@ -288,11 +326,12 @@ impl PgStore {
             .and_then(|row| row.get(1))
             .unwrap_or_default()
             .to_string();
-        let document = document
-            .first()
-            .and_then(|row| row.get(0))
-            .map(str::to_string);
-        Ok((rows, look, may_write, document))
+        Ok(Seen {
+            rows,
+            look,
+            may_write,
+            document,
+        })
     }
 
     pub(super) fn events(
@@ -461,7 +500,7 @@ impl PgStore {
             let Some(version) = schema::version(&mut tx, &self.url.shown)? else {
                 return Err(self.no_lab());
             };
-            let (rows, ..) = self.snapshot(&mut tx, version, false)?;
+            let rows = self.snapshot(&mut tx, version, false, None)?.machines()?;
             let skeleton = self.document(&mut tx)?;
             let doc = XmlLab::assemble(
                 skeleton.as_deref(),
@@ -487,5 +526,25 @@ impl PgStore {
         }
         let _ = self.read();
         Self::locked(&self.look).clone().unwrap_or_default()
+    }
+}
+
+/// What [`PgStore::snapshot`] saw.
+pub(super) struct Seen {
+    /// The machines, in the lab's order; `None` where the kept ones stand.
+    pub rows: Option<Vec<Row>>,
+    pub look: Look,
+    /// Whether this role may write the lab.
+    pub may_write: bool,
+    /// The document around the machines, where it holds a power device,
+    /// the lab's settings or a lease.
+    pub document: Option<String>,
+}
+
+impl Seen {
+    /// The machines read, for a snapshot taken without kept ones.
+    fn machines(self) -> Result<Vec<Row>> {
+        self.rows
+            .ok_or_else(|| Error::Invalid("internal error: a read without machines".into()))
     }
 }

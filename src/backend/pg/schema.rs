@@ -125,11 +125,32 @@ pub fn first_value(
 /// the rows with their elements took most of the read of a large lab).
 pub fn machines_query(version: i32) -> &'static str {
     if version < 2 {
-        "SELECT id, name, element, position, id FROM mama_machine"
+        "SELECT id, name, element, position, id, xmin::text FROM mama_machine"
     } else {
-        "SELECT k.key, m.name, m.element, m.position, m.id FROM mama_machine m \
+        "SELECT k.key, m.name, m.element, m.position, m.id, m.xmin::text FROM mama_machine m \
          LEFT JOIN mama_lock_key k USING (name)"
     }
+}
+
+/// Every machine's row number, version (`xmin`) and job lock key,
+/// `row:xmin:key` by row, comma-separated: what the rows are without
+/// their elements (see [`super::Kept`]). A schema of the current version.
+pub const MACHINE_VERSIONS: &str = "SELECT coalesce(string_agg(m.id::text || ':' || \
+     m.xmin::text || ':' || coalesce(k.key::text, '-'), ',' ORDER BY m.id), '') \
+     FROM mama_machine m LEFT JOIN mama_lock_key k USING (name)";
+
+/// [`MACHINE_VERSIONS`] of rows given as (row, version, key).
+pub fn machine_versions<'a>(rows: impl IntoIterator<Item = (i64, &'a str, i32)>) -> String {
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_unstable_by_key(|(row, ..)| *row);
+    let mut out = String::new();
+    for (at, (row, version, key)) in rows.into_iter().enumerate() {
+        if at > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("{row}:{version}:{key}"));
+    }
+    out
 }
 
 /// Puts back the job lock keys of machines whose `mama_lock_key` row was

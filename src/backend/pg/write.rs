@@ -1,14 +1,14 @@
 //! Writing a database lab: one transaction under the lab's lock, each
 //! changed machine's row written once and each event as a row.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use postgres::GenericClient;
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 
-use super::{LAB_LOCK, LOCK_SPACE, PgStore};
+use super::{Kept, LAB_LOCK, LOCK_SPACE, PgStore};
 use super::{db_error, is_connection_loss, schema};
 use crate::error::{Error, Result};
 use crate::format::doc::XmlLab;
@@ -266,9 +266,11 @@ impl PgStore {
                 if !schema::ensure(&mut tx, &self.url.shown, create)? {
                     return Err(self.no_lab());
                 }
-                let (rows, look, may_write, document) =
-                    self.snapshot(&mut tx, schema::VERSION, true)?;
-                if !may_write {
+                // What the last transaction left, if no one has written
+                // the machines since (else they are read afresh).
+                let kept = Self::locked(&self.kept).take();
+                let seen = self.snapshot(&mut tx, schema::VERSION, true, kept.as_ref())?;
+                if !seen.may_write {
                     return Err(Error::ReadOnly {
                         context: self.context("write"),
                         source: std::io::Error::new(
@@ -277,16 +279,46 @@ impl PgStore {
                         ),
                     });
                 }
-                *Self::locked(&self.look) = Some(look);
-                let mut doc = self.parse(&rows)?;
+                let ids = seen.look.ids.clone();
+                *Self::locked(&self.look) = Some(seen.look);
+                let (mut doc, mut versions) = match (seen.rows, kept) {
+                    (Some(rows), _) => {
+                        let versions: HashMap<i64, (String, i32)> = rows
+                            .iter()
+                            .map(|r| (r.row, (r.written_by.clone(), r.id)))
+                            .collect();
+                        (self.parse(&rows)?, versions)
+                    }
+                    (None, Some(kept)) => (kept.doc, kept.rows),
+                    (None, None) => {
+                        return Err(Error::Invalid(
+                            "internal error: a transaction without machines".into(),
+                        ));
+                    }
+                };
+                let document = seen.document;
                 let mut lab = self.model(&doc, document.as_deref())?;
                 let change = change.take().ok_or_else(|| {
                     Error::Invalid("internal error: a transaction ran twice".into())
                 })?;
                 let value = change(&mut tx, &mut lab)?;
                 let mut committed = Vec::new();
+                // Whether the machines can be kept for the next
+                // transaction: only where this one merely updated rows
+                // (a claim, a release), whose new versions it knows.
+                let mut keep = true;
                 if lab.is_changed() {
-                    self.store_changes(&mut tx, &mut doc, lab.changes())?;
+                    match self.store_changes(&mut tx, &mut doc, lab.changes())? {
+                        Some(written) => {
+                            for (row, version) in written {
+                                match versions.get_mut(&row) {
+                                    Some(seen) => seen.0 = version,
+                                    None => keep = false,
+                                }
+                            }
+                        }
+                        None => keep = false,
+                    }
                     committed = self.store_events(&mut tx, lab.take_events())?;
                     if crosses(&committed, PRUNE_EVERY) {
                         self.prune(&mut tx, &Retention::of(lab.settings()))?;
@@ -303,6 +335,18 @@ impl PgStore {
                     .map_err(|e| db_error(&self.context("write"), e))?;
                     tx.commit()
                         .map_err(|e| db_error(&self.context("write"), e))?;
+                }
+                if keep {
+                    *Self::locked(&self.kept) = Some(Kept {
+                        versions: schema::machine_versions(
+                            versions
+                                .iter()
+                                .map(|(row, (v, key))| (*row, v.as_str(), *key)),
+                        ),
+                        doc,
+                        ids,
+                        rows: versions,
+                    });
                 }
                 Ok(Some((value, committed)))
             })?;
@@ -321,12 +365,16 @@ impl PgStore {
     /// changed machine once: deleted, updated or inserted; the changes to
     /// the lab's devices, settings and leases are replayed onto the
     /// document around the machines, which is stored anew.
+    ///
+    /// Gives the new versions of the rows where it only updated machines
+    /// (row and `xmin`); `None` where it inserted, deleted or changed the
+    /// document too.
     pub(super) fn store_changes(
         &self,
         tx: &mut postgres::Transaction<'_>,
         doc: &mut XmlLab,
         changes: &[Change],
-    ) -> Result<()> {
+    ) -> Result<Option<Vec<(i64, String)>>> {
         for change in changes.iter().filter(|c| !c.is_document()) {
             doc.apply(std::slice::from_ref(change))?;
         }
@@ -380,6 +428,9 @@ impl PgStore {
             })?;
             Ok(text)
         };
+        let only_updated =
+            deleted.is_empty() && inserted.is_empty() && !changes.iter().any(Change::is_document);
+        let mut written = Vec::new();
         for name in deleted {
             tx.execute("DELETE FROM mama_machine WHERE name = $1", &[&name])
                 .map_err(write_error)?;
@@ -388,16 +439,25 @@ impl PgStore {
             // When its job was written, by the server's clock: a claim
             // written before the server restarted lost its session with it.
             let statement = if job_written.contains(name) {
-                "UPDATE mama_machine SET element = $2, job_written = now() WHERE name = $1"
+                "UPDATE mama_machine SET element = $2, job_written = now() WHERE name = $1 \
+                 RETURNING id::int8, xmin::text"
             } else {
-                "UPDATE mama_machine SET element = $2 WHERE name = $1"
+                "UPDATE mama_machine SET element = $2 WHERE name = $1 \
+                 RETURNING id::int8, xmin::text"
             };
             // Typed: one round trip, nothing to prepare.
-            tx.query_typed(
-                statement,
-                &[(&name, Type::TEXT), (&element(name)?, Type::TEXT)],
-            )
-            .map_err(write_error)?;
+            let rows = tx
+                .query_typed(
+                    statement,
+                    &[(&name, Type::TEXT), (&element(name)?, Type::TEXT)],
+                )
+                .map_err(write_error)?;
+            for row in rows {
+                let version = (row.try_get::<_, i64>(0), row.try_get::<_, String>(1));
+                if let (Ok(id), Ok(xmin)) = version {
+                    written.push((id, xmin));
+                }
+            }
         }
         if !inserted.is_empty() {
             let last: i64 = tx
@@ -421,7 +481,7 @@ impl PgStore {
                 .map_err(write_error)?;
             }
         }
-        Ok(())
+        Ok(only_updated.then_some(written))
     }
 
     /// Replays the changes to the lab's devices, settings and leases onto
