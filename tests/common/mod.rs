@@ -698,23 +698,49 @@ impl Drop for Kids {
 }
 
 /// Waits (at most [`LIMIT`]) for a child to end and collects what it
-/// printed.
+/// printed; one still running then is killed, and what it printed shown
+/// in the panic.
 #[track_caller]
 pub fn finish_child(child: &mut Child, what: &str) -> Run {
     use std::io::Read;
-    let mut status = None;
-    wait_until(what, LIMIT, || {
+    let start = Instant::now();
+    let mut status = child.try_wait().expect("try_wait");
+    while status.is_none() && start.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(5));
         status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
+    }
+    let ended = status.is_some();
+    if !ended {
+        let _ = child.kill();
+        status = child.wait().ok();
+        // What is there to read, without waiting for what a process the
+        // child left holds open.
+        use std::os::fd::AsRawFd;
+        let fds = [
+            child.stdout.as_ref().map(|o| o.as_raw_fd()),
+            child.stderr.as_ref().map(|e| e.as_raw_fd()),
+        ];
+        for fd in fds.into_iter().flatten() {
+            // SAFETY: sets a flag on a descriptor this child's handle owns.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+            }
+        }
+    }
     let mut stdout = String::new();
     let mut stderr = String::new();
     if let Some(out) = child.stdout.as_mut() {
-        out.read_to_string(&mut stdout).expect("read stdout");
+        let read = out.read_to_string(&mut stdout);
+        assert!(read.is_ok() || !ended, "read stdout: {read:?}");
     }
     if let Some(err) = child.stderr.as_mut() {
-        err.read_to_string(&mut stderr).expect("read stderr");
+        let read = err.read_to_string(&mut stderr);
+        assert!(read.is_ok() || !ended, "read stderr: {read:?}");
     }
+    assert!(
+        ended,
+        "timed out waiting for {what}; it printed:\n{stdout}\nand on stderr:\n{stderr}"
+    );
     Run {
         code: status.and_then(|s| s.code()),
         stdout,
