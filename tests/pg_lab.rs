@@ -1072,3 +1072,67 @@ fn a_holder_keeps_its_claim_beside_a_waiter_that_bears_its_session_name() {
     // As a mama in another PID namespace under the same host name does.
     holder_reattaches_beside_a_same_host_waiter("application_name=mama%201%20on%20farm");
 }
+
+#[test]
+#[cfg_attr(
+    not(mama_postgres),
+    ignore = "needs a PostgreSQL server run as the postgres user: run as root after tests/install-tools"
+)]
+fn a_release_after_the_server_lost_its_claim_reads_the_machines_again() {
+    // A server that may lose the last commits in a crash (synchronous_commit
+    // off, as labs tune it for speed; an asynchronous standby promoted
+    // loses them alike) gives their transaction numbers out again. The
+    // claim's row version (m's row, xmin X) is gone with it, and a hand
+    // edit after the restart writes m as X again: the release must not take
+    // the machines its claim left for the ones on the server.
+    for attempt in 1.. {
+        let server = Server::start(Options {
+            settings: vec![
+                // Commits reach the disk only when the WAL writer wakes
+                // (10 s) or a page fills.
+                "synchronous_commit=off".into(),
+                "wal_writer_delay=10000ms".into(),
+                "full_page_writes=off".into(),
+                "autovacuum=off".into(),
+                "wal_level=minimal".into(),
+                "max_wal_senders=0".into(),
+                "bgwriter_lru_maxpages=0".into(),
+            ],
+            ..Options::default()
+        });
+        let db = server.fresh_database();
+        let env = world(&db);
+        env.add("m", 1);
+        // The history's columns too (a claim adds them) before the crash.
+        env.run(["run", "m", "--", "true"]).ok();
+        db.batch("CHECKPOINT");
+        let mut holder = hold(&env, &[]);
+        // The claim's transaction number, as its row version says.
+        let claimed: String = db.value("SELECT xmin::text FROM mama_machine WHERE name = 'm'");
+        // The holder stands still while the server crashes and comes back.
+        holder.signal(libc::SIGSTOP);
+        server.crash();
+        server.start_again();
+        // A hand edit, the first transaction after the restart.
+        db.batch(
+            "UPDATE mama_machine SET element = replace(element, '<ip/>', '<ip>192.0.2.9</ip>') \
+             WHERE name = 'm'",
+        );
+        let edited: String = db.value("SELECT xmin::text FROM mama_machine WHERE name = 'm'");
+        holder.signal(libc::SIGCONT);
+        // Its claim gone, the holder stops its job and releases.
+        let run = holder.finish(LIMIT);
+        if edited != claimed && attempt < 5 {
+            // The WAL writer woke in between and kept the claim: again.
+            continue;
+        }
+        assert_eq!(
+            edited, claimed,
+            "the crash lost the claim and its transaction number was given out again"
+        );
+        let m = env.info("m");
+        assert_eq!(m["ip"], "192.0.2.9", "{m:#} {run:#?}");
+        assert!(m["job"].is_null(), "{m:#}");
+        break;
+    }
+}

@@ -169,6 +169,9 @@ struct Kept {
     doc: crate::format::doc::XmlLab,
     /// The job lock key of each machine.
     ids: HashMap<String, i32>,
+    /// When the server started, as it said in that transaction: kept
+    /// machines are taken from the same run of the server only.
+    epoch: String,
 }
 
 impl PgStore {

@@ -228,12 +228,22 @@ impl PgStore {
             .first()
             .and_then(|row| row.get(0))
             .map(str::to_string);
+        let epoch = restarted
+            .first()
+            .and_then(|row| row.get(1))
+            .unwrap_or_default()
+            .to_string();
         let kept = match kept {
             None => None,
             Some(kept) => {
                 let versions = machines.first().and_then(|row| row.get(0));
-                if versions != Some(kept.versions.as_str()) {
-                    // Written since: read them.
+                // Written since, or the server started since: read them. A
+                // server that started again may have lost the last commits
+                // (`synchronous_commit` off, a crash; an asynchronous
+                // standby promoted) and given their transaction numbers out
+                // again, so that a row another wrote since has the version
+                // this process kept.
+                if versions != Some(kept.versions.as_str()) || epoch != kept.epoch {
                     return self.snapshot(client, version, restore, None);
                 }
                 Some(kept)
@@ -321,11 +331,7 @@ impl PgStore {
         };
         let may_write = may_write.first().and_then(|row| row.get(0)) == Some("t");
         look.restarted = restarted.first().and_then(|row| row.get(0)) == Some("t");
-        look.epoch = restarted
-            .first()
-            .and_then(|row| row.get(1))
-            .unwrap_or_default()
-            .to_string();
+        look.epoch = epoch;
         Ok(Seen {
             rows,
             look,

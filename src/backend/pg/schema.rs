@@ -134,7 +134,9 @@ pub fn machines_query(version: i32) -> &'static str {
 
 /// Every machine's row number, version (`xmin`) and job lock key,
 /// `row:xmin:key` by row, comma-separated: what the rows are without
-/// their elements (see [`super::Kept`]). A schema of the current version.
+/// their elements, by which a process tells that the machines it kept
+/// (`Kept`, private to the backend) are still the lab's. A schema of the
+/// current version.
 pub const MACHINE_VERSIONS: &str = "SELECT coalesce(string_agg(m.id::text || ':' || \
      m.xmin::text || ':' || coalesce(k.key::text, '-'), ',' ORDER BY m.id), '') \
      FROM mama_machine m LEFT JOIN mama_lock_key k USING (name)";

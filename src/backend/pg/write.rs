@@ -280,6 +280,7 @@ impl PgStore {
                     });
                 }
                 let ids = seen.look.ids.clone();
+                let epoch = seen.look.epoch.clone();
                 *Self::locked(&self.look) = Some(seen.look);
                 let (mut doc, mut versions) = match (seen.rows, kept) {
                     (Some(rows), _) => {
@@ -345,6 +346,7 @@ impl PgStore {
                         ),
                         doc,
                         ids,
+                        epoch,
                         rows: versions,
                     });
                 }
