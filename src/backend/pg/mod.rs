@@ -80,9 +80,10 @@ pub struct PgStore {
     /// Set when the main session was found lost (a server restart): the
     /// next use opens it anew, patiently.
     lost: Arc<std::sync::atomic::AtomicBool>,
-    /// Set once the history is known to have its optional columns
-    /// (`waited`, `status`): columns are never taken away, so this run
-    /// need not look again.
+    /// Whether the history has its optional columns (`waited`, `status`),
+    /// as this run last saw it (a writer's snapshot looks each time: a
+    /// server that lost its last commits may have lost the columns a
+    /// transaction of this run added); once set, readers need not look.
     event_columns: Arc<std::sync::atomic::AtomicBool>,
     /// Set once the main session has planned a writer's statements (see
     /// [`PgStore::warm`]); cleared when it is opened anew.

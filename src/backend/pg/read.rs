@@ -192,13 +192,15 @@ impl PgStore {
                 }
                 postgres::SimpleQueryMessage::CommandComplete(_) => results.push(Vec::new()),
                 // The seventh statement's columns (six have completed):
-                // a writer's look at the history's.
+                // a writer's look at the history's, as it is now (a server
+                // that lost its last commits in a crash may have lost the
+                // columns an earlier transaction of this run added).
                 postgres::SimpleQueryMessage::RowDescription(columns) if results.len() == 7 => {
                     let has = |name: &str| columns.iter().any(|c| c.name() == name);
-                    if has("waited") && has("status") {
-                        self.event_columns
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    self.event_columns.store(
+                        has("waited") && has("status"),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                 }
                 _ => {}
             }
