@@ -143,14 +143,16 @@ pub const MACHINE_VERSIONS: &str = "SELECT coalesce(string_agg(m.id::text || ':'
 
 /// [`MACHINE_VERSIONS`] of rows given as (row, version, key).
 pub fn machine_versions<'a>(rows: impl IntoIterator<Item = (i64, &'a str, i32)>) -> String {
+    use std::fmt::Write;
     let mut rows: Vec<_> = rows.into_iter().collect();
     rows.sort_unstable_by_key(|(row, ..)| *row);
-    let mut out = String::new();
+    let mut out = String::with_capacity(rows.len() * 24);
     for (at, (row, version, key)) in rows.into_iter().enumerate() {
         if at > 0 {
             out.push(',');
         }
-        out.push_str(&format!("{row}:{version}:{key}"));
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{row}:{version}:{key}");
     }
     out
 }
