@@ -152,6 +152,18 @@ struct Row {
     /// unchanged (see [`Kept`]).
     row: i64,
     written_by: String,
+    /// Its place in the lab's order.
+    place: i64,
+}
+
+/// A kept machine's row as this process last wrote or read it.
+struct RowSeen {
+    /// Its version (`xmin`).
+    version: String,
+    /// Its job lock's key.
+    key: i32,
+    place: i64,
+    name: String,
 }
 
 /// The machines as this process's last writing transaction left them,
@@ -165,8 +177,8 @@ struct Kept {
     /// Every machine's `row:xmin:key`, by row, as
     /// [`schema::MACHINE_VERSIONS`] writes them.
     versions: String,
-    /// The same by row: its version and key.
-    rows: HashMap<i64, (String, i32)>,
+    /// The same by row, with its place and name.
+    rows: HashMap<i64, RowSeen>,
     doc: crate::format::doc::XmlLab,
     /// The job lock key of each machine.
     ids: HashMap<String, i32>,

@@ -300,6 +300,7 @@ impl PgStore {
                             element: text(row, 2)?,
                             row: order.1,
                             written_by: text(row, 5)?,
+                            place: order.0,
                         };
                         Ok((order, row))
                     })

@@ -8,7 +8,7 @@ use postgres::GenericClient;
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 
-use super::{Kept, LAB_LOCK, LOCK_SPACE, PgStore};
+use super::{Kept, LAB_LOCK, LOCK_SPACE, PgStore, RowSeen};
 use super::{db_error, is_connection_loss, schema};
 use crate::error::{Error, Result};
 use crate::format::doc::XmlLab;
@@ -31,6 +31,15 @@ use crate::model::{Change, Lab};
 /// How long a writer waits for the lab's lock before it says who holds it
 /// (as a state file's writer does).
 const TELL_HOLDER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A machine's row as an update left it: its number, new version
+/// (`xmin`), place and name.
+pub(super) struct Written {
+    row: i64,
+    version: String,
+    place: i64,
+    name: String,
+}
 
 impl PgStore {
     /// Readies a session, whose writer found the lab's lock held, for its
@@ -284,9 +293,17 @@ impl PgStore {
                 *Self::locked(&self.look) = Some(seen.look);
                 let (mut doc, mut versions) = match (seen.rows, kept) {
                     (Some(rows), _) => {
-                        let versions: HashMap<i64, (String, i32)> = rows
+                        let versions: HashMap<i64, RowSeen> = rows
                             .iter()
-                            .map(|r| (r.row, (r.written_by.clone(), r.id)))
+                            .map(|r| {
+                                let seen = RowSeen {
+                                    version: r.written_by.clone(),
+                                    key: r.id,
+                                    place: r.place,
+                                    name: r.name.clone(),
+                                };
+                                (r.row, seen)
+                            })
                             .collect();
                         (self.parse(&rows)?, versions)
                     }
@@ -311,10 +328,22 @@ impl PgStore {
                 if lab.is_changed() {
                     match self.store_changes(&mut tx, &mut doc, lab.changes())? {
                         Some(written) => {
-                            for (row, version) in written {
+                            for Written {
+                                row,
+                                version,
+                                place,
+                                name,
+                            } in written
+                            {
                                 match versions.get_mut(&row) {
-                                    Some(seen) => seen.0 = version,
-                                    None => keep = false,
+                                    // The row as this transaction read it,
+                                    // but for what it wrote (an edit by
+                                    // hand its update waited for, of the
+                                    // place or the name, is not kept).
+                                    Some(seen) if seen.place == place && seen.name == name => {
+                                        seen.version = version;
+                                    }
+                                    _ => keep = false,
                                 }
                             }
                         }
@@ -342,7 +371,7 @@ impl PgStore {
                         versions: schema::machine_versions(
                             versions
                                 .iter()
-                                .map(|(row, (v, key))| (*row, v.as_str(), *key)),
+                                .map(|(row, seen)| (*row, seen.version.as_str(), seen.key)),
                         ),
                         doc,
                         ids,
@@ -376,7 +405,7 @@ impl PgStore {
         tx: &mut postgres::Transaction<'_>,
         doc: &mut XmlLab,
         changes: &[Change],
-    ) -> Result<Option<Vec<(i64, String)>>> {
+    ) -> Result<Option<Vec<Written>>> {
         for change in changes.iter().filter(|c| !c.is_document()) {
             doc.apply(std::slice::from_ref(change))?;
         }
@@ -442,10 +471,10 @@ impl PgStore {
             // written before the server restarted lost its session with it.
             let statement = if job_written.contains(name) {
                 "UPDATE mama_machine SET element = $2, job_written = now() WHERE name = $1 \
-                 RETURNING id::int8, xmin::text"
+                 RETURNING id::int8, xmin::text, position, name"
             } else {
                 "UPDATE mama_machine SET element = $2 WHERE name = $1 \
-                 RETURNING id::int8, xmin::text"
+                 RETURNING id::int8, xmin::text, position, name"
             };
             // Typed: one round trip, nothing to prepare.
             let rows = tx
@@ -455,9 +484,19 @@ impl PgStore {
                 )
                 .map_err(write_error)?;
             for row in rows {
-                let version = (row.try_get::<_, i64>(0), row.try_get::<_, String>(1));
-                if let (Ok(id), Ok(xmin)) = version {
-                    written.push((id, xmin));
+                let version = (
+                    row.try_get::<_, i64>(0),
+                    row.try_get::<_, String>(1),
+                    row.try_get::<_, i64>(2),
+                    row.try_get::<_, String>(3),
+                );
+                if let (Ok(row), Ok(version), Ok(place), Ok(name)) = version {
+                    written.push(Written {
+                        row,
+                        version,
+                        place,
+                        name,
+                    });
                 }
             }
         }
