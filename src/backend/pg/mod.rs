@@ -174,17 +174,32 @@ struct RowSeen {
 /// place; a change writes a new version, whose `xmin` is the writer's
 /// transaction).
 struct Kept {
-    /// Every machine's `row:xmin:key`, by row, as
-    /// [`schema::MACHINE_VERSIONS`] writes them.
-    versions: String,
-    /// The same by row, with its place and name.
+    /// Every machine's row as that transaction left it, by row number.
     rows: HashMap<i64, RowSeen>,
     doc: crate::format::doc::XmlLab,
-    /// The job lock key of each machine.
-    ids: HashMap<String, i32>,
     /// When the server started, as it said in that transaction: kept
     /// machines are taken from the same run of the server only.
     epoch: String,
+}
+
+impl Kept {
+    /// Every machine's `row:xmin:key`, by row, as
+    /// [`schema::MACHINE_VERSIONS`] writes them.
+    fn versions(&self) -> String {
+        schema::machine_versions(
+            self.rows
+                .iter()
+                .map(|(row, seen)| (*row, seen.version.as_str(), seen.key)),
+        )
+    }
+
+    /// The job lock key of each machine.
+    fn ids(&self) -> HashMap<String, i32> {
+        self.rows
+            .values()
+            .map(|seen| (seen.name.clone(), seen.key))
+            .collect()
+    }
 }
 
 impl PgStore {

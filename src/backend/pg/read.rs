@@ -245,7 +245,7 @@ impl PgStore {
                 // standby promoted) and given their transaction numbers out
                 // again, so that a row another wrote since has the version
                 // this process kept.
-                if versions != Some(kept.versions.as_str()) || epoch != kept.epoch {
+                if versions != Some(kept.versions().as_str()) || epoch != kept.epoch {
                     return self.snapshot(client, version, restore, None);
                 }
                 Some(kept)
@@ -320,7 +320,7 @@ impl PgStore {
         let mut look = Look {
             ids: match (&rows, kept) {
                 (Some(rows), _) => rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
-                (None, Some(kept)) => kept.ids.clone(),
+                (None, Some(kept)) => kept.ids(),
                 (None, None) => HashMap::new(),
             },
             held: locks_in(LOCK_SPACE),

@@ -288,7 +288,6 @@ impl PgStore {
                         ),
                     });
                 }
-                let ids = seen.look.ids.clone();
                 let epoch = seen.look.epoch.clone();
                 *Self::locked(&self.look) = Some(seen.look);
                 let (mut doc, mut versions) = match (seen.rows, kept) {
@@ -368,13 +367,7 @@ impl PgStore {
                 }
                 if keep {
                     *Self::locked(&self.kept) = Some(Kept {
-                        versions: schema::machine_versions(
-                            versions
-                                .iter()
-                                .map(|(row, seen)| (*row, seen.version.as_str(), seen.key)),
-                        ),
                         doc,
-                        ids,
                         epoch,
                         rows: versions,
                     });
