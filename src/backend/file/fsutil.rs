@@ -505,8 +505,15 @@ impl Dir {
     }
 }
 
-/// The mask of the process (read without changing it where /proc tells).
+/// The mask of the process (read without changing it where /proc tells),
+/// read once: mama never changes it, and a transaction asks for it at each
+/// file it writes.
 fn umask() -> u32 {
+    static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MASK.get_or_init(read_umask)
+}
+
+fn read_umask() -> u32 {
     if let Ok(status) = std::fs::read_to_string("/proc/self/status")
         && let Some(mask) = status
             .lines()

@@ -438,6 +438,23 @@ pub trait Skimmer {
     }
 }
 
+/// A skimmer that skims nothing: every element is built.
+pub(super) struct SkimNothing;
+
+impl Skimmer for SkimNothing {
+    fn skims(&mut self, _name: &str) -> bool {
+        false
+    }
+
+    fn reset(&mut self) {}
+
+    fn begin(&mut self) -> u32 {
+        0
+    }
+
+    fn child(&mut self, _slot: u32, _name: &str, _text: Cow<'_, str>, _structured: bool) {}
+}
+
 /// Text split by references arrives in pieces; keep one text node per run.
 pub(super) fn push_merged(children: &mut Vec<Node>, node: Node) {
     if let (Some(Node::Text { raw, value }), Node::Text { raw: r, value: v }) =

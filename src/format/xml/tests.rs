@@ -100,6 +100,9 @@ fn broken_documents_are_refused_with_a_position() {
             err.message.contains(expected),
             "{text:?}: {err} should mention {expected:?}"
         );
+        // The check that proves a text before it is written refuses it
+        // alike, fast reader or not.
+        assert_eq!(Document::check(text), Err(err), "{text:?}");
     }
     let err = Document::parse("<s>\n  <a>\n</s>").unwrap_err();
     assert_eq!((err.line, err.column), (3, 1), "{err}");
@@ -604,6 +607,14 @@ fn random_documents_are_written_back_byte_for_byte() {
         text.push_str(rng.pick(&["", "\n", "\n<!-- end -->\n"]));
         let doc = Document::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         assert_eq!(doc.write(), text);
+        assert_eq!(Document::check(&text), Ok(()), "{text}");
+        // Cut short, it is refused by both.
+        let cut = &text[..text.floor_char_boundary(text.len() * 2 / 3)];
+        assert_eq!(
+            Document::check(cut).err(),
+            Document::parse(cut).err(),
+            "{cut}"
+        );
     }
 }
 
