@@ -4,6 +4,7 @@
 //! file. Upstream's format ([`crate::format`]) keeps them as any other
 //! top-level element; what they mean is the state file's.
 
+use super::log::Pending;
 use crate::error::Error;
 use crate::format::doc::XmlLab;
 use crate::model::event::{self, Event};
@@ -31,6 +32,12 @@ pub trait Bookkeeping {
     fn pending_events(&self) -> Vec<Event>;
     /// Replaces the pending events; none removes the element.
     fn set_pending_events(&mut self, events: &[Event]) -> Result<(), Error>;
+    /// The pending events as the lines the state holds them in.
+    fn pending_lines(&self) -> Pending;
+    /// Writes what a transaction's commit made of the pending events
+    /// (read by [`Bookkeeping::pending_lines`]): its lines after the ones
+    /// held, or alone where those moved to the log.
+    fn put_pending(&mut self, pending: &Pending);
     /// The token of the last journal folded into this state.
     fn journal_folded(&self) -> Option<String>;
     fn set_journal_folded(&mut self, token: &str);
@@ -63,6 +70,19 @@ impl Bookkeeping for XmlLab {
             false => self.set_top_level(PENDING_EVENTS, &event::encode(events)?),
         }
         Ok(())
+    }
+
+    fn pending_lines(&self) -> Pending {
+        Pending::of(self.top_level(PENDING_EVENTS).unwrap_or_default())
+    }
+
+    fn put_pending(&mut self, pending: &Pending) {
+        match (pending.flushed(), pending.added()) {
+            (true, "") => self.remove_top_level(PENDING_EVENTS),
+            (true, lines) => self.set_top_level(PENDING_EVENTS, lines),
+            (false, "") => {}
+            (false, lines) => self.append_top_level(PENDING_EVENTS, lines),
+        }
     }
 
     fn journal_folded(&self) -> Option<String> {

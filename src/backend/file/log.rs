@@ -100,6 +100,99 @@ impl Tail {
     }
 }
 
+/// The committed events a state holds until they move to the log, as the
+/// JSON lines it holds them in (see [`Bookkeeping::pending_events`]): a
+/// transaction counts them and finds the newest number without reading
+/// them whole, and adds its own lines after them, so that the lines held
+/// are written back as they were, a newer mama's fields and all. They are
+/// read whole only when they move to the log.
+///
+/// [`Bookkeeping::pending_events`]: super::bookkeeping::Bookkeeping::pending_events
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    /// The lines the state holds.
+    held: String,
+    /// Whether they moved to the log: then the state keeps only `added`.
+    flushed: bool,
+    /// The lines of the events this transaction adds.
+    added: String,
+}
+
+/// An event's number, all a count of the pending events needs of it.
+#[derive(serde::Deserialize)]
+struct Numbered {
+    seq: u64,
+}
+
+impl Pending {
+    /// The pending events the state holds as `text`.
+    pub fn of(text: String) -> Pending {
+        Pending {
+            held: text,
+            ..Pending::default()
+        }
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &str> {
+        let held = if self.flushed { "" } else { &self.held };
+        held.lines().filter(|line| !line.trim().is_empty())
+    }
+
+    /// How many events the state holds (a line that is not one counts too:
+    /// it is dropped when they move to the log).
+    pub fn count(&self) -> usize {
+        self.lines().count()
+    }
+
+    /// The newest number among them.
+    fn newest(&self) -> Option<u64> {
+        self.lines()
+            .filter_map(|line| serde_json::from_str::<Numbered>(line).ok())
+            .map(|n| n.seq)
+            .max()
+    }
+
+    /// The events the state holds, read whole.
+    fn events(&self) -> Vec<Event> {
+        decode(if self.flushed { "" } else { &self.held })
+    }
+
+    /// They moved to the log: the state no longer holds them.
+    fn flush(&mut self) {
+        self.flushed = true;
+    }
+
+    /// Adds `events`' lines after the ones held.
+    fn add(&mut self, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if self.added.is_empty()
+            && !self.flushed
+            && !self.held.is_empty()
+            && !self.held.ends_with('\n')
+        {
+            // A last line without its end (a hand's edit): the next starts
+            // on a line of its own.
+            self.added.push('\n');
+        }
+        self.added.push_str(&encode(events)?);
+        Ok(())
+    }
+
+    /// Whether the events held moved to the log: the state then holds
+    /// only [`Pending::added`].
+    pub fn flushed(&self) -> bool {
+        self.flushed
+    }
+
+    /// The lines added, to be written after the ones held (or alone,
+    /// where they were flushed).
+    pub fn added(&self) -> &str {
+        &self.added
+    }
+}
+
 /// A rotated segment of the log: its file's name and the number of its
 /// first event.
 #[derive(Debug, Clone)]
@@ -133,33 +226,34 @@ impl History {
     /// Commits this transaction's `events` to the state's side of the
     /// history: numbers them after the newest of the state's last number
     /// `seq`, its `pending` events and the log's last whole event, and adds
-    /// them to `pending`; returns the new last number. When `pending` holds
-    /// [`FLUSH_AT`] events (committed by an earlier rename), they first move
-    /// to the log: the ones it lacks are appended, the log is synced, and
-    /// `pending` is emptied; the log is rotated and pruned as `retention`
-    /// says (asked only then). Call with the state lock held, then write
-    /// the state: its rename commits both.
+    /// them to `pending`; returns the new last number and the events,
+    /// numbered. When `pending` holds [`FLUSH_AT`] events (committed by an
+    /// earlier rename), they first move to the log: the ones it lacks are
+    /// appended, the log is synced, and `pending` is emptied; the log is
+    /// rotated and pruned as `retention` says (asked only then). Call with
+    /// the state lock held, then write the state: its rename commits both.
     pub fn commit(
         &self,
         seq: Option<u64>,
-        pending: &mut Vec<Event>,
+        pending: &mut Pending,
         events: Vec<Event>,
         like: Option<&Metadata>,
         flush: bool,
         retention: impl FnOnce() -> Retention,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Vec<Event>)> {
         let logged = self.last_seq()?;
         let mut last = pending
-            .iter()
-            .map(|e| e.seq)
+            .newest()
+            .into_iter()
             .chain(seq)
             .chain(logged)
             .max()
             .unwrap_or(0);
-        if flush && pending.len() >= FLUSH_AT {
-            self.append_after_last(pending, Some(&retention()), like)?;
-            pending.clear();
+        if flush && pending.count() >= FLUSH_AT {
+            self.append_after_last(&pending.events(), Some(&retention()), like)?;
+            pending.flush();
         }
+        let mut numbered = Vec::with_capacity(events.len());
         for mut event in events {
             last = last.checked_add(1).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -168,9 +262,10 @@ impl History {
                 ))
             })?;
             event.seq = last;
-            pending.push(event);
+            numbered.push(event);
         }
-        Ok(last)
+        pending.add(&numbered)?;
+        Ok((last, numbered))
     }
 
     /// Appends the `committed` events numbered after the log's last whole
@@ -872,17 +967,21 @@ mod tests {
         /// One transaction recording `values` as [`crate::backend::file`]
         /// runs it: commit, then the rename. Returns the numbers.
         fn record(&mut self, history: &History, values: &[&str]) -> Vec<u64> {
-            let mut next = self.pending.clone();
+            let mut pending = Pending::of(encode(&self.pending).expect("encode"));
             let events = values.iter().map(|v| set_event(v)).collect();
-            let last = history
-                .commit(self.seq, &mut next, events, None, true, || {
+            let (last, new) = history
+                .commit(self.seq, &mut pending, events, None, true, || {
                     self.retention.unwrap_or_default()
                 })
                 .expect("commit");
-            let new = next.len().saturating_sub(values.len());
-            let numbers = seqs(&next[new..]);
+            let numbers = seqs(&new);
             // The rename.
-            (self.seq, self.pending) = (Some(last), next);
+            if pending.flushed() {
+                self.pending.clear();
+            }
+            assert_eq!(pending.added(), encode(&new).expect("encode"));
+            self.pending.extend(new);
+            self.seq = Some(last);
             numbers
         }
 
@@ -984,13 +1083,53 @@ mod tests {
     }
 
     #[test]
+    fn pending_lines_are_counted_and_kept_as_they_were_written() {
+        let (_dir, history) = fresh();
+        // A newer mama's field, a line that is no event, the newest number
+        // not last, and no end to the last line (a hand's edit).
+        let held = concat!(
+            r#"{"seq":4,"time":5,"machine":"rig1","event":"set","job":null,"pid":null,"user":"u","host":"h","detail":null,"future":[1]}"#,
+            "\n\nnot an event\n",
+            r#"{"seq":9,"time":5,"machine":"rig1","event":"set","job":null,"pid":null,"user":"u","host":"h","detail":null}"#,
+            "\n",
+            r#"{"seq":7,"time":5,"machine":"rig1","event":"set","job":null,"pid":null,"user":"u","host":"h","detail":null}"#,
+        );
+        let mut pending = Pending::of(held.to_string());
+        assert_eq!((pending.count(), pending.newest()), (4, Some(9)));
+        let (last, new) = history
+            .commit(
+                Some(2),
+                &mut pending,
+                vec![set_event("a")],
+                None,
+                true,
+                Retention::default,
+            )
+            .expect("commit");
+        assert_eq!((last, seqs(&new)), (10, vec![10]));
+        assert!(!pending.flushed());
+        // The held lines stay as they are: the new one follows on a line
+        // of its own.
+        let whole = format!("{held}{}", pending.added());
+        assert!(pending.added().starts_with('\n'), "{:?}", pending.added());
+        assert!(whole.contains(r#""future":[1]}"#), "{whole}");
+        assert_eq!(seqs(&decode(&whole)), [4, 9, 7, 10]);
+        // Without events nothing is added.
+        let mut same = Pending::of(held.to_string());
+        let (last, new) = history
+            .commit(None, &mut same, Vec::new(), None, true, Retention::default)
+            .expect("commit");
+        assert_eq!((last, new.len(), same.added()), (9, 0, ""));
+    }
+
+    #[test]
     fn a_crash_after_appending_leaves_no_event_twice() {
         // A flushing writer appended the state's pending events, synced the
         // log and was killed before its rename: the state still holds them.
         let (_dir, history) = fresh();
         let flush = FLUSH_AT as u64;
         let mut state = State::holding(numbered(1..=flush, 0));
-        let mut ahead = state.pending.clone();
+        let mut ahead = Pending::of(encode(&state.pending).expect("encode"));
         history
             .commit(
                 state.seq,
@@ -1125,7 +1264,7 @@ mod tests {
         assert_eq!(seqs(&state.read(&history)), [1, 2, 3, 4, 6, 7, 8, 9]);
 
         // Numbers that have run out are an error, not a wrap.
-        let mut pending = Vec::new();
+        let mut pending = Pending::default();
         let err = history
             .commit(
                 Some(u64::MAX),

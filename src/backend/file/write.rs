@@ -235,17 +235,15 @@ impl FileStore {
         like: Option<&Metadata>,
         flush: bool,
     ) -> Result<Vec<Event>> {
-        let count = events.len();
-        let mut pending = doc.pending_events();
-        let last =
+        let mut pending = doc.pending_lines();
+        let (last, committed) =
             self.history()?
                 .commit(doc.event_seq(), &mut pending, events, like, flush, || {
                     Retention::of(&doc.settings())
                 })?;
-        doc.set_pending_events(&pending)?;
+        doc.put_pending(&pending);
         doc.set_event_seq(last);
-        // They went last into the pending events.
-        Ok(pending[pending.len().saturating_sub(count)..].to_vec())
+        Ok(committed)
     }
 
     /// Takes the journal into the state before it is written whole: its

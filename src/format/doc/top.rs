@@ -35,6 +35,19 @@ impl XmlLab {
         self.moved();
     }
 
+    /// Adds `value` after the text of the first top-level element called
+    /// `tag` (not `machine`), adding the element after the last element
+    /// when missing.
+    pub fn append_top_level(&mut self, tag: &str, value: &str) {
+        if let Some(at) = self.own_at(tag)
+            && let Some(Node::Element(element)) = self.doc.root.children.get_mut(at)
+        {
+            element.append_text(value);
+            return;
+        }
+        self.set_top_level(tag, value);
+    }
+
     /// The first root child element called `tag` (not `machine`).
     pub(super) fn own_element(&self, tag: &str) -> Option<&Element> {
         match self.doc.root.children.get(self.own_at(tag)?)? {

@@ -266,6 +266,19 @@ impl Element {
         }
     }
 
+    /// Adds `value`, escaped, after the element's content: the content
+    /// held is written back as it was.
+    pub fn append_text(&mut self, value: &str) {
+        if value.is_empty() {
+            return;
+        }
+        self.self_closing = false;
+        self.children.push(Node::Text {
+            raw: Str::new(&escape_text(value)),
+            value: (value.contains(['&', '<', '>', '\r'])).then(|| Str::new(value)),
+        });
+    }
+
     /// The child elements, in order.
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|n| match n {
