@@ -162,8 +162,8 @@ impl Pending {
         self.flushed = true;
     }
 
-    /// Adds `events`' lines after the ones held.
-    fn add(&mut self, events: &[Event]) -> Result<()> {
+    /// Adds `events`' lines, numbered, after the ones held.
+    pub fn add(&mut self, events: &[Event]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
