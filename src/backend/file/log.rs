@@ -144,11 +144,15 @@ impl Pending {
         self.lines().count()
     }
 
-    /// The newest number among them.
+    /// The newest number among them: of every line readers take for an
+    /// event (an object, or, as serde reads one too, an array of its
+    /// fields in order) and of every other object with a `seq`.
     fn newest(&self) -> Option<u64> {
         self.lines()
-            .filter_map(|line| serde_json::from_str::<Numbered>(line).ok())
-            .map(|n| n.seq)
+            .filter_map(|line| match serde_json::from_str::<Numbered>(line) {
+                Ok(numbered) => Some(numbered.seq),
+                Err(_) => serde_json::from_str::<Event>(line).ok().map(|e| e.seq),
+            })
             .max()
     }
 
@@ -1120,6 +1124,27 @@ mod tests {
             .commit(None, &mut same, Vec::new(), None, true, Retention::default)
             .expect("commit");
         assert_eq!((last, new.len(), same.added()), (9, 0, ""));
+    }
+
+    #[test]
+    fn every_line_readers_take_for_an_event_counts_for_the_next_number() {
+        // serde reads an event from a JSON array too (its fields in
+        // order): readers take it, so the next number must go after it.
+        let held = "[5,5,\"rig1\",\"set\",null,null,\"u\",\"h\",null]\n";
+        assert_eq!(seqs(&decode(held)), [5]);
+        let (_dir, history) = fresh();
+        let mut pending = Pending::of(held.to_string());
+        let (last, new) = history
+            .commit(
+                None,
+                &mut pending,
+                vec![set_event("a")],
+                None,
+                true,
+                Retention::default,
+            )
+            .expect("commit");
+        assert_eq!((last, seqs(&new)), (6, vec![6]));
     }
 
     #[test]
