@@ -101,13 +101,11 @@ impl Tail {
 }
 
 /// The committed events a state holds until they move to the log, as the
-/// JSON lines it holds them in (see [`Bookkeeping::pending_events`]): a
-/// transaction counts them and finds the newest number without reading
-/// them whole, and adds its own lines after them, so that the lines held
-/// are written back as they were, a newer mama's fields and all. They are
-/// read whole only when they move to the log.
-///
-/// [`Bookkeeping::pending_events`]: super::bookkeeping::Bookkeeping::pending_events
+/// JSON lines it holds them in (its `<pending_events>`): a transaction
+/// counts them and finds the newest number without reading them whole,
+/// and adds its own lines after them, so that the lines held are written
+/// back as they were, a newer mama's fields and all. They are read whole
+/// only when they move to the log.
 #[derive(Debug, Clone, Default)]
 pub struct Pending {
     /// The lines the state holds.
