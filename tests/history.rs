@@ -1364,3 +1364,149 @@ fn log_shows_the_last_lines_and_follows_in_the_same_columns() {
     );
     drop(kids);
 }
+
+/// The state's `<pending_events>` element (or none, or `<pending_events/>`)
+/// replaced by `element`, and its `<event_seq>` by `seq`.
+fn hand_edit_pending(env: &TestEnv, element: &str, seq: u64) {
+    let mut text = env.read_state();
+    let old = event_seq(env).expect("the state has an <event_seq>");
+    text = text.replace(
+        &format!("<event_seq>{old}</event_seq>"),
+        &format!("<event_seq>{seq}</event_seq>"),
+    );
+    let start = text.find("<pending_events").expect("<pending_events>");
+    let end = match text[start..].find("</pending_events>") {
+        Some(at) => start + at + "</pending_events>".len(),
+        None => start + text[start..].find("/>").expect("<pending_events/>") + 2,
+    };
+    text.replace_range(start..end, element);
+    env.write_state(&text);
+}
+
+#[test]
+fn hand_edited_pending_events_never_make_a_number_go_back_or_repeat() {
+    let l = |seq: u64, detail: &str| line(seq, 5, "rig1", "set", detail);
+    let bare = |seq: u64, detail: &str| l(seq, detail).trim_end().to_string();
+    // The element as a hand or another tool left it, its event_seq, and
+    // the newest number in it.
+    let cases: Vec<(&str, String, u64, u64)> = vec![
+        ("empty element", "<pending_events/>".into(), 1, 1),
+        (
+            "CDATA, last line without its end",
+            format!(
+                "<pending_events><![CDATA[{}]]>{}</pending_events>",
+                l(1, "a"),
+                bare(2, "b")
+            ),
+            2,
+            2,
+        ),
+        (
+            "comment and references, event_seq behind",
+            format!(
+                "<pending_events>{}<!-- by hand -->{}&#10;{}</pending_events>",
+                l(1, "a"),
+                bare(2, "x&amp;y"),
+                bare(3, "c")
+            ),
+            1,
+            3,
+        ),
+        (
+            "a child element, indented",
+            format!(
+                "<pending_events>\n    <note>{}</note>\n    {}    </pending_events>",
+                bare(40, "inside"),
+                l(2, "b")
+            ),
+            2,
+            2,
+        ),
+        (
+            "white space only",
+            "<pending_events>\n    </pending_events>".into(),
+            5,
+            5,
+        ),
+        (
+            "out of order",
+            format!(
+                "<pending_events>{}{}{}</pending_events>",
+                l(3, "c"),
+                l(1, "a"),
+                l(2, "b")
+            ),
+            2,
+            3,
+        ),
+        (
+            "a newer mama's kind, and a line that is no event",
+            format!(
+                "<pending_events>{}{}not an event\n</pending_events>",
+                l(1, "a"),
+                line(9, 5, "rig1", "exploded", "new")
+            ),
+            1,
+            9,
+        ),
+        (
+            "carriage returns",
+            format!(
+                "<pending_events>{}{}</pending_events>",
+                l(1, "a").replace('\n', "\r\n"),
+                l(2, "b").replace('\n', "\r\n")
+            ),
+            2,
+            2,
+        ),
+    ];
+    for (what, element, committed, newest) in cases {
+        let env = TestEnv::new();
+        env.add("rig1", 1);
+        hand_edit_pending(&env, &element, committed);
+        // Past a flush, a run's claim and release (one process, the
+        // release reusing the claim's reading) among them.
+        let mut details = Vec::new();
+        for i in 0..FLUSH_AT + 3 {
+            if i == 3 || i == FLUSH_AT - 1 {
+                env.run(["run", "rig1", "--", "true"]).ok();
+            }
+            env.run(["set", "rig1", "os", &format!("v{i}")]).ok();
+            details.push(format!("os=v{i}"));
+        }
+        let events = env.events();
+        let numbers = seqs(&events);
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "{what}: numbers out of order or twice: {numbers:?}"
+        );
+        let new: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["event"] != "set" || e["time"] != 5)
+            .collect();
+        assert!(
+            new.iter().all(|e| seq(e) > newest),
+            "{what}: a new event numbered at or before {newest}: {numbers:?}"
+        );
+        let set: Vec<&str> = new
+            .iter()
+            .filter(|e| e["event"] == "set")
+            .map(|e| e["detail"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(set, details, "{what}");
+        assert_eq!(
+            new.iter().filter(|e| e["event"] == "claimed").count(),
+            2,
+            "{what}"
+        );
+        assert_eq!(event_seq(&env), numbers.last().copied(), "{what}");
+        // The file reads back, and the log holds whole lines, each once.
+        let (raw, ends_whole) = raw_log(&env);
+        assert!(ends_whole, "{what}: a cut last line");
+        let logged: Vec<u64> = raw.iter().flatten().map(seq).collect();
+        assert!(
+            logged.windows(2).all(|w| w[0] < w[1]),
+            "{what}: logged out of order or twice: {logged:?}"
+        );
+    }
+}

@@ -330,3 +330,34 @@ fn a_refused_change_writes_nothing_beside_the_state_file_either() {
         "a refused command wrote beside the state file"
     );
 }
+
+#[test]
+fn folding_an_earlier_mamas_journal_keeps_the_pending_lines_as_written() {
+    let env = TestEnv::new();
+    lab(&env, 3, false);
+    // A pending event with a newer mama's field, and a line that is no
+    // event, before the journal's claim (number 2).
+    let newer = format!(
+        r#"{{"seq":1,"time":{},"machine":"m0","event":"set","job":null,"pid":null,"user":"alice","host":"h","detail":"os=x","future":[1]}}"#,
+        unix_now()
+    );
+    let text = env.read_state().replacen(
+        "</settings>\n",
+        &format!(
+            "  <pending_events>{newer}\nnot an event\n</pending_events>\n  <event_seq>1</event_seq>\n</settings>\n"
+        ),
+        1,
+    );
+    env.write_state(&text);
+    let claim = legacy_claim().replace(r#""seq":1"#, r#""seq":2"#);
+    fs::write(journal_path(&env), legacy_journal(TOKEN, &[claim])).expect("a journal");
+    env.run(["set", "m2", "os", "other"]).ok();
+    assert!(!journal_path(&env).exists(), "{:?}", env.files());
+    assert_eq!(event_numbers(&env), [1, 2, 3]);
+    // Until the flush, the lines stay as they were written.
+    let state = env.read_state();
+    assert!(
+        state.contains(&format!("{newer}\nnot an event\n")),
+        "{state}"
+    );
+}

@@ -5,7 +5,6 @@
 //! top-level element; what they mean is the state file's.
 
 use super::log::Pending;
-use crate::error::Error;
 use crate::format::doc::XmlLab;
 use crate::model::event::{self, Event};
 
@@ -30,8 +29,6 @@ pub trait Bookkeeping {
     fn set_event_seq(&mut self, seq: u64);
     /// The committed events the state holds until they move to the log.
     fn pending_events(&self) -> Vec<Event>;
-    /// Replaces the pending events; none removes the element.
-    fn set_pending_events(&mut self, events: &[Event]) -> Result<(), Error>;
     /// The pending events as the lines the state holds them in.
     fn pending_lines(&self) -> Pending;
     /// Writes what a transaction's commit made of the pending events
@@ -62,14 +59,6 @@ impl Bookkeeping for XmlLab {
     fn pending_events(&self) -> Vec<Event> {
         self.top_level(PENDING_EVENTS)
             .map_or_else(Vec::new, |text| event::decode(&text))
-    }
-
-    fn set_pending_events(&mut self, events: &[Event]) -> Result<(), Error> {
-        match events.is_empty() {
-            true => self.remove_top_level(PENDING_EVENTS),
-            false => self.set_top_level(PENDING_EVENTS, &event::encode(events)?),
-        }
-        Ok(())
     }
 
     fn pending_lines(&self) -> Pending {

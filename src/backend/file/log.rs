@@ -101,13 +101,11 @@ impl Tail {
 }
 
 /// The committed events a state holds until they move to the log, as the
-/// JSON lines it holds them in (see [`Bookkeeping::pending_events`]): a
-/// transaction counts them and finds the newest number without reading
-/// them whole, and adds its own lines after them, so that the lines held
-/// are written back as they were, a newer mama's fields and all. They are
-/// read whole only when they move to the log.
-///
-/// [`Bookkeeping::pending_events`]: super::bookkeeping::Bookkeeping::pending_events
+/// JSON lines it holds them in (its `<pending_events>`): a transaction
+/// counts them and finds the newest number without reading them whole,
+/// and adds its own lines after them, so that the lines held are written
+/// back as they were, a newer mama's fields and all. They are read whole
+/// only when they move to the log.
 #[derive(Debug, Clone, Default)]
 pub struct Pending {
     /// The lines the state holds.
@@ -144,11 +142,15 @@ impl Pending {
         self.lines().count()
     }
 
-    /// The newest number among them.
+    /// The newest number among them: of every line readers take for an
+    /// event (an object, or, as serde reads one too, an array of its
+    /// fields in order) and of every other object with a `seq`.
     fn newest(&self) -> Option<u64> {
         self.lines()
-            .filter_map(|line| serde_json::from_str::<Numbered>(line).ok())
-            .map(|n| n.seq)
+            .filter_map(|line| match serde_json::from_str::<Numbered>(line) {
+                Ok(numbered) => Some(numbered.seq),
+                Err(_) => serde_json::from_str::<Event>(line).ok().map(|e| e.seq),
+            })
             .max()
     }
 
@@ -162,8 +164,8 @@ impl Pending {
         self.flushed = true;
     }
 
-    /// Adds `events`' lines after the ones held.
-    fn add(&mut self, events: &[Event]) -> Result<()> {
+    /// Adds `events`' lines, numbered, after the ones held.
+    pub fn add(&mut self, events: &[Event]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -1120,6 +1122,27 @@ mod tests {
             .commit(None, &mut same, Vec::new(), None, true, Retention::default)
             .expect("commit");
         assert_eq!((last, new.len(), same.added()), (9, 0, ""));
+    }
+
+    #[test]
+    fn every_line_readers_take_for_an_event_counts_for_the_next_number() {
+        // serde reads an event from a JSON array too (its fields in
+        // order): readers take it, so the next number must go after it.
+        let held = "[5,5,\"rig1\",\"set\",null,null,\"u\",\"h\",null]\n";
+        assert_eq!(seqs(&decode(held)), [5]);
+        let (_dir, history) = fresh();
+        let mut pending = Pending::of(held.to_string());
+        let (last, new) = history
+            .commit(
+                None,
+                &mut pending,
+                vec![set_event("a")],
+                None,
+                true,
+                Retention::default,
+            )
+            .expect("commit");
+        assert_eq!((last, seqs(&new)), (6, vec![6]));
     }
 
     #[test]

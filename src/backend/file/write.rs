@@ -247,7 +247,8 @@ impl FileStore {
     }
 
     /// Takes the journal into the state before it is written whole: its
-    /// events join the pending ones, and its token is written as folded
+    /// events' lines join the pending ones (after them, as a commit adds
+    /// its own), and its token is written as folded
     /// (the journal is emptied after the rename; a writer killed first
     /// leaves a journal that is then never applied again).
     pub(super) fn take_journal_events(
@@ -264,9 +265,10 @@ impl FileStore {
         let Some(last) = journal.last_seq() else {
             return Ok(());
         };
-        let mut pending = doc.pending_events();
-        pending.extend(events);
-        doc.set_pending_events(&pending)?;
+        // After the pending lines, which stay as they were written.
+        let mut pending = doc.pending_lines();
+        pending.add(&events)?;
+        doc.put_pending(&pending);
         doc.set_event_seq(doc.event_seq().map_or(last, |seq| seq.max(last)));
         journal.records.iter_mut().for_each(Record::forget_events);
         Ok(())

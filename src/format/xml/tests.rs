@@ -656,3 +656,66 @@ fn random_values_set_anywhere_read_back_exactly() {
         assert!(after.contains(&value), "{value:?}");
     }
 }
+
+#[test]
+fn check_refuses_whatever_the_general_reader_refuses() {
+    // Plain documents (the fast path's), most damaged by an edit or two: the
+    // fast check must never take a text the general reader refuses.
+    const EDITS: &[&str] = &[
+        "<", ">", "/", "&", ";", "]", "]]>", "!", "?", "-", "x", " ", "\n", "\t", "\"", "'", "=",
+        ":", "#", "1", "é", "&#1;", "&amp", "<!--", "-->", "<?", "?>", "</", "/>", "\u{0}",
+        "\u{fffe}", "\u{feff}", "&#x0;", "<r>", "</r>",
+    ];
+    let mut rng = Rng(0x5151_7373_1234_9876);
+    let (mut taken, mut refused) = (0, 0);
+    for _ in 0..60_000 {
+        let mut text = String::from(rng.pick(&["", "<?xml version=\"1.0\"?>\n", "\u{feff}"]));
+        random_element(&mut rng, &PLAIN, 4, &mut text);
+        text.push_str(rng.pick(&["", "\n", " \n\t"]));
+        let edits = rng.below(3);
+        for _ in 0..edits {
+            let mut at = rng.below(text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            match rng.below(3) {
+                0 => text.insert_str(at, rng.pick(EDITS)),
+                1 => {
+                    let mut end = (at + 1 + rng.below(3)).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    text.replace_range(at..end, rng.pick(EDITS));
+                }
+                _ => {
+                    let mut end = (at + 1 + rng.below(4)).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    text.replace_range(at..end, "");
+                }
+            }
+        }
+        let checked = Document::check(&text);
+        let parsed = Document::parse(&text).map(drop);
+        assert_eq!(checked, parsed, "{text:?}");
+        // Taken by the fast path itself, not only by its fallback.
+        let source: Source = Arc::new(text.clone());
+        let parser = Parser::new(&source);
+        let fast = Fast::new(parser.text, &source).document(
+            parser.bom,
+            parser.offset,
+            text.contains('\r'),
+            &mut SkimNothing,
+        );
+        match (fast, checked) {
+            (Some(_), _) if edits > 0 => taken += 1,
+            (None, Err(_)) => refused += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        taken > 400 && refused > 20_000,
+        "{taken} edited and taken by the fast path, {refused} refused"
+    );
+}
