@@ -1098,16 +1098,7 @@ mod tests {
         );
         let mut pending = Pending::of(held.to_string());
         assert_eq!((pending.count(), pending.newest()), (4, Some(9)));
-        let (last, new) = history
-            .commit(
-                Some(2),
-                &mut pending,
-                vec![set_event("a")],
-                None,
-                true,
-                Retention::default,
-            )
-            .expect("commit");
+        let (last, new) = commit_one(&history, Some(2), &mut pending);
         assert_eq!((last, seqs(&new)), (10, vec![10]));
         assert!(!pending.flushed());
         // The held lines stay as they are: the new one follows on a line
@@ -1132,17 +1123,23 @@ mod tests {
         assert_eq!(seqs(&decode(held)), [5]);
         let (_dir, history) = fresh();
         let mut pending = Pending::of(held.to_string());
-        let (last, new) = history
+        let (last, new) = commit_one(&history, None, &mut pending);
+        assert_eq!((last, seqs(&new)), (6, vec![6]));
+    }
+
+    /// One transaction's commit of one event after the state's number
+    /// `seq` and its `pending` events.
+    fn commit_one(history: &History, seq: Option<u64>, pending: &mut Pending) -> (u64, Vec<Event>) {
+        history
             .commit(
-                None,
-                &mut pending,
+                seq,
+                pending,
                 vec![set_event("a")],
                 None,
                 true,
                 Retention::default,
             )
-            .expect("commit");
-        assert_eq!((last, seqs(&new)), (6, vec![6]));
+            .expect("commit")
     }
 
     #[test]
