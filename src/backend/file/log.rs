@@ -131,9 +131,13 @@ impl Pending {
         }
     }
 
+    /// The lines the state still holds: none once they moved to the log.
+    fn held(&self) -> &str {
+        if self.flushed { "" } else { &self.held }
+    }
+
     fn lines(&self) -> impl Iterator<Item = &str> {
-        let held = if self.flushed { "" } else { &self.held };
-        held.lines().filter(|line| !line.trim().is_empty())
+        self.held().lines().filter(|line| !line.trim().is_empty())
     }
 
     /// How many events the state holds (a line that is not one counts too:
@@ -156,7 +160,7 @@ impl Pending {
 
     /// The events the state holds, read whole.
     fn events(&self) -> Vec<Event> {
-        decode(if self.flushed { "" } else { &self.held })
+        decode(self.held())
     }
 
     /// They moved to the log: the state no longer holds them.
@@ -169,11 +173,8 @@ impl Pending {
         if events.is_empty() {
             return Ok(());
         }
-        if self.added.is_empty()
-            && !self.flushed
-            && !self.held.is_empty()
-            && !self.held.ends_with('\n')
-        {
+        let held = self.held();
+        if self.added.is_empty() && !held.is_empty() && !held.ends_with('\n') {
             // A last line without its end (a hand's edit): the next starts
             // on a line of its own.
             self.added.push('\n');

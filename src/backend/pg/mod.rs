@@ -144,7 +144,8 @@ enum Wanted<'a> {
 
 /// A machine's row.
 struct Row {
-    id: i32,
+    /// Its job lock's key (the row's number in a schema of version 1).
+    key: i32,
     name: String,
     element: String,
     /// Its row's own number (`id`) and version (`xmin`, the transaction

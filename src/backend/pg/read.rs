@@ -295,7 +295,7 @@ impl PgStore {
                     .map(|row| {
                         let order = (number(row, 3)?, number(row, 4)?);
                         let row = Row {
-                            id: text(row, 0)?.parse().map_err(|_| unexpected())?,
+                            key: text(row, 0)?.parse().map_err(|_| unexpected())?,
                             name: text(row, 1)?,
                             element: text(row, 2)?,
                             row: order.1,
@@ -319,7 +319,7 @@ impl PgStore {
         };
         let mut look = Look {
             ids: match (&rows, kept) {
-                (Some(rows), _) => rows.iter().map(|r| (r.name.clone(), r.id)).collect(),
+                (Some(rows), _) => rows.iter().map(|r| (r.name.clone(), r.key)).collect(),
                 (None, Some(kept)) => kept.ids(),
                 (None, None) => HashMap::new(),
             },

@@ -297,7 +297,7 @@ impl PgStore {
                             .map(|r| {
                                 let seen = RowSeen {
                                     version: r.written_by.clone(),
-                                    key: r.id,
+                                    key: r.key,
                                     place: r.place,
                                     name: r.name.clone(),
                                 };

@@ -256,14 +256,8 @@ impl Element {
     /// makes the element `<name/>`, as upstream writes empty fields.
     pub fn set_text(&mut self, value: &str) {
         self.children.clear();
-        if value.is_empty() {
-            self.self_closing = true;
-        } else {
-            self.children.push(Node::Text {
-                raw: Str::new(&escape_text(value)),
-                value: (value.contains(['&', '<', '>', '\r'])).then(|| Str::new(value)),
-            });
-        }
+        self.self_closing = true;
+        self.append_text(value);
     }
 
     /// Adds `value`, escaped, after the element's content: the content
@@ -540,8 +534,8 @@ impl Document {
     /// tells it, with the fast reader first: what mama writes, it takes
     /// without quick-xml (whose first use asks the processor what it
     /// offers, a trap to the host on a virtual machine, some 0.1 ms).
-    pub fn check(text: &str) -> Result<(), ParseError> {
-        let source: Source = Arc::new(text.to_string());
+    pub fn check(text: impl Into<String>) -> Result<(), ParseError> {
+        let source: Source = Arc::new(text.into());
         Document::parse_lazy(source, &mut SkimNothing).map(drop)
     }
 
@@ -611,13 +605,13 @@ impl Document {
     pub fn write_checked(&self) -> Result<Vec<Cow<'_, str>>, ParseError> {
         let pieces = self.pieces();
         let Some((source, start, end)) = &self.origin else {
-            Document::check(&pieces.concat())?;
+            Document::check(pieces.concat())?;
             return Ok(pieces);
         };
         let nodes = &self.root.children;
         if self.root.self_closing && nodes.is_empty() {
             // `<x/>` now, where the source had `<x>…</x>`.
-            Document::check(&pieces.concat())?;
+            Document::check(pieces.concat())?;
             return Ok(pieces);
         }
         let spans: Vec<Option<(usize, usize)>> = nodes.iter().map(|n| n.span_in(source)).collect();
@@ -659,7 +653,7 @@ impl Document {
                 i += 1;
             }
             window.push_str("</r>");
-            Document::check(&window)?;
+            Document::check(window)?;
         }
         Ok(pieces)
     }

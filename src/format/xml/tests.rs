@@ -674,26 +674,13 @@ fn check_refuses_whatever_the_general_reader_refuses() {
         text.push_str(rng.pick(&["", "\n", " \n\t"]));
         let edits = rng.below(3);
         for _ in 0..edits {
-            let mut at = rng.below(text.len() + 1);
-            while !text.is_char_boundary(at) {
-                at -= 1;
-            }
-            match rng.below(3) {
+            let at = text.floor_char_boundary(rng.below(text.len() + 1));
+            let kind = rng.below(3);
+            let end = text.ceil_char_boundary(at + 1 + rng.below(3 + usize::from(kind == 2)));
+            match kind {
                 0 => text.insert_str(at, rng.pick(EDITS)),
-                1 => {
-                    let mut end = (at + 1 + rng.below(3)).min(text.len());
-                    while !text.is_char_boundary(end) {
-                        end += 1;
-                    }
-                    text.replace_range(at..end, rng.pick(EDITS));
-                }
-                _ => {
-                    let mut end = (at + 1 + rng.below(4)).min(text.len());
-                    while !text.is_char_boundary(end) {
-                        end += 1;
-                    }
-                    text.replace_range(at..end, "");
-                }
+                1 => text.replace_range(at..end, rng.pick(EDITS)),
+                _ => text.replace_range(at..end, ""),
             }
         }
         let checked = Document::check(&text);
