@@ -2,14 +2,16 @@
 //! and the watcher that ends the job's process group when mama dies.
 //!
 //! As coreutils `timeout` does: the signals mama handles are blocked before
-//! the fork (the child unblocks them before exec), the job runs in its own
+//! the job's process is made (it sets its own mask before exec), the job runs in its own
 //! process group (it leads it), signals go to that group, and the group is
 //! never signalled once the job has been reaped.
 //!
-//! A killed mama (SIGKILL included) runs no code, so a fork of mama stays
-//! with the job to end it: the watcher. Before the job is started, mama
-//! forks the watcher, which blocks every signal, closes every descriptor but
-//! two pipe ends, and waits. Between its fork and its exec the job makes its
+//! A killed mama (SIGKILL included) runs no code, so a process of mama's
+//! stays with the job to end it: the watcher. Before the job is started,
+//! mama starts the watcher, which blocks every signal, closes every
+//! descriptor but two pipe ends, and waits. Neither the watcher nor the
+//! job's process is a fork: both share mama's memory rather than copy it
+//! (see [`spawn`]). Between its start and its exec the job makes its
 //! process group, writes its PID into the first pipe (the "life" pipe), and
 //! waits until the watcher has joined that group and said so on the second;
 //! only then, and only if mama is still its parent, does it exec. So the
@@ -20,7 +22,7 @@
 //! end-of-file exactly when mama is gone, however it died (unlike
 //! `PR_SET_PDEATHSIG`, a pipe needs no check for a parent that died before
 //! it was set, and speaks of the whole process, not of the thread that
-//! forked). It then sends TERM
+//! started it). It then sends TERM
 //! and CONT to the group, KILL `ORPHAN_KILL_AFTER` later (which ends the
 //! watcher too): the job and every process of its group are gone within a
 //! second of mama's death.
@@ -39,8 +41,6 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::sync::Arc;
 
 use crate::backend::Lease;
@@ -53,6 +53,8 @@ use crate::exit::ExitCode;
 pub const KILL_AFTER: Duration = Duration::from_secs(5);
 
 use crate::backend::pg::lease::LEASE_LOOK;
+
+mod spawn;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -170,77 +172,31 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> (Result<Ending>, Option<Dying
 }
 
 fn run_watched(job: &Job, job_mask: libc::sigset_t, dying: &mut Option<Dying>) -> Result<Ending> {
-    let parent = std::process::id() as libc::pid_t;
     let terminal = Terminal::foreground();
-    let take_terminal = terminal.is_some();
-    let inherit = job.inherit;
+    let mut launch = match spawn::Launch::new(&job.program, &job.args, &job.env) {
+        Ok(launch) => launch,
+        Err(e) => return Ok(Ending::NotStarted(e)),
+    };
     let (watcher, joined) = match Watcher::start() {
         Ok(started) => started,
         Err(e) => return Ok(Ending::NotStarted(e)),
     };
-    let life = watcher.life.as_raw_fd();
-    let joined_fd = joined.as_raw_fd();
-    let mut command = Command::new(&job.program);
-    command.args(&job.args).envs(job.env.iter().cloned());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            // The job leads a process group of its own.
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The watcher joins it before the job runs a single instruction
-            // of its own (a watcher gone by now makes the write fail, not
-            // kill the job: SIGPIPE is blocked until the job's mask below).
-            let mut pipe: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut pipe);
-            libc::sigaddset(&mut pipe, libc::SIGPIPE);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, std::ptr::null_mut());
-            let me = libc::getpid().to_ne_bytes();
-            if libc::write(life, me.as_ptr().cast(), me.len()) != me.len() as isize {
-                return Err(io::Error::last_os_error());
-            }
-            if !read_byte(joined_fd) {
-                // The watcher is gone: no job runs unwatched.
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            // mama died before the watcher was in place: do not run.
-            if libc::getppid() != parent {
-                libc::_exit(ExitCode::RunFailed.code());
-            }
-            // Keep the job lock open across exec (in the child only).
-            if let Some(fd) = inherit
-                && libc::fcntl(fd, libc::F_SETFD, 0) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if take_terminal {
-                // Become the terminal's foreground group, as a shell makes
-                // its jobs, so the job may read the terminal (SIGTTOU is
-                // blocked for the call: this group is not foreground yet).
-                let mut ttou: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut ttou);
-                libc::sigaddset(&mut ttou, libc::SIGTTOU);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
-                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
-            }
-            if libc::pthread_sigmask(libc::SIG_SETMASK, &job_mask, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let spawned = command.spawn();
+    launch.life = watcher.life.as_raw_fd();
+    launch.joined = joined.as_raw_fd();
+    launch.parent = std::process::id() as libc::pid_t;
+    launch.inherit = job.inherit;
+    launch.take_terminal = terminal.is_some();
+    launch.mask = job_mask;
+    let started = launch.start();
     // The job has its copy (or is gone): mama's would only keep a job
     // whose watcher died waiting.
     drop(joined);
-    let child = match spawned {
-        Ok(child) => child,
+    let group = match started {
+        Ok(pid) => pid,
         Err(e) => return Ok(Ending::NotStarted(e)),
     };
-    let group = child.id() as libc::pid_t;
     if let Some(terminal) = &terminal {
-        // The child does the same; whichever comes first wins the race.
+        // The job does the same; whichever comes first wins the race.
         terminal.give_to(group);
     }
     let ending = supervise(group, job.timeout, job.lease.as_deref(), terminal.as_ref());
@@ -260,7 +216,7 @@ fn run_watched(job: &Job, job_mask: libc::sigset_t, dying: &mut Option<Dying>) -
 /// leaves its own watcher the same time.
 const ORPHAN_KILL_AFTER: Duration = Duration::from_millis(300);
 
-/// The watcher: a fork of mama that joins the job's process group and ends
+/// The watcher: a process of mama's that joins the job's process group and ends
 /// it when mama dies (see the module's doc). Dropping it kills it and
 /// reaps it, before mama's end of the life pipe closes.
 struct Watcher {
@@ -273,24 +229,20 @@ struct Watcher {
 }
 
 impl Watcher {
-    /// Forks the watcher; gives it with the end of the second pipe that
+    /// Starts the watcher; gives it with the end of the second pipe that
     /// the job reads the watcher's answer from (mama closes its copy once
     /// the job is started).
     fn start() -> io::Result<(Watcher, OwnedFd)> {
         let (life_out, life) = pipe()?;
         let (joined, joined_in) = pipe()?;
-        // SAFETY: the child runs `watch` alone, which makes only
-        // async-signal-safe calls and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            watch(life_out.as_raw_fd(), joined_in.as_raw_fd());
-        }
+        let (pid, stack) = spawn::start_watcher(
+            life_out.as_raw_fd(),
+            joined_in.as_raw_fd(),
+            ORPHAN_KILL_AFTER,
+        )?;
         Ok((
             Watcher {
-                process: Dying(pid),
+                process: Dying { pid, _stack: stack },
                 life,
             },
             joined,
@@ -307,7 +259,7 @@ impl Watcher {
         // been reused. A KILL cannot be blocked: once sent, the watcher
         // runs none of its own code again.
         unsafe {
-            libc::kill(process.0, libc::SIGKILL);
+            libc::kill(process.pid, libc::SIGKILL);
         }
         drop(life);
         process
@@ -315,20 +267,23 @@ impl Watcher {
 }
 
 /// A watcher that was sent KILL, reaped when this goes: waiting for its
-/// exit at once took a run 0.03 to 0.15 ms (a copy of mama's memory is torn
-/// down), time the release of the claim now hides. The watcher holds none
-/// of mama's descriptors (it closed them at its start), so it keeps
-/// nothing locked meanwhile.
-pub struct Dying(libc::pid_t);
+/// exit at once took a run 0.03 to 0.15 ms, time the release of the claim
+/// now hides. The watcher holds none of mama's descriptors (it closed them
+/// at its start), so it keeps nothing locked meanwhile.
+pub struct Dying {
+    pid: libc::pid_t,
+    /// The stack the watcher ran on, unmapped once it is reaped.
+    _stack: spawn::Stack,
+}
 
 impl Drop for Dying {
     fn drop(&mut self) {
         // SAFETY: our unreaped child, so its PID cannot have been reused;
         // kill is harmless on one already killed, and waitpid reaps it.
         unsafe {
-            libc::kill(self.0, libc::SIGKILL);
+            libc::kill(self.pid, libc::SIGKILL);
             let mut status = 0;
-            while libc::waitpid(self.0, &mut status, 0) < 0
+            while libc::waitpid(self.pid, &mut status, 0) < 0
                 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
             {}
         }
@@ -356,104 +311,6 @@ fn read_byte(fd: RawFd) -> bool {
         let got = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
         if got >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             return got == 1;
-        }
-    }
-}
-
-/// The watcher's life, in the fork of mama (see the module's doc): `life`
-/// is the read end of the life pipe, `joined` the write end of the answer.
-/// Only async-signal-safe calls (mama may have threads); never returns.
-fn watch(life: RawFd, joined: RawFd) -> ! {
-    // SAFETY: system calls on this process's own mask, descriptors and
-    // group, and signals to the group of the job that it joined (a member
-    // keeps a group's ID from reuse).
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-        close_all_but(life.min(joined), life.max(joined));
-        // The job's PID, which is its group's.
-        let mut pid = [0u8; 4];
-        let mut got = 0;
-        while got < pid.len() {
-            let n = libc::read(life, pid[got..].as_mut_ptr().cast(), pid.len() - got);
-            if n > 0 {
-                got += n as usize;
-            } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                // mama died before the job was started (or the job before
-                // it said its PID): nothing to watch.
-                libc::_exit(0);
-            }
-        }
-        let job = libc::pid_t::from_ne_bytes(pid);
-        if job <= 0 || libc::setpgid(0, job) != 0 {
-            // The job reads end-of-file and does not start.
-            libc::_exit(0);
-        }
-        let yes = [1u8];
-        let told = libc::write(joined, yes.as_ptr().cast(), 1) == 1;
-        libc::close(joined);
-        if !told {
-            libc::_exit(0);
-        }
-        // Nothing more comes down the pipe: only end-of-file, when mama has
-        // died (mama kills the watcher before it exits on its own).
-        if read_byte(life) {
-            libc::_exit(0);
-        }
-        libc::kill(-job, libc::SIGTERM);
-        // A stopped process must wake to die of TERM.
-        libc::kill(-job, libc::SIGCONT);
-        let mut pause = libc::timespec {
-            tv_sec: ORPHAN_KILL_AFTER.as_secs() as libc::time_t,
-            tv_nsec: ORPHAN_KILL_AFTER.subsec_nanos() as libc::c_long,
-        };
-        let mut rest = pause;
-        while libc::nanosleep(&pause, &mut rest) != 0
-            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-        {
-            pause = rest;
-        }
-        // The watcher is of the group, and goes with it.
-        libc::kill(-job, libc::SIGKILL);
-        libc::_exit(0)
-    }
-}
-
-/// Closes every descriptor but `low` and `high` (`low <= high`).
-/// Async-signal-safe.
-fn close_all_but(low: RawFd, high: RawFd) {
-    let ranges = [
-        (0, low - 1),
-        (low + 1, high - 1),
-        (high + 1, libc::c_int::MAX),
-    ];
-    for (first, last) in ranges {
-        if first > last {
-            continue;
-        }
-        // SAFETY: closes descriptors of this process only; the two kept
-        // are outside every range.
-        unsafe {
-            if libc::syscall(
-                libc::SYS_close_range,
-                first as libc::c_uint,
-                last as libc::c_uint,
-                0,
-            ) != 0
-            {
-                // A kernel older than close_range (5.9): one by one, up to
-                // the limit on descriptors.
-                let mut limit: libc::rlimit = std::mem::zeroed();
-                let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-                    limit.rlim_cur.min(65536) as libc::c_int
-                } else {
-                    1024
-                };
-                for fd in first..=last.min(top) {
-                    libc::close(fd);
-                }
-            }
         }
     }
 }
