@@ -652,3 +652,20 @@ fn a_run_of_one_machine_needs_no_dashes() {
     env.run(["run", "m", "m2", "--", "true"])
         .fails_saying(125, "--any");
 }
+
+/// A script without `#!` runs in `/bin/sh` (execvp's fallback), however
+/// many arguments it is given: the argument list that fallback builds is
+/// on the stack of the job's process before its exec.
+#[test]
+fn a_script_without_a_shebang_runs_with_many_arguments() {
+    let env = TestEnv::new();
+    add_machine(&env);
+    let script = env.path().join("no-shebang");
+    std::fs::write(&script, "[ $# -eq 40000 ] && exit 7\nexit 1\n").expect("write script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut args = vec!["run".into(), "m".into(), "--".into(), script.into_os_string()];
+    args.extend((0..40000).map(|_| std::ffi::OsString::from("x")));
+    let run = env.run(args);
+    assert_eq!(run.code, Some(7), "{run:#?}");
+    assert_released(&env, None);
+}
