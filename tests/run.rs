@@ -669,3 +669,24 @@ fn a_script_without_a_shebang_runs_with_many_arguments() {
     assert_eq!(run.code, Some(7), "{run:#?}");
     assert_released(&env, None);
 }
+
+/// The job starts as a shell's command would: no signal blocked (mama
+/// blocks the ones it handles) and SIGPIPE at its default (Rust's runtime
+/// ignores it in mama).
+#[test]
+fn the_job_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
+    let env = TestEnv::new();
+    add_machine(&env);
+    let field = |status: &str, name: &str| {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"));
+        u64::from_str_radix(line.trim(), 16).expect("a hexadecimal mask")
+    };
+    let run = env.run(["run", "m", "--", "cat", "/proc/self/status"]);
+    let job = run.ok();
+    assert_eq!(field(job, "SigBlk:"), 0, "{job}");
+    let sigpipe = 1 << (libc::SIGPIPE - 1);
+    assert_eq!(field(job, "SigIgn:") & sigpipe, 0, "{job}");
+}
