@@ -585,6 +585,43 @@ on_both_backends! {
     }
 }
 
+/// A command that cannot be run leaves the terminal to the shell that
+/// started mama: the job's process takes it before its exec, and when the
+/// exec fails mama takes it back (a shell without job control, as in a
+/// script, does not).
+#[test]
+#[cfg_attr(
+    not(mama_script),
+    ignore = "needs script (util-linux): run tests/install-tools as root"
+)]
+fn a_command_that_cannot_run_leaves_the_terminal_to_the_shell() {
+    let env = TestEnv::new();
+    add_machine(&env);
+    // The shell's own process group, then the terminal's foreground group
+    // (fields 5 and 8 of its stat).
+    let groups = "cut -d' ' -f5,8 /proc/$$/stat";
+    let line = format!("'{MAMA}' run m -- ./missing; {groups}");
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    remove_mama_env(&mut script);
+    script
+        .env("MAMA_STATE", &env.state)
+        .env("NO_COLOR", "1")
+        .current_dir(env.path());
+    let mut kids = Kids(vec![script.spawn().expect("script(1) starts")]);
+    let run = finish_child(&mut kids.0[0], "a shell running a missing command");
+    let last = run.stdout.lines().last().unwrap_or_default().trim();
+    let (own, foreground) = last
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("two groups: {run:#?}"));
+    assert_eq!(own, foreground, "{run:#?}");
+    assert_released(&env, None);
+}
+
 #[test]
 fn the_job_is_told_the_state_file_even_when_given_by_a_relative_state() {
     let env = TestEnv::new();
