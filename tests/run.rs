@@ -700,7 +700,12 @@ fn a_script_without_a_shebang_runs_with_many_arguments() {
     let script = env.path().join("no-shebang");
     std::fs::write(&script, "[ $# -eq 40000 ] && exit 7\nexit 1\n").expect("write script");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut args = vec!["run".into(), "m".into(), "--".into(), script.into_os_string()];
+    let mut args = vec![
+        "run".into(),
+        "m".into(),
+        "--".into(),
+        script.into_os_string(),
+    ];
     args.extend((0..40000).map(|_| std::ffi::OsString::from("x")));
     let run = env.run(args);
     assert_eq!(run.code, Some(7), "{run:#?}");
