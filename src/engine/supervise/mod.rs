@@ -11,7 +11,7 @@
 //! mama starts the watcher, which blocks every signal, closes every
 //! descriptor but two pipe ends, and waits. Neither the watcher nor the
 //! job's process is a fork: both share mama's memory rather than copy it
-//! (see [`spawn`]). Between its start and its exec the job makes its
+//! (see the `spawn` module). Between its start and its exec the job makes its
 //! process group, writes its PID into the first pipe (the "life" pipe), and
 //! waits until the watcher has joined that group and said so on the second;
 //! only then, and only if mama is still its parent, does it exec. So the
