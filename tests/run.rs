@@ -732,3 +732,24 @@ fn the_job_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
     let sigpipe = 1 << (libc::SIGPIPE - 1);
     assert_eq!(field(job, "SigIgn:") & sigpipe, 0, "{job}");
 }
+
+/// A run started with SIGCHLD ignored (the disposition survives exec, so
+/// a parent's choice reaches mama) still sees its job end: the kernel
+/// would otherwise reap the job unseen and send mama no SIGCHLD.
+#[test]
+fn a_run_started_with_sigchld_ignored_sees_its_job_end() {
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::new();
+    add_machine(&env);
+    let mut cmd = env.cmd(["run", "m", "--", "sh", "-c", "exit 3"]);
+    // SAFETY: one async-signal-safe call in the child before its exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let run = Bg::start(cmd).finish(LIMIT);
+    assert_eq!(run.code, Some(3), "{run:#?}");
+    assert_released(&env, None);
+}
