@@ -82,6 +82,14 @@ pub fn run(cli: Cli) -> i32 {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // mama waits for the processes it starts (a job, power and health
+    // commands): a SIGCHLD left ignored by whoever started mama (that
+    // survives exec) would have the kernel reap them unseen, and a run
+    // would wait for the end of a job that had long ended.
+    // SAFETY: restores the default action of one signal.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
     if std::process::id() == 1 {
         supervise::end_on_signals_as_init();
     }

@@ -585,6 +585,43 @@ on_both_backends! {
     }
 }
 
+/// A command that cannot be run leaves the terminal to the shell that
+/// started mama: the job's process takes it before its exec, and when the
+/// exec fails mama takes it back (a shell without job control, as in a
+/// script, does not).
+#[test]
+#[cfg_attr(
+    not(mama_script),
+    ignore = "needs script (util-linux): run tests/install-tools as root"
+)]
+fn a_command_that_cannot_run_leaves_the_terminal_to_the_shell() {
+    let env = TestEnv::new();
+    add_machine(&env);
+    // The shell's own process group, then the terminal's foreground group
+    // (fields 5 and 8 of its stat).
+    let groups = "cut -d' ' -f5,8 /proc/$$/stat";
+    let line = format!("'{MAMA}' run m -- ./missing; {groups}");
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    remove_mama_env(&mut script);
+    script
+        .env("MAMA_STATE", &env.state)
+        .env("NO_COLOR", "1")
+        .current_dir(env.path());
+    let mut kids = Kids(vec![script.spawn().expect("script(1) starts")]);
+    let run = finish_child(&mut kids.0[0], "a shell running a missing command");
+    let last = run.stdout.lines().last().unwrap_or_default().trim();
+    let (own, foreground) = last
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("two groups: {run:#?}"));
+    assert_eq!(own, foreground, "{run:#?}");
+    assert_released(&env, None);
+}
+
 #[test]
 fn the_job_is_told_the_state_file_even_when_given_by_a_relative_state() {
     let env = TestEnv::new();
@@ -651,4 +688,68 @@ fn a_run_of_one_machine_needs_no_dashes() {
     assert_eq!(run.ok().trim(), "-- -x");
     env.run(["run", "m", "m2", "--", "true"])
         .fails_saying(125, "--any");
+}
+
+/// A script without `#!` runs in `/bin/sh` (execvp's fallback), however
+/// many arguments it is given: the argument list that fallback builds is
+/// on the stack of the job's process before its exec.
+#[test]
+fn a_script_without_a_shebang_runs_with_many_arguments() {
+    let env = TestEnv::new();
+    add_machine(&env);
+    let script = env.path().join("no-shebang");
+    std::fs::write(&script, "[ $# -eq 40000 ] && exit 7\nexit 1\n").expect("write script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut args = vec![
+        "run".into(),
+        "m".into(),
+        "--".into(),
+        script.into_os_string(),
+    ];
+    args.extend((0..40000).map(|_| std::ffi::OsString::from("x")));
+    let run = env.run(args);
+    assert_eq!(run.code, Some(7), "{run:#?}");
+    assert_released(&env, None);
+}
+
+/// The job starts as a shell's command would: no signal blocked (mama
+/// blocks the ones it handles) and SIGPIPE at its default (Rust's runtime
+/// ignores it in mama).
+#[test]
+fn the_job_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
+    let env = TestEnv::new();
+    add_machine(&env);
+    let field = |status: &str, name: &str| {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"));
+        u64::from_str_radix(line.trim(), 16).expect("a hexadecimal mask")
+    };
+    let run = env.run(["run", "m", "--", "cat", "/proc/self/status"]);
+    let job = run.ok();
+    assert_eq!(field(job, "SigBlk:"), 0, "{job}");
+    let sigpipe = 1 << (libc::SIGPIPE - 1);
+    assert_eq!(field(job, "SigIgn:") & sigpipe, 0, "{job}");
+}
+
+/// A run started with SIGCHLD ignored (the disposition survives exec, so
+/// a parent's choice reaches mama) still sees its job end: the kernel
+/// would otherwise reap the job unseen and send mama no SIGCHLD.
+#[test]
+fn a_run_started_with_sigchld_ignored_sees_its_job_end() {
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::new();
+    add_machine(&env);
+    let mut cmd = env.cmd(["run", "m", "--", "sh", "-c", "exit 3"]);
+    // SAFETY: one async-signal-safe call in the child before its exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let run = Bg::start(cmd).finish(LIMIT);
+    assert_eq!(run.code, Some(3), "{run:#?}");
+    assert_released(&env, None);
 }

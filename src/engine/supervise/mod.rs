@@ -11,7 +11,7 @@
 //! mama starts the watcher, which blocks every signal, closes every
 //! descriptor but two pipe ends, and waits. Neither the watcher nor the
 //! job's process is a fork: both share mama's memory rather than copy it
-//! (see [`spawn`]). Between its start and its exec the job makes its
+//! (see the `spawn` module). Between its start and its exec the job makes its
 //! process group, writes its PID into the first pipe (the "life" pipe), and
 //! waits until the watcher has joined that group and said so on the second;
 //! only then, and only if mama is still its parent, does it exec. So the
@@ -163,8 +163,8 @@ pub fn block_signals() -> Result<libc::sigset_t> {
 /// Runs `job` to its end. The signals must already be blocked
 /// ([`block_signals`]); `job_mask` is the mask the job starts with.
 /// With the ending comes the watcher, killed once the job was reaped but
-/// not yet reaped itself ([`Dying`]): its exit (the teardown of a copy of
-/// mama's memory) goes on while the caller releases the claim.
+/// not yet reaped itself ([`Dying`]): its exit goes on while the caller
+/// releases the claim.
 pub fn run(job: &Job, job_mask: libc::sigset_t) -> (Result<Ending>, Option<Dying>) {
     let mut dying = None;
     let ending = run_watched(job, job_mask, &mut dying);
@@ -193,7 +193,14 @@ fn run_watched(job: &Job, job_mask: libc::sigset_t, dying: &mut Option<Dying>) -
     drop(joined);
     let group = match started {
         Ok(pid) => pid,
-        Err(e) => return Ok(Ending::NotStarted(e)),
+        Err(e) => {
+            // The job may have taken the terminal before its exec failed:
+            // its group is gone, and the terminal comes back to mama's.
+            if let Some(terminal) = &terminal {
+                terminal.give_to(terminal.own_group);
+            }
+            return Ok(Ending::NotStarted(e));
+        }
     };
     if let Some(terminal) = &terminal {
         // The job does the same; whichever comes first wins the race.

@@ -31,9 +31,11 @@ use rustix::process::{Pid, Signal};
 
 use crate::exit::ExitCode;
 
-/// The job process's stack: execvpe's path buffer and, for a script
-/// without `#!`, its copy of the arguments are on it (glibc allows such a
-/// child 64 KiB of those beside the arguments).
+/// The job process's stack, beside a pointer for each argument: execvpe's
+/// path buffer is on it (at most PATH_MAX and NAME_MAX bytes) and, for a
+/// script without `#!`, its copy of the argument list, a pointer an
+/// argument (glibc's posix_spawn sizes its child's stack the same way:
+/// the list, and 32 KiB for the rest).
 const LAUNCH_STACK: usize = 128 * 1024;
 /// The watcher's stack: a few small frames.
 const WATCHER_STACK: usize = 64 * 1024;
@@ -200,7 +202,8 @@ impl Launch {
     /// Starts the job's process and waits until it has exec'd: its PID, or
     /// the error that kept it from its exec (then it is reaped).
     pub(super) fn start(&self) -> io::Result<libc::pid_t> {
-        let stack = Stack::new(LAUNCH_STACK)?;
+        // Room for execvpe's copy of the argument list (see LAUNCH_STACK).
+        let stack = Stack::new(LAUNCH_STACK + size_of_val(self.argv.as_slice()))?;
         // SAFETY: the process runs `launch` on its own stack, with `self`,
         // which lives on while this thread is stopped (CLONE_VFORK) until
         // the process has exec'd or exited; it allocates nothing.
