@@ -318,6 +318,31 @@ on_both_backends! {
             fds.len() == 1 && fds[0].starts_with("pipe:"),
             "the watcher's descriptors: {fds:?}"
         );
+        // And memory of its own: the kernel, killing a process for want of
+        // memory, kills every process that shares its memory with it, so a
+        // watcher sharing mama's would die with mama just when it is
+        // needed. The kernel sets the OOM score of all of those at once:
+        // mama's, raised, leaves the watcher's as it was.
+        let adj = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+                .expect("an OOM score adjustment")
+                .trim()
+                .parse::<i32>()
+                .expect("a number")
+        };
+        let watcher_adj = adj(watcher);
+        let raised = (adj(mama.pid()) + 1).min(1000);
+        std::fs::write(
+            format!("/proc/{}/oom_score_adj", mama.pid()),
+            raised.to_string(),
+        )
+        .expect("raise mama's OOM score adjustment");
+        assert_eq!(adj(mama.pid()), raised);
+        assert_eq!(
+            adj(watcher),
+            watcher_adj,
+            "the watcher shares mama's memory: it would die with mama"
+        );
         let_go(env, &mut mama, job);
         assert!(!alive(watcher), "the watcher outlived its mama");
     }

@@ -6,11 +6,15 @@
 //! process group (it leads it), signals go to that group, and the group is
 //! never signalled once the job has been reaped.
 //!
-//! A killed mama (SIGKILL included) runs no code, so a process of mama's
-//! stays with the job to end it: the watcher. Before the job is started,
-//! mama starts the watcher, which blocks every signal, closes every
-//! descriptor but two pipe ends, and waits. Neither the watcher nor the
-//! job's process is a fork: both share mama's memory rather than copy it
+//! A killed mama (SIGKILL included) runs no code, so a fork of mama stays
+//! with the job to end it: the watcher. Before the job is started, mama
+//! forks the watcher, which blocks every signal, closes every descriptor
+//! but two pipe ends, and waits. The watcher must be a fork, a process
+//! with memory of its own: the kernel ends every process that shares a
+//! killed process's memory with it when it kills for want of memory (and,
+//! before Linux 5.16, when it dumps a core), so a watcher sharing mama's
+//! would die with it exactly when it is needed. The job's process, which
+//! lives only until its exec, shares mama's memory rather than copying it
 //! (see the `spawn` module). Between its start and its exec the job makes its
 //! process group, writes its PID into the first pipe (the "life" pipe), and
 //! waits until the watcher has joined that group and said so on the second;
@@ -163,8 +167,8 @@ pub fn block_signals() -> Result<libc::sigset_t> {
 /// Runs `job` to its end. The signals must already be blocked
 /// ([`block_signals`]); `job_mask` is the mask the job starts with.
 /// With the ending comes the watcher, killed once the job was reaped but
-/// not yet reaped itself ([`Dying`]): its exit goes on while the caller
-/// releases the claim.
+/// not yet reaped itself ([`Dying`]): its exit (the teardown of a copy of
+/// mama's memory) goes on while the caller releases the claim.
 pub fn run(job: &Job, job_mask: libc::sigset_t) -> (Result<Ending>, Option<Dying>) {
     let mut dying = None;
     let ending = run_watched(job, job_mask, &mut dying);
@@ -223,7 +227,7 @@ fn run_watched(job: &Job, job_mask: libc::sigset_t, dying: &mut Option<Dying>) -
 /// leaves its own watcher the same time.
 const ORPHAN_KILL_AFTER: Duration = Duration::from_millis(300);
 
-/// The watcher: a process of mama's that joins the job's process group and ends
+/// The watcher: a fork of mama that joins the job's process group and ends
 /// it when mama dies (see the module's doc). Dropping it kills it and
 /// reaps it, before mama's end of the life pipe closes.
 struct Watcher {
@@ -236,20 +240,24 @@ struct Watcher {
 }
 
 impl Watcher {
-    /// Starts the watcher; gives it with the end of the second pipe that
+    /// Forks the watcher; gives it with the end of the second pipe that
     /// the job reads the watcher's answer from (mama closes its copy once
     /// the job is started).
     fn start() -> io::Result<(Watcher, OwnedFd)> {
         let (life_out, life) = pipe()?;
         let (joined, joined_in) = pipe()?;
-        let (pid, stack) = spawn::start_watcher(
-            life_out.as_raw_fd(),
-            joined_in.as_raw_fd(),
-            ORPHAN_KILL_AFTER,
-        )?;
+        // SAFETY: the child runs `watch` alone, which makes only
+        // async-signal-safe calls and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            watch(life_out.as_raw_fd(), joined_in.as_raw_fd());
+        }
         Ok((
             Watcher {
-                process: Dying { pid, _stack: stack },
+                process: Dying { pid },
                 life,
             },
             joined,
@@ -274,13 +282,11 @@ impl Watcher {
 }
 
 /// A watcher that was sent KILL, reaped when this goes: waiting for its
-/// exit at once took a run 0.03 to 0.15 ms, time the release of the claim
-/// now hides. The watcher holds none of mama's descriptors (it closed them
+/// exit at once took a run 0.03 to 0.15 ms (a copy of mama's memory is torn
+/// down), time the release of the claim now hides. The watcher holds none of mama's descriptors (it closed them
 /// at its start), so it keeps nothing locked meanwhile.
 pub struct Dying {
     pid: libc::pid_t,
-    /// The stack the watcher ran on, unmapped once it is reaped.
-    _stack: spawn::Stack,
 }
 
 impl Drop for Dying {
@@ -318,6 +324,104 @@ fn read_byte(fd: RawFd) -> bool {
         let got = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
         if got >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             return got == 1;
+        }
+    }
+}
+
+/// The watcher's life, in the fork of mama (see the module's doc): `life`
+/// is the read end of the life pipe, `joined` the write end of the answer.
+/// Only async-signal-safe calls (mama may have threads); never returns.
+fn watch(life: RawFd, joined: RawFd) -> ! {
+    // SAFETY: system calls on this process's own mask, descriptors and
+    // group, and signals to the group of the job that it joined (a member
+    // keeps a group's ID from reuse).
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        close_all_but(life.min(joined), life.max(joined));
+        // The job's PID, which is its group's.
+        let mut pid = [0u8; 4];
+        let mut got = 0;
+        while got < pid.len() {
+            let n = libc::read(life, pid[got..].as_mut_ptr().cast(), pid.len() - got);
+            if n > 0 {
+                got += n as usize;
+            } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                // mama died before the job was started (or the job before
+                // it said its PID): nothing to watch.
+                libc::_exit(0);
+            }
+        }
+        let job = libc::pid_t::from_ne_bytes(pid);
+        if job <= 0 || libc::setpgid(0, job) != 0 {
+            // The job reads end-of-file and does not start.
+            libc::_exit(0);
+        }
+        let yes = [1u8];
+        let told = libc::write(joined, yes.as_ptr().cast(), 1) == 1;
+        libc::close(joined);
+        if !told {
+            libc::_exit(0);
+        }
+        // Nothing more comes down the pipe: only end-of-file, when mama has
+        // died (mama kills the watcher before it exits on its own).
+        if read_byte(life) {
+            libc::_exit(0);
+        }
+        libc::kill(-job, libc::SIGTERM);
+        // A stopped process must wake to die of TERM.
+        libc::kill(-job, libc::SIGCONT);
+        let mut pause = libc::timespec {
+            tv_sec: ORPHAN_KILL_AFTER.as_secs() as libc::time_t,
+            tv_nsec: ORPHAN_KILL_AFTER.subsec_nanos() as libc::c_long,
+        };
+        let mut rest = pause;
+        while libc::nanosleep(&pause, &mut rest) != 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {
+            pause = rest;
+        }
+        // The watcher is of the group, and goes with it.
+        libc::kill(-job, libc::SIGKILL);
+        libc::_exit(0)
+    }
+}
+
+/// Closes every descriptor but `low` and `high` (`low <= high`).
+/// Async-signal-safe.
+fn close_all_but(low: RawFd, high: RawFd) {
+    let ranges = [
+        (0, low - 1),
+        (low + 1, high - 1),
+        (high + 1, libc::c_int::MAX),
+    ];
+    for (first, last) in ranges {
+        if first > last {
+            continue;
+        }
+        // SAFETY: closes descriptors of this process only; the two kept
+        // are outside every range.
+        unsafe {
+            if libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                last as libc::c_uint,
+                0,
+            ) != 0
+            {
+                // A kernel older than close_range (5.9): one by one, up to
+                // the limit on descriptors.
+                let mut limit: libc::rlimit = std::mem::zeroed();
+                let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                    limit.rlim_cur.min(65536) as libc::c_int
+                } else {
+                    1024
+                };
+                for fd in first..=last.min(top) {
+                    libc::close(fd);
+                }
+            }
         }
     }
 }

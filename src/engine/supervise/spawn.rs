@@ -1,33 +1,22 @@
-//! Starting the job and its watcher without copying mama.
+//! Starting the job without copying mama.
 //!
-//! A fork copies mama's page tables, and every page mama writes afterwards
-//! takes a copy-on-write fault for as long as the child shares it: for the
-//! watcher, the job's whole life. Both are made with `clone(CLONE_VM)`
-//! instead, each on a stack of its own, as glibc's `posix_spawn` makes its
-//! child:
-//!
-//! - The job's process (`CLONE_VM | CLONE_VFORK`) runs while mama's thread
-//!   waits, until it execs or exits. It does what the parent module says
-//!   the job does before its exec, with only what mama prepared for it
-//!   ([`Launch`]): it allocates nothing, and mama's thread, which alone
-//!   could touch what it uses, is stopped meanwhile.
-//! - The watcher (`CLONE_VM`) runs beside mama for the job's whole life,
-//!   so it must never write memory mama uses: it runs on its own stack,
-//!   allocates nothing, takes its arguments from that stack, and makes its
-//!   system calls through rustix, which makes them directly, never through
-//!   libc's `errno` (thread-local storage it would share with the thread
-//!   that started it). It gets a copy of mama's descriptors (no
-//!   `CLONE_FILES`) and closes all but its two.
+//! A fork copies mama's page tables, write-protects mama's pages, and
+//! makes each page mama writes next a copy-on-write fault, for a process
+//! that only execs. The job's process is made with `clone(CLONE_VM |
+//! CLONE_VFORK)` instead, on a stack of its own, as glibc's `posix_spawn`
+//! makes its child: it runs while mama's thread waits, until it execs or
+//! exits, and does what the parent module says the job does before its
+//! exec with only what mama prepared for it ([`Launch`]): it allocates
+//! nothing, and the thread that could touch what it uses (and whose
+//! `errno` it writes) is stopped meanwhile. It gets a copy of mama's
+//! descriptors and signal actions (no `CLONE_FILES`, no
+//! `CLONE_SIGHAND`).
 
 use std::ffi::{CString, OsString, c_void};
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Duration;
-
-use rustix::io::Errno;
-use rustix::process::{Pid, Signal};
 
 use crate::exit::ExitCode;
 
@@ -37,19 +26,14 @@ use crate::exit::ExitCode;
 /// argument (glibc's posix_spawn sizes its child's stack the same way:
 /// the list, and 32 KiB for the rest).
 const LAUNCH_STACK: usize = 128 * 1024;
-/// The watcher's stack: a few small frames.
-const WATCHER_STACK: usize = 64 * 1024;
 
-/// Memory mapped for a process that shares mama's memory to run on, with a
-/// guard page below it, so an overflow faults rather than writing into
-/// mama's memory. Unmapped when dropped, which must wait until the process
-/// running on it has exec'd or is reaped.
-pub(super) struct Stack {
+/// Memory mapped for the job's process to run on while it shares mama's
+/// memory, with a guard page below it, so an overflow faults rather than
+/// writing into mama's memory. Unmapped when dropped, which must wait
+/// until the process running on it has exec'd or exited.
+struct Stack {
     base: *mut c_void,
     len: usize,
-    /// Where the stack begins (it grows down); what [`Stack::push`] put
-    /// there lies above.
-    top: usize,
 }
 
 impl Stack {
@@ -74,11 +58,7 @@ impl Stack {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let stack = Stack {
-            base,
-            len,
-            top: base as usize + len,
-        };
+        let stack = Stack { base, len };
         // SAFETY: the lowest page of the mapping just made, ours alone.
         if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
             return Err(io::Error::last_os_error());
@@ -86,21 +66,10 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Puts `value` at the top of the stack, which then begins below it.
-    fn push<T: Copy>(&mut self, value: T) -> *mut T {
-        let at = (self.top - size_of::<T>()) & !(align_of::<T>().max(16) - 1);
-        let slot = at as *mut T;
-        // SAFETY: `at` lies within the writable part of the mapping (the
-        // stack is far larger than what is pushed), aligned for T.
-        unsafe { slot.write(value) };
-        self.top = at;
-        slot
-    }
-
-    /// Where the stack pointer starts: below what was pushed, aligned as
+    /// Where the stack pointer starts: its top (it grows down), aligned as
     /// the ABI wants it at a call.
     fn start(&self) -> *mut c_void {
-        (self.top & !15) as *mut c_void
+        ((self.base as usize + self.len) & !15) as *mut c_void
     }
 }
 
@@ -315,177 +284,4 @@ fn reap(pid: libc::pid_t) {
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
         && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
     {}
-}
-
-/// What the watcher starts with, on its stack.
-#[derive(Clone, Copy)]
-struct Watch {
-    life: RawFd,
-    joined: RawFd,
-    /// Whether the kernel has close_range (5.9 and later), asked by mama.
-    close_range: bool,
-    kill_after: Duration,
-}
-
-/// Starts the watcher (see the module's doc and the parent's): its PID
-/// and the stack it runs on, to be unmapped once it is reaped. `life` is
-/// the read end of the life pipe, `joined` the write end of the answer.
-pub(super) fn start_watcher(
-    life: RawFd,
-    joined: RawFd,
-    kill_after: Duration,
-) -> io::Result<(libc::pid_t, Stack)> {
-    let mut stack = Stack::new(WATCHER_STACK)?;
-    let watch = stack.push(Watch {
-        life,
-        joined,
-        close_range: has_close_range(),
-        kill_after,
-    });
-    // SAFETY: sigset_t is plain data; the calls change this thread's mask
-    // for the clone only (the watcher starts with every signal blocked,
-    // and so never runs a handler of mama's), and start the watcher on its
-    // own stack, with its arguments on it.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = libc::clone(
-            watcher,
-            stack.start(),
-            libc::CLONE_VM | libc::SIGCHLD,
-            watch.cast(),
-        );
-        let error = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        if pid < 0 {
-            return Err(error);
-        }
-        Ok((pid, stack))
-    }
-}
-
-/// Whether the kernel has close_range: it closes nothing here (no
-/// descriptor is that high), and fails only where it does not exist.
-fn has_close_range() -> bool {
-    // SAFETY: closes no descriptor (the range holds none).
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            libc::c_uint::MAX - 1,
-            libc::c_uint::MAX - 1,
-            0,
-        ) == 0
-    }
-}
-
-/// The watcher, started by [`start_watcher`] with its [`Watch`].
-extern "C" fn watcher(arg: *mut c_void) -> libc::c_int {
-    // SAFETY: `arg` points at the Watch on this process's own stack.
-    let watch = unsafe { *arg.cast::<Watch>() };
-    watch.run()
-}
-
-impl Watch {
-    /// The watcher's life (see the parent module's doc). Never returns.
-    fn run(self) -> ! {
-        self.close_all_but_mine();
-        // SAFETY: the two descriptors kept, open until this process ends
-        // (the answer's is closed below, and not used after).
-        let (life, joined) = unsafe {
-            (
-                BorrowedFd::borrow_raw(self.life),
-                BorrowedFd::borrow_raw(self.joined),
-            )
-        };
-        // The job's PID, which is its group's.
-        let mut pid = [0u8; 4];
-        let mut got = 0;
-        while got < pid.len() {
-            match rustix::io::read(life, &mut pid[got..]) {
-                Ok(0) => exit(), // mama died before the job said its PID
-                Ok(n) => got += n,
-                Err(Errno::INTR) => {}
-                Err(_) => exit(),
-            }
-        }
-        let job = i32::from_ne_bytes(pid);
-        let Some(job) = Pid::from_raw(job).filter(|_| job > 0) else {
-            exit()
-        };
-        if rustix::process::setpgid(None, Some(job)).is_err() {
-            // The job reads end-of-file and does not start.
-            exit()
-        }
-        let told = rustix::io::write(joined, &[1]) == Ok(1);
-        // SAFETY: the answer's descriptor, not used again.
-        unsafe { rustix::io::close(self.joined) };
-        if !told {
-            exit()
-        }
-        // Nothing more comes down the pipe: only end-of-file, when mama
-        // has died (mama kills the watcher before it exits on its own).
-        loop {
-            match rustix::io::read(life, &mut [0u8; 1]) {
-                Ok(0) => break,
-                Err(Errno::INTR) => {}
-                Ok(_) | Err(_) => exit(),
-            }
-        }
-        let _ = rustix::process::kill_process_group(job, Signal::TERM);
-        // A stopped process must wake to die of TERM.
-        let _ = rustix::process::kill_process_group(job, Signal::CONT);
-        let mut pause = rustix::thread::Timespec {
-            tv_sec: self.kill_after.as_secs() as _,
-            tv_nsec: self.kill_after.subsec_nanos() as _,
-        };
-        while let rustix::thread::NanosleepRelativeResult::Interrupted(rest) =
-            rustix::thread::nanosleep(&pause)
-        {
-            pause = rest;
-        }
-        // The watcher is of the group, and goes with it.
-        let _ = rustix::process::kill_process_group(job, Signal::KILL);
-        exit()
-    }
-
-    /// Closes every descriptor but the watcher's two.
-    fn close_all_but_mine(&self) {
-        let (low, high) = (self.life.min(self.joined), self.life.max(self.joined));
-        let ranges = [(0, low - 1), (low + 1, high - 1), (high + 1, RawFd::MAX)];
-        if self.close_range {
-            for (first, last) in ranges.into_iter().filter(|(first, last)| first <= last) {
-                // SAFETY: closes descriptors of this process only (its
-                // table is its own); close_range, which mama found to be
-                // there, does not fail on such a range, so errno (mama's
-                // too) is not written.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_close_range,
-                        first as libc::c_uint,
-                        last as libc::c_uint,
-                        0,
-                    );
-                }
-            }
-            return;
-        }
-        // A kernel older than close_range (5.9): one by one, up to the
-        // limit on descriptors.
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .map_or(65536, |limit| limit.min(65536)) as RawFd;
-        for fd in (0..limit).filter(|&fd| fd != low && fd != high) {
-            // SAFETY: a descriptor of this process only, perhaps not open
-            // (rustix ignores the error, and writes no errno).
-            unsafe { rustix::io::close(fd) };
-        }
-    }
-}
-
-/// Ends the watcher (`_exit` makes the system call alone).
-fn exit() -> ! {
-    // SAFETY: ends this process.
-    unsafe { libc::_exit(0) }
 }
