@@ -2,9 +2,9 @@
 //! and the watcher that ends the job's process group when mama dies.
 //!
 //! As coreutils `timeout` does: the signals mama handles are blocked before
-//! the job's process is made (it sets its own mask before exec), the job runs in its own
-//! process group (it leads it), signals go to that group, and the group is
-//! never signalled once the job has been reaped.
+//! the job's process is made (it sets its own mask before exec), the job
+//! runs in its own process group (it leads it), signals go to that group,
+//! and the group is never signalled once the job has been reaped.
 //!
 //! A killed mama (SIGKILL included) runs no code, so a fork of mama stays
 //! with the job to end it: the watcher. Before the job is started, mama
@@ -15,8 +15,8 @@
 //! before Linux 5.16, when it dumps a core), so a watcher sharing mama's
 //! would die with it exactly when it is needed. The job's process, which
 //! lives only until its exec, shares mama's memory rather than copying it
-//! (see the `spawn` module). Between its start and its exec the job makes its
-//! process group, writes its PID into the first pipe (the "life" pipe), and
+//! (see the `spawn` module). Between its start and its exec the job makes
+//! its process group, writes its PID into the first pipe (the "life" pipe), and
 //! waits until the watcher has joined that group and said so on the second;
 //! only then, and only if mama is still its parent, does it exec. So the
 //! watcher is in the job's group from the job's first instruction on, and
@@ -26,10 +26,9 @@
 //! end-of-file exactly when mama is gone, however it died (unlike
 //! `PR_SET_PDEATHSIG`, a pipe needs no check for a parent that died before
 //! it was set, and speaks of the whole process, not of the thread that
-//! started it). It then sends TERM
-//! and CONT to the group, KILL `ORPHAN_KILL_AFTER` later (which ends the
-//! watcher too): the job and every process of its group are gone within a
-//! second of mama's death.
+//! forked). It then sends TERM and CONT to the group, KILL
+//! `ORPHAN_KILL_AFTER` later (which ends the watcher too): the job and
+//! every process of its group are gone within a second of mama's death.
 //!
 //! The watcher blocks every signal it can, so what is forwarded to the
 //! group, Ctrl-C and Ctrl-Z at the terminal pass it by (SIGCONT drops a
