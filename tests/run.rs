@@ -545,9 +545,18 @@ fn in_terminal(env: &TestEnv, args: &[&str]) -> (Kids, std::process::ChildStdin)
         .chain(args.iter().copied())
         .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
         .collect();
+    let mut child = in_terminal_shell(env, &quoted.join(" "));
+    let stdin = child.stdin.take().expect("piped stdin");
+    (Kids(vec![child]), stdin)
+}
+
+/// The shell command line `line` run inside a pseudo-terminal (util-linux
+/// `script`), in its foreground, in the lab's folder, with the lab as
+/// `MAMA_STATE`; its standard streams piped.
+fn in_terminal_shell(env: &TestEnv, line: &str) -> std::process::Child {
     let mut script = std::process::Command::new("script");
     script
-        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .args(["-qec", line, "/dev/null"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -556,9 +565,7 @@ fn in_terminal(env: &TestEnv, args: &[&str]) -> (Kids, std::process::ChildStdin)
         .env("MAMA_STATE", &env.state)
         .env("NO_COLOR", "1")
         .current_dir(env.path());
-    let mut child = script.spawn().expect("script(1) starts");
-    let stdin = child.stdin.take().expect("piped stdin");
-    (Kids(vec![child]), stdin)
+    script.spawn().expect("script(1) starts")
 }
 
 on_both_backends! {
@@ -626,18 +633,7 @@ fn a_command_that_cannot_run_leaves_the_terminal_to_the_shell() {
     // (fields 5 and 8 of its stat).
     let groups = "cut -d' ' -f5,8 /proc/$$/stat";
     let line = format!("'{MAMA}' run m -- ./missing; {groups}");
-    let mut script = std::process::Command::new("script");
-    script
-        .args(["-qec", &line, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    remove_mama_env(&mut script);
-    script
-        .env("MAMA_STATE", &env.state)
-        .env("NO_COLOR", "1")
-        .current_dir(env.path());
-    let mut kids = Kids(vec![script.spawn().expect("script(1) starts")]);
+    let mut kids = Kids(vec![in_terminal_shell(&env, &line)]);
     let run = finish_child(&mut kids.0[0], "a shell running a missing command");
     let last = run.stdout.lines().last().unwrap_or_default().trim();
     let (own, foreground) = last
