@@ -221,9 +221,13 @@ impl Launch {
             if libc::setpgid(0, 0) != 0 {
                 return errno();
             }
+            // Its PID asked of the kernel: a glibc older than 2.25 keeps
+            // the PID in the thread's data, which this process shares with
+            // mama's thread, and would answer mama's.
+            let pid = libc::syscall(libc::SYS_getpid) as libc::pid_t;
             // The watcher joins it before the job runs a single
             // instruction of its own.
-            let me = libc::getpid().to_ne_bytes();
+            let me = pid.to_ne_bytes();
             if libc::write(self.life, me.as_ptr().cast(), me.len()) != me.len() as isize {
                 return errno();
             }
@@ -250,7 +254,7 @@ impl Launch {
                 libc::sigemptyset(&mut ttou);
                 libc::sigaddset(&mut ttou, libc::SIGTTOU);
                 libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
-                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+                libc::tcsetpgrp(libc::STDIN_FILENO, pid);
             }
             if libc::pthread_sigmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut()) != 0 {
                 return libc::EINVAL;
