@@ -364,12 +364,20 @@ impl TestEnv {
 /// Waits until `cond` holds, looking every few milliseconds; panics with
 /// `what` after `limit`.
 #[track_caller]
-pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    assert!(holds_within(limit, cond), "timed out waiting for {what}");
+}
+
+/// Whether `cond` holds within `limit`, looked at every 5 ms.
+pub fn holds_within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        if start.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
+    true
 }
 
 /// Whether a process exists (a zombie counts as gone).
@@ -490,19 +498,15 @@ impl Bg {
     #[track_caller]
     pub fn finish(&mut self, limit: Duration) -> Run {
         use std::sync::mpsc::RecvTimeoutError;
-        let start = Instant::now();
-        while self.running() {
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.status = Some(std::process::ExitStatus::default());
-                panic!(
-                    "process {} still ran after {limit:?}; stderr: {:#?}",
-                    self.child.id(),
-                    self.seen
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if !holds_within(limit, || !self.running()) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.status = Some(std::process::ExitStatus::default());
+            panic!(
+                "process {} still ran after {limit:?}; stderr: {:#?}",
+                self.child.id(),
+                self.seen
+            );
         }
         loop {
             match self.lines.recv_timeout(Duration::from_secs(10)) {
@@ -703,13 +707,11 @@ impl Drop for Kids {
 #[track_caller]
 pub fn finish_child(child: &mut Child, what: &str) -> Run {
     use std::io::Read;
-    let start = Instant::now();
-    let mut status = child.try_wait().expect("try_wait");
-    while status.is_none() && start.elapsed() < LIMIT {
-        std::thread::sleep(Duration::from_millis(5));
+    let mut status = None;
+    let ended = holds_within(LIMIT, || {
         status = child.try_wait().expect("try_wait");
-    }
-    let ended = status.is_some();
+        status.is_some()
+    });
     if !ended {
         let _ = child.kill();
         status = child.wait().ok();

@@ -176,21 +176,18 @@ pub fn run(job: &Job, job_mask: libc::sigset_t) -> (Result<Ending>, Option<Dying
 
 fn run_watched(job: &Job, job_mask: libc::sigset_t, dying: &mut Option<Dying>) -> Result<Ending> {
     let terminal = Terminal::foreground();
-    let mut launch = match spawn::Launch::new(&job.program, &job.args, &job.env) {
-        Ok(launch) => launch,
-        Err(e) => return Ok(Ending::NotStarted(e)),
-    };
     let (watcher, joined) = match Watcher::start() {
         Ok(started) => started,
         Err(e) => return Ok(Ending::NotStarted(e)),
     };
-    launch.life = watcher.life.as_raw_fd();
-    launch.joined = joined.as_raw_fd();
-    launch.parent = std::process::id() as libc::pid_t;
-    launch.inherit = job.inherit;
-    launch.take_terminal = terminal.is_some();
-    launch.mask = job_mask;
-    let started = launch.start();
+    let launch = spawn::Launch::new(
+        job,
+        watcher.life.as_raw_fd(),
+        joined.as_raw_fd(),
+        terminal.is_some(),
+        job_mask,
+    );
+    let started = launch.and_then(|launch| launch.start());
     // The job has its copy (or is gone): mama's would only keep a job
     // whose watcher died waiting.
     drop(joined);

@@ -12,10 +12,10 @@
 //! descriptors and signal actions (no `CLONE_FILES`, no
 //! `CLONE_SIGHAND`).
 
-use std::ffi::{CString, OsString, c_void};
+use std::ffi::{CString, c_void};
 use std::io;
 use std::os::fd::RawFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::exit::ExitCode;
@@ -93,56 +93,63 @@ pub(super) struct Launch {
     envp: Vec<*const libc::c_char>,
     _strings: Vec<CString>,
     /// mama's end of the life pipe, where the job writes its PID.
-    pub(super) life: RawFd,
+    life: RawFd,
     /// The end the watcher's answer is read from.
-    pub(super) joined: RawFd,
+    joined: RawFd,
     /// mama's PID: the job execs only while mama is its parent.
-    pub(super) parent: libc::pid_t,
+    parent: libc::pid_t,
     /// A descriptor the job keeps across its exec (the job lock).
-    pub(super) inherit: Option<RawFd>,
+    inherit: Option<RawFd>,
     /// Whether the job makes itself the terminal's foreground group.
-    pub(super) take_terminal: bool,
+    take_terminal: bool,
     /// The signal mask the job execs with.
-    pub(super) mask: libc::sigset_t,
+    mask: libc::sigset_t,
     /// The error (an errno) that kept the process from its exec, else 0.
     failed: AtomicI32,
 }
 
 impl Launch {
-    /// The strings of a launch of `program` with `args`, in mama's
-    /// environment with `env` set on top (an argument with a NUL byte is
-    /// an error, as for any exec).
+    /// The launch of `job`, in mama's environment with the job's own on
+    /// top, its process to write its PID into `life` and wait for the
+    /// watcher's answer on `joined` (an argument with a NUL byte is an
+    /// error, as for any exec).
     pub(super) fn new(
-        program: &OsString,
-        args: &[OsString],
-        env: &[(String, OsString)],
+        job: &super::Job,
+        life: RawFd,
+        joined: RawFd,
+        take_terminal: bool,
+        mask: libc::sigset_t,
     ) -> io::Result<Launch> {
         let cstring = |bytes: Vec<u8>| {
             CString::new(bytes).map_err(|_| {
                 io::Error::new(io::ErrorKind::InvalidInput, "an argument holds a NUL byte")
             })
         };
-        let program = cstring(program.as_bytes().to_vec())?;
-        let mut strings = Vec::with_capacity(1 + args.len());
+        let entry = |key: &[u8], value: &[u8]| {
+            let mut entry = Vec::with_capacity(key.len() + 1 + value.len());
+            entry.extend_from_slice(key);
+            entry.push(b'=');
+            entry.extend_from_slice(value);
+            cstring(entry)
+        };
+        let program = cstring(job.program.as_bytes().to_vec())?;
+        let mut strings = Vec::with_capacity(1 + job.args.len());
         strings.push(program.clone());
-        for arg in args {
+        for arg in &job.args {
             strings.push(cstring(arg.as_bytes().to_vec())?);
         }
         let arg_count = strings.len();
         for (key, value) in std::env::vars_os() {
-            if env.iter().any(|(set, _)| set.as_bytes() == key.as_bytes()) {
-                continue;
+            if !job
+                .env
+                .iter()
+                .any(|(set, _)| set.as_bytes() == key.as_bytes())
+            {
+                strings.push(entry(key.as_bytes(), value.as_bytes())?);
             }
-            let mut entry = key.into_vec();
-            entry.push(b'=');
-            entry.extend_from_slice(value.as_bytes());
-            strings.push(cstring(entry)?);
         }
-        for (key, value) in env {
-            let mut entry = key.as_bytes().to_vec();
-            entry.push(b'=');
-            entry.extend_from_slice(value.as_bytes());
-            strings.push(cstring(entry)?);
+        for (key, value) in &job.env {
+            strings.push(entry(key.as_bytes(), value.as_bytes())?);
         }
         // The CStrings' bytes stay where they are when `strings` moves.
         let pointers = |list: &[CString]| {
@@ -157,13 +164,12 @@ impl Launch {
             argv,
             envp,
             _strings: strings,
-            life: -1,
-            joined: -1,
-            parent: 0,
-            inherit: None,
-            take_terminal: false,
-            // SAFETY: sigset_t is plain data; the caller sets the mask.
-            mask: unsafe { std::mem::zeroed() },
+            life,
+            joined,
+            parent: std::process::id() as libc::pid_t,
+            inherit: job.inherit,
+            take_terminal,
+            mask,
             failed: AtomicI32::new(0),
         })
     }
